@@ -1,0 +1,366 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// FormatVersion is the version of the command encoding this package writes.
+// An entry with a higher version was written by a newer leasenode; applying
+// it could diverge from replicas that understand it, so the FSM reports it
+// through Config.OnFatal instead of guessing.
+const FormatVersion = 1
+
+// Limits on command fields. The node checks them at the API edge; the FSM
+// checks them again so that a bad entry yields the same Invalid result on
+// every replica.
+const (
+	// MaxKeyLen is the longest key, in bytes.
+	MaxKeyLen = 1024
+	// MaxHolderLen is the longest holder name, in bytes.
+	MaxHolderLen = 256
+	// MaxValueLen is the largest value attached to a lease, in bytes.
+	MaxValueLen = 64 << 10
+	// MaxTTL is the longest TTL and the longest lock-delay a lease may ask
+	// for. Longer would let a lost client block a key for more than a day.
+	MaxTTL = 24 * time.Hour
+	// MaxBatch is the largest number of items in one Extend or Batch.
+	MaxBatch = 100_000
+)
+
+// Type identifies a command on the wire. Values are stable: they are
+// stored in Raft logs and must never be renumbered.
+type Type uint8
+
+// Command types.
+const (
+	TypePromote Type = 1
+	TypeAcquire Type = 2
+	TypeExtend  Type = 3
+	TypeRelease Type = 4
+	TypeExpire  Type = 5
+	TypeBatch   Type = 6
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypePromote:
+		return "promote"
+	case TypeAcquire:
+		return "acquire"
+	case TypeExtend:
+		return "extend"
+	case TypeRelease:
+		return "release"
+	case TypeExpire:
+		return "expire"
+	case TypeBatch:
+		return "batch"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Stamp is what the leader writes on every command: its epoch and its
+// monotonic time since the epoch began. It is the FSM's only source of time.
+type Stamp struct {
+	Epoch uint64
+	Now   time.Duration
+}
+
+// Command is one state-machine command. The concrete types are Promote,
+// Acquire, Extend, Release, Expire and Batch.
+type Command interface {
+	// Type reports the command's wire type.
+	Type() Type
+	appendBody(b []byte) []byte
+}
+
+// Promote starts epoch Stamp.Epoch (the proposing leader's Raft term) and
+// rebases every expiry to a full TTL, and every lock-delay to its full
+// length, from Stamp.Now. A leader proposes it after its Barrier and serves
+// nothing until it has applied.
+type Promote struct{}
+
+// Acquire asks for Key on behalf of Holder. ReqID strictly increases per
+// holder: the same ReqID as the record's is a retry of the same grant, a
+// higher one a new holding period, a lower one is refused as stale.
+type Acquire struct {
+	Key       string
+	Holder    string
+	ReqID     uint64
+	TTL       time.Duration
+	LockDelay time.Duration
+	Value     []byte
+}
+
+// Extend renews many leases of one holder in one entry.
+type Extend struct {
+	Holder string
+	Items  []ExtendItem
+}
+
+// ExtendItem names one lease to extend.
+type ExtendItem struct {
+	Key   string
+	Token uint64
+}
+
+// Release frees Key if Holder holds it with Token.
+type Release struct {
+	Key    string
+	Holder string
+	Token  uint64
+}
+
+// Expire reaps every lease and lock-delay due at the command's time. It
+// names no keys on purpose: the FSM decides what is due, so a stale
+// decision of an old leader can never remove a lease extended meanwhile.
+type Expire struct{}
+
+// Batch applies several commands atomically in one entry, in order, with
+// the batch's stamp. It lets a leader release a key and grant it to the
+// head waiter in one Raft round trip. It may hold at most one Acquire,
+// because the fencing token is the entry's index and names one grant, and
+// no Promote or nested Batch.
+type Batch struct {
+	Cmds []Command
+}
+
+// Type implements Command.
+func (Promote) Type() Type { return TypePromote }
+
+// Type implements Command.
+func (*Acquire) Type() Type { return TypeAcquire }
+
+// Type implements Command.
+func (*Extend) Type() Type { return TypeExtend }
+
+// Type implements Command.
+func (*Release) Type() Type { return TypeRelease }
+
+// Type implements Command.
+func (Expire) Type() Type { return TypeExpire }
+
+// Type implements Command.
+func (*Batch) Type() Type { return TypeBatch }
+
+// Encode returns the wire form of cmd with stamp s.
+func Encode(s Stamp, cmd Command) []byte {
+	b := make([]byte, 0, 32)
+	b = append(b, FormatVersion, byte(cmd.Type()))
+	b = binary.AppendUvarint(b, s.Epoch)
+	b = binary.AppendVarint(b, int64(s.Now))
+	return cmd.appendBody(b)
+}
+
+func (Promote) appendBody(b []byte) []byte { return b }
+func (Expire) appendBody(b []byte) []byte  { return b }
+
+func (c *Acquire) appendBody(b []byte) []byte {
+	b = appendString(b, c.Key)
+	b = appendString(b, c.Holder)
+	b = binary.AppendUvarint(b, c.ReqID)
+	b = binary.AppendVarint(b, int64(c.TTL))
+	b = binary.AppendVarint(b, int64(c.LockDelay))
+	return appendString(b, string(c.Value))
+}
+
+func (c *Extend) appendBody(b []byte) []byte {
+	b = appendString(b, c.Holder)
+	b = binary.AppendUvarint(b, uint64(len(c.Items)))
+	for _, it := range c.Items {
+		b = appendString(b, it.Key)
+		b = binary.AppendUvarint(b, it.Token)
+	}
+	return b
+}
+
+func (c *Release) appendBody(b []byte) []byte {
+	b = appendString(b, c.Key)
+	b = appendString(b, c.Holder)
+	return binary.AppendUvarint(b, c.Token)
+}
+
+func (c *Batch) appendBody(b []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(c.Cmds)))
+	for _, sub := range c.Cmds {
+		b = append(b, byte(sub.Type()))
+		b = sub.appendBody(b)
+	}
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// Decoding errors. ErrNewerVersion means the entry came from a newer
+// leasenode; the others mean the bytes are damaged.
+var (
+	ErrNewerVersion = errors.New("fsm: command written by a newer version")
+	ErrTruncated    = errors.New("fsm: command truncated")
+	ErrUnknownType  = errors.New("fsm: unknown command type")
+	ErrMalformed    = errors.New("fsm: malformed command")
+)
+
+// Decode parses the wire form of a command. It never panics, whatever the
+// bytes, and allocates no more than a small multiple of len(data).
+func Decode(data []byte) (Stamp, Command, error) {
+	d := decoder{b: data}
+	ver := d.byte()
+	typ := Type(d.byte())
+	s := Stamp{Epoch: d.uvarint(), Now: time.Duration(d.varint())}
+	if d.err != nil {
+		return Stamp{}, nil, d.err
+	}
+	if ver == 0 {
+		return Stamp{}, nil, fmt.Errorf("%w: version 0", ErrMalformed)
+	}
+	if ver > FormatVersion {
+		return Stamp{}, nil, fmt.Errorf("%w: version %d, this build knows %d", ErrNewerVersion, ver, FormatVersion)
+	}
+	cmd := d.body(typ, true)
+	if d.err != nil {
+		return Stamp{}, nil, d.err
+	}
+	if len(d.b) != 0 {
+		return Stamp{}, nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(d.b))
+	}
+	return s, cmd, nil
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail(ErrTruncated)
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		if n == 0 {
+			d.fail(ErrTruncated)
+		} else {
+			d.fail(fmt.Errorf("%w: varint overflow", ErrMalformed))
+		}
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		if n == 0 {
+			d.fail(ErrTruncated)
+		} else {
+			d.fail(fmt.Errorf("%w: varint overflow", ErrMalformed))
+		}
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail(ErrTruncated)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) string() string { return string(d.bytes()) }
+
+// count reads a collection length and checks it against the bytes left,
+// each element needing at least min bytes, so a forged length cannot make
+// the decoder allocate more than the input justifies.
+func (d *decoder) count(min int) int {
+	n := d.uvarint()
+	if d.err != nil {
+		return 0
+	}
+	if n > MaxBatch {
+		d.fail(fmt.Errorf("%w: %d items, at most %d", ErrMalformed, n, MaxBatch))
+		return 0
+	}
+	if n*uint64(min) > uint64(len(d.b)) {
+		d.fail(ErrTruncated)
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) body(typ Type, top bool) Command {
+	switch typ {
+	case TypePromote:
+		if !top {
+			d.fail(fmt.Errorf("%w: promote inside a batch", ErrMalformed))
+			return nil
+		}
+		return Promote{}
+	case TypeExpire:
+		return Expire{}
+	case TypeAcquire:
+		c := &Acquire{Key: d.string(), Holder: d.string(), ReqID: d.uvarint()}
+		c.TTL = time.Duration(d.varint())
+		c.LockDelay = time.Duration(d.varint())
+		if v := d.bytes(); len(v) > 0 {
+			c.Value = append([]byte(nil), v...)
+		}
+		return c
+	case TypeExtend:
+		c := &Extend{Holder: d.string()}
+		n := d.count(2)
+		if n > 0 {
+			c.Items = make([]ExtendItem, n)
+			for i := range c.Items {
+				c.Items[i] = ExtendItem{Key: d.string(), Token: d.uvarint()}
+			}
+		}
+		return c
+	case TypeRelease:
+		return &Release{Key: d.string(), Holder: d.string(), Token: d.uvarint()}
+	case TypeBatch:
+		if !top {
+			d.fail(fmt.Errorf("%w: nested batch", ErrMalformed))
+			return nil
+		}
+		n := d.count(1)
+		c := &Batch{Cmds: make([]Command, 0, n)}
+		for i := 0; i < n && d.err == nil; i++ {
+			if sub := d.body(Type(d.byte()), false); sub != nil {
+				c.Cmds = append(c.Cmds, sub)
+			}
+		}
+		return c
+	}
+	d.fail(fmt.Errorf("%w: %d", ErrUnknownType, uint8(typ)))
+	return nil
+}

@@ -1,0 +1,575 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/btree"
+	"github.com/hashicorp/raft"
+)
+
+// State says whether a record holds a key or only blocks it.
+type State uint8
+
+const (
+	// StateHeld: a holder has the key until Expiry.
+	StateHeld State = 1
+	// StateDelayed: the holder expired and the key stays unavailable until
+	// Expiry+LockDelay (Chubby's lock-delay); nobody holds it.
+	StateDelayed State = 2
+)
+
+func (s State) String() string {
+	switch s {
+	case StateHeld:
+		return "held"
+	case StateDelayed:
+		return "lock-delay"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Lease is a read-only copy of one record.
+type Lease struct {
+	Key    string
+	Holder string
+	// ReqID is the request id of the acquire that started this holding.
+	ReqID uint64
+	// Token is the Raft index of the entry that granted this holding.
+	Token     uint64
+	TTL       time.Duration
+	LockDelay time.Duration
+	// Expiry is the logical expiry in epoch Epoch of the FSM.
+	Expiry time.Duration
+	Value  []byte
+	State  State
+}
+
+// FreeAt is the logical time from which the key can be granted to another
+// holder if it is not released first.
+func (l *Lease) FreeAt() time.Duration { return l.Expiry + l.LockDelay }
+
+// record is the mutable form of a Lease; hidx is its place in the expiry
+// heap.
+type record struct {
+	Lease
+	hidx int
+}
+
+// due is the logical time at which the reaper must look at the record:
+// expiry for a held lease, end of lock-delay for a delayed one.
+func (r *record) due() time.Duration {
+	if r.State == StateHeld {
+		return r.Expiry
+	}
+	return r.Expiry + r.LockDelay
+}
+
+// EventType says what changed.
+type EventType uint8
+
+// Event types.
+const (
+	EventGranted  EventType = 1
+	EventExtended EventType = 2
+	EventReleased EventType = 3
+	// EventExpired: the holder's lease ran out; with a lock-delay the key
+	// stays blocked until a later EventFreed.
+	EventExpired EventType = 4
+	// EventFreed: a lock-delay ended and the key became free.
+	EventFreed EventType = 5
+	// EventPromoted: a new epoch began (Key is empty).
+	EventPromoted EventType = 6
+	// EventRestored: the whole state was replaced by a snapshot; observers
+	// must re-read what they care about.
+	EventRestored EventType = 7
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventGranted:
+		return "granted"
+	case EventExtended:
+		return "extended"
+	case EventReleased:
+		return "released"
+	case EventExpired:
+		return "expired"
+	case EventFreed:
+		return "freed"
+	case EventPromoted:
+		return "promoted"
+	case EventRestored:
+		return "restored"
+	}
+	return fmt.Sprintf("event(%d)", uint8(t))
+}
+
+// Event is one applied change, in log order.
+type Event struct {
+	Type   EventType
+	Index  uint64
+	Key    string
+	Holder string
+	Token  uint64
+	Value  []byte
+}
+
+// Config configures an FSM. The zero value is usable.
+type Config struct {
+	// Events enables the change feed (Changes/Drain). Leave it off when
+	// nobody drains, or events accumulate.
+	Events bool
+	// OnFatal is called, on the applying goroutine, when an entry was
+	// written by a newer version of leasenode. Applying it could make this
+	// replica diverge, so the owner must stop the node. The entry itself
+	// gets an Invalid result.
+	OnFatal func(error)
+}
+
+// FSM is the lease state machine. Apply and ApplyBatch must be called from
+// one goroutine (Raft's); Get, List, Stats, NextExpiry and Drain may be
+// called concurrently with them.
+type FSM struct {
+	cfg Config
+
+	mu      sync.RWMutex
+	epoch   uint64
+	now     time.Duration
+	applied uint64 // index of the last applied entry
+	keys    map[string]*record
+	order   *btree.BTreeG[*record] // by key, for List and snapshots
+	heap    expiryHeap
+	// nDelayed counts records in StateDelayed.
+	nDelayed int
+
+	evMu    sync.Mutex
+	events  []Event
+	changed chan struct{}
+
+	fatal error
+}
+
+// New returns an empty FSM.
+func New(cfg Config) *FSM {
+	return &FSM{
+		cfg:     cfg,
+		keys:    make(map[string]*record),
+		order:   newOrder(),
+		changed: make(chan struct{}, 1),
+	}
+}
+
+func newOrder() *btree.BTreeG[*record] {
+	return btree.NewG(32, func(a, b *record) bool { return a.Key < b.Key })
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// Apply implements raft.FSM. It returns a *Response for command entries and
+// nil for any other entry type.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.applyLog(l)
+	f.notify()
+	return r
+}
+
+// ApplyBatch implements raft.BatchingFSM: it applies consecutive entries
+// under one lock.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	f.mu.Lock()
+	for i, l := range logs {
+		out[i] = f.applyLog(l)
+	}
+	f.mu.Unlock()
+	f.notify()
+	return out
+}
+
+func (f *FSM) applyLog(l *raft.Log) interface{} {
+	if l.Index > f.applied {
+		f.applied = l.Index
+	}
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	return f.applyData(l.Index, l.Data)
+}
+
+func (f *FSM) applyData(index uint64, data []byte) *Response {
+	s, cmd, err := Decode(data)
+	if err != nil {
+		if errors.Is(err, ErrNewerVersion) {
+			f.fatal = fmt.Errorf("entry %d: %w", index, err)
+			if f.cfg.OnFatal != nil {
+				f.cfg.OnFatal(f.fatal)
+			}
+		}
+		return f.resp(index, invalid("", "%v", err))
+	}
+	return f.ApplyCommand(index, s, cmd)
+}
+
+// applyLocked applies one decoded command; f.mu is held.
+func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
+	if p, ok := cmd.(Promote); ok {
+		return f.promote(index, s, p)
+	}
+	if s.Epoch != f.epoch {
+		return f.resp(index, Result{Code: WrongEpoch,
+			Reason: fmt.Sprintf("stamped epoch %d, current %d", s.Epoch, f.epoch)})
+	}
+	if s.Now > f.now {
+		f.now = s.Now
+	}
+	switch c := cmd.(type) {
+	case *Acquire:
+		return f.resp(index, f.acquire(index, c))
+	case *Extend:
+		if err := c.Validate(); err != nil {
+			return f.resp(index, invalid("", "%v", err))
+		}
+		out := make([]Result, len(c.Items))
+		for i, it := range c.Items {
+			out[i] = f.extend(index, c.Holder, it)
+		}
+		return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: out}
+	case *Release:
+		return f.resp(index, f.release(index, c))
+	case Expire:
+		r := &Response{Index: index, Epoch: f.epoch, Now: f.now}
+		r.Results = f.expire(index, r.Results)
+		return r
+	case *Batch:
+		if err := c.Validate(); err != nil {
+			return f.resp(index, invalid("", "%v", err))
+		}
+		r := &Response{Index: index, Epoch: f.epoch, Now: f.now}
+		for _, sub := range c.Cmds {
+			r.Results = append(r.Results, f.applyLocked(index, s, sub).Results...)
+		}
+		return r
+	}
+	return f.resp(index, invalid("", "unknown command %T", cmd))
+}
+
+// ApplyCommand applies cmd, stamped s, as if it were the entry at index.
+// It is the same code path Apply takes after decoding; tests and
+// benchmarks use it to drive the FSM without Raft.
+func (f *FSM) ApplyCommand(index uint64, s Stamp, cmd Command) *Response {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if index > f.applied {
+		f.applied = index
+	}
+	r := f.applyLocked(index, s, cmd)
+	f.notify()
+	return r
+}
+
+func (f *FSM) resp(index uint64, r Result) *Response {
+	return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: []Result{r}}
+}
+
+// promote starts a new epoch and rebases every record: a held lease gets a
+// full TTL from now, a lock-delay its full length from now.
+//
+// Invariant no-early-expiry: no lease expires earlier than one full TTL
+// after the last moment any earlier leader could have extended it. The new
+// leader's clock starts when it won the election, after every earlier
+// leader lost the ability to commit; rebasing to now+TTL therefore counts a
+// full TTL from a moment later than any earlier extend. Without it, expiry
+// stamped by the old leader's clock would be judged by the new leader's
+// unrelated clock. Guarded by TestPromoteRebases and the failover tests in
+// node.
+func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
+	if s.Epoch <= f.epoch {
+		return f.resp(index, Result{Code: WrongEpoch,
+			Reason: fmt.Sprintf("promote to epoch %d, current %d", s.Epoch, f.epoch)})
+	}
+	f.epoch = s.Epoch
+	f.now = s.Now
+	for _, r := range f.heap {
+		if r.State == StateHeld {
+			r.Expiry = f.now + r.TTL
+		} else {
+			r.Expiry = f.now
+		}
+	}
+	f.heap.init()
+	f.emit(Event{Type: EventPromoted, Index: index})
+	return f.resp(index, Result{Code: Promoted})
+}
+
+// acquire implements takeover and request-id rules.
+//
+// Invariant single-holder: a key is granted to a new holder only when no
+// record blocks it at the FSM's now: no record, or a held lease whose
+// expiry plus lock-delay is <= now, or a lock-delay that has ended. Release
+// removes the record at once. Guarded by TestTakeover and the model test.
+//
+// Invariant request-id order: for the listed holder, the same request id is
+// a retry (same token, refreshed expiry), a higher one a new holding (new
+// token), a lower one is Stale. Accepting a lower id would let a delayed
+// old request replace the holder's live holding with a new token while the
+// client still uses the old one. Guarded by TestRequestIDs.
+func (f *FSM) acquire(index uint64, c *Acquire) Result {
+	if err := c.Validate(); err != nil {
+		return invalid(c.Key, "%v", err)
+	}
+	r := f.keys[c.Key]
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
+		switch {
+		case c.ReqID == r.ReqID:
+			f.setLease(r, c)
+			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
+			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
+		case c.ReqID > r.ReqID:
+			r.Token = index
+			r.ReqID = c.ReqID
+			f.setLease(r, c)
+			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
+			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+		default:
+			return Result{Code: Stale, Key: r.Key, Token: r.Token, Holder: r.Holder,
+				Reason: fmt.Sprintf("request id %d is older than the holding's %d", c.ReqID, r.ReqID)}
+		}
+	}
+	if r != nil {
+		if free := r.FreeAt(); free > f.now {
+			holder := ""
+			if r.State == StateHeld {
+				holder = r.Holder
+			}
+			return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: free - f.now}
+		}
+		f.remove(r)
+	}
+	r = &record{Lease: Lease{Key: c.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index}, hidx: -1}
+	f.setLease(r, c)
+	f.keys[r.Key] = r
+	f.order.ReplaceOrInsert(r)
+	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
+	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+}
+
+// setLease (re)starts a held lease from an acquire at the FSM's now.
+func (f *FSM) setLease(r *record, c *Acquire) {
+	r.State = StateHeld
+	r.TTL = c.TTL
+	r.LockDelay = c.LockDelay
+	r.Value = c.Value
+	r.Expiry = f.now + c.TTL
+	f.heap.update(r)
+}
+
+// extend renews one lease.
+//
+// Invariant no-extend-after-expiry: a lease whose expiry is <= now cannot
+// be extended even if no Expire has reaped it, since another holder may be
+// granted it in the same instant. Guarded by TestExtendAfterExpiry.
+func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
+	r := f.keys[it.Key]
+	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token || r.Expiry <= f.now {
+		res := Result{Code: NotHeld, Key: it.Key}
+		if r != nil && r.State == StateHeld && r.Expiry > f.now {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+		return res
+	}
+	r.Expiry = f.now + r.TTL
+	f.heap.update(r)
+	if f.cfg.Events {
+		f.emit(Event{Type: EventExtended, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+	}
+	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+}
+
+func (f *FSM) release(index uint64, c *Release) Result {
+	if err := c.Validate(); err != nil {
+		return invalid(c.Key, "%v", err)
+	}
+	r := f.keys[c.Key]
+	if r == nil || r.State != StateHeld || r.Holder != c.Holder || r.Token != c.Token {
+		res := Result{Code: NotHeld, Key: c.Key}
+		if r != nil && r.State == StateHeld {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+		return res
+	}
+	f.remove(r)
+	f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+	return Result{Code: Released, Key: r.Key, Token: r.Token}
+}
+
+// expire reaps everything due at now, in due order, in O(log n) per record.
+func (f *FSM) expire(index uint64, out []Result) []Result {
+	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
+		r := f.heap[0]
+		if r.State == StateHeld {
+			f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
+			if r.LockDelay > 0 {
+				r.State = StateDelayed
+				f.nDelayed++
+				f.heap.update(r)
+				continue
+			}
+		} else {
+			f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
+			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token})
+		}
+		f.remove(r)
+	}
+	return out
+}
+
+func (f *FSM) remove(r *record) {
+	if r.State == StateDelayed {
+		f.nDelayed--
+	}
+	delete(f.keys, r.Key)
+	f.order.Delete(r)
+	f.heap.remove(r)
+}
+
+// emit appends to the change feed. Called with f.mu held.
+func (f *FSM) emit(e Event) {
+	if !f.cfg.Events {
+		return
+	}
+	f.evMu.Lock()
+	f.events = append(f.events, e)
+	f.evMu.Unlock()
+}
+
+func (f *FSM) notify() {
+	if !f.cfg.Events {
+		return
+	}
+	select {
+	case f.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Changes returns a channel that receives a value after applied entries
+// produced events (coalesced: one signal may stand for many entries). Call
+// Drain after each signal. Nil when Config.Events is off.
+func (f *FSM) Changes() <-chan struct{} {
+	if !f.cfg.Events {
+		return nil
+	}
+	return f.changed
+}
+
+// Drain appends the pending events, in log order, to dst and returns it.
+// Apply never blocks on the feed; undrained events accumulate.
+func (f *FSM) Drain(dst []Event) []Event {
+	f.evMu.Lock()
+	dst = append(dst, f.events...)
+	clear(f.events)
+	f.events = f.events[:0]
+	f.evMu.Unlock()
+	return dst
+}
+
+// Fatal reports the entry that made this replica unable to continue, if
+// any (see Config.OnFatal).
+func (f *FSM) Fatal() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.fatal
+}
+
+// Get returns the record for key.
+func (f *FSM) Get(key string) (Lease, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.keys[key]
+	if !ok {
+		return Lease{}, false
+	}
+	return r.Lease, true
+}
+
+// List returns up to limit records whose key starts with prefix and sorts
+// after the key after (exclusive), in key order, and the key to pass as
+// after for the next page ("" when there is none). limit <= 0 means 1000.
+func (f *FSM) List(prefix, after string, limit int) ([]Lease, string) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	start := prefix
+	if after > start {
+		start = after
+	}
+	var out []Lease
+	more := false
+	f.order.AscendGreaterOrEqual(&record{Lease: Lease{Key: start}}, func(r *record) bool {
+		if !strings.HasPrefix(r.Key, prefix) {
+			return false
+		}
+		if r.Key == after {
+			return true
+		}
+		if len(out) == limit {
+			more = true
+			return false
+		}
+		out = append(out, r.Lease)
+		return true
+	})
+	if !more || len(out) == 0 {
+		return out, ""
+	}
+	return out, out[len(out)-1].Key
+}
+
+// Stats is a summary of the state.
+type Stats struct {
+	Epoch   uint64
+	Now     time.Duration
+	Applied uint64
+	// Held counts leases with a holder; Delayed counts keys in lock-delay.
+	Held, Delayed int
+}
+
+// Stats returns a summary of the state.
+func (f *FSM) Stats() Stats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied}
+	s.Delayed = f.nDelayed
+	s.Held = len(f.keys) - s.Delayed
+	return s
+}
+
+// Clock returns the current epoch and logical time.
+func (f *FSM) Clock() (epoch uint64, now time.Duration) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.epoch, f.now
+}
+
+// NextExpiry returns the earliest logical time at which an Expire would
+// reap something, in O(1). ok is false when nothing can expire.
+func (f *FSM) NextExpiry() (due time.Duration, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if len(f.heap) == 0 {
+		return 0, false
+	}
+	return f.heap[0].due(), true
+}

@@ -1,0 +1,296 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+
+	"github.com/google/btree"
+	"github.com/hashicorp/raft"
+)
+
+// Snapshot format, version 1:
+//
+//	magic    "LNSNAP\x00\x01"
+//	frame*   uvarint length, payload, crc32c(payload) big-endian
+//
+// The first frame is the header: uvarint version, uvarint epoch, varint
+// now, uvarint applied, uvarint record count. Every later frame holds
+// uvarint n and n records in key order: key, holder, uvarint reqID,
+// uvarint token, varint ttl, varint lock-delay, varint expiry, byte state,
+// value. The stream ends right after the frame holding the last record.
+// Frames are checksummed one by one so restore streams with bounded memory
+// and still rejects any flipped bit; the record count in the header catches
+// truncation at a frame boundary.
+const (
+	snapshotVersion = 1
+	frameTarget     = 64 << 10
+	maxFrame        = 16 << 20
+)
+
+var snapshotMagic = []byte("LNSNAP\x00\x01")
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorruptSnapshot is returned (wrapped) by Restore for any snapshot it
+// cannot trust: bad magic, checksum mismatch, truncation, bad records.
+var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
+
+// Snapshot implements raft.FSM. Raft calls it on the applying goroutine, so
+// the state cannot change while it runs; it encodes the whole state into
+// checksummed frames in memory (about 60 bytes per lease) and Persist
+// streams them out while Apply goes on. Encoding under the lock keeps the
+// snapshot exactly the state at one index; it stalls Apply for about 0.2 s
+// per million leases (see BenchmarkSnapshot).
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var w frameWriter
+	hdr := binary.AppendUvarint(nil, snapshotVersion)
+	hdr = binary.AppendUvarint(hdr, f.epoch)
+	hdr = binary.AppendVarint(hdr, int64(f.now))
+	hdr = binary.AppendUvarint(hdr, f.applied)
+	hdr = binary.AppendUvarint(hdr, uint64(len(f.keys)))
+	w.frame(hdr)
+	var buf []byte
+	n := 0
+	flush := func() {
+		if n > 0 {
+			w.frame(append(binary.AppendUvarint(nil, uint64(n)), buf...))
+			buf, n = buf[:0], 0
+		}
+	}
+	f.order.Ascend(func(r *record) bool {
+		buf = appendRecord(buf, &r.Lease)
+		n++
+		if len(buf) >= frameTarget {
+			flush()
+		}
+		return true
+	})
+	flush()
+	return &w, nil
+}
+
+func appendRecord(b []byte, l *Lease) []byte {
+	b = appendString(b, l.Key)
+	b = appendString(b, l.Holder)
+	b = binary.AppendUvarint(b, l.ReqID)
+	b = binary.AppendUvarint(b, l.Token)
+	b = binary.AppendVarint(b, int64(l.TTL))
+	b = binary.AppendVarint(b, int64(l.LockDelay))
+	b = binary.AppendVarint(b, int64(l.Expiry))
+	b = append(b, byte(l.State))
+	return appendString(b, string(l.Value))
+}
+
+// frameWriter holds an encoded snapshot as a list of framed chunks.
+type frameWriter struct {
+	chunks [][]byte
+}
+
+func (w *frameWriter) frame(payload []byte) {
+	c := make([]byte, 0, len(payload)+binary.MaxVarintLen64+4)
+	c = binary.AppendUvarint(c, uint64(len(payload)))
+	c = append(c, payload...)
+	c = binary.BigEndian.AppendUint32(c, crc32.Checksum(payload, crcTable))
+	w.chunks = append(w.chunks, c)
+}
+
+// WriteTo writes the whole snapshot to dst.
+func (w *frameWriter) WriteTo(dst io.Writer) (int64, error) {
+	total, err := dst.Write(snapshotMagic)
+	for _, c := range w.chunks {
+		if err != nil {
+			break
+		}
+		var n int
+		n, err = dst.Write(c)
+		total += n
+	}
+	return int64(total), err
+}
+
+// Persist implements raft.FSMSnapshot.
+func (w *frameWriter) Persist(sink raft.SnapshotSink) error {
+	if _, err := w.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release implements raft.FSMSnapshot.
+func (w *frameWriter) Release() { w.chunks = nil }
+
+// Restore implements raft.FSM. It reads the snapshot as a stream, checks
+// every frame, and replaces the state only if all of it is sound; on any
+// error the previous state is left as it was.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10))
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
+	f.keys, f.order, f.heap, f.nDelayed = st.keys, st.order, st.heap, st.nDelayed
+	f.mu.Unlock()
+	f.emit(Event{Type: EventRestored, Index: st.applied})
+	f.notify()
+	return nil
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorruptSnapshot, fmt.Sprintf(format, args...))
+}
+
+func readSnapshot(r *bufio.Reader) (*snapState, error) {
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(r, magic); err != nil {
+		return nil, corrupt("reading magic: %v", err)
+	}
+	if string(magic) != string(snapshotMagic) {
+		return nil, corrupt("bad magic %q", magic)
+	}
+	var payload []byte
+	next := func() (*decoder, error) {
+		n, err := binary.ReadUvarint(r)
+		if err != nil {
+			if err == io.EOF {
+				return nil, corrupt("truncated: missing frame")
+			}
+			return nil, corrupt("frame length: %v", err)
+		}
+		if n > maxFrame {
+			return nil, corrupt("frame of %d bytes exceeds %d", n, maxFrame)
+		}
+		if uint64(cap(payload)) < n+4 {
+			payload = make([]byte, n+4)
+		}
+		payload = payload[:n+4]
+		if _, err := io.ReadFull(r, payload); err != nil {
+			return nil, corrupt("truncated frame: %v", err)
+		}
+		body := payload[:n]
+		if got, want := crc32.Checksum(body, crcTable), binary.BigEndian.Uint32(payload[n:]); got != want {
+			return nil, corrupt("checksum mismatch")
+		}
+		return &decoder{b: body}, nil
+	}
+
+	d, err := next()
+	if err != nil {
+		return nil, err
+	}
+	if v := d.uvarint(); d.err == nil && v != snapshotVersion {
+		return nil, corrupt("snapshot version %d, this build reads %d", v, snapshotVersion)
+	}
+	st := newSnapState()
+	st.epoch = d.uvarint()
+	st.now = time.Duration(d.varint())
+	st.applied = d.uvarint()
+	count := d.uvarint()
+	if d.err != nil || len(d.b) != 0 {
+		return nil, corrupt("bad header")
+	}
+	holders := make(map[string]string)
+	var prev string
+	for read := uint64(0); read < count; {
+		d, err := next()
+		if err != nil {
+			return nil, err
+		}
+		n := d.uvarint()
+		if n == 0 || read+n > count {
+			return nil, corrupt("frame holds %d records, %d of %d read", n, read, count)
+		}
+		for i := uint64(0); i < n; i++ {
+			r := &record{hidx: -1}
+			r.Key = d.string()
+			hb := d.bytes()
+			h, ok := holders[string(hb)]
+			if !ok {
+				h = string(hb)
+				holders[h] = h
+			}
+			r.Holder = h
+			r.ReqID = d.uvarint()
+			r.Token = d.uvarint()
+			r.TTL = time.Duration(d.varint())
+			r.LockDelay = time.Duration(d.varint())
+			r.Expiry = time.Duration(d.varint())
+			r.State = State(d.byte())
+			if v := d.bytes(); len(v) > 0 {
+				r.Value = append([]byte(nil), v...)
+			}
+			if d.err != nil {
+				return nil, corrupt("record %d: %v", read+i, d.err)
+			}
+			if err := r.check(prev, read+i); err != nil {
+				return nil, err
+			}
+			prev = r.Key
+			st.add(r)
+		}
+		if len(d.b) != 0 {
+			return nil, corrupt("%d trailing bytes in frame", len(d.b))
+		}
+		read += n
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		return nil, corrupt("data after the last record")
+	}
+	st.heap.init()
+	return st, nil
+}
+
+// check validates a decoded record; i is its position in the snapshot.
+func (r *record) check(prev string, i uint64) error {
+	switch {
+	case checkKey(r.Key) != nil:
+		return corrupt("record %d: %v", i, checkKey(r.Key))
+	case i > 0 && r.Key <= prev:
+		return corrupt("record %d: key %q out of order", i, r.Key)
+	case r.State != StateHeld && r.State != StateDelayed:
+		return corrupt("record %d: bad state %d", i, r.State)
+	case r.Token == 0 || checkHolder(r.Holder) != nil:
+		return corrupt("record %d: bad token or holder", i)
+	case r.TTL <= 0 || r.TTL > MaxTTL || r.LockDelay < 0 || r.LockDelay > MaxTTL:
+		return corrupt("record %d: ttl or lock-delay out of range", i)
+	case len(r.Value) > MaxValueLen:
+		return corrupt("record %d: value too large", i)
+	}
+	return nil
+}
+
+// snapState is a state being built by Restore before it replaces the live
+// one.
+type snapState struct {
+	epoch    uint64
+	now      time.Duration
+	applied  uint64
+	keys     map[string]*record
+	order    *btree.BTreeG[*record]
+	heap     expiryHeap
+	nDelayed int
+}
+
+func newSnapState() *snapState {
+	return &snapState{keys: make(map[string]*record), order: newOrder()}
+}
+
+// add appends a record; the heap is ordered once all are in.
+func (st *snapState) add(r *record) {
+	st.keys[r.Key] = r
+	st.order.ReplaceOrInsert(r)
+	r.hidx = len(st.heap)
+	st.heap = append(st.heap, r)
+	if r.State == StateDelayed {
+		st.nDelayed++
+	}
+}
