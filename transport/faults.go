@@ -1,0 +1,146 @@
+package transport
+
+import (
+	"net"
+	"sync"
+)
+
+// Faults is a shared, in-process network switchboard for multi-node tests
+// (the first of the three fault-injection layers: transport hooks, named
+// failpoints, process-level nemeses). All nodes of a test cluster point
+// their Dialers at the same *Faults; it decides which dials may happen and
+// closes live connections that a new partition cuts.
+//
+// Addresses are the nodes' advertised Mux addresses, compared as strings:
+// use exactly the strings the nodes advertise and dial. Every connection has
+// a dialing side whose Dialer registered it as (from=LocalAddr, to=addr), so
+// cutting registered connections covers both directions of traffic.
+//
+// Faults only affects connections made through a Dialer that points at it;
+// it does not delay or reorder bytes. The zero value is not usable; call
+// NewFaults.
+type Faults struct {
+	mu       sync.Mutex
+	group    map[string]int // address -> 1-based group index from Partition
+	isolated map[string]bool
+	conns    map[*faultConn]struct{}
+}
+
+// NewFaults returns a Faults with a healthy network.
+func NewFaults() *Faults {
+	return &Faults{
+		group:    make(map[string]int),
+		isolated: make(map[string]bool),
+		conns:    make(map[*faultConn]struct{}),
+	}
+}
+
+// Partition replaces the current faults (including Isolate) with groups:
+// nodes in different groups cannot talk. New dials between them fail with
+// ErrPartitioned and existing connections between them are closed at once.
+// Addresses not named in any group stay reachable from all. An address named
+// in several groups belongs to the last.
+func (f *Faults) Partition(groups ...[]string) {
+	f.mu.Lock()
+	f.group = make(map[string]int)
+	f.isolated = make(map[string]bool)
+	for i, g := range groups {
+		for _, addr := range g {
+			f.group[addr] = i + 1
+		}
+	}
+	cut := f.cutLocked()
+	f.mu.Unlock()
+	closeAll(cut)
+}
+
+// Isolate cuts addr from every other address, named in a partition or not,
+// in addition to the current faults, and closes its connections.
+func (f *Faults) Isolate(addr string) {
+	f.mu.Lock()
+	f.isolated[addr] = true
+	cut := f.cutLocked()
+	f.mu.Unlock()
+	closeAll(cut)
+}
+
+// Heal removes every fault. Connections closed by earlier faults stay
+// closed; their owners redial.
+func (f *Faults) Heal() {
+	f.mu.Lock()
+	f.group = make(map[string]int)
+	f.isolated = make(map[string]bool)
+	f.mu.Unlock()
+}
+
+// Allowed reports whether a node advertised as from may currently talk to
+// to. A node may always talk to itself.
+func (f *Faults) Allowed(from, to string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.allowedLocked(from, to)
+}
+
+func (f *Faults) allowedLocked(from, to string) bool {
+	if from == to {
+		return true
+	}
+	if f.isolated[from] || f.isolated[to] {
+		return false
+	}
+	gf, okf := f.group[from]
+	gt, okt := f.group[to]
+	return !okf || !okt || gf == gt
+}
+
+// cutLocked unregisters and returns the connections that are no longer
+// allowed.
+func (f *Faults) cutLocked() []*faultConn {
+	var cut []*faultConn
+	for c := range f.conns {
+		if !f.allowedLocked(c.from, c.to) {
+			delete(f.conns, c)
+			cut = append(cut, c)
+		}
+	}
+	return cut
+}
+
+// closeAll closes the raw TCP connections under cut: like a cable pulled,
+// without a TLS close_notify that could block on a full send buffer.
+func closeAll(cut []*faultConn) {
+	for _, c := range cut {
+		_ = c.raw.Close()
+	}
+}
+
+// track registers a freshly dialed connection. It re-checks Allowed under
+// the lock, so a partition that began during the dial cannot miss it.
+func (f *Faults) track(from, to string, conn, raw net.Conn) (net.Conn, error) {
+	c := &faultConn{Conn: conn, raw: raw, f: f, from: from, to: to}
+	f.mu.Lock()
+	if !f.allowedLocked(from, to) {
+		f.mu.Unlock()
+		_ = raw.Close()
+		return nil, ErrPartitioned
+	}
+	f.conns[c] = struct{}{}
+	f.mu.Unlock()
+	return c, nil
+}
+
+// faultConn is a dialed connection registered with a Faults.
+type faultConn struct {
+	net.Conn          // what the Dialer returns (TLS or TCP)
+	raw      net.Conn // the TCP connection under Conn
+	f        *Faults
+	from, to string
+}
+
+// Close unregisters the connection and closes it.
+func (c *faultConn) Close() error {
+	c.f.mu.Lock()
+	delete(c.f.conns, c)
+	c.f.mu.Unlock()
+	return c.Conn.Close()
+}

@@ -1,0 +1,358 @@
+package transport
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Protocol bytes: the first byte a dialer writes on a new connection (after
+// the TLS handshake, when TLS is on). The Mux routes on it.
+const (
+	// ProtoRaft marks a hashicorp/raft NetworkTransport stream.
+	ProtoRaft byte = 1
+	// ProtoRPC marks a node-to-node RPC connection (RPCServer/RPCClient).
+	ProtoRPC byte = 2
+)
+
+// DefaultHandshakeTimeout bounds the TLS handshake plus the read of the
+// protocol byte on an accepted connection when MuxConfig.HandshakeTimeout is
+// zero.
+const DefaultHandshakeTimeout = 5 * time.Second
+
+// MuxConfig configures a Mux.
+type MuxConfig struct {
+	// TLS, when non-nil, makes the Mux a TLS server: every accepted
+	// connection must complete a handshake before its protocol byte is
+	// read. With ClientAuth set to tls.RequireAndVerifyClientCert (as
+	// TLSFiles.ServerConfig does) this is mutual TLS. Nil means plain TCP.
+	TLS *tls.Config
+	// Logger receives connection-level diagnostics; nil discards them. The
+	// Mux logs with component=transport.mux.
+	Logger *slog.Logger
+	// HandshakeTimeout bounds the TLS handshake plus the read of the
+	// protocol byte. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+}
+
+// Mux accepts connections on one listener and hands each to the
+// sub-listener registered for its first byte, so that Raft and node RPC
+// share one port (rqlite's tcp.Mux, plus TLS).
+//
+// Each accepted connection is handshaked in its own goroutine under a
+// deadline, so a slow, silent or hostile peer never delays another. A
+// connection with an unknown protocol byte, or that fails the TLS handshake
+// (for example a client certificate from another CA, or plain TCP to a TLS
+// Mux), is closed and logged.
+//
+// Lifecycle: NewMux, Listen for each protocol, Serve (blocks), Close.
+// Goroutines: the caller's Serve loop, and one short-lived goroutine per
+// connection between accept and hand-over; Close stops them all and waits
+// for the latter.
+type Mux struct {
+	ln               net.Listener
+	tls              *tls.Config
+	log              *slog.Logger
+	handshakeTimeout time.Duration
+	done             chan struct{} // closed by Close
+
+	mu      sync.Mutex
+	closed  bool
+	subs    map[byte]*muxListener
+	pending map[net.Conn]struct{} // raw conns accepted but not yet handed over
+	wg      sync.WaitGroup        // per-connection handshake goroutines
+}
+
+// NewMux returns a Mux serving ln. It takes ownership of ln: Close closes it.
+func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := cfg.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	return &Mux{
+		ln:               ln,
+		tls:              cfg.TLS,
+		log:              log.With("component", "transport.mux"),
+		handshakeTimeout: timeout,
+		done:             make(chan struct{}),
+		subs:             make(map[byte]*muxListener),
+		pending:          make(map[net.Conn]struct{}),
+	}
+}
+
+// Listen registers proto and returns the listener that receives connections
+// whose first byte is proto. Call it before Serve, so that no connection for
+// proto is refused as unknown. Registering the same byte twice is a
+// programming error and panics. The returned listener's Addr is the Mux's.
+// Closing it makes later connections for proto be closed on arrival; closing
+// the Mux closes it.
+func (m *Mux) Listen(proto byte) net.Listener {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, dup := m.subs[proto]; dup {
+		panic(fmt.Sprintf("transport: Mux.Listen: protocol byte %d registered twice", proto))
+	}
+	l := &muxListener{m: m, proto: proto, ch: make(chan handoff), done: make(chan struct{})}
+	if m.closed {
+		l.closeOnce.Do(func() { close(l.done) })
+	}
+	m.subs[proto] = l
+	return l
+}
+
+// Addr returns the address of the underlying listener.
+func (m *Mux) Addr() net.Addr { return m.ln.Addr() }
+
+// Serve runs the accept loop until Close. It returns nil after Close, and
+// the listener's error if the listener fails for another reason.
+// Temporary accept errors (such as running out of file descriptors) are
+// retried with backoff.
+func (m *Mux) Serve() error {
+	var delay time.Duration
+	for {
+		conn, err := m.ln.Accept()
+		if err != nil {
+			if m.isClosed() {
+				return nil
+			}
+			if isTemporary(err) {
+				delay = backoff(delay)
+				m.log.Warn("accept failed; retrying", "error", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-m.done:
+					return nil
+				}
+			}
+			return fmt.Errorf("transport: mux accept: %w", err)
+		}
+		delay = 0
+
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			_ = conn.Close()
+			return nil
+		}
+		m.pending[conn] = struct{}{}
+		m.wg.Add(1)
+		m.mu.Unlock()
+		go m.handle(conn)
+	}
+}
+
+// Close stops Serve, closes the listener, every sub-listener (their Accept
+// returns net.ErrClosed) and every connection not yet handed over, and
+// waits for the per-connection goroutines. Connections already returned by
+// a sub-listener's Accept belong to their acceptor and stay open. Close is
+// idempotent.
+func (m *Mux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.done)
+	conns := make([]net.Conn, 0, len(m.pending))
+	for c := range m.pending {
+		conns = append(conns, c)
+	}
+	subs := make([]*muxListener, 0, len(m.subs))
+	for _, l := range m.subs {
+		subs = append(subs, l)
+	}
+	m.mu.Unlock()
+
+	err := m.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	for _, l := range subs {
+		_ = l.Close()
+	}
+	m.wg.Wait()
+	return err
+}
+
+func (m *Mux) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// forget drops raw from the pending set and closes it.
+func (m *Mux) forget(raw net.Conn) {
+	m.mu.Lock()
+	delete(m.pending, raw)
+	m.mu.Unlock()
+	_ = raw.Close()
+}
+
+// handle runs the handshake for one accepted connection and hands it over.
+func (m *Mux) handle(raw net.Conn) {
+	defer m.wg.Done()
+	log := m.log.With("remote", raw.RemoteAddr().String())
+
+	// One deadline covers the TLS handshake and the protocol byte. Close
+	// closes raw, which ends either at once.
+	_ = raw.SetDeadline(time.Now().Add(m.handshakeTimeout))
+	conn := raw
+	if m.tls != nil {
+		// A TLS client starts with a handshake record. Checking that byte
+		// first refuses a plain-TCP dialer at once, with a clear log,
+		// instead of leaving the TLS stack waiting for a full record
+		// header until the deadline.
+		var first [1]byte
+		if _, err := io.ReadFull(raw, first[:]); err != nil {
+			if !m.isClosed() {
+				log.Debug("no TLS handshake; closing connection", "error", err)
+			}
+			m.forget(raw)
+			return
+		}
+		if first[0] != tlsRecordHandshake {
+			log.Warn("plain-TCP client on a TLS port; closing connection", "first_byte", first[0])
+			m.forget(raw)
+			return
+		}
+		tc := tls.Server(&replayConn{Conn: raw, first: first[0], pending: true}, m.tls)
+		if err := tc.Handshake(); err != nil {
+			if !m.isClosed() {
+				log.Warn("TLS handshake failed; closing connection", "error", err)
+			}
+			m.forget(raw)
+			return
+		}
+		conn = tc
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		if !m.isClosed() {
+			log.Debug("no protocol byte; closing connection", "error", err)
+		}
+		m.forget(raw)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+
+	m.mu.Lock()
+	l := m.subs[b[0]]
+	m.mu.Unlock()
+	if l == nil {
+		log.Warn("unknown protocol byte; closing connection", "proto", b[0])
+		m.forget(raw)
+		return
+	}
+	select {
+	case l.ch <- handoff{conn: conn, raw: raw}:
+		// The acceptor removes raw from pending (see muxListener.Accept).
+	case <-l.done:
+		log.Debug("listener for protocol closed; closing connection", "proto", b[0])
+		m.forget(raw)
+	case <-m.done:
+		m.forget(raw)
+	}
+}
+
+// tlsRecordHandshake is the TLS record content type of a ClientHello.
+const tlsRecordHandshake = 22
+
+// replayConn returns first before the rest of Conn's bytes: it puts back the
+// byte the Mux read to tell TLS from plain TCP.
+type replayConn struct {
+	net.Conn
+	first   byte
+	pending bool // first not yet returned; only the TLS stack reads, one goroutine at a time
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if c.pending && len(b) > 0 {
+		c.pending = false
+		b[0] = c.first
+		return 1, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// handoff carries a ready connection to a sub-listener. raw is the TCP
+// connection under conn (the same value without TLS), the key in pending.
+type handoff struct {
+	conn net.Conn
+	raw  net.Conn
+}
+
+// muxListener is the net.Listener that Mux.Listen returns.
+type muxListener struct {
+	m         *Mux
+	proto     byte
+	ch        chan handoff
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// Accept waits for the next connection for this protocol. It returns
+// net.ErrClosed after the listener or the Mux is closed.
+func (l *muxListener) Accept() (net.Conn, error) {
+	select {
+	case h := <-l.ch:
+		// Ownership passes to the caller here, under the Mux lock, so a
+		// concurrent Mux.Close either closed the conn already (and we
+		// report closed) or will never touch it.
+		l.m.mu.Lock()
+		closed := l.m.closed
+		delete(l.m.pending, h.raw)
+		l.m.mu.Unlock()
+		select {
+		case <-l.done:
+			closed = true
+		default:
+		}
+		if closed {
+			_ = h.raw.Close()
+			return nil, net.ErrClosed
+		}
+		return h.conn, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close makes Accept return net.ErrClosed; connections for this protocol
+// that arrive later are closed by the Mux. Idempotent.
+func (l *muxListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+// Addr returns the Mux's address.
+func (l *muxListener) Addr() net.Addr { return l.m.Addr() }
+
+// isTemporary reports accept errors worth retrying (EMFILE, ECONNABORTED).
+// net.Error's Temporary is deprecated for general use but is still what the
+// standard library's own servers consult for accept errors.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// backoff doubles d between 5ms and 1s.
+func backoff(d time.Duration) time.Duration {
+	if d == 0 {
+		return 5 * time.Millisecond
+	}
+	return min(2*d, time.Second)
+}

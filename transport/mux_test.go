@@ -1,0 +1,326 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// leakCheck registers a goroutine leak check that runs after every other
+// cleanup of t; call it first in each test.
+func leakCheck(t *testing.T) {
+	t.Helper()
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+// eventually polls cond until it returns nil or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", timeout, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startMux serves a Mux on 127.0.0.1 with listeners for protos; cleanup
+// closes it and checks that Serve returned nil.
+func startMux(t *testing.T, cfg MuxConfig, protos ...byte) (*Mux, map[byte]net.Listener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMux(ln, cfg)
+	lns := make(map[byte]net.Listener)
+	for _, p := range protos {
+		lns[p] = m.Listen(p)
+	}
+	served := make(chan error, 1)
+	go func() { served <- m.Serve() }()
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("Mux.Close: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("Mux.Serve returned %v after Close, want nil", err)
+		}
+	})
+	return m, lns
+}
+
+// acceptOne accepts one connection from ln, failing the test after 10s.
+func acceptOne(t *testing.T, ln net.Listener) net.Conn {
+	t.Helper()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("Accept: %v", r.err)
+		}
+		t.Cleanup(func() { _ = r.c.Close() })
+		return r.c
+	case <-time.After(10 * time.Second):
+		_ = ln.Close() // unblock the goroutine
+		<-ch
+		t.Fatal("Accept: nothing within 10s")
+		return nil
+	}
+}
+
+// dial connects with a plain Dialer and registers cleanup.
+func dial(t *testing.T, d *Dialer, addr string, proto byte) net.Conn {
+	t.Helper()
+	c, err := d.Dial(context.Background(), addr, proto)
+	if err != nil {
+		t.Fatalf("Dial %s proto %d: %v", addr, proto, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// expectClosedByPeer reads from c until the peer closes it (EOF or reset),
+// failing if data arrives or nothing happens within 10s.
+func expectClosedByPeer(t *testing.T, c net.Conn) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	if n > 0 {
+		t.Fatalf("read %d bytes, want the peer to close", n)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("peer did not close the connection within 10s")
+	}
+	if err == nil {
+		t.Fatal("read returned no error")
+	}
+}
+
+// exchange writes msg on c and checks that peer reads it.
+func exchange(t *testing.T, c, peer net.Conn, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(peer, buf); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("read %q, want %q", buf, msg)
+	}
+}
+
+// One port carries Raft and RPC: each connection reaches the listener for
+// its protocol byte, with the byte consumed and bytes flowing both ways.
+func TestMuxDemultiplexesRaftAndRPC(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{}, ProtoRaft, ProtoRPC)
+	addr := m.Addr().String()
+	if got := lns[ProtoRaft].Addr().String(); got != addr {
+		t.Fatalf("sub-listener Addr = %s, want %s", got, addr)
+	}
+	d := &Dialer{}
+
+	// Open both first, then accept in the opposite order: neither waits
+	// for the other.
+	raftC := dial(t, d, addr, ProtoRaft)
+	rpcC := dial(t, d, addr, ProtoRPC)
+	rpcS := acceptOne(t, lns[ProtoRPC])
+	raftS := acceptOne(t, lns[ProtoRaft])
+
+	exchange(t, raftC, raftS, "raft hello")
+	exchange(t, rpcC, rpcS, "rpc hello")
+	exchange(t, raftS, raftC, "raft reply")
+	exchange(t, rpcS, rpcC, "rpc reply")
+}
+
+// A connection with an unknown first byte is closed; a silent connection
+// that never sends its byte does not delay anyone else.
+func TestMuxUnknownByteClosedOthersUnaffected(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{HandshakeTimeout: time.Minute}, ProtoRaft)
+	addr := m.Addr().String()
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+
+	bad := dial(t, &Dialer{}, addr, 99)
+	expectClosedByPeer(t, bad)
+
+	good := dial(t, &Dialer{}, addr, ProtoRaft)
+	s := acceptOne(t, lns[ProtoRaft])
+	exchange(t, good, s, "still works")
+}
+
+// A connection that sends nothing is closed after HandshakeTimeout.
+func TestMuxHandshakeTimeout(t *testing.T) {
+	leakCheck(t)
+	m, _ := startMux(t, MuxConfig{HandshakeTimeout: 50 * time.Millisecond}, ProtoRaft)
+	silent, err := net.Dial("tcp", m.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	expectClosedByPeer(t, silent)
+}
+
+// Close ends Serve with nil, makes Accept return net.ErrClosed, closes
+// connections still in their handshake, and is idempotent; connections
+// already handed over stay open.
+func TestMuxClose(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMux(ln, MuxConfig{HandshakeTimeout: time.Minute})
+	raftLn := m.Listen(ProtoRaft)
+	rpcLn := m.Listen(ProtoRPC)
+	served := make(chan error, 1)
+	go func() { served <- m.Serve() }()
+
+	handed := dial(t, &Dialer{}, m.Addr().String(), ProtoRaft)
+	handedS := acceptOne(t, raftLn)
+
+	silent, err := net.Dial("tcp", m.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	// Wait until the Mux has the silent connection in its handshake.
+	eventually(t, 10*time.Second, func() error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if len(m.pending) != 1 {
+			return fmt.Errorf("%d pending connections, want 1", len(m.pending))
+		}
+		return nil
+	})
+
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := rpcLn.Accept()
+		accepted <- err
+	}()
+
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve returned %v, want nil", err)
+	}
+	if err := <-accepted; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := raftLn.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Accept after Close: %v, want net.ErrClosed", err)
+	}
+	expectClosedByPeer(t, silent)
+	exchange(t, handed, handedS, "handed-over connections survive")
+	if _, err := net.Dial("tcp", m.Addr().String()); err == nil {
+		t.Fatal("dial after Close succeeded")
+	}
+}
+
+// A closed sub-listener makes the Mux close that protocol's connections;
+// other protocols go on.
+func TestMuxClosedSubListener(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{}, ProtoRaft, ProtoRPC)
+	if err := lns[ProtoRaft].Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, &Dialer{}, m.Addr().String(), ProtoRaft)
+	expectClosedByPeer(t, c)
+	ok := dial(t, &Dialer{}, m.Addr().String(), ProtoRPC)
+	exchange(t, ok, acceptOne(t, lns[ProtoRPC]), "rpc")
+}
+
+func TestMuxListenTwicePanics(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMux(ln, MuxConfig{})
+	defer m.Close()
+	m.Listen(ProtoRaft)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("second Listen(ProtoRaft) did not panic")
+		}
+	}()
+	m.Listen(ProtoRaft)
+}
+
+// Many connections handshake in parallel and all arrive.
+func TestMuxManyConcurrentConnections(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{}, ProtoRPC)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := (&Dialer{}).Dial(context.Background(), m.Addr().String(), ProtoRPC)
+			if err != nil {
+				errs <- err
+				return
+			}
+			_, err = c.Write([]byte{7})
+			errs <- err
+			// Keep it open until the server side has read.
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, _ = c.Read(make([]byte, 1))
+			_ = c.Close()
+		}()
+	}
+	for range n {
+		s := acceptOne(t, lns[ProtoRPC])
+		var b [1]byte
+		if _, err := io.ReadFull(s, b[:]); err != nil || b[0] != 7 {
+			t.Fatalf("read %v, %v", b, err)
+		}
+		_ = s.Close()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
