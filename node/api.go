@@ -1,0 +1,194 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
+)
+
+// startAPI serves the client protocol on cfg.APIAddr: connect-go handlers,
+// so one port speaks Connect (JSON or protobuf over HTTP/1.1 or 2; usable
+// with curl), gRPC and gRPC-Web. Plain-text HTTP/2 (h2c) is accepted for
+// gRPC clients without TLS.
+func (n *Node) startAPI() error {
+	if n.cfg.APIAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", n.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("listen api %s: %w", n.cfg.APIAddr, err)
+	}
+	n.apiLn = ln
+	n.apiAddr = n.cfg.APIAdvertiseAddr
+	if n.apiAddr == "" {
+		n.apiAddr = ln.Addr().String()
+	}
+	mux := http.NewServeMux()
+	n.MountAPI(mux)
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
+	n.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: n.cfg.ServerTLS, Protocols: &protocols}
+	n.goRun("node.api", func() {
+		var err error
+		if n.cfg.ServerTLS != nil {
+			err = n.api.ServeTLS(ln, "", "")
+		} else {
+			err = n.api.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("api server stopped", "err", err)
+		}
+	})
+	return nil
+}
+
+// MountAPI registers the client protocol handlers on mux, for programs that
+// serve it on their own HTTP server.
+func (n *Node) MountAPI(mux *http.ServeMux) {
+	var opts []connect.HandlerOption
+	if n.cfg.AuthToken != "" {
+		opts = append(opts, connect.WithInterceptors(authInterceptor(n.cfg.AuthToken)))
+	}
+	path, h := pbconnect.NewLeaseServiceHandler(&apiServer{n: n}, opts...)
+	mux.Handle(path, h)
+}
+
+// authInterceptor requires "Authorization: Bearer <token>".
+type authInterceptor string
+
+func (a authInterceptor) check(h http.Header) error {
+	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a)) != 1 {
+		return connectError(ErrUnauthenticated)
+	}
+	return nil
+}
+
+func (a authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if err := a.check(req.Header()); err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if err := a.check(conn.RequestHeader()); err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+// connectError maps a node error to a connect error carrying an
+// ErrorDetail, so remote clients can tell retryable from final failures.
+func connectError(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := connect.CodeUnknown
+	d := ErrorDetail(err)
+	switch d.GetReason() {
+	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER:
+		code = connect.CodeUnavailable
+	case pb.Reason_REASON_INVALID:
+		code = connect.CodeInvalidArgument
+	case pb.Reason_REASON_UNKNOWN_OUTCOME:
+		code = connect.CodeAborted
+	case pb.Reason_REASON_STALE_REQUEST:
+		code = connect.CodeFailedPrecondition
+	case pb.Reason_REASON_CLOSED:
+		code = connect.CodeUnavailable
+	case pb.Reason_REASON_UNAUTHENTICATED:
+		code = connect.CodeUnauthenticated
+	default:
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			code = connect.CodeDeadlineExceeded
+		case errors.Is(err, context.Canceled):
+			code = connect.CodeCanceled
+		}
+	}
+	ce := connect.NewError(code, err)
+	if det, derr := connect.NewErrorDetail(d); derr == nil {
+		ce.AddDetail(det)
+	}
+	return ce
+}
+
+// apiServer adapts Node's methods to the generated handler interface.
+type apiServer struct{ n *Node }
+
+func unary[Req, Resp any](ctx context.Context, req *connect.Request[Req], f func(context.Context, *Req) (*Resp, error)) (*connect.Response[Resp], error) {
+	resp, err := f(ctx, req.Msg)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *apiServer) Acquire(ctx context.Context, r *connect.Request[pb.AcquireRequest]) (*connect.Response[pb.AcquireResponse], error) {
+	return unary(ctx, r, s.n.Acquire)
+}
+
+func (s *apiServer) Extend(ctx context.Context, r *connect.Request[pb.ExtendRequest]) (*connect.Response[pb.ExtendResponse], error) {
+	return unary(ctx, r, s.n.Extend)
+}
+
+func (s *apiServer) Release(ctx context.Context, r *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error) {
+	return unary(ctx, r, s.n.Release)
+}
+
+func (s *apiServer) Get(ctx context.Context, r *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {
+	return unary(ctx, r, s.n.Get)
+}
+
+func (s *apiServer) List(ctx context.Context, r *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
+	return unary(ctx, r, s.n.List)
+}
+
+func (s *apiServer) CheckToken(ctx context.Context, r *connect.Request[pb.CheckTokenRequest]) (*connect.Response[pb.CheckTokenResponse], error) {
+	return unary(ctx, r, s.n.CheckToken)
+}
+
+func (s *apiServer) Members(ctx context.Context, r *connect.Request[pb.MembersRequest]) (*connect.Response[pb.MembersResponse], error) {
+	return unary(ctx, r, s.n.Members)
+}
+
+func (s *apiServer) Status(ctx context.Context, r *connect.Request[pb.StatusRequest]) (*connect.Response[pb.StatusResponse], error) {
+	return unary(ctx, r, s.n.Status)
+}
+
+func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchEvent]) error {
+	ch, err := s.n.Watch(ctx, r.Msg)
+	if err != nil {
+		return connectError(err)
+	}
+	for e := range ch {
+		if err := stream.Send(e); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return connectError(ErrClosed)
+}

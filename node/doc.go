@@ -1,0 +1,55 @@
+// Package node is one member of a leasenode cluster: hashicorp/raft with
+// raft-boltdb storage and file snapshots, memberlist gossip for discovery
+// and membership, the leader's duties (Promote, reaper, FIFO waiter
+// queues), forwarding from followers, and the client API server.
+//
+// A Go program embeds it with Start and uses the methods of *Node (Acquire,
+// Extend, Release, Get, List, CheckToken, Watch, Members, Status) from any
+// node; followers forward writes and consistent reads to the leader. The
+// same operations are served on Config.APIAddr with connect-go, so one port
+// speaks Connect (JSON over HTTP: curl works), gRPC and gRPC-Web. The
+// package lease builds the user-facing client on top of either.
+//
+// It does not own the lease rules (package fsm) or the bytes on the wire
+// (package transport). See DESIGN.md in this directory for the request
+// path, goroutines and trade-offs.
+//
+// # Safety invariants kept here
+//
+// leader-clock: every command is stamped by the leader with (epoch, now),
+// now being the leader's monotonic clock since its leadership began. No
+// other clock (wall clock, follower clocks, client clocks) reaches the FSM.
+//
+// promote-before-serve: a new leader first applies every earlier entry
+// (raft.Barrier), then commits Promote for its epoch (its Raft term), which
+// rebases every expiry to a full TTL; until Promote has applied it serves
+// nothing and forwards nothing. Together with fsm's no-early-expiry this
+// means a lease never expires earlier than one TTL after the last moment
+// any leader could have extended it: the epoch clock starts after the old
+// leader lost its quorum.
+//
+// commit-before-grant (DESIGN.md rule 3): every acquire, extend and
+// release commits through Raft before it is answered; a deposed leader
+// cannot commit, so it cannot grant or extend. There is no leader-local
+// fast path. Consistent reads (Get, List, CheckToken) call VerifyLeader
+// after the request arrived. Guarded by TestPartitionedMinorityCannotGrant.
+//
+// arrival-before-stamp: a grant's expiry is measured from a stamp taken
+// after the request reached the leader, so it is never earlier than the
+// client's own send time plus TTL; a queued grant reports W, the leader-
+// clock time from the request's arrival to its stamp, and the client may
+// count W only because the stamp is later than the arrival.
+//
+// expiry-is-a-proposal: the reaper proposes Expire; it never deletes
+// locally, and the FSM re-checks what is due by its own clock, so a reaper
+// running on a leader that has just been deposed cannot remove a lease that
+// the new leader extended.
+//
+// unknown-outcome: a write that was handed to Raft (or forwarded) and whose
+// result was not seen is reported as ErrUnknownOutcome, never as a
+// retryable failure; only failures that certainly happened before the
+// proposal (not leader, not sent) are ErrNotLeader/ErrNoLeader.
+//
+// fifo-no-barging: waiting acquirers are granted in arrival order at the
+// leader; see waitQueues.
+package node

@@ -1,0 +1,138 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Errors returned by Node's operations. They survive forwarding between
+// nodes (carried as a pb.Reason, never matched by string), so errors.Is
+// works on every node.
+var (
+	// ErrNotLeader: this node is not the leader. Retryable; the error is a
+	// *LeaderError naming the leader when known.
+	ErrNotLeader error = &reasonError{pb.Reason_REASON_NOT_LEADER, "node: not the leader"}
+	// ErrNoLeader: the cluster has no leader right now (election, or no
+	// quorum). Retryable.
+	ErrNoLeader error = &reasonError{pb.Reason_REASON_NO_LEADER, "node: no leader"}
+	// ErrInvalid: the request breaks a limit (empty key, TTL out of range,
+	// value too large...). Not retryable.
+	ErrInvalid error = &reasonError{pb.Reason_REASON_INVALID, "node: invalid request"}
+	// ErrUnknownOutcome: the write was sent but its result is unknown (the
+	// leader lost leadership mid-apply, a connection broke, the deadline
+	// passed). It may or may not have been applied; an acquire can be
+	// resolved by retrying with the same request id.
+	ErrUnknownOutcome error = &reasonError{pb.Reason_REASON_UNKNOWN_OUTCOME, "node: outcome unknown"}
+	// ErrStaleRequest: an acquire's request id is older than the one the
+	// holder's current holding was granted with.
+	ErrStaleRequest error = &reasonError{pb.Reason_REASON_STALE_REQUEST, "node: stale request id"}
+	// ErrClosed: the node is shutting down.
+	ErrClosed error = &reasonError{pb.Reason_REASON_CLOSED, "node: closed"}
+	// ErrUnauthenticated: the API call lacked the configured auth token.
+	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
+)
+
+// reasonError is a sentinel that knows its wire reason. Its Reason method
+// lets packages that must not import node (lease) classify node errors
+// with errors.As, exactly as they classify errors from a remote node.
+type reasonError struct {
+	reason pb.Reason
+	msg    string
+}
+
+func (e *reasonError) Error() string { return e.msg }
+
+// Reason reports the wire reason of the error.
+func (e *reasonError) Reason() pb.Reason { return e.reason }
+
+// LeaderError is ErrNotLeader or ErrNoLeader with a hint of where the
+// leader is.
+type LeaderError struct {
+	Err        error // ErrNotLeader or ErrNoLeader
+	LeaderID   string
+	LeaderAddr string // the leader's client API address
+}
+
+func (e *LeaderError) Error() string {
+	if e.LeaderID == "" {
+		return e.Err.Error()
+	}
+	return fmt.Sprintf("%v (leader is %s at %s)", e.Err, e.LeaderID, e.LeaderAddr)
+}
+
+func (e *LeaderError) Unwrap() error { return e.Err }
+
+var reasons = []struct {
+	err    error
+	reason pb.Reason
+}{
+	// Unknown outcome first: an error that is both (a waiter cut off by a
+	// leader change while its grant was in flight) must not look retryable
+	// as if nothing happened.
+	{ErrUnknownOutcome, pb.Reason_REASON_UNKNOWN_OUTCOME},
+	{ErrNotLeader, pb.Reason_REASON_NOT_LEADER},
+	{ErrNoLeader, pb.Reason_REASON_NO_LEADER},
+	{ErrInvalid, pb.Reason_REASON_INVALID},
+	{ErrStaleRequest, pb.Reason_REASON_STALE_REQUEST},
+	{ErrClosed, pb.Reason_REASON_CLOSED},
+	{ErrUnauthenticated, pb.Reason_REASON_UNAUTHENTICATED},
+}
+
+// ErrorDetail describes err for the wire.
+func ErrorDetail(err error) *pb.ErrorDetail {
+	d := &pb.ErrorDetail{}
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			d.Reason = r.reason
+			break
+		}
+	}
+	var le *LeaderError
+	if errors.As(err, &le) {
+		d.LeaderId, d.LeaderAddr = le.LeaderID, le.LeaderAddr
+	}
+	return d
+}
+
+// ErrorFromDetail rebuilds an error from its wire form, so that errors.Is
+// recognises the sentinel it started from.
+func ErrorFromDetail(d *pb.ErrorDetail, msg string) error {
+	for _, r := range reasons {
+		if d.GetReason() == r.reason {
+			if r.err == ErrNotLeader || r.err == ErrNoLeader {
+				return &LeaderError{Err: r.err, LeaderID: d.GetLeaderId(), LeaderAddr: d.GetLeaderAddr()}
+			}
+			if msg == "" || msg == r.err.Error() {
+				return r.err
+			}
+			return &remoteError{err: r.err, msg: msg}
+		}
+	}
+	return errors.New(msg)
+}
+
+// remoteError keeps a remote node's message and the sentinel it carried.
+type remoteError struct {
+	err error
+	msg string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.err }
+
+func encodeRPCError(err error) []byte {
+	b, _ := proto.Marshal(&pb.RPCError{Detail: ErrorDetail(err), Message: err.Error()})
+	return b
+}
+
+func decodeRPCError(b []byte) error {
+	var e pb.RPCError
+	if err := proto.Unmarshal(b, &e); err != nil {
+		return fmt.Errorf("undecodable error from peer: %w", err)
+	}
+	return ErrorFromDetail(e.GetDetail(), e.GetMessage())
+}

@@ -1,0 +1,382 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Gossip status of a member.
+const (
+	statusAlive   = "alive"
+	statusSuspect = "suspect"
+	statusDead    = "dead"
+	statusLeft    = "left"
+	// statusLeaving: announced a graceful leave, still reachable.
+	statusLeaving = "leaving"
+)
+
+// member is what gossip tells about one node.
+type member struct {
+	ID     string
+	Raft   string // Raft and node-RPC address
+	API    string // client API address
+	Gossip string
+	Status string
+	Since  time.Time // when Status last changed
+}
+
+// meta is the gossip metadata a node publishes about itself.
+type meta struct {
+	ID   string `json:"id"`
+	Raft string `json:"raft"`
+	API  string `json:"api,omitempty"`
+	// Leaving is set just before a graceful leave, so that the leader
+	// removes the node at once instead of waiting out DeadServerGrace.
+	// (memberlist's leave callback does not say whether a node left or
+	// failed.)
+	Leaving bool `json:"leaving,omitempty"`
+}
+
+// memberTable is this node's view of gossip membership. memberlist's
+// callbacks only update it and signal; they never block.
+type memberTable struct {
+	mu      sync.Mutex
+	m       map[string]*member
+	changed chan struct{} // capacity 1: coalesced change signal
+}
+
+func newMemberTable() *memberTable {
+	return &memberTable{m: map[string]*member{}, changed: make(chan struct{}, 1)}
+}
+
+func (t *memberTable) get(id string) (member, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m, ok := t.m[id]
+	if !ok {
+		return member{}, false
+	}
+	return *m, true
+}
+
+func (t *memberTable) list() []member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]member, 0, len(t.m))
+	for _, m := range t.m {
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// update records a gossip event; gone is true for memberlist's leave
+// callback, which fires for failed and departed nodes alike.
+func (t *memberTable) update(n *memberlist.Node, gone bool) {
+	var md meta
+	if err := json.Unmarshal(n.Meta, &md); err != nil || md.ID == "" {
+		return // not a leasenode member (or an old message); ignore
+	}
+	status := statusAlive
+	switch {
+	case gone && md.Leaving:
+		status = statusLeft
+	case gone:
+		status = statusDead
+	case md.Leaving:
+		status = statusLeaving
+	}
+	t.mu.Lock()
+	m := t.m[md.ID]
+	if m == nil {
+		m = &member{ID: md.ID}
+		t.m[md.ID] = m
+	}
+	if m.Status != status {
+		m.Status, m.Since = status, time.Now()
+	}
+	m.Raft, m.API, m.Gossip = md.Raft, md.API, net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	t.mu.Unlock()
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+// gossipDelegate adapts memberlist callbacks to the member table.
+type gossipDelegate struct {
+	n    *Node
+	meta atomic.Pointer[[]byte]
+}
+
+func (d *gossipDelegate) setMeta(md meta) {
+	b, _ := json.Marshal(md)
+	d.meta.Store(&b)
+}
+
+func (d *gossipDelegate) NodeMeta(limit int) []byte       { return *d.meta.Load() }
+func (d *gossipDelegate) NotifyMsg([]byte)                {}
+func (d *gossipDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (d *gossipDelegate) LocalState(bool) []byte          { return nil }
+func (d *gossipDelegate) MergeRemoteState([]byte, bool)   {}
+func (d *gossipDelegate) NotifyJoin(m *memberlist.Node)   { d.n.members.update(m, false) }
+func (d *gossipDelegate) NotifyUpdate(m *memberlist.Node) { d.n.members.update(m, false) }
+func (d *gossipDelegate) NotifyLeave(m *memberlist.Node)  { d.n.members.update(m, true) }
+
+func (n *Node) startGossip(ctx context.Context) error {
+	cfg := n.cfg
+	host, portStr, _ := net.SplitHostPort(cfg.GossipAddr)
+	port, _ := strconv.Atoi(portStr)
+	ahost, aportStr, _ := net.SplitHostPort(cfg.GossipAdvertiseAddr)
+	aport, _ := strconv.Atoi(aportStr)
+	d := &gossipDelegate{n: n}
+	d.setMeta(meta{ID: cfg.ID, Raft: cfg.AdvertiseAddr, API: n.apiAddr, Leaving: true})
+	if l := len(*d.meta.Load()); l > memberlist.MetaMaxSize {
+		return fmt.Errorf("gossip metadata of %d bytes exceeds %d: shorten the ID or addresses", l, memberlist.MetaMaxSize)
+	}
+	d.setMeta(meta{ID: cfg.ID, Raft: cfg.AdvertiseAddr, API: n.apiAddr})
+	n.gossip = d
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Timing.HeartbeatTimeout < DefaultTiming().HeartbeatTimeout {
+		// Fast-LAN timing: detect failed nodes in about a second.
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 200 * time.Millisecond
+		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.GossipInterval = 50 * time.Millisecond
+		mc.SuspicionMult = 2
+	}
+	mc.Name = cfg.ID
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
+	mc.SecretKey = cfg.GossipKey
+	mc.Delegate = d
+	mc.Events = d
+	mc.Logger = stdlogFor(n.log, "memberlist")
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
+	}
+	n.ml = ml
+	if len(cfg.Join) > 0 {
+		if _, err := ml.Join(cfg.Join); err != nil {
+			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err)
+		}
+	}
+	return nil
+}
+
+// leaveGossip announces a graceful leave, then leaves gossip.
+func (n *Node) leaveGossip(timeout time.Duration) {
+	n.gossip.setMeta(meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Leaving: true})
+	if err := n.ml.UpdateNode(timeout / 2); err != nil {
+		n.log.Debug("gossip leave announcement", "err", err)
+	}
+	if err := n.ml.Leave(timeout / 2); err != nil {
+		n.log.Debug("gossip leave", "err", err)
+	}
+}
+
+// runMembership bootstraps the cluster when BootstrapExpect nodes see each
+// other, keeps retrying the join seeds while alone, and, on the leader,
+// reconciles the Raft configuration with gossip on every change and every
+// second.
+func (n *Node) runMembership() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	bootstrapped := n.cfg.BootstrapExpect == 0 || n.hasState()
+	for {
+		if !bootstrapped {
+			bootstrapped = n.tryBootstrap()
+		}
+		if n.ml.NumMembers() < 2 && len(n.cfg.Join) > 0 {
+			n.ml.Join(n.cfg.Join)
+		}
+		n.reconcile()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.members.changed:
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) hasState() bool {
+	return n.raft.LastIndex() > 0
+}
+
+// tryBootstrap bootstraps Raft once BootstrapExpect members are alive: the
+// BootstrapExpect lowest IDs, the first Voters of them voters. Every node
+// computes the same configuration from the same members, so they agree
+// (start exactly BootstrapExpect nodes first, as with Consul).
+func (n *Node) tryBootstrap() bool {
+	if n.hasState() {
+		return true
+	}
+	var alive []member
+	for _, m := range n.members.list() {
+		if m.Status == statusAlive {
+			alive = append(alive, m)
+		}
+	}
+	if len(alive) < n.cfg.BootstrapExpect {
+		return false
+	}
+	alive = alive[:n.cfg.BootstrapExpect]
+	var conf raft.Configuration
+	self := false
+	for i, m := range alive {
+		s := raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Raft), Suffrage: raft.Voter}
+		if i >= n.cfg.Voters {
+			s.Suffrage = raft.Nonvoter
+		}
+		conf.Servers = append(conf.Servers, s)
+		self = self || m.ID == n.cfg.ID
+	}
+	if !self {
+		return true // the others bootstrap; the leader adds us
+	}
+	if err := n.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
+		n.log.Warn("bootstrap failed", "err", err)
+		return false
+	}
+	n.log.Info("bootstrapped cluster", "servers", len(conf.Servers))
+	return true
+}
+
+// reconcile, on the leader, brings the Raft configuration in line with
+// gossip: new members join as non-voters; non-voters that caught up are
+// promoted until Voters voters are healthy; a voter that failed is demoted
+// once a replacement is in; members that left are removed at once and
+// failed ones after DeadServerGrace.
+func (n *Node) reconcile() {
+	ls := n.lead.Load()
+	if ls == nil {
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := f.Configuration().Servers
+	members := map[string]member{}
+	for _, m := range n.members.list() {
+		members[m.ID] = m
+	}
+	inConf := map[string]raft.Server{}
+	for _, s := range servers {
+		inConf[string(s.ID)] = s
+	}
+	log := n.log.With("component", "node.membership")
+	timeout := 5 * time.Second
+
+	for _, m := range members {
+		if _, ok := inConf[m.ID]; !ok && m.Status == statusAlive {
+			log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
+			if err := n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout).Error(); err != nil {
+				log.Warn("add non-voter failed", "id", m.ID, "err", err)
+			}
+			return // one change at a time; the next pass continues
+		}
+	}
+
+	healthy := func(id string) bool {
+		if id == n.cfg.ID {
+			return true
+		}
+		m, ok := members[id]
+		return ok && m.Status == statusAlive
+	}
+	var voters, failedVoters, spare []string
+	for _, s := range servers {
+		id := string(s.ID)
+		if id == n.cfg.ID {
+			if s.Suffrage == raft.Voter {
+				voters = append(voters, id)
+			}
+			continue
+		}
+		m, known := members[id]
+		gone := known && m.Status == statusLeft ||
+			known && m.Status == statusDead && time.Since(m.Since) > n.cfg.DeadServerGrace ||
+			!known && time.Since(ls.start) > n.cfg.DeadServerGrace
+		if gone {
+			log.Info("removing server", "id", id, "status", m.Status)
+			if err := n.raft.RemoveServer(s.ID, 0, timeout).Error(); err != nil {
+				log.Warn("remove server failed", "id", id, "err", err)
+			}
+			return
+		}
+		switch {
+		case s.Suffrage == raft.Voter && healthy(id):
+			voters = append(voters, id)
+		case s.Suffrage == raft.Voter:
+			failedVoters = append(failedVoters, id)
+		case healthy(id):
+			spare = append(spare, id)
+		}
+	}
+	sort.Strings(spare)
+	if len(voters) < n.cfg.Voters {
+		for _, id := range spare {
+			if !n.caughtUp(members[id]) {
+				log.Debug("not caught up", "id", id)
+				continue
+			}
+			log.Info("promoting to voter", "id", id)
+			if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(members[id].Raft), 0, timeout).Error(); err != nil {
+				log.Warn("promote failed", "id", id, "err", err)
+			}
+			return
+		}
+	}
+	if len(failedVoters) > 0 && len(voters) >= n.cfg.Voters {
+		id := failedVoters[0]
+		log.Info("demoting failed voter", "id", id)
+		if err := n.raft.DemoteVoter(raft.ServerID(id), 0, timeout).Error(); err != nil {
+			log.Warn("demote failed", "id", id, "err", err)
+		}
+		return
+	}
+	if len(voters) > n.cfg.Voters {
+		sort.Strings(voters)
+		for i := len(voters) - 1; i >= 0; i-- {
+			if voters[i] != n.cfg.ID {
+				log.Info("demoting extra voter", "id", voters[i])
+				if err := n.raft.DemoteVoter(raft.ServerID(voters[i]), 0, timeout).Error(); err != nil {
+					log.Warn("demote failed", "id", voters[i], "err", err)
+				}
+				return
+			}
+		}
+	}
+}
+
+// caughtUp asks m for its applied index; it is caught up when within a
+// small margin of ours.
+func (n *Node) caughtUp(m member) bool {
+	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+	defer cancel()
+	out, err := n.rpc.Call(ctx, m.Raft, methodStatus, nil)
+	if err != nil {
+		return false
+	}
+	var st pb.StatusResponse
+	if proto.Unmarshal(out, &st) != nil {
+		return false
+	}
+	return st.GetHeader().GetAppliedIndex()+256 >= n.raft.AppliedIndex()
+}

@@ -1,0 +1,466 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func acq(key, holder string, req uint64, ttl time.Duration) *pb.AcquireRequest {
+	return &pb.AcquireRequest{Key: key, Holder: holder, RequestId: req, Ttl: durationpb.New(ttl)}
+}
+
+func mustGrant(t *testing.T, n *node.Node, req *pb.AcquireRequest) *pb.AcquireResponse {
+	t.Helper()
+	resp, err := n.Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil {
+		t.Fatalf("acquire %s by %s: %v", req.Key, req.Holder, err)
+	}
+	if !resp.Granted {
+		t.Fatalf("acquire %s by %s: not granted, held by %q", req.Key, req.Holder, resp.Holder)
+	}
+	return resp
+}
+
+// Scenario: acquire through a follower; the leader grants; every node's
+// linearizable read sees it; a second holder is refused with the holder's
+// name; release through another follower frees it.
+func TestForwardingFromFollower(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, f := c.Follower()
+	resp := mustGrant(t, f, acq("a", "c1", 1, 10*time.Second))
+	if resp.Token == 0 || resp.Header.GetLeaderId() == "" {
+		t.Fatalf("grant lacks token or leader hint: %v", resp)
+	}
+	for i := range c.Size() {
+		g, err := c.Node(i).Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "a"})
+		if err != nil || !g.Found || g.Lease.Holder != "c1" || g.Lease.Token != resp.Token {
+			t.Fatalf("n%d get: %v %v", i, g, err)
+		}
+	}
+	other, err := c.Node(0).Acquire(ctxT(t, 5*time.Second), acq("a", "c2", 1, 10*time.Second))
+	if err != nil || other.Granted || other.Holder != "c1" || other.Wait.AsDuration() <= 0 {
+		t.Fatalf("second holder: %v %v", other, err)
+	}
+	rel, err := c.Node(2).Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "a", Holder: "c1", Token: resp.Token})
+	if err != nil || !rel.Released {
+		t.Fatalf("release: %v %v", rel, err)
+	}
+	mustGrant(t, c.Node(1), acq("a", "c2", 1, 10*time.Second))
+}
+
+// Scenario: kill the leader; a new leader serves; every lease is still held
+// by the same holder with the same token, and a lease extended just before
+// the kill does not expire earlier than one TTL after that extend
+// (no-early-expiry).
+func TestLeaderKillKeepsLeases(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	const ttl = 2 * time.Second
+	tokens := map[string]uint64{}
+	for i := range 5 {
+		key := fmt.Sprintf("k%d", i)
+		tokens[key] = mustGrant(t, l, acq(key, "c1", uint64(i+1), ttl)).Token
+	}
+	_, watchNode := c.Follower()
+	events, err := watchNode.Watch(ctxT(t, 30*time.Second), &pb.WatchRequest{Prefix: "k0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastExtend := time.Now()
+	ext, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "c1", Items: []*pb.ExtendItem{{Key: "k0", Token: tokens["k0"]}}})
+	if err != nil || !ext.Results[0].Ok {
+		t.Fatalf("extend: %v %v", ext, err)
+	}
+	c.Kill(li)
+	ni, nl := c.Leader()
+	if ni == li {
+		t.Fatal("killed node still leads")
+	}
+	for key, tok := range tokens {
+		g, err := nl.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: key})
+		if err != nil || !g.Found || g.Lease.Holder != "c1" || g.Lease.Token != tok {
+			t.Fatalf("after failover %s: %v %v (want token %d)", key, g, err, tok)
+		}
+	}
+	// The other leases can still be extended with their tokens on the new leader.
+	ext, err = nl.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "c1", Items: []*pb.ExtendItem{{Key: "k1", Token: tokens["k1"]}}})
+	if err != nil || !ext.Results[0].Ok {
+		t.Fatalf("extend on new leader: %v %v", ext, err)
+	}
+	for e := range events {
+		if e.Type == pb.EventType_EVENT_TYPE_EXPIRED && e.Lease.Key == "k0" {
+			if since := time.Since(lastExtend); since < ttl {
+				t.Fatalf("no-early-expiry: k0 expired %v after its last extend, TTL %v", since, ttl)
+			}
+			c.Restart(li)
+			return
+		}
+	}
+	t.Fatal("watch ended before k0 expired")
+}
+
+// Scenario: stop every node, start them all again from disk: every lease
+// is still there with the same holder and token.
+func TestFullRestartKeepsLeases(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	want := map[string]uint64{}
+	for i := range 20 {
+		key := fmt.Sprintf("r%02d", i)
+		want[key] = mustGrant(t, l, acq(key, "c1", uint64(i+1), time.Minute)).Token
+	}
+	for i := range c.Size() {
+		c.Kill(i)
+	}
+	for i := range c.Size() {
+		c.Restart(i)
+	}
+	_, l = c.Leader()
+	list, err := l.List(ctxT(t, 5*time.Second), &pb.ListRequest{Prefix: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Leases) != len(want) {
+		t.Fatalf("after restart %d leases, want %d", len(list.Leases), len(want))
+	}
+	for _, le := range list.Leases {
+		if want[le.Key] != le.Token || le.Holder != "c1" {
+			t.Fatalf("lease %s after restart: %v, want token %d", le.Key, le, want[le.Key])
+		}
+	}
+}
+
+func suffrage(t *testing.T, n *node.Node) map[string]raft.ServerSuffrage {
+	f := n.Raft().GetConfiguration()
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]raft.ServerSuffrage{}
+	for _, s := range f.Configuration().Servers {
+		out[string(s.ID)] = s.Suffrage
+	}
+	return out
+}
+
+func countVoters(m map[string]raft.ServerSuffrage) (voters, nonvoters int) {
+	for _, s := range m {
+		if s == raft.Voter {
+			voters++
+		} else {
+			nonvoters++
+		}
+	}
+	return
+}
+
+// Scenario: a one-node cluster; two more nodes join by gossip, enter as
+// non-voters and are promoted until there are 3 voters; a fourth stays a
+// non-voter.
+func TestJoinPromotesNonVoters(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	for range 3 {
+		c.Add()
+	}
+	_, l := c.Leader()
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		s := suffrage(t, l)
+		if v, nv := countVoters(s); len(s) != 4 || v != 3 || nv != 1 {
+			return fmt.Errorf("configuration %v: want 3 voters and 1 non-voter", s)
+		}
+		return nil
+	})
+}
+
+// Scenario: 3 voters and a non-voter; a voter fails; the non-voter is
+// promoted in its place, and the dead node is removed after the grace
+// period.
+func TestFailedVoterReplaced(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	extra := c.Add()
+	_, l := c.Leader()
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if s := suffrage(t, l); len(s) != 4 {
+			return fmt.Errorf("configuration %v: waiting for the fourth node", s)
+		}
+		return nil
+	})
+	victim, _ := c.Follower()
+	if victim == extra {
+		victim = (extra + 1) % c.Size()
+		for c.Node(victim) == nil || c.Node(victim).IsLeader() {
+			victim = (victim + 1) % c.Size()
+		}
+	}
+	victimID := c.Config(victim).ID
+	c.Kill(victim)
+	_, l = c.Leader()
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		s := suffrage(t, l)
+		if _, ok := s[victimID]; ok {
+			return fmt.Errorf("configuration %v still has dead %s", s, victimID)
+		}
+		if v, _ := countVoters(s); v != 3 {
+			return fmt.Errorf("configuration %v: want 3 voters", s)
+		}
+		return nil
+	})
+}
+
+// Scenario: the leader is cut off from the others. It cannot grant or
+// extend any more; the majority elects a new leader that can.
+func TestPartitionedMinorityCannotGrant(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	tok := mustGrant(t, l, acq("p", "c1", 1, 30*time.Second)).Token
+	var others []int
+	for i := range c.Size() {
+		if i != li {
+			others = append(others, i)
+		}
+	}
+	c.Partition([]int{li}, others)
+	if r, err := l.Acquire(ctxT(t, 2*time.Second), acq("q", "c1", 2, 30*time.Second)); err == nil {
+		t.Fatalf("isolated old leader granted a lease: %v", r)
+	}
+	ext, err := l.Extend(ctxT(t, 2*time.Second), &pb.ExtendRequest{Holder: "c1", Items: []*pb.ExtendItem{{Key: "p", Token: tok}}})
+	if err == nil && ext.Results[0].Ok {
+		t.Fatal("isolated old leader extended a lease")
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		n := c.Node(others[0])
+		if !n.IsLeader() && !c.Node(others[1]).IsLeader() {
+			return errors.New("majority has no leader yet")
+		}
+		return nil
+	})
+	mustGrant(t, c.Node(others[0]), acq("q", "c2", 1, 30*time.Second))
+	c.Heal()
+}
+
+// Scenario (fifo-no-barging): three clients wait for a held key in order;
+// each release hands the key to the next waiter in arrival order, in one
+// Raft round trip, and a newcomer without wait cannot barge in. The last
+// holder's lease expires and the key goes on to the next waiter.
+func TestWaitersFIFO(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	first := mustGrant(t, l, acq("w", "c0", 1, 30*time.Second))
+	type grant struct {
+		holder string
+		resp   *pb.AcquireResponse
+	}
+	grants := make(chan grant, 4)
+	var wg sync.WaitGroup
+	for i := 1; i <= 3; i++ {
+		holder := fmt.Sprintf("c%d", i)
+		req := acq("w", holder, 1, 30*time.Second)
+		if i == 3 {
+			req.Ttl = durationpb.New(300 * time.Millisecond)
+		}
+		req.Wait = true
+		wg.Add(1)
+		via := l
+		if i == 2 {
+			via = f // forwarded waiters queue at the leader too
+		}
+		go func() {
+			defer wg.Done()
+			resp, err := via.Acquire(ctxT(t, 20*time.Second), req)
+			if err != nil || !resp.Granted {
+				t.Errorf("waiter %s: %v %v", holder, resp, err)
+				return
+			}
+			grants <- grant{holder, resp}
+		}()
+		nodetest.Eventually(t, 5*time.Second, func() error {
+			st, _ := l.Status(context.Background(), &pb.StatusRequest{})
+			if st.Waiters != uint64(i) {
+				return fmt.Errorf("%d waiters, want %d", st.Waiters, i)
+			}
+			return nil
+		})
+	}
+	if r, err := l.Acquire(ctxT(t, 5*time.Second), acq("w", "barger", 1, time.Second)); err != nil || r.Granted {
+		t.Fatalf("newcomer barged ahead of waiters: %v %v", r, err)
+	}
+	prev := first
+	prevHolder := "c0"
+	for i := 1; i <= 2; i++ {
+		start := time.Now()
+		rel, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "w", Holder: prevHolder, Token: prev.Token})
+		if err != nil || !rel.Released {
+			t.Fatalf("release by %s: %v %v", prevHolder, rel, err)
+		}
+		g := <-grants
+		if want := fmt.Sprintf("c%d", i); g.holder != want {
+			t.Fatalf("grant %d went to %s, want %s (FIFO)", i, g.holder, want)
+		}
+		if g.resp.Waited.AsDuration() <= 0 {
+			t.Fatalf("queued grant reports no wait W: %v", g.resp)
+		}
+		t.Logf("handoff %d: %v from release call to grant", i, time.Since(start))
+		prev, prevHolder = g.resp, g.holder
+	}
+	// c2 releases; c3 gets it with a short TTL and lets it expire; then a
+	// waiter queued behind an expiring lease is woken by the expiry.
+	if _, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "w", Holder: prevHolder, Token: prev.Token}); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-grants; g.holder != "c3" {
+		t.Fatalf("third grant to %s", g.holder)
+	}
+	wg.Wait()
+	req := acq("w", "c4", 1, time.Second)
+	req.Wait = true
+	start := time.Now()
+	resp, err := f.Acquire(ctxT(t, 10*time.Second), req)
+	if err != nil || !resp.Granted {
+		t.Fatalf("waiter behind expiring lease: %v %v", resp, err)
+	}
+	t.Logf("woken by expiry after %v", time.Since(start))
+}
+
+// Scenario: a waiter whose context ends leaves the queue; the next one is
+// granted.
+func TestWaiterCancelLeavesQueue(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	held := mustGrant(t, l, acq("x", "c0", 1, 30*time.Second))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		req := acq("x", "quitter", 1, 30*time.Second)
+		req.Wait = true
+		_, err := l.Acquire(ctx, req)
+		done <- err
+	}()
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		st, _ := l.Status(context.Background(), &pb.StatusRequest{})
+		if st.Waiters != 1 {
+			return fmt.Errorf("%d waiters", st.Waiters)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	if _, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "x", Holder: "c0", Token: held.Token}); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, l, acq("x", "c1", 1, 30*time.Second))
+}
+
+func TestBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*node.Config)
+		want string
+	}{
+		{"no id", func(c *node.Config) { c.ID = "" }, "ID is required"},
+		{"no data dir", func(c *node.Config) { c.DataDir = "" }, "DataDir is required"},
+		{"bad bind", func(c *node.Config) { c.BindAddr = "nope" }, "BindAddr"},
+		{"unspecified advertise", func(c *node.Config) { c.BindAddr = "0.0.0.0:7000" }, "unspecified"},
+		{"even voters", func(c *node.Config) { c.Voters = 4 }, "odd"},
+		{"gossip key", func(c *node.Config) { c.GossipKey = []byte("short") }, "GossipKey"},
+		{"lease > heartbeat", func(c *node.Config) {
+			c.Timing = node.Timing{HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+				LeaderLeaseTimeout: 200 * time.Millisecond, CommitTimeout: time.Millisecond}
+		}, "LeaderLeaseTimeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := node.DefaultConfig()
+			cfg.ID, cfg.DataDir = "n", t.TempDir()
+			tc.edit(&cfg)
+			_, err := node.Start(context.Background(), cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start: %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, l := c.Leader()
+	for _, tc := range []struct {
+		name string
+		req  *pb.AcquireRequest
+	}{
+		{"empty key", acq("", "h", 1, time.Second)},
+		{"long key", acq(strings.Repeat("k", 1025), "h", 1, time.Second)},
+		{"empty holder", acq("k", "", 1, time.Second)},
+		{"zero ttl", acq("k", "h", 1, 0)},
+		{"huge ttl", acq("k", "h", 1, 25*time.Hour)},
+		{"no request id", acq("k", "h", 0, time.Second)},
+		{"no ttl", &pb.AcquireRequest{Key: "k", Holder: "h", RequestId: 1}},
+		{"big value", func() *pb.AcquireRequest {
+			r := acq("k", "h", 1, time.Second)
+			r.Value = make([]byte, 65*1024)
+			return r
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := l.Acquire(ctxT(t, 5*time.Second), tc.req); !errors.Is(err, node.ErrInvalid) {
+				t.Fatalf("got %v, want ErrInvalid", err)
+			}
+		})
+	}
+	if _, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
+		t.Fatalf("empty extend: %v", err)
+	}
+	if _, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "k", Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
+		t.Fatalf("release without token: %v", err)
+	}
+	// Stale request id: the holder's newer holding wins.
+	mustGrant(t, l, acq("s", "h", 5, time.Minute))
+	if _, err := l.Acquire(ctxT(t, 5*time.Second), acq("s", "h", 4, time.Minute)); !errors.Is(err, node.ErrStaleRequest) {
+		t.Fatalf("stale acquire: %v", err)
+	}
+	// Release of a key not held is a clear no-op.
+	rel, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "nobody", Holder: "h", Token: 9})
+	if err != nil || rel.Released {
+		t.Fatalf("release of unheld key: %v %v", rel, err)
+	}
+}
+
+// Scenario: a node that leaves gracefully is removed from the Raft
+// configuration at once, without waiting out DeadServerGrace.
+func TestGracefulLeaveRemovedAtOnce(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
+	extra := c.Add()
+	_, l := c.Leader()
+	id := c.Config(extra).ID
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if _, ok := suffrage(t, l)[id]; !ok {
+			return fmt.Errorf("%s not in the configuration yet", id)
+		}
+		return nil
+	})
+	c.Stop(extra)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if s := suffrage(t, l); len(s) != 3 {
+			return fmt.Errorf("configuration %v still has %s", s, id)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,394 @@
+// Package nodetest runs real leasenode clusters inside a test: N nodes with
+// real Raft over real TCP on 127.0.0.1, temp data dirs, fast timings, and a
+// fault switchboard to partition them. Every wait is on a condition;
+// cleanup closes every node and checks that all replicas hold the same
+// state (fsm-determinism).
+package nodetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport"
+)
+
+// Options shapes a test cluster.
+type Options struct {
+	// Size is the number of nodes started (default 3).
+	Size int
+	// Voters is node.Config.Voters (default 3).
+	Voters int
+	// BootstrapExpect defaults to min(Size, Voters).
+	BootstrapExpect int
+	// Timing defaults to node.FastLANTiming().
+	Timing node.Timing
+	// API starts each node's client API on a free loopback port.
+	API bool
+	// DeadServerGrace defaults to 2 s.
+	DeadServerGrace time.Duration
+	// Configure, if set, adjusts each node's config before start.
+	Configure func(i int, c *node.Config)
+	// Verbose sends node logs to the test log.
+	Verbose bool
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	t      testing.TB
+	opts   Options
+	Faults *transport.Faults
+
+	mu    sync.Mutex
+	nodes []*node.Node // nil while a node is down
+	cfgs  []node.Config
+}
+
+// New starts a cluster and waits until it has a serving leader.
+func New(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Size == 0 {
+		opts.Size = 3
+	}
+	if opts.Voters == 0 {
+		opts.Voters = 3
+	}
+	if opts.BootstrapExpect == 0 {
+		opts.BootstrapExpect = min(opts.Size, opts.Voters)
+	}
+	if opts.Timing == (node.Timing{}) {
+		opts.Timing = node.FastLANTiming()
+	}
+	if opts.DeadServerGrace == 0 {
+		opts.DeadServerGrace = 2 * time.Second
+	}
+	c := &Cluster{t: t, opts: opts, Faults: transport.NewFaults()}
+	t.Cleanup(c.cleanup)
+	for i := 0; i < opts.Size; i++ {
+		c.cfgs = append(c.cfgs, c.config(i))
+		c.nodes = append(c.nodes, nil)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, opts.Size)
+	for i := range c.cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.nodes[i], errs[i] = node.Start(context.Background(), c.cfgs[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	c.WaitForLeader()
+	return c
+}
+
+// Logger returns a logger for node i.
+func (c *Cluster) logger(i int) *slog.Logger {
+	if !c.opts.Verbose {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("n", i)
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func (c *Cluster) config(i int) node.Config {
+	cfg := node.DefaultConfig()
+	cfg.ID = "n" + strconv.Itoa(i)
+	cfg.DataDir = filepath.Join(c.t.TempDir(), cfg.ID)
+	cfg.BindAddr = freeAddr(c.t, "tcp")
+	cfg.AdvertiseAddr = cfg.BindAddr
+	cfg.GossipAddr = freeAddr(c.t, "both")
+	if c.opts.API {
+		cfg.APIAddr = freeAddr(c.t, "tcp")
+	}
+	cfg.BootstrapExpect = c.opts.BootstrapExpect
+	cfg.Voters = c.opts.Voters
+	cfg.Timing = c.opts.Timing
+	cfg.DeadServerGrace = c.opts.DeadServerGrace
+	cfg.SnapshotInterval = time.Second
+	cfg.Faults = c.Faults
+	cfg.Logger = c.logger(i)
+	if i > 0 || len(c.cfgs) > 0 {
+		cfg.Join = []string{c.joinSeed()}
+	}
+	if c.opts.Configure != nil {
+		c.opts.Configure(i, &cfg)
+	}
+	return cfg
+}
+
+func (c *Cluster) joinSeed() string {
+	if len(c.cfgs) == 0 {
+		return ""
+	}
+	return c.cfgs[0].GossipAddr
+}
+
+// freeAddr finds a free 127.0.0.1 port: for "both", free for TCP and UDP
+// alike (memberlist binds both).
+func freeAddr(t testing.TB, kind string) string {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		if kind == "both" {
+			u, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				l.Close()
+				continue
+			}
+			u.Close()
+		}
+		l.Close()
+		return addr
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// Node returns node i, or nil while it is down.
+func (c *Cluster) Node(i int) *node.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[i]
+}
+
+// Size returns the number of node slots.
+func (c *Cluster) Size() int { return len(c.cfgs) }
+
+// Config returns node i's configuration.
+func (c *Cluster) Config(i int) node.Config { return c.cfgs[i] }
+
+// Add starts one more node that joins by gossip, and returns its index.
+func (c *Cluster) Add() int {
+	c.t.Helper()
+	cfg := c.config(len(c.cfgs))
+	cfg.BootstrapExpect = 0
+	n, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		c.t.Fatalf("add node: %v", err)
+	}
+	c.mu.Lock()
+	c.cfgs = append(c.cfgs, cfg)
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	return len(c.cfgs) - 1
+}
+
+// WaitForLeader waits until exactly one running node serves as leader and
+// returns its index.
+func (c *Cluster) WaitForLeader() int {
+	c.t.Helper()
+	leader := -1
+	Eventually(c.t, 20*time.Second, func() error {
+		leader = -1
+		for i := range c.cfgs {
+			if n := c.Node(i); n != nil && n.IsLeader() {
+				if leader >= 0 {
+					return fmt.Errorf("two leaders: n%d and n%d", leader, i)
+				}
+				leader = i
+			}
+		}
+		if leader < 0 {
+			return errors.New("no serving leader")
+		}
+		return nil
+	})
+	return leader
+}
+
+// Leader returns the current leader's index and node, waiting for one.
+func (c *Cluster) Leader() (int, *node.Node) {
+	c.t.Helper()
+	i := c.WaitForLeader()
+	return i, c.Node(i)
+}
+
+// Follower returns some running node that is not the leader.
+func (c *Cluster) Follower() (int, *node.Node) {
+	c.t.Helper()
+	l := c.WaitForLeader()
+	for i := range c.cfgs {
+		if n := c.Node(i); i != l && n != nil {
+			return i, n
+		}
+	}
+	c.t.Fatal("no follower")
+	return -1, nil
+}
+
+// Kill stops node i abruptly: no leadership transfer, no gossip leave.
+func (c *Cluster) Kill(i int) {
+	c.t.Helper()
+	c.mu.Lock()
+	n := c.nodes[i]
+	c.nodes[i] = nil
+	c.mu.Unlock()
+	if n != nil {
+		n.Crash()
+	}
+}
+
+// Stop closes node i gracefully (it leaves the cluster).
+func (c *Cluster) Stop(i int) {
+	c.t.Helper()
+	c.mu.Lock()
+	n := c.nodes[i]
+	c.nodes[i] = nil
+	c.mu.Unlock()
+	if n != nil {
+		if err := n.Close(context.Background()); err != nil {
+			c.t.Errorf("close n%d: %v", i, err)
+		}
+	}
+}
+
+// Restart starts node i again from its data dir, with the same addresses.
+func (c *Cluster) Restart(i int) {
+	c.t.Helper()
+	if c.Node(i) != nil {
+		c.Kill(i)
+	}
+	var n *node.Node
+	Eventually(c.t, 10*time.Second, func() error {
+		var err error
+		n, err = node.Start(context.Background(), c.cfgs[i])
+		return err // ports may linger briefly
+	})
+	c.mu.Lock()
+	c.nodes[i] = n
+	c.mu.Unlock()
+}
+
+// Partition splits Raft and RPC traffic between the groups of node indexes.
+func (c *Cluster) Partition(groups ...[]int) {
+	var gs [][]string
+	for _, g := range groups {
+		var addrs []string
+		for _, i := range g {
+			addrs = append(addrs, c.cfgs[i].AdvertiseAddr)
+		}
+		gs = append(gs, addrs)
+	}
+	c.Faults.Partition(gs...)
+}
+
+// Heal removes every partition.
+func (c *Cluster) Heal() { c.Faults.Heal() }
+
+// WaitConverged waits until every running node has applied the same index
+// and their states are byte-identical.
+func (c *Cluster) WaitConverged() {
+	c.t.Helper()
+	Eventually(c.t, 20*time.Second, func() error {
+		var want []byte
+		var wantID string
+		for i := range c.cfgs {
+			n := c.Node(i)
+			if n == nil {
+				continue
+			}
+			got, err := snapshotBytes(n)
+			if err != nil {
+				return err
+			}
+			if want == nil {
+				want, wantID = got, n.ID()
+			} else if !bytes.Equal(want, got) {
+				return fmt.Errorf("state of %s differs from %s", n.ID(), wantID)
+			}
+		}
+		return nil
+	})
+}
+
+func snapshotBytes(n *node.Node) ([]byte, error) {
+	s, err := n.FSM().Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Release()
+	var buf bytes.Buffer
+	if err := s.Persist(&sink{Buffer: &buf}); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+type sink struct{ *bytes.Buffer }
+
+func (s *sink) ID() string    { return "test" }
+func (s *sink) Cancel() error { return nil }
+func (s *sink) Close() error  { return nil }
+
+var _ raft.SnapshotSink = (*sink)(nil)
+var _ io.Writer = (*sink)(nil)
+
+func (c *Cluster) cleanup() {
+	if !c.t.Failed() {
+		c.Heal()
+		c.WaitConverged()
+	}
+	var wg sync.WaitGroup
+	for i := range c.cfgs {
+		if n := c.Node(i); n != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				n.Close(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+	for i := range c.cfgs {
+		os.RemoveAll(c.cfgs[i].DataDir)
+	}
+}
+
+// Eventually calls f until it returns nil, failing the test with f's last
+// error after timeout. It polls with a short back-off, never a fixed sleep
+// standing in for a condition.
+func Eventually(t testing.TB, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	wait := time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", timeout, err)
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+}

@@ -1,0 +1,465 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Node-to-node RPC methods: a follower forwards the client's request,
+// unchanged, to the leader.
+const (
+	methodAcquire uint8 = iota + 1
+	methodExtend
+	methodRelease
+	methodGet
+	methodList
+	methodCheckToken
+	methodStatus
+)
+
+// Acquire asks for req.Key on behalf of req.Holder. Without req.Wait a key
+// held by another holder is refused at once (Granted false, with the
+// holder and how long it may stay unavailable). With req.Wait the request
+// queues FIFO at the leader until granted or ctx ends; the reply's Waited
+// is the time it spent queued on the leader's clock (DESIGN.md rule 6).
+// Callable on any node: followers forward to the leader.
+func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if _, err := acquireCmd(req); err != nil {
+		return nil, err
+	}
+	return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
+}
+
+// Extend renews every listed lease of req.Holder by its full TTL, in one
+// Raft entry. Each item's result says whether it was extended.
+func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if err := extendCmd(req).Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return leaderCall(ctx, n, methodExtend, req, &pb.ExtendResponse{}, n.extendLocal, true)
+}
+
+// Release frees req.Key if req.Holder holds it with req.Token; otherwise it
+// is a no-op that answers Released false. If acquirers wait for the key,
+// the release and the grant to the first of them are one Raft entry.
+func (n *Node) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	if err := releaseCmd(req).Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return leaderCall(ctx, n, methodRelease, req, &pb.ReleaseResponse{}, n.releaseLocal, true)
+}
+
+// Get reads one record: linearizably through the leader, or from this
+// node's own state with req.Stale.
+func (n *Node) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	if req.GetKey() == "" {
+		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if req.GetStale() {
+		return n.getLocal(ctx, nil, req)
+	}
+	return leaderCall(ctx, n, methodGet, req, &pb.GetResponse{}, n.getLocal, false)
+}
+
+// List reads up to req.Limit records (default 1000) under req.Prefix after
+// req.After, in key order; Next is the After of the following page.
+func (n *Node) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+	if req.GetLimit() < 0 {
+		return nil, fmt.Errorf("%w: negative limit", ErrInvalid)
+	}
+	if req.GetStale() {
+		return n.listLocal(ctx, nil, req)
+	}
+	return leaderCall(ctx, n, methodList, req, &pb.ListResponse{}, n.listLocal, false)
+}
+
+// CheckToken tells, linearizably, whether req.Token is the key's current
+// fencing token and the lease has not expired by the leader's clock: the
+// check a resource makes before accepting a write (Chubby's sequencer).
+func (n *Node) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
+	if req.GetKey() == "" {
+		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	return leaderCall(ctx, n, methodCheckToken, req, &pb.CheckTokenResponse{}, n.checkTokenLocal, false)
+}
+
+// Status describes this node.
+func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	st := n.fsm.Stats()
+	resp := &pb.StatusResponse{
+		Header:      n.header(),
+		NodeId:      n.cfg.ID,
+		RaftState:   n.raft.State().String(),
+		Term:        n.raft.CurrentTerm(),
+		CommitIndex: n.raft.CommitIndex(),
+		LastIndex:   n.raft.LastIndex(),
+		Leases:      uint64(st.Held),
+		Delayed:     uint64(st.Delayed),
+	}
+	if ls := n.lead.Load(); ls != nil {
+		resp.Serving = true
+		resp.Waiters = uint64(ls.queues.count())
+	}
+	return resp, nil
+}
+
+// Members lists the nodes gossip knows, with their role in Raft.
+func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
+	roles := map[string]string{}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				roles[string(s.ID)] = "voter"
+			} else {
+				roles[string(s.ID)] = "nonvoter"
+			}
+		}
+	}
+	leaderID, _, _ := n.leaderHint()
+	resp := &pb.MembersResponse{Header: n.header()}
+	for _, m := range n.members.list() {
+		role := roles[m.ID]
+		if role == "" {
+			role = "none"
+		}
+		resp.Members = append(resp.Members, &pb.Member{
+			Id: m.ID, RaftAddr: m.Raft, ApiAddr: m.API, GossipAddr: m.Gossip,
+			Status: m.Status, Raft: role, Leader: m.ID == leaderID,
+		})
+	}
+	sort.Slice(resp.Members, func(i, j int) bool { return resp.Members[i].Id < resp.Members[j].Id })
+	return resp, nil
+}
+
+// Watch streams changes to records under req.Prefix as this node applies
+// them, starting with the current records if req.Initial. The channel is
+// closed when ctx ends or the node closes; a watcher that falls behind gets
+// a RESET event and then the channel closes (watch again and re-List).
+func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
+	if n.ctx.Err() != nil {
+		return nil, ErrClosed
+	}
+	return n.hub.watch(ctx, n, req.GetPrefix(), req.GetInitial()), nil
+}
+
+// leaderCall runs local on this node if it leads, or forwards req to the
+// leader. Retryable failures (no leader yet, the leader changed before the
+// request was sent) are retried after the next leadership change, bounded
+// by ctx; a write whose reply was lost is never retried here: it is
+// reported as ErrUnknownOutcome.
+func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method uint8, req Req, resp Resp,
+	local func(context.Context, *leaderState, Req) (Resp, error), write bool) (Resp, error) {
+	var zero Resp
+	for attempt := 0; ; attempt++ {
+		if n.ctx.Err() != nil {
+			return zero, ErrClosed
+		}
+		ch := n.changes()
+		if ls := n.leader(ctx); ls != nil {
+			return local(ctx, ls, req)
+		}
+		err := n.forward(ctx, method, req, resp, write)
+		if err == nil {
+			return resp, nil
+		}
+		retry := (errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader)) && !errors.Is(err, ErrUnknownOutcome)
+		if !retry || attempt >= 5 {
+			return zero, err
+		}
+		wait := time.NewTimer(n.cfg.Timing.ElectionTimeout)
+		select {
+		case <-ch:
+		case <-wait.C:
+		case <-ctx.Done():
+			wait.Stop()
+			return zero, err
+		}
+		wait.Stop()
+	}
+}
+
+// forward sends req to the leader over node RPC.
+func (n *Node) forward(ctx context.Context, method uint8, req, resp proto.Message, write bool) error {
+	_, _, addr := n.leaderHint()
+	if addr == "" || addr == n.cfg.AdvertiseAddr {
+		return &LeaderError{Err: ErrNoLeader}
+	}
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	out, err := n.rpc.Call(ctx, addr, method, data)
+	switch {
+	case err == nil:
+	case errors.Is(err, transport.ErrNotSent):
+		return &LeaderError{Err: ErrNoLeader}
+	case errors.Is(err, transport.ErrNoReply):
+		if write {
+			return fmt.Errorf("%w: forwarded to %s: %v", ErrUnknownOutcome, addr, err)
+		}
+		return &LeaderError{Err: ErrNoLeader}
+	default:
+		return err
+	}
+	if err := proto.Unmarshal(out, resp); err != nil {
+		return fmt.Errorf("%w: bad reply from leader: %v", ErrUnknownOutcome, err)
+	}
+	return nil
+}
+
+// handleRPC serves requests forwarded by other nodes. It never forwards
+// again: a node that is not the leader answers not-leader with its hint.
+func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte, error) {
+	switch method {
+	case methodAcquire:
+		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, n.acquireLocal)
+	case methodExtend:
+		return serveRPC(ctx, n, data, &pb.ExtendRequest{}, n.extendLocal)
+	case methodRelease:
+		return serveRPC(ctx, n, data, &pb.ReleaseRequest{}, n.releaseLocal)
+	case methodGet:
+		return serveRPC(ctx, n, data, &pb.GetRequest{}, n.getLocal)
+	case methodList:
+		return serveRPC(ctx, n, data, &pb.ListRequest{}, n.listLocal)
+	case methodCheckToken:
+		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
+	case methodStatus:
+		resp, err := n.Status(ctx, &pb.StatusRequest{})
+		if err != nil {
+			return nil, err
+		}
+		return proto.Marshal(resp)
+	}
+	return nil, fmt.Errorf("%w: unknown rpc method %d", ErrInvalid, method)
+}
+
+func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte, req Req,
+	local func(context.Context, *leaderState, Req) (Resp, error)) ([]byte, error) {
+	if err := proto.Unmarshal(data, req); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	ls := n.leader(ctx)
+	if ls == nil {
+		return nil, n.notLeaderErr()
+	}
+	resp, err := local(ctx, ls, req)
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(resp)
+}
+
+func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	arrival := ls.now()
+	cmd, err := acquireCmd(req)
+	if err != nil {
+		return nil, err
+	}
+	ownKey := func() bool {
+		l, ok := n.fsm.Get(cmd.Key)
+		return ok && l.State == fsm.StateHeld && l.Holder == cmd.Holder
+	}
+	if !ls.queues.busyKey(cmd.Key) || ownKey() {
+		s := ls.stamp()
+		resp, err := n.apply(ctx, s, cmd)
+		if err != nil {
+			return nil, err
+		}
+		res := resp.Results[0]
+		if res.Code != fsm.Held || !req.GetWait() {
+			return n.acquireReply(res, s.Now-arrival, cmd.TTL)
+		}
+	} else if !req.GetWait() {
+		// Waiters come first: a newcomer never barges ahead of them.
+		res := fsm.Result{Code: fsm.Held, Key: cmd.Key}
+		if l, ok := n.fsm.Get(cmd.Key); ok {
+			res.Holder, res.Wait = l.Holder, max(l.FreeAt()-ls.now(), 0)
+		}
+		return n.acquireReply(res, 0, cmd.TTL)
+	}
+	w := &waiter{ctx: ctx, cmd: cmd, arrival: arrival, done: make(chan waitResult, 1)}
+	r := ls.queues.wait(w)
+	if r.err != nil {
+		if ctx.Err() != nil && errors.Is(r.err, ctx.Err()) {
+			return nil, fmt.Errorf("acquire %q: gave up waiting: %w", cmd.Key, r.err)
+		}
+		return nil, r.err
+	}
+	return n.acquireReply(r.res, r.waited, cmd.TTL)
+}
+
+func (n *Node) acquireReply(res fsm.Result, waited, ttl time.Duration) (*pb.AcquireResponse, error) {
+	switch res.Code {
+	case fsm.Granted:
+		return &pb.AcquireResponse{Header: n.header(), Granted: true, Token: res.Token, Retry: res.Retry,
+			Waited: durationpb.New(waited), Ttl: durationpb.New(ttl)}, nil
+	case fsm.Held:
+		return &pb.AcquireResponse{Header: n.header(), Holder: res.Holder, Wait: durationpb.New(res.Wait),
+			Ttl: durationpb.New(ttl)}, nil
+	case fsm.Stale:
+		return nil, fmt.Errorf("acquire %q: %w: %s", res.Key, ErrStaleRequest, res.Reason)
+	default:
+		return nil, fmt.Errorf("acquire %q: %w: %s %s", res.Key, ErrInvalid, res.Code, res.Reason)
+	}
+}
+
+func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	cmd := extendCmd(req)
+	if err := cmd.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Results) != len(cmd.Items) {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, resp.Results[0].Reason)
+	}
+	out := &pb.ExtendResponse{Header: n.header(), Results: make([]*pb.ExtendResult, len(resp.Results))}
+	for i, r := range resp.Results {
+		er := &pb.ExtendResult{Key: cmd.Items[i].Key, Token: cmd.Items[i].Token, Ok: r.Code == fsm.Extended}
+		if er.Ok {
+			er.Ttl = durationpb.New(r.Expiry - resp.Now)
+		} else {
+			er.Holder, er.CurrentToken = r.Holder, r.Token
+		}
+		out.Results[i] = er
+	}
+	return out, nil
+}
+
+func (n *Node) releaseLocal(ctx context.Context, ls *leaderState, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	cmd := releaseCmd(req)
+	if err := cmd.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if head := ls.queues.claimHead(cmd.Key); head != nil {
+		// Release and grant to the first waiter in one entry.
+		s := ls.stamp()
+		resp, err := n.apply(ctx, s, &fsm.Batch{Cmds: []fsm.Command{cmd, head.cmd}})
+		var grant fsm.Result
+		if err == nil {
+			grant = resp.Results[len(resp.Results)-1]
+		}
+		ls.queues.settle(cmd.Key, head, s, grant, err)
+		if err != nil {
+			return nil, err
+		}
+		return &pb.ReleaseResponse{Header: n.header(), Released: resp.Results[0].Code == fsm.Released}, nil
+	}
+	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReleaseResponse{Header: n.header(), Released: resp.Results[0].Code == fsm.Released}, nil
+}
+
+// verify confirms, for a consistent read, that this node still leads: a
+// quorum answered after the read began. ls is nil for stale reads.
+func (n *Node) verify(ls *leaderState) error {
+	if ls == nil {
+		return nil
+	}
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return n.notLeaderErr()
+	}
+	return nil
+}
+
+func (n *Node) getLocal(ctx context.Context, ls *leaderState, req *pb.GetRequest) (*pb.GetResponse, error) {
+	if err := n.verify(ls); err != nil {
+		return nil, err
+	}
+	l, ok := n.fsm.Get(req.GetKey())
+	resp := &pb.GetResponse{Header: n.header(), Found: ok}
+	if ok {
+		_, now := n.fsm.Clock()
+		resp.Lease = toPB(&l, now)
+	}
+	return resp, nil
+}
+
+func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListRequest) (*pb.ListResponse, error) {
+	if err := n.verify(ls); err != nil {
+		return nil, err
+	}
+	leases, next := n.fsm.List(req.GetPrefix(), req.GetAfter(), int(req.GetLimit()))
+	_, now := n.fsm.Clock()
+	resp := &pb.ListResponse{Header: n.header(), Next: next, Leases: make([]*pb.Lease, len(leases))}
+	for i := range leases {
+		resp.Leases[i] = toPB(&leases[i], now)
+	}
+	return resp, nil
+}
+
+func (n *Node) checkTokenLocal(ctx context.Context, ls *leaderState, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
+	if err := n.verify(ls); err != nil {
+		return nil, err
+	}
+	resp := &pb.CheckTokenResponse{Header: n.header()}
+	if l, ok := n.fsm.Get(req.GetKey()); ok && l.State == fsm.StateHeld && l.Expiry > ls.now() {
+		resp.CurrentToken, resp.Holder = l.Token, l.Holder
+		resp.Current = l.Token == req.GetToken()
+	}
+	return resp, nil
+}
+
+func (n *Node) header() *pb.Header {
+	id, api, _ := n.leaderHint()
+	st := n.fsm.Stats()
+	return &pb.Header{LeaderId: id, LeaderAddr: api, NodeId: n.cfg.ID, Epoch: st.Epoch, AppliedIndex: st.Applied}
+}
+
+func toPB(l *fsm.Lease, now time.Duration) *pb.Lease {
+	out := &pb.Lease{
+		Key: l.Key, Holder: l.Holder, Token: l.Token, Value: l.Value,
+		Ttl: durationpb.New(l.TTL), LockDelay: durationpb.New(l.LockDelay),
+	}
+	switch l.State {
+	case fsm.StateHeld:
+		out.State = pb.LeaseState_LEASE_STATE_HELD
+		out.Remaining = durationpb.New(max(l.Expiry-now, 0))
+	case fsm.StateDelayed:
+		out.State = pb.LeaseState_LEASE_STATE_LOCK_DELAY
+		out.Holder = ""
+		out.Remaining = durationpb.New(max(l.FreeAt()-now, 0))
+	}
+	return out
+}
+
+func acquireCmd(req *pb.AcquireRequest) (*fsm.Acquire, error) {
+	if req.GetTtl() == nil {
+		return nil, fmt.Errorf("%w: ttl is required", ErrInvalid)
+	}
+	cmd := &fsm.Acquire{
+		Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId(),
+		TTL: req.GetTtl().AsDuration(), LockDelay: req.GetLockDelay().AsDuration(), Value: req.GetValue(),
+	}
+	if err := cmd.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return cmd, nil
+}
+
+func extendCmd(req *pb.ExtendRequest) *fsm.Extend {
+	cmd := &fsm.Extend{Holder: req.GetHolder(), Items: make([]fsm.ExtendItem, len(req.GetItems()))}
+	for i, it := range req.GetItems() {
+		cmd.Items[i] = fsm.ExtendItem{Key: it.GetKey(), Token: it.GetToken()}
+	}
+	return cmd
+}
+
+func releaseCmd(req *pb.ReleaseRequest) *fsm.Release {
+	return &fsm.Release{Key: req.GetKey(), Holder: req.GetHolder(), Token: req.GetToken()}
+}
