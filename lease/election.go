@@ -1,0 +1,133 @@
+package lease
+
+import (
+	"context"
+	"errors"
+)
+
+// Elector runs leader election on one key, the recipe of client-go's
+// leaderelection and etcd's Election built on a lease: the leader is the
+// holder of the key, its value (an address, say) is published with the
+// lease, and anyone can Observe it.
+type Elector struct {
+	c     *Client
+	key   string
+	value []byte
+	opts  []AcquireOption
+}
+
+// Elector returns an Elector that campaigns for key, publishing value
+// while it leads.
+func (c *Client) Elector(key string, value []byte, opts ...AcquireOption) *Elector {
+	return &Elector{c: c, key: key, value: value, opts: append(opts, Value(value))}
+}
+
+// Campaign waits until this client is elected (queued FIFO with the other
+// candidates) and returns the leadership lease. ctx bounds the wait.
+func (e *Elector) Campaign(ctx context.Context) (*Lease, error) {
+	return e.c.Acquire(ctx, e.key, e.opts...)
+}
+
+// Run campaigns until ctx ends. Each time it is elected it calls lead with
+// a context that is cancelled as soon as leadership is lost or ctx ends;
+// when lead returns, leadership is released and Run campaigns again. lead
+// must stop acting as leader when its context is done. Run returns ctx's
+// error.
+func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context, l *Lease)) error {
+	for {
+		l, err := e.Campaign(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			e.c.log.Warn("campaign failed; retrying", "key", e.key, "err", err)
+			if !sleep(ctx, e.c.backoff().next()) {
+				return ctx.Err()
+			}
+			continue
+		}
+		lctx, cancel := context.WithCancelCause(ctx)
+		stop := context.AfterFunc(l.Context(), func() { cancel(l.Err()) })
+		lead(lctx, l)
+		stop()
+		cancel(nil)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*e.c.opts.backoffMax)
+		if err := l.Release(rctx); err != nil {
+			e.c.log.Warn("releasing leadership failed; it expires after its TTL", "key", e.key, "err", err)
+		}
+		rcancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// Leader describes who leads a key.
+type Leader struct {
+	Holder string
+	Value  []byte
+	Token  uint64
+}
+
+// Observe reports the leader of key: the current one first (a zero Leader
+// if none), then every change. The channel closes when ctx ends; if the
+// underlying watch breaks, Observe re-reads and resumes.
+func (c *Client) Observe(ctx context.Context, key string) <-chan Leader {
+	out := make(chan Leader, 1)
+	go func() {
+		defer close(out)
+		var last *Leader
+		emit := func(l Leader) bool {
+			if last != nil && last.Token == l.Token && last.Holder == l.Holder {
+				return true
+			}
+			last = &l
+			select {
+			case out <- l:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		bo := c.backoff()
+		for ctx.Err() == nil {
+			events, err := c.Watch(ctx, key)
+			if err != nil {
+				if !sleep(ctx, bo.next()) {
+					return
+				}
+				continue
+			}
+			info, err := c.Get(ctx, key)
+			if err == nil {
+				l := Leader{}
+				if info != nil && !info.LockDelay {
+					l = Leader{Holder: info.Holder, Value: info.Value, Token: info.Token}
+				}
+				if !emit(l) {
+					return
+				}
+			}
+			for ev := range events {
+				if ev.Key != key {
+					continue
+				}
+				var l Leader
+				switch ev.Type {
+				case Granted:
+					l = Leader{Holder: ev.Holder, Value: ev.Value, Token: ev.Token}
+				case Released, Expired, Freed:
+				default:
+					continue
+				}
+				if !emit(l) {
+					return
+				}
+			}
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return
+			}
+		}
+	}()
+	return out
+}

@@ -1,0 +1,124 @@
+package lease
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Errors of the lease package; test them with errors.Is.
+var (
+	// ErrHeld: another holder has the key. Errors that wrap it are
+	// *HeldError and say who and for how long at most.
+	ErrHeld = errors.New("lease: held by another holder")
+	// ErrNotHolder: the cluster says this client does not hold the lease
+	// (it expired, or was released).
+	ErrNotHolder = errors.New("lease: not the holder")
+	// ErrLeaseLost: the lease could not be extended before its validity
+	// ran out, or the cluster said it is no longer held. Do not touch the
+	// protected resource any more.
+	ErrLeaseLost = errors.New("lease: lost")
+	// ErrReleased: the lease was released by Release or Client.Close.
+	ErrReleased = errors.New("lease: released")
+	// ErrNoLeader: no cluster leader could be reached in time. Retryable.
+	ErrNoLeader = errors.New("lease: no leader reachable")
+	// ErrUnknownOutcome: a write was sent but its result could not be
+	// learned (leader change mid-write, connection cut, deadline). It may
+	// have taken effect.
+	ErrUnknownOutcome = errors.New("lease: outcome unknown")
+	// ErrTimeout: AcquireTimeout waited maxWait without being granted.
+	ErrTimeout = errors.New("lease: timed out waiting")
+	// ErrInvalid: the request breaks a limit (empty key, TTL out of range,
+	// value too large).
+	ErrInvalid = errors.New("lease: invalid request")
+	// ErrClosed: the client was closed.
+	ErrClosed = errors.New("lease: client closed")
+	// ErrStaleToken: Fence refused a write carrying a token older than one
+	// it has seen.
+	ErrStaleToken = errors.New("lease: stale fencing token")
+)
+
+// HeldError is ErrHeld with details.
+type HeldError struct {
+	Key    string
+	Holder string        // empty while the key is in lock-delay
+	Wait   time.Duration // longest it can stay unavailable unless released
+	// Err is what ended the attempt (ErrTimeout for AcquireTimeout).
+	Err error
+}
+
+func (e *HeldError) Error() string {
+	who := e.Holder
+	if who == "" {
+		who = "nobody (lock-delay)"
+	}
+	msg := fmt.Sprintf("lease %q held by %s for at most %v", e.Key, who, e.Wait.Round(time.Millisecond))
+	if e.Err != nil {
+		msg = e.Err.Error() + ": " + msg
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is match ErrHeld and e.Err.
+func (e *HeldError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrHeld}
+	}
+	return []error{ErrHeld, e.Err}
+}
+
+// reasoner is implemented by the errors of an embedded node (package node
+// declares them; lease must not import it).
+type reasoner interface{ Reason() pb.Reason }
+
+// reasonOf classifies a backend error: from an embedded node through its
+// Reason method, from a remote node through the connect error's detail.
+func reasonOf(err error) pb.Reason {
+	var r reasoner
+	if errors.As(err, &r) {
+		return r.Reason()
+	}
+	if d := detailOf(err); d != nil {
+		return d.GetReason()
+	}
+	return pb.Reason_REASON_UNSPECIFIED
+}
+
+func detailOf(err error) *pb.ErrorDetail {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	for _, d := range ce.Details() {
+		if v, err := d.Value(); err == nil {
+			if ed, ok := v.(*pb.ErrorDetail); ok {
+				return ed
+			}
+		}
+	}
+	return nil
+}
+
+// classify maps a backend error to this package's sentinel, keeping the
+// original text.
+func classify(op, key string, err error) error {
+	var sentinel error
+	switch reasonOf(err) {
+	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER:
+		sentinel = ErrNoLeader
+	case pb.Reason_REASON_INVALID, pb.Reason_REASON_STALE_REQUEST:
+		sentinel = ErrInvalid
+	case pb.Reason_REASON_UNKNOWN_OUTCOME:
+		sentinel = ErrUnknownOutcome
+	case pb.Reason_REASON_CLOSED:
+		sentinel = ErrNoLeader
+	}
+	if sentinel == nil {
+		return fmt.Errorf("%s %q: %w", op, key, err)
+	}
+	return fmt.Errorf("%s %q: %w: %v", op, key, sentinel, err)
+}

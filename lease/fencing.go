@@ -1,0 +1,44 @@
+package lease
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Fence is the resource side of fencing tokens: it remembers the highest
+// token seen per key and refuses writes that carry a lower one. A holder
+// that was paused (GC, VM migration, SIGSTOP) past its lease wakes up with
+// an old token; the Fence rejects its writes because the next holder's
+// token is higher. Put a Fence (or the same rule, in the resource's own
+// storage) in front of everything a lease protects.
+//
+// A Fence in one process protects only that process's view; a resource
+// served by several processes must keep the highest token in its own
+// shared storage, or ask the cluster with Client.CheckToken.
+type Fence struct {
+	mu      sync.Mutex
+	highest map[string]uint64
+}
+
+// NewFence returns an empty Fence.
+func NewFence() *Fence { return &Fence{highest: map[string]uint64{}} }
+
+// Check admits a write for key carrying token if token is at least the
+// highest seen for key, and records it; otherwise it returns an error
+// matching ErrStaleToken. Equal tokens pass: one holder writes many times.
+func (f *Fence) Check(key string, token uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h := f.highest[key]; token < h {
+		return fmt.Errorf("%w: key %q token %d, already saw %d", ErrStaleToken, key, token, h)
+	}
+	f.highest[key] = token
+	return nil
+}
+
+// Highest returns the highest token seen for key.
+func (f *Fence) Highest(key string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.highest[key]
+}

@@ -1,0 +1,329 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Lease is a held lease. The Client extends it in the background until it
+// is released or lost. Use Token as a fencing token on every write to the
+// protected resource, and stop writing when Done closes.
+type Lease struct {
+	c *Client
+	h *held
+}
+
+// held is the state the extension loop keeps for a lease. It must never
+// reference the *Lease, so that a Lease dropped without Release becomes
+// unreachable and its cleanup releases it.
+type held struct {
+	key   string
+	token uint64
+	ttl   time.Duration
+	value []byte
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	// expiring receives a value (without blocking) each time the remaining
+	// validity falls below the threshold without a successful extend.
+	expiring chan struct{}
+
+	mu         sync.Mutex
+	validUntil time.Time // monotonic
+	lastSent   time.Time // send time of the latest extend attempt
+	warned     bool      // expiring fired since the last successful extend
+	err        error     // why it ended; nil while held
+}
+
+// Key returns the leased key.
+func (l *Lease) Key() string { return l.h.key }
+
+// Token returns the fencing token: the Raft index of the grant, strictly
+// increasing per key and cluster-wide. Send it with every write to the
+// protected resource, which must refuse tokens lower than the highest it
+// has seen (see Fence), so a holder that was paused past its lease cannot
+// overwrite its successor's work.
+func (l *Lease) Token() uint64 { return l.h.token }
+
+// Value returns the value attached at acquire.
+func (l *Lease) Value() []byte { return l.h.value }
+
+// TTL returns the lease's TTL.
+func (l *Lease) TTL() time.Duration { return l.h.ttl }
+
+// ValidUntil is the moment, on this process's monotonic clock, until which
+// the lease is certainly held: the send time of the last successful
+// acquire or extend plus the TTL, shortened by the drift bound.
+func (l *Lease) ValidUntil() time.Time {
+	l.h.mu.Lock()
+	defer l.h.mu.Unlock()
+	return l.h.validUntil
+}
+
+// Remaining returns how long the lease is certainly held (0 when ended).
+func (l *Lease) Remaining() time.Duration {
+	if !l.IsHealthy() {
+		return 0
+	}
+	return max(time.Until(l.ValidUntil()), 0)
+}
+
+// IsHealthy reports whether the lease is still certainly held: not
+// released, not lost, and within its validity right now.
+func (l *Lease) IsHealthy() bool {
+	l.h.mu.Lock()
+	defer l.h.mu.Unlock()
+	return l.h.err == nil && time.Now().Before(l.h.validUntil)
+}
+
+// Done is closed when the lease ends: released, or lost (validity ran out
+// without a successful extend, or the cluster refused an extend). A lease
+// that cannot be extended is declared lost shortly before ValidUntil (by
+// TTL/50, at most 20 ms, to absorb timer latency), so Done closes by
+// ValidUntil and long before any other holder can be granted the key.
+func (l *Lease) Done() <-chan struct{} { return l.h.done }
+
+// Context returns a context cancelled when the lease ends; its cause is
+// Err. Run the work the lease protects under it.
+func (l *Lease) Context() context.Context { return l.h.ctx }
+
+// Expiring receives a value each time the remaining validity falls below
+// the client's expiring threshold (default TTL/3) without a successful
+// extend: the lease is in danger (the DynamoDB Lock Client's danger zone,
+// Chubby's jeopardy). Finish or checkpoint the work; Done follows if
+// extends keep failing.
+func (l *Lease) Expiring() <-chan struct{} { return l.h.expiring }
+
+// Err returns nil while the lease is held, then why it ended: ErrReleased
+// or an error matching ErrLeaseLost.
+func (l *Lease) Err() error {
+	l.h.mu.Lock()
+	defer l.h.mu.Unlock()
+	return l.h.err
+}
+
+// Release ends the lease and deletes its record so the next waiter gets
+// the key at once. It unlocks this Client's local guard for the key before
+// deleting the record, so a goroutine of this Client waiting for the key
+// is not starved by other processes. Release is idempotent: releasing an
+// ended lease returns nil.
+func (l *Lease) Release(ctx context.Context) error {
+	if !l.c.end(l.h, ErrReleased, false) {
+		return nil
+	}
+	return l.c.releaseRecord(ctx, l.h)
+}
+
+// Info is a lease record as the cluster reports it.
+type Info struct {
+	Key    string
+	Holder string // empty while the key is in lock-delay
+	Token  uint64
+	TTL    time.Duration
+	Value  []byte
+	// LockDelay is set when the key is blocked after an expiry.
+	LockDelay bool
+	// Remaining is the time left by the leader's clock when read; advisory
+	// only, never a basis for safety.
+	Remaining time.Duration
+}
+
+func infoFromPB(l *pb.Lease) Info {
+	return Info{
+		Key: l.GetKey(), Holder: l.GetHolder(), Token: l.GetToken(), TTL: l.GetTtl().AsDuration(),
+		Value: l.GetValue(), LockDelay: l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY,
+		Remaining: l.GetRemaining().AsDuration(),
+	}
+}
+
+// run is the Client's one background loop: it extends every held lease in
+// one batched request per tick, retries failures with back-off until each
+// lease's validity runs out, fires Expiring, and ends leases whose validity
+// passed (Done closes, then a best-effort release).
+func (c *Client) run() {
+	defer c.loopWG.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	results := make(chan extendOutcome, 1)
+	inFlight := false
+	var retryAt time.Time // after a failed extend: not before this
+	bo := c.backoff()
+	for {
+		now := time.Now()
+		next := now.Add(time.Hour)
+		var due, ripe []*held
+		c.mu.Lock()
+		hs := make([]*held, 0, len(c.held))
+		for _, h := range c.held {
+			hs = append(hs, h)
+		}
+		c.mu.Unlock()
+		for _, h := range hs {
+			h.mu.Lock()
+			valid, last := h.validUntil, h.lastSent
+			h.mu.Unlock()
+			// End the lease a little before its validity so that Done has
+			// closed by ValidUntil despite timer latency.
+			endAt := valid.Add(-lossGuard(h.ttl))
+			if !now.Before(endAt) {
+				c.end(h, ErrLeaseLost, true)
+				continue
+			}
+			next = earlier(next, endAt)
+			threshold := c.opts.expiring
+			if threshold == 0 {
+				threshold = h.ttl / 3
+			}
+			if warnAt := valid.Add(-threshold); !now.Before(warnAt) {
+				h.mu.Lock()
+				if !h.warned {
+					h.warned = true
+					select {
+					case h.expiring <- struct{}{}:
+					default:
+					}
+				}
+				h.mu.Unlock()
+			} else {
+				next = earlier(next, warnAt)
+			}
+			interval := c.opts.extend
+			if interval == 0 {
+				interval = h.ttl / 3
+			}
+			age := now.Sub(last)
+			switch {
+			case age >= interval:
+				due = append(due, h)
+			case age >= interval/2:
+				ripe = append(ripe, h)
+				next = earlier(next, last.Add(interval))
+			default:
+				next = earlier(next, last.Add(interval))
+			}
+		}
+		// Coalesce: when any lease is due, extend every lease past half its
+		// interval too, so that leases acquired at different times fall
+		// into one phase and a tick costs one request.
+		if len(due) > 0 {
+			due = append(due, ripe...)
+		}
+		if len(due) > 0 && !inFlight {
+			if now.Before(retryAt) {
+				next = earlier(next, retryAt)
+			} else {
+				inFlight = true
+				c.loopWG.Add(1)
+				go c.extend(due, results)
+			}
+		}
+		timer.Reset(max(time.Until(next), 0))
+		select {
+		case <-c.stop:
+			return
+		case <-c.kick:
+		case <-timer.C:
+		case out := <-results:
+			inFlight = false
+			if out.err != nil {
+				retryAt = time.Now().Add(bo.next())
+				c.log.Debug("extend failed; retrying", "leases", len(out.leases), "err", out.err)
+			} else {
+				bo.reset(c.opts.backoffMin)
+				retryAt = time.Time{}
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// lossGuard is how long before ValidUntil a lease is declared lost, to
+// absorb timer latency: 1/50 of the TTL, at most 20 ms.
+func lossGuard(ttl time.Duration) time.Duration { return min(ttl/50, 20*time.Millisecond) }
+
+type extendOutcome struct {
+	leases []*held
+	err    error
+}
+
+// extendChunk bounds one Extend request (and one Raft entry).
+const extendChunk = 20000
+
+// extend sends one batched Extend for leases (chunked if huge) and applies
+// the results: an extended lease is valid until this request's send time
+// plus its TTL, shortened by drift; a lease the cluster says is not held
+// ends at once with ErrLeaseLost.
+func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
+	defer c.loopWG.Done()
+	var firstErr error
+	for start := 0; start < len(leases); start += extendChunk {
+		chunk := leases[start:min(start+extendChunk, len(leases))]
+		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
+		for i, h := range chunk {
+			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
+		}
+		sent := time.Now()
+		for _, h := range chunk {
+			h.mu.Lock()
+			h.lastSent = sent
+			h.mu.Unlock()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout(chunk))
+		resp, err := c.b.Extend(ctx, req)
+		cancel()
+		if err != nil {
+			firstErr = errors.Join(firstErr, err)
+			continue
+		}
+		for i, r := range resp.GetResults() {
+			if i >= len(chunk) {
+				break
+			}
+			h := chunk[i]
+			if !r.GetOk() {
+				c.end(h, ErrLeaseLost, true)
+				continue
+			}
+			valid := c.validity(sent, h.ttl)
+			h.mu.Lock()
+			if valid.After(h.validUntil) {
+				h.validUntil = valid
+			}
+			h.warned = false
+			h.mu.Unlock()
+		}
+	}
+	select {
+	case out <- extendOutcome{leases: leases, err: firstErr}:
+	case <-c.stop:
+	}
+}
+
+// requestTimeout bounds an extend attempt by the shortest remaining
+// validity among its leases: waiting longer is pointless.
+func (c *Client) requestTimeout(hs []*held) time.Duration {
+	d := 10 * time.Second
+	for _, h := range hs {
+		h.mu.Lock()
+		d = min(d, time.Until(h.validUntil))
+		h.mu.Unlock()
+	}
+	return max(d, 50*time.Millisecond)
+}
+
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,130 @@
+package lease
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// Defaults of the client options.
+const (
+	DefaultTTL        = 10 * time.Second
+	DefaultDrift      = 0.01
+	DefaultBackoffMin = 20 * time.Millisecond
+	DefaultBackoffMax = time.Second
+)
+
+type options struct {
+	ttl        time.Duration
+	extend     time.Duration // 0: ttl/3 of each lease
+	expiring   time.Duration // 0: ttl/3 of each lease
+	drift      float64
+	backoffMin time.Duration
+	backoffMax time.Duration
+	logger     *slog.Logger
+	holder     string
+	tls        *tls.Config
+	token      string
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+// WithTTL sets the default lease TTL (default 10 s). Longer TTLs survive
+// longer partitions of the client; shorter ones hand a crashed holder's
+// key on sooner.
+func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+
+// WithExtendInterval sets how often held leases are extended (default a
+// third of each lease's TTL, so two extends can fail before the lease is
+// in danger).
+func WithExtendInterval(d time.Duration) Option { return func(o *options) { o.extend = d } }
+
+// WithExpiringThreshold sets when Lease.Expiring fires: when the remaining
+// validity falls below d without a successful extend (default TTL/3).
+func WithExpiringThreshold(d time.Duration) Option { return func(o *options) { o.expiring = d } }
+
+// WithDriftBound sets the fraction by which this client shortens every
+// lease to absorb clock-rate differences between itself and the leader
+// (default 0.01). It must exceed twice the worst clock-rate error.
+func WithDriftBound(f float64) Option { return func(o *options) { o.drift = f } }
+
+// WithBackoff sets the retry back-off bounds for failed requests (default
+// 20 ms to 1 s, doubling, with jitter).
+func WithBackoff(min, max time.Duration) Option {
+	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithHolder sets the holder name the cluster records for this client's
+// leases. Default: host/pid/random, unique per Client. Two Clients must
+// never share a holder name.
+func WithHolder(name string) Option { return func(o *options) { o.holder = name } }
+
+// WithTLS sets the TLS configuration for Dial (remote clients only).
+func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
+
+// WithAuthToken sets the bearer token for Dial (remote clients only).
+func WithAuthToken(token string) Option { return func(o *options) { o.token = token } }
+
+func buildOptions(opts []Option) (options, error) {
+	o := options{
+		ttl:        DefaultTTL,
+		drift:      DefaultDrift,
+		backoffMin: DefaultBackoffMin,
+		backoffMax: DefaultBackoffMax,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.ttl <= 0 {
+		return o, fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
+	}
+	if o.drift < 0 || o.drift >= 0.5 {
+		return o, fmt.Errorf("%w: drift bound %v must be in [0, 0.5)", ErrInvalid, o.drift)
+	}
+	if o.extend < 0 || o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
+		return o, fmt.Errorf("%w: bad extend interval or back-off", ErrInvalid)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if o.holder == "" {
+		o.holder = defaultHolder()
+	}
+	return o, nil
+}
+
+func defaultHolder() string {
+	host, _ := os.Hostname()
+	var b [16]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+type acquireOptions struct {
+	ttl       time.Duration
+	value     []byte
+	lockDelay time.Duration
+}
+
+// AcquireOption configures one acquire.
+type AcquireOption func(*acquireOptions)
+
+// TTL sets this lease's TTL (default: the client's).
+func TTL(d time.Duration) AcquireOption { return func(o *acquireOptions) { o.ttl = d } }
+
+// Value attaches a value to the lease (at most 64 KiB), readable by anyone
+// with Get, List and Watch: who holds the key, an address for a leader.
+func Value(v []byte) AcquireOption { return func(o *acquireOptions) { o.value = v } }
+
+// LockDelay keeps the key unavailable for d after this lease expires
+// without being released (Chubby's lock-delay): a holder that lost the
+// lease without noticing gets time to stop before the next one starts.
+func LockDelay(d time.Duration) AcquireOption { return func(o *acquireOptions) { o.lockDelay = d } }

@@ -1,0 +1,76 @@
+package lease
+
+import (
+	"context"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// EventType says what happened to a key.
+type EventType string
+
+// Event types.
+const (
+	Granted  EventType = "granted"
+	Extended EventType = "extended"
+	Released EventType = "released"
+	Expired  EventType = "expired"
+	// Freed: a lock-delay ended; the key is free.
+	Freed EventType = "freed"
+	// Reset: the watch fell behind or the node restored a snapshot; re-read
+	// the state with List. The channel closes after it.
+	Reset EventType = "reset"
+)
+
+// Event is one change to a lease record.
+type Event struct {
+	Type EventType
+	// Index is the Raft index of the change.
+	Index uint64
+	Key   string
+	// Holder, Token and Value describe the lease the event is about.
+	Holder string
+	Token  uint64
+	Value  []byte
+}
+
+// Watch streams changes to keys starting with prefix, in the order the
+// cluster applied them, beginning with one Granted event per currently
+// held key. The channel closes when ctx ends or the stream breaks (after a
+// Reset event if it fell behind); watch again to resume.
+func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
+	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true})
+	if err != nil {
+		return nil, classify("watch", prefix, err)
+	}
+	out := make(chan Event, 64)
+	go func() {
+		defer close(out)
+		for e := range in {
+			ev := Event{Type: eventType(e.GetType()), Index: e.GetIndex(), Key: e.GetLease().GetKey(),
+				Holder: e.GetLease().GetHolder(), Token: e.GetLease().GetToken(), Value: e.GetLease().GetValue()}
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+func eventType(t pb.EventType) EventType {
+	switch t {
+	case pb.EventType_EVENT_TYPE_GRANTED:
+		return Granted
+	case pb.EventType_EVENT_TYPE_EXTENDED:
+		return Extended
+	case pb.EventType_EVENT_TYPE_RELEASED:
+		return Released
+	case pb.EventType_EVENT_TYPE_EXPIRED:
+		return Expired
+	case pb.EventType_EVENT_TYPE_FREED:
+		return Freed
+	}
+	return Reset
+}
