@@ -210,9 +210,10 @@ var (
 // bytes, and allocates no more than a small multiple of len(data).
 func Decode(data []byte) (Stamp, Command, error) {
 	d := decoder{b: data}
+	// The version comes first and is judged alone: a newer version may lay
+	// out everything after it differently, so reading on could report a
+	// newer entry as merely damaged (Invalid) instead of stopping the node.
 	ver := d.byte()
-	typ := Type(d.byte())
-	s := Stamp{Epoch: d.uvarint(), Now: time.Duration(d.varint())}
 	if d.err != nil {
 		return Stamp{}, nil, d.err
 	}
@@ -221,6 +222,11 @@ func Decode(data []byte) (Stamp, Command, error) {
 	}
 	if ver > FormatVersion {
 		return Stamp{}, nil, fmt.Errorf("%w: version %d, this build knows %d", ErrNewerVersion, ver, FormatVersion)
+	}
+	typ := Type(d.byte())
+	s := Stamp{Epoch: d.uvarint(), Now: time.Duration(d.varint())}
+	if d.err != nil {
+		return Stamp{}, nil, d.err
 	}
 	cmd := d.body(typ, true)
 	if d.err != nil {

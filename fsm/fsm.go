@@ -126,7 +126,8 @@ type Config struct {
 	// OnFatal is called, on the applying goroutine, when an entry was
 	// written by a newer version of leasenode. Applying it could make this
 	// replica diverge, so the owner must stop the node. The entry itself
-	// gets an Invalid result.
+	// gets an Invalid result. It runs after Apply or ApplyBatch released
+	// the FSM's lock, so it may call the FSM's read methods.
 	OnFatal func(error)
 }
 
@@ -150,7 +151,10 @@ type FSM struct {
 	events  []Event
 	changed chan struct{}
 
-	fatal error
+	fatal error // the first fatal entry
+	// unreported holds fatal errors found under mu, passed to OnFatal
+	// once mu is released.
+	unreported []error
 }
 
 // New returns an empty FSM.
@@ -176,9 +180,11 @@ var (
 // nil for any other entry type.
 func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	r := f.applyLog(l)
+	fatal := f.takeUnreported()
+	f.mu.Unlock()
 	f.notify()
+	f.reportFatal(fatal)
 	return r
 }
 
@@ -190,9 +196,30 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	for i, l := range logs {
 		out[i] = f.applyLog(l)
 	}
+	fatal := f.takeUnreported()
 	f.mu.Unlock()
 	f.notify()
+	f.reportFatal(fatal)
 	return out
+}
+
+// takeUnreported returns and clears the fatal errors not yet passed to
+// OnFatal; f.mu is held.
+func (f *FSM) takeUnreported() []error {
+	errs := f.unreported
+	f.unreported = nil
+	return errs
+}
+
+// reportFatal passes errs to Config.OnFatal. It runs without f.mu, so the
+// callback may read the FSM without deadlocking.
+func (f *FSM) reportFatal(errs []error) {
+	if f.cfg.OnFatal == nil {
+		return
+	}
+	for _, err := range errs {
+		f.cfg.OnFatal(err)
+	}
 }
 
 func (f *FSM) applyLog(l *raft.Log) interface{} {
@@ -205,18 +232,21 @@ func (f *FSM) applyLog(l *raft.Log) interface{} {
 	return f.applyData(l.Index, l.Data)
 }
 
+// applyData decodes and applies one command entry; f.mu is held.
 func (f *FSM) applyData(index uint64, data []byte) *Response {
 	s, cmd, err := Decode(data)
 	if err != nil {
 		if errors.Is(err, ErrNewerVersion) {
-			f.fatal = fmt.Errorf("entry %d: %w", index, err)
-			if f.cfg.OnFatal != nil {
-				f.cfg.OnFatal(f.fatal)
+			ferr := fmt.Errorf("entry %d: %w", index, err)
+			if f.fatal == nil {
+				f.fatal = ferr
 			}
+			f.unreported = append(f.unreported, ferr)
 		}
 		return f.resp(index, invalid("", "%v", err))
 	}
-	return f.ApplyCommand(index, s, cmd)
+	// f.mu is held (Apply, ApplyBatch): not ApplyCommand, which locks.
+	return f.applyLocked(index, s, cmd)
 }
 
 // applyLocked applies one decoded command; f.mu is held.
@@ -289,8 +319,8 @@ func (f *FSM) resp(index uint64, r Result) *Response {
 // leader lost the ability to commit; rebasing to now+TTL therefore counts a
 // full TTL from a moment later than any earlier extend. Without it, expiry
 // stamped by the old leader's clock would be judged by the new leader's
-// unrelated clock. Guarded by TestPromoteRebases and the failover tests in
-// node.
+// unrelated clock. Guarded by TestNoEarlyExpiryPromoteRebases,
+// testdata/promote.txt and the failover tests in node.
 func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	if s.Epoch <= f.epoch {
 		return f.resp(index, Result{Code: WrongEpoch,
@@ -315,13 +345,15 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 // Invariant single-holder: a key is granted to a new holder only when no
 // record blocks it at the FSM's now: no record, or a held lease whose
 // expiry plus lock-delay is <= now, or a lock-delay that has ended. Release
-// removes the record at once. Guarded by TestTakeover and the model test.
+// removes the record at once. Guarded by TestSingleHolderTakeover,
+// testdata/takeover.txt, testdata/lockdelay.txt and TestModel.
 //
 // Invariant request-id order: for the listed holder, the same request id is
 // a retry (same token, refreshed expiry), a higher one a new holding (new
 // token), a lower one is Stale. Accepting a lower id would let a delayed
 // old request replace the holder's live holding with a new token while the
-// client still uses the old one. Guarded by TestRequestIDs.
+// client still uses the old one. Guarded by TestRequestIDOrder and
+// testdata/reqid.txt.
 func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
@@ -376,7 +408,8 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 //
 // Invariant no-extend-after-expiry: a lease whose expiry is <= now cannot
 // be extended even if no Expire has reaped it, since another holder may be
-// granted it in the same instant. Guarded by TestExtendAfterExpiry.
+// granted it in the same instant. Guarded by TestNoExtendAfterExpiry and
+// testdata/extend.txt.
 func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 	r := f.keys[it.Key]
 	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token || r.Expiry <= f.now {
