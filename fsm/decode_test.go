@@ -1,0 +1,303 @@
+package fsm_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasenode/leasenode/fsm"
+)
+
+// seedCommand is one valid command for the fuzz corpus and decode tests.
+type seedCommand struct {
+	name  string
+	stamp fsm.Stamp
+	cmd   fsm.Command
+}
+
+// seedCommands holds every command type, with and without optional parts.
+func seedCommands() []seedCommand {
+	return []seedCommand{
+		{"promote", st(1, 0), fsm.Promote{}},
+		{"promote-big-stamp", st(1<<40, 1<<50), fsm.Promote{}},
+		{"acquire", st(1, 100*ms), acq("a", "c1", 1, 5*s, 0)},
+		{"acquire-value-delay", st(1, 100*ms), &fsm.Acquire{Key: "locks/db", Holder: "client-7f3a", ReqID: 1 << 33, TTL: 15 * s, LockDelay: 2 * s, Value: []byte("10.0.0.7:8080")}},
+		{"acquire-negative-ttl", st(1, -5), acq("a", "c1", 1, -time.Second, -1)},
+		{"extend", st(2, 3*s), ext("c1", "a", 2, "b", 3, "c", 1<<20)},
+		{"extend-empty", st(2, 3*s), &fsm.Extend{Holder: "c1"}},
+		{"release", st(2, 4*s), rel("a", "c1", 2)},
+		{"expire", st(3, time.Hour), fsm.Expire{}},
+		{"batch-handover", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2), acq("a", "c2", 1, 5*s, 0)}}},
+		{"batch-mixed", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{fsm.Expire{}, ext("c1", "b", 3), rel("c", "c2", 9), acq("c", "c3", 4, s, s)}}},
+		{"batch-two-acquires", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{acq("x", "c1", 1, s, 0), acq("y", "c1", 2, s, 0)}}},
+		{"batch-empty", st(3, 2*s), &fsm.Batch{}},
+	}
+}
+
+// rawSeeds are interesting byte strings that are not valid commands.
+var rawSeeds = map[string][]byte{
+	"empty":           {},
+	"version-0":       {0, 1, 0, 0},
+	"version-2":       {2},
+	"version-255":     {255, 1, 1, 0},
+	"unknown-type":    {1, 9, 0, 0},
+	"nested-batch":    {1, 6, 0, 0, 1, 6, 0},
+	"promote-inbatch": {1, 6, 0, 0, 1, 1},
+	"forged-count":    {1, 3, 0, 0, 2, 'c', '1', 0xe8, 0x07, 1, 1}, // 1000 items in 2 bytes
+	"over-maxbatch":   {1, 6, 0, 0, 0xa1, 0x8d, 0x06},              // 100_001 commands
+	"varint-overflow": {1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0},
+	"huge-string":     {1, 4, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'},
+}
+
+// FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
+// command; applying any bytes never panics, gives one Invalid result for
+// what Decode refuses, and is deterministic.
+func FuzzDecode(f *testing.F) {
+	for _, c := range seedCommands() {
+		f.Add(fsm.Encode(c.stamp, c.cmd))
+	}
+	for _, b := range rawSeeds {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, cmd, err := fsm.Decode(data)
+		if err == nil {
+			if cmd == nil {
+				t.Fatal("Decode returned no command and no error")
+			}
+			again := fsm.Encode(s, cmd)
+			s2, cmd2, err := fsm.Decode(again)
+			if err != nil {
+				t.Fatalf("re-encoded command does not decode: %v", err)
+			}
+			if s2 != s || !reflect.DeepEqual(cmd2, cmd) {
+				t.Fatalf("re-encode changed the command:\n%#v %#v\n%#v %#v", s, cmd, s2, cmd2)
+			}
+			if !bytes.Equal(fsm.Encode(s2, cmd2), again) {
+				t.Fatal("encoding is not stable")
+			}
+		} else if cmd != nil {
+			t.Fatal("Decode returned a command with an error")
+		}
+		// Apply it to a fresh FSM (epoch 0) and to one with leases at
+		// epoch 1, twice each: never a panic, always the same outcome.
+		for _, base := range []func() *fsm.FSM{fuzzFresh, fuzzBase} {
+			a, b := base(), base()
+			ra := a.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: data})
+			rb := b.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: bytes.Clone(data)})
+			if !reflect.DeepEqual(ra, rb) || !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+				t.Fatal("fsm-determinism: the same entry applied twice gave different outcomes")
+			}
+			resp, ok := ra.(*fsm.Response)
+			if !ok {
+				t.Fatalf("Apply returned %T", ra)
+			}
+			if err != nil {
+				if len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
+					t.Fatalf("undecodable entry gave %+v", resp.Results)
+				}
+				if (a.Fatal() != nil) != errors.Is(err, fsm.ErrNewerVersion) {
+					t.Fatalf("Fatal() = %v for decode error %v", a.Fatal(), err)
+				}
+			}
+		}
+	})
+}
+
+func fuzzFresh() *fsm.FSM { return fsm.New(fsm.Config{Events: true}) }
+
+func fuzzBase() *fsm.FSM {
+	f := fsm.New(fsm.Config{Events: true})
+	f.ApplyCommand(1, st(1, 0), fsm.Promote{})
+	f.ApplyCommand(2, st(1, 0), acq("a", "c1", 1, 5*s, 0))
+	f.ApplyCommand(3, st(1, 0), acq("b", "c2", 1, 5*s, 2*s))
+	f.ApplyCommand(4, st(1, 0), acq("c", "c1", 2, 1*s, 1*s))
+	f.ApplyCommand(5, st(1, 2*s), fsm.Expire{})
+	return f
+}
+
+// TestFuzzSeedCorpus keeps testdata/fuzz/FuzzDecode in step with the seeds
+// (go test -run TestFuzzSeedCorpus -rewrite regenerates it), so the corpus
+// holds every command type even for tools that read only the directory.
+func TestFuzzSeedCorpus(t *testing.T) {
+	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
+	want := map[string][]byte{}
+	for _, c := range seedCommands() {
+		want["seed-"+c.name] = fsm.Encode(c.stamp, c.cmd)
+	}
+	for name, b := range rawSeeds {
+		want["seed-"+name] = b
+	}
+	for name, b := range want {
+		content := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
+		path := filepath.Join(dir, name)
+		if *rewrite {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run with -rewrite)", err)
+		}
+		if string(got) != content {
+			t.Fatalf("%s is out of date (run with -rewrite)", path)
+		}
+	}
+}
+
+// TestDecodeRoundTrip: every command type encodes and decodes to itself.
+func TestDecodeRoundTrip(t *testing.T) {
+	for _, c := range seedCommands() {
+		data := fsm.Encode(c.stamp, c.cmd)
+		s, cmd, err := fsm.Decode(data)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		want := c.cmd
+		if b, ok := want.(*fsm.Batch); ok && b.Cmds == nil {
+			want = &fsm.Batch{Cmds: []fsm.Command{}}
+		}
+		if s != c.stamp || !reflect.DeepEqual(cmd, want) {
+			t.Fatalf("%s: decoded %+v %#v, want %+v %#v", c.name, s, cmd, c.stamp, want)
+		}
+	}
+}
+
+// TestDecodeTruncated: every proper prefix of every valid command fails to
+// decode, so a cut entry can never pass for a shorter command.
+func TestDecodeTruncated(t *testing.T) {
+	for _, c := range seedCommands() {
+		data := fsm.Encode(c.stamp, c.cmd)
+		for n := range len(data) {
+			if _, cmd, err := fsm.Decode(data[:n]); err == nil || cmd != nil {
+				t.Fatalf("%s cut to %d of %d bytes decoded: %#v", c.name, n, len(data), cmd)
+			}
+		}
+		// And one byte more is trailing garbage.
+		if _, _, err := fsm.Decode(append(bytes.Clone(data), 0)); !errors.Is(err, fsm.ErrMalformed) {
+			t.Fatalf("%s with a trailing byte: %v", c.name, err)
+		}
+	}
+}
+
+// TestDecodeErrors: each kind of damage gets its sentinel.
+func TestDecodeErrors(t *testing.T) {
+	cases := map[string]error{
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-2": fsm.ErrNewerVersion,
+		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
+		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
+		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,
+		"varint-overflow": fsm.ErrMalformed, "huge-string": fsm.ErrTruncated,
+	}
+	for name, want := range cases {
+		if _, _, err := fsm.Decode(rawSeeds[name]); !errors.Is(err, want) {
+			t.Errorf("%s: %v, want %v", name, err, want)
+		}
+	}
+	// More items than MaxBatch are refused, even when the bytes are there.
+	b := binary.AppendUvarint([]byte{1, 3, 0, 0, 2, 'c', '1'}, fsm.MaxBatch+1)
+	b = append(b, bytes.Repeat([]byte{1, 'k', 1}, fsm.MaxBatch+1)...)
+	if _, _, err := fsm.Decode(b); !errors.Is(err, fsm.ErrMalformed) {
+		t.Errorf("extend of MaxBatch+1 items: %v", err)
+	}
+	b = binary.AppendUvarint([]byte{1, 3, 0, 0, 2, 'c', '1'}, fsm.MaxBatch)
+	b = append(b, bytes.Repeat([]byte{1, 'k', 1}, fsm.MaxBatch)...)
+	if _, _, err := fsm.Decode(b); err != nil {
+		t.Errorf("extend of MaxBatch items: %v", err)
+	}
+}
+
+// TestNewerVersionIsFatal: an entry from a newer format version, however
+// long, gets an Invalid result, is reported once through Config.OnFatal and
+// stays reported by Fatal(); damaged entries of this version are not fatal.
+func TestNewerVersionIsFatal(t *testing.T) {
+	valid := fsm.Encode(st(1, s), acq("a", "c1", 1, 5*s, 0))
+	v2 := bytes.Clone(valid)
+	v2[0] = 2
+	entries := [][]byte{{2}, {2, 2}, v2, {fsm.FormatVersion + 1, 99, 0xff}}
+	for i, data := range entries {
+		for _, batch := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%d/batch=%v", i, batch), func(t *testing.T) {
+				var f *fsm.FSM
+				var reported []error
+				f = fsm.New(fsm.Config{OnFatal: func(err error) {
+					reported = append(reported, err)
+					// The callback may look at the FSM (to log its state,
+					// say) without deadlocking.
+					_ = f.Fatal()
+					_ = f.Stats()
+				}})
+				one(t, f, 1, st(1, 0), fsm.Promote{})
+				if f.Fatal() != nil {
+					t.Fatal("Fatal before any bad entry")
+				}
+				// A damaged entry of this version is Invalid but not fatal.
+				apply(t, f, 2, st(1, 0), fsm.Expire{})
+				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 3, Data: valid[:len(valid)-1]})
+				if f.Fatal() != nil || len(reported) != 0 {
+					t.Fatalf("damaged entry reported as fatal: %v", f.Fatal())
+				}
+				log := &raft.Log{Type: raft.LogCommand, Index: 4, Data: data}
+				var out interface{}
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					if batch {
+						out = f.ApplyBatch([]*raft.Log{log, entry(5, st(1, s), fsm.Expire{})})[0]
+					} else {
+						out = f.Apply(log)
+					}
+				}()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+					t.Fatal("Apply deadlocked in OnFatal")
+				}
+				resp, ok := out.(*fsm.Response)
+				if !ok || len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
+					t.Fatalf("result %+v", out)
+				}
+				if len(reported) != 1 || !errors.Is(reported[0], fsm.ErrNewerVersion) {
+					t.Fatalf("OnFatal got %v", reported)
+				}
+				if err := f.Fatal(); !errors.Is(err, fsm.ErrNewerVersion) || !strings.Contains(err.Error(), "entry 4") {
+					t.Fatalf("Fatal() = %v", err)
+				}
+				if _, ok := f.Get("a"); ok {
+					t.Fatal("the newer entry was applied")
+				}
+				// A later newer-version entry does not replace the first.
+				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 9, Data: []byte{2}})
+				if err := f.Fatal(); !strings.Contains(err.Error(), "entry 4") {
+					t.Fatalf("Fatal() = %v, want the first fatal entry", err)
+				}
+			})
+		}
+	}
+}
+
+// TestOnFatalWithoutCallback: a nil OnFatal is allowed; Fatal still tells.
+func TestOnFatalWithoutCallback(t *testing.T) {
+	f := fsm.New(fsm.Config{})
+	var wg sync.WaitGroup
+	wg.Go(func() { f.Apply(&raft.Log{Type: raft.LogCommand, Index: 1, Data: []byte{3, 1, 0, 0}}) })
+	wg.Wait()
+	if !errors.Is(f.Fatal(), fsm.ErrNewerVersion) {
+		t.Fatalf("Fatal() = %v", f.Fatal())
+	}
+}
