@@ -129,6 +129,10 @@ type Config struct {
 	// gets an Invalid result. It runs after Apply or ApplyBatch released
 	// the FSM's lock, so it may call the FSM's read methods.
 	OnFatal func(error)
+	// UnsafeSkipRebase makes Promote keep every expiry as the previous
+	// epoch's clock left it. UNSAFE: it breaks no-early-expiry; it exists
+	// only so the chaos harness can show that its checkers catch it.
+	UnsafeSkipRebase bool
 }
 
 // FSM is the lease state machine. Apply and ApplyBatch must be called from
@@ -328,6 +332,10 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	}
 	f.epoch = s.Epoch
 	f.now = s.Now
+	if f.cfg.UnsafeSkipRebase {
+		f.emit(Event{Type: EventPromoted, Index: index})
+		return f.resp(index, Result{Code: Promoted})
+	}
 	for _, r := range f.heap {
 		if r.State == StateHeld {
 			r.Expiry = f.now + r.TTL

@@ -35,6 +35,9 @@ func (n *Node) startAPI() error {
 	}
 	mux := http.NewServeMux()
 	n.MountAPI(mux)
+	for pattern, h := range n.cfg.HTTPHandlers {
+		mux.Handle(pattern, h)
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)

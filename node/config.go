@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -130,9 +131,30 @@ type Config struct {
 	// switchboard, for tests that partition nodes. Nil in production.
 	Faults *transport.Faults
 
-	// UnsafeClockRate scales the leader clock (1 = real time). UNSAFE: for
-	// chaos tests of clock drift only; 0 means 1.
+	// HTTPHandlers are extra handlers served on the API address next to
+	// the client protocol, by path pattern (the agent mounts /metrics,
+	// /healthz and /readyz). Ignored without APIAddr.
+	HTTPHandlers map[string]http.Handler
+
+	// The settings below exist only so the chaos harness can prove that its
+	// checkers catch unsafe servers. Each one breaks mutual exclusion.
+
+	// UnsafeClockRate scales the leader clock (1 = real time). UNSAFE
+	// beyond the clients' drift bound; 0 means 1.
 	UnsafeClockRate float64
+	// UnsafeSkipRebase: Promote keeps expiries as the previous leader's
+	// clock left them, and the leader clock counts from process start
+	// instead of from winning the election. UNSAFE: a new leader judges old
+	// expiries by an unrelated clock.
+	UnsafeSkipRebase bool
+	// UnsafeWallClock: the leader stamps wall-clock time plus
+	// UnsafeClockSkew, and Promote does not rebase. UNSAFE under skew.
+	UnsafeWallClock bool
+	// UnsafeClockSkew is added to the wall clock in UnsafeWallClock mode.
+	UnsafeClockSkew time.Duration
+	// UnsafeExtendNoCommit: the leader answers extends from its own state
+	// without committing them. UNSAFE: a deposed leader keeps extending.
+	UnsafeExtendNoCommit bool
 }
 
 // DefaultConfig returns a Config with every default filled in except ID and
@@ -252,6 +274,9 @@ func (c Config) Validate() error {
 	}
 	if c.UnsafeClockRate <= 0 {
 		bad("UnsafeClockRate %v must be > 0", c.UnsafeClockRate)
+	}
+	if c.UnsafeClockSkew != 0 && !c.UnsafeWallClock {
+		bad("UnsafeClockSkew needs UnsafeWallClock")
 	}
 	return errors.Join(errs...)
 }

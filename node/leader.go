@@ -19,6 +19,8 @@ type leaderState struct {
 	epoch  uint64
 	start  time.Time // monotonic reading when leadership began
 	rate   float64   // 1 unless UnsafeClockRate
+	wall   bool      // UnsafeWallClock: stamp wall time + skew
+	skew   time.Duration
 	ctx    context.Context
 	cancel context.CancelFunc
 	queues *waitQueues
@@ -27,6 +29,9 @@ type leaderState struct {
 
 // now is the leader's monotonic time since its epoch began.
 func (ls *leaderState) now() time.Duration {
+	if ls.wall {
+		return time.Duration(time.Now().UnixNano()) + ls.skew
+	}
 	d := time.Since(ls.start)
 	if ls.rate != 1 {
 		d = time.Duration(float64(d) * ls.rate)
@@ -126,9 +131,14 @@ func (n *Node) establish(ctx context.Context, start time.Time) {
 		epoch:  n.raft.CurrentTerm(),
 		start:  start,
 		rate:   n.cfg.UnsafeClockRate,
+		wall:   n.cfg.UnsafeWallClock,
+		skew:   n.cfg.UnsafeClockSkew,
 		ctx:    lctx,
 		cancel: cancel,
 		reaper: make(chan struct{}, 1),
+	}
+	if n.cfg.UnsafeSkipRebase {
+		ls.start = n.started // UNSAFE: see Config.UnsafeSkipRebase
 	}
 	ls.queues = newWaitQueues(ls)
 	resp, err := n.apply(ctx, ls.stamp(), fsm.Promote{})

@@ -26,8 +26,9 @@ import (
 // Node is one member of a leasenode cluster. Create it with Start; every
 // method is safe for concurrent use.
 type Node struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	started time.Time
+	log     *slog.Logger
 
 	fsm   *fsm.FSM
 	raft  *raft.Raft
@@ -84,6 +85,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n := &Node{
+		started: time.Now(),
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.ID),
 		changed: make(chan struct{}),
@@ -91,7 +93,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
 	n.members = newMemberTable()
-	n.fsm = fsm.New(fsm.Config{Events: true, OnFatal: n.onFatal})
+	n.fsm = fsm.New(fsm.Config{Events: true, OnFatal: n.onFatal,
+		UnsafeSkipRebase: cfg.UnsafeSkipRebase || cfg.UnsafeWallClock})
+	if cfg.UnsafeSkipRebase || cfg.UnsafeWallClock || cfg.UnsafeExtendNoCommit || cfg.UnsafeClockRate != 1 {
+		n.log.Warn("UNSAFE settings in force: mutual exclusion is NOT guaranteed",
+			"clock_rate", cfg.UnsafeClockRate, "skip_rebase", cfg.UnsafeSkipRebase,
+			"wall_clock", cfg.UnsafeWallClock, "extend_no_commit", cfg.UnsafeExtendNoCommit)
+	}
 	defer func() {
 		if err != nil {
 			n.shutdown(context.Background(), false)

@@ -319,6 +319,9 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if n.cfg.UnsafeExtendNoCommit {
+		return n.unsafeExtend(ls, cmd), nil
+	}
 	resp, err := n.apply(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
@@ -337,6 +340,23 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 		out.Results[i] = er
 	}
 	return out, nil
+}
+
+// unsafeExtend answers an extend from local state without committing it.
+// UNSAFE (Config.UnsafeExtendNoCommit): a deposed leader keeps saying yes.
+func (n *Node) unsafeExtend(ls *leaderState, cmd *fsm.Extend) *pb.ExtendResponse {
+	out := &pb.ExtendResponse{Header: n.header()}
+	now := ls.now()
+	for _, it := range cmd.Items {
+		l, ok := n.fsm.Get(it.Key)
+		r := &pb.ExtendResult{Key: it.Key, Token: it.Token}
+		r.Ok = ok && l.State == fsm.StateHeld && l.Holder == cmd.Holder && l.Token == it.Token && l.Expiry > now
+		if r.Ok {
+			r.Ttl = durationpb.New(l.TTL)
+		}
+		out.Results = append(out.Results, r)
+	}
+	return out
 }
 
 func (n *Node) releaseLocal(ctx context.Context, ls *leaderState, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
