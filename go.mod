@@ -3,6 +3,7 @@ module github.com/leasenode/leasenode
 go 1.26
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/google/btree v1.1.3
 	github.com/hashicorp/raft v1.7.3
 )

@@ -1,0 +1,488 @@
+// Package history records what the chaos harness saw: every operation's
+// invocation and completion, with the harness's monotonic time, as one
+// JSON object per line (JSONL).
+//
+// It owns the record format, the thread-safe Recorder that writes it while
+// a campaign runs, the Reader that loads it back, and Pair, which matches
+// invocations with completions. It does not judge anything: package
+// checker does.
+//
+// # Records
+//
+// A client operation is two records sharing an ID: an Invoke record when
+// the harness is about to call the cluster, and a completion: OK (it
+// happened, with its result), Fail (it certainly did not happen) or Info
+// (indeterminate: it may have happened, at any time after the invocation;
+// DESIGN.md rule 8). An invocation with no completion at the end of a
+// history is indeterminate too. Instantaneous observations (a lease lost
+// by its client, a worker paused) are Event records.
+//
+// Time is nanoseconds since the harness started, on the harness's
+// monotonic clock: the same clock the lease client uses for ValidUntil, so
+// a client's belief ("I hold this lease until t") and the harness's
+// timestamps are directly comparable.
+package history
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Type says what a record is: an invocation, one of the three completions,
+// or an instantaneous event.
+type Type string
+
+// Record types.
+const (
+	// Invoke: the operation is about to be sent.
+	Invoke Type = "invoke"
+	// OK: the operation happened, with the result in the record.
+	OK Type = "ok"
+	// Fail: the operation certainly did not happen (or, for a read or a
+	// try-acquire, happened and reported that the key was held: see Err).
+	Fail Type = "fail"
+	// Info: indeterminate; the operation may or may not have happened.
+	Info Type = "info"
+	// Event: an instantaneous observation with no invocation.
+	Event Type = "event"
+)
+
+// Op names an operation.
+type Op string
+
+// Client operations (Client is a worker's lease holder name).
+const (
+	// Acquire a lease: Mode says try, wait or timeout; OK carries Token and
+	// ValidUntil.
+	Acquire Op = "acquire"
+	// Release a lease: Token names it.
+	Release Op = "release"
+	// Get reads a key's record linearizably: OK carries Holder and Token
+	// (Token 0 and empty Holder: nobody holds it).
+	Get Op = "get"
+	// CheckToken asks whether Token is current: OK carries Current.
+	CheckToken Op = "check-token"
+	// Write is a fenced write to the simulated resource: OK if accepted,
+	// Fail with Err "stale-token" if refused.
+	Write Op = "write"
+	// ExtendLost (an Event) is the client's own conclusion that a lease
+	// is lost (its Done channel closed without a release); ValidUntil is
+	// the lease's final validity.
+	ExtendLost Op = "extend-lost"
+	// Pause (an Event) marks a worker the harness blocks while it holds a
+	// lease, as a GC pause would; Resume marks its wake-up.
+	Pause  Op = "pause"
+	Resume Op = "resume"
+	// Vanish (an Event) marks a worker that abandoned its client without
+	// releasing, as a crashed process would.
+	Vanish Op = "vanish"
+)
+
+// Nemesis and probe operations.
+const (
+	// Fault starts a fault (Fault names it, Nodes lists its targets);
+	// Heal ends the current fault. The window of a fault runs from the
+	// Fault invocation to the Heal completion.
+	Fault Op = "fault"
+	Heal  Op = "heal"
+	// Serve is the recovery probe: invoked at the final heal, OK when the
+	// cluster first serves a linearizable request again.
+	Serve Op = "serve"
+	// Digest (an Event) is a node's state digest after the final heal:
+	// Node, Applied (Raft applied index) and Value (the digest).
+	Digest Op = "digest"
+)
+
+// Reasons carried in Err of a Fail completion that the checkers interpret.
+const (
+	// ErrHeld: the key was held by another holder (a try-acquire that was
+	// answered "held"). This is a fact about the key, not a failure to
+	// reach the cluster.
+	ErrHeld = "held"
+	// ErrStaleToken: the resource refused a write with a stale token.
+	ErrStaleToken = "stale-token"
+	// ErrNotHeld: a release or write by a client whose lease had already
+	// ended; nothing was sent.
+	ErrNotHeld = "not-held"
+)
+
+// Client names used by the harness itself.
+const (
+	// NemesisClient is the Client of Fault and Heal records.
+	NemesisClient = "nemesis"
+	// ProbeClient is the Client of Serve and Digest records.
+	ProbeClient = "probe"
+)
+
+// Record is one line of a history.
+type Record struct {
+	// Index is the record's position in the history (0, 1, ...).
+	Index int64 `json:"i"`
+	// ID pairs an invocation with its completion; Events have their own.
+	ID int64 `json:"id"`
+	// Time is nanoseconds since the harness started (monotonic).
+	Time int64 `json:"t"`
+	// Type is invoke, ok, fail, info or event.
+	Type Type `json:"type"`
+	// Client is the worker's lease holder name, or NemesisClient /
+	// ProbeClient.
+	Client string `json:"client"`
+	// Op is the operation.
+	Op Op `json:"op"`
+	// Key is the lease key.
+	Key string `json:"key,omitempty"`
+	// Mode of an acquire: "try", "wait" or "timeout".
+	Mode string `json:"mode,omitempty"`
+	// LockDelay of an acquire (ns): how long the key stays blocked if this
+	// grant expires instead of being released.
+	LockDelay int64 `json:"lock_delay,omitempty"`
+	// Token is the fencing token: granted (acquire OK), released, written,
+	// read (get OK) or checked.
+	Token uint64 `json:"token,omitempty"`
+	// ValidUntil is the client's validity for the lease (harness time):
+	// on an acquire OK, a write, and an ExtendLost event.
+	ValidUntil int64 `json:"valid_until,omitempty"`
+	// Holder is the holder a get observed (empty: none or lock-delay).
+	Holder string `json:"holder,omitempty"`
+	// Found is set on a get OK that saw a record.
+	Found bool `json:"found,omitempty"`
+	// Current is the answer of a check-token OK.
+	Current bool `json:"current,omitempty"`
+	// Value is a write's payload or a node's digest.
+	Value string `json:"value,omitempty"`
+	// Fault names a nemesis fault; Nodes are its targets.
+	Fault string   `json:"fault,omitempty"`
+	Nodes []string `json:"nodes,omitempty"`
+	// Node and Applied identify a Digest.
+	Node    string `json:"node,omitempty"`
+	Applied uint64 `json:"applied,omitempty"`
+	// Err says why an operation failed or is indeterminate.
+	Err string `json:"err,omitempty"`
+}
+
+// Duration returns t (harness nanoseconds) as a time.Duration since the
+// harness started.
+func Duration(t int64) time.Duration { return time.Duration(t) }
+
+// Clock converts the process's monotonic time to harness time.
+type Clock struct {
+	start time.Time
+}
+
+// NewClock starts a harness clock at start (use time.Now(), which carries
+// a monotonic reading).
+func NewClock(start time.Time) Clock { return Clock{start: start} }
+
+// Now returns the harness time now.
+func (c Clock) Now() int64 { return int64(time.Since(c.start)) }
+
+// At converts t to harness time. A zero t gives 0.
+func (c Clock) At(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return int64(t.Sub(c.start))
+}
+
+// Start returns the moment harness time 0 stands for.
+func (c Clock) Start() time.Time { return c.start }
+
+// Recorder appends records to a history: in memory, and as JSONL to an
+// optional writer as they happen, so that a campaign that dies still
+// leaves its history behind. It is safe for concurrent use; Index order is
+// the order in which records were appended, which for records appended
+// under a lock (the resource's writes) is also the order of the events.
+type Recorder struct {
+	clock Clock
+
+	mu      sync.Mutex
+	w       *bufio.Writer
+	enc     *json.Encoder
+	records []Record
+	nextID  int64
+	err     error
+	watch   func(Record)
+}
+
+// NewRecorder returns a Recorder using clock; w may be nil.
+func NewRecorder(clock Clock, w io.Writer) *Recorder {
+	r := &Recorder{clock: clock}
+	if w != nil {
+		r.w = bufio.NewWriter(w)
+		r.enc = json.NewEncoder(r.w)
+	}
+	return r
+}
+
+// Clock returns the recorder's clock.
+func (r *Recorder) Clock() Clock { return r.clock }
+
+// OnRecord sets f to be called (under the recorder's lock, so keep it
+// short and never call the Recorder from it) with each record appended; the
+// live progress line uses it.
+func (r *Recorder) OnRecord(f func(Record)) {
+	r.mu.Lock()
+	r.watch = f
+	r.mu.Unlock()
+}
+
+// append stamps rec (Index; Time when zero) and stores it. Callers hold mu.
+func (r *Recorder) append(rec Record) Record {
+	rec.Index = int64(len(r.records))
+	if rec.Time == 0 {
+		rec.Time = r.clock.Now()
+	}
+	r.records = append(r.records, rec)
+	if r.enc != nil && r.err == nil {
+		r.err = r.enc.Encode(rec)
+	}
+	if r.watch != nil {
+		r.watch(rec)
+	}
+	return rec
+}
+
+// Invoke records an invocation and returns its ID, to be passed to
+// Complete.
+func (r *Recorder) Invoke(rec Record) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextID++
+	rec.ID = r.nextID
+	rec.Type = Invoke
+	rec.Time = 0
+	r.append(rec)
+	return rec.ID
+}
+
+// Complete records the completion of invocation id. rec.Type must be OK,
+// Fail or Info; Client, Op and Key are copied from the invocation when
+// empty.
+func (r *Recorder) Complete(id int64, rec Record) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec.ID = id
+	rec.Time = 0
+	if rec.Client == "" || rec.Op == "" {
+		for i := len(r.records) - 1; i >= 0; i-- {
+			if inv := r.records[i]; inv.ID == id && inv.Type == Invoke {
+				if rec.Client == "" {
+					rec.Client = inv.Client
+				}
+				if rec.Op == "" {
+					rec.Op = inv.Op
+				}
+				if rec.Key == "" {
+					rec.Key = inv.Key
+				}
+				break
+			}
+		}
+	}
+	r.append(rec)
+}
+
+// Event records an instantaneous observation. A non-zero rec.Time is kept
+// (for events observed earlier than they are recorded).
+func (r *Recorder) Event(rec Record) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextID++
+	rec.ID = r.nextID
+	rec.Type = Event
+	r.append(rec)
+}
+
+// Do records an invocation, runs f, and records the completion f returns.
+// It is the usual way to record a whole operation.
+func (r *Recorder) Do(inv Record, f func() Record) Record {
+	id := r.Invoke(inv)
+	out := f()
+	r.Complete(id, out)
+	return out
+}
+
+// Records returns a copy of the history so far.
+func (r *Recorder) Records() []Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Record(nil), r.records...)
+}
+
+// Flush writes buffered records to the writer and returns the first write
+// error seen.
+func (r *Recorder) Flush() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.w != nil && r.err == nil {
+		r.err = r.w.Flush()
+	}
+	return r.err
+}
+
+// Encode writes records as JSONL.
+func Encode(w io.Writer, records []Record) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	for _, rec := range records {
+		if err := enc.Encode(rec); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// Save writes records as JSONL to path.
+func Save(path string, records []Record) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := Encode(f, records); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Decode parses a JSONL history. Blank lines are skipped; a truncated last
+// line (a campaign killed mid-write) is an error naming the line.
+func Decode(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	line := 0
+	for sc.Scan() {
+		line++
+		b := sc.Bytes()
+		if len(trimSpace(b)) == 0 {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return out, fmt.Errorf("history line %d: %w", line, err)
+		}
+		out = append(out, rec)
+	}
+	if err := sc.Err(); err != nil {
+		return out, fmt.Errorf("history line %d: %w", line+1, err)
+	}
+	return out, nil
+}
+
+// Load parses the JSONL history in path.
+func Load(path string) ([]Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return Decode(f)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\r') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Infinity is the End of an indeterminate operation: it may take effect
+// at any time after its invocation.
+const Infinity int64 = math.MaxInt64
+
+// Operation is an invocation paired with its completion.
+type Operation struct {
+	// Invoke is the invocation record.
+	Invoke Record
+	// Complete is the completion; for an invocation that never completed
+	// it is a synthesized Info record at the end of the history.
+	Complete Record
+}
+
+// Type returns the completion type: OK, Fail or Info.
+func (o Operation) Type() Type { return o.Complete.Type }
+
+// Start returns the invocation time.
+func (o Operation) Start() int64 { return o.Invoke.Time }
+
+// End returns the completion time, or Infinity for an indeterminate
+// operation.
+func (o Operation) End() int64 {
+	if o.Complete.Type == Info {
+		return Infinity
+	}
+	return o.Complete.Time
+}
+
+// Pair matches invocations with completions by ID and returns the
+// operations in invocation order, followed by the events in history order.
+// Invocations without a completion become Info with the history's last
+// time; a completion without an invocation is an error (a corrupt history).
+func Pair(records []Record) (ops []Operation, events []Record, err error) {
+	open := map[int64]int{}
+	var last int64
+	for _, rec := range records {
+		last = max(last, rec.Time)
+		switch rec.Type {
+		case Invoke:
+			if _, dup := open[rec.ID]; dup {
+				return nil, nil, fmt.Errorf("record %d: second invocation with id %d", rec.Index, rec.ID)
+			}
+			open[rec.ID] = len(ops)
+			ops = append(ops, Operation{Invoke: rec})
+		case OK, Fail, Info:
+			i, ok := open[rec.ID]
+			if !ok {
+				return nil, nil, fmt.Errorf("record %d: completion of id %d without an open invocation", rec.Index, rec.ID)
+			}
+			delete(open, rec.ID)
+			ops[i].Complete = rec
+		case Event:
+			events = append(events, rec)
+		default:
+			return nil, nil, fmt.Errorf("record %d: unknown type %q", rec.Index, rec.Type)
+		}
+	}
+	for _, i := range open {
+		inv := ops[i].Invoke
+		ops[i].Complete = Record{ID: inv.ID, Time: last, Type: Info, Client: inv.Client, Op: inv.Op, Key: inv.Key, Err: "no completion before the history ended"}
+	}
+	sort.SliceStable(ops, func(a, b int) bool { return ops[a].Invoke.Index < ops[b].Invoke.Index })
+	return ops, events, nil
+}
+
+// End returns the time of the last record (0 for an empty history).
+func End(records []Record) int64 {
+	var t int64
+	for _, r := range records {
+		t = max(t, r.Time)
+	}
+	return t
+}
+
+// Keys returns the sorted set of non-empty keys in records.
+func Keys(records []Record) []string {
+	seen := map[string]bool{}
+	for _, r := range records {
+		if r.Key != "" {
+			seen[r.Key] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
