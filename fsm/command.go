@@ -8,6 +8,8 @@ import (
 )
 
 // FormatVersion is the version of the command encoding this package writes.
+// Rule: adding a command type, or changing a body, bumps it; an unknown type
+// at a known version is therefore damage (Invalid), never news.
 // An entry with a higher version was written by a newer leasenode; applying
 // it could diverge from replicas that understand it, so the FSM reports it
 // through Config.OnFatal instead of guessing.
@@ -28,6 +30,9 @@ const (
 	MaxTTL = 24 * time.Hour
 	// MaxBatch is the largest number of items in one Extend or Batch.
 	MaxBatch = 100_000
+	// MaxNow is the latest stamp time accepted (about 146 years), so that
+	// now plus any TTL cannot overflow.
+	MaxNow = time.Duration(1 << 62)
 )
 
 // Type identifies a command on the wire. Values are stable: they are

@@ -255,6 +255,9 @@ func (f *FSM) applyData(index uint64, data []byte) *Response {
 
 // applyLocked applies one decoded command; f.mu is held.
 func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
+	if s.Now < 0 || s.Now > MaxNow {
+		return f.resp(index, invalid("", "stamp time %d out of range [0, %d]", s.Now, MaxNow))
+	}
 	if p, ok := cmd.(Promote); ok {
 		return f.promote(index, s, p)
 	}
@@ -367,7 +370,13 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		return invalid(c.Key, "%v", err)
 	}
 	r := f.keys[c.Key]
-	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
+	if r != nil && r.State == StateHeld && r.Expiry <= f.now && r.FreeAt() <= f.now {
+		// Expired and past any lock-delay: exactly as if Expire had reaped
+		// it, so the outcome never depends on when the leader reaped.
+		f.remove(r)
+		r = nil
+	}
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.Expiry > f.now {
 		switch {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)

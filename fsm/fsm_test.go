@@ -94,11 +94,12 @@ func TestRequestIDOrder(t *testing.T) {
 		wantExpiry         time.Duration
 	}{
 		{"retry", 5, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 2, Expiry: 12 * s, Retry: true}, 5, 2, 12 * s},
-		{"retry after expiry, unreaped", 5, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 2, Expiry: 40 * s, Retry: true}, 5, 2, 40 * s},
+		// An expired holding counts as reaped: the same id starts afresh.
+		{"same id after expiry, unreaped", 5, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 40 * s}, 5, 3, 40 * s},
 		{"new holding", 6, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 12 * s}, 6, 3, 12 * s},
 		{"much newer", 1 << 40, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 12 * s}, 1 << 40, 3, 12 * s},
 		{"stale", 4, 2 * s, fsm.Result{Code: fsm.Stale, Key: "a", Token: 2, Holder: "c1"}, 5, 2, 11 * s},
-		{"stale even after expiry", 1, 30 * s, fsm.Result{Code: fsm.Stale, Key: "a", Token: 2, Holder: "c1"}, 5, 2, 11 * s},
+		{"lower id after expiry, unreaped", 1, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 40 * s}, 1, 3, 40 * s},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

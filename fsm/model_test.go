@@ -131,7 +131,11 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		r.expiry = m.now + c.TTL
 		r.delayed = false
 	}
-	if r != nil && !r.delayed && r.holder == c.Holder {
+	if r != nil && !r.delayed && r.expiry <= m.now && r.freeAt() <= m.now {
+		delete(m.recs, c.Key) // expired and past lock-delay: as if reaped
+		r = nil
+	}
+	if r != nil && !r.delayed && r.holder == c.Holder && r.expiry > m.now {
 		switch {
 		case c.ReqID == r.reqID:
 			start(r)

@@ -34,7 +34,9 @@ const (
 	Invalid Code = 8
 	// Promoted: a new epoch began.
 	Promoted Code = 9
-	// Expired: a lease or lock-delay was reaped (one result per key).
+	// Expired: a lease or lock-delay was reaped. A key whose expiry and
+	// lock-delay end are both due yields two: one with the holder, one
+	// without.
 	Expired Code = 10
 )
 
@@ -73,8 +75,8 @@ type Result struct {
 
 // Response is what Apply returns for a command entry: one Result per key
 // touched (one for Acquire, Release and Promote; one per item for Extend
-// and Batch; one per reaped key for Expire), plus the FSM clock after the
-// entry.
+// and Batch; one per reaped lease or ended lock-delay for Expire), plus the
+// FSM clock after the entry.
 type Response struct {
 	Index   uint64
 	Epoch   uint64

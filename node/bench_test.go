@@ -1,0 +1,243 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Benchmarks run a 3-node cluster on loopback in this process, fsync on,
+// default Raft timing, sharing this machine's cores with the load.
+//
+//	go test -run '^$' -bench . -benchtime 5s ./node/
+
+func benchCluster(b *testing.B) *nodetest.Cluster {
+	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming()})
+}
+
+func quantiles(ds []time.Duration) (p50, p99 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)*99/100]
+}
+
+// BenchmarkUncontended: 32 concurrent clients on distinct keys, each doing
+// acquire+release through the leader. Reports pairs/s and acquire p50/p99.
+func BenchmarkUncontended(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const workers = 32
+	var next atomic.Int64
+	lat := make([][]time.Duration, workers)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holder := fmt.Sprintf("bench-%d", w)
+			for req := uint64(1); next.Add(1) <= int64(b.N); req++ {
+				key := fmt.Sprintf("u/%d/%d", w, req%64)
+				t0 := time.Now()
+				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: key, Holder: holder, RequestId: req, Ttl: durationpb.New(10 * time.Second)})
+				if err != nil || !r.Granted {
+					b.Errorf("acquire: %v %v", r, err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: key, Holder: holder, Token: r.Token}); err != nil {
+					b.Errorf("release: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := quantiles(slices.Concat(lat...))
+	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
+}
+
+// BenchmarkHandoff: 4 clients contend for one key, each waiting in the
+// leader's queue, holding briefly and releasing. Reports acquisitions/s and
+// the gap from a release call to the next holder's grant.
+func BenchmarkHandoff(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const workers = 4
+	var count atomic.Int64
+	var mu sync.Mutex
+	var gaps []time.Duration
+	var releasedAt time.Time
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holder := fmt.Sprintf("h-%d", w)
+			for req := uint64(1); ; req++ {
+				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: "hot", Holder: holder, RequestId: req, Ttl: durationpb.New(10 * time.Second), Wait: true})
+				if err != nil || !r.Granted {
+					b.Errorf("acquire: %v %v", r, err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				if !releasedAt.IsZero() {
+					gaps = append(gaps, now.Sub(releasedAt))
+				}
+				mu.Unlock()
+				done := count.Add(1) > int64(b.N)
+				mu.Lock()
+				releasedAt = time.Now()
+				mu.Unlock()
+				if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: "hot", Holder: holder, Token: r.Token}); err != nil {
+					b.Errorf("release: %v", err)
+					return
+				}
+				if done {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := quantiles(gaps)
+	b.ReportMetric(float64(b.N)/el.Seconds(), "acq/s")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkKeepalive10k: 10 holders keep 1,000 leases each alive (TTL
+// 10 s, one batched extend per holder every TTL/3) for 10 s. Reports the
+// CPU seconds the whole process (three nodes and the clients) spent.
+func BenchmarkKeepalive10k(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const holders, per = 10, 1000
+	ttl := 10 * time.Second
+	items := make([][]*pb.ExtendItem, holders)
+	for h := range holders {
+		for i := range per {
+			key := fmt.Sprintf("ka/%d/%d", h, i)
+			r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: key, Holder: fmt.Sprint(h), RequestId: uint64(i + 1), Ttl: durationpb.New(ttl)})
+			if err != nil || !r.Granted {
+				b.Fatal(r, err)
+			}
+			items[h] = append(items[h], &pb.ExtendItem{Key: key, Token: r.Token})
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		cpu0 := cpuTime()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			tick := time.Now()
+			var wg sync.WaitGroup
+			for h := range holders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r, err := l.Extend(context.Background(), &pb.ExtendRequest{Holder: fmt.Sprint(h), Items: items[h]})
+					if err != nil || !r.Results[0].Ok {
+						b.Errorf("extend: %v", err)
+					}
+				}()
+			}
+			wg.Wait()
+			time.Sleep(time.Until(tick.Add(ttl / 3)))
+		}
+		b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s/10s")
+	}
+}
+
+// BenchmarkFailover: kill the leader while clients acquire; reports the
+// longest window without a successful acquire.
+func BenchmarkFailover(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		timing node.Timing
+	}{{"default", node.DefaultTiming()}, {"fastlan", node.FastLANTiming()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				c := nodetest.New(b, nodetest.Options{Size: 3, Timing: tc.timing})
+				li, _ := c.Leader()
+				var lastOK atomic.Int64
+				var worst atomic.Int64
+				ctx, cancel := context.WithCancel(context.Background())
+				var wg sync.WaitGroup
+				for w := range 3 {
+					if w == li {
+						continue
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						n := c.Node(w)
+						for req := uint64(1); ctx.Err() == nil; req++ {
+							actx, acancel := context.WithTimeout(ctx, time.Second)
+							r, err := n.Acquire(actx, &pb.AcquireRequest{Key: fmt.Sprintf("f/%d/%d", w, req), Holder: "f", RequestId: req, Ttl: durationpb.New(time.Minute)})
+							acancel()
+							if err == nil && r.Granted {
+								now := time.Now().UnixNano()
+								if prev := lastOK.Swap(now); prev != 0 {
+									for {
+										cur := worst.Load()
+										if now-prev <= cur || worst.CompareAndSwap(cur, now-prev) {
+											break
+										}
+									}
+								}
+							}
+						}
+					}()
+				}
+				nodetest.Eventually(b, 5*time.Second, func() error {
+					if lastOK.Load() == 0 {
+						return fmt.Errorf("no acquire yet")
+					}
+					return nil
+				})
+				c.Kill(li)
+				c.WaitForLeader()
+				before := worst.Load()
+				nodetest.Eventually(b, 5*time.Second, func() error {
+					if time.Since(time.Unix(0, lastOK.Load())) > 50*time.Millisecond || worst.Load() == before && before < int64(100*time.Millisecond) {
+						return fmt.Errorf("waiting for acquires to resume")
+					}
+					return nil
+				})
+				cancel()
+				wg.Wait()
+				b.ReportMetric(float64(time.Duration(worst.Load()).Milliseconds()), "gap-ms")
+			}
+		})
+	}
+}
