@@ -118,15 +118,28 @@ func TestLeaderKillKeepsLeases(t *testing.T) {
 }
 
 // Scenario: stop every node, start them all again from disk: every lease
-// is still there with the same holder and token.
+// is still there with the same holder and token. A low snapshot threshold
+// makes the restart go through snapshot restore plus log replay.
 func TestFullRestartKeepsLeases(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.SnapshotThreshold = 32
+		cfg.TrailingLogs = 8
+		cfg.SnapshotInterval = 20 * time.Millisecond
+	}})
 	_, l := c.Leader()
 	want := map[string]uint64{}
-	for i := range 20 {
+	for i := range 100 {
 		key := fmt.Sprintf("r%02d", i)
 		want[key] = mustGrant(t, l, acq(key, "c1", uint64(i+1), time.Minute)).Token
 	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for i := range c.Size() {
+			if st := c.Node(i).Raft().Stats(); st["last_snapshot_index"] == "0" {
+				return fmt.Errorf("n%d has taken no snapshot yet", i)
+			}
+		}
+		return nil
+	})
 	for i := range c.Size() {
 		c.Kill(i)
 	}
