@@ -35,7 +35,7 @@ type held struct {
 
 	mu         sync.Mutex
 	validUntil time.Time // monotonic
-	lastSent   time.Time // send time of the latest extend attempt
+	lastSent   time.Time // send time of the latest successful acquire or extend
 	warned     bool      // expiring fired since the last successful extend
 	err        error     // why it ended; nil while held
 }
@@ -273,11 +273,6 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
 		}
 		sent := time.Now()
-		for _, h := range chunk {
-			h.mu.Lock()
-			h.lastSent = sent
-			h.mu.Unlock()
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout(chunk))
 		resp, err := c.b.Extend(ctx, req)
 		cancel()
@@ -299,6 +294,9 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			if valid.After(h.validUntil) {
 				h.validUntil = valid
 			}
+			// Only a success moves the schedule: a lease whose extend
+			// failed stays due and is retried after the back-off.
+			h.lastSent = sent
 			h.warned = false
 			h.mu.Unlock()
 		}

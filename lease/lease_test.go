@@ -35,6 +35,7 @@ type cutBackend struct {
 	cut     atomic.Bool
 	extends atomic.Int64
 	items   atomic.Int64
+	refused atomic.Int64 // extends refused while cut
 }
 
 var errCut = errors.New("test: client cut off")
@@ -48,6 +49,7 @@ func (b *cutBackend) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.Acq
 
 func (b *cutBackend) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
 	if b.cut.Load() {
+		b.refused.Add(1)
 		return nil, errCut
 	}
 	b.extends.Add(1)
@@ -459,4 +461,40 @@ func TestElectionHandover(t *testing.T) {
 		t.Fatalf("a's leadership ended at %v, after b was observed leading at %v", ta.end, bStart)
 	}
 	cancel()
+}
+
+// Scenario: extends fail for longer than one extend interval but less
+// than the validity; the client retries with back-off and the lease stays
+// healthy throughout.
+func TestTransientFailureKeepsLease(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	cb := &cutBackend{Backend: n}
+	cl, err := lease.New(cb, lease.WithTTL(3*time.Second), lease.WithBackoff(5*time.Millisecond, 20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.Acquire(ctxT(t, 10*time.Second), "transient")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb.cut.Store(true)
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if got := cb.refused.Load(); got < 5 {
+			return fmt.Errorf("%d extends refused", got)
+		}
+		return nil
+	})
+	cutValid := l.ValidUntil()
+	cb.cut.Store(false)
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if !l.ValidUntil().After(cutValid) {
+			return errors.New("not extended since the cut healed")
+		}
+		return nil
+	})
+	if !l.IsHealthy() || l.Err() != nil {
+		t.Fatalf("lease after transient failure: healthy %v err %v", l.IsHealthy(), l.Err())
+	}
 }

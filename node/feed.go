@@ -52,7 +52,8 @@ type watchHub struct {
 // watcher buffers events for one Watch call; a goroutine moves them to the
 // caller's channel so that publish never blocks the feed.
 type watcher struct {
-	prefix string
+	prefix  string
+	extends bool // wants EXTENDED events
 	mu     sync.Mutex
 	queue  []*pb.WatchEvent
 	wake   chan struct{}
@@ -64,8 +65,9 @@ const maxWatchBacklog = 65536
 
 func newWatchHub() *watchHub { return &watchHub{watchers: map[*watcher]struct{}{}} }
 
-func (h *watchHub) watch(ctx context.Context, n *Node, prefix string, initial bool) <-chan *pb.WatchEvent {
-	w := &watcher{prefix: prefix, wake: make(chan struct{}, 1)}
+func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-chan *pb.WatchEvent {
+	prefix, initial := req.GetPrefix(), req.GetInitial()
+	w := &watcher{prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1)}
 	out := make(chan *pb.WatchEvent, 64)
 	h.mu.Lock()
 	if h.closed {
@@ -150,6 +152,9 @@ func (h *watchHub) publish(events []fsm.Event) {
 		added := false
 		for i := range events {
 			e := &events[i]
+			if e.Type == fsm.EventExtended && !w.extends {
+				continue
+			}
 			if pe := watchEvent(e); pe != nil && (e.Type == fsm.EventRestored || strings.HasPrefix(e.Key, w.prefix)) {
 				if len(w.queue) >= maxWatchBacklog || pe.Type == pb.EventType_EVENT_TYPE_RESET {
 					w.reset = true

@@ -56,7 +56,8 @@ func (ls *leaderState) stop(err error) {
 	ls.queues.failAll(err)
 }
 
-// runLeadership follows Raft's leadership notifications: on gaining
+// runLeadership follows Raft's leadership notifications (NotifyCh: every
+// transition, in order, unlike the lossy LeaderCh): on gaining
 // leadership it establishes the epoch, on losing it revokes it. It is the
 // only writer of n.lead.
 func (n *Node) runLeadership() {
@@ -66,7 +67,7 @@ func (n *Node) runLeadership() {
 			cancelEstablish()
 		}
 	}()
-	notify := n.raft.LeaderCh()
+	notify := n.leaderNotify
 	obs := make(chan raft.Observation, 16)
 	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)

@@ -50,7 +50,8 @@ type Node struct {
 	// lead is non-nil while this node is the leader and its Promote has
 	// applied; every leader-only operation reads it once and uses that
 	// epoch's clock and queues.
-	lead atomic.Pointer[leaderState]
+	lead         atomic.Pointer[leaderState]
+	leaderNotify chan bool // raft.Config.NotifyCh
 
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leadership or serving changes
@@ -186,8 +187,10 @@ func (n *Node) startRaft() error {
 	// into one log batch, one fsync and one AppendEntries.
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 512
-	// Leadership changes are consumed by runLeadership only.
-	rc.NotifyCh = make(chan bool, 8)
+	// Leadership changes, in order and none lost, for runLeadership. Raft
+	// blocks until they are read, so runLeadership never blocks.
+	n.leaderNotify = make(chan bool, 8)
+	rc.NotifyCh = n.leaderNotify
 	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)

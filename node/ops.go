@@ -143,14 +143,15 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 }
 
 // Watch streams changes to records under req.Prefix as this node applies
-// them, starting with the current records if req.Initial. The channel is
+// them, starting with the current records if req.Initial, with EXTENDED
+// events only if req.Extends. The channel is
 // closed when ctx ends or the node closes; a watcher that falls behind gets
 // a RESET event and then the channel closes (watch again and re-List).
 func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
 	if n.ctx.Err() != nil {
 		return nil, ErrClosed
 	}
-	return n.hub.watch(ctx, n, req.GetPrefix(), req.GetInitial()), nil
+	return n.hub.watch(ctx, n, req), nil
 }
 
 // leaderCall runs local on this node if it leads, or forwards req to the

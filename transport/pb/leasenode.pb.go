@@ -1319,8 +1319,11 @@ type WatchRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// initial sends the current records under prefix first, as GRANTED
-	// events, then a RESET-free stream of changes.
-	Initial       bool `protobuf:"varint,2,opt,name=initial,proto3" json:"initial,omitempty"`
+	// events, then the stream of changes.
+	Initial bool `protobuf:"varint,2,opt,name=initial,proto3" json:"initial,omitempty"`
+	// extends includes EXTENDED events. Off by default: a busy cluster
+	// extends thousands of leases per second.
+	Extends       bool `protobuf:"varint,3,opt,name=extends,proto3" json:"extends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1365,6 +1368,13 @@ func (x *WatchRequest) GetPrefix() string {
 func (x *WatchRequest) GetInitial() bool {
 	if x != nil {
 		return x.Initial
+	}
+	return false
+}
+
+func (x *WatchRequest) GetExtends() bool {
+	if x != nil {
+		return x.Extends
 	}
 	return false
 }
@@ -1967,10 +1977,11 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x12#\n" +
 	"\rcurrent_token\x18\x03 \x01(\x04R\fcurrentToken\x12\x16\n" +
-	"\x06holder\x18\x04 \x01(\tR\x06holder\"@\n" +
+	"\x06holder\x18\x04 \x01(\tR\x06holder\"Z\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
-	"\ainitial\x18\x02 \x01(\bR\ainitial\"z\n" +
+	"\ainitial\x18\x02 \x01(\bR\ainitial\x12\x18\n" +
+	"\aextends\x18\x03 \x01(\bR\aextends\"z\n" +
 	"\n" +
 	"WatchEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.leasenode.v1.EventTypeR\x04type\x12\x14\n" +
