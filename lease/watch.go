@@ -12,7 +12,6 @@ type EventType string
 // Event types.
 const (
 	Granted  EventType = "granted"
-	Extended EventType = "extended"
 	Released EventType = "released"
 	Expired  EventType = "expired"
 	// Freed: a lock-delay ended; the key is free.
@@ -36,7 +35,8 @@ type Event struct {
 
 // Watch streams changes to keys starting with prefix, in the order the
 // cluster applied them, beginning with one Granted event per currently
-// held key. The channel closes when ctx ends or the stream breaks (after a
+// held key. Extends are not reported (a grant stays in force until a
+// Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true})
@@ -63,8 +63,6 @@ func eventType(t pb.EventType) EventType {
 	switch t {
 	case pb.EventType_EVENT_TYPE_GRANTED:
 		return Granted
-	case pb.EventType_EVENT_TYPE_EXTENDED:
-		return Extended
 	case pb.EventType_EVENT_TYPE_RELEASED:
 		return Released
 	case pb.EventType_EVENT_TYPE_EXPIRED:
