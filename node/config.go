@@ -41,13 +41,13 @@ func DefaultTiming() Timing {
 }
 
 // FastLANTiming suits nodes on one fast, quiet network (or one machine):
-// failover in about 300 ms, at the price of spurious elections on a loaded
+// failover in about 250 ms, at the price of spurious elections on a loaded
 // or paused host.
 func FastLANTiming() Timing {
 	return Timing{
-		HeartbeatTimeout:   150 * time.Millisecond,
-		ElectionTimeout:    150 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
+		HeartbeatTimeout:   100 * time.Millisecond,
+		ElectionTimeout:    100 * time.Millisecond,
+		LeaderLeaseTimeout: 75 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 	}
 }

@@ -26,6 +26,16 @@ import (
 	"github.com/leasenode/leasenode/transport"
 )
 
+// TestTiming is fast like node.FastLANTiming but with more slack, so that
+// a test run under -race beside other packages on two cores does not see
+// spurious elections.
+var TestTiming = node.Timing{
+	HeartbeatTimeout:   200 * time.Millisecond,
+	ElectionTimeout:    200 * time.Millisecond,
+	LeaderLeaseTimeout: 100 * time.Millisecond,
+	CommitTimeout:      5 * time.Millisecond,
+}
+
 // Options shapes a test cluster.
 type Options struct {
 	// Size is the number of nodes started (default 3).
@@ -34,7 +44,7 @@ type Options struct {
 	Voters int
 	// BootstrapExpect defaults to min(Size, Voters).
 	BootstrapExpect int
-	// Timing defaults to node.FastLANTiming().
+	// Timing defaults to TestTiming.
 	Timing node.Timing
 	// API starts each node's client API on a free loopback port.
 	API bool
@@ -70,7 +80,7 @@ func New(t testing.TB, opts Options) *Cluster {
 		opts.BootstrapExpect = min(opts.Size, opts.Voters)
 	}
 	if opts.Timing == (node.Timing{}) {
-		opts.Timing = node.FastLANTiming()
+		opts.Timing = TestTiming
 	}
 	if opts.DeadServerGrace == 0 {
 		opts.DeadServerGrace = 2 * time.Second
