@@ -58,7 +58,11 @@ func Windows(ops []history.Operation) []Window {
 				open.End = inv.Time
 				faults = append(faults, *open)
 			}
-			open = &Window{Fault: inv.Fault, Nodes: inv.Nodes, Start: inv.Time, End: end, Failed: c.Type == history.Fail}
+			nodes := c.Nodes
+			if len(nodes) == 0 {
+				nodes = inv.Nodes
+			}
+			open = &Window{Fault: inv.Fault, Nodes: nodes, Start: inv.Time, End: end, Failed: c.Type != history.OK}
 		case history.Heal:
 			if open != nil {
 				open.End = max(open.Start, c.Time)

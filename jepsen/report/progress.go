@@ -66,6 +66,8 @@ func (p *Progress) Observe(rec history.Record) {
 	case history.Fault:
 		if rec.Type == history.Invoke {
 			p.faults++
+		}
+		if rec.Type == history.Invoke || rec.Type == history.OK {
 			p.fault = rec.Fault
 			if len(rec.Nodes) > 0 {
 				p.fault += " " + strings.Join(rec.Nodes, ",")
