@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/leasenode/leasenode/metrics"
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport"
+)
+
+const agentSynopsis = `agent --id ID --data-dir DIR [flags]
+
+Runs one node of a cluster. Start three with --bootstrap-expect 3 and --join
+pointing at each other's gossip address; they elect a leader once they all
+see each other. Prints one line to stdout once listening:
+  leasenode agent ready api=IP:PORT raft=IP:PORT gossip=IP:PORT
+and serves the client API, /metrics, /healthz and /readyz on --api.
+SIGINT or SIGTERM leave the cluster gracefully (leadership transfer, gossip
+leave) and exit 0; a second signal exits at once with 130 (SIGINT) or 143
+(SIGTERM).`
+
+// agentFlags are the flags of `leasenode agent`.
+type agentFlags struct {
+	id, dataDir                  string
+	bind, advertise              string
+	gossip, gossipAdvertise      string
+	api, apiAdvertise            string
+	join                         string
+	bootstrapExpect, voters      int
+	timing                       string
+	tlsCert, tlsKey, tlsCA       string
+	gossipKey, authToken         string
+	logLevel, logFormat          string
+	unsafeClockRate              float64
+	unsafeSkipRebase, unsafeWall bool
+	unsafeClockSkew              time.Duration
+	unsafeExtendNoCommit, noSync bool
+	shutdownTimeout              time.Duration
+	fs                           *flag.FlagSet
+	unsafeNames                  []string
+}
+
+func newAgentFlags() *agentFlags {
+	a := &agentFlags{fs: newFlags("agent", agentSynopsis)}
+	fs := a.fs
+	fs.StringVar(&a.id, "id", "", "node ID: unique in the cluster and stable across restarts (required)")
+	fs.StringVar(&a.dataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
+	fs.StringVar(&a.bind, "bind", "127.0.0.1:7400", "IP:PORT for Raft and node-to-node RPC (TCP)")
+	fs.StringVar(&a.advertise, "advertise", "", "IP:PORT other nodes use to reach --bind (default --bind)")
+	fs.StringVar(&a.gossip, "gossip", "127.0.0.1:7401", "IP:PORT for gossip (UDP and TCP)")
+	fs.StringVar(&a.gossipAdvertise, "gossip-advertise", "", "IP:PORT other nodes use to reach --gossip (default --gossip)")
+	fs.StringVar(&a.api, "api", "127.0.0.1:7402", "IP:PORT for the client API, /metrics, /healthz and /readyz")
+	fs.StringVar(&a.apiAdvertise, "api-advertise", "", "IP:PORT clients use to reach --api (default --api)")
+	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (IP:PORT[,IP:PORT])")
+	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")
+	fs.IntVar(&a.voters, "voters", 3, "Raft voters the leader keeps; other nodes are non-voting replicas (odd)")
+	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN, ~1 s failover) or fast (one machine, ~0.3 s)")
+	fs.StringVar(&a.tlsCert, "tls-cert", "", "this node's certificate (PEM): enables mutual TLS for Raft, RPC and the API")
+	fs.StringVar(&a.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	fs.StringVar(&a.tlsCA, "tls-ca", "", "CA bundle (PEM) that peers' and clients' certificates must chain to")
+	fs.StringVar(&a.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) encrypting gossip; same on every node")
+	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API`)
+	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
+	fs.DurationVar(&a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful leave after SIGINT/SIGTERM")
+	fs.BoolVar(&a.noSync, "unsafe-no-sync", false, "UNSAFE: do not fsync the Raft log (benchmarks only; needs LEASENODE_UNSAFE=1)")
+	fs.Float64Var(&a.unsafeClockRate, "unsafe-clock-rate", 0, "UNSAFE: scale the leader clock (chaos tests only; needs LEASENODE_UNSAFE=1)")
+	fs.BoolVar(&a.unsafeSkipRebase, "unsafe-skip-rebase", false, "UNSAFE: do not rebase expiries on leader change (chaos tests; needs LEASENODE_UNSAFE=1)")
+	fs.BoolVar(&a.unsafeWall, "unsafe-wall-clock", false, "UNSAFE: judge expiry by the wall clock (chaos tests; needs LEASENODE_UNSAFE=1)")
+	fs.DurationVar(&a.unsafeClockSkew, "unsafe-clock-skew", 0, "UNSAFE: add this skew to the wall clock of --unsafe-wall-clock (needs LEASENODE_UNSAFE=1)")
+	fs.BoolVar(&a.unsafeExtendNoCommit, "unsafe-extend-no-commit", false, "UNSAFE: answer extends without committing them (chaos tests; needs LEASENODE_UNSAFE=1)")
+	a.unsafeNames = []string{"unsafe-no-sync", "unsafe-clock-rate", "unsafe-skip-rebase", "unsafe-wall-clock", "unsafe-clock-skew", "unsafe-extend-no-commit"}
+	return a
+}
+
+// config maps the flags to a node.Config; errors are usage errors.
+func (a *agentFlags) config() (node.Config, error) {
+	cfg := node.DefaultConfig()
+	if a.id == "" {
+		return cfg, usagef("--id is required (or %s): a unique, stable name for this node", envName("id"))
+	}
+	if a.dataDir == "" {
+		return cfg, usagef("--data-dir is required (or %s): where this node keeps its Raft log", envName("data-dir"))
+	}
+	var unsafe []string
+	for _, name := range a.unsafeNames {
+		if isSet(a.fs, name) {
+			unsafe = append(unsafe, "--"+name)
+		}
+	}
+	if len(unsafe) > 0 && os.Getenv("LEASENODE_UNSAFE") != "1" {
+		return cfg, usagef("%s breaks the safety of leases and exists only for chaos tests; set LEASENODE_UNSAFE=1 to allow it",
+			strings.Join(unsafe, ", "))
+	}
+	cfg.ID, cfg.DataDir = a.id, a.dataDir
+	cfg.BindAddr, cfg.AdvertiseAddr = a.bind, a.advertise
+	cfg.GossipAddr, cfg.GossipAdvertiseAddr = a.gossip, a.gossipAdvertise
+	cfg.APIAddr, cfg.APIAdvertiseAddr = a.api, a.apiAdvertise
+	if a.join != "" {
+		for _, j := range strings.Split(a.join, ",") {
+			if j = strings.TrimSpace(j); j != "" {
+				cfg.Join = append(cfg.Join, j)
+			}
+		}
+	}
+	cfg.BootstrapExpect, cfg.Voters = a.bootstrapExpect, a.voters
+	switch a.timing {
+	case "default":
+		cfg.Timing = node.DefaultTiming()
+	case "fast":
+		cfg.Timing = node.FastLANTiming()
+	default:
+		return cfg, usagef("--timing %q: want default or fast", a.timing)
+	}
+	cfg.TLSFiles = transport.TLSFiles{CertFile: a.tlsCert, KeyFile: a.tlsKey, CAFile: a.tlsCA}
+	if cfg.TLSFiles.Enabled() && (a.tlsCert == "" || a.tlsKey == "" || a.tlsCA == "") {
+		return cfg, usagef("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+	}
+	if a.gossipKey != "" {
+		key, err := base64.StdEncoding.DecodeString(a.gossipKey)
+		if err != nil {
+			return cfg, usagef("--gossip-key: not base64: %v (make one with: head -c 32 /dev/urandom | base64)", err)
+		}
+		cfg.GossipKey = key
+	}
+	cfg.AuthToken = a.authToken
+	cfg.NoSync = a.noSync
+	cfg.UnsafeClockRate = a.unsafeClockRate
+	cfg.UnsafeSkipRebase = a.unsafeSkipRebase
+	cfg.UnsafeWallClock = a.unsafeWall
+	cfg.UnsafeClockSkew = a.unsafeClockSkew
+	cfg.UnsafeExtendNoCommit = a.unsafeExtendNoCommit
+	logger, err := newLogger(a.logLevel, a.logFormat)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Logger = logger
+	if err := cfg.Validate(); err != nil {
+		return cfg, usagef("%v", err)
+	}
+	return cfg, nil
+}
+
+// newLogger builds the stderr logger of --log-level and --log-format.
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+func runAgent(ctx context.Context, sig *signals, args []string) error {
+	a := newAgentFlags()
+	pos, _, err := parseFlags(a.fs, args, 0)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("agent takes no arguments, got %q", pos)
+	}
+	cfg, err := a.config()
+	if err != nil {
+		return err
+	}
+	m := metrics.New(metrics.Options{ProcessMetrics: true})
+	cfg.HTTPHandlers = m.Handlers()
+
+	startCtx, cancelStart := sig.cancelOn(ctx)
+	n, err := node.Start(startCtx, cfg)
+	cancelStart()
+	if err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	m.Attach(n)
+	runCtx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	metricsDone := make(chan struct{})
+	go func() {
+		defer close(metricsDone)
+		m.Run(runCtx, n)
+	}()
+	gossip := cfg.GossipAdvertiseAddr
+	if gossip == "" {
+		gossip = cfg.GossipAddr
+	}
+	fmt.Printf("leasenode agent ready api=%s raft=%s gossip=%s\n", n.APIAddr(), n.RaftAddr(), gossip)
+
+	first := <-sig.C
+	cfg.Logger.Info("leaving the cluster; signal again to exit at once", "signal", first.String())
+	closed := make(chan error, 1)
+	go func() {
+		cctx, cancel := context.WithTimeout(context.Background(), a.shutdownTimeout)
+		defer cancel()
+		closed <- n.Close(cctx)
+	}()
+	select {
+	case err := <-closed:
+		stopMetrics()
+		<-metricsDone
+		if err != nil {
+			return fmt.Errorf("close: %w", err)
+		}
+		cfg.Logger.Info("stopped")
+		return nil
+	case second := <-sig.C:
+		code := exitFailure
+		if s, ok := second.(syscall.Signal); ok {
+			code = 128 + int(s)
+		}
+		return &exitError{code: code, msg: "second " + second.String() + ": exiting at once"}
+	}
+}

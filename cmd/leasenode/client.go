@@ -1,0 +1,514 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/leasenode/leasenode/internal/apiclient"
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// clientFlags are the flags every client command shares.
+type clientFlags struct {
+	addr                   string
+	tlsCA, tlsCert, tlsKey string
+	token                  string
+	output                 string
+	timeout                time.Duration
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:7402", "client API addresses of cluster nodes, comma-separated")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify the nodes' certificates (enables TLS)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "client certificate (PEM), if the cluster requires mutual TLS")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token)")
+	fs.StringVar(&c.output, "output", "table", "output format: table or json")
+	fs.StringVar(&c.output, "o", "table", "short for --output")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the cluster (connect, leader election)")
+}
+
+func (c *clientFlags) check() error {
+	if c.output != "table" && c.output != "json" {
+		return usagef("-o %q: want table or json", c.output)
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	if c.timeout <= 0 {
+		return usagef("--timeout must be positive")
+	}
+	return nil
+}
+
+func (c *clientFlags) json() bool { return c.output == "json" }
+
+func (c *clientFlags) addrs() []string {
+	var out []string
+	for _, a := range strings.Split(c.addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (c *clientFlags) tlsConfig() (*tls.Config, error) {
+	if c.tlsCA == "" && c.tlsCert == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.tlsCA != "" {
+		pem, err := os.ReadFile(c.tlsCA)
+		if err != nil {
+			return nil, usagef("--tls-ca: %v", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, usagef("--tls-ca %s: no PEM certificate in it", c.tlsCA)
+		}
+	}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, usagef("--tls-cert/--tls-key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// dial returns a lease client for the cluster.
+func (c *clientFlags) dial(ctx context.Context, opts ...lease.Option) (*lease.Client, error) {
+	t, err := c.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if t != nil {
+		opts = append(opts, lease.WithTLS(t))
+	}
+	if c.token != "" {
+		opts = append(opts, lease.WithAuthToken(c.token))
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cl, err := lease.Dial(dctx, c.addrs(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// api returns a raw API client for the cluster.
+func (c *clientFlags) api() (*apiclient.Client, error) {
+	t, err := c.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := apiclient.New(c.addrs(), apiclient.Options{TLS: t, Token: c.token})
+	if err != nil {
+		return nil, usagef("--addr: %v", err)
+	}
+	return cl, nil
+}
+
+// parseClient parses a client command's flags and checks the number of
+// positional arguments is within [min, max].
+func parseClient(fs *flag.FlagSet, cf *clientFlags, args []string, min, max int) ([]string, error) {
+	pos, _, err := parseFlags(fs, args, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := cf.check(); err != nil {
+		return nil, err
+	}
+	if len(pos) < min || len(pos) > max {
+		return nil, usagef("%s: wrong number of arguments (see leasenode %s -h)", fs.Name(), fs.Name())
+	}
+	return pos, nil
+}
+
+func printJSON(v any) {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+// leaseJSON is a lease record in -o json output.
+type leaseJSON struct {
+	Key       string  `json:"key"`
+	State     string  `json:"state"`
+	Holder    string  `json:"holder,omitempty"`
+	Token     uint64  `json:"token"`
+	TTL       float64 `json:"ttl_seconds"`
+	Remaining float64 `json:"remaining_seconds"`
+	Value     string  `json:"value,omitempty"`
+}
+
+func leaseOut(l *pb.Lease) leaseJSON {
+	state := "held"
+	if l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY {
+		state = "lock-delay"
+	}
+	return leaseJSON{Key: l.GetKey(), State: state, Holder: l.GetHolder(), Token: l.GetToken(),
+		TTL: l.GetTtl().AsDuration().Seconds(), Remaining: l.GetRemaining().AsDuration().Seconds(), Value: string(l.GetValue())}
+}
+
+func printLeases(ls []*pb.Lease) {
+	w := table(os.Stdout)
+	fmt.Fprintln(w, "KEY\tSTATE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
+	for _, l := range ls {
+		o := leaseOut(l)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\t%v\t%s\n", o.Key, o.State, dash(o.Holder), o.Token,
+			l.GetTtl().AsDuration(), l.GetRemaining().AsDuration().Round(time.Millisecond), dash(o.Value))
+	}
+	w.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+const getSynopsis = `get KEY [--stale] [client flags]
+
+Shows the lease on KEY: holder, fencing token, TTL and time left (by the
+leader's clock; advisory). A free key prints "KEY is free" (exit 0).`
+
+func runGet(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("get", getSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	stale := fs.Bool("stale", false, "read from the node asked, without going through the leader")
+	pos, err := parseClient(fs, &cf, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+	resp, err := api.Get(ctx, &pb.GetRequest{Key: pos[0], Stale: *stale})
+	if err != nil {
+		return fmt.Errorf("get %q: %w", pos[0], err)
+	}
+	if cf.json() {
+		if !resp.GetFound() {
+			printJSON(map[string]any{"key": pos[0], "state": "free"})
+		} else {
+			printJSON(leaseOut(resp.GetLease()))
+		}
+		return nil
+	}
+	if !resp.GetFound() {
+		fmt.Printf("%s is free\n", pos[0])
+		return nil
+	}
+	printLeases([]*pb.Lease{resp.GetLease()})
+	return nil
+}
+
+const listSynopsis = `list [PREFIX] [--stale] [client flags]
+
+Lists the leases whose keys start with PREFIX (all without one), in key order.`
+
+func runList(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("list", listSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	stale := fs.Bool("stale", false, "read from the node asked, without going through the leader")
+	pos, err := parseClient(fs, &cf, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	prefix := ""
+	if len(pos) == 1 {
+		prefix = pos[0]
+	}
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+	ls, err := api.List(ctx, prefix, *stale)
+	if err != nil {
+		return fmt.Errorf("list %q: %w", prefix, err)
+	}
+	if cf.json() {
+		out := make([]leaseJSON, 0, len(ls))
+		for _, l := range ls {
+			out = append(out, leaseOut(l))
+		}
+		printJSON(out)
+		return nil
+	}
+	printLeases(ls)
+	return nil
+}
+
+const releaseSynopsis = `release KEY --token T --holder H [client flags]
+
+Releases the lease on KEY if H holds it with fencing token T (as printed by
+acquire). Releasing a lease that expired or passed to someone else changes
+nothing and exits 1.`
+
+func runRelease(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("release", releaseSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	token := fs.Uint64("token", 0, "fencing token of the lease (required)")
+	holder := fs.String("holder", "", "holder of the lease (required)")
+	pos, err := parseClient(fs, &cf, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if *token == 0 || *holder == "" {
+		return usagef("release needs --token and --holder (acquire prints both)")
+	}
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+	resp, err := api.Release(ctx, &pb.ReleaseRequest{Key: pos[0], Holder: *holder, Token: *token})
+	if err != nil {
+		return fmt.Errorf("release %q: %w", pos[0], err)
+	}
+	if cf.json() {
+		printJSON(map[string]any{"key": pos[0], "token": *token, "released": resp.GetReleased()})
+	}
+	if !resp.GetReleased() {
+		return &exitError{code: exitFailure, msg: fmt.Sprintf("%q was not released: %s does not hold it with token %d (it expired, was released, or another holder has it)", pos[0], *holder, *token)}
+	}
+	if !cf.json() {
+		fmt.Printf("released %s (token %d)\n", pos[0], *token)
+	}
+	return nil
+}
+
+const membersSynopsis = `members [client flags]
+
+Lists the nodes the cluster's gossip knows, with their Raft role.`
+
+func runMembers(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("members", membersSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
+		return err
+	}
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+	resp, err := api.Members(ctx)
+	if err != nil {
+		return fmt.Errorf("members: %w", err)
+	}
+	if cf.json() {
+		type member struct {
+			ID     string `json:"id"`
+			API    string `json:"api"`
+			Raft   string `json:"raft"`
+			Gossip string `json:"gossip"`
+			Status string `json:"status"`
+			Role   string `json:"role"`
+			Leader bool   `json:"leader"`
+		}
+		out := []member{}
+		for _, m := range resp.GetMembers() {
+			out = append(out, member{m.GetId(), m.GetApiAddr(), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), m.GetLeader()})
+		}
+		printJSON(out)
+		return nil
+	}
+	w := table(os.Stdout)
+	fmt.Fprintln(w, "ID\tAPI\tRAFT\tGOSSIP\tSTATUS\tROLE\tLEADER")
+	for _, m := range resp.GetMembers() {
+		leader := ""
+		if m.GetLeader() {
+			leader = "*"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), dash(m.GetApiAddr()), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), leader)
+	}
+	w.Flush()
+	return nil
+}
+
+const statusSynopsis = `status [client flags]
+
+Asks every member (found through the first reachable --addr) for its Raft
+state, indexes and lease counts. Exits 3 if no node knows a leader.`
+
+func runStatus(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("status", statusSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
+		return err
+	}
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+	mem, err := api.Members(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	type row struct {
+		ID        string `json:"id"`
+		API       string `json:"api"`
+		Error     string `json:"error,omitempty"`
+		State     string `json:"raft_state,omitempty"`
+		Serving   bool   `json:"serving"`
+		Leader    string `json:"leader,omitempty"`
+		Term      uint64 `json:"term"`
+		Epoch     uint64 `json:"epoch"`
+		Commit    uint64 `json:"commit_index"`
+		Applied   uint64 `json:"applied_index"`
+		LastIndex uint64 `json:"last_index"`
+		Leases    uint64 `json:"leases"`
+		Delayed   uint64 `json:"delayed"`
+		Waiters   uint64 `json:"waiters"`
+	}
+	var rows []row
+	leaderKnown := false
+	for _, m := range mem.GetMembers() {
+		r := row{ID: m.GetId(), API: m.GetApiAddr()}
+		if r.API == "" {
+			r.Error = "no client API"
+			rows = append(rows, r)
+			continue
+		}
+		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+		s, err := api.StatusAt(sctx, r.API)
+		scancel()
+		if err != nil {
+			r.Error = "unreachable"
+			rows = append(rows, r)
+			continue
+		}
+		h := s.GetHeader()
+		r.State, r.Serving, r.Leader = s.GetRaftState(), s.GetServing(), h.GetLeaderId()
+		r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
+		r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
+		leaderKnown = leaderKnown || r.Leader != ""
+		rows = append(rows, r)
+	}
+	if cf.json() {
+		printJSON(rows)
+	} else {
+		w := table(os.Stdout)
+		fmt.Fprintln(w, "NODE\tAPI\tSTATE\tLEADER\tTERM\tEPOCH\tCOMMIT\tAPPLIED\tLEASES\tDELAYED\tWAITERS")
+		for _, r := range rows {
+			if r.Error != "" {
+				fmt.Fprintf(w, "%s\t%s\t%s\t\t\t\t\t\t\t\t\n", r.ID, dash(r.API), r.Error)
+				continue
+			}
+			state := strings.ToLower(r.State)
+			if r.Serving {
+				state += " (serving)"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", r.ID, r.API, state, dash(r.Leader),
+				r.Term, r.Epoch, r.Commit, r.Applied, r.Leases, r.Delayed, r.Waiters)
+		}
+		w.Flush()
+	}
+	if !leaderKnown {
+		return &exitError{code: exitUnreachable, msg: "no node knows a leader (election in progress, or no quorum)"}
+	}
+	return nil
+}
+
+const watchSynopsis = `watch [PREFIX] [client flags]
+
+Prints the current leases under PREFIX, then every change (granted,
+released, expired, freed) as the cluster applies it, until interrupted.
+With -o json, one JSON object per line.`
+
+func runWatch(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("watch", watchSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	pos, err := parseClient(fs, &cf, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	prefix := ""
+	if len(pos) == 1 {
+		prefix = pos[0]
+	}
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	cl, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close(context.Background())
+	enc := json.NewEncoder(os.Stdout)
+	for ctx.Err() == nil {
+		events, err := cl.Watch(ctx, prefix)
+		if err != nil {
+			return err
+		}
+		for e := range events {
+			now := time.Now().Format("15:04:05.000")
+			if cf.json() {
+				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": e.Type, "index": e.Index,
+					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value)})
+				continue
+			}
+			switch e.Type {
+			case lease.Reset:
+				fmt.Printf("%s  reset     (the watch fell behind or a snapshot was restored; re-reading)\n", now)
+			default:
+				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, e.Type, e.Key, dash(e.Holder), e.Token)
+			}
+		}
+		if ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "leasenode watch: stream ended; reconnecting")
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}

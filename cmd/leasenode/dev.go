@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/leasenode/leasenode/internal/local"
+	"github.com/leasenode/leasenode/node"
+)
+
+const devSynopsis = `dev [--nodes 3] [--port-base 7400] [--data-dir DIR] [--timing fast|default]
+
+Runs a local cluster in this process, on 127.0.0.1: node i listens on
+PORT-BASE+10i (Raft), +1 (gossip) and +2 (client API, /metrics, /readyz),
+so the default API addresses are 127.0.0.1:7402, :7412 and :7422 and the
+client commands' default --addr reaches it. Data lives in a temporary
+directory (removed on exit) unless --data-dir is given. Ctrl-c stops it.`
+
+func runDev(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("dev", devSynopsis)
+	nodes := fs.Int("nodes", 3, "number of nodes")
+	portBase := fs.Int("port-base", 7400, "first port (see above)")
+	dataDir := fs.String("data-dir", "", "keep the nodes' data here (default: a temporary directory)")
+	timing := fs.String("timing", "fast", "Raft timeouts: fast (~0.3 s failover) or default (~1 s)")
+	logLevel := fs.String("log-level", "warn", "node logs on stderr: debug, info, warn or error")
+	pos, _, err := parseFlags(fs, args, 0)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("dev takes no arguments, got %q", pos)
+	}
+	if *nodes < 1 || *nodes > 9 {
+		return usagef("--nodes %d: want 1 to 9", *nodes)
+	}
+	if *portBase < 1024 || *portBase+10**nodes > 65535 {
+		return usagef("--port-base %d: want 1024 to %d", *portBase, 65535-10**nodes)
+	}
+	opts := local.Options{Nodes: *nodes, PortBase: *portBase, DataDir: *dataDir}
+	switch *timing {
+	case "fast":
+		opts.Timing = node.FastLANTiming()
+	case "default":
+		opts.Timing = node.DefaultTiming()
+	default:
+		return usagef("--timing %q: want fast or default", *timing)
+	}
+	if opts.Logger, err = newLogger(*logLevel, "text"); err != nil {
+		return err
+	}
+	sctx, cancel := sig.cancelOn(ctx)
+	c, err := local.Start(sctx, opts)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	addrs := strings.Join(c.APIAddrs(), ",")
+	fmt.Printf("leasenode dev: %d nodes up, leader %s, data in %s\n\n", c.Size(), c.ID(c.Leader()), c.Dir())
+	for i := 0; i < c.Size(); i++ {
+		cfg := c.Config(i)
+		fmt.Printf("  %s  api=%s  raft=%s  gossip=%s  metrics=http://%s/metrics\n", cfg.ID, cfg.APIAddr, cfg.BindAddr, cfg.GossipAddr, cfg.APIAddr)
+	}
+	fmt.Printf("\ntry, in another terminal:\n")
+	if *portBase != 7400 {
+		fmt.Printf("  export LEASENODE_ADDR=%s\n", addrs)
+	}
+	fmt.Printf("  leasenode status\n")
+	fmt.Printf("  leasenode lock jobs/nightly -- sh -c 'echo \"token $LEASE_TOKEN\"; sleep 5'\n")
+	fmt.Printf("  leasenode acquire jobs/report --ttl 30s\n")
+	fmt.Printf("  leasenode list\n")
+	fmt.Printf("  leasenode watch\n")
+	fmt.Printf("  leasenode bench --workload uncontended --duration 5s\n")
+	fmt.Printf("  curl -s http://%s/readyz\n", c.Config(0).APIAddr)
+	fmt.Printf("\nctrl-c stops the cluster")
+	if *dataDir == "" {
+		fmt.Printf(" and removes its data")
+	}
+	fmt.Println(".")
+	s := <-sig.C
+	fmt.Fprintf(os.Stderr, "leasenode dev: %v: stopping\n", s)
+	return nil
+}

@@ -1,0 +1,535 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// End-to-end tests: they build the leasenode binary once, run agents as
+// separate processes on free loopback ports, and drive them with the CLI.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "leasenode-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "leasenode")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build leasenode: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// eventually retries f until it succeeds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freeAddr returns a free 127.0.0.1 port (free for UDP too if udp).
+func freeAddr(t *testing.T, udp bool) string {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if udp {
+			u, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				continue
+			}
+			u.Close()
+		}
+		return addr
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// proc is a process started by a test, in its own process group.
+type proc struct {
+	cmd    *exec.Cmd
+	stdout *syncBuf
+	stderr *syncBuf
+	done   chan struct{}
+	err    error
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs the binary with args; cleanup kills its process group.
+func start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := &proc{cmd: cmd, stdout: &syncBuf{}, stderr: &syncBuf{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		<-p.done
+		if t.Failed() {
+			t.Logf("%v stderr:\n%s", args, tail(p.stderr.String(), 3000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// cleanEnv is the environment without LEASENODE_ variables of the caller.
+func cleanEnv() []string {
+	var out []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "LEASENODE_") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (p *proc) kill(sig syscall.Signal) { _ = syscall.Kill(-p.cmd.Process.Pid, sig) }
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("%v still running after %v; stdout:\n%s\nstderr:\n%s", p.cmd.Args, timeout, p.stdout, tail(p.stderr.String(), 3000))
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// agent is one running agent process.
+type agent struct {
+	id                string
+	raft, gossip, api string
+	dir               string
+	p                 *proc
+}
+
+// cluster starts n agents with --timing fast and waits until each is
+// ready (/readyz answers 200).
+func cluster(t *testing.T, n int, extra ...string) []*agent {
+	t.Helper()
+	agents := make([]*agent, n)
+	for i := range agents {
+		agents[i] = &agent{id: "a" + strconv.Itoa(i), raft: freeAddr(t, false), gossip: freeAddr(t, true), api: freeAddr(t, false),
+			dir: filepath.Join(t.TempDir(), "data")}
+	}
+	for i, a := range agents {
+		var join []string
+		for j, b := range agents {
+			if j != i {
+				join = append(join, b.gossip)
+			}
+		}
+		args := append([]string{"agent", "--id", a.id, "--bind", a.raft, "--gossip", a.gossip, "--api", a.api,
+			"--join", strings.Join(join, ","), "--bootstrap-expect", strconv.Itoa(n), "--timing", "fast", "--log-level", "warn"}, extra...)
+		// The data dir comes from the environment, to test that path too.
+		a.p = start(t, []string{"LEASENODE_DATA_DIR=" + a.dir}, args...)
+	}
+	for _, a := range agents {
+		eventually(t, 20*time.Second, func() error {
+			if a.p.exited() {
+				t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
+			}
+			want := fmt.Sprintf("leasenode agent ready api=%s raft=%s gossip=%s\n", a.api, a.raft, a.gossip)
+			if got := a.p.stdout.String(); got != want {
+				return fmt.Errorf("stdout %q, want %q", got, want)
+			}
+			return nil
+		})
+	}
+	for _, a := range agents {
+		eventually(t, 20*time.Second, func() error {
+			code, body := httpGet(a.api, "/readyz")
+			if code != 200 {
+				return fmt.Errorf("%s /readyz: %d %s", a.id, code, body)
+			}
+			return nil
+		})
+	}
+	return agents
+}
+
+func addrs(agents []*agent) string {
+	var out []string
+	for _, a := range agents {
+		out = append(out, a.api)
+	}
+	return strings.Join(out, ",")
+}
+
+func httpGet(addr, path string) (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// cli runs one client command to completion.
+func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = cleanEnv()
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return cmd.ProcessState.ExitCode(), o.String(), e.String()
+}
+
+// leaderOf returns the agent that leads, by `status -o json`.
+func leaderOf(t *testing.T, agents []*agent, alive func(*agent) bool) *agent {
+	t.Helper()
+	var leader *agent
+	eventually(t, 20*time.Second, func() error {
+		var live []*agent
+		for _, a := range agents {
+			if alive(a) {
+				live = append(live, a)
+			}
+		}
+		code, out, errOut := cli(t, "status", "-o", "json", "--addr", addrs(live))
+		if code != 0 {
+			return fmt.Errorf("status: %d %s", code, errOut)
+		}
+		var rows []struct {
+			ID      string `json:"id"`
+			Serving bool   `json:"serving"`
+		}
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			return err
+		}
+		for _, r := range rows {
+			for _, a := range live {
+				if r.Serving && r.ID == a.id {
+					leader = a
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no serving leader among %s", out)
+	})
+	return leader
+}
+
+func TestAgentAndClientCommands(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	addr := addrs(agents)
+
+	code, out, errOut := cli(t, "acquire", "jobs/a", "--addr", addr, "--ttl", "30s", "--wait", "0", "--value", "worker-1", "-o", "json")
+	if code != 0 {
+		t.Fatalf("acquire: %d %s", code, errOut)
+	}
+	var got struct {
+		Key    string `json:"key"`
+		Token  uint64 `json:"token"`
+		Holder string `json:"holder"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Token == 0 || got.Holder == "" {
+		t.Fatalf("acquire output %q: %v", out, err)
+	}
+	if !strings.Contains(errOut, "leasenode release") {
+		t.Errorf("acquire does not say how to release: %q", errOut)
+	}
+
+	// Held: exit 4, naming the holder and the time left.
+	code, _, errOut = cli(t, "acquire", "jobs/a", "--addr", addr, "--wait", "0")
+	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "for at most") {
+		t.Errorf("acquire of a held key: exit %d, %q; want %d naming %s", code, errOut, exitHeld, got.Holder)
+	}
+
+	code, out, _ = cli(t, "get", "jobs/a", "--addr", addr)
+	if code != 0 || !strings.Contains(out, got.Holder) || !strings.Contains(out, "worker-1") {
+		t.Errorf("get: %d %q", code, out)
+	}
+	code, out, _ = cli(t, "list", "jobs/", "--addr", addr, "-o", "json")
+	if code != 0 || !strings.Contains(out, `"key": "jobs/a"`) {
+		t.Errorf("list: %d %q", code, out)
+	}
+	code, out, _ = cli(t, "members", "--addr", addr)
+	if code != 0 || strings.Count(out, "voter") != 3 || strings.Count(out, "*") != 1 {
+		t.Errorf("members: %d %q", code, out)
+	}
+
+	// Release by token and holder; a wrong token changes nothing.
+	if code, _, errOut = cli(t, "release", "jobs/a", "--addr", addr, "--token", "1", "--holder", got.Holder); code != 1 ||
+		!strings.Contains(errOut, "not released") {
+		t.Errorf("release with a wrong token: %d %q", code, errOut)
+	}
+	if code, _, errOut = cli(t, "release", "jobs/a", "--addr", addr, "--token", strconv.FormatUint(got.Token, 10), "--holder", got.Holder); code != 0 {
+		t.Errorf("release: %d %q", code, errOut)
+	}
+	if code, out, _ = cli(t, "get", "jobs/a", "--addr", addr); code != 0 || !strings.Contains(out, "free") {
+		t.Errorf("get after release: %d %q", code, out)
+	}
+
+	// lock passes the child's exit code, and gives it the lease in its env.
+	code, out, errOut = cli(t, "lock", "jobs/b", "--addr", addr, "--ttl", "3s", "--", "sh", "-c", `echo "key=$LEASE_KEY token=$LEASE_TOKEN"; exit 7`)
+	if code != 7 || !strings.Contains(out, "key=jobs/b token=") {
+		t.Errorf("lock: exit %d, stdout %q, stderr %q; want 7", code, out, errOut)
+	}
+	if code, out, _ = cli(t, "get", "jobs/b", "--addr", addr); !strings.Contains(out, "free") {
+		t.Errorf("lock did not release jobs/b: %d %q", code, out)
+	}
+
+	// Metrics and probes on the API port.
+	eventually(t, 10*time.Second, func() error {
+		code, body := httpGet(agents[1].api, "/metrics")
+		for _, want := range []string{"leasenode_grants_total 2", "leasenode_releases_total 2", `leasenode_raft_state{state="Follower"}`,
+			"leasenode_raft_applied_index", "leasenode_apply_lag_entries", "leasenode_leader_changes_total", "leasenode_leases 0", "go_goroutines"} {
+			if code != 200 || !strings.Contains(body, want) {
+				return fmt.Errorf("/metrics: %d, no %q", code, want)
+			}
+		}
+		return nil
+	})
+	leader := leaderOf(t, agents, func(*agent) bool { return true })
+	if _, body := httpGet(leader.api, "/metrics"); !strings.Contains(body, `leasenode_api_request_duration_seconds_count{code="200",method="Acquire"}`) {
+		t.Errorf("leader /metrics has no Acquire latency:\n%s", body)
+	}
+	if code, body := httpGet(agents[0].api, "/healthz"); code != 200 {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if code, out, _ = cli(t, "status", "--addr", addr); code != 0 || strings.Count(out, "(serving)") != 1 {
+		t.Errorf("status: %d %q", code, out)
+	}
+
+	// SIGTERM: a graceful leave, exit 0; the others stay ready.
+	agents[2].p.kill(syscall.SIGTERM)
+	if code := agents[2].p.wait(t, 15*time.Second); code != 0 {
+		t.Errorf("agent exit after SIGTERM: %d\n%s", code, agents[2].p.stderr)
+	}
+}
+
+func TestLockSurvivesLeaderKill(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	addr := addrs(agents)
+	stop := filepath.Join(t.TempDir(), "stop")
+	const ttl = 3 * time.Second
+	lock := start(t, []string{"STOP=" + stop}, "lock", "jobs/survivor", "--addr", addr, "--ttl", ttl.String(), "--",
+		"sh", "-c", `echo "token=$LEASE_TOKEN"; while [ ! -e "$STOP" ]; do sleep 0.05; done; exit 3`)
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stdout.String(), "token=") {
+			return errors.New("child not started")
+		}
+		return nil
+	})
+	token := strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "token="))
+
+	leader := leaderOf(t, agents, func(*agent) bool { return true })
+	leader.p.kill(syscall.SIGKILL)
+	killed := time.Now()
+	leader.p.wait(t, 5*time.Second)
+	alive := func(a *agent) bool { return a != leader }
+	newLeader := leaderOf(t, agents, alive)
+	t.Logf("killed %s; new leader %s after %v", leader.id, newLeader.id, time.Since(killed).Round(time.Millisecond))
+
+	// The property under test spans time: the lease must outlive two TTLs
+	// after the kill (so it was extended through the new leader), with
+	// the same token, while the child keeps running.
+	var live []*agent
+	for _, a := range agents {
+		if alive(a) {
+			live = append(live, a)
+		}
+	}
+	eventually(t, 4*ttl, func() error {
+		if lock.exited() {
+			t.Fatalf("lock exited during failover: %s", lock.stderr)
+		}
+		code, out, _ := cli(t, "get", "jobs/survivor", "--addr", addrs(live), "-o", "json")
+		if code != 0 || !strings.Contains(out, `"token": `+token) {
+			t.Fatalf("lease not held with token %s after the leader kill: %d %s", token, code, out)
+		}
+		if time.Since(killed) < 2*ttl {
+			return errors.New("waiting for two TTLs to pass")
+		}
+		return nil
+	})
+	if err := os.WriteFile(stop, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := lock.wait(t, 10*time.Second); code != 3 {
+		t.Errorf("lock exit %d, want the child's 3; stderr %s", code, lock.stderr)
+	}
+}
+
+func TestLockKillsChildWhenLeaseLost(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	lock := start(t, nil, "lock", "jobs/doomed", "--addr", addrs(agents), "--ttl", "2s", "--grace", "1s", "--",
+		"sh", "-c", `echo "pid=$$"; sleep 60`)
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stdout.String(), "pid=") {
+			return errors.New("child not started")
+		}
+		return nil
+	})
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stop the whole cluster under it.
+	for _, a := range agents {
+		a.p.kill(syscall.SIGKILL)
+	}
+	if code := lock.wait(t, 15*time.Second); code != exitLost {
+		t.Errorf("lock exit %d, want %d; stderr %s", code, exitLost, lock.stderr)
+	}
+	if !strings.Contains(lock.stderr.String(), "lost") {
+		t.Errorf("lock stderr does not say the lease was lost: %s", lock.stderr)
+	}
+	// The child and its own child (sleep) are gone: no live process is
+	// left in the child's group (zombies wait for their reaper).
+	eventually(t, 5*time.Second, func() error {
+		if live := liveInGroup(pid); len(live) > 0 {
+			return fmt.Errorf("processes %v of the child's group %d still run", live, pid)
+		}
+		return nil
+	})
+}
+
+// liveInGroup lists the processes of group pgid that are not zombies.
+func liveInGroup(pgid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func TestUsageAndUnreachable(t *testing.T) {
+	t.Parallel()
+	dead := freeAddr(t, false)
+	cases := []struct {
+		args []string
+		env  []string
+		code int
+		msg  string
+	}{
+		{[]string{"frobnicate"}, nil, exitUsage, "unknown command"},
+		{[]string{"get", "k", "--no-such-flag"}, nil, exitUsage, "flag provided but not defined"},
+		{[]string{"get"}, nil, exitUsage, "wrong number of arguments"},
+		{[]string{"get", "k", "-o", "yaml"}, nil, exitUsage, "want table or json"},
+		{[]string{"lock", "k"}, nil, exitUsage, "lock KEY"},
+		{[]string{"agent", "--data-dir", "/tmp/x"}, nil, exitUsage, "--id is required"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--timing", "slow"}, nil, exitUsage, "want default or fast"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-clock-rate", "2"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
+		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
+		{[]string{"get", "k", "--addr", dead}, nil, exitUnreachable, "unreachable"},
+		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead}, exitUnreachable, "is the cluster running"},
+		{[]string{"lock", "k", "--addr", dead, "--", "true"}, nil, exitUnreachable, "no reachable leader"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(binary, c.args...)
+		cmd.Env = append(cleanEnv(), c.env...)
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != c.code || !strings.Contains(string(out), c.msg) {
+			t.Errorf("%v: exit %d, output %q; want %d and %q", c.args, code, out, c.code, c.msg)
+		}
+	}
+	code, out, _ := cli(t, "help")
+	if code != 0 || !strings.Contains(out, "exit codes") {
+		t.Errorf("help: %d %q", code, out)
+	}
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+)
+
+// leaseFlags are the flags of the commands that take a lease.
+type leaseFlags struct {
+	ttl       time.Duration
+	wait      waitFlag
+	value     string
+	lockDelay time.Duration
+	holder    string
+}
+
+func (l *leaseFlags) register(fs *flag.FlagSet) {
+	l.wait.d = forever
+	fs.DurationVar(&l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies")
+	fs.Var(&l.wait, "wait", `how long to wait for a held key ("forever", or 0 to fail at once with exit 4)`)
+	fs.StringVar(&l.value, "value", "", "value to attach to the lease (shown by get, list and watch)")
+	fs.DurationVar(&l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release")
+	fs.StringVar(&l.holder, "holder", "", "holder name recorded with the lease (default host/pid/random; never share one)")
+}
+
+func (l *leaseFlags) options() []lease.Option {
+	opts := []lease.Option{lease.WithTTL(l.ttl)}
+	if l.holder != "" {
+		opts = append(opts, lease.WithHolder(l.holder))
+	}
+	return opts
+}
+
+// acquire takes key, waiting as --wait says.
+func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string) (*lease.Lease, error) {
+	opts := []lease.AcquireOption{lease.TTL(l.ttl)}
+	if l.value != "" {
+		opts = append(opts, lease.Value([]byte(l.value)))
+	}
+	if l.lockDelay > 0 {
+		opts = append(opts, lease.LockDelay(l.lockDelay))
+	}
+	var (
+		ls  *lease.Lease
+		err error
+	)
+	switch l.wait.d {
+	case forever:
+		ls, err = c.Acquire(ctx, key, opts...)
+	case 0:
+		ls, err = c.TryAcquire(ctx, key, opts...)
+		if err == nil && ls == nil {
+			info, gerr := c.Get(ctx, key)
+			he := &lease.HeldError{Key: key}
+			if gerr == nil && info != nil {
+				he.Holder, he.Wait = info.Holder, info.Remaining
+			}
+			err = he
+		}
+	default:
+		ls, err = c.AcquireTimeout(ctx, key, l.wait.d, opts...)
+	}
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			var in *interrupted
+			if errors.As(cause, &in) {
+				return nil, cause
+			}
+		}
+		return nil, err
+	}
+	return ls, nil
+}
+
+const lockSynopsis = `lock KEY [flags] [--] CMD [ARGS...]
+
+Acquires KEY (waiting for it, FIFO, unless --wait says otherwise), runs CMD
+with LEASE_KEY, LEASE_TOKEN (the fencing token: pass it along with every
+write CMD makes) and LEASE_HOLDER in its environment, and keeps the lease
+alive while CMD runs. When CMD ends, the lease is released and lock exits
+with CMD's exit code. A leader election in the cluster does not disturb CMD:
+the lease survives failover.
+
+If the lease is lost (the cluster could not be reached for a whole TTL, or
+the cluster says it is gone), lock sends SIGTERM to CMD's process group,
+SIGKILL after --grace, and exits 5. SIGINT and SIGTERM sent to lock are
+passed on to CMD.`
+
+func runLock(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("lock", lockSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	var lf leaseFlags
+	lf.register(fs)
+	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lease is lost")
+	pos, argv, err := parseFlags(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if err := cf.check(); err != nil {
+		return err
+	}
+	if len(pos) != 1 || len(argv) == 0 {
+		return usagef("usage: leasenode lock KEY [flags] -- CMD [ARGS...]")
+	}
+	key := pos[0]
+
+	actx, cancelA := sig.cancelOn(ctx)
+	defer cancelA()
+	cl, err := cf.dial(actx, lf.options()...)
+	if err != nil {
+		return err
+	}
+	// A lost lease's best-effort release may wait for an unreachable
+	// cluster: give it a moment, not its full timeout.
+	defer closeWithin(cl, time.Second)
+	l, err := lf.acquire(actx, cl, key)
+	cancelA()
+	if err != nil {
+		return err
+	}
+
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "LEASE_KEY="+key, "LEASE_TOKEN="+strconv.FormatUint(l.Token(), 10), "LEASE_HOLDER="+cl.Holder())
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// Its own process group, so that stopping it reaches its children too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		releaseQuietly(l)
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	for {
+		select {
+		case s := <-sig.C:
+			_ = syscall.Kill(-cmd.Process.Pid, s.(syscall.Signal))
+		case err := <-exited:
+			code := childCode(cmd, err)
+			releaseQuietly(l)
+			return &exitError{code: code}
+		case <-l.Done():
+			fmt.Fprintf(os.Stderr, "leasenode lock: lease on %q lost (%v); stopping %s (SIGTERM, SIGKILL after %v)\n", key, l.Err(), argv[0], *grace)
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			t := time.NewTimer(*grace)
+			select {
+			case <-exited:
+				t.Stop()
+			case <-t.C:
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-exited
+			}
+			return &exitError{code: exitLost, msg: fmt.Sprintf("lease on %q lost while %s was running; it was stopped", key, argv[0])}
+		}
+	}
+}
+
+// childCode is the exit code lock reports for a finished child: its own,
+// or 128+N if signal N killed it.
+func childCode(cmd *exec.Cmd, err error) int {
+	if err == nil {
+		return 0
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	if code := cmd.ProcessState.ExitCode(); code >= 0 {
+		return code
+	}
+	return exitFailure
+}
+
+// closeWithin closes c, waiting at most d for its releases.
+func closeWithin(c *lease.Client, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		c.Close(ctx)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+func releaseQuietly(l *lease.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Release(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "leasenode: release %q: %v (it expires after its TTL)\n", l.Key(), err)
+	}
+}
+
+const acquireSynopsis = `acquire KEY [--ttl D] [--wait D] [--value V] [--hold D] [client flags]
+
+Acquires KEY and prints its fencing token and holder. By default acquire
+exits at once and leaves the lease to expire after --ttl (it is not
+extended): a time-bounded lock for shell scripts, released early with
+  leasenode release KEY --token T --holder H
+With --hold D, acquire stays in the foreground, keeps the lease alive for
+D ("forever" until interrupted), then releases it; SIGINT/SIGTERM release it
+early (exit 0). If the lease is lost while held, acquire exits 5.`
+
+func runAcquire(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("acquire", acquireSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	var lf leaseFlags
+	lf.register(fs)
+	var hold waitFlag
+	fs.Var(&hold, "hold", `keep the lease alive this long, then release it ("forever": until interrupted)`)
+	pos, err := parseClient(fs, &cf, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	key := pos[0]
+	actx, cancelA := sig.cancelOn(ctx)
+	defer cancelA()
+	cl, err := cf.dial(actx, lf.options()...)
+	if err != nil {
+		return err
+	}
+	l, err := lf.acquire(actx, cl, key)
+	cancelA()
+	if err != nil {
+		cl.Close(context.Background())
+		return err
+	}
+	if cf.json() {
+		printJSON(map[string]any{"key": key, "token": l.Token(), "holder": cl.Holder(), "ttl_seconds": l.TTL().Seconds(),
+			"valid_for_seconds": time.Until(l.ValidUntil()).Seconds(), "held_for_seconds": hold.d.Seconds()})
+	} else {
+		w := table(os.Stdout)
+		fmt.Fprintln(w, "KEY\tTOKEN\tHOLDER\tTTL")
+		fmt.Fprintf(w, "%s\t%d\t%s\t%v\n", key, l.Token(), cl.Holder(), l.TTL())
+		w.Flush()
+	}
+	if hold.d == 0 {
+		fmt.Fprintf(os.Stderr, "lease held until it expires in %v (not extended); release it early with:\n  leasenode release %s --token %d --holder %s\n",
+			l.TTL(), strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
+		// Exit without Client.Close, which would release the lease.
+		return nil
+	}
+	defer closeWithin(cl, time.Second)
+	var timeout <-chan time.Time
+	if hold.d != forever {
+		t := time.NewTimer(hold.d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-timeout:
+	case <-sig.C:
+	case <-l.Done():
+		return fmt.Errorf("lease on %q: %w", key, l.Err())
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+	defer cancel()
+	if err := l.Release(rctx); err != nil {
+		return err
+	}
+	if !cf.json() {
+		fmt.Fprintf(os.Stderr, "released %s\n", key)
+	}
+	return nil
+}

@@ -1,0 +1,386 @@
+// Package metrics exports the state of a leasenode node to Prometheus and
+// answers health and readiness probes. The agent (cmd/leasenode) serves it
+// on the client API port through node.Config.HTTPHandlers; a program that
+// embeds a node can do the same, or register the collector in its own
+// registry:
+//
+//	m := metrics.New(metrics.Options{})
+//	cfg.HTTPHandlers = m.Handlers()     // /metrics, /healthz, /readyz
+//	n, err := node.Start(ctx, cfg)
+//	go m.Run(ctx, n)                    // attach the node, count events
+//
+// Gauges (leases, waiters, Raft state and indexes) are read from the node
+// at scrape time; counters of events (grants, releases, expiries, extends)
+// are counted by Run from the node's own change feed, so every node of a
+// cluster reports the same totals for the entries it applied since it
+// started. Leader changes are counted from Raft's observations. Client API
+// latency (leasenode_api_request_duration_seconds, by method) is measured
+// by handlers that Handlers puts in front of the node's own API handlers.
+//
+// It does not change the node, and owns no safety property: everything it
+// reports is advisory.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "leasenode"
+
+// DefaultMaxApplyLag is the largest number of committed but unapplied Raft
+// entries a ready node may have.
+const DefaultMaxApplyLag = 256
+
+// Options configures a Metrics.
+type Options struct {
+	// MaxApplyLag is how far the applied index may trail the commit index
+	// for /readyz to answer 200. Default DefaultMaxApplyLag.
+	MaxApplyLag uint64
+	// ProcessMetrics adds the Go runtime and process collectors to the
+	// registry that Handler serves.
+	ProcessMetrics bool
+}
+
+// Metrics is a prometheus.Collector for one node, plus the counters that
+// Run keeps. Create it with New.
+type Metrics struct {
+	opts Options
+	reg  *prometheus.Registry
+	n    atomic.Pointer[node.Node]     // set by Run
+	api  atomic.Pointer[http.ServeMux] // the node's API handlers, set by Run
+
+	grants, releases, expiries, extends, freed *eventCounter
+	leaderChanges                              prometheus.Counter
+	requests                                   *prometheus.HistogramVec
+
+	descLeases, descDelayed, descWaiters, descState, descServing,
+	descTerm, descEpoch, descCommit, descApplied, descLast, descLag,
+	descLastContact, descMembers *prometheus.Desc
+
+	runOnce sync.Once
+}
+
+// eventCounter counts one kind of applied event.
+type eventCounter struct{ c prometheus.Counter }
+
+// New returns an unattached Metrics: its handlers can be given to
+// node.Config.HTTPHandlers before the node starts. Run attaches the node.
+// Its own registry (served by Handler) holds the collector.
+func New(opts Options) *Metrics {
+	if opts.MaxApplyLag == 0 {
+		opts.MaxApplyLag = DefaultMaxApplyLag
+	}
+	counter := func(name, help string) *eventCounter {
+		return &eventCounter{prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help})}
+	}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
+	}
+	m := &Metrics{
+		opts:     opts,
+		grants:   counter("grants_total", "Leases granted, counted from the entries this node applied since it started."),
+		releases: counter("releases_total", "Leases released by their holder, counted from applied entries."),
+		expiries: counter("expiries_total", "Leases that expired (reaped by the leader), counted from applied entries."),
+		extends:  counter("extends_total", "Lease extensions applied (one per lease per extend), counted from applied entries."),
+		freed:    counter("lock_delays_ended_total", "Keys freed at the end of a lock-delay, counted from applied entries."),
+		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "leader_changes_total",
+			Help: "Times this node observed a new Raft leader."}),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "api_request_duration_seconds",
+			Help:    "Client API request latency on this node, by method (Acquire includes time queued for a held key).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"method", "code"}),
+		descLeases:      desc("leases", "Keys held by a holder."),
+		descDelayed:     desc("leases_delayed", "Keys blocked by a lock-delay after their holder was lost."),
+		descWaiters:     desc("waiters", "Acquirers queued at this node (non-zero only on the leader)."),
+		descState:       desc("raft_state", "Raft state of this node: 1 for the current state.", "state"),
+		descServing:     desc("leader_serving", "1 if this node leads and its epoch is established (it serves requests)."),
+		descTerm:        desc("raft_term", "Current Raft term."),
+		descEpoch:       desc("epoch", "Lease epoch of the state machine (the term of the leader that last promoted)."),
+		descCommit:      desc("raft_commit_index", "Raft commit index known to this node."),
+		descApplied:     desc("raft_applied_index", "Raft index applied to the state machine on this node."),
+		descLast:        desc("raft_last_index", "Last Raft index stored on this node."),
+		descLag:         desc("apply_lag_entries", "Committed entries not yet applied on this node (commit - applied)."),
+		descLastContact: desc("raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader)."),
+		descMembers:     desc("members", "Nodes known to gossip, by status and Raft role.", "status", "role"),
+	}
+	m.reg = prometheus.NewRegistry()
+	m.reg.MustRegister(m)
+	if opts.ProcessMetrics {
+		m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range []*eventCounter{m.grants, m.releases, m.expiries, m.extends, m.freed} {
+		c.c.Describe(ch)
+	}
+	m.leaderChanges.Describe(ch)
+	m.requests.Describe(ch)
+	for _, d := range []*prometheus.Desc{m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
+		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the node's state now.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range []*eventCounter{m.grants, m.releases, m.expiries, m.extends, m.freed} {
+		c.c.Collect(ch)
+	}
+	m.leaderChanges.Collect(ch)
+	m.requests.Collect(ch)
+
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	n := m.n.Load()
+	if n == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st := n.FSM().Stats()
+	gauge(m.descLeases, float64(st.Held))
+	gauge(m.descDelayed, float64(st.Delayed))
+	gauge(m.descEpoch, float64(st.Epoch))
+	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
+		gauge(m.descWaiters, float64(s.GetWaiters()))
+	}
+	r := n.Raft()
+	state := r.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		gauge(m.descState, v, s.String())
+	}
+	gauge(m.descServing, boolf(n.IsLeader()))
+	gauge(m.descTerm, float64(r.CurrentTerm()))
+	commit, applied := r.CommitIndex(), r.AppliedIndex()
+	gauge(m.descCommit, float64(commit))
+	gauge(m.descApplied, float64(applied))
+	gauge(m.descLast, float64(r.LastIndex()))
+	gauge(m.descLag, float64(lag(commit, applied)))
+	contact := 0.0
+	if state != raft.Leader {
+		if lc := r.LastContact(); !lc.IsZero() {
+			contact = time.Since(lc).Seconds()
+		}
+	}
+	gauge(m.descLastContact, contact)
+	if mem, err := n.Members(ctx, &pb.MembersRequest{}); err == nil {
+		counts := map[[2]string]int{}
+		for _, x := range mem.GetMembers() {
+			counts[[2]string{x.GetStatus(), x.GetRaft()}]++
+		}
+		for k, v := range counts {
+			gauge(m.descMembers, float64(v), k[0], k[1])
+		}
+	}
+}
+
+func boolf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func lag(commit, applied uint64) uint64 {
+	if commit > applied {
+		return commit - applied
+	}
+	return 0
+}
+
+// Run attaches n (from now on the collector, /readyz and the timed API
+// handlers use it) and keeps the event and leader-change counters until
+// ctx ends or the node closes. Call it once, in its own goroutine, right
+// after node.Start.
+func (m *Metrics) Run(ctx context.Context, n *node.Node) {
+	m.runOnce.Do(func() {
+		m.Attach(n)
+		m.run(ctx, n)
+	})
+}
+
+// Attach makes the collector, /readyz and the timed API handlers use n,
+// without counting events (Run does both). Run calls it; call it directly
+// only to serve before Run's goroutine is scheduled.
+func (m *Metrics) Attach(n *node.Node) {
+	api := http.NewServeMux()
+	n.MountAPI(api)
+	m.api.Store(api)
+	m.n.Store(n)
+}
+
+func (m *Metrics) run(ctx context.Context, n *node.Node) {
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r := n.Raft()
+	r.RegisterObserver(observer)
+	defer r.DeregisterObserver(observer)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case o := <-obs:
+				if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID != "" {
+					m.leaderChanges.Inc()
+				}
+			}
+		}
+	}()
+
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		events, err := n.Watch(ctx, &pb.WatchRequest{Extends: true})
+		if errors.Is(err, node.ErrClosed) {
+			return
+		}
+		if err == nil {
+			for e := range events {
+				m.count(e)
+			}
+		}
+		// The watch ended: the node closed, the feed was reset (a snapshot
+		// was restored, or we fell behind), or ctx ended. Resume.
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (m *Metrics) count(e *pb.WatchEvent) {
+	switch e.GetType() {
+	case pb.EventType_EVENT_TYPE_GRANTED:
+		m.grants.c.Inc()
+	case pb.EventType_EVENT_TYPE_RELEASED:
+		m.releases.c.Inc()
+	case pb.EventType_EVENT_TYPE_EXPIRED:
+		m.expiries.c.Inc()
+	case pb.EventType_EVENT_TYPE_EXTENDED:
+		m.extends.c.Inc()
+	case pb.EventType_EVENT_TYPE_FREED:
+		m.freed.c.Inc()
+	}
+}
+
+// Middleware wraps a client API handler and records each request's latency
+// in leasenode_api_request_duration_seconds, labelled by method (the last
+// element of the Connect/gRPC path, e.g. "Acquire") and HTTP status code.
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rw, r)
+		method := r.URL.Path
+		for i := len(method) - 1; i >= 0; i-- {
+			if method[i] == '/' {
+				method = method[i+1:]
+				break
+			}
+		}
+		m.requests.WithLabelValues(method, strconv.Itoa(rw.code)).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusWriter records the status code; it passes Flush through so that
+// streaming (Watch) keeps working.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Registry returns the registry that Handler serves.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Handlers returns the HTTP endpoints to serve next to the client API, by
+// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz, and
+// one pattern per unary client API method that times the request and then
+// hands it to the node's own API handler (the same handlers, with the same
+// authentication; the streaming Watch is left untimed). Until Run (or
+// Attach) has attached the node, API calls answer "no leader" (retryable,
+// certainly not applied).
+func (m *Metrics) Handlers() map[string]http.Handler {
+	h := map[string]http.Handler{
+		"/metrics": m.Handler(),
+		"/healthz": http.HandlerFunc(Healthz),
+		"/readyz":  http.HandlerFunc(m.Readyz),
+	}
+	api := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux := m.api.Load()
+		if mux == nil {
+			ce := connect.NewError(connect.CodeUnavailable, errStarting)
+			if d, err := connect.NewErrorDetail(&pb.ErrorDetail{Reason: pb.Reason_REASON_NO_LEADER}); err == nil {
+				ce.AddDetail(d)
+			}
+			_ = connect.NewErrorWriter().Write(w, r, ce)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	for _, p := range []string{
+		pbconnect.LeaseServiceAcquireProcedure, pbconnect.LeaseServiceExtendProcedure,
+		pbconnect.LeaseServiceReleaseProcedure, pbconnect.LeaseServiceGetProcedure,
+		pbconnect.LeaseServiceListProcedure, pbconnect.LeaseServiceCheckTokenProcedure,
+		pbconnect.LeaseServiceMembersProcedure, pbconnect.LeaseServiceStatusProcedure,
+	} {
+		h[p] = api
+	}
+	return h
+}
