@@ -533,3 +533,20 @@ func TestUsageAndUnreachable(t *testing.T) {
 		t.Errorf("help: %d %q", code, out)
 	}
 }
+
+func TestDemoShort(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "demo", "--short")
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo --short: %v\n%s", err, out)
+	}
+	for _, want := range []string{"CRASH leader", "RESTART", "REJECTED stale write", "violations: 0"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
