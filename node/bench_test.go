@@ -144,15 +144,28 @@ func BenchmarkKeepalive10k(b *testing.B) {
 	const holders, per = 10, 1000
 	ttl := 10 * time.Second
 	items := make([][]*pb.ExtendItem, holders)
+	var wg sync.WaitGroup
 	for h := range holders {
-		for i := range per {
-			key := fmt.Sprintf("ka/%d/%d", h, i)
-			r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: key, Holder: fmt.Sprint(h), RequestId: uint64(i + 1), Ttl: durationpb.New(ttl)})
-			if err != nil || !r.Granted {
-				b.Fatal(r, err)
-			}
-			items[h] = append(items[h], &pb.ExtendItem{Key: key, Token: r.Token})
+		items[h] = make([]*pb.ExtendItem, per)
+		for part := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := part; i < per; i += 4 {
+					key := fmt.Sprintf("ka/%d/%d", h, i)
+					r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: key, Holder: fmt.Sprint(h), RequestId: uint64(i + 1), Ttl: durationpb.New(ttl)})
+					if err != nil || !r.Granted {
+						b.Error(r, err)
+						return
+					}
+					items[h][i] = &pb.ExtendItem{Key: key, Token: r.Token}
+				}
+			}()
 		}
+	}
+	wg.Wait()
+	if b.Failed() {
+		return
 	}
 	b.ResetTimer()
 	for range b.N {
@@ -160,14 +173,20 @@ func BenchmarkKeepalive10k(b *testing.B) {
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			tick := time.Now()
-			var wg sync.WaitGroup
 			for h := range holders {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					r, err := l.Extend(context.Background(), &pb.ExtendRequest{Holder: fmt.Sprint(h), Items: items[h]})
-					if err != nil || !r.Results[0].Ok {
+					if err != nil {
 						b.Errorf("extend: %v", err)
+						return
+					}
+					for _, res := range r.Results {
+						if !res.Ok {
+							b.Errorf("lease %s lost", res.Key)
+							return
+						}
 					}
 				}()
 			}
@@ -239,5 +258,18 @@ func BenchmarkFailover(b *testing.B) {
 				b.ReportMetric(float64(time.Duration(worst.Load()).Milliseconds()), "gap-ms")
 			}
 		})
+	}
+}
+
+// BenchmarkIdle: CPU seconds an idle 3-node cluster spends per 10 s
+// (heartbeats, gossip): the floor under BenchmarkKeepalive10k.
+func BenchmarkIdle(b *testing.B) {
+	c := benchCluster(b)
+	c.WaitForLeader()
+	b.ResetTimer()
+	for range b.N {
+		cpu0 := cpuTime()
+		time.Sleep(10 * time.Second)
+		b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s/10s")
 	}
 }

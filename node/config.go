@@ -24,8 +24,11 @@ type Timing struct {
 	// LeaderLeaseTimeout: a leader without contact with a quorum for this
 	// long steps down. Must not exceed HeartbeatTimeout.
 	LeaderLeaseTimeout time.Duration
-	// CommitTimeout: longest a follower waits for a heartbeat carrying
-	// the commit index.
+	// CommitTimeout: how long an idle leader waits before telling
+	// followers the commit index. Only followers' own state (stale reads,
+	// watches served by followers) waits for it; grants never do. Raft
+	// sends one AppendEntries per follower per CommitTimeout even when
+	// idle, so a short one costs CPU on an idle cluster.
 	CommitTimeout time.Duration
 }
 
@@ -36,7 +39,7 @@ func DefaultTiming() Timing {
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond,
-		CommitTimeout:      20 * time.Millisecond,
+		CommitTimeout:      250 * time.Millisecond,
 	}
 }
 
@@ -48,7 +51,7 @@ func FastLANTiming() Timing {
 		HeartbeatTimeout:   100 * time.Millisecond,
 		ElectionTimeout:    100 * time.Millisecond,
 		LeaderLeaseTimeout: 75 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
+		CommitTimeout:      50 * time.Millisecond,
 	}
 }
 
