@@ -22,29 +22,30 @@ import (
 // when the leader cannot be reached the client tries the other addresses.
 // Dial checks that some node answers before returning.
 func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
-	o, err := buildOptions(opts)
+	r, err := NewRemote(addrs, opts...)
 	if err != nil {
 		return nil, err
 	}
-	r, err := newRemote(addrs, o)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := r.status(ctx); err != nil {
-		r.close()
+	if _, err := r.Status(ctx); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("dial %s: %w", strings.Join(addrs, ","), err)
 	}
 	c, err := New(r, opts...)
 	if err != nil {
-		r.close()
+		r.Close()
 		return nil, err
 	}
-	c.closer = r.close
+	c.closer = r.Close
 	return c, nil
 }
 
-// remote is the Backend of a dialed Client.
-type remote struct {
+// Remote is a Backend that reaches a cluster through the client API of
+// its nodes (what Dial uses). Tools use it directly for raw requests,
+// Status and Members. Requests go to the leader learned from reply
+// headers; a request that certainly did not reach a node is tried on the
+// next address; a write whose reply was lost fails with an error matching
+// ErrUnknownOutcome and is never retried here.
+type Remote struct {
 	http   *http.Client
 	scheme string
 	token  string
@@ -55,7 +56,13 @@ type remote struct {
 	leader  string // API address of the leader, from the last reply
 }
 
-func newRemote(addrs []string, o options) (*remote, error) {
+// NewRemote returns a Remote for the nodes at addrs. Of the options only
+// WithTLS and WithAuthToken apply. It does not contact the cluster.
+func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%w: no addresses to dial", ErrInvalid)
 	}
@@ -71,7 +78,7 @@ func newRemote(addrs []string, o options) (*remote, error) {
 		TLSClientConfig:     o.tls,
 		ForceAttemptHTTP2:   o.tls != nil,
 	}
-	r := &remote{
+	r := &Remote{
 		http:    &http.Client{Transport: tr},
 		scheme:  "http://",
 		token:   o.token,
@@ -84,9 +91,13 @@ func newRemote(addrs []string, o options) (*remote, error) {
 	return r, nil
 }
 
-func (r *remote) close() { r.http.CloseIdleConnections() }
+// Close releases idle connections.
+func (r *Remote) Close() { r.http.CloseIdleConnections() }
 
-func (r *remote) client(addr string) pbconnect.LeaseServiceClient {
+// Addrs returns the configured node addresses.
+func (r *Remote) Addrs() []string { return append([]string(nil), r.seeds...) }
+
+func (r *Remote) client(addr string) pbconnect.LeaseServiceClient {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c := r.clients[addr]
@@ -102,7 +113,7 @@ func (r *remote) client(addr string) pbconnect.LeaseServiceClient {
 }
 
 // targets lists addresses to try: the known leader first, then the seeds.
-func (r *remote) targets() []string {
+func (r *Remote) targets() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]string, 0, len(r.seeds)+1)
@@ -117,7 +128,7 @@ func (r *remote) targets() []string {
 	return out
 }
 
-func (r *remote) learn(h *pb.Header) {
+func (r *Remote) learn(h *pb.Header) {
 	if h.GetLeaderAddr() == "" {
 		return
 	}
@@ -126,7 +137,7 @@ func (r *remote) learn(h *pb.Header) {
 	r.mu.Unlock()
 }
 
-func (r *remote) forget(addr string) {
+func (r *Remote) forget(addr string) {
 	r.mu.Lock()
 	if r.leader == addr {
 		r.leader = ""
@@ -144,7 +155,7 @@ type headered interface{ GetHeader() *pb.Header }
 func call[Req, Resp any, PResp interface {
 	*Resp
 	headered
-}](ctx context.Context, r *remote, write bool, req *Req,
+}](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var zero *Resp
 	var lastErr error
@@ -220,36 +231,57 @@ func notSent(err error) bool {
 	return connect.CodeOf(err) == connect.CodeUnavailable && strings.Contains(err.Error(), "dial")
 }
 
-func (r *remote) status(ctx context.Context) (*pb.StatusResponse, error) {
+// Status asks any node (the leader first, if known) to describe itself.
+func (r *Remote) Status(ctx context.Context) (*pb.StatusResponse, error) {
 	return call(ctx, r, false, &pb.StatusRequest{}, pbconnect.LeaseServiceClient.Status)
 }
 
-func (r *remote) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+// StatusAt asks the node at addr to describe itself.
+func (r *Remote) StatusAt(ctx context.Context, addr string) (*pb.StatusResponse, error) {
+	resp, err := r.client(addr).Status(ctx, connect.NewRequest(&pb.StatusRequest{}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+// Members lists the cluster's nodes as gossip sees them.
+func (r *Remote) Members(ctx context.Context) (*pb.MembersResponse, error) {
+	return call(ctx, r, false, &pb.MembersRequest{}, pbconnect.LeaseServiceClient.Members)
+}
+
+// Acquire implements Backend.
+func (r *Remote) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Acquire)
 }
 
-func (r *remote) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+// Extend implements Backend.
+func (r *Remote) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
 	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Extend)
 }
 
-func (r *remote) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+// Release implements Backend.
+func (r *Remote) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
 	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Release)
 }
 
-func (r *remote) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+// Get implements Backend.
+func (r *Remote) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
 	return call(ctx, r, false, req, pbconnect.LeaseServiceClient.Get)
 }
 
-func (r *remote) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+// List implements Backend.
+func (r *Remote) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
 	return call(ctx, r, false, req, pbconnect.LeaseServiceClient.List)
 }
 
-func (r *remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
+// CheckToken implements Backend.
+func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
 	return call(ctx, r, false, req, pbconnect.LeaseServiceClient.CheckToken)
 }
 
-// Watch streams from one node (any: every node applies every change).
-func (r *remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
+// Watch implements Backend. It streams from one node (any: every node applies every change).
+func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
 	var lastErr error
 	for _, addr := range r.targets() {
 		stream, err := r.client(addr).Watch(ctx, connect.NewRequest(req))
