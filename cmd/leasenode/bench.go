@@ -2,9 +2,144 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/leasenode/leasenode/internal/bench"
+	"github.com/leasenode/leasenode/internal/local"
 )
 
+const benchSynopsis = `bench [--workload all|uncontended|handoff|keepalive|failover] [--duration 5s] [--self] [client flags]
+
+Loads a cluster with the standard workloads and prints a table (or, with
+-o json, a JSON document; --json-out also writes it to a file):
+  uncontended  --clients clients each acquire and release their own key in a loop
+  handoff      4 clients queue for one key; gap from a release to the next grant
+  keepalive    --leases leases held by --holders holders, each extending all of
+               its leases in one request, back to back
+  failover     clients loop while the leader is crashed --kills times; the window
+               with no successful operation. It must crash a leader, so it needs
+               --self: bench then starts its own 3-node cluster in this process.
+"all" runs the first three against --addr (all four with --self). A live
+progress line goes to stderr.`
+
 func runBench(ctx context.Context, sig *signals, args []string) error {
-	return errors.New("bench: not built yet")
+	fs := newFlags("bench", benchSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	workload := fs.String("workload", "all", "workload to run: all, "+strings.Join(bench.Workloads, ", "))
+	duration := fs.Duration("duration", 5*time.Second, "how long each workload runs")
+	clients := fs.Int("clients", 16, "concurrent clients of uncontended (failover uses at most 8)")
+	leases := fs.Int("leases", 1000, "leases kept alive by keepalive")
+	holders := fs.Int("holders", 10, "holders (concurrent extend loops) of keepalive")
+	kills := fs.Int("kills", 3, "leader crashes of failover")
+	self := fs.Bool("self", false, "start a 3-node cluster in this process and bench it (needed for failover)")
+	jsonOut := fs.String("json-out", "", "also write the JSON results to this file")
+	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
+		return err
+	}
+	var names []string
+	switch *workload {
+	case "all":
+		names = bench.Workloads[:3]
+		if *self {
+			names = bench.Workloads
+		}
+	case "failover":
+		if !*self {
+			return usagef("%v", bench.ErrNeedsCluster)
+		}
+		names = []string{"failover"}
+	default:
+		names = []string{*workload}
+	}
+	for _, n := range names {
+		found := false
+		for _, w := range bench.Workloads {
+			found = found || w == n
+		}
+		if !found {
+			return usagef("--workload %q: want all, %s", n, strings.Join(bench.Workloads, ", "))
+		}
+	}
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	t, err := cf.tlsConfig()
+	if err != nil {
+		return err
+	}
+	cfg := bench.Config{Addrs: cf.addrs(), TLS: t, Token: cf.token, Duration: *duration, Clients: *clients,
+		Leases: *leases, Holders: *holders, Kills: *kills}
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		cfg.Progress = os.Stderr // a live line on a terminal only
+	}
+	target := strings.Join(cfg.Addrs, ",")
+	if *self {
+		fmt.Fprintln(os.Stderr, "bench: starting a 3-node cluster in this process (fast timing, fsync on)")
+		c, err := local.Start(ctx, local.Options{Nodes: 3})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		cfg.Addrs, cfg.Cluster, cfg.TLS, cfg.Token = c.APIAddrs(), c, nil, ""
+		target = "self (3 nodes in-process)"
+	}
+	var results []bench.Result
+	for _, name := range names {
+		if cfg.Progress == nil {
+			fmt.Fprintf(os.Stderr, "bench: %s...\n", name)
+		}
+		rs, err := bench.Run(ctx, cfg, name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		results = append(results, rs...)
+	}
+	doc := map[string]any{"target": target, "duration_seconds": duration.Seconds(), "results": results,
+		"time": time.Now().UTC().Format(time.RFC3339)}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(doc, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if cf.json() {
+		printJSON(doc)
+		return nil
+	}
+	fmt.Printf("leasenode bench against %s, %v per workload\n\n", target, *duration)
+	w := table(os.Stdout)
+	fmt.Fprintln(w, "WORKLOAD\tMETRIC\tCLIENTS\tCOUNT\tPER SEC\tP50\tP99\tMAX\tERRORS")
+	for _, r := range results {
+		rate := "-"
+		if r.PerSec > 0 {
+			rate = fmt.Sprintf("%.0f", r.PerSec)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Workload, r.Metric, r.Clients, r.Count, rate,
+			msStr(r.P50ms), msStr(r.P99ms), msStr(r.MaxMs), r.Errors)
+	}
+	w.Flush()
+	for _, r := range results {
+		if r.Note != "" {
+			fmt.Printf("  %s: %s\n", r.Workload, r.Note)
+		}
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+func msStr(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0fms", v)
+	}
+	return fmt.Sprintf("%.2fms", v)
 }

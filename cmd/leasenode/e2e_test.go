@@ -550,3 +550,38 @@ func TestDemoShort(t *testing.T) {
 		}
 	}
 }
+
+func TestBenchSelf(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := cli(t, "bench", "--self", "--duration", "400ms", "--kills", "1", "--clients", "4", "--leases", "40", "--holders", "2", "-o", "json")
+	if code != 0 {
+		t.Fatalf("bench: %d %s", code, errOut)
+	}
+	var doc struct {
+		Results []struct {
+			Workload string  `json:"workload"`
+			Metric   string  `json:"metric"`
+			Count    int     `json:"count"`
+			P99      float64 `json:"p99_ms"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("bench json: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	for _, r := range doc.Results {
+		if r.Count == 0 || r.P99 <= 0 {
+			t.Errorf("empty result %+v", r)
+		}
+		seen[r.Workload] = true
+	}
+	for _, w := range []string{"uncontended", "handoff", "keepalive", "failover"} {
+		if !seen[w] {
+			t.Errorf("no %s result in %s", w, out)
+		}
+	}
+	// Without --self, failover is refused with the reason.
+	if code, _, errOut := cli(t, "bench", "--workload", "failover"); code != exitUsage || !strings.Contains(errOut, "--self") {
+		t.Errorf("bench --workload failover without --self: %d %q", code, errOut)
+	}
+}
