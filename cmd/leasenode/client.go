@@ -13,7 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/leasenode/leasenode/internal/apiclient"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -110,16 +109,40 @@ func (c *clientFlags) dial(ctx context.Context, opts ...lease.Option) (*lease.Cl
 }
 
 // api returns a raw API client for the cluster.
-func (c *clientFlags) api() (*apiclient.Client, error) {
+func (c *clientFlags) api() (*lease.Remote, error) {
 	t, err := c.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
-	cl, err := apiclient.New(c.addrs(), apiclient.Options{TLS: t, Token: c.token})
+	var opts []lease.Option
+	if t != nil {
+		opts = append(opts, lease.WithTLS(t))
+	}
+	if c.token != "" {
+		opts = append(opts, lease.WithAuthToken(c.token))
+	}
+	cl, err := lease.NewRemote(c.addrs(), opts...)
 	if err != nil {
 		return nil, usagef("--addr: %v", err)
 	}
 	return cl, nil
+}
+
+// listAll reads every record under prefix, page by page.
+func listAll(ctx context.Context, r *lease.Remote, prefix string, stale bool) ([]*pb.Lease, error) {
+	var out []*pb.Lease
+	after := ""
+	for {
+		resp, err := r.List(ctx, &pb.ListRequest{Prefix: prefix, After: after, Limit: 1000, Stale: stale})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, resp.GetLeases()...)
+		if resp.GetNext() == "" {
+			return out, nil
+		}
+		after = resp.GetNext()
+	}
 }
 
 // parseClient parses a client command's flags and checks the number of
@@ -253,7 +276,7 @@ func runList(ctx context.Context, sig *signals, args []string) error {
 	defer cancel()
 	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
 	defer cancelT()
-	ls, err := api.List(ctx, prefix, *stale)
+	ls, err := listAll(ctx, api, prefix, *stale)
 	if err != nil {
 		return fmt.Errorf("list %q: %w", prefix, err)
 	}

@@ -516,7 +516,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--timing", "slow"}, nil, exitUsage, "want default or fast"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-clock-rate", "2"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
 		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
-		{[]string{"get", "k", "--addr", dead}, nil, exitUnreachable, "unreachable"},
+		{[]string{"get", "k", "--addr", dead}, nil, exitUnreachable, "no reachable leader"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead}, exitUnreachable, "is the cluster running"},
 		{[]string{"lock", "k", "--addr", dead, "--", "true"}, nil, exitUnreachable, "no reachable leader"},
 	}

@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 
-	"github.com/leasenode/leasenode/internal/apiclient"
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -13,7 +14,7 @@ import (
 func exitCode(err error) int {
 	var ue *usageError
 	var in *interrupted
-	switch reason := apiclient.ReasonOf(err); {
+	switch reason := reasonOf(err); {
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &in):
@@ -22,10 +23,10 @@ func exitCode(err error) int {
 		return exitHeld
 	case errors.Is(err, lease.ErrLeaseLost):
 		return exitLost
-	case errors.Is(err, lease.ErrUnknownOutcome), errors.Is(err, apiclient.ErrUnknownOutcome),
+	case errors.Is(err, lease.ErrUnknownOutcome),
 		reason == pb.Reason_REASON_UNKNOWN_OUTCOME:
 		return exitUnknown
-	case errors.Is(err, lease.ErrNoLeader), errors.Is(err, apiclient.ErrUnreachable),
+	case errors.Is(err, lease.ErrNoLeader),
 		reason == pb.Reason_REASON_NO_LEADER, reason == pb.Reason_REASON_NOT_LEADER,
 		reason == pb.Reason_REASON_CLOSED, errors.Is(err, context.DeadlineExceeded):
 		return exitUnreachable
@@ -38,7 +39,7 @@ func exitCode(err error) int {
 // hintFor suggests what to do about err, or "".
 func hintFor(err error) string {
 	switch code := exitCode(err); {
-	case apiclient.ReasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
+	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires a token: pass --auth-token or set LEASENODE_AUTH_TOKEN"
 	case code == exitUnreachable:
 		return "is the cluster running? Check --addr (or LEASENODE_ADDR); `leasenode dev` starts a local one on 127.0.0.1:7402"
@@ -46,4 +47,25 @@ func hintFor(err error) string {
 		return "the request may or may not have taken effect; check with `leasenode get KEY`"
 	}
 	return ""
+}
+
+// reasonOf classifies err by the wire reason it carries: from an error
+// with a Reason method (lease's and node's errors), or from the error
+// detail a node attached to a connect error.
+func reasonOf(err error) pb.Reason {
+	var r interface{ Reason() pb.Reason }
+	if errors.As(err, &r) {
+		return r.Reason()
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		for _, d := range ce.Details() {
+			if v, err := d.Value(); err == nil {
+				if ed, ok := v.(*pb.ErrorDetail); ok {
+					return ed.GetReason()
+				}
+			}
+		}
+	}
+	return pb.Reason_REASON_UNSPECIFIED
 }

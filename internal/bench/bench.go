@@ -33,7 +33,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/leasenode/leasenode/internal/apiclient"
 	"github.com/leasenode/leasenode/internal/local"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -344,7 +343,14 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 }
 
 func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
-	api, err := apiclient.New(cfg.Addrs, apiclient.Options{TLS: cfg.TLS, Token: cfg.Token})
+	var opts []lease.Option
+	if cfg.TLS != nil {
+		opts = append(opts, lease.WithTLS(cfg.TLS))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, lease.WithAuthToken(cfg.Token))
+	}
+	api, err := lease.NewRemote(cfg.Addrs, opts...)
 	if err != nil {
 		return nil, err
 	}
