@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -47,9 +48,11 @@ func runDev(ctx context.Context, sig *signals, args []string) error {
 	default:
 		return usagef("--timing %q: want fast or default", *timing)
 	}
-	if opts.Logger, err = newLogger(*logLevel, "text"); err != nil {
-		return err
+	var level slog.LevelVar
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
+	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
 	sctx, cancel := sig.cancelOn(ctx)
 	c, err := local.Start(sctx, opts)
 	cancel()
@@ -81,5 +84,7 @@ func runDev(ctx context.Context, sig *signals, args []string) error {
 	fmt.Println(".")
 	s := <-sig.C
 	fmt.Fprintf(os.Stderr, "leasenode dev: %v: stopping\n", s)
+	// The nodes stop together; their complaints about each other are noise.
+	level.Set(slog.LevelError + 4)
 	return nil
 }

@@ -1,0 +1,102 @@
+package metrics_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/metrics"
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+func get(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// A cluster whose nodes serve the metrics handlers on their API port:
+// counters follow applied events on every node, and the probes answer.
+func TestClusterMetrics(t *testing.T) {
+	ms := make([]*metrics.Metrics, 3)
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		ms[i] = metrics.New(metrics.Options{})
+		cfg.HTTPHandlers = ms[i].Handlers()
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range ms {
+		go ms[i].Run(ctx, c.Node(i))
+	}
+	_, leader := c.Leader()
+	for i := range 3 {
+		req := &pb.AcquireRequest{Key: fmt.Sprintf("k%d", i), Holder: "h", RequestId: uint64(i + 1), Ttl: durationpb.New(time.Minute)}
+		resp, err := leader.Acquire(ctx, req)
+		if err != nil || !resp.GetGranted() {
+			t.Fatalf("acquire: %v %v", resp, err)
+		}
+		if i == 0 {
+			if _, err := leader.Release(ctx, &pb.ReleaseRequest{Key: "k0", Holder: "h", Token: resp.GetToken()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range 3 {
+		addr := c.Config(i).APIAddr
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			code, body := get(t, addr, "/metrics")
+			for _, want := range []string{"leasenode_grants_total 3", "leasenode_releases_total 1", "leasenode_leases 2",
+				"leasenode_apply_lag_entries", `leasenode_members{role="voter",status="alive"} 3`} {
+				if code != 200 || !strings.Contains(body, want) {
+					return fmt.Errorf("n%d /metrics: %d, no %q", i, code, want)
+				}
+			}
+			return nil
+		})
+		if code, body := get(t, addr, "/readyz"); code != 200 {
+			t.Errorf("n%d /readyz: %d %s", i, code, body)
+		}
+		if code, _ := get(t, addr, "/healthz"); code != 200 {
+			t.Errorf("n%d /healthz: %d", i, code)
+		}
+	}
+}
+
+// Before a node is attached, /readyz says so and API calls are refused as
+// retryable (no leader), never as an unknown outcome.
+func TestUnattached(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	mux := http.NewServeMux()
+	for p, h := range m.Handlers() {
+		mux.Handle(p, h)
+	}
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	if code, body := get(t, addr, "/readyz"); code != 503 || !strings.Contains(body, "starting") {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	resp, err := http.Post(srv.URL+"/leasenode.v1.LeaseService/Acquire", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "unavailable") {
+		t.Errorf("API before attach: %d %s", resp.StatusCode, b)
+	}
+}
