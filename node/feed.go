@@ -54,10 +54,10 @@ type watchHub struct {
 type watcher struct {
 	prefix  string
 	extends bool // wants EXTENDED events
-	mu     sync.Mutex
-	queue  []*pb.WatchEvent
-	wake   chan struct{}
-	reset  bool // fell behind: send RESET and stop
+	mu      sync.Mutex
+	queue   []*pb.WatchEvent
+	wake    chan struct{}
+	reset   bool // fell behind: send RESET and stop
 }
 
 // maxWatchBacklog bounds a slow watcher's buffer before it is reset.

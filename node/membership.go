@@ -178,6 +178,36 @@ func (n *Node) startGossip(ctx context.Context) error {
 	return nil
 }
 
+// leaveRaft asks the leader to remove this node from the Raft
+// configuration, so that a graceful leave does not wait for
+// DeadServerGrace. Best effort: the gossip leave flag is the fallback.
+func (n *Node) leaveRaft(ctx context.Context) {
+	_, _, addr := n.leaderHint()
+	if addr == "" || addr == n.cfg.AdvertiseAddr {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := n.rpc.Call(ctx, addr, methodLeave, []byte(n.cfg.ID)); err != nil {
+		n.log.Info("asking the leader to remove this node failed; it will notice by gossip", "err", err)
+	}
+}
+
+// removeServer removes id from the Raft configuration if it is there.
+func (n *Node) removeServer(id string) error {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id {
+			n.log.Info("removing server that leaves", "component", "node.membership", "id", id)
+			return n.raft.RemoveServer(s.ID, 0, 5*time.Second).Error()
+		}
+	}
+	return nil
+}
+
 // leaveGossip announces a graceful leave, then leaves gossip.
 func (n *Node) leaveGossip(timeout time.Duration) {
 	n.gossip.setMeta(meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Leaving: true})

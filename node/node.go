@@ -241,8 +241,8 @@ func (n *Node) changes() <-chan struct{} {
 }
 
 // Close leaves the cluster gracefully and releases every resource, in this
-// order: stop serving the API, transfer leadership (if leader), leave
-// gossip (the leader then removes this node at once), stop background
+// order: stop serving the API, transfer leadership (if leader), ask the
+// leader to remove this node from Raft, leave gossip, stop background
 // loops, shut Raft down, close RPC, the mux and the stores. It is
 // idempotent; ctx bounds the graceful part.
 func (n *Node) Close(ctx context.Context) error {
@@ -276,6 +276,9 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		if err := n.raft.LeadershipTransfer().Error(); err != nil {
 			n.log.Info("leadership transfer on close failed", "err", err)
 		}
+	}
+	if n.raft != nil && graceful && n.ctx.Err() == nil {
+		n.leaveRaft(ctx)
 	}
 	if n.ml != nil && graceful {
 		timeout := time.Second

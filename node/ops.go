@@ -26,6 +26,9 @@ const (
 	methodList
 	methodCheckToken
 	methodStatus
+	// methodLeave: a node leaving gracefully asks the leader to remove it
+	// from the Raft configuration (request: its ID).
+	methodLeave
 )
 
 // Acquire asks for req.Key on behalf of req.Holder. Without req.Wait a key
@@ -235,6 +238,11 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 		return serveRPC(ctx, n, data, &pb.ListRequest{}, n.listLocal)
 	case methodCheckToken:
 		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
+	case methodLeave:
+		if n.leader(ctx) == nil {
+			return nil, n.notLeaderErr()
+		}
+		return nil, n.removeServer(string(data))
 	case methodStatus:
 		resp, err := n.Status(ctx, &pb.StatusRequest{})
 		if err != nil {

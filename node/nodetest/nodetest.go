@@ -62,6 +62,8 @@ type Cluster struct {
 	opts   Options
 	Faults *transport.Faults
 
+	dir string // parent of the nodes' data dirs
+
 	mu    sync.Mutex
 	nodes []*node.Node // nil while a node is down
 	cfgs  []node.Config
@@ -85,7 +87,9 @@ func New(t testing.TB, opts Options) *Cluster {
 	if opts.DeadServerGrace == 0 {
 		opts.DeadServerGrace = 2 * time.Second
 	}
-	c := &Cluster{t: t, opts: opts, Faults: transport.NewFaults()}
+	// The base dir is made before cleanup is registered: cleanups run last
+	// first, so the nodes close before their data dirs are removed.
+	c := &Cluster{t: t, opts: opts, Faults: transport.NewFaults(), dir: t.TempDir()}
 	t.Cleanup(c.cleanup)
 	for i := 0; i < opts.Size; i++ {
 		c.cfgs = append(c.cfgs, c.config(i))
@@ -126,7 +130,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (c *Cluster) config(i int) node.Config {
 	cfg := node.DefaultConfig()
 	cfg.ID = "n" + strconv.Itoa(i)
-	cfg.DataDir = filepath.Join(c.t.TempDir(), cfg.ID)
+	cfg.DataDir = filepath.Join(c.dir, cfg.ID)
 	cfg.BindAddr = freeAddr(c.t, "tcp")
 	cfg.AdvertiseAddr = cfg.BindAddr
 	cfg.GossipAddr = freeAddr(c.t, "both")
