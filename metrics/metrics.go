@@ -6,6 +6,7 @@
 //
 //	m := metrics.New(metrics.Options{})
 //	cfg.HTTPHandlers = m.Handlers()     // /metrics, /healthz, /readyz
+//	cfg.APIMiddleware = m.Middleware    // time client API requests
 //	n, err := node.Start(ctx, cfg)
 //	go m.Run(ctx, n)                    // attach the node, count events
 //
@@ -15,7 +16,7 @@
 // cluster reports the same totals for the entries it applied since it
 // started. Leader changes are counted from Raft's observations. Client API
 // latency (leasenode_api_request_duration_seconds, by method) is measured
-// by handlers that Handlers puts in front of the node's own API handlers.
+// by Middleware, which the node wraps around its API handlers.
 //
 // It does not change the node, and owns no safety property: everything it
 // reports is advisory.
@@ -30,7 +31,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -38,7 +38,6 @@ import (
 
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport/pb"
-	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
 
 // Namespace prefixes every metric name.
@@ -63,8 +62,7 @@ type Options struct {
 type Metrics struct {
 	opts Options
 	reg  *prometheus.Registry
-	n    atomic.Pointer[node.Node]     // set by Run
-	api  atomic.Pointer[http.ServeMux] // the node's API handlers, set by Run
+	n    atomic.Pointer[node.Node] // set by Run
 
 	grants, releases, expiries, extends, freed *eventCounter
 	leaderChanges                              prometheus.Counter
@@ -214,8 +212,7 @@ func lag(commit, applied uint64) uint64 {
 	return 0
 }
 
-// Run attaches n (from now on the collector, /readyz and the timed API
-// handlers use it) and keeps the event and leader-change counters until
+// Run attaches n (from now on the collector and /readyz use it) and keeps the event and leader-change counters until
 // ctx ends or the node closes. Call it once, in its own goroutine, right
 // after node.Start.
 func (m *Metrics) Run(ctx context.Context, n *node.Node) {
@@ -225,13 +222,10 @@ func (m *Metrics) Run(ctx context.Context, n *node.Node) {
 	})
 }
 
-// Attach makes the collector, /readyz and the timed API handlers use n,
+// Attach makes the collector and /readyz use n,
 // without counting events (Run does both). Run calls it; call it directly
 // only to serve before Run's goroutine is scheduled.
 func (m *Metrics) Attach(n *node.Node) {
-	api := http.NewServeMux()
-	n.MountAPI(api)
-	m.api.Store(api)
 	m.n.Store(n)
 }
 
@@ -350,37 +344,12 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Handlers returns the HTTP endpoints to serve next to the client API, by
-// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz, and
-// one pattern per unary client API method that times the request and then
-// hands it to the node's own API handler (the same handlers, with the same
-// authentication; the streaming Watch is left untimed). Until Run (or
-// Attach) has attached the node, API calls answer "no leader" (retryable,
-// certainly not applied).
+// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz. Set
+// node.Config.APIMiddleware to Middleware to time the API requests too.
 func (m *Metrics) Handlers() map[string]http.Handler {
-	h := map[string]http.Handler{
+	return map[string]http.Handler{
 		"/metrics": m.Handler(),
 		"/healthz": http.HandlerFunc(Healthz),
 		"/readyz":  http.HandlerFunc(m.Readyz),
 	}
-	api := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mux := m.api.Load()
-		if mux == nil {
-			ce := connect.NewError(connect.CodeUnavailable, errStarting)
-			if d, err := connect.NewErrorDetail(&pb.ErrorDetail{Reason: pb.Reason_REASON_NO_LEADER}); err == nil {
-				ce.AddDetail(d)
-			}
-			_ = connect.NewErrorWriter().Write(w, r, ce)
-			return
-		}
-		mux.ServeHTTP(w, r)
-	}))
-	for _, p := range []string{
-		pbconnect.LeaseServiceAcquireProcedure, pbconnect.LeaseServiceExtendProcedure,
-		pbconnect.LeaseServiceReleaseProcedure, pbconnect.LeaseServiceGetProcedure,
-		pbconnect.LeaseServiceListProcedure, pbconnect.LeaseServiceCheckTokenProcedure,
-		pbconnect.LeaseServiceMembersProcedure, pbconnect.LeaseServiceStatusProcedure,
-	} {
-		h[p] = api
-	}
-	return h
 }

@@ -65,6 +65,9 @@ func (n *Node) MountAPI(mux *http.ServeMux) {
 		opts = append(opts, connect.WithInterceptors(authInterceptor(n.cfg.AuthToken)))
 	}
 	path, h := pbconnect.NewLeaseServiceHandler(&apiServer{n: n}, opts...)
+	if n.cfg.APIMiddleware != nil {
+		h = n.cfg.APIMiddleware(h)
+	}
 	mux.Handle(path, h)
 }
 

@@ -138,6 +138,9 @@ type Config struct {
 	// the client protocol, by path pattern (the agent mounts /metrics,
 	// /healthz and /readyz). Ignored without APIAddr.
 	HTTPHandlers map[string]http.Handler
+	// APIMiddleware, if set, wraps the client protocol handlers (metrics,
+	// tracing, access logs).
+	APIMiddleware func(http.Handler) http.Handler
 
 	// The settings below exist only so the chaos harness can prove that its
 	// checkers catch unsafe servers. Each one breaks mutual exclusion.

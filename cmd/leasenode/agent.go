@@ -180,6 +180,7 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 	}
 	m := metrics.New(metrics.Options{ProcessMetrics: true})
 	cfg.HTTPHandlers = m.Handlers()
+	cfg.APIMiddleware = m.Middleware
 
 	startCtx, cancelStart := sig.cancelOn(ctx)
 	n, err := node.Start(startCtx, cfg)

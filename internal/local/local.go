@@ -196,6 +196,7 @@ func (c *Cluster) start(ctx context.Context, i int) error {
 	cfg := c.cfgs[i]
 	m := metrics.New(metrics.Options{})
 	cfg.HTTPHandlers = m.Handlers()
+	cfg.APIMiddleware = m.Middleware
 	n, err := node.Start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cfg.ID, err)
