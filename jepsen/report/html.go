@@ -254,7 +254,7 @@ code{background:#f4f4f4;padding:0 3px}
 <table>
 <tr><th>started</th><td>{{.R.Meta.Started.Format "2006-01-02 15:04:05 MST"}}</td><th>elapsed</th><td>{{.R.Elapsed}}</td></tr>
 <tr><th>nodes</th><td>{{.R.Meta.Nodes}} ({{.R.Meta.Control}}{{with .R.Meta.ControlNote}}: {{.}}{{end}})</td><th>faults</th><td>{{.R.Meta.Faults}}</td></tr>
-<tr><th>workload</th><td>{{.R.Meta.Workers}} workers on {{len .R.Meta.Keys}} keys, TTL {{.R.Meta.TTL}}</td><th>unsafe mode</th><td>{{if .R.Meta.Unsafe}}<b>{{.R.Meta.Unsafe}}</b> (a violation is expected){{else}}none{{end}}</td></tr>
+<tr><th>workload</th><td>{{.R.Meta.Workers}} workers on {{len .R.Meta.Keys}} keys, TTL {{.R.Meta.TTL}}</td><th>unsafe mode</th><td>{{if .R.Meta.Unsafe}}<b>{{.R.Meta.Unsafe}}</b>{{if .R.Meta.ExpectViolation}} (a violation is expected){{else}} (within the safety bound: no violation allowed){{end}}{{else}}none{{end}}</td></tr>
 <tr><th>seed</th><td>{{.R.Meta.Seed}}</td><th>expected / got</th><td>{{.R.Expected}} / <span class="{{.R.Verdict}}">{{.R.Verdict}}</span></td></tr>
 {{range $k, $v := .R.Meta.Extra}}<tr><th>{{$k}}</th><td colspan="3"><code>{{$v}}</code></td></tr>{{end}}
 </table>

@@ -34,9 +34,11 @@ type Meta struct {
 	Nodes int `json:"nodes"`
 	// Faults is the nemesis mode (none, partition, kill, pause, ..., mixed).
 	Faults string `json:"faults"`
-	// Unsafe is the agents' unsafe mode ("" for a safe campaign): the
-	// campaign then expects a violation.
+	// Unsafe is the agents' unsafe mode ("" for a safe campaign).
 	Unsafe string `json:"unsafe,omitempty"`
+	// ExpectViolation: the unsafe mode must be caught (a campaign that
+	// finds no violation then fails).
+	ExpectViolation bool `json:"expect_violation,omitempty"`
 	// Control is how nodes ran: "netns" or "loopback".
 	Control string `json:"control"`
 	// ControlNote explains a fallback (no root, no nft).
@@ -144,7 +146,7 @@ type Results struct {
 // Build assembles the results of a campaign.
 func Build(meta Meta, records []history.Record, res checker.Results) Results {
 	expected := checker.Valid
-	if meta.Unsafe != "" {
+	if meta.ExpectViolation {
 		expected = checker.Invalid
 	}
 	passed := res.Verdict != checker.Invalid
@@ -183,9 +185,9 @@ func Line(r Results) string {
 		c.Operations, c.OK, c.Refused, c.Fail, c.Info, c.WritesOK+c.WritesStale, c.WritesStale, c.Faults, r.Elapsed.Round(time.Second))
 	var verdict string
 	switch {
-	case r.Meta.Unsafe != "" && r.Passed:
+	case r.Meta.ExpectViolation && r.Passed:
 		verdict = fmt.Sprintf("PASS unsafe mode %s caught: violations (%s)", r.Meta.Unsafe, strings.Join(bad, ", "))
-	case r.Meta.Unsafe != "":
+	case r.Meta.ExpectViolation:
 		verdict = fmt.Sprintf("FAIL unsafe mode %s NOT caught: no violation found", r.Meta.Unsafe)
 	case r.Passed && len(unknown) > 0:
 		verdict = fmt.Sprintf("PASS no violations (undecided: %s)", strings.Join(unknown, ", "))

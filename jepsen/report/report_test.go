@@ -70,7 +70,7 @@ func TestUnsafeModeExpectsViolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Build(Meta{Unsafe: "skip-rebase"}, recs, res)
+	r := Build(Meta{Unsafe: "skip-rebase", ExpectViolation: true}, recs, res)
 	if !r.Passed || !strings.Contains(Line(r), "PASS unsafe mode skip-rebase caught") {
 		t.Fatalf("unsafe mode with violations must pass: %s", Line(r))
 	}
@@ -78,7 +78,7 @@ func TestUnsafeModeExpectsViolation(t *testing.T) {
 	b.AcquireOK(0, 5, "c1", "k", 10, 1000)
 	good := b.Records()
 	res, _ = checker.Check(good, checker.Options{})
-	r = Build(Meta{Unsafe: "skip-rebase"}, good, res)
+	r = Build(Meta{Unsafe: "skip-rebase", ExpectViolation: true}, good, res)
 	if r.Passed || !strings.Contains(Line(r), "NOT caught") {
 		t.Fatalf("unsafe mode without violations must fail: %s", Line(r))
 	}

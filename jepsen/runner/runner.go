@@ -1,0 +1,637 @@
+// Package runner drives one chaos campaign end to end: build the agent,
+// set up the nodes (network namespaces when it can, loopback processes
+// otherwise), run the workload and the nemesis for the planned duration,
+// heal, probe recovery, check the history and write the report.
+//
+// It owns the campaign's order of events and its exit code. Everything
+// else is delegated: control (processes, namespaces), nemesis (faults),
+// workload (clients), checker (verdicts), report (presentation).
+//
+// In netns mode the campaign runs in two processes: the supervisor, in the
+// host's namespace, creates the namespaces, re-executes the harness inside
+// the hub namespace (so that its clients reach the nodes' private
+// addresses natively, leader redirects included), waits, and deletes the
+// namespaces whatever happened. The supervised process does the campaign.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/leasenode/leasenode/jepsen/checker"
+	"github.com/leasenode/leasenode/jepsen/control"
+	"github.com/leasenode/leasenode/jepsen/history"
+	"github.com/leasenode/leasenode/jepsen/nemesis"
+	"github.com/leasenode/leasenode/jepsen/report"
+	"github.com/leasenode/leasenode/jepsen/workload"
+	"github.com/leasenode/leasenode/lease"
+)
+
+// Exit codes of a campaign.
+const (
+	// ExitPass: no violation (or, in an unsafe mode, the expected one).
+	ExitPass = 0
+	// ExitViolation: a violation in a safe campaign, or none in an unsafe
+	// mode that must be caught.
+	ExitViolation = 1
+	// ExitError: the harness could not run the campaign.
+	ExitError = 2
+	// ExitInterrupted: stopped by a second ctrl-c.
+	ExitInterrupted = 130
+)
+
+// Config describes a campaign.
+type Config struct {
+	// Nodes is the cluster size.
+	Nodes int
+	// Duration of the workload and nemesis.
+	Duration time.Duration
+	// Faults is a comma-separated list of fault and group names (see
+	// nemesis.Groups); "" means the unsafe mode's choice, else mixed.
+	Faults string
+	// Out is the output directory.
+	Out string
+	// Unsafe names an unsafe agent mode (see UnsafeModes); "" is safe.
+	Unsafe string
+	// Seed drives every random choice; 0 picks one.
+	Seed uint64
+	// TTL of the workload's leases.
+	TTL time.Duration
+	// Workers (half steady, half chaotic) and Keys of the workload.
+	Workers int
+	Keys    int
+	// Binary is a prebuilt agent; "" builds ./cmd/leasenode.
+	Binary string
+	// Race builds the agent with -race.
+	Race bool
+	// Timing is the agents' --timing.
+	Timing string
+	// Loopback forces loopback processes even as root.
+	Loopback bool
+	// ServeBound is the recovery bound; LinTimeout bounds porcupine per
+	// key.
+	ServeBound time.Duration
+	LinTimeout time.Duration
+	// Progress receives the live progress line (nil: none).
+	Progress io.Writer
+	// Stdout receives the one-line verdict.
+	Stdout io.Writer
+}
+
+// DefaultConfig is a short campaign: 3 nodes, 2 minutes, mixed faults.
+func DefaultConfig() Config {
+	return Config{
+		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
+		Workers: 6, Keys: 3, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: 2 * time.Minute,
+		Stdout: os.Stdout, Progress: os.Stderr,
+	}
+}
+
+// UnsafeMode starts the agents with a flag that breaks mutual exclusion
+// (or, for clock-rate-within, one that must not).
+type UnsafeMode struct {
+	// Describe says what it breaks.
+	Describe string
+	// ExpectViolation: a campaign in this mode must find a violation.
+	ExpectViolation bool
+	// Faults are the faults used when -faults is not given: the ones that
+	// expose this mode soonest.
+	Faults string
+	// Args for every node; NodeArgs per node (1-based).
+	Args     func(nodes int, ttl time.Duration) []string
+	NodeArgs func(node int, ttl time.Duration) []string
+}
+
+// UnsafeModes are the modes -unsafe accepts.
+var UnsafeModes = map[string]UnsafeMode{
+	"skip-rebase": {
+		Describe:        "--unsafe-skip-rebase: Promote does not rebase expiries, so a new leader judges old expiries by an unrelated clock",
+		ExpectViolation: true,
+		// Restarts give nodes clocks of different ages; leader changes
+		// then move expiries between them.
+		Faults: "kill-leader",
+		Args:   func(int, time.Duration) []string { return []string{"--unsafe-skip-rebase"} },
+	},
+	"wall-clock": {
+		Describe:        "--unsafe-wall-clock with node i's wall clock skewed by (i-1)·TTL: expiry judged by skewed wall clocks, no rebase",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-wall-clock"} },
+		NodeArgs: func(i int, ttl time.Duration) []string {
+			return []string{"--unsafe-clock-skew", (time.Duration(i-1) * ttl).String()}
+		},
+	},
+	"extend-no-commit": {
+		Describe:        "--unsafe-extend-no-commit: the leader answers extends without committing them, so a deposed leader keeps extending",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-extend-no-commit"} },
+	},
+	"clock-rate": {
+		Describe:        "--unsafe-clock-rate 2: every leader clock runs twice as fast as real time, far beyond the 1% drift bound",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-clock-rate", "2"} },
+	},
+	"clock-rate-within": {
+		Describe:        "--unsafe-clock-rate 1.004 / 0.996 (alternating by node): within the 1% drift bound, so the cluster must stay safe",
+		ExpectViolation: false,
+		NodeArgs: func(i int, _ time.Duration) []string {
+			if i%2 == 0 {
+				return []string{"--unsafe-clock-rate", "0.996"}
+			}
+			return []string{"--unsafe-clock-rate", "1.004"}
+		},
+	},
+}
+
+// UnsafeModeNames lists the modes, sorted.
+func UnsafeModeNames() []string {
+	var out []string
+	for k := range UnsafeModes {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Validate checks a Config before anything starts.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Nodes < 1 || c.Nodes > 50 {
+		errs = append(errs, fmt.Errorf("-nodes %d: want 1..50", c.Nodes))
+	}
+	if c.Duration <= 0 {
+		errs = append(errs, fmt.Errorf("-duration %v: want > 0", c.Duration))
+	}
+	if c.TTL < 500*time.Millisecond {
+		errs = append(errs, fmt.Errorf("-ttl %v: want at least 500ms (the lease client's retries need room)", c.TTL))
+	}
+	if c.Workers < 1 || c.Keys < 1 {
+		errs = append(errs, fmt.Errorf("-workers %d -keys %d: want at least 1 each", c.Workers, c.Keys))
+	}
+	if c.Unsafe != "" {
+		if _, ok := UnsafeModes[c.Unsafe]; !ok {
+			errs = append(errs, fmt.Errorf("-unsafe %q: known modes are %s", c.Unsafe, strings.Join(UnsafeModeNames(), ", ")))
+		}
+	}
+	if _, _, err := nemesis.Select(c.Faults, true); err != nil {
+		errs = append(errs, fmt.Errorf("-faults: %w", err))
+	}
+	if c.Out == "" {
+		errs = append(errs, errors.New("-out is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Environment variables passed to the supervised campaign process.
+const (
+	envBinary = "LEASENODE_JEPSEN_BINARY"
+	envOut    = "LEASENODE_JEPSEN_OUT"
+	envNote   = "LEASENODE_JEPSEN_NOTE"
+)
+
+// Main runs a campaign from the top: it is what cmd/jepsen calls. argv are
+// the command's arguments, passed unchanged to the supervised process in
+// netns mode. It returns the exit code.
+func Main(cfg Config, argv []string) int {
+	if cfg.Stdout == nil {
+		cfg.Stdout = io.Discard
+	}
+	if cfg.Faults == "" {
+		cfg.Faults = "mixed"
+		if m, ok := UnsafeModes[cfg.Unsafe]; ok && m.Faults != "" {
+			cfg.Faults = m.Faults
+		}
+	}
+	if nwEnv := os.Getenv(control.Env); nwEnv != "" {
+		nw, err := control.DecodeNetwork(nwEnv)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+		cfg.Binary, cfg.Out = os.Getenv(envBinary), os.Getenv(envOut)
+		return Campaign(cfg, nw, os.Getenv(envNote))
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	out, err := filepath.Abs(cfg.Out)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	cfg.Out = out
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	if cfg.Binary == "" {
+		root, err := control.ModuleRoot(".")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+		fmt.Fprintf(os.Stderr, "jepsen: building the agent (go build ./cmd/leasenode)...\n")
+		bin, err := control.Build(context.Background(), root, filepath.Join(cfg.Out, "bin"), cfg.Race)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+		cfg.Binary = bin
+	}
+	if cfg.Binary, err = filepath.Abs(cfg.Binary); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	caps := control.Detect()
+	if cfg.Loopback {
+		caps = control.Capabilities{Note: "loopback forced by -loopback: kill/pause/stop faults only"}
+	}
+	if !caps.Netns {
+		fmt.Fprintf(os.Stderr, "jepsen: %s\n", caps.Note)
+		return Campaign(cfg, nil, caps.Note)
+	}
+	if caps.Note != "" {
+		fmt.Fprintf(os.Stderr, "jepsen: %s\n", caps.Note)
+	}
+	return supervise(cfg, caps, argv)
+}
+
+// supervise creates the namespaces, runs the campaign inside the hub, and
+// deletes the namespaces afterwards — also after a crash or ctrl-c.
+func supervise(cfg Config, caps control.Capabilities, argv []string) int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	// Catch signals before creating anything, so that nothing escapes
+	// cleanup.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	nw, err := control.CreateNetwork(context.Background(), control.NewRunID(), cfg.Nodes, caps.Firewall)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	defer func() {
+		if err := nw.Destroy(); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen: cleanup:", err)
+		}
+	}()
+	args := append([]string{"netns", "exec", nw.Hub, self}, argv...)
+	cmd := exec.Command("ip", args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// The campaign runs in its own process group: the supervisor decides
+	// how a ctrl-c reaches it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	note := fmt.Sprintf("network namespaces %s, firewall %s", nw.Hub, nw.Firewall)
+	if caps.Note != "" {
+		note += "; " + caps.Note
+	}
+	cmd.Env = append(os.Environ(), control.Env+"="+nw.Encode(), envBinary+"="+cfg.Binary, envOut+"="+cfg.Out, envNote+"="+note)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	interrupts := 0
+	for {
+		select {
+		case err := <-done:
+			if err == nil {
+				return ExitPass
+			}
+			var ee *exec.ExitError
+			if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+				return ee.ExitCode()
+			}
+			fmt.Fprintln(os.Stderr, "jepsen: campaign process:", err)
+			return ExitError
+		case <-sigs:
+			interrupts++
+			if interrupts == 1 {
+				fmt.Fprintln(os.Stderr, "\njepsen: interrupted: healing, stopping the nodes and writing the report (ctrl-c again to abort)")
+				cmd.Process.Signal(syscall.SIGINT)
+				continue
+			}
+			fmt.Fprintln(os.Stderr, "\njepsen: aborting")
+			cmd.Process.Kill()
+			<-done
+			return ExitInterrupted
+		}
+	}
+}
+
+// Campaign runs one campaign in this process: nw is nil in loopback mode.
+func Campaign(cfg Config, nw *control.Network, note string) int {
+	if cfg.Seed == 0 {
+		cfg.Seed = rand.Uint64() >> 1
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	logFile, err := os.Create(filepath.Join(cfg.Out, "harness.log"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	defer logFile.Close()
+	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	hf, err := os.Create(filepath.Join(cfg.Out, "history.jsonl"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	defer hf.Close()
+
+	clock := history.NewClock(time.Now())
+	rec := history.NewRecorder(clock, hf)
+	var prog *report.Progress
+	if cfg.Progress != nil {
+		prog = report.NewProgress(cfg.Progress, clock, cfg.Duration)
+		rec.OnRecord(prog.Observe)
+	}
+
+	// First ctrl-c: stop the workload early and finish properly. Second:
+	// stop the nodes and leave.
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	var interrupted bool
+	var cl *control.Cluster
+	var clMu sync.Mutex
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		n := 0
+		for range sigs {
+			n++
+			if n == 1 {
+				interrupted = true
+				log.Warn("interrupted")
+				cancelRun()
+				continue
+			}
+			clMu.Lock()
+			if cl != nil {
+				cl.Close()
+			}
+			clMu.Unlock()
+			os.Exit(ExitInterrupted)
+		}
+	}()
+
+	mode := UnsafeModes[cfg.Unsafe]
+	opts := control.Options{Nodes: cfg.Nodes, Binary: cfg.Binary, Dir: cfg.Out, Network: nw, Timing: cfg.Timing}
+	faults, dropped, err := nemesis.Select(cfg.Faults, nw != nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	for _, f := range faults {
+		if f.Name() == "clock-drift" {
+			opts.Unsafe = true // the fault restarts nodes with --unsafe-clock-rate
+		}
+	}
+	if cfg.Unsafe != "" {
+		opts.Unsafe = true
+		if mode.Args != nil {
+			opts.Args = mode.Args(cfg.Nodes, cfg.TTL)
+		}
+		if mode.NodeArgs != nil {
+			opts.NodeArgs = map[int][]string{}
+			for i := 1; i <= cfg.Nodes; i++ {
+				opts.NodeArgs[i] = mode.NodeArgs(i, cfg.TTL)
+			}
+		}
+	}
+	c, err := control.New(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	clMu.Lock()
+	cl = c
+	clMu.Unlock()
+	defer c.Close()
+
+	keys := make([]string, cfg.Keys)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	meta := report.Meta{
+		Name:    fmt.Sprintf("%d nodes, %v, faults %s", cfg.Nodes, cfg.Duration, cfg.Faults),
+		Started: time.Now(), Duration: cfg.Duration, Nodes: cfg.Nodes, Faults: cfg.Faults,
+		Unsafe: cfg.Unsafe, ExpectViolation: cfg.Unsafe != "" && mode.ExpectViolation,
+		Control: "loopback", ControlNote: note, Seed: int64(cfg.Seed), TTL: cfg.TTL,
+		Workers: cfg.Workers, Keys: keys,
+		Extra: map[string]string{"agent": cfg.Binary, "timing": cfg.Timing},
+	}
+	if nw != nil {
+		meta.Control = "netns"
+	}
+	if cfg.Unsafe != "" {
+		meta.Name += ", unsafe " + cfg.Unsafe
+		meta.Extra["unsafe mode"] = mode.Describe
+	}
+	if len(dropped) > 0 {
+		meta.Extra["faults not available"] = strings.Join(dropped, ", ") + " (need network namespaces)"
+	}
+
+	fmt.Fprintf(os.Stderr, "jepsen: starting %d nodes (%s) in %s\n", cfg.Nodes, meta.Control, cfg.Out)
+	startCtx, cancelStart := context.WithTimeout(runCtx, 90*time.Second)
+	err = c.Start(startCtx)
+	if err == nil {
+		_, err = c.WaitLeader(startCtx)
+	}
+	cancelStart()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "jepsen: the cluster did not start: %v\n(see %s/nodes/*/log)\n", err, cfg.Out)
+		return ExitError
+	}
+
+	// The campaign.
+	wcfg := workload.DefaultConfig()
+	wcfg.Addrs, wcfg.Keys, wcfg.TTL, wcfg.Seed = c.APIAddrs(), keys, cfg.TTL, cfg.Seed
+	wcfg.Steady, wcfg.Chaotic = (cfg.Workers+1)/2, cfg.Workers/2
+	wcfg.Log = log.With("component", "workload")
+	wl := workload.New(wcfg, rec)
+	nenv := &nemesis.Env{Cluster: c, Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6e656d)), TTL: cfg.TTL,
+		DriftBound: lease.DefaultDrift, Log: log.With("component", "nemesis")}
+	ctx, cancel := context.WithTimeout(runCtx, cfg.Duration)
+	defer cancel()
+	var wg sync.WaitGroup
+	if prog != nil {
+		pctx, stopProg := context.WithCancel(context.Background())
+		defer stopProg()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prog.Run(pctx, time.Second)
+		}()
+		defer func() { stopProg(); wg.Wait() }()
+	}
+	var nFaults int
+	var wlErr error
+	var inner sync.WaitGroup
+	inner.Add(2)
+	go func() {
+		defer inner.Done()
+		wlErr = wl.Run(ctx)
+	}()
+	go func() {
+		defer inner.Done()
+		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second})
+	}()
+	inner.Wait()
+	if wlErr != nil {
+		log.Warn("workload", "err", wlErr)
+	}
+	log.Info("campaign over", "faults", nFaults)
+
+	// Recovery: final heal, time to serve, convergence.
+	healCtx, cancelHeal := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancelHeal()
+	if err := nemesis.HealAll(healCtx, nenv, rec); err != nil {
+		log.Warn("final heal", "err", err)
+	}
+	probeServe(healCtx, c, rec, cfg, log)
+	probeDigests(healCtx, c, rec, cfg, log)
+	c.Close()
+	if err := rec.Flush(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
+	}
+	if interrupted {
+		meta.Extra["interrupted"] = "yes: stopped early by a signal"
+	}
+
+	res, err := checker.Check(rec.Records(), checker.Options{
+		LinearizableTimeout: cfg.LinTimeout, ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
+		return ExitError
+	}
+	r := report.Build(meta, rec.Records(), res)
+	if err := report.Write(cfg.Out, r, rec.Records()); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing the report:", err)
+	}
+	if prog != nil {
+		cancel()
+	}
+	fmt.Fprintln(cfg.Stdout, report.Line(r))
+	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
+	if !r.Passed {
+		return ExitViolation
+	}
+	return ExitPass
+}
+
+// probeServe records how long after the final heal the cluster grants and
+// releases a lease again.
+func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, cfg Config, log *slog.Logger) {
+	id := rec.Invoke(history.Record{Client: history.ProbeClient, Op: history.Serve})
+	deadline := time.Now().Add(2 * cfg.ServeBound)
+	var last error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		last = func() error {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			cli, err := lease.Dial(cctx, c.APIAddrs(), lease.WithHolder("jepsen-probe"), lease.WithTTL(cfg.TTL))
+			if err != nil {
+				return err
+			}
+			defer cli.Close(cctx)
+			l, err := cli.TryAcquire(cctx, "jepsen-probe")
+			if err != nil {
+				return err
+			}
+			if l != nil {
+				return l.Release(cctx)
+			}
+			return nil // answered "held": the leader serves
+		}()
+		if last == nil {
+			rec.Complete(id, history.Record{Type: history.OK})
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log.Warn("cluster did not serve after the final heal", "err", last)
+	msg := "gave up"
+	if last != nil {
+		msg = last.Error()
+	}
+	rec.Complete(id, history.Record{Type: history.Fail, Err: msg})
+}
+
+// probeDigests waits until every node reports the same applied index and
+// state digest twice in a row (or gives up), then records each node's last
+// answer.
+func probeDigests(ctx context.Context, c *control.Cluster, rec *history.Recorder, cfg Config, log *slog.Logger) {
+	type obs struct {
+		applied uint64
+		digest  string
+		n       int
+		err     error
+	}
+	deadline := time.Now().Add(2*cfg.TTL + 60*time.Second)
+	var last []obs
+	stable := 0
+	for {
+		cur := make([]obs, len(c.Nodes()))
+		var wg sync.WaitGroup
+		for i, n := range c.Nodes() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				defer cancel()
+				a, d, cnt, err := c.Digest(cctx, n)
+				cur[i] = obs{a, d, cnt, err}
+			}()
+		}
+		wg.Wait()
+		same := true
+		for _, o := range cur {
+			if o.err != nil || o.applied != cur[0].applied || o.digest != cur[0].digest {
+				same = false
+			}
+		}
+		if same && last != nil && last[0].applied == cur[0].applied {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = cur
+		if stable >= 1 || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for i, n := range c.Nodes() {
+		o := last[i]
+		r := history.Record{Client: history.ProbeClient, Op: history.Digest, Node: n.ID, Applied: o.applied, Value: o.digest}
+		if o.err != nil {
+			r.Err = o.err.Error()
+		}
+		rec.Event(r)
+		log.Info("digest", "node", n.ID, "applied", o.applied, "digest", o.digest, "records", o.n, "err", o.err)
+	}
+}

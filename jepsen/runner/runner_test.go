@@ -1,0 +1,106 @@
+package runner
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/jepsen/checker"
+	"github.com/leasenode/leasenode/jepsen/control"
+	"github.com/leasenode/leasenode/jepsen/report"
+)
+
+func TestValidate(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Out = t.TempDir()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := cfg
+	bad.Nodes, bad.TTL, bad.Unsafe, bad.Faults = 0, time.Millisecond, "nope", "kill,bogus"
+	err := bad.Validate()
+	for _, want := range []string{"-nodes 0", "-ttl", `-unsafe "nope"`, "bogus"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to mention %s", err, want)
+		}
+	}
+}
+
+func TestUnsafeModesHaveFlags(t *testing.T) {
+	for _, name := range UnsafeModeNames() {
+		m := UnsafeModes[name]
+		var args []string
+		if m.Args != nil {
+			args = append(args, m.Args(3, 2*time.Second)...)
+		}
+		if m.NodeArgs != nil {
+			args = append(args, m.NodeArgs(2, 2*time.Second)...)
+		}
+		if len(args) == 0 || !strings.HasPrefix(args[0], "--unsafe-") || m.Describe == "" {
+			t.Errorf("%s: args %v", name, args)
+		}
+	}
+	if UnsafeModes["clock-rate-within"].ExpectViolation {
+		t.Error("a drift within the bound must be expected to stay safe")
+	}
+}
+
+// agentBinary finds a prebuilt agent: $LEASENODE_BIN, bin/leasenode or
+// ./leasenode at the module root.
+func agentBinary(t *testing.T) string {
+	if p := os.Getenv("LEASENODE_BIN"); p != "" {
+		return p
+	}
+	root, err := control.ModuleRoot(".")
+	if err != nil {
+		return ""
+	}
+	for _, p := range []string{filepath.Join(root, "bin", "leasenode"), filepath.Join(root, "leasenode")} {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p
+		}
+	}
+	return ""
+}
+
+// TestLoopbackCampaignWithAgent runs a short campaign of real agents as
+// loopback processes (the fallback without root) with kill and pause
+// faults, and checks that it passes and writes its report.
+func TestLoopbackCampaignWithAgent(t *testing.T) {
+	bin := agentBinary(t)
+	if bin == "" {
+		t.Skip("no agent binary: build one with `go build -o bin/leasenode ./cmd/leasenode` (or set LEASENODE_BIN) to run a real loopback campaign; process control is tested with a helper in package control")
+	}
+	if testing.Short() {
+		t.Skip("a 10 s campaign; skipped with -short")
+	}
+	cfg := DefaultConfig()
+	cfg.Binary, cfg.Out, cfg.Duration, cfg.Faults = bin, t.TempDir(), 10*time.Second, "kill,pause"
+	cfg.Progress = nil
+	var out bytes.Buffer
+	cfg.Stdout = &out
+	code := Campaign(cfg, nil, "test: loopback")
+	t.Log(out.String())
+	if code != ExitPass {
+		t.Fatalf("exit %d; see %s", code, cfg.Out)
+	}
+	r, err := report.Load(filepath.Join(cfg.Out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Verdict == checker.Invalid || r.Counts.OK == 0 || r.Meta.Control != "loopback" {
+		t.Fatalf("results %+v", r)
+	}
+	if rec, ok := (checker.Results{Checkers: r.Checkers}).Get(checker.NameRecovery); !ok || rec.Verdict != checker.Valid {
+		t.Fatalf("recovery: %+v", rec)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Out, "report.html")); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "jepsen: PASS") {
+		t.Fatalf("verdict line %q", out.String())
+	}
+}

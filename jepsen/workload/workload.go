@@ -1,0 +1,506 @@
+// Package workload is the chaos harness's clients: workers that use the
+// lease client (package lease) the way an application would — acquire a
+// key (trying, waiting, or waiting with a timeout), write to a protected
+// resource with the lease's fencing token while holding it, hold for a
+// while, release — and record every operation in the history.
+//
+// It owns the workers, their misbehaviour and the simulated resource. It
+// does not inject cluster faults (package nemesis) or judge (package
+// checker).
+//
+// Two kinds of worker run side by side:
+//
+//   - steady workers dial the cluster with lease.Dial, the remote client
+//     users get;
+//   - chaotic workers run a lease.Client over a GatedBackend (the lease
+//     package's own remote backend behind a switch the harness controls)
+//     and misbehave: some
+//     are paused while holding a lease (the worker blocks and its client
+//     sends nothing, like a process in a long GC pause; it wakes up after
+//     the lease is gone and writes with its stale token, which the
+//     resource must refuse), some vanish without releasing (a crashed
+//     client: its lease must expire), and some lose the network for a
+//     while.
+package workload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/leasenode/leasenode/jepsen/history"
+	"github.com/leasenode/leasenode/lease"
+)
+
+// Config configures a workload.
+type Config struct {
+	// Addrs are the nodes' client API addresses.
+	Addrs []string
+	// Keys the workers compete for.
+	Keys []string
+	// Steady and Chaotic are the numbers of workers of each kind.
+	Steady, Chaotic int
+	// TTL of every lease, and the clients' drift bound.
+	TTL        time.Duration
+	DriftBound float64
+	// LockDelay asked for by some acquires (0: never).
+	LockDelay time.Duration
+	// Seed for the workers' choices.
+	Seed uint64
+	// PauseProb, VanishProb and CutProb: per holding period of a chaotic
+	// worker, the chance it is paused, vanishes, or loses the network.
+	PauseProb, VanishProb, CutProb float64
+	// Log receives the workers' and clients' logs.
+	Log *slog.Logger
+}
+
+// DefaultConfig returns a workload of 3 steady and 3 chaotic workers on 3
+// keys with 2 s leases.
+func DefaultConfig() Config {
+	return Config{
+		Keys: []string{"k0", "k1", "k2"}, Steady: 3, Chaotic: 3,
+		TTL: 2 * time.Second, DriftBound: lease.DefaultDrift, LockDelay: 500 * time.Millisecond,
+		PauseProb: 0.12, VanishProb: 0.06, CutProb: 0.08,
+	}
+}
+
+// Resource is the protected resource simulated in the harness: it accepts
+// a write for a key only if the write's token is at least the highest it
+// has accepted for that key (lease.Fence's rule), and records each
+// decision in the history under its lock, so the history's order is the
+// resource's order.
+type Resource struct {
+	rec *history.Recorder
+
+	mu      sync.Mutex
+	highest map[string]uint64
+	value   map[string]string
+}
+
+// NewResource returns an empty resource recording to rec.
+func NewResource(rec *history.Recorder) *Resource {
+	return &Resource{rec: rec, highest: map[string]uint64{}, value: map[string]string{}}
+}
+
+// Write offers a write of value to key with token on behalf of client;
+// validUntil (harness time) is the client's belief, for the record.
+func (r *Resource) Write(client, key string, token uint64, validUntil int64, value string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id := r.rec.Invoke(history.Record{Client: client, Op: history.Write, Key: key, Token: token, ValidUntil: validUntil, Value: value})
+	if token < r.highest[key] {
+		r.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrStaleToken, Token: token,
+			Value: fmt.Sprintf("highest %d", r.highest[key])})
+		return false
+	}
+	r.highest[key] = token
+	r.value[key] = value
+	r.rec.Complete(id, history.Record{Type: history.OK, Token: token})
+	return true
+}
+
+// Workload is a running set of workers.
+type Workload struct {
+	cfg   Config
+	rec   *history.Recorder
+	clock history.Clock
+	res   *Resource
+
+	wg       sync.WaitGroup
+	watchers sync.WaitGroup
+
+	mu        sync.Mutex
+	abandoned []abandoned // clients of vanished workers
+}
+
+type abandoned struct {
+	client *lease.Client
+	gate   *Gate
+}
+
+// New prepares a workload recording to rec.
+func New(cfg Config, rec *history.Recorder) *Workload {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Workload{cfg: cfg, rec: rec, clock: rec.Clock(), res: NewResource(rec)}
+}
+
+// Resource returns the simulated resource.
+func (w *Workload) Resource() *Resource { return w.res }
+
+// Run runs the workers until ctx ends, then has them release what they
+// hold and close their clients, and waits for all of it.
+func (w *Workload) Run(ctx context.Context) error {
+	n := w.cfg.Steady + w.cfg.Chaotic
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wk := &worker{w: w, id: i + 1, chaotic: i >= w.cfg.Steady,
+			rnd: rand.New(rand.NewPCG(w.cfg.Seed, uint64(i+1)))}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			errs[i] = wk.run(ctx)
+		}()
+	}
+	w.wg.Wait()
+	w.mu.Lock()
+	abandoned := w.abandoned
+	w.abandoned = nil
+	w.mu.Unlock()
+	for _, a := range abandoned {
+		// The campaign is over: let the vanished clients' best-effort
+		// releases of leases they lost long ago go out (they are no-ops)
+		// instead of retrying against a cut gate.
+		a.gate.Open()
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		a.client.Close(cctx)
+		cancel()
+	}
+	done := make(chan struct{})
+	go func() { w.watchers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2*w.cfg.TTL + 5*time.Second):
+		w.cfg.Log.Warn("some leases did not end after the workload stopped")
+	}
+	return errors.Join(errs...)
+}
+
+type worker struct {
+	w       *Workload
+	id      int
+	chaotic bool
+	rnd     *rand.Rand
+
+	gen    int
+	name   string
+	client *lease.Client
+	gate   *Gate
+}
+
+func (wk *worker) cfg() Config { return wk.w.cfg }
+
+// connect makes the worker's client (a new holder name per generation).
+func (wk *worker) connect(ctx context.Context) error {
+	wk.gen++
+	wk.name = fmt.Sprintf("w%d", wk.id)
+	if wk.gen > 1 {
+		wk.name = fmt.Sprintf("w%d.%d", wk.id, wk.gen)
+	}
+	opts := []lease.Option{
+		lease.WithHolder(wk.name), lease.WithTTL(wk.cfg().TTL), lease.WithDriftBound(wk.cfg().DriftBound),
+		lease.WithLogger(wk.cfg().Log.With("holder", wk.name)),
+	}
+	if !wk.chaotic {
+		for {
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			c, err := lease.Dial(dctx, wk.cfg().Addrs, opts...)
+			cancel()
+			if err == nil {
+				wk.client = c
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			wk.cfg().Log.Warn("dial failed; retrying", "worker", wk.name, "err", err)
+			if !sleep(ctx, 500*time.Millisecond) {
+				return ctx.Err()
+			}
+		}
+	}
+	wk.gate = &Gate{}
+	be, err := NewGatedBackend(wk.cfg().Addrs, wk.gate)
+	if err != nil {
+		return err
+	}
+	c, err := lease.New(be, opts...)
+	if err != nil {
+		return err
+	}
+	wk.client = c
+	return nil
+}
+
+func (wk *worker) run(ctx context.Context) error {
+	if err := wk.connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		if wk.client == nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wk.client.Close(cctx)
+		cancel()
+	}()
+	for ctx.Err() == nil && wk.client != nil {
+		key := wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))]
+		l := wk.acquire(ctx, key)
+		if wk.rnd.Float64() < 0.3 {
+			wk.get(ctx, wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))])
+		}
+		if l == nil {
+			sleep(ctx, time.Duration(20+wk.rnd.IntN(200))*time.Millisecond)
+			continue
+		}
+		wk.hold(ctx, l)
+	}
+	return nil
+}
+
+// acquire records one acquire in a random mode and returns the lease if
+// granted.
+func (wk *worker) acquire(ctx context.Context, key string) *lease.Lease {
+	var opts []lease.AcquireOption
+	inv := history.Record{Client: wk.name, Op: history.Acquire, Key: key}
+	if wk.cfg().LockDelay > 0 && wk.rnd.IntN(3) == 0 {
+		opts = append(opts, lease.LockDelay(wk.cfg().LockDelay))
+		inv.LockDelay = int64(wk.cfg().LockDelay)
+	}
+	var (
+		l   *lease.Lease
+		err error
+	)
+	switch p := wk.rnd.Float64(); {
+	case p < 0.4:
+		inv.Mode = "try"
+		id := wk.w.rec.Invoke(inv)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		l, err = wk.client.TryAcquire(cctx, key, opts...)
+		cancel()
+		if l == nil && err == nil {
+			// Refused: the leader said another holder has it. (A lease
+			// client's retry with the same request id after an unanswered
+			// attempt would have returned our own grant instead.)
+			wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld})
+			return nil
+		}
+		return wk.acquired(id, l, err)
+	case p < 0.8:
+		inv.Mode = "timeout"
+		id := wk.w.rec.Invoke(inv)
+		maxWait := time.Duration(300+wk.rnd.IntN(3000)) * time.Millisecond
+		l, err = wk.client.AcquireTimeout(ctx, key, maxWait, opts...)
+		return wk.acquired(id, l, err)
+	default:
+		inv.Mode = "wait"
+		id := wk.w.rec.Invoke(inv)
+		cctx, cancel := context.WithTimeout(ctx, 3*wk.cfg().TTL)
+		l, err = wk.client.Acquire(cctx, key, opts...)
+		cancel()
+		return wk.acquired(id, l, err)
+	}
+}
+
+func (wk *worker) acquired(id int64, l *lease.Lease, err error) *lease.Lease {
+	if l != nil {
+		wk.w.rec.Complete(id, history.Record{Type: history.OK, Token: l.Token(), ValidUntil: wk.w.clock.At(l.ValidUntil())})
+		wk.watch(l)
+		return l
+	}
+	var held *lease.HeldError
+	switch {
+	case err == nil:
+		wk.w.rec.Complete(id, history.Record{Type: history.Info, Err: "no lease and no error"})
+	case errors.As(err, &held):
+		// The wait ended (timeout, deadline) and the client's final check
+		// with the same request id was answered "held by another": that id
+		// was not granted. A refusal, like a try-acquire's.
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld, Holder: held.Holder})
+	case errors.Is(err, lease.ErrInvalid):
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
+	default:
+		// Timeouts, lost replies, no leader: the lease client retried with
+		// the same request id and released anything it may have been
+		// granted, but the grant may have happened. Indeterminate.
+		wk.w.rec.Complete(id, history.Record{Type: history.Info, Err: err.Error()})
+	}
+	return nil
+}
+
+// watch records the moment the client itself concludes a lease is lost.
+func (wk *worker) watch(l *lease.Lease) {
+	name, key, token := wk.name, l.Key(), l.Token()
+	wk.w.watchers.Add(1)
+	go func() {
+		defer wk.w.watchers.Done()
+		<-l.Done()
+		err := l.Err()
+		if errors.Is(err, lease.ErrReleased) {
+			return
+		}
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		wk.w.rec.Event(history.Record{Client: name, Op: history.ExtendLost, Key: key, Token: token,
+			ValidUntil: wk.w.clock.At(l.ValidUntil()), Err: msg})
+	}()
+}
+
+// hold keeps the lease for a while, writing to the resource with its
+// token, then releases it — unless the worker is chaotic and misbehaves.
+func (wk *worker) hold(ctx context.Context, l *lease.Lease) {
+	ttl := wk.cfg().TTL
+	holdFor := time.Duration(wk.rnd.Int64N(int64(2 * ttl)))
+	until := time.Now().Add(holdFor)
+	misbehave := ""
+	if wk.chaotic {
+		switch p := wk.rnd.Float64(); {
+		case p < wk.cfg().PauseProb:
+			misbehave = "pause"
+		case p < wk.cfg().PauseProb+wk.cfg().VanishProb:
+			misbehave = "vanish"
+		case p < wk.cfg().PauseProb+wk.cfg().VanishProb+wk.cfg().CutProb:
+			misbehave = "cut"
+		}
+	}
+	seq := 0
+	write := func() bool {
+		if !l.IsHealthy() {
+			return false
+		}
+		seq++
+		if wk.rnd.IntN(5) == 0 {
+			wk.checkToken(ctx, l)
+		}
+		wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(l.ValidUntil()), fmt.Sprintf("%s#%d", wk.name, seq))
+		return true
+	}
+	write()
+	switch misbehave {
+	case "pause":
+		wk.pause(ctx, l)
+		return
+	case "vanish":
+		wk.vanish(ctx, l)
+		return
+	case "cut":
+		wk.cutFor(ctx, ttl+time.Duration(wk.rnd.Int64N(int64(ttl))))
+	}
+	for time.Now().Before(until) && ctx.Err() == nil {
+		if !sleep(ctx, time.Duration(100+wk.rnd.IntN(300))*time.Millisecond) {
+			break
+		}
+		if !write() {
+			break
+		}
+	}
+	wk.release(l)
+}
+
+// pause simulates a process pause while holding: the client sends nothing
+// and the worker does nothing for longer than the TTL; then the worker,
+// which checked its lease before the pause, writes with its now stale
+// token without checking again — the resource must refuse it once the
+// next holder has written.
+func (wk *worker) pause(ctx context.Context, l *lease.Lease) {
+	d := wk.cfg().TTL*3/2 + time.Duration(wk.rnd.Int64N(int64(wk.cfg().TTL)))
+	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Pause, Key: l.Key(), Token: l.Token(), Value: d.String()})
+	wk.gate.Freeze()
+	sleep(ctx, d)
+	wk.gate.Thaw()
+	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Resume, Key: l.Key(), Token: l.Token()})
+	wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(l.ValidUntil()), wk.name+"#after-pause")
+	wk.release(l)
+}
+
+// vanish abandons the client without releasing, like a crashed process:
+// its requests fail from now on, the lease must expire, and the worker
+// comes back as a new holder.
+func (wk *worker) vanish(ctx context.Context, l *lease.Lease) {
+	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Vanish, Key: l.Key(), Token: l.Token()})
+	wk.gate.Cut()
+	wk.w.mu.Lock()
+	wk.w.abandoned = append(wk.w.abandoned, abandoned{wk.client, wk.gate})
+	wk.w.mu.Unlock()
+	sleep(ctx, time.Duration(wk.rnd.Int64N(int64(wk.cfg().TTL))))
+	wk.client = nil
+	if err := wk.connect(ctx); err != nil {
+		wk.client = nil // ctx ended
+	}
+}
+
+// cutFor cuts the worker's network for d; the worker keeps going and
+// must see its lease lost if d exceeds its validity.
+func (wk *worker) cutFor(ctx context.Context, d time.Duration) {
+	g := wk.gate
+	g.Cut()
+	go func() {
+		sleep(ctx, d)
+		g.Open()
+	}()
+}
+
+// release records a release. It took effect only if this call ended the
+// lease (Err is then ErrReleased); if the lease had already ended, nothing
+// was sent.
+func (wk *worker) release(l *lease.Lease) {
+	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.Release, Key: l.Key(), Token: l.Token()})
+	ended := l.Err() != nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := l.Release(ctx)
+	cancel()
+	switch {
+	case ended:
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrNotHeld})
+	case err == nil && errors.Is(l.Err(), lease.ErrReleased):
+		wk.w.rec.Complete(id, history.Record{Type: history.OK})
+	case err == nil:
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrNotHeld})
+	case errors.Is(err, lease.ErrInvalid):
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
+	default:
+		wk.w.rec.Complete(id, history.Record{Type: history.Info, Err: err.Error()})
+	}
+}
+
+func (wk *worker) get(ctx context.Context, key string) {
+	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.Get, Key: key})
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	info, err := wk.client.Get(cctx, key)
+	cancel()
+	switch {
+	case err != nil:
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
+	case info == nil:
+		wk.w.rec.Complete(id, history.Record{Type: history.OK})
+	default:
+		wk.w.rec.Complete(id, history.Record{Type: history.OK, Found: true, Holder: info.Holder, Token: info.Token})
+	}
+}
+
+func (wk *worker) checkToken(ctx context.Context, l *lease.Lease) {
+	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.CheckToken, Key: l.Key(), Token: l.Token()})
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ok, err := wk.client.CheckToken(cctx, l.Key(), l.Token())
+	cancel()
+	if err != nil {
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
+		return
+	}
+	wk.w.rec.Complete(id, history.Record{Type: history.OK, Token: l.Token(), Current: ok})
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,288 @@
+package workload
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/jepsen/checker"
+	"github.com/leasenode/leasenode/jepsen/history"
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
+)
+
+// fakeServer is a single-process lease server speaking the client
+// protocol, so the workload (both kinds of worker) and the checkers run
+// end to end without the agent. broken makes it grant held keys: the
+// checkers must then find violations.
+type fakeServer struct {
+	pbconnect.UnimplementedLeaseServiceHandler
+	addr   string
+	broken bool
+
+	mu   sync.Mutex
+	next uint64
+	recs map[string]*fakeRec
+}
+
+type fakeRec struct {
+	holder string
+	token  uint64
+	reqID  uint64
+	ttl    time.Duration
+	expiry time.Time
+}
+
+func startFake(t *testing.T, broken bool) *fakeServer {
+	t.Helper()
+	f := &fakeServer{broken: broken, recs: map[string]*fakeRec{}, next: 100}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	mux := http.NewServeMux()
+	mux.Handle(pbconnect.NewLeaseServiceHandler(f))
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return f
+}
+
+func (f *fakeServer) header() *pb.Header {
+	return &pb.Header{LeaderId: "fake", LeaderAddr: f.addr, NodeId: "fake"}
+}
+
+// live returns key's record if it has not expired. Callers hold mu.
+func (f *fakeServer) live(key string) *fakeRec {
+	r := f.recs[key]
+	if r != nil && !time.Now().Before(r.expiry) {
+		delete(f.recs, key)
+		return nil
+	}
+	return r
+}
+
+func (f *fakeServer) Acquire(ctx context.Context, req *connect.Request[pb.AcquireRequest]) (*connect.Response[pb.AcquireResponse], error) {
+	m := req.Msg
+	arrived := time.Now()
+	for {
+		f.mu.Lock()
+		r := f.live(m.Key)
+		switch {
+		case r != nil && r.holder == m.Holder && r.reqID == m.RequestId:
+			r.expiry = time.Now().Add(r.ttl)
+			f.mu.Unlock()
+			return connect.NewResponse(&pb.AcquireResponse{Header: f.header(), Granted: true, Token: r.token, Retry: true, Ttl: durationpb.New(r.ttl)}), nil
+		case r == nil || f.broken || r.holder == m.Holder:
+			f.next++
+			ttl := m.Ttl.AsDuration()
+			now := time.Now()
+			f.recs[m.Key] = &fakeRec{holder: m.Holder, token: f.next, reqID: m.RequestId, ttl: ttl, expiry: now.Add(ttl)}
+			tok := f.next
+			f.mu.Unlock()
+			return connect.NewResponse(&pb.AcquireResponse{Header: f.header(), Granted: true, Token: tok,
+				Ttl: durationpb.New(ttl), Waited: durationpb.New(now.Sub(arrived))}), nil
+		case !m.Wait:
+			holder, wait := r.holder, time.Until(r.expiry)
+			f.mu.Unlock()
+			return connect.NewResponse(&pb.AcquireResponse{Header: f.header(), Holder: holder, Wait: durationpb.New(wait)}), nil
+		}
+		f.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (f *fakeServer) Extend(_ context.Context, req *connect.Request[pb.ExtendRequest]) (*connect.Response[pb.ExtendResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &pb.ExtendResponse{Header: f.header()}
+	for _, it := range req.Msg.Items {
+		r := f.live(it.Key)
+		res := &pb.ExtendResult{Key: it.Key, Token: it.Token}
+		if r != nil && r.holder == req.Msg.Holder && r.token == it.Token {
+			r.expiry = time.Now().Add(r.ttl)
+			res.Ok, res.Ttl = true, durationpb.New(r.ttl)
+		} else if r != nil {
+			res.Holder, res.CurrentToken = r.holder, r.token
+		}
+		resp.Results = append(resp.Results, res)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (f *fakeServer) Release(_ context.Context, req *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.live(req.Msg.Key)
+	released := r != nil && r.holder == req.Msg.Holder && r.token == req.Msg.Token
+	if released {
+		delete(f.recs, req.Msg.Key)
+	}
+	return connect.NewResponse(&pb.ReleaseResponse{Header: f.header(), Released: released}), nil
+}
+
+func (f *fakeServer) Get(_ context.Context, req *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.live(req.Msg.Key)
+	if r == nil {
+		return connect.NewResponse(&pb.GetResponse{Header: f.header()}), nil
+	}
+	return connect.NewResponse(&pb.GetResponse{Header: f.header(), Found: true,
+		Lease: &pb.Lease{Key: req.Msg.Key, Holder: r.holder, Token: r.token, Ttl: durationpb.New(r.ttl), State: pb.LeaseState_LEASE_STATE_HELD}}), nil
+}
+
+func (f *fakeServer) CheckToken(_ context.Context, req *connect.Request[pb.CheckTokenRequest]) (*connect.Response[pb.CheckTokenResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.live(req.Msg.Key)
+	resp := &pb.CheckTokenResponse{Header: f.header()}
+	if r != nil {
+		resp.Current, resp.CurrentToken, resp.Holder = r.token == req.Msg.Token, r.token, r.holder
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (f *fakeServer) Status(context.Context, *connect.Request[pb.StatusRequest]) (*connect.Response[pb.StatusResponse], error) {
+	return connect.NewResponse(&pb.StatusResponse{Header: f.header(), NodeId: "fake", RaftState: "Leader", Serving: true}), nil
+}
+
+func runWorkload(t *testing.T, f *fakeServer, d time.Duration) []history.Record {
+	t.Helper()
+	rec := history.NewRecorder(history.NewClock(time.Now()), nil)
+	cfg := DefaultConfig()
+	cfg.Addrs = []string{f.addr}
+	cfg.Keys = []string{"a", "b"}
+	cfg.TTL = 600 * time.Millisecond
+	cfg.LockDelay = 0
+	cfg.Seed = 7
+	cfg.PauseProb, cfg.VanishProb, cfg.CutProb = 0.3, 0.2, 0.2
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := New(cfg, rec).Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return rec.Records()
+}
+
+// TestWorkloadAgainstCorrectServer: steady and chaotic workers against a
+// correct server give a history every safety checker accepts, with pauses,
+// vanishes and stale writes refused by the resource in it.
+func TestWorkloadAgainstCorrectServer(t *testing.T) {
+	recs := runWorkload(t, startFake(t, false), 4*time.Second)
+	res, err := checker.Check(recs, checker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{checker.NameSingleHolder, checker.NameMonotonicToken, checker.NameLinearizable} {
+		r, _ := res.Get(name)
+		if r.Verdict != checker.Valid {
+			t.Errorf("%s: %s %s %+v", name, r.Verdict, r.Summary, r.Violations)
+		}
+	}
+	var grants, pauses, lost, writes int
+	for _, r := range recs {
+		switch {
+		case r.Op == history.Acquire && r.Type == history.OK:
+			grants++
+		case r.Op == history.Pause:
+			pauses++
+		case r.Op == history.ExtendLost:
+			lost++
+		case r.Op == history.Write && r.Type == history.OK:
+			writes++
+		}
+	}
+	if grants < 5 || writes < 5 || pauses == 0 || lost == 0 {
+		t.Fatalf("workload too thin: %d grants, %d writes, %d pauses, %d leases lost", grants, writes, pauses, lost)
+	}
+}
+
+// TestWorkloadAgainstBrokenServer: a server that grants held keys is
+// caught by single-holder.
+func TestWorkloadAgainstBrokenServer(t *testing.T) {
+	recs := runWorkload(t, startFake(t, true), 3*time.Second)
+	res, err := checker.Check(recs, checker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := res.Get(checker.NameSingleHolder)
+	if r.Verdict != checker.Invalid {
+		t.Fatalf("single-holder did not catch a server that grants held keys: %s", r.Summary)
+	}
+}
+
+func TestResourceRefusesStaleTokens(t *testing.T) {
+	rec := history.NewRecorder(history.NewClock(time.Now()), nil)
+	res := NewResource(rec)
+	if !res.Write("c1", "k", 5, 0, "x") || !res.Write("c2", "k", 7, 0, "y") || !res.Write("c2", "k", 7, 0, "z") {
+		t.Fatal("fresh writes refused")
+	}
+	if res.Write("c1", "k", 5, 0, "late") {
+		t.Fatal("stale write accepted")
+	}
+	if !res.Write("c1", "other", 1, 0, "x") {
+		t.Fatal("keys are independent")
+	}
+	r, err := checker.MonotonicToken(rec.Records())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Stats["writes_stale_rejected"] != 1 {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestGateCutAndFreeze(t *testing.T) {
+	f := startFake(t, false)
+	g := &Gate{}
+	be, err := NewGatedBackend([]string{f.addr}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := lease.New(be, lease.WithHolder("g"), lease.WithTTL(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx := context.Background()
+	l, err := c.TryAcquire(ctx, "k")
+	if err != nil || l == nil {
+		t.Fatalf("acquire through an open gate: %v %v", l, err)
+	}
+	g.Cut()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = c.Get(short, "k")
+	cancel()
+	if err == nil {
+		t.Fatal("a cut gate let a request through")
+	}
+	g.Open()
+	g.Freeze()
+	start := time.Now()
+	select {
+	case <-l.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("a frozen client kept its lease")
+	}
+	if !errors.Is(l.Err(), lease.ErrLeaseLost) || time.Since(start) > 2*time.Second {
+		t.Fatalf("lease ended with %v after %v", l.Err(), time.Since(start))
+	}
+	g.Thaw()
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatalf("thawed gate: %v", err)
+	}
+}
