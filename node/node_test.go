@@ -55,6 +55,14 @@ func TestForwardingFromFollower(t *testing.T) {
 			t.Fatalf("n%d get: %v %v", i, g, err)
 		}
 	}
+	// A stale read answers from the node's own state, without the leader.
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		g, err := f.Get(context.Background(), &pb.GetRequest{Key: "a", Stale: true})
+		if err != nil || !g.Found {
+			return fmt.Errorf("stale read on follower: %v %v", g, err)
+		}
+		return nil
+	})
 	other, err := c.Node(0).Acquire(ctxT(t, 5*time.Second), acq("a", "c2", 1, 10*time.Second))
 	if err != nil || other.Granted || other.Holder != "c1" || other.Wait.AsDuration() <= 0 {
 		t.Fatalf("second holder: %v %v", other, err)
@@ -184,22 +192,26 @@ func countVoters(m map[string]raft.ServerSuffrage) (voters, nonvoters int) {
 	return
 }
 
-// Scenario: a one-node cluster; two more nodes join by gossip, enter as
-// non-voters and are promoted until there are 3 voters; a fourth stays a
-// non-voter.
+// Scenario: a one-node cluster; six more instances of the application join
+// by gossip, enter as non-voters and are promoted until there are 3
+// voters: a 7-instance app runs 3 voters and 4 non-voters, and every
+// instance serves.
 func TestJoinPromotesNonVoters(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	for range 3 {
+	for range 6 {
 		c.Add()
 	}
 	_, l := c.Leader()
-	nodetest.Eventually(t, 20*time.Second, func() error {
+	nodetest.Eventually(t, 30*time.Second, func() error {
 		s := suffrage(t, l)
-		if v, nv := countVoters(s); len(s) != 4 || v != 3 || nv != 1 {
-			return fmt.Errorf("configuration %v: want 3 voters and 1 non-voter", s)
+		if v, nv := countVoters(s); len(s) != 7 || v != 3 || nv != 4 {
+			return fmt.Errorf("configuration %v: want 3 voters and 4 non-voters", s)
 		}
 		return nil
 	})
+	for i := range c.Size() {
+		mustGrant(t, c.Node(i), acq(fmt.Sprintf("seven/%d", i), "c", 1, time.Minute))
+	}
 }
 
 // Scenario: 3 voters and a non-voter; a voter fails; the non-voter is
