@@ -160,7 +160,7 @@ func (f *fakeServer) Status(context.Context, *connect.Request[pb.StatusRequest])
 	return connect.NewResponse(&pb.StatusResponse{Header: f.header(), NodeId: "fake", RaftState: "Leader", Serving: true}), nil
 }
 
-func runWorkload(t *testing.T, f *fakeServer, d time.Duration) []history.Record {
+func runWorkload(t *testing.T, f *fakeServer, d time.Duration, tweak func(*Config)) []history.Record {
 	t.Helper()
 	rec := history.NewRecorder(history.NewClock(time.Now()), nil)
 	cfg := DefaultConfig()
@@ -170,6 +170,9 @@ func runWorkload(t *testing.T, f *fakeServer, d time.Duration) []history.Record 
 	cfg.LockDelay = 0
 	cfg.Seed = 7
 	cfg.PauseProb, cfg.VanishProb, cfg.CutProb = 0.3, 0.2, 0.2
+	if tweak != nil {
+		tweak(&cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	if err := New(cfg, rec).Run(ctx); err != nil {
@@ -182,7 +185,7 @@ func runWorkload(t *testing.T, f *fakeServer, d time.Duration) []history.Record 
 // correct server give a history every safety checker accepts, with pauses,
 // vanishes and stale writes refused by the resource in it.
 func TestWorkloadAgainstCorrectServer(t *testing.T) {
-	recs := runWorkload(t, startFake(t, false), 4*time.Second)
+	recs := runWorkload(t, startFake(t, false), 4*time.Second, nil)
 	res, err := checker.Check(recs, checker.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -193,28 +196,58 @@ func TestWorkloadAgainstCorrectServer(t *testing.T) {
 			t.Errorf("%s: %s %s %+v", name, r.Verdict, r.Summary, r.Violations)
 		}
 	}
-	var grants, pauses, lost, writes int
+	c := count(recs)
+	if c.grants < 5 || c.writes < 5 {
+		t.Fatalf("workload too thin: %+v", c)
+	}
+}
+
+type counts struct{ grants, writes, stale, pauses, lost int }
+
+func count(recs []history.Record) counts {
+	var c counts
 	for _, r := range recs {
 		switch {
 		case r.Op == history.Acquire && r.Type == history.OK:
-			grants++
+			c.grants++
 		case r.Op == history.Pause:
-			pauses++
+			c.pauses++
 		case r.Op == history.ExtendLost:
-			lost++
+			c.lost++
 		case r.Op == history.Write && r.Type == history.OK:
-			writes++
+			c.writes++
+		case r.Op == history.Write && r.Err == history.ErrStaleToken:
+			c.stale++
 		}
 	}
-	if grants < 5 || writes < 5 || pauses == 0 || lost == 0 {
-		t.Fatalf("workload too thin: %d grants, %d writes, %d pauses, %d leases lost", grants, writes, pauses, lost)
+	return c
+}
+
+// TestPausedHoldersWriteStaleTokens: chaotic workers that are always
+// paused while holding the only key lose their leases, and their writes
+// after the pause are refused by the resource once the next holder wrote.
+func TestPausedHoldersWriteStaleTokens(t *testing.T) {
+	recs := runWorkload(t, startFake(t, false), 4*time.Second, func(c *Config) {
+		c.Keys = []string{"only"}
+		c.Steady, c.Chaotic = 1, 2
+		c.PauseProb, c.VanishProb, c.CutProb = 1, 0, 0
+	})
+	res, err := checker.Check(recs, checker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := res.Get(checker.NameSingleHolder); r.Verdict != checker.Valid {
+		t.Fatalf("%+v", r.Violations)
+	}
+	if c := count(recs); c.pauses == 0 || c.lost == 0 || c.stale == 0 {
+		t.Fatalf("no paused holder's stale write was refused: %+v", c)
 	}
 }
 
 // TestWorkloadAgainstBrokenServer: a server that grants held keys is
 // caught by single-holder.
 func TestWorkloadAgainstBrokenServer(t *testing.T) {
-	recs := runWorkload(t, startFake(t, true), 3*time.Second)
+	recs := runWorkload(t, startFake(t, true), 3*time.Second, nil)
 	res, err := checker.Check(recs, checker.Options{})
 	if err != nil {
 		t.Fatal(err)
