@@ -92,8 +92,8 @@ const (
 	// Fault invocation to the Heal completion.
 	Fault Op = "fault"
 	Heal  Op = "heal"
-	// Serve is the recovery probe: invoked at the final heal, OK when the
-	// cluster first serves a linearizable request again.
+	// Serve is the recovery probe: invoked when the final heal starts, OK
+	// when the cluster first grants and releases a lease again.
 	Serve Op = "serve"
 	// Digest (an Event) is a node's state digest after the final heal:
 	// Node, Applied (Raft applied index) and Value (the digest).

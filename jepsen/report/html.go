@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/leasenode/leasenode/jepsen/checker"
@@ -46,11 +47,23 @@ func (s scale) x(t int64) float64 {
 	return labelW + float64(t)/float64(s.end)*s.width
 }
 
+// palette holds distinct colours for the clients of a timeline.
+var palette = []string{"#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2",
+	"#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295", "#8cd17d"}
+
+// clientColor gives a client a stable colour: from the palette by its
+// index among the campaign's clients, or from a hash of its name.
 func clientColor(client string) string {
+	if i, ok := colorIndex[client]; ok {
+		return palette[i%len(palette)]
+	}
 	h := fnv.New32a()
 	h.Write([]byte(client))
-	return fmt.Sprintf("hsl(%d,60%%,55%%)", h.Sum32()%360)
+	return fmt.Sprintf("hsl(%d,55%%,55%%)", h.Sum32()%360)
 }
+
+// colorIndex is set per rendering (renderHTML holds renderMu).
+var colorIndex map[string]int
 
 func esc(s string) string { return html.EscapeString(s) }
 
@@ -177,9 +190,9 @@ func timeline(r Results, records []history.Record) template.HTML {
 			fmt.Fprintf(&b, `<path d="M%.1f %.0f l4 -6 l-8 0 z" fill="#06c"><title>%s</title></path>`, x, p.y+2,
 				esc(fmt.Sprintf("stale write by %s with token %d refused at %s", rec.Client, rec.Token, dur(rec.Time))))
 		case rec.Op == history.Pause && rec.Type == history.Event:
-			x := s.x(rec.Time)
-			fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" class="pause">⏸<title>%s</title></text>`, x-4, p.y+float64(p.lanes*laneH)+2,
-				esc(fmt.Sprintf("%s paused at %s while holding %s", rec.Client, dur(rec.Time), rec.Key)))
+			x, y := s.x(rec.Time), p.y+float64(p.lanes*laneH)-2
+			fmt.Fprintf(&b, `<g fill="#333"><title>%s</title><rect x="%.1f" y="%.0f" width="2" height="6"/><rect x="%.1f" y="%.0f" width="2" height="6"/></g>`,
+				esc(fmt.Sprintf("%s paused at %s while holding %s (token %d)", rec.Client, dur(rec.Time), rec.Key, rec.Token)), x-3, y, x+1, y)
 		}
 	}
 	// violations
@@ -271,7 +284,7 @@ code{background:#f4f4f4;padding:0 3px}
 {{end}}{{end}}</table>{{end}}{{end}}
 
 <h2>Timeline</h2>
-<p>One band per key; each bar is one client's holding period as the client itself believed it (from the grant to the earlier of its release and its own validity; a black end tick: the client saw the lease lost). Bars stacked in more than one lane overlap in time. Shaded: fault windows. Blue ticks: stale writes the resource refused. Red: violations (hover for details).</p>
+<p>One band per key; each bar is one client's holding period as the client itself believed it (from the grant to the earlier of its release and its own validity; a black end tick: the client saw the lease lost). Bars stacked in more than one lane overlap in time. Shaded: fault windows. Blue triangles: stale writes the resource refused. Two black bars under a band: a worker paused while holding (a simulated GC pause). Red: violations (hover for details).</p>
 <div class="scroll">{{.Timeline}}</div>
 
 <h2>Operations and faults</h2>
@@ -296,7 +309,23 @@ code{background:#f4f4f4;padding:0 3px}
 </body></html>
 `))
 
+var renderMu sync.Mutex
+
 func renderHTML(w io.Writer, dir string, r Results, records []history.Record) error {
+	renderMu.Lock()
+	defer renderMu.Unlock()
+	colorIndex = map[string]int{}
+	var clients []string
+	for _, h := range r.Holds {
+		if _, ok := colorIndex[h.Client]; !ok {
+			colorIndex[h.Client] = 0
+			clients = append(clients, h.Client)
+		}
+	}
+	sort.Strings(clients)
+	for i, c := range clients {
+		colorIndex[c] = i
+	}
 	d := pageData{R: r, Line: Line(r), Timeline: timeline(r, records), Status: "fail"}
 	if r.Passed {
 		d.Status = "pass"

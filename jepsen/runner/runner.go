@@ -111,6 +111,9 @@ type UnsafeMode struct {
 	// Faults are the faults used when -faults is not given: the ones that
 	// expose this mode soonest.
 	Faults string
+	// Stagger starts the nodes one after another, this far apart (so their
+	// process clocks differ, as they would in production).
+	Stagger func(ttl time.Duration) time.Duration
 	// Args for every node; NodeArgs per node (1-based).
 	Args     func(nodes int, ttl time.Duration) []string
 	NodeArgs func(node int, ttl time.Duration) []string
@@ -121,10 +124,12 @@ var UnsafeModes = map[string]UnsafeMode{
 	"skip-rebase": {
 		Describe:        "--unsafe-skip-rebase: Promote does not rebase expiries, so a new leader judges old expiries by an unrelated clock",
 		ExpectViolation: true,
-		// Restarts give nodes clocks of different ages; leader changes
-		// then move expiries between them.
-		Faults: "kill-leader",
-		Args:   func(int, time.Duration) []string { return []string{"--unsafe-skip-rebase"} },
+		// Nodes started at different times (and restarted by kills) have
+		// clocks of different ages; leader changes then move expiries
+		// between them.
+		Faults:  "kill-leader",
+		Stagger: func(ttl time.Duration) time.Duration { return 2 * ttl },
+		Args:    func(int, time.Duration) []string { return []string{"--unsafe-skip-rebase"} },
 	},
 	"wall-clock": {
 		Describe:        "--unsafe-wall-clock with node i's wall clock skewed by (i-1)·TTL: expiry judged by skewed wall clocks, no rebase",
@@ -456,8 +461,19 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}
 
 	fmt.Fprintf(os.Stderr, "jepsen: starting %d nodes (%s) in %s\n", cfg.Nodes, meta.Control, cfg.Out)
-	startCtx, cancelStart := context.WithTimeout(runCtx, 90*time.Second)
-	err = c.Start(startCtx)
+	startCtx, cancelStart := context.WithTimeout(runCtx, 90*time.Second+time.Duration(cfg.Nodes)*10*time.Second)
+	if mode.Stagger != nil {
+		for i, n := range c.Nodes() {
+			if i > 0 && !sleep(startCtx, mode.Stagger(cfg.TTL)) {
+				break
+			}
+			if err = c.StartNode(startCtx, n, nil); err != nil {
+				break
+			}
+		}
+	} else {
+		err = c.Start(startCtx)
+	}
 	if err == nil {
 		_, err = c.WaitLeader(startCtx)
 	}
@@ -509,11 +525,15 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	// Recovery: final heal, time to serve, convergence.
 	healCtx, cancelHeal := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancelHeal()
+	// Time to serve counts from the start of the final heal, so it
+	// includes restarting and resuming nodes and the election.
+	serve := rec.Invoke(history.Record{Client: history.ProbeClient, Op: history.Serve})
 	if err := nemesis.HealAll(healCtx, nenv, rec); err != nil {
 		log.Warn("final heal", "err", err)
 	}
-	probeServe(healCtx, c, rec, cfg, log)
+	release := probeServe(healCtx, c, rec, serve, cfg, log)
 	probeDigests(healCtx, c, rec, cfg, log)
+	release()
 	c.Close()
 	if err := rec.Flush(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
@@ -532,9 +552,6 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	if err := report.Write(cfg.Out, r, rec.Records()); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: writing the report:", err)
 	}
-	if prog != nil {
-		cancel()
-	}
 	fmt.Fprintln(cfg.Stdout, report.Line(r))
 	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
 	if !r.Passed {
@@ -543,33 +560,39 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	return ExitPass
 }
 
-// probeServe records how long after the final heal the cluster grants and
-// releases a lease again.
-func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, cfg Config, log *slog.Logger) {
-	id := rec.Invoke(history.Record{Client: history.ProbeClient, Op: history.Serve})
+// probeServe completes the Serve probe id when the cluster grants a lease
+// again. The lease is kept (so the state digests cover a held record)
+// until the returned function releases it.
+func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, id int64, cfg Config, log *slog.Logger) (release func()) {
 	deadline := time.Now().Add(2 * cfg.ServeBound)
 	var last error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var cli *lease.Client
+		var l *lease.Lease
 		last = func() error {
 			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			cli, err := lease.Dial(cctx, c.APIAddrs(), lease.WithHolder("jepsen-probe"), lease.WithTTL(cfg.TTL))
+			var err error
+			cli, err = lease.Dial(cctx, c.APIAddrs(), lease.WithHolder("jepsen-probe"), lease.WithTTL(30*time.Second))
 			if err != nil {
 				return err
 			}
-			defer cli.Close(cctx)
-			l, err := cli.TryAcquire(cctx, "jepsen-probe")
-			if err != nil {
-				return err
-			}
-			if l != nil {
-				return l.Release(cctx)
-			}
-			return nil // answered "held": the leader serves
+			l, err = cli.AcquireTimeout(cctx, "jepsen-probe", 2*time.Second, lease.Value([]byte("recovery probe")))
+			return err
 		}()
 		if last == nil {
 			rec.Complete(id, history.Record{Type: history.OK})
-			return
+			return func() {
+				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				l.Release(cctx)
+				cli.Close(cctx)
+			}
+		}
+		if cli != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			cli.Close(cctx)
+			cancel()
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -579,6 +602,7 @@ func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, 
 		msg = last.Error()
 	}
 	rec.Complete(id, history.Record{Type: history.Fail, Err: msg})
+	return func() {}
 }
 
 // probeDigests waits until every node reports the same applied index and
@@ -633,5 +657,16 @@ func probeDigests(ctx context.Context, c *control.Cluster, rec *history.Recorder
 		}
 		rec.Event(r)
 		log.Info("digest", "node", n.ID, "applied", o.applied, "digest", o.digest, "records", o.n, "err", o.err)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
