@@ -165,8 +165,11 @@ func ipCmd(ctx context.Context, args ...string) error {
 // deletes the namespaces (which removes their veths, bridge and rules).
 // It is idempotent and never touches other namespaces.
 func (nw *Network) Destroy() error {
+	return nw.destroy(append(append([]string(nil), nw.Nodes...), nw.Hub))
+}
+
+func (nw *Network) destroy(all []string) error {
 	var errs []error
-	all := append(append([]string(nil), nw.Nodes...), nw.Hub)
 	for _, ns := range all {
 		if !nsExists(ns) {
 			continue
@@ -193,6 +196,28 @@ func (nw *Network) Destroy() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CleanupStale deletes every namespace named like the harness's (ljep-*)
+// and kills the processes inside: what a campaign killed with SIGKILL
+// leaves behind. Run it only when no campaign is running. It returns the
+// namespaces deleted.
+func CleanupStale() ([]string, error) {
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "ljep-") {
+			names = append(names, e.Name())
+		}
+	}
+	nw := &Network{Nodes: names}
+	return names, nw.destroy(names)
 }
 
 func nsExists(ns string) bool {

@@ -50,7 +50,9 @@ const (
 	ExitViolation = 1
 	// ExitError: the harness could not run the campaign.
 	ExitError = 2
-	// ExitInterrupted: stopped by a second ctrl-c.
+	// ExitInterrupted: stopped early by a signal (after the first one the
+	// campaign still heals, checks and reports; a violation found then
+	// still exits 1).
 	ExitInterrupted = 130
 )
 
@@ -556,6 +558,9 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
 	if !r.Passed {
 		return ExitViolation
+	}
+	if interrupted {
+		return ExitInterrupted // checked, but shorter than planned
 	}
 	return ExitPass
 }

@@ -49,11 +49,21 @@ func main() {
 	fs.DurationVar(&cfg.ServeBound, "serve-bound", cfg.ServeBound, "recovery: longest time to serve again after the final heal")
 	fs.DurationVar(&cfg.LinTimeout, "lin-timeout", cfg.LinTimeout, "porcupine time budget per key")
 	quiet := fs.Bool("quiet", false, "no live progress line")
+	cleanup := fs.Bool("cleanup-stale", false, "delete namespaces (ljep-*) and processes left by a campaign that was killed with SIGKILL, then exit; only when no campaign runs")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: jepsen [flags]\n\nRuns a chaos campaign against leasenode agents and checks it.\n\n")
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[1:])
+	if *cleanup {
+		names, err := control.CleanupStale()
+		fmt.Fprintf(os.Stderr, "jepsen: deleted %d stale namespaces %v\n", len(names), names)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			os.Exit(runner.ExitError)
+		}
+		os.Exit(0)
+	}
 	if cfg.Out == "" {
 		cfg.Out = defaultOut()
 	}
