@@ -57,16 +57,16 @@ func Detect() Capabilities {
 	var c Capabilities
 	c.Root = os.Geteuid() == 0
 	if !c.Root {
-		c.Note = "not root: network namespaces and partitions need root; running nodes as loopback processes with kill/pause/stop faults only"
+		c.Note = "not root: network namespaces and partitions need root; running nodes as loopback processes with process faults only (kill, pause, membership, clock drift)"
 		return c
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		c.Note = "iproute2 (`ip`) not installed: running nodes as loopback processes with kill/pause/stop faults only (apt-get install iproute2)"
+		c.Note = "iproute2 (`ip`) not installed: running nodes as loopback processes with process faults only (kill, pause, membership, clock drift) (apt-get install iproute2)"
 		return c
 	}
 	probe := "ljep-probe-" + randHex(3)
 	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
-		c.Note = fmt.Sprintf("`ip netns add` failed (%v: %s): running nodes as loopback processes with kill/pause/stop faults only", err, strings.TrimSpace(string(out)))
+		c.Note = fmt.Sprintf("`ip netns add` failed (%v: %s): running nodes as loopback processes with process faults only (kill, pause, membership, clock drift)", err, strings.TrimSpace(string(out)))
 		return c
 	}
 	defer exec.Command("ip", "netns", "del", probe).Run()

@@ -69,6 +69,7 @@ const (
 	LockDelay
 )
 
+// String names the status.
 func (s Status) String() string {
 	switch s {
 	case Free:
@@ -96,6 +97,7 @@ type State struct {
 	Delay bool
 }
 
+// String describes the state for porcupine's visualization.
 func (s State) String() string {
 	tok := fmt.Sprint(s.Token)
 	if s.Wild {

@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -84,6 +85,9 @@ type Config struct {
 	Timing string
 	// Loopback forces loopback processes even as root.
 	Loopback bool
+	// KeepData keeps the nodes' data directories after a passing campaign
+	// (they are always kept after a failing one).
+	KeepData bool
 	// ServeBound is the recovery bound; LinTimeout bounds porcupine per
 	// key.
 	ServeBound time.Duration
@@ -265,7 +269,7 @@ func Main(cfg Config, argv []string) int {
 	}
 	caps := control.Detect()
 	if cfg.Loopback {
-		caps = control.Capabilities{Note: "loopback forced by -loopback: kill/pause/stop faults only"}
+		caps = control.Capabilities{Note: "loopback forced by -loopback: process faults only (kill, pause, membership, clock drift)"}
 	}
 	if !caps.Netns {
 		fmt.Fprintf(os.Stderr, "jepsen: %s\n", caps.Note)
@@ -380,7 +384,7 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	// stop the nodes and leave.
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
-	var interrupted bool
+	var interrupted atomic.Bool
 	var cl *control.Cluster
 	var clMu sync.Mutex
 	sigs := make(chan os.Signal, 2)
@@ -391,7 +395,7 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		for range sigs {
 			n++
 			if n == 1 {
-				interrupted = true
+				interrupted.Store(true)
 				log.Warn("interrupted")
 				cancelRun()
 				continue
@@ -496,15 +500,16 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	ctx, cancel := context.WithTimeout(runCtx, cfg.Duration)
 	defer cancel()
 	var wg sync.WaitGroup
+	stopProgress := func() {}
 	if prog != nil {
 		pctx, stopProg := context.WithCancel(context.Background())
-		defer stopProg()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			prog.Run(pctx, time.Second)
 		}()
-		defer func() { stopProg(); wg.Wait() }()
+		stopProgress = func() { stopProg(); wg.Wait() }
+		defer stopProgress()
 	}
 	var nFaults int
 	var wlErr error
@@ -519,6 +524,8 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second})
 	}()
 	inner.Wait()
+	stopProgress()
+	stopProgress = func() {}
 	if wlErr != nil {
 		log.Warn("workload", "err", wlErr)
 	}
@@ -540,7 +547,7 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	if err := rec.Flush(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
 	}
-	if interrupted {
+	if interrupted.Load() {
 		meta.Extra["interrupted"] = "yes: stopped early by a signal"
 	}
 
@@ -557,9 +564,15 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	fmt.Fprintln(cfg.Stdout, report.Line(r))
 	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
 	if !r.Passed {
+		fmt.Fprintf(os.Stderr, "jepsen: kept the nodes' data directories for inspection: %s\n", filepath.Join(cfg.Out, "nodes"))
 		return ExitViolation
 	}
-	if interrupted {
+	if !cfg.KeepData {
+		for _, n := range c.Nodes() {
+			os.RemoveAll(n.DataDir)
+		}
+	}
+	if interrupted.Load() {
 		return ExitInterrupted // checked, but shorter than planned
 	}
 	return ExitPass

@@ -46,6 +46,7 @@ func main() {
 	fs.BoolVar(&cfg.Race, "race", false, "build the agent with -race")
 	fs.StringVar(&cfg.Timing, "timing", cfg.Timing, "agent --timing: default or fast")
 	fs.BoolVar(&cfg.Loopback, "loopback", false, "run nodes as loopback processes even as root (no partitions)")
+	fs.BoolVar(&cfg.KeepData, "keep-data", false, "keep the nodes' data directories after a passing campaign (always kept after a failing one)")
 	fs.DurationVar(&cfg.ServeBound, "serve-bound", cfg.ServeBound, "recovery: longest time to serve again after the final heal")
 	fs.DurationVar(&cfg.LinTimeout, "lin-timeout", cfg.LinTimeout, "porcupine time budget per key")
 	quiet := fs.Bool("quiet", false, "no live progress line")
