@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/leasenode/leasenode/node/nodetest"
 )
 
 // End-to-end tests: they build the leasenode binary once, run agents as
@@ -41,22 +43,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// eventually retries f until it succeeds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // freeAddr returns a free 127.0.0.1 port (free for UDP too if udp).
@@ -203,7 +189,7 @@ func cluster(t *testing.T, n int, extra ...string) []*agent {
 		a.p = start(t, []string{"LEASENODE_DATA_DIR=" + a.dir}, args...)
 	}
 	for _, a := range agents {
-		eventually(t, 20*time.Second, func() error {
+		nodetest.Eventually(t, 20*time.Second, func() error {
 			if a.p.exited() {
 				t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
 			}
@@ -215,7 +201,7 @@ func cluster(t *testing.T, n int, extra ...string) []*agent {
 		})
 	}
 	for _, a := range agents {
-		eventually(t, 20*time.Second, func() error {
+		nodetest.Eventually(t, 20*time.Second, func() error {
 			code, body := httpGet(a.api, "/readyz")
 			if code != 200 {
 				return fmt.Errorf("%s /readyz: %d %s", a.id, code, body)
@@ -266,7 +252,7 @@ func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
 func leaderOf(t *testing.T, agents []*agent, alive func(*agent) bool) *agent {
 	t.Helper()
 	var leader *agent
-	eventually(t, 20*time.Second, func() error {
+	nodetest.Eventually(t, 20*time.Second, func() error {
 		var live []*agent
 		for _, a := range agents {
 			if alive(a) {
@@ -359,7 +345,7 @@ func TestAgentAndClientCommands(t *testing.T) {
 	}
 
 	// Metrics and probes on the API port.
-	eventually(t, 10*time.Second, func() error {
+	nodetest.Eventually(t, 10*time.Second, func() error {
 		code, body := httpGet(agents[1].api, "/metrics")
 		for _, want := range []string{"leasenode_grants_total 2", "leasenode_releases_total 2", `leasenode_raft_state{state="Follower"}`,
 			"leasenode_raft_applied_index", "leasenode_apply_lag_entries", "leasenode_leader_changes_total", "leasenode_leases 0", "go_goroutines"} {
@@ -395,7 +381,7 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 	const ttl = 3 * time.Second
 	lock := start(t, []string{"STOP=" + stop}, "lock", "jobs/survivor", "--addr", addr, "--ttl", ttl.String(), "--",
 		"sh", "-c", `echo "token=$LEASE_TOKEN"; while [ ! -e "$STOP" ]; do sleep 0.05; done; exit 3`)
-	eventually(t, 10*time.Second, func() error {
+	nodetest.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(lock.stdout.String(), "token=") {
 			return errors.New("child not started")
 		}
@@ -420,7 +406,7 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 			live = append(live, a)
 		}
 	}
-	eventually(t, 4*ttl, func() error {
+	nodetest.Eventually(t, 4*ttl, func() error {
 		if lock.exited() {
 			t.Fatalf("lock exited during failover: %s", lock.stderr)
 		}
@@ -446,7 +432,7 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	agents := cluster(t, 3)
 	lock := start(t, nil, "lock", "jobs/doomed", "--addr", addrs(agents), "--ttl", "2s", "--grace", "1s", "--",
 		"sh", "-c", `echo "pid=$$"; sleep 60`)
-	eventually(t, 10*time.Second, func() error {
+	nodetest.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(lock.stdout.String(), "pid=") {
 			return errors.New("child not started")
 		}
@@ -468,7 +454,7 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	}
 	// The child and its own child (sleep) are gone: no live process is
 	// left in the child's group (zombies wait for their reaper).
-	eventually(t, 5*time.Second, func() error {
+	nodetest.Eventually(t, 5*time.Second, func() error {
 		if live := liveInGroup(pid); len(live) > 0 {
 			return fmt.Errorf("processes %v of the child's group %d still run", live, pid)
 		}
