@@ -438,14 +438,29 @@ func (c *Client) Close(ctx context.Context) error {
 		hs = append(hs, h)
 	}
 	c.mu.Unlock()
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 32) // releases in flight
+	)
 	for _, h := range hs {
-		if c.end(h, ErrReleased, false) {
-			if err := c.releaseRecord(ctx, h); err != nil {
-				errs = append(errs, err)
-			}
+		if !c.end(h, ErrReleased, false) {
+			continue
 		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := c.releaseRecord(ctx, h); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	close(c.stop)
 	c.loopWG.Wait()
 	c.bgWG.Wait()
