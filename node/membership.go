@@ -231,9 +231,7 @@ func (n *Node) runMembership() {
 		if !bootstrapped {
 			bootstrapped = n.tryBootstrap()
 		}
-		if n.ml.NumMembers() < 2 && len(n.cfg.Join) > 0 {
-			n.ml.Join(n.cfg.Join)
-		}
+		n.rejoin()
 		n.reconcile()
 		select {
 		case <-n.ctx.Done():
@@ -242,6 +240,35 @@ func (n *Node) runMembership() {
 		case <-tick.C:
 		}
 	}
+}
+
+// rejoinFor is how long a failed member is retried.
+const rejoinFor = 24 * time.Hour
+
+// rejoin tries, in the background and one attempt at a time, to reach
+// nodes that gossip gave up on: failed members (a restarted node that
+// knows no live seed would otherwise stay alone: memberlist never probes
+// dead members again; Serf calls this reconnect) and, while this node is
+// alone, the configured seeds.
+func (n *Node) rejoin() {
+	var addrs []string
+	if n.ml.NumMembers() < 2 {
+		addrs = append(addrs, n.cfg.Join...)
+	}
+	for _, m := range n.members.list() {
+		if m.Status == statusDead && m.ID != n.cfg.ID && m.Gossip != "" && time.Since(m.Since) < rejoinFor {
+			addrs = append(addrs, m.Gossip)
+		}
+	}
+	if len(addrs) == 0 || !n.rejoining.CompareAndSwap(false, true) {
+		return
+	}
+	n.goRun("node.rejoin", func() {
+		defer n.rejoining.Store(false)
+		if _, err := n.ml.Join(addrs); err == nil {
+			n.log.Debug("rejoined gossip", "addrs", addrs)
+		}
+	})
 }
 
 func (n *Node) hasState() bool {

@@ -39,9 +39,10 @@ type Node struct {
 	rpcSrv *transport.RPCServer
 	rpc    *transport.RPCClient
 
-	ml      *memberlist.Memberlist
-	gossip  *gossipDelegate
-	members *memberTable
+	ml        *memberlist.Memberlist
+	gossip    *gossipDelegate
+	members   *memberTable
+	rejoining atomic.Bool // a rejoin attempt is running
 
 	api     *http.Server
 	apiLn   net.Listener

@@ -335,11 +335,31 @@ func (c *Cluster) WaitConverged() {
 			if want == nil {
 				want, wantID = got, n.ID()
 			} else if !bytes.Equal(want, got) {
-				return fmt.Errorf("state of %s differs from %s", n.ID(), wantID)
+				return fmt.Errorf("state of %s differs from %s: %s", n.ID(), wantID, c.describe())
 			}
 		}
 		return nil
 	})
+}
+
+// describe summarises every running node's state, for failure messages.
+func (c *Cluster) describe() string {
+	var b bytes.Buffer
+	for i := range c.cfgs {
+		if n := c.Node(i); n != nil {
+			st := n.FSM().Stats()
+			var conf []string
+			if f := n.Raft().GetConfiguration(); f.Error() == nil {
+				for _, s := range f.Configuration().Servers {
+					conf = append(conf, fmt.Sprintf("%s:%s", s.ID, s.Suffrage))
+				}
+			}
+			fmt.Fprintf(&b, "[%s raft=%s term=%d applied=%d epoch=%d now=%v held=%d delayed=%d last=%d commit=%d conf=%v] ",
+				n.ID(), n.Raft().State(), n.Raft().CurrentTerm(), st.Applied, st.Epoch, st.Now, st.Held, st.Delayed,
+				n.Raft().LastIndex(), n.Raft().CommitIndex(), conf)
+		}
+	}
+	return b.String()
 }
 
 func snapshotBytes(n *node.Node) ([]byte, error) {
