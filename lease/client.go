@@ -46,10 +46,12 @@ type Client struct {
 	guards map[string]chan struct{} // key → local guard (capacity 1)
 	closed bool
 
-	kick   chan struct{} // wakes the loop when leases are added
-	stop   chan struct{}
-	loopWG sync.WaitGroup
-	bgWG   sync.WaitGroup // best-effort releases
+	kick     chan struct{} // wakes the loop when leases are added
+	stop     chan struct{}
+	loopWG   sync.WaitGroup
+	bgWG     sync.WaitGroup // best-effort releases
+	bgCtx    context.Context
+	bgCancel context.CancelFunc // Close gives up on best-effort releases
 }
 
 // New returns a Client over b: an embedded *node.Node or any Backend.
@@ -67,6 +69,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 	}
+	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	// Request ids start from the clock so a restarted process reusing a
 	// holder name (WithHolder) still sends ids above its old ones.
 	c.reqID.Store(uint64(time.Now().UnixNano()))
@@ -330,7 +333,7 @@ func (c *Client) end(h *held, err error, release bool) bool {
 		c.bgWG.Add(1)
 		go func() {
 			defer c.bgWG.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
 			defer cancel()
 			c.releaseRecord(ctx, h)
 		}()
@@ -463,6 +466,7 @@ func (c *Client) Close(ctx context.Context) error {
 	wg.Wait()
 	close(c.stop)
 	c.loopWG.Wait()
+	c.bgCancel()
 	c.bgWG.Wait()
 	if c.closer != nil {
 		c.closer()

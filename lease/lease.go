@@ -84,7 +84,7 @@ func (l *Lease) IsHealthy() bool {
 // Done is closed when the lease ends: released, or lost (validity ran out
 // without a successful extend, or the cluster refused an extend). A lease
 // that cannot be extended is declared lost shortly before ValidUntil (by
-// TTL/50, at most 20 ms, to absorb timer latency), so Done closes by
+// TTL/20, at most 100 ms, to absorb timer latency), so Done closes by
 // ValidUntil and long before any other holder can be granted the key.
 func (l *Lease) Done() <-chan struct{} { return l.h.done }
 
@@ -248,8 +248,9 @@ func (c *Client) run() {
 }
 
 // lossGuard is how long before ValidUntil a lease is declared lost, to
-// absorb timer latency: 1/50 of the TTL, at most 20 ms.
-func lossGuard(ttl time.Duration) time.Duration { return min(ttl/50, 20*time.Millisecond) }
+// absorb timer and scheduling latency on a loaded host: 1/20 of the TTL,
+// at most 100 ms. Giving up early is always safe.
+func lossGuard(ttl time.Duration) time.Duration { return min(ttl/20, 100*time.Millisecond) }
 
 type extendOutcome struct {
 	leases []*held
