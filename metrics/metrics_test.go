@@ -58,7 +58,7 @@ func TestClusterMetrics(t *testing.T) {
 	}
 	for i := range 3 {
 		addr := c.Config(i).APIAddr
-		nodetest.Eventually(t, 10*time.Second, func() error {
+		nodetest.Eventually(t, 20*time.Second, func() error {
 			code, body := get(t, addr, "/metrics")
 			for _, want := range []string{"leasenode_grants_total 3", "leasenode_releases_total 1", "leasenode_leases 2",
 				"leasenode_apply_lag_entries", `leasenode_members{role="voter",status="alive"} 3`} {

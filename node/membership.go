@@ -151,12 +151,13 @@ func (n *Node) startGossip(ctx context.Context) error {
 	n.gossip = d
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Timing.HeartbeatTimeout < DefaultTiming().HeartbeatTimeout {
-		// Fast-LAN timing: detect failed nodes in about a second.
+		// Fast-LAN timing: detect failed nodes in a second or two, with
+		// enough slack that a busy host does not flap members.
 		mc = memberlist.DefaultLocalConfig()
-		mc.ProbeInterval = 200 * time.Millisecond
-		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.ProbeInterval = 300 * time.Millisecond
+		mc.ProbeTimeout = 200 * time.Millisecond
 		mc.GossipInterval = 50 * time.Millisecond
-		mc.SuspicionMult = 2
+		mc.SuspicionMult = 3
 	}
 	mc.Name = cfg.ID
 	mc.BindAddr, mc.BindPort = host, port

@@ -48,7 +48,7 @@ type Options struct {
 	Timing node.Timing
 	// API starts each node's client API on a free loopback port.
 	API bool
-	// DeadServerGrace defaults to 2 s.
+	// DeadServerGrace defaults to 5 s.
 	DeadServerGrace time.Duration
 	// Configure, if set, adjusts each node's config before start.
 	Configure func(i int, c *node.Config)
@@ -85,7 +85,7 @@ func New(t testing.TB, opts Options) *Cluster {
 		opts.Timing = TestTiming
 	}
 	if opts.DeadServerGrace == 0 {
-		opts.DeadServerGrace = 2 * time.Second
+		opts.DeadServerGrace = 5 * time.Second
 	}
 	// The base dir is made before cleanup is registered: cleanups run last
 	// first, so the nodes close before their data dirs are removed.
