@@ -147,6 +147,18 @@ func listAll(ctx context.Context, r *lease.Remote, prefix string, stale bool) ([
 
 // parseClient parses a client command's flags and checks the number of
 // positional arguments is within [min, max].
+// request opens the client API and a context bounded by --timeout and
+// cancelled by a signal; call done when finished.
+func (c *clientFlags) request(ctx context.Context, sig *signals) (context.Context, *lease.Remote, func(), error) {
+	api, err := c.api()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := sig.cancelOn(ctx)
+	ctx, cancelT := context.WithTimeout(ctx, c.timeout)
+	return ctx, api, func() { cancelT(); cancel(); api.Close() }, nil
+}
+
 func parseClient(fs *flag.FlagSet, cf *clientFlags, args []string, min, max int) ([]string, error) {
 	pos, _, err := parseFlags(fs, args, 0)
 	if err != nil {
@@ -221,15 +233,11 @@ func runGet(ctx context.Context, sig *signals, args []string) error {
 	if err != nil {
 		return err
 	}
-	api, err := cf.api()
+	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
-	defer api.Close()
-	ctx, cancel := sig.cancelOn(ctx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
-	defer cancelT()
+	defer done()
 	resp, err := api.Get(ctx, &pb.GetRequest{Key: pos[0], Stale: *stale})
 	if err != nil {
 		return fmt.Errorf("get %q: %w", pos[0], err)
@@ -267,15 +275,11 @@ func runList(ctx context.Context, sig *signals, args []string) error {
 	if len(pos) == 1 {
 		prefix = pos[0]
 	}
-	api, err := cf.api()
+	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
-	defer api.Close()
-	ctx, cancel := sig.cancelOn(ctx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
-	defer cancelT()
+	defer done()
 	ls, err := listAll(ctx, api, prefix, *stale)
 	if err != nil {
 		return fmt.Errorf("list %q: %w", prefix, err)
@@ -311,15 +315,11 @@ func runRelease(ctx context.Context, sig *signals, args []string) error {
 	if *token == 0 || *holder == "" {
 		return usagef("release needs --token and --holder (acquire prints both)")
 	}
-	api, err := cf.api()
+	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
-	defer api.Close()
-	ctx, cancel := sig.cancelOn(ctx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
-	defer cancelT()
+	defer done()
 	resp, err := api.Release(ctx, &pb.ReleaseRequest{Key: pos[0], Holder: *holder, Token: *token})
 	if err != nil {
 		return fmt.Errorf("release %q: %w", pos[0], err)
@@ -347,15 +347,11 @@ func runMembers(ctx context.Context, sig *signals, args []string) error {
 	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
 		return err
 	}
-	api, err := cf.api()
+	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
-	defer api.Close()
-	ctx, cancel := sig.cancelOn(ctx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
-	defer cancelT()
+	defer done()
 	resp, err := api.Members(ctx)
 	if err != nil {
 		return fmt.Errorf("members: %w", err)
@@ -402,15 +398,11 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
 		return err
 	}
-	api, err := cf.api()
+	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
-	defer api.Close()
-	ctx, cancel := sig.cancelOn(ctx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
-	defer cancelT()
+	defer done()
 	mem, err := api.Members(ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
