@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -49,14 +48,6 @@ func benchClients(b *testing.B) (*nodetest.Cluster, map[string]func(b *testing.B
 	}
 }
 
-func quantiles(ds []time.Duration) (p50, p99 time.Duration) {
-	if len(ds) == 0 {
-		return 0, 0
-	}
-	slices.Sort(ds)
-	return ds[len(ds)/2], ds[len(ds)*99/100]
-}
-
 // BenchmarkTryAcquireRelease: round trips of TryAcquire+Release, with 1 and
 // 32 goroutines, through an embedded node (leader or follower) and remote.
 func BenchmarkTryAcquireRelease(b *testing.B) {
@@ -92,7 +83,7 @@ func BenchmarkTryAcquireRelease(b *testing.B) {
 				wg.Wait()
 				el := time.Since(start)
 				b.StopTimer()
-				p50, p99 := quantiles(slices.Concat(lat...))
+				p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
 				b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
 				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
@@ -134,7 +125,7 @@ func BenchmarkHandoffGap(b *testing.B) {
 	}
 	b.StopTimer()
 	l.Release(context.Background())
-	p50, p99 := quantiles(gaps)
+	p50, p99 := nodetest.Quantiles(gaps)
 	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
 }
@@ -149,12 +140,6 @@ func waitQueued(b *testing.B, c *nodetest.Cluster) {
 		}
 		return nil
 	})
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkKeepalive: one client holds N leases (TTL 3 s, extended every
@@ -186,11 +171,11 @@ func BenchmarkKeepalive(b *testing.B) {
 			wg.Wait()
 			b.ResetTimer()
 			for range b.N {
-				calls0, cpu0, t0 := cb.extends.Load(), cpuTime(), time.Now()
+				calls0, cpu0, t0 := cb.extends.Load(), nodetest.CPUTime(), time.Now()
 				time.Sleep(10 * time.Second)
 				el := time.Since(t0)
 				b.ReportMetric(float64(cb.extends.Load()-calls0)/el.Seconds(), "extend-req/s")
-				b.ReportMetric((cpuTime()-cpu0).Seconds()*60/el.Seconds(), "cpu-s/min")
+				b.ReportMetric((nodetest.CPUTime()-cpu0).Seconds()*60/el.Seconds(), "cpu-s/min")
 			}
 			for _, h := range held {
 				if h == nil || !h.IsHealthy() {

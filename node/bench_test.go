@@ -27,14 +27,6 @@ func benchCluster(b *testing.B) *nodetest.Cluster {
 	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming()})
 }
 
-func quantiles(ds []time.Duration) (p50, p99 time.Duration) {
-	if len(ds) == 0 {
-		return 0, 0
-	}
-	slices.Sort(ds)
-	return ds[len(ds)/2], ds[len(ds)*99/100]
-}
-
 // BenchmarkUncontended: 32 concurrent clients on distinct keys, each doing
 // acquire+release through the leader. Reports pairs/s and acquire p50/p99.
 func BenchmarkUncontended(b *testing.B) {
@@ -70,7 +62,7 @@ func BenchmarkUncontended(b *testing.B) {
 	wg.Wait()
 	el := time.Since(start)
 	b.StopTimer()
-	p50, p99 := quantiles(slices.Concat(lat...))
+	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
 	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
@@ -124,16 +116,10 @@ func BenchmarkHandoff(b *testing.B) {
 	wg.Wait()
 	el := time.Since(start)
 	b.StopTimer()
-	p50, p99 := quantiles(gaps)
+	p50, p99 := nodetest.Quantiles(gaps)
 	b.ReportMetric(float64(b.N)/el.Seconds(), "acq/s")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkKeepalive10k: 10 holders keep 1,000 leases each alive (TTL
@@ -170,7 +156,7 @@ func BenchmarkKeepalive10k(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		cpu0 := cpuTime()
+		cpu0 := nodetest.CPUTime()
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			tick := time.Now()
@@ -194,7 +180,7 @@ func BenchmarkKeepalive10k(b *testing.B) {
 			wg.Wait()
 			time.Sleep(time.Until(tick.Add(ttl / 3)))
 		}
-		b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s/10s")
+		b.ReportMetric((nodetest.CPUTime() - cpu0).Seconds(), "cpu-s/10s")
 	}
 }
 
@@ -269,9 +255,9 @@ func BenchmarkIdle(b *testing.B) {
 	c.WaitForLeader()
 	b.ResetTimer()
 	for range b.N {
-		cpu0 := cpuTime()
+		cpu0 := nodetest.CPUTime()
 		time.Sleep(10 * time.Second)
-		b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s/10s")
+		b.ReportMetric((nodetest.CPUTime() - cpu0).Seconds(), "cpu-s/10s")
 	}
 }
 

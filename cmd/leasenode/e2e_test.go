@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,29 +42,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freeAddr returns a free 127.0.0.1 port (free for UDP too if udp).
-func freeAddr(t *testing.T, udp bool) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		if udp {
-			u, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				continue
-			}
-			u.Close()
-		}
-		return addr
-	}
-	t.Fatal("no free port")
-	return ""
 }
 
 // proc is a process started by a test, in its own process group.
@@ -173,7 +149,7 @@ func cluster(t *testing.T, n int, extra ...string) []*agent {
 	t.Helper()
 	agents := make([]*agent, n)
 	for i := range agents {
-		agents[i] = &agent{id: "a" + strconv.Itoa(i), raft: freeAddr(t, false), gossip: freeAddr(t, true), api: freeAddr(t, false),
+		agents[i] = &agent{id: "a" + strconv.Itoa(i), raft: nodetest.FreeAddr(t, false), gossip: nodetest.FreeAddr(t, true), api: nodetest.FreeAddr(t, false),
 			dir: filepath.Join(t.TempDir(), "data")}
 	}
 	for i, a := range agents {
@@ -486,7 +462,7 @@ func liveInGroup(pgid int) []int {
 
 func TestUsageAndUnreachable(t *testing.T) {
 	t.Parallel()
-	dead := freeAddr(t, false)
+	dead := nodetest.FreeAddr(t, false)
 	cases := []struct {
 		args []string
 		env  []string

@@ -15,8 +15,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,11 +133,11 @@ func (c *Cluster) config(i int) node.Config {
 	cfg := node.DefaultConfig()
 	cfg.ID = "n" + strconv.Itoa(i)
 	cfg.DataDir = filepath.Join(c.dir, cfg.ID)
-	cfg.BindAddr = freeAddr(c.t, "tcp")
+	cfg.BindAddr = FreeAddr(c.t, false)
 	cfg.AdvertiseAddr = cfg.BindAddr
-	cfg.GossipAddr = freeAddr(c.t, "both")
+	cfg.GossipAddr = FreeAddr(c.t, true)
 	if c.opts.API {
-		cfg.APIAddr = freeAddr(c.t, "tcp")
+		cfg.APIAddr = FreeAddr(c.t, false)
 	}
 	cfg.BootstrapExpect = c.opts.BootstrapExpect
 	cfg.Voters = c.opts.Voters
@@ -160,9 +162,9 @@ func (c *Cluster) joinSeed() string {
 	return c.cfgs[0].GossipAddr
 }
 
-// freeAddr finds a free 127.0.0.1 port: for "both", free for TCP and UDP
-// alike (memberlist binds both).
-func freeAddr(t testing.TB, kind string) string {
+// FreeAddr finds a free 127.0.0.1 port; with udp, free for UDP too
+// (memberlist binds both).
+func FreeAddr(t testing.TB, udp bool) string {
 	t.Helper()
 	for range 50 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -170,15 +172,14 @@ func freeAddr(t testing.TB, kind string) string {
 			t.Fatal(err)
 		}
 		addr := l.Addr().String()
-		if kind == "both" {
+		l.Close()
+		if udp {
 			u, err := net.ListenPacket("udp", addr)
 			if err != nil {
-				l.Close()
 				continue
 			}
 			u.Close()
 		}
-		l.Close()
 		return addr
 	}
 	t.Fatal("no free port")
@@ -260,23 +261,24 @@ func (c *Cluster) Follower() (int, *node.Node) {
 // Kill stops node i abruptly: no leadership transfer, no gossip leave.
 func (c *Cluster) Kill(i int) {
 	c.t.Helper()
-	c.mu.Lock()
-	n := c.nodes[i]
-	c.nodes[i] = nil
-	c.mu.Unlock()
-	if n != nil {
+	if n := c.take(i); n != nil {
 		n.Crash()
 	}
+}
+
+// take removes node i from the running set and returns it (nil if down).
+func (c *Cluster) take(i int) *node.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[i]
+	c.nodes[i] = nil
+	return n
 }
 
 // Stop closes node i gracefully (it leaves the cluster).
 func (c *Cluster) Stop(i int) {
 	c.t.Helper()
-	c.mu.Lock()
-	n := c.nodes[i]
-	c.nodes[i] = nil
-	c.mu.Unlock()
-	if n != nil {
+	if n := c.take(i); n != nil {
 		if err := n.Close(context.Background()); err != nil {
 			c.t.Errorf("close n%d: %v", i, err)
 		}
@@ -405,6 +407,22 @@ func (c *Cluster) cleanup() {
 	for i := range c.cfgs {
 		os.RemoveAll(c.cfgs[i].DataDir)
 	}
+}
+
+// Quantiles returns the median and 99th percentile of ds (sorting it).
+func Quantiles(ds []time.Duration) (p50, p99 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)*99/100]
+}
+
+// CPUTime returns the user plus system CPU time this process has used.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // Eventually calls f until it returns nil, failing the test with f's last
