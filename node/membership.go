@@ -36,6 +36,9 @@ type member struct {
 	Gossip string
 	Status string
 	Since  time.Time // when Status last changed
+	// leavingRun is the Run of a process that announced a graceful
+	// leave; gossip about that same process never makes it alive again.
+	leavingRun string
 }
 
 // meta is the gossip metadata a node publishes about itself.
@@ -48,6 +51,10 @@ type meta struct {
 	// (memberlist's leave callback does not say whether a node left or
 	// failed.)
 	Leaving bool `json:"leaving,omitempty"`
+	// Run identifies one start of the node's process, so that a leave
+	// announced by one run is not undone by late gossip about it, yet a
+	// restart with the same ID is alive again.
+	Run string `json:"run,omitempty"`
 }
 
 // memberTable is this node's view of gossip membership. memberlist's
@@ -90,26 +97,55 @@ func (t *memberTable) update(n *memberlist.Node, gone bool) {
 	if err := json.Unmarshal(n.Meta, &md); err != nil || md.ID == "" {
 		return // not a leasenode member (or an old message); ignore
 	}
-	status := statusAlive
-	switch {
-	case gone && md.Leaving:
-		status = statusLeft
-	case gone:
-		status = statusDead
-	case md.Leaving:
-		status = statusLeaving
-	}
 	t.mu.Lock()
 	m := t.m[md.ID]
 	if m == nil {
 		m = &member{ID: md.ID}
 		t.m[md.ID] = m
 	}
+	if md.Leaving {
+		m.leavingRun = md.Run
+	}
+	leaving := md.Leaving || m.leavingRun != "" && m.leavingRun == md.Run
+	status := statusAlive
+	switch {
+	case gone && leaving:
+		status = statusLeft
+	case gone:
+		status = statusDead
+	case leaving:
+		status = statusLeaving
+	}
+	m.setStatus(status)
+	m.Raft, m.API, m.Gossip = md.Raft, md.API, net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	t.mu.Unlock()
+	t.signal()
+}
+
+// markLeaving records that run of member id asked to leave, ahead of the
+// gossip that says so: the leader must not add the node back in between.
+func (t *memberTable) markLeaving(id, run string) {
+	t.mu.Lock()
+	m := t.m[id]
+	if m == nil {
+		m = &member{ID: id}
+		t.m[id] = m
+	}
+	m.leavingRun = run
+	if m.Status == statusAlive || m.Status == "" {
+		m.setStatus(statusLeaving)
+	}
+	t.mu.Unlock()
+	t.signal()
+}
+
+func (m *member) setStatus(status string) {
 	if m.Status != status {
 		m.Status, m.Since = status, time.Now()
 	}
-	m.Raft, m.API, m.Gossip = md.Raft, md.API, net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-	t.mu.Unlock()
+}
+
+func (t *memberTable) signal() {
 	select {
 	case t.changed <- struct{}{}:
 	default:
@@ -143,11 +179,11 @@ func (n *Node) startGossip(ctx context.Context) error {
 	ahost, aportStr, _ := net.SplitHostPort(cfg.GossipAdvertiseAddr)
 	aport, _ := strconv.Atoi(aportStr)
 	d := &gossipDelegate{n: n}
-	d.setMeta(meta{ID: cfg.ID, Raft: cfg.AdvertiseAddr, API: n.apiAddr, Leaving: true})
+	d.setMeta(n.meta(true))
 	if l := len(*d.meta.Load()); l > memberlist.MetaMaxSize {
 		return fmt.Errorf("gossip metadata of %d bytes exceeds %d: shorten the ID or addresses", l, memberlist.MetaMaxSize)
 	}
-	d.setMeta(meta{ID: cfg.ID, Raft: cfg.AdvertiseAddr, API: n.apiAddr})
+	d.setMeta(n.meta(false))
 	n.gossip = d
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Timing.HeartbeatTimeout < DefaultTiming().HeartbeatTimeout {
@@ -179,6 +215,22 @@ func (n *Node) startGossip(ctx context.Context) error {
 	return nil
 }
 
+// meta is what this node publishes about itself in gossip.
+func (n *Node) meta(leaving bool) meta {
+	return meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Run: n.run, Leaving: leaving}
+}
+
+// announceLeave tells gossip that this node is about to leave, before it
+// asks the leader to remove it: a leader that learns of the leave by
+// gossip first must not add the node back, nor wait out DeadServerGrace
+// when it goes.
+func (n *Node) announceLeave(timeout time.Duration) {
+	n.gossip.setMeta(n.meta(true))
+	if err := n.ml.UpdateNode(timeout); err != nil {
+		n.log.Debug("gossip leave announcement", "err", err)
+	}
+}
+
 // leaveRaft asks the leader to remove this node from the Raft
 // configuration, so that a graceful leave does not wait for
 // DeadServerGrace. Best effort: the gossip leave flag is the fallback.
@@ -189,9 +241,23 @@ func (n *Node) leaveRaft(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := n.rpc.Call(ctx, addr, methodLeave, []byte(n.cfg.ID)); err != nil {
+	req, _ := json.Marshal(n.meta(true))
+	if _, err := n.rpc.Call(ctx, addr, methodLeave, req); err != nil {
 		n.log.Info("asking the leader to remove this node failed; it will notice by gossip", "err", err)
 	}
+}
+
+// serveLeave, on the leader, removes a node that leaves gracefully.
+func (n *Node) serveLeave(ctx context.Context, data []byte) error {
+	if n.leader(ctx) == nil {
+		return n.notLeaderErr()
+	}
+	var md meta
+	if err := json.Unmarshal(data, &md); err != nil || md.ID == "" {
+		return fmt.Errorf("%w: leave request: %v", ErrInvalid, err)
+	}
+	n.members.markLeaving(md.ID, md.Run)
+	return n.removeServer(md.ID)
 }
 
 // removeServer removes id from the Raft configuration if it is there.
@@ -209,13 +275,9 @@ func (n *Node) removeServer(id string) error {
 	return nil
 }
 
-// leaveGossip announces a graceful leave, then leaves gossip.
+// leaveGossip leaves gossip, waiting up to timeout for the news to go out.
 func (n *Node) leaveGossip(timeout time.Duration) {
-	n.gossip.setMeta(meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Leaving: true})
-	if err := n.ml.UpdateNode(timeout / 2); err != nil {
-		n.log.Debug("gossip leave announcement", "err", err)
-	}
-	if err := n.ml.Leave(timeout / 2); err != nil {
+	if err := n.ml.Leave(timeout); err != nil {
 		n.log.Debug("gossip leave", "err", err)
 	}
 }

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +45,7 @@ type Node struct {
 	gossip    *gossipDelegate
 	members   *memberTable
 	rejoining atomic.Bool // a rejoin attempt is running
+	run       string      // random ID of this start, published in gossip
 
 	api     *http.Server
 	apiLn   net.Listener
@@ -91,6 +94,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.ID),
 		changed: make(chan struct{}),
+		run:     strconv.FormatUint(rand.Uint64(), 36),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
@@ -273,6 +277,13 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		}
 		cancel()
 	}
+	timeout := time.Second // for each gossip step of a graceful leave
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, max(time.Until(dl)/2, 0))
+	}
+	if n.ml != nil && graceful {
+		n.announceLeave(timeout)
+	}
 	if n.raft != nil && n.raft.State() == raft.Leader && n.ctx.Err() == nil {
 		if err := n.raft.LeadershipTransfer().Error(); err != nil {
 			n.log.Info("leadership transfer on close failed", "err", err)
@@ -282,10 +293,6 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		n.leaveRaft(ctx)
 	}
 	if n.ml != nil && graceful {
-		timeout := time.Second
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
-			timeout = max(time.Until(dl), 0)
-		}
 		n.leaveGossip(timeout)
 	}
 	n.cancel()

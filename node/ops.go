@@ -239,10 +239,7 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 	case methodCheckToken:
 		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
 	case methodLeave:
-		if n.leader(ctx) == nil {
-			return nil, n.notLeaderErr()
-		}
-		return nil, n.removeServer(string(data))
+		return nil, n.serveLeave(ctx, data)
 	case methodStatus:
 		resp, err := n.Status(ctx, &pb.StatusRequest{})
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/freeport"
 	"github.com/leasenode/leasenode/metrics"
 	"github.com/leasenode/leasenode/node"
 )
@@ -139,7 +140,7 @@ func ports(opts Options) ([][3]string, error) {
 			for k := 0; k < 3; k++ {
 				addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.PortBase+10*i+k))
 				out[i][k] = addr
-				if !free(addr, k == 1) {
+				if !freeport.Free(addr, k == 1) {
 					busy = append(busy, addr)
 				}
 			}
@@ -151,7 +152,7 @@ func ports(opts Options) ([][3]string, error) {
 	}
 	for i := range out {
 		for k := 0; k < 3; k++ {
-			a, err := freePort(k == 1)
+			a, err := freeport.Addr("127.0.0.1", k == 1)
 			if err != nil {
 				return nil, err
 			}
@@ -159,37 +160,6 @@ func ports(opts Options) ([][3]string, error) {
 		}
 	}
 	return out, nil
-}
-
-func free(addr string, udp bool) bool {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return false
-	}
-	defer l.Close()
-	if udp {
-		u, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return false
-		}
-		u.Close()
-	}
-	return true
-}
-
-func freePort(udp bool) (string, error) {
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		addr := l.Addr().String()
-		l.Close()
-		if !udp || free(addr, true) {
-			return addr, nil
-		}
-	}
-	return "", errors.New("no free port on 127.0.0.1")
 }
 
 func (c *Cluster) start(ctx context.Context, i int) error {

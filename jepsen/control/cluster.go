@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/leasenode/leasenode/internal/freeport"
 )
 
 // Options configures a Cluster.
@@ -110,7 +111,12 @@ func New(opts Options) (*Cluster, error) {
 	var basePort int
 	if opts.Network == nil {
 		var err error
-		if basePort, err = freePorts(opts.Nodes); err != nil {
+		hosts := make([]string, opts.Nodes)
+		for i := range hosts {
+			hosts[i] = loopbackIP(i + 1)
+		}
+		// Node i takes three ports from base+3(i-1) on its own address.
+		if basePort, err = freeport.Block(hosts, 3*opts.Nodes, true); err != nil {
 			return nil, err
 		}
 	}
@@ -148,36 +154,6 @@ func New(opts Options) (*Cluster, error) {
 }
 
 func loopbackIP(i int) string { return "127.0.0." + strconv.Itoa(10+i) }
-
-// freePorts finds a base port such that, for every node i, the three ports
-// base+3(i-1)..+2 are free for TCP and UDP on 127.0.0.(10+i).
-func freePorts(nodes int) (int, error) {
-	for try := 0; try < 50; try++ {
-		base := 20000 + 3*rand.IntN(10000)
-		ok := true
-		for i := 1; i <= nodes && ok; i++ {
-			for k := 0; k < 3 && ok; k++ {
-				addr := net.JoinHostPort(loopbackIP(i), strconv.Itoa(base+3*(i-1)+k))
-				l, err := net.Listen("tcp", addr)
-				if err != nil {
-					ok = false
-					break
-				}
-				l.Close()
-				u, err := net.ListenPacket("udp", addr)
-				if err != nil {
-					ok = false
-					break
-				}
-				u.Close()
-			}
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, errors.New("no free loopback ports found")
-}
 
 // Nodes returns the nodes, n1 first.
 func (c *Cluster) Nodes() []*Node { return c.nodes }

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/leasenode/leasenode/internal/freeport"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport"
 )
@@ -163,27 +163,14 @@ func (c *Cluster) joinSeed() string {
 }
 
 // FreeAddr finds a free 127.0.0.1 port; with udp, free for UDP too
-// (memberlist binds both).
+// (memberlist binds both). See package freeport for why not port 0.
 func FreeAddr(t testing.TB, udp bool) string {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		if udp {
-			u, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				continue
-			}
-			u.Close()
-		}
-		return addr
+	addr, err := freeport.Addr("127.0.0.1", udp)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port")
-	return ""
+	return addr
 }
 
 // Node returns node i, or nil while it is down.
