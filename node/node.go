@@ -246,8 +246,9 @@ func (n *Node) changes() <-chan struct{} {
 }
 
 // Close leaves the cluster gracefully and releases every resource, in this
-// order: stop serving the API, transfer leadership (if leader), ask the
-// leader to remove this node from Raft, leave gossip, stop background
+// order: stop serving the API, announce the leave in gossip, transfer
+// leadership (if leader), ask the leader to remove this node from Raft,
+// leave gossip, stop background
 // loops, shut Raft down, close RPC, the mux and the stores. It is
 // idempotent; ctx bounds the graceful part.
 func (n *Node) Close(ctx context.Context) error {
