@@ -600,10 +600,12 @@ type Stats struct {
 func (f *FSM) Stats() Stats {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	s := Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied}
-	s.Delayed = f.nDelayed
-	s.Held = len(f.keys) - s.Delayed
-	return s
+	return f.statsLocked()
+}
+
+func (f *FSM) statsLocked() Stats {
+	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
+		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed}
 }
 
 // Clock returns the current epoch and logical time.

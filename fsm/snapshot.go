@@ -47,9 +47,45 @@ var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
 // snapshot exactly the state at one index; it stalls Apply for about 60 ms
 // per million leases (BenchmarkSnapshot1M).
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	w, _ := f.encode()
+	return w, nil
+}
+
+// Backup is the whole state at one applied index, encoded in the snapshot
+// format: what Restore reads, on this or any later version of the package.
+type Backup struct {
+	// Stats describes the state the backup holds.
+	Stats Stats
+	w     *frameWriter
+}
+
+// WriteTo writes the backup to dst.
+func (b *Backup) WriteTo(dst io.Writer) (int64, error) { return b.w.WriteTo(dst) }
+
+// Backup captures the state for a backup. Like Snapshot it encodes under
+// the lock (about 60 ms per million leases) and costs about 60 bytes per
+// lease until the Backup is dropped.
+func (f *FSM) Backup() *Backup {
+	w, st := f.encode()
+	return &Backup{Stats: st, w: w}
+}
+
+// ReadBackup reads and checks a whole backup (or raft snapshot) and
+// returns the stats of the state it holds, without keeping the state.
+func ReadBackup(r io.Reader) (Stats, error) {
+	st, err := readSnapshot(bufio.NewReaderSize(r, 256<<10))
+	if err != nil {
+		return Stats{}, err
+	}
+	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
+		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed}, nil
+}
+
+// encode encodes the state under the lock and returns it with its stats.
+func (f *FSM) encode() (*frameWriter, Stats) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var w frameWriter
+	w := &frameWriter{}
 	hdr := binary.AppendUvarint(nil, snapshotVersion)
 	hdr = binary.AppendUvarint(hdr, f.epoch)
 	hdr = binary.AppendVarint(hdr, int64(f.now))
@@ -73,7 +109,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		return true
 	})
 	flush()
-	return &w, nil
+	return w, f.statsLocked()
 }
 
 func appendRecord(b []byte, l *Lease) []byte {

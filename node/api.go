@@ -57,8 +57,8 @@ func (n *Node) startAPI() error {
 	return nil
 }
 
-// MountAPI registers the client protocol handlers on mux, for programs that
-// serve it on their own HTTP server.
+// MountAPI registers the client protocol handlers and BackupPath on mux,
+// for programs that serve them on their own HTTP server.
 func (n *Node) MountAPI(mux *http.ServeMux) {
 	// Replies are small; gzip would cost more CPU than the bytes it saves
 	// (it was 20% of the API's CPU). Large List pages still compress.
@@ -71,6 +71,7 @@ func (n *Node) MountAPI(mux *http.ServeMux) {
 		h = n.cfg.APIMiddleware(h)
 	}
 	mux.Handle(path, h)
+	mux.HandleFunc("GET "+BackupPath, n.serveBackup)
 }
 
 // authInterceptor requires "Authorization: Bearer <token>".

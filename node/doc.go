@@ -52,4 +52,13 @@
 //
 // fifo-no-barging: waiting acquirers are granted in arrival order at the
 // leader; see waitQueues.
+//
+// one-cluster-per-state: a node bootstraps only if no member it sees has
+// Raft state, so a node started with BootstrapExpect beside a running or
+// restored cluster joins it instead of founding a second one.
+//
+// tokens-survive-restore: Restore starts the new Raft log an index gap past
+// the backup's and in a term above its epoch, so new grants carry tokens
+// above those the old cluster granted after the backup, and the first
+// leader's Promote is newer than the restored epoch.
 package node

@@ -369,12 +369,47 @@ func (n *Node) tryBootstrap() bool {
 	if !self {
 		return true // the others bootstrap; the leader adds us
 	}
+	// Like Consul: never bootstrap next to a node that has Raft state (an
+	// existing cluster, or the first node of one restored from a backup),
+	// or two clusters could serve the same keys. Its leader adds us.
+	switch id, err := n.peerWithState(alive); {
+	case err != nil:
+		n.log.Debug("bootstrap postponed", "err", err)
+		return false
+	case id != "":
+		n.log.Info("not bootstrapping: a member already has Raft state", "member", id)
+		return true
+	}
 	if err := n.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
 		n.log.Warn("bootstrap failed", "err", err)
 		return false
 	}
 	n.log.Info("bootstrapped cluster", "servers", len(conf.Servers))
 	return true
+}
+
+// peerWithState returns the ID of a member other than this node that has
+// Raft state, or "" if none has; an error if one could not be asked.
+func (n *Node) peerWithState(members []member) (string, error) {
+	for _, m := range members {
+		if m.ID == n.cfg.ID {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+		out, err := n.rpc.Call(ctx, m.Raft, methodStatus, nil)
+		cancel()
+		var st pb.StatusResponse
+		if err == nil {
+			err = proto.Unmarshal(out, &st)
+		}
+		if err != nil {
+			return "", fmt.Errorf("status of %s: %w", m.ID, err)
+		}
+		if st.GetLastIndex() > 0 {
+			return m.ID, nil
+		}
+	}
+	return "", nil
 }
 
 // reconcile, on the leader, brings the Raft configuration in line with

@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -488,4 +490,68 @@ func TestGracefulLeaveRemovedAtOnce(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Scenario: a backup taken on the leader (followers answer with the
+// leader's hint) restores into the first node of a new cluster whose other
+// nodes start with BootstrapExpect and must not bootstrap beside it. The
+// restored leases keep holder and token and can be extended; a lease
+// granted after the backup is absent; new tokens are above the old
+// cluster's; a non-empty data dir is refused.
+func TestBackupRestore(t *testing.T) {
+	old := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := old.Leader()
+	a := mustGrant(t, l, acq("a", "h1", 1, time.Minute))
+	mustGrant(t, l, acq("b", "h2", 1, time.Minute))
+	_, f := old.Follower()
+	var le *node.LeaderError
+	if _, err := f.Backup(ctxT(t, 5*time.Second)); !errors.As(err, &le) || !errors.Is(err, node.ErrNotLeader) || le.LeaderAddr == "" && le.LeaderID == "" {
+		t.Fatalf("backup on a follower: %v", err)
+	}
+	b, err := l.Backup(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := b.WriteTo(&backup); err != nil {
+		t.Fatal(err)
+	}
+	after := mustGrant(t, l, acq("after", "h3", 1, time.Minute))
+
+	var restored fsm.Stats
+	c := nodetest.New(t, nodetest.Options{Size: 3, BootstrapExpect: 3, Configure: func(i int, cfg *node.Config) {
+		if i != 0 {
+			return
+		}
+		if restored, err = node.Restore(*cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
+			t.Errorf("restore: %v", err)
+		}
+		if _, err := node.Restore(*cfg, bytes.NewReader(backup.Bytes()), 0); err == nil || !strings.Contains(err.Error(), "already holds") {
+			t.Errorf("second restore into the same dir: %v", err)
+		}
+	}})
+	if restored.Held != 2 || restored.Applied != b.Stats.Applied+node.DefaultRestoreIndexGap {
+		t.Fatalf("restored %+v from backup %+v", restored, b.Stats)
+	}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if s := suffrage(t, c.Node(0)); len(s) != 3 {
+			return fmt.Errorf("configuration %v", s)
+		}
+		return nil
+	})
+	_, nl := c.Leader()
+	got, err := nl.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "a"})
+	if err != nil || !got.Found || got.Lease.Holder != "h1" || got.Lease.Token != a.Token {
+		t.Fatalf("restored a: %v %v, want holder h1 token %d", got, err, a.Token)
+	}
+	ext, err := nl.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h1", Items: []*pb.ExtendItem{{Key: "a", Token: a.Token}}})
+	if err != nil || !ext.Results[0].Ok {
+		t.Fatalf("extend of a restored lease: %v %v", ext, err)
+	}
+	if got, err := nl.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "after"}); err != nil || got.Found {
+		t.Fatalf("a lease granted after the backup came back: %v %v", got, err)
+	}
+	if g := mustGrant(t, nl, acq("after", "h4", 1, time.Minute)); g.Token <= after.Token {
+		t.Fatalf("new token %d not above the old cluster's %d", g.Token, after.Token)
+	}
 }

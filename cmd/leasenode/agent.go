@@ -48,8 +48,11 @@ type agentFlags struct {
 	unsafeNames                  []string
 }
 
-func newAgentFlags() *agentFlags {
-	a := &agentFlags{fs: newFlags("agent", agentSynopsis)}
+// newAgentFlags returns the agent's flags under the command name and
+// synopsis given (snapshot restore takes the same flags as the agent it
+// prepares).
+func newAgentFlags(name, synopsis string) *agentFlags {
+	a := &agentFlags{fs: newFlags(name, synopsis)}
 	fs := a.fs
 	fs.StringVar(&a.id, "id", "", "node ID: unique in the cluster and stable across restarts (required)")
 	fs.StringVar(&a.dataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
@@ -166,7 +169,7 @@ func newLogger(level, format string) (*slog.Logger, error) {
 }
 
 func runAgent(ctx context.Context, sig *signals, args []string) error {
-	a := newAgentFlags()
+	a := newAgentFlags("agent", agentSynopsis)
 	pos, _, err := parseFlags(a.fs, args, 0)
 	if err != nil {
 		return err

@@ -145,8 +145,6 @@ func listAll(ctx context.Context, r *lease.Remote, prefix string, stale bool) ([
 	}
 }
 
-// parseClient parses a client command's flags and checks the number of
-// positional arguments is within [min, max].
 // request opens the client API and a context bounded by --timeout and
 // cancelled by a signal; call done when finished.
 func (c *clientFlags) request(ctx context.Context, sig *signals) (context.Context, *lease.Remote, func(), error) {
@@ -159,6 +157,8 @@ func (c *clientFlags) request(ctx context.Context, sig *signals) (context.Contex
 	return ctx, api, func() { cancelT(); cancel(); api.Close() }, nil
 }
 
+// parseClient parses a client command's flags and checks the number of
+// positional arguments is within [min, max].
 func parseClient(fs *flag.FlagSet, cf *clientFlags, args []string, min, max int) ([]string, error) {
 	pos, _, err := parseFlags(fs, args, 0)
 	if err != nil {

@@ -5,6 +5,7 @@
 //	leasenode demo [--short]      a one-minute showcase with a leader crash
 //	leasenode lock KEY -- CMD     run CMD while holding KEY
 //	leasenode acquire|release|get|list|watch|members|status|bench
+//	leasenode snapshot save|restore  back up a cluster, seed a new one from a backup
 //
 // Run `leasenode help` for the commands, `leasenode CMD -h` for the flags
 // of one, and see README.md. The package is kept thin: it maps flags to
@@ -69,6 +70,7 @@ func init() {
 		{"members", "list the nodes of the cluster", runMembers},
 		{"status", "show every node's Raft state and lease counts", runStatus},
 		{"bench", "load a cluster with standard workloads and report latencies", runBench},
+		{"snapshot", "back up a cluster's leases (save) or seed a new cluster from a backup (restore)", runSnapshot},
 	}
 }
 

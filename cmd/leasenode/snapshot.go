@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
+)
+
+const snapshotSynopsis = `snapshot save FILE [--addr ...]
+       leasenode snapshot restore FILE --id ID --data-dir DIR [agent flags]
+
+save writes every lease of a running cluster to FILE (- for stdout): a
+consistent read on the leader, checked after download. The same is served
+as GET /v1/backup on any node's API address (curl -L follows a follower's
+redirect to the leader).
+
+restore turns FILE into the data directory of the first node of a new
+cluster, offline. Give it the flags you will start that agent with; then
+start the agent, and the other nodes with --join and without
+--bootstrap-expect. Restored leases keep their holders and tokens and get
+their full TTL again; new tokens start --index-gap above the backup's, so
+they stay above any token the old cluster granted after the backup. Leases
+granted after the backup are not in it: restore only after the old cluster
+has been down longer than the longest TTL in use.`
+
+func runSnapshot(ctx context.Context, sig *signals, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "save":
+			return snapshotSave(ctx, sig, args[1:])
+		case "restore":
+			return snapshotRestore(args[1:])
+		case "-h", "--help", "help":
+			fmt.Fprintf(os.Stderr, "usage: leasenode %s\n\nRun `leasenode snapshot save -h` or `leasenode snapshot restore -h` for the flags.\n", snapshotSynopsis)
+			return nil
+		}
+	}
+	return usagef("want `snapshot save FILE` or `snapshot restore FILE` (see leasenode snapshot -h)")
+}
+
+// backupJSON is the -o json output of snapshot save and restore.
+type backupJSON struct {
+	File    string `json:"file"`
+	Index   uint64 `json:"index"`
+	Epoch   uint64 `json:"epoch"`
+	Leases  int    `json:"leases"`
+	Delayed int    `json:"lock_delayed"`
+	Bytes   int64  `json:"bytes,omitempty"`
+	DataDir string `json:"data_dir,omitempty"`
+}
+
+func snapshotSave(ctx context.Context, sig *signals, args []string) error {
+	fs := newFlags("snapshot save", snapshotSynopsis)
+	var cf clientFlags
+	cf.register(fs)
+	pos, err := parseClient(fs, &cf, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := cf.tlsConfig()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := sig.cancelOn(ctx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cf.timeout)
+	defer cancelT()
+
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	hc := &http.Client{
+		Transport: &http.Transport{TLSClientConfig: tlsCfg, DialContext: (&net.Dialer{Timeout: 3 * time.Second}).DialContext},
+		// A follower redirects to the leader, maybe on another host: keep
+		// the token, which net/http drops across hosts.
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) > 3 {
+				return errors.New("too many redirects")
+			}
+			req.Header.Set("Authorization", via[0].Header.Get("Authorization"))
+			return nil
+		},
+	}
+	defer hc.CloseIdleConnections()
+	resp, err := getBackup(ctx, hc, scheme, cf.addrs(), cf.token)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+
+	out := backupJSON{File: pos[0]}
+	var w io.Writer = os.Stdout
+	var tmp *os.File
+	if out.File != "-" {
+		// Write beside the target and rename, so FILE is whole or absent.
+		if tmp, err = os.CreateTemp(filepath.Dir(out.File), filepath.Base(out.File)+".*.tmp"); err != nil {
+			return err
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		w = tmp
+	}
+	pr, pw := io.Pipe()
+	checked := make(chan error, 1)
+	var stats fsm.Stats
+	go func() {
+		var err error
+		stats, err = fsm.ReadBackup(pr)
+		pr.CloseWithError(err)
+		checked <- err
+	}()
+	out.Bytes, err = io.Copy(io.MultiWriter(w, pw), resp.Body)
+	pw.CloseWithError(err)
+	if cerr := <-checked; err == nil && cerr != nil {
+		err = fmt.Errorf("the backup received does not check out: %w", cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("snapshot save: %w", err)
+	}
+	if tmp != nil {
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+		if err := tmp.Close(); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp.Name(), out.File); err != nil {
+			return err
+		}
+	}
+	out.Index, out.Epoch, out.Leases, out.Delayed = stats.Applied, stats.Epoch, stats.Held, stats.Delayed
+	if cf.json() {
+		printJSON(out)
+	} else if out.File != "-" {
+		fmt.Printf("saved %d leases (%d keys in lock-delay) at index %d, epoch %d: %d bytes to %s\n",
+			out.Leases, out.Delayed, out.Index, out.Epoch, out.Bytes, out.File)
+	}
+	return nil
+}
+
+// getBackup asks the nodes at addrs in turn for a backup, until one
+// answers with it or ctx ends; a cluster without a leader is asked again.
+func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []string, token string) (*http.Response, error) {
+	var last error
+	for {
+		for _, addr := range addrs {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+node.BackupPath, nil)
+			if err != nil {
+				return nil, usagef("--addr %q: %v", addr, err)
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				last = err
+				continue
+			}
+			if resp.StatusCode == http.StatusOK {
+				return resp, nil
+			}
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return nil, fmt.Errorf("%s: %s; pass --auth-token or set LEASENODE_AUTH_TOKEN", addr, msg)
+			}
+			last = fmt.Errorf("%s: %s: %s", addr, resp.Status, msg)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v (last error: %v)", lease.ErrNoLeader, context.Cause(ctx), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func snapshotRestore(args []string) error {
+	a := newAgentFlags("snapshot restore", snapshotSynopsis)
+	gap := a.fs.Uint64("index-gap", node.DefaultRestoreIndexGap, "Raft entries skipped past the backup's index, so new fencing tokens stay above the old cluster's")
+	output := a.fs.String("output", "table", "output format: table or json")
+	a.fs.StringVar(output, "o", "table", "short for --output")
+	pos, _, err := parseFlags(a.fs, args, 0)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("snapshot restore: want one backup FILE (see leasenode snapshot restore -h)")
+	}
+	if *output != "table" && *output != "json" {
+		return usagef("-o %q: want table or json", *output)
+	}
+	if *gap == 0 {
+		return usagef("--index-gap must be positive")
+	}
+	cfg, err := a.config()
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := node.Restore(cfg, f, *gap)
+	if err != nil {
+		return err
+	}
+	out := backupJSON{File: pos[0], Index: st.Applied, Epoch: st.Epoch, Leases: st.Held, Delayed: st.Delayed, DataDir: cfg.DataDir}
+	if *output == "json" {
+		printJSON(out)
+		return nil
+	}
+	fmt.Printf("restored %d leases (%d keys in lock-delay) from %s into %s; Raft resumes after index %d.\n",
+		out.Leases, out.Delayed, out.File, out.DataDir, out.Index)
+	fmt.Printf("Start this node with `leasenode agent` and the same flags, then the others with --join and without --bootstrap-expect.\n")
+	return nil
+}
