@@ -114,9 +114,9 @@ func (n *Node) runLeadership() {
 func (n *Node) establish(ctx context.Context, start time.Time) {
 	log := n.log.With("component", "node.leader")
 	for ctx.Err() == nil {
-		if err := n.raft.Barrier(n.cfg.Timing.ElectionTimeout * 10).Error(); err != nil {
+		if err := n.wait(n.raft.Barrier(n.cfg.Timing.ElectionTimeout * 10)); err != nil {
 			log.Warn("barrier failed", "err", err)
-			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
 				return
 			}
 			continue
@@ -194,14 +194,11 @@ func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Re
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
 	f := n.raft.Apply(data, timeout)
-	done := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }() // n.ctx ends before Raft shuts down: see wait
 	var err error
-	go func() {
-		err = f.Error()
-		close(done)
-	}()
 	select {
-	case <-done:
+	case err = <-done:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, ctx.Err())
 	case <-n.ctx.Done():
@@ -226,6 +223,22 @@ func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Re
 		return nil, n.notLeaderErr()
 	}
 	return resp, nil
+}
+
+// wait returns the result of a Raft future. hashicorp/raft never resolves
+// a future that was still queued to its FSM when it shut down, so wait also
+// returns raft.ErrRaftShutdown once this node's Raft is down. (The
+// goroutine blocked in f.Error then stays blocked; that happens only for an
+// entry committed in the instant before shutdown.)
+func (n *Node) wait(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.raftDown:
+		return raft.ErrRaftShutdown
+	}
 }
 
 // runReaper proposes Expire whenever the FSM's next expiry comes due on the

@@ -269,7 +269,7 @@ func (n *Node) removeServer(id string) error {
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == id {
 			n.log.Info("removing server that leaves", "component", "node.membership", "id", id)
-			return n.raft.RemoveServer(s.ID, 0, 5*time.Second).Error()
+			return n.wait(n.raft.RemoveServer(s.ID, 0, 5*time.Second))
 		}
 	}
 	return nil
@@ -441,7 +441,7 @@ func (n *Node) reconcile() {
 	for _, m := range members {
 		if _, ok := inConf[m.ID]; !ok && m.Status == statusAlive {
 			log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
-			if err := n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout).Error(); err != nil {
+			if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout)); err != nil {
 				log.Warn("add non-voter failed", "id", m.ID, "err", err)
 			}
 			return // one change at a time; the next pass continues
@@ -470,7 +470,7 @@ func (n *Node) reconcile() {
 			!known && time.Since(ls.start) > n.cfg.DeadServerGrace
 		if gone {
 			log.Info("removing server", "id", id, "status", m.Status)
-			if err := n.raft.RemoveServer(s.ID, 0, timeout).Error(); err != nil {
+			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
 				log.Warn("remove server failed", "id", id, "err", err)
 			}
 			return
@@ -492,7 +492,7 @@ func (n *Node) reconcile() {
 				continue
 			}
 			log.Info("promoting to voter", "id", id)
-			if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(members[id].Raft), 0, timeout).Error(); err != nil {
+			if err := n.wait(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(members[id].Raft), 0, timeout)); err != nil {
 				log.Warn("promote failed", "id", id, "err", err)
 			}
 			return
@@ -501,7 +501,7 @@ func (n *Node) reconcile() {
 	if len(failedVoters) > 0 && len(voters) >= n.cfg.Voters {
 		id := failedVoters[0]
 		log.Info("demoting failed voter", "id", id)
-		if err := n.raft.DemoteVoter(raft.ServerID(id), 0, timeout).Error(); err != nil {
+		if err := n.wait(n.raft.DemoteVoter(raft.ServerID(id), 0, timeout)); err != nil {
 			log.Warn("demote failed", "id", id, "err", err)
 		}
 		return
@@ -511,7 +511,7 @@ func (n *Node) reconcile() {
 		for i := len(voters) - 1; i >= 0; i-- {
 			if voters[i] != n.cfg.ID {
 				log.Info("demoting extra voter", "id", voters[i])
-				if err := n.raft.DemoteVoter(raft.ServerID(voters[i]), 0, timeout).Error(); err != nil {
+				if err := n.wait(n.raft.DemoteVoter(raft.ServerID(voters[i]), 0, timeout)); err != nil {
 					log.Warn("demote failed", "id", voters[i], "err", err)
 				}
 				return

@@ -44,8 +44,9 @@ type Node struct {
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
 	members   *memberTable
-	rejoining atomic.Bool // a rejoin attempt is running
-	run       string      // random ID of this start, published in gossip
+	rejoining atomic.Bool   // a rejoin attempt is running
+	run       string        // random ID of this start, published in gossip
+	raftDown  chan struct{} // closed once Raft has shut down; see await
 
 	api     *http.Server
 	apiLn   net.Listener
@@ -90,11 +91,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n := &Node{
-		started: time.Now(),
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.ID),
-		changed: make(chan struct{}),
-		run:     strconv.FormatUint(rand.Uint64(), 36),
+		started:  time.Now(),
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.ID),
+		changed:  make(chan struct{}),
+		run:      strconv.FormatUint(rand.Uint64(), 36),
+		raftDown: make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
@@ -188,9 +190,10 @@ func (n *Node) startRaft() error {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
-	// Let concurrent Apply calls queue up so the leader loop turns them
-	// into one log batch, one fsync and one AppendEntries.
-	rc.BatchApplyCh = true
+	// The leader loop's group commit turns every Apply blocked on applyCh
+	// into one log batch, one fsync and one AppendEntries. BatchApplyCh is
+	// left off: its buffered applyCh leaves futures still queued at
+	// shutdown unresolved forever (Close hung on one).
 	rc.MaxAppendEntries = 512
 	// Leadership changes, in order and none lost, for runLeadership. Raft
 	// blocks until they are read, so runLeadership never blocks.
@@ -301,6 +304,7 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
+		close(n.raftDown)
 	}
 	if ls := n.lead.Swap(nil); ls != nil {
 		ls.stop(ErrClosed)

@@ -129,8 +129,15 @@ func TestLeaderKillKeepsLeases(t *testing.T) {
 
 // Scenario: stop every node, start them all again from disk: every lease
 // is still there with the same holder and token. A low snapshot threshold
-// makes the restart go through snapshot restore plus log replay.
+// makes the restart go through snapshot restore plus log replay. Nodes
+// either crash or stop gracefully one after the other (as a service
+// manager stops them), which removes each from Raft as it leaves.
 func TestFullRestartKeepsLeases(t *testing.T) {
+	t.Run("crash", func(t *testing.T) { testFullRestart(t, (*nodetest.Cluster).Kill) })
+	t.Run("graceful", func(t *testing.T) { testFullRestart(t, (*nodetest.Cluster).Stop) })
+}
+
+func testFullRestart(t *testing.T, stop func(*nodetest.Cluster, int)) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
 		cfg.SnapshotThreshold = 32
 		cfg.TrailingLogs = 8
@@ -151,7 +158,7 @@ func TestFullRestartKeepsLeases(t *testing.T) {
 		return nil
 	})
 	for i := range c.Size() {
-		c.Kill(i)
+		stop(c, i)
 	}
 	for i := range c.Size() {
 		c.Restart(i)

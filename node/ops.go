@@ -397,7 +397,7 @@ func (n *Node) verify(ls *leaderState) error {
 	if ls == nil {
 		return nil
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.wait(n.raft.VerifyLeader()); err != nil {
 		return n.notLeaderErr()
 	}
 	return nil
