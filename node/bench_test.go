@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"runtime"
 	"slices"
@@ -267,12 +268,30 @@ func BenchmarkIdle(b *testing.B) {
 // catch up, and the failover time with 1M leases to Promote.
 //
 //	go test -run '^$' -bench Million -benchtime 1x -timeout 30m ./node/
+//
+// millionSoak, when set, keeps the million leases alive for that long
+// with batched extends before the restart and failover phases:
+//
+//	go test -run '^$' -bench Million -benchtime 1x -timeout 60m ./node/ -args -million.soak 10m
+var millionSoak = flag.Duration("million.soak", 0, "BenchmarkMillion: keep the leases alive this long (TTL 2 min, extended every 40 s)")
+
+// BenchmarkMillion fills a cluster with a million leases (64 holders),
+// reports memory, optionally keeps them alive for -million.soak and checks
+// none was lost, then measures a follower restart and a leader failover.
 func BenchmarkMillion(b *testing.B) {
 	c := nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming(), Configure: func(i int, cfg *node.Config) {
 		cfg.SnapshotThreshold = 200000
+		if *millionSoak > 0 {
+			cfg.SnapshotThreshold = 256 // extend entries are large: compact often
+		}
 	}})
 	_, l := c.Leader()
 	const total, workers = 1_000_000, 64
+	ttl := time.Hour
+	if *millionSoak > 0 {
+		ttl = 2 * time.Minute
+	}
+	held := make([][]*pb.ExtendItem, workers) // per holder: key and token
 	var next atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -285,11 +304,13 @@ func BenchmarkMillion(b *testing.B) {
 				if i > total {
 					return
 				}
-				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: fmt.Sprintf("m/%07d", i), Holder: fmt.Sprint("h", w), RequestId: req, Ttl: durationpb.New(time.Hour)})
+				key := fmt.Sprintf("m/%07d", i)
+				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: key, Holder: fmt.Sprint("h", w), RequestId: req, Ttl: durationpb.New(ttl)})
 				if err != nil || !r.Granted {
 					b.Errorf("acquire: %v %v", r, err)
 					return
 				}
+				held[w] = append(held[w], &pb.ExtendItem{Key: key, Token: r.Token})
 			}
 		}()
 	}
@@ -300,6 +321,9 @@ func BenchmarkMillion(b *testing.B) {
 	runtime.ReadMemStats(&ms)
 	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MB-3-nodes")
 	b.ReportMetric(float64(rssKB())/1024, "rss-MB-3-nodes")
+	if *millionSoak > 0 {
+		soakMillion(b, l, held, *millionSoak)
+	}
 
 	fi, _ := c.Follower()
 	c.Kill(fi)
@@ -323,6 +347,61 @@ func BenchmarkMillion(b *testing.B) {
 	b.ReportMetric(time.Since(t0).Seconds()*1000, "failover-ms")
 	if got := nl.FSM().Stats().Held; got < total {
 		b.Fatalf("after failover %d leases, want %d", got, total)
+	}
+}
+
+// soakMillion extends every holder's leases in one request per 40 s (a
+// third of their TTL) for d, then checks that every lease is still held
+// by its holder with its token.
+func soakMillion(b *testing.B, l *node.Node, held [][]*pb.ExtendItem, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cpu0, t0 := nodetest.CPUTime(), time.Now()
+	var extended, failed atomic.Int64
+	var wg sync.WaitGroup
+	for w, items := range held {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(40 * time.Second)
+			defer tick.Stop()
+			for {
+				r, err := l.Extend(context.Background(), &pb.ExtendRequest{Holder: fmt.Sprint("h", w), Items: items})
+				if err != nil {
+					b.Errorf("extend h%d: %v", w, err)
+					return
+				}
+				for _, res := range r.Results {
+					if res.Ok {
+						extended.Add(1)
+					} else {
+						failed.Add(1)
+					}
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	secs := time.Since(t0).Seconds()
+	b.ReportMetric(float64(extended.Load())/secs, "soak-lease-extends/s")
+	b.ReportMetric((nodetest.CPUTime()-cpu0).Seconds()/secs*60, "soak-cpu-s/min")
+	b.ReportMetric(float64(rssKB())/1024, "soak-max-rss-MB-3-nodes")
+	lost := failed.Load()
+	for w, items := range held {
+		for _, it := range items {
+			if got, ok := l.FSM().Get(it.Key); !ok || got.Holder != fmt.Sprint("h", w) || got.Token != it.Token {
+				lost++
+			}
+		}
+	}
+	b.ReportMetric(float64(lost), "soak-lost")
+	if lost > 0 {
+		b.Errorf("%d leases lost or failed to extend during a %v soak", lost, d)
 	}
 }
 
