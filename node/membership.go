@@ -395,13 +395,7 @@ func (n *Node) peerWithState(members []member) (string, error) {
 		if m.ID == n.cfg.ID {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(n.ctx, time.Second)
-		out, err := n.rpc.Call(ctx, m.Raft, methodStatus, nil)
-		cancel()
-		var st pb.StatusResponse
-		if err == nil {
-			err = proto.Unmarshal(out, &st)
-		}
+		st, err := n.peerStatus(m)
 		if err != nil {
 			return "", fmt.Errorf("status of %s: %w", m.ID, err)
 		}
@@ -523,15 +517,21 @@ func (n *Node) reconcile() {
 // caughtUp asks m for its applied index; it is caught up when within a
 // small margin of ours.
 func (n *Node) caughtUp(m member) bool {
+	st, err := n.peerStatus(m)
+	return err == nil && st.GetHeader().GetAppliedIndex()+256 >= n.raft.AppliedIndex()
+}
+
+// peerStatus asks member m for its local status over node RPC.
+func (n *Node) peerStatus(m member) (*pb.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
 	defer cancel()
 	out, err := n.rpc.Call(ctx, m.Raft, methodStatus, nil)
 	if err != nil {
-		return false
+		return nil, err
 	}
-	var st pb.StatusResponse
-	if proto.Unmarshal(out, &st) != nil {
-		return false
+	st := &pb.StatusResponse{}
+	if err := proto.Unmarshal(out, st); err != nil {
+		return nil, err
 	}
-	return st.GetHeader().GetAppliedIndex()+256 >= n.raft.AppliedIndex()
+	return st, nil
 }

@@ -46,7 +46,7 @@ type Node struct {
 	members   *memberTable
 	rejoining atomic.Bool   // a rejoin attempt is running
 	run       string        // random ID of this start, published in gossip
-	raftDown  chan struct{} // closed once Raft has shut down; see await
+	raftDown  chan struct{} // closed once Raft has shut down; see wait
 
 	api     *http.Server
 	apiLn   net.Listener
