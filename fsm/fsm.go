@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/btree"
@@ -141,6 +142,10 @@ type Config struct {
 type FSM struct {
 	cfg Config
 
+	// appliedBytes counts the bytes of every entry applied, for the
+	// node's log compaction; it is not part of the state.
+	appliedBytes atomic.Uint64
+
 	mu      sync.RWMutex
 	epoch   uint64
 	now     time.Duration
@@ -227,6 +232,7 @@ func (f *FSM) reportFatal(errs []error) {
 }
 
 func (f *FSM) applyLog(l *raft.Log) interface{} {
+	f.appliedBytes.Add(uint64(len(l.Data)))
 	if l.Index > f.applied {
 		f.applied = l.Index
 	}
@@ -607,6 +613,11 @@ func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
 		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed}
 }
+
+// AppliedBytes returns the total size of the entries this FSM applied
+// since it was created (restores do not count). Node uses it to bound the
+// Raft log by bytes; it is not part of the replicated state.
+func (f *FSM) AppliedBytes() uint64 { return f.appliedBytes.Load() }
 
 // Clock returns the current epoch and logical time.
 func (f *FSM) Clock() (epoch uint64, now time.Duration) {

@@ -108,6 +108,12 @@ type Config struct {
 	// TrailingLogs is how many entries stay in the log after a snapshot,
 	// so a slightly lagging follower catches up without one. Default 10240.
 	TrailingLogs uint64
+	// LogBytes bounds the Raft log by size where the two counts above do
+	// not: once entries applied since the last snapshot add up to it, the
+	// node snapshots early, and it keeps fewer trailing entries when
+	// entries are large (a million leases extended by a few holders make
+	// entries of half a megabyte). Default 64 MiB.
+	LogBytes uint64
 
 	// TLS enables mutual TLS between nodes: server side for the node port
 	// and the API, client side for dialing. Either set TLSFiles or both
@@ -175,6 +181,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold: 8192,
 		SnapshotInterval:  30 * time.Second,
 		TrailingLogs:      10240,
+		LogBytes:          64 << 20,
 	}
 }
 
@@ -210,6 +217,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = d.TrailingLogs
+	}
+	if c.LogBytes == 0 {
+		c.LogBytes = d.LogBytes
 	}
 	if c.UnsafeClockRate == 0 {
 		c.UnsafeClockRate = 1

@@ -125,6 +125,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.goRun("node.leader", n.runLeadership)
 	n.goRun("node.feed", n.runFeed)
 	n.goRun("node.membership", n.runMembership)
+	n.goRun("node.compaction", n.runCompaction)
 	n.log.Info("node started", "raft", cfg.AdvertiseAddr, "gossip", cfg.GossipAdvertiseAddr, "api", n.apiAddr)
 	return n, nil
 }

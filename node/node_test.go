@@ -562,3 +562,32 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("new token %d not above the old cluster's %d", g.Token, after.Token)
 	}
 }
+
+// Scenario: large entries bound the log by bytes (Config.LogBytes): far
+// below SnapshotThreshold entries, every node snapshots once the bytes
+// applied reach LogBytes, and keeps fewer trailing entries because each
+// is large.
+func TestLogBoundedByBytes(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.LogBytes = 256 << 10
+		cfg.SnapshotThreshold = 1 << 20
+	}})
+	_, l := c.Leader()
+	for i := range 8 {
+		r := acq(fmt.Sprintf("big/%d", i), "h", 1, time.Minute)
+		r.Value = bytes.Repeat([]byte{'v'}, 60<<10)
+		mustGrant(t, l, r)
+	}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		for i := range c.Size() {
+			r := c.Node(i).Raft()
+			if st := r.Stats(); st["last_snapshot_index"] == "0" {
+				return fmt.Errorf("n%d: no snapshot after %s entries", i, st["last_log_index"])
+			}
+			if got := r.ReloadableConfig().TrailingLogs; got != 64 {
+				return fmt.Errorf("n%d keeps %d trailing entries of 60 KiB, want 64", i, got)
+			}
+		}
+		return nil
+	})
+}
