@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -207,7 +208,7 @@ func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao ac
 			break
 		}
 		c.log.Debug("acquire attempt failed; retrying", "key", key, "err", err)
-		if !sleep(ctx, bo.next()) {
+		if !ctxtime.Sleep(ctx, bo.next()) {
 			break
 		}
 	}
@@ -252,7 +253,7 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST || reasonOf(err) == pb.Reason_REASON_INVALID {
 			return nil, nil // a newer holding of ours exists; this id was never current
 		}
-		if !sleep(ctx, bo.next()) {
+		if !ctxtime.Sleep(ctx, bo.next()) {
 			return nil, err
 		}
 	}
@@ -354,7 +355,7 @@ func (c *Client) releaseRecord(ctx context.Context, h *held) error {
 		case pb.Reason_REASON_INVALID:
 			return classify("release", h.key, err)
 		}
-		if !sleep(ctx, bo.next()) {
+		if !ctxtime.Sleep(ctx, bo.next()) {
 			return classify("release", h.key, err)
 		}
 	}
@@ -419,7 +420,7 @@ func retryRead[T any](ctx context.Context, c *Client, f func() (T, error)) (T, e
 		}
 		switch reasonOf(err) {
 		case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
-			if sleep(ctx, bo.next()) {
+			if ctxtime.Sleep(ctx, bo.next()) {
 				continue
 			}
 		}
@@ -490,15 +491,3 @@ func (b *backoff) next() time.Duration {
 }
 
 func (b *backoff) reset(min time.Duration) { b.cur = min }
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"errors"
+
+	"github.com/leasenode/leasenode/internal/ctxtime"
 )
 
 // Elector runs leader election on one key, the recipe of client-go's
@@ -41,7 +43,7 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context, l *Lea
 				return ctx.Err()
 			}
 			e.c.log.Warn("campaign failed; retrying", "key", e.key, "err", err)
-			if !sleep(ctx, e.c.backoff().next()) {
+			if !ctxtime.Sleep(ctx, e.c.backoff().next()) {
 				return ctx.Err()
 			}
 			continue
@@ -93,7 +95,7 @@ func (c *Client) Observe(ctx context.Context, key string) <-chan Leader {
 		for ctx.Err() == nil {
 			events, err := c.Watch(ctx, key)
 			if err != nil {
-				if !sleep(ctx, bo.next()) {
+				if !ctxtime.Sleep(ctx, bo.next()) {
 					return
 				}
 				continue

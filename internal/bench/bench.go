@@ -33,6 +33,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/internal/local"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -495,7 +496,7 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 	var windows, elections recorder
 	var kills []string
 	for k := 0; k < cfg.Kills && ctx.Err() == nil; k++ {
-		if !sleepCtx(ctx, cfg.Duration/2) {
+		if !ctxtime.Sleep(ctx, cfg.Duration/2) {
 			break
 		}
 		leader := c.Leader()
@@ -520,13 +521,13 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 				}
 			}
 			mu.Unlock()
-			sleepCtx(ctx, 10*time.Millisecond)
+			ctxtime.Sleep(ctx, 10*time.Millisecond)
 		}
 		if !first.IsZero() {
 			windows.add(first.Sub(crashAt))
 			kills = append(kills, c.ID(leader))
 		}
-		if !sleepCtx(ctx, cfg.Duration/2) {
+		if !ctxtime.Sleep(ctx, cfg.Duration/2) {
 			break
 		}
 		if err := c.Restart(ctx, leader); err != nil {
@@ -548,17 +549,6 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 // isCtxErr reports an error caused by the run's deadline, not the cluster.
 func isCtxErr(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // errGroup runs functions concurrently and keeps the first error.

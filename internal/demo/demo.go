@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/internal/local"
 	"github.com/leasenode/leasenode/lease"
 )
@@ -157,7 +158,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if sleep(runCtx, p.pause-time.Since(t0)) {
+		if ctxtime.Sleep(runCtx, p.pause-time.Since(t0)) {
 			d.sleeper(runCtx, "worker-5", sleeper)
 		}
 	}()
@@ -165,7 +166,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	var crashed int = -1
 	var crashAt time.Time
 	var elected time.Duration
-	if sleep(runCtx, p.crash-time.Since(t0)) {
+	if ctxtime.Sleep(runCtx, p.crash-time.Since(t0)) {
 		crashed = c.Leader()
 		if crashed >= 0 {
 			crashAt = time.Now()
@@ -177,7 +178,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			}
 		}
 	}
-	if crashed >= 0 && sleep(runCtx, p.restart-time.Since(t0)) {
+	if crashed >= 0 && ctxtime.Sleep(runCtx, p.restart-time.Since(t0)) {
 		if err := c.Restart(runCtx, crashed); err != nil {
 			d.say("chaos", "restart %s failed: %v", c.ID(crashed), err)
 		} else {
@@ -214,23 +215,11 @@ func (d *demo) record(key string, h holding) {
 	d.mu.Unlock()
 }
 
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 func (d *demo) probe(ctx context.Context, cl *lease.Client) {
 	for ctx.Err() == nil {
 		l, err := cl.AcquireTimeout(ctx, "demo/probe", time.Second)
 		if err != nil {
-			sleep(ctx, 50*time.Millisecond)
+			ctxtime.Sleep(ctx, 50*time.Millisecond)
 			continue
 		}
 		d.success(time.Now())
@@ -262,7 +251,7 @@ func (d *demo) worker(ctx context.Context, who string, cl *lease.Client) {
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, lease.ErrTimeout) {
 				d.say(who, "acquire %s failed (will retry): %v", key, err)
-				sleep(ctx, 100*time.Millisecond)
+				ctxtime.Sleep(ctx, 100*time.Millisecond)
 			}
 			continue
 		}
@@ -282,7 +271,7 @@ func (d *demo) worker(ctx context.Context, who string, cl *lease.Client) {
 			} else {
 				writes++
 			}
-			sleep(ctx, 100*time.Millisecond)
+			ctxtime.Sleep(ctx, 100*time.Millisecond)
 		}
 		if lostIt || !l.IsHealthy() {
 			h.end = earliest(time.Now(), l.ValidUntil())
@@ -301,7 +290,7 @@ func (d *demo) worker(ctx context.Context, who string, cl *lease.Client) {
 			d.say(who, "release of %s failed (it expires after its TTL): %v", key, err)
 		}
 		cancel()
-		sleep(ctx, time.Duration(rng.IntN(150))*time.Millisecond)
+		ctxtime.Sleep(ctx, time.Duration(rng.IntN(150))*time.Millisecond)
 	}
 }
 
@@ -329,7 +318,7 @@ func (d *demo) sleeper(ctx context.Context, who string, cl *lease.Client) {
 	d.record(key, h)
 	waitUntil := time.Now().Add(4 * ttl)
 	for d.res.highest(key) <= l.Token() && time.Now().Before(waitUntil) && ctx.Err() == nil {
-		sleep(ctx, 20*time.Millisecond)
+		ctxtime.Sleep(ctx, 20*time.Millisecond)
 	}
 	if d.res.highest(key) <= l.Token() {
 		d.say(who, "wakes; nobody took %s meanwhile, so there is no stale write to show", key)

@@ -40,6 +40,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/jepsen/control"
 	"github.com/leasenode/leasenode/jepsen/history"
 )
@@ -174,7 +175,7 @@ func Run(ctx context.Context, env *Env, rec *history.Recorder, faults []Fault, s
 	}
 	n := 0
 	for {
-		if !sleep(ctx, between(env.Rand, s.QuietMin, s.QuietMax)) {
+		if !ctxtime.Sleep(ctx, between(env.Rand, s.QuietMin, s.QuietMax)) {
 			return n
 		}
 		f := faults[env.Rand.IntN(len(faults))]
@@ -199,7 +200,7 @@ func Run(ctx context.Context, env *Env, rec *history.Recorder, faults []Fault, s
 		n++
 		rec.Complete(id, history.Record{Type: history.OK, Fault: f.Name(), Nodes: act.Nodes()})
 		env.Log.Info("fault injected", "fault", f.Name(), "nodes", act.Nodes())
-		sleep(ctx, f.Hold(env))
+		ctxtime.Sleep(ctx, f.Hold(env))
 		healOne(ctx, env, rec, f, act)
 		if ctx.Err() != nil {
 			return n
@@ -249,17 +250,6 @@ func HealAll(ctx context.Context, env *Env, rec *history.Recorder) error {
 	}
 	rec.Complete(id, history.Record{Type: history.OK, Fault: "final"})
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // leader finds the serving leader, retrying for a few seconds.

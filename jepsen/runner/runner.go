@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/jepsen/checker"
 	"github.com/leasenode/leasenode/jepsen/control"
 	"github.com/leasenode/leasenode/jepsen/history"
@@ -473,7 +474,7 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	startCtx, cancelStart := context.WithTimeout(runCtx, 90*time.Second+time.Duration(cfg.Nodes)*10*time.Second)
 	if mode.Stagger != nil {
 		for i, n := range c.Nodes() {
-			if i > 0 && !sleep(startCtx, mode.Stagger(cfg.TTL)) {
+			if i > 0 && !ctxtime.Sleep(startCtx, mode.Stagger(cfg.TTL)) {
 				break
 			}
 			if err = c.StartNode(startCtx, n, nil); err != nil {
@@ -678,16 +679,5 @@ func probeDigests(ctx context.Context, c *control.Cluster, rec *history.Recorder
 		}
 		rec.Event(r)
 		log.Info("digest", "node", n.ID, "applied", o.applied, "digest", o.digest, "records", o.n, "err", o.err)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/jepsen/history"
 	"github.com/leasenode/leasenode/lease"
 )
@@ -209,7 +210,7 @@ func (wk *worker) connect(ctx context.Context) error {
 				return ctx.Err()
 			}
 			wk.cfg().Log.Warn("dial failed; retrying", "worker", wk.name, "err", err)
-			if !sleep(ctx, 500*time.Millisecond) {
+			if !ctxtime.Sleep(ctx, 500*time.Millisecond) {
 				return ctx.Err()
 			}
 		}
@@ -249,7 +250,7 @@ func (wk *worker) run(ctx context.Context) error {
 			wk.get(ctx, wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))])
 		}
 		if l == nil {
-			sleep(ctx, time.Duration(20+wk.rnd.IntN(200))*time.Millisecond)
+			ctxtime.Sleep(ctx, time.Duration(20+wk.rnd.IntN(200))*time.Millisecond)
 			continue
 		}
 		wk.hold(ctx, l)
@@ -388,7 +389,7 @@ func (wk *worker) hold(ctx context.Context, l *lease.Lease) {
 		wk.cutFor(ctx, ttl+time.Duration(wk.rnd.Int64N(int64(ttl))))
 	}
 	for time.Now().Before(until) && ctx.Err() == nil {
-		if !sleep(ctx, time.Duration(100+wk.rnd.IntN(300))*time.Millisecond) {
+		if !ctxtime.Sleep(ctx, time.Duration(100+wk.rnd.IntN(300))*time.Millisecond) {
 			break
 		}
 		if !write() {
@@ -407,7 +408,7 @@ func (wk *worker) pause(ctx context.Context, l *lease.Lease) {
 	d := wk.cfg().TTL*3/2 + time.Duration(wk.rnd.Int64N(int64(wk.cfg().TTL)))
 	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Pause, Key: l.Key(), Token: l.Token(), Value: d.String()})
 	wk.gate.Freeze()
-	sleep(ctx, d)
+	ctxtime.Sleep(ctx, d)
 	wk.gate.Thaw()
 	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Resume, Key: l.Key(), Token: l.Token()})
 	wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(l.ValidUntil()), wk.name+"#after-pause")
@@ -423,7 +424,7 @@ func (wk *worker) vanish(ctx context.Context, l *lease.Lease) {
 	wk.w.mu.Lock()
 	wk.w.abandoned = append(wk.w.abandoned, abandoned{wk.client, wk.gate})
 	wk.w.mu.Unlock()
-	sleep(ctx, time.Duration(wk.rnd.Int64N(int64(wk.cfg().TTL))))
+	ctxtime.Sleep(ctx, time.Duration(wk.rnd.Int64N(int64(wk.cfg().TTL))))
 	wk.client = nil
 	if err := wk.connect(ctx); err != nil {
 		wk.client = nil // ctx ended
@@ -436,7 +437,7 @@ func (wk *worker) cutFor(ctx context.Context, d time.Duration) {
 	g := wk.gate
 	g.Cut()
 	go func() {
-		sleep(ctx, d)
+		ctxtime.Sleep(ctx, d)
 		g.Open()
 	}()
 }
@@ -489,18 +490,4 @@ func (wk *worker) checkToken(ctx context.Context, l *lease.Lease) {
 		return
 	}
 	wk.w.rec.Complete(id, history.Record{Type: history.OK, Token: l.Token(), Current: ok})
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
