@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -37,6 +36,7 @@ type Backend interface {
 type Client struct {
 	b      Backend
 	opts   options
+	retry  RetryPolicy
 	log    *slog.Logger
 	closer func() // closes what Dial opened
 
@@ -64,6 +64,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 	c := &Client{
 		b:      b,
 		opts:   o,
+		retry:  RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax},
 		log:    o.logger.With("component", "lease.client", "holder", o.holder),
 		held:   map[string]*held{},
 		guards: map[string]chan struct{}{},
@@ -71,16 +72,24 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		stop:   make(chan struct{}),
 	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
-	// Request ids start from the clock so a restarted process reusing a
-	// holder name (WithHolder) still sends ids above its old ones.
-	c.reqID.Store(uint64(time.Now().UnixNano()))
+	// The holder is unique to this Client (its incarnation), so request ids
+	// simply count from 1: no other process ever sends ids for it.
 	c.loopWG.Add(1)
 	go c.run()
 	return c, nil
 }
 
-// Holder returns the holder name this client's leases carry.
+// Holder returns the holder this client's leases carry in the cluster:
+// the name (WithHolder, default host/pid), "#", and this Client's
+// incarnation, a random 64-bit value in hex made by New. Two Clients
+// never share a holder, even with the same name in two processes, so a
+// restarted or duplicated process can never take over a live lease of
+// another. Pass the whole string to tools that release by holder.
 func (c *Client) Holder() string { return c.opts.holder }
+
+// HolderName returns the name part of Holder (WithHolder's argument, or
+// host/pid).
+func (c *Client) HolderName() string { return c.opts.name }
 
 // TryAcquire acquires key if it is free and returns the Lease; if another
 // holder has it, it returns nil, nil at once. If this Client already holds
@@ -170,93 +179,117 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 	}
 }
 
-// acquireLocked runs the acquire protocol with one request id. Every
-// attempt carries the same id, so a retry after a lost reply is recognised
-// by the cluster (same grant, same token) instead of being refused by our
-// own earlier grant; validity is measured from the send time of the
-// attempt that succeeded.
+// acquireLocked runs the acquire protocol with one request id, retried by
+// the client's RetryPolicy. Every attempt carries the same id, so a retry
+// after a lost reply is recognised by the cluster (same grant, same token)
+// instead of being refused by our own earlier grant; validity is measured
+// from the send time of the attempt that succeeded. If the cluster says the
+// id is stale (a node withdrew it after its outcome was lost, see
+// node.Cancel), the id can never be granted any more and a new one is
+// used.
 func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao acquireOptions) (*Lease, error) {
 	req := &pb.AcquireRequest{
 		Key: key, Holder: c.opts.holder, RequestId: c.reqID.Add(1),
 		Ttl: durationpb.New(ao.ttl), LockDelay: durationpb.New(ao.lockDelay), Value: ao.value, Wait: wait,
 	}
-	bo := c.backoff()
-	uncertain := false // an attempt may have been granted without us hearing
-	var lastErr error
-	for ctx.Err() == nil {
-		sent := time.Now()
-		resp, err := c.b.Acquire(ctx, req)
+	var (
+		resp    *pb.AcquireResponse
+		sent    time.Time
+		maybe   bool // an attempt with the current id may have been applied
+		renewed int  // ids replaced after a stale refusal
+	)
+	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+		sent = time.Now()
+		actx, cancel := c.attemptContext(ctx, wait)
+		r, err := c.b.Acquire(actx, req)
+		cancel()
 		if err == nil {
-			if resp.GetGranted() {
-				return c.newLease(key, resp, sent, ao), nil
-			}
-			return nil, &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
+			resp = r
+			return nil
 		}
-		lastErr = err
-		switch reasonOf(err) {
-		case pb.Reason_REASON_INVALID, pb.Reason_REASON_STALE_REQUEST:
-			return nil, classify("acquire", key, err)
-		case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
-		default:
-			// Unknown outcome, or a transport error after sending: retry
-			// with the same id, which resolves it either way.
-			if ctx.Err() == nil || !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-				uncertain = true
-			}
+		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST && renewed < 8 {
+			// Withdrawn: never granted under this id, and it never will be.
+			renewed++
+			maybe = false
+			req.RequestId = c.reqID.Add(1)
+			return &NotSentError{Err: err}
 		}
-		if ctx.Err() != nil {
-			break
+		if classifyAttempt(err) == unknown {
+			maybe = true
 		}
-		c.log.Debug("acquire attempt failed; retrying", "key", key, "err", err)
-		if !ctxtime.Sleep(ctx, bo.next()) {
-			break
+		return err
+	})
+	if err == nil {
+		if resp.GetGranted() {
+			return c.newLease(key, resp, sent, ao), nil
 		}
+		return nil, &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
 	}
 	cause := context.Cause(ctx)
-	if wait || uncertain {
-		// The wait or an unanswered attempt may have been granted just as
-		// we gave up. Ask once more with the same id (without waiting):
-		// granted means it was ours; release it since the caller left.
-		held, err := c.resolveAbandoned(req)
-		if err != nil {
-			return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, err)
-		}
-		if held != nil {
-			held.Err = cause
-			return nil, held
+	if ctx.Err() == nil {
+		return nil, classify("acquire", key, err)
+	}
+	if !maybe {
+		// Nothing was applied: a plain failure (no leader, or the wait
+		// ended).
+		if errors.Is(err, ErrNoLeader) {
+			return nil, fmt.Errorf("acquire %q: %w: %w", key, cause, ErrNoLeader)
 		}
 		return nil, fmt.Errorf("acquire %q: %w", key, cause)
 	}
-	if lastErr != nil {
-		return nil, fmt.Errorf("acquire %q: %w: %w", key, cause, classify("acquire", key, lastErr))
+	// An attempt may have been granted just as we gave up. Ask once more
+	// with the same id (without waiting): granted means it was ours;
+	// release it since the caller left.
+	held, rerr := c.resolveAbandoned(req)
+	if rerr != nil {
+		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
+	}
+	if held != nil {
+		held.Err = cause
+		return nil, held
 	}
 	return nil, fmt.Errorf("acquire %q: %w", key, cause)
 }
 
+// attemptContext bounds one attempt. A waiting acquire waits as long as
+// ctx allows (the wait is its point); any other attempt is bounded by the
+// retry timeout too, so a node that stopped answering (a paused process
+// keeps its connections open) cannot hold a call longer than that.
+func (c *Client) attemptContext(ctx context.Context, wait bool) (context.Context, context.CancelFunc) {
+	if wait {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.retry.withDefaults().Timeout)
+}
+
+// resolveTimeout bounds the settling of an acquire whose caller gave up
+// while an attempt's outcome was unknown.
+const resolveTimeout = time.Second
+
 // resolveAbandoned settles an acquire whose caller gave up: if the request
 // id turns out granted, the grant is released. It returns who holds the
-// key if someone else does.
+// key if someone else does. It takes at most resolveTimeout.
 func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
 	r := &pb.AcquireRequest{Key: req.Key, Holder: req.Holder, RequestId: req.RequestId, Ttl: req.Ttl, LockDelay: req.LockDelay, Value: req.Value}
-	bo := c.backoff()
-	for {
+	var held *HeldError
+	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		resp, err := c.b.Acquire(ctx, r)
-		if err == nil {
-			if !resp.GetGranted() {
-				return &HeldError{Key: req.Key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
+		if err != nil {
+			if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST {
+				return nil // withdrawn: this id was never, or is no longer, granted
 			}
-			_, err = c.b.Release(ctx, &pb.ReleaseRequest{Key: req.Key, Holder: req.Holder, Token: resp.GetToken()})
-			return nil, err
+			return err
 		}
-		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST || reasonOf(err) == pb.Reason_REASON_INVALID {
-			return nil, nil // a newer holding of ours exists; this id was never current
+		if !resp.GetGranted() {
+			held = &HeldError{Key: req.Key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
+			return nil
 		}
-		if !ctxtime.Sleep(ctx, bo.next()) {
-			return nil, err
-		}
-	}
+		_, err = c.b.Release(ctx, &pb.ReleaseRequest{Key: req.Key, Holder: req.Holder, Token: resp.GetToken()})
+		return err
+	})
+	return held, err
 }
 
 // newLease starts keeping a granted lease alive.
@@ -306,18 +339,30 @@ func (c *Client) wake() {
 	}
 }
 
-// end stops keeping h: Done closes, the context is cancelled with err, the
-// local guard is unlocked, and (if release) the record is deleted in the
-// background. Unlocking the guard before deleting the record lets a
+// end stops keeping h: its validity ends now (ValidUntil never again
+// returns a later time), Done closes, the context is cancelled with err,
+// the local guard is unlocked, and (if release) the record is deleted in
+// the background. Unlocking the guard before deleting the record lets a
 // waiter of this same Client go first without starving other processes
 // (dynamodb-lease's fairness rule). Returns false if h had ended already.
+//
+// Invariant client-validity: a background release (release set) is sent
+// no earlier than the ValidUntil that was in force before end, because
+// code may have read that value before end and be acting on it; a release
+// grants the key to the next waiter at once. Release by the caller (which
+// itself decided to stop) sends at once.
 func (c *Client) end(h *held, err error, release bool) bool {
+	now := time.Now()
 	h.mu.Lock()
 	if h.err != nil {
 		h.mu.Unlock()
 		return false
 	}
 	h.err = err
+	wasValid := h.validUntil
+	if now.Before(h.validUntil) {
+		h.validUntil = now
+	}
 	h.mu.Unlock()
 	close(h.done)
 	h.cancel(err)
@@ -334,6 +379,10 @@ func (c *Client) end(h *held, err error, release bool) bool {
 		c.bgWG.Add(1)
 		go func() {
 			defer c.bgWG.Done()
+			// Wait until nobody can still be acting on the old validity.
+			if !ctxtime.Sleep(c.bgCtx, time.Until(wasValid)) {
+				return
+			}
 			ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
 			defer cancel()
 			c.releaseRecord(ctx, h)
@@ -342,29 +391,28 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	return true
 }
 
-// releaseRecord deletes h's record in the cluster, retrying while no
-// leader is reachable.
+// releaseRecord deletes h's record in the cluster, retried by the retry
+// policy (a release is safe to repeat: releasing a key no longer held is a
+// no-op).
 func (c *Client) releaseRecord(ctx context.Context, h *held) error {
-	bo := c.backoff()
-	for {
-		_, err := c.b.Release(ctx, &pb.ReleaseRequest{Key: h.key, Holder: c.opts.holder, Token: h.token})
-		if err == nil {
-			return nil
-		}
-		switch reasonOf(err) {
-		case pb.Reason_REASON_INVALID:
-			return classify("release", h.key, err)
-		}
-		if !ctxtime.Sleep(ctx, bo.next()) {
-			return classify("release", h.key, err)
-		}
+	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+		actx, cancel := c.attemptContext(ctx, false)
+		defer cancel()
+		_, err := c.b.Release(actx, &pb.ReleaseRequest{Key: h.key, Holder: c.opts.holder, Token: h.token})
+		return err
+	})
+	if err != nil {
+		return classify("release", h.key, err)
 	}
+	return nil
 }
 
 // Get returns the current record of key, or nil if nobody holds it. The
 // read is linearizable (served by the leader).
 func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
-	resp, err := retryRead(ctx, c, func() (*pb.GetResponse, error) { return c.b.Get(ctx, &pb.GetRequest{Key: key}) })
+	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
+		return c.b.Get(ctx, &pb.GetRequest{Key: key})
+	})
 	if err != nil {
 		return nil, classify("get", key, err)
 	}
@@ -381,7 +429,7 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 	var out []Info
 	after := ""
 	for {
-		resp, err := retryRead(ctx, c, func() (*pb.ListResponse, error) {
+		resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.ListResponse, error) {
 			return c.b.List(ctx, &pb.ListRequest{Prefix: prefix, After: after, Limit: 1000})
 		})
 		if err != nil {
@@ -401,7 +449,7 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 // current fencing token and its lease unexpired: what a resource that can
 // reach the cluster asks before accepting a write (Chubby's sequencer).
 func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool, error) {
-	resp, err := retryRead(ctx, c, func() (*pb.CheckTokenResponse, error) {
+	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.CheckTokenResponse, error) {
 		return c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: key, Token: token})
 	})
 	if err != nil {
@@ -410,22 +458,17 @@ func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool
 	return resp.GetCurrent(), nil
 }
 
-// retryRead retries a read while no leader is reachable.
-func retryRead[T any](ctx context.Context, c *Client, f func() (T, error)) (T, error) {
-	bo := c.backoff()
-	for {
-		v, err := f()
-		if err == nil {
-			return v, nil
-		}
-		switch reasonOf(err) {
-		case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
-			if ctxtime.Sleep(ctx, bo.next()) {
-				continue
-			}
-		}
-		return v, err
-	}
+// retryRead runs a read under the retry policy.
+func retryRead[T any](ctx context.Context, c *Client, f func(context.Context) (T, error)) (T, error) {
+	var v T
+	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+		actx, cancel := c.attemptContext(ctx, false)
+		defer cancel()
+		var err error
+		v, err = f(actx)
+		return err
+	})
+	return v, err
 }
 
 // Close releases every lease of this Client (as Release does) and stops
@@ -475,19 +518,6 @@ func (c *Client) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// backoff is an exponential back-off with full jitter.
-type backoff struct {
-	cur, max time.Duration
-}
-
 func (c *Client) backoff() *backoff {
 	return &backoff{cur: c.opts.backoffMin, max: c.opts.backoffMax}
 }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	return d/2 + rand.N(d/2+1)
-}
-
-func (b *backoff) reset(min time.Duration) { b.cur = min }

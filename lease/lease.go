@@ -58,7 +58,18 @@ func (l *Lease) TTL() time.Duration { return l.h.ttl }
 
 // ValidUntil is the moment, on this process's monotonic clock, until which
 // the lease is certainly held: the send time of the last successful
-// acquire or extend plus the TTL, shortened by the drift bound.
+// acquire or extend plus the TTL (plus the time a queued grant waited at
+// the leader), shortened by the drift bound. While the lease is held it
+// only moves later, with each successful extend.
+//
+// When the lease ends, ValidUntil becomes the moment it ended, if that is
+// earlier: the moment Release was called, or the moment the client
+// declared the lease lost (a little before the old ValidUntil: see Done),
+// and no reply arriving later moves it again. So a write gated on
+// time.Now().Before(l.ValidUntil()) stops no later than the client
+// stopped believing. The background release that follows a loss is sent
+// only after the old ValidUntil has passed, so a value read before the
+// loss stays true too: nobody else can be granted the key before it.
 func (l *Lease) ValidUntil() time.Time {
 	l.h.mu.Lock()
 	defer l.h.mu.Unlock()
@@ -108,7 +119,8 @@ func (l *Lease) Err() error {
 }
 
 // Release ends the lease and deletes its record so the next waiter gets
-// the key at once. It unlocks this Client's local guard for the key before
+// the key at once: from the call on, ValidUntil returns the moment of the
+// call and IsHealthy is false. It unlocks this Client's local guard for the key before
 // deleting the record, so a goroutine of this Client waiting for the key
 // is not starved by other processes. Release is idempotent: releasing an
 // ended lease returns nil.
@@ -292,6 +304,12 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			}
 			valid := c.validity(sent, h.ttl)
 			h.mu.Lock()
+			if h.err != nil {
+				// Ended (lost or released) while the reply was on its
+				// way: its validity stays where end left it.
+				h.mu.Unlock()
+				continue
+			}
 			if valid.After(h.validUntil) {
 				h.validUntil = valid
 			}

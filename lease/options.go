@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -19,16 +20,18 @@ const (
 )
 
 type options struct {
-	ttl        time.Duration
-	extend     time.Duration // 0: ttl/3 of each lease
-	expiring   time.Duration // 0: ttl/3 of each lease
-	drift      float64
-	backoffMin time.Duration
-	backoffMax time.Duration
-	logger     *slog.Logger
-	holder     string
-	tls        *tls.Config
-	token      string
+	ttl          time.Duration
+	extend       time.Duration // 0: ttl/3 of each lease
+	expiring     time.Duration // 0: ttl/3 of each lease
+	drift        float64
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	retryTimeout time.Duration
+	logger       *slog.Logger
+	name         string // WithHolder, or host/pid
+	holder       string // name#incarnation: what the cluster records
+	tls          *tls.Config
+	token        string
 }
 
 // Option configures a Client.
@@ -59,13 +62,21 @@ func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
 }
 
+// WithRetryTimeout bounds how long a call keeps retrying while no leader
+// can be reached, or while its attempts keep failing (default
+// DefaultRetryTimeout); see RetryPolicy.
+func WithRetryTimeout(d time.Duration) Option { return func(o *options) { o.retryTimeout = d } }
+
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// WithHolder sets the holder name the cluster records for this client's
-// leases. Default: host/pid/random, unique per Client. Two Clients must
-// never share a holder name.
-func WithHolder(name string) Option { return func(o *options) { o.holder = name } }
+// WithHolder sets the name part of the holder the cluster records for this
+// client's leases (default host/pid): a label for people (Get, List,
+// Watch show it). The cluster identifies the holder by the name plus this
+// Client's incarnation (see Client.Holder), so reusing a name in another
+// process or after a restart is safe: that Client is a different holder
+// and waits for the old one's leases like anyone else.
+func WithHolder(name string) Option { return func(o *options) { o.name = name } }
 
 // WithTLS sets the TLS configuration for Dial (remote clients only).
 func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
@@ -75,10 +86,11 @@ func WithAuthToken(token string) Option { return func(o *options) { o.token = to
 
 func buildOptions(opts []Option) (options, error) {
 	o := options{
-		ttl:        DefaultTTL,
-		drift:      DefaultDrift,
-		backoffMin: DefaultBackoffMin,
-		backoffMax: DefaultBackoffMax,
+		ttl:          DefaultTTL,
+		drift:        DefaultDrift,
+		backoffMin:   DefaultBackoffMin,
+		backoffMax:   DefaultBackoffMax,
+		retryTimeout: DefaultRetryTimeout,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -92,20 +104,36 @@ func buildOptions(opts []Option) (options, error) {
 	if o.extend < 0 || o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
 		return o, fmt.Errorf("%w: bad extend interval or back-off", ErrInvalid)
 	}
+	if o.retryTimeout <= 0 {
+		return o, fmt.Errorf("%w: retry timeout %v must be > 0", ErrInvalid, o.retryTimeout)
+	}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
-	if o.holder == "" {
-		o.holder = defaultHolder()
+	if o.name == "" {
+		host, _ := os.Hostname()
+		o.name = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+	if strings.Contains(o.name, "#") {
+		return o, fmt.Errorf("%w: holder name %q contains '#', which separates the incarnation", ErrInvalid, o.name)
+	}
+	o.holder = o.name + "#" + incarnation()
+	if len(o.holder) > maxHolderLen {
+		return o, fmt.Errorf("%w: holder name of %d bytes is too long (at most %d)", ErrInvalid, len(o.name), maxHolderLen-17)
 	}
 	return o, nil
 }
 
-func defaultHolder() string {
-	host, _ := os.Hostname()
-	var b [16]byte
+// maxHolderLen is the cluster's limit on a holder (fsm.MaxHolderLen;
+// lease must not import fsm's dependencies for one constant).
+const maxHolderLen = 256
+
+// incarnation returns 64 random bits in hex: what makes a holder unique to
+// one Client.
+func incarnation() string {
+	var b [8]byte
 	rand.Read(b[:])
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	return hex.EncodeToString(b[:])
 }
 
 type acquireOptions struct {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -148,69 +150,105 @@ func (r *Remote) forget(addr string) {
 // headered is every reply type.
 type headered interface{ GetHeader() *pb.Header }
 
-// call runs one request against the leader, following not-leader hints
-// and failing over between addresses while the request certainly was not
-// processed. A write whose connection failed after it was sent is not
-// retried here: it is reported as an unknown outcome.
+// NotSentError reports that a request was never written to a connection
+// (no connection could be made, or it broke before the request went out),
+// so it certainly had no effect and may be sent anywhere again. It is
+// decided by what the HTTP transport reports having written
+// (httptrace.WroteRequest), never by matching error text.
+type NotSentError struct {
+	Addr string
+	Err  error
+}
+
+func (e *NotSentError) Error() string { return fmt.Sprintf("not sent to %s: %v", e.Addr, e.Err) }
+func (e *NotSentError) Unwrap() error { return e.Err }
+
+// call makes one attempt at a request: to the leader if known, else to the
+// configured addresses in turn, moving on only while the request certainly
+// had no effect (not written, or refused by a node that is not the leader,
+// following its hint). It never sleeps and never repeats a request that
+// may have been applied: retrying over time is RetryPolicy's job. A write
+// whose reply was lost fails with an error matching ErrUnknownOutcome.
 func call[Req, Resp any, PResp interface {
 	*Resp
 	headered
 }](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
-	var zero *Resp
 	var lastErr error
 	tried := map[string]bool{}
-	for hop := 0; hop < 8; hop++ {
-		var addr string
-		for _, a := range r.targets() {
-			if !tried[a] {
-				addr = a
-				break
-			}
-		}
+	// Each address at most once, plus the leaders that refusals point to
+	// (bounded: two nodes that name each other must not loop).
+	for hops := 2*len(r.seeds) + 2; hops > 0; hops-- {
+		addr := r.next(tried)
 		if addr == "" {
 			break
 		}
 		tried[addr] = true
-		resp, err := f(r.client(addr), ctx, connect.NewRequest(req))
+		var wrote atomic.Bool
+		tctx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+		})
+		resp, err := f(r.client(addr), tctx, connect.NewRequest(req))
 		if err == nil {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
 		}
-		lastErr = err
-		if ctx.Err() != nil {
-			break
-		}
 		if d := detailOf(err); d != nil {
 			switch d.GetReason() {
 			case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
-				r.forget(addr)
-				if d.GetLeaderAddr() != "" && d.GetLeaderAddr() != addr {
-					r.mu.Lock()
-					r.leader = d.GetLeaderAddr()
-					r.mu.Unlock()
-					delete(tried, d.GetLeaderAddr())
+				// Refused before anything was applied.
+				lastErr = err
+				r.redirect(addr, d.GetLeaderAddr(), tried)
+				if ctx.Err() != nil {
+					return nil, err
 				}
 				continue
 			}
-			return zero, err
+			return nil, err
 		}
-		if notSent(err) {
+		if !wrote.Load() {
+			lastErr = &NotSentError{Addr: addr, Err: err}
 			r.forget(addr)
+			if ctx.Err() != nil {
+				return nil, lastErr
+			}
 			continue
 		}
-		if write {
-			return zero, fmt.Errorf("%w: %s: %v", ErrUnknownOutcome, addr, err)
-		}
 		r.forget(addr)
+		if write {
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, addr, err)
+		}
+		return nil, &noLeaderError{err: err}
 	}
 	if lastErr == nil {
 		lastErr = errors.New("no address to try")
 	}
-	if ctx.Err() != nil {
-		return zero, fmt.Errorf("%w: %v", context.Cause(ctx), lastErr)
+	return nil, &noLeaderError{err: lastErr}
+}
+
+// next returns the first address not yet tried: the known leader, then
+// the configured addresses.
+func (r *Remote) next(tried map[string]bool) string {
+	for _, a := range r.targets() {
+		if !tried[a] {
+			return a
+		}
 	}
-	return zero, &noLeaderError{err: lastErr}
+	return ""
+}
+
+// redirect follows a not-leader refusal from addr: forget addr as leader
+// and, if it named another leader we have not been sent to yet, try that
+// next.
+func (r *Remote) redirect(addr, leader string, tried map[string]bool) {
+	r.forget(addr)
+	if leader == "" || leader == addr {
+		return
+	}
+	r.mu.Lock()
+	r.leader = leader
+	r.mu.Unlock()
+	delete(tried, leader)
 }
 
 // noLeaderError reports that no node could serve the request; it carries
@@ -220,16 +258,6 @@ type noLeaderError struct{ err error }
 func (e *noLeaderError) Error() string     { return "no reachable leader: " + e.err.Error() }
 func (e *noLeaderError) Unwrap() error     { return e.err }
 func (e *noLeaderError) Reason() pb.Reason { return pb.Reason_REASON_NO_LEADER }
-
-// notSent reports whether err happened before the request could reach a
-// server (connection refused, unknown host), so retrying elsewhere is safe.
-func notSent(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	return connect.CodeOf(err) == connect.CodeUnavailable && strings.Contains(err.Error(), "dial")
-}
 
 // Status asks any node (the leader first, if known) to describe itself.
 func (r *Remote) Status(ctx context.Context) (*pb.StatusResponse, error) {

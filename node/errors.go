@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +33,10 @@ var (
 	ErrStaleRequest error = &reasonError{pb.Reason_REASON_STALE_REQUEST, "node: stale request id"}
 	// ErrClosed: the node is shutting down.
 	ErrClosed error = &reasonError{pb.Reason_REASON_CLOSED, "node: closed"}
+	// ErrFatal: the node met a Raft entry it cannot apply (written by a
+	// newer version, or damaged) and stopped rather than diverge. It is
+	// reported by Node.Err; requests to such a node fail with ErrClosed.
+	ErrFatal = errors.New("node: stopped on an entry it cannot apply")
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
 )
@@ -50,18 +55,25 @@ func (e *reasonError) Error() string { return e.msg }
 func (e *reasonError) Reason() pb.Reason { return e.reason }
 
 // LeaderError is ErrNotLeader or ErrNoLeader with a hint of where the
-// leader is.
+// leader is, or (no leader) what the answering node sees.
 type LeaderError struct {
 	Err        error // ErrNotLeader or ErrNoLeader
 	LeaderID   string
 	LeaderAddr string // the leader's client API address
+	// Detail says why there is no leader, as the answering node sees it
+	// (e.g. "waiting to bootstrap: 1 of 3 expected nodes seen").
+	Detail string
 }
 
 func (e *LeaderError) Error() string {
-	if e.LeaderID == "" {
-		return e.Err.Error()
+	msg := e.Err.Error()
+	if e.Detail != "" {
+		msg += ": " + e.Detail
 	}
-	return fmt.Sprintf("%v (leader is %s at %s)", e.Err, e.LeaderID, e.LeaderAddr)
+	if e.LeaderID == "" {
+		return msg
+	}
+	return fmt.Sprintf("%s (leader is %s at %s)", msg, e.LeaderID, e.LeaderAddr)
 }
 
 func (e *LeaderError) Unwrap() error { return e.Err }
@@ -104,7 +116,11 @@ func ErrorFromDetail(d *pb.ErrorDetail, msg string) error {
 	for _, r := range reasons {
 		if d.GetReason() == r.reason {
 			if r.err == ErrNotLeader || r.err == ErrNoLeader {
-				return &LeaderError{Err: r.err, LeaderID: d.GetLeaderId(), LeaderAddr: d.GetLeaderAddr()}
+				le := &LeaderError{Err: r.err, LeaderID: d.GetLeaderId(), LeaderAddr: d.GetLeaderAddr()}
+				if msg != "" && msg != le.Error() {
+					le.Detail = strings.TrimPrefix(strings.TrimPrefix(msg, r.err.Error()), ": ")
+				}
+				return le
 			}
 			if msg == "" || msg == r.err.Error() {
 				return r.err

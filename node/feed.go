@@ -22,6 +22,7 @@ func (n *Node) runFeed() {
 		case <-n.fsm.Changes():
 		}
 		events = n.fsm.Drain(events[:0])
+		n.clock.estimate(n.fsm.Clock()) // note when the clock moved (stale reads)
 		n.hub.publish(events)
 		ls := n.lead.Load()
 		if ls == nil {

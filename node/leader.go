@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -56,17 +59,16 @@ func (ls *leaderState) stop(err error) {
 	ls.queues.failAll(err)
 }
 
-// runLeadership follows Raft's leadership notifications (NotifyCh: every
-// transition, in order, unlike the lossy LeaderCh): on gaining
-// leadership it establishes the epoch, on losing it revokes it. It is the
-// only writer of n.lead.
+// runLeadership owns the answer to "is this node serving as leader?"
+// (Consul's monitorLeadership). It follows Raft's leadership
+// notifications (NotifyCh: every transition, in order, unlike the lossy
+// LeaderCh) and runs one leaderLoop goroutine per term of leadership: on
+// gaining leadership it starts one; on losing it, it cancels the running
+// one and waits until it has ended, revoke included, before it handles the
+// next notification. So at most one term's leader state exists at a time,
+// and it is published and withdrawn by the same goroutine (the term's
+// leaderLoop): n.lead has one writer at a time.
 func (n *Node) runLeadership() {
-	var cancelEstablish context.CancelFunc
-	defer func() {
-		if cancelEstablish != nil {
-			cancelEstablish()
-		}
-	}()
 	notify := n.leaderNotify
 	obs := make(chan raft.Observation, 16)
 	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
@@ -75,56 +77,141 @@ func (n *Node) runLeadership() {
 	})
 	n.raft.RegisterObserver(observer)
 	defer n.raft.DeregisterObserver(observer)
+	// Leader observations (a new leader elsewhere) only wake requests
+	// waiting for one; raft drops them rather than block if we lag.
+	n.goRun("node.observe", func() {
+		for {
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-obs:
+				n.notifyChange()
+			}
+		}
+	})
+	followLeadership(n.ctx, notify, n.fatalCh, n.notifyChange, func(ctx context.Context) {
+		if n.fatalErr() == nil {
+			n.leaderLoop(ctx, time.Now())
+		}
+	})
+}
+
+// followLeadership runs term(ctx) once per term of leadership: on true it
+// starts it in a goroutine; on false it cancels the running one and waits
+// until it has returned before it reads the next notification. It returns
+// when ctx ends or stop is closed, after the running term has returned.
+// changed is called after each notification has been handled. A term's
+// loop publishes its leader state and defers its withdrawal, so once a
+// false has been handled no leader state of that term is visible
+// (TestLeadershipFlapsLeaveNoStaleState).
+func followLeadership(ctx context.Context, notify <-chan bool, stop <-chan struct{}, changed func(), term func(context.Context)) {
+	var running *termLoop
+	end := func() {
+		if running != nil {
+			running.stop()
+			running = nil
+		}
+	}
+	defer end()
 	for {
 		select {
-		case <-n.ctx.Done():
+		case <-ctx.Done():
 			return
-		case <-obs:
-			n.notifyChange()
+		case <-stop:
+			end()
+			changed()
+			return
 		case isLeader := <-notify:
-			if cancelEstablish != nil {
-				cancelEstablish()
-				cancelEstablish = nil
-			}
-			n.revoke()
+			end()
 			if isLeader {
-				ctx, cancel := context.WithCancel(n.ctx)
-				cancelEstablish = cancel
-				start := time.Now()
-				n.wg.Add(1)
-				go func() {
-					defer n.wg.Done()
-					n.establish(ctx, start)
-				}()
+				running = startTerm(ctx, term)
 			}
-			n.notifyChange()
+			changed()
 		}
 	}
 }
 
-// establish makes this node serve as leader: Barrier (apply every entry of
-// earlier terms), then Promote (start our epoch, rebase every expiry), then
-// start the reaper and waiter queues. Until Promote has applied the node
-// serves nothing: reads could miss earlier writes and writes would be
-// judged by an earlier leader's clock.
+// termLoop is one running term.
+type termLoop struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startTerm(parent context.Context, term func(context.Context)) *termLoop {
+	ctx, cancel := context.WithCancel(parent)
+	t := &termLoop{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		term(ctx)
+	}()
+	return t
+}
+
+// stop ends the term and waits until its loop has ended, revoke included.
+// Its Raft futures end at step-down or shutdown (see wait), so this is
+// prompt.
+func (t *termLoop) stop() {
+	t.cancel()
+	<-t.done
+}
+
+// leaderLoop is everything this node does as leader in one term, in order:
+// establish (Barrier, Promote), publish the leader state, then run the
+// reaper and reconcile membership until ctx ends; revoke is deferred, so
+// the state it published is always withdrawn before the loop ends.
+func (n *Node) leaderLoop(ctx context.Context, start time.Time) {
+	ls := n.establish(ctx, start)
+	if ls == nil {
+		return
+	}
+	var reaper sync.WaitGroup
+	defer reaper.Wait()
+	defer n.revoke(ls)
+	n.lead.Store(ls)
+	n.notifyChange()
+	n.log.Info("leading", "component", "node.leader", "epoch", ls.epoch, "promote_after", time.Since(start))
+	reaper.Add(1)
+	go func() {
+		defer reaper.Done()
+		n.runReaper(ls)
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		n.reconcile(ls) // adopt gossip members right away, then on every change
+		select {
+		case <-ls.ctx.Done():
+			return
+		case <-n.members.leaderChanged:
+		case <-tick.C:
+		}
+	}
+}
+
+// establish makes this node able to serve as leader: Barrier (apply every
+// entry of earlier terms), then Promote (start our epoch, rebase every
+// expiry). Until Promote has applied the node serves nothing: reads could
+// miss earlier writes and writes would be judged by an earlier leader's
+// clock. It returns nil if ctx ended or leadership could not be
+// established.
 //
 // Invariant no-early-expiry (node side): the epoch clock starts (start) when
 // Raft told us we lead, which is after every earlier leader lost the
 // ability to commit; Promote rebases from that clock.
-func (n *Node) establish(ctx context.Context, start time.Time) {
+func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 	log := n.log.With("component", "node.leader")
 	for ctx.Err() == nil {
 		if err := n.wait(n.raft.Barrier(n.cfg.Timing.ElectionTimeout * 10)); err != nil {
 			log.Warn("barrier failed", "err", err)
 			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
-				return
+				return nil
 			}
 			continue
 		}
 		break
 	}
 	if ctx.Err() != nil {
-		return
+		return nil
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	ls := &leaderState{
@@ -151,34 +238,28 @@ func (n *Node) establish(ctx context.Context, start time.Time) {
 			// badly wrong; let another node lead.
 			n.raft.LeadershipTransfer()
 		}
-		return
+		return nil
 	}
 	if ctx.Err() != nil {
 		cancel()
-		return
+		return nil
 	}
-	n.lead.Store(ls)
-	n.notifyChange()
-	log.Info("leading", "epoch", ls.epoch, "promote_after", time.Since(start))
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.runReaper(ls)
-	}()
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.reconcile() // adopt gossip members right away
-	}()
+	return ls
 }
 
-// revoke stops serving as leader: waiters fail with a retryable
-// not-leader error, the reaper and timers stop.
-func (n *Node) revoke() {
-	if ls := n.lead.Swap(nil); ls != nil {
-		ls.stop(n.notLeaderErr())
-		n.log.Info("stopped leading", "epoch", ls.epoch)
+// revoke withdraws ls: it is no longer returned to requests, its waiters
+// fail with a retryable not-leader error (or ErrUnknownOutcome if their
+// grant is in flight), and its reaper and timers stop. Only ls's own
+// leaderLoop calls it.
+func (n *Node) revoke(ls *leaderState) {
+	n.lead.CompareAndSwap(ls, nil)
+	err := n.notLeaderErr()
+	if n.ctx.Err() != nil {
+		err = ErrClosed
 	}
+	ls.stop(err)
+	n.notifyChange()
+	n.log.Info("stopped leading", "component", "node.leader", "epoch", ls.epoch)
 }
 
 // apply proposes cmd with stamp s and waits for its result. Errors are
@@ -302,31 +383,92 @@ func (n *Node) leaderHint() (id, apiAddr, raftAddr string) {
 func (n *Node) notLeaderErr() error {
 	id, api, _ := n.leaderHint()
 	if id == "" || id == n.cfg.ID {
-		return &LeaderError{Err: ErrNoLeader}
+		return n.noLeaderErr()
 	}
 	return &LeaderError{Err: ErrNotLeader, LeaderID: id, LeaderAddr: api}
 }
 
+// noLeaderErr is ErrNoLeader saying what this node sees, so that a user
+// can tell an election from a cluster that never formed.
+func (n *Node) noLeaderErr() error {
+	var alive []string
+	for _, m := range n.members.list() {
+		if m.Status == statusAlive {
+			alive = append(alive, m.ID)
+		}
+	}
+	var detail string
+	if n.cfg.BootstrapExpect > 0 && !n.hasState() {
+		detail = fmt.Sprintf("waiting to bootstrap: %d of %d expected nodes seen (%s)",
+			len(alive), n.cfg.BootstrapExpect, strings.Join(alive, ", "))
+	} else {
+		voters, reachable := 0, 0
+		if f := n.raft.GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				if s.Suffrage != raft.Voter {
+					continue
+				}
+				voters++
+				if slices.Contains(alive, string(s.ID)) {
+					reachable++
+				}
+			}
+		}
+		detail = fmt.Sprintf("node %s is %s in term %d; %d of %d voters alive in gossip",
+			n.cfg.ID, n.raft.State(), n.raft.CurrentTerm(), reachable, voters)
+		if voters == 0 {
+			detail = fmt.Sprintf("node %s is in no cluster yet (not bootstrapped; waiting to be added by a leader)", n.cfg.ID)
+		}
+	}
+	return &LeaderError{Err: ErrNoLeader, Detail: detail}
+}
+
 // leader returns the serving leader state, waiting (bounded by ctx and a
 // couple of election timeouts) while this node is the Raft leader but has
-// not yet applied its Promote. nil means another node leads or none does.
+// not yet applied its Promote. nil means another node leads, none does, or
+// this node has stopped serving.
 func (n *Node) leader(ctx context.Context) *leaderState {
-	deadline := time.NewTimer(4 * n.cfg.Timing.ElectionTimeout)
+	ls, _ := n.route(ctx, false)
+	return ls
+}
+
+// leaderWait bounds how long a request waits for a leader to be known
+// before it is answered "no leader": about one failed election.
+func (n *Node) leaderWait() time.Duration {
+	return n.cfg.Timing.HeartbeatTimeout + 2*n.cfg.Timing.ElectionTimeout
+}
+
+// route finds where a request must go: this node's serving leader state,
+// or (if remote) the Raft address of the leader another node is. It waits,
+// bounded by ctx and leaderWait, while this node is leader but not yet
+// serving, and (if remote) while no leader is known at all, so a request
+// arriving during an election is served by the new leader instead of
+// failing at once. It never waits for anything else.
+func (n *Node) route(ctx context.Context, remote bool) (*leaderState, string) {
+	deadline := time.NewTimer(n.leaderWait())
 	defer deadline.Stop()
 	for {
 		ch := n.changes()
-		if ls := n.lead.Load(); ls != nil {
-			return ls
+		if n.fatalErr() != nil || n.ctx.Err() != nil {
+			return nil, ""
 		}
-		if n.raft.State() != raft.Leader {
-			return nil
+		if ls := n.lead.Load(); ls != nil && ls.ctx.Err() == nil {
+			return ls, ""
+		}
+		switch _, _, addr := n.leaderHint(); {
+		case n.raft.State() == raft.Leader:
+			// Establishing: wait for Promote.
+		case !remote:
+			return nil, ""
+		case addr != "" && addr != n.cfg.AdvertiseAddr:
+			return nil, addr
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil
+			return nil, ""
 		case <-deadline.C:
-			return nil
+			return nil, ""
 		}
 	}
 }

@@ -60,13 +60,15 @@ type meta struct {
 // memberTable is this node's view of gossip membership. memberlist's
 // callbacks only update it and signal; they never block.
 type memberTable struct {
-	mu      sync.Mutex
-	m       map[string]*member
-	changed chan struct{} // capacity 1: coalesced change signal
+	mu sync.Mutex
+	m  map[string]*member
+	// changed and leaderChanged (capacity 1) are coalesced change
+	// signals: for runMembership and for the leader's reconcile.
+	changed, leaderChanged chan struct{}
 }
 
 func newMemberTable() *memberTable {
-	return &memberTable{m: map[string]*member{}, changed: make(chan struct{}, 1)}
+	return &memberTable{m: map[string]*member{}, changed: make(chan struct{}, 1), leaderChanged: make(chan struct{}, 1)}
 }
 
 func (t *memberTable) get(id string) (member, bool) {
@@ -146,9 +148,11 @@ func (m *member) setStatus(status string) {
 }
 
 func (t *memberTable) signal() {
-	select {
-	case t.changed <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{t.changed, t.leaderChanged} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -283,9 +287,8 @@ func (n *Node) leaveGossip(timeout time.Duration) {
 }
 
 // runMembership bootstraps the cluster when BootstrapExpect nodes see each
-// other, keeps retrying the join seeds while alone, and, on the leader,
-// reconciles the Raft configuration with gossip on every change and every
-// second.
+// other and keeps retrying the join seeds while alone. (Reconciling the
+// Raft configuration with gossip is the leader's, in leaderLoop.)
 func (n *Node) runMembership() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -295,7 +298,6 @@ func (n *Node) runMembership() {
 			bootstrapped = n.tryBootstrap()
 		}
 		n.rejoin()
-		n.reconcile()
 		select {
 		case <-n.ctx.Done():
 			return
@@ -406,14 +408,14 @@ func (n *Node) peerWithState(members []member) (string, error) {
 	return "", nil
 }
 
-// reconcile, on the leader, brings the Raft configuration in line with
-// gossip: new members join as non-voters; non-voters that caught up are
-// promoted until Voters voters are healthy; a voter that failed is demoted
-// once a replacement is in; members that left are removed at once and
-// failed ones after DeadServerGrace.
-func (n *Node) reconcile() {
-	ls := n.lead.Load()
-	if ls == nil {
+// reconcile, on the leader (only its leaderLoop calls it, for ls),
+// brings the Raft configuration in line with gossip: new members join as
+// non-voters; non-voters that caught up are promoted until Voters voters
+// are healthy; a voter that failed is demoted once a replacement is in;
+// members that left are removed at once and failed ones after
+// DeadServerGrace.
+func (n *Node) reconcile(ls *leaderState) {
+	if ls.ctx.Err() != nil {
 		return
 	}
 	f := n.raft.GetConfiguration()

@@ -48,6 +48,13 @@ type Node struct {
 	run       string        // random ID of this start, published in gossip
 	raftDown  chan struct{} // closed once Raft has shut down; see wait
 
+	// fatal holds the error that made this node stop (an entry it cannot
+	// apply); fatalCh is closed when it is set.
+	fatal     atomic.Pointer[error]
+	fatalCh   chan struct{}
+	fatalOnce sync.Once
+	down      chan struct{} // closed when shutdown has finished
+
 	api     *http.Server
 	apiLn   net.Listener
 	apiAddr string // advertised client API address ("" if none)
@@ -61,7 +68,8 @@ type Node struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leadership or serving changes
 
-	hub *watchHub
+	hub   *watchHub
+	clock clockSeen // when the FSM clock last moved, for stale reads
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -97,6 +105,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		changed:  make(chan struct{}),
 		run:      strconv.FormatUint(rand.Uint64(), 36),
 		raftDown: make(chan struct{}),
+		fatalCh:  make(chan struct{}),
+		down:     make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
@@ -208,11 +218,52 @@ func (n *Node) startRaft() error {
 }
 
 // onFatal stops the node when the log holds an entry this version cannot
-// apply without risking divergence from newer replicas.
+// apply (written by a newer version, or damaged on disk) and so could
+// diverge from its peers. It runs on Raft's FSM goroutine, right after the
+// FSM refused the entry (the FSM applies nothing after it, so no later
+// grant can be served from this replica): from here on every request is
+// refused, the leader state (if any) is withdrawn by runLeadership, and
+// the node shuts down without leaving the cluster (its peers keep its
+// place for when it comes back on a version that can read the entry). Err
+// and Done report it to the program.
 func (n *Node) onFatal(err error) {
-	n.log.Error("FATAL: cannot apply the Raft log; stopping this node to avoid diverging. Upgrade leasenode.", "err", err)
-	go n.Close(context.Background())
+	n.fatalOnce.Do(func() {
+		err = fmt.Errorf("%w: %w", ErrFatal, err)
+		n.fatal.Store(&err)
+		close(n.fatalCh)
+		n.log.Error("FATAL: cannot apply the Raft log; this node stops serving now to avoid diverging from its peers. "+
+			"Restart it on a leasenode version that can read the entry (or with a repaired data dir).", "err", err)
+		go n.Crash()
+	})
 }
+
+// fatalErr returns the error that stopped the node, or nil.
+func (n *Node) fatalErr() error {
+	if p := n.fatal.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// serviceErr returns why this node serves no requests at all (closed, or
+// stopped by a fatal entry), or nil.
+func (n *Node) serviceErr() error {
+	if err := n.fatalErr(); err != nil {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	if n.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Done is closed once the node has stopped: after Close or Crash, or on
+// its own after a fatal error (see Err).
+func (n *Node) Done() <-chan struct{} { return n.down }
+
+// Err returns the error that stopped the node on its own (it matches
+// ErrFatal), or nil.
+func (n *Node) Err() error { return n.fatalErr() }
 
 // ID returns the node's ID.
 func (n *Node) ID() string { return n.cfg.ID }
@@ -307,9 +358,6 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		}
 		close(n.raftDown)
 	}
-	if ls := n.lead.Swap(nil); ls != nil {
-		ls.stop(ErrClosed)
-	}
 	if n.ml != nil {
 		n.ml.Shutdown()
 	}
@@ -333,6 +381,7 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 		}
 	}
 	n.log.Info("node closed")
+	close(n.down)
 	return errors.Join(errs...)
 }
 

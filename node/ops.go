@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -157,48 +158,37 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	return n.hub.watch(ctx, n, req), nil
 }
 
-// leaderCall runs local on this node if it leads, or forwards req to the
-// leader. Retryable failures (no leader yet, the leader changed before the
-// request was sent) are retried after the next leadership change, bounded
-// by ctx; a write whose reply was lost is never retried here: it is
-// reported as ErrUnknownOutcome.
+// leaderCall makes one attempt at a request: it runs local on this node
+// if it leads, or forwards req once to the leader. It waits (bounded, see
+// route) for a leader to be known, but never retries: a failure that
+// certainly happened before the request was applied is a *LeaderError
+// (ErrNotLeader with the leader's address, or ErrNoLeader) for the client
+// to retry under its own policy (lease.RetryPolicy); a write whose reply
+// was lost is ErrUnknownOutcome.
 func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method uint8, req Req, resp Resp,
 	local func(context.Context, *leaderState, Req) (Resp, error), write bool) (Resp, error) {
 	var zero Resp
-	for attempt := 0; ; attempt++ {
-		if n.ctx.Err() != nil {
-			return zero, ErrClosed
-		}
-		ch := n.changes()
-		if ls := n.leader(ctx); ls != nil {
-			return local(ctx, ls, req)
-		}
-		err := n.forward(ctx, method, req, resp, write)
-		if err == nil {
-			return resp, nil
-		}
-		retry := (errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader)) && !errors.Is(err, ErrUnknownOutcome)
-		if !retry || attempt >= 5 {
-			return zero, err
-		}
-		wait := time.NewTimer(n.cfg.Timing.ElectionTimeout)
-		select {
-		case <-ch:
-		case <-wait.C:
-		case <-ctx.Done():
-			wait.Stop()
-			return zero, err
-		}
-		wait.Stop()
+	if err := n.serviceErr(); err != nil {
+		return zero, err
 	}
+	ls, addr := n.route(ctx, true)
+	if ls != nil {
+		return local(ctx, ls, req)
+	}
+	if addr == "" {
+		if err := n.serviceErr(); err != nil {
+			return zero, err
+		}
+		return zero, n.noLeaderErr()
+	}
+	if err := n.forward(ctx, addr, method, req, resp, write); err != nil {
+		return zero, err
+	}
+	return resp, nil
 }
 
-// forward sends req to the leader over node RPC.
-func (n *Node) forward(ctx context.Context, method uint8, req, resp proto.Message, write bool) error {
-	_, _, addr := n.leaderHint()
-	if addr == "" || addr == n.cfg.AdvertiseAddr {
-		return &LeaderError{Err: ErrNoLeader}
-	}
+// forward sends req to the leader at addr over node RPC, once.
+func (n *Node) forward(ctx context.Context, addr string, method uint8, req, resp proto.Message, write bool) error {
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return err
@@ -207,12 +197,12 @@ func (n *Node) forward(ctx context.Context, method uint8, req, resp proto.Messag
 	switch {
 	case err == nil:
 	case errors.Is(err, transport.ErrNotSent):
-		return &LeaderError{Err: ErrNoLeader}
+		return &LeaderError{Err: ErrNoLeader, Detail: fmt.Sprintf("leader at %s unreachable: %v", addr, err)}
 	case errors.Is(err, transport.ErrNoReply):
 		if write {
 			return fmt.Errorf("%w: forwarded to %s: %v", ErrUnknownOutcome, addr, err)
 		}
-		return &LeaderError{Err: ErrNoLeader}
+		return &LeaderError{Err: ErrNoLeader, Detail: fmt.Sprintf("leader at %s did not answer: %v", addr, err)}
 	default:
 		return err
 	}
@@ -410,8 +400,7 @@ func (n *Node) getLocal(ctx context.Context, ls *leaderState, req *pb.GetRequest
 	l, ok := n.fsm.Get(req.GetKey())
 	resp := &pb.GetResponse{Header: n.header(), Found: ok}
 	if ok {
-		_, now := n.fsm.Clock()
-		resp.Lease = toPB(&l, now)
+		resp.Lease = toPB(&l, n.readNow(ls))
 	}
 	return resp, nil
 }
@@ -421,7 +410,7 @@ func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListReque
 		return nil, err
 	}
 	leases, next := n.fsm.List(req.GetPrefix(), req.GetAfter(), int(req.GetLimit()))
-	_, now := n.fsm.Clock()
+	now := n.readNow(ls)
 	resp := &pb.ListResponse{Header: n.header(), Next: next, Leases: make([]*pb.Lease, len(leases))}
 	for i := range leases {
 		resp.Leases[i] = toPB(&leases[i], now)
@@ -445,6 +434,40 @@ func (n *Node) header() *pb.Header {
 	id, api, _ := n.leaderHint()
 	st := n.fsm.Stats()
 	return &pb.Header{LeaderId: id, LeaderAddr: api, NodeId: n.cfg.ID, Epoch: st.Epoch, AppliedIndex: st.Applied}
+}
+
+// readNow is the logical time at which a read judges time left. A
+// consistent read (ls set) uses the leader's own clock at read time, the
+// clock that judges expiry. A stale read on any node estimates it: the
+// FSM's clock as of the last entry this node applied, plus the time that
+// has passed here since it saw that clock move (see clockSeen), so an idle
+// or cut-off node's answers count down instead of standing still.
+func (n *Node) readNow(ls *leaderState) time.Duration {
+	if ls != nil {
+		return ls.now()
+	}
+	return n.clock.estimate(n.fsm.Clock())
+}
+
+// clockSeen tracks when this node last saw the FSM's logical clock move,
+// for stale reads (readNow). It is local bookkeeping, not replicated
+// state.
+type clockSeen struct {
+	mu    sync.Mutex
+	epoch uint64
+	now   time.Duration
+	at    time.Time
+}
+
+// estimate returns now advanced by the local time since the clock was
+// last seen at (epoch, now); an unseen clock is taken as seen now.
+func (c *clockSeen) estimate(epoch uint64, now time.Duration) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if epoch != c.epoch || now != c.now {
+		c.epoch, c.now, c.at = epoch, now, time.Now()
+	}
+	return now + time.Since(c.at)
 }
 
 func toPB(l *fsm.Lease, now time.Duration) *pb.Lease {

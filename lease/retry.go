@@ -1,0 +1,173 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/leasenode/leasenode/internal/ctxtime"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// DefaultRetryTimeout is how long a request keeps being retried while no
+// leader can be reached (Consul calls it RPCHoldTimeout): about ten
+// election timeouts with default timing.
+const DefaultRetryTimeout = 10 * time.Second
+
+// RetryPolicy is the one place where this package retries a request. A
+// backend (an embedded node, or Remote) makes exactly one attempt per call;
+// the policy retries an attempt that failed
+//
+//   - certainly before being applied (no leader, not the leader, node
+//     closing, request never written to a connection), or
+//   - with an unknown outcome, when the caller says the request is safe to
+//     repeat (an acquire with the same request id, a release, a read),
+//
+// with exponential back-off and full jitter, until the call succeeds,
+// fails for good (invalid request, stale request id, unauthenticated),
+// ctx ends, or failures have lasted Timeout without a break. A call
+// therefore returns within min(ctx's deadline, Timeout plus one attempt)
+// when the cluster has no leader.
+type RetryPolicy struct {
+	// Timeout bounds a streak of failed attempts (default
+	// DefaultRetryTimeout).
+	Timeout time.Duration
+	// BackoffMin and BackoffMax bound the pause between attempts (default
+	// DefaultBackoffMin, DefaultBackoffMax).
+	BackoffMin, BackoffMax time.Duration
+}
+
+// DefaultRetryPolicy returns the policy a Client uses by default.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{Timeout: DefaultRetryTimeout, BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax}
+}
+
+// attemptKind classifies a failed attempt.
+type attemptKind int
+
+const (
+	// final: retrying cannot help (invalid, stale request id, refused).
+	final attemptKind = iota
+	// notApplied: the request certainly had no effect; retry anywhere.
+	notApplied
+	// unknown: the request may have been applied.
+	unknown
+)
+
+// classifyAttempt says what a failed attempt means. Errors of an embedded
+// node carry their reason (Reason method); a remote node's carry it in the
+// connect error's detail; a Remote attempt that never wrote its request is
+// a *NotSentError. Anything else (a connection broken after the request
+// was written, a timeout) may have been applied.
+func classifyAttempt(err error) attemptKind {
+	var ns *NotSentError
+	if errors.As(err, &ns) {
+		return notApplied
+	}
+	switch reasonOf(err) {
+	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
+		return notApplied
+	case pb.Reason_REASON_UNKNOWN_OUTCOME:
+		return unknown
+	case pb.Reason_REASON_UNSPECIFIED:
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return unknown
+		}
+		if errors.Is(err, ErrNoLeader) {
+			return notApplied
+		}
+		return unknown
+	}
+	return final
+}
+
+// Do runs f until it succeeds or the policy gives up, and returns f's last
+// error (wrapped with ErrNoLeader or ErrUnknownOutcome when the policy
+// gave up on retryable failures). idempotent says whether an attempt with
+// an unknown outcome may be repeated; if not, Do returns at once with an
+// error matching ErrUnknownOutcome.
+func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Context) error) error {
+	p = p.withDefaults()
+	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
+	var streak time.Time // start of the current run of failures
+	sawUnknown := false
+	for {
+		err := f(ctx)
+		if err == nil {
+			return nil
+		}
+		kind := classifyAttempt(err)
+		switch {
+		case kind == final:
+			return err
+		case kind == unknown && !idempotent:
+			return unknownErr(err)
+		}
+		sawUnknown = sawUnknown || kind == unknown
+		if streak.IsZero() {
+			streak = time.Now()
+		}
+		giveUp := func() error {
+			if sawUnknown {
+				return unknownErr(err)
+			}
+			return noLeaderErr(err)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", context.Cause(ctx), giveUp())
+		}
+		wait := bo.next()
+		if time.Since(streak)+wait > p.Timeout {
+			return fmt.Errorf("gave up after %v: %w", time.Since(streak).Round(time.Millisecond), giveUp())
+		}
+		if !ctxtime.Sleep(ctx, wait) {
+			return fmt.Errorf("%w: %w", context.Cause(ctx), giveUp())
+		}
+	}
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	d := DefaultRetryPolicy()
+	if p.Timeout <= 0 {
+		p.Timeout = d.Timeout
+	}
+	if p.BackoffMin <= 0 {
+		p.BackoffMin = d.BackoffMin
+	}
+	if p.BackoffMax < p.BackoffMin {
+		p.BackoffMax = max(d.BackoffMax, p.BackoffMin)
+	}
+	return p
+}
+
+// noLeaderErr wraps a not-applied failure with ErrNoLeader (unless it
+// already matches).
+func noLeaderErr(err error) error {
+	if errors.Is(err, ErrNoLeader) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrNoLeader, err)
+}
+
+// unknownErr wraps a possibly applied failure with ErrUnknownOutcome.
+func unknownErr(err error) error {
+	if errors.Is(err, ErrUnknownOutcome) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnknownOutcome, err)
+}
+
+// backoff is an exponential back-off with full jitter.
+type backoff struct {
+	cur, max time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (b *backoff) reset(min time.Duration) { b.cur = min }
