@@ -226,16 +226,10 @@ func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao ac
 		return nil, &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
 	}
 	cause := context.Cause(ctx)
-	if ctx.Err() == nil {
+	if ctx.Err() == nil || !maybe {
+		// Nothing was applied (no leader, or the wait ended), or a
+		// failure the caller must see as it is.
 		return nil, classify("acquire", key, err)
-	}
-	if !maybe {
-		// Nothing was applied: a plain failure (no leader, or the wait
-		// ended).
-		if errors.Is(err, ErrNoLeader) {
-			return nil, fmt.Errorf("acquire %q: %w: %w", key, cause, ErrNoLeader)
-		}
-		return nil, fmt.Errorf("acquire %q: %w", key, cause)
 	}
 	// An attempt may have been granted just as we gave up. Ask once more
 	// with the same id (without waiting): granted means it was ours;

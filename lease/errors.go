@@ -106,6 +106,10 @@ func detailOf(err error) *pb.ErrorDetail {
 // classify maps a backend error to this package's sentinel, keeping the
 // original text.
 func classify(op, key string, err error) error {
+	var ge *GiveUpError
+	if errors.As(err, &ge) {
+		return fmt.Errorf("%s %q: %w", op, key, err)
+	}
 	var sentinel error
 	switch reasonOf(err) {
 	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER:

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -94,6 +96,7 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 	var streak time.Time // start of the current run of failures
 	sawUnknown := false
 	for {
+		began := time.Now()
 		err := f(ctx)
 		if err == nil {
 			return nil
@@ -107,25 +110,64 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 		}
 		sawUnknown = sawUnknown || kind == unknown
 		if streak.IsZero() {
-			streak = time.Now()
+			streak = began
 		}
-		giveUp := func() error {
+		giveUp := func(cause error) error {
+			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Cause: cause, Last: err}
 			if sawUnknown {
-				return unknownErr(err)
+				ge.Sentinel = ErrUnknownOutcome
 			}
-			return noLeaderErr(err)
+			return ge
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%w: %w", context.Cause(ctx), giveUp())
+			return giveUp(context.Cause(ctx))
 		}
 		wait := bo.next()
 		if time.Since(streak)+wait > p.Timeout {
-			return fmt.Errorf("gave up after %v: %w", time.Since(streak).Round(time.Millisecond), giveUp())
+			return giveUp(nil)
 		}
 		if !ctxtime.Sleep(ctx, wait) {
-			return fmt.Errorf("%w: %w", context.Cause(ctx), giveUp())
+			return giveUp(context.Cause(ctx))
 		}
 	}
+}
+
+// GiveUpError is what RetryPolicy.Do returns when it stops retrying: it
+// matches Sentinel (ErrNoLeader: nothing was applied; ErrUnknownOutcome:
+// an attempt may have been), Cause (the context's cause, if the context
+// ended) and the last attempt's error.
+type GiveUpError struct {
+	Sentinel error
+	After    time.Duration // how long the failures lasted
+	Cause    error         // nil when the retry timeout ran out
+	Last     error
+}
+
+func (e *GiveUpError) Error() string {
+	why := "retry timeout"
+	if e.Cause != nil {
+		why = e.Cause.Error()
+	}
+	return fmt.Sprintf("%v (gave up after %v: %s): %s", e.Sentinel, e.After.Round(time.Millisecond), why, describe(e.Last))
+}
+
+// Unwrap lets errors.Is match the sentinel, the cause and the last error.
+func (e *GiveUpError) Unwrap() []error {
+	out := []error{e.Sentinel, e.Last}
+	if e.Cause != nil {
+		out = append(out, e.Cause)
+	}
+	return out
+}
+
+// describe returns err's message without transport decoration: a node's
+// own words for errors it sent.
+func describe(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Message() != "" {
+		return ce.Message()
+	}
+	return err.Error()
 }
 
 func (p RetryPolicy) withDefaults() RetryPolicy {
@@ -140,15 +182,6 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 		p.BackoffMax = max(d.BackoffMax, p.BackoffMin)
 	}
 	return p
-}
-
-// noLeaderErr wraps a not-applied failure with ErrNoLeader (unless it
-// already matches).
-func noLeaderErr(err error) error {
-	if errors.Is(err, ErrNoLeader) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", ErrNoLeader, err)
 }
 
 // unknownErr wraps a possibly applied failure with ErrUnknownOutcome.

@@ -445,7 +445,15 @@ func (n *Node) leaderWait() time.Duration {
 // arriving during an election is served by the new leader instead of
 // failing at once. It never waits for anything else.
 func (n *Node) route(ctx context.Context, remote bool) (*leaderState, string) {
-	deadline := time.NewTimer(n.leaderWait())
+	wait := n.leaderWait()
+	if dl, ok := ctx.Deadline(); ok {
+		// Answer "no leader" while the caller still listens: an answer
+		// that misses its deadline looks like a lost reply (an unknown
+		// outcome) to the caller.
+		left := time.Until(dl)
+		wait = min(wait, left-min(left/10, 100*time.Millisecond))
+	}
+	deadline := time.NewTimer(max(wait, 0))
 	defer deadline.Stop()
 	for {
 		ch := n.changes()

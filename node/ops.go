@@ -135,6 +135,9 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 	for _, m := range n.members.list() {
 		role := roles[m.ID]
 		if role == "" {
+			if m.Status == statusLeft {
+				continue // departed for good: neither in gossip nor in Raft
+			}
 			role = "none"
 		}
 		resp.Members = append(resp.Members, &pb.Member{

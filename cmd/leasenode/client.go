@@ -34,7 +34,7 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token)")
 	fs.StringVar(&c.output, "output", "table", "output format: table or json")
 	fs.StringVar(&c.output, "o", "table", "short for --output")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the cluster (connect, leader election)")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (not on --wait)")
 }
 
 func (c *clientFlags) check() error {
@@ -99,6 +99,8 @@ func (c *clientFlags) dial(ctx context.Context, opts ...lease.Option) (*lease.Cl
 	if c.token != "" {
 		opts = append(opts, lease.WithAuthToken(c.token))
 	}
+	// A leaderless cluster fails a request after --timeout, not never.
+	opts = append(opts, lease.WithRetryTimeout(c.timeout))
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	cl, err := lease.Dial(dctx, c.addrs(), opts...)
@@ -128,12 +130,27 @@ func (c *clientFlags) api() (*lease.Remote, error) {
 	return cl, nil
 }
 
+// retry runs one request under lease's retry policy, bounded by
+// --timeout: through an election it reaches the new leader; without a
+// leader it fails with lease.ErrNoLeader (exit 3) when --timeout is up.
+func retry[T any](ctx context.Context, cf *clientFlags, f func(context.Context) (T, error)) (T, error) {
+	var v T
+	err := lease.RetryPolicy{Timeout: cf.timeout}.Do(ctx, true, func(ctx context.Context) error {
+		var err error
+		v, err = f(ctx)
+		return err
+	})
+	return v, err
+}
+
 // listAll reads every record under prefix, page by page.
-func listAll(ctx context.Context, r *lease.Remote, prefix string, stale bool) ([]*pb.Lease, error) {
+func listAll(ctx context.Context, cf *clientFlags, r *lease.Remote, prefix string, stale bool) ([]*pb.Lease, error) {
 	var out []*pb.Lease
 	after := ""
 	for {
-		resp, err := r.List(ctx, &pb.ListRequest{Prefix: prefix, After: after, Limit: 1000, Stale: stale})
+		resp, err := retry(ctx, cf, func(ctx context.Context) (*pb.ListResponse, error) {
+			return r.List(ctx, &pb.ListRequest{Prefix: prefix, After: after, Limit: 1000, Stale: stale})
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -238,7 +255,9 @@ func runGet(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := api.Get(ctx, &pb.GetRequest{Key: pos[0], Stale: *stale})
+	resp, err := retry(ctx, &cf, func(ctx context.Context) (*pb.GetResponse, error) {
+		return api.Get(ctx, &pb.GetRequest{Key: pos[0], Stale: *stale})
+	})
 	if err != nil {
 		return fmt.Errorf("get %q: %w", pos[0], err)
 	}
@@ -280,7 +299,7 @@ func runList(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	ls, err := listAll(ctx, api, prefix, *stale)
+	ls, err := listAll(ctx, &cf, api, prefix, *stale)
 	if err != nil {
 		return fmt.Errorf("list %q: %w", prefix, err)
 	}
@@ -320,7 +339,9 @@ func runRelease(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := api.Release(ctx, &pb.ReleaseRequest{Key: pos[0], Holder: *holder, Token: *token})
+	resp, err := retry(ctx, &cf, func(ctx context.Context) (*pb.ReleaseResponse, error) {
+		return api.Release(ctx, &pb.ReleaseRequest{Key: pos[0], Holder: *holder, Token: *token})
+	})
 	if err != nil {
 		return fmt.Errorf("release %q: %w", pos[0], err)
 	}
@@ -352,7 +373,7 @@ func runMembers(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := api.Members(ctx)
+	resp, err := retry(ctx, &cf, api.Members)
 	if err != nil {
 		return fmt.Errorf("members: %w", err)
 	}
@@ -403,7 +424,7 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	mem, err := api.Members(ctx)
+	mem, err := retry(ctx, &cf, api.Members)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -497,6 +518,22 @@ func runWatch(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer cl.Close(context.Background())
+	// Changes only happen through a leader: say at once if there is none
+	// (exit 3) rather than watch a cluster that cannot change.
+	api, err := cf.api()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	rctx, rcancel := context.WithTimeout(ctx, cf.timeout)
+	_, err = retry(rctx, &cf, func(ctx context.Context) (*pb.ListResponse, error) {
+		return api.List(ctx, &pb.ListRequest{Prefix: prefix, Limit: 1})
+	})
+	rcancel()
+	if err != nil {
+		return fmt.Errorf("watch %q: %w", prefix, err)
+	}
+	fmt.Fprintf(os.Stderr, "watching %q (current leases first, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
 	for ctx.Err() == nil {
 		events, err := cl.Watch(ctx, prefix)

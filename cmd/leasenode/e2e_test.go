@@ -543,9 +543,9 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--timing", "slow"}, nil, exitUsage, "want default or fast"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-clock-rate", "2"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
 		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
-		{[]string{"get", "k", "--addr", dead}, nil, exitUnreachable, "no reachable leader"},
-		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead}, exitUnreachable, "is the cluster running"},
-		{[]string{"lock", "k", "--addr", dead, "--", "true"}, nil, exitUnreachable, "no reachable leader"},
+		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
+		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
+		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "true"}, nil, exitUnreachable, "no reachable leader"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary, c.args...)

@@ -42,7 +42,7 @@ func hintFor(err error) string {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires a token: pass --auth-token or set LEASENODE_AUTH_TOKEN"
 	case code == exitUnreachable:
-		return "is the cluster running? Check --addr (or LEASENODE_ADDR); `leasenode dev` starts a local one on 127.0.0.1:7402"
+		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:
 		return "the request may or may not have taken effect; check with `leasenode get KEY`"
 	}

@@ -40,8 +40,9 @@ func (l *leaseFlags) options() []lease.Option {
 	return opts
 }
 
-// acquire takes key, waiting as --wait says.
-func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string) (*lease.Lease, error) {
+// acquire takes key, waiting as --wait says; timeout (--timeout) bounds
+// every step that is not the wait itself.
+func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, timeout time.Duration) (*lease.Lease, error) {
 	opts := []lease.AcquireOption{lease.TTL(l.ttl)}
 	if l.value != "" {
 		opts = append(opts, lease.Value([]byte(l.value)))
@@ -49,25 +50,42 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string) (
 	if l.lockDelay > 0 {
 		opts = append(opts, lease.LockDelay(l.lockDelay))
 	}
-	var (
-		ls  *lease.Lease
-		err error
-	)
-	switch l.wait.d {
-	case forever:
-		ls, err = c.Acquire(ctx, key, opts...)
-	case 0:
-		ls, err = c.TryAcquire(ctx, key, opts...)
-		if err == nil && ls == nil {
-			info, gerr := c.Get(ctx, key)
-			he := &lease.HeldError{Key: key}
-			if gerr == nil && info != nil {
-				he.Holder, he.Wait = info.Holder, info.Remaining
-			}
-			err = he
+	// First without waiting: most keys are free, and a held one is worth
+	// saying so before the wait begins.
+	if l.wait.d != forever && l.wait.d > 0 {
+		timeout = min(timeout, l.wait.d) // --wait bounds the whole acquire
+	}
+	start := time.Now()
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	ls, err := c.TryAcquire(tctx, key, opts...)
+	var he *lease.HeldError
+	if err == nil && ls == nil {
+		he = &lease.HeldError{Key: key}
+		if info, gerr := c.Get(tctx, key); gerr == nil && info != nil {
+			he.Holder, he.Wait = info.Holder, info.Remaining
 		}
+	}
+	cancel()
+	switch {
+	case err != nil || ls != nil:
+	case l.wait.d == 0:
+		err = he
 	default:
-		ls, err = c.AcquireTimeout(ctx, key, l.wait.d, opts...)
+		who := he.Holder
+		if who == "" {
+			who = "nobody (lock-delay after an expiry)"
+		}
+		bound := "until it is free"
+		if l.wait.d != forever {
+			bound = "at most " + l.wait.d.String()
+		}
+		fmt.Fprintf(os.Stderr, "waiting for %q, held by %s for up to %v more (waiting %s, first in line first served)\n",
+			key, who, he.Wait.Round(time.Millisecond), bound)
+		if l.wait.d == forever {
+			ls, err = c.Acquire(ctx, key, opts...)
+		} else {
+			ls, err = c.AcquireTimeout(ctx, key, max(l.wait.d-time.Since(start), time.Millisecond), opts...)
+		}
 	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {
@@ -123,7 +141,7 @@ func runLock(ctx context.Context, sig *signals, args []string) error {
 	// A lost lease's best-effort release may wait for an unreachable
 	// cluster: give it a moment, not its full timeout.
 	defer closeWithin(cl, time.Second)
-	l, err := lf.acquire(actx, cl, key)
+	l, err := lf.acquire(actx, cl, key, cf.timeout)
 	cancelA()
 	if err != nil {
 		return err
@@ -232,7 +250,7 @@ func runAcquire(ctx context.Context, sig *signals, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lf.acquire(actx, cl, key)
+	l, err := lf.acquire(actx, cl, key, cf.timeout)
 	cancelA()
 	if err != nil {
 		cl.Close(context.Background())
