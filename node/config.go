@@ -98,6 +98,14 @@ type Config struct {
 	// configuration before the leader removes it. Default 30 s.
 	DeadServerGrace time.Duration
 
+	// LeaveOnClose makes Close leave the cluster (as Leave does) instead
+	// of stopping as a member that will come back. Leave it off for
+	// restarts and upgrades: a voter that leaves shrinks the Raft
+	// configuration, so a rolling restart would run on one voter fewer.
+	// Turn it on for nodes that are retired when they stop (autoscaled
+	// instances that never return).
+	LeaveOnClose bool
+
 	// Timing sets the Raft timeouts. Default DefaultTiming().
 	Timing Timing
 	// SnapshotThreshold is how many new log entries trigger a snapshot.

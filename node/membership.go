@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -236,20 +237,35 @@ func (n *Node) announceLeave(timeout time.Duration) {
 }
 
 // leaveRaft asks the leader to remove this node from the Raft
-// configuration, so that a graceful leave does not wait for
-// DeadServerGrace. Best effort: the gossip leave flag is the fallback.
+// configuration, so that the leave does not wait for DeadServerGrace. It
+// retries (a new leader, a busy one) until the leader confirms the removal
+// has committed, ctx ends, or leaveRaftTimeout passes; the gossip leave
+// flag is the fallback after that.
 func (n *Node) leaveRaft(ctx context.Context) {
-	_, _, addr := n.leaderHint()
-	if addr == "" || addr == n.cfg.AdvertiseAddr {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, leaveRaftTimeout)
 	defer cancel()
 	req, _ := json.Marshal(n.meta(true))
-	if _, err := n.rpc.Call(ctx, addr, methodLeave, req); err != nil {
-		n.log.Info("asking the leader to remove this node failed; it will notice by gossip", "err", err)
+	var err error
+	for ctx.Err() == nil {
+		_, _, addr := n.leaderHint()
+		switch {
+		case addr == n.cfg.AdvertiseAddr:
+			return // still the leader: nobody else could take over
+		case addr != "":
+			actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err = n.rpc.Call(actx, addr, methodLeave, req)
+			acancel()
+			if err == nil {
+				return
+			}
+		}
+		ctxtime.Sleep(ctx, 100*time.Millisecond)
 	}
+	n.log.Info("asking the leader to remove this node failed; it will notice by gossip", "err", err)
 }
+
+// leaveRaftTimeout bounds leaveRaft when Close's ctx has no deadline.
+const leaveRaftTimeout = 10 * time.Second
 
 // serveLeave, on the leader, removes a node that leaves gracefully.
 func (n *Node) serveLeave(ctx context.Context, data []byte) error {

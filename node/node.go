@@ -120,7 +120,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	defer func() {
 		if err != nil {
-			n.shutdown(context.Background(), false)
+			n.shutdown(context.Background(), stopCrash)
 		}
 	}()
 	if err := n.startRaft(); err != nil {
@@ -300,14 +300,28 @@ func (n *Node) changes() <-chan struct{} {
 	return n.changed
 }
 
-// Close leaves the cluster gracefully and releases every resource, in this
-// order: stop serving the API, announce the leave in gossip, transfer
-// leadership (if leader), ask the leader to remove this node from Raft,
-// leave gossip, stop background
-// loops, shut Raft down, close RPC, the mux and the stores. It is
-// idempotent; ctx bounds the graceful part.
+// Close stops the node gracefully and releases every resource: it stops
+// serving the API and, if it leads, hands leadership to another voter
+// first. The node stays a member of the cluster (a voter stays a voter),
+// as for a restart or an upgrade; with Config.LeaveOnClose it leaves the
+// cluster as Leave does. It is idempotent; ctx bounds the graceful part.
 func (n *Node) Close(ctx context.Context) error {
-	n.closeOnce.Do(func() { n.closeErr = n.shutdown(ctx, true) })
+	mode := stopStay
+	if n.cfg.LeaveOnClose {
+		mode = stopLeave
+	}
+	n.closeOnce.Do(func() { n.closeErr = n.shutdown(ctx, mode) })
+	return n.closeErr
+}
+
+// Leave removes this node from the cluster for good and closes it:
+// announce the leave in gossip, hand leadership over (if leader), have the
+// leader remove it from the Raft configuration (retried until the leader
+// confirms, bounded by ctx), leave gossip, then close as Close does. Use it
+// when a node is retired or replaced, not for a restart: the cluster then
+// runs with one voter fewer until the leader promotes a spare.
+func (n *Node) Leave(ctx context.Context) error {
+	n.closeOnce.Do(func() { n.closeErr = n.shutdown(ctx, stopLeave) })
 	return n.closeErr
 }
 
@@ -315,18 +329,27 @@ func (n *Node) Close(ctx context.Context) error {
 // transfer, no gossip leave, connections cut. What was committed stays on
 // disk. For tests and chaos harnesses; programs call Close.
 func (n *Node) Crash() {
-	n.closeOnce.Do(func() { n.closeErr = n.shutdown(context.Background(), false) })
+	n.closeOnce.Do(func() { n.closeErr = n.shutdown(context.Background(), stopCrash) })
 }
 
-func (n *Node) shutdown(ctx context.Context, graceful bool) error {
+// How a node stops.
+type stopMode int
+
+const (
+	stopCrash stopMode = iota // no goodbyes
+	stopStay                  // graceful; stays a member
+	stopLeave                 // graceful; leaves the cluster
+)
+
+func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 	var errs []error
-	if !graceful {
+	if mode == stopCrash {
 		n.cancel()
 		if n.apiLn != nil {
 			n.api.Close()
 		}
 	}
-	if n.api != nil && graceful {
+	if n.api != nil && mode != stopCrash {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		if err := n.api.Shutdown(sctx); err != nil {
 			n.api.Close()
@@ -337,18 +360,16 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, max(time.Until(dl)/2, 0))
 	}
-	if n.ml != nil && graceful {
+	if n.ml != nil && mode == stopLeave {
 		n.announceLeave(timeout)
 	}
-	if n.raft != nil && n.raft.State() == raft.Leader && n.ctx.Err() == nil {
-		if err := n.raft.LeadershipTransfer().Error(); err != nil {
-			n.log.Info("leadership transfer on close failed", "err", err)
-		}
+	if n.raft != nil && mode != stopCrash && n.ctx.Err() == nil {
+		n.handOver()
 	}
-	if n.raft != nil && graceful && n.ctx.Err() == nil {
+	if n.raft != nil && mode == stopLeave && n.ctx.Err() == nil {
 		n.leaveRaft(ctx)
 	}
-	if n.ml != nil && graceful {
+	if n.ml != nil && mode == stopLeave {
 		n.leaveGossip(timeout)
 	}
 	n.cancel()
@@ -383,6 +404,30 @@ func (n *Node) shutdown(ctx context.Context, graceful bool) error {
 	n.log.Info("node closed")
 	close(n.down)
 	return errors.Join(errs...)
+}
+
+// handOver transfers leadership to another voter if this node leads and
+// one exists, so a graceful stop costs the cluster no election timeout.
+func (n *Node) handOver() {
+	if n.raft.State() != raft.Leader {
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	others := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(n.cfg.ID) {
+			others++
+		}
+	}
+	if others == 0 {
+		return // a single voter has nobody to hand over to
+	}
+	if err := n.wait(n.raft.LeadershipTransfer()); err != nil {
+		n.log.Warn("leadership transfer on close failed; the others elect a leader after the heartbeat timeout", "err", err)
+	}
 }
 
 // clientTLS returns the TLS config for dialing peers, or nil.

@@ -131,7 +131,7 @@ func TestLeaderKillKeepsLeases(t *testing.T) {
 // is still there with the same holder and token. A low snapshot threshold
 // makes the restart go through snapshot restore plus log replay. Nodes
 // either crash or stop gracefully one after the other (as a service
-// manager stops them), which removes each from Raft as it leaves.
+// manager stops them), staying members of the Raft configuration.
 func TestFullRestartKeepsLeases(t *testing.T) {
 	t.Run("crash", func(t *testing.T) { testFullRestart(t, (*nodetest.Cluster).Kill) })
 	t.Run("graceful", func(t *testing.T) { testFullRestart(t, (*nodetest.Cluster).Stop) })
@@ -477,7 +477,7 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
-// Scenario: a node that leaves gracefully is removed from the Raft
+// Scenario: a node that leaves (node.Leave) is removed from the Raft
 // configuration at once, without waiting out DeadServerGrace.
 func TestGracefulLeaveRemovedAtOnce(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
@@ -490,7 +490,7 @@ func TestGracefulLeaveRemovedAtOnce(t *testing.T) {
 		}
 		return nil
 	})
-	c.Stop(extra)
+	c.Leave(extra)
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		if s := suffrage(t, l); len(s) != 3 {
 			return fmt.Errorf("configuration %v still has %s", s, id)

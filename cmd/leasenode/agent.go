@@ -23,9 +23,11 @@ pointing at each other's gossip address; they elect a leader once they all
 see each other. Prints one line to stdout once listening:
   leasenode agent ready api=IP:PORT raft=IP:PORT gossip=IP:PORT
 and serves the client API, /metrics, /healthz and /readyz on --api.
-SIGINT or SIGTERM leave the cluster gracefully (leadership transfer, gossip
-leave) and exit 0; a second signal exits at once with 130 (SIGINT) or 143
-(SIGTERM).`
+SIGINT or SIGTERM stop the agent gracefully and exit 0: it hands leadership
+to another voter first and stays a member of the cluster (a voter stays a
+voter), as a restart or upgrade needs; with --leave-on-stop it also leaves
+the cluster for good (for a node that is retired). A second signal exits at
+once with 130 (SIGINT) or 143 (SIGTERM).`
 
 // agentFlags are the flags of `leasenode agent`.
 type agentFlags struct {
@@ -44,6 +46,7 @@ type agentFlags struct {
 	unsafeClockSkew              time.Duration
 	unsafeExtendNoCommit, noSync bool
 	shutdownTimeout              time.Duration
+	leaveOnStop                  bool
 	fs                           *flag.FlagSet
 	unsafeNames                  []string
 }
@@ -73,7 +76,8 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API`)
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
-	fs.DurationVar(&a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful leave after SIGINT/SIGTERM")
+	fs.DurationVar(&a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGINT/SIGTERM")
+	fs.BoolVar(&a.leaveOnStop, "leave-on-stop", false, "leave the cluster for good on SIGINT/SIGTERM (retiring a node); default: stay a member, as for a restart")
 	fs.BoolVar(&a.noSync, "unsafe-no-sync", false, "UNSAFE: do not fsync the Raft log (benchmarks only; needs LEASENODE_UNSAFE=1)")
 	fs.Float64Var(&a.unsafeClockRate, "unsafe-clock-rate", 0, "UNSAFE: scale the leader clock (chaos tests only; needs LEASENODE_UNSAFE=1)")
 	fs.BoolVar(&a.unsafeSkipRebase, "unsafe-skip-rebase", false, "UNSAFE: do not rebase expiries on leader change (chaos tests; needs LEASENODE_UNSAFE=1)")
@@ -115,6 +119,7 @@ func (a *agentFlags) config() (node.Config, error) {
 		}
 	}
 	cfg.BootstrapExpect, cfg.Voters = a.bootstrapExpect, a.voters
+	cfg.LeaveOnClose = a.leaveOnStop
 	switch a.timing {
 	case "default":
 		cfg.Timing = node.DefaultTiming()

@@ -141,6 +141,37 @@ type agent struct {
 	raft, gossip, api string
 	dir               string
 	p                 *proc
+	args, env         []string // to restart it
+}
+
+// restart starts the agent again (after it exited) and waits until it is
+// ready.
+func (a *agent) restart(t *testing.T) {
+	t.Helper()
+	a.p = start(t, a.env, a.args...)
+	waitReady(t, a)
+}
+
+// waitReady waits until the agent listens and its /readyz answers 200.
+func waitReady(t *testing.T, a *agent) {
+	t.Helper()
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if a.p.exited() {
+			t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
+		}
+		want := fmt.Sprintf("leasenode agent ready api=%s raft=%s gossip=%s\n", a.api, a.raft, a.gossip)
+		if got := a.p.stdout.String(); got != want {
+			return fmt.Errorf("stdout %q, want %q", got, want)
+		}
+		return nil
+	})
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		code, body := httpGet(a.api, "/readyz")
+		if code != 200 {
+			return fmt.Errorf("%s /readyz: %d %s", a.id, code, body)
+		}
+		return nil
+	})
 }
 
 // cluster starts n agents with --timing fast and waits until each is
@@ -159,31 +190,14 @@ func cluster(t *testing.T, n int, extra ...string) []*agent {
 				join = append(join, b.gossip)
 			}
 		}
-		args := append([]string{"agent", "--id", a.id, "--bind", a.raft, "--gossip", a.gossip, "--api", a.api,
+		a.args = append([]string{"agent", "--id", a.id, "--bind", a.raft, "--gossip", a.gossip, "--api", a.api,
 			"--join", strings.Join(join, ","), "--bootstrap-expect", strconv.Itoa(n), "--timing", "fast", "--log-level", "warn"}, extra...)
 		// The data dir comes from the environment, to test that path too.
-		a.p = start(t, []string{"LEASENODE_DATA_DIR=" + a.dir}, args...)
+		a.env = []string{"LEASENODE_DATA_DIR=" + a.dir}
+		a.p = start(t, a.env, a.args...)
 	}
 	for _, a := range agents {
-		nodetest.Eventually(t, 20*time.Second, func() error {
-			if a.p.exited() {
-				t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
-			}
-			want := fmt.Sprintf("leasenode agent ready api=%s raft=%s gossip=%s\n", a.api, a.raft, a.gossip)
-			if got := a.p.stdout.String(); got != want {
-				return fmt.Errorf("stdout %q, want %q", got, want)
-			}
-			return nil
-		})
-	}
-	for _, a := range agents {
-		nodetest.Eventually(t, 20*time.Second, func() error {
-			code, body := httpGet(a.api, "/readyz")
-			if code != 200 {
-				return fmt.Errorf("%s /readyz: %d %s", a.id, code, body)
-			}
-			return nil
-		})
+		waitReady(t, a)
 	}
 	return agents
 }

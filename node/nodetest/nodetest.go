@@ -272,6 +272,16 @@ func (c *Cluster) Stop(i int) {
 	}
 }
 
+// Leave makes node i leave the cluster for good (node.Leave).
+func (c *Cluster) Leave(i int) {
+	c.t.Helper()
+	if n := c.take(i); n != nil {
+		if err := n.Leave(context.Background()); err != nil {
+			c.t.Errorf("leave n%d: %v", i, err)
+		}
+	}
+}
+
 // Restart starts node i again from its data dir, with the same addresses.
 func (c *Cluster) Restart(i int) {
 	c.t.Helper()
