@@ -7,6 +7,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,6 +162,25 @@ func (t *memberTable) signal() {
 type gossipDelegate struct {
 	n    *Node
 	meta atomic.Pointer[[]byte]
+	// conflict is a live member at another address that uses this node's
+	// ID (memberlist's name conflict), as "addr (run R)".
+	conflict atomic.Pointer[string]
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate: it records
+// another live member using this node's ID. During Start that makes Start
+// fail (this node is the duplicate); later it is logged (the other one
+// is).
+func (d *gossipDelegate) NotifyConflict(existing, other *memberlist.Node) {
+	if existing.Name != d.n.cfg.ID {
+		return
+	}
+	var md meta
+	_ = json.Unmarshal(other.Meta, &md)
+	who := fmt.Sprintf("%s (run %s)", net.JoinHostPort(other.Addr.String(), strconv.Itoa(int(other.Port))), md.Run)
+	if d.conflict.Swap(&who) == nil && d.n.ml != nil {
+		d.n.log.Error("another live node uses this node's ID; one of the two must get another --id", "other", who)
+	}
 }
 
 func (d *gossipDelegate) setMeta(md meta) {
@@ -206,17 +226,22 @@ func (n *Node) startGossip(ctx context.Context) error {
 	mc.SecretKey = cfg.GossipKey
 	mc.Delegate = d
 	mc.Events = d
+	mc.Conflict = d
 	mc.Logger = stdlogFor(n.log, "memberlist")
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	n.ml = ml
 	if len(cfg.Join) > 0 {
 		if _, err := ml.Join(cfg.Join); err != nil {
 			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err)
 		}
 	}
+	if who := d.conflict.Load(); who != nil {
+		ml.Shutdown()
+		return fmt.Errorf("node ID %q is already used by a live node at %s: give this node another --id (IDs are unique and stable per node)", cfg.ID, *who)
+	}
+	n.ml = ml
 	return nil
 }
 
@@ -323,6 +348,9 @@ func (n *Node) runMembership() {
 	}
 }
 
+// bootstrapLogEvery is how often a node waiting to bootstrap says so.
+const bootstrapLogEvery = 5 * time.Second
+
 // rejoinFor is how long a failed member is retried.
 const rejoinFor = 24 * time.Hour
 
@@ -371,6 +399,15 @@ func (n *Node) tryBootstrap() bool {
 		}
 	}
 	if len(alive) < n.cfg.BootstrapExpect {
+		if time.Since(n.bootstrapLogged) >= bootstrapLogEvery {
+			n.bootstrapLogged = time.Now()
+			ids := make([]string, len(alive))
+			for i, m := range alive {
+				ids[i] = m.ID
+			}
+			n.log.Info("waiting to bootstrap", "component", "node.membership", "seen", len(alive),
+				"expected", n.cfg.BootstrapExpect, "members", strings.Join(ids, ","), "join", strings.Join(n.cfg.Join, ","))
+		}
 		return false
 	}
 	alive = alive[:n.cfg.BootstrapExpect]

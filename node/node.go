@@ -45,6 +45,9 @@ type Node struct {
 	gossip    *gossipDelegate
 	members   *memberTable
 	rejoining atomic.Bool   // a rejoin attempt is running
+	// bootstrapLogged is when tryBootstrap last said it waits (only
+	// runMembership touches it).
+	bootstrapLogged time.Time
 	run       string        // random ID of this start, published in gossip
 	raftDown  chan struct{} // closed once Raft has shut down; see wait
 

@@ -591,3 +591,30 @@ func TestLogBoundedByBytes(t *testing.T) {
 		return nil
 	})
 }
+
+// Scenario: a second process started with the ID of a live node (a copy-
+// pasted unit file, say) refuses to start, naming the live one, instead of
+// running on silently unready beside it.
+func TestDuplicateIDRefused(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	cfg := c.Config(0)
+	cfg.DataDir = t.TempDir()
+	cfg.BindAddr = nodetest.FreeAddr(t, false)
+	cfg.AdvertiseAddr = cfg.BindAddr
+	cfg.GossipAddr = nodetest.FreeAddr(t, true)
+	cfg.GossipAdvertiseAddr = ""
+	cfg.APIAddr = ""
+	cfg.BootstrapExpect = 0
+	cfg.Join = []string{c.Config(1).GossipAddr}
+	n, err := node.Start(ctxT(t, 10*time.Second), cfg)
+	if err == nil {
+		n.Close(context.Background())
+		t.Fatal("a second node with ID n0 started")
+	}
+	if !strings.Contains(err.Error(), "already used by a live node") || !strings.Contains(err.Error(), c.Config(0).GossipAddr) {
+		t.Fatalf("duplicate ID: %v; want a refusal naming n0's address %s", err, c.Config(0).GossipAddr)
+	}
+	// The original keeps serving.
+	_, l := c.Leader()
+	mustGrant(t, l, acq("dup", "h", 1, time.Minute))
+}
