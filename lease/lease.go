@@ -269,8 +269,32 @@ type extendOutcome struct {
 	err    error
 }
 
-// extendChunk bounds one Extend request (and one Raft entry).
-const extendChunk = 20000
+// One Extend request (and so one Raft entry) carries at most
+// extendChunkItems leases and about extendChunkBytes of keys: well inside
+// a node's default limits (node.Limits: 10,000 items, 4 MiB per request),
+// whatever the key sizes.
+const (
+	extendChunkItems = 4096
+	extendChunkBytes = 1 << 20
+)
+
+// chunks splits leases into requests within the limits above.
+func chunks(leases []*held) [][]*held {
+	var out [][]*held
+	start, size := 0, 0
+	for i, h := range leases {
+		item := len(h.key) + 16
+		if i > start && (i-start >= extendChunkItems || size+item > extendChunkBytes) {
+			out = append(out, leases[start:i])
+			start, size = i, 0
+		}
+		size += item
+	}
+	if start < len(leases) {
+		out = append(out, leases[start:])
+	}
+	return out
+}
 
 // extend sends one batched Extend for leases (chunked if huge) and applies
 // the results: an extended lease is valid until this request's send time
@@ -279,8 +303,7 @@ const extendChunk = 20000
 func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 	defer c.loopWG.Done()
 	var firstErr error
-	for start := 0; start < len(leases); start += extendChunk {
-		chunk := leases[start:min(start+extendChunk, len(leases))]
+	for _, chunk := range chunks(leases) {
 		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
 		for i, h := range chunk {
 			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/net/netutil"
 
 	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/pb/pbconnect"
@@ -42,7 +43,20 @@ func (n *Node) startAPI() error {
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
-	n.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: n.cfg.ServerTLS, Protocols: &protocols}
+	lim := n.cfg.Limits
+	n.apiLn = netutil.LimitListener(ln, lim.MaxConns)
+	n.api = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
+		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         n.cfg.ServerTLS,
+		Protocols:         &protocols,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
+		ErrorLog:          stdlogFor(n.log, "node.api"),
+	}
+	ln = n.apiLn
 	n.goRun("node.api", func() {
 		var err error
 		if n.cfg.ServerTLS != nil {
@@ -60,51 +74,56 @@ func (n *Node) startAPI() error {
 // MountAPI registers the client protocol handlers and BackupPath on mux,
 // for programs that serve them on their own HTTP server.
 func (n *Node) MountAPI(mux *http.ServeMux) {
-	// Replies are small; gzip would cost more CPU than the bytes it saves
-	// (it was 20% of the API's CPU). Large List pages still compress.
-	opts := []connect.HandlerOption{connect.WithCompressMinBytes(8 << 10)}
-	if n.cfg.AuthToken != "" {
-		opts = append(opts, connect.WithInterceptors(authInterceptor(n.cfg.AuthToken)))
+	lim := n.cfg.Limits
+	opts := []connect.HandlerOption{
+		// Replies are small; gzip would cost more CPU than the bytes it
+		// saves (it was 20% of the API's CPU). Large List pages still
+		// compress.
+		connect.WithCompressMinBytes(8 << 10),
+		// Bounds every request message once decompressed, so a small
+		// gzip bomb is refused after MaxRequestBytes, not inflated.
+		connect.WithReadMaxBytes(int(lim.MaxRequestBytes)),
 	}
 	path, h := pbconnect.NewLeaseServiceHandler(&apiServer{n: n}, opts...)
 	if n.cfg.APIMiddleware != nil {
 		h = n.cfg.APIMiddleware(h)
 	}
-	mux.Handle(path, h)
-	mux.HandleFunc("GET "+BackupPath, n.serveBackup)
+	mux.Handle(path, n.guard(h))
+	mux.Handle("GET "+BackupPath, n.guard(http.HandlerFunc(n.serveBackup)))
 }
 
-// authInterceptor requires "Authorization: Bearer <token>".
-type authInterceptor string
-
-func (a authInterceptor) check(h http.Header) error {
-	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a)) != 1 {
-		return connectError(ErrUnauthenticated)
-	}
-	return nil
-}
-
-func (a authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if err := a.check(req.Header()); err != nil {
-			return nil, err
+// guard runs before the client protocol reads a byte of a request body:
+// it checks the auth token (a request without it is answered
+// unauthenticated, in the caller's own protocol, and its body is never
+// read), and caps the body as sent at Limits.MaxRequestBytes (plus room
+// for framing).
+func (n *Node) guard(next http.Handler) http.Handler {
+	token := n.cfg.AuthToken
+	max := n.cfg.Limits.MaxRequestBytes + 64<<10
+	errw := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && !bearerOK(r.Header.Get("Authorization"), token) {
+			err := fmt.Errorf("%w: send Authorization: Bearer TOKEN (the agents' --auth-token; clients pass --auth-token or LEASENODE_AUTH_TOKEN)", ErrUnauthenticated)
+			if errw.IsSupported(r) {
+				_ = errw.Write(w, r, connectError(err))
+			} else {
+				http.Error(w, err.Error(), http.StatusUnauthorized)
+			}
+			return
 		}
-		return next(ctx, req)
-	}
+		r.Body = http.MaxBytesReader(w, r.Body, max)
+		next.ServeHTTP(w, r)
+	})
 }
 
-func (a authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if err := a.check(conn.RequestHeader()); err != nil {
-			return err
-		}
-		return next(ctx, conn)
+// bearerOK reports whether an Authorization header carries token. The
+// scheme is case-insensitive (RFC 9110 §11.1).
+func bearerOK(header, token string) bool {
+	scheme, got, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
 	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
 }
 
 // connectError maps a node error to a connect error carrying an

@@ -131,14 +131,9 @@ const (
 	HeaderBackupLeases = "Leasenode-Backup-Leases"
 )
 
-// serveBackup serves BackupPath. A follower redirects to the leader.
+// serveBackup serves BackupPath (behind guard, which checks the token).
+// A follower redirects to the leader.
 func (n *Node) serveBackup(w http.ResponseWriter, r *http.Request) {
-	if n.cfg.AuthToken != "" {
-		if err := authInterceptor(n.cfg.AuthToken).check(r.Header); err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		}
-	}
 	b, err := n.Backup(r.Context())
 	if err != nil {
 		var le *LeaderError

@@ -375,22 +375,26 @@ func soakMillion(b *testing.B, l *node.Node, held [][]*pb.ExtendItem, d time.Dur
 					return
 				case <-time.After(next):
 				}
+				// As lease.Client does: one round of requests of at most
+				// 4096 leases each (node.Limits.MaxExtendItems is 10,000).
 				rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
-				r, err := l.Extend(rctx, &pb.ExtendRequest{Holder: fmt.Sprint("h", w), Items: items})
-				rcancel()
-				if err != nil {
-					retries.Add(1)
-					next = 200 * time.Millisecond
-					continue
-				}
-				for _, res := range r.Results {
-					if res.Ok {
-						extended.Add(1)
-					} else {
-						failed.Add(1)
+				next = 40 * time.Second
+				for start := 0; start < len(items); start += 4096 {
+					r, err := l.Extend(rctx, &pb.ExtendRequest{Holder: fmt.Sprint("h", w), Items: items[start:min(start+4096, len(items))]})
+					if err != nil {
+						retries.Add(1)
+						next = 200 * time.Millisecond
+						break
+					}
+					for _, res := range r.Results {
+						if res.Ok {
+							extended.Add(1)
+						} else {
+							failed.Add(1)
+						}
 					}
 				}
-				next = 40 * time.Second
+				rcancel()
 			}
 		}()
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport"
 )
 
@@ -130,6 +131,11 @@ type Config struct {
 	ServerTLS *tls.Config
 	ClientTLS *tls.Config
 
+	// Limits bound what clients can make this node hold (defaults: see
+	// DefaultLimits). Give every node the same limits: followers forward
+	// requests to the leader as they received them.
+	Limits Limits
+
 	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES). Optional.
 	GossipKey []byte
 	// AuthToken, when set, is required as "Authorization: Bearer <token>"
@@ -175,6 +181,84 @@ type Config struct {
 	// UnsafeExtendNoCommit: the leader answers extends from its own state
 	// without committing them. UNSAFE: a deposed leader keeps extending.
 	UnsafeExtendNoCommit bool
+}
+
+// Limits bound every input of the client API before it is read into
+// memory, so that no client can make a node hold more than a small
+// multiple of them. A refused request names the limit it broke and the
+// agent flag that sets it (resource_exhausted for sizes, invalid_argument
+// for counts and TTLs).
+type Limits struct {
+	// MaxRequestBytes bounds one request, as sent and once decompressed
+	// (agent --max-request-bytes). Default 4 MiB.
+	MaxRequestBytes int64
+	// MaxExtendItems bounds the leases of one Extend (and so one Raft
+	// entry); lease.Client sends fewer per request. Default 10,000.
+	MaxExtendItems int
+	// MaxListBytes bounds one page of List: it ends before its leases
+	// pass this size, whatever the limit asked (a page holds at least one
+	// lease). Default 1 MiB, well inside the node RPC's message limit.
+	MaxListBytes int
+	// MaxConns bounds concurrent client API connections; more wait in
+	// the kernel's accept queue. Default 1024.
+	MaxConns int
+	// MaxStreams bounds concurrent HTTP/2 streams per connection.
+	// Default 256.
+	MaxStreams uint32
+	// ReadTimeout bounds reading one request, headers and body: a client
+	// that sends a byte now and then is cut off. Default 10 s.
+	ReadTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long. Default
+	// 2 min.
+	IdleTimeout time.Duration
+	// MinTTL is the shortest TTL a lease may ask for (agent --min-ttl).
+	// Default: the Raft heartbeat timeout, below which a lease cannot
+	// outlive one missed heartbeat.
+	MinTTL time.Duration
+}
+
+// DefaultLimits returns the default Limits for timing t.
+func DefaultLimits(t Timing) Limits {
+	return Limits{
+		MaxRequestBytes: 4 << 20,
+		MaxExtendItems:  10_000,
+		MaxListBytes:    1 << 20,
+		MaxConns:        1024,
+		MaxStreams:      256,
+		ReadTimeout:     10 * time.Second,
+		IdleTimeout:     2 * time.Minute,
+		MinTTL:          t.HeartbeatTimeout,
+	}
+}
+
+// withDefaults fills zero limits from DefaultLimits(t).
+func (l Limits) withDefaults(t Timing) Limits {
+	d := DefaultLimits(t)
+	if l.MaxRequestBytes == 0 {
+		l.MaxRequestBytes = d.MaxRequestBytes
+	}
+	if l.MaxExtendItems == 0 {
+		l.MaxExtendItems = d.MaxExtendItems
+	}
+	if l.MaxListBytes == 0 {
+		l.MaxListBytes = d.MaxListBytes
+	}
+	if l.MaxConns == 0 {
+		l.MaxConns = d.MaxConns
+	}
+	if l.MaxStreams == 0 {
+		l.MaxStreams = d.MaxStreams
+	}
+	if l.ReadTimeout == 0 {
+		l.ReadTimeout = d.ReadTimeout
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = d.IdleTimeout
+	}
+	if l.MinTTL == 0 {
+		l.MinTTL = d.MinTTL
+	}
+	return l
 }
 
 // DefaultConfig returns a Config with every default filled in except ID and
@@ -229,6 +313,7 @@ func (c Config) withDefaults() Config {
 	if c.LogBytes == 0 {
 		c.LogBytes = d.LogBytes
 	}
+	c.Limits = c.Limits.withDefaults(c.Timing)
 	if c.UnsafeClockRate == 0 {
 		c.UnsafeClockRate = 1
 	}
@@ -286,6 +371,21 @@ func (c Config) Validate() error {
 	}
 	if t.LeaderLeaseTimeout > t.HeartbeatTimeout {
 		bad("Timing: LeaderLeaseTimeout %v must not exceed HeartbeatTimeout %v", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
+	}
+	if l := c.Limits; l.MaxRequestBytes < 64<<10 || l.MaxRequestBytes > 64<<20 {
+		bad("Limits.MaxRequestBytes %d out of range [64 KiB, 64 MiB]", l.MaxRequestBytes)
+	}
+	if l := c.Limits; l.MaxExtendItems < 1 || l.MaxExtendItems > fsm.MaxBatch {
+		bad("Limits.MaxExtendItems %d out of range [1, %d]", l.MaxExtendItems, fsm.MaxBatch)
+	}
+	if l := c.Limits; l.MaxListBytes < 128<<10 || int64(l.MaxListBytes) > transport.DefaultMaxMessage/2 {
+		bad("Limits.MaxListBytes %d out of range [128 KiB, %d] (a page must fit a node RPC message)", l.MaxListBytes, transport.DefaultMaxMessage/2)
+	}
+	if l := c.Limits; l.MaxConns < 1 || l.MaxStreams < 1 || l.ReadTimeout < 0 || l.IdleTimeout < 0 {
+		bad("Limits: MaxConns, MaxStreams must be >= 1 and timeouts >= 0")
+	}
+	if l := c.Limits; l.MinTTL < time.Millisecond || l.MinTTL > fsm.MaxTTL {
+		bad("Limits.MinTTL %v out of range [1ms, %v]", l.MinTTL, fsm.MaxTTL)
 	}
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		bad("GossipKey is %d bytes; want 16, 24 or 32", n)

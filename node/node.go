@@ -175,9 +175,11 @@ func (n *Node) startRaft() error {
 		Timeout: 10 * time.Second,
 		Logger:  hclogFor(n.log, "raft-net"),
 	})
-	n.rpc = transport.NewRPCClient(transport.RPCClientConfig{Dialer: dialer, DecodeError: decodeRPCError})
+	// A forwarded request is as large as the client's (Limits).
+	maxMsg := max(transport.DefaultMaxMessage, int(cfg.Limits.MaxRequestBytes)+64<<10)
+	n.rpc = transport.NewRPCClient(transport.RPCClientConfig{Dialer: dialer, DecodeError: decodeRPCError, MaxMessage: maxMsg})
 	n.rpcSrv = transport.NewRPCServer(rpcLn, n.handleRPC, transport.RPCServerConfig{
-		EncodeError: encodeRPCError, Logger: n.log.With("component", "node.rpc"),
+		EncodeError: encodeRPCError, Logger: n.log.With("component", "node.rpc"), MaxMessage: maxMsg,
 	})
 	n.goRun("node.rpc", func() { _ = n.rpcSrv.Serve() })
 

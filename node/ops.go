@@ -42,12 +42,19 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if _, err := acquireCmd(req); err != nil {
 		return nil, err
 	}
+	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
+		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
+	}
 	return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
 }
 
 // Extend renews every listed lease of req.Holder by its full TTL, in one
 // Raft entry. Each item's result says whether it was extended.
 func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if got, max := len(req.GetItems()), n.cfg.Limits.MaxExtendItems; got > max {
+		return nil, fmt.Errorf("%w: extend of %d leases exceeds the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
+			ErrInvalid, got, max)
+	}
 	if err := extendCmd(req).Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -76,8 +83,9 @@ func (n *Node) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, er
 	return leaderCall(ctx, n, methodGet, req, &pb.GetResponse{}, n.getLocal, false)
 }
 
-// List reads up to req.Limit records (default 1000) under req.Prefix after
-// req.After, in key order; Next is the After of the following page.
+// List reads up to req.Limit records (at most and by default 1000, and no
+// more than Limits.MaxListBytes of them) under req.Prefix after req.After,
+// in key order; Next is the After of the following page.
 func (n *Node) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
 	if req.GetLimit() < 0 {
 		return nil, fmt.Errorf("%w: negative limit", ErrInvalid)
@@ -87,6 +95,10 @@ func (n *Node) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse,
 	}
 	return leaderCall(ctx, n, methodList, req, &pb.ListResponse{}, n.listLocal, false)
 }
+
+// maxListLimit is the most leases one List page holds (and the default);
+// Limits.MaxListBytes may end a page sooner.
+const maxListLimit = 1000
 
 // CheckToken tells, linearizably, whether req.Token is the key's current
 // fencing token and the lease has not expired by the leader's clock: the
@@ -412,11 +424,23 @@ func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListReque
 	if err := n.verify(ls); err != nil {
 		return nil, err
 	}
-	leases, next := n.fsm.List(req.GetPrefix(), req.GetAfter(), int(req.GetLimit()))
+	limit := int(req.GetLimit())
+	if limit <= 0 || limit > maxListLimit {
+		limit = maxListLimit
+	}
+	leases, next := n.fsm.List(req.GetPrefix(), req.GetAfter(), limit)
 	now := n.readNow(ls)
-	resp := &pb.ListResponse{Header: n.header(), Next: next, Leases: make([]*pb.Lease, len(leases))}
+	resp := &pb.ListResponse{Header: n.header(), Next: next, Leases: make([]*pb.Lease, 0, len(leases))}
+	size := 0
 	for i := range leases {
-		resp.Leases[i] = toPB(&leases[i], now)
+		l := toPB(&leases[i], now)
+		size += proto.Size(l) + 8
+		if size > n.cfg.Limits.MaxListBytes && len(resp.Leases) > 0 {
+			// The page is full by bytes: the next one starts here.
+			resp.Next = resp.Leases[len(resp.Leases)-1].GetKey()
+			break
+		}
+		resp.Leases = append(resp.Leases, l)
 	}
 	return resp, nil
 }

@@ -40,6 +40,10 @@ type agentFlags struct {
 	timing                       string
 	tlsCert, tlsKey, tlsCA       string
 	gossipKey, authToken         string
+	authTokenFile                string
+	maxRequestBytes              int64
+	maxExtendItems, maxConns     int
+	minTTL                       time.Duration
 	logLevel, logFormat          string
 	unsafeClockRate              float64
 	unsafeSkipRebase, unsafeWall bool
@@ -73,7 +77,12 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	fs.StringVar(&a.tlsCA, "tls-ca", "", "CA bundle (PEM) that peers' and clients' certificates must chain to")
 	fs.StringVar(&a.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) encrypting gossip; same on every node")
-	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API`)
+	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API (visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)`)
+	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
+	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
+	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
+	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections")
+	fs.DurationVar(&a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft heartbeat timeout)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
 	fs.DurationVar(&a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGINT/SIGTERM")
@@ -140,6 +149,19 @@ func (a *agentFlags) config() (node.Config, error) {
 		cfg.GossipKey = key
 	}
 	cfg.AuthToken = a.authToken
+	if a.authTokenFile != "" {
+		if a.authToken != "" {
+			return cfg, usagef("--auth-token and --auth-token-file: give one")
+		}
+		b, err := os.ReadFile(a.authTokenFile)
+		if err != nil {
+			return cfg, usagef("--auth-token-file: %v", err)
+		}
+		if cfg.AuthToken = strings.TrimSpace(string(b)); cfg.AuthToken == "" {
+			return cfg, usagef("--auth-token-file %s is empty", a.authTokenFile)
+		}
+	}
+	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL}
 	cfg.NoSync = a.noSync
 	cfg.UnsafeClockRate = a.unsafeClockRate
 	cfg.UnsafeSkipRebase = a.unsafeSkipRebase

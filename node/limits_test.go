@@ -1,0 +1,205 @@
+package node_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
+)
+
+// post sends one Connect-protocol JSON request with body and returns the
+// HTTP status and the reply.
+func post(t *testing.T, addr, method string, body io.Reader, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", "http://"+addr+"/leasenode.v1.LeaseService/"+method, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	c := http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b)
+}
+
+// endless is a body of n bytes that is never held in memory.
+type endless struct{ n, read int64 }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if e.read >= e.n {
+		return 0, io.EOF
+	}
+	k := min(int64(len(p)), e.n-e.read)
+	for i := range p[:k] {
+		p[i] = 'a'
+	}
+	e.read += k
+	return int(k), nil
+}
+
+func heapMB() float64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapInuse) / (1 << 20)
+}
+
+// Bounded inputs (trust model): every oversized request is refused with
+// the limit's name, the node's memory stays within a small multiple of
+// the limit, and the cluster keeps serving.
+func TestAPIInputsAreBounded(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.ReadTimeout = time.Second
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	base := heapMB()
+
+	t.Run("100 MB body", func(t *testing.T) {
+		body := &endless{n: 100 << 20}
+		code, out := post(t, l.APIAddr(), "Acquire", body, nil)
+		if code == http.StatusOK || body.read > 64<<20 {
+			t.Fatalf("a 100 MB body: status %d after the node read %d MB: %s", code, body.read>>20, out)
+		}
+		t.Logf("100 MB body: status %d after %d MB sent: %.100s", code, body.read>>20, out)
+	})
+	t.Run("gzip bomb", func(t *testing.T) {
+		var z bytes.Buffer
+		w := gzip.NewWriter(&z)
+		fmt.Fprint(w, `{"key":"`)
+		io.Copy(w, &endless{n: 16 << 20})
+		fmt.Fprint(w, `"}`)
+		w.Close()
+		code, out := post(t, l.APIAddr(), "Acquire", &z, http.Header{"Content-Encoding": {"gzip"}})
+		if code == http.StatusOK || !strings.Contains(out, "resource_exhausted") {
+			t.Fatalf("%d KB of gzip inflating to 16 MB: status %d: %s", z.Len()>>10, code, out)
+		}
+	})
+	t.Run("extend items", func(t *testing.T) {
+		req := &pb.ExtendRequest{Holder: "h"}
+		for i := range 10_001 {
+			req.Items = append(req.Items, &pb.ExtendItem{Key: fmt.Sprint("k", i), Token: 1})
+		}
+		_, err := f.Extend(ctxT(t, 10*time.Second), req)
+		if err == nil || !strings.Contains(err.Error(), "--max-extend-items") {
+			t.Fatalf("extend of 10,001 leases: %v", err)
+		}
+	})
+	t.Run("ttl", func(t *testing.T) {
+		_, err := f.Acquire(ctxT(t, 10*time.Second), &pb.AcquireRequest{Key: "k", Holder: "h", RequestId: 1, Ttl: durationpb.New(time.Nanosecond)})
+		if err == nil || !strings.Contains(err.Error(), "--min-ttl") {
+			t.Fatalf("a 1 ns TTL: %v", err)
+		}
+	})
+	t.Run("list limit", func(t *testing.T) {
+		value := bytes.Repeat([]byte("v"), 60<<10)
+		for i := range 40 {
+			mustGrant(t, l, &pb.AcquireRequest{Key: fmt.Sprintf("big/%02d", i), Holder: "h", RequestId: uint64(i + 1),
+				Ttl: durationpb.New(time.Minute), Value: value})
+		}
+		cl := pbconnect.NewLeaseServiceClient(http.DefaultClient, "http://"+f.APIAddr())
+		after, pages, got := "", 0, 0
+		for {
+			resp, err := cl.List(ctxT(t, 10*time.Second), connect.NewRequest(&pb.ListRequest{Prefix: "big/", After: after, Limit: 1<<31 - 1}))
+			if err != nil {
+				t.Fatalf("List with limit 2^31-1 through a follower: %v", err)
+			}
+			pages++
+			got += len(resp.Msg.Leases)
+			if after = resp.Msg.Next; after == "" {
+				break
+			}
+		}
+		if got != 40 || pages < 3 {
+			t.Fatalf("%d leases in %d pages; want all 40 in pages of at most 1 MiB", got, pages)
+		}
+	})
+	t.Run("slow body", func(t *testing.T) {
+		conn, err := net.Dial("tcp", l.APIAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /leasenode.v1.LeaseService/Acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+		start := time.Now()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() { // a byte every 200 ms, until the node hangs up
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				if _, err := conn.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}()
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		io.Copy(io.Discard, conn) // until the node answers and closes
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("a body sent a byte at a time was read for %v (ReadTimeout 1 s)", d)
+		}
+	})
+	t.Run("cluster still serves", func(t *testing.T) {
+		mustGrant(t, l, acq("after", "h2", 1, time.Minute))
+	})
+	if grew := heapMB() - base; grew > 64 {
+		t.Fatalf("heap grew by %.0f MB across the oversized requests (limit 4 MiB)", grew)
+	}
+	t.Logf("heap grew by %.1f MB", heapMB()-base)
+}
+
+// The auth token is checked before a byte of the body is read, and the
+// scheme is case-insensitive.
+func TestAuthBeforeBody(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+	}})
+	_, l := c.Leader()
+	body := &endless{n: 100 << 20}
+	code, out := post(t, l.APIAddr(), "Acquire", body, nil)
+	if code != http.StatusUnauthorized || body.read > 8<<20 || !strings.Contains(out, "--auth-token") {
+		t.Fatalf("no token: status %d after reading %d MB: %s", code, body.read>>20, out)
+	}
+	for _, h := range []string{"Bearer s3cret", "bearer s3cret", "BEARER  s3cret"} {
+		code, out := post(t, l.APIAddr(), "Status", strings.NewReader("{}"), http.Header{"Authorization": {h}})
+		if code != http.StatusOK {
+			t.Fatalf("Authorization %q: %d %s", h, code, out)
+		}
+		var st map[string]any
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, err := lease.Dial(ctxT(t, 5*time.Second), []string{l.APIAddr()}, lease.WithAuthToken("wrong"))
+	if err == nil {
+		cl.Close(context.Background())
+		t.Fatal("a wrong token was accepted")
+	}
+}
