@@ -147,7 +147,9 @@ type Config struct {
 	NoSync bool
 
 	// Logger receives the node's logs (components named node.*, raft,
-	// memberlist). Default: discard.
+	// memberlist). Default: warnings and errors on stderr, so an embedded
+	// node that cannot form a cluster says why; pass
+	// slog.New(slog.DiscardHandler) to silence it.
 	Logger *slog.Logger
 
 	// Faults routes node-to-node traffic through an in-process
@@ -318,7 +320,7 @@ func (c Config) withDefaults() Config {
 		c.UnsafeClockRate = 1
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+		c.Logger = defaultLogger()
 	}
 	return c
 }

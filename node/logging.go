@@ -3,87 +3,209 @@ package node
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
 )
 
-// hclogFor returns an hclog.Logger (what hashicorp/raft wants) that writes
-// into l. hclog renders JSON lines; slogWriter parses each back into one
-// slog record with its level, message and fields.
+// defaultLogger is what an embedded node logs to when Config.Logger is
+// nil: warnings and errors on stderr, so a node that cannot form a cluster
+// is never silent.
+func defaultLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// hclogFor returns an hclog.Logger (what hashicorp/raft wants) that
+// writes straight into l as component name: levels, messages and
+// arguments keep their Go types (durations stay durations, servers stay
+// structs) instead of a round trip through JSON text.
 func hclogFor(l *slog.Logger, name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
-		Name:       name,
-		Level:      hclog.Debug,
-		JSONFormat: true,
-		Output:     &slogWriter{l: l.With("component", name)},
-	})
+	return &hcAdapter{base: l, l: l.With("component", name), name: name}
 }
 
-// stdlogFor returns a *log.Logger (what memberlist wants) writing into l.
-// memberlist prefixes lines with "[LEVEL] ".
-func stdlogFor(l *slog.Logger, name string) *log.Logger {
-	return log.New(&slogWriter{l: l.With("component", name), plain: true}, "", 0)
+// hcAdapter implements hclog.Logger on top of a slog.Logger.
+type hcAdapter struct {
+	base    *slog.Logger // without component and implied args
+	l       *slog.Logger
+	name    string
+	implied []any
 }
 
-type slogWriter struct {
-	l     *slog.Logger
-	plain bool
+var _ hclog.Logger = (*hcAdapter)(nil)
+
+// levelOf maps hclog levels to slog's; Trace is below Debug.
+func levelOf(l hclog.Level) slog.Level {
+	switch l {
+	case hclog.Trace:
+		return slog.LevelDebug - 4
+	case hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Warn:
+		return slog.LevelWarn
+	case hclog.Error:
+		return slog.LevelError
+	}
+	return slog.LevelInfo
 }
 
-func (w *slogWriter) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte("\n")) {
-		if len(line) > 0 {
-			w.line(line)
+// Log implements hclog.Logger. Arguments are hclog's key-value pairs; an
+// odd one out is kept under "extra" rather than dropped.
+func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
+	lv := levelOf(level)
+	if !a.l.Enabled(context.Background(), lv) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, len(args)/2+1)
+	for i := 0; i < len(args); i += 2 {
+		if i+1 == len(args) {
+			attrs = append(attrs, slog.Any("extra", args[i]))
+			break
+		}
+		key, ok := args[i].(string)
+		if !ok {
+			key = "extra"
+		}
+		attrs = append(attrs, slog.Any(key, hcValue(args[i+1])))
+	}
+	a.l.LogAttrs(context.Background(), lv, msg, attrs...)
+}
+
+// hcValue renders hclog's formatting helpers (hclog.Fmt, Hex, Octal,
+// Binary) as hclog would; other values keep their types.
+func hcValue(v any) any {
+	switch x := v.(type) {
+	case hclog.Format:
+		if len(x) > 0 {
+			if f, ok := x[0].(string); ok {
+				return fmt.Sprintf(f, x[1:]...)
+			}
+		}
+		return fmt.Sprint(x...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(x))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(x))
+	case hclog.Binary:
+		return fmt.Sprintf("0b%b", int(x))
+	}
+	return v
+}
+
+func (a *hcAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
+func (a *hcAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
+func (a *hcAdapter) Info(msg string, args ...any)  { a.Log(hclog.Info, msg, args...) }
+func (a *hcAdapter) Warn(msg string, args ...any)  { a.Log(hclog.Warn, msg, args...) }
+func (a *hcAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, args...) }
+
+func (a *hcAdapter) enabled(l hclog.Level) bool {
+	return a.l.Enabled(context.Background(), levelOf(l))
+}
+
+// IsTrace implements hclog.Logger.
+func (a *hcAdapter) IsTrace() bool { return a.enabled(hclog.Trace) }
+
+// IsDebug implements hclog.Logger.
+func (a *hcAdapter) IsDebug() bool { return a.enabled(hclog.Debug) }
+
+// IsInfo implements hclog.Logger.
+func (a *hcAdapter) IsInfo() bool { return a.enabled(hclog.Info) }
+
+// IsWarn implements hclog.Logger.
+func (a *hcAdapter) IsWarn() bool { return a.enabled(hclog.Warn) }
+
+// IsError implements hclog.Logger.
+func (a *hcAdapter) IsError() bool { return a.enabled(hclog.Error) }
+
+// ImpliedArgs implements hclog.Logger.
+func (a *hcAdapter) ImpliedArgs() []any { return a.implied }
+
+// With implements hclog.Logger.
+func (a *hcAdapter) With(args ...any) hclog.Logger {
+	b := *a
+	b.implied = append(append([]any(nil), a.implied...), args...)
+	b.l = a.l.With(args...)
+	return &b
+}
+
+// Name implements hclog.Logger.
+func (a *hcAdapter) Name() string { return a.name }
+
+// Named implements hclog.Logger: the sub-logger's component is
+// "name.sub".
+func (a *hcAdapter) Named(name string) hclog.Logger {
+	if a.name != "" {
+		name = a.name + "." + name
+	}
+	return a.ResetNamed(name)
+}
+
+// ResetNamed implements hclog.Logger.
+func (a *hcAdapter) ResetNamed(name string) hclog.Logger {
+	return &hcAdapter{base: a.base, l: a.base.With("component", name).With(a.implied...), name: name, implied: a.implied}
+}
+
+// SetLevel implements hclog.Logger; the slog handler decides levels, so it
+// does nothing.
+func (a *hcAdapter) SetLevel(hclog.Level) {}
+
+// GetLevel implements hclog.Logger.
+func (a *hcAdapter) GetLevel() hclog.Level {
+	for _, l := range []hclog.Level{hclog.Trace, hclog.Debug, hclog.Info, hclog.Warn} {
+		if a.enabled(l) {
+			return l
 		}
 	}
-	return len(p), nil
+	return hclog.Error
 }
 
-func (w *slogWriter) line(line []byte) {
-	if w.plain {
+// StandardLogger implements hclog.Logger.
+func (a *hcAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger {
+	return log.New(a.StandardWriter(nil), "", 0)
+}
+
+// StandardWriter implements hclog.Logger.
+func (a *hcAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return &levelWriter{l: a.l}
+}
+
+// stdlogFor returns a *log.Logger (what memberlist and net/http want)
+// writing into l as component name. memberlist prefixes its lines with
+// "[LEVEL] ", which sets the level.
+func stdlogFor(l *slog.Logger, name string) *log.Logger {
+	return log.New(&levelWriter{l: l.With("component", name)}, "", 0)
+}
+
+// levelWriter turns "[LEVEL] message" lines into slog records.
+type levelWriter struct{ l *slog.Logger }
+
+var linePrefixes = []struct {
+	prefix string
+	level  slog.Level
+}{
+	{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn},
+	{"[ERR] ", slog.LevelError}, {"[ERROR] ", slog.LevelError},
+}
+
+func (w *levelWriter) Write(p []byte) (int, error) {
+	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
 		level, msg := slog.LevelInfo, string(line)
-		for prefix, lv := range map[string]slog.Level{
-			"[DEBUG] ": slog.LevelDebug, "[INFO] ": slog.LevelInfo,
-			"[WARN] ": slog.LevelWarn, "[ERR] ": slog.LevelError, "[ERROR] ": slog.LevelError,
-		} {
-			if strings.HasPrefix(msg, prefix) {
-				level, msg = lv, strings.TrimPrefix(msg, prefix)
+		for _, lp := range linePrefixes {
+			if rest, ok := strings.CutPrefix(msg, lp.prefix); ok {
+				level, msg = lp.level, rest
 				break
 			}
 		}
+		// memberlist names the component itself: "memberlist: msg".
+		msg = strings.TrimPrefix(msg, "memberlist: ")
 		w.l.Log(context.Background(), level, msg)
-		return
 	}
-	var m map[string]any
-	if err := json.Unmarshal(line, &m); err != nil {
-		w.l.Info(string(line))
-		return
-	}
-	level := slog.LevelInfo
-	switch m["@level"] {
-	case "trace", "debug":
-		level = slog.LevelDebug
-	case "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	}
-	if !w.l.Enabled(context.Background(), level) {
-		return
-	}
-	msg, _ := m["@message"].(string)
-	attrs := make([]any, 0, 2*len(m))
-	for k, v := range m {
-		if !strings.HasPrefix(k, "@") {
-			attrs = append(attrs, k, v)
-		}
-	}
-	w.l.Log(context.Background(), level, msg, attrs...)
+	return len(p), nil
 }
-
-var _ io.Writer = (*slogWriter)(nil)

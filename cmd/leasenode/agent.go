@@ -233,7 +233,11 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 	fmt.Printf("leasenode agent ready api=%s raft=%s gossip=%s\n", n.APIAddr(), n.RaftAddr(), gossip)
 
 	first := <-sig.C
-	cfg.Logger.Info("leaving the cluster; signal again to exit at once", "signal", first.String())
+	what := "stopping (this node stays a member of the cluster)"
+	if cfg.LeaveOnClose {
+		what = "leaving the cluster for good (--leave-on-stop)"
+	}
+	cfg.Logger.Info(what+"; signal again to exit at once", "signal", first.String())
 	closed := make(chan error, 1)
 	go func() {
 		cctx, cancel := context.WithTimeout(context.Background(), a.shutdownTimeout)
