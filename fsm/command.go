@@ -211,6 +211,12 @@ var (
 	ErrMalformed    = errors.New("fsm: malformed command")
 )
 
+// IsFatal reports whether a Decode error means the replica must stop
+// rather than refuse the entry as Invalid: ErrNewerVersion.
+func IsFatal(err error) bool {
+	return errors.Is(err, ErrNewerVersion)
+}
+
 // Decode parses the wire form of a command. It never panics, whatever the
 // bytes, and allocates no more than a small multiple of len(data).
 func Decode(data []byte) (Stamp, Command, error) {

@@ -61,7 +61,7 @@ var rawSeeds = map[string][]byte{
 
 // FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
 // command; applying any bytes never panics, gives one Invalid result for
-// what Decode refuses, and is deterministic.
+// what Decode refuses (Fatal for what IsFatal), and is deterministic.
 func FuzzDecode(f *testing.F) {
 	for _, c := range seedCommands() {
 		f.Add(fsm.Encode(c.stamp, c.cmd))
@@ -95,18 +95,25 @@ func FuzzDecode(f *testing.F) {
 			a, b := base(), base()
 			ra := a.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: data})
 			rb := b.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: bytes.Clone(data)})
-			if !reflect.DeepEqual(ra, rb) || !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+			if !reflect.DeepEqual(ra, rb) || !reflect.DeepEqual(allLeases(a), allLeases(b)) || a.Stats() != b.Stats() {
 				t.Fatal("fsm-determinism: the same entry applied twice gave different outcomes")
+			}
+			if a.Fatal() == nil && !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+				t.Fatal("fsm-determinism: the same entry applied twice gave different snapshots")
 			}
 			resp, ok := ra.(*fsm.Response)
 			if !ok {
 				t.Fatalf("Apply returned %T", ra)
 			}
 			if err != nil {
-				if len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
-					t.Fatalf("undecodable entry gave %+v", resp.Results)
+				want := fsm.Invalid
+				if fsm.IsFatal(err) {
+					want = fsm.Fatal
 				}
-				if (a.Fatal() != nil) != errors.Is(err, fsm.ErrNewerVersion) {
+				if len(resp.Results) != 1 || resp.Results[0].Code != want {
+					t.Fatalf("undecodable entry gave %+v, want %v", resp.Results, want)
+				}
+				if (a.Fatal() != nil) != fsm.IsFatal(err) {
 					t.Fatalf("Fatal() = %v for decode error %v", a.Fatal(), err)
 				}
 			}
@@ -223,7 +230,7 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 // TestNewerVersionIsFatal: an entry from a newer format version, however
-// long, gets an Invalid result, is reported once through Config.OnFatal and
+// long, gets a Fatal result, is reported once through Config.OnFatal and
 // stays reported by Fatal(); damaged entries of this version are not fatal.
 func TestNewerVersionIsFatal(t *testing.T) {
 	valid := fsm.Encode(st(1, s), acq("a", "c1", 1, 5*s, 0))
@@ -269,7 +276,7 @@ func TestNewerVersionIsFatal(t *testing.T) {
 					t.Fatal("Apply deadlocked in OnFatal")
 				}
 				resp, ok := out.(*fsm.Response)
-				if !ok || len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
+				if !ok || len(resp.Results) != 1 || resp.Results[0].Code != fsm.Fatal {
 					t.Fatalf("result %+v", out)
 				}
 				if len(reported) != 1 || !errors.Is(reported[0], fsm.ErrNewerVersion) {

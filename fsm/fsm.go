@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -124,11 +123,14 @@ type Config struct {
 	// Events enables the change feed (Changes/Drain). Leave it off when
 	// nobody drains, or events accumulate.
 	Events bool
-	// OnFatal is called, on the applying goroutine, when an entry was
-	// written by a newer version of leasenode. Applying it could make this
-	// replica diverge, so the owner must stop the node. The entry itself
-	// gets an Invalid result. It runs after Apply or ApplyBatch released
-	// the FSM's lock, so it may call the FSM's read methods.
+	// OnFatal is called once, on the applying goroutine, when an entry was
+	// written by a newer version of leasenode (or, with later causes, see
+	// IsFatal). Applying it could make this replica diverge, so the FSM
+	// applies nothing from that entry on: it and every later entry get a
+	// single Fatal result, and the state, clock and applied index stay at
+	// the last good entry. The owner must stop the node. OnFatal runs after
+	// Apply or ApplyBatch released the FSM's lock, so it may call the FSM's
+	// read methods.
 	OnFatal func(error)
 	// UnsafeSkipRebase makes Promote keep every expiry as the previous
 	// epoch's clock left it. UNSAFE: it breaks no-early-expiry; it exists
@@ -160,9 +162,11 @@ type FSM struct {
 	events  []Event
 	changed chan struct{}
 
-	fatal error // the first fatal entry
-	// unreported holds fatal errors found under mu, passed to OnFatal
-	// once mu is released.
+	// fatal is the first fatal entry's error; once set, nothing more is
+	// applied (see Config.OnFatal).
+	fatal error
+	// unreported holds the fatal error found under mu until it is passed
+	// to OnFatal once mu is released.
 	unreported []error
 }
 
@@ -231,32 +235,47 @@ func (f *FSM) reportFatal(errs []error) {
 	}
 }
 
+// applyLog applies one Raft entry; f.mu is held.
+//
+// Invariant fatal-stop: once an entry is fatal (IsFatal) nothing is applied
+// from it on, in the same batch or later, and the state, clock and applied
+// index stay at the last good entry: a replica that went on could grant
+// leases that replicas understanding the entry never granted (issue 9
+// found a leader granting hundreds after such an entry). Guarded by
+// TestFatalStopsApplying and testdata/version.txt.
 func (f *FSM) applyLog(l *raft.Log) interface{} {
-	f.appliedBytes.Add(uint64(len(l.Data)))
-	if l.Index > f.applied {
-		f.applied = l.Index
+	if f.fatal != nil {
+		return f.fatalResp(l.Index)
 	}
 	if l.Type != raft.LogCommand {
+		f.advance(l.Index, len(l.Data))
 		return nil
 	}
-	return f.applyData(l.Index, l.Data)
-}
-
-// applyData decodes and applies one command entry; f.mu is held.
-func (f *FSM) applyData(index uint64, data []byte) *Response {
-	s, cmd, err := Decode(data)
+	s, cmd, err := Decode(l.Data)
+	if err != nil && IsFatal(err) {
+		f.fatal = fmt.Errorf("entry %d: %w", l.Index, err)
+		f.unreported = append(f.unreported, f.fatal)
+		return f.fatalResp(l.Index)
+	}
+	f.advance(l.Index, len(l.Data))
 	if err != nil {
-		if errors.Is(err, ErrNewerVersion) {
-			ferr := fmt.Errorf("entry %d: %w", index, err)
-			if f.fatal == nil {
-				f.fatal = ferr
-			}
-			f.unreported = append(f.unreported, ferr)
-		}
-		return f.resp(index, invalid("", "%v", err))
+		return f.resp(l.Index, invalid("", "%v", err))
 	}
 	// f.mu is held (Apply, ApplyBatch): not ApplyCommand, which locks.
-	return f.applyLocked(index, s, cmd)
+	return f.applyLocked(l.Index, s, cmd)
+}
+
+// advance records that the entry at index, of n bytes, was applied.
+func (f *FSM) advance(index uint64, n int) {
+	f.appliedBytes.Add(uint64(n))
+	if index > f.applied {
+		f.applied = index
+	}
+}
+
+// fatalResp is the response to every entry from the first fatal one on.
+func (f *FSM) fatalResp(index uint64) *Response {
+	return f.resp(index, Result{Code: Fatal, Reason: fmt.Sprintf("not applied: the FSM stopped at %v", f.fatal)})
 }
 
 // applyLocked applies one decoded command; f.mu is held.
@@ -311,6 +330,9 @@ func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
 func (f *FSM) ApplyCommand(index uint64, s Stamp, cmd Command) *Response {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.fatal != nil {
+		return f.fatalResp(index)
+	}
 	if index > f.applied {
 		f.applied = index
 	}

@@ -38,13 +38,18 @@ const (
 	// lock-delay end are both due yields two: one with the holder, one
 	// without.
 	Expired Code = 10
+	// Fatal: this replica met an entry it must not apply (written by a
+	// newer version, or failing its checksum) at or before this one, and
+	// applies nothing from there on. Reason names the first such entry.
+	// The node must stop; the entry's outcome is unknown to the caller.
+	Fatal Code = 11
 )
 
 var codeNames = [...]string{
 	Granted: "granted", Extended: "extended", Released: "released",
 	Held: "held", NotHeld: "not-held", Stale: "stale",
 	WrongEpoch: "wrong-epoch", Invalid: "invalid", Promoted: "promoted",
-	Expired: "expired",
+	Expired: "expired", Fatal: "fatal",
 }
 
 func (c Code) String() string {

@@ -46,7 +46,13 @@ var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
 // streams them out while Apply goes on. Encoding under the lock keeps the
 // snapshot exactly the state at one index; it stalls Apply for about 60 ms
 // per million leases (BenchmarkSnapshot1M).
+//
+// While the FSM is stopped by a fatal entry (Fatal), Snapshot refuses: the
+// state is not that of the applied log any more.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.Fatal(); err != nil {
+		return nil, fmt.Errorf("fsm: no snapshot after a fatal entry: %w", err)
+	}
 	w, _ := f.encode()
 	return w, nil
 }
@@ -165,9 +171,13 @@ func (w *frameWriter) Release() { w.chunks = nil }
 
 // Restore implements raft.FSM. It reads the snapshot as a stream, checks
 // every frame, and replaces the state only if all of it is sound; on any
-// error the previous state is left as it was.
+// error the previous state is left as it was. An FSM stopped by a fatal
+// entry stays stopped: Restore refuses.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if err := f.Fatal(); err != nil {
+		return fmt.Errorf("fsm: no restore after a fatal entry: %w", err)
+	}
 	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10))
 	if err != nil {
 		return err
