@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"time"
 )
 
@@ -13,7 +14,13 @@ import (
 // An entry with a higher version was written by a newer leasenode; applying
 // it could diverge from replicas that understand it, so the FSM reports it
 // through Config.OnFatal instead of guessing.
-const FormatVersion = 1
+//
+// Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
+// its preceding bytes. Decode still reads version 1 (no checksum).
+const FormatVersion = 2
+
+// checksumLen is the size of the CRC-32C that ends a version-2 entry.
+const checksumLen = 4
 
 // Limits on command fields. The node checks them at the API edge; the FSM
 // checks them again so that a bad entry yields the same Invalid result on
@@ -151,13 +158,15 @@ func (Expire) Type() Type { return TypeExpire }
 // Type implements Command.
 func (*Batch) Type() Type { return TypeBatch }
 
-// Encode returns the wire form of cmd with stamp s.
+// Encode returns the wire form of cmd with stamp s, in FormatVersion:
+// version, type, stamp, body, and the CRC-32C of all of them.
 func Encode(s Stamp, cmd Command) []byte {
 	b := make([]byte, 0, 32)
 	b = append(b, FormatVersion, byte(cmd.Type()))
 	b = binary.AppendUvarint(b, s.Epoch)
 	b = binary.AppendVarint(b, int64(s.Now))
-	return cmd.appendBody(b)
+	b = cmd.appendBody(b)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
 func (Promote) appendBody(b []byte) []byte { return b }
@@ -203,23 +212,47 @@ func appendString(b []byte, s string) []byte {
 }
 
 // Decoding errors. ErrNewerVersion means the entry came from a newer
-// leasenode; the others mean the bytes are damaged.
+// leasenode, and ErrChecksum that an entry's bytes are not those that were
+// written: both are fatal (IsFatal), since skipping the entry as Invalid
+// could make this replica diverge from those that apply it. The others mean
+// that a version-1 entry, or a body whose checksum matched, is malformed:
+// every replica refuses it alike, with an Invalid result.
 var (
 	ErrNewerVersion = errors.New("fsm: command written by a newer version")
+	ErrChecksum     = errors.New("fsm: command checksum mismatch")
 	ErrTruncated    = errors.New("fsm: command truncated")
 	ErrUnknownType  = errors.New("fsm: unknown command type")
 	ErrMalformed    = errors.New("fsm: malformed command")
 )
 
 // IsFatal reports whether a Decode error means the replica must stop
-// rather than refuse the entry as Invalid: ErrNewerVersion.
+// rather than refuse the entry as Invalid: ErrNewerVersion or ErrChecksum.
 func IsFatal(err error) bool {
-	return errors.Is(err, ErrNewerVersion)
+	return errors.Is(err, ErrNewerVersion) || errors.Is(err, ErrChecksum)
 }
 
-// Decode parses the wire form of a command. It never panics, whatever the
-// bytes, and allocates no more than a small multiple of len(data).
+// Decode parses the wire form of a command, of FormatVersion or older. It
+// never panics, whatever the bytes, and allocates no more than a small
+// multiple of len(data).
 func Decode(data []byte) (Stamp, Command, error) {
+	s, cmd, err := decode(data)
+	if err != nil && !IsFatal(err) && len(data) > checksumLen && data[0] < 2 && damagedVersion2(data) {
+		// A version-2 entry whose version byte was damaged to 0 or 1 (the
+		// body then never parses: the checksum is left over).
+		return Stamp{}, nil, fmt.Errorf("%w: version byte %d, but the entry checks as version 2", ErrChecksum, data[0])
+	}
+	return s, cmd, err
+}
+
+// damagedVersion2 reports whether data would be a sound version-2 entry
+// with 2 as its first byte.
+func damagedVersion2(data []byte) bool {
+	n := len(data) - checksumLen
+	sum := crc32.Update(crc32.Update(0, crcTable, []byte{2}), crcTable, data[1:n])
+	return sum == binary.BigEndian.Uint32(data[n:])
+}
+
+func decode(data []byte) (Stamp, Command, error) {
 	d := decoder{b: data}
 	// The version comes first and is judged alone: a newer version may lay
 	// out everything after it differently, so reading on could report a
@@ -234,6 +267,19 @@ func Decode(data []byte) (Stamp, Command, error) {
 	if ver > FormatVersion {
 		return Stamp{}, nil, fmt.Errorf("%w: version %d, this build knows %d", ErrNewerVersion, ver, FormatVersion)
 	}
+	if ver >= 2 {
+		// The checksum is judged before anything else is read, so a
+		// damaged entry is never mistaken for a malformed or a valid one.
+		if len(data) < 1+checksumLen {
+			return Stamp{}, nil, fmt.Errorf("%w: %d bytes, too short for a checksum", ErrChecksum, len(data))
+		}
+		n := len(data) - checksumLen
+		if got, want := crc32.Checksum(data[:n], crcTable), binary.BigEndian.Uint32(data[n:]); got != want {
+			return Stamp{}, nil, fmt.Errorf("%w: crc32c %08x, entry says %08x", ErrChecksum, got, want)
+		}
+		d.b = data[1:n]
+	}
+	d.version = ver
 	typ := Type(d.byte())
 	s := Stamp{Epoch: d.uvarint(), Now: time.Duration(d.varint())}
 	if d.err != nil {
@@ -250,8 +296,9 @@ func Decode(data []byte) (Stamp, Command, error) {
 }
 
 type decoder struct {
-	b   []byte
-	err error
+	b       []byte
+	err     error
+	version byte // of the command entry being decoded (0 for snapshots)
 }
 
 func (d *decoder) fail(err error) {

@@ -15,7 +15,7 @@ import (
 
 // workload returns n log entries from a fixed seed: promotes, acquires,
 // extends, releases, expires and batches over a few dozen keys, with some
-// non-command entries and some damaged ones mixed in. Indexes start at 1.
+// non-command entries and some malformed ones mixed in. Indexes start at 1.
 func workload(seed uint64, n int) []*raft.Log {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var logs []*raft.Log
@@ -42,8 +42,15 @@ func workload(seed uint64, n int) []*raft.Log {
 			logs = append(logs, &raft.Log{Type: typ, Index: idx, Data: []byte{1, 2, 3}})
 			continue
 		case k < 6:
+			// Malformed but checksummed (a damaged checksum would stop
+			// the FSM): a body cut short, or version 1 cut short.
 			data := fsm.Encode(fsm.Stamp{Epoch: epoch, Now: now}, acq(key(), holder(), 1, s, 0))
-			logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx, Data: data[:rng.IntN(len(data))]})
+			unsigned := data[:len(data)-4]
+			data = signed(unsigned[:1+rng.IntN(len(unsigned)-1)])
+			if rng.IntN(2) == 0 {
+				data = asVersion1(data)
+			}
+			logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx, Data: data})
 			continue
 		case k < 45:
 			req++

@@ -23,10 +23,15 @@
 // fsm-determinism: replicas that apply the same entries hold the same state
 // and write byte-identical snapshots. The clock is max(now, stamp.Now) within
 // an epoch; iteration that reaches output (snapshots, Expire results) is in
-// key or (due, key) order; Decode never panics and rejects every damaged
-// entry with the same Invalid result. An entry from a newer format version
-// is reported through Config.OnFatal so the node can stop rather than
-// guess.
+// key or (due, key) order; Decode never panics and rejects every malformed
+// entry with the same Invalid result.
+//
+// fatal-stop: an entry this replica must not apply, one from a newer format
+// version or one whose CRC-32C does not match its bytes (format version 2
+// checksums every entry), would make it diverge whether applied or skipped.
+// The FSM then applies nothing from that entry on (every later entry gets
+// a Fatal result; state, clock and applied index stay at the last good
+// entry), and reports it once through Config.OnFatal so the node stops.
 //
 // single-holder: a key is granted to another holder only when the record's
 // expiry plus lock-delay is <= the FSM's now, or after the holder released

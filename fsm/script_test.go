@@ -26,7 +26,7 @@ package fsm_test
 //	release key=K holder=H token=N [at=D] [epoch=E]
 //	expire [at=D] [epoch=E]
 //	batch [at=D] [epoch=E]      (sub-commands on the following lines)
-//	entry hex=BYTES             (raw entry bytes)
+//	entry hex=BYTES [crc]       (raw entry bytes; crc appends their CRC-32C)
 //	dump                        (clock, records, next expiry; no entry)
 //	get key=K                   (one record; no entry)
 //	events                      (drain the change feed; no entry)
@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -380,6 +381,9 @@ func (h *harness) run(line string, input []string) (string, error) {
 		raw, err := hex.DecodeString(a.kv["hex"])
 		if err != nil {
 			return "", err
+		}
+		if slices.Contains(a.words, "crc") {
+			raw = signed(raw)
 		}
 		return h.apply(raw), nil
 	case "promote":
