@@ -35,11 +35,16 @@
 //
 // single-holder: a key is granted to another holder only when the record's
 // expiry plus lock-delay is <= the FSM's now, or after the holder released
-// it. An extend of a lease whose expiry has passed fails even if no Expire
-// has reaped it yet (no-extend-after-expiry), so a lease cannot be revived
-// at the instant someone else is granted it. Expire re-checks what is due
-// by the FSM's own clock: a leader's stale view can never delete a lease
-// that was extended meanwhile.
+// it while it was live. An extend of a lease whose expiry has passed fails
+// even if no Expire has reaped it yet (no-extend-after-expiry), so a lease
+// cannot be revived at the instant someone else is granted it. Expire
+// re-checks what is due by the FSM's own clock: a leader's stale view can
+// never delete a lease that was extended meanwhile.
+//
+// reaper-independence: no outcome depends on when the leader's reaper ran.
+// Acquire, Extend, Release and Cancel first apply to their key's record
+// exactly what Expire would if it ran now (the same events), so a late
+// release of an expired lease is NotHeld and its lock-delay still runs.
 //
 // no-early-expiry: commands stamped with another epoch are refused
 // (WrongEpoch), and Promote rebases every expiry to now+TTL and every

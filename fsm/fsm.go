@@ -397,14 +397,10 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.keys[c.Key]
-	if r != nil && r.State == StateHeld && r.Expiry <= f.now && r.FreeAt() <= f.now {
-		// Expired and past any lock-delay: exactly as if Expire had reaped
-		// it, so the outcome never depends on when the leader reaped.
-		f.remove(r)
-		r = nil
-	}
-	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.Expiry > f.now {
+	// After reapDue, a record that is left blocks the key: a live lease
+	// (expiry > now) or a lock-delay that has not ended.
+	r := f.reapDue(index, f.keys[c.Key])
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
 		switch {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
@@ -422,14 +418,11 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	if r != nil {
-		if free := r.FreeAt(); free > f.now {
-			holder := ""
-			if r.State == StateHeld {
-				holder = r.Holder
-			}
-			return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: free - f.now}
+		holder := ""
+		if r.State == StateHeld {
+			holder = r.Holder
 		}
-		f.remove(r)
+		return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: r.FreeAt() - f.now}
 	}
 	r = &record{Lease: Lease{Key: c.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index}, hidx: -1}
 	f.setLease(r, c)
@@ -453,13 +446,13 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 //
 // Invariant no-extend-after-expiry: a lease whose expiry is <= now cannot
 // be extended even if no Expire has reaped it, since another holder may be
-// granted it in the same instant. Guarded by TestNoExtendAfterExpiry and
-// testdata/extend.txt.
+// granted it in the same instant: reapDue reaps it first. Guarded by
+// TestNoExtendAfterExpiry and testdata/extend.txt.
 func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
-	r := f.keys[it.Key]
-	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token || r.Expiry <= f.now {
+	r := f.reapDue(index, f.keys[it.Key])
+	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token {
 		res := Result{Code: NotHeld, Key: it.Key}
-		if r != nil && r.State == StateHeld && r.Expiry > f.now {
+		if r != nil && r.State == StateHeld {
 			res.Holder, res.Token = r.Holder, r.Token
 		}
 		return res
@@ -472,11 +465,14 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }
 
+// release frees a key its holder gives up. A lease that has expired is
+// not the caller's to release: reapDue turns it into its lock-delay first,
+// as Expire would have.
 func (f *FSM) release(index uint64, c *Release) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.keys[c.Key]
+	r := f.reapDue(index, f.keys[c.Key])
 	if r == nil || r.State != StateHeld || r.Holder != c.Holder || r.Token != c.Token {
 		res := Result{Code: NotHeld, Key: c.Key}
 		if r != nil && r.State == StateHeld {
@@ -489,26 +485,62 @@ func (f *FSM) release(index uint64, c *Release) Result {
 	return Result{Code: Released, Key: r.Key, Token: r.Token}
 }
 
-// expire reaps everything due at now, in due order, in O(log n) per record.
+// expire reaps everything due at now, in (due, key) order, in O(log n) per
+// step. A held lease with a lock-delay takes two steps (expired, then
+// freed), each in its turn.
 func (f *FSM) expire(index uint64, out []Result) []Result {
 	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
-		r := f.heap[0]
-		if r.State == StateHeld {
-			f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
-			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
-			if r.LockDelay > 0 {
-				r.State = StateDelayed
-				f.nDelayed++
-				f.heap.update(r)
-				continue
-			}
-		} else {
-			f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
-			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token})
-		}
-		f.remove(r)
+		f.reapStep(index, f.heap[0], &out)
 	}
 	return out
+}
+
+// reapStep takes one step of reaping r, which is due: a held lease expires
+// (into its lock-delay, if it has one), a lock-delay ends. It emits the
+// events and, if out is not nil, appends the Expired result.
+func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
+	if r.State == StateHeld {
+		f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+		if out != nil {
+			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
+		}
+		if r.LockDelay > 0 {
+			r.State = StateDelayed
+			f.nDelayed++
+			f.heap.update(r)
+			return
+		}
+	} else {
+		f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
+		if out != nil {
+			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token})
+		}
+	}
+	f.remove(r)
+}
+
+// reapDue applies to r (nil allowed) exactly what Expire would if it ran
+// now: every reaping step that is due, with the same events. It returns
+// the record that is left (nil if none): a live lease or a lock-delay that
+// has not ended, either of which blocks the key.
+//
+// Invariant reaper-independence: no outcome depends on when the leader's
+// reaper ran. Acquire, Extend, Release and Cancel call reapDue on their
+// key first, so a command that meets an expired but unreaped lease sees
+// what it would have seen after the Expire: a release of an expired lease
+// is NotHeld and its lock-delay runs, an acquire waits out the lock-delay.
+// Without it a holder's late release skipped its lock-delay only if it beat
+// the reaper (issue 9). Guarded by TestNoOutcomeDependsOnReaper,
+// testdata/reap.txt and TestModel.
+func (f *FSM) reapDue(index uint64, r *record) *record {
+	for r != nil && r.due() <= f.now {
+		held := r.State == StateHeld
+		f.reapStep(index, r, nil)
+		if !held || r.State != StateDelayed {
+			return nil
+		}
+	}
+	return r
 }
 
 func (f *FSM) remove(r *record) {

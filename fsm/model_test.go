@@ -121,21 +121,32 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 	panic(fmt.Sprintf("model: %T", cmd))
 }
 
+// reap does to key's record what Expire would if it ran now, and returns
+// what is left: every command does this first (reaper-independence).
+func (m *model) reap(key string) *mrec {
+	r := m.recs[key]
+	for r != nil && r.due() <= m.now {
+		if !r.delayed && r.delay > 0 {
+			r.delayed = true
+			continue
+		}
+		delete(m.recs, key)
+		return nil
+	}
+	return r
+}
+
 func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 	if !validAcquire(c) {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
-	r := m.recs[c.Key]
+	r := m.reap(c.Key)
 	start := func(r *mrec) {
 		r.ttl, r.delay, r.value = c.TTL, c.LockDelay, string(c.Value)
 		r.expiry = m.now + c.TTL
 		r.delayed = false
 	}
-	if r != nil && !r.delayed && r.expiry <= m.now && r.freeAt() <= m.now {
-		delete(m.recs, c.Key) // expired and past lock-delay: as if reaped
-		r = nil
-	}
-	if r != nil && !r.delayed && r.holder == c.Holder && r.expiry > m.now {
+	if r != nil && !r.delayed && r.holder == c.Holder {
 		switch {
 		case c.ReqID == r.reqID:
 			start(r)
@@ -148,7 +159,7 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 			return fsm.Result{Code: fsm.Stale, Key: c.Key, Token: r.token, Holder: r.holder}
 		}
 	}
-	if r != nil && r.freeAt() > m.now {
+	if r != nil { // a live lease or a lock-delay: it blocks the key
 		res := fsm.Result{Code: fsm.Held, Key: c.Key, Token: r.token, Wait: r.freeAt() - m.now}
 		if !r.delayed {
 			res.Holder = r.holder
@@ -162,8 +173,8 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 }
 
 func (m *model) extend(holder string, it fsm.ExtendItem) fsm.Result {
-	r := m.recs[it.Key]
-	live := r != nil && !r.delayed && r.expiry > m.now
+	r := m.reap(it.Key)
+	live := r != nil && !r.delayed
 	if !live || r.holder != holder || r.token != it.Token {
 		res := fsm.Result{Code: fsm.NotHeld, Key: it.Key}
 		if live {
@@ -179,7 +190,7 @@ func (m *model) release(c *fsm.Release) fsm.Result {
 	if c.Key == "" || c.Holder == "" || c.Token == 0 {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
-	r := m.recs[c.Key]
+	r := m.reap(c.Key)
 	if r == nil || r.delayed || r.holder != c.Holder || r.token != c.Token {
 		res := fsm.Result{Code: fsm.NotHeld, Key: c.Key}
 		if r != nil && !r.delayed {
