@@ -89,9 +89,11 @@ type Command interface {
 	appendBody(b []byte) []byte
 }
 
-// Promote starts epoch Stamp.Epoch (the proposing leader's Raft term) and
-// rebases every expiry to a full TTL, and every lock-delay to its full
-// length, from Stamp.Now. A leader proposes it after its Barrier and serves
+// Promote starts epoch Stamp.Epoch (the proposing leader's Raft term) at
+// Stamp.Now. It first reaps what is due at the old clock, exactly as an
+// Expire would, then moves every record into the new epoch keeping the time
+// it had left: expiry' = Stamp.Now + (expiry - old now), for leases and
+// lock-delays alike. A leader proposes it after its Barrier and serves
 // nothing until it has applied.
 type Promote struct{}
 

@@ -47,11 +47,17 @@
 // release of an expired lease is NotHeld and its lock-delay still runs.
 //
 // no-early-expiry: commands stamped with another epoch are refused
-// (WrongEpoch), and Promote rebases every expiry to now+TTL and every
-// lock-delay to its full length. A new leader's clock starts after it won
-// the election, which is after any earlier leader could last commit an
-// extend, so every lease lives at least one full TTL past its last
-// possible extend, whatever the old leader's clock said.
+// (WrongEpoch), and Promote keeps the time each record had left at the last
+// applied stamp: it first reaps what is due at the old clock, exactly as an
+// Expire would (an expired but unreaped lease is never revived), then sets
+// expiry' = promote.now + (expiry - old now) for leases and lock-delays
+// alike. It is never early: every committed stamp of an earlier epoch was
+// read before the new leader was elected (a deposed leader cannot commit),
+// and the new epoch's clock starts at the election, so more real time has
+// passed since each grant or extend than the old clock plus the new one
+// show. It is not needlessly late either: a lease whose holder died expires
+// on time even when leaders change faster than its TTL, which a full-TTL
+// rebase never did.
 //
 // monotonic-token: the fencing token of a grant is the Raft index of the
 // granting entry. Indexes strictly increase, so tokens strictly increase per
@@ -76,7 +82,8 @@
 // bound the server's expiry falls after the client's validity ends. Another
 // holder is granted the key only once the FSM's clock passes that expiry
 // (single-holder); within an epoch the FSM clock is the leader's, and across
-// epochs no-early-expiry restarts the count from a later moment. The two
+// epochs no-early-expiry carries the time left over to a clock that started
+// later than the last stamp it was measured by. The two
 // believed holdings therefore never overlap in real time. Fencing tokens
 // cover what clocks cannot: a paused client's late write carries a smaller
 // token than the next holder's.

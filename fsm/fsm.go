@@ -132,9 +132,11 @@ type Config struct {
 	// Apply or ApplyBatch released the FSM's lock, so it may call the FSM's
 	// read methods.
 	OnFatal func(error)
-	// UnsafeSkipRebase makes Promote keep every expiry as the previous
-	// epoch's clock left it. UNSAFE: it breaks no-early-expiry; it exists
-	// only so the chaos harness can show that its checkers catch it.
+	// UnsafeSkipRebase makes Promote neither reap nor move anything: every
+	// expiry stays as the previous epoch's clock left it and is judged by
+	// the new epoch's unrelated clock. UNSAFE: it breaks no-early-expiry;
+	// it exists only so the chaos harness can show that its checkers catch
+	// it.
 	UnsafeSkipRebase bool
 }
 
@@ -345,38 +347,46 @@ func (f *FSM) resp(index uint64, r Result) *Response {
 	return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: []Result{r}}
 }
 
-// promote starts a new epoch and rebases every record: a held lease gets a
-// full TTL from now, a lock-delay its full length from now.
+// promote starts a new epoch. It first reaps everything due at the old
+// clock, exactly as an Expire would (same events; the Expired results
+// follow the Promoted one), then moves every record into the new epoch
+// with the time it had left: expiry += s.Now - f.now, for a held lease and
+// a lock-delay alike, so expiry' = s.Now + max(expiry - old now, 0).
 //
-// Invariant no-early-expiry: no lease expires earlier than one full TTL
-// after the last moment any earlier leader could have extended it. The new
-// leader's clock starts when it won the election, after every earlier
-// leader lost the ability to commit; rebasing to now+TTL therefore counts a
-// full TTL from a moment later than any earlier extend. Without it, expiry
-// stamped by the old leader's clock would be judged by the new leader's
-// unrelated clock. Guarded by TestNoEarlyExpiryPromoteRebases,
-// testdata/promote.txt and the failover tests in node.
+// Invariant no-early-expiry: no lease (or lock-delay) ends earlier in real
+// time than the time it had left at the last applied stamp. Every stamp
+// of an earlier epoch committed before this Promote was read before the
+// new leader was elected (a deposed leader cannot commit), and the new
+// epoch's clock starts at the election, so at least (old now - stamp)
+// plus the new clock's reading has passed since each earlier grant or
+// extend: counting the remainder from the new clock can only be late,
+// never early. Reaping first keeps an expired but unreaped lease from being
+// revived. A full-TTL rebase (before issue 9) was safe too but kept
+// abandoned leases alive while leaders changed faster than their TTL.
+// Guarded by TestNoEarlyExpiryPromoteKeepsRemaining,
+// TestPromoteExpiresAbandonedUnderChurn, testdata/promote.txt, TestModel
+// and the failover tests in node.
 func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	if s.Epoch <= f.epoch {
 		return f.resp(index, Result{Code: WrongEpoch,
 			Reason: fmt.Sprintf("promote to epoch %d, current %d", s.Epoch, f.epoch)})
 	}
-	f.epoch = s.Epoch
-	f.now = s.Now
 	if f.cfg.UnsafeSkipRebase {
+		f.epoch, f.now = s.Epoch, s.Now
 		f.emit(Event{Type: EventPromoted, Index: index})
 		return f.resp(index, Result{Code: Promoted})
 	}
-	for _, r := range f.heap {
-		if r.State == StateHeld {
-			r.Expiry = f.now + r.TTL
-		} else {
-			r.Expiry = f.now
-		}
+	r := &Response{Index: index, Results: []Result{{Code: Promoted}}}
+	r.Results = f.expire(index, r.Results)
+	// A uniform shift keeps the expiry heap's order: no rebuild.
+	delta := s.Now - f.now
+	for _, rec := range f.heap {
+		rec.Expiry += delta
 	}
-	f.heap.init()
+	f.epoch, f.now = s.Epoch, s.Now
+	r.Epoch, r.Now = f.epoch, f.now
 	f.emit(Event{Type: EventPromoted, Index: index})
-	return f.resp(index, Result{Code: Promoted})
+	return r
 }
 
 // acquire implements takeover and request-id rules.

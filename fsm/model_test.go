@@ -68,15 +68,13 @@ func (m *model) apply(index uint64, s fsm.Stamp, cmd fsm.Command) []fsm.Result {
 		if s.Epoch <= m.epoch {
 			return []fsm.Result{{Code: fsm.WrongEpoch}}
 		}
-		m.epoch, m.now = s.Epoch, s.Now
+		// Reap what is due at the old clock, then keep the time left.
+		out := append([]fsm.Result{{Code: fsm.Promoted}}, m.expire()...)
 		for _, r := range m.recs {
-			if r.delayed {
-				r.expiry = m.now // the lock-delay runs its full length from now
-			} else {
-				r.expiry = m.now + r.ttl
-			}
+			r.expiry = s.Now + r.expiry - m.now
 		}
-		return []fsm.Result{{Code: fsm.Promoted}}
+		m.epoch, m.now = s.Epoch, s.Now
+		return out
 	}
 	if s.Epoch != m.epoch {
 		return []fsm.Result{{Code: fsm.WrongEpoch}}

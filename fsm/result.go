@@ -79,9 +79,10 @@ type Result struct {
 }
 
 // Response is what Apply returns for a command entry: one Result per key
-// touched (one for Acquire, Release and Promote; one per item for Extend
-// and Batch; one per reaped lease or ended lock-delay for Expire), plus the
-// FSM clock after the entry.
+// touched (one for Acquire and Release; one per item for Extend and Batch;
+// one per reaped lease or ended lock-delay for Expire; for Promote, Promoted
+// first and then one per lease or lock-delay it reaped at the old clock),
+// plus the FSM clock after the entry.
 type Response struct {
 	Index   uint64
 	Epoch   uint64
