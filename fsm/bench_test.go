@@ -2,10 +2,12 @@ package fsm_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -293,4 +295,45 @@ func BenchmarkPromote1M(b *testing.B) {
 		out := f.Apply(entry(index+uint64(i)+1, st(epoch+uint64(i)+1, 0), fsm.Promote{}))
 		mustCode(b, out, fsm.Promoted)
 	})
+}
+
+// BenchmarkMarkMemory: the memory a request-id mark costs, everything
+// included (the mark, its own copies of a 30-byte key and a 60-byte holder
+// as a decoded command leaves them, its slots in the btree and the heap),
+// measured as live heap growth over 200,000 marks left by acquire+release
+// pairs (which leave no record behind).
+func BenchmarkMarkMemory(b *testing.B) {
+	const n = 200_000
+	keys := make([]string, n)
+	holders := make([]string, n)
+	for i := range n {
+		keys[i] = fmt.Sprintf("locks/%024d", i)
+		holders[i] = fmt.Sprintf("client-%053d", i%1000)
+		if len(keys[i]) != 30 || len(holders[i]) != 60 {
+			b.Fatal("bad sizes")
+		}
+	}
+	var perMark float64
+	b.ReportAllocs()
+	for range b.N {
+		runtime.GC()
+		before := heapNow()
+		f := fsm.New(fsm.Config{})
+		f.ApplyCommand(1, st(1, 0), fsm.Promote{})
+		for i := range n {
+			idx := uint64(2 + 2*i)
+			// Fresh copies, as decoding each entry makes them.
+			key, holder := strings.Clone(keys[i]), strings.Clone(holders[i])
+			f.ApplyCommand(idx, st(1, 0), acq(key, holder, uint64(i+1), time.Minute, 0))
+			f.ApplyCommand(idx+1, st(1, 0), rel(key, holder, idx))
+		}
+		runtime.GC()
+		after := heapNow()
+		if got := f.Stats(); got.Marks != n || got.Held != 0 {
+			b.Fatalf("stats %+v", got)
+		}
+		runtime.KeepAlive(f)
+		perMark = float64(after-before) / n
+	}
+	b.ReportMetric(perMark, "bytes/mark")
 }

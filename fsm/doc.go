@@ -70,7 +70,40 @@
 // new token, and a lower id is Stale. Without the last rule a delayed old
 // request could replace the live holding of the same client under a new
 // token, and a third client could be granted the key while the first still
-// believes its old holding valid.
+// believes its old holding valid. The order outlives the holding: the FSM
+// keeps a mark per (key, holder) (see Mark) with the highest request id
+// applied (granted, retried or refused Held) and whether the holding it
+// started has ended (released, expired, replaced by a higher id, or the
+// request was cancelled). An acquire below the mark, or at it once ended,
+// is Stale, checked before the live-record rules; otherwise a delayed
+// request arriving after the holding ended would start a holding nobody
+// uses and block the key for its TTL and lock-delay (issue 9).
+//
+// The bound is honest, not absolute: a mark is kept MarkRetention (15 min)
+// after its last update, rounded up to MarkGranule (1 min), and at most
+// MaxMarks (2^20) are kept (above that the one with the earliest (due, key,
+// holder) goes). MarkRetention is about Linux's TCP retransmission give-up
+// (~15.4 min with tcp_retries2=15), after which no delayed copy of a
+// request can arrive over the connection that carried it; it does not
+// cover a node that holds a request longer than that (a process paused
+// for 20 minutes, say). A request that arrives more than MarkRetention
+// after the (key, holder) mark was last updated, or after its mark was
+// dropped at the cap, is treated as new: at worst it creates a holding
+// nobody uses, blocking the key for its TTL plus lock-delay, and never a
+// second believed holder (its client no longer waits for the answer, and
+// the grant's token is new). The end of an expired holding is dated at its
+// expiry, and a mark that is due counts as gone, so no outcome depends on
+// when the reaper ran. Promote keeps what each mark had left (at most a
+// full retention, rounded up to the granule).
+//
+// # Memory
+//
+// A request-id mark costs 189 bytes when its key (30 bytes) and holder (60
+// bytes) are its own copies, as after the holding ended
+// (BenchmarkMarkMemory: the mark, both strings, its btree and heap slots),
+// and about 93 (without the 32- and 64-byte string allocations) while it
+// shares them with its live record. At the cap, 2^20 marks, that is about
+// 200 MB.
 //
 // # Why this gives mutual exclusion
 //

@@ -144,7 +144,8 @@ type Config struct {
 // one goroutine (Raft's); Get, List, Stats, NextExpiry and Drain may be
 // called concurrently with them.
 type FSM struct {
-	cfg Config
+	cfg      Config
+	maxMarks int // MaxMarks; lowered by tests
 
 	// appliedBytes counts the bytes of every entry applied, for the
 	// node's log compaction; it is not part of the state.
@@ -159,6 +160,8 @@ type FSM struct {
 	heap    expiryHeap
 	// nDelayed counts records in StateDelayed.
 	nDelayed int
+	marks    markSet
+	probe    mark // a lookup key for marks, used under mu (write)
 
 	evMu    sync.Mutex
 	events  []Event
@@ -175,10 +178,12 @@ type FSM struct {
 // New returns an empty FSM.
 func New(cfg Config) *FSM {
 	return &FSM{
-		cfg:     cfg,
-		keys:    make(map[string]*record),
-		order:   newOrder(),
-		changed: make(chan struct{}, 1),
+		cfg:      cfg,
+		maxMarks: MaxMarks,
+		marks:    newMarkSet(),
+		keys:     make(map[string]*record),
+		order:    newOrder(),
+		changed:  make(chan struct{}, 1),
 	}
 }
 
@@ -383,6 +388,7 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	for _, rec := range f.heap {
 		rec.Expiry += delta
 	}
+	f.shiftMarks(f.now, s.Now)
 	f.epoch, f.now = s.Epoch, s.Now
 	r.Epoch, r.Now = f.epoch, f.now
 	f.emit(Event{Type: EventPromoted, Index: index})
@@ -397,12 +403,18 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 // removes the record at once. Guarded by TestSingleHolderTakeover,
 // testdata/takeover.txt, testdata/lockdelay.txt and TestModel.
 //
-// Invariant request-id order: for the listed holder, the same request id is
-// a retry (same token, refreshed expiry), a higher one a new holding (new
-// token), a lower one is Stale. Accepting a lower id would let a delayed
-// old request replace the holder's live holding with a new token while the
-// client still uses the old one. Guarded by TestRequestIDOrder and
-// testdata/reqid.txt.
+// Invariant request-id order: request ids of one holder strictly increase.
+// First the holder's mark for the key (see Mark): an id below it, or equal
+// to it once its holding ended or it was cancelled, is Stale. Then the live
+// record: from its holder the same id is a retry (same token, refreshed
+// expiry), a higher one a new holding (new token), a lower one is Stale.
+// Accepting a lower id would let a delayed old request replace the holder's
+// live holding with a new token while the client still uses the old one,
+// or, once the holding is gone, start a holding nobody uses that blocks
+// the key for its TTL and lock-delay. Every applied acquire that is not
+// Stale or Invalid raises the mark to its id. Guarded by TestRequestIDOrder,
+// TestRequestIDOrderAfterHoldingEnds, testdata/reqid.txt,
+// testdata/marks.txt and TestModel.
 func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
@@ -410,16 +422,31 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	// After reapDue, a record that is left blocks the key: a live lease
 	// (expiry > now) or a lock-delay that has not ended.
 	r := f.reapDue(index, f.keys[c.Key])
+	if m := f.liveMark(c.Key, c.Holder); m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
+		res := Result{Code: Stale, Key: c.Key,
+			Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
+		if c.ReqID == m.ReqID {
+			res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", c.ReqID)
+		}
+		if r != nil && r.State == StateHeld {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+		return res
+	}
 	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
 		switch {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
+			f.noteRequest(r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
 		case c.ReqID > r.ReqID:
+			// The old holding ends and a new one starts: the mark goes
+			// from the old id, ended, to the new one.
 			r.Token = index
 			r.ReqID = c.ReqID
 			f.setLease(r, c)
+			f.noteRequest(r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 		default:
@@ -428,6 +455,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	if r != nil {
+		f.noteRequest(c.Key, c.Holder, c.ReqID)
 		holder := ""
 		if r.State == StateHeld {
 			holder = r.Holder
@@ -438,6 +466,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	f.setLease(r, c)
 	f.keys[r.Key] = r
 	f.order.ReplaceOrInsert(r)
+	f.noteRequest(r.Key, r.Holder, c.ReqID)
 	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }
@@ -491,6 +520,7 @@ func (f *FSM) release(index uint64, c *Release) Result {
 		return res
 	}
 	f.remove(r)
+	f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
 	f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
 	return Result{Code: Released, Key: r.Key, Token: r.Token}
 }
@@ -502,6 +532,7 @@ func (f *FSM) expire(index uint64, out []Result) []Result {
 	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
 		f.reapStep(index, f.heap[0], &out)
 	}
+	f.reapMarks()
 	return out
 }
 
@@ -510,6 +541,7 @@ func (f *FSM) expire(index uint64, out []Result) []Result {
 // events and, if out is not nil, appends the Expired result.
 func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 	if r.State == StateHeld {
+		f.noteEnded(r.Key, r.Holder, r.ReqID, r.Expiry)
 		f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
 		if out != nil {
 			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
@@ -664,6 +696,9 @@ type Stats struct {
 	Applied uint64
 	// Held counts leases with a holder; Delayed counts keys in lock-delay.
 	Held, Delayed int
+	// Marks counts request-id marks kept (see Mark), due ones included
+	// until an Expire reaps them.
+	Marks int
 }
 
 // Stats returns a summary of the state.
@@ -675,7 +710,7 @@ func (f *FSM) Stats() Stats {
 
 func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
-		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed}
+		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed, Marks: f.marks.tree.Len()}
 }
 
 // AppliedBytes returns the total size of the entries this FSM applied
@@ -691,12 +726,16 @@ func (f *FSM) Clock() (epoch uint64, now time.Duration) {
 }
 
 // NextExpiry returns the earliest logical time at which an Expire would
-// reap something, in O(1). ok is false when nothing can expire.
+// reap something (a lease, a lock-delay or a mark), in O(1). ok is false
+// when nothing can expire.
 func (f *FSM) NextExpiry() (due time.Duration, ok bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if len(f.heap) == 0 {
-		return 0, false
+	if len(f.heap) > 0 {
+		due, ok = f.heap[0].due(), true
 	}
-	return f.heap[0].due(), true
+	if len(f.marks.heap) > 0 && (!ok || f.marks.heap[0].Due < due) {
+		due, ok = f.marks.heap[0].Due, true
+	}
+	return due, ok
 }

@@ -15,11 +15,67 @@ import (
 )
 
 // model is a small, obviously correct reference for the lease rules: a map
-// of key to record, linear scans, no heap, no tree.
+// of key to record, a map of (key, holder) to request-id mark, linear
+// scans, no heap, no tree.
 type model struct {
 	epoch uint64
 	now   time.Duration
 	recs  map[string]*mrec
+	marks map[mkey]*mmark
+}
+
+type mkey struct{ key, holder string }
+
+type mmark struct {
+	reqID uint64
+	ended bool
+	due   time.Duration
+}
+
+// markDue: a mark updated at t is kept until MarkRetention later, rounded
+// up to the granule.
+func markDue(t time.Duration) time.Duration {
+	g := fsm.MarkGranule
+	return (t + fsm.MarkRetention + g - 1) / g * g
+}
+
+// mark returns the live mark of k; a due one is gone.
+func (m *model) mark(k mkey) *mmark {
+	if mk := m.marks[k]; mk != nil && mk.due > m.now {
+		return mk
+	}
+	delete(m.marks, k)
+	return nil
+}
+
+// noteRequest: an acquire with id req was applied (not stale).
+func (m *model) noteRequest(k mkey, req uint64) {
+	mk := m.mark(k)
+	if mk == nil {
+		m.marks[k] = &mmark{reqID: req, due: markDue(m.now)}
+		return
+	}
+	if req > mk.reqID {
+		mk.reqID, mk.ended = req, false
+	}
+	mk.due = markDue(m.now)
+}
+
+// noteEnded: the holding of request req ended, or req was cancelled, at
+// time at (a lease's expiry, not when it was reaped).
+func (m *model) noteEnded(k mkey, req uint64, at time.Duration) {
+	mk := m.marks[k]
+	if mk != nil && mk.due <= at {
+		mk = nil
+	}
+	if mk != nil && req < mk.reqID {
+		return
+	}
+	if markDue(at) <= m.now {
+		delete(m.marks, k)
+		return
+	}
+	m.marks[k] = &mmark{reqID: req, ended: true, due: markDue(at)}
 }
 
 type mrec struct {
@@ -42,7 +98,7 @@ func (r *mrec) due() time.Duration {
 	return r.expiry
 }
 
-func newModel() *model { return &model{recs: map[string]*mrec{}} }
+func newModel() *model { return &model{recs: map[string]*mrec{}, marks: map[mkey]*mmark{}} }
 
 func validAcquire(c *fsm.Acquire) bool {
 	return c.Key != "" && len(c.Key) <= 1024 && c.Holder != "" && len(c.Holder) <= 256 &&
@@ -68,10 +124,15 @@ func (m *model) apply(index uint64, s fsm.Stamp, cmd fsm.Command) []fsm.Result {
 		if s.Epoch <= m.epoch {
 			return []fsm.Result{{Code: fsm.WrongEpoch}}
 		}
-		// Reap what is due at the old clock, then keep the time left.
+		// Reap what is due at the old clock, then keep the time left
+		// (marks: rounded up, at most a full retention).
 		out := append([]fsm.Result{{Code: fsm.Promoted}}, m.expire()...)
 		for _, r := range m.recs {
 			r.expiry = s.Now + r.expiry - m.now
+		}
+		for _, mk := range m.marks {
+			g := fsm.MarkGranule
+			mk.due = (min(mk.due-m.now+s.Now, s.Now+fsm.MarkRetention) + g - 1) / g * g
 		}
 		m.epoch, m.now = s.Epoch, s.Now
 		return out
@@ -124,9 +185,12 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 func (m *model) reap(key string) *mrec {
 	r := m.recs[key]
 	for r != nil && r.due() <= m.now {
-		if !r.delayed && r.delay > 0 {
-			r.delayed = true
-			continue
+		if !r.delayed {
+			m.noteEnded(mkey{key, r.holder}, r.reqID, r.expiry)
+			if r.delay > 0 {
+				r.delayed = true
+				continue
+			}
 		}
 		delete(m.recs, key)
 		return nil
@@ -139,6 +203,14 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
 	r := m.reap(c.Key)
+	k := mkey{c.Key, c.Holder}
+	if mk := m.mark(k); mk != nil && (c.ReqID < mk.reqID || c.ReqID == mk.reqID && mk.ended) {
+		res := fsm.Result{Code: fsm.Stale, Key: c.Key}
+		if r != nil && !r.delayed {
+			res.Holder, res.Token = r.holder, r.token
+		}
+		return res
+	}
 	start := func(r *mrec) {
 		r.ttl, r.delay, r.value = c.TTL, c.LockDelay, string(c.Value)
 		r.expiry = m.now + c.TTL
@@ -148,16 +220,20 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		switch {
 		case c.ReqID == r.reqID:
 			start(r)
+			m.noteRequest(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry, Retry: true}
 		case c.ReqID > r.reqID:
+			m.noteEnded(k, r.reqID, m.now)
 			r.reqID, r.token = c.ReqID, index
 			start(r)
+			m.noteRequest(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
 		default:
 			return fsm.Result{Code: fsm.Stale, Key: c.Key, Token: r.token, Holder: r.holder}
 		}
 	}
 	if r != nil { // a live lease or a lock-delay: it blocks the key
+		m.noteRequest(k, c.ReqID)
 		res := fsm.Result{Code: fsm.Held, Key: c.Key, Token: r.token, Wait: r.freeAt() - m.now}
 		if !r.delayed {
 			res.Holder = r.holder
@@ -167,6 +243,7 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 	r = &mrec{holder: c.Holder, reqID: c.ReqID, token: index}
 	start(r)
 	m.recs[c.Key] = r
+	m.noteRequest(k, c.ReqID)
 	return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
 }
 
@@ -197,6 +274,7 @@ func (m *model) release(c *fsm.Release) fsm.Result {
 		return res
 	}
 	delete(m.recs, c.Key)
+	m.noteEnded(mkey{c.Key, r.holder}, r.reqID, m.now)
 	return fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
 }
 
@@ -213,6 +291,11 @@ func (m *model) expire() []fsm.Result {
 			}
 		}
 		if min == nil {
+			for k, mk := range m.marks {
+				if mk.due <= m.now {
+					delete(m.marks, k)
+				}
+			}
 			return out
 		}
 		if min.delayed {
@@ -220,6 +303,7 @@ func (m *model) expire() []fsm.Result {
 			delete(m.recs, key)
 			continue
 		}
+		m.noteEnded(mkey{key, min.holder}, min.reqID, min.expiry)
 		out = append(out, fsm.Result{Code: fsm.Expired, Key: key, Token: min.token, Holder: min.holder})
 		if min.delay > 0 {
 			min.delayed = true
@@ -254,7 +338,27 @@ func (m *model) nextExpiry() (time.Duration, bool) {
 			due, ok = r.due(), true
 		}
 	}
+	for _, mk := range m.marks {
+		if !ok || mk.due < due {
+			due, ok = mk.due, true
+		}
+	}
 	return due, ok
+}
+
+// allMarks lists the model's marks, due ones included, as the FSM does.
+func (m *model) allMarks() []fsm.Mark {
+	var out []fsm.Mark
+	for k, mk := range m.marks {
+		out = append(out, fsm.Mark{Key: k.key, Holder: k.holder, ReqID: mk.reqID, Ended: mk.ended, Due: mk.due})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Key != out[j].Key {
+			return out[i].Key < out[j].Key
+		}
+		return out[i].Holder < out[j].Holder
+	})
+	return out
 }
 
 var (
@@ -281,8 +385,10 @@ var (
 		"valid", "valid", "valid", "valid", "valid", "valid", "valid", "valid",
 		"ttl0", "req0", "key", "ttl-max",
 	}
-	// clockSteps in ms: mostly forward, sometimes backwards.
-	clockSteps = []int{500, 1000, 0, 1500, 300, 2000, 2500, -500, 700, 3000, 1200, 4000, -1500, 100, 5500}
+	// clockSteps in ms: mostly forward, sometimes backwards, rarely past a
+	// request-id mark's retention.
+	clockSteps = []int{500, 1000, 0, 1500, 300, 2000, 2500, -500, 700, 3000, 1200, 4000, -1500, 100, 5500,
+		500, 1000, 1500, 300, 2000, 8 * 60_000, 16 * 60_000}
 )
 
 // modelRun is the state of one generated run.
@@ -594,9 +700,13 @@ func (r *modelRun) checkState(t *rapid.T) {
 			delayed++
 		}
 	}
+	gotMarks, wantMarks := fsm.AllMarks(r.f), r.m.allMarks()
+	if !reflect.DeepEqual(gotMarks, wantMarks) {
+		t.Fatalf("marks:\n   fsm %+v\n model %+v", gotMarks, wantMarks)
+	}
 	st := r.f.Stats()
-	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed {
-		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d", st, r.m.epoch, r.m.now, r.index, held, delayed)
+	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed || st.Marks != len(wantMarks) {
+		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d marks %d", st, r.m.epoch, r.m.now, r.index, held, delayed, len(wantMarks))
 	}
 	due, ok := r.f.NextExpiry()
 	mdue, mok := r.m.nextExpiry()

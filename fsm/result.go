@@ -26,7 +26,10 @@ const (
 	// did, released, expired, or a newer holding replaced it).
 	NotHeld Code = 5
 	// Stale: an acquire whose request id is lower than the one the record
-	// was granted with; a newer request of the same holder won.
+	// was granted with, or than the holder's mark for the key, or equal to
+	// a mark whose holding ended or that was cancelled: a newer request of
+	// the same holder won, or this one is a delayed copy (see Mark).
+	// Reason says which.
 	Stale Code = 6
 	// WrongEpoch: the command was stamped by a leader whose epoch is over.
 	WrongEpoch Code = 7

@@ -495,6 +495,14 @@ func formatLease(l *fsm.Lease) string {
 	return s
 }
 
+func formatMark(m fsm.Mark) string {
+	s := fmt.Sprintf("mark %s/%s: req=%d", showKey(m.Key), m.Holder, m.ReqID)
+	if m.Ended {
+		s += " ended"
+	}
+	return s + fmt.Sprintf(" due=%v", m.Due)
+}
+
 func formatEvent(e fsm.Event) string {
 	s := fmt.Sprintf("%s index=%d", e.Type, e.Index)
 	if e.Key != "" {
@@ -512,14 +520,18 @@ func formatEvent(e fsm.Event) string {
 	return s
 }
 
-// dumpFSM prints the clock, every record in key order, and the next expiry.
+// dumpFSM prints the clock, every record in key order, every request-id
+// mark in (key, holder) order, and the next expiry.
 func dumpFSM(f *fsm.FSM) string {
 	st := f.Stats()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed)
+	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d marks=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed, st.Marks)
 	leases, _ := f.List("", "", 1<<30)
 	for i := range leases {
 		sb.WriteString(formatLease(&leases[i]) + "\n")
+	}
+	for _, m := range fsm.AllMarks(f) {
+		sb.WriteString(formatMark(m) + "\n")
 	}
 	if due, ok := f.NextExpiry(); ok {
 		fmt.Fprintf(&sb, "next-expiry=%v\n", due)

@@ -13,21 +13,26 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot format, version 1:
+// Snapshot format, version 2:
 //
 //	magic    "LNSNAP\x00\x01"
 //	frame*   uvarint length, payload, crc32c(payload) big-endian
 //
 // The first frame is the header: uvarint version, uvarint epoch, varint
-// now, uvarint applied, uvarint record count. Every later frame holds
-// uvarint n and n records in key order: key, holder, uvarint reqID,
-// uvarint token, varint ttl, varint lock-delay, varint expiry, byte state,
-// value. The stream ends right after the frame holding the last record.
-// Frames are checksummed one by one so restore streams with bounded memory
-// and still rejects any flipped bit; the record count in the header catches
-// truncation at a frame boundary.
+// now, uvarint applied, uvarint record count, uvarint mark count. Then
+// record frames, each uvarint n and n records in key order: key, holder,
+// uvarint reqID, uvarint token, varint ttl, varint lock-delay, varint
+// expiry, byte state, value. Then mark frames, each uvarint n and n marks
+// in (key, holder) order: key, holder, uvarint reqID, byte ended (0 or 1),
+// varint due. The stream ends right after the frame holding the last mark
+// (or record). Frames are checksummed one by one so restore streams with
+// bounded memory and still rejects any flipped bit; the counts in the
+// header catch truncation at a frame boundary.
+//
+// Version 1 (before request-id marks) has no mark count and no marks;
+// Restore still reads it.
 const (
-	snapshotVersion = 1
+	snapshotVersion = 2
 	frameTarget     = 64 << 10
 	maxFrame        = 16 << 20
 )
@@ -84,7 +89,7 @@ func ReadBackup(r io.Reader) (Stats, error) {
 		return Stats{}, err
 	}
 	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
-		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed}, nil
+		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed, Marks: st.marks.tree.Len()}, nil
 }
 
 // encode encodes the state under the lock and returns it with its stats.
@@ -97,6 +102,7 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	hdr = binary.AppendVarint(hdr, int64(f.now))
 	hdr = binary.AppendUvarint(hdr, f.applied)
 	hdr = binary.AppendUvarint(hdr, uint64(len(f.keys)))
+	hdr = binary.AppendUvarint(hdr, uint64(f.marks.tree.Len()))
 	w.frame(hdr)
 	var buf []byte
 	n := 0
@@ -108,6 +114,15 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	}
 	f.order.Ascend(func(r *record) bool {
 		buf = appendRecord(buf, &r.Lease)
+		n++
+		if len(buf) >= frameTarget {
+			flush()
+		}
+		return true
+	})
+	flush()
+	f.marks.tree.Ascend(func(m *mark) bool {
+		buf = appendMark(buf, &m.Mark)
 		n++
 		if len(buf) >= frameTarget {
 			flush()
@@ -128,6 +143,18 @@ func appendRecord(b []byte, l *Lease) []byte {
 	b = binary.AppendVarint(b, int64(l.Expiry))
 	b = append(b, byte(l.State))
 	return appendString(b, string(l.Value))
+}
+
+func appendMark(b []byte, m *Mark) []byte {
+	b = appendString(b, m.Key)
+	b = appendString(b, m.Holder)
+	b = binary.AppendUvarint(b, m.ReqID)
+	ended := byte(0)
+	if m.Ended {
+		ended = 1
+	}
+	b = append(b, ended)
+	return binary.AppendVarint(b, int64(m.Due))
 }
 
 // frameWriter holds an encoded snapshot as a list of framed chunks.
@@ -185,6 +212,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
 	f.keys, f.order, f.heap, f.nDelayed = st.keys, st.order, st.heap, st.nDelayed
+	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
 	f.notify()
@@ -233,65 +261,120 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v := d.uvarint(); d.err == nil && v != snapshotVersion {
-		return nil, corrupt("snapshot version %d, this build reads %d", v, snapshotVersion)
+	version := d.uvarint()
+	if d.err == nil && version != 1 && version != snapshotVersion {
+		return nil, corrupt("snapshot version %d, this build reads 1 to %d", version, snapshotVersion)
 	}
 	st := newSnapState()
 	st.epoch = d.uvarint()
 	st.now = time.Duration(d.varint())
 	st.applied = d.uvarint()
 	count := d.uvarint()
+	var markCount uint64
+	if version >= 2 {
+		markCount = d.uvarint()
+	}
 	if d.err != nil || len(d.b) != 0 {
 		return nil, corrupt("bad header")
 	}
+	// Holder names repeat across records and marks: keep one copy.
 	holders := make(map[string]string)
+	intern := func(b []byte) string {
+		h, ok := holders[string(b)]
+		if !ok {
+			h = string(b)
+			holders[h] = h
+		}
+		return h
+	}
+	// items reads frames of n items each until total were read, calling
+	// item for each with its position.
+	items := func(what string, total uint64, item func(d *decoder, i uint64) error) error {
+		for read := uint64(0); read < total; {
+			d, err := next()
+			if err != nil {
+				return err
+			}
+			n := d.uvarint()
+			if n == 0 || read+n > total {
+				return corrupt("frame holds %d %ss, %d of %d read", n, what, read, total)
+			}
+			for i := uint64(0); i < n; i++ {
+				if err := item(d, read+i); err != nil {
+					return err
+				}
+			}
+			if len(d.b) != 0 {
+				return corrupt("%d trailing bytes in frame", len(d.b))
+			}
+			read += n
+		}
+		return nil
+	}
 	var prev string
-	for read := uint64(0); read < count; {
-		d, err := next()
-		if err != nil {
-			return nil, err
+	err = items("record", count, func(d *decoder, i uint64) error {
+		r := &record{hidx: -1}
+		r.Key = d.string()
+		r.Holder = intern(d.bytes())
+		r.ReqID = d.uvarint()
+		r.Token = d.uvarint()
+		r.TTL = time.Duration(d.varint())
+		r.LockDelay = time.Duration(d.varint())
+		r.Expiry = time.Duration(d.varint())
+		r.State = State(d.byte())
+		if v := d.bytes(); len(v) > 0 {
+			r.Value = append([]byte(nil), v...)
 		}
-		n := d.uvarint()
-		if n == 0 || read+n > count {
-			return nil, corrupt("frame holds %d records, %d of %d read", n, read, count)
+		if d.err != nil {
+			return corrupt("record %d: %v", i, d.err)
 		}
-		for i := uint64(0); i < n; i++ {
-			r := &record{hidx: -1}
-			r.Key = d.string()
-			hb := d.bytes()
-			h, ok := holders[string(hb)]
-			if !ok {
-				h = string(hb)
-				holders[h] = h
-			}
-			r.Holder = h
-			r.ReqID = d.uvarint()
-			r.Token = d.uvarint()
-			r.TTL = time.Duration(d.varint())
-			r.LockDelay = time.Duration(d.varint())
-			r.Expiry = time.Duration(d.varint())
-			r.State = State(d.byte())
-			if v := d.bytes(); len(v) > 0 {
-				r.Value = append([]byte(nil), v...)
-			}
-			if d.err != nil {
-				return nil, corrupt("record %d: %v", read+i, d.err)
-			}
-			if err := r.check(prev, read+i); err != nil {
-				return nil, err
-			}
-			prev = r.Key
-			st.add(r)
+		if err := r.check(prev, i); err != nil {
+			return err
 		}
-		if len(d.b) != 0 {
-			return nil, corrupt("%d trailing bytes in frame", len(d.b))
+		prev = r.Key
+		st.add(r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var prevMark *mark
+	err = items("mark", markCount, func(d *decoder, i uint64) error {
+		m := &mark{hidx: -1}
+		kb := d.bytes()
+		if r, ok := st.keys[string(kb)]; ok {
+			m.Key = r.Key // share the record's copy
+		} else {
+			m.Key = string(kb)
 		}
-		read += n
+		m.Holder = intern(d.bytes())
+		m.ReqID = d.uvarint()
+		ended := d.byte()
+		m.Due = time.Duration(d.varint())
+		if d.err != nil {
+			return corrupt("mark %d: %v", i, d.err)
+		}
+		if ended > 1 {
+			return corrupt("mark %d: bad ended flag %d", i, ended)
+		}
+		m.Ended = ended == 1
+		if err := m.check(prevMark, i); err != nil {
+			return err
+		}
+		prevMark = m
+		st.marks.tree.ReplaceOrInsert(m)
+		m.hidx = len(st.marks.heap)
+		st.marks.heap = append(st.marks.heap, m)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if _, err := r.ReadByte(); err != io.EOF {
 		return nil, corrupt("data after the last record")
 	}
 	st.heap.init()
+	st.marks.heap.init()
 	return st, nil
 }
 
@@ -314,6 +397,22 @@ func (r *record) check(prev string, i uint64) error {
 	return nil
 }
 
+// check validates a decoded mark; prev is the one before it, i its
+// position among the marks.
+func (m *mark) check(prev *mark, i uint64) error {
+	switch {
+	case checkKey(m.Key) != nil:
+		return corrupt("mark %d: %v", i, checkKey(m.Key))
+	case checkHolder(m.Holder) != nil:
+		return corrupt("mark %d: %v", i, checkHolder(m.Holder))
+	case prev != nil && !markLess(prev, m):
+		return corrupt("mark %d: (%q, %q) out of order", i, m.Key, m.Holder)
+	case m.ReqID == 0:
+		return corrupt("mark %d: request id 0", i)
+	}
+	return nil
+}
+
 // snapState is a state being built by Restore before it replaces the live
 // one.
 type snapState struct {
@@ -324,10 +423,11 @@ type snapState struct {
 	order    *btree.BTreeG[*record]
 	heap     expiryHeap
 	nDelayed int
+	marks    markSet
 }
 
 func newSnapState() *snapState {
-	return &snapState{keys: make(map[string]*record), order: newOrder()}
+	return &snapState{keys: make(map[string]*record), order: newOrder(), marks: newMarkSet()}
 }
 
 // add appends a record; the heap is ordered once all are in.
