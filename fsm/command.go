@@ -16,7 +16,8 @@ import (
 // through Config.OnFatal instead of guessing.
 //
 // Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
-// its preceding bytes. Decode still reads version 1 (no checksum).
+// its preceding bytes, and adds Cancel. Decode still reads version 1 (no
+// checksum, no Cancel).
 const FormatVersion = 2
 
 // checksumLen is the size of the CRC-32C that ends a version-2 entry.
@@ -54,6 +55,7 @@ const (
 	TypeRelease Type = 4
 	TypeExpire  Type = 5
 	TypeBatch   Type = 6
+	TypeCancel  Type = 7 // since FormatVersion 2
 )
 
 func (t Type) String() string {
@@ -70,6 +72,8 @@ func (t Type) String() string {
 		return "expire"
 	case TypeBatch:
 		return "batch"
+	case TypeCancel:
+		return "cancel"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -82,7 +86,7 @@ type Stamp struct {
 }
 
 // Command is one state-machine command. The concrete types are Promote,
-// Acquire, Extend, Release, Expire and Batch.
+// Acquire, Extend, Release, Cancel, Expire and Batch.
 type Command interface {
 	// Type reports the command's wire type.
 	Type() Type
@@ -128,7 +132,21 @@ type Release struct {
 	Token  uint64
 }
 
-// Expire reaps every lease and lock-delay due at the command's time. It
+// Cancel withdraws request ReqID of Holder for Key: the node that proposed
+// that acquire could not tell its caller the outcome, and the caller will
+// not use it. If the request's grant is the key's live holding and nobody
+// can have learnt of it (no retry of the same request id was applied: see
+// Lease.Seen), it is released as by Release; otherwise nothing changes
+// (NotHeld). Either way the request id is spent: a later arrival of it, or
+// of an older one, is Stale.
+type Cancel struct {
+	Key    string
+	Holder string
+	ReqID  uint64
+}
+
+// Expire reaps every lease and lock-delay due at the command's time, and
+// every request-id mark whose retention ended. It
 // names no keys on purpose: the FSM decides what is due, so a stale
 // decision of an old leader can never remove a lease extended meanwhile.
 type Expire struct{}
@@ -137,7 +155,8 @@ type Expire struct{}
 // the batch's stamp. It lets a leader release a key and grant it to the
 // head waiter in one Raft round trip. It may hold at most one Acquire,
 // because the fencing token is the entry's index and names one grant, and
-// no Promote or nested Batch.
+// no Promote or nested Batch; Release, Cancel, Extend and Expire as many
+// times as needed.
 type Batch struct {
 	Cmds []Command
 }
@@ -153,6 +172,9 @@ func (*Extend) Type() Type { return TypeExtend }
 
 // Type implements Command.
 func (*Release) Type() Type { return TypeRelease }
+
+// Type implements Command.
+func (*Cancel) Type() Type { return TypeCancel }
 
 // Type implements Command.
 func (Expire) Type() Type { return TypeExpire }
@@ -197,6 +219,12 @@ func (c *Release) appendBody(b []byte) []byte {
 	b = appendString(b, c.Key)
 	b = appendString(b, c.Holder)
 	return binary.AppendUvarint(b, c.Token)
+}
+
+func (c *Cancel) appendBody(b []byte) []byte {
+	b = appendString(b, c.Key)
+	b = appendString(b, c.Holder)
+	return binary.AppendUvarint(b, c.ReqID)
 }
 
 func (c *Batch) appendBody(b []byte) []byte {
@@ -413,6 +441,11 @@ func (d *decoder) body(typ Type, top bool) Command {
 		return c
 	case TypeRelease:
 		return &Release{Key: d.string(), Holder: d.string(), Token: d.uvarint()}
+	case TypeCancel:
+		if d.version < 2 {
+			break // unknown in version 1
+		}
+		return &Cancel{Key: d.string(), Holder: d.string(), ReqID: d.uvarint()}
 	case TypeBatch:
 		if !top {
 			d.fail(fmt.Errorf("%w: nested batch", ErrMalformed))

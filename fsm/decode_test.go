@@ -36,9 +36,11 @@ func seedCommands() []seedCommand {
 		{"extend", st(2, 3*s), ext("c1", "a", 2, "b", 3, "c", 1<<20)},
 		{"extend-empty", st(2, 3*s), &fsm.Extend{Holder: "c1"}},
 		{"release", st(2, 4*s), rel("a", "c1", 2)},
+		{"cancel", st(2, 4*s), &fsm.Cancel{Key: "a", Holder: "c1", ReqID: 1 << 40}},
 		{"expire", st(3, time.Hour), fsm.Expire{}},
 		{"batch-handover", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2), acq("a", "c2", 1, 5*s, 0)}}},
 		{"batch-mixed", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{fsm.Expire{}, ext("c1", "b", 3), rel("c", "c2", 9), acq("c", "c3", 4, s, s)}}},
+		{"batch-cancel", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 3}, acq("a", "c2", 1, s, 0)}}},
 		{"batch-two-acquires", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{acq("x", "c1", 1, s, 0), acq("y", "c1", 2, s, 0)}}},
 		{"batch-empty", st(3, 2*s), &fsm.Batch{}},
 	}
@@ -230,7 +232,8 @@ func TestDecodeTruncated(t *testing.T) {
 		if _, _, err := fsm.Decode(signed(append(bytes.Clone(body), 0))); !errors.Is(err, fsm.ErrMalformed) {
 			t.Fatalf("%s with a trailing byte, re-signed: %v", c.name, err)
 		}
-		if _, _, err := fsm.Decode(append(bytes.Clone(v1), 0)); !errors.Is(err, fsm.ErrMalformed) {
+		if _, _, err := fsm.Decode(append(bytes.Clone(v1), 0)); !errors.Is(err, fsm.ErrMalformed) &&
+			!(strings.Contains(c.name, "cancel") && errors.Is(err, fsm.ErrUnknownType)) {
 			t.Fatalf("%s version 1 with a trailing byte: %v", c.name, err)
 		}
 	}

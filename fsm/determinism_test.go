@@ -78,13 +78,16 @@ func workload(seed uint64, n int) []*raft.Log {
 				c.Holder = h
 			}
 			cmd = c
-		case k < 82:
+		case k < 79:
 			k := key()
 			if h := holderOf[k]; h != "" {
 				cmd = rel(k, h, tokens[k])
 			} else {
 				cmd = rel(k, holder(), 1)
 			}
+		case k < 82:
+			k := key()
+			cmd = &fsm.Cancel{Key: k, Holder: max(holderOf[k], holder()), ReqID: max(req-uint64(rng.IntN(3)), 1)}
 		case k < 92:
 			cmd = fsm.Expire{}
 		default:

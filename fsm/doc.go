@@ -12,11 +12,13 @@
 // # Commands
 //
 // Promote starts an epoch. Acquire, Extend (a batch of one holder's leases),
-// Release and Expire (reap what is due) change records; Batch applies
+// Release, Cancel (withdraw an acquire whose outcome its caller never
+// learnt) and Expire (reap what is due) change records; Batch applies
 // several of them atomically in one entry, so a leader can release a key and
 // grant it to the next waiter in one Raft round trip. Every refusal is a
 // typed Result (Held, NotHeld, Stale, WrongEpoch, Invalid), identical on
-// every replica.
+// every replica; Fatal answers every entry from one this replica must not
+// apply on (fatal-stop).
 //
 // # Invariants
 //
@@ -58,6 +60,13 @@
 // show. It is not needlessly late either: a lease whose holder died expires
 // on time even when leaders change faster than its TTL, which a full-TTL
 // rebase never did.
+//
+// cancel-unseen: Cancel{key, holder, req} releases req's grant only if it
+// is the key's live holding and no retry of req was applied (Lease.Seen):
+// the cancelling node vouches that the grant's own answer never reached its
+// caller, and a retry's answer might have reached it through another node.
+// Either way req is spent, so a copy still in flight is Stale and cannot
+// grant the key to a caller that gave up on it.
 //
 // monotonic-token: the fencing token of a grant is the Raft index of the
 // granting entry. Indexes strictly increase, so tokens strictly increase per

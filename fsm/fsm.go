@@ -46,6 +46,12 @@ type Lease struct {
 	Expiry time.Duration
 	Value  []byte
 	State  State
+	// Seen is set once a retry of the granting request (the same holder
+	// and request id) was applied: its holder may have learnt of the grant
+	// through it, so a Cancel of the request no longer releases it. False
+	// on a new holding. Records restored from a version-1 snapshot have it
+	// set (the safe default: Cancel never releases them).
+	Seen bool
 }
 
 // FreeAt is the logical time from which the key can be granted to another
@@ -314,6 +320,8 @@ func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
 		return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: out}
 	case *Release:
 		return f.resp(index, f.release(index, c))
+	case *Cancel:
+		return f.resp(index, f.cancel(index, c))
 	case Expire:
 		r := &Response{Index: index, Epoch: f.epoch, Now: f.now}
 		r.Results = f.expire(index, r.Results)
@@ -437,6 +445,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		switch {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
+			r.Seen = true
 			f.noteRequest(r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
@@ -445,6 +454,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 			// from the old id, ended, to the new one.
 			r.Token = index
 			r.ReqID = c.ReqID
+			r.Seen = false
 			f.setLease(r, c)
 			f.noteRequest(r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
@@ -523,6 +533,37 @@ func (f *FSM) release(index uint64, c *Release) Result {
 	f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
 	f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
 	return Result{Code: Released, Key: r.Key, Token: r.Token}
+}
+
+// cancel withdraws a request whose outcome its caller never learnt.
+//
+// Invariant cancel-unseen: Cancel releases a grant only while nobody can
+// believe in it: the request it names must be the one that started the
+// key's live holding, and no retry of that request may have been applied
+// (Seen), since a retry's answer may have reached the holder through
+// another node. The cancelling node vouches that the grant's own answer
+// never reached its caller. In every case the request id is spent, so a
+// copy of the acquire still in flight is Stale and cannot grant afterwards.
+// Guarded by TestCancel, testdata/cancel.txt and TestModel.
+func (f *FSM) cancel(index uint64, c *Cancel) Result {
+	if err := c.Validate(); err != nil {
+		return invalid(c.Key, "%v", err)
+	}
+	r := f.reapDue(index, f.keys[c.Key])
+	var res Result
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.ReqID == c.ReqID && !r.Seen {
+		f.remove(r)
+		f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
+		f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+		res = Result{Code: Released, Key: r.Key, Token: r.Token}
+	} else {
+		res = Result{Code: NotHeld, Key: c.Key}
+		if r != nil && r.State == StateHeld {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+	}
+	f.noteEnded(c.Key, c.Holder, c.ReqID, f.now)
+	return res
 }
 
 // expire reaps everything due at now, in (due, key) order, in O(log n) per

@@ -85,6 +85,7 @@ type mrec struct {
 	expiry       time.Duration
 	delayed      bool // the holder expired; the key waits out its lock-delay
 	value        string
+	seen         bool // a retry of the granting request was applied
 }
 
 // freeAt: from when another holder may have the key.
@@ -159,6 +160,8 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 		return out
 	case *fsm.Release:
 		return []fsm.Result{m.release(c)}
+	case *fsm.Cancel:
+		return []fsm.Result{m.cancel(c)}
 	case fsm.Expire:
 		return m.expire()
 	case *fsm.Batch:
@@ -220,11 +223,12 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		switch {
 		case c.ReqID == r.reqID:
 			start(r)
+			r.seen = true
 			m.noteRequest(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry, Retry: true}
 		case c.ReqID > r.reqID:
 			m.noteEnded(k, r.reqID, m.now)
-			r.reqID, r.token = c.ReqID, index
+			r.reqID, r.token, r.seen = c.ReqID, index, false
 			start(r)
 			m.noteRequest(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
@@ -278,6 +282,26 @@ func (m *model) release(c *fsm.Release) fsm.Result {
 	return fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
 }
 
+// cancel releases the grant of c.ReqID if it is the live holding and not
+// seen; the id is spent either way.
+func (m *model) cancel(c *fsm.Cancel) fsm.Result {
+	if c.Key == "" || c.Holder == "" || c.ReqID == 0 {
+		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
+	}
+	r := m.reap(c.Key)
+	k := mkey{c.Key, c.Holder}
+	res := fsm.Result{Code: fsm.NotHeld, Key: c.Key}
+	if r != nil && !r.delayed && r.holder == c.Holder && r.reqID == c.ReqID && !r.seen {
+		delete(m.recs, c.Key)
+		m.noteEnded(k, r.reqID, m.now)
+		res = fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
+	} else if r != nil && !r.delayed {
+		res.Holder, res.Token = r.holder, r.token
+	}
+	m.noteEnded(k, c.ReqID, m.now)
+	return res
+}
+
 // expire reaps, one at a time, the record with the smallest (due, key)
 // that is due.
 func (m *model) expire() []fsm.Result {
@@ -317,7 +341,7 @@ func (m *model) leases() []fsm.Lease {
 	var out []fsm.Lease
 	for k, r := range m.recs {
 		l := fsm.Lease{Key: k, Holder: r.holder, ReqID: r.reqID, Token: r.token, TTL: r.ttl,
-			LockDelay: r.delay, Expiry: r.expiry, State: fsm.StateHeld}
+			LockDelay: r.delay, Expiry: r.expiry, State: fsm.StateHeld, Seen: r.seen}
 		if r.value != "" {
 			l.Value = []byte(r.value)
 		}
@@ -368,7 +392,7 @@ var (
 	stepKinds = []string{
 		"acquire", "extend", "acquire", "release", "expire", "acquire", "extend",
 		"batch", "acquire", "release", "expire", "extend", "acquire", "batch",
-		"expire", "acquire", "promote",
+		"expire", "acquire", "cancel", "promote", "cancel",
 	}
 	epochKinds = []string{
 		"current", "current", "current", "current", "current", "current",
@@ -407,7 +431,7 @@ type modelRun struct {
 }
 
 // TestModel checks the FSM against the reference model on random runs of
-// promote, acquire, extend, release, expire and batch commands, and after
+// promote, acquire, extend, release, cancel, expire and batch commands, and after
 // every step the invariants single-holder, monotonic-token, NextExpiry and
 // Get/List/Stats agreement. At the end a twin FSM fed the same entries
 // through ApplyBatch must write the same snapshot (fsm-determinism), and a
@@ -488,6 +512,8 @@ func (r *modelRun) step(t *rapid.T) {
 		cmd = r.genExtend(t)
 	case "release":
 		cmd = r.genRelease(t)
+	case "cancel":
+		cmd = r.genCancel(t)
 	case "expire":
 		cmd = fsm.Expire{}
 	case "batch":
@@ -577,12 +603,27 @@ func (r *modelRun) genRelease(t *rapid.T) *fsm.Release {
 	return &fsm.Release{Key: k, Holder: r.holderFor(t, k), Token: r.token(t, k)}
 }
 
+// genCancel mostly names the request that granted the key's live holding,
+// sometimes an older, newer or unrelated one.
+func (r *modelRun) genCancel(t *rapid.T) *fsm.Cancel {
+	k := rapid.SampledFrom(modelKeys).Draw(t, "key")
+	c := &fsm.Cancel{Key: k, Holder: r.holderFor(t, k)}
+	if rec := r.m.recs[k]; rec != nil && rec.holder == c.Holder && rapid.IntRange(0, 3).Draw(t, "cancel-other?") < 3 {
+		c.ReqID = rec.reqID
+	} else {
+		c.ReqID = uint64(rapid.IntRange(0, int(r.nextReq[c.Holder])+1).Draw(t, "cancel-req")) // 0 is Invalid
+	}
+	return c
+}
+
 func (r *modelRun) genBatch(t *rapid.T) *fsm.Batch {
 	b := &fsm.Batch{}
 	for range rapid.SampledFrom([]int{2, 1, 3, 2, 4, 0}).Draw(t, "batch-len") {
-		switch rapid.SampledFrom([]string{"release", "acquire", "expire", "extend"}).Draw(t, "batch-kind") {
+		switch rapid.SampledFrom([]string{"release", "acquire", "expire", "extend", "cancel"}).Draw(t, "batch-kind") {
 		case "release":
 			b.Cmds = append(b.Cmds, r.genRelease(t))
+		case "cancel":
+			b.Cmds = append(b.Cmds, r.genCancel(t))
 		case "acquire":
 			b.Cmds = append(b.Cmds, r.genAcquire(t)) // two make the batch Invalid
 		case "extend":

@@ -154,6 +154,20 @@ func (c *Release) Validate() error {
 	return nil
 }
 
+// Validate checks a cancel against the limits.
+func (c *Cancel) Validate() error {
+	if err := checkKey(c.Key); err != nil {
+		return err
+	}
+	if err := checkHolder(c.Holder); err != nil {
+		return err
+	}
+	if c.ReqID == 0 {
+		return fmt.Errorf("request id must be > 0")
+	}
+	return nil
+}
+
 // Validate checks the batch's shape (its commands are checked as applied).
 func (c *Batch) Validate() error {
 	if len(c.Cmds) == 0 || len(c.Cmds) > MaxBatch {

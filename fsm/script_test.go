@@ -14,7 +14,7 @@ package fsm_test
 // the expected output in place.
 //
 // Commands that become log entries (promote, acquire, extend, release,
-// expire, batch, entry) are applied through FSM.Apply with the encoded
+// cancel, expire, batch, entry) are applied through FSM.Apply with the encoded
 // command, at index = their ordinal among such commands in the file (1, 2,
 // ...), so an acquire's fencing token is that ordinal. Stamps: epoch is the
 // one of the last promote unless epoch=N is given; at=D is the stamp's Now
@@ -24,6 +24,7 @@ package fsm_test
 //	acquire key=K holder=H req=N ttl=D [delay=D] [value=V] [at=D] [epoch=E]
 //	extend holder=H K:TOKEN... [at=D] [epoch=E]
 //	release key=K holder=H token=N [at=D] [epoch=E]
+//	cancel key=K holder=H req=N [at=D] [epoch=E]
 //	expire [at=D] [epoch=E]
 //	batch [at=D] [epoch=E]      (sub-commands on the following lines)
 //	entry hex=BYTES [crc]       (raw entry bytes; crc appends their CRC-32C)
@@ -345,6 +346,19 @@ func (h *harness) command(a args) (fsm.Command, error) {
 			return nil, err
 		}
 		return c, nil
+	case "cancel":
+		c := &fsm.Cancel{}
+		var err error
+		if c.Key, err = a.str("key"); err != nil {
+			return nil, err
+		}
+		if c.Holder, err = a.str("holder"); err != nil {
+			return nil, err
+		}
+		if c.ReqID, err = a.uint("req"); err != nil {
+			return nil, err
+		}
+		return c, nil
 	case "expire":
 		return fsm.Expire{}, nil
 	case "promote":
@@ -491,6 +505,9 @@ func formatLease(l *fsm.Lease) string {
 			v = fmt.Sprintf("<%d bytes>", len(v))
 		}
 		s += " value=" + v
+	}
+	if l.Seen {
+		s += " seen"
 	}
 	return s
 }

@@ -22,15 +22,16 @@ import (
 // now, uvarint applied, uvarint record count, uvarint mark count. Then
 // record frames, each uvarint n and n records in key order: key, holder,
 // uvarint reqID, uvarint token, varint ttl, varint lock-delay, varint
-// expiry, byte state, value. Then mark frames, each uvarint n and n marks
+// expiry, byte state, byte flags (1: Seen; no other bit is defined), value. Then mark frames, each uvarint n and n marks
 // in (key, holder) order: key, holder, uvarint reqID, byte ended (0 or 1),
 // varint due. The stream ends right after the frame holding the last mark
 // (or record). Frames are checksummed one by one so restore streams with
 // bounded memory and still rejects any flipped bit; the counts in the
 // header catch truncation at a frame boundary.
 //
-// Version 1 (before request-id marks) has no mark count and no marks;
-// Restore still reads it.
+// Version 1 (before request-id marks and Cancel) has no mark count, no
+// marks and no record flags; Restore still reads it, with Seen set on
+// every record.
 const (
 	snapshotVersion = 2
 	frameTarget     = 64 << 10
@@ -38,6 +39,9 @@ const (
 )
 
 var snapshotMagic = []byte("LNSNAP\x00\x01")
+
+// flagSeen marks a record whose granting request was retried (Lease.Seen).
+const flagSeen = 1
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -142,6 +146,11 @@ func appendRecord(b []byte, l *Lease) []byte {
 	b = binary.AppendVarint(b, int64(l.LockDelay))
 	b = binary.AppendVarint(b, int64(l.Expiry))
 	b = append(b, byte(l.State))
+	flags := byte(0)
+	if l.Seen {
+		flags |= flagSeen
+	}
+	b = append(b, flags)
 	return appendString(b, string(l.Value))
 }
 
@@ -322,6 +331,14 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 		r.LockDelay = time.Duration(d.varint())
 		r.Expiry = time.Duration(d.varint())
 		r.State = State(d.byte())
+		r.Seen = true // version 1: Cancel never releases a restored record
+		if version >= 2 {
+			flags := d.byte()
+			if d.err == nil && flags&^flagSeen != 0 {
+				return corrupt("record %d: unknown flags %#x", i, flags)
+			}
+			r.Seen = flags&flagSeen != 0
+		}
 		if v := d.bytes(); len(v) > 0 {
 			r.Value = append([]byte(nil), v...)
 		}

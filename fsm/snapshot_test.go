@@ -21,7 +21,7 @@ import (
 const snapshotMagic = "LNSNAP\x00\x01"
 
 // richFSM returns an FSM with n held leases (with values, some with
-// lock-delay) and a few keys in lock-delay, at epoch 3.
+// lock-delay, some Seen) and a few keys in lock-delay, at epoch 3.
 func richFSM(t tb, n int, cfg fsm.Config) *fsm.FSM {
 	t.Helper()
 	f := fsm.New(cfg)
@@ -35,6 +35,12 @@ func richFSM(t tb, n int, cfg fsm.Config) *fsm.FSM {
 		}
 		if r := one(t, f, idx, st(3, time.Duration(i)*ms), c); r.Code != fsm.Granted {
 			t.Fatalf("setup: %+v", r)
+		}
+		if i%5 == 0 { // a retry: the lease is Seen
+			idx++
+			if r := one(t, f, idx, st(3, time.Duration(i)*ms), c); !r.Retry {
+				t.Fatalf("setup retry: %+v", r)
+			}
 		}
 	}
 	// Let the shortest leases expire into lock-delay.
@@ -151,6 +157,11 @@ func TestRestoreVersion1(t *testing.T) {
 	}
 	if st.Marks != 0 {
 		t.Fatalf("%d marks from a version-1 snapshot", st.Marks)
+	}
+	for _, l := range allLeases(f) {
+		if !l.Seen {
+			t.Fatalf("%s restored from version 1 without Seen: Cancel could release it", l.Key)
+		}
 	}
 	if got, err := fsm.ReadBackup(bytes.NewReader(v1)); err != nil || got != st {
 		t.Fatalf("ReadBackup: %+v, %v; want %+v", got, err, st)
@@ -349,6 +360,8 @@ func TestRestoreCorrupt(t *testing.T) {
 			state              byte
 		}
 		ok := rec{"a", "c1", 1, 2, s, 0, s, 1}
+		// recs writes version-1 records, recs2 version-2 ones (with flags).
+		var flags []byte
 		recs := func(rs ...rec) []byte {
 			b := binary.AppendUvarint(nil, uint64(len(rs)))
 			for _, r := range rs {
@@ -362,9 +375,20 @@ func TestRestoreCorrupt(t *testing.T) {
 				b = binary.AppendVarint(b, int64(r.delay))
 				b = binary.AppendVarint(b, int64(r.expiry))
 				b = append(b, r.state)
+				b = append(b, flags...)
 				b = append(b, 0) // empty value
 			}
 			return b
+		}
+		recs2 := func(rs ...rec) []byte {
+			flags = []byte{0}
+			defer func() { flags = nil }()
+			return recs(rs...)
+		}
+		recsFlags := func(f byte, rs ...rec) []byte {
+			flags = []byte{f}
+			defer func() { flags = nil }()
+			return recs(rs...)
 		}
 		snapOf := func(fs ...[]byte) []byte {
 			b := []byte(snapshotMagic)
@@ -410,7 +434,7 @@ func TestRestoreCorrupt(t *testing.T) {
 		}
 		withMark := func(mod func(*mk)) mk { m := okMark; mod(&m); return m }
 		mb := withMark(func(m *mk) { m.holder = "c2" })
-		sound2 := snapOf(hdr2(1, 0, 5, 1, 2), recs(ok), marks(okMark), marks(mb))
+		sound2 := snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(okMark), marks(mb))
 		if err := restoreBytes(probe, sound2); err != nil {
 			t.Fatalf("crafted version-2 snapshot: %v", err)
 		}
@@ -418,24 +442,27 @@ func TestRestoreCorrupt(t *testing.T) {
 			t.Fatalf("crafted version-2 snapshot restored as %+v", st)
 		}
 		cases := []corruptCase{
-			{"snapshot version 3", snapOf(hdr(3, 1, 0, 5, 1), recs(ok))},
-			{"version 2 without a mark count", snapOf(hdr(2, 1, 0, 5, 1), recs(ok))},
-			{"mark count too high", snapOf(hdr2(1, 0, 5, 1, 3), recs(ok), marks(okMark, mb))},
-			{"mark count too low", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), marks(okMark, mb))},
-			{"marks missing", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok))},
-			{"marks out of order", snapOf(hdr2(1, 0, 5, 1, 2), recs(ok), marks(mb, okMark))},
-			{"duplicate mark", snapOf(hdr2(1, 0, 5, 1, 2), recs(ok), marks(okMark, okMark))},
-			{"mark request id 0", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), marks(withMark(func(m *mk) { m.req = 0 })))},
-			{"mark ended 2", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), marks(withMark(func(m *mk) { m.ended = 2 })))},
-			{"mark empty key", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), marks(withMark(func(m *mk) { m.key = "" })))},
-			{"mark empty holder", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), marks(withMark(func(m *mk) { m.holder = "" })))},
-			{"mark frame trailing byte", snapOf(hdr2(1, 0, 5, 1, 1), recs(ok), append(marks(okMark), 0))},
-			{"header trailing byte", snapOf(append(hdr(1, 1, 0, 5, 1), 0), recs(ok))},
-			{"count too high", snapOf(hdr(1, 1, 0, 5, 3), recs(ok), recs(b))},
+			{"snapshot version 3", snapOf(hdr(3, 1, 0, 5, 1), recs2(ok))},
+			{"version 2 without a mark count", snapOf(hdr(2, 1, 0, 5, 1), recs2(ok))},
+			{"version 2 record without flags", snapOf(hdr2(1, 0, 5, 1, 0), recs(ok))},
+			{"record flags 2", snapOf(hdr2(1, 0, 5, 1, 0), recsFlags(2, ok))},
+			{"record flags 0x81", snapOf(hdr2(1, 0, 5, 1, 0), recsFlags(0x81, ok))},
+			{"mark count too high", snapOf(hdr2(1, 0, 5, 1, 3), recs2(ok), marks(okMark, mb))},
+			{"mark count too low", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(okMark, mb))},
+			{"marks missing", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok))},
+			{"marks out of order", snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(mb, okMark))},
+			{"duplicate mark", snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(okMark, okMark))},
+			{"mark request id 0", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.req = 0 })))},
+			{"mark ended 2", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.ended = 2 })))},
+			{"mark empty key", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.key = "" })))},
+			{"mark empty holder", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.holder = "" })))},
+			{"mark frame trailing byte", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), append(marks(okMark), 0))},
+			{"header trailing byte", snapOf(append(hdr(1, 1, 0, 5, 1), 0), recs2(ok))},
+			{"count too high", snapOf(hdr(1, 1, 0, 5, 3), recs2(ok), recs(b))},
 			{"count too low", snapOf(hdr(1, 1, 0, 5, 1), recs(ok, b))},
-			{"empty record frame", snapOf(hdr(1, 1, 0, 5, 1), recs(), recs(ok))},
+			{"empty record frame", snapOf(hdr(1, 1, 0, 5, 1), recs(), recs2(ok))},
 			{"keys out of order", snapOf(hdr(1, 1, 0, 5, 2), recs(b, ok))},
-			{"duplicate key", snapOf(hdr(1, 1, 0, 5, 2), recs(ok), recs(ok))},
+			{"duplicate key", snapOf(hdr(1, 1, 0, 5, 2), recs2(ok), recs2(ok))},
 			{"empty key", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.key = "" })))},
 			{"key too long", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.key = strings.Repeat("k", fsm.MaxKeyLen+1) })))},
 			{"empty holder", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.holder = "" })))},
@@ -445,8 +472,8 @@ func TestRestoreCorrupt(t *testing.T) {
 			{"ttl 0", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.ttl = 0 })))},
 			{"ttl too long", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.ttl = fsm.MaxTTL + 1 })))},
 			{"negative lock-delay", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.delay = -1 })))},
-			{"record trailing byte", snapOf(hdr(1, 1, 0, 5, 1), append(recs(ok), 0))},
-			{"record cut short", snapOf(hdr(1, 1, 0, 5, 1), recs(ok)[:10])},
+			{"record trailing byte", snapOf(hdr(1, 1, 0, 5, 1), append(recs2(ok), 0))},
+			{"record cut short", snapOf(hdr(1, 1, 0, 5, 1), recs2(ok)[:10])},
 			{"frame too large", append([]byte(snapshotMagic), binary.AppendUvarint(nil, 1<<40)...)},
 			{"frame length overflow", append([]byte(snapshotMagic), bytes.Repeat([]byte{0xff}, 11)...)},
 		}
