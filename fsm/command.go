@@ -41,6 +41,14 @@ const (
 	// MaxNow is the latest stamp time accepted (about 146 years), so that
 	// now plus any TTL cannot overflow.
 	MaxNow = time.Duration(1 << 62)
+	// MaxEpoch is the highest epoch a Promote may start (2^48 Raft terms: a
+	// new term every millisecond would take 8,900 years to reach it), so
+	// epoch arithmetic can never wrap. A Promote above it is Invalid, and
+	// Restore refuses a snapshot whose epoch is above it.
+	MaxEpoch = 1 << 48
+	// MaxIndex is the highest applied index a snapshot may carry (2^62),
+	// leaving room for node's restore to add an index gap.
+	MaxIndex = 1 << 62
 )
 
 // Type identifies a command on the wire. Values are stable: they are

@@ -68,6 +68,16 @@
 // Either way req is spent, so a copy still in flight is Stale and cannot
 // grant the key to a caller that gave up on it.
 //
+// restore-bounds: Restore refuses (ErrCorruptSnapshot, naming the field)
+// any header, record or mark whose numbers no sequence of commands can
+// reach, or that could overflow later arithmetic: epoch <= MaxEpoch (a
+// Promote above it is Invalid), now in [0, MaxNow], applied <= MaxIndex,
+// tokens in [1, applied], request ids > 0, a held lease's expiry in
+// (0, now+TTL], a lock-delay's expiry in (-lock-delay, now] (Promote can
+// carry it below 0), a mark due at a positive multiple of MarkGranule no
+// later than roundUp(now+MarkRetention), at most MaxMarks marks. The rapid
+// model restores every state it reaches.
+//
 // monotonic-token: the fencing token of a grant is the Raft index of the
 // granting entry. Indexes strictly increase, so tokens strictly increase per
 // key and cluster-wide; a Batch may hold at most one Acquire so one index

@@ -380,6 +380,9 @@ func (f *FSM) resp(index uint64, r Result) *Response {
 // TestPromoteExpiresAbandonedUnderChurn, testdata/promote.txt, TestModel
 // and the failover tests in node.
 func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
+	if s.Epoch > MaxEpoch {
+		return f.resp(index, invalid("", "promote to epoch %d, above MaxEpoch %d", s.Epoch, uint64(MaxEpoch)))
+	}
 	if s.Epoch <= f.epoch {
 		return f.resp(index, Result{Code: WrongEpoch,
 			Reason: fmt.Sprintf("promote to epoch %d, current %d", s.Epoch, f.epoch)})

@@ -1,6 +1,7 @@
 package fsm_test
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"maps"
@@ -243,6 +244,11 @@ func TestNoEarlyExpiryPromoteKeepsRemaining(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("%s: free-at %v, want %v", name, got, want)
+			}
+			// restore-bounds: the shifted state (lock-delays may now expire
+			// before 0) passes Restore's checks.
+			if _, err := fsm.ReadBackup(bytes.NewReader(snapshotBytes(t, f))); err != nil {
+				t.Errorf("%s: snapshot after the promote: %v", name, err)
 			}
 			// Nothing is reaped or handed over a moment before its free-at,
 			// and everything is free at it. (Probed in free-at order: the

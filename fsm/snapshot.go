@@ -88,7 +88,7 @@ func (f *FSM) Backup() *Backup {
 // ReadBackup reads and checks a whole backup (or raft snapshot) and
 // returns the stats of the state it holds, without keeping the state.
 func ReadBackup(r io.Reader) (Stats, error) {
-	st, err := readSnapshot(bufio.NewReaderSize(r, 256<<10))
+	st, err := readSnapshot(bufio.NewReaderSize(r, 256<<10), false)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -214,7 +214,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.Fatal(); err != nil {
 		return fmt.Errorf("fsm: no restore after a fatal entry: %w", err)
 	}
-	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10))
+	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10), f.cfg.UnsafeSkipRebase)
 	if err != nil {
 		return err
 	}
@@ -232,7 +232,10 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorruptSnapshot, fmt.Sprintf(format, args...))
 }
 
-func readSnapshot(r *bufio.Reader) (*snapState, error) {
+// readSnapshot reads and checks a whole snapshot. lenient relaxes the
+// bounds on expiries and mark due times to those that rule out overflow, for
+// states reached with Config.UnsafeSkipRebase (see restoreBounds).
+func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(r, magic); err != nil {
 		return nil, corrupt("reading magic: %v", err)
@@ -286,6 +289,17 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 	if d.err != nil || len(d.b) != 0 {
 		return nil, corrupt("bad header")
 	}
+	switch {
+	case st.epoch > MaxEpoch:
+		return nil, corrupt("epoch %d above MaxEpoch %d", st.epoch, uint64(MaxEpoch))
+	case st.now < 0 || st.now > MaxNow:
+		return nil, corrupt("now %d outside [0, MaxNow %d]", st.now, MaxNow)
+	case st.applied > MaxIndex:
+		return nil, corrupt("applied index %d above MaxIndex %d", st.applied, uint64(MaxIndex))
+	case markCount > MaxMarks:
+		return nil, corrupt("%d marks, above MaxMarks %d", markCount, MaxMarks)
+	}
+	b := restoreBounds{now: st.now, applied: st.applied, lenient: lenient}
 	// Holder names repeat across records and marks: keep one copy.
 	holders := make(map[string]string)
 	intern := func(b []byte) string {
@@ -345,7 +359,7 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 		if d.err != nil {
 			return corrupt("record %d: %v", i, d.err)
 		}
-		if err := r.check(prev, i); err != nil {
+		if err := r.check(prev, i, b); err != nil {
 			return err
 		}
 		prev = r.Key
@@ -375,7 +389,7 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 			return corrupt("mark %d: bad ended flag %d", i, ended)
 		}
 		m.Ended = ended == 1
-		if err := m.check(prevMark, i); err != nil {
+		if err := m.check(prevMark, i, b); err != nil {
 			return err
 		}
 		prevMark = m
@@ -395,8 +409,44 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 	return st, nil
 }
 
+// restoreBounds are the limits a restored record or mark must keep, given
+// the snapshot's header.
+//
+// Invariant restore-bounds: Restore admits exactly the numbers the rules
+// can reach, and nothing that could overflow later arithmetic (issue 9: a
+// backup with valid checksums and Expiry = MaxInt64-1h plus a 24 h
+// lock-delay wrapped negative and granted another holder at once). With
+// now in [0, MaxNow], applied <= MaxIndex and epoch <= MaxEpoch:
+//   - every record has a request id > 0 and a token in [1, applied] (a
+//     token is the index of an applied entry);
+//   - a held lease has 0 < expiry <= now + TTL: it was granted or extended
+//     at some now' <= now (expiry = now' + TTL), and Promote keeps
+//     expiry - now (> 0 after its reap, so > new now >= 0);
+//   - a lock-delay has lock-delay > 0 and -lock-delay < expiry <= now: it
+//     began when expiry <= now, and Promote keeps expiry - now, which
+//     after its reap is > -lock-delay, so expiry may be negative but
+//     expiry + lock-delay > 0;
+//   - a mark is due at a positive multiple of MarkGranule no later than
+//     roundUp(now + MarkRetention): set at roundUp(now' + MarkRetention)
+//     for some now' <= now, and Promote keeps it at most that from its
+//     new now, rounded up.
+//
+// States reached with the UNSAFE Config.UnsafeSkipRebase break the
+// relative bounds (an expiry kept from a clock far ahead), so an FSM with
+// that knob restores with lenient bounds that only rule out overflow:
+// 0 < expiry <= MaxNow + MaxTTL for a lease, -lock-delay < expiry <=
+// MaxNow + MaxTTL for a lock-delay, 0 < due <= MaxNow + MarkRetention +
+// MarkGranule for a mark. Guarded by TestRestoreRangeChecks,
+// TestRestoreUnsafeSkipRebase and TestModel (which restores every state
+// it reaches).
+type restoreBounds struct {
+	now     time.Duration
+	applied uint64
+	lenient bool
+}
+
 // check validates a decoded record; i is its position in the snapshot.
-func (r *record) check(prev string, i uint64) error {
+func (r *record) check(prev string, i uint64, b restoreBounds) error {
 	switch {
 	case checkKey(r.Key) != nil:
 		return corrupt("record %d: %v", i, checkKey(r.Key))
@@ -404,19 +454,42 @@ func (r *record) check(prev string, i uint64) error {
 		return corrupt("record %d: key %q out of order", i, r.Key)
 	case r.State != StateHeld && r.State != StateDelayed:
 		return corrupt("record %d: bad state %d", i, r.State)
-	case r.Token == 0 || checkHolder(r.Holder) != nil:
-		return corrupt("record %d: bad token or holder", i)
+	case checkHolder(r.Holder) != nil:
+		return corrupt("record %d: %v", i, checkHolder(r.Holder))
+	case r.Token == 0 || r.Token > b.applied:
+		return corrupt("record %d: token %d outside [1, applied %d]", i, r.Token, b.applied)
+	case r.ReqID == 0:
+		return corrupt("record %d: request id 0", i)
 	case r.TTL <= 0 || r.TTL > MaxTTL || r.LockDelay < 0 || r.LockDelay > MaxTTL:
 		return corrupt("record %d: ttl or lock-delay out of range", i)
 	case len(r.Value) > MaxValueLen:
 		return corrupt("record %d: value too large", i)
+	case r.State == StateDelayed && r.LockDelay == 0:
+		return corrupt("record %d: in lock-delay with a lock-delay of 0", i)
+	}
+	// The upper bound on expiry; relative to now unless lenient.
+	upper := MaxNow + MaxTTL
+	if r.State == StateHeld && !b.lenient {
+		upper = b.now + r.TTL
+	} else if !b.lenient {
+		upper = b.now
+	}
+	if r.State == StateHeld && (r.Expiry <= 0 || r.Expiry > upper) {
+		return corrupt("record %d: expiry %d of a held lease outside (0, %d]", i, r.Expiry, upper)
+	}
+	if r.State == StateDelayed && (r.Expiry <= -r.LockDelay || r.Expiry > upper) {
+		return corrupt("record %d: expiry %d of a lock-delay outside (%d, %d]", i, r.Expiry, -r.LockDelay, upper)
 	}
 	return nil
 }
 
 // check validates a decoded mark; prev is the one before it, i its
 // position among the marks.
-func (m *mark) check(prev *mark, i uint64) error {
+func (m *mark) check(prev *mark, i uint64, b restoreBounds) error {
+	upper := roundUp(b.now + MarkRetention)
+	if b.lenient {
+		upper = MaxNow + MarkRetention + MarkGranule
+	}
 	switch {
 	case checkKey(m.Key) != nil:
 		return corrupt("mark %d: %v", i, checkKey(m.Key))
@@ -426,6 +499,10 @@ func (m *mark) check(prev *mark, i uint64) error {
 		return corrupt("mark %d: (%q, %q) out of order", i, m.Key, m.Holder)
 	case m.ReqID == 0:
 		return corrupt("mark %d: request id 0", i)
+	case m.Due <= 0 || m.Due > upper:
+		return corrupt("mark %d: due %d outside (0, %d]", i, m.Due, upper)
+	case !b.lenient && m.Due%MarkGranule != 0:
+		return corrupt("mark %d: due %d not a multiple of MarkGranule", i, m.Due)
 	}
 	return nil
 }
