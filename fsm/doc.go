@@ -25,8 +25,8 @@
 // fsm-determinism: replicas that apply the same entries hold the same state
 // and write byte-identical snapshots. The clock is max(now, stamp.Now) within
 // an epoch; iteration that reaches output (snapshots, Expire results) is in
-// key or (due, key) order; Decode never panics and rejects every malformed
-// entry with the same Invalid result.
+// key, (key, holder) or (due, key) order; Decode never panics and rejects
+// every malformed entry with the same Invalid result.
 //
 // fatal-stop: an entry this replica must not apply, one from a newer format
 // version or one whose CRC-32C does not match its bytes (format version 2
@@ -54,10 +54,13 @@
 // Expire would (an expired but unreaped lease is never revived), then sets
 // expiry' = promote.now + (expiry - old now) for leases and lock-delays
 // alike. It is never early: every committed stamp of an earlier epoch was
-// read before the new leader was elected (a deposed leader cannot commit),
-// and the new epoch's clock starts at the election, so more real time has
-// passed since each grant or extend than the old clock plus the new one
-// show. It is not needlessly late either: a lease whose holder died expires
+// read before the new leader was elected (a deposed leader cannot commit,
+// and the new leader's log holds only entries it received before its
+// election), and the new epoch's clock starts at the election. So since a
+// grant or extend stamped t, at least (old now - t) has passed by the old
+// clock plus the new clock's whole reading, on clocks whose rate is within
+// the drift bound: counting the remainder from promote.now can only be
+// late. It is not needlessly late either: a lease whose holder died expires
 // on time even when leaders change faster than its TTL, which a full-TTL
 // rebase never did.
 //
@@ -135,8 +138,8 @@
 // holder is granted the key only once the FSM's clock passes that expiry
 // (single-holder); within an epoch the FSM clock is the leader's, and across
 // epochs no-early-expiry carries the time left over to a clock that started
-// later than the last stamp it was measured by. The two
-// believed holdings therefore never overlap in real time. Fencing tokens
-// cover what clocks cannot: a paused client's late write carries a smaller
-// token than the next holder's.
+// later than the last stamp it was measured by. The two believed holdings
+// therefore never overlap in real time. Fencing tokens cover what clocks
+// cannot: a paused client's late write carries a smaller token than the
+// next holder's.
 package fsm

@@ -130,9 +130,9 @@ type Config struct {
 	// nobody drains, or events accumulate.
 	Events bool
 	// OnFatal is called once, on the applying goroutine, when an entry was
-	// written by a newer version of leasenode (or, with later causes, see
-	// IsFatal). Applying it could make this replica diverge, so the FSM
-	// applies nothing from that entry on: it and every later entry get a
+	// written by a newer version of leasenode or fails its checksum
+	// (IsFatal). Applying or skipping it could make this replica diverge,
+	// so the FSM applies nothing from that entry on: it and every later entry get a
 	// single Fatal result, and the state, clock and applied index stay at
 	// the last good entry. The owner must stop the node. OnFatal runs after
 	// Apply or ApplyBatch released the FSM's lock, so it may call the FSM's
