@@ -433,7 +433,8 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	// After reapDue, a record that is left blocks the key: a live lease
 	// (expiry > now) or a lock-delay that has not ended.
 	r := f.reapDue(index, f.keys[c.Key])
-	if m := f.liveMark(c.Key, c.Holder); m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
+	m := f.liveMark(c.Key, c.Holder)
+	if m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
 		res := Result{Code: Stale, Key: c.Key,
 			Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
 		if c.ReqID == m.ReqID {
@@ -449,7 +450,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
 			r.Seen = true
-			f.noteRequest(r.Key, r.Holder, c.ReqID)
+			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
 		case c.ReqID > r.ReqID:
@@ -459,7 +460,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 			r.ReqID = c.ReqID
 			r.Seen = false
 			f.setLease(r, c)
-			f.noteRequest(r.Key, r.Holder, c.ReqID)
+			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 		default:
@@ -468,7 +469,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	if r != nil {
-		f.noteRequest(c.Key, c.Holder, c.ReqID)
+		f.noteRequest(m, c.Key, c.Holder, c.ReqID)
 		holder := ""
 		if r.State == StateHeld {
 			holder = r.Holder
@@ -479,7 +480,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	f.setLease(r, c)
 	f.keys[r.Key] = r
 	f.order.ReplaceOrInsert(r)
-	f.noteRequest(r.Key, r.Holder, c.ReqID)
+	f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }

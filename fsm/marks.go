@@ -84,10 +84,10 @@ func (f *FSM) liveMark(key, holder string) *mark {
 }
 
 // noteRequest records that an acquire of key by holder with request id
-// reqID was applied (granted, retried or refused Held); the caller has
-// checked that it is not stale, so reqID is at least the mark's.
-func (f *FSM) noteRequest(key, holder string, reqID uint64) {
-	m := f.liveMark(key, holder)
+// reqID was applied (granted, retried or refused Held). m is the live mark
+// of (key, holder) as liveMark returned it, or nil; the caller has checked
+// that the request is not stale, so reqID is at least the mark's.
+func (f *FSM) noteRequest(m *mark, key, holder string, reqID uint64) {
 	if m == nil {
 		f.addMark(key, holder, reqID, false, markDue(f.now))
 		return
