@@ -127,7 +127,7 @@
 // bytes/mark and bytes/mark-shared). At the cap, 2^20 marks, that is at
 // most about 200 MB. Every acquire leaves a mark for 15 to 16 minutes, so
 // a million leases acquired within that time cost about 90 MB more than
-// before marks; a snapshot grows by about 33 bytes per mark.
+// before marks; a snapshot grows by about 35 bytes per mark.
 //
 // # Why this gives mutual exclusion
 //

@@ -51,7 +51,7 @@ var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
 
 // Snapshot implements raft.FSM. Raft calls it on the applying goroutine, so
 // the state cannot change while it runs; it encodes the whole state into
-// checksummed frames in memory (about 46 bytes per lease and 33 per
+// checksummed frames in memory (about 48 bytes per lease and 35 per
 // request-id mark) and Persist streams them out while Apply goes on.
 // Encoding under the lock keeps the snapshot exactly the state at one
 // index; it stalls Apply for about 120 ms for a million leases and a
@@ -79,7 +79,7 @@ type Backup struct {
 func (b *Backup) WriteTo(dst io.Writer) (int64, error) { return b.w.WriteTo(dst) }
 
 // Backup captures the state for a backup. Like Snapshot it encodes under
-// the lock and costs the encoded size (about 46 bytes per lease and 33 per
+// the lock and costs the encoded size (about 48 bytes per lease and 35 per
 // mark) until the Backup is dropped.
 func (f *FSM) Backup() *Backup {
 	w, st := f.encode()
