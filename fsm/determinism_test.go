@@ -24,6 +24,7 @@ func workload(seed uint64, n int) []*raft.Log {
 	tokens := map[string]uint64{}
 	holderOf := map[string]string{}
 	req := uint64(0)
+	var past []*fsm.Acquire
 	key := func() string { return fmt.Sprintf("k%02d", rng.IntN(40)) }
 	holder := func() string { return fmt.Sprintf("h%d", rng.IntN(6)) }
 	for i := 1; i <= n; i++ {
@@ -52,6 +53,10 @@ func workload(seed uint64, n int) []*raft.Log {
 			}
 			logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx, Data: data})
 			continue
+		case k < 45 && len(past) > 0 && rng.IntN(6) == 0:
+			// A delayed copy of an earlier acquire: mostly Stale now.
+			c := *past[rng.IntN(len(past))]
+			cmd = &c
 		case k < 45:
 			req++
 			c := acq(key(), holder(), req, time.Duration(1+rng.IntN(5))*s, time.Duration(rng.IntN(3))*s)
@@ -63,6 +68,7 @@ func workload(seed uint64, n int) []*raft.Log {
 				c.ReqID = req - uint64(rng.IntN(2))
 			}
 			holderOf[c.Key], tokens[c.Key] = c.Holder, idx
+			past = append(past, c)
 			cmd = c
 		case k < 70:
 			h := holder()
@@ -179,7 +185,7 @@ func checkWorkloadCoverage(t *testing.T, out []interface{}) {
 		}
 	}
 	for _, c := range []fsm.Code{fsm.Granted, fsm.Extended, fsm.Released, fsm.Held, fsm.NotHeld,
-		fsm.WrongEpoch, fsm.Invalid, fsm.Promoted, fsm.Expired} {
+		fsm.Stale, fsm.WrongEpoch, fsm.Invalid, fsm.Promoted, fsm.Expired} {
 		if seen[c] == 0 {
 			t.Errorf("workload never produced %v (%v)", c, seen)
 		}
