@@ -154,9 +154,9 @@ type Cancel struct {
 }
 
 // Expire reaps every lease and lock-delay due at the command's time, and
-// every request-id mark whose retention ended. It
-// names no keys on purpose: the FSM decides what is due, so a stale
-// decision of an old leader can never remove a lease extended meanwhile.
+// every request-id mark whose retention ended. It names no keys on purpose:
+// the FSM decides what is due, so a stale decision of an old leader can
+// never remove a lease extended meanwhile.
 type Expire struct{}
 
 // Batch applies several commands atomically in one entry, in order, with

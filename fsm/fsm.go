@@ -132,11 +132,11 @@ type Config struct {
 	// OnFatal is called once, on the applying goroutine, when an entry was
 	// written by a newer version of leasenode or fails its checksum
 	// (IsFatal). Applying or skipping it could make this replica diverge,
-	// so the FSM applies nothing from that entry on: it and every later entry get a
-	// single Fatal result, and the state, clock and applied index stay at
-	// the last good entry. The owner must stop the node. OnFatal runs after
-	// Apply or ApplyBatch released the FSM's lock, so it may call the FSM's
-	// read methods.
+	// so the FSM applies nothing from that entry on: it and every later
+	// entry get a single Fatal result, and the state, clock and applied
+	// index stay at the last good entry. The owner must stop the node.
+	// OnFatal runs after Apply or ApplyBatch released the FSM's lock, so it
+	// may call the FSM's read methods.
 	OnFatal func(error)
 	// UnsafeSkipRebase makes Promote neither reap nor move anything: every
 	// expiry stays as the previous epoch's clock left it and is judged by
@@ -147,8 +147,8 @@ type Config struct {
 }
 
 // FSM is the lease state machine. Apply and ApplyBatch must be called from
-// one goroutine (Raft's); Get, List, Stats, NextExpiry and Drain may be
-// called concurrently with them.
+// one goroutine (Raft's); Get, List, Mark, Stats, NextExpiry, Fatal and
+// Drain may be called concurrently with them.
 type FSM struct {
 	cfg      Config
 	maxMarks int // MaxMarks; lowered by tests
