@@ -2,10 +2,12 @@ package fsm_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -293,4 +295,66 @@ func BenchmarkPromote1M(b *testing.B) {
 		out := f.Apply(entry(index+uint64(i)+1, st(epoch+uint64(i)+1, 0), fsm.Promote{}))
 		mustCode(b, out, fsm.Promoted)
 	})
+}
+
+// BenchmarkMarkMemory: the memory a request-id mark costs, everything
+// included (the mark, its own copies of a 30-byte key and a 60-byte holder
+// as a decoded command leaves them, its slots in the btree and the heap),
+// measured as live heap growth over 200,000 marks left by acquire+release
+// pairs (which leave no record behind): bytes/mark. And bytes/mark-shared:
+// what the marks of 200,000 live leases cost (sharing their key and holder
+// strings), measured as the heap freed when an Expire reaps the marks and
+// leaves the (24-hour) leases.
+func BenchmarkMarkMemory(b *testing.B) {
+	const n = 200_000
+	keys := make([]string, n)
+	holders := make([]string, n)
+	for i := range n {
+		keys[i] = fmt.Sprintf("locks/%024d", i)
+		holders[i] = fmt.Sprintf("client-%053d", i%1000)
+		if len(keys[i]) != 30 || len(holders[i]) != 60 {
+			b.Fatal("bad sizes")
+		}
+	}
+	var perMark, perShared float64
+	b.ReportAllocs()
+	for range b.N {
+		runtime.GC()
+		before := heapNow()
+		f := fsm.New(fsm.Config{})
+		f.ApplyCommand(1, st(1, 0), fsm.Promote{})
+		for i := range n {
+			idx := uint64(2 + 2*i)
+			// Fresh copies, as decoding each entry makes them.
+			key, holder := strings.Clone(keys[i]), strings.Clone(holders[i])
+			f.ApplyCommand(idx, st(1, 0), acq(key, holder, uint64(i+1), time.Minute, 0))
+			f.ApplyCommand(idx+1, st(1, 0), rel(key, holder, idx))
+		}
+		runtime.GC()
+		after := heapNow()
+		if got := f.Stats(); got.Marks != n || got.Held != 0 {
+			b.Fatalf("stats %+v", got)
+		}
+		runtime.KeepAlive(f)
+		perMark = float64(after-before) / n
+
+		g := fsm.New(fsm.Config{})
+		g.ApplyCommand(1, st(1, 0), fsm.Promote{})
+		for i := range n {
+			key, holder := strings.Clone(keys[i]), strings.Clone(holders[i])
+			g.ApplyCommand(uint64(2+i), st(1, 0), acq(key, holder, uint64(i+1), fsm.MaxTTL, 0))
+		}
+		runtime.GC()
+		withMarks := heapNow()
+		g.ApplyCommand(uint64(n+2), st(1, fsm.MarkRetention+fsm.MarkGranule), fsm.Expire{})
+		runtime.GC()
+		without := heapNow()
+		if got := g.Stats(); got.Marks != 0 || got.Held != n {
+			b.Fatalf("stats %+v", got)
+		}
+		runtime.KeepAlive(g)
+		perShared = float64(withMarks-without) / n
+	}
+	b.ReportMetric(perMark, "bytes/mark")
+	b.ReportMetric(perShared, "bytes/mark-shared")
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"time"
 )
 
@@ -13,7 +14,14 @@ import (
 // An entry with a higher version was written by a newer leasenode; applying
 // it could diverge from replicas that understand it, so the FSM reports it
 // through Config.OnFatal instead of guessing.
-const FormatVersion = 1
+//
+// Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
+// its preceding bytes, and adds Cancel. Decode still reads version 1 (no
+// checksum, no Cancel).
+const FormatVersion = 2
+
+// checksumLen is the size of the CRC-32C that ends a version-2 entry.
+const checksumLen = 4
 
 // Limits on command fields. The node checks them at the API edge; the FSM
 // checks them again so that a bad entry yields the same Invalid result on
@@ -33,6 +41,14 @@ const (
 	// MaxNow is the latest stamp time accepted (about 146 years), so that
 	// now plus any TTL cannot overflow.
 	MaxNow = time.Duration(1 << 62)
+	// MaxEpoch is the highest epoch a Promote may start (2^48 Raft terms: a
+	// new term every millisecond would take 8,900 years to reach it), so
+	// epoch arithmetic can never wrap. A Promote above it is Invalid, and
+	// Restore refuses a snapshot whose epoch is above it.
+	MaxEpoch = 1 << 48
+	// MaxIndex is the highest applied index a snapshot may carry (2^62),
+	// leaving room for node's restore to add an index gap.
+	MaxIndex = 1 << 62
 )
 
 // Type identifies a command on the wire. Values are stable: they are
@@ -47,6 +63,7 @@ const (
 	TypeRelease Type = 4
 	TypeExpire  Type = 5
 	TypeBatch   Type = 6
+	TypeCancel  Type = 7 // since FormatVersion 2
 )
 
 func (t Type) String() string {
@@ -63,6 +80,8 @@ func (t Type) String() string {
 		return "expire"
 	case TypeBatch:
 		return "batch"
+	case TypeCancel:
+		return "cancel"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -75,16 +94,18 @@ type Stamp struct {
 }
 
 // Command is one state-machine command. The concrete types are Promote,
-// Acquire, Extend, Release, Expire and Batch.
+// Acquire, Extend, Release, Cancel, Expire and Batch.
 type Command interface {
 	// Type reports the command's wire type.
 	Type() Type
 	appendBody(b []byte) []byte
 }
 
-// Promote starts epoch Stamp.Epoch (the proposing leader's Raft term) and
-// rebases every expiry to a full TTL, and every lock-delay to its full
-// length, from Stamp.Now. A leader proposes it after its Barrier and serves
+// Promote starts epoch Stamp.Epoch (the proposing leader's Raft term) at
+// Stamp.Now. It first reaps what is due at the old clock, exactly as an
+// Expire would, then moves every record into the new epoch keeping the time
+// it had left: expiry' = Stamp.Now + (expiry - old now), for leases and
+// lock-delays alike. A leader proposes it after its Barrier and serves
 // nothing until it has applied.
 type Promote struct{}
 
@@ -119,16 +140,31 @@ type Release struct {
 	Token  uint64
 }
 
-// Expire reaps every lease and lock-delay due at the command's time. It
-// names no keys on purpose: the FSM decides what is due, so a stale
-// decision of an old leader can never remove a lease extended meanwhile.
+// Cancel withdraws request ReqID of Holder for Key: the node that proposed
+// that acquire could not tell its caller the outcome, and the caller will
+// not use it. If the request's grant is the key's live holding and nobody
+// can have learnt of it (no retry of the same request id was applied: see
+// Lease.Seen), it is released as by Release; otherwise nothing changes
+// (NotHeld). Either way the request id is spent: a later arrival of it, or
+// of an older one, is Stale.
+type Cancel struct {
+	Key    string
+	Holder string
+	ReqID  uint64
+}
+
+// Expire reaps every lease and lock-delay due at the command's time, and
+// every request-id mark whose retention ended. It names no keys on purpose:
+// the FSM decides what is due, so a stale decision of an old leader can
+// never remove a lease extended meanwhile.
 type Expire struct{}
 
 // Batch applies several commands atomically in one entry, in order, with
 // the batch's stamp. It lets a leader release a key and grant it to the
 // head waiter in one Raft round trip. It may hold at most one Acquire,
 // because the fencing token is the entry's index and names one grant, and
-// no Promote or nested Batch.
+// no Promote or nested Batch; Release, Cancel, Extend and Expire as many
+// times as needed.
 type Batch struct {
 	Cmds []Command
 }
@@ -146,18 +182,23 @@ func (*Extend) Type() Type { return TypeExtend }
 func (*Release) Type() Type { return TypeRelease }
 
 // Type implements Command.
+func (*Cancel) Type() Type { return TypeCancel }
+
+// Type implements Command.
 func (Expire) Type() Type { return TypeExpire }
 
 // Type implements Command.
 func (*Batch) Type() Type { return TypeBatch }
 
-// Encode returns the wire form of cmd with stamp s.
+// Encode returns the wire form of cmd with stamp s, in FormatVersion:
+// version, type, stamp, body, and the CRC-32C of all of them.
 func Encode(s Stamp, cmd Command) []byte {
 	b := make([]byte, 0, 32)
 	b = append(b, FormatVersion, byte(cmd.Type()))
 	b = binary.AppendUvarint(b, s.Epoch)
 	b = binary.AppendVarint(b, int64(s.Now))
-	return cmd.appendBody(b)
+	b = cmd.appendBody(b)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
 func (Promote) appendBody(b []byte) []byte { return b }
@@ -188,6 +229,12 @@ func (c *Release) appendBody(b []byte) []byte {
 	return binary.AppendUvarint(b, c.Token)
 }
 
+func (c *Cancel) appendBody(b []byte) []byte {
+	b = appendString(b, c.Key)
+	b = appendString(b, c.Holder)
+	return binary.AppendUvarint(b, c.ReqID)
+}
+
 func (c *Batch) appendBody(b []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(c.Cmds)))
 	for _, sub := range c.Cmds {
@@ -203,17 +250,47 @@ func appendString(b []byte, s string) []byte {
 }
 
 // Decoding errors. ErrNewerVersion means the entry came from a newer
-// leasenode; the others mean the bytes are damaged.
+// leasenode, and ErrChecksum that an entry's bytes are not those that were
+// written: both are fatal (IsFatal), since skipping the entry as Invalid
+// could make this replica diverge from those that apply it. The others mean
+// that a version-1 entry, or a body whose checksum matched, is malformed:
+// every replica refuses it alike, with an Invalid result.
 var (
 	ErrNewerVersion = errors.New("fsm: command written by a newer version")
+	ErrChecksum     = errors.New("fsm: command checksum mismatch")
 	ErrTruncated    = errors.New("fsm: command truncated")
 	ErrUnknownType  = errors.New("fsm: unknown command type")
 	ErrMalformed    = errors.New("fsm: malformed command")
 )
 
-// Decode parses the wire form of a command. It never panics, whatever the
-// bytes, and allocates no more than a small multiple of len(data).
+// IsFatal reports whether a Decode error means the replica must stop
+// rather than refuse the entry as Invalid: ErrNewerVersion or ErrChecksum.
+func IsFatal(err error) bool {
+	return errors.Is(err, ErrNewerVersion) || errors.Is(err, ErrChecksum)
+}
+
+// Decode parses the wire form of a command, of FormatVersion or older. It
+// never panics, whatever the bytes, and allocates no more than a small
+// multiple of len(data).
 func Decode(data []byte) (Stamp, Command, error) {
+	s, cmd, err := decode(data)
+	if err != nil && !IsFatal(err) && len(data) > checksumLen && data[0] < 2 && damagedVersion2(data) {
+		// A version-2 entry whose version byte was damaged to 0 or 1 (the
+		// body then never parses: the checksum is left over).
+		return Stamp{}, nil, fmt.Errorf("%w: version byte %d, but the entry checks as version 2", ErrChecksum, data[0])
+	}
+	return s, cmd, err
+}
+
+// damagedVersion2 reports whether data would be a sound version-2 entry
+// with 2 as its first byte.
+func damagedVersion2(data []byte) bool {
+	n := len(data) - checksumLen
+	sum := crc32.Update(crc32.Update(0, crcTable, []byte{2}), crcTable, data[1:n])
+	return sum == binary.BigEndian.Uint32(data[n:])
+}
+
+func decode(data []byte) (Stamp, Command, error) {
 	d := decoder{b: data}
 	// The version comes first and is judged alone: a newer version may lay
 	// out everything after it differently, so reading on could report a
@@ -228,6 +305,19 @@ func Decode(data []byte) (Stamp, Command, error) {
 	if ver > FormatVersion {
 		return Stamp{}, nil, fmt.Errorf("%w: version %d, this build knows %d", ErrNewerVersion, ver, FormatVersion)
 	}
+	if ver >= 2 {
+		// The checksum is judged before anything else is read, so a
+		// damaged entry is never mistaken for a malformed or a valid one.
+		if len(data) < 1+checksumLen {
+			return Stamp{}, nil, fmt.Errorf("%w: %d bytes, too short for a checksum", ErrChecksum, len(data))
+		}
+		n := len(data) - checksumLen
+		if got, want := crc32.Checksum(data[:n], crcTable), binary.BigEndian.Uint32(data[n:]); got != want {
+			return Stamp{}, nil, fmt.Errorf("%w: crc32c %08x, entry says %08x", ErrChecksum, got, want)
+		}
+		d.b = data[1:n]
+	}
+	d.version = ver
 	typ := Type(d.byte())
 	s := Stamp{Epoch: d.uvarint(), Now: time.Duration(d.varint())}
 	if d.err != nil {
@@ -244,8 +334,9 @@ func Decode(data []byte) (Stamp, Command, error) {
 }
 
 type decoder struct {
-	b   []byte
-	err error
+	b       []byte
+	err     error
+	version byte // of the command entry being decoded (0 for snapshots)
 }
 
 func (d *decoder) fail(err error) {
@@ -358,6 +449,11 @@ func (d *decoder) body(typ Type, top bool) Command {
 		return c
 	case TypeRelease:
 		return &Release{Key: d.string(), Holder: d.string(), Token: d.uvarint()}
+	case TypeCancel:
+		if d.version < 2 {
+			break // unknown in version 1
+		}
+		return &Cancel{Key: d.string(), Holder: d.string(), ReqID: d.uvarint()}
 	case TypeBatch:
 		if !top {
 			d.fail(fmt.Errorf("%w: nested batch", ErrMalformed))

@@ -13,7 +13,7 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 )
 
-// TestConcurrentReads: Get, List, Stats, Clock, NextExpiry, Fatal and
+// TestConcurrentReads: Get, List, Stats, Clock, NextExpiry, Mark, Fatal and
 // Drain from several goroutines while another applies entries (one at a
 // time, in batches, and with snapshots and a restore in between, as Raft's
 // FSM goroutine does). Meant for go test -race; each reader also checks
@@ -57,6 +57,7 @@ func TestConcurrentReads(t *testing.T) {
 					f.List("k", next, 10)
 				}
 				f.NextExpiry()
+				f.Mark(key, fmt.Sprintf("h%d", i%3))
 				_ = f.Fatal()
 				if r == 0 {
 					f.Drain(nil)

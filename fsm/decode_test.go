@@ -36,32 +36,44 @@ func seedCommands() []seedCommand {
 		{"extend", st(2, 3*s), ext("c1", "a", 2, "b", 3, "c", 1<<20)},
 		{"extend-empty", st(2, 3*s), &fsm.Extend{Holder: "c1"}},
 		{"release", st(2, 4*s), rel("a", "c1", 2)},
+		{"cancel", st(2, 4*s), &fsm.Cancel{Key: "a", Holder: "c1", ReqID: 1 << 40}},
 		{"expire", st(3, time.Hour), fsm.Expire{}},
 		{"batch-handover", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2), acq("a", "c2", 1, 5*s, 0)}}},
 		{"batch-mixed", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{fsm.Expire{}, ext("c1", "b", 3), rel("c", "c2", 9), acq("c", "c3", 4, s, s)}}},
+		{"batch-cancel", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 3}, acq("a", "c2", 1, s, 0)}}},
 		{"batch-two-acquires", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{acq("x", "c1", 1, s, 0), acq("y", "c1", 2, s, 0)}}},
 		{"batch-empty", st(3, 2*s), &fsm.Batch{}},
 	}
 }
 
-// rawSeeds are interesting byte strings that are not valid commands.
+// rawSeeds are interesting byte strings that are not valid commands: most
+// as version 1 (no checksum), some as version 2 with a valid checksum over
+// a malformed body, some damaged.
 var rawSeeds = map[string][]byte{
-	"empty":           {},
-	"version-0":       {0, 1, 0, 0},
-	"version-2":       {2},
-	"version-255":     {255, 1, 1, 0},
-	"unknown-type":    {1, 9, 0, 0},
-	"nested-batch":    {1, 6, 0, 0, 1, 6, 0},
-	"promote-inbatch": {1, 6, 0, 0, 1, 1},
-	"forged-count":    {1, 3, 0, 0, 2, 'c', '1', 0xe8, 0x07, 1, 1}, // 1000 items in 2 bytes
-	"over-maxbatch":   {1, 6, 0, 0, 0xa1, 0x8d, 0x06},              // 100_001 commands
-	"varint-overflow": {1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0},
-	"huge-string":     {1, 4, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'},
+	"empty":              {},
+	"version-0":          {0, 1, 0, 0},
+	"version-3":          {3},
+	"version-255":        {255, 1, 1, 0},
+	"unknown-type":       {1, 9, 0, 0},
+	"nested-batch":       {1, 6, 0, 0, 1, 6, 0},
+	"promote-inbatch":    {1, 6, 0, 0, 1, 1},
+	"forged-count":       {1, 3, 0, 0, 2, 'c', '1', 0xe8, 0x07, 1, 1}, // 1000 items in 2 bytes
+	"over-maxbatch":      {1, 6, 0, 0, 0xa1, 0x8d, 0x06},              // 100_001 commands
+	"varint-overflow":    {1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0},
+	"huge-string":        {1, 4, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'},
+	"v2-short":           {2, 1, 0},
+	"v2-bad-checksum":    {2, 1, 0, 0, 0, 0, 0, 0},
+	"v2-unknown-type":    signed([]byte{2, 9, 0, 0}),
+	"v2-nested-batch":    signed([]byte{2, 6, 0, 0, 1, 6, 0}),
+	"v2-forged-count":    signed([]byte{2, 3, 0, 0, 2, 'c', '1', 0xe8, 0x07, 1, 1}),
+	"v2-huge-string":     signed([]byte{2, 4, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'}),
+	"v2-trailing":        signed([]byte{2, 5, 0, 0, 0}),
+	"v2-version-damaged": func() []byte { b := signed([]byte{2, 5, 0, 0}); b[0] = 1; return b }(),
 }
 
 // FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
 // command; applying any bytes never panics, gives one Invalid result for
-// what Decode refuses, and is deterministic.
+// what Decode refuses (Fatal for what IsFatal), and is deterministic.
 func FuzzDecode(f *testing.F) {
 	for _, c := range seedCommands() {
 		f.Add(fsm.Encode(c.stamp, c.cmd))
@@ -70,6 +82,15 @@ func FuzzDecode(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecodeApply(t, data)
+		// The same bytes as the body of a version-2 entry with a valid
+		// checksum, so the fuzzer reaches the version-2 body decoder too.
+		checkDecodeApply(t, signed(append([]byte{2}, data...)))
+	})
+}
+
+func checkDecodeApply(t *testing.T, data []byte) {
+	{
 		s, cmd, err := fsm.Decode(data)
 		if err == nil {
 			if cmd == nil {
@@ -95,23 +116,30 @@ func FuzzDecode(f *testing.F) {
 			a, b := base(), base()
 			ra := a.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: data})
 			rb := b.Apply(&raft.Log{Type: raft.LogCommand, Index: 100, Data: bytes.Clone(data)})
-			if !reflect.DeepEqual(ra, rb) || !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+			if !reflect.DeepEqual(ra, rb) || !reflect.DeepEqual(allLeases(a), allLeases(b)) || a.Stats() != b.Stats() {
 				t.Fatal("fsm-determinism: the same entry applied twice gave different outcomes")
+			}
+			if a.Fatal() == nil && !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+				t.Fatal("fsm-determinism: the same entry applied twice gave different snapshots")
 			}
 			resp, ok := ra.(*fsm.Response)
 			if !ok {
 				t.Fatalf("Apply returned %T", ra)
 			}
 			if err != nil {
-				if len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
-					t.Fatalf("undecodable entry gave %+v", resp.Results)
+				want := fsm.Invalid
+				if fsm.IsFatal(err) {
+					want = fsm.Fatal
 				}
-				if (a.Fatal() != nil) != errors.Is(err, fsm.ErrNewerVersion) {
+				if len(resp.Results) != 1 || resp.Results[0].Code != want {
+					t.Fatalf("undecodable entry gave %+v, want %v", resp.Results, want)
+				}
+				if (a.Fatal() != nil) != fsm.IsFatal(err) {
 					t.Fatalf("Fatal() = %v for decode error %v", a.Fatal(), err)
 				}
 			}
 		}
-	})
+	}
 }
 
 func fuzzFresh() *fsm.FSM { return fsm.New(fsm.Config{Events: true}) }
@@ -179,18 +207,34 @@ func TestDecodeRoundTrip(t *testing.T) {
 }
 
 // TestDecodeTruncated: every proper prefix of every valid command fails to
-// decode, so a cut entry can never pass for a shorter command.
+// decode, so a cut entry can never pass for a shorter command: in version 2
+// the checksum catches it, and a body cut short under a valid checksum, or
+// a version-1 entry cut short, does not parse either.
 func TestDecodeTruncated(t *testing.T) {
 	for _, c := range seedCommands() {
 		data := fsm.Encode(c.stamp, c.cmd)
+		body := data[:len(data)-4]
+		v1 := asVersion1(data)
 		for n := range len(data) {
 			if _, cmd, err := fsm.Decode(data[:n]); err == nil || cmd != nil {
 				t.Fatalf("%s cut to %d of %d bytes decoded: %#v", c.name, n, len(data), cmd)
 			}
 		}
+		for n := 1; n < len(body); n++ {
+			if _, cmd, err := fsm.Decode(signed(body[:n])); err == nil || cmd != nil || fsm.IsFatal(err) {
+				t.Fatalf("%s body cut to %d of %d bytes, re-signed: %#v, %v", c.name, n, len(body), cmd, err)
+			}
+			if _, cmd, err := fsm.Decode(v1[:n]); err == nil || cmd != nil || fsm.IsFatal(err) {
+				t.Fatalf("%s version 1 cut to %d of %d bytes: %#v, %v", c.name, n, len(v1), cmd, err)
+			}
+		}
 		// And one byte more is trailing garbage.
-		if _, _, err := fsm.Decode(append(bytes.Clone(data), 0)); !errors.Is(err, fsm.ErrMalformed) {
-			t.Fatalf("%s with a trailing byte: %v", c.name, err)
+		if _, _, err := fsm.Decode(signed(append(bytes.Clone(body), 0))); !errors.Is(err, fsm.ErrMalformed) {
+			t.Fatalf("%s with a trailing byte, re-signed: %v", c.name, err)
+		}
+		if _, _, err := fsm.Decode(append(bytes.Clone(v1), 0)); !errors.Is(err, fsm.ErrMalformed) &&
+			!(strings.Contains(c.name, "cancel") && errors.Is(err, fsm.ErrUnknownType)) {
+			t.Fatalf("%s version 1 with a trailing byte: %v", c.name, err)
 		}
 	}
 }
@@ -198,11 +242,18 @@ func TestDecodeTruncated(t *testing.T) {
 // TestDecodeErrors: each kind of damage gets its sentinel.
 func TestDecodeErrors(t *testing.T) {
 	cases := map[string]error{
-		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-2": fsm.ErrNewerVersion,
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-3": fsm.ErrNewerVersion,
 		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
 		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
 		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,
 		"varint-overflow": fsm.ErrMalformed, "huge-string": fsm.ErrTruncated,
+		"v2-short": fsm.ErrChecksum, "v2-bad-checksum": fsm.ErrChecksum,
+		"v2-unknown-type": fsm.ErrUnknownType, "v2-nested-batch": fsm.ErrMalformed,
+		"v2-forged-count": fsm.ErrTruncated, "v2-huge-string": fsm.ErrTruncated,
+		"v2-trailing": fsm.ErrMalformed, "v2-version-damaged": fsm.ErrChecksum,
+	}
+	if len(cases) != len(rawSeeds) {
+		t.Fatalf("%d cases for %d raw seeds", len(cases), len(rawSeeds))
 	}
 	for name, want := range cases {
 		if _, _, err := fsm.Decode(rawSeeds[name]); !errors.Is(err, want) {
@@ -223,13 +274,13 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 // TestNewerVersionIsFatal: an entry from a newer format version, however
-// long, gets an Invalid result, is reported once through Config.OnFatal and
+// long, gets a Fatal result, is reported once through Config.OnFatal and
 // stays reported by Fatal(); damaged entries of this version are not fatal.
 func TestNewerVersionIsFatal(t *testing.T) {
 	valid := fsm.Encode(st(1, s), acq("a", "c1", 1, 5*s, 0))
-	v2 := bytes.Clone(valid)
-	v2[0] = 2
-	entries := [][]byte{{2}, {2, 2}, v2, {fsm.FormatVersion + 1, 99, 0xff}}
+	v3 := bytes.Clone(valid)
+	v3[0] = 3
+	entries := [][]byte{{3}, {3, 3}, v3, {fsm.FormatVersion + 1, 99, 0xff}}
 	for i, data := range entries {
 		for _, batch := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%d/batch=%v", i, batch), func(t *testing.T) {
@@ -246,9 +297,9 @@ func TestNewerVersionIsFatal(t *testing.T) {
 				if f.Fatal() != nil {
 					t.Fatal("Fatal before any bad entry")
 				}
-				// A damaged entry of this version is Invalid but not fatal.
+				// A malformed entry of this version is Invalid but not fatal.
 				apply(t, f, 2, st(1, 0), fsm.Expire{})
-				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 3, Data: valid[:len(valid)-1]})
+				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 3, Data: signed(valid[:len(valid)-5])})
 				if f.Fatal() != nil || len(reported) != 0 {
 					t.Fatalf("damaged entry reported as fatal: %v", f.Fatal())
 				}
@@ -269,7 +320,7 @@ func TestNewerVersionIsFatal(t *testing.T) {
 					t.Fatal("Apply deadlocked in OnFatal")
 				}
 				resp, ok := out.(*fsm.Response)
-				if !ok || len(resp.Results) != 1 || resp.Results[0].Code != fsm.Invalid {
+				if !ok || len(resp.Results) != 1 || resp.Results[0].Code != fsm.Fatal {
 					t.Fatalf("result %+v", out)
 				}
 				if len(reported) != 1 || !errors.Is(reported[0], fsm.ErrNewerVersion) {
@@ -282,7 +333,7 @@ func TestNewerVersionIsFatal(t *testing.T) {
 					t.Fatal("the newer entry was applied")
 				}
 				// A later newer-version entry does not replace the first.
-				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 9, Data: []byte{2}})
+				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 9, Data: []byte{3}})
 				if err := f.Fatal(); !strings.Contains(err.Error(), "entry 4") {
 					t.Fatalf("Fatal() = %v, want the first fatal entry", err)
 				}

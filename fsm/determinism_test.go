@@ -15,7 +15,7 @@ import (
 
 // workload returns n log entries from a fixed seed: promotes, acquires,
 // extends, releases, expires and batches over a few dozen keys, with some
-// non-command entries and some damaged ones mixed in. Indexes start at 1.
+// non-command entries and some malformed ones mixed in. Indexes start at 1.
 func workload(seed uint64, n int) []*raft.Log {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var logs []*raft.Log
@@ -24,6 +24,7 @@ func workload(seed uint64, n int) []*raft.Log {
 	tokens := map[string]uint64{}
 	holderOf := map[string]string{}
 	req := uint64(0)
+	var past []*fsm.Acquire
 	key := func() string { return fmt.Sprintf("k%02d", rng.IntN(40)) }
 	holder := func() string { return fmt.Sprintf("h%d", rng.IntN(6)) }
 	for i := 1; i <= n; i++ {
@@ -42,9 +43,20 @@ func workload(seed uint64, n int) []*raft.Log {
 			logs = append(logs, &raft.Log{Type: typ, Index: idx, Data: []byte{1, 2, 3}})
 			continue
 		case k < 6:
+			// Malformed but checksummed (a damaged checksum would stop
+			// the FSM): a body cut short, or version 1 cut short.
 			data := fsm.Encode(fsm.Stamp{Epoch: epoch, Now: now}, acq(key(), holder(), 1, s, 0))
-			logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx, Data: data[:rng.IntN(len(data))]})
+			unsigned := data[:len(data)-4]
+			data = signed(unsigned[:1+rng.IntN(len(unsigned)-1)])
+			if rng.IntN(2) == 0 {
+				data = asVersion1(data)
+			}
+			logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx, Data: data})
 			continue
+		case k < 45 && len(past) > 0 && rng.IntN(6) == 0:
+			// A delayed copy of an earlier acquire: mostly Stale now.
+			c := *past[rng.IntN(len(past))]
+			cmd = &c
 		case k < 45:
 			req++
 			c := acq(key(), holder(), req, time.Duration(1+rng.IntN(5))*s, time.Duration(rng.IntN(3))*s)
@@ -56,6 +68,7 @@ func workload(seed uint64, n int) []*raft.Log {
 				c.ReqID = req - uint64(rng.IntN(2))
 			}
 			holderOf[c.Key], tokens[c.Key] = c.Holder, idx
+			past = append(past, c)
 			cmd = c
 		case k < 70:
 			h := holder()
@@ -71,13 +84,16 @@ func workload(seed uint64, n int) []*raft.Log {
 				c.Holder = h
 			}
 			cmd = c
-		case k < 82:
+		case k < 79:
 			k := key()
 			if h := holderOf[k]; h != "" {
 				cmd = rel(k, h, tokens[k])
 			} else {
 				cmd = rel(k, holder(), 1)
 			}
+		case k < 82:
+			k := key()
+			cmd = &fsm.Cancel{Key: k, Holder: max(holderOf[k], holder()), ReqID: max(req-uint64(rng.IntN(3)), 1)}
 		case k < 92:
 			cmd = fsm.Expire{}
 		default:
@@ -169,7 +185,7 @@ func checkWorkloadCoverage(t *testing.T, out []interface{}) {
 		}
 	}
 	for _, c := range []fsm.Code{fsm.Granted, fsm.Extended, fsm.Released, fsm.Held, fsm.NotHeld,
-		fsm.WrongEpoch, fsm.Invalid, fsm.Promoted, fsm.Expired} {
+		fsm.Stale, fsm.WrongEpoch, fsm.Invalid, fsm.Promoted, fsm.Expired} {
 		if seen[c] == 0 {
 			t.Errorf("workload never produced %v (%v)", c, seen)
 		}

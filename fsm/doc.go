@@ -12,36 +12,74 @@
 // # Commands
 //
 // Promote starts an epoch. Acquire, Extend (a batch of one holder's leases),
-// Release and Expire (reap what is due) change records; Batch applies
+// Release, Cancel (withdraw an acquire whose outcome its caller never
+// learnt) and Expire (reap what is due) change records; Batch applies
 // several of them atomically in one entry, so a leader can release a key and
 // grant it to the next waiter in one Raft round trip. Every refusal is a
 // typed Result (Held, NotHeld, Stale, WrongEpoch, Invalid), identical on
-// every replica.
+// every replica; Fatal answers every entry from one this replica must not
+// apply on (fatal-stop).
 //
 // # Invariants
 //
 // fsm-determinism: replicas that apply the same entries hold the same state
 // and write byte-identical snapshots. The clock is max(now, stamp.Now) within
 // an epoch; iteration that reaches output (snapshots, Expire results) is in
-// key or (due, key) order; Decode never panics and rejects every damaged
-// entry with the same Invalid result. An entry from a newer format version
-// is reported through Config.OnFatal so the node can stop rather than
-// guess.
+// key, (key, holder) or (due, key) order; Decode never panics and rejects
+// every malformed entry with the same Invalid result.
+//
+// fatal-stop: an entry this replica must not apply, one from a newer format
+// version or one whose CRC-32C does not match its bytes (format version 2
+// checksums every entry), would make it diverge whether applied or skipped.
+// The FSM then applies nothing from that entry on (every later entry gets
+// a Fatal result; state, clock and applied index stay at the last good
+// entry), and reports it once through Config.OnFatal so the node stops.
 //
 // single-holder: a key is granted to another holder only when the record's
 // expiry plus lock-delay is <= the FSM's now, or after the holder released
-// it. An extend of a lease whose expiry has passed fails even if no Expire
-// has reaped it yet (no-extend-after-expiry), so a lease cannot be revived
-// at the instant someone else is granted it. Expire re-checks what is due
-// by the FSM's own clock: a leader's stale view can never delete a lease
-// that was extended meanwhile.
+// it while it was live. An extend of a lease whose expiry has passed fails
+// even if no Expire has reaped it yet (no-extend-after-expiry), so a lease
+// cannot be revived at the instant someone else is granted it. Expire
+// re-checks what is due by the FSM's own clock: a leader's stale view can
+// never delete a lease that was extended meanwhile.
+//
+// reaper-independence: no outcome depends on when the leader's reaper ran.
+// Acquire, Extend, Release and Cancel first apply to their key's record
+// exactly what Expire would if it ran now (the same events), so a late
+// release of an expired lease is NotHeld and its lock-delay still runs.
 //
 // no-early-expiry: commands stamped with another epoch are refused
-// (WrongEpoch), and Promote rebases every expiry to now+TTL and every
-// lock-delay to its full length. A new leader's clock starts after it won
-// the election, which is after any earlier leader could last commit an
-// extend, so every lease lives at least one full TTL past its last
-// possible extend, whatever the old leader's clock said.
+// (WrongEpoch), and Promote keeps the time each record had left at the last
+// applied stamp: it first reaps what is due at the old clock, exactly as an
+// Expire would (an expired but unreaped lease is never revived), then sets
+// expiry' = promote.now + (expiry - old now) for leases and lock-delays
+// alike. It is never early: every committed stamp of an earlier epoch was
+// read before the new leader was elected (a deposed leader cannot commit,
+// and the new leader's log holds only entries it received before its
+// election), and the new epoch's clock starts at the election. So since a
+// grant or extend stamped t, at least (old now - t) has passed by the old
+// clock plus the new clock's whole reading, on clocks whose rate is within
+// the drift bound: counting the remainder from promote.now can only be
+// late. It is not needlessly late either: a lease whose holder died expires
+// on time even when leaders change faster than its TTL, which a full-TTL
+// rebase never did.
+//
+// cancel-unseen: Cancel{key, holder, req} releases req's grant only if it
+// is the key's live holding and no retry of req was applied (Lease.Seen):
+// the cancelling node vouches that the grant's own answer never reached its
+// caller, and a retry's answer might have reached it through another node.
+// Either way req is spent, so a copy still in flight is Stale and cannot
+// grant the key to a caller that gave up on it.
+//
+// restore-bounds: Restore refuses (ErrCorruptSnapshot, naming the field)
+// any header, record or mark whose numbers no sequence of commands can
+// reach, or that could overflow later arithmetic: epoch <= MaxEpoch (a
+// Promote above it is Invalid), now in [0, MaxNow], applied <= MaxIndex,
+// tokens in [1, applied], request ids > 0, a held lease's expiry in
+// (0, now+TTL], a lock-delay's expiry in (-lock-delay, now] (Promote can
+// carry it below 0), a mark due at a positive multiple of MarkGranule no
+// later than roundUp(now+MarkRetention), at most MaxMarks marks. The rapid
+// model restores every state it reaches.
 //
 // monotonic-token: the fencing token of a grant is the Raft index of the
 // granting entry. Indexes strictly increase, so tokens strictly increase per
@@ -54,7 +92,42 @@
 // new token, and a lower id is Stale. Without the last rule a delayed old
 // request could replace the live holding of the same client under a new
 // token, and a third client could be granted the key while the first still
-// believes its old holding valid.
+// believes its old holding valid. The order outlives the holding: the FSM
+// keeps a mark per (key, holder) (see Mark) with the highest request id
+// applied (granted, retried or refused Held) and whether the holding it
+// started has ended (released, expired, replaced by a higher id, or the
+// request was cancelled). An acquire below the mark, or at it once ended,
+// is Stale, checked before the live-record rules; otherwise a delayed
+// request arriving after the holding ended would start a holding nobody
+// uses and block the key for its TTL and lock-delay (issue 9).
+//
+// The bound is honest, not absolute: a mark is kept MarkRetention (15 min)
+// after its last update, rounded up to MarkGranule (1 min), and at most
+// MaxMarks (2^20) are kept (above that the one with the earliest (due, key,
+// holder) goes). MarkRetention is about Linux's TCP retransmission give-up
+// (~15.4 min with tcp_retries2=15), after which no delayed copy of a
+// request can arrive over the connection that carried it; it does not
+// cover a node that holds a request longer than that (a process paused
+// for 20 minutes, say). A request that arrives more than MarkRetention
+// after the (key, holder) mark was last updated, or after its mark was
+// dropped at the cap, is treated as new: at worst it creates a holding
+// nobody uses, blocking the key for its TTL plus lock-delay, and never a
+// second believed holder (its client no longer waits for the answer, and
+// the grant's token is new). The end of an expired holding is dated at its
+// expiry, and a mark that is due counts as gone, so no outcome depends on
+// when the reaper ran. Promote keeps what each mark had left (at most a
+// full retention, rounded up to the granule).
+//
+// # Memory
+//
+// A request-id mark costs 189 bytes when its key (30 bytes) and holder (60
+// bytes) are its own copies, as after the holding ended (the mark, both
+// strings, its btree and heap slots), and 83 bytes plus its 8-byte heap
+// slot while it shares them with its live lease (BenchmarkMarkMemory,
+// bytes/mark and bytes/mark-shared). At the cap, 2^20 marks, that is at
+// most about 200 MB. Every acquire leaves a mark for 15 to 16 minutes, so
+// a million leases acquired within that time cost about 90 MB more than
+// before marks; a snapshot grows by about 35 bytes per mark.
 //
 // # Why this gives mutual exclusion
 //
@@ -66,8 +139,9 @@
 // bound the server's expiry falls after the client's validity ends. Another
 // holder is granted the key only once the FSM's clock passes that expiry
 // (single-holder); within an epoch the FSM clock is the leader's, and across
-// epochs no-early-expiry restarts the count from a later moment. The two
-// believed holdings therefore never overlap in real time. Fencing tokens
-// cover what clocks cannot: a paused client's late write carries a smaller
-// token than the next holder's.
+// epochs no-early-expiry carries the time left over to a clock that started
+// later than the last stamp it was measured by. The two believed holdings
+// therefore never overlap in real time. Fencing tokens cover what clocks
+// cannot: a paused client's late write carries a smaller token than the
+// next holder's.
 package fsm

@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -47,6 +46,12 @@ type Lease struct {
 	Expiry time.Duration
 	Value  []byte
 	State  State
+	// Seen is set once a retry of the granting request (the same holder
+	// and request id) was applied: its holder may have learnt of the grant
+	// through it, so a Cancel of the request no longer releases it. False
+	// on a new holding. Records restored from a version-1 snapshot have it
+	// set (the safe default: Cancel never releases them).
+	Seen bool
 }
 
 // FreeAt is the logical time from which the key can be granted to another
@@ -124,23 +129,29 @@ type Config struct {
 	// Events enables the change feed (Changes/Drain). Leave it off when
 	// nobody drains, or events accumulate.
 	Events bool
-	// OnFatal is called, on the applying goroutine, when an entry was
-	// written by a newer version of leasenode. Applying it could make this
-	// replica diverge, so the owner must stop the node. The entry itself
-	// gets an Invalid result. It runs after Apply or ApplyBatch released
-	// the FSM's lock, so it may call the FSM's read methods.
+	// OnFatal is called once, on the applying goroutine, when an entry was
+	// written by a newer version of leasenode or fails its checksum
+	// (IsFatal). Applying or skipping it could make this replica diverge,
+	// so the FSM applies nothing from that entry on: it and every later
+	// entry get a single Fatal result, and the state, clock and applied
+	// index stay at the last good entry. The owner must stop the node.
+	// OnFatal runs after Apply or ApplyBatch released the FSM's lock, so it
+	// may call the FSM's read methods.
 	OnFatal func(error)
-	// UnsafeSkipRebase makes Promote keep every expiry as the previous
-	// epoch's clock left it. UNSAFE: it breaks no-early-expiry; it exists
-	// only so the chaos harness can show that its checkers catch it.
+	// UnsafeSkipRebase makes Promote neither reap nor move anything: every
+	// expiry stays as the previous epoch's clock left it and is judged by
+	// the new epoch's unrelated clock. UNSAFE: it breaks no-early-expiry;
+	// it exists only so the chaos harness can show that its checkers catch
+	// it.
 	UnsafeSkipRebase bool
 }
 
 // FSM is the lease state machine. Apply and ApplyBatch must be called from
-// one goroutine (Raft's); Get, List, Stats, NextExpiry and Drain may be
-// called concurrently with them.
+// one goroutine (Raft's); Get, List, Mark, Stats, NextExpiry, Fatal and
+// Drain may be called concurrently with them.
 type FSM struct {
-	cfg Config
+	cfg      Config
+	maxMarks int // MaxMarks; lowered by tests
 
 	// appliedBytes counts the bytes of every entry applied, for the
 	// node's log compaction; it is not part of the state.
@@ -155,24 +166,30 @@ type FSM struct {
 	heap    expiryHeap
 	// nDelayed counts records in StateDelayed.
 	nDelayed int
+	marks    markSet
+	probe    mark // a lookup key for marks, used under mu (write)
 
 	evMu    sync.Mutex
 	events  []Event
 	changed chan struct{}
 
-	fatal error // the first fatal entry
-	// unreported holds fatal errors found under mu, passed to OnFatal
-	// once mu is released.
+	// fatal is the first fatal entry's error; once set, nothing more is
+	// applied (see Config.OnFatal).
+	fatal error
+	// unreported holds the fatal error found under mu until it is passed
+	// to OnFatal once mu is released.
 	unreported []error
 }
 
 // New returns an empty FSM.
 func New(cfg Config) *FSM {
 	return &FSM{
-		cfg:     cfg,
-		keys:    make(map[string]*record),
-		order:   newOrder(),
-		changed: make(chan struct{}, 1),
+		cfg:      cfg,
+		maxMarks: MaxMarks,
+		marks:    newMarkSet(),
+		keys:     make(map[string]*record),
+		order:    newOrder(),
+		changed:  make(chan struct{}, 1),
 	}
 }
 
@@ -231,32 +248,47 @@ func (f *FSM) reportFatal(errs []error) {
 	}
 }
 
+// applyLog applies one Raft entry; f.mu is held.
+//
+// Invariant fatal-stop: once an entry is fatal (IsFatal) nothing is applied
+// from it on, in the same batch or later, and the state, clock and applied
+// index stay at the last good entry: a replica that went on could grant
+// leases that replicas understanding the entry never granted (issue 9
+// found a leader granting hundreds after such an entry). Guarded by
+// TestFatalStopsApplying and testdata/version.txt.
 func (f *FSM) applyLog(l *raft.Log) interface{} {
-	f.appliedBytes.Add(uint64(len(l.Data)))
-	if l.Index > f.applied {
-		f.applied = l.Index
+	if f.fatal != nil {
+		return f.fatalResp(l.Index)
 	}
 	if l.Type != raft.LogCommand {
+		f.advance(l.Index, len(l.Data))
 		return nil
 	}
-	return f.applyData(l.Index, l.Data)
-}
-
-// applyData decodes and applies one command entry; f.mu is held.
-func (f *FSM) applyData(index uint64, data []byte) *Response {
-	s, cmd, err := Decode(data)
+	s, cmd, err := Decode(l.Data)
+	if err != nil && IsFatal(err) {
+		f.fatal = fmt.Errorf("entry %d: %w", l.Index, err)
+		f.unreported = append(f.unreported, f.fatal)
+		return f.fatalResp(l.Index)
+	}
+	f.advance(l.Index, len(l.Data))
 	if err != nil {
-		if errors.Is(err, ErrNewerVersion) {
-			ferr := fmt.Errorf("entry %d: %w", index, err)
-			if f.fatal == nil {
-				f.fatal = ferr
-			}
-			f.unreported = append(f.unreported, ferr)
-		}
-		return f.resp(index, invalid("", "%v", err))
+		return f.resp(l.Index, invalid("", "%v", err))
 	}
 	// f.mu is held (Apply, ApplyBatch): not ApplyCommand, which locks.
-	return f.applyLocked(index, s, cmd)
+	return f.applyLocked(l.Index, s, cmd)
+}
+
+// advance records that the entry at index, of n bytes, was applied.
+func (f *FSM) advance(index uint64, n int) {
+	f.appliedBytes.Add(uint64(n))
+	if index > f.applied {
+		f.applied = index
+	}
+}
+
+// fatalResp is the response to every entry from the first fatal one on.
+func (f *FSM) fatalResp(index uint64) *Response {
+	return f.resp(index, Result{Code: Fatal, Reason: fmt.Sprintf("not applied: the FSM stopped at %v", f.fatal)})
 }
 
 // applyLocked applies one decoded command; f.mu is held.
@@ -288,6 +320,8 @@ func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
 		return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: out}
 	case *Release:
 		return f.resp(index, f.release(index, c))
+	case *Cancel:
+		return f.resp(index, f.cancel(index, c))
 	case Expire:
 		r := &Response{Index: index, Epoch: f.epoch, Now: f.now}
 		r.Results = f.expire(index, r.Results)
@@ -311,6 +345,9 @@ func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
 func (f *FSM) ApplyCommand(index uint64, s Stamp, cmd Command) *Response {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.fatal != nil {
+		return f.fatalResp(index)
+	}
 	if index > f.applied {
 		f.applied = index
 	}
@@ -323,38 +360,50 @@ func (f *FSM) resp(index uint64, r Result) *Response {
 	return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: []Result{r}}
 }
 
-// promote starts a new epoch and rebases every record: a held lease gets a
-// full TTL from now, a lock-delay its full length from now.
+// promote starts a new epoch. It first reaps everything due at the old
+// clock, exactly as an Expire would (same events; the Expired results
+// follow the Promoted one), then moves every record into the new epoch
+// with the time it had left: expiry += s.Now - f.now, for a held lease and
+// a lock-delay alike, so expiry' = s.Now + max(expiry - old now, 0).
 //
-// Invariant no-early-expiry: no lease expires earlier than one full TTL
-// after the last moment any earlier leader could have extended it. The new
-// leader's clock starts when it won the election, after every earlier
-// leader lost the ability to commit; rebasing to now+TTL therefore counts a
-// full TTL from a moment later than any earlier extend. Without it, expiry
-// stamped by the old leader's clock would be judged by the new leader's
-// unrelated clock. Guarded by TestNoEarlyExpiryPromoteRebases,
-// testdata/promote.txt and the failover tests in node.
+// Invariant no-early-expiry: no lease (or lock-delay) ends earlier in real
+// time than the time it had left at the last applied stamp. Every stamp
+// of an earlier epoch committed before this Promote was read before the
+// new leader was elected (a deposed leader cannot commit), and the new
+// epoch's clock starts at the election, so at least (old now - stamp)
+// plus the new clock's reading has passed since each earlier grant or
+// extend: counting the remainder from the new clock can only be late,
+// never early. Reaping first keeps an expired but unreaped lease from being
+// revived. A full-TTL rebase (before issue 9) was safe too but kept
+// abandoned leases alive while leaders changed faster than their TTL.
+// Guarded by TestNoEarlyExpiryPromoteKeepsRemaining,
+// TestPromoteExpiresAbandonedUnderChurn, testdata/promote.txt, TestModel
+// and the failover tests in node.
 func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
+	if s.Epoch > MaxEpoch {
+		return f.resp(index, invalid("", "promote to epoch %d, above MaxEpoch %d", s.Epoch, uint64(MaxEpoch)))
+	}
 	if s.Epoch <= f.epoch {
 		return f.resp(index, Result{Code: WrongEpoch,
 			Reason: fmt.Sprintf("promote to epoch %d, current %d", s.Epoch, f.epoch)})
 	}
-	f.epoch = s.Epoch
-	f.now = s.Now
 	if f.cfg.UnsafeSkipRebase {
+		f.epoch, f.now = s.Epoch, s.Now
 		f.emit(Event{Type: EventPromoted, Index: index})
 		return f.resp(index, Result{Code: Promoted})
 	}
-	for _, r := range f.heap {
-		if r.State == StateHeld {
-			r.Expiry = f.now + r.TTL
-		} else {
-			r.Expiry = f.now
-		}
+	r := &Response{Index: index, Results: []Result{{Code: Promoted}}}
+	r.Results = f.expire(index, r.Results)
+	// A uniform shift keeps the expiry heap's order: no rebuild.
+	delta := s.Now - f.now
+	for _, rec := range f.heap {
+		rec.Expiry += delta
 	}
-	f.heap.init()
+	f.shiftMarks(f.now, s.Now)
+	f.epoch, f.now = s.Epoch, s.Now
+	r.Epoch, r.Now = f.epoch, f.now
 	f.emit(Event{Type: EventPromoted, Index: index})
-	return f.resp(index, Result{Code: Promoted})
+	return r
 }
 
 // acquire implements takeover and request-id rules.
@@ -365,33 +414,53 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 // removes the record at once. Guarded by TestSingleHolderTakeover,
 // testdata/takeover.txt, testdata/lockdelay.txt and TestModel.
 //
-// Invariant request-id order: for the listed holder, the same request id is
-// a retry (same token, refreshed expiry), a higher one a new holding (new
-// token), a lower one is Stale. Accepting a lower id would let a delayed
-// old request replace the holder's live holding with a new token while the
-// client still uses the old one. Guarded by TestRequestIDOrder and
-// testdata/reqid.txt.
+// Invariant request-id order: request ids of one holder strictly increase.
+// First the holder's mark for the key (see Mark): an id below it, or equal
+// to it once its holding ended or it was cancelled, is Stale. Then the live
+// record: from its holder the same id is a retry (same token, refreshed
+// expiry), a higher one a new holding (new token), a lower one is Stale.
+// Accepting a lower id would let a delayed old request replace the holder's
+// live holding with a new token while the client still uses the old one,
+// or, once the holding is gone, start a holding nobody uses that blocks
+// the key for its TTL and lock-delay. Every applied acquire that is not
+// Stale or Invalid raises the mark to its id. Guarded by TestRequestIDOrder,
+// TestRequestIDOrderAfterHoldingEnds, testdata/reqid.txt,
+// testdata/marks.txt and TestModel.
 func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.keys[c.Key]
-	if r != nil && r.State == StateHeld && r.Expiry <= f.now && r.FreeAt() <= f.now {
-		// Expired and past any lock-delay: exactly as if Expire had reaped
-		// it, so the outcome never depends on when the leader reaped.
-		f.remove(r)
-		r = nil
+	// After reapDue, a record that is left blocks the key: a live lease
+	// (expiry > now) or a lock-delay that has not ended.
+	r := f.reapDue(index, f.keys[c.Key])
+	m := f.liveMark(c.Key, c.Holder)
+	if m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
+		res := Result{Code: Stale, Key: c.Key,
+			Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
+		if c.ReqID == m.ReqID {
+			res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", c.ReqID)
+		}
+		if r != nil && r.State == StateHeld {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+		return res
 	}
-	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.Expiry > f.now {
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
 		switch {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
+			r.Seen = true
+			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
 		case c.ReqID > r.ReqID:
+			// The old holding ends and a new one starts: the mark goes
+			// from the old id, ended, to the new one.
 			r.Token = index
 			r.ReqID = c.ReqID
+			r.Seen = false
 			f.setLease(r, c)
+			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 		default:
@@ -400,19 +469,18 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	if r != nil {
-		if free := r.FreeAt(); free > f.now {
-			holder := ""
-			if r.State == StateHeld {
-				holder = r.Holder
-			}
-			return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: free - f.now}
+		f.noteRequest(m, c.Key, c.Holder, c.ReqID)
+		holder := ""
+		if r.State == StateHeld {
+			holder = r.Holder
 		}
-		f.remove(r)
+		return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: r.FreeAt() - f.now}
 	}
 	r = &record{Lease: Lease{Key: c.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index}, hidx: -1}
 	f.setLease(r, c)
 	f.keys[r.Key] = r
 	f.order.ReplaceOrInsert(r)
+	f.noteRequest(m, r.Key, r.Holder, c.ReqID)
 	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }
@@ -431,13 +499,13 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 //
 // Invariant no-extend-after-expiry: a lease whose expiry is <= now cannot
 // be extended even if no Expire has reaped it, since another holder may be
-// granted it in the same instant. Guarded by TestNoExtendAfterExpiry and
-// testdata/extend.txt.
+// granted it in the same instant: reapDue reaps it first. Guarded by
+// TestNoExtendAfterExpiry and testdata/extend.txt.
 func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
-	r := f.keys[it.Key]
-	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token || r.Expiry <= f.now {
+	r := f.reapDue(index, f.keys[it.Key])
+	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token {
 		res := Result{Code: NotHeld, Key: it.Key}
-		if r != nil && r.State == StateHeld && r.Expiry > f.now {
+		if r != nil && r.State == StateHeld {
 			res.Holder, res.Token = r.Holder, r.Token
 		}
 		return res
@@ -450,11 +518,14 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }
 
+// release frees a key its holder gives up. A lease that has expired is
+// not the caller's to release: reapDue turns it into its lock-delay first,
+// as Expire would have.
 func (f *FSM) release(index uint64, c *Release) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.keys[c.Key]
+	r := f.reapDue(index, f.keys[c.Key])
 	if r == nil || r.State != StateHeld || r.Holder != c.Holder || r.Token != c.Token {
 		res := Result{Code: NotHeld, Key: c.Key}
 		if r != nil && r.State == StateHeld {
@@ -463,30 +534,100 @@ func (f *FSM) release(index uint64, c *Release) Result {
 		return res
 	}
 	f.remove(r)
+	f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
 	f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
 	return Result{Code: Released, Key: r.Key, Token: r.Token}
 }
 
-// expire reaps everything due at now, in due order, in O(log n) per record.
+// cancel withdraws a request whose outcome its caller never learnt.
+//
+// Invariant cancel-unseen: Cancel releases a grant only while nobody can
+// believe in it: the request it names must be the one that started the
+// key's live holding, and no retry of that request may have been applied
+// (Seen), since a retry's answer may have reached the holder through
+// another node. The cancelling node vouches that the grant's own answer
+// never reached its caller. In every case the request id is spent, so a
+// copy of the acquire still in flight is Stale and cannot grant afterwards.
+// Guarded by TestCancel, testdata/cancel.txt and TestModel.
+func (f *FSM) cancel(index uint64, c *Cancel) Result {
+	if err := c.Validate(); err != nil {
+		return invalid(c.Key, "%v", err)
+	}
+	r := f.reapDue(index, f.keys[c.Key])
+	var res Result
+	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.ReqID == c.ReqID && !r.Seen {
+		f.remove(r)
+		f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
+		f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+		res = Result{Code: Released, Key: r.Key, Token: r.Token}
+	} else {
+		res = Result{Code: NotHeld, Key: c.Key}
+		if r != nil && r.State == StateHeld {
+			res.Holder, res.Token = r.Holder, r.Token
+		}
+	}
+	f.noteEnded(c.Key, c.Holder, c.ReqID, f.now)
+	return res
+}
+
+// expire reaps everything due at now, in (due, key) order, in O(log n) per
+// step. A held lease with a lock-delay takes two steps (expired, then
+// freed), each in its turn.
 func (f *FSM) expire(index uint64, out []Result) []Result {
 	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
-		r := f.heap[0]
-		if r.State == StateHeld {
-			f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
-			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
-			if r.LockDelay > 0 {
-				r.State = StateDelayed
-				f.nDelayed++
-				f.heap.update(r)
-				continue
-			}
-		} else {
-			f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
-			out = append(out, Result{Code: Expired, Key: r.Key, Token: r.Token})
-		}
-		f.remove(r)
+		f.reapStep(index, f.heap[0], &out)
 	}
+	f.reapMarks()
 	return out
+}
+
+// reapStep takes one step of reaping r, which is due: a held lease expires
+// (into its lock-delay, if it has one), a lock-delay ends. It emits the
+// events and, if out is not nil, appends the Expired result.
+func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
+	if r.State == StateHeld {
+		f.noteEnded(r.Key, r.Holder, r.ReqID, r.Expiry)
+		f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+		if out != nil {
+			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
+		}
+		if r.LockDelay > 0 {
+			r.State = StateDelayed
+			f.nDelayed++
+			f.heap.update(r)
+			return
+		}
+	} else {
+		f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
+		if out != nil {
+			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token})
+		}
+	}
+	f.remove(r)
+}
+
+// reapDue applies to r (nil allowed) exactly what Expire would if it ran
+// now: every reaping step that is due, with the same events. It returns
+// the record that is left (nil if none): a live lease or a lock-delay that
+// has not ended, either of which blocks the key.
+//
+// Invariant reaper-independence: no outcome depends on when the leader's
+// reaper ran. Acquire, Extend, Release and Cancel call reapDue on their
+// key first, so a command that meets an expired but unreaped lease sees
+// what it would have seen after the Expire: a release of an expired lease
+// is NotHeld and its lock-delay runs, an acquire waits out the lock-delay.
+// Without it a holder's late release skipped its lock-delay only if it beat
+// the reaper (issue 9). Guarded by TestNoOutcomeDependsOnReaper,
+// testdata/reap.txt and TestModel.
+func (f *FSM) reapDue(index uint64, r *record) *record {
+	for r != nil && r.due() <= f.now {
+		held := r.State == StateHeld
+		f.reapStep(index, r, nil)
+		if !held || r.State != StateDelayed {
+			return nil
+		}
+	}
+	return r
 }
 
 func (f *FSM) remove(r *record) {
@@ -600,6 +741,9 @@ type Stats struct {
 	Applied uint64
 	// Held counts leases with a holder; Delayed counts keys in lock-delay.
 	Held, Delayed int
+	// Marks counts request-id marks kept (see Mark), due ones included
+	// until an Expire reaps them.
+	Marks int
 }
 
 // Stats returns a summary of the state.
@@ -611,7 +755,7 @@ func (f *FSM) Stats() Stats {
 
 func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
-		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed}
+		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed, Marks: f.marks.tree.Len()}
 }
 
 // AppliedBytes returns the total size of the entries this FSM applied
@@ -627,12 +771,16 @@ func (f *FSM) Clock() (epoch uint64, now time.Duration) {
 }
 
 // NextExpiry returns the earliest logical time at which an Expire would
-// reap something, in O(1). ok is false when nothing can expire.
+// reap something (a lease, a lock-delay or a mark), in O(1). ok is false
+// when nothing can expire.
 func (f *FSM) NextExpiry() (due time.Duration, ok bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if len(f.heap) == 0 {
-		return 0, false
+	if len(f.heap) > 0 {
+		due, ok = f.heap[0].due(), true
 	}
-	return f.heap[0].due(), true
+	if len(f.marks.heap) > 0 && (!ok || f.marks.heap[0].Due < due) {
+		due, ok = f.marks.heap[0].Due, true
+	}
+	return due, ok
 }

@@ -1,7 +1,9 @@
 package fsm_test
 
 import (
+	"bytes"
 	"cmp"
+	"fmt"
 	"maps"
 	"reflect"
 	"slices"
@@ -33,8 +35,10 @@ func TestSingleHolderTakeover(t *testing.T) {
 			want: fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 10 * s}},
 		{name: "after expiry, reaped", steps: []step{{6 * s, fsm.Expire{}}}, at: 6 * s,
 			want: fsm.Result{Code: fsm.Granted, Key: "a", Token: 4, Expiry: 11 * s}},
+		// The acquire reaps the expired lease first, as Expire would: the
+		// same answer as after the reaper ran.
 		{name: "lock-delay, unreaped", delay: 2 * s, at: 5 * s,
-			want: fsm.Result{Code: fsm.Held, Key: "a", Token: 2, Holder: "c1", Wait: 2 * s}},
+			want: fsm.Result{Code: fsm.Held, Key: "a", Token: 2, Wait: 2 * s}},
 		{name: "lock-delay, reaped", delay: 2 * s, steps: []step{{5 * s, fsm.Expire{}}}, at: 7*s - 1,
 			want: fsm.Result{Code: fsm.Held, Key: "a", Token: 2, Wait: 1}},
 		{name: "lock-delay over, unreaped", delay: 2 * s, at: 7 * s,
@@ -94,12 +98,14 @@ func TestRequestIDOrder(t *testing.T) {
 		wantExpiry         time.Duration
 	}{
 		{"retry", 5, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 2, Expiry: 12 * s, Retry: true}, 5, 2, 12 * s},
-		// An expired holding counts as reaped: the same id starts afresh.
-		{"same id after expiry, unreaped", 5, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 40 * s}, 5, 3, 40 * s},
+		// An expired holding counts as reaped, and its request id is
+		// spent: the same id again is a delayed copy.
+		{"same id after expiry, unreaped", 5, 30 * s, fsm.Result{Code: fsm.Stale, Key: "a"}, 5, 2, 11 * s},
 		{"new holding", 6, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 12 * s}, 6, 3, 12 * s},
 		{"much newer", 1 << 40, 2 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 12 * s}, 1 << 40, 3, 12 * s},
 		{"stale", 4, 2 * s, fsm.Result{Code: fsm.Stale, Key: "a", Token: 2, Holder: "c1"}, 5, 2, 11 * s},
-		{"lower id after expiry, unreaped", 1, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 40 * s}, 1, 3, 40 * s},
+		{"lower id after expiry, unreaped", 1, 30 * s, fsm.Result{Code: fsm.Stale, Key: "a"}, 5, 2, 11 * s},
+		{"higher id after expiry, unreaped", 6, 30 * s, fsm.Result{Code: fsm.Granted, Key: "a", Token: 3, Expiry: 40 * s}, 6, 3, 40 * s},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,7 +117,10 @@ func TestRequestIDOrder(t *testing.T) {
 			if got != tc.want {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}
-			l, _ := f.Get("a")
+			l, ok := f.Get("a")
+			if !ok && tc.want.Code == fsm.Stale && tc.at > 11*s {
+				return // the expired holding was reaped; nothing left to extend
+			}
 			if l.ReqID != tc.wantReq || l.Token != tc.wantToken || l.Expiry != tc.wantExpiry {
 				t.Fatalf("record %+v, want req %d token %d expiry %v", l, tc.wantReq, tc.wantToken, tc.wantExpiry)
 			}
@@ -128,55 +137,188 @@ func TestRequestIDOrder(t *testing.T) {
 	}
 }
 
-// TestNoEarlyExpiryPromoteRebases: Promote gives every lease a full TTL
-// and every lock-delay its full length from the new epoch's now, however
-// far the old clock had run.
-func TestNoEarlyExpiryPromoteRebases(t *testing.T) {
-	for _, oldNow := range []time.Duration{0, 3 * s, 9 * s, 10 * s, 1000 * s} {
+// TestNoEarlyExpiryPromoteKeepsRemaining: no-early-expiry. Promote first
+// reaps what is due at the old clock, exactly as an Expire would (an
+// expired but unreaped lease is never revived), then moves every record
+// into the new epoch with the time it had left at the old clock:
+// expiry' = new now + (expiry - old now), lock-delays likewise, however
+// far apart the two clocks are.
+func TestNoEarlyExpiryPromoteKeepsRemaining(t *testing.T) {
+	type lease struct {
+		key        string
+		ttl, delay time.Duration
+	}
+	leases := []lease{
+		{"held", 10 * s, 0},
+		{"held-delay", 10 * s, 4 * s},
+		{"short", 1 * s, 6 * s},
+		{"short-nodelay", 2 * s, 0},
+	}
+	for _, oldNow := range []time.Duration{0, 1 * s, 3 * s, 9 * s, 10 * s, 12 * s, 1000 * s} {
 		for _, newNow := range []time.Duration{0, 1 * ms, 2 * s, 5000 * s} {
-			f := fsm.New(fsm.Config{})
+			name := fmt.Sprintf("old=%v/new=%v", oldNow, newNow)
+			f := fsm.New(fsm.Config{Events: true})
 			one(t, f, 1, st(7, 0), fsm.Promote{})
-			one(t, f, 2, st(7, 0), acq("held", "c1", 1, 10*s, 0))
-			one(t, f, 3, st(7, 0), acq("held-delay", "c1", 2, 10*s, 4*s))
-			one(t, f, 4, st(7, 0), acq("delayed", "c2", 1, 1*s, 6*s))
-			apply(t, f, 5, st(7, 1*s), fsm.Expire{}) // "delayed" enters its lock-delay
-			apply(t, f, 6, st(7, oldNow), fsm.Expire{})
-			if r := one(t, f, 7, st(8, newNow), fsm.Promote{}); r.Code != fsm.Promoted {
-				t.Fatalf("promote: %+v", r)
+			for i, l := range leases {
+				one(t, f, uint64(2+i), st(7, 0), acq(l.key, "c1", uint64(1+i), l.ttl, l.delay))
+			}
+			// Move the clock to oldNow without reaping anything.
+			one(t, f, 10, st(7, oldNow), acq("clock", "c2", 1, fsm.MaxTTL, 0))
+			f.Drain(nil)
+			r := apply(t, f, 11, st(8, newNow), fsm.Promote{})
+			if r.Results[0].Code != fsm.Promoted {
+				t.Fatalf("%s: promote: %+v", name, r)
 			}
 			if e, now := f.Clock(); e != 8 || now != newNow {
-				t.Fatalf("clock after promote: epoch %d now %v", e, now)
+				t.Fatalf("%s: clock after promote: epoch %d now %v", name, e, now)
 			}
+			// What Expire at oldNow would have reaped, in (due, key) order.
+			var wantReaped []string
+			for _, l := range leases {
+				if l.ttl <= oldNow {
+					wantReaped = append(wantReaped, l.key+" expired")
+				}
+			}
+			for _, l := range leases {
+				if l.delay > 0 && l.ttl+l.delay <= oldNow {
+					wantReaped = append(wantReaped, l.key+" freed")
+				}
+			}
+			slices.SortStableFunc(wantReaped, func(a, b string) int {
+				due := func(x string) time.Duration {
+					for _, l := range leases {
+						if strings.HasPrefix(x, l.key+" ") {
+							if strings.HasSuffix(x, "freed") {
+								return l.ttl + l.delay
+							}
+							return l.ttl
+						}
+					}
+					return 0
+				}
+				return cmp.Compare(due(a), due(b))
+			})
+			var gotReaped []string
+			for _, res := range r.Results[1:] {
+				what := res.Key + " expired"
+				if res.Holder == "" {
+					what = res.Key + " freed"
+				}
+				gotReaped = append(gotReaped, what)
+			}
+			if !slices.Equal(gotReaped, wantReaped) {
+				t.Errorf("%s: promote reaped %v, want %v", name, gotReaped, wantReaped)
+			}
+			var gotEvents []string
+			for _, e := range f.Drain(nil) {
+				if e.Type != fsm.EventPromoted {
+					gotEvents = append(gotEvents, e.Key+" "+e.Type.String())
+				}
+			}
+			if !slices.Equal(gotEvents, wantReaped) {
+				t.Errorf("%s: events %v, want %v", name, gotEvents, wantReaped)
+			}
+			// The rest keep their remaining time.
 			want := map[string]time.Duration{} // key -> FreeAt
-			if oldNow < 10*s {
-				want["held"] = newNow + 10*s
-				want["held-delay"] = newNow + 14*s
-			} else if oldNow < 14*s {
-				want["held-delay"] = newNow + 4*s // reaped into its lock-delay: full length again
+			for _, l := range leases {
+				if l.ttl+l.delay > oldNow && (l.ttl > oldNow || l.delay > 0) {
+					want[l.key] = newNow + l.ttl + l.delay - oldNow
+				}
 			}
-			if oldNow < 7*s {
-				want["delayed"] = newNow + 6*s
-			}
+			want["clock"] = newNow + fsm.MaxTTL
 			got := map[string]time.Duration{}
 			for _, l := range allLeases(f) {
 				got[l.Key] = l.FreeAt()
-				if l.State == fsm.StateHeld && l.Expiry != newNow+l.TTL {
-					t.Errorf("old now %v new now %v: %s expiry %v, want %v", oldNow, newNow, l.Key, l.Expiry, newNow+l.TTL)
+				var ttl time.Duration
+				for _, x := range leases {
+					if x.key == l.Key {
+						ttl = x.ttl
+					}
+				}
+				if l.Key != "clock" && l.Expiry != newNow+ttl-oldNow {
+					t.Errorf("%s: %s expiry %v, want %v", name, l.Key, l.Expiry, newNow+ttl-oldNow)
+				}
+				if wantHeld := ttl > oldNow || l.Key == "clock"; (l.State == fsm.StateHeld) != wantHeld {
+					t.Errorf("%s: %s in state %v", name, l.Key, l.State)
 				}
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("old now %v new now %v: free-at %v, want %v", oldNow, newNow, got, want)
+				t.Errorf("%s: free-at %v, want %v", name, got, want)
 			}
-			// Nothing is reaped or handed over a moment before its free-at.
-			// (Probed in free-at order: the clock only moves forward.)
+			// restore-bounds: the shifted state (lock-delays may now expire
+			// before 0) passes Restore's checks.
+			if _, err := fsm.ReadBackup(bytes.NewReader(snapshotBytes(t, f))); err != nil {
+				t.Errorf("%s: snapshot after the promote: %v", name, err)
+			}
+			// Nothing is reaped or handed over a moment before its free-at,
+			// and everything is free at it. (Probed in free-at order: the
+			// clock only moves forward.)
+			delete(want, "clock")
 			keys := slices.SortedFunc(maps.Keys(want), func(a, b string) int { return cmp.Compare(want[a], want[b]) })
 			for i, k := range keys {
 				free := want[k]
-				if r := one(t, f, uint64(8+i), st(8, free-1), acq(k, "c9", 1, s, 0)); r.Code != fsm.Held || r.Wait != 1 {
-					t.Errorf("old now %v new now %v: %s just before %v: %+v", oldNow, newNow, k, free, r)
+				idx := uint64(20 + 2*i)
+				if r := one(t, f, idx, st(8, free-1), acq(k, "c9", 1, s, 0)); r.Code != fsm.Held || r.Wait != 1 {
+					t.Errorf("%s: %s just before %v: %+v", name, k, free, r)
+				}
+				if r := one(t, f, idx+1, st(8, free), acq(k, "c9", 1, s, 0)); r.Code != fsm.Granted {
+					t.Errorf("%s: %s at %v: %+v", name, k, free, r)
 				}
 			}
 		}
+	}
+}
+
+// TestPromoteExpiresAbandonedUnderChurn: a lease nobody extends expires
+// after its TTL of epoch time however often the leader changes (issue 9:
+// a full-TTL rebase kept abandoned leases alive for ever when leaders
+// changed faster than the TTL), and a lease whose holder extends through
+// every leader keeps its holder.
+func TestPromoteExpiresAbandonedUnderChurn(t *testing.T) {
+	f := fsm.New(fsm.Config{})
+	one(t, f, 1, st(1, 0), fsm.Promote{})
+	one(t, f, 2, st(1, 0), acq("abandoned", "c1", 1, 10*s, 0))
+	one(t, f, 3, st(1, 0), acq("kept", "c2", 1, 10*s, 0))
+	idx := uint64(4)
+	// A new leader every 3 s of epoch time (each starting its clock at
+	// 200 ms); c2 extends once per epoch.
+	for epoch := uint64(2); epoch <= 6; epoch++ {
+		apply(t, f, idx, st(epoch-1, 3*s), fsm.Expire{})
+		one(t, f, idx+1, st(epoch, 200*ms), fsm.Promote{})
+		if r := one(t, f, idx+2, st(epoch, 300*ms), ext("c2", "kept", 3)); r.Code != fsm.Extended {
+			t.Fatalf("epoch %d: extend of kept: %+v", epoch, r)
+		}
+		idx += 3
+		l, ok := f.Get("abandoned")
+		// 10 s of epoch time: 3 s in epoch 1, 2.8 s in each later one.
+		left := 10*s - 3*s - time.Duration(epoch-2)*(2800*ms)
+		if left > 0 != ok || ok && l.Expiry != 200*ms+left {
+			t.Fatalf("epoch %d: abandoned %+v, %v; want %v left", epoch, l, ok, left)
+		}
+	}
+	if l, ok := f.Get("kept"); !ok || l.Holder != "c2" || l.Token != 3 {
+		t.Fatalf("kept: %+v, %v", l, ok)
+	}
+}
+
+// TestUnsafeSkipRebase: the UNSAFE knob keeps the old no-rebase
+// behaviour: Promote neither reaps nor moves anything, the new epoch's
+// clock judges the old one's expiries.
+func TestUnsafeSkipRebase(t *testing.T) {
+	f := fsm.New(fsm.Config{UnsafeSkipRebase: true})
+	one(t, f, 1, st(1, 0), fsm.Promote{})
+	one(t, f, 2, st(1, 0), acq("a", "c1", 1, 10*s, 0))
+	one(t, f, 3, st(1, 0), acq("b", "c1", 2, 1*s, 0))
+	one(t, f, 4, st(1, 5*s), acq("c", "c1", 3, 1*s, 0))
+	if r := apply(t, f, 5, st(2, 20*s), fsm.Promote{}); len(r.Results) != 1 || r.Results[0].Code != fsm.Promoted {
+		t.Fatalf("promote: %+v", r)
+	}
+	got := map[string]time.Duration{}
+	for _, l := range allLeases(f) {
+		got[l.Key] = l.Expiry
+	}
+	if want := map[string]time.Duration{"a": 10 * s, "b": 1 * s, "c": 6 * s}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("expiries %v, want %v", got, want)
 	}
 }
 
@@ -459,7 +601,7 @@ func TestStats(t *testing.T) {
 	one(t, f, 3, st(1, 0), acq("b", "c1", 2, 10*s, 0))
 	apply(t, f, 4, st(1, 2*s), fsm.Expire{})
 	got := f.Stats()
-	want := fsm.Stats{Epoch: 1, Now: 2 * s, Applied: 4, Held: 1, Delayed: 1}
+	want := fsm.Stats{Epoch: 1, Now: 2 * s, Applied: 4, Held: 1, Delayed: 1, Marks: 2}
 	if got != want {
 		t.Fatalf("%+v, want %+v", got, want)
 	}

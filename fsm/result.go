@@ -26,7 +26,10 @@ const (
 	// did, released, expired, or a newer holding replaced it).
 	NotHeld Code = 5
 	// Stale: an acquire whose request id is lower than the one the record
-	// was granted with; a newer request of the same holder won.
+	// was granted with, or than the holder's mark for the key, or equal to
+	// a mark whose holding ended or that was cancelled: a newer request of
+	// the same holder won, or this one is a delayed copy (see Mark).
+	// Reason says which.
 	Stale Code = 6
 	// WrongEpoch: the command was stamped by a leader whose epoch is over.
 	WrongEpoch Code = 7
@@ -38,13 +41,18 @@ const (
 	// lock-delay end are both due yields two: one with the holder, one
 	// without.
 	Expired Code = 10
+	// Fatal: this replica met an entry it must not apply (written by a
+	// newer version, or failing its checksum) at or before this one, and
+	// applies nothing from there on. Reason names the first such entry.
+	// The node must stop; the entry's outcome is unknown to the caller.
+	Fatal Code = 11
 )
 
 var codeNames = [...]string{
 	Granted: "granted", Extended: "extended", Released: "released",
 	Held: "held", NotHeld: "not-held", Stale: "stale",
 	WrongEpoch: "wrong-epoch", Invalid: "invalid", Promoted: "promoted",
-	Expired: "expired",
+	Expired: "expired", Fatal: "fatal",
 }
 
 func (c Code) String() string {
@@ -74,9 +82,10 @@ type Result struct {
 }
 
 // Response is what Apply returns for a command entry: one Result per key
-// touched (one for Acquire, Release and Promote; one per item for Extend
-// and Batch; one per reaped lease or ended lock-delay for Expire), plus the
-// FSM clock after the entry.
+// touched (one for Acquire and Release; one per item for Extend and Batch;
+// one per reaped lease or ended lock-delay for Expire; for Promote, Promoted
+// first and then one per lease or lock-delay it reaped at the old clock),
+// plus the FSM clock after the entry.
 type Response struct {
 	Index   uint64
 	Epoch   uint64
@@ -141,6 +150,20 @@ func (c *Release) Validate() error {
 	}
 	if c.Token == 0 {
 		return fmt.Errorf("token must be > 0")
+	}
+	return nil
+}
+
+// Validate checks a cancel against the limits.
+func (c *Cancel) Validate() error {
+	if err := checkKey(c.Key); err != nil {
+		return err
+	}
+	if err := checkHolder(c.Holder); err != nil {
+		return err
+	}
+	if c.ReqID == 0 {
+		return fmt.Errorf("request id must be > 0")
 	}
 	return nil
 }

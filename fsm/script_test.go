@@ -14,7 +14,7 @@ package fsm_test
 // the expected output in place.
 //
 // Commands that become log entries (promote, acquire, extend, release,
-// expire, batch, entry) are applied through FSM.Apply with the encoded
+// cancel, expire, batch, entry) are applied through FSM.Apply with the encoded
 // command, at index = their ordinal among such commands in the file (1, 2,
 // ...), so an acquire's fencing token is that ordinal. Stamps: epoch is the
 // one of the last promote unless epoch=N is given; at=D is the stamp's Now
@@ -24,9 +24,10 @@ package fsm_test
 //	acquire key=K holder=H req=N ttl=D [delay=D] [value=V] [at=D] [epoch=E]
 //	extend holder=H K:TOKEN... [at=D] [epoch=E]
 //	release key=K holder=H token=N [at=D] [epoch=E]
+//	cancel key=K holder=H req=N [at=D] [epoch=E]
 //	expire [at=D] [epoch=E]
 //	batch [at=D] [epoch=E]      (sub-commands on the following lines)
-//	entry hex=BYTES             (raw entry bytes)
+//	entry hex=BYTES [crc]       (raw entry bytes; crc appends their CRC-32C)
 //	dump                        (clock, records, next expiry; no entry)
 //	get key=K                   (one record; no entry)
 //	events                      (drain the change feed; no entry)
@@ -41,6 +42,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -344,6 +346,19 @@ func (h *harness) command(a args) (fsm.Command, error) {
 			return nil, err
 		}
 		return c, nil
+	case "cancel":
+		c := &fsm.Cancel{}
+		var err error
+		if c.Key, err = a.str("key"); err != nil {
+			return nil, err
+		}
+		if c.Holder, err = a.str("holder"); err != nil {
+			return nil, err
+		}
+		if c.ReqID, err = a.uint("req"); err != nil {
+			return nil, err
+		}
+		return c, nil
 	case "expire":
 		return fsm.Expire{}, nil
 	case "promote":
@@ -380,6 +395,9 @@ func (h *harness) run(line string, input []string) (string, error) {
 		raw, err := hex.DecodeString(a.kv["hex"])
 		if err != nil {
 			return "", err
+		}
+		if slices.Contains(a.words, "crc") {
+			raw = signed(raw)
 		}
 		return h.apply(raw), nil
 	case "promote":
@@ -488,7 +506,18 @@ func formatLease(l *fsm.Lease) string {
 		}
 		s += " value=" + v
 	}
+	if l.Seen {
+		s += " seen"
+	}
 	return s
+}
+
+func formatMark(m fsm.Mark) string {
+	s := fmt.Sprintf("mark %s/%s: req=%d", showKey(m.Key), m.Holder, m.ReqID)
+	if m.Ended {
+		s += " ended"
+	}
+	return s + fmt.Sprintf(" due=%v", m.Due)
 }
 
 func formatEvent(e fsm.Event) string {
@@ -508,14 +537,18 @@ func formatEvent(e fsm.Event) string {
 	return s
 }
 
-// dumpFSM prints the clock, every record in key order, and the next expiry.
+// dumpFSM prints the clock, every record in key order, every request-id
+// mark in (key, holder) order, and the next expiry.
 func dumpFSM(f *fsm.FSM) string {
 	st := f.Stats()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed)
+	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d marks=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed, st.Marks)
 	leases, _ := f.List("", "", 1<<30)
 	for i := range leases {
 		sb.WriteString(formatLease(&leases[i]) + "\n")
+	}
+	for _, m := range fsm.AllMarks(f) {
+		sb.WriteString(formatMark(m) + "\n")
 	}
 	if due, ok := f.NextExpiry(); ok {
 		fmt.Fprintf(&sb, "next-expiry=%v\n", due)

@@ -13,26 +13,35 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot format, version 1:
+// Snapshot format, version 2:
 //
 //	magic    "LNSNAP\x00\x01"
 //	frame*   uvarint length, payload, crc32c(payload) big-endian
 //
 // The first frame is the header: uvarint version, uvarint epoch, varint
-// now, uvarint applied, uvarint record count. Every later frame holds
-// uvarint n and n records in key order: key, holder, uvarint reqID,
-// uvarint token, varint ttl, varint lock-delay, varint expiry, byte state,
-// value. The stream ends right after the frame holding the last record.
-// Frames are checksummed one by one so restore streams with bounded memory
-// and still rejects any flipped bit; the record count in the header catches
-// truncation at a frame boundary.
+// now, uvarint applied, uvarint record count, uvarint mark count. Then
+// record frames, each uvarint n and n records in key order: key, holder,
+// uvarint reqID, uvarint token, varint ttl, varint lock-delay, varint
+// expiry, byte state, byte flags (1: Seen; no other bit is defined), value. Then mark frames, each uvarint n and n marks
+// in (key, holder) order: key, holder, uvarint reqID, byte ended (0 or 1),
+// varint due. The stream ends right after the frame holding the last mark
+// (or record). Frames are checksummed one by one so restore streams with
+// bounded memory and still rejects any flipped bit; the counts in the
+// header catch truncation at a frame boundary.
+//
+// Version 1 (before request-id marks and Cancel) has no mark count, no
+// marks and no record flags; Restore still reads it, with Seen set on
+// every record.
 const (
-	snapshotVersion = 1
+	snapshotVersion = 2
 	frameTarget     = 64 << 10
 	maxFrame        = 16 << 20
 )
 
 var snapshotMagic = []byte("LNSNAP\x00\x01")
+
+// flagSeen marks a record whose granting request was retried (Lease.Seen).
+const flagSeen = 1
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -42,11 +51,18 @@ var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
 
 // Snapshot implements raft.FSM. Raft calls it on the applying goroutine, so
 // the state cannot change while it runs; it encodes the whole state into
-// checksummed frames in memory (about 60 bytes per lease) and Persist
-// streams them out while Apply goes on. Encoding under the lock keeps the
-// snapshot exactly the state at one index; it stalls Apply for about 60 ms
-// per million leases (BenchmarkSnapshot1M).
+// checksummed frames in memory (about 48 bytes per lease and 35 per
+// request-id mark) and Persist streams them out while Apply goes on.
+// Encoding under the lock keeps the snapshot exactly the state at one
+// index; it stalls Apply for about 120 ms for a million leases and a
+// million marks (BenchmarkSnapshot1M; about 70 ms of it for the leases).
+//
+// While the FSM is stopped by a fatal entry (Fatal), Snapshot refuses: Raft
+// would label the snapshot with an index past entries it never applied.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.Fatal(); err != nil {
+		return nil, fmt.Errorf("fsm: no snapshot after a fatal entry: %w", err)
+	}
 	w, _ := f.encode()
 	return w, nil
 }
@@ -63,8 +79,8 @@ type Backup struct {
 func (b *Backup) WriteTo(dst io.Writer) (int64, error) { return b.w.WriteTo(dst) }
 
 // Backup captures the state for a backup. Like Snapshot it encodes under
-// the lock (about 60 ms per million leases) and costs about 60 bytes per
-// lease until the Backup is dropped.
+// the lock and costs the encoded size (about 48 bytes per lease and 35 per
+// mark) until the Backup is dropped.
 func (f *FSM) Backup() *Backup {
 	w, st := f.encode()
 	return &Backup{Stats: st, w: w}
@@ -73,12 +89,12 @@ func (f *FSM) Backup() *Backup {
 // ReadBackup reads and checks a whole backup (or raft snapshot) and
 // returns the stats of the state it holds, without keeping the state.
 func ReadBackup(r io.Reader) (Stats, error) {
-	st, err := readSnapshot(bufio.NewReaderSize(r, 256<<10))
+	st, err := readSnapshot(bufio.NewReaderSize(r, 256<<10), false)
 	if err != nil {
 		return Stats{}, err
 	}
 	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
-		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed}, nil
+		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed, Marks: st.marks.tree.Len()}, nil
 }
 
 // encode encodes the state under the lock and returns it with its stats.
@@ -91,6 +107,7 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	hdr = binary.AppendVarint(hdr, int64(f.now))
 	hdr = binary.AppendUvarint(hdr, f.applied)
 	hdr = binary.AppendUvarint(hdr, uint64(len(f.keys)))
+	hdr = binary.AppendUvarint(hdr, uint64(f.marks.tree.Len()))
 	w.frame(hdr)
 	var buf []byte
 	n := 0
@@ -102,6 +119,15 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	}
 	f.order.Ascend(func(r *record) bool {
 		buf = appendRecord(buf, &r.Lease)
+		n++
+		if len(buf) >= frameTarget {
+			flush()
+		}
+		return true
+	})
+	flush()
+	f.marks.tree.Ascend(func(m *mark) bool {
+		buf = appendMark(buf, &m.Mark)
 		n++
 		if len(buf) >= frameTarget {
 			flush()
@@ -121,7 +147,24 @@ func appendRecord(b []byte, l *Lease) []byte {
 	b = binary.AppendVarint(b, int64(l.LockDelay))
 	b = binary.AppendVarint(b, int64(l.Expiry))
 	b = append(b, byte(l.State))
+	flags := byte(0)
+	if l.Seen {
+		flags |= flagSeen
+	}
+	b = append(b, flags)
 	return appendString(b, string(l.Value))
+}
+
+func appendMark(b []byte, m *Mark) []byte {
+	b = appendString(b, m.Key)
+	b = appendString(b, m.Holder)
+	b = binary.AppendUvarint(b, m.ReqID)
+	ended := byte(0)
+	if m.Ended {
+		ended = 1
+	}
+	b = append(b, ended)
+	return binary.AppendVarint(b, int64(m.Due))
 }
 
 // frameWriter holds an encoded snapshot as a list of framed chunks.
@@ -165,16 +208,21 @@ func (w *frameWriter) Release() { w.chunks = nil }
 
 // Restore implements raft.FSM. It reads the snapshot as a stream, checks
 // every frame, and replaces the state only if all of it is sound; on any
-// error the previous state is left as it was.
+// error the previous state is left as it was. An FSM stopped by a fatal
+// entry stays stopped: Restore refuses.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10))
+	if err := f.Fatal(); err != nil {
+		return fmt.Errorf("fsm: no restore after a fatal entry: %w", err)
+	}
+	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10), f.cfg.UnsafeSkipRebase)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
 	f.keys, f.order, f.heap, f.nDelayed = st.keys, st.order, st.heap, st.nDelayed
+	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
 	f.notify()
@@ -185,7 +233,10 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorruptSnapshot, fmt.Sprintf(format, args...))
 }
 
-func readSnapshot(r *bufio.Reader) (*snapState, error) {
+// readSnapshot reads and checks a whole snapshot. lenient relaxes the
+// bounds on expiries and mark due times to those that rule out overflow, for
+// states reached with Config.UnsafeSkipRebase (see restoreBounds).
+func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(r, magic); err != nil {
 		return nil, corrupt("reading magic: %v", err)
@@ -223,70 +274,180 @@ func readSnapshot(r *bufio.Reader) (*snapState, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v := d.uvarint(); d.err == nil && v != snapshotVersion {
-		return nil, corrupt("snapshot version %d, this build reads %d", v, snapshotVersion)
+	version := d.uvarint()
+	if d.err == nil && version != 1 && version != snapshotVersion {
+		return nil, corrupt("snapshot version %d, this build reads 1 to %d", version, snapshotVersion)
 	}
 	st := newSnapState()
 	st.epoch = d.uvarint()
 	st.now = time.Duration(d.varint())
 	st.applied = d.uvarint()
 	count := d.uvarint()
+	var markCount uint64
+	if version >= 2 {
+		markCount = d.uvarint()
+	}
 	if d.err != nil || len(d.b) != 0 {
 		return nil, corrupt("bad header")
 	}
+	switch {
+	case st.epoch > MaxEpoch:
+		return nil, corrupt("epoch %d above MaxEpoch %d", st.epoch, uint64(MaxEpoch))
+	case st.now < 0 || st.now > MaxNow:
+		return nil, corrupt("now %d outside [0, MaxNow %d]", st.now, MaxNow)
+	case st.applied > MaxIndex:
+		return nil, corrupt("applied index %d above MaxIndex %d", st.applied, uint64(MaxIndex))
+	case markCount > MaxMarks:
+		return nil, corrupt("%d marks, above MaxMarks %d", markCount, MaxMarks)
+	}
+	b := restoreBounds{now: st.now, applied: st.applied, lenient: lenient}
+	// Holder names repeat across records and marks: keep one copy.
 	holders := make(map[string]string)
+	intern := func(b []byte) string {
+		h, ok := holders[string(b)]
+		if !ok {
+			h = string(b)
+			holders[h] = h
+		}
+		return h
+	}
+	// items reads frames of n items each until total were read, calling
+	// item for each with its position.
+	items := func(what string, total uint64, item func(d *decoder, i uint64) error) error {
+		for read := uint64(0); read < total; {
+			d, err := next()
+			if err != nil {
+				return err
+			}
+			n := d.uvarint()
+			if n == 0 || read+n > total {
+				return corrupt("frame holds %d %ss, %d of %d read", n, what, read, total)
+			}
+			for i := uint64(0); i < n; i++ {
+				if err := item(d, read+i); err != nil {
+					return err
+				}
+			}
+			if len(d.b) != 0 {
+				return corrupt("%d trailing bytes in frame", len(d.b))
+			}
+			read += n
+		}
+		return nil
+	}
 	var prev string
-	for read := uint64(0); read < count; {
-		d, err := next()
-		if err != nil {
-			return nil, err
-		}
-		n := d.uvarint()
-		if n == 0 || read+n > count {
-			return nil, corrupt("frame holds %d records, %d of %d read", n, read, count)
-		}
-		for i := uint64(0); i < n; i++ {
-			r := &record{hidx: -1}
-			r.Key = d.string()
-			hb := d.bytes()
-			h, ok := holders[string(hb)]
-			if !ok {
-				h = string(hb)
-				holders[h] = h
+	err = items("record", count, func(d *decoder, i uint64) error {
+		r := &record{hidx: -1}
+		r.Key = d.string()
+		r.Holder = intern(d.bytes())
+		r.ReqID = d.uvarint()
+		r.Token = d.uvarint()
+		r.TTL = time.Duration(d.varint())
+		r.LockDelay = time.Duration(d.varint())
+		r.Expiry = time.Duration(d.varint())
+		r.State = State(d.byte())
+		r.Seen = true // version 1: Cancel never releases a restored record
+		if version >= 2 {
+			flags := d.byte()
+			if d.err == nil && flags&^flagSeen != 0 {
+				return corrupt("record %d: unknown flags %#x", i, flags)
 			}
-			r.Holder = h
-			r.ReqID = d.uvarint()
-			r.Token = d.uvarint()
-			r.TTL = time.Duration(d.varint())
-			r.LockDelay = time.Duration(d.varint())
-			r.Expiry = time.Duration(d.varint())
-			r.State = State(d.byte())
-			if v := d.bytes(); len(v) > 0 {
-				r.Value = append([]byte(nil), v...)
-			}
-			if d.err != nil {
-				return nil, corrupt("record %d: %v", read+i, d.err)
-			}
-			if err := r.check(prev, read+i); err != nil {
-				return nil, err
-			}
-			prev = r.Key
-			st.add(r)
+			r.Seen = flags&flagSeen != 0
 		}
-		if len(d.b) != 0 {
-			return nil, corrupt("%d trailing bytes in frame", len(d.b))
+		if v := d.bytes(); len(v) > 0 {
+			r.Value = append([]byte(nil), v...)
 		}
-		read += n
+		if d.err != nil {
+			return corrupt("record %d: %v", i, d.err)
+		}
+		if err := r.check(prev, i, b); err != nil {
+			return err
+		}
+		prev = r.Key
+		st.add(r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var prevMark *mark
+	err = items("mark", markCount, func(d *decoder, i uint64) error {
+		m := &mark{hidx: -1}
+		kb := d.bytes()
+		if r, ok := st.keys[string(kb)]; ok {
+			m.Key = r.Key // share the record's copy
+		} else {
+			m.Key = string(kb)
+		}
+		m.Holder = intern(d.bytes())
+		m.ReqID = d.uvarint()
+		ended := d.byte()
+		m.Due = time.Duration(d.varint())
+		if d.err != nil {
+			return corrupt("mark %d: %v", i, d.err)
+		}
+		if ended > 1 {
+			return corrupt("mark %d: bad ended flag %d", i, ended)
+		}
+		m.Ended = ended == 1
+		if err := m.check(prevMark, i, b); err != nil {
+			return err
+		}
+		prevMark = m
+		st.marks.tree.ReplaceOrInsert(m)
+		m.hidx = len(st.marks.heap)
+		st.marks.heap = append(st.marks.heap, m)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if _, err := r.ReadByte(); err != io.EOF {
 		return nil, corrupt("data after the last record")
 	}
 	st.heap.init()
+	st.marks.heap.init()
 	return st, nil
 }
 
+// restoreBounds are the limits a restored record or mark must keep, given
+// the snapshot's header.
+//
+// Invariant restore-bounds: Restore admits exactly the numbers the rules
+// can reach, and nothing that could overflow later arithmetic (issue 9: a
+// backup with valid checksums and Expiry = MaxInt64-1h plus a 24 h
+// lock-delay wrapped negative and granted another holder at once). With
+// now in [0, MaxNow], applied <= MaxIndex and epoch <= MaxEpoch:
+//   - every record has a request id > 0 and a token in [1, applied] (a
+//     token is the index of an applied entry);
+//   - a held lease has 0 < expiry <= now + TTL: it was granted or extended
+//     at some now' <= now (expiry = now' + TTL), and Promote keeps
+//     expiry - now (> 0 after its reap, so > new now >= 0);
+//   - a lock-delay has lock-delay > 0 and -lock-delay < expiry <= now: it
+//     began when expiry <= now, and Promote keeps expiry - now, which
+//     after its reap is > -lock-delay, so expiry may be negative but
+//     expiry + lock-delay > 0;
+//   - a mark is due at a positive multiple of MarkGranule no later than
+//     roundUp(now + MarkRetention): set at roundUp(now' + MarkRetention)
+//     for some now' <= now, and Promote keeps it at most that from its
+//     new now, rounded up.
+//
+// States reached with the UNSAFE Config.UnsafeSkipRebase break the
+// relative bounds (an expiry kept from a clock far ahead), so an FSM with
+// that knob restores with lenient bounds that only rule out overflow:
+// 0 < expiry <= MaxNow + MaxTTL for a lease, -lock-delay < expiry <=
+// MaxNow + MaxTTL for a lock-delay, 0 < due <= MaxNow + MarkRetention +
+// MarkGranule for a mark. Guarded by TestRestoreRangeChecks,
+// TestRestoreUnsafeSkipRebase and TestModel (which restores every state
+// it reaches).
+type restoreBounds struct {
+	now     time.Duration
+	applied uint64
+	lenient bool
+}
+
 // check validates a decoded record; i is its position in the snapshot.
-func (r *record) check(prev string, i uint64) error {
+func (r *record) check(prev string, i uint64, b restoreBounds) error {
 	switch {
 	case checkKey(r.Key) != nil:
 		return corrupt("record %d: %v", i, checkKey(r.Key))
@@ -294,12 +455,55 @@ func (r *record) check(prev string, i uint64) error {
 		return corrupt("record %d: key %q out of order", i, r.Key)
 	case r.State != StateHeld && r.State != StateDelayed:
 		return corrupt("record %d: bad state %d", i, r.State)
-	case r.Token == 0 || checkHolder(r.Holder) != nil:
-		return corrupt("record %d: bad token or holder", i)
+	case checkHolder(r.Holder) != nil:
+		return corrupt("record %d: %v", i, checkHolder(r.Holder))
+	case r.Token == 0 || r.Token > b.applied:
+		return corrupt("record %d: token %d outside [1, applied %d]", i, r.Token, b.applied)
+	case r.ReqID == 0:
+		return corrupt("record %d: request id 0", i)
 	case r.TTL <= 0 || r.TTL > MaxTTL || r.LockDelay < 0 || r.LockDelay > MaxTTL:
 		return corrupt("record %d: ttl or lock-delay out of range", i)
 	case len(r.Value) > MaxValueLen:
 		return corrupt("record %d: value too large", i)
+	case r.State == StateDelayed && r.LockDelay == 0:
+		return corrupt("record %d: in lock-delay with a lock-delay of 0", i)
+	}
+	// The upper bound on expiry; relative to now unless lenient.
+	upper := MaxNow + MaxTTL
+	if r.State == StateHeld && !b.lenient {
+		upper = b.now + r.TTL
+	} else if !b.lenient {
+		upper = b.now
+	}
+	if r.State == StateHeld && (r.Expiry <= 0 || r.Expiry > upper) {
+		return corrupt("record %d: expiry %d of a held lease outside (0, %d]", i, r.Expiry, upper)
+	}
+	if r.State == StateDelayed && (r.Expiry <= -r.LockDelay || r.Expiry > upper) {
+		return corrupt("record %d: expiry %d of a lock-delay outside (%d, %d]", i, r.Expiry, -r.LockDelay, upper)
+	}
+	return nil
+}
+
+// check validates a decoded mark; prev is the one before it, i its
+// position among the marks.
+func (m *mark) check(prev *mark, i uint64, b restoreBounds) error {
+	upper := roundUp(b.now + MarkRetention)
+	if b.lenient {
+		upper = MaxNow + MarkRetention + MarkGranule
+	}
+	switch {
+	case checkKey(m.Key) != nil:
+		return corrupt("mark %d: %v", i, checkKey(m.Key))
+	case checkHolder(m.Holder) != nil:
+		return corrupt("mark %d: %v", i, checkHolder(m.Holder))
+	case prev != nil && !markLess(prev, m):
+		return corrupt("mark %d: (%q, %q) out of order", i, m.Key, m.Holder)
+	case m.ReqID == 0:
+		return corrupt("mark %d: request id 0", i)
+	case m.Due <= 0 || m.Due > upper:
+		return corrupt("mark %d: due %d outside (0, %d]", i, m.Due, upper)
+	case !b.lenient && m.Due%MarkGranule != 0:
+		return corrupt("mark %d: due %d not a multiple of MarkGranule", i, m.Due)
 	}
 	return nil
 }
@@ -314,10 +518,11 @@ type snapState struct {
 	order    *btree.BTreeG[*record]
 	heap     expiryHeap
 	nDelayed int
+	marks    markSet
 }
 
 func newSnapState() *snapState {
-	return &snapState{keys: make(map[string]*record), order: newOrder()}
+	return &snapState{keys: make(map[string]*record), order: newOrder(), marks: newMarkSet()}
 }
 
 // add appends a record; the heap is ordered once all are in.

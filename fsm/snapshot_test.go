@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,7 +21,7 @@ import (
 const snapshotMagic = "LNSNAP\x00\x01"
 
 // richFSM returns an FSM with n held leases (with values, some with
-// lock-delay) and a few keys in lock-delay, at epoch 3.
+// lock-delay, some Seen) and a few keys in lock-delay, at epoch 3.
 func richFSM(t tb, n int, cfg fsm.Config) *fsm.FSM {
 	t.Helper()
 	f := fsm.New(cfg)
@@ -34,6 +35,12 @@ func richFSM(t tb, n int, cfg fsm.Config) *fsm.FSM {
 		}
 		if r := one(t, f, idx, st(3, time.Duration(i)*ms), c); r.Code != fsm.Granted {
 			t.Fatalf("setup: %+v", r)
+		}
+		if i%5 == 0 { // a retry: the lease is Seen
+			idx++
+			if r := one(t, f, idx, st(3, time.Duration(i)*ms), c); !r.Retry {
+				t.Fatalf("setup retry: %+v", r)
+			}
 		}
 	}
 	// Let the shortest leases expire into lock-delay.
@@ -94,6 +101,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			if got, want := allLeases(dst), allLeases(src); !reflect.DeepEqual(got, want) {
 				t.Fatal("records differ after restore")
 			}
+			if got, want := fsm.AllMarks(dst), fsm.AllMarks(src); !reflect.DeepEqual(got, want) || len(want) != n {
+				t.Fatalf("marks differ after restore: %d, want %d", len(got), len(want))
+			}
 			if _, ok := dst.Get("gone"); ok && n > 0 {
 				t.Fatal("restore kept a record that is not in the snapshot")
 			}
@@ -117,6 +127,67 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRestoreVersion1: a snapshot written in format version 1 (before
+// request-id marks; testdata/snapshot-v1.bin, written by the code of commit
+// 5c0da17) still restores, to the same records and no marks, and
+// ReadBackup reads it; the next snapshot is written in the current format.
+func TestRestoreVersion1(t *testing.T) {
+	v1, err := os.ReadFile("testdata/snapshot-v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("testdata/snapshot-v1.leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fsm.New(fsm.Config{})
+	if err := restoreBytes(f, v1); err != nil {
+		t.Fatal(err)
+	}
+	st := f.Stats()
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed)
+	for _, l := range allLeases(f) {
+		sb.WriteString(formatLeaseV1(&l) + "\n")
+	}
+	if sb.String() != string(want) {
+		t.Fatalf("restored:\n%s\nwant:\n%s", sb.String(), want)
+	}
+	if st.Marks != 0 {
+		t.Fatalf("%d marks from a version-1 snapshot", st.Marks)
+	}
+	for _, l := range allLeases(f) {
+		if !l.Seen {
+			t.Fatalf("%s restored from version 1 without Seen: Cancel could release it", l.Key)
+		}
+	}
+	if got, err := fsm.ReadBackup(bytes.NewReader(v1)); err != nil || got != st {
+		t.Fatalf("ReadBackup: %+v, %v; want %+v", got, err, st)
+	}
+	v2 := snapshotBytes(t, f)
+	if bytes.Equal(v1, v2) {
+		t.Fatal("the snapshot of a restored version-1 state is still version 1")
+	}
+	g := fsm.New(fsm.Config{})
+	if err := restoreBytes(g, v2); err != nil || !reflect.DeepEqual(allLeases(f), allLeases(g)) {
+		t.Fatalf("version 1 -> restore -> snapshot -> restore: %v", err)
+	}
+}
+
+// formatLeaseV1 prints what a version-1 snapshot holds of a lease.
+func formatLeaseV1(l *fsm.Lease) string {
+	s := fmt.Sprintf("%s: %s holder=%s req=%d token=%d ttl=%v delay=%v expiry=%v",
+		showKey(l.Key), l.State, l.Holder, l.ReqID, l.Token, l.TTL, l.LockDelay, l.Expiry)
+	if len(l.Value) > 0 {
+		v := string(l.Value)
+		if len(v) > 32 {
+			v = fmt.Sprintf("<%d bytes>", len(v))
+		}
+		s += " value=" + v
+	}
+	return s
 }
 
 // TestSnapshotIsPointInTime: what Persist writes is the state when
@@ -289,6 +360,8 @@ func TestRestoreCorrupt(t *testing.T) {
 			state              byte
 		}
 		ok := rec{"a", "c1", 1, 2, s, 0, s, 1}
+		// recs writes version-1 records, recs2 version-2 ones (with flags).
+		var flags []byte
 		recs := func(rs ...rec) []byte {
 			b := binary.AppendUvarint(nil, uint64(len(rs)))
 			for _, r := range rs {
@@ -302,9 +375,20 @@ func TestRestoreCorrupt(t *testing.T) {
 				b = binary.AppendVarint(b, int64(r.delay))
 				b = binary.AppendVarint(b, int64(r.expiry))
 				b = append(b, r.state)
+				b = append(b, flags...)
 				b = append(b, 0) // empty value
 			}
 			return b
+		}
+		recs2 := func(rs ...rec) []byte {
+			flags = []byte{0}
+			defer func() { flags = nil }()
+			return recs(rs...)
+		}
+		recsFlags := func(f byte, rs ...rec) []byte {
+			flags = []byte{f}
+			defer func() { flags = nil }()
+			return recs(rs...)
 		}
 		snapOf := func(fs ...[]byte) []byte {
 			b := []byte(snapshotMagic)
@@ -325,14 +409,60 @@ func TestRestoreCorrupt(t *testing.T) {
 		if st := probe.Stats(); st.Held != 2 || st.Applied != 5 {
 			t.Fatalf("crafted snapshot restored as %+v", st)
 		}
+		type mk struct {
+			key, holder string
+			req         uint64
+			ended       byte
+			due         time.Duration
+		}
+		okMark := mk{"a", "c1", 1, 0, 15 * time.Minute}
+		marks := func(ms ...mk) []byte {
+			b := binary.AppendUvarint(nil, uint64(len(ms)))
+			for _, m := range ms {
+				b = binary.AppendUvarint(b, uint64(len(m.key)))
+				b = append(b, m.key...)
+				b = binary.AppendUvarint(b, uint64(len(m.holder)))
+				b = append(b, m.holder...)
+				b = binary.AppendUvarint(b, m.req)
+				b = append(b, m.ended)
+				b = binary.AppendVarint(b, int64(m.due))
+			}
+			return b
+		}
+		hdr2 := func(epoch, now, applied, count, nmarks uint64) []byte {
+			return binary.AppendUvarint(hdr(2, epoch, now, applied, count), nmarks)
+		}
+		withMark := func(mod func(*mk)) mk { m := okMark; mod(&m); return m }
+		mb := withMark(func(m *mk) { m.holder = "c2" })
+		sound2 := snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(okMark), marks(mb))
+		if err := restoreBytes(probe, sound2); err != nil {
+			t.Fatalf("crafted version-2 snapshot: %v", err)
+		}
+		if st := probe.Stats(); st.Held != 1 || st.Marks != 2 {
+			t.Fatalf("crafted version-2 snapshot restored as %+v", st)
+		}
 		cases := []corruptCase{
-			{"snapshot version 2", snapOf(hdr(2, 1, 0, 5, 1), recs(ok))},
-			{"header trailing byte", snapOf(append(hdr(1, 1, 0, 5, 1), 0), recs(ok))},
-			{"count too high", snapOf(hdr(1, 1, 0, 5, 3), recs(ok), recs(b))},
+			{"snapshot version 3", snapOf(hdr(3, 1, 0, 5, 1), recs2(ok))},
+			{"version 2 without a mark count", snapOf(hdr(2, 1, 0, 5, 1), recs2(ok))},
+			{"version 2 record without flags", snapOf(hdr2(1, 0, 5, 1, 0), recs(ok))},
+			{"record flags 2", snapOf(hdr2(1, 0, 5, 1, 0), recsFlags(2, ok))},
+			{"record flags 0x81", snapOf(hdr2(1, 0, 5, 1, 0), recsFlags(0x81, ok))},
+			{"mark count too high", snapOf(hdr2(1, 0, 5, 1, 3), recs2(ok), marks(okMark, mb))},
+			{"mark count too low", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(okMark, mb))},
+			{"marks missing", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok))},
+			{"marks out of order", snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(mb, okMark))},
+			{"duplicate mark", snapOf(hdr2(1, 0, 5, 1, 2), recs2(ok), marks(okMark, okMark))},
+			{"mark request id 0", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.req = 0 })))},
+			{"mark ended 2", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.ended = 2 })))},
+			{"mark empty key", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.key = "" })))},
+			{"mark empty holder", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), marks(withMark(func(m *mk) { m.holder = "" })))},
+			{"mark frame trailing byte", snapOf(hdr2(1, 0, 5, 1, 1), recs2(ok), append(marks(okMark), 0))},
+			{"header trailing byte", snapOf(append(hdr(1, 1, 0, 5, 1), 0), recs2(ok))},
+			{"count too high", snapOf(hdr(1, 1, 0, 5, 3), recs2(ok), recs(b))},
 			{"count too low", snapOf(hdr(1, 1, 0, 5, 1), recs(ok, b))},
-			{"empty record frame", snapOf(hdr(1, 1, 0, 5, 1), recs(), recs(ok))},
+			{"empty record frame", snapOf(hdr(1, 1, 0, 5, 1), recs(), recs2(ok))},
 			{"keys out of order", snapOf(hdr(1, 1, 0, 5, 2), recs(b, ok))},
-			{"duplicate key", snapOf(hdr(1, 1, 0, 5, 2), recs(ok), recs(ok))},
+			{"duplicate key", snapOf(hdr(1, 1, 0, 5, 2), recs2(ok), recs2(ok))},
 			{"empty key", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.key = "" })))},
 			{"key too long", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.key = strings.Repeat("k", fsm.MaxKeyLen+1) })))},
 			{"empty holder", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.holder = "" })))},
@@ -342,8 +472,8 @@ func TestRestoreCorrupt(t *testing.T) {
 			{"ttl 0", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.ttl = 0 })))},
 			{"ttl too long", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.ttl = fsm.MaxTTL + 1 })))},
 			{"negative lock-delay", snapOf(hdr(1, 1, 0, 5, 1), recs(with(func(r *rec) { r.delay = -1 })))},
-			{"record trailing byte", snapOf(hdr(1, 1, 0, 5, 1), append(recs(ok), 0))},
-			{"record cut short", snapOf(hdr(1, 1, 0, 5, 1), recs(ok)[:10])},
+			{"record trailing byte", snapOf(hdr(1, 1, 0, 5, 1), append(recs2(ok), 0))},
+			{"record cut short", snapOf(hdr(1, 1, 0, 5, 1), recs2(ok)[:10])},
 			{"frame too large", append([]byte(snapshotMagic), binary.AppendUvarint(nil, 1<<40)...)},
 			{"frame length overflow", append([]byte(snapshotMagic), bytes.Repeat([]byte{0xff}, 11)...)},
 		}

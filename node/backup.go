@@ -48,9 +48,9 @@ const DefaultRestoreIndexGap = 1_000_000_000
 //     indexGap (0: DefaultRestoreIndexGap) past the backup's, so its grants
 //     carry tokens above any the old cluster granted after the backup.
 //   - Leases in the backup come back with their holders and tokens, each
-//     valid for its full TTL again once the new leader promotes (the same
-//     rebase as any leader change), so their holders keep them by
-//     extending as usual.
+//     with the time it had left when the backup was taken, counted from
+//     the new leader's promote (as at any leader change), so their holders
+//     keep them by extending as usual.
 //
 // What it cannot know: leases granted after the backup was taken. Their
 // holders learn at their next extend that the lease is gone, but until

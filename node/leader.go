@@ -303,6 +303,11 @@ func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Re
 		// applied, and we are not the leader any more.
 		return nil, n.notLeaderErr()
 	}
+	if len(resp.Results) == 1 && resp.Results[0].Code == fsm.Fatal {
+		// This replica stopped applying at an entry it cannot read; newer
+		// replicas may still apply this one (onFatal closes the node).
+		return nil, fmt.Errorf("%w: %s", ErrUnknownOutcome, resp.Results[0].Reason)
+	}
 	return resp, nil
 }
 
