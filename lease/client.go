@@ -271,10 +271,17 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		resp, err := c.b.Acquire(ctx, r)
 		if err != nil {
-			if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST {
-				return nil // withdrawn: this id was never, or is no longer, granted
+			if reasonOf(err) != pb.Reason_REASON_STALE_REQUEST {
+				return err
 			}
-			return err
+			// Withdrawn: this id was never, or is no longer, granted.
+			// Say who holds the key, if anyone.
+			g, gerr := c.b.Get(ctx, &pb.GetRequest{Key: req.Key})
+			if gerr == nil && g.GetFound() {
+				l := g.GetLease()
+				held = &HeldError{Key: req.Key, Holder: l.GetHolder(), Wait: l.GetRemaining().AsDuration()}
+			}
+			return nil
 		}
 		if !resp.GetGranted() {
 			held = &HeldError{Key: req.Key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}

@@ -33,6 +33,7 @@ func (n *Node) runFeed() {
 			switch e := &events[i]; e.Type {
 			case fsm.EventReleased, fsm.EventExpired, fsm.EventFreed:
 				ls.queues.pump(e.Key)
+				kick = true // the holding's request-id mark must be reaped in time
 			case fsm.EventGranted, fsm.EventPromoted, fsm.EventRestored:
 				kick = true
 			}

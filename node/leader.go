@@ -262,29 +262,57 @@ func (n *Node) revoke(ls *leaderState) {
 	n.log.Info("stopped leading", "component", "node.leader", "epoch", ls.epoch)
 }
 
-// apply proposes cmd with stamp s and waits for its result. Errors are
-// classified for the caller:
+// apply proposes cmd with stamp s and waits for its result, bounded by
+// ctx. Errors are classified for the caller:
 //   - ErrNotLeader (certainly not applied): Raft refused before enqueuing,
 //     or the FSM refused the stamp's epoch;
-//   - ErrUnknownOutcome: the entry was handed to Raft but leadership was lost
-//     or ctx ended before the result.
+//   - ErrUnknownOutcome: the entry was handed to Raft but leadership was
+//     lost or ctx ended before the result.
 func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Response, error) {
-	data := fsm.Encode(s, cmd)
 	timeout := 5 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
-	f := n.raft.Apply(data, timeout)
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }() // n.ctx ends before Raft shuts down: see wait
-	var err error
+	return n.propose(s, cmd, timeout).wait(ctx, n)
+}
+
+// proposal is one command handed to Raft. Its outcome is known when done
+// is closed, whoever is (or is no longer) waiting for it.
+type proposal struct {
+	done chan struct{}
+	resp *fsm.Response
+	err  error
+}
+
+// propose hands cmd, stamped s, to Raft and returns at once; the proposal
+// resolves when Raft has applied it or given up, whoever is still waiting.
+// timeout bounds only the enqueueing.
+func (n *Node) propose(s fsm.Stamp, cmd fsm.Command, timeout time.Duration) *proposal {
+	p := &proposal{done: make(chan struct{})}
+	go func() { // ends when the future resolves or Raft is down (see wait)
+		defer close(p.done)
+		p.resp, p.err = n.outcome(n.raft.Apply(fsm.Encode(s, cmd), timeout))
+	}()
+	return p
+}
+
+// wait returns the proposal's outcome, or ErrUnknownOutcome if ctx or the
+// node ends first.
+func (p *proposal) wait(ctx context.Context, n *Node) (*fsm.Response, error) {
 	select {
-	case err = <-done:
+	case <-p.done:
+		return p.resp, p.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, ctx.Err())
 	case <-n.ctx.Done():
 		return nil, fmt.Errorf("%w: node closing", ErrUnknownOutcome)
 	}
+}
+
+// outcome waits for an Apply future and classifies its result (see
+// apply).
+func (n *Node) outcome(f raft.ApplyFuture) (*fsm.Response, error) {
+	err := n.wait(f)
 	switch {
 	case err == nil:
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):

@@ -44,12 +44,12 @@ type Node struct {
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
 	members   *memberTable
-	rejoining atomic.Bool   // a rejoin attempt is running
+	rejoining atomic.Bool // a rejoin attempt is running
 	// bootstrapLogged is when tryBootstrap last said it waits (only
 	// runMembership touches it).
 	bootstrapLogged time.Time
-	run       string        // random ID of this start, published in gossip
-	raftDown  chan struct{} // closed once Raft has shut down; see wait
+	run             string        // random ID of this start, published in gossip
+	raftDown        chan struct{} // closed once Raft has shut down; see wait
 
 	// fatal holds the error that made this node stop (an entry it cannot
 	// apply); fatalCh is closed when it is set.
@@ -71,8 +71,10 @@ type Node struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leadership or serving changes
 
-	hub   *watchHub
-	clock clockSeen // when the FSM clock last moved, for stale reads
+	hub *watchHub
+	// withdrawals bounds withdraw goroutines in flight.
+	withdrawals chan struct{}
+	clock       clockSeen // when the FSM clock last moved, for stale reads
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -102,14 +104,15 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n := &Node{
-		started:  time.Now(),
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.ID),
-		changed:  make(chan struct{}),
-		run:      strconv.FormatUint(rand.Uint64(), 36),
-		raftDown: make(chan struct{}),
-		fatalCh:  make(chan struct{}),
-		down:     make(chan struct{}),
+		started:     time.Now(),
+		cfg:         cfg,
+		log:         cfg.Logger.With("node", cfg.ID),
+		changed:     make(chan struct{}),
+		run:         strconv.FormatUint(rand.Uint64(), 36),
+		raftDown:    make(chan struct{}),
+		fatalCh:     make(chan struct{}),
+		withdrawals: make(chan struct{}, 1024),
+		down:        make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -30,6 +31,10 @@ const (
 	// methodLeave: a node leaving gracefully asks the leader to remove it
 	// from the Raft configuration (request: its ID).
 	methodLeave
+	// methodCancel: withdraw an acquire whose outcome its caller never
+	// learned (request: an AcquireRequest naming key, holder and request
+	// id; see withdraw).
+	methodCancel
 )
 
 // Acquire asks for req.Key on behalf of req.Holder. Without req.Wait a key
@@ -45,7 +50,62 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
 	}
-	return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
+	resp, err := leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
+	if errors.Is(err, ErrUnknownOutcome) {
+		n.withdraw(req)
+	}
+	return resp, err
+}
+
+// withdraw makes sure that an acquire this node took, and whose outcome
+// it could not report (ErrUnknownOutcome), does not stay granted to a
+// caller that never heard of it: it proposes an fsm Cancel of the request
+// id through whoever leads (this node or the next leader), retrying until
+// it is applied or the grant would have expired anyway. Cancel releases
+// the grant only if its holder has not retried the same request id in the
+// meantime (then the holder knows of it and keeps it), and makes any later
+// arrival of that id Stale; so the holder's own retries stay safe, and a
+// lost grant never blocks the key for a whole TTL.
+func (n *Node) withdraw(req *pb.AcquireRequest) {
+	select {
+	case n.withdrawals <- struct{}{}:
+	default:
+		n.log.Warn("too many withdrawals in flight; this one is left to expire", "key", req.GetKey())
+		return
+	}
+	c := &pb.AcquireRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId()}
+	bound := req.GetTtl().AsDuration() + req.GetLockDelay().AsDuration() + n.leaderWait()
+	n.goRun("node.withdraw", func() {
+		defer func() { <-n.withdrawals }()
+		ctx, cancel := context.WithTimeout(n.ctx, max(bound, 10*time.Second))
+		defer cancel()
+		delay := 10 * time.Millisecond
+		for {
+			_, err := leaderCall(ctx, n, methodCancel, c, &pb.ReleaseResponse{}, n.cancelLocal, true)
+			if err == nil || errors.Is(err, ErrInvalid) {
+				return
+			}
+			if !ctxtime.Sleep(ctx, delay) {
+				n.log.Info("could not withdraw an acquire with an unknown outcome; it expires after its TTL",
+					"key", c.Key, "request_id", c.RequestId, "err", err)
+				return
+			}
+			delay = min(2*delay, time.Second)
+		}
+	})
+}
+
+// cancelLocal applies the Cancel of withdraw on the leader.
+func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.ReleaseResponse, error) {
+	cmd := &fsm.Cancel{Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId()}
+	if err := cmd.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReleaseResponse{Header: n.header(), Released: resp.Results[0].Code == fsm.Released}, nil
 }
 
 // Extend renews every listed lease of req.Holder by its full TTL, in one
@@ -243,6 +303,8 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 		return serveRPC(ctx, n, data, &pb.ListRequest{}, n.listLocal)
 	case methodCheckToken:
 		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
+	case methodCancel:
+		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, n.cancelLocal)
 	case methodLeave:
 		return nil, n.serveLeave(ctx, data)
 	case methodStatus:
@@ -299,12 +361,9 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		}
 		return n.acquireReply(res, 0, cmd.TTL)
 	}
-	w := &waiter{ctx: ctx, cmd: cmd, arrival: arrival, done: make(chan waitResult, 1)}
-	r := ls.queues.wait(w)
+	w := &waiter{cmd: cmd, arrival: arrival, done: make(chan waitResult, 1)}
+	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
-		if ctx.Err() != nil && errors.Is(r.err, ctx.Err()) {
-			return nil, fmt.Errorf("acquire %q: gave up waiting: %w", cmd.Key, r.err)
-		}
 		return nil, r.err
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
@@ -375,15 +434,10 @@ func (n *Node) releaseLocal(ctx context.Context, ls *leaderState, req *pb.Releas
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if head := ls.queues.claimHead(cmd.Key); head != nil {
-		// Release and grant to the first waiter in one entry.
-		s := ls.stamp()
-		resp, err := n.apply(ctx, s, &fsm.Batch{Cmds: []fsm.Command{cmd, head.cmd}})
-		var grant fsm.Result
-		if err == nil {
-			grant = resp.Results[len(resp.Results)-1]
-		}
-		ls.queues.settle(cmd.Key, head, s, grant, err)
+	if p := ls.queues.claimHead(cmd.Key, cmd); p != nil {
+		// Released and granted to the first waiter in one entry; the
+		// queue settles the grant whatever happens to this caller.
+		resp, err := p.wait(ctx, n)
 		if err != nil {
 			return nil, err
 		}

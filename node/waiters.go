@@ -3,21 +3,23 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/leasenode/leasenode/fsm"
 )
 
-// waiter is one acquirer queued at the leader.
+// waiter is one acquirer queued at the leader. Its fields after done are
+// guarded by waitQueues.mu.
 type waiter struct {
-	ctx     context.Context
 	cmd     *fsm.Acquire
-	arrival time.Duration // leader clock at receipt of this request
-	// state: 0 waiting, 1 answered, 2 abandoned (its caller went away).
-	state atomic.Int32
-	done  chan waitResult // buffered 1
+	arrival time.Duration   // leader clock at receipt of this request
+	done    chan waitResult // buffered 1; receives exactly one result
+
+	// gone: the caller stopped waiting. A waiter that is gone is never
+	// proposed again and never answered.
+	gone bool
 }
 
 type waitResult struct {
@@ -26,27 +28,13 @@ type waitResult struct {
 	err    error
 }
 
-const (
-	waiting int32 = iota
-	answered
-	abandoned
-)
-
-// answer delivers r unless the caller already left; it reports whether the
-// caller will see it.
-func (w *waiter) answer(r waitResult) bool {
-	if !w.state.CompareAndSwap(waiting, answered) {
-		return false
-	}
-	w.done <- r
-	return true
-}
-
 // keyQueue is the FIFO of one key's waiters.
 type keyQueue struct {
 	waiters []*waiter
-	busy    bool // a proposal for the head is in flight
-	timer   *time.Timer
+	// inflight is the head's proposal while one is in flight (the head is
+	// then waiters[0]); nil otherwise.
+	inflight *proposal
+	timer    *time.Timer
 }
 
 // waitQueues holds the waiting acquirers of one leadership term, FIFO per
@@ -59,6 +47,15 @@ type keyQueue struct {
 // free time, or in the same entry as the holder's release (a Batch of
 // Release and the head's Acquire), so a handoff costs one Raft round trip.
 // Guarded by TestWaitersFIFO.
+//
+// Invariant waiter-outcome: a head's proposal is settled by the queue when
+// Raft resolves it (settle), never by whoever proposed it: a releaser that
+// gives up does not cut the head's grant short. A waiter whose caller
+// leaves while its grant is in flight answers ErrUnknownOutcome (the grant
+// may commit), and the node that took the request withdraws it
+// (Node.withdraw, an fsm Cancel), so a grant nobody hears of never blocks
+// the key, on this leader or the next. Guarded by
+// TestAbandonedWaiterGrantIsWithdrawn.
 type waitQueues struct {
 	ls *leaderState
 
@@ -88,10 +85,10 @@ func (q *waitQueues) count() int {
 	return q.n
 }
 
-// wait queues w and blocks until it is granted, refused for good, or its
-// context ends. A grant that completes after the caller left is released
-// again so it does not block the key for a TTL.
-func (q *waitQueues) wait(w *waiter) waitResult {
+// wait queues w and blocks until it is granted, refused for good, or ctx
+// ends. If ctx ends while w's grant is in flight, the answer is
+// ErrUnknownOutcome; before that, the caller certainly was not granted.
+func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	q.mu.Lock()
 	if q.closed != nil {
 		q.mu.Unlock()
@@ -110,51 +107,59 @@ func (q *waitQueues) wait(w *waiter) waitResult {
 	select {
 	case r := <-w.done:
 		return r
-	case <-w.ctx.Done():
-		if w.state.CompareAndSwap(waiting, abandoned) {
-			q.pump(w.cmd.Key) // drop it from the queue unless its proposal is in flight
-			return waitResult{err: w.ctx.Err()}
-		}
-		return <-w.done
+	case <-ctx.Done():
 	}
+	q.mu.Lock()
+	select {
+	case r := <-w.done: // answered just now
+		q.mu.Unlock()
+		return r
+	default:
+	}
+	w.gone = true
+	kq = q.keys[w.cmd.Key]
+	inflight := kq != nil && kq.inflight != nil && len(kq.waiters) > 0 && kq.waiters[0] == w
+	q.mu.Unlock()
+	if inflight {
+		return waitResult{err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
+	}
+	q.pump(w.cmd.Key) // drop it from the queue
+	return waitResult{err: fmt.Errorf("acquire %q: gave up waiting, not granted: %w", w.cmd.Key, ctx.Err())}
 }
 
 // pump proposes the head waiter of key if the key may be free now, or arms
 // a timer for when it may be.
 func (q *waitQueues) pump(key string) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	kq := q.keys[key]
-	if kq == nil || kq.busy || q.closed != nil {
-		q.mu.Unlock()
+	if kq == nil || kq.inflight != nil || q.closed != nil {
 		return
 	}
 	q.dropGone(kq)
 	if len(kq.waiters) == 0 {
 		q.drop(key, kq)
-		q.mu.Unlock()
 		return
 	}
 	head := kq.waiters[0]
 	if l, ok := q.ls.n.fsm.Get(key); ok && !(l.State == fsm.StateHeld && l.Holder == head.cmd.Holder) {
 		if wait := l.FreeAt() - q.ls.now(); wait > 0 {
 			q.arm(key, kq, wait)
-			q.mu.Unlock()
 			return
 		}
 	}
-	kq.busy = true
-	q.mu.Unlock()
-	go q.propose(key, head, nil)
+	q.proposeLocked(key, kq, nil)
 }
 
-// claimHead marks key's head waiter as being proposed by the caller (the
-// release path, which grants it in the same entry). nil if there is none
-// or a proposal is already in flight.
-func (q *waitQueues) claimHead(key string) *waiter {
+// claimHead proposes key's head waiter in one entry after prefix (the
+// holder's release), so the handoff costs one Raft round trip. It returns
+// the proposal, or nil if there is no head to propose (then the caller
+// proposes prefix alone).
+func (q *waitQueues) claimHead(key string, prefix fsm.Command) *proposal {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	kq := q.keys[key]
-	if kq == nil || kq.busy || q.closed != nil {
+	if kq == nil || kq.inflight != nil || q.closed != nil {
 		return nil
 	}
 	q.dropGone(kq)
@@ -162,67 +167,67 @@ func (q *waitQueues) claimHead(key string) *waiter {
 		q.drop(key, kq)
 		return nil
 	}
-	kq.busy = true
-	return kq.waiters[0]
+	return q.proposeLocked(key, kq, prefix)
 }
 
-// propose applies the head's acquire, alone or after prefix (a release),
-// and settles the result.
-func (q *waitQueues) propose(key string, head *waiter, prefix fsm.Command) {
-	n := q.ls.n
-	s := q.ls.stamp()
+// proposeLocked proposes kq's head (after prefix, if any) and settles the
+// outcome when Raft resolves it. q.mu is held.
+func (q *waitQueues) proposeLocked(key string, kq *keyQueue, prefix fsm.Command) *proposal {
+	head := kq.waiters[0]
 	var cmd fsm.Command = head.cmd
 	if prefix != nil {
 		cmd = &fsm.Batch{Cmds: []fsm.Command{prefix, head.cmd}}
 	}
-	resp, err := n.apply(q.ls.ctx, s, cmd)
-	var res fsm.Result
-	if err == nil {
-		res = resp.Results[len(resp.Results)-1]
-	}
-	q.settle(key, head, s, res, err)
+	s := q.ls.stamp()
+	p := q.ls.n.propose(s, cmd, 5*time.Second)
+	kq.inflight = p
+	go func() {
+		<-p.done // propose resolves every proposal (see Node.wait)
+		var res fsm.Result
+		if p.err == nil {
+			res = p.resp.Results[len(p.resp.Results)-1]
+		}
+		q.settle(key, head, s, res, p.err)
+	}()
+	return p
 }
 
-// settle records the outcome of a proposal for head.
+// settle records the outcome of the proposal for head: it answers head
+// (unless head's caller left: then the node that took the request
+// withdraws it), or re-arms the key if it turned out held.
 func (q *waitQueues) settle(key string, head *waiter, s fsm.Stamp, res fsm.Result, err error) {
 	q.mu.Lock()
 	kq := q.keys[key]
-	if kq == nil || q.closed != nil {
-		// failAll answered everyone already; a grant nobody hears of is
-		// released below.
-		q.mu.Unlock()
-		if err == nil && res.Code == fsm.Granted && !head.answer(waitResult{res: res, waited: s.Now - head.arrival}) {
-			q.releaseOrphan(head, res)
-		}
-		return
-	}
-	kq.busy = false
-	if err == nil && res.Code == fsm.Held {
-		if head.state.Load() == waiting {
+	if kq != nil && len(kq.waiters) > 0 && kq.waiters[0] == head {
+		kq.inflight = nil
+		if err == nil && res.Code == fsm.Held && !head.gone {
 			q.arm(key, kq, max(res.Wait, time.Millisecond))
 			q.mu.Unlock()
 			return
 		}
+		q.popHead(kq)
 	}
-	q.popHead(kq)
+	// else failAll has answered everyone already.
+	if !head.gone {
+		r := waitResult{res: res, waited: s.Now - head.arrival, err: err}
+		if err == nil && res.Code != fsm.Granted && res.Code != fsm.Held {
+			r.err = resultErr(res)
+		}
+		select {
+		case head.done <- r:
+		default: // answered by failAll
+		}
+	}
 	q.mu.Unlock()
-	r := waitResult{res: res, waited: s.Now - head.arrival, err: err}
-	if !head.answer(r) && err == nil && res.Code == fsm.Granted {
-		q.releaseOrphan(head, res)
-	}
 	q.pump(key)
 }
 
-// releaseOrphan releases a grant whose requester gave up before it
-// completed. Best effort: if it fails the lease expires after its TTL.
-func (q *waitQueues) releaseOrphan(w *waiter, res fsm.Result) {
-	n := q.ls.n
-	rel := &fsm.Release{Key: res.Key, Holder: w.cmd.Holder, Token: res.Token}
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-	defer cancel()
-	if _, err := n.apply(ctx, q.ls.stamp(), rel); err != nil {
-		n.log.Debug("release of abandoned grant failed", "key", res.Key, "err", err)
+// resultErr turns a refusal other than Held into an error.
+func resultErr(res fsm.Result) error {
+	if res.Code == fsm.Stale {
+		return fmt.Errorf("acquire %q: %w: %s", res.Key, ErrStaleRequest, res.Reason)
 	}
+	return fmt.Errorf("acquire %q: %w: %s %s", res.Key, ErrInvalid, res.Code, res.Reason)
 }
 
 // arm sets key's timer to pump after wait (leader clock). q.mu is held.
@@ -235,12 +240,12 @@ func (q *waitQueues) arm(key string, kq *keyQueue, wait time.Duration) {
 	kq.timer.Reset(d)
 }
 
-// dropGone removes abandoned waiters from the head. q.mu is held.
+// dropGone removes waiters whose callers left from the head. q.mu is held.
 func (q *waitQueues) dropGone(kq *keyQueue) {
-	for len(kq.waiters) > 0 && kq.waiters[0].state.Load() == abandoned {
+	for len(kq.waiters) > 0 && kq.waiters[0].gone {
 		q.popHead(kq)
 	}
-	// Abandoned waiters further back are skipped when they reach the head.
+	// Gone waiters further back are skipped when they reach the head.
 }
 
 func (q *waitQueues) popHead(kq *keyQueue) {
@@ -257,29 +262,33 @@ func (q *waitQueues) drop(key string, kq *keyQueue) {
 }
 
 // failAll answers every waiter with err and refuses new ones; called when
-// leadership ends. Waiters are told the outcome is retryable (not leader):
-// a proposal in flight for a head is settled by settle, which releases a
-// grant nobody can hear of any more.
+// leadership ends. Waiters are told the outcome is retryable (not leader),
+// except a head whose proposal is in flight: its grant may still commit
+// (under the next leader too), so it gets ErrUnknownOutcome and the node
+// that took the request withdraws it.
 func (q *waitQueues) failAll(err error) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	keys := q.keys
 	q.keys = map[string]*keyQueue{}
 	q.closed = err
 	q.n = 0
-	q.mu.Unlock()
-	for key, kq := range keys {
+	for _, kq := range keys {
 		if kq.timer != nil {
 			kq.timer.Stop()
 		}
 		for i, w := range kq.waiters {
-			if i == 0 && kq.busy {
-				// Its proposal may still commit: the caller must not
-				// assume it failed.
-				w.answer(waitResult{err: errors.Join(ErrUnknownOutcome, err)})
+			if w.gone {
 				continue
 			}
-			w.answer(waitResult{err: err})
+			r := waitResult{err: err}
+			if i == 0 && kq.inflight != nil {
+				r.err = errors.Join(ErrUnknownOutcome, err)
+			}
+			select {
+			case w.done <- r:
+			default:
+			}
 		}
-		_ = key
 	}
 }
