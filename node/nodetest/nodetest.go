@@ -324,8 +324,8 @@ func (c *Cluster) WaitConverged() {
 		var wantID string
 		for i := range c.cfgs {
 			n := c.Node(i)
-			if n == nil {
-				continue
+			if n == nil || n.Err() != nil {
+				continue // down, or stopped on an entry it cannot apply
 			}
 			got, err := snapshotBytes(n)
 			if err != nil {
