@@ -27,6 +27,13 @@
 // ValidUntil: Done closes, Context is cancelled, IsHealthy turns false.
 // Code that acts for the lease must watch one of them.
 //
+// When a lease ends (Release, or declared lost), ValidUntil becomes the
+// moment it ended and never moves again, even if an extend reply arrives
+// later; IsHealthy is false from then on. After a loss the client releases
+// the record in the background, but only once the ValidUntil in force
+// before the loss has passed, so a value read before the loss stays true:
+// the cluster cannot grant the key to anyone else before it.
+//
 // Clocks cannot protect a resource against a holder that is paused after
 // it checked its lease. Use the fencing token: Lease.Token strictly
 // increases per key; send it with each write and let the resource refuse
@@ -37,18 +44,50 @@
 // Every acquire carries a request id that strictly increases per Client.
 // If a reply is lost, the client retries with the same id and the cluster
 // answers with the same grant and token, so a lost reply never makes a
-// client lose its own lease (the failure Amazon's Kinesis client hit). A
-// write whose outcome cannot be settled is reported as ErrUnknownOutcome,
-// never as a plain failure.
+// client lose its own lease (the failure Amazon's Kinesis client hit). The
+// cluster remembers each holder's ids per key after a holding ends, so a
+// delayed copy of an old request can never start a holding nobody uses.
+// If the node that took a request could not report its outcome, it
+// withdraws that id; the client's next attempt is then told the id is
+// stale and continues with a new one. A write whose outcome cannot be
+// settled is reported as ErrUnknownOutcome, never as a plain failure.
 //
 // # One Client, one holder
 //
-// Each Client is one holder (a random id with host and pid). A per-key
-// local guard keeps a Client from competing with itself: TryAcquire of a
-// key it holds returns nil, and Acquire waits for its own lease's Release.
-// All leases of a Client are extended by one background loop, in one
-// batched request per tick. A Lease dropped without Release is released
-// by a cleanup when it is garbage collected.
+// Each Client is one holder: a name (WithHolder, default host/pid) plus an
+// incarnation drawn at random by New, written name#incarnation
+// (Client.Holder). Two Clients are never the same holder, so a process
+// restarted under the same name, or a duplicate of it, waits for the old
+// one's leases like any other client instead of taking them over. A
+// per-key local guard keeps a Client from competing with itself:
+// TryAcquire of a key it holds returns nil, and Acquire waits for its own
+// lease's Release. All leases of a Client are extended by one background
+// loop, in batched requests (at most 4,096 leases each) per tick. A Lease
+// dropped without Release is released by a cleanup when it is garbage
+// collected.
+//
+// # How long a call takes
+//
+// A backend makes one attempt per request; RetryPolicy, the only retry
+// loop, repeats attempts that certainly had no effect (no leader, not the
+// leader, a request never written) and idempotent ones whose outcome is
+// unknown, with back-off, until ctx ends or failures have lasted the retry
+// timeout (WithRetryTimeout, default 10 s), then fails with an error
+// matching ErrNoLeader (or ErrUnknownOutcome if an attempt may have been
+// applied). So, with d the time until ctx's deadline and r the retry
+// timeout:
+//
+//   - TryAcquire, Release, Get, List, CheckToken: at most min(d, r plus
+//     one attempt, itself bounded by r);
+//   - Acquire and AcquireTimeout: as long as the wait (ctx, maxWait), but
+//     no more than r of continuous failures; an attempt whose outcome was
+//     unknown when the caller gave up adds one settling round trip of at
+//     most 1 s (the node that took it also withdraws it);
+//   - Close: bounded by its ctx.
+//
+// The cluster answers "no leader" before a caller's deadline, saying what
+// it sees (for example "waiting to bootstrap: 1 of 3 expected nodes
+// seen").
 //
 // # Recipes
 //

@@ -22,11 +22,18 @@
 //
 // promote-before-serve: a new leader first applies every earlier entry
 // (raft.Barrier), then commits Promote for its epoch (its Raft term), which
-// rebases every expiry to a full TTL; until Promote has applied it serves
-// nothing and forwards nothing. Together with fsm's no-early-expiry this
-// means a lease never expires earlier than one TTL after the last moment
-// any leader could have extended it: the epoch clock starts after the old
-// leader lost its quorum.
+// moves every record into the new epoch keeping the time it had left at
+// the last applied stamp; until Promote has applied it serves nothing and
+// forwards nothing. Together with fsm's no-early-expiry this means a lease
+// never expires earlier than its holder's own validity: every committed
+// stamp of an earlier epoch was read before this leader was elected, and
+// the epoch clock starts at the election. A lease whose holder died still
+// expires on time when leaders change faster than its TTL.
+//
+// one-leader-state: one leaderLoop per term publishes the leader state
+// and, deferred, withdraws it; the next term's loop starts only after the
+// previous one has ended (followLeadership). Guarded by
+// TestLeadershipFlapsLeaveNoStaleState.
 //
 // commit-before-grant (DESIGN.md rule 3): every acquire, extend and
 // release commits through Raft before it is answered; a deposed leader
@@ -52,6 +59,23 @@
 //
 // fifo-no-barging: waiting acquirers are granted in arrival order at the
 // leader; see waitQueues.
+//
+// waiter-outcome: a queued grant is settled when Raft resolves it, never
+// by whoever proposed it; a waiter that leaves while its grant is in
+// flight answers ErrUnknownOutcome, and the node that took any acquire
+// whose outcome it could not report withdraws it (withdraw: an fsm Cancel,
+// through whoever leads), so a grant nobody heard of never blocks a key
+// for its TTL. Guarded by TestAbandonedWaiterGrantIsWithdrawn and
+// TestWithdrawAcrossLeaderChange.
+//
+// fatal-stops-serving: a replica that meets an entry it cannot apply (a
+// newer version, a checksum mismatch) applies nothing after it and serves
+// nothing from then on; the node shuts down without leaving the cluster
+// (Done, Err). Guarded by TestFatalEntryStopsServingAtOnce.
+//
+// read-time-left: consistent reads report time left by the leader's clock
+// at read time; stale reads estimate it from when this node last saw the
+// FSM clock move, so they count down rather than stand still.
 //
 // one-cluster-per-state: a node bootstraps only if no member it sees has
 // Raft state, so a node started with BootstrapExpect beside a running or

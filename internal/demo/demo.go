@@ -174,7 +174,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			c.Crash(crashed)
 			if i, err := c.WaitLeader(runCtx); err == nil {
 				elected = time.Since(crashAt)
-				d.say("cluster", "%s elected and serving after %v; leases rebased to a full TTL", c.ID(i), elected.Round(time.Millisecond))
+				d.say("cluster", "%s elected and serving after %v; every lease keeps the time it had left", c.ID(i), elected.Round(time.Millisecond))
 			}
 		}
 	}
