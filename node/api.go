@@ -42,10 +42,10 @@ func (n *Node) startAPI() error {
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
-	n.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: n.cfg.ServerTLS, Protocols: &protocols}
+	n.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: n.apiTLS, Protocols: &protocols}
 	n.goRun("node.api", func() {
 		var err error
-		if n.cfg.ServerTLS != nil {
+		if n.apiTLS != nil {
 			err = n.api.ServeTLS(ln, "", "")
 		} else {
 			err = n.api.Serve(ln)

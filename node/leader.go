@@ -286,15 +286,20 @@ func (ls *leaderState) kickReaper() {
 	}
 }
 
-// leaderHint returns the current leader's ID and client API address.
+// leaderHint returns the current leader's ID, client API address and
+// Raft address. The ID and Raft address are Raft's; the API address is
+// this node's own, or what the leader itself said over an authenticated
+// connection to that Raft address (verifyMembers), never gossip's claim.
+// Until then it is "": clients are told who leads but not where, and try
+// their other addresses.
 func (n *Node) leaderHint() (id, apiAddr, raftAddr string) {
 	addr, sid := n.raft.LeaderWithID()
 	id, raftAddr = string(sid), string(addr)
 	if id == n.cfg.ID {
 		return id, n.apiAddr, raftAddr
 	}
-	if m, ok := n.members.get(id); ok {
-		apiAddr = m.API
+	if id != "" {
+		apiAddr = n.members.confirmedAPI(id, raftAddr)
 	}
 	return id, apiAddr, raftAddr
 }
