@@ -21,12 +21,16 @@ import (
 )
 
 // Benchmarks run a 3-node cluster on loopback in this process, fsync on,
-// default Raft timing, sharing this machine's cores with the load.
+// default Raft timing, sharing this machine's cores with the load. The
+// node port runs mutual TLS from a cluster key, as nodetest clusters do;
+// -bench.insecure runs it in plain TCP, to measure what TLS costs.
 //
 //	go test -run '^$' -bench . -benchtime 5s ./node/
 
+var benchInsecure = flag.Bool("bench.insecure", false, "benchmarks: plain TCP between nodes (no cluster key)")
+
 func benchCluster(b *testing.B) *nodetest.Cluster {
-	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming()})
+	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming(), Insecure: *benchInsecure})
 }
 
 // BenchmarkUncontended: 32 concurrent clients on distinct keys, each doing
