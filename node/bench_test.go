@@ -42,7 +42,7 @@ func BenchmarkUncontended(b *testing.B) {
 	var next atomic.Int64
 	lat := make([][]time.Duration, workers)
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
@@ -70,6 +70,7 @@ func BenchmarkUncontended(b *testing.B) {
 	b.StopTimer()
 	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
 	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
 }
@@ -86,7 +87,7 @@ func BenchmarkHandoff(b *testing.B) {
 	var gaps []time.Duration
 	var releasedAt time.Time
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
@@ -124,6 +125,7 @@ func BenchmarkHandoff(b *testing.B) {
 	b.StopTimer()
 	p50, p99 := nodetest.Quantiles(gaps)
 	b.ReportMetric(float64(b.N)/el.Seconds(), "acq/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
 }
