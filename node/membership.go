@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"strconv"
@@ -53,6 +54,8 @@ type member struct {
 	verifiedAPI  string // its own API address, from its Status reply
 	verifying    bool   // a verifyMember call is running
 	verifyAt     time.Time
+	verifyFails  int    // consecutive failures for the current claims (backoff)
+	verifyErr    string // the last failure, logged once
 }
 
 // confirmed reports whether the member's current gossip claims (Raft
@@ -167,15 +170,17 @@ func (t *memberTable) update(n *memberlist.Node, gone bool) error {
 }
 
 // toVerify returns the members whose current gossip claims no verification
-// covers and none is running for, the last attempt older than retry, and
-// marks them as being verified.
+// covers and none is running for, the last attempt older than retry
+// (doubled per consecutive failure, up to maxVerifyRetry), and marks them
+// as being verified.
 func (t *memberTable) toVerify(self string, retry time.Duration) []member {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []member
 	for _, m := range t.m {
+		wait := min(retry<<min(m.verifyFails, 8), maxVerifyRetry)
 		if m.ID == self || m.Raft == "" || m.verifying || m.confirmed() ||
-			m.Status == statusDead || m.Status == statusLeft || time.Since(m.verifyAt) < retry {
+			m.Status == statusDead || m.Status == statusLeft || time.Since(m.verifyAt) < wait {
 			continue
 		}
 		m.verifying, m.verifyAt = true, time.Now()
@@ -185,21 +190,33 @@ func (t *memberTable) toVerify(self string, retry time.Duration) []member {
 }
 
 // setVerified records the outcome of verifying asked (a copy taken by
-// toVerify). It is kept only if gossip still claims the same address and
-// run; otherwise the next pass verifies the new claim.
-func (t *memberTable) setVerified(asked member, ok bool, api string) {
+// toVerify): ok and the API address it gave, or the failure. It is kept
+// only if gossip still claims the same address and run; otherwise the next
+// pass verifies the new claim at once. It reports whether a failure is new
+// (to be logged).
+func (t *memberTable) setVerified(asked member, ok bool, api string, failure error) (newFailure bool) {
 	t.mu.Lock()
 	m := t.m[asked.ID]
 	if m != nil {
 		m.verifying = false
-		if m.Raft == asked.Raft && m.Run == asked.Run {
-			m.verified, m.verifiedRaft, m.verifiedRun, m.verifiedAPI = ok, asked.Raft, asked.Run, api
+		switch {
+		case m.Raft != asked.Raft || m.Run != asked.Run:
+			m.verifyFails, m.verifyAt = 0, time.Time{}
+		case ok:
+			m.verified, m.verifiedRaft, m.verifiedRun, m.verifiedAPI = true, asked.Raft, asked.Run, api
+			m.verifyFails, m.verifyErr = 0, ""
+		default:
+			m.verified = false
+			m.verifyFails++
+			newFailure = m.verifyErr != failure.Error()
+			m.verifyErr = failure.Error()
 		}
 	}
 	t.mu.Unlock()
 	if ok {
 		t.signal()
 	}
+	return newFailure
 }
 
 // confirmedAPI returns the API address node id gave about itself, if
@@ -428,8 +445,12 @@ func (n *Node) runMembership() {
 	}
 }
 
-// verifyRetry is how soon a member that failed verification is asked again.
-const verifyRetry = 2 * time.Second
+// verifyRetry is how soon a member that failed verification is asked
+// again, doubling per consecutive failure up to maxVerifyRetry.
+const (
+	verifyRetry    = time.Second
+	maxVerifyRetry = 15 * time.Second
+)
 
 // verifyMembers asks, in the background, every member whose gossip claims
 // (Raft address, run) are not yet confirmed for its own Status, over an
@@ -462,12 +483,15 @@ func (n *Node) verifyMember(m member) {
 		err = fmt.Errorf("it belongs to cluster %q, this node to %q", st.GetClusterId(), own)
 	}
 	if err != nil {
-		n.log.Info("member not verified: not adding it to Raft nor trusting its API address",
+		level := slog.LevelDebug
+		if n.members.setVerified(m, false, "", err) {
+			level = slog.LevelInfo
+		}
+		n.log.Log(n.ctx, level, "member not verified: not adding it to Raft nor trusting its API address",
 			"component", "node.membership", "id", m.ID, "raft", m.Raft, "err", err)
-		n.members.setVerified(m, false, "")
 		return
 	}
-	n.members.setVerified(m, true, st.GetApiAddr())
+	n.members.setVerified(m, true, st.GetApiAddr(), nil)
 }
 
 // rejoinFor is how long a failed member is retried.

@@ -72,7 +72,7 @@ func TestGossipCannotRedirectMemberTable(t *testing.T) {
 	if len(asked) != 1 || asked[0].ID != "n0" {
 		t.Fatalf("toVerify = %v", asked)
 	}
-	tab.setVerified(asked[0], true, "127.0.0.1:7402") // what n0's own Status said
+	tab.setVerified(asked[0], true, "127.0.0.1:7402", nil) // what n0's own Status said
 	if api := tab.confirmedAPI("n0", genuine.Raft); api != "127.0.0.1:7402" {
 		t.Fatalf("confirmed API %q", api)
 	}
