@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -53,9 +54,9 @@ func NodeIDOf(cert *x509.Certificate) (string, error) {
 }
 
 // withNodeRole returns a clone of cfg that refuses, during the handshake,
-// a peer whose certificate lacks the node role or a single node identity
-// (see NodeIDOf), after cfg's own checks (chain, and any VerifyConnection
-// of cfg). The Mux and the Dialer apply it to every TLS configuration they
+// a peer whose certificate was not verified against the CA, or lacks the
+// node role or a single node identity (see NodeIDOf), after cfg's own
+// checks (chain, and any VerifyConnection of cfg). The Mux and the Dialer apply it to every TLS configuration they
 // are given, so no caller can forget it.
 func withNodeRole(cfg *tls.Config) *tls.Config {
 	cfg = cfg.Clone()
@@ -68,6 +69,12 @@ func withNodeRole(cfg *tls.Config) *tls.Config {
 		}
 		if len(cs.PeerCertificates) == 0 {
 			return fmt.Errorf("transport: peer presented no certificate; the node port needs one with the %q role", NodeRole)
+		}
+		if len(cs.VerifiedChains) == 0 {
+			// A configuration that requests but does not verify
+			// certificates (RequestClientCert, InsecureSkipVerify) would
+			// let a self-signed certificate claim the role.
+			return errors.New("transport: peer certificate not verified against the CA; the node port verifies every certificate")
 		}
 		if _, err := NodeIDOf(cs.PeerCertificates[0]); err != nil {
 			return fmt.Errorf("transport: %w", err)

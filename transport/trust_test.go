@@ -317,3 +317,21 @@ func TestRPCPeerIdentity(t *testing.T) {
 		t.Fatalf("CallNode to the wrong node: %v, want ErrWrongPeer and ErrNotSent", err)
 	}
 }
+
+// A node port whose configuration only requests client certificates (no
+// verification) still refuses a self-signed certificate that claims the
+// node role: the role counts only on a certificate verified against the CA.
+func TestNodeRoleNeedsVerifiedChain(t *testing.T) {
+	noLeaks(t)
+	ca, rogue := transporttest.NewCA(t), transporttest.NewCA(t)
+	srv := ca.ServerConfig(t, "n1")
+	srv.ClientAuth = tls.RequireAnyClientCert
+	m, _ := serveMux(t, transport.MuxConfig{TLS: srv})
+	cli := rogue.ClientConfig(t, "n2")
+	cli.RootCAs = ca.Pool()
+	c, err := (&transport.Dialer{TLS: cli}).Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
+	if err == nil {
+		c.Close()
+		t.Fatal("a certificate from another CA claiming the node role got in")
+	}
+}
