@@ -81,7 +81,8 @@
 // connection, both ways. A node takes a peer's id only while it has no
 // Raft state and does not wait to bootstrap, and writes it before the
 // hello is answered, so Raft state never lands in a data dir of another
-// cluster. Guarded by TestOtherClusterRefused.
+// cluster. Guarded by TestOtherClusterRefused and
+// TestNewClusterOnDeadMembersAddress.
 //
 // leave-only-self: the leave RPC removes only the node that asks, as named
 // by its connection, not by its request. Guarded by TestLeaveOnlySelf.

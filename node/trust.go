@@ -128,7 +128,8 @@ func isLoopback(addr string) bool {
 // arrives in a data dir without its cluster's id. Otherwise a node that
 // belonged to another cluster, or a new cluster started on a dead
 // member's address, would be merged into this one (the probes);
-// TestOtherClusterRefused guards it.
+// TestOtherClusterRefused and TestNewClusterOnDeadMembersAddress guard
+// it.
 type clusterIdentity struct {
 	dir      string
 	self     string // this node's ID

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
@@ -333,4 +334,71 @@ func TestExposedWithoutKeyRefused(t *testing.T) {
 		}
 		n.Close(context.Background())
 	})
+}
+
+// Scenario: a member of cluster a dies; two new nodes start to found a new
+// cluster (BootstrapExpect 2, empty data dirs, even the same cluster key),
+// the first on the dead member's address. a's leader keeps sending
+// AppendEntries there, but a node waiting to bootstrap takes nobody with a
+// cluster id: it stays empty until its partner comes, then the two found
+// their own cluster with their own id, holding none of a's leases.
+func TestNewClusterOnDeadMembersAddress(t *testing.T) {
+	var xlogs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
+	li, al := a.Leader()
+	mustGrant(t, al, acq("a-key", "ca", 1, time.Minute))
+	dead := (li + 1) % 3
+	addr := a.Config(dead).BindAddr
+	a.Kill(dead)
+
+	newNode := func(id, bind string, join []string) (*node.Node, node.Config) {
+		cfg := node.DefaultConfig()
+		cfg.ID, cfg.DataDir = id, t.TempDir()
+		cfg.BindAddr, cfg.GossipAddr, cfg.Join = bind, nodetest.FreeAddr(t, true), join
+		cfg.BootstrapExpect, cfg.Timing = 2, nodetest.TestTiming
+		cfg.ClusterKey = a.ClusterKey()
+		cfg.Logger = xlogs.logger()
+		var n *node.Node
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			var err error
+			n, err = node.Start(context.Background(), cfg)
+			return err // the dead node's port may linger
+		})
+		t.Cleanup(func() { n.Close(context.Background()) })
+		return n, cfg
+	}
+	x0, x0cfg := newNode("x0", addr, nil)
+	// a's leader reaches x0 (and is turned away, or not).
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if x0.Raft().LastIndex() > 0 || len(xlogs.lines("node=x0", "waiting to bootstrap a new cluster")) > 0 {
+			return nil
+		}
+		return errorf("a's leader has not reached x0 yet")
+	})
+	mustGrant(t, al, acq("a-key2", "ca", 2, time.Minute))
+	if got := x0.Raft().LastIndex(); got != 0 {
+		t.Fatalf("x0, waiting to bootstrap, received Raft entries up to %d from cluster a", got)
+	}
+	if id, _ := node.ClusterID(x0cfg.DataDir); id != "" {
+		t.Fatalf("x0 took cluster id %q while waiting to bootstrap", id)
+	}
+
+	x1, _ := newNode("x1", nodetest.FreeAddr(t, false), []string{x0cfg.GossipAddr})
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if !x0.IsLeader() && !x1.IsLeader() {
+			return errorf("the new cluster has no leader yet")
+		}
+		return nil
+	})
+	aID, _ := node.ClusterID(a.Config(li).DataDir)
+	xID, _ := node.ClusterID(x0cfg.DataDir)
+	if xID == "" || xID == aID {
+		t.Fatalf("the new cluster's id %q, a's %q: want a new one", xID, aID)
+	}
+	if _, ok := x0.FSM().Get("a-key"); ok {
+		t.Fatal("the new cluster holds the old cluster's lease: absorbed")
+	}
+	if s := suffrage(t, x0); len(s) != 2 || s["x0"] != raft.Voter || s["x1"] != raft.Voter {
+		t.Fatalf("x0's configuration %v, want x0 and x1", s)
+	}
 }
