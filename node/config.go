@@ -128,7 +128,7 @@ type Config struct {
 	// node port (with the node-role check added) and the API; ClientTLS
 	// dials other nodes. Their certificate needs the node role too.
 	ServerTLS *tls.Config
-	ClientTLS *tls.Config
+	ClientTLS *tls.Config // see ServerTLS
 
 	// ClusterKey (32 random bytes, the same on every node) authenticates
 	// and encrypts the node port without certificates: every node derives

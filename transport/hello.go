@@ -64,9 +64,9 @@ func (h *Hello) check(p Peer, inbound bool) error {
 type RefusedError struct {
 	// Addr is the dialed address.
 	Addr string
-	// PeerID and PeerClusterID are what the refusing node said about
-	// itself.
-	PeerID        string
+	// PeerID is the refusing node's ID, as it said in its answer.
+	PeerID string
+	// PeerClusterID is the refusing node's cluster id ("" if none).
 	PeerClusterID string
 	// Message is the refusing node's reason, meant for an operator.
 	Message string
