@@ -361,13 +361,12 @@ func (n *Node) announceLeave(timeout time.Duration) {
 // configuration, so that a graceful leave does not wait for
 // DeadServerGrace. Best effort: the gossip leave flag is the fallback.
 func (n *Node) leaveRaft(ctx context.Context) {
-	_, _, addr := n.leaderHint()
+	id, _, addr := n.leaderHint()
 	if addr == "" || addr == n.cfg.AdvertiseAddr {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	id, _, _ := n.leaderHint()
 	req, _ := json.Marshal(n.meta(true))
 	if _, err := n.rpc.CallNode(ctx, addr, id, methodLeave, req); err != nil {
 		n.log.Info("asking the leader to remove this node failed; it will notice by gossip", "err", err)
