@@ -32,15 +32,17 @@ func TestMutualTLS(t *testing.T) {
 	loop := net.ParseIP("127.0.0.1")
 	var nlogs logs
 	rogue := -1
-	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+	var c *nodetest.Cluster
+	c = nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
 		cfg.Logger = nlogs.logger().With("n", i)
 		if i == rogue {
 			cfg.TLSFiles = rogueCA.Issue(t, cfg.ID, loop)
+			// Gossip it to every node at once (it has the gossip key).
+			cfg.Join = []string{c.Config(0).GossipAddr, c.Config(1).GossipAddr, c.Config(2).GossipAddr}
 			return
 		}
 		cfg.TLSFiles = ca.Issue(t, cfg.ID, loop)
 	}})
-	li, l := c.Leader()
 	_, f := c.Follower()
 	resp := mustGrant(t, f, acq("tls", "c1", 1, time.Minute))
 
@@ -48,7 +50,15 @@ func TestMutualTLS(t *testing.T) {
 	c.Add()
 	rogueNode := c.Node(rogue)
 	// The leader tried the newcomer and it failed to prove itself.
-	nlogs.waitFor(t, 20*time.Second, fmt.Sprintf("n=%d", li), "member not verified", "id="+rogueNode.ID())
+	var l *node.Node
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		var li int
+		li, l = c.Leader()
+		if len(nlogs.lines(fmt.Sprintf("n=%d", li), "member not verified", "id="+rogueNode.ID())) == 0 {
+			return errorf("the leader has not tried the newcomer yet", li)
+		}
+		return nil
+	})
 	if _, ok := suffrage(t, l)[rogueNode.ID()]; ok {
 		t.Fatalf("the leader added %s: %v", rogueNode.ID(), suffrage(t, l))
 	}
