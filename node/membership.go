@@ -162,6 +162,9 @@ func (t *memberTable) update(n *memberlist.Node, gone bool) error {
 		status = statusLeaving
 	}
 	m.setStatus(status)
+	if m.Raft != md.Raft || m.Run != md.Run {
+		m.verifyFails, m.verifyAt = 0, time.Time{} // new claims: verify them at once
+	}
 	m.Raft, m.Run, m.Cluster = md.Raft, md.Run, md.Cluster
 	m.Gossip = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	t.mu.Unlock()
