@@ -51,7 +51,7 @@ func (n *Node) startAPI() error {
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		TLSConfig:         n.cfg.ServerTLS,
+		TLSConfig:         n.apiTLS,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
 		ErrorLog:          stdlogFor(n.log, "node.api"),
@@ -59,7 +59,7 @@ func (n *Node) startAPI() error {
 	ln = n.apiLn
 	n.goRun("node.api", func() {
 		var err error
-		if n.cfg.ServerTLS != nil {
+		if n.apiTLS != nil {
 			err = n.api.ServeTLS(ln, "", "")
 		} else {
 			err = n.api.Serve(ln)

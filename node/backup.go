@@ -39,9 +39,10 @@ const DefaultRestoreIndexGap = 1_000_000_000
 
 // Restore prepares cfg.DataDir, which must hold no node state, so that
 // Start(ctx, cfg) runs the first node of a new cluster with the leases of
-// backup: a single voter (cfg.ID at cfg.AdvertiseAddr) that elects itself;
-// start the other nodes with Join and without BootstrapExpect, and the
-// leader adds them. It returns the stats of the restored state.
+// backup: a single voter (cfg.ID at cfg.AdvertiseAddr) that elects itself,
+// with a new random cluster id (ClusterIDFile); start the other nodes with
+// Join, empty data dirs and without BootstrapExpect, and the leader adds
+// them. It returns the stats of the restored state.
 //
 // What a restore keeps safe:
 //   - Fencing tokens stay monotonic: the new cluster's Raft index starts
@@ -96,6 +97,9 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	} else if has {
 		return st, fmt.Errorf("data dir %s already holds a node's state; restore into an empty one", cfg.DataDir)
 	}
+	if id, err := readClusterID(cfg.DataDir); err != nil || id != "" {
+		return st, fmt.Errorf("data dir %s already belongs to cluster %q (%v); restore into an empty one", cfg.DataDir, id, err)
+	}
 	conf := raft.Configuration{Servers: []raft.Server{{
 		Suffrage: raft.Voter, ID: raft.ServerID(cfg.ID), Address: raft.ServerAddress(cfg.AdvertiseAddr),
 	}}}
@@ -116,8 +120,18 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	if err := store.SetUint64([]byte("CurrentTerm"), term); err != nil {
 		return st, fmt.Errorf("write raft term: %w", err)
 	}
+	// A restore founds a new cluster: a new id, so that no node of the
+	// old cluster (or another restore of the same backup) joins it.
+	if err := writeClusterID(cfg.DataDir, newClusterID()); err != nil {
+		return st, err
+	}
 	return st, nil
 }
+
+// ClusterID returns the id of the cluster whose state dataDir holds: ""
+// while the directory has none (a new node, or one made by a version
+// without cluster ids).
+func ClusterID(dataDir string) (string, error) { return readClusterID(dataDir) }
 
 // BackupPath is where the API port serves backups: GET it for the lease
 // state in the snapshot format (curl -L follows a follower's redirect to
@@ -139,7 +153,7 @@ func (n *Node) serveBackup(w http.ResponseWriter, r *http.Request) {
 		var le *LeaderError
 		if errors.As(err, &le) && le.LeaderAddr != "" {
 			scheme := "http"
-			if n.cfg.ServerTLS != nil {
+			if n.apiTLS != nil {
 				scheme = "https"
 			}
 			http.Redirect(w, r, scheme+"://"+le.LeaderAddr+BackupPath, http.StatusTemporaryRedirect)

@@ -21,12 +21,16 @@ import (
 )
 
 // Benchmarks run a 3-node cluster on loopback in this process, fsync on,
-// default Raft timing, sharing this machine's cores with the load.
+// default Raft timing, sharing this machine's cores with the load. The
+// node port runs mutual TLS from a cluster key, as nodetest clusters do;
+// -bench.insecure runs it in plain TCP, to measure what TLS costs.
 //
 //	go test -run '^$' -bench . -benchtime 5s ./node/
 
+var benchInsecure = flag.Bool("bench.insecure", false, "benchmarks: plain TCP between nodes (no cluster key)")
+
 func benchCluster(b *testing.B) *nodetest.Cluster {
-	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming()})
+	return nodetest.New(b, nodetest.Options{Size: 3, Timing: node.DefaultTiming(), Insecure: *benchInsecure})
 }
 
 // BenchmarkUncontended: 32 concurrent clients on distinct keys, each doing
@@ -38,7 +42,7 @@ func BenchmarkUncontended(b *testing.B) {
 	var next atomic.Int64
 	lat := make([][]time.Duration, workers)
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
@@ -66,6 +70,7 @@ func BenchmarkUncontended(b *testing.B) {
 	b.StopTimer()
 	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
 	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
 }
@@ -82,7 +87,7 @@ func BenchmarkHandoff(b *testing.B) {
 	var gaps []time.Duration
 	var releasedAt time.Time
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
@@ -120,6 +125,7 @@ func BenchmarkHandoff(b *testing.B) {
 	b.StopTimer()
 	p50, p99 := nodetest.Quantiles(gaps)
 	b.ReportMetric(float64(b.N)/el.Seconds(), "acq/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
 }

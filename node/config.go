@@ -124,20 +124,43 @@ type Config struct {
 	// entries of half a megabyte). Default 64 MiB.
 	LogBytes uint64
 
-	// TLS enables mutual TLS between nodes: server side for the node port
-	// and the API, client side for dialing. Either set TLSFiles or both
-	// ServerTLS and ClientTLS.
-	TLSFiles  transport.TLSFiles
+	// TLSFiles enables mutual TLS on the node port (Raft, node RPC) and
+	// the client API. Node certificates need the node role and this
+	// node's identity as SANs (transport.NodeRole, transport.NodeSAN(ID);
+	// `leasenode tls cert create --node ID` makes them): a certificate
+	// without the role, such as an API client's from the same CA, is
+	// refused on the node port. The API accepts any certificate from the
+	// CA. TLS does not cover gossip: set GossipKey or ClusterKey too.
+	TLSFiles transport.TLSFiles
+	// ServerTLS and ClientTLS are TLSFiles' alternative for programs that
+	// build their own tls.Config: set both or neither. ServerTLS serves the
+	// node port (with the node-role check added) and the API; ClientTLS
+	// dials other nodes. Their certificate needs the node role too.
 	ServerTLS *tls.Config
-	ClientTLS *tls.Config
+	ClientTLS *tls.Config // see ServerTLS
 
 	// Limits bound what clients can make this node hold (defaults: see
 	// DefaultLimits). Give every node the same limits: followers forward
 	// requests to the leader as they received them.
 	Limits Limits
 
-	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES). Optional.
+	// ClusterKey (32 random bytes, the same on every node) authenticates
+	// and encrypts the node port without certificates: every node derives
+	// the same CA from it and mints its own node certificate, so only
+	// holders of the key get a byte through (transport.ClusterKeyTLS). It
+	// also keys gossip when GossipKey is empty. With TLSFiles or ServerTLS
+	// set, those secure the node port and ClusterKey only keys gossip.
+	ClusterKey []byte
+	// GossipKey encrypts and authenticates gossip (16, 24 or 32 bytes,
+	// AES). Default: derived from ClusterKey, if set.
 	GossipKey []byte
+	// Insecure lets the node run an unauthenticated node port or gossip
+	// (no ClusterKey or TLS; no GossipKey or ClusterKey) on an address
+	// other than loopback, where Start otherwise refuses: anyone who can
+	// reach those ports can then read every lease, take leases from their
+	// holders, and join or disrupt the cluster. Start logs a warning. Nodes
+	// bound only to loopback addresses need neither.
+	Insecure bool
 	// AuthToken, when set, is required as "Authorization: Bearer <token>"
 	// on the client API.
 	AuthToken string
@@ -332,6 +355,8 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.ID == "" {
 		bad("ID is required (a stable, unique name for this node)")
+	} else if !validID(c.ID) {
+		bad("ID %q: use up to 128 letters, digits, '.', '_' or '-' (it is part of the node's certificate name)", c.ID)
 	}
 	if c.DataDir == "" {
 		bad("DataDir is required (where the Raft log and snapshots live)")
@@ -392,6 +417,9 @@ func (c Config) Validate() error {
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		bad("GossipKey is %d bytes; want 16, 24 or 32", n)
 	}
+	if n := len(c.ClusterKey); n != 0 && n != transport.ClusterKeySize {
+		bad("ClusterKey is %d bytes; want %d (make one with: head -c 32 /dev/urandom | base64)", n, transport.ClusterKeySize)
+	}
 	if (c.ServerTLS == nil) != (c.ClientTLS == nil) {
 		bad("set both ServerTLS and ClientTLS, or neither")
 	}
@@ -405,6 +433,22 @@ func (c Config) Validate() error {
 		bad("UnsafeClockSkew needs UnsafeWallClock")
 	}
 	return errors.Join(errs...)
+}
+
+// validID reports whether id may name a node: it goes into certificate
+// SANs (transport.NodeSAN) and the hello.
+func validID(id string) bool {
+	if len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func checkHostPort(addr string) error {

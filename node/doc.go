@@ -79,10 +79,44 @@
 //
 // one-cluster-per-state: a node bootstraps only if no member it sees has
 // Raft state, so a node started with BootstrapExpect beside a running or
-// restored cluster joins it instead of founding a second one.
+// restored cluster joins it instead of founding a second one. (Its
+// counterpart for data that already belongs to a cluster is
+// one-cluster-per-data-dir, below.)
 //
 // tokens-survive-restore: Restore starts the new Raft log an index gap past
 // the backup's and in a term above its epoch, so new grants carry tokens
 // above those the old cluster granted after the backup, and the first
 // leader's Promote is newer than the restored epoch.
+//
+// # Trust invariants (DESIGN.md, "Trust")
+//
+// node-port-is-nodes: every Raft and node-RPC byte a node accepts comes
+// from a node of its cluster. The node port is mutual TLS, from TLS files
+// whose certificates carry the node role (an API client certificate from
+// the same CA is refused) or from ClusterKey; Start refuses a plain node
+// port or unkeyed gossip on any non-loopback address unless Insecure.
+// handleRPC re-checks that the caller authenticated. Guarded by transport's
+// TestNodePortRefusesClientCertificates and TestClusterKeyMode, and
+// TestMutualTLS, TestExposedWithoutKeyRefused.
+//
+// one-cluster-per-data-dir: a cluster id is made at bootstrap (the same on
+// every bootstrapping node, from the members' IDs and runs) or by Restore,
+// kept in ClusterIDFile, and checked in the hello of every node-port
+// connection, both ways. A node takes a peer's id only while it has no
+// Raft state and does not wait to bootstrap, and writes it before the
+// hello is answered, so Raft state never lands in a data dir of another
+// cluster. Guarded by TestOtherClusterRefused and
+// TestNewClusterOnDeadMembersAddress.
+//
+// leave-only-self: the leave RPC removes only the node that asks, as named
+// by its connection, not by its request. Guarded by TestLeaveOnlySelf.
+//
+// gossip-is-only-a-hint: no API address (leader hints, redirects,
+// Members) and no Raft membership comes from gossip alone: a member's API
+// address is what that node said in its own Status, over an authenticated
+// connection that had to belong to it (RPCClient.CallNode), for the Raft
+// address and run gossip claims; reconcile adds only members confirmed that
+// way, and changes a server's suffrage at the address Raft has, never
+// gossip's. Guarded by TestGossipCannotRedirect and
+// TestGossipCannotRedirectMemberTable.
 package node

@@ -400,15 +400,20 @@ func (ls *leaderState) kickReaper() {
 	}
 }
 
-// leaderHint returns the current leader's ID and client API address.
+// leaderHint returns the current leader's ID, client API address and
+// Raft address. The ID and Raft address are Raft's; the API address is
+// this node's own, or what the leader itself said over an authenticated
+// connection to that Raft address (verifyMembers), never gossip's claim.
+// Until then it is "": clients are told who leads but not where, and try
+// their other addresses.
 func (n *Node) leaderHint() (id, apiAddr, raftAddr string) {
 	addr, sid := n.raft.LeaderWithID()
 	id, raftAddr = string(sid), string(addr)
 	if id == n.cfg.ID {
 		return id, n.apiAddr, raftAddr
 	}
-	if m, ok := n.members.get(id); ok {
-		apiAddr = m.API
+	if id != "" {
+		apiAddr = n.members.confirmedAPI(id, raftAddr)
 	}
 	return id, apiAddr, raftAddr
 }
@@ -461,7 +466,7 @@ func (n *Node) noLeaderErr() error {
 // not yet applied its Promote. nil means another node leads, none does, or
 // this node has stopped serving.
 func (n *Node) leader(ctx context.Context) *leaderState {
-	ls, _ := n.route(ctx, false)
+	ls, _, _ := n.route(ctx, false)
 	return ls
 }
 
@@ -477,7 +482,7 @@ func (n *Node) leaderWait() time.Duration {
 // serving, and (if remote) while no leader is known at all, so a request
 // arriving during an election is served by the new leader instead of
 // failing at once. It never waits for anything else.
-func (n *Node) route(ctx context.Context, remote bool) (*leaderState, string) {
+func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, addr string) {
 	wait := n.leaderWait()
 	if dl, ok := ctx.Deadline(); ok {
 		// Answer "no leader" while the caller still listens: an answer
@@ -491,25 +496,25 @@ func (n *Node) route(ctx context.Context, remote bool) (*leaderState, string) {
 	for {
 		ch := n.changes()
 		if n.fatalErr() != nil || n.ctx.Err() != nil {
-			return nil, ""
+			return nil, "", ""
 		}
 		if ls := n.lead.Load(); ls != nil && ls.ctx.Err() == nil {
-			return ls, ""
+			return ls, "", ""
 		}
-		switch _, _, addr := n.leaderHint(); {
+		switch id, _, addr := n.leaderHint(); {
 		case n.raft.State() == raft.Leader:
 			// Establishing: wait for Promote.
 		case !remote:
-			return nil, ""
+			return nil, "", ""
 		case addr != "" && addr != n.cfg.AdvertiseAddr:
-			return nil, addr
+			return nil, id, addr
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, ""
+			return nil, "", ""
 		case <-deadline.C:
-			return nil, ""
+			return nil, "", ""
 		}
 	}
 }

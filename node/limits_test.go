@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,18 +47,24 @@ func post(t *testing.T, addr, method string, body io.Reader, header http.Header)
 	return resp.StatusCode, string(b)
 }
 
-// endless is a body of n bytes that is never held in memory.
-type endless struct{ n, read int64 }
+// endless is a body of n bytes that is never held in memory; read counts
+// what the HTTP client took from it (its writer may still run after the
+// reply came back).
+type endless struct {
+	n    int64
+	read atomic.Int64
+}
 
 func (e *endless) Read(p []byte) (int, error) {
-	if e.read >= e.n {
+	r := e.read.Load()
+	if r >= e.n {
 		return 0, io.EOF
 	}
-	k := min(int64(len(p)), e.n-e.read)
+	k := min(int64(len(p)), e.n-r)
 	for i := range p[:k] {
 		p[i] = 'a'
 	}
-	e.read += k
+	e.read.Add(k)
 	return int(k), nil
 }
 
@@ -82,10 +89,10 @@ func TestAPIInputsAreBounded(t *testing.T) {
 	t.Run("100 MB body", func(t *testing.T) {
 		body := &endless{n: 100 << 20}
 		code, out := post(t, l.APIAddr(), "Acquire", body, nil)
-		if code == http.StatusOK || body.read > 64<<20 {
-			t.Fatalf("a 100 MB body: status %d after the node read %d MB: %s", code, body.read>>20, out)
+		if code == http.StatusOK || body.read.Load() > 64<<20 {
+			t.Fatalf("a 100 MB body: status %d after the node read %d MB: %s", code, body.read.Load()>>20, out)
 		}
-		t.Logf("100 MB body: status %d after %d MB sent: %.100s", code, body.read>>20, out)
+		t.Logf("100 MB body: status %d after %d MB sent: %.100s", code, body.read.Load()>>20, out)
 	})
 	t.Run("gzip bomb", func(t *testing.T) {
 		var z bytes.Buffer
@@ -184,8 +191,8 @@ func TestAuthBeforeBody(t *testing.T) {
 	_, l := c.Leader()
 	body := &endless{n: 100 << 20}
 	code, out := post(t, l.APIAddr(), "Acquire", body, nil)
-	if code != http.StatusUnauthorized || body.read > 8<<20 || !strings.Contains(out, "--auth-token") {
-		t.Fatalf("no token: status %d after reading %d MB: %s", code, body.read>>20, out)
+	if code != http.StatusUnauthorized || body.read.Load() > 8<<20 || !strings.Contains(out, "--auth-token") {
+		t.Fatalf("no token: status %d after reading %d MB: %s", code, body.read.Load()>>20, out)
 	}
 	for _, h := range []string{"Bearer s3cret", "bearer s3cret", "BEARER  s3cret"} {
 		code, out := post(t, l.APIAddr(), "Status", strings.NewReader("{}"), http.Header{"Authorization": {h}})

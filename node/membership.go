@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
+	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -30,17 +32,37 @@ const (
 	statusLeaving = "leaving"
 )
 
-// member is what gossip tells about one node.
+// member is what gossip tells about one node, and what the node itself
+// confirmed over an authenticated node-RPC connection.
 type member struct {
-	ID     string
-	Raft   string // Raft and node-RPC address
-	API    string // client API address
-	Gossip string
-	Status string
-	Since  time.Time // when Status last changed
+	ID      string
+	Raft    string // Raft and node-RPC address, as gossip claims it
+	Gossip  string
+	Run     string // the process start that gossip speaks for
+	Cluster string // the cluster id gossip claims for it ("" none)
+	Status  string
+	Since   time.Time // when Status last changed
 	// leavingRun is the Run of a process that announced a graceful
 	// leave; gossip about that same process never makes it alive again.
 	leavingRun string
+
+	// What the node itself said (verifyMember), valid while gossip still
+	// claims the same Raft address and run: gossip alone never names an
+	// API address or gets a node into Raft.
+	verified     bool   // the node at verifiedRaft proved it is ID, of our cluster
+	verifiedRaft string // the Raft address it was asked at
+	verifiedRun  string // gossip's Run when it was asked
+	verifiedAPI  string // its own API address, from its Status reply
+	verifying    bool   // a verifyMember call is running
+	verifyAt     time.Time
+	verifyFails  int    // consecutive failures for the current claims (backoff)
+	verifyErr    string // the last failure, logged once
+}
+
+// confirmed reports whether the member's current gossip claims (Raft
+// address and run) are the ones its node confirmed.
+func (m *member) confirmed() bool {
+	return m.verified && m.verifiedRaft == m.Raft && m.verifiedRun == m.Run
 }
 
 // meta is the gossip metadata a node publishes about itself.
@@ -57,6 +79,9 @@ type meta struct {
 	// announced by one run is not undone by late gossip about it, yet a
 	// restart with the same ID is alive again.
 	Run string `json:"run,omitempty"`
+	// Cluster is the node's cluster id, so that the leader skips members
+	// of another cluster without dialing them.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // memberTable is this node's view of gossip membership. memberlist's
@@ -67,10 +92,24 @@ type memberTable struct {
 	// changed and leaderChanged (capacity 1) are coalesced change
 	// signals: for runMembership and for the leader's reconcile.
 	changed, leaderChanged chan struct{}
+	other                  map[string]string // members of another cluster, logged once: id -> their cluster
 }
 
 func newMemberTable() *memberTable {
-	return &memberTable{m: map[string]*member{}, changed: make(chan struct{}, 1), leaderChanged: make(chan struct{}, 1)}
+	return &memberTable{m: map[string]*member{}, changed: make(chan struct{}, 1), leaderChanged: make(chan struct{}, 1),
+		other: map[string]string{}}
+}
+
+// firstOtherCluster reports whether member id of cluster is news (to log
+// it once).
+func (t *memberTable) firstOtherCluster(id, cluster string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.other[id] == cluster {
+		return false
+	}
+	t.other[id] = cluster
+	return true
 }
 
 func (t *memberTable) get(id string) (member, bool) {
@@ -95,11 +134,17 @@ func (t *memberTable) list() []member {
 }
 
 // update records a gossip event; gone is true for memberlist's leave
-// callback, which fires for failed and departed nodes alike.
-func (t *memberTable) update(n *memberlist.Node, gone bool) {
+// callback, which fires for failed and departed nodes alike. It returns
+// an error for metadata it ignored.
+func (t *memberTable) update(n *memberlist.Node, gone bool) error {
 	var md meta
 	if err := json.Unmarshal(n.Meta, &md); err != nil || md.ID == "" {
-		return // not a leasenode member (or an old message); ignore
+		return nil // not a leasenode member, or an old message
+	}
+	if md.ID != n.Name {
+		// memberlist keeps one address per name; a member whose
+		// metadata speaks for another name is forging.
+		return fmt.Errorf("gossip member %q speaks for node %q", n.Name, md.ID)
 	}
 	t.mu.Lock()
 	m := t.m[md.ID]
@@ -121,9 +166,77 @@ func (t *memberTable) update(n *memberlist.Node, gone bool) {
 		status = statusLeaving
 	}
 	m.setStatus(status)
-	m.Raft, m.API, m.Gossip = md.Raft, md.API, net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	if m.Raft != md.Raft || m.Run != md.Run {
+		m.verifyFails, m.verifyAt = 0, time.Time{} // new claims: verify them at once
+	}
+	m.Raft, m.Run, m.Cluster = md.Raft, md.Run, md.Cluster
+	m.Gossip = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	t.mu.Unlock()
 	t.signal()
+	return nil
+}
+
+// toVerify returns the members whose current gossip claims no verification
+// covers and none is running for, the last attempt older than retry
+// (doubled per consecutive failure, up to maxVerifyRetry), and marks them
+// as being verified.
+func (t *memberTable) toVerify(self string, retry time.Duration) []member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []member
+	for _, m := range t.m {
+		wait := min(retry<<min(m.verifyFails, 8), maxVerifyRetry)
+		if m.ID == self || m.Raft == "" || m.verifying || m.confirmed() ||
+			m.Status == statusDead || m.Status == statusLeft || time.Since(m.verifyAt) < wait {
+			continue
+		}
+		m.verifying, m.verifyAt = true, time.Now()
+		out = append(out, *m)
+	}
+	return out
+}
+
+// setVerified records the outcome of verifying asked (a copy taken by
+// toVerify): ok and the API address it gave, or the failure. It is kept
+// only if gossip still claims the same address and run; otherwise the next
+// pass verifies the new claim at once. It reports whether a failure is new
+// (to be logged).
+func (t *memberTable) setVerified(asked member, ok bool, api string, failure error) (newFailure bool) {
+	t.mu.Lock()
+	m := t.m[asked.ID]
+	if m != nil {
+		m.verifying = false
+		switch {
+		case m.Raft != asked.Raft || m.Run != asked.Run:
+			m.verifyFails, m.verifyAt = 0, time.Time{}
+		case ok:
+			m.verified, m.verifiedRaft, m.verifiedRun, m.verifiedAPI = true, asked.Raft, asked.Run, api
+			m.verifyFails, m.verifyErr = 0, ""
+		default:
+			m.verified = false
+			m.verifyFails++
+			newFailure = m.verifyErr != failure.Error()
+			m.verifyErr = failure.Error()
+		}
+	}
+	t.mu.Unlock()
+	if ok {
+		t.signal()
+	}
+	return newFailure
+}
+
+// confirmedAPI returns the API address node id gave about itself, if
+// gossip's current claims for it were confirmed and its Raft address is
+// raftAddr (the address Raft knows it by; "" to skip that check).
+func (t *memberTable) confirmedAPI(id, raftAddr string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := t.m[id]
+	if m == nil || !m.confirmed() || raftAddr != "" && m.verifiedRaft != raftAddr {
+		return ""
+	}
+	return m.verifiedAPI
 }
 
 // markLeaving records that run of member id asked to leave, ahead of the
@@ -193,9 +306,15 @@ func (d *gossipDelegate) NotifyMsg([]byte)                {}
 func (d *gossipDelegate) GetBroadcasts(int, int) [][]byte { return nil }
 func (d *gossipDelegate) LocalState(bool) []byte          { return nil }
 func (d *gossipDelegate) MergeRemoteState([]byte, bool)   {}
-func (d *gossipDelegate) NotifyJoin(m *memberlist.Node)   { d.n.members.update(m, false) }
-func (d *gossipDelegate) NotifyUpdate(m *memberlist.Node) { d.n.members.update(m, false) }
-func (d *gossipDelegate) NotifyLeave(m *memberlist.Node)  { d.n.members.update(m, true) }
+func (d *gossipDelegate) NotifyJoin(m *memberlist.Node)   { d.update(m, false) }
+func (d *gossipDelegate) NotifyUpdate(m *memberlist.Node) { d.update(m, false) }
+func (d *gossipDelegate) NotifyLeave(m *memberlist.Node)  { d.update(m, true) }
+
+func (d *gossipDelegate) update(m *memberlist.Node, gone bool) {
+	if err := d.n.members.update(m, gone); err != nil {
+		d.n.log.Warn("ignoring gossip metadata", "component", "node.membership", "from", m.Name, "addr", m.Address(), "err", err)
+	}
+}
 
 func (n *Node) startGossip(ctx context.Context) error {
 	cfg := n.cfg
@@ -204,7 +323,9 @@ func (n *Node) startGossip(ctx context.Context) error {
 	ahost, aportStr, _ := net.SplitHostPort(cfg.GossipAdvertiseAddr)
 	aport, _ := strconv.Atoi(aportStr)
 	d := &gossipDelegate{n: n}
-	d.setMeta(n.meta(true))
+	biggest := n.meta(true)
+	biggest.Cluster = strings.Repeat("f", 64) // the id may come later
+	d.setMeta(biggest)
 	if l := len(*d.meta.Load()); l > memberlist.MetaMaxSize {
 		return fmt.Errorf("gossip metadata of %d bytes exceeds %d: shorten the ID or addresses", l, memberlist.MetaMaxSize)
 	}
@@ -247,7 +368,15 @@ func (n *Node) startGossip(ctx context.Context) error {
 
 // meta is what this node publishes about itself in gossip.
 func (n *Node) meta(leaving bool) meta {
-	return meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Run: n.run, Leaving: leaving}
+	return meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Run: n.run, Leaving: leaving, Cluster: n.cluster.get()}
+}
+
+// publishMeta gossips this node's metadata again (its cluster id changed).
+func (n *Node) publishMeta() {
+	n.gossip.setMeta(n.meta(false))
+	if err := n.ml.UpdateNode(time.Second); err != nil {
+		n.log.Debug("gossip metadata update", "err", err)
+	}
 }
 
 // announceLeave tells gossip that this node is about to leave, before it
@@ -272,13 +401,13 @@ func (n *Node) leaveRaft(ctx context.Context) {
 	req, _ := json.Marshal(n.meta(true))
 	var err error
 	for ctx.Err() == nil {
-		_, _, addr := n.leaderHint()
+		id, _, addr := n.leaderHint()
 		switch {
 		case addr == n.cfg.AdvertiseAddr:
 			return // still the leader: nobody else could take over
 		case addr != "":
 			actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err = n.rpc.Call(actx, addr, methodLeave, req)
+			_, err = n.rpc.CallNode(actx, addr, id, methodLeave, req)
 			acancel()
 			if err == nil {
 				return
@@ -293,13 +422,23 @@ func (n *Node) leaveRaft(ctx context.Context) {
 const leaveRaftTimeout = 10 * time.Second
 
 // serveLeave, on the leader, removes a node that leaves gracefully.
+//
+// Invariant leave-only-self: only node X may ask to remove X. The caller's
+// ID comes from the connection (its certificate, in both secure modes),
+// never from the request body; otherwise anyone who reaches the node port
+// could remove voters (the issue's probe removed one twice).
+// TestLeaveOnlySelf guards it.
 func (n *Node) serveLeave(ctx context.Context, data []byte) error {
-	if n.leader(ctx) == nil {
-		return n.notLeaderErr()
-	}
 	var md meta
 	if err := json.Unmarshal(data, &md); err != nil || md.ID == "" {
 		return fmt.Errorf("%w: leave request: %v", ErrInvalid, err)
+	}
+	if caller, _ := transport.PeerID(ctx); caller != md.ID {
+		n.log.Warn("refused a request to remove another node", "component", "node.membership", "caller", caller, "id", md.ID)
+		return fmt.Errorf("%w: node %q may not remove node %q: a node may only ask to remove itself", ErrInvalid, caller, md.ID)
+	}
+	if n.leader(ctx) == nil {
+		return n.notLeaderErr()
 	}
 	n.members.markLeaving(md.ID, md.Run)
 	return n.removeServer(md.ID)
@@ -339,10 +478,13 @@ func (n *Node) runMembership() {
 			bootstrapped = n.tryBootstrap()
 		}
 		n.rejoin()
+		n.verifyMembers()
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-n.members.changed:
+		case <-n.cluster.changed:
+			n.publishMeta()
 		case <-tick.C:
 		}
 	}
@@ -350,6 +492,55 @@ func (n *Node) runMembership() {
 
 // bootstrapLogEvery is how often a node waiting to bootstrap says so.
 const bootstrapLogEvery = 5 * time.Second
+
+// verifyRetry is how soon a member that failed verification is asked
+// again, doubling per consecutive failure up to maxVerifyRetry.
+const (
+	verifyRetry    = time.Second
+	maxVerifyRetry = 15 * time.Second
+)
+
+// verifyMembers asks, in the background, every member whose gossip claims
+// (Raft address, run) are not yet confirmed for its own Status, over an
+// authenticated connection that must belong to the node it claims to be
+// (RPCClient.CallNode). Only what a node says about itself that way is
+// believed: its API address (leader hints, redirects, Members) and its
+// place in Raft (reconcile adds only confirmed members).
+//
+// Invariant gossip-is-only-a-hint: no API address and no Raft membership
+// comes from gossip metadata alone, which anyone with the gossip key (or,
+// without one, anyone) can forge; a gossip member claiming the leader's
+// ID with another API address made followers redirect clients and their
+// bearer tokens to it. TestGossipCannotRedirect guards it.
+func (n *Node) verifyMembers() {
+	for _, m := range n.members.toVerify(n.cfg.ID, verifyRetry) {
+		n.goRun("node.verify", func() { n.verifyMember(m) })
+	}
+}
+
+// verifyMember asks m for its Status and records whether it proved who
+// gossip says it is.
+func (n *Node) verifyMember(m member) {
+	st, err := n.peerStatus(m.ID, m.Raft)
+	own := n.cluster.get()
+	switch {
+	case err != nil:
+	case st.GetNodeId() != m.ID:
+		err = fmt.Errorf("it answered as node %q", st.GetNodeId())
+	case st.GetClusterId() != own:
+		err = fmt.Errorf("it belongs to cluster %q, this node to %q", st.GetClusterId(), own)
+	}
+	if err != nil {
+		level := slog.LevelDebug
+		if n.members.setVerified(m, false, "", err) {
+			level = slog.LevelInfo
+		}
+		n.log.Log(n.ctx, level, "member not verified: not adding it to Raft nor trusting its API address",
+			"component", "node.membership", "id", m.ID, "raft", m.Raft, "err", err)
+		return
+	}
+	n.members.setVerified(m, true, st.GetApiAddr(), nil)
+}
 
 // rejoinFor is how long a failed member is retried.
 const rejoinFor = 24 * time.Hour
@@ -411,6 +602,7 @@ func (n *Node) tryBootstrap() bool {
 		return false
 	}
 	alive = alive[:n.cfg.BootstrapExpect]
+	clusterID := bootstrapClusterID(alive)
 	var conf raft.Configuration
 	self := false
 	for i, m := range alive {
@@ -422,6 +614,7 @@ func (n *Node) tryBootstrap() bool {
 		self = self || m.ID == n.cfg.ID
 	}
 	if !self {
+		n.cluster.joining()
 		return true // the others bootstrap; the leader adds us
 	}
 	// Like Consul: never bootstrap next to a node that has Raft state (an
@@ -433,13 +626,20 @@ func (n *Node) tryBootstrap() bool {
 		return false
 	case id != "":
 		n.log.Info("not bootstrapping: a member already has Raft state", "member", id)
+		n.cluster.joining()
 		return true
+	}
+	// The cluster id goes to disk before Raft's first state: every
+	// bootstrapping node computes the same one from the same members.
+	if err := n.cluster.bootstrapped(clusterID); err != nil {
+		n.log.Warn("bootstrap postponed", "err", err)
+		return false
 	}
 	if err := n.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
 		n.log.Warn("bootstrap failed", "err", err)
 		return false
 	}
-	n.log.Info("bootstrapped cluster", "servers", len(conf.Servers))
+	n.log.Info("bootstrapped cluster", "servers", len(conf.Servers), "cluster", clusterID)
 	return true
 }
 
@@ -450,7 +650,7 @@ func (n *Node) peerWithState(members []member) (string, error) {
 		if m.ID == n.cfg.ID {
 			continue
 		}
-		st, err := n.peerStatus(m)
+		st, err := n.peerStatus(m.ID, m.Raft)
 		if err != nil {
 			return "", fmt.Errorf("status of %s: %w", m.ID, err)
 		}
@@ -486,15 +686,27 @@ func (n *Node) reconcile(ls *leaderState) {
 	}
 	log := n.log.With("component", "node.membership")
 	timeout := 5 * time.Second
+	own := n.cluster.get()
 
 	for _, m := range members {
-		if _, ok := inConf[m.ID]; !ok && m.Status == statusAlive {
-			log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
-			if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout)); err != nil {
-				log.Warn("add non-voter failed", "id", m.ID, "err", err)
-			}
-			return // one change at a time; the next pass continues
+		if _, ok := inConf[m.ID]; ok || m.Status != statusAlive {
+			continue
 		}
+		switch {
+		case m.Cluster != "" && m.Cluster != own:
+			// Gossip says so; the hello would refuse it anyway.
+			if n.members.firstOtherCluster(m.ID, m.Cluster) {
+				log.Warn("not adding a member of another cluster", "id", m.ID, "its_cluster", m.Cluster, "cluster", own)
+			}
+			continue
+		case !m.confirmed():
+			continue // verifyMembers has not confirmed it (yet)
+		}
+		log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
+		if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout)); err != nil {
+			log.Warn("add non-voter failed", "id", m.ID, "err", err)
+		}
+		return // one change at a time; the next pass continues
 	}
 
 	healthy := func(id string) bool {
@@ -536,12 +748,15 @@ func (n *Node) reconcile(ls *leaderState) {
 	sort.Strings(spare)
 	if len(voters) < n.cfg.Voters {
 		for _, id := range spare {
-			if !n.caughtUp(members[id]) {
+			// The address Raft has, never gossip's: a gossip member
+			// claiming this ID elsewhere must not move it.
+			addr := inConf[id].Address
+			if !n.caughtUp(id, string(addr)) {
 				log.Debug("not caught up", "id", id)
 				continue
 			}
 			log.Info("promoting to voter", "id", id)
-			if err := n.wait(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(members[id].Raft), 0, timeout)); err != nil {
+			if err := n.wait(n.raft.AddVoter(raft.ServerID(id), addr, 0, timeout)); err != nil {
 				log.Warn("promote failed", "id", id, "err", err)
 			}
 			return
@@ -569,18 +784,19 @@ func (n *Node) reconcile(ls *leaderState) {
 	}
 }
 
-// caughtUp asks m for its applied index; it is caught up when within a
-// small margin of ours.
-func (n *Node) caughtUp(m member) bool {
-	st, err := n.peerStatus(m)
+// caughtUp asks node id at addr for its applied index; it is caught up
+// when within a small margin of ours.
+func (n *Node) caughtUp(id, addr string) bool {
+	st, err := n.peerStatus(id, addr)
 	return err == nil && st.GetHeader().GetAppliedIndex()+256 >= n.raft.AppliedIndex()
 }
 
-// peerStatus asks member m for its local status over node RPC.
-func (n *Node) peerStatus(m member) (*pb.StatusResponse, error) {
+// peerStatus asks node id, at addr, for its local status over node RPC;
+// it fails if the node at addr is not id.
+func (n *Node) peerStatus(id, addr string) (*pb.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
 	defer cancel()
-	out, err := n.rpc.Call(ctx, m.Raft, methodStatus, nil)
+	out, err := n.rpc.CallNode(ctx, addr, id, methodStatus, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -53,3 +53,51 @@ func TestMemberTableLeavingSticksToItsRun(t *testing.T) {
 		t.Fatalf("a failure without a leave: %s", got)
 	}
 }
+
+// Gossip forging a member's metadata under its own name (what an insider
+// with the gossip key could send) never changes the API address nodes
+// give clients: that comes only from the node itself (setVerified, fed by
+// its Status over authenticated RPC), for the Raft address and run it was
+// asked at. A forged Raft address or run voids it until the node at that
+// address proves it is the member. Metadata speaking for another name is
+// ignored outright.
+func TestGossipCannotRedirectMemberTable(t *testing.T) {
+	tab := newMemberTable()
+	genuine := meta{ID: "n0", Raft: "127.0.0.1:7400", API: "127.0.0.1:7402", Run: "r1"}
+	tab.update(gossipNode(t, genuine), false)
+	if api := tab.confirmedAPI("n0", genuine.Raft); api != "" {
+		t.Fatalf("unconfirmed gossip gave API address %q", api)
+	}
+	asked := tab.toVerify("self", 0)
+	if len(asked) != 1 || asked[0].ID != "n0" {
+		t.Fatalf("toVerify = %v", asked)
+	}
+	tab.setVerified(asked[0], true, "127.0.0.1:7402", nil) // what n0's own Status said
+	if api := tab.confirmedAPI("n0", genuine.Raft); api != "127.0.0.1:7402" {
+		t.Fatalf("confirmed API %q", api)
+	}
+
+	// Same name, same Raft address and run, another API: ignored.
+	forged := genuine
+	forged.API = "10.6.6.6:7402"
+	tab.update(gossipNode(t, forged), false)
+	if api := tab.confirmedAPI("n0", genuine.Raft); api != "127.0.0.1:7402" {
+		t.Fatalf("forged API taken: %q", api)
+	}
+	// Another Raft address: no API at all until the node there proves
+	// itself, and Raft's address for the leader must match.
+	forged.Raft, forged.Run = "10.6.6.6:7400", "evil"
+	tab.update(gossipNode(t, forged), false)
+	if api := tab.confirmedAPI("n0", genuine.Raft); api != "" {
+		t.Fatalf("API %q for a forged Raft address", api)
+	}
+	if m, _ := tab.get("n0"); m.confirmed() {
+		t.Fatal("forged claims count as confirmed")
+	}
+	// Metadata for n0 under another memberlist name: refused.
+	n := gossipNode(t, meta{ID: "n0", Raft: "10.6.6.6:7400", API: "10.6.6.6:7402"})
+	n.Name = "evil"
+	if err := tab.update(n, false); err == nil {
+		t.Fatal("metadata speaking for another name accepted")
+	}
+}

@@ -41,6 +41,16 @@ type Node struct {
 	rpcSrv *transport.RPCServer
 	rpc    *transport.RPCClient
 
+	// Node-port security (trust.go): TLS configurations of the node port
+	// (nil: plain TCP) and the API, whether every peer is authenticated,
+	// and this node's cluster id with the rules for peers'.
+	nodeServerTLS *tls.Config
+	nodeClientTLS *tls.Config
+	apiTLS        *tls.Config
+	authPeers     bool
+	cluster       *clusterIdentity
+	raftp         atomic.Pointer[raft.Raft] // n.raft once NewRaft returned, for the hello's judge
+
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
 	members   *memberTable
@@ -95,24 +105,33 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	if cfg.TLSFiles.Enabled() {
-		if cfg.ServerTLS, err = cfg.TLSFiles.ServerConfig(); err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
-		}
-		if cfg.ClientTLS, err = cfg.TLSFiles.ClientConfig(); err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
+	log := cfg.Logger.With("node", cfg.ID)
+	if err := checkExposure(cfg, log); err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	if len(cfg.GossipKey) == 0 && len(cfg.ClusterKey) > 0 {
+		if cfg.GossipKey, err = transport.GossipKey(cfg.ClusterKey); err != nil {
+			return nil, fmt.Errorf("gossip key: %w", err)
 		}
 	}
+	nodeServer, nodeClient, apiTLS, err := nodePortTLS(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
 	n := &Node{
-		started:     time.Now(),
-		cfg:         cfg,
-		log:         cfg.Logger.With("node", cfg.ID),
-		changed:     make(chan struct{}),
-		run:         strconv.FormatUint(rand.Uint64(), 36),
-		raftDown:    make(chan struct{}),
-		fatalCh:     make(chan struct{}),
-		withdrawals: make(chan struct{}, 1024),
-		down:        make(chan struct{}),
+		started:       time.Now(),
+		cfg:           cfg,
+		log:           log,
+		changed:       make(chan struct{}),
+		run:           strconv.FormatUint(rand.Uint64(), 36),
+		raftDown:      make(chan struct{}),
+		fatalCh:       make(chan struct{}),
+		withdrawals:   make(chan struct{}, 1024),
+		down:          make(chan struct{}),
+		nodeServerTLS: nodeServer,
+		nodeClientTLS: nodeClient,
+		apiTLS:        apiTLS,
+		authPeers:     nodeServer != nil,
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
@@ -158,20 +177,47 @@ func (n *Node) goRun(name string, f func()) {
 
 func (n *Node) startRaft() error {
 	cfg := n.cfg
+	var err error
+	n.store, err = raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.DataDir, "raft.db"),
+		NoSync:      cfg.NoSync,
+		BoltOptions: &bbolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
+	})
+	if err != nil {
+		return fmt.Errorf("open raft store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hclogFor(n.log, "raft-snapshot"))
+	if err != nil {
+		return fmt.Errorf("snapshot store: %w", err)
+	}
+	hadState, err := raft.HasExistingState(n.store, n.store, snaps)
+	if err != nil {
+		return fmt.Errorf("read raft state: %w", err)
+	}
+	n.cluster, err = newClusterIdentity(cfg.DataDir, cfg.ID, n.log, cfg.BootstrapExpect > 0 && !hadState, func() bool {
+		if r := n.raftp.Load(); r != nil {
+			return r.LastIndex() > 0
+		}
+		return hadState
+	})
+	if err != nil {
+		return err
+	}
+	hello := &transport.Hello{NodeID: cfg.ID, ClusterID: n.cluster.get, Check: n.cluster.check, Refused: n.cluster.refusedBy}
+
 	ln, err := net.Listen("tcp", cfg.BindAddr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
-	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: cfg.ServerTLS, Logger: n.log})
+	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log})
 	raftLn := n.mux.Listen(transport.ProtoRaft)
 	rpcLn := n.mux.Listen(transport.ProtoRPC)
-	n.goRun("transport.mux", func() { _ = n.mux.Serve() })
 
 	adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
 	if err != nil {
 		return fmt.Errorf("advertise address: %w", err)
 	}
-	dialer := &transport.Dialer{TLS: cfg.ClientTLS, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Faults}
+	dialer := &transport.Dialer{TLS: n.nodeClientTLS, Hello: hello, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Faults}
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  transport.NewStreamLayer(raftLn, adv, dialer),
 		MaxPool: 3,
@@ -185,19 +231,6 @@ func (n *Node) startRaft() error {
 		EncodeError: encodeRPCError, Logger: n.log.With("component", "node.rpc"), MaxMessage: maxMsg,
 	})
 	n.goRun("node.rpc", func() { _ = n.rpcSrv.Serve() })
-
-	n.store, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, "raft.db"),
-		NoSync:      cfg.NoSync,
-		BoltOptions: &bbolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
-	})
-	if err != nil {
-		return fmt.Errorf("open raft store: %w", err)
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hclogFor(n.log, "raft-snapshot"))
-	if err != nil {
-		return fmt.Errorf("snapshot store: %w", err)
-	}
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -222,6 +255,10 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
+	n.raftp.Store(n.raft)
+	// Serve the node port only now: the hello's judge asks Raft whether
+	// this node has state.
+	n.goRun("transport.mux", func() { _ = n.mux.Serve() })
 	return nil
 }
 
@@ -437,6 +474,3 @@ func (n *Node) handOver() {
 		n.log.Warn("leadership transfer on close failed; the others elect a leader after the heartbeat timeout", "err", err)
 	}
 }
-
-// clientTLS returns the TLS config for dialing peers, or nil.
-func (n *Node) clientTLS() *tls.Config { return n.cfg.ClientTLS }

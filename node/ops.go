@@ -182,6 +182,8 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		LastIndex:   n.raft.LastIndex(),
 		Leases:      uint64(st.Held),
 		Delayed:     uint64(st.Delayed),
+		ApiAddr:     n.apiAddr,
+		ClusterId:   n.cluster.get(),
 	}
 	if ls := n.lead.Load(); ls != nil {
 		resp.Serving = true
@@ -193,8 +195,10 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 // Members lists the nodes gossip knows, with their role in Raft.
 func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
 	roles := map[string]string{}
+	addrs := map[string]string{}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
+			addrs[string(s.ID)] = string(s.Address)
 			if s.Suffrage == raft.Voter {
 				roles[string(s.ID)] = "voter"
 			} else {
@@ -212,8 +216,20 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 			}
 			role = "none"
 		}
+		// Addresses from Raft and from the node itself (see
+		// verifyMembers), never gossip's word alone: clients send their
+		// credentials to the API addresses listed here.
+		raftAddr, api := m.Raft, ""
+		if a, ok := addrs[m.ID]; ok {
+			raftAddr = a
+		}
+		if m.ID == n.cfg.ID {
+			api = n.apiAddr
+		} else {
+			api = n.members.confirmedAPI(m.ID, raftAddr)
+		}
 		resp.Members = append(resp.Members, &pb.Member{
-			Id: m.ID, RaftAddr: m.Raft, ApiAddr: m.API, GossipAddr: m.Gossip,
+			Id: m.ID, RaftAddr: raftAddr, ApiAddr: api, GossipAddr: m.Gossip,
 			Status: m.Status, Raft: role, Leader: m.ID == leaderID,
 		})
 	}
@@ -246,7 +262,7 @@ func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method ui
 	if err := n.serviceErr(); err != nil {
 		return zero, err
 	}
-	ls, addr := n.route(ctx, true)
+	ls, id, addr := n.route(ctx, true)
 	if ls != nil {
 		return local(ctx, ls, req)
 	}
@@ -256,19 +272,20 @@ func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method ui
 		}
 		return zero, n.noLeaderErr()
 	}
-	if err := n.forward(ctx, addr, method, req, resp, write); err != nil {
+	if err := n.forward(ctx, id, addr, method, req, resp, write); err != nil {
 		return zero, err
 	}
 	return resp, nil
 }
 
-// forward sends req to the leader at addr over node RPC, once.
-func (n *Node) forward(ctx context.Context, addr string, method uint8, req, resp proto.Message, write bool) error {
+// forward sends req once to the leader over node RPC, to the node Raft
+// names as leader (id) at addr and no other (CallNode).
+func (n *Node) forward(ctx context.Context, id, addr string, method uint8, req, resp proto.Message, write bool) error {
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return err
 	}
-	out, err := n.rpc.Call(ctx, addr, method, data)
+	out, err := n.rpc.CallNode(ctx, addr, id, method, data)
 	switch {
 	case err == nil:
 	case errors.Is(err, transport.ErrNotSent):
@@ -289,7 +306,19 @@ func (n *Node) forward(ctx context.Context, addr string, method uint8, req, resp
 
 // handleRPC serves requests forwarded by other nodes. It never forwards
 // again: a node that is not the leader answers not-leader with its hint.
+//
+// Invariant node-port-is-nodes: every request here comes from a node of
+// this cluster. The Mux lets no connection through without a certificate
+// with the node role (TLS files) or made from the cluster key, and a hello
+// of this cluster; the check below only makes sure of it. Without TLS or a
+// key (loopback or Insecure) the caller's ID is a claim. Tests:
+// transport's TestNodePortRefusesClientCertificates and TestClusterKeyMode,
+// node's TestOtherClusterRefused.
 func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte, error) {
+	peer, ok := transport.PeerFrom(ctx)
+	if !ok || peer.ID == "" || n.authPeers && !peer.Authenticated {
+		return nil, fmt.Errorf("%w: node RPC from an unauthenticated peer", ErrInvalid)
+	}
 	switch method {
 	case methodAcquire:
 		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, n.acquireLocal)

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -13,16 +14,23 @@ import (
 const DefaultDialTimeout = 5 * time.Second
 
 // Dialer opens connections to other nodes' Muxes: TCP, then the TLS client
-// handshake when TLS is set, then the protocol byte. It consults Faults (if
-// set) before dialing and registers the connection with it, so that a later
-// partition closes it. The zero value dials plain TCP with no faults. A
-// Dialer is safe for concurrent use and must not be modified after first use.
+// handshake when TLS is set, then the protocol byte and the hello. It
+// consults Faults (if set) before dialing and registers the connection with
+// it, so that a later partition closes it. The zero value dials plain TCP
+// with no faults and an empty hello. A Dialer is safe for concurrent use and
+// must not be modified after first use.
 type Dialer struct {
 	// TLS, when non-nil, is the client-side TLS configuration (see
-	// TLSFiles.ClientConfig). If its ServerName is empty, the host part of
-	// the dialed address is used, so a certificate is verified against the
-	// IP SAN when dialing host:port by IP.
+	// TLSFiles.ClientConfig and ClusterKeyTLS). If its ServerName is empty,
+	// the host part of the dialed address is used, so a certificate is
+	// verified against the IP SAN when dialing host:port by IP. The Dialer
+	// adds the node-role check: a server whose certificate lacks the
+	// NodeRole SAN and one node identity fails the handshake.
 	TLS *tls.Config
+	// Hello is this node's side of the hello: its identity, and the judge
+	// of the nodes it reaches. Nil presents empty ids and accepts every
+	// server.
+	Hello *Hello
 	// LocalAddr is this node's advertised address, the "from" side that
 	// Faults judges.
 	LocalAddr string
@@ -34,14 +42,15 @@ type Dialer struct {
 	Timeout time.Duration
 }
 
-// Dial connects to the Mux at addr and announces proto. The returned
-// connection is ready for the protocol's own bytes. A dial forbidden by
-// Faults fails with an error wrapping ErrPartitioned without touching the
-// network.
+// Dial connects to the Mux at addr, announces proto and runs the hello.
+// The returned connection is ready for the protocol's own bytes, and
+// PeerOf tells which node it reached. A dial forbidden by Faults fails with
+// an error wrapping ErrPartitioned without touching the network; a node
+// that refuses this one in the hello makes it fail with a *RefusedError.
 //
 // With TLS 1.3 the server verifies the client certificate after the client's
-// handshake has returned, so a server that rejects this node's certificate
-// shows up as an error on the first read, not here.
+// handshake has returned; the hello's answer is the first read, so a server
+// that rejects this node's certificate still fails the Dial.
 func (d *Dialer) Dial(ctx context.Context, addr string, proto byte) (net.Conn, error) {
 	if d.Faults != nil && !d.Faults.Allowed(d.LocalAddr, addr) {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, ErrPartitioned)
@@ -63,14 +72,13 @@ func (d *Dialer) Dial(ctx context.Context, addr string, proto byte) (net.Conn, e
 	}
 	conn := raw
 	if d.TLS != nil {
-		cfg := d.TLS
+		cfg := withNodeRole(d.TLS)
 		if cfg.ServerName == "" {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				_ = raw.Close()
 				return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
 			}
-			cfg = cfg.Clone()
 			cfg.ServerName = host
 		}
 		tc := tls.Client(raw, cfg)
@@ -81,16 +89,35 @@ func (d *Dialer) Dial(ctx context.Context, addr string, proto byte) (net.Conn, e
 		conn = tc
 	}
 
-	// The deadline always exists here (see above); clear it once the byte
-	// is out so the connection's owner starts with none.
+	// The deadline always exists here (see above); clear it once the hello
+	// is done so the connection's owner starts with none. Closing raw when
+	// ctx ends covers a cancellation before the deadline.
 	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetWriteDeadline(dl)
+		_ = conn.SetDeadline(dl)
 	}
-	if _, err := conn.Write([]byte{proto}); err != nil {
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	if _, err := conn.Write(clientHelloBytes(proto, d.Hello)); err != nil {
+		stop()
 		_ = raw.Close()
-		return nil, fmt.Errorf("transport: dial %s: write protocol byte: %w", addr, err)
+		return nil, fmt.Errorf("transport: dial %s: write hello: %w", addr, err)
 	}
-	_ = conn.SetWriteDeadline(time.Time{})
+	peer, err := clientHello(conn, addr, d.Hello)
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		_ = raw.Close()
+		var rerr *RefusedError
+		if errors.As(err, &rerr) {
+			return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+		}
+		if _, ok := conn.(*tls.Conn); ok && isRemoteAlert(err) {
+			return nil, fmt.Errorf("transport: dial %s: hello: %w (the node refused this node's certificate: it needs the %q role and this cluster's CA)", addr, err, NodeRole)
+		}
+		return nil, fmt.Errorf("transport: dial %s: hello: %w", addr, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	conn = &peerConn{Conn: conn, peer: peer}
 
 	if d.Faults != nil {
 		fc, err := d.Faults.track(d.LocalAddr, addr, conn, raw)
@@ -100,4 +127,11 @@ func (d *Dialer) Dial(ctx context.Context, addr string, proto byte) (net.Conn, e
 		return fc, nil
 	}
 	return conn, nil
+}
+
+// isRemoteAlert reports a TLS alert sent by the peer: after a completed
+// client handshake, that is a server refusing this node's certificate.
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
 }

@@ -9,6 +9,11 @@
 //     the leader) over long-lived, pooled, multiplexed connections.
 //   - Dialer and TLSFiles: the client side of all of the above, and the
 //     mutual-TLS configuration both sides share.
+//   - Hello and Peer: who is at the other end of every node-port
+//     connection, and the cluster-identity check at its start.
+//   - ClusterKeyTLS, GossipKey and Authority: cluster-key mode (a CA
+//     derived from a shared secret) and the certificates of `leasenode
+//     tls`.
 //   - Faults: an in-process switchboard that partitions nodes in tests.
 //
 // It does not know what the bytes mean: nothing here knows about leases,
@@ -16,12 +21,77 @@
 // opaque numbers and bytes defined by package node (protobuf messages from
 // transport/pb); the client API protocol is served elsewhere.
 //
+// # Trust on the node port
+//
+// Every Raft and node-RPC byte is meant to come from a node of this
+// cluster. The node port runs in one of two secure modes, by one code path
+// (mutual TLS on the Mux and the Dialer), or, only where the operator
+// allows it, in the clear:
+//
+//   - TLS files (TLSFiles): certificates from the operator's CA. A
+//     certificate proves a *node* only by its role: the DNS SAN NodeRole
+//     ("node.leasenode") and exactly one identity SAN NodeSAN(ID)
+//     ("<ID>.node.leasenode"). Both sides check chain and role during the
+//     handshake (the Mux and the Dialer add the check to whatever
+//     tls.Config they are given), so an API client certificate from the
+//     same CA (ClientRole) is refused on the node port, with a log line
+//     naming the missing role, while the API accepts it.
+//   - Cluster key (ClusterKeyTLS): every node derives from the shared
+//     32-byte key, with HKDF-SHA256 under a fixed info string, the same
+//     Ed25519 CA key and a byte-identical self-signed CA certificate
+//     (fixed serial and subject, valid 2000-01-01 to 9999-12-31 so that
+//     no clock skew matters), and at start mints an ephemeral certificate
+//     with the node role and its identity, signed by that CA. From there
+//     it is the TLS-files path exactly. GossipKey derives the memberlist
+//     key from the same secret under another info string.
+//   - Plain TCP: no authentication at all. Package node allows it only
+//     when every address it binds is loopback, or when told Insecure.
+//
+// Why TLS in cluster-key mode rather than a bare challenge-response (an
+// HMAC of nonces, then plain bytes): a challenge proves who opened the
+// connection, not who sends its later bytes. Anyone on the path could
+// take over an authenticated TCP stream after the challenge, read every
+// lease, holder and token it carries, or inject a forged AppendEntries
+// (the attack that made one replica hold a lease another had released).
+// Binding every byte to the key needs a MAC on every frame of Raft's own
+// protocol, which we do not own; TLS does exactly that, and encrypts, with
+// one well-reviewed implementation and the same code path as the TLS-files
+// mode, so there is one thing to test. The cost is one handshake per
+// pooled connection (connections are long-lived) and AES-GCM on the bytes;
+// see the benchmark figures in node/DESIGN.md.
+//
 // # Connection preamble
 //
-// A dialer opens TCP, completes the TLS handshake when TLS is configured,
-// and writes one protocol byte. The Mux reads that byte under
-// MuxConfig.HandshakeTimeout and hands the connection, byte consumed, to the
-// protocol's listener. Unknown bytes and failed handshakes are closed.
+// A dialer opens TCP, completes the TLS handshake when TLS is configured
+// (role checked on both sides), and writes one protocol byte followed by
+// its hello. The Mux reads them, judges the dialer, answers, and hands the
+// connection to the protocol's listener; all of it runs under
+// MuxConfig.HandshakeTimeout on the Mux and the dial's deadline on the
+// Dialer. Unknown bytes, failed handshakes and refused hellos are closed.
+// Raft's NetworkTransport and the RPC frames below never see the hello.
+//
+//	dialer → Mux   proto   uint8   ProtoRaft or ProtoRPC
+//	               magic   uint8   'L'
+//	               version uint8   1
+//	               node    uint8 length + bytes   the dialer's node ID
+//	               cluster uint8 length + bytes   its cluster id ("" none)
+//	Mux → dialer   magic, version
+//	               status  uint8   0 accept, 1 refuse
+//	               node, cluster   the Mux's own, as above
+//	               message uint16 length (<= 1024) + bytes: why it refused
+//
+// Under TLS the node ID in a hello must be the identity in the sender's
+// certificate (or empty); otherwise the node ID is only a claim. The
+// judge (Hello.Check) runs on both sides, so a refusal goes both ways: the
+// Mux sends its reason, which Dial returns as a *RefusedError (for
+// instance "refused by n2 (10.0.0.2:7400): this cluster is 7f3a…, your
+// data dir belongs to cluster 91bc…; to join this cluster start with an
+// empty --data-dir"). Package node decides what cluster ids match.
+//
+// Connections handed out by Mux sub-listeners and returned by Dial carry
+// the peer (PeerOf); RPCServer puts it in every handler's context
+// (PeerFrom, PeerID), and RPCClient.CallNode refuses to send to an
+// address whose node is not the one meant.
 //
 // # RPC frames
 //

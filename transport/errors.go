@@ -39,6 +39,17 @@ var (
 	// classifies network errors sees a refused connection, not a slow one.
 	ErrPartitioned error = partitionError{}
 
+	// ErrRefused is wrapped by the *RefusedError a Dialer returns when the
+	// node it reached refused it in the hello (another cluster, a node
+	// waiting to bootstrap, an identity that does not match the
+	// certificate). Calls fail with it wrapped in ErrNotSent.
+	ErrRefused = errors.New("transport: refused by peer")
+
+	// ErrWrongPeer is returned by RPCClient.CallNode when the node at the
+	// address is not the node the caller meant (it authenticated, or on
+	// plain TCP claimed, another ID). The request was not sent.
+	ErrWrongPeer = errors.New("transport: address belongs to another node")
+
 	// errProtocol reports a peer that violated the frame format. The
 	// connection is closed; it never reaches callers except as the cause
 	// inside a CallError.

@@ -137,6 +137,12 @@ type faultConn struct {
 	from, to string
 }
 
+// Peer returns the peer of the dialed connection (see PeerOf).
+func (c *faultConn) Peer() Peer {
+	p, _ := PeerOf(c.Conn)
+	return p
+}
+
 // Close unregisters the connection and closes it.
 func (c *faultConn) Close() error {
 	c.f.mu.Lock()

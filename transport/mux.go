@@ -20,8 +20,8 @@ const (
 	ProtoRPC byte = 2
 )
 
-// DefaultHandshakeTimeout bounds the TLS handshake plus the read of the
-// protocol byte on an accepted connection when MuxConfig.HandshakeTimeout is
+// DefaultHandshakeTimeout bounds the TLS handshake, the protocol byte and
+// the hello on an accepted connection when MuxConfig.HandshakeTimeout is
 // zero.
 const DefaultHandshakeTimeout = 5 * time.Second
 
@@ -30,13 +30,20 @@ type MuxConfig struct {
 	// TLS, when non-nil, makes the Mux a TLS server: every accepted
 	// connection must complete a handshake before its protocol byte is
 	// read. With ClientAuth set to tls.RequireAndVerifyClientCert (as
-	// TLSFiles.ServerConfig does) this is mutual TLS. Nil means plain TCP.
+	// TLSFiles.ServerConfig and ClusterKeyTLS do) this is mutual TLS. The
+	// Mux adds the node-role check to it: a client certificate without
+	// the NodeRole SAN and one node identity fails the handshake, whatever
+	// CA signed it. Nil means plain TCP.
 	TLS *tls.Config
+	// Hello is this node's side of the hello that follows the protocol
+	// byte on every connection: its identity, and the judge of dialers.
+	// Nil presents empty ids and accepts every dialer.
+	Hello *Hello
 	// Logger receives connection-level diagnostics; nil discards them. The
 	// Mux logs with component=transport.mux.
 	Logger *slog.Logger
-	// HandshakeTimeout bounds the TLS handshake plus the read of the
-	// protocol byte. Zero means DefaultHandshakeTimeout.
+	// HandshakeTimeout bounds the TLS handshake, the protocol byte and
+	// the hello. Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 }
 
@@ -46,9 +53,10 @@ type MuxConfig struct {
 //
 // Each accepted connection is handshaked in its own goroutine under a
 // deadline, so a slow, silent or hostile peer never delays another. A
-// connection with an unknown protocol byte, or that fails the TLS handshake
-// (for example a client certificate from another CA, or plain TCP to a TLS
-// Mux), is closed and logged.
+// connection with an unknown protocol byte, that fails the TLS handshake
+// (a certificate from another CA or without the node role, plain TCP to a
+// TLS Mux) or that the hello refuses, is closed and logged. Sub-listeners
+// hand out connections whose PeerOf is the dialer's node.
 //
 // Lifecycle: NewMux, Listen for each protocol, Serve (blocks), Close.
 // Goroutines: the caller's Serve loop, and one short-lived goroutine per
@@ -57,6 +65,7 @@ type MuxConfig struct {
 type Mux struct {
 	ln               net.Listener
 	tls              *tls.Config
+	hello            *Hello
 	log              *slog.Logger
 	handshakeTimeout time.Duration
 	done             chan struct{} // closed by Close
@@ -78,9 +87,14 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 	if timeout <= 0 {
 		timeout = DefaultHandshakeTimeout
 	}
+	tlsCfg := cfg.TLS
+	if tlsCfg != nil {
+		tlsCfg = withNodeRole(tlsCfg)
+	}
 	return &Mux{
 		ln:               ln,
-		tls:              cfg.TLS,
+		tls:              tlsCfg,
+		hello:            cfg.Hello,
 		log:              log.With("component", "transport.mux"),
 		handshakeTimeout: timeout,
 		done:             make(chan struct{}),
@@ -247,8 +261,6 @@ func (m *Mux) handle(raw net.Conn) {
 		m.forget(raw)
 		return
 	}
-	_ = conn.SetDeadline(time.Time{})
-
 	m.mu.Lock()
 	l := m.subs[b[0]]
 	m.mu.Unlock()
@@ -257,8 +269,26 @@ func (m *Mux) handle(raw net.Conn) {
 		m.forget(raw)
 		return
 	}
+	peer, refused, err := serverHello(conn, m.hello)
+	if err != nil {
+		switch {
+		case m.isClosed():
+		case refused:
+			// The judge (MuxConfig.Hello.Check) logs its refusals as
+			// loudly as they deserve, once per peer.
+			log.Debug("refused in hello; closing connection", "peer", peer.ID, "peer_cluster", peer.ClusterID, "reason", err)
+		case errors.Is(err, errProtocol):
+			log.Warn("bad hello; closing connection", "error", err)
+		default:
+			log.Debug("no hello; closing connection", "error", err)
+		}
+		m.forget(raw)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+
 	select {
-	case l.ch <- handoff{conn: conn, raw: raw}:
+	case l.ch <- handoff{conn: &peerConn{Conn: conn, peer: peer}, raw: raw}:
 		// The acceptor removes raw from pending (see muxListener.Accept).
 	case <-l.done:
 		log.Debug("listener for protocol closed; closing connection", "proto", b[0])

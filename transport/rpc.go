@@ -166,12 +166,14 @@ func clampMax(n int) int {
 
 // Handler serves one RPC. method is an application-defined number; req and
 // the returned bytes are opaque (node puts protobuf messages in them). ctx
-// carries the caller's deadline and is cancelled when the caller gives up,
-// when the caller's connection breaks and when the server closes. A returned
-// error is sent as an error frame: errors are encoded to bytes by
-// RPCServerConfig.EncodeError and decoded on the client by
-// RPCClientConfig.DecodeError, so errors.Is works across the network without
-// string matching. Handlers run concurrently, one goroutine per request.
+// names the calling node (PeerFrom, PeerID: authenticated on a TLS or
+// cluster-key node port), carries the caller's deadline and is cancelled
+// when the caller gives up, when the caller's connection breaks and when
+// the server closes. A returned error is sent as an error frame: errors
+// are encoded to bytes by RPCServerConfig.EncodeError and decoded on the
+// client by RPCClientConfig.DecodeError, so errors.Is works across the
+// network without string matching. Handlers run concurrently, one
+// goroutine per request.
 type Handler func(ctx context.Context, method uint8, req []byte) ([]byte, error)
 
 // RPCServerConfig configures an RPCServer.
@@ -343,6 +345,11 @@ func (sc *serverConn) serve() {
 		s.mu.Unlock()
 	}()
 
+	// Every handler's context says who sent the request.
+	base := s.ctx
+	if p, ok := PeerOf(sc.conn); ok {
+		base = context.WithValue(base, peerKey{}, p)
+	}
 	r := bufio.NewReader(sc.conn)
 	for {
 		f, err := readFrame(r, s.max)
@@ -365,9 +372,9 @@ func (sc *serverConn) serve() {
 			var ctx context.Context
 			var cancel context.CancelFunc
 			if f.timeout > 0 {
-				ctx, cancel = context.WithTimeout(s.ctx, f.timeout)
+				ctx, cancel = context.WithTimeout(base, f.timeout)
 			} else {
-				ctx, cancel = context.WithCancel(s.ctx)
+				ctx, cancel = context.WithCancel(base)
 			}
 			sc.mu.Lock()
 			sc.inflight[f.id] = cancel
@@ -522,6 +529,20 @@ func NewRPCClient(cfg RPCClientConfig) *RPCClient {
 // wrapping ErrNotSent (the handler certainly did not run) or ErrNoReply (it
 // may have run; the outcome is unknown).
 func (c *RPCClient) Call(ctx context.Context, addr string, method uint8, req []byte) ([]byte, error) {
+	return c.call(ctx, addr, "", false, method, req)
+}
+
+// CallNode is Call to the node id at addr: if the node reached there is
+// another (by its certificate on a TLS or cluster-key node port, by its
+// hello on plain TCP), the call fails before anything is sent with a
+// *CallError wrapping ErrNotSent and ErrWrongPeer. Use it wherever the
+// answer is taken as the word of node id: an address learned from gossip
+// may belong to anyone.
+func (c *RPCClient) CallNode(ctx context.Context, addr, id string, method uint8, req []byte) ([]byte, error) {
+	return c.call(ctx, addr, id, true, method, req)
+}
+
+func (c *RPCClient) call(ctx context.Context, addr, id string, checkID bool, method uint8, req []byte) ([]byte, error) {
 	fail := func(maybeDelivered bool, err error) error {
 		return &CallError{Addr: addr, Method: method, MaybeDelivered: maybeDelivered, Err: err}
 	}
@@ -534,6 +555,9 @@ func (c *RPCClient) Call(ctx context.Context, addr string, method uint8, req []b
 	cc, err := c.conn(ctx, addr)
 	if err != nil {
 		return nil, fail(false, err)
+	}
+	if checkID && cc.peer.ID != id {
+		return nil, fail(false, fmt.Errorf("%w: %s is node %q, not %q", ErrWrongPeer, addr, cc.peer.ID, id))
 	}
 	f, delivered, err := cc.call(ctx, method, req)
 	if err != nil {
@@ -668,10 +692,12 @@ func (c *RPCClient) dial(ctx context.Context, addr string, p *peer) (*clientConn
 		_ = conn.Close()
 		return nil, ErrClosed
 	}
+	peer, _ := PeerOf(conn)
 	cc := &clientConn{
 		c:       c,
 		addr:    addr,
 		conn:    conn,
+		peer:    peer,
 		sem:     make(chan struct{}, 1),
 		pending: make(map[uint64]chan frame),
 		done:    make(chan struct{}),
@@ -711,6 +737,7 @@ type clientConn struct {
 	c      *RPCClient
 	addr   string
 	conn   net.Conn
+	peer   Peer // who answered the hello; fixed for the connection's life
 	sem    chan struct{}
 	nextID atomic.Uint64
 	load   atomic.Int64 // calls in flight

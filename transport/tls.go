@@ -8,11 +8,14 @@ import (
 	"os"
 )
 
-// TLSFiles names the PEM files for mutual TLS between nodes. Every node
-// presents its certificate (CertFile, KeyFile) and verifies its peer's
-// against the CA bundle (CAFile), in both directions. The certificates
-// must carry the nodes' advertised IPs (or names) as SANs, with both the
+// TLSFiles names the PEM files for mutual TLS. Every node presents its
+// certificate (CertFile, KeyFile) and verifies its peer's against the CA
+// bundle (CAFile), in both directions. On the node port (Mux, Dialer) a
+// certificate must also carry the node role: the NodeRole DNS SAN and one
+// identity SAN NodeSAN(ID) (`leasenode tls cert create --node ID` makes
+// them); the nodes' advertised IPs (or names) as SANs; and both the
 // serverAuth and clientAuth extended key usages, since every node is both.
+// The client API (ServerConfig alone) accepts any certificate from the CA.
 type TLSFiles struct {
 	// CertFile is this node's certificate chain (PEM).
 	CertFile string
@@ -33,11 +36,11 @@ func (f TLSFiles) Enabled() bool {
 	return f.CertFile != "" || f.KeyFile != "" || f.CAFile != ""
 }
 
-// ServerConfig returns the configuration for a Mux: it presents the node's
+// ServerConfig returns the server configuration: it presents the node's
 // certificate and requires and verifies a client certificate signed by the
-// CA. Any certificate from the CA is accepted (the CA is the trust
-// boundary). TLS 1.2 is the minimum; Go negotiates 1.3 whenever the peer
-// offers it.
+// CA. As given it accepts any certificate from the CA, which is what the
+// client API wants; a Mux given it adds the node-role check. TLS 1.2 is
+// the minimum; Go negotiates 1.3 whenever the peer offers it.
 func (f TLSFiles) ServerConfig() (*tls.Config, error) {
 	cert, pool, err := f.load()
 	if err != nil {
@@ -53,7 +56,8 @@ func (f TLSFiles) ServerConfig() (*tls.Config, error) {
 
 // ClientConfig returns the configuration for a Dialer: it presents the
 // node's certificate and verifies the server's against the CA, including
-// its name or IP (see ServerName). TLS 1.2 is the minimum.
+// its name or IP (see ServerName); the Dialer adds the node-role check.
+// TLS 1.2 is the minimum.
 func (f TLSFiles) ClientConfig() (*tls.Config, error) {
 	cert, pool, err := f.load()
 	if err != nil {

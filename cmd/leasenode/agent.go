@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -21,8 +24,18 @@ const agentSynopsis = `agent --id ID --data-dir DIR [flags]
 Runs one node of a cluster. Start three with --bootstrap-expect 3 and --join
 pointing at each other's gossip address; they elect a leader once they all
 see each other. Prints one line to stdout once listening:
-  leasenode agent ready api=IP:PORT raft=IP:PORT gossip=IP:PORT
-and serves the client API, /metrics, /healthz and /readyz on --api.
+  leasenode agent ready api=IP:PORT raft=IP:PORT gossip=IP:PORT [http=IP:PORT]
+and serves the client API, /metrics, /healthz and /readyz on --api (and the
+last three, in plain HTTP, on --http if given).
+
+Only nodes of this cluster may talk on --bind and --gossip. On any address
+but loopback, give every node the same cluster key:
+  head -c 32 /dev/urandom | base64 > cluster.key    # once, copy to each node
+  leasenode agent --cluster-key-file cluster.key ...
+(or LEASENODE_CLUSTER_KEY), or TLS certificates with the node role
+(leasenode tls -h) and a --gossip-key or cluster key. Without either the
+agent refuses to start unless --insecure.
+
 SIGINT or SIGTERM stop the agent gracefully and exit 0: it hands leadership
 to another voter first and stays a member of the cluster (a voter stays a
 voter), as a restart or upgrade needs; with --leave-on-stop it also leaves
@@ -35,6 +48,7 @@ type agentFlags struct {
 	bind, advertise              string
 	gossip, gossipAdvertise      string
 	api, apiAdvertise            string
+	http                         string
 	join                         string
 	bootstrapExpect, voters      int
 	timing                       string
@@ -44,6 +58,8 @@ type agentFlags struct {
 	maxRequestBytes              int64
 	maxExtendItems, maxConns     int
 	minTTL                       time.Duration
+	clusterKey, clusterKeyFile   string
+	insecure                     bool
 	logLevel, logFormat          string
 	unsafeClockRate              float64
 	unsafeSkipRebase, unsafeWall bool
@@ -69,14 +85,18 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.gossipAdvertise, "gossip-advertise", "", "IP:PORT other nodes use to reach --gossip (default --gossip)")
 	fs.StringVar(&a.api, "api", "127.0.0.1:7402", "IP:PORT for the client API, /metrics, /healthz and /readyz")
 	fs.StringVar(&a.apiAdvertise, "api-advertise", "", "IP:PORT clients use to reach --api (default --api)")
+	fs.StringVar(&a.http, "http", "", "IP:PORT for /healthz, /readyz and /metrics in plain HTTP, no client certificate\nor token (for probes and Prometheus when --api needs TLS); default: none")
 	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (IP:PORT[,IP:PORT])")
 	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")
 	fs.IntVar(&a.voters, "voters", 3, "Raft voters the leader keeps; other nodes are non-voting replicas (odd)")
 	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN, ~1 s failover) or fast (one machine, ~0.3 s)")
-	fs.StringVar(&a.tlsCert, "tls-cert", "", "this node's certificate (PEM): enables mutual TLS for Raft, RPC and the API")
+	fs.StringVar(&a.clusterKey, "cluster-key", "", "base64 of 32 random bytes, the same on every node: only holders of it reach --bind\n(mutual TLS derived from it) and gossip; prefer --cluster-key-file or the environment\n(a command line shows in ps)")
+	fs.StringVar(&a.clusterKeyFile, "cluster-key-file", "", "file holding the --cluster-key (make one: head -c 32 /dev/urandom | base64 > FILE)")
+	fs.BoolVar(&a.insecure, "insecure", false, "allow an unauthenticated node port and gossip on non-loopback addresses (no cluster\nkey or TLS): anyone who reaches them can read and take every lease")
+	fs.StringVar(&a.tlsCert, "tls-cert", "", "this node's certificate (PEM) with the node role (leasenode tls cert create --node):\nmutual TLS for Raft, RPC and the API")
 	fs.StringVar(&a.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	fs.StringVar(&a.tlsCA, "tls-ca", "", "CA bundle (PEM) that peers' and clients' certificates must chain to")
-	fs.StringVar(&a.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) encrypting gossip; same on every node")
+	fs.StringVar(&a.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) encrypting gossip; same on every node\n(default: derived from the cluster key)")
 	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API (visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)`)
 	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
@@ -141,6 +161,27 @@ func (a *agentFlags) config() (node.Config, error) {
 	if cfg.TLSFiles.Enabled() && (a.tlsCert == "" || a.tlsKey == "" || a.tlsCA == "") {
 		return cfg, usagef("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
+	switch {
+	case a.clusterKey != "" && a.clusterKeyFile != "":
+		return cfg, usagef("give --cluster-key or --cluster-key-file, not both")
+	case a.clusterKey != "":
+		key, err := transport.ParseClusterKey(a.clusterKey)
+		if err != nil {
+			return cfg, usagef("--cluster-key: %v", err)
+		}
+		cfg.ClusterKey = key
+	case a.clusterKeyFile != "":
+		b, err := os.ReadFile(a.clusterKeyFile)
+		if err != nil {
+			return cfg, usagef("--cluster-key-file: %v", err)
+		}
+		key, err := transport.ParseClusterKey(string(b))
+		if err != nil {
+			return cfg, usagef("--cluster-key-file %s: %v", a.clusterKeyFile, err)
+		}
+		cfg.ClusterKey = key
+	}
+	cfg.Insecure = a.insecure
 	if a.gossipKey != "" {
 		key, err := base64.StdEncoding.DecodeString(a.gossipKey)
 		if err != nil {
@@ -211,6 +252,11 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 	m := metrics.New(metrics.Options{ProcessMetrics: true})
 	cfg.HTTPHandlers = m.Handlers()
 	cfg.APIMiddleware = m.Middleware
+	probes, err := serveProbes(a.http, m.Handlers(), cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer probes.Close()
 
 	startCtx, cancelStart := sig.cancelOn(ctx)
 	n, err := node.Start(startCtx, cfg)
@@ -230,7 +276,11 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 	if gossip == "" {
 		gossip = cfg.GossipAddr
 	}
-	fmt.Printf("leasenode agent ready api=%s raft=%s gossip=%s\n", n.APIAddr(), n.RaftAddr(), gossip)
+	extra := ""
+	if a.http != "" {
+		extra = " http=" + probes.Addr()
+	}
+	fmt.Printf("leasenode agent ready api=%s raft=%s gossip=%s%s\n", n.APIAddr(), n.RaftAddr(), gossip, extra)
 
 	first := <-sig.C
 	what := "stopping (this node stays a member of the cluster)"
@@ -259,5 +309,53 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 			code = 128 + int(s)
 		}
 		return &exitError{code: code, msg: "second " + second.String() + ": exiting at once"}
+	}
+}
+
+// probeServer serves /healthz, /readyz and /metrics on --http: plain HTTP,
+// no client certificate, no token, so that Kubernetes probes and Prometheus
+// reach them when the API port requires mutual TLS.
+type probeServer struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// serveProbes starts the --http listener; with addr "" it serves nothing.
+func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger) (*probeServer, error) {
+	p := &probeServer{}
+	if addr == "" {
+		return p, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, usagef("--http %s: %v", addr, err)
+	}
+	mux := http.NewServeMux()
+	for pattern, h := range handlers {
+		mux.Handle(pattern, h)
+	}
+	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+	p.ln = ln
+	go func() {
+		if err := p.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("--http server stopped", "err", err)
+		}
+	}()
+	return p, nil
+}
+
+// Addr returns the address served ("" if none).
+func (p *probeServer) Addr() string {
+	if p.ln == nil {
+		return ""
+	}
+	return p.ln.Addr().String()
+}
+
+// Close stops the server.
+func (p *probeServer) Close() {
+	if p.srv != nil {
+		_ = p.srv.Close()
 	}
 }

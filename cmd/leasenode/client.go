@@ -410,7 +410,10 @@ func runMembers(ctx context.Context, sig *signals, args []string) error {
 const statusSynopsis = `status [client flags]
 
 Asks every member (found through the first reachable --addr) for its Raft
-state, indexes and lease counts. Exits 3 if no node knows a leader.`
+state, indexes and lease counts, and prints the cluster id each node's data
+belongs to. A member whose API address no node has confirmed (over
+authenticated node RPC) is listed but not asked. Exits 3 if no node knows a
+leader.`
 
 func runStatus(ctx context.Context, sig *signals, args []string) error {
 	fs := newFlags("status", statusSynopsis)
@@ -443,13 +446,14 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		Leases    uint64 `json:"leases"`
 		Delayed   uint64 `json:"delayed"`
 		Waiters   uint64 `json:"waiters"`
+		ClusterID string `json:"cluster_id,omitempty"`
 	}
 	var rows []row
 	leaderKnown := false
 	for _, m := range mem.GetMembers() {
 		r := row{ID: m.GetId(), API: m.GetApiAddr()}
 		if r.API == "" {
-			r.Error = "no client API"
+			r.Error = "no confirmed client API"
 			rows = append(rows, r)
 			continue
 		}
@@ -465,6 +469,7 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		r.State, r.Serving, r.Leader = s.GetRaftState(), s.GetServing(), h.GetLeaderId()
 		r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
 		r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
+		r.ClusterID = s.GetClusterId()
 		leaderKnown = leaderKnown || r.Leader != ""
 		rows = append(rows, r)
 	}
@@ -486,6 +491,32 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 				r.Term, r.Epoch, r.Commit, r.Applied, r.Leases, r.Delayed, r.Waiters)
 		}
 		w.Flush()
+		// One line per cluster id: more than one means a node whose data
+		// belongs to another cluster (the nodes refuse each other).
+		var ids []string
+		byID := map[string][]string{}
+		for _, r := range rows {
+			if r.Error == "" {
+				if byID[r.ClusterID] == nil {
+					ids = append(ids, r.ClusterID)
+				}
+				byID[r.ClusterID] = append(byID[r.ClusterID], r.ID)
+			}
+		}
+		if len(ids) > 0 {
+			fmt.Println()
+		}
+		for _, id := range ids {
+			shown := id
+			if shown == "" {
+				shown = "(none: made by a version without cluster ids)"
+			}
+			if len(ids) == 1 {
+				fmt.Printf("cluster %s\n", shown)
+			} else {
+				fmt.Printf("cluster %s: %s\n", shown, strings.Join(byID[id], ", "))
+			}
+		}
 	}
 	if !leaderKnown {
 		return &exitError{code: exitUnreachable, msg: "no node knows a leader (election in progress, or no quorum)"}

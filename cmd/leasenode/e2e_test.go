@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -560,6 +561,11 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
 		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "true"}, nil, exitUnreachable, "no reachable leader"},
+		// Off loopback, an agent needs a cluster key or TLS, or --insecure.
+		{[]string{"agent", "--id", "x", "--data-dir", t.TempDir(), "--bind", "0.0.0.0:7999", "--advertise", "127.0.0.1:7999"}, nil, exitFailure, "--insecure"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--cluster-key", "c2hvcnQ="}, nil, exitUsage, "want 32"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x"}, []string{"LEASENODE_CLUSTER_KEY_FILE=/nonexistent"}, exitUsage, "--cluster-key-file"},
+		{[]string{"tls", "cert", "create", "--node", "n1", "--client"}, nil, exitUsage, "exactly one of"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary, c.args...)
@@ -624,5 +630,105 @@ func TestBenchSelf(t *testing.T) {
 	// Without --self, failover is refused with the reason.
 	if code, _, errOut := cli(t, "bench", "--workload", "failover"); code != exitUsage || !strings.Contains(errOut, "--self") {
 		t.Errorf("bench --workload failover without --self: %d %q", code, errOut)
+	}
+}
+
+// Scenario: the README's TLS set-up. `tls ca create` and `tls cert create`
+// make a CA, three node certificates and an API client certificate (keys
+// 0600, never overwritten); three agents run mutual TLS on the node port
+// and the API with a cluster key file keying gossip, and serve the probes
+// in plain HTTP on --http. The client certificate works on the API
+// (status shows the cluster id); an agent started with it as its node
+// certificate refuses to start, naming the missing role.
+func TestTLSCluster(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	run := func(want int, args ...string) string {
+		t.Helper()
+		code, out, errOut := cli(t, args...)
+		if code != want {
+			t.Fatalf("%v: exit %d, want %d\n%s%s", args, code, want, out, errOut)
+		}
+		return out + errOut
+	}
+	run(0, "tls", "ca", "create", "--dir", dir)
+	if out := run(1, "tls", "ca", "create", "--dir", dir); !strings.Contains(out, "not overwriting") {
+		t.Fatalf("second ca create: %s", out)
+	}
+	for i := range 3 {
+		run(0, "tls", "cert", "create", "--dir", dir, "--node", "t"+strconv.Itoa(i), "--ip", "127.0.0.1")
+	}
+	run(0, "tls", "cert", "create", "--dir", dir, "--client", "--name", "ops")
+	for _, f := range []string{"leasenode-ca-key.pem", "node-t0-key.pem", "client-ops-key.pem"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v, want mode 0600", f, st, err)
+		}
+	}
+	keyFile := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(nodetest.NewClusterKey(t))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "leasenode-ca.pem")
+	type tlsAgent struct {
+		agent
+		http string
+	}
+	agents := make([]*tlsAgent, 3)
+	for i := range agents {
+		agents[i] = &tlsAgent{agent: agent{id: "t" + strconv.Itoa(i), raft: nodetest.FreeAddr(t, false), gossip: nodetest.FreeAddr(t, true),
+			api: nodetest.FreeAddr(t, false), dir: filepath.Join(t.TempDir(), "data")}, http: nodetest.FreeAddr(t, false)}
+	}
+	for _, a := range agents {
+		var join []string
+		for _, b := range agents {
+			join = append(join, b.gossip)
+		}
+		a.p = start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + keyFile}, "agent", "--id", a.id, "--data-dir", a.dir,
+			"--bind", a.raft, "--gossip", a.gossip, "--api", a.api, "--http", a.http,
+			"--join", strings.Join(join, ","), "--bootstrap-expect", "3", "--timing", "fast", "--log-level", "warn",
+			"--tls-ca", ca, "--tls-cert", filepath.Join(dir, "node-"+a.id+".pem"), "--tls-key", filepath.Join(dir, "node-"+a.id+"-key.pem"))
+	}
+	for _, a := range agents {
+		nodetest.Eventually(t, 30*time.Second, func() error {
+			if a.p.exited() {
+				t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
+			}
+			if !strings.Contains(a.p.stdout.String(), "http="+a.http) {
+				return fmt.Errorf("%s not ready: %q", a.id, a.p.stdout.String())
+			}
+			if code, body := httpGet(a.http, "/readyz"); code != 200 {
+				return fmt.Errorf("%s /readyz on --http: %d %s", a.id, code, body)
+			}
+			return nil
+		})
+	}
+	if code, body := httpGet(agents[0].http, "/metrics"); code != 200 || !strings.Contains(body, "leasenode_raft_term") {
+		t.Fatalf("/metrics on --http: %d", code)
+	}
+	var apis []string
+	for _, a := range agents {
+		apis = append(apis, a.api)
+	}
+	client := []string{"--addr", strings.Join(apis, ","), "--tls-ca", ca,
+		"--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem")}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		code, out, errOut := cli(t, append([]string{"status"}, client...)...)
+		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, "no confirmed client API") {
+			return fmt.Errorf("status: %d %s%s", code, out, errOut)
+		}
+		return nil
+	})
+	out := run(0, append([]string{"acquire", "tls/key", "--ttl", "30s"}, client...)...)
+	if !strings.Contains(out, "tls/key") {
+		t.Fatalf("acquire over TLS: %s", out)
+	}
+
+	// An agent whose certificate is an API client's: refused at start.
+	bad := start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + keyFile}, "agent", "--id", "t9", "--data-dir", t.TempDir(),
+		"--bind", nodetest.FreeAddr(t, false), "--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false),
+		"--tls-ca", ca, "--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem"))
+	if code := bad.wait(t, 20*time.Second); code == 0 || !strings.Contains(bad.stderr.String(), "node.leasenode") {
+		t.Fatalf("agent with a client certificate: exit %d, stderr %s", code, bad.stderr)
 	}
 }

@@ -6,6 +6,7 @@
 //	leasenode lock KEY -- CMD     run CMD while holding KEY
 //	leasenode acquire|release|get|list|watch|members|status|bench
 //	leasenode snapshot save|restore  back up a cluster, seed a new one from a backup
+//	leasenode tls ca|cert create     make the files for mutual TLS
 //
 // Run `leasenode help` for the commands, `leasenode CMD -h` for the flags
 // of one, and see README.md. The package is kept thin: it maps flags to
@@ -71,6 +72,7 @@ func init() {
 		{"status", "show every node's Raft state and lease counts", runStatus},
 		{"bench", "load a cluster with standard workloads and report latencies", runBench},
 		{"snapshot", "back up a cluster's leases (save) or seed a new cluster from a backup (restore)", runSnapshot},
+		{"tls", "make a CA, node certificates and API client certificates (tls ca create, tls cert create)", runTLS},
 	}
 }
 

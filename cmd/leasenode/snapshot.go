@@ -25,9 +25,9 @@ as GET /v1/backup on any node's API address (curl -L follows a follower's
 redirect to the leader).
 
 restore turns FILE into the data directory of the first node of a new
-cluster, offline. Give it the flags you will start that agent with; then
-start the agent, and the other nodes with --join and without
---bootstrap-expect. Restored leases keep their holders and tokens and get
+cluster, offline, with a new cluster id. Give it the flags you will start
+that agent with; then start the agent, and the other nodes with --join,
+empty data directories and without --bootstrap-expect. Restored leases keep their holders and tokens and get
 their full TTL again; new tokens start --index-gap above the backup's, so
 they stay above any token the old cluster granted after the backup. Leases
 granted after the backup are not in it: restore only after the old cluster
@@ -57,6 +57,8 @@ type backupJSON struct {
 	Delayed int    `json:"lock_delayed"`
 	Bytes   int64  `json:"bytes,omitempty"`
 	DataDir string `json:"data_dir,omitempty"`
+	// ClusterID is the new cluster's id (restore only).
+	ClusterID string `json:"cluster_id,omitempty"`
 }
 
 func snapshotSave(ctx context.Context, sig *signals, args []string) error {
@@ -216,13 +218,18 @@ func snapshotRestore(args []string) error {
 	if err != nil {
 		return err
 	}
-	out := backupJSON{File: pos[0], Index: st.Applied, Epoch: st.Epoch, Leases: st.Held, Delayed: st.Delayed, DataDir: cfg.DataDir}
+	clusterID, err := node.ClusterID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	out := backupJSON{File: pos[0], Index: st.Applied, Epoch: st.Epoch, Leases: st.Held, Delayed: st.Delayed, DataDir: cfg.DataDir, ClusterID: clusterID}
 	if *output == "json" {
 		printJSON(out)
 		return nil
 	}
 	fmt.Printf("restored %d leases (%d keys in lock-delay) from %s into %s; Raft resumes after index %d.\n",
 		out.Leases, out.Delayed, out.File, out.DataDir, out.Index)
-	fmt.Printf("Start this node with `leasenode agent` and the same flags, then the others with --join and without --bootstrap-expect.\n")
+	fmt.Printf("It founds a new cluster, id %s.\n", clusterID)
+	fmt.Printf("Start this node with `leasenode agent` and the same flags, then the others with --join, empty data dirs and without --bootstrap-expect.\n")
 	return nil
 }

@@ -10,6 +10,7 @@ package local
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/leasenode/leasenode/internal/freeport"
 	"github.com/leasenode/leasenode/metrics"
 	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // Options shapes a local cluster.
@@ -42,6 +44,10 @@ type Options struct {
 	NoSync bool
 	// Logger receives the nodes' logs (default: discard).
 	Logger *slog.Logger
+	// ClusterKey is the nodes' node.Config.ClusterKey. Default: a random
+	// key for this cluster, so that even on loopback no other process can
+	// speak on its node ports or gossip.
+	ClusterKey []byte
 }
 
 // Cluster is a running local cluster.
@@ -73,6 +79,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.ClusterKey == nil {
+		opts.ClusterKey = make([]byte, transport.ClusterKeySize)
+		if _, err := rand.Read(opts.ClusterKey); err != nil {
+			return nil, err
+		}
+	}
 	c := &Cluster{opts: opts, dir: opts.DataDir}
 	if c.dir == "" {
 		d, err := os.MkdirTemp("", "leasenode-local-")
@@ -99,6 +111,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		cfg.Voters = voters
 		cfg.Timing = opts.Timing
 		cfg.NoSync = opts.NoSync
+		cfg.ClusterKey = opts.ClusterKey
 		cfg.Logger = opts.Logger.With("n", cfg.ID)
 		for j := 0; j < opts.Nodes; j++ {
 			if j != i {

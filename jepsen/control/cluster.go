@@ -3,7 +3,9 @@ package control
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -108,6 +110,15 @@ func New(opts Options) (*Cluster, error) {
 		opts.Ready = func(line string) bool { return strings.Contains(line, "leasenode agent ready") }
 	}
 	c := &Cluster{opts: opts}
+	// Every campaign's cluster has its own cluster key, passed in the
+	// environment (not on the command line, where ps shows it): the
+	// agents authenticate each other on the node port and gossip, and the
+	// netns addresses are not loopback, where agents refuse to run open.
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	clusterKeyEnv := "LEASENODE_CLUSTER_KEY=" + base64.StdEncoding.EncodeToString(key)
 	var basePort int
 	if opts.Network == nil {
 		var err error
@@ -128,7 +139,7 @@ func New(opts Options) (*Cluster, error) {
 		if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 			return nil, err
 		}
-		p := &Proc{Name: n.ID, LogPath: n.LogPath, Ready: opts.Ready}
+		p := &Proc{Name: n.ID, LogPath: n.LogPath, Ready: opts.Ready, Env: []string{clusterKeyEnv}}
 		if opts.Unsafe {
 			p.Env = append(p.Env, "LEASENODE_UNSAFE=1")
 		}

@@ -1,5 +1,6 @@
 // Package nodetest runs real leasenode clusters inside a test: N nodes with
-// real Raft over real TCP on 127.0.0.1, temp data dirs, fast timings, and a
+// real Raft over real TCP on 127.0.0.1, temp data dirs, fast timings, a
+// random cluster key (mutual TLS on the node port, keyed gossip), and a
 // fault switchboard to partition them. Every wait is on a condition;
 // cleanup closes every node and checks that all replicas hold the same
 // state (fsm-determinism).
@@ -8,6 +9,7 @@ package nodetest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +58,13 @@ type Options struct {
 	Configure func(i int, c *node.Config)
 	// Verbose sends node logs to the test log.
 	Verbose bool
+	// ClusterKey is every node's node.Config.ClusterKey. Default: a random
+	// key per cluster, so that tests run the secure path (mutual TLS on
+	// the node port, keyed gossip); see Insecure.
+	ClusterKey []byte
+	// Insecure runs the nodes without a cluster key: plain TCP on the node
+	// port and open gossip (allowed on loopback).
+	Insecure bool
 }
 
 // Cluster is a running test cluster.
@@ -88,6 +97,9 @@ func New(t testing.TB, opts Options) *Cluster {
 	}
 	if opts.DeadServerGrace == 0 {
 		opts.DeadServerGrace = 5 * time.Second
+	}
+	if opts.ClusterKey == nil && !opts.Insecure {
+		opts.ClusterKey = NewClusterKey(t)
 	}
 	// The base dir is made before cleanup is registered: cleanups run last
 	// first, so the nodes close before their data dirs are removed.
@@ -145,6 +157,7 @@ func (c *Cluster) config(i int) node.Config {
 	cfg.DeadServerGrace = c.opts.DeadServerGrace
 	cfg.SnapshotInterval = time.Second
 	cfg.Faults = c.Faults
+	cfg.ClusterKey = c.opts.ClusterKey
 	cfg.Logger = c.logger(i)
 	if i > 0 || len(c.cfgs) > 0 {
 		cfg.Join = []string{c.joinSeed()}
@@ -161,6 +174,20 @@ func (c *Cluster) joinSeed() string {
 	}
 	return c.cfgs[0].GossipAddr
 }
+
+// NewClusterKey returns a random cluster key (node.Config.ClusterKey).
+func NewClusterKey(t testing.TB) []byte {
+	t.Helper()
+	k := make([]byte, transport.ClusterKeySize)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// ClusterKey returns the cluster's key (nil with Options.Insecure), for
+// tests that start nodes of their own to join it.
+func (c *Cluster) ClusterKey() []byte { return c.opts.ClusterKey }
 
 // FreeAddr finds a free 127.0.0.1 port; with udp, free for UDP too
 // (memberlist binds both). See package freeport for why not port 0.

@@ -1670,7 +1670,16 @@ type StatusResponse struct {
 	Delayed     uint64 `protobuf:"varint,8,opt,name=delayed,proto3" json:"delayed,omitempty"`
 	Waiters     uint64 `protobuf:"varint,9,opt,name=waiters,proto3" json:"waiters,omitempty"`
 	// serving: this node is the leader and its Promote has applied.
-	Serving       bool `protobuf:"varint,10,opt,name=serving,proto3" json:"serving,omitempty"`
+	Serving bool `protobuf:"varint,10,opt,name=serving,proto3" json:"serving,omitempty"`
+	// api_addr: this node's own advertised client API address ("" if it
+	// serves none). Nodes learn each other's API addresses only from this
+	// field, asked over an authenticated node-RPC connection, never from
+	// gossip.
+	ApiAddr string `protobuf:"bytes,11,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	// cluster_id: the id of the cluster this node's data belongs to, made at
+	// bootstrap or restore ("" for a node that has none yet, or a cluster
+	// made by a version without cluster ids).
+	ClusterId     string `protobuf:"bytes,12,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1773,6 +1782,20 @@ func (x *StatusResponse) GetServing() bool {
 		return x.Serving
 	}
 	return false
+}
+
+func (x *StatusResponse) GetApiAddr() string {
+	if x != nil {
+		return x.ApiAddr
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 type ErrorDetail struct {
@@ -2000,7 +2023,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x0fMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12.\n" +
 	"\amembers\x18\x02 \x03(\v2\x14.leasenode.v1.MemberR\amembers\"\x0f\n" +
-	"\rStatusRequest\"\xb2\x02\n" +
+	"\rStatusRequest\"\xec\x02\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -2014,7 +2037,10 @@ const file_leasenode_proto_rawDesc = "" +
 	"\adelayed\x18\b \x01(\x04R\adelayed\x12\x18\n" +
 	"\awaiters\x18\t \x01(\x04R\awaiters\x12\x18\n" +
 	"\aserving\x18\n" +
-	" \x01(\bR\aserving\"y\n" +
+	" \x01(\bR\aserving\x12\x19\n" +
+	"\bapi_addr\x18\v \x01(\tR\aapiAddr\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\f \x01(\tR\tclusterId\"y\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +

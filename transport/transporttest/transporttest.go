@@ -1,18 +1,14 @@
-// Package transporttest makes throwaway certificate authorities and node
-// certificates for tests that run transport (or whole nodes) with mutual
-// TLS. Keys are ECDSA P-256, certificates live for an hour, and files go to
+// Package transporttest makes throwaway certificate authorities, node
+// certificates and API client certificates for tests that run transport
+// (or whole nodes) with mutual TLS, on top of transport.Authority. Keys
+// are ECDSA P-256, certificates live for an hour, and files go to
 // t.TempDir(). Never use it outside tests.
 package transporttest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,95 +20,79 @@ import (
 
 // CA is a test certificate authority.
 type CA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
-	caFile  string
+	*transport.Authority
+	caFile string
 }
 
-// NewCA makes a self-signed CA; its certificate is written to a PEM file
-// that every TLSFiles issued by it names as CAFile.
+// NewCA makes a self-signed CA valid for an hour; its certificate is
+// written to a PEM file that every TLSFiles issued by it names as CAFile.
 func NewCA(t testing.TB) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	a, err := transport.NewAuthority("leasenode test CA", time.Now().Add(time.Hour))
 	if err != nil {
-		t.Fatalf("transporttest: CA key: %v", err)
+		t.Fatalf("transporttest: %v", err)
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "leasenode test CA"},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("transporttest: CA certificate: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("transporttest: parse CA certificate: %v", err)
-	}
-	ca := &CA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-	ca.caFile = filepath.Join(t.TempDir(), "ca.crt")
-	writeFile(t, ca.caFile, ca.certPEM)
+	ca := &CA{Authority: a, caFile: filepath.Join(t.TempDir(), "ca.crt")}
+	writeFile(t, ca.caFile, a.CertPEM())
 	return ca
 }
 
-// CertPEM returns the CA certificate in PEM form.
-func (ca *CA) CertPEM() []byte { return ca.certPEM }
-
-// Pool returns a pool holding only this CA.
-func (ca *CA) Pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// Issue makes a node certificate named name (CommonName and DNS SAN, plus
-// "localhost") for ips (127.0.0.1 when none are given), usable for both
-// server and client authentication, and writes it, its key and the CA
-// certificate as PEM files into a fresh t.TempDir().
+// Issue makes a node certificate for node name (the node role and identity
+// SANs, plus DNS SANs name and "localhost") for ips (127.0.0.1 when none
+// are given), usable for both server and client authentication, and writes
+// it, its key and the CA certificate as PEM files into a fresh
+// t.TempDir().
 func (ca *CA) Issue(t testing.TB, name string, ips ...net.IP) transport.TLSFiles {
 	t.Helper()
 	if len(ips) == 0 {
 		ips = []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := ca.IssueNode(name, ips, []string{name, "localhost"}, time.Now().Add(time.Hour))
 	if err != nil {
-		t.Fatalf("transporttest: key for %s: %v", name, err)
+		t.Fatalf("transporttest: %v", err)
 	}
-	now := time.Now()
+	return ca.files(t, name, certPEM, keyPEM)
+}
+
+// IssueClient makes an API client certificate (the client role only, no
+// node role) named name, signed by the same CA, and writes it like Issue.
+func (ca *CA) IssueClient(t testing.TB, name string) transport.TLSFiles {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Authority.IssueClient(name, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatalf("transporttest: %v", err)
+	}
+	return ca.files(t, name, certPEM, keyPEM)
+}
+
+// IssueWithout makes a certificate like Issue's (serverAuth and
+// clientAuth, IP SANs ips, DNS SAN name) but without the node role and
+// identity: a certificate from the right CA that is still no node's.
+func (ca *CA) IssueWithout(t testing.TB, name string, ips ...net.IP) transport.TLSFiles {
+	t.Helper()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{name, "localhost"},
-		IPAddresses:  ips,
+		Subject:     pkix.Name{CommonName: name},
+		DNSNames:    []string{name},
+		IPAddresses: ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	certPEM, keyPEM, err := ca.Authority.Issue(tmpl, time.Now().Add(time.Hour))
 	if err != nil {
-		t.Fatalf("transporttest: certificate for %s: %v", name, err)
+		t.Fatalf("transporttest: %v", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatalf("transporttest: marshal key for %s: %v", name, err)
-	}
+	return ca.files(t, name, certPEM, keyPEM)
+}
+
+func (ca *CA) files(t testing.TB, name string, certPEM, keyPEM []byte) transport.TLSFiles {
+	t.Helper()
 	dir := t.TempDir()
 	files := transport.TLSFiles{
 		CertFile: filepath.Join(dir, name+".crt"),
 		KeyFile:  filepath.Join(dir, name+".key"),
 		CAFile:   ca.caFile,
 	}
-	writeFile(t, files.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeFile(t, files.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	writeFile(t, files.CertFile, certPEM)
+	writeFile(t, files.KeyFile, keyPEM)
 	return files
 }
 
@@ -136,15 +116,6 @@ func (ca *CA) ClientConfig(t testing.TB, name string, ips ...net.IP) *tls.Config
 		t.Fatalf("transporttest: client config for %s: %v", name, err)
 	}
 	return cfg
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatalf("transporttest: serial: %v", err)
-	}
-	return n
 }
 
 func writeFile(t testing.TB, path string, data []byte) {

@@ -1,0 +1,8 @@
+package node
+
+// MethodLeave is the node-RPC method of a graceful leave, for tests that
+// play a node asking the leader to remove someone.
+const MethodLeave = methodLeave
+
+// DecodeRPCError turns a node-RPC error payload back into node errors.
+var DecodeRPCError = decodeRPCError

@@ -1,0 +1,380 @@
+package node
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/leasenode/leasenode/transport"
+)
+
+// ClusterIDFile is the file in the data directory that holds the id of the
+// cluster the directory's Raft state belongs to (hex, one line). It is
+// written at bootstrap (before Raft's own state), by Restore, and when a
+// new node adopts the id of the cluster it joins, before any Raft byte
+// reaches it.
+const ClusterIDFile = "cluster-id"
+
+// nodePortTLS builds the node port's TLS configurations and the API's:
+// from TLSFiles (node port and API), from ServerTLS/ClientTLS (likewise),
+// or from ClusterKey (node port only; the API stays plain). It checks that
+// a node certificate is for this node's ID. All nil: plain TCP.
+func nodePortTLS(cfg Config) (server, client, api *tls.Config, err error) {
+	switch {
+	case cfg.TLSFiles.Enabled():
+		if server, err = cfg.TLSFiles.ServerConfig(); err != nil {
+			return nil, nil, nil, err
+		}
+		if client, err = cfg.TLSFiles.ClientConfig(); err != nil {
+			return nil, nil, nil, err
+		}
+		if err := checkOwnCert(server, cfg.ID, cfg.TLSFiles.CertFile); err != nil {
+			return nil, nil, nil, err
+		}
+		return server, client, server, nil
+	case cfg.ServerTLS != nil:
+		if len(cfg.ServerTLS.Certificates) > 0 {
+			if err := checkOwnCert(cfg.ServerTLS, cfg.ID, "ServerTLS"); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		return cfg.ServerTLS, cfg.ClientTLS, cfg.ServerTLS, nil
+	case len(cfg.ClusterKey) > 0:
+		server, client, err = transport.ClusterKeyTLS(cfg.ClusterKey, cfg.ID)
+		return server, client, nil, err
+	}
+	return nil, nil, nil, nil
+}
+
+// checkOwnCert refuses to start with a certificate that peers would refuse:
+// one without the node role, or for another node.
+func checkOwnCert(c *tls.Config, id, name string) error {
+	got, err := transport.ConfigNodeID(c)
+	if err != nil {
+		return fmt.Errorf("%s: %w; make a node certificate with `leasenode tls cert create --node %s --ip IP`", name, err, id)
+	}
+	if got != id {
+		return fmt.Errorf("%s is the certificate of node %q, but this node's ID is %q", name, got, id)
+	}
+	return nil
+}
+
+// checkExposure refuses to run an unauthenticated node port or gossip on
+// an address other hosts can reach, unless cfg.Insecure; with Insecure it
+// logs a warning. Loopback-only nodes (tests, `leasenode dev`) need no
+// set-up.
+func checkExposure(cfg Config, log *slog.Logger) error {
+	nodePortOpen := !cfg.TLSFiles.Enabled() && cfg.ServerTLS == nil && len(cfg.ClusterKey) == 0
+	gossipOpen := len(cfg.GossipKey) == 0 && len(cfg.ClusterKey) == 0
+	if !nodePortOpen && !gossipOpen {
+		return nil
+	}
+	var exposed []string
+	for _, a := range []string{cfg.BindAddr, cfg.GossipAddr, cfg.APIAddr} {
+		if a != "" && !isLoopback(a) {
+			exposed = append(exposed, a)
+		}
+	}
+	if len(exposed) == 0 {
+		return nil
+	}
+	what := "the node port (Raft, node RPC) and gossip"
+	fix := "set ClusterKey (agent: --cluster-key-file FILE or LEASENODE_CLUSTER_KEY; make one with `head -c 32 /dev/urandom | base64`), or TLS (--tls-cert, --tls-key, --tls-ca) with a gossip key"
+	switch {
+	case !nodePortOpen:
+		what = "gossip (TLS protects only the node port)"
+		fix = "set GossipKey (--gossip-key) or ClusterKey (--cluster-key-file), which also keys gossip"
+	case !gossipOpen:
+		what = "the node port (Raft, node RPC)"
+		fix = "set ClusterKey (--cluster-key-file) or TLS (--tls-cert, --tls-key, --tls-ca)"
+	}
+	if cfg.Insecure {
+		log.Warn("INSECURE: "+what+" accept anyone who can reach them: any process on the network can read every lease, "+
+			"take leases from their holders and join or disrupt the cluster. "+fix+".", "addresses", exposed)
+		return nil
+	}
+	return fmt.Errorf("%s would accept anyone who can reach %s: %s; or set Insecure (--insecure) to run unauthenticated anyway",
+		what, strings.Join(exposed, ", "), fix)
+}
+
+// isLoopback reports whether host:port binds only a loopback address.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// clusterIdentity is this node's cluster id and the rules by which it
+// judges the ids peers present in the hello (transport.Hello.Check).
+//
+// Invariant one-cluster-per-data-dir: a node exchanges Raft and RPC bytes
+// only with nodes whose cluster id equals its own, or where one side has
+// none yet and may take the other's. A node takes an id only while it has
+// no Raft state and is not waiting to bootstrap, and writes it to disk
+// before the hello that brought it is answered, so Raft state never
+// arrives in a data dir without its cluster's id. Otherwise a node that
+// belonged to another cluster, or a new cluster started on a dead
+// member's address, would be merged into this one (the issue's probes);
+// TestOtherClusterRefused and TestNewClusterOnDeadMembersAddress guard
+// it.
+type clusterIdentity struct {
+	dir      string
+	self     string // this node's ID
+	log      *slog.Logger
+	hasState func() bool // whether this node has Raft state now
+
+	mu      sync.Mutex
+	id      string
+	waiting bool                // waiting to bootstrap: see check
+	logged  map[string]struct{} // peer and reason of refusals logged loudly
+	changed chan struct{}       // capacity 1: the id changed (gossip metadata)
+}
+
+// maxLogged bounds clusterIdentity.logged: past it, refusals are logged
+// loudly again (from an empty set) rather than remembered without end.
+const maxLogged = 1024
+
+func newClusterIdentity(dir, self string, log *slog.Logger, waiting bool, hasState func() bool) (*clusterIdentity, error) {
+	id, err := readClusterID(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &clusterIdentity{dir: dir, self: self, log: log, hasState: hasState, id: id, waiting: waiting,
+		logged: map[string]struct{}{}, changed: make(chan struct{}, 1)}, nil
+}
+
+// get returns the cluster id ("" while none).
+func (c *clusterIdentity) get() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.id
+}
+
+// bootstrapped records the id this node bootstraps with, before Raft's
+// BootstrapCluster writes any state.
+func (c *clusterIdentity) bootstrapped(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.waiting = false
+	return c.setLocked(id)
+}
+
+// joining records that this node will not bootstrap: it joins the cluster
+// of a member that has state (or that the others bootstrap), so it may
+// take that cluster's id when a member presents it.
+func (c *clusterIdentity) joining() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.waiting = false
+}
+
+func (c *clusterIdentity) setLocked(id string) error {
+	if id == c.id {
+		return nil
+	}
+	if err := writeClusterID(c.dir, id); err != nil {
+		return err
+	}
+	c.id = id
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// check is the hello's judge (transport.Hello.Check). inbound is true for
+// a node that dialed us. It refuses:
+//   - a peer without an ID, or with this node's own ID (two processes
+//     started with one --id);
+//   - a peer of another cluster (both ids set and different);
+//   - while this node has no id: a peer that presents one if this node
+//     has Raft state (made without an id: it belongs to an older cluster,
+//     not to that one), or, inbound, if this node waits to bootstrap
+//     (BootstrapExpect, no Raft state, not yet decided to join): a new
+//     cluster must not be absorbed by an old one that still dials a dead
+//     member's address. Outbound the waiting node goes on without taking
+//     the id: it is only asking members for their state, and must learn
+//     that one has some to decide to join.
+//
+// Otherwise a node without an id takes the peer's and writes it to disk
+// first. Empty matches empty: clusters made by versions without cluster ids
+// keep running without one.
+func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
+	if p.ID == "" {
+		return errors.New("the node port needs the peer's node ID in its hello")
+	}
+	if p.ID == c.self {
+		err := fmt.Errorf("node %s is also %s: two nodes run with the same ID; stop one and give each node a unique --id", p.ID, c.self)
+		c.refused(p, err, true)
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	own := c.id
+	switch {
+	case p.ClusterID == own, p.ClusterID == "":
+		// Same cluster, or the peer has no id yet: it takes ours (or
+		// refuses on its side).
+		return nil
+	case own != "":
+		var err error
+		if inbound {
+			err = fmt.Errorf("this cluster is %s, your data dir belongs to cluster %s; to join this cluster start with an empty --data-dir",
+				short(own), short(p.ClusterID))
+		} else {
+			err = fmt.Errorf("node %s belongs to cluster %s, this node's data dir to cluster %s; to join that cluster start this node with an empty --data-dir",
+				p.ID, short(p.ClusterID), short(own))
+		}
+		c.refusedLocked(p, err, true)
+		return err
+	case c.hasState():
+		err := fmt.Errorf("node %s has Raft state without a cluster id (made by an older leasenode, or copied), so it is not a member of cluster %s; to join that cluster start it with an empty --data-dir",
+			c.self, short(p.ClusterID))
+		c.refusedLocked(p, err, true)
+		return err
+	case c.waiting && inbound:
+		err := fmt.Errorf("node %s is waiting to bootstrap a new cluster (--bootstrap-expect) and takes no member of cluster %s yet",
+			c.self, short(p.ClusterID))
+		c.refusedLocked(p, err, false)
+		return err
+	case c.waiting:
+		return nil
+	}
+	if err := c.setLocked(p.ClusterID); err != nil {
+		return fmt.Errorf("node %s cannot record cluster id %s: %v", c.self, short(p.ClusterID), err)
+	}
+	c.log.Info("joined cluster: took its id from a member", "cluster", p.ClusterID, "from", p.ID)
+	return nil
+}
+
+// refusedBy is the Dialer's transport.Hello.Refused: a peer refused us.
+func (c *clusterIdentity) refusedBy(e *transport.RefusedError) {
+	loud := !strings.Contains(e.Message, "waiting to bootstrap")
+	c.refused(transport.Peer{ID: e.PeerID, ClusterID: e.PeerClusterID}, fmt.Errorf("refused by %s: %s", e.PeerID, e.Message), loud)
+}
+
+func (c *clusterIdentity) refused(p transport.Peer, err error, loud bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refusedLocked(p, err, loud)
+}
+
+// refusedLocked logs a refusal: loudly the first time for a peer and
+// reason, at debug level after that (Raft redials every few hundred
+// milliseconds).
+func (c *clusterIdentity) refusedLocked(p transport.Peer, err error, loud bool) {
+	msg := err.Error()
+	log := c.log.With("component", "node.trust", "peer", p.ID, "peer_cluster", p.ClusterID, "cluster", c.id)
+	key := p.ID + "\x00" + msg
+	if _, seen := c.logged[key]; seen {
+		log.Debug("node-port connection refused", "reason", msg)
+		return
+	}
+	if len(c.logged) >= maxLogged {
+		clear(c.logged)
+	}
+	c.logged[key] = struct{}{}
+	if loud {
+		log.Error("REFUSED node-port connection: "+msg, "authenticated", p.Authenticated)
+	} else {
+		log.Info("node-port connection refused", "reason", msg)
+	}
+}
+
+// short abbreviates a cluster id for messages (logs carry it in full).
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12] + "…"
+	}
+	return id
+}
+
+// bootstrapClusterID is the id every bootstrapping node computes from the
+// same members: the hex SHA-256 of their sorted (ID, run) pairs. The runs
+// (random per process start, from gossip) make it new for every cluster
+// bootstrapped, even with the same IDs.
+func bootstrapClusterID(members []member) string {
+	pairs := make([]string, len(members))
+	for i, m := range members {
+		pairs[i] = m.ID + "\x00" + m.Run
+	}
+	sort.Strings(pairs)
+	h := sha256.New()
+	for _, p := range pairs {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// newClusterID returns a random cluster id (for a restore).
+func newClusterID() string {
+	b := make([]byte, sha256.Size)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// readClusterID reads ClusterIDFile from dir; "" if there is none.
+func readClusterID(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ClusterIDFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read cluster id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if len(id) > 128 {
+		return "", fmt.Errorf("cluster id in %s is %d bytes long: damaged?", filepath.Join(dir, ClusterIDFile), len(id))
+	}
+	return id, nil
+}
+
+// writeClusterID replaces ClusterIDFile in dir atomically and durably:
+// write a temporary file, fsync it, rename it over the old one, fsync the
+// directory.
+func writeClusterID(dir, id string) error {
+	path := filepath.Join(dir, ClusterIDFile)
+	tmp, err := os.CreateTemp(dir, ClusterIDFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename: nothing to remove
+	if _, err := tmp.WriteString(id + "\n"); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write cluster id: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write cluster id: sync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,404 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// logs collects the logs of several nodes, for tests that wait for a line.
+type logs struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logs) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// lines returns the log lines that contain every one of want.
+func (l *logs) lines(want ...string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(line, w)
+		}
+		if ok && line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// waitFor waits until a log line contains every one of want, and returns
+// it.
+func (l *logs) waitFor(t *testing.T, timeout time.Duration, want ...string) string {
+	t.Helper()
+	var line string
+	nodetest.Eventually(t, timeout, func() error {
+		if got := l.lines(want...); len(got) > 0 {
+			line = got[0]
+			return nil
+		}
+		return errorf("no log line with %q", want)
+	})
+	return line
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+func errorf(format string, args ...any) error {
+	b, _ := json.Marshal(args)
+	return errorString(strings.TrimSpace(format + " " + string(b)))
+}
+
+// Scenario: a node whose data belongs to another cluster (same cluster key,
+// so TLS lets it through; only the cluster id differs) is restarted with
+// --join pointing at this cluster. It is refused both ways with a message
+// naming both clusters and what to do; the leader never adds it, and
+// neither cluster's state changes.
+func TestOtherClusterRefused(t *testing.T) {
+	var blogs, alogs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Logger = alogs.logger().With("n", i)
+	}})
+	defer func() {
+		if t.Failed() {
+			t.Logf("a's logs:\n%s\nb0's logs:\n%s", alogs.buf.String(), blogs.buf.String())
+		}
+	}()
+	b := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, ClusterKey: a.ClusterKey(),
+		Configure: func(i int, cfg *node.Config) { cfg.ID = "b" + strconv.Itoa(i) }})
+	_, al := a.Leader()
+	_, bl := b.Leader()
+	mustGrant(t, al, acq("a-key", "ca", 1, time.Minute))
+	mustGrant(t, bl, acq("b-key", "cb", 1, time.Minute))
+	aID, err := node.ClusterID(a.Config(0).DataDir)
+	if err != nil || len(aID) != 64 {
+		t.Fatalf("cluster a's id %q, %v: want 64 hex digits", aID, err)
+	}
+	bID, _ := node.ClusterID(b.Config(0).DataDir)
+	if bID == "" || bID == aID {
+		t.Fatalf("cluster ids a=%q b=%q: want two different ids", aID, bID)
+	}
+	st, _ := al.Status(context.Background(), &pb.StatusRequest{})
+	if st.GetClusterId() != aID {
+		t.Fatalf("Status says cluster %q, data dir %q", st.GetClusterId(), aID)
+	}
+
+	// b0 comes back joined to a's gossip.
+	cfg := b.Config(0)
+	b.Kill(0)
+	cfg.Join = []string{a.Config(0).GossipAddr, a.Config(1).GossipAddr, a.Config(2).GossipAddr}
+	cfg.Logger = blogs.logger()
+	var rogue *node.Node
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		rogue, err = node.Start(context.Background(), cfg)
+		return err
+	})
+	defer rogue.Close(context.Background())
+
+	// b0 dials a's nodes (to verify them) and is refused with a's words.
+	want := "your data dir belongs to cluster " + bID[:12] + "…; to join this cluster start with an empty --data-dir"
+	line := blogs.waitFor(t, 20*time.Second, "REFUSED", want)
+	if !strings.Contains(line, "this cluster is "+aID[:12]) {
+		t.Fatalf("refusal does not name this cluster %s: %s", aID[:12], line)
+	}
+	// a's leader sees b0 in gossip but does not add it (gossip says it is
+	// of another cluster, and the hello would refuse it anyway).
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		m, err := al.Members(context.Background(), &pb.MembersRequest{})
+		if err != nil {
+			return err
+		}
+		for _, mm := range m.Members {
+			if mm.Id == "b0" {
+				return nil
+			}
+		}
+		return errorf("a's leader does not see b0 in gossip yet", m.Members)
+	})
+	mustGrant(t, al, acq("a-key2", "ca", 2, time.Minute))
+	if _, in := suffrage(t, al)["b0"]; in {
+		t.Fatalf("b0 was added to cluster a: %v", suffrage(t, al))
+	}
+	if _, ok := rogue.FSM().Get("a-key"); ok {
+		t.Fatal("b0 received cluster a's leases")
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error { // b0 leads itself again and replays its log
+		if _, ok := rogue.FSM().Get("b-key"); !ok {
+			return errorf("b0 does not hold its own cluster's lease")
+		}
+		return nil
+	})
+	if id, _ := node.ClusterID(cfg.DataDir); id != bID {
+		t.Fatalf("b0's cluster id changed to %q", id)
+	}
+}
+
+// rpcAs returns an RPC client that speaks on c's node port as node id: a
+// holder of the cluster key, which any node of the cluster is.
+func rpcAs(t *testing.T, c *nodetest.Cluster, id string) *transport.RPCClient {
+	t.Helper()
+	_, cli, err := transport.ClusterKeyTLS(c.ClusterKey(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := transport.NewRPCClient(transport.RPCClientConfig{DecodeError: node.DecodeRPCError,
+		Dialer: &transport.Dialer{TLS: cli, Hello: &transport.Hello{NodeID: id}}})
+	t.Cleanup(func() { rc.Close() })
+	return rc
+}
+
+// Scenario: node n1 asks the leader to remove another node; the leader
+// refuses (only node X may ask to remove X) and the configuration keeps
+// every voter.
+func TestLeaveOnlySelf(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	caller, victim := (li+1)%3, (li+2)%3
+	callerID, victimID := c.Node(caller).ID(), c.Node(victim).ID()
+	req, _ := json.Marshal(map[string]string{"id": victimID})
+	_, err := rpcAs(t, c, callerID).CallNode(ctxT(t, 10*time.Second), l.RaftAddr(), l.ID(), node.MethodLeave, req)
+	if !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "may only ask to remove itself") {
+		t.Fatalf("leave of %s asked by %s: %v, want a refusal", victimID, callerID, err)
+	}
+	mustGrant(t, l, acq("after", "c", 1, time.Minute)) // a later entry: any removal would be in by now
+	if v, _ := countVoters(suffrage(t, l)); v != 3 {
+		t.Fatalf("voters after a refused leave: %v", suffrage(t, l))
+	}
+}
+
+// Scenario: with the cluster's gossip key, a gossip member claims to be the
+// leader and advertises another API address (the probe). Followers
+// keep pointing clients at the real leader: leader hints and Members carry
+// only API addresses that nodes gave about themselves over authenticated
+// node RPC.
+func TestGossipCannotRedirect(t *testing.T) {
+	var nlogs logs
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Logger = nlogs.logger().With("n", i)
+	}})
+	li, l := c.Leader()
+	realAPI := l.APIAddr()
+	hint := func(n *node.Node) (string, string) {
+		st, err := n.Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			return "", ""
+		}
+		return st.GetHeader().GetLeaderId(), st.GetHeader().GetLeaderAddr()
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for i := range 3 {
+			if id, api := hint(c.Node(i)); id != l.ID() || api != realAPI {
+				return errorf("node has leader hint", i, id, api)
+			}
+		}
+		return nil
+	})
+
+	gossipKey, err := transport.GossipKey(c.ClusterKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilAPI := nodetest.FreeAddr(t, false)
+	md, _ := json.Marshal(map[string]string{"id": l.ID(), "raft": nodetest.FreeAddr(t, false), "api": evilAPI, "run": "evil"})
+	mc := memberlist.DefaultLocalConfig()
+	mc.Name = "evil"
+	host, port, _ := net.SplitHostPort(nodetest.FreeAddr(t, true))
+	mc.BindAddr = host
+	mc.BindPort, _ = strconv.Atoi(port)
+	mc.AdvertisePort = mc.BindPort
+	mc.SecretKey = gossipKey
+	mc.Delegate = metaDelegate(md)
+	mc.LogOutput = &nlogs
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Shutdown()
+	var seeds []string
+	for i := range 3 {
+		seeds = append(seeds, c.Config(i).GossipAddr)
+	}
+	if n, err := ml.Join(seeds); err != nil || n != 3 {
+		t.Fatalf("impostor joined %d nodes: %v", n, err)
+	}
+	// Every follower heard the impostor's claim...
+	for i := range 3 {
+		if i != li {
+			nlogs.waitFor(t, 10*time.Second, "n="+strconv.Itoa(i), "ignoring gossip metadata", "from=evil")
+		}
+	}
+	// ...and still sends clients to the real leader.
+	for i := range 3 {
+		if id, api := hint(c.Node(i)); id != l.ID() || api != realAPI {
+			t.Fatalf("n%d: leader hint %s at %s, want %s at %s", i, id, api, l.ID(), realAPI)
+		}
+		m, err := c.Node(i).Members(context.Background(), &pb.MembersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mm := range m.Members {
+			if mm.ApiAddr == evilAPI || mm.Id == "evil" {
+				t.Fatalf("n%d lists %v", i, mm)
+			}
+		}
+	}
+	_ = ml.Leave(time.Second)
+}
+
+// metaDelegate is a memberlist delegate that only publishes metadata.
+type metaDelegate []byte
+
+func (d metaDelegate) NodeMeta(int) []byte             { return d }
+func (d metaDelegate) NotifyMsg([]byte)                {}
+func (d metaDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (d metaDelegate) LocalState(bool) []byte          { return nil }
+func (d metaDelegate) MergeRemoteState([]byte, bool)   {}
+
+// An agent on an address other hosts can reach, with neither a cluster key
+// nor TLS, refuses to start, naming what to set; Insecure lets it start
+// (with a warning), and so does a cluster key.
+func TestExposedWithoutKeyRefused(t *testing.T) {
+	base := func(t *testing.T) node.Config {
+		cfg := node.DefaultConfig()
+		cfg.ID, cfg.DataDir = "n0", t.TempDir()
+		bind := nodetest.FreeAddr(t, false)
+		_, port, _ := net.SplitHostPort(bind)
+		cfg.BindAddr = net.JoinHostPort("0.0.0.0", port) // every interface
+		cfg.AdvertiseAddr = bind
+		cfg.GossipAddr = nodetest.FreeAddr(t, true)
+		cfg.BootstrapExpect = 1
+		cfg.Timing = nodetest.TestTiming
+		return cfg
+	}
+	t.Run("refused", func(t *testing.T) {
+		_, err := node.Start(context.Background(), base(t))
+		if err == nil {
+			t.Fatal("a node bound to 0.0.0.0 without key or TLS started")
+		}
+		for _, want := range []string{"0.0.0.0", "--cluster-key-file", "--tls-cert", "--insecure"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not mention %s: %v", want, err)
+			}
+		}
+	})
+	t.Run("insecure", func(t *testing.T) {
+		var l logs
+		cfg := base(t)
+		cfg.Insecure = true
+		cfg.Logger = l.logger()
+		n, err := node.Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("Insecure: %v", err)
+		}
+		defer n.Close(context.Background())
+		if len(l.lines("level=WARN", "INSECURE")) == 0 {
+			t.Fatal("no INSECURE warning logged")
+		}
+	})
+	t.Run("cluster key", func(t *testing.T) {
+		cfg := base(t)
+		cfg.ClusterKey = nodetest.NewClusterKey(t)
+		n, err := node.Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("with a cluster key: %v", err)
+		}
+		n.Close(context.Background())
+	})
+}
+
+// Scenario: a member of cluster a dies; two new nodes start to found a new
+// cluster (BootstrapExpect 2, empty data dirs, even the same cluster key),
+// the first on the dead member's address. a's leader keeps sending
+// AppendEntries there, but a node waiting to bootstrap takes nobody with a
+// cluster id: it stays empty until its partner comes, then the two found
+// their own cluster with their own id, holding none of a's leases.
+func TestNewClusterOnDeadMembersAddress(t *testing.T) {
+	var xlogs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
+	li, al := a.Leader()
+	mustGrant(t, al, acq("a-key", "ca", 1, time.Minute))
+	dead := (li + 1) % 3
+	addr := a.Config(dead).BindAddr
+	a.Kill(dead)
+
+	newNode := func(id, bind string, join []string) (*node.Node, node.Config) {
+		cfg := node.DefaultConfig()
+		cfg.ID, cfg.DataDir = id, t.TempDir()
+		cfg.BindAddr, cfg.GossipAddr, cfg.Join = bind, nodetest.FreeAddr(t, true), join
+		cfg.BootstrapExpect, cfg.Timing = 2, nodetest.TestTiming
+		cfg.ClusterKey = a.ClusterKey()
+		cfg.Logger = xlogs.logger()
+		var n *node.Node
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			var err error
+			n, err = node.Start(context.Background(), cfg)
+			return err // the dead node's port may linger
+		})
+		t.Cleanup(func() { n.Close(context.Background()) })
+		return n, cfg
+	}
+	x0, x0cfg := newNode("x0", addr, nil)
+	// a's leader reaches x0 (and is turned away, or not).
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if x0.Raft().LastIndex() > 0 || len(xlogs.lines("node=x0", "waiting to bootstrap a new cluster")) > 0 {
+			return nil
+		}
+		return errorf("a's leader has not reached x0 yet")
+	})
+	mustGrant(t, al, acq("a-key2", "ca", 2, time.Minute))
+	if got := x0.Raft().LastIndex(); got != 0 {
+		t.Fatalf("x0, waiting to bootstrap, received Raft entries up to %d from cluster a", got)
+	}
+	if id, _ := node.ClusterID(x0cfg.DataDir); id != "" {
+		t.Fatalf("x0 took cluster id %q while waiting to bootstrap", id)
+	}
+
+	x1, _ := newNode("x1", nodetest.FreeAddr(t, false), []string{x0cfg.GossipAddr})
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if !x0.IsLeader() && !x1.IsLeader() {
+			return errorf("the new cluster has no leader yet")
+		}
+		return nil
+	})
+	aID, _ := node.ClusterID(a.Config(li).DataDir)
+	xID, _ := node.ClusterID(x0cfg.DataDir)
+	if xID == "" || xID == aID {
+		t.Fatalf("the new cluster's id %q, a's %q: want a new one", xID, aID)
+	}
+	if _, ok := x0.FSM().Get("a-key"); ok {
+		t.Fatal("the new cluster holds the old cluster's lease: absorbed")
+	}
+	if s := suffrage(t, x0); len(s) != 2 || s["x0"] != raft.Voter || s["x1"] != raft.Voter {
+		t.Fatalf("x0's configuration %v, want x0 and x1", s)
+	}
+}
