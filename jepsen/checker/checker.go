@@ -104,8 +104,15 @@ func (r *Result) violate(v Violation) {
 
 // Options tunes Check.
 type Options struct {
-	// LinearizableTimeout bounds porcupine per key; 0: one minute.
+	// LinearizableTimeout bounds porcupine per segment of a key's
+	// history; 0: one minute.
 	LinearizableTimeout time.Duration
+	// IndeterminateHorizon is how long after its completion record an
+	// indeterminate operation may still take effect, unless a later read
+	// proves it did later (see linearizable.go); 0:
+	// DefaultIndeterminateHorizon; negative: no bound (whole-key search,
+	// which long histories do not finish).
+	IndeterminateHorizon time.Duration
 	// ServeBound is the longest the cluster may take to serve again after
 	// the final heal; 0: 30 s.
 	ServeBound time.Duration
@@ -117,6 +124,9 @@ type Options struct {
 func (o Options) withDefaults() Options {
 	if o.LinearizableTimeout == 0 {
 		o.LinearizableTimeout = time.Minute
+	}
+	if o.IndeterminateHorizon == 0 {
+		o.IndeterminateHorizon = DefaultIndeterminateHorizon
 	}
 	if o.ServeBound == 0 {
 		o.ServeBound = 30 * time.Second

@@ -130,6 +130,30 @@ var synthetics = []synthetic{
 		b.ReleaseOK(100, 110, "c1", "k", 10)
 		b.AcquireHeld(200, 210, "c2", "k")
 	}},
+	{"grant-witnessed-past-horizon", NameLinearizable, true, func(b *history.Builder) {
+		// c2's acquire was answered by nobody; a read a minute later, past
+		// the horizon, proves it was granted: it took effect after c4's
+		// holding (40 s), which explains the refusal at 45 s.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.ReleaseOK(100, 110, "c1", "k", 10)
+		b.AcquireInfo(120, 2000, "c2", "k")
+		b.AcquireOK(40000, 40010, "c4", "k", 20, 42000)
+		b.ReleaseOK(40100, 40110, "c4", "k", 20)
+		b.AcquireHeld(45000, 45010, "c3", "k")
+		b.GetOK(60000, 60010, "r", "k", "c2", 31)
+	}},
+	{"refused-long-after-indeterminate", NameLinearizable, false, func(b *history.Builder) {
+		// Only a grant of c2's indeterminate acquire after c4's holding,
+		// 40 s after its client gave up and never seen by anyone, could
+		// explain the refusal at 45 s: past the horizon, so it is a
+		// refusal after a release.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.AcquireInfo(10, 2000, "c2", "k")
+		b.ReleaseOK(100, 110, "c1", "k", 10)
+		b.AcquireOK(40000, 40010, "c4", "k", 20, 42000)
+		b.ReleaseOK(40100, 40110, "c4", "k", 20)
+		b.AcquireHeld(45000, 45010, "c3", "k")
+	}},
 	{"read-goes-back-in-time", NameLinearizable, false, func(b *history.Builder) {
 		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
 		b.AcquireOK(1000, 1005, "c2", "k", 12, 2000)
@@ -209,6 +233,8 @@ func TestReplayTestdata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	gz, _ := filepath.Glob(filepath.Join(testdata, "*.jsonl.gz"))
+	files = append(files, gz...)
 	if len(files) == 0 {
 		t.Fatal("no histories under jepsen/testdata")
 	}
@@ -216,13 +242,13 @@ func TestReplayTestdata(t *testing.T) {
 	for _, f := range files {
 		parts := strings.SplitN(filepath.Base(f), ".", 3)
 		if len(parts) != 3 || (parts[1] != "good" && parts[1] != "bad") {
-			t.Errorf("%s: name must be CHECKER.good|bad.NAME.jsonl", f)
+			t.Errorf("%s: name must be CHECKER.good|bad.NAME.jsonl[.gz]", f)
 			continue
 		}
 		if parts[1] == "bad" {
 			bad++
 		}
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".jsonl"), func(t *testing.T) {
+		t.Run(strings.TrimSuffix(strings.TrimSuffix(filepath.Base(f), ".gz"), ".jsonl"), func(t *testing.T) {
 			recs, err := history.Load(f)
 			if err != nil {
 				t.Fatal(err)

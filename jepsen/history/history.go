@@ -25,12 +25,15 @@ package history
 
 import (
 	"bufio"
+	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -203,6 +206,7 @@ type Recorder struct {
 	clock Clock
 
 	mu      sync.Mutex
+	out     io.Writer
 	w       *bufio.Writer
 	enc     *json.Encoder
 	records []Record
@@ -215,6 +219,7 @@ type Recorder struct {
 func NewRecorder(clock Clock, w io.Writer) *Recorder {
 	r := &Recorder{clock: clock}
 	if w != nil {
+		r.out = w
 		r.w = bufio.NewWriter(w)
 		r.enc = json.NewEncoder(r.w)
 	}
@@ -316,13 +321,18 @@ func (r *Recorder) Records() []Record {
 	return append([]Record(nil), r.records...)
 }
 
-// Flush writes buffered records to the writer and returns the first write
-// error seen.
+// Flush writes buffered records to the writer — and, if the writer has a
+// Flush method (a gzip.Writer), flushes it too, so that what was recorded
+// so far can be read back even if the process dies — and returns the
+// first write error seen.
 func (r *Recorder) Flush() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.w != nil && r.err == nil {
 		r.err = r.w.Flush()
+		if f, ok := r.out.(interface{ Flush() error }); ok && r.err == nil {
+			r.err = f.Flush()
+		}
 	}
 	return r.err
 }
@@ -339,22 +349,48 @@ func Encode(w io.Writer, records []Record) error {
 	return bw.Flush()
 }
 
-// Save writes records as JSONL to path.
+// Save writes records as JSONL to path, gzip-compressed if path ends in
+// ".gz".
 func Save(path string, records []Record) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if err := Encode(f, records); err != nil {
+	var w io.Writer = f
+	var zw *gzip.Writer
+	if strings.HasSuffix(path, ".gz") {
+		zw, _ = gzip.NewWriterLevel(f, gzip.BestCompression)
+		w = zw
+	}
+	err = Encode(w, records)
+	if zw != nil && err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
 }
 
-// Decode parses a JSONL history. Blank lines are skipped; a truncated last
-// line (a campaign killed mid-write) is an error naming the line.
+// Decode parses a JSONL history, gzip-compressed or not. Blank lines are
+// skipped; a truncated last line or compressed stream (a campaign killed
+// mid-write) is an error naming the line that matches
+// io.ErrUnexpectedEOF, returned with every record read before it.
 func Decode(r io.Reader) ([]Record, error) {
+	br := bufio.NewReader(r)
+	if magic, err := br.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("history: %w", err)
+		}
+		defer zr.Close()
+		return decodeJSONL(zr)
+	}
+	return decodeJSONL(br)
+}
+
+func decodeJSONL(r io.Reader) ([]Record, error) {
 	var out []Record
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -367,6 +403,10 @@ func Decode(r io.Reader) ([]Record, error) {
 		}
 		var rec Record
 		if err := json.Unmarshal(b, &rec); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) && se.Offset >= int64(len(b)) {
+				err = fmt.Errorf("%w: %v", io.ErrUnexpectedEOF, err)
+			}
 			return out, fmt.Errorf("history line %d: %w", line, err)
 		}
 		out = append(out, rec)
@@ -377,7 +417,7 @@ func Decode(r io.Reader) ([]Record, error) {
 	return out, nil
 }
 
-// Load parses the JSONL history in path.
+// Load parses the JSONL history in path (compressed or not: see Decode).
 func Load(path string) ([]Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -408,6 +448,8 @@ type Operation struct {
 	// Complete is the completion; for an invocation that never completed
 	// it is a synthesized Info record at the end of the history.
 	Complete Record
+	// Open: no completion was recorded (the history ended first).
+	Open bool
 }
 
 // Type returns the completion type: OK, Fail or Info.
@@ -457,6 +499,7 @@ func Pair(records []Record) (ops []Operation, events []Record, err error) {
 	for _, i := range open {
 		inv := ops[i].Invoke
 		ops[i].Complete = Record{ID: inv.ID, Time: last, Type: Info, Client: inv.Client, Op: inv.Op, Key: inv.Key, Err: "no completion before the history ended"}
+		ops[i].Open = true
 	}
 	sort.SliceStable(ops, func(a, b int) bool { return ops[a].Invoke.Index < ops[b].Invoke.Index })
 	return ops, events, nil
