@@ -115,9 +115,13 @@ func (s *simulator) record(rec history.Record) {
 	s.records = append(s.records, rec)
 }
 
-func (s *simulator) invoke(t int64, rec history.Record) int64 {
+func (s *simulator) newID() int64 {
 	s.nextID++
-	rec.ID, rec.Type, rec.Time = s.nextID, history.Invoke, t
+	return s.nextID
+}
+
+func (s *simulator) invoke(t int64, rec history.Record) int64 {
+	rec.ID, rec.Type, rec.Time = s.newID(), history.Invoke, t
 	s.record(rec)
 	return rec.ID
 }
@@ -175,10 +179,12 @@ func (s *simulator) wake(k *simKey) {
 }
 
 type simClient struct {
-	name  string
-	held  *simKey
-	token uint64
-	gen   int // bumps when a holding ends, to stop its extends
+	base        string
+	incarnation int
+	name        string
+	held        *simKey
+	token       uint64
+	gen         int // bumps when a holding ends, to stop its extends
 }
 
 func simulate(cfg simConfig) []history.Record {
@@ -188,7 +194,8 @@ func simulate(cfg simConfig) []history.Record {
 	}
 	end := int64(cfg.duration)
 	for i := 0; i < cfg.clients; i++ {
-		c := &simClient{name: fmt.Sprintf("w%d", i+1)}
+		c := &simClient{base: fmt.Sprintf("w%d", i+1)}
+		c.name = c.base
 		s.at(s.ms(0, 500), func() { s.step(c) })
 	}
 	for s.q.Len() > 0 {
@@ -224,8 +231,15 @@ func (s *simulator) step(c *simClient) {
 		case p < 0.3:
 			s.check(c, k)
 		case p < 0.35:
-			// Vanish: stop extending, never release.
+			// Vanish: stop extending, never release; the abandoned client
+			// sees its lease lost just before the cluster can expire it.
+			s.settle(k, s.now)
+			vu := k.expiry - int64(s.cfg.ttl/50)
+			s.record(history.Record{ID: s.newID(), Time: vu, Type: history.Event, Client: c.name, Op: history.ExtendLost,
+				Key: k.name, Token: c.token, ValidUntil: vu})
 			c.held, c.gen = nil, c.gen+1
+			c.incarnation++
+			c.name = fmt.Sprintf("%s.%d", c.base, c.incarnation+1) // comes back as a new holder
 			s.next(c)
 		default:
 			s.release(c, k)
@@ -277,8 +291,8 @@ func (s *simulator) acquire(c *simClient, k *simKey) {
 		if s.r.IntN(2) == 0 {
 			eff := t0 + s.ms(1, float64(done-t0)/1e6+0.8*float64(s.cfg.horizon)/1e6)
 			s.at(eff, func() {
-				if s.free(k, s.now) || k.holder == c.name {
-					s.grant(k, c.name, delay, s.now) // a phantom grant nobody extends
+				if s.free(k, s.now) || k.holder == inv.Client {
+					s.grant(k, inv.Client, delay, s.now) // a phantom grant nobody extends
 					s.wake(k)
 				}
 			})
@@ -348,7 +362,7 @@ func (s *simulator) release(c *simClient, k *simKey) {
 	effect := func() {
 		s.settle(k, s.now)
 		s.index++
-		if k.held && k.holder == c.name && k.token == tok {
+		if k.held && k.holder == inv.Client && k.token == tok {
 			k.held = false
 			s.settle(k, s.now)
 		}

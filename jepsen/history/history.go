@@ -529,3 +529,49 @@ func Keys(records []Record) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Trim cuts a history down to the evidence around a violation: the
+// operations and events of keys (every key if keys is empty) and the
+// nemesis's faults and heals that overlap [from, to] (harness ns). An
+// operation is kept whole, both records, if its interval overlaps the
+// window (an invocation with no completion lasts for ever). Records keep
+// their IDs and times and are renumbered (Index).
+func Trim(records []Record, keys []string, from, to int64) []Record {
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	relevant := func(r Record) bool {
+		return r.Client == NemesisClient || len(want) == 0 || want[r.Key]
+	}
+	type span struct{ start, end int64 }
+	spans := map[int64]span{}
+	for _, r := range records {
+		switch r.Type {
+		case Event:
+		case Invoke:
+			spans[r.ID] = span{r.Time, Infinity}
+		default:
+			if sp, ok := spans[r.ID]; ok {
+				sp.end = r.Time
+				spans[r.ID] = sp
+			}
+		}
+	}
+	var out []Record
+	for _, r := range records {
+		if !relevant(r) {
+			continue
+		}
+		if r.Type == Event {
+			if r.Time < from || r.Time > to {
+				continue
+			}
+		} else if sp := spans[r.ID]; sp.start > to || sp.end < from {
+			continue
+		}
+		r.Index = int64(len(out))
+		out = append(out, r)
+	}
+	return out
+}

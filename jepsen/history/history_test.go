@@ -165,3 +165,24 @@ func TestSaveLoadGzip(t *testing.T) {
 		t.Fatalf("%+v %v", got, err)
 	}
 }
+
+func TestTrimKeepsOperationsWhole(t *testing.T) {
+	b := NewBuilder()
+	b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+	b.AcquireOK(100, 2000, "c2", "other", 11, 3000)
+	b.ReleaseOK(900, 1500, "c1", "k", 10)
+	b.Lost(1200, "c1", "k", 10, 1000)
+	b.Fault(1000, 1100, "kill-leader", "n1")
+	got := Trim(b.Records(), []string{"k"}, int64(1000*time.Millisecond), int64(1300*time.Millisecond))
+	var ops []string
+	for _, r := range got {
+		ops = append(ops, string(r.Type)+" "+string(r.Op))
+	}
+	want := "invoke release,ok release,event extend-lost,invoke fault,ok fault,invoke heal,ok heal"
+	if strings.Join(ops, ",") != want {
+		t.Fatalf("trimmed to %v, want %s", ops, want)
+	}
+	if _, _, err := Pair(got); err != nil {
+		t.Fatal(err)
+	}
+}

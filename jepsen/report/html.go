@@ -305,7 +305,7 @@ code{background:#f4f4f4;padding:0 3px}
 <p>Porcupine's visualization of the longest partial linearizations it found; also saved as <code>{{.File}}</code>.</p>
 <iframe srcdoc="{{.Doc}}"></iframe>
 {{end}}
-<p style="color:#888">Files: <code>history.jsonl</code> (every record), <code>results.json</code>, <code>nodes/*/log</code> (agent logs).</p>
+<p style="color:#888">Files: <code>history.jsonl.gz</code> (every record), <code>verdicts.jsonl</code> (verdicts as the campaign went), <code>results.json</code>, <code>nodes/*/log</code> (agent logs).</p>
 </body></html>
 `))
 

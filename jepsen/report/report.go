@@ -50,6 +50,13 @@ type Meta struct {
 	// Workers and Keys of the workload.
 	Workers int      `json:"workers"`
 	Keys    []string `json:"keys"`
+	// TLS: the agents ran with mutual TLS; ClusterKey: with a cluster key
+	// on their node ports.
+	TLS        bool `json:"tls,omitempty"`
+	ClusterKey bool `json:"cluster_key,omitempty"`
+	// WorkloadEnd is how long the workload and the nemesis actually ran
+	// (shorter than Duration if interrupted).
+	WorkloadEnd time.Duration `json:"workload_end,omitempty"`
 	// Extra holds anything else worth showing (flags, versions).
 	Extra map[string]string `json:"extra,omitempty"`
 }

@@ -15,6 +15,7 @@
 package runner
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,9 +92,18 @@ type Config struct {
 	// (they are always kept after a failing one).
 	KeepData bool
 	// ServeBound is the recovery bound; LinTimeout bounds porcupine per
-	// key.
+	// segment of a key's history; LinHorizon is the indeterminate
+	// operations' horizon (checker.Options.IndeterminateHorizon).
 	ServeBound time.Duration
 	LinTimeout time.Duration
+	LinHorizon time.Duration
+	// CheckEvery is how often the online check appends verdicts to
+	// verdicts.jsonl while the campaign runs (0: every 30 s).
+	CheckEvery time.Duration
+	// Ledger, if set, is the campaign ledger (jepsen/campaigns.jsonl) the
+	// campaign appends its line to; LedgerNote goes into that line.
+	Ledger     string
+	LedgerNote string
 	// Progress receives the live progress line (nil: none).
 	Progress io.Writer
 	// Stdout receives the one-line verdict.
@@ -103,7 +114,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
-		Workers: 6, Keys: 3, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: 2 * time.Minute,
+		Workers: 6, Keys: 3, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
 		Stdout: os.Stdout, Progress: os.Stderr,
 	}
 }
@@ -215,6 +226,7 @@ const (
 	envBinary = "LEASENODE_JEPSEN_BINARY"
 	envOut    = "LEASENODE_JEPSEN_OUT"
 	envNote   = "LEASENODE_JEPSEN_NOTE"
+	envLedger = "LEASENODE_JEPSEN_LEDGER"
 )
 
 // Main runs a campaign from the top: it is what cmd/jepsen calls. argv are
@@ -236,7 +248,7 @@ func Main(cfg Config, argv []string) int {
 			fmt.Fprintln(os.Stderr, "jepsen:", err)
 			return ExitError
 		}
-		cfg.Binary, cfg.Out = os.Getenv(envBinary), os.Getenv(envOut)
+		cfg.Binary, cfg.Out, cfg.Ledger = os.Getenv(envBinary), os.Getenv(envOut), os.Getenv(envLedger)
 		return Campaign(cfg, nw, os.Getenv(envNote))
 	}
 	if err := cfg.Validate(); err != nil {
@@ -249,6 +261,12 @@ func Main(cfg Config, argv []string) int {
 		return ExitError
 	}
 	cfg.Out = out
+	if cfg.Ledger != "" {
+		if cfg.Ledger, err = filepath.Abs(cfg.Ledger); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -318,7 +336,7 @@ func supervise(cfg Config, caps control.Capabilities, argv []string) int {
 	if caps.Note != "" {
 		note += "; " + caps.Note
 	}
-	cmd.Env = append(os.Environ(), control.Env+"="+nw.Encode(), envBinary+"="+cfg.Binary, envOut+"="+cfg.Out, envNote+"="+note)
+	cmd.Env = append(os.Environ(), control.Env+"="+nw.Encode(), envBinary+"="+cfg.Binary, envOut+"="+cfg.Out, envNote+"="+note, envLedger+"="+cfg.Ledger)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -369,15 +387,28 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}
 	defer logFile.Close()
 	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	hf, err := os.Create(filepath.Join(cfg.Out, "history.jsonl"))
+	// The history is kept compressed and flushed every few seconds, and
+	// verdicts are appended to verdicts.jsonl as segments settle: a
+	// harness that dies loses only the last seconds.
+	hf, err := os.Create(filepath.Join(cfg.Out, "history.jsonl.gz"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
 	}
 	defer hf.Close()
+	zw := gzip.NewWriter(hf)
+	vf, err := os.OpenFile(filepath.Join(cfg.Out, "verdicts.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	defer vf.Close()
 
 	clock := history.NewClock(time.Now())
-	rec := history.NewRecorder(clock, hf)
+	rec := history.NewRecorder(clock, zw)
+	copts := checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon,
+		ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out}
+	online := &checker.Online{Opts: copts, Out: vf}
 	var prog *report.Progress
 	if cfg.Progress != nil {
 		prog = report.NewProgress(cfg.Progress, clock, cfg.Duration)
@@ -525,9 +556,11 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}()
 	go func() {
 		defer inner.Done()
-		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second})
+		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second, Seed: cfg.Seed})
 	}()
+	evidence := keepEvidence(rec, online, cfg.CheckEvery, log)
 	inner.Wait()
+	meta.WorkloadEnd = time.Duration(clock.Now())
 	stopProgress()
 	stopProgress = func() {}
 	if wlErr != nil {
@@ -548,18 +581,29 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	probeDigests(healCtx, c, rec, cfg, log)
 	release()
 	c.Close()
+	evidence()
 	if err := rec.Flush(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
+	}
+	if err := zw.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
 	}
 	if interrupted.Load() {
 		meta.Extra["interrupted"] = "yes: stopped early by a signal"
 	}
 
-	res, err := checker.Check(rec.Records(), checker.Options{
-		LinearizableTimeout: cfg.LinTimeout, ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out})
+	if _, err := online.Advance(rec.Records(), history.Infinity); err != nil {
+		log.Warn("online check", "err", err)
+	}
+	checkStart := time.Now()
+	res, err := checker.Check(rec.Records(), copts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
 		return ExitError
+	}
+	meta.Extra["checking time"] = time.Since(checkStart).Round(time.Millisecond).String()
+	if err := checker.WriteLines(vf, checker.FinalLines(res, history.End(rec.Records()))); err != nil {
+		log.Warn("verdicts", "err", err)
 	}
 	r := report.Build(meta, rec.Records(), res)
 	if err := report.Write(cfg.Out, r, rec.Records()); err != nil {
@@ -567,6 +611,16 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}
 	fmt.Fprintln(cfg.Stdout, report.Line(r))
 	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
+	if cfg.Ledger != "" {
+		commit, dirty := control.Revision(cfg.Binary)
+		e := report.NewLedgerEntry(r, commit, dirty, cfg.Out)
+		e.Note, e.Host = cfg.LedgerNote, fmt.Sprintf("%d cores", runtime.NumCPU())
+		if err := report.AppendLedger(cfg.Ledger, e); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen: ledger:", err)
+		} else {
+			fmt.Fprintf(os.Stderr, "jepsen: appended to the ledger %s (commit it)\n", cfg.Ledger)
+		}
+	}
 	if !r.Passed {
 		fmt.Fprintf(os.Stderr, "jepsen: kept the nodes' data directories for inspection: %s\n", filepath.Join(cfg.Out, "nodes"))
 		return ExitViolation
@@ -580,6 +634,45 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		return ExitInterrupted // checked, but shorter than planned
 	}
 	return ExitPass
+}
+
+// keepEvidence flushes the history every few seconds and runs the online
+// check every interval until the returned function is called (which stops
+// both and waits).
+func keepEvidence(rec *history.Recorder, online *checker.Online, interval time.Duration, log *slog.Logger) (stop func()) {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		flush := time.NewTicker(5 * time.Second)
+		defer flush.Stop()
+		check := time.NewTicker(interval)
+		defer check.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-flush.C:
+				if err := rec.Flush(); err != nil {
+					log.Warn("flushing the history", "err", err)
+				}
+			case <-check.C:
+				lines, err := online.Advance(rec.Records(), rec.Clock().Now())
+				if err != nil {
+					log.Warn("online check", "err", err)
+				}
+				for _, l := range lines {
+					if l.Verdict != checker.Valid {
+						log.Warn("online verdict", "checker", l.Checker, "key", l.Key, "verdict", l.Verdict, "summary", l.Summary)
+					}
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // probeServe completes the Serve probe id when the cluster grants a lease
@@ -680,4 +773,83 @@ func probeDigests(ctx context.Context, c *control.Cluster, rec *history.Recorder
 		rec.Event(r)
 		log.Info("digest", "node", n.ID, "applied", o.applied, "digest", o.digest, "records", o.n, "err", o.err)
 	}
+}
+
+// Recheck checks a saved history — a finished campaign's, or what a
+// crashed one left (history.jsonl.gz is flushed every few seconds; a cut
+// stream is read up to the cut) — with cfg's checker options, prints the
+// verdict line and the checking time, and writes results.json and
+// report.html to cfg.Out (the history's directory if empty).
+func Recheck(path string, cfg Config) int {
+	if cfg.Stdout == nil {
+		cfg.Stdout = io.Discard
+	}
+	records, err := history.Load(path)
+	if err != nil {
+		if !errors.Is(err, io.ErrUnexpectedEOF) || len(records) == 0 {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+		fmt.Fprintf(os.Stderr, "jepsen: %v: checking the %d records before the cut\n", err, len(records))
+	}
+	if cfg.Out == "" {
+		cfg.Out = filepath.Dir(path)
+	}
+	meta := report.Meta{Name: "re-check of " + path, Started: time.Now(), Control: "recheck", Extra: map[string]string{"history": path}}
+	if old, err := report.Load(filepath.Join(filepath.Dir(path), "results.json")); err == nil {
+		meta = old.Meta
+		meta.Name = "re-check of " + meta.Name
+	}
+	start := time.Now()
+	res, err := checker.Check(records, checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon,
+		ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
+		return ExitError
+	}
+	took := time.Since(start)
+	if meta.Extra == nil {
+		meta.Extra = map[string]string{}
+	}
+	meta.Extra["checking time"] = took.Round(time.Millisecond).String()
+	r := report.Build(meta, records, res)
+	if err := report.Write(cfg.Out, r, records); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing the report:", err)
+	}
+	fmt.Fprintln(cfg.Stdout, report.Line(r))
+	for _, c := range res.Checkers {
+		fmt.Fprintf(os.Stderr, "  %-16s %-8s %s\n", c.Name, c.Verdict, c.Summary)
+	}
+	fmt.Fprintf(os.Stderr, "jepsen: checked %d records in %v; report: %s\n", len(records), took.Round(time.Millisecond), filepath.Join(cfg.Out, "report.html"))
+	if !r.Passed {
+		return ExitViolation
+	}
+	return ExitPass
+}
+
+// PrintSchedule lists the faults a seed draws for a campaign of cfg's
+// duration (counting quiet spells and holds only: injecting and healing
+// take extra time at run time, so a real campaign may run fewer).
+func PrintSchedule(w io.Writer, cfg Config) error {
+	faults, dropped, err := nemesis.Select(cfg.Faults, !cfg.Loopback)
+	if err != nil {
+		return err
+	}
+	if len(faults) == 0 {
+		return errors.New("no faults selected")
+	}
+	env := &nemesis.Env{TTL: cfg.TTL, DriftBound: lease.DefaultDrift}
+	s := nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second, Seed: cfg.Seed}
+	fmt.Fprintf(w, "seed %d, faults %s, %v:\n", cfg.Seed, cfg.Faults, cfg.Duration)
+	var t time.Duration
+	for i := 0; t < cfg.Duration; i++ {
+		p := nemesis.Plan(env, faults, s, i)
+		t += p.Quiet
+		fmt.Fprintf(w, "  at ~%-9v %-17s %s\n", t.Round(time.Second), p.Fault.Name(), p)
+		t += p.Hold
+	}
+	if len(dropped) > 0 {
+		fmt.Fprintf(w, "not available without namespaces: %s\n", strings.Join(dropped, ", "))
+	}
+	return nil
 }

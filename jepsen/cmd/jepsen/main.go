@@ -23,9 +23,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/leasenode/leasenode/jepsen/checker"
 	"github.com/leasenode/leasenode/jepsen/control"
-
+	"github.com/leasenode/leasenode/jepsen/history"
 	"github.com/leasenode/leasenode/jepsen/nemesis"
+	"github.com/leasenode/leasenode/jepsen/report"
 	"github.com/leasenode/leasenode/jepsen/runner"
 )
 
@@ -48,7 +50,18 @@ func main() {
 	fs.BoolVar(&cfg.Loopback, "loopback", false, "run nodes as loopback processes even as root (no partitions)")
 	fs.BoolVar(&cfg.KeepData, "keep-data", false, "keep the nodes' data directories after a passing campaign (always kept after a failing one)")
 	fs.DurationVar(&cfg.ServeBound, "serve-bound", cfg.ServeBound, "recovery: longest time to serve again after the final heal")
-	fs.DurationVar(&cfg.LinTimeout, "lin-timeout", cfg.LinTimeout, "porcupine time budget per key")
+	fs.DurationVar(&cfg.LinTimeout, "lin-timeout", cfg.LinTimeout, "porcupine time budget per segment of a key's history")
+	fs.DurationVar(&cfg.LinHorizon, "lin-horizon", checker.DefaultIndeterminateHorizon, "how long after its client gave up an indeterminate operation may still take effect (unless a later read proves later); negative: unbounded")
+	fs.DurationVar(&cfg.CheckEvery, "check-every", 30*time.Second, "how often settled verdicts are appended to verdicts.jsonl while the campaign runs")
+	fs.StringVar(&cfg.Ledger, "ledger", "", "append the campaign's line to this ledger (jepsen/campaigns.jsonl) when it ends")
+	fs.StringVar(&cfg.LedgerNote, "ledger-note", "", "free text for the ledger line")
+	summary := fs.Bool("ledger-summary", false, "print cumulative campaign-hours per commit from -ledger (default jepsen/campaigns.jsonl) and exit")
+	check := fs.String("check", "", "check a saved history (history.jsonl.gz, also one a crashed campaign left) instead of running a campaign; the report goes to -out (default: the history's directory)")
+	printSchedule := fs.Bool("print-schedule", false, "print the faults -seed draws for -duration and -faults, and exit")
+	trim := fs.String("trim", "", "cut the history HISTORY down to -trim-keys and -trim-window and write it to -trim-out (to save a failing one under jepsen/testdata)")
+	trimKeys := fs.String("trim-keys", "", "with -trim: comma-separated keys (default all)")
+	trimWindow := fs.String("trim-window", "", "with -trim: FROM:TO in harness time, e.g. 41s:58s")
+	trimOut := fs.String("trim-out", "", "with -trim: the output file (.jsonl or .jsonl.gz)")
 	quiet := fs.Bool("quiet", false, "no live progress line")
 	cleanup := fs.Bool("cleanup-stale", false, "delete namespaces (ljep-*) and processes left by a campaign that was killed with SIGKILL, then exit; only when no campaign runs")
 	fs.Usage = func() {
@@ -65,6 +78,33 @@ func main() {
 		}
 		os.Exit(0)
 	}
+	switch {
+	case *summary:
+		path := cfg.Ledger
+		if path == "" {
+			path = defaultLedger()
+		}
+		entries, err := report.ReadLedger(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			os.Exit(runner.ExitError)
+		}
+		report.WriteLedgerSummary(os.Stdout, entries)
+		os.Exit(0)
+	case *check != "":
+		os.Exit(runner.Recheck(*check, cfg))
+	case *printSchedule:
+		if cfg.Faults == "" {
+			cfg.Faults = "mixed"
+		}
+		if err := runner.PrintSchedule(os.Stdout, cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			os.Exit(runner.ExitError)
+		}
+		os.Exit(0)
+	case *trim != "":
+		os.Exit(trimHistory(*trim, *trimKeys, *trimWindow, *trimOut))
+	}
 	if cfg.Out == "" {
 		cfg.Out = defaultOut()
 	}
@@ -72,6 +112,44 @@ func main() {
 		cfg.Progress = nil
 	}
 	os.Exit(runner.Main(cfg, os.Args[1:]))
+}
+
+// defaultLedger is jepsen/campaigns.jsonl in the module.
+func defaultLedger() string {
+	if root, err := control.ModuleRoot("."); err == nil {
+		return filepath.Join(root, "jepsen", "campaigns.jsonl")
+	}
+	return "campaigns.jsonl"
+}
+
+func trimHistory(path, keys, window, out string) int {
+	if out == "" || window == "" {
+		fmt.Fprintln(os.Stderr, "jepsen: -trim needs -trim-window FROM:TO and -trim-out FILE")
+		return runner.ExitError
+	}
+	from, to, ok := strings.Cut(window, ":")
+	f, err1 := time.ParseDuration(from)
+	t, err2 := time.ParseDuration(to)
+	if !ok || err1 != nil || err2 != nil || t < f {
+		fmt.Fprintf(os.Stderr, "jepsen: -trim-window %q: want FROM:TO durations, e.g. 41s:58s\n", window)
+		return runner.ExitError
+	}
+	records, err := history.Load(path)
+	if err != nil && len(records) == 0 {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return runner.ExitError
+	}
+	var ks []string
+	if keys != "" {
+		ks = strings.Split(keys, ",")
+	}
+	cut := history.Trim(records, ks, int64(f), int64(t))
+	if err := history.Save(out, cut); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return runner.ExitError
+	}
+	fmt.Fprintf(os.Stderr, "jepsen: wrote %d of %d records to %s\n", len(cut), len(records), out)
+	return 0
 }
 
 // defaultOut is jepsen/store/<time> in the module (ignored by git), or
