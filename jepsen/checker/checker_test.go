@@ -75,6 +75,33 @@ var synthetics = []synthetic{
 		b.Lost(3000, "c1", "k", 10, 3000)
 	}},
 
+	{"reported-valid-until-after-grant", NameSingleHolder, false, func(b *history.Builder) {
+		// Issue 9 item 1: c1 reported ValidUntil 1600 ms while healthy,
+		// declared the lease lost 100 ms early and released it at once;
+		// c2, waiting, was granted at 1520 ms while c1's reported
+		// validity was still in the future. A user gating writes on
+		// ValidUntil overlaps c2.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.Observe(600, "c1", "k", 10, 1600, true)
+		b.Invoke(1000, history.Record{Client: "c2", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Lost(1500, "c1", "k", 10, 1600)
+		b.Complete(1520, 3, history.Record{Type: history.OK, Client: "c2", Op: history.Acquire, Key: "k", Token: 12, ValidUntil: 3500 * 1e6})
+		b.ReleaseOK(2000, 2010, "c2", "k", 12)
+	}},
+	{"reported-valid-until-then-released", NameSingleHolder, true, func(b *history.Builder) {
+		// A release ends the belief whatever ValidUntil said, and a
+		// reading taken while unhealthy (a late extend reply after the
+		// loss) promises nothing.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.Observe(600, "c1", "k", 10, 1600, true)
+		b.ReleaseOK(800, 810, "c1", "k", 10)
+		b.AcquireOK(805, 820, "c2", "k", 12, 2500)
+		b.Observe(1000, "c2", "k", 12, 3000, true)
+		b.Lost(2400, "c2", "k", 12, 2500)
+		b.Observe(2450, "c2", "k", 12, 4000, false)
+		b.AcquireOK(2500, 2510, "c3", "k", 14, 4500)
+	}},
+
 	// monotonic-token
 	{"stale-writes-refused", NameMonotonicToken, true, func(b *history.Builder) {
 		b.AcquireOK(0, 5, "c1", "k", 10, 1000)

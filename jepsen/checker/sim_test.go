@@ -310,11 +310,14 @@ func (s *simulator) acquire(c *simClient, k *simKey) {
 	s.at(eff, func() {
 		ok := func(tok uint64) {
 			c.held = k // reserve, so the client does nothing else
+			// The client's conservative validity: from the grant (the
+			// waited time included), less 1% drift.
+			vu := s.now + int64(float64(s.cfg.ttl)*0.99)
 			s.at(s.now+s.ms(0.5, 20), func() {
 				if k.token == tok {
 					k.grantedAt = s.now
 				}
-				s.complete(s.now, id, inv, history.OK, func(r *history.Record) { r.Token = tok; r.ValidUntil = s.now + int64(s.cfg.ttl) })
+				s.complete(s.now, id, inv, history.OK, func(r *history.Record) { r.Token = tok; r.ValidUntil = vu })
 				s.holding(c, k, tok)
 				s.next(c)
 			})

@@ -86,6 +86,10 @@ const (
 	// Vanish (an Event) marks a worker that abandoned its client without
 	// releasing, as a crashed process would.
 	Vanish Op = "vanish"
+	// Observe (an Event) is a reading of a held lease: ValidUntil as
+	// Lease.ValidUntil reported it, and Healthy as IsHealthy said just
+	// after. Workers record one whenever the validity they see changes.
+	Observe Op = "observe"
 )
 
 // Nemesis and probe operations.
@@ -150,8 +154,12 @@ type Record struct {
 	// read (get OK) or checked.
 	Token uint64 `json:"token,omitempty"`
 	// ValidUntil is the client's validity for the lease (harness time):
-	// on an acquire OK, a write, and an ExtendLost event.
+	// on an acquire OK, a write or check-token invocation, an Observe and
+	// an ExtendLost event.
 	ValidUntil int64 `json:"valid_until,omitempty"`
+	// Healthy: the lease's IsHealthy was true right after ValidUntil was
+	// read (writes, check-tokens, Observe events).
+	Healthy bool `json:"healthy,omitempty"`
 	// Holder is the holder a get observed (empty: none or lock-delay).
 	Holder string `json:"holder,omitempty"`
 	// Found is set on a get OK that saw a record.

@@ -261,13 +261,13 @@ func TestWorkloadAgainstBrokenServer(t *testing.T) {
 func TestResourceRefusesStaleTokens(t *testing.T) {
 	rec := history.NewRecorder(history.NewClock(time.Now()), nil)
 	res := NewResource(rec)
-	if !res.Write("c1", "k", 5, 0, "x") || !res.Write("c2", "k", 7, 0, "y") || !res.Write("c2", "k", 7, 0, "z") {
+	if !res.Write("c1", "k", 5, 0, true, "x") || !res.Write("c2", "k", 7, 0, true, "y") || !res.Write("c2", "k", 7, 0, true, "z") {
 		t.Fatal("fresh writes refused")
 	}
-	if res.Write("c1", "k", 5, 0, "late") {
+	if res.Write("c1", "k", 5, 0, true, "late") {
 		t.Fatal("stale write accepted")
 	}
-	if !res.Write("c1", "other", 1, 0, "x") {
+	if !res.Write("c1", "other", 1, 0, true, "x") {
 		t.Fatal("keys are independent")
 	}
 	r, err := checker.MonotonicToken(rec.Records())
