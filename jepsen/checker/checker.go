@@ -18,6 +18,9 @@
 //     each key are linearizable against package model, with porcupine.
 //   - recovery (Recovery): after the final heal the cluster serves within a
 //     bound, and every node reaches the same state digest.
+//   - takeover-bound (Takeover): a key whose holder was killed is granted
+//     to a waiting client within TTL + lock-delay + one election (+ slack)
+//     of the dead holder's last extend, also under leader churn.
 //   - availability (Availability): ok / fail / indeterminate counts per
 //     fault window; informational, never a violation.
 //
@@ -53,6 +56,7 @@ const (
 	NameMonotonicToken = "monotonic-token"
 	NameLinearizable   = "linearizable"
 	NameRecovery       = "recovery"
+	NameTakeover       = "takeover-bound"
 	NameAvailability   = "availability"
 )
 
@@ -119,6 +123,8 @@ type Options struct {
 	// VisualizeDir, if set, receives porcupine's visualization
 	// (lin-KEY.html) for every key found not linearizable.
 	VisualizeDir string
+	// Takeover bounds takeover-bound.
+	Takeover TakeoverOptions
 }
 
 func (o Options) withDefaults() Options {
@@ -181,9 +187,10 @@ func Check(records []history.Record, opts Options) (Results, error) {
 	lin, vis := linearizable(ops, opts)
 	rec := recovery(ops, events, opts.ServeBound)
 	windows := Windows(ops)
+	tk := takeover(ops, events, windows, opts.Takeover)
 	av := availability(windows)
 	res := Results{
-		Checkers:       []Result{sh, mt, lin, rec, av},
+		Checkers:       []Result{sh, mt, lin, rec, tk, av},
 		Holds:          holds,
 		Windows:        windows,
 		Visualizations: vis,

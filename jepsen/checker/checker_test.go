@@ -188,6 +188,37 @@ var synthetics = []synthetic{
 		b.GetOK(1200, 1210, "r", "k", "c1", 10)
 	}},
 
+	// takeover-bound
+	{"waiter-takes-over-after-expiry", NameTakeover, true, func(b *history.Builder) {
+		// t1 holds (TTL 2 s, last extend at 520 ms: ValidUntil 2.5 s at
+		// the crash); t2 waits and is granted at 2.8 s, within TTL +
+		// election + slack of the last extend. The second crash happens
+		// during a partition, which excuses a slow takeover.
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		b.Complete(2800, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 14, ValidUntil: 4700e6})
+		t3 := b.Invoke(2900, history.Record{Client: "t3", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Fault(3000, 9000, "partition-halves", "n1", "|", "n2", "n3")
+		b.Event(3100, history.Record{Client: "t2", Op: history.Crash, Key: "k", Token: 14, ValidUntil: 4700e6, TTL: 2000e6})
+		b.Lost(4650, "t2", "k", 14, 4700)
+		b.Complete(10000, t3, history.Record{Type: history.OK, Client: "t3", Op: history.Acquire, Key: "k", Token: 30, ValidUntil: 12000e6})
+		b.ReleaseOK(11000, 11010, "t3", "k", 30)
+	}},
+	{"dead-holder-kept-by-leader-churn", NameTakeover, false, func(b *history.Builder) {
+		// t1 dies at 1 s with its last extend at 520 ms; leadership
+		// changes every second and each new leader gives the lease a full
+		// TTL again, so t2 is granted only after the churn ends, at 14 s.
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
+		b.Fault(800, 12000, "leader-churn", "leader every 1s")
+		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		b.Complete(14000, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 16000e6})
+		b.ReleaseOK(15000, 15010, "t2", "k", 90)
+	}},
+
 	// recovery
 	{"converged", NameRecovery, true, func(b *history.Builder) {
 		b.Fault(0, 1000, "partition-halves", "n1", "n2")
@@ -291,7 +322,7 @@ func TestReplayTestdata(t *testing.T) {
 			}
 		})
 	}
-	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery} {
+	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover} {
 		if m, _ := filepath.Glob(filepath.Join(testdata, name+".bad.*.jsonl")); len(m) == 0 {
 			t.Errorf("no known-bad history for %s: a check that cannot fail proves nothing", name)
 		}

@@ -90,6 +90,12 @@ const (
 	// Lease.ValidUntil reported it, and Healthy as IsHealthy said just
 	// after. Workers record one whenever the validity they see changes.
 	Observe Op = "observe"
+	// Crash (an Event) marks a holder the harness killed while holding:
+	// its client stops extending and never releases, like a crashed
+	// process. ValidUntil is the lease's validity at the crash, TTL and
+	// LockDelay those of its grant. The takeover-bound checker times the
+	// next grant of the key from it.
+	Crash Op = "crash"
 )
 
 // Nemesis and probe operations.
@@ -99,6 +105,14 @@ const (
 	// Fault invocation to the Heal completion.
 	Fault Op = "fault"
 	Heal  Op = "heal"
+	// LeaderMove (an Event) is one step of the leader-churn fault: Node
+	// was the leader and was stopped until Value took over.
+	LeaderMove Op = "leader-move"
+	// Rogue is one attempt of the rogue-peer fault (an outsider without
+	// the cluster's credentials): Value names the attempt, Node the
+	// target; OK means the node served it, Fail that it was refused (Err
+	// says how).
+	Rogue Op = "rogue"
 	// Serve is the recovery probe: invoked when the final heal starts, OK
 	// when the cluster first grants and releases a lease again.
 	Serve Op = "serve"
@@ -150,6 +164,8 @@ type Record struct {
 	// LockDelay of an acquire (ns): how long the key stays blocked if this
 	// grant expires instead of being released.
 	LockDelay int64 `json:"lock_delay,omitempty"`
+	// TTL of an acquire or of a crashed holder's lease (ns).
+	TTL int64 `json:"ttl,omitempty"`
 	// Token is the fencing token: granted (acquire OK), released, written,
 	// read (get OK) or checked.
 	Token uint64 `json:"token,omitempty"`

@@ -27,6 +27,10 @@
 //   - clock-drift: a rolling restart gives every node a leader-clock rate
 //     within the clients' drift bound (--unsafe-clock-rate); heal restarts
 //     them at the true rate. Within the bound the cluster must stay safe.
+//   - leader-churn: leadership moves every TTL/2 for a while: the leader
+//     is stopped (SIGSTOP) until another node serves as leader, then
+//     resumed (issue 9: leases of dead holders must still expire on time
+//     when leaders change faster than a TTL).
 package nemesis
 
 import (
@@ -59,6 +63,9 @@ type Env struct {
 	DriftBound float64
 	// Log receives progress messages.
 	Log *slog.Logger
+	// Rec, if set, receives the events some faults record while they
+	// last (leader-churn's moves, rogue-peer's attempts); Run sets it.
+	Rec *history.Recorder
 }
 
 // Active is an injected fault, until healed.
@@ -87,7 +94,7 @@ func All() []Fault {
 		partitionHalves{}, isolateLeader{}, majoritiesRing{}, oneWay{},
 		kill{leader: false}, kill{leader: true},
 		pause{leader: false}, pause{leader: true},
-		membership{}, clockDrift{},
+		membership{}, clockDrift{}, leaderChurn{},
 	}
 }
 
@@ -99,8 +106,9 @@ var Groups = map[string][]string{
 	"pause":      {"pause-random", "pause-leader"},
 	"membership": {"membership"},
 	"clock":      {"clock-drift"},
+	"churn":      {"leader-churn"},
 	"mixed": {"partition-halves", "isolate-leader", "majorities-ring", "one-way", "kill-random", "kill-leader",
-		"pause-random", "pause-leader", "membership", "clock-drift"},
+		"pause-random", "pause-leader", "membership", "clock-drift", "leader-churn"},
 }
 
 // Select resolves a comma-separated list of fault and group names.
@@ -214,6 +222,7 @@ func Run(ctx context.Context, env *Env, rec *history.Recorder, faults []Fault, s
 		return 0
 	}
 	n := 0
+	env.Rec = rec
 	for i := 0; ; i++ {
 		p := Plan(env, faults, s, i)
 		if !ctxtime.Sleep(ctx, p.Quiet) {

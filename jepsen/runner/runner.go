@@ -80,6 +80,12 @@ type Config struct {
 	// Workers (half steady, half chaotic) and Keys of the workload.
 	Workers int
 	Keys    int
+	// TakeoverKeys is how many takeover chains run (holders killed while
+	// holding, waiters that must take over in time: takeover-bound), each
+	// on a key of its own; TakeoverSlack is that checker's slack (0: its
+	// default).
+	TakeoverKeys  int
+	TakeoverSlack time.Duration
 	// Binary is a prebuilt agent; "" builds ./cmd/leasenode.
 	Binary string
 	// Race builds the agent with -race.
@@ -114,7 +120,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
-		Workers: 6, Keys: 3, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
+		Workers: 6, Keys: 3, TakeoverKeys: 1, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
 		Stdout: os.Stdout, Progress: os.Stderr,
 	}
 }
@@ -206,6 +212,9 @@ func (c Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Keys < 1 {
 		errs = append(errs, fmt.Errorf("-workers %d -keys %d: want at least 1 each", c.Workers, c.Keys))
+	}
+	if c.TakeoverKeys < 0 {
+		errs = append(errs, fmt.Errorf("-takeover-keys %d: want 0 or more", c.TakeoverKeys))
 	}
 	if c.Unsafe != "" {
 		if _, ok := UnsafeModes[c.Unsafe]; !ok {
@@ -406,8 +415,8 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 
 	clock := history.NewClock(time.Now())
 	rec := history.NewRecorder(clock, zw)
-	copts := checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon,
-		ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out}
+	copts := checkerOptions(cfg)
+	copts.VisualizeDir = cfg.Out
 	online := &checker.Online{Opts: copts, Out: vf}
 	var prog *report.Progress
 	if cfg.Progress != nil {
@@ -528,6 +537,9 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	wcfg := workload.DefaultConfig()
 	wcfg.Addrs, wcfg.Keys, wcfg.TTL, wcfg.Seed = c.APIAddrs(), keys, cfg.TTL, cfg.Seed
 	wcfg.Steady, wcfg.Chaotic = (cfg.Workers+1)/2, cfg.Workers/2
+	for i := 0; i < cfg.TakeoverKeys; i++ {
+		wcfg.TakeoverKeys = append(wcfg.TakeoverKeys, "t"+strconv.Itoa(i))
+	}
 	wcfg.Log = log.With("component", "workload")
 	wl := workload.New(wcfg, rec)
 	nenv := &nemesis.Env{Cluster: c, Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6e656d)), TTL: cfg.TTL,
@@ -634,6 +646,19 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		return ExitInterrupted // checked, but shorter than planned
 	}
 	return ExitPass
+}
+
+// checkerOptions maps the campaign's configuration to the checkers'. One
+// election for takeover-bound: failure detection (up to two heartbeat
+// timeouts), the vote and the new leader's Barrier and Promote — about
+// 0.5 s with -timing fast (100 ms timeouts), 2 s with default (500 ms).
+func checkerOptions(cfg Config) checker.Options {
+	election := 2 * time.Second
+	if cfg.Timing == "fast" {
+		election = 500 * time.Millisecond
+	}
+	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon, ServeBound: cfg.ServeBound,
+		Takeover: checker.TakeoverOptions{Election: election, Slack: cfg.TakeoverSlack, Drift: lease.DefaultDrift}}
 }
 
 // keepEvidence flushes the history every few seconds and runs the online
@@ -801,8 +826,9 @@ func Recheck(path string, cfg Config) int {
 		meta.Name = "re-check of " + meta.Name
 	}
 	start := time.Now()
-	res, err := checker.Check(records, checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon,
-		ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out})
+	copts := checkerOptions(cfg)
+	copts.VisualizeDir = cfg.Out
+	res, err := checker.Check(records, copts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
 		return ExitError

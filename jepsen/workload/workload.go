@@ -25,6 +25,7 @@ package workload
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,12 @@ type Config struct {
 	// PauseProb, VanishProb and CutProb: per holding period of a chaotic
 	// worker, the chance it is paused, vanishes, or loses the network.
 	PauseProb, VanishProb, CutProb float64
+	// TakeoverKeys get one takeover chain each (see takeover.go): holders
+	// killed while holding, waiters that must take over in time.
+	TakeoverKeys []string
+	// TLS, if set, is the clients' TLS configuration (with a client
+	// certificate when the agents require one).
+	TLS *tls.Config
 	// Log receives the workers' and clients' logs.
 	Log *slog.Logger
 }
@@ -139,7 +146,15 @@ func (w *Workload) Resource() *Resource { return w.res }
 // hold and close their clients, and waits for all of it.
 func (w *Workload) Run(ctx context.Context) error {
 	n := w.cfg.Steady + w.cfg.Chaotic
-	errs := make([]error, n)
+	errs := make([]error, n+len(w.cfg.TakeoverKeys))
+	for i, key := range w.cfg.TakeoverKeys {
+		ch := &chain{w: w, idx: i, key: key, rnd: rand.New(rand.NewPCG(w.cfg.Seed, 0x74616b00+uint64(i)))}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			errs[n+i] = ch.run(ctx)
+		}()
+	}
 	for i := 0; i < n; i++ {
 		wk := &worker{w: w, id: i + 1, chaotic: i >= w.cfg.Steady,
 			rnd: rand.New(rand.NewPCG(w.cfg.Seed, uint64(i+1)))}
@@ -198,6 +213,9 @@ func (wk *worker) connect(ctx context.Context) error {
 		lease.WithHolder(wk.name), lease.WithTTL(wk.cfg().TTL), lease.WithDriftBound(wk.cfg().DriftBound),
 		lease.WithLogger(wk.cfg().Log.With("holder", wk.name)),
 	}
+	if wk.cfg().TLS != nil {
+		opts = append(opts, lease.WithTLS(wk.cfg().TLS))
+	}
 	if !wk.chaotic {
 		for {
 			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -217,7 +235,7 @@ func (wk *worker) connect(ctx context.Context) error {
 		}
 	}
 	wk.gate = &Gate{}
-	be, err := NewGatedBackend(wk.cfg().Addrs, wk.gate)
+	be, err := NewGatedBackend(wk.cfg().Addrs, wk.gate, wk.cfg().TLS)
 	if err != nil {
 		return err
 	}

@@ -282,7 +282,7 @@ func TestResourceRefusesStaleTokens(t *testing.T) {
 func TestGateCutAndFreeze(t *testing.T) {
 	f := startFake(t, false)
 	g := &Gate{}
-	be, err := NewGatedBackend([]string{f.addr}, g)
+	be, err := NewGatedBackend([]string{f.addr}, g, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

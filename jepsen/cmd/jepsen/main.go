@@ -44,6 +44,8 @@ func main() {
 	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "lease TTL of the workload")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "workers (half steady lease.Dial clients, half chaotic ones that get paused, vanish or lose the network)")
 	fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "keys the workers compete for")
+	fs.IntVar(&cfg.TakeoverKeys, "takeover-keys", cfg.TakeoverKeys, "takeover chains (holders killed while holding, a waiter that must take over within TTL + lock-delay + one election + slack: takeover-bound), one key each (t0, ...)")
+	fs.DurationVar(&cfg.TakeoverSlack, "takeover-slack", 0, "takeover-bound's slack on top of TTL + lock-delay + one election (0: 1.5s)")
 	fs.StringVar(&cfg.Binary, "bin", "", "prebuilt leasenode binary (default: go build ./cmd/leasenode)")
 	fs.BoolVar(&cfg.Race, "race", false, "build the agent with -race")
 	fs.StringVar(&cfg.Timing, "timing", cfg.Timing, "agent --timing: default or fast")
