@@ -21,6 +21,8 @@
 //   - takeover-bound (Takeover): a key whose holder was killed is granted
 //     to a waiting client within TTL + lock-delay + one election (+ slack)
 //     of the dead holder's last extend, also under leader churn.
+//   - node-port-auth (NodePortAuth): every attempt of the rogue peer (an
+//     outsider without the cluster's credentials) was refused.
 //   - availability (Availability): ok / fail / indeterminate counts per
 //     fault window; informational, never a violation.
 //
@@ -57,6 +59,7 @@ const (
 	NameLinearizable   = "linearizable"
 	NameRecovery       = "recovery"
 	NameTakeover       = "takeover-bound"
+	NameNodePortAuth   = "node-port-auth"
 	NameAvailability   = "availability"
 )
 
@@ -188,9 +191,10 @@ func Check(records []history.Record, opts Options) (Results, error) {
 	rec := recovery(ops, events, opts.ServeBound)
 	windows := Windows(ops)
 	tk := takeover(ops, events, windows, opts.Takeover)
+	npa := nodePortAuth(ops)
 	av := availability(windows)
 	res := Results{
-		Checkers:       []Result{sh, mt, lin, rec, tk, av},
+		Checkers:       []Result{sh, mt, lin, rec, tk, npa, av},
 		Holds:          holds,
 		Windows:        windows,
 		Visualizations: vis,

@@ -219,6 +219,20 @@ var synthetics = []synthetic{
 		b.ReleaseOK(15000, 15010, "t2", "k", 90)
 	}},
 
+	// node-port-auth
+	{"every-attempt-refused", NameNodePortAuth, true, func(b *history.Builder) {
+		for i, a := range []string{"rpc-status", "rpc-list", "raft-append-entries", "gossip-join"} {
+			b.Op(int64(100*i), int64(100*i+5), history.Record{Client: "rogue", Op: history.Rogue, Value: a, Node: "n1"}, history.Fail,
+				func(r *history.Record) { r.Err = "transport: dial n1: cluster key handshake refused" })
+		}
+	}},
+	{"rpc-release-served", NameNodePortAuth, false, func(b *history.Builder) {
+		b.Op(100, 105, history.Record{Client: "rogue", Op: history.Rogue, Value: "rpc-status", Node: "n1"}, history.Fail,
+			func(r *history.Record) { r.Err = "refused" })
+		b.Op(200, 205, history.Record{Client: "rogue", Op: history.Rogue, Value: "rpc-release", Node: "n1"}, history.OK,
+			func(r *history.Record) { r.Value = `rpc-release: released=true: "k1" held by w2 (token 57)` })
+	}},
+
 	// recovery
 	{"converged", NameRecovery, true, func(b *history.Builder) {
 		b.Fault(0, 1000, "partition-halves", "n1", "n2")
@@ -322,7 +336,7 @@ func TestReplayTestdata(t *testing.T) {
 			}
 		})
 	}
-	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover} {
+	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover, NameNodePortAuth} {
 		if m, _ := filepath.Glob(filepath.Join(testdata, name+".bad.*.jsonl")); len(m) == 0 {
 			t.Errorf("no known-bad history for %s: a check that cannot fail proves nothing", name)
 		}
@@ -431,5 +445,26 @@ func TestAvailabilityWindows(t *testing.T) {
 	}
 	if ws[1].Served() != 0.5 {
 		t.Fatalf("served %v", ws[1].Served())
+	}
+}
+
+// TestRogueReleaseIsTwoViolations: the history saved from a rogue-peer
+// campaign against agents without node-port authentication fails
+// node-port-auth (the node served the outsider) and single-holder (the
+// lease it released was granted to another while its holder still held
+// it).
+func TestRogueReleaseIsTwoViolations(t *testing.T) {
+	recs, err := history.Load(filepath.Join(testdata, "single-holder.bad.rogue-peer-rpc-release.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Check(recs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{NameNodePortAuth, NameSingleHolder} {
+		if r, _ := res.Get(name); r.Verdict != Invalid {
+			t.Errorf("%s: %s (%s)", name, r.Verdict, r.Summary)
+		}
 	}
 }

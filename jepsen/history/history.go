@@ -556,7 +556,8 @@ func Keys(records []Record) []string {
 
 // Trim cuts a history down to the evidence around a violation: the
 // operations and events of keys (every key if keys is empty) and the
-// nemesis's faults and heals that overlap [from, to] (harness ns). An
+// nemesis's records (faults, heals, rogue attempts) that overlap
+// [from, to] (harness ns). An
 // operation is kept whole, both records, if its interval overlaps the
 // window (an invocation with no completion lasts for ever). Records keep
 // their IDs and times and are renumbered (Index).
@@ -566,7 +567,7 @@ func Trim(records []Record, keys []string, from, to int64) []Record {
 		want[k] = true
 	}
 	relevant := func(r Record) bool {
-		return r.Client == NemesisClient || len(want) == 0 || want[r.Key]
+		return r.Client == NemesisClient || r.Op == Rogue || len(want) == 0 || want[r.Key]
 	}
 	type span struct{ start, end int64 }
 	spans := map[int64]span{}

@@ -27,6 +27,11 @@
 //   - clock-drift: a rolling restart gives every node a leader-clock rate
 //     within the clients' drift bound (--unsafe-clock-rate); heal restarts
 //     them at the true rate. Within the bound the cluster must stay safe.
+//   - rogue-peer: an outsider without the cluster's credentials tries the
+//     node port (node RPC Status, List, Release, Leave; Raft AppendEntries
+//     and TimeoutNow) and gossip (a new id, the leader's id); every
+//     attempt is recorded, and each must be refused (node-port-auth). It
+//     joins mixed when the agent authenticates its node port.
 //   - leader-churn: leadership moves every TTL/2 for a while: the leader
 //     is stopped (SIGSTOP) until another node serves as leader, then
 //     resumed (issue 9: leases of dead holders must still expire on time
@@ -94,7 +99,7 @@ func All() []Fault {
 		partitionHalves{}, isolateLeader{}, majoritiesRing{}, oneWay{},
 		kill{leader: false}, kill{leader: true},
 		pause{leader: false}, pause{leader: true},
-		membership{}, clockDrift{}, leaderChurn{},
+		membership{}, clockDrift{}, leaderChurn{}, roguePeer{},
 	}
 }
 
@@ -107,6 +112,7 @@ var Groups = map[string][]string{
 	"membership": {"membership"},
 	"clock":      {"clock-drift"},
 	"churn":      {"leader-churn"},
+	"rogue":      {"rogue-peer"},
 	"mixed": {"partition-halves", "isolate-leader", "majorities-ring", "one-way", "kill-random", "kill-leader",
 		"pause-random", "pause-leader", "membership", "clock-drift", "leader-churn"},
 }

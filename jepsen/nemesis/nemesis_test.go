@@ -43,8 +43,8 @@ func TestSelect(t *testing.T) {
 		t.Fatal("unknown fault accepted")
 	}
 	all, _, _ := Select("mixed", true)
-	if len(all) != len(All()) {
-		t.Fatalf("mixed has %d faults, All %d", len(all), len(All()))
+	if len(all) != len(All())-1 {
+		t.Fatalf("mixed has %d faults, All %d: mixed is every fault but rogue-peer (the runner adds it when the agent authenticates its node port)", len(all), len(All()))
 	}
 }
 

@@ -94,6 +94,14 @@ type Config struct {
 	Timing string
 	// Loopback forces loopback processes even as root.
 	Loopback bool
+	// TLS runs the agents with mutual TLS: certificates generated for the
+	// campaign, or those in TLSDir (ca.pem, nI.pem, nI-key.pem,
+	// client.pem, client-key.pem).
+	TLS    bool
+	TLSDir string
+	// ClusterKey is auto (a fresh key for every agent if the agent has
+	// --cluster-key), on (insist) or off.
+	ClusterKey string
 	// KeepData keeps the nodes' data directories after a passing campaign
 	// (they are always kept after a failing one).
 	KeepData bool
@@ -120,7 +128,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
-		Workers: 6, Keys: 3, TakeoverKeys: 1, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
+		Workers: 6, Keys: 3, TakeoverKeys: 1, Timing: "fast", ClusterKey: "auto", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
 		Stdout: os.Stdout, Progress: os.Stderr,
 	}
 }
@@ -212,6 +220,11 @@ func (c Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Keys < 1 {
 		errs = append(errs, fmt.Errorf("-workers %d -keys %d: want at least 1 each", c.Workers, c.Keys))
+	}
+	switch c.ClusterKey {
+	case "", "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("-cluster-key %q: want auto, on or off", c.ClusterKey))
 	}
 	if c.TakeoverKeys < 0 {
 		errs = append(errs, fmt.Errorf("-takeover-keys %d: want 0 or more", c.TakeoverKeys))
@@ -455,7 +468,22 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 
 	mode := UnsafeModes[cfg.Unsafe]
 	opts := control.Options{Nodes: cfg.Nodes, Binary: cfg.Binary, Dir: cfg.Out, Network: nw, Timing: cfg.Timing}
-	faults, dropped, err := nemesis.Select(cfg.Faults, nw != nil)
+	extra := map[string]string{}
+	keyed, err := clusterKey(cfg, &opts, extra)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	faultSpec := cfg.Faults
+	if hasGroup(cfg.Faults, "mixed") && !strings.Contains(cfg.Faults, "rogue") {
+		if keyed {
+			faultSpec += ",rogue-peer"
+			extra["rogue-peer"] = "in mixed: the agents authenticate their node port (--cluster-key)"
+		} else {
+			extra["rogue-peer"] = "left out of mixed: the agent has no --cluster-key, so its node port serves anyone (-faults rogue-peer shows it)"
+		}
+	}
+	faults, dropped, err := nemesis.Select(faultSpec, nw != nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -463,6 +491,15 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	for _, f := range faults {
 		if f.Name() == "clock-drift" {
 			opts.Unsafe = true // the fault restarts nodes with --unsafe-clock-rate
+		}
+	}
+	if cfg.TLS {
+		if cfg.TLSDir != "" {
+			opts.TLS = &control.TLSAssets{Dir: cfg.TLSDir}
+			extra["tls"] = "mutual TLS with the certificates in " + cfg.TLSDir
+		} else {
+			opts.NewTLS = filepath.Join(cfg.Out, "tls")
+			extra["tls"] = "mutual TLS with certificates generated for the campaign (tls/)"
 		}
 	}
 	if cfg.Unsafe != "" {
@@ -496,8 +533,12 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		Started: time.Now(), Duration: cfg.Duration, Nodes: cfg.Nodes, Faults: cfg.Faults,
 		Unsafe: cfg.Unsafe, ExpectViolation: cfg.Unsafe != "" && mode.ExpectViolation,
 		Control: "loopback", ControlNote: note, Seed: int64(cfg.Seed), TTL: cfg.TTL,
-		Workers: cfg.Workers, Keys: keys,
-		Extra: map[string]string{"agent": cfg.Binary, "timing": cfg.Timing},
+		Workers: cfg.Workers, Keys: keys, TLS: cfg.TLS, ClusterKey: keyed,
+		Extra: extra,
+	}
+	extra["agent"], extra["timing"] = cfg.Binary, cfg.Timing
+	if faultSpec != cfg.Faults {
+		extra["faults run"] = faultSpec
 	}
 	if nw != nil {
 		meta.Control = "netns"
@@ -541,6 +582,12 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		wcfg.TakeoverKeys = append(wcfg.TakeoverKeys, "t"+strconv.Itoa(i))
 	}
 	wcfg.Log = log.With("component", "workload")
+	if a := c.TLS(); a != nil {
+		if wcfg.TLS, err = a.ClientConfig(); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+	}
 	wl := workload.New(wcfg, rec)
 	nenv := &nemesis.Env{Cluster: c, Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6e656d)), TTL: cfg.TTL,
 		DriftBound: lease.DefaultDrift, Log: log.With("component", "nemesis")}
@@ -648,6 +695,53 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	return ExitPass
 }
 
+// clusterKey decides whether the agents get a cluster key (-cluster-key
+// auto: whenever `leasenode agent --help` lists --cluster-key) and sets it
+// in opts: a fresh key (32 random bytes, base64), in a file if the agent
+// takes --cluster-key-file (so it does not show in ps). The rogue peer
+// never has it. It reports whether a key is in use.
+func clusterKey(cfg Config, opts *control.Options, extra map[string]string) (bool, error) {
+	if cfg.ClusterKey == "off" {
+		extra["cluster key"] = "off (-cluster-key off)"
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	flags, err := control.AgentFlags(ctx, cfg.Binary)
+	if err != nil {
+		return false, err
+	}
+	if !flags["cluster-key"] && !flags["cluster-key-file"] {
+		if cfg.ClusterKey == "on" {
+			return false, fmt.Errorf("-cluster-key on: %s agent --help lists no --cluster-key", cfg.Binary)
+		}
+		extra["cluster key"] = "none: the agent has no --cluster-key (its node port is not authenticated)"
+		return false, nil
+	}
+	key := control.NewClusterKey()
+	if flags["cluster-key-file"] {
+		path := filepath.Join(cfg.Out, "cluster.key")
+		if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+			return false, err
+		}
+		opts.ClusterKeyFile = path
+		extra["cluster key"] = "a fresh key for every agent (--cluster-key-file cluster.key)"
+	} else {
+		opts.ClusterKey = key
+		extra["cluster key"] = "a fresh key for every agent (--cluster-key)"
+	}
+	return true, nil
+}
+
+func hasGroup(spec, group string) bool {
+	for _, p := range strings.Split(spec, ",") {
+		if strings.TrimSpace(p) == group {
+			return true
+		}
+	}
+	return false
+}
+
 // checkerOptions maps the campaign's configuration to the checkers'. One
 // election for takeover-bound: failure detection (up to two heartbeat
 // timeouts), the vote and the new leader's Barrier and Promote — about
@@ -713,7 +807,15 @@ func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, 
 			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
 			var err error
-			cli, err = lease.Dial(cctx, c.APIAddrs(), lease.WithHolder("jepsen-probe"), lease.WithTTL(30*time.Second))
+			opts := []lease.Option{lease.WithHolder("jepsen-probe"), lease.WithTTL(30 * time.Second)}
+			if a := c.TLS(); a != nil {
+				tc, err := a.ClientConfig()
+				if err != nil {
+					return err
+				}
+				opts = append(opts, lease.WithTLS(tc))
+			}
+			cli, err = lease.Dial(cctx, c.APIAddrs(), opts...)
 			if err != nil {
 				return err
 			}
