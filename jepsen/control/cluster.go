@@ -221,6 +221,9 @@ func (c *Cluster) APIAddrs() []string {
 	return out
 }
 
+// Argv returns the command line node n is started with.
+func (c *Cluster) Argv(n *Node) []string { return c.argv(n) }
+
 func (c *Cluster) argv(n *Node) []string {
 	if c.opts.Command != nil {
 		return c.opts.Command(n)

@@ -81,6 +81,13 @@ type Counts struct {
 	Lost     int `json:"lost"`
 	Pauses   int `json:"pauses"`
 	Vanishes int `json:"vanishes"`
+	// Crashes: holders killed by the takeover chains; LeaderMoves: steps
+	// of leader-churn; Rogue and RogueServed: rogue-peer attempts and how
+	// many the cluster served.
+	Crashes     int `json:"crashes,omitempty"`
+	LeaderMoves int `json:"leader_moves,omitempty"`
+	Rogue       int `json:"rogue,omitempty"`
+	RogueServed int `json:"rogue_served,omitempty"`
 }
 
 // Count computes the totals of a history.
@@ -108,6 +115,11 @@ func Count(records []history.Record) Counts {
 			} else if done.Err == history.ErrStaleToken {
 				c.WritesStale++
 			}
+		case history.Rogue:
+			c.Rogue++
+			if done.Type == history.OK {
+				c.RogueServed++
+			}
 		case history.Fault:
 			c.Faults++
 			c.FaultKinds[inv.Fault]++
@@ -124,6 +136,10 @@ func Count(records []history.Record) Counts {
 			c.Pauses++
 		case history.Vanish:
 			c.Vanishes++
+		case history.Crash:
+			c.Crashes++
+		case history.LeaderMove:
+			c.LeaderMoves++
 		}
 	}
 	return c
