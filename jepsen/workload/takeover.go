@@ -49,13 +49,23 @@ func (ch *chain) newClient() (*chainHolder, error) {
 	return h, err
 }
 
+// newHolder makes the next holder's client and draws whether its grant
+// asks for a lock-delay.
+func (ch *chain) newHolder() (*chainHolder, error) {
+	h, err := ch.newClient()
+	if err == nil && ch.w.cfg.LockDelay > 0 && ch.rnd.IntN(2) == 0 {
+		h.delay = ch.w.cfg.LockDelay
+	}
+	return h, err
+}
+
 // acquire waits for the key and records the acquire; it returns whether
-// h got it.
+// h got it. It may run beside the chain's loop: it draws nothing from
+// ch.rnd.
 func (ch *chain) acquire(ctx context.Context, h *chainHolder) bool {
 	inv := history.Record{Client: h.name, Op: history.Acquire, Key: ch.key, Mode: "wait", TTL: int64(ch.w.cfg.TTL)}
 	var opts []lease.AcquireOption
-	if ch.w.cfg.LockDelay > 0 && ch.rnd.IntN(2) == 0 {
-		h.delay = ch.w.cfg.LockDelay
+	if h.delay > 0 {
 		opts = append(opts, lease.LockDelay(h.delay))
 		inv.LockDelay = int64(h.delay)
 	}
@@ -100,7 +110,7 @@ func (ch *chain) run(ctx context.Context) error {
 	ttl := ch.w.cfg.TTL
 	for ctx.Err() == nil {
 		if cur == nil {
-			h, err := ch.newClient()
+			h, err := ch.newHolder()
 			if err != nil {
 				return err
 			}
@@ -111,7 +121,7 @@ func (ch *chain) run(ctx context.Context) error {
 			}
 			cur = h
 		}
-		next, err := ch.newClient()
+		next, err := ch.newHolder()
 		if err != nil {
 			return err
 		}

@@ -319,3 +319,29 @@ func TestGateCutAndFreeze(t *testing.T) {
 		t.Fatalf("thawed gate: %v", err)
 	}
 }
+
+// TestTakeoverChain: holders killed while holding a key of their own; the
+// waiter takes over once the lease expired (the fake server expires on
+// time), so takeover-bound is satisfied and every grant is judged; each
+// killed holder left a crash event, and its client saw its lease lost.
+func TestTakeoverChain(t *testing.T) {
+	recs := runWorkload(t, startFake(t, false), 4*time.Second, func(c *Config) {
+		c.Steady, c.Chaotic = 0, 0
+		c.TTL = 400 * time.Millisecond
+		c.TakeoverKeys = []string{"t0"}
+	})
+	res, err := checker.Check(recs, checker.Options{Takeover: checker.TakeoverOptions{Election: 100 * time.Millisecond, Slack: 500 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{checker.NameSingleHolder, checker.NameTakeover, checker.NameLinearizable} {
+		if r, _ := res.Get(name); r.Verdict != checker.Valid {
+			t.Errorf("%s: %s %s %+v", name, r.Verdict, r.Summary, r.Violations)
+		}
+	}
+	r, _ := res.Get(checker.NameTakeover)
+	if r.Stats["judged"] < 2 {
+		t.Fatalf("too few takeovers judged: %s", r.Summary)
+	}
+	t.Log(r.Summary)
+}
