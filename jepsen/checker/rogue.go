@@ -40,6 +40,9 @@ func nodePortAuth(ops []history.Operation) Result {
 				Message: fmt.Sprintf("%s served an outsider: %s", op.Invoke.Node, op.Complete.Value)})
 		default:
 			refused++
+			if refused <= 50 {
+				r.Notes = append(r.Notes, fmt.Sprintf("refused at %s: %s on %s: %s", fmtT(op.Invoke.Time), op.Invoke.Value, op.Invoke.Node, op.Complete.Err))
+			}
 		}
 	}
 	r.Stats["attempts"] = int64(served + refused)

@@ -49,9 +49,10 @@ const RogueClient = "rogue"
 //     single-holder violation if the cluster obeys), and Leave of a
 //     made-up node;
 //   - on the node port (first byte 1, hashicorp/raft's NetworkTransport as
-//     a client): an AppendEntries with a stale term (answered with the
-//     current term if served; no entries are forged, so no replica
-//     diverges) and a TimeoutNow to a follower (an election if served);
+//     a client): a forged AppendEntries heartbeat of the next term to a
+//     follower (accepted, the follower takes the rogue for its leader and
+//     the real one steps down; it carries no entry, so no replica's log
+//     changes) and a TimeoutNow (an election if served);
 //   - on the gossip port (memberlist): a join with a new node id, and one
 //     claiming the leader's id with the rogue's own API address, which a
 //     listener counts clients being redirected to until the fault heals.
@@ -236,12 +237,21 @@ func (r *rogue) raftRPC(ctx context.Context, f *control.Node) {
 	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(fmt.Sprintf("rogue-%d", r.n)), Addr: []byte(ln.Addr().String())}
 	target := raft.ServerAddress(f.BindAddr)
 	r.attempt("raft-append-entries", f.ID, func() (bool, string, error) {
+		// A heartbeat of the next term: a follower that accepts it takes
+		// the rogue for its leader (and the real leader, rejected, steps
+		// down). It carries no entry, so no replica's log changes.
+		var term uint64
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if st, err := r.env.Cluster.Status(sctx, f); err == nil {
+			term = st.Term
+		}
+		cancel()
 		var resp raft.AppendEntriesResponse
-		err := tr.AppendEntries(raft.ServerID(f.ID), target, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 0}, &resp)
+		err := tr.AppendEntries(raft.ServerID(f.ID), target, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: term + 1}, &resp)
 		if err != nil {
 			return false, "", err
 		}
-		return true, fmt.Sprintf("answered with term %d (a stale-term request: no entry forged)", resp.Term), nil
+		return true, fmt.Sprintf("a forged heartbeat of term %d: success=%v, term %d (no entries: no log changed)", term+1, resp.Success, resp.Term), nil
 	})
 	r.attempt("raft-timeout-now", f.ID, func() (bool, string, error) {
 		var resp raft.TimeoutNowResponse
