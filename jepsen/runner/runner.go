@@ -751,8 +751,19 @@ func checkerOptions(cfg Config) checker.Options {
 	if cfg.Timing == "fast" {
 		election = 500 * time.Millisecond
 	}
-	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: cfg.LinHorizon, ServeBound: cfg.ServeBound,
+	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: linHorizon(cfg), ServeBound: cfg.ServeBound,
 		Takeover: checker.TakeoverOptions{Election: election, Slack: cfg.TakeoverSlack, Drift: lease.DefaultDrift}}
+}
+
+// linHorizon is -lin-horizon, or by default the longer of 30 s and
+// 3·TTL + 20 s: longer than any fault's hold (a partition holds at most
+// 2·TTL + 8 s) plus a request's timeouts, so a request the cluster still
+// applies after its client gave up lands within it.
+func linHorizon(cfg Config) time.Duration {
+	if cfg.LinHorizon != 0 {
+		return cfg.LinHorizon
+	}
+	return max(checker.DefaultIndeterminateHorizon, 3*cfg.TTL+20*time.Second)
 }
 
 // keepEvidence flushes the history every few seconds and runs the online

@@ -23,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leasenode/leasenode/jepsen/checker"
 	"github.com/leasenode/leasenode/jepsen/control"
 	"github.com/leasenode/leasenode/jepsen/history"
 	"github.com/leasenode/leasenode/jepsen/nemesis"
@@ -56,7 +55,7 @@ func main() {
 	fs.BoolVar(&cfg.KeepData, "keep-data", false, "keep the nodes' data directories after a passing campaign (always kept after a failing one)")
 	fs.DurationVar(&cfg.ServeBound, "serve-bound", cfg.ServeBound, "recovery: longest time to serve again after the final heal")
 	fs.DurationVar(&cfg.LinTimeout, "lin-timeout", cfg.LinTimeout, "porcupine time budget per segment of a key's history")
-	fs.DurationVar(&cfg.LinHorizon, "lin-horizon", checker.DefaultIndeterminateHorizon, "how long after its client gave up an indeterminate operation may still take effect (unless a later read proves later); negative: unbounded")
+	fs.DurationVar(&cfg.LinHorizon, "lin-horizon", 0, "how long after its client gave up an indeterminate operation may still take effect (unless a later read proves later); 0: the longer of 30s and 3·TTL+20s; negative: unbounded")
 	fs.DurationVar(&cfg.CheckEvery, "check-every", 30*time.Second, "how often settled verdicts are appended to verdicts.jsonl while the campaign runs")
 	fs.StringVar(&cfg.Ledger, "ledger", "", "append the campaign's line to this ledger (jepsen/campaigns.jsonl) when it ends")
 	fs.StringVar(&cfg.LedgerNote, "ledger-note", "", "free text for the ledger line")
