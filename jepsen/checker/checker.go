@@ -18,6 +18,11 @@
 //     each key are linearizable against package model, with porcupine.
 //   - recovery (Recovery): after the final heal the cluster serves within a
 //     bound, and every node reaches the same state digest.
+//   - takeover-bound (Takeover): a key whose holder was killed is granted
+//     to a waiting client within TTL + lock-delay + one election (+ slack)
+//     of the dead holder's last extend, also under leader churn.
+//   - node-port-auth (NodePortAuth): every attempt of the rogue peer (an
+//     outsider without the cluster's credentials) was refused.
 //   - availability (Availability): ok / fail / indeterminate counts per
 //     fault window; informational, never a violation.
 //
@@ -53,6 +58,8 @@ const (
 	NameMonotonicToken = "monotonic-token"
 	NameLinearizable   = "linearizable"
 	NameRecovery       = "recovery"
+	NameTakeover       = "takeover-bound"
+	NameNodePortAuth   = "node-port-auth"
 	NameAvailability   = "availability"
 )
 
@@ -104,19 +111,31 @@ func (r *Result) violate(v Violation) {
 
 // Options tunes Check.
 type Options struct {
-	// LinearizableTimeout bounds porcupine per key; 0: one minute.
+	// LinearizableTimeout bounds porcupine per segment of a key's
+	// history; 0: one minute.
 	LinearizableTimeout time.Duration
+	// IndeterminateHorizon is how long after its completion record an
+	// indeterminate operation may still take effect, unless a later read
+	// proves it did later (see linearizable.go); 0:
+	// DefaultIndeterminateHorizon; negative: no bound (whole-key search,
+	// which long histories do not finish).
+	IndeterminateHorizon time.Duration
 	// ServeBound is the longest the cluster may take to serve again after
 	// the final heal; 0: 30 s.
 	ServeBound time.Duration
 	// VisualizeDir, if set, receives porcupine's visualization
 	// (lin-KEY.html) for every key found not linearizable.
 	VisualizeDir string
+	// Takeover bounds takeover-bound.
+	Takeover TakeoverOptions
 }
 
 func (o Options) withDefaults() Options {
 	if o.LinearizableTimeout == 0 {
 		o.LinearizableTimeout = time.Minute
+	}
+	if o.IndeterminateHorizon == 0 {
+		o.IndeterminateHorizon = DefaultIndeterminateHorizon
 	}
 	if o.ServeBound == 0 {
 		o.ServeBound = 30 * time.Second
@@ -171,9 +190,11 @@ func Check(records []history.Record, opts Options) (Results, error) {
 	lin, vis := linearizable(ops, opts)
 	rec := recovery(ops, events, opts.ServeBound)
 	windows := Windows(ops)
+	tk := takeover(ops, events, windows, opts.Takeover)
+	npa := nodePortAuth(ops)
 	av := availability(windows)
 	res := Results{
-		Checkers:       []Result{sh, mt, lin, rec, av},
+		Checkers:       []Result{sh, mt, lin, rec, tk, npa, av},
 		Holds:          holds,
 		Windows:        windows,
 		Visualizations: vis,

@@ -75,6 +75,33 @@ var synthetics = []synthetic{
 		b.Lost(3000, "c1", "k", 10, 3000)
 	}},
 
+	{"reported-valid-until-after-grant", NameSingleHolder, false, func(b *history.Builder) {
+		// Issue 9 item 1: c1 reported ValidUntil 1600 ms while healthy,
+		// declared the lease lost 100 ms early and released it at once;
+		// c2, waiting, was granted at 1520 ms while c1's reported
+		// validity was still in the future. A user gating writes on
+		// ValidUntil overlaps c2.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.Observe(600, "c1", "k", 10, 1600, true)
+		b.Invoke(1000, history.Record{Client: "c2", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Lost(1500, "c1", "k", 10, 1600)
+		b.Complete(1520, 3, history.Record{Type: history.OK, Client: "c2", Op: history.Acquire, Key: "k", Token: 12, ValidUntil: 3500 * 1e6})
+		b.ReleaseOK(2000, 2010, "c2", "k", 12)
+	}},
+	{"reported-valid-until-then-released", NameSingleHolder, true, func(b *history.Builder) {
+		// A release ends the belief whatever ValidUntil said, and a
+		// reading taken while unhealthy (a late extend reply after the
+		// loss) promises nothing.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.Observe(600, "c1", "k", 10, 1600, true)
+		b.ReleaseOK(800, 810, "c1", "k", 10)
+		b.AcquireOK(805, 820, "c2", "k", 12, 2500)
+		b.Observe(1000, "c2", "k", 12, 3000, true)
+		b.Lost(2400, "c2", "k", 12, 2500)
+		b.Observe(2450, "c2", "k", 12, 4000, false)
+		b.AcquireOK(2500, 2510, "c3", "k", 14, 4500)
+	}},
+
 	// monotonic-token
 	{"stale-writes-refused", NameMonotonicToken, true, func(b *history.Builder) {
 		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
@@ -130,11 +157,80 @@ var synthetics = []synthetic{
 		b.ReleaseOK(100, 110, "c1", "k", 10)
 		b.AcquireHeld(200, 210, "c2", "k")
 	}},
+	{"grant-witnessed-past-horizon", NameLinearizable, true, func(b *history.Builder) {
+		// c2's acquire was answered by nobody; a read a minute later, past
+		// the horizon, proves it was granted: it took effect after c4's
+		// holding (40 s), which explains the refusal at 45 s.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.ReleaseOK(100, 110, "c1", "k", 10)
+		b.AcquireInfo(120, 2000, "c2", "k")
+		b.AcquireOK(40000, 40010, "c4", "k", 20, 42000)
+		b.ReleaseOK(40100, 40110, "c4", "k", 20)
+		b.AcquireHeld(45000, 45010, "c3", "k")
+		b.GetOK(60000, 60010, "r", "k", "c2", 31)
+	}},
+	{"refused-long-after-indeterminate", NameLinearizable, false, func(b *history.Builder) {
+		// Only a grant of c2's indeterminate acquire after c4's holding,
+		// 40 s after its client gave up and never seen by anyone, could
+		// explain the refusal at 45 s: past the horizon, so it is a
+		// refusal after a release.
+		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+		b.AcquireInfo(10, 2000, "c2", "k")
+		b.ReleaseOK(100, 110, "c1", "k", 10)
+		b.AcquireOK(40000, 40010, "c4", "k", 20, 42000)
+		b.ReleaseOK(40100, 40110, "c4", "k", 20)
+		b.AcquireHeld(45000, 45010, "c3", "k")
+	}},
 	{"read-goes-back-in-time", NameLinearizable, false, func(b *history.Builder) {
 		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
 		b.AcquireOK(1000, 1005, "c2", "k", 12, 2000)
 		b.GetOK(1100, 1110, "r", "k", "c2", 12)
 		b.GetOK(1200, 1210, "r", "k", "c1", 10)
+	}},
+
+	// takeover-bound
+	{"waiter-takes-over-after-expiry", NameTakeover, true, func(b *history.Builder) {
+		// t1 holds (TTL 2 s, last extend at 520 ms: ValidUntil 2.5 s at
+		// the crash); t2 waits and is granted at 2.8 s, within TTL +
+		// election + slack of the last extend. The second crash happens
+		// during a partition, which excuses a slow takeover.
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		b.Complete(2800, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 14, ValidUntil: 4700e6})
+		t3 := b.Invoke(2900, history.Record{Client: "t3", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Fault(3000, 9000, "partition-halves", "n1", "|", "n2", "n3")
+		b.Event(3100, history.Record{Client: "t2", Op: history.Crash, Key: "k", Token: 14, ValidUntil: 4700e6, TTL: 2000e6})
+		b.Lost(4650, "t2", "k", 14, 4700)
+		b.Complete(10000, t3, history.Record{Type: history.OK, Client: "t3", Op: history.Acquire, Key: "k", Token: 30, ValidUntil: 12000e6})
+		b.ReleaseOK(11000, 11010, "t3", "k", 30)
+	}},
+	{"dead-holder-kept-by-leader-churn", NameTakeover, false, func(b *history.Builder) {
+		// t1 dies at 1 s with its last extend at 520 ms; leadership
+		// changes every second and each new leader gives the lease a full
+		// TTL again, so t2 is granted only after the churn ends, at 14 s.
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
+		b.Fault(800, 12000, "leader-churn", "leader every 1s")
+		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		b.Complete(14000, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 16000e6})
+		b.ReleaseOK(15000, 15010, "t2", "k", 90)
+	}},
+
+	// node-port-auth
+	{"every-attempt-refused", NameNodePortAuth, true, func(b *history.Builder) {
+		for i, a := range []string{"rpc-status", "rpc-list", "raft-append-entries", "gossip-join"} {
+			b.Op(int64(100*i), int64(100*i+5), history.Record{Client: "rogue", Op: history.Rogue, Value: a, Node: "n1"}, history.Fail,
+				func(r *history.Record) { r.Err = "transport: dial n1: cluster key handshake refused" })
+		}
+	}},
+	{"rpc-release-served", NameNodePortAuth, false, func(b *history.Builder) {
+		b.Op(100, 105, history.Record{Client: "rogue", Op: history.Rogue, Value: "rpc-status", Node: "n1"}, history.Fail,
+			func(r *history.Record) { r.Err = "refused" })
+		b.Op(200, 205, history.Record{Client: "rogue", Op: history.Rogue, Value: "rpc-release", Node: "n1"}, history.OK,
+			func(r *history.Record) { r.Value = `rpc-release: released=true: "k1" held by w2 (token 57)` })
 	}},
 
 	// recovery
@@ -209,6 +305,8 @@ func TestReplayTestdata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	gz, _ := filepath.Glob(filepath.Join(testdata, "*.jsonl.gz"))
+	files = append(files, gz...)
 	if len(files) == 0 {
 		t.Fatal("no histories under jepsen/testdata")
 	}
@@ -216,13 +314,13 @@ func TestReplayTestdata(t *testing.T) {
 	for _, f := range files {
 		parts := strings.SplitN(filepath.Base(f), ".", 3)
 		if len(parts) != 3 || (parts[1] != "good" && parts[1] != "bad") {
-			t.Errorf("%s: name must be CHECKER.good|bad.NAME.jsonl", f)
+			t.Errorf("%s: name must be CHECKER.good|bad.NAME.jsonl[.gz]", f)
 			continue
 		}
 		if parts[1] == "bad" {
 			bad++
 		}
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".jsonl"), func(t *testing.T) {
+		t.Run(strings.TrimSuffix(strings.TrimSuffix(filepath.Base(f), ".gz"), ".jsonl"), func(t *testing.T) {
 			recs, err := history.Load(f)
 			if err != nil {
 				t.Fatal(err)
@@ -238,7 +336,7 @@ func TestReplayTestdata(t *testing.T) {
 			}
 		})
 	}
-	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery} {
+	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover, NameNodePortAuth} {
 		if m, _ := filepath.Glob(filepath.Join(testdata, name+".bad.*.jsonl")); len(m) == 0 {
 			t.Errorf("no known-bad history for %s: a check that cannot fail proves nothing", name)
 		}
@@ -347,5 +445,26 @@ func TestAvailabilityWindows(t *testing.T) {
 	}
 	if ws[1].Served() != 0.5 {
 		t.Fatalf("served %v", ws[1].Served())
+	}
+}
+
+// TestRogueReleaseIsTwoViolations: the history saved from a rogue-peer
+// campaign against agents without node-port authentication fails
+// node-port-auth (the node served the outsider) and single-holder (the
+// lease it released was granted to another while its holder still held
+// it).
+func TestRogueReleaseIsTwoViolations(t *testing.T) {
+	recs, err := history.Load(filepath.Join(testdata, "single-holder.bad.rogue-peer-rpc-release.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Check(recs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{NameNodePortAuth, NameSingleHolder} {
+		if r, _ := res.Get(name); r.Verdict != Invalid {
+			t.Errorf("%s: %s (%s)", name, r.Verdict, r.Summary)
+		}
 	}
 }

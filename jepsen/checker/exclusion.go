@@ -14,12 +14,20 @@ type Hold struct {
 	Token  uint64 `json:"token"`
 	// Start is when the acquire returned the grant (harness ns).
 	Start int64 `json:"start"`
-	// End is the earliest of: the release's invocation, the client's own
-	// final validity (ValidUntil of its extend-lost event) or the moment
-	// it saw the loss, and the end of the history.
+	// End is the earliest of: the release's invocation, the end of the
+	// client's belief once it lost the lease, and the end of the history.
+	// The belief of a lost lease lasts until the earlier of the loss and
+	// the lease's final ValidUntil — or until the latest ValidUntil the
+	// client reported while healthy, if that is later: a user who read
+	// ValidUntil may act on it until then.
 	End int64 `json:"end"`
-	// Ended says which bound ended it: release, lost, or history-end.
+	// Ended says which bound ended it: release, lost, reported-validity
+	// (a lost lease whose reported ValidUntil outlived the loss), or
+	// history-end.
 	Ended string `json:"ended"`
+	// Reported is the latest ValidUntil the client reported while
+	// healthy before the lease ended (0: none).
+	Reported int64 `json:"reported,omitempty"`
 	// Acquire is the history ID of the granting acquire.
 	Acquire int64 `json:"acquire"`
 }
@@ -35,12 +43,17 @@ type holdKey struct {
 func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 	var holds []Hold
 	idx := map[holdKey]int{}
+	// Holds start out ending with the history; a release or a loss ends
+	// them (the earliest wins), and a loss may end one after the history
+	// if the client had reported a later validity.
+	bounded := map[int]bool{}
 	cut := func(k holdKey, t int64, why string) {
 		i, ok := idx[k]
-		if !ok || t > holds[i].End {
+		if !ok || (bounded[i] && t > holds[i].End) {
 			return
 		}
 		holds[i].End, holds[i].Ended = t, why
+		bounded[i] = true
 	}
 	for _, op := range ops {
 		inv, c := op.Invoke, op.Complete
@@ -56,15 +69,50 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 			cut(holdKey{inv.Client, inv.Key, inv.Token}, inv.Time, "release")
 		}
 	}
+	// Every ValidUntil the client reported while healthy, with the time
+	// it was read: the grant, writes and check-tokens, Observe events.
+	type reading struct{ at, validUntil int64 }
+	readings := map[holdKey][]reading{}
+	for _, op := range ops {
+		inv, c := op.Invoke, op.Complete
+		switch {
+		case inv.Op == history.Acquire && c.Type == history.OK && c.ValidUntil != 0:
+			k := holdKey{inv.Client, inv.Key, c.Token}
+			readings[k] = append(readings[k], reading{c.Time, c.ValidUntil})
+		case (inv.Op == history.Write || inv.Op == history.CheckToken) && inv.Healthy && inv.ValidUntil != 0:
+			k := holdKey{inv.Client, inv.Key, inv.Token}
+			readings[k] = append(readings[k], reading{inv.Time, inv.ValidUntil})
+		}
+	}
+	for _, ev := range events {
+		if ev.Op == history.Observe && ev.Healthy && ev.ValidUntil != 0 {
+			k := holdKey{ev.Client, ev.Key, ev.Token}
+			readings[k] = append(readings[k], reading{ev.Time, ev.ValidUntil})
+		}
+	}
 	for _, ev := range events {
 		if ev.Op != history.ExtendLost {
 			continue
 		}
+		k := holdKey{ev.Client, ev.Key, ev.Token}
 		t := ev.Time
 		if ev.ValidUntil != 0 && ev.ValidUntil < t {
 			t = ev.ValidUntil
 		}
-		cut(holdKey{ev.Client, ev.Key, ev.Token}, t, "lost")
+		why := "lost"
+		var reported int64
+		for _, r := range readings[k] {
+			if r.at <= ev.Time {
+				reported = max(reported, r.validUntil)
+			}
+		}
+		if i, ok := idx[k]; ok {
+			holds[i].Reported = reported
+		}
+		if reported > t {
+			t, why = reported, "reported-validity"
+		}
+		cut(k, t, why)
 	}
 	for i := range holds {
 		if holds[i].End < holds[i].Start {
@@ -88,9 +136,11 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 // two different clients each believe they hold it never overlap
 // (DESIGN.md's safety argument). The intervals are the clients' own: from
 // the moment the grant arrived to the earlier of the release's invocation
-// and the client's conservative validity (ValidUntil when its lease was
-// lost). The harness and the clients share one monotonic clock, so the
-// comparison is exact. Guarded by TestSingleHolder* and the replayed
+// and the end of the client's belief once the lease was lost — its final
+// ValidUntil, unless it had reported a later ValidUntil while healthy
+// (issue 9: clients are judged by every ValidUntil they report, since
+// users gate their writes on it). The harness and the clients share one
+// monotonic clock, so the comparison is exact. Guarded by TestSingleHolder* and the replayed
 // testdata/single-holder-*.jsonl.
 func SingleHolder(records []history.Record) (Result, []Hold, error) {
 	ops, events, err := history.Pair(records)

@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,4 +56,34 @@ func Build(ctx context.Context, root, outDir string, race bool) (string, error) 
 		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return bin, nil
+}
+
+// Revision returns the commit the agent binary was built from and whether
+// its tree had uncommitted changes, from the VCS stamp go build writes
+// into binaries built in a git checkout. Without a stamp it falls back to
+// the module's git HEAD (and `git status`), and to "unknown".
+func Revision(binary string) (commit string, dirty bool) {
+	if bi, err := buildinfo.ReadFile(binary); err == nil {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if commit != "" {
+			return commit, dirty
+		}
+	}
+	root, err := ModuleRoot(".")
+	if err != nil {
+		return "unknown", false
+	}
+	out, err := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
+	if err != nil {
+		return "unknown", false
+	}
+	st, _ := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output()
+	return strings.TrimSpace(string(out)), len(bytes.TrimSpace(st)) > 0
 }

@@ -48,6 +48,18 @@ type Options struct {
 	NodeArgs map[int][]string
 	// Unsafe sets LEASENODE_UNSAFE=1 for the agents.
 	Unsafe bool
+	// TLS, if set, runs the agents with mutual TLS (--tls-cert, --tls-key,
+	// --tls-ca from these files); the harness's own calls present the
+	// client certificate.
+	TLS *TLSAssets
+	// NewTLS, if set (and TLS is not), is a directory where New generates
+	// the campaign's TLS files (GenerateTLS) and sets TLS.
+	NewTLS string
+	// ClusterKey, if set, is the cluster secret every agent gets (base64
+	// of 32 bytes): from ClusterKeyFile with --cluster-key-file when that
+	// is set, else on the command line with --cluster-key.
+	ClusterKey     string
+	ClusterKeyFile string
 	// ReadyTimeout bounds each agent's start (default 30 s).
 	ReadyTimeout time.Duration
 	// Command overrides the agent command line (tests run a trivial
@@ -81,9 +93,10 @@ func (n *Node) Proc() *Proc { return n.proc }
 
 // Cluster is a running set of nodes.
 type Cluster struct {
-	opts  Options
-	nodes []*Node
-	http  *http.Client
+	opts   Options
+	nodes  []*Node
+	http   *http.Client
+	scheme string
 }
 
 // New prepares a cluster (directories, addresses) without starting it.
@@ -157,11 +170,43 @@ func New(opts Options) (*Cluster, error) {
 		n.proc = p
 		c.nodes = append(c.nodes, n)
 	}
-	c.http = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+	tr := &http.Transport{
 		DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
 		DisableKeepAlives: true, // a paused or partitioned node must not hold a pooled connection
-	}}
+	}
+	c.scheme = "http"
+	if opts.TLS == nil && opts.NewTLS != "" {
+		a, err := GenerateTLS(opts.NewTLS, c.nodes)
+		if err != nil {
+			return nil, fmt.Errorf("generating TLS files: %w", err)
+		}
+		opts.TLS = a
+		c.opts.TLS = a
+	}
+	if opts.TLS != nil {
+		if err := opts.TLS.Check(c.nodes); err != nil {
+			return nil, fmt.Errorf("cluster TLS files: %w", err)
+		}
+		tc, err := opts.TLS.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig, c.scheme = tc, "https"
+	}
+	c.http = &http.Client{Timeout: 3 * time.Second, Transport: tr}
 	return c, nil
+}
+
+// TLS returns the campaign's TLS files (nil: plain TCP).
+func (c *Cluster) TLS() *TLSAssets { return c.opts.TLS }
+
+// HarnessIP is the address the harness's own processes (clients, the
+// rogue peer) use: the hub's in netns mode, 127.0.0.1 on loopback.
+func (c *Cluster) HarnessIP() string {
+	if c.opts.Network != nil {
+		return HubIP
+	}
+	return "127.0.0.1"
 }
 
 func loopbackIP(i int) string { return "127.0.0." + strconv.Itoa(10+i) }
@@ -187,6 +232,9 @@ func (c *Cluster) APIAddrs() []string {
 	return out
 }
 
+// Argv returns the command line node n is started with.
+func (c *Cluster) Argv(n *Node) []string { return c.argv(n) }
+
 func (c *Cluster) argv(n *Node) []string {
 	if c.opts.Command != nil {
 		return c.opts.Command(n)
@@ -205,6 +253,15 @@ func (c *Cluster) argv(n *Node) []string {
 		"--voters", strconv.Itoa(c.opts.Voters),
 		"--timing", c.opts.Timing,
 		"--log-level", c.opts.LogLevel, "--log-format", "json",
+	}
+	if t := c.opts.TLS; t != nil {
+		args = append(args, "--tls-cert", t.NodeCert(n.ID), "--tls-key", t.NodeKey(n.ID), "--tls-ca", t.CA())
+	}
+	switch {
+	case c.opts.ClusterKeyFile != "":
+		args = append(args, "--cluster-key-file", c.opts.ClusterKeyFile)
+	case c.opts.ClusterKey != "":
+		args = append(args, "--cluster-key", c.opts.ClusterKey)
 	}
 	args = append(args, c.opts.Args...)
 	args = append(args, c.opts.NodeArgs[n.Index]...)
@@ -318,7 +375,7 @@ func (c *Cluster) call(ctx context.Context, n *Node, method string, req, resp an
 	if err != nil {
 		return err
 	}
-	url := "http://" + n.APIAddr + "/leasenode.v1.LeaseService/" + method
+	url := c.scheme + "://" + n.APIAddr + "/leasenode.v1.LeaseService/" + method
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return err

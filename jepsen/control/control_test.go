@@ -2,9 +2,11 @@ package control_test
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -190,5 +192,41 @@ func testPartition(t *testing.T, fw control.Firewall) {
 	}
 	if !reach(nw.Nodes[0], n2.APIAddr) {
 		t.Fatal("n1 does not reach n2 after heal")
+	}
+}
+
+// TestTLSAndClusterKeyArguments: a TLS campaign's agents get their own
+// certificate, key and the CA; a keyed one the key file; the harness's
+// own client configuration carries the client certificate.
+func TestTLSAndClusterKeyArguments(t *testing.T) {
+	dir := t.TempDir()
+	var argv [][]string
+	c, err := control.New(control.Options{Nodes: 2, Dir: dir, NewTLS: filepath.Join(dir, "tls"), ClusterKeyFile: "/k", Binary: "/bin/leasenode"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.TLS()
+	if a == nil {
+		t.Fatal("no TLS files generated")
+	}
+	for _, n := range c.Nodes() {
+		argv = append(argv, c.Argv(n))
+	}
+	for i, args := range argv {
+		s := strings.Join(args, " ")
+		id := c.Nodes()[i].ID
+		for _, want := range []string{"--tls-cert " + a.NodeCert(id), "--tls-key " + a.NodeKey(id), "--tls-ca " + a.CA(), "--cluster-key-file /k"} {
+			if !strings.Contains(s, want) {
+				t.Errorf("%s: %q lacks %q", id, s, want)
+			}
+		}
+	}
+	tc, err := a.ClientConfig()
+	if err != nil || len(tc.Certificates) != 1 || tc.RootCAs == nil {
+		t.Fatalf("client config %+v %v", tc, err)
+	}
+	leaf, err := x509.ParseCertificate(tc.Certificates[0].Certificate[0])
+	if err != nil || len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+		t.Fatalf("the client certificate must be a client's only: %v %v", leaf.ExtKeyUsage, err)
 	}
 }

@@ -123,6 +123,12 @@ func (b *Builder) Lost(t int64, client, key string, token uint64, validUntil int
 	b.Event(t, Record{Client: client, Op: ExtendLost, Key: key, Token: token, ValidUntil: ms(validUntil)})
 }
 
+// Observe appends a reading of a held lease at t ms: its ValidUntil
+// (validUntil ms) and whether it was healthy.
+func (b *Builder) Observe(t int64, client, key string, token uint64, validUntil int64, healthy bool) {
+	b.Event(t, Record{Client: client, Op: Observe, Key: key, Token: token, ValidUntil: ms(validUntil), Healthy: healthy})
+}
+
 // Fault appends a fault from start to the heal at end (ms).
 func (b *Builder) Fault(start, end int64, name string, nodes ...string) {
 	b.Op(start, start, Record{Client: NemesisClient, Op: Fault, Fault: name, Nodes: nodes}, OK, nil)

@@ -25,12 +25,15 @@ package history
 
 import (
 	"bufio"
+	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -83,6 +86,16 @@ const (
 	// Vanish (an Event) marks a worker that abandoned its client without
 	// releasing, as a crashed process would.
 	Vanish Op = "vanish"
+	// Observe (an Event) is a reading of a held lease: ValidUntil as
+	// Lease.ValidUntil reported it, and Healthy as IsHealthy said just
+	// after. Workers record one whenever the validity they see changes.
+	Observe Op = "observe"
+	// Crash (an Event) marks a holder the harness killed while holding:
+	// its client stops extending and never releases, like a crashed
+	// process. ValidUntil is the lease's validity at the crash, TTL and
+	// LockDelay those of its grant. The takeover-bound checker times the
+	// next grant of the key from it.
+	Crash Op = "crash"
 )
 
 // Nemesis and probe operations.
@@ -92,6 +105,14 @@ const (
 	// Fault invocation to the Heal completion.
 	Fault Op = "fault"
 	Heal  Op = "heal"
+	// LeaderMove (an Event) is one step of the leader-churn fault: Node
+	// was the leader and was stopped until Value took over.
+	LeaderMove Op = "leader-move"
+	// Rogue is one attempt of the rogue-peer fault (an outsider without
+	// the cluster's credentials): Value names the attempt, Node the
+	// target; OK means the node served it, Fail that it was refused (Err
+	// says how).
+	Rogue Op = "rogue"
 	// Serve is the recovery probe: invoked when the final heal starts, OK
 	// when the cluster first grants and releases a lease again.
 	Serve Op = "serve"
@@ -143,12 +164,18 @@ type Record struct {
 	// LockDelay of an acquire (ns): how long the key stays blocked if this
 	// grant expires instead of being released.
 	LockDelay int64 `json:"lock_delay,omitempty"`
+	// TTL of an acquire or of a crashed holder's lease (ns).
+	TTL int64 `json:"ttl,omitempty"`
 	// Token is the fencing token: granted (acquire OK), released, written,
 	// read (get OK) or checked.
 	Token uint64 `json:"token,omitempty"`
 	// ValidUntil is the client's validity for the lease (harness time):
-	// on an acquire OK, a write, and an ExtendLost event.
+	// on an acquire OK, a write or check-token invocation, an Observe and
+	// an ExtendLost event.
 	ValidUntil int64 `json:"valid_until,omitempty"`
+	// Healthy: the lease's IsHealthy was true right after ValidUntil was
+	// read (writes, check-tokens, Observe events).
+	Healthy bool `json:"healthy,omitempty"`
 	// Holder is the holder a get observed (empty: none or lock-delay).
 	Holder string `json:"holder,omitempty"`
 	// Found is set on a get OK that saw a record.
@@ -203,6 +230,7 @@ type Recorder struct {
 	clock Clock
 
 	mu      sync.Mutex
+	out     io.Writer
 	w       *bufio.Writer
 	enc     *json.Encoder
 	records []Record
@@ -215,6 +243,7 @@ type Recorder struct {
 func NewRecorder(clock Clock, w io.Writer) *Recorder {
 	r := &Recorder{clock: clock}
 	if w != nil {
+		r.out = w
 		r.w = bufio.NewWriter(w)
 		r.enc = json.NewEncoder(r.w)
 	}
@@ -316,13 +345,18 @@ func (r *Recorder) Records() []Record {
 	return append([]Record(nil), r.records...)
 }
 
-// Flush writes buffered records to the writer and returns the first write
-// error seen.
+// Flush writes buffered records to the writer — and, if the writer has a
+// Flush method (a gzip.Writer), flushes it too, so that what was recorded
+// so far can be read back even if the process dies — and returns the
+// first write error seen.
 func (r *Recorder) Flush() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.w != nil && r.err == nil {
 		r.err = r.w.Flush()
+		if f, ok := r.out.(interface{ Flush() error }); ok && r.err == nil {
+			r.err = f.Flush()
+		}
 	}
 	return r.err
 }
@@ -339,22 +373,48 @@ func Encode(w io.Writer, records []Record) error {
 	return bw.Flush()
 }
 
-// Save writes records as JSONL to path.
+// Save writes records as JSONL to path, gzip-compressed if path ends in
+// ".gz".
 func Save(path string, records []Record) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if err := Encode(f, records); err != nil {
+	var w io.Writer = f
+	var zw *gzip.Writer
+	if strings.HasSuffix(path, ".gz") {
+		zw, _ = gzip.NewWriterLevel(f, gzip.BestCompression)
+		w = zw
+	}
+	err = Encode(w, records)
+	if zw != nil && err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
 }
 
-// Decode parses a JSONL history. Blank lines are skipped; a truncated last
-// line (a campaign killed mid-write) is an error naming the line.
+// Decode parses a JSONL history, gzip-compressed or not. Blank lines are
+// skipped; a truncated last line or compressed stream (a campaign killed
+// mid-write) is an error naming the line that matches
+// io.ErrUnexpectedEOF, returned with every record read before it.
 func Decode(r io.Reader) ([]Record, error) {
+	br := bufio.NewReader(r)
+	if magic, err := br.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("history: %w", err)
+		}
+		defer zr.Close()
+		return decodeJSONL(zr)
+	}
+	return decodeJSONL(br)
+}
+
+func decodeJSONL(r io.Reader) ([]Record, error) {
 	var out []Record
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -367,6 +427,10 @@ func Decode(r io.Reader) ([]Record, error) {
 		}
 		var rec Record
 		if err := json.Unmarshal(b, &rec); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) && se.Offset >= int64(len(b)) {
+				err = fmt.Errorf("%w: %v", io.ErrUnexpectedEOF, err)
+			}
 			return out, fmt.Errorf("history line %d: %w", line, err)
 		}
 		out = append(out, rec)
@@ -377,7 +441,7 @@ func Decode(r io.Reader) ([]Record, error) {
 	return out, nil
 }
 
-// Load parses the JSONL history in path.
+// Load parses the JSONL history in path (compressed or not: see Decode).
 func Load(path string) ([]Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -408,6 +472,8 @@ type Operation struct {
 	// Complete is the completion; for an invocation that never completed
 	// it is a synthesized Info record at the end of the history.
 	Complete Record
+	// Open: no completion was recorded (the history ended first).
+	Open bool
 }
 
 // Type returns the completion type: OK, Fail or Info.
@@ -457,6 +523,7 @@ func Pair(records []Record) (ops []Operation, events []Record, err error) {
 	for _, i := range open {
 		inv := ops[i].Invoke
 		ops[i].Complete = Record{ID: inv.ID, Time: last, Type: Info, Client: inv.Client, Op: inv.Op, Key: inv.Key, Err: "no completion before the history ended"}
+		ops[i].Open = true
 	}
 	sort.SliceStable(ops, func(a, b int) bool { return ops[a].Invoke.Index < ops[b].Invoke.Index })
 	return ops, events, nil
@@ -484,5 +551,52 @@ func Keys(records []Record) []string {
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out
+}
+
+// Trim cuts a history down to the evidence around a violation: the
+// operations and events of keys (every key if keys is empty) and the
+// nemesis's records (faults, heals, rogue attempts) that overlap
+// [from, to] (harness ns). An
+// operation is kept whole, both records, if its interval overlaps the
+// window (an invocation with no completion lasts for ever). Records keep
+// their IDs and times and are renumbered (Index).
+func Trim(records []Record, keys []string, from, to int64) []Record {
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	relevant := func(r Record) bool {
+		return r.Client == NemesisClient || r.Op == Rogue || len(want) == 0 || want[r.Key]
+	}
+	type span struct{ start, end int64 }
+	spans := map[int64]span{}
+	for _, r := range records {
+		switch r.Type {
+		case Event:
+		case Invoke:
+			spans[r.ID] = span{r.Time, Infinity}
+		default:
+			if sp, ok := spans[r.ID]; ok {
+				sp.end = r.Time
+				spans[r.ID] = sp
+			}
+		}
+	}
+	var out []Record
+	for _, r := range records {
+		if !relevant(r) {
+			continue
+		}
+		if r.Type == Event {
+			if r.Time < from || r.Time > to {
+				continue
+			}
+		} else if sp := spans[r.ID]; sp.start > to || sp.end < from {
+			continue
+		}
+		r.Index = int64(len(out))
+		out = append(out, r)
+	}
 	return out
 }

@@ -2,6 +2,9 @@ package history
 
 import (
 	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -117,5 +120,69 @@ func TestBuilderSaveLoad(t *testing.T) {
 	}
 	if keys := Keys(got); len(keys) != 1 || keys[0] != "k" {
 		t.Fatalf("Keys = %v", keys)
+	}
+}
+
+// TestGzipHistorySurvivesACrash writes a compressed history as a campaign
+// does (flushed as it goes, never closed, as if the harness died) and
+// reads back everything flushed, with an error that says it was cut.
+func TestGzipHistorySurvivesACrash(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	r := NewRecorder(NewClock(time.Now()), zw)
+	for i := 0; i < 100; i++ {
+		r.Event(Record{Client: "c", Op: Pause, Key: "k"})
+	}
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	flushed := buf.Len()
+	r.Event(Record{Client: "c", Op: Resume, Key: "k"}) // buffered, lost in the crash
+	got, err := Decode(bytes.NewReader(buf.Bytes()[:flushed]))
+	if len(got) != 100 {
+		t.Fatalf("read %d records after a crash, want the 100 flushed", len(got))
+	}
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a cut stream must say so: %v", err)
+	}
+	// A finished one reads back whole.
+	r.Flush()
+	zw.Close()
+	got, err = Decode(&buf)
+	if err != nil || len(got) != 101 {
+		t.Fatalf("%d records, %v", len(got), err)
+	}
+}
+
+func TestSaveLoadGzip(t *testing.T) {
+	path := t.TempDir() + "/h.jsonl.gz"
+	recs := []Record{{Index: 0, ID: 1, Type: Event, Client: "c", Op: Pause}}
+	if err := Save(path, recs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil || len(got) != 1 || got[0].Op != Pause {
+		t.Fatalf("%+v %v", got, err)
+	}
+}
+
+func TestTrimKeepsOperationsWhole(t *testing.T) {
+	b := NewBuilder()
+	b.AcquireOK(0, 5, "c1", "k", 10, 1000)
+	b.AcquireOK(100, 2000, "c2", "other", 11, 3000)
+	b.ReleaseOK(900, 1500, "c1", "k", 10)
+	b.Lost(1200, "c1", "k", 10, 1000)
+	b.Fault(1000, 1100, "kill-leader", "n1")
+	got := Trim(b.Records(), []string{"k"}, int64(1000*time.Millisecond), int64(1300*time.Millisecond))
+	var ops []string
+	for _, r := range got {
+		ops = append(ops, string(r.Type)+" "+string(r.Op))
+	}
+	want := "invoke release,ok release,event extend-lost,invoke fault,ok fault,invoke heal,ok heal"
+	if strings.Join(ops, ",") != want {
+		t.Fatalf("trimmed to %v, want %s", ops, want)
+	}
+	if _, _, err := Pair(got); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -44,8 +44,13 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/fnv"
+	"math"
 	"sort"
+	"sync"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 
@@ -399,4 +404,139 @@ func translate(op history.Operation) (Input, Output, bool) {
 		return in, out, false
 	}
 	return in, out, true
+}
+
+// Hash hashes a State for porcupine's cache (equal states hash equally).
+func Hash(s State) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], s.Token)
+	h.Write(b[:])
+	flags := byte(s.Status)
+	if s.Wild {
+		flags |= 0x40
+	}
+	if s.Delay {
+		flags |= 0x80
+	}
+	h.Write([]byte{flags})
+	h.Write([]byte(s.Holder))
+	return h.Sum64()
+}
+
+// KeyModel returns the porcupine model of one key's operations starting
+// in any of the states init (nil: the key never held). Unlike Model it
+// does not partition: give it the operations of one key.
+func KeyModel(init []State) porcupine.Model {
+	return keyModel(init, nil)
+}
+
+// kindEnd is the input of the sentinel operation Reach appends.
+const kindEnd Kind = 0xff
+
+func keyModel(init []State, end func(State)) porcupine.Model {
+	if len(init) == 0 {
+		init = []State{{}}
+	}
+	nm := porcupine.NondeterministicModel{
+		Init: func() []interface{} {
+			out := make([]interface{}, len(init))
+			for i, s := range init {
+				out[i] = s
+			}
+			return out
+		},
+		Step: func(state, input, output interface{}) []interface{} {
+			in := input.(Input)
+			if in.Kind == kindEnd {
+				end(state.(State))
+				return nil
+			}
+			return Step(state.(State), in, output.(Output))
+		},
+		Hash:              func(state interface{}) uint64 { return Hash(state.(State)) },
+		DescribeOperation: func(input, output interface{}) string { return Describe(input.(Input), output.(Output)) },
+		DescribeState:     func(state interface{}) string { return state.(State).String() },
+		DescribeOperationMetadata: func(info interface{}) string {
+			if id, ok := info.(int64); ok {
+				return fmt.Sprintf("history op %d", id)
+			}
+			return fmt.Sprint(info)
+		},
+	}
+	return nm.ToModel()
+}
+
+// Reach checks the operations of one key (a segment of its history) from
+// the states init and returns every state the key can be in once all of
+// them have taken effect: the union, over every linearization porcupine
+// can find, of the state it ends in. The result is porcupine.Ok with a
+// non-empty set, porcupine.Illegal (no linearization: the set is empty)
+// or porcupine.Unknown (timeout).
+//
+// How: a sentinel operation, invoked after every other operation has
+// returned, is appended; its step records the state it is offered and
+// refuses. Porcupine must then exhaust its search: it tries every order
+// the operations' intervals allow, pruning only configurations (set of
+// operations linearized, set of states) it has already explored, whose
+// continuations are identical. Every linearization of the whole segment
+// therefore reaches the sentinel, and the recorded states are exactly
+// the states the segment can end in.
+func Reach(ops []porcupine.Operation, init []State, timeout time.Duration) (porcupine.CheckResult, []State) {
+	if len(ops) == 0 {
+		if len(init) == 0 {
+			return porcupine.Ok, []State{{}}
+		}
+		return porcupine.Ok, append([]State(nil), init...)
+	}
+	var (
+		mu   sync.Mutex
+		seen = map[State]bool{}
+		out  []State
+	)
+	m := keyModel(init, func(s State) {
+		mu.Lock()
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+		mu.Unlock()
+	})
+	var last int64
+	maxClient := 0
+	for _, op := range ops {
+		last = max(last, op.Return, op.Call)
+		maxClient = max(maxClient, op.ClientId)
+	}
+	if last >= math.MaxInt64-2 {
+		last = math.MaxInt64 - 2
+	}
+	all := append(append([]porcupine.Operation(nil), ops...), porcupine.Operation{
+		ClientId: maxClient + 1, Input: Input{Kind: kindEnd}, Output: Output{}, Call: last + 1, Return: last + 2,
+	})
+	res := porcupine.CheckOperationsTimeout(m, all, timeout)
+	if res == porcupine.Unknown {
+		return porcupine.Unknown, nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(out) == 0 {
+		return porcupine.Illegal, nil
+	}
+	sort.Slice(out, func(i, j int) bool { return stateLess(out[i], out[j]) })
+	return porcupine.Ok, out
+}
+
+func stateLess(a, b State) bool {
+	switch {
+	case a.Token != b.Token:
+		return a.Token < b.Token
+	case a.Status != b.Status:
+		return a.Status < b.Status
+	case a.Holder != b.Holder:
+		return a.Holder < b.Holder
+	case a.Wild != b.Wild:
+		return !a.Wild
+	}
+	return !a.Delay && b.Delay
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/jepsen/control"
+	"github.com/leasenode/leasenode/jepsen/history"
 )
 
 // netActive is a set of blocks, healed by clearing all blocks.
@@ -287,3 +290,95 @@ func rolling(ctx context.Context, env *Env, extra func(*control.Node) []string) 
 // with the majority m = n/2+1, a node sees itself and keep per side, so
 // keep = ceil((m-1)/2) = m/2.
 func ringKeep(n int) int { return (n/2 + 1) / 2 }
+
+// leaderChurn moves leadership every TTL/2 for its hold: it stops the
+// current leader with SIGSTOP until another node serves as leader (so
+// just past the election), resumes it (it comes back as a follower), and
+// starts the next move TTL/2 after the last one began. The mechanism is
+// the one available from outside any agent: a pause, not an API call. It
+// is the issue 9 scenario: with leaders changing faster than a TTL, a
+// lease whose holder died must still expire on time (Promote keeps each
+// lease's remaining time; a full-TTL reset never expires it).
+type leaderChurn struct{}
+
+func (leaderChurn) Name() string       { return "leader-churn" }
+func (leaderChurn) NeedsNetwork() bool { return false }
+func (leaderChurn) Hold(env *Env) time.Duration {
+	return between(env.Rand, 4*env.TTL, 8*env.TTL)
+}
+
+type churnActive struct {
+	env    *Env
+	cancel context.CancelFunc
+	done   chan struct{}
+	moves  atomic.Int64
+}
+
+func (a *churnActive) Nodes() []string { return []string{"leader every " + (a.env.TTL / 2).String()} }
+
+func (a *churnActive) Heal(ctx context.Context) error {
+	a.cancel()
+	<-a.done
+	var errs []error
+	for _, n := range a.env.Cluster.Nodes() {
+		if n.Proc().State() == control.Paused {
+			errs = append(errs, a.env.Cluster.Resume(n))
+		}
+	}
+	a.env.Log.Info("leader churn over", "moves", a.moves.Load())
+	return errors.Join(errs...)
+}
+
+func (leaderChurn) Inject(ctx context.Context, env *Env) (Active, error) {
+	if _, err := leader(ctx, env); err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	a := &churnActive{env: env, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		period := env.TTL / 2
+		for cctx.Err() == nil {
+			began := time.Now()
+			if err := a.move(cctx); err != nil && cctx.Err() == nil {
+				env.Log.Warn("leader churn: move failed", "err", err)
+			}
+			ctxtime.Sleep(cctx, period-time.Since(began))
+		}
+	}()
+	return a, nil
+}
+
+// move stops the leader until another node serves as leader (at most a
+// few seconds), then resumes it.
+func (a *churnActive) move(ctx context.Context) error {
+	c := a.env.Cluster
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	old, err := c.WaitLeader(lctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if err := c.Pause(old); err != nil {
+		return err
+	}
+	defer c.Resume(old)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		n, err := c.Leader(sctx)
+		if err == nil && n != old {
+			if st, err := c.Status(sctx, n); err == nil && st.Serving {
+				cancel()
+				a.moves.Add(1)
+				if a.env.Rec != nil {
+					a.env.Rec.Event(history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: old.ID, Value: n.ID})
+				}
+				return nil
+			}
+		}
+		cancel()
+		ctxtime.Sleep(ctx, 20*time.Millisecond)
+	}
+	return fmt.Errorf("no other leader within 5s of stopping %s", old.ID)
+}

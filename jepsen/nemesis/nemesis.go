@@ -27,6 +27,15 @@
 //   - clock-drift: a rolling restart gives every node a leader-clock rate
 //     within the clients' drift bound (--unsafe-clock-rate); heal restarts
 //     them at the true rate. Within the bound the cluster must stay safe.
+//   - rogue-peer: an outsider without the cluster's credentials tries the
+//     node port (node RPC Status, List, Release, Leave; Raft AppendEntries
+//     and TimeoutNow) and gossip (a new id, the leader's id); every
+//     attempt is recorded, and each must be refused (node-port-auth). It
+//     joins mixed when the agent authenticates its node port.
+//   - leader-churn: leadership moves every TTL/2 for a while: the leader
+//     is stopped (SIGSTOP) until another node serves as leader, then
+//     resumed (issue 9: leases of dead holders must still expire on time
+//     when leaders change faster than a TTL).
 package nemesis
 
 import (
@@ -49,7 +58,8 @@ import (
 type Env struct {
 	// Cluster is the running cluster.
 	Cluster *control.Cluster
-	// Rand chooses targets and durations (seeded by the campaign).
+	// Rand chooses targets and durations. Run replaces it for each fault
+	// with that fault's own generator (see Schedule.Seed).
 	Rand *rand.Rand
 	// TTL is the workload's lease TTL: pauses last longer than it.
 	TTL time.Duration
@@ -58,6 +68,9 @@ type Env struct {
 	DriftBound float64
 	// Log receives progress messages.
 	Log *slog.Logger
+	// Rec, if set, receives the events some faults record while they
+	// last (leader-churn's moves, rogue-peer's attempts); Run sets it.
+	Rec *history.Recorder
 }
 
 // Active is an injected fault, until healed.
@@ -86,7 +99,7 @@ func All() []Fault {
 		partitionHalves{}, isolateLeader{}, majoritiesRing{}, oneWay{},
 		kill{leader: false}, kill{leader: true},
 		pause{leader: false}, pause{leader: true},
-		membership{}, clockDrift{},
+		membership{}, clockDrift{}, leaderChurn{}, roguePeer{},
 	}
 }
 
@@ -98,8 +111,10 @@ var Groups = map[string][]string{
 	"pause":      {"pause-random", "pause-leader"},
 	"membership": {"membership"},
 	"clock":      {"clock-drift"},
+	"churn":      {"leader-churn"},
+	"rogue":      {"rogue-peer"},
 	"mixed": {"partition-halves", "isolate-leader", "majorities-ring", "one-way", "kill-random", "kill-leader",
-		"pause-random", "pause-leader", "membership", "clock-drift"},
+		"pause-random", "pause-leader", "membership", "clock-drift", "leader-churn"},
 }
 
 // Select resolves a comma-separated list of fault and group names.
@@ -156,6 +171,15 @@ type Schedule struct {
 	// Quiet is the healthy spell between faults: uniformly random in
 	// [QuietMin, QuietMax].
 	QuietMin, QuietMax time.Duration
+	// Seed makes the schedule reproducible: fault i draws its quiet spell,
+	// its kind, its hold and its random targets from a generator seeded
+	// with (Seed, i) alone, so the same seed gives the same sequence of
+	// faults whatever happened during earlier ones. What a seed cannot
+	// reproduce: which node is the leader when a fault aimed at the
+	// leader strikes, how long injecting and healing take (so how many
+	// faults fit in the campaign), thread timing and the network — and so
+	// the workload's operations and their outcomes.
+	Seed uint64
 }
 
 func between(r *rand.Rand, lo, hi time.Duration) time.Duration {
@@ -165,21 +189,54 @@ func between(r *rand.Rand, lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(r.Int64N(int64(hi-lo)))
 }
 
-// Run injects faults chosen at random from faults until ctx ends, then
-// heals the last one. Every fault and heal is recorded in rec. It returns
-// the number of faults injected.
+// Planned is one fault of a schedule, as drawn from the seed.
+type Planned struct {
+	// N counts faults from 0.
+	N int
+	// Quiet is the healthy spell before it.
+	Quiet time.Duration
+	// Fault to inject, and Hold: how long to keep it.
+	Fault Fault
+	Hold  time.Duration
+	// Rand drives the fault's own choices (targets).
+	Rand *rand.Rand
+}
+
+// String describes the plan for the history and the schedule listing.
+func (p Planned) String() string {
+	return fmt.Sprintf("#%d after %v quiet, hold %v", p.N, p.Quiet.Round(time.Millisecond), p.Hold.Round(time.Millisecond))
+}
+
+// Plan draws fault n of the schedule from the seed.
+func Plan(env *Env, faults []Fault, s Schedule, n int) Planned {
+	r := rand.New(rand.NewPCG(s.Seed, 0x6e656d00+uint64(n)))
+	p := Planned{N: n, Quiet: between(r, s.QuietMin, s.QuietMax), Fault: faults[r.IntN(len(faults))], Rand: r}
+	saved := env.Rand
+	env.Rand = r
+	p.Hold = p.Fault.Hold(env)
+	env.Rand = saved
+	return p
+}
+
+// Run injects faults from faults, in the order the schedule's seed draws
+// them, until ctx ends, then heals the last one. Every fault and heal is
+// recorded in rec (the fault's invocation carries its plan in Value). It
+// returns the number of faults injected.
 func Run(ctx context.Context, env *Env, rec *history.Recorder, faults []Fault, s Schedule) int {
 	if len(faults) == 0 {
 		<-ctx.Done()
 		return 0
 	}
 	n := 0
-	for {
-		if !ctxtime.Sleep(ctx, between(env.Rand, s.QuietMin, s.QuietMax)) {
+	env.Rec = rec
+	for i := 0; ; i++ {
+		p := Plan(env, faults, s, i)
+		if !ctxtime.Sleep(ctx, p.Quiet) {
 			return n
 		}
-		f := faults[env.Rand.IntN(len(faults))]
-		id := rec.Invoke(history.Record{Client: history.NemesisClient, Op: history.Fault, Fault: f.Name()})
+		f := p.Fault
+		env.Rand = p.Rand
+		id := rec.Invoke(history.Record{Client: history.NemesisClient, Op: history.Fault, Fault: f.Name(), Value: p.String()})
 		// Injection and healing run to completion even when ctx ends: a
 		// half-injected fault must not outlive the campaign.
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
@@ -199,8 +256,8 @@ func Run(ctx context.Context, env *Env, rec *history.Recorder, faults []Fault, s
 		}
 		n++
 		rec.Complete(id, history.Record{Type: history.OK, Fault: f.Name(), Nodes: act.Nodes()})
-		env.Log.Info("fault injected", "fault", f.Name(), "nodes", act.Nodes())
-		ctxtime.Sleep(ctx, f.Hold(env))
+		env.Log.Info("fault injected", "fault", f.Name(), "nodes", act.Nodes(), "plan", p.String())
+		ctxtime.Sleep(ctx, p.Hold)
 		healOne(ctx, env, rec, f, act)
 		if ctx.Err() != nil {
 			return n

@@ -169,7 +169,7 @@ func timeline(r Results, records []history.Record) template.HTML {
 			fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%d" rx="2" fill="%s" stroke="#333" stroke-width="0.3"><title>%s</title></rect>`,
 				x0, yy+1, max(x1-x0, 1), laneH-3, clientColor(h.Client),
 				esc(fmt.Sprintf("%s token %d: %s-%s (%s), ended by %s", h.Client, h.Token, dur(h.Start), dur(h.End), dur(h.End-h.Start), h.Ended)))
-			if h.Ended == "lost" {
+			if h.Ended == "lost" || h.Ended == "reported-validity" {
 				fmt.Fprintf(&b, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#000" stroke-width="1.5"/>`, x1, yy+1, x1, yy+laneH-2)
 			}
 		}
@@ -305,7 +305,7 @@ code{background:#f4f4f4;padding:0 3px}
 <p>Porcupine's visualization of the longest partial linearizations it found; also saved as <code>{{.File}}</code>.</p>
 <iframe srcdoc="{{.Doc}}"></iframe>
 {{end}}
-<p style="color:#888">Files: <code>history.jsonl</code> (every record), <code>results.json</code>, <code>nodes/*/log</code> (agent logs).</p>
+<p style="color:#888">Files: <code>history.jsonl.gz</code> (every record), <code>verdicts.jsonl</code> (verdicts as the campaign went), <code>results.json</code>, <code>nodes/*/log</code> (agent logs).</p>
 </body></html>
 `))
 

@@ -50,6 +50,13 @@ type Meta struct {
 	// Workers and Keys of the workload.
 	Workers int      `json:"workers"`
 	Keys    []string `json:"keys"`
+	// TLS: the agents ran with mutual TLS; ClusterKey: with a cluster key
+	// on their node ports.
+	TLS        bool `json:"tls,omitempty"`
+	ClusterKey bool `json:"cluster_key,omitempty"`
+	// WorkloadEnd is how long the workload and the nemesis actually ran
+	// (shorter than Duration if interrupted).
+	WorkloadEnd time.Duration `json:"workload_end,omitempty"`
 	// Extra holds anything else worth showing (flags, versions).
 	Extra map[string]string `json:"extra,omitempty"`
 }
@@ -74,6 +81,13 @@ type Counts struct {
 	Lost     int `json:"lost"`
 	Pauses   int `json:"pauses"`
 	Vanishes int `json:"vanishes"`
+	// Crashes: holders killed by the takeover chains; LeaderMoves: steps
+	// of leader-churn; Rogue and RogueServed: rogue-peer attempts and how
+	// many the cluster served.
+	Crashes     int `json:"crashes,omitempty"`
+	LeaderMoves int `json:"leader_moves,omitempty"`
+	Rogue       int `json:"rogue,omitempty"`
+	RogueServed int `json:"rogue_served,omitempty"`
 }
 
 // Count computes the totals of a history.
@@ -101,6 +115,11 @@ func Count(records []history.Record) Counts {
 			} else if done.Err == history.ErrStaleToken {
 				c.WritesStale++
 			}
+		case history.Rogue:
+			c.Rogue++
+			if done.Type == history.OK {
+				c.RogueServed++
+			}
 		case history.Fault:
 			c.Faults++
 			c.FaultKinds[inv.Fault]++
@@ -117,6 +136,10 @@ func Count(records []history.Record) Counts {
 			c.Pauses++
 		case history.Vanish:
 			c.Vanishes++
+		case history.Crash:
+			c.Crashes++
+		case history.LeaderMove:
+			c.LeaderMoves++
 		}
 	}
 	return c

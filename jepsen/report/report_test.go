@@ -102,3 +102,48 @@ func TestProgressLine(t *testing.T) {
 		t.Fatalf("Finish printed %q", buf.String())
 	}
 }
+
+func TestLedgerAppendAndSummary(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "campaigns.jsonl")
+	day := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(commit string, d time.Duration, v checker.Verdict, unsafe string) Results {
+		r := Results{Meta: Meta{Started: day, Duration: d, Nodes: 5, Faults: "mixed", Unsafe: unsafe, WorkloadEnd: d},
+			Verdict: v, Passed: v == checker.Valid, Counts: Counts{FaultKinds: map[string]int{"kill-leader": 3}},
+			Checkers: []checker.Result{{Name: checker.NameLinearizable, Verdict: v, Stats: map[string]int64{"keys_unknown": 0}}}}
+		if unsafe != "" {
+			r.Passed = v == checker.Invalid
+		}
+		return r
+	}
+	for _, e := range []LedgerEntry{
+		NewLedgerEntry(mk("aaa", time.Hour, checker.Valid, ""), "aaa", false, "/tmp/a"),
+		NewLedgerEntry(mk("aaa", 90*time.Minute, checker.Valid, ""), "aaa", false, "/tmp/b"),
+		NewLedgerEntry(mk("aaa", 30*time.Minute, checker.Unknown, ""), "aaa", false, "/tmp/c"),
+		NewLedgerEntry(mk("aaa", 2*time.Minute, checker.Invalid, "skip-rebase"), "aaa", false, "/tmp/d"),
+		NewLedgerEntry(mk("bbb", time.Hour, checker.Invalid, ""), "bbb", true, "/tmp/e"),
+	} {
+		if err := AppendLedger(path, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := ReadLedger(path)
+	if err != nil || len(entries) != 5 {
+		t.Fatalf("%d entries, %v", len(entries), err)
+	}
+	sums := map[string]CommitHours{}
+	for _, c := range SummarizeLedger(entries) {
+		sums[c.Commit] = c
+	}
+	a := sums["aaa"]
+	if a.Hours != 3 || a.CleanHours != 2.5 || a.Campaigns != 3 || a.Clean != 2 || a.Unsafe != 1 || a.Caught != 1 {
+		t.Fatalf("aaa: %+v", a)
+	}
+	if b := sums["bbb+dirty"]; b.Failed != 1 || b.CleanHours != 0 {
+		t.Fatalf("bbb: %+v", b)
+	}
+	var buf bytes.Buffer
+	WriteLedgerSummary(&buf, entries)
+	if !strings.Contains(buf.String(), "aaa") || !strings.Contains(buf.String(), "2.50") {
+		t.Fatalf("summary:\n%s", buf.String())
+	}
+}

@@ -15,6 +15,7 @@
 package runner
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,6 +80,12 @@ type Config struct {
 	// Workers (half steady, half chaotic) and Keys of the workload.
 	Workers int
 	Keys    int
+	// TakeoverKeys is how many takeover chains run (holders killed while
+	// holding, waiters that must take over in time: takeover-bound), each
+	// on a key of its own; TakeoverSlack is that checker's slack (0: its
+	// default).
+	TakeoverKeys  int
+	TakeoverSlack time.Duration
 	// Binary is a prebuilt agent; "" builds ./cmd/leasenode.
 	Binary string
 	// Race builds the agent with -race.
@@ -86,13 +94,30 @@ type Config struct {
 	Timing string
 	// Loopback forces loopback processes even as root.
 	Loopback bool
+	// TLS runs the agents with mutual TLS: certificates generated for the
+	// campaign, or those in TLSDir (ca.pem, nI.pem, nI-key.pem,
+	// client.pem, client-key.pem).
+	TLS    bool
+	TLSDir string
+	// ClusterKey is auto (a fresh key for every agent if the agent has
+	// --cluster-key), on (insist) or off.
+	ClusterKey string
 	// KeepData keeps the nodes' data directories after a passing campaign
 	// (they are always kept after a failing one).
 	KeepData bool
 	// ServeBound is the recovery bound; LinTimeout bounds porcupine per
-	// key.
+	// segment of a key's history; LinHorizon is the indeterminate
+	// operations' horizon (checker.Options.IndeterminateHorizon).
 	ServeBound time.Duration
 	LinTimeout time.Duration
+	LinHorizon time.Duration
+	// CheckEvery is how often the online check appends verdicts to
+	// verdicts.jsonl while the campaign runs (0: every 30 s).
+	CheckEvery time.Duration
+	// Ledger, if set, is the campaign ledger (jepsen/campaigns.jsonl) the
+	// campaign appends its line to; LedgerNote goes into that line.
+	Ledger     string
+	LedgerNote string
 	// Progress receives the live progress line (nil: none).
 	Progress io.Writer
 	// Stdout receives the one-line verdict.
@@ -103,7 +128,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
-		Workers: 6, Keys: 3, Timing: "fast", ServeBound: 30 * time.Second, LinTimeout: 2 * time.Minute,
+		Workers: 6, Keys: 3, TakeoverKeys: 1, Timing: "fast", ClusterKey: "auto", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
 		Stdout: os.Stdout, Progress: os.Stderr,
 	}
 }
@@ -196,6 +221,14 @@ func (c Config) Validate() error {
 	if c.Workers < 1 || c.Keys < 1 {
 		errs = append(errs, fmt.Errorf("-workers %d -keys %d: want at least 1 each", c.Workers, c.Keys))
 	}
+	switch c.ClusterKey {
+	case "", "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("-cluster-key %q: want auto, on or off", c.ClusterKey))
+	}
+	if c.TakeoverKeys < 0 {
+		errs = append(errs, fmt.Errorf("-takeover-keys %d: want 0 or more", c.TakeoverKeys))
+	}
 	if c.Unsafe != "" {
 		if _, ok := UnsafeModes[c.Unsafe]; !ok {
 			errs = append(errs, fmt.Errorf("-unsafe %q: known modes are %s", c.Unsafe, strings.Join(UnsafeModeNames(), ", ")))
@@ -215,6 +248,7 @@ const (
 	envBinary = "LEASENODE_JEPSEN_BINARY"
 	envOut    = "LEASENODE_JEPSEN_OUT"
 	envNote   = "LEASENODE_JEPSEN_NOTE"
+	envLedger = "LEASENODE_JEPSEN_LEDGER"
 )
 
 // Main runs a campaign from the top: it is what cmd/jepsen calls. argv are
@@ -236,7 +270,7 @@ func Main(cfg Config, argv []string) int {
 			fmt.Fprintln(os.Stderr, "jepsen:", err)
 			return ExitError
 		}
-		cfg.Binary, cfg.Out = os.Getenv(envBinary), os.Getenv(envOut)
+		cfg.Binary, cfg.Out, cfg.Ledger = os.Getenv(envBinary), os.Getenv(envOut), os.Getenv(envLedger)
 		return Campaign(cfg, nw, os.Getenv(envNote))
 	}
 	if err := cfg.Validate(); err != nil {
@@ -249,6 +283,12 @@ func Main(cfg Config, argv []string) int {
 		return ExitError
 	}
 	cfg.Out = out
+	if cfg.Ledger != "" {
+		if cfg.Ledger, err = filepath.Abs(cfg.Ledger); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -318,7 +358,7 @@ func supervise(cfg Config, caps control.Capabilities, argv []string) int {
 	if caps.Note != "" {
 		note += "; " + caps.Note
 	}
-	cmd.Env = append(os.Environ(), control.Env+"="+nw.Encode(), envBinary+"="+cfg.Binary, envOut+"="+cfg.Out, envNote+"="+note)
+	cmd.Env = append(os.Environ(), control.Env+"="+nw.Encode(), envBinary+"="+cfg.Binary, envOut+"="+cfg.Out, envNote+"="+note, envLedger+"="+cfg.Ledger)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -369,15 +409,28 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}
 	defer logFile.Close()
 	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	hf, err := os.Create(filepath.Join(cfg.Out, "history.jsonl"))
+	// The history is kept compressed and flushed every few seconds, and
+	// verdicts are appended to verdicts.jsonl as segments settle: a
+	// harness that dies loses only the last seconds.
+	hf, err := os.Create(filepath.Join(cfg.Out, "history.jsonl.gz"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
 	}
 	defer hf.Close()
+	zw := gzip.NewWriter(hf)
+	vf, err := os.OpenFile(filepath.Join(cfg.Out, "verdicts.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	defer vf.Close()
 
 	clock := history.NewClock(time.Now())
-	rec := history.NewRecorder(clock, hf)
+	rec := history.NewRecorder(clock, zw)
+	copts := checkerOptions(cfg)
+	copts.VisualizeDir = cfg.Out
+	online := &checker.Online{Opts: copts, Out: vf}
 	var prog *report.Progress
 	if cfg.Progress != nil {
 		prog = report.NewProgress(cfg.Progress, clock, cfg.Duration)
@@ -415,7 +468,22 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 
 	mode := UnsafeModes[cfg.Unsafe]
 	opts := control.Options{Nodes: cfg.Nodes, Binary: cfg.Binary, Dir: cfg.Out, Network: nw, Timing: cfg.Timing}
-	faults, dropped, err := nemesis.Select(cfg.Faults, nw != nil)
+	extra := map[string]string{}
+	keyed, err := clusterKey(cfg, &opts, extra)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen:", err)
+		return ExitError
+	}
+	faultSpec := cfg.Faults
+	if hasGroup(cfg.Faults, "mixed") && !strings.Contains(cfg.Faults, "rogue") {
+		if keyed {
+			faultSpec += ",rogue-peer"
+			extra["rogue-peer"] = "in mixed: the agents authenticate their node port (--cluster-key)"
+		} else {
+			extra["rogue-peer"] = "left out of mixed: the agent has no --cluster-key, so its node port serves anyone (-faults rogue-peer shows it)"
+		}
+	}
+	faults, dropped, err := nemesis.Select(faultSpec, nw != nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen:", err)
 		return ExitError
@@ -423,6 +491,15 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	for _, f := range faults {
 		if f.Name() == "clock-drift" {
 			opts.Unsafe = true // the fault restarts nodes with --unsafe-clock-rate
+		}
+	}
+	if cfg.TLS {
+		if cfg.TLSDir != "" {
+			opts.TLS = &control.TLSAssets{Dir: cfg.TLSDir}
+			extra["tls"] = "mutual TLS with the certificates in " + cfg.TLSDir
+		} else {
+			opts.NewTLS = filepath.Join(cfg.Out, "tls")
+			extra["tls"] = "mutual TLS with certificates generated for the campaign (tls/)"
 		}
 	}
 	if cfg.Unsafe != "" {
@@ -456,8 +533,12 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		Started: time.Now(), Duration: cfg.Duration, Nodes: cfg.Nodes, Faults: cfg.Faults,
 		Unsafe: cfg.Unsafe, ExpectViolation: cfg.Unsafe != "" && mode.ExpectViolation,
 		Control: "loopback", ControlNote: note, Seed: int64(cfg.Seed), TTL: cfg.TTL,
-		Workers: cfg.Workers, Keys: keys,
-		Extra: map[string]string{"agent": cfg.Binary, "timing": cfg.Timing},
+		Workers: cfg.Workers, Keys: keys, TLS: cfg.TLS, ClusterKey: keyed,
+		Extra: extra,
+	}
+	extra["agent"], extra["timing"] = cfg.Binary, cfg.Timing
+	if faultSpec != cfg.Faults {
+		extra["faults run"] = faultSpec
 	}
 	if nw != nil {
 		meta.Control = "netns"
@@ -497,7 +578,16 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	wcfg := workload.DefaultConfig()
 	wcfg.Addrs, wcfg.Keys, wcfg.TTL, wcfg.Seed = c.APIAddrs(), keys, cfg.TTL, cfg.Seed
 	wcfg.Steady, wcfg.Chaotic = (cfg.Workers+1)/2, cfg.Workers/2
+	for i := 0; i < cfg.TakeoverKeys; i++ {
+		wcfg.TakeoverKeys = append(wcfg.TakeoverKeys, "t"+strconv.Itoa(i))
+	}
 	wcfg.Log = log.With("component", "workload")
+	if a := c.TLS(); a != nil {
+		if wcfg.TLS, err = a.ClientConfig(); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+	}
 	wl := workload.New(wcfg, rec)
 	nenv := &nemesis.Env{Cluster: c, Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6e656d)), TTL: cfg.TTL,
 		DriftBound: lease.DefaultDrift, Log: log.With("component", "nemesis")}
@@ -525,9 +615,11 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}()
 	go func() {
 		defer inner.Done()
-		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second})
+		nFaults = nemesis.Run(ctx, nenv, rec, faults, nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second, Seed: cfg.Seed})
 	}()
+	evidence := keepEvidence(rec, online, cfg.CheckEvery, log)
 	inner.Wait()
+	meta.WorkloadEnd = time.Duration(clock.Now())
 	stopProgress()
 	stopProgress = func() {}
 	if wlErr != nil {
@@ -548,18 +640,29 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	probeDigests(healCtx, c, rec, cfg, log)
 	release()
 	c.Close()
+	evidence()
 	if err := rec.Flush(); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
+	}
+	if err := zw.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: writing history:", err)
 	}
 	if interrupted.Load() {
 		meta.Extra["interrupted"] = "yes: stopped early by a signal"
 	}
 
-	res, err := checker.Check(rec.Records(), checker.Options{
-		LinearizableTimeout: cfg.LinTimeout, ServeBound: cfg.ServeBound, VisualizeDir: cfg.Out})
+	if _, err := online.Advance(rec.Records(), history.Infinity); err != nil {
+		log.Warn("online check", "err", err)
+	}
+	checkStart := time.Now()
+	res, err := checker.Check(rec.Records(), copts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
 		return ExitError
+	}
+	meta.Extra["checking time"] = time.Since(checkStart).Round(time.Millisecond).String()
+	if err := checker.WriteLines(vf, checker.FinalLines(res, history.End(rec.Records()))); err != nil {
+		log.Warn("verdicts", "err", err)
 	}
 	r := report.Build(meta, rec.Records(), res)
 	if err := report.Write(cfg.Out, r, rec.Records()); err != nil {
@@ -567,6 +670,16 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	}
 	fmt.Fprintln(cfg.Stdout, report.Line(r))
 	fmt.Fprintf(os.Stderr, "jepsen: report: %s\n", filepath.Join(cfg.Out, "report.html"))
+	if cfg.Ledger != "" {
+		commit, dirty := control.Revision(cfg.Binary)
+		e := report.NewLedgerEntry(r, commit, dirty, cfg.Out)
+		e.Note, e.Host = cfg.LedgerNote, fmt.Sprintf("%d cores", runtime.NumCPU())
+		if err := report.AppendLedger(cfg.Ledger, e); err != nil {
+			fmt.Fprintln(os.Stderr, "jepsen: ledger:", err)
+		} else {
+			fmt.Fprintf(os.Stderr, "jepsen: appended to the ledger %s (commit it)\n", cfg.Ledger)
+		}
+	}
 	if !r.Passed {
 		fmt.Fprintf(os.Stderr, "jepsen: kept the nodes' data directories for inspection: %s\n", filepath.Join(cfg.Out, "nodes"))
 		return ExitViolation
@@ -582,6 +695,116 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	return ExitPass
 }
 
+// clusterKey decides whether the agents get a cluster key (-cluster-key
+// auto: whenever `leasenode agent --help` lists --cluster-key) and sets it
+// in opts: a fresh key (32 random bytes, base64), in a file if the agent
+// takes --cluster-key-file (so it does not show in ps). The rogue peer
+// never has it. It reports whether a key is in use.
+func clusterKey(cfg Config, opts *control.Options, extra map[string]string) (bool, error) {
+	if cfg.ClusterKey == "off" {
+		extra["cluster key"] = "off (-cluster-key off)"
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	flags, err := control.AgentFlags(ctx, cfg.Binary)
+	if err != nil {
+		return false, err
+	}
+	if !flags["cluster-key"] && !flags["cluster-key-file"] {
+		if cfg.ClusterKey == "on" {
+			return false, fmt.Errorf("-cluster-key on: %s agent --help lists no --cluster-key", cfg.Binary)
+		}
+		extra["cluster key"] = "none: the agent has no --cluster-key (its node port is not authenticated)"
+		return false, nil
+	}
+	key := control.NewClusterKey()
+	if flags["cluster-key-file"] {
+		path := filepath.Join(cfg.Out, "cluster.key")
+		if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+			return false, err
+		}
+		opts.ClusterKeyFile = path
+		extra["cluster key"] = "a fresh key for every agent (--cluster-key-file cluster.key)"
+	} else {
+		opts.ClusterKey = key
+		extra["cluster key"] = "a fresh key for every agent (--cluster-key)"
+	}
+	return true, nil
+}
+
+func hasGroup(spec, group string) bool {
+	for _, p := range strings.Split(spec, ",") {
+		if strings.TrimSpace(p) == group {
+			return true
+		}
+	}
+	return false
+}
+
+// checkerOptions maps the campaign's configuration to the checkers'. One
+// election for takeover-bound: failure detection (up to two heartbeat
+// timeouts), the vote and the new leader's Barrier and Promote — about
+// 0.5 s with -timing fast (100 ms timeouts), 2 s with default (500 ms).
+func checkerOptions(cfg Config) checker.Options {
+	election := 2 * time.Second
+	if cfg.Timing == "fast" {
+		election = 500 * time.Millisecond
+	}
+	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: linHorizon(cfg), ServeBound: cfg.ServeBound,
+		Takeover: checker.TakeoverOptions{Election: election, Slack: cfg.TakeoverSlack, Drift: lease.DefaultDrift}}
+}
+
+// linHorizon is -lin-horizon, or by default the longer of 30 s and
+// 3·TTL + 20 s: longer than any fault's hold (a partition holds at most
+// 2·TTL + 8 s) plus a request's timeouts, so a request the cluster still
+// applies after its client gave up lands within it.
+func linHorizon(cfg Config) time.Duration {
+	if cfg.LinHorizon != 0 {
+		return cfg.LinHorizon
+	}
+	return max(checker.DefaultIndeterminateHorizon, 3*cfg.TTL+20*time.Second)
+}
+
+// keepEvidence flushes the history every few seconds and runs the online
+// check every interval until the returned function is called (which stops
+// both and waits).
+func keepEvidence(rec *history.Recorder, online *checker.Online, interval time.Duration, log *slog.Logger) (stop func()) {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		flush := time.NewTicker(5 * time.Second)
+		defer flush.Stop()
+		check := time.NewTicker(interval)
+		defer check.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-flush.C:
+				if err := rec.Flush(); err != nil {
+					log.Warn("flushing the history", "err", err)
+				}
+			case <-check.C:
+				lines, err := online.Advance(rec.Records(), rec.Clock().Now())
+				if err != nil {
+					log.Warn("online check", "err", err)
+				}
+				for _, l := range lines {
+					if l.Verdict != checker.Valid {
+						log.Warn("online verdict", "checker", l.Checker, "key", l.Key, "verdict", l.Verdict, "summary", l.Summary)
+					}
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 // probeServe completes the Serve probe id when the cluster grants a lease
 // again. The lease is kept (so the state digests cover a held record)
 // until the returned function releases it.
@@ -595,7 +818,15 @@ func probeServe(ctx context.Context, c *control.Cluster, rec *history.Recorder, 
 			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
 			var err error
-			cli, err = lease.Dial(cctx, c.APIAddrs(), lease.WithHolder("jepsen-probe"), lease.WithTTL(30*time.Second))
+			opts := []lease.Option{lease.WithHolder("jepsen-probe"), lease.WithTTL(30 * time.Second)}
+			if a := c.TLS(); a != nil {
+				tc, err := a.ClientConfig()
+				if err != nil {
+					return err
+				}
+				opts = append(opts, lease.WithTLS(tc))
+			}
+			cli, err = lease.Dial(cctx, c.APIAddrs(), opts...)
 			if err != nil {
 				return err
 			}
@@ -680,4 +911,84 @@ func probeDigests(ctx context.Context, c *control.Cluster, rec *history.Recorder
 		rec.Event(r)
 		log.Info("digest", "node", n.ID, "applied", o.applied, "digest", o.digest, "records", o.n, "err", o.err)
 	}
+}
+
+// Recheck checks a saved history — a finished campaign's, or what a
+// crashed one left (history.jsonl.gz is flushed every few seconds; a cut
+// stream is read up to the cut) — with cfg's checker options, prints the
+// verdict line and the checking time, and writes results.json and
+// report.html to cfg.Out (the history's directory if empty).
+func Recheck(path string, cfg Config) int {
+	if cfg.Stdout == nil {
+		cfg.Stdout = io.Discard
+	}
+	records, err := history.Load(path)
+	if err != nil {
+		if !errors.Is(err, io.ErrUnexpectedEOF) || len(records) == 0 {
+			fmt.Fprintln(os.Stderr, "jepsen:", err)
+			return ExitError
+		}
+		fmt.Fprintf(os.Stderr, "jepsen: %v: checking the %d records before the cut\n", err, len(records))
+	}
+	if cfg.Out == "" {
+		cfg.Out = filepath.Dir(path)
+	}
+	meta := report.Meta{Name: "re-check of " + path, Started: time.Now(), Control: "recheck", Extra: map[string]string{"history": path}}
+	if old, err := report.Load(filepath.Join(filepath.Dir(path), "results.json")); err == nil {
+		meta = old.Meta
+		meta.Name = "re-check of " + meta.Name
+	}
+	start := time.Now()
+	copts := checkerOptions(cfg)
+	copts.VisualizeDir = cfg.Out
+	res, err := checker.Check(records, copts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: checking:", err)
+		return ExitError
+	}
+	took := time.Since(start)
+	if meta.Extra == nil {
+		meta.Extra = map[string]string{}
+	}
+	meta.Extra["checking time"] = took.Round(time.Millisecond).String()
+	r := report.Build(meta, records, res)
+	if err := report.Write(cfg.Out, r, records); err != nil {
+		fmt.Fprintln(os.Stderr, "jepsen: writing the report:", err)
+	}
+	fmt.Fprintln(cfg.Stdout, report.Line(r))
+	for _, c := range res.Checkers {
+		fmt.Fprintf(os.Stderr, "  %-16s %-8s %s\n", c.Name, c.Verdict, c.Summary)
+	}
+	fmt.Fprintf(os.Stderr, "jepsen: checked %d records in %v; report: %s\n", len(records), took.Round(time.Millisecond), filepath.Join(cfg.Out, "report.html"))
+	if !r.Passed {
+		return ExitViolation
+	}
+	return ExitPass
+}
+
+// PrintSchedule lists the faults a seed draws for a campaign of cfg's
+// duration (counting quiet spells and holds only: injecting and healing
+// take extra time at run time, so a real campaign may run fewer).
+func PrintSchedule(w io.Writer, cfg Config) error {
+	faults, dropped, err := nemesis.Select(cfg.Faults, !cfg.Loopback)
+	if err != nil {
+		return err
+	}
+	if len(faults) == 0 {
+		return errors.New("no faults selected")
+	}
+	env := &nemesis.Env{TTL: cfg.TTL, DriftBound: lease.DefaultDrift}
+	s := nemesis.Schedule{QuietMin: cfg.TTL, QuietMax: 2*cfg.TTL + 2*time.Second, Seed: cfg.Seed}
+	fmt.Fprintf(w, "seed %d, faults %s, %v:\n", cfg.Seed, cfg.Faults, cfg.Duration)
+	var t time.Duration
+	for i := 0; t < cfg.Duration; i++ {
+		p := nemesis.Plan(env, faults, s, i)
+		t += p.Quiet
+		fmt.Fprintf(w, "  at ~%-9v %-17s %s\n", t.Round(time.Second), p.Fault.Name(), p)
+		t += p.Hold
+	}
+	if len(dropped) > 0 {
+		fmt.Fprintf(w, "not available without namespaces: %s\n", strings.Join(dropped, ", "))
+	}
+	return nil
 }

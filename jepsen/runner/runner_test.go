@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bytes"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,5 +103,67 @@ func TestLoopbackCampaignWithAgent(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "jepsen: PASS") {
 		t.Fatalf("verdict line %q", out.String())
+	}
+}
+
+// fakeAgent writes a script that answers `agent --help` like an agent
+// with the given extra flags.
+func fakeAgent(t *testing.T, flags ...string) string {
+	t.Helper()
+	script := "#!/bin/sh\necho 'usage: leasenode agent --id ID'\necho '  -id string'\necho '    \tnode ID'\n"
+	for _, f := range flags {
+		script += "echo '  -" + f + " string'\n"
+	}
+	path := filepath.Join(t.TempDir(), "leasenode")
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestClusterKeyDetection: -cluster-key auto gives every agent a fresh
+// key once the agent lists --cluster-key (in a file when it takes
+// --cluster-key-file), none before; on insists.
+func TestClusterKeyDetection(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Out = t.TempDir()
+
+	cfg.Binary = fakeAgent(t)
+	var opts control.Options
+	extra := map[string]string{}
+	if on, err := clusterKey(cfg, &opts, extra); err != nil || on || opts.ClusterKey != "" {
+		t.Fatalf("an agent without --cluster-key: on=%v key=%q err=%v", on, opts.ClusterKey, err)
+	}
+	cfg.ClusterKey = "on"
+	if _, err := clusterKey(cfg, &opts, extra); err == nil {
+		t.Fatal("-cluster-key on accepted an agent without the flag")
+	}
+
+	cfg.ClusterKey, cfg.Binary = "auto", fakeAgent(t, "cluster-key")
+	opts = control.Options{}
+	if on, err := clusterKey(cfg, &opts, extra); err != nil || !on {
+		t.Fatalf("on=%v err=%v", on, err)
+	}
+	if b, err := base64.StdEncoding.DecodeString(opts.ClusterKey); err != nil || len(b) != 32 {
+		t.Fatalf("key %q: %d bytes, %v", opts.ClusterKey, len(b), err)
+	}
+
+	cfg.Binary = fakeAgent(t, "cluster-key", "cluster-key-file")
+	opts = control.Options{}
+	if on, err := clusterKey(cfg, &opts, extra); err != nil || !on || opts.ClusterKey != "" || opts.ClusterKeyFile == "" {
+		t.Fatalf("on=%v opts=%+v err=%v", on, opts, err)
+	}
+	b, err := os.ReadFile(opts.ClusterKeyFile)
+	if raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b))); err != nil || derr != nil || len(raw) != 32 {
+		t.Fatalf("key file %q: %v %v", b, err, derr)
+	}
+	if fi, _ := os.Stat(opts.ClusterKeyFile); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", fi.Mode())
+	}
+
+	cfg.ClusterKey = "off"
+	opts = control.Options{}
+	if on, _ := clusterKey(cfg, &opts, extra); on || opts.ClusterKeyFile != "" {
+		t.Fatal("-cluster-key off still set a key")
 	}
 }

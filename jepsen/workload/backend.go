@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"crypto/tls"
 	"sync"
 
 	"github.com/leasenode/leasenode/lease"
@@ -94,9 +95,14 @@ type GatedBackend struct {
 
 var _ lease.Backend = (*GatedBackend)(nil)
 
-// NewGatedBackend returns a backend for the nodes at addrs behind gate.
-func NewGatedBackend(addrs []string, gate *Gate) (*GatedBackend, error) {
-	r, err := lease.NewRemote(addrs)
+// NewGatedBackend returns a backend for the nodes at addrs behind gate;
+// tlsConfig (nil: plain) is the client TLS configuration.
+func NewGatedBackend(addrs []string, gate *Gate, tlsConfig *tls.Config) (*GatedBackend, error) {
+	var opts []lease.Option
+	if tlsConfig != nil {
+		opts = append(opts, lease.WithTLS(tlsConfig))
+	}
+	r, err := lease.NewRemote(addrs, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,7 @@ package workload
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,12 @@ type Config struct {
 	// PauseProb, VanishProb and CutProb: per holding period of a chaotic
 	// worker, the chance it is paused, vanishes, or loses the network.
 	PauseProb, VanishProb, CutProb float64
+	// TakeoverKeys get one takeover chain each (see takeover.go): holders
+	// killed while holding, waiters that must take over in time.
+	TakeoverKeys []string
+	// TLS, if set, is the clients' TLS configuration (with a client
+	// certificate when the agents require one).
+	TLS *tls.Config
 	// Log receives the workers' and clients' logs.
 	Log *slog.Logger
 }
@@ -88,11 +95,12 @@ func NewResource(rec *history.Recorder) *Resource {
 }
 
 // Write offers a write of value to key with token on behalf of client;
-// validUntil (harness time) is the client's belief, for the record.
-func (r *Resource) Write(client, key string, token uint64, validUntil int64, value string) bool {
+// validUntil (harness time) is the client's belief and healthy whether the
+// lease was healthy when it was read, for the record.
+func (r *Resource) Write(client, key string, token uint64, validUntil int64, healthy bool, value string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id := r.rec.Invoke(history.Record{Client: client, Op: history.Write, Key: key, Token: token, ValidUntil: validUntil, Value: value})
+	id := r.rec.Invoke(history.Record{Client: client, Op: history.Write, Key: key, Token: token, ValidUntil: validUntil, Healthy: healthy, Value: value})
 	if token < r.highest[key] {
 		r.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrStaleToken, Token: token,
 			Value: fmt.Sprintf("highest %d", r.highest[key])})
@@ -138,7 +146,15 @@ func (w *Workload) Resource() *Resource { return w.res }
 // hold and close their clients, and waits for all of it.
 func (w *Workload) Run(ctx context.Context) error {
 	n := w.cfg.Steady + w.cfg.Chaotic
-	errs := make([]error, n)
+	errs := make([]error, n+len(w.cfg.TakeoverKeys))
+	for i, key := range w.cfg.TakeoverKeys {
+		ch := &chain{w: w, idx: i, key: key, rnd: rand.New(rand.NewPCG(w.cfg.Seed, 0x74616b00+uint64(i)))}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			errs[n+i] = ch.run(ctx)
+		}()
+	}
 	for i := 0; i < n; i++ {
 		wk := &worker{w: w, id: i + 1, chaotic: i >= w.cfg.Steady,
 			rnd: rand.New(rand.NewPCG(w.cfg.Seed, uint64(i+1)))}
@@ -197,6 +213,9 @@ func (wk *worker) connect(ctx context.Context) error {
 		lease.WithHolder(wk.name), lease.WithTTL(wk.cfg().TTL), lease.WithDriftBound(wk.cfg().DriftBound),
 		lease.WithLogger(wk.cfg().Log.With("holder", wk.name)),
 	}
+	if wk.cfg().TLS != nil {
+		opts = append(opts, lease.WithTLS(wk.cfg().TLS))
+	}
 	if !wk.chaotic {
 		for {
 			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -216,7 +235,7 @@ func (wk *worker) connect(ctx context.Context) error {
 		}
 	}
 	wk.gate = &Gate{}
-	be, err := NewGatedBackend(wk.cfg().Addrs, wk.gate)
+	be, err := NewGatedBackend(wk.cfg().Addrs, wk.gate, wk.cfg().TLS)
 	if err != nil {
 		return err
 	}
@@ -328,13 +347,38 @@ func (wk *worker) acquired(id int64, l *lease.Lease, err error) *lease.Lease {
 	return nil
 }
 
-// watch records the moment the client itself concludes a lease is lost.
+// watch records the moment the client itself concludes a lease is lost,
+// and every validity the lease reports while it lasts: an Observe event
+// whenever ValidUntil, read while the lease is healthy, has changed since
+// the last reading (sampled every TTL/10), so the single-holder checker
+// judges the client by every ValidUntil it reported (issue 9).
 func (wk *worker) watch(l *lease.Lease) {
-	name, key, token := wk.name, l.Key(), l.Token()
-	wk.w.watchers.Add(1)
+	wk.w.watchLease(wk.name, l)
+}
+
+func (w *Workload) watchLease(name string, l *lease.Lease) {
+	key, token := l.Key(), l.Token()
+	last := l.ValidUntil()
+	w.watchers.Add(1)
 	go func() {
-		defer wk.w.watchers.Done()
-		<-l.Done()
+		defer w.watchers.Done()
+		tick := time.NewTicker(max(w.cfg.TTL/10, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				vu := l.ValidUntil()
+				if vu.Equal(last) || !l.IsHealthy() {
+					continue
+				}
+				last = vu
+				w.rec.Event(history.Record{Client: name, Op: history.Observe, Key: key, Token: token,
+					ValidUntil: w.clock.At(vu), Healthy: true})
+				continue
+			case <-l.Done():
+			}
+			break
+		}
 		err := l.Err()
 		if errors.Is(err, lease.ErrReleased) {
 			return
@@ -343,8 +387,8 @@ func (wk *worker) watch(l *lease.Lease) {
 		if err != nil {
 			msg = err.Error()
 		}
-		wk.w.rec.Event(history.Record{Client: name, Op: history.ExtendLost, Key: key, Token: token,
-			ValidUntil: wk.w.clock.At(l.ValidUntil()), Err: msg})
+		w.rec.Event(history.Record{Client: name, Op: history.ExtendLost, Key: key, Token: token,
+			ValidUntil: w.clock.At(l.ValidUntil()), Err: msg})
 	}()
 }
 
@@ -367,6 +411,9 @@ func (wk *worker) hold(ctx context.Context, l *lease.Lease) {
 	}
 	seq := 0
 	write := func() bool {
+		// ValidUntil first, then IsHealthy: a healthy answer means the
+		// validity read was reported by a live lease.
+		vu := l.ValidUntil()
 		if !l.IsHealthy() {
 			return false
 		}
@@ -374,7 +421,7 @@ func (wk *worker) hold(ctx context.Context, l *lease.Lease) {
 		if wk.rnd.IntN(5) == 0 {
 			wk.checkToken(ctx, l)
 		}
-		wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(l.ValidUntil()), fmt.Sprintf("%s#%d", wk.name, seq))
+		wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(vu), true, fmt.Sprintf("%s#%d", wk.name, seq))
 		return true
 	}
 	write()
@@ -411,7 +458,8 @@ func (wk *worker) pause(ctx context.Context, l *lease.Lease) {
 	ctxtime.Sleep(ctx, d)
 	wk.gate.Thaw()
 	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Resume, Key: l.Key(), Token: l.Token()})
-	wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(l.ValidUntil()), wk.name+"#after-pause")
+	vu := l.ValidUntil()
+	wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(vu), l.IsHealthy(), wk.name+"#after-pause")
 	wk.release(l)
 }
 
@@ -481,7 +529,9 @@ func (wk *worker) get(ctx context.Context, key string) {
 }
 
 func (wk *worker) checkToken(ctx context.Context, l *lease.Lease) {
-	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.CheckToken, Key: l.Key(), Token: l.Token()})
+	vu := l.ValidUntil()
+	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.CheckToken, Key: l.Key(), Token: l.Token(),
+		ValidUntil: wk.w.clock.At(vu), Healthy: l.IsHealthy()})
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	ok, err := wk.client.CheckToken(cctx, l.Key(), l.Token())
 	cancel()
