@@ -123,15 +123,20 @@ func New(opts Options) (*Cluster, error) {
 		opts.Ready = func(line string) bool { return strings.Contains(line, "leasenode agent ready") }
 	}
 	c := &Cluster{opts: opts}
-	// Every campaign's cluster has its own cluster key, passed in the
-	// environment (not on the command line, where ps shows it): the
-	// agents authenticate each other on the node port and gossip, and the
-	// netns addresses are not loopback, where agents refuse to run open.
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
+	// Every campaign's cluster has its own cluster key: the one Options
+	// give (the runner's, on the command line or in a file), or else a
+	// fresh one passed in the environment (not on the command line, where
+	// ps shows it). The agents authenticate each other on the node port
+	// and gossip, and the netns addresses are not loopback, where agents
+	// refuse to run open.
+	var env []string
+	if opts.ClusterKey == "" && opts.ClusterKeyFile == "" {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		env = append(env, "LEASENODE_CLUSTER_KEY="+base64.StdEncoding.EncodeToString(key))
 	}
-	clusterKeyEnv := "LEASENODE_CLUSTER_KEY=" + base64.StdEncoding.EncodeToString(key)
 	var basePort int
 	if opts.Network == nil {
 		var err error
@@ -152,7 +157,7 @@ func New(opts Options) (*Cluster, error) {
 		if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 			return nil, err
 		}
-		p := &Proc{Name: n.ID, LogPath: n.LogPath, Ready: opts.Ready, Env: []string{clusterKeyEnv}}
+		p := &Proc{Name: n.ID, LogPath: n.LogPath, Ready: opts.Ready, Env: env}
 		if opts.Unsafe {
 			p.Env = append(p.Env, "LEASENODE_UNSAFE=1")
 		}

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -335,7 +336,7 @@ func (wk *worker) acquired(id int64, l *lease.Lease, err error) *lease.Lease {
 		// The wait ended (timeout, deadline) and the client's final check
 		// with the same request id was answered "held by another": that id
 		// was not granted. A refusal, like a try-acquire's.
-		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld, Holder: held.Holder})
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld, Holder: holderName(held.Holder)})
 	case errors.Is(err, lease.ErrInvalid):
 		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
 	default:
@@ -524,7 +525,7 @@ func (wk *worker) get(ctx context.Context, key string) {
 	case info == nil:
 		wk.w.rec.Complete(id, history.Record{Type: history.OK})
 	default:
-		wk.w.rec.Complete(id, history.Record{Type: history.OK, Found: true, Holder: info.Holder, Token: info.Token})
+		wk.w.rec.Complete(id, history.Record{Type: history.OK, Found: true, Holder: holderName(info.Holder), Token: info.Token})
 	}
 }
 
@@ -540,4 +541,12 @@ func (wk *worker) checkToken(ctx context.Context, l *lease.Lease) {
 		return
 	}
 	wk.w.rec.Complete(id, history.Record{Type: history.OK, Token: l.Token(), Current: ok})
+}
+
+// holderName is the client name in a holder as the cluster records it
+// (name#incarnation, see lease.Client.Holder): the history names clients
+// by the names workers give them, one Client per name and generation.
+func holderName(holder string) string {
+	name, _, _ := strings.Cut(holder, "#")
+	return name
 }
