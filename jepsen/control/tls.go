@@ -3,23 +3,20 @@ package control
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/leasenode/leasenode/transport"
 )
 
 // TLSAssets are the PEM files of a TLS campaign, in one directory: ca.pem
@@ -72,85 +69,43 @@ func (a *TLSAssets) Check(nodes []*Node) error {
 	return errors.Join(errs...)
 }
 
-// GenerateTLS makes a CA, a certificate per node (its IP as SAN) and a
-// client certificate under dir. The node certificates also carry the DNS
-// names ID and "node.leasenode" (a role a node could be recognised by);
-// an agent that wants another role in its peers' certificates needs
-// certificates made its own way, given with -tls-dir.
+// GenerateTLS makes a CA, a node certificate per node (the node role and
+// its identity, transport.NodeRole and NodeSAN, plus its IP) and an API
+// client certificate (transport.ClientRole only: the node port must
+// refuse it) under dir.
 func GenerateTLS(dir string, nodes []*Node) (*TLSAssets, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	a := &TLSAssets{Dir: dir}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	until := time.Now().Add(30 * 24 * time.Hour)
+	ca, err := transport.NewAuthority("leasenode jepsen CA", until)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "leasenode jepsen CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
+	if err := os.WriteFile(a.CA(), ca.CertPEM(), 0o600); err != nil {
 		return nil, err
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-	if err := writePEM(a.CA(), "CERTIFICATE", caDER); err != nil {
-		return nil, err
-	}
-	issue := func(certPath, keyPath string, tmpl *x509.Certificate) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	write := func(certPath, keyPath string, cert, key []byte, err error) error {
 		if err != nil {
 			return err
 		}
-		tmpl.SerialNumber = serial()
-		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(30*24*time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
+		if err := os.WriteFile(certPath, cert, 0o600); err != nil {
 			return err
 		}
-		kb, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := writePEM(certPath, "CERTIFICATE", der); err != nil {
-			return err
-		}
-		return writePEM(keyPath, "PRIVATE KEY", kb)
+		return os.WriteFile(keyPath, key, 0o600)
 	}
 	for _, n := range nodes {
-		err := issue(a.NodeCert(n.ID), a.NodeKey(n.ID), &x509.Certificate{
-			Subject:     pkix.Name{CommonName: n.ID},
-			IPAddresses: []net.IP{net.ParseIP(n.IP)}, DNSNames: []string{n.ID, "node.leasenode"},
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		})
-		if err != nil {
+		cert, key, err := ca.IssueNode(n.ID, []net.IP{net.ParseIP(n.IP)}, nil, until)
+		if err := write(a.NodeCert(n.ID), a.NodeKey(n.ID), cert, key, err); err != nil {
 			return nil, err
 		}
 	}
-	err = issue(a.ClientCert(), a.ClientKey(), &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "jepsen-client"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
+	cert, key, err := ca.IssueClient("jepsen-client", until)
+	if err := write(a.ClientCert(), a.ClientKey(), cert, key, err); err != nil {
 		return nil, err
 	}
 	return a, nil
-}
-
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	return n
-}
-
-func writePEM(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
 
 // NewClusterKey returns a fresh cluster secret as the agents take it:
