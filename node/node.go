@@ -177,6 +177,9 @@ func (n *Node) goRun(name string, f func()) {
 
 func (n *Node) startRaft() error {
 	cfg := n.cfg
+	if err := checkDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	var err error
 	n.store, err = raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(cfg.DataDir, "raft.db"),
@@ -251,7 +254,7 @@ func (n *Node) startRaft() error {
 	// blocks until they are read, so runLeadership never blocks.
 	n.leaderNotify = make(chan bool, 8)
 	rc.NotifyCh = n.leaderNotify
-	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.trans)
+	n.raft, err = newRaft(rc, n.fsm, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -260,6 +263,18 @@ func (n *Node) startRaft() error {
 	// this node has state.
 	n.goRun("transport.mux", func() { _ = n.mux.Serve() })
 	return nil
+}
+
+// newRaft is raft.NewRaft, with a panic while it loads the log and
+// snapshots from disk (damaged state raft does not check) turned into an
+// error that names the data dir.
+func newRaft(rc *raft.Config, f raft.FSM, store *raftboltdb.BoltStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("loading the Raft state failed: %v: the data dir is damaged; restore it from a copy, or empty it to join again as a new node", p)
+		}
+	}()
+	return raft.NewRaft(rc, f, store, store, snaps, trans)
 }
 
 // onFatal stops the node when the log holds an entry this version cannot

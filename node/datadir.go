@@ -1,0 +1,125 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+
+	"github.com/leasenode/leasenode/fsm"
+)
+
+// raftDBFile is the Raft log and stable store (vote, term) in the data
+// dir; snapshotsDir holds raft's file snapshots.
+const (
+	raftDBFile   = "raft.db"
+	snapshotsDir = "snapshots"
+)
+
+// checkDataDir refuses a data dir whose state cannot be trusted, before
+// anything opens it. Every refusal names the file and says what to do.
+//
+// Invariant vote-is-never-forgotten: a node whose Raft vote and term are
+// gone (raft.db missing, empty or replaced) while the dir shows it was a
+// member (a cluster id, snapshots) is refused instead of starting as a new
+// node: a node that forgets its vote can vote twice in one term, and two
+// leaders of one term could each grant the same key. Damaged files give an
+// error naming them, never a panic. Guarded by TestDamagedDataDirRefused.
+func checkDataDir(dir string) error {
+	db := filepath.Join(dir, raftDBFile)
+	st, err := os.Stat(db)
+	switch {
+	case err == nil && st.Size() > 0:
+		if err := checkBolt(db); err != nil {
+			return err
+		}
+	case err == nil || errors.Is(err, fs.ErrNotExist):
+		what := "is missing"
+		if err == nil {
+			what = "is empty"
+		}
+		var evidence []string
+		if _, err := os.Stat(filepath.Join(dir, ClusterIDFile)); err == nil {
+			evidence = append(evidence, ClusterIDFile)
+		}
+		if snaps, _ := os.ReadDir(filepath.Join(dir, snapshotsDir)); len(snaps) > 0 {
+			evidence = append(evidence, snapshotsDir+"/")
+		}
+		if len(evidence) > 0 {
+			return fmt.Errorf("data dir %s: %s %s but %s shows this node was a cluster member: its Raft vote and term are lost, "+
+				"and a node that forgets its vote can vote twice in one term. Restore %s from a copy of this data dir, or, to "+
+				"join again as a new node (its leases live on the other nodes), empty the data dir",
+				dir, raftDBFile, what, strings.Join(evidence, " and "), raftDBFile)
+		}
+	default:
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	return checkSnapshots(filepath.Join(dir, snapshotsDir))
+}
+
+// checkBolt opens the Raft store read-only and walks every page, turning
+// bbolt's panics on damaged pages into an error naming the file.
+func checkBolt(path string) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s is damaged (%v): restore it from a copy of this data dir, or empty the data dir to join again as a new node", path, r)
+		}
+	}()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("open %s: %w (is another process using this data dir?)", path, err)
+	}
+	defer db.Close()
+	return db.View(func(tx *bbolt.Tx) error {
+		for cerr := range tx.Check() {
+			if err == nil {
+				err = fmt.Errorf("%s is damaged: %v: restore it from a copy of this data dir, or empty the data dir to join again as a new node", path, cerr)
+			}
+		}
+		return err
+	})
+}
+
+// checkSnapshots reads the metadata of every snapshot raft would consider
+// and checks it against its state file; a damaged one is named.
+func checkSnapshots(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("snapshots %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasSuffix(e.Name(), ".tmp") {
+			continue // raft ignores these too
+		}
+		metaPath := filepath.Join(dir, e.Name(), "meta.json")
+		b, err := os.ReadFile(metaPath)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", metaPath, err)
+		}
+		var meta raft.SnapshotMeta
+		if err := json.Unmarshal(b, &meta); err != nil {
+			return fmt.Errorf("snapshot metadata %s is damaged: %v; remove that snapshot's directory (raft falls back to an older one or the log)", metaPath, err)
+		}
+		st, err := os.Stat(filepath.Join(dir, e.Name(), "state.bin"))
+		switch {
+		case err != nil:
+			return fmt.Errorf("snapshot %s: %w", e.Name(), err)
+		case meta.ID != e.Name() || meta.Index == 0 || meta.Index > fsm.MaxIndex || meta.Term == 0 || meta.Term > fsm.MaxEpoch ||
+			meta.Size != st.Size() || meta.Version < raft.SnapshotVersionMin || meta.Version > raft.SnapshotVersionMax:
+			return fmt.Errorf("snapshot metadata %s is damaged (id %q, index %d, term %d, size %d for a %d-byte state.bin, version %d); "+
+				"remove that snapshot's directory (raft falls back to an older one or the log)",
+				metaPath, meta.ID, meta.Index, meta.Term, meta.Size, st.Size(), meta.Version)
+		}
+	}
+	return nil
+}
