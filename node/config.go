@@ -187,25 +187,58 @@ type Config struct {
 	// tracing, access logs).
 	APIMiddleware func(http.Handler) http.Handler
 
-	// The settings below exist only so the chaos harness can prove that its
-	// checkers catch unsafe servers. Each one breaks mutual exclusion.
+	// Testing holds settings for tests and the chaos harness only; nil in
+	// production. Some of them are UNSAFE: they exist so that the
+	// harness can show its checkers catch a broken server.
+	Testing *TestingKnobs
+}
 
-	// UnsafeClockRate scales the leader clock (1 = real time). UNSAFE
-	// beyond the clients' drift bound; 0 means 1.
-	UnsafeClockRate float64
-	// UnsafeSkipRebase: Promote keeps expiries as the previous leader's
-	// clock left them, and the leader clock counts from process start
-	// instead of from winning the election. UNSAFE: a new leader judges old
+// TestingKnobs are the settings a production node never has (CockroachDB's
+// TestingKnobs): a fault switchboard for in-process tests, and deliberately
+// UNSAFE servers for the chaos harness. Each UNSAFE knob breaks mutual
+// exclusion; a node with one logs a warning at start.
+type TestingKnobs struct {
+	// Faults routes node-to-node traffic through an in-process
+	// switchboard, so tests can partition nodes.
+	Faults *transport.Faults
+
+	// ClockRate scales the leader clock (1 = real time; 0 means 1).
+	// UNSAFE beyond the clients' drift bound.
+	ClockRate float64
+	// SkipRebase: Promote keeps expiries as the previous leader's clock
+	// left them, and the leader clock counts from process start instead
+	// of from winning the election. UNSAFE: a new leader judges old
 	// expiries by an unrelated clock.
-	UnsafeSkipRebase bool
-	// UnsafeWallClock: the leader stamps wall-clock time plus
-	// UnsafeClockSkew, and Promote does not rebase. UNSAFE under skew.
-	UnsafeWallClock bool
-	// UnsafeClockSkew is added to the wall clock in UnsafeWallClock mode.
-	UnsafeClockSkew time.Duration
-	// UnsafeExtendNoCommit: the leader answers extends from its own state
+	SkipRebase bool
+	// WallClock: the leader stamps wall-clock time plus ClockSkew, and
+	// Promote does not rebase. UNSAFE under skew.
+	WallClock bool
+	// ClockSkew is added to the wall clock in WallClock mode.
+	ClockSkew time.Duration
+	// ExtendNoCommit: the leader answers extends from its own state
 	// without committing them. UNSAFE: a deposed leader keeps extending.
-	UnsafeExtendNoCommit bool
+	ExtendNoCommit bool
+}
+
+// Unsafe reports whether any knob breaks mutual exclusion.
+func (k *TestingKnobs) Unsafe() bool {
+	return k != nil && (k.SkipRebase || k.WallClock || k.ExtendNoCommit || k.rate() != 1)
+}
+
+// rate is ClockRate, 1 when unset.
+func (k *TestingKnobs) rate() float64 {
+	if k == nil || k.ClockRate == 0 {
+		return 1
+	}
+	return k.ClockRate
+}
+
+// faults returns the switchboard, or nil.
+func (k *TestingKnobs) faults() *transport.Faults {
+	if k == nil {
+		return nil
+	}
+	return k.Faults
 }
 
 // Limits bound every input of the client API before it is read into
@@ -339,9 +372,6 @@ func (c Config) withDefaults() Config {
 		c.LogBytes = d.LogBytes
 	}
 	c.Limits = c.Limits.withDefaults(c.Timing)
-	if c.UnsafeClockRate == 0 {
-		c.UnsafeClockRate = 1
-	}
 	if c.Logger == nil {
 		c.Logger = defaultLogger()
 	}
@@ -426,11 +456,13 @@ func (c Config) Validate() error {
 	if c.ServerTLS != nil && c.TLSFiles.Enabled() {
 		bad("set TLSFiles or ServerTLS/ClientTLS, not both")
 	}
-	if c.UnsafeClockRate <= 0 {
-		bad("UnsafeClockRate %v must be > 0", c.UnsafeClockRate)
-	}
-	if c.UnsafeClockSkew != 0 && !c.UnsafeWallClock {
-		bad("UnsafeClockSkew needs UnsafeWallClock")
+	if k := c.Testing; k != nil {
+		if k.ClockRate < 0 {
+			bad("Testing.ClockRate %v must be > 0", k.ClockRate)
+		}
+		if k.ClockSkew != 0 && !k.WallClock {
+			bad("Testing.ClockSkew needs Testing.WallClock")
+		}
 	}
 	return errors.Join(errs...)
 }

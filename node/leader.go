@@ -20,35 +20,19 @@ import (
 type leaderState struct {
 	n      *Node
 	epoch  uint64
-	start  time.Time // monotonic reading when leadership began
-	rate   float64   // 1 unless UnsafeClockRate
-	wall   bool      // UnsafeWallClock: stamp wall time + skew
-	skew   time.Duration
+	began  time.Time   // when Raft told this node it leads
+	clock  leaderClock // judges expiry in this epoch
 	ctx    context.Context
 	cancel context.CancelFunc
 	queues *waitQueues
 	reaper chan struct{} // kicks the reaper to re-read NextExpiry
 }
 
-// now is the leader's monotonic time since its epoch began.
-func (ls *leaderState) now() time.Duration {
-	if ls.wall {
-		return time.Duration(time.Now().UnixNano()) + ls.skew
-	}
-	d := time.Since(ls.start)
-	if ls.rate != 1 {
-		d = time.Duration(float64(d) * ls.rate)
-	}
-	return d
-}
+// now is the leader's time in its epoch.
+func (ls *leaderState) now() time.Duration { return ls.clock.now() }
 
 // realDuration converts a leader-clock span into real time for timers.
-func (ls *leaderState) realDuration(d time.Duration) time.Duration {
-	if ls.rate != 1 {
-		d = time.Duration(float64(d) / ls.rate)
-	}
-	return d
-}
+func (ls *leaderState) realDuration(d time.Duration) time.Duration { return ls.clock.realDuration(d) }
 
 func (ls *leaderState) stamp() fsm.Stamp {
 	return fsm.Stamp{Epoch: ls.epoch, Now: ls.now()}
@@ -217,16 +201,11 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 	ls := &leaderState{
 		n:      n,
 		epoch:  n.raft.CurrentTerm(),
-		start:  start,
-		rate:   n.cfg.UnsafeClockRate,
-		wall:   n.cfg.UnsafeWallClock,
-		skew:   n.cfg.UnsafeClockSkew,
+		began:  start,
+		clock:  n.newLeaderClock(start),
 		ctx:    lctx,
 		cancel: cancel,
 		reaper: make(chan struct{}, 1),
-	}
-	if n.cfg.UnsafeSkipRebase {
-		ls.start = n.started // UNSAFE: see Config.UnsafeSkipRebase
 	}
 	ls.queues = newWaitQueues(ls)
 	resp, err := n.apply(ctx, ls.stamp(), fsm.Promote{})

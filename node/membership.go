@@ -728,7 +728,7 @@ func (n *Node) reconcile(ls *leaderState) {
 		m, known := members[id]
 		gone := known && m.Status == statusLeft ||
 			known && m.Status == statusDead && time.Since(m.Since) > n.cfg.DeadServerGrace ||
-			!known && time.Since(ls.start) > n.cfg.DeadServerGrace
+			!known && time.Since(ls.began) > n.cfg.DeadServerGrace
 		if gone {
 			log.Info("removing server", "id", id, "status", m.Status)
 			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {

@@ -136,12 +136,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
 	n.members = newMemberTable()
+	k := cfg.Testing
 	n.fsm = fsm.New(fsm.Config{Events: true, OnFatal: n.onFatal,
-		UnsafeSkipRebase: cfg.UnsafeSkipRebase || cfg.UnsafeWallClock})
-	if cfg.UnsafeSkipRebase || cfg.UnsafeWallClock || cfg.UnsafeExtendNoCommit || cfg.UnsafeClockRate != 1 {
+		UnsafeSkipRebase: k != nil && (k.SkipRebase || k.WallClock)})
+	if k.Unsafe() {
 		n.log.Warn("UNSAFE settings in force: mutual exclusion is NOT guaranteed",
-			"clock_rate", cfg.UnsafeClockRate, "skip_rebase", cfg.UnsafeSkipRebase,
-			"wall_clock", cfg.UnsafeWallClock, "extend_no_commit", cfg.UnsafeExtendNoCommit)
+			"clock_rate", k.rate(), "skip_rebase", k.SkipRebase, "wall_clock", k.WallClock, "extend_no_commit", k.ExtendNoCommit)
 	}
 	defer func() {
 		if err != nil {
@@ -220,7 +220,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("advertise address: %w", err)
 	}
-	dialer := &transport.Dialer{TLS: n.nodeClientTLS, Hello: hello, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Faults}
+	dialer := &transport.Dialer{TLS: n.nodeClientTLS, Hello: hello, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Testing.faults()}
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  transport.NewStreamLayer(raftLn, adv, dialer),
 		MaxPool: 3,

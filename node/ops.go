@@ -418,7 +418,7 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if n.cfg.UnsafeExtendNoCommit {
+	if k := n.cfg.Testing; k != nil && k.ExtendNoCommit {
 		return n.unsafeExtend(ls, cmd), nil
 	}
 	resp, err := n.apply(ctx, ls.stamp(), cmd)
@@ -442,7 +442,7 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 }
 
 // unsafeExtend answers an extend from local state without committing it.
-// UNSAFE (Config.UnsafeExtendNoCommit): a deposed leader keeps saying yes.
+// UNSAFE (TestingKnobs.ExtendNoCommit): a deposed leader keeps saying yes.
 func (n *Node) unsafeExtend(ls *leaderState, cmd *fsm.Extend) *pb.ExtendResponse {
 	out := &pb.ExtendResponse{Header: n.header()}
 	now := ls.now()

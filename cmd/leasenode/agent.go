@@ -204,11 +204,10 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL}
 	cfg.NoSync = a.noSync
-	cfg.UnsafeClockRate = a.unsafeClockRate
-	cfg.UnsafeSkipRebase = a.unsafeSkipRebase
-	cfg.UnsafeWallClock = a.unsafeWall
-	cfg.UnsafeClockSkew = a.unsafeClockSkew
-	cfg.UnsafeExtendNoCommit = a.unsafeExtendNoCommit
+	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
+		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
+			WallClock: a.unsafeWall, ClockSkew: a.unsafeClockSkew, ExtendNoCommit: a.unsafeExtendNoCommit}
+	}
 	logger, err := newLogger(a.logLevel, a.logFormat)
 	if err != nil {
 		return cfg, err

@@ -156,7 +156,7 @@ func (c *Cluster) config(i int) node.Config {
 	cfg.Timing = c.opts.Timing
 	cfg.DeadServerGrace = c.opts.DeadServerGrace
 	cfg.SnapshotInterval = time.Second
-	cfg.Faults = c.Faults
+	cfg.Testing = &node.TestingKnobs{Faults: c.Faults}
 	cfg.ClusterKey = c.opts.ClusterKey
 	cfg.Logger = c.logger(i)
 	if i > 0 || len(c.cfgs) > 0 {
