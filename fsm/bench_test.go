@@ -301,10 +301,8 @@ func BenchmarkPromote1M(b *testing.B) {
 // included (the mark, its own copies of a 30-byte key and a 60-byte holder
 // as a decoded command leaves them, its slots in the btree and the heap),
 // measured as live heap growth over 200,000 marks left by acquire+release
-// pairs (which leave no record behind): bytes/mark. And bytes/mark-shared:
-// what the marks of 200,000 live leases cost (sharing their key and holder
-// strings), measured as the heap freed when an Expire reaps the marks and
-// leaves the (24-hour) leases.
+// pairs (which leave no record behind): bytes/mark. (A live holding has no
+// mark of its own: its record carries the request id.)
 func BenchmarkMarkMemory(b *testing.B) {
 	const n = 200_000
 	keys := make([]string, n)
@@ -316,7 +314,7 @@ func BenchmarkMarkMemory(b *testing.B) {
 			b.Fatal("bad sizes")
 		}
 	}
-	var perMark, perShared float64
+	var perMark float64
 	b.ReportAllocs()
 	for range b.N {
 		runtime.GC()
@@ -337,24 +335,6 @@ func BenchmarkMarkMemory(b *testing.B) {
 		}
 		runtime.KeepAlive(f)
 		perMark = float64(after-before) / n
-
-		g := fsm.New(fsm.Config{})
-		g.ApplyCommand(1, st(1, 0), fsm.Promote{})
-		for i := range n {
-			key, holder := strings.Clone(keys[i]), strings.Clone(holders[i])
-			g.ApplyCommand(uint64(2+i), st(1, 0), acq(key, holder, uint64(i+1), fsm.MaxTTL, 0))
-		}
-		runtime.GC()
-		withMarks := heapNow()
-		g.ApplyCommand(uint64(n+2), st(1, fsm.MarkRetention+fsm.MarkGranule), fsm.Expire{})
-		runtime.GC()
-		without := heapNow()
-		if got := g.Stats(); got.Marks != 0 || got.Held != n {
-			b.Fatalf("stats %+v", got)
-		}
-		runtime.KeepAlive(g)
-		perShared = float64(withMarks-without) / n
 	}
 	b.ReportMetric(perMark, "bytes/mark")
-	b.ReportMetric(perShared, "bytes/mark-shared")
 }

@@ -120,14 +120,13 @@
 //
 // # Memory
 //
-// A request-id mark costs 189 bytes when its key (30 bytes) and holder (60
-// bytes) are its own copies, as after the holding ended (the mark, both
-// strings, its btree and heap slots), and 83 bytes plus its 8-byte heap
-// slot while it shares them with its live lease (BenchmarkMarkMemory,
-// bytes/mark and bytes/mark-shared). At the cap, 2^20 marks, that is at
-// most about 200 MB. Every acquire leaves a mark for 15 to 16 minutes, so
-// a million leases acquired within that time cost about 90 MB more than
-// before marks; a snapshot grows by about 35 bytes per mark.
+// A request-id mark costs 189 bytes with a 30-byte key and a 60-byte
+// holder (the mark, its own copies of both strings, its btree and heap
+// slots; BenchmarkMarkMemory). A live holding has no mark of its own (its
+// record carries the request id), so marks are kept only for holdings that
+// ended and for refused requests, each for 15 to 16 minutes, and at most
+// 2^20 of them: about 200 MB at the cap. A snapshot grows by about 35
+// bytes per mark.
 //
 // # Why this gives mutual exclusion
 //

@@ -450,7 +450,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		case c.ReqID == r.ReqID:
 			f.setLease(r, c)
 			r.Seen = true
-			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
+			f.keepMark(m, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
 		case c.ReqID > r.ReqID:
@@ -460,7 +460,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 			r.ReqID = c.ReqID
 			r.Seen = false
 			f.setLease(r, c)
-			f.noteRequest(m, r.Key, r.Holder, c.ReqID)
+			f.keepMark(m, c.ReqID)
 			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 		default:
@@ -480,7 +480,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	f.setLease(r, c)
 	f.keys[r.Key] = r
 	f.order.ReplaceOrInsert(r)
-	f.noteRequest(m, r.Key, r.Holder, c.ReqID)
+	f.keepMark(m, c.ReqID)
 	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
 	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }

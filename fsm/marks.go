@@ -134,6 +134,18 @@ func (f *FSM) noteEnded(key, holder string, reqID uint64, at time.Duration) {
 	f.marks.heap.update(m)
 }
 
+// keepMark records a grant (or retry) with request id reqID for the
+// holder whose live mark is m. While the holding lives its record carries
+// the request id, which the live-record rules judge, so a grant needs no
+// mark of its own: an existing one is kept up to date, and none is made
+// (noteEnded makes it when the holding ends). This keeps a million held
+// leases from costing a million marks.
+func (f *FSM) keepMark(m *mark, reqID uint64) {
+	if m != nil {
+		f.noteRequest(m, m.Key, m.Holder, reqID)
+	}
+}
+
 func (f *FSM) touchMark(m *mark) {
 	m.Due = markDue(f.now)
 	f.marks.heap.update(m)

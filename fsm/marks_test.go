@@ -74,42 +74,39 @@ func TestRequestIDOrderAfterHoldingEnds(t *testing.T) {
 // TestMarkCap: above the cap (MaxMarks, lowered here) the mark with the
 // earliest (due, key, holder) is dropped, deterministically; a due mark
 // counts as gone, so one that is due goes first, as an Expire would have
-// reaped it.
+// reaped it. (Marks come from refusals here: a live holding needs no mark
+// of its own.)
 func TestMarkCap(t *testing.T) {
 	f := fsm.New(fsm.Config{})
 	fsm.SetMaxMarks(f, 3)
 	one(t, f, 1, st(1, 0), fsm.Promote{})
-	// Due 15m (b/h1, b/h2), 16m (a/h1).
-	one(t, f, 2, st(1, 0), acq("b", "h2", 1, s, 0))
-	one(t, f, 3, st(1, 0), acq("b", "h1", 1, s, 0))
-	one(t, f, 4, st(1, 30*s), acq("a", "h1", 1, s, 0))
-	if got := markNames(f); got != "a/h1 b/h1 b/h2" {
+	one(t, f, 2, st(1, 0), acq("k", "owner", 1, time.Hour, 0))
+	// Refused Held, each leaves a mark: due 15m (h1, h2), 16m (h3).
+	one(t, f, 3, st(1, 0), acq("k", "h2", 1, s, 0))
+	one(t, f, 4, st(1, 0), acq("k", "h1", 1, s, 0))
+	one(t, f, 5, st(1, 30*s), acq("k", "h3", 1, s, 0))
+	if got := markNames(f); got != "k/h1 k/h2 k/h3" {
 		t.Fatalf("marks %s", got)
 	}
-	// A fourth: b/h1 has the earliest (due, key, holder) and goes.
-	one(t, f, 5, st(1, 30*s), acq("c", "h1", 1, s, 0))
-	if got := markNames(f); got != "a/h1 b/h2 c/h1" || f.Stats().Marks != 3 {
+	// A fourth: k/h1 has the earliest (due, key, holder) and goes.
+	one(t, f, 6, st(1, 30*s), acq("k", "h4", 1, s, 0))
+	if got := markNames(f); got != "k/h2 k/h3 k/h4" || f.Stats().Marks != 3 {
 		t.Fatalf("marks %s, stats %+v", got, f.Stats())
 	}
-	// Without its mark, b/h1's request id 1 (refused Held) would now be
-	// taken for new even if it were spent: the protection the cap gives
-	// up. The grant reaps h2's expired lease on b, which dates h2's mark at
-	// its expiry (1s: due 16m); all four marks are then due at 16m and the
-	// earliest key, a/h1, goes.
-	if r := one(t, f, 6, st(1, 30*s), acq("b", "h1", 1, s, 0)); r.Code != fsm.Granted {
-		t.Fatalf("b/h1 after its mark was dropped: %+v", r)
+	// Without its mark, h1's request id 1 is taken for new again (refused
+	// Held, not Stale): the protection the cap gives up. It is marked
+	// again, and the earliest, k/h2, goes.
+	if r := one(t, f, 7, st(1, 30*s), acq("k", "h1", 1, s, 0)); r.Code != fsm.Held {
+		t.Fatalf("k/h1 after its mark was dropped: %+v", r)
 	}
-	if got := markNames(f); got != "b/h1 b/h2 c/h1" {
+	if got := markNames(f); got != "k/h1 k/h3 k/h4" {
 		t.Fatalf("marks %s", got)
 	}
 	// At 16m all three are due; a new mark drops a due one, exactly what
 	// an Expire would have reaped: the live marks are the same.
-	one(t, f, 7, st(1, 16*time.Minute), acq("d", "h1", 1, s, 0))
-	if r := one(t, f, 8, st(1, 16*time.Minute), acq("c", "h1", 1, s, 0)); r.Code != fsm.Granted {
-		t.Fatalf("c/h1 after its mark came due: %+v", r)
-	}
+	one(t, f, 8, st(1, 16*time.Minute), acq("k", "h5", 1, s, 0))
 	apply(t, f, 9, st(1, 16*time.Minute), fsm.Expire{})
-	if got := markNames(f); got != "c/h1 d/h1" {
+	if got := markNames(f); got != "k/h5" {
 		t.Fatalf("marks %s", got)
 	}
 }

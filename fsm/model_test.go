@@ -61,6 +61,14 @@ func (m *model) noteRequest(k mkey, req uint64) {
 	mk.due = markDue(m.now)
 }
 
+// keepMark: a grant or retry with id req; a live holding needs no mark of
+// its own, so only an existing one is updated.
+func (m *model) keepMark(k mkey, req uint64) {
+	if m.mark(k) != nil {
+		m.noteRequest(k, req)
+	}
+}
+
 // noteEnded: the holding of request req ended, or req was cancelled, at
 // time at (a lease's expiry, not when it was reaped).
 func (m *model) noteEnded(k mkey, req uint64, at time.Duration) {
@@ -224,13 +232,12 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		case c.ReqID == r.reqID:
 			start(r)
 			r.seen = true
-			m.noteRequest(k, c.ReqID)
+			m.keepMark(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry, Retry: true}
 		case c.ReqID > r.reqID:
-			m.noteEnded(k, r.reqID, m.now)
 			r.reqID, r.token, r.seen = c.ReqID, index, false
 			start(r)
-			m.noteRequest(k, c.ReqID)
+			m.keepMark(k, c.ReqID)
 			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
 		default:
 			return fsm.Result{Code: fsm.Stale, Key: c.Key, Token: r.token, Holder: r.holder}
@@ -247,7 +254,7 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 	r = &mrec{holder: c.Holder, reqID: c.ReqID, token: index}
 	start(r)
 	m.recs[c.Key] = r
-	m.noteRequest(k, c.ReqID)
+	m.keepMark(k, c.ReqID)
 	return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
 }
 
