@@ -89,7 +89,7 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (IP:PORT[,IP:PORT])")
 	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")
 	fs.IntVar(&a.voters, "voters", 3, "Raft voters the leader keeps; other nodes are non-voting replicas (odd)")
-	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN, ~1 s failover) or fast (one machine, ~0.3 s)")
+	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN, ~1 s failover) or fast (one machine, ~0.5 s)")
 	fs.StringVar(&a.clusterKey, "cluster-key", "", "base64 of 32 random bytes, the same on every node: only holders of it reach --bind\n(mutual TLS derived from it) and gossip; prefer --cluster-key-file or the environment\n(a command line shows in ps)")
 	fs.StringVar(&a.clusterKeyFile, "cluster-key-file", "", "file holding the --cluster-key (make one: head -c 32 /dev/urandom | base64 > FILE)")
 	fs.BoolVar(&a.insecure, "insecure", false, "allow an unauthenticated node port and gossip on non-loopback addresses (no cluster\nkey or TLS): anyone who reaches them can read and take every lease")

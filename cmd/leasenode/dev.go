@@ -24,7 +24,7 @@ func runDev(ctx context.Context, sig *signals, args []string) error {
 	nodes := fs.Int("nodes", 3, "number of nodes")
 	portBase := fs.Int("port-base", 7400, "first port (see above)")
 	dataDir := fs.String("data-dir", "", "keep the nodes' data here (default: a temporary directory)")
-	timing := fs.String("timing", "fast", "Raft timeouts: fast (~0.3 s failover) or default (~1 s)")
+	timing := fs.String("timing", "fast", "Raft timeouts: fast (~0.5 s failover) or default (~1 s)")
 	logLevel := fs.String("log-level", "warn", "node logs on stderr: debug, info, warn or error")
 	pos, _, err := parseFlags(fs, args, 0)
 	if err != nil {
