@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -427,10 +428,6 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	mem, err := retry(ctx, &cf, api.Members)
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
 	type row struct {
 		ID        string `json:"id"`
 		API       string `json:"api"`
@@ -448,30 +445,45 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		Waiters   uint64 `json:"waiters"`
 		ClusterID string `json:"cluster_id,omitempty"`
 	}
-	var rows []row
-	leaderKnown := false
-	for _, m := range mem.GetMembers() {
-		r := row{ID: m.GetId(), API: m.GetApiAddr()}
-		if r.API == "" {
-			r.Error = "no confirmed client API"
-			rows = append(rows, r)
-			continue
-		}
-		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-		s, err := api.StatusAt(sctx, r.API)
-		scancel()
+	var (
+		rows        []row
+		leaderKnown bool
+	)
+	// Until some node knows a leader, or --timeout: agents just started
+	// take an election to agree on one, and status is how scripts wait
+	// for a cluster.
+	for {
+		mem, err := retry(ctx, &cf, api.Members)
 		if err != nil {
-			r.Error = "unreachable"
-			rows = append(rows, r)
-			continue
+			return fmt.Errorf("status: %w", err)
 		}
-		h := s.GetHeader()
-		r.State, r.Serving, r.Leader = s.GetRaftState(), s.GetServing(), h.GetLeaderId()
-		r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
-		r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
-		r.ClusterID = s.GetClusterId()
-		leaderKnown = leaderKnown || r.Leader != ""
-		rows = append(rows, r)
+		rows, leaderKnown = nil, false
+		for _, m := range mem.GetMembers() {
+			r := row{ID: m.GetId(), API: m.GetApiAddr()}
+			if r.API == "" {
+				r.Error = "no confirmed client API"
+				rows = append(rows, r)
+				continue
+			}
+			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+			s, err := api.StatusAt(sctx, r.API)
+			scancel()
+			if err != nil {
+				r.Error = "unreachable"
+				rows = append(rows, r)
+				continue
+			}
+			h := s.GetHeader()
+			r.State, r.Serving, r.Leader = s.GetRaftState(), s.GetServing(), h.GetLeaderId()
+			r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
+			r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
+			r.ClusterID = s.GetClusterId()
+			leaderKnown = leaderKnown || r.Leader != ""
+			rows = append(rows, r)
+		}
+		if leaderKnown || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+			break
+		}
 	}
 	if cf.json() {
 		printJSON(rows)
