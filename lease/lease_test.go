@@ -372,7 +372,7 @@ func TestManyLeasesOneExtendPerTick(t *testing.T) {
 	// A TTL long enough that an extend of 10,000 leases (one Raft entry of
 	// ~300 KB) fits comfortably in a third of it under -race on two busy
 	// cores; the property is the batching, not the speed.
-	cl, err := lease.New(cb, lease.WithTTL(6*time.Second))
+	cl, err := lease.New(cb, lease.WithTTL(6*time.Second), lease.WithRetryTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

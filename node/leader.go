@@ -462,16 +462,22 @@ func (n *Node) leaderWait() time.Duration {
 // arriving during an election is served by the new leader instead of
 // failing at once. It never waits for anything else.
 func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, addr string) {
-	wait := n.leaderWait()
-	if dl, ok := ctx.Deadline(); ok {
-		// Answer "no leader" while the caller still listens: an answer
-		// that misses its deadline looks like a lost reply (an unknown
-		// outcome) to the caller.
-		left := time.Until(dl)
-		wait = min(wait, left-min(left/10, 100*time.Millisecond))
+	// Bounds: about one election while no leader is known; while this node
+	// is the Raft leader and establishing (Barrier, Promote), as long as
+	// establish itself may take. Both end early enough to answer "no
+	// leader" while the caller still listens: an answer that misses its
+	// deadline looks like a lost reply (an unknown outcome) to the caller.
+	start := time.Now()
+	bound := func(d time.Duration) time.Duration {
+		if dl, ok := ctx.Deadline(); ok {
+			left := time.Until(dl)
+			d = min(d, time.Since(start)+left-min(left/10, 100*time.Millisecond))
+		}
+		return d
 	}
-	deadline := time.NewTimer(max(wait, 0))
-	defer deadline.Stop()
+	noLeader, establishing := bound(n.leaderWait()), bound(10*n.cfg.Timing.ElectionTimeout)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		ch := n.changes()
 		if n.fatalErr() != nil || n.ctx.Err() != nil {
@@ -480,20 +486,25 @@ func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, add
 		if ls := n.lead.Load(); ls != nil && ls.ctx.Err() == nil {
 			return ls, "", ""
 		}
+		limit := noLeader
 		switch id, _, addr := n.leaderHint(); {
 		case n.raft.State() == raft.Leader:
-			// Establishing: wait for Promote.
+			limit = establishing // wait for Promote
 		case !remote:
 			return nil, "", ""
 		case addr != "" && addr != n.cfg.AdvertiseAddr:
 			return nil, id, addr
 		}
+		left := limit - time.Since(start)
+		if left <= 0 {
+			return nil, "", ""
+		}
+		timer.Reset(left)
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return nil, "", ""
-		case <-deadline.C:
-			return nil, "", ""
+		case <-timer.C:
 		}
 	}
 }

@@ -32,10 +32,11 @@ type Node struct {
 	started time.Time
 	log     *slog.Logger
 
-	fsm   *fsm.FSM
-	raft  *raft.Raft
-	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
+	fsm    *fsm.FSM
+	raft   *raft.Raft
+	trans  *raft.NetworkTransport
+	stream *transport.StreamLayer // under trans; drained before the store closes
+	store  *raftboltdb.BoltStore
 
 	mux    *transport.Mux
 	rpcSrv *transport.RPCServer
@@ -221,8 +222,9 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("advertise address: %w", err)
 	}
 	dialer := &transport.Dialer{TLS: n.nodeClientTLS, Hello: hello, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Testing.faults()}
+	n.stream = transport.NewStreamLayer(raftLn, adv, dialer)
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  transport.NewStreamLayer(raftLn, adv, dialer),
+		Stream:  n.stream,
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hclogFor(n.log, "raft-net"),
@@ -450,6 +452,11 @@ func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 	}
 	if n.trans != nil {
 		n.trans.Close()
+		// Raft serves incoming RPCs on the transport's goroutines, which
+		// write the stable store: they must be done before it closes.
+		if !n.stream.Drain(5 * time.Second) {
+			n.log.Warn("Raft connections still being served after 5 s; closing the store anyway")
+		}
 	}
 	if n.mux != nil {
 		n.mux.Close()

@@ -29,16 +29,31 @@ func acq(key, holder string, req uint64, ttl time.Duration) *pb.AcquireRequest {
 	return &pb.AcquireRequest{Key: key, Holder: holder, RequestId: req, Ttl: durationpb.New(ttl)}
 }
 
+// mustGrant acquires through n as a client would: an attempt that failed
+// before it was applied, or whose outcome is unknown (an election on a
+// busy machine), is retried with the same request id; if the node withdrew
+// that id meanwhile (Stale), with a newer one.
 func mustGrant(t *testing.T, n *node.Node, req *pb.AcquireRequest) *pb.AcquireResponse {
 	t.Helper()
-	resp, err := n.Acquire(ctxT(t, 10*time.Second), req)
-	if err != nil {
-		t.Fatalf("acquire %s by %s: %v", req.Key, req.Holder, err)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := n.Acquire(ctxT(t, 10*time.Second), req)
+		switch {
+		case err == nil && resp.Granted:
+			return resp
+		case err == nil:
+			t.Fatalf("acquire %s by %s: not granted, held by %q", req.Key, req.Holder, resp.Holder)
+		case errors.Is(err, node.ErrStaleRequest):
+			req.RequestId += 1 << 32
+		case !errors.Is(err, node.ErrNoLeader) && !errors.Is(err, node.ErrNotLeader) &&
+			!errors.Is(err, node.ErrUnknownOutcome) && !errors.Is(err, node.ErrClosed):
+			t.Fatalf("acquire %s by %s: %v", req.Key, req.Holder, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("acquire %s by %s: %v", req.Key, req.Holder, err)
+		}
+		time.Sleep(20 * time.Millisecond) // back off before the retry
 	}
-	if !resp.Granted {
-		t.Fatalf("acquire %s by %s: not granted, held by %q", req.Key, req.Holder, resp.Holder)
-	}
-	return resp
 }
 
 // Scenario: acquire through a follower; the leader grants; every node's

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -13,21 +14,90 @@ import (
 // Accept and Close are ln's; Addr returns advertise (ln.Addr() when
 // advertise is nil), which must be the address other nodes dial; Dial uses
 // d with ProtoRaft. Closing the stream layer closes only ln, not the Mux.
-func NewStreamLayer(ln net.Listener, advertise net.Addr, d *Dialer) raft.StreamLayer {
+func NewStreamLayer(ln net.Listener, advertise net.Addr, d *Dialer) *StreamLayer {
 	if d == nil {
 		d = &Dialer{}
 	}
-	return &streamLayer{Listener: ln, advertise: advertise, dialer: d}
+	return &StreamLayer{Listener: ln, advertise: advertise, dialer: d, conns: map[*trackedConn]struct{}{}}
 }
 
-type streamLayer struct {
+// StreamLayer is the raft.StreamLayer NewStreamLayer returns. It tracks
+// the connections it accepted, so that Drain can wait until raft's
+// handlers of incoming RPCs are done with them.
+type StreamLayer struct {
 	net.Listener
 	advertise net.Addr
 	dialer    *Dialer
+
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+	wg    sync.WaitGroup
+}
+
+var _ raft.StreamLayer = (*StreamLayer)(nil)
+
+// Accept returns the next incoming Raft connection, tracked until closed.
+func (s *StreamLayer) Accept() (net.Conn, error) {
+	c, err := s.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.mu.Lock()
+	s.conns[tc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return tc, nil
+}
+
+// Drain closes every accepted connection and waits (at most timeout) until
+// whoever served each has closed it too. hashicorp/raft serves incoming
+// RPCs (heartbeats among them) on the transport's own goroutines, which
+// raft.Shutdown does not wait for and which write the stable store: a node
+// drains its stream layer after shutting the transport down and before it
+// closes its stores, or a heartbeat handled in that instant finds the store
+// closed (raft panics on that). It reports whether every one finished.
+func (s *StreamLayer) Drain(timeout time.Duration) bool {
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.Conn.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// trackedConn is an accepted connection known to its StreamLayer until its
+// owner closes it.
+type trackedConn struct {
+	net.Conn
+	s    *StreamLayer
+	once sync.Once
+}
+
+// Close closes the connection and tells the stream layer it is done.
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.wg.Done()
+	})
+	return err
 }
 
 // Addr returns the advertised address.
-func (s *streamLayer) Addr() net.Addr {
+func (s *StreamLayer) Addr() net.Addr {
 	if s.advertise != nil {
 		return s.advertise
 	}
@@ -36,7 +106,7 @@ func (s *streamLayer) Addr() net.Addr {
 
 // Dial opens a Raft stream to address; timeout bounds the whole dial (the
 // Dialer's own Timeout applies when it is zero).
-func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx := context.Background()
 	if timeout > 0 {
 		var cancel context.CancelFunc
