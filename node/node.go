@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,8 +17,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport"
@@ -35,7 +32,7 @@ type Node struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
+	store raftStore
 
 	mux    *transport.Mux
 	rpcSrv *transport.RPCServer
@@ -177,18 +174,17 @@ func (n *Node) goRun(name string, f func()) {
 
 func (n *Node) startRaft() error {
 	cfg := n.cfg
-	if err := checkDataDir(cfg.DataDir); err != nil {
+	kind, err := storeKind(cfg.DataDir, cfg.LogStore)
+	if err != nil {
 		return err
 	}
-	var err error
-	n.store, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, "raft.db"),
-		NoSync:      cfg.NoSync,
-		BoltOptions: &bbolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
-	})
-	if err != nil {
-		return fmt.Errorf("open raft store: %w", err)
+	if err := checkDataDir(cfg.DataDir, kind); err != nil {
+		return err
 	}
+	if n.store, err = openStore(cfg.DataDir, kind, cfg.NoSync, n.log); err != nil {
+		return err
+	}
+	n.log.Info("raft log store", "kind", kind)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hclogFor(n.log, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("snapshot store: %w", err)
@@ -268,7 +264,7 @@ func (n *Node) startRaft() error {
 // newRaft is raft.NewRaft, with a panic while it loads the log and
 // snapshots from disk (damaged state raft does not check) turned into an
 // error that names the data dir.
-func newRaft(rc *raft.Config, f raft.FSM, store *raftboltdb.BoltStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+func newRaft(rc *raft.Config, f raft.FSM, store raftStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("loading the Raft state failed: %v: the data dir is damaged; restore it from a copy, or empty it to join again as a new node", p)
