@@ -191,6 +191,13 @@ type Config struct {
 	// the client protocol, by path pattern (the agent mounts /metrics,
 	// /healthz and /readyz). Ignored without APIAddr.
 	HTTPHandlers map[string]http.Handler
+	// EnablePprof serves Go's profiler (net/http/pprof) under
+	// /debug/pprof/ on the API address, behind AuthToken like the client
+	// protocol (etcd's --enable-pprof): CPU, heap, goroutine and mutex
+	// profiles of a running node for operators. Off by default: a
+	// profile shows internals, and a CPU profile costs a little while it
+	// runs. Ignored without APIAddr.
+	EnablePprof bool
 	// APIMiddleware, if set, wraps the client protocol handlers (metrics,
 	// tracing, access logs).
 	APIMiddleware func(http.Handler) http.Handler
