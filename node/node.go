@@ -250,7 +250,7 @@ func (n *Node) startRaft() error {
 	// blocks until they are read, so runLeadership never blocks.
 	n.leaderNotify = make(chan bool, 8)
 	rc.NotifyCh = n.leaderNotify
-	n.raft, err = newRaft(rc, n.fsm, n.store, snaps, n.trans)
+	n.raft, err = newRaft(rc, n.fsm, newLogCache(n.store), n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -264,13 +264,13 @@ func (n *Node) startRaft() error {
 // newRaft is raft.NewRaft, with a panic while it loads the log and
 // snapshots from disk (damaged state raft does not check) turned into an
 // error that names the data dir.
-func newRaft(rc *raft.Config, f raft.FSM, store raftStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+func newRaft(rc *raft.Config, f raft.FSM, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("loading the Raft state failed: %v: the data dir is damaged; restore it from a copy, or empty it to join again as a new node", p)
 		}
 	}()
-	return raft.NewRaft(rc, f, store, store, snaps, trans)
+	return raft.NewRaft(rc, f, logs, stable, snaps, trans)
 }
 
 // onFatal stops the node when the log holds an entry this version cannot
