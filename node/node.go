@@ -41,12 +41,16 @@ type Node struct {
 	// Node-port security (trust.go): TLS configurations of the node port
 	// (nil: plain TCP) and the API, whether every peer is authenticated,
 	// and this node's cluster id with the rules for peers'.
-	nodeServerTLS *tls.Config
-	nodeClientTLS *tls.Config
-	apiTLS        *tls.Config
-	authPeers     bool
-	cluster       *clusterIdentity
-	raftp         atomic.Pointer[raft.Raft] // n.raft once NewRaft returned, for the hello's judge
+	nodeServerTLS  *tls.Config
+	nodeClientTLS  *tls.Config
+	apiTLS         *tls.Config
+	authPeers      bool
+	cluster        *clusterIdentity
+	raftp          atomic.Pointer[raft.Raft] // n.raft once NewRaft returned, for the hello's judge
+	reloadMu       sync.Mutex                // serialises raft.ReloadConfig read-modify-writes (reloadRaft)
+	failover       atomic.Bool               // a leaderGone check is running (failover.go)
+	earlyCampaigns atomic.Int64              // times leaderGone shortened the heartbeat timeout
+	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -209,7 +213,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
 	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log})
-	raftLn := n.mux.Listen(transport.ProtoRaft)
+	raftLn := raftConnListener{n.mux.Listen(transport.ProtoRaft), n.raftConnClosed}
 	rpcLn := n.mux.Listen(transport.ProtoRPC)
 
 	adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
