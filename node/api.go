@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +41,9 @@ func (n *Node) startAPI() error {
 	n.MountAPI(mux)
 	for pattern, h := range n.cfg.HTTPHandlers {
 		mux.Handle(pattern, h)
+	}
+	if n.cfg.EnablePprof {
+		n.mountPprof(mux)
 	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -90,6 +96,73 @@ func (n *Node) MountAPI(mux *http.ServeMux) {
 	}
 	mux.Handle(path, n.guard(h))
 	mux.Handle("GET "+BackupPath, n.guard(http.HandlerFunc(n.serveBackup)))
+}
+
+// PprofPath is where Config.EnablePprof serves Go's profiles.
+const PprofPath = "/debug/pprof/"
+
+// mountPprof serves the runtime's profiles under PprofPath behind the
+// auth token, in the paths and formats of net/http/pprof, so `go tool
+// pprof http://HOST:PORT/debug/pprof/profile?seconds=30` works (with a
+// token, fetch it with curl -H "Authorization: Bearer $TOKEN" first).
+// net/http/pprof itself is not imported: it would register its handlers
+// on http.DefaultServeMux of every program that embeds a node.
+func (n *Node) mountPprof(mux *http.ServeMux) {
+	mux.Handle("GET "+PprofPath+"{$}", n.guard(http.HandlerFunc(servePprofIndex)))
+	mux.Handle("GET "+PprofPath+"profile", n.guard(http.HandlerFunc(servePprofCPU)))
+	mux.Handle("GET "+PprofPath+"{name}", n.guard(http.HandlerFunc(servePprofNamed)))
+}
+
+func servePprofIndex(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "profile?seconds=N (CPU, default 30)")
+	for _, p := range pprof.Profiles() {
+		fmt.Fprintf(w, "%s (%d)\n", p.Name(), p.Count())
+	}
+}
+
+// servePprofCPU records a CPU profile for ?seconds= (default 30, at most
+// 300) or until the client goes away.
+func servePprofCPU(w http.ResponseWriter, r *http.Request) {
+	secs, err := strconv.Atoi(r.FormValue("seconds"))
+	if err != nil || secs <= 0 {
+		secs = 30
+	}
+	secs = min(secs, 300)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="profile"`)
+	if err := pprof.StartCPUProfile(w); err != nil {
+		http.Error(w, "cpu profile: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	t := time.NewTimer(time.Duration(secs) * time.Second)
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		t.Stop()
+	}
+	pprof.StopCPUProfile()
+}
+
+// servePprofNamed writes a named profile (heap, allocs, goroutine, mutex,
+// block, threadcreate): ?debug=N as net/http/pprof, ?gc=1 runs a GC
+// before a heap profile.
+func servePprofNamed(w http.ResponseWriter, r *http.Request) {
+	p := pprof.Lookup(r.PathValue("name"))
+	if p == nil {
+		http.Error(w, "unknown profile", http.StatusNotFound)
+		return
+	}
+	debug, _ := strconv.Atoi(r.FormValue("debug"))
+	if p.Name() == "heap" && r.FormValue("gc") != "" {
+		runtime.GC()
+	}
+	if debug > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	} else {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	_ = p.WriteTo(w, debug)
 }
 
 // guard runs before the client protocol reads a byte of a request body:

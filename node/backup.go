@@ -7,11 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/leasenode/leasenode/fsm"
 )
@@ -83,9 +81,13 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return st, fmt.Errorf("data dir: %w", err)
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	kind, err := storeKind(cfg.DataDir, cfg.LogStore)
 	if err != nil {
-		return st, fmt.Errorf("open raft store: %w", err)
+		return st, err
+	}
+	store, err := openStore(cfg.DataDir, kind, false, cfg.Logger)
+	if err != nil {
+		return st, err
 	}
 	defer store.Close()
 	snaps, err := raft.NewFileSnapshotStore(cfg.DataDir, 2, io.Discard)

@@ -41,13 +41,9 @@ func (n *Node) runCompaction() {
 		}
 		avg := (bytes - baseBytes) / (index - baseIndex)
 		trailing := min(n.cfg.TrailingLogs, max(minTrailingLogs, n.cfg.LogBytes/max(avg, 1)))
-		if rc := n.raft.ReloadableConfig(); rc.TrailingLogs != trailing {
-			rc.TrailingLogs = trailing
-			if err := n.raft.ReloadConfig(rc); err != nil {
-				log.Warn("set trailing logs", "err", err)
-			} else {
-				log.Info("trailing logs set for the entry size", "trailing", trailing, "avg_entry_bytes", avg)
-			}
+		if rc := n.raft.ReloadableConfig(); rc.TrailingLogs != trailing &&
+			n.reloadRaft(func(rc *raft.ReloadableConfig) { rc.TrailingLogs = trailing }) {
+			log.Info("trailing logs set for the entry size", "trailing", trailing, "avg_entry_bytes", avg)
 		}
 		err := n.wait(n.raft.Snapshot())
 		switch {

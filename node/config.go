@@ -171,6 +171,14 @@ type Config struct {
 	// on the client API.
 	AuthToken string
 
+	// LogStore chooses the Raft log and stable store of a new data dir:
+	// LogStoreWAL (raft-wal, the default: one fsync per append) or
+	// LogStoreBolt (raft-boltdb, two). A data dir that already holds one
+	// keeps it whatever this says, as long as it is empty or names that
+	// kind; naming the other kind is refused (node/DESIGN.md, "Storage",
+	// says how to move a node to the WAL).
+	LogStore string
+
 	// NoSync disables fsync of the Raft log. UNSAFE: a power loss can lose
 	// acknowledged grants. For tests and benchmarks only.
 	NoSync bool
@@ -189,6 +197,13 @@ type Config struct {
 	// the client protocol, by path pattern (the agent mounts /metrics,
 	// /healthz and /readyz). Ignored without APIAddr.
 	HTTPHandlers map[string]http.Handler
+	// EnablePprof serves Go's profiler (net/http/pprof) under
+	// /debug/pprof/ on the API address, behind AuthToken like the client
+	// protocol (etcd's --enable-pprof): CPU, heap, goroutine and mutex
+	// profiles of a running node for operators. Off by default: a
+	// profile shows internals, and a CPU profile costs a little while it
+	// runs. Ignored without APIAddr.
+	EnablePprof bool
 	// APIMiddleware, if set, wraps the client protocol handlers (metrics,
 	// tracing, access logs).
 	APIMiddleware func(http.Handler) http.Handler
@@ -417,6 +432,9 @@ func (c Config) Validate() error {
 		if err := checkHostPort(c.APIAddr); err != nil {
 			bad("APIAddr %q: %v", c.APIAddr, err)
 		}
+	}
+	if c.LogStore != "" && c.LogStore != LogStoreWAL && c.LogStore != LogStoreBolt {
+		bad("LogStore %q: want %q (raft-wal), %q (raft-boltdb) or empty (the data dir's own, else %q)", c.LogStore, LogStoreWAL, LogStoreBolt, LogStoreWAL)
 	}
 	if c.BootstrapExpect < 0 {
 		bad("BootstrapExpect %d must be >= 0", c.BootstrapExpect)

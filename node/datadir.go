@@ -16,24 +16,33 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 )
 
-// raftDBFile is the Raft log and stable store (vote, term) in the data
-// dir; snapshotsDir holds raft's file snapshots.
+// raftDBFile is the raft-boltdb log and stable store (vote, term) in the
+// data dir; snapshotsDir holds raft's file snapshots. A raft-wal data dir
+// has walDir instead, with its vote and term in walMetaFile.
 const (
 	raftDBFile   = "raft.db"
+	walMetaFile  = "wal-meta.db"
 	snapshotsDir = "snapshots"
 )
 
 // checkDataDir refuses a data dir whose state cannot be trusted, before
 // anything opens it. Every refusal names the file and says what to do.
+// kind is the log store the dir uses (storeKind).
 //
 // Invariant vote-is-never-forgotten: a node whose Raft vote and term are
-// gone (raft.db missing, empty or replaced) while the dir shows it was a
-// member (a cluster id, snapshots) is refused instead of starting as a new
-// node: a node that forgets its vote can vote twice in one term, and two
-// leaders of one term could each grant the same key. Damaged files give an
-// error naming them, never a panic. Guarded by TestDamagedDataDirRefused.
-func checkDataDir(dir string) error {
-	db := filepath.Join(dir, raftDBFile)
+// gone (raft.db or wal/wal-meta.db missing, empty or replaced) while the
+// dir shows it was a member (a cluster id, snapshots, WAL segments) is
+// refused instead of starting as a new node: a node that forgets its vote
+// can vote twice in one term, and two leaders of one term could each
+// grant the same key. (raft-wal would also delete segments its missing
+// meta store does not list.) Damaged files give an error naming them,
+// never a panic. Guarded by TestDamagedDataDirRefused and
+// TestDamagedWALRefused.
+func checkDataDir(dir, kind string) error {
+	db, name := filepath.Join(dir, raftDBFile), raftDBFile
+	if kind == LogStoreWAL {
+		db, name = filepath.Join(dir, walDir, walMetaFile), walDir+"/"+walMetaFile
+	}
 	st, err := os.Stat(db)
 	switch {
 	case err == nil && st.Size() > 0:
@@ -52,11 +61,14 @@ func checkDataDir(dir string) error {
 		if snaps, _ := os.ReadDir(filepath.Join(dir, snapshotsDir)); len(snaps) > 0 {
 			evidence = append(evidence, snapshotsDir+"/")
 		}
+		if segs, _ := walSegments(filepath.Join(dir, walDir)); len(segs) > 0 {
+			evidence = append(evidence, walDir+"/ segments")
+		}
 		if len(evidence) > 0 {
 			return fmt.Errorf("data dir %s: %s %s but %s shows this node was a cluster member: its Raft vote and term are lost, "+
 				"and a node that forgets its vote can vote twice in one term. Restore %s from a copy of this data dir, or, to "+
 				"join again as a new node (its leases live on the other nodes), empty the data dir",
-				dir, raftDBFile, what, strings.Join(evidence, " and "), raftDBFile)
+				dir, name, what, strings.Join(evidence, " and "), name)
 		}
 	default:
 		return fmt.Errorf("data dir %s: %w", dir, err)

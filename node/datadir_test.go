@@ -48,14 +48,22 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 // Invariant vote-is-never-forgotten, and damaged files stop a node with
-// an error naming them, never a panic: a data dir whose raft.db was
-// truncated (it started as a new node, forgetting its term and vote),
-// damaged bbolt pages, and a garbage snapshot meta.json.
+// an error naming them, never a panic: a data dir whose vote store
+// (raft.db, or wal/wal-meta.db) was truncated or removed (it would start
+// as a new node, forgetting its term and vote), damaged bbolt pages, and a
+// garbage snapshot meta.json; for both log stores.
 func TestDamagedDataDirRefused(t *testing.T) {
+	for _, store := range []string{node.LogStoreBolt, node.LogStoreWAL} {
+		t.Run(store, func(t *testing.T) { testDamagedDataDir(t, store) })
+	}
+}
+
+func testDamagedDataDir(t *testing.T, store string) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
 		cfg.SnapshotThreshold = 16
 		cfg.TrailingLogs = 8
 		cfg.SnapshotInterval = 20 * time.Millisecond
+		cfg.LogStore = store
 	}})
 	_, l := c.Leader()
 	for i := range 64 {
@@ -69,27 +77,44 @@ func TestDamagedDataDirRefused(t *testing.T) {
 		return nil
 	})
 	cfg := c.Config(fi)
+	cfg.LogStore = "" // the data dir's own kind
 	c.Stop(fi)
-	db := filepath.Join(cfg.DataDir, "raft.db")
-	good := filepath.Join(t.TempDir(), "raft.db")
+	name := "raft.db"
+	if store == node.LogStoreWAL {
+		name = "wal/wal-meta.db"
+	}
+	db := filepath.Join(cfg.DataDir, name)
+	good := filepath.Join(t.TempDir(), "good.db")
 	copyFile(t, db, good)
 
-	// Truncated raft.db beside snapshots and a cluster id.
+	// Truncated vote store beside snapshots and a cluster id.
 	if err := os.Truncate(db, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := startFails(t, cfg); !strings.Contains(err.Error(), "raft.db is empty") || !strings.Contains(err.Error(), "vote") {
-		t.Fatalf("truncated raft.db: %v", err)
+	if err := startFails(t, cfg); !strings.Contains(err.Error(), name+" is empty") || !strings.Contains(err.Error(), "vote") {
+		t.Fatalf("truncated %s: %v", name, err)
 	}
-	// Damaged bbolt pages: garbage over the middle of the file.
+	if store == node.LogStoreWAL {
+		// Removed: raft-wal would start afresh and delete the segments.
+		os.Remove(db)
+		if err := startFails(t, cfg); !strings.Contains(err.Error(), name+" is missing") || !strings.Contains(err.Error(), "wal/ segments") {
+			t.Fatalf("removed %s: %v", name, err)
+		}
+		if segs, _ := filepath.Glob(filepath.Join(cfg.DataDir, "wal", "*.wal")); len(segs) == 0 {
+			t.Fatal("the refused start deleted the WAL segments")
+		}
+	}
+	// Damaged bbolt pages: garbage over every page after the two meta
+	// pages (garbage over a part of the file could land on free pages,
+	// which nothing reads).
 	copyFile(t, good, db)
 	b, _ := os.ReadFile(db)
-	for i := len(b) / 3; i < len(b)/3+8192 && i < len(b); i++ {
+	for i := 2 * os.Getpagesize(); i < len(b); i++ {
 		b[i] = 0xA5
 	}
 	os.WriteFile(db, b, 0o600)
-	if err := startFails(t, cfg); !strings.Contains(err.Error(), "raft.db") || !strings.Contains(err.Error(), "damaged") {
-		t.Fatalf("damaged raft.db: %v", err)
+	if err := startFails(t, cfg); !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("damaged %s: %v", name, err)
 	}
 	// A garbage snapshot meta.json.
 	copyFile(t, good, db)
@@ -97,40 +122,90 @@ func TestDamagedDataDirRefused(t *testing.T) {
 	if len(metas) == 0 {
 		t.Fatal("no snapshot on disk")
 	}
+	orig, _ := os.ReadFile(metas[0])
 	os.WriteFile(metas[0], []byte(`{"Version":1,"ID":`), 0o600)
 	if err := startFails(t, cfg); !strings.Contains(err.Error(), metas[0]) {
 		t.Fatalf("garbage meta.json: %v; want its path named", err)
 	}
+	os.WriteFile(metas[0], orig, 0o600)
+
+	// The store is chosen when the data dir is new: asking for the other
+	// kind, or a dir holding both, is refused with what to do.
+	other := cfg
+	other.LogStore = node.LogStoreWAL
+	if store == node.LogStoreWAL {
+		other.LogStore = node.LogStoreBolt
+	}
+	if err := startFails(t, other); !strings.Contains(err.Error(), "chosen when a data dir is new") {
+		t.Fatalf("LogStore %q on a %s data dir: %v", other.LogStore, store, err)
+	}
+	stray := filepath.Join(cfg.DataDir, "raft.db")
+	if store == node.LogStoreBolt {
+		stray = filepath.Join(cfg.DataDir, "wal")
+	}
+	if err := os.Mkdir(stray, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := startFails(t, cfg); !strings.Contains(err.Error(), "holds both") {
+		t.Fatalf("raft.db and wal/ in one data dir: %v", err)
+	}
+	os.Remove(stray)
+	// Undamaged, it starts and rejoins.
+	c.Restart(fi)
+	c.WaitForLeader()
 }
 
 // A byte flipped inside a Raft log entry on one replica's disk is caught
 // by the entry's checksum when the log is replayed: that replica stops
 // (ErrFatal) instead of holding a different key from the others for ever.
+// For both log stores (raft-wal checks a checksum only over the last batch
+// of its tail segment, when it recovers it).
 func TestFlippedLogByteStopsTheReplica(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
+	for _, store := range []string{node.LogStoreBolt, node.LogStoreWAL} {
+		t.Run(store, func(t *testing.T) { testFlippedLogByte(t, store) })
+	}
+}
+
+func testFlippedLogByte(t *testing.T, store string) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) { cfg.LogStore = store }})
 	_, l := c.Leader()
 	fi, _ := c.Follower()
 	mustGrant(t, l, acq("flip-me-please-0123456789", "h", 1, time.Minute))
+	// Later batches, so that the flipped entry is not in the WAL's last
+	// one (whose checksum its recovery checks).
+	for i := range 4 {
+		mustGrant(t, l, acq("after-"+string(rune('a'+i)), "h", 1, time.Minute))
+	}
 	nodetest.Eventually(t, 10*time.Second, func() error {
-		if _, ok := c.Node(fi).FSM().Get("flip-me-please-0123456789"); !ok {
+		if _, ok := c.Node(fi).FSM().Get("after-d"); !ok {
 			return errors.New("not replicated yet")
 		}
 		return nil
 	})
 	cfg := c.Config(fi)
 	c.Stop(fi)
-	db := filepath.Join(cfg.DataDir, "raft.db")
-	b, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
+	files := []string{filepath.Join(cfg.DataDir, "raft.db")}
+	if store == node.LogStoreWAL {
+		files, _ = filepath.Glob(filepath.Join(cfg.DataDir, "wal", "*.wal"))
 	}
-	i := bytes.Index(b, []byte("flip-me-please-0123456789"))
-	if i < 0 {
-		t.Fatal("the entry is not in raft.db")
+	flipped := false
+	for _, db := range files {
+		b, err := os.ReadFile(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte("flip-me-please-0123456789"))
+		if i < 0 {
+			continue
+		}
+		b[i] ^= 0x01 // 'f' -> 'g': still a valid key, a different one
+		if err := os.WriteFile(db, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		flipped = true
 	}
-	b[i] ^= 0x01 // 'f' -> 'g': still a valid key, a different one
-	if err := os.WriteFile(db, b, 0o600); err != nil {
-		t.Fatal(err)
+	if !flipped {
+		t.Fatalf("the entry is not in %v", files)
 	}
 	n, err := node.Start(context.Background(), cfg)
 	if err != nil {

@@ -1,5 +1,6 @@
 // Package node is one member of a leasenode cluster: hashicorp/raft with
-// raft-boltdb storage and file snapshots, memberlist gossip for discovery
+// raft-wal storage (raft-boltdb for data dirs that have it) and file
+// snapshots, memberlist gossip for discovery
 // and membership, the leader's duties (Promote, reaper, FIFO waiter
 // queues), forwarding from followers, and the client API server.
 //

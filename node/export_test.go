@@ -6,3 +6,7 @@ const MethodLeave = methodLeave
 
 // DecodeRPCError turns a node-RPC error payload back into node errors.
 var DecodeRPCError = decodeRPCError
+
+// EarlyCampaigns is how often this node shortened its heartbeat timeout
+// because the leader's process was gone (failover.go).
+func (n *Node) EarlyCampaigns() int64 { return n.earlyCampaigns.Load() }

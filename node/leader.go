@@ -492,7 +492,7 @@ func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, add
 			limit = establishing // wait for Promote
 		case !remote:
 			return nil, "", ""
-		case addr != "" && addr != n.cfg.AdvertiseAddr:
+		case addr != "" && addr != n.cfg.AdvertiseAddr && !n.isGone(id):
 			return nil, id, addr
 		}
 		left := limit - time.Since(start)

@@ -210,3 +210,51 @@ func TestAuthBeforeBody(t *testing.T) {
 		t.Fatal("a wrong token was accepted")
 	}
 }
+
+// EnablePprof serves the runtime's profiles behind the auth token, and
+// nothing without it.
+func TestPprofBehindToken(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+		cfg.EnablePprof = i == 0
+	}})
+	addr := c.Node(0).APIAddr()
+	get := func(path, token string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get(node.PprofPath+"heap", ""); code != http.StatusUnauthorized {
+		t.Fatalf("heap profile without the token: %d, want 401", code)
+	}
+	if code, body := get(node.PprofPath+"goroutine?debug=1", "s3cret"); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Fatalf("goroutine profile: %d %.200q", code, body)
+	}
+	if code, body := get(node.PprofPath+"profile?seconds=1", "s3cret"); code != 200 || len(body) == 0 {
+		t.Fatalf("cpu profile: %d, %d bytes", code, len(body))
+	}
+	if code, body := get(node.PprofPath, "s3cret"); code != 200 || !strings.Contains(body, "heap") {
+		t.Fatalf("index: %d %.200q", code, body)
+	}
+}
+
+// Without EnablePprof there is no profiler.
+func TestPprofOffByDefault(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true})
+	resp, err := http.Get("http://" + c.Node(0).APIAddr() + node.PprofPath + "heap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("heap profile with EnablePprof off: %d, want 404", resp.StatusCode)
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,8 +17,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport"
@@ -36,7 +33,7 @@ type Node struct {
 	raft   *raft.Raft
 	trans  *raft.NetworkTransport
 	stream *transport.StreamLayer // under trans; drained before the store closes
-	store  *raftboltdb.BoltStore
+	store  raftStore
 
 	mux    *transport.Mux
 	rpcSrv *transport.RPCServer
@@ -45,12 +42,16 @@ type Node struct {
 	// Node-port security (trust.go): TLS configurations of the node port
 	// (nil: plain TCP) and the API, whether every peer is authenticated,
 	// and this node's cluster id with the rules for peers'.
-	nodeServerTLS *tls.Config
-	nodeClientTLS *tls.Config
-	apiTLS        *tls.Config
-	authPeers     bool
-	cluster       *clusterIdentity
-	raftp         atomic.Pointer[raft.Raft] // n.raft once NewRaft returned, for the hello's judge
+	nodeServerTLS  *tls.Config
+	nodeClientTLS  *tls.Config
+	apiTLS         *tls.Config
+	authPeers      bool
+	cluster        *clusterIdentity
+	raftp          atomic.Pointer[raft.Raft] // n.raft once NewRaft returned, for the hello's judge
+	reloadMu       sync.Mutex                // serialises raft.ReloadConfig read-modify-writes (reloadRaft)
+	failover       atomic.Bool               // a leaderGone check is running (failover.go)
+	earlyCampaigns atomic.Int64              // times leaderGone shortened the heartbeat timeout
+	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -178,18 +179,17 @@ func (n *Node) goRun(name string, f func()) {
 
 func (n *Node) startRaft() error {
 	cfg := n.cfg
-	if err := checkDataDir(cfg.DataDir); err != nil {
+	kind, err := storeKind(cfg.DataDir, cfg.LogStore)
+	if err != nil {
 		return err
 	}
-	var err error
-	n.store, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, "raft.db"),
-		NoSync:      cfg.NoSync,
-		BoltOptions: &bbolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
-	})
-	if err != nil {
-		return fmt.Errorf("open raft store: %w", err)
+	if err := checkDataDir(cfg.DataDir, kind); err != nil {
+		return err
 	}
+	if n.store, err = openStore(cfg.DataDir, kind, cfg.NoSync, n.log); err != nil {
+		return err
+	}
+	n.log.Info("raft log store", "kind", kind)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hclogFor(n.log, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("snapshot store: %w", err)
@@ -214,7 +214,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
 	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log})
-	raftLn := n.mux.Listen(transport.ProtoRaft)
+	raftLn := raftConnListener{n.mux.Listen(transport.ProtoRaft), n.raftConnClosed}
 	rpcLn := n.mux.Listen(transport.ProtoRPC)
 
 	adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
@@ -256,7 +256,7 @@ func (n *Node) startRaft() error {
 	// blocks until they are read, so runLeadership never blocks.
 	n.leaderNotify = make(chan bool, 8)
 	rc.NotifyCh = n.leaderNotify
-	n.raft, err = newRaft(rc, n.fsm, n.store, snaps, n.trans)
+	n.raft, err = newRaft(rc, n.fsm, newLogCache(n.store), n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -270,13 +270,13 @@ func (n *Node) startRaft() error {
 // newRaft is raft.NewRaft, with a panic while it loads the log and
 // snapshots from disk (damaged state raft does not check) turned into an
 // error that names the data dir.
-func newRaft(rc *raft.Config, f raft.FSM, store *raftboltdb.BoltStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+func newRaft(rc *raft.Config, f raft.FSM, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("loading the Raft state failed: %v: the data dir is damaged; restore it from a copy, or empty it to join again as a new node", p)
 		}
 	}()
-	return raft.NewRaft(rc, f, store, store, snaps, trans)
+	return raft.NewRaft(rc, f, logs, stable, snaps, trans)
 }
 
 // onFatal stops the node when the log holds an entry this version cannot

@@ -84,7 +84,7 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.gossip, "gossip", "127.0.0.1:7401", "IP:PORT for gossip (UDP and TCP)")
 	fs.StringVar(&a.gossipAdvertise, "gossip-advertise", "", "IP:PORT other nodes use to reach --gossip (default --gossip)")
 	fs.StringVar(&a.api, "api", "127.0.0.1:7402", "IP:PORT for the client API, /metrics, /healthz and /readyz")
-	fs.StringVar(&a.apiAdvertise, "api-advertise", "", "IP:PORT clients use to reach --api (default --api)")
+	fs.StringVar(&a.apiAdvertise, "api-advertise", "", "HOST:PORT clients use to reach --api (default --api); a DNS name works, e.g. a\nKubernetes pod's, which a TLS certificate can carry when IPs change")
 	fs.StringVar(&a.http, "http", "", "IP:PORT for /healthz, /readyz and /metrics in plain HTTP, no client certificate\nor token (for probes and Prometheus when --api needs TLS); default: none")
 	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (IP:PORT[,IP:PORT])")
 	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")

@@ -1,0 +1,209 @@
+package node
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasenode/leasenode/transport"
+)
+
+// Fast failover on certain death (issue 12, lever 4).
+//
+// A follower starts an election only when it has heard nothing from the
+// leader for HeartbeatTimeout, checked at random intervals of one to two
+// HeartbeatTimeouts, and a peer refuses to vote while it still knows a
+// leader; so with default timing a dead leader costs 0.5-1.5 s before
+// anyone campaigns. When the leader's process is gone, though, a follower
+// knows it at once: the leader's Raft connections to it close (the kernel
+// closes a dead process's sockets), and a dial to the leader's address is
+// refused (nothing listens on that port). On exactly that signal, and only
+// while the follower has heard nothing newer from the leader, the follower
+// lowers its HeartbeatTimeout (ReloadConfig: hashicorp/raft has no call to
+// start an election) to the shortest Raft allows (LeaderLeaseTimeout)
+// timed so that its next check finds the leader silent for that long: it
+// campaigns about LeaderLeaseTimeout after the leader's last word instead
+// of after one to three HeartbeatTimeouts. Meanwhile route treats that
+// leader as unknown: requests wait for the next one instead of failing
+// back to clients. Both followers see the same
+// signal, so the voter's "I still know a leader" refusal clears too; each
+// adds a random delay of up to a fifth of the timeout so that they rarely
+// campaign at the same instant (a split vote costs one ElectionTimeout, as
+// without this). The timeout is restored as soon as a leader other than
+// the dead one is known, or after a bound.
+//
+// What it does not do: act on a timeout, a reset without a refused
+// redial, gossip's suspicion, or anything a busy or partitioned but live
+// leader can cause. A live leader's port accepts the redial (even when
+// its process is stalled, the kernel completes the handshake), so no
+// load, pause or partition shortens anything; a host that died entirely
+// refuses nothing and gets the ordinary timeout.
+
+// raftConnListener wraps the Raft listener so that the node hears when an
+// inbound Raft connection from a peer ends.
+type raftConnListener struct {
+	net.Listener
+	closed func(peer string)
+}
+
+func (l raftConnListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	p, _ := transport.PeerOf(c)
+	return &raftConn{Conn: c, peer: p, closed: l.closed}, nil
+}
+
+// raftConn reports the first read error of an inbound Raft connection
+// (the peer closed it, or it broke).
+type raftConn struct {
+	net.Conn
+	peer   transport.Peer
+	closed func(peer string)
+	done   bool // only the connection's one reader touches it
+}
+
+func (c *raftConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && !c.done {
+		c.done = true
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			c.closed(c.peer.ID)
+		}
+	}
+	return n, err
+}
+
+// Peer keeps transport.PeerOf working on the wrapped connection.
+func (c *raftConn) Peer() transport.Peer { return c.peer }
+
+// raftConnClosed runs when an inbound Raft connection from peer ends. If
+// peer is the leader this follower knows, it checks (once at a time)
+// whether the leader's process is gone.
+func (n *Node) raftConnClosed(peer string) {
+	r := n.raftp.Load()
+	if n.ctx.Err() != nil || peer == "" || r == nil {
+		return
+	}
+	addr, id := r.LeaderWithID()
+	if string(id) != peer || addr == "" || r.State() != raft.Follower {
+		return
+	}
+	if !n.failover.CompareAndSwap(false, true) {
+		return
+	}
+	n.goRun("node.failover", func() {
+		defer n.failover.Store(false)
+		n.leaderGone(string(id), string(addr))
+	})
+}
+
+// leaderGone shortens this follower's heartbeat timeout if the leader id
+// at addr certainly has no process any more, until another leader is
+// known.
+func (n *Node) leaderGone(id, addr string) {
+	// The connection may close a moment before the listening socket does
+	// (node.Crash closes Raft before the mux): look a few times.
+	for try := 0; !refused(addr); try++ {
+		if try == 3 {
+			return
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-n.ctx.Done():
+			return
+		}
+	}
+	// Requests stop being forwarded to it: route waits for the next
+	// leader instead of bouncing them back to clients, whose backoff
+	// would otherwise add up to hundreds of milliseconds.
+	n.goneLeader.Store(&id)
+	defer func() {
+		n.goneLeader.Store(nil)
+		n.notifyChange()
+	}()
+	base := n.cfg.Timing.HeartbeatTimeout
+	short := max(n.cfg.Timing.LeaderLeaseTimeout, base/4)
+	if short >= base {
+		return
+	}
+	// Campaign when the leader has been silent for short: set the timeout
+	// then, so that raft's immediate re-check (it re-checks when the
+	// timeout shrinks) finds the leader silent long enough.
+	wait := time.Until(n.raft.LastContact().Add(short)) + rand.N(short/5+1)
+	select {
+	case <-time.After(max(wait, 0)):
+	case <-n.ctx.Done():
+		return
+	}
+	if _, cur := n.raft.LeaderWithID(); string(cur) != id || n.raft.State() != raft.Follower {
+		return // a leader was elected meanwhile, or this node campaigns already
+	}
+	n.log.Info("the leader's process is gone (its Raft connection closed and its port refuses connections): campaigning early",
+		"leader", id, "heartbeat_timeout", short)
+	if !n.setHeartbeatTimeout(short) {
+		return
+	}
+	n.earlyCampaigns.Add(1)
+	defer n.setHeartbeatTimeout(base)
+	bound := time.NewTimer(10 * max(base, n.cfg.Timing.ElectionTimeout))
+	defer bound.Stop()
+	for {
+		ch := n.changes()
+		if _, cur := n.raft.LeaderWithID(); cur != "" && string(cur) != id {
+			return
+		}
+		select {
+		case <-ch:
+		case <-bound.C:
+			return
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// isGone reports whether id is a leader whose process leaderGone found
+// gone.
+func (n *Node) isGone(id string) bool {
+	p := n.goneLeader.Load()
+	return p != nil && *p == id
+}
+
+// refused reports whether a TCP dial to addr is refused: no process
+// listens there.
+func refused(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 250*time.Millisecond)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// setHeartbeatTimeout sets Raft's HeartbeatTimeout, keeping the other
+// reloadable settings (compaction sets TrailingLogs). It reports whether
+// Raft took it.
+func (n *Node) setHeartbeatTimeout(d time.Duration) bool {
+	return n.reloadRaft(func(rc *raft.ReloadableConfig) { rc.HeartbeatTimeout = d })
+}
+
+// reloadRaft changes Raft's reloadable configuration; every change goes
+// through it so that two read-modify-writes never undo each other.
+func (n *Node) reloadRaft(change func(*raft.ReloadableConfig)) bool {
+	n.reloadMu.Lock()
+	defer n.reloadMu.Unlock()
+	rc := n.raft.ReloadableConfig()
+	change(&rc)
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		n.log.Warn("raft config reload", "err", err)
+		return false
+	}
+	return true
+}
