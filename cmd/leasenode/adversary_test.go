@@ -244,7 +244,8 @@ func (c *adversary) rpcFromOutsider(t *testing.T) {
 		{"Release", rpcRelease, marshal(t, &pb.ReleaseRequest{Key: s.key, Holder: s.holder, Token: s.token})},
 		{"Acquire", rpcAcquire, marshal(t, &pb.AcquireRequest{Key: s.key, Holder: "evil", RequestId: 1, Ttl: durationpb.New(time.Minute)})},
 	}
-	for _, o := range c.outsiders(t, "evil") {
+	outsiders := c.outsiders(t, "evil")
+	for _, o := range outsiders {
 		for _, call := range calls {
 			served, reply, err := o.call(l.raft, call.method, call.req)
 			if served || err == nil {
@@ -253,9 +254,11 @@ func (c *adversary) rpcFromOutsider(t *testing.T) {
 			}
 			t.Logf("node RPC %s, outsider with %s: refused: %v", call.name, o.what, err)
 		}
-		c.refusalLogged(t, l, o)
 	}
 	c.intact(t)
+	for _, o := range outsiders {
+		c.refusalLogged(t, l, o)
+	}
 }
 
 // leaveOfAnother: RPC Leave {"id":"n0"} removed a voter. An outsider
@@ -265,14 +268,14 @@ func (c *adversary) leaveOfAnother(t *testing.T) {
 	l, fs := c.followers(t)
 	victim, caller := fs[0], fs[1]
 	req, _ := json.Marshal(map[string]string{"id": victim.id})
-	for _, o := range c.outsiders(t, victim.id) {
+	outsiders := c.outsiders(t, victim.id)
+	for _, o := range outsiders {
 		served, _, err := o.call(l.raft, rpcLeave, req)
 		if served || err == nil {
 			t.Errorf("Leave of %s from an outsider with %s was served: %v", victim.id, o.what, err)
 		} else {
 			t.Logf("Leave of %s, outsider with %s claiming to be %s: refused: %v", victim.id, o.what, victim.id, err)
 		}
-		c.refusalLogged(t, l, o)
 	}
 	// A node of this cluster (it has the key) asks to remove another.
 	_, cli, err := transport.ClusterKeyTLS(c.key, caller.id)
@@ -293,7 +296,6 @@ func (c *adversary) leaveOfAnother(t *testing.T) {
 	} else {
 		t.Logf("node %s asking to remove %s: refused: %v", caller.id, victim.id, err)
 	}
-	waitLog(t, l, "refused a request to remove another node", "caller="+caller.id, "id="+victim.id)
 	m, err := c.api(l).Members(ctxT(t, 5*time.Second), connect.NewRequest(&pb.MembersRequest{}))
 	if err != nil {
 		t.Fatal(err)
@@ -308,13 +310,18 @@ func (c *adversary) leaveOfAnother(t *testing.T) {
 		t.Errorf("voters after the refused leaves: %v", m.Msg.GetMembers())
 	}
 	c.intact(t)
+	for _, o := range outsiders {
+		c.refusalLogged(t, l, o)
+	}
+	waitLog(t, l, "refused a request to remove another node", "caller="+caller.id, "id="+victim.id)
 }
 
 // timeoutNow: Raft TimeoutNow forced an election on every call.
 func (c *adversary) timeoutNow(t *testing.T) {
 	_, fs := c.followers(t)
 	before := c.terms(t)
-	for _, o := range c.outsiders(t, "evil") {
+	outsiders := c.outsiders(t, "evil")
+	for _, o := range outsiders {
 		tr, hdr := o.raft(t)
 		for _, f := range fs {
 			for range 3 {
@@ -323,11 +330,15 @@ func (c *adversary) timeoutNow(t *testing.T) {
 					t.Errorf("TimeoutNow from an outsider with %s was served by %s", o.what, f.id)
 				}
 			}
-			c.refusalLogged(t, f, o)
 		}
 	}
 	c.sameTerms(t, before)
 	c.intact(t)
+	for _, o := range outsiders {
+		for _, f := range fs {
+			c.refusalLogged(t, f, o)
+		}
+	}
 }
 
 // forgedRelease is an AppendEntries of the next term that appends, right
@@ -349,7 +360,8 @@ func (c *adversary) forgedAppendEntries(t *testing.T) {
 	f := fs[0]
 	before := c.terms(t)
 	s := c.sentinels[1]
-	for _, o := range c.outsiders(t, "evil") {
+	outsiders := c.outsiders(t, "evil")
+	for _, o := range outsiders {
 		st, err := c.status(ctxT(t, 5*time.Second), f)
 		if err != nil {
 			t.Fatal(err)
@@ -362,10 +374,12 @@ func (c *adversary) forgedAppendEntries(t *testing.T) {
 		} else {
 			t.Logf("forged AppendEntries, outsider with %s: refused: %v", o.what, err)
 		}
-		c.refusalLogged(t, f, o)
 	}
 	c.sameTerms(t, before)
 	c.intact(t)
+	for _, o := range outsiders {
+		c.refusalLogged(t, f, o)
+	}
 }
 
 // evilMeta is a memberlist delegate that only publishes metadata.
