@@ -1327,7 +1327,8 @@ func TestAdversaryTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &outsider{what: "an API client certificate", id: "ops", cluster: st.GetClusterId(),
+	// Its hello names no node: under TLS the certificate speaks for it.
+	o := &outsider{what: "an API client certificate", cluster: st.GetClusterId(),
 		tls: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "127.0.0.1"}}
 	l, fs := v.followers(t)
 	before := v.terms(t)
