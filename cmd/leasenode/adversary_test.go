@@ -1367,9 +1367,9 @@ func TestAdversaryTLS(t *testing.T) {
 	} else {
 		t.Logf("forged AppendEntries with an API client certificate: refused: %v", err)
 	}
+	v.sameTerms(t, before)
+	v.intact(t)
 	for _, a := range []*agent{l, f} {
 		t.Logf("%s: %s", a.id, waitLog(t, a, "refused a node-port connection", "lacks the node role", "client.leasenode"))
 	}
-	v.sameTerms(t, before)
-	v.intact(t)
 }
