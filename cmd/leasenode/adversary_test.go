@@ -198,24 +198,28 @@ func (c *adversary) refusalLogged(t *testing.T, a *agent, o *outsider) {
 	waitLog(t, a, want...)
 }
 
-// waitLog waits until a line of a's log holds every one of want.
+// waitLog waits until a line of a's log holds every one of want, and
+// returns it; after 10 s it fails the test (and returns ""), but lets it
+// go on to check what the missing line may have let through.
 func waitLog(t *testing.T, a *agent, want ...string) string {
 	t.Helper()
-	var line string
-	nodetest.Eventually(t, 10*time.Second, func() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		for _, l := range strings.Split(logOf(a), "\n") {
 			ok := true
 			for _, w := range want {
 				ok = ok && strings.Contains(l, w)
 			}
 			if ok {
-				line = l
-				return nil
+				return l
 			}
 		}
-		return fmt.Errorf("no line of %s's log holds %q", a.id, want)
-	})
-	return line
+		if time.Now().After(deadline) {
+			t.Errorf("no line of %s's log holds %q", a.id, want)
+			return ""
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func marshal(t *testing.T, m proto.Message) []byte {
