@@ -1231,7 +1231,16 @@ func (c *adversary) damagedDataDir(t *testing.T) {
 			}
 			p := start(t, v.env, v.args...)
 			c.procs = append(c.procs, p)
-			code := p.wait(t, 30*time.Second)
+			select {
+			case <-p.done:
+			case <-time.After(30 * time.Second):
+				what := "its node serves nothing, yet the process lives on"
+				if r, err := c.api(v).Get(ctxT(t, 2*time.Second), connect.NewRequest(&pb.GetRequest{Key: "g" + flip[1:], Stale: true})); err == nil {
+					what = fmt.Sprintf("it serves, and its state has %q: %v (a key no other replica has)", "g"+flip[1:], r.Msg.GetFound())
+				}
+				t.Fatalf("agent on a data dir with %s still runs after 30 s: %s", tc.name, what)
+			}
+			code := p.cmd.ProcessState.ExitCode()
 			log := p.stderr.String()
 			ok := code != 0 && !goPanic.MatchString(log)
 			for _, w := range tc.want {
