@@ -1236,7 +1236,7 @@ func (c *adversary) damagedDataDir(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				what := "its node serves nothing, yet the process lives on"
 				if r, err := c.api(v).Get(ctxT(t, 2*time.Second), connect.NewRequest(&pb.GetRequest{Key: "g" + flip[1:], Stale: true})); err == nil {
-					what = fmt.Sprintf("it serves, and its state has %q: %v (a key no other replica has)", "g"+flip[1:], r.Msg.GetFound())
+					what = fmt.Sprintf("it serves (its state has %q, a key no other replica has: %v)", "g"+flip[1:], r.Msg.GetFound())
 				}
 				t.Fatalf("agent on a data dir with %s still runs after 30 s: %s", tc.name, what)
 			}
