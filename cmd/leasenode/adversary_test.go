@@ -107,6 +107,12 @@ func TestAdversary(t *testing.T) {
 	// The token reaches each agent another way: a file flag, the
 	// environment, a file named by the environment.
 	agents := clusterEach(t, 3, func(i int, a *agent) {
+		// Each client API on a host of its own (127.0.0.1, .2, .3), as
+		// on separate machines: a redirect to the leader changes host, and
+		// clients that keep the token across it must do so on purpose.
+		_, port, _ := net.SplitHostPort(a.api)
+		a.api = net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i+1), port)
+		a.args[slices.Index(a.args, "--api")+1] = a.api
 		a.env = append(a.env, "LEASENODE_CLUSTER_KEY_FILE="+c.keyFile)
 		switch i {
 		case 0:
