@@ -189,10 +189,6 @@ type Config struct {
 	// slog.New(slog.DiscardHandler) to silence it.
 	Logger *slog.Logger
 
-	// Faults routes node-to-node traffic through an in-process
-	// switchboard, for tests that partition nodes. Nil in production.
-	Faults *transport.Faults
-
 	// HTTPHandlers are extra handlers served on the API address next to
 	// the client protocol, by path pattern (the agent mounts /metrics,
 	// /healthz and /readyz). Ignored without APIAddr.

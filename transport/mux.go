@@ -239,14 +239,14 @@ func (m *Mux) handle(raw net.Conn) {
 			return
 		}
 		if first[0] != tlsRecordHandshake {
-			log.Warn("plain-TCP client on a TLS port; closing connection", "first_byte", first[0])
+			log.Warn("refused a node-port connection: plain TCP, but the node port is mutual TLS: a node needs the cluster key or a node certificate from the cluster's CA", "first_byte", first[0])
 			m.forget(raw)
 			return
 		}
 		tc := tls.Server(&replayConn{Conn: raw, first: first[0], pending: true}, m.tls)
 		if err := tc.Handshake(); err != nil {
 			if !m.isClosed() {
-				log.Warn("TLS handshake failed; closing connection", "error", err)
+				log.Warn("refused a node-port connection: TLS handshake failed: a node needs the cluster key or a node certificate (node role) from the cluster's CA", "error", err)
 			}
 			m.forget(raw)
 			return

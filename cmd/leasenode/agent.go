@@ -36,6 +36,10 @@ but loopback, give every node the same cluster key:
 (leasenode tls -h) and a --gossip-key or cluster key. Without either the
 agent refuses to start unless --insecure.
 
+An agent whose node stops on a Raft entry it cannot apply (written by a
+newer version, or damaged on disk: its checksum fails) exits with 1,
+naming the entry.
+
 SIGINT or SIGTERM stop the agent gracefully and exit 0: it hands leadership
 to another voter first and stays a member of the cluster (a voter stays a
 voter), as a restart or upgrade needs; with --leave-on-stop it also leaves
@@ -281,7 +285,18 @@ func runAgent(ctx context.Context, sig *signals, args []string) error {
 	}
 	fmt.Printf("leasenode agent ready api=%s raft=%s gossip=%s%s\n", n.APIAddr(), n.RaftAddr(), gossip, extra)
 
-	first := <-sig.C
+	var first os.Signal
+	select {
+	case first = <-sig.C:
+	case <-n.Done():
+		// The node stopped on its own: it met a Raft entry it cannot
+		// apply (newer version, checksum mismatch) and logged it. A
+		// process that lingered on would look alive to a supervisor
+		// while it serves nothing; exit so it is seen and restarted.
+		stopMetrics()
+		<-metricsDone
+		return fmt.Errorf("node stopped: %w", n.Err())
+	}
 	what := "stopping (this node stays a member of the cluster)"
 	if cfg.LeaveOnClose {
 		what = "leaving the cluster for good (--leave-on-stop)"

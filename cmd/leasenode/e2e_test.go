@@ -179,6 +179,13 @@ func waitReady(t *testing.T, a *agent) {
 // ready (/readyz answers 200).
 func cluster(t *testing.T, n int, extra ...string) []*agent {
 	t.Helper()
+	return clusterEach(t, n, nil, extra...)
+}
+
+// clusterEach is cluster with a hook that may add to each agent's args and
+// env before it starts (flags given later override earlier ones).
+func clusterEach(t *testing.T, n int, each func(i int, a *agent), extra ...string) []*agent {
+	t.Helper()
 	agents := make([]*agent, n)
 	for i := range agents {
 		agents[i] = &agent{id: "a" + strconv.Itoa(i), raft: nodetest.FreeAddr(t, false), gossip: nodetest.FreeAddr(t, true), api: nodetest.FreeAddr(t, false),
@@ -195,6 +202,9 @@ func cluster(t *testing.T, n int, extra ...string) []*agent {
 			"--join", strings.Join(join, ","), "--bootstrap-expect", strconv.Itoa(n), "--timing", "fast", "--log-level", "warn"}, extra...)
 		// The data dir comes from the environment, to test that path too.
 		a.env = []string{"LEASENODE_DATA_DIR=" + a.dir}
+		if each != nil {
+			each(i, a)
+		}
 		a.p = start(t, a.env, a.args...)
 	}
 	for _, a := range agents {
@@ -225,10 +235,16 @@ func httpGet(addr, path string) (int, string) {
 // cli runs one client command to completion.
 func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return cliEnv(t, nil, args...)
+}
+
+// cliEnv is cli with extra environment variables (LEASENODE_AUTH_TOKEN=...).
+func cliEnv(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -633,63 +649,61 @@ func TestBenchSelf(t *testing.T) {
 	}
 }
 
-// Scenario: the README's TLS set-up. `tls ca create` and `tls cert create`
-// make a CA, three node certificates and an API client certificate (keys
-// 0600, never overwritten); three agents run mutual TLS on the node port
-// and the API with a cluster key file keying gossip, and serve the probes
-// in plain HTTP on --http. The client certificate works on the API
-// (status shows the cluster id); an agent started with it as its node
-// certificate refuses to start, naming the missing role.
-func TestTLSCluster(t *testing.T) {
-	t.Parallel()
+// tlsSetup is the README's TLS cluster: a CA, three node certificates and
+// an API client certificate ("ops") made by `leasenode tls`, a cluster key
+// file that keys gossip, and three agents running mutual TLS on the node
+// port and the API, with the probes in plain HTTP on --http.
+type tlsSetup struct {
+	dir, ca, keyFile string
+	agents           []*tlsAgent
+	client           []string // client flags: --addr, --tls-ca, --tls-cert, --tls-key
+}
+
+type tlsAgent struct {
+	agent
+	http string
+}
+
+// tlsCluster makes the files and starts the agents (with extra flags),
+// and waits until each serves /readyz on --http.
+func tlsCluster(t *testing.T, extra ...string) *tlsSetup {
+	t.Helper()
 	dir := t.TempDir()
-	run := func(want int, args ...string) string {
+	run := func(args ...string) {
 		t.Helper()
-		code, out, errOut := cli(t, args...)
-		if code != want {
-			t.Fatalf("%v: exit %d, want %d\n%s%s", args, code, want, out, errOut)
+		if code, out, errOut := cli(t, args...); code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, out, errOut)
 		}
-		return out + errOut
 	}
-	run(0, "tls", "ca", "create", "--dir", dir)
-	if out := run(1, "tls", "ca", "create", "--dir", dir); !strings.Contains(out, "not overwriting") {
-		t.Fatalf("second ca create: %s", out)
-	}
+	run("tls", "ca", "create", "--dir", dir)
 	for i := range 3 {
-		run(0, "tls", "cert", "create", "--dir", dir, "--node", "t"+strconv.Itoa(i), "--ip", "127.0.0.1")
+		run("tls", "cert", "create", "--dir", dir, "--node", "t"+strconv.Itoa(i), "--ip", "127.0.0.1")
 	}
-	run(0, "tls", "cert", "create", "--dir", dir, "--client", "--name", "ops")
-	for _, f := range []string{"leasenode-ca-key.pem", "node-t0-key.pem", "client-ops-key.pem"} {
-		st, err := os.Stat(filepath.Join(dir, f))
-		if err != nil || st.Mode().Perm() != 0o600 {
-			t.Fatalf("%s: %v %v, want mode 0600", f, st, err)
-		}
-	}
-	keyFile := filepath.Join(dir, "cluster.key")
-	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(nodetest.NewClusterKey(t))+"\n"), 0o600); err != nil {
+	run("tls", "cert", "create", "--dir", dir, "--client", "--name", "ops")
+	s := &tlsSetup{dir: dir, ca: filepath.Join(dir, "leasenode-ca.pem"), keyFile: filepath.Join(dir, "cluster.key")}
+	if err := os.WriteFile(s.keyFile, []byte(base64.StdEncoding.EncodeToString(nodetest.NewClusterKey(t))+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ca := filepath.Join(dir, "leasenode-ca.pem")
-	type tlsAgent struct {
-		agent
-		http string
-	}
-	agents := make([]*tlsAgent, 3)
-	for i := range agents {
-		agents[i] = &tlsAgent{agent: agent{id: "t" + strconv.Itoa(i), raft: nodetest.FreeAddr(t, false), gossip: nodetest.FreeAddr(t, true),
+	s.agents = make([]*tlsAgent, 3)
+	for i := range s.agents {
+		s.agents[i] = &tlsAgent{agent: agent{id: "t" + strconv.Itoa(i), raft: nodetest.FreeAddr(t, false), gossip: nodetest.FreeAddr(t, true),
 			api: nodetest.FreeAddr(t, false), dir: filepath.Join(t.TempDir(), "data")}, http: nodetest.FreeAddr(t, false)}
 	}
-	for _, a := range agents {
-		var join []string
-		for _, b := range agents {
-			join = append(join, b.gossip)
-		}
-		a.p = start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + keyFile}, "agent", "--id", a.id, "--data-dir", a.dir,
+	var join, apis []string
+	for _, b := range s.agents {
+		join = append(join, b.gossip)
+		apis = append(apis, b.api)
+	}
+	for _, a := range s.agents {
+		a.env = []string{"LEASENODE_CLUSTER_KEY_FILE=" + s.keyFile}
+		a.args = append([]string{"agent", "--id", a.id, "--data-dir", a.dir,
 			"--bind", a.raft, "--gossip", a.gossip, "--api", a.api, "--http", a.http,
 			"--join", strings.Join(join, ","), "--bootstrap-expect", "3", "--timing", "fast", "--log-level", "warn",
-			"--tls-ca", ca, "--tls-cert", filepath.Join(dir, "node-"+a.id+".pem"), "--tls-key", filepath.Join(dir, "node-"+a.id+"-key.pem"))
+			"--tls-ca", s.ca, "--tls-cert", filepath.Join(dir, "node-"+a.id+".pem"), "--tls-key", filepath.Join(dir, "node-"+a.id+"-key.pem")},
+			extra...)
+		a.p = start(t, a.env, a.args...)
 	}
-	for _, a := range agents {
+	for _, a := range s.agents {
 		nodetest.Eventually(t, 30*time.Second, func() error {
 			if a.p.exited() {
 				t.Fatalf("agent %s exited: %s", a.id, a.p.stderr)
@@ -703,15 +717,42 @@ func TestTLSCluster(t *testing.T) {
 			return nil
 		})
 	}
+	s.client = []string{"--addr", strings.Join(apis, ","), "--tls-ca", s.ca,
+		"--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem")}
+	return s
+}
+
+// Scenario: the README's TLS set-up. `tls ca create` and `tls cert create`
+// make a CA, three node certificates and an API client certificate (keys
+// 0600, never overwritten); three agents run mutual TLS on the node port
+// and the API with a cluster key file keying gossip, and serve the probes
+// in plain HTTP on --http. The client certificate works on the API
+// (status shows the cluster id); an agent started with it as its node
+// certificate refuses to start, naming the missing role.
+func TestTLSCluster(t *testing.T) {
+	t.Parallel()
+	s := tlsCluster(t)
+	dir, agents, client := s.dir, s.agents, s.client
+	run := func(want int, args ...string) string {
+		t.Helper()
+		code, out, errOut := cli(t, args...)
+		if code != want {
+			t.Fatalf("%v: exit %d, want %d\n%s%s", args, code, want, out, errOut)
+		}
+		return out + errOut
+	}
+	if out := run(1, "tls", "ca", "create", "--dir", dir); !strings.Contains(out, "not overwriting") {
+		t.Fatalf("second ca create: %s", out)
+	}
+	for _, f := range []string{"leasenode-ca-key.pem", "node-t0-key.pem", "client-ops-key.pem"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v, want mode 0600", f, st, err)
+		}
+	}
 	if code, body := httpGet(agents[0].http, "/metrics"); code != 200 || !strings.Contains(body, "leasenode_raft_term") {
 		t.Fatalf("/metrics on --http: %d", code)
 	}
-	var apis []string
-	for _, a := range agents {
-		apis = append(apis, a.api)
-	}
-	client := []string{"--addr", strings.Join(apis, ","), "--tls-ca", ca,
-		"--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem")}
 	nodetest.Eventually(t, 20*time.Second, func() error {
 		code, out, errOut := cli(t, append([]string{"status"}, client...)...)
 		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, "no confirmed client API") {
@@ -725,9 +766,9 @@ func TestTLSCluster(t *testing.T) {
 	}
 
 	// An agent whose certificate is an API client's: refused at start.
-	bad := start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + keyFile}, "agent", "--id", "t9", "--data-dir", t.TempDir(),
+	bad := start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + s.keyFile}, "agent", "--id", "t9", "--data-dir", t.TempDir(),
 		"--bind", nodetest.FreeAddr(t, false), "--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false),
-		"--tls-ca", ca, "--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem"))
+		"--tls-ca", s.ca, "--tls-cert", filepath.Join(dir, "client-ops.pem"), "--tls-key", filepath.Join(dir, "client-ops-key.pem"))
 	if code := bad.wait(t, 20*time.Second); code == 0 || !strings.Contains(bad.stderr.String(), "node.leasenode") {
 		t.Fatalf("agent with a client certificate: exit %d, stderr %s", code, bad.stderr)
 	}
