@@ -19,7 +19,8 @@
 // by Middleware, which the node wraps around its API handlers.
 //
 // It does not change the node, and owns no safety property: everything it
-// reports is advisory.
+// reports is advisory. leasenode_build_info names the running build
+// (internal/buildinfo).
 package metrics
 
 import (
@@ -36,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/leasenode/leasenode/internal/buildinfo"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -120,11 +122,29 @@ func New(opts Options) *Metrics {
 		descMembers:     desc("members", "Nodes known to gossip, by status and Raft role.", "status", "role"),
 	}
 	m.reg = prometheus.NewRegistry()
-	m.reg.MustRegister(m)
+	m.reg.MustRegister(m, BuildInfoCollector())
 	if opts.ProcessMetrics {
 		m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	return m
+}
+
+// BuildInfoCollector returns the leasenode_build_info gauge: always 1,
+// labelled with the running build (version, revision, modified, goversion),
+// so a rolling upgrade can be followed in Prometheus
+// (count by (version) (leasenode_build_info)). New registers it in the
+// registry Handler serves; a program that registers Metrics in its own
+// registry can register this too.
+func BuildInfoCollector() prometheus.Collector {
+	in := buildinfo.Get()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help: "The running leasenode build: always 1, labelled with its version, VCS revision, dirty flag and Go version.",
+		ConstLabels: prometheus.Labels{"version": in.Version, "revision": in.Revision,
+			"modified": strconv.FormatBool(in.Modified), "goversion": in.GoVersion},
+	})
+	g.Set(1)
+	return g
 }
 
 // Describe implements prometheus.Collector.

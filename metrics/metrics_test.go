@@ -90,4 +90,9 @@ func TestUnattached(t *testing.T) {
 	if code, body := get(t, addr, "/readyz"); code != 503 || !strings.Contains(body, "starting") {
 		t.Errorf("/readyz: %d %q", code, body)
 	}
+	// The build is known before any node is: leasenode_build_info is 1.
+	if code, body := get(t, addr, "/metrics"); code != 200 || !strings.Contains(body, "leasenode_build_info{goversion=\"go") ||
+		!strings.Contains(body, `version="`) {
+		t.Errorf("/metrics has no leasenode_build_info: %d\n%s", code, body)
+	}
 }
