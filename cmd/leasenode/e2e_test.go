@@ -550,7 +550,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"frobnicate"}, nil, exitUsage, "unknown command"},
-		{[]string{"get", "k", "--no-such-flag"}, nil, exitUsage, "flag provided but not defined"},
+		{[]string{"get", "k", "--no-such-flag"}, nil, exitUsage, "unknown flag: --no-such-flag"},
 		{[]string{"get"}, nil, exitUsage, "wrong number of arguments"},
 		{[]string{"get", "k", "-o", "yaml"}, nil, exitUsage, "want table or json"},
 		{[]string{"lock", "k"}, nil, exitUsage, "lock KEY"},
