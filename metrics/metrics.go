@@ -32,6 +32,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -364,12 +366,24 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Handlers returns the HTTP endpoints to serve next to the client API, by
-// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz. Set
+// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz, the
+// gRPC health service (grpc.health.v1.Health, see Check) and gRPC server
+// reflection (v1 and v1alpha, listing LeaseService and Health, so grpcurl
+// and Postman need no .proto). Like the HTTP probes they are not behind
+// the auth token: they reveal the schema and readiness, no lease. Set
 // node.Config.APIMiddleware to Middleware to time the API requests too.
 func (m *Metrics) Handlers() map[string]http.Handler {
-	return map[string]http.Handler{
+	h := map[string]http.Handler{
 		"/metrics": m.Handler(),
 		"/healthz": http.HandlerFunc(Healthz),
 		"/readyz":  http.HandlerFunc(m.Readyz),
 	}
+	path, health := grpchealth.NewHandler(m)
+	h[path] = health
+	reflector := grpcreflect.NewStaticReflector(LeaseServiceName, grpchealth.HealthV1ServiceName)
+	path, refl := grpcreflect.NewHandlerV1(reflector)
+	h[path] = refl
+	path, refl = grpcreflect.NewHandlerV1Alpha(reflector)
+	h[path] = refl
+	return h
 }
