@@ -19,7 +19,7 @@ func TestRead(t *testing.T) {
 	}{
 		{"no build info", nil, "", "(devel)", "(devel)", "", false, ""},
 		{"stamped checkout", &debug.BuildInfo{GoVersion: "go1.26.8",
-			Main: debug.Module{Path: ModulePath, Version: "v0.0.0-20260101120000-abcdef123456+dirty"},
+			Main:     debug.Module{Path: ModulePath, Version: "v0.0.0-20260101120000-abcdef123456+dirty"},
 			Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abcdef1234567890"}, {Key: "vcs.modified", Value: "true"}}},
 			"", "v0.0.0-20260101120000-abcdef123456+dirty", "v0.0.0-20260101120000-abcdef123456+dirty", "abcdef1234567890", true, "go1.26.8"},
 		{"devel with revision", &debug.BuildInfo{Main: debug.Module{Path: ModulePath, Version: "(devel)"},
