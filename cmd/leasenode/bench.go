@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,25 +138,63 @@ func runBench(ctx context.Context, sig *signals, cf *clientFlags, o benchOptions
 	}
 	fmt.Printf("leasenode bench against %s, %v per workload\n\n", target, *duration)
 	w := table(os.Stdout)
-	fmt.Fprintln(w, "WORKLOAD\tMETRIC\tCLIENTS\tCOUNT\tPER SEC\tP50\tP99\tMAX\tERRORS")
+	fmt.Fprintln(w, "WORKLOAD\tMETRIC\tCLIENTS\tN\tPER SEC\tP50\tP99\tMAX\tERRORS")
 	for _, r := range results {
 		rate := "-"
 		if r.PerSec > 0 {
 			rate = fmt.Sprintf("%.0f", r.PerSec)
 		}
+		maxS := "-"
+		if r.Count > 0 {
+			maxS = msStr(r.MaxMs)
+		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Workload, r.Metric, r.Clients, r.Count, rate,
-			msStr(r.P50ms), msStr(r.P99ms), msStr(r.MaxMs), r.Errors)
+			pctStr(r.P50ms), pctStr(r.P99ms), maxS, r.Errors)
 	}
 	w.Flush()
+	fmt.Printf("\nN is the number of samples; p50 needs %d, p99 %d (with fewer, \"-\": max is the honest figure).\n",
+		bench.MinSamplesP50, bench.MinSamplesP99)
 	for _, r := range results {
 		if r.Note != "" {
 			fmt.Printf("  %s: %s\n", r.Workload, r.Note)
 		}
 	}
+	for _, r := range results {
+		if r.Errors == 0 {
+			continue
+		}
+		kinds := slices.Sorted(maps.Keys(r.ErrorKinds))
+		var parts []string
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%d %s", r.ErrorKinds[k], k))
+		}
+		fmt.Printf("  %s %s: %d errors: %s\n", r.Workload, r.Metric, r.Errors, strings.Join(parts, ", "))
+	}
+	if hasErrors(results) {
+		fmt.Println("  (no leader: retried for --timeout without reaching one; unknown outcome: a reply was lost, the",
+			"\n   request may have applied; held: the key was taken by another holder; refused: the cluster ended the lease)")
+	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return context.Cause(ctx)
 	}
 	return nil
+}
+
+func hasErrors(rs []bench.Result) bool {
+	for _, r := range rs {
+		if r.Errors > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// pctStr formats a percentile, "-" when there were too few samples.
+func pctStr(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return msStr(*v)
 }
 
 func msStr(v float64) string {
