@@ -9,7 +9,7 @@
 //
 //	go build -ldflags "-X github.com/leasenode/leasenode/internal/buildinfo.version=v1.2.3" ./cmd/leasenode
 //
-// (and .revision=COMMIT), which win over the stamped module version (a build from a checkout is
+// (and .revision=COMMIT, .modified=true), which win over the stamped module version (a build from a checkout is
 // stamped with a pseudo-version such as v0.0.0-20260101120000-abcdef123456,
 // or "(devel)" when no VCS information is available).
 package buildinfo
@@ -25,10 +25,10 @@ import (
 // ModulePath is the module whose version is reported.
 const ModulePath = "github.com/leasenode/leasenode"
 
-// version and revision are set by the linker (-X) for builds whose VCS
-// information Go cannot stamp (a container build without .git, a git
-// worktree); empty otherwise.
-var version, revision string
+// version, revision and modified ("true") are set by the linker (-X) for
+// builds whose VCS information Go cannot stamp (a container build without
+// .git, a git worktree); empty otherwise.
+var version, revision, modified string
 
 // Info describes one build.
 type Info struct {
@@ -100,6 +100,9 @@ func read(readBuildInfo func() (*debug.BuildInfo, bool)) Info {
 	}
 	if revision != "" {
 		in.Revision = revision
+	}
+	if modified != "" {
+		in.Modified = modified == "true"
 	}
 	return in
 }
