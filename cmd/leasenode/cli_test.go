@@ -37,7 +37,8 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"acquire", "k", "--wait", "soon"}, exitUsage, []string{`--wait "soon"`, `"forever"`}},
 		{[]string{"snapshot", "sve", "f"}, exitUsage, []string{`unknown subcommand "sve"`, `did you mean "save"?`}},
 		{[]string{"tls"}, exitUsage, []string{"want a subcommand"}},
-		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode: get \"k\": "}},
+		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
+		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
 	}
 	for _, c := range cases {
 		code, out, errOut := run1(t, nil, c.args...)
@@ -52,7 +53,7 @@ func TestCLIHabits(t *testing.T) {
 		if strings.Contains(errOut, "Usage:") || strings.Count(errOut, "\n") > 4 {
 			t.Errorf("%v: the error is not short (%d lines): %q", c.args, strings.Count(errOut, "\n"), errOut)
 		}
-		if strings.Contains(errOut, "get: get") || out != "" && c.code == exitUsage {
+		if strings.Contains(errOut, "get: get") || strings.Contains(errOut, "status: status") || out != "" && c.code == exitUsage {
 			t.Errorf("%v: doubled prefix or output on a usage error: %q %q", c.args, out, errOut)
 		}
 	}

@@ -202,13 +202,16 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		return ee.code
 	}
 	code := exitCode(err)
-	msg := err.Error()
+	msg := strings.TrimRight(err.Error(), "\n")
+	line := name + ": " + msg
 	if cmd != nil && cmd.HasParent() {
+		// "get \"k\": ..." and "status: ..." already name the command:
+		// "leasenode get \"k\": ...", never "leasenode get: get \"k\": ...".
 		if verb := cmd.Name(); strings.HasPrefix(msg, verb+" ") || strings.HasPrefix(msg, verb+":") {
-			name = "leasenode"
+			line = cmd.Parent().CommandPath() + " " + msg
 		}
 	}
-	fmt.Fprintf(w, "%s: %s\n", name, strings.TrimRight(msg, "\n"))
+	fmt.Fprintln(w, line)
 	var ue *usageError
 	if errors.As(err, &ue) {
 		if ue.hint != "" {
