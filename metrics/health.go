@@ -1,10 +1,13 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/node"
@@ -62,4 +65,26 @@ func Ready(n *node.Node, maxLag uint64) error {
 		return fmt.Errorf("catching up: applied index %d is %d entries behind commit index %d", applied, l, commit)
 	}
 	return nil
+}
+
+// LeaseServiceName is the client API's gRPC service name, as grpc.health.v1
+// and reflection know it.
+const LeaseServiceName = "leasenode.v1.LeaseService"
+
+// Check implements grpchealth.Checker: the standard grpc.health.v1 probe
+// that gRPC load balancers, grpc_health_probe and Kubernetes' grpc probes
+// ask. The whole server ("") and LeaseService are SERVING exactly when
+// /readyz answers 200, NOT_SERVING otherwise; any other service is
+// NotFound.
+func (m *Metrics) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
+	switch req.Service {
+	case "", LeaseServiceName:
+	default:
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %q (this server has %q)", req.Service, LeaseServiceName))
+	}
+	n := m.n.Load()
+	if n == nil || Ready(n, m.opts.MaxApplyLag) != nil {
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
+	}
+	return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
 }

@@ -19,7 +19,8 @@
 // by Middleware, which the node wraps around its API handlers.
 //
 // It does not change the node, and owns no safety property: everything it
-// reports is advisory.
+// reports is advisory. leasenode_build_info names the running build
+// (internal/buildinfo).
 package metrics
 
 import (
@@ -31,11 +32,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/leasenode/leasenode/internal/buildinfo"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -120,11 +124,29 @@ func New(opts Options) *Metrics {
 		descMembers:     desc("members", "Nodes known to gossip, by status and Raft role.", "status", "role"),
 	}
 	m.reg = prometheus.NewRegistry()
-	m.reg.MustRegister(m)
+	m.reg.MustRegister(m, BuildInfoCollector())
 	if opts.ProcessMetrics {
 		m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	return m
+}
+
+// BuildInfoCollector returns the leasenode_build_info gauge: always 1,
+// labelled with the running build (version, revision, modified, goversion),
+// so a rolling upgrade can be followed in Prometheus
+// (count by (version) (leasenode_build_info)). New registers it in the
+// registry Handler serves; a program that registers Metrics in its own
+// registry can register this too.
+func BuildInfoCollector() prometheus.Collector {
+	in := buildinfo.Get()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help: "The running leasenode build: always 1, labelled with its version, VCS revision, dirty flag and Go version.",
+		ConstLabels: prometheus.Labels{"version": in.Version, "revision": in.Revision,
+			"modified": strconv.FormatBool(in.Modified), "goversion": in.GoVersion},
+	})
+	g.Set(1)
+	return g
 }
 
 // Describe implements prometheus.Collector.
@@ -344,12 +366,24 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Handlers returns the HTTP endpoints to serve next to the client API, by
-// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz. Set
+// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz, the
+// gRPC health service (grpc.health.v1.Health, see Check) and gRPC server
+// reflection (v1 and v1alpha, listing LeaseService and Health, so grpcurl
+// and Postman need no .proto). Like the HTTP probes they are not behind
+// the auth token: they reveal the schema and readiness, no lease. Set
 // node.Config.APIMiddleware to Middleware to time the API requests too.
 func (m *Metrics) Handlers() map[string]http.Handler {
-	return map[string]http.Handler{
+	h := map[string]http.Handler{
 		"/metrics": m.Handler(),
 		"/healthz": http.HandlerFunc(Healthz),
 		"/readyz":  http.HandlerFunc(m.Readyz),
 	}
+	path, health := grpchealth.NewHandler(m)
+	h[path] = health
+	reflector := grpcreflect.NewStaticReflector(LeaseServiceName, grpchealth.HealthV1ServiceName)
+	path, refl := grpcreflect.NewHandlerV1(reflector)
+	h[path] = refl
+	path, refl = grpcreflect.NewHandlerV1Alpha(reflector)
+	h[path] = refl
+	return h
 }

@@ -6,10 +6,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/metrics"
@@ -74,7 +78,40 @@ func TestClusterMetrics(t *testing.T) {
 		if code, _ := get(t, addr, "/healthz"); code != 200 {
 			t.Errorf("n%d /healthz: %d", i, code)
 		}
+		// grpc.health.v1, over gRPC (HTTP/2 without TLS, as grpcurl -plaintext).
+		hc := grpchealth.NewClient(h2cClient(), "http://"+addr, connect.WithGRPC())
+		for _, svc := range []string{"", metrics.LeaseServiceName} {
+			resp, err := hc.Check(ctx, &grpchealth.CheckRequest{Service: svc})
+			if err != nil || resp.Status != grpchealth.StatusServing {
+				t.Errorf("n%d grpc health %q: %v %v", i, svc, resp, err)
+			}
+		}
+		if _, err := hc.Check(ctx, &grpchealth.CheckRequest{Service: "nope"}); connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("n%d grpc health of an unknown service: %v", i, err)
+		}
 	}
+	// Server reflection lists the services, so grpcurl needs no .proto.
+	rc := grpcreflect.NewClient(h2cClient(), "http://"+c.Config(0).APIAddr, connect.WithGRPC())
+	stream := rc.NewStream(ctx)
+	names, err := stream.ListServices()
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	stream.Close()
+	var got []string
+	for _, n := range names {
+		got = append(got, string(n))
+	}
+	if !slices.Contains(got, metrics.LeaseServiceName) || !slices.Contains(got, grpchealth.HealthV1ServiceName) {
+		t.Errorf("reflection lists %v", got)
+	}
+}
+
+// h2cClient speaks HTTP/2 without TLS, as gRPC clients do on a plaintext port.
+func h2cClient() *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 5 * time.Second}
 }
 
 // Before a node is attached, /readyz says it is starting.
@@ -89,5 +126,10 @@ func TestUnattached(t *testing.T) {
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	if code, body := get(t, addr, "/readyz"); code != 503 || !strings.Contains(body, "starting") {
 		t.Errorf("/readyz: %d %q", code, body)
+	}
+	// The build is known before any node is: leasenode_build_info is 1.
+	if code, body := get(t, addr, "/metrics"); code != 200 || !strings.Contains(body, "leasenode_build_info{goversion=\"go") ||
+		!strings.Contains(body, `version="`) {
+		t.Errorf("/metrics has no leasenode_build_info: %d\n%s", code, body)
 	}
 }

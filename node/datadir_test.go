@@ -229,3 +229,45 @@ func testFlippedLogByte(t *testing.T, store string) {
 		t.Fatal(err)
 	}
 }
+
+// Invariant committed-never-forgotten: raft-wal reads a damaged last
+// batch as a torn write and drops it; when that batch held entries this
+// node had seen committed (it acknowledged them), the node refuses to
+// start instead of running on having forgotten them.
+func TestWALLostCommittedEntriesRefused(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) { cfg.LogStore = node.LogStoreWAL }})
+	_, l := c.Leader()
+	fi, _ := c.Follower()
+	mustGrant(t, l, acq("last-batch-0123456789", "h", 1, time.Minute))
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		n := c.Node(fi)
+		if _, ok := n.FSM().Get("last-batch-0123456789"); !ok || n.Raft().CommitIndex() < n.Raft().LastIndex() {
+			return errors.New("not committed on the follower yet")
+		}
+		return nil
+	})
+	cfg := c.Config(fi)
+	c.Stop(fi) // a graceful stop records the committed index
+	segs, _ := filepath.Glob(filepath.Join(cfg.DataDir, "wal", "*.wal"))
+	flipped := false
+	for _, seg := range segs {
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.LastIndex(b, []byte("last-batch-0123456789")); i >= 0 {
+			b[i] ^= 0x01
+			if err := os.WriteFile(seg, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			flipped = true
+		}
+	}
+	if !flipped {
+		t.Fatal("the entry is in no WAL segment")
+	}
+	err := startFails(t, cfg)
+	if !strings.Contains(err.Error(), "dropped acknowledged entries") {
+		t.Fatalf("a WAL that lost committed entries: %v", err)
+	}
+}

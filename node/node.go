@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type Node struct {
 	raft   *raft.Raft
 	trans  *raft.NetworkTransport
 	stream *transport.StreamLayer // under trans; drained before the store closes
+	walDir string                 // the raft-wal dir, if the store is raft-wal (see walguard.go)
 	store  raftStore
 
 	mux    *transport.Mux
@@ -163,6 +165,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.goRun("node.feed", n.runFeed)
 	n.goRun("node.membership", n.runMembership)
 	n.goRun("node.compaction", n.runCompaction)
+	if n.walDir != "" {
+		n.goRun("node.commitmark", func() { n.runCommitMark(n.walDir) })
+	}
 	n.log.Info("node started", "raft", cfg.AdvertiseAddr, "gossip", cfg.GossipAdvertiseAddr, "api", n.apiAddr)
 	return n, nil
 }
@@ -193,6 +198,12 @@ func (n *Node) startRaft() error {
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hclogFor(n.log, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("snapshot store: %w", err)
+	}
+	if kind == LogStoreWAL {
+		n.walDir = filepath.Join(cfg.DataDir, walDir)
+		if err := checkCommitMark(n.walDir, n.store, snaps); err != nil {
+			return err
+		}
 	}
 	hadState, err := raft.HasExistingState(n.store, n.store, snaps)
 	if err != nil {
@@ -463,6 +474,13 @@ func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 	}
 	n.hub.close()
 	n.wg.Wait()
+	if n.walDir != "" && n.raft != nil && mode != stopCrash {
+		if idx := min(n.raft.CommitIndex(), n.raft.LastIndex()); idx > 0 {
+			if err := writeCommitMark(n.walDir, idx); err != nil {
+				n.log.Warn("recording the committed index", "err", err)
+			}
+		}
+	}
 	if n.store != nil {
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft store: %w", err))

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/buildinfo"
 	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -184,6 +185,7 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		Delayed:     uint64(st.Delayed),
 		ApiAddr:     n.apiAddr,
 		ClusterId:   n.cluster.get(),
+		Version:     buildinfo.Get().Short(),
 	}
 	if ls := n.lead.Load(); ls != nil {
 		resp.Serving = true

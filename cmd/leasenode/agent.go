@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,14 +13,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/leasenode/leasenode/metrics"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport"
 )
 
-const agentSynopsis = `agent --id ID --data-dir DIR [flags]
-
-Runs one node of a cluster. Start three with --bootstrap-expect 3 and --join
+const agentSynopsis = `Runs one node of a cluster. Start three with --bootstrap-expect 3 and --join
 pointing at each other's gossip address; they elect a leader once they all
 see each other. Prints one line to stdout once listening:
   leasenode agent ready api=IP:PORT raft=IP:PORT gossip=IP:PORT [http=IP:PORT]
@@ -44,7 +44,17 @@ SIGINT or SIGTERM stop the agent gracefully and exit 0: it hands leadership
 to another voter first and stays a member of the cluster (a voter stays a
 voter), as a restart or upgrade needs; with --leave-on-stop it also leaves
 the cluster for good (for a node that is retired). A second signal exits at
-once with 130 (SIGINT) or 143 (SIGTERM).`
+once with 130 (SIGINT) or 143 (SIGTERM).
+
+Settings come from flags, then the environment (LEASENODE_<FLAG>), then a
+TOML file given with --config, whose keys are the flag names:
+  id = "n1"
+  data-dir = "/var/lib/leasenode"
+  join = ["10.0.0.2:7401", "10.0.0.3:7401"]
+  bootstrap-expect = 3
+  cluster-key-file = "/etc/leasenode/cluster.key"
+A key that is not a flag is an error. --print-config prints the effective
+settings (secrets redacted) and exits.`
 
 // agentFlags are the flags of `leasenode agent`.
 type agentFlags struct {
@@ -71,16 +81,18 @@ type agentFlags struct {
 	unsafeExtendNoCommit, noSync bool
 	shutdownTimeout              time.Duration
 	leaveOnStop                  bool
-	fs                           *flag.FlagSet
+	enablePprof                  bool
+	logStore                     string
+	tlsServerName                string
+	configFile                   string
+	fs                           *pflag.FlagSet
 	unsafeNames                  []string
 }
 
-// newAgentFlags returns the agent's flags under the command name and
-// synopsis given (snapshot restore takes the same flags as the agent it
-// prepares).
-func newAgentFlags(name, synopsis string) *agentFlags {
-	a := &agentFlags{fs: newFlags(name, synopsis)}
-	fs := a.fs
+// newAgentFlags defines the agent's flags on fs (snapshot restore takes
+// the same flags as the agent it prepares).
+func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
+	a := &agentFlags{fs: fs}
 	fs.StringVar(&a.id, "id", "", "node ID: unique in the cluster and stable across restarts (required)")
 	fs.StringVar(&a.dataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&a.bind, "bind", "127.0.0.1:7400", "IP:PORT for Raft and node-to-node RPC (TCP)")
@@ -90,7 +102,7 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.api, "api", "127.0.0.1:7402", "IP:PORT for the client API, /metrics, /healthz and /readyz")
 	fs.StringVar(&a.apiAdvertise, "api-advertise", "", "HOST:PORT clients use to reach --api (default --api); a DNS name works, e.g. a\nKubernetes pod's, which a TLS certificate can carry when IPs change")
 	fs.StringVar(&a.http, "http", "", "IP:PORT for /healthz, /readyz and /metrics in plain HTTP, no client certificate\nor token (for probes and Prometheus when --api needs TLS); default: none")
-	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (IP:PORT[,IP:PORT])")
+	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (HOST:PORT[,HOST:PORT]); a DNS name\njoins every address it resolves to (a Kubernetes headless Service)")
 	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")
 	fs.IntVar(&a.voters, "voters", 3, "Raft voters the leader keeps; other nodes are non-voting replicas (odd)")
 	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN, ~1 s failover) or fast (one machine, ~0.5 s)")
@@ -100,26 +112,55 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.StringVar(&a.tlsCert, "tls-cert", "", "this node's certificate (PEM) with the node role (leasenode tls cert create --node):\nmutual TLS for Raft, RPC and the API")
 	fs.StringVar(&a.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	fs.StringVar(&a.tlsCA, "tls-ca", "", "CA bundle (PEM) that peers' and clients' certificates must chain to")
+	fs.StringVar(&a.tlsServerName, "tls-server-name", "", "name checked in other nodes' certificates instead of the address dialed, e.g.\nnode.leasenode (every node certificate carries it): for nodes whose IPs change (Kubernetes)")
 	fs.StringVar(&a.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) encrypting gossip; same on every node\n(default: derived from the cluster key)")
 	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API (visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)`)
 	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections")
-	fs.DurationVar(&a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft heartbeat timeout)")
+	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft heartbeat timeout)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
-	fs.DurationVar(&a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGINT/SIGTERM")
+	durationVar(fs, &a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGINT/SIGTERM")
+	fs.BoolVar(&a.enablePprof, "enable-pprof", false, "serve Go's profiler under /debug/pprof/ on --api, behind the auth token (like etcd's --enable-pprof)")
+	fs.StringVar(&a.logStore, "log-store", "", "Raft log store of a NEW data dir: wal (default: one fsync per append) or boltdb; an existing data dir keeps its own")
 	fs.BoolVar(&a.leaveOnStop, "leave-on-stop", false, "leave the cluster for good on SIGINT/SIGTERM (retiring a node); default: stay a member, as for a restart")
 	fs.BoolVar(&a.noSync, "unsafe-no-sync", false, "UNSAFE: do not fsync the Raft log (benchmarks only; needs LEASENODE_UNSAFE=1)")
 	fs.Float64Var(&a.unsafeClockRate, "unsafe-clock-rate", 0, "UNSAFE: scale the leader clock (chaos tests only; needs LEASENODE_UNSAFE=1)")
 	fs.BoolVar(&a.unsafeSkipRebase, "unsafe-skip-rebase", false, "UNSAFE: do not rebase expiries on leader change (chaos tests; needs LEASENODE_UNSAFE=1)")
 	fs.BoolVar(&a.unsafeWall, "unsafe-wall-clock", false, "UNSAFE: judge expiry by the wall clock (chaos tests; needs LEASENODE_UNSAFE=1)")
-	fs.DurationVar(&a.unsafeClockSkew, "unsafe-clock-skew", 0, "UNSAFE: add this skew to the wall clock of --unsafe-wall-clock (needs LEASENODE_UNSAFE=1)")
+	durationVar(fs, &a.unsafeClockSkew, "unsafe-clock-skew", 0, "UNSAFE: add this skew to the wall clock of --unsafe-wall-clock (needs LEASENODE_UNSAFE=1)")
 	fs.BoolVar(&a.unsafeExtendNoCommit, "unsafe-extend-no-commit", false, "UNSAFE: answer extends without committing them (chaos tests; needs LEASENODE_UNSAFE=1)")
 	a.unsafeNames = []string{"unsafe-no-sync", "unsafe-clock-rate", "unsafe-skip-rebase", "unsafe-wall-clock", "unsafe-clock-skew", "unsafe-extend-no-commit"}
+	fs.StringVar(&a.configFile, "config", "", "TOML file of settings, keys named as the flags (data-dir = \"/var/lib/leasenode\");\nflags and the environment win over it")
 	return a
 }
+
+// completions registers completions of the agent's flags on cmd.
+func (a *agentFlags) completions(cmd *cobra.Command) {
+	completeWords(cmd, "timing", "default", "fast")
+	completeWords(cmd, "log-level", "debug", "info", "warn", "error")
+	completeWords(cmd, "log-format", "text", "json")
+	_ = cmd.MarkFlagFilename("config", "toml")
+	for _, f := range []string{"tls-cert", "tls-key", "tls-ca"} {
+		_ = cmd.MarkFlagFilename(f, "pem")
+	}
+	_ = cmd.MarkFlagDirname("data-dir")
+}
+
+// load fills the settings given neither as flags nor in the environment
+// from --config (call it after bindEnv).
+func (a *agentFlags) load() error {
+	if a.configFile == "" {
+		return nil
+	}
+	return loadConfigFile(a.fs, a.configFile, "config", "print-config")
+}
+
+// isSet reports whether flag name was given on the command line, in the
+// environment or in the config file.
+func (a *agentFlags) isSet(name string) bool { return a.fs.Changed(name) }
 
 // config maps the flags to a node.Config; errors are usage errors.
 func (a *agentFlags) config() (node.Config, error) {
@@ -132,7 +173,7 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	var unsafe []string
 	for _, name := range a.unsafeNames {
-		if isSet(a.fs, name) {
+		if a.isSet(name) {
 			unsafe = append(unsafe, "--"+name)
 		}
 	}
@@ -153,6 +194,7 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.BootstrapExpect, cfg.Voters = a.bootstrapExpect, a.voters
 	cfg.LeaveOnClose = a.leaveOnStop
+	cfg.EnablePprof, cfg.LogStore = a.enablePprof, a.logStore
 	switch a.timing {
 	case "default":
 		cfg.Timing = node.DefaultTiming()
@@ -161,8 +203,8 @@ func (a *agentFlags) config() (node.Config, error) {
 	default:
 		return cfg, usagef("--timing %q: want default or fast", a.timing)
 	}
-	cfg.TLSFiles = transport.TLSFiles{CertFile: a.tlsCert, KeyFile: a.tlsKey, CAFile: a.tlsCA}
-	if cfg.TLSFiles.Enabled() && (a.tlsCert == "" || a.tlsKey == "" || a.tlsCA == "") {
+	cfg.TLSFiles = transport.TLSFiles{CertFile: a.tlsCert, KeyFile: a.tlsKey, CAFile: a.tlsCA, ServerName: a.tlsServerName}
+	if (cfg.TLSFiles.Enabled() || a.tlsServerName != "") && (a.tlsCert == "" || a.tlsKey == "" || a.tlsCA == "") {
 		return cfg, usagef("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
 	switch {
@@ -239,19 +281,33 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	return nil, usagef("--log-format %q: want text or json", format)
 }
 
-func runAgent(ctx context.Context, sig *signals, args []string) error {
-	a := newAgentFlags("agent", agentSynopsis)
-	pos, _, err := parseFlags(a.fs, args, 0)
-	if err != nil {
-		return err
+func (ap *app) agentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent --id ID --data-dir DIR [flags]",
+		Short: "run one node of a cluster (daemon)",
+		Long:  agentSynopsis,
+		Args:  nargs(0, 0),
 	}
-	if len(pos) > 0 {
-		return usagef("agent takes no arguments, got %q", pos)
-	}
-	cfg, err := a.config()
-	if err != nil {
-		return err
-	}
+	a := newAgentFlags(cmd.Flags())
+	a.completions(cmd)
+	printConfig := cmd.Flags().Bool("print-config", false, "print the effective settings (flags > environment > --config file > defaults; secrets\nredacted) as TOML and exit")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+		if err := a.load(); err != nil {
+			return err
+		}
+		cfg, err := a.config()
+		if err != nil {
+			return err
+		}
+		if *printConfig {
+			return printEffectiveConfig(ap.stdout, a.fs, "config", "print-config")
+		}
+		return runAgent(ctx, ap.sig, a, cfg)
+	})
+	return cmd
+}
+
+func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config) error {
 	m := metrics.New(metrics.Options{ProcessMetrics: true})
 	cfg.HTTPHandlers = m.Handlers()
 	cfg.APIMiddleware = m.Middleware

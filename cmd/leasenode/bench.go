@@ -5,17 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/leasenode/leasenode/internal/bench"
 	"github.com/leasenode/leasenode/internal/local"
 )
 
-const benchSynopsis = `bench [--workload all|uncontended|handoff|keepalive|failover] [--duration 5s] [--self] [client flags]
-
-Loads a cluster with the standard workloads and prints a table (or, with
+const benchSynopsis = `Loads a cluster with the standard workloads and prints a table (or, with
 -o json, a JSON document; --json-out also writes it to a file):
   uncontended  --clients clients each acquire and release their own key in a loop
   handoff      4 clients queue for one key; gap from a release to the next grant
@@ -27,21 +29,41 @@ Loads a cluster with the standard workloads and prints a table (or, with
 "all" runs the first three against --addr (all four with --self). A live
 progress line goes to stderr.`
 
-func runBench(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("bench", benchSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	workload := fs.String("workload", "all", "workload to run: all, "+strings.Join(bench.Workloads, ", "))
-	duration := fs.Duration("duration", 5*time.Second, "how long each workload runs")
-	clients := fs.Int("clients", 16, "concurrent clients of uncontended (failover uses at most 8)")
-	leases := fs.Int("leases", 1000, "leases kept alive by keepalive")
-	holders := fs.Int("holders", 10, "holders (concurrent extend loops) of keepalive")
-	kills := fs.Int("kills", 3, "leader crashes of failover")
-	self := fs.Bool("self", false, "start a 3-node cluster in this process and bench it (needed for failover)")
-	jsonOut := fs.String("json-out", "", "also write the JSON results to this file")
-	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
-		return err
+func (ap *app) benchCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "bench [flags]", Short: "load a cluster with standard workloads and report latencies", Long: benchSynopsis, Args: nargs(0, 0)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	fs := cmd.Flags()
+	o := benchOptions{
+		workload: fs.String("workload", "all", "workload to run: all, "+strings.Join(bench.Workloads, ", ")),
+		duration: duration(fs, "duration", 5*time.Second, "how long each workload runs"),
+		clients:  fs.Int("clients", 16, "concurrent clients of uncontended (failover uses at most 8)"),
+		leases:   fs.Int("leases", 1000, "leases kept alive by keepalive"),
+		holders:  fs.Int("holders", 10, "holders (concurrent extend loops) of keepalive"),
+		kills:    fs.Int("kills", 3, "leader crashes of failover"),
+		self:     fs.Bool("self", false, "start a 3-node cluster in this process and bench it (needed for failover)"),
+		jsonOut:  fs.String("json-out", "", "also write the JSON results to this file"),
 	}
+	completeWords(cmd, "workload", append([]string{"all"}, bench.Workloads...)...)
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runBench(ctx, ap.sig, cf, o)
+	})
+	return cmd
+}
+
+// benchOptions are the flags of bench.
+type benchOptions struct {
+	workload, jsonOut               *string
+	duration                        *time.Duration
+	clients, leases, holders, kills *int
+	self                            *bool
+}
+
+func runBench(ctx context.Context, sig *signals, cf *clientFlags, o benchOptions) error {
+	workload, duration, clients, leases, holders, kills, self, jsonOut := o.workload, o.duration, o.clients, o.leases, o.holders, o.kills, o.self, o.jsonOut
 	var names []string
 	switch *workload {
 	case "all":
@@ -116,25 +138,63 @@ func runBench(ctx context.Context, sig *signals, args []string) error {
 	}
 	fmt.Printf("leasenode bench against %s, %v per workload\n\n", target, *duration)
 	w := table(os.Stdout)
-	fmt.Fprintln(w, "WORKLOAD\tMETRIC\tCLIENTS\tCOUNT\tPER SEC\tP50\tP99\tMAX\tERRORS")
+	fmt.Fprintln(w, "WORKLOAD\tMETRIC\tCLIENTS\tN\tPER SEC\tP50\tP99\tMAX\tERRORS")
 	for _, r := range results {
 		rate := "-"
 		if r.PerSec > 0 {
 			rate = fmt.Sprintf("%.0f", r.PerSec)
 		}
+		maxS := "-"
+		if r.Count > 0 {
+			maxS = msStr(r.MaxMs)
+		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Workload, r.Metric, r.Clients, r.Count, rate,
-			msStr(r.P50ms), msStr(r.P99ms), msStr(r.MaxMs), r.Errors)
+			pctStr(r.P50ms), pctStr(r.P99ms), maxS, r.Errors)
 	}
 	w.Flush()
+	fmt.Printf("\nN is the number of samples; p50 needs %d, p99 %d (with fewer, \"-\": max is the honest figure).\n",
+		bench.MinSamplesP50, bench.MinSamplesP99)
 	for _, r := range results {
 		if r.Note != "" {
 			fmt.Printf("  %s: %s\n", r.Workload, r.Note)
 		}
 	}
+	for _, r := range results {
+		if r.Errors == 0 {
+			continue
+		}
+		kinds := slices.Sorted(maps.Keys(r.ErrorKinds))
+		var parts []string
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%d %s", r.ErrorKinds[k], k))
+		}
+		fmt.Printf("  %s %s: %d errors: %s\n", r.Workload, r.Metric, r.Errors, strings.Join(parts, ", "))
+	}
+	if hasErrors(results) {
+		fmt.Println("  (no leader: retried for --timeout without reaching one; unknown outcome: a reply was lost, the",
+			"\n   request may have applied; held: the key was taken by another holder; refused: the cluster ended the lease)")
+	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return context.Cause(ctx)
 	}
 	return nil
+}
+
+func hasErrors(rs []bench.Result) bool {
+	for _, r := range rs {
+		if r.Errors > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// pctStr formats a percentile, "-" when there were too few samples.
+func pctStr(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return msStr(*v)
 }
 
 func msStr(v float64) string {

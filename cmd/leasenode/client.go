@@ -5,15 +5,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
+	"github.com/spf13/cobra"
+
+	"github.com/leasenode/leasenode/internal/buildinfo"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -27,15 +30,19 @@ type clientFlags struct {
 	timeout                time.Duration
 }
 
-func (c *clientFlags) register(fs *flag.FlagSet) {
+func (c *clientFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:7402", "client API addresses of cluster nodes, comma-separated")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify the nodes' certificates (enables TLS)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "client certificate (PEM), if the cluster requires mutual TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token)")
-	fs.StringVar(&c.output, "output", "table", "output format: table or json")
-	fs.StringVar(&c.output, "o", "table", "short for --output")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (not on --wait)")
+	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
+	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (not on --wait)")
+	completeWords(cmd, "output", "table", "json")
+	for _, f := range []string{"tls-cert", "tls-key", "tls-ca"} {
+		_ = cmd.MarkFlagFilename(f, "pem")
+	}
 }
 
 func (c *clientFlags) check() error {
@@ -175,22 +182,6 @@ func (c *clientFlags) request(ctx context.Context, sig *signals) (context.Contex
 	return ctx, api, func() { cancelT(); cancel(); api.Close() }, nil
 }
 
-// parseClient parses a client command's flags and checks the number of
-// positional arguments is within [min, max].
-func parseClient(fs *flag.FlagSet, cf *clientFlags, args []string, min, max int) ([]string, error) {
-	pos, _, err := parseFlags(fs, args, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := cf.check(); err != nil {
-		return nil, err
-	}
-	if len(pos) < min || len(pos) > max {
-		return nil, usagef("%s: wrong number of arguments (see leasenode %s -h)", fs.Name(), fs.Name())
-	}
-	return pos, nil
-}
-
 func printJSON(v any) {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
@@ -237,26 +228,30 @@ func dash(s string) string {
 	return s
 }
 
-const getSynopsis = `get KEY [--stale] [client flags]
-
-Shows the lease on KEY: holder, fencing token, TTL and time left (by the
+const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL and time left (by the
 leader's clock; advisory). A free key prints "KEY is free" (exit 0).`
 
-func runGet(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("get", getSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	stale := fs.Bool("stale", false, "read from the node asked, without going through the leader")
-	pos, err := parseClient(fs, &cf, args, 1, 1)
-	if err != nil {
-		return err
-	}
+func (ap *app) getCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "get KEY [--stale] [flags]", Short: "show the lease on a key", Long: getSynopsis, Args: nargs(1, 1)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	stale := cmd.Flags().Bool("stale", false, "read from the node asked, without going through the leader")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runGet(ctx, ap.sig, cf, pos, stale)
+	})
+	return cmd
+}
+
+func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, stale *bool) error {
 	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
 	defer done()
-	resp, err := retry(ctx, &cf, func(ctx context.Context) (*pb.GetResponse, error) {
+	resp, err := retry(ctx, cf, func(ctx context.Context) (*pb.GetResponse, error) {
 		return api.Get(ctx, &pb.GetRequest{Key: pos[0], Stale: *stale})
 	})
 	if err != nil {
@@ -278,19 +273,23 @@ func runGet(ctx context.Context, sig *signals, args []string) error {
 	return nil
 }
 
-const listSynopsis = `list [PREFIX] [--stale] [client flags]
+const listSynopsis = `Lists the leases whose keys start with PREFIX (all without one), in key order.`
 
-Lists the leases whose keys start with PREFIX (all without one), in key order.`
+func (ap *app) listCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "list [PREFIX] [--stale] [flags]", Short: "list leases under a prefix", Long: listSynopsis, Args: nargs(0, 1)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	stale := cmd.Flags().Bool("stale", false, "read from the node asked, without going through the leader")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runList(ctx, ap.sig, cf, pos, stale)
+	})
+	return cmd
+}
 
-func runList(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("list", listSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	stale := fs.Bool("stale", false, "read from the node asked, without going through the leader")
-	pos, err := parseClient(fs, &cf, args, 0, 1)
-	if err != nil {
-		return err
-	}
+func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, stale *bool) error {
 	prefix := ""
 	if len(pos) == 1 {
 		prefix = pos[0]
@@ -300,7 +299,7 @@ func runList(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	ls, err := listAll(ctx, &cf, api, prefix, *stale)
+	ls, err := listAll(ctx, cf, api, prefix, *stale)
 	if err != nil {
 		return fmt.Errorf("list %q: %w", prefix, err)
 	}
@@ -316,22 +315,26 @@ func runList(ctx context.Context, sig *signals, args []string) error {
 	return nil
 }
 
-const releaseSynopsis = `release KEY --token T --holder H [client flags]
-
-Releases the lease on KEY if H holds it with fencing token T (as printed by
+const releaseSynopsis = `Releases the lease on KEY if H holds it with fencing token T (as printed by
 acquire). Releasing a lease that expired or passed to someone else changes
 nothing and exits 1.`
 
-func runRelease(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("release", releaseSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	token := fs.Uint64("token", 0, "fencing token of the lease (required)")
-	holder := fs.String("holder", "", "holder of the lease (required)")
-	pos, err := parseClient(fs, &cf, args, 1, 1)
-	if err != nil {
-		return err
-	}
+func (ap *app) releaseCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "release KEY --token T --holder H [flags]", Short: "release a lease by key, token and holder", Long: releaseSynopsis, Args: nargs(1, 1)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	token := cmd.Flags().Uint64("token", 0, "fencing token of the lease (required)")
+	holder := cmd.Flags().String("holder", "", "holder of the lease (required)")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runRelease(ctx, ap.sig, cf, pos, token, holder)
+	})
+	return cmd
+}
+
+func runRelease(ctx context.Context, sig *signals, cf *clientFlags, pos []string, token *uint64, holder *string) error {
 	if *token == 0 || *holder == "" {
 		return usagef("release needs --token and --holder (acquire prints both)")
 	}
@@ -340,7 +343,7 @@ func runRelease(ctx context.Context, sig *signals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := retry(ctx, &cf, func(ctx context.Context) (*pb.ReleaseResponse, error) {
+	resp, err := retry(ctx, cf, func(ctx context.Context) (*pb.ReleaseResponse, error) {
 		return api.Release(ctx, &pb.ReleaseRequest{Key: pos[0], Holder: *holder, Token: *token})
 	})
 	if err != nil {
@@ -358,71 +361,130 @@ func runRelease(ctx context.Context, sig *signals, args []string) error {
 	return nil
 }
 
-const membersSynopsis = `members [client flags]
+const membersSynopsis = `Lists the nodes the cluster's gossip knows, with their Raft role.`
 
-Lists the nodes the cluster's gossip knows, with their Raft role.`
+func (ap *app) membersCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "members [flags]", Short: "list the nodes of the cluster, with their versions", Long: membersSynopsis, Args: nargs(0, 0)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runMembers(ctx, ap.sig, cf, pos)
+	})
+	return cmd
+}
 
-func runMembers(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("members", membersSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
-		return err
-	}
+func runMembers(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
 	}
 	defer done()
-	resp, err := retry(ctx, &cf, api.Members)
+	resp, err := retry(ctx, cf, api.Members)
 	if err != nil {
 		return fmt.Errorf("members: %w", err)
 	}
+	statuses := statusOfAll(ctx, api, resp.GetMembers())
 	if cf.json() {
 		type member struct {
-			ID     string `json:"id"`
-			API    string `json:"api"`
-			Raft   string `json:"raft"`
-			Gossip string `json:"gossip"`
-			Status string `json:"status"`
-			Role   string `json:"role"`
-			Leader bool   `json:"leader"`
+			ID      string `json:"id"`
+			API     string `json:"api"`
+			Raft    string `json:"raft"`
+			Gossip  string `json:"gossip"`
+			Status  string `json:"status"`
+			Role    string `json:"role"`
+			Leader  bool   `json:"leader"`
+			Version string `json:"version,omitempty"`
 		}
 		out := []member{}
-		for _, m := range resp.GetMembers() {
-			out = append(out, member{m.GetId(), m.GetApiAddr(), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), m.GetLeader()})
+		for i, m := range resp.GetMembers() {
+			out = append(out, member{m.GetId(), m.GetApiAddr(), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), m.GetLeader(),
+				statuses[i].version()})
 		}
 		printJSON(out)
 		return nil
 	}
 	w := table(os.Stdout)
-	fmt.Fprintln(w, "ID\tAPI\tRAFT\tGOSSIP\tSTATUS\tROLE\tLEADER")
-	for _, m := range resp.GetMembers() {
+	fmt.Fprintln(w, "ID\tAPI\tRAFT\tGOSSIP\tSTATUS\tROLE\tLEADER\tVERSION")
+	for i, m := range resp.GetMembers() {
 		leader := ""
 		if m.GetLeader() {
 			leader = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), dash(m.GetApiAddr()), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), leader)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), dash(m.GetApiAddr()), m.GetRaftAddr(), m.GetGossipAddr(), m.GetStatus(), m.GetRaft(), leader,
+			dash(statuses[i].version()))
 	}
 	w.Flush()
 	return nil
 }
 
-const statusSynopsis = `status [client flags]
+// nodeStatus is one member's Status reply, or why there is none.
+type nodeStatus struct {
+	resp *pb.StatusResponse
+	err  string
+}
 
-Asks every member (found through the first reachable --addr) for its Raft
+// version is the member's build, "?" if it could not be asked, "" from a
+// version that predates the field.
+func (s nodeStatus) version() string {
+	if s.resp == nil {
+		return "?"
+	}
+	if v := s.resp.GetVersion(); v != "" {
+		return v
+	}
+	return "(older than " + buildinfo.Get().Short() + "?)"
+}
+
+// statusOfAll asks every member with a confirmed API address for its
+// Status, all at once, each bounded by 2 s.
+func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) []nodeStatus {
+	out := make([]nodeStatus, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		if m.GetApiAddr() == "" {
+			out[i].err = "no confirmed client API"
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			s, err := api.StatusAt(sctx, m.GetApiAddr())
+			if err != nil {
+				out[i].err = "unreachable"
+				return
+			}
+			out[i].resp = s
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+const statusSynopsis = `Asks every member (found through the first reachable --addr) for its Raft
 state, indexes and lease counts, and prints the cluster id each node's data
 belongs to. A member whose API address no node has confirmed (over
 authenticated node RPC) is listed but not asked. Exits 3 if no node knows a
 leader.`
 
-func runStatus(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("status", statusSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	if _, err := parseClient(fs, &cf, args, 0, 0); err != nil {
-		return err
-	}
+func (ap *app) statusCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "status [flags]", Short: "show every node's Raft state, lease counts and version", Long: statusSynopsis, Args: nargs(0, 0)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runStatus(ctx, ap.sig, cf, pos)
+	})
+	return cmd
+}
+
+func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	ctx, api, done, err := cf.request(ctx, sig)
 	if err != nil {
 		return err
@@ -444,6 +506,7 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		Delayed   uint64 `json:"delayed"`
 		Waiters   uint64 `json:"waiters"`
 		ClusterID string `json:"cluster_id,omitempty"`
+		Version   string `json:"version,omitempty"`
 	}
 	var (
 		rows        []row
@@ -453,26 +516,21 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 	// take an election to agree on one, and status is how scripts wait
 	// for a cluster.
 	for {
-		mem, err := retry(ctx, &cf, api.Members)
+		mem, err := retry(ctx, cf, api.Members)
 		if err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
 		rows, leaderKnown = nil, false
-		for _, m := range mem.GetMembers() {
+		statuses := statusOfAll(ctx, api, mem.GetMembers())
+		for i, m := range mem.GetMembers() {
 			r := row{ID: m.GetId(), API: m.GetApiAddr()}
-			if r.API == "" {
-				r.Error = "no confirmed client API"
+			s := statuses[i].resp
+			if s == nil {
+				r.Error = statuses[i].err
 				rows = append(rows, r)
 				continue
 			}
-			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-			s, err := api.StatusAt(sctx, r.API)
-			scancel()
-			if err != nil {
-				r.Error = "unreachable"
-				rows = append(rows, r)
-				continue
-			}
+			r.Version = statuses[i].version()
 			h := s.GetHeader()
 			r.State, r.Serving, r.Leader = s.GetRaftState(), s.GetServing(), h.GetLeaderId()
 			r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
@@ -489,18 +547,18 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		printJSON(rows)
 	} else {
 		w := table(os.Stdout)
-		fmt.Fprintln(w, "NODE\tAPI\tSTATE\tLEADER\tTERM\tEPOCH\tCOMMIT\tAPPLIED\tLEASES\tDELAYED\tWAITERS")
+		fmt.Fprintln(w, "NODE\tAPI\tSTATE\tLEADER\tTERM\tEPOCH\tCOMMIT\tAPPLIED\tLEASES\tDELAYED\tWAITERS\tVERSION")
 		for _, r := range rows {
 			if r.Error != "" {
-				fmt.Fprintf(w, "%s\t%s\t%s\t\t\t\t\t\t\t\t\n", r.ID, dash(r.API), r.Error)
+				fmt.Fprintf(w, "%s\t%s\t%s\t\t\t\t\t\t\t\t\t\n", r.ID, dash(r.API), r.Error)
 				continue
 			}
 			state := strings.ToLower(r.State)
 			if r.Serving {
 				state += " (serving)"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", r.ID, r.API, state, dash(r.Leader),
-				r.Term, r.Epoch, r.Commit, r.Applied, r.Leases, r.Delayed, r.Waiters)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.API, state, dash(r.Leader),
+				r.Term, r.Epoch, r.Commit, r.Applied, r.Leases, r.Delayed, r.Waiters, r.Version)
 		}
 		w.Flush()
 		// One line per cluster id: more than one means a node whose data
@@ -517,6 +575,25 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 		}
 		if len(ids) > 0 {
 			fmt.Println()
+		}
+		// One line per version while they differ: a rolling upgrade is
+		// done when this line is gone and VERSION is the new one everywhere.
+		var versions []string
+		byVersion := map[string][]string{}
+		for _, r := range rows {
+			if r.Error == "" {
+				if byVersion[r.Version] == nil {
+					versions = append(versions, r.Version)
+				}
+				byVersion[r.Version] = append(byVersion[r.Version], r.ID)
+			}
+		}
+		if len(versions) > 1 {
+			var parts []string
+			for _, v := range versions {
+				parts = append(parts, v+" on "+strings.Join(byVersion[v], ", "))
+			}
+			fmt.Printf("mixed versions (an upgrade in progress?): %s\n", strings.Join(parts, "; "))
 		}
 		for _, id := range ids {
 			shown := id
@@ -536,20 +613,24 @@ func runStatus(ctx context.Context, sig *signals, args []string) error {
 	return nil
 }
 
-const watchSynopsis = `watch [PREFIX] [client flags]
-
-Prints the current leases under PREFIX, then every change (granted,
+const watchSynopsis = `Prints the current leases under PREFIX, then every change (granted,
 released, expired, freed) as the cluster applies it, until interrupted.
 With -o json, one JSON object per line.`
 
-func runWatch(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("watch", watchSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	pos, err := parseClient(fs, &cf, args, 0, 1)
-	if err != nil {
-		return err
-	}
+func (ap *app) watchCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "watch [PREFIX] [flags]", Short: "stream lease changes under a prefix", Long: watchSynopsis, Args: nargs(0, 1)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runWatch(ctx, ap.sig, cf, pos)
+	})
+	return cmd
+}
+
+func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	prefix := ""
 	if len(pos) == 1 {
 		prefix = pos[0]
@@ -569,7 +650,7 @@ func runWatch(ctx context.Context, sig *signals, args []string) error {
 	}
 	defer api.Close()
 	rctx, rcancel := context.WithTimeout(ctx, cf.timeout)
-	_, err = retry(rctx, &cf, func(ctx context.Context) (*pb.ListResponse, error) {
+	_, err = retry(rctx, cf, func(ctx context.Context) (*pb.ListResponse, error) {
 		return api.List(ctx, &pb.ListRequest{Prefix: prefix, Limit: 1})
 	})
 	rcancel()

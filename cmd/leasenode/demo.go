@@ -5,30 +5,30 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/leasenode/leasenode/internal/demo"
 )
 
-const demoSynopsis = `demo [--short]
-
-A self-contained showcase (about 35 s; --short about 12 s): starts a 3-node
+const demoSynopsis = `A self-contained showcase (about 35 s; --short about 12 s): starts a 3-node
 cluster in this process on free loopback ports, runs workers that compete
 for a few keys and write to a toy resource guarded by fencing tokens,
 crashes the leader and restarts it, freezes one worker past its TTL, and
 prints a timeline and a summary. Exits 1 if any safety check fails.`
 
-func runDemo(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("demo", demoSynopsis)
-	short := fs.Bool("short", false, "a shorter run (about 12 s), for CI")
-	pos, _, err := parseFlags(fs, args, 0)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("demo takes no arguments, got %q", pos)
-	}
+func (ap *app) demoCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "demo [--short]", Short: "run a self-contained showcase: workers, fencing, a leader crash", Long: demoSynopsis, Args: nargs(0, 0)}
+	short := cmd.Flags().Bool("short", false, "a shorter run (about 12 s), for CI")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+		return runDemo(ctx, ap.sig, *short)
+	})
+	return cmd
+}
+
+func runDemo(ctx context.Context, sig *signals, short bool) error {
 	ctx, cancel := sig.cancelOn(ctx)
 	defer cancel()
-	r, err := demo.Run(ctx, demo.Options{Short: *short, Out: os.Stdout})
+	r, err := demo.Run(ctx, demo.Options{Short: short, Out: os.Stdout})
 	if err != nil {
 		return err
 	}

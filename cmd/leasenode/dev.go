@@ -7,32 +7,45 @@ import (
 	"os"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/leasenode/leasenode/internal/local"
 	"github.com/leasenode/leasenode/node"
 )
 
-const devSynopsis = `dev [--nodes 3] [--port-base 7400] [--data-dir DIR] [--timing fast|default]
-
-Runs a local cluster in this process, on 127.0.0.1: node i listens on
+const devSynopsis = `Runs a local cluster in this process, on 127.0.0.1: node i listens on
 PORT-BASE+10i (Raft), +1 (gossip) and +2 (client API, /metrics, /readyz),
 so the default API addresses are 127.0.0.1:7402, :7412 and :7422 and the
 client commands' default --addr reaches it. Data lives in a temporary
 directory (removed on exit) unless --data-dir is given. Ctrl-c stops it.`
 
-func runDev(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("dev", devSynopsis)
-	nodes := fs.Int("nodes", 3, "number of nodes")
-	portBase := fs.Int("port-base", 7400, "first port (see above)")
-	dataDir := fs.String("data-dir", "", "keep the nodes' data here (default: a temporary directory)")
-	timing := fs.String("timing", "fast", "Raft timeouts: fast (~0.5 s failover) or default (~1 s)")
-	logLevel := fs.String("log-level", "warn", "node logs on stderr: debug, info, warn or error")
-	pos, _, err := parseFlags(fs, args, 0)
-	if err != nil {
-		return err
+func (ap *app) devCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "dev [flags]", Short: "run a local 3-node cluster in this process (ctrl-c stops it)", Long: devSynopsis, Args: nargs(0, 0)}
+	fs := cmd.Flags()
+	o := devOptions{
+		nodes:    fs.Int("nodes", 3, "number of nodes"),
+		portBase: fs.Int("port-base", 7400, "first port (see above)"),
+		dataDir:  fs.String("data-dir", "", "keep the nodes' data here (default: a temporary directory)"),
+		timing:   fs.String("timing", "fast", "Raft timeouts: fast (~0.5 s failover) or default (~1 s)"),
+		logLevel: fs.String("log-level", "warn", "node logs on stderr: debug, info, warn or error"),
 	}
-	if len(pos) > 0 {
-		return usagef("dev takes no arguments, got %q", pos)
-	}
+	completeWords(cmd, "timing", "fast", "default")
+	completeWords(cmd, "log-level", "debug", "info", "warn", "error")
+	_ = cmd.MarkFlagDirname("data-dir")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+		return runDev(ctx, ap.sig, o)
+	})
+	return cmd
+}
+
+// devOptions are the flags of dev.
+type devOptions struct {
+	nodes, portBase           *int
+	dataDir, timing, logLevel *string
+}
+
+func runDev(ctx context.Context, sig *signals, o devOptions) error {
+	nodes, portBase, dataDir, timing, logLevel := o.nodes, o.portBase, o.dataDir, o.timing, o.logLevel
 	if *nodes < 1 || *nodes > 9 {
 		return usagef("--nodes %d: want 1 to 9", *nodes)
 	}

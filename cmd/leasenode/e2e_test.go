@@ -566,7 +566,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"frobnicate"}, nil, exitUsage, "unknown command"},
-		{[]string{"get", "k", "--no-such-flag"}, nil, exitUsage, "flag provided but not defined"},
+		{[]string{"get", "k", "--no-such-flag"}, nil, exitUsage, "unknown flag: --no-such-flag"},
 		{[]string{"get"}, nil, exitUsage, "wrong number of arguments"},
 		{[]string{"get", "k", "-o", "yaml"}, nil, exitUsage, "want table or json"},
 		{[]string{"lock", "k"}, nil, exitUsage, "lock KEY"},
@@ -622,10 +622,14 @@ func TestBenchSelf(t *testing.T) {
 	}
 	var doc struct {
 		Results []struct {
-			Workload string  `json:"workload"`
-			Metric   string  `json:"metric"`
-			Count    int     `json:"count"`
-			P99      float64 `json:"p99_ms"`
+			Workload string         `json:"workload"`
+			Metric   string         `json:"metric"`
+			Count    int            `json:"count"`
+			P50      *float64       `json:"p50_ms"`
+			P99      *float64       `json:"p99_ms"`
+			Max      float64        `json:"max_ms"`
+			Errors   int            `json:"errors"`
+			Kinds    map[string]int `json:"errors_by_kind"`
 		} `json:"results"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
@@ -633,8 +637,20 @@ func TestBenchSelf(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, r := range doc.Results {
-		if r.Count == 0 || r.P99 <= 0 {
+		if r.Count == 0 || r.Max <= 0 {
 			t.Errorf("empty result %+v", r)
+		}
+		// Percentiles only where the samples allow them (p99: n >= 100).
+		if (r.P99 != nil) != (r.Count >= 100) || (r.P50 != nil) != (r.Count >= 2) {
+			t.Errorf("%s %s: n=%d with p50 %v, p99 %v", r.Workload, r.Metric, r.Count, r.P50, r.P99)
+		}
+		// Every error is accounted for by kind.
+		sum := 0
+		for _, n := range r.Kinds {
+			sum += n
+		}
+		if sum != r.Errors {
+			t.Errorf("%s %s: %d errors, by kind %v", r.Workload, r.Metric, r.Errors, r.Kinds)
 		}
 		seen[r.Workload] = true
 	}

@@ -2,20 +2,25 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"os"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // usageError is a bad command line: exit code 2.
-type usageError struct{ msg string }
+type usageError struct {
+	msg  string
+	hint string // optional: printed on its own line after msg
+}
 
 func (e *usageError) Error() string { return e.msg }
 
-func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+func usagef(format string, args ...any) error { return &usageError{msg: fmt.Sprintf(format, args...)} }
 
 // exitError ends the program with a given code and an optional message.
 type exitError struct {
@@ -34,94 +39,167 @@ func envName(name string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
-// newFlags returns a flag set that reports errors instead of exiting and
-// prints its usage (with the environment variable of each flag) on -h.
-func newFlags(name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {
-		w := os.Stderr
-		fmt.Fprintf(w, "usage: leasenode %s\n\n", synopsis)
-		fmt.Fprintf(w, "flags (each also settable as %s<FLAG>, e.g. %s):\n", envPrefix, envName("data-dir"))
-		fs.VisitAll(func(f *flag.Flag) {
-			if len(f.Name) == 1 {
-				return // short alias, listed with its long form
-			}
-			kind, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(w, "  --%s %s\n    \t%s", f.Name, kind, strings.ReplaceAll(usage, "\n", "\n    \t"))
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "0" {
-				fmt.Fprintf(w, " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(w)
-		})
-		fmt.Fprint(w, exitCodesHelp)
+// sourceKey is the flag annotation that records where a flag's value came
+// from: "flag", "env" or "file" (absent: the default).
+const sourceKey = "leasenode-source"
+
+// source returns where f's value came from.
+func source(f *pflag.Flag) string {
+	if s := f.Annotations[sourceKey]; len(s) > 0 {
+		return s[0]
 	}
-	return fs
+	if f.Changed {
+		return "flag"
+	}
+	return "default"
 }
 
-// parseFlags parses args, allowing flags between positional arguments
-// (`get KEY -o json`), then fills every flag not given on the command line
-// from its environment variable. With stopAfter > 0, parsing stops after
-// that many positional arguments and everything after them (or after a
-// "--") is returned as rest, untouched: the command of `lock KEY -- CMD`.
-func parseFlags(fs *flag.FlagSet, args []string, stopAfter int) (pos, rest []string, err error) {
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
-				return nil, nil, &exitError{code: 0}
-			}
-			return nil, nil, usagef("%s: %v (see leasenode %s -h)", fs.Name(), err, fs.Name())
-		}
-		left := fs.Args()
-		consumed := len(args) - len(left)
-		dashdash := consumed > 0 && args[consumed-1] == "--"
-		if dashdash {
-			if stopAfter > 0 && len(pos) >= stopAfter {
-				rest = left
-			} else {
-				pos = append(pos, left...)
-				if stopAfter > 0 && len(pos) > stopAfter {
-					pos, rest = pos[:stopAfter], pos[stopAfter:]
-				}
-			}
-			break
-		}
-		if len(left) == 0 {
-			break
-		}
-		if stopAfter > 0 && len(pos) >= stopAfter {
-			rest = left
-			break
-		}
-		pos = append(pos, left[0])
-		args = left[1:]
+func setSource(f *pflag.Flag, s string) {
+	if f.Annotations == nil {
+		f.Annotations = map[string][]string{}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || len(f.Name) == 1 || envErr != nil {
+	f.Annotations[sourceKey] = []string{s}
+}
+
+// bindEnv fills every flag of fs not given on the command line from its
+// environment variable (LEASENODE_<FLAG>). Flags given on the command line
+// win; a bad value in the environment is a usage error naming the
+// variable.
+func bindEnv(fs *pflag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" {
 			return
 		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = usagef("%s=%q: %v", envName(f.Name), v, err)
+		if f.Changed {
+			if source(f) == "default" || source(f) == "flag" {
+				setSource(f, "flag")
 			}
+			return
 		}
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, &usageError{msg: fmt.Sprintf("%s=%q: %v", envName(f.Name), v, err), hint: hintForValue(f)})
+			return
+		}
+		setSource(f, "env")
 	})
-	return pos, rest, envErr
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
 }
 
-// isSet reports whether flag name was given on the command line or in the
-// environment.
-func isSet(fs *flag.FlagSet, name string) bool {
-	found := false
-	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
-	if !found {
-		_, found = os.LookupEnv(envName(name))
+// flagError turns a flag parsing error into a short usage error with a hint:
+// what a value must look like, or the flag that was probably meant.
+func flagError(cmd *cobra.Command, err error) error {
+	ue := &usageError{msg: err.Error()}
+	var inv *pflag.InvalidValueError
+	var nx *pflag.NotExistError
+	switch {
+	case errors.As(err, &inv):
+		ue.msg = fmt.Sprintf("--%s %q: %v", inv.GetFlag().Name, inv.GetValue(), errors.Unwrap(err))
+		ue.hint = hintForValue(inv.GetFlag())
+	case errors.As(err, &nx):
+		if s := closestFlag(cmd, strings.TrimLeft(nx.GetSpecifiedName(), "-")); s != "" {
+			ue.hint = "did you mean --" + s + "?"
+		}
 	}
-	return found
+	return ue
+}
+
+// hintForValue says what f's values look like, for an error message.
+func hintForValue(f *pflag.Flag) string {
+	switch f.Value.Type() {
+	case "duration":
+		return "durations need a unit: 5s, 500ms, 2m, 1h30m"
+	case "duration|forever":
+		return `want a duration with a unit (5s, 500ms, 2m) or "forever"`
+	case "int", "int64", "uint64":
+		return "want a whole number"
+	case "bool":
+		return "want true or false (or just --" + f.Name + ")"
+	}
+	return ""
+}
+
+// closestFlag returns the flag of cmd closest to name (for "did you mean"),
+// or "".
+func closestFlag(cmd *cobra.Command, name string) string {
+	var names []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	if s := closest(name, names); s != "" {
+		return s
+	}
+	for _, n := range names {
+		if len(name) >= 3 && strings.HasPrefix(n, name) {
+			return n
+		}
+	}
+	return ""
+}
+
+// closest returns the candidate nearest to name within 2 edits, or "".
+func closest(name string, candidates []string) string {
+	sort.Strings(candidates)
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := levenshtein(name, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// durationValue is a time.Duration flag whose error says what it wants.
+type durationValue time.Duration
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("not a duration")
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+func (d *durationValue) Type() string   { return "duration" }
+
+// durationVar defines a duration flag (a number with a unit: 5s, 500ms).
+func durationVar(fs *pflag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationValue)(p), name, usage)
+}
+
+// duration defines a duration flag and returns its variable.
+func duration(fs *pflag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	p := new(time.Duration)
+	durationVar(fs, p, name, value, usage)
+	return p
 }
 
 // forever is the value of a waitFlag that never times out.
@@ -144,11 +222,33 @@ func (w *waitFlag) Set(s string) error {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return errors.New(`want a duration like 30s, or "forever"`)
+		return errors.New(`want a duration with a unit, like 30s, or "forever"`)
 	}
 	if d < 0 {
 		return errors.New("must not be negative")
 	}
 	w.d = d
 	return nil
+}
+
+func (w *waitFlag) Type() string { return "duration|forever" }
+
+// completeWords registers fixed completions for flag name of cmd.
+func completeWords(cmd *cobra.Command, name string, words ...string) {
+	_ = cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(words, cobra.ShellCompDirectiveNoFileComp))
+}
+
+// args returns a cobra.PositionalArgs that accepts min to max positional
+// arguments, with the usage line in its error.
+func nargs(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min || len(args) > max {
+			what := "wrong number of arguments"
+			if max == 0 {
+				what = fmt.Sprintf("takes no arguments, got %q", args)
+			}
+			return &usageError{msg: what, hint: "usage: " + cmd.UseLine()}
+		}
+		return nil
+	}
 }

@@ -3,13 +3,15 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/leasenode/leasenode/lease"
 )
@@ -23,12 +25,12 @@ type leaseFlags struct {
 	holder    string
 }
 
-func (l *leaseFlags) register(fs *flag.FlagSet) {
+func (l *leaseFlags) register(fs *pflag.FlagSet) {
 	l.wait.d = forever
-	fs.DurationVar(&l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies")
+	durationVar(fs, &l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies")
 	fs.Var(&l.wait, "wait", `how long to wait for a held key ("forever", or 0 to fail at once with exit 4)`)
 	fs.StringVar(&l.value, "value", "", "value to attach to the lease (shown by get, list and watch)")
-	fs.DurationVar(&l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release")
+	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release")
 	fs.StringVar(&l.holder, "holder", "", "holder name recorded with the lease (default host/pid/random; never share one)")
 }
 
@@ -99,9 +101,7 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	return ls, nil
 }
 
-const lockSynopsis = `lock KEY [flags] [--] CMD [ARGS...]
-
-Acquires KEY (waiting for it, FIFO, unless --wait says otherwise), runs CMD
+const lockSynopsis = `Acquires KEY (waiting for it, FIFO, unless --wait says otherwise), runs CMD
 with LEASE_KEY, LEASE_TOKEN (the fencing token: pass it along with every
 write CMD makes) and LEASE_HOLDER in its environment, and keeps the lease
 alive while CMD runs. When CMD ends, the lease is released and lock exits
@@ -113,23 +113,83 @@ the cluster says it is gone), lock sends SIGTERM to CMD's process group,
 SIGKILL after --grace, and exits 5. SIGINT and SIGTERM sent to lock are
 passed on to CMD.`
 
-func runLock(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("lock", lockSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	var lf leaseFlags
-	lf.register(fs)
-	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lease is lost")
-	pos, argv, err := parseFlags(fs, args, 1)
-	if err != nil {
-		return err
+func (ap *app) lockCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lock KEY [flags] [--] CMD [ARGS...]",
+		Short: "run a command while holding a lease: lock KEY -- CMD ARGS...",
+		Long:  lockSynopsis,
+		// The flags end at CMD, whatever follows (its own -flags): lock
+		// parses its own command line (parseLockArgs).
+		DisableFlagParsing: true,
 	}
-	if err := cf.check(); err != nil {
-		return err
+	cf := &clientFlags{}
+	cf.register(cmd)
+	lf := &leaseFlags{}
+	lf.register(cmd.Flags())
+	grace := duration(cmd.Flags(), "grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lease is lost")
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+		pos, argv, err := parseLockArgs(cmd, args)
+		if err != nil || pos == nil {
+			return err
+		}
+		if err := cf.check(); err != nil {
+			return err
+		}
+		if len(pos) != 1 || len(argv) == 0 {
+			return &usageError{msg: "want a KEY and a command", hint: "usage: leasenode lock KEY [flags] -- CMD [ARGS...]"}
+		}
+		return runLock(ctx, ap.sig, cf, lf, *grace, pos, argv)
+	})
+	return cmd
+}
+
+// parseLockArgs parses lock's command line: flags anywhere before CMD
+// (before and after KEY), then CMD and its arguments untouched, after a
+// "--" or not. It returns nil pos after printing the help (-h).
+func parseLockArgs(cmd *cobra.Command, args []string) (pos, argv []string, err error) {
+	fs := cmd.Flags()
+	fs.SetInterspersed(false)
+	if fs.Lookup("help") == nil {
+		fs.BoolP("help", "h", false, "help for lock")
 	}
-	if len(pos) != 1 || len(argv) == 0 {
-		return usagef("usage: leasenode lock KEY [flags] -- CMD [ARGS...]")
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, pflag.ErrHelp) {
+				return nil, nil, cmd.Help()
+			}
+			return nil, nil, flagError(cmd, err)
+		}
+		if h, _ := fs.GetBool("help"); h {
+			return nil, nil, cmd.Help()
+		}
+		left := fs.Args()
+		if fs.ArgsLenAtDash() >= 0 { // "--": what follows is KEY (if not yet given) and CMD
+			if len(pos) == 0 && len(left) > 0 {
+				pos, left = left[:1], left[1:]
+			}
+			argv = left
+			break
+		}
+		if len(left) == 0 {
+			break
+		}
+		if len(pos) == 0 {
+			pos, args = left[:1], left[1:]
+			continue
+		}
+		argv = left
+		break
 	}
+	if err := bindEnv(fs); err != nil {
+		return nil, nil, err
+	}
+	if pos == nil {
+		pos = []string{}
+	}
+	return pos, argv, nil
+}
+
+func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, grace time.Duration, pos, argv []string) error {
 	key := pos[0]
 
 	actx, cancelA := sig.cancelOn(ctx)
@@ -168,9 +228,9 @@ func runLock(ctx context.Context, sig *signals, args []string) error {
 			releaseQuietly(l)
 			return &exitError{code: code}
 		case <-l.Done():
-			fmt.Fprintf(os.Stderr, "leasenode lock: lease on %q lost (%v); stopping %s (SIGTERM, SIGKILL after %v)\n", key, l.Err(), argv[0], *grace)
+			fmt.Fprintf(os.Stderr, "leasenode lock: lease on %q lost (%v); stopping %s (SIGTERM, SIGKILL after %v)\n", key, l.Err(), argv[0], grace)
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-			t := time.NewTimer(*grace)
+			t := time.NewTimer(grace)
 			select {
 			case <-exited:
 				t.Stop()
@@ -221,9 +281,7 @@ func releaseQuietly(l *lease.Lease) {
 	}
 }
 
-const acquireSynopsis = `acquire KEY [--ttl D] [--wait D] [--value V] [--hold D] [client flags]
-
-Acquires KEY and prints its fencing token and holder. By default acquire
+const acquireSynopsis = `Acquires KEY and prints its fencing token and holder. By default acquire
 exits at once and leaves the lease to expire after --ttl (it is not
 extended): a time-bounded lock for shell scripts, released early with
   leasenode release KEY --token T --holder H
@@ -231,18 +289,24 @@ With --hold D, acquire stays in the foreground, keeps the lease alive for
 D ("forever" until interrupted), then releases it; SIGINT/SIGTERM release it
 early (exit 0). If the lease is lost while held, acquire exits 5.`
 
-func runAcquire(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("acquire", acquireSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	var lf leaseFlags
-	lf.register(fs)
-	var hold waitFlag
-	fs.Var(&hold, "hold", `keep the lease alive this long, then release it ("forever": until interrupted)`)
-	pos, err := parseClient(fs, &cf, args, 1, 1)
-	if err != nil {
-		return err
-	}
+func (ap *app) acquireCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "acquire KEY [flags]", Short: "acquire a lease and print its token", Long: acquireSynopsis, Args: nargs(1, 1)}
+	cf := &clientFlags{}
+	cf.register(cmd)
+	lf := &leaseFlags{}
+	lf.register(cmd.Flags())
+	hold := &waitFlag{}
+	cmd.Flags().Var(hold, "hold", `keep the lease alive this long, then release it ("forever": until interrupted)`)
+	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return runAcquire(ctx, ap.sig, cf, lf, *hold, pos)
+	})
+	return cmd
+}
+
+func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, hold waitFlag, pos []string) error {
 	key := pos[0]
 	actx, cancelA := sig.cancelOn(ctx)
 	defer cancelA()

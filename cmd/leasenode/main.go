@@ -4,13 +4,19 @@
 //	leasenode dev                 a 3-node cluster in one process, for trying things
 //	leasenode demo [--short]      a one-minute showcase with a leader crash
 //	leasenode lock KEY -- CMD     run CMD while holding KEY
-//	leasenode acquire|release|get|list|watch|members|status|bench
+//	leasenode acquire|release|get|list|watch|members|status|bench|health
 //	leasenode snapshot save|restore  back up a cluster, seed a new one from a backup
 //	leasenode tls ca|cert create     make the files for mutual TLS
+//	leasenode version             the build: module version, VCS revision, Go version
+//	leasenode completion bash|zsh|fish  shell completion
 //
-// Run `leasenode help` for the commands, `leasenode CMD -h` for the flags
-// of one, and see README.md. The package is kept thin: it maps flags to
-// the configuration of the packages node, lease, metrics and the internal
+// Run `leasenode help` for the commands, `leasenode CMD --help` for the
+// flags of one, and see README.md. The command line is built on
+// github.com/spf13/cobra and pflag (GNU-style --flags, suggestions for
+// mistyped commands, shell completion; the CLI convention of kubectl,
+// etcdctl, helm and docker). The package is kept thin: it maps flags (and,
+// for the agent, the environment and a TOML config file) to the
+// configuration of the packages node, lease, metrics and the internal
 // local, demo and bench packages, and formats their results.
 package main
 
@@ -21,8 +27,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/leasenode/leasenode/internal/buildinfo"
 )
 
 // Exit codes, documented in `leasenode help`.
@@ -50,86 +61,167 @@ exit codes:
   waiting exits 130/143.
 `
 
-type command struct {
-	name, summary string
-	run           func(ctx context.Context, sig *signals, args []string) error
-}
+const rootLong = `leasenode: distributed leases with fencing tokens.
 
-var commands []command
+Every flag can also be set from the environment as LEASENODE_<FLAG>
+(--addr is LEASENODE_ADDR, --data-dir is LEASENODE_DATA_DIR); a flag on the
+command line wins. The agent also reads a TOML file (leasenode agent --config).
+Shell completion: leasenode completion bash|zsh|fish --help.
+` + exitCodesHelp
 
-func init() {
-	commands = []command{
-		{"agent", "run one node of a cluster (daemon)", runAgent},
-		{"dev", "run a local 3-node cluster in this process (ctrl-c stops it)", runDev},
-		{"demo", "run a self-contained showcase: workers, fencing, a leader crash", runDemo},
-		{"lock", "run a command while holding a lease: lock KEY -- CMD ARGS...", runLock},
-		{"acquire", "acquire a lease and print its token", runAcquire},
-		{"release", "release a lease by key, token and holder", runRelease},
-		{"get", "show the lease on a key", runGet},
-		{"list", "list leases under a prefix", runList},
-		{"watch", "stream lease changes under a prefix", runWatch},
-		{"members", "list the nodes of the cluster", runMembers},
-		{"status", "show every node's Raft state and lease counts", runStatus},
-		{"bench", "load a cluster with standard workloads and report latencies", runBench},
-		{"snapshot", "back up a cluster's leases (save) or seed a new cluster from a backup (restore)", runSnapshot},
-		{"tls", "make a CA, node certificates and API client certificates (tls ca create, tls cert create)", runTLS},
-	}
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "leasenode: distributed leases with fencing tokens")
-	fmt.Fprintln(w, "\nusage: leasenode COMMAND [flags] [args]\n\ncommands:")
-	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprintln(w, "\nRun `leasenode COMMAND -h` for its flags. Every flag can also be set from the")
-	fmt.Fprintln(w, "environment as LEASENODE_<FLAG> (e.g. LEASENODE_ADDR, LEASENODE_DATA_DIR).")
-	fmt.Fprint(w, exitCodesHelp)
-}
+const envNote = `
+Every flag can also be set as LEASENODE_<FLAG> (e.g. LEASENODE_ADDR, LEASENODE_DATA_DIR).
+`
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
-	if len(args) == 0 {
-		usage(os.Stderr)
-		return exitUsage
+// app is one run of the command line.
+type app struct {
+	sig    *signals
+	stdout io.Writer
+	ran    *cobra.Command // the command whose RunE ran, if any
+}
+
+// action adapts a command's function to cobra: it records that the
+// command ran (its errors are reported by exit code, not as usage errors)
+// and passes the signals and a context.
+func (a *app) action(f func(ctx context.Context, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		a.ran = cmd
+		return f(cmd.Context(), cmd, args)
 	}
-	name := args[0]
-	if name == "help" || name == "-h" || name == "--help" {
-		usage(os.Stdout)
-		return exitOK
+}
+
+// newRoot builds the command tree.
+func (a *app) newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "leasenode",
+		Short:         "distributed leases with fencing tokens",
+		Long:          rootLong,
+		Version:       buildinfo.Get().Short(),
+		SilenceErrors: true, // report prints errors, first and short
+		SilenceUsage:  true, // no usage dump after an error
+		// Without a command: the help, on stderr, exit 2.
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.SetOut(os.Stderr)
+			_ = cmd.Help()
+			return &exitError{code: exitUsage}
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.DisableFlagParsing {
+				return nil // the command parses (and binds) its own flags
+			}
+			return bindEnv(cmd.Flags())
+		},
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: false},
 	}
-	for _, c := range commands {
-		if c.name != name {
-			continue
+	root.SetVersionTemplate(buildinfo.Get().String() + "\n")
+	root.SetFlagErrorFunc(flagError)
+	root.SetUsageTemplate(root.UsageTemplate() + envNote)
+	root.SetOut(a.stdout)
+	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Run a cluster:"},
+		&cobra.Group{ID: "lease", Title: "Use leases:"},
+		&cobra.Group{ID: "ops", Title: "Operate a cluster:"})
+	add := func(group string, cmds ...*cobra.Command) {
+		for _, c := range cmds {
+			c.GroupID = group
+			root.AddCommand(c)
 		}
-		sig := newSignals()
-		defer sig.stop()
-		err := c.run(context.Background(), sig, args[1:])
-		return report(name, err)
 	}
-	fmt.Fprintf(os.Stderr, "leasenode: unknown command %q (run `leasenode help`)\n", name)
-	return exitUsage
+	add("cluster", a.agentCmd(), a.devCmd(), a.demoCmd())
+	add("lease", a.lockCmd(), a.acquireCmd(), a.releaseCmd(), a.getCmd(), a.listCmd(), a.watchCmd())
+	add("ops", a.membersCmd(), a.statusCmd(), a.healthCmd(), a.benchCmd(), a.snapshotCmd(), a.tlsCmd(), a.versionCmd())
+	root.SetHelpCommandGroupID("ops")
+	root.SetCompletionCommandGroupID("ops")
+	return root
 }
 
-// report prints err (if any) and returns the exit code for it.
-func report(cmd string, err error) int {
+func run(args []string, stdout, stderr io.Writer) int {
+	a := &app{sig: newSignals(), stdout: stdout}
+	defer a.sig.stop()
+	root := a.newRoot()
+	root.SetArgs(args)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(context.Background())
 	if err == nil {
 		return exitOK
+	}
+	if a.ran == nil {
+		// Cobra refused the command line before any command ran: an
+		// unknown command or flag, a bad value or argument count.
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return report(stderr, cmd, err)
+		}
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			ue = &usageError{msg: err.Error()}
+			if strings.HasPrefix(ue.msg, "unknown command ") && !cmd.HasParent() {
+				// Cobra's own text spreads the suggestion over lines.
+				ue.msg = fmt.Sprintf("unknown command %q", firstWord(args))
+				if s := root.SuggestionsFor(firstWord(args)); len(s) > 0 {
+					ue.hint = fmt.Sprintf("did you mean %q?", s[0])
+				}
+				cmd = root
+			}
+		}
+		err = ue
+	}
+	return report(stderr, cmd, err)
+}
+
+// firstWord returns the first argument that is not a flag.
+func firstWord(args []string) string {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			return a
+		}
+	}
+	return ""
+}
+
+// report prints err (if any) first and short, and returns the exit code
+// for it. The message is prefixed with the command once: an error that
+// already starts with the command's name ("acquire \"k\": ...") is not
+// prefixed again.
+func report(w io.Writer, cmd *cobra.Command, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	name := "leasenode"
+	if cmd != nil && cmd.HasParent() {
+		name = cmd.CommandPath()
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintf(os.Stderr, "leasenode %s: %s\n", cmd, ee.msg)
+			fmt.Fprintf(w, "%s: %s\n", name, ee.msg)
 		}
 		return ee.code
 	}
 	code := exitCode(err)
-	fmt.Fprintf(os.Stderr, "leasenode %s: %v\n", cmd, err)
-	if hint := hintFor(err); hint != "" {
-		fmt.Fprintf(os.Stderr, "  hint: %s\n", hint)
+	msg := strings.TrimRight(err.Error(), "\n")
+	line := name + ": " + msg
+	if cmd != nil && cmd.HasParent() {
+		// "get \"k\": ..." and "status: ..." already name the command:
+		// "leasenode get \"k\": ...", never "leasenode get: get \"k\": ...".
+		if verb := cmd.Name(); strings.HasPrefix(msg, verb+" ") || strings.HasPrefix(msg, verb+":") {
+			line = cmd.Parent().CommandPath() + " " + msg
+		}
+	}
+	fmt.Fprintln(w, line)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		if ue.hint != "" {
+			fmt.Fprintf(w, "  hint: %s\n", ue.hint)
+		}
+		if cmd != nil {
+			fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		}
+	} else if hint := hintFor(err); hint != "" {
+		fmt.Fprintf(w, "  hint: %s\n", hint)
 	}
 	return code
 }

@@ -9,17 +9,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 )
 
-const snapshotSynopsis = `snapshot save FILE [--addr ...]
-       leasenode snapshot restore FILE --id ID --data-dir DIR [agent flags]
-
-save writes every lease of a running cluster to FILE (- for stdout): a
+const snapshotSynopsis = `save writes every lease of a running cluster to FILE (- for stdout): a
 consistent read on the leader, checked after download. The same is served
 as GET /v1/backup on any node's API address (curl -L follows a follower's
 redirect to the leader).
@@ -33,19 +33,53 @@ they stay above any token the old cluster granted after the backup. Leases
 granted after the backup are not in it: restore only after the old cluster
 has been down longer than the longest TTL in use.`
 
-func runSnapshot(ctx context.Context, sig *signals, args []string) error {
-	if len(args) > 0 {
-		switch args[0] {
-		case "save":
-			return snapshotSave(ctx, sig, args[1:])
-		case "restore":
-			return snapshotRestore(args[1:])
-		case "-h", "--help", "help":
-			fmt.Fprintf(os.Stderr, "usage: leasenode %s\n\nRun `leasenode snapshot save -h` or `leasenode snapshot restore -h` for the flags.\n", snapshotSynopsis)
-			return nil
+func (ap *app) snapshotCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "snapshot save|restore FILE",
+		Short: "back up a cluster's leases (save) or seed a new cluster from a backup (restore)",
+		Long:  snapshotSynopsis,
+		Args:  cobra.ArbitraryArgs,
+		RunE:  ap.action(subcommandNeeded),
+	}
+	save := &cobra.Command{Use: "save FILE [flags]", Short: "write every lease of a running cluster to FILE (- for stdout)", Long: snapshotSynopsis, Args: nargs(1, 1)}
+	cf := &clientFlags{}
+	cf.register(save)
+	save.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		if err := cf.check(); err != nil {
+			return err
+		}
+		return snapshotSave(ctx, ap.sig, cf, pos)
+	})
+	restore := &cobra.Command{Use: "restore FILE --id ID --data-dir DIR [agent flags]", Short: "make FILE the data directory of the first node of a new cluster (offline)",
+		Long: snapshotSynopsis, Args: nargs(1, 1)}
+	a := newAgentFlags(restore.Flags())
+	a.completions(restore)
+	gap := restore.Flags().Uint64("index-gap", node.DefaultRestoreIndexGap, "Raft entries skipped past the backup's index, so new fencing tokens stay above the old cluster's")
+	output := restore.Flags().StringP("output", "o", "table", "output format: table or json")
+	restore.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
+		return snapshotRestore(a, *gap, *output, pos)
+	})
+	cmd.AddCommand(save, restore)
+	return cmd
+}
+
+// subcommandNeeded is the action of a command that only groups others:
+// it names the mistyped subcommand, or asks for one.
+func subcommandNeeded(_ context.Context, cmd *cobra.Command, args []string) error {
+	var names []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
 		}
 	}
-	return usagef("want `snapshot save FILE` or `snapshot restore FILE` (see leasenode snapshot -h)")
+	if len(args) == 0 {
+		return &usageError{msg: fmt.Sprintf("want a subcommand: %s", strings.Join(names, " or ")), hint: "usage: " + cmd.UseLine()}
+	}
+	ue := &usageError{msg: fmt.Sprintf("unknown subcommand %q (want %s)", args[0], strings.Join(names, " or "))}
+	if s := closest(args[0], names); s != "" {
+		ue.hint = fmt.Sprintf("did you mean %q?", s)
+	}
+	return ue
 }
 
 // backupJSON is the -o json output of snapshot save and restore.
@@ -61,14 +95,7 @@ type backupJSON struct {
 	ClusterID string `json:"cluster_id,omitempty"`
 }
 
-func snapshotSave(ctx context.Context, sig *signals, args []string) error {
-	fs := newFlags("snapshot save", snapshotSynopsis)
-	var cf clientFlags
-	cf.register(fs)
-	pos, err := parseClient(fs, &cf, args, 1, 1)
-	if err != nil {
-		return err
-	}
+func snapshotSave(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	tlsCfg, err := cf.tlsConfig()
 	if err != nil {
 		return err
@@ -187,23 +214,15 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 	}
 }
 
-func snapshotRestore(args []string) error {
-	a := newAgentFlags("snapshot restore", snapshotSynopsis)
-	gap := a.fs.Uint64("index-gap", node.DefaultRestoreIndexGap, "Raft entries skipped past the backup's index, so new fencing tokens stay above the old cluster's")
-	output := a.fs.String("output", "table", "output format: table or json")
-	a.fs.StringVar(output, "o", "table", "short for --output")
-	pos, _, err := parseFlags(a.fs, args, 0)
-	if err != nil {
-		return err
+func snapshotRestore(a *agentFlags, gap uint64, output string, pos []string) error {
+	if output != "table" && output != "json" {
+		return usagef("-o %q: want table or json", output)
 	}
-	if len(pos) != 1 {
-		return usagef("snapshot restore: want one backup FILE (see leasenode snapshot restore -h)")
-	}
-	if *output != "table" && *output != "json" {
-		return usagef("-o %q: want table or json", *output)
-	}
-	if *gap == 0 {
+	if gap == 0 {
 		return usagef("--index-gap must be positive")
+	}
+	if err := a.load(); err != nil {
+		return err
 	}
 	cfg, err := a.config()
 	if err != nil {
@@ -214,7 +233,7 @@ func snapshotRestore(args []string) error {
 		return err
 	}
 	defer f.Close()
-	st, err := node.Restore(cfg, f, *gap)
+	st, err := node.Restore(cfg, f, gap)
 	if err != nil {
 		return err
 	}
@@ -223,7 +242,7 @@ func snapshotRestore(args []string) error {
 		return err
 	}
 	out := backupJSON{File: pos[0], Index: st.Applied, Epoch: st.Epoch, Leases: st.Held, Delayed: st.Delayed, DataDir: cfg.DataDir, ClusterID: clusterID}
-	if *output == "json" {
+	if output == "json" {
 		printJSON(out)
 		return nil
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io/fs"
 	"net"
@@ -12,14 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/leasenode/leasenode/transport"
 )
 
-const tlsSynopsis = `tls ca create [--dir DIR] [--days N]
-       leasenode tls cert create --node ID --ip IP[,IP] [--dns NAME[,NAME]] [--dir DIR] [--days N]
-       leasenode tls cert create --client [--name NAME] [--dir DIR] [--days N]
-
-Makes the files for mutual TLS, like consul tls. "ca create" makes a CA:
+const tlsSynopsis = `Makes the files for mutual TLS, like consul tls. "ca create" makes a CA:
 leasenode-ca.pem (give it to every node and client as --tls-ca) and
 leasenode-ca-key.pem (keep it off the nodes; only "cert create" needs it).
 "cert create --node" makes a node's certificate, node-ID.pem and
@@ -30,20 +27,51 @@ certificate, client-NAME.pem and client-NAME-key.pem: the client role only,
 so the API accepts it and the node port refuses it. Keys are written 0600;
 no file is ever overwritten.`
 
-func runTLS(ctx context.Context, sig *signals, args []string) error {
-	if len(args) >= 2 {
-		switch args[0] + " " + args[1] {
-		case "ca create":
-			return tlsCACreate(args[2:])
-		case "cert create":
-			return tlsCertCreate(args[2:])
-		}
+func (ap *app) tlsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "tls ca|cert create [flags]", Short: "make a CA, node certificates and API client certificates (tls ca create, tls cert create)",
+		Long: tlsSynopsis, Args: cobra.ArbitraryArgs, RunE: ap.action(subcommandNeeded)}
+	ca := &cobra.Command{Use: "ca create", Short: "make a CA", Long: tlsSynopsis, Args: cobra.ArbitraryArgs, RunE: ap.action(subcommandNeeded)}
+	caCreate := &cobra.Command{Use: "create [--dir DIR] [--days N]", Short: "make a CA: leasenode-ca.pem and leasenode-ca-key.pem", Long: tlsSynopsis, Args: nargs(0, 0)}
+	caOpts := caOptions{
+		dir:  caCreate.Flags().String("dir", ".", "directory to write the CA files into"),
+		days: caCreate.Flags().Int("days", 1825, "how long the CA is valid, in days"),
+		name: caCreate.Flags().String("name", "leasenode CA", "the CA's common name"),
 	}
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprintf(os.Stderr, "usage: leasenode %s\n\nRun `leasenode tls ca create -h` or `leasenode tls cert create -h` for the flags.\n", tlsSynopsis)
-		return nil
+	caCreate.RunE = ap.action(func(context.Context, *cobra.Command, []string) error { return tlsCACreate(caOpts) })
+	ca.AddCommand(caCreate)
+	cert := &cobra.Command{Use: "cert create", Short: "make a node or API client certificate", Long: tlsSynopsis, Args: cobra.ArbitraryArgs, RunE: ap.action(subcommandNeeded)}
+	certCreate := &cobra.Command{Use: "create --node ID --ip IP[,IP] [--dns NAME[,NAME]] | --client [--name NAME] [flags]",
+		Short: "make a node certificate (--node) or an API client certificate (--client)", Long: tlsSynopsis, Args: nargs(0, 0)}
+	fs := certCreate.Flags()
+	certOpts := certOptions{
+		dir:    fs.String("dir", ".", "directory holding the CA files and receiving the certificate"),
+		caCert: fs.String("ca", "", "CA certificate (default DIR/"+caCertFile+")"),
+		caKey:  fs.String("ca-key", "", "CA private key (default DIR/"+caKeyFile+")"),
+		days:   fs.Int("days", 365, "how long the certificate is valid, in days"),
+		id:     fs.String("node", "", "make a node certificate for this node ID (the agent's --id)"),
+		ips:    fs.String("ip", "", "with --node: IP addresses other nodes and clients dial it at, comma-separated"),
+		dns:    fs.String("dns", "", "with --node: extra DNS names, comma-separated"),
+		client: fs.Bool("client", false, "make an API client certificate (no node role)"),
+		name:   fs.String("name", "client", "with --client: the client's name"),
 	}
-	return usagef("want `tls ca create` or `tls cert create` (see leasenode tls -h)")
+	_ = certCreate.MarkFlagDirname("dir")
+	certCreate.RunE = ap.action(func(context.Context, *cobra.Command, []string) error { return tlsCertCreate(certOpts) })
+	cert.AddCommand(certCreate)
+	cmd.AddCommand(ca, cert)
+	return cmd
+}
+
+// caOptions are the flags of tls ca create.
+type caOptions struct {
+	dir, name *string
+	days      *int
+}
+
+// certOptions are the flags of tls cert create.
+type certOptions struct {
+	dir, caCert, caKey, id, ips, dns, name *string
+	days                                   *int
+	client                                 *bool
 }
 
 // CA file names in --dir.
@@ -52,14 +80,8 @@ const (
 	caKeyFile  = "leasenode-ca-key.pem"
 )
 
-func tlsCACreate(args []string) error {
-	fs := newFlags("tls ca create", tlsSynopsis)
-	dir := fs.String("dir", ".", "directory to write the CA files into")
-	days := fs.Int("days", 1825, "how long the CA is valid, in days")
-	name := fs.String("name", "leasenode CA", "the CA's common name")
-	if err := noArgs(fs, args); err != nil {
-		return err
-	}
+func tlsCACreate(o caOptions) error {
+	dir, days, name := o.dir, o.days, o.name
 	if *days < 1 {
 		return usagef("--days %d: want at least 1", *days)
 	}
@@ -85,20 +107,8 @@ func tlsCACreate(args []string) error {
 	return nil
 }
 
-func tlsCertCreate(args []string) error {
-	fs := newFlags("tls cert create", tlsSynopsis)
-	dir := fs.String("dir", ".", "directory holding the CA files and receiving the certificate")
-	caCert := fs.String("ca", "", "CA certificate (default DIR/"+caCertFile+")")
-	caKey := fs.String("ca-key", "", "CA private key (default DIR/"+caKeyFile+")")
-	days := fs.Int("days", 365, "how long the certificate is valid, in days")
-	id := fs.String("node", "", "make a node certificate for this node ID (the agent's --id)")
-	ips := fs.String("ip", "", "with --node: IP addresses other nodes and clients dial it at, comma-separated")
-	dns := fs.String("dns", "", "with --node: extra DNS names, comma-separated")
-	client := fs.Bool("client", false, "make an API client certificate (no node role)")
-	name := fs.String("name", "client", "with --client: the client's name")
-	if err := noArgs(fs, args); err != nil {
-		return err
-	}
+func tlsCertCreate(o certOptions) error {
+	dir, caCert, caKey, days, id, ips, dns, client, name := o.dir, o.caCert, o.caKey, o.days, o.id, o.ips, o.dns, o.client, o.name
 	switch {
 	case *days < 1:
 		return usagef("--days %d: want at least 1", *days)
@@ -163,19 +173,6 @@ func tlsCertCreate(args []string) error {
 		fmt.Printf("use: --tls-ca %s --tls-cert %s --tls-key %s\n", *caCert, certPath, keyPath)
 	} else {
 		fmt.Printf("use: leasenode agent --id %s --tls-ca %s --tls-cert %s --tls-key %s ...\n", *id, *caCert, certPath, keyPath)
-	}
-	return nil
-}
-
-// noArgs parses the flags of a command that takes no positional
-// arguments.
-func noArgs(fs *flag.FlagSet, args []string) error {
-	pos, _, err := parseFlags(fs, args, 0)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("%s takes no arguments, got %q", fs.Name(), pos)
 	}
 	return nil
 }

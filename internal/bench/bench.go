@@ -16,6 +16,15 @@
 //
 // It measures what a client sees over the network; server-side latency is
 // in the nodes' /metrics (leasenode_api_request_duration_seconds).
+//
+// Latencies go into HDR histograms (github.com/HdrHistogram/hdrhistogram-go:
+// 1 µs to 1 h at 3 significant digits, constant memory however long the
+// run, the standard of wrk2 and HdrHistogram users), and a percentile is
+// reported only when the samples allow it: p50 from MinSamplesP50 samples,
+// p99 from MinSamplesP99 (with fewer, the "p99" is just one of the
+// largest samples, which is what made a failover p99 of 228 ms sit beside
+// a max of 450 ms). Count (n) and max are always reported. Failures are
+// counted by kind (ErrorKind), so "errors 10" says what they were.
 package bench
 
 import (
@@ -24,13 +33,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
@@ -74,15 +85,26 @@ type Result struct {
 	Workload string  `json:"workload"`
 	Metric   string  `json:"metric"`
 	Clients  int     `json:"clients"`
-	Count    int     `json:"count"`
+	Count    int     `json:"count"` // n: the samples behind the percentiles
 	Seconds  float64 `json:"seconds"`
 	PerSec   float64 `json:"per_second"`
-	P50ms    float64 `json:"p50_ms"`
-	P99ms    float64 `json:"p99_ms"`
-	MaxMs    float64 `json:"max_ms"`
-	Errors   int     `json:"errors"`
-	Note     string  `json:"note,omitempty"`
+	// P50ms and P99ms are nil when Count is below MinSamplesP50 or
+	// MinSamplesP99: too few samples to say.
+	P50ms  *float64 `json:"p50_ms,omitempty"`
+	P99ms  *float64 `json:"p99_ms,omitempty"`
+	MaxMs  float64  `json:"max_ms"`
+	Errors int      `json:"errors"`
+	// ErrorKinds counts Errors by kind (see ErrorKind).
+	ErrorKinds map[string]int `json:"errors_by_kind,omitempty"`
+	Note       string         `json:"note,omitempty"`
 }
+
+// The fewest samples a percentile is reported from: a percentile p needs
+// at least 1/(1-p) samples for one of them to lie above it.
+const (
+	MinSamplesP50 = 2
+	MinSamplesP99 = 100
+)
 
 // ErrNeedsCluster: the failover workload needs a cluster it may crash.
 var ErrNeedsCluster = errors.New("the failover workload crashes the leader, so it needs its own cluster: run bench --self (it starts a 3-node cluster in-process)")
@@ -162,43 +184,107 @@ func (c *Config) dial(ctx context.Context, n int, opts ...lease.Option) ([]*leas
 	return out, closeAll, nil
 }
 
-// recorder collects latencies from concurrent workers.
+// recorder collects latencies and failures from concurrent workers.
 type recorder struct {
-	mu   sync.Mutex
-	lat  []time.Duration
-	ops  atomic.Int64
-	errs atomic.Int64
+	mu    sync.Mutex
+	hist  *hdrhistogram.Histogram // microseconds
+	kinds map[string]int
+	ops   atomic.Int64
+	errs  atomic.Int64
 }
+
+// Range of the histograms: 1 µs to 1 h, 3 significant digits.
+const (
+	histMin    = 1
+	histMax    = int64(time.Hour / time.Microsecond)
+	histDigits = 3
+)
 
 func (r *recorder) add(d time.Duration) {
 	r.ops.Add(1)
+	us := min(max(d.Microseconds(), histMin), histMax)
 	r.mu.Lock()
-	r.lat = append(r.lat, d)
+	if r.hist == nil {
+		r.hist = hdrhistogram.New(histMin, histMax, histDigits)
+	}
+	_ = r.hist.RecordValue(us) // in range by construction
+	r.mu.Unlock()
+}
+
+// fail counts one failed operation, by the kind of err.
+func (r *recorder) fail(err error) {
+	r.errs.Add(1)
+	r.mu.Lock()
+	if r.kinds == nil {
+		r.kinds = map[string]int{}
+	}
+	r.kinds[ErrorKind(err)]++
 	r.mu.Unlock()
 }
 
 func (r *recorder) result(workload, metric string, clients int, elapsed time.Duration) Result {
 	r.mu.Lock()
-	lat := slices.Clone(r.lat)
-	r.mu.Unlock()
-	slices.Sort(lat)
-	res := Result{Workload: workload, Metric: metric, Clients: clients, Count: len(lat), Seconds: round(elapsed.Seconds(), 2),
+	defer r.mu.Unlock()
+	res := Result{Workload: workload, Metric: metric, Clients: clients, Seconds: round(elapsed.Seconds(), 2),
 		Errors: int(r.errs.Load())}
+	if len(r.kinds) > 0 {
+		res.ErrorKinds = maps.Clone(r.kinds)
+	}
+	if r.hist == nil {
+		return res
+	}
+	n := r.hist.TotalCount()
+	res.Count = int(n)
 	if elapsed > 0 {
-		res.PerSec = round(float64(len(lat))/elapsed.Seconds(), 1)
+		res.PerSec = round(float64(n)/elapsed.Seconds(), 1)
 	}
-	if len(lat) > 0 {
-		res.P50ms = ms(pct(lat, 0.50))
-		res.P99ms = ms(pct(lat, 0.99))
-		res.MaxMs = ms(lat[len(lat)-1])
+	usMs := func(us int64) float64 { return ms(time.Duration(us) * time.Microsecond) }
+	if n >= MinSamplesP50 {
+		v := usMs(r.hist.ValueAtQuantile(50))
+		res.P50ms = &v
 	}
+	if n >= MinSamplesP99 {
+		v := usMs(r.hist.ValueAtQuantile(99))
+		res.P99ms = &v
+	}
+	res.MaxMs = usMs(r.hist.Max())
 	return res
 }
 
-func pct(sorted []time.Duration, p float64) time.Duration {
-	i := int(float64(len(sorted)-1) * p)
-	return sorted[i]
+// ErrorKind names the kind of a failed operation, for the error
+// breakdown: the lease package's sentinel it matches ("no leader",
+// "unknown outcome", "held", "lost", "invalid", "timeout", "closed"), or
+// "refused" for an extend the cluster answered not-ok, else "other".
+func ErrorKind(err error) string {
+	switch {
+	case err == nil:
+		return "none"
+	case errors.Is(err, errRefused):
+		return "refused (lease lost)"
+	case errors.Is(err, lease.ErrUnknownOutcome):
+		return "unknown outcome"
+	case errors.Is(err, lease.ErrNoLeader):
+		return "no leader"
+	case errors.Is(err, lease.ErrHeld):
+		return "held"
+	case errors.Is(err, lease.ErrLeaseLost):
+		return "lost"
+	case errors.Is(err, lease.ErrInvalid):
+		return "invalid"
+	case errors.Is(err, lease.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, lease.ErrClosed):
+		return "closed"
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return "rpc " + ce.Code().String()
+	}
+	return "other"
 }
+
+// errRefused marks an extend item the cluster answered not-ok.
+var errRefused = errors.New("extend refused: not the holder any more")
 
 func ms(d time.Duration) float64 { return round(float64(d)/float64(time.Millisecond), 3) }
 
@@ -260,8 +346,11 @@ func uncontended(ctx context.Context, cfg *Config) ([]Result, error) {
 				t0 := time.Now()
 				l, err := cl.TryAcquire(rctx, key)
 				if err != nil || l == nil {
+					if err == nil {
+						err = lease.ErrHeld // by someone else: a previous run's lease
+					}
 					if rctx.Err() == nil && !isCtxErr(err) {
-						acq.errs.Add(1)
+						acq.fail(err)
 					}
 					continue
 				}
@@ -271,7 +360,7 @@ func uncontended(ctx context.Context, cfg *Config) ([]Result, error) {
 				err = l.Release(relCtx)
 				rc()
 				if err != nil {
-					rel.errs.Add(1)
+					rel.fail(err)
 					continue
 				}
 				rel.add(time.Since(t1))
@@ -314,7 +403,7 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 				l, err := cl.Acquire(rctx, key)
 				if err != nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						grants.errs.Add(1)
+						grants.fail(err)
 					}
 					continue
 				}
@@ -328,7 +417,7 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 				mu.Unlock()
 				relCtx, rc := context.WithTimeout(context.Background(), 5*time.Second)
 				if err := l.Release(relCtx); err != nil {
-					gaps.errs.Add(1)
+					gaps.fail(err)
 				}
 				rc()
 			}
@@ -423,7 +512,7 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 				resp, err := api.Extend(rctx, &pb.ExtendRequest{Holder: hs.name, Items: hs.items})
 				if err != nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						ext.errs.Add(1)
+						ext.fail(err)
 					}
 					continue
 				}
@@ -433,6 +522,7 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 						extended.Add(1)
 					} else {
 						refused.Add(1)
+						ext.fail(errRefused)
 					}
 				}
 			}
@@ -444,9 +534,6 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 	r := ext.result("keepalive", "extend request", cfg.Holders, elapsed)
 	r.Note = fmt.Sprintf("%d leases, %d per request; %.0f lease extensions/s; %d refused (lost)",
 		per*cfg.Holders, per, float64(extended.Load())/elapsed.Seconds(), refused.Load())
-	if refused.Load() > 0 {
-		r.Errors += int(refused.Load())
-	}
 	s := setup.result("keepalive", "acquire (setup, sequential per holder)", cfg.Holders, 0)
 	return []Result{r, s}, nil
 }
@@ -477,8 +564,11 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 				l, err := cl.TryAcquire(actx, key)
 				ac()
 				if err != nil || l == nil {
+					if err == nil {
+						err = lease.ErrHeld
+					}
 					if rctx.Err() == nil && !isCtxErr(err) {
-						ops.errs.Add(1)
+						ops.fail(err)
 					}
 					continue
 				}

@@ -1679,7 +1679,13 @@ type StatusResponse struct {
 	// cluster_id: the id of the cluster this node's data belongs to, made at
 	// bootstrap or restore ("" for a node that has none yet, or a cluster
 	// made by a version without cluster ids).
-	ClusterId     string `protobuf:"bytes,12,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	ClusterId string `protobuf:"bytes,12,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// version: the build of leasenode this node runs (module version, or
+	// "(devel)+REVISION" for a build from a checkout; "-dirty" when built
+	// from a modified tree). `leasenode status` and `members` show it; a
+	// rolling upgrade is done when every node reports the new one. Empty
+	// from versions that predate the field.
+	Version       string `protobuf:"bytes,13,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1794,6 +1800,13 @@ func (x *StatusResponse) GetApiAddr() string {
 func (x *StatusResponse) GetClusterId() string {
 	if x != nil {
 		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
 	}
 	return ""
 }
@@ -2023,7 +2036,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x0fMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12.\n" +
 	"\amembers\x18\x02 \x03(\v2\x14.leasenode.v1.MemberR\amembers\"\x0f\n" +
-	"\rStatusRequest\"\xec\x02\n" +
+	"\rStatusRequest\"\x86\x03\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -2040,7 +2053,8 @@ const file_leasenode_proto_rawDesc = "" +
 	" \x01(\bR\aserving\x12\x19\n" +
 	"\bapi_addr\x18\v \x01(\tR\aapiAddr\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\f \x01(\tR\tclusterId\"y\n" +
+	"cluster_id\x18\f \x01(\tR\tclusterId\x12\x18\n" +
+	"\aversion\x18\r \x01(\tR\aversion\"y\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +

@@ -1,0 +1,750 @@
+"""leasenode: a Python client for leasenode clusters (distributed leases
+with fencing tokens), using only the standard library.
+
+It speaks the Connect protocol's JSON form (POST
+/leasenode.v1.LeaseService/METHOD, Content-Type application/json) over
+HTTP/1.1 with http.client: no generated code, no C extension, nothing to
+install but this package. (gRPC in Python needs grpcio, a compiled
+extension, and generated stubs; the same server speaks both.)
+
+It follows the same rules as the Go package lease, written down in
+transport/pb/leasenode.proto ("Rules for a client in any language"):
+
+    client = leasenode.Client(["127.0.0.1:7402", "127.0.0.1:7412"], ttl=10)
+    with client.lock("jobs/nightly") as lease:   # waits FIFO; released on exit
+        write(data, fencing_token=lease.token)   # the resource refuses older tokens
+        if not lease.is_healthy():               # stop when the lease is lost
+            ...
+    client.close()
+
+A Client is one holder (name#incarnation). It keeps its leases alive in a
+background thread (one Extend request for all of them every ttl/3), and a
+lease whose extends keep failing is declared lost a little before its
+validity ends: lease.done is set, lease.is_healthy() is False, and code
+acting for the lease must stop. Validity is measured on this process's
+monotonic clock from the moment the granted request was sent, shortened by
+the drift bound; wall-clock time never matters.
+"""
+
+import base64
+import http.client
+import itertools
+import json
+import os
+import random
+import secrets
+import socket
+import ssl as _ssl
+import threading
+import time
+
+__all__ = [
+    "Client", "Lease", "Info", "LeaseError", "HeldError", "NoLeaderError",
+    "UnknownOutcomeError", "LeaseLostError", "InvalidError", "StaleRequestError",
+    "UnauthenticatedError", "ClosedError",
+]
+
+DEFAULT_TTL = 10.0
+DEFAULT_DRIFT = 0.01
+DEFAULT_RETRY_TIMEOUT = 10.0
+BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
+EXTEND_CHUNK = 4096
+SERVICE = "/leasenode.v1.LeaseService/"
+
+# Reasons of leasenode.v1.Reason (ErrorDetail.reason).
+REASON_UNSPECIFIED = 0
+REASON_NOT_LEADER = 1
+REASON_NO_LEADER = 2
+REASON_INVALID = 3
+REASON_UNKNOWN_OUTCOME = 4
+REASON_CLOSED = 5
+REASON_STALE_REQUEST = 6
+REASON_UNAUTHENTICATED = 7
+_REASON_NAMES = {"REASON_" + n: v for n, v in [
+    ("UNSPECIFIED", 0), ("NOT_LEADER", 1), ("NO_LEADER", 2), ("INVALID", 3),
+    ("UNKNOWN_OUTCOME", 4), ("CLOSED", 5), ("STALE_REQUEST", 6), ("UNAUTHENTICATED", 7)]}
+
+
+class LeaseError(Exception):
+    """Base of this package's errors."""
+
+
+class HeldError(LeaseError):
+    """Another holder has the key (holder is '' during a lock-delay)."""
+
+    def __init__(self, key, holder="", wait=0.0, msg=""):
+        self.key, self.holder, self.wait = key, holder, wait
+        who = holder or "nobody (lock-delay)"
+        super().__init__(msg or "lease %r held by %s for at most %.3fs" % (key, who, wait))
+
+
+class NoLeaderError(LeaseError):
+    """No leader could be reached in time; nothing was applied. Retryable."""
+
+
+class UnknownOutcomeError(LeaseError):
+    """A write was sent but its result was lost: it may have taken effect."""
+
+
+class LeaseLostError(LeaseError):
+    """The lease could not be extended in time, or the cluster ended it."""
+
+
+class InvalidError(LeaseError):
+    """The request breaks a rule or a limit (empty key, TTL out of range...)."""
+
+
+class StaleRequestError(InvalidError):
+    """The request id is lower than one the cluster saw (or was withdrawn)."""
+
+
+class UnauthenticatedError(LeaseError):
+    """The cluster requires an auth token (Authorization: Bearer)."""
+
+
+class ClosedError(LeaseError):
+    """The client was closed."""
+
+
+class _NotSent(Exception):
+    """A request never reached a node: it certainly had no effect."""
+
+
+class _RPCError(Exception):
+    """A node answered with an error."""
+
+    def __init__(self, code, message, reason, leader_addr):
+        super().__init__("%s: %s" % (code, message))
+        self.code, self.message, self.reason, self.leader_addr = code, message, reason, leader_addr
+
+
+class _Unknown(Exception):
+    """A request was sent but its reply was lost."""
+
+
+# --- wire helpers -----------------------------------------------------------
+
+def _dur(seconds):
+    """A proto3 JSON Duration: seconds with 9 fractional digits."""
+    if seconds == int(seconds):
+        return "%ds" % int(seconds)
+    return "%.9fs" % seconds
+
+
+def _secs(d):
+    """Seconds of a proto3 JSON Duration ("1.5s"), 0 for None."""
+    if not d:
+        return 0.0
+    return float(d.rstrip("s"))
+
+
+def _varint(b, i):
+    shift = result = 0
+    while True:
+        c = b[i]
+        i += 1
+        result |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return result, i
+        shift += 7
+
+
+def _error_detail(value_b64):
+    """Decodes a leasenode.v1.ErrorDetail (protobuf): reason, leader_addr."""
+    b = base64.b64decode(value_b64 + "=" * (-len(value_b64) % 4))
+    reason, leader_addr, i = 0, "", 0
+    while i < len(b):
+        tag, i = _varint(b, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, i = _varint(b, i)
+            if field == 1:
+                reason = v
+        elif wire == 2:
+            n, i = _varint(b, i)
+            if field == 3:
+                leader_addr = b[i:i + n].decode()
+            i += n
+        else:
+            break
+    return reason, leader_addr
+
+
+class _Transport:
+    """One attempt per call: to the leader if known, else to each address,
+    moving on only while the request certainly had no effect."""
+
+    def __init__(self, addrs, token=None, ssl_context=None, timeout=DEFAULT_RETRY_TIMEOUT):
+        if isinstance(addrs, str):
+            addrs = [a for a in addrs.split(",") if a.strip()]
+        if not addrs:
+            raise InvalidError("no addresses to dial")
+        self.seeds = [a.strip() for a in addrs]
+        self.token, self.ssl, self.timeout = token, ssl_context, timeout
+        self.leader = None
+        self._lock = threading.Lock()
+        self._idle = {}  # addr -> [HTTPConnection]
+
+    def _conn(self, addr, timeout):
+        with self._lock:
+            pool = self._idle.get(addr)
+            if pool:
+                c = pool.pop()
+                c.timeout = timeout
+                if c.sock is not None:
+                    c.sock.settimeout(timeout)
+                return c, True
+        host, port = addr.rsplit(":", 1)
+        host = host.strip("[]")
+        if self.ssl is not None:
+            c = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=self.ssl)
+        else:
+            c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        return c, False
+
+    def _put(self, addr, c):
+        with self._lock:
+            self._idle.setdefault(addr, []).append(c)
+
+    def close(self):
+        with self._lock:
+            for pool in self._idle.values():
+                for c in pool:
+                    c.close()
+            self._idle.clear()
+
+    def _targets(self):
+        with self._lock:
+            out = [self.leader] if self.leader else []
+        return out + [s for s in self.seeds if s not in out]
+
+    def post(self, addr, method, body, timeout):
+        """One request to one node; returns the decoded reply or raises
+        _NotSent, _Unknown or _RPCError."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Connect-Protocol-Version": "1",
+                   "User-Agent": "leasenode-python/1"}
+        if timeout is not None:  # None: a wait with no end (no deadline sent)
+            headers["Connect-Timeout-Ms"] = str(max(int(timeout * 1000), 1))
+        if self.token:
+            headers["Authorization"] = "Bearer " + self.token
+        for fresh_try in (0, 1):
+            c, reused = self._conn(addr, None if timeout is None else timeout + 1.0)
+            try:
+                if c.sock is None:
+                    c.connect()
+            except (OSError, _ssl.SSLError) as e:
+                c.close()
+                raise _NotSent("%s: %s" % (addr, e))
+            try:
+                c.request("POST", SERVICE + method, body=data, headers=headers)
+                resp = c.getresponse()
+                payload = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                c.close()
+                if reused and fresh_try == 0 and method in ("Get", "List", "CheckToken", "Status", "Members"):
+                    continue  # a read on a connection the server had closed: try a fresh one
+                raise _Unknown("%s: %s" % (addr, e))
+            except (OSError, http.client.HTTPException) as e:
+                c.close()
+                raise _Unknown("%s: %s" % (addr, e))
+            if resp.will_close:
+                c.close()
+            else:
+                self._put(addr, c)
+            break
+        if resp.status == 200:
+            reply = json.loads(payload or b"{}")
+            leader = (reply.get("header") or {}).get("leaderAddr")
+            if leader:
+                with self._lock:
+                    self.leader = leader
+            return reply
+        try:
+            err = json.loads(payload)
+        except ValueError:
+            err = {"code": "http %d" % resp.status, "message": payload.decode(errors="replace")}
+        reason, leader_addr = REASON_UNSPECIFIED, ""
+        for d in err.get("details") or []:
+            if d.get("type") == "leasenode.v1.ErrorDetail":
+                try:
+                    reason, leader_addr = _error_detail(d.get("value", ""))
+                except (ValueError, IndexError):
+                    reason = _REASON_NAMES.get((d.get("debug") or {}).get("reason"), REASON_UNSPECIFIED)
+        if reason == REASON_UNSPECIFIED and err.get("code") == "unauthenticated":
+            reason = REASON_UNAUTHENTICATED
+        raise _RPCError(err.get("code", ""), err.get("message", ""), reason, leader_addr)
+
+    def call(self, method, body, timeout):
+        """One attempt: leader first, then the other addresses while the
+        request certainly had no effect (not sent, not the leader)."""
+        tried, last = set(), None
+        for _ in range(2 * len(self.seeds) + 2):
+            addr = next((a for a in self._targets() if a not in tried), None)
+            if addr is None:
+                break
+            tried.add(addr)
+            try:
+                return self.post(addr, method, body, timeout)
+            except _NotSent as e:
+                last = e
+                self._forget(addr)
+            except _RPCError as e:
+                if e.reason not in (REASON_NOT_LEADER, REASON_NO_LEADER, REASON_CLOSED):
+                    raise
+                last = e
+                self._forget(addr)
+                if e.leader_addr and e.leader_addr != addr:
+                    with self._lock:
+                        self.leader = e.leader_addr
+                    tried.discard(e.leader_addr)
+            except _Unknown:
+                self._forget(addr)
+                raise
+        raise _NotSent("no reachable leader: %s" % (last,))
+
+    def _forget(self, addr):
+        with self._lock:
+            if self.leader == addr:
+                self.leader = None
+
+
+# --- retry policy ---------------------------------------------------------------
+
+_NOT_APPLIED, _UNKNOWN, _FINAL = 0, 1, 2
+
+
+def _classify(e):
+    if isinstance(e, _NotSent):
+        return _NOT_APPLIED
+    if isinstance(e, _Unknown):
+        return _UNKNOWN
+    if isinstance(e, _RPCError):
+        if e.reason in (REASON_NOT_LEADER, REASON_NO_LEADER, REASON_CLOSED):
+            return _NOT_APPLIED
+        if e.reason == REASON_UNKNOWN_OUTCOME:
+            return _UNKNOWN
+        if e.reason == REASON_UNSPECIFIED and e.code in ("deadline_exceeded", "unavailable", "canceled"):
+            return _UNKNOWN
+        return _FINAL
+    return _FINAL
+
+
+def _final_error(op, key, e):
+    if isinstance(e, _RPCError):
+        msg = "%s %r: %s" % (op, key, e.message)
+        if e.reason == REASON_STALE_REQUEST:
+            return StaleRequestError(msg)
+        if e.reason == REASON_INVALID:
+            return InvalidError(msg)
+        if e.reason == REASON_UNAUTHENTICATED:
+            return UnauthenticatedError(msg + " (pass token=, or set LEASENODE_AUTH_TOKEN)")
+        return LeaseError("%s (%s)" % (msg, e.code))
+    return LeaseError("%s %r: %s" % (op, key, e))
+
+
+class _Retry:
+    """The one retry loop: retries what certainly had no effect, and what
+    may have when the caller says it is idempotent, with exponential
+    back-off and full jitter, until failures have lasted `timeout` or the
+    caller's deadline passes."""
+
+    def __init__(self, timeout=DEFAULT_RETRY_TIMEOUT, bmin=BACKOFF_MIN, bmax=BACKOFF_MAX):
+        self.timeout, self.bmin, self.bmax = timeout, bmin, bmax
+
+    def run(self, op, key, f, idempotent=True, deadline=None):
+        streak, saw_unknown, cur = None, False, self.bmin
+        while True:
+            began = time.monotonic()
+            try:
+                return f()
+            except (_NotSent, _Unknown, _RPCError) as e:
+                kind = _classify(e)
+                if kind == _FINAL:
+                    raise _final_error(op, key, e) from e
+                if kind == _UNKNOWN and not idempotent:
+                    raise UnknownOutcomeError("%s %r: %s" % (op, key, e)) from e
+                saw_unknown = saw_unknown or kind == _UNKNOWN
+                streak = streak or began
+                wait = cur / 2 + random.uniform(0, cur / 2)
+                cur = min(cur * 2, self.bmax)
+                now = time.monotonic()
+                if now - streak + wait > self.timeout or (deadline is not None and now + wait > deadline):
+                    cls = UnknownOutcomeError if saw_unknown else NoLeaderError
+                    raise cls("%s %r: gave up after %.3fs: %s" % (op, key, now - streak, e)) from e
+                time.sleep(wait)
+
+
+# --- leases -----------------------------------------------------------------------
+
+class Info:
+    """A lease record as the cluster reports it (remaining is advisory)."""
+
+    def __init__(self, d):
+        self.key = d.get("key", "")
+        self.holder = d.get("holder", "")
+        self.token = int(d.get("token", 0))
+        self.ttl = _secs(d.get("ttl"))
+        self.value = base64.b64decode(d["value"]) if d.get("value") else b""
+        self.lock_delay = d.get("state") == "LEASE_STATE_LOCK_DELAY"
+        self.remaining = _secs(d.get("remaining"))
+
+    def __repr__(self):
+        return "Info(key=%r, holder=%r, token=%d, remaining=%.3f)" % (self.key, self.holder, self.token, self.remaining)
+
+
+class Lease:
+    """A held lease, kept alive by its Client until released or lost.
+
+    token is the fencing token: send it with every write to the protected
+    resource. valid_until (time.monotonic() seconds) is the moment until
+    which the lease is certainly held; done is a threading.Event set when
+    the lease ends (released or lost), and error says why."""
+
+    def __init__(self, client, key, token, ttl, value, sent, valid_for):
+        self._client = client
+        self.key, self.token, self.ttl, self.value = key, token, ttl, value
+        self._lock = threading.Lock()
+        self._valid_until = sent + valid_for * (1 - client.drift)
+        self._last_sent = sent
+        self.done = threading.Event()
+        self.expiring = threading.Event()
+        self.error = None
+
+    @property
+    def valid_until(self):
+        with self._lock:
+            return self._valid_until
+
+    def remaining(self):
+        """Seconds the lease is certainly held (0 when ended)."""
+        with self._lock:
+            if self.error is not None:
+                return 0.0
+            return max(self._valid_until - time.monotonic(), 0.0)
+
+    def is_healthy(self):
+        """True while the lease is held and within its validity."""
+        with self._lock:
+            return self.error is None and time.monotonic() < self._valid_until
+
+    def release(self):
+        """Ends the lease and deletes its record (idempotent)."""
+        if self._client._end(self, None):
+            self._client._release_record(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def __repr__(self):
+        return "Lease(key=%r, token=%d, healthy=%s)" % (self.key, self.token, self.is_healthy())
+
+
+class Client:
+    """One holder: acquires, keeps and releases leases on a cluster.
+
+    addrs: client API addresses ("host:port", a list or a comma-separated
+    string; default $LEASENODE_ADDR or 127.0.0.1:7402). name: the holder's
+    name for people (default host/pid); the holder is name#incarnation,
+    random per Client. token: the cluster's auth token (default
+    $LEASENODE_AUTH_TOKEN). ssl_context: for a TLS cluster (an
+    ssl.SSLContext with the CA and, for mutual TLS, a client certificate).
+    """
+
+    def __init__(self, addrs=None, name=None, ttl=DEFAULT_TTL, drift=DEFAULT_DRIFT, token=None,
+                 ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None):
+        if ttl <= 0:
+            raise InvalidError("ttl %r must be > 0" % ttl)
+        if not 0 <= drift < 0.5:
+            raise InvalidError("drift %r must be in [0, 0.5)" % drift)
+        name = name or "%s/%d" % (socket.gethostname(), os.getpid())
+        if "#" in name:
+            raise InvalidError("holder name %r contains '#', which separates the incarnation" % name)
+        self.holder = name + "#" + secrets.token_hex(8)
+        self.ttl, self.drift, self.extend_interval = float(ttl), drift, extend_interval
+        self._t = _Transport(addrs or os.environ.get("LEASENODE_ADDR", "127.0.0.1:7402"),
+                             token if token is not None else os.environ.get("LEASENODE_AUTH_TOKEN"),
+                             ssl_context, retry_timeout)
+        self._retry = _Retry(retry_timeout)
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._held = {}  # key -> Lease
+        self._closed = False
+        self._wake = threading.Event()
+        self._loop = threading.Thread(target=self._keepalive, name="leasenode-keepalive", daemon=True)
+        self._loop.start()
+
+    # -- acquiring ---------------------------------------------------------------
+
+    def _next_id(self):
+        with self._ids_lock:
+            return next(self._ids)
+
+    def try_acquire(self, key, ttl=None, value=b"", lock_delay=0.0):
+        """Acquires key if free and returns the Lease, else None at once."""
+        try:
+            return self._acquire(key, ttl, value, lock_delay, wait=None)
+        except HeldError:
+            return None
+
+    def acquire(self, key, timeout=None, ttl=None, value=b"", lock_delay=0.0):
+        """Waits (FIFO at the leader) until key is granted; timeout (seconds,
+        None: forever) bounds the wait, then HeldError is raised."""
+        return self._acquire(key, ttl, value, lock_delay, wait=timeout if timeout is not None else float("inf"))
+
+    def lock(self, key, timeout=None, ttl=None, value=b"", lock_delay=0.0):
+        """acquire() as a context manager: the lease is released on exit."""
+        return self.acquire(key, timeout=timeout, ttl=ttl, value=value, lock_delay=lock_delay)
+
+    def _acquire(self, key, ttl, value, lock_delay, wait):
+        if not key:
+            raise InvalidError("acquire: empty key")
+        if self._closed:
+            raise ClosedError("client closed")
+        with self._lock:
+            if key in self._held:
+                raise HeldError(key, self.holder, self._held[key].remaining(), "this client already holds %r" % key)
+        ttl = float(ttl or self.ttl)
+        if isinstance(value, str):
+            value = value.encode()
+        req = {"key": key, "holder": self.holder, "requestId": str(self._next_id()), "ttl": _dur(ttl)}
+        if value:
+            req["value"] = base64.b64encode(value).decode()
+        if lock_delay:
+            req["lockDelay"] = _dur(lock_delay)
+        deadline = None if wait is None or wait == float("inf") else time.monotonic() + wait
+        if wait is not None:
+            req["wait"] = True
+        state = {"sent": 0.0, "maybe": False, "renewed": 0}
+
+        def attempt():
+            state["sent"] = time.monotonic()
+            if wait is None:
+                timeout = self._retry.timeout
+            elif deadline is None:
+                timeout = None  # wait as long as it takes
+            else:
+                timeout = max(deadline - state["sent"], 0.001)
+            try:
+                return self._t.call("Acquire", req, timeout)
+            except _RPCError as e:
+                if e.reason == REASON_STALE_REQUEST and state["renewed"] < 8:
+                    # Withdrawn by the node that lost its outcome: never
+                    # granted under this id, and never will be.
+                    state["renewed"] += 1
+                    state["maybe"] = False
+                    req["requestId"] = str(self._next_id())
+                    raise _NotSent(str(e))
+                if _classify(e) == _UNKNOWN:
+                    state["maybe"] = True
+                raise
+            except _Unknown:
+                state["maybe"] = True
+                raise
+
+        try:
+            resp = self._retry.run("acquire", key, attempt, idempotent=True, deadline=deadline)
+        except (NoLeaderError, UnknownOutcomeError) as e:
+            if deadline is not None and time.monotonic() >= deadline - 0.01:
+                if state["maybe"]:
+                    return self._resolve_abandoned(req)
+                raise HeldError(key, "", 0.0, "acquire %r: gave up waiting: %s" % (key, e)) from e
+            raise
+        if not resp.get("granted"):
+            if wait is not None:  # the wait ended at its deadline
+                raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
+                                "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
+            raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
+        granted_ttl = _secs(resp.get("ttl")) or ttl
+        lease = Lease(self, key, int(resp["token"]), granted_ttl, value, state["sent"],
+                      _secs(resp.get("waited")) + granted_ttl)
+        with self._lock:
+            self._held[key] = lease
+        self._wake.set()
+        return lease
+
+    def _resolve_abandoned(self, req):
+        """The caller gave up while an attempt's outcome was unknown: ask
+        once more with the same id, without waiting; release a grant."""
+        r = dict(req)
+        r.pop("wait", None)
+        try:
+            resp = _Retry(1.0).run("acquire", req["key"], lambda: self._t.call("Acquire", r, 1.0))
+        except StaleRequestError:
+            raise HeldError(req["key"], "", 0.0, "acquire %r: gave up waiting" % req["key"])
+        except LeaseError as e:
+            raise UnknownOutcomeError("acquire %r: gave up waiting and could not settle the last attempt: %s" % (req["key"], e))
+        if resp.get("granted"):
+            self._release_raw(req["key"], int(resp["token"]))
+            raise HeldError(req["key"], "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % req["key"])
+        raise HeldError(req["key"], resp.get("holder", ""), _secs(resp.get("wait")))
+
+    # -- keepalive -----------------------------------------------------------------
+
+    def _keepalive(self):
+        retry_at, cur = 0.0, BACKOFF_MIN
+        while not self._closed:
+            self._wake.clear()  # before looking: a wake after this is not lost
+            now = time.monotonic()
+            nxt = now + 3600.0
+            with self._lock:
+                leases = list(self._held.values())
+            due, ripe = [], []
+            for l in leases:
+                with l._lock:
+                    valid, last = l._valid_until, l._last_sent
+                end_at = valid - min(l.ttl / 20, 0.1)
+                if now >= end_at:
+                    self._end(l, LeaseLostError("lease %r lost: not extended within its validity" % l.key), release=True)
+                    continue
+                nxt = min(nxt, end_at)
+                warn_at = valid - l.ttl / 3
+                if now >= warn_at:
+                    l.expiring.set()
+                else:
+                    nxt = min(nxt, warn_at)
+                interval = self.extend_interval or l.ttl / 3
+                age = now - last
+                if age >= interval:
+                    due.append(l)
+                elif age >= interval / 2:
+                    ripe.append(l)
+                    nxt = min(nxt, last + interval)
+                else:
+                    nxt = min(nxt, last + interval)
+            if due:
+                due += ripe
+                if now < retry_at:
+                    nxt = min(nxt, retry_at)
+                elif self._extend(due):
+                    cur = BACKOFF_MIN
+                    continue
+                else:
+                    retry_at = time.monotonic() + cur / 2 + random.uniform(0, cur / 2)
+                    cur = min(cur * 2, BACKOFF_MAX)
+                    nxt = min(nxt, retry_at)
+            self._wake.wait(max(nxt - time.monotonic(), 0.0))
+
+    def _extend(self, leases):
+        """One batched Extend per chunk; True if every chunk was answered."""
+        ok = True
+        for i in range(0, len(leases), EXTEND_CHUNK):
+            chunk = leases[i:i + EXTEND_CHUNK]
+            req = {"holder": self.holder, "items": [{"key": l.key, "token": str(l.token)} for l in chunk]}
+            sent = time.monotonic()
+            timeout = max(min(min(l.remaining() for l in chunk), 10.0), 0.05)
+            try:
+                resp = self._t.call("Extend", req, timeout)
+            except (_NotSent, _Unknown, _RPCError):
+                ok = False
+                continue
+            for l, r in zip(chunk, resp.get("results") or []):
+                if not r.get("ok"):
+                    self._end(l, LeaseLostError("lease %r lost: the cluster says it is held by %r (token %s)" % (
+                        l.key, r.get("holder", ""), r.get("currentToken", "0"))), release=True)
+                    continue
+                valid = sent + l.ttl * (1 - self.drift)
+                with l._lock:
+                    if l.error is not None:
+                        continue  # ended while the reply was on its way
+                    l._valid_until = max(l._valid_until, valid)
+                    l._last_sent = sent
+                l.expiring.clear()
+        return ok
+
+    def _end(self, lease, err, release=False):
+        """Ends lease: validity ends now, done is set; with release, the
+        record is deleted in the background once the old validity has
+        passed (nobody can still be acting on it)."""
+        now = time.monotonic()
+        with lease._lock:
+            if lease.error is not None:
+                return False
+            lease.error = err or ReleasedMarker
+            was_valid = lease._valid_until
+            lease._valid_until = min(lease._valid_until, now)
+        lease.done.set()
+        with self._lock:
+            if self._held.get(lease.key) is lease:
+                del self._held[lease.key]
+        if release:
+            def later():
+                time.sleep(max(was_valid - time.monotonic(), 0.0))
+                try:
+                    self._release_raw(lease.key, lease.token, timeout=5.0)
+                except LeaseError:
+                    pass
+            threading.Thread(target=later, name="leasenode-release", daemon=True).start()
+        return True
+
+    def _release_record(self, lease):
+        return self._release_raw(lease.key, lease.token)
+
+    def _release_raw(self, key, token, timeout=None):
+        req = {"key": key, "holder": self.holder, "token": str(token)}
+        resp = self._retry.run("release", key, lambda: self._t.call("Release", req, timeout or self._retry.timeout),
+                               idempotent=True)
+        return bool(resp.get("released"))
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, key):
+        """The current record of key (linearizable), or None."""
+        resp = self._retry.run("get", key, lambda: self._t.call("Get", {"key": key}, self._retry.timeout))
+        return Info(resp["lease"]) if resp.get("found") else None
+
+    def list(self, prefix=""):
+        """Every record whose key starts with prefix, in key order."""
+        out, after = [], ""
+        while True:
+            req = {"prefix": prefix, "after": after, "limit": 1000}
+            resp = self._retry.run("list", prefix, lambda: self._t.call("List", req, self._retry.timeout))
+            out += [Info(l) for l in resp.get("leases") or []]
+            after = resp.get("next", "")
+            if not after:
+                return out
+
+    def check_token(self, key, token):
+        """Whether token is key's current fencing token (linearizable)."""
+        req = {"key": key, "token": str(token)}
+        resp = self._retry.run("check token", key, lambda: self._t.call("CheckToken", req, self._retry.timeout))
+        return bool(resp.get("current"))
+
+    def status(self):
+        """The Status reply of some node (the leader first, if known)."""
+        return self._retry.run("status", "", lambda: self._t.call("Status", {}, self._retry.timeout))
+
+    def close(self):
+        """Releases every lease of this client and stops its thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            leases = list(self._held.values())
+        for l in leases:
+            try:
+                l.release()
+            except LeaseError:
+                pass
+        self._wake.set()
+        self._loop.join(timeout=5)
+        self._t.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class _Released(LeaseError):
+    """The lease was released."""
+
+
+ReleasedMarker = _Released("lease released")

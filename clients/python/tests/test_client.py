@@ -1,0 +1,178 @@
+"""Tests of the leasenode Python client against a real cluster.
+
+Run against any cluster: LEASENODE_ADDR=127.0.0.1:7402 python3 -m unittest
+discover -s clients/python/tests (with `leasenode dev` running), or through
+`go test ./cmd/leasenode -run TestPythonClient`, which starts one.
+"""
+
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import leasenode  # noqa: E402
+
+ADDRS = os.environ.get("LEASENODE_ADDR", "127.0.0.1:7402")
+PREFIX = "py/%d/" % os.getpid()
+
+
+def client(**kw):
+    kw.setdefault("name", "pytest")
+    return leasenode.Client(ADDRS, **kw)
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            c.close()
+
+    def new(self, **kw):
+        c = client(**kw)
+        self.clients.append(c)
+        return c
+
+    def test_holder_is_name_and_incarnation(self):
+        a, b = self.new(name="same"), self.new(name="same")
+        self.assertTrue(a.holder.startswith("same#"))
+        self.assertNotEqual(a.holder, b.holder)
+        with self.assertRaises(leasenode.InvalidError):
+            leasenode.Client(ADDRS, name="bad#name")
+
+    def test_lock_context_manager_and_fencing_token(self):
+        c = self.new()
+        key = PREFIX + "ctx"
+        with c.lock(key, value="worker-1") as l:
+            self.assertGreater(l.token, 0)
+            self.assertTrue(l.is_healthy())
+            info = c.get(key)
+            self.assertEqual((info.holder, info.token, info.value), (c.holder, l.token, b"worker-1"))
+            self.assertTrue(c.check_token(key, l.token))
+            first = l.token
+        self.assertFalse(l.is_healthy())
+        self.assertTrue(l.done.is_set())
+        self.assertIsNone(c.get(key))
+        self.assertFalse(c.check_token(key, first))
+        # A new holding gets a higher token.
+        with c.lock(key) as l2:
+            self.assertGreater(l2.token, first)
+
+    def test_validity_from_send_time_with_drift(self):
+        c = self.new(ttl=5, drift=0.01)
+        before = time.monotonic()
+        l = c.try_acquire(PREFIX + "validity")
+        after = time.monotonic()
+        self.assertIsNotNone(l)
+        # sent is between before and after; valid_until = sent + (waited + ttl)*(1-drift).
+        self.assertGreaterEqual(l.valid_until, before + 5 * 0.99)
+        self.assertLessEqual(l.valid_until, after + 5 * 0.99 + 0.01)
+        l.release()
+
+    def test_keepalive_extends(self):
+        c = self.new(ttl=1.0)
+        l = c.try_acquire(PREFIX + "keepalive")
+        first_valid = l.valid_until
+        deadline = time.monotonic() + 10
+        while l.valid_until <= first_valid + 1.0:  # extended at least once past the first TTL
+            self.assertTrue(l.is_healthy(), l.error)
+            self.assertLess(time.monotonic(), deadline, "not extended")
+            l.done.wait(0.05)
+        self.assertTrue(l.is_healthy())
+        self.assertEqual(c.get(l.key).token, l.token)
+        l.release()
+
+    def test_held_elsewhere(self):
+        a, b = self.new(), self.new()
+        key = PREFIX + "held"
+        l = a.try_acquire(key, ttl=30)
+        self.assertIsNone(b.try_acquire(key))
+        t0 = time.monotonic()
+        with self.assertRaises(leasenode.HeldError) as cm:
+            b.acquire(key, timeout=0.5)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertIn(a.holder, str(cm.exception))
+        # One client never competes with itself.
+        self.assertIsNone(a.try_acquire(key))
+        l.release()
+
+    def test_queued_acquire_is_handed_the_key(self):
+        a, b = self.new(), self.new()
+        key = PREFIX + "queue"
+        la = a.try_acquire(key, ttl=30)
+        got = {}
+
+        def wait():
+            got["lease"] = b.acquire(key, timeout=20)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        # Release only once b waits in the leader's queue (status of the
+        # leader, which a learned from its grant, counts waiters).
+        deadline = time.monotonic() + 10
+        while int(a.status().get("waiters", "0")) < 1:
+            self.assertLess(time.monotonic(), deadline, "b never queued")
+            t.join(0.02)
+        released = time.monotonic()
+        la.release()
+        t.join(20)
+        self.assertFalse(t.is_alive())
+        lb = got["lease"]
+        self.assertGreater(lb.token, la.token)
+        self.assertLess(time.monotonic() - released, 5)
+        lb.release()
+
+    def test_same_request_id_is_the_same_grant(self):
+        # Rule 2: a retry after a lost reply carries the same id and gets
+        # the same grant and token; a lower id is refused as stale.
+        c = self.new()
+        key = PREFIX + "retry"
+        t = c._t
+        req = {"key": key, "holder": c.holder, "requestId": "10", "ttl": "10s"}
+        r1 = t.call("Acquire", req, 5)
+        r2 = t.call("Acquire", req, 5)
+        self.assertTrue(r1["granted"] and r2["granted"] and r2.get("retry"))
+        self.assertEqual(r1["token"], r2["token"])
+        with self.assertRaises(leasenode.StaleRequestError):
+            c._retry.run("acquire", key, lambda: t.call("Acquire", dict(req, requestId="9"), 5))
+        c._release_raw(key, int(r1["token"]))
+
+    def test_lost_when_extends_fail(self):
+        # Cut the client off: extends fail, and the lease is declared lost
+        # before its validity ends (done set, not healthy), never after.
+        c = self.new(ttl=1.0, retry_timeout=0.5)
+        l = c.try_acquire(PREFIX + "lost")
+        valid = l.valid_until
+        c._t.seeds, c._t.leader = ["127.0.0.1:1"], None
+        self.assertTrue(l.done.wait(5), "lease not declared lost")
+        self.assertLessEqual(time.monotonic(), valid + 0.05)
+        self.assertFalse(l.is_healthy())
+        self.assertIsInstance(l.error, leasenode.LeaseLostError)
+        self.assertLessEqual(l.valid_until, valid)
+
+    def test_unreachable_cluster_is_no_leader(self):
+        c = leasenode.Client(["127.0.0.1:1"], retry_timeout=0.5)
+        self.clients.append(c)
+        t0 = time.monotonic()
+        with self.assertRaises(leasenode.NoLeaderError):
+            c.try_acquire(PREFIX + "nowhere")
+        self.assertLess(time.monotonic() - t0, 3)
+
+    def test_list_and_invalid(self):
+        c = self.new()
+        ls = [c.try_acquire(PREFIX + "list/%d" % i) for i in range(3)]
+        self.assertEqual([i.key for i in c.list(PREFIX + "list/")], [l.key for l in ls])
+        with self.assertRaises(leasenode.InvalidError):
+            c.try_acquire("")
+        with self.assertRaises(leasenode.InvalidError):
+            c.try_acquire(PREFIX + "bad-ttl", ttl=0.000001)
+        for l in ls:
+            l.release()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// run1 runs the binary with args and env (and no LEASENODE_ variables of
+// the caller) and returns its exit code, stdout and stderr.
+func run1(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	_ = cmd.Run()
+	return cmd.ProcessState.ExitCode(), o.String(), e.String()
+}
+
+// The habits of a GNU/cobra command line: errors first and short (no
+// usage dump), hints for what a value must look like, suggestions for
+// mistyped commands and flags, help printed once, no doubled prefixes.
+func TestCLIHabits(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args []string
+		code int
+		want []string // all in stderr
+	}{
+		{[]string{"aquire", "k"}, exitUsage, []string{`unknown command "aquire"`, `did you mean "acquire"?`}},
+		{[]string{"acquire", "k", "--ttl", "5"}, exitUsage, []string{`--ttl "5": not a duration`, "durations need a unit: 5s"}},
+		{[]string{"acquire", "k", "--tll", "5s"}, exitUsage, []string{"unknown flag: --tll", "did you mean --ttl?"}},
+		{[]string{"acquire", "k", "--wait", "soon"}, exitUsage, []string{`--wait "soon"`, `"forever"`}},
+		{[]string{"snapshot", "sve", "f"}, exitUsage, []string{`unknown subcommand "sve"`, `did you mean "save"?`}},
+		{[]string{"tls"}, exitUsage, []string{"want a subcommand"}},
+		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
+		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
+	}
+	for _, c := range cases {
+		code, out, errOut := run1(t, nil, c.args...)
+		if code != c.code {
+			t.Errorf("%v: exit %d, want %d; stderr %q", c.args, code, c.code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("%v: stderr %q lacks %q", c.args, errOut, w)
+			}
+		}
+		if strings.Contains(errOut, "Usage:") || strings.Count(errOut, "\n") > 4 {
+			t.Errorf("%v: the error is not short (%d lines): %q", c.args, strings.Count(errOut, "\n"), errOut)
+		}
+		if strings.Contains(errOut, "get: get") || strings.Contains(errOut, "status: status") || out != "" && c.code == exitUsage {
+			t.Errorf("%v: doubled prefix or output on a usage error: %q %q", c.args, out, errOut)
+		}
+	}
+
+	// Help once, on stdout, exit 0; the agent's help lists --config.
+	for _, args := range [][]string{{"get", "-h"}, {"agent", "--help"}, {"help", "lock"}, {"lock", "--help"}} {
+		code, out, errOut := run1(t, nil, args...)
+		if code != 0 || strings.Count(out, "Usage:") != 1 || errOut != "" {
+			t.Errorf("%v: exit %d, %d usages, stderr %q", args, code, strings.Count(out, "Usage:"), errOut)
+		}
+	}
+	if _, out, _ := run1(t, nil, "agent", "--help"); !strings.Contains(out, "--config") || !strings.Contains(out, "--print-config") {
+		t.Errorf("agent --help lacks --config:\n%s", out)
+	}
+
+	// Shell completion for bash, zsh and fish.
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		code, out, _ := run1(t, nil, "completion", sh)
+		if code != 0 || !strings.Contains(out, "leasenode") || len(out) < 500 {
+			t.Errorf("completion %s: exit %d, %d bytes", sh, code, len(out))
+		}
+	}
+	// Completion of commands and of a flag's values.
+	if _, out, _ := run1(t, nil, "__complete", "acq"); !strings.Contains(out, "acquire") {
+		t.Errorf("completing acq: %q", out)
+	}
+	if _, out, _ := run1(t, nil, "__complete", "bench", "--workload", ""); !strings.Contains(out, "keepalive") {
+		t.Errorf("completing --workload: %q", out)
+	}
+
+	// The version, three ways.
+	code, out, _ := run1(t, nil, "version", "-o", "json")
+	var v struct {
+		Version   string `json:"version"`
+		GoVersion string `json:"go_version"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Version == "" || !strings.HasPrefix(v.GoVersion, "go1.") {
+		t.Errorf("version -o json: %d %q", code, out)
+	}
+	for _, args := range [][]string{{"--version"}, {"-v"}, {"version"}} {
+		if code, out, _ := run1(t, nil, args...); code != 0 || !strings.Contains(out, "leasenode "+v.Version) || !strings.Contains(out, v.GoVersion) {
+			t.Errorf("%v: %d %q", args, code, out)
+		}
+	}
+}
+
+// lock takes its flags before and after KEY and leaves CMD's own flags
+// alone, with or without "--".
+func TestLockArgs(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"lock", "--addr", "127.0.0.1:1", "k", "--timeout", "1s", "--", "sh", "-c", "exit 0"},
+		{"lock", "k", "--addr", "127.0.0.1:1", "--timeout=1s", "sh", "-c", "exit 0"},
+	} {
+		code, _, errOut := run1(t, nil, args...)
+		if code != exitUnreachable || strings.Contains(errOut, "unknown") {
+			t.Errorf("%v: exit %d, %q; want %d (flags parsed, cluster unreachable)", args, code, errOut, exitUnreachable)
+		}
+	}
+}
+
+// The agent's config file: keys are flag names; flags > environment >
+// file; an unknown key is an error naming the key and the file;
+// --print-config shows the effective settings with their sources and
+// redacts secrets.
+func TestAgentConfigFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "agent.toml")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`# a node
+id = "from-file"
+data-dir = "` + dir + `/data"
+join = ["127.0.0.1:7401", "127.0.0.1:7411"]
+bootstrap-expect = 3
+voters = 3
+timing = "fast"
+min-ttl = "2s"
+auth-token = "s3cret"
+insecure = false
+`)
+	code, out, errOut := run1(t, []string{"LEASENODE_TIMING=default", "LEASENODE_CONFIG=" + file}, "agent", "--voters", "5", "--print-config")
+	if code != 0 {
+		t.Fatalf("print-config: %d %s", code, errOut)
+	}
+	for _, want := range []string{
+		`id = "from-file"`, "# file",
+		`join = ["127.0.0.1:7401", "127.0.0.1:7411"]`,
+		"bootstrap-expect = 3", "voters = 5", "# flag",
+		`timing = "default"`, "# env LEASENODE_TIMING",
+		`min-ttl = "2s"`, `auth-token = "<redacted>"`, `bind = "127.0.0.1:7400"`, "# default",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("print-config lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "s3cret") {
+		t.Errorf("print-config shows the secret:\n%s", out)
+	}
+	// What --print-config prints is itself a valid config file.
+	write(strings.ReplaceAll(out, `auth-token = "<redacted>"`, `auth-token = ""`))
+	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 0 {
+		t.Errorf("print-config output as a config file: %d %s", code, errOut)
+	}
+
+	for _, c := range []struct{ body, want, hint string }{
+		{"data_dir = \"/x\"\nid = \"n\"\n", `unknown key "data_dir"`, `did you mean "data-dir"?`},
+		{"id = \"n\"\n[tls]\ncert = \"x\"\n", `unknown key "tls`, "no tables"},
+		{"id = \"n\"\ndata-dir = \"/x\"\nmin-ttl = \"5\"\n", `min-ttl = "5"`, "durations need a unit"},
+		{"id = \"n\"\ndata-dir = \"/x\"\nvoters = \"three\"\n", `voters = "three"`, "whole number"},
+		{"id = n\n", "line 1", ""},
+	} {
+		write(c.body)
+		code, _, errOut := run1(t, nil, "agent", "--config", file)
+		if code != exitUsage || !strings.Contains(errOut, c.want) || !strings.Contains(errOut, file) || !strings.Contains(errOut, c.hint) {
+			t.Errorf("config %q: exit %d, %q; want %d naming the file, %q and %q", c.body, code, errOut, exitUsage, c.want, c.hint)
+		}
+	}
+}
