@@ -135,6 +135,24 @@ type Event struct {
 	Holder string
 	Token  uint64
 	Value  []byte
+	// Mode, Limit and Set describe the holding (see Lease).
+	Mode  Mode
+	Limit uint32
+	Set   uint64
+}
+
+// event is the Event of type t at index for record r: Freed carries no
+// holder (nobody holds a key whose lock-delay ended), only Granted a value.
+func event(t EventType, index uint64, r *record) Event {
+	e := Event{Type: t, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token,
+		Mode: r.Mode, Limit: r.Limit, Set: r.Set}
+	if t == EventFreed {
+		e.Holder = ""
+	}
+	if t == EventGranted {
+		e.Value = r.Value
+	}
+	return e
 }
 
 // Config configures an FSM. The zero value is usable.
@@ -573,7 +591,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 			if !inItems[m.Key] {
 				// A member on a key this grant does not name is free.
 				f.noteEnded(m.Key, m.Holder, m.ReqID, f.now)
-				f.emit(Event{Type: EventReleased, Index: index, Key: m.Key, Holder: m.Holder, Token: m.Token})
+				f.emit(event(EventReleased, index, m))
 			}
 		}
 	}
@@ -603,7 +621,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		f.setLease(r, c)
 		f.insert(r)
 		f.keepMark(marks[i], c.ReqID)
-		f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
+		f.emit(event(EventGranted, index, r))
 		if first == nil {
 			first = r
 		}
@@ -635,7 +653,7 @@ func (f *FSM) retry(index uint64, c *Acquire, items []Item, own []*record, marks
 	for _, m := range g.members() {
 		f.setLease(m, c)
 		m.Seen = true
-		f.emit(Event{Type: EventGranted, Index: index, Key: m.Key, Holder: m.Holder, Token: m.Token, Value: m.Value})
+		f.emit(event(EventGranted, index, m))
 	}
 	for i := range items {
 		f.keepMark(marks[i], c.ReqID)
@@ -704,7 +722,7 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 		m.Expiry = f.now + m.TTL
 		f.heap.update(m)
 		if f.cfg.Events {
-			f.emit(Event{Type: EventExtended, Index: index, Key: m.Key, Holder: m.Holder, Token: m.Token})
+			f.emit(event(EventExtended, index, m))
 		}
 	}
 	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
@@ -732,7 +750,7 @@ func (f *FSM) end(index uint64, r *record) {
 	for _, m := range r.members() {
 		f.remove(m)
 		f.noteEnded(m.Key, m.Holder, m.ReqID, f.now)
-		f.emit(Event{Type: EventReleased, Index: index, Key: m.Key, Holder: m.Holder, Token: m.Token})
+		f.emit(event(EventReleased, index, m))
 	}
 }
 
@@ -784,7 +802,7 @@ func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 	for _, m := range r.members() {
 		if m.State == StateHeld {
 			f.noteEnded(m.Key, m.Holder, m.ReqID, m.Expiry)
-			f.emit(Event{Type: EventExpired, Index: index, Key: m.Key, Holder: m.Holder, Token: m.Token})
+			f.emit(event(EventExpired, index, m))
 			if out != nil {
 				*out = append(*out, Result{Code: Expired, Key: m.Key, Token: m.Token, Holder: m.Holder})
 			}
@@ -796,7 +814,7 @@ func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 				continue
 			}
 		} else {
-			f.emit(Event{Type: EventFreed, Index: index, Key: m.Key, Token: m.Token})
+			f.emit(event(EventFreed, index, m))
 			if out != nil {
 				*out = append(*out, Result{Code: Expired, Key: m.Key, Token: m.Token})
 			}

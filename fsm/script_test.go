@@ -618,6 +618,16 @@ func formatEvent(e fsm.Event) string {
 	if len(e.Value) > 0 {
 		s += " value=" + string(e.Value)
 	}
+	switch e.Mode {
+	case fsm.ModeExclusive:
+	case fsm.ModeSemaphore:
+		s += fmt.Sprintf(" mode=semaphore/%d", e.Limit)
+	default:
+		s += " mode=" + e.Mode.String()
+	}
+	if e.Set != 0 {
+		s += fmt.Sprintf(" set=%d", e.Set)
+	}
 	return s
 }
 

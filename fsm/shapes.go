@@ -187,6 +187,11 @@ type block struct {
 // in their mode until their delay ends. Guarded by testdata/shapes*.txt,
 // TestShapeCompatibility and TestModel.
 func (f *FSM) compat(ks *keyState, it Item, skip func(*record) bool) (ok bool, b block) {
+	return compat(ks, it, skip, f.now, &f.cfg)
+}
+
+// compat is FSM.compat at logical time now under cfg's knobs.
+func compat(ks *keyState, it Item, skip func(*record) bool, now time.Duration, cfg *Config) (ok bool, b block) {
 	if ks == nil || len(ks.recs) == 0 {
 		return true, b
 	}
@@ -205,7 +210,7 @@ func (f *FSM) compat(ks *keyState, it Item, skip func(*record) bool) (ok bool, b
 		blocks = func(*record) bool { return true }
 	case ModeShared:
 		ok = n[ModeExclusive] == 0 && n[ModeSemaphore] == 0
-		if f.cfg.UnsafeSharedBesideExclusive {
+		if cfg.UnsafeSharedBesideExclusive {
 			ok = n[ModeSemaphore] == 0
 		}
 		blocks = func(r *record) bool { return r.Mode != ModeShared }
@@ -214,7 +219,7 @@ func (f *FSM) compat(ks *keyState, it Item, skip func(*record) bool) (ok bool, b
 			return false, block{bad: fmt.Sprintf("key %q is a semaphore of %d, not %d", ks.key, ks.limit, it.Limit)}
 		}
 		limit := int(it.Limit)
-		if f.cfg.UnsafeSemaphoreOvergrant {
+		if cfg.UnsafeSemaphoreOvergrant {
 			limit++
 		}
 		ok = n[ModeExclusive] == 0 && n[ModeShared] == 0 && n[ModeSemaphore] < limit
@@ -242,7 +247,7 @@ func (f *FSM) compat(ks *keyState, it Item, skip func(*record) bool) (ok bool, b
 		if remnant == nil && r.State != StateHeld {
 			remnant = r
 		}
-		w := r.FreeAt() - f.now
+		w := r.FreeAt() - now
 		if first || full && w < b.wait || !full && w > b.wait {
 			b.wait = w
 		}
@@ -269,4 +274,44 @@ func (r *record) members() []*record {
 		return []*record{r}
 	}
 	return r.set.members
+}
+
+// Admits predicts, without changing anything, whether an acquire of it by
+// holder would be granted on its key at logical time now, as Acquire
+// would judge it if applied then: records due by now count as reaped (a
+// lease with a lock-delay as its remnant), holder's own live holding
+// (which a grant replaces) and every record with token except (a grant
+// about to be released; 0 for none) are left out, and extra further
+// semaphore holdings of it.Limit count as granted (requests proposed
+// ahead of this one). If not, wait is how long the key's records may keep
+// it unavailable (0 when only the extra ones do), and bad is set if it can
+// never be granted while they last (a semaphore of another limit).
+//
+// Node's waiter queues use it to decide when to propose a waiter and
+// when to look again; the FSM decides when the entry applies.
+func (f *FSM) Admits(it Item, holder string, now time.Duration, extra int, except uint64) (ok bool, wait time.Duration, bad string) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	view := &keyState{key: it.Key}
+	if ks := f.keys[it.Key]; ks != nil {
+		for _, r := range ks.recs {
+			switch {
+			case except != 0 && r.Token == except:
+				continue
+			case r.State == StateHeld && r.Holder == holder && r.Expiry > now:
+				continue
+			case r.FreeAt() <= now:
+				continue
+			}
+			view.add(r) // read only: compat does not change records
+		}
+	}
+	if extra > 0 && it.Mode == ModeSemaphore {
+		if view.n[ModeSemaphore] == 0 {
+			view.limit = it.Limit
+		}
+		view.n[ModeSemaphore] += extra
+	}
+	ok, b := compat(view, it, func(*record) bool { return false }, now, &f.cfg)
+	return ok, max(b.wait, 0), b.bad
 }
