@@ -1027,6 +1027,17 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 	r.index++
 	s := fsm.Stamp{Epoch: epoch, Now: r.stamp}
 	before := allLeases(r.f)
+	// fsm.Admits predicts an acquire's grant from the state before it.
+	var admitted *bool
+	if c, ok := cmd.(*fsm.Acquire); ok && epoch == r.m.epoch && c.Validate() == nil {
+		now := max(r.m.now, s.Now)
+		all := true
+		for _, it := range c.Items() {
+			ok, _, bad := r.f.Admits(it, c.Holder, now, 0, 0)
+			all = all && ok && bad == ""
+		}
+		admitted = &all
+	}
 	log := entry(r.index, s, cmd)
 	got, ok := r.f.Apply(log).(*fsm.Response)
 	if !ok {
@@ -1054,6 +1065,11 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 	}
 	if !reflect.DeepEqual(results, want) {
 		t.Fatalf("entry %d %s at %v (epoch %d):\n   fsm %+v\n model %+v", r.index, describe(cmd), r.stamp, epoch, results, want)
+	}
+	if admitted != nil && len(results) == 1 && (results[0].Code == fsm.Held || results[0].Code == fsm.Granted && !results[0].Retry) {
+		if *admitted != (results[0].Code == fsm.Granted) {
+			t.Fatalf("Admits predicted %v for entry %d %s, the FSM said %+v", *admitted, r.index, describe(cmd), results[0])
+		}
 	}
 	r.checkGrants(t, got, before)
 	r.checkState(t)
