@@ -69,6 +69,7 @@ type agentFlags struct {
 	leaveOnStop                  bool
 	fs                           *flag.FlagSet
 	unsafeNames                  []string
+	shapes                       unsafeShapeFlags
 }
 
 // newAgentFlags returns the agent's flags under the command name and
@@ -114,6 +115,7 @@ func newAgentFlags(name, synopsis string) *agentFlags {
 	fs.DurationVar(&a.unsafeClockSkew, "unsafe-clock-skew", 0, "UNSAFE: add this skew to the wall clock of --unsafe-wall-clock (needs LEASENODE_UNSAFE=1)")
 	fs.BoolVar(&a.unsafeExtendNoCommit, "unsafe-extend-no-commit", false, "UNSAFE: answer extends without committing them (chaos tests; needs LEASENODE_UNSAFE=1)")
 	a.unsafeNames = []string{"unsafe-no-sync", "unsafe-clock-rate", "unsafe-skip-rebase", "unsafe-wall-clock", "unsafe-clock-skew", "unsafe-extend-no-commit"}
+	a.unsafeNames = append(a.unsafeNames, a.shapes.register(fs)...)
 	return a
 }
 
@@ -208,6 +210,7 @@ func (a *agentFlags) config() (node.Config, error) {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
 			WallClock: a.unsafeWall, ClockSkew: a.unsafeClockSkew, ExtendNoCommit: a.unsafeExtendNoCommit}
 	}
+	a.shapes.apply(&cfg)
 	logger, err := newLogger(a.logLevel, a.logFormat)
 	if err != nil {
 		return cfg, err

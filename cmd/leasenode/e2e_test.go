@@ -557,6 +557,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"agent", "--data-dir", "/tmp/x"}, nil, exitUsage, "--id is required"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--timing", "slow"}, nil, exitUsage, "want default or fast"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-clock-rate", "2"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-partial-set"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
 		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
 		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
