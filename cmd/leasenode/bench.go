@@ -13,7 +13,7 @@ import (
 	"github.com/leasenode/leasenode/internal/local"
 )
 
-const benchSynopsis = `bench [--workload all|uncontended|handoff|keepalive|failover] [--duration 5s] [--self] [client flags]
+const benchSynopsis = `bench [--workload all|uncontended|handoff|keepalive|failover|semaphore|shared|multi[,...]] [--duration 5s] [--self] [client flags]
 
 Loads a cluster with the standard workloads and prints a table (or, with
 -o json, a JSON document; --json-out also writes it to a file):
@@ -24,7 +24,10 @@ Loads a cluster with the standard workloads and prints a table (or, with
   failover     clients loop while the leader is crashed --kills times; the window
                with no successful operation. It must crash a leader, so it needs
                --self: bench then starts its own 3-node cluster in this process.
-"all" runs the first three against --addr (all four with --self). A live
+  semaphore    6 clients queue for a semaphore of 2; gap from a release to the next grant
+  shared       --clients clients acquire and release one key shared, in a loop
+  multi        --clients clients each acquire and release a set of 4 keys of their own
+"all" runs every workload but failover against --addr (all of them with --self). A live
 progress line goes to stderr.`
 
 func runBench(ctx context.Context, sig *signals, args []string) error {
@@ -45,9 +48,10 @@ func runBench(ctx context.Context, sig *signals, args []string) error {
 	var names []string
 	switch *workload {
 	case "all":
-		names = bench.Workloads[:3]
-		if *self {
-			names = bench.Workloads
+		for _, w := range bench.Workloads {
+			if w != "failover" || *self {
+				names = append(names, w)
+			}
 		}
 	case "failover":
 		if !*self {
@@ -55,7 +59,7 @@ func runBench(ctx context.Context, sig *signals, args []string) error {
 		}
 		names = []string{"failover"}
 	default:
-		names = []string{*workload}
+		names = strings.Split(*workload, ",")
 	}
 	for _, n := range names {
 		found := false
