@@ -2,7 +2,7 @@ package fsm
 
 import (
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -492,12 +492,23 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	items := c.Items()
+	// Small buffers on the stack: most acquires name one key.
+	var (
+		itemBuf  [4]Item
+		markBuf  [4]*mark
+		ownBuf   [4]*record
+		grantBuf [4]bool
+		orderBuf [4]int
+	)
+	items := append(itemBuf[:0], Item{Key: c.Key, Mode: c.Mode, Limit: c.Limit})
+	items = append(items, c.More...)
 	for _, it := range items {
 		f.reapDue(index, it.Key)
 	}
-	marks := make([]*mark, len(items))
-	own := make([]*record, len(items))
+	marks, own, granted := markBuf[:0], ownBuf[:0], grantBuf[:0]
+	for range items {
+		marks, own, granted = append(marks, nil), append(own, nil), append(granted, false)
+	}
 	retry := false
 	for i, it := range items {
 		ks := f.keys[it.Key]
@@ -532,24 +543,20 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	}
 	// The holder's grants on the item keys end if this one is granted:
 	// they are left out of the compatibility checks, every member alike.
-	replaced := map[*record]bool{}
+	var replaced []*record
 	for _, r := range own {
-		if r != nil {
-			for _, m := range r.members() {
-				replaced[m] = true
-			}
+		if r != nil && !slices.Contains(replaced, r) { // a set's members are own on each of its keys
+			replaced = append(replaced, r.members()...)
 		}
 	}
-	skip := func(r *record) bool { return replaced[r] }
 	var (
 		blocked *block
 		bkey    string
 		wait    time.Duration
-		granted = make([]bool, len(items))
 		anyOK   bool
 	)
 	for i, it := range items {
-		ok, b := f.compat(f.keys[it.Key], it, skip)
+		ok, b := f.compat(f.keys[it.Key], it, replaced)
 		if b.bad != "" {
 			return Result{Code: Invalid, Key: it.Key, Reason: b.bad}
 		}
@@ -578,32 +585,28 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		return res
 	}
 	// Granted: end what it replaces, then add a holding per item.
-	inItems := map[string]bool{}
-	for _, it := range items {
-		inItems[it.Key] = true
-	}
 	for _, r := range own {
 		if r == nil || r.hidx < 0 {
 			continue // none, or ended with an earlier member
 		}
 		for _, m := range r.members() {
 			f.remove(m)
-			if !inItems[m.Key] {
+			if !names(items, m.Key) {
 				// A member on a key this grant does not name is free.
 				f.noteEnded(m.Key, m.Holder, m.ReqID, f.now)
 				f.emit(event(EventReleased, index, m))
 			}
 		}
 	}
-	order := make([]int, 0, len(items))
+	order := orderBuf[:0]
 	for i := range items {
 		if granted[i] || !partial {
 			order = append(order, i)
 		}
 	}
-	sort.Slice(order, func(a, b int) bool { return items[order[a]].Key < items[order[b]].Key })
 	var gs *grantSet
 	if len(items) > 1 {
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(items[a].Key, items[b].Key) })
 		gs = &grantSet{keys: make([]string, len(order))}
 		for j, i := range order {
 			gs.keys[j] = items[i].Key
@@ -627,6 +630,16 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	return Result{Code: Granted, Key: c.Key, Token: index, Expiry: first.Expiry}
+}
+
+// names reports whether items name key.
+func names(items []Item, key string) bool {
+	for _, it := range items {
+		if it.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // retry answers an acquire whose request id is the one a live holding of

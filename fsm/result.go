@@ -121,6 +121,9 @@ func (c *Acquire) Validate() error {
 	if 1+len(c.More) > MaxSetKeys {
 		return fmt.Errorf("acquire of %d keys, at most %d", 1+len(c.More), MaxSetKeys)
 	}
+	if len(c.More) == 0 {
+		return Item{Key: c.Key, Mode: c.Mode, Limit: c.Limit}.validate()
+	}
 	seen := make(map[string]bool, 1+len(c.More))
 	for _, it := range c.Items() {
 		if err := it.validate(); err != nil {

@@ -1,9 +1,9 @@
 package fsm
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
-	"sort"
 	"time"
 )
 
@@ -82,6 +82,7 @@ func (it Item) validate() error {
 type keyState struct {
 	key  string
 	recs []*record
+	one  [1]*record // recs' first backing: most keys hold one record
 	// n counts recs by mode; limit is the semaphore's N while n[ModeSemaphore] > 0.
 	n     [3]int
 	limit uint32
@@ -137,9 +138,12 @@ func (ks *keyState) firstLive() *record {
 func (ks *keyState) add(r *record) {
 	// A new grant has the highest token of the key (its entry's index),
 	// except in Restore, which adds in token order too.
+	if ks.recs == nil {
+		ks.recs = ks.one[:0]
+	}
 	ks.recs = append(ks.recs, r)
 	if i := len(ks.recs) - 1; i > 0 && ks.recs[i-1].Token > r.Token {
-		sort.Slice(ks.recs, func(a, b int) bool { return ks.recs[a].Token < ks.recs[b].Token })
+		slices.SortFunc(ks.recs, func(a, b *record) int { return cmp.Compare(a.Token, b.Token) })
 	}
 	if int(r.Mode) < len(ks.n) {
 		ks.n[r.Mode]++
@@ -186,21 +190,23 @@ type block struct {
 // of them; a Semaphore of another N is Invalid. Lock-delay remnants count
 // in their mode until their delay ends. Guarded by testdata/shapes*.txt,
 // TestShapeCompatibility and TestModel.
-func (f *FSM) compat(ks *keyState, it Item, skip func(*record) bool) (ok bool, b block) {
+func (f *FSM) compat(ks *keyState, it Item, skip []*record) (ok bool, b block) {
 	return compat(ks, it, skip, f.now, &f.cfg)
 }
 
-// compat is FSM.compat at logical time now under cfg's knobs.
-func compat(ks *keyState, it Item, skip func(*record) bool, now time.Duration, cfg *Config) (ok bool, b block) {
+// compat is FSM.compat at logical time now under cfg's knobs; skip lists
+// the records left out.
+func compat(ks *keyState, it Item, skip []*record, now time.Duration, cfg *Config) (ok bool, b block) {
 	if ks == nil || len(ks.recs) == 0 {
 		return true, b
 	}
 	n := ks.n
-	for _, r := range ks.recs {
-		if skip(r) && int(r.Mode) < len(n) {
+	for _, r := range skip {
+		if r.Key == ks.key && int(r.Mode) < len(n) {
 			n[r.Mode]--
 		}
 	}
+	skipped := func(r *record) bool { return len(skip) > 0 && slices.Contains(skip, r) }
 	total := n[0] + n[1] + n[2]
 	// blocks says which records stand in it's way.
 	var blocks func(r *record) bool
@@ -238,7 +244,7 @@ func compat(ks *keyState, it Item, skip func(*record) bool, now time.Duration, c
 	var remnant *record
 	first := true
 	for _, r := range ks.recs {
-		if skip(r) || !blocks(r) {
+		if skipped(r) || !blocks(r) {
 			continue
 		}
 		if b.first == nil && r.State == StateHeld {
@@ -312,6 +318,6 @@ func (f *FSM) Admits(it Item, holder string, now time.Duration, extra int, excep
 		}
 		view.n[ModeSemaphore] += extra
 	}
-	ok, b := compat(view, it, func(*record) bool { return false }, now, &f.cfg)
+	ok, b := compat(view, it, nil, now, &f.cfg)
 	return ok, max(b.wait, 0), b.bad
 }
