@@ -70,12 +70,51 @@ type Lease struct {
 // holder if it is not released first.
 func (l *Lease) FreeAt() time.Duration { return l.Expiry + l.LockDelay }
 
+// holding is what a record stores of a Lease (Set and SetKeys come from
+// its grantSet).
+type holding struct {
+	Key       string
+	Holder    string
+	ReqID     uint64
+	Token     uint64
+	TTL       time.Duration
+	LockDelay time.Duration
+	Expiry    time.Duration
+	Value     []byte
+	State     State
+	Seen      bool
+	Mode      Mode
+	Limit     uint32
+}
+
 // record is the mutable form of a Lease; hidx is its place in the expiry
 // heap, set its multi-key grant (nil if granted alone).
 type record struct {
-	Lease
+	holding
 	hidx int
 	set  *grantSet
+}
+
+// FreeAt is Lease.FreeAt.
+func (r *record) FreeAt() time.Duration { return r.Expiry + r.LockDelay }
+
+// lease returns the read-only copy of r.
+func (r *record) lease() Lease {
+	h := &r.holding
+	l := Lease{Key: h.Key, Holder: h.Holder, ReqID: h.ReqID, Token: h.Token, TTL: h.TTL, LockDelay: h.LockDelay,
+		Expiry: h.Expiry, Value: h.Value, State: h.State, Seen: h.Seen, Mode: h.Mode, Limit: h.Limit}
+	if r.set != nil {
+		l.Set, l.SetKeys = h.Token, r.set.keys
+	}
+	return l
+}
+
+// setToken is the token of r's multi-key grant, 0 if it has none.
+func (r *record) setToken() uint64 {
+	if r.set == nil {
+		return 0
+	}
+	return r.Token
 }
 
 // due is the logical time at which the reaper must look at the record:
@@ -145,7 +184,7 @@ type Event struct {
 // holder (nobody holds a key whose lock-delay ended), only Granted a value.
 func event(t EventType, index uint64, r *record) Event {
 	e := Event{Type: t, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token,
-		Mode: r.Mode, Limit: r.Limit, Set: r.Set}
+		Mode: r.Mode, Limit: r.Limit, Set: r.setToken()}
 	if t == EventFreed {
 		e.Holder = ""
 	}
@@ -212,8 +251,10 @@ type FSM struct {
 	keys    map[string]*keyState
 	order   *btree.BTreeG[*keyState] // by key, for List and snapshots
 	heap    expiryHeap               // every record, by (due, key, token)
-	// nHeld and nDelayed count records in StateHeld and StateDelayed.
+	// nHeld and nDelayed count records in StateHeld and StateDelayed,
+	// nShaped those with a shape or in a set (snapshot format 3).
 	nHeld, nDelayed int
+	nShaped         int
 	marks           markSet
 	probe           mark // a lookup key for marks, used under mu (write)
 
@@ -615,10 +656,10 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	var first *record
 	for _, i := range order {
 		it := items[i]
-		r := &record{Lease: Lease{Key: it.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index,
+		r := &record{holding: holding{Key: it.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index,
 			Mode: it.Mode, Limit: it.Limit}, hidx: -1}
 		if gs != nil {
-			r.set, r.Set, r.SetKeys = gs, index, gs.keys
+			r.set = gs
 			gs.members = append(gs.members, r)
 		}
 		f.setLease(r, c)
@@ -698,6 +739,9 @@ func (f *FSM) insert(r *record) {
 		f.nHeld++
 	} else {
 		f.nDelayed++
+	}
+	if r.shaped() {
+		f.nShaped++
 	}
 }
 
@@ -879,6 +923,9 @@ func (f *FSM) remove(r *record) {
 	} else {
 		f.nHeld--
 	}
+	if r.shaped() {
+		f.nShaped--
+	}
 	if ks := f.keys[r.Key]; ks != nil {
 		ks.del(r)
 		if len(ks.recs) == 0 {
@@ -948,9 +995,9 @@ func (f *FSM) Get(key string) (Lease, bool) {
 		return Lease{}, false
 	}
 	if r := ks.firstLive(); r != nil {
-		return r.Lease, true
+		return r.lease(), true
 	}
-	return ks.recs[0].Lease, true
+	return ks.recs[0].lease(), true
 }
 
 // Holdings returns every record of key: its live holdings in token order,
@@ -969,12 +1016,12 @@ func appendHoldings(dst []Lease, ks *keyState) []Lease {
 	}
 	for _, r := range ks.recs {
 		if r.State == StateHeld {
-			dst = append(dst, r.Lease)
+			dst = append(dst, r.lease())
 		}
 	}
 	for _, r := range ks.recs {
 		if r.State != StateHeld {
-			dst = append(dst, r.Lease)
+			dst = append(dst, r.lease())
 		}
 	}
 	return dst

@@ -84,9 +84,12 @@ type keyState struct {
 	recs []*record
 	one  [1]*record // recs' first backing: most keys hold one record
 	// n counts recs by mode; limit is the semaphore's N while n[ModeSemaphore] > 0.
-	n     [3]int
+	n     [3]int32
 	limit uint32
 }
+
+// shaped reports whether r needs snapshot format 3: a shape, or a set.
+func (r *record) shaped() bool { return r.Mode != ModeExclusive || r.Limit != 0 || r.set != nil }
 
 // live returns holder's held record on the key, or nil. A holder has at
 // most one (lock-delay remnants are not holdings).
@@ -224,7 +227,7 @@ func compat(ks *keyState, it Item, skip []*record, now time.Duration, cfg *Confi
 		if n[ModeSemaphore] > 0 && ks.limit != it.Limit {
 			return false, block{bad: fmt.Sprintf("key %q is a semaphore of %d, not %d", ks.key, ks.limit, it.Limit)}
 		}
-		limit := int(it.Limit)
+		limit := int32(it.Limit)
 		if cfg.UnsafeSemaphoreOvergrant {
 			limit++
 		}
@@ -316,7 +319,7 @@ func (f *FSM) Admits(it Item, holder string, now time.Duration, extra int, excep
 		if view.n[ModeSemaphore] == 0 {
 			view.limit = it.Limit
 		}
-		view.n[ModeSemaphore] += extra
+		view.n[ModeSemaphore] += int32(extra)
 	}
 	ok, b := compat(view, it, nil, now, &f.cfg)
 	return ok, max(b.wait, 0), b.bad

@@ -114,13 +114,9 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	w := &frameWriter{}
 	// The lowest version that can hold the state (see the format's doc).
 	version := uint64(2)
-	f.order.Ascend(func(ks *keyState) bool {
-		if len(ks.recs) > 1 || ks.recs[0].Mode != ModeExclusive || ks.recs[0].set != nil || ks.recs[0].Limit != 0 {
-			version = snapshotVersion
-			return false
-		}
-		return true
-	})
+	if f.nShaped > 0 || f.nHeld+f.nDelayed > len(f.keys) {
+		version = snapshotVersion
+	}
 	hdr := binary.AppendUvarint(nil, version)
 	hdr = binary.AppendUvarint(hdr, f.epoch)
 	hdr = binary.AppendVarint(hdr, int64(f.now))
@@ -138,7 +134,8 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	}
 	f.order.Ascend(func(ks *keyState) bool {
 		for _, r := range ks.recs {
-			buf = appendRecord(buf, &r.Lease, version)
+			l := r.lease()
+			buf = appendRecord(buf, &l, version)
 			n++
 			if len(buf) >= frameTarget {
 				flush()
@@ -249,7 +246,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
-	f.keys, f.order, f.heap, f.nHeld, f.nDelayed = st.keys, st.order, st.heap, st.nHeld, st.nDelayed
+	f.keys, f.order, f.heap, f.nHeld, f.nDelayed, f.nShaped = st.keys, st.order, st.heap, st.nHeld, st.nDelayed, st.nShaped
 	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
@@ -387,7 +384,12 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 			}
 			r.Seen = flags&flagSeen != 0
 			if flags&flagSet != 0 {
-				r.Set = r.Token
+				gs := sets[r.Token]
+				if gs == nil {
+					gs = &grantSet{}
+					sets[r.Token] = gs
+				}
+				r.set = gs // checked and completed by linkSets
 			}
 		}
 		if version >= 3 {
@@ -410,13 +412,8 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		if err := st.add(r, b); err != nil {
 			return err
 		}
-		if r.Set != 0 {
-			gs := sets[r.Set]
-			if gs == nil {
-				gs = &grantSet{}
-				sets[r.Set] = gs
-			}
-			gs.members = append(gs.members, r)
+		if r.set != nil {
+			r.set.members = append(r.set.members, r)
 		}
 		return nil
 	})
@@ -580,7 +577,9 @@ type snapState struct {
 	order           *btree.BTreeG[*keyState]
 	heap            expiryHeap
 	nHeld, nDelayed int
+	nShaped         int
 	marks           markSet
+	slab            []keyState // keyStates are allocated a slab at a time
 }
 
 func newSnapState() *snapState {
@@ -594,7 +593,11 @@ func newSnapState() *snapState {
 func (st *snapState) add(r *record, b restoreBounds) error {
 	ks := st.keys[r.Key]
 	if ks == nil {
-		ks = &keyState{key: r.Key}
+		if len(st.slab) == 0 {
+			st.slab = make([]keyState, 1024)
+		}
+		ks, st.slab = &st.slab[0], st.slab[1:]
+		ks.key = r.Key
 		st.keys[r.Key] = ks
 		st.order.ReplaceOrInsert(ks)
 	}
@@ -615,6 +618,9 @@ func (st *snapState) add(r *record, b restoreBounds) error {
 	} else {
 		st.nHeld++
 	}
+	if r.shaped() {
+		st.nShaped++
+	}
 	return nil
 }
 
@@ -626,7 +632,7 @@ func compatible(ks *keyState, r *record) bool {
 	case ModeShared:
 		return n[ModeExclusive] == 0 && n[ModeSemaphore] == 0
 	case ModeSemaphore:
-		return n[ModeExclusive] == 0 && n[ModeShared] == 0 && ks.limit == r.Limit && n[ModeSemaphore] < int(r.Limit)
+		return n[ModeExclusive] == 0 && n[ModeShared] == 0 && ks.limit == r.Limit && n[ModeSemaphore] < int32(r.Limit)
 	}
 	return false // exclusive: only on an empty key
 }
@@ -657,9 +663,7 @@ func (st *snapState) linkSets(sets map[uint64]*grantSet, b restoreBounds) error 
 			}
 			gs.keys[i] = m.Key
 		}
-		for _, m := range gs.members {
-			m.set, m.SetKeys = gs, gs.keys
-		}
+
 	}
 	return nil
 }
