@@ -42,8 +42,9 @@ type Event struct {
 }
 
 // Watch streams changes to keys starting with prefix, in the order the
-// cluster applied them, beginning with one Granted event per currently
-// held key. Extends are not reported (a grant stays in force until a
+// cluster applied them, beginning with one Granted event per current
+// holding (a key held by several holders has one per holder; a multi-key
+// lease one per key). Extends are not reported (a grant stays in force until a
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
