@@ -37,7 +37,7 @@ func asVersion1(v2 []byte) []byte {
 func TestEntryChecksum(t *testing.T) {
 	for _, c := range seedCommands() {
 		data := fsm.Encode(c.stamp, c.cmd)
-		if data[0] != 2 || fsm.FormatVersion != 2 {
+		if data[0] < 2 || data[0] > fsm.FormatVersion {
 			t.Fatalf("%s: version byte %d, FormatVersion %d", c.name, data[0], fsm.FormatVersion)
 		}
 		n := len(data) - 4
@@ -105,6 +105,9 @@ func TestEntryChecksumFatal(t *testing.T) {
 // is an unknown type (Invalid), as before.
 func TestDecodeVersion1(t *testing.T) {
 	for _, c := range seedCommands() {
+		if fsm.Encode(c.stamp, c.cmd)[0] == 3 {
+			continue // shapes: not expressible before version 3
+		}
 		v1 := asVersion1(fsm.Encode(c.stamp, c.cmd))
 		if strings.Contains(c.name, "cancel") {
 			if _, _, err := fsm.Decode(v1); !errors.Is(err, fsm.ErrUnknownType) {

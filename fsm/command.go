@@ -16,9 +16,16 @@ import (
 // through Config.OnFatal instead of guessing.
 //
 // Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
-// its preceding bytes, and adds Cancel. Decode still reads version 1 (no
-// checksum, no Cancel).
-const FormatVersion = 2
+// its preceding bytes, and adds Cancel. Version 3 adds lock shapes to the
+// Acquire body (mode, limit, further keys). Decode still reads version 1
+// (no checksum, no Cancel) and 2 (every acquire exclusive, on one key).
+//
+// Encode writes the lowest version, 2 or 3, that can express the command:
+// an entry without shapes stays readable by a version-2 replica, so a
+// rolling upgrade keeps every replica applying until a shape is used
+// (then a replica of the older version stops at the entry, loudly, as
+// fatal-stop requires).
+const FormatVersion = 3
 
 // checksumLen is the size of the CRC-32C that ends a version-2 entry.
 const checksumLen = 4
@@ -109,9 +116,12 @@ type Command interface {
 // nothing until it has applied.
 type Promote struct{}
 
-// Acquire asks for Key on behalf of Holder. ReqID strictly increases per
-// holder: the same ReqID as the record's is a retry of the same grant, a
-// higher one a new holding period, a lower one is refused as stale.
+// Acquire asks for Key, in Mode (Limit: a semaphore's N), and for every
+// item of More along with it, on behalf of Holder: all of them in one
+// grant, or none. ReqID strictly increases per holder: the same ReqID as
+// the holding's is a retry of the same grant, a higher one a new holding
+// period, a lower one is refused as stale. TTL, LockDelay and Value apply
+// to every key of the grant.
 type Acquire struct {
 	Key       string
 	Holder    string
@@ -119,7 +129,25 @@ type Acquire struct {
 	TTL       time.Duration
 	LockDelay time.Duration
 	Value     []byte
+	// Mode is how the holding of Key shares it (since FormatVersion 3;
+	// ModeExclusive by default), and Limit a semaphore's N (0 otherwise).
+	Mode  Mode
+	Limit uint32
+	// More names the further keys of a multi-key acquire (since
+	// FormatVersion 3): at most MaxSetKeys keys in all, no key twice.
+	More []Item
 }
+
+// Items returns every key of the acquire with its mode: Key first, then
+// More.
+func (c *Acquire) Items() []Item {
+	out := make([]Item, 0, 1+len(c.More))
+	out = append(out, Item{Key: c.Key, Mode: c.Mode, Limit: c.Limit})
+	return append(out, c.More...)
+}
+
+// shaped reports whether the acquire needs FormatVersion 3.
+func (c *Acquire) shaped() bool { return c.Mode != ModeExclusive || c.Limit != 0 || len(c.More) > 0 }
 
 // Extend renews many leases of one holder in one entry.
 type Extend struct {
@@ -192,25 +220,79 @@ func (*Batch) Type() Type { return TypeBatch }
 
 // Encode returns the wire form of cmd with stamp s, in FormatVersion:
 // version, type, stamp, body, and the CRC-32C of all of them.
+//
+// The version is the lowest that can express cmd (see FormatVersion): 3 if
+// an Acquire in it has a shape, else 2.
 func Encode(s Stamp, cmd Command) []byte {
+	ver := byte(2)
+	if needsShapes(cmd) {
+		ver = 3
+	}
 	b := make([]byte, 0, 32)
-	b = append(b, FormatVersion, byte(cmd.Type()))
+	b = append(b, ver, byte(cmd.Type()))
 	b = binary.AppendUvarint(b, s.Epoch)
 	b = binary.AppendVarint(b, int64(s.Now))
-	b = cmd.appendBody(b)
+	b = appendBody(b, cmd, ver)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// needsShapes reports whether cmd holds an Acquire with a shape.
+func needsShapes(cmd Command) bool {
+	switch c := cmd.(type) {
+	case *Acquire:
+		return c.shaped()
+	case *Batch:
+		for _, sub := range c.Cmds {
+			if needsShapes(sub) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// appendBody appends cmd's body in version ver.
+func appendBody(b []byte, cmd Command, ver byte) []byte {
+	switch c := cmd.(type) {
+	case *Acquire:
+		return c.appendBodyVersion(b, ver)
+	case *Batch:
+		b = binary.AppendUvarint(b, uint64(len(c.Cmds)))
+		for _, sub := range c.Cmds {
+			b = append(b, byte(sub.Type()))
+			b = appendBody(b, sub, ver)
+		}
+		return b
+	}
+	return cmd.appendBody(b)
 }
 
 func (Promote) appendBody(b []byte) []byte { return b }
 func (Expire) appendBody(b []byte) []byte  { return b }
 
-func (c *Acquire) appendBody(b []byte) []byte {
+func (c *Acquire) appendBody(b []byte) []byte { return c.appendBodyVersion(b, FormatVersion) }
+
+// appendBodyVersion appends the body of version ver: version 3 adds mode,
+// limit and the further items after the value.
+func (c *Acquire) appendBodyVersion(b []byte, ver byte) []byte {
 	b = appendString(b, c.Key)
 	b = appendString(b, c.Holder)
 	b = binary.AppendUvarint(b, c.ReqID)
 	b = binary.AppendVarint(b, int64(c.TTL))
 	b = binary.AppendVarint(b, int64(c.LockDelay))
-	return appendString(b, string(c.Value))
+	b = appendString(b, string(c.Value))
+	if ver < 3 {
+		return b
+	}
+	b = append(b, byte(c.Mode))
+	b = binary.AppendUvarint(b, uint64(c.Limit))
+	b = binary.AppendUvarint(b, uint64(len(c.More)))
+	for _, it := range c.More {
+		b = appendString(b, it.Key)
+		b = append(b, byte(it.Mode))
+		b = binary.AppendUvarint(b, uint64(it.Limit))
+	}
+	return b
 }
 
 func (c *Extend) appendBody(b []byte) []byte {
@@ -235,14 +317,7 @@ func (c *Cancel) appendBody(b []byte) []byte {
 	return binary.AppendUvarint(b, c.ReqID)
 }
 
-func (c *Batch) appendBody(b []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(c.Cmds)))
-	for _, sub := range c.Cmds {
-		b = append(b, byte(sub.Type()))
-		b = sub.appendBody(b)
-	}
-	return b
-}
+func (c *Batch) appendBody(b []byte) []byte { return appendBody(b, c, FormatVersion) }
 
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -274,19 +349,23 @@ func IsFatal(err error) bool {
 // multiple of len(data).
 func Decode(data []byte) (Stamp, Command, error) {
 	s, cmd, err := decode(data)
-	if err != nil && !IsFatal(err) && len(data) > checksumLen && data[0] < 2 && damagedVersion2(data) {
-		// A version-2 entry whose version byte was damaged to 0 or 1 (the
-		// body then never parses: the checksum is left over).
-		return Stamp{}, nil, fmt.Errorf("%w: version byte %d, but the entry checks as version 2", ErrChecksum, data[0])
+	if err != nil && !IsFatal(err) && len(data) > checksumLen && data[0] < 2 {
+		// A checksummed entry whose version byte was damaged to 0 or 1
+		// (the body then never parses: the checksum is left over).
+		for v := byte(2); v <= FormatVersion; v++ {
+			if damagedVersion(data, v) {
+				return Stamp{}, nil, fmt.Errorf("%w: version byte %d, but the entry checks as version %d", ErrChecksum, data[0], v)
+			}
+		}
 	}
 	return s, cmd, err
 }
 
-// damagedVersion2 reports whether data would be a sound version-2 entry
-// with 2 as its first byte.
-func damagedVersion2(data []byte) bool {
+// damagedVersion reports whether data would be a sound checksummed entry
+// with v as its first byte.
+func damagedVersion(data []byte, v byte) bool {
 	n := len(data) - checksumLen
-	sum := crc32.Update(crc32.Update(0, crcTable, []byte{2}), crcTable, data[1:n])
+	sum := crc32.Update(crc32.Update(0, crcTable, []byte{v}), crcTable, data[1:n])
 	return sum == binary.BigEndian.Uint32(data[n:])
 }
 
@@ -400,6 +479,16 @@ func (d *decoder) bytes() []byte {
 
 func (d *decoder) string() string { return string(d.bytes()) }
 
+// limit reads a semaphore limit, which must fit in 32 bits.
+func (d *decoder) limit() uint32 {
+	v := d.uvarint()
+	if v > 1<<32-1 {
+		d.fail(fmt.Errorf("%w: limit %d overflows", ErrMalformed, v))
+		return 0
+	}
+	return uint32(v)
+}
+
 // count reads a collection length and checks it against the bytes left,
 // each element needing at least min bytes, so a forged length cannot make
 // the decoder allocate more than the input justifies.
@@ -435,6 +524,16 @@ func (d *decoder) body(typ Type, top bool) Command {
 		c.LockDelay = time.Duration(d.varint())
 		if v := d.bytes(); len(v) > 0 {
 			c.Value = append([]byte(nil), v...)
+		}
+		if d.version >= 3 {
+			c.Mode = Mode(d.byte())
+			c.Limit = d.limit()
+			if n := d.count(3); n > 0 {
+				c.More = make([]Item, n)
+				for i := range c.More {
+					c.More[i] = Item{Key: d.string(), Mode: Mode(d.byte()), Limit: d.limit()}
+				}
+			}
 		}
 		return c
 	case TypeExtend:

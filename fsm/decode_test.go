@@ -43,6 +43,14 @@ func seedCommands() []seedCommand {
 		{"batch-cancel", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 3}, acq("a", "c2", 1, s, 0)}}},
 		{"batch-two-acquires", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{acq("x", "c1", 1, s, 0), acq("y", "c1", 2, s, 0)}}},
 		{"batch-empty", st(3, 2*s), &fsm.Batch{}},
+		{"acquire-shared", st(1, s), &fsm.Acquire{Key: "s", Holder: "c1", ReqID: 7, TTL: 5 * s, Mode: fsm.ModeShared}},
+		{"acquire-semaphore", st(1, s), &fsm.Acquire{Key: "n", Holder: "c1", ReqID: 8, TTL: 5 * s, Mode: fsm.ModeSemaphore, Limit: 3}},
+		{"acquire-set", st(1, s), &fsm.Acquire{Key: "a", Holder: "c9", ReqID: 9, TTL: 5 * s, LockDelay: s, Value: []byte("v"),
+			More: []fsm.Item{{Key: "s", Mode: fsm.ModeShared}, {Key: "n", Mode: fsm.ModeSemaphore, Limit: 3}}}},
+		{"acquire-bad-shape", st(1, s), &fsm.Acquire{Key: "a", Holder: "c1", ReqID: 9, TTL: 5 * s, Mode: 9, Limit: 1 << 31,
+			More: []fsm.Item{{Key: "a"}, {Key: "", Mode: fsm.ModeSemaphore}}}},
+		{"batch-handover-set", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
+			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, More: []fsm.Item{{Key: "b", Mode: fsm.ModeShared}}}}}},
 	}
 }
 
@@ -52,7 +60,7 @@ func seedCommands() []seedCommand {
 var rawSeeds = map[string][]byte{
 	"empty":              {},
 	"version-0":          {0, 1, 0, 0},
-	"version-3":          {3},
+	"version-4":          {4},
 	"version-255":        {255, 1, 1, 0},
 	"unknown-type":       {1, 9, 0, 0},
 	"nested-batch":       {1, 6, 0, 0, 1, 6, 0},
@@ -69,6 +77,10 @@ var rawSeeds = map[string][]byte{
 	"v2-huge-string":     signed([]byte{2, 4, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'}),
 	"v2-trailing":        signed([]byte{2, 5, 0, 0, 0}),
 	"v2-version-damaged": func() []byte { b := signed([]byte{2, 5, 0, 0}); b[0] = 1; return b }(),
+	"v3-version-damaged": func() []byte { b := signed([]byte{3, 5, 0, 0}); b[0] = 1; return b }(),
+	"v3-limit-overflow":  signed([]byte{3, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0x10, 0}),
+	"v3-forged-items":    signed([]byte{3, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0xe8, 0x07, 1, 'x'}),
+	"v3-acquire-as-v2":   signed([]byte{2, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 1, 0, 0}),
 }
 
 // FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
@@ -86,6 +98,8 @@ func FuzzDecode(f *testing.F) {
 		// The same bytes as the body of a version-2 entry with a valid
 		// checksum, so the fuzzer reaches the version-2 body decoder too.
 		checkDecodeApply(t, signed(append([]byte{2}, data...)))
+		// And of version 3, for the shapes' body decoder.
+		checkDecodeApply(t, signed(append([]byte{3}, data...)))
 	})
 }
 
@@ -151,6 +165,10 @@ func fuzzBase() *fsm.FSM {
 	f.ApplyCommand(3, st(1, 0), acq("b", "c2", 1, 5*s, 2*s))
 	f.ApplyCommand(4, st(1, 0), acq("c", "c1", 2, 1*s, 1*s))
 	f.ApplyCommand(5, st(1, 2*s), fsm.Expire{})
+	f.ApplyCommand(6, st(1, 2*s), &fsm.Acquire{Key: "s", Holder: "c1", ReqID: 3, TTL: 5 * s, Mode: fsm.ModeShared})
+	f.ApplyCommand(7, st(1, 2*s), &fsm.Acquire{Key: "s", Holder: "c2", ReqID: 3, TTL: 5 * s, Mode: fsm.ModeShared})
+	f.ApplyCommand(8, st(1, 2*s), &fsm.Acquire{Key: "n", Holder: "c3", ReqID: 1, TTL: 5 * s, Mode: fsm.ModeSemaphore, Limit: 3,
+		More: []fsm.Item{{Key: "x"}, {Key: "y", Mode: fsm.ModeShared}}})
 	return f
 }
 
@@ -215,6 +233,16 @@ func TestDecodeTruncated(t *testing.T) {
 		data := fsm.Encode(c.stamp, c.cmd)
 		body := data[:len(data)-4]
 		v1 := asVersion1(data)
+		if data[0] == 3 {
+			// Shapes have no version-1 form; their version-3 body read
+			// as version 2 has trailing bytes.
+			v2 := bytes.Clone(body)
+			v2[0] = 2
+			if _, _, err := fsm.Decode(signed(v2)); !errors.Is(err, fsm.ErrMalformed) {
+				t.Fatalf("%s as version 2: %v", c.name, err)
+			}
+			v1 = nil
+		}
 		for n := range len(data) {
 			if _, cmd, err := fsm.Decode(data[:n]); err == nil || cmd != nil {
 				t.Fatalf("%s cut to %d of %d bytes decoded: %#v", c.name, n, len(data), cmd)
@@ -224,6 +252,9 @@ func TestDecodeTruncated(t *testing.T) {
 			if _, cmd, err := fsm.Decode(signed(body[:n])); err == nil || cmd != nil || fsm.IsFatal(err) {
 				t.Fatalf("%s body cut to %d of %d bytes, re-signed: %#v, %v", c.name, n, len(body), cmd, err)
 			}
+			if n >= len(v1) {
+				continue
+			}
 			if _, cmd, err := fsm.Decode(v1[:n]); err == nil || cmd != nil || fsm.IsFatal(err) {
 				t.Fatalf("%s version 1 cut to %d of %d bytes: %#v, %v", c.name, n, len(v1), cmd, err)
 			}
@@ -231,6 +262,9 @@ func TestDecodeTruncated(t *testing.T) {
 		// And one byte more is trailing garbage.
 		if _, _, err := fsm.Decode(signed(append(bytes.Clone(body), 0))); !errors.Is(err, fsm.ErrMalformed) {
 			t.Fatalf("%s with a trailing byte, re-signed: %v", c.name, err)
+		}
+		if v1 == nil {
+			continue
 		}
 		if _, _, err := fsm.Decode(append(bytes.Clone(v1), 0)); !errors.Is(err, fsm.ErrMalformed) &&
 			!(strings.Contains(c.name, "cancel") && errors.Is(err, fsm.ErrUnknownType)) {
@@ -242,7 +276,7 @@ func TestDecodeTruncated(t *testing.T) {
 // TestDecodeErrors: each kind of damage gets its sentinel.
 func TestDecodeErrors(t *testing.T) {
 	cases := map[string]error{
-		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-3": fsm.ErrNewerVersion,
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-4": fsm.ErrNewerVersion,
 		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
 		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
 		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,
@@ -251,6 +285,8 @@ func TestDecodeErrors(t *testing.T) {
 		"v2-unknown-type": fsm.ErrUnknownType, "v2-nested-batch": fsm.ErrMalformed,
 		"v2-forged-count": fsm.ErrTruncated, "v2-huge-string": fsm.ErrTruncated,
 		"v2-trailing": fsm.ErrMalformed, "v2-version-damaged": fsm.ErrChecksum,
+		"v3-version-damaged": fsm.ErrChecksum, "v3-limit-overflow": fsm.ErrMalformed,
+		"v3-forged-items": fsm.ErrTruncated, "v3-acquire-as-v2": fsm.ErrMalformed,
 	}
 	if len(cases) != len(rawSeeds) {
 		t.Fatalf("%d cases for %d raw seeds", len(cases), len(rawSeeds))
@@ -278,9 +314,9 @@ func TestDecodeErrors(t *testing.T) {
 // stays reported by Fatal(); damaged entries of this version are not fatal.
 func TestNewerVersionIsFatal(t *testing.T) {
 	valid := fsm.Encode(st(1, s), acq("a", "c1", 1, 5*s, 0))
-	v3 := bytes.Clone(valid)
-	v3[0] = 3
-	entries := [][]byte{{3}, {3, 3}, v3, {fsm.FormatVersion + 1, 99, 0xff}}
+	newer := bytes.Clone(valid)
+	newer[0] = fsm.FormatVersion + 1
+	entries := [][]byte{{fsm.FormatVersion + 1}, {fsm.FormatVersion + 1, 3}, newer, {fsm.FormatVersion + 1, 99, 0xff}}
 	for i, data := range entries {
 		for _, batch := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%d/batch=%v", i, batch), func(t *testing.T) {
@@ -333,7 +369,7 @@ func TestNewerVersionIsFatal(t *testing.T) {
 					t.Fatal("the newer entry was applied")
 				}
 				// A later newer-version entry does not replace the first.
-				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 9, Data: []byte{3}})
+				f.Apply(&raft.Log{Type: raft.LogCommand, Index: 9, Data: []byte{fsm.FormatVersion + 1}})
 				if err := f.Fatal(); !strings.Contains(err.Error(), "entry 4") {
 					t.Fatalf("Fatal() = %v, want the first fatal entry", err)
 				}
@@ -346,7 +382,9 @@ func TestNewerVersionIsFatal(t *testing.T) {
 func TestOnFatalWithoutCallback(t *testing.T) {
 	f := fsm.New(fsm.Config{})
 	var wg sync.WaitGroup
-	wg.Go(func() { f.Apply(&raft.Log{Type: raft.LogCommand, Index: 1, Data: []byte{3, 1, 0, 0}}) })
+	wg.Go(func() {
+		f.Apply(&raft.Log{Type: raft.LogCommand, Index: 1, Data: []byte{fsm.FormatVersion + 1, 1, 0, 0}})
+	})
 	wg.Wait()
 	if !errors.Is(f.Fatal(), fsm.ErrNewerVersion) {
 		t.Fatalf("Fatal() = %v", f.Fatal())

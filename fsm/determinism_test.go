@@ -63,6 +63,23 @@ func workload(seed uint64, n int) []*raft.Log {
 			if rng.IntN(3) == 0 {
 				c.Value = []byte(fmt.Sprintf("value-%d", i))
 			}
+			// Shapes: keys k00-k09 shared, k10-k19 semaphores of 3, and
+			// some multi-key grants.
+			switch n := c.Key[1] - '0'; {
+			case n == 0 && rng.IntN(4) > 0:
+				c.Mode = fsm.ModeShared
+			case n == 1 && rng.IntN(4) > 0:
+				c.Mode, c.Limit = fsm.ModeSemaphore, 3
+			}
+			for range rng.IntN(3) / 2 * (1 + rng.IntN(3)) {
+				it := fsm.Item{Key: key()}
+				if it.Key[1] == '0' {
+					it.Mode = fsm.ModeShared
+				}
+				if it.Key != c.Key {
+					c.More = append(c.More, it)
+				}
+			}
 			if h, ok := holderOf[c.Key]; ok && rng.IntN(3) == 0 {
 				c.Holder = h // a retry or renewal by the holder
 				c.ReqID = req - uint64(rng.IntN(2))

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,7 +33,8 @@ func (s State) String() string {
 	return fmt.Sprintf("state(%d)", uint8(s))
 }
 
-// Lease is a read-only copy of one record.
+// Lease is a read-only copy of one holding, or of the lock-delay remnant
+// of one that expired.
 type Lease struct {
 	Key    string
 	Holder string
@@ -52,17 +54,67 @@ type Lease struct {
 	// on a new holding. Records restored from a version-1 snapshot have it
 	// set (the safe default: Cancel never releases them).
 	Seen bool
+	// Mode is how the holding shares its key; Limit is a semaphore's N
+	// (0 in the other modes).
+	Mode  Mode
+	Limit uint32
+	// Set is the token of the multi-key grant this holding belongs to
+	// (equal to Token), 0 if it was granted alone; SetKeys are that
+	// grant's keys, in key order (nil if alone). SetKeys is shared: do
+	// not modify it.
+	Set     uint64
+	SetKeys []string
 }
 
 // FreeAt is the logical time from which the key can be granted to another
 // holder if it is not released first.
 func (l *Lease) FreeAt() time.Duration { return l.Expiry + l.LockDelay }
 
+// holding is what a record stores of a Lease (Set and SetKeys come from
+// its grantSet).
+type holding struct {
+	Key       string
+	Holder    string
+	ReqID     uint64
+	Token     uint64
+	TTL       time.Duration
+	LockDelay time.Duration
+	Expiry    time.Duration
+	Value     []byte
+	State     State
+	Seen      bool
+	Mode      Mode
+	Limit     uint32
+}
+
 // record is the mutable form of a Lease; hidx is its place in the expiry
-// heap.
+// heap, set its multi-key grant (nil if granted alone).
 type record struct {
-	Lease
+	holding
 	hidx int
+	set  *grantSet
+}
+
+// FreeAt is Lease.FreeAt.
+func (r *record) FreeAt() time.Duration { return r.Expiry + r.LockDelay }
+
+// lease returns the read-only copy of r.
+func (r *record) lease() Lease {
+	h := &r.holding
+	l := Lease{Key: h.Key, Holder: h.Holder, ReqID: h.ReqID, Token: h.Token, TTL: h.TTL, LockDelay: h.LockDelay,
+		Expiry: h.Expiry, Value: h.Value, State: h.State, Seen: h.Seen, Mode: h.Mode, Limit: h.Limit}
+	if r.set != nil {
+		l.Set, l.SetKeys = h.Token, r.set.keys
+	}
+	return l
+}
+
+// setToken is the token of r's multi-key grant, 0 if it has none.
+func (r *record) setToken() uint64 {
+	if r.set == nil {
+		return 0
+	}
+	return r.Token
 }
 
 // due is the logical time at which the reaper must look at the record:
@@ -122,6 +174,24 @@ type Event struct {
 	Holder string
 	Token  uint64
 	Value  []byte
+	// Mode, Limit and Set describe the holding (see Lease).
+	Mode  Mode
+	Limit uint32
+	Set   uint64
+}
+
+// event is the Event of type t at index for record r: Freed carries no
+// holder (nobody holds a key whose lock-delay ended), only Granted a value.
+func event(t EventType, index uint64, r *record) Event {
+	e := Event{Type: t, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token,
+		Mode: r.Mode, Limit: r.Limit, Set: r.setToken()}
+	if t == EventFreed {
+		e.Holder = ""
+	}
+	if t == EventGranted {
+		e.Value = r.Value
+	}
+	return e
 }
 
 // Config configures an FSM. The zero value is usable.
@@ -144,6 +214,23 @@ type Config struct {
 	// it exists only so the chaos harness can show that its checkers catch
 	// it.
 	UnsafeSkipRebase bool
+	// UnsafeSemaphoreOvergrant grants a semaphore of N to N+1 holders.
+	// UNSAFE: it breaks semaphore-limit; for the chaos harness only.
+	UnsafeSemaphoreOvergrant bool
+	// UnsafeSharedBesideExclusive grants a shared holding beside an
+	// exclusive one. UNSAFE: it breaks shape-compatibility; for the chaos
+	// harness only.
+	UnsafeSharedBesideExclusive bool
+	// UnsafePartialSet grants a multi-key acquire on the keys that are
+	// free and skips the others, answering Granted. UNSAFE: it breaks
+	// set-atomicity; for the chaos harness only.
+	UnsafePartialSet bool
+}
+
+// unsafe reports whether a knob breaks the state's invariants, so that
+// Restore must accept the states it reaches (see restoreBounds).
+func (c *Config) unsafe() bool {
+	return c.UnsafeSkipRebase || c.UnsafeSemaphoreOvergrant || c.UnsafeSharedBesideExclusive || c.UnsafePartialSet
 }
 
 // FSM is the lease state machine. Apply and ApplyBatch must be called from
@@ -161,13 +248,15 @@ type FSM struct {
 	epoch   uint64
 	now     time.Duration
 	applied uint64 // index of the last applied entry
-	keys    map[string]*record
-	order   *btree.BTreeG[*record] // by key, for List and snapshots
-	heap    expiryHeap
-	// nDelayed counts records in StateDelayed.
-	nDelayed int
-	marks    markSet
-	probe    mark // a lookup key for marks, used under mu (write)
+	keys    map[string]*keyState
+	order   *btree.BTreeG[*keyState] // by key, for List and snapshots
+	heap    expiryHeap               // every record, by (due, key, token)
+	// nHeld and nDelayed count records in StateHeld and StateDelayed,
+	// nShaped those with a shape or in a set (snapshot format 3).
+	nHeld, nDelayed int
+	nShaped         int
+	marks           markSet
+	probe           mark // a lookup key for marks, used under mu (write)
 
 	evMu    sync.Mutex
 	events  []Event
@@ -187,14 +276,14 @@ func New(cfg Config) *FSM {
 		cfg:      cfg,
 		maxMarks: MaxMarks,
 		marks:    newMarkSet(),
-		keys:     make(map[string]*record),
+		keys:     make(map[string]*keyState),
 		order:    newOrder(),
 		changed:  make(chan struct{}, 1),
 	}
 }
 
-func newOrder() *btree.BTreeG[*record] {
-	return btree.NewG(32, func(a, b *record) bool { return a.Key < b.Key })
+func newOrder() *btree.BTreeG[*keyState] {
+	return btree.NewG(32, func(a, b *keyState) bool { return a.key < b.key })
 }
 
 var (
@@ -406,83 +495,224 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	return r
 }
 
-// acquire implements takeover and request-id rules.
+// acquire implements takeover, shape and request-id rules for every item
+// of c at once: all of them are granted in this entry, or none.
 //
-// Invariant single-holder: a key is granted to a new holder only when no
-// record blocks it at the FSM's now: no record, or a held lease whose
-// expiry plus lock-delay is <= now, or a lock-delay that has ended. Release
-// removes the record at once. Guarded by TestSingleHolderTakeover,
-// testdata/takeover.txt, testdata/lockdelay.txt and TestModel.
+// Invariant single-holder (generalised by shape-compatibility): an item is
+// granted only when the key's records left at the FSM's now (after
+// reapDue: live holdings, and lock-delay remnants, which keep their place
+// in their mode) are compatible with it (see compat); an expired holding
+// no longer counts once its expiry plus lock-delay is <= now. Release
+// removes a holding at once. Guarded by TestSingleHolderTakeover,
+// testdata/takeover.txt, testdata/lockdelay.txt, testdata/shapes*.txt and
+// TestModel.
+//
+// Invariant set-atomicity: a multi-key acquire is granted iff every item
+// is grantable at once; its holdings get Token = Set = this entry's index
+// and the same expiry, and from then on are extended, refreshed, reaped,
+// released, cancelled and replaced together (a grantSet), so no state
+// ever holds part of a set. Guarded by testdata/shapes-set.txt and
+// TestModel (which checks every state it reaches).
 //
 // Invariant request-id order: request ids of one holder strictly increase.
-// First the holder's mark for the key (see Mark): an id below it, or equal
-// to it once its holding ended or it was cancelled, is Stale. Then the live
-// record: from its holder the same id is a retry (same token, refreshed
-// expiry), a higher one a new holding (new token), a lower one is Stale.
-// Accepting a lower id would let a delayed old request replace the holder's
-// live holding with a new token while the client still uses the old one,
-// or, once the holding is gone, start a holding nobody uses that blocks
-// the key for its TTL and lock-delay. Every applied acquire that is not
-// Stale or Invalid raises the mark to its id. Guarded by TestRequestIDOrder,
-// TestRequestIDOrderAfterHoldingEnds, testdata/reqid.txt,
-// testdata/marks.txt and TestModel.
+// First the holder's mark for each item key (see Mark): an id below it, or
+// equal to it once its holding ended or it was cancelled, is Stale. Then
+// the holder's live holdings on the item keys: the same id is a retry of
+// the same grant (same token, refreshed expiry; it must name exactly that
+// grant's keys), a higher one a new holding (new token) that replaces
+// them, with every other member of their grants, if it is granted; a
+// lower one is Stale. Accepting a lower id would let a delayed old request
+// replace the holder's live holding with a new token while the client
+// still uses the old one, or, once the holding is gone, start a holding
+// nobody uses that blocks the key for its TTL and lock-delay. Every
+// applied acquire that is not Stale or Invalid raises the marks to its
+// id. Guarded by TestRequestIDOrder, TestRequestIDOrderAfterHoldingEnds,
+// testdata/reqid.txt, testdata/marks.txt, testdata/shapes-set.txt and
+// TestModel.
 func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	// After reapDue, a record that is left blocks the key: a live lease
-	// (expiry > now) or a lock-delay that has not ended.
-	r := f.reapDue(index, f.keys[c.Key])
-	m := f.liveMark(c.Key, c.Holder)
-	if m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
-		res := Result{Code: Stale, Key: c.Key,
-			Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
-		if c.ReqID == m.ReqID {
-			res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", c.ReqID)
+	// Small buffers on the stack: most acquires name one key.
+	var (
+		itemBuf  [4]Item
+		markBuf  [4]*mark
+		ownBuf   [4]*record
+		grantBuf [4]bool
+		orderBuf [4]int
+	)
+	items := append(itemBuf[:0], Item{Key: c.Key, Mode: c.Mode, Limit: c.Limit})
+	items = append(items, c.More...)
+	for _, it := range items {
+		f.reapDue(index, it.Key)
+	}
+	marks, own, granted := markBuf[:0], ownBuf[:0], grantBuf[:0]
+	for range items {
+		marks, own, granted = append(marks, nil), append(own, nil), append(granted, false)
+	}
+	retry := false
+	for i, it := range items {
+		ks := f.keys[it.Key]
+		m := f.liveMark(it.Key, c.Holder)
+		marks[i] = m
+		if m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
+			res := Result{Code: Stale, Key: it.Key,
+				Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
+			if c.ReqID == m.ReqID {
+				res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", c.ReqID)
+			}
+			if r := ks.firstLive(); r != nil {
+				res.Holder, res.Token = r.Holder, r.Token
+			}
+			return res
 		}
-		if r != nil && r.State == StateHeld {
+		r := ks.live(c.Holder)
+		own[i] = r
+		if r == nil {
+			continue
+		}
+		if c.ReqID < r.ReqID {
+			return Result{Code: Stale, Key: it.Key, Token: r.Token, Holder: r.Holder,
+				Reason: fmt.Sprintf("request id %d is older than the holding's %d", c.ReqID, r.ReqID)}
+		}
+		if c.ReqID == r.ReqID {
+			retry = true
+		}
+	}
+	if retry {
+		return f.retry(index, c, items, own, marks)
+	}
+	// The holder's grants on the item keys end if this one is granted:
+	// they are left out of the compatibility checks, every member alike.
+	var replaced []*record
+	for _, r := range own {
+		if r != nil && !slices.Contains(replaced, r) { // a set's members are own on each of its keys
+			replaced = append(replaced, r.members()...)
+		}
+	}
+	var (
+		blocked *block
+		bkey    string
+		wait    time.Duration
+		anyOK   bool
+	)
+	for i, it := range items {
+		ok, b := f.compat(f.keys[it.Key], it, replaced)
+		if b.bad != "" {
+			return Result{Code: Invalid, Key: it.Key, Reason: b.bad}
+		}
+		granted[i] = ok
+		if ok {
+			anyOK = true
+			continue
+		}
+		if blocked == nil {
+			blocked, bkey = &b, it.Key
+		}
+		wait = max(wait, b.wait)
+	}
+	partial := f.cfg.UnsafePartialSet && len(items) > 1 && anyOK
+	if blocked != nil && !partial {
+		for i, it := range items {
+			f.noteRequest(marks[i], it.Key, c.Holder, c.ReqID)
+		}
+		res := Result{Code: Held, Key: bkey, Wait: wait}
+		if r := blocked.first; r != nil {
+			res.Token = r.Token
+			if r.State == StateHeld {
+				res.Holder = r.Holder
+			}
+		}
+		return res
+	}
+	// Granted: end what it replaces, then add a holding per item.
+	for _, r := range own {
+		if r == nil || r.hidx < 0 {
+			continue // none, or ended with an earlier member
+		}
+		for _, m := range r.members() {
+			f.remove(m)
+			if !names(items, m.Key) {
+				// A member on a key this grant does not name is free.
+				f.noteEnded(m.Key, m.Holder, m.ReqID, f.now)
+				f.emit(event(EventReleased, index, m))
+			}
+		}
+	}
+	order := orderBuf[:0]
+	for i := range items {
+		if granted[i] || !partial {
+			order = append(order, i)
+		}
+	}
+	var gs *grantSet
+	if len(items) > 1 {
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(items[a].Key, items[b].Key) })
+		gs = &grantSet{keys: make([]string, len(order))}
+		for j, i := range order {
+			gs.keys[j] = items[i].Key
+		}
+	}
+	var first *record
+	for _, i := range order {
+		it := items[i]
+		r := &record{holding: holding{Key: it.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index,
+			Mode: it.Mode, Limit: it.Limit}, hidx: -1}
+		if gs != nil {
+			r.set = gs
+			gs.members = append(gs.members, r)
+		}
+		f.setLease(r, c)
+		f.insert(r)
+		f.keepMark(marks[i], c.ReqID)
+		f.emit(event(EventGranted, index, r))
+		if first == nil {
+			first = r
+		}
+	}
+	return Result{Code: Granted, Key: c.Key, Token: index, Expiry: first.Expiry}
+}
+
+// names reports whether items name key.
+func names(items []Item, key string) bool {
+	for _, it := range items {
+		if it.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// retry answers an acquire whose request id is the one a live holding of
+// its holder was granted with: a retry after a lost reply. It must name
+// exactly that grant's keys; then the whole grant is refreshed (expiry
+// from now, TTL, lock-delay and value from the request) and Seen.
+func (f *FSM) retry(index uint64, c *Acquire, items []Item, own []*record, marks []*mark) Result {
+	g := own[0]
+	same := g != nil && g.ReqID == c.ReqID && len(g.members()) == len(items)
+	for _, r := range own {
+		if !same || r == nil || r.Token != g.Token {
+			same = false
+			break
+		}
+	}
+	if !same {
+		res := Result{Code: Stale, Key: c.Key,
+			Reason: fmt.Sprintf("request id %d was granted for another set of keys", c.ReqID)}
+		if r := f.keys[c.Key].firstLive(); r != nil {
 			res.Holder, res.Token = r.Holder, r.Token
 		}
 		return res
 	}
-	if r != nil && r.State == StateHeld && r.Holder == c.Holder {
-		switch {
-		case c.ReqID == r.ReqID:
-			f.setLease(r, c)
-			r.Seen = true
-			f.keepMark(m, c.ReqID)
-			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
-			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry, Retry: true}
-		case c.ReqID > r.ReqID:
-			// The old holding ends and a new one starts: the mark goes
-			// from the old id, ended, to the new one.
-			r.Token = index
-			r.ReqID = c.ReqID
-			r.Seen = false
-			f.setLease(r, c)
-			f.keepMark(m, c.ReqID)
-			f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
-			return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
-		default:
-			return Result{Code: Stale, Key: r.Key, Token: r.Token, Holder: r.Holder,
-				Reason: fmt.Sprintf("request id %d is older than the holding's %d", c.ReqID, r.ReqID)}
-		}
+	for _, m := range g.members() {
+		f.setLease(m, c)
+		m.Seen = true
+		f.emit(event(EventGranted, index, m))
 	}
-	if r != nil {
-		f.noteRequest(m, c.Key, c.Holder, c.ReqID)
-		holder := ""
-		if r.State == StateHeld {
-			holder = r.Holder
-		}
-		return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: holder, Wait: r.FreeAt() - f.now}
+	for i := range items {
+		f.keepMark(marks[i], c.ReqID)
 	}
-	r = &record{Lease: Lease{Key: c.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index}, hidx: -1}
-	f.setLease(r, c)
-	f.keys[r.Key] = r
-	f.order.ReplaceOrInsert(r)
-	f.keepMark(m, c.ReqID)
-	f.emit(Event{Type: EventGranted, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token, Value: r.Value})
-	return Result{Code: Granted, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+	return Result{Code: Granted, Key: c.Key, Token: g.Token, Expiry: g.Expiry, Retry: true}
 }
 
 // setLease (re)starts a held lease from an acquire at the FSM's now.
@@ -495,84 +725,124 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 	f.heap.update(r)
 }
 
-// extend renews one lease.
+// insert adds a new record (its heap place is set by setLease).
+func (f *FSM) insert(r *record) {
+	ks := f.keys[r.Key]
+	if ks == nil {
+		ks = &keyState{key: r.Key}
+		f.keys[r.Key] = ks
+		f.order.ReplaceOrInsert(ks)
+	}
+	r.Key = ks.key // share one copy of the key
+	ks.add(r)
+	if r.State == StateHeld {
+		f.nHeld++
+	} else {
+		f.nDelayed++
+	}
+	if r.shaped() {
+		f.nShaped++
+	}
+}
+
+// holding returns holder's live holding of key with token, or nil.
+func (f *FSM) holding(key, holder string, token uint64) *record {
+	r := f.keys[key].byToken(token)
+	if r == nil || r.State != StateHeld || r.Holder != holder {
+		return nil
+	}
+	return r
+}
+
+// notHeld is the NotHeld result for key, naming its first live holding.
+func (f *FSM) notHeld(key string) Result {
+	res := Result{Code: NotHeld, Key: key}
+	if r := f.keys[key].firstLive(); r != nil {
+		res.Holder, res.Token = r.Holder, r.Token
+	}
+	return res
+}
+
+// extend renews one holding, and with it every member of its grant.
 //
 // Invariant no-extend-after-expiry: a lease whose expiry is <= now cannot
 // be extended even if no Expire has reaped it, since another holder may be
 // granted it in the same instant: reapDue reaps it first. Guarded by
 // TestNoExtendAfterExpiry and testdata/extend.txt.
 func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
-	r := f.reapDue(index, f.keys[it.Key])
-	if r == nil || r.State != StateHeld || r.Holder != holder || r.Token != it.Token {
-		res := Result{Code: NotHeld, Key: it.Key}
-		if r != nil && r.State == StateHeld {
-			res.Holder, res.Token = r.Holder, r.Token
-		}
-		return res
+	f.reapDue(index, it.Key)
+	r := f.holding(it.Key, holder, it.Token)
+	if r == nil {
+		return f.notHeld(it.Key)
 	}
-	r.Expiry = f.now + r.TTL
-	f.heap.update(r)
-	if f.cfg.Events {
-		f.emit(Event{Type: EventExtended, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+	for _, m := range r.members() {
+		m.Expiry = f.now + m.TTL
+		f.heap.update(m)
+		if f.cfg.Events {
+			f.emit(event(EventExtended, index, m))
+		}
 	}
 	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
 }
 
-// release frees a key its holder gives up. A lease that has expired is
-// not the caller's to release: reapDue turns it into its lock-delay first,
-// as Expire would have.
+// release frees a holding its holder gives up, with every member of its
+// grant. A lease that has expired is not the caller's to release: reapDue
+// turned it into its lock-delay first, as Expire would have.
 func (f *FSM) release(index uint64, c *Release) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.reapDue(index, f.keys[c.Key])
-	if r == nil || r.State != StateHeld || r.Holder != c.Holder || r.Token != c.Token {
-		res := Result{Code: NotHeld, Key: c.Key}
-		if r != nil && r.State == StateHeld {
-			res.Holder, res.Token = r.Holder, r.Token
-		}
-		return res
+	f.reapDue(index, c.Key)
+	r := f.holding(c.Key, c.Holder, c.Token)
+	if r == nil {
+		return f.notHeld(c.Key)
 	}
-	f.remove(r)
-	f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
-	f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+	f.end(index, r)
 	return Result{Code: Released, Key: r.Key, Token: r.Token}
+}
+
+// end removes r's whole grant as released, noting each member's request
+// id spent.
+func (f *FSM) end(index uint64, r *record) {
+	for _, m := range r.members() {
+		f.remove(m)
+		f.noteEnded(m.Key, m.Holder, m.ReqID, f.now)
+		f.emit(event(EventReleased, index, m))
+	}
 }
 
 // cancel withdraws a request whose outcome its caller never learnt.
 //
 // Invariant cancel-unseen: Cancel releases a grant only while nobody can
 // believe in it: the request it names must be the one that started the
-// key's live holding, and no retry of that request may have been applied
-// (Seen), since a retry's answer may have reached the holder through
-// another node. The cancelling node vouches that the grant's own answer
-// never reached its caller. In every case the request id is spent, so a
-// copy of the acquire still in flight is Stale and cannot grant afterwards.
-// Guarded by TestCancel, testdata/cancel.txt and TestModel.
+// holder's live holding of the key, and no retry of that request may have
+// been applied (Seen), since a retry's answer may have reached the holder
+// through another node. The cancelling node vouches that the grant's own
+// answer never reached its caller. The whole grant goes (set-atomicity).
+// In every case the request id is spent, so a copy of the acquire still
+// in flight is Stale and cannot grant afterwards (a multi-key copy is
+// Stale as soon as one of its keys' marks says so). Guarded by TestCancel,
+// testdata/cancel.txt, testdata/shapes-set.txt and TestModel.
 func (f *FSM) cancel(index uint64, c *Cancel) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	r := f.reapDue(index, f.keys[c.Key])
+	f.reapDue(index, c.Key)
 	var res Result
-	if r != nil && r.State == StateHeld && r.Holder == c.Holder && r.ReqID == c.ReqID && !r.Seen {
-		f.remove(r)
-		f.noteEnded(r.Key, r.Holder, r.ReqID, f.now)
-		f.emit(Event{Type: EventReleased, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
+	if r := f.keys[c.Key].live(c.Holder); r != nil && r.ReqID == c.ReqID && !r.Seen {
+		f.end(index, r)
 		res = Result{Code: Released, Key: r.Key, Token: r.Token}
 	} else {
-		res = Result{Code: NotHeld, Key: c.Key}
-		if r != nil && r.State == StateHeld {
-			res.Holder, res.Token = r.Holder, r.Token
-		}
+		res = f.notHeld(c.Key)
 	}
 	f.noteEnded(c.Key, c.Holder, c.ReqID, f.now)
 	return res
 }
 
-// expire reaps everything due at now, in (due, key) order, in O(log n) per
-// step. A held lease with a lock-delay takes two steps (expired, then
-// freed), each in its turn.
+// expire reaps everything due at now, in (due, key, token) order, in
+// O(log n) per step, and the marks that are due. A held lease with a
+// lock-delay takes two steps (expired, then freed), each in its turn; the
+// members of a multi-key grant take each step together.
 func (f *FSM) expire(index uint64, out []Result) []Result {
 	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
 		f.reapStep(index, f.heap[0], &out)
@@ -581,61 +851,88 @@ func (f *FSM) expire(index uint64, out []Result) []Result {
 	return out
 }
 
-// reapStep takes one step of reaping r, which is due: a held lease expires
-// (into its lock-delay, if it has one), a lock-delay ends. It emits the
-// events and, if out is not nil, appends the Expired result.
+// reapStep takes one step of reaping r's grant, which is due: a held
+// lease expires (into its lock-delay, if it has one), a lock-delay ends.
+// It emits the events and, if out is not nil, appends the Expired results,
+// member by member in key order.
 func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
-	if r.State == StateHeld {
-		f.noteEnded(r.Key, r.Holder, r.ReqID, r.Expiry)
-		f.emit(Event{Type: EventExpired, Index: index, Key: r.Key, Holder: r.Holder, Token: r.Token})
-		if out != nil {
-			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token, Holder: r.Holder})
+	for _, m := range r.members() {
+		if m.State == StateHeld {
+			f.noteEnded(m.Key, m.Holder, m.ReqID, m.Expiry)
+			f.emit(event(EventExpired, index, m))
+			if out != nil {
+				*out = append(*out, Result{Code: Expired, Key: m.Key, Token: m.Token, Holder: m.Holder})
+			}
+			if m.LockDelay > 0 {
+				m.State = StateDelayed
+				f.nHeld--
+				f.nDelayed++
+				f.heap.update(m)
+				continue
+			}
+		} else {
+			f.emit(event(EventFreed, index, m))
+			if out != nil {
+				*out = append(*out, Result{Code: Expired, Key: m.Key, Token: m.Token})
+			}
 		}
-		if r.LockDelay > 0 {
-			r.State = StateDelayed
-			f.nDelayed++
-			f.heap.update(r)
-			return
-		}
-	} else {
-		f.emit(Event{Type: EventFreed, Index: index, Key: r.Key, Token: r.Token})
-		if out != nil {
-			*out = append(*out, Result{Code: Expired, Key: r.Key, Token: r.Token})
-		}
+		f.remove(m)
 	}
-	f.remove(r)
 }
 
-// reapDue applies to r (nil allowed) exactly what Expire would if it ran
-// now: every reaping step that is due, with the same events. It returns
-// the record that is left (nil if none): a live lease or a lock-delay that
-// has not ended, either of which blocks the key.
+// reapDue applies to key exactly what Expire would if it ran now: every
+// reaping step of its records that is due, in (due, token) order, with
+// the same events, and no results. A step reaps a multi-key grant's
+// members on every key together. What is left on the key are live
+// holdings and lock-delays that have not ended.
 //
 // Invariant reaper-independence: no outcome depends on when the leader's
-// reaper ran. Acquire, Extend, Release and Cancel call reapDue on their
-// key first, so a command that meets an expired but unreaped lease sees
-// what it would have seen after the Expire: a release of an expired lease
-// is NotHeld and its lock-delay runs, an acquire waits out the lock-delay.
-// Without it a holder's late release skipped its lock-delay only if it beat
-// the reaper (issue 9). Guarded by TestNoOutcomeDependsOnReaper,
-// testdata/reap.txt and TestModel.
-func (f *FSM) reapDue(index uint64, r *record) *record {
-	for r != nil && r.due() <= f.now {
-		held := r.State == StateHeld
-		f.reapStep(index, r, nil)
-		if !held || r.State != StateDelayed {
-			return nil
+// reaper ran. Acquire (on each of its keys), Extend (on each item's key),
+// Release and Cancel call reapDue first, so a command that meets an
+// expired but unreaped lease sees what it would have seen after the
+// Expire: a release of an expired lease is NotHeld and its lock-delay
+// runs, an acquire waits out the lock-delay. Without it a holder's late
+// release skipped its lock-delay only if it beat the reaper (issue 9).
+// Reaping a set member's whole grant keeps set-atomicity in this path
+// too: the members share their due time, so they are due together.
+// Guarded by TestNoOutcomeDependsOnReaper, testdata/reap.txt,
+// testdata/shapes-set.txt and TestModel.
+func (f *FSM) reapDue(index uint64, key string) {
+	for {
+		ks := f.keys[key]
+		if ks == nil {
+			return
 		}
+		var next *record
+		for _, r := range ks.recs {
+			if d := r.due(); d <= f.now && (next == nil || d < next.due()) {
+				next = r // recs are in token order: ties go to the lower token
+			}
+		}
+		if next == nil {
+			return
+		}
+		f.reapStep(index, next, nil)
 	}
-	return r
 }
 
+// remove deletes r from its key, the heap and the counts.
 func (f *FSM) remove(r *record) {
 	if r.State == StateDelayed {
 		f.nDelayed--
+	} else {
+		f.nHeld--
 	}
-	delete(f.keys, r.Key)
-	f.order.Delete(r)
+	if r.shaped() {
+		f.nShaped--
+	}
+	if ks := f.keys[r.Key]; ks != nil {
+		ks.del(r)
+		if len(ks.recs) == 0 {
+			delete(f.keys, r.Key)
+			f.order.Delete(ks)
+		}
+	}
 	f.heap.remove(r)
 }
 
@@ -688,20 +985,52 @@ func (f *FSM) Fatal() error {
 	return f.fatal
 }
 
-// Get returns the record for key.
+// Get returns the first record of key: its live holding with the lowest
+// token, or if it has none, its oldest lock-delay remnant (see Holdings).
 func (f *FSM) Get(key string) (Lease, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	r, ok := f.keys[key]
-	if !ok {
+	ks := f.keys[key]
+	if ks == nil {
 		return Lease{}, false
 	}
-	return r.Lease, true
+	if r := ks.firstLive(); r != nil {
+		return r.lease(), true
+	}
+	return ks.recs[0].lease(), true
 }
 
-// List returns up to limit records whose key starts with prefix and sorts
-// after the key after (exclusive), in key order, and the key to pass as
-// after for the next page ("" when there is none). limit <= 0 means 1000.
+// Holdings returns every record of key: its live holdings in token order,
+// then its lock-delay remnants in token order (nil if the key is free).
+func (f *FSM) Holdings(key string) []Lease {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return appendHoldings(nil, f.keys[key])
+}
+
+// appendHoldings appends ks's records in read order: live holdings, then
+// remnants, each in token order.
+func appendHoldings(dst []Lease, ks *keyState) []Lease {
+	if ks == nil {
+		return dst
+	}
+	for _, r := range ks.recs {
+		if r.State == StateHeld {
+			dst = append(dst, r.lease())
+		}
+	}
+	for _, r := range ks.recs {
+		if r.State != StateHeld {
+			dst = append(dst, r.lease())
+		}
+	}
+	return dst
+}
+
+// List returns the records of up to limit keys that start with prefix and
+// sort after the key after (exclusive), in key order and, within a key, in
+// the order of Holdings; and the key to pass as after for the next page
+// ("" when there is none). limit <= 0 means 1000.
 func (f *FSM) List(prefix, after string, limit int) ([]Lease, string) {
 	if limit <= 0 {
 		limit = 1000
@@ -713,25 +1042,29 @@ func (f *FSM) List(prefix, after string, limit int) ([]Lease, string) {
 		start = after
 	}
 	var out []Lease
+	keys := 0
 	more := false
-	f.order.AscendGreaterOrEqual(&record{Lease: Lease{Key: start}}, func(r *record) bool {
-		if !strings.HasPrefix(r.Key, prefix) {
+	last := ""
+	f.order.AscendGreaterOrEqual(&keyState{key: start}, func(ks *keyState) bool {
+		if !strings.HasPrefix(ks.key, prefix) {
 			return false
 		}
-		if r.Key == after {
+		if ks.key == after {
 			return true
 		}
-		if len(out) == limit {
+		if keys == limit {
 			more = true
 			return false
 		}
-		out = append(out, r.Lease)
+		out = appendHoldings(out, ks)
+		keys++
+		last = ks.key
 		return true
 	})
-	if !more || len(out) == 0 {
+	if !more || keys == 0 {
 		return out, ""
 	}
-	return out, out[len(out)-1].Key
+	return out, last
 }
 
 // Stats is a summary of the state.
@@ -739,8 +1072,10 @@ type Stats struct {
 	Epoch   uint64
 	Now     time.Duration
 	Applied uint64
-	// Held counts leases with a holder; Delayed counts keys in lock-delay.
+	// Held counts live holdings; Delayed counts lock-delay remnants.
 	Held, Delayed int
+	// Keys counts keys with a holding or a remnant.
+	Keys int
 	// Marks counts request-id marks kept (see Mark), due ones included
 	// until an Expire reaps them.
 	Marks int
@@ -755,7 +1090,7 @@ func (f *FSM) Stats() Stats {
 
 func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
-		Held: len(f.keys) - f.nDelayed, Delayed: f.nDelayed, Marks: f.marks.tree.Len()}
+		Held: f.nHeld, Delayed: f.nDelayed, Keys: len(f.keys), Marks: f.marks.tree.Len()}
 }
 
 // AppliedBytes returns the total size of the entries this FSM applied

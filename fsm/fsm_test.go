@@ -603,7 +603,7 @@ func TestStats(t *testing.T) {
 	got := f.Stats()
 	// One mark: a's holding ended (expired into lock-delay); b's is live
 	// and needs none.
-	want := fsm.Stats{Epoch: 1, Now: 2 * s, Applied: 4, Held: 1, Delayed: 1, Marks: 1}
+	want := fsm.Stats{Epoch: 1, Now: 2 * s, Applied: 4, Held: 1, Delayed: 1, Keys: 2, Marks: 1}
 	if got != want {
 		t.Fatalf("%+v, want %+v", got, want)
 	}

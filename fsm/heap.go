@@ -1,7 +1,8 @@
 package fsm
 
-// expiryHeap is a binary min-heap of records ordered by due time, then key
-// (so equal due times pop in the same order on every replica). Each record
+// expiryHeap is a binary min-heap of records ordered by due time, then key,
+// then token (so equal due times pop in the same order on every replica;
+// a key's records have distinct tokens). Each record
 // knows its place (hidx, -1 when absent), so update and remove are
 // O(log n) and the reaper never scans.
 type expiryHeap []*record
@@ -11,7 +12,10 @@ func (h expiryHeap) less(i, j int) bool {
 	if a != b {
 		return a < b
 	}
-	return h[i].Key < h[j].Key
+	if h[i].Key != h[j].Key {
+		return h[i].Key < h[j].Key
+	}
+	return h[i].Token < h[j].Token
 }
 
 func (h expiryHeap) swap(i, j int) {

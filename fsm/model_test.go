@@ -14,13 +14,14 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 )
 
-// model is a small, obviously correct reference for the lease rules: a map
-// of key to record, a map of (key, holder) to request-id mark, linear
-// scans, no heap, no tree.
+// model is a small, obviously correct reference for the lease rules: a
+// list of records, a map of (key, holder) to request-id mark, linear
+// scans, no heap, no tree, no per-key counts. A multi-key grant is the
+// records that carry its token as their set.
 type model struct {
 	epoch uint64
 	now   time.Duration
-	recs  map[string]*mrec
+	recs  []*mrec
 	marks map[mkey]*mmark
 }
 
@@ -87,16 +88,19 @@ func (m *model) noteEnded(k mkey, req uint64, at time.Duration) {
 }
 
 type mrec struct {
-	holder       string
+	key, holder  string
 	reqID, token uint64
 	ttl, delay   time.Duration
 	expiry       time.Duration
-	delayed      bool // the holder expired; the key waits out its lock-delay
+	delayed      bool // the holder expired; the record waits out its lock-delay
 	value        string
 	seen         bool // a retry of the granting request was applied
+	mode         fsm.Mode
+	limit        uint32
+	set          uint64 // the grant's token if it has several keys
 }
 
-// freeAt: from when another holder may have the key.
+// freeAt: from when the record no longer blocks the key.
 func (r *mrec) freeAt() time.Duration { return r.expiry + r.delay }
 
 // due: when Expire has work to do on the record.
@@ -107,12 +111,94 @@ func (r *mrec) due() time.Duration {
 	return r.expiry
 }
 
-func newModel() *model { return &model{recs: map[string]*mrec{}, marks: map[mkey]*mmark{}} }
+func newModel() *model { return &model{marks: map[mkey]*mmark{}} }
+
+// on returns the records of key, in token order.
+func (m *model) on(key string) []*mrec {
+	var out []*mrec
+	for _, r := range m.recs {
+		if r.key == key {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].token < out[j].token })
+	return out
+}
+
+// live returns holder's held record of key, or nil.
+func (m *model) live(key, holder string) *mrec {
+	for _, r := range m.on(key) {
+		if !r.delayed && r.holder == holder {
+			return r
+		}
+	}
+	return nil
+}
+
+// firstLive is the held record of key with the lowest token, or nil.
+func (m *model) firstLive(key string) *mrec {
+	for _, r := range m.on(key) {
+		if !r.delayed {
+			return r
+		}
+	}
+	return nil
+}
+
+// grant returns every record of r's grant, in key order.
+func (m *model) grant(r *mrec) []*mrec {
+	if r.set == 0 {
+		return []*mrec{r}
+	}
+	var out []*mrec
+	for _, o := range m.recs {
+		if o.set == r.set {
+			out = append(out, o)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
+}
+
+func (m *model) drop(r *mrec) {
+	for i, o := range m.recs {
+		if o == r {
+			m.recs = append(m.recs[:i], m.recs[i+1:]...)
+			return
+		}
+	}
+}
+
+func validItem(key string, mode fsm.Mode, limit uint32) bool {
+	if key == "" || len(key) > 1024 {
+		return false
+	}
+	switch mode {
+	case fsm.ModeExclusive, fsm.ModeShared:
+		return limit == 0
+	case fsm.ModeSemaphore:
+		return limit >= 1 && limit <= fsm.MaxLimit
+	}
+	return false
+}
 
 func validAcquire(c *fsm.Acquire) bool {
-	return c.Key != "" && len(c.Key) <= 1024 && c.Holder != "" && len(c.Holder) <= 256 &&
+	if !(c.Holder != "" && len(c.Holder) <= 256 &&
 		c.ReqID > 0 && c.TTL > 0 && c.TTL <= 24*time.Hour &&
-		c.LockDelay >= 0 && c.LockDelay <= 24*time.Hour && len(c.Value) <= 64<<10
+		c.LockDelay >= 0 && c.LockDelay <= 24*time.Hour && len(c.Value) <= 64<<10) {
+		return false
+	}
+	if 1+len(c.More) > fsm.MaxSetKeys {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, it := range c.Items() {
+		if !validItem(it.Key, it.Mode, it.Limit) || seen[it.Key] {
+			return false
+		}
+		seen[it.Key] = true
+	}
+	return true
 }
 
 func validExtend(c *fsm.Extend) bool {
@@ -163,7 +249,7 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 		}
 		var out []fsm.Result
 		for _, it := range c.Items {
-			out = append(out, m.extend(c.Holder, it))
+			out = append(out, m.extend(index, c.Holder, it))
 		}
 		return out
 	case *fsm.Release:
@@ -191,137 +277,321 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 	panic(fmt.Sprintf("model: %T", cmd))
 }
 
-// reap does to key's record what Expire would if it ran now, and returns
-// what is left: every command does this first (reaper-independence).
-func (m *model) reap(key string) *mrec {
-	r := m.recs[key]
-	for r != nil && r.due() <= m.now {
-		if !r.delayed {
-			m.noteEnded(mkey{key, r.holder}, r.reqID, r.expiry)
-			if r.delay > 0 {
-				r.delayed = true
+// step takes one reaping step of r's grant (due now), appending the
+// Expired results to out if it is not nil.
+func (m *model) step(r *mrec, out *[]fsm.Result) {
+	for _, g := range m.grant(r) {
+		if !g.delayed {
+			m.noteEnded(mkey{g.key, g.holder}, g.reqID, g.expiry)
+			if out != nil {
+				*out = append(*out, fsm.Result{Code: fsm.Expired, Key: g.key, Token: g.token, Holder: g.holder})
+			}
+			if g.delay > 0 {
+				g.delayed = true
 				continue
 			}
+		} else if out != nil {
+			*out = append(*out, fsm.Result{Code: fsm.Expired, Key: g.key, Token: g.token})
 		}
-		delete(m.recs, key)
-		return nil
+		m.drop(g)
 	}
-	return r
+}
+
+// reap does to key's records what Expire would if it ran now, one step
+// at a time in (due, token) order, whole grants at once: every command
+// does this first (reaper-independence).
+func (m *model) reap(key string) {
+	for {
+		var next *mrec
+		for _, r := range m.on(key) {
+			if r.due() <= m.now && (next == nil || r.due() < next.due()) {
+				next = r
+			}
+		}
+		if next == nil {
+			return
+		}
+		m.step(next, nil)
+	}
+}
+
+// blocks says whether r stands in the way of an item asked in mode, and
+// whether the mode is refused outright (a semaphore of another limit).
+func blocks(r *mrec, mode fsm.Mode, limit uint32) (blocking, bad bool) {
+	switch mode {
+	case fsm.ModeExclusive:
+		return true, false
+	case fsm.ModeShared:
+		return r.mode != fsm.ModeShared, false
+	default:
+		if r.mode == fsm.ModeSemaphore && r.limit != limit {
+			return true, true
+		}
+		return r.mode != fsm.ModeSemaphore, false
+	}
+}
+
+// itemState judges one item against key's records, leaving out skipped
+// ones: grantable, Invalid (with a reason), or Held with the record to
+// report and the wait.
+func (m *model) itemState(it fsm.Item, skip func(*mrec) bool) (ok, bad bool, first *mrec, wait time.Duration) {
+	var others []*mrec
+	for _, r := range m.on(it.Key) {
+		if !skip(r) {
+			others = append(others, r)
+		}
+	}
+	var blocking []*mrec
+	sems := 0
+	for _, r := range others {
+		b, isBad := blocks(r, it.Mode, it.Limit)
+		if isBad {
+			return false, true, nil, 0
+		}
+		if b {
+			blocking = append(blocking, r)
+		}
+		if r.mode == fsm.ModeSemaphore {
+			sems++
+		}
+	}
+	full := false
+	switch it.Mode {
+	case fsm.ModeExclusive, fsm.ModeShared:
+		ok = len(blocking) == 0
+	default:
+		nonSem := 0
+		for _, r := range blocking {
+			if r.mode != fsm.ModeSemaphore {
+				nonSem++
+			}
+		}
+		if nonSem == 0 {
+			ok = sems < int(it.Limit)
+			full = true
+			blocking = others // every record holds a slot
+		} else {
+			ok = false
+		}
+	}
+	if ok {
+		return true, false, nil, 0
+	}
+	for i, r := range blocking {
+		w := r.freeAt() - m.now
+		if i == 0 || full && w < wait || !full && w > wait {
+			wait = w
+		}
+		if first == nil && !r.delayed {
+			first = r
+		}
+	}
+	if first == nil {
+		first = blocking[0]
+	}
+	return false, false, first, wait
 }
 
 func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 	if !validAcquire(c) {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
-	r := m.reap(c.Key)
-	k := mkey{c.Key, c.Holder}
-	if mk := m.mark(k); mk != nil && (c.ReqID < mk.reqID || c.ReqID == mk.reqID && mk.ended) {
-		res := fsm.Result{Code: fsm.Stale, Key: c.Key}
-		if r != nil && !r.delayed {
-			res.Holder, res.Token = r.holder, r.token
+	items := c.Items()
+	for _, it := range items {
+		m.reap(it.Key)
+	}
+	own := make([]*mrec, len(items))
+	retry := false
+	for i, it := range items {
+		k := mkey{it.Key, c.Holder}
+		if mk := m.mark(k); mk != nil && (c.ReqID < mk.reqID || c.ReqID == mk.reqID && mk.ended) {
+			res := fsm.Result{Code: fsm.Stale, Key: it.Key}
+			if r := m.firstLive(it.Key); r != nil {
+				res.Holder, res.Token = r.holder, r.token
+			}
+			return res
 		}
-		return res
+		r := m.live(it.Key, c.Holder)
+		own[i] = r
+		if r == nil {
+			continue
+		}
+		if c.ReqID < r.reqID {
+			return fsm.Result{Code: fsm.Stale, Key: it.Key, Token: r.token, Holder: r.holder}
+		}
+		if c.ReqID == r.reqID {
+			retry = true
+		}
 	}
 	start := func(r *mrec) {
 		r.ttl, r.delay, r.value = c.TTL, c.LockDelay, string(c.Value)
 		r.expiry = m.now + c.TTL
 		r.delayed = false
 	}
-	if r != nil && !r.delayed && r.holder == c.Holder {
-		switch {
-		case c.ReqID == r.reqID:
+	if retry {
+		g := own[0]
+		same := g != nil && len(m.grant(g)) == len(items)
+		for _, r := range own {
+			if r == nil || g == nil || r.token != g.token || r.reqID != c.ReqID {
+				same = false
+			}
+		}
+		if !same {
+			res := fsm.Result{Code: fsm.Stale, Key: c.Key}
+			if r := m.firstLive(c.Key); r != nil {
+				res.Holder, res.Token = r.holder, r.token
+			}
+			return res
+		}
+		for _, r := range m.grant(g) {
 			start(r)
 			r.seen = true
-			m.keepMark(k, c.ReqID)
-			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry, Retry: true}
-		case c.ReqID > r.reqID:
-			r.reqID, r.token, r.seen = c.ReqID, index, false
-			start(r)
-			m.keepMark(k, c.ReqID)
-			return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
-		default:
-			return fsm.Result{Code: fsm.Stale, Key: c.Key, Token: r.token, Holder: r.holder}
+		}
+		for _, it := range items {
+			m.keepMark(mkey{it.Key, c.Holder}, c.ReqID)
+		}
+		return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: g.token, Expiry: g.expiry, Retry: true}
+	}
+	replaced := map[*mrec]bool{}
+	for _, r := range own {
+		if r != nil {
+			for _, g := range m.grant(r) {
+				replaced[g] = true
+			}
 		}
 	}
-	if r != nil { // a live lease or a lock-delay: it blocks the key
-		m.noteRequest(k, c.ReqID)
-		res := fsm.Result{Code: fsm.Held, Key: c.Key, Token: r.token, Wait: r.freeAt() - m.now}
-		if !r.delayed {
-			res.Holder = r.holder
+	skip := func(r *mrec) bool { return replaced[r] }
+	var held *fsm.Result
+	for _, it := range items {
+		ok, bad, first, wait := m.itemState(it, skip)
+		if bad {
+			return fsm.Result{Code: fsm.Invalid, Key: it.Key}
 		}
-		return res
+		if ok {
+			continue
+		}
+		if held == nil {
+			held = &fsm.Result{Code: fsm.Held, Key: it.Key, Token: first.token}
+			if !first.delayed {
+				held.Holder = first.holder
+			}
+		}
+		held.Wait = max(held.Wait, wait)
 	}
-	r = &mrec{holder: c.Holder, reqID: c.ReqID, token: index}
-	start(r)
-	m.recs[c.Key] = r
-	m.keepMark(k, c.ReqID)
-	return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: r.token, Expiry: r.expiry}
+	if held != nil {
+		for _, it := range items {
+			m.noteRequest(mkey{it.Key, c.Holder}, c.ReqID)
+		}
+		return *held
+	}
+	named := map[string]bool{}
+	for _, it := range items {
+		named[it.Key] = true
+	}
+	for r := range replaced {
+		m.drop(r)
+		if !named[r.key] {
+			m.noteEnded(mkey{r.key, r.holder}, r.reqID, m.now)
+		}
+	}
+	var set uint64
+	if len(items) > 1 {
+		set = index
+	}
+	var expiry time.Duration
+	for _, it := range items {
+		r := &mrec{key: it.Key, holder: c.Holder, reqID: c.ReqID, token: index, mode: it.Mode, limit: it.Limit, set: set}
+		start(r)
+		expiry = r.expiry
+		m.recs = append(m.recs, r)
+		m.keepMark(mkey{it.Key, c.Holder}, c.ReqID)
+	}
+	return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: index, Expiry: expiry}
 }
 
-func (m *model) extend(holder string, it fsm.ExtendItem) fsm.Result {
-	r := m.reap(it.Key)
-	live := r != nil && !r.delayed
-	if !live || r.holder != holder || r.token != it.Token {
-		res := fsm.Result{Code: fsm.NotHeld, Key: it.Key}
-		if live {
-			res.Holder, res.Token = r.holder, r.token
+// holding returns holder's held record of key with token, or nil.
+func (m *model) holding(key, holder string, token uint64) *mrec {
+	for _, r := range m.on(key) {
+		if !r.delayed && r.holder == holder && r.token == token {
+			return r
 		}
-		return res
 	}
-	r.expiry = m.now + r.ttl
+	return nil
+}
+
+func (m *model) notHeld(key string) fsm.Result {
+	res := fsm.Result{Code: fsm.NotHeld, Key: key}
+	if r := m.firstLive(key); r != nil {
+		res.Holder, res.Token = r.holder, r.token
+	}
+	return res
+}
+
+func (m *model) extend(index uint64, holder string, it fsm.ExtendItem) fsm.Result {
+	m.reap(it.Key)
+	r := m.holding(it.Key, holder, it.Token)
+	if r == nil {
+		return m.notHeld(it.Key)
+	}
+	for _, g := range m.grant(r) {
+		g.expiry = m.now + g.ttl
+	}
 	return fsm.Result{Code: fsm.Extended, Key: it.Key, Token: r.token, Expiry: r.expiry}
+}
+
+// end removes r's grant as released.
+func (m *model) end(r *mrec) {
+	for _, g := range m.grant(r) {
+		m.drop(g)
+		m.noteEnded(mkey{g.key, g.holder}, g.reqID, m.now)
+	}
 }
 
 func (m *model) release(c *fsm.Release) fsm.Result {
 	if c.Key == "" || c.Holder == "" || c.Token == 0 {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
-	r := m.reap(c.Key)
-	if r == nil || r.delayed || r.holder != c.Holder || r.token != c.Token {
-		res := fsm.Result{Code: fsm.NotHeld, Key: c.Key}
-		if r != nil && !r.delayed {
-			res.Holder, res.Token = r.holder, r.token
-		}
-		return res
+	m.reap(c.Key)
+	r := m.holding(c.Key, c.Holder, c.Token)
+	if r == nil {
+		return m.notHeld(c.Key)
 	}
-	delete(m.recs, c.Key)
-	m.noteEnded(mkey{c.Key, r.holder}, r.reqID, m.now)
+	m.end(r)
 	return fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
 }
 
-// cancel releases the grant of c.ReqID if it is the live holding and not
-// seen; the id is spent either way.
+// cancel releases the grant of c.ReqID if it is the holder's live holding
+// and not seen; the id is spent either way.
 func (m *model) cancel(c *fsm.Cancel) fsm.Result {
 	if c.Key == "" || c.Holder == "" || c.ReqID == 0 {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
-	r := m.reap(c.Key)
-	k := mkey{c.Key, c.Holder}
-	res := fsm.Result{Code: fsm.NotHeld, Key: c.Key}
-	if r != nil && !r.delayed && r.holder == c.Holder && r.reqID == c.ReqID && !r.seen {
-		delete(m.recs, c.Key)
-		m.noteEnded(k, r.reqID, m.now)
+	m.reap(c.Key)
+	res := m.notHeld(c.Key)
+	if r := m.live(c.Key, c.Holder); r != nil && r.reqID == c.ReqID && !r.seen {
+		m.end(r)
 		res = fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
-	} else if r != nil && !r.delayed {
-		res.Holder, res.Token = r.holder, r.token
 	}
-	m.noteEnded(k, c.ReqID, m.now)
+	m.noteEnded(mkey{c.Key, c.Holder}, c.ReqID, m.now)
 	return res
 }
 
-// expire reaps, one at a time, the record with the smallest (due, key)
-// that is due.
+// expire reaps, one step at a time, the record with the smallest (due,
+// key, token) that is due, with its grant.
 func (m *model) expire() []fsm.Result {
 	var out []fsm.Result
 	for {
-		var key string
-		var min *mrec
-		for k, r := range m.recs {
-			if r.due() <= m.now && (min == nil || r.due() < min.due() || r.due() == min.due() && k < key) {
-				key, min = k, r
+		var next *mrec
+		for _, r := range m.recs {
+			if r.due() > m.now {
+				continue
+			}
+			if next == nil || r.due() < next.due() || r.due() == next.due() &&
+				(r.key < next.key || r.key == next.key && r.token < next.token) {
+				next = r
 			}
 		}
-		if min == nil {
+		if next == nil {
 			for k, mk := range m.marks {
 				if mk.due <= m.now {
 					delete(m.marks, k)
@@ -329,35 +599,41 @@ func (m *model) expire() []fsm.Result {
 			}
 			return out
 		}
-		if min.delayed {
-			out = append(out, fsm.Result{Code: fsm.Expired, Key: key, Token: min.token})
-			delete(m.recs, key)
-			continue
-		}
-		m.noteEnded(mkey{key, min.holder}, min.reqID, min.expiry)
-		out = append(out, fsm.Result{Code: fsm.Expired, Key: key, Token: min.token, Holder: min.holder})
-		if min.delay > 0 {
-			min.delayed = true
-		} else {
-			delete(m.recs, key)
-		}
+		m.step(next, &out)
 	}
 }
 
+// leases lists the records as List does: by key, then live ones by token,
+// then lock-delays by token.
 func (m *model) leases() []fsm.Lease {
 	var out []fsm.Lease
-	for k, r := range m.recs {
-		l := fsm.Lease{Key: k, Holder: r.holder, ReqID: r.reqID, Token: r.token, TTL: r.ttl,
-			LockDelay: r.delay, Expiry: r.expiry, State: fsm.StateHeld, Seen: r.seen}
+	for _, r := range m.recs {
+		l := fsm.Lease{Key: r.key, Holder: r.holder, ReqID: r.reqID, Token: r.token, TTL: r.ttl,
+			LockDelay: r.delay, Expiry: r.expiry, State: fsm.StateHeld, Seen: r.seen,
+			Mode: r.mode, Limit: r.limit, Set: r.set}
 		if r.value != "" {
 			l.Value = []byte(r.value)
 		}
 		if r.delayed {
 			l.State = fsm.StateDelayed
 		}
+		if r.set != 0 {
+			for _, g := range m.grant(r) {
+				l.SetKeys = append(l.SetKeys, g.key)
+			}
+		}
 		out = append(out, l)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Key != b.Key {
+			return a.Key < b.Key
+		}
+		if a.State != b.State {
+			return a.State == fsm.StateHeld
+		}
+		return a.Token < b.Token
+	})
 	return out
 }
 
@@ -393,7 +669,7 @@ func (m *model) allMarks() []fsm.Mark {
 }
 
 var (
-	modelKeys    = []string{"a", "b", "c"}
+	modelKeys    = []string{"a", "b", "c", "d"}
 	modelHolders = []string{"h1", "h2", "h3"}
 
 	stepKinds = []string{
@@ -414,13 +690,19 @@ var (
 		"valid", "valid", "valid", "valid", "valid", "valid", "valid", "valid",
 		"valid", "valid", "valid", "valid", "valid", "valid", "valid", "valid",
 		"valid", "valid", "valid", "valid", "valid", "valid", "valid", "valid",
-		"ttl0", "req0", "key", "ttl-max",
+		"ttl0", "req0", "key", "ttl-max", "limit", "mode",
 	}
 	// clockSteps in ms: mostly forward, sometimes backwards, rarely past a
 	// request-id mark's retention.
 	clockSteps = []int{500, 1000, 0, 1500, 300, 2000, 2500, -500, 700, 3000, 1200, 4000, -1500, 100, 5500,
 		500, 1000, 1500, 300, 2000, 8 * 60_000, 16 * 60_000}
 )
+
+// sentKey names an acquire sent: its holder and request id.
+type sentKey struct {
+	holder string
+	req    uint64
+}
 
 // modelRun is the state of one generated run.
 type modelRun struct {
@@ -432,6 +714,9 @@ type modelRun struct {
 	epoch   uint64        // the current leader's epoch
 	nextReq map[string]uint64
 	tokens  []uint64 // every token ever granted, for stale extends/releases
+	// sent holds every acquire sent, by holder and request id, so that a
+	// retry repeats the very request.
+	sent map[sentKey]*fsm.Acquire
 	// monotonic-token bookkeeping
 	lastToken    uint64
 	keyLastToken map[string]uint64
@@ -448,7 +733,7 @@ func TestModel(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		r := &modelRun{
 			f: fsm.New(fsm.Config{}), twin: fsm.New(fsm.Config{}), m: newModel(),
-			nextReq: map[string]uint64{}, keyLastToken: map[string]uint64{},
+			nextReq: map[string]uint64{}, keyLastToken: map[string]uint64{}, sent: map[sentKey]*fsm.Acquire{},
 		}
 		// Most runs start with a promote, as a real leader does; some
 		// exercise epoch 0.
@@ -532,31 +817,83 @@ func (r *modelRun) step(t *rapid.T) {
 	r.run(t, epoch, cmd)
 }
 
+// keyShape is how a key is mostly asked for, so that holders meet in
+// compatible and incompatible modes alike: a exclusive, b shared, c a
+// semaphore of 2, d anything.
+func keyShape(t *rapid.T, key string) (fsm.Mode, uint32) {
+	mode := map[string]string{"a": "exclusive", "b": "shared", "c": "sem2"}[key]
+	if mode == "" || rapid.IntRange(0, 3).Draw(t, "odd-mode?") == 0 {
+		mode = rapid.SampledFrom([]string{"exclusive", "shared", "sem2", "sem3", "sem1"}).Draw(t, "mode")
+	}
+	switch mode {
+	case "shared":
+		return fsm.ModeShared, 0
+	case "sem1":
+		return fsm.ModeSemaphore, 1
+	case "sem2":
+		return fsm.ModeSemaphore, 2
+	case "sem3":
+		return fsm.ModeSemaphore, 3
+	}
+	return fsm.ModeExclusive, 0
+}
+
 func (r *modelRun) genAcquire(t *rapid.T) *fsm.Acquire {
 	key := rapid.SampledFrom(modelKeys).Draw(t, "key")
 	h := rapid.SampledFrom(modelHolders).Draw(t, "holder")
+	switch rapid.SampledFrom(reqKinds).Draw(t, "req-kind") {
+	case "retry": // the same request again, mostly by one of the key's holders
+		if recs := r.m.on(key); len(recs) > 0 && rapid.Bool().Draw(t, "holder-retries") {
+			rec := rapid.SampledFrom(recs).Draw(t, "rec")
+			h = rec.holder
+			if c := r.sent[sentKey{h, rec.reqID}]; c != nil {
+				return r.resend(t, c)
+			}
+		}
+		if c := r.sent[sentKey{h, r.nextReq[h]}]; c != nil {
+			return r.resend(t, c)
+		}
+	case "old": // a delayed older request, mostly by one of the key's holders
+		if recs := r.m.on(key); len(recs) > 0 && rapid.Bool().Draw(t, "holder-is-late") {
+			rec := rapid.SampledFrom(recs).Draw(t, "rec")
+			if rec.reqID > 1 {
+				old := uint64(rapid.IntRange(1, int(rec.reqID-1)).Draw(t, "old-req"))
+				if c := r.sent[sentKey{rec.holder, old}]; c != nil {
+					return r.resend(t, c)
+				}
+			}
+		}
+		if n := r.nextReq[h]; n > 0 {
+			old := uint64(rapid.IntRange(1, int(n)).Draw(t, "old-req"))
+			if c := r.sent[sentKey{h, old}]; c != nil {
+				return r.resend(t, c)
+			}
+		}
+	}
+	r.nextReq[h]++
 	c := &fsm.Acquire{
 		Key:    key,
 		Holder: h,
+		ReqID:  r.nextReq[h],
 		TTL:    time.Duration(rapid.SampledFrom([]int{1, 2, 3, 5}).Draw(t, "ttl-s")) * s,
 	}
-	rec := r.m.recs[key]
-	switch rapid.SampledFrom(reqKinds).Draw(t, "req-kind") {
-	case "retry": // the same request again, mostly by the key's holder
-		c.ReqID = max(r.nextReq[h], 1)
-		if rec != nil && rapid.Bool().Draw(t, "holder-retries") {
-			c.Holder, c.ReqID = rec.holder, rec.reqID
+	c.Mode, c.Limit = keyShape(t, key)
+	// Mostly one key; some sets of two or three (rarely a key twice:
+	// Invalid).
+	for range rapid.SampledFrom([]int{0, 0, 0, 1, 0, 2, 1}).Draw(t, "more") {
+		k := rapid.SampledFrom(modelKeys).Draw(t, "more-key")
+		if k == key && rapid.IntRange(0, 5).Draw(t, "dup-ok?") > 0 {
+			continue
 		}
-	case "old": // a delayed older request, mostly by the key's holder
-		if rec != nil && rec.reqID > 1 && rapid.Bool().Draw(t, "holder-is-late") {
-			c.Holder = rec.holder
-			c.ReqID = uint64(rapid.IntRange(1, int(rec.reqID-1)).Draw(t, "old-req"))
-		} else {
-			c.ReqID = uint64(rapid.IntRange(1, int(max(r.nextReq[h], 1))).Draw(t, "old-req"))
+		it := fsm.Item{Key: k}
+		it.Mode, it.Limit = keyShape(t, k)
+		dup := false
+		for _, o := range c.More {
+			dup = dup || o.Key == k
 		}
-	default:
-		r.nextReq[h]++
-		c.ReqID = r.nextReq[h]
+		if !dup {
+			c.More = append(c.More, it)
+		}
 	}
 	c.LockDelay = time.Duration(rapid.SampledFrom([]int{0, 0, 1, 0, 2}).Draw(t, "delay-s")) * s
 	if rapid.Bool().Draw(t, "has-value") {
@@ -571,13 +908,41 @@ func (r *modelRun) genAcquire(t *rapid.T) *fsm.Acquire {
 		c.Key = ""
 	case "ttl-max":
 		c.TTL = 24*time.Hour + 1
+	case "limit":
+		c.Mode, c.Limit = fsm.ModeSemaphore, 0
+	case "mode":
+		c.Mode = 7
 	}
+	r.sent[sentKey{h, c.ReqID}] = c
 	return c
 }
 
-// token picks, mostly, the key's current token; sometimes an old one.
+// resend repeats an acquire sent earlier, sometimes with other options
+// (a retry carries the same keys, not always the same TTL).
+func (r *modelRun) resend(t *rapid.T, c *fsm.Acquire) *fsm.Acquire {
+	again := *c
+	if rapid.IntRange(0, 3).Draw(t, "other-ttl?") == 0 {
+		again.TTL = time.Duration(rapid.SampledFrom([]int{1, 2, 3, 5}).Draw(t, "ttl-s")) * s
+	}
+	return &again
+}
+
+// pick returns one of key's records, mostly a live one, or nil.
+func (r *modelRun) pick(t *rapid.T, key string) *mrec {
+	recs := r.m.on(key)
+	if len(recs) == 0 {
+		return nil
+	}
+	if l := r.m.firstLive(key); l != nil && rapid.Bool().Draw(t, "first-live?") {
+		return l
+	}
+	return rapid.SampledFrom(recs).Draw(t, "rec")
+}
+
+// token picks, mostly, a token of one of the key's records; sometimes an
+// old one.
 func (r *modelRun) token(t *rapid.T, key string) uint64 {
-	if rec := r.m.recs[key]; rec != nil && rapid.IntRange(0, 3).Draw(t, "old-token?") < 3 {
+	if rec := r.pick(t, key); rec != nil && rapid.IntRange(0, 3).Draw(t, "old-token?") < 3 {
 		return rec.token
 	}
 	if len(r.tokens) == 0 {
@@ -586,39 +951,51 @@ func (r *modelRun) token(t *rapid.T, key string) uint64 {
 	return rapid.SampledFrom(r.tokens).Draw(t, "old-token")
 }
 
-// holderFor picks, mostly, the key's holder.
+// holderFor picks, mostly, a holder of one of the key's records.
 func (r *modelRun) holderFor(t *rapid.T, key string) string {
-	if rec := r.m.recs[key]; rec != nil && rapid.IntRange(0, 3).Draw(t, "other-holder?") < 3 {
+	if rec := r.pick(t, key); rec != nil && rapid.IntRange(0, 3).Draw(t, "other-holder?") < 3 {
 		return rec.holder
 	}
 	return rapid.SampledFrom(modelHolders).Draw(t, "holder")
 }
 
+// holding picks, mostly, one of the key's records with its holder and
+// token, so extends and releases mostly hit.
+func (r *modelRun) holding(t *rapid.T, key string) (string, uint64) {
+	if rec := r.pick(t, key); rec != nil && rapid.IntRange(0, 3).Draw(t, "miss?") < 3 {
+		return rec.holder, rec.token
+	}
+	return r.holderFor(t, key), r.token(t, key)
+}
+
 func (r *modelRun) genExtend(t *rapid.T) *fsm.Extend {
 	first := rapid.SampledFrom(modelKeys).Draw(t, "key")
-	c := &fsm.Extend{Holder: r.holderFor(t, first)}
+	holder, token := r.holding(t, first)
+	c := &fsm.Extend{Holder: holder}
 	n := rapid.SampledFrom([]int{1, 2, 3, 1, 0}).Draw(t, "items") // 0 items is Invalid
 	for i := range n {
-		k := first
+		k, tok := first, token
 		if i > 0 {
 			k = rapid.SampledFrom(modelKeys).Draw(t, "key")
+			tok = r.token(t, k)
 		}
-		c.Items = append(c.Items, fsm.ExtendItem{Key: k, Token: r.token(t, k)})
+		c.Items = append(c.Items, fsm.ExtendItem{Key: k, Token: tok})
 	}
 	return c
 }
 
 func (r *modelRun) genRelease(t *rapid.T) *fsm.Release {
 	k := rapid.SampledFrom(modelKeys).Draw(t, "key")
-	return &fsm.Release{Key: k, Holder: r.holderFor(t, k), Token: r.token(t, k)}
+	holder, token := r.holding(t, k)
+	return &fsm.Release{Key: k, Holder: holder, Token: token}
 }
 
-// genCancel mostly names the request that granted the key's live holding,
-// sometimes an older, newer or unrelated one.
+// genCancel mostly names the request that granted one of the key's live
+// holdings, sometimes an older, newer or unrelated one.
 func (r *modelRun) genCancel(t *rapid.T) *fsm.Cancel {
 	k := rapid.SampledFrom(modelKeys).Draw(t, "key")
 	c := &fsm.Cancel{Key: k, Holder: r.holderFor(t, k)}
-	if rec := r.m.recs[k]; rec != nil && rec.holder == c.Holder && rapid.IntRange(0, 3).Draw(t, "cancel-other?") < 3 {
+	if rec := r.m.live(k, c.Holder); rec != nil && rapid.IntRange(0, 3).Draw(t, "cancel-other?") < 3 {
 		c.ReqID = rec.reqID
 	} else {
 		c.ReqID = uint64(rapid.IntRange(0, int(r.nextReq[c.Holder])+1).Draw(t, "cancel-req")) // 0 is Invalid
@@ -649,9 +1026,17 @@ func (r *modelRun) genBatch(t *rapid.T) *fsm.Batch {
 func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 	r.index++
 	s := fsm.Stamp{Epoch: epoch, Now: r.stamp}
-	before := map[string]fsm.Lease{}
-	for _, l := range allLeases(r.f) {
-		before[l.Key] = l
+	before := allLeases(r.f)
+	// fsm.Admits predicts an acquire's grant from the state before it.
+	var admitted *bool
+	if c, ok := cmd.(*fsm.Acquire); ok && epoch == r.m.epoch && c.Validate() == nil {
+		now := max(r.m.now, s.Now)
+		all := true
+		for _, it := range c.Items() {
+			ok, _, bad := r.f.Admits(it, c.Holder, now, 0, 0)
+			all = all && ok && bad == ""
+		}
+		admitted = &all
 	}
 	log := entry(r.index, s, cmd)
 	got, ok := r.f.Apply(log).(*fsm.Response)
@@ -681,47 +1066,79 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 	if !reflect.DeepEqual(results, want) {
 		t.Fatalf("entry %d %s at %v (epoch %d):\n   fsm %+v\n model %+v", r.index, describe(cmd), r.stamp, epoch, results, want)
 	}
-	r.checkGrants(t, cmd, got, before)
+	if admitted != nil && len(results) == 1 && (results[0].Code == fsm.Held || results[0].Code == fsm.Granted && !results[0].Retry) {
+		if *admitted != (results[0].Code == fsm.Granted) {
+			t.Fatalf("Admits predicted %v for entry %d %s, the FSM said %+v", *admitted, r.index, describe(cmd), results[0])
+		}
+	}
+	r.checkGrants(t, got, before)
 	r.checkState(t)
 }
 
-// checkGrants checks single-holder and monotonic-token on the FSM's own
-// results, independently of the model: a new grant of a key held by
-// someone else needs that holding released or reaped in the same entry,
-// or its free-at passed; a new token exceeds every earlier one.
-func (r *modelRun) checkGrants(t *rapid.T, cmd fsm.Command, resp *fsm.Response, before map[string]fsm.Lease) {
-	freed := map[string]bool{}
+// recKey names a record: its key and token.
+type recKey struct {
+	key   string
+	token uint64
+}
+
+// mayShare reports whether the two holdings may hold one key together
+// (shape-compatibility; how many is checkState's business).
+func mayShare(a, b fsm.Lease) bool {
+	return a.Mode == fsm.ModeShared && b.Mode == fsm.ModeShared ||
+		a.Mode == fsm.ModeSemaphore && b.Mode == fsm.ModeSemaphore && a.Limit == b.Limit
+}
+
+// checkGrants checks single-holder (generalised to shapes) and
+// monotonic-token on the FSM's own state, independently of the model:
+// every record that is new after an entry carries the entry's index as
+// its token, above every earlier token of its key and of the cluster; and
+// each record it could not share the key with was released by the same
+// entry, was its own holder's holding that the grant replaced, or no
+// longer blocked the key (its expiry plus lock-delay passed).
+func (r *modelRun) checkGrants(t *rapid.T, resp *fsm.Response, before []fsm.Lease) {
+	after := allLeases(r.f)
+	old := map[recKey]fsm.Lease{}
+	for _, l := range before {
+		old[recKey{l.Key, l.Token}] = l
+	}
+	released := map[uint64]bool{}
 	for _, res := range resp.Results {
-		switch res.Code {
-		case fsm.Released:
-			freed[res.Key] = true
-		case fsm.Expired:
-			if res.Holder == "" { // the lock-delay ended
-				freed[res.Key] = true
-			}
-		case fsm.Granted:
-			if res.Retry {
-				if prev, ok := before[res.Key]; !ok || prev.Token != res.Token {
-					t.Fatalf("retry of %s with token %d, record had %+v", res.Key, res.Token, prev)
-				}
+		if res.Code == fsm.Released {
+			released[res.Token] = true
+		}
+	}
+	granted := false
+	for _, n := range after {
+		if _, ok := old[recKey{n.Key, n.Token}]; ok {
+			continue
+		}
+		if n.Token != resp.Index || n.Token <= r.lastToken && !granted || n.Token <= r.keyLastToken[n.Key] {
+			t.Fatalf("monotonic-token: new holding of %s at %d with token %d; last %d, key's last %d",
+				n.Key, resp.Index, n.Token, r.lastToken, r.keyLastToken[n.Key])
+		}
+		granted = true
+		r.keyLastToken[n.Key] = n.Token
+		for _, p := range before {
+			if p.Key != n.Key || mayShare(p, n) || released[p.Token] || p.FreeAt() <= resp.Now {
 				continue
 			}
-			if res.Token != resp.Index || res.Token <= r.lastToken || res.Token <= r.keyLastToken[res.Key] {
-				t.Fatalf("monotonic-token: grant of %s at %d with token %d; last %d, key's last %d",
-					res.Key, resp.Index, res.Token, r.lastToken, r.keyLastToken[res.Key])
+			if p.State == fsm.StateHeld && p.Holder == n.Holder && p.ReqID < n.ReqID {
+				continue // its holder's own, replaced
 			}
-			r.lastToken, r.keyLastToken[res.Key] = res.Token, res.Token
-			r.tokens = append(r.tokens, res.Token)
-			prev, ok := before[res.Key]
-			sameHolding := ok && prev.State == fsm.StateHeld && prev.Holder == acquirer(cmd)
-			if ok && !freed[res.Key] && !sameHolding && prev.FreeAt() > resp.Now {
-				t.Fatalf("single-holder: %s granted at %v while %+v blocked it", res.Key, resp.Now, prev)
-			}
+			t.Fatalf("single-holder: %s (%s) granted to %s at %v while %+v blocked it", n.Key, n.Mode, n.Holder, resp.Now, p)
 		}
+	}
+	if granted {
+		r.lastToken = resp.Index
+		r.tokens = append(r.tokens, resp.Index)
 	}
 }
 
-// checkState compares the FSM's reads with the model.
+// checkState compares the FSM's reads with the model, and checks on the
+// FSM's own state, independently of the model, that no key holds
+// incompatible records (shape-compatibility, semaphore-limit), no holder
+// has two live holdings of one key, and every multi-key grant is whole
+// (set-atomicity: no state ever shows part of a set).
 func (r *modelRun) checkState(t *rapid.T) {
 	want := r.m.leases()
 	got := allLeases(r.f)
@@ -731,24 +1148,57 @@ func (r *modelRun) checkState(t *rapid.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("List:\n   fsm %+v\n model %+v", got, want)
 	}
+	byKey := map[string][]fsm.Lease{}
+	for _, l := range got {
+		byKey[l.Key] = append(byKey[l.Key], l)
+	}
+	held, delayed := 0, 0
 	for _, k := range modelKeys {
+		recs := byKey[k]
+		if hs := r.f.Holdings(k); !reflect.DeepEqual(hs, recs) {
+			t.Fatalf("Holdings(%s) = %+v; List has %+v", k, hs, recs)
+		}
 		l, ok := r.f.Get(k)
-		rec, mok := r.m.recs[k]
-		if ok != mok || ok && (l.Holder != rec.holder || l.Token != rec.token || l.Expiry != rec.expiry) {
-			t.Fatalf("Get(%s) = %+v, %v; model %+v", k, l, ok, rec)
+		if ok != (len(recs) > 0) || ok && !reflect.DeepEqual(l, recs[0]) {
+			t.Fatalf("Get(%s) = %+v, %v; want the first of %+v", k, l, ok, recs)
+		}
+		var n [3]int
+		live := map[string]bool{}
+		for _, l := range recs {
+			n[l.Mode]++
+			if l.State == fsm.StateHeld {
+				held++
+				if live[l.Holder] {
+					t.Fatalf("one-holding-per-holder: %s holds %s twice: %+v", l.Holder, k, recs)
+				}
+				live[l.Holder] = true
+			} else {
+				delayed++
+			}
+			if l.Mode == fsm.ModeSemaphore && (l.Limit != recs[0].Limit || n[fsm.ModeSemaphore] > int(l.Limit)) {
+				t.Fatalf("semaphore-limit: %s: %+v", k, recs)
+			}
+		}
+		if n[fsm.ModeExclusive] > 0 && len(recs) > 1 || n[fsm.ModeShared] > 0 && n[fsm.ModeSemaphore] > 0 {
+			t.Fatalf("shape-compatibility: %s: %+v", k, recs)
 		}
 	}
-	seen := map[string]bool{}
-	held, delayed := 0, 0
+	sets := map[uint64][]fsm.Lease{}
 	for _, l := range got {
-		if seen[l.Key] {
-			t.Fatalf("single-holder: two records for %s", l.Key)
+		if l.Set != 0 {
+			sets[l.Set] = append(sets[l.Set], l)
 		}
-		seen[l.Key] = true
-		if l.State == fsm.StateHeld {
-			held++
-		} else {
-			delayed++
+	}
+	for token, members := range sets {
+		first := members[0]
+		if token != first.Token || len(members) != len(first.SetKeys) || len(members) < 2 {
+			t.Fatalf("set-atomicity: set %d has %d members, says %v: %+v", token, len(members), first.SetKeys, members)
+		}
+		for i, m := range members {
+			if m.Key != first.SetKeys[i] || m.Holder != first.Holder || m.Token != token || m.State != first.State ||
+				m.Expiry != first.Expiry || m.Seen != first.Seen || m.ReqID != first.ReqID {
+				t.Fatalf("set-atomicity: set %d member %d differs: %+v", token, i, members)
+			}
 		}
 	}
 	gotMarks, wantMarks := fsm.AllMarks(r.f), r.m.allMarks()
@@ -756,8 +1206,10 @@ func (r *modelRun) checkState(t *rapid.T) {
 		t.Fatalf("marks:\n   fsm %+v\n model %+v", gotMarks, wantMarks)
 	}
 	st := r.f.Stats()
-	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed || st.Marks != len(wantMarks) {
-		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d marks %d", st, r.m.epoch, r.m.now, r.index, held, delayed, len(wantMarks))
+	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed ||
+		st.Keys != len(byKey) || st.Marks != len(wantMarks) {
+		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d keys %d marks %d", st,
+			r.m.epoch, r.m.now, r.index, held, delayed, len(byKey), len(wantMarks))
 	}
 	due, ok := r.f.NextExpiry()
 	mdue, mok := r.m.nextExpiry()
@@ -779,21 +1231,6 @@ func (r *modelRun) flushTwin(t *rapid.T) {
 		t.Fatalf("ApplyBatch returned %d results for %d entries", len(out), len(r.pending))
 	}
 	r.pending = nil
-}
-
-// acquirer is the holder of cmd's acquire (a batch holds at most one).
-func acquirer(cmd fsm.Command) string {
-	switch c := cmd.(type) {
-	case *fsm.Acquire:
-		return c.Holder
-	case *fsm.Batch:
-		for _, sub := range c.Cmds {
-			if a, ok := sub.(*fsm.Acquire); ok {
-				return a.Holder
-			}
-		}
-	}
-	return ""
 }
 
 func describe(cmd fsm.Command) string {

@@ -15,6 +15,7 @@ import (
 // craft builds snapshots in the current format with valid checksums, so
 // only Restore's own checks stand between their numbers and the state.
 type craft struct {
+	version        uint64 // 2 unless set
 	epoch, applied uint64
 	now            time.Duration
 	recs           []craftRec
@@ -26,6 +27,9 @@ type craftRec struct {
 	req, token         uint64
 	ttl, delay, expiry time.Duration
 	state              fsm.State
+	flags              byte // version 3: mode, limit and flags
+	mode               fsm.Mode
+	limit              uint64
 }
 
 type craftMark struct {
@@ -35,7 +39,11 @@ type craftMark struct {
 }
 
 func (c craft) bytes() []byte {
-	hdr := binary.AppendUvarint(nil, 2)
+	version := c.version
+	if version == 0 {
+		version = 2
+	}
+	hdr := binary.AppendUvarint(nil, version)
 	hdr = binary.AppendUvarint(hdr, c.epoch)
 	hdr = binary.AppendVarint(hdr, int64(c.now))
 	hdr = binary.AppendUvarint(hdr, c.applied)
@@ -54,7 +62,12 @@ func (c craft) bytes() []byte {
 			b = binary.AppendVarint(b, int64(r.ttl))
 			b = binary.AppendVarint(b, int64(r.delay))
 			b = binary.AppendVarint(b, int64(r.expiry))
-			b = append(b, byte(r.state), 0, 0) // state, flags, empty value
+			b = append(b, byte(r.state), r.flags)
+			if version >= 3 {
+				b = append(b, byte(r.mode))
+				b = binary.AppendUvarint(b, r.limit)
+			}
+			b = append(b, 0) // empty value
 		}
 		out = append(out, frame(b)...)
 	}
@@ -83,8 +96,8 @@ func (c craft) bytes() []byte {
 // another holder at once.
 func TestRestoreRangeChecks(t *testing.T) {
 	const h = time.Hour
-	held := craftRec{"a", "c1", 1, 5, 10 * s, 0, 30 * s, fsm.StateHeld}
-	delayed := craftRec{"a", "c1", 1, 5, 10 * s, 5 * s, 15 * s, fsm.StateDelayed}
+	held := craftRec{key: "a", holder: "c1", req: 1, token: 5, ttl: 10 * s, expiry: 30 * s, state: fsm.StateHeld}
+	delayed := craftRec{key: "a", holder: "c1", req: 1, token: 5, ttl: 10 * s, delay: 5 * s, expiry: 15 * s, state: fsm.StateDelayed}
 	base := craft{epoch: 3, applied: 9, now: 20 * s}
 	with := func(mod func(*craft)) craft {
 		c := base
@@ -219,7 +232,7 @@ func TestRestoreUnsafeSkipRebase(t *testing.T) {
 	if err := restoreBytes(g, snap); err != nil {
 		t.Fatalf("unsafe restore: %v", err)
 	}
-	bad := craft{epoch: 3, applied: 9, now: 20 * s, recs: []craftRec{{"a", "c1", 1, 5, h1, 24 * time.Hour, math.MaxInt64 - h1, fsm.StateDelayed}}}
+	bad := craft{epoch: 3, applied: 9, now: 20 * s, recs: []craftRec{{key: "a", holder: "c1", req: 1, token: 5, ttl: h1, delay: 24 * time.Hour, expiry: math.MaxInt64 - h1, state: fsm.StateDelayed}}}
 	if err := restoreBytes(g, bad.bytes()); !errors.Is(err, fsm.ErrCorruptSnapshot) {
 		t.Fatalf("unsafe restore of the issue's backup: %v", err)
 	}

@@ -118,6 +118,22 @@ func (c *Acquire) Validate() error {
 	if len(c.Value) > MaxValueLen {
 		return fmt.Errorf("value of %d bytes exceeds %d", len(c.Value), MaxValueLen)
 	}
+	if 1+len(c.More) > MaxSetKeys {
+		return fmt.Errorf("acquire of %d keys, at most %d", 1+len(c.More), MaxSetKeys)
+	}
+	if len(c.More) == 0 {
+		return Item{Key: c.Key, Mode: c.Mode, Limit: c.Limit}.validate()
+	}
+	seen := make(map[string]bool, 1+len(c.More))
+	for _, it := range c.Items() {
+		if err := it.validate(); err != nil {
+			return err
+		}
+		if seen[it.Key] {
+			return fmt.Errorf("key %q named twice", it.Key)
+		}
+		seen[it.Key] = true
+	}
 	return nil
 }
 

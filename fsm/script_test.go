@@ -21,7 +21,10 @@ package fsm_test
 // and defaults to the previous command's.
 //
 //	promote epoch=E at=D
-//	acquire key=K holder=H req=N ttl=D [delay=D] [value=V] [at=D] [epoch=E]
+//	acquire key=K holder=H req=N ttl=D [delay=D] [value=V] [mode=M] [n=N]
+//	        [more=K2[:M2],...] [at=D] [epoch=E]
+//	                            (M: exclusive, shared, or semaphore with n=N;
+//	                            more: further keys, :shared or :semN)
 //	extend holder=H K:TOKEN... [at=D] [epoch=E]
 //	release key=K holder=H token=N [at=D] [epoch=E]
 //	cancel key=K holder=H req=N [at=D] [epoch=E]
@@ -29,7 +32,8 @@ package fsm_test
 //	batch [at=D] [epoch=E]      (sub-commands on the following lines)
 //	entry hex=BYTES [crc]       (raw entry bytes; crc appends their CRC-32C)
 //	dump                        (clock, records, next expiry; no entry)
-//	get key=K                   (one record; no entry)
+//	get key=K                   (the key's first record; no entry)
+//	holdings key=K              (every record of the key; no entry)
 //	events                      (drain the change feed; no entry)
 //
 // A key or value written "@N" stands for N bytes ("k" or "v" repeated), for
@@ -314,6 +318,26 @@ func (h *harness) command(a args) (fsm.Command, error) {
 		if v := a.optStr("value"); v != "" {
 			c.Value = []byte(v)
 		}
+		var err2 error
+		if c.Mode, err2 = parseMode(a.optStr("mode")); err2 != nil {
+			return nil, err2
+		}
+		if n, ok := a.kv["n"]; ok {
+			v, err := strconv.ParseUint(n, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("n=%s: %v", n, err)
+			}
+			c.Limit = uint32(v)
+		}
+		if more := a.optStr("more"); more != "" {
+			for _, w := range strings.Split(more, ",") {
+				it, err := parseItem(w)
+				if err != nil {
+					return nil, err
+				}
+				c.More = append(c.More, it)
+			}
+		}
 		return c, nil
 	case "extend":
 		c := &fsm.Extend{}
@@ -382,6 +406,20 @@ func (h *harness) run(line string, input []string) (string, error) {
 			return "not found", nil
 		}
 		return formatLease(&l), nil
+	case "holdings":
+		k, err := a.str("key")
+		if err != nil {
+			return "", err
+		}
+		hs := h.f.Holdings(k)
+		if len(hs) == 0 {
+			return "none", nil
+		}
+		var sb strings.Builder
+		for i := range hs {
+			sb.WriteString(formatLease(&hs[i]) + "\n")
+		}
+		return sb.String(), nil
 	case "events":
 		var sb strings.Builder
 		for _, e := range h.f.Drain(nil) {
@@ -509,7 +547,53 @@ func formatLease(l *fsm.Lease) string {
 	if l.Seen {
 		s += " seen"
 	}
+	switch l.Mode {
+	case fsm.ModeExclusive:
+	case fsm.ModeSemaphore:
+		s += fmt.Sprintf(" mode=semaphore/%d", l.Limit)
+	default:
+		s += " mode=" + l.Mode.String()
+		if l.Limit != 0 {
+			s += fmt.Sprintf(" n=%d", l.Limit)
+		}
+	}
+	if l.Set != 0 {
+		s += fmt.Sprintf(" set=%d:%s", l.Set, strings.Join(l.SetKeys, ","))
+	}
 	return s
+}
+
+// parseMode reads exclusive (or nothing), shared or semaphore.
+func parseMode(m string) (fsm.Mode, error) {
+	switch m {
+	case "", "exclusive":
+		return fsm.ModeExclusive, nil
+	case "shared":
+		return fsm.ModeShared, nil
+	case "semaphore":
+		return fsm.ModeSemaphore, nil
+	}
+	if n, err := strconv.Atoi(m); err == nil {
+		return fsm.Mode(n), nil // a raw mode, for bad input
+	}
+	return 0, fmt.Errorf("mode=%s: want exclusive, shared, semaphore or a number", m)
+}
+
+// parseItem reads KEY, KEY:shared, KEY:exclusive or KEY:semN.
+func parseItem(w string) (fsm.Item, error) {
+	k, m, _ := strings.Cut(w, ":")
+	it := fsm.Item{Key: k}
+	if n, ok := strings.CutPrefix(m, "sem"); ok {
+		v, err := strconv.ParseUint(n, 10, 32)
+		if err != nil {
+			return it, fmt.Errorf("item %q: %v", w, err)
+		}
+		it.Mode, it.Limit = fsm.ModeSemaphore, uint32(v)
+		return it, nil
+	}
+	var err error
+	it.Mode, err = parseMode(m)
+	return it, err
 }
 
 func formatMark(m fsm.Mark) string {
@@ -534,6 +618,16 @@ func formatEvent(e fsm.Event) string {
 	if len(e.Value) > 0 {
 		s += " value=" + string(e.Value)
 	}
+	switch e.Mode {
+	case fsm.ModeExclusive:
+	case fsm.ModeSemaphore:
+		s += fmt.Sprintf(" mode=semaphore/%d", e.Limit)
+	default:
+		s += " mode=" + e.Mode.String()
+	}
+	if e.Set != 0 {
+		s += fmt.Sprintf(" set=%d", e.Set)
+	}
 	return s
 }
 
@@ -543,6 +637,9 @@ func dumpFSM(f *fsm.FSM) string {
 	st := f.Stats()
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "epoch=%d now=%v applied=%d held=%d delayed=%d marks=%d\n", st.Epoch, st.Now, st.Applied, st.Held, st.Delayed, st.Marks)
+	if st.Keys != st.Held+st.Delayed {
+		fmt.Fprintf(&sb, "keys=%d\n", st.Keys)
+	}
 	leases, _ := f.List("", "", 1<<30)
 	for i := range leases {
 		sb.WriteString(formatLease(&leases[i]) + "\n")

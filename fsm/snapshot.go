@@ -7,41 +7,51 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/google/btree"
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot format, version 2:
+// Snapshot format, version 3:
 //
 //	magic    "LNSNAP\x00\x01"
 //	frame*   uvarint length, payload, crc32c(payload) big-endian
 //
 // The first frame is the header: uvarint version, uvarint epoch, varint
 // now, uvarint applied, uvarint record count, uvarint mark count. Then
-// record frames, each uvarint n and n records in key order: key, holder,
-// uvarint reqID, uvarint token, varint ttl, varint lock-delay, varint
-// expiry, byte state, byte flags (1: Seen; no other bit is defined), value. Then mark frames, each uvarint n and n marks
+// record frames, each uvarint n and n records in (key, token) order: key,
+// holder, uvarint reqID, uvarint token, varint ttl, varint lock-delay,
+// varint expiry, byte state, byte flags (1: Seen; 2: a member of the
+// multi-key grant whose token it carries; no other bit is defined), byte
+// mode, uvarint limit, value. Then mark frames, each uvarint n and n marks
 // in (key, holder) order: key, holder, uvarint reqID, byte ended (0 or 1),
 // varint due. The stream ends right after the frame holding the last mark
 // (or record). Frames are checksummed one by one so restore streams with
 // bounded memory and still rejects any flipped bit; the counts in the
 // header catch truncation at a frame boundary.
 //
-// Version 1 (before request-id marks and Cancel) has no mark count, no
-// marks and no record flags; Restore still reads it, with Seen set on
-// every record.
+// Version 2 (before lock shapes) has no mode and no limit, no flag 2, and
+// at most one record per key, in key order; a state without shapes is
+// still written in it, so that a replica of the previous version can
+// restore it (see FormatVersion). Version 1 (before request-id marks and
+// Cancel) has no mark count, no marks and no record flags; Restore still
+// reads both, with Seen set on every version-1 record.
 const (
-	snapshotVersion = 2
+	snapshotVersion = 3
 	frameTarget     = 64 << 10
 	maxFrame        = 16 << 20
 )
 
 var snapshotMagic = []byte("LNSNAP\x00\x01")
 
-// flagSeen marks a record whose granting request was retried (Lease.Seen).
-const flagSeen = 1
+// Record flags: flagSeen marks a record whose granting request was retried
+// (Lease.Seen), flagSet one that belongs to a multi-key grant (Lease.Set).
+const (
+	flagSeen = 1
+	flagSet  = 2
+)
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -94,7 +104,7 @@ func ReadBackup(r io.Reader) (Stats, error) {
 		return Stats{}, err
 	}
 	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
-		Held: len(st.keys) - st.nDelayed, Delayed: st.nDelayed, Marks: st.marks.tree.Len()}, nil
+		Held: st.nHeld, Delayed: st.nDelayed, Keys: len(st.keys), Marks: st.marks.tree.Len()}, nil
 }
 
 // encode encodes the state under the lock and returns it with its stats.
@@ -102,11 +112,16 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	w := &frameWriter{}
-	hdr := binary.AppendUvarint(nil, snapshotVersion)
+	// The lowest version that can hold the state (see the format's doc).
+	version := uint64(2)
+	if f.nShaped > 0 || f.nHeld+f.nDelayed > len(f.keys) {
+		version = snapshotVersion
+	}
+	hdr := binary.AppendUvarint(nil, version)
 	hdr = binary.AppendUvarint(hdr, f.epoch)
 	hdr = binary.AppendVarint(hdr, int64(f.now))
 	hdr = binary.AppendUvarint(hdr, f.applied)
-	hdr = binary.AppendUvarint(hdr, uint64(len(f.keys)))
+	hdr = binary.AppendUvarint(hdr, uint64(len(f.heap)))
 	hdr = binary.AppendUvarint(hdr, uint64(f.marks.tree.Len()))
 	w.frame(hdr)
 	var buf []byte
@@ -117,11 +132,14 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 			buf, n = buf[:0], 0
 		}
 	}
-	f.order.Ascend(func(r *record) bool {
-		buf = appendRecord(buf, &r.Lease)
-		n++
-		if len(buf) >= frameTarget {
-			flush()
+	f.order.Ascend(func(ks *keyState) bool {
+		for _, r := range ks.recs {
+			l := r.lease()
+			buf = appendRecord(buf, &l, version)
+			n++
+			if len(buf) >= frameTarget {
+				flush()
+			}
 		}
 		return true
 	})
@@ -138,7 +156,7 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	return w, f.statsLocked()
 }
 
-func appendRecord(b []byte, l *Lease) []byte {
+func appendRecord(b []byte, l *Lease, version uint64) []byte {
 	b = appendString(b, l.Key)
 	b = appendString(b, l.Holder)
 	b = binary.AppendUvarint(b, l.ReqID)
@@ -151,7 +169,14 @@ func appendRecord(b []byte, l *Lease) []byte {
 	if l.Seen {
 		flags |= flagSeen
 	}
+	if l.Set != 0 {
+		flags |= flagSet
+	}
 	b = append(b, flags)
+	if version >= 3 {
+		b = append(b, byte(l.Mode))
+		b = binary.AppendUvarint(b, uint64(l.Limit))
+	}
 	return appendString(b, string(l.Value))
 }
 
@@ -215,13 +240,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.Fatal(); err != nil {
 		return fmt.Errorf("fsm: no restore after a fatal entry: %w", err)
 	}
-	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10), f.cfg.UnsafeSkipRebase)
+	st, err := readSnapshot(bufio.NewReaderSize(rc, 256<<10), f.cfg.unsafe())
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
-	f.keys, f.order, f.heap, f.nDelayed = st.keys, st.order, st.heap, st.nDelayed
+	f.keys, f.order, f.heap, f.nHeld, f.nDelayed, f.nShaped = st.keys, st.order, st.heap, st.nHeld, st.nDelayed, st.nShaped
 	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
@@ -275,7 +300,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		return nil, err
 	}
 	version := d.uvarint()
-	if d.err == nil && version != 1 && version != snapshotVersion {
+	if d.err == nil && (version < 1 || version > snapshotVersion) {
 		return nil, corrupt("snapshot version %d, this build reads 1 to %d", version, snapshotVersion)
 	}
 	st := newSnapState()
@@ -300,7 +325,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	case markCount > MaxMarks:
 		return nil, corrupt("%d marks, above MaxMarks %d", markCount, MaxMarks)
 	}
-	b := restoreBounds{now: st.now, applied: st.applied, lenient: lenient}
+	b := restoreBounds{now: st.now, applied: st.applied, lenient: lenient, version: version}
 	// Holder names repeat across records and marks: keep one copy.
 	holders := make(map[string]string)
 	intern := func(b []byte) string {
@@ -335,7 +360,8 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		}
 		return nil
 	}
-	var prev string
+	var prev *record
+	sets := map[uint64]*grantSet{}
 	err = items("record", count, func(d *decoder, i uint64) error {
 		r := &record{hidx: -1}
 		r.Key = d.string()
@@ -349,10 +375,26 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		r.Seen = true // version 1: Cancel never releases a restored record
 		if version >= 2 {
 			flags := d.byte()
-			if d.err == nil && flags&^flagSeen != 0 {
+			known := byte(flagSeen)
+			if version >= 3 {
+				known |= flagSet
+			}
+			if d.err == nil && flags&^known != 0 {
 				return corrupt("record %d: unknown flags %#x", i, flags)
 			}
 			r.Seen = flags&flagSeen != 0
+			if flags&flagSet != 0 {
+				gs := sets[r.Token]
+				if gs == nil {
+					gs = &grantSet{}
+					sets[r.Token] = gs
+				}
+				r.set = gs // checked and completed by linkSets
+			}
+		}
+		if version >= 3 {
+			r.Mode = Mode(d.byte())
+			r.Limit = d.limit()
 		}
 		if v := d.bytes(); len(v) > 0 {
 			r.Value = append([]byte(nil), v...)
@@ -363,19 +405,30 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		if err := r.check(prev, i, b); err != nil {
 			return err
 		}
-		prev = r.Key
-		st.add(r)
+		if prev != nil && prev.Key == r.Key {
+			r.Key = prev.Key // share one copy of the key
+		}
+		prev = r
+		if err := st.add(r, b); err != nil {
+			return err
+		}
+		if r.set != nil {
+			r.set.members = append(r.set.members, r)
+		}
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := st.linkSets(sets, b); err != nil {
 		return nil, err
 	}
 	var prevMark *mark
 	err = items("mark", markCount, func(d *decoder, i uint64) error {
 		m := &mark{hidx: -1}
 		kb := d.bytes()
-		if r, ok := st.keys[string(kb)]; ok {
-			m.Key = r.Key // share the record's copy
+		if ks, ok := st.keys[string(kb)]; ok {
+			m.Key = ks.key // share the record's copy
 		} else {
 			m.Key = string(kb)
 		}
@@ -444,15 +497,21 @@ type restoreBounds struct {
 	now     time.Duration
 	applied uint64
 	lenient bool
+	version uint64
 }
 
-// check validates a decoded record; i is its position in the snapshot.
-func (r *record) check(prev string, i uint64, b restoreBounds) error {
+// check validates a decoded record; i is its position in the snapshot,
+// prev the record before it (nil for the first).
+func (r *record) check(prev *record, i uint64, b restoreBounds) error {
 	switch {
 	case checkKey(r.Key) != nil:
 		return corrupt("record %d: %v", i, checkKey(r.Key))
-	case i > 0 && r.Key <= prev:
-		return corrupt("record %d: key %q out of order", i, r.Key)
+	case prev != nil && (r.Key < prev.Key || r.Key == prev.Key && r.Token <= prev.Token):
+		return corrupt("record %d: key %q token %d out of order", i, r.Key, r.Token)
+	case b.version < 3 && prev != nil && r.Key == prev.Key:
+		return corrupt("record %d: key %q twice in a version-%d snapshot", i, r.Key, b.version)
+	case (Item{Key: r.Key, Mode: r.Mode, Limit: r.Limit}).validate() != nil:
+		return corrupt("record %d: %v", i, (Item{Key: r.Key, Mode: r.Mode, Limit: r.Limit}).validate())
 	case r.State != StateHeld && r.State != StateDelayed:
 		return corrupt("record %d: bad state %d", i, r.State)
 	case checkHolder(r.Holder) != nil:
@@ -511,27 +570,100 @@ func (m *mark) check(prev *mark, i uint64, b restoreBounds) error {
 // snapState is a state being built by Restore before it replaces the live
 // one.
 type snapState struct {
-	epoch    uint64
-	now      time.Duration
-	applied  uint64
-	keys     map[string]*record
-	order    *btree.BTreeG[*record]
-	heap     expiryHeap
-	nDelayed int
-	marks    markSet
+	epoch           uint64
+	now             time.Duration
+	applied         uint64
+	keys            map[string]*keyState
+	order           *btree.BTreeG[*keyState]
+	heap            expiryHeap
+	nHeld, nDelayed int
+	nShaped         int
+	marks           markSet
+	slab            []keyState // keyStates are allocated a slab at a time
 }
 
 func newSnapState() *snapState {
-	return &snapState{keys: make(map[string]*record), order: newOrder(), marks: newMarkSet()}
+	return &snapState{keys: make(map[string]*keyState), order: newOrder(), marks: newMarkSet()}
 }
 
-// add appends a record; the heap is ordered once all are in.
-func (st *snapState) add(r *record) {
-	st.keys[r.Key] = r
-	st.order.ReplaceOrInsert(r)
+// add appends a record, which comes after every record added before it in
+// (key, token) order; the heap is ordered once all are in. Unless b is
+// lenient, the key's records must stay compatible (shape-compatibility)
+// and its holder must have no other live holding of the key.
+func (st *snapState) add(r *record, b restoreBounds) error {
+	ks := st.keys[r.Key]
+	if ks == nil {
+		if len(st.slab) == 0 {
+			st.slab = make([]keyState, 1024)
+		}
+		ks, st.slab = &st.slab[0], st.slab[1:]
+		ks.key = r.Key
+		st.keys[r.Key] = ks
+		st.order.ReplaceOrInsert(ks)
+	}
+	if !b.lenient {
+		if r.State == StateHeld && ks.live(r.Holder) != nil {
+			return corrupt("key %q: two live holdings of %q", r.Key, r.Holder)
+		}
+		if len(ks.recs) > 0 && !compatible(ks, r) {
+			return corrupt("key %q: a %s holding (token %d) beside %d exclusive, %d shared and %d semaphore records (limit %d)",
+				r.Key, r.Mode, r.Token, ks.n[ModeExclusive], ks.n[ModeShared], ks.n[ModeSemaphore], ks.limit)
+		}
+	}
+	ks.add(r)
 	r.hidx = len(st.heap)
 	st.heap = append(st.heap, r)
 	if r.State == StateDelayed {
 		st.nDelayed++
+	} else {
+		st.nHeld++
 	}
+	if r.shaped() {
+		st.nShaped++
+	}
+	return nil
+}
+
+// compatible reports whether r may sit beside ks's records by the rules
+// of compat, whatever their state.
+func compatible(ks *keyState, r *record) bool {
+	n := ks.n
+	switch r.Mode {
+	case ModeShared:
+		return n[ModeExclusive] == 0 && n[ModeSemaphore] == 0
+	case ModeSemaphore:
+		return n[ModeExclusive] == 0 && n[ModeShared] == 0 && ks.limit == r.Limit && n[ModeSemaphore] < int32(r.Limit)
+	}
+	return false // exclusive: only on an empty key
+}
+
+// linkSets ties the members of each multi-key grant together, checking
+// that they agree on everything a grant shares (set-atomicity): a set of
+// 2 to MaxSetKeys members (a single one only if lenient: UnsafePartialSet
+// makes them) with one holder, request id, TTL, lock-delay, expiry,
+// state, Seen and value.
+func (st *snapState) linkSets(sets map[uint64]*grantSet, b restoreBounds) error {
+	tokens := make([]uint64, 0, len(sets))
+	for token := range sets {
+		tokens = append(tokens, token)
+	}
+	slices.Sort(tokens)
+	for _, token := range tokens {
+		gs := sets[token]
+		if len(gs.members) > MaxSetKeys || len(gs.members) < 2 && !b.lenient {
+			return corrupt("set %d: %d members, want 2 to %d", token, len(gs.members), MaxSetKeys)
+		}
+		first := gs.members[0]
+		gs.keys = make([]string, len(gs.members))
+		for i, m := range gs.members {
+			if m.Holder != first.Holder || m.ReqID != first.ReqID || m.TTL != first.TTL ||
+				m.LockDelay != first.LockDelay || m.Expiry != first.Expiry || m.State != first.State ||
+				m.Seen != first.Seen || string(m.Value) != string(first.Value) {
+				return corrupt("set %d: member on key %q differs from the one on %q", token, m.Key, first.Key)
+			}
+			gs.keys[i] = m.Key
+		}
+
+	}
+	return nil
 }

@@ -130,6 +130,51 @@ func BenchmarkHandoffGap(b *testing.B) {
 	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
 }
 
+// BenchmarkSemaphoreHandoffGap: BenchmarkHandoffGap on a semaphore of 2
+// whose other slot stays held: the time from one holder's Release call to
+// the waiting Acquire of another client returning with the freed slot.
+func BenchmarkSemaphoreHandoffGap(b *testing.B) {
+	c, mks := benchClients(b)
+	mk := mks["follower"]
+	a, w, other := mk(b), mk(b), mk(b)
+	sem := lease.Semaphore(2)
+	keep, err := other.Acquire(context.Background(), "semgap", sem)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer keep.Release(context.Background())
+	var gaps []time.Duration
+	b.ResetTimer()
+	l, err := a.Acquire(context.Background(), "semgap", sem)
+	if err != nil {
+		b.Fatal(err)
+	}
+	waiter, next := w, a
+	for range b.N {
+		got := make(chan *lease.Lease)
+		go func() {
+			nl, err := waiter.Acquire(context.Background(), "semgap", sem)
+			if err != nil {
+				b.Error(err)
+			}
+			got <- nl
+		}()
+		waitQueued(b, c)
+		t0 := time.Now()
+		if err := l.Release(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		l = <-got
+		gaps = append(gaps, time.Since(t0))
+		waiter, next = next, waiter
+	}
+	b.StopTimer()
+	l.Release(context.Background())
+	p50, p99 := nodetest.Quantiles(gaps)
+	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
+}
+
 // waitQueued waits until the leader has one waiter queued.
 func waitQueued(b *testing.B, c *nodetest.Cluster) {
 	nodetest.Eventually(b, 5*time.Second, func() error {

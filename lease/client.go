@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
@@ -43,7 +45,7 @@ type Client struct {
 	reqID atomic.Uint64 // request ids: strictly increasing per holder
 
 	mu     sync.Mutex
-	held   map[string]*held         // key → lease being kept alive
+	held   map[*held]struct{}       // leases being kept alive
 	guards map[string]chan struct{} // key → local guard (capacity 1)
 	closed bool
 
@@ -66,7 +68,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		opts:   o,
 		retry:  RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax},
 		log:    o.logger.With("component", "lease.client", "holder", o.holder),
-		held:   map[string]*held{},
+		held:   map[*held]struct{}{},
 		guards: map[string]chan struct{}{},
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
@@ -94,8 +96,10 @@ func (c *Client) HolderName() string { return c.opts.name }
 // TryAcquire acquires key if it is free and returns the Lease; if another
 // holder has it, it returns nil, nil at once. If this Client already holds
 // key it also returns nil, nil: one Client never competes with itself.
+// With Shared or Semaphore the key is free while it can take one more
+// holder of that shape.
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lease, error) {
-	l, err := c.acquire(ctx, key, false, opts)
+	l, err := c.acquire(ctx, nil, key, false, opts)
 	if errors.Is(err, ErrHeld) {
 		return nil, nil
 	}
@@ -107,16 +111,49 @@ func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOpti
 // expires). ctx bounds the wait. If this Client holds key already, Acquire
 // first waits for that lease to be released.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lease, error) {
-	return c.acquire(ctx, key, true, opts)
+	return c.acquire(ctx, nil, key, true, opts)
 }
 
 // AcquireTimeout is Acquire bounded by maxWait. On timeout the error
 // matches ErrTimeout (and ErrHeld, as a *HeldError naming the holder, when
 // the key was seen held).
 func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Duration, opts ...AcquireOption) (*Lease, error) {
+	return c.acquireTimeout(ctx, nil, key, maxWait, opts)
+}
+
+// TryAcquireSet acquires every key of items at once, each in its shape,
+// if all of them are free, and returns one Lease for the set; if any is
+// held (or this Client holds any), it returns nil, nil at once and holds
+// none of them. The cluster grants the set in one Raft entry, all or
+// none: one fencing token for every key, one expiry, one extend and one
+// release for all. TTL, Value and LockDelay apply to every key; Shared and
+// Semaphore are set per Item instead.
+func (c *Client) TryAcquireSet(ctx context.Context, items []Item, opts ...AcquireOption) (*Lease, error) {
+	l, err := c.acquire(ctx, items, "", false, opts)
+	if errors.Is(err, ErrHeld) {
+		return nil, nil
+	}
+	return l, err
+}
+
+// AcquireSet waits until every key of items is granted at once, queued
+// FIFO at the leader on each key (see TryAcquireSet). It never holds part
+// of the set while it waits, and two clients that wait for overlapping
+// sets, named in any order, cannot wait for each other: the cluster
+// grants waiters in one arrival order on every key. ctx bounds the wait.
+func (c *Client) AcquireSet(ctx context.Context, items []Item, opts ...AcquireOption) (*Lease, error) {
+	return c.acquire(ctx, items, "", true, opts)
+}
+
+// AcquireSetTimeout is AcquireSet bounded by maxWait, as AcquireTimeout.
+func (c *Client) AcquireSetTimeout(ctx context.Context, items []Item, maxWait time.Duration, opts ...AcquireOption) (*Lease, error) {
+	return c.acquireTimeout(ctx, items, "", maxWait, opts)
+}
+
+func (c *Client) acquireTimeout(ctx context.Context, items []Item, key string, maxWait time.Duration, opts []AcquireOption) (*Lease, error) {
 	wctx, cancel := context.WithTimeoutCause(ctx, maxWait, ErrTimeout)
 	defer cancel()
-	l, err := c.acquire(wctx, key, true, opts)
+	l, err := c.acquire(wctx, items, key, true, opts)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(wctx), ErrTimeout) {
 		var he *HeldError
 		if errors.As(err, &he) {
@@ -130,23 +167,68 @@ func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Du
 	return l, err
 }
 
-func (c *Client) acquire(ctx context.Context, key string, wait bool, opts []AcquireOption) (*Lease, error) {
+// acquire acquires items (or, if items is nil, key in the shape opts
+// give) under this Client's local guards of every key.
+func (c *Client) acquire(ctx context.Context, items []Item, key string, wait bool, opts []AcquireOption) (*Lease, error) {
 	ao := acquireOptions{ttl: c.opts.ttl}
 	for _, f := range opts {
 		f(&ao)
 	}
-	if key == "" {
-		return nil, fmt.Errorf("acquire: %w: empty key", ErrInvalid)
+	if items == nil {
+		items = []Item{{Key: key, Shared: ao.shared, Semaphore: ao.semaphore}}
+	} else if ao.shared || ao.semaphore != 0 {
+		return nil, fmt.Errorf("acquire: %w: Shared and Semaphore options are for one key; set them per Item of a set", ErrInvalid)
 	}
-	guard, err := c.lockGuard(ctx, key, wait)
+	if len(items) == 0 || len(items) > maxSetKeys {
+		return nil, fmt.Errorf("acquire: %w: %d keys, want 1 to %d", ErrInvalid, len(items), maxSetKeys)
+	}
+	wire := make([]*pb.AcquireItem, len(items))
+	keys := make([]string, len(items))
+	for i, it := range items {
+		w, err := it.pb()
+		if err != nil {
+			return nil, fmt.Errorf("acquire: %w", err)
+		}
+		wire[i], keys[i] = w, it.Key
+	}
+	items = slices.Clone(items)
+	guards, err := c.lockGuards(ctx, keys, wait)
 	if err != nil {
 		return nil, err
 	}
-	l, err := c.acquireLocked(ctx, key, wait, ao)
+	l, err := c.acquireLocked(ctx, items, wire, wait, ao)
 	if l == nil {
-		<-guard
+		for _, g := range guards {
+			<-g
+		}
 	}
 	return l, err
+}
+
+// lockGuards takes the local guards of keys, in key order so that two
+// goroutines of this Client taking overlapping sets cannot deadlock; it
+// waits for each when wait is set, else fails with ErrHeld if this Client
+// holds any. A key named twice is ErrInvalid.
+func (c *Client) lockGuards(ctx context.Context, keys []string, wait bool) ([]chan struct{}, error) {
+	sorted := slices.Clone(keys)
+	slices.Sort(sorted)
+	for j := 1; j < len(sorted); j++ {
+		if sorted[j] == sorted[j-1] {
+			return nil, fmt.Errorf("acquire: %w: key %q named twice", ErrInvalid, sorted[j])
+		}
+	}
+	var taken []chan struct{}
+	for _, k := range sorted {
+		g, err := c.lockGuard(ctx, k, wait)
+		if err != nil {
+			for _, t := range taken {
+				<-t
+			}
+			return nil, err
+		}
+		taken = append(taken, g)
+	}
+	return taken, nil
 }
 
 // lockGuard takes the local guard of key: waits for it when wait is set,
@@ -187,10 +269,12 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 // id is stale (a node withdrew it after its outcome was lost, see
 // node.Cancel), the id can never be granted any more and a new one is
 // used.
-func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao acquireOptions) (*Lease, error) {
+func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.AcquireItem, wait bool, ao acquireOptions) (*Lease, error) {
+	key := items[0].Key
 	req := &pb.AcquireRequest{
 		Key: key, Holder: c.opts.holder, RequestId: c.reqID.Add(1),
 		Ttl: durationpb.New(ao.ttl), LockDelay: durationpb.New(ao.lockDelay), Value: ao.value, Wait: wait,
+		Mode: wire[0].Mode, Limit: wire[0].Limit, Items: wire[1:],
 	}
 	var (
 		resp    *pb.AcquireResponse
@@ -221,9 +305,9 @@ func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao ac
 	})
 	if err == nil {
 		if resp.GetGranted() {
-			return c.newLease(key, resp, sent, ao), nil
+			return c.newLease(items, resp, sent, ao), nil
 		}
-		return nil, &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
+		return nil, heldError(key, resp)
 	}
 	cause := context.Cause(ctx)
 	if ctx.Err() == nil || !maybe {
@@ -243,6 +327,15 @@ func (c *Client) acquireLocked(ctx context.Context, key string, wait bool, ao ac
 		return nil, held
 	}
 	return nil, fmt.Errorf("acquire %q: %w", key, cause)
+}
+
+// heldError is the HeldError of a refused acquire of key: the key the
+// cluster names as held (one of a set's), its holder and wait.
+func heldError(key string, resp *pb.AcquireResponse) *HeldError {
+	if k := resp.GetHeldKey(); k != "" {
+		key = k
+	}
+	return &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
 }
 
 // attemptContext bounds one attempt. A waiting acquire waits as long as
@@ -266,7 +359,8 @@ const resolveTimeout = time.Second
 func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
-	r := &pb.AcquireRequest{Key: req.Key, Holder: req.Holder, RequestId: req.RequestId, Ttl: req.Ttl, LockDelay: req.LockDelay, Value: req.Value}
+	r := proto.CloneOf(req)
+	r.Wait = false
 	var held *HeldError
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		resp, err := c.b.Acquire(ctx, r)
@@ -284,7 +378,7 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 			return nil
 		}
 		if !resp.GetGranted() {
-			held = &HeldError{Key: req.Key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
+			held = heldError(req.Key, resp)
 			return nil
 		}
 		_, err = c.b.Release(ctx, &pb.ReleaseRequest{Key: req.Key, Holder: req.Holder, Token: resp.GetToken()})
@@ -302,13 +396,14 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 // its clock, and arrival is after sent, so with clock rates within
 // drift/2 the client stops believing before the cluster could grant the key
 // to anyone else.
-func (c *Client) newLease(key string, resp *pb.AcquireResponse, sent time.Time, ao acquireOptions) *Lease {
+func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time, ao acquireOptions) *Lease {
 	ttl := ao.ttl
 	if t := resp.GetTtl(); t != nil {
 		ttl = t.AsDuration()
 	}
 	h := &held{
-		key:      key,
+		key:      items[0].Key,
+		items:    items,
 		token:    resp.GetToken(),
 		ttl:      ttl,
 		value:    ao.value,
@@ -319,7 +414,7 @@ func (c *Client) newLease(key string, resp *pb.AcquireResponse, sent time.Time, 
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
 	h.validUntil = c.validity(sent, resp.GetWaited().AsDuration()+ttl)
 	c.mu.Lock()
-	c.held[key] = h
+	c.held[h] = struct{}{}
 	c.mu.Unlock()
 	c.wake()
 	l := &Lease{c: c, h: h}
@@ -368,12 +463,15 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	close(h.done)
 	h.cancel(err)
 	c.mu.Lock()
-	if c.held[h.key] == h {
-		delete(c.held, h.key)
+	delete(c.held, h)
+	guards := make([]chan struct{}, 0, len(h.items))
+	for _, it := range h.items {
+		if g := c.guards[it.Key]; g != nil {
+			guards = append(guards, g)
+		}
 	}
-	g := c.guards[h.key]
 	c.mu.Unlock()
-	if g != nil {
+	for _, g := range guards {
 		<-g
 	}
 	if release {
@@ -409,7 +507,9 @@ func (c *Client) releaseRecord(ctx context.Context, h *held) error {
 }
 
 // Get returns the current record of key, or nil if nobody holds it. The
-// read is linearizable (served by the leader).
+// read is linearizable (served by the leader). A key held by several
+// holders (Shared, Semaphore) reports its first: the live holding with
+// the lowest token (Holdings returns them all).
 func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
 		return c.b.Get(ctx, &pb.GetRequest{Key: key})
@@ -424,8 +524,29 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 	return &info, nil
 }
 
-// List returns every record whose key starts with prefix, in key order,
-// reading page by page from the leader.
+// Holdings returns every holding of key, linearizably: its live holdings
+// in token order (grant order), then the lock-delays of expired ones. It
+// is empty when the key is free.
+func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
+	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
+		return c.b.Get(ctx, &pb.GetRequest{Key: key})
+	})
+	if err != nil {
+		return nil, classify("get", key, err)
+	}
+	hs := resp.GetHoldings()
+	if len(hs) == 0 && resp.GetFound() {
+		hs = []*pb.Lease{resp.GetLease()} // a server without shapes
+	}
+	out := make([]Info, len(hs))
+	for i, l := range hs {
+		out[i] = infoFromPB(l)
+	}
+	return out, nil
+}
+
+// List returns every holding of every key that starts with prefix, in key
+// order (within a key, as Holdings), reading page by page from the leader.
 func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 	var out []Info
 	after := ""
@@ -436,7 +557,11 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 		if err != nil {
 			return nil, classify("list", prefix, err)
 		}
-		for _, l := range resp.GetLeases() {
+		page := resp.GetHoldings()
+		if len(page) == 0 {
+			page = resp.GetLeases() // a server without shapes
+		}
+		for _, l := range page {
 			out = append(out, infoFromPB(l))
 		}
 		if resp.GetNext() == "" {
@@ -446,9 +571,11 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 	}
 }
 
-// CheckToken asks the cluster, linearizably, whether token is key's
-// current fencing token and its lease unexpired: what a resource that can
-// reach the cluster asks before accepting a write (Chubby's sequencer).
+// CheckToken asks the cluster, linearizably, whether token is the token of
+// a live holding of key (unexpired by the leader's clock): what a resource
+// that can reach the cluster asks before accepting a write (Chubby's
+// sequencer). For a key with several holders (Shared, Semaphore), every
+// one of their tokens is current; pass Lease.TokenFor(key) for a set.
 func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool, error) {
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.CheckTokenResponse, error) {
 		return c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: key, Token: token})
@@ -482,7 +609,7 @@ func (c *Client) Close(ctx context.Context) error {
 	}
 	c.closed = true
 	hs := make([]*held, 0, len(c.held))
-	for _, h := range c.held {
+	for h := range c.held {
 		hs = append(hs, h)
 	}
 	c.mu.Unlock()

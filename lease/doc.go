@@ -11,6 +11,53 @@
 //	defer l.Release(ctx)
 //	doWork(l.Context(), l.Token())
 //
+// # Shapes
+//
+// A key is exclusive by default: one holder at a time. Three more shapes
+// keep every rule of an exclusive lease (one clock, fencing tokens, FIFO
+// handoff at the leader, batched extends, lock-delay, survival across
+// failover):
+//
+//	l, err := client.Acquire(ctx, "pool/gpu", lease.Semaphore(4)) // one of 4 slots
+//	l, err := client.Acquire(ctx, "config", lease.Shared())       // a reader
+//	l, err := client.Acquire(ctx, "config")                       // the writer
+//	l, err := client.AcquireSet(ctx, []lease.Item{                // both, or neither
+//		{Key: "accounts/alice"}, {Key: "accounts/bob"},
+//	})
+//
+// Which to use:
+//
+//   - Exclusive: one actor at a time (a job runner, a leader, a writer).
+//   - Semaphore(n): at most n actors at a time (n workers on a rate-limited
+//     API, n concurrent migrations). Every holder of a key must ask the
+//     same n while any holds it; each holder has its own token and expiry.
+//   - Shared and exclusive: a read-write lock. Any number of Shared holders
+//     together, or one exclusive holder. A writer that waits stops newer
+//     readers behind it (they queue after it), so readers cannot starve
+//     it; the readers already holding finish first.
+//   - AcquireSet: several keys at once, each in its own shape, all or none
+//     in one Raft entry (a transfer between two accounts, a job that needs
+//     a database and a queue). Nothing is held while it waits, so it never
+//     holds part of a set, and two clients taking {a, b} and {b, a} cannot
+//     deadlock: the leader queues waiters in one arrival order on every
+//     key. The set has one token (the same on every key), one expiry, and
+//     is extended and released as one: Release, expiry or loss of the
+//     Lease frees every key together. Prefer it to acquiring keys one by
+//     one in a fixed order: that holds some keys while waiting for others.
+//
+// What a token means for a resource shared by readers and writers: tokens
+// are Raft indexes, so every grant of a key, shared or not, has a token
+// above every grant before it. A write carrying token T, accepted by a
+// resource that records the highest token it has seen (Fence), therefore
+// fences every reader and writer that holds a lower token: a reader paused
+// past its lease cannot act on what it read once a writer has written.
+// Readers must not record their tokens (readers do not exclude each
+// other, and a reader with token 8 would be refused after one with token
+// 10): they check theirs with Fence.CheckRead, which refuses a token below
+// the highest write admitted and records nothing. For a set,
+// Lease.TokenFor(key) is the token to send with writes to key, and
+// CheckToken(key, token) is true while any live holding of key has it.
+//
 // # Safety
 //
 // A Lease is certainly held until ValidUntil: the send time of the request

@@ -36,6 +36,21 @@ func (f *Fence) Check(key string, token uint64) error {
 	return nil
 }
 
+// CheckRead admits a read of key by a holder of token (a Shared holder)
+// if no write with a higher token was admitted by Check, and records
+// nothing: readers do not fence each other, only writers fence readers.
+// Otherwise it returns an error matching ErrStaleToken: a writer was
+// granted the key after this reader, so what the reader holds may be
+// stale.
+func (f *Fence) CheckRead(key string, token uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h := f.highest[key]; token < h {
+		return fmt.Errorf("%w: read of key %q with token %d, a write with %d was admitted", ErrStaleToken, key, token, h)
+	}
+	return nil
+}
+
 // Highest returns the highest token seen for key.
 func (f *Fence) Highest(key string) uint64 {
 	f.mu.Lock()

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,7 +22,8 @@ type Lease struct {
 // reference the *Lease, so that a Lease dropped without Release becomes
 // unreachable and its cleanup releases it.
 type held struct {
-	key   string
+	key   string // items[0].Key: the one extends and releases name
+	items []Item // every key, as asked
 	token uint64
 	ttl   time.Duration
 	value []byte
@@ -40,15 +42,40 @@ type held struct {
 	err        error     // why it ended; nil while held
 }
 
-// Key returns the leased key.
+// Key returns the leased key (the first key of a set).
 func (l *Lease) Key() string { return l.h.key }
+
+// Keys returns every key of the lease, in the order they were asked for
+// (one key unless it came from AcquireSet).
+func (l *Lease) Keys() []string {
+	out := make([]string, len(l.h.items))
+	for i, it := range l.h.items {
+		out[i] = it.Key
+	}
+	return out
+}
+
+// Items returns every key of the lease with the shape it is held in.
+func (l *Lease) Items() []Item { return slices.Clone(l.h.items) }
 
 // Token returns the fencing token: the Raft index of the grant, strictly
 // increasing per key and cluster-wide. Send it with every write to the
 // protected resource, which must refuse tokens lower than the highest it
 // has seen (see Fence), so a holder that was paused past its lease cannot
-// overwrite its successor's work.
+// overwrite its successor's work. Every key of a set has this token (they
+// were granted by one entry).
 func (l *Lease) Token() uint64 { return l.h.token }
+
+// TokenFor returns the fencing token of key: Token if key is one of the
+// lease's keys, else 0. Fence and CheckToken take it per key.
+func (l *Lease) TokenFor(key string) uint64 {
+	for _, it := range l.h.items {
+		if it.Key == key {
+			return l.h.token
+		}
+	}
+	return 0
+}
 
 // Value returns the value attached at acquire.
 func (l *Lease) Value() []byte { return l.h.value }
@@ -131,26 +158,41 @@ func (l *Lease) Release(ctx context.Context) error {
 	return l.c.releaseRecord(ctx, l.h)
 }
 
-// Info is a lease record as the cluster reports it.
+// Info is one holding of a key as the cluster reports it.
 type Info struct {
 	Key    string
 	Holder string // empty while the key is in lock-delay
 	Token  uint64
 	TTL    time.Duration
 	Value  []byte
-	// LockDelay is set when the key is blocked after an expiry.
+	// LockDelay is set when this record only blocks the key after an
+	// expiry (it keeps its place in its shape until the delay ends).
 	LockDelay bool
 	// Remaining is the time left by the leader's clock when read; advisory
 	// only, never a basis for safety.
 	Remaining time.Duration
+	// Shared and Semaphore say how the holding shares the key (Semaphore
+	// is the n of a semaphore; neither: exclusive).
+	Shared    bool
+	Semaphore int
+	// SetKeys are the keys of the multi-key lease this holding belongs to
+	// (all of them hold Token), nil if it was acquired alone.
+	SetKeys []string
 }
 
 func infoFromPB(l *pb.Lease) Info {
-	return Info{
+	info := Info{
 		Key: l.GetKey(), Holder: l.GetHolder(), Token: l.GetToken(), TTL: l.GetTtl().AsDuration(),
 		Value: l.GetValue(), LockDelay: l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY,
-		Remaining: l.GetRemaining().AsDuration(),
+		Remaining: l.GetRemaining().AsDuration(), SetKeys: l.GetSetKeys(),
 	}
+	switch l.GetMode() {
+	case pb.LeaseMode_LEASE_MODE_SHARED:
+		info.Shared = true
+	case pb.LeaseMode_LEASE_MODE_SEMAPHORE:
+		info.Semaphore = int(l.GetLimit())
+	}
+	return info
 }
 
 // run is the Client's one background loop: it extends every held lease in
@@ -171,7 +213,7 @@ func (c *Client) run() {
 		var due, ripe []*held
 		c.mu.Lock()
 		hs := make([]*held, 0, len(c.held))
-		for _, h := range c.held {
+		for h := range c.held {
 			hs = append(hs, h)
 		}
 		c.mu.Unlock()

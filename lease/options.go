@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Defaults of the client options.
@@ -140,6 +142,8 @@ type acquireOptions struct {
 	ttl       time.Duration
 	value     []byte
 	lockDelay time.Duration
+	shared    bool
+	semaphore int
 }
 
 // AcquireOption configures one acquire.
@@ -156,3 +160,54 @@ func Value(v []byte) AcquireOption { return func(o *acquireOptions) { o.value = 
 // without being released (Chubby's lock-delay): a holder that lost the
 // lease without noticing gets time to stop before the next one starts.
 func LockDelay(d time.Duration) AcquireOption { return func(o *acquireOptions) { o.lockDelay = d } }
+
+// Shared asks for the key shared: any number of shared holders may hold it
+// together, and no exclusive or semaphore holder beside them (the readers
+// of a read-write lock). A writer (an exclusive Acquire) that waits for
+// the key stops newer shared acquires behind it, so readers cannot starve
+// it. Each shared holder gets its own fencing token; see the package doc
+// for what a shared token means to a resource.
+func Shared() AcquireOption { return func(o *acquireOptions) { o.shared = true } }
+
+// Semaphore asks for one of n slots of the key: up to n holders may hold
+// it together, each with its own fencing token and expiry (Consul's
+// `lock -n`, Curator's semaphore). Every holder of the key must ask the
+// same n while any holds it; another n is refused with ErrInvalid. n is 1
+// to 65536.
+func Semaphore(n int) AcquireOption { return func(o *acquireOptions) { o.semaphore = n } }
+
+// Item is one key of a multi-key lease (Client.AcquireSet) and the way it
+// is held: exclusive by default, Shared (readers), or a slot of a
+// semaphore of Semaphore holders.
+type Item struct {
+	Key       string
+	Shared    bool
+	Semaphore int
+}
+
+// maxSetKeys is the cluster's limit on the keys of one lease
+// (fsm.MaxSetKeys), and maxSemaphore on a semaphore's n (fsm.MaxLimit).
+const (
+	maxSetKeys   = 64
+	maxSemaphore = 1 << 16
+)
+
+// pbItem checks it and returns its wire form.
+func (it Item) pb() (*pb.AcquireItem, error) {
+	if it.Key == "" {
+		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	out := &pb.AcquireItem{Key: it.Key}
+	switch {
+	case it.Shared && it.Semaphore != 0:
+		return nil, fmt.Errorf("%w: key %q: shared or a semaphore, not both", ErrInvalid, it.Key)
+	case it.Shared:
+		out.Mode = pb.LeaseMode_LEASE_MODE_SHARED
+	case it.Semaphore != 0:
+		if it.Semaphore < 1 || it.Semaphore > maxSemaphore {
+			return nil, fmt.Errorf("%w: key %q: semaphore of %d, want 1 to %d", ErrInvalid, it.Key, it.Semaphore, maxSemaphore)
+		}
+		out.Mode, out.Limit = pb.LeaseMode_LEASE_MODE_SEMAPHORE, uint32(it.Semaphore)
+	}
+	return out, nil
+}

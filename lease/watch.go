@@ -27,15 +27,24 @@ type Event struct {
 	// Index is the Raft index of the change.
 	Index uint64
 	Key   string
-	// Holder, Token and Value describe the lease the event is about.
+	// Holder, Token and Value describe the holding the event is about; a
+	// key may have several (Shared, Semaphore), told apart by holder and
+	// token. A Granted event for a holder replaces its earlier holding of
+	// the key, if any.
 	Holder string
 	Token  uint64
 	Value  []byte
+	// Shared, Semaphore and Set describe the holding's shape (Set: the
+	// token of its multi-key lease, 0 if alone).
+	Shared    bool
+	Semaphore int
+	Set       uint64
 }
 
 // Watch streams changes to keys starting with prefix, in the order the
-// cluster applied them, beginning with one Granted event per currently
-// held key. Extends are not reported (a grant stays in force until a
+// cluster applied them, beginning with one Granted event per current
+// holding (a key held by several holders has one per holder; a multi-key
+// lease one per key). Extends are not reported (a grant stays in force until a
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
@@ -47,8 +56,13 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 	go func() {
 		defer close(out)
 		for e := range in {
-			ev := Event{Type: eventType(e.GetType()), Index: e.GetIndex(), Key: e.GetLease().GetKey(),
-				Holder: e.GetLease().GetHolder(), Token: e.GetLease().GetToken(), Value: e.GetLease().GetValue()}
+			l := e.GetLease()
+			ev := Event{Type: eventType(e.GetType()), Index: e.GetIndex(), Key: l.GetKey(),
+				Holder: l.GetHolder(), Token: l.GetToken(), Value: l.GetValue(), Set: l.GetSet(),
+				Shared: l.GetMode() == pb.LeaseMode_LEASE_MODE_SHARED}
+			if l.GetMode() == pb.LeaseMode_LEASE_MODE_SEMAPHORE {
+				ev.Semaphore = int(l.GetLimit())
+			}
 			select {
 			case out <- ev:
 			case <-ctx.Done():

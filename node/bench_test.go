@@ -434,3 +434,208 @@ func rssKB() int64 {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Maxrss
 }
+
+// BenchmarkSemaphoreHandoff: 6 clients contend for a semaphore of 2, each
+// waiting in the leader's queue, holding briefly and releasing. Reports
+// acquisitions/s and the gap from a release call to the next grant of a
+// waiting client (BenchmarkHandoff's numbers, for an exclusive key).
+func BenchmarkSemaphoreHandoff(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const workers = 6
+	var count atomic.Int64
+	var mu sync.Mutex
+	var gaps []time.Duration
+	var releasedAt time.Time
+	b.ResetTimer()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			holder := fmt.Sprintf("s-%d", w)
+			for req := uint64(1); ; req++ {
+				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: "sem", Holder: holder, RequestId: req,
+					Ttl: durationpb.New(10 * time.Second), Wait: true, Mode: pb.LeaseMode_LEASE_MODE_SEMAPHORE, Limit: 2})
+				if err != nil || !r.Granted {
+					b.Errorf("acquire: %v %v", r, err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				if !releasedAt.IsZero() && r.Waited.AsDuration() > 0 {
+					gaps = append(gaps, now.Sub(releasedAt))
+				}
+				mu.Unlock()
+				done := count.Add(1) > int64(b.N)
+				mu.Lock()
+				releasedAt = time.Now()
+				mu.Unlock()
+				if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: "sem", Holder: holder, Token: r.Token}); err != nil {
+					b.Errorf("release: %v", err)
+					return
+				}
+				if done {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := nodetest.Quantiles(gaps)
+	b.ReportMetric(float64(b.N)/el.Seconds(), "acq/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "gap-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "gap-p99-ms")
+}
+
+// BenchmarkShared: 32 concurrent readers acquire one key shared and
+// release it (BenchmarkUncontended's numbers, on distinct exclusive
+// keys), so the key always has many holders. Reports pairs/s and acquire
+// p50/p99.
+func BenchmarkShared(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const workers = 32
+	var next atomic.Int64
+	lat := make([][]time.Duration, workers)
+	b.ResetTimer()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			holder := fmt.Sprintf("reader-%d", w)
+			for req := uint64(1); next.Add(1) <= int64(b.N); req++ {
+				t0 := time.Now()
+				r, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: "shared", Holder: holder, RequestId: req,
+					Ttl: durationpb.New(10 * time.Second), Mode: pb.LeaseMode_LEASE_MODE_SHARED})
+				if err != nil || !r.Granted {
+					b.Errorf("acquire: %v %v", r, err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: "shared", Holder: holder, Token: r.Token}); err != nil {
+					b.Errorf("release: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
+	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
+}
+
+// BenchmarkSharedDrain: 16 readers wait behind a writer; each op is the
+// time from the writer's release call until all 16 are granted (the queue
+// proposes them together, one entry each, pipelined).
+func BenchmarkSharedDrain(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const readers = 16
+	var drains []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		w, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: "drain", Holder: "writer", RequestId: uint64(i + 1), Ttl: durationpb.New(10 * time.Second)})
+		if err != nil || !w.Granted {
+			b.Fatalf("writer: %v %v", w, err)
+		}
+		type grant struct {
+			holder string
+			token  uint64
+		}
+		grants := make(chan grant, readers)
+		for r := range readers {
+			go func() {
+				holder := fmt.Sprintf("r%d", r)
+				resp, err := l.Acquire(context.Background(), &pb.AcquireRequest{Key: "drain", Holder: holder, RequestId: uint64(i + 1),
+					Ttl: durationpb.New(10 * time.Second), Wait: true, Mode: pb.LeaseMode_LEASE_MODE_SHARED})
+				if err != nil || !resp.Granted {
+					b.Errorf("reader: %v %v", resp, err)
+				}
+				grants <- grant{holder, resp.GetToken()}
+			}()
+		}
+		nodetest.Eventually(b, 10*time.Second, func() error {
+			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != readers {
+				return fmt.Errorf("%d waiters", st.Waiters)
+			}
+			return nil
+		})
+		t0 := time.Now()
+		if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: "drain", Holder: "writer", Token: w.Token}); err != nil {
+			b.Fatal(err)
+		}
+		got := make([]grant, 0, readers)
+		for range readers {
+			select {
+			case g := <-grants:
+				got = append(got, g)
+			case <-time.After(10 * time.Second):
+				b.Fatal("readers not granted")
+			}
+		}
+		drains = append(drains, time.Since(t0))
+		for _, g := range got {
+			if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: "drain", Holder: g.holder, Token: g.token}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	p50, p99 := nodetest.Quantiles(drains)
+	b.ReportMetric(float64(p50.Microseconds())/1000, "drain16-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "drain16-p99-ms")
+}
+
+// BenchmarkMultiKey: 32 concurrent clients each acquire sets of 4 keys
+// (distinct per client: uncontended) and release them. Reports sets/s and
+// keys/s beside BenchmarkUncontended's single keys.
+func BenchmarkMultiKey(b *testing.B) {
+	c := benchCluster(b)
+	_, l := c.Leader()
+	const workers, keys = 32, 4
+	var next atomic.Int64
+	lat := make([][]time.Duration, workers)
+	b.ResetTimer()
+	start, cpu0 := time.Now(), nodetest.CPUTime()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			holder := fmt.Sprintf("set-%d", w)
+			for req := uint64(1); next.Add(1) <= int64(b.N); req++ {
+				base := fmt.Sprintf("m/%d/%d", w, req%16)
+				r := &pb.AcquireRequest{Key: base + "/0", Holder: holder, RequestId: req, Ttl: durationpb.New(10 * time.Second)}
+				for k := 1; k < keys; k++ {
+					r.Items = append(r.Items, &pb.AcquireItem{Key: fmt.Sprintf("%s/%d", base, k)})
+				}
+				t0 := time.Now()
+				resp, err := l.Acquire(context.Background(), r)
+				if err != nil || !resp.Granted {
+					b.Errorf("acquire: %v %v", resp, err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				if _, err := l.Release(context.Background(), &pb.ReleaseRequest{Key: r.Key, Holder: holder, Token: resp.Token}); err != nil {
+					b.Errorf("release: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
+	b.ReportMetric(float64(b.N)/el.Seconds(), "sets/s")
+	b.ReportMetric(float64(b.N*keys)/el.Seconds(), "keys/s")
+	b.ReportMetric(float64((nodetest.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "acq-p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "acq-p99-ms")
+}

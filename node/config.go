@@ -235,11 +235,21 @@ type TestingKnobs struct {
 	// ExtendNoCommit: the leader answers extends from its own state
 	// without committing them. UNSAFE: a deposed leader keeps extending.
 	ExtendNoCommit bool
+	// SemaphoreOvergrant: a semaphore of N is granted to N+1 holders
+	// (fsm.Config.UnsafeSemaphoreOvergrant, on every node). UNSAFE.
+	SemaphoreOvergrant bool
+	// SharedBesideExclusive: a shared holding is granted beside an
+	// exclusive one (fsm.Config.UnsafeSharedBesideExclusive). UNSAFE.
+	SharedBesideExclusive bool
+	// PartialSet: a multi-key acquire is granted on the keys that are
+	// free and answered Granted (fsm.Config.UnsafePartialSet). UNSAFE.
+	PartialSet bool
 }
 
 // Unsafe reports whether any knob breaks mutual exclusion.
 func (k *TestingKnobs) Unsafe() bool {
-	return k != nil && (k.SkipRebase || k.WallClock || k.ExtendNoCommit || k.rate() != 1)
+	return k != nil && (k.SkipRebase || k.WallClock || k.ExtendNoCommit || k.rate() != 1 ||
+		k.SemaphoreOvergrant || k.SharedBesideExclusive || k.PartialSet)
 }
 
 // rate is ClockRate, 1 when unset.

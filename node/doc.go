@@ -6,7 +6,11 @@
 //
 // A Go program embeds it with Start and uses the methods of *Node (Acquire,
 // Extend, Release, Get, List, CheckToken, Watch, Members, Status) from any
-// node; followers forward writes and consistent reads to the leader. The
+// node; followers forward writes and consistent reads to the leader.
+// Acquire takes every lock shape the fsm knows: exclusive, shared,
+// semaphore(N), and several keys at once (AcquireRequest.Items); reads
+// report every holding of a key (Holdings), keeping the first in the
+// fields older clients read. The
 // same operations are served on Config.APIAddr with connect-go, so one port
 // speaks Connect (JSON over HTTP: curl works), gRPC and gRPC-Web. The
 // package lease builds the user-facing client on top of either.
@@ -59,7 +63,17 @@
 // proposal (not leader, not sent) are ErrNotLeader/ErrNoLeader.
 //
 // fifo-no-barging: waiting acquirers are granted in arrival order at the
-// leader; see waitQueues.
+// leader, per key, whatever their shape: a waiter is proposed only from
+// the front of every one of its keys' queues, waiters right behind an
+// in-flight one that can share the key with it (readers, semaphore slots)
+// are proposed at once, and a queued exclusive waiter stops every newer
+// waiter behind it (no writer starvation); see waitQueues.
+//
+// no-set-deadlock: clients waiting for overlapping sets of keys, named in
+// any order, never wait for each other: every queue is ordered by one
+// arrival sequence, so the oldest waiter is never behind a younger one
+// anywhere, and a set is granted all or none (nothing is held while
+// waiting). Guarded by TestMultiKeyWaitersNoDeadlock.
 //
 // waiter-outcome: a queued grant is settled when Raft resolves it, never
 // by whoever proposed it; a waiter that leaves while its grant is in

@@ -203,5 +203,6 @@ func watchEvent(e *fsm.Event) *pb.WatchEvent {
 	}
 	return &pb.WatchEvent{Type: t, Index: e.Index, Lease: &pb.Lease{
 		Key: e.Key, Holder: e.Holder, Token: e.Token, Value: e.Value,
+		Mode: pb.LeaseMode(e.Mode), Limit: e.Limit, Set: e.Set,
 	}}
 }

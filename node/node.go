@@ -141,11 +141,18 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.hub = newWatchHub()
 	n.members = newMemberTable()
 	k := cfg.Testing
-	n.fsm = fsm.New(fsm.Config{Events: true, OnFatal: n.onFatal,
-		UnsafeSkipRebase: k != nil && (k.SkipRebase || k.WallClock)})
+	fc := fsm.Config{Events: true, OnFatal: n.onFatal}
+	if k != nil {
+		fc.UnsafeSkipRebase = k.SkipRebase || k.WallClock
+		fc.UnsafeSemaphoreOvergrant = k.SemaphoreOvergrant
+		fc.UnsafeSharedBesideExclusive = k.SharedBesideExclusive
+		fc.UnsafePartialSet = k.PartialSet
+	}
+	n.fsm = fsm.New(fc)
 	if k.Unsafe() {
 		n.log.Warn("UNSAFE settings in force: mutual exclusion is NOT guaranteed",
-			"clock_rate", k.rate(), "skip_rebase", k.SkipRebase, "wall_clock", k.WallClock, "extend_no_commit", k.ExtendNoCommit)
+			"clock_rate", k.rate(), "skip_rebase", k.SkipRebase, "wall_clock", k.WallClock, "extend_no_commit", k.ExtendNoCommit,
+			"semaphore_overgrant", k.SemaphoreOvergrant, "shared_beside_exclusive", k.SharedBesideExclusive, "partial_set", k.PartialSet)
 	}
 	defer func() {
 		if err != nil {

@@ -370,11 +370,18 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	if err != nil {
 		return nil, err
 	}
+	items := cmd.Items()
+	// A holder renewing or retrying its own holding of the key does not
+	// queue behind anyone.
 	ownKey := func() bool {
-		l, ok := n.fsm.Get(cmd.Key)
-		return ok && l.State == fsm.StateHeld && l.Holder == cmd.Holder
+		for _, l := range n.fsm.Holdings(cmd.Key) {
+			if l.State == fsm.StateHeld && l.Holder == cmd.Holder {
+				return true
+			}
+		}
+		return false
 	}
-	if !ls.queues.busyKey(cmd.Key) || ownKey() {
+	if !ls.queues.busy(items) || ownKey() {
 		s := ls.stamp()
 		resp, err := n.apply(ctx, s, cmd)
 		if err != nil {
@@ -386,18 +393,35 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		}
 	} else if !req.GetWait() {
 		// Waiters come first: a newcomer never barges ahead of them.
-		res := fsm.Result{Code: fsm.Held, Key: cmd.Key}
-		if l, ok := n.fsm.Get(cmd.Key); ok {
-			res.Holder, res.Wait = l.Holder, max(l.FreeAt()-ls.now(), 0)
-		}
-		return n.acquireReply(res, 0, cmd.TTL)
+		return n.acquireReply(n.queuedHeld(ls, cmd, items), 0, cmd.TTL)
 	}
-	w := &waiter{cmd: cmd, arrival: arrival, done: make(chan waitResult, 1)}
+	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
 	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
 		return nil, r.err
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
+}
+
+// queuedHeld is the Held answer to a non-waiting acquire of keys others
+// wait for: the first key that is held, who holds it and how long it may
+// stay unavailable (the first key and no holder if only waiters stand in
+// the way).
+func (n *Node) queuedHeld(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) fsm.Result {
+	res := fsm.Result{Code: fsm.Held, Key: cmd.Key}
+	now := ls.now()
+	for _, it := range items {
+		ok, wait, _ := n.fsm.Admits(it, cmd.Holder, now, 0, 0)
+		if ok {
+			continue
+		}
+		res.Key, res.Wait = it.Key, wait
+		if l, found := n.fsm.Get(it.Key); found && l.State == fsm.StateHeld {
+			res.Holder, res.Token = l.Holder, l.Token
+		}
+		break
+	}
+	return res
 }
 
 func (n *Node) acquireReply(res fsm.Result, waited, ttl time.Duration) (*pb.AcquireResponse, error) {
@@ -407,7 +431,7 @@ func (n *Node) acquireReply(res fsm.Result, waited, ttl time.Duration) (*pb.Acqu
 			Waited: durationpb.New(waited), Ttl: durationpb.New(ttl)}, nil
 	case fsm.Held:
 		return &pb.AcquireResponse{Header: n.header(), Holder: res.Holder, Wait: durationpb.New(res.Wait),
-			Ttl: durationpb.New(ttl)}, nil
+			Ttl: durationpb.New(ttl), HeldKey: res.Key}, nil
 	case fsm.Stale:
 		return nil, fmt.Errorf("acquire %q: %w: %s", res.Key, ErrStaleRequest, res.Reason)
 	default:
@@ -449,11 +473,11 @@ func (n *Node) unsafeExtend(ls *leaderState, cmd *fsm.Extend) *pb.ExtendResponse
 	out := &pb.ExtendResponse{Header: n.header()}
 	now := ls.now()
 	for _, it := range cmd.Items {
-		l, ok := n.fsm.Get(it.Key)
 		r := &pb.ExtendResult{Key: it.Key, Token: it.Token}
-		r.Ok = ok && l.State == fsm.StateHeld && l.Holder == cmd.Holder && l.Token == it.Token && l.Expiry > now
-		if r.Ok {
-			r.Ttl = durationpb.New(l.TTL)
+		for _, l := range n.fsm.Holdings(it.Key) {
+			if l.State == fsm.StateHeld && l.Holder == cmd.Holder && l.Token == it.Token && l.Expiry > now {
+				r.Ok, r.Ttl = true, durationpb.New(l.TTL)
+			}
 		}
 		out.Results = append(out.Results, r)
 	}
@@ -497,10 +521,14 @@ func (n *Node) getLocal(ctx context.Context, ls *leaderState, req *pb.GetRequest
 	if err := n.verify(ls); err != nil {
 		return nil, err
 	}
-	l, ok := n.fsm.Get(req.GetKey())
-	resp := &pb.GetResponse{Header: n.header(), Found: ok}
-	if ok {
-		resp.Lease = toPB(&l, n.readNow(ls))
+	hs := n.fsm.Holdings(req.GetKey())
+	now := n.readNow(ls)
+	resp := &pb.GetResponse{Header: n.header(), Found: len(hs) > 0}
+	for i := range hs {
+		resp.Holdings = append(resp.Holdings, toPB(&hs[i], now))
+	}
+	if resp.Found {
+		resp.Lease = resp.Holdings[0]
 	}
 	return resp, nil
 }
@@ -517,15 +545,30 @@ func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListReque
 	now := n.readNow(ls)
 	resp := &pb.ListResponse{Header: n.header(), Next: next, Leases: make([]*pb.Lease, 0, len(leases))}
 	size := 0
-	for i := range leases {
-		l := toPB(&leases[i], now)
-		size += proto.Size(l) + 8
-		if size > n.cfg.Limits.MaxListBytes && len(resp.Leases) > 0 {
+	for i := 0; i < len(leases); {
+		// One key at a time: its first holding in leases, all of them in
+		// holdings; a page ends between keys.
+		j := i + 1
+		for j < len(leases) && leases[j].Key == leases[i].Key {
+			j++
+		}
+		first := toPB(&leases[i], now)
+		group := []*pb.Lease{first}
+		keySize := 2 * (proto.Size(first) + 8)
+		for k := i + 1; k < j; k++ {
+			l := toPB(&leases[k], now)
+			group = append(group, l)
+			keySize += proto.Size(l) + 8
+		}
+		if size+keySize > n.cfg.Limits.MaxListBytes && len(resp.Leases) > 0 {
 			// The page is full by bytes: the next one starts here.
 			resp.Next = resp.Leases[len(resp.Leases)-1].GetKey()
 			break
 		}
-		resp.Leases = append(resp.Leases, l)
+		size += keySize
+		resp.Leases = append(resp.Leases, first)
+		resp.Holdings = append(resp.Holdings, group...)
+		i = j
 	}
 	return resp, nil
 }
@@ -535,9 +578,18 @@ func (n *Node) checkTokenLocal(ctx context.Context, ls *leaderState, req *pb.Che
 		return nil, err
 	}
 	resp := &pb.CheckTokenResponse{Header: n.header()}
-	if l, ok := n.fsm.Get(req.GetKey()); ok && l.State == fsm.StateHeld && l.Expiry > ls.now() {
-		resp.CurrentToken, resp.Holder = l.Token, l.Holder
-		resp.Current = l.Token == req.GetToken()
+	now := ls.now()
+	hs := n.fsm.Holdings(req.GetKey())
+	for i := range hs {
+		l := &hs[i]
+		if l.State != fsm.StateHeld || l.Expiry <= now {
+			continue // expired by the leader's clock, reaped or not
+		}
+		if resp.CurrentToken == 0 {
+			resp.CurrentToken, resp.Holder = l.Token, l.Holder
+		}
+		resp.Current = resp.Current || l.Token == req.GetToken()
+		resp.Holdings = append(resp.Holdings, toPB(l, now))
 	}
 	return resp, nil
 }
@@ -586,6 +638,7 @@ func toPB(l *fsm.Lease, now time.Duration) *pb.Lease {
 	out := &pb.Lease{
 		Key: l.Key, Holder: l.Holder, Token: l.Token, Value: l.Value,
 		Ttl: durationpb.New(l.TTL), LockDelay: durationpb.New(l.LockDelay),
+		Mode: pb.LeaseMode(l.Mode), Limit: l.Limit, Set: l.Set, SetKeys: l.SetKeys,
 	}
 	switch l.State {
 	case fsm.StateHeld:
@@ -606,6 +659,13 @@ func acquireCmd(req *pb.AcquireRequest) (*fsm.Acquire, error) {
 	cmd := &fsm.Acquire{
 		Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId(),
 		TTL: req.GetTtl().AsDuration(), LockDelay: req.GetLockDelay().AsDuration(), Value: req.GetValue(),
+		Mode: fsm.Mode(req.GetMode()), Limit: req.GetLimit(),
+	}
+	if len(req.GetItems()) >= fsm.MaxSetKeys {
+		return nil, fmt.Errorf("%w: acquire of %d keys, at most %d", ErrInvalid, 1+len(req.GetItems()), fsm.MaxSetKeys)
+	}
+	for _, it := range req.GetItems() {
+		cmd.More = append(cmd.More, fsm.Item{Key: it.GetKey(), Mode: fsm.Mode(it.GetMode()), Limit: it.GetLimit()})
 	}
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)

@@ -10,16 +10,20 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 )
 
-// waiter is one acquirer queued at the leader. Its fields after done are
-// guarded by waitQueues.mu.
+// waiter is one acquirer queued at the leader, in the queue of every key
+// it names. Its fields after done are guarded by waitQueues.mu.
 type waiter struct {
 	cmd     *fsm.Acquire
+	items   []fsm.Item      // cmd.Items(): the keys it waits for, with their modes
+	seq     uint64          // arrival order at this leader, the same in every queue
 	arrival time.Duration   // leader clock at receipt of this request
 	done    chan waitResult // buffered 1; receives exactly one result
 
 	// gone: the caller stopped waiting. A waiter that is gone is never
 	// proposed again and never answered.
 	gone bool
+	// inflight is the waiter's proposal while one is in flight.
+	inflight *proposal
 }
 
 type waitResult struct {
@@ -28,33 +32,69 @@ type waitResult struct {
 	err    error
 }
 
-// keyQueue is the FIFO of one key's waiters.
+// item returns w's item on key.
+func (w *waiter) item(key string) fsm.Item {
+	for _, it := range w.items {
+		if it.Key == key {
+			return it
+		}
+	}
+	return fsm.Item{Key: key}
+}
+
+// shares reports whether holdings of a and b may hold one key together,
+// so that b may be proposed while a's proposal is in flight.
+func shares(a, b fsm.Item) bool {
+	return a.Mode == fsm.ModeShared && b.Mode == fsm.ModeShared ||
+		a.Mode == fsm.ModeSemaphore && b.Mode == fsm.ModeSemaphore && a.Limit == b.Limit
+}
+
+// keyQueue is the FIFO of one key's waiters, in arrival order.
 type keyQueue struct {
 	waiters []*waiter
-	// inflight is the head's proposal while one is in flight (the head is
-	// then waiters[0]); nil otherwise.
-	inflight *proposal
-	timer    *time.Timer
+	timer   *time.Timer
 }
 
 // waitQueues holds the waiting acquirers of one leadership term, FIFO per
 // key.
 //
-// Invariant fifo-no-barging: while a key has waiters, only its head waiter
-// is proposed; a newcomer without wait is refused and a newcomer with wait
-// joins the tail. The head is proposed when the key may be free: on a
-// release or expiry event from the FSM, when a timer reaches the key's
-// free time, or in the same entry as the holder's release (a Batch of
-// Release and the head's Acquire), so a handoff costs one Raft round trip.
-// Guarded by TestWaitersFIFO.
+// Invariant fifo-no-barging: while a key has waiters, a newcomer without
+// wait is refused and a newcomer with wait joins the tail of the queue of
+// every key it names. A waiter is proposed only from the front of every
+// one of its queues: every waiter ahead of it on each of its keys must be
+// in flight already and able to hold that key beside it (shared beside
+// shared, semaphore beside semaphore of the same limit), and fsm.Admits
+// must say the FSM would grant it on every key now. So a queue drains in
+// arrival order: a head is proposed when it is compatible with what holds
+// the key, and, while it is in flight, the waiters right behind it that
+// share with it are proposed too (several readers, several semaphore
+// slots, each its own entry); a queued exclusive waiter stops every newer
+// one behind it, shared or not (no writer starvation). A waiter is
+// proposed when the key may have become free: a release or expiry event
+// from the FSM, a timer set to the time the blocking records end, or in
+// the same entry as the holder's release (a Batch of Release and the
+// waiter's Acquire), so a handoff costs one Raft round trip. Guarded by
+// TestWaitersFIFO, TestSharedWaitersDrainTogether and
+// TestWriterStopsNewerReaders.
 //
-// Invariant waiter-outcome: a head's proposal is settled by the queue when
-// Raft resolves it (settle), never by whoever proposed it: a releaser that
-// gives up does not cut the head's grant short. A waiter whose caller
-// leaves while its grant is in flight answers ErrUnknownOutcome (the grant
-// may commit), and the node that took the request withdraws it
-// (Node.withdraw, an fsm Cancel), so a grant nobody hears of never blocks
-// the key, on this leader or the next. Guarded by
+// Invariant no-set-deadlock: two waiters can never wait for each other,
+// whatever the order in which they name their keys ({a, b} and {b, a}).
+// Every queue is ordered by the same arrival sequence (seq), so the oldest
+// waiter that is not in flight has nothing but in-flight waiters ahead of
+// it in any of its queues; in-flight proposals resolve, so it reaches the
+// front of all of them and is proposed as soon as its keys are free,
+// which only holdings (which end by release or expiry) can delay, never
+// another waiter. A lock-ordering protocol is not needed, and no waiter
+// ever holds part of its set while waiting (set-atomicity in fsm).
+// Guarded by TestMultiKeyWaitersNoDeadlock.
+//
+// Invariant waiter-outcome: a waiter's proposal is settled by the queue
+// when Raft resolves it (settle), never by whoever proposed it: a releaser
+// that gives up does not cut the waiter's grant short. A waiter whose
+// caller leaves while its grant is in flight answers ErrUnknownOutcome
+// (the grant may commit), and the node that took the request withdraws it
+// (Node.withdraw, an fsm Cancel of the whole grant), so a grant nobody
+// hears of never blocks a key, on this leader or the next. Guarded by
 // TestAbandonedWaiterGrantIsWithdrawn.
 type waitQueues struct {
 	ls *leaderState
@@ -62,20 +102,25 @@ type waitQueues struct {
 	mu     sync.Mutex
 	keys   map[string]*keyQueue
 	closed error
-	n      int // waiters queued
+	n      int    // waiters queued
+	seq    uint64 // the last arrival's sequence number
 }
 
 func newWaitQueues(ls *leaderState) *waitQueues {
 	return &waitQueues{ls: ls, keys: make(map[string]*keyQueue)}
 }
 
-// busyKey reports whether key has waiters, so that a non-waiting acquire
-// does not barge ahead of them.
-func (q *waitQueues) busyKey(key string) bool {
+// busy reports whether any of keys has waiters, so that a non-waiting
+// acquire does not barge ahead of them.
+func (q *waitQueues) busy(items []fsm.Item) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	kq := q.keys[key]
-	return kq != nil && len(kq.waiters) > 0
+	for _, it := range items {
+		if kq := q.keys[it.Key]; kq != nil && len(kq.waiters) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // count returns how many acquirers wait.
@@ -85,24 +130,29 @@ func (q *waitQueues) count() int {
 	return q.n
 }
 
-// wait queues w and blocks until it is granted, refused for good, or ctx
-// ends. If ctx ends while w's grant is in flight, the answer is
-// ErrUnknownOutcome; before that, the caller certainly was not granted.
+// wait queues w on each of its keys and blocks until it is granted,
+// refused for good, or ctx ends. If ctx ends while w's grant is in flight,
+// the answer is ErrUnknownOutcome; before that, the caller certainly was
+// not granted.
 func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	q.mu.Lock()
 	if q.closed != nil {
 		q.mu.Unlock()
 		return waitResult{err: q.closed}
 	}
-	kq := q.keys[w.cmd.Key]
-	if kq == nil {
-		kq = &keyQueue{}
-		q.keys[w.cmd.Key] = kq
+	q.seq++
+	w.seq = q.seq
+	for _, it := range w.items {
+		kq := q.keys[it.Key]
+		if kq == nil {
+			kq = &keyQueue{}
+			q.keys[it.Key] = kq
+		}
+		kq.waiters = append(kq.waiters, w)
 	}
-	kq.waiters = append(kq.waiters, w)
 	q.n++
+	q.pumpLocked(w.items[0].Key)
 	q.mu.Unlock()
-	q.pump(w.cmd.Key)
 
 	select {
 	case r := <-w.done:
@@ -117,109 +167,230 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	default:
 	}
 	w.gone = true
-	kq = q.keys[w.cmd.Key]
-	inflight := kq != nil && kq.inflight != nil && len(kq.waiters) > 0 && kq.waiters[0] == w
+	inflight := w.inflight != nil
+	if !inflight {
+		q.leaveLocked(w) // and let the ones behind it go
+	}
 	q.mu.Unlock()
 	if inflight {
 		return waitResult{err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
 	}
-	q.pump(w.cmd.Key) // drop it from the queue
 	return waitResult{err: fmt.Errorf("acquire %q: gave up waiting, not granted: %w", w.cmd.Key, ctx.Err())}
 }
 
-// pump proposes the head waiter of key if the key may be free now, or arms
-// a timer for when it may be.
+// pump proposes the waiters of key that may be granted now, or arms a
+// timer for when they may be.
 func (q *waitQueues) pump(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	kq := q.keys[key]
-	if kq == nil || kq.inflight != nil || q.closed != nil {
-		return
-	}
-	q.dropGone(kq)
-	if len(kq.waiters) == 0 {
-		q.drop(key, kq)
-		return
-	}
-	head := kq.waiters[0]
-	if l, ok := q.ls.n.fsm.Get(key); ok && !(l.State == fsm.StateHeld && l.Holder == head.cmd.Holder) {
-		if wait := l.FreeAt() - q.ls.now(); wait > 0 {
-			q.arm(key, kq, wait)
-			return
-		}
-	}
-	q.proposeLocked(key, kq, nil)
+	q.pumpLocked(key)
 }
 
-// claimHead proposes key's head waiter in one entry after prefix (the
-// holder's release), so the handoff costs one Raft round trip. It returns
-// the proposal, or nil if there is no head to propose (then the caller
-// proposes prefix alone).
-func (q *waitQueues) claimHead(key string, prefix fsm.Command) *proposal {
+// pumpLocked walks key's queue from the front and proposes every waiter
+// that may go (see fifo-no-barging), stopping at the first that may not.
+// A waiter named by several keys is judged on all of them; proposing it
+// may let others go on its other keys, which are pumped in turn. q.mu is
+// held.
+func (q *waitQueues) pumpLocked(key string) {
+	todo := []string{key}
+	for len(todo) > 0 {
+		k := todo[0]
+		todo = todo[1:]
+		for _, w := range q.proposable(k) {
+			q.proposeLocked(w, nil)
+			for _, it := range w.items {
+				if it.Key != k {
+					todo = append(todo, it.Key)
+				}
+			}
+		}
+	}
+}
+
+// proposable returns the waiters of key that may be proposed now, in
+// order, arming key's timer (or the blocking key's) for the first one that
+// may not if records block it. q.mu is held.
+func (q *waitQueues) proposable(key string) []*waiter {
+	kq := q.keys[key]
+	if kq == nil || q.closed != nil {
+		return nil
+	}
+	if len(kq.waiters) == 0 {
+		q.drop(key, kq)
+		return nil
+	}
+	var out []*waiter
+	var ahead []fsm.Item // in flight, or proposed by this pass, on key
+	for _, w := range kq.waiters {
+		it := w.item(key)
+		if !sharesAll(ahead, it) {
+			break
+		}
+		if w.inflight != nil {
+			ahead = append(ahead, it)
+			continue
+		}
+		ok, blockKey, wait := q.admits(w, nil)
+		if !ok {
+			if wait > 0 {
+				q.arm(blockKey, wait)
+			}
+			break
+		}
+		out = append(out, w)
+		ahead = append(ahead, it)
+		w.inflight = &proposal{} // reserved: proposeLocked sets the real one
+	}
+	return out
+}
+
+// sharesAll reports whether it may hold its key beside every one of
+// ahead.
+func sharesAll(ahead []fsm.Item, it fsm.Item) bool {
+	for _, a := range ahead {
+		if !shares(a, it) {
+			return false
+		}
+	}
+	return true
+}
+
+// admits reports whether w may be proposed now: at the front of every one
+// of its queues (only in-flight waiters that share with it ahead of it)
+// and admitted by the FSM on every key (release, if not nil, counts as
+// applied first). If not, and records block it, blockKey and wait say
+// where and for how long at most. q.mu is held.
+func (q *waitQueues) admits(w *waiter, release *fsm.Release) (ok bool, blockKey string, wait time.Duration) {
+	now := q.ls.now()
+	var except uint64
+	if release != nil {
+		except = release.Token
+	}
+	for _, it := range w.items {
+		kq := q.keys[it.Key]
+		extra := 0
+		for _, o := range kq.waiters {
+			if o == w {
+				break
+			}
+			if o.inflight == nil || !shares(o.item(it.Key), it) {
+				return false, "", 0 // someone older is not in flight yet: it goes first
+			}
+			extra++
+		}
+		if it.Mode != fsm.ModeSemaphore {
+			extra = 0
+		}
+		okKey, wk, bad := q.ls.n.fsm.Admits(it, w.cmd.Holder, now, extra, except)
+		if bad != "" {
+			// Refused for good: propose it, and the FSM's Invalid
+			// answers it.
+			continue
+		}
+		if !okKey {
+			return false, it.Key, wk
+		}
+	}
+	return true, "", 0
+}
+
+// claimHead proposes, in one entry after the holder's release, the first
+// waiter of key if the key's release lets it be granted, so a handoff
+// costs one Raft round trip. It returns the proposal, or nil if no waiter
+// may go (then the caller proposes the release alone, and the release
+// event pumps the queue).
+func (q *waitQueues) claimHead(key string, release *fsm.Release) *proposal {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	kq := q.keys[key]
-	if kq == nil || kq.inflight != nil || q.closed != nil {
+	if kq == nil || q.closed != nil || len(kq.waiters) == 0 {
 		return nil
 	}
-	q.dropGone(kq)
-	if len(kq.waiters) == 0 {
-		q.drop(key, kq)
+	w := kq.waiters[0]
+	if w.inflight != nil || w.gone {
 		return nil
 	}
-	return q.proposeLocked(key, kq, prefix)
+	if ok, _, _ := q.admits(w, release); !ok {
+		return nil
+	}
+	w.inflight = &proposal{}
+	p := q.proposeLocked(w, release)
+	// The waiters behind it may share with it.
+	q.pumpLocked(key)
+	return p
 }
 
-// proposeLocked proposes kq's head (after prefix, if any) and settles the
-// outcome when Raft resolves it. q.mu is held.
-func (q *waitQueues) proposeLocked(key string, kq *keyQueue, prefix fsm.Command) *proposal {
-	head := kq.waiters[0]
-	var cmd fsm.Command = head.cmd
+// proposeLocked proposes w (after prefix, if any) and settles the outcome
+// when Raft resolves it. q.mu is held.
+func (q *waitQueues) proposeLocked(w *waiter, prefix fsm.Command) *proposal {
+	var cmd fsm.Command = w.cmd
 	if prefix != nil {
-		cmd = &fsm.Batch{Cmds: []fsm.Command{prefix, head.cmd}}
+		cmd = &fsm.Batch{Cmds: []fsm.Command{prefix, w.cmd}}
 	}
 	s := q.ls.stamp()
 	p := q.ls.n.propose(s, cmd, 5*time.Second)
-	kq.inflight = p
+	w.inflight = p
 	go func() {
 		<-p.done // propose resolves every proposal (see Node.wait)
 		var res fsm.Result
 		if p.err == nil {
 			res = p.resp.Results[len(p.resp.Results)-1]
 		}
-		q.settle(key, head, s, res, p.err)
+		q.settle(w, s, res, p.err)
 	}()
 	return p
 }
 
-// settle records the outcome of the proposal for head: it answers head
-// (unless head's caller left: then the node that took the request
-// withdraws it), or re-arms the key if it turned out held.
-func (q *waitQueues) settle(key string, head *waiter, s fsm.Stamp, res fsm.Result, err error) {
+// settle records the outcome of w's proposal: it answers w (unless w's
+// caller left: then the node that took the request withdraws it) and
+// takes it out of its queues, or leaves it queued with a timer if it
+// turned out held.
+func (q *waitQueues) settle(w *waiter, s fsm.Stamp, res fsm.Result, err error) {
 	q.mu.Lock()
-	kq := q.keys[key]
-	if kq != nil && len(kq.waiters) > 0 && kq.waiters[0] == head {
-		kq.inflight = nil
-		if err == nil && res.Code == fsm.Held && !head.gone {
-			q.arm(key, kq, max(res.Wait, time.Millisecond))
-			q.mu.Unlock()
-			return
-		}
-		q.popHead(kq)
+	defer q.mu.Unlock()
+	w.inflight = nil
+	if q.closed != nil {
+		return // failAll has answered everyone already
 	}
-	// else failAll has answered everyone already.
-	if !head.gone {
-		r := waitResult{res: res, waited: s.Now - head.arrival, err: err}
+	if err == nil && res.Code == fsm.Held && !w.gone {
+		// Someone holds a key after all (a holder's own renewal, say):
+		// look again when it may be free. The waiters behind it stay
+		// behind it.
+		q.arm(res.Key, max(res.Wait, time.Millisecond))
+		return
+	}
+	if !w.gone {
+		r := waitResult{res: res, waited: s.Now - w.arrival, err: err}
 		if err == nil && res.Code != fsm.Granted && res.Code != fsm.Held {
 			r.err = resultErr(res)
 		}
 		select {
-		case head.done <- r:
-		default: // answered by failAll
+		case w.done <- r:
+		default:
 		}
 	}
-	q.mu.Unlock()
-	q.pump(key)
+	q.leaveLocked(w)
+}
+
+// leaveLocked takes w out of every queue it is in and pumps them. q.mu is
+// held.
+func (q *waitQueues) leaveLocked(w *waiter) {
+	for _, it := range w.items {
+		kq := q.keys[it.Key]
+		if kq == nil {
+			continue
+		}
+		for i, o := range kq.waiters {
+			if o == w {
+				kq.waiters = append(kq.waiters[:i], kq.waiters[i+1:]...)
+				break
+			}
+		}
+	}
+	q.n--
+	for _, it := range w.items {
+		q.pumpLocked(it.Key)
+	}
 }
 
 // resultErr turns a refusal other than Held into an error.
@@ -230,28 +401,18 @@ func resultErr(res fsm.Result) error {
 	return fmt.Errorf("acquire %q: %w: %s %s", res.Key, ErrInvalid, res.Code, res.Reason)
 }
 
-// arm sets key's timer to pump after wait (leader clock). q.mu is held.
-func (q *waitQueues) arm(key string, kq *keyQueue, wait time.Duration) {
+// arm sets key's timer to pump it after wait (leader clock). q.mu is held.
+func (q *waitQueues) arm(key string, wait time.Duration) {
+	kq := q.keys[key]
+	if kq == nil {
+		return
+	}
 	d := q.ls.realDuration(wait)
 	if kq.timer == nil {
 		kq.timer = time.AfterFunc(d, func() { q.pump(key) })
 		return
 	}
 	kq.timer.Reset(d)
-}
-
-// dropGone removes waiters whose callers left from the head. q.mu is held.
-func (q *waitQueues) dropGone(kq *keyQueue) {
-	for len(kq.waiters) > 0 && kq.waiters[0].gone {
-		q.popHead(kq)
-	}
-	// Gone waiters further back are skipped when they reach the head.
-}
-
-func (q *waitQueues) popHead(kq *keyQueue) {
-	kq.waiters[0] = nil
-	kq.waiters = kq.waiters[1:]
-	q.n--
 }
 
 func (q *waitQueues) drop(key string, kq *keyQueue) {
@@ -263,7 +424,7 @@ func (q *waitQueues) drop(key string, kq *keyQueue) {
 
 // failAll answers every waiter with err and refuses new ones; called when
 // leadership ends. Waiters are told the outcome is retryable (not leader),
-// except a head whose proposal is in flight: its grant may still commit
+// except one whose proposal is in flight: its grant may still commit
 // (under the next leader too), so it gets ErrUnknownOutcome and the node
 // that took the request withdraws it.
 func (q *waitQueues) failAll(err error) {
@@ -277,17 +438,17 @@ func (q *waitQueues) failAll(err error) {
 		if kq.timer != nil {
 			kq.timer.Stop()
 		}
-		for i, w := range kq.waiters {
+		for _, w := range kq.waiters {
 			if w.gone {
 				continue
 			}
 			r := waitResult{err: err}
-			if i == 0 && kq.inflight != nil {
+			if w.inflight != nil {
 				r.err = errors.Join(ErrUnknownOutcome, err)
 			}
 			select {
 			case w.done <- r:
-			default:
+			default: // answered already (a waiter in several queues)
 			}
 		}
 	}

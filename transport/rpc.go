@@ -561,6 +561,13 @@ func (c *RPCClient) call(ctx context.Context, addr, id string, checkID bool, met
 	}
 	f, delivered, err := cc.call(ctx, method, req)
 	if err != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed && !errors.Is(err, ErrClosed) {
+			// Close cut the call short (its write, say): say so.
+			err = fmt.Errorf("%w: %w", ErrClosed, err)
+		}
 		return nil, fail(delivered, err)
 	}
 	return c.result(f, fail)

@@ -87,6 +87,7 @@ type agentFlags struct {
 	configFile                   string
 	fs                           *pflag.FlagSet
 	unsafeNames                  []string
+	shapes                       unsafeShapeFlags
 }
 
 // newAgentFlags defines the agent's flags on fs (snapshot restore takes
@@ -134,6 +135,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.BoolVar(&a.unsafeExtendNoCommit, "unsafe-extend-no-commit", false, "UNSAFE: answer extends without committing them (chaos tests; needs LEASENODE_UNSAFE=1)")
 	a.unsafeNames = []string{"unsafe-no-sync", "unsafe-clock-rate", "unsafe-skip-rebase", "unsafe-wall-clock", "unsafe-clock-skew", "unsafe-extend-no-commit"}
 	fs.StringVar(&a.configFile, "config", "", "TOML file of settings, keys named as the flags (data-dir = \"/var/lib/leasenode\");\nflags and the environment win over it")
+	a.unsafeNames = append(a.unsafeNames, a.shapes.register(fs)...)
 	return a
 }
 
@@ -254,6 +256,7 @@ func (a *agentFlags) config() (node.Config, error) {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
 			WallClock: a.unsafeWall, ClockSkew: a.unsafeClockSkew, ExtendNoCommit: a.unsafeExtendNoCommit}
 	}
+	a.shapes.apply(&cfg)
 	logger, err := newLogger(a.logLevel, a.logFormat)
 	if err != nil {
 		return cfg, err

@@ -26,7 +26,10 @@ const benchSynopsis = `Loads a cluster with the standard workloads and prints a 
   failover     clients loop while the leader is crashed --kills times; the window
                with no successful operation. It must crash a leader, so it needs
                --self: bench then starts its own 3-node cluster in this process.
-"all" runs the first three against --addr (all four with --self). A live
+  semaphore    6 clients queue for a semaphore of 2; gap from a release to the next grant
+  shared       --clients clients acquire and release one key shared, in a loop
+  multi        --clients clients each acquire and release a set of 4 keys of their own
+"all" runs every workload but failover against --addr (all of them with --self). A live
 progress line goes to stderr.`
 
 func (ap *app) benchCmd() *cobra.Command {
@@ -67,9 +70,10 @@ func runBench(ctx context.Context, sig *signals, cf *clientFlags, o benchOptions
 	var names []string
 	switch *workload {
 	case "all":
-		names = bench.Workloads[:3]
-		if *self {
-			names = bench.Workloads
+		for _, w := range bench.Workloads {
+			if w != "failover" || *self {
+				names = append(names, w)
+			}
 		}
 	case "failover":
 		if !*self {
@@ -77,7 +81,7 @@ func runBench(ctx context.Context, sig *signals, cf *clientFlags, o benchOptions
 		}
 		names = []string{"failover"}
 	default:
-		names = []string{*workload}
+		names = strings.Split(*workload, ",")
 	}
 	for _, n := range names {
 		found := false

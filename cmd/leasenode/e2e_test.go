@@ -499,6 +499,68 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 	}
 }
 
+// Scenario: lock shapes from the shell. Two `lock -n 2` run side by side
+// on one key while a third waits for a slot; `lock --shared` readers
+// share a key a plain `acquire --wait 0` cannot take; `lock KEY --key
+// KEY2` holds both keys under one token (LEASE_KEYS) and frees both.
+func TestLockShapes(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	addr := addrs(agents)
+	dir := t.TempDir()
+	stop := filepath.Join(dir, "stop")
+	hold := func(args ...string) *proc {
+		args = append(append([]string{"lock"}, args...), "--addr", addr, "--",
+			"sh", "-c", `echo "keys=$LEASE_KEYS token=$LEASE_TOKEN"; while [ ! -e "$STOP" ]; do sleep 0.05; done`)
+		return start(t, []string{"STOP=" + stop}, args...)
+	}
+	started := func(p *proc) {
+		t.Helper()
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if !strings.Contains(p.stdout.String(), "token=") {
+				return errors.New("child not started")
+			}
+			return nil
+		})
+	}
+	s1, s2 := hold("sem", "-n", "2"), hold("sem", "-n", "2")
+	started(s1)
+	started(s2)
+	if code, _, errOut := cli(t, "acquire", "sem", "-n", "2", "--wait", "0", "--addr", addr); code != exitHeld {
+		t.Errorf("a third slot of 2: exit %d, want %d: %s", code, exitHeld, errOut)
+	}
+	if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", "0", "--addr", addr); code == 0 || !strings.Contains(errOut, "semaphore of 2") {
+		t.Errorf("another n: exit %d: %s", code, errOut)
+	}
+	r1, r2 := hold("doc", "--shared"), hold("doc", "--shared")
+	started(r1)
+	started(r2)
+	if code, _, _ := cli(t, "acquire", "doc", "--wait", "0", "--addr", addr); code != exitHeld {
+		t.Errorf("a writer beside readers: exit %d, want %d", code, exitHeld)
+	}
+	set := hold("acct/a", "--key", "acct/b")
+	started(set)
+	if !strings.Contains(set.stdout.String(), "keys=acct/a,acct/b") {
+		t.Errorf("LEASE_KEYS: %q", set.stdout.String())
+	}
+	for _, k := range []string{"acct/a", "acct/b"} {
+		if code, _, _ := cli(t, "acquire", k, "--wait", "0", "--addr", addr); code != exitHeld {
+			t.Errorf("%s while the set holds it: exit %d", k, code)
+		}
+	}
+	if err := os.WriteFile(stop, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*proc{s1, s2, r1, r2, set} {
+		if code := p.wait(t, 10*time.Second); code != 0 {
+			t.Errorf("lock exit %d: %s", code, p.stderr)
+		}
+	}
+	if code, out, _ := cli(t, "get", "acct/b", "--addr", addr, "-o", "json"); code != 0 || strings.Contains(out, "token") {
+		t.Errorf("acct/b after the set's release: %d %s", code, out)
+	}
+}
+
 func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	t.Parallel()
 	agents := cluster(t, 3)
@@ -573,6 +635,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"agent", "--data-dir", "/tmp/x"}, nil, exitUsage, "--id is required"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--timing", "slow"}, nil, exitUsage, "want default or fast"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-clock-rate", "2"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
+		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--unsafe-partial-set"}, nil, exitUsage, "LEASENODE_UNSAFE=1"},
 		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
 		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
@@ -654,10 +717,15 @@ func TestBenchSelf(t *testing.T) {
 		}
 		seen[r.Workload] = true
 	}
-	for _, w := range []string{"uncontended", "handoff", "keepalive", "failover"} {
+	for _, w := range []string{"uncontended", "handoff", "keepalive", "failover", "semaphore", "shared", "multi"} {
 		if !seen[w] {
 			t.Errorf("no %s result in %s", w, out)
 		}
+	}
+	// A comma list runs those workloads.
+	code, out, errOut = cli(t, "bench", "--self", "--workload", "semaphore,shared,multi", "--duration", "300ms", "--clients", "2", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"workload": "multi"`) && !strings.Contains(out, `"workload":"multi"`) {
+		t.Fatalf("bench --workload semaphore,shared,multi: %d %s %s", code, out, errOut)
 	}
 	// Without --self, failover is refused with the reason.
 	if code, _, errOut := cli(t, "bench", "--workload", "failover"); code != exitUsage || !strings.Contains(errOut, "--self") {

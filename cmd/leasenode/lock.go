@@ -23,6 +23,7 @@ type leaseFlags struct {
 	value     string
 	lockDelay time.Duration
 	holder    string
+	shape     shapeFlags
 }
 
 func (l *leaseFlags) register(fs *pflag.FlagSet) {
@@ -32,6 +33,7 @@ func (l *leaseFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&l.value, "value", "", "value to attach to the lease (shown by get, list and watch)")
 	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release")
 	fs.StringVar(&l.holder, "holder", "", "holder name recorded with the lease (default host/pid/random; never share one)")
+	l.shape.register(fs)
 }
 
 func (l *leaseFlags) options() []lease.Option {
@@ -52,6 +54,10 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	if l.lockDelay > 0 {
 		opts = append(opts, lease.LockDelay(l.lockDelay))
 	}
+	items, err := l.shape.items(key)
+	if err != nil {
+		return nil, err
+	}
 	// First without waiting: most keys are free, and a held one is worth
 	// saying so before the wait begins.
 	if l.wait.d != forever && l.wait.d > 0 {
@@ -59,7 +65,7 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	}
 	start := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
-	ls, err := c.TryAcquire(tctx, key, opts...)
+	ls, err := tryItems(tctx, c, items, opts...)
 	var he *lease.HeldError
 	if err == nil && ls == nil {
 		he = &lease.HeldError{Key: key}
@@ -84,9 +90,9 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 		fmt.Fprintf(os.Stderr, "waiting for %q, held by %s for up to %v more (waiting %s, first in line first served)\n",
 			key, who, he.Wait.Round(time.Millisecond), bound)
 		if l.wait.d == forever {
-			ls, err = c.Acquire(ctx, key, opts...)
+			ls, err = waitItems(ctx, c, items, opts...)
 		} else {
-			ls, err = c.AcquireTimeout(ctx, key, max(l.wait.d-time.Since(start), time.Millisecond), opts...)
+			ls, err = waitItemsTimeout(ctx, c, items, max(l.wait.d-time.Since(start), time.Millisecond), opts...)
 		}
 	}
 	if err != nil {
@@ -107,6 +113,11 @@ write CMD makes) and LEASE_HOLDER in its environment, and keeps the lease
 alive while CMD runs. When CMD ends, the lease is released and lock exits
 with CMD's exit code. A leader election in the cluster does not disturb CMD:
 the lease survives failover.
+
+Shapes: -n N takes one of N slots of KEY (a semaphore: up to N holders),
+--shared takes it as a reader (any number of readers, no writer beside
+them), and --key KEY2 (repeated) takes further keys together with KEY, all
+or none, under one token (LEASE_KEYS lists them).
 
 If the lease is lost (the cluster could not be reached for a whole TTL, or
 the cluster says it is gone), lock sends SIGTERM to CMD's process group,
@@ -209,6 +220,7 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "LEASE_KEY="+key, "LEASE_TOKEN="+strconv.FormatUint(l.Token(), 10), "LEASE_HOLDER="+cl.Holder())
+	cmd.Env = append(cmd.Env, lf.shape.env(l)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Its own process group, so that stopping it reaches its children too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -12,7 +12,14 @@
 //     and lease extensions per second;
 //   - failover: needs a cluster it may kill (an in-process one): clients
 //     run acquire/release loops while the leader is crashed and restarted
-//     several times; measures the window with no successful operation.
+//     several times; measures the window with no successful operation;
+//   - semaphore: 6 clients contending for a semaphore of 2, each waiting
+//     for a slot, then releasing it at once; measures the gap from a
+//     release to the next grant of a slot (handoff's, for a semaphore);
+//   - shared: N clients acquiring and releasing one key shared, in a loop
+//     (uncontended's, with every client on one key);
+//   - multi: N clients each acquiring and releasing a set of 4 keys of
+//     their own in one request (AcquireSet).
 //
 // It measures what a client sees over the network; server-side latency is
 // in the nodes' /metrics (leasenode_api_request_duration_seconds).
@@ -51,7 +58,7 @@ import (
 )
 
 // Workloads lists the workload names in the order "all" runs them.
-var Workloads = []string{"uncontended", "handoff", "keepalive", "failover"}
+var Workloads = []string{"uncontended", "handoff", "keepalive", "failover", "semaphore", "shared", "multi"}
 
 // Config configures a benchmark run.
 type Config struct {
@@ -145,6 +152,20 @@ func Run(ctx context.Context, cfg Config, workload string) ([]Result, error) {
 			return nil, ErrNeedsCluster
 		}
 		return failover(ctx, &cfg)
+	case "semaphore":
+		return semaphoreHandoff(ctx, &cfg)
+	case "shared":
+		return loop(ctx, &cfg, "shared", func(cl *lease.Client, i int) ([]lease.Item, []lease.AcquireOption) {
+			return []lease.Item{{Key: cfg.Prefix + "shared"}}, []lease.AcquireOption{lease.Shared()}
+		})
+	case "multi":
+		return loop(ctx, &cfg, "multi", func(cl *lease.Client, i int) ([]lease.Item, []lease.AcquireOption) {
+			items := make([]lease.Item, 4)
+			for k := range items {
+				items[k] = lease.Item{Key: fmt.Sprintf("%sm/%d/%d", cfg.Prefix, i, k)}
+			}
+			return items, nil
+		})
 	}
 	return nil, fmt.Errorf("unknown workload %q (want one of %v, or all)", workload, Workloads)
 }

@@ -10,6 +10,14 @@
 //   - single-holder (SingleHolder): for every key, the real-time intervals
 //     in which two different clients each believed they held it never
 //     overlap.
+//   - shared-exclusive (SharedExclusive): no shared (or semaphore) holder
+//     beside an exclusive one, nor shared beside semaphore, by the same
+//     belief intervals.
+//   - at-most-n (SemaphoreLimit): at no instant more than N clients believe
+//     they hold a slot of a semaphore of N.
+//   - set-atomicity (SetAtomicity): no read ever shows part of a
+//     multi-key lease, and every get made while a client believed it held
+//     a set shows the set on that key.
 //   - monotonic-token (MonotonicToken): grant tokens strictly increase per
 //     key in real-time grant order, no token is granted twice, and the
 //     simulated resource never accepted a write with a token older than
@@ -54,13 +62,16 @@ const (
 
 // Names of the checkers.
 const (
-	NameSingleHolder   = "single-holder"
-	NameMonotonicToken = "monotonic-token"
-	NameLinearizable   = "linearizable"
-	NameRecovery       = "recovery"
-	NameTakeover       = "takeover-bound"
-	NameNodePortAuth   = "node-port-auth"
-	NameAvailability   = "availability"
+	NameSingleHolder    = "single-holder"
+	NameSharedExclusive = "shared-exclusive"
+	NameSemaphoreLimit  = "at-most-n"
+	NameSetAtomicity    = "set-atomicity"
+	NameMonotonicToken  = "monotonic-token"
+	NameLinearizable    = "linearizable"
+	NameRecovery        = "recovery"
+	NameTakeover        = "takeover-bound"
+	NameNodePortAuth    = "node-port-auth"
+	NameAvailability    = "availability"
 )
 
 // Violation is one piece of evidence against a property.
@@ -186,6 +197,9 @@ func Check(records []history.Record, opts Options) (Results, error) {
 	}
 	holds := Holds(ops, events, history.End(records))
 	sh := singleHolder(holds)
+	sx := sharedExclusive(holds)
+	sl := semaphoreLimit(holds)
+	sa := setAtomicity(ops, holds)
 	mt := monotonicToken(ops)
 	lin, vis := linearizable(ops, opts)
 	rec := recovery(ops, events, opts.ServeBound)
@@ -194,7 +208,7 @@ func Check(records []history.Record, opts Options) (Results, error) {
 	npa := nodePortAuth(ops)
 	av := availability(windows)
 	res := Results{
-		Checkers:       []Result{sh, mt, lin, rec, tk, npa, av},
+		Checkers:       []Result{sh, sx, sl, sa, mt, lin, rec, tk, npa, av},
 		Holds:          holds,
 		Windows:        windows,
 		Visualizations: vis,

@@ -258,6 +258,77 @@ var synthetics = []synthetic{
 		serve := b.Invoke(1000, history.Record{Client: history.ProbeClient, Op: history.Serve})
 		b.Complete(31000, serve, history.Record{Type: history.Fail, Client: history.ProbeClient, Op: history.Serve, Err: "no leader"})
 	}},
+
+	// shared-exclusive
+	{"readers-together-then-writer", NameSharedExclusive, true, func(b *history.Builder) {
+		shared := []history.Item{{Key: "rw", Shape: history.ShapeShared}}
+		b.AcquireShapeOK(0, 5, "r1", shared, 10, 1000)
+		b.AcquireShapeOK(100, 105, "r2", shared, 11, 1100)
+		b.ReleaseOK(800, 810, "r1", "rw", 10)
+		b.ReleaseOK(900, 910, "r2", "rw", 11)
+		b.AcquireOK(905, 915, "w", "rw", 14, 2000)
+		b.ReleaseOK(1500, 1510, "w", "rw", 14)
+	}},
+	{"reader-beside-writer", NameSharedExclusive, false, func(b *history.Builder) {
+		// What --unsafe-shared-beside-exclusive looks like: r is granted
+		// a shared holding while w believes it holds the key alone.
+		b.AcquireOK(0, 5, "w", "rw", 10, 1000)
+		b.AcquireShapeOK(400, 410, "r", []history.Item{{Key: "rw", Shape: history.ShapeShared}}, 12, 1400)
+		b.ReleaseOK(800, 810, "w", "rw", 10)
+		b.ReleaseOK(900, 910, "r", "rw", 12)
+	}},
+
+	// at-most-n
+	{"two-slots-of-two", NameSemaphoreLimit, true, func(b *history.Builder) {
+		sem := []history.Item{{Key: "s", Shape: history.ShapeSemaphore, Limit: 2}}
+		b.AcquireShapeOK(0, 5, "c1", sem, 10, 1000)
+		b.AcquireShapeOK(100, 105, "c2", sem, 11, 1100)
+		b.ReleaseOK(500, 510, "c1", "s", 10)
+		b.AcquireShapeOK(505, 515, "c3", sem, 13, 1500)
+		b.Lost(1100, "c2", "s", 11, 1100)
+		b.ReleaseOK(1400, 1410, "c3", "s", 13)
+	}},
+	{"three-holders-of-two", NameSemaphoreLimit, false, func(b *history.Builder) {
+		// What --unsafe-semaphore-overgrant looks like.
+		sem := []history.Item{{Key: "s", Shape: history.ShapeSemaphore, Limit: 2}}
+		b.AcquireShapeOK(0, 5, "c1", sem, 10, 1000)
+		b.AcquireShapeOK(100, 105, "c2", sem, 11, 1100)
+		b.AcquireShapeOK(200, 205, "c3", sem, 12, 1200)
+		b.ReleaseOK(500, 510, "c1", "s", 10)
+		b.ReleaseOK(600, 610, "c2", "s", 11)
+		b.ReleaseOK(700, 710, "c3", "s", 12)
+	}},
+
+	// set-atomicity
+	{"set-seen-whole", NameSetAtomicity, true, func(b *history.Builder) {
+		set := []history.Item{{Key: "m0"}, {Key: "m1", Shape: history.ShapeShared}}
+		b.AcquireShapeOK(0, 5, "x", set, 10, 1000)
+		b.GetHoldings(200, 210, "y", "m1",
+			history.Holding{Key: "m1", Holder: "z", Token: 8, Shape: history.ShapeShared},
+			history.Holding{Key: "m1", Holder: "x", Token: 10, Shape: history.ShapeShared, Set: 10})
+		b.ListOK(300, 310, "y", "m",
+			history.Holding{Key: "m0", Holder: "x", Token: 10, Set: 10},
+			history.Holding{Key: "m1", Holder: "x", Token: 10, Shape: history.ShapeShared, Set: 10})
+		b.ReleaseOK(500, 510, "x", "m0", 10)
+		b.GetHoldings(600, 610, "y", "m1") // released: free, and not inside the set's holding
+	}},
+	{"get-shows-part-of-set", NameSetAtomicity, false, func(b *history.Builder) {
+		// What --unsafe-partial-set looks like: x was granted {m0, m1}
+		// while y held m1; x believes it holds both, a get shows m1 is
+		// y's.
+		b.AcquireOK(0, 5, "y", "m1", 9, 1200)
+		b.AcquireShapeOK(100, 105, "x", []history.Item{{Key: "m0"}, {Key: "m1"}}, 10, 1100)
+		b.GetHoldings(200, 210, "z", "m1", history.Holding{Key: "m1", Holder: "y", Token: 9})
+		b.ReleaseOK(500, 510, "x", "m0", 10)
+		b.ReleaseOK(600, 610, "y", "m1", 9)
+	}},
+	{"list-shows-part-of-set", NameSetAtomicity, false, func(b *history.Builder) {
+		// A set released on one key only: a list shows it on m1 and not
+		// on m0, after its client let it go.
+		b.AcquireShapeOK(0, 5, "x", []history.Item{{Key: "m0"}, {Key: "m1"}}, 10, 1000)
+		b.ReleaseOK(300, 310, "x", "m0", 10)
+		b.ListOK(400, 410, "y", "m", history.Holding{Key: "m1", Holder: "x", Token: 10, Set: 10})
+	}},
 }
 
 func (s synthetic) records() []history.Record {
@@ -336,7 +407,8 @@ func TestReplayTestdata(t *testing.T) {
 			}
 		})
 	}
-	for _, name := range []string{NameSingleHolder, NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover, NameNodePortAuth} {
+	for _, name := range []string{NameSingleHolder, NameSharedExclusive, NameSemaphoreLimit, NameSetAtomicity,
+		NameMonotonicToken, NameLinearizable, NameRecovery, NameTakeover, NameNodePortAuth} {
 		if m, _ := filepath.Glob(filepath.Join(testdata, name+".bad.*.jsonl")); len(m) == 0 {
 			t.Errorf("no known-bad history for %s: a check that cannot fail proves nothing", name)
 		}

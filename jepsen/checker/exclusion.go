@@ -30,6 +30,12 @@ type Hold struct {
 	Reported int64 `json:"reported,omitempty"`
 	// Acquire is the history ID of the granting acquire.
 	Acquire int64 `json:"acquire"`
+	// Shape is how the hold shares its key: "" (exclusive), "shared" or
+	// "semaphore" of Limit; SetKeys are every key of its multi-key grant
+	// (nil if granted alone).
+	Shape   string   `json:"shape,omitempty"`
+	Limit   int      `json:"limit,omitempty"`
+	SetKeys []string `json:"set,omitempty"`
 }
 
 type holdKey struct {
@@ -40,33 +46,58 @@ type holdKey struct {
 // Holds computes every client's belief intervals from a paired history.
 // An indeterminate acquire gives no interval: its client never learned it
 // held anything. end is the history's last time.
+//
+// A grant is named by (client, its first key, token): releases, losses and
+// observations name it so. A multi-key grant gives one hold per key, all
+// ended together; a write or check-token on any of its keys counts as a
+// reading of the grant's validity.
 func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 	var holds []Hold
-	idx := map[holdKey]int{}
+	idx := map[holdKey][]int{}       // grant → its holds
+	grantOf := map[holdKey]holdKey{} // (client, any key of a grant, token) → grant
 	// Holds start out ending with the history; a release or a loss ends
 	// them (the earliest wins), and a loss may end one after the history
 	// if the client had reported a later validity.
 	bounded := map[int]bool{}
 	cut := func(k holdKey, t int64, why string) {
-		i, ok := idx[k]
-		if !ok || (bounded[i] && t > holds[i].End) {
-			return
+		for _, i := range idx[k] {
+			if bounded[i] && t > holds[i].End {
+				continue
+			}
+			holds[i].End, holds[i].Ended = t, why
+			bounded[i] = true
 		}
-		holds[i].End, holds[i].Ended = t, why
-		bounded[i] = true
 	}
 	for _, op := range ops {
 		inv, c := op.Invoke, op.Complete
 		if inv.Op == history.Acquire && c.Type == history.OK {
-			k := holdKey{inv.Client, inv.Key, c.Token}
-			idx[k] = len(holds)
-			holds = append(holds, Hold{Key: inv.Key, Client: inv.Client, Token: c.Token,
-				Start: c.Time, End: max(end, c.Time), Ended: "history-end", Acquire: inv.ID})
+			g := holdKey{inv.Client, inv.Key, c.Token}
+			items := inv.AcquireItems()
+			var set []string
+			if len(items) > 1 {
+				for _, it := range items {
+					set = append(set, it.Key)
+				}
+			}
+			for _, it := range items {
+				grantOf[holdKey{inv.Client, it.Key, c.Token}] = g
+				idx[g] = append(idx[g], len(holds))
+				holds = append(holds, Hold{Key: it.Key, Client: inv.Client, Token: c.Token,
+					Start: c.Time, End: max(end, c.Time), Ended: "history-end", Acquire: inv.ID,
+					Shape: it.Shape, Limit: it.Limit, SetKeys: set})
+			}
 		}
+	}
+	grant := func(client, key string, token uint64) holdKey {
+		k := holdKey{client, key, token}
+		if g, ok := grantOf[k]; ok {
+			return g
+		}
+		return k
 	}
 	for _, op := range ops {
 		if inv := op.Invoke; inv.Op == history.Release {
-			cut(holdKey{inv.Client, inv.Key, inv.Token}, inv.Time, "release")
+			cut(grant(inv.Client, inv.Key, inv.Token), inv.Time, "release")
 		}
 	}
 	// Every ValidUntil the client reported while healthy, with the time
@@ -79,14 +110,14 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 		case inv.Op == history.Acquire && c.Type == history.OK && c.ValidUntil != 0:
 			k := holdKey{inv.Client, inv.Key, c.Token}
 			readings[k] = append(readings[k], reading{c.Time, c.ValidUntil})
-		case (inv.Op == history.Write || inv.Op == history.CheckToken) && inv.Healthy && inv.ValidUntil != 0:
-			k := holdKey{inv.Client, inv.Key, inv.Token}
+		case (inv.Op == history.Write || inv.Op == history.CheckToken || inv.Op == history.Read) && inv.Healthy && inv.ValidUntil != 0:
+			k := grant(inv.Client, inv.Key, inv.Token)
 			readings[k] = append(readings[k], reading{inv.Time, inv.ValidUntil})
 		}
 	}
 	for _, ev := range events {
 		if ev.Op == history.Observe && ev.Healthy && ev.ValidUntil != 0 {
-			k := holdKey{ev.Client, ev.Key, ev.Token}
+			k := grant(ev.Client, ev.Key, ev.Token)
 			readings[k] = append(readings[k], reading{ev.Time, ev.ValidUntil})
 		}
 	}
@@ -94,7 +125,7 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 		if ev.Op != history.ExtendLost {
 			continue
 		}
-		k := holdKey{ev.Client, ev.Key, ev.Token}
+		k := grant(ev.Client, ev.Key, ev.Token)
 		t := ev.Time
 		if ev.ValidUntil != 0 && ev.ValidUntil < t {
 			t = ev.ValidUntil
@@ -106,7 +137,7 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 				reported = max(reported, r.validUntil)
 			}
 		}
-		if i, ok := idx[k]; ok {
+		for _, i := range idx[k] {
 			holds[i].Reported = reported
 		}
 		if reported > t {
@@ -128,6 +159,36 @@ func Holds(ops []history.Operation, events []history.Record, end int64) []Hold {
 		return holds[a].Start < holds[b].Start
 	})
 	return holds
+}
+
+// overlaps calls f for every pair of holds of one key by different
+// clients whose intervals overlap (a started before b), with the overlap.
+func overlaps(holds []Hold, f func(key string, a, b Hold, from, to int64)) {
+	byKey := map[string][]Hold{}
+	for _, h := range holds {
+		byKey[h.Key] = append(byKey[h.Key], h)
+	}
+	for _, key := range sortedKeys(byKey) {
+		var active []Hold
+		for _, h := range byKey[key] { // sorted by Start
+			kept := active[:0]
+			for _, a := range active {
+				if a.End > h.Start {
+					kept = append(kept, a)
+				}
+			}
+			active = kept
+			for _, a := range active {
+				if a.Client == h.Client || h.End <= h.Start {
+					continue
+				}
+				f(key, a, h, h.Start, min(a.End, h.End))
+			}
+			if h.End > h.Start {
+				active = append(active, h)
+			}
+		}
+	}
 }
 
 // SingleHolder checks a history for single-holder.
@@ -153,46 +214,33 @@ func SingleHolder(records []history.Record) (Result, []Hold, error) {
 
 func singleHolder(holds []Hold) Result {
 	r := newResult(NameSingleHolder)
-	byKey := map[string][]Hold{}
-	for _, h := range holds {
-		byKey[h.Key] = append(byKey[h.Key], h)
-	}
+	keys := map[string]bool{}
 	var believed int64
-	for _, key := range sortedKeys(byKey) {
-		hs := byKey[key] // sorted by Start
-		var active []Hold
-		for _, h := range hs {
+	n := 0
+	for _, h := range holds {
+		if h.Shape == "" {
+			keys[h.Key] = true
 			believed += h.End - h.Start
-			kept := active[:0]
-			for _, a := range active {
-				if a.End > h.Start {
-					kept = append(kept, a)
-				}
-			}
-			active = kept
-			for _, a := range active {
-				if a.Client == h.Client || h.End <= h.Start {
-					continue
-				}
-				from, to := h.Start, min(a.End, h.End)
-				r.violate(Violation{
-					Key: key, Start: from, End: to,
-					Clients: []string{a.Client, h.Client},
-					Tokens:  []uint64{a.Token, h.Token},
-					Ops:     []int64{a.Acquire, h.Acquire},
-					Message: fmt.Sprintf("%s (token %d, %s-%s) and %s (token %d, %s-%s) both believed they held %q for %s",
-						a.Client, a.Token, fmtT(a.Start), fmtT(a.End), h.Client, h.Token, fmtT(h.Start), fmtT(h.End), key, fmtT(to-from)),
-				})
-			}
-			if h.End > h.Start {
-				active = append(active, h)
-			}
+			n++
 		}
 	}
-	r.Stats["holds"] = int64(len(holds))
-	r.Stats["keys"] = int64(len(byKey))
+	overlaps(holds, func(key string, a, h Hold, from, to int64) {
+		if a.Shape != "" || h.Shape != "" {
+			return // shapes: shared-exclusive and at-most-n judge them
+		}
+		r.violate(Violation{
+			Key: key, Start: from, End: to,
+			Clients: []string{a.Client, h.Client},
+			Tokens:  []uint64{a.Token, h.Token},
+			Ops:     []int64{a.Acquire, h.Acquire},
+			Message: fmt.Sprintf("%s (token %d, %s-%s) and %s (token %d, %s-%s) both believed they held %q for %s",
+				a.Client, a.Token, fmtT(a.Start), fmtT(a.End), h.Client, h.Token, fmtT(h.Start), fmtT(h.End), key, fmtT(to-from)),
+		})
+	})
+	r.Stats["holds"] = int64(n)
+	r.Stats["keys"] = int64(len(keys))
 	r.Stats["believed_ns"] = believed
-	r.Summary = fmt.Sprintf("%s on %s, %s overlapping", plural(len(holds), "holding period", "holding periods"),
-		plural(len(byKey), "key", "keys"), plural(len(r.Violations), "pair", "pairs"))
+	r.Summary = fmt.Sprintf("%s on %s, %s overlapping", plural(n, "exclusive holding period", "exclusive holding periods"),
+		plural(len(keys), "key", "keys"), plural(len(r.Violations), "pair", "pairs"))
 	return r
 }

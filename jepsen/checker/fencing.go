@@ -38,13 +38,19 @@ func monotonicToken(ops []history.Operation) Result {
 		if inv.Op != history.Acquire {
 			continue
 		}
+		items := inv.AcquireItems()
 		switch c.Type {
 		case history.Info:
-			maybe[holdKey{client: inv.Client, key: inv.Key}] = true
+			for _, it := range items {
+				maybe[holdKey{client: inv.Client, key: it.Key}] = true
+			}
 		case history.OK:
 			nGrants++
-			grants[inv.Key] = append(grants[inv.Key], op)
-			granted[holdKey{inv.Client, inv.Key, c.Token}] = true
+			for _, it := range items {
+				// A multi-key grant is one token, the same on each key.
+				grants[it.Key] = append(grants[it.Key], op)
+				granted[holdKey{inv.Client, it.Key, c.Token}] = true
+			}
 			if prev, dup := byToken[c.Token]; dup {
 				r.violate(Violation{
 					Key: inv.Key, Start: prev.Complete.Time, End: c.Time,
@@ -94,19 +100,41 @@ func monotonicToken(ops []history.Operation) Result {
 	}
 
 	// (c) the resource, in the order it decided (completions are recorded
-	// under its lock).
+	// under its lock): writes, and shared holders' fenced reads, which
+	// must be refused exactly when their token is below the highest
+	// write accepted and record nothing.
 	var writes []history.Operation
 	for _, op := range ops {
-		if op.Invoke.Op == history.Write && (op.Complete.Type == history.OK || op.Complete.Type == history.Fail) {
+		if (op.Invoke.Op == history.Write || op.Invoke.Op == history.Read) && (op.Complete.Type == history.OK || op.Complete.Type == history.Fail) {
 			writes = append(writes, op)
 		}
 	}
+	var reads, staleReads int64
 	sort.SliceStable(writes, func(a, b int) bool { return writes[a].Complete.Index < writes[b].Complete.Index })
 	highest := map[string]uint64{}
 	var accepted, rejected int64
 	for _, w := range writes {
 		inv, c := w.Invoke, w.Complete
 		h := highest[inv.Key]
+		if inv.Op == history.Read {
+			reads++
+			switch {
+			case c.Type == history.OK && inv.Token < h:
+				r.violate(Violation{Key: inv.Key, Start: c.Time, End: c.Time, Clients: []string{inv.Client},
+					Tokens: []uint64{inv.Token, h}, Ops: []int64{inv.ID},
+					Message: fmt.Sprintf("the resource admitted %s's read of %q with token %d after it had accepted a write with token %d",
+						inv.Client, inv.Key, inv.Token, h)})
+			case c.Err == history.ErrStaleToken:
+				staleReads++
+				if inv.Token >= h {
+					r.violate(Violation{Key: inv.Key, Start: c.Time, End: c.Time, Clients: []string{inv.Client},
+						Tokens: []uint64{inv.Token, h}, Ops: []int64{inv.ID},
+						Message: fmt.Sprintf("the resource refused %s's read of %q with token %d as stale, but the highest write it had accepted was %d",
+							inv.Client, inv.Key, inv.Token, h)})
+				}
+			}
+			continue
+		}
 		switch {
 		case c.Type == history.OK:
 			accepted++
@@ -136,6 +164,8 @@ func monotonicToken(ops []history.Operation) Result {
 	r.Stats["grants"] = int64(nGrants)
 	r.Stats["writes_accepted"] = accepted
 	r.Stats["writes_stale_rejected"] = rejected
+	r.Stats["reads"] = reads
+	r.Stats["reads_stale_rejected"] = staleReads
 	r.Summary = fmt.Sprintf("%s, %d writes accepted, %d stale writes refused by the resource, %s",
 		plural(nGrants, "grant", "grants"), accepted, rejected, plural(len(r.Violations), "violation", "violations"))
 	return r

@@ -191,7 +191,7 @@ func keyOperations(ops []history.Operation, horizon time.Duration) map[string][]
 		byID[op.Invoke.ID] = op
 	}
 	byKey := map[string][]keyOp{}
-	for _, op := range model.Operations(ops) {
+	for _, op := range model.Operations(exclusiveOnly(ops)) {
 		k := op.Input.(model.Input).Key
 		ko := keyOp{op: op}
 		if op.Output.(model.Output).Unknown {
@@ -210,6 +210,30 @@ func keyOperations(ops []history.Operation, horizon time.Duration) map[string][]
 		sort.SliceStable(kops, func(a, b int) bool { return kops[a].op.Call < kops[b].op.Call })
 	}
 	return byKey
+}
+
+// exclusiveOnly drops the operations on keys that any acquire asked for
+// in a shape or as part of a set: the model is a register with one holder
+// (shared-exclusive, at-most-n and set-atomicity judge those keys).
+func exclusiveOnly(ops []history.Operation) []history.Operation {
+	shaped := map[string]bool{}
+	for _, op := range ops {
+		if inv := op.Invoke; inv.Op == history.Acquire && (inv.Shape != "" || len(inv.Items) > 0) {
+			for _, it := range inv.AcquireItems() {
+				shaped[it.Key] = true
+			}
+		}
+	}
+	if len(shaped) == 0 {
+		return ops
+	}
+	out := make([]history.Operation, 0, len(ops))
+	for _, op := range ops {
+		if !shaped[op.Invoke.Key] {
+			out = append(out, op)
+		}
+	}
+	return out
 }
 
 // witness bounds indeterminate acquires by what later reads proved: a

@@ -234,7 +234,8 @@ func (o *Online) Advance(records []history.Record, now int64) ([]VerdictLine, er
 // linear runs the checkers whose cost is linear in the history.
 func (o *Online) linear(ops []history.Operation, events []history.Record, records []history.Record, opts Options) []Result {
 	holds := Holds(ops, events, history.End(records))
-	return []Result{singleHolder(holds), monotonicToken(ops), takeover(ops, events, Windows(ops), opts.Takeover), nodePortAuth(ops)}
+	return []Result{singleHolder(holds), sharedExclusive(holds), semaphoreLimit(holds), setAtomicity(ops, holds),
+		monotonicToken(ops), takeover(ops, events, Windows(ops), opts.Takeover), nodePortAuth(ops)}
 }
 
 func (o *Online) write(lines []VerdictLine) error {

@@ -135,5 +135,35 @@ func (b *Builder) Fault(start, end int64, name string, nodes ...string) {
 	b.Op(end, end, Record{Client: NemesisClient, Op: Heal, Fault: name, Nodes: nodes}, OK, nil)
 }
 
+// AcquireShapeOK appends a try-acquire of items (one key in a shape, or a
+// multi-key set) granted with token, valid until validUntil ms.
+func (b *Builder) AcquireShapeOK(start, end int64, client string, items []Item, token uint64, validUntil int64) int64 {
+	inv := Record{Client: client, Op: Acquire, Key: items[0].Key, Mode: "try"}
+	if len(items) == 1 {
+		inv.Shape, inv.Limit = items[0].Shape, items[0].Limit
+	} else {
+		inv.Items = items
+	}
+	return b.Op(start, end, inv, OK, func(r *Record) {
+		r.Token = token
+		r.ValidUntil = ms(validUntil)
+	})
+}
+
+// GetHoldings appends a get of key that saw holdings.
+func (b *Builder) GetHoldings(start, end int64, client, key string, holdings ...Holding) int64 {
+	return b.Op(start, end, Record{Client: client, Op: Get, Key: key}, OK, func(r *Record) {
+		r.Holdings = holdings
+		if len(holdings) > 0 {
+			r.Found, r.Holder, r.Token = true, holdings[0].Holder, holdings[0].Token
+		}
+	})
+}
+
+// ListOK appends a list of prefix that saw holdings.
+func (b *Builder) ListOK(start, end int64, client, prefix string, holdings ...Holding) int64 {
+	return b.Op(start, end, Record{Client: client, Op: List, Value: prefix}, OK, func(r *Record) { r.Holdings = holdings })
+}
+
 // Records returns the history built so far.
 func (b *Builder) Records() []Record { return append([]Record(nil), b.records...) }

@@ -90,6 +90,14 @@ const (
 	// Lease.ValidUntil reported it, and Healthy as IsHealthy said just
 	// after. Workers record one whenever the validity they see changes.
 	Observe Op = "observe"
+	// List reads every holding of the keys under a prefix (Value) in one
+	// linearizable read: OK carries Holdings.
+	List Op = "list"
+	// Read is a shared holder's read of the simulated resource, fenced
+	// (lease.Fence.CheckRead): OK if no write with a higher token was
+	// accepted, Fail with Err "stale-token" otherwise. It records nothing
+	// in the resource.
+	Read Op = "read"
 	// Crash (an Event) marks a holder the harness killed while holding:
 	// its client stops extending and never releases, like a crashed
 	// process. ValidUntil is the lease's validity at the crash, TTL and
@@ -157,8 +165,18 @@ type Record struct {
 	Client string `json:"client"`
 	// Op is the operation.
 	Op Op `json:"op"`
-	// Key is the lease key.
+	// Key is the lease key (the first key of a multi-key acquire).
 	Key string `json:"key,omitempty"`
+	// Shape of a single-key acquire: "" (exclusive), "shared" or
+	// "semaphore" with Limit slots.
+	Shape string `json:"shape,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+	// Items of a multi-key acquire: every key with its shape, Key first.
+	// Its grant's Token is every key's.
+	Items []Item `json:"items,omitempty"`
+	// Holdings a get or list observed: every holding of the key (get) or
+	// of every key under the prefix (list).
+	Holdings []Holding `json:"holdings,omitempty"`
 	// Mode of an acquire: "try", "wait" or "timeout".
 	Mode string `json:"mode,omitempty"`
 	// LockDelay of an acquire (ns): how long the key stays blocked if this
@@ -192,6 +210,43 @@ type Record struct {
 	Applied uint64 `json:"applied,omitempty"`
 	// Err says why an operation failed or is indeterminate.
 	Err string `json:"err,omitempty"`
+}
+
+// Shapes of Record.Shape, Item.Shape and Holding.Shape ("" is exclusive).
+const (
+	ShapeShared    = "shared"
+	ShapeSemaphore = "semaphore"
+)
+
+// Item is one key of an acquire and the shape it was asked in.
+type Item struct {
+	Key   string `json:"key"`
+	Shape string `json:"shape,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+// Holding is one holding a read observed. Holder is a client name as the
+// history names clients; Set is the token of the multi-key grant it
+// belongs to (0 if alone); Delayed marks a lock-delay remnant.
+type Holding struct {
+	Key     string `json:"key"`
+	Holder  string `json:"holder,omitempty"`
+	Token   uint64 `json:"token"`
+	Shape   string `json:"shape,omitempty"`
+	Limit   int    `json:"limit,omitempty"`
+	Set     uint64 `json:"set,omitempty"`
+	Delayed bool   `json:"delayed,omitempty"`
+	// SetKeys are the keys the cluster lists for its grant (set only).
+	SetKeys []string `json:"set_keys,omitempty"`
+}
+
+// AcquireItems returns the keys an acquire asked for, with their shapes:
+// Items, or Key in Shape.
+func (r Record) AcquireItems() []Item {
+	if len(r.Items) > 0 {
+		return r.Items
+	}
+	return []Item{{Key: r.Key, Shape: r.Shape, Limit: r.Limit}}
 }
 
 // Duration returns t (harness nanoseconds) as a time.Duration since the
@@ -566,8 +621,38 @@ func Trim(records []Record, keys []string, from, to int64) []Record {
 	for _, k := range keys {
 		want[k] = true
 	}
+	// An operation is relevant if any of its records names a wanted key:
+	// its key, a key of a multi-key acquire, a key a list saw.
+	names := func(r Record) bool {
+		if want[r.Key] {
+			return true
+		}
+		for _, it := range r.Items {
+			if want[it.Key] {
+				return true
+			}
+		}
+		for _, h := range r.Holdings {
+			if want[h.Key] {
+				return true
+			}
+		}
+		return false
+	}
+	named := map[int64]bool{}
+	for _, r := range records {
+		if r.Type != Event && names(r) {
+			named[r.ID] = true
+		}
+	}
 	relevant := func(r Record) bool {
-		return r.Client == NemesisClient || r.Op == Rogue || len(want) == 0 || want[r.Key]
+		if r.Client == NemesisClient || r.Op == Rogue || len(want) == 0 {
+			return true
+		}
+		if r.Type == Event {
+			return names(r)
+		}
+		return named[r.ID]
 	}
 	type span struct{ start, end int64 }
 	spans := map[int64]span{}

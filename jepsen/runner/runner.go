@@ -80,6 +80,10 @@ type Config struct {
 	// Workers (half steady, half chaotic) and Keys of the workload.
 	Workers int
 	Keys    int
+	// Shapes has the workers use the lock shapes too (workload.Shapes: a
+	// semaphore s0, a read-write key rw0, sets over m0-m2) for half of
+	// their acquires.
+	Shapes bool
 	// TakeoverKeys is how many takeover chains run (holders killed while
 	// holding, waiters that must take over in time: takeover-bound), each
 	// on a key of its own; TakeoverSlack is that checker's slack (0: its
@@ -128,7 +132,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Nodes: 3, Duration: 2 * time.Minute, Faults: "mixed", TTL: 2 * time.Second,
-		Workers: 6, Keys: 3, TakeoverKeys: 1, Timing: "fast", ClusterKey: "auto", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
+		Workers: 6, Keys: 3, Shapes: true, TakeoverKeys: 1, Timing: "fast", ClusterKey: "auto", ServeBound: 30 * time.Second, LinTimeout: time.Minute,
 		Stdout: os.Stdout, Progress: os.Stderr,
 	}
 }
@@ -149,6 +153,9 @@ type UnsafeMode struct {
 	// Args for every node; NodeArgs per node (1-based).
 	Args     func(nodes int, ttl time.Duration) []string
 	NodeArgs func(node int, ttl time.Duration) []string
+	// Shapes: the mode breaks a lock shape, so the workload must use
+	// them whatever -shapes says.
+	Shapes bool
 }
 
 // UnsafeModes are the modes -unsafe accepts.
@@ -183,6 +190,24 @@ var UnsafeModes = map[string]UnsafeMode{
 		Describe:        "--unsafe-clock-rate 2: every leader clock runs twice as fast as real time, far beyond the 1% drift bound",
 		ExpectViolation: true,
 		Args:            func(int, time.Duration) []string { return []string{"--unsafe-clock-rate", "2"} },
+	},
+	"semaphore-overgrant": {
+		Describe:        "--unsafe-semaphore-overgrant: a semaphore of N is granted to N+1 holders (at-most-n must catch it)",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-semaphore-overgrant"} },
+		Shapes:          true,
+	},
+	"shared-beside-exclusive": {
+		Describe:        "--unsafe-shared-beside-exclusive: shared holdings are granted beside an exclusive one (shared-exclusive must catch it)",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-shared-beside-exclusive"} },
+		Shapes:          true,
+	},
+	"partial-set": {
+		Describe:        "--unsafe-partial-set: a multi-key acquire is granted on its free keys only and answered granted (set-atomicity must catch it)",
+		ExpectViolation: true,
+		Args:            func(int, time.Duration) []string { return []string{"--unsafe-partial-set"} },
+		Shapes:          true,
 	},
 	"clock-rate-within": {
 		Describe:        "--unsafe-clock-rate 1.004 / 0.996 (alternating by node): within the 1% drift bound, so the cluster must stay safe",
@@ -528,6 +553,10 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	for i := range keys {
 		keys[i] = "k" + strconv.Itoa(i)
 	}
+	var shapes *workload.Shapes
+	if cfg.Shapes || mode.Shapes {
+		shapes = workload.DefaultShapes()
+	}
 	meta := report.Meta{
 		Name:    fmt.Sprintf("%d nodes, %v, faults %s", cfg.Nodes, cfg.Duration, cfg.Faults),
 		Started: time.Now(), Duration: cfg.Duration, Nodes: cfg.Nodes, Faults: cfg.Faults,
@@ -535,6 +564,12 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 		Control: "loopback", ControlNote: note, Seed: int64(cfg.Seed), TTL: cfg.TTL,
 		Workers: cfg.Workers, Keys: keys, TLS: cfg.TLS, ClusterKey: keyed,
 		Extra: extra,
+	}
+	if shapes != nil {
+		meta.Keys = append(meta.Keys, shapes.Semaphore, shapes.RW)
+		meta.Keys = append(meta.Keys, shapes.Set...)
+		extra["shapes"] = fmt.Sprintf("%s a semaphore of %d, %s shared/exclusive, sets over %s (%.0f%% of acquires)",
+			shapes.Semaphore, shapes.Limit, shapes.RW, strings.Join(shapes.Set, ","), shapes.Prob*100)
 	}
 	extra["agent"], extra["timing"] = cfg.Binary, cfg.Timing
 	if faultSpec != cfg.Faults {
@@ -577,6 +612,7 @@ func Campaign(cfg Config, nw *control.Network, note string) int {
 	// The campaign.
 	wcfg := workload.DefaultConfig()
 	wcfg.Addrs, wcfg.Keys, wcfg.TTL, wcfg.Seed = c.APIAddrs(), keys, cfg.TTL, cfg.Seed
+	wcfg.Shapes = shapes
 	wcfg.Steady, wcfg.Chaotic = (cfg.Workers+1)/2, cfg.Workers/2
 	for i := 0; i < cfg.TakeoverKeys; i++ {
 		wcfg.TakeoverKeys = append(wcfg.TakeoverKeys, "t"+strconv.Itoa(i))

@@ -60,6 +60,9 @@ type Config struct {
 	// TakeoverKeys get one takeover chain each (see takeover.go): holders
 	// killed while holding, waiters that must take over in time.
 	TakeoverKeys []string
+	// Shapes, if set, has the workers use the lock shapes too (a
+	// semaphore, a read-write key, multi-key leases) beside Keys.
+	Shapes *Shapes
 	// TLS, if set, is the clients' TLS configuration (with a client
 	// certificate when the agents require one).
 	TLS *tls.Config
@@ -109,6 +112,22 @@ func (r *Resource) Write(client, key string, token uint64, validUntil int64, hea
 	}
 	r.highest[key] = token
 	r.value[key] = value
+	r.rec.Complete(id, history.Record{Type: history.OK, Token: token})
+	return true
+}
+
+// Read offers a fenced read of key by a shared holder with token
+// (lease.Fence.CheckRead's rule: refused if a write with a higher token was
+// accepted), recording the decision; it changes nothing.
+func (r *Resource) Read(client, key string, token uint64, validUntil int64, healthy bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id := r.rec.Invoke(history.Record{Client: client, Op: history.Read, Key: key, Token: token, ValidUntil: validUntil, Healthy: healthy})
+	if token < r.highest[key] {
+		r.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrStaleToken, Token: token,
+			Value: fmt.Sprintf("highest %d", r.highest[key])})
+		return false
+	}
 	r.rec.Complete(id, history.Record{Type: history.OK, Token: token})
 	return true
 }
@@ -264,10 +283,20 @@ func (wk *worker) run(ctx context.Context) error {
 		cancel()
 	}()
 	for ctx.Err() == nil && wk.client != nil {
-		key := wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))]
-		l := wk.acquire(ctx, key)
+		items := []lease.Item{{Key: wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))]}}
+		if sh := wk.cfg().Shapes; sh != nil && wk.rnd.Float64() < sh.Prob {
+			items = sh.pick(wk.rnd)
+		}
+		l := wk.acquire(ctx, items)
 		if wk.rnd.Float64() < 0.3 {
-			wk.get(ctx, wk.cfg().Keys[wk.rnd.IntN(len(wk.cfg().Keys))])
+			keys := wk.cfg().Keys
+			if sh := wk.cfg().Shapes; sh != nil && wk.rnd.IntN(2) == 0 {
+				keys = sh.keys()
+			}
+			wk.get(ctx, keys[wk.rnd.IntN(len(keys))])
+		}
+		if sh := wk.cfg().Shapes; sh != nil && wk.rnd.Float64() < 0.15 {
+			wk.list(ctx, sh.ListPrefix)
 		}
 		if l == nil {
 			ctxtime.Sleep(ctx, time.Duration(20+wk.rnd.IntN(200))*time.Millisecond)
@@ -278,11 +307,27 @@ func (wk *worker) run(ctx context.Context) error {
 	return nil
 }
 
-// acquire records one acquire in a random mode and returns the lease if
-// granted.
-func (wk *worker) acquire(ctx context.Context, key string) *lease.Lease {
+// acquire records one acquire of items (one plain key, one key in a
+// shape, or a set) in a random mode and returns the lease if granted.
+func (wk *worker) acquire(ctx context.Context, items []lease.Item) *lease.Lease {
 	var opts []lease.AcquireOption
+	key := items[0].Key
 	inv := history.Record{Client: wk.name, Op: history.Acquire, Key: key}
+	set := len(items) > 1
+	if set {
+		for _, it := range items {
+			inv.Items = append(inv.Items, historyItem(it))
+		}
+	} else {
+		hi := historyItem(items[0])
+		inv.Shape, inv.Limit = hi.Shape, hi.Limit
+		if items[0].Shared {
+			opts = append(opts, lease.Shared())
+		}
+		if items[0].Semaphore != 0 {
+			opts = append(opts, lease.Semaphore(items[0].Semaphore))
+		}
+	}
 	if wk.cfg().LockDelay > 0 && wk.rnd.IntN(3) == 0 {
 		opts = append(opts, lease.LockDelay(wk.cfg().LockDelay))
 		inv.LockDelay = int64(wk.cfg().LockDelay)
@@ -296,7 +341,11 @@ func (wk *worker) acquire(ctx context.Context, key string) *lease.Lease {
 		inv.Mode = "try"
 		id := wk.w.rec.Invoke(inv)
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		l, err = wk.client.TryAcquire(cctx, key, opts...)
+		if set {
+			l, err = wk.client.TryAcquireSet(cctx, items, opts...)
+		} else {
+			l, err = wk.client.TryAcquire(cctx, key, opts...)
+		}
 		cancel()
 		if l == nil && err == nil {
 			// Refused: the leader said another holder has it. (A lease
@@ -310,13 +359,21 @@ func (wk *worker) acquire(ctx context.Context, key string) *lease.Lease {
 		inv.Mode = "timeout"
 		id := wk.w.rec.Invoke(inv)
 		maxWait := time.Duration(300+wk.rnd.IntN(3000)) * time.Millisecond
-		l, err = wk.client.AcquireTimeout(ctx, key, maxWait, opts...)
+		if set {
+			l, err = wk.client.AcquireSetTimeout(ctx, items, maxWait, opts...)
+		} else {
+			l, err = wk.client.AcquireTimeout(ctx, key, maxWait, opts...)
+		}
 		return wk.acquired(id, l, err)
 	default:
 		inv.Mode = "wait"
 		id := wk.w.rec.Invoke(inv)
 		cctx, cancel := context.WithTimeout(ctx, 3*wk.cfg().TTL)
-		l, err = wk.client.Acquire(cctx, key, opts...)
+		if set {
+			l, err = wk.client.AcquireSet(cctx, items, opts...)
+		} else {
+			l, err = wk.client.Acquire(cctx, key, opts...)
+		}
 		cancel()
 		return wk.acquired(id, l, err)
 	}
@@ -422,7 +479,11 @@ func (wk *worker) hold(ctx context.Context, l *lease.Lease) {
 		if wk.rnd.IntN(5) == 0 {
 			wk.checkToken(ctx, l)
 		}
-		wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(vu), true, fmt.Sprintf("%s#%d", wk.name, seq))
+		wk.touch(l, wk.w.clock.At(vu), true, fmt.Sprintf("%s#%d", wk.name, seq))
+		if sh := wk.cfg().Shapes; sh != nil && len(l.Keys()) > 1 && wk.rnd.IntN(4) == 0 {
+			// Look at the set from the outside while it is held.
+			wk.get(ctx, l.Keys()[wk.rnd.IntN(len(l.Keys()))])
+		}
 		return true
 	}
 	write()
@@ -460,8 +521,22 @@ func (wk *worker) pause(ctx context.Context, l *lease.Lease) {
 	wk.gate.Thaw()
 	wk.w.rec.Event(history.Record{Client: wk.name, Op: history.Resume, Key: l.Key(), Token: l.Token()})
 	vu := l.ValidUntil()
-	wk.w.res.Write(wk.name, l.Key(), l.Token(), wk.w.clock.At(vu), l.IsHealthy(), wk.name+"#after-pause")
+	wk.touch(l, wk.w.clock.At(vu), l.IsHealthy(), wk.name+"#after-pause")
 	wk.release(l)
+}
+
+// touch uses the resource as the lease's holder: a write with the token to
+// every key held exclusively, a fenced read of every key held shared
+// (semaphore slots do not fence each other, so they touch nothing).
+func (wk *worker) touch(l *lease.Lease, validUntil int64, healthy bool, value string) {
+	for _, it := range l.Items() {
+		switch {
+		case it.Shared:
+			wk.w.res.Read(wk.name, it.Key, l.Token(), validUntil, healthy)
+		case it.Semaphore == 0:
+			wk.w.res.Write(wk.name, it.Key, l.Token(), validUntil, healthy, value)
+		}
+	}
 }
 
 // vanish abandons the client without releasing, like a crashed process:
@@ -514,19 +589,38 @@ func (wk *worker) release(l *lease.Lease) {
 	}
 }
 
+// get reads every holding of key (the first one is what a plain Get
+// returns: the register the linearizable model reads).
 func (wk *worker) get(ctx context.Context, key string) {
 	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.Get, Key: key})
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	info, err := wk.client.Get(cctx, key)
+	infos, err := wk.client.Holdings(cctx, key)
 	cancel()
 	switch {
 	case err != nil:
 		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
-	case info == nil:
+	case len(infos) == 0:
 		wk.w.rec.Complete(id, history.Record{Type: history.OK})
 	default:
-		wk.w.rec.Complete(id, history.Record{Type: history.OK, Found: true, Holder: holderName(info.Holder), Token: info.Token})
+		out := history.Record{Type: history.OK, Found: true, Holder: holderName(infos[0].Holder), Token: infos[0].Token}
+		if wk.cfg().Shapes != nil {
+			out.Holdings = holdings(infos)
+		}
+		wk.w.rec.Complete(id, out)
 	}
+}
+
+// list reads every holding under prefix in one linearizable read.
+func (wk *worker) list(ctx context.Context, prefix string) {
+	id := wk.w.rec.Invoke(history.Record{Client: wk.name, Op: history.List, Value: prefix})
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	infos, err := wk.client.List(cctx, prefix)
+	cancel()
+	if err != nil {
+		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})
+		return
+	}
+	wk.w.rec.Complete(id, history.Record{Type: history.OK, Holdings: holdings(infos)})
 }
 
 func (wk *worker) checkToken(ctx context.Context, l *lease.Lease) {

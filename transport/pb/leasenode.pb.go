@@ -28,6 +28,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// LeaseMode is how a holding shares its key.
+type LeaseMode int32
+
+const (
+	// EXCLUSIVE: alone on the key (the default, and what old clients ask).
+	LeaseMode_LEASE_MODE_EXCLUSIVE LeaseMode = 0
+	// SHARED: beside other shared holdings only (readers).
+	LeaseMode_LEASE_MODE_SHARED LeaseMode = 1
+	// SEMAPHORE: beside fewer than limit other semaphore holdings of the
+	// same limit only.
+	LeaseMode_LEASE_MODE_SEMAPHORE LeaseMode = 2
+)
+
+// Enum value maps for LeaseMode.
+var (
+	LeaseMode_name = map[int32]string{
+		0: "LEASE_MODE_EXCLUSIVE",
+		1: "LEASE_MODE_SHARED",
+		2: "LEASE_MODE_SEMAPHORE",
+	}
+	LeaseMode_value = map[string]int32{
+		"LEASE_MODE_EXCLUSIVE": 0,
+		"LEASE_MODE_SHARED":    1,
+		"LEASE_MODE_SEMAPHORE": 2,
+	}
+)
+
+func (x LeaseMode) Enum() *LeaseMode {
+	p := new(LeaseMode)
+	*p = x
+	return p
+}
+
+func (x LeaseMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeaseMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_leasenode_proto_enumTypes[0].Descriptor()
+}
+
+func (LeaseMode) Type() protoreflect.EnumType {
+	return &file_leasenode_proto_enumTypes[0]
+}
+
+func (x LeaseMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeaseMode.Descriptor instead.
+func (LeaseMode) EnumDescriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{0}
+}
+
 type LeaseState int32
 
 const (
@@ -61,11 +115,11 @@ func (x LeaseState) String() string {
 }
 
 func (LeaseState) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[0].Descriptor()
+	return file_leasenode_proto_enumTypes[1].Descriptor()
 }
 
 func (LeaseState) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[0]
+	return &file_leasenode_proto_enumTypes[1]
 }
 
 func (x LeaseState) Number() protoreflect.EnumNumber {
@@ -74,7 +128,7 @@ func (x LeaseState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LeaseState.Descriptor instead.
 func (LeaseState) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{0}
+	return file_leasenode_proto_rawDescGZIP(), []int{1}
 }
 
 type EventType int32
@@ -124,11 +178,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[1].Descriptor()
+	return file_leasenode_proto_enumTypes[2].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[1]
+	return &file_leasenode_proto_enumTypes[2]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -137,7 +191,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{1}
+	return file_leasenode_proto_rawDescGZIP(), []int{2}
 }
 
 // Reason is the machine-readable cause of an error, carried in an
@@ -193,11 +247,11 @@ func (x Reason) String() string {
 }
 
 func (Reason) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[2].Descriptor()
+	return file_leasenode_proto_enumTypes[3].Descriptor()
 }
 
 func (Reason) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[2]
+	return &file_leasenode_proto_enumTypes[3]
 }
 
 func (x Reason) Number() protoreflect.EnumNumber {
@@ -206,7 +260,7 @@ func (x Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{2}
+	return file_leasenode_proto_rawDescGZIP(), []int{3}
 }
 
 // Header is attached to every reply.
@@ -302,7 +356,15 @@ type AcquireRequest struct {
 	Value     []byte               `protobuf:"bytes,6,opt,name=value,proto3" json:"value,omitempty"`
 	// wait queues the request FIFO at the leader until the key is granted or
 	// the call's deadline passes; without it a held key is refused at once.
-	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	// mode is how the holding of key shares it (exclusive by default);
+	// limit is a semaphore's N (1 to 65536), 0 in the other modes.
+	Mode  LeaseMode `protobuf:"varint,8,opt,name=mode,proto3,enum=leasenode.v1.LeaseMode" json:"mode,omitempty"`
+	Limit uint32    `protobuf:"varint,9,opt,name=limit,proto3" json:"limit,omitempty"`
+	// items are further keys granted together with key, all or none, in one
+	// Raft entry (at most 64 keys in all): one token, one expiry, one
+	// holding released, extended and expired as a whole.
+	Items         []*AcquireItem `protobuf:"bytes,10,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -386,6 +448,88 @@ func (x *AcquireRequest) GetWait() bool {
 	return false
 }
 
+func (x *AcquireRequest) GetMode() LeaseMode {
+	if x != nil {
+		return x.Mode
+	}
+	return LeaseMode_LEASE_MODE_EXCLUSIVE
+}
+
+func (x *AcquireRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *AcquireRequest) GetItems() []*AcquireItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// AcquireItem is one further key of a multi-key acquire.
+type AcquireItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Mode          LeaseMode              `protobuf:"varint,2,opt,name=mode,proto3,enum=leasenode.v1.LeaseMode" json:"mode,omitempty"`
+	Limit         uint32                 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireItem) Reset() {
+	*x = AcquireItem{}
+	mi := &file_leasenode_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireItem) ProtoMessage() {}
+
+func (x *AcquireItem) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireItem.ProtoReflect.Descriptor instead.
+func (*AcquireItem) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AcquireItem) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AcquireItem) GetMode() LeaseMode {
+	if x != nil {
+		return x.Mode
+	}
+	return LeaseMode_LEASE_MODE_EXCLUSIVE
+}
+
+func (x *AcquireItem) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 type AcquireResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Header  *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -399,16 +543,18 @@ type AcquireResponse struct {
 	Waited *durationpb.Duration `protobuf:"bytes,5,opt,name=waited,proto3" json:"waited,omitempty"`
 	// When not granted: who holds the key (empty in lock-delay) and the
 	// longest it can stay unavailable unless released earlier.
-	Holder        string               `protobuf:"bytes,6,opt,name=holder,proto3" json:"holder,omitempty"`
-	Wait          *durationpb.Duration `protobuf:"bytes,7,opt,name=wait,proto3" json:"wait,omitempty"`
-	Ttl           *durationpb.Duration `protobuf:"bytes,8,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Holder string               `protobuf:"bytes,6,opt,name=holder,proto3" json:"holder,omitempty"`
+	Wait   *durationpb.Duration `protobuf:"bytes,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Ttl    *durationpb.Duration `protobuf:"bytes,8,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// When not granted: the key (of a multi-key acquire) that is held.
+	HeldKey       string `protobuf:"bytes,9,opt,name=held_key,json=heldKey,proto3" json:"held_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_leasenode_proto_msgTypes[2]
+	mi := &file_leasenode_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +566,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[2]
+	mi := &file_leasenode_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +579,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{2}
+	return file_leasenode_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AcquireResponse) GetHeader() *Header {
@@ -492,6 +638,13 @@ func (x *AcquireResponse) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+func (x *AcquireResponse) GetHeldKey() string {
+	if x != nil {
+		return x.HeldKey
+	}
+	return ""
+}
+
 type ExtendItem struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -502,7 +655,7 @@ type ExtendItem struct {
 
 func (x *ExtendItem) Reset() {
 	*x = ExtendItem{}
-	mi := &file_leasenode_proto_msgTypes[3]
+	mi := &file_leasenode_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +667,7 @@ func (x *ExtendItem) String() string {
 func (*ExtendItem) ProtoMessage() {}
 
 func (x *ExtendItem) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[3]
+	mi := &file_leasenode_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +680,7 @@ func (x *ExtendItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendItem.ProtoReflect.Descriptor instead.
 func (*ExtendItem) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{3}
+	return file_leasenode_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExtendItem) GetKey() string {
@@ -554,7 +707,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_leasenode_proto_msgTypes[4]
+	mi := &file_leasenode_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +719,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[4]
+	mi := &file_leasenode_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +732,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{4}
+	return file_leasenode_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ExtendRequest) GetHolder() string {
@@ -612,7 +765,7 @@ type ExtendResult struct {
 
 func (x *ExtendResult) Reset() {
 	*x = ExtendResult{}
-	mi := &file_leasenode_proto_msgTypes[5]
+	mi := &file_leasenode_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +777,7 @@ func (x *ExtendResult) String() string {
 func (*ExtendResult) ProtoMessage() {}
 
 func (x *ExtendResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[5]
+	mi := &file_leasenode_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +790,7 @@ func (x *ExtendResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResult.ProtoReflect.Descriptor instead.
 func (*ExtendResult) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{5}
+	return file_leasenode_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExtendResult) GetKey() string {
@@ -692,7 +845,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_leasenode_proto_msgTypes[6]
+	mi := &file_leasenode_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +857,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[6]
+	mi := &file_leasenode_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +870,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{6}
+	return file_leasenode_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExtendResponse) GetHeader() *Header {
@@ -745,7 +898,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_leasenode_proto_msgTypes[7]
+	mi := &file_leasenode_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +910,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[7]
+	mi := &file_leasenode_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +923,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{7}
+	return file_leasenode_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReleaseRequest) GetKey() string {
@@ -806,7 +959,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_leasenode_proto_msgTypes[8]
+	mi := &file_leasenode_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +971,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[8]
+	mi := &file_leasenode_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +984,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{8}
+	return file_leasenode_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseResponse) GetHeader() *Header {
@@ -859,14 +1012,21 @@ type Lease struct {
 	State     LeaseState             `protobuf:"varint,7,opt,name=state,proto3,enum=leasenode.v1.LeaseState" json:"state,omitempty"`
 	// remaining: time until expiry (or end of lock-delay) by the answering
 	// node's FSM clock; advisory, never use it for safety.
-	Remaining     *durationpb.Duration `protobuf:"bytes,8,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	Remaining *durationpb.Duration `protobuf:"bytes,8,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// mode and limit: how the holding shares the key.
+	Mode  LeaseMode `protobuf:"varint,9,opt,name=mode,proto3,enum=leasenode.v1.LeaseMode" json:"mode,omitempty"`
+	Limit uint32    `protobuf:"varint,10,opt,name=limit,proto3" json:"limit,omitempty"`
+	// set: the token of the multi-key grant the holding belongs to (equal
+	// to token), 0 if it was granted alone; set_keys are that grant's keys.
+	Set           uint64   `protobuf:"varint,11,opt,name=set,proto3" json:"set,omitempty"`
+	SetKeys       []string `protobuf:"bytes,12,rep,name=set_keys,json=setKeys,proto3" json:"set_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_leasenode_proto_msgTypes[9]
+	mi := &file_leasenode_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1038,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[9]
+	mi := &file_leasenode_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1051,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{9}
+	return file_leasenode_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Lease) GetKey() string {
@@ -950,6 +1110,34 @@ func (x *Lease) GetRemaining() *durationpb.Duration {
 	return nil
 }
 
+func (x *Lease) GetMode() LeaseMode {
+	if x != nil {
+		return x.Mode
+	}
+	return LeaseMode_LEASE_MODE_EXCLUSIVE
+}
+
+func (x *Lease) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *Lease) GetSet() uint64 {
+	if x != nil {
+		return x.Set
+	}
+	return 0
+}
+
+func (x *Lease) GetSetKeys() []string {
+	if x != nil {
+		return x.SetKeys
+	}
+	return nil
+}
+
 type GetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -962,7 +1150,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1162,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1175,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{10}
+	return file_leasenode_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -1005,17 +1193,22 @@ func (x *GetRequest) GetStale() bool {
 }
 
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Found         bool                   `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
-	Lease         *Lease                 `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Found  bool                   `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	// lease is the key's first holding: the live one with the lowest token,
+	// or if none is live, its oldest lock-delay.
+	Lease *Lease `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	// holdings is every holding of the key: live ones in token order, then
+	// lock-delays in token order (lease is holdings[0]).
+	Holdings      []*Lease `protobuf:"bytes,4,rep,name=holdings,proto3" json:"holdings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1220,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1233,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{11}
+	return file_leasenode_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -1064,6 +1257,13 @@ func (x *GetResponse) GetLease() *Lease {
 	return nil
 }
 
+func (x *GetResponse) GetHoldings() []*Lease {
+	if x != nil {
+		return x.Holdings
+	}
+	return nil
+}
+
 type ListRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
@@ -1077,7 +1277,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1289,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1302,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{12}
+	return file_leasenode_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -1136,16 +1336,21 @@ func (x *ListRequest) GetStale() bool {
 type ListResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Leases []*Lease               `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	// leases holds each key's first holding (as GetResponse.lease), in key
+	// order.
+	Leases []*Lease `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
 	// next is empty on the last page.
-	Next          string `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	Next string `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	// holdings holds every holding of each key of the page, in key order
+	// and within a key as GetResponse.holdings.
+	Holdings      []*Lease `protobuf:"bytes,4,rep,name=holdings,proto3" json:"holdings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1362,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1375,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{13}
+	return file_leasenode_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListResponse) GetHeader() *Header {
@@ -1194,6 +1399,13 @@ func (x *ListResponse) GetNext() string {
 	return ""
 }
 
+func (x *ListResponse) GetHoldings() []*Lease {
+	if x != nil {
+		return x.Holdings
+	}
+	return nil
+}
+
 type CheckTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1204,7 +1416,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1428,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1441,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{14}
+	return file_leasenode_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckTokenRequest) GetKey() string {
@@ -1249,17 +1461,20 @@ func (x *CheckTokenRequest) GetToken() uint64 {
 type CheckTokenResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	// current: the key is held with exactly this token right now.
-	Current       bool   `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
-	CurrentToken  uint64 `protobuf:"varint,3,opt,name=current_token,json=currentToken,proto3" json:"current_token,omitempty"`
-	Holder        string `protobuf:"bytes,4,opt,name=holder,proto3" json:"holder,omitempty"`
+	// current: a live holding of the key has exactly this token right now.
+	Current bool `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
+	// current_token and holder: the key's first live holding (lowest token).
+	CurrentToken uint64 `protobuf:"varint,3,opt,name=current_token,json=currentToken,proto3" json:"current_token,omitempty"`
+	Holder       string `protobuf:"bytes,4,opt,name=holder,proto3" json:"holder,omitempty"`
+	// holdings: every live holding of the key, in token order.
+	Holdings      []*Lease `protobuf:"bytes,5,rep,name=holdings,proto3" json:"holdings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1486,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1499,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{15}
+	return file_leasenode_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckTokenResponse) GetHeader() *Header {
@@ -1315,6 +1530,13 @@ func (x *CheckTokenResponse) GetHolder() string {
 	return ""
 }
 
+func (x *CheckTokenResponse) GetHoldings() []*Lease {
+	if x != nil {
+		return x.Holdings
+	}
+	return nil
+}
+
 type WatchRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
@@ -1330,7 +1552,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1564,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1577,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{16}
+	return file_leasenode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1390,7 +1612,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1624,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1637,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{17}
+	return file_leasenode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -1447,7 +1669,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1681,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1694,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{18}
+	return file_leasenode_proto_rawDescGZIP(), []int{19}
 }
 
 type Member struct {
@@ -1492,7 +1714,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1726,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1739,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{19}
+	return file_leasenode_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Member) GetId() string {
@@ -1579,7 +1801,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1813,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1826,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{20}
+	return file_leasenode_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MembersResponse) GetHeader() *Header {
@@ -1629,7 +1851,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1863,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1876,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{21}
+	return file_leasenode_proto_rawDescGZIP(), []int{22}
 }
 
 type StatusResponse struct {
@@ -1692,7 +1914,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1926,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1939,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{22}
+	return file_leasenode_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusResponse) GetHeader() *Header {
@@ -1822,7 +2044,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2056,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2069,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{23}
+	return file_leasenode_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -1882,7 +2104,7 @@ type RPCError struct {
 
 func (x *RPCError) Reset() {
 	*x = RPCError{}
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2116,7 @@ func (x *RPCError) String() string {
 func (*RPCError) ProtoMessage() {}
 
 func (x *RPCError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2129,7 @@ func (x *RPCError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RPCError.ProtoReflect.Descriptor instead.
 func (*RPCError) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{24}
+	return file_leasenode_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RPCError) GetDetail() *ErrorDetail {
@@ -1935,7 +2157,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"leaderAddr\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12#\n" +
-	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\xea\x01\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\xde\x02\n" +
 	"\x0eAcquireRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
@@ -1945,7 +2167,15 @@ const file_leasenode_proto_rawDesc = "" +
 	"\n" +
 	"lock_delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x12\x14\n" +
 	"\x05value\x18\x06 \x01(\fR\x05value\x12\x12\n" +
-	"\x04wait\x18\a \x01(\bR\x04wait\"\xac\x02\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x12+\n" +
+	"\x04mode\x18\b \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
+	"\x05limit\x18\t \x01(\rR\x05limit\x12/\n" +
+	"\x05items\x18\n" +
+	" \x03(\v2\x19.leasenode.v1.AcquireItemR\x05items\"b\n" +
+	"\vAcquireItem\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\xc7\x02\n" +
 	"\x0fAcquireResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x18\n" +
 	"\agranted\x18\x02 \x01(\bR\agranted\x12\x14\n" +
@@ -1954,7 +2184,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x06waited\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x06waited\x12\x16\n" +
 	"\x06holder\x18\x06 \x01(\tR\x06holder\x12-\n" +
 	"\x04wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12+\n" +
-	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"4\n" +
+	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
+	"\bheld_key\x18\t \x01(\tR\aheldKey\"4\n" +
 	"\n" +
 	"ExtendItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1978,7 +2209,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\"[\n" +
 	"\x0fReleaseResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x1a\n" +
-	"\breleased\x18\x02 \x01(\bR\breleased\"\xad\x02\n" +
+	"\breleased\x18\x02 \x01(\bR\breleased\"\x9d\x03\n" +
 	"\x05Lease\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
@@ -1988,32 +2219,40 @@ const file_leasenode_proto_rawDesc = "" +
 	"lock_delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x12\x14\n" +
 	"\x05value\x18\x06 \x01(\fR\x05value\x12.\n" +
 	"\x05state\x18\a \x01(\x0e2\x18.leasenode.v1.LeaseStateR\x05state\x127\n" +
-	"\tremaining\x18\b \x01(\v2\x19.google.protobuf.DurationR\tremaining\"4\n" +
+	"\tremaining\x18\b \x01(\v2\x19.google.protobuf.DurationR\tremaining\x12+\n" +
+	"\x04mode\x18\t \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
+	"\x05limit\x18\n" +
+	" \x01(\rR\x05limit\x12\x10\n" +
+	"\x03set\x18\v \x01(\x04R\x03set\x12\x19\n" +
+	"\bset_keys\x18\f \x03(\tR\asetKeys\"4\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05stale\x18\x02 \x01(\bR\x05stale\"|\n" +
+	"\x05stale\x18\x02 \x01(\bR\x05stale\"\xad\x01\n" +
 	"\vGetResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12)\n" +
-	"\x05lease\x18\x03 \x01(\v2\x13.leasenode.v1.LeaseR\x05lease\"g\n" +
+	"\x05lease\x18\x03 \x01(\v2\x13.leasenode.v1.LeaseR\x05lease\x12/\n" +
+	"\bholdings\x18\x04 \x03(\v2\x13.leasenode.v1.LeaseR\bholdings\"g\n" +
 	"\vListRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\x05R\x05limit\x12\x14\n" +
-	"\x05stale\x18\x04 \x01(\bR\x05stale\"}\n" +
+	"\x05stale\x18\x04 \x01(\bR\x05stale\"\xae\x01\n" +
 	"\fListResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12+\n" +
 	"\x06leases\x18\x02 \x03(\v2\x13.leasenode.v1.LeaseR\x06leases\x12\x12\n" +
-	"\x04next\x18\x03 \x01(\tR\x04next\";\n" +
+	"\x04next\x18\x03 \x01(\tR\x04next\x12/\n" +
+	"\bholdings\x18\x04 \x03(\v2\x13.leasenode.v1.LeaseR\bholdings\";\n" +
 	"\x11CheckTokenRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\x04R\x05token\"\x99\x01\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\"\xca\x01\n" +
 	"\x12CheckTokenResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x12#\n" +
 	"\rcurrent_token\x18\x03 \x01(\x04R\fcurrentToken\x12\x16\n" +
-	"\x06holder\x18\x04 \x01(\tR\x06holder\"Z\n" +
+	"\x06holder\x18\x04 \x01(\tR\x06holder\x12/\n" +
+	"\bholdings\x18\x05 \x03(\v2\x13.leasenode.v1.LeaseR\bholdings\"Z\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\ainitial\x18\x02 \x01(\bR\ainitial\x12\x18\n" +
@@ -2062,7 +2301,11 @@ const file_leasenode_proto_rawDesc = "" +
 	"leaderAddr\"W\n" +
 	"\bRPCError\x121\n" +
 	"\x06detail\x18\x01 \x01(\v2\x19.leasenode.v1.ErrorDetailR\x06detail\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*[\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*V\n" +
+	"\tLeaseMode\x12\x18\n" +
+	"\x14LEASE_MODE_EXCLUSIVE\x10\x00\x12\x15\n" +
+	"\x11LEASE_MODE_SHARED\x10\x01\x12\x18\n" +
+	"\x14LEASE_MODE_SEMAPHORE\x10\x02*[\n" +
 	"\n" +
 	"LeaseState\x12\x1b\n" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -2109,90 +2352,99 @@ func file_leasenode_proto_rawDescGZIP() []byte {
 	return file_leasenode_proto_rawDescData
 }
 
-var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_leasenode_proto_goTypes = []any{
-	(LeaseState)(0),             // 0: leasenode.v1.LeaseState
-	(EventType)(0),              // 1: leasenode.v1.EventType
-	(Reason)(0),                 // 2: leasenode.v1.Reason
-	(*Header)(nil),              // 3: leasenode.v1.Header
-	(*AcquireRequest)(nil),      // 4: leasenode.v1.AcquireRequest
-	(*AcquireResponse)(nil),     // 5: leasenode.v1.AcquireResponse
-	(*ExtendItem)(nil),          // 6: leasenode.v1.ExtendItem
-	(*ExtendRequest)(nil),       // 7: leasenode.v1.ExtendRequest
-	(*ExtendResult)(nil),        // 8: leasenode.v1.ExtendResult
-	(*ExtendResponse)(nil),      // 9: leasenode.v1.ExtendResponse
-	(*ReleaseRequest)(nil),      // 10: leasenode.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),     // 11: leasenode.v1.ReleaseResponse
-	(*Lease)(nil),               // 12: leasenode.v1.Lease
-	(*GetRequest)(nil),          // 13: leasenode.v1.GetRequest
-	(*GetResponse)(nil),         // 14: leasenode.v1.GetResponse
-	(*ListRequest)(nil),         // 15: leasenode.v1.ListRequest
-	(*ListResponse)(nil),        // 16: leasenode.v1.ListResponse
-	(*CheckTokenRequest)(nil),   // 17: leasenode.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),  // 18: leasenode.v1.CheckTokenResponse
-	(*WatchRequest)(nil),        // 19: leasenode.v1.WatchRequest
-	(*WatchEvent)(nil),          // 20: leasenode.v1.WatchEvent
-	(*MembersRequest)(nil),      // 21: leasenode.v1.MembersRequest
-	(*Member)(nil),              // 22: leasenode.v1.Member
-	(*MembersResponse)(nil),     // 23: leasenode.v1.MembersResponse
-	(*StatusRequest)(nil),       // 24: leasenode.v1.StatusRequest
-	(*StatusResponse)(nil),      // 25: leasenode.v1.StatusResponse
-	(*ErrorDetail)(nil),         // 26: leasenode.v1.ErrorDetail
-	(*RPCError)(nil),            // 27: leasenode.v1.RPCError
-	(*durationpb.Duration)(nil), // 28: google.protobuf.Duration
+	(LeaseMode)(0),              // 0: leasenode.v1.LeaseMode
+	(LeaseState)(0),             // 1: leasenode.v1.LeaseState
+	(EventType)(0),              // 2: leasenode.v1.EventType
+	(Reason)(0),                 // 3: leasenode.v1.Reason
+	(*Header)(nil),              // 4: leasenode.v1.Header
+	(*AcquireRequest)(nil),      // 5: leasenode.v1.AcquireRequest
+	(*AcquireItem)(nil),         // 6: leasenode.v1.AcquireItem
+	(*AcquireResponse)(nil),     // 7: leasenode.v1.AcquireResponse
+	(*ExtendItem)(nil),          // 8: leasenode.v1.ExtendItem
+	(*ExtendRequest)(nil),       // 9: leasenode.v1.ExtendRequest
+	(*ExtendResult)(nil),        // 10: leasenode.v1.ExtendResult
+	(*ExtendResponse)(nil),      // 11: leasenode.v1.ExtendResponse
+	(*ReleaseRequest)(nil),      // 12: leasenode.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),     // 13: leasenode.v1.ReleaseResponse
+	(*Lease)(nil),               // 14: leasenode.v1.Lease
+	(*GetRequest)(nil),          // 15: leasenode.v1.GetRequest
+	(*GetResponse)(nil),         // 16: leasenode.v1.GetResponse
+	(*ListRequest)(nil),         // 17: leasenode.v1.ListRequest
+	(*ListResponse)(nil),        // 18: leasenode.v1.ListResponse
+	(*CheckTokenRequest)(nil),   // 19: leasenode.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),  // 20: leasenode.v1.CheckTokenResponse
+	(*WatchRequest)(nil),        // 21: leasenode.v1.WatchRequest
+	(*WatchEvent)(nil),          // 22: leasenode.v1.WatchEvent
+	(*MembersRequest)(nil),      // 23: leasenode.v1.MembersRequest
+	(*Member)(nil),              // 24: leasenode.v1.Member
+	(*MembersResponse)(nil),     // 25: leasenode.v1.MembersResponse
+	(*StatusRequest)(nil),       // 26: leasenode.v1.StatusRequest
+	(*StatusResponse)(nil),      // 27: leasenode.v1.StatusResponse
+	(*ErrorDetail)(nil),         // 28: leasenode.v1.ErrorDetail
+	(*RPCError)(nil),            // 29: leasenode.v1.RPCError
+	(*durationpb.Duration)(nil), // 30: google.protobuf.Duration
 }
 var file_leasenode_proto_depIdxs = []int32{
-	28, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
-	28, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
-	3,  // 2: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	28, // 3: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	28, // 4: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	28, // 5: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
-	6,  // 6: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
-	28, // 7: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
-	3,  // 8: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
-	8,  // 9: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
-	3,  // 10: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
-	28, // 11: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	28, // 12: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
-	0,  // 13: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	28, // 14: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
-	3,  // 15: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
-	12, // 16: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
-	3,  // 17: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
-	12, // 18: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
-	3,  // 19: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
-	1,  // 20: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
-	12, // 21: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
-	3,  // 22: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
-	22, // 23: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
-	3,  // 24: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
-	2,  // 25: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	26, // 26: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
-	4,  // 27: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
-	7,  // 28: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
-	10, // 29: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	13, // 30: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	15, // 31: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	17, // 32: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	19, // 33: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	21, // 34: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	24, // 35: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
-	5,  // 36: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
-	9,  // 37: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
-	11, // 38: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	14, // 39: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	16, // 40: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	18, // 41: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	20, // 42: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	23, // 43: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	25, // 44: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
-	36, // [36:45] is the sub-list for method output_type
-	27, // [27:36] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	30, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
+	30, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
+	6,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
+	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
+	4,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
+	30, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	30, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	30, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	8,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
+	30, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	4,  // 11: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
+	10, // 12: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
+	4,  // 13: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
+	30, // 14: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	30, // 15: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	1,  // 16: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
+	30, // 17: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	0,  // 18: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
+	4,  // 19: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
+	14, // 20: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
+	14, // 21: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
+	4,  // 22: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
+	14, // 23: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
+	14, // 24: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
+	4,  // 25: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
+	14, // 26: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
+	2,  // 27: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
+	14, // 28: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
+	4,  // 29: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
+	24, // 30: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
+	4,  // 31: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
+	3,  // 32: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
+	28, // 33: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	5,  // 34: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
+	9,  // 35: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
+	12, // 36: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
+	15, // 37: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	17, // 38: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	19, // 39: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	21, // 40: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	23, // 41: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	26, // 42: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	7,  // 43: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
+	11, // 44: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
+	13, // 45: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
+	16, // 46: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	18, // 47: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	20, // 48: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	22, // 49: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	25, // 50: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	27, // 51: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_leasenode_proto_init() }
@@ -2205,8 +2457,8 @@ func file_leasenode_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasenode_proto_rawDesc), len(file_leasenode_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   25,
+			NumEnums:      4,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

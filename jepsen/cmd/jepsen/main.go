@@ -43,6 +43,7 @@ func main() {
 	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "lease TTL of the workload")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "workers (half steady lease.Dial clients, half chaotic ones that get paused, vanish or lose the network)")
 	fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "keys the workers compete for")
+	fs.BoolVar(&cfg.Shapes, "shapes", cfg.Shapes, "the workers also use the lock shapes (a semaphore s0, a read-write key rw0, multi-key leases over m0-m2) for half of their acquires")
 	fs.IntVar(&cfg.TakeoverKeys, "takeover-keys", cfg.TakeoverKeys, "takeover chains (holders killed while holding, a waiter that must take over within TTL + lock-delay + one election + slack: takeover-bound), one key each (t0, ...)")
 	fs.DurationVar(&cfg.TakeoverSlack, "takeover-slack", 0, "takeover-bound's slack on top of TTL + lock-delay + one election (0: 1.5s)")
 	fs.StringVar(&cfg.Binary, "bin", "", "prebuilt leasenode binary (default: go build ./cmd/leasenode)")
