@@ -128,18 +128,13 @@ func openWAL(dir string, noSync bool, log *slog.Logger) (_ raftStore, err error)
 		meta.Close()
 		return nil, fmt.Errorf("open raft-wal %s: %w: if the files are damaged, restore the data dir from a copy, or empty it to join again as a new node", dir, err)
 	}
-	return walStore{w, meta}, nil
+	// raft-wal v0.4.2 or later: v0.4.0 marked a segment sealed on a tail
+	// truncation without writing its index, so a node that had truncated
+	// its log's tail (routine after an election) could not start again
+	// ("sealed segment has no index block", hashicorp/raft-wal#31, seen in
+	// our first campaign), and its Close left wal-meta.db open.
+	return w, nil
 }
-
-// walStore closes what raft-wal v0.4.0's Close leaves open: its meta
-// store (wal-meta.db, whose lock would keep a restart in the same process
-// waiting for ever).
-type walStore struct {
-	*wal.WAL
-	meta *metadb.BoltMetaDB
-}
-
-func (s walStore) Close() error { return errors.Join(s.WAL.Close(), s.meta.Close()) }
 
 // noSyncVFS is raft-wal's file system without fsync of segment files
 // (Config.NoSync, UNSAFE).
