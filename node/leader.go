@@ -197,18 +197,33 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 	if ctx.Err() != nil {
 		return nil
 	}
+	// The epoch's clock starts (reads 0) when this node saw the FSM clock
+	// reach the last stamp of the earlier epochs (the Barrier has applied
+	// every entry they committed), or now if it has not seen it yet; and
+	// Promote is stamped with that origin. So a lease keeps, from the
+	// origin on, the time it had left at the last stamp. Never early: the
+	// stamp was taken before this node applied its entry, and no later
+	// one was committed (every committed entry precedes the Barrier). Not
+	// needlessly late: the election and the Barrier do not count as time
+	// left (stamping Promote when it is proposed gave every lease that
+	// much more at every leader change; a dead holder's lease then outlived
+	// its TTL by an election per change, under churn by several).
+	origin, seen := n.clock.seen(n.fsm.Clock())
+	if !seen {
+		origin = time.Now()
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	ls := &leaderState{
 		n:      n,
 		epoch:  n.raft.CurrentTerm(),
 		began:  start,
-		clock:  n.newLeaderClock(start),
+		clock:  n.newLeaderClock(origin),
 		ctx:    lctx,
 		cancel: cancel,
 		reaper: make(chan struct{}, 1),
 	}
 	ls.queues = newWaitQueues(ls)
-	resp, err := n.apply(ctx, ls.stamp(), fsm.Promote{})
+	resp, err := n.apply(ctx, fsm.Stamp{Epoch: ls.epoch, Now: ls.clock.origin()}, fsm.Promote{})
 	if err != nil || resp.Results[0].Code != fsm.Promoted {
 		cancel()
 		log.Warn("promote failed; stepping down", "err", err, "resp", resp)

@@ -743,3 +743,37 @@ func TestReadsReportTimeLeftNow(t *testing.T) {
 		}
 	}
 }
+
+// Scenario: the leader holding a lease's record crashes and another is
+// elected. The lease keeps the time it had left at the last stamp the new
+// leader saw, counted from when it saw it: the election does not count as
+// time left. (Stamping Promote when it was proposed added the election to
+// every lease at every leader change; under churn a dead holder's lease
+// outlived its TTL by several elections.) After the failover the new
+// leader reports no more time left than the lease truly had.
+func TestFailoverDoesNotAddTheElection(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	const ttl = 10 * time.Second
+	mustGrant(t, l, acq("e", "h", 1, ttl))
+	granted := time.Now() // after the grant's stamp
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for i := range c.Size() {
+			if _, ok := c.Node(i).FSM().Get("e"); !ok {
+				return fmt.Errorf("n%d has not applied the grant", i)
+			}
+		}
+		return nil
+	})
+	c.Kill(li)
+	_, nl := c.Leader()
+	resp, err := nl.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "e"})
+	if err != nil || !resp.Found {
+		t.Fatalf("after the failover: %v %v", resp, err)
+	}
+	left, most := resp.Lease.Remaining.AsDuration(), ttl-time.Since(granted)
+	if left > most+20*time.Millisecond {
+		t.Fatalf("no-early-expiry without extra: %v left after the failover, but at most %v was (the election counted as time left)", left, most)
+	}
+	t.Logf("%v left after the failover (at most %v)", left, most)
+}

@@ -623,6 +623,14 @@ type clockSeen struct {
 	at    time.Time
 }
 
+// seen returns when this node first saw the FSM clock at (epoch, now),
+// if the last value it saw is that one.
+func (c *clockSeen) seen(epoch uint64, now time.Duration) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at, !c.at.IsZero() && epoch == c.epoch && now == c.now
+}
+
 // estimate returns now advanced by the local time since the clock was
 // last seen at (epoch, now); an unseen clock is taken as seen now.
 func (c *clockSeen) estimate(epoch uint64, now time.Duration) time.Duration {
