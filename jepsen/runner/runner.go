@@ -780,12 +780,14 @@ func hasGroup(spec, group string) bool {
 
 // checkerOptions maps the campaign's configuration to the checkers'. One
 // election for takeover-bound: failure detection (up to two heartbeat
-// timeouts), the vote and the new leader's Barrier and Promote — about
-// 0.5 s with -timing fast (100 ms timeouts), 2 s with default (500 ms).
+// timeouts), the vote and the new leader's Barrier and Promote — four
+// heartbeat timeouts: 1 s with -timing fast (node.FastLANTiming, 250 ms
+// timeouts since it stopped flapping on busy hosts; 100 ms before), 2 s
+// with default (500 ms).
 func checkerOptions(cfg Config) checker.Options {
 	election := 2 * time.Second
 	if cfg.Timing == "fast" {
-		election = 500 * time.Millisecond
+		election = time.Second
 	}
 	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: linHorizon(cfg), ServeBound: cfg.ServeBound,
 		Takeover: checker.TakeoverOptions{Election: election, Slack: cfg.TakeoverSlack, Drift: lease.DefaultDrift}}
