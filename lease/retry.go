@@ -122,6 +122,11 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 		if ctx.Err() != nil {
 			return giveUp(context.Cause(ctx))
 		}
+		if time.Since(began) >= bo.cur {
+			// A slow failure (a wait cut short by a leader change, say)
+			// is no tight loop: try again promptly, back off afresh.
+			bo.reset(p.BackoffMin)
+		}
 		wait := bo.next()
 		if time.Since(streak)+wait > p.Timeout {
 			return giveUp(nil)

@@ -56,9 +56,11 @@ var takeoverFaults = map[string]bool{"none": true, "leader-churn": true}
 // TTL, and fails this check. The last successful extend is anchored at
 // the later of the grant's completion and ValidUntil − TTL·(1 − drift) at
 // the crash (the send time of the extend that set that validity, by the
-// client's rule 6). Crashes during other faults, without a waiter, or too
-// close to the end of the campaign are counted as not judged. Guarded by
-// TestTakeover* and the replayed testdata/takeover-bound.*.jsonl.
+// client's rule 6), or of an extend sent before the crash and answered
+// after it (the dead client's later Observe). Crashes during other
+// faults, without a waiter, or too close to the end of the campaign are
+// counted as not judged. Guarded by TestTakeover* and the replayed
+// testdata/takeover-bound.*.jsonl.
 func Takeover(records []history.Record, opts TakeoverOptions) (Result, error) {
 	ops, events, err := history.Pair(records)
 	if err != nil {
@@ -107,8 +109,17 @@ func takeover(ops []history.Operation, events []history.Record, windows []Window
 		if g, ok := byToken[fmt.Sprintf("%s|%d", ev.Key, ev.Token)]; ok {
 			anchor = g.Complete.Time
 		}
-		if ev.ValidUntil != 0 {
-			anchor = max(anchor, ev.ValidUntil-int64(float64(ttl)*(1-opts.Drift)))
+		// An extend sent before the crash may be answered after it (the
+		// client's later Observe shows its validity): the server extended
+		// the lease then, so that send counts as the last extend.
+		valid := ev.ValidUntil
+		for _, o := range events {
+			if o.Op == history.Observe && o.Client == ev.Client && o.Key == ev.Key && o.Token == ev.Token && o.Time >= ev.Time {
+				valid = max(valid, o.ValidUntil)
+			}
+		}
+		if valid != 0 {
+			anchor = max(anchor, valid-int64(float64(ttl)*(1-opts.Drift)))
 		}
 		anchor = min(anchor, ev.Time)
 		bound := ttl + time.Duration(ev.LockDelay) + opts.Election + opts.Slack
