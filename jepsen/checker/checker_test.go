@@ -206,6 +206,19 @@ var synthetics = []synthetic{
 		b.Complete(10000, t3, history.Record{Type: history.OK, Client: "t3", Op: history.Acquire, Key: "k", Token: 30, ValidUntil: 12000e6})
 		b.ReleaseOK(11000, 11010, "t3", "k", 30)
 	}},
+	{"extend-answered-after-crash", NameTakeover, true, func(b *history.Builder) {
+		// t1's extend sent at 3.99 s is answered after its crash at 4 s
+		// (its later Observe: ValidUntil 5.99 s), so the server extended
+		// the lease then: t2's grant at 8.3 s is within the bound of that
+		// extend, though not of the one the crash record shows (3.52 s).
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait"})
+		b.Event(4000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 5500e6, TTL: 2000e6})
+		b.Observe(4100, "t1", "k", 10, 5990, true)
+		b.Lost(5950, "t1", "k", 10, 5990)
+		b.Complete(8300, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 14, ValidUntil: 10300e6})
+		b.ReleaseOK(9000, 9010, "t2", "k", 14)
+	}},
 	{"dead-holder-kept-by-leader-churn", NameTakeover, false, func(b *history.Builder) {
 		// t1 dies at 1 s with its last extend at 520 ms; leadership
 		// changes every second and each new leader gives the lease a full
