@@ -613,7 +613,12 @@ func TestSystemdUnitAgentsStart(t *testing.T) {
 		t.Errorf("status: %d %s", code, out)
 	}
 	// Its data went where StateDirectory says.
-	if _, err := os.Stat(filepath.Join(dir, "n1", "state", "leasenode", "raft.db")); err != nil {
-		t.Errorf("no raft.db in the state directory: %v", err)
+	// A new data dir holds a raft-wal store (wal/); one made by an older
+	// release holds raft.db. Either shows the agent wrote there.
+	state := filepath.Join(dir, "n1", "state", "leasenode")
+	_, walErr := os.Stat(filepath.Join(state, "wal", "wal-meta.db"))
+	_, boltErr := os.Stat(filepath.Join(state, "raft.db"))
+	if walErr != nil && boltErr != nil {
+		t.Errorf("no Raft log store in the state directory %s: %v; %v", state, walErr, boltErr)
 	}
 }
