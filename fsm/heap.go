@@ -1,33 +1,34 @@
 package fsm
 
-// expiryHeap is a binary min-heap of records ordered by due time, then key,
-// then token (so equal due times pop in the same order on every replica;
-// a key's records have distinct tokens). Each record
-// knows its place (hidx, -1 when absent), so update and remove are
-// O(log n) and the reaper never scans.
-type expiryHeap []*record
-
-func (h expiryHeap) less(i, j int) bool {
-	a, b := h[i].due(), h[j].due()
-	if a != b {
-		return a < b
-	}
-	if h[i].Key != h[j].Key {
-		return h[i].Key < h[j].Key
-	}
-	return h[i].Token < h[j].Token
+// heapItem is what an indexedHeap holds: a pointer that orders itself
+// against another and keeps its own place in the heap (-1 when absent), so
+// update and remove are O(log n) and the reaper never scans.
+type heapItem[T any] interface {
+	before(other T) bool
+	slot() *int
 }
 
-func (h expiryHeap) swap(i, j int) {
+// indexedHeap is a binary min-heap of items by their before order. The
+// order must be total (ties broken by key and token or holder), so equal
+// due times pop in the same order on every replica.
+type indexedHeap[T heapItem[T]] []T
+
+// expiryHeap holds every record by (due, key, token).
+type expiryHeap = indexedHeap[*record]
+
+// markHeap holds every request-id mark by (due, key, holder).
+type markHeap = indexedHeap[*mark]
+
+func (h indexedHeap[T]) swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].hidx = i
-	h[j].hidx = j
+	*h[i].slot() = i
+	*h[j].slot() = j
 }
 
-func (h expiryHeap) up(i int) {
+func (h indexedHeap[T]) up(i int) {
 	for i > 0 {
 		p := (i - 1) / 2
-		if !h.less(i, p) {
+		if !h[i].before(h[p]) {
 			return
 		}
 		h.swap(i, p)
@@ -35,7 +36,8 @@ func (h expiryHeap) up(i int) {
 	}
 }
 
-func (h expiryHeap) down(i int) bool {
+// down sifts i towards the leaves and reports whether it moved.
+func (h indexedHeap[T]) down(i int) bool {
 	start := i
 	n := len(h)
 	for {
@@ -44,10 +46,10 @@ func (h expiryHeap) down(i int) bool {
 			break
 		}
 		m := l
-		if r := l + 1; r < n && h.less(r, l) {
+		if r := l + 1; r < n && h[r].before(h[l]) {
 			m = r
 		}
-		if !h.less(m, i) {
+		if !h[m].before(h[i]) {
 			break
 		}
 		h.swap(i, m)
@@ -56,21 +58,28 @@ func (h expiryHeap) down(i int) bool {
 	return i > start
 }
 
-// update inserts r or restores order after its due time changed.
-func (h *expiryHeap) update(r *record) {
-	if r.hidx < 0 {
-		r.hidx = len(*h)
-		*h = append(*h, r)
-		h.up(r.hidx)
+// add appends x without restoring order; call init once after the last.
+func (h *indexedHeap[T]) add(x T) {
+	*x.slot() = len(*h)
+	*h = append(*h, x)
+}
+
+// update inserts x or restores order after its due time changed.
+func (h *indexedHeap[T]) update(x T) {
+	i := *x.slot()
+	if i < 0 {
+		h.add(x)
+		h.up(len(*h) - 1)
 		return
 	}
-	if !h.down(r.hidx) {
-		h.up(r.hidx)
+	if !h.down(i) {
+		h.up(i)
 	}
 }
 
-func (h *expiryHeap) remove(r *record) {
-	i := r.hidx
+// remove takes x out of the heap, if it is in it.
+func (h *indexedHeap[T]) remove(x T) {
+	i := *x.slot()
 	if i < 0 {
 		return
 	}
@@ -78,19 +87,39 @@ func (h *expiryHeap) remove(r *record) {
 	if i != last {
 		h.swap(i, last)
 	}
-	(*h)[last] = nil
+	var zero T
+	(*h)[last] = zero
 	*h = (*h)[:last]
-	r.hidx = -1
-	if i != last {
-		if !h.down(i) {
-			h.up(i)
-		}
+	*x.slot() = -1
+	if i != last && !h.down(i) {
+		h.up(i)
 	}
 }
 
 // init restores heap order after every due time changed, in O(n).
-func (h expiryHeap) init() {
+func (h indexedHeap[T]) init() {
 	for i := len(h)/2 - 1; i >= 0; i-- {
 		h.down(i)
 	}
 }
+
+func (r *record) before(o *record) bool {
+	if a, b := r.due(), o.due(); a != b {
+		return a < b
+	}
+	if r.Key != o.Key {
+		return r.Key < o.Key
+	}
+	return r.Token < o.Token
+}
+
+func (r *record) slot() *int { return &r.hidx }
+
+func (m *mark) before(o *mark) bool {
+	if m.Due != o.Due {
+		return m.Due < o.Due
+	}
+	return markLess(m, o)
+}
+
+func (m *mark) slot() *int { return &m.hidx }

@@ -448,8 +448,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		}
 		prevMark = m
 		st.marks.tree.ReplaceOrInsert(m)
-		m.hidx = len(st.marks.heap)
-		st.marks.heap = append(st.marks.heap, m)
+		st.marks.heap.add(m)
 		return nil
 	})
 	if err != nil {
@@ -611,8 +610,7 @@ func (st *snapState) add(r *record, b restoreBounds) error {
 		}
 	}
 	ks.add(r)
-	r.hidx = len(st.heap)
-	st.heap = append(st.heap, r)
+	st.heap.add(r)
 	if r.State == StateDelayed {
 		st.nDelayed++
 	} else {
