@@ -197,4 +197,3 @@ func (f *FSM) Mark(key, holder string) (Mark, bool) {
 	}
 	return m.Mark, true
 }
-
