@@ -1,5 +1,7 @@
 package node
 
+import "github.com/hashicorp/raft"
+
 // MethodLeave is the node-RPC method of a graceful leave, for tests that
 // play a node asking the leader to remove someone.
 const MethodLeave = methodLeave
@@ -10,3 +12,6 @@ var DecodeRPCError = decodeRPCError
 // EarlyCampaigns is how often this node shortened its heartbeat timeout
 // because the leader's process was gone (failover.go).
 func (n *Node) EarlyCampaigns() int64 { return n.earlyCampaigns.Load() }
+
+// Transport is the node's Raft transport.
+func (n *Node) Transport() raft.Transport { return n.trans }

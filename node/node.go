@@ -246,6 +246,20 @@ func (n *Node) startRaft() error {
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hclogFor(n.log, "raft-net"),
+		// One AppendEntries in flight per follower: no pipeline.
+		// hashicorp/raft's pipeline (MaxRPCsInFlight 2, its default) can
+		// wedge a follower's replication for good: when the follower
+		// answers Success=false (it has a newer term, or is missing the
+		// previous entry), pipelineDecode returns and stops reading the
+		// unbuffered response channel, and if the send loop then picks a
+		// ready trigger over its finish channel, the next send blocks
+		// forever. Heartbeats go on, so the follower never campaigns: it
+		// just stops receiving entries, and Shutdown waits for the stuck
+		// goroutine (hashicorp/raft#612; seen here as a Close that hung
+		// for minutes in TestFullRestartKeepsLeases). Synchronous
+		// replication still batches every entry proposed meanwhile, and
+		// hashicorp/raft#541 measured the pipeline buying little.
+		MaxRPCsInFlight: 1,
 	})
 	// A forwarded request is as large as the client's (Limits).
 	maxMsg := max(transport.DefaultMaxMessage, int(cfg.Limits.MaxRequestBytes)+64<<10)

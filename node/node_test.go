@@ -152,6 +152,30 @@ func TestFullRestartKeepsLeases(t *testing.T) {
 	t.Run("graceful", func(t *testing.T) { testFullRestart(t, (*nodetest.Cluster).Stop) })
 }
 
+// Scenario: a follower that answers an AppendEntries with Success=false
+// must not wedge the leader's replication to it. hashicorp/raft's pipeline
+// can (hashicorp/raft#612: the send loop blocks on a channel nobody reads
+// once the pipeline's decoder has returned, heartbeats go on, the follower
+// never gets another entry and Shutdown waits for ever), so nodes
+// replicate without it: the transport refuses to open a pipeline and raft
+// falls back to one AppendEntries at a time.
+func TestReplicationIsNotPipelined(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 2})
+	_, l := c.Leader()
+	for _, s := range l.Raft().GetConfiguration().Configuration().Servers {
+		if string(s.ID) == l.ID() {
+			continue
+		}
+		p, err := l.Transport().AppendEntriesPipeline(s.ID, s.Address)
+		if err != raft.ErrPipelineReplicationNotSupported {
+			if p != nil {
+				p.Close()
+			}
+			t.Fatalf("AppendEntriesPipeline to %s: %v, want %v", s.ID, err, raft.ErrPipelineReplicationNotSupported)
+		}
+	}
+}
+
 func testFullRestart(t *testing.T, stop func(*nodetest.Cluster, int)) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
 		cfg.SnapshotThreshold = 32
