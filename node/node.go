@@ -468,7 +468,13 @@ func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 	}
 	n.cancel()
 	if n.raft != nil {
-		if err := n.raft.Shutdown().Error(); err != nil {
+		// Shutdown signals Raft's goroutines; closing the transport before
+		// waiting for them cuts the connections they may be blocked on (a
+		// stalled peer would otherwise hold them until the RPC timeout),
+		// and lets peers see at once that this node is gone.
+		f := n.raft.Shutdown()
+		n.trans.Close()
+		if err := f.Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 		close(n.raftDown)

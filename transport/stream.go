@@ -18,20 +18,23 @@ func NewStreamLayer(ln net.Listener, advertise net.Addr, d *Dialer) *StreamLayer
 	if d == nil {
 		d = &Dialer{}
 	}
-	return &StreamLayer{Listener: ln, advertise: advertise, dialer: d, conns: map[*trackedConn]struct{}{}}
+	return &StreamLayer{Listener: ln, advertise: advertise, dialer: d, conns: map[*trackedConn]struct{}{}, dialed: map[*dialedConn]struct{}{}}
 }
 
 // StreamLayer is the raft.StreamLayer NewStreamLayer returns. It tracks
 // the connections it accepted, so that Drain can wait until raft's
-// handlers of incoming RPCs are done with them.
+// handlers of incoming RPCs are done with them, and the ones it dialed, so
+// that Close cuts them.
 type StreamLayer struct {
 	net.Listener
 	advertise net.Addr
 	dialer    *Dialer
 
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[*trackedConn]struct{}
+	wg     sync.WaitGroup
+	dialed map[*dialedConn]struct{}
+	closed bool
 }
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
@@ -105,7 +108,8 @@ func (s *StreamLayer) Addr() net.Addr {
 }
 
 // Dial opens a Raft stream to address; timeout bounds the whole dial (the
-// Dialer's own Timeout applies when it is zero).
+// Dialer's own Timeout applies when it is zero). The connection is cut by
+// Close.
 func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx := context.Background()
 	if timeout > 0 {
@@ -113,5 +117,51 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	return s.dialer.Dial(ctx, string(address), ProtoRaft)
+	c, err := s.dialer.Dial(ctx, string(address), ProtoRaft)
+	if err != nil {
+		return nil, err
+	}
+	dc := &dialedConn{Conn: c, s: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = c.Close()
+		return nil, net.ErrClosed
+	}
+	s.dialed[dc] = struct{}{}
+	return dc, nil
+}
+
+// Close closes the listener and cuts every connection this layer dialed.
+// hashicorp/raft's NetworkTransport.Close closes only the stream layer:
+// its pooled connections would otherwise stay open until the process
+// exits, so the peers of a node stopped in-process (Crash) would not see
+// it go, and an RPC blocked on a stalled peer would hold up Raft's
+// shutdown until its timeout.
+func (s *StreamLayer) Close() error {
+	err := s.Listener.Close()
+	s.mu.Lock()
+	s.closed = true
+	dialed := s.dialed
+	s.dialed = map[*dialedConn]struct{}{}
+	s.mu.Unlock()
+	for c := range dialed {
+		_ = c.Conn.Close()
+	}
+	return err
+}
+
+// dialedConn is a connection a StreamLayer dialed, known to it until
+// closed.
+type dialedConn struct {
+	net.Conn
+	s *StreamLayer
+}
+
+// Close closes the connection and forgets it.
+func (c *dialedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.dialed, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
