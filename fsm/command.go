@@ -17,15 +17,16 @@ import (
 //
 // Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
 // its preceding bytes, and adds Cancel. Version 3 adds lock shapes to the
-// Acquire body (mode, limit, further keys). Decode still reads version 1
-// (no checksum, no Cancel) and 2 (every acquire exclusive, on one key).
+// Acquire body (mode, limit, further keys). Version 4 adds to Cancel the
+// epoch of the proposal it withdraws. Decode still reads version 1 (no
+// checksum, no Cancel), 2 (every acquire exclusive, on one key) and 3.
 //
-// Encode writes the lowest version, 2 or 3, that can express the command:
-// an entry without shapes stays readable by a version-2 replica, so a
-// rolling upgrade keeps every replica applying until a shape is used
-// (then a replica of the older version stops at the entry, loudly, as
-// fatal-stop requires).
-const FormatVersion = 3
+// Encode writes the lowest version that can express the command: an
+// entry without shapes and without a withdrawal stays readable by a
+// version-2 replica, so a rolling upgrade keeps every replica applying
+// until one is used (then a replica of the older version stops at the
+// entry, loudly, as fatal-stop requires).
+const FormatVersion = 4
 
 // checksumLen is the size of the CRC-32C that ends a version-2 entry.
 const checksumLen = 4
@@ -168,17 +169,20 @@ type Release struct {
 	Token  uint64
 }
 
-// Cancel withdraws request ReqID of Holder for Key: the node that proposed
-// that acquire could not tell its caller the outcome, and the caller will
-// not use it. If the request's grant is the key's live holding and nobody
-// can have learnt of it (no retry of the same request id was applied: see
-// Lease.Seen), it is released as by Release; otherwise nothing changes
-// (NotHeld). Either way the request id is spent: a later arrival of it, or
-// of an older one, is Stale.
+// Cancel withdraws request ReqID of Holder for Key: the leader of epoch
+// Epoch proposed that acquire and could not tell its caller the outcome,
+// and the caller will not use it. If the request's grant is the key's live
+// holding, was made in Epoch (Lease.GrantEpoch) and nobody can have learnt
+// of it (no retry of the same request id was applied: see Lease.Seen), it
+// is released as by Release; otherwise nothing changes (NotHeld). Either
+// way the request id is spent: a later arrival of it, or of an older one,
+// is Stale. Epoch 0 (a version 2 or 3 entry) names no epoch and matches
+// any grant, as those versions did.
 type Cancel struct {
 	Key    string
 	Holder string
 	ReqID  uint64
+	Epoch  uint64
 }
 
 // Expire reaps every lease and lock-delay due at the command's time, and
@@ -221,13 +225,10 @@ func (*Batch) Type() Type { return TypeBatch }
 // Encode returns the wire form of cmd with stamp s, in FormatVersion:
 // version, type, stamp, body, and the CRC-32C of all of them.
 //
-// The version is the lowest that can express cmd (see FormatVersion): 3 if
-// an Acquire in it has a shape, else 2.
+// The version is the lowest that can express cmd (see FormatVersion): 4 if
+// a Cancel in it names an epoch, 3 if an Acquire in it has a shape, else 2.
 func Encode(s Stamp, cmd Command) []byte {
-	ver := byte(2)
-	if needsShapes(cmd) {
-		ver = 3
-	}
+	ver := minVersion(cmd)
 	b := make([]byte, 0, 32)
 	b = append(b, ver, byte(cmd.Type()))
 	b = binary.AppendUvarint(b, s.Epoch)
@@ -236,25 +237,33 @@ func Encode(s Stamp, cmd Command) []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
-// needsShapes reports whether cmd holds an Acquire with a shape.
-func needsShapes(cmd Command) bool {
+// minVersion is the lowest format version that can express cmd.
+func minVersion(cmd Command) byte {
 	switch c := cmd.(type) {
 	case *Acquire:
-		return c.shaped()
-	case *Batch:
-		for _, sub := range c.Cmds {
-			if needsShapes(sub) {
-				return true
-			}
+		if c.shaped() {
+			return 3
 		}
+	case *Cancel:
+		if c.Epoch != 0 {
+			return 4
+		}
+	case *Batch:
+		ver := byte(2)
+		for _, sub := range c.Cmds {
+			ver = max(ver, minVersion(sub))
+		}
+		return ver
 	}
-	return false
+	return 2
 }
 
 // appendBody appends cmd's body in version ver.
 func appendBody(b []byte, cmd Command, ver byte) []byte {
 	switch c := cmd.(type) {
 	case *Acquire:
+		return c.appendBodyVersion(b, ver)
+	case *Cancel:
 		return c.appendBodyVersion(b, ver)
 	case *Batch:
 		b = binary.AppendUvarint(b, uint64(len(c.Cmds)))
@@ -311,10 +320,18 @@ func (c *Release) appendBody(b []byte) []byte {
 	return binary.AppendUvarint(b, c.Token)
 }
 
-func (c *Cancel) appendBody(b []byte) []byte {
+func (c *Cancel) appendBody(b []byte) []byte { return c.appendBodyVersion(b, FormatVersion) }
+
+// appendBodyVersion appends the body of version ver: version 4 adds the
+// epoch.
+func (c *Cancel) appendBodyVersion(b []byte, ver byte) []byte {
 	b = appendString(b, c.Key)
 	b = appendString(b, c.Holder)
-	return binary.AppendUvarint(b, c.ReqID)
+	b = binary.AppendUvarint(b, c.ReqID)
+	if ver < 4 {
+		return b
+	}
+	return binary.AppendUvarint(b, c.Epoch)
 }
 
 func (c *Batch) appendBody(b []byte) []byte { return appendBody(b, c, FormatVersion) }
@@ -552,7 +569,11 @@ func (d *decoder) body(typ Type, top bool) Command {
 		if d.version < 2 {
 			break // unknown in version 1
 		}
-		return &Cancel{Key: d.string(), Holder: d.string(), ReqID: d.uvarint()}
+		c := &Cancel{Key: d.string(), Holder: d.string(), ReqID: d.uvarint()}
+		if d.version >= 4 {
+			c.Epoch = d.uvarint()
+		}
+		return c
 	case TypeBatch:
 		if !top {
 			d.fail(fmt.Errorf("%w: nested batch", ErrMalformed))

@@ -49,6 +49,9 @@ func seedCommands() []seedCommand {
 			More: []fsm.Item{{Key: "s", Mode: fsm.ModeShared}, {Key: "n", Mode: fsm.ModeSemaphore, Limit: 3}}}},
 		{"acquire-bad-shape", st(1, s), &fsm.Acquire{Key: "a", Holder: "c1", ReqID: 9, TTL: 5 * s, Mode: 9, Limit: 1 << 31,
 			More: []fsm.Item{{Key: "a"}, {Key: "", Mode: fsm.ModeSemaphore}}}},
+		{"cancel-epoch", st(5, 4*s), &fsm.Cancel{Key: "a", Holder: "c1", ReqID: 1 << 40, Epoch: 4}},
+		{"batch-cancel-epoch-shaped", st(5, 2*s), &fsm.Batch{Cmds: []fsm.Command{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 3, Epoch: 5},
+			&fsm.Acquire{Key: "s", Holder: "c2", ReqID: 1, TTL: s, Mode: fsm.ModeShared}}}},
 		{"batch-handover-set", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
 			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, More: []fsm.Item{{Key: "b", Mode: fsm.ModeShared}}}}}},
 	}
@@ -60,7 +63,7 @@ func seedCommands() []seedCommand {
 var rawSeeds = map[string][]byte{
 	"empty":              {},
 	"version-0":          {0, 1, 0, 0},
-	"version-4":          {4},
+	"version-5":          {5},
 	"version-255":        {255, 1, 1, 0},
 	"unknown-type":       {1, 9, 0, 0},
 	"nested-batch":       {1, 6, 0, 0, 1, 6, 0},
@@ -276,7 +279,7 @@ func TestDecodeTruncated(t *testing.T) {
 // TestDecodeErrors: each kind of damage gets its sentinel.
 func TestDecodeErrors(t *testing.T) {
 	cases := map[string]error{
-		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-4": fsm.ErrNewerVersion,
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-5": fsm.ErrNewerVersion,
 		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
 		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
 		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,

@@ -12,11 +12,11 @@
 // # Holdings and shapes
 //
 // A key has zero or more holdings (Lease), each with its holder, request
-// id, fencing token, TTL, lock-delay, expiry, value, state and Seen, and a
-// Mode: Exclusive (alone on the key), Shared (beside other shared ones:
-// readers), or Semaphore with a limit N (up to N of them, all of the same
-// N). A holder has at most one holding per key. A holding that expires
-// with a lock-delay leaves a remnant that keeps its place in its mode
+// id, fencing token, TTL, lock-delay, expiry, value, state, Seen and
+// grant epoch, and a Mode: Exclusive (alone on the key), Shared (beside
+// other shared ones: readers), or Semaphore with a limit N (up to N of
+// them, all of the same N). A holder has at most one holding per key. A
+// holding that expires with a lock-delay leaves a remnant that keeps its place in its mode
 // until the delay ends. One Acquire may name several keys (Acquire.More),
 // each with its own mode: a multi-key grant, all or none in one entry,
 // whose holdings share their token (Lease.Set) and expiry and live and end
@@ -97,12 +97,18 @@
 // on time even when leaders change faster than its TTL, which a full-TTL
 // rebase never did.
 //
-// cancel-unseen: Cancel{key, holder, req} releases req's grant only if it
-// is the key's live holding and no retry of req was applied (Lease.Seen):
-// the cancelling node vouches that the grant's own answer never reached its
-// caller, and a retry's answer might have reached it through another node.
-// Either way req is spent, so a copy still in flight is Stale and cannot
-// grant the key to a caller that gave up on it.
+// cancel-unseen: Cancel{key, holder, req, epoch} releases req's grant
+// only if it is the key's live holding, was granted in epoch (the epoch of
+// the leader whose proposal lost its outcome: Lease.GrantEpoch) and no
+// retry of req was applied (Lease.Seen). The cancelling node vouches only
+// that its own proposal's answer never reached its caller: a retry's
+// answer might have reached it through another node, and a grant made in
+// another epoch is another attempt's (the client's retry through the next
+// leader, answered as a fresh grant once the first proposal was lost with
+// its leader). In one epoch the earliest proposal of req is its first
+// grant, so later attempts there are retries (Seen). Either way req is
+// spent, so a copy still in flight is Stale and cannot grant the key to a
+// caller that gave up on it.
 //
 // restore-bounds: Restore refuses (ErrCorruptSnapshot, naming the field)
 // any header, record or mark whose numbers no sequence of commands can

@@ -54,6 +54,10 @@ type Lease struct {
 	// on a new holding. Records restored from a version-1 snapshot have it
 	// set (the safe default: Cancel never releases them).
 	Seen bool
+	// GrantEpoch is the epoch whose leader granted the holding: a Cancel
+	// releases it only if it names that epoch (see Cancel). 0 on records
+	// restored from a snapshot older than version 4 that did not need it.
+	GrantEpoch uint64
 	// Mode is how the holding shares its key; Limit is a semaphore's N
 	// (0 in the other modes).
 	Mode  Mode
@@ -73,18 +77,19 @@ func (l *Lease) FreeAt() time.Duration { return l.Expiry + l.LockDelay }
 // holding is what a record stores of a Lease (Set and SetKeys come from
 // its grantSet).
 type holding struct {
-	Key       string
-	Holder    string
-	ReqID     uint64
-	Token     uint64
-	TTL       time.Duration
-	LockDelay time.Duration
-	Expiry    time.Duration
-	Value     []byte
-	State     State
-	Seen      bool
-	Mode      Mode
-	Limit     uint32
+	Key        string
+	Holder     string
+	ReqID      uint64
+	Token      uint64
+	TTL        time.Duration
+	LockDelay  time.Duration
+	Expiry     time.Duration
+	Value      []byte
+	State      State
+	Seen       bool
+	GrantEpoch uint64
+	Mode       Mode
+	Limit      uint32
 }
 
 // record is the mutable form of a Lease; hidx is its place in the expiry
@@ -102,7 +107,7 @@ func (r *record) FreeAt() time.Duration { return r.Expiry + r.LockDelay }
 func (r *record) lease() Lease {
 	h := &r.holding
 	l := Lease{Key: h.Key, Holder: h.Holder, ReqID: h.ReqID, Token: h.Token, TTL: h.TTL, LockDelay: h.LockDelay,
-		Expiry: h.Expiry, Value: h.Value, State: h.State, Seen: h.Seen, Mode: h.Mode, Limit: h.Limit}
+		Expiry: h.Expiry, Value: h.Value, State: h.State, Seen: h.Seen, GrantEpoch: h.GrantEpoch, Mode: h.Mode, Limit: h.Limit}
 	if r.set != nil {
 		l.Set, l.SetKeys = h.Token, r.set.keys
 	}
@@ -657,7 +662,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	for _, i := range order {
 		it := items[i]
 		r := &record{holding: holding{Key: it.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index,
-			Mode: it.Mode, Limit: it.Limit}, hidx: -1}
+			GrantEpoch: f.epoch, Mode: it.Mode, Limit: it.Limit}, hidx: -1}
 		if gs != nil {
 			r.set = gs
 			gs.members = append(gs.members, r)
@@ -815,10 +820,19 @@ func (f *FSM) end(index uint64, r *record) {
 //
 // Invariant cancel-unseen: Cancel releases a grant only while nobody can
 // believe in it: the request it names must be the one that started the
-// holder's live holding of the key, and no retry of that request may have
-// been applied (Seen), since a retry's answer may have reached the holder
-// through another node. The cancelling node vouches that the grant's own
-// answer never reached its caller. The whole grant goes (set-atomicity).
+// holder's live holding of the key, the grant must have been made in the
+// epoch the Cancel names (the epoch of the proposal whose outcome was
+// lost), and no retry of that request may have been applied (Seen), since
+// a retry's answer may have reached the holder through another node. The
+// cancelling node vouches only for its own proposal: that its answer
+// never reached its caller. Another attempt of the same request (the
+// client's retry, through another node or leader) may have been granted
+// and answered as a fresh grant, not a retry, when the first proposal was
+// lost with its leader; that grant was made in a later epoch, so a Cancel
+// naming the first proposal's epoch leaves it alone. Within one epoch the
+// first grant of a request id is the earliest proposal of it (a leader
+// never drops its own entries), so a later attempt there is applied as a
+// retry and sets Seen. The whole grant goes (set-atomicity).
 // In every case the request id is spent, so a copy of the acquire still
 // in flight is Stale and cannot grant afterwards (a multi-key copy is
 // Stale as soon as one of its keys' marks says so). Guarded by TestCancel,
@@ -829,7 +843,8 @@ func (f *FSM) cancel(index uint64, c *Cancel) Result {
 	}
 	f.reapDue(index, c.Key)
 	var res Result
-	if r := f.keys[c.Key].live(c.Holder); r != nil && r.ReqID == c.ReqID && !r.Seen {
+	if r := f.keys[c.Key].live(c.Holder); r != nil && r.ReqID == c.ReqID && !r.Seen &&
+		(c.Epoch == 0 || r.GrantEpoch == c.Epoch) {
 		f.end(index, r)
 		res = Result{Code: Released, Key: r.Key, Token: r.Token}
 	} else {

@@ -94,7 +94,8 @@ type mrec struct {
 	expiry       time.Duration
 	delayed      bool // the holder expired; the record waits out its lock-delay
 	value        string
-	seen         bool // a retry of the granting request was applied
+	seen         bool   // a retry of the granting request was applied
+	grantEpoch   uint64 // the epoch of the grant
 	mode         fsm.Mode
 	limit        uint32
 	set          uint64 // the grant's token if it has several keys
@@ -500,7 +501,7 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 	}
 	var expiry time.Duration
 	for _, it := range items {
-		r := &mrec{key: it.Key, holder: c.Holder, reqID: c.ReqID, token: index, mode: it.Mode, limit: it.Limit, set: set}
+		r := &mrec{key: it.Key, holder: c.Holder, reqID: c.ReqID, token: index, grantEpoch: m.epoch, mode: it.Mode, limit: it.Limit, set: set}
 		start(r)
 		expiry = r.expiry
 		m.recs = append(m.recs, r)
@@ -568,7 +569,7 @@ func (m *model) cancel(c *fsm.Cancel) fsm.Result {
 	}
 	m.reap(c.Key)
 	res := m.notHeld(c.Key)
-	if r := m.live(c.Key, c.Holder); r != nil && r.reqID == c.ReqID && !r.seen {
+	if r := m.live(c.Key, c.Holder); r != nil && r.reqID == c.ReqID && !r.seen && (c.Epoch == 0 || c.Epoch == r.grantEpoch) {
 		m.end(r)
 		res = fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
 	}
@@ -610,7 +611,7 @@ func (m *model) leases() []fsm.Lease {
 	for _, r := range m.recs {
 		l := fsm.Lease{Key: r.key, Holder: r.holder, ReqID: r.reqID, Token: r.token, TTL: r.ttl,
 			LockDelay: r.delay, Expiry: r.expiry, State: fsm.StateHeld, Seen: r.seen,
-			Mode: r.mode, Limit: r.limit, Set: r.set}
+			GrantEpoch: r.grantEpoch, Mode: r.mode, Limit: r.limit, Set: r.set}
 		if r.value != "" {
 			l.Value = []byte(r.value)
 		}
@@ -995,10 +996,23 @@ func (r *modelRun) genRelease(t *rapid.T) *fsm.Release {
 func (r *modelRun) genCancel(t *rapid.T) *fsm.Cancel {
 	k := rapid.SampledFrom(modelKeys).Draw(t, "key")
 	c := &fsm.Cancel{Key: k, Holder: r.holderFor(t, k)}
-	if rec := r.m.live(k, c.Holder); rec != nil && rapid.IntRange(0, 3).Draw(t, "cancel-other?") < 3 {
+	rec := r.m.live(k, c.Holder)
+	if rec != nil && rapid.IntRange(0, 3).Draw(t, "cancel-other?") < 3 {
 		c.ReqID = rec.reqID
 	} else {
 		c.ReqID = uint64(rapid.IntRange(0, int(r.nextReq[c.Holder])+1).Draw(t, "cancel-req")) // 0 is Invalid
+	}
+	// The epoch of the withdrawn proposal: mostly the grant's, sometimes
+	// another (a lost proposal of an earlier leader) or none (version 3).
+	switch rapid.SampledFrom([]string{"grant", "grant", "other", "none"}).Draw(t, "cancel-epoch") {
+	case "grant":
+		if rec != nil {
+			c.Epoch = rec.grantEpoch
+		} else {
+			c.Epoch = r.epoch
+		}
+	case "other":
+		c.Epoch = uint64(rapid.IntRange(1, int(r.epoch)+2).Draw(t, "cancel-other-epoch"))
 	}
 	return c
 }

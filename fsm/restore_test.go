@@ -30,6 +30,7 @@ type craftRec struct {
 	flags              byte // version 3: mode, limit and flags
 	mode               fsm.Mode
 	limit              uint64
+	grantEpoch         uint64 // written after the flags if flag 4 is set
 }
 
 type craftMark struct {
@@ -63,6 +64,9 @@ func (c craft) bytes() []byte {
 			b = binary.AppendVarint(b, int64(r.delay))
 			b = binary.AppendVarint(b, int64(r.expiry))
 			b = append(b, byte(r.state), r.flags)
+			if r.flags&4 != 0 {
+				b = binary.AppendUvarint(b, r.grantEpoch)
+			}
 			if version >= 3 {
 				b = append(b, byte(r.mode))
 				b = binary.AppendUvarint(b, r.limit)

@@ -181,6 +181,9 @@ func (c *Cancel) Validate() error {
 	if c.ReqID == 0 {
 		return fmt.Errorf("request id must be > 0")
 	}
+	if c.Epoch > MaxEpoch {
+		return fmt.Errorf("epoch %d above the limit %d", c.Epoch, uint64(MaxEpoch))
+	}
 	return nil
 }
 

@@ -382,6 +382,11 @@ func (h *harness) command(a args) (fsm.Command, error) {
 		if c.ReqID, err = a.uint("req"); err != nil {
 			return nil, err
 		}
+		if a.optStr("of-epoch") != "" {
+			if c.Epoch, err = a.uint("of-epoch"); err != nil {
+				return nil, err
+			}
+		}
 		return c, nil
 	case "expire":
 		return fsm.Expire{}, nil

@@ -125,15 +125,17 @@ func shapesFSM(t tb) *fsm.FSM {
 	return f
 }
 
-// TestSnapshotShapes: a state with shapes is written in snapshot format 3
-// and restores to the same records, sets included (restore →
-// snapshot is byte-identical); a state without shapes is still written in
-// format 2, which a replica of the previous version reads.
+// TestSnapshotShapes: a state with shapes restores to the same records,
+// sets and grant epochs included (restore → snapshot is byte-identical).
+// Grants made by this version carry their epoch, so the state is written
+// in format 4; a state whose records carry none (restored from format 3)
+// is written in format 3 again, and one without shapes either in format 2,
+// which replicas of earlier versions read.
 func TestSnapshotShapes(t *testing.T) {
 	f := shapesFSM(t)
 	snap := snapshotBytes(t, f)
-	if v := headerVersion(t, snap); v != 3 {
-		t.Fatalf("snapshot version %d, want 3", v)
+	if v := headerVersion(t, snap); v != 4 {
+		t.Fatalf("snapshot version %d, want 4", v)
 	}
 	g := fsm.New(fsm.Config{})
 	if err := restoreBytes(g, snap); err != nil {
@@ -162,9 +164,29 @@ func TestSnapshotShapes(t *testing.T) {
 		t.Fatalf("r after the set's release: %+v", hs)
 	}
 
+	for _, l := range allLeases(g) {
+		if l.GrantEpoch != 1 {
+			t.Fatalf("restored %s with grant epoch %d, want 1", l.Key, l.GrantEpoch)
+		}
+	}
 	plain := richFSM(t, 50, fsm.Config{})
-	if v := headerVersion(t, snapshotBytes(t, plain)); v != 2 {
-		t.Fatalf("a state without shapes is written in version %d, want 2", v)
+	if v := headerVersion(t, snapshotBytes(t, plain)); v != 4 {
+		t.Fatalf("a state of fresh grants is written in version %d, want 4", v)
+	}
+	for _, c := range []struct {
+		version uint64
+		recs    []craftRec
+	}{
+		{3, []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld, mode: fsm.ModeShared}}},
+		{2, []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld}}},
+	} {
+		h := fsm.New(fsm.Config{})
+		if err := restoreBytes(h, craft{version: c.version, epoch: 1, applied: 9, now: 6 * s, recs: c.recs}.bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if v := headerVersion(t, snapshotBytes(t, h)); v != c.version {
+			t.Fatalf("a state restored from version %d is written in version %d", c.version, v)
+		}
 	}
 }
 
@@ -230,6 +252,12 @@ func TestRestoreShapeChecks(t *testing.T) {
 		{"two records of a key in version 2", craft{version: 2, epoch: 1, applied: 9, now: 6 * s,
 			recs: []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld},
 				{key: "a", holder: "c2", req: 1, token: 4, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld}}}, fsm.Config{}},
+		{"grant epoch flag in version 3", with(craftRec{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s,
+			state: fsm.StateHeld, flags: 4, grantEpoch: 1}), fsm.Config{}},
+		{"grant epoch after the snapshot's", craft{version: 4, epoch: 1, applied: 9, now: 6 * s,
+			recs: []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld, flags: 4, grantEpoch: 2}}}, fsm.Config{}},
+		{"grant epoch 0", craft{version: 4, epoch: 1, applied: 9, now: 6 * s,
+			recs: []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld, flags: 4}}}, fsm.Config{}},
 		{"set flag in version 2", craft{version: 2, epoch: 1, applied: 9, now: 6 * s,
 			recs: []craftRec{{key: "a", holder: "c1", req: 1, token: 3, ttl: 10 * s, expiry: 15 * s, state: fsm.StateHeld, flags: 2}}}, fsm.Config{}},
 	}

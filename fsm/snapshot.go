@@ -14,7 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot format, version 3:
+// Snapshot format, version 4:
 //
 //	magic    "LNSNAP\x00\x01"
 //	frame*   uvarint length, payload, crc32c(payload) big-endian
@@ -24,22 +24,25 @@ import (
 // record frames, each uvarint n and n records in (key, token) order: key,
 // holder, uvarint reqID, uvarint token, varint ttl, varint lock-delay,
 // varint expiry, byte state, byte flags (1: Seen; 2: a member of the
-// multi-key grant whose token it carries; no other bit is defined), byte
-// mode, uvarint limit, value. Then mark frames, each uvarint n and n marks
+// multi-key grant whose token it carries; 4: a grant epoch follows; no
+// other bit is defined), uvarint grant epoch if flag 4, byte mode, uvarint
+// limit, value. Then mark frames, each uvarint n and n marks
 // in (key, holder) order: key, holder, uvarint reqID, byte ended (0 or 1),
 // varint due. The stream ends right after the frame holding the last mark
 // (or record). Frames are checksummed one by one so restore streams with
 // bounded memory and still rejects any flipped bit; the counts in the
 // header catch truncation at a frame boundary.
 //
-// Version 2 (before lock shapes) has no mode and no limit, no flag 2, and
-// at most one record per key, in key order; a state without shapes is
-// still written in it, so that a replica of the previous version can
-// restore it (see FormatVersion). Version 1 (before request-id marks and
+// Version 3 (before Cancel named an epoch) has no flag 4. Version 2
+// (before lock shapes) has no mode and no limit, no flag 2, and at most
+// one record per key, in key order. A state is written in the lowest
+// version that holds it (so that a replica of an earlier version can
+// restore it, see FormatVersion): 4 if a record has a grant epoch (every
+// grant made by this version has one), else 3 if it has shapes, else 2. Version 1 (before request-id marks and
 // Cancel) has no mark count, no marks and no record flags; Restore still
 // reads both, with Seen set on every version-1 record.
 const (
-	snapshotVersion = 3
+	snapshotVersion = 4
 	frameTarget     = 64 << 10
 	maxFrame        = 16 << 20
 )
@@ -47,10 +50,12 @@ const (
 var snapshotMagic = []byte("LNSNAP\x00\x01")
 
 // Record flags: flagSeen marks a record whose granting request was retried
-// (Lease.Seen), flagSet one that belongs to a multi-key grant (Lease.Set).
+// (Lease.Seen), flagSet one that belongs to a multi-key grant (Lease.Set),
+// flagEpoch one whose grant epoch follows (Lease.GrantEpoch).
 const (
-	flagSeen = 1
-	flagSet  = 2
+	flagSeen  = 1
+	flagSet   = 2
+	flagEpoch = 4
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -115,7 +120,13 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	// The lowest version that can hold the state (see the format's doc).
 	version := uint64(2)
 	if f.nShaped > 0 || f.nHeld+f.nDelayed > len(f.keys) {
-		version = snapshotVersion
+		version = 3
+	}
+	for _, r := range f.heap {
+		if r.GrantEpoch != 0 {
+			version = snapshotVersion
+			break
+		}
 	}
 	hdr := binary.AppendUvarint(nil, version)
 	hdr = binary.AppendUvarint(hdr, f.epoch)
@@ -172,7 +183,13 @@ func appendRecord(b []byte, l *Lease, version uint64) []byte {
 	if l.Set != 0 {
 		flags |= flagSet
 	}
+	if version >= 4 && l.GrantEpoch != 0 {
+		flags |= flagEpoch
+	}
 	b = append(b, flags)
+	if flags&flagEpoch != 0 {
+		b = binary.AppendUvarint(b, l.GrantEpoch)
+	}
 	if version >= 3 {
 		b = append(b, byte(l.Mode))
 		b = binary.AppendUvarint(b, uint64(l.Limit))
@@ -325,7 +342,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	case markCount > MaxMarks:
 		return nil, corrupt("%d marks, above MaxMarks %d", markCount, MaxMarks)
 	}
-	b := restoreBounds{now: st.now, applied: st.applied, lenient: lenient, version: version}
+	b := restoreBounds{now: st.now, applied: st.applied, epoch: st.epoch, lenient: lenient, version: version}
 	// Holder names repeat across records and marks: keep one copy.
 	holders := make(map[string]string)
 	intern := func(b []byte) string {
@@ -379,6 +396,9 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 			if version >= 3 {
 				known |= flagSet
 			}
+			if version >= 4 {
+				known |= flagEpoch
+			}
 			if d.err == nil && flags&^known != 0 {
 				return corrupt("record %d: unknown flags %#x", i, flags)
 			}
@@ -390,6 +410,11 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 					sets[r.Token] = gs
 				}
 				r.set = gs // checked and completed by linkSets
+			}
+			if flags&flagEpoch != 0 {
+				if r.GrantEpoch = d.uvarint(); d.err == nil && r.GrantEpoch == 0 {
+					return corrupt("record %d: grant epoch 0", i)
+				}
 			}
 		}
 		if version >= 3 {
@@ -495,6 +520,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 type restoreBounds struct {
 	now     time.Duration
 	applied uint64
+	epoch   uint64
 	lenient bool
 	version uint64
 }
@@ -519,6 +545,8 @@ func (r *record) check(prev *record, i uint64, b restoreBounds) error {
 		return corrupt("record %d: token %d outside [1, applied %d]", i, r.Token, b.applied)
 	case r.ReqID == 0:
 		return corrupt("record %d: request id 0", i)
+	case r.GrantEpoch > b.epoch:
+		return corrupt("record %d: granted in epoch %d, after the snapshot's epoch %d", i, r.GrantEpoch, b.epoch)
 	case r.TTL <= 0 || r.TTL > MaxTTL || r.LockDelay < 0 || r.LockDelay > MaxTTL:
 		return corrupt("record %d: ttl or lock-delay out of range", i)
 	case len(r.Value) > MaxValueLen:

@@ -94,9 +94,10 @@
 // client lose its own lease (the failure Amazon's Kinesis client hit). The
 // cluster remembers each holder's ids per key after a holding ends, so a
 // delayed copy of an old request can never start a holding nobody uses.
-// If the node that took a request could not report its outcome, it
-// withdraws that id; the client's next attempt is then told the id is
-// stale and continues with a new one. A write whose outcome cannot be
+// If the leader that proposed a request could not report its outcome, it
+// withdraws that id (only its own proposal's grant, never a grant another
+// attempt of the request was answered with); the client's next attempt is
+// then told the id is stale and continues with a new one. A write whose outcome cannot be
 // settled is reported as ErrUnknownOutcome, never as a plain failure.
 //
 // # One Client, one holder
@@ -129,7 +130,7 @@
 //   - Acquire and AcquireTimeout: as long as the wait (ctx, maxWait), but
 //     no more than r of continuous failures; an attempt whose outcome was
 //     unknown when the caller gave up adds one settling round trip of at
-//     most 1 s (the node that took it also withdraws it);
+//     most 1 s (the leader that proposed it also withdraws it);
 //   - Close: bounded by its ctx.
 //
 // The cluster answers "no leader" before a caller's deadline, saying what

@@ -82,11 +82,13 @@
 //
 // waiter-outcome: a queued grant is settled when Raft resolves it, never
 // by whoever proposed it; a waiter that leaves while its grant is in
-// flight answers ErrUnknownOutcome, and the node that took any acquire
-// whose outcome it could not report withdraws it (withdraw: an fsm Cancel,
-// through whoever leads), so a grant nobody heard of never blocks a key
-// for its TTL. Guarded by TestAbandonedWaiterGrantIsWithdrawn and
-// TestWithdrawAcrossLeaderChange.
+// flight answers ErrUnknownOutcome, and the leader that proposed any
+// acquire whose outcome it could not report withdraws it (withdraw: an
+// fsm Cancel naming the proposal's epoch, through whoever leads), so a
+// grant nobody heard of never blocks a key for its TTL, and another
+// attempt of the same request, granted and answered in a later epoch,
+// is never released by it. Guarded by TestAbandonedWaiterGrantIsWithdrawn,
+// TestWithdrawAcrossLeaderChange and TestWithdrawLeavesAnotherEpochsGrant.
 //
 // fatal-stops-serving: a replica that meets an entry it cannot apply (a
 // newer version, a checksum mismatch) applies nothing after it and serves

@@ -33,8 +33,8 @@ const (
 	// from the Raft configuration (request: its ID).
 	methodLeave
 	// methodCancel: withdraw an acquire whose outcome its caller never
-	// learned (request: an AcquireRequest naming key, holder and request
-	// id; see withdraw).
+	// learned (request: a CancelRequest naming key, holder, request id and
+	// the epoch of the lost proposal; see withdraw).
 	methodCancel
 )
 
@@ -51,30 +51,32 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
 	}
-	resp, err := leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
-	if errors.Is(err, ErrUnknownOutcome) {
-		n.withdraw(req)
-	}
-	return resp, err
+	return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
 }
 
-// withdraw makes sure that an acquire this node took, and whose outcome
-// it could not report (ErrUnknownOutcome), does not stay granted to a
-// caller that never heard of it: it proposes an fsm Cancel of the request
-// id through whoever leads (this node or the next leader), retrying until
-// it is applied or the grant would have expired anyway. Cancel releases
-// the grant only if its holder has not retried the same request id in the
-// meantime (then the holder knows of it and keeps it), and makes any later
-// arrival of that id Stale; so the holder's own retries stay safe, and a
-// lost grant never blocks the key for a whole TTL.
-func (n *Node) withdraw(req *pb.AcquireRequest) {
+// withdraw makes sure that an acquire this leader proposed in epoch, and
+// whose outcome it could not report (ErrUnknownOutcome: its caller left,
+// or its leadership ended, while the entry was in flight), does not stay
+// granted to a caller that never heard of it: it proposes an fsm Cancel of
+// the request id and epoch through whoever leads (this node or the next
+// leader), retrying until it is applied or the grant would have expired
+// anyway. Cancel releases the grant only if it was made in epoch (so
+// another attempt of the same request, granted by a later leader and
+// answered, is left alone) and its holder has not retried the request in
+// the meantime (then the holder knows of it and keeps it), and makes any
+// later arrival of that id Stale; so the holder's own retries stay safe,
+// and a lost grant never blocks the key for a whole TTL. Only the node
+// that proposed withdraws: a node that forwarded the request and lost the
+// leader's answer cannot tell which epoch, if any, granted it, and leaves
+// the grant to the holder's retry or to its TTL.
+func (n *Node) withdraw(req *pb.AcquireRequest, epoch uint64) {
 	select {
 	case n.withdrawals <- struct{}{}:
 	default:
 		n.log.Warn("too many withdrawals in flight; this one is left to expire", "key", req.GetKey())
 		return
 	}
-	c := &pb.AcquireRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId()}
+	c := &pb.CancelRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId(), Epoch: epoch}
 	bound := req.GetTtl().AsDuration() + req.GetLockDelay().AsDuration() + n.leaderWait()
 	n.goRun("node.withdraw", func() {
 		defer func() { <-n.withdrawals }()
@@ -97,8 +99,8 @@ func (n *Node) withdraw(req *pb.AcquireRequest) {
 }
 
 // cancelLocal applies the Cancel of withdraw on the leader.
-func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.ReleaseResponse, error) {
-	cmd := &fsm.Cancel{Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId()}
+func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.CancelRequest) (*pb.ReleaseResponse, error) {
+	cmd := &fsm.Cancel{Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId(), Epoch: req.GetEpoch()}
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -335,7 +337,7 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 	case methodCheckToken:
 		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
 	case methodCancel:
-		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, n.cancelLocal)
+		return serveRPC(ctx, n, data, &pb.CancelRequest{}, n.cancelLocal)
 	case methodLeave:
 		return nil, n.serveLeave(ctx, data)
 	case methodStatus:
@@ -385,7 +387,7 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		s := ls.stamp()
 		resp, err := n.apply(ctx, s, cmd)
 		if err != nil {
-			return nil, err
+			return nil, n.lostOutcome(ls, req, err)
 		}
 		res := resp.Results[0]
 		if res.Code != fsm.Held || !req.GetWait() {
@@ -398,9 +400,18 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
 	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
-		return nil, r.err
+		return nil, n.lostOutcome(ls, req, r.err)
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
+}
+
+// lostOutcome withdraws the acquire req that this leader proposed in its
+// epoch if err says its outcome was lost, and returns err.
+func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, err error) error {
+	if errors.Is(err, ErrUnknownOutcome) {
+		n.withdraw(req, ls.epoch)
+	}
+	return err
 }
 
 // queuedHeld is the Held answer to a non-waiting acquire of keys others

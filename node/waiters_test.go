@@ -215,3 +215,42 @@ func TestWithdrawAcrossLeaderChange(t *testing.T) {
 		return nil
 	})
 }
+
+// Scenario (found by a jepsen campaign under leader pauses): a leader's
+// proposal of an acquire loses its outcome with its leadership, the
+// client's retry of the same request is granted afresh by the next leader
+// and answered, and then the old leader's withdrawal arrives. It must not
+// release that grant: the key went to a third client at once while the
+// holder still believed it held. The withdrawal names the epoch of the
+// lost proposal; only a grant made in that epoch is released.
+func TestWithdrawLeavesAnotherEpochsGrant(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	spent := func(key string) func() error {
+		return func() error {
+			if m, ok := l.FSM().Mark(key, "h"); !ok || !m.Ended {
+				return fmt.Errorf("withdrawal of %s not applied yet (mark %+v)", key, m)
+			}
+			return nil
+		}
+	}
+	held := mustGrant(t, l, acq("epoch/a", "h", 7, time.Minute))
+	granted, _ := l.FSM().Get("epoch/a")
+	epoch, other := granted.GrantEpoch, granted.GrantEpoch-1 // a proposal lost in an earlier epoch
+	if other == 0 {
+		other = epoch + 1 // (0 would name no epoch)
+	}
+	l.Withdraw("epoch/a", "h", 7, other)
+	nodetest.Eventually(t, 10*time.Second, spent("epoch/a"))
+	if got, ok := l.FSM().Get("epoch/a"); !ok || got.Holder != "h" || got.Token != held.Token {
+		t.Fatalf("the grant of epoch %d was released by the withdrawal of epoch %d's proposal: %+v", epoch, other, got)
+	}
+	mustGrant(t, l, acq("epoch/b", "h", 7, time.Minute))
+	l.Withdraw("epoch/b", "h", 7, epoch) // this epoch's proposal: it is the grant
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if got, ok := l.FSM().Get("epoch/b"); ok {
+			return fmt.Errorf("epoch/b still held: %+v", got)
+		}
+		return nil
+	})
+}

@@ -1001,6 +1001,80 @@ func (x *ReleaseResponse) GetReleased() bool {
 	return false
 }
 
+// CancelRequest is node-internal: a leader whose proposal of an acquire
+// lost its outcome (its caller left, or its leadership ended, while the
+// entry was in flight) asks whoever leads now to withdraw it. It names the
+// request and the epoch the proposal was made in; the grant is released
+// only if it was made in that epoch and no retry of the request was
+// applied since (fsm.Cancel). Clients never send it.
+type CancelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	RequestId     uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRequest) Reset() {
+	*x = CancelRequest{}
+	mi := &file_leasenode_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRequest) ProtoMessage() {}
+
+func (x *CancelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
+func (*CancelRequest) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CancelRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CancelRequest) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *CancelRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *CancelRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type Lease struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Key       string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1026,7 +1100,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1112,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1125,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{10}
+	return file_leasenode_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Lease) GetKey() string {
@@ -1150,7 +1224,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1236,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1249,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{11}
+	return file_leasenode_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -1208,7 +1282,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1294,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1307,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{12}
+	return file_leasenode_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -1277,7 +1351,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1363,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1376,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{13}
+	return file_leasenode_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -1350,7 +1424,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1436,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1449,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{14}
+	return file_leasenode_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListResponse) GetHeader() *Header {
@@ -1416,7 +1490,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1502,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1515,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{15}
+	return file_leasenode_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckTokenRequest) GetKey() string {
@@ -1474,7 +1548,7 @@ type CheckTokenResponse struct {
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1560,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1573,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{16}
+	return file_leasenode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckTokenResponse) GetHeader() *Header {
@@ -1552,7 +1626,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1638,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1651,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{17}
+	return file_leasenode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1612,7 +1686,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1698,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1711,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{18}
+	return file_leasenode_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -1669,7 +1743,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1755,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1768,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{19}
+	return file_leasenode_proto_rawDescGZIP(), []int{20}
 }
 
 type Member struct {
@@ -1714,7 +1788,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1800,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1813,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{20}
+	return file_leasenode_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Member) GetId() string {
@@ -1801,7 +1875,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1887,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1900,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{21}
+	return file_leasenode_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MembersResponse) GetHeader() *Header {
@@ -1851,7 +1925,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1937,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1950,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{22}
+	return file_leasenode_proto_rawDescGZIP(), []int{23}
 }
 
 type StatusResponse struct {
@@ -1914,7 +1988,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2000,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2013,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{23}
+	return file_leasenode_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatusResponse) GetHeader() *Header {
@@ -2044,7 +2118,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2130,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2143,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{24}
+	return file_leasenode_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -2104,7 +2178,7 @@ type RPCError struct {
 
 func (x *RPCError) Reset() {
 	*x = RPCError{}
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2190,7 @@ func (x *RPCError) String() string {
 func (*RPCError) ProtoMessage() {}
 
 func (x *RPCError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2203,7 @@ func (x *RPCError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RPCError.ProtoReflect.Descriptor instead.
 func (*RPCError) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{25}
+	return file_leasenode_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RPCError) GetDetail() *ErrorDetail {
@@ -2209,7 +2283,13 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\"[\n" +
 	"\x0fReleaseResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x1a\n" +
-	"\breleased\x18\x02 \x01(\bR\breleased\"\x9d\x03\n" +
+	"\breleased\x18\x02 \x01(\bR\breleased\"n\n" +
+	"\rCancelRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\x04R\trequestId\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x9d\x03\n" +
 	"\x05Lease\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
@@ -2353,7 +2433,7 @@ func file_leasenode_proto_rawDescGZIP() []byte {
 }
 
 var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_leasenode_proto_goTypes = []any{
 	(LeaseMode)(0),              // 0: leasenode.v1.LeaseMode
 	(LeaseState)(0),             // 1: leasenode.v1.LeaseState
@@ -2369,77 +2449,78 @@ var file_leasenode_proto_goTypes = []any{
 	(*ExtendResponse)(nil),      // 11: leasenode.v1.ExtendResponse
 	(*ReleaseRequest)(nil),      // 12: leasenode.v1.ReleaseRequest
 	(*ReleaseResponse)(nil),     // 13: leasenode.v1.ReleaseResponse
-	(*Lease)(nil),               // 14: leasenode.v1.Lease
-	(*GetRequest)(nil),          // 15: leasenode.v1.GetRequest
-	(*GetResponse)(nil),         // 16: leasenode.v1.GetResponse
-	(*ListRequest)(nil),         // 17: leasenode.v1.ListRequest
-	(*ListResponse)(nil),        // 18: leasenode.v1.ListResponse
-	(*CheckTokenRequest)(nil),   // 19: leasenode.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),  // 20: leasenode.v1.CheckTokenResponse
-	(*WatchRequest)(nil),        // 21: leasenode.v1.WatchRequest
-	(*WatchEvent)(nil),          // 22: leasenode.v1.WatchEvent
-	(*MembersRequest)(nil),      // 23: leasenode.v1.MembersRequest
-	(*Member)(nil),              // 24: leasenode.v1.Member
-	(*MembersResponse)(nil),     // 25: leasenode.v1.MembersResponse
-	(*StatusRequest)(nil),       // 26: leasenode.v1.StatusRequest
-	(*StatusResponse)(nil),      // 27: leasenode.v1.StatusResponse
-	(*ErrorDetail)(nil),         // 28: leasenode.v1.ErrorDetail
-	(*RPCError)(nil),            // 29: leasenode.v1.RPCError
-	(*durationpb.Duration)(nil), // 30: google.protobuf.Duration
+	(*CancelRequest)(nil),       // 14: leasenode.v1.CancelRequest
+	(*Lease)(nil),               // 15: leasenode.v1.Lease
+	(*GetRequest)(nil),          // 16: leasenode.v1.GetRequest
+	(*GetResponse)(nil),         // 17: leasenode.v1.GetResponse
+	(*ListRequest)(nil),         // 18: leasenode.v1.ListRequest
+	(*ListResponse)(nil),        // 19: leasenode.v1.ListResponse
+	(*CheckTokenRequest)(nil),   // 20: leasenode.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),  // 21: leasenode.v1.CheckTokenResponse
+	(*WatchRequest)(nil),        // 22: leasenode.v1.WatchRequest
+	(*WatchEvent)(nil),          // 23: leasenode.v1.WatchEvent
+	(*MembersRequest)(nil),      // 24: leasenode.v1.MembersRequest
+	(*Member)(nil),              // 25: leasenode.v1.Member
+	(*MembersResponse)(nil),     // 26: leasenode.v1.MembersResponse
+	(*StatusRequest)(nil),       // 27: leasenode.v1.StatusRequest
+	(*StatusResponse)(nil),      // 28: leasenode.v1.StatusResponse
+	(*ErrorDetail)(nil),         // 29: leasenode.v1.ErrorDetail
+	(*RPCError)(nil),            // 30: leasenode.v1.RPCError
+	(*durationpb.Duration)(nil), // 31: google.protobuf.Duration
 }
 var file_leasenode_proto_depIdxs = []int32{
-	30, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
-	30, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	31, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
+	31, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
 	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
 	6,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
 	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
 	4,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	30, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	30, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	30, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	31, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	31, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	31, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
 	8,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
-	30, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	31, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
 	4,  // 11: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
 	10, // 12: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
 	4,  // 13: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
-	30, // 14: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	30, // 15: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	31, // 14: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	31, // 15: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
 	1,  // 16: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	30, // 17: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	31, // 17: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
 	0,  // 18: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
 	4,  // 19: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
-	14, // 20: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
-	14, // 21: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
+	15, // 20: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
+	15, // 21: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
 	4,  // 22: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
-	14, // 23: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
-	14, // 24: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
+	15, // 23: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
+	15, // 24: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
 	4,  // 25: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
-	14, // 26: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
+	15, // 26: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
 	2,  // 27: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
-	14, // 28: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
+	15, // 28: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
 	4,  // 29: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
-	24, // 30: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
+	25, // 30: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
 	4,  // 31: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
 	3,  // 32: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	28, // 33: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	29, // 33: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
 	5,  // 34: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
 	9,  // 35: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
 	12, // 36: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	15, // 37: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	17, // 38: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	19, // 39: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	21, // 40: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	23, // 41: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	26, // 42: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	16, // 37: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	18, // 38: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	20, // 39: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	22, // 40: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	24, // 41: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	27, // 42: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
 	7,  // 43: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
 	11, // 44: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
 	13, // 45: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	16, // 46: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	18, // 47: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	20, // 48: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	22, // 49: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	25, // 50: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	27, // 51: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	17, // 46: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	19, // 47: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	21, // 48: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	23, // 49: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	26, // 50: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	28, // 51: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
 	43, // [43:52] is the sub-list for method output_type
 	34, // [34:43] is the sub-list for method input_type
 	34, // [34:34] is the sub-list for extension type_name
@@ -2458,7 +2539,7 @@ func file_leasenode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasenode_proto_rawDesc), len(file_leasenode_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
