@@ -303,13 +303,28 @@ func (p *proposal) wait(ctx context.Context, n *Node) (*fsm.Response, error) {
 	}
 }
 
+// neverAppended reports whether Raft refused an Apply before appending
+// the entry to the log: it can never commit, under this leader or another.
+// Every other error leaves the outcome unknown (ErrLeadershipLost: the
+// entry may still commit). The difference matters beyond the caller's
+// answer: a lost outcome is withdrawn naming this leader's epoch, and if
+// the entry was never appended, the client's retry may be granted afresh
+// in the same epoch and answered; a withdrawal would then release it.
+// Raft refuses new entries while a leadership transfer is in progress
+// (ErrLeadershipTransferInProgress), and the leader may keep its term if
+// the transfer fails.
+func neverAppended(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress)
+}
+
 // outcome waits for an Apply future and classifies its result (see
 // apply).
 func (n *Node) outcome(f raft.ApplyFuture) (*fsm.Response, error) {
 	err := n.wait(f)
 	switch {
 	case err == nil:
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
+	case neverAppended(err):
 		return nil, n.notLeaderErr()
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, ErrClosed)

@@ -2,11 +2,14 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // One owner of leadership: driven through hundreds of fast flaps, with
@@ -92,5 +95,27 @@ func TestLeadershipFlapsLeaveNoStaleState(t *testing.T) {
 	}
 	if m := maxRun.Load(); m > 1 {
 		t.Fatalf("%d terms ran at once", m)
+	}
+}
+
+// An Apply that Raft refused before appending its entry is a definite
+// failure (not leader), never an unknown outcome: a withdrawal of it in
+// this epoch could release the grant of the client's retry, made afresh
+// in the same epoch. A leadership transfer in progress refuses entries so.
+func TestNeverAppendedIsNotUnknown(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{raft.ErrNotLeader, true},
+		{raft.ErrEnqueueTimeout, true},
+		{raft.ErrLeadershipTransferInProgress, true},
+		{fmt.Errorf("apply: %w", raft.ErrLeadershipTransferInProgress), true},
+		{raft.ErrLeadershipLost, false}, // appended: it may still commit
+		{raft.ErrRaftShutdown, false},
+	} {
+		if got := neverAppended(c.err); got != c.want {
+			t.Errorf("neverAppended(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
