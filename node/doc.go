@@ -29,16 +29,20 @@
 // (raft.Barrier), then commits Promote for its epoch (its Raft term), which
 // moves every record into the new epoch keeping the time it had left at
 // the last applied stamp; until Promote has applied it serves nothing and
-// forwards nothing. The epoch clock starts when this node saw the FSM
-// clock reach that last stamp, and Promote is stamped with that origin
-// (time 0). Together with fsm's no-early-expiry this means a lease never
-// expires earlier than its holder's own validity: the last stamp was read
-// before this node applied its entry, and every entry an earlier leader
-// committed precedes the Barrier. Nor later than needed: the election
-// does not count as time left, so a lease whose holder died expires about
-// one TTL after its last extend however often leaders change (guarded by
-// TestFailoverDoesNotAddTheElection and jepsen's takeover-bound under
-// leader-churn).
+// forwards nothing. The epoch clock starts when this node stored the last
+// entry of the earlier terms (or, if it does not remember, when it saw
+// the FSM clock reach that last stamp), and Promote is stamped with that
+// origin (time 0). Together with fsm's no-early-expiry this means a lease
+// never expires earlier than its holder's own validity: every stamp was
+// read before its entry was sent, so before this node stored it, and
+// every entry an earlier leader committed precedes the Barrier. Nor later
+// than needed: the election does not count as time left, even when the
+// old leader died before followers learnt its last entries committed, so
+// a lease whose holder died expires about one TTL after its last extend
+// however often leaders change (guarded by
+// TestFailoverDoesNotAddTheElection,
+// TestFailoverRightAfterAGrantDoesNotAddTheElection and jepsen's
+// takeover-bound under leader-churn).
 //
 // one-leader-state: one leaderLoop per term publishes the leader state
 // and, deferred, withdraws it; the next term's loop starts only after the

@@ -197,18 +197,29 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 	if ctx.Err() != nil {
 		return nil
 	}
-	// The epoch's clock starts (reads 0) when this node saw the FSM clock
-	// reach the last stamp of the earlier epochs (the Barrier has applied
-	// every entry they committed), or now if it has not seen it yet; and
-	// Promote is stamped with that origin. So a lease keeps, from the
-	// origin on, the time it had left at the last stamp. Never early: the
-	// stamp was taken before this node applied its entry, and no later
-	// one was committed (every committed entry precedes the Barrier). Not
-	// needlessly late: the election and the Barrier do not count as time
-	// left (stamping Promote when it is proposed gave every lease that
-	// much more at every leader change; a dead holder's lease then outlived
-	// its TTL by an election per change, under churn by several).
+	// The epoch's clock starts (reads 0) when this node stored the last
+	// entry of the earlier terms, if it remembers when (lastOfEarlierTerm),
+	// else when it saw the FSM clock reach the last stamp of the earlier
+	// epochs (the Barrier has applied every entry they committed), else
+	// now; and Promote is stamped with that origin. So a lease keeps, from
+	// the origin on, the time it had left at the last stamp. Never early:
+	// every stamp was taken before its entry was sent, so before this node
+	// stored or applied it, and no later one was committed (every
+	// committed entry precedes the Barrier). Not needlessly late: the
+	// election and the Barrier do not count as time left (stamping Promote
+	// when it is proposed gave every lease that much more at every leader
+	// change; a dead holder's lease then outlived its TTL by an election
+	// per change, under churn by several). The receipt matters when the
+	// old leader stopped (SIGSTOP, a crash) before telling followers that
+	// its last entries were committed: they apply those only at the new
+	// leader's Barrier, after the election, and counting from the apply
+	// left a killed holder's key blocked an election longer per leader
+	// change (a 5-node campaign with the leader moved every second: 5.33 s
+	// against the 5 s takeover bound).
 	origin, seen := n.clock.seen(n.fsm.Clock())
+	if at, ok := n.logs.lastOfEarlierTerm(n.raft.CurrentTerm(), n.raft.LastIndex()); ok && (!seen || at.Before(origin)) {
+		origin, seen = at, true
+	}
 	if !seen {
 		origin = time.Now()
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -42,5 +43,47 @@ func TestLogCache(t *testing.T) {
 	}
 	if err := c.GetLog(1, &got); err == nil {
 		t.Fatal("a deleted entry was served")
+	}
+}
+
+// lastOfEarlierTerm finds when the last entry of an earlier term was
+// stored, and says nobody knows when an entry on the way back is not
+// remembered.
+func TestLastOfEarlierTerm(t *testing.T) {
+	c := newLogCache(raft.NewInmemStore())
+	store := func(term uint64, idx ...uint64) time.Time {
+		var logs []*raft.Log
+		for _, i := range idx {
+			logs = append(logs, &raft.Log{Index: i, Term: term})
+		}
+		before := time.Now()
+		if err := c.StoreLogs(logs); err != nil {
+			t.Fatal(err)
+		}
+		return before
+	}
+	store(3, 1, 2)
+	t4 := store(4, 3, 4) // the last entries of term 4
+	store(5, 5, 6)       // a new leader's noop and barrier
+	at, ok := c.lastOfEarlierTerm(5, 6)
+	if !ok || at.Before(t4) {
+		t.Fatalf("last entry before term 5 stored at %v (%v), want at or after %v", at, ok, t4)
+	}
+	if at, ok := c.lastOfEarlierTerm(4, 6); !ok || !at.Before(t4) {
+		t.Fatalf("last entry before term 4: %v %v, want the term-3 batch's time", at, ok)
+	}
+	if _, ok := c.lastOfEarlierTerm(3, 6); ok {
+		t.Fatal("a time for a term before the first stored one")
+	}
+	// An entry on the way back that is not remembered: nobody knows.
+	store(6, 7+logCacheEntries)
+	if _, ok := c.lastOfEarlierTerm(6, 7+logCacheEntries); ok {
+		t.Fatal("a time although entries between were never stored here")
+	}
+	if err := c.DeleteRange(1, 6); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.lastOfEarlierTerm(5, 6); ok {
+		t.Fatal("a time remembered across DeleteRange")
 	}
 }

@@ -35,6 +35,7 @@ type Node struct {
 	trans  *raft.NetworkTransport
 	stream *transport.StreamLayer // under trans; drained before the store closes
 	walDir string                 // the raft-wal dir, if the store is raft-wal (see walguard.go)
+	logs   *logCache              // Raft's log store: n.store behind a cache
 	store  raftStore
 
 	mux    *transport.Mux
@@ -288,7 +289,8 @@ func (n *Node) startRaft() error {
 	// blocks until they are read, so runLeadership never blocks.
 	n.leaderNotify = make(chan bool, 8)
 	rc.NotifyCh = n.leaderNotify
-	n.raft, err = newRaft(rc, n.fsm, newLogCache(n.store), n.store, snaps, n.trans)
+	n.logs = newLogCache(n.store)
+	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}

@@ -181,10 +181,21 @@ func walSegments(dir string) ([]string, error) {
 // keeps no entry above logCacheMaxEntry: memory stays within
 // logCacheEntries × logCacheMaxEntry (16 MiB), about 100 KiB for
 // acquires and releases.
+//
+// It also remembers when each of the most recent entries was stored here
+// (received from the leader, or appended as leader), for the clock origin
+// of this node's next epoch (see lastOfEarlierTerm).
 type logCache struct {
 	raft.LogStore
 	mu    sync.RWMutex
 	cache []*raft.Log
+	recv  []received
+}
+
+// received is when this node stored the entry at index, of term.
+type received struct {
+	index, term uint64
+	at          time.Time
 }
 
 const (
@@ -193,7 +204,7 @@ const (
 )
 
 func newLogCache(s raft.LogStore) *logCache {
-	return &logCache{LogStore: s, cache: make([]*raft.Log, logCacheEntries)}
+	return &logCache{LogStore: s, cache: make([]*raft.Log, logCacheEntries), recv: make([]received, logCacheEntries)}
 }
 
 // IsMonotonic passes on the store's answer (raft-wal is monotonic).
@@ -216,11 +227,13 @@ func (c *logCache) GetLog(index uint64, log *raft.Log) error {
 func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log{log}) }
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
+	at := time.Now()
 	if err := c.LogStore.StoreLogs(logs); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	for _, l := range logs {
+		c.recv[l.Index%logCacheEntries] = received{index: l.Index, term: l.Term, at: at}
 		slot := &c.cache[l.Index%logCacheEntries]
 		if len(l.Data)+len(l.Extensions) <= logCacheMaxEntry {
 			*slot = l
@@ -235,6 +248,32 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 func (c *logCache) DeleteRange(min, max uint64) error {
 	c.mu.Lock()
 	clear(c.cache)
+	clear(c.recv)
 	c.mu.Unlock()
 	return c.LogStore.DeleteRange(min, max)
+}
+
+// lastOfEarlierTerm returns when this node stored the last entry of a term
+// before term, looking back from index last (the log's last index) over
+// the entries it remembers. ok is false if an entry on the way, or that
+// one, is not remembered (stored before the last logCacheEntries, or
+// before a DeleteRange): then nobody can say.
+//
+// Every stamp of an earlier epoch was taken by its leader before it sent
+// the entry carrying it, hence before this node stored the last entry of
+// the earlier terms: at that moment every earlier leader's clock had
+// passed every stamp applied so far.
+func (c *logCache) lastOfEarlierTerm(term, last uint64) (time.Time, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for i := last; i > 0 && last-i < logCacheEntries; i-- {
+		r := c.recv[i%logCacheEntries]
+		if r.index != i || r.at.IsZero() {
+			return time.Time{}, false
+		}
+		if r.term < term {
+			return r.at, true
+		}
+	}
+	return time.Time{}, false
 }
