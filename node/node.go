@@ -94,6 +94,8 @@ type Node struct {
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	goMu      sync.Mutex
+	goStopped bool // goRun starts nothing: shutdown waits for wg
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -180,14 +182,24 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
-// goRun starts a goroutine owned by the node; Close waits for it.
-func (n *Node) goRun(name string, f func()) {
+// goRun starts a goroutine owned by the node; Close waits for it. Once
+// Close has begun to wait it starts nothing and reports false (a
+// WaitGroup may not grow while Wait runs, and f would only find the node
+// closing): a withdrawal or a member check that a stopping node would
+// start is dropped.
+func (n *Node) goRun(name string, f func()) bool {
+	n.goMu.Lock()
+	defer n.goMu.Unlock()
+	if n.goStopped {
+		return false
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		f()
 	}()
 	_ = name
+	return true
 }
 
 func (n *Node) startRaft() error {
@@ -502,6 +514,9 @@ func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 		n.mux.Close()
 	}
 	n.hub.close()
+	n.goMu.Lock()
+	n.goStopped = true
+	n.goMu.Unlock()
 	n.wg.Wait()
 	if n.walDir != "" && n.raft != nil && mode != stopCrash {
 		if idx := min(n.raft.CommitIndex(), n.raft.LastIndex()); idx > 0 {

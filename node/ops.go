@@ -78,7 +78,7 @@ func (n *Node) withdraw(req *pb.AcquireRequest, epoch uint64) {
 	}
 	c := &pb.CancelRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId(), Epoch: epoch}
 	bound := req.GetTtl().AsDuration() + req.GetLockDelay().AsDuration() + n.leaderWait()
-	n.goRun("node.withdraw", func() {
+	started := n.goRun("node.withdraw", func() {
 		defer func() { <-n.withdrawals }()
 		ctx, cancel := context.WithTimeout(n.ctx, max(bound, 10*time.Second))
 		defer cancel()
@@ -96,6 +96,9 @@ func (n *Node) withdraw(req *pb.AcquireRequest, epoch uint64) {
 			delay = min(2*delay, time.Second)
 		}
 	})
+	if !started {
+		<-n.withdrawals // the node is closing; the grant expires with its TTL
+	}
 }
 
 // cancelLocal applies the Cancel of withdraw on the leader.
