@@ -95,9 +95,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 			after = next
 		}
 	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
+	started := n.goRun("node.watch", func() {
 		defer close(out)
 		defer h.remove(w)
 		send := func(e *pb.WatchEvent) bool {
@@ -136,7 +134,11 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 				return
 			}
 		}
-	}()
+	})
+	if !started { // the node is closing
+		h.remove(w)
+		close(out)
+	}
 	return out
 }
 
