@@ -420,9 +420,12 @@ func TestManyLeasesOneExtendPerTick(t *testing.T) {
 	})
 	calls, items := cb.extends.Load()-base, cb.items.Load()-baseItems
 	// One batch per tick: ceil(10000/4096) = 3 requests of up to 4096
-	// leases (the client's chunk), not one request per lease.
-	if perCall := items / calls; perCall < total/4 {
-		t.Fatalf("%d extend calls for %d lease-extends: %d per call, want each tick's %d leases in 3 requests", calls, items, perCall, total)
+	// leases (the client's chunk), not one request per lease. On a loaded
+	// machine a tick may add a small request for stragglers (seen: 4 per
+	// tick, exactly 2,500 per call); a thousand per call still proves the
+	// batching (one request per lease would be 1).
+	if perCall := items / calls; perCall < total/10 {
+		t.Fatalf("%d extend calls for %d lease-extends: %d per call, want each tick's %d leases in a few requests", calls, items, perCall, total)
 	}
 	t.Logf("%d extend calls carried %d lease-extends (%d per call)", calls, items, items/calls)
 	for _, l := range leases {
