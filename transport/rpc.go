@@ -151,7 +151,14 @@ func appendHeader(b []byte, f *frame) []byte {
 func writeFrame(w io.Writer, f *frame) (complete bool, err error) {
 	hdr := appendHeader(make([]byte, 0, prefixLen+requestExtra), f)
 	total := int64(len(hdr) + len(f.payload))
-	bufs := net.Buffers{hdr, f.payload}
+	bufs := net.Buffers{hdr}
+	if len(f.payload) > 0 {
+		// No empty write after the frame is out: on a connection that is
+		// not a *net.TCPConn each buffer is its own Write, and an empty
+		// Write still fails on a passed deadline, so a call cancelled just
+		// after its frame was sent would fail the whole connection.
+		bufs = append(bufs, f.payload)
+	}
 	n, err := bufs.WriteTo(w)
 	return n == total, err
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -686,6 +687,31 @@ func TestRPCServerRejectsGarbage(t *testing.T) {
 	if _, err := c.Call(context.Background(), n.addr, 1, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// An empty request is one Write: once the frame is out nothing else is
+// written, so a deadline that passes then (a call cancelled as its frame
+// went out) cannot fail the connection. A net.Conn that is not a
+// *net.TCPConn writes each buffer of a vectored write on its own, and an
+// empty Write after a passed deadline fails.
+func TestWriteFrameEmptyPayloadIsOneWrite(t *testing.T) {
+	w := &deadlineAfterFirstWrite{}
+	complete, err := writeFrame(w, &frame{typ: frameRequest, id: 9, method: 2})
+	if !complete || err != nil || w.writes != 1 {
+		t.Fatalf("writeFrame: complete %v, err %v, %d writes; want one write and no error", complete, err, w.writes)
+	}
+}
+
+// deadlineAfterFirstWrite accepts one Write, then fails every later one as
+// a connection whose write deadline has passed does, even an empty one.
+type deadlineAfterFirstWrite struct{ writes int }
+
+func (w *deadlineAfterFirstWrite) Write(p []byte) (int, error) {
+	w.writes++
+	if w.writes > 1 {
+		return 0, os.ErrDeadlineExceeded
+	}
+	return len(p), nil
 }
 
 // Frames survive a round trip through the codec.
