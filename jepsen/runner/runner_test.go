@@ -49,37 +49,39 @@ func TestUnsafeModesHaveFlags(t *testing.T) {
 	}
 }
 
-// agentBinary finds a prebuilt agent: $LEASENODE_BIN, bin/leasenode or
-// ./leasenode at the module root.
-func agentBinary(t *testing.T) string {
-	if p := os.Getenv("LEASENODE_BIN"); p != "" {
-		return p
-	}
-	root, err := control.ModuleRoot(".")
-	if err != nil {
-		return ""
-	}
-	for _, p := range []string{filepath.Join(root, "bin", "leasenode"), filepath.Join(root, "leasenode")} {
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-			return p
-		}
-	}
-	return ""
-}
-
 // TestLoopbackCampaignWithAgent runs a short campaign of real agents as
 // loopback processes (the fallback without root) with kill and pause
-// faults, and checks that it passes and writes its report.
+// faults, and checks that it passes and writes its report. The agent is
+// built from this source tree (or is $LEASENODE_BIN): a prebuilt
+// bin/leasenode may be older than the code under test. A failed run's
+// directory (history, node logs and data) is kept and named.
 func TestLoopbackCampaignWithAgent(t *testing.T) {
-	bin := agentBinary(t)
-	if bin == "" {
-		t.Skip("no agent binary: build one with `go build -o bin/leasenode ./cmd/leasenode` (or set LEASENODE_BIN) to run a real loopback campaign; process control is tested with a helper in package control")
-	}
 	if testing.Short() {
-		t.Skip("a 10 s campaign; skipped with -short")
+		t.Skip("builds the agent and runs a 10 s campaign; skipped with -short")
+	}
+	dir, err := os.MkdirTemp("", "leasenode-loopback-campaign-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kept %s for inspection", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	bin := os.Getenv("LEASENODE_BIN")
+	if bin == "" {
+		root, err := control.ModuleRoot(".")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bin, err = control.Build(t.Context(), root, filepath.Join(dir, "bin"), false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg := DefaultConfig()
-	cfg.Binary, cfg.Out, cfg.Duration, cfg.Faults = bin, t.TempDir(), 10*time.Second, "kill,pause"
+	cfg.Binary, cfg.Out, cfg.Duration, cfg.Faults = bin, dir, 10*time.Second, "kill,pause"
 	cfg.Progress = nil
 	var out bytes.Buffer
 	cfg.Stdout = &out
