@@ -344,6 +344,11 @@ func TestExposedWithoutKeyRefused(t *testing.T) {
 // their own cluster with their own id, holding none of a's leases.
 func TestNewClusterOnDeadMembersAddress(t *testing.T) {
 	var xlogs logs
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("x0 and x1 logged:\n%s", strings.Join(xlogs.lines(), "\n"))
+		}
+	})
 	a := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
 	li, al := a.Leader()
 	mustGrant(t, al, acq("a-key", "ca", 1, time.Minute))
