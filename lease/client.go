@@ -266,9 +266,11 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 // after a lost reply is recognised by the cluster (same grant, same token)
 // instead of being refused by our own earlier grant; validity is measured
 // from the send time of the attempt that succeeded. If the cluster says the
-// id is stale (a node withdrew it after its outcome was lost, see
-// node.Cancel), the id can never be granted any more and a new one is
-// used.
+// id is spent (REASON_STALE_REQUEST: its grant ended unseen, by expiry or
+// by a withdrawal after its reply was lost, see node.Cancel), an earlier
+// attempt was applied and may have held the key: the call ends with
+// ErrUnknownOutcome. It never goes on with a new id, which would make one
+// call two grants, nor reports a refusal, which would deny the first.
 func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.AcquireItem, wait bool, ao acquireOptions) (*Lease, error) {
 	key := items[0].Key
 	req := &pb.AcquireRequest{
@@ -277,10 +279,9 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		Mode: wire[0].Mode, Limit: wire[0].Limit, Items: wire[1:],
 	}
 	var (
-		resp    *pb.AcquireResponse
-		sent    time.Time
-		maybe   bool // an attempt with the current id may have been applied
-		renewed int  // ids replaced after a stale refusal
+		resp  *pb.AcquireResponse
+		sent  time.Time
+		maybe bool // an attempt may have been applied
 	)
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		sent = time.Now()
@@ -291,23 +292,19 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 			resp = r
 			return nil
 		}
-		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST && renewed < 8 {
-			// Withdrawn: never granted under this id, and it never will be.
-			renewed++
-			maybe = false
-			req.RequestId = c.reqID.Add(1)
-			return &NotSentError{Err: err}
-		}
 		if classifyAttempt(err) == unknown {
 			maybe = true
 		}
-		return err
+		return err // a spent id is final (classifyAttempt)
 	})
 	if err == nil {
 		if resp.GetGranted() {
 			return c.newLease(items, resp, sent, ao), nil
 		}
 		return nil, heldError(key, resp)
+	}
+	if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST {
+		return nil, spentError(key, req.RequestId, err)
 	}
 	cause := context.Cause(ctx)
 	if ctx.Err() == nil || !maybe {
@@ -327,6 +324,13 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		return nil, held
 	}
 	return nil, fmt.Errorf("acquire %q: %w", key, cause)
+}
+
+// spentError is the error of an acquire whose request id the cluster
+// reports spent before any reply reached this client.
+func spentError(key string, id uint64, err error) error {
+	return fmt.Errorf("acquire %q: %w: request id %d was applied before its reply reached this client and its grant, if any, has ended (expired or withdrawn); this client does not hold the key: %v",
+		key, ErrUnknownOutcome, id, err)
 }
 
 // heldError is the HeldError of a refused acquire of key: the key the
@@ -365,17 +369,7 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		resp, err := c.b.Acquire(ctx, r)
 		if err != nil {
-			if reasonOf(err) != pb.Reason_REASON_STALE_REQUEST {
-				return err
-			}
-			// Withdrawn: this id was never, or is no longer, granted.
-			// Say who holds the key, if anyone.
-			g, gerr := c.b.Get(ctx, &pb.GetRequest{Key: req.Key})
-			if gerr == nil && g.GetFound() {
-				l := g.GetLease()
-				held = &HeldError{Key: req.Key, Holder: l.GetHolder(), Wait: l.GetRemaining().AsDuration()}
-			}
-			return nil
+			return err // a spent id is final: its grant, if any, has ended
 		}
 		if !resp.GetGranted() {
 			held = heldError(req.Key, resp)

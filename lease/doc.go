@@ -96,9 +96,12 @@
 // delayed copy of an old request can never start a holding nobody uses.
 // If the leader that proposed a request could not report its outcome, it
 // withdraws that id (only its own proposal's grant, never a grant another
-// attempt of the request was answered with); the client's next attempt is
-// then told the id is stale and continues with a new one. A write whose outcome cannot be
-// settled is reported as ErrUnknownOutcome, never as a plain failure.
+// attempt of the request was answered with). A retry that finds its id
+// spent (its grant expired unseen, or was withdrawn) ends the call with
+// ErrUnknownOutcome: the request was applied and may have held the key, so
+// the call neither reports a refusal nor goes on with a new id. A write
+// whose outcome cannot be settled is reported as ErrUnknownOutcome, never
+// as a plain failure.
 //
 // # One Client, one holder
 //

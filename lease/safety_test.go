@@ -208,3 +208,89 @@ func TestReusedHolderNameDoesNotTakeOver(t *testing.T) {
 		t.Fatalf("after release: %v %v", lb, err)
 	}
 }
+
+// lostFirstReply applies the first Acquire and loses its reply; before
+// that reply is "lost" it waits (for until) so that the grant can end
+// unseen, as it does when a partition outlasts the TTL.
+type lostFirstReply struct {
+	lease.Backend
+	calls    atomic.Int64
+	applied  chan struct{} // closed once the first Acquire was applied
+	answered chan struct{} // closed by the test once the call returned
+	until    func() bool
+}
+
+func (b *lostFirstReply) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	resp, err := b.Backend.Acquire(ctx, r)
+	if b.calls.Add(1) > 1 || err != nil {
+		return resp, err
+	}
+	close(b.applied)
+	for !b.until() {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil, context.DeadlineExceeded // the reply was lost
+}
+
+// An acquire whose grant ended before any reply reached the client (the
+// reply lost, the grant expired unseen) has an unknown outcome: it was
+// granted, so the call may not report a refusal, and it may not go on with
+// a new request id, which would make one call two grants. Found by a
+// 3-node TLS campaign (partition-halves): a waiter's grant expired while
+// its reply was lost, the retry met the spent id, the client renewed the
+// id and reported "held by" the next holder, while another client had
+// already been refused "held by" this one.
+func TestSpentRequestIDIsUnknownOutcome(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	other, err := lease.New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	b := &lostFirstReply{Backend: l, applied: make(chan struct{}), answered: make(chan struct{})}
+	b.until = func() bool {
+		g, err := l.Get(context.Background(), &pb.GetRequest{Key: "spent"})
+		return err == nil && g.GetFound() && g.GetLease().GetHolder() == other.Holder()
+	}
+	cl, err := lease.New(b, lease.WithTTL(time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	// Once the lost grant has expired, another client takes the key and
+	// keeps it.
+	done := make(chan error, 1)
+	go func() {
+		select {
+		case <-b.applied:
+		case <-time.After(20 * time.Second):
+			done <- errors.New("the first acquire was never applied")
+			return
+		}
+		lo, err := other.Acquire(ctxT(t, 20*time.Second), "spent", lease.TTL(time.Minute))
+		if err == nil {
+			defer lo.Release(context.Background())
+			<-b.answered // deadline: the TryAcquire's own (ctxT)
+		}
+		done <- err
+	}()
+	got, err := cl.TryAcquire(ctxT(t, 20*time.Second), "spent")
+	close(b.answered)
+	if got != nil || !errors.Is(err, lease.ErrUnknownOutcome) || errors.Is(err, lease.ErrHeld) {
+		t.Fatalf("TryAcquire after its grant ended unseen: %v, %v; want ErrUnknownOutcome, not a refusal or a new grant", got, err)
+	}
+	t.Logf("as wanted: %v", err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the other client was never granted the key")
+	}
+}

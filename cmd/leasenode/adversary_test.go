@@ -1053,8 +1053,8 @@ func (c *adversary) requestIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// More acquires than lease.Client renews a stale id (8): were the two
-	// Clients one holder, the second's ids 1..10 would all be stale.
+	// Ten acquires: were the two Clients one holder, the second's ids
+	// 1..10 would all be stale.
 	for range 10 {
 		l, err := first.Acquire(ctxT(t, 10*time.Second), "ids/job")
 		if err != nil {

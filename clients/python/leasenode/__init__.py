@@ -106,6 +106,10 @@ class ClosedError(LeaseError):
     """The client was closed."""
 
 
+class _SpentError(UnknownOutcomeError):
+    """The acquire's request id was spent before its reply arrived."""
+
+
 class _NotSent(Exception):
     """A request never reached a node: it certainly had no effect."""
 
@@ -520,7 +524,7 @@ class Client:
         deadline = None if wait is None or wait == float("inf") else time.monotonic() + wait
         if wait is not None:
             req["wait"] = True
-        state = {"sent": 0.0, "maybe": False, "renewed": 0}
+        state = {"sent": 0.0, "maybe": False}
 
         def attempt():
             state["sent"] = time.monotonic()
@@ -533,13 +537,14 @@ class Client:
             try:
                 return self._t.call("Acquire", req, timeout)
             except _RPCError as e:
-                if e.reason == REASON_STALE_REQUEST and state["renewed"] < 8:
-                    # Withdrawn by the node that lost its outcome: never
-                    # granted under this id, and never will be.
-                    state["renewed"] += 1
-                    state["maybe"] = False
-                    req["requestId"] = str(self._next_id())
-                    raise _NotSent(str(e))
+                if e.reason == REASON_STALE_REQUEST:
+                    # The id is spent: an earlier attempt was applied and its
+                    # grant, if any, ended unseen (expired, or withdrawn after
+                    # its reply was lost). Not a refusal, and no new id: that
+                    # would make one call two grants.
+                    raise _SpentError(
+                        "acquire %r: request id %s was applied before its reply reached this client and its grant, "
+                        "if any, has ended; this client does not hold the key: %s" % (key, req["requestId"], e))
                 if _classify(e) == _UNKNOWN:
                     state["maybe"] = True
                 raise
@@ -549,6 +554,8 @@ class Client:
 
         try:
             resp = self._retry.run("acquire", key, attempt, idempotent=True, deadline=deadline)
+        except _SpentError:
+            raise
         except (NoLeaderError, UnknownOutcomeError) as e:
             if deadline is not None and time.monotonic() >= deadline - 0.01:
                 if state["maybe"]:
@@ -575,8 +582,9 @@ class Client:
         r.pop("wait", None)
         try:
             resp = _Retry(1.0).run("acquire", req["key"], lambda: self._t.call("Acquire", r, 1.0))
-        except StaleRequestError:
-            raise HeldError(req["key"], "", 0.0, "acquire %r: gave up waiting" % req["key"])
+        except StaleRequestError as e:
+            raise UnknownOutcomeError("acquire %r: gave up waiting; its request id was spent (granted and ended, or "
+                                      "withdrawn): %s" % (req["key"], e))
         except LeaseError as e:
             raise UnknownOutcomeError("acquire %r: gave up waiting and could not settle the last attempt: %s" % (req["key"], e))
         if resp.get("granted"):
