@@ -2,10 +2,13 @@ package node
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net"
 	"testing"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/leasenode/leasenode/transport"
 )
 
 func gossipNode(t *testing.T, md meta) *memberlist.Node {
@@ -99,5 +102,26 @@ func TestGossipCannotRedirectMemberTable(t *testing.T) {
 	n.Name = "evil"
 	if err := tab.update(n, false); err == nil {
 		t.Fatal("metadata speaking for another name accepted")
+	}
+}
+
+// A node that has no cluster id yet and no longer waits to bootstrap (it
+// decided to join) takes an id from an inbound peer only if the peer is in
+// its gossip pool: the old cluster's leader, still dialing a dead member's
+// address that this node now has, is not. TestNewClusterOnDeadMembersAddress
+// failed this way under load: x0 took cluster a's id from a's leader.
+func TestClusterIDOnlyFromGossipMembers(t *testing.T) {
+	members := map[string]bool{"x1": true}
+	c, err := newClusterIdentity(t.TempDir(), "x0", slog.New(slog.DiscardHandler), true,
+		func() bool { return false }, func(id string) bool { return members[id] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.joining()
+	if err := c.check(transport.Peer{ID: "n0", ClusterID: "old-cluster"}, true); err == nil || c.get() != "" {
+		t.Fatalf("an outsider's id was taken: check %v, id %q", err, c.get())
+	}
+	if err := c.check(transport.Peer{ID: "x1", ClusterID: "new-cluster"}, true); err != nil || c.get() != "new-cluster" {
+		t.Fatalf("a gossip member's id: check %v, id %q; want it taken", err, c.get())
 	}
 }

@@ -234,6 +234,9 @@ func (n *Node) startRaft() error {
 			return r.LastIndex() > 0
 		}
 		return hadState
+	}, func(id string) bool {
+		_, ok := n.members.get(id)
+		return ok
 	})
 	if err != nil {
 		return err

@@ -134,7 +134,8 @@ type clusterIdentity struct {
 	dir      string
 	self     string // this node's ID
 	log      *slog.Logger
-	hasState func() bool // whether this node has Raft state now
+	hasState func() bool          // whether this node has Raft state now
+	isMember func(id string) bool // whether id is in this node's gossip pool
 
 	mu      sync.Mutex
 	id      string
@@ -147,12 +148,12 @@ type clusterIdentity struct {
 // loudly again (from an empty set) rather than remembered without end.
 const maxLogged = 1024
 
-func newClusterIdentity(dir, self string, log *slog.Logger, waiting bool, hasState func() bool) (*clusterIdentity, error) {
+func newClusterIdentity(dir, self string, log *slog.Logger, waiting bool, hasState func() bool, isMember func(string) bool) (*clusterIdentity, error) {
 	id, err := readClusterID(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &clusterIdentity{dir: dir, self: self, log: log, hasState: hasState, id: id, waiting: waiting,
+	return &clusterIdentity{dir: dir, self: self, log: log, hasState: hasState, isMember: isMember, id: id, waiting: waiting,
 		logged: map[string]struct{}{}, changed: make(chan struct{}, 1)}, nil
 }
 
@@ -208,7 +209,13 @@ func (c *clusterIdentity) setLocked(id string) error {
 //     cluster must not be absorbed by an old one that still dials a dead
 //     member's address. Outbound the waiting node goes on without taking
 //     the id: it is only asking members for their state, and must learn
-//     that one has some to decide to join.
+//     that one has some to decide to join;
+//   - while this node has no id, inbound, a peer that is not in its gossip
+//     pool: an old cluster that still dials a dead member's address is
+//     not the cluster this node joins (it took the old cluster's id and
+//     then its log as that dead member's, a voter with amnesia, when the
+//     old leader's connection came before its own cluster's, one run in
+//     a few hundred under load).
 //
 // Otherwise a node without an id takes the peer's and writes it to disk
 // first. Empty matches empty: clusters made by versions without cluster ids
@@ -253,6 +260,11 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 		return err
 	case c.waiting:
 		return nil
+	case inbound && c.isMember != nil && !c.isMember(p.ID):
+		err := fmt.Errorf("node %s has no cluster id yet and takes one only from a member of its gossip pool; %s (cluster %s) is not one",
+			c.self, p.ID, short(p.ClusterID))
+		c.refusedLocked(p, err, false)
+		return err
 	}
 	if err := c.setLocked(p.ClusterID); err != nil {
 		return fmt.Errorf("node %s cannot record cluster id %s: %v", c.self, short(p.ClusterID), err)
