@@ -214,8 +214,8 @@ func (c *clusterIdentity) setLocked(id string) error {
 //     pool: an old cluster that still dials a dead member's address is
 //     not the cluster this node joins (it took the old cluster's id and
 //     then its log as that dead member's, a voter with amnesia, when the
-//     old leader's connection came before its own cluster's, one run in
-//     a few hundred under load).
+//     old leader's connection came before its own cluster's: seen in
+//     busy-machine runs of TestNewClusterOnDeadMembersAddress).
 //
 // Otherwise a node without an id takes the peer's and writes it to disk
 // first. Empty matches empty: clusters made by versions without cluster ids
