@@ -268,9 +268,10 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 // from the send time of the attempt that succeeded. If the cluster says the
 // id is spent (REASON_STALE_REQUEST: its grant ended unseen, by expiry or
 // by a withdrawal after its reply was lost, see node.Cancel), an earlier
-// attempt was applied and may have held the key: the call ends with
-// ErrUnknownOutcome. It never goes on with a new id, which would make one
-// call two grants, nor reports a refusal, which would deny the first.
+// attempt was applied and may have held the key: the call goes on with a
+// new id (a withdrawn grant must not fail a call that can still be
+// granted), but if it then ends without a grant it reports
+// ErrUnknownOutcome, never a refusal, which would deny the first grant.
 func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.AcquireItem, wait bool, ao acquireOptions) (*Lease, error) {
 	key := items[0].Key
 	req := &pb.AcquireRequest{
@@ -282,6 +283,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		resp  *pb.AcquireResponse
 		sent  time.Time
 		maybe bool // an attempt may have been applied
+		spent int  // request ids the cluster reported spent
 	)
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		sent = time.Now()
@@ -292,19 +294,27 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 			resp = r
 			return nil
 		}
+		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST && spent < 8 {
+			spent++
+			req.RequestId = c.reqID.Add(1)
+			return &NotSentError{Err: err}
+		}
 		if classifyAttempt(err) == unknown {
 			maybe = true
 		}
-		return err // a spent id is final (classifyAttempt)
+		return err
 	})
 	if err == nil {
 		if resp.GetGranted() {
 			return c.newLease(items, resp, sent, ao), nil
 		}
+		if spent > 0 {
+			return nil, spentError(key, heldError(key, resp))
+		}
 		return nil, heldError(key, resp)
 	}
-	if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST {
-		return nil, spentError(key, req.RequestId, err)
+	if spent > 0 && (ctx.Err() == nil || !maybe) {
+		return nil, spentError(key, err)
 	}
 	cause := context.Cause(ctx)
 	if ctx.Err() == nil || !maybe {
@@ -320,17 +330,20 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
 	}
 	if held != nil {
+		if spent > 0 {
+			return nil, spentError(key, held)
+		}
 		held.Err = cause
 		return nil, held
 	}
 	return nil, fmt.Errorf("acquire %q: %w", key, cause)
 }
 
-// spentError is the error of an acquire whose request id the cluster
-// reports spent before any reply reached this client.
-func spentError(key string, id uint64, err error) error {
-	return fmt.Errorf("acquire %q: %w: request id %d was applied before its reply reached this client and its grant, if any, has ended (expired or withdrawn); this client does not hold the key: %v",
-		key, ErrUnknownOutcome, id, err)
+// spentError is the error of an acquire that ends without a grant after
+// the cluster reported one of its request ids spent.
+func spentError(key string, err error) error {
+	return fmt.Errorf("acquire %q: %w: an earlier attempt of this call was applied before its reply reached this client and its grant, if any, has ended (expired or withdrawn); this client does not hold the key: %v",
+		key, ErrUnknownOutcome, err)
 }
 
 // heldError is the HeldError of a refused acquire of key: the key the

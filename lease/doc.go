@@ -97,9 +97,9 @@
 // If the leader that proposed a request could not report its outcome, it
 // withdraws that id (only its own proposal's grant, never a grant another
 // attempt of the request was answered with). A retry that finds its id
-// spent (its grant expired unseen, or was withdrawn) ends the call with
-// ErrUnknownOutcome: the request was applied and may have held the key, so
-// the call neither reports a refusal nor goes on with a new id. A write
+// spent (its grant expired unseen, or was withdrawn) goes on with a new
+// id; if the call then ends without a grant it reports ErrUnknownOutcome,
+// never a refusal: the first grant was applied and may have been seen. A write
 // whose outcome cannot be settled is reported as ErrUnknownOutcome, never
 // as a plain failure.
 //

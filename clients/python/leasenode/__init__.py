@@ -524,7 +524,7 @@ class Client:
         deadline = None if wait is None or wait == float("inf") else time.monotonic() + wait
         if wait is not None:
             req["wait"] = True
-        state = {"sent": 0.0, "maybe": False}
+        state = {"sent": 0.0, "maybe": False, "spent": 0}
 
         def attempt():
             state["sent"] = time.monotonic()
@@ -537,14 +537,14 @@ class Client:
             try:
                 return self._t.call("Acquire", req, timeout)
             except _RPCError as e:
-                if e.reason == REASON_STALE_REQUEST:
+                if e.reason == REASON_STALE_REQUEST and state["spent"] < 8:
                     # The id is spent: an earlier attempt was applied and its
                     # grant, if any, ended unseen (expired, or withdrawn after
-                    # its reply was lost). Not a refusal, and no new id: that
-                    # would make one call two grants.
-                    raise _SpentError(
-                        "acquire %r: request id %s was applied before its reply reached this client and its grant, "
-                        "if any, has ended; this client does not hold the key: %s" % (key, req["requestId"], e))
+                    # its reply was lost). Go on with a new id; if the call
+                    # then ends without a grant, its outcome is unknown.
+                    state["spent"] += 1
+                    req["requestId"] = str(self._next_id())
+                    raise _NotSent(str(e))
                 if _classify(e) == _UNKNOWN:
                     state["maybe"] = True
                 raise
@@ -553,20 +553,24 @@ class Client:
                 raise
 
         try:
-            resp = self._retry.run("acquire", key, attempt, idempotent=True, deadline=deadline)
-        except _SpentError:
+            try:
+                resp = self._retry.run("acquire", key, attempt, idempotent=True, deadline=deadline)
+            except (NoLeaderError, UnknownOutcomeError) as e:
+                if deadline is not None and time.monotonic() >= deadline - 0.01:
+                    if state["maybe"]:
+                        return self._resolve_abandoned(req)
+                    raise HeldError(key, "", 0.0, "acquire %r: gave up waiting: %s" % (key, e)) from e
+                raise
+            if not resp.get("granted"):
+                if wait is not None:  # the wait ended at its deadline
+                    raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
+                                    "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
+                raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
+        except (HeldError, NoLeaderError, InvalidError) as e:
+            if state["spent"]:
+                raise _SpentError("acquire %r: an earlier attempt of this call was applied before its reply reached this "
+                                  "client and its grant, if any, has ended; this client does not hold the key: %s" % (key, e)) from e
             raise
-        except (NoLeaderError, UnknownOutcomeError) as e:
-            if deadline is not None and time.monotonic() >= deadline - 0.01:
-                if state["maybe"]:
-                    return self._resolve_abandoned(req)
-                raise HeldError(key, "", 0.0, "acquire %r: gave up waiting: %s" % (key, e)) from e
-            raise
-        if not resp.get("granted"):
-            if wait is not None:  # the wait ended at its deadline
-                raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
-                                "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
-            raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
         granted_ttl = _secs(resp.get("ttl")) or ttl
         lease = Lease(self, key, int(resp["token"]), granted_ttl, value, state["sent"],
                       _secs(resp.get("waited")) + granted_ttl)
