@@ -8,6 +8,13 @@
 // the node binds it ("address already in use"). Ports here are chosen at
 // random below that range, checked free for TCP (and UDP when asked), and
 // never handed out twice by one process.
+//
+// Ports with a fixed meaning are never handed out: the agent's defaults
+// (7400–7499, what `leasenode dev` and a hand-started agent bind) and the
+// band the lease package's examples bind (17400–17499). A test in one
+// package choosing 17431 while an example in another package, running
+// at the same time, binds it made the example fail with "address already
+// in use".
 package freeport
 
 import (
@@ -25,6 +32,18 @@ var (
 	mu    sync.Mutex
 	given = map[int]bool{}
 )
+
+// reserved are the bands [lo, hi) with a fixed meaning; see the package doc.
+var reserved = [][2]int{{7400, 7500}, {17400, 17500}}
+
+func isReserved(port int) bool {
+	for _, r := range reserved {
+		if r[0] <= port && port < r[1] {
+			return true
+		}
+	}
+	return false
+}
 
 // Addr returns host:port with a port free on host for TCP and, with udp,
 // for UDP as well.
@@ -59,7 +78,7 @@ func Block(hosts []string, n int, udp bool) (int, error) {
 
 func blockFree(hosts []string, base, n int, udp bool) bool {
 	for p := base; p < base+n; p++ {
-		if given[p] {
+		if given[p] || isReserved(p) {
 			return false
 		}
 		for _, h := range hosts {

@@ -53,3 +53,20 @@ func TestBlockSkipsBusyPorts(t *testing.T) {
 		}
 	}
 }
+
+func TestReservedBandsNeverHandedOut(t *testing.T) {
+	for range 2000 {
+		base, err := Block([]string{"127.0.0.1"}, 4, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := base; p < base+4; p++ {
+			if isReserved(p) {
+				t.Fatalf("block %d..%d holds reserved port %d", base, base+3, p)
+			}
+		}
+	}
+	if !isReserved(17431) || !isReserved(7400) || isReserved(17500) || isReserved(7399) {
+		t.Fatal("reserved bands are not what the package doc says")
+	}
+}
