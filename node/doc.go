@@ -137,6 +137,15 @@
 // leave-only-self: the leave RPC removes only the node that asks, as named
 // by its connection, not by its request. Guarded by TestLeaveOnlySelf.
 //
+// one-server-per-address: a Raft dial reaches only a node the
+// configuration lists at the dialed address (StreamLayer.ExpectPeers:
+// hashicorp/raft dials by address alone), and reconcile removes a server
+// whose address a confirmed member now answers at before adding that
+// member, so a new node on a dead voter's address is never sent its
+// AppendEntries or asked for its vote (a voter with amnesia). Guarded by
+// TestNewNodeOnMembersAddressReplacesIt and
+// TestStreamLayerRefusesAnotherNodeAtServersAddress.
+//
 // gossip-is-only-a-hint: no API address (leader hints, redirects,
 // Members) and no Raft membership comes from gossip alone: a member's API
 // address is what that node said in its own Status, over an authenticated

@@ -661,6 +661,16 @@ func (n *Node) peerWithState(members []member) (string, error) {
 	return "", nil
 }
 
+// serverAt returns the server at addr in servers, if any.
+func serverAt(servers []raft.Server, addr raft.ServerAddress) (raft.Server, bool) {
+	for _, s := range servers {
+		if s.Address == addr {
+			return s, true
+		}
+	}
+	return raft.Server{}, false
+}
+
 // reconcile, on the leader (only its leaderLoop calls it, for ls),
 // brings the Raft configuration in line with gossip: new members join as
 // non-voters; non-voters that caught up are promoted until Voters voters
@@ -701,6 +711,17 @@ func (n *Node) reconcile(ls *leaderState) {
 			continue
 		case !m.confirmed():
 			continue // verifyMembers has not confirmed it (yet)
+		}
+		if s, ok := serverAt(servers, raft.ServerAddress(m.Raft)); ok && s.ID != raft.ServerID(n.cfg.ID) {
+			// m answered at that address as itself (confirmed), so the
+			// server Raft has there is gone: remove it before adding m,
+			// or both would share one address and Raft's connections
+			// (which the dial check would then have to accept for both).
+			log.Info("removing server: its address now belongs to another member", "id", s.ID, "addr", m.Raft, "member", m.ID)
+			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
+				log.Warn("remove server failed", "id", s.ID, "err", err)
+			}
+			return
 		}
 		log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
 		if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout)); err != nil {

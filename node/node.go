@@ -257,6 +257,7 @@ func (n *Node) startRaft() error {
 	}
 	dialer := &transport.Dialer{TLS: n.nodeClientTLS, Hello: hello, LocalAddr: cfg.AdvertiseAddr, Faults: cfg.Testing.faults()}
 	n.stream = transport.NewStreamLayer(raftLn, adv, dialer)
+	n.stream.ExpectPeers(n.serversAt)
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 3,
@@ -314,6 +315,26 @@ func (n *Node) startRaft() error {
 	// this node has state.
 	n.goRun("transport.mux", func() { _ = n.mux.Serve() })
 	return nil
+}
+
+// serversAt returns the IDs of the Raft servers the latest configuration
+// lists at addr: who a Raft dial to addr may reach (StreamLayer.ExpectPeers).
+func (n *Node) serversAt(addr string) []string {
+	r := n.raftp.Load()
+	if r == nil {
+		return nil
+	}
+	f := r.GetConfiguration() // a copy of the latest, without the main loop
+	if f.Error() != nil {
+		return nil
+	}
+	var ids []string
+	for _, s := range f.Configuration().Servers {
+		if string(s.Address) == addr {
+			ids = append(ids, string(s.ID))
+		}
+	}
+	return ids
 }
 
 // newRaft is raft.NewRaft, with a panic while it loads the log and

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -406,4 +407,63 @@ func TestNewClusterOnDeadMembersAddress(t *testing.T) {
 	if s := suffrage(t, x0); len(s) != 2 || s["x0"] != raft.Voter || s["x1"] != raft.Voter {
 		t.Fatalf("x0's configuration %v, want x0 and x1", s)
 	}
+}
+
+// Scenario: a dead member's host comes back as a new node (a new ID, an
+// empty data dir, the same Raft address) and joins the same cluster. The
+// leader removes the dead server at once (the new node answered at its
+// address as itself, so it is gone) instead of after DeadServerGrace, and
+// the configuration never lists two servers at one address: Raft dials by
+// address, so until then the new node's empty log would have been sent the
+// dead member's AppendEntries and vote requests, and answered them as that
+// voter (an empty voter can elect a leader without committed entries).
+func TestNewNodeOnMembersAddressReplacesIt(t *testing.T) {
+	a := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: time.Hour})
+	li, al := a.Leader()
+	mustGrant(t, al, acq("a-key", "ca", 1, time.Minute))
+	dead := (li + 1) % 3
+	deadID := a.Config(dead).ID
+	addr := a.Config(dead).BindAddr
+	a.Kill(dead)
+
+	cfg := node.DefaultConfig()
+	cfg.ID, cfg.DataDir = "y", t.TempDir()
+	cfg.BindAddr, cfg.GossipAddr = addr, nodetest.FreeAddr(t, true)
+	cfg.Join = []string{a.Config(li).GossipAddr}
+	cfg.Timing, cfg.ClusterKey = nodetest.TestTiming, a.ClusterKey()
+	var y *node.Node
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		var err error
+		y, err = node.Start(context.Background(), cfg)
+		return err // the dead node's port may linger
+	})
+	t.Cleanup(func() { y.Close(context.Background()) })
+
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		f := al.Raft().GetConfiguration()
+		if err := f.Error(); err != nil {
+			return err
+		}
+		at := map[raft.ServerAddress]raft.ServerID{}
+		for _, s := range f.Configuration().Servers {
+			if other, ok := at[s.Address]; ok {
+				t.Fatalf("the configuration lists %s and %s at %s", other, s.ID, s.Address)
+			}
+			at[s.Address] = s.ID
+		}
+		s := suffrage(t, al)
+		if _, ok := s[deadID]; ok {
+			return fmt.Errorf("%s, whose address y took, is still in the configuration: %v", deadID, s)
+		}
+		if s["y"] != raft.Voter {
+			return fmt.Errorf("y is not a voter yet: %v", s)
+		}
+		return nil
+	})
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if _, ok := y.FSM().Get("a-key"); !ok {
+			return errorf("y has not applied the cluster's lease yet")
+		}
+		return nil
+	})
 }

@@ -2,7 +2,9 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,6 +31,7 @@ type StreamLayer struct {
 	net.Listener
 	advertise net.Addr
 	dialer    *Dialer
+	expected  func(address string) []string
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
@@ -107,6 +110,19 @@ func (s *StreamLayer) Addr() net.Addr {
 	return s.Listener.Addr()
 }
 
+// ExpectPeers makes Dial check who answers: expected returns the node IDs
+// that may be reached at an address (the Raft servers the configuration
+// lists there; none means any), and a Dial that reaches another node
+// fails with an error wrapping ErrWrongPeer. hashicorp/raft dials by
+// address alone, so without it a node that took over a member's address
+// (a new node started on a dead member's host and port) would get that
+// member's AppendEntries and be asked for its votes: an empty log voting
+// in the member's place, which can elect a leader without committed
+// entries. Call it before the first Dial.
+func (s *StreamLayer) ExpectPeers(expected func(address string) []string) {
+	s.expected = expected
+}
+
 // Dial opens a Raft stream to address; timeout bounds the whole dial (the
 // Dialer's own Timeout applies when it is zero). The connection is cut by
 // Close.
@@ -120,6 +136,15 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	c, err := s.dialer.Dial(ctx, string(address), ProtoRaft)
 	if err != nil {
 		return nil, err
+	}
+	if s.expected != nil {
+		if ids := s.expected(string(address)); len(ids) > 0 {
+			if p, _ := PeerOf(c); !slices.Contains(ids, p.ID) {
+				_ = c.Close()
+				return nil, fmt.Errorf("transport: dial %s: %w: the Raft configuration has %q there, but node %q answered; remove the old server (leasenode remove) or give the new node its own address",
+					address, ErrWrongPeer, ids, p.ID)
+			}
+		}
 	}
 	dc := &dialedConn{Conn: c, s: s}
 	s.mu.Lock()

@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,5 +117,58 @@ func TestStreamLayerAddr(t *testing.T) {
 	}
 	if got := NewStreamLayer(ln, nil, nil).Addr(); got != ln.Addr() {
 		t.Fatalf("Addr = %v, want listener's %v", got, ln.Addr())
+	}
+}
+
+// A Raft dial reaches only a node the configuration lists at the address:
+// a node that took over a member's address is refused, not handed that
+// member's AppendEntries and votes.
+func TestStreamLayerRefusesAnotherNodeAtServersAddress(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{Hello: &Hello{NodeID: "n4"}}, ProtoRaft)
+	go func() { // the answering side only accepts
+		for {
+			c, err := lns[ProtoRaft].Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := m.Addr().String()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewStreamLayer(ln, nil, &Dialer{Hello: &Hello{NodeID: "n1"}})
+	defer s.Close()
+	var listed []string
+	s.ExpectPeers(func(a string) []string {
+		if a != addr {
+			t.Errorf("asked about %s, dialing %s", a, addr)
+		}
+		return listed
+	})
+	for _, tc := range []struct {
+		listed []string
+		ok     bool
+	}{
+		{nil, true},                  // not in the configuration: anyone
+		{[]string{"n4"}, true},       // the server itself
+		{[]string{"n3"}, false},      // another node took n3's address
+		{[]string{"n3", "n4"}, true}, // both listed there
+	} {
+		listed = tc.listed
+		c, err := s.Dial(raft.ServerAddress(addr), 5*time.Second)
+		if tc.ok != (err == nil) {
+			t.Fatalf("configuration lists %q at the address, n4 answers: Dial err = %v", tc.listed, err)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrWrongPeer) || !strings.Contains(err.Error(), `"n4" answered`) {
+				t.Fatalf("Dial err = %v, want ErrWrongPeer naming n4", err)
+			}
+			continue
+		}
+		c.Close()
 	}
 }
