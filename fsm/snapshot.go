@@ -379,8 +379,21 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	}
 	var prev *record
 	sets := map[uint64]*grantSet{}
+	// A million-lease restore spent about half its time in the GC marking
+	// the state while it was built: the map is sized from the header
+	// (capped: the count is not trusted yet) and records come a slab at a
+	// time, like keyStates. A slab lives until its last record ends, so
+	// memory after a restore falls back more slowly, never above what the
+	// restore itself needed.
+	st.keys = make(map[string]*keyState, min(count, 1<<20))
+	var recs []record
 	err = items("record", count, func(d *decoder, i uint64) error {
-		r := &record{hidx: -1}
+		if len(recs) == 0 {
+			recs = make([]record, min(count-i, 1024))
+		}
+		r := &recs[0]
+		recs = recs[1:]
+		r.hidx = -1
 		r.Key = d.string()
 		r.Holder = intern(d.bytes())
 		r.ReqID = d.uvarint()
