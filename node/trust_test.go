@@ -364,14 +364,7 @@ func TestNewClusterOnDeadMembersAddress(t *testing.T) {
 		cfg.BootstrapExpect, cfg.Timing = 2, nodetest.TestTiming
 		cfg.ClusterKey = a.ClusterKey()
 		cfg.Logger = xlogs.logger()
-		var n *node.Node
-		nodetest.Eventually(t, 10*time.Second, func() error {
-			var err error
-			n, err = node.Start(context.Background(), cfg)
-			return err // the dead node's port may linger
-		})
-		t.Cleanup(func() { n.Close(context.Background()) })
-		return n, cfg
+		return startOnDeadNodesPort(t, cfg), cfg
 	}
 	x0, x0cfg := newNode("x0", addr, nil)
 	// a's leader reaches x0 (and is turned away, or not).
@@ -431,13 +424,7 @@ func TestNewNodeOnMembersAddressReplacesIt(t *testing.T) {
 	cfg.BindAddr, cfg.GossipAddr = addr, nodetest.FreeAddr(t, true)
 	cfg.Join = []string{a.Config(li).GossipAddr}
 	cfg.Timing, cfg.ClusterKey = nodetest.TestTiming, a.ClusterKey()
-	var y *node.Node
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		var err error
-		y, err = node.Start(context.Background(), cfg)
-		return err // the dead node's port may linger
-	})
-	t.Cleanup(func() { y.Close(context.Background()) })
+	y := startOnDeadNodesPort(t, cfg)
 
 	nodetest.Eventually(t, 30*time.Second, func() error {
 		f := al.Raft().GetConfiguration()
@@ -466,4 +453,18 @@ func TestNewNodeOnMembersAddressReplacesIt(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// startOnDeadNodesPort starts a node whose address a killed node had,
+// retrying while that port lingers, and closes it when the test ends.
+func startOnDeadNodesPort(t *testing.T, cfg node.Config) *node.Node {
+	t.Helper()
+	var n *node.Node
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		var err error
+		n, err = node.Start(context.Background(), cfg)
+		return err
+	})
+	t.Cleanup(func() { n.Close(context.Background()) })
+	return n
 }
