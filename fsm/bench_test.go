@@ -97,6 +97,53 @@ func BenchmarkApplyExtend100(b *testing.B) {
 	reportRate(b, per)
 }
 
+// BenchmarkApplyExtend1M: 10,000 holders of 100 leases each, a million in
+// all (the soak of node's BenchmarkMillion), extend in turn, one entry of
+// 100 items each, a logical millisecond apart: every extend moves its
+// leases from the front of the expiry order to its end.
+func BenchmarkApplyExtend1M(b *testing.B) {
+	const holders, per = 10_000, 100
+	f := fsm.New(fsm.Config{})
+	f.ApplyCommand(1, st(1, 0), fsm.Promote{})
+	idx := uint64(1)
+	for h := range holders {
+		for i := range per {
+			idx++
+			if r := f.ApplyCommand(idx, st(1, 0), acq(benchKey(h*per+i), benchHolder(h), idx, time.Hour, 0)); r.Results[0].Code != fsm.Granted {
+				b.Fatalf("setup: %+v", r.Results)
+			}
+		}
+	}
+	entryFor := func(i int) []byte {
+		h := i % holders
+		c := &fsm.Extend{Holder: benchHolder(h)}
+		for j := range per {
+			c.Items = append(c.Items, fsm.ExtendItem{Key: benchKey(h*per + j), Token: uint64(2 + h*per + j)})
+		}
+		return fsm.Encode(st(1, time.Duration(1+i)*time.Millisecond), c)
+	}
+	const chunk = 4096
+	data := make([][]byte, chunk)
+	log := raft.Log{Type: raft.LogCommand, Index: idx}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if i%chunk == 0 { // encode the next entries outside the clock
+			b.StopTimer()
+			for j := range data {
+				data[j] = entryFor(i + j)
+			}
+			b.StartTimer()
+		}
+		log.Index++
+		log.Data = data[i%chunk]
+		f.Apply(&log)
+	}
+	b.StopTimer()
+	mustCode(b, f.Apply(&raft.Log{Type: raft.LogCommand, Index: log.Index + 1, Data: entryFor(b.N)}), fsm.Extended)
+	reportRate(b, per)
+}
+
 // BenchmarkApplyRelease: releases of held leases (the FSM shrinks by one
 // lease per op).
 func BenchmarkApplyRelease(b *testing.B) {

@@ -361,11 +361,46 @@ func (c *Cluster) WaitConverged() {
 			if want == nil {
 				want, wantID = got, n.ID()
 			} else if !bytes.Equal(want, got) {
-				return fmt.Errorf("state of %s differs from %s: %s", n.ID(), wantID, c.describe())
+				return fmt.Errorf("state of %s differs from %s: %s%s", n.ID(), wantID, c.describe(), c.diffStates(wantID, n, want, got))
 			}
 		}
 		return nil
 	})
+}
+
+// diffStates says where two nodes' states differ, for WaitConverged's
+// failure message: the first differing byte of the encoded states, both
+// nodes' stats, and the first leases that differ.
+func (c *Cluster) diffStates(wantID string, n *node.Node, want, got []byte) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "\n bytes: %d vs %d", len(want), len(got))
+	i := 0
+	for i < len(want) && i < len(got) && want[i] == got[i] {
+		i++
+	}
+	lo := max(0, i-64)
+	fmt.Fprintf(&b, "\n first differing byte %d\n %s: %q\n %s: %q", i, wantID, want[lo:min(len(want), i+64)], n.ID(), got[lo:min(len(got), i+64)])
+	var other *node.Node
+	for j := range c.cfgs {
+		if m := c.Node(j); m != nil && m.ID() == wantID {
+			other = m
+		}
+	}
+	if other != nil {
+		sa, sb := other.FSM().Stats(), n.FSM().Stats()
+		fmt.Fprintf(&b, "\n stats %+v\n stats %+v", sa, sb)
+		la, _ := other.FSM().List("", "", 1<<30)
+		lb, _ := n.FSM().List("", "", 1<<30)
+		shown := 0
+		for k := 0; k < len(la) && k < len(lb) && shown < 5; k++ {
+			if fmt.Sprintf("%+v", la[k]) != fmt.Sprintf("%+v", lb[k]) {
+				fmt.Fprintf(&b, "\n lease %d: %s %+v\n          %s %+v", k, wantID, la[k], n.ID(), lb[k])
+				shown++
+			}
+		}
+		fmt.Fprintf(&b, "\n leases %d vs %d, %d differing shown", len(la), len(lb), shown)
+	}
+	return b.String()
 }
 
 // describe summarises every running node's state, for failure messages.
