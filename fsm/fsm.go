@@ -245,9 +245,10 @@ type FSM struct {
 	cfg      Config
 	maxMarks int // MaxMarks; lowered by tests
 
-	// appliedBytes counts the bytes of every entry applied, for the
-	// node's log compaction; it is not part of the state.
-	appliedBytes atomic.Uint64
+	// appliedBytes counts the bytes of every entry applied and appliedOps
+	// the lease operations in them, for the node's log compaction; they
+	// are not part of the state.
+	appliedBytes, appliedOps atomic.Uint64
 
 	mu      sync.RWMutex
 	epoch   uint64
@@ -368,6 +369,7 @@ func (f *FSM) applyLog(l *raft.Log) interface{} {
 	if err != nil {
 		return f.resp(l.Index, invalid("", "%v", err))
 	}
+	f.appliedOps.Add(ops(cmd))
 	// f.mu is held (Apply, ApplyBatch): not ApplyCommand, which locks.
 	return f.applyLocked(l.Index, s, cmd)
 }
@@ -378,6 +380,22 @@ func (f *FSM) advance(index uint64, n int) {
 	if index > f.applied {
 		f.applied = index
 	}
+}
+
+// ops counts the lease operations in cmd: one per leased key an extend
+// names, one per other command.
+func ops(cmd Command) uint64 {
+	switch c := cmd.(type) {
+	case *Extend:
+		return uint64(max(len(c.Items), 1))
+	case *Batch:
+		var n uint64
+		for _, sub := range c.Cmds {
+			n += ops(sub)
+		}
+		return max(n, 1)
+	}
+	return 1
 }
 
 // fatalResp is the response to every entry from the first fatal one on.
@@ -1112,6 +1130,13 @@ func (f *FSM) statsLocked() Stats {
 // since it was created (restores do not count). Node uses it to bound the
 // Raft log by bytes; it is not part of the replicated state.
 func (f *FSM) AppliedBytes() uint64 { return f.appliedBytes.Load() }
+
+// AppliedOps returns how many lease operations the entries this FSM
+// applied since it was created held (an extend of n leases counts n;
+// restores do not count): the work a replica replays for them after a
+// restart. Node uses it to snapshot before a restart's replay outgrows
+// the restore of a snapshot; it is not part of the replicated state.
+func (f *FSM) AppliedOps() uint64 { return f.appliedOps.Load() }
 
 // Clock returns the current epoch and logical time.
 func (f *FSM) Clock() (epoch uint64, now time.Duration) {

@@ -24,3 +24,7 @@ func (n *Node) Transport() raft.Transport { return n.trans }
 func (n *Node) Withdraw(key, holder string, reqID, epoch uint64) {
 	n.withdraw(&pb.AcquireRequest{Key: key, Holder: holder, RequestId: reqID}, epoch)
 }
+
+// MinReplayOps is the fewest lease operations applied after a snapshot
+// that make the node take the next one (compaction.go).
+const MinReplayOps = minReplayOps

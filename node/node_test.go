@@ -631,6 +631,46 @@ func TestLogBoundedByBytes(t *testing.T) {
 	})
 }
 
+// Scenario: small entries that each extend many leases bound a restart's
+// replay by work: with neither SnapshotThreshold entries nor LogBytes in
+// sight, every node snapshots once the lease operations applied since its
+// last snapshot reach the replay bound (here minReplayOps: the state is
+// small), so a restarted node does not apply a long tail of extends again.
+func TestReplayBoundedByWork(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.LogBytes = 1 << 30
+		cfg.SnapshotThreshold = 1 << 20
+	}})
+	_, l := c.Leader()
+	const leases = 1000
+	items := make([]*pb.ExtendItem, leases)
+	for i := range items {
+		key := fmt.Sprintf("w/%04d", i)
+		items[i] = &pb.ExtendItem{Key: key, Token: mustGrant(t, l, acq(key, "h", 1, time.Minute)).Token}
+	}
+	filled := l.Raft().LastIndex()
+	rounds := int(node.MinReplayOps/leases) + 2
+	for range rounds {
+		r, err := l.Extend(ctxT(t, 10*time.Second), &pb.ExtendRequest{Holder: "h", Items: items})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, res := range r.Results {
+			if !res.Ok {
+				t.Fatalf("extend %s: %+v", res.Key, res)
+			}
+		}
+	}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		for i := range c.Size() {
+			if snap := raftStat(c.Node(i), "last_snapshot_index"); snap <= filled {
+				return fmt.Errorf("n%d: last snapshot at %d, none after the %d extends of %d leases (from index %d)", i, snap, rounds, leases, filled)
+			}
+		}
+		return nil
+	})
+}
+
 // Scenario: a second process started with the ID of a live node (a copy-
 // pasted unit file, say) refuses to start, naming the live one, instead of
 // running on silently unready beside it.
