@@ -35,9 +35,9 @@ const (
 // LogBytes of extends takes a restarted node many seconds to apply again
 // (stop 19's soak: 1,100 entries, 4.5 M lease extends, 17 s). Every second
 // this loop looks at what was applied since the last snapshot. Once its
-// bytes reach LogBytes it sets TrailingLogs so that the entries kept
-// after a snapshot also stay near LogBytes; once its bytes or its
-// operations reach their bound (replayBound) it takes a snapshot.
+// bytes reach LogBytes or its operations replayBound, it takes a
+// snapshot, and first sets TrailingLogs so that the entries kept after
+// the snapshot also stay near LogBytes.
 func (n *Node) runCompaction() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -54,17 +54,16 @@ func (n *Node) runCompaction() {
 			// Raft snapshotted by count: start counting afresh.
 			baseBytes, baseOps, baseIndex = bytes, ops, snap
 		}
-		bySize := bytes-baseBytes >= n.cfg.LogBytes
-		if !bySize && ops-baseOps < replayBound(n.fsm.Stats()) || index <= baseIndex {
+		if bytes-baseBytes < n.cfg.LogBytes && ops-baseOps < replayBound(n.fsm.Stats()) || index <= baseIndex {
 			continue
 		}
-		if bySize {
-			avg := (bytes - baseBytes) / (index - baseIndex)
-			trailing := min(n.cfg.TrailingLogs, max(minTrailingLogs, n.cfg.LogBytes/max(avg, 1)))
-			if rc := n.raft.ReloadableConfig(); rc.TrailingLogs != trailing &&
-				n.reloadRaft(func(rc *raft.ReloadableConfig) { rc.TrailingLogs = trailing }) {
-				log.Info("trailing logs set for the entry size", "trailing", trailing, "avg_entry_bytes", avg)
-			}
+		// Whichever bound was reached, the entries kept after this
+		// snapshot stay near LogBytes.
+		avg := (bytes - baseBytes) / (index - baseIndex)
+		trailing := min(n.cfg.TrailingLogs, max(minTrailingLogs, n.cfg.LogBytes/max(avg, 1)))
+		if rc := n.raft.ReloadableConfig(); rc.TrailingLogs != trailing &&
+			n.reloadRaft(func(rc *raft.ReloadableConfig) { rc.TrailingLogs = trailing }) {
+			log.Info("trailing logs set for the entry size", "trailing", trailing, "avg_entry_bytes", avg)
 		}
 		err := n.wait(n.raft.Snapshot())
 		switch {

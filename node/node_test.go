@@ -636,9 +636,13 @@ func TestLogBoundedByBytes(t *testing.T) {
 // sight, every node snapshots once the lease operations applied since its
 // last snapshot reach the replay bound (here minReplayOps: the state is
 // small), so a restarted node does not apply a long tail of extends again.
+// The entries it keeps after such a snapshot stay near LogBytes too (the
+// trailing count is set for the entry size whichever bound was reached):
+// the second round of extends, alone in its window, sets it.
 func TestReplayBoundedByWork(t *testing.T) {
+	const logBytes = 1 << 20 // above a round's bytes: the work bound comes first
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
-		cfg.LogBytes = 1 << 30
+		cfg.LogBytes = logBytes
 		cfg.SnapshotThreshold = 1 << 20
 	}})
 	_, l := c.Leader()
@@ -648,27 +652,45 @@ func TestReplayBoundedByWork(t *testing.T) {
 		key := fmt.Sprintf("w/%04d", i)
 		items[i] = &pb.ExtendItem{Key: key, Token: mustGrant(t, l, acq(key, "h", 1, time.Minute)).Token}
 	}
-	filled := l.Raft().LastIndex()
-	rounds := int(node.MinReplayOps/leases) + 2
-	for range rounds {
-		r, err := l.Extend(ctxT(t, 10*time.Second), &pb.ExtendRequest{Holder: "h", Items: items})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, res := range r.Results {
-			if !res.Ok {
-				t.Fatalf("extend %s: %+v", res.Key, res)
+	// A round of extends holds MinReplayOps lease operations and more.
+	round := func() {
+		for range int(node.MinReplayOps/leases) + 2 {
+			r, err := l.Extend(ctxT(t, 10*time.Second), &pb.ExtendRequest{Holder: "h", Items: items})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, res := range r.Results {
+				if !res.Ok {
+					t.Fatalf("extend %s: %+v", res.Key, res)
+				}
 			}
 		}
 	}
-	nodetest.Eventually(t, 20*time.Second, func() error {
-		for i := range c.Size() {
-			if snap := raftStat(c.Node(i), "last_snapshot_index"); snap <= filled {
-				return fmt.Errorf("n%d: last snapshot at %d, none after the %d extends of %d leases (from index %d)", i, snap, rounds, leases, filled)
+	snapshotted := func(after []uint64) []uint64 {
+		t.Helper()
+		snaps := make([]uint64, c.Size())
+		nodetest.Eventually(t, 20*time.Second, func() error {
+			for i := range snaps {
+				if snaps[i] = raftStat(c.Node(i), "last_snapshot_index"); snaps[i] <= after[i] {
+					return fmt.Errorf("n%d: last snapshot at %d, none after a round of extends of %d leases (from index %d)", i, snaps[i], leases, after[i])
+				}
 			}
+			return nil
+		})
+		return snaps
+	}
+	filled := l.Raft().LastIndex()
+	round()
+	snaps := snapshotted([]uint64{filled, filled, filled})
+	round()
+	snapshotted(snaps)
+	// An extend of 1,000 leases is over 8 KB: LogBytes holds fewer than
+	// 1 MiB / 8 KB of them.
+	for i := range c.Size() {
+		if got := c.Node(i).Raft().ReloadableConfig().TrailingLogs; got > logBytes/8_000 {
+			t.Errorf("n%d keeps %d trailing entries of over 8 KB, want at most %d", i, got, logBytes/8_000)
 		}
-		return nil
-	})
+	}
 }
 
 // Scenario: a second process started with the ID of a live node (a copy-
