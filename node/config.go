@@ -128,6 +128,12 @@ type Config struct {
 	// node snapshots early, and it keeps fewer trailing entries when
 	// entries are large (a million leases extended by a few holders make
 	// entries of half a megabyte). Default 64 MiB.
+	//
+	// Independently of these settings a node also snapshots once the
+	// lease operations applied since its last snapshot reach a quarter
+	// of the leases and request-id marks it holds (at least 65,536), so
+	// that a restart replays at most about a quarter of a restore's work
+	// after loading its snapshot.
 	LogBytes uint64
 
 	// TLSFiles enables mutual TLS on the node port (Raft, node RPC) and
