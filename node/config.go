@@ -52,13 +52,16 @@ func DefaultTiming() Timing {
 // FastLANTiming suits nodes on one fast network (or one machine): failover
 // in about half a second. Shorter timeouts (it was 100 ms) flapped on a
 // busy 2-core host: a follower that is not scheduled for a tenth of a
-// second starts an election.
+// second starts an election. The commit timeout is DefaultTiming's: at
+// 50 ms it made a third of an idle cluster's Raft messages and 18% of its
+// CPU (three agents, 30 s: 2.86-2.89 CPU-s, 2.29-2.42 at 250 ms) for
+// nothing but fresher stale reads on followers.
 func FastLANTiming() Timing {
 	return Timing{
 		HeartbeatTimeout:   250 * time.Millisecond,
 		ElectionTimeout:    250 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond,
-		CommitTimeout:      50 * time.Millisecond,
+		CommitTimeout:      250 * time.Millisecond,
 	}
 }
 
