@@ -34,13 +34,13 @@ const (
 // restart's replay by work. Raft snapshots and truncates by entry counts
 // only (SnapshotThreshold, TrailingLogs), which suits small entries; but
 // one batched extend of 20,000 leases is half a megabyte, and 10,240
-// trailing entries of that size would keep gigabytes, and a log of
+// trailing entries of that size would keep gigabytes; and a log of
 // LogBytes of extends takes a restarted node many seconds to apply again
-// (stop 19's soak: 1,100 entries, 4.5 M lease extends, 17 s). Every second
-// this loop looks at what was applied since the last snapshot. Once its
-// bytes reach LogBytes or its operations replayBound, it takes a
-// snapshot, and first sets TrailingLogs so that the entries kept after
-// the snapshot also stay near LogBytes.
+// (after a 10-minute soak of a million leases: 1,100 entries, 4.5 M lease
+// extends, 19 s). Every second this loop looks at what was applied since
+// the last snapshot. Once its bytes reach LogBytes or its operations
+// replayBound, it takes a snapshot, and first sets TrailingLogs so that
+// the entries kept after the snapshot also stay near LogBytes.
 func (n *Node) runCompaction() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
