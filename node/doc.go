@@ -91,8 +91,14 @@
 // fsm Cancel naming the proposal's epoch, through whoever leads), so a
 // grant nobody heard of never blocks a key for its TTL, and another
 // attempt of the same request, granted and answered in a later epoch,
-// is never released by it. Guarded by TestAbandonedWaiterGrantIsWithdrawn,
-// TestWithdrawAcrossLeaderChange and TestWithdrawLeavesAnotherEpochsGrant.
+// is never released by it. A retry of a request while an attempt of it
+// still waits at the leader (a client settling an acquire it gave up on)
+// is answered with the request's outcome: the waiting attempt leaves the
+// queue, or is settled if in flight, before the retry is judged, so a
+// refusal is never followed by a grant of the same request. Guarded by
+// TestAbandonedWaiterGrantIsWithdrawn, TestWithdrawAcrossLeaderChange,
+// TestWithdrawLeavesAnotherEpochsGrant and
+// TestRetryOfQueuedWaiterIsJudgedAlone.
 //
 // fatal-stops-serving: a replica that meets an entry it cannot apply (a
 // newer version, a checksum mismatch) applies nothing after it and serves

@@ -386,6 +386,19 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		}
 		return false
 	}
+	// A retry of an attempt still waiting here is judged alone (see
+	// waitQueues.supersede; invariant waiter-outcome).
+	for {
+		settled := ls.queues.supersede(cmd)
+		if settled == nil {
+			break
+		}
+		select {
+		case <-settled:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("acquire %q: %w: an earlier attempt of this request was being committed (%v)", cmd.Key, ErrUnknownOutcome, ctx.Err())
+		}
+	}
 	if !ls.queues.busy(items) || ownKey() {
 		s := ls.stamp()
 		resp, err := n.apply(ctx, s, cmd)

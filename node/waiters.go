@@ -22,9 +22,16 @@ type waiter struct {
 	// gone: the caller stopped waiting. A waiter that is gone is never
 	// proposed again and never answered.
 	gone bool
-	// inflight is the waiter's proposal while one is in flight.
+	// inflight is the waiter's proposal while one is in flight; settled
+	// is closed once that proposal is settled.
 	inflight *proposal
+	settled  chan struct{}
 }
+
+// errSuperseded answers an attempt of an acquire that a retry of the same
+// request took out of the queues (see supersede): it was not granted and
+// can no longer be.
+var errSuperseded = errors.New("node: a later attempt of this acquire (same holder and request id) took its place in the queue; this one was not granted")
 
 type waitResult struct {
 	res    fsm.Result
@@ -94,8 +101,12 @@ type keyQueue struct {
 // caller leaves while its grant is in flight answers ErrUnknownOutcome
 // (the grant may commit), and the node that took the request withdraws it
 // (Node.withdraw, an fsm Cancel of the whole grant), so a grant nobody
-// hears of never blocks a key, on this leader or the next. Guarded by
-// TestAbandonedWaiterGrantIsWithdrawn.
+// hears of never blocks a key, on this leader or the next. A retry of a
+// request (same holder and request id) that arrives while an attempt of
+// it waits here is judged alone (supersede): the waiting attempt leaves
+// the queues first, or, in flight, is settled first, so the retry's
+// answer is the request's outcome. Guarded by
+// TestAbandonedWaiterGrantIsWithdrawn and TestRetryOfQueuedWaiterIsJudgedAlone.
 type waitQueues struct {
 	ls *leaderState
 
@@ -176,6 +187,42 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 		return waitResult{err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
 	}
 	return waitResult{err: fmt.Errorf("acquire %q: gave up waiting, not granted: %w", w.cmd.Key, ctx.Err())}
+}
+
+// supersede makes way for a retry of cmd's request (the same holder and
+// request id) while an earlier attempt of it waits here: its reply was
+// lost, or its caller gave up and is settling the outcome with a
+// non-waiting retry. Judging the retry beside that attempt would be wrong
+// both ways: a non-waiting retry would be refused Held on account of the
+// queue, and the attempt could be granted right after, the refusal then
+// denying a grant the cluster made. An attempt that is not in flight
+// leaves the queues at once, answered errSuperseded, so it can never be
+// granted; for one in flight supersede returns a channel closed once its
+// proposal is settled, after which the caller asks again. It returns nil
+// when no attempt of the request waits here.
+func (q *waitQueues) supersede(cmd *fsm.Acquire) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	kq := q.keys[cmd.Key]
+	if kq == nil {
+		return nil
+	}
+	for _, w := range kq.waiters {
+		if w.cmd.Holder != cmd.Holder || w.cmd.ReqID != cmd.ReqID {
+			continue
+		}
+		if w.inflight != nil {
+			return w.settled
+		}
+		w.gone = true
+		select {
+		case w.done <- waitResult{err: errSuperseded}:
+		default:
+		}
+		q.leaveLocked(w)
+		return nil
+	}
+	return nil
 }
 
 // pump proposes the waiters of key that may be granted now, or arms a
@@ -329,7 +376,7 @@ func (q *waitQueues) proposeLocked(w *waiter, prefix fsm.Command) *proposal {
 	}
 	s := q.ls.stamp()
 	p := q.ls.n.propose(s, cmd, 5*time.Second)
-	w.inflight = p
+	w.inflight, w.settled = p, make(chan struct{})
 	go func() {
 		<-p.done // propose resolves every proposal (see Node.wait)
 		var res fsm.Result
@@ -349,6 +396,7 @@ func (q *waitQueues) settle(w *waiter, s fsm.Stamp, res fsm.Result, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	w.inflight = nil
+	close(w.settled)
 	if q.closed != nil {
 		return // failAll has answered everyone already
 	}

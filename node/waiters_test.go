@@ -263,3 +263,76 @@ func TestWithdrawLeavesAnotherEpochsGrant(t *testing.T) {
 		return nil
 	})
 }
+
+// Scenario (campaign H3 of stop 20, 34 min in): a client gave up waiting
+// for a key and settled the outcome as lease.Client does, asking once more
+// with the same request id without waiting, while its waiting attempt was
+// still queued at the leader (the leader had not yet seen the caller
+// leave). The retry was refused Held on account of the queue, the client
+// reported "held by w2", and the queued attempt was granted a moment
+// later when w2 released. A retry of a queued request is that request: a
+// refusal must mean the waiting attempt will not be granted either, and a
+// grant of it must be the retry's answer. Rounds race the holder's release
+// against the retry, so the waiting attempt is found queued or in flight.
+func TestRetryOfQueuedWaiterIsJudgedAlone(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	const ttl = time.Minute
+	spin := func(max int) {
+		until := time.Now().Add(time.Duration(rand.IntN(max)) * time.Microsecond)
+		for time.Now().Before(until) {
+		}
+	}
+	refused, granted := 0, 0
+	for round := range 30 {
+		key := fmt.Sprintf("retry/%02d", round)
+		held := mustGrant(t, l, acq(key, "a", 1, ttl))
+		waiting := make(chan error, 1)
+		go func() {
+			req := acq(key, "b", 1, ttl)
+			req.Wait = true
+			_, err := l.Acquire(ctxT(t, 20*time.Second), req) // its caller "left": nobody reads the grant
+			waiting <- err
+		}()
+		nodetest.Eventually(t, 5*time.Second, func() error {
+			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
+				return fmt.Errorf("%d waiters", st.Waiters)
+			}
+			return nil
+		})
+		released := make(chan error, 1)
+		go func() {
+			spin(3000)
+			_, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token})
+			released <- err
+		}()
+		spin(3000)
+		retry, err := l.Acquire(ctxT(t, 10*time.Second), acq(key, "b", 1, ttl))
+		if err != nil {
+			t.Fatalf("round %d: retry: %v", round, err)
+		}
+		for _, ch := range []chan error{released, waiting} {
+			select {
+			case err := <-ch:
+				if ch == released && err != nil {
+					t.Fatalf("round %d: release: %v", round, err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("round %d: no answer", round)
+			}
+		}
+		// Both attempts are settled: the key's state is final.
+		switch h := holderOf(t, l, key); {
+		case retry.Granted:
+			granted++
+			if h != "b" {
+				t.Fatalf("round %d: the retry was granted, but %q holds the key", round, h)
+			}
+		case h == "b":
+			t.Fatalf("round %d: the retry was refused (held by %q), but the waiting attempt was granted afterwards", round, retry.Holder)
+		default:
+			refused++
+		}
+	}
+	t.Logf("retry granted in %d rounds, refused in %d", granted, refused)
+}
