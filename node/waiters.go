@@ -19,8 +19,9 @@ type waiter struct {
 	arrival time.Duration   // leader clock at receipt of this request
 	done    chan waitResult // buffered 1; receives exactly one result
 
-	// gone: the caller stopped waiting. A waiter that is gone is never
-	// proposed again and never answered.
+	// gone: the caller stopped waiting, or a retry of the same request
+	// took its place (supersede, which answers it once). A waiter that is
+	// gone is never proposed again, and the queue never answers it.
 	gone bool
 	// inflight is the waiter's proposal while one is in flight; settled
 	// is closed once that proposal is settled.
