@@ -608,10 +608,14 @@ func TestSystemdUnitAgentsStart(t *testing.T) {
 			return nil
 		})
 	}
-	code, out := cli(t, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", ports[1].api))
-	if code != 0 || strings.Count(out, "(serving)") != 1 {
-		t.Errorf("status: %d %s", code, out)
-	}
+	// Ready agents; n2 lists the leader as serving once it has confirmed
+	// the leader's client API (gossip, then a check about every second).
+	eventually(t, 30*time.Second, func() error {
+		if code, out := cli(t, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", ports[1].api)); code != 0 || strings.Count(out, "(serving)") != 1 {
+			return fmt.Errorf("status: %d %s", code, out)
+		}
+		return nil
+	})
 	// Its data went where StateDirectory says.
 	// A new data dir holds a raft-wal store (wal/); one made by an older
 	// release holds raft.db. Either shows the agent wrote there.

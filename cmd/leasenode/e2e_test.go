@@ -375,9 +375,14 @@ func TestAgentAndClientCommands(t *testing.T) {
 	if code, body := httpGet(agents[0].api, "/healthz"); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
-	if code, out, _ = cli(t, "status", "--addr", addr); code != 0 || strings.Count(out, "(serving)") != 1 {
-		t.Errorf("status: %d %q", code, out)
-	}
+	// The leader shows as serving once the agent asked has confirmed its
+	// client API (gossip, then a check about every second).
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		if code, out, _ := cli(t, "status", "--addr", addr); code != 0 || strings.Count(out, "(serving)") != 1 {
+			return fmt.Errorf("status: %d %q", code, out)
+		}
+		return nil
+	})
 
 	// SIGTERM: a graceful leave, exit 0; the others stay ready.
 	agents[2].p.kill(syscall.SIGTERM)
