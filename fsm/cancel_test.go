@@ -8,7 +8,9 @@ import (
 
 // TestCancel: Cancel{key, holder, req} releases the grant of req only if it
 // is the key's live holding and nobody saw it (no retry of req applied);
-// in every case req is spent (a later arrival is Stale).
+// in every case req is spent (a later arrival is Stale). Its result tells
+// what became of req: Released, Held (granted and kept), Stale (spent
+// already: granted once, maybe) or NotHeld (never granted).
 func TestCancel(t *testing.T) {
 	type step struct {
 		cmd  fsm.Command
@@ -38,14 +40,25 @@ func TestCancel(t *testing.T) {
 		{"cancel after a retry", []step{
 			{acq("a", "c1", 5, 5*s, 0), fsm.Granted},
 			{acq("a", "c1", 5, 5*s, 0), fsm.Granted},
-			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.NotHeld},
+			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.Held},
 		}, "c1"},
 		{"cancel of an older id while a newer holding is live", []step{
 			{acq("a", "c1", 5, 5*s, 0), fsm.Granted},
 			{acq("a", "c1", 6, 5*s, 0), fsm.Granted},
-			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.NotHeld},
+			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.Stale},
 			{acq("a", "c1", 5, 5*s, 0), fsm.Stale},
 		}, "c1"},
+		{"second cancel: the id was spent by the first", []step{
+			{acq("a", "c1", 5, 5*s, 0), fsm.Granted},
+			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.Released},
+			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.Stale},
+		}, ""},
+		{"cancel of a request refused as held: never granted", []step{
+			{acq("a", "c2", 1, 5*s, 0), fsm.Granted},
+			{acq("a", "c1", 5, 5*s, 0), fsm.Held},
+			{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 5}, fsm.NotHeld},
+			{acq("a", "c1", 5, 5*s, 0), fsm.Stale},
+		}, "c2"},
 		{"cancel by another holder", []step{
 			{acq("a", "c1", 5, 5*s, 0), fsm.Granted},
 			{&fsm.Cancel{Key: "a", Holder: "c2", ReqID: 5}, fsm.NotHeld},

@@ -171,13 +171,16 @@ type Release struct {
 
 // Cancel withdraws request ReqID of Holder for Key: the leader of epoch
 // Epoch proposed that acquire and could not tell its caller the outcome,
-// and the caller will not use it. If the request's grant is the key's live
-// holding, was made in Epoch (Lease.GrantEpoch) and nobody can have learnt
-// of it (no retry of the same request id was applied: see Lease.Seen), it
-// is released as by Release; otherwise nothing changes (NotHeld). Either
-// way the request id is spent: a later arrival of it, or of an older one,
-// is Stale. Epoch 0 (a version 2 or 3 entry) names no epoch and matches
-// any grant, as those versions did.
+// and the caller will not use it; or, with Epoch 0, the holder itself gave
+// up on the request without learning its outcome (node's Abandon). If the
+// request's grant is the key's live holding, was made in Epoch
+// (Lease.GrantEpoch) and nobody can have learnt of it (no retry of the
+// same request id was applied: see Lease.Seen), it is released as by
+// Release; otherwise nothing changes, and the result says what became of
+// the request (Held, Stale or NotHeld: see the codes). Either way the
+// request id is spent: a later arrival of it, or of an older one, is
+// Stale. Epoch 0 (also every version 2 or 3 entry) names no epoch and
+// matches any grant, as those versions did.
 type Cancel struct {
 	Key    string
 	Holder string

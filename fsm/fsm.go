@@ -578,16 +578,8 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		ks := f.keys[it.Key]
 		m := f.liveMark(it.Key, c.Holder)
 		marks[i] = m
-		if m != nil && (c.ReqID < m.ReqID || c.ReqID == m.ReqID && m.Ended) {
-			res := Result{Code: Stale, Key: it.Key,
-				Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", c.ReqID, m.ReqID)}
-			if c.ReqID == m.ReqID {
-				res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", c.ReqID)
-			}
-			if r := ks.firstLive(); r != nil {
-				res.Holder, res.Token = r.Holder, r.Token
-			}
-			return res
+		if m.spends(c.ReqID) {
+			return f.staleByMark(it.Key, c.ReqID, m)
 		}
 		r := ks.live(c.Holder)
 		own[i] = r
@@ -777,6 +769,20 @@ func (f *FSM) holding(key, holder string, token uint64) *record {
 	return r
 }
 
+// staleByMark is the Stale result for request reqID on key, which the
+// holder's mark m spends, naming the key's first live holding.
+func (f *FSM) staleByMark(key string, reqID uint64, m *mark) Result {
+	res := Result{Code: Stale, Key: key,
+		Reason: fmt.Sprintf("request id %d is older than %d, this holder's last for the key", reqID, m.ReqID)}
+	if reqID == m.ReqID {
+		res.Reason = fmt.Sprintf("request id %d is spent: its holding ended or it was cancelled", reqID)
+	}
+	if r := f.keys[key].firstLive(); r != nil {
+		res.Holder, res.Token = r.Holder, r.Token
+	}
+	return res
+}
+
 // notHeld is the NotHeld result for key, naming its first live holding.
 func (f *FSM) notHeld(key string) Result {
 	res := Result{Code: NotHeld, Key: key}
@@ -855,17 +861,37 @@ func (f *FSM) end(index uint64, r *record) {
 // in flight is Stale and cannot grant afterwards (a multi-key copy is
 // Stale as soon as one of its keys' marks says so). Guarded by TestCancel,
 // testdata/cancel.txt, testdata/shapes-set.txt and TestModel.
+//
+// The result tells the proposer what became of the request, so that a
+// holder abandoning it learns the outcome from the same entry that spends
+// its id: Released (its grant was live and is released), Held (its grant
+// is live and stays: Seen, or made in another epoch; Token names it), Stale
+// (the id was spent already, or a later request of the holder was applied:
+// it may have been granted, and if so that grant has ended) or NotHeld (no
+// acquire with this id was granted while the holder's mark was kept; see
+// MarkRetention). Held and NotHeld name the key's first live holding in
+// Holder and Token, Held the request's own. The result is not state: the
+// same entry changes every replica alike whatever its version reports.
 func (f *FSM) cancel(index uint64, c *Cancel) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
 	f.reapDue(index, c.Key)
 	var res Result
-	if r := f.keys[c.Key].live(c.Holder); r != nil && r.ReqID == c.ReqID && !r.Seen &&
-		(c.Epoch == 0 || r.GrantEpoch == c.Epoch) {
+	r := f.keys[c.Key].live(c.Holder)
+	m := f.liveMark(c.Key, c.Holder)
+	switch {
+	case r != nil && r.ReqID == c.ReqID && !r.Seen && (c.Epoch == 0 || r.GrantEpoch == c.Epoch):
 		f.end(index, r)
 		res = Result{Code: Released, Key: r.Key, Token: r.Token}
-	} else {
+	case r != nil && r.ReqID == c.ReqID:
+		res = Result{Code: Held, Key: r.Key, Token: r.Token, Holder: r.Holder}
+	case r != nil && c.ReqID < r.ReqID:
+		res = f.notHeld(c.Key)
+		res.Code, res.Reason = Stale, fmt.Sprintf("request id %d is older than the holding's %d", c.ReqID, r.ReqID)
+	case m.spends(c.ReqID):
+		res = f.staleByMark(c.Key, c.ReqID, m)
+	default:
 		res = f.notHeld(c.Key)
 	}
 	f.noteEnded(c.Key, c.Holder, c.ReqID, f.now)

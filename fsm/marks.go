@@ -69,6 +69,13 @@ func roundUp(d time.Duration) time.Duration {
 	return (d + MarkGranule - 1) / MarkGranule * MarkGranule
 }
 
+// spends reports whether m (nil: no mark) makes request reqID of its
+// holder Stale: lower than the mark, or equal to it once its holding ended
+// or it was cancelled.
+func (m *mark) spends(reqID uint64) bool {
+	return m != nil && (reqID < m.ReqID || reqID == m.ReqID && m.Ended)
+}
+
 // liveMark returns the mark of (key, holder), or nil. A mark that is due
 // counts as gone, and is dropped, whether or not an Expire reaped it
 // (reaper-independence).

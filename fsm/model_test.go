@@ -562,16 +562,23 @@ func (m *model) release(c *fsm.Release) fsm.Result {
 }
 
 // cancel releases the grant of c.ReqID if it is the holder's live holding
-// and not seen; the id is spent either way.
+// and not seen (else Held if it is, Stale if the id was spent, NotHeld if
+// never granted); the id is spent either way.
 func (m *model) cancel(c *fsm.Cancel) fsm.Result {
 	if c.Key == "" || c.Holder == "" || c.ReqID == 0 {
 		return fsm.Result{Code: fsm.Invalid, Key: c.Key}
 	}
 	m.reap(c.Key)
 	res := m.notHeld(c.Key)
-	if r := m.live(c.Key, c.Holder); r != nil && r.reqID == c.ReqID && !r.seen && (c.Epoch == 0 || c.Epoch == r.grantEpoch) {
+	r, mk := m.live(c.Key, c.Holder), m.mark(mkey{c.Key, c.Holder})
+	switch {
+	case r != nil && r.reqID == c.ReqID && !r.seen && (c.Epoch == 0 || c.Epoch == r.grantEpoch):
 		m.end(r)
 		res = fsm.Result{Code: fsm.Released, Key: c.Key, Token: r.token}
+	case r != nil && r.reqID == c.ReqID:
+		res = fsm.Result{Code: fsm.Held, Key: c.Key, Token: r.token, Holder: r.holder}
+	case r != nil && c.ReqID < r.reqID, mk != nil && (c.ReqID < mk.reqID || c.ReqID == mk.reqID && mk.ended):
+		res = fsm.Result{Code: fsm.Stale, Key: c.Key, Token: res.Token, Holder: res.Holder}
 	}
 	m.noteEnded(mkey{c.Key, c.Holder}, c.ReqID, m.now)
 	return res

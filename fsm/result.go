@@ -20,15 +20,18 @@ const (
 	Released Code = 3
 	// Held: another holder has the key, or it is in lock-delay after an
 	// expiry. Result.Holder and Result.Wait say who and for how long at
-	// most, unless it is released earlier.
+	// most, unless it is released earlier. For Cancel: the request's grant
+	// is live and stays (see FSM cancel).
 	Held Code = 4
 	// NotHeld: the caller does not hold the key with that token (never
-	// did, released, expired, or a newer holding replaced it).
+	// did, released, expired, or a newer holding replaced it). For Cancel:
+	// the request was never granted.
 	NotHeld Code = 5
 	// Stale: an acquire whose request id is lower than the one the record
 	// was granted with, or than the holder's mark for the key, or equal to
 	// a mark whose holding ended or that was cancelled: a newer request of
-	// the same holder won, or this one is a delayed copy (see Mark).
+	// the same holder won, or this one is a delayed copy (see Mark). For
+	// Cancel: the request id was spent already, its grant (if any) ended.
 	// Reason says which.
 	Stale Code = 6
 	// WrongEpoch: the command was stamped by a leader whose epoch is over.
