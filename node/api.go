@@ -335,6 +335,10 @@ func (s *apiServer) Release(ctx context.Context, r *connect.Request[pb.ReleaseRe
 	return unary(ctx, r, s.n.Release)
 }
 
+func (s *apiServer) Abandon(ctx context.Context, r *connect.Request[pb.AbandonRequest]) (*connect.Response[pb.AbandonResponse], error) {
+	return unary(ctx, r, s.n.Abandon)
+}
+
 func (s *apiServer) Get(ctx context.Context, r *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {
 	return unary(ctx, r, s.n.Get)
 }

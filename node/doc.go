@@ -92,13 +92,18 @@
 // grant nobody heard of never blocks a key for its TTL, and another
 // attempt of the same request, granted and answered in a later epoch,
 // is never released by it. A retry of a request while an attempt of it
-// still waits at the leader (a client settling an acquire it gave up on)
-// is answered with the request's outcome: the waiting attempt leaves the
-// queue, or is settled if in flight, before the retry is judged, so a
-// refusal is never followed by a grant of the same request. Guarded by
-// TestAbandonedWaiterGrantIsWithdrawn, TestWithdrawAcrossLeaderChange,
-// TestWithdrawLeavesAnotherEpochsGrant and
-// TestRetryOfQueuedWaiterIsJudgedAlone.
+// still waits at the leader is answered with the request's outcome: the
+// waiting attempt leaves the queue, or is settled if in flight, before
+// the retry is judged, so a refusal is never followed by a grant of the
+// same request. A client that gave up on an acquire settles it with
+// Abandon, which does the same and then spends the request id in the log
+// (an fsm Cancel naming no epoch, releasing the request's grant if it
+// stands), so no copy of an attempt that reaches the leader later, from a
+// paused node or a slow connection, can be granted after the answer.
+// Guarded by TestAbandonedWaiterGrantIsWithdrawn,
+// TestWithdrawAcrossLeaderChange, TestWithdrawLeavesAnotherEpochsGrant,
+// TestRetryOfQueuedWaiterIsJudgedAlone, TestAbandon and
+// TestAbandonOfQueuedWaiter.
 //
 // fatal-stops-serving: a replica that meets an entry it cannot apply (a
 // newer version, a checksum mismatch) applies nothing after it and serves

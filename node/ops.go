@@ -36,6 +36,9 @@ const (
 	// learned (request: a CancelRequest naming key, holder, request id and
 	// the epoch of the lost proposal; see withdraw).
 	methodCancel
+	// methodAbandon: settle an acquire its caller gave up on (request: an
+	// AbandonRequest; see Abandon).
+	methodAbandon
 )
 
 // Acquire asks for req.Key on behalf of req.Holder. Without req.Wait a key
@@ -112,6 +115,67 @@ func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.CancelR
 		return nil, err
 	}
 	return &pb.ReleaseResponse{Header: n.header(), Released: resp.Results[0].Code == fsm.Released}, nil
+}
+
+// Abandon settles an acquire whose caller gave up while an attempt's
+// outcome was unknown (protocol rule 7). It spends the request id through
+// the log (an fsm Cancel naming no epoch), so no attempt of the request
+// can be granted once it is answered, however late a copy of it reaches
+// the leader; it releases the request's grant if that stands; and it says
+// what became of the request (see pb.AbandonOutcome). An attempt still
+// waiting in the leader's queue leaves it first, or, if its proposal is in
+// flight, is settled first (invariant waiter-outcome). Callable on any
+// node: followers forward to the leader.
+func (n *Node) Abandon(ctx context.Context, req *pb.AbandonRequest) (*pb.AbandonResponse, error) {
+	if err := abandonCmd(req).Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return leaderCall(ctx, n, methodAbandon, req, &pb.AbandonResponse{}, n.abandonLocal, true)
+}
+
+func abandonCmd(req *pb.AbandonRequest) *fsm.Cancel {
+	return &fsm.Cancel{Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId()}
+}
+
+func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.AbandonRequest) (*pb.AbandonResponse, error) {
+	cmd := abandonCmd(req)
+	if err := cmd.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := settleWaiting(ctx, ls, &fsm.Acquire{Key: cmd.Key, Holder: cmd.Holder, ReqID: cmd.ReqID}); err != nil {
+		return nil, err
+	}
+	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.AbandonResponse{Header: n.header()}
+	switch res := resp.Results[0]; res.Code {
+	case fsm.Released:
+		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED
+	case fsm.Held:
+		// Granted, and a retry of it was answered (Seen), so the Cancel
+		// kept it; the holder says it never used it: release it by token.
+		rel, err := n.releaseLocal(ctx, ls, &pb.ReleaseRequest{Key: cmd.Key, Holder: cmd.Holder, Token: res.Token})
+		if err != nil {
+			return nil, err
+		}
+		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_ENDED
+		if rel.GetReleased() {
+			out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED
+		}
+	case fsm.Stale:
+		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_ENDED
+	case fsm.NotHeld:
+		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED
+		if res.Holder != "" {
+			_, wait, _ := n.fsm.Admits(fsm.Item{Key: cmd.Key}, cmd.Holder, ls.now(), 0, 0)
+			out.Holder, out.Wait = res.Holder, durationpb.New(wait)
+		}
+	default:
+		return nil, fmt.Errorf("%w: abandon %q: %s %s", ErrInvalid, cmd.Key, res.Code, res.Reason)
+	}
+	return out, nil
 }
 
 // Extend renews every listed lease of req.Holder by its full TTL, in one
@@ -341,6 +405,8 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 		return serveRPC(ctx, n, data, &pb.CheckTokenRequest{}, n.checkTokenLocal)
 	case methodCancel:
 		return serveRPC(ctx, n, data, &pb.CancelRequest{}, n.cancelLocal)
+	case methodAbandon:
+		return serveRPC(ctx, n, data, &pb.AbandonRequest{}, n.abandonLocal)
 	case methodLeave:
 		return nil, n.serveLeave(ctx, data)
 	case methodStatus:
@@ -386,18 +452,9 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		}
 		return false
 	}
-	// A retry of an attempt still waiting here is judged alone (see
-	// waitQueues.supersede; invariant waiter-outcome).
-	for {
-		settled := ls.queues.supersede(cmd)
-		if settled == nil {
-			break
-		}
-		select {
-		case <-settled:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("acquire %q: %w: an earlier attempt of this request was being committed (%v)", cmd.Key, ErrUnknownOutcome, ctx.Err())
-		}
+	// A retry of an attempt still waiting here is judged alone.
+	if err := settleWaiting(ctx, ls, cmd); err != nil {
+		return nil, err
 	}
 	if !ls.queues.busy(items) || ownKey() {
 		s := ls.stamp()
@@ -419,6 +476,25 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		return nil, n.lostOutcome(ls, req, r.err)
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
+}
+
+// settleWaiting makes way for a new attempt of cmd's request (a retry, or
+// its Abandon): an earlier attempt still waiting in this leader's queues
+// leaves them, and one whose proposal is in flight is settled first (see
+// waitQueues.supersede; invariant waiter-outcome). It fails with
+// ErrUnknownOutcome if ctx ends first.
+func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error {
+	for {
+		settled := ls.queues.supersede(cmd)
+		if settled == nil {
+			return nil
+		}
+		select {
+		case <-settled:
+		case <-ctx.Done():
+			return fmt.Errorf("acquire %q: %w: an earlier attempt of this request was being committed (%v)", cmd.Key, ErrUnknownOutcome, ctx.Err())
+		}
+	}
 }
 
 // lostOutcome withdraws the acquire req that this leader proposed in its

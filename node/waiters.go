@@ -192,11 +192,11 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 
 // supersede makes way for a retry of cmd's request (the same holder and
 // request id) while an earlier attempt of it waits here: its reply was
-// lost, or its caller gave up and is settling the outcome with a
-// non-waiting retry. Judging the retry beside that attempt would be wrong
-// both ways: a non-waiting retry would be refused Held on account of the
-// queue, and the attempt could be granted right after, the refusal then
-// denying a grant the cluster made. An attempt that is not in flight
+// lost, or its caller gave up and is settling the outcome (with Abandon,
+// or, from a client older than Abandon, a non-waiting retry). Judging the
+// retry beside that attempt would be wrong both ways: a non-waiting retry
+// would be refused Held on account of the queue, and the attempt could be
+// granted right after, the refusal then denying a grant the cluster made. An attempt that is not in flight
 // leaves the queues at once, answered errSuperseded, so it can never be
 // granted; for one in flight supersede returns a channel closed once its
 // proposal is settled, after which the caller asks again. It returns nil

@@ -14,6 +14,14 @@ import (
 )
 
 // holderOf returns who holds key by the leader's consistent read.
+// spinFor busy-waits up to max microseconds (a random share of it), to
+// vary which of two racing goroutines goes first.
+func spinFor(max int) {
+	until := time.Now().Add(time.Duration(rand.IntN(max)) * time.Microsecond)
+	for time.Now().Before(until) {
+	}
+}
+
 func holderOf(t *testing.T, n *node.Node, key string) string {
 	t.Helper()
 	resp, err := n.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: key})
@@ -55,11 +63,6 @@ func TestAbandonedWaiterGrantIsWithdrawn(t *testing.T) {
 	}()
 	const ttl = time.Minute
 	unknown, granted, refused := 0, 0, 0
-	spin := func(max int) {
-		until := time.Now().Add(time.Duration(rand.IntN(max)) * time.Microsecond)
-		for time.Now().Before(until) {
-		}
-	}
 	for round := range 40 {
 		key := fmt.Sprintf("abandon/%02d", round)
 		held := mustGrant(t, l, acq(key, "a", 1, ttl))
@@ -82,8 +85,8 @@ func TestAbandonedWaiterGrantIsWithdrawn(t *testing.T) {
 			}
 			return nil
 		})
-		go func() { spin(6000); cancel() }()
-		go func() { spin(6000); rcancel() }()
+		go func() { spinFor(6000); cancel() }()
+		go func() { spinFor(6000); rcancel() }()
 		if _, err := l.Release(rctx, &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token}); err != nil {
 			// The releaser gave up; make sure a's release happened.
 			if _, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token}); err != nil {
@@ -278,11 +281,6 @@ func TestRetryOfQueuedWaiterIsJudgedAlone(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, l := c.Leader()
 	const ttl = time.Minute
-	spin := func(max int) {
-		until := time.Now().Add(time.Duration(rand.IntN(max)) * time.Microsecond)
-		for time.Now().Before(until) {
-		}
-	}
 	refused, granted := 0, 0
 	for round := range 30 {
 		key := fmt.Sprintf("retry/%02d", round)
@@ -302,11 +300,11 @@ func TestRetryOfQueuedWaiterIsJudgedAlone(t *testing.T) {
 		})
 		released := make(chan error, 1)
 		go func() {
-			spin(3000)
+			spinFor(3000)
 			_, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token})
 			released <- err
 		}()
-		spin(3000)
+		spinFor(3000)
 		retry, err := l.Acquire(ctxT(t, 10*time.Second), acq(key, "b", 1, ttl))
 		if err != nil {
 			t.Fatalf("round %d: retry: %v", round, err)

@@ -82,6 +82,66 @@ func (LeaseMode) EnumDescriptor() ([]byte, []int) {
 	return file_leasenode_proto_rawDescGZIP(), []int{0}
 }
 
+// AbandonOutcome says what became of an abandoned Acquire. In every case
+// its request id is spent: an attempt that reaches the leader afterwards
+// is refused REASON_STALE_REQUEST and never granted.
+type AbandonOutcome int32
+
+const (
+	AbandonOutcome_ABANDON_OUTCOME_UNSPECIFIED AbandonOutcome = 0
+	// NOT_GRANTED: no attempt of the request was granted.
+	AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED AbandonOutcome = 1
+	// RELEASED: an attempt was granted; the grant is released now.
+	AbandonOutcome_ABANDON_OUTCOME_RELEASED AbandonOutcome = 2
+	// ENDED: the id was spent before (an earlier Abandon of it, or its
+	// grant ended: expired, or withdrawn by a node that lost its outcome).
+	// An attempt may have been granted; if so, its grant is over.
+	AbandonOutcome_ABANDON_OUTCOME_ENDED AbandonOutcome = 3
+)
+
+// Enum value maps for AbandonOutcome.
+var (
+	AbandonOutcome_name = map[int32]string{
+		0: "ABANDON_OUTCOME_UNSPECIFIED",
+		1: "ABANDON_OUTCOME_NOT_GRANTED",
+		2: "ABANDON_OUTCOME_RELEASED",
+		3: "ABANDON_OUTCOME_ENDED",
+	}
+	AbandonOutcome_value = map[string]int32{
+		"ABANDON_OUTCOME_UNSPECIFIED": 0,
+		"ABANDON_OUTCOME_NOT_GRANTED": 1,
+		"ABANDON_OUTCOME_RELEASED":    2,
+		"ABANDON_OUTCOME_ENDED":       3,
+	}
+)
+
+func (x AbandonOutcome) Enum() *AbandonOutcome {
+	p := new(AbandonOutcome)
+	*p = x
+	return p
+}
+
+func (x AbandonOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AbandonOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_leasenode_proto_enumTypes[1].Descriptor()
+}
+
+func (AbandonOutcome) Type() protoreflect.EnumType {
+	return &file_leasenode_proto_enumTypes[1]
+}
+
+func (x AbandonOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AbandonOutcome.Descriptor instead.
+func (AbandonOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{1}
+}
+
 type LeaseState int32
 
 const (
@@ -115,11 +175,11 @@ func (x LeaseState) String() string {
 }
 
 func (LeaseState) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[1].Descriptor()
+	return file_leasenode_proto_enumTypes[2].Descriptor()
 }
 
 func (LeaseState) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[1]
+	return &file_leasenode_proto_enumTypes[2]
 }
 
 func (x LeaseState) Number() protoreflect.EnumNumber {
@@ -128,7 +188,7 @@ func (x LeaseState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LeaseState.Descriptor instead.
 func (LeaseState) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{1}
+	return file_leasenode_proto_rawDescGZIP(), []int{2}
 }
 
 type EventType int32
@@ -178,11 +238,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[2].Descriptor()
+	return file_leasenode_proto_enumTypes[3].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[2]
+	return &file_leasenode_proto_enumTypes[3]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -191,7 +251,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{2}
+	return file_leasenode_proto_rawDescGZIP(), []int{3}
 }
 
 // Reason is the machine-readable cause of an error, carried in an
@@ -247,11 +307,11 @@ func (x Reason) String() string {
 }
 
 func (Reason) Descriptor() protoreflect.EnumDescriptor {
-	return file_leasenode_proto_enumTypes[3].Descriptor()
+	return file_leasenode_proto_enumTypes[4].Descriptor()
 }
 
 func (Reason) Type() protoreflect.EnumType {
-	return &file_leasenode_proto_enumTypes[3]
+	return &file_leasenode_proto_enumTypes[4]
 }
 
 func (x Reason) Number() protoreflect.EnumNumber {
@@ -260,7 +320,7 @@ func (x Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{3}
+	return file_leasenode_proto_rawDescGZIP(), []int{4}
 }
 
 // Header is attached to every reply.
@@ -1001,6 +1061,138 @@ func (x *ReleaseResponse) GetReleased() bool {
 	return false
 }
 
+// AbandonRequest names the Acquire a caller gave up on: its key (the
+// first key of a set), holder and request id.
+type AbandonRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	RequestId     uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbandonRequest) Reset() {
+	*x = AbandonRequest{}
+	mi := &file_leasenode_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbandonRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbandonRequest) ProtoMessage() {}
+
+func (x *AbandonRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbandonRequest.ProtoReflect.Descriptor instead.
+func (*AbandonRequest) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AbandonRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AbandonRequest) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *AbandonRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+type AbandonResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Header  *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Outcome AbandonOutcome         `protobuf:"varint,2,opt,name=outcome,proto3,enum=leasenode.v1.AbandonOutcome" json:"outcome,omitempty"`
+	// holder: with NOT_GRANTED, who holds the key now (empty if nobody);
+	// wait: how long the key may stay unavailable to this holder.
+	Holder        string               `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	Wait          *durationpb.Duration `protobuf:"bytes,4,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbandonResponse) Reset() {
+	*x = AbandonResponse{}
+	mi := &file_leasenode_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbandonResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbandonResponse) ProtoMessage() {}
+
+func (x *AbandonResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbandonResponse.ProtoReflect.Descriptor instead.
+func (*AbandonResponse) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AbandonResponse) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AbandonResponse) GetOutcome() AbandonOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return AbandonOutcome_ABANDON_OUTCOME_UNSPECIFIED
+}
+
+func (x *AbandonResponse) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *AbandonResponse) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
 // CancelRequest is node-internal: a leader whose proposal of an acquire
 // lost its outcome (its caller left, or its leadership ended, while the
 // entry was in flight) asks whoever leads now to withdraw it. It names the
@@ -1019,7 +1211,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1223,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1236,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{10}
+	return file_leasenode_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelRequest) GetKey() string {
@@ -1100,7 +1292,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1304,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1317,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{11}
+	return file_leasenode_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Lease) GetKey() string {
@@ -1224,7 +1416,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1428,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1441,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{12}
+	return file_leasenode_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -1282,7 +1474,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1486,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1499,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{13}
+	return file_leasenode_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -1351,7 +1543,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1555,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1568,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{14}
+	return file_leasenode_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -1424,7 +1616,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1628,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1641,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{15}
+	return file_leasenode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListResponse) GetHeader() *Header {
@@ -1490,7 +1682,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1694,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1707,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{16}
+	return file_leasenode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckTokenRequest) GetKey() string {
@@ -1548,7 +1740,7 @@ type CheckTokenResponse struct {
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1752,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1765,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{17}
+	return file_leasenode_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckTokenResponse) GetHeader() *Header {
@@ -1626,7 +1818,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1830,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1843,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{18}
+	return file_leasenode_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1686,7 +1878,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1890,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1903,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{19}
+	return file_leasenode_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -1743,7 +1935,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1947,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1960,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{20}
+	return file_leasenode_proto_rawDescGZIP(), []int{22}
 }
 
 type Member struct {
@@ -1788,7 +1980,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1992,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +2005,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{21}
+	return file_leasenode_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Member) GetId() string {
@@ -1875,7 +2067,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2079,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2092,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{22}
+	return file_leasenode_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MembersResponse) GetHeader() *Header {
@@ -1925,7 +2117,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2129,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2142,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{23}
+	return file_leasenode_proto_rawDescGZIP(), []int{25}
 }
 
 type StatusResponse struct {
@@ -1988,7 +2180,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2192,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2205,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{24}
+	return file_leasenode_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusResponse) GetHeader() *Header {
@@ -2118,7 +2310,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2322,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2335,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{25}
+	return file_leasenode_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -2178,7 +2370,7 @@ type RPCError struct {
 
 func (x *RPCError) Reset() {
 	*x = RPCError{}
-	mi := &file_leasenode_proto_msgTypes[26]
+	mi := &file_leasenode_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2382,7 @@ func (x *RPCError) String() string {
 func (*RPCError) ProtoMessage() {}
 
 func (x *RPCError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[26]
+	mi := &file_leasenode_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2395,7 @@ func (x *RPCError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RPCError.ProtoReflect.Descriptor instead.
 func (*RPCError) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{26}
+	return file_leasenode_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RPCError) GetDetail() *ErrorDetail {
@@ -2283,7 +2475,17 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\"[\n" +
 	"\x0fReleaseResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x1a\n" +
-	"\breleased\x18\x02 \x01(\bR\breleased\"n\n" +
+	"\breleased\x18\x02 \x01(\bR\breleased\"Y\n" +
+	"\x0eAbandonRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\x04R\trequestId\"\xbe\x01\n" +
+	"\x0fAbandonResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x126\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1c.leasenode.v1.AbandonOutcomeR\aoutcome\x12\x16\n" +
+	"\x06holder\x18\x03 \x01(\tR\x06holder\x12-\n" +
+	"\x04wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"n\n" +
 	"\rCancelRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
@@ -2385,7 +2587,12 @@ const file_leasenode_proto_rawDesc = "" +
 	"\tLeaseMode\x12\x18\n" +
 	"\x14LEASE_MODE_EXCLUSIVE\x10\x00\x12\x15\n" +
 	"\x11LEASE_MODE_SHARED\x10\x01\x12\x18\n" +
-	"\x14LEASE_MODE_SEMAPHORE\x10\x02*[\n" +
+	"\x14LEASE_MODE_SEMAPHORE\x10\x02*\x8b\x01\n" +
+	"\x0eAbandonOutcome\x12\x1f\n" +
+	"\x1bABANDON_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bABANDON_OUTCOME_NOT_GRANTED\x10\x01\x12\x1c\n" +
+	"\x18ABANDON_OUTCOME_RELEASED\x10\x02\x12\x19\n" +
+	"\x15ABANDON_OUTCOME_ENDED\x10\x03*[\n" +
 	"\n" +
 	"LeaseState\x12\x1b\n" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -2407,11 +2614,12 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x16REASON_UNKNOWN_OUTCOME\x10\x04\x12\x11\n" +
 	"\rREASON_CLOSED\x10\x05\x12\x18\n" +
 	"\x14REASON_STALE_REQUEST\x10\x06\x12\x1a\n" +
-	"\x16REASON_UNAUTHENTICATED\x10\a2\xfd\x04\n" +
+	"\x16REASON_UNAUTHENTICATED\x10\a2\xc5\x05\n" +
 	"\fLeaseService\x12F\n" +
 	"\aAcquire\x12\x1c.leasenode.v1.AcquireRequest\x1a\x1d.leasenode.v1.AcquireResponse\x12C\n" +
 	"\x06Extend\x12\x1b.leasenode.v1.ExtendRequest\x1a\x1c.leasenode.v1.ExtendResponse\x12F\n" +
-	"\aRelease\x12\x1c.leasenode.v1.ReleaseRequest\x1a\x1d.leasenode.v1.ReleaseResponse\x12:\n" +
+	"\aRelease\x12\x1c.leasenode.v1.ReleaseRequest\x1a\x1d.leasenode.v1.ReleaseResponse\x12F\n" +
+	"\aAbandon\x12\x1c.leasenode.v1.AbandonRequest\x1a\x1d.leasenode.v1.AbandonResponse\x12:\n" +
 	"\x03Get\x12\x18.leasenode.v1.GetRequest\x1a\x19.leasenode.v1.GetResponse\x12=\n" +
 	"\x04List\x12\x19.leasenode.v1.ListRequest\x1a\x1a.leasenode.v1.ListResponse\x12O\n" +
 	"\n" +
@@ -2432,100 +2640,108 @@ func file_leasenode_proto_rawDescGZIP() []byte {
 	return file_leasenode_proto_rawDescData
 }
 
-var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_leasenode_proto_goTypes = []any{
 	(LeaseMode)(0),              // 0: leasenode.v1.LeaseMode
-	(LeaseState)(0),             // 1: leasenode.v1.LeaseState
-	(EventType)(0),              // 2: leasenode.v1.EventType
-	(Reason)(0),                 // 3: leasenode.v1.Reason
-	(*Header)(nil),              // 4: leasenode.v1.Header
-	(*AcquireRequest)(nil),      // 5: leasenode.v1.AcquireRequest
-	(*AcquireItem)(nil),         // 6: leasenode.v1.AcquireItem
-	(*AcquireResponse)(nil),     // 7: leasenode.v1.AcquireResponse
-	(*ExtendItem)(nil),          // 8: leasenode.v1.ExtendItem
-	(*ExtendRequest)(nil),       // 9: leasenode.v1.ExtendRequest
-	(*ExtendResult)(nil),        // 10: leasenode.v1.ExtendResult
-	(*ExtendResponse)(nil),      // 11: leasenode.v1.ExtendResponse
-	(*ReleaseRequest)(nil),      // 12: leasenode.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),     // 13: leasenode.v1.ReleaseResponse
-	(*CancelRequest)(nil),       // 14: leasenode.v1.CancelRequest
-	(*Lease)(nil),               // 15: leasenode.v1.Lease
-	(*GetRequest)(nil),          // 16: leasenode.v1.GetRequest
-	(*GetResponse)(nil),         // 17: leasenode.v1.GetResponse
-	(*ListRequest)(nil),         // 18: leasenode.v1.ListRequest
-	(*ListResponse)(nil),        // 19: leasenode.v1.ListResponse
-	(*CheckTokenRequest)(nil),   // 20: leasenode.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),  // 21: leasenode.v1.CheckTokenResponse
-	(*WatchRequest)(nil),        // 22: leasenode.v1.WatchRequest
-	(*WatchEvent)(nil),          // 23: leasenode.v1.WatchEvent
-	(*MembersRequest)(nil),      // 24: leasenode.v1.MembersRequest
-	(*Member)(nil),              // 25: leasenode.v1.Member
-	(*MembersResponse)(nil),     // 26: leasenode.v1.MembersResponse
-	(*StatusRequest)(nil),       // 27: leasenode.v1.StatusRequest
-	(*StatusResponse)(nil),      // 28: leasenode.v1.StatusResponse
-	(*ErrorDetail)(nil),         // 29: leasenode.v1.ErrorDetail
-	(*RPCError)(nil),            // 30: leasenode.v1.RPCError
-	(*durationpb.Duration)(nil), // 31: google.protobuf.Duration
+	(AbandonOutcome)(0),         // 1: leasenode.v1.AbandonOutcome
+	(LeaseState)(0),             // 2: leasenode.v1.LeaseState
+	(EventType)(0),              // 3: leasenode.v1.EventType
+	(Reason)(0),                 // 4: leasenode.v1.Reason
+	(*Header)(nil),              // 5: leasenode.v1.Header
+	(*AcquireRequest)(nil),      // 6: leasenode.v1.AcquireRequest
+	(*AcquireItem)(nil),         // 7: leasenode.v1.AcquireItem
+	(*AcquireResponse)(nil),     // 8: leasenode.v1.AcquireResponse
+	(*ExtendItem)(nil),          // 9: leasenode.v1.ExtendItem
+	(*ExtendRequest)(nil),       // 10: leasenode.v1.ExtendRequest
+	(*ExtendResult)(nil),        // 11: leasenode.v1.ExtendResult
+	(*ExtendResponse)(nil),      // 12: leasenode.v1.ExtendResponse
+	(*ReleaseRequest)(nil),      // 13: leasenode.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),     // 14: leasenode.v1.ReleaseResponse
+	(*AbandonRequest)(nil),      // 15: leasenode.v1.AbandonRequest
+	(*AbandonResponse)(nil),     // 16: leasenode.v1.AbandonResponse
+	(*CancelRequest)(nil),       // 17: leasenode.v1.CancelRequest
+	(*Lease)(nil),               // 18: leasenode.v1.Lease
+	(*GetRequest)(nil),          // 19: leasenode.v1.GetRequest
+	(*GetResponse)(nil),         // 20: leasenode.v1.GetResponse
+	(*ListRequest)(nil),         // 21: leasenode.v1.ListRequest
+	(*ListResponse)(nil),        // 22: leasenode.v1.ListResponse
+	(*CheckTokenRequest)(nil),   // 23: leasenode.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),  // 24: leasenode.v1.CheckTokenResponse
+	(*WatchRequest)(nil),        // 25: leasenode.v1.WatchRequest
+	(*WatchEvent)(nil),          // 26: leasenode.v1.WatchEvent
+	(*MembersRequest)(nil),      // 27: leasenode.v1.MembersRequest
+	(*Member)(nil),              // 28: leasenode.v1.Member
+	(*MembersResponse)(nil),     // 29: leasenode.v1.MembersResponse
+	(*StatusRequest)(nil),       // 30: leasenode.v1.StatusRequest
+	(*StatusResponse)(nil),      // 31: leasenode.v1.StatusResponse
+	(*ErrorDetail)(nil),         // 32: leasenode.v1.ErrorDetail
+	(*RPCError)(nil),            // 33: leasenode.v1.RPCError
+	(*durationpb.Duration)(nil), // 34: google.protobuf.Duration
 }
 var file_leasenode_proto_depIdxs = []int32{
-	31, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
-	31, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	34, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
+	34, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
 	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
-	6,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
+	7,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
 	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
-	4,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	31, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	31, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	31, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
-	8,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
-	31, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
-	4,  // 11: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
-	10, // 12: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
-	4,  // 13: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
-	31, // 14: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	31, // 15: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
-	1,  // 16: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	31, // 17: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
-	0,  // 18: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
-	4,  // 19: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
-	15, // 20: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
-	15, // 21: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
-	4,  // 22: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
-	15, // 23: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
-	15, // 24: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
-	4,  // 25: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
-	15, // 26: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
-	2,  // 27: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
-	15, // 28: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
-	4,  // 29: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
-	25, // 30: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
-	4,  // 31: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
-	3,  // 32: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	29, // 33: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
-	5,  // 34: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
-	9,  // 35: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
-	12, // 36: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	16, // 37: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	18, // 38: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	20, // 39: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	22, // 40: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	24, // 41: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	27, // 42: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
-	7,  // 43: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
-	11, // 44: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
-	13, // 45: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	17, // 46: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	19, // 47: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	21, // 48: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	23, // 49: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	26, // 50: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	28, // 51: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
-	43, // [43:52] is the sub-list for method output_type
-	34, // [34:43] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	5,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
+	34, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	34, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	34, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	9,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
+	34, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	5,  // 11: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
+	11, // 12: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
+	5,  // 13: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
+	5,  // 14: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
+	1,  // 15: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
+	34, // 16: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
+	34, // 17: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	34, // 18: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	2,  // 19: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
+	34, // 20: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	0,  // 21: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
+	5,  // 22: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
+	18, // 23: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
+	18, // 24: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 25: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
+	18, // 26: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
+	18, // 27: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 28: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
+	18, // 29: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
+	3,  // 30: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
+	18, // 31: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
+	5,  // 32: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
+	28, // 33: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
+	5,  // 34: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
+	4,  // 35: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
+	32, // 36: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	6,  // 37: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
+	10, // 38: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
+	13, // 39: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
+	15, // 40: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
+	19, // 41: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	21, // 42: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	23, // 43: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	25, // 44: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	27, // 45: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	30, // 46: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	8,  // 47: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
+	12, // 48: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
+	14, // 49: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
+	16, // 50: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
+	20, // 51: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	22, // 52: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	24, // 53: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	26, // 54: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	29, // 55: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	31, // 56: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	47, // [47:57] is the sub-list for method output_type
+	37, // [37:47] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_leasenode_proto_init() }
@@ -2538,8 +2754,8 @@ func file_leasenode_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasenode_proto_rawDesc), len(file_leasenode_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   27,
+			NumEnums:      5,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

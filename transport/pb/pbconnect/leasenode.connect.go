@@ -45,6 +45,8 @@ const (
 	LeaseServiceExtendProcedure = "/leasenode.v1.LeaseService/Extend"
 	// LeaseServiceReleaseProcedure is the fully-qualified name of the LeaseService's Release RPC.
 	LeaseServiceReleaseProcedure = "/leasenode.v1.LeaseService/Release"
+	// LeaseServiceAbandonProcedure is the fully-qualified name of the LeaseService's Abandon RPC.
+	LeaseServiceAbandonProcedure = "/leasenode.v1.LeaseService/Abandon"
 	// LeaseServiceGetProcedure is the fully-qualified name of the LeaseService's Get RPC.
 	LeaseServiceGetProcedure = "/leasenode.v1.LeaseService/Get"
 	// LeaseServiceListProcedure is the fully-qualified name of the LeaseService's List RPC.
@@ -67,6 +69,9 @@ type LeaseServiceClient interface {
 	Extend(context.Context, *connect.Request[pb.ExtendRequest]) (*connect.Response[pb.ExtendResponse], error)
 	// Release frees a lease held by the caller.
 	Release(context.Context, *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error)
+	// Abandon settles an Acquire whose caller gave up while an attempt's
+	// outcome was unknown (rule 7).
+	Abandon(context.Context, *connect.Request[pb.AbandonRequest]) (*connect.Response[pb.AbandonResponse], error)
 	// Get reads one lease record.
 	Get(context.Context, *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error)
 	// List reads lease records by key prefix, a page at a time.
@@ -108,6 +113,12 @@ func NewLeaseServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+LeaseServiceReleaseProcedure,
 			connect.WithSchema(leaseServiceMethods.ByName("Release")),
+			connect.WithClientOptions(opts...),
+		),
+		abandon: connect.NewClient[pb.AbandonRequest, pb.AbandonResponse](
+			httpClient,
+			baseURL+LeaseServiceAbandonProcedure,
+			connect.WithSchema(leaseServiceMethods.ByName("Abandon")),
 			connect.WithClientOptions(opts...),
 		),
 		get: connect.NewClient[pb.GetRequest, pb.GetResponse](
@@ -154,6 +165,7 @@ type leaseServiceClient struct {
 	acquire    *connect.Client[pb.AcquireRequest, pb.AcquireResponse]
 	extend     *connect.Client[pb.ExtendRequest, pb.ExtendResponse]
 	release    *connect.Client[pb.ReleaseRequest, pb.ReleaseResponse]
+	abandon    *connect.Client[pb.AbandonRequest, pb.AbandonResponse]
 	get        *connect.Client[pb.GetRequest, pb.GetResponse]
 	list       *connect.Client[pb.ListRequest, pb.ListResponse]
 	checkToken *connect.Client[pb.CheckTokenRequest, pb.CheckTokenResponse]
@@ -175,6 +187,11 @@ func (c *leaseServiceClient) Extend(ctx context.Context, req *connect.Request[pb
 // Release calls leasenode.v1.LeaseService.Release.
 func (c *leaseServiceClient) Release(ctx context.Context, req *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error) {
 	return c.release.CallUnary(ctx, req)
+}
+
+// Abandon calls leasenode.v1.LeaseService.Abandon.
+func (c *leaseServiceClient) Abandon(ctx context.Context, req *connect.Request[pb.AbandonRequest]) (*connect.Response[pb.AbandonResponse], error) {
+	return c.abandon.CallUnary(ctx, req)
 }
 
 // Get calls leasenode.v1.LeaseService.Get.
@@ -215,6 +232,9 @@ type LeaseServiceHandler interface {
 	Extend(context.Context, *connect.Request[pb.ExtendRequest]) (*connect.Response[pb.ExtendResponse], error)
 	// Release frees a lease held by the caller.
 	Release(context.Context, *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error)
+	// Abandon settles an Acquire whose caller gave up while an attempt's
+	// outcome was unknown (rule 7).
+	Abandon(context.Context, *connect.Request[pb.AbandonRequest]) (*connect.Response[pb.AbandonResponse], error)
 	// Get reads one lease record.
 	Get(context.Context, *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error)
 	// List reads lease records by key prefix, a page at a time.
@@ -252,6 +272,12 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 		LeaseServiceReleaseProcedure,
 		svc.Release,
 		connect.WithSchema(leaseServiceMethods.ByName("Release")),
+		connect.WithHandlerOptions(opts...),
+	)
+	leaseServiceAbandonHandler := connect.NewUnaryHandler(
+		LeaseServiceAbandonProcedure,
+		svc.Abandon,
+		connect.WithSchema(leaseServiceMethods.ByName("Abandon")),
 		connect.WithHandlerOptions(opts...),
 	)
 	leaseServiceGetHandler := connect.NewUnaryHandler(
@@ -298,6 +324,8 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 			leaseServiceExtendHandler.ServeHTTP(w, r)
 		case LeaseServiceReleaseProcedure:
 			leaseServiceReleaseHandler.ServeHTTP(w, r)
+		case LeaseServiceAbandonProcedure:
+			leaseServiceAbandonHandler.ServeHTTP(w, r)
 		case LeaseServiceGetProcedure:
 			leaseServiceGetHandler.ServeHTTP(w, r)
 		case LeaseServiceListProcedure:
@@ -329,6 +357,10 @@ func (UnimplementedLeaseServiceHandler) Extend(context.Context, *connect.Request
 
 func (UnimplementedLeaseServiceHandler) Release(context.Context, *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("leasenode.v1.LeaseService.Release is not implemented"))
+}
+
+func (UnimplementedLeaseServiceHandler) Abandon(context.Context, *connect.Request[pb.AbandonRequest]) (*connect.Response[pb.AbandonResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("leasenode.v1.LeaseService.Abandon is not implemented"))
 }
 
 func (UnimplementedLeaseServiceHandler) Get(context.Context, *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {

@@ -1,0 +1,157 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// abandon settles request req of holder for key through n.
+func abandon(t *testing.T, n *node.Node, key, holder string, req uint64) *pb.AbandonResponse {
+	t.Helper()
+	resp, err := n.Abandon(ctxT(t, 10*time.Second), &pb.AbandonRequest{Key: key, Holder: holder, RequestId: req})
+	if err != nil {
+		t.Fatalf("abandon %s/%s/%d: %v", key, holder, req, err)
+	}
+	return resp
+}
+
+// TestAbandon: Abandon says what became of a request, releases its grant
+// if it stands (even one a retry of it was answered with), and spends its
+// id, so a copy of the request that arrives afterwards is Stale and never
+// granted. Sent through a follower, which forwards it.
+func TestAbandon(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	const ttl = time.Minute
+	lateCopyIsStale := func(key, holder string, req uint64) {
+		t.Helper()
+		if resp, err := f.Acquire(ctxT(t, 10*time.Second), acq(key, holder, req, ttl)); !errors.Is(err, node.ErrStaleRequest) {
+			t.Fatalf("a copy of the abandoned request after the answer: %+v, %v; want %v", resp, err, node.ErrStaleRequest)
+		}
+	}
+	want := func(got *pb.AbandonResponse, outcome pb.AbandonOutcome, holder string) {
+		t.Helper()
+		if got.Outcome != outcome || got.Holder != holder {
+			t.Fatalf("abandon: %v held by %q, want %v held by %q", got.Outcome, got.Holder, outcome, holder)
+		}
+	}
+
+	t.Run("never granted, held by another", func(t *testing.T) {
+		mustGrant(t, l, acq("ab/held", "a", 1, ttl))
+		got := abandon(t, f, "ab/held", "b", 1)
+		want(got, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "a")
+		if w := got.Wait.AsDuration(); w <= 0 || w > ttl {
+			t.Fatalf("wait %v, want in (0, %v]", w, ttl)
+		}
+		lateCopyIsStale("ab/held", "b", 1)
+		if h := holderOf(t, l, "ab/held"); h != "a" {
+			t.Fatalf("holder %q, want a", h)
+		}
+	})
+	t.Run("never granted, free", func(t *testing.T) {
+		want(abandon(t, f, "ab/free", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "")
+		lateCopyIsStale("ab/free", "b", 1)
+		if h := holderOf(t, l, "ab/free"); h != "" {
+			t.Fatalf("holder %q, want none", h)
+		}
+	})
+	t.Run("granted, its reply lost", func(t *testing.T) {
+		mustGrant(t, l, acq("ab/granted", "b", 1, ttl))
+		want(abandon(t, f, "ab/granted", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, "")
+		if h := holderOf(t, l, "ab/granted"); h != "" {
+			t.Fatalf("holder %q, want none", h)
+		}
+		lateCopyIsStale("ab/granted", "b", 1)
+		// Settled already: a second Abandon cannot tell more.
+		want(abandon(t, f, "ab/granted", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, "")
+	})
+	t.Run("granted, and a retry's reply lost too", func(t *testing.T) {
+		mustGrant(t, l, acq("ab/seen", "b", 1, ttl))
+		mustGrant(t, l, acq("ab/seen", "b", 1, ttl)) // applied as a retry: Seen
+		want(abandon(t, f, "ab/seen", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, "")
+		if h := holderOf(t, l, "ab/seen"); h != "" {
+			t.Fatalf("holder %q, want none", h)
+		}
+	})
+	t.Run("an older request of a live holding", func(t *testing.T) {
+		mustGrant(t, l, acq("ab/newer", "b", 2, ttl))
+		want(abandon(t, f, "ab/newer", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, "")
+		if h := holderOf(t, l, "ab/newer"); h != "b" {
+			t.Fatalf("holder %q, want b (its newer holding stays)", h)
+		}
+	})
+	t.Run("invalid", func(t *testing.T) {
+		if _, err := f.Abandon(ctxT(t, 10*time.Second), &pb.AbandonRequest{Key: "ab/x", Holder: "b"}); !errors.Is(err, node.ErrInvalid) {
+			t.Fatalf("abandon without a request id: %v, want %v", err, node.ErrInvalid)
+		}
+	})
+}
+
+// TestAbandonOfQueuedWaiter: the attempt a caller gave up on may still
+// wait in the leader's queue, or be in flight, when its Abandon arrives,
+// racing the holder's release. Whatever the race, the answer is final: a
+// request answered NOT_GRANTED is never granted afterwards, and one
+// answered RELEASED no longer holds the key.
+func TestAbandonOfQueuedWaiter(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	const ttl = time.Minute
+	counts := map[pb.AbandonOutcome]int{}
+	for round := range 30 {
+		key := fmt.Sprintf("abandon/%02d", round)
+		held := mustGrant(t, l, acq(key, "a", 1, ttl))
+		waiting := make(chan error, 1)
+		go func() {
+			req := acq(key, "b", 1, ttl)
+			req.Wait = true
+			_, err := f.Acquire(ctxT(t, 20*time.Second), req) // its caller "left": nobody reads the grant
+			waiting <- err
+		}()
+		nodetest.Eventually(t, 5*time.Second, func() error {
+			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
+				return fmt.Errorf("%d waiters", st.Waiters)
+			}
+			return nil
+		})
+		released := make(chan error, 1)
+		go func() {
+			spinFor(3000)
+			_, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token})
+			released <- err
+		}()
+		spinFor(3000)
+		got := abandon(t, f, key, "b", 1)
+		counts[got.Outcome]++
+		for _, ch := range []chan error{released, waiting} {
+			select {
+			case err := <-ch:
+				if ch == released && err != nil {
+					t.Fatalf("round %d: release: %v", round, err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("round %d: no answer", round)
+			}
+		}
+		switch got.Outcome {
+		case pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED:
+		default:
+			t.Fatalf("round %d: outcome %v", round, got.Outcome)
+		}
+		if h := holderOf(t, l, key); h == "b" {
+			t.Fatalf("round %d: abandoned (%v), but b holds the key", round, got.Outcome)
+		}
+		if _, err := l.Acquire(ctxT(t, 10*time.Second), acq(key, "b", 1, ttl)); !errors.Is(err, node.ErrStaleRequest) {
+			t.Fatalf("round %d: a copy after the abandon: %v, want %v", round, err, node.ErrStaleRequest)
+		}
+	}
+	t.Logf("outcomes: %v", counts)
+}
