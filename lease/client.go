@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -25,6 +26,7 @@ type Backend interface {
 	Acquire(context.Context, *pb.AcquireRequest) (*pb.AcquireResponse, error)
 	Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error)
 	Release(context.Context, *pb.ReleaseRequest) (*pb.ReleaseResponse, error)
+	Abandon(context.Context, *pb.AbandonRequest) (*pb.AbandonResponse, error)
 	Get(context.Context, *pb.GetRequest) (*pb.GetResponse, error)
 	List(context.Context, *pb.ListRequest) (*pb.ListResponse, error)
 	CheckToken(context.Context, *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error)
@@ -284,6 +286,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		sent  time.Time
 		maybe bool // an attempt may have been applied
 		spent int  // request ids the cluster reported spent
+		began = time.Now()
 	)
 	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
 		sent = time.Now()
@@ -322,10 +325,8 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		// failure the caller must see as it is.
 		return nil, classify("acquire", key, err)
 	}
-	// An attempt may have been granted just as we gave up. Ask once more
-	// with the same id (without waiting): granted means it was ours;
-	// release it since the caller left.
-	held, rerr := c.resolveAbandoned(req)
+	// An attempt may have been granted just as we gave up: settle it.
+	held, rerr := c.resolveAbandoned(req, began)
 	if rerr != nil {
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
 	}
@@ -370,12 +371,70 @@ func (c *Client) attemptContext(ctx context.Context, wait bool) (context.Context
 // while an attempt's outcome was unknown.
 const resolveTimeout = time.Second
 
-// resolveAbandoned settles an acquire whose caller gave up: if the request
-// id turns out granted, the grant is released. It returns who holds the
-// key if someone else does. It takes at most resolveTimeout.
-func (c *Client) resolveAbandoned(req *pb.AcquireRequest) (*HeldError, error) {
+// abandonWindow is the longest acquire call whose Abandon answer "never
+// granted" is believed. The cluster remembers a holder's spent request id
+// for fsm.MarkRetention (15 minutes) after its grant ended, and the grant
+// came after the call began; beyond that it may have forgotten a grant.
+const abandonWindow = 10 * time.Minute
+
+// resolveAbandoned settles an acquire whose caller gave up (protocol rule
+// 7), begun at began: Abandon spends its request id in the cluster's log,
+// so no attempt of it still in flight can be granted afterwards, and
+// releases its grant if it stands. It returns who holds the key if the
+// request was never granted and someone else holds it; an error matching
+// ErrUnknownOutcome if an attempt may have been granted and its grant has
+// ended, or if the settling failed. It takes at most resolveTimeout.
+func (c *Client) resolveAbandoned(req *pb.AcquireRequest, began time.Time) (*HeldError, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
+	ab := &pb.AbandonRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId()}
+	var (
+		resp  *pb.AbandonResponse
+		older bool
+	)
+	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+		r, err := c.b.Abandon(ctx, ab)
+		older = unsupported(err)
+		if older {
+			return nil
+		}
+		resp = r
+		return err
+	})
+	if older {
+		return c.retryAbandoned(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch resp.GetOutcome() {
+	case pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED:
+		return nil, nil
+	case pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED:
+		if time.Since(began) > abandonWindow {
+			return nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v)",
+				time.Since(began).Round(time.Second), abandonWindow)
+		}
+		if resp.GetHolder() == "" {
+			return nil, nil
+		}
+		return &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
+	}
+	return nil, errors.New("an attempt may have been granted; if so, its grant has ended")
+}
+
+// unsupported reports whether err says the cluster predates Abandon: the
+// node asked answers Unimplemented, or it forwarded to an older leader,
+// which refused the unknown node method as invalid.
+func unsupported(err error) bool {
+	return connect.CodeOf(err) == connect.CodeUnimplemented || reasonOf(err) == pb.Reason_REASON_INVALID
+}
+
+// retryAbandoned settles an abandoned acquire as clusters older than
+// Abandon allow: ask once more with the same id, without waiting; granted
+// means it was ours, so release it. Unlike Abandon it cannot stop a copy of
+// an attempt that reaches the leader after it was answered.
+func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (*HeldError, error) {
 	r := proto.CloneOf(req)
 	r.Wait = false
 	var held *HeldError

@@ -99,9 +99,15 @@
 // attempt of the request was answered with). A retry that finds its id
 // spent (its grant expired unseen, or was withdrawn) goes on with a new
 // id; if the call then ends without a grant it reports ErrUnknownOutcome,
-// never a refusal: the first grant was applied and may have been seen. A write
-// whose outcome cannot be settled is reported as ErrUnknownOutcome, never
-// as a plain failure.
+// never a refusal: the first grant was applied and may have been seen. An
+// acquire whose caller gave up (ctx, AcquireTimeout) while an attempt's
+// outcome was unknown is settled with the cluster's Abandon: it spends the
+// request id in the log, so a copy of the attempt that reaches the leader
+// afterwards (held up in a paused node) is refused, never granted; it
+// releases the grant if there was one; and only an answer that the request
+// was never granted becomes a refusal (a *HeldError naming the holder).
+// A write whose outcome cannot be settled is reported as
+// ErrUnknownOutcome, never as a plain failure.
 //
 // # One Client, one holder
 //

@@ -293,6 +293,11 @@ func (r *Remote) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Relea
 	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Release)
 }
 
+// Abandon implements Backend.
+func (r *Remote) Abandon(ctx context.Context, req *pb.AbandonRequest) (*pb.AbandonResponse, error) {
+	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Abandon)
+}
+
 // Get implements Backend.
 func (r *Remote) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
 	return call(ctx, r, false, req, pbconnect.LeaseServiceClient.Get)

@@ -136,6 +136,11 @@ func (b *GatedBackend) Release(ctx context.Context, r *pb.ReleaseRequest) (*pb.R
 	return gated(ctx, b.gate, r, b.r.Release)
 }
 
+// Abandon implements lease.Backend.
+func (b *GatedBackend) Abandon(ctx context.Context, r *pb.AbandonRequest) (*pb.AbandonResponse, error) {
+	return gated(ctx, b.gate, r, b.r.Abandon)
+}
+
 // Get implements lease.Backend.
 func (b *GatedBackend) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
 	return gated(ctx, b.gate, r, b.r.Get)

@@ -49,6 +49,9 @@ DEFAULT_DRIFT = 0.01
 DEFAULT_RETRY_TIMEOUT = 10.0
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
 EXTEND_CHUNK = 4096
+# The longest acquire whose Abandon answer "never granted" is believed: the
+# cluster remembers a spent request id for 15 minutes after its grant ended.
+ABANDON_WINDOW = 600.0
 SERVICE = "/leasenode.v1.LeaseService/"
 
 # Reasons of leasenode.v1.Reason (ErrorDetail.reason).
@@ -124,6 +127,10 @@ class _RPCError(Exception):
 
 class _Unknown(Exception):
     """A request was sent but its reply was lost."""
+
+
+class _Unsupported(Exception):
+    """The cluster predates Abandon."""
 
 
 # --- wire helpers -----------------------------------------------------------
@@ -524,7 +531,7 @@ class Client:
         deadline = None if wait is None or wait == float("inf") else time.monotonic() + wait
         if wait is not None:
             req["wait"] = True
-        state = {"sent": 0.0, "maybe": False, "spent": 0}
+        state = {"sent": 0.0, "maybe": False, "spent": 0, "began": time.monotonic()}
 
         def attempt():
             state["sent"] = time.monotonic()
@@ -558,7 +565,7 @@ class Client:
             except (NoLeaderError, UnknownOutcomeError) as e:
                 if deadline is not None and time.monotonic() >= deadline - 0.01:
                     if state["maybe"]:
-                        return self._resolve_abandoned(req)
+                        return self._resolve_abandoned(req, state["began"])
                     raise HeldError(key, "", 0.0, "acquire %r: gave up waiting: %s" % (key, e)) from e
                 raise
             if not resp.get("granted"):
@@ -579,9 +586,46 @@ class Client:
         self._wake.set()
         return lease
 
-    def _resolve_abandoned(self, req):
-        """The caller gave up while an attempt's outcome was unknown: ask
-        once more with the same id, without waiting; release a grant."""
+    def _resolve_abandoned(self, req, began):
+        """The caller gave up while an attempt's outcome was unknown
+        (protocol rule 7): Abandon spends the request id in the cluster's
+        log, so no attempt still in flight can be granted afterwards, and
+        releases the grant if there was one."""
+        key = req["key"]
+        ab = {"key": key, "holder": req["holder"], "requestId": req["requestId"]}
+
+        def abandon():
+            try:
+                return self._t.call("Abandon", ab, 1.0)
+            except _RPCError as e:
+                if e.code == "unimplemented" or e.reason == REASON_INVALID:
+                    raise _Unsupported(str(e)) from e
+                raise
+
+        try:
+            resp = _Retry(1.0).run("abandon", key, abandon)
+        except _Unsupported:
+            return self._retry_abandoned(req)
+        except LeaseError as e:
+            raise UnknownOutcomeError("acquire %r: gave up waiting and could not settle the last attempt: %s" % (key, e))
+        outcome = resp.get("outcome", "")
+        if outcome == "ABANDON_OUTCOME_RELEASED":
+            raise HeldError(key, "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % key)
+        if outcome != "ABANDON_OUTCOME_NOT_GRANTED":
+            raise UnknownOutcomeError("acquire %r: gave up waiting; an attempt may have been granted, and if so its "
+                                      "grant has ended (%s)" % (key, outcome))
+        if time.monotonic() - began > ABANDON_WINDOW:
+            raise UnknownOutcomeError("acquire %r: gave up waiting after %.0fs, longer than the cluster is sure to "
+                                      "remember a grant of it (%.0fs)" % (key, time.monotonic() - began, ABANDON_WINDOW))
+        holder = resp.get("holder", "")
+        raise HeldError(key, holder, _secs(resp.get("wait")),
+                        "acquire %r: timed out waiting; held by %s" % (key, holder or "nobody (lock-delay or waiters)"))
+
+    def _retry_abandoned(self, req):
+        """Settles an abandoned acquire as clusters older than Abandon
+        allow: ask once more with the same id, without waiting; release a
+        grant. It cannot stop a copy of an attempt that reaches the leader
+        after it was answered."""
         r = dict(req)
         r.pop("wait", None)
         try:

@@ -96,6 +96,11 @@ class ClientTest(unittest.TestCase):
             b.acquire(key, timeout=0.5)
         self.assertLess(time.monotonic() - t0, 5)
         self.assertIn(a.holder, str(cm.exception))
+        # Rule 7: the timed-out acquire was settled with Abandon, which
+        # spent its request id: a late copy of it is refused, never granted.
+        late = {"key": key, "holder": b.holder, "requestId": str(b._next_id() - 1), "ttl": "10s", "wait": True}
+        with self.assertRaises(leasenode.StaleRequestError):
+            b._retry.run("acquire", key, lambda: b._t.call("Acquire", late, 5))
         # One client never competes with itself.
         self.assertIsNone(a.try_acquire(key))
         l.release()
