@@ -3,10 +3,12 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
@@ -14,103 +16,123 @@ import (
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
-// heldUpCopy holds the first waiting Acquire back, as a paused node that
-// received it would, until the caller gives up; the test delivers it late.
+// heldUpCopy holds the first Acquire back, as a paused node that received
+// it would: its caller sees no reply (an unknown outcome), and the test
+// delivers the copy to the leader late.
 type heldUpCopy struct {
 	lease.Backend
-	stash      chan *pb.AcquireRequest
-	old        bool // answer Abandon as a cluster that predates it
-	abandons   int
-	heldUpOnce bool
+	stash    chan *pb.AcquireRequest
+	old      bool // answer Abandon as a cluster that predates it
+	abandons atomic.Int64
+	heldUp   atomic.Bool
 }
 
 func (b *heldUpCopy) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
-	if r.GetWait() && !b.heldUpOnce {
-		b.heldUpOnce = true
-		b.stash <- r
-		<-ctx.Done()
-		return nil, ctx.Err() // sent, no reply: its outcome is unknown
+	if !b.heldUp.Swap(true) {
+		b.stash <- proto.CloneOf(r)
+		return nil, context.DeadlineExceeded // sent, no reply
 	}
 	return b.Backend.Acquire(ctx, r)
 }
 
 func (b *heldUpCopy) Abandon(ctx context.Context, r *pb.AbandonRequest) (*pb.AbandonResponse, error) {
-	b.abandons++
+	b.abandons.Add(1)
 	if b.old {
 		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("leasenode.v1.LeaseService/Abandon is not implemented"))
 	}
 	return b.Backend.Abandon(ctx, r)
 }
 
-// TestAbandonedAcquireLateCopyNeverGranted: AcquireTimeout gives up while
-// its attempt is held up on the way to the leader (a paused forwarding
-// node) and reports the key held by its holder. When the copy reaches the
-// leader afterwards, it must not be granted: the client said "held by
-// another", so a grant to it now would be one the cluster made and the
-// client denied (a linearizability violation; with the retry that settled
-// abandoned acquires before Abandon, the copy queued and took the key at
-// the holder's release).
-func TestAbandonedAcquireLateCopyNeverGranted(t *testing.T) {
+// TestRefusedAcquireLateCopyNeverGranted: an acquire's first attempt is
+// held up on the way to the leader (a paused forwarding node), its retry
+// with the same id is refused (TryAcquire) or waits until the caller gives
+// up (AcquireTimeout), and the client reports the key held by its holder.
+// When the held-up copy reaches the leader afterwards and the holder
+// releases, the copy must not be granted: a grant now would be one the
+// cluster made and the client denied (a linearizability violation). Before
+// Abandon, the copy was granted in both cases: the settling retry left the
+// request id unspent, and a refusal was not settled at all.
+func TestRefusedAcquireLateCopyNeverGranted(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, l := c.Leader()
 	_, f := c.Follower()
-	holder, err := lease.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close(context.Background())
-	first, err := holder.TryAcquire(ctxT(t, 10*time.Second), "late", lease.TTL(time.Minute))
-	if err != nil || first == nil {
-		t.Fatalf("first holder: %v, %v", first, err)
-	}
-	b := &heldUpCopy{Backend: f, stash: make(chan *pb.AcquireRequest, 1)}
-	cl, err := lease.New(b, lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	for _, tc := range []struct {
+		name    string
+		acquire func(cl *lease.Client, key string) (*lease.Lease, error)
+	}{
+		{"TryAcquire", func(cl *lease.Client, key string) (*lease.Lease, error) {
+			return cl.TryAcquire(ctxT(t, 10*time.Second), key, lease.TTL(time.Minute))
+		}},
+		{"AcquireTimeout", func(cl *lease.Client, key string) (*lease.Lease, error) {
+			return cl.AcquireTimeout(ctxT(t, 10*time.Second), key, 200*time.Millisecond, lease.TTL(time.Minute))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := "late/" + tc.name
+			holder, err := lease.New(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Close(context.Background())
+			first, err := holder.TryAcquire(ctxT(t, 10*time.Second), key, lease.TTL(time.Minute))
+			if err != nil || first == nil {
+				t.Fatalf("first holder: %v, %v", first, err)
+			}
+			b := &heldUpCopy{Backend: f, stash: make(chan *pb.AcquireRequest, 1)}
+			cl, err := lease.New(b, lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close(context.Background())
 
-	got, err := cl.AcquireTimeout(ctxT(t, 10*time.Second), "late", 200*time.Millisecond, lease.TTL(time.Minute))
-	var he *lease.HeldError
-	if got != nil || !errors.As(err, &he) || he.Holder != holder.Holder() || !errors.Is(err, lease.ErrTimeout) {
-		t.Fatalf("AcquireTimeout of a held key: %v, %v; want a timeout naming holder %s", got, err, holder.Holder())
-	}
-	if b.abandons == 0 {
-		t.Fatal("the client settled without Abandon")
-	}
-	var late *pb.AcquireRequest
-	select {
-	case late = <-b.stash:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no attempt was held up")
-	}
-	// The held-up copy reaches the leader now, waits there, and the holder
-	// releases.
-	res := make(chan error, 1)
-	go func() {
-		resp, err := f.Acquire(ctxT(t, 10*time.Second), late)
-		if err == nil && resp.GetGranted() {
-			err = errors.New("granted")
-		}
-		res <- err
-	}()
-	if err := first.Release(ctxT(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-res:
-		if !errors.Is(err, node.ErrStaleRequest) {
-			t.Fatalf("the late copy of an acquire answered %q: %v; want %v", err, err, node.ErrStaleRequest)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("the late copy got no answer")
-	}
-	g, err := l.Get(ctxT(t, 10*time.Second), &pb.GetRequest{Key: "late"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.GetFound() && g.GetLease().GetHolder() == cl.Holder() {
-		t.Fatalf("the client was told the key is held by %s, and now holds it", holder.Holder())
+			got, err := tc.acquire(cl, key)
+			var he *lease.HeldError
+			switch {
+			case got != nil:
+				t.Fatalf("granted a held key: %v", got)
+			case tc.name == "TryAcquire" && err != nil:
+				t.Fatalf("TryAcquire of a held key: %v; want nil, nil", err)
+			case tc.name != "TryAcquire" && (!errors.As(err, &he) || he.Holder != holder.Holder() || !errors.Is(err, lease.ErrTimeout)):
+				t.Fatalf("AcquireTimeout of a held key: %v; want a timeout naming holder %s", err, holder.Holder())
+			}
+			if b.abandons.Load() == 0 {
+				t.Fatal("the client settled without Abandon")
+			}
+			var late *pb.AcquireRequest
+			select {
+			case late = <-b.stash:
+			default:
+				t.Fatal("no attempt was held up")
+			}
+			// The held-up copy reaches the leader now, and the holder
+			// releases.
+			res := make(chan error, 1)
+			go func() {
+				resp, err := f.Acquire(ctxT(t, 10*time.Second), late)
+				if err == nil && resp.GetGranted() {
+					err = errors.New("granted")
+				}
+				res <- err
+			}()
+			if err := first.Release(ctxT(t, 10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-res:
+				if !errors.Is(err, node.ErrStaleRequest) {
+					t.Fatalf("the late copy of the refused acquire answered %v; want %v", err, node.ErrStaleRequest)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the late copy got no answer")
+			}
+			g, err := l.Get(ctxT(t, 10*time.Second), &pb.GetRequest{Key: key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.GetFound() && g.GetLease().GetHolder() == cl.Holder() {
+				t.Fatalf("the client was refused the key (held by %s), and now holds it", holder.Holder())
+			}
+		})
 	}
 }
 
@@ -137,8 +159,8 @@ func TestAbandonOnAnOlderCluster(t *testing.T) {
 	defer cl.Close(context.Background())
 	got, err := cl.AcquireTimeout(ctxT(t, 10*time.Second), "older", 200*time.Millisecond, lease.TTL(time.Minute))
 	var he *lease.HeldError
-	if got != nil || !errors.As(err, &he) || he.Holder != holder.Holder() || b.abandons == 0 {
+	if got != nil || !errors.As(err, &he) || he.Holder != holder.Holder() || b.abandons.Load() == 0 {
 		t.Fatalf("AcquireTimeout of a held key on an older cluster: %v, %v (%d abandons); want a timeout naming %s",
-			got, err, b.abandons, holder.Holder())
+			got, err, b.abandons.Load(), holder.Holder())
 	}
 }

@@ -300,6 +300,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST && spent < 8 {
 			spent++
 			req.RequestId = c.reqID.Add(1)
+			maybe = false // the spent id's copies are refused; the new one has none yet
 			return &NotSentError{Err: err}
 		}
 		if classifyAttempt(err) == unknown {
@@ -314,6 +315,9 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		if spent > 0 {
 			return nil, spentError(key, heldError(key, resp))
 		}
+		if maybe {
+			return nil, c.settleRefusal(req, began, heldError(key, resp))
+		}
 		return nil, heldError(key, resp)
 	}
 	if spent > 0 && (ctx.Err() == nil || !maybe) {
@@ -326,7 +330,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		return nil, classify("acquire", key, err)
 	}
 	// An attempt may have been granted just as we gave up: settle it.
-	held, rerr := c.resolveAbandoned(req, began)
+	_, held, rerr := c.abandon(req, began)
 	if rerr != nil {
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
 	}
@@ -377,14 +381,16 @@ const resolveTimeout = time.Second
 // came after the call began; beyond that it may have forgotten a grant.
 const abandonWindow = 10 * time.Minute
 
-// resolveAbandoned settles an acquire whose caller gave up (protocol rule
-// 7), begun at began: Abandon spends its request id in the cluster's log,
-// so no attempt of it still in flight can be granted afterwards, and
-// releases its grant if it stands. It returns who holds the key if the
-// request was never granted and someone else holds it; an error matching
-// ErrUnknownOutcome if an attempt may have been granted and its grant has
-// ended, or if the settling failed. It takes at most resolveTimeout.
-func (c *Client) resolveAbandoned(req *pb.AcquireRequest, began time.Time) (*HeldError, error) {
+// abandon settles an acquire whose caller gave up, or whose refusal
+// followed an attempt with an unknown outcome (protocol rule 7), begun at
+// began: Abandon spends its request id in the cluster's log, so no attempt
+// of it still in flight can be granted afterwards, and releases its grant
+// if it stands. granted says an attempt was granted (and is released
+// now); held, if the request was never granted, who holds the key, if
+// anyone else does. err says the outcome stays unknown: an attempt may
+// have been granted and its grant has ended, or the settling failed. It
+// takes at most resolveTimeout.
+func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool, held *HeldError, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
 	ab := &pb.AbandonRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId()}
@@ -392,10 +398,9 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest, began time.Time) (*Hel
 		resp  *pb.AbandonResponse
 		older bool
 	)
-	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+	err = c.retry.Do(ctx, true, func(ctx context.Context) error {
 		r, err := c.b.Abandon(ctx, ab)
-		older = unsupported(err)
-		if older {
+		if older = unsupported(err); older {
 			return nil
 		}
 		resp = r
@@ -405,22 +410,38 @@ func (c *Client) resolveAbandoned(req *pb.AcquireRequest, began time.Time) (*Hel
 		return c.retryAbandoned(ctx, req)
 	}
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
 	switch resp.GetOutcome() {
 	case pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED:
-		return nil, nil
+		return true, nil, nil
 	case pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED:
-		if time.Since(began) > abandonWindow {
-			return nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v)",
-				time.Since(began).Round(time.Second), abandonWindow)
+		if d := time.Since(began); d > abandonWindow {
+			return false, nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v)",
+				d.Round(time.Second), abandonWindow)
 		}
 		if resp.GetHolder() == "" {
-			return nil, nil
+			return false, nil, nil
 		}
-		return &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
+		return false, &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
 	}
-	return nil, errors.New("an attempt may have been granted; if so, its grant has ended")
+	return false, nil, errors.New("an attempt may have been granted; if so, its grant has ended")
+}
+
+// settleRefusal makes refused, the answer to req, final when one of req's
+// attempts had an unknown outcome: a copy of it may still be on its way to
+// the leader and be granted after the refusal. abandon spends the id; if
+// an attempt was granted after all, the call had an effect the refusal
+// would deny, and its outcome is unknown.
+func (c *Client) settleRefusal(req *pb.AcquireRequest, began time.Time, refused *HeldError) error {
+	granted, _, err := c.abandon(req, began)
+	if err == nil && !granted {
+		return refused
+	}
+	if err == nil {
+		err = errors.New("an attempt whose reply was lost was granted after it; released")
+	}
+	return fmt.Errorf("acquire %q: %w: refused (%v), but: %v", req.GetKey(), ErrUnknownOutcome, refused, err)
 }
 
 // unsupported reports whether err says the cluster predates Abandon: the
@@ -434,11 +455,10 @@ func unsupported(err error) bool {
 // Abandon allow: ask once more with the same id, without waiting; granted
 // means it was ours, so release it. Unlike Abandon it cannot stop a copy of
 // an attempt that reaches the leader after it was answered.
-func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (*HeldError, error) {
+func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (granted bool, held *HeldError, err error) {
 	r := proto.CloneOf(req)
 	r.Wait = false
-	var held *HeldError
-	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+	err = c.retry.Do(ctx, true, func(ctx context.Context) error {
 		resp, err := c.b.Acquire(ctx, r)
 		if err != nil {
 			return err // a spent id is final: its grant, if any, has ended
@@ -447,10 +467,11 @@ func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (*H
 			held = heldError(req.Key, resp)
 			return nil
 		}
+		granted = true
 		_, err = c.b.Release(ctx, &pb.ReleaseRequest{Key: req.Key, Holder: req.Holder, Token: resp.GetToken()})
 		return err
 	})
-	return held, err
+	return granted, held, err
 }
 
 // newLease starts keeping a granted lease alive.

@@ -105,7 +105,9 @@
 // request id in the log, so a copy of the attempt that reaches the leader
 // afterwards (held up in a paused node) is refused, never granted; it
 // releases the grant if there was one; and only an answer that the request
-// was never granted becomes a refusal (a *HeldError naming the holder).
+// was never granted becomes a refusal (a *HeldError naming the holder). A
+// refusal that follows an attempt whose reply was lost is settled the same
+// way before it is reported, since that attempt may still be on its way.
 // A write whose outcome cannot be settled is reported as
 // ErrUnknownOutcome, never as a plain failure.
 //

@@ -390,9 +390,10 @@ func (wk *worker) acquired(id int64, l *lease.Lease, err error) *lease.Lease {
 	case err == nil:
 		wk.w.rec.Complete(id, history.Record{Type: history.Info, Err: "no lease and no error"})
 	case errors.As(err, &held):
-		// The wait ended (timeout, deadline) and the client's final check
-		// with the same request id was answered "held by another": that id
-		// was not granted. A refusal, like a try-acquire's.
+		// Refused, or the wait ended (timeout, deadline) and the client's
+		// Abandon of the request id answered "never granted, held by
+		// another" (and spent the id, so no late copy of it can be granted).
+		// A refusal, like a try-acquire's.
 		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld, Holder: holderName(held.Holder)})
 	case errors.Is(err, lease.ErrInvalid):
 		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: err.Error()})

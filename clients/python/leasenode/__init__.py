@@ -550,6 +550,7 @@ class Client:
                     # its reply was lost). Go on with a new id; if the call
                     # then ends without a grant, its outcome is unknown.
                     state["spent"] += 1
+                    state["maybe"] = False  # the spent id's copies are refused
                     req["requestId"] = str(self._next_id())
                     raise _NotSent(str(e))
                 if _classify(e) == _UNKNOWN:
@@ -570,9 +571,13 @@ class Client:
                 raise
             if not resp.get("granted"):
                 if wait is not None:  # the wait ended at its deadline
-                    raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
-                                    "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
-                raise HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
+                    refused = HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
+                                        "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
+                else:
+                    refused = HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
+                if state["maybe"] and not state["spent"]:
+                    self._settle_refusal(req, state["began"], refused)
+                raise refused
         except (HeldError, NoLeaderError, InvalidError) as e:
             if state["spent"]:
                 raise _SpentError("acquire %r: an earlier attempt of this call was applied before its reply reached this "
@@ -587,10 +592,37 @@ class Client:
         return lease
 
     def _resolve_abandoned(self, req, began):
-        """The caller gave up while an attempt's outcome was unknown
-        (protocol rule 7): Abandon spends the request id in the cluster's
-        log, so no attempt still in flight can be granted afterwards, and
-        releases the grant if there was one."""
+        """The caller gave up while an attempt's outcome was unknown: settle
+        it (_abandon) and raise what the caller is owed."""
+        key = req["key"]
+        granted, holder, wait = self._abandon(req, began)
+        if granted:
+            raise HeldError(key, "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % key)
+        raise HeldError(key, holder, wait,
+                        "acquire %r: timed out waiting; held by %s" % (key, holder or "nobody (lock-delay or waiters)"))
+
+    def _settle_refusal(self, req, began, refused):
+        """refused answered req after an attempt whose reply was lost: a
+        copy of that attempt may still reach the leader and be granted after
+        the refusal. _abandon spends the id; if an attempt was granted after
+        all, the outcome is unknown."""
+        try:
+            granted, _, _ = self._abandon(req, began)
+        except UnknownOutcomeError as e:
+            raise UnknownOutcomeError("%s; but an earlier attempt whose reply was lost may have been granted: %s"
+                                      % (refused, e)) from e
+        if granted:
+            raise UnknownOutcomeError("%s; but an earlier attempt whose reply was lost was granted after it "
+                                      "(released)" % refused)
+        raise refused
+
+    def _abandon(self, req, began):
+        """Settles req (protocol rule 7): Abandon spends its request id in
+        the cluster's log, so no attempt still in flight can be granted
+        afterwards, and releases the grant if there was one. Returns
+        (granted, holder, wait): whether an attempt was granted (and is
+        released now), else who holds the key. Raises UnknownOutcomeError if
+        an attempt may have been granted and its grant has ended."""
         key = req["key"]
         ab = {"key": key, "holder": req["holder"], "requestId": req["requestId"]}
 
@@ -607,38 +639,35 @@ class Client:
         except _Unsupported:
             return self._retry_abandoned(req)
         except LeaseError as e:
-            raise UnknownOutcomeError("acquire %r: gave up waiting and could not settle the last attempt: %s" % (key, e))
+            raise UnknownOutcomeError("acquire %r: could not settle an attempt whose reply was lost: %s" % (key, e))
         outcome = resp.get("outcome", "")
         if outcome == "ABANDON_OUTCOME_RELEASED":
-            raise HeldError(key, "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % key)
+            return True, "", 0.0
         if outcome != "ABANDON_OUTCOME_NOT_GRANTED":
-            raise UnknownOutcomeError("acquire %r: gave up waiting; an attempt may have been granted, and if so its "
-                                      "grant has ended (%s)" % (key, outcome))
+            raise UnknownOutcomeError("acquire %r: an attempt may have been granted, and if so its grant has "
+                                      "ended (%s)" % (key, outcome))
         if time.monotonic() - began > ABANDON_WINDOW:
-            raise UnknownOutcomeError("acquire %r: gave up waiting after %.0fs, longer than the cluster is sure to "
-                                      "remember a grant of it (%.0fs)" % (key, time.monotonic() - began, ABANDON_WINDOW))
-        holder = resp.get("holder", "")
-        raise HeldError(key, holder, _secs(resp.get("wait")),
-                        "acquire %r: timed out waiting; held by %s" % (key, holder or "nobody (lock-delay or waiters)"))
+            raise UnknownOutcomeError("acquire %r: the call ran %.0fs, longer than the cluster is sure to remember "
+                                      "a grant of it (%.0fs)" % (key, time.monotonic() - began, ABANDON_WINDOW))
+        return False, resp.get("holder", ""), _secs(resp.get("wait"))
 
     def _retry_abandoned(self, req):
-        """Settles an abandoned acquire as clusters older than Abandon
-        allow: ask once more with the same id, without waiting; release a
-        grant. It cannot stop a copy of an attempt that reaches the leader
-        after it was answered."""
+        """Settles req as clusters older than Abandon allow: ask once more
+        with the same id, without waiting; release a grant. It cannot stop a
+        copy of an attempt that reaches the leader after it was answered."""
         r = dict(req)
         r.pop("wait", None)
         try:
             resp = _Retry(1.0).run("acquire", req["key"], lambda: self._t.call("Acquire", r, 1.0))
         except StaleRequestError as e:
-            raise UnknownOutcomeError("acquire %r: gave up waiting; its request id was spent (granted and ended, or "
-                                      "withdrawn): %s" % (req["key"], e))
+            raise UnknownOutcomeError("acquire %r: its request id was spent (granted and ended, or withdrawn): %s"
+                                      % (req["key"], e))
         except LeaseError as e:
-            raise UnknownOutcomeError("acquire %r: gave up waiting and could not settle the last attempt: %s" % (req["key"], e))
+            raise UnknownOutcomeError("acquire %r: could not settle an attempt whose reply was lost: %s" % (req["key"], e))
         if resp.get("granted"):
             self._release_raw(req["key"], int(resp["token"]))
-            raise HeldError(req["key"], "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % req["key"])
-        raise HeldError(req["key"], resp.get("holder", ""), _secs(resp.get("wait")))
+            return True, "", 0.0
+        return False, resp.get("holder", ""), _secs(resp.get("wait"))
 
     # -- keepalive -----------------------------------------------------------------
 

@@ -105,6 +105,30 @@ class ClientTest(unittest.TestCase):
         self.assertIsNone(a.try_acquire(key))
         l.release()
 
+    def test_refusal_after_a_lost_reply_is_settled(self):
+        # The first attempt is held up on its way (its reply lost: outcome
+        # unknown), the retry is refused: the refusal stands only once
+        # Abandon spent the id, so the held-up copy, arriving after the
+        # holder released, is refused instead of granted.
+        a, b = self.new(), self.new()
+        key = PREFIX + "late-copy"
+        la = a.try_acquire(key, ttl=30)
+        call, held_up = b._t.call, []
+
+        def lose_first(method, body, timeout):
+            if method == "Acquire" and not held_up:
+                held_up.append(dict(body))
+                raise leasenode._Unknown("test: reply lost")
+            return call(method, body, timeout)
+
+        b._t.call = lose_first
+        self.assertIsNone(b.try_acquire(key))
+        b._t.call = call
+        la.release()
+        with self.assertRaises(leasenode.StaleRequestError):
+            b._retry.run("acquire", key, lambda: call("Acquire", held_up[0], 5))
+        self.assertNotEqual(getattr(b.get(key), "holder", ""), b.holder)
+
     def test_queued_acquire_is_handed_the_key(self):
         a, b = self.new(), self.new()
         key = PREFIX + "queue"
