@@ -280,45 +280,16 @@ func TestWithdrawLeavesAnotherEpochsGrant(t *testing.T) {
 func TestRetryOfQueuedWaiterIsJudgedAlone(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, l := c.Leader()
-	const ttl = time.Minute
 	refused, granted := 0, 0
 	for round := range 30 {
 		key := fmt.Sprintf("retry/%02d", round)
-		held := mustGrant(t, l, acq(key, "a", 1, ttl))
-		waiting := make(chan error, 1)
-		go func() {
-			req := acq(key, "b", 1, ttl)
-			req.Wait = true
-			_, err := l.Acquire(ctxT(t, 20*time.Second), req) // its caller "left": nobody reads the grant
-			waiting <- err
-		}()
-		nodetest.Eventually(t, 5*time.Second, func() error {
-			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
-				return fmt.Errorf("%d waiters", st.Waiters)
+		var retry *pb.AcquireResponse
+		raceQueuedAttempt(t, l, l, key, func() {
+			var err error
+			if retry, err = l.Acquire(ctxT(t, 10*time.Second), acq(key, "b", 1, raceTTL)); err != nil {
+				t.Fatalf("round %d: retry: %v", round, err)
 			}
-			return nil
 		})
-		released := make(chan error, 1)
-		go func() {
-			spinFor(3000)
-			_, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token})
-			released <- err
-		}()
-		spinFor(3000)
-		retry, err := l.Acquire(ctxT(t, 10*time.Second), acq(key, "b", 1, ttl))
-		if err != nil {
-			t.Fatalf("round %d: retry: %v", round, err)
-		}
-		for _, ch := range []chan error{released, waiting} {
-			select {
-			case err := <-ch:
-				if ch == released && err != nil {
-					t.Fatalf("round %d: release: %v", round, err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Fatalf("round %d: no answer", round)
-			}
-		}
 		// Both attempts are settled: the key's state is final.
 		switch h := holderOf(t, l, key); {
 		case retry.Granted:
@@ -333,4 +304,50 @@ func TestRetryOfQueuedWaiterIsJudgedAlone(t *testing.T) {
 		}
 	}
 	t.Logf("retry granted in %d rounds, refused in %d", granted, refused)
+}
+
+// raceTTL is the TTL of the leases raceQueuedAttempt grants.
+const raceTTL = time.Minute
+
+// raceQueuedAttempt sets up a holder's settling of an attempt that waits
+// at the leader l: "a" holds key, and request 1 of "b" waits for it,
+// through via, for a caller that has left (nobody reads its answer). Then
+// a's release races settle (b's retry or Abandon of request 1), so the
+// waiting attempt is found queued or in flight; it returns once the
+// release and the waiting attempt are answered too, when the key's state
+// is final.
+func raceQueuedAttempt(t *testing.T, l, via *node.Node, key string, settle func()) {
+	t.Helper()
+	held := mustGrant(t, l, acq(key, "a", 1, raceTTL))
+	waiting := make(chan error, 1)
+	go func() {
+		req := acq(key, "b", 1, raceTTL)
+		req.Wait = true
+		_, err := via.Acquire(ctxT(t, 20*time.Second), req)
+		waiting <- err
+	}()
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
+			return fmt.Errorf("%d waiters", st.Waiters)
+		}
+		return nil
+	})
+	released := make(chan error, 1)
+	go func() {
+		spinFor(3000)
+		_, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: "a", Token: held.Token})
+		released <- err
+	}()
+	spinFor(3000)
+	settle()
+	for _, ch := range []chan error{released, waiting} {
+		select {
+		case err := <-ch:
+			if ch == released && err != nil {
+				t.Fatalf("%s: release: %v", key, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: no answer", key)
+		}
+	}
 }
