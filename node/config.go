@@ -33,17 +33,26 @@ type Timing struct {
 	CommitTimeout time.Duration
 }
 
-// DefaultTiming suits a LAN or one data centre: about 1 s without a leader
-// when the leader dies. (hashicorp/raft's own defaults are twice as slow.)
-// The leader lease equals the heartbeat timeout: a shorter one made a
-// leader on a busy host step down whenever its followers' replies were
-// late by a quarter second, which the lease protocol gains nothing from
-// (every grant and extend commits through Raft; nothing is served on the
+// DefaultTiming suits a LAN or one data centre. A leader whose process
+// dies is replaced in about a second: its followers see its connections
+// close and its port refuse, and campaign one LeaderLeaseTimeout after its
+// last word (see failover.go). A leader that hangs or is cut off is
+// replaced after one to three HeartbeatTimeouts of silence (1-3 s; etcd's
+// default election timeout is 1 s, Consul's production Raft timing 5 s).
+// The heartbeat timeout is 1 s because hashicorp/raft heartbeats every
+// tenth to fifth of it, and those heartbeats are most of an idle cluster's
+// CPU: at 500 ms they were twice as many, for nothing but a faster
+// replacement of a hung leader. (Raft wants the election timeout no
+// shorter; it only matters after a split vote.) A leader cut off from its quorum steps
+// down after LeaderLeaseTimeout (500 ms); a shorter lease made a leader on
+// a busy host step down whenever its followers' replies were late by a
+// quarter second, which the lease protocol gains nothing from (every
+// grant and extend commits through Raft; nothing is served on the
 // strength of the lease).
 func DefaultTiming() Timing {
 	return Timing{
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
+		HeartbeatTimeout:   time.Second,
+		ElectionTimeout:    time.Second,
 		LeaderLeaseTimeout: 500 * time.Millisecond,
 		CommitTimeout:      250 * time.Millisecond,
 	}
@@ -306,8 +315,9 @@ type Limits struct {
 	// 2 min.
 	IdleTimeout time.Duration
 	// MinTTL is the shortest TTL a lease may ask for (agent --min-ttl).
-	// Default: the Raft heartbeat timeout, below which a lease cannot
-	// outlive one missed heartbeat.
+	// Default: Timing.LeaderLeaseTimeout (500 ms with default timing,
+	// 250 ms with fast timing), the cluster's own shortest failure
+	// detection: a shorter lease could not outlive one late reply.
 	MinTTL time.Duration
 }
 
@@ -321,7 +331,7 @@ func DefaultLimits(t Timing) Limits {
 		MaxStreams:      256,
 		ReadTimeout:     10 * time.Second,
 		IdleTimeout:     2 * time.Minute,
-		MinTTL:          t.HeartbeatTimeout,
+		MinTTL:          t.LeaderLeaseTimeout,
 	}
 }
 
@@ -467,6 +477,9 @@ func (c Config) Validate() error {
 	}
 	if t.LeaderLeaseTimeout > t.HeartbeatTimeout {
 		bad("Timing: LeaderLeaseTimeout %v must not exceed HeartbeatTimeout %v", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
+	}
+	if t.ElectionTimeout < t.HeartbeatTimeout {
+		bad("Timing: ElectionTimeout %v must not be shorter than HeartbeatTimeout %v (Raft's rule)", t.ElectionTimeout, t.HeartbeatTimeout)
 	}
 	if l := c.Limits; l.MaxRequestBytes < 64<<10 || l.MaxRequestBytes > 64<<20 {
 		bad("Limits.MaxRequestBytes %d out of range [64 KiB, 64 MiB]", l.MaxRequestBytes)

@@ -17,8 +17,8 @@ import (
 // A follower starts an election only when it has heard nothing from the
 // leader for HeartbeatTimeout, checked at random intervals of one to two
 // HeartbeatTimeouts, and a peer refuses to vote while it still knows a
-// leader; so with default timing a dead leader costs 0.5-1.5 s before
-// anyone campaigns. When the leader's process is gone, though, a follower
+// leader; so with default timing a dead leader costs 1-3 s before anyone
+// campaigns. When the leader's process is gone, though, a follower
 // knows it at once: the leader's Raft connections to it close (the kernel
 // closes a dead process's sockets), and a dial to the leader's address is
 // refused (nothing listens on that port). On exactly that signal, and only

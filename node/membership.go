@@ -332,7 +332,7 @@ func (n *Node) startGossip(ctx context.Context) error {
 	d.setMeta(n.meta(false))
 	n.gossip = d
 	mc := memberlist.DefaultLANConfig()
-	if cfg.Timing.HeartbeatTimeout < DefaultTiming().HeartbeatTimeout {
+	if cfg.Timing.HeartbeatTimeout <= FastLANTiming().HeartbeatTimeout {
 		// Fast-LAN timing: detect failed nodes in a second or two, with
 		// enough slack that a busy host does not flap members.
 		mc = memberlist.DefaultLocalConfig()

@@ -459,6 +459,10 @@ func TestBadConfig(t *testing.T) {
 			c.Timing = node.Timing{HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
 				LeaderLeaseTimeout: 200 * time.Millisecond, CommitTimeout: time.Millisecond}
 		}, "LeaderLeaseTimeout"},
+		{"election < heartbeat", func(c *node.Config) {
+			c.Timing = node.Timing{HeartbeatTimeout: time.Second, ElectionTimeout: 500 * time.Millisecond,
+				LeaderLeaseTimeout: 500 * time.Millisecond, CommitTimeout: time.Millisecond}
+		}, "ElectionTimeout 500ms must not be shorter than HeartbeatTimeout 1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := node.DefaultConfig()

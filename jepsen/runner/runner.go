@@ -43,6 +43,7 @@ import (
 	"github.com/leasenode/leasenode/jepsen/report"
 	"github.com/leasenode/leasenode/jepsen/workload"
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
 )
 
 // Exit codes of a campaign.
@@ -780,15 +781,15 @@ func hasGroup(spec, group string) bool {
 
 // checkerOptions maps the campaign's configuration to the checkers'. One
 // election for takeover-bound: failure detection (up to two heartbeat
-// timeouts), the vote and the new leader's Barrier and Promote — four
-// heartbeat timeouts: 1 s with -timing fast (node.FastLANTiming, 250 ms
-// timeouts since it stopped flapping on busy hosts; 100 ms before), 2 s
-// with default (500 ms).
+// timeouts), the vote and the new leader's Barrier and Promote (two
+// election timeouts): 1 s with -timing fast (node.FastLANTiming, 250 ms
+// timeouts), 4 s with default (1 s each).
 func checkerOptions(cfg Config) checker.Options {
-	election := 2 * time.Second
+	t := node.DefaultTiming()
 	if cfg.Timing == "fast" {
-		election = time.Second
+		t = node.FastLANTiming()
 	}
+	election := 2*t.HeartbeatTimeout + 2*t.ElectionTimeout
 	return checker.Options{LinearizableTimeout: cfg.LinTimeout, IndeterminateHorizon: linHorizon(cfg), ServeBound: cfg.ServeBound,
 		Takeover: checker.TakeoverOptions{Election: election, Slack: cfg.TakeoverSlack, Drift: lease.DefaultDrift}}
 }
