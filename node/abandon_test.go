@@ -36,6 +36,12 @@ func TestAbandon(t *testing.T) {
 			t.Fatalf("a copy of the abandoned request after the answer: %+v, %v; want %v", resp, err, node.ErrStaleRequest)
 		}
 	}
+	holderIs := func(key, want string) {
+		t.Helper()
+		if h := holderOf(t, l, key); h != want {
+			t.Fatalf("holder of %s: %q, want %q", key, h, want)
+		}
+	}
 	want := func(got *pb.AbandonResponse, outcome pb.AbandonOutcome, holder string) {
 		t.Helper()
 		if got.Outcome != outcome || got.Holder != holder {
@@ -51,23 +57,17 @@ func TestAbandon(t *testing.T) {
 			t.Fatalf("wait %v, want in (0, %v]", w, ttl)
 		}
 		lateCopyIsStale("ab/held", "b", 1)
-		if h := holderOf(t, l, "ab/held"); h != "a" {
-			t.Fatalf("holder %q, want a", h)
-		}
+		holderIs("ab/held", "a")
 	})
 	t.Run("never granted, free", func(t *testing.T) {
 		want(abandon(t, f, "ab/free", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "")
 		lateCopyIsStale("ab/free", "b", 1)
-		if h := holderOf(t, l, "ab/free"); h != "" {
-			t.Fatalf("holder %q, want none", h)
-		}
+		holderIs("ab/free", "")
 	})
 	t.Run("granted, its reply lost", func(t *testing.T) {
 		mustGrant(t, l, acq("ab/granted", "b", 1, ttl))
 		want(abandon(t, f, "ab/granted", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, "")
-		if h := holderOf(t, l, "ab/granted"); h != "" {
-			t.Fatalf("holder %q, want none", h)
-		}
+		holderIs("ab/granted", "")
 		lateCopyIsStale("ab/granted", "b", 1)
 		// Settled already: a second Abandon cannot tell more.
 		want(abandon(t, f, "ab/granted", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, "")
@@ -76,16 +76,12 @@ func TestAbandon(t *testing.T) {
 		mustGrant(t, l, acq("ab/seen", "b", 1, ttl))
 		mustGrant(t, l, acq("ab/seen", "b", 1, ttl)) // applied as a retry: Seen
 		want(abandon(t, f, "ab/seen", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, "")
-		if h := holderOf(t, l, "ab/seen"); h != "" {
-			t.Fatalf("holder %q, want none", h)
-		}
+		holderIs("ab/seen", "")
 	})
 	t.Run("an older request of a live holding", func(t *testing.T) {
 		mustGrant(t, l, acq("ab/newer", "b", 2, ttl))
 		want(abandon(t, f, "ab/newer", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, "")
-		if h := holderOf(t, l, "ab/newer"); h != "b" {
-			t.Fatalf("holder %q, want b (its newer holding stays)", h)
-		}
+		holderIs("ab/newer", "b")
 	})
 	t.Run("invalid", func(t *testing.T) {
 		if _, err := f.Abandon(ctxT(t, 10*time.Second), &pb.AbandonRequest{Key: "ab/x", Holder: "b"}); !errors.Is(err, node.ErrInvalid) {
