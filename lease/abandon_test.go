@@ -43,6 +43,34 @@ func (b *heldUpCopy) Abandon(ctx context.Context, r *pb.AbandonRequest) (*pb.Aba
 	return b.Backend.Abandon(ctx, r)
 }
 
+// holdKey has a new Client over n take key for a minute; the Client is
+// closed when the test ends.
+func holdKey(t *testing.T, n lease.Backend, key string) (*lease.Client, *lease.Lease) {
+	t.Helper()
+	holder, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Close(context.Background()) })
+	first, err := holder.TryAcquire(ctxT(t, 10*time.Second), key, lease.TTL(time.Minute))
+	if err != nil || first == nil {
+		t.Fatalf("first holder of %s: %v, %v", key, first, err)
+	}
+	return holder, first
+}
+
+// heldUpClient is a Client over b that retries quickly; closed when the
+// test ends.
+func heldUpClient(t *testing.T, b *heldUpCopy) *lease.Client {
+	t.Helper()
+	cl, err := lease.New(b, lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close(context.Background()) })
+	return cl
+}
+
 // TestRefusedAcquireLateCopyNeverGranted: an acquire's first attempt is
 // held up on the way to the leader (a paused forwarding node), its retry
 // with the same id is refused (TryAcquire) or waits until the caller gives
@@ -69,21 +97,9 @@ func TestRefusedAcquireLateCopyNeverGranted(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := "late/" + tc.name
-			holder, err := lease.New(l)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer holder.Close(context.Background())
-			first, err := holder.TryAcquire(ctxT(t, 10*time.Second), key, lease.TTL(time.Minute))
-			if err != nil || first == nil {
-				t.Fatalf("first holder: %v, %v", first, err)
-			}
+			holder, first := holdKey(t, l, key)
 			b := &heldUpCopy{Backend: f, stash: make(chan *pb.AcquireRequest, 1)}
-			cl, err := lease.New(b, lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Close(context.Background())
+			cl := heldUpClient(t, b)
 
 			got, err := tc.acquire(cl, key)
 			var he *lease.HeldError
@@ -142,21 +158,9 @@ func TestRefusedAcquireLateCopyNeverGranted(t *testing.T) {
 func TestAbandonOnAnOlderCluster(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, l := c.Leader()
-	holder, err := lease.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close(context.Background())
-	first, err := holder.TryAcquire(ctxT(t, 10*time.Second), "older", lease.TTL(time.Minute))
-	if err != nil || first == nil {
-		t.Fatalf("first holder: %v, %v", first, err)
-	}
+	holder, _ := holdKey(t, l, "older")
 	b := &heldUpCopy{Backend: l, stash: make(chan *pb.AcquireRequest, 1), old: true}
-	cl, err := lease.New(b, lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	cl := heldUpClient(t, b)
 	got, err := cl.AcquireTimeout(ctxT(t, 10*time.Second), "older", 200*time.Millisecond, lease.TTL(time.Minute))
 	var he *lease.HeldError
 	if got != nil || !errors.As(err, &he) || he.Holder != holder.Holder() || b.abandons.Load() == 0 {
