@@ -6,7 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // A leader whose process is gone (its connections closed, its port
@@ -64,4 +68,50 @@ func TestPartitionedLeaderNoEarlyCampaign(t *testing.T) {
 	}
 	c.Heal()
 	c.WaitForLeader()
+}
+
+// Scenario: a request forwarded by a follower waits at the leader (a
+// waiting acquire of a held key) when the leader stops answering without
+// closing anything, as a stopped process does. The others elect a new
+// leader; the follower then ends its forward at once, as an unknown
+// outcome the client retries, instead of holding it (and its caller)
+// until the caller's deadline, however long the old leader stays stopped.
+func TestForwardToStalledLeaderEnds(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, leader := c.Leader()
+	_, f := c.Follower()
+	mustGrant(t, leader, &pb.AcquireRequest{Key: "k", Holder: "a", RequestId: 1, Ttl: durationpb.New(time.Minute)})
+	type result struct {
+		resp *pb.AcquireResponse
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		// Far beyond the election: without the fix the call ends here.
+		resp, err := f.Acquire(ctxT(t, 60*time.Second), &pb.AcquireRequest{Key: "k", Holder: "b", RequestId: 1, Ttl: durationpb.New(time.Minute), Wait: true})
+		got <- result{resp, err}
+	}()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if st, _ := leader.Status(ctxT(t, time.Second), &pb.StatusRequest{}); st.GetWaiters() != 1 {
+			return errors.New("the forwarded acquire is not waiting at the leader yet")
+		}
+		return nil
+	})
+	c.Faults.Stall(c.Config(li).AdvertiseAddr)
+	defer c.Heal()
+	select {
+	case r := <-got:
+		if !errors.Is(r.err, node.ErrUnknownOutcome) {
+			t.Fatalf("forward to a stalled leader ended with %v %v, want ErrUnknownOutcome", r.resp, r.err)
+		}
+		if _, id := f.Raft().LeaderWithID(); string(id) == leader.ID() {
+			t.Fatalf("forward ended while the stalled node %s is still the follower's leader", id)
+		}
+	case <-time.After(30 * time.Second):
+		for i := range 3 {
+			a, id := c.Node(i).Raft().LeaderWithID()
+			t.Logf("n%d: %v, leader %s %s", i, c.Node(i).Raft().State(), a, id)
+		}
+		t.Fatal("forward to a stalled leader still waiting 30 s after the stall")
+	}
 }

@@ -69,6 +69,7 @@ func (n *Node) runLeadership() {
 			case <-n.ctx.Done():
 				return
 			case <-obs:
+				n.forwards.endStale(n.raftLeaderID())
 				n.notifyChange()
 			}
 		}

@@ -85,6 +85,7 @@ type Node struct {
 
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leadership or serving changes
+	forwards forwards      // requests in flight to the leader (forward)
 
 	hub *watchHub
 	// withdrawals bounds withdraw goroutines in flight.

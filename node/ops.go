@@ -349,6 +349,64 @@ func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method ui
 	return resp, nil
 }
 
+// forwards tracks the requests this node has forwarded to the leader and
+// not yet had answered, so that they end when Raft stops naming that node
+// leader. A leader that stopped answering (a paused process, a partition)
+// keeps its connections open, and the rest of the cluster replaces it
+// after an election; without this, its forwarded requests would wait for
+// their callers' deadlines, and their callers with them, long after a new
+// leader serves. A forward cut short this way has an unknown outcome, as
+// any forward whose reply was lost: the client retries it with the same
+// request id, now at the new leader.
+type forwards struct {
+	mu sync.Mutex
+	m  map[*forwarded]struct{}
+}
+
+type forwarded struct {
+	leader string // Raft ID of the node the request went to
+	cancel context.CancelCauseFunc
+}
+
+// errLeaderChanged ends forwards to a node Raft no longer names leader.
+var errLeaderChanged = errors.New("leader changed while the request was in flight")
+
+// start registers a forward to leader; done must be called when it ends.
+func (fs *forwards) start(ctx context.Context, leader string) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	f := &forwarded{leader: leader, cancel: cancel}
+	fs.mu.Lock()
+	if fs.m == nil {
+		fs.m = map[*forwarded]struct{}{}
+	}
+	fs.m[f] = struct{}{}
+	fs.mu.Unlock()
+	return ctx, func() {
+		fs.mu.Lock()
+		delete(fs.m, f)
+		fs.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// endStale ends every forward to a node other than leader (the Raft ID
+// Raft names now; "" while there is none).
+func (fs *forwards) endStale(leader string) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for f := range fs.m {
+		if f.leader != leader {
+			f.cancel(errLeaderChanged)
+		}
+	}
+}
+
+// raftLeaderID is the Raft ID of the node Raft names leader ("" if none).
+func (n *Node) raftLeaderID() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
 // forward sends req once to the leader over node RPC, to the node Raft
 // names as leader (id) at addr and no other (CallNode).
 func (n *Node) forward(ctx context.Context, id, addr string, method uint8, req, resp proto.Message, write bool) error {
@@ -356,7 +414,17 @@ func (n *Node) forward(ctx context.Context, id, addr string, method uint8, req, 
 	if err != nil {
 		return err
 	}
-	out, err := n.rpc.CallNode(ctx, addr, id, method, data)
+	fctx, done := n.forwards.start(ctx, id)
+	if n.raftLeaderID() != id {
+		// Raft named another leader between route and start.
+		done()
+		return &LeaderError{Err: ErrNoLeader, Detail: fmt.Sprintf("leader %s replaced before the request was sent", id)}
+	}
+	out, err := n.rpc.CallNode(fctx, addr, id, method, data)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(fctx), errLeaderChanged) {
+		err = fmt.Errorf("%w: %w", errLeaderChanged, err)
+	}
+	done()
 	switch {
 	case err == nil:
 	case errors.Is(err, transport.ErrNotSent):

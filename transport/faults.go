@@ -23,6 +23,8 @@ type Faults struct {
 	mu       sync.Mutex
 	group    map[string]int // address -> 1-based group index from Partition
 	isolated map[string]bool
+	stalled  map[string]bool
+	thaw     chan struct{} // closed and replaced by Heal
 	conns    map[*faultConn]struct{}
 }
 
@@ -31,6 +33,8 @@ func NewFaults() *Faults {
 	return &Faults{
 		group:    make(map[string]int),
 		isolated: make(map[string]bool),
+		stalled:  make(map[string]bool),
+		thaw:     make(chan struct{}),
 		conns:    make(map[*faultConn]struct{}),
 	}
 }
@@ -64,13 +68,52 @@ func (f *Faults) Isolate(addr string) {
 	closeAll(cut)
 }
 
-// Heal removes every fault. Connections closed by earlier faults stay
-// closed; their owners redial.
+// Stall makes addr look like a stopped process (SIGSTOP, a paused VM) to
+// its peers: bytes stop moving both ways on every connection to or from
+// it, old and new, but nothing is closed and dials still connect, as a
+// kernel keeps a stopped process's sockets. Reads return what had arrived
+// only once Heal thaws the address; writes return at once and are sent
+// then.
+func (f *Faults) Stall(addr string) {
+	f.mu.Lock()
+	f.stalled[addr] = true
+	f.mu.Unlock()
+}
+
+// Heal removes every fault and lets stalled connections move again.
+// Connections closed by earlier faults stay closed; their owners redial.
 func (f *Faults) Heal() {
 	f.mu.Lock()
 	f.group = make(map[string]int)
 	f.isolated = make(map[string]bool)
+	f.stalled = make(map[string]bool)
+	close(f.thaw)
+	f.thaw = make(chan struct{})
 	f.mu.Unlock()
+}
+
+func (f *Faults) isStalled(c *faultConn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stalled[c.from] || f.stalled[c.to]
+}
+
+// hold waits while c's ends are stalled, or until c is closed.
+func (f *Faults) hold(c *faultConn) {
+	for {
+		f.mu.Lock()
+		stalled := f.stalled[c.from] || f.stalled[c.to]
+		thaw := f.thaw
+		f.mu.Unlock()
+		if !stalled {
+			return
+		}
+		select {
+		case <-thaw:
+		case <-c.done:
+			return
+		}
+	}
 }
 
 // Allowed reports whether a node advertised as from may currently talk to
@@ -117,7 +160,7 @@ func closeAll(cut []*faultConn) {
 // track registers a freshly dialed connection. It re-checks Allowed under
 // the lock, so a partition that began during the dial cannot miss it.
 func (f *Faults) track(from, to string, conn, raw net.Conn) (net.Conn, error) {
-	c := &faultConn{Conn: conn, raw: raw, f: f, from: from, to: to}
+	c := &faultConn{Conn: conn, raw: raw, f: f, from: from, to: to, done: make(chan struct{})}
 	f.mu.Lock()
 	if !f.allowedLocked(from, to) {
 		f.mu.Unlock()
@@ -135,6 +178,55 @@ type faultConn struct {
 	raw      net.Conn // the TCP connection under Conn
 	f        *Faults
 	from, to string
+	done     chan struct{} // closed by Close
+	once     sync.Once
+	wmu      sync.Mutex
+	held     []byte // written while stalled, sent on Heal
+}
+
+// Read returns what arrived, once neither end is stalled.
+func (c *faultConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.f.hold(c)
+	}
+	return n, err
+}
+
+// Write sends p, or while an end is stalled keeps it to send on Heal and
+// returns at once, as a kernel's send buffer takes a write to a stopped
+// peer.
+func (c *faultConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.f.isStalled(c) {
+		if len(c.held) == 0 {
+			go c.sendHeld()
+		}
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// sendHeld sends the writes kept while stalled, once thawed.
+func (c *faultConn) sendHeld() {
+	c.f.hold(c)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.flushLocked()
+}
+
+func (c *faultConn) flushLocked() error {
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held)
+	c.held = nil
+	return err
 }
 
 // Peer returns the peer of the dialed connection (see PeerOf).
@@ -148,5 +240,6 @@ func (c *faultConn) Close() error {
 	c.f.mu.Lock()
 	delete(c.f.conns, c)
 	c.f.mu.Unlock()
+	c.once.Do(func() { close(c.done) })
 	return c.Conn.Close()
 }

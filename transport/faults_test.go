@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -93,6 +94,66 @@ func TestFaultsPartitionCutsConnectionsAndRefusesDials(t *testing.T) {
 	f.Heal()
 	c := dial(t, a.d, b.addr, ProtoRaft)
 	exchange(t, c, acceptOne(t, b.ln), "after heal")
+}
+
+// Stall holds bytes both ways on a stalled node's connections without
+// closing them, lets new dials connect, and Heal delivers what was held.
+func TestFaultsStallHoldsBytesUntilHeal(t *testing.T) {
+	leakCheck(t)
+	f := NewFaults()
+	a, b := startFaultNode(t, f), startFaultNode(t, f)
+	ab := dial(t, a.d, b.addr, ProtoRaft)
+	abS := acceptOne(t, b.ln)
+	exchange(t, ab, abS, "before")
+
+	f.Stall(b.addr)
+	// What b's side sends reaches a's kernel but not a's reader.
+	if _, err := abS.Write([]byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4)
+		_ = ab.SetReadDeadline(time.Now().Add(time.Minute))
+		n, _ := io.ReadFull(ab, buf)
+		read <- string(buf[:n])
+	}()
+	// a's writes are taken, and held: nothing reaches b while stalled.
+	if _, err := ab.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	// A new dial to the stalled node still connects.
+	dial(t, a.d, b.addr, ProtoRaft)
+	acceptOne(t, b.ln)
+	_ = abS.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := abS.Read(make([]byte, 4)); n > 0 || !isTimeout(err) {
+		t.Fatalf("b read %d bytes (%v) from a stalled connection", n, err)
+	}
+	select {
+	case got := <-read:
+		t.Fatalf("a read %q from a stalled connection", got)
+	default:
+	}
+
+	f.Heal()
+	select {
+	case got := <-read:
+		if got != "held" {
+			t.Fatalf("after heal a read %q, want %q", got, "held")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("held bytes not delivered after heal")
+	}
+	_ = abS.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(abS, buf); err != nil || string(buf) != "late" {
+		t.Fatalf("b read %q (%v) after heal, want %q", buf, err, "late")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Closing a connection unregisters it: Faults holds no dead connections.
