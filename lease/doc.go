@@ -144,6 +144,12 @@
 //     most 1 s (the leader that proposed it also withdraws it);
 //   - Close: bounded by its ctx.
 //
+// A request to a node that stopped answering (its process stopped or cut
+// off, its connections open) ends after about twice the peer timeout
+// (WithPeerTimeout, default 1 s) and counts as a lost reply, retried on
+// another node; a follower ends a request it forwarded as soon as Raft
+// names another leader.
+//
 // The cluster answers "no leader" before a caller's deadline, saying what
 // it sees (for example "waiting to bootstrap: 1 of 3 expected nodes
 // seen").

@@ -34,6 +34,7 @@ type options struct {
 	holder       string // name#incarnation: what the cluster records
 	tls          *tls.Config
 	token        string
+	peerTimeout  time.Duration
 }
 
 // Option configures a Client.
@@ -86,6 +87,19 @@ func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
 // WithAuthToken sets the bearer token for Dial (remote clients only).
 func WithAuthToken(token string) Option { return func(o *options) { o.token = token } }
 
+// WithPeerTimeout sets how long a node may leave a request unanswered
+// before the client checks that the node is alive, and how long the check
+// may take (default DefaultPeerTimeout; remote clients only). A request to
+// a node that fails the check ends at once, as a request whose reply was
+// lost (*UnresponsiveError; an acquire, extend or release is then retried
+// with the same request id on another node), and that node is tried last
+// for a while. Without the check, a request to a stopped process (SIGSTOP,
+// a paused VM: its kernel keeps the connection open) waits until the call's
+// own deadline or the retry timeout. A slow node is not a stopped one: any
+// reply passes the check, and requests that wait for a lease are not cut
+// short while the node answers. Zero turns the check off.
+func WithPeerTimeout(d time.Duration) Option { return func(o *options) { o.peerTimeout = d } }
+
 func buildOptions(opts []Option) (options, error) {
 	o := options{
 		ttl:          DefaultTTL,
@@ -93,6 +107,7 @@ func buildOptions(opts []Option) (options, error) {
 		backoffMin:   DefaultBackoffMin,
 		backoffMax:   DefaultBackoffMax,
 		retryTimeout: DefaultRetryTimeout,
+		peerTimeout:  DefaultPeerTimeout,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -105,6 +120,9 @@ func buildOptions(opts []Option) (options, error) {
 	}
 	if o.extend < 0 || o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
 		return o, fmt.Errorf("%w: bad extend interval or back-off", ErrInvalid)
+	}
+	if o.peerTimeout < 0 {
+		return o, fmt.Errorf("%w: peer timeout %v must be >= 0 (0 turns the liveness check off)", ErrInvalid, o.peerTimeout)
 	}
 	if o.retryTimeout <= 0 {
 		return o, fmt.Errorf("%w: retry timeout %v must be > 0", ErrInvalid, o.retryTimeout)

@@ -48,18 +48,23 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 // next address; a write whose reply was lost fails with an error matching
 // ErrUnknownOutcome and is never retried here.
 type Remote struct {
-	http   *http.Client
-	scheme string
-	token  string
-	seeds  []string
+	http        *http.Client
+	scheme      string
+	token       string
+	seeds       []string
+	peerTimeout time.Duration // see WithPeerTimeout; 0: no liveness checks
+	stop        context.Context
+	halt        context.CancelFunc
 
 	mu      sync.Mutex
 	clients map[string]pbconnect.LeaseServiceClient
 	leader  string // API address of the leader, from the last reply
+	peers   map[string]*peer
 }
 
 // NewRemote returns a Remote for the nodes at addrs. Of the options only
-// WithTLS and WithAuthToken apply. It does not contact the cluster.
+// WithTLS, WithAuthToken and WithPeerTimeout apply. It does not contact
+// the cluster.
 func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 	o, err := buildOptions(opts)
 	if err != nil {
@@ -81,20 +86,26 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 		ForceAttemptHTTP2:   o.tls != nil,
 	}
 	r := &Remote{
-		http:    &http.Client{Transport: tr},
-		scheme:  "http://",
-		token:   o.token,
-		seeds:   append([]string(nil), addrs...),
-		clients: map[string]pbconnect.LeaseServiceClient{},
+		http:        &http.Client{Transport: tr},
+		scheme:      "http://",
+		token:       o.token,
+		seeds:       append([]string(nil), addrs...),
+		peerTimeout: o.peerTimeout,
+		clients:     map[string]pbconnect.LeaseServiceClient{},
+		peers:       map[string]*peer{},
 	}
+	r.stop, r.halt = context.WithCancel(context.Background())
 	if o.tls != nil {
 		r.scheme = "https://"
 	}
 	return r, nil
 }
 
-// Close releases idle connections.
-func (r *Remote) Close() { r.http.CloseIdleConnections() }
+// Close releases idle connections and stops the liveness checks.
+func (r *Remote) Close() {
+	r.halt()
+	r.http.CloseIdleConnections()
+}
 
 // Addrs returns the configured node addresses.
 func (r *Remote) Addrs() []string { return append([]string(nil), r.seeds...) }
@@ -114,20 +125,30 @@ func (r *Remote) client(addr string) pbconnect.LeaseServiceClient {
 	return c
 }
 
-// targets lists addresses to try: the known leader first, then the seeds.
+// targets lists addresses to try: the known leader first, then the
+// seeds; an address that failed a liveness check lately goes last.
 func (r *Remote) targets() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := time.Now()
 	out := make([]string, 0, len(r.seeds)+1)
+	var late []string
+	add := func(a string) {
+		if r.suspect(a, now) {
+			late = append(late, a)
+		} else {
+			out = append(out, a)
+		}
+	}
 	if r.leader != "" {
-		out = append(out, r.leader)
+		add(r.leader)
 	}
 	for _, s := range r.seeds {
 		if s != r.leader {
-			out = append(out, s)
+			add(s)
 		}
 	}
-	return out
+	return append(out, late...)
 }
 
 func (r *Remote) learn(h *pb.Header) {
@@ -184,11 +205,18 @@ func call[Req, Resp any, PResp interface {
 			break
 		}
 		tried[addr] = true
-		var wrote atomic.Bool
+		var wrote, replied atomic.Bool
 		tctx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-			WroteRequest: func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+			WroteRequest:         func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+			GotFirstResponseByte: func() { replied.Store(true) },
 		})
+		tctx, done := r.track(tctx, addr)
 		resp, err := f(r.client(addr), tctx, connect.NewRequest(req))
+		done(replied.Load())
+		var ue *UnresponsiveError
+		if err != nil && ctx.Err() == nil && errors.As(context.Cause(tctx), &ue) {
+			err = ue // the node stopped answering: say so, not "canceled"
+		}
 		if err == nil {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
@@ -239,7 +267,8 @@ func (r *Remote) next(tried map[string]bool) string {
 
 // redirect follows a not-leader refusal from addr: forget addr as leader
 // and, if it named another leader we have not been sent to yet, try that
-// next.
+// next (unless it failed a liveness check lately: the refusing node may
+// not have noticed yet).
 func (r *Remote) redirect(addr, leader string, tried map[string]bool) {
 	r.forget(addr)
 	if leader == "" || leader == addr {
@@ -247,8 +276,11 @@ func (r *Remote) redirect(addr, leader string, tried map[string]bool) {
 	}
 	r.mu.Lock()
 	r.leader = leader
+	stopped := r.suspect(leader, time.Now())
 	r.mu.Unlock()
-	delete(tried, leader)
+	if !stopped {
+		delete(tried, leader)
+	}
 }
 
 // noLeaderError reports that no node could serve the request; it carries
@@ -313,20 +345,31 @@ func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb
 	return call(ctx, r, false, req, pbconnect.LeaseServiceClient.CheckToken)
 }
 
-// Watch implements Backend. It streams from one node (any: every node applies every change).
+// Watch implements Backend. It streams from one node (any: every node
+// applies every change). The stream ends if that node stops answering
+// (see WithPeerTimeout).
 func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
 	var lastErr error
 	for _, addr := range r.targets() {
-		stream, err := r.client(addr).Watch(ctx, connect.NewRequest(req))
+		// The stream is a request in flight for as long as it is open: a
+		// node that stops answering ends it (the caller watches again).
+		sctx, done := r.track(ctx, addr)
+		stream, err := r.client(addr).Watch(sctx, connect.NewRequest(req))
 		if err != nil {
+			done(false)
+			if ue := (*UnresponsiveError)(nil); errors.As(context.Cause(sctx), &ue) {
+				err = ue
+			}
 			lastErr = err
 			continue
 		}
 		out := make(chan *pb.WatchEvent, 64)
 		go func() {
 			defer close(out)
+			defer done(false)
 			defer stream.Close()
 			for stream.Receive() {
+				r.hear(addr)
 				select {
 				case out <- stream.Msg():
 				case <-ctx.Done():

@@ -33,6 +33,7 @@ import json
 import os
 import random
 import secrets
+import select
 import socket
 import ssl as _ssl
 import threading
@@ -47,6 +48,13 @@ __all__ = [
 DEFAULT_TTL = 10.0
 DEFAULT_DRIFT = 0.01
 DEFAULT_RETRY_TIMEOUT = 10.0
+# How long a node may leave a request unanswered before the client checks
+# that it is alive, and how long the check may take (as Go's
+# lease.DefaultPeerTimeout). A stopped process (SIGSTOP, a paused VM) keeps
+# its connections open: without the check a request to it waits for its
+# whole timeout.
+DEFAULT_PEER_TIMEOUT = 1.0
+SUSPECT_FOR = 10.0  # a node that failed the check is tried last this long
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
 EXTEND_CHUNK = 4096
 # The longest acquire whose Abandon answer "never granted" is believed: the
@@ -185,16 +193,21 @@ class _Transport:
     """One attempt per call: to the leader if known, else to each address,
     moving on only while the request certainly had no effect."""
 
-    def __init__(self, addrs, token=None, ssl_context=None, timeout=DEFAULT_RETRY_TIMEOUT):
+    def __init__(self, addrs, token=None, ssl_context=None, timeout=DEFAULT_RETRY_TIMEOUT,
+                 peer_timeout=DEFAULT_PEER_TIMEOUT):
         if isinstance(addrs, str):
             addrs = [a for a in addrs.split(",") if a.strip()]
         if not addrs:
             raise InvalidError("no addresses to dial")
+        if peer_timeout < 0:
+            raise InvalidError("peer_timeout %r must be >= 0 (0 turns the liveness check off)" % peer_timeout)
         self.seeds = [a.strip() for a in addrs]
         self.token, self.ssl, self.timeout = token, ssl_context, timeout
+        self.peer_timeout = peer_timeout
         self.leader = None
         self._lock = threading.Lock()
         self._idle = {}  # addr -> [HTTPConnection]
+        self._suspect = {}  # addr -> monotonic time until which it is tried last
 
     def _conn(self, addr, timeout):
         with self._lock:
@@ -225,20 +238,71 @@ class _Transport:
             self._idle.clear()
 
     def _targets(self):
+        """The leader first, then the seeds; a node that failed a liveness
+        check lately last."""
+        now = time.monotonic()
         with self._lock:
             out = [self.leader] if self.leader else []
-        return out + [s for s in self.seeds if s not in out]
+            out += [s for s in self.seeds if s not in out]
+            return sorted(out, key=lambda a: self._suspect.get(a, 0) > now)
 
-    def post(self, addr, method, body, timeout):
-        """One request to one node; returns the decoded reply or raises
-        _NotSent, _Unknown or _RPCError."""
-        data = json.dumps(body).encode()
+    def _headers(self, timeout):
         headers = {"Content-Type": "application/json", "Connect-Protocol-Version": "1",
                    "User-Agent": "leasenode-python/1"}
         if timeout is not None:  # None: a wait with no end (no deadline sent)
             headers["Connect-Timeout-Ms"] = str(max(int(timeout * 1000), 1))
         if self.token:
             headers["Authorization"] = "Bearer " + self.token
+        return headers
+
+    def _await_reply(self, c, addr, deadline):
+        """Waits until the node starts its reply on c. While it is silent,
+        checks every peer_timeout that it is alive (a Status request on
+        another connection; any reply counts, so a busy node passes and a
+        long wait for a lease is never cut short); if the check gets no
+        reply either, the node is stopped or cut off: raises _Unknown and
+        has it tried last for a while."""
+        if not self.peer_timeout or c.sock is None:
+            return
+        while True:
+            wait = self.peer_timeout
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return  # getresponse times out as before
+            pending = getattr(c.sock, "pending", lambda: 0)()
+            if pending or select.select([c.sock], [], [], wait)[0]:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if not self._alive(addr):
+                with self._lock:
+                    self._suspect[addr] = time.monotonic() + SUSPECT_FOR
+                raise _Unknown("node %s stopped answering: a liveness check got no reply within %gs (peer_timeout)"
+                               % (addr, self.peer_timeout))
+
+    def _alive(self, addr):
+        """Whether addr answers anything to a Status request within
+        peer_timeout."""
+        c, _ = self._conn(addr, self.peer_timeout)
+        try:
+            c.request("POST", SERVICE + "Status", body=b"{}", headers=self._headers(self.peer_timeout))
+            c.getresponse().read()
+            ok = True
+        except (OSError, http.client.HTTPException):
+            ok = False
+        c.close()
+        if ok:
+            with self._lock:
+                self._suspect.pop(addr, None)
+        return ok
+
+    def post(self, addr, method, body, timeout):
+        """One request to one node; returns the decoded reply or raises
+        _NotSent, _Unknown or _RPCError."""
+        data = json.dumps(body).encode()
+        headers = self._headers(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout + 1.0
         for fresh_try in (0, 1):
             c, reused = self._conn(addr, None if timeout is None else timeout + 1.0)
             try:
@@ -249,6 +313,7 @@ class _Transport:
                 raise _NotSent("%s: %s" % (addr, e))
             try:
                 c.request("POST", SERVICE + method, body=data, headers=headers)
+                self._await_reply(c, addr, deadline)
                 resp = c.getresponse()
                 payload = resp.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
@@ -259,6 +324,11 @@ class _Transport:
             except (OSError, http.client.HTTPException) as e:
                 c.close()
                 raise _Unknown("%s: %s" % (addr, e))
+            except _Unknown:
+                c.close()
+                raise
+            with self._lock:
+                self._suspect.pop(addr, None)
             if resp.will_close:
                 c.close()
             else:
@@ -308,7 +378,9 @@ class _Transport:
                 if e.leader_addr and e.leader_addr != addr:
                     with self._lock:
                         self.leader = e.leader_addr
-                    tried.discard(e.leader_addr)
+                        stopped = self._suspect.get(e.leader_addr, 0) > time.monotonic()
+                    if not stopped:  # the refusing node may not have noticed yet
+                        tried.discard(e.leader_addr)
             except _Unknown:
                 self._forget(addr)
                 raise
@@ -464,10 +536,17 @@ class Client:
     random per Client. token: the cluster's auth token (default
     $LEASENODE_AUTH_TOKEN). ssl_context: for a TLS cluster (an
     ssl.SSLContext with the CA and, for mutual TLS, a client certificate).
+    peer_timeout: how long a node may leave a request unanswered before the
+    client checks that it is alive (default 1 s; 0 turns it off): a request
+    to a node that fails the check ends as if its reply were lost (an
+    acquire, extend or release is retried with the same request id,
+    elsewhere first), where it would wait its whole timeout on a stopped
+    process.
     """
 
     def __init__(self, addrs=None, name=None, ttl=DEFAULT_TTL, drift=DEFAULT_DRIFT, token=None,
-                 ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None):
+                 ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None,
+                 peer_timeout=DEFAULT_PEER_TIMEOUT):
         if ttl <= 0:
             raise InvalidError("ttl %r must be > 0" % ttl)
         if not 0 <= drift < 0.5:
@@ -479,7 +558,7 @@ class Client:
         self.ttl, self.drift, self.extend_interval = float(ttl), drift, extend_interval
         self._t = _Transport(addrs or os.environ.get("LEASENODE_ADDR", "127.0.0.1:7402"),
                              token if token is not None else os.environ.get("LEASENODE_AUTH_TOKEN"),
-                             ssl_context, retry_timeout)
+                             ssl_context, retry_timeout, peer_timeout)
         self._retry = _Retry(retry_timeout)
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()

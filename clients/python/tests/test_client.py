@@ -6,6 +6,7 @@ discover -s clients/python/tests (with `leasenode dev` running), or through
 """
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -128,6 +129,39 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(leasenode.StaleRequestError):
             b._retry.run("acquire", key, lambda: call("Acquire", held_up[0], 5))
         self.assertNotEqual(getattr(b.get(key), "holder", ""), b.holder)
+
+    def test_stopped_node_is_left_behind(self):
+        # A node that accepts connections and never answers, as a stopped
+        # process looks (its kernel completes the handshake), listed
+        # first: the liveness check ends the request to it and the call
+        # goes on to a live node, long before the retry timeout.
+        stopped = socket.socket()
+        stopped.bind(("127.0.0.1", 0))
+        stopped.listen(16)
+        addr = "127.0.0.1:%d" % stopped.getsockname()[1]
+        held = []
+
+        def accept():
+            while True:
+                try:
+                    held.append(stopped.accept()[0])
+                except OSError:
+                    return
+
+        threading.Thread(target=accept, daemon=True).start()
+        try:
+            c = leasenode.Client([addr] + ADDRS.split(","), name="pytest", retry_timeout=600, peer_timeout=0.2)
+            self.clients.append(c)
+            began = time.monotonic()
+            l = c.try_acquire(PREFIX + "stopped")
+            self.assertIsNotNone(l)
+            self.assertLess(time.monotonic() - began, 60)  # not the 600 s retry timeout
+            self.assertEqual(c._t._targets()[-1], addr)  # tried last for now
+            l.release()
+        finally:
+            stopped.close()
+            for s in held:
+                s.close()
 
     def test_queued_acquire_is_handed_the_key(self):
         a, b = self.new(), self.new()

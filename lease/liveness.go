@@ -1,0 +1,183 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptrace"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// DefaultPeerTimeout is how long a node may leave a request unanswered
+// before the client checks that it is alive, and how long that check may
+// take (see WithPeerTimeout).
+const DefaultPeerTimeout = time.Second
+
+// suspectFor is how long a node that failed a liveness check is tried
+// after every other address (unless it answers first).
+const suspectFor = 10 * time.Second
+
+// UnresponsiveError ends a request to a node that did not answer it, nor a
+// liveness check sent to it after the request had waited PeerTimeout: the
+// process is stopped (SIGSTOP, a VM paused) or cut off. Its kernel may
+// still hold the connection open, so nothing else would end the request.
+// If the request was written the node may still apply it when it wakes:
+// for a write the error matches ErrUnknownOutcome.
+type UnresponsiveError struct {
+	Addr        string
+	PeerTimeout time.Duration
+}
+
+func (e *UnresponsiveError) Error() string {
+	return fmt.Sprintf("node %s stopped answering: a liveness check got no reply within %v (lease.WithPeerTimeout)", e.Addr, e.PeerTimeout)
+}
+
+// peer is what a Remote knows of one node's liveness. While requests to
+// the node are in flight, one goroutine (watch) checks that the node still
+// answers something: a request can wait for long for good reasons (a
+// queued acquire, a slow disk), so its own silence proves nothing, but a
+// live node answers a Status request at once. This is what an HTTP/2 PING
+// does for gRPC's keepalive; Remote speaks HTTP/1.1 over plain TCP, where
+// there is none.
+type peer struct {
+	inflight map[*inflight]struct{}
+	watching bool
+	idle     chan struct{} // poked when inflight empties, to end watch early
+	heard    time.Time     // last reply of any kind from the node
+	suspect  time.Time     // tried last until then
+}
+
+type inflight struct {
+	since  time.Time
+	cancel context.CancelCauseFunc
+}
+
+// suspect says whether addr failed a liveness check lately. r.mu is held.
+func (r *Remote) suspect(addr string, now time.Time) bool {
+	p := r.peers[addr]
+	return p != nil && now.Before(p.suspect)
+}
+
+// track registers a request about to be sent to addr. The returned
+// context ends with an *UnresponsiveError cause if the node stops
+// answering; done must be called when the request has ended, saying
+// whether the node replied (any response byte).
+func (r *Remote) track(ctx context.Context, addr string) (context.Context, func(replied bool)) {
+	if r.peerTimeout <= 0 {
+		return ctx, func(bool) {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	f := &inflight{since: time.Now(), cancel: cancel}
+	r.mu.Lock()
+	p := r.peers[addr]
+	if p == nil {
+		p = &peer{inflight: map[*inflight]struct{}{}, idle: make(chan struct{}, 1)}
+		r.peers[addr] = p
+	}
+	p.inflight[f] = struct{}{}
+	if !p.watching {
+		p.watching = true
+		go r.watch(addr, p)
+	}
+	r.mu.Unlock()
+	return ctx, func(replied bool) {
+		if replied {
+			r.hear(addr)
+		}
+		r.mu.Lock()
+		delete(p.inflight, f)
+		if len(p.inflight) == 0 {
+			select {
+			case p.idle <- struct{}{}:
+			default:
+			}
+		}
+		r.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// hear records a reply of any kind from addr.
+func (r *Remote) hear(addr string) {
+	r.mu.Lock()
+	if p := r.peers[addr]; p != nil {
+		p.heard, p.suspect = time.Now(), time.Time{}
+	}
+	r.mu.Unlock()
+}
+
+// watch runs while requests to addr are in flight. When the node has
+// been silent for peerTimeout (no reply since the oldest of them was
+// sent, nor since the last check) it sends a Status request; if that gets
+// no reply within peerTimeout either, it ends every request sent before
+// the check with an *UnresponsiveError and has addr tried last for a
+// while. A busy node is not silent: any reply to anything, even a
+// refusal, counts.
+func (r *Remote) watch(addr string, p *peer) {
+	t := time.NewTimer(r.peerTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop.Done():
+		case <-p.idle:
+		case <-t.C:
+		}
+		r.mu.Lock()
+		if len(p.inflight) == 0 || r.stop.Err() != nil {
+			p.watching = false
+			r.mu.Unlock()
+			return
+		}
+		quiet := time.Now() // silent since: the oldest request or the last reply, whichever is later
+		for f := range p.inflight {
+			if f.since.Before(quiet) {
+				quiet = f.since
+			}
+		}
+		if p.heard.After(quiet) {
+			quiet = p.heard
+		}
+		r.mu.Unlock()
+		if wait := time.Until(quiet.Add(r.peerTimeout)); wait > 0 {
+			t.Reset(wait)
+			continue
+		}
+		checked := time.Now()
+		if r.probe(addr) {
+			r.hear(addr)
+		} else {
+			r.mu.Lock()
+			if r.stop.Err() == nil {
+				p.suspect = time.Now().Add(suspectFor)
+				err := &UnresponsiveError{Addr: addr, PeerTimeout: r.peerTimeout}
+				for f := range p.inflight {
+					if f.since.Before(checked) {
+						f.cancel(err)
+					}
+				}
+			}
+			r.mu.Unlock()
+		}
+		t.Reset(r.peerTimeout)
+	}
+}
+
+// probe sends addr a Status request and says whether any reply came back
+// within peerTimeout: a response, or an error the node sent.
+func (r *Remote) probe(addr string) bool {
+	ctx, cancel := context.WithTimeout(r.stop, r.peerTimeout)
+	defer cancel()
+	var replied atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotFirstResponseByte: func() { replied.Store(true) },
+	})
+	resp, err := r.client(addr).Status(ctx, connect.NewRequest(&pb.StatusRequest{}))
+	if err == nil {
+		r.learn(resp.Msg.GetHeader())
+	}
+	return replied.Load()
+}

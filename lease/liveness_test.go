@@ -1,0 +1,325 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+)
+
+// door relays TCP connections to a node's client API and can freeze:
+// bytes stop moving both ways while every connection stays open and new
+// ones are accepted, as with a stopped process (SIGSTOP) whose kernel
+// still holds its sockets.
+type door struct {
+	ln     net.Listener
+	target string
+
+	mu     sync.Mutex
+	thawed chan struct{} // closed while not frozen
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newDoor(t *testing.T, target string) *door {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &door{ln: ln, target: target, thawed: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	close(d.thawed)
+	d.wg.Add(1)
+	go d.serve()
+	t.Cleanup(d.close)
+	return d
+}
+
+func (d *door) addr() string { return d.ln.Addr().String() }
+
+func (d *door) freeze() {
+	d.mu.Lock()
+	d.thawed = make(chan struct{})
+	d.mu.Unlock()
+}
+
+func (d *door) thaw() {
+	d.mu.Lock()
+	select {
+	case <-d.thawed:
+	default:
+		close(d.thawed)
+	}
+	d.mu.Unlock()
+}
+
+func (d *door) close() {
+	d.mu.Lock()
+	d.closed = true
+	for c := range d.conns {
+		c.Close()
+	}
+	d.mu.Unlock()
+	d.thaw()
+	d.ln.Close()
+	d.wg.Wait()
+}
+
+func (d *door) keep(c net.Conn) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		c.Close()
+		return false
+	}
+	d.conns[c] = struct{}{}
+	return true
+}
+
+func (d *door) serve() {
+	defer d.wg.Done()
+	for {
+		in, err := d.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", d.target)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		if !d.keep(in) || !d.keep(out) {
+			in.Close()
+			out.Close()
+			continue
+		}
+		d.wg.Add(2)
+		go d.relay(out, in)
+		go d.relay(in, out)
+	}
+}
+
+// relay copies src to dst, holding each chunk while the door is frozen.
+func (d *door) relay(dst, src net.Conn) {
+	defer d.wg.Done()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			d.mu.Lock()
+			thawed := d.thawed
+			d.mu.Unlock()
+			<-thawed // close thaws too
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// doorCluster is a three-node cluster whose client APIs are reached, and
+// advertised, through doors.
+func doorCluster(t *testing.T, configure func(i int, c *node.Config)) (*nodetest.Cluster, []*door) {
+	doors := make([]*door, 3)
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		doors[i] = newDoor(t, cfg.APIAddr)
+		cfg.APIAdvertiseAddr = doors[i].addr()
+		if configure != nil {
+			configure(i, cfg)
+		}
+	}})
+	return c, doors
+}
+
+func doorAddrs(doors []*door) []string {
+	var out []string
+	for _, d := range doors {
+		out = append(out, d.addr())
+	}
+	return out
+}
+
+// Scenario: the node a client sends its requests to stops answering
+// while its connections stay open (the leader's process is stopped, as
+// far as the client can tell). The client's liveness check ends the
+// request and retries it, with the same request id, through another node:
+// the call succeeds long before the retry timeout, which alone would have
+// held it for the whole stop. When the stopped node wakes and the held
+// copy of the request reaches the leader, it is the same grant, not a
+// second one.
+func TestStoppedNodeIsLeftBehind(t *testing.T) {
+	c, doors := doorCluster(t, nil)
+	li, _ := c.Leader()
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), doorAddrs(doors),
+		lease.WithPeerTimeout(200*time.Millisecond), lease.WithRetryTimeout(10*time.Minute),
+		lease.WithBackoff(5*time.Millisecond, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	// The client now sends to the leader's door.
+	if l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "warm"); err != nil || l == nil {
+		t.Fatalf("warm-up acquire: %v %v", l, err)
+	}
+
+	doors[li].freeze()
+	// Far shorter than the retry timeout: without the check the call
+	// would wait here until this deadline, however long the stop.
+	l, err := cl.TryAcquire(ctxT(t, 30*time.Second), "k")
+	if err != nil || l == nil {
+		t.Fatalf("TryAcquire with the leader's door frozen: %v %v", l, err)
+	}
+	doors[li].thaw()
+
+	// The copy held in the door reaches the leader now: it names the
+	// same request, so the cluster still records one grant, this one.
+	_, n := c.Leader()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		got, ok := n.FSM().Get("k")
+		if !ok || got.Token != l.Token() || got.Holder != cl.Holder() {
+			return errors.New("k is not held by the client's one grant")
+		}
+		return nil
+	})
+	if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+}
+
+// Scenario: a waiting acquire sits at a live leader for many liveness
+// periods. The node answers the checks, so the acquire is never cut
+// short and retried: the leader sees exactly one Acquire request, and it
+// is granted when the holder lets go.
+func TestLivenessCheckLeavesWaitsAlone(t *testing.T) {
+	var acquires, statuses atomic.Int64
+	_, doors := doorCluster(t, func(i int, cfg *node.Config) {
+		cfg.APIMiddleware = func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case strings.HasSuffix(r.URL.Path, "/Acquire"):
+					acquires.Add(1)
+				case strings.HasSuffix(r.URL.Path, "/Status"):
+					statuses.Add(1)
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	// The default: a loopback Status answered later than this on a busy
+	// machine would cut the wait short by design, and fail the test.
+	const peerTimeout = lease.DefaultPeerTimeout
+	dial := func() *lease.Client {
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), doorAddrs(doors), lease.WithPeerTimeout(peerTimeout))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close(context.Background()) })
+		return cl
+	}
+	holder, waiter := dial(), dial()
+	held, err := holder.TryAcquire(ctxT(t, 10*time.Second), "k")
+	if err != nil || held == nil {
+		t.Fatalf("holder: %v %v", held, err)
+	}
+	type result struct {
+		l   *lease.Lease
+		err error
+	}
+	got := make(chan result, 1)
+	acquires.Store(0)
+	statuses.Store(0)
+	go func() {
+		l, err := waiter.Acquire(ctxT(t, 30*time.Second), "k")
+		got <- result{l, err}
+	}()
+	// Let the wait outlast several checks, each answered.
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if statuses.Load() < 3 {
+			return errors.New("fewer than three liveness checks so far")
+		}
+		return nil
+	})
+	if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || r.l == nil {
+			t.Fatalf("waiting acquire: %v %v", r.l, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("waiting acquire not granted after the release")
+	}
+	if n := acquires.Load(); n != 1 {
+		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (the wait was cut short)", n)
+	}
+}
+
+// The check is off with a zero timeout, and a negative one is refused.
+func TestPeerTimeoutOption(t *testing.T) {
+	if _, err := lease.NewRemote([]string{"127.0.0.1:1"}, lease.WithPeerTimeout(-time.Second)); !errors.Is(err, lease.ErrInvalid) {
+		t.Fatalf("negative peer timeout: %v, want ErrInvalid", err)
+	}
+	r, err := lease.NewRemote([]string{"127.0.0.1:1"}, lease.WithPeerTimeout(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+}
+
+// Scenario: the node a watch streams from stops answering. The stream
+// ends (the caller watches again, elsewhere) instead of staying open and
+// silent while the cluster moves on.
+func TestStoppedNodeEndsWatch(t *testing.T) {
+	_, doors := doorCluster(t, nil)
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), doorAddrs(doors), lease.WithPeerTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "w/a")
+	if err != nil || l == nil {
+		t.Fatalf("acquire: %v %v", l, err)
+	}
+	events, err := cl.Watch(ctxT(t, 60*time.Second), "w/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-events:
+		if e.Type != lease.Granted || e.Key != "w/a" {
+			t.Fatalf("first event %+v, want the grant of w/a", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no initial event")
+	}
+	for _, d := range doors {
+		d.freeze()
+	}
+	defer func() {
+		for _, d := range doors {
+			d.thaw()
+		}
+	}()
+	select {
+	case e, ok := <-events:
+		if ok {
+			t.Fatalf("event %+v from a stopped node", e)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("watch of a stopped node still open 30 s later")
+	}
+}
