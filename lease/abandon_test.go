@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -166,5 +167,47 @@ func TestAbandonOnAnOlderCluster(t *testing.T) {
 	if got != nil || !errors.As(err, &he) || he.Holder != holder.Holder() || b.abandons.Load() == 0 {
 		t.Fatalf("AcquireTimeout of a held key on an older cluster: %v, %v (%d abandons); want a timeout naming %s",
 			got, err, b.abandons.Load(), holder.Holder())
+	}
+}
+
+// Scenario: a key is in its lock-delay (its holder vanished without
+// releasing it) when another client's AcquireTimeout ends. The client
+// reports a refusal, as a TryAcquire in the lock-delay does: a *HeldError
+// naming no holder, with the time the key stays blocked, not a bare
+// timeout whose outcome a caller could not tell from an unknown one.
+func TestAcquireTimeoutInLockDelay(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	vanishing := &cutBackend{Backend: n}
+	a, err := lease.New(vanishing, lease.WithTTL(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	const delay = time.Minute
+	l, err := a.TryAcquire(ctxT(t, 10*time.Second), "delayed", lease.LockDelay(delay))
+	if err != nil || l == nil {
+		t.Fatalf("acquire: %v %v", l, err)
+	}
+	vanishing.cut.Store(true) // no extends, no release: it expires into its lock-delay
+	b, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		info, err := b.Get(ctxT(t, 5*time.Second), "delayed")
+		if err != nil {
+			return err
+		}
+		if info == nil || !info.LockDelay {
+			return fmt.Errorf("not in its lock-delay yet: %+v", info)
+		}
+		return nil
+	})
+	_, err = b.AcquireTimeout(ctxT(t, 10*time.Second), "delayed", 200*time.Millisecond)
+	var held *lease.HeldError
+	if !errors.As(err, &held) || !errors.Is(err, lease.ErrTimeout) || held.Holder != "" || held.Wait <= 0 || held.Wait > delay {
+		t.Fatalf("AcquireTimeout in the lock-delay: %v; want ErrTimeout and a HeldError naming no holder, with a wait in (0, %v]", err, delay)
 	}
 }

@@ -386,8 +386,9 @@ const abandonWindow = 10 * time.Minute
 // began: Abandon spends its request id in the cluster's log, so no attempt
 // of it still in flight can be granted afterwards, and releases its grant
 // if it stands. granted says an attempt was granted (and is released
-// now); held, if the request was never granted, who holds the key, if
-// anyone else does. err says the outcome stays unknown: an attempt may
+// now); held, if the request was never granted, who holds the key (no
+// one while it is in its lock-delay) and for how long at most, unless the
+// key is free. err says the outcome stays unknown: an attempt may
 // have been granted and its grant has ended, or the settling failed. It
 // takes at most resolveTimeout.
 func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool, held *HeldError, err error) {
@@ -420,8 +421,8 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 			return false, nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v)",
 				d.Round(time.Second), abandonWindow)
 		}
-		if resp.GetHolder() == "" {
-			return false, nil, nil
+		if resp.GetHolder() == "" && resp.GetWait() == nil {
+			return false, nil, nil // the key is free now
 		}
 		return false, &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
 	}

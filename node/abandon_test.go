@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -60,9 +62,33 @@ func TestAbandon(t *testing.T) {
 		holderIs("ab/held", "a")
 	})
 	t.Run("never granted, free", func(t *testing.T) {
-		want(abandon(t, f, "ab/free", "b", 1), pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "")
+		got := abandon(t, f, "ab/free", "b", 1)
+		want(got, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "")
+		if got.Wait != nil {
+			t.Fatalf("wait %v for a free key, want none", got.Wait.AsDuration())
+		}
 		lateCopyIsStale("ab/free", "b", 1)
 		holderIs("ab/free", "")
+	})
+	t.Run("never granted, the key in its lock-delay", func(t *testing.T) {
+		// a's lease expires unreleased: nobody holds the key, and nobody
+		// can take it for the lock-delay. The answer says so (a wait, no
+		// holder), as a refused try-acquire would.
+		const delay = time.Minute
+		req := acq("ab/delay", "a", 1, nodetest.TestTiming.LeaderLeaseTimeout) // the shortest TTL allowed
+		req.LockDelay = durationpb.New(delay)
+		mustGrant(t, l, req)
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if holderOf(t, l, "ab/delay") != "" {
+				return errors.New("a's lease has not expired yet")
+			}
+			return nil
+		})
+		got := abandon(t, f, "ab/delay", "b", 1)
+		want(got, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, "")
+		if w := got.Wait.AsDuration(); w <= 0 || w > delay {
+			t.Fatalf("wait %v in the lock-delay, want in (0, %v]", w, delay)
+		}
 	})
 	t.Run("granted, its reply lost", func(t *testing.T) {
 		mustGrant(t, l, acq("ab/granted", "b", 1, ttl))

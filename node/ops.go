@@ -168,8 +168,10 @@ func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.Abando
 		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_ENDED
 	case fsm.NotHeld:
 		out.Outcome = pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED
-		if res.Holder != "" {
-			_, wait, _ := n.fsm.Admits(fsm.Item{Key: cmd.Key}, cmd.Holder, ls.now(), 0, 0)
+		// Who holds the key, and how long it may stay unavailable: also
+		// when nobody holds it but its lock-delay runs, so that the
+		// client can report a refusal, as for a try-acquire then.
+		if free, wait, _ := n.fsm.Admits(fsm.Item{Key: cmd.Key}, cmd.Holder, ls.now(), 0, 0); !free || res.Holder != "" {
 			out.Holder, out.Wait = res.Holder, durationpb.New(wait)
 		}
 	default:

@@ -392,7 +392,8 @@ func (wk *worker) acquired(id int64, l *lease.Lease, err error) *lease.Lease {
 	case errors.As(err, &held):
 		// Refused, or the wait ended (timeout, deadline) and the client's
 		// Abandon of the request id answered "never granted, held by
-		// another" (and spent the id, so no late copy of it can be granted).
+		// another, or in its lock-delay" (and spent the id, so no late
+		// copy of it can be granted).
 		// A refusal, like a try-acquire's.
 		wk.w.rec.Complete(id, history.Record{Type: history.Fail, Err: history.ErrHeld, Holder: holderName(held.Holder)})
 	case errors.Is(err, lease.ErrInvalid):
