@@ -92,12 +92,14 @@ type holding struct {
 	Limit      uint32
 }
 
-// record is the mutable form of a Lease; hidx is its place in the expiry
-// heap, set its multi-key grant (nil if granted alone).
+// record is the mutable form of a Lease; lane, prev and next are its
+// place in the due queue (lane nil while not queued), set its multi-key
+// grant (nil if granted alone).
 type record struct {
 	holding
-	hidx int
-	set  *grantSet
+	lane       *lane
+	prev, next *record
+	set        *grantSet
 }
 
 // FreeAt is Lease.FreeAt.
@@ -256,7 +258,7 @@ type FSM struct {
 	applied uint64 // index of the last applied entry
 	keys    map[string]*keyState
 	order   *btree.BTreeG[*keyState] // by key, for List and snapshots
-	heap    expiryHeap               // every record, by (due, key, token)
+	due     dueQueue                 // every record, by (due, key, token)
 	// nHeld and nDelayed count records in StateHeld and StateDelayed,
 	// nShaped those with a shape or in a set (snapshot format 3).
 	nHeld, nDelayed int
@@ -284,6 +286,7 @@ func New(cfg Config) *FSM {
 		marks:    newMarkSet(),
 		keys:     make(map[string]*keyState),
 		order:    newOrder(),
+		due:      newDueQueue(),
 		changed:  make(chan struct{}, 1),
 	}
 }
@@ -506,11 +509,12 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 	}
 	r := &Response{Index: index, Results: []Result{{Code: Promoted}}}
 	r.Results = f.expire(index, r.Results)
-	// A uniform shift keeps the expiry heap's order: no rebuild.
+	// A uniform shift keeps the due queue's order: no rebuild.
 	delta := s.Now - f.now
-	for _, rec := range f.heap {
+	f.eachRecord(func(rec *record) bool {
 		rec.Expiry += delta
-	}
+		return true
+	})
 	f.shiftMarks(f.now, s.Now)
 	f.epoch, f.now = s.Epoch, s.Now
 	r.Epoch, r.Now = f.epoch, f.now
@@ -642,7 +646,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	}
 	// Granted: end what it replaces, then add a holding per item.
 	for _, r := range own {
-		if r == nil || r.hidx < 0 {
+		if r == nil || !r.queued() {
 			continue // none, or ended with an earlier member
 		}
 		for _, m := range r.members() {
@@ -672,7 +676,7 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	for _, i := range order {
 		it := items[i]
 		r := &record{holding: holding{Key: it.Key, Holder: c.Holder, ReqID: c.ReqID, Token: index,
-			GrantEpoch: f.epoch, Mode: it.Mode, Limit: it.Limit}, hidx: -1}
+			GrantEpoch: f.epoch, Mode: it.Mode, Limit: it.Limit}}
 		if gs != nil {
 			r.set = gs
 			gs.members = append(gs.members, r)
@@ -737,10 +741,11 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 	r.LockDelay = c.LockDelay
 	r.Value = c.Value
 	r.Expiry = f.now + c.TTL
-	f.heap.update(r)
+	f.due.update(r)
 }
 
-// insert adds a new record (its heap place is set by setLease).
+// insert adds a new record (its place in the due queue is set by
+// setLease).
 func (f *FSM) insert(r *record) {
 	ks := f.keys[r.Key]
 	if ks == nil {
@@ -806,7 +811,7 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 	}
 	for _, m := range r.members() {
 		m.Expiry = f.now + m.TTL
-		f.heap.update(m)
+		f.due.update(m)
 		if f.cfg.Events {
 			f.emit(event(EventExtended, index, m))
 		}
@@ -898,13 +903,13 @@ func (f *FSM) cancel(index uint64, c *Cancel) Result {
 	return res
 }
 
-// expire reaps everything due at now, in (due, key, token) order, in
-// O(log n) per step, and the marks that are due. A held lease with a
+// expire reaps everything due at now, in (due, key, token) order (the due
+// queue's, O(1) per step), and the marks that are due. A held lease with a
 // lock-delay takes two steps (expired, then freed), each in its turn; the
 // members of a multi-key grant take each step together.
 func (f *FSM) expire(index uint64, out []Result) []Result {
-	for len(f.heap) > 0 && f.heap[0].due() <= f.now {
-		f.reapStep(index, f.heap[0], &out)
+	for r := f.due.first(); r != nil && r.due() <= f.now; r = f.due.first() {
+		f.reapStep(index, r, &out)
 	}
 	f.reapMarks()
 	return out
@@ -926,7 +931,7 @@ func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 				m.State = StateDelayed
 				f.nHeld--
 				f.nDelayed++
-				f.heap.update(m)
+				f.due.update(m)
 				continue
 			}
 		} else {
@@ -975,7 +980,20 @@ func (f *FSM) reapDue(index uint64, key string) {
 	}
 }
 
-// remove deletes r from its key, the heap and the counts.
+// eachRecord calls fn for every record, in (key, token) order, until fn
+// returns false.
+func (f *FSM) eachRecord(fn func(*record) bool) {
+	f.order.Ascend(func(ks *keyState) bool {
+		for _, r := range ks.recs {
+			if !fn(r) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// remove deletes r from its key, the due queue and the counts.
 func (f *FSM) remove(r *record) {
 	if r.State == StateDelayed {
 		f.nDelayed--
@@ -992,7 +1010,7 @@ func (f *FSM) remove(r *record) {
 			f.order.Delete(ks)
 		}
 	}
-	f.heap.remove(r)
+	f.due.remove(r)
 }
 
 // emit appends to the change feed. Called with f.mu held.
@@ -1177,9 +1195,7 @@ func (f *FSM) Clock() (epoch uint64, now time.Duration) {
 func (f *FSM) NextExpiry() (due time.Duration, ok bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if len(f.heap) > 0 {
-		due, ok = f.heap[0].due(), true
-	}
+	due, ok = f.due.nextDue()
 	if len(f.marks.heap) > 0 && (!ok || f.marks.heap[0].Due < due) {
 		due, ok = f.marks.heap[0].Due, true
 	}

@@ -9,12 +9,9 @@ type heapItem[T any] interface {
 }
 
 // indexedHeap is a binary min-heap of items by their before order. The
-// order must be total (ties broken by key and token or holder), so equal
-// due times pop in the same order on every replica.
+// order must be total (ties broken by key and holder, or by lane), so the
+// heap's shape and its first item are the same on every replica.
 type indexedHeap[T heapItem[T]] []T
-
-// expiryHeap holds every record by (due, key, token).
-type expiryHeap = indexedHeap[*record]
 
 // markHeap holds every request-id mark by (due, key, holder).
 type markHeap = indexedHeap[*mark]
@@ -102,18 +99,6 @@ func (h indexedHeap[T]) init() {
 		h.down(i)
 	}
 }
-
-func (r *record) before(o *record) bool {
-	if a, b := r.due(), o.due(); a != b {
-		return a < b
-	}
-	if r.Key != o.Key {
-		return r.Key < o.Key
-	}
-	return r.Token < o.Token
-}
-
-func (r *record) slot() *int { return &r.hidx }
 
 func (m *mark) before(o *mark) bool {
 	if m.Due != o.Due {

@@ -122,17 +122,17 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	if f.nShaped > 0 || f.nHeld+f.nDelayed > len(f.keys) {
 		version = 3
 	}
-	for _, r := range f.heap {
+	f.eachRecord(func(r *record) bool {
 		if r.GrantEpoch != 0 {
 			version = snapshotVersion
-			break
 		}
-	}
+		return version != snapshotVersion
+	})
 	hdr := binary.AppendUvarint(nil, version)
 	hdr = binary.AppendUvarint(hdr, f.epoch)
 	hdr = binary.AppendVarint(hdr, int64(f.now))
 	hdr = binary.AppendUvarint(hdr, f.applied)
-	hdr = binary.AppendUvarint(hdr, uint64(len(f.heap)))
+	hdr = binary.AppendUvarint(hdr, uint64(f.due.len()))
 	hdr = binary.AppendUvarint(hdr, uint64(f.marks.tree.Len()))
 	w.frame(hdr)
 	var buf []byte
@@ -263,7 +263,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
-	f.keys, f.order, f.heap, f.nHeld, f.nDelayed, f.nShaped = st.keys, st.order, st.heap, st.nHeld, st.nDelayed, st.nShaped
+	f.keys, f.order, f.due, f.nHeld, f.nDelayed, f.nShaped = st.keys, st.order, st.due, st.nHeld, st.nDelayed, st.nShaped
 	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
@@ -393,7 +393,6 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		}
 		r := &recs[0]
 		recs = recs[1:]
-		r.hidx = -1
 		r.Key = d.string()
 		r.Holder = intern(d.bytes())
 		r.ReqID = d.uvarint()
@@ -495,7 +494,8 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	if _, err := r.ReadByte(); err != io.EOF {
 		return nil, corrupt("data after the last record")
 	}
-	st.heap.init()
+	st.due.build(st.queue)
+	st.queue = nil
 	st.marks.heap.init()
 	return st, nil
 }
@@ -615,7 +615,8 @@ type snapState struct {
 	applied         uint64
 	keys            map[string]*keyState
 	order           *btree.BTreeG[*keyState]
-	heap            expiryHeap
+	due             dueQueue
+	queue           []*record // every record, for due.build once all are read
 	nHeld, nDelayed int
 	nShaped         int
 	marks           markSet
@@ -623,11 +624,11 @@ type snapState struct {
 }
 
 func newSnapState() *snapState {
-	return &snapState{keys: make(map[string]*keyState), order: newOrder(), marks: newMarkSet()}
+	return &snapState{keys: make(map[string]*keyState), order: newOrder(), due: newDueQueue(), marks: newMarkSet()}
 }
 
 // add appends a record, which comes after every record added before it in
-// (key, token) order; the heap is ordered once all are in. Unless b is
+// (key, token) order; the due queue is built once all are in. Unless b is
 // lenient, the key's records must stay compatible (shape-compatibility)
 // and its holder must have no other live holding of the key.
 func (st *snapState) add(r *record, b restoreBounds) error {
@@ -651,7 +652,7 @@ func (st *snapState) add(r *record, b restoreBounds) error {
 		}
 	}
 	ks.add(r)
-	st.heap.add(r)
+	st.queue = append(st.queue, r)
 	if r.State == StateDelayed {
 		st.nDelayed++
 	} else {
