@@ -190,7 +190,7 @@
 // leases/s, ten thousand from 2.6–3.4 (and 1.2 in a disturbed run) to
 // 3.1–4.1 million (BenchmarkApplyExtend1M, BenchmarkApplyExtend100,
 // alternated in one sitting). The price: a record is 16 bytes larger, a restore sorts the
-// records by due (a million: 1.4–2.0 s became 2.0–3.2 s,
+// records by due (a million: 1.4–2.0 s became 2.0–2.6 s,
 // BenchmarkRestore1M), and Promote's rebase walks them through the key
 // index instead of the heap's array (10–12 ms became 40–45 ms,
 // BenchmarkPromote1M).
