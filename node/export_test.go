@@ -20,9 +20,16 @@ func (n *Node) EarlyCampaigns() int64 { return n.earlyCampaigns.Load() }
 func (n *Node) Transport() raft.Transport { return n.trans }
 
 // Withdraw proposes the withdrawal of acquire reqID of holder for key, as
-// a leader whose proposal of it in epoch lost its outcome would.
-func (n *Node) Withdraw(key, holder string, reqID, epoch uint64) {
-	n.withdraw(&pb.AcquireRequest{Key: key, Holder: holder, RequestId: reqID}, epoch)
+// a leader whose proposal of it in epoch, at Raft index (0: unknown), lost
+// its outcome would.
+func (n *Node) Withdraw(key, holder string, reqID, epoch, index uint64) {
+	n.withdraw(&pb.AcquireRequest{Key: key, Holder: holder, RequestId: reqID}, epoch, index)
+}
+
+// Withdrawals is how many withdrawals this node started, and how many
+// lost outcomes and withdrawals are still being settled.
+func (n *Node) Withdrawals() (started, pending int64) {
+	return n.withdrawn.Load(), n.lostPending.Load() + int64(len(n.withdrawals))
 }
 
 // MinReplayOps is the fewest lease operations applied after a snapshot

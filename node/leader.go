@@ -275,11 +275,15 @@ func (n *Node) revoke(ls *leaderState) {
 //   - ErrUnknownOutcome: the entry was handed to Raft but leadership was
 //     lost or ctx ended before the result.
 func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Response, error) {
-	timeout := 5 * time.Second
+	return n.propose(s, cmd, applyTimeout(ctx)).wait(ctx, n)
+}
+
+// applyTimeout bounds the enqueueing of a proposal made for ctx.
+func applyTimeout(ctx context.Context) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = max(time.Until(dl), time.Millisecond)
+		return max(time.Until(dl), time.Millisecond)
 	}
-	return n.propose(s, cmd, timeout).wait(ctx, n)
+	return 5 * time.Second
 }
 
 // proposal is one command handed to Raft. Its outcome is known when done
@@ -288,6 +292,10 @@ type proposal struct {
 	done chan struct{}
 	resp *fsm.Response
 	err  error
+	// index is the entry's Raft index once Raft appended it (0 if it
+	// never did, or the node closed first): an acquire's token, if the
+	// entry granted it afresh.
+	index uint64
 }
 
 // propose hands cmd, stamped s, to Raft and returns at once; the proposal
@@ -297,7 +305,11 @@ func (n *Node) propose(s fsm.Stamp, cmd fsm.Command, timeout time.Duration) *pro
 	p := &proposal{done: make(chan struct{})}
 	go func() { // ends when the future resolves or Raft is down (see wait)
 		defer close(p.done)
-		p.resp, p.err = n.outcome(n.raft.Apply(fsm.Encode(s, cmd), timeout))
+		f := n.raft.Apply(fsm.Encode(s, cmd), timeout)
+		p.resp, p.err = n.outcome(f)
+		if !errors.Is(p.err, ErrClosed) { // else f may not have resolved
+			p.index = f.Index()
+		}
 	}()
 	return p
 }

@@ -90,7 +90,11 @@ type Node struct {
 	hub *watchHub
 	// withdrawals bounds withdraw goroutines in flight.
 	withdrawals chan struct{}
-	clock       clockSeen // when the FSM clock last moved, for stale reads
+	// lostPending counts acquires whose outcome this leader is waiting
+	// to learn before it decides to withdraw them (lostOutcome);
+	// withdrawn counts the withdrawals it started.
+	lostPending, withdrawn atomic.Int64
+	clock                  clockSeen // when the FSM clock last moved, for stale reads
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc

@@ -72,14 +72,15 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 // that proposed withdraws: a node that forwarded the request and lost the
 // leader's answer cannot tell which epoch, if any, granted it, and leaves
 // the grant to the holder's retry or to its TTL.
-func (n *Node) withdraw(req *pb.AcquireRequest, epoch uint64) {
+func (n *Node) withdraw(req *pb.AcquireRequest, epoch, index uint64) {
 	select {
 	case n.withdrawals <- struct{}{}:
 	default:
 		n.log.Warn("too many withdrawals in flight; this one is left to expire", "key", req.GetKey())
 		return
 	}
-	c := &pb.CancelRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId(), Epoch: epoch}
+	n.withdrawn.Add(1)
+	c := &pb.CancelRequest{Key: req.GetKey(), Holder: req.GetHolder(), RequestId: req.GetRequestId(), Epoch: epoch, Index: index}
 	bound := req.GetTtl().AsDuration() + req.GetLockDelay().AsDuration() + n.leaderWait()
 	started := n.goRun("node.withdraw", func() {
 		defer func() { <-n.withdrawals }()
@@ -104,11 +105,23 @@ func (n *Node) withdraw(req *pb.AcquireRequest, epoch uint64) {
 	}
 }
 
-// cancelLocal applies the Cancel of withdraw on the leader.
+// cancelLocal applies the Cancel of withdraw on the leader. A withdrawal
+// that names the index of its entry leaves alone a grant of the request
+// that another entry made: that entry's attempt may have been answered.
+// The check is stable: the withdrawn epoch is over or is this leader's,
+// whose entries for the request are settled before it withdraws
+// (lostOutcome), so no grant of that epoch can appear or change later.
 func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.CancelRequest) (*pb.ReleaseResponse, error) {
 	cmd := &fsm.Cancel{Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId(), Epoch: req.GetEpoch()}
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if idx := req.GetIndex(); idx != 0 {
+		for _, l := range n.fsm.Holdings(cmd.Key) {
+			if l.Holder == cmd.Holder && l.ReqID == cmd.ReqID && l.GrantEpoch == cmd.Epoch && l.Token != idx {
+				return &pb.ReleaseResponse{Header: n.header()}, nil
+			}
+		}
 	}
 	resp, err := n.apply(ctx, ls.stamp(), cmd)
 	if err != nil {
@@ -528,9 +541,10 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	}
 	if !ls.queues.busy(items) || ownKey() {
 		s := ls.stamp()
-		resp, err := n.apply(ctx, s, cmd)
+		p := n.propose(s, cmd, applyTimeout(ctx))
+		resp, err := p.wait(ctx, n)
 		if err != nil {
-			return nil, n.lostOutcome(ls, req, err)
+			return nil, n.lostOutcome(ls, req, p, err)
 		}
 		res := resp.Results[0]
 		if res.Code != fsm.Held || !req.GetWait() {
@@ -543,7 +557,7 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
 	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
-		return nil, n.lostOutcome(ls, req, r.err)
+		return nil, n.lostOutcome(ls, req, r.lost, r.err)
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
 }
@@ -567,11 +581,42 @@ func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error
 	}
 }
 
-// lostOutcome withdraws the acquire req that this leader proposed in its
-// epoch if err says its outcome was lost, and returns err.
-func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, err error) error {
-	if errors.Is(err, ErrUnknownOutcome) {
-		n.withdraw(req, ls.epoch)
+// lostOutcome settles an acquire this leader proposed (p) whose caller
+// left before its outcome was known (err is ErrUnknownOutcome), and
+// returns err. The outcome is learnt in the background, when Raft resolves
+// p. Only a fresh grant made by p is withdrawn: if p turned out to be a
+// retry of the request (an earlier entry had granted it, and another
+// attempt may have been answered with that grant), or a refusal, there is
+// nothing of p's to withdraw. Withdrawing before knowing released, in a
+// campaign, a grant its holder had been answered with and was using: a
+// copy of its request, held up in a stopped node, reached the leader with
+// its caller gone, and the Cancel got into the log ahead of the copy
+// (stop 22). If p's outcome stays unknown (leadership lost after Raft
+// appended it), the next leader withdraws it, naming p's index, so that
+// it too releases only what p granted.
+func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, p *proposal, err error) error {
+	if !errors.Is(err, ErrUnknownOutcome) || p == nil {
+		return err
+	}
+	n.lostPending.Add(1)
+	started := n.goRun("node.lost-outcome", func() {
+		defer n.lostPending.Add(-1)
+		select {
+		case <-p.done:
+		case <-n.ctx.Done():
+			return // the grant, if any, expires with its TTL
+		}
+		switch {
+		case p.err == nil:
+			if res := p.resp.Results[len(p.resp.Results)-1]; res.Code == fsm.Granted && !res.Retry {
+				n.withdraw(req, ls.epoch, p.index)
+			}
+		case errors.Is(p.err, ErrUnknownOutcome) && !errors.Is(p.err, ErrClosed):
+			n.withdraw(req, ls.epoch, p.index)
+		}
+	})
+	if !started {
+		n.lostPending.Add(-1)
 	}
 	return err
 }

@@ -38,6 +38,9 @@ type waitResult struct {
 	res    fsm.Result
 	waited time.Duration // W: grant stamp minus arrival, leader clock
 	err    error
+	// lost is the waiter's proposal when its caller left while it was in
+	// flight (err is then ErrUnknownOutcome): see Node.lostOutcome.
+	lost *proposal
 }
 
 // item returns w's item on key.
@@ -179,13 +182,13 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	default:
 	}
 	w.gone = true
-	inflight := w.inflight != nil
-	if !inflight {
+	lost := w.inflight
+	if lost == nil {
 		q.leaveLocked(w) // and let the ones behind it go
 	}
 	q.mu.Unlock()
-	if inflight {
-		return waitResult{err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
+	if lost != nil {
+		return waitResult{lost: lost, err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
 	}
 	return waitResult{err: fmt.Errorf("acquire %q: gave up waiting, not granted: %w", w.cmd.Key, ctx.Err())}
 }

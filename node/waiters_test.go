@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -252,18 +253,93 @@ func TestWithdrawLeavesAnotherEpochsGrant(t *testing.T) {
 	if other == 0 {
 		other = epoch + 1 // (0 would name no epoch)
 	}
-	l.Withdraw("epoch/a", "h", 7, other)
+	l.Withdraw("epoch/a", "h", 7, other, 0)
 	nodetest.Eventually(t, 10*time.Second, spent("epoch/a"))
 	if got, ok := l.FSM().Get("epoch/a"); !ok || got.Holder != "h" || got.Token != held.Token {
 		t.Fatalf("the grant of epoch %d was released by the withdrawal of epoch %d's proposal: %+v", epoch, other, got)
 	}
 	mustGrant(t, l, acq("epoch/b", "h", 7, time.Minute))
-	l.Withdraw("epoch/b", "h", 7, epoch) // this epoch's proposal: it is the grant
+	l.Withdraw("epoch/b", "h", 7, epoch, 0) // this epoch's proposal: it is the grant
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		if got, ok := l.FSM().Get("epoch/b"); ok {
 			return fmt.Errorf("epoch/b still held: %+v", got)
 		}
 		return nil
+	})
+}
+
+// Scenario (campaign H3 of stop 22, 3½ min in): a client's attempt at an
+// acquire was held up in a stopped node; the client gave up on it and was
+// granted the key by a retry of the same request. When the stopped node
+// woke, it forwarded the held copy to the leader with its caller already
+// gone, so the leader lost the copy's outcome and withdrew "its" grant,
+// naming only the request and its epoch. The Cancel got into the log ahead
+// of the copy and released the grant the client had been answered with;
+// the key went to another client while the first still held it. Now a
+// leader withdraws only a fresh grant made by the very entry whose outcome
+// it lost, once it knows what that entry did; and a withdrawal naming its
+// entry's index releases only the grant that entry made.
+func TestWithdrawOnlyWhatTheLostEntryGranted(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	settled := func(t *testing.T) {
+		t.Helper()
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if _, pending := l.Withdrawals(); pending != 0 {
+				return fmt.Errorf("%d lost outcomes and withdrawals still in flight", pending)
+			}
+			return nil
+		})
+	}
+	stillHeld := func(t *testing.T, key string, token uint64) {
+		t.Helper()
+		if got, ok := l.FSM().Get(key); !ok || got.State != fsm.StateHeld || got.Holder != "h" || got.Token != token {
+			t.Fatalf("%s: the grant the holder was answered with (token %d) is gone: %+v", key, token, got)
+		}
+	}
+	gone := func(t *testing.T, key string) {
+		t.Helper()
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if got, ok := l.FSM().Get(key); ok && got.State == fsm.StateHeld {
+				return fmt.Errorf("%s still held: %+v", key, got)
+			}
+			return nil
+		})
+	}
+	left, cancel := context.WithCancel(context.Background())
+	cancel() // a copy whose caller is gone
+
+	t.Run("a late copy of an answered request", func(t *testing.T) {
+		held := mustGrant(t, l, acq("lost/answered", "h", 1, time.Minute))
+		before, _ := l.Withdrawals()
+		if _, err := l.Acquire(left, acq("lost/answered", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
+			t.Fatalf("copy with its caller gone: %v, want %v", err, node.ErrUnknownOutcome)
+		}
+		settled(t)
+		if after, _ := l.Withdrawals(); after != before {
+			t.Fatalf("%d withdrawals for a copy that only repeated an answered grant", after-before)
+		}
+		stillHeld(t, "lost/answered", held.Token)
+	})
+	t.Run("a fresh grant nobody heard of", func(t *testing.T) {
+		before, _ := l.Withdrawals()
+		if _, err := l.Acquire(left, acq("lost/fresh", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
+			t.Fatalf("acquire with its caller gone: %v, want %v", err, node.ErrUnknownOutcome)
+		}
+		settled(t)
+		if after, _ := l.Withdrawals(); after != before+1 {
+			t.Fatalf("%d withdrawals of a fresh grant whose outcome was lost, want 1", after-before)
+		}
+		gone(t, "lost/fresh")
+	})
+	t.Run("a withdrawal naming another entry", func(t *testing.T) {
+		held := mustGrant(t, l, acq("lost/index", "h", 1, time.Minute))
+		granted, _ := l.FSM().Get("lost/index")
+		l.Withdraw("lost/index", "h", 1, granted.GrantEpoch, held.Token+1) // a later copy's entry
+		settled(t)
+		stillHeld(t, "lost/index", held.Token)
+		l.Withdraw("lost/index", "h", 1, granted.GrantEpoch, held.Token) // the entry that granted it
+		gone(t, "lost/index")
 	})
 }
 

@@ -1200,11 +1200,17 @@ func (x *AbandonResponse) GetWait() *durationpb.Duration {
 // only if it was made in that epoch and no retry of the request was
 // applied since (fsm.Cancel). Clients never send it.
 type CancelRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
-	RequestId     uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Key       string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Holder    string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	RequestId uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// index: the Raft index of the entry whose outcome was lost, 0 if not
+	// known. A leader that knows it withdraws only the grant that entry
+	// made (token = index), never one an earlier entry of the same request
+	// made, which another attempt may have been answered with. Leaders
+	// older than this field ignore it.
+	Index         uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1263,6 +1269,13 @@ func (x *CancelRequest) GetRequestId() uint64 {
 func (x *CancelRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *CancelRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
 	}
 	return 0
 }
@@ -2485,13 +2498,14 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x126\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x1c.leasenode.v1.AbandonOutcomeR\aoutcome\x12\x16\n" +
 	"\x06holder\x18\x03 \x01(\tR\x06holder\x12-\n" +
-	"\x04wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"n\n" +
+	"\x04wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\x84\x01\n" +
 	"\rCancelRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\x04R\trequestId\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x9d\x03\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05index\x18\x05 \x01(\x04R\x05index\"\x9d\x03\n" +
 	"\x05Lease\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
