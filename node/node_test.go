@@ -878,8 +878,15 @@ func testFailoverAddsNoElection(t *testing.T, applied bool) {
 	if err != nil || !resp.Found {
 		t.Fatalf("after the failover: %v %v", resp, err)
 	}
+	// The lease may keep the replication delay of the last entry the new
+	// leader stored (its clock starts when it stored it, after the old
+	// leader stamped it): tens of milliseconds on a loaded machine (29 ms
+	// over a 20 ms slack beside two busy loops, stop 22). An election adds
+	// at least the leader lease timeout (100 ms with test timing): the
+	// slack stays below it.
+	const slack = 60 * time.Millisecond
 	left, most := resp.Lease.Remaining.AsDuration(), ttl-time.Since(granted)
-	if left > most+20*time.Millisecond {
+	if left > most+slack {
 		t.Fatalf("no-early-expiry without extra: %v left after the failover, but at most %v was (the election counted as time left)", left, most)
 	}
 	t.Logf("%v left after the failover (at most %v)", left, most)
