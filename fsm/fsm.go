@@ -765,9 +765,9 @@ func (f *FSM) insert(r *record) {
 	}
 }
 
-// holding returns holder's live holding of key with token, or nil.
-func (f *FSM) holding(key, holder string, token uint64) *record {
-	r := f.keys[key].byToken(token)
+// held returns holder's live holding with token on the key ks, or nil.
+func held(ks *keyState, holder string, token uint64) *record {
+	r := ks.byToken(token)
 	if r == nil || r.State != StateHeld || r.Holder != holder {
 		return nil
 	}
@@ -804,8 +804,7 @@ func (f *FSM) notHeld(key string) Result {
 // granted it in the same instant: reapDue reaps it first. Guarded by
 // TestNoExtendAfterExpiry and testdata/extend.txt.
 func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
-	f.reapDue(index, it.Key)
-	r := f.holding(it.Key, holder, it.Token)
+	r := held(f.reapDue(index, it.Key), holder, it.Token)
 	if r == nil {
 		return f.notHeld(it.Key)
 	}
@@ -826,8 +825,7 @@ func (f *FSM) release(index uint64, c *Release) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	f.reapDue(index, c.Key)
-	r := f.holding(c.Key, c.Holder, c.Token)
+	r := held(f.reapDue(index, c.Key), c.Holder, c.Token)
 	if r == nil {
 		return f.notHeld(c.Key)
 	}
@@ -881,9 +879,9 @@ func (f *FSM) cancel(index uint64, c *Cancel) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
 	}
-	f.reapDue(index, c.Key)
+	ks := f.reapDue(index, c.Key)
 	var res Result
-	r := f.keys[c.Key].live(c.Holder)
+	r := ks.live(c.Holder)
 	m := f.liveMark(c.Key, c.Holder)
 	switch {
 	case r != nil && r.ReqID == c.ReqID && !r.Seen && (c.Epoch == 0 || r.GrantEpoch == c.Epoch):
@@ -960,13 +958,11 @@ func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 // Reaping a set member's whole grant keeps set-atomicity in this path
 // too: the members share their due time, so they are due together.
 // Guarded by TestNoOutcomeDependsOnReaper, testdata/reap.txt,
-// testdata/shapes-set.txt and TestModel.
-func (f *FSM) reapDue(index uint64, key string) {
-	for {
-		ks := f.keys[key]
-		if ks == nil {
-			return
-		}
+// testdata/shapes-set.txt and TestModel. It returns what is left of the
+// key (nil if nothing), so that the caller need not look it up again.
+func (f *FSM) reapDue(index uint64, key string) *keyState {
+	ks := f.keys[key]
+	for ks != nil {
 		var next *record
 		for _, r := range ks.recs {
 			if d := r.due(); d <= f.now && (next == nil || d < next.due()) {
@@ -974,10 +970,12 @@ func (f *FSM) reapDue(index uint64, key string) {
 			}
 		}
 		if next == nil {
-			return
+			return ks
 		}
 		f.reapStep(index, next, nil)
+		ks = f.keys[key] // the step may have removed the key's last record
 	}
+	return nil
 }
 
 // eachRecord calls fn for every record, in (key, token) order, until fn
