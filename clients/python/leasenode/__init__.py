@@ -40,7 +40,8 @@ import threading
 import time
 
 __all__ = [
-    "Client", "Lease", "Info", "LeaseError", "HeldError", "NoLeaderError",
+    "Client", "Lease", "Info", "LeaseError", "HeldError", "AcquireTimeoutError",
+    "HeldTimeoutError", "NoLeaderError",
     "UnknownOutcomeError", "LeaseLostError", "InvalidError", "StaleRequestError",
     "UnauthenticatedError", "ClosedError",
 ]
@@ -87,6 +88,27 @@ class HeldError(LeaseError):
         self.key, self.holder, self.wait = key, holder, wait
         who = holder or "nobody (lock-delay)"
         super().__init__(msg or "lease %r held by %s for at most %.3fs" % (key, who, wait))
+
+
+class AcquireTimeoutError(LeaseError):
+    """acquire()'s timeout passed without a grant. Raised as such when no
+    refusal is known: the key was free, no leader answered in time, or a
+    grant that came too late was released (the call may have held the key
+    for a moment). When the key was seen held or in its lock-delay, the
+    error is a HeldTimeoutError, which is a HeldError too."""
+
+    def __init__(self, key, msg):
+        self.key = key
+        LeaseError.__init__(self, msg)
+
+
+class HeldTimeoutError(AcquireTimeoutError, HeldError):
+    """acquire()'s timeout passed while another holder had the key (holder
+    is '' during a lock-delay): both an AcquireTimeoutError and a
+    HeldError."""
+
+    def __init__(self, key, holder, wait, msg):
+        HeldError.__init__(self, key, holder, wait, msg)
 
 
 class NoLeaderError(LeaseError):
@@ -452,9 +474,11 @@ class _Retry:
                 wait = cur / 2 + random.uniform(0, cur / 2)
                 cur = min(cur * 2, self.bmax)
                 now = time.monotonic()
-                if now - streak + wait > self.timeout or (deadline is not None and now + wait > deadline):
+                if now - streak + wait > self.timeout or (deadline is not None and now >= deadline):
                     cls = UnknownOutcomeError if saw_unknown else NoLeaderError
                     raise cls("%s %r: gave up after %.3fs: %s" % (op, key, now - streak, e)) from e
+                if deadline is not None:
+                    wait = min(wait, deadline - now)  # the last attempt goes at the deadline
                 time.sleep(wait)
 
 
@@ -584,7 +608,9 @@ class Client:
 
     def acquire(self, key, timeout=None, ttl=None, value=b"", lock_delay=0.0):
         """Waits (FIFO at the leader) until key is granted; timeout (seconds,
-        None: forever) bounds the wait, then HeldError is raised."""
+        None: forever) bounds the wait, then AcquireTimeoutError is raised:
+        a HeldTimeoutError (also a HeldError) naming the holder when the key
+        was held or in its lock-delay."""
         return self._acquire(key, ttl, value, lock_delay, wait=timeout if timeout is not None else float("inf"))
 
     def lock(self, key, timeout=None, ttl=None, value=b"", lock_delay=0.0):
@@ -646,18 +672,17 @@ class Client:
                 if deadline is not None and time.monotonic() >= deadline - 0.01:
                     if state["maybe"]:
                         return self._resolve_abandoned(req, state["began"])
-                    raise HeldError(key, "", 0.0, "acquire %r: gave up waiting: %s" % (key, e)) from e
+                    raise AcquireTimeoutError(key, "acquire %r: timed out waiting: %s" % (key, e)) from e
                 raise
             if not resp.get("granted"):
                 if wait is not None:  # the wait ended at its deadline
-                    refused = HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")),
-                                        "acquire %r: timed out waiting; held by %s" % (key, resp.get("holder") or "nobody (lock-delay)"))
+                    refused = _timed_out(key, resp.get("holder", ""), _secs(resp.get("wait")))
                 else:
                     refused = HeldError(key, resp.get("holder", ""), _secs(resp.get("wait")))
                 if state["maybe"] and not state["spent"]:
                     self._settle_refusal(req, state["began"], refused)
                 raise refused
-        except (HeldError, NoLeaderError, InvalidError) as e:
+        except (HeldError, AcquireTimeoutError, NoLeaderError, InvalidError) as e:
             if state["spent"]:
                 raise _SpentError("acquire %r: an earlier attempt of this call was applied before its reply reached this "
                                   "client and its grant, if any, has ended; this client does not hold the key: %s" % (key, e)) from e
@@ -676,9 +701,9 @@ class Client:
         key = req["key"]
         granted, holder, wait = self._abandon(req, began)
         if granted:
-            raise HeldError(key, "", 0.0, "acquire %r: gave up waiting (a late grant was released)" % key)
-        raise HeldError(key, holder, wait,
-                        "acquire %r: timed out waiting; held by %s" % (key, holder or "nobody (lock-delay or waiters)"))
+            # Rule 7: not a refusal; the call held the key for a moment.
+            raise AcquireTimeoutError(key, "acquire %r: timed out waiting (a late grant was released)" % key)
+        raise _timed_out(key, holder, wait)
 
     def _settle_refusal(self, req, began, refused):
         """refused answered req after an attempt whose reply was lost: a
@@ -905,6 +930,16 @@ class Client:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _timed_out(key, holder, wait):
+    """What an acquire whose wait ended unanswered raises: a refusal if the
+    key was held or in its lock-delay (as Go's AcquireTimeout: ErrTimeout
+    and a HeldError), else the bare timeout."""
+    if holder or wait:
+        return HeldTimeoutError(key, holder, wait, "acquire %r: timed out waiting; held by %s"
+                                % (key, holder or "nobody (lock-delay)"))
+    return AcquireTimeoutError(key, "acquire %r: timed out waiting (no holder named)" % key)
 
 
 class _Released(LeaseError):

@@ -97,6 +97,8 @@ class ClientTest(unittest.TestCase):
             b.acquire(key, timeout=0.5)
         self.assertLess(time.monotonic() - t0, 5)
         self.assertIn(a.holder, str(cm.exception))
+        self.assertIsInstance(cm.exception, leasenode.AcquireTimeoutError)
+        self.assertEqual(cm.exception.holder, a.holder)
         # Rule 7: the timed-out acquire was settled with Abandon, which
         # spent its request id: a late copy of it is refused, never granted.
         late = {"key": key, "holder": b.holder, "requestId": str(b._next_id() - 1), "ttl": "10s", "wait": True}
@@ -129,6 +131,50 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(leasenode.StaleRequestError):
             b._retry.run("acquire", key, lambda: call("Acquire", held_up[0], 5))
         self.assertNotEqual(getattr(b.get(key), "holder", ""), b.holder)
+
+    def test_timed_out_acquire_whose_grant_came_late_is_not_a_refusal(self):
+        # Rule 7: the attempt is granted but its reply is lost, and the
+        # caller's timeout passes before a retry gets through. Abandon
+        # releases the grant (RELEASED): a timeout, not "held by another".
+        b = self.new()
+        key = PREFIX + "late-grant"
+        call, sent = b._t.call, []
+
+        def reply_lost(method, body, timeout):
+            if method == "Acquire":
+                if not sent:
+                    sent.append(call(method, body, timeout))
+                raise leasenode._Unknown("test: reply lost")
+            return call(method, body, timeout)
+
+        b._t.call = reply_lost
+        with self.assertRaises(leasenode.AcquireTimeoutError) as cm:
+            b.acquire(key, timeout=0.5)
+        b._t.call = call
+        self.assertTrue(sent and sent[0].get("granted"), sent)
+        self.assertNotIsInstance(cm.exception, leasenode.HeldError)
+        self.assertIn("released", str(cm.exception))
+        self.assertIsNone(b.get(key))  # Abandon released the grant
+        l = self.new().try_acquire(key)
+        self.assertIsNotNone(l)
+        l.release()
+
+    def test_timed_out_acquire_without_a_leader_is_not_a_refusal(self):
+        b = self.new()
+        call = b._t.call
+
+        def not_sent(method, body, timeout):
+            if method == "Acquire":
+                raise leasenode._NotSent("test: no node reachable")
+            return call(method, body, timeout)
+
+        b._t.call = not_sent
+        t0 = time.monotonic()
+        with self.assertRaises(leasenode.AcquireTimeoutError) as cm:
+            b.acquire(PREFIX + "no-leader", timeout=0.5)
+        self.assertNotIsInstance(cm.exception, leasenode.HeldError)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.49)  # it waited out its timeout
+        self.assertLess(time.monotonic() - t0, 5)
 
     def test_stopped_node_is_left_behind(self):
         # A node that accepts connections and never answers, as a stopped
