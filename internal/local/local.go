@@ -18,7 +18,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/leasenode/leasenode/internal/freeport"
@@ -65,8 +67,36 @@ type Cluster struct {
 }
 
 // Start starts the cluster and waits (bounded by ctx) until a leader
-// serves. Ports already in use fail with an error naming them.
+// serves. Ports already in use fail with an error naming them. Picked
+// ports (PortBase 0) are free when picked, but another process may bind
+// one before a node does; with a temporary data directory, where nothing
+// of the failed start is kept, Start then tries again with other ports
+// (three starts in all).
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	for try := 1; ; try++ {
+		c, err := start(ctx, opts)
+		if err == nil || try == 3 || opts.PortBase > 0 || opts.DataDir != "" || ctx.Err() != nil || !portTaken(err) {
+			return c, err
+		}
+		opts.Logger.Warn("local cluster: a picked port was taken before a node bound it; starting again on other ports", "err", err)
+	}
+}
+
+// portTaken reports whether err is a listener's "address already in use".
+// memberlist formats its listeners' errors with %v, so the text is
+// checked too.
+func portTaken(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// pickAddr picks a free port on host (a variable so that a test can hand
+// out a taken one).
+var pickAddr = freeport.Addr
+
+func start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
@@ -75,9 +105,6 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.Timing == (node.Timing{}) {
 		opts.Timing = node.FastLANTiming()
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.ClusterKey == nil {
 		opts.ClusterKey = make([]byte, transport.ClusterKeySize)
@@ -165,7 +192,7 @@ func ports(opts Options) ([][3]string, error) {
 	}
 	for i := range out {
 		for k := 0; k < 3; k++ {
-			a, err := freeport.Addr("127.0.0.1", k == 1)
+			a, err := pickAddr("127.0.0.1", k == 1)
 			if err != nil {
 				return nil, err
 			}
