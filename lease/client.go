@@ -51,12 +51,17 @@ type Client struct {
 	guards map[string]chan struct{} // key → local guard (capacity 1)
 	closed bool
 
-	kick     chan struct{} // wakes the loop when leases are added
-	stop     chan struct{}
-	loopWG   sync.WaitGroup
-	bgWG     sync.WaitGroup // best-effort releases
-	bgCtx    context.Context
-	bgCancel context.CancelFunc // Close gives up on best-effort releases
+	kick   chan struct{} // wakes the loop when leases are added
+	stop   chan struct{}
+	loopWG sync.WaitGroup
+	// closing ends when Close begins: it cancels every acquire in flight,
+	// and Close waits for them (acquires) before it stops the transport.
+	closing    context.Context
+	closeBegun context.CancelFunc
+	acquires   sync.WaitGroup
+	bgWG       sync.WaitGroup // best-effort releases
+	bgCtx      context.Context
+	bgCancel   context.CancelFunc // Close gives up on best-effort releases
 }
 
 // New returns a Client over b: an embedded *node.Node or any Backend.
@@ -76,6 +81,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		stop:   make(chan struct{}),
 	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
+	c.closing, c.closeBegun = context.WithCancel(context.Background())
 	// The holder is unique to this Client (its incarnation), so request ids
 	// simply count from 1: no other process ever sends ids for it.
 	c.loopWG.Add(1)
@@ -153,6 +159,16 @@ func (c *Client) AcquireSetTimeout(ctx context.Context, items []Item, maxWait ti
 }
 
 func (c *Client) acquireTimeout(ctx context.Context, items []Item, key string, maxWait time.Duration, opts []AcquireOption) (*Lease, error) {
+	if maxWait <= 0 {
+		// No time to wait: one try, as TryAcquire, and a held key is the
+		// timeout it would have been.
+		l, err := c.acquire(ctx, items, key, false, opts)
+		if he := (*HeldError)(nil); errors.As(err, &he) {
+			he.Err = ErrTimeout
+			return nil, he
+		}
+		return l, err
+	}
 	wctx, cancel := context.WithTimeoutCause(ctx, maxWait, ErrTimeout)
 	defer cancel()
 	l, err := c.acquire(wctx, items, key, true, opts)
@@ -181,6 +197,9 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	} else if ao.shared || ao.semaphore != 0 {
 		return nil, fmt.Errorf("acquire: %w: Shared and Semaphore options are for one key; set them per Item of a set", ErrInvalid)
 	}
+	if err := extendFits(c.opts.extend, ao.ttl); err != nil {
+		return nil, fmt.Errorf("acquire: %w", err)
+	}
 	if len(items) == 0 || len(items) > maxSetKeys {
 		return nil, fmt.Errorf("acquire: %w: %d keys, want 1 to %d", ErrInvalid, len(items), maxSetKeys)
 	}
@@ -194,6 +213,18 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 		wire[i], keys[i] = w, it.Key
 	}
 	items = slices.Clone(items)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	c.acquires.Add(1)
+	c.mu.Unlock()
+	defer c.acquires.Done()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(c.closing, func() { cancel(ErrClosed) })
+	defer stop()
 	guards, err := c.lockGuards(ctx, keys, wait)
 	if err != nil {
 		return nil, err
@@ -259,8 +290,25 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 	case g <- struct{}{}:
 		return g, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("acquire %q: waiting for this client's own lease: %w", key, context.Cause(ctx))
+		return nil, &HeldError{Key: key, Holder: c.opts.holder, Wait: c.remaining(key), Err: context.Cause(ctx)}
 	}
+}
+
+// remaining is the validity left of this Client's lease on key, if any.
+func (c *Client) remaining(key string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for h := range c.held {
+		for _, it := range h.items {
+			if it.Key == key {
+				h.mu.Lock()
+				d := time.Until(h.validUntil)
+				h.mu.Unlock()
+				return max(d, 0)
+			}
+		}
+	}
+	return 0
 }
 
 // acquireLocked runs the acquire protocol with one request id, retried by
@@ -310,7 +358,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	})
 	if err == nil {
 		if resp.GetGranted() {
-			return c.newLease(items, resp, sent, ao), nil
+			return c.newLease(items, resp, sent, ao)
 		}
 		if spent > 0 {
 			return nil, spentError(key, heldError(key, resp))
@@ -475,7 +523,9 @@ func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (gr
 	return granted, held, err
 }
 
-// newLease starts keeping a granted lease alive.
+// newLease starts keeping a granted lease alive. A grant that arrives
+// once Close has begun is not handed to the closed Client: it is released
+// (Close waits for acquires in flight, so the transport is still open).
 //
 // Invariant client-validity (DESIGN.md rule 6): valid until
 // sent + (W + ttl) * (1 - drift), where sent is the send time of the very
@@ -484,7 +534,7 @@ func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (gr
 // its clock, and arrival is after sent, so with clock rates within
 // drift/2 the client stops believing before the cluster could grant the key
 // to anyone else.
-func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time, ao acquireOptions) *Lease {
+func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time, ao acquireOptions) (*Lease, error) {
 	ttl := ao.ttl
 	if t := resp.GetTtl(); t != nil {
 		ttl = t.AsDuration()
@@ -502,6 +552,16 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
 	h.validUntil = c.validity(sent, resp.GetWaited().AsDuration()+ttl)
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+		defer cancel()
+		if err := c.releaseRecord(ctx, h); err != nil {
+			return nil, fmt.Errorf("acquire %q: %w; it was granted as the client closed and could not be released, so it expires after its TTL (%v): %w",
+				h.key, ErrClosed, ttl, err)
+		}
+		return nil, fmt.Errorf("acquire %q: %w (it was granted as the client closed, and released)", h.key, ErrClosed)
+	}
 	c.held[h] = struct{}{}
 	c.mu.Unlock()
 	c.wake()
@@ -509,7 +569,7 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 	// A Lease dropped without Release is released in the background. The
 	// loop keeps only h, never l, so l can become unreachable.
 	runtime.AddCleanup(l, func(h *held) { c.end(h, ErrReleased, true) }, h)
-	return l
+	return l, nil
 }
 
 func (c *Client) validity(sent time.Time, d time.Duration) time.Time {
@@ -578,6 +638,24 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	return true
 }
 
+// releaseLater releases h's record in the background after Release
+// failed to, retrying for up to one TTL (after that the record has
+// expired) or until Close.
+func (c *Client) releaseLater(h *held) {
+	c.bgWG.Add(1)
+	go func() {
+		defer c.bgWG.Done()
+		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
+		defer cancel()
+		err := c.releaseRecord(ctx, h)
+		h.mu.Lock()
+		if err == nil {
+			h.unreleased = false
+		}
+		h.mu.Unlock()
+	}()
+}
+
 // releaseRecord deletes h's record in the cluster, retried by the retry
 // policy (a release is safe to repeat: releasing a key no longer held is a
 // no-op).
@@ -599,6 +677,9 @@ func (c *Client) releaseRecord(ctx context.Context, h *held) error {
 // holders (Shared, Semaphore) reports its first: the live holding with
 // the lowest token (Holdings returns them all).
 func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
+	if err := text("key", key); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
 		return c.b.Get(ctx, &pb.GetRequest{Key: key})
 	})
@@ -616,6 +697,9 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 // in token order (grant order), then the lock-delays of expired ones. It
 // is empty when the key is free.
 func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
+	if err := text("key", key); err != nil {
+		return nil, fmt.Errorf("holdings: %w", err)
+	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
 		return c.b.Get(ctx, &pb.GetRequest{Key: key})
 	})
@@ -636,6 +720,9 @@ func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
 // List returns every holding of every key that starts with prefix, in key
 // order (within a key, as Holdings), reading page by page from the leader.
 func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
+	if err := text("prefix", prefix); err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
 	var out []Info
 	after := ""
 	for {
@@ -665,6 +752,9 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 // sequencer). For a key with several holders (Shared, Semaphore), every
 // one of their tokens is current; pass Lease.TokenFor(key) for a set.
 func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool, error) {
+	if err := text("key", key); err != nil {
+		return false, fmt.Errorf("check token: %w", err)
+	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.CheckTokenResponse, error) {
 		return c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: key, Token: token})
 	})
@@ -696,6 +786,7 @@ func (c *Client) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
+	c.closeBegun()
 	hs := make([]*held, 0, len(c.held))
 	for h := range c.held {
 		hs = append(hs, h)
@@ -724,6 +815,7 @@ func (c *Client) Close(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	c.acquires.Wait() // each ends promptly: its context ended with ErrClosed
 	close(c.stop)
 	c.loopWG.Wait()
 	c.bgCancel()

@@ -40,6 +40,9 @@ type held struct {
 	lastSent   time.Time // send time of the latest successful acquire or extend
 	warned     bool      // expiring fired since the last successful extend
 	err        error     // why it ended; nil while held
+	// unreleased: Release ended the lease but could not delete its record
+	// (a background release is trying; a later Release tries again).
+	unreleased bool
 }
 
 // Key returns the leased key (the first key of a set).
@@ -149,13 +152,30 @@ func (l *Lease) Err() error {
 // the key at once: from the call on, ValidUntil returns the moment of the
 // call and IsHealthy is false. It unlocks this Client's local guard for the key before
 // deleting the record, so a goroutine of this Client waiting for the key
-// is not starved by other processes. Release is idempotent: releasing an
-// ended lease returns nil.
+// is not starved by other processes. If the delete fails (ctx ended, no
+// leader), Release returns the error and the lease stays ended: the record
+// is then released in the background, and calling Release again tries
+// once more and reports the outcome. Releasing a lease that ended
+// otherwise (lost, or released already) returns nil.
 func (l *Lease) Release(ctx context.Context) error {
-	if !l.c.end(l.h, ErrReleased, false) {
-		return nil
+	h := l.h
+	if !l.c.end(h, ErrReleased, false) {
+		h.mu.Lock()
+		again := h.unreleased
+		h.mu.Unlock()
+		if !again {
+			return nil
+		}
 	}
-	return l.c.releaseRecord(ctx, l.h)
+	err := l.c.releaseRecord(ctx, h)
+	h.mu.Lock()
+	retry := err != nil && !h.unreleased
+	h.unreleased = err != nil
+	h.mu.Unlock()
+	if retry {
+		l.c.releaseLater(h)
+	}
+	return err
 }
 
 // Info is one holding of a key as the cluster reports it.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -47,7 +48,9 @@ func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // WithExtendInterval sets how often held leases are extended (default a
 // third of each lease's TTL, so two extends can fail before the lease is
-// in danger).
+// in danger). It may be at most half of every TTL the client acquires
+// with; a longer one is ErrInvalid (from New, or from an acquire with a
+// shorter TTL), since a lease would run out between two extends.
 func WithExtendInterval(d time.Duration) Option { return func(o *options) { o.extend = d } }
 
 // WithExpiringThreshold sets when Lease.Expiring fires: when the remaining
@@ -115,11 +118,14 @@ func buildOptions(opts []Option) (options, error) {
 	if o.ttl <= 0 {
 		return o, fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
 	}
-	if o.drift < 0 || o.drift >= 0.5 {
+	if !(o.drift >= 0 && o.drift < 0.5) { // NaN too
 		return o, fmt.Errorf("%w: drift bound %v must be in [0, 0.5)", ErrInvalid, o.drift)
 	}
 	if o.extend < 0 || o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
 		return o, fmt.Errorf("%w: bad extend interval or back-off", ErrInvalid)
+	}
+	if err := extendFits(o.extend, o.ttl); err != nil {
+		return o, err
 	}
 	if o.peerTimeout < 0 {
 		return o, fmt.Errorf("%w: peer timeout %v must be >= 0 (0 turns the liveness check off)", ErrInvalid, o.peerTimeout)
@@ -134,6 +140,9 @@ func buildOptions(opts []Option) (options, error) {
 		host, _ := os.Hostname()
 		o.name = fmt.Sprintf("%s/%d", host, os.Getpid())
 	}
+	if err := text("holder name", o.name); err != nil {
+		return o, err
+	}
 	if strings.Contains(o.name, "#") {
 		return o, fmt.Errorf("%w: holder name %q contains '#', which separates the incarnation", ErrInvalid, o.name)
 	}
@@ -142,6 +151,26 @@ func buildOptions(opts []Option) (options, error) {
 		return o, fmt.Errorf("%w: holder name of %d bytes is too long (at most %d)", ErrInvalid, len(o.name), maxHolderLen-17)
 	}
 	return o, nil
+}
+
+// extendFits refuses an extend interval longer than half of ttl (0 is the
+// default, a third of each lease's TTL).
+func extendFits(extend, ttl time.Duration) error {
+	if extend > ttl/2 {
+		return fmt.Errorf("%w: extend interval %v is more than half the TTL %v: the lease would run out between two extends; shorten WithExtendInterval or lengthen the TTL",
+			ErrInvalid, extend, ttl)
+	}
+	return nil
+}
+
+// text refuses a key, prefix or holder name that is not valid UTF-8: the
+// cluster's API carries them as strings, which must be. Checked before
+// sending, so the error is ErrInvalid at once, not a retried failure.
+func text(what, s string) error {
+	if utf8.ValidString(s) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s %q is not valid UTF-8", ErrInvalid, what, s)
 }
 
 // maxHolderLen is the cluster's limit on a holder (fsm.MaxHolderLen;
@@ -214,6 +243,9 @@ const (
 func (it Item) pb() (*pb.AcquireItem, error) {
 	if it.Key == "" {
 		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if err := text("key", it.Key); err != nil {
+		return nil, err
 	}
 	out := &pb.AcquireItem{Key: it.Key}
 	switch {

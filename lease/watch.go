@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -48,6 +49,9 @@ type Event struct {
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
+	if err := text("prefix", prefix); err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
 	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true})
 	if err != nil {
 		return nil, classify("watch", prefix, err)

@@ -366,6 +366,12 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 	if err != nil {
 		return connectError(err)
 	}
+	// Send the response headers now: a client's Watch returns once they
+	// arrive, and on a quiet prefix the first event may be a long time
+	// coming.
+	if err := stream.Send(nil); err != nil {
+		return err
+	}
 	for e := range ch {
 		if err := stream.Send(e); err != nil {
 			return err

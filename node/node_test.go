@@ -495,6 +495,15 @@ func TestBadRequests(t *testing.T) {
 			r.Value = make([]byte, 65*1024)
 			return r
 		}()},
+		// Strings the client API cannot encode: stored through the
+		// embedded API, such a key would break every Get and List.
+		{"key not UTF-8", acq("k\xff", "h", 1, time.Second)},
+		{"holder not UTF-8", acq("k", "h\xff", 1, time.Second)},
+		{"set key not UTF-8", func() *pb.AcquireRequest {
+			r := acq("k", "h", 1, time.Second)
+			r.Items = []*pb.AcquireItem{{Key: "k2\xff"}}
+			return r
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := l.Acquire(ctxT(t, 5*time.Second), tc.req); !errors.Is(err, node.ErrInvalid) {
@@ -561,6 +570,9 @@ func TestBackupRestore(t *testing.T) {
 	b, err := l.Backup(ctxT(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if d := b.Stats.Now - clockAtGrant; d < quiet {
+		t.Fatalf("the backup's clock is %v past the grants, taken %v after them: the leases would come back with time they no longer had", d, quiet)
 	}
 	var backup bytes.Buffer
 	if _, err := b.WriteTo(&backup); err != nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -50,6 +51,14 @@ const (
 func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	if _, err := acquireCmd(req); err != nil {
 		return nil, err
+	}
+	if err := text("holder", req.GetHolder(), "key", req.GetKey()); err != nil {
+		return nil, err
+	}
+	for _, it := range req.GetItems() {
+		if err := text("key", it.GetKey()); err != nil {
+			return nil, err
+		}
 	}
 	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
@@ -143,6 +152,9 @@ func (n *Node) Abandon(ctx context.Context, req *pb.AbandonRequest) (*pb.Abandon
 	if err := abandonCmd(req).Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if err := text("holder", req.GetHolder(), "key", req.GetKey()); err != nil {
+		return nil, err
+	}
 	return leaderCall(ctx, n, methodAbandon, req, &pb.AbandonResponse{}, n.abandonLocal, true)
 }
 
@@ -203,6 +215,14 @@ func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendRes
 	if err := extendCmd(req).Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if err := text("holder", req.GetHolder()); err != nil {
+		return nil, err
+	}
+	for _, it := range req.GetItems() {
+		if err := text("key", it.GetKey()); err != nil {
+			return nil, err
+		}
+	}
 	return leaderCall(ctx, n, methodExtend, req, &pb.ExtendResponse{}, n.extendLocal, true)
 }
 
@@ -213,6 +233,9 @@ func (n *Node) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Release
 	if err := releaseCmd(req).Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if err := text("holder", req.GetHolder(), "key", req.GetKey()); err != nil {
+		return nil, err
+	}
 	return leaderCall(ctx, n, methodRelease, req, &pb.ReleaseResponse{}, n.releaseLocal, true)
 }
 
@@ -221,6 +244,9 @@ func (n *Node) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Release
 func (n *Node) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
 	if req.GetKey() == "" {
 		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if err := text("key", req.GetKey()); err != nil {
+		return nil, err
 	}
 	if req.GetStale() {
 		return n.getLocal(ctx, nil, req)
@@ -234,6 +260,9 @@ func (n *Node) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, er
 func (n *Node) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
 	if req.GetLimit() < 0 {
 		return nil, fmt.Errorf("%w: negative limit", ErrInvalid)
+	}
+	if err := text("prefix", req.GetPrefix(), "after", req.GetAfter()); err != nil {
+		return nil, err
 	}
 	if req.GetStale() {
 		return n.listLocal(ctx, nil, req)
@@ -251,6 +280,9 @@ const maxListLimit = 1000
 func (n *Node) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
 	if req.GetKey() == "" {
 		return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if err := text("key", req.GetKey()); err != nil {
+		return nil, err
 	}
 	return leaderCall(ctx, n, methodCheckToken, req, &pb.CheckTokenResponse{}, n.checkTokenLocal, false)
 }
@@ -332,7 +364,23 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	if n.ctx.Err() != nil {
 		return nil, ErrClosed
 	}
+	if err := text("prefix", req.GetPrefix()); err != nil {
+		return nil, err
+	}
 	return n.hub.watch(ctx, n, req), nil
+}
+
+// text refuses a request whose strings (name, value pairs) are not valid
+// UTF-8. The client API's messages carry strings, which must be UTF-8, so
+// a key stored through the embedded API that is not would make every Get,
+// List and Watch that meets it fail to encode, for every client.
+func text(fields ...string) error {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if !utf8.ValidString(fields[i+1]) {
+			return fmt.Errorf("%w: %s %q is not valid UTF-8 (keys, prefixes and holders are text)", ErrInvalid, fields[i], fields[i+1])
+		}
+	}
+	return nil
 }
 
 // leaderCall makes one attempt at a request: it runs local on this node

@@ -28,6 +28,7 @@ import (
 	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/internal/local"
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Options configures a run.
@@ -151,10 +152,21 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.worker(runCtx, fmt.Sprintf("worker-%d", i), cl) }()
 	}
-	sleeper, err := dial(lease.WithExtendInterval(time.Hour)) // a frozen process extends nothing
+	// A frozen process extends nothing: worker-5's extends never leave it.
+	sleepRemote, err := lease.NewRemote(c.APIAddrs(), lease.WithTTL(ttl))
 	if err != nil {
 		return nil, err
 	}
+	defer sleepRemote.Close()
+	sleeper, err := lease.New(frozen{sleepRemote}, lease.WithTTL(ttl))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		cctx, cc := context.WithTimeout(context.Background(), 2*time.Second)
+		sleeper.Close(cctx)
+		cc()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -330,6 +342,14 @@ func (d *demo) sleeper(ctx context.Context, who string, cl *lease.Client) {
 	} else {
 		d.violation("the fence accepted %s's stale token %d for %s", who, l.Token(), key)
 	}
+}
+
+// frozen is a Backend whose extends never reach the cluster, as those of
+// a process frozen by a GC or VM pause do not.
+type frozen struct{ lease.Backend }
+
+func (frozen) Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return nil, &lease.NotSentError{Err: errors.New("frozen: this process extends nothing")}
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -1,0 +1,256 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node/nodetest"
+)
+
+// Close ends an Acquire that is waiting, with ErrClosed, and a closed
+// Client is never handed a Lease: the key is not left held by a lease
+// nobody extends.
+func TestCloseEndsWaitingAcquire(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t, lease.WithTTL(2*time.Second))
+		b, _ := e.newClient(t, lease.WithTTL(2*time.Second))
+		la, err := a.TryAcquire(ctxT(t, 10*time.Second), "cw")
+		if err != nil || la == nil {
+			t.Fatalf("TryAcquire: %v %v", la, err)
+		}
+		type res struct {
+			l   *lease.Lease
+			err error
+		}
+		got := make(chan res, 1)
+		go func() {
+			l, err := b.Acquire(ctxT(t, 30*time.Second), "cw")
+			got <- res{l, err}
+		}()
+		waitWaiters(t, e.c, 1)
+		if err := b.Close(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		select {
+		case r := <-got:
+			if r.l != nil || !errors.Is(r.err, lease.ErrClosed) {
+				t.Fatalf("waiting Acquire after Close: %v, %v; want nil, ErrClosed", r.l, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a waiting Acquire did not end when its Client closed")
+		}
+		if err := la.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		// Nobody holds the key: the closed client's attempt was settled.
+		c, _ := e.newClient(t)
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			l, err := c.TryAcquire(ctxT(t, 5*time.Second), "cw")
+			if err != nil || l == nil {
+				return errors.New("key still held after the closed client's acquire was settled")
+			}
+			return l.Release(ctxT(t, 5*time.Second))
+		})
+	})
+}
+
+// A Release that fails (its context ended) leaves the lease ended, is
+// retried in the background, and a second Release tries again instead
+// of reporting success without sending anything.
+func TestReleaseAfterFailedRelease(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t, lease.WithTTL(time.Minute))
+		b, _ := e.newClient(t)
+		l, err := a.TryAcquire(ctxT(t, 10*time.Second), "rc")
+		if err != nil || l == nil {
+			t.Fatalf("TryAcquire: %v %v", l, err)
+		}
+		dead, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := l.Release(dead); err == nil {
+			t.Fatal("Release with a cancelled context reported success")
+		}
+		if l.IsHealthy() || !errors.Is(l.Err(), lease.ErrReleased) {
+			t.Fatalf("after a failed Release: healthy %v, err %v; want ended", l.IsHealthy(), l.Err())
+		}
+		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatalf("second Release: %v", err)
+		}
+		lb, err := b.TryAcquire(ctxT(t, 10*time.Second), "rc")
+		if err != nil || lb == nil {
+			t.Fatalf("the key is still held after the second Release: %v %v", lb, err)
+		}
+		lb.Release(ctxT(t, 10*time.Second))
+
+		// Without a second call, the background release frees the key
+		// long before the one-minute TTL.
+		l2, err := a.TryAcquire(ctxT(t, 10*time.Second), "rc2")
+		if err != nil || l2 == nil {
+			t.Fatalf("TryAcquire: %v %v", l2, err)
+		}
+		if err := l2.Release(dead); err == nil {
+			t.Fatal("Release with a cancelled context reported success")
+		}
+		nodetest.Eventually(t, 20*time.Second, func() error {
+			l, err := b.TryAcquire(ctxT(t, 5*time.Second), "rc2")
+			if err != nil || l == nil {
+				return errors.New("rc2 still held: the background release did not run")
+			}
+			return l.Release(ctxT(t, 5*time.Second))
+		})
+	})
+}
+
+// Input that cannot work is refused at once with ErrInvalid.
+func TestClientRefusesBadInput(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t, lease.WithRetryTimeout(30*time.Second))
+		ctx := ctxT(t, 20*time.Second)
+		start := time.Now()
+		for name, f := range map[string]func() error{
+			"acquire": func() error { _, err := a.TryAcquire(ctx, "bad\xff"); return err },
+			"set":     func() error { _, err := a.TryAcquireSet(ctx, []lease.Item{{Key: "ok"}, {Key: "bad\xff"}}); return err },
+			"get":     func() error { _, err := a.Get(ctx, "bad\xff"); return err },
+			"list":    func() error { _, err := a.List(ctx, "bad\xff"); return err },
+			"check":   func() error { _, err := a.CheckToken(ctx, "bad\xff", 1); return err },
+			"watch":   func() error { _, err := a.Watch(ctx, "bad\xff"); return err },
+			"ttl < extend interval": func() error {
+				c, _ := e.newClient(t, lease.WithExtendInterval(time.Second))
+				_, err := c.TryAcquire(ctx, "k", lease.TTL(time.Second))
+				return err
+			},
+		} {
+			if err := f(); !errors.Is(err, lease.ErrInvalid) {
+				t.Errorf("%s: %v, want ErrInvalid", name, err)
+			}
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("refusals took %v: they were retried", d)
+		}
+	})
+	_, n := nodetest.New(t, nodetest.Options{Size: 1}).Leader()
+	for name, opts := range map[string][]lease.Option{
+		"holder not UTF-8":         {lease.WithHolder("bad\xff")},
+		"drift NaN":                {lease.WithDriftBound(math.NaN())},
+		"extend interval too long": {lease.WithTTL(time.Second), lease.WithExtendInterval(5 * time.Second)},
+	} {
+		if _, err := lease.New(n, opts...); !errors.Is(err, lease.ErrInvalid) {
+			t.Errorf("New with %s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
+// AcquireTimeout with no time to wait is one try: a free key is granted,
+// a held one is ErrTimeout and ErrHeld naming the holder, whoever holds it.
+func TestAcquireTimeoutWithoutTime(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t)
+		b, _ := e.newClient(t)
+		ctx := ctxT(t, 20*time.Second)
+		l, err := a.AcquireTimeout(ctx, "z", 0)
+		if err != nil || l == nil {
+			t.Fatalf("AcquireTimeout(0) of a free key: %v %v", l, err)
+		}
+		for _, c := range []*lease.Client{a, b} {
+			for _, d := range []time.Duration{0, -time.Second} {
+				_, err := c.AcquireTimeout(ctx, "z", d)
+				var he *lease.HeldError
+				if !errors.Is(err, lease.ErrTimeout) || !errors.As(err, &he) || he.Holder != a.Holder() {
+					t.Errorf("AcquireTimeout(%v) of a held key: %v; want ErrTimeout and a HeldError naming %s", d, err, a.Holder())
+				}
+			}
+		}
+		// Waiting for its own lease, a Client times out with ErrHeld too.
+		_, err = a.AcquireTimeout(ctx, "z", 50*time.Millisecond)
+		var he *lease.HeldError
+		if !errors.Is(err, lease.ErrTimeout) || !errors.As(err, &he) || he.Holder != a.Holder() {
+			t.Errorf("AcquireTimeout of its own key: %v; want ErrTimeout and a HeldError naming itself", err)
+		}
+		l.Release(ctx)
+	})
+}
+
+// A watch of a quiet prefix starts at once, and Observe of a key nobody
+// holds says so at once.
+func TestWatchOfQuietPrefixStarts(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t)
+		ctx, cancel := context.WithCancel(ctxT(t, 20*time.Second))
+		defer cancel()
+		started := make(chan error, 1)
+		go func() {
+			_, err := a.Watch(ctx, "quiet/")
+			started <- err
+		}()
+		select {
+		case err := <-started:
+			if err != nil {
+				t.Fatalf("Watch: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Watch of a quiet prefix did not return")
+		}
+		select {
+		case ld, ok := <-a.Observe(ctx, "quiet/leader"):
+			if !ok || ld.Holder != "" {
+				t.Fatalf("Observe of a free key: %+v %v; want a zero Leader", ld, ok)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Observe of a free key sent nothing")
+		}
+	})
+}
+
+// Dial waits for a node that is not listening yet (started alongside the
+// caller), as any request waits for a leader, instead of failing at once.
+func TestDialWaitsForANodeStartingLater(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true})
+	_, n := c.Leader()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there until the "node" starts below
+	dialed := make(chan error, 1)
+	go func() {
+		cl, err := lease.Dial(ctxT(t, 30*time.Second), []string{addr}, lease.WithRetryTimeout(20*time.Second))
+		if err == nil {
+			cl.Close(context.Background())
+		}
+		dialed <- err
+	}()
+	start := time.AfterFunc(300*time.Millisecond, func() {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			dialed <- err
+			return
+		}
+		d := &door{ln: ln, target: n.APIAddr(), thawed: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+		close(d.thawed)
+		d.wg.Add(1)
+		go d.serve()
+		t.Cleanup(d.close)
+	})
+	defer start.Stop()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			t.Fatalf("Dial of a node that started 300 ms later: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Dial did not return")
+	}
+	// With nothing ever listening, Dial gives up after its retry timeout
+	// with ErrNoLeader.
+	t0 := time.Now()
+	_, err = lease.Dial(ctxT(t, 30*time.Second), []string{"127.0.0.1:1"}, lease.WithRetryTimeout(500*time.Millisecond))
+	if !errors.Is(err, lease.ErrNoLeader) || time.Since(t0) > 10*time.Second {
+		t.Fatalf("Dial of nothing: %v after %v; want ErrNoLeader after about 500ms", err, time.Since(t0))
+	}
+}
