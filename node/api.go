@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/net/netutil"
 
 	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/pb/pbconnect"
@@ -52,7 +51,8 @@ func (n *Node) startAPI() error {
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
 	lim := n.cfg.Limits
-	n.apiLn = netutil.LimitListener(ln, lim.MaxConns)
+	conns := newConnLimiter(ln, lim.MaxConns, n.log.With("component", "node.api"))
+	n.apiLn = conns
 	n.api = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
@@ -63,6 +63,7 @@ func (n *Node) startAPI() error {
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
 		ErrorLog:          stdlogFor(n.log, "node.api"),
+		ConnState:         conns.state,
 	}
 	ln = n.apiLn
 	n.goRun("node.api", func() {
@@ -199,6 +200,17 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		limit := max // a Connect unary body is the message itself
 		if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+") {
 			limit += 64 << 10 // enveloped messages: room for framing
+		}
+		if r.ContentLength > limit {
+			// Declared too large: refused before a byte of it is read.
+			err := requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength))
+			w.Header().Set("Connection", "close")
+			if errw.IsSupported(r) {
+				_ = errw.Write(w, r, err)
+			} else {
+				http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			}
+			return
 		}
 		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max}
 		if r.ProtoMajor == 1 {

@@ -302,8 +302,10 @@ type Limits struct {
 	// pass this size, whatever the limit asked (a page holds at least one
 	// lease). Default 1 MiB, well inside the node RPC's message limit.
 	MaxListBytes int
-	// MaxConns bounds concurrent client API connections; more wait in
-	// the kernel's accept queue. Default 1024.
+	// MaxConns bounds concurrent client API connections. At the limit a
+	// new connection replaces the one idle (kept alive between requests)
+	// the longest; if every connection is busy, new ones wait for a slot.
+	// Default 1024.
 	MaxConns int
 	// MaxStreams bounds concurrent HTTP/2 streams per connection.
 	// Default 256.

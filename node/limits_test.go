@@ -276,3 +276,60 @@ func TestPprofOffByDefault(t *testing.T) {
 		t.Fatalf("heap profile with EnablePprof off: %d, want 404", resp.StatusCode)
 	}
 }
+
+// Connections that made a request and then sit idle (kept alive) cannot
+// lock other clients out of the API until IdleTimeout: at MaxConns, the
+// connection idle longest makes room. A body declared larger than the
+// limit is refused before a byte of it is read.
+func TestAPIIdleConnectionsMakeRoom(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxConns = 8
+		cfg.Limits.IdleTimeout = time.Hour
+	}})
+	_, l := c.Leader()
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range 8 {
+		conn, err := net.Dial("tcp", l.APIAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, conn)
+		fmt.Fprintf(conn, "POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("status on connection %d: %v", len(idle), err)
+		}
+		resp.Body.Close()
+	}
+	// Every slot is taken by a connection idle between requests.
+	start := time.Now()
+	if code, out := post(t, l.APIAddr(), "Status", strings.NewReader("{}"), nil); code != http.StatusOK {
+		t.Fatalf("status with %d idle connections open: %d %s", len(idle), code, out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("status waited %v for a slot held by idle connections", d)
+	}
+
+	conn, err := net.Dial("tcp", l.APIAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /leasenode.v1.LeaseService/Acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{", 1<<30)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("a body declared 1 GiB was not refused at once: %v", err)
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK || !strings.Contains(string(b), "--max-request-bytes") {
+		t.Fatalf("a body declared 1 GiB: %d %s", resp.StatusCode, b)
+	}
+}

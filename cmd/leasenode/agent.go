@@ -119,7 +119,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
-	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections")
+	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft leader lease timeout, 500ms; 250ms with --timing fast)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
