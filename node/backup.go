@@ -15,16 +15,20 @@ import (
 )
 
 // Backup captures the whole lease state for a backup, as a consistent read:
-// on the leader, after a quorum confirmed it still leads, so the backup
-// holds every write acknowledged before the call. Other nodes answer a
-// *LeaderError naming the leader. Write the result with WriteTo; Restore
-// turns it into the data directory of a new cluster's first node.
+// on the leader, after an entry of its own committed, so the backup holds
+// every write acknowledged before the call. That entry (an Expire) also
+// brings the state's clock to the leader's now: the state's clock moves
+// only with entries, and on a quiet cluster its last one may be minutes
+// old, which a restore would count as time the leases still had. Other
+// nodes answer a *LeaderError naming the leader. Write the result with
+// WriteTo; Restore turns it into the data directory of a new cluster's
+// first node.
 func (n *Node) Backup(ctx context.Context) (*fsm.Backup, error) {
 	ls := n.leader(ctx)
 	if ls == nil {
 		return nil, n.notLeaderErr()
 	}
-	if err := n.verify(ls); err != nil {
+	if _, err := n.apply(ctx, ls.stamp(), fsm.Expire{}); err != nil {
 		return nil, err
 	}
 	return n.fsm.Backup(), nil

@@ -514,6 +514,26 @@ func TestBadRequests(t *testing.T) {
 	if _, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
 		t.Fatalf("empty extend: %v", err)
 	}
+	for name, call := range map[string]func() error{
+		"extend": func() error {
+			_, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "k\xff", Token: 1}}})
+			return err
+		},
+		"release": func() error {
+			_, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "k\xff", Holder: "h", Token: 1})
+			return err
+		},
+		"get":  func() error { _, err := l.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "k\xff"}); return err },
+		"list": func() error { _, err := l.List(ctxT(t, 5*time.Second), &pb.ListRequest{Prefix: "k\xff"}); return err },
+		"watch": func() error {
+			_, err := l.Watch(ctxT(t, 5*time.Second), &pb.WatchRequest{Prefix: "k\xff"})
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, node.ErrInvalid) {
+			t.Errorf("%s of a string that is not UTF-8: %v, want ErrInvalid", name, err)
+		}
+	}
 	if _, err := l.Release(ctxT(t, 5*time.Second), &pb.ReleaseRequest{Key: "k", Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
 		t.Fatalf("release without token: %v", err)
 	}
@@ -562,6 +582,17 @@ func TestBackupRestore(t *testing.T) {
 	_, l := old.Leader()
 	a := mustGrant(t, l, acq("a", "h1", 1, time.Minute))
 	mustGrant(t, l, acq("b", "h2", 1, time.Minute))
+	granted, clockAtGrant := time.Now(), l.FSM().Stats().Now
+	// A quiet while before the backup: the leases keep what they had left
+	// at the backup, not at their grant (the state's clock moves only with
+	// entries).
+	const quiet = 1500 * time.Millisecond
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if d := time.Since(granted); d < quiet {
+			return fmt.Errorf("%v of quiet so far", d)
+		}
+		return nil
+	})
 	_, f := old.Follower()
 	var le *node.LeaderError
 	if _, err := f.Backup(ctxT(t, 5*time.Second)); !errors.As(err, &le) || !errors.Is(err, node.ErrNotLeader) || le.LeaderAddr == "" && le.LeaderID == "" {

@@ -27,8 +27,8 @@ redirect to the leader).
 restore turns FILE into the data directory of the first node of a new
 cluster, offline, with a new cluster id. Give it the flags you will start
 that agent with; then start the agent, and the other nodes with --join,
-empty data directories and without --bootstrap-expect. Restored leases keep their holders and tokens and get
-their full TTL again; new tokens start --index-gap above the backup's, so
+empty data directories and without --bootstrap-expect. Restored leases keep their holders and tokens and the
+time they had left when the backup was taken; new tokens start --index-gap above the backup's, so
 they stay above any token the old cluster granted after the backup. Leases
 granted after the backup are not in it: restore only after the old cluster
 has been down longer than the longest TTL in use.`
