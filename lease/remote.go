@@ -22,13 +22,27 @@ import (
 // (host:port of any nodes' client API; one is enough, more give failover).
 // Requests go straight to the leader, learned from every reply's header;
 // when the leader cannot be reached the client tries the other addresses.
-// Dial checks that some node answers before returning.
+// Dial checks that some node answers before returning, trying for up to
+// the retry timeout (WithRetryTimeout) or until ctx ends.
 func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
 	r, err := NewRemote(addrs, opts...)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.Status(ctx); err != nil {
+	// Nodes starting alongside the caller (a service manager starting both)
+	// may not listen yet: try as any request would, for up to the retry
+	// timeout. A refusal (a wrong token, say) ends it at once.
+	retry := RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax}
+	if err := retry.Do(ctx, true, func(ctx context.Context) error {
+		actx, cancel := context.WithTimeout(ctx, o.retryTimeout)
+		defer cancel()
+		_, err := r.Status(actx)
+		return err
+	}); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("dial %s: %w", strings.Join(addrs, ","), err)
 	}

@@ -37,6 +37,8 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"acquire", "k", "--wait", "soon"}, exitUsage, []string{`--wait "soon"`, `"forever"`}},
 		{[]string{"snapshot", "sve", "f"}, exitUsage, []string{`unknown subcommand "sve"`, `did you mean "save"?`}},
 		{[]string{"tls"}, exitUsage, []string{"want a subcommand"}},
+		{[]string{"acquire", "k", "-n", "0"}, exitUsage, []string{"-n 0: want at least 1"}},
+		{[]string{"acquire", "k", "--addr", "127.0.0.1:1", "--timeout", "1s"}, exitUnreachable, []string{"lease: no leader"}},
 		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
 		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
 	}

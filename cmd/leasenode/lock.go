@@ -202,6 +202,9 @@ func parseLockArgs(cmd *cobra.Command, args []string) (pos, argv []string, err e
 
 func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, grace time.Duration, pos, argv []string) error {
 	key := pos[0]
+	if _, err := lf.shape.items(key); err != nil {
+		return err // a usage error, before any connection
+	}
 
 	actx, cancelA := sig.cancelOn(ctx)
 	defer cancelA()
@@ -320,6 +323,9 @@ func (ap *app) acquireCmd() *cobra.Command {
 
 func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, hold waitFlag, pos []string) error {
 	key := pos[0]
+	if _, err := lf.shape.items(key); err != nil {
+		return err // a usage error, before any connection
+	}
 	actx, cancelA := sig.cancelOn(ctx)
 	defer cancelA()
 	cl, err := cf.dial(actx, lf.options()...)

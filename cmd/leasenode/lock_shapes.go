@@ -18,6 +18,7 @@ type shapeFlags struct {
 	n      int
 	shared bool
 	keys   stringList
+	fs     *pflag.FlagSet // to tell -n 0 from no -n
 }
 
 // stringList is a flag that may be given several times.
@@ -34,6 +35,7 @@ func (s *stringList) Set(v string) error {
 func (s *stringList) Type() string { return "KEY" }
 
 func (s *shapeFlags) register(fs *pflag.FlagSet) {
+	s.fs = fs
 	fs.IntVarP(&s.n, "slots", "n", 0, "take one of N slots of KEY, a semaphore of N (every holder must give the same N)")
 	fs.BoolVar(&s.shared, "shared", false, "take KEY shared: any number of shared holders, no exclusive one beside them (readers)")
 	fs.Var(&s.keys, "key", "a further key to take together with KEY, all or none (repeat it; -n and --shared apply to every key)")
@@ -45,8 +47,8 @@ func (s *shapeFlags) items(key string) ([]lease.Item, error) {
 	if s.n != 0 && s.shared {
 		return nil, usagef("-n and --shared: a key is a semaphore or shared, not both")
 	}
-	if s.n < 0 {
-		return nil, usagef("-n %d: want at least 1", s.n)
+	if s.n < 0 || s.n == 0 && s.fs != nil && s.fs.Changed("slots") {
+		return nil, usagef("-n %d: want at least 1 (without -n the key is exclusive)", s.n)
 	}
 	var out []lease.Item
 	for _, k := range append([]string{key}, s.keys...) {
