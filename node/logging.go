@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -177,11 +179,18 @@ func (a *hcAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
 // writing into l as component name. memberlist prefixes its lines with
 // "[LEVEL] ", which sets the level.
 func stdlogFor(l *slog.Logger, name string) *log.Logger {
-	return log.New(&levelWriter{l: l.With("component", name)}, "", 0)
+	return log.New(&levelWriter{l: l.With("component", name), limit: newLineLimiter()}, "", 0)
 }
 
-// levelWriter turns "[LEVEL] message" lines into slog records.
-type levelWriter struct{ l *slog.Logger }
+// levelWriter turns "[LEVEL] message" lines into slog records. With a
+// limit, warnings and errors of one kind are logged at most once per
+// lineEvery: memberlist logs an ERROR per packet it cannot decode, and
+// anyone who can send UDP to the gossip port could otherwise fill the
+// disk (2 MB/s seen in a probe).
+type levelWriter struct {
+	l     *slog.Logger
+	limit *lineLimiter
+}
 
 var linePrefixes = []struct {
 	prefix string
@@ -205,7 +214,85 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		}
 		// memberlist names the component itself: "memberlist: msg".
 		msg = strings.TrimPrefix(msg, "memberlist: ")
-		w.l.Log(context.Background(), level, msg)
+		var attrs []any
+		if w.limit != nil && level >= slog.LevelWarn {
+			ok, skipped := w.limit.allow(lineKind(msg))
+			if !ok {
+				continue
+			}
+			if skipped > 0 {
+				attrs = append(attrs, "like_this_not_logged", skipped)
+			}
+			if gossipForeign(msg) {
+				attrs = append(attrs, "hint", "packets not made with this cluster's gossip key (--cluster-key or --gossip-key): another cluster's, or not leasenode's")
+			}
+		}
+		w.l.Log(context.Background(), level, msg, attrs...)
 	}
 	return len(p), nil
+}
+
+// lineEvery is how often a warning or error of one kind is logged when
+// it repeats.
+const lineEvery = 10 * time.Second
+
+// lineLimiter lets one line of each kind through per lineEvery and counts
+// the others.
+type lineLimiter struct {
+	mu    sync.Mutex
+	kinds map[string]*lineKindState
+}
+
+type lineKindState struct {
+	last    time.Time
+	skipped int
+}
+
+func newLineLimiter() *lineLimiter { return &lineLimiter{kinds: map[string]*lineKindState{}} }
+
+// allow reports whether a line of kind may be logged now, and how many of
+// its kind were not logged since the last one that was.
+func (l *lineLimiter) allow(kind string) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	st := l.kinds[kind]
+	if st == nil {
+		if len(l.kinds) >= 1024 { // kinds come from senders' bytes too: bounded
+			clear(l.kinds)
+		}
+		st = &lineKindState{}
+		l.kinds[kind] = st
+	}
+	if !st.last.IsZero() && now.Sub(st.last) < lineEvery {
+		st.skipped++
+		return false, 0
+	}
+	skipped := st.skipped
+	st.last, st.skipped = now, 0
+	return true, skipped
+}
+
+// lineKind is what makes two log lines the same kind: the message up to
+// the first detail a sender controls (its address, a quoted value, a
+// number).
+func lineKind(msg string) string {
+	if i := strings.IndexAny(msg, "\"0123456789:"); i >= 0 {
+		msg = msg[:i]
+	}
+	if len(msg) > 64 {
+		msg = msg[:64]
+	}
+	return msg
+}
+
+// gossipForeign reports whether a memberlist line is about a packet not
+// made with this cluster's gossip key.
+func gossipForeign(msg string) bool {
+	for _, s := range []string{"Decrypt packet failed", "unacceptable label", "not supported", "Failed to decrypt"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }

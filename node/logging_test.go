@@ -40,3 +40,34 @@ func TestLogAdaptersKeepTypes(t *testing.T) {
 		t.Errorf("trace logged at debug level:\n%s", out)
 	}
 }
+
+// A flood of one kind of warning (memberlist logs an ERROR per packet it
+// cannot decode, and anyone can send UDP to the gossip port) is logged
+// once per lineEvery, with a hint, whatever the senders' bytes; other
+// kinds and other levels pass.
+func TestLogFloodIsLimited(t *testing.T) {
+	var buf bytes.Buffer
+	l := stdlogFor(slog.New(slog.NewTextHandler(&buf, nil)), "memberlist")
+	for i := range 10_000 {
+		l.Printf("[ERR] memberlist: Decrypt packet failed: unsupported encryption version %d from=10.0.0.%d:7946", i%256, i%250)
+		l.Printf("[ERR] memberlist: discarding packet with unacceptable label \"\\x%02x\": from=10.0.0.1:7946", i%256)
+	}
+	l.Print("[WARN] memberlist: Was able to connect to n3 over TCP but UDP probes failed")
+	l.Print("[INFO] memberlist: joined")
+	l.Print("[INFO] memberlist: joined")
+	out := buf.String()
+	if n := strings.Count(out, "Decrypt packet failed"); n != 1 {
+		t.Errorf("%d decrypt failures logged, want 1:\n%.2000s", n, out)
+	}
+	if n := strings.Count(out, "unacceptable label"); n != 1 {
+		t.Errorf("%d label refusals logged, want 1", n)
+	}
+	for _, want := range []string{"gossip key", "UDP probes failed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "msg=joined"); n != 2 {
+		t.Errorf("info lines limited: %d of 2 logged", n)
+	}
+}
