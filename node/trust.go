@@ -85,9 +85,6 @@ func checkExposure(cfg Config, log *slog.Logger) error {
 			exposed = append(exposed, a)
 		}
 	}
-	if len(exposed) == 0 {
-		return nil
-	}
 	what := "the node port (Raft, node RPC) and gossip"
 	fix := "set ClusterKey (agent: --cluster-key-file FILE or LEASENODE_CLUSTER_KEY; make one with `head -c 32 /dev/urandom | base64`), or TLS (--tls-cert, --tls-key, --tls-ca) with a gossip key"
 	switch {
@@ -97,6 +94,12 @@ func checkExposure(cfg Config, log *slog.Logger) error {
 	case !gossipOpen:
 		what = "the node port (Raft, node RPC)"
 		fix = "set ClusterKey (--cluster-key-file) or TLS (--tls-cert, --tls-key, --tls-ca)"
+	}
+	if len(exposed) == 0 {
+		log.Warn("unauthenticated on loopback: "+what+" accept any local process, including other users' and containers "+
+			"sharing this network namespace, which can join or disrupt the cluster; unless this host is yours alone, "+fix+".",
+			"bind", cfg.BindAddr, "gossip", cfg.GossipAddr)
+		return nil
 	}
 	if cfg.Insecure {
 		log.Warn("INSECURE: "+what+" accept anyone who can reach them: any process on the network can read every lease, "+

@@ -326,6 +326,20 @@ func TestExposedWithoutKeyRefused(t *testing.T) {
 			t.Fatal("no INSECURE warning logged")
 		}
 	})
+	t.Run("loopback", func(t *testing.T) {
+		var l logs
+		cfg := base(t)
+		cfg.BindAddr = cfg.AdvertiseAddr
+		cfg.Logger = l.logger()
+		n, err := node.Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("on loopback: %v", err)
+		}
+		defer n.Close(context.Background())
+		if len(l.lines("level=WARN", "unauthenticated on loopback", "--cluster-key-file")) == 0 {
+			t.Fatal("no warning that the node port is open to local processes")
+		}
+	})
 	t.Run("cluster key", func(t *testing.T) {
 		cfg := base(t)
 		cfg.ClusterKey = nodetest.NewClusterKey(t)
