@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -239,7 +240,7 @@ func (m *Mux) handle(raw net.Conn) {
 			return
 		}
 		if first[0] != tlsRecordHandshake {
-			log.Warn("refused a node-port connection: plain TCP, but the node port is mutual TLS: a node needs the cluster key or a node certificate from the cluster's CA", "first_byte", first[0])
+			log.Warn("refused a node-port connection: plain TCP, but the node port is mutual TLS: a node needs the cluster key or a node certificate from the cluster's CA"+looksLike(first[0]), "first_byte", first[0])
 			m.forget(raw)
 			return
 		}
@@ -265,7 +266,7 @@ func (m *Mux) handle(raw net.Conn) {
 	l := m.subs[b[0]]
 	m.mu.Unlock()
 	if l == nil {
-		log.Warn("unknown protocol byte; closing connection", "proto", b[0])
+		log.Warn("unknown protocol byte; closing connection"+looksLike(b[0]), "proto", b[0])
 		m.forget(raw)
 		return
 	}
@@ -385,4 +386,18 @@ func backoff(d time.Duration) time.Duration {
 		return 5 * time.Millisecond
 	}
 	return min(2*d, time.Second)
+}
+
+// looksLike names what a connection's first byte suggests the peer speaks,
+// when that is not leasenode's node protocol: HTTP is a client at the
+// wrong port, TLS a node configured with a cluster key or TLS talking to
+// one without.
+func looksLike(b byte) string {
+	switch {
+	case b == tlsRecordHandshake:
+		return " (it speaks TLS: it has a cluster key or TLS and this node has neither; give every node the same --cluster-key-file)"
+	case strings.IndexByte("GPHDOCT", b) >= 0:
+		return " (it looks like HTTP: this is the node port; clients use the client API port, agent --api)"
+	}
+	return ""
 }
