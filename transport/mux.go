@@ -76,7 +76,17 @@ type Mux struct {
 	subs    map[byte]*muxListener
 	pending map[net.Conn]struct{} // raw conns accepted but not yet handed over
 	wg      sync.WaitGroup        // per-connection handshake goroutines
+
+	refused  int       // connections refused at MaxPending since the last warning
+	lastWarn time.Time // of the last such warning
 }
+
+// MaxPending bounds the node-port connections a Mux holds before they
+// authenticate (each for at most its handshake timeout). Nodes open a few
+// each; past the bound, anyone could make the agent run out of file
+// descriptors by opening connections and sending nothing. More are closed
+// at once, and the first refusal of each minute is logged.
+const MaxPending = 256
 
 // NewMux returns a Mux serving ln. It takes ownership of ln: Close closes it.
 func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
@@ -158,6 +168,17 @@ func (m *Mux) Serve() error {
 			m.mu.Unlock()
 			_ = conn.Close()
 			return nil
+		}
+		if len(m.pending) >= MaxPending {
+			m.refused++
+			if time.Since(m.lastWarn) >= time.Minute {
+				m.log.Warn("node port: too many connections waiting to authenticate; closing new ones (nodes need a few each: someone else is opening them)",
+					"max_pending", MaxPending, "refused", m.refused, "remote", conn.RemoteAddr().String())
+				m.lastWarn, m.refused = time.Now(), 0
+			}
+			m.mu.Unlock()
+			_ = conn.Close()
+			continue
 		}
 		m.pending[conn] = struct{}{}
 		m.wg.Add(1)

@@ -327,3 +327,64 @@ func TestMuxManyConcurrentConnections(t *testing.T) {
 		}
 	}
 }
+
+// Connections that never authenticate are bounded: past MaxPending, new
+// ones are closed at once (anyone could otherwise run the agent out of
+// file descriptors); once they go, nodes connect again.
+func TestMuxBoundsPendingConnections(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{HandshakeTimeout: time.Minute}, ProtoRaft)
+	addr := m.Addr().String()
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for range MaxPending {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	// The Mux counts a connection once it accepted it: wait until all are in.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.mu.Lock()
+		n := len(m.pending)
+		m.mu.Unlock()
+		if n == MaxPending {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d silent connections pending", n, MaxPending)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	expectClosedByPeer(t, extra)
+
+	for _, c := range silent {
+		c.Close()
+	}
+	silent = nil
+	var good net.Conn
+	for time.Now().Before(deadline.Add(10 * time.Second)) {
+		if good, err = (&Dialer{}).Dial(context.Background(), addr, ProtoRaft); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if good == nil {
+		t.Fatalf("no node could connect once the silent connections went: %v", err)
+	}
+	defer good.Close()
+	s := acceptOne(t, lns[ProtoRaft])
+	defer s.Close()
+	exchange(t, good, s, "room again")
+}
