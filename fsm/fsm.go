@@ -263,8 +263,12 @@ type FSM struct {
 	// nShaped those with a shape or in a set (snapshot format 3).
 	nHeld, nDelayed int
 	nShaped         int
-	marks           markSet
-	probe           mark // a lookup key for marks, used under mu (write)
+	// nBytes is the size of the records' keys, holders and values: what a
+	// node's quota (node.Limits.MaxLeaseBytes) bounds. Derived state,
+	// recomputed by a restore.
+	nBytes int64
+	marks  markSet
+	probe  mark // a lookup key for marks, used under mu (write)
 
 	evMu    sync.Mutex
 	events  []Event
@@ -739,6 +743,7 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 	r.State = StateHeld
 	r.TTL = c.TTL
 	r.LockDelay = c.LockDelay
+	f.nBytes += int64(len(c.Value) - len(r.Value)) // insert counts key and holder
 	r.Value = c.Value
 	r.Expiry = f.now + c.TTL
 	f.due.update(r)
@@ -755,6 +760,7 @@ func (f *FSM) insert(r *record) {
 	}
 	r.Key = ks.key // share one copy of the key
 	ks.add(r)
+	f.nBytes += int64(len(r.Key) + len(r.Holder))
 	if r.State == StateHeld {
 		f.nHeld++
 	} else {
@@ -1001,6 +1007,7 @@ func (f *FSM) remove(r *record) {
 	if r.shaped() {
 		f.nShaped--
 	}
+	f.nBytes -= r.size()
 	if ks := f.keys[r.Key]; ks != nil {
 		ks.del(r)
 		if len(ks.recs) == 0 {
@@ -1154,7 +1161,12 @@ type Stats struct {
 	// Marks counts request-id marks kept (see Mark), due ones included
 	// until an Expire reaps them.
 	Marks int
+	// Bytes is the size of the records' keys, holders and values.
+	Bytes int64
 }
+
+// size is what a record counts in FSM.nBytes.
+func (r *record) size() int64 { return int64(len(r.Key) + len(r.Holder) + len(r.Value)) }
 
 // Stats returns a summary of the state.
 func (f *FSM) Stats() Stats {
@@ -1165,7 +1177,7 @@ func (f *FSM) Stats() Stats {
 
 func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
-		Held: f.nHeld, Delayed: f.nDelayed, Keys: len(f.keys), Marks: f.marks.tree.Len()}
+		Held: f.nHeld, Delayed: f.nDelayed, Keys: len(f.keys), Marks: f.marks.tree.Len(), Bytes: f.nBytes}
 }
 
 // AppliedBytes returns the total size of the entries this FSM applied

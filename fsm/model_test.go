@@ -1173,7 +1173,10 @@ func (r *modelRun) checkState(t *rapid.T) {
 	for _, l := range got {
 		byKey[l.Key] = append(byKey[l.Key], l)
 	}
-	held, delayed := 0, 0
+	held, delayed, size := 0, 0, int64(0)
+	for _, l := range got {
+		size += int64(len(l.Key) + len(l.Holder) + len(l.Value))
+	}
 	for _, k := range modelKeys {
 		recs := byKey[k]
 		if hs := r.f.Holdings(k); !reflect.DeepEqual(hs, recs) {
@@ -1228,9 +1231,9 @@ func (r *modelRun) checkState(t *rapid.T) {
 	}
 	st := r.f.Stats()
 	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed ||
-		st.Keys != len(byKey) || st.Marks != len(wantMarks) {
-		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d keys %d marks %d", st,
-			r.m.epoch, r.m.now, r.index, held, delayed, len(byKey), len(wantMarks))
+		st.Keys != len(byKey) || st.Marks != len(wantMarks) || st.Bytes != size {
+		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d keys %d marks %d bytes %d", st,
+			r.m.epoch, r.m.now, r.index, held, delayed, len(byKey), len(wantMarks), size)
 	}
 	due, ok := r.f.NextExpiry()
 	mdue, mok := r.m.nextExpiry()

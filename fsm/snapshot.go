@@ -109,7 +109,7 @@ func ReadBackup(r io.Reader) (Stats, error) {
 		return Stats{}, err
 	}
 	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
-		Held: st.nHeld, Delayed: st.nDelayed, Keys: len(st.keys), Marks: st.marks.tree.Len()}, nil
+		Held: st.nHeld, Delayed: st.nDelayed, Keys: len(st.keys), Marks: st.marks.tree.Len(), Bytes: st.nBytes}, nil
 }
 
 // encode encodes the state under the lock and returns it with its stats.
@@ -263,7 +263,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
-	f.keys, f.order, f.due, f.nHeld, f.nDelayed, f.nShaped = st.keys, st.order, st.due, st.nHeld, st.nDelayed, st.nShaped
+	f.keys, f.order, f.due, f.nHeld, f.nDelayed, f.nShaped, f.nBytes = st.keys, st.order, st.due, st.nHeld, st.nDelayed, st.nShaped, st.nBytes
 	f.marks = st.marks
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
@@ -619,6 +619,7 @@ type snapState struct {
 	queue           []*record // every record, for due.build once all are read
 	nHeld, nDelayed int
 	nShaped         int
+	nBytes          int64
 	marks           markSet
 	slab            []keyState // keyStates are allocated a slab at a time
 }
@@ -652,6 +653,7 @@ func (st *snapState) add(r *record, b restoreBounds) error {
 		}
 	}
 	ks.add(r)
+	st.nBytes += r.size()
 	st.queue = append(st.queue, r)
 	if r.State == StateDelayed {
 		st.nDelayed++

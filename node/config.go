@@ -321,6 +321,16 @@ type Limits struct {
 	// 250 ms with fast timing), the cluster's own shortest failure
 	// detection: a shorter lease could not outlive one late reply.
 	MinTTL time.Duration
+	// MaxLeases and MaxLeaseBytes bound the cluster's state, as etcd's
+	// backend quota does: the leader refuses an acquire that would take
+	// it past either (ErrInvalid, naming the limit), while extends,
+	// releases and reads go on, so a full cluster drains. MaxLeases
+	// counts holdings and lock-delays (agent --max-leases, default 2
+	// million); MaxLeaseBytes their keys, holders and values (agent
+	// --max-lease-bytes, default 256 MiB). Every node keeps the whole
+	// state in memory, about three times these bytes.
+	MaxLeases     int
+	MaxLeaseBytes int64
 }
 
 // DefaultLimits returns the default Limits for timing t.
@@ -334,6 +344,8 @@ func DefaultLimits(t Timing) Limits {
 		ReadTimeout:     10 * time.Second,
 		IdleTimeout:     2 * time.Minute,
 		MinTTL:          t.LeaderLeaseTimeout,
+		MaxLeases:       2_000_000,
+		MaxLeaseBytes:   256 << 20,
 	}
 }
 
@@ -363,6 +375,12 @@ func (l Limits) withDefaults(t Timing) Limits {
 	}
 	if l.MinTTL == 0 {
 		l.MinTTL = d.MinTTL
+	}
+	if l.MaxLeases == 0 {
+		l.MaxLeases = d.MaxLeases
+	}
+	if l.MaxLeaseBytes == 0 {
+		l.MaxLeaseBytes = d.MaxLeaseBytes
 	}
 	return l
 }
@@ -485,6 +503,9 @@ func (c Config) Validate() error {
 	}
 	if l := c.Limits; l.MaxRequestBytes < 64<<10 || l.MaxRequestBytes > 64<<20 {
 		bad("Limits.MaxRequestBytes %d out of range [64 KiB, 64 MiB]", l.MaxRequestBytes)
+	}
+	if l := c.Limits; l.MaxLeases < 1 || l.MaxLeaseBytes < 1 {
+		bad("Limits.MaxLeases %d and MaxLeaseBytes %d must be positive", l.MaxLeases, l.MaxLeaseBytes)
 	}
 	if l := c.Limits; l.MaxExtendItems < 1 || l.MaxExtendItems > fsm.MaxBatch {
 		bad("Limits.MaxExtendItems %d out of range [1, %d]", l.MaxExtendItems, fsm.MaxBatch)

@@ -333,3 +333,46 @@ func TestAPIIdleConnectionsMakeRoom(t *testing.T) {
 		t.Fatalf("a body declared 1 GiB: %d %s", resp.StatusCode, b)
 	}
 }
+
+// The cluster's state is bounded, as etcd's backend quota bounds its:
+// past MaxLeases or MaxLeaseBytes the leader refuses new holdings, naming
+// the limit, while renewals, extends and releases go on, so it drains.
+func TestStateQuota(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeases = 3
+		cfg.Limits.MaxLeaseBytes = 200
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	var grants []*pb.AcquireResponse
+	for i := range 3 {
+		grants = append(grants, mustGrant(t, l, acq(fmt.Sprint("q", i), "h", 1, time.Minute)))
+	}
+	_, err := f.Acquire(ctxT(t, 10*time.Second), acq("q3", "h", 1, time.Minute))
+	if !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-leases 3") {
+		t.Fatalf("a fourth lease past MaxLeases 3: %v", err)
+	}
+	// The holder's own: a retry of its grant, its extend.
+	if r, err := f.Acquire(ctxT(t, 10*time.Second), acq("q0", "h", 1, time.Minute)); err != nil || !r.Granted || r.Token != grants[0].Token {
+		t.Fatalf("retry of a grant in a full cluster: %v %v", r, err)
+	}
+	if r, err := f.Extend(ctxT(t, 10*time.Second), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "q1", Token: grants[1].Token}}}); err != nil || !r.Results[0].Ok {
+		t.Fatalf("extend in a full cluster: %v %v", r, err)
+	}
+	if _, err := f.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "q2", Holder: "h", Token: grants[2].Token}); err != nil {
+		t.Fatal(err)
+	}
+	q3 := mustGrant(t, f, acq("q3", "h", 2, time.Minute))
+	if _, err := f.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "q3", Holder: "h", Token: q3.Token}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Bytes: at most 200 of keys, holders and values; q0 and q1 hold 6.
+	big := acq("q4", "h", 1, time.Minute)
+	big.Value = make([]byte, 195)
+	if r, err := f.Acquire(ctxT(t, 10*time.Second), big); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-lease-bytes 200") {
+		t.Fatalf("a value past MaxLeaseBytes: %v %v", r, err)
+	}
+	big.Value = big.Value[:190]
+	mustGrant(t, f, big)
+}

@@ -370,6 +370,27 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	return n.hub.watch(ctx, n, req), nil
 }
 
+// quota refuses an acquire that would take the state past
+// Limits.MaxLeases or MaxLeaseBytes. Only new holdings are refused: a
+// holder's retry or renewal of its own, extends and releases go on, so a
+// full cluster drains as its leases end.
+func (n *Node) quota(cmd *fsm.Acquire, items []fsm.Item) error {
+	lim, st := n.cfg.Limits, n.fsm.Stats()
+	size := int64(0)
+	for _, it := range items {
+		size += int64(len(it.Key) + len(cmd.Holder) + len(cmd.Value))
+	}
+	switch {
+	case st.Held+st.Delayed+len(items) > lim.MaxLeases:
+		return fmt.Errorf("%w: the cluster holds %d leases and lock-delays, its limit (agent --max-leases %d): release leases or raise the limit on every agent",
+			ErrInvalid, st.Held+st.Delayed, lim.MaxLeases)
+	case st.Bytes+size > lim.MaxLeaseBytes:
+		return fmt.Errorf("%w: the cluster's leases hold %d bytes of keys, holders and values; %d more would pass its limit (agent --max-lease-bytes %d): release leases or raise the limit on every agent",
+			ErrInvalid, st.Bytes, size, lim.MaxLeaseBytes)
+	}
+	return nil
+}
+
 // text refuses a request whose strings (name, value pairs) are not valid
 // UTF-8. The client API's messages carry strings, which must be UTF-8, so
 // a key stored through the embedded API that is not would make every Get,
@@ -586,6 +607,11 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	// A retry of an attempt still waiting here is judged alone.
 	if err := settleWaiting(ctx, ls, cmd); err != nil {
 		return nil, err
+	}
+	if !ownKey() {
+		if err := n.quota(cmd, items); err != nil {
+			return nil, err
+		}
 	}
 	if !ls.queues.busy(items) || ownKey() {
 		s := ls.stamp()

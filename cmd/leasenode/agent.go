@@ -69,8 +69,9 @@ type agentFlags struct {
 	tlsCert, tlsKey, tlsCA       string
 	gossipKey, authToken         string
 	authTokenFile                string
-	maxRequestBytes              int64
+	maxRequestBytes, maxBytes    int64
 	maxExtendItems, maxConns     int
+	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
 	insecure                     bool
@@ -118,6 +119,8 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&a.authToken, "auth-token", "", `token clients must send ("Authorization: Bearer TOKEN") on the client API (visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)`)
 	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
+	fs.IntVar(&a.maxLeases, "max-leases", 2_000_000, "most leases and lock-delays the cluster holds; past it new acquires are refused (extends and releases go on)")
+	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold; past it new acquires are refused")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft leader lease timeout, 500ms; 250ms with --timing fast)")
@@ -250,7 +253,8 @@ func (a *agentFlags) config() (node.Config, error) {
 			return cfg, usagef("--auth-token-file %s is empty", a.authTokenFile)
 		}
 	}
-	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL}
+	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
+		MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
