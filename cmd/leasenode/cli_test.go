@@ -170,7 +170,9 @@ insecure = false
 		{"data_dir = \"/x\"\nid = \"n\"\n", `unknown key "data_dir"`, `did you mean "data-dir"?`},
 		{"id = \"n\"\n[tls]\ncert = \"x\"\n", `unknown key "tls`, "no tables"},
 		{"id = \"n\"\ndata-dir = \"/x\"\nmin-ttl = \"5\"\n", `min-ttl = "5"`, "durations need a unit"},
-		{"id = \"n\"\ndata-dir = \"/x\"\nvoters = \"three\"\n", `voters = "three"`, "whole number"},
+		{"id = \"n\"\ndata-dir = \"/x\"\nvoters = \"three\"\n", `voters: want a number`, "voters = 3"},
+		{"id = \"n\"\ndata-dir = \"/x\"\nbootstrap-expect = \"3\"\n", `bootstrap-expect: want a number`, `not "3"`},
+		{"id = \"n\"\ndata-dir = \"/x\"\nleave-on-stop = \"true\"\n", `leave-on-stop: want true or false`, `not "true"`},
 		{"id = n\n", "line 1", ""},
 	} {
 		write(c.body)

@@ -70,6 +70,9 @@ func loadConfigFile(fs *pflag.FlagSet, path string, skip ...string) error {
 		if f.Changed {
 			continue // a flag or the environment wins
 		}
+		if err := tomlType(f, raw[key]); err != nil {
+			return usagef("--config %s: %s: %v", path, key, err)
+		}
 		v, err := tomlValue(raw[key])
 		if err != nil {
 			return usagef("--config %s: %s: %v", path, key, err)
@@ -78,6 +81,22 @@ func loadConfigFile(fs *pflag.FlagSet, path string, skip ...string) error {
 			return &usageError{msg: fmt.Sprintf("--config %s: %s = %q: %v", path, key, v, err), hint: hintForValue(f)}
 		}
 		setSource(f, "file")
+	}
+	return nil
+}
+
+// tomlType refuses a value whose TOML type is not the flag's: a count is
+// a number (3, not "3"), a switch a boolean (true, not "true" or "yes").
+func tomlType(f *pflag.Flag, v any) error {
+	switch f.Value.Type() {
+	case "int", "int64", "uint", "uint32", "uint64":
+		if _, ok := v.(int64); !ok {
+			return fmt.Errorf("want a number (as %s = 3), not %#v", f.Name, v)
+		}
+	case "bool":
+		if _, ok := v.(bool); !ok {
+			return fmt.Errorf("want true or false (as %s = true), not %#v", f.Name, v)
+		}
 	}
 	return nil
 }

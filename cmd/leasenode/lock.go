@@ -296,8 +296,10 @@ func releaseQuietly(l *lease.Lease) {
 	}
 }
 
-const acquireSynopsis = `Acquires KEY and prints its fencing token and holder. By default acquire
-exits at once and leaves the lease to expire after --ttl (it is not
+const acquireSynopsis = `Acquires KEY and prints its fencing token and holder. A held key is waited
+for as --wait says (default: as long as it takes; --wait 0 exits 4 at
+once, and a wait that runs out exits 4 too). Once it holds the key,
+acquire exits and leaves the lease to expire after --ttl (it is not
 extended): a time-bounded lock for shell scripts, released early with
   leasenode release KEY --token T --holder H
 With --hold D, acquire stays in the foreground, keeps the lease alive for
