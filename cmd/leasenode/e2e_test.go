@@ -316,6 +316,14 @@ func TestAgentAndClientCommands(t *testing.T) {
 	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "for at most") {
 		t.Errorf("acquire of a held key: exit %d, %q; want %d naming %s", code, errOut, exitHeld, got.Holder)
 	}
+	code, out, _ = cli(t, "acquire", "jobs/a", "--addr", addr, "--wait", "0", "-o", "json")
+	var refused struct {
+		Acquired *bool  `json:"acquired"`
+		Holder   string `json:"holder"`
+	}
+	if err := json.Unmarshal([]byte(out), &refused); code != exitHeld || err != nil || refused.Acquired == nil || *refused.Acquired || refused.Holder != got.Holder {
+		t.Errorf("acquire -o json of a held key: exit %d, %q (%v); want %d and JSON naming %s", code, out, err, exitHeld, got.Holder)
+	}
 
 	code, out, _ = cli(t, "get", "jobs/a", "--addr", addr)
 	if code != 0 || !strings.Contains(out, got.Holder) || !strings.Contains(out, "worker-1") {
@@ -650,7 +658,7 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"agent", "--id", "x"}, []string{"LEASENODE_DATA_DIR=/tmp/x", "LEASENODE_VOTERS=two"}, exitUsage, "LEASENODE_VOTERS"},
 		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
-		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "true"}, nil, exitUnreachable, "no reachable leader"},
+		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "true"}, nil, exitUnreachable, "no leader reachable"},
 		// Off loopback, an agent needs a cluster key or TLS, or --insecure.
 		{[]string{"agent", "--id", "x", "--data-dir", t.TempDir(), "--bind", "0.0.0.0:7999", "--advertise", "127.0.0.1:7999"}, nil, exitFailure, "--insecure"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--cluster-key", "c2hvcnQ="}, nil, exitUsage, "want 32"},

@@ -338,6 +338,11 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 	cancelA()
 	if err != nil {
 		cl.Close(context.Background())
+		if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
+			// Scripts read who holds it from stdout; the exit code (4) and
+			// stderr stay as without -o json.
+			printJSON(map[string]any{"key": he.Key, "acquired": false, "holder": he.Holder, "wait_seconds": he.Wait.Seconds()})
+		}
 		return err
 	}
 	if cf.json() {
