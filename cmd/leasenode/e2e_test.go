@@ -659,6 +659,8 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"get", "k", "--addr", dead, "--timeout", "1s"}, nil, exitUnreachable, "no leader reachable"},
 		{[]string{"acquire", "k", "--wait", "0"}, []string{"LEASENODE_ADDR=" + dead, "LEASENODE_TIMEOUT=1s"}, exitUnreachable, "leasenode status"},
 		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "true"}, nil, exitUnreachable, "no leader reachable"},
+		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "/nonexistent/cmd"}, nil, 127, "nothing was acquired"},
+		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "no-such-command-anywhere"}, nil, 127, "not found"},
 		// Off loopback, an agent needs a cluster key or TLS, or --insecure.
 		{[]string{"agent", "--id", "x", "--data-dir", t.TempDir(), "--bind", "0.0.0.0:7999", "--advertise", "127.0.0.1:7999"}, nil, exitFailure, "--insecure"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--cluster-key", "c2hvcnQ="}, nil, exitUsage, "want 32"},

@@ -40,7 +40,7 @@ func exitCode(err error) int {
 func hintFor(err error) string {
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
-		return "the cluster requires a token: pass --auth-token or set LEASENODE_AUTH_TOKEN"
+		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:

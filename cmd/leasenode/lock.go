@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -202,6 +203,15 @@ func parseLockArgs(cmd *cobra.Command, args []string) (pos, argv []string, err e
 
 func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, grace time.Duration, pos, argv []string) error {
 	key := pos[0]
+	// A command that cannot run is found out before the lease is taken,
+	// and exits as a shell would: 127 not found, 126 not executable.
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		code := 127
+		if errors.Is(err, fs.ErrPermission) {
+			code = 126
+		}
+		return &exitError{code: code, msg: fmt.Sprintf("lock: %v (nothing was acquired)", err)}
+	}
 	if _, err := lf.shape.items(key); err != nil {
 		return err // a usage error, before any connection
 	}

@@ -56,7 +56,8 @@ exit codes:
   4  key held by someone else (the message names the holder and the time left)
   5  lease lost while running (lock: the command was stopped)
   6  outcome unknown: the request was sent but its reply was lost; check with get
-  lock exits with its command's own exit code when the command ends by itself
+  lock exits 127 if its command is not found, 126 if it cannot be run (nothing
+  is acquired then), and with its command's own exit code when the command ends by itself
   (128+N if a signal N killed it); a command interrupted by SIGINT/SIGTERM while
   waiting exits 130/143.
 `
