@@ -137,7 +137,7 @@ func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Du
 // release for all. TTL, Value and LockDelay apply to every key; Shared and
 // Semaphore are set per Item instead.
 func (c *Client) TryAcquireSet(ctx context.Context, items []Item, opts ...AcquireOption) (*Lease, error) {
-	l, err := c.acquire(ctx, items, "", false, opts)
+	l, err := c.acquire(ctx, asSet(items), "", false, opts)
 	if errors.Is(err, ErrHeld) {
 		return nil, nil
 	}
@@ -150,12 +150,21 @@ func (c *Client) TryAcquireSet(ctx context.Context, items []Item, opts ...Acquir
 // sets, named in any order, cannot wait for each other: the cluster
 // grants waiters in one arrival order on every key. ctx bounds the wait.
 func (c *Client) AcquireSet(ctx context.Context, items []Item, opts ...AcquireOption) (*Lease, error) {
-	return c.acquire(ctx, items, "", true, opts)
+	return c.acquire(ctx, asSet(items), "", true, opts)
+}
+
+// asSet keeps a nil set a set (of no keys, refused as such): acquire takes
+// nil items for the one-key calls.
+func asSet(items []Item) []Item {
+	if items == nil {
+		return []Item{}
+	}
+	return items
 }
 
 // AcquireSetTimeout is AcquireSet bounded by maxWait, as AcquireTimeout.
 func (c *Client) AcquireSetTimeout(ctx context.Context, items []Item, maxWait time.Duration, opts ...AcquireOption) (*Lease, error) {
-	return c.acquireTimeout(ctx, items, "", maxWait, opts)
+	return c.acquireTimeout(ctx, asSet(items), "", maxWait, opts)
 }
 
 func (c *Client) acquireTimeout(ctx context.Context, items []Item, key string, maxWait time.Duration, opts []AcquireOption) (*Lease, error) {

@@ -115,6 +115,7 @@ func TestClientRefusesBadInput(t *testing.T) {
 		for name, f := range map[string]func() error{
 			"acquire": func() error { _, err := a.TryAcquire(ctx, "bad\xff"); return err },
 			"set":     func() error { _, err := a.TryAcquireSet(ctx, []lease.Item{{Key: "ok"}, {Key: "bad\xff"}}); return err },
+			"nil set": func() error { _, err := a.TryAcquireSet(ctx, nil); return err },
 			"get":     func() error { _, err := a.Get(ctx, "bad\xff"); return err },
 			"list":    func() error { _, err := a.List(ctx, "bad\xff"); return err },
 			"check":   func() error { _, err := a.CheckToken(ctx, "bad\xff", 1); return err },
