@@ -38,7 +38,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token)")
 	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
-	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (not on --wait)")
+	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (a wait for a held key is --wait's, where there is one)")
 	completeWords(cmd, "output", "table", "json")
 	for _, f := range []string{"tls-cert", "tls-key", "tls-ca"} {
 		_ = cmd.MarkFlagFilename(f, "pem")

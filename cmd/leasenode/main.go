@@ -64,9 +64,8 @@ exit codes:
 
 const rootLong = `leasenode: distributed leases with fencing tokens.
 
-Every flag can also be set from the environment as LEASENODE_<FLAG>
-(--addr is LEASENODE_ADDR, --data-dir is LEASENODE_DATA_DIR); a flag on the
-command line wins. The agent also reads a TOML file (leasenode agent --config).
+A flag on the command line wins over the environment (below). The agent
+also reads a TOML file (leasenode agent --config).
 Shell completion: leasenode completion bash|zsh|fish --help.
 ` + exitCodesHelp
 
