@@ -76,7 +76,17 @@
 // the front of every one of its keys' queues, waiters right behind an
 // in-flight one that can share the key with it (readers, semaphore slots)
 // are proposed at once, and a queued exclusive waiter stops every newer
-// waiter behind it (no writer starvation); see waitQueues.
+// waiter behind it (no writer starvation); see waitQueues. A newcomer that
+// finds waiters is queued (or, not waiting, refused) too; only a holder's
+// retry or renewal of keys it holds, every one of them, skips the queue
+// (TestOwnKeyDoesNotCarryASetPastWaiters).
+//
+// state-quota: the leader admits an acquire only if the state, plus what
+// it admitted and has not applied yet (proposals in flight, queued
+// waiters), stays within Limits.MaxLeases and MaxLeaseBytes; what a holder
+// holds already counts once. The bound can be passed only by the grants
+// of lost outcomes that apply after the loss was reported
+// (TestStateQuota, TestStateQuotaCountsWhatIsInFlight).
 //
 // no-set-deadlock: clients waiting for overlapping sets of keys, named in
 // any order, never wait for each other: every queue is ordered by one

@@ -26,6 +26,11 @@ type leaderState struct {
 	cancel context.CancelFunc
 	queues *waitQueues
 	reaper chan struct{} // kicks the reaper to re-read NextExpiry
+	// reserved is what acquires admitted by the quota add once applied.
+	reserved struct {
+		mu  sync.Mutex
+		use quotaUse
+	}
 }
 
 // now is the leader's time in its epoch.

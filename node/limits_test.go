@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -375,4 +376,78 @@ func TestStateQuota(t *testing.T) {
 	}
 	big.Value = big.Value[:190]
 	mustGrant(t, f, big)
+}
+
+// The quota counts what the leader admitted and has not applied yet, so
+// concurrent acquires and queued waiters cannot overshoot it together; a
+// holder adding keys to its own, or a larger value, is counted too.
+func TestStateQuotaCountsWhatIsInFlight(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeases = 3
+		cfg.Limits.MaxLeaseBytes = 1 << 20
+	}})
+	_, l := c.Leader()
+	held := func() int { st := l.FSM().Stats(); return st.Held + st.Delayed }
+
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.Acquire(ctxT(t, 10*time.Second), acq(fmt.Sprint("c", i), "h", 1, time.Minute))
+		}()
+	}
+	wg.Wait()
+	if n := held(); n > 3 {
+		t.Fatalf("30 concurrent acquires under MaxLeases 3 left %d leases", n)
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		leases, _ := l.FSM().List("", "", 0)
+		for _, lease := range leases {
+			if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: lease.Key, Holder: lease.Holder, Token: lease.Token}); err != nil {
+				return err
+			}
+		}
+		if n := held(); n != 0 {
+			return fmt.Errorf("%d leases left", n)
+		}
+		return nil
+	})
+
+	// Queued waiters hold their share: ten shared readers behind a writer,
+	// with room for two more leases, cannot all be granted.
+	w := mustGrant(t, l, acq("rw", "writer", 1, time.Minute))
+	var granted atomic.Int64
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := shapedAcq("rw", fmt.Sprint("reader", i), 1, shared, 0)
+			r.Wait = true
+			if resp, err := l.Acquire(ctxT(t, 5*time.Second), r); err == nil && resp.Granted {
+				granted.Add(1)
+			}
+		}()
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		st, _ := l.Status(context.Background(), &pb.StatusRequest{})
+		if st.Waiters != 2 {
+			return fmt.Errorf("%d waiters, want the 2 the quota admits", st.Waiters)
+		}
+		return nil
+	})
+	if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "rw", Holder: "writer", Token: w.Token}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if n := held(); n > 3 || granted.Load() != 2 {
+		t.Fatalf("readers granted %d, %d leases; want 2 and at most 3", granted.Load(), n)
+	}
+
+	// A holder's own key does not carry new ones past the quota.
+	own := l.FSM().Holdings("rw")[0]
+	set := shapedAcq("rw", own.Holder, 2, shared, 0, &pb.AcquireItem{Key: "new1"}, &pb.AcquireItem{Key: "new2"})
+	if _, err := l.Acquire(ctxT(t, 10*time.Second), set); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-leases") {
+		t.Fatalf("a set adding two keys to a held one, in a full cluster: %v", err)
+	}
 }

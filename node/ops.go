@@ -370,25 +370,63 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	return n.hub.watch(ctx, n, req), nil
 }
 
-// quota refuses an acquire that would take the state past
-// Limits.MaxLeases or MaxLeaseBytes. Only new holdings are refused: a
-// holder's retry or renewal of its own, extends and releases go on, so a
-// full cluster drains as its leases end.
-func (n *Node) quota(cmd *fsm.Acquire, items []fsm.Item) error {
-	lim, st := n.cfg.Limits, n.fsm.Stats()
-	size := int64(0)
-	for _, it := range items {
-		size += int64(len(it.Key) + len(cmd.Holder) + len(cmd.Value))
-	}
-	switch {
-	case st.Held+st.Delayed+len(items) > lim.MaxLeases:
-		return fmt.Errorf("%w: the cluster holds %d leases and lock-delays, its limit (agent --max-leases %d): release leases or raise the limit on every agent",
-			ErrInvalid, st.Held+st.Delayed, lim.MaxLeases)
-	case st.Bytes+size > lim.MaxLeaseBytes:
-		return fmt.Errorf("%w: the cluster's leases hold %d bytes of keys, holders and values; %d more would pass its limit (agent --max-lease-bytes %d): release leases or raise the limit on every agent",
-			ErrInvalid, st.Bytes, size, lim.MaxLeaseBytes)
+// ownHolding returns holder's live holding of key, or nil.
+func (n *Node) ownHolding(key, holder string) *fsm.Lease {
+	for _, l := range n.fsm.Holdings(key) {
+		if l.State == fsm.StateHeld && l.Holder == holder {
+			return &l
+		}
 	}
 	return nil
+}
+
+// quotaUse is what acquires add to the state, as the quota counts it.
+type quotaUse struct {
+	leases int
+	bytes  int64
+}
+
+// quota refuses an acquire that would take the state past
+// Limits.MaxLeases or MaxLeaseBytes, counting what this leader admitted
+// and has not applied yet (proposals in flight, queued waiters), so
+// concurrent acquires and waiters cannot overshoot together. It counts
+// only what the acquire adds: nothing for a holding the holder has
+// already, but a larger value. So a holder's retry or renewal goes on,
+// as do extends and releases, and a full cluster drains as its leases
+// end. On success it reserves the acquire's share; release returns it
+// once the acquire was applied or given up.
+func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (release func(), err error) {
+	var add quotaUse
+	for _, it := range items {
+		if own := n.ownHolding(it.Key, cmd.Holder); own != nil {
+			add.bytes += int64(len(cmd.Value) - len(own.Value))
+			continue
+		}
+		add.leases++
+		add.bytes += int64(len(it.Key) + len(cmd.Holder) + len(cmd.Value))
+	}
+	add.bytes = max(add.bytes, 0)
+	lim, st := n.cfg.Limits, n.fsm.Stats()
+	r := &ls.reserved
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	leases, bytes := st.Held+st.Delayed+r.use.leases, st.Bytes+r.use.bytes
+	switch {
+	case add.leases > 0 && leases+add.leases > lim.MaxLeases:
+		return nil, fmt.Errorf("%w: the cluster holds %d leases and lock-delays (%d of them admitted, not yet applied), its limit (agent --max-leases %d): release leases or raise the limit on every agent",
+			ErrInvalid, leases, r.use.leases, lim.MaxLeases)
+	case add.bytes > 0 && bytes+add.bytes > lim.MaxLeaseBytes:
+		return nil, fmt.Errorf("%w: the cluster's leases hold %d bytes of keys, holders and values (%d of them admitted, not yet applied); %d more would pass its limit (agent --max-lease-bytes %d): release leases or raise the limit on every agent",
+			ErrInvalid, bytes, r.use.bytes, add.bytes, lim.MaxLeaseBytes)
+	}
+	r.use.leases += add.leases
+	r.use.bytes += add.bytes
+	return func() {
+		r.mu.Lock()
+		r.use.leases -= add.leases
+		r.use.bytes -= add.bytes
+		r.mu.Unlock()
+	}, nil
 }
 
 // text refuses a request whose strings (name, value pairs) are not valid
@@ -594,26 +632,27 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		return nil, err
 	}
 	items := cmd.Items()
-	// A holder renewing or retrying its own holding of the key does not
-	// queue behind anyone.
-	ownKey := func() bool {
-		for _, l := range n.fsm.Holdings(cmd.Key) {
-			if l.State == fsm.StateHeld && l.Holder == cmd.Holder {
-				return true
+	// A holder renewing or retrying its own holding of every key does not
+	// queue behind anyone. A set that adds a key it does not hold queues
+	// like any newcomer: it must not barge ahead of that key's waiters.
+	ownAll := func() bool {
+		for _, it := range items {
+			if n.ownHolding(it.Key, cmd.Holder) == nil {
+				return false
 			}
 		}
-		return false
+		return true
 	}
 	// A retry of an attempt still waiting here is judged alone.
 	if err := settleWaiting(ctx, ls, cmd); err != nil {
 		return nil, err
 	}
-	if !ownKey() {
-		if err := n.quota(cmd, items); err != nil {
-			return nil, err
-		}
+	release, err := n.quota(ls, cmd, items)
+	if err != nil {
+		return nil, err
 	}
-	if !ls.queues.busy(items) || ownKey() {
+	defer release() // applied or given up: the state, not the reservation, counts it now
+	if !ls.queues.busy(items) || ownAll() {
 		s := ls.stamp()
 		p := n.propose(s, cmd, applyTimeout(ctx))
 		resp, err := p.wait(ctx, n)

@@ -375,3 +375,39 @@ func mustReleaseToken(t *testing.T, n *node.Node, key, holder string, token uint
 		t.Fatalf("release %s by %s: %v %v", key, holder, r, err)
 	}
 }
+
+// fifo-no-barging holds for a holder's set too: holding one key of it
+// lets a retry or renewal of keys it holds skip the queue, not a key it
+// does not hold, where an exclusive waiter stands first.
+func TestOwnKeyDoesNotCarryASetPastWaiters(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	mustGrant(t, l, acq("k", "h", 1, time.Minute))
+	mustGrant(t, l, shapedAcq("x", "r1", 1, shared, 0))
+	writer := make(chan error, 1)
+	go func() {
+		r := acq("x", "w", 1, time.Minute)
+		r.Wait = true
+		_, err := l.Acquire(ctxT(t, 30*time.Second), r)
+		writer <- err
+	}()
+	waitN(t, l, 1)
+	set := acq("k", "h", 2, time.Minute)
+	set.Items = []*pb.AcquireItem{{Key: "x", Mode: shared}}
+	resp, err := l.Acquire(ctxT(t, 10*time.Second), set)
+	if err != nil || resp.Granted {
+		t.Fatalf("a set of its own key and a key with a queued writer: %v %v; want refused", resp, err)
+	}
+	if got := holders(t, l, "x"); len(got) != 1 || got[0] != "r1" {
+		t.Fatalf("x held by %v, want r1 alone", got)
+	}
+	// The holder renewing the key it holds still skips the queue.
+	if r, err := l.Acquire(ctxT(t, 10*time.Second), acq("k", "h", 1, time.Minute)); err != nil || !r.Granted {
+		t.Fatalf("renewal of its own key: %v %v", r, err)
+	}
+	select {
+	case err := <-writer:
+		t.Fatalf("the writer's wait ended early: %v", err)
+	default:
+	}
+}
