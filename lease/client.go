@@ -47,8 +47,8 @@ type Client struct {
 	reqID atomic.Uint64 // request ids: strictly increasing per holder
 
 	mu     sync.Mutex
-	held   map[*held]struct{}       // leases being kept alive
-	guards map[string]chan struct{} // key → local guard (capacity 1)
+	held   map[*held]struct{} // leases being kept alive
+	guards map[string]*guard  // key → local guard, while anyone holds or waits for it
 	closed bool
 
 	kick   chan struct{} // wakes the loop when leases are added
@@ -59,6 +59,8 @@ type Client struct {
 	closing    context.Context
 	closeBegun context.CancelFunc
 	acquires   sync.WaitGroup
+	closeDone  chan struct{} // closed when Close has finished; closeErr is its result
+	closeErr   error
 	bgWG       sync.WaitGroup // best-effort releases
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc // Close gives up on best-effort releases
@@ -76,12 +78,13 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		retry:  RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax},
 		log:    o.logger.With("component", "lease.client", "holder", o.holder),
 		held:   map[*held]struct{}{},
-		guards: map[string]chan struct{}{},
+		guards: map[string]*guard{},
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	c.closing, c.closeBegun = context.WithCancel(context.Background())
+	c.closeDone = make(chan struct{})
 	// The holder is unique to this Client (its incarnation), so request ids
 	// simply count from 1: no other process ever sends ids for it.
 	c.loopWG.Add(1)
@@ -201,12 +204,15 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	for _, f := range opts {
 		f(&ao)
 	}
+	if ao.slotsSet && (ao.semaphore < 1 || ao.semaphore > maxSemaphore) {
+		return nil, fmt.Errorf("acquire: %w: semaphore of %d, want 1 to %d", ErrInvalid, ao.semaphore, maxSemaphore)
+	}
 	if items == nil {
 		items = []Item{{Key: key, Shared: ao.shared, Semaphore: ao.semaphore}}
-	} else if ao.shared || ao.semaphore != 0 {
+	} else if ao.shared || ao.slotsSet {
 		return nil, fmt.Errorf("acquire: %w: Shared and Semaphore options are for one key; set them per Item of a set", ErrInvalid)
 	}
-	if err := extendFits(c.opts.extend, ao.ttl); err != nil {
+	if err := c.opts.fits(ao.ttl); err != nil {
 		return nil, fmt.Errorf("acquire: %w", err)
 	}
 	if len(items) == 0 || len(items) > maxSetKeys {
@@ -241,17 +247,41 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	l, err := c.acquireLocked(ctx, items, wire, wait, ao)
 	if l == nil {
 		for _, g := range guards {
-			<-g
+			c.unlockGuard(g)
 		}
 	}
 	return l, err
+}
+
+// guard is this Client's local lock of one key: one of its goroutines at a
+// time acquires or holds the key. refs counts who holds or waits for it;
+// at zero it leaves the map, so keys used once do not accumulate.
+type guard struct {
+	key  string
+	ch   chan struct{} // capacity 1: full while held
+	refs int           // under Client.mu
+}
+
+// unlockGuard releases g, taken by lockGuard.
+func (c *Client) unlockGuard(g *guard) {
+	<-g.ch
+	c.unref(g)
+}
+
+// unref drops one reference to g.
+func (c *Client) unref(g *guard) {
+	c.mu.Lock()
+	if g.refs--; g.refs == 0 {
+		delete(c.guards, g.key)
+	}
+	c.mu.Unlock()
 }
 
 // lockGuards takes the local guards of keys, in key order so that two
 // goroutines of this Client taking overlapping sets cannot deadlock; it
 // waits for each when wait is set, else fails with ErrHeld if this Client
 // holds any. A key named twice is ErrInvalid.
-func (c *Client) lockGuards(ctx context.Context, keys []string, wait bool) ([]chan struct{}, error) {
+func (c *Client) lockGuards(ctx context.Context, keys []string, wait bool) ([]*guard, error) {
 	sorted := slices.Clone(keys)
 	slices.Sort(sorted)
 	for j := 1; j < len(sorted); j++ {
@@ -259,12 +289,12 @@ func (c *Client) lockGuards(ctx context.Context, keys []string, wait bool) ([]ch
 			return nil, fmt.Errorf("acquire: %w: key %q named twice", ErrInvalid, sorted[j])
 		}
 	}
-	var taken []chan struct{}
+	var taken []*guard
 	for _, k := range sorted {
 		g, err := c.lockGuard(ctx, k, wait)
 		if err != nil {
 			for _, t := range taken {
-				<-t
+				c.unlockGuard(t)
 			}
 			return nil, err
 		}
@@ -275,7 +305,7 @@ func (c *Client) lockGuards(ctx context.Context, keys []string, wait bool) ([]ch
 
 // lockGuard takes the local guard of key: waits for it when wait is set,
 // else fails with ErrHeld if this Client holds key.
-func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan struct{}, error) {
+func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (*guard, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -283,22 +313,25 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (chan str
 	}
 	g := c.guards[key]
 	if g == nil {
-		g = make(chan struct{}, 1)
+		g = &guard{key: key, ch: make(chan struct{}, 1)}
 		c.guards[key] = g
 	}
+	g.refs++
 	c.mu.Unlock()
 	if !wait {
 		select {
-		case g <- struct{}{}:
+		case g.ch <- struct{}{}:
 			return g, nil
 		default:
+			c.unref(g)
 			return nil, &HeldError{Key: key, Holder: c.opts.holder}
 		}
 	}
 	select {
-	case g <- struct{}{}:
+	case g.ch <- struct{}{}:
 		return g, nil
 	case <-ctx.Done():
+		c.unref(g)
 		return nil, &HeldError{Key: key, Holder: c.opts.holder, Wait: c.remaining(key), Err: context.Cause(ctx)}
 	}
 }
@@ -621,7 +654,7 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	h.cancel(err)
 	c.mu.Lock()
 	delete(c.held, h)
-	guards := make([]chan struct{}, 0, len(h.items))
+	guards := make([]*guard, 0, len(h.items))
 	for _, it := range h.items {
 		if g := c.guards[it.Key]; g != nil {
 			guards = append(guards, g)
@@ -629,7 +662,7 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	}
 	c.mu.Unlock()
 	for _, g := range guards {
-		<-g
+		c.unlockGuard(g)
 	}
 	if release {
 		c.bgWG.Add(1)
@@ -686,6 +719,9 @@ func (c *Client) releaseRecord(ctx context.Context, h *held) error {
 // holders (Shared, Semaphore) reports its first: the live holding with
 // the lowest token (Holdings returns them all).
 func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
+	if err := c.open(); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
 	if err := text("key", key); err != nil {
 		return nil, fmt.Errorf("get: %w", err)
 	}
@@ -706,6 +742,9 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 // in token order (grant order), then the lock-delays of expired ones. It
 // is empty when the key is free.
 func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
+	if err := c.open(); err != nil {
+		return nil, fmt.Errorf("holdings: %w", err)
+	}
 	if err := text("key", key); err != nil {
 		return nil, fmt.Errorf("holdings: %w", err)
 	}
@@ -729,6 +768,9 @@ func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
 // List returns every holding of every key that starts with prefix, in key
 // order (within a key, as Holdings), reading page by page from the leader.
 func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
+	if err := c.open(); err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
 	if err := text("prefix", prefix); err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
@@ -761,6 +803,9 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 // sequencer). For a key with several holders (Shared, Semaphore), every
 // one of their tokens is current; pass Lease.TokenFor(key) for a set.
 func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool, error) {
+	if err := c.open(); err != nil {
+		return false, fmt.Errorf("check token: %w", err)
+	}
 	if err := text("key", key); err != nil {
 		return false, fmt.Errorf("check token: %w", err)
 	}
@@ -786,13 +831,20 @@ func retryRead[T any](ctx context.Context, c *Client, f func(context.Context) (T
 	return v, err
 }
 
-// Close releases every lease of this Client (as Release does) and stops
-// its background loop. ctx bounds the releases.
+// Close releases every lease of this Client (as Release does), ends its
+// acquires and watches (ErrClosed) and stops its background loop. ctx
+// bounds the releases. A Close while another runs waits for it and
+// returns its result (or ctx's error).
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil
+		select {
+		case <-c.closeDone:
+			return c.closeErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	c.closed = true
 	c.closeBegun()
@@ -832,7 +884,17 @@ func (c *Client) Close(ctx context.Context) error {
 	if c.closer != nil {
 		c.closer()
 	}
-	return errors.Join(errs...)
+	c.closeErr = errors.Join(errs...)
+	close(c.closeDone)
+	return c.closeErr
+}
+
+// open returns ErrClosed once Close has begun.
+func (c *Client) open() error {
+	if c.closing.Err() != nil {
+		return ErrClosed
+	}
+	return nil
 }
 
 func (c *Client) backoff() *backoff {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"math"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Close ends an Acquire that is waiting, with ErrClosed, and a closed
@@ -254,4 +256,158 @@ func TestDialWaitsForANodeStartingLater(t *testing.T) {
 	if !errors.Is(err, lease.ErrNoLeader) || time.Since(t0) > 10*time.Second {
 		t.Fatalf("Dial of nothing: %v after %v; want ErrNoLeader after about 500ms", err, time.Since(t0))
 	}
+}
+
+// An election is exclusive and Run stops on what retrying cannot cure.
+func TestElectorRefusesWhatCannotWork(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t)
+		ctx := ctxT(t, 20*time.Second)
+		for name, opt := range map[string]lease.AcquireOption{"shared": lease.Shared(), "semaphore": lease.Semaphore(2)} {
+			if _, err := a.Elector("el", nil, opt).Campaign(ctx); !errors.Is(err, lease.ErrInvalid) {
+				t.Errorf("Campaign with %s: %v, want ErrInvalid", name, err)
+			}
+		}
+		start := time.Now()
+		if err := a.Elector("bad\xff", nil).Run(ctx, func(context.Context, *lease.Lease) {}); !errors.Is(err, lease.ErrInvalid) {
+			t.Errorf("Run with an invalid key: %v, want ErrInvalid", err)
+		}
+		if _, err := a.TryAcquire(ctx, "s0", lease.Semaphore(0)); !errors.Is(err, lease.ErrInvalid) {
+			t.Errorf("Semaphore(0): %v, want ErrInvalid", err)
+		}
+		a.Close(ctx)
+		if err := a.Elector("el", nil).Run(ctx, func(context.Context, *lease.Lease) {}); !errors.Is(err, lease.ErrClosed) {
+			t.Errorf("Run on a closed client: %v, want ErrClosed", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("the refusals took %v", d)
+		}
+	})
+	_, n := nodetest.New(t, nodetest.Options{Size: 1}).Leader()
+	for name, opts := range map[string][]lease.Option{
+		"negative expiring threshold":  {lease.WithExpiringThreshold(-time.Second)},
+		"threshold as long as the TTL": {lease.WithTTL(time.Second), lease.WithExpiringThreshold(time.Second)},
+	} {
+		if _, err := lease.New(n, opts...); !errors.Is(err, lease.ErrInvalid) {
+			t.Errorf("New with %s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
+// Close ends everything of the Client: reads and watches after it are
+// ErrClosed, watches and Observe open before it end, and a second Close
+// waits for the first.
+func TestCloseEndsReadsAndWatches(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t)
+		ctx := ctxT(t, 20*time.Second)
+		events, err := a.Watch(ctx, "w/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		observed := a.Observe(ctx, "w/leader")
+		select {
+		case <-observed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Observe sent nothing")
+		}
+		l, err := a.TryAcquire(ctx, "w/k")
+		if err != nil || l == nil {
+			t.Fatal(l, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- a.Close(ctx) }()
+		if err := a.Close(ctx); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		if l.IsHealthy() {
+			t.Fatal("a second Close returned before the first released the lease")
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not return")
+		}
+		for name, ch := range map[string]func() bool{
+			"watch":   func() bool { _, ok := <-events; return ok },
+			"observe": func() bool { _, ok := <-observed; return ok },
+		} {
+			ended := make(chan struct{})
+			go func() {
+				for ch() {
+				}
+				close(ended)
+			}()
+			select {
+			case <-ended:
+			case <-time.After(10 * time.Second):
+				t.Errorf("%s still open after Close", name)
+			}
+		}
+		for name, f := range map[string]func() error{
+			"get":   func() error { _, err := a.Get(ctx, "w/k"); return err },
+			"list":  func() error { _, err := a.List(ctx, "w/"); return err },
+			"check": func() error { _, err := a.CheckToken(ctx, "w/k", 1); return err },
+			"watch": func() error { _, err := a.Watch(ctx, "w/"); return err },
+		} {
+			if err := f(); !errors.Is(err, lease.ErrClosed) {
+				t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+			}
+		}
+	})
+}
+
+// hookGet runs hook once, before its first Get.
+type hookGet struct {
+	lease.Backend
+	once sync.Once
+	hook func()
+}
+
+func (b *hookGet) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
+	b.once.Do(b.hook)
+	return b.Backend.Get(ctx, r)
+}
+
+// Observe never goes back to an older leader once it reported a newer
+// one: the watch it opens first may hold events older than its read.
+func TestObserveNeverGoesBack(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1})
+	_, n := c.Leader()
+	ctx := ctxT(t, 20*time.Second)
+	a, _ := lease.New(n, lease.WithHolder("a"))
+	b, _ := lease.New(n, lease.WithHolder("b"))
+	defer a.Close(ctx)
+	defer b.Close(ctx)
+	la, err := a.TryAcquire(ctx, "obs", lease.Value([]byte("a")))
+	if err != nil || la == nil {
+		t.Fatal(la, err)
+	}
+	// Between the watch's start and the read, a hands over to b.
+	hb := &hookGet{Backend: n, hook: func() {
+		la.Release(ctx)
+		if lb, err := b.TryAcquire(ctx, "obs", lease.Value([]byte("b"))); err != nil || lb == nil {
+			t.Errorf("b's acquire: %v %v", lb, err)
+		}
+	}}
+	o, _ := lease.New(hb)
+	defer o.Close(ctx)
+	obs := o.Observe(ctx, "obs")
+	var seen []string
+	deadline := time.After(3 * time.Second)
+	for len(seen) < 3 {
+		select {
+		case ld := <-obs:
+			seen = append(seen, string(ld.Value))
+		case <-deadline:
+			if len(seen) == 0 || seen[len(seen)-1] != "b" {
+				t.Fatalf("Observe reported %q; want it to end at b", seen)
+			}
+			return
+		}
+	}
+	t.Fatalf("Observe reported %q with b leading all along; want b alone", seen)
 }

@@ -3,8 +3,10 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Elector runs leader election on one key, the recipe of client-go's
@@ -25,8 +27,16 @@ func (c *Client) Elector(key string, value []byte, opts ...AcquireOption) *Elect
 }
 
 // Campaign waits until this client is elected (queued FIFO with the other
-// candidates) and returns the leadership lease. ctx bounds the wait.
+// candidates) and returns the leadership lease. ctx bounds the wait. An
+// election is exclusive: Shared and Semaphore are ErrInvalid.
 func (e *Elector) Campaign(ctx context.Context) (*Lease, error) {
+	var ao acquireOptions
+	for _, f := range e.opts {
+		f(&ao)
+	}
+	if ao.shared || ao.slotsSet {
+		return nil, fmt.Errorf("campaign %q: %w: an election has one leader; Shared and Semaphore do not apply", e.key, ErrInvalid)
+	}
 	return e.c.Acquire(ctx, e.key, e.opts...)
 }
 
@@ -34,20 +44,26 @@ func (e *Elector) Campaign(ctx context.Context) (*Lease, error) {
 // a context that is cancelled as soon as leadership is lost or ctx ends;
 // when lead returns, leadership is released and Run campaigns again. lead
 // must stop acting as leader when its context is done. Run returns ctx's
-// error.
+// error, or a campaign's error that retrying cannot cure (ErrInvalid, or
+// ErrClosed once the Client is closed).
 func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context, l *Lease)) error {
+	bo := e.c.backoff()
 	for {
 		l, err := e.Campaign(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if errors.Is(err, ErrInvalid) || errors.Is(err, ErrClosed) {
+				return err
+			}
 			e.c.log.Warn("campaign failed; retrying", "key", e.key, "err", err)
-			if !ctxtime.Sleep(ctx, e.c.backoff().next()) {
+			if !ctxtime.Sleep(ctx, bo.next()) {
 				return ctx.Err()
 			}
 			continue
 		}
+		bo.reset(e.c.opts.backoffMin)
 		lctx, cancel := context.WithCancelCause(ctx)
 		stop := context.AfterFunc(l.Context(), func() { cancel(l.Err()) })
 		lead(lctx, l)
@@ -72,8 +88,9 @@ type Leader struct {
 }
 
 // Observe reports the leader of key: the current one first (a zero Leader
-// if none), then every change. The channel closes when ctx ends; if the
-// underlying watch breaks, Observe re-reads and resumes.
+// if none), then every change. The channel closes when ctx ends or the
+// Client closes; if the underlying watch breaks, Observe re-reads and
+// resumes.
 func (c *Client) Observe(ctx context.Context, key string) <-chan Leader {
 	out := make(chan Leader, 1)
 	go func() {
@@ -95,23 +112,34 @@ func (c *Client) Observe(ctx context.Context, key string) <-chan Leader {
 		for ctx.Err() == nil {
 			events, err := c.Watch(ctx, key)
 			if err != nil {
+				if errors.Is(err, ErrClosed) {
+					return
+				}
 				if !ctxtime.Sleep(ctx, bo.next()) {
 					return
 				}
 				continue
 			}
-			info, err := c.Get(ctx, key)
+			// The read comes after the watch began, so the watch's first
+			// events may be older than it: skip those the read reflects.
+			resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
+				return c.b.Get(ctx, &pb.GetRequest{Key: key})
+			})
+			readAt := uint64(0)
 			if err == nil {
+				readAt = resp.GetHeader().GetAppliedIndex()
 				l := Leader{}
-				if info != nil && !info.LockDelay {
-					l = Leader{Holder: info.Holder, Value: info.Value, Token: info.Token}
+				if resp.GetFound() {
+					if info := infoFromPB(resp.GetLease()); !info.LockDelay {
+						l = Leader{Holder: info.Holder, Value: info.Value, Token: info.Token}
+					}
 				}
 				if !emit(l) {
 					return
 				}
 			}
 			for ev := range events {
-				if ev.Key != key {
+				if ev.Key != key || ev.Index <= readAt {
 					continue
 				}
 				var l Leader

@@ -371,7 +371,7 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
 		}
 		sent := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), c.requestTimeout(chunk))
+		ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(chunk)) // Close ends it: it releases the leases anyway
 		resp, err := c.b.Extend(ctx, req)
 		cancel()
 		if err != nil {

@@ -54,7 +54,8 @@ func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 func WithExtendInterval(d time.Duration) Option { return func(o *options) { o.extend = d } }
 
 // WithExpiringThreshold sets when Lease.Expiring fires: when the remaining
-// validity falls below d without a successful extend (default TTL/3).
+// validity falls below d without a successful extend (default TTL/3). It
+// must be shorter than every TTL the client acquires with.
 func WithExpiringThreshold(d time.Duration) Option { return func(o *options) { o.expiring = d } }
 
 // WithDriftBound sets the fraction by which this client shortens every
@@ -124,7 +125,10 @@ func buildOptions(opts []Option) (options, error) {
 	if o.extend < 0 || o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
 		return o, fmt.Errorf("%w: bad extend interval or back-off", ErrInvalid)
 	}
-	if err := extendFits(o.extend, o.ttl); err != nil {
+	if o.expiring < 0 {
+		return o, fmt.Errorf("%w: expiring threshold %v must be >= 0 (0: a third of each lease's TTL)", ErrInvalid, o.expiring)
+	}
+	if err := o.fits(o.ttl); err != nil {
 		return o, err
 	}
 	if o.peerTimeout < 0 {
@@ -153,12 +157,17 @@ func buildOptions(opts []Option) (options, error) {
 	return o, nil
 }
 
-// extendFits refuses an extend interval longer than half of ttl (0 is the
-// default, a third of each lease's TTL).
-func extendFits(extend, ttl time.Duration) error {
-	if extend > ttl/2 {
+// fits refuses an extend interval longer than half of a lease's ttl, and
+// an expiring threshold as long as the ttl (it would fire after every
+// extend). 0 is the default for both: a third of each lease's TTL.
+func (o options) fits(ttl time.Duration) error {
+	if o.extend > 0 && o.extend > ttl/2 {
 		return fmt.Errorf("%w: extend interval %v is more than half the TTL %v: the lease would run out between two extends; shorten WithExtendInterval or lengthen the TTL",
-			ErrInvalid, extend, ttl)
+			ErrInvalid, o.extend, ttl)
+	}
+	if o.expiring > 0 && o.expiring >= ttl {
+		return fmt.Errorf("%w: expiring threshold %v is not shorter than the TTL %v: Expiring would fire after every extend; shorten WithExpiringThreshold",
+			ErrInvalid, o.expiring, ttl)
 	}
 	return nil
 }
@@ -191,6 +200,7 @@ type acquireOptions struct {
 	lockDelay time.Duration
 	shared    bool
 	semaphore int
+	slotsSet  bool // Semaphore was given (its n may be out of range)
 }
 
 // AcquireOption configures one acquire.
@@ -221,7 +231,9 @@ func Shared() AcquireOption { return func(o *acquireOptions) { o.shared = true }
 // `lock -n`, Curator's semaphore). Every holder of the key must ask the
 // same n while any holds it; another n is refused with ErrInvalid. n is 1
 // to 65536.
-func Semaphore(n int) AcquireOption { return func(o *acquireOptions) { o.semaphore = n } }
+func Semaphore(n int) AcquireOption {
+	return func(o *acquireOptions) { o.semaphore, o.slotsSet = n, true }
+}
 
 // Item is one key of a multi-key lease (Client.AcquireSet) and the way it
 // is held: exclusive by default, Shared (readers), or a slot of a

@@ -47,18 +47,28 @@ type Event struct {
 // holding (a key held by several holders has one per holder; a multi-key
 // lease one per key). Extends are not reported (a grant stays in force until a
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
-// Reset event if it fell behind); watch again to resume.
+// Reset event if it fell behind); watch again to resume. Close ends it.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := text("prefix", prefix); err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
+	if err := c.open(); err != nil {
+		return nil, fmt.Errorf("watch %q: %w", prefix, err)
+	}
+	// Close ends the stream, as it ends everything else of the Client.
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.closing, cancel)
 	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true})
 	if err != nil {
+		stop()
+		cancel()
 		return nil, classify("watch", prefix, err)
 	}
 	out := make(chan Event, 64)
 	go func() {
 		defer close(out)
+		defer cancel()
+		defer stop()
 		for e := range in {
 			l := e.GetLease()
 			ev := Event{Type: eventType(e.GetType()), Index: e.GetIndex(), Key: l.GetKey(),
