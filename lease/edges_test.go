@@ -411,3 +411,24 @@ func TestObserveNeverGoesBack(t *testing.T) {
 	}
 	t.Fatalf("Observe reported %q with b leading all along; want b alone", seen)
 }
+
+// A Fence refuses token 0, which no lease carries (TokenFor's answer for a
+// key not held), and older tokens; it admits the highest again.
+func TestFenceRefusesTokenZero(t *testing.T) {
+	f := lease.NewFence()
+	if err := f.Check("k", 0); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("Check of token 0 on a fresh fence: %v", err)
+	}
+	if err := f.CheckRead("k", 0); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("CheckRead of token 0: %v", err)
+	}
+	if err := f.Check("k", 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Check("k", 4); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("older token: %v", err)
+	}
+	if err := f.Check("k", 5); err != nil {
+		t.Fatalf("the same token again: %v", err)
+	}
+}

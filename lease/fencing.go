@@ -26,9 +26,14 @@ func NewFence() *Fence { return &Fence{highest: map[string]uint64{}} }
 // Check admits a write for key carrying token if token is at least the
 // highest seen for key, and records it; otherwise it returns an error
 // matching ErrStaleToken. Equal tokens pass: one holder writes many times.
+// Token 0 is no lease's (what TokenFor returns for a key not held) and is
+// always refused.
 func (f *Fence) Check(key string, token uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if token == 0 {
+		return fmt.Errorf("%w: key %q token 0: no lease carries it (a write without a lease?)", ErrStaleToken, key)
+	}
 	if h := f.highest[key]; token < h {
 		return fmt.Errorf("%w: key %q token %d, already saw %d", ErrStaleToken, key, token, h)
 	}
@@ -45,6 +50,9 @@ func (f *Fence) Check(key string, token uint64) error {
 func (f *Fence) CheckRead(key string, token uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if token == 0 {
+		return fmt.Errorf("%w: read of key %q with token 0: no lease carries it", ErrStaleToken, key)
+	}
 	if h := f.highest[key]; token < h {
 		return fmt.Errorf("%w: read of key %q with token %d, a write with %d was admitted", ErrStaleToken, key, token, h)
 	}
