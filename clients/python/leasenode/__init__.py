@@ -56,6 +56,7 @@ DEFAULT_RETRY_TIMEOUT = 10.0
 # whole timeout.
 DEFAULT_PEER_TIMEOUT = 1.0
 SUSPECT_FOR = 10.0  # a node that failed the check is tried last this long
+STOP_POLL = 0.25  # how soon a waiting acquire notices that its client closed
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
 EXTEND_CHUNK = 4096
 # The longest acquire whose Abandon answer "never granted" is believed: the
@@ -147,6 +148,10 @@ class _NotSent(Exception):
     """A request never reached a node: it certainly had no effect."""
 
 
+class _Closing(Exception):
+    """The client closed while a request waited: its outcome is unknown."""
+
+
 class _RPCError(Exception):
     """A node answered with an error."""
 
@@ -230,6 +235,7 @@ class _Transport:
         self._lock = threading.Lock()
         self._idle = {}  # addr -> [HTTPConnection]
         self._suspect = {}  # addr -> monotonic time until which it is tried last
+        self.stopping = threading.Event()  # set by Client.close: waiting acquires end
 
     def _conn(self, addr, timeout):
         with self._lock:
@@ -277,17 +283,23 @@ class _Transport:
             headers["Authorization"] = "Bearer " + self.token
         return headers
 
-    def _await_reply(self, c, addr, deadline):
+    def _await_reply(self, c, addr, deadline, interruptible=False):
         """Waits until the node starts its reply on c. While it is silent,
         checks every peer_timeout that it is alive (a Status request on
         another connection; any reply counts, so a busy node passes and a
         long wait for a lease is never cut short); if the check gets no
         reply either, the node is stopped or cut off: raises _Unknown and
-        has it tried last for a while."""
-        if not self.peer_timeout or c.sock is None:
+        has it tried last for a while. An interruptible request (a waiting
+        acquire) raises _Closing when the client closes."""
+        if c.sock is None or not (self.peer_timeout or interruptible):
             return
+        checked = time.monotonic()
         while True:
-            wait = self.peer_timeout
+            if interruptible and self.stopping.is_set():
+                raise _Closing("the client closed while the request waited")
+            wait = self.peer_timeout or 3600.0
+            if interruptible:
+                wait = min(wait, STOP_POLL)
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
@@ -297,6 +309,9 @@ class _Transport:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
+            if not self.peer_timeout or time.monotonic() - checked < self.peer_timeout:
+                continue
+            checked = time.monotonic()
             if not self._alive(addr):
                 with self._lock:
                     self._suspect[addr] = time.monotonic() + SUSPECT_FOR
@@ -335,7 +350,7 @@ class _Transport:
                 raise _NotSent("%s: %s" % (addr, e))
             try:
                 c.request("POST", SERVICE + method, body=data, headers=headers)
-                self._await_reply(c, addr, deadline)
+                self._await_reply(c, addr, deadline, interruptible=method == "Acquire")
                 resp = c.getresponse()
                 payload = resp.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
@@ -346,7 +361,7 @@ class _Transport:
             except (OSError, http.client.HTTPException) as e:
                 c.close()
                 raise _Unknown("%s: %s" % (addr, e))
-            except _Unknown:
+            except (_Unknown, _Closing):
                 c.close()
                 raise
             with self._lock:
@@ -668,6 +683,14 @@ class Client:
         try:
             try:
                 resp = self._retry.run("acquire", key, attempt, idempotent=True, deadline=deadline)
+            except _Closing as e:
+                # close() ended the wait: settle the attempt, which may
+                # have been granted meanwhile, so nothing is left held.
+                try:
+                    self._abandon(req, state["began"])
+                except LeaseError:
+                    pass
+                raise ClosedError("acquire %r: the client closed while it waited" % key) from e
             except (NoLeaderError, UnknownOutcomeError) as e:
                 if deadline is not None and time.monotonic() >= deadline - 0.01:
                     if state["maybe"]:
@@ -691,7 +714,16 @@ class Client:
         lease = Lease(self, key, int(resp["token"]), granted_ttl, value, state["sent"],
                       _secs(resp.get("waited")) + granted_ttl)
         with self._lock:
-            self._held[key] = lease
+            closed = self._closed
+            if not closed:
+                self._held[key] = lease
+        if closed:
+            # Granted as the client closed: nothing would extend it.
+            try:
+                self._release_raw(key, lease.token, timeout=1.0)
+            except LeaseError:
+                pass
+            raise ClosedError("acquire %r: granted as the client closed, and released" % key)
         self._wake.set()
         return lease
 
@@ -914,6 +946,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+            self._t.stopping.set()  # waiting acquires end with ClosedError
             leases = list(self._held.values())
         for l in leases:
             try:

@@ -176,6 +176,41 @@ class ClientTest(unittest.TestCase):
         self.assertGreaterEqual(time.monotonic() - t0, 0.49)  # it waited out its timeout
         self.assertLess(time.monotonic() - t0, 5)
 
+    def test_close_ends_a_waiting_acquire(self):
+        # close() ends an acquire waiting in another thread with ClosedError
+        # and leaves nothing held: the key is free once its holder lets go.
+        a, b = self.new(), self.new()
+        key = PREFIX + "close-wait"
+        la = a.try_acquire(key, ttl=30)
+        got = []
+        t = threading.Thread(target=lambda: got.append(self._catch(lambda: b.acquire(key, timeout=30))))
+        t.start()
+        deadline = time.monotonic() + 10
+        while b._t.call("Status", {}, 5).get("waiters", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        b.close()
+        t.join(10)
+        self.assertFalse(t.is_alive(), "the waiting acquire did not end when its client closed")
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertIsInstance(got[0], leasenode.ClosedError)
+        la.release()
+        c = self.new()
+        l = None
+        while l is None and time.monotonic() < deadline + 10:
+            l = c.try_acquire(key)
+            if l is None:
+                time.sleep(0.05)
+        self.assertIsNotNone(l, "the key stayed held after the closed client's acquire")
+        l.release()
+
+    @staticmethod
+    def _catch(f):
+        try:
+            return f()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            return e
+
     def test_stopped_node_is_left_behind(self):
         # A node that accepts connections and never answers, as a stopped
         # process looks (its kernel completes the handshake), listed
