@@ -719,11 +719,8 @@ func (c *Client) releaseRecord(ctx context.Context, h *held) error {
 // holders (Shared, Semaphore) reports its first: the live holding with
 // the lowest token (Holdings returns them all).
 func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
-	if err := c.open(); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
-	if err := text("key", key); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
+	if err := c.readable("get", "key", key); err != nil {
+		return nil, err
 	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
 		return c.b.Get(ctx, &pb.GetRequest{Key: key})
@@ -742,11 +739,8 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 // in token order (grant order), then the lock-delays of expired ones. It
 // is empty when the key is free.
 func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
-	if err := c.open(); err != nil {
-		return nil, fmt.Errorf("holdings: %w", err)
-	}
-	if err := text("key", key); err != nil {
-		return nil, fmt.Errorf("holdings: %w", err)
+	if err := c.readable("holdings", "key", key); err != nil {
+		return nil, err
 	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.GetResponse, error) {
 		return c.b.Get(ctx, &pb.GetRequest{Key: key})
@@ -768,11 +762,8 @@ func (c *Client) Holdings(ctx context.Context, key string) ([]Info, error) {
 // List returns every holding of every key that starts with prefix, in key
 // order (within a key, as Holdings), reading page by page from the leader.
 func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
-	if err := c.open(); err != nil {
-		return nil, fmt.Errorf("list: %w", err)
-	}
-	if err := text("prefix", prefix); err != nil {
-		return nil, fmt.Errorf("list: %w", err)
+	if err := c.readable("list", "prefix", prefix); err != nil {
+		return nil, err
 	}
 	var out []Info
 	after := ""
@@ -803,11 +794,8 @@ func (c *Client) List(ctx context.Context, prefix string) ([]Info, error) {
 // sequencer). For a key with several holders (Shared, Semaphore), every
 // one of their tokens is current; pass Lease.TokenFor(key) for a set.
 func (c *Client) CheckToken(ctx context.Context, key string, token uint64) (bool, error) {
-	if err := c.open(); err != nil {
-		return false, fmt.Errorf("check token: %w", err)
-	}
-	if err := text("key", key); err != nil {
-		return false, fmt.Errorf("check token: %w", err)
+	if err := c.readable("check token", "key", key); err != nil {
+		return false, err
 	}
 	resp, err := retryRead(ctx, c, func(ctx context.Context) (*pb.CheckTokenResponse, error) {
 		return c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: key, Token: token})
@@ -893,6 +881,18 @@ func (c *Client) Close(ctx context.Context) error {
 func (c *Client) open() error {
 	if c.closing.Err() != nil {
 		return ErrClosed
+	}
+	return nil
+}
+
+// readable checks a read (op) of the key or prefix s before it is sent:
+// ErrClosed after Close, ErrInvalid for text that is not UTF-8.
+func (c *Client) readable(op, what, s string) error {
+	if err := c.open(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if err := text(what, s); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"sync"
@@ -51,13 +52,20 @@ func TestCloseEndsWaitingAcquire(t *testing.T) {
 		}
 		// Nobody holds the key: the closed client's attempt was settled.
 		c, _ := e.newClient(t)
-		nodetest.Eventually(t, 10*time.Second, func() error {
-			l, err := c.TryAcquire(ctxT(t, 5*time.Second), "cw")
-			if err != nil || l == nil {
-				return errors.New("key still held after the closed client's acquire was settled")
-			}
-			return l.Release(ctxT(t, 5*time.Second))
-		})
+		waitFree(t, c, "cw", 10*time.Second, "the closed client's acquire was settled")
+	})
+}
+
+// waitFree waits until c can take key (and gives it back): nobody holds
+// it any more, as after should have made sure.
+func waitFree(t *testing.T, c *lease.Client, key string, within time.Duration, after string) {
+	t.Helper()
+	nodetest.Eventually(t, within, func() error {
+		l, err := c.TryAcquire(ctxT(t, 5*time.Second), key)
+		if err != nil || l == nil {
+			return fmt.Errorf("%s still held after %s: %v", key, after, err)
+		}
+		return l.Release(ctxT(t, 5*time.Second))
 	})
 }
 
@@ -98,13 +106,7 @@ func TestReleaseAfterFailedRelease(t *testing.T) {
 		if err := l2.Release(dead); err == nil {
 			t.Fatal("Release with a cancelled context reported success")
 		}
-		nodetest.Eventually(t, 20*time.Second, func() error {
-			l, err := b.TryAcquire(ctxT(t, 5*time.Second), "rc2")
-			if err != nil || l == nil {
-				return errors.New("rc2 still held: the background release did not run")
-			}
-			return l.Release(ctxT(t, 5*time.Second))
-		})
+		waitFree(t, b, "rc2", 20*time.Second, "a failed Release, without a second one (the background release)")
 	})
 }
 

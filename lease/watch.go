@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -49,11 +48,8 @@ type Event struct {
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume. Close ends it.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
-	if err := text("prefix", prefix); err != nil {
-		return nil, fmt.Errorf("watch: %w", err)
-	}
-	if err := c.open(); err != nil {
-		return nil, fmt.Errorf("watch %q: %w", prefix, err)
+	if err := c.readable("watch", "prefix", prefix); err != nil {
+		return nil, err
 	}
 	// Close ends the stream, as it ends everything else of the Client.
 	ctx, cancel := context.WithCancel(ctx)
