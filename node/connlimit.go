@@ -24,12 +24,21 @@ type connLimiter struct {
 	mu       sync.Mutex
 	open     map[net.Conn]*limitedConn // by the conn net/http reports
 	freed    chan struct{}             // a slot was freed (capacity 1)
+	done     chan struct{}             // closed by Close
+	closing  sync.Once
 	lastWarn time.Time
 	shed     int // idle connections closed since the last warning
 }
 
 func newConnLimiter(ln net.Listener, max int, log *slog.Logger) *connLimiter {
-	return &connLimiter{Listener: ln, max: max, log: log, open: map[net.Conn]*limitedConn{}, freed: make(chan struct{}, 1)}
+	return &connLimiter{Listener: ln, max: max, log: log, open: map[net.Conn]*limitedConn{},
+		freed: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// Close closes the listener and ends an Accept waiting for a slot.
+func (l *connLimiter) Close() error {
+	l.closing.Do(func() { close(l.done) })
+	return l.Listener.Close()
 }
 
 // limitedConn is one admitted connection.
@@ -72,7 +81,12 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		}
 		l.warnLocked("every connection is busy; new ones wait for a slot")
 		l.mu.Unlock()
-		<-l.freed
+		select {
+		case <-l.freed:
+		case <-l.done:
+			raw.Close()
+			return nil, net.ErrClosed
+		}
 	}
 }
 
