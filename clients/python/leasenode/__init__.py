@@ -532,6 +532,7 @@ class Lease:
         self.done = threading.Event()
         self.expiring = threading.Event()
         self.error = None
+        self._unreleased = False  # release() ended it but could not delete the record
 
     @property
     def valid_until(self):
@@ -551,9 +552,25 @@ class Lease:
             return self.error is None and time.monotonic() < self._valid_until
 
     def release(self):
-        """Ends the lease and deletes its record (idempotent)."""
-        if self._client._end(self, None):
+        """Ends the lease and deletes its record. If the delete fails, the
+        error is raised, the lease stays ended, the record is released in
+        the background, and release() again tries once more. Releasing a
+        lease that ended otherwise (lost, released) does nothing."""
+        first = self._client._end(self, None)
+        with self._lock:
+            again = self._unreleased
+        if not first and not again:
+            return
+        try:
             self._client._release_record(self)
+        except LeaseError:
+            with self._lock:
+                retry, self._unreleased = not self._unreleased, True
+            if retry:
+                self._client._release_later(self)
+            raise
+        with self._lock:
+            self._unreleased = False
 
     def __enter__(self):
         return self
@@ -906,10 +923,23 @@ class Client:
     def _release_record(self, lease):
         return self._release_raw(lease.key, lease.token)
 
-    def _release_raw(self, key, token, timeout=None):
+    def _release_later(self, lease):
+        """Releases lease's record in the background after release() failed
+        to, trying for up to one TTL (by then the record has expired)."""
+        def later():
+            try:
+                self._release_raw(lease.key, lease.token, timeout=5.0, retry=_Retry(lease.ttl))
+                with lease._lock:
+                    lease._unreleased = False
+            except LeaseError:
+                pass
+        threading.Thread(target=later, name="leasenode-release", daemon=True).start()
+
+    def _release_raw(self, key, token, timeout=None, retry=None):
         req = {"key": key, "holder": self.holder, "token": str(token)}
-        resp = self._retry.run("release", key, lambda: self._t.call("Release", req, timeout or self._retry.timeout),
-                               idempotent=True)
+        retry = retry or self._retry
+        resp = retry.run("release", key, lambda: self._t.call("Release", req, timeout or retry.timeout),
+                         idempotent=True)
         return bool(resp.get("released"))
 
     # -- reads -----------------------------------------------------------------------

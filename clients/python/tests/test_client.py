@@ -204,6 +204,35 @@ class ClientTest(unittest.TestCase):
         self.assertIsNotNone(l, "the key stayed held after the closed client's acquire")
         l.release()
 
+    def test_failed_release_is_retried(self):
+        # A release that fails leaves the lease ended; release() again tries
+        # once more, and without it the background release frees the key.
+        a, b = self.new(), self.new()
+        for key, again in ((PREFIX + "rel-again", True), (PREFIX + "rel-later", False)):
+            l = a.try_acquire(key, ttl=60)
+            call = a._t.call
+
+            def fail_release(method, body, timeout, call=call):
+                if method == "Release":
+                    raise leasenode._NotSent("test: no node reachable")
+                return call(method, body, timeout)
+
+            a._t.call = fail_release
+            a._retry.timeout = 0.3
+            with self.assertRaises(leasenode.LeaseError):
+                l.release()
+            self.assertFalse(l.is_healthy())
+            a._t.call = call
+            if again:
+                l.release()
+            deadline, got = time.monotonic() + 15, None
+            while got is None and time.monotonic() < deadline:
+                got = b.try_acquire(key)
+                if got is None:
+                    time.sleep(0.05)
+            self.assertIsNotNone(got, "%s stayed held after a failed release (again=%s)" % (key, again))
+            got.release()
+
     @staticmethod
     def _catch(f):
         try:
