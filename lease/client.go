@@ -582,6 +582,7 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 		ttl = t.AsDuration()
 	}
 	h := &held{
+		c:        c,
 		key:      items[0].Key,
 		items:    items,
 		token:    resp.GetToken(),
@@ -610,9 +611,14 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 	l := &Lease{c: c, h: h}
 	// A Lease dropped without Release is released in the background. The
 	// loop keeps only h, never l, so l can become unreachable.
-	runtime.AddCleanup(l, func(h *held) { c.end(h, ErrReleased, true) }, h)
+	runtime.AddCleanup(l, releaseDropped, h)
 	return l, nil
 }
+
+// releaseDropped ends a lease whose Lease was dropped without Release and
+// releases its record in the background. A plain function, not a closure:
+// the cleanup keeps nothing alive but h.
+func releaseDropped(h *held) { h.c.end(h, ErrReleased, true) }
 
 func (c *Client) validity(sent time.Time, d time.Duration) time.Time {
 	return sent.Add(time.Duration(float64(d) * (1 - c.opts.drift)))

@@ -22,6 +22,7 @@ type Lease struct {
 // reference the *Lease, so that a Lease dropped without Release becomes
 // unreachable and its cleanup releases it.
 type held struct {
+	c     *Client
 	key   string // items[0].Key: the one extends and releases name
 	items []Item // every key, as asked
 	token uint64
