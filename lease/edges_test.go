@@ -192,13 +192,8 @@ func TestWatchOfQuietPrefixStarts(t *testing.T) {
 			_, err := a.Watch(ctx, "quiet/")
 			started <- err
 		}()
-		select {
-		case err := <-started:
-			if err != nil {
-				t.Fatalf("Watch: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Watch of a quiet prefix did not return")
+		if err := recvErr(t, started, 5*time.Second, "Watch of a quiet prefix"); err != nil {
+			t.Fatalf("Watch: %v", err)
 		}
 		select {
 		case ld, ok := <-a.Observe(ctx, "quiet/leader"):
@@ -243,13 +238,8 @@ func TestDialWaitsForANodeStartingLater(t *testing.T) {
 		t.Cleanup(d.close)
 	})
 	defer start.Stop()
-	select {
-	case err := <-dialed:
-		if err != nil {
-			t.Fatalf("Dial of a node that started 300 ms later: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Dial did not return")
+	if err := recvErr(t, dialed, 30*time.Second, "Dial of a node that started 300 ms later"); err != nil {
+		t.Fatalf("Dial of a node that started 300 ms later: %v", err)
 	}
 	// With nothing ever listening, Dial gives up after its retry timeout
 	// with ErrNoLeader.
@@ -325,13 +315,8 @@ func TestCloseEndsReadsAndWatches(t *testing.T) {
 		if l.IsHealthy() {
 			t.Fatal("a second Close returned before the first released the lease")
 		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close did not return")
+		if err := recvErr(t, done, 10*time.Second, "the first Close"); err != nil {
+			t.Fatal(err)
 		}
 		for name, ch := range map[string]func() bool{
 			"watch":   func() bool { _, ok := <-events; return ok },

@@ -108,6 +108,19 @@ func forBackends(t *testing.T, f func(t *testing.T, e *env)) {
 	})
 }
 
+// recvErr returns the error ch delivers, failing the test if none comes
+// within d (what names the awaited step).
+func recvErr(t *testing.T, ch <-chan error, d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s: nothing within %v", what, d)
+		return nil
+	}
+}
+
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

@@ -285,12 +285,7 @@ func TestSpentRequestIDIsUnknownOutcome(t *testing.T) {
 		t.Fatalf("TryAcquire after its grant ended unseen: %v, %v; want ErrUnknownOutcome, not a refusal or a new grant", got, err)
 	}
 	t.Logf("as wanted: %v", err)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the other client was never granted the key")
+	if err := recvErr(t, done, 30*time.Second, "the other client's grant"); err != nil {
+		t.Fatal(err)
 	}
 }
