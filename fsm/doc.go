@@ -200,7 +200,9 @@
 // slots; BenchmarkMarkMemory). A live holding has no mark of its own (its
 // record carries the request id), so marks are kept only for holdings that
 // ended and for refused requests, each for 15 to 16 minutes, and at most
-// 2^20 of them: about 200 MB at the cap. A snapshot grows by about 35
+// 2^20 of them: about 200 MB at the cap, and 1.4 GB with the longest
+// keys and holders, which is why node's byte quota counts them
+// (Stats.MarkBytes). A snapshot grows by about 35
 // bytes per mark.
 //
 // # Why this gives mutual exclusion

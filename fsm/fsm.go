@@ -1163,6 +1163,9 @@ type Stats struct {
 	Marks int
 	// Bytes is the size of the records' keys, holders and values.
 	Bytes int64
+	// MarkBytes is the size of the marks' keys and holders (each mark
+	// keeps its own copy while the FSM runs; a restore shares holders).
+	MarkBytes int64
 }
 
 // size is what a record counts in FSM.nBytes.
@@ -1177,7 +1180,7 @@ func (f *FSM) Stats() Stats {
 
 func (f *FSM) statsLocked() Stats {
 	return Stats{Epoch: f.epoch, Now: f.now, Applied: f.applied,
-		Held: f.nHeld, Delayed: f.nDelayed, Keys: len(f.keys), Marks: f.marks.tree.Len(), Bytes: f.nBytes}
+		Held: f.nHeld, Delayed: f.nDelayed, Keys: len(f.keys), Marks: f.marks.tree.Len(), Bytes: f.nBytes, MarkBytes: f.marks.bytes}
 }
 
 // AppliedBytes returns the total size of the entries this FSM applied

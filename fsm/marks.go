@@ -57,6 +57,28 @@ func markLess(a, b *mark) bool {
 type markSet struct {
 	tree *btree.BTreeG[*mark]
 	heap markHeap
+	// bytes is the size of the marks' keys and holders (Stats.MarkBytes).
+	bytes int64
+}
+
+// size is what a mark counts in markSet.bytes.
+func (m *mark) size() int64 { return int64(len(m.Key) + len(m.Holder)) }
+
+// add inserts m, which must not be in the set, and places it in the heap.
+func (s *markSet) add(m *mark) {
+	if old, ok := s.tree.ReplaceOrInsert(m); ok {
+		s.bytes -= old.size()
+	}
+	s.bytes += m.size()
+	s.heap.update(m)
+}
+
+// remove takes m out of the set.
+func (s *markSet) remove(m *mark) {
+	if _, ok := s.tree.Delete(m); ok {
+		s.bytes -= m.size()
+	}
+	s.heap.remove(m)
 }
 
 func newMarkSet() markSet { return markSet{tree: btree.NewG(32, markLess)} }
@@ -163,17 +185,13 @@ func (f *FSM) touchMark(m *mark) {
 // drops a live one only when MaxMarks live marks are kept.)
 func (f *FSM) addMark(key, holder string, reqID uint64, ended bool, due time.Duration) {
 	m := &mark{Mark: Mark{Key: key, Holder: holder, ReqID: reqID, Ended: ended, Due: due}, hidx: -1}
-	f.marks.tree.ReplaceOrInsert(m)
-	f.marks.heap.update(m)
+	f.marks.add(m)
 	if f.marks.tree.Len() > f.maxMarks {
 		f.dropMark(f.marks.heap[0])
 	}
 }
 
-func (f *FSM) dropMark(m *mark) {
-	f.marks.tree.Delete(m)
-	f.marks.heap.remove(m)
-}
+func (f *FSM) dropMark(m *mark) { f.marks.remove(m) }
 
 // reapMarks drops every mark that is due.
 func (f *FSM) reapMarks() {

@@ -1229,11 +1229,15 @@ func (r *modelRun) checkState(t *rapid.T) {
 	if !reflect.DeepEqual(gotMarks, wantMarks) {
 		t.Fatalf("marks:\n   fsm %+v\n model %+v", gotMarks, wantMarks)
 	}
+	var markSize int64
+	for _, m := range wantMarks {
+		markSize += int64(len(m.Key) + len(m.Holder))
+	}
 	st := r.f.Stats()
 	if st.Epoch != r.m.epoch || st.Now != r.m.now || st.Applied != r.index || st.Held != held || st.Delayed != delayed ||
-		st.Keys != len(byKey) || st.Marks != len(wantMarks) || st.Bytes != size {
-		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d keys %d marks %d bytes %d", st,
-			r.m.epoch, r.m.now, r.index, held, delayed, len(byKey), len(wantMarks), size)
+		st.Keys != len(byKey) || st.Marks != len(wantMarks) || st.Bytes != size || st.MarkBytes != markSize {
+		t.Fatalf("Stats %+v; model epoch %d now %v applied %d held %d delayed %d keys %d marks %d bytes %d mark bytes %d", st,
+			r.m.epoch, r.m.now, r.index, held, delayed, len(byKey), len(wantMarks), size, markSize)
 	}
 	due, ok := r.f.NextExpiry()
 	mdue, mok := r.m.nextExpiry()

@@ -109,7 +109,7 @@ func ReadBackup(r io.Reader) (Stats, error) {
 		return Stats{}, err
 	}
 	return Stats{Epoch: st.epoch, Now: st.now, Applied: st.applied,
-		Held: st.nHeld, Delayed: st.nDelayed, Keys: len(st.keys), Marks: st.marks.tree.Len(), Bytes: st.nBytes}, nil
+		Held: st.nHeld, Delayed: st.nDelayed, Keys: len(st.keys), Marks: st.marks.tree.Len(), Bytes: st.nBytes, MarkBytes: st.marks.bytes}, nil
 }
 
 // encode encodes the state under the lock and returns it with its stats.
@@ -486,6 +486,7 @@ func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 		prevMark = m
 		st.marks.tree.ReplaceOrInsert(m)
 		st.marks.heap.add(m)
+		st.marks.bytes += m.size()
 		return nil
 	})
 	if err != nil {

@@ -326,9 +326,14 @@ type Limits struct {
 	// it past either (ErrInvalid, naming the limit), while extends,
 	// releases and reads go on, so a full cluster drains. MaxLeases
 	// counts holdings and lock-delays (agent --max-leases, default 2
-	// million); MaxLeaseBytes their keys, holders and values (agent
-	// --max-lease-bytes, default 256 MiB). Every node keeps the whole
-	// state in memory, about three times these bytes.
+	// million); MaxLeaseBytes their keys, holders and values, and the
+	// keys and holders of the request-id marks each acquire leaves for
+	// 15-16 minutes once its lease ends (agent --max-lease-bytes, default
+	// 256 MiB). Every node keeps the whole state in memory, about three
+	// times these bytes. A lease that ends leaves a mark smaller than
+	// itself; only an Abandon of a request the cluster never saw, which is
+	// never refused, adds a mark past MaxLeaseBytes (and never more than
+	// fsm.MaxMarks marks in all).
 	MaxLeases     int
 	MaxLeaseBytes int64
 }

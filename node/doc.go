@@ -84,9 +84,11 @@
 // state-quota: the leader admits an acquire only if the state, plus what
 // it admitted and has not applied yet (proposals in flight, queued
 // waiters), stays within Limits.MaxLeases and MaxLeaseBytes; what a holder
-// holds already counts once. The bound can be passed only by the grants
-// of lost outcomes that apply after the loss was reported
-// (TestStateQuota, TestStateQuotaCountsWhatIsInFlight).
+// holds already counts once, and the request-id marks ended leases leave
+// count in the bytes. The bound can be passed only by the grants of lost
+// outcomes that apply after the loss was reported, and by the marks of
+// Abandons, which are never refused (TestStateQuota,
+// TestStateQuotaCountsWhatIsInFlight, TestStateQuotaCountsMarks).
 //
 // no-set-deadlock: clients waiting for overlapping sets of keys, named in
 // any order, never wait for each other: every queue is ordered by one

@@ -22,6 +22,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
@@ -368,14 +369,51 @@ func TestStateQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Bytes: at most 200 of keys, holders and values; q0 and q1 hold 6.
+	// Bytes: at most 200 of keys, holders and values, and of the marks
+	// of ended leases' keys and holders; q0 and q1 hold 6, the marks of
+	// q2 and q3 another 6.
+	if st := l.FSM().Stats(); st.Bytes != 6 || st.MarkBytes != 6 {
+		t.Fatalf("Stats %+v, want 6 bytes of leases and 6 of marks", st)
+	}
 	big := acq("q4", "h", 1, time.Minute)
-	big.Value = make([]byte, 195)
-	if r, err := f.Acquire(ctxT(t, 10*time.Second), big); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-lease-bytes 200") {
+	big.Value = make([]byte, 186)
+	if r, err := f.Acquire(ctxT(t, 10*time.Second), big); !errors.Is(err, node.ErrInvalid) ||
+		!strings.Contains(err.Error(), "--max-lease-bytes 200") || !strings.Contains(err.Error(), "6 of keys and holders of request ids") {
 		t.Fatalf("a value past MaxLeaseBytes: %v %v", r, err)
 	}
-	big.Value = big.Value[:190]
+	big.Value = big.Value[:185]
 	mustGrant(t, f, big)
+}
+
+// A churn of acquires and releases of new keys holds no lease for long,
+// but each leaves a request-id mark for MarkRetention: with long keys
+// they would pass any bound but the FSM's MaxMarks count (2^20 marks of
+// 1.3 KiB), so the byte quota counts them.
+func TestStateQuotaCountsMarks(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeaseBytes = 64 << 10
+	}})
+	_, l := c.Leader()
+	holder := strings.Repeat("h", fsm.MaxHolderLen)
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("%04d%s", i, strings.Repeat("k", fsm.MaxKeyLen-4))
+		r, err := l.Acquire(ctxT(t, 10*time.Second), acq(key, holder, 1, time.Minute))
+		if errors.Is(err, node.ErrInvalid) && strings.Contains(err.Error(), "request ids") {
+			if st := l.FSM().Stats(); st.Held != 0 || st.Bytes+st.MarkBytes > 64<<10 {
+				t.Fatalf("refused with Stats %+v", st)
+			}
+			return
+		}
+		if err != nil || !r.Granted {
+			t.Fatalf("acquire %d: %v %v", i, r, err)
+		}
+		if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: key, Holder: holder, Token: r.Token}); err != nil {
+			t.Fatal(err)
+		}
+		if i > 100 {
+			t.Fatalf("%d leases acquired and released under MaxLeaseBytes 64 KiB, with 1.3 KiB marks: Stats %+v", i, l.FSM().Stats())
+		}
+	}
 }
 
 // The quota counts what the leader admitted and has not applied yet, so

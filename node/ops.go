@@ -387,7 +387,10 @@ type quotaUse struct {
 }
 
 // quota refuses an acquire that would take the state past
-// Limits.MaxLeases or MaxLeaseBytes, counting what this leader admitted
+// Limits.MaxLeases or MaxLeaseBytes (which counts the request-id marks too:
+// an acquire, granted or refused, leaves one for MarkRetention once it
+// ends, so a churn of long keys is bounded by it and not only by the FSM's
+// MaxMarks count), counting what this leader admitted
 // and has not applied yet (proposals in flight, queued waiters), so
 // concurrent acquires and waiters cannot overshoot together. It counts
 // only what the acquire adds: nothing for a holding the holder has
@@ -410,14 +413,14 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (relea
 	r := &ls.reserved
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	leases, bytes := st.Held+st.Delayed+r.use.leases, st.Bytes+r.use.bytes
+	leases, bytes := st.Held+st.Delayed+r.use.leases, st.Bytes+st.MarkBytes+r.use.bytes
 	switch {
 	case add.leases > 0 && leases+add.leases > lim.MaxLeases:
 		return nil, fmt.Errorf("%w: the cluster holds %d leases and lock-delays (%d of them admitted, not yet applied), its limit (agent --max-leases %d): release leases or raise the limit on every agent",
 			ErrInvalid, leases, r.use.leases, lim.MaxLeases)
 	case add.bytes > 0 && bytes+add.bytes > lim.MaxLeaseBytes:
-		return nil, fmt.Errorf("%w: the cluster's leases hold %d bytes of keys, holders and values (%d of them admitted, not yet applied); %d more would pass its limit (agent --max-lease-bytes %d): release leases or raise the limit on every agent",
-			ErrInvalid, bytes, r.use.bytes, add.bytes, lim.MaxLeaseBytes)
+		return nil, fmt.Errorf("%w: the cluster's state holds %d bytes: keys, holders and values of leases (%d of them admitted, not yet applied) and %d of keys and holders of request ids, kept %v after a lease ends; %d more would pass its limit (agent --max-lease-bytes %d): release leases, wait, or raise the limit on every agent",
+			ErrInvalid, bytes, r.use.bytes, st.MarkBytes, fsm.MarkRetention, add.bytes, lim.MaxLeaseBytes)
 	}
 	r.use.leases += add.leases
 	r.use.bytes += add.bytes

@@ -120,7 +120,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&a.authTokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
 	fs.IntVar(&a.maxLeases, "max-leases", 2_000_000, "most leases and lock-delays the cluster holds; past it new acquires are refused (extends and releases go on)")
-	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold; past it new acquires are refused")
+	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold, with the keys and holders of request ids kept 15 min after a lease ends; past it new acquires are refused")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft leader lease timeout, 500ms; 250ms with --timing fast)")
