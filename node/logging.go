@@ -26,8 +26,12 @@ func defaultLogger() *slog.Logger {
 // writes straight into l as component name: levels, messages and
 // arguments keep their Go types (durations stay durations, servers stay
 // structs) instead of a round trip through JSON text.
+// Warnings and errors of one kind (component, message and peer) are
+// logged at most once per lineEvery, with a count of those left out: Raft
+// logs one per failed heartbeat to a lost peer, and one per bad frame a
+// connection sends.
 func hclogFor(l *slog.Logger, name string) hclog.Logger {
-	return &hcAdapter{base: l, l: l.With("component", name), name: name}
+	return &hcAdapter{base: l, l: l.With("component", name), name: name, limit: newLineLimiter()}
 }
 
 // hcAdapter implements hclog.Logger on top of a slog.Logger.
@@ -36,6 +40,7 @@ type hcAdapter struct {
 	l       *slog.Logger
 	name    string
 	implied []any
+	limit   *lineLimiter // shared by the loggers derived from one
 }
 
 var _ hclog.Logger = (*hcAdapter)(nil)
@@ -62,7 +67,8 @@ func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 	if !a.l.Enabled(context.Background(), lv) {
 		return
 	}
-	attrs := make([]slog.Attr, 0, len(args)/2+1)
+	attrs := make([]slog.Attr, 0, len(args)/2+2)
+	kind := a.name + ": " + msg
 	for i := 0; i < len(args); i += 2 {
 		if i+1 == len(args) {
 			attrs = append(attrs, slog.Any("extra", args[i]))
@@ -72,7 +78,19 @@ func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 		if !ok {
 			key = "extra"
 		}
+		if key == "peer" {
+			kind += fmt.Sprintf(" %v", args[i+1])
+		}
 		attrs = append(attrs, slog.Any(key, hcValue(args[i+1])))
+	}
+	if a.limit != nil && lv >= slog.LevelWarn {
+		ok, skipped := a.limit.allow(kind)
+		if !ok {
+			return
+		}
+		if skipped > 0 {
+			attrs = append(attrs, slog.Int("like_this_not_logged", skipped))
+		}
 	}
 	a.l.LogAttrs(context.Background(), lv, msg, attrs...)
 }
@@ -148,7 +166,7 @@ func (a *hcAdapter) Named(name string) hclog.Logger {
 
 // ResetNamed implements hclog.Logger.
 func (a *hcAdapter) ResetNamed(name string) hclog.Logger {
-	return &hcAdapter{base: a.base, l: a.base.With("component", name).With(a.implied...), name: name, implied: a.implied}
+	return &hcAdapter{base: a.base, l: a.base.With("component", name).With(a.implied...), name: name, implied: a.implied, limit: a.limit}
 }
 
 // SetLevel implements hclog.Logger; the slog handler decides levels, so it
@@ -172,7 +190,7 @@ func (a *hcAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger {
 
 // StandardWriter implements hclog.Logger.
 func (a *hcAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
-	return &levelWriter{l: a.l}
+	return &levelWriter{l: a.l, limit: a.limit}
 }
 
 // stdlogFor returns a *log.Logger (what memberlist and net/http want)

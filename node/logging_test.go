@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -69,5 +70,22 @@ func TestLogFloodIsLimited(t *testing.T) {
 	}
 	if n := strings.Count(out, "msg=joined"); n != 2 {
 		t.Errorf("info lines limited: %d of 2 logged", n)
+	}
+
+	// Raft's: one per bad frame a connection sends, one per failed
+	// heartbeat to each lost peer.
+	buf.Reset()
+	h := hclogFor(slog.New(slog.NewTextHandler(&buf, nil)), "raft-net")
+	for i := range 10_000 {
+		h.Error("failed to decode incoming command", "error", fmt.Errorf("msgpack decode error [pos %d]", i))
+		h.Named("sub").Error("failed to heartbeat to", "peer", fmt.Sprint("10.0.0.", i%2), "error", "refused")
+	}
+	h.Info("entering follower state")
+	h.Info("entering follower state")
+	out = buf.String()
+	for want, n := range map[string]int{"failed to decode": 1, "peer=10.0.0.0": 1, "peer=10.0.0.1": 1, "entering follower state": 2} {
+		if got := strings.Count(out, want); got != n {
+			t.Errorf("%d lines with %q, want %d:\n%.2000s", got, want, n, out)
+		}
 	}
 }
