@@ -267,10 +267,30 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.Logger = logger
 	if err := cfg.Validate(); err != nil {
-		return cfg, usagef("%v", err)
+		return cfg, usagef("%s", configFlags.Replace(err.Error()))
 	}
 	return cfg, nil
 }
+
+// configFlags names, in node.Config's errors, the agent flag for each
+// field (longest names first, so Limits.MaxLeaseBytes is not taken for
+// MaxLeases).
+var configFlags = strings.NewReplacer(
+	"Limits.MaxRequestBytes", "--max-request-bytes",
+	"Limits.MaxExtendItems", "--max-extend-items",
+	"Limits.MaxLeases", "--max-leases",
+	"MaxLeaseBytes", "--max-lease-bytes",
+	"Limits.MinTTL", "--min-ttl",
+	"BootstrapExpect", "--bootstrap-expect",
+	"AdvertiseAddr", "--advertise",
+	"GossipAddr", "--gossip",
+	"BindAddr", "--bind",
+	"APIAddr", "--api",
+	"LogStore", "--log-store",
+	"Voters", "--voters",
+	"ClusterKey", "--cluster-key",
+	"GossipKey", "--gossip-key",
+)
 
 // newLogger builds the stderr logger of --log-level and --log-format.
 func newLogger(level, format string) (*slog.Logger, error) {
@@ -307,7 +327,11 @@ func (ap *app) agentCmd() *cobra.Command {
 			return err
 		}
 		if *printConfig {
-			return printEffectiveConfig(ap.stdout, a.fs, "config", "print-config")
+			var notes map[string]string
+			if a.minTTL == 0 {
+				notes = map[string]string{"min-ttl": fmt.Sprintf("0s: the leader lease timeout of this --timing, %v", cfg.Timing.LeaderLeaseTimeout)}
+			}
+			return printEffectiveConfig(ap.stdout, a.fs, notes, "config", "print-config")
 		}
 		return runAgent(ctx, ap.sig, a, cfg)
 	})

@@ -38,6 +38,8 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"snapshot", "sve", "f"}, exitUsage, []string{`unknown subcommand "sve"`, `did you mean "save"?`}},
 		{[]string{"tls"}, exitUsage, []string{"want a subcommand"}},
 		{[]string{"acquire", "k", "-n", "0"}, exitUsage, []string{"-n 0: want at least 1"}},
+		{[]string{"agent", "--id", "n", "--data-dir", "/nonexistent/d", "--advertise", "0.0.0.0:7400", "--voters", "2"}, exitUsage,
+			[]string{`--advertise "0.0.0.0:7400" is unspecified`, "--voters 2 should be odd"}},
 		{[]string{"acquire", "k", "--addr", "127.0.0.1:1", "--timeout", "1s"}, exitUnreachable, []string{"lease: no leader"}},
 		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
 		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
@@ -164,6 +166,10 @@ insecure = false
 	write(strings.ReplaceAll(out, `auth-token = "<redacted>"`, `auth-token = ""`))
 	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 0 {
 		t.Errorf("print-config output as a config file: %d %s", code, errOut)
+	}
+	// A zero that means "derived" says what it is derived to.
+	if _, out, _ := run1(t, nil, "agent", "--id", "n", "--data-dir", t.TempDir(), "--print-config"); !strings.Contains(out, "leader lease timeout of this --timing, 500ms") {
+		t.Errorf("print-config without --min-ttl:\n%s", out)
 	}
 
 	for _, c := range []struct{ body, want, hint string }{

@@ -131,9 +131,9 @@ func tomlValue(v any) (string, error) {
 }
 
 // printEffectiveConfig writes the settings of fs as a TOML config file,
-// each with where it came from; secrets are redacted and the flags in
-// skip left out.
-func printEffectiveConfig(w io.Writer, fs *pflag.FlagSet, skip ...string) error {
+// each with where it came from and what notes says of it (a zero that
+// means "derived"); secrets are redacted and the flags in skip left out.
+func printEffectiveConfig(w io.Writer, fs *pflag.FlagSet, notes map[string]string, skip ...string) error {
 	type row struct{ line, src string }
 	var rows []row
 	width := 0
@@ -147,6 +147,9 @@ func printEffectiveConfig(w io.Writer, fs *pflag.FlagSet, skip ...string) error 
 		src := source(f)
 		if src == "env" {
 			src = "env " + envName(f.Name)
+		}
+		if note := notes[f.Name]; note != "" {
+			src += " (" + note + ")"
 		}
 		line := f.Name + " = " + tomlLiteral(f)
 		if secretFlags[f.Name] && f.Value.String() != "" {
