@@ -45,6 +45,10 @@ type Client struct {
 	closer func() // closes what Dial opened
 
 	reqID atomic.Uint64 // request ids: strictly increasing per holder
+	// extendItems is the most leases one Extend carries: extendChunkItems,
+	// halved each time the cluster refuses a request as too large (its
+	// --max-extend-items or --max-request-bytes are set lower).
+	extendItems atomic.Int64
 
 	mu     sync.Mutex
 	held   map[*held]struct{} // leases being kept alive
@@ -82,6 +86,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 	}
+	c.extendItems.Store(extendChunkItems)
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	c.closing, c.closeBegun = context.WithCancel(context.Background())
 	c.closeDone = make(chan struct{})
@@ -633,10 +638,13 @@ func (c *Client) wake() {
 
 // end stops keeping h: its validity ends now (ValidUntil never again
 // returns a later time), Done closes, the context is cancelled with err,
-// the local guard is unlocked, and (if release) the record is deleted in
-// the background. Unlocking the guard before deleting the record lets a
-// waiter of this same Client go first without starving other processes
-// (dynamodb-lease's fairness rule). Returns false if h had ended already.
+// and (if release) the record is deleted in the background. The local
+// guards stay locked until the record is released or given up on
+// (unguard): a waiter of this same Client that went first would renew the
+// record, still live in the cluster, ahead of other clients queued for it
+// (invariant fifo-no-barging; dynamodb-lease lets it, and a client that
+// releases and re-acquires in a loop then starves everyone else).
+// Returns false if h had ended already.
 //
 // Invariant client-validity: a background release (release set) is sent
 // no earlier than the ValidUntil that was in force before end, because
@@ -660,20 +668,12 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	h.cancel(err)
 	c.mu.Lock()
 	delete(c.held, h)
-	guards := make([]*guard, 0, len(h.items))
-	for _, it := range h.items {
-		if g := c.guards[it.Key]; g != nil {
-			guards = append(guards, g)
-		}
-	}
 	c.mu.Unlock()
-	for _, g := range guards {
-		c.unlockGuard(g)
-	}
 	if release {
 		c.bgWG.Add(1)
 		go func() {
 			defer c.bgWG.Done()
+			defer c.unguard(h)
 			// Wait until nobody can still be acting on the old validity.
 			if !ctxtime.Sleep(c.bgCtx, time.Until(wasValid)) {
 				return
@@ -686,6 +686,24 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	return true
 }
 
+// unguard unlocks h's local guards, once: after its record was released,
+// or the release was given up on (the record then expires by its TTL).
+func (c *Client) unguard(h *held) {
+	h.unguard.Do(func() {
+		c.mu.Lock()
+		guards := make([]*guard, 0, len(h.items))
+		for _, it := range h.items {
+			if g := c.guards[it.Key]; g != nil {
+				guards = append(guards, g)
+			}
+		}
+		c.mu.Unlock()
+		for _, g := range guards {
+			c.unlockGuard(g)
+		}
+	})
+}
+
 // releaseLater releases h's record in the background after Release
 // failed to, retrying for up to one TTL (after that the record has
 // expired) or until Close.
@@ -693,6 +711,7 @@ func (c *Client) releaseLater(h *held) {
 	c.bgWG.Add(1)
 	go func() {
 		defer c.bgWG.Done()
+		defer c.unguard(h)
 		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
 		defer cancel()
 		err := c.releaseRecord(ctx, h)
@@ -862,6 +881,7 @@ func (c *Client) Close(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer c.unguard(h)
 			if err := c.releaseRecord(ctx, h); err != nil {
 				mu.Lock()
 				errs = append(errs, err)

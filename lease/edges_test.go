@@ -2,15 +2,23 @@ package lease_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -417,5 +425,198 @@ func TestFenceRefusesTokenZero(t *testing.T) {
 	}
 	if err := f.Check("k", 5); err != nil {
 		t.Fatalf("the same token again: %v", err)
+	}
+}
+
+// gatedRelease holds Release calls until gate closes, and notes any
+// Acquire sent while one is held.
+type gatedRelease struct {
+	lease.Backend
+	arrived chan struct{} // closed when the first Release is held
+	gate    chan struct{}
+	once    sync.Once
+	held    atomic.Bool
+	early   atomic.Int64 // Acquires sent while a Release was held
+	sent    chan struct{}
+}
+
+func (b *gatedRelease) Release(ctx context.Context, r *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	b.held.Store(true)
+	b.once.Do(func() { close(b.arrived) })
+	select {
+	case <-b.gate:
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("test: held release never let through")
+	}
+	b.held.Store(false)
+	return b.Backend.Release(ctx, r)
+}
+
+func (b *gatedRelease) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if b.held.Load() {
+		b.early.Add(1)
+		select {
+		case b.sent <- struct{}{}:
+		default:
+		}
+	}
+	return b.Backend.Acquire(ctx, r)
+}
+
+// Invariant fifo-no-barging, from the client's side: a goroutine of a
+// Client waiting for a key that its own Lease holds does not go ahead of
+// another client queued for it at the leader. It waits until the release
+// has reached the cluster, then queues like anyone (before, the local
+// guard opened before the release was sent, and its acquire renewed the
+// holding still live in the cluster: a client releasing and re-acquiring
+// in a loop kept the key from the queue for good).
+func TestReleaseDoesNotHandOffWithinTheClient(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, f := c.Follower()
+	gb := &gatedRelease{Backend: f, arrived: make(chan struct{}), gate: make(chan struct{}), sent: make(chan struct{}, 1)}
+	a, err := lease.New(gb, lease.WithTTL(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	b, err := lease.New(f, lease.WithTTL(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+
+	l, err := a.Acquire(ctxT(t, 10*time.Second), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		who string
+		l   *lease.Lease
+		err error
+	}
+	order := make(chan got, 2)
+	go func() {
+		lb, err := b.Acquire(ctxT(t, 30*time.Second), "k")
+		order <- got{"b", lb, err}
+	}()
+	waitWaiters(t, c, 1)
+	released := make(chan error, 1)
+	go func() { released <- l.Release(ctxT(t, 30*time.Second)) }()
+	select {
+	case <-gb.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the release never reached the backend")
+	}
+	go func() {
+		la, err := a.Acquire(ctxT(t, 30*time.Second), "k")
+		order <- got{"a", la, err}
+	}()
+	// Before the fix the second acquire left at once; give it the chance.
+	select {
+	case <-gb.sent:
+		t.Fatal("A's second acquire was sent while its own release of the key was still on its way")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gb.gate)
+	if err := recvErr(t, released, 10*time.Second, "release"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"b", "a"} {
+		select {
+		case g := <-order:
+			if g.err != nil || g.who != want {
+				t.Fatalf("%s got the key (%v) where %s, queued first, should have", g.who, g.err, want)
+			}
+			if err := g.l.Release(ctxT(t, 10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s never got the key", want)
+		}
+	}
+	if n := gb.early.Load(); n != 0 {
+		t.Fatalf("%d acquires sent while a release was held", n)
+	}
+}
+
+// A node may take fewer leases per Extend than the client sends
+// (--max-extend-items, --max-request-bytes): the client sends refused
+// chunks again in halves at once, and keeps the smaller size. Before,
+// it retried the refused batch until every lease of the client was lost
+// together, on a healthy cluster.
+func TestExtendFitsTheNodesLimit(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxExtendItems = 10
+	}})
+	_, f := c.Follower()
+	cl, err := lease.New(f, lease.WithTTL(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	var ls []*lease.Lease
+	for i := range 25 {
+		l, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprint("many/", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	// Every lease extended twice over: its validity reaches two TTLs past
+	// the last grant.
+	mark := time.Now().Add(2 * time.Second)
+	nodetest.Eventually(t, 15*time.Second, func() error {
+		for i, l := range ls {
+			if !l.IsHealthy() {
+				return fmt.Errorf("lease %d lost: %v", i, l.Err())
+			}
+			if l.ValidUntil().Before(mark) {
+				return fmt.Errorf("lease %d valid until %v, not yet past %v", i, l.ValidUntil(), mark)
+			}
+		}
+		return nil
+	})
+	for _, l := range ls {
+		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A client whose TLS settings do not fit the node's is told so at once
+// (ErrTLSSetup, with what to set), not after retrying for the retry
+// timeout as if no leader were up.
+func TestDialTellsATLSMismatch(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotFound) })
+	tlsSrv := httptest.NewTLSServer(h)
+	defer tlsSrv.Close()
+	plain := httptest.NewServer(h)
+	defer plain.Close()
+	mtls := httptest.NewUnstartedServer(h)
+	mtls.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+	mtls.StartTLS()
+	defer mtls.Close()
+	for _, tlsSrv := range []*httptest.Server{tlsSrv, mtls} {
+		tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	}
+	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
+	skip := &tls.Config{InsecureSkipVerify: true}
+	for _, c := range []struct {
+		name string
+		addr string
+		tls  *tls.Config
+		want string
+	}{
+		{"plain to a TLS port", addr(tlsSrv), nil, "the node requires TLS"},
+		{"TLS to a plain port", addr(plain), skip, "the node serves plain HTTP"},
+		{"an unknown CA", addr(tlsSrv), &tls.Config{}, "certificate failed verification"},
+		{"no client certificate", addr(mtls), skip, "certificate of the cluster's CA"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := lease.Dial(ctxT(t, 30*time.Second), []string{c.addr}, lease.WithTLS(c.tls), lease.WithRetryTimeout(20*time.Second))
+			if !errors.Is(err, lease.ErrTLSSetup) || errors.Is(err, lease.ErrNoLeader) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Dial: %v; want ErrTLSSetup saying %q", err, c.want)
+			}
+		})
 	}
 }

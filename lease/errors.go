@@ -40,6 +40,12 @@ var (
 	// ErrStaleToken: Fence refused a write carrying a token older than one
 	// it has seen.
 	ErrStaleToken = errors.New("lease: stale fencing token")
+	// ErrTLSSetup: the client's TLS settings (WithTLS) do not fit the
+	// node's: plain HTTP to a TLS port or the reverse, a node certificate
+	// the client cannot verify, or a client certificate the node
+	// requires and did not get. Retrying cannot help; the error says what
+	// to set.
+	ErrTLSSetup = errors.New("lease: TLS settings do not fit the node's")
 )
 
 // HeldError is ErrHeld with details.

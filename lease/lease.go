@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -44,6 +46,10 @@ type held struct {
 	// unreleased: Release ended the lease but could not delete its record
 	// (a background release is trying; a later Release tries again).
 	unreleased bool
+
+	// unguard unlocks the local guards of items, once: when the record
+	// is released, or given up on (see Client.end).
+	unguard sync.Once
 }
 
 // Key returns the leased key (the first key of a set).
@@ -175,6 +181,8 @@ func (l *Lease) Release(ctx context.Context) error {
 	h.mu.Unlock()
 	if retry {
 		l.c.releaseLater(h)
+	} else if err == nil {
+		l.c.unguard(h)
 	}
 	return err
 }
@@ -341,32 +349,36 @@ const (
 	extendChunkBytes = 1 << 20
 )
 
-// chunks splits leases into requests within the limits above.
-func chunks(leases []*held) [][]*held {
-	var out [][]*held
-	start, size := 0, 0
+// firstChunk is the longest prefix of leases (at least one) within
+// maxItems leases and extendChunkBytes of keys.
+func firstChunk(leases []*held, maxItems int) []*held {
+	size := 0
 	for i, h := range leases {
-		item := len(h.key) + 16
-		if i > start && (i-start >= extendChunkItems || size+item > extendChunkBytes) {
-			out = append(out, leases[start:i])
-			start, size = i, 0
+		size += len(h.key) + 16
+		if i > 0 && (i >= maxItems || size > extendChunkBytes) {
+			return leases[:i]
 		}
-		size += item
 	}
-	if start < len(leases) {
-		out = append(out, leases[start:])
-	}
-	return out
+	return leases
+}
+
+// tooLarge reports whether the cluster refused a request for its size or
+// number of items (a node's --max-extend-items or --max-request-bytes set
+// below what this client sends).
+func tooLarge(err error) bool {
+	return reasonOf(err) == pb.Reason_REASON_INVALID || connect.CodeOf(err) == connect.CodeResourceExhausted
 }
 
 // extend sends one batched Extend for leases (chunked if huge) and applies
 // the results: an extended lease is valid until this request's send time
 // plus its TTL, shortened by drift; a lease the cluster says is not held
-// ends at once with ErrLeaseLost.
+// ends at once with ErrLeaseLost. A chunk refused as too large is sent
+// again at once in halves, and the client keeps the smaller size.
 func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 	defer c.loopWG.Done()
 	var firstErr error
-	for _, chunk := range chunks(leases) {
+	for len(leases) > 0 {
+		chunk := firstChunk(leases, int(c.extendItems.Load()))
 		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
 		for i, h := range chunk {
 			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
@@ -375,6 +387,15 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 		ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(chunk)) // Close ends it: it releases the leases anyway
 		resp, err := c.b.Extend(ctx, req)
 		cancel()
+		if err != nil && len(chunk) > 1 && tooLarge(err) {
+			half := int64(len(chunk) / 2)
+			if c.extendItems.Load() > half {
+				c.extendItems.Store(half)
+				c.log.Warn("the cluster refused an extend as too large; sending fewer leases per request", "leases", len(chunk), "now", half, "err", err)
+			}
+			continue
+		}
+		leases = leases[len(chunk):]
 		if err != nil {
 			firstErr = errors.Join(firstErr, err)
 			continue

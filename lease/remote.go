@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -248,6 +249,9 @@ func call[Req, Resp any, PResp interface {
 			}
 			return nil, err
 		}
+		if hint := r.tlsMismatch(err); hint != "" {
+			return nil, fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
+		}
 		if !wrote.Load() {
 			lastErr = &NotSentError{Addr: addr, Err: err}
 			r.forget(addr)
@@ -266,6 +270,25 @@ func call[Req, Resp any, PResp interface {
 		lastErr = errors.New("no address to try")
 	}
 	return nil, &noLeaderError{err: lastErr}
+}
+
+// tlsMismatch says what to set when err shows that this client's TLS
+// settings do not fit the node's, else "".
+func (r *Remote) tlsMismatch(err error) string {
+	var verr *tls.CertificateVerificationError
+	var ce *connect.Error
+	switch {
+	case errors.As(err, &verr):
+		return "the node's certificate failed verification: give the CA that signed the cluster's certificates (--tls-ca), and the address or --tls-server-name it was made for"
+	case strings.Contains(err.Error(), "remote error: tls: "): // an alert from the node
+		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (--tls-cert and --tls-key, made by `leasenode tls cert create --client`)"
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the node serves plain HTTP: leave out the TLS settings (--tls-ca, --tls-cert, --tls-key)"
+	case r.scheme == "http://" && errors.As(err, &ce) && strings.Contains(ce.Message(), "400 Bad Request"):
+		// What Go's server answers plain HTTP on a TLS port with.
+		return "the node requires TLS: give the cluster's CA (--tls-ca) and, if it asks for client certificates, --tls-cert and --tls-key"
+	}
+	return ""
 }
 
 // next returns the first address not yet tried: the known leader, then

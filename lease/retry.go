@@ -64,6 +64,9 @@ const (
 // a *NotSentError. Anything else (a connection broken after the request
 // was written, a timeout) may have been applied.
 func classifyAttempt(err error) attemptKind {
+	if errors.Is(err, ErrTLSSetup) {
+		return final
+	}
 	var ns *NotSentError
 	if errors.As(err, &ns) {
 		return notApplied

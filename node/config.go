@@ -528,7 +528,11 @@ func (c Config) Validate() error {
 		bad("GossipKey is %d bytes; want 16, 24 or 32", n)
 	}
 	if n := len(c.ClusterKey); n != 0 && n != transport.ClusterKeySize {
-		bad("ClusterKey is %d bytes; want %d (make one with: head -c 32 /dev/urandom | base64)", n, transport.ClusterKeySize)
+		hint := "make one with: head -c 32 /dev/urandom | base64, and decode it with transport.ParseClusterKey"
+		if _, err := transport.ParseClusterKey(string(c.ClusterKey)); err == nil {
+			hint = "it is the base64 text of a key: decode it with transport.ParseClusterKey"
+		}
+		bad("ClusterKey is %d bytes; want %d (%s)", n, transport.ClusterKeySize, hint)
 	}
 	if (c.ServerTLS == nil) != (c.ClientTLS == nil) {
 		bad("set both ServerTLS and ClientTLS, or neither")

@@ -488,4 +488,52 @@ func TestStateQuotaCountsWhatIsInFlight(t *testing.T) {
 	if _, err := l.Acquire(ctxT(t, 10*time.Second), set); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-leases") {
 		t.Fatalf("a set adding two keys to a held one, in a full cluster: %v", err)
 	}
+
+	// Callers that give up while their entry is in flight leave their
+	// share reserved until it is applied: the grants they leave behind,
+	// withdrawn after, never take the state past the quota.
+	for _, h := range l.FSM().Holdings("rw") {
+		mustReleaseToken(t, l, h.Key, h.Holder, h.Token)
+	}
+	var peak atomic.Int64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			peak.Store(max(peak.Load(), int64(held())))
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Microsecond):
+			}
+		}
+	}()
+	for round := range 3 {
+		for i := range 200 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(100+i*(10+round*10))*time.Microsecond)
+				defer cancel()
+				l.Acquire(ctx, acq(fmt.Sprint("lost/", round, "/", i), fmt.Sprint("h", i), 1, time.Hour))
+			}()
+		}
+		wg.Wait()
+		nodetest.Eventually(t, 20*time.Second, func() error {
+			if _, pending := l.Withdrawals(); pending != 0 {
+				return fmt.Errorf("%d lost outcomes pending", pending)
+			}
+			return nil
+		})
+		// What is left was granted before its caller's deadline.
+		leases, _ := l.FSM().List("lost/", "", 0)
+		for _, h := range leases {
+			mustReleaseToken(t, l, h.Key, h.Holder, h.Token)
+		}
+	}
+	close(stop)
+	<-sampled
+	if p := peak.Load(); p > 3 {
+		t.Fatalf("callers giving up took the state to %d leases under MaxLeases 3", p)
+	}
 }

@@ -370,10 +370,13 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	return n.hub.watch(ctx, n, req), nil
 }
 
-// ownHolding returns holder's live holding of key, or nil.
-func (n *Node) ownHolding(key, holder string) *fsm.Lease {
+// ownHolding returns holder's live holding of key, or nil: held, and not
+// expired by the leader's clock (a holding past its expiry that the reaper
+// has not reached yet is no longer the holder's: its acquire queues).
+func (n *Node) ownHolding(ls *leaderState, key, holder string) *fsm.Lease {
+	now := ls.now()
 	for _, l := range n.fsm.Holdings(key) {
-		if l.State == fsm.StateHeld && l.Holder == holder {
+		if l.State == fsm.StateHeld && l.Holder == holder && l.Expiry > now {
 			return &l
 		}
 	}
@@ -401,7 +404,7 @@ type quotaUse struct {
 func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (release func(), err error) {
 	var add quotaUse
 	for _, it := range items {
-		if own := n.ownHolding(it.Key, cmd.Holder); own != nil {
+		if own := n.ownHolding(ls, it.Key, cmd.Holder); own != nil {
 			add.bytes += int64(len(cmd.Value) - len(own.Value))
 			continue
 		}
@@ -640,7 +643,7 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	// like any newcomer: it must not barge ahead of that key's waiters.
 	ownAll := func() bool {
 		for _, it := range items {
-			if n.ownHolding(it.Key, cmd.Holder) == nil {
+			if n.ownHolding(ls, it.Key, cmd.Holder) == nil {
 				return false
 			}
 		}
@@ -654,13 +657,23 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	if err != nil {
 		return nil, err
 	}
-	defer release() // applied or given up: the state, not the reservation, counts it now
+	// Applied or given up, the state, not the reservation, counts it. A
+	// caller that leaves while its entry is in flight leaves the
+	// reservation to lostOutcome, until the entry resolves: else callers
+	// that give up at once could fill the state past the quota.
+	lost := false
+	defer func() {
+		if !lost {
+			release()
+		}
+	}()
 	if !ls.queues.busy(items) || ownAll() {
 		s := ls.stamp()
 		p := n.propose(s, cmd, applyTimeout(ctx))
 		resp, err := p.wait(ctx, n)
 		if err != nil {
-			return nil, n.lostOutcome(ls, req, p, err)
+			lost = true
+			return nil, n.lostOutcome(ls, req, p, err, release)
 		}
 		res := resp.Results[0]
 		if res.Code != fsm.Held || !req.GetWait() {
@@ -673,7 +686,8 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
 	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
-		return nil, n.lostOutcome(ls, req, r.lost, r.err)
+		lost = true
+		return nil, n.lostOutcome(ls, req, r.lost, r.err, release)
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
 }
@@ -709,14 +723,17 @@ func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error
 // its caller gone, and the Cancel got into the log ahead of the copy
 // (stop 22). If p's outcome stays unknown (leadership lost after Raft
 // appended it), the next leader withdraws it, naming p's index, so that
-// it too releases only what p granted.
-func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, p *proposal, err error) error {
+// it too releases only what p granted. The acquire's quota reservation is
+// released (unreserve) once p resolved and the state counts what it did.
+func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, p *proposal, err error, unreserve func()) error {
 	if !errors.Is(err, ErrUnknownOutcome) || p == nil {
+		unreserve()
 		return err
 	}
 	n.lostPending.Add(1)
 	started := n.goRun("node.lost-outcome", func() {
 		defer n.lostPending.Add(-1)
+		defer unreserve()
 		select {
 		case <-p.done:
 		case <-n.ctx.Done():
@@ -733,6 +750,7 @@ func (n *Node) lostOutcome(ls *leaderState, req *pb.AcquireRequest, p *proposal,
 	})
 	if !started {
 		n.lostPending.Add(-1)
+		unreserve()
 	}
 	return err
 }

@@ -497,6 +497,9 @@ func (q *waitQueues) failAll(err error) {
 			r := waitResult{err: err}
 			if w.inflight != nil {
 				r.err = errors.Join(ErrUnknownOutcome, err)
+				if w.inflight.done != nil { // not a reservation of pumpLocked's
+					r.lost = w.inflight
+				}
 			}
 			select {
 			case w.done <- r:

@@ -25,10 +25,12 @@ func spinFor(max int) {
 
 func holderOf(t *testing.T, n *node.Node, key string) string {
 	t.Helper()
-	resp, err := n.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var resp *pb.GetResponse
+	nodetest.Eventually(t, 10*time.Second, func() error { // through an election, if one is on
+		var err error
+		resp, err = n.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: key})
+		return err
+	})
 	if !resp.Found || resp.Lease.State != pb.LeaseState_LEASE_STATE_HELD {
 		return ""
 	}

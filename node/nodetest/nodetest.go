@@ -31,12 +31,14 @@ import (
 )
 
 // TestTiming is fast like node.FastLANTiming but with more slack, so that
-// a test run under -race beside other packages on two cores does not see
-// spurious elections.
+// a test run under -race beside other packages on two busy cores does not
+// see spurious elections. (At 200 ms heartbeat and 100 ms leader lease
+// timeouts, a new user's first `go test -race ./...` on a busy machine
+// lost a leader in the middle of two tests that need a steady one.)
 var TestTiming = node.Timing{
-	HeartbeatTimeout:   200 * time.Millisecond,
-	ElectionTimeout:    200 * time.Millisecond,
-	LeaderLeaseTimeout: 100 * time.Millisecond,
+	HeartbeatTimeout:   300 * time.Millisecond,
+	ElectionTimeout:    300 * time.Millisecond,
+	LeaderLeaseTimeout: 200 * time.Millisecond,
 	CommitTimeout:      5 * time.Millisecond,
 }
 
