@@ -8,7 +8,10 @@
 //	l, err := client.TryAcquire(ctx, "jobs/nightly") // nil, nil if held elsewhere
 //	l, err := client.Acquire(ctx, "jobs/nightly")    // waits FIFO at the leader
 //	l, err := client.AcquireTimeout(ctx, "jobs/nightly", 30*time.Second)
-//	defer l.Release(ctx)
+//	if err != nil {
+//		return err // l is nil
+//	}
+//	defer l.Release(context.WithoutCancel(ctx)) // even when ctx was cancelled
 //	doWork(l.Context(), l.Token())
 //
 // # Shapes

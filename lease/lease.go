@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -157,13 +158,15 @@ func (l *Lease) Err() error {
 
 // Release ends the lease and deletes its record so the next waiter gets
 // the key at once: from the call on, ValidUntil returns the moment of the
-// call and IsHealthy is false. It unlocks this Client's local guard for the key before
-// deleting the record, so a goroutine of this Client waiting for the key
-// is not starved by other processes. If the delete fails (ctx ended, no
+// call and IsHealthy is false. A goroutine of this Client waiting for the
+// key goes on once the record is deleted, and queues behind other
+// clients' waiters like anyone. If the delete fails (ctx ended, no
 // leader), Release returns the error and the lease stays ended: the record
 // is then released in the background, and calling Release again tries
-// once more and reports the outcome. Releasing a lease that ended
-// otherwise (lost, or released already) returns nil.
+// once more and reports the outcome. A deferred Release should not take a
+// context that may be cancelled by then: give it
+// context.WithoutCancel(ctx) or a fresh timeout. Releasing a lease that
+// ended otherwise (lost, or released already) returns nil.
 func (l *Lease) Release(ctx context.Context) error {
 	h := l.h
 	if !l.c.end(h, ErrReleased, false) {
@@ -183,6 +186,10 @@ func (l *Lease) Release(ctx context.Context) error {
 		l.c.releaseLater(h)
 	} else if err == nil {
 		l.c.unguard(h)
+	}
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("release %q: %w before the release reached the cluster; it goes on in the background for up to the TTL (%v)",
+			h.key, context.Cause(ctx), h.ttl)
 	}
 	return err
 }

@@ -54,7 +54,9 @@ TOML file given with --config, whose keys are the flag names:
   bootstrap-expect = 3
   cluster-key-file = "/etc/leasenode/cluster.key"
 A key that is not a flag is an error. --print-config prints the effective
-settings (secrets redacted) and exits.`
+settings (secrets redacted) and exits, and says what is missing or wrong.
+The --unsafe-* switches of chaos tests are left out of this help (see
+jepsen/README.md).`
 
 // agentFlags are the flags of `leasenode agent`.
 type agentFlags struct {
@@ -317,21 +319,38 @@ func (ap *app) agentCmd() *cobra.Command {
 	}
 	a := newAgentFlags(cmd.Flags())
 	a.completions(cmd)
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if strings.HasPrefix(f.Name, "unsafe-") {
+			f.Hidden = true
+		}
+	})
 	printConfig := cmd.Flags().Bool("print-config", false, "print the effective settings (flags > environment > --config file > defaults; secrets\nredacted) as TOML and exit")
 	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 		if err := a.load(); err != nil {
 			return err
 		}
 		cfg, err := a.config()
-		if err != nil {
-			return err
-		}
 		if *printConfig {
+			// Printed even when settings are missing or wrong (a unit file
+			// that sets some by environment only): the error follows.
 			var notes map[string]string
 			if a.minTTL == 0 {
-				notes = map[string]string{"min-ttl": fmt.Sprintf("0s: the leader lease timeout of this --timing, %v", cfg.Timing.LeaderLeaseTimeout)}
+				lease := node.DefaultTiming().LeaderLeaseTimeout
+				if a.timing == "fast" {
+					lease = node.FastLANTiming().LeaderLeaseTimeout
+				}
+				notes = map[string]string{"min-ttl": fmt.Sprintf("0s: the leader lease timeout of this --timing, %v", lease)}
 			}
-			return printEffectiveConfig(ap.stdout, a.fs, notes, "config", "print-config")
+			if perr := printEffectiveConfig(ap.stdout, a.fs, notes, "config", "print-config"); perr != nil {
+				return perr
+			}
+			if err != nil {
+				return fmt.Errorf("these settings cannot start an agent yet: %w", err)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 		return runAgent(ctx, ap.sig, a, cfg)
 	})

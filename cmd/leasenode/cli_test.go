@@ -167,6 +167,12 @@ insecure = false
 	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 0 {
 		t.Errorf("print-config output as a config file: %d %s", code, errOut)
 	}
+	// Missing settings (a unit file sets some by environment only): the
+	// settings are printed, and then what is missing.
+	if code, out, errOut := run1(t, nil, "agent", "--voters", "5", "--print-config"); code != exitUsage ||
+		!strings.Contains(out, "voters = 5") || !strings.Contains(errOut, "--id is required") {
+		t.Errorf("print-config without --id: %d %q %q", code, out, errOut)
+	}
 	// A zero that means "derived" says what it is derived to.
 	if _, out, _ := run1(t, nil, "agent", "--id", "n", "--data-dir", t.TempDir(), "--print-config"); !strings.Contains(out, "leader lease timeout of this --timing, 500ms") {
 		t.Errorf("print-config without --min-ttl:\n%s", out)

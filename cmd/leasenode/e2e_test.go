@@ -316,13 +316,21 @@ func TestAgentAndClientCommands(t *testing.T) {
 	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "for at most") {
 		t.Errorf("acquire of a held key: exit %d, %q; want %d naming %s", code, errOut, exitHeld, got.Holder)
 	}
-	code, out, _ = cli(t, "acquire", "jobs/a", "--addr", addr, "--wait", "0", "-o", "json")
-	var refused struct {
-		Acquired *bool  `json:"acquired"`
-		Holder   string `json:"holder"`
-	}
-	if err := json.Unmarshal([]byte(out), &refused); code != exitHeld || err != nil || refused.Acquired == nil || *refused.Acquired || refused.Holder != got.Holder {
-		t.Errorf("acquire -o json of a held key: exit %d, %q (%v); want %d and JSON naming %s", code, out, err, exitHeld, got.Holder)
+	for _, cmd := range [][]string{{"acquire", "jobs/a"}, {"lock", "jobs/a"}} {
+		args := append(cmd, "--addr", addr, "--wait", "0", "-o", "json")
+		if cmd[0] == "lock" {
+			args = append(args, "--", "true")
+		}
+		code, out, _ = cli(t, args...)
+		var refused struct {
+			Acquired *bool   `json:"acquired"`
+			Holder   string  `json:"holder"`
+			Left     float64 `json:"holder_remaining_seconds"`
+		}
+		if err := json.Unmarshal([]byte(out), &refused); code != exitHeld || err != nil || refused.Acquired == nil || *refused.Acquired ||
+			refused.Holder != got.Holder || refused.Left <= 0 {
+			t.Errorf("%s -o json of a held key: exit %d, %q (%v); want %d and JSON naming %s", cmd[0], code, out, err, exitHeld, got.Holder)
+		}
 	}
 
 	code, out, _ = cli(t, "get", "jobs/a", "--addr", addr)

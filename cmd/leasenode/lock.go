@@ -228,6 +228,7 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 	l, err := lf.acquire(actx, cl, key, cf.timeout)
 	cancelA()
 	if err != nil {
+		printHeldJSON(cf, err)
 		return err
 	}
 
@@ -333,6 +334,17 @@ func (ap *app) acquireCmd() *cobra.Command {
 	return cmd
 }
 
+// printHeldJSON prints, with -o json, who holds the key an acquire was
+// refused: scripts read it from stdout; the exit code (4) and stderr stay
+// as without -o json. holder_remaining_seconds is how long the holder's
+// lease may last yet (wait_seconds, the older name, says the same).
+func printHeldJSON(cf *clientFlags, err error) {
+	if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
+		printJSON(map[string]any{"key": he.Key, "acquired": false, "holder": he.Holder,
+			"holder_remaining_seconds": he.Wait.Seconds(), "wait_seconds": he.Wait.Seconds()})
+	}
+}
+
 func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, hold waitFlag, pos []string) error {
 	key := pos[0]
 	if _, err := lf.shape.items(key); err != nil {
@@ -348,11 +360,7 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 	cancelA()
 	if err != nil {
 		cl.Close(context.Background())
-		if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
-			// Scripts read who holds it from stdout; the exit code (4) and
-			// stderr stay as without -o json.
-			printJSON(map[string]any{"key": he.Key, "acquired": false, "holder": he.Holder, "wait_seconds": he.Wait.Seconds()})
-		}
+		printHeldJSON(cf, err)
 		return err
 	}
 	if cf.json() {
