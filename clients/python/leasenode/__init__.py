@@ -41,7 +41,7 @@ import time
 
 __all__ = [
     "Client", "Lease", "Info", "LeaseError", "HeldError", "AcquireTimeoutError",
-    "HeldTimeoutError", "NoLeaderError",
+    "HeldTimeoutError", "NoLeaderError", "NoLeaderTimeoutError",
     "UnknownOutcomeError", "LeaseLostError", "InvalidError", "StaleRequestError",
     "UnauthenticatedError", "ClosedError",
 ]
@@ -114,6 +114,12 @@ class HeldTimeoutError(AcquireTimeoutError, HeldError):
 
 class NoLeaderError(LeaseError):
     """No leader could be reached in time; nothing was applied. Retryable."""
+
+
+class NoLeaderTimeoutError(AcquireTimeoutError, NoLeaderError):
+    """acquire()'s timeout passed with no leader reachable: both an
+    AcquireTimeoutError and a NoLeaderError, so code that catches
+    NoLeaderError for "the cluster is down" catches it too."""
 
 
 class UnknownOutcomeError(LeaseError):
@@ -712,6 +718,8 @@ class Client:
                 if deadline is not None and time.monotonic() >= deadline - 0.01:
                     if state["maybe"]:
                         return self._resolve_abandoned(req, state["began"])
+                    if isinstance(e, NoLeaderError):
+                        raise NoLeaderTimeoutError(key, "acquire %r: timed out, no leader reachable: %s" % (key, e)) from e
                     raise AcquireTimeoutError(key, "acquire %r: timed out waiting: %s" % (key, e)) from e
                 raise
             if not resp.get("granted"):
