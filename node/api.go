@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"runtime"
@@ -200,6 +201,11 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			}
 			return
 		}
+		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
+			http.Error(w, fmt.Sprintf("Content-Type %q is not one this API takes: send application/json or application/proto (Connect; JSON in UTF-8), application/connect+json or +proto (streams), application/grpc or application/grpc-web",
+				r.Header.Get("Content-Type")), http.StatusUnsupportedMediaType)
+			return
+		}
 		limit := max // a Connect unary body is the message itself
 		if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+") {
 			limit += 64 << 10 // enveloped messages: room for framing
@@ -222,6 +228,26 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		r.Body = lb
 		next.ServeHTTP(w, r)
 	})
+}
+
+// rpcContentType reports whether ct is a Content-Type the client API's
+// protocols (Connect, gRPC, gRPC-Web, with the proto and JSON codecs)
+// take; connect answers others with a bare 415 that says nothing.
+func rpcContentType(ct string) bool {
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return false
+	}
+	switch mt {
+	case "application/json", "application/proto", "application/connect+json", "application/connect+proto",
+		"application/grpc", "application/grpc+proto", "application/grpc+json",
+		"application/grpc-web", "application/grpc-web+proto", "application/grpc-web+json":
+		return true
+	}
+	return false
 }
 
 // limitedBody is a request body capped by http.MaxBytesReader: past the

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -151,9 +152,28 @@ const (
 	HeaderBackupLeases = "Leasenode-Backup-Leases"
 )
 
+// maxBackups is how many backups a node serves at once: each holds an
+// encoded copy of the state (about 50 bytes a lease) until its reader has
+// read it all, so slow readers could otherwise hold any number of copies.
+// backupWriteTimeout bounds how long one may take to read it.
+const (
+	maxBackups         = 2
+	backupWriteTimeout = 10 * time.Minute
+)
+
 // serveBackup serves BackupPath (behind guard, which checks the token).
 // A follower redirects to the leader.
 func (n *Node) serveBackup(w http.ResponseWriter, r *http.Request) {
+	select {
+	case n.backups <- struct{}{}:
+		defer func() { <-n.backups }()
+	default:
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, fmt.Sprintf("%d backups are being read from this node already, its limit (each holds a copy of the state until it is read): retry when one has ended", maxBackups),
+			http.StatusTooManyRequests)
+		return
+	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(backupWriteTimeout))
 	b, err := n.Backup(r.Context())
 	if err != nil {
 		var le *LeaderError

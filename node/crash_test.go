@@ -281,3 +281,26 @@ func frameEnd(t *testing.T, f *os.File) int64 {
 		}
 	}
 }
+
+// A node whose log store cannot write (a full disk) stops, saying so,
+// instead of falling behind for good while it answers ready and serves
+// ever staler reads (raft-wal seals its segment after one failed write).
+// The others go on.
+func TestFullDiskStopsTheNode(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	fi, f := c.Follower()
+	f.FailLogWrites(fmt.Errorf("write wal/00001.wal: %w", syscall.ENOSPC))
+	mustGrant(t, l, acq("full/1", "h", 1, time.Minute))
+	select {
+	case <-f.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the node whose disk is full is still running")
+	}
+	if err := f.Err(); !errors.Is(err, node.ErrFatal) || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("Err: %v; want ErrFatal naming the full disk", err)
+	}
+	c.Kill(fi)
+	_, l = c.Leader()
+	mustGrant(t, l, acq("full/2", "h", 1, time.Minute))
+}

@@ -34,9 +34,11 @@ var (
 	// ErrClosed: the node is shutting down.
 	ErrClosed error = &reasonError{pb.Reason_REASON_CLOSED, "node: closed"}
 	// ErrFatal: the node met a Raft entry it cannot apply (written by a
-	// newer version, or damaged) and stopped rather than diverge. It is
-	// reported by Node.Err; requests to such a node fail with ErrClosed.
-	ErrFatal = errors.New("node: stopped on an entry it cannot apply")
+	// newer version, or damaged) and stopped rather than diverge, or its
+	// log store failed to write (a full disk) and it stopped rather than
+	// fall behind for good while it looked well. It is reported by
+	// Node.Err; requests to such a node fail with ErrClosed.
+	ErrFatal = errors.New("node: stopped: it cannot apply or store the Raft log")
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
 )

@@ -35,3 +35,7 @@ func (n *Node) Withdrawals() (started, pending int64) {
 // MinReplayOps is the fewest lease operations applied after a snapshot
 // that make the node take the next one (compaction.go).
 const MinReplayOps = minReplayOps
+
+// FailLogWrites makes every write of n's Raft log store fail with err, as
+// a full disk does.
+func (n *Node) FailLogWrites(err error) { n.logs.fault.Store(&err) }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -49,6 +51,7 @@ type watchHub struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	closed   bool
+	bytes    int64 // every watcher's backlog, as watcher.bytes counts it
 }
 
 // watcher buffers events for one Watch call; a goroutine moves them to the
@@ -57,13 +60,33 @@ type watcher struct {
 	prefix  string
 	extends bool // wants EXTENDED events
 	mu      sync.Mutex
-	queue   []*pb.WatchEvent
+	queue   []queued
+	bytes   int64 // encoded size of the events queued or taken and not yet sent
 	wake    chan struct{}
 	reset   bool // fell behind: send RESET and stop
 }
 
-// maxWatchBacklog bounds a slow watcher's buffer before it is reset.
-const maxWatchBacklog = 65536
+// queued is an event and its encoded size.
+type queued struct {
+	e    *pb.WatchEvent
+	size int64
+}
+
+// A watcher that reads slower than events come is reset (sent RESET, then
+// the stream ends; the client re-reads and watches again) once its backlog
+// passes maxWatchBacklog events or maxWatchBacklogBytes, or once all
+// watchers' backlogs together pass maxHubBacklogBytes: lease values make
+// an event up to 64 KiB, so a count alone let one stalled watcher pin
+// gigabytes. The initial listing is read and sent a page of
+// watchInitialPage leases at a time, so a watcher that does not read
+// holds at most a page of it (a whole listing of millions of leases was
+// built before the first was sent).
+const (
+	maxWatchBacklog      = 65536
+	maxWatchBacklogBytes = 16 << 20
+	maxHubBacklogBytes   = 256 << 20
+	watchInitialPage     = 64
+)
 
 func newWatchHub() *watchHub { return &watchHub{watchers: map[*watcher]struct{}{}} }
 
@@ -80,21 +103,6 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 	h.watchers[w] = struct{}{}
 	h.mu.Unlock()
 
-	var first []*pb.WatchEvent
-	if initial {
-		_, now := n.fsm.Clock()
-		after := ""
-		for {
-			page, next := n.fsm.List(prefix, after, 1000)
-			for i := range page {
-				first = append(first, &pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now)})
-			}
-			if next == "" {
-				break
-			}
-			after = next
-		}
-	}
 	started := n.goRun("node.watch", func() {
 		defer close(out)
 		defer h.remove(w)
@@ -107,9 +115,19 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 			}
 			return false
 		}
-		for _, e := range first {
-			if !send(e) {
-				return
+		if initial {
+			_, now := n.fsm.Clock()
+			for after := ""; ; {
+				page, next := n.fsm.List(prefix, after, watchInitialPage)
+				for i := range page {
+					if !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now)}) {
+						return
+					}
+				}
+				if next == "" {
+					break
+				}
+				after = next
 			}
 		}
 		for {
@@ -117,10 +135,11 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 			batch, reset := w.queue, w.reset
 			w.queue = nil
 			w.mu.Unlock()
-			for _, e := range batch {
-				if !send(e) {
+			for _, q := range batch {
+				if !send(q.e) {
 					return
 				}
+				h.sent(w, q.size)
 			}
 			if reset {
 				send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_RESET})
@@ -142,31 +161,64 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 	return out
 }
 
+// sent takes an event of size bytes off w's backlog.
+func (h *watchHub) sent(w *watcher, size int64) {
+	h.mu.Lock()
+	w.mu.Lock()
+	w.bytes -= size
+	h.bytes -= size
+	w.mu.Unlock()
+	h.mu.Unlock()
+}
+
 func (h *watchHub) remove(w *watcher) {
 	h.mu.Lock()
 	delete(h.watchers, w)
+	w.mu.Lock()
+	h.bytes -= w.bytes
+	w.bytes = 0
+	w.mu.Unlock()
 	h.mu.Unlock()
 }
 
 func (h *watchHub) publish(events []fsm.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if len(h.watchers) == 0 {
+		return
+	}
+	pes := make([]queued, 0, len(events)) // shared by the watchers: read only
+	for i := range events {
+		if pe := watchEvent(&events[i]); pe != nil {
+			pes = append(pes, queued{pe, int64(proto.Size(pe))})
+		} else {
+			pes = append(pes, queued{})
+		}
+	}
 	for w := range h.watchers {
 		w.mu.Lock()
+		if w.reset { // going: its RESET is on its way
+			w.mu.Unlock()
+			continue
+		}
 		added := false
 		for i := range events {
-			e := &events[i]
-			if e.Type == fsm.EventExtended && !w.extends {
+			e, q := &events[i], pes[i]
+			if q.e == nil || e.Type == fsm.EventExtended && !w.extends {
 				continue
 			}
-			if pe := watchEvent(e); pe != nil && (e.Type == fsm.EventRestored || strings.HasPrefix(e.Key, w.prefix)) {
-				if len(w.queue) >= maxWatchBacklog || pe.Type == pb.EventType_EVENT_TYPE_RESET {
-					w.reset = true
-					break
-				}
-				w.queue = append(w.queue, pe)
-				added = true
+			if e.Type != fsm.EventRestored && !strings.HasPrefix(e.Key, w.prefix) {
+				continue
 			}
+			if q.e.Type == pb.EventType_EVENT_TYPE_RESET || len(w.queue) >= maxWatchBacklog ||
+				w.bytes+q.size > maxWatchBacklogBytes || h.bytes+q.size > maxHubBacklogBytes {
+				w.reset = true
+				break
+			}
+			w.queue = append(w.queue, q)
+			w.bytes += q.size
+			h.bytes += q.size
+			added = true
 		}
 		reset := w.reset
 		w.mu.Unlock()

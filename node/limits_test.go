@@ -91,6 +91,18 @@ func TestAPIInputsAreBounded(t *testing.T) {
 	_, f := c.Follower()
 	base := heapMB()
 
+	t.Run("wrong Content-Type", func(t *testing.T) {
+		for _, ct := range []string{"text/plain", "application/json; charset=utf-16"} {
+			code, out := post(t, l.APIAddr(), "Status", strings.NewReader("{}"), http.Header{"Content-Type": {ct}})
+			if code != http.StatusUnsupportedMediaType || !strings.Contains(out, "send application/json") {
+				t.Errorf("%s: %d %q; want 415 saying what to send", ct, code, out)
+			}
+		}
+		if code, out := post(t, l.APIAddr(), "Status", strings.NewReader("{}"), http.Header{"Content-Type": {"application/json; charset=UTF-8"}}); code != http.StatusOK {
+			t.Errorf("application/json; charset=UTF-8: %d %q", code, out)
+		}
+	})
+
 	t.Run("100 MB body", func(t *testing.T) {
 		body := &endless{n: 100 << 20}
 		code, out := post(t, l.APIAddr(), "Acquire", body, nil)
@@ -535,5 +547,46 @@ func TestStateQuotaCountsWhatIsInFlight(t *testing.T) {
 	<-sampled
 	if p := peak.Load(); p > 3 {
 		t.Fatalf("callers giving up took the state to %d leases under MaxLeases 3", p)
+	}
+}
+
+// A watcher that does not read is reset once its backlog passes a bound
+// in bytes, not only in events: with 60 KiB values, 65,536 events were
+// 4 GB held for one stalled watcher.
+func TestStalledWatcherIsResetByBytes(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1})
+	_, l := c.Leader()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := l.Watch(ctx, &pb.WatchRequest{Prefix: "big/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := make([]byte, 60<<10)
+	const pairs = 400 // 800 events, 24 MB of values: past 16 MiB
+	for i := range pairs {
+		r := acq(fmt.Sprint("big/", i), "h", 1, time.Minute)
+		r.Value = value
+		g := mustGrant(t, l, r)
+		mustReleaseToken(t, l, r.Key, "h", g.Token)
+	}
+	n := 0
+	for {
+		select {
+		case e, ok := <-events:
+			if !ok {
+				t.Fatalf("the stream ended after %d events without RESET", n)
+			}
+			if e.Type == pb.EventType_EVENT_TYPE_RESET {
+				if n >= 2*pairs {
+					t.Fatalf("RESET after all %d events", n)
+				}
+				t.Logf("RESET after %d of %d events", n, 2*pairs)
+				return
+			}
+			n++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no RESET after %d events", n)
+		}
 	}
 }

@@ -12,8 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -90,6 +92,9 @@ type Node struct {
 	hub *watchHub
 	// withdrawals bounds withdraw goroutines in flight.
 	withdrawals chan struct{}
+	// backups bounds the backups being served (BackupPath): each holds an
+	// encoded copy of the state until its reader has it all.
+	backups chan struct{}
 	// lostPending counts acquires whose outcome this leader is waiting
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
@@ -139,6 +144,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		raftDown:      make(chan struct{}),
 		fatalCh:       make(chan struct{}),
 		withdrawals:   make(chan struct{}, 1024),
+		backups:       make(chan struct{}, maxBackups),
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,
@@ -311,6 +317,7 @@ func (n *Node) startRaft() error {
 	n.leaderNotify = make(chan bool, 8)
 	rc.NotifyCh = n.leaderNotify
 	n.logs = newLogCache(n.store)
+	n.logs.failed = n.onStoreFailure
 	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -364,12 +371,38 @@ func newRaft(rc *raft.Config, f raft.FSM, logs raft.LogStore, stable raft.Stable
 // place for when it comes back on a version that can read the entry). Err
 // and Done report it to the program.
 func (n *Node) onFatal(err error) {
+	n.stopFatal(err, "cannot apply the Raft log; this node stops serving now to avoid diverging from its peers. "+
+		"Restart it on a leasenode version that can read the entry (or with a repaired data dir).")
+}
+
+// onStoreFailure stops the node when its log store fails to write (Raft
+// calls it on its own goroutines): a follower that cannot store entries
+// falls behind for good (raft-wal seals its segment after one failed
+// write), while it still answered ready and served ever staler reads; a
+// leader steps down, and won elections again only to fail again. A
+// supervisor sees the exit and restarts the node, which catches up once
+// there is room. Failures while the node is closing are not its disk's.
+func (n *Node) onStoreFailure(err error) {
+	if n.ctx.Err() != nil {
+		return
+	}
+	what := "the Raft log store failed to write; this node stops serving now rather than fall behind its peers unseen. "
+	if errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "no space left") {
+		what += "The disk is full: free space in the file system of the data dir (" + n.cfg.DataDir + "), then restart the node; it catches up from its peers."
+	} else {
+		what += "Check the disk of the data dir (" + n.cfg.DataDir + "), then restart the node; it catches up from its peers."
+	}
+	n.stopFatal(fmt.Errorf("storing the Raft log: %w", err), what)
+}
+
+// stopFatal stops the node for good with err (see onFatal), logging what
+// happened and what to do.
+func (n *Node) stopFatal(err error, what string) {
 	n.fatalOnce.Do(func() {
 		err = fmt.Errorf("%w: %w", ErrFatal, err)
 		n.fatal.Store(&err)
 		close(n.fatalCh)
-		n.log.Error("FATAL: cannot apply the Raft log; this node stops serving now to avoid diverging from its peers. "+
-			"Restart it on a leasenode version that can read the entry (or with a repaired data dir).", "err", err)
+		n.log.Error("FATAL: "+what, "err", err)
 		go n.Crash()
 	})
 }

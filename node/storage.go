@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -126,6 +128,9 @@ func openWAL(dir string, noSync bool, log *slog.Logger) (_ raftStore, err error)
 	)
 	if err != nil {
 		meta.Close()
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, fmt.Errorf("open raft-wal %s: %w: the disk is full (a log segment takes 64 MiB): free space, then start again", dir, err)
+		}
 		return nil, fmt.Errorf("open raft-wal %s: %w: if the files are damaged, restore the data dir from a copy, or empty it to join again as a new node", dir, err)
 	}
 	// raft-wal v0.4.2 or later: v0.4.0 marked a segment sealed on a tail
@@ -190,6 +195,11 @@ type logCache struct {
 	mu    sync.RWMutex
 	cache []*raft.Log
 	recv  []received
+	// failed, if set, is told of every write the store refused.
+	failed func(error)
+	// fault, if set, is returned by every write instead of storing (tests:
+	// a full disk).
+	fault atomic.Pointer[error]
 }
 
 // received is when this node stored the entry at index, of term.
@@ -228,7 +238,14 @@ func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Lo
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	at := time.Now()
-	if err := c.LogStore.StoreLogs(logs); err != nil {
+	store := c.LogStore.StoreLogs
+	if f := c.fault.Load(); f != nil {
+		store = func([]*raft.Log) error { return *f }
+	}
+	if err := store(logs); err != nil {
+		if c.failed != nil {
+			c.failed(err)
+		}
 		return err
 	}
 	c.mu.Lock()

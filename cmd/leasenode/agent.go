@@ -214,6 +214,14 @@ func (a *agentFlags) config() (node.Config, error) {
 	if (cfg.TLSFiles.Enabled() || a.tlsServerName != "") && (a.tlsCert == "" || a.tlsKey == "" || a.tlsCA == "") {
 		return cfg, usagef("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
+	if a.clusterKey != "" && a.clusterKeyFile != "" {
+		switch a.stronger("cluster-key", "cluster-key-file") {
+		case "cluster-key":
+			a.clusterKeyFile = ""
+		case "cluster-key-file":
+			a.clusterKey = ""
+		}
+	}
 	switch {
 	case a.clusterKey != "" && a.clusterKeyFile != "":
 		return cfg, usagef("give --cluster-key or --cluster-key-file, not both")
@@ -243,10 +251,18 @@ func (a *agentFlags) config() (node.Config, error) {
 		cfg.GossipKey = key
 	}
 	cfg.AuthToken = a.authToken
-	if a.authTokenFile != "" {
-		if a.authToken != "" {
+	if a.authTokenFile != "" && a.authToken != "" {
+		// One from a stronger source (flag > environment > file) wins:
+		// LEASENODE_AUTH_TOKEN exported for the CLI in the shell that
+		// starts an agent with --auth-token-file is no conflict.
+		switch a.stronger("auth-token-file", "auth-token") {
+		case "auth-token":
+			a.authTokenFile = ""
+		case "":
 			return cfg, usagef("--auth-token and --auth-token-file: give one")
 		}
+	}
+	if a.authTokenFile != "" {
 		b, err := os.ReadFile(a.authTokenFile)
 		if err != nil {
 			return cfg, usagef("--auth-token-file: %v", err)
@@ -272,6 +288,29 @@ func (a *agentFlags) config() (node.Config, error) {
 		return cfg, usagef("%s", configFlags.Replace(err.Error()))
 	}
 	return cfg, nil
+}
+
+// stronger returns which of two flags was set from the stronger source
+// (flag > environment > config file), or "" if from the same.
+func (a *agentFlags) stronger(x, y string) string {
+	rank := func(name string) int {
+		switch source(a.fs.Lookup(name)) {
+		case "flag":
+			return 3
+		case "env":
+			return 2
+		case "file":
+			return 1
+		}
+		return 0
+	}
+	switch rx, ry := rank(x), rank(y); {
+	case rx > ry:
+		return x
+	case ry > rx:
+		return y
+	}
+	return ""
 }
 
 // configFlags names, in node.Config's errors, the agent flag for each

@@ -167,6 +167,14 @@ insecure = false
 	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 0 {
 		t.Errorf("print-config output as a config file: %d %s", code, errOut)
 	}
+	// A token exported for the CLI does not conflict with an agent's
+	// --auth-token-file: the flag is the stronger source.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
+	if code, _, errOut := run1(t, []string{"LEASENODE_AUTH_TOKEN=other"}, "agent", "--id", "n", "--data-dir", t.TempDir(),
+		"--auth-token-file", tokenFile, "--print-config"); code != 0 {
+		t.Errorf("--auth-token-file beside LEASENODE_AUTH_TOKEN: %d %q", code, errOut)
+	}
 	// Missing settings (a unit file sets some by environment only): the
 	// settings are printed, and then what is missing.
 	if code, out, errOut := run1(t, nil, "agent", "--voters", "5", "--print-config"); code != exitUsage ||
