@@ -170,18 +170,19 @@ func testFlippedLogByte(t *testing.T, store string) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) { cfg.LogStore = store }})
 	_, l := c.Leader()
 	fi, _ := c.Follower()
-	mustGrant(t, l, acq("flip-me-please-0123456789", "h", 1, time.Minute))
-	// Later batches, so that the flipped entry is not in the WAL's last
-	// one (whose checksum its recovery checks).
-	for i := range 4 {
-		mustGrant(t, l, acq("after-"+string(rune('a'+i)), "h", 1, time.Minute))
+	// Later batches on the follower too (each waits for the one before to
+	// reach it: a lagging follower is sent several entries in one), so
+	// that the flipped entry is not in the WAL's last one (whose checksum
+	// its recovery checks).
+	for _, key := range []string{"flip-me-please-0123456789", "after-a", "after-b", "after-c", "after-d"} {
+		mustGrant(t, l, acq(key, "h", 1, time.Minute))
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if _, ok := c.Node(fi).FSM().Get(key); !ok {
+				return errors.New("not replicated yet")
+			}
+			return nil
+		})
 	}
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		if _, ok := c.Node(fi).FSM().Get("after-d"); !ok {
-			return errors.New("not replicated yet")
-		}
-		return nil
-	})
 	cfg := c.Config(fi)
 	c.Stop(fi)
 	files := []string{filepath.Join(cfg.DataDir, "raft.db")}
