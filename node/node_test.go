@@ -514,6 +514,12 @@ func TestBadRequests(t *testing.T) {
 			}
 		})
 	}
+	// A TTL past what a Duration holds is reported as sent, not saturated.
+	huge := acq("k", "h", 1, time.Second)
+	huge.Ttl = &durationpb.Duration{Seconds: 315576000000}
+	if _, err := l.Acquire(ctxT(t, 5*time.Second), huge); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "ttl 315576000000s out of range") {
+		t.Fatalf("a TTL of 10,000 years: %v", err)
+	}
 	if _, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
 		t.Fatalf("empty extend: %v", err)
 	}

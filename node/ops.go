@@ -1016,6 +1016,14 @@ func acquireCmd(req *pb.AcquireRequest) (*fsm.Acquire, error) {
 	if req.GetTtl() == nil {
 		return nil, fmt.Errorf("%w: ttl is required", ErrInvalid)
 	}
+	for _, d := range []struct {
+		name string
+		d    *durationpb.Duration
+	}{{"ttl", req.GetTtl()}, {"lock-delay", req.GetLockDelay()}} {
+		if d.d.GetSeconds() > int64(fsm.MaxTTL/time.Second) { // before AsDuration saturates it
+			return nil, fmt.Errorf("%w: %s %ds out of range: at most %v", ErrInvalid, d.name, d.d.GetSeconds(), fsm.MaxTTL)
+		}
+	}
 	cmd := &fsm.Acquire{
 		Key: req.GetKey(), Holder: req.GetHolder(), ReqID: req.GetRequestId(),
 		TTL: req.GetTtl().AsDuration(), LockDelay: req.GetLockDelay().AsDuration(), Value: req.GetValue(),
