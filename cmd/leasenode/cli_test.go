@@ -181,6 +181,11 @@ insecure = false
 		!strings.Contains(out, "voters = 5") || !strings.Contains(errOut, "--id is required") {
 		t.Errorf("print-config without --id: %d %q %q", code, out, errOut)
 	}
+	// A LEASENODE_ variable a letter from a setting's is a warning (a
+	// config file's unknown key is an error).
+	if _, _, errOut := run1(t, []string{"LEASENODE_DATADIR=/x"}, "version"); !strings.Contains(errOut, "LEASENODE_DATADIR sets nothing (did you mean LEASENODE_DATA_DIR?)") {
+		t.Errorf("a misspelt LEASENODE_ variable: %q", errOut)
+	}
 	// A zero that means "derived" says what it is derived to.
 	if _, out, _ := run1(t, nil, "agent", "--id", "n", "--data-dir", t.TempDir(), "--print-config"); !strings.Contains(out, "leader lease timeout of this --timing, 500ms") {
 		t.Errorf("print-config without --min-ttl:\n%s", out)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -91,6 +92,40 @@ func bindEnv(fs *pflag.FlagSet) error {
 		return errs[0]
 	}
 	return nil
+}
+
+// warnUnknownEnv warns about each LEASENODE_ variable that sets nothing but
+// is a letter or two from one that would (LEASENODE_DATADIR for
+// LEASENODE_DATA_DIR, say): a typo, where a config file's unknown key is
+// an error. Only near misses: other LEASENODE_ variables (a test
+// harness's) are none of its business.
+func warnUnknownEnv(root *cobra.Command, w io.Writer) {
+	known := map[string]bool{"LEASENODE_UNSAFE": true, "LEASENODE_BIN": true} // the chaos switch; the harness's binary
+	var names []string
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if n := envName(f.Name); !known[n] {
+					known[n] = true
+					names = append(names, n)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, envPrefix) || known[name] {
+			continue
+		}
+		if s := closest(name, names); s != "" {
+			fmt.Fprintf(w, "leasenode: warning: %s sets nothing (did you mean %s?)\n", name, s)
+		}
+	}
 }
 
 // flagError turns a flag parsing error into a short usage error with a hint:

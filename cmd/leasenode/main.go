@@ -70,7 +70,8 @@ Shell completion: leasenode completion bash|zsh|fish --help.
 ` + exitCodesHelp
 
 const envNote = `
-Every flag can also be set as LEASENODE_<FLAG> (e.g. LEASENODE_ADDR, LEASENODE_DATA_DIR).
+Every flag can also be set as LEASENODE_<FLAG>, in capitals with underscores
+(--some-flag as LEASENODE_SOME_FLAG).
 `
 
 func main() {
@@ -110,6 +111,7 @@ func (a *app) newRoot() *cobra.Command {
 			return &exitError{code: exitUsage}
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			warnUnknownEnv(cmd.Root(), cmd.ErrOrStderr())
 			if cmd.DisableFlagParsing {
 				return nil // the command parses (and binds) its own flags
 			}
