@@ -29,8 +29,9 @@ func TestDeadLeaderCampaignEarly(t *testing.T) {
 			}
 			n := c.Node(i)
 			early += n.EarlyCampaigns()
-			if got := n.Raft().ReloadableConfig().HeartbeatTimeout; got != nodetest.TestTiming.HeartbeatTimeout {
-				return fmt.Errorf("n%d heartbeat timeout %v, want it restored to %v", i, got, nodetest.TestTiming.HeartbeatTimeout)
+			if rc := n.Raft().ReloadableConfig(); rc.HeartbeatTimeout != nodetest.TestTiming.HeartbeatTimeout || rc.ElectionTimeout != nodetest.TestTiming.ElectionTimeout {
+				return fmt.Errorf("n%d timeouts %v/%v, want them restored to %v/%v", i, rc.HeartbeatTimeout, rc.ElectionTimeout,
+					nodetest.TestTiming.HeartbeatTimeout, nodetest.TestTiming.ElectionTimeout)
 			}
 		}
 		if early == 0 {
