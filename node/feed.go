@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -51,7 +52,8 @@ type watchHub struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	closed   bool
-	bytes    int64 // every watcher's backlog, as watcher.bytes counts it
+	last     uint64       // the highest index published
+	bytes    atomic.Int64 // the events some watcher still holds, each counted once
 }
 
 // watcher buffers events for one Watch call; a goroutine moves them to the
@@ -60,27 +62,32 @@ type watcher struct {
 	prefix  string
 	extends bool // wants EXTENDED events
 	mu      sync.Mutex
-	queue   []queued
+	queue   []*shared
 	bytes   int64 // encoded size of the events queued or taken and not yet sent
 	wake    chan struct{}
-	reset   bool // fell behind: send RESET and stop
+	reset   bool          // fell behind: its backlog is dropped, RESET goes next
+	resetCh chan struct{} // closed on reset: ends a send the reader leaves waiting
 }
 
-// queued is an event and its encoded size.
-type queued struct {
-	e    *pb.WatchEvent
+// shared is one published event, held by the watchers that have not sent
+// it yet; the hub counts its bytes once, while any holds it.
+type shared struct {
+	e    *pb.WatchEvent // read only
 	size int64
+	refs atomic.Int32
 }
 
-// A watcher that reads slower than events come is reset (sent RESET, then
-// the stream ends; the client re-reads and watches again) once its backlog
-// passes maxWatchBacklog events or maxWatchBacklogBytes, or once all
-// watchers' backlogs together pass maxHubBacklogBytes: lease values make
-// an event up to 64 KiB, so a count alone let one stalled watcher pin
-// gigabytes. The initial listing is read and sent a page of
-// watchInitialPage leases at a time, so a watcher that does not read
-// holds at most a page of it (a whole listing of millions of leases was
-// built before the first was sent).
+// A watcher that reads slower than events come is reset (its backlog is
+// dropped and it is sent RESET, then the stream ends; the client re-reads
+// and watches again) once its backlog passes maxWatchBacklog events or
+// maxWatchBacklogBytes. Past maxHubBacklogBytes of events held for all
+// watchers, the watchers with the largest backlogs are reset until the
+// rest fit: lease values make an event up to 64 KiB, so a count alone let
+// one stalled watcher pin gigabytes, and resetting whoever came next let
+// a few stalled watchers reset everyone else. The initial listing is read
+// and sent a page of watchInitialPage leases at a time, so a watcher that
+// does not read holds at most a page of it (a whole listing of millions
+// of leases was built before the first was sent).
 const (
 	maxWatchBacklog      = 65536
 	maxWatchBacklogBytes = 16 << 20
@@ -92,7 +99,7 @@ func newWatchHub() *watchHub { return &watchHub{watchers: map[*watcher]struct{}{
 
 func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-chan *pb.WatchEvent {
 	prefix, initial := req.GetPrefix(), req.GetInitial()
-	w := &watcher{prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1)}
+	w := &watcher{prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
 	out := make(chan *pb.WatchEvent, 64)
 	h.mu.Lock()
 	if h.closed {
@@ -101,26 +108,43 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 		return out
 	}
 	h.watchers[w] = struct{}{}
+	since := h.last // events after it reach w's queue
 	h.mu.Unlock()
 
 	started := n.goRun("node.watch", func() {
 		defer close(out)
 		defer h.remove(w)
+		// send hands e to the caller, unless the call ends or w is reset
+		// first (a reader that stopped reading holds nothing after that).
 		send := func(e *pb.WatchEvent) bool {
 			select {
 			case out <- e:
 				return true
+			case <-w.resetCh:
 			case <-ctx.Done():
 			case <-n.ctx.Done():
 			}
 			return false
 		}
+		sendReset := func() {
+			select {
+			case out <- &pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_RESET}:
+			case <-ctx.Done():
+			case <-n.ctx.Done():
+			}
+		}
 		if initial {
-			_, now := n.fsm.Clock()
 			for after := ""; ; {
 				page, next := n.fsm.List(prefix, after, watchInitialPage)
+				_, now := n.fsm.Clock() // after the read: time left is never overstated
 				for i := range page {
+					if page[i].Token > since {
+						continue // granted since w was registered: its event is queued
+					}
 					if !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now)}) {
+						if h.isReset(w) {
+							sendReset()
+						}
 						return
 					}
 				}
@@ -135,14 +159,22 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 			batch, reset := w.queue, w.reset
 			w.queue = nil
 			w.mu.Unlock()
-			for _, q := range batch {
-				if !send(q.e) {
+			for i, q := range batch {
+				ok := send(q.e)
+				h.done(w, q)
+				if !ok {
+					for _, rest := range batch[i+1:] {
+						h.done(w, rest)
+					}
+					if h.isReset(w) {
+						reset = true
+						break
+					}
 					return
 				}
-				h.sent(w, q.size)
 			}
 			if reset {
-				send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_RESET})
+				sendReset()
 				return
 			}
 			select {
@@ -161,38 +193,73 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 	return out
 }
 
-// sent takes an event of size bytes off w's backlog.
-func (h *watchHub) sent(w *watcher, size int64) {
-	h.mu.Lock()
+// isReset reports whether w was reset.
+func (h *watchHub) isReset(w *watcher) bool {
 	w.mu.Lock()
-	w.bytes -= size
-	h.bytes -= size
+	defer w.mu.Unlock()
+	return w.reset
+}
+
+// done takes q off w's backlog: sent, or dropped.
+func (h *watchHub) done(w *watcher, q *shared) {
+	w.mu.Lock()
+	w.bytes -= q.size
 	w.mu.Unlock()
-	h.mu.Unlock()
+	h.release(q)
+}
+
+// release drops one watcher's hold on q.
+func (h *watchHub) release(q *shared) {
+	if q.refs.Add(-1) == 0 {
+		h.bytes.Add(-q.size)
+	}
+}
+
+// resetLocked resets w: its queued backlog is dropped at once (the events
+// its sender has taken are dropped as it gets to them), and RESET goes
+// next. w.mu is held.
+func (h *watchHub) resetLocked(w *watcher) {
+	if w.reset {
+		return
+	}
+	w.reset = true
+	close(w.resetCh)
+	for _, q := range w.queue {
+		w.bytes -= q.size
+		h.release(q)
+	}
+	w.queue = nil
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (h *watchHub) remove(w *watcher) {
 	h.mu.Lock()
 	delete(h.watchers, w)
-	w.mu.Lock()
-	h.bytes -= w.bytes
-	w.bytes = 0
-	w.mu.Unlock()
 	h.mu.Unlock()
+	w.mu.Lock()
+	for _, q := range w.queue {
+		h.release(q)
+	}
+	w.queue, w.bytes = nil, 0
+	w.mu.Unlock()
 }
 
 func (h *watchHub) publish(events []fsm.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for i := range events {
+		h.last = max(h.last, events[i].Index)
+	}
 	if len(h.watchers) == 0 {
 		return
 	}
-	pes := make([]queued, 0, len(events)) // shared by the watchers: read only
+	pes := make([]*shared, len(events)) // nil: no event for watchers
 	for i := range events {
 		if pe := watchEvent(&events[i]); pe != nil {
-			pes = append(pes, queued{pe, int64(proto.Size(pe))})
-		} else {
-			pes = append(pes, queued{})
+			pes[i] = &shared{e: pe, size: int64(proto.Size(pe))}
 		}
 	}
 	for w := range h.watchers {
@@ -204,31 +271,54 @@ func (h *watchHub) publish(events []fsm.Event) {
 		added := false
 		for i := range events {
 			e, q := &events[i], pes[i]
-			if q.e == nil || e.Type == fsm.EventExtended && !w.extends {
+			if q == nil || e.Type == fsm.EventExtended && !w.extends {
 				continue
 			}
 			if e.Type != fsm.EventRestored && !strings.HasPrefix(e.Key, w.prefix) {
 				continue
 			}
-			if q.e.Type == pb.EventType_EVENT_TYPE_RESET || len(w.queue) >= maxWatchBacklog ||
-				w.bytes+q.size > maxWatchBacklogBytes || h.bytes+q.size > maxHubBacklogBytes {
-				w.reset = true
+			if q.e.Type == pb.EventType_EVENT_TYPE_RESET || len(w.queue) >= maxWatchBacklog || w.bytes+q.size > maxWatchBacklogBytes {
+				h.resetLocked(w)
 				break
+			}
+			if q.refs.Add(1) == 1 {
+				h.bytes.Add(q.size)
 			}
 			w.queue = append(w.queue, q)
 			w.bytes += q.size
-			h.bytes += q.size
 			added = true
 		}
-		reset := w.reset
 		w.mu.Unlock()
-		if added || reset {
+		if added {
 			select {
 			case w.wake <- struct{}{}:
 			default:
 			}
 		}
 	}
+	for h.bytes.Load() > maxHubBacklogBytes && h.resetLargestLocked() {
+	}
+}
+
+// resetLargestLocked resets the watcher with the largest backlog, and
+// reports whether there was one to reset. h.mu is held.
+func (h *watchHub) resetLargestLocked() bool {
+	var big *watcher
+	var most int64
+	for w := range h.watchers {
+		w.mu.Lock()
+		if !w.reset && w.bytes > most {
+			big, most = w, w.bytes
+		}
+		w.mu.Unlock()
+	}
+	if big == nil {
+		return false
+	}
+	big.mu.Lock()
+	h.resetLocked(big)
+	big.mu.Unlock()
+	return true
 }
 
 func (h *watchHub) close() {

@@ -590,3 +590,87 @@ func TestStalledWatcherIsResetByBytes(t *testing.T) {
 		}
 	}
 }
+
+// Watchers that stopped reading do not get others reset: the events they
+// hold are counted once however many hold them, and past the hub's bound
+// the largest backlogs are reset (and dropped), not whoever comes next.
+func TestStalledWatchersDoNotResetOthers(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1})
+	_, l := c.Leader()
+	stall, cancelStall := context.WithCancel(context.Background())
+	defer cancelStall()
+	for range 20 {
+		if _, err := l.Watch(stall, &pb.WatchRequest{Prefix: "s/"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	value := make([]byte, 60<<10)
+	for i := range 320 { // 19 MiB of events, held by 20 watchers
+		r := acq(fmt.Sprint("s/", i), "h", 1, time.Hour)
+		r.Value = value
+		mustGrant(t, l, r)
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		events, err := l.Watch(ctx, &pb.WatchRequest{Prefix: "other/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := acq(fmt.Sprint("other/", i), "h", 1, time.Hour)
+		r.Value = value
+		mustGrant(t, l, r)
+		select {
+		case e := <-events:
+			if e.GetType() != pb.EventType_EVENT_TYPE_GRANTED {
+				t.Fatalf("a watcher of another prefix, with nothing queued, got %v first", e.GetType())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+		cancel()
+	}
+}
+
+// A watch's initial listing, sent page by page to a slow reader, neither
+// repeats a lease granted meanwhile (its queued GRANTED event carries it)
+// nor states more time left than a lease has.
+func TestWatchListingOfASlowReader(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1})
+	_, l := c.Leader()
+	const ttl = 10 * time.Second
+	for i := range 200 {
+		mustGrant(t, l, acq(fmt.Sprintf("w/%03d", i), "h", 1, ttl))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := l.Watch(ctx, &pb.WatchRequest{Prefix: "w/", Initial: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is read yet: the listing waits after its first events.
+	mustGrant(t, l, acq("w/late", "h", 1, ttl))
+	mustGrant(t, l, acq("w/zzz-marker", "h", 1, ttl))
+	late := 0
+	for n := 0; ; n++ {
+		select {
+		case e := <-events:
+			if rem := e.GetLease().GetRemaining().AsDuration(); rem > ttl {
+				t.Fatalf("%s listed with %v left, TTL %v", e.GetLease().GetKey(), rem, ttl)
+			}
+			switch e.GetLease().GetKey() {
+			case "w/late":
+				late++
+			case "w/zzz-marker":
+				if late != 1 {
+					t.Fatalf("w/late sent %d times", late)
+				}
+				if n != 201 {
+					t.Fatalf("%d events before the marker, want the 200 listed and w/late", n)
+				}
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the stream stalled")
+		}
+	}
+}
