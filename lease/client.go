@@ -65,9 +65,30 @@ type Client struct {
 	acquires   sync.WaitGroup
 	closeDone  chan struct{} // closed when Close has finished; closeErr is its result
 	closeErr   error
-	bgWG       sync.WaitGroup // best-effort releases
+	bgWG       sync.WaitGroup // best-effort releases (background)
+	bgDone     bool           // under mu: Close is waiting for bgWG; no more may start
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc // Close gives up on best-effort releases
+}
+
+// background runs f on a goroutine Close waits for, unless Close has
+// begun waiting for them already (then f does not run, and it returns
+// false). Adding to bgWG while Close waits on it would be a misuse of the
+// WaitGroup: a failed Release, or a dropped Lease's cleanup, can race
+// Close.
+func (c *Client) background(f func()) bool {
+	c.mu.Lock()
+	if c.bgDone {
+		c.mu.Unlock()
+		return false
+	}
+	c.bgWG.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.bgWG.Done()
+		f()
+	}()
+	return true
 }
 
 // New returns a Client over b: an embedded *node.Node or any Backend.
@@ -670,9 +691,7 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	delete(c.held, h)
 	c.mu.Unlock()
 	if release {
-		c.bgWG.Add(1)
-		go func() {
-			defer c.bgWG.Done()
+		started := c.background(func() {
 			defer c.unguard(h)
 			// Wait until nobody can still be acting on the old validity.
 			if !ctxtime.Sleep(c.bgCtx, time.Until(wasValid)) {
@@ -681,7 +700,10 @@ func (c *Client) end(h *held, err error, release bool) bool {
 			ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
 			defer cancel()
 			c.releaseRecord(ctx, h)
-		}()
+		})
+		if !started {
+			c.unguard(h)
+		}
 	}
 	return true
 }
@@ -708,9 +730,7 @@ func (c *Client) unguard(h *held) {
 // failed to, retrying for up to one TTL (after that the record has
 // expired) or until Close.
 func (c *Client) releaseLater(h *held) {
-	c.bgWG.Add(1)
-	go func() {
-		defer c.bgWG.Done()
+	started := c.background(func() {
 		defer c.unguard(h)
 		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
 		defer cancel()
@@ -720,7 +740,10 @@ func (c *Client) releaseLater(h *held) {
 			h.unreleased = false
 		}
 		h.mu.Unlock()
-	}()
+	})
+	if !started {
+		c.unguard(h)
+	}
 }
 
 // releaseRecord deletes h's record in the cluster, retried by the retry
@@ -894,6 +917,9 @@ func (c *Client) Close(ctx context.Context) error {
 	close(c.stop)
 	c.loopWG.Wait()
 	c.bgCancel()
+	c.mu.Lock()
+	c.bgDone = true
+	c.mu.Unlock()
 	c.bgWG.Wait()
 	if c.closer != nil {
 		c.closer()

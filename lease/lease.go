@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -187,9 +188,12 @@ func (l *Lease) Release(ctx context.Context) error {
 	} else if err == nil {
 		l.c.unguard(h)
 	}
-	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("release %q: %w before the release reached the cluster; it goes on in the background for up to the TTL (%v)",
-			h.key, context.Cause(ctx), h.ttl)
+	if err != nil && ctx.Err() != nil && retry {
+		ended := ctx.Err()
+		if cause := context.Cause(ctx); cause != ended {
+			ended = fmt.Errorf("%w: %w", ended, cause)
+		}
+		return fmt.Errorf("%w (the context ended: %w); the release is retried in the background for up to its TTL (%v)", err, ended, h.ttl)
 	}
 	return err
 }
@@ -371,9 +375,13 @@ func firstChunk(leases []*held, maxItems int) []*held {
 
 // tooLarge reports whether the cluster refused a request for its size or
 // number of items (a node's --max-extend-items or --max-request-bytes set
-// below what this client sends).
+// below what this client sends), and for nothing else: other refusals
+// must not shrink the batches.
 func tooLarge(err error) bool {
-	return reasonOf(err) == pb.Reason_REASON_INVALID || connect.CodeOf(err) == connect.CodeResourceExhausted
+	if connect.CodeOf(err) == connect.CodeResourceExhausted {
+		return true // over --max-request-bytes
+	}
+	return reasonOf(err) == pb.Reason_REASON_INVALID && strings.Contains(err.Error(), "--max-extend-items")
 }
 
 // extend sends one batched Extend for leases (chunked if huge) and applies
@@ -414,6 +422,10 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			h := chunk[i]
 			if !r.GetOk() {
 				c.end(h, ErrLeaseLost, true)
+				// The cluster says it holds no such lease: no live record
+				// for a goroutine of this Client to renew ahead of
+				// others, so it need not wait for the release.
+				c.unguard(h)
 				continue
 			}
 			valid := c.validity(sent, h.ttl)

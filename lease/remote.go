@@ -211,6 +211,8 @@ func call[Req, Resp any, PResp interface {
 }](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var lastErr error
+	var tlsErr error // the last TLS mismatch
+	tlsOnly := true  // every address failed on one
 	tried := map[string]bool{}
 	// Each address at most once, plus the leaders that refusals point to
 	// (bounded: two nodes that name each other must not loop).
@@ -236,6 +238,19 @@ func call[Req, Resp any, PResp interface {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
 		}
+		if hint := r.tlsMismatch(err); hint != "" {
+			// Final only if every address says so: one node still on
+			// the old setup (a rolling switch to TLS) must not stop the
+			// call from reaching the others.
+			tlsErr = fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
+			lastErr = fmt.Errorf("%s: %s (%v)", addr, hint, err) // retryable while other addresses may answer
+			r.forget(addr)
+			if ctx.Err() != nil {
+				return nil, tlsErr
+			}
+			continue
+		}
+		tlsOnly = false
 		if d := detailOf(err); d != nil {
 			switch d.GetReason() {
 			case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
@@ -248,9 +263,6 @@ func call[Req, Resp any, PResp interface {
 				continue
 			}
 			return nil, err
-		}
-		if hint := r.tlsMismatch(err); hint != "" {
-			return nil, fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
 		}
 		if !wrote.Load() {
 			lastErr = &NotSentError{Addr: addr, Err: err}
@@ -268,6 +280,9 @@ func call[Req, Resp any, PResp interface {
 	}
 	if lastErr == nil {
 		lastErr = errors.New("no address to try")
+	}
+	if tlsOnly && tlsErr != nil {
+		return nil, tlsErr
 	}
 	return nil, &noLeaderError{err: lastErr}
 }
