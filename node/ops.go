@@ -412,10 +412,15 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (relea
 		add.bytes += int64(len(it.Key) + len(cmd.Holder) + len(cmd.Value))
 	}
 	add.bytes = max(add.bytes, 0)
-	lim, st := n.cfg.Limits, n.fsm.Stats()
-	r := &ls.reserved
+	lim, r := n.cfg.Limits, &ls.reserved
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// The state is read under the reservations' lock: read before it, it
+	// could miss an acquire that was applied, and its reservation
+	// returned, in between (seen beside two busy loops: 4 leases under
+	// MaxLeases 3). Applied before returned, so under the lock an acquire
+	// is counted at least once.
+	st := n.fsm.Stats()
 	leases, bytes := st.Held+st.Delayed+r.use.leases, st.Bytes+st.MarkBytes+r.use.bytes
 	switch {
 	case add.leases > 0 && leases+add.leases > lim.MaxLeases:
