@@ -99,13 +99,20 @@
 // waiter-outcome: a queued grant is settled when Raft resolves it, never
 // by whoever proposed it; a waiter that leaves while its grant is in
 // flight answers ErrUnknownOutcome, and the leader that proposed any
-// acquire whose outcome it could not report learns that outcome when Raft
-// resolves the proposal and withdraws a fresh grant the proposal made
+// acquire whose caller left before its outcome was known learns that
+// outcome when Raft resolves the proposal and withdraws a fresh grant the
+// proposal made
 // (withdraw: an fsm Cancel naming the proposal's epoch and index, through
 // whoever leads), so a grant nobody heard of never blocks a key for its
 // TTL, and a grant of the same request made by another entry (in a later
 // epoch, or earlier in the same one: a copy of an answered request that
-// reaches the leader late, its caller gone) is never released by it. A retry of a request while an attempt of it
+// reaches the leader late, its caller gone) is never released by it. A
+// caller still there when leadership ends with its entry in flight is told
+// ErrUnknownOutcome and settles it (a retry takes the grant, an Abandon
+// releases it): a withdrawal racing its retry released the grant into a
+// lock-delay that no answer explained (a campaign on 025a9b7,
+// jepsen/testdata/linearizable.bad.lock-delay-of-a-withdrawn-waiter-grant.jsonl).
+// A retry of a request while an attempt of it
 // still waits at the leader is answered with the request's outcome: the
 // waiting attempt leaves the queue, or is settled if in flight, before
 // the retry is judged, so a refusal is never followed by a grant of the

@@ -678,6 +678,15 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		resp, err := p.wait(ctx, n)
 		if err != nil {
 			lost = true
+			if ctx.Err() == nil {
+				// Leadership ended with the entry in flight, and the
+				// caller is here to be told: it settles the outcome
+				// (a retry with the same id takes the grant, an Abandon
+				// releases it). A withdrawal racing that retry released
+				// the grant into its lock-delay, which no answer
+				// explained (as for waiters; see failAll).
+				p = nil
+			}
 			return nil, n.lostOutcome(ls, req, p, err, release)
 		}
 		res := resp.Results[0]
@@ -718,7 +727,8 @@ func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error
 
 // lostOutcome settles an acquire this leader proposed (p) whose caller
 // left before its outcome was known (err is ErrUnknownOutcome), and
-// returns err. The outcome is learnt in the background, when Raft resolves
+// returns err. (p is nil when the caller is still there to be told: it
+// settles the outcome itself, protocol rule 7.) The outcome is learnt in the background, when Raft resolves
 // p. Only a fresh grant made by p is withdrawn: if p turned out to be a
 // retry of the request (an earlier entry had granted it, and another
 // attempt may have been answered with that grant), or a refusal, there is

@@ -477,8 +477,8 @@ func (q *waitQueues) drop(key string, kq *keyQueue) {
 // failAll answers every waiter with err and refuses new ones; called when
 // leadership ends. Waiters are told the outcome is retryable (not leader),
 // except one whose proposal is in flight: its grant may still commit
-// (under the next leader too), so it gets ErrUnknownOutcome and the node
-// that took the request withdraws it.
+// (under the next leader too), so it gets ErrUnknownOutcome, for its
+// client to settle (protocol rule 7).
 func (q *waitQueues) failAll(err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -496,10 +496,12 @@ func (q *waitQueues) failAll(err error) {
 			}
 			r := waitResult{err: err}
 			if w.inflight != nil {
+				// Not withdrawn: its caller is here to be told, and
+				// settles it (a retry with the same id takes the grant,
+				// an Abandon releases it). A withdrawal racing that
+				// retry released the grant into its lock-delay, a state
+				// no answer explained (a campaign on 025a9b7).
 				r.err = errors.Join(ErrUnknownOutcome, err)
-				if w.inflight.done != nil { // not a reservation of pumpLocked's
-					r.lost = w.inflight
-				}
 			}
 			select {
 			case w.done <- r:
