@@ -659,13 +659,14 @@ func (c *Client) wake() {
 
 // end stops keeping h: its validity ends now (ValidUntil never again
 // returns a later time), Done closes, the context is cancelled with err,
-// and (if release) the record is deleted in the background. The local
-// guards stay locked until the record is released or given up on
-// (unguard): a waiter of this same Client that went first would renew the
-// record, still live in the cluster, ahead of other clients queued for it
-// (invariant fifo-no-barging; dynamodb-lease lets it, and a client that
-// releases and re-acquires in a loop then starves everyone else).
-// Returns false if h had ended already.
+// and (if release: the lease was lost or dropped) the local guards open
+// and the record is deleted in the background. Release keeps the guards
+// until its own delete was answered (unguard): a waiter of this same
+// Client that went first would renew the record, still live in the
+// cluster, ahead of other clients queued for it (invariant
+// fifo-no-barging; dynamodb-lease lets it, and a client that releases and
+// re-acquires in a loop then starves everyone else). Returns false if h
+// had ended already.
 //
 // Invariant client-validity: a background release (release set) is sent
 // no earlier than the ValidUntil that was in force before end, because
@@ -691,8 +692,13 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	delete(c.held, h)
 	c.mu.Unlock()
 	if release {
+		// A lease lost or dropped frees its guards now: a release in the
+		// background may take long (a paused leader), and meanwhile a
+		// TryAcquire of this Client would be refused "held" by its own
+		// guard with the key free (a CI campaign's linearizability check
+		// caught that).
+		c.unguard(h)
 		started := c.background(func() {
-			defer c.unguard(h)
 			// Wait until nobody can still be acting on the old validity.
 			if !ctxtime.Sleep(c.bgCtx, time.Until(wasValid)) {
 				return
@@ -701,9 +707,7 @@ func (c *Client) end(h *held, err error, release bool) bool {
 			defer cancel()
 			c.releaseRecord(ctx, h)
 		})
-		if !started {
-			c.unguard(h)
-		}
+		_ = started // Close releases nothing more; the record expires by its TTL
 	}
 	return true
 }
@@ -730,8 +734,7 @@ func (c *Client) unguard(h *held) {
 // failed to, retrying for up to one TTL (after that the record has
 // expired) or until Close.
 func (c *Client) releaseLater(h *held) {
-	started := c.background(func() {
-		defer c.unguard(h)
+	c.background(func() {
 		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
 		defer cancel()
 		err := c.releaseRecord(ctx, h)
@@ -741,9 +744,6 @@ func (c *Client) releaseLater(h *held) {
 		}
 		h.mu.Unlock()
 	})
-	if !started {
-		c.unguard(h)
-	}
 }
 
 // releaseRecord deletes h's record in the cluster, retried by the retry

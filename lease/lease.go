@@ -183,10 +183,14 @@ func (l *Lease) Release(ctx context.Context) error {
 	retry := err != nil && !h.unreleased
 	h.unreleased = err != nil
 	h.mu.Unlock()
+	// The guards open once the release was answered, or failed: a
+	// goroutine of this Client waiting for the key then queues behind
+	// other clients' waiters instead of renewing the live record. (Held
+	// any longer, a TryAcquire of this Client would be refused "held" by
+	// its own guard while the key may be free.)
+	l.c.unguard(h)
 	if retry {
 		l.c.releaseLater(h)
-	} else if err == nil {
-		l.c.unguard(h)
 	}
 	if err != nil && ctx.Err() != nil && retry {
 		ended := ctx.Err()
@@ -422,10 +426,6 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			h := chunk[i]
 			if !r.GetOk() {
 				c.end(h, ErrLeaseLost, true)
-				// The cluster says it holds no such lease: no live record
-				// for a goroutine of this Client to renew ahead of
-				// others, so it need not wait for the release.
-				c.unguard(h)
 				continue
 			}
 			valid := c.validity(sent, h.ttl)
