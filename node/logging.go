@@ -3,10 +3,12 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -62,8 +64,14 @@ func levelOf(l hclog.Level) slog.Level {
 
 // Log implements hclog.Logger. Arguments are hclog's key-value pairs; an
 // odd one out is kept under "extra" rather than dropped.
+// A warning or error about a connection this node closed itself (a read
+// that ends with net.ErrClosed: Raft's transport logs one per open
+// connection when the node shuts down) is logged at Debug.
 func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 	lv := levelOf(level)
+	if lv >= slog.LevelWarn && closedByUs(args) {
+		lv = slog.LevelDebug
+	}
 	if !a.l.Enabled(context.Background(), lv) {
 		return
 	}
@@ -93,6 +101,17 @@ func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 		}
 	}
 	a.l.LogAttrs(context.Background(), lv, msg, attrs...)
+}
+
+// closedByUs reports whether one of hclog's arguments is an error that
+// says the connection was closed on this side.
+func closedByUs(args []any) bool {
+	for _, v := range args {
+		if err, ok := v.(error); ok && errors.Is(err, net.ErrClosed) {
+			return true
+		}
+	}
+	return false
 }
 
 // hcValue renders hclog's formatting helpers (hclog.Fmt, Hex, Octal,

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,5 +89,23 @@ func TestLogFloodIsLimited(t *testing.T) {
 		if got := strings.Count(out, want); got != n {
 			t.Errorf("%d lines with %q, want %d:\n%.2000s", got, want, n, out)
 		}
+	}
+}
+
+// A read on a connection this node closed (what Raft's transport logs for
+// every open connection at a graceful shutdown) is not an error; another
+// connection error still is.
+func TestLogClosedByUsIsDebug(t *testing.T) {
+	var buf bytes.Buffer
+	h := hclogFor(slog.New(slog.NewTextHandler(&buf, nil)), "raft-net")
+	closed := &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+	h.Error("failed to decode incoming command", "error", closed)
+	h.Warn("failed to decode incoming command", "error", fmt.Errorf("conn: %w", closed))
+	if buf.Len() != 0 {
+		t.Errorf("a connection closed by this node is logged above Debug:\n%s", buf.String())
+	}
+	h.Error("failed to decode incoming command", "error", &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET})
+	if !strings.Contains(buf.String(), "level=ERROR") {
+		t.Errorf("a reset connection is not logged as an error: %q", buf.String())
 	}
 }
