@@ -18,8 +18,10 @@
 //
 // A key is exclusive by default: one holder at a time. Three more shapes
 // keep every rule of an exclusive lease (one clock, fencing tokens, FIFO
-// handoff at the leader, batched extends, lock-delay, survival across
-// failover):
+// handoff at the leader, batched extends, lock-delay, held leases that
+// survive a failover). The wait queue is the leader's memory: after a
+// leader change, waiters queue again at the new leader in the order their
+// retries arrive.
 //
 //	l, err := client.Acquire(ctx, "pool/gpu", lease.Semaphore(4)) // one of 4 slots
 //	l, err := client.Acquire(ctx, "config", lease.Shared())       // a reader
