@@ -106,7 +106,7 @@ func New(opts Options) *Metrics {
 			Help: "Times this node observed a new Raft leader."}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "api_request_duration_seconds",
-			Help:    "Client API request latency on this node, by method (Acquire includes time queued for a held key).",
+			Help:    "Client API request latency on this node, by method (\"other\": a path that is none) and HTTP status, refusals of the auth token (401), size (413) and Content-Type (415) included (Acquire includes time queued for a held key).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"method", "code"}),
 		descLeases:      desc("leases", "Keys held by a holder."),
@@ -325,15 +325,29 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(rw, r)
-		method := r.URL.Path
-		for i := len(method) - 1; i >= 0; i-- {
-			if method[i] == '/' {
-				method = method[i+1:]
-				break
-			}
-		}
-		m.requests.WithLabelValues(method, strconv.Itoa(rw.code)).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(methodOf(r.URL.Path), strconv.Itoa(rw.code)).Observe(time.Since(start).Seconds())
 	})
+}
+
+// methods are the client API's procedures by path: the only values of the
+// method label besides "other", so that requests for made-up paths (404)
+// cannot add series without end.
+var methods = func() map[string]string {
+	m := map[string]string{}
+	svc := pb.File_leasenode_proto.Services().ByName("LeaseService")
+	for i := range svc.Methods().Len() {
+		name := string(svc.Methods().Get(i).Name())
+		m["/"+LeaseServiceName+"/"+name] = name
+	}
+	return m
+}()
+
+// methodOf returns the method label of a request for path.
+func methodOf(path string) string {
+	if name, ok := methods[path]; ok {
+		return name
+	}
+	return "other"
 }
 
 // statusWriter records the status code; it passes Flush through so that

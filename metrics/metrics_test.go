@@ -133,3 +133,68 @@ func TestUnattached(t *testing.T) {
 		t.Errorf("/metrics has no leasenode_build_info: %d\n%s", code, body)
 	}
 }
+
+// The method label takes the API's procedure names and "other" only, so
+// requests for made-up paths cannot add series without end; and the
+// middleware, outside the node's checks, counts their refusals by status.
+func TestRequestLabelsAreBounded(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "secret"
+		cfg.HTTPHandlers = m.Handlers()
+		cfg.APIMiddleware = m.Middleware
+	}})
+	addr := c.Config(0).APIAddr
+	post := func(path, token string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := range 200 {
+		post(fmt.Sprintf("/%s/Made%d", metrics.LeaseServiceName, i), "secret")
+	}
+	if code := post("/"+metrics.LeaseServiceName+"/Status", "wrong"); code != http.StatusUnauthorized {
+		t.Fatalf("a wrong token: %d", code)
+	}
+	if code := post("/"+metrics.LeaseServiceName+"/Status", "secret"); code != http.StatusOK {
+		t.Fatalf("Status: %d", code)
+	}
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string]bool{}
+	for _, f := range families {
+		if f.GetName() != "leasenode_api_request_duration_seconds" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			var method, code string
+			for _, l := range s.GetLabel() {
+				switch l.GetName() {
+				case "method":
+					method = l.GetValue()
+				case "code":
+					code = l.GetValue()
+				}
+			}
+			series[method+" "+code] = true
+		}
+	}
+	for _, want := range []string{"other 404", "Status 401", "Status 200"} {
+		if !series[want] {
+			t.Errorf("no series %q in %v", want, series)
+		}
+	}
+	if len(series) != 3 {
+		t.Errorf("%d series, want 3: %v", len(series), series)
+	}
+}

@@ -104,10 +104,11 @@ func (n *Node) MountAPI(mux *http.ServeMux) {
 			func() connect.Compressor { return gzip.NewWriter(io.Discard) }),
 	}
 	path, h := pbconnect.NewLeaseServiceHandler(&apiServer{n: n}, opts...)
+	h = n.guard(h)
 	if n.cfg.APIMiddleware != nil {
-		h = n.cfg.APIMiddleware(h)
+		h = n.cfg.APIMiddleware(h) // sees the guard's refusals too
 	}
-	mux.Handle(path, n.guard(h))
+	mux.Handle(path, h)
 	mux.Handle("GET "+BackupPath, n.guard(http.HandlerFunc(n.serveBackup)))
 }
 

@@ -219,7 +219,8 @@ type Config struct {
 	// runs. Ignored without APIAddr.
 	EnablePprof bool
 	// APIMiddleware, if set, wraps the client protocol handlers (metrics,
-	// tracing, access logs).
+	// tracing, access logs), outside the auth token and size checks, so
+	// that it sees their refusals too.
 	APIMiddleware func(http.Handler) http.Handler
 
 	// Testing holds settings for tests and the chaos harness only; nil in
