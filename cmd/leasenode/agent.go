@@ -178,6 +178,12 @@ func (a *agentFlags) config() (node.Config, error) {
 	if a.dataDir == "" {
 		return cfg, usagef("--data-dir is required (or %s): where this node keeps its Raft log", envName("data-dir"))
 	}
+	for name := range secretFlags {
+		if f := a.fs.Lookup(name); f != nil && f.Value.String() == redacted {
+			return cfg, usagef("--%s is %q (from the %s), the placeholder --print-config prints instead of the secret: put the real one in its place",
+				name, redacted, source(f))
+		}
+	}
 	var unsafe []string
 	for _, name := range a.unsafeNames {
 		if a.isSet(name) {

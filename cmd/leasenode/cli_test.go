@@ -162,6 +162,12 @@ insecure = false
 	if strings.Contains(out, "s3cret") {
 		t.Errorf("print-config shows the secret:\n%s", out)
 	}
+	// Loaded back as it is, the placeholder is refused, not taken as the
+	// token.
+	write(out)
+	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 2 || !strings.Contains(errOut, "placeholder") {
+		t.Errorf("print-config output with its redacted token as a config file: %d %s", code, errOut)
+	}
 	// What --print-config prints is itself a valid config file.
 	write(strings.ReplaceAll(out, `auth-token = "<redacted>"`, `auth-token = ""`))
 	if code, _, errOut := run1(t, nil, "agent", "--config", file, "--print-config"); code != 0 {

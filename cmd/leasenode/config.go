@@ -31,6 +31,11 @@ import (
 // secretFlags hold secrets: --print-config shows them redacted.
 var secretFlags = map[string]bool{"cluster-key": true, "gossip-key": true, "auth-token": true}
 
+// redacted is what --print-config prints in place of a secret. An agent
+// refuses it as a value, so that its output loaded back as a config file
+// fails loudly instead of running with "<redacted>" as the token or key.
+const redacted = "<redacted>"
+
 // loadConfigFile sets every flag of fs not already set (by a flag or the
 // environment) from the TOML file at path. Keys in skip may not appear in
 // a file (--config itself).
@@ -153,7 +158,7 @@ func printEffectiveConfig(w io.Writer, fs *pflag.FlagSet, notes map[string]strin
 		}
 		line := f.Name + " = " + tomlLiteral(f)
 		if secretFlags[f.Name] && f.Value.String() != "" {
-			line = f.Name + ` = "<redacted>"`
+			line = f.Name + ` = "` + redacted + `"`
 		}
 		rows = append(rows, row{line, src})
 		width = max(width, len(line))
