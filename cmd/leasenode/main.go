@@ -260,7 +260,15 @@ func (s *signals) cancelOn(ctx context.Context) (context.Context, func()) {
 // interrupted is the cause of a context cancelled by a signal.
 type interrupted struct{ sig os.Signal }
 
-func (i *interrupted) Error() string { return "interrupted by " + i.sig.String() }
+func (i *interrupted) Error() string {
+	switch i.sig {
+	case os.Interrupt:
+		return "interrupted (SIGINT)"
+	case syscall.SIGTERM:
+		return "interrupted (SIGTERM)"
+	}
+	return "interrupted by " + i.sig.String()
+}
 
 // code is 128 + the signal number: 130 for SIGINT, 143 for SIGTERM.
 func (i *interrupted) code() int {
