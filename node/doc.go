@@ -77,9 +77,10 @@
 // in-flight one that can share the key with it (readers, semaphore slots)
 // are proposed at once, and a queued exclusive waiter stops every newer
 // waiter behind it (no writer starvation); see waitQueues. A newcomer that
-// finds waiters is queued (or, not waiting, refused) too; only a holder's
-// retry or renewal of keys it holds, every one of them, skips the queue
-// (TestOwnKeyDoesNotCarryASetPastWaiters).
+// finds waiters is queued (or, not waiting, refused) too, a new request of
+// a key's own holder included; only a retry of the request that started
+// the holder's holding of every key it names skips the queue
+// (TestOwnKeyDoesNotCarryASetPastWaiters, TestHolderQueuesBehindWaiters).
 //
 // state-quota: the leader admits an acquire only if the state, plus what
 // it admitted and has not applied yet (proposals in flight, queued

@@ -643,12 +643,16 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		return nil, err
 	}
 	items := cmd.Items()
-	// A holder renewing or retrying its own holding of every key does not
-	// queue behind anyone. A set that adds a key it does not hold queues
-	// like any newcomer: it must not barge ahead of that key's waiters.
+	// A retry of the request that started the holder's holding of every
+	// key does not queue behind anyone: it is the same grant. A new request
+	// of the holder (a new id) queues like any newcomer, although the
+	// holder's live holding would not stop it: else a client whose release
+	// failed, or whose lease it lost or dropped, could take the key again
+	// ahead of the clients queued for it, and again. A set that adds a key
+	// it does not hold queues too.
 	ownAll := func() bool {
 		for _, it := range items {
-			if n.ownHolding(ls, it.Key, cmd.Holder) == nil {
+			if own := n.ownHolding(ls, it.Key, cmd.Holder); own == nil || own.ReqID != cmd.ReqID {
 				return false
 			}
 		}

@@ -401,13 +401,68 @@ func TestOwnKeyDoesNotCarryASetPastWaiters(t *testing.T) {
 	if got := holders(t, l, "x"); len(got) != 1 || got[0] != "r1" {
 		t.Fatalf("x held by %v, want r1 alone", got)
 	}
-	// The holder renewing the key it holds still skips the queue.
+	// The holder's retry of the grant of the key it holds still skips the
+	// queue.
 	if r, err := l.Acquire(ctxT(t, 10*time.Second), acq("k", "h", 1, time.Minute)); err != nil || !r.Granted {
-		t.Fatalf("renewal of its own key: %v %v", r, err)
+		t.Fatalf("retry of its own grant: %v %v", r, err)
 	}
 	select {
 	case err := <-writer:
 		t.Fatalf("the writer's wait ended early: %v", err)
 	default:
+	}
+}
+
+// fifo-no-barging holds against a key's own holder: a new request of the
+// holder (a new id: its release failed, say, or it lost its lease while
+// the record lived on) queues behind the clients already waiting, or is
+// refused if it does not wait; only a retry of its grant's request skips
+// the queue.
+func TestHolderQueuesBehindWaiters(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	first := mustGrant(t, l, acq("k", "a", 1, time.Minute))
+	type got struct {
+		who  string
+		resp *pb.AcquireResponse
+		err  error
+	}
+	grants := make(chan got, 2)
+	wait := func(holder string, id uint64) {
+		r := acq("k", holder, id, time.Minute)
+		r.Wait = true
+		resp, err := l.Acquire(ctxT(t, 30*time.Second), r)
+		grants <- got{holder, resp, err}
+	}
+	go wait("b", 1)
+	waitN(t, l, 1)
+	if r, err := l.Acquire(ctxT(t, 10*time.Second), acq("k", "a", 2, time.Minute)); err != nil || r.Granted {
+		t.Fatalf("the holder's new request, not waiting, with b queued: %v %v; want refused", r, err)
+	}
+	if r, err := l.Acquire(ctxT(t, 10*time.Second), acq("k", "a", 1, time.Minute)); err != nil || !r.Granted || r.Token != first.Token {
+		t.Fatalf("the holder's retry of its grant: %v %v; want token %d", r, err, first.Token)
+	}
+	go wait("a", 3)
+	waitN(t, l, 2)
+	if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "k", Holder: "a", Token: first.Token}); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for range 2 {
+		select {
+		case g := <-grants:
+			if g.err != nil || !g.resp.Granted {
+				t.Fatalf("%s: %v %v", g.who, g.resp, g.err)
+			}
+			order = append(order, g.who)
+			if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "k", Holder: g.who, Token: g.resp.Token}); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("granted so far: %v", order)
+		}
+	}
+	if order[0] != "b" || order[1] != "a" {
+		t.Fatalf("granted in the order %v, want b (queued first), then a", order)
 	}
 }
