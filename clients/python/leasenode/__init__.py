@@ -663,7 +663,9 @@ class Client:
         with self._lock:
             if key in self._held:
                 raise HeldError(key, self.holder, self._held[key].remaining(), "this client already holds %r" % key)
-        ttl = float(ttl or self.ttl)
+        ttl = self.ttl if ttl is None else float(ttl)
+        if ttl <= 0:
+            raise InvalidError("acquire %r: ttl %r must be > 0" % (key, ttl))
         if isinstance(value, str):
             value = value.encode()
         req = {"key": key, "holder": self.holder, "requestId": str(self._next_id()), "ttl": _dur(ttl)}

@@ -344,6 +344,9 @@ class ClientTest(unittest.TestCase):
             c.try_acquire("")
         with self.assertRaises(leasenode.InvalidError):
             c.try_acquire(PREFIX + "bad-ttl", ttl=0.000001)
+        for bad in (0, -1):  # not "the client's default TTL"
+            with self.assertRaises(leasenode.InvalidError):
+                c.try_acquire(PREFIX + "bad-ttl", ttl=bad)
         for l in ls:
             l.release()
 
