@@ -238,6 +238,9 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	} else if ao.shared || ao.slotsSet {
 		return nil, fmt.Errorf("acquire: %w: Shared and Semaphore options are for one key; set them per Item of a set", ErrInvalid)
 	}
+	if ao.ttl <= 0 {
+		return nil, fmt.Errorf("acquire: %w: TTL %v must be > 0", ErrInvalid, ao.ttl)
+	}
 	if err := c.opts.fits(ao.ttl); err != nil {
 		return nil, fmt.Errorf("acquire: %w", err)
 	}

@@ -132,6 +132,8 @@ func TestClientRefusesBadInput(t *testing.T) {
 			"list":    func() error { _, err := a.List(ctx, "bad\xff"); return err },
 			"check":   func() error { _, err := a.CheckToken(ctx, "bad\xff", 1); return err },
 			"watch":   func() error { _, err := a.Watch(ctx, "bad\xff"); return err },
+			"ttl 0":   func() error { _, err := a.TryAcquire(ctx, "k", lease.TTL(0)); return err },
+			"ttl -1":  func() error { _, err := a.TryAcquire(ctx, "k", lease.TTL(-time.Second)); return err },
 			"ttl < extend interval": func() error {
 				c, _ := e.newClient(t, lease.WithExtendInterval(time.Second))
 				_, err := c.TryAcquire(ctx, "k", lease.TTL(time.Second))
