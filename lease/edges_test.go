@@ -718,3 +718,23 @@ func TestOtherRefusalsDoNotShrinkExtends(t *testing.T) {
 		}
 	}
 }
+
+// With its quorum lost, the node left answers why there is no leader
+// while the others refuse connections: the error says the answer, not
+// the last refusal.
+func TestNoQuorumErrorSaysWhy(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true})
+	addrs := []string{c.Config(0).APIAddr, c.Config(1).APIAddr, c.Config(2).APIAddr}
+	a, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithRetryTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	c.Kill(1)
+	c.Kill(2)
+	_, err = a.TryAcquire(ctxT(t, 20*time.Second), "k")
+	// Unknown when an attempt went through n0 to the killed leader.
+	if !(errors.Is(err, lease.ErrNoLeader) || errors.Is(err, lease.ErrUnknownOutcome)) || !strings.Contains(err.Error(), "no leader: node n0") {
+		t.Fatalf("TryAcquire with 1 of 3 nodes up: %v; want the live node's answer", err)
+	}
+}

@@ -211,6 +211,7 @@ func call[Req, Resp any, PResp interface {
 }](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var lastErr error
+	var answer error // the last refusal a node explained (no leader: why)
 	var tlsErr error // the last TLS mismatch
 	tlsOnly := true  // every address failed on one
 	tried := map[string]bool{}
@@ -255,7 +256,7 @@ func call[Req, Resp any, PResp interface {
 			switch d.GetReason() {
 			case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
 				// Refused before anything was applied.
-				lastErr = err
+				lastErr, answer = err, err
 				r.redirect(addr, d.GetLeaderAddr(), tried)
 				if ctx.Err() != nil {
 					return nil, err
@@ -283,6 +284,12 @@ func call[Req, Resp any, PResp interface {
 	}
 	if tlsOnly && tlsErr != nil {
 		return nil, tlsErr
+	}
+	if answer != nil {
+		// A node that said why there is no leader (an election in
+		// progress, no quorum) tells more than one that refused the
+		// connection after it.
+		lastErr = answer
 	}
 	return nil, &noLeaderError{err: lastErr}
 }

@@ -98,11 +98,15 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
 	var streak time.Time // start of the current run of failures
 	sawUnknown := false
+	var answer error // the last failure a node explained, in this streak
 	for {
 		began := time.Now()
 		err := f(ctx)
 		if err == nil {
 			return nil
+		}
+		if reasonOf(err) != pb.Reason_REASON_UNSPECIFIED {
+			answer = err
 		}
 		kind := classifyAttempt(err)
 		switch {
@@ -117,6 +121,9 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 		}
 		giveUp := func(cause error) error {
 			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Cause: cause, Last: err}
+			if answer != err {
+				ge.Answer = answer
+			}
 			if sawUnknown {
 				ge.Sentinel = ErrUnknownOutcome
 			}
@@ -149,6 +156,11 @@ type GiveUpError struct {
 	After    time.Duration // how long the failures lasted
 	Cause    error         // nil when the retry timeout ran out
 	Last     error
+	// Answer is the last failure a node explained (no leader: an election
+	// in progress, say), if the last attempt's was not one: a node that
+	// does not answer at all (connection refused) says less than one that
+	// does, so the message leads with the answer.
+	Answer error
 }
 
 func (e *GiveUpError) Error() string {
@@ -156,7 +168,11 @@ func (e *GiveUpError) Error() string {
 	if e.Cause != nil {
 		why = e.Cause.Error()
 	}
-	return fmt.Sprintf("%v (gave up after %v: %s): %s", e.Sentinel, e.After.Round(time.Millisecond), why, describe(e.Last))
+	last := describe(e.Last)
+	if e.Answer != nil {
+		last = describe(e.Answer) + " (last attempt: " + last + ")"
+	}
+	return fmt.Sprintf("%v (gave up after %v: %s): %s", e.Sentinel, e.After.Round(time.Millisecond), why, last)
 }
 
 // Unwrap lets errors.Is match the sentinel, the cause and the last error.

@@ -41,6 +41,8 @@ func hintFor(err error) string {
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
+	case code == exitUnreachable && reasonOf(err) == pb.Reason_REASON_NO_LEADER:
+		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum; `leasenode status` shows every node"
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:

@@ -1,0 +1,45 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// explained is a failure a node gave a reason for.
+type explained struct{ msg string }
+
+func (e explained) Error() string     { return e.msg }
+func (e explained) Reason() pb.Reason { return pb.Reason_REASON_NO_LEADER }
+
+// With a quorum lost, the one node left answers "no leader" while the dead
+// ones refuse connections: giving up, the message leads with the answer,
+// whichever address the last attempt tried.
+func TestGiveUpLeadsWithANodesAnswer(t *testing.T) {
+	p := RetryPolicy{Timeout: 50 * time.Millisecond, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	refused := &NotSentError{Addr: "127.0.0.1:7412", Err: syscall.ECONNREFUSED}
+	i := 0
+	err := p.Do(context.Background(), true, func(context.Context) error {
+		i++
+		if i%3 == 1 {
+			return explained{"no leader: election in progress (candidate, term 6)"}
+		}
+		return refused
+	})
+	var ge *GiveUpError
+	if !errors.As(err, &ge) || !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("gave up with %v", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "election in progress") || !strings.Contains(msg, "last attempt") {
+		t.Errorf("the message lacks the node's answer: %s", msg)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("the last attempt's error is not kept: %v", err)
+	}
+}
