@@ -543,6 +543,11 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			break
 		}
 	}
+	// Some node that answered has Raft state (a term, a committed entry).
+	bootstrapped := false
+	for _, r := range rows {
+		bootstrapped = bootstrapped || r.Error == "" && (r.Term > 0 || r.Commit > 0)
+	}
 	if cf.json() {
 		printJSON(rows)
 	} else {
@@ -599,6 +604,9 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			shown := id
 			if shown == "" {
 				shown = "(none: made by a version without cluster ids)"
+				if !bootstrapped {
+					shown = "(none yet: not bootstrapped)"
+				}
 			}
 			if len(ids) == 1 {
 				fmt.Printf("cluster %s\n", shown)
@@ -608,6 +616,9 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		}
 	}
 	if !leaderKnown {
+		if !bootstrapped {
+			return &exitError{code: exitUnreachable, msg: "no node knows a leader: the cluster has not bootstrapped yet (its agents wait for --bootstrap-expect nodes to see each other through --join; their logs say how many they see)"}
+		}
 		return &exitError{code: exitUnreachable, msg: "no node knows a leader (election in progress, or no quorum)"}
 	}
 	return nil
