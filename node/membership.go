@@ -355,7 +355,7 @@ func (n *Node) startGossip(ctx context.Context) error {
 	}
 	if len(cfg.Join) > 0 {
 		if _, err := ml.Join(cfg.Join); err != nil {
-			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err)
+			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err, "hint", joinHint(err))
 		}
 	}
 	if who := d.conflict.Load(); who != nil {
@@ -364,6 +364,22 @@ func (n *Node) startGossip(ctx context.Context) error {
 	}
 	n.ml = ml
 	return nil
+}
+
+// joinHint says what a failed join's error most likely means, in the
+// agent's terms rather than memberlist's.
+func joinHint(err error) string {
+	msg := strings.ToLower(err.Error())
+	switch {
+	case strings.Contains(msg, "no installed keys could decrypt"), strings.Contains(msg, "encryption is not configured"),
+		strings.Contains(msg, "remote state is encrypted"), strings.Contains(msg, "remote state is not encrypted"):
+		return "the seeds use another gossip key: give every agent the same --cluster-key (or --gossip-key), or none on all"
+	case strings.Contains(msg, "invalid msgtype (72)"), strings.Contains(msg, "invalid msgtype (80)"):
+		return "a seed answered HTTP: --join takes the agents' gossip addresses (their --gossip, port 7401 by default), not their --api"
+	case strings.Contains(msg, "connection refused"):
+		return "nothing listens there yet: the seeds' agents may not have started; this node keeps trying"
+	}
+	return "--join takes the agents' gossip addresses (their --gossip)"
 }
 
 // meta is what this node publishes about itself in gossip.
