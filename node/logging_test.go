@@ -114,8 +114,8 @@ func TestLogClosedByUsIsDebug(t *testing.T) {
 func TestJoinHint(t *testing.T) {
 	for msg, want := range map[string]string{
 		"1 error occurred:\n\t* Failed to join 127.0.0.1:7401: No installed keys could decrypt the message": "--cluster-key",
-		"Failed to join 127.0.0.1:7402: received invalid msgType (72), expected pushPullMsg (6)":         "not their --api",
-		"Failed to join 127.0.0.1:7401: dial tcp 127.0.0.1:7401: connect: connection refused":            "may not have started",
+		"Failed to join 127.0.0.1:7402: received invalid msgType (72), expected pushPullMsg (6)":            "not their --api",
+		"Failed to join 127.0.0.1:7401: dial tcp 127.0.0.1:7401: connect: connection refused":               "may not have started",
 	} {
 		if got := joinHint(fmt.Errorf("%s", msg)); !strings.Contains(got, want) {
 			t.Errorf("hint for %q: %q, want %q in it", msg, got, want)
