@@ -292,8 +292,14 @@ func TestLivenessCheckLeavesWaitsAlone(t *testing.T) {
 	}
 }
 
-// The check is off with a zero timeout, and a negative one is refused.
+// The check is off with a zero timeout, and a negative one is refused, as
+// is an address that is not host:port (a scheme, say).
 func TestPeerTimeoutOption(t *testing.T) {
+	for _, addr := range []string{"http://127.0.0.1:7402", "127.0.0.1"} {
+		if _, err := lease.NewRemote([]string{addr}); !errors.Is(err, lease.ErrInvalid) || !strings.Contains(err.Error(), "host:port") {
+			t.Errorf("NewRemote(%q): %v, want ErrInvalid saying host:port", addr, err)
+		}
+	}
 	if _, err := lease.NewRemote([]string{"127.0.0.1:1"}, lease.WithPeerTimeout(-time.Second)); !errors.Is(err, lease.ErrInvalid) {
 		t.Fatalf("negative peer timeout: %v, want ErrInvalid", err)
 	}

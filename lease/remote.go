@@ -89,8 +89,11 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 		return nil, fmt.Errorf("%w: no addresses to dial", ErrInvalid)
 	}
 	for _, a := range addrs {
+		if strings.Contains(a, "://") {
+			return nil, fmt.Errorf("%w: address %q: give host:port, without a scheme (TLS is set apart: WithTLS, the CLI's --tls-ca)", ErrInvalid, a)
+		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("%w: address %q: %v", ErrInvalid, a, err)
+			return nil, fmt.Errorf("%w: address %q: %v (want host:port, as 127.0.0.1:7402)", ErrInvalid, a, err)
 		}
 	}
 	tr := &http.Transport{
