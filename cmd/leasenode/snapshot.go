@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -199,10 +200,13 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 			if resp.StatusCode == http.StatusOK {
 				return resp, nil
 			}
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			msg := bodyText(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
-				return nil, fmt.Errorf("%s: %s; pass --auth-token or set LEASENODE_AUTH_TOKEN", addr, msg)
+				if !strings.Contains(msg, "LEASENODE_AUTH_TOKEN") {
+					msg += "; pass --auth-token or set LEASENODE_AUTH_TOKEN"
+				}
+				return nil, fmt.Errorf("%s: %s", addr, msg)
 			}
 			last = fmt.Errorf("%s: %s: %s", addr, resp.Status, msg)
 		}
@@ -212,6 +216,18 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// bodyText is an error reply's text: the message of a JSON error (the
+// API's 401 is Connect's {"code":…,"message":…}), else the body itself,
+// at most 512 bytes of it.
+func bodyText(r io.Reader) string {
+	b, _ := io.ReadAll(io.LimitReader(r, 512))
+	var e struct{ Message string }
+	if json.Unmarshal(b, &e) == nil && e.Message != "" {
+		return e.Message
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func snapshotRestore(a *agentFlags, gap uint64, output string, pos []string) error {
