@@ -353,7 +353,20 @@ func runRelease(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 		printJSON(map[string]any{"key": pos[0], "token": *token, "released": resp.GetReleased()})
 	}
 	if !resp.GetReleased() {
-		return &exitError{code: exitFailure, msg: fmt.Sprintf("%q was not released: %s does not hold it with token %d (it expired, was released, or another holder has it)", pos[0], *holder, *token)}
+		now := "it expired, was released, or another holder has it"
+		if g, err := api.Get(ctx, &pb.GetRequest{Key: pos[0]}); err == nil {
+			var hs []string
+			for _, l := range g.GetHoldings() {
+				hs = append(hs, fmt.Sprintf("%s with token %d", l.GetHolder(), l.GetToken()))
+			}
+			switch {
+			case len(hs) > 0:
+				now = "it is held by " + strings.Join(hs, ", ")
+			case !g.GetFound():
+				now = "nobody holds it now"
+			}
+		}
+		return &exitError{code: exitFailure, msg: fmt.Sprintf("%q was not released: %s does not hold it with token %d (%s)", pos[0], *holder, *token, now)}
 	}
 	if !cf.json() {
 		fmt.Printf("released %s (token %d)\n", pos[0], *token)
