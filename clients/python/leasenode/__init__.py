@@ -43,7 +43,7 @@ __all__ = [
     "Client", "Lease", "Info", "LeaseError", "HeldError", "AcquireTimeoutError",
     "HeldTimeoutError", "NoLeaderError", "NoLeaderTimeoutError",
     "UnknownOutcomeError", "LeaseLostError", "InvalidError", "StaleRequestError",
-    "UnauthenticatedError", "ClosedError",
+    "UnauthenticatedError", "ClosedError", "TLSSetupError",
 ]
 
 DEFAULT_TTL = 10.0
@@ -142,6 +142,13 @@ class UnauthenticatedError(LeaseError):
     """The cluster requires an auth token (Authorization: Bearer)."""
 
 
+class TLSSetupError(LeaseError):
+    """This client's TLS settings do not fit the cluster's (TLS to a plain
+    port, plain HTTP to a TLS one, a certificate that does not verify, a
+    client certificate required): raised at once, not retried, saying what
+    to set."""
+
+
 class ClosedError(LeaseError):
     """The client was closed."""
 
@@ -152,6 +159,22 @@ class _SpentError(UnknownOutcomeError):
 
 class _NotSent(Exception):
     """A request never reached a node: it certainly had no effect."""
+
+
+class _TLSMismatch(_NotSent):
+    """A node's TLS setup does not fit this client's: nothing was sent."""
+
+
+def _tls_hint(e):
+    """What to set when a TLS handshake failed with e, or None."""
+    text = str(e)
+    if isinstance(e, _ssl.SSLCertVerificationError):
+        return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context"
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return "the node serves plain HTTP: leave out ssl_context (or give the agents --tls-cert and --tls-key)"
+    if "CERTIFICATE_REQUIRED" in text or "alert" in text.lower():
+        return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (ssl_context.load_cert_chain, made by `leasenode tls cert create --client`)"
+    return None
 
 
 class _Closing(Exception):
@@ -353,6 +376,9 @@ class _Transport:
                     c.connect()
             except (OSError, _ssl.SSLError) as e:
                 c.close()
+                hint = _tls_hint(e) if isinstance(e, _ssl.SSLError) else None
+                if hint:
+                    raise _TLSMismatch("%s: %s (%s)" % (addr, hint, e))
                 raise _NotSent("%s: %s" % (addr, e))
             try:
                 c.request("POST", SERVICE + method, body=data, headers=headers)
@@ -384,6 +410,8 @@ class _Transport:
                 with self._lock:
                     self.leader = leader
             return reply
+        if resp.status == 400 and b"HTTP request to an HTTPS server" in payload:
+            raise _TLSMismatch("%s: the node requires TLS: pass ssl_context with the cluster's CA" % addr)
         try:
             err = json.loads(payload)
         except ValueError:
@@ -402,7 +430,7 @@ class _Transport:
     def call(self, method, body, timeout):
         """One attempt: leader first, then the other addresses while the
         request certainly had no effect (not sent, not the leader)."""
-        tried, last = set(), None
+        tried, last, tls_only = set(), None, True
         for _ in range(2 * len(self.seeds) + 2):
             addr = next((a for a in self._targets() if a not in tried), None)
             if addr is None:
@@ -410,10 +438,18 @@ class _Transport:
             tried.add(addr)
             try:
                 return self.post(addr, method, body, timeout)
+            except _TLSMismatch as e:
+                # Final only if every address says so: one node still on
+                # the old setup must not stop a rolling switch to TLS.
+                last = e
+                self._forget(addr)
+                continue
             except _NotSent as e:
+                tls_only = False
                 last = e
                 self._forget(addr)
             except _RPCError as e:
+                tls_only = False
                 if e.reason not in (REASON_NOT_LEADER, REASON_NO_LEADER, REASON_CLOSED):
                     raise
                 last = e
@@ -427,6 +463,8 @@ class _Transport:
             except _Unknown:
                 self._forget(addr)
                 raise
+        if tls_only and isinstance(last, _TLSMismatch):
+            raise TLSSetupError(str(last))
         raise _NotSent("no reachable leader: %s" % (last,))
 
     def _forget(self, addr):

@@ -7,6 +7,7 @@ discover -s clients/python/tests (with `leasenode dev` running), or through
 
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -37,6 +38,14 @@ class ClientTest(unittest.TestCase):
         c = client(**kw)
         self.clients.append(c)
         return c
+
+    def test_tls_to_a_plain_node_fails_at_once(self):
+        c = self.new(ssl_context=ssl.create_default_context(), retry_timeout=5)
+        t0 = time.monotonic()
+        with self.assertRaises(leasenode.TLSSetupError) as cm:
+            c.try_acquire(PREFIX + "tls")
+        self.assertLess(time.monotonic() - t0, 2)
+        self.assertIn("plain HTTP", str(cm.exception))
 
     def test_holder_is_name_and_incarnation(self):
         a, b = self.new(name="same"), self.new(name="same")
