@@ -74,18 +74,20 @@ type Mux struct {
 	mu      sync.Mutex
 	closed  bool
 	subs    map[byte]*muxListener
-	pending map[net.Conn]struct{} // raw conns accepted but not yet handed over
+	pending map[net.Conn]time.Time // raw conns accepted but not yet handed over, and when
 	wg      sync.WaitGroup        // per-connection handshake goroutines
 
-	refused  int       // connections refused at MaxPending since the last warning
+	refused  int       // connections closed at MaxPending since the last warning
 	lastWarn time.Time // of the last such warning
 }
 
 // MaxPending bounds the node-port connections a Mux holds before they
 // authenticate (each for at most its handshake timeout). Nodes open a few
 // each; past the bound, anyone could make the agent run out of file
-// descriptors by opening connections and sending nothing. More are closed
-// at once, and the first refusal of each minute is logged.
+// descriptors by opening connections and sending nothing. A connection
+// past it closes the one that has waited longest (a node authenticates
+// in milliseconds, so silent ones go first), and the first such closing
+// of each minute is logged.
 const MaxPending = 256
 
 // NewMux returns a Mux serving ln. It takes ownership of ln: Close closes it.
@@ -110,7 +112,7 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 		handshakeTimeout: timeout,
 		done:             make(chan struct{}),
 		subs:             make(map[byte]*muxListener),
-		pending:          make(map[net.Conn]struct{}),
+		pending:          make(map[net.Conn]time.Time),
 	}
 }
 
@@ -170,17 +172,26 @@ func (m *Mux) Serve() error {
 			return nil
 		}
 		if len(m.pending) >= MaxPending {
+			// Make room by closing the connection that has waited
+			// longest: a node's handshake takes milliseconds, so only
+			// connections opened and left silent lose their slot, and
+			// an outsider holding every slot cannot keep nodes out.
+			var oldest net.Conn
+			for c, since := range m.pending {
+				if oldest == nil || since.Before(m.pending[oldest]) {
+					oldest = c
+				}
+			}
+			delete(m.pending, oldest)
+			_ = oldest.Close()
 			m.refused++
 			if time.Since(m.lastWarn) >= time.Minute {
-				m.log.Warn("node port: too many connections waiting to authenticate; closing new ones (nodes need a few each: someone else is opening them)",
-					"max_pending", MaxPending, "refused", m.refused, "remote", conn.RemoteAddr().String())
+				m.log.Warn("node port: too many connections waiting to authenticate; closing the longest waiting (nodes need a few each and authenticate at once: someone else is opening them)",
+					"max_pending", MaxPending, "closed", m.refused, "remote", conn.RemoteAddr().String())
 				m.lastWarn, m.refused = time.Now(), 0
 			}
-			m.mu.Unlock()
-			_ = conn.Close()
-			continue
 		}
-		m.pending[conn] = struct{}{}
+		m.pending[conn] = time.Now()
 		m.wg.Add(1)
 		m.mu.Unlock()
 		go m.handle(conn)
