@@ -75,7 +75,7 @@ type Mux struct {
 	closed  bool
 	subs    map[byte]*muxListener
 	pending map[net.Conn]time.Time // raw conns accepted but not yet handed over, and when
-	wg      sync.WaitGroup        // per-connection handshake goroutines
+	wg      sync.WaitGroup         // per-connection handshake goroutines
 
 	refused  int       // connections closed at MaxPending since the last warning
 	lastWarn time.Time // of the last such warning
