@@ -63,7 +63,7 @@ func (n *Node) startAPI() error {
 		TLSConfig:         n.apiTLS,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
-		ErrorLog:          stdlogFor(n.log, "node.api"),
+		ErrorLog:          httpErrorLog(n.log, "node.api"),
 		ConnState:         conns.state,
 	}
 	ln = n.apiLn

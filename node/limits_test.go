@@ -348,6 +348,69 @@ func TestAPIIdleConnectionsMakeRoom(t *testing.T) {
 	}
 }
 
+// closedByNode reads conn until the node closes it, and says so if it
+// does not within 10 s.
+func closedByNode(conn net.Conn) error {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.Copy(io.Discard, conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return errors.New("the node did not close the connection within 10 s")
+	}
+	return nil
+}
+
+// net/http logs one line per connection that breaks HTTP/2 (the h2c
+// preface and a broken HEADERS frame, in a loop, made 55,000 lines, 9 MB,
+// in 20 s): the API's error log is limited at every level, one line of a
+// kind per 10 s.
+func TestAPIBrokenHTTP2FloodLogsBounded(t *testing.T) {
+	var lg logs
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Logger = lg.logger()
+	}})
+	_, l := c.Leader()
+	// The h2c preface, an empty SETTINGS frame, and a HEADERS frame whose
+	// header block is an index past HPACK's tables.
+	garbage := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	garbage = append(garbage, 0, 0, 0, 4, 0, 0, 0, 0, 0)
+	garbage = append(garbage, 0, 0, 1, 1, 5, 0, 0, 0, 1, 0xfe)
+	// At once: the node holds each for a second after its GOAWAY.
+	const n = 200
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			conn, err := net.DialTimeout("tcp", l.APIAddr(), 10*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			if _, err := conn.Write(garbage); err != nil {
+				errs <- err
+				return
+			}
+			errs <- closedByNode(conn)
+		}()
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("broken HTTP/2 connections still open after 30 s")
+		}
+	}
+	if got := lg.lines("COMPRESSION_ERROR"); len(got) != 1 {
+		t.Errorf("%d broken HTTP/2 connections logged %d lines, want 1: %.3000q", n, len(got), got)
+	}
+	if got := lg.lines("component=node.api"); len(got) > 2 {
+		t.Errorf("%d broken HTTP/2 connections: node.api logged %d lines: %.3000q", n, len(got), got)
+	}
+}
+
 // The cluster's state is bounded, as etcd's backend quota bounds its:
 // past MaxLeases or MaxLeaseBytes the leader refuses new holdings, naming
 // the limit, while renewals, extends and releases go on, so it drains.

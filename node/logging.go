@@ -219,14 +219,24 @@ func stdlogFor(l *slog.Logger, name string) *log.Logger {
 	return log.New(&levelWriter{l: l.With("component", name), limit: loglimit.New()}, "", 0)
 }
 
+// httpErrorLog returns the *log.Logger for an http.Server's ErrorLog,
+// writing into l as component name. Its lines, which have no level and
+// are logged at Info, are limited like warnings: net/http logs one per
+// connection that misbehaves (a broken HTTP/2 frame, a failed TLS
+// handshake), and a loop of those made 55,000 lines (9 MB) in 20 s.
+func httpErrorLog(l *slog.Logger, name string) *log.Logger {
+	return log.New(&levelWriter{l: l.With("component", name), limit: loglimit.New(), limitAll: true}, "", 0)
+}
+
 // levelWriter turns "[LEVEL] message" lines into slog records. With a
 // limit, warnings and errors of one kind are logged at most once per
 // loglimit.Every: memberlist logs an ERROR per packet it cannot decode,
 // and anyone who can send UDP to the gossip port could otherwise fill
 // the disk (2 MB/s seen in a probe).
 type levelWriter struct {
-	l     *slog.Logger
-	limit *loglimit.Limiter
+	l        *slog.Logger
+	limit    *loglimit.Limiter
+	limitAll bool // limit lines of every level, not only warnings and errors
 }
 
 var linePrefixes = []struct {
@@ -252,7 +262,7 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		// memberlist names the component itself: "memberlist: msg".
 		msg = strings.TrimPrefix(msg, "memberlist: ")
 		var attrs []any
-		if w.limit != nil && level >= slog.LevelWarn {
+		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll) {
 			ok, skipped := w.limit.Allow(loglimit.Kind(msg))
 			if !ok {
 				continue

@@ -57,14 +57,22 @@ func (l *Limiter) Allow(kind string) (bool, int) {
 
 // Kind is what makes two log lines the same kind: the message up to the
 // first detail a sender controls (its address, a quoted value, a number).
+// net/http's "http: " and "http2: " prefixes are kept in front of it.
 func Kind(msg string) string {
+	prefix := ""
+	for _, p := range []string{"http: ", "http2: "} {
+		if rest, ok := strings.CutPrefix(msg, p); ok {
+			prefix, msg = p, rest
+			break
+		}
+	}
 	if i := strings.IndexAny(msg, "\"0123456789:"); i >= 0 {
 		msg = msg[:i]
 	}
 	if len(msg) > 64 {
 		msg = msg[:64]
 	}
-	return msg
+	return prefix + msg
 }
 
 // Skipped is the attribute key under which a logged line carries the

@@ -27,6 +27,8 @@ func TestLimiter(t *testing.T) {
 func TestKind(t *testing.T) {
 	for msg, want := range map[string]string{
 		`Decrypt packet failed: unsupported encryption version 3 from=10.0.0.1:7946`: "Decrypt packet failed",
+		`http2: server connection error from 127.0.0.1:5: COMPRESSION_ERROR`:         "http2: server connection error from ",
+		`http: TLS handshake error from [::1]:5: EOF`:                                "http: TLS handshake error from [",
 		`discarding packet with unacceptable label "\x01": from=10.0.0.1`:            "discarding packet with unacceptable label ",
 	} {
 		if got := Kind(msg); got != want {
