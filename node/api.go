@@ -52,7 +52,7 @@ func (n *Node) startAPI() error {
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
 	lim := n.cfg.Limits
-	conns := newConnLimiter(ln, lim.MaxConns, n.log.With("component", "node.api"))
+	conns := newConnLimiter(ln, lim.MaxConns, min(lim.ReadTimeout, firstRequestTimeout), n.log.With("component", "node.api"))
 	n.apiLn = conns
 	n.api = &http.Server{
 		Handler:           mux,

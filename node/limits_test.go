@@ -348,6 +348,82 @@ func TestAPIIdleConnectionsMakeRoom(t *testing.T) {
 	}
 }
 
+// Connections that never send a byte cannot lock clients out of the API
+// either (an outsider's 1,100 made a Get take 2.35 s on average, 7.75 s at
+// worst: each held its slot for the 10 s read timeout, and the attacker
+// reconnected). At MaxConns a new connection takes the place of the one
+// silent longest, and each must send its first request within about two
+// seconds.
+func TestAPISilentConnectionsMakeRoom(t *testing.T) {
+	var lg logs
+	const maxConns = 8
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxConns = maxConns
+		cfg.Limits.IdleTimeout = time.Hour
+		cfg.Logger = lg.logger()
+	}})
+	_, l := c.Leader()
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	start := time.Now()
+	for range maxConns + 8 {
+		conn, err := net.DialTimeout("tcp", l.APIAddr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, conn)
+	}
+	// Every slot is taken by a connection that has sent nothing, and more
+	// wait behind them.
+	hc := &http.Client{Timeout: 6 * time.Second}
+	req, err := http.NewRequest("POST", "http://"+l.APIAddr()+"/leasenode.v1.LeaseService/Status", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("status with %d silent connections open: %v after %v", len(silent), err, time.Since(start))
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status with %d silent connections open: %d", len(silent), resp.StatusCode)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("status waited %v for a slot held by silent connections", d)
+	} else {
+		t.Logf("status answered after %v with %d silent connections open", d.Round(time.Millisecond), len(silent))
+	}
+	// The node closes each silent connection: to make room, or at its
+	// first request's deadline.
+	errs := make(chan error, len(silent))
+	for _, conn := range silent {
+		go func() { errs <- closedByNode(conn) }()
+	}
+	for range silent {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("silent connections still open after 15 s")
+		}
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("the node closed the last of %d silent connections after %v, want about 2 s after each was admitted", len(silent), d)
+	} else {
+		t.Logf("the node closed the last of %d silent connections after %v", len(silent), d.Round(time.Millisecond))
+	}
+	if got := lg.lines("client API at its connection limit", "sent no request yet", "--max-conns"); len(got) != 1 {
+		t.Errorf("connection-limit warnings about silent connections: %q, want 1", got)
+	}
+}
+
 // closedByNode reads conn until the node closes it, and says so if it
 // does not within 10 s.
 func closedByNode(conn net.Conn) error {
