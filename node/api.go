@@ -52,7 +52,7 @@ func (n *Node) startAPI() error {
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
 	lim := n.cfg.Limits
-	conns := newConnLimiter(ln, lim.MaxConns, n.log.With("component", "node.api"))
+	conns := newConnLimiter(ln, lim.MaxConns, min(lim.ReadTimeout, firstRequestTimeout), n.log.With("component", "node.api"))
 	n.apiLn = conns
 	n.api = &http.Server{
 		Handler:           mux,
@@ -63,7 +63,7 @@ func (n *Node) startAPI() error {
 		TLSConfig:         n.apiTLS,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
-		ErrorLog:          stdlogFor(n.log, "node.api"),
+		ErrorLog:          httpErrorLog(n.log, "node.api"),
 		ConnState:         conns.state,
 	}
 	ln = n.apiLn

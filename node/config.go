@@ -304,9 +304,11 @@ type Limits struct {
 	// lease). Default 1 MiB, well inside the node RPC's message limit.
 	MaxListBytes int
 	// MaxConns bounds concurrent client API connections. At the limit a
-	// new connection replaces the one idle (kept alive between requests)
-	// the longest; if every connection is busy, new ones wait for a slot.
-	// Default 1024.
+	// new connection replaces the one idle (kept alive between requests,
+	// or not yet past its first) the longest; if every connection is
+	// busy, new ones wait for a slot. A connection must send its first
+	// request, TLS handshake included, within 2 s (or ReadTimeout if
+	// shorter). Default 1024.
 	MaxConns int
 	// MaxStreams bounds concurrent HTTP/2 streams per connection.
 	// Default 256.

@@ -11,10 +11,10 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leasenode/leasenode/internal/loglimit"
 )
 
 // defaultLogger is what an embedded node logs to when Config.Logger is
@@ -29,11 +29,11 @@ func defaultLogger() *slog.Logger {
 // arguments keep their Go types (durations stay durations, servers stay
 // structs) instead of a round trip through JSON text.
 // Warnings and errors of one kind (component, message and peer) are
-// logged at most once per lineEvery, with a count of those left out: Raft
-// logs one per failed heartbeat to a lost peer, and one per bad frame a
-// connection sends.
+// logged at most once per loglimit.Every, with a count of those left
+// out: Raft logs one per failed heartbeat to a lost peer, and one per bad
+// frame a connection sends.
 func hclogFor(l *slog.Logger, name string) hclog.Logger {
-	return &hcAdapter{base: l, l: l.With("component", name), name: name, limit: newLineLimiter()}
+	return &hcAdapter{base: l, l: l.With("component", name), name: name, limit: loglimit.New()}
 }
 
 // hcAdapter implements hclog.Logger on top of a slog.Logger.
@@ -42,7 +42,7 @@ type hcAdapter struct {
 	l       *slog.Logger
 	name    string
 	implied []any
-	limit   *lineLimiter // shared by the loggers derived from one
+	limit   *loglimit.Limiter // shared by the loggers derived from one
 }
 
 var _ hclog.Logger = (*hcAdapter)(nil)
@@ -92,12 +92,12 @@ func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 		attrs = append(attrs, slog.Any(key, hcValue(args[i+1])))
 	}
 	if a.limit != nil && lv >= slog.LevelWarn {
-		ok, skipped := a.limit.allow(kind)
+		ok, skipped := a.limit.Allow(kind)
 		if !ok {
 			return
 		}
 		if skipped > 0 {
-			attrs = append(attrs, slog.Int("like_this_not_logged", skipped))
+			attrs = append(attrs, slog.Int(loglimit.Skipped, skipped))
 		}
 	}
 	a.l.LogAttrs(context.Background(), lv, msg, attrs...)
@@ -216,17 +216,27 @@ func (a *hcAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
 // writing into l as component name. memberlist prefixes its lines with
 // "[LEVEL] ", which sets the level.
 func stdlogFor(l *slog.Logger, name string) *log.Logger {
-	return log.New(&levelWriter{l: l.With("component", name), limit: newLineLimiter()}, "", 0)
+	return log.New(&levelWriter{l: l.With("component", name), limit: loglimit.New()}, "", 0)
+}
+
+// httpErrorLog returns the *log.Logger for an http.Server's ErrorLog,
+// writing into l as component name. Its lines, which have no level and
+// are logged at Info, are limited like warnings: net/http logs one per
+// connection that misbehaves (a broken HTTP/2 frame, a failed TLS
+// handshake), and a loop of those made 55,000 lines (9 MB) in 20 s.
+func httpErrorLog(l *slog.Logger, name string) *log.Logger {
+	return log.New(&levelWriter{l: l.With("component", name), limit: loglimit.New(), limitAll: true}, "", 0)
 }
 
 // levelWriter turns "[LEVEL] message" lines into slog records. With a
 // limit, warnings and errors of one kind are logged at most once per
-// lineEvery: memberlist logs an ERROR per packet it cannot decode, and
-// anyone who can send UDP to the gossip port could otherwise fill the
-// disk (2 MB/s seen in a probe).
+// loglimit.Every: memberlist logs an ERROR per packet it cannot decode,
+// and anyone who can send UDP to the gossip port could otherwise fill
+// the disk (2 MB/s seen in a probe).
 type levelWriter struct {
-	l     *slog.Logger
-	limit *lineLimiter
+	l        *slog.Logger
+	limit    *loglimit.Limiter
+	limitAll bool // limit lines of every level, not only warnings and errors
 }
 
 var linePrefixes = []struct {
@@ -252,13 +262,13 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		// memberlist names the component itself: "memberlist: msg".
 		msg = strings.TrimPrefix(msg, "memberlist: ")
 		var attrs []any
-		if w.limit != nil && level >= slog.LevelWarn {
-			ok, skipped := w.limit.allow(lineKind(msg))
+		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll) {
+			ok, skipped := w.limit.Allow(loglimit.Kind(msg))
 			if !ok {
 				continue
 			}
 			if skipped > 0 {
-				attrs = append(attrs, "like_this_not_logged", skipped)
+				attrs = append(attrs, loglimit.Skipped, skipped)
 			}
 			if gossipForeign(msg) {
 				attrs = append(attrs, "hint", "packets not made with this cluster's gossip key (--cluster-key or --gossip-key): another cluster's, or not leasenode's")
@@ -267,60 +277,6 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		w.l.Log(context.Background(), level, msg, attrs...)
 	}
 	return len(p), nil
-}
-
-// lineEvery is how often a warning or error of one kind is logged when
-// it repeats.
-const lineEvery = 10 * time.Second
-
-// lineLimiter lets one line of each kind through per lineEvery and counts
-// the others.
-type lineLimiter struct {
-	mu    sync.Mutex
-	kinds map[string]*lineKindState
-}
-
-type lineKindState struct {
-	last    time.Time
-	skipped int
-}
-
-func newLineLimiter() *lineLimiter { return &lineLimiter{kinds: map[string]*lineKindState{}} }
-
-// allow reports whether a line of kind may be logged now, and how many of
-// its kind were not logged since the last one that was.
-func (l *lineLimiter) allow(kind string) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	st := l.kinds[kind]
-	if st == nil {
-		if len(l.kinds) >= 1024 { // kinds come from senders' bytes too: bounded
-			clear(l.kinds)
-		}
-		st = &lineKindState{}
-		l.kinds[kind] = st
-	}
-	if !st.last.IsZero() && now.Sub(st.last) < lineEvery {
-		st.skipped++
-		return false, 0
-	}
-	skipped := st.skipped
-	st.last, st.skipped = now, 0
-	return true, skipped
-}
-
-// lineKind is what makes two log lines the same kind: the message up to
-// the first detail a sender controls (its address, a quoted value, a
-// number).
-func lineKind(msg string) string {
-	if i := strings.IndexAny(msg, "\"0123456789:"); i >= 0 {
-		msg = msg[:i]
-	}
-	if len(msg) > 64 {
-		msg = msg[:64]
-	}
-	return msg
 }
 
 // gossipForeign reports whether a memberlist line is about a packet not

@@ -46,7 +46,7 @@ func TestLogAdaptersKeepTypes(t *testing.T) {
 
 // A flood of one kind of warning (memberlist logs an ERROR per packet it
 // cannot decode, and anyone can send UDP to the gossip port) is logged
-// once per lineEvery, with a hint, whatever the senders' bytes; other
+// once per loglimit.Every, with a hint, whatever the senders' bytes; other
 // kinds and other levels pass.
 func TestLogFloodIsLimited(t *testing.T) {
 	var buf bytes.Buffer

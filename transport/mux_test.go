@@ -1,11 +1,16 @@
 package transport
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -377,5 +382,86 @@ func TestMuxBoundsPendingConnections(t *testing.T) {
 	m.mu.Unlock()
 	if n > MaxPending {
 		t.Fatalf("%d connections pending, bound %d", n, MaxPending)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A flood of refused connections logs one line of each kind, not one per
+// connection: plain-TCP garbage made 112,000 lines (40 MB) in 20 s, and
+// TLS without a client certificate 5,000. Each kind is still logged once.
+func TestMuxRefusalFloodLogsBounded(t *testing.T) {
+	leakCheck(t)
+	const n = 200
+	var buf syncBuffer
+	logger := slog.New(slog.NewTextHandler(&buf, nil))
+	// refuse opens n connections to addr, each sending first (a TLS
+	// handshake without a certificate when first is nil) and reading
+	// until the Mux closes it: the Mux logs before it closes.
+	refuse := func(addr string, first []byte) {
+		t.Helper()
+		for range n {
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first == nil {
+				tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+				_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+				_ = tc.Handshake() // TLS 1.3: the refusal shows at the first read
+				c = tc
+			} else if _, err := c.Write(first); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.Copy(io.Discard, c)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the Mux did not close a refused connection within 10 s")
+			}
+			c.Close()
+		}
+	}
+
+	plain, _ := startMux(t, MuxConfig{Logger: logger}, ProtoRaft)
+	refuse(plain.Addr().String(), []byte("GET / HTTP/1.1\r\n\r\n"))
+	refuse(plain.Addr().String(), []byte{ProtoRaft, 0, 0})
+
+	key := make([]byte, ClusterKeySize)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	srv, _, err := ClusterKeyTLS(key, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secure, _ := startMux(t, MuxConfig{Logger: logger, TLS: srv}, ProtoRaft)
+	refuse(secure.Addr().String(), []byte("GET / HTTP/1.1\r\n\r\n"))
+	refuse(secure.Addr().String(), nil)
+
+	out := buf.String()
+	for _, kind := range []string{"unknown protocol byte", "bad hello", "plain TCP, but the node port is mutual TLS", "TLS handshake failed"} {
+		if got := strings.Count(out, kind); got != 1 {
+			t.Errorf("%d connections refused as %q: %d lines, want 1", n, kind, got)
+		}
+	}
+	if lines := strings.Count(out, "\n"); lines > 4 {
+		t.Errorf("%d refused connections logged %d lines:\n%.3000s", 4*n, lines, out)
 	}
 }

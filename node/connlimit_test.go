@@ -1,0 +1,140 @@
+package node
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// deadlineConn records the read deadline set on it.
+type deadlineConn struct {
+	net.Conn // nil: only the methods below are called
+	mu       sync.Mutex
+	read     time.Time
+	closed   bool
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.read = t
+	return nil
+}
+
+func (c *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *deadlineConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+func (c *deadlineConn) state() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.read, c.closed
+}
+
+// connsListener hands out the conns sent on it.
+type connsListener struct {
+	net.Listener // nil
+	ch           chan net.Conn
+}
+
+func (l connsListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-time.After(10 * time.Second):
+		return nil, net.ErrClosed
+	}
+}
+
+// admit runs one Accept of l for raw, which must not wait for a slot.
+func admit(t *testing.T, l *connLimiter, ch chan net.Conn, raw net.Conn) *limitedConn {
+	t.Helper()
+	ch <- raw
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(*limitedConn)
+}
+
+// Until its first request, a connection's read deadline is at most its
+// first-request deadline, whatever net/http asks; after it, the deadline
+// is the one net/http asked for last.
+func TestConnLimiterFirstRequestDeadline(t *testing.T) {
+	ch := make(chan net.Conn, 1)
+	l := newConnLimiter(connsListener{ch: ch}, 4, time.Second, slog.New(slog.DiscardHandler))
+	raw := &deadlineConn{}
+	c := admit(t, l, ch, raw)
+	firstBy := c.firstBy
+	if d := time.Until(firstBy); d <= 0 || d > time.Second {
+		t.Fatalf("first-request deadline in %v, want within 1 s", d)
+	}
+	if got, _ := raw.state(); !got.Equal(firstBy) {
+		t.Fatalf("read deadline on admission %v, want %v", got, firstBy)
+	}
+	later := time.Now().Add(10 * time.Second)
+	for _, asked := range []time.Time{later, {}} {
+		c.SetReadDeadline(asked)
+		if got, _ := raw.state(); !got.Equal(firstBy) {
+			t.Fatalf("read deadline %v asked before the first request: set %v, want %v", asked, got, firstBy)
+		}
+	}
+	sooner := time.Now().Add(time.Millisecond)
+	c.SetDeadline(sooner)
+	if got, _ := raw.state(); !got.Equal(sooner) {
+		t.Fatalf("an earlier read deadline: set %v, want %v", got, sooner)
+	}
+	c.SetReadDeadline(later)
+	l.state(c, http.StateNew)
+	if got, _ := raw.state(); !got.Equal(firstBy) {
+		t.Fatalf("StateNew lifted the first-request deadline: %v", got)
+	}
+	l.state(c, http.StateActive)
+	if got, _ := raw.state(); !got.Equal(later) {
+		t.Fatalf("read deadline after the first request %v, want the one asked for, %v", got, later)
+	}
+	c.SetReadDeadline(time.Time{})
+	if got, _ := raw.state(); !got.IsZero() {
+		t.Fatalf("no read deadline asked after the first request: set %v", got)
+	}
+}
+
+// At the limit, the connection idle longest makes room, counting one that
+// has sent no request yet as idle since it was admitted; busy ones stay.
+func TestConnLimiterEvictsIdlestFreshOrIdle(t *testing.T) {
+	ch := make(chan net.Conn, 1)
+	l := newConnLimiter(connsListener{ch: ch}, 3, time.Minute, slog.New(slog.DiscardHandler))
+	busy, fresh, idle := &deadlineConn{}, &deadlineConn{}, &deadlineConn{}
+	cb := admit(t, l, ch, busy)
+	l.state(cb, http.StateActive)
+	cf := admit(t, l, ch, fresh)
+	ci := admit(t, l, ch, idle)
+	l.state(ci, http.StateIdle)
+	// fresh was admitted 3 s ago, idle went idle 2 s ago.
+	cf.idleSince, ci.idleSince = time.Now().Add(-3*time.Second), time.Now().Add(-2*time.Second)
+	admit(t, l, ch, &deadlineConn{})
+	if _, closed := fresh.state(); !closed {
+		t.Fatal("the connection without a request, admitted first, was not closed to make room")
+	}
+	if l.lastWarn.IsZero() {
+		t.Fatal("no warning of the connection closed")
+	}
+	admit(t, l, ch, &deadlineConn{})
+	if _, closed := idle.state(); !closed {
+		t.Fatal("the idle connection was not closed to make room next")
+	}
+	if _, closed := busy.state(); closed {
+		t.Fatal("a busy connection was closed to make room")
+	}
+	if l.shed != 1 {
+		t.Fatalf("%d idle connections counted for the next warning, want 1", l.shed)
+	}
+}
