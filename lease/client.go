@@ -664,12 +664,14 @@ func (c *Client) wake() {
 // returns a later time), Done closes, the context is cancelled with err,
 // and (if release: the lease was lost or dropped) the local guards open
 // and the record is deleted in the background. Release keeps the guards
-// until its own delete was answered (unguard): a waiter of this same
-// Client that went first would renew the record, still live in the
-// cluster, ahead of other clients queued for it (invariant
-// fifo-no-barging; dynamodb-lease lets it, and a client that releases and
-// re-acquires in a loop then starves everyone else). Returns false if h
-// had ended already.
+// until its own delete was answered (unguard), so that a waiter of this
+// same Client acquires the key from the cluster after it was freed, not
+// over its live record. Either way the leader queues that acquire behind
+// other clients' waiters (invariant fifo-no-barging: only a retry of the
+// request that started a holding skips the queue; dynamodb-lease lets a
+// same-client waiter go first, and a client that releases and re-acquires
+// in a loop then starves everyone else). Returns false if h had ended
+// already.
 //
 // Invariant client-validity: a background release (release set) is sent
 // no earlier than the ValidUntil that was in force before end, because

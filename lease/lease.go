@@ -184,10 +184,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	h.unreleased = err != nil
 	h.mu.Unlock()
 	// The guards open once the release was answered, or failed: a
-	// goroutine of this Client waiting for the key then queues behind
-	// other clients' waiters instead of renewing the live record. (Held
-	// any longer, a TryAcquire of this Client would be refused "held" by
-	// its own guard while the key may be free.)
+	// goroutine of this Client waiting for the key then asks the cluster,
+	// which queues it behind other clients' waiters even if the record
+	// still lives. (Held any longer, a TryAcquire of this Client would be
+	// refused "held" by its own guard while the key may be free.)
 	l.c.unguard(h)
 	if retry {
 		l.c.releaseLater(h)
