@@ -39,3 +39,21 @@ const MinReplayOps = minReplayOps
 // FailLogWrites makes every write of n's Raft log store fail with err, as
 // a full disk does.
 func (n *Node) FailLogWrites(err error) { n.logs.fault.Store(&err) }
+
+// GossipStreamsRefused is how many inbound gossip streams n closed at its
+// limits: at once for too many open (gossip_max_streams and _per_ip), and
+// after reading too much of one (gossip_stream_max_bytes).
+func (n *Node) GossipStreamsRefused() (atOnce, tooLong int64) {
+	return n.gossipNet.refused.Load(), n.gossipNet.tooLong.Load()
+}
+
+// GossipStreamMaxBytes is the most a node reads of an inbound gossip
+// stream.
+const GossipStreamMaxBytes = gossipStreamMaxBytes
+
+// GossipStreamsOpen is how many inbound gossip streams n holds open.
+func (n *Node) GossipStreamsOpen() int {
+	n.gossipNet.mu.Lock()
+	defer n.gossipNet.mu.Unlock()
+	return n.gossipNet.open
+}

@@ -349,10 +349,20 @@ func (n *Node) startGossip(ctx context.Context) error {
 	mc.Events = d
 	mc.Conflict = d
 	mc.Logger = stdlogFor(n.log, "memberlist")
-	ml, err := memberlist.Create(mc)
+	gt, err := newGossipTransport(host, &mc.BindPort, mc.Logger, n.log.With("component", "node.gossip"))
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
+	if port == 0 {
+		mc.AdvertisePort = mc.BindPort
+	}
+	mc.Transport = gt
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		gt.Shutdown()
+		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
+	}
+	n.gossipNet = gt
 	if len(cfg.Join) > 0 {
 		if _, err := ml.Join(cfg.Join); err != nil {
 			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err, "hint", joinHint(err))

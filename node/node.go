@@ -60,6 +60,7 @@ type Node struct {
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
+	gossipNet *gossipTransport // bounds inbound gossip streams (gossipconn.go)
 	members   *memberTable
 	rejoining atomic.Bool // a rejoin attempt is running
 	// bootstrapLogged is when tryBootstrap last said it waits (only

@@ -1,0 +1,319 @@
+package node
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Bounds on the inbound TCP streams of the gossip port.
+//
+// memberlist (v0.6.0) reads a stream before it authenticates anything: an
+// encrypted one declares its length in its first bytes and memberlist
+// buffers up to 20 MiB of it (decryptRemoteState) before the decryption
+// that would reject a sender without the key. It accepts any number of
+// streams at once and gives each TCPTimeout (10 s). An outsider probe
+// opened 50 streams declaring 20 MiB each and took a leader from 31 MB to
+// 1.2 GB of memory in 16 s; it lost its leadership and gossip marked
+// healthy members failed. gossipTransport bounds that at the source.
+const (
+	// gossipMaxStreams is how many inbound gossip streams may be open at
+	// once. A stream is counted until memberlist closes it (it is done),
+	// so this is concurrency, not a rate: a legitimate stream (a push/pull,
+	// a join, a TCP fallback probe, a user message) lasts a round trip or
+	// two. Even a 1,000-node cluster sends a node a few push/pulls a
+	// second (memberlist scales their interval up with the cluster's
+	// size) and TCP probes only when UDP fails. Each open stream may
+	// cost about 2.2 × gossipStreamMaxBytes of memory (memberlist's
+	// buffer, rounded up as it grows, then the output of the decryption
+	// that fails), so 16 of them bound this at about 36 MiB.
+	gossipMaxStreams = 16
+	// gossipMaxStreamsPerIP is how many of those may come from one source
+	// address, so that one sender cannot take them all. Loopback clusters
+	// (tests, a laptop) share 127.0.0.1: a 5-node one needs at most the
+	// push/pulls and probes of 4 peers at the same instant, and a node
+	// joining adds one; 8 leaves room for that.
+	gossipMaxStreamsPerIP = 8
+	// gossipStreamMaxBytes is the most a node reads from one inbound
+	// stream; a read past it fails, and memberlist drops the stream.
+	// The biggest legitimate stream is a push/pull, which carries one
+	// entry per member: its name (a node ID, at most 128 bytes), address
+	// (16), port, incarnation, state and protocol versions (~15), its
+	// metadata (at most memberlist.MetaMaxSize = 512 bytes; leasenode's
+	// JSON meta is ~150 bytes) and msgpack field names and headers (~60):
+	// at most ~730 bytes a member, plus a header, encryption (~35 bytes)
+	// and no user state (LocalState returns nil). 1 MiB holds ~1,400
+	// members at the largest IDs and metadata and ~4,000 at typical
+	// ones, before memberlist's compression; leasenode's clusters are a
+	// handful of Raft voters. The bound on memory is then about
+	// gossipMaxStreams × 2.2 MiB instead of 20 MiB (twice that while it
+	// is decrypted) × any number of streams.
+	gossipStreamMaxBytes = 1 << 20
+	// gossipFirstBytesTimeout is how long a stream may stay silent after it
+	// is accepted. A member writes at once after it dials, so a silent
+	// one holds a slot for nothing; memberlist's own deadline
+	// (TCPTimeout, 10 s on a LAN) still applies when it is shorter, and
+	// after the first bytes.
+	gossipFirstBytesTimeout = 2 * time.Second
+)
+
+// errGossipStreamTooLong is what a read past gossipStreamMaxBytes returns.
+var errGossipStreamTooLong = fmt.Errorf("gossip stream longer than leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", gossipStreamMaxBytes)
+
+// gossipEncryptMsg is memberlist's encryptMsg: the type byte of an
+// encrypted stream, which a 4-byte big-endian length follows (net.go,
+// decryptRemoteState). leasenode sets no memberlist label, so it is a
+// stream's first byte.
+const gossipEncryptMsg = 10
+
+// gossipTransport is memberlist's NetTransport with bounded inbound
+// streams (see the constants above): at most gossipMaxStreams open at
+// once and gossipMaxStreamsPerIP from one address, more are closed at
+// once; each may stay silent gossipFirstBytesTimeout and read at most
+// gossipStreamMaxBytes. Packets (UDP) and outbound streams are
+// NetTransport's own.
+type gossipTransport struct {
+	*memberlist.NetTransport
+	log   *slog.Logger
+	limit *lineLimiter
+
+	streams   chan net.Conn // what memberlist reads (StreamCh)
+	closing   chan struct{} // closed when Shutdown starts
+	innerDone chan struct{} // closed when NetTransport has shut down
+	shutOnce  sync.Once
+	wg        sync.WaitGroup
+
+	mu    sync.Mutex
+	open  int            // streams admitted and not yet closed
+	perIP map[string]int // of open, by source address
+
+	refused atomic.Int64 // streams closed at a limit on open streams
+	tooLong atomic.Int64 // streams that read, or declared, more than gossipStreamMaxBytes
+}
+
+var _ memberlist.NodeAwareTransport = (*gossipTransport)(nil)
+
+// newGossipTransport listens on host:port (port 0: any free port, which
+// *port is set to) as memberlist's own transport would.
+func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logger) (*gossipTransport, error) {
+	nc := &memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: *port, Logger: stdlog}
+	tries := 1
+	if *port == 0 {
+		tries = 10 // the TCP port it got may be taken for UDP: try another
+	}
+	var inner *memberlist.NetTransport
+	var err error
+	for range tries {
+		if inner, err = memberlist.NewNetTransport(nc); err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if *port == 0 {
+		*port = inner.GetAutoBindPort()
+	}
+	t := &gossipTransport{NetTransport: inner, log: l, limit: newLineLimiter(),
+		streams: make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
+		perIP: map[string]int{}}
+	t.wg.Add(1)
+	go t.admit()
+	return t, nil
+}
+
+// StreamCh implements memberlist.Transport: the admitted streams.
+func (t *gossipTransport) StreamCh() <-chan net.Conn { return t.streams }
+
+// Shutdown implements memberlist.Transport. NetTransport's listener may
+// be handing over a stream: admit keeps taking them (and closing them)
+// until it has stopped.
+func (t *gossipTransport) Shutdown() error {
+	var err error
+	t.shutOnce.Do(func() {
+		close(t.closing)
+		err = t.NetTransport.Shutdown()
+		close(t.innerDone)
+		t.wg.Wait()
+	})
+	return err
+}
+
+// admit takes NetTransport's accepted streams and hands on those within
+// the limits.
+func (t *gossipTransport) admit() {
+	defer t.wg.Done()
+	for {
+		select {
+		case c := <-t.NetTransport.StreamCh():
+			bc := t.take(c)
+			if bc == nil {
+				continue
+			}
+			select {
+			case t.streams <- bc:
+			case <-t.closing:
+				bc.Close()
+			}
+		case <-t.innerDone:
+			return
+		}
+	}
+}
+
+// take admits c and returns it bounded, or closes it and returns nil.
+func (t *gossipTransport) take(c net.Conn) *boundedConn {
+	ip := "?"
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ip = a.IP.String()
+	}
+	select {
+	case <-t.closing:
+		c.Close()
+		return nil
+	default:
+	}
+	t.mu.Lock()
+	var over string
+	var max int
+	switch {
+	case t.open >= gossipMaxStreams:
+		over, max = "gossip_max_streams", gossipMaxStreams
+	case t.perIP[ip] >= gossipMaxStreamsPerIP:
+		over, max = "gossip_max_streams_per_ip", gossipMaxStreamsPerIP
+	default:
+		t.open++
+		t.perIP[ip]++
+	}
+	t.mu.Unlock()
+	if over != "" {
+		c.Close()
+		t.refused.Add(1)
+		t.warn("refused a gossip stream: too many open at once", "limit", over, "max", max, "from", ip)
+		return nil
+	}
+	bc := &boundedConn{Conn: c, t: t, ip: ip, left: gossipStreamMaxBytes,
+		firstBy: time.Now().Add(gossipFirstBytesTimeout)}
+	_ = c.SetReadDeadline(bc.firstBy)
+	return bc
+}
+
+func (t *gossipTransport) release(ip string) {
+	t.mu.Lock()
+	t.open--
+	if t.perIP[ip]--; t.perIP[ip] <= 0 {
+		delete(t.perIP, ip)
+	}
+	t.mu.Unlock()
+}
+
+// warn logs msg at most once per lineEvery, with the count of those not
+// logged.
+func (t *gossipTransport) warn(msg string, args ...any) {
+	ok, skipped := t.limit.allow(msg)
+	if !ok {
+		return
+	}
+	if skipped > 0 {
+		args = append(args, "like_this_not_logged", skipped)
+	}
+	t.log.Warn(msg, args...)
+}
+
+// boundedConn is one admitted inbound stream: it reads at most
+// gossipStreamMaxBytes, its first bytes by firstBy, and frees its slot
+// when closed. An encrypted stream that declares more than it may read
+// fails as soon as its length is read, rather than after memberlist has
+// buffered a megabyte of it.
+type boundedConn struct {
+	net.Conn
+	t       *gossipTransport
+	ip      string
+	firstBy time.Time
+	once    sync.Once
+
+	mu       sync.Mutex
+	left     int64     // bytes it may still read
+	started  bool      // the first bytes have come
+	deadline time.Time // the read deadline memberlist set
+	hdr      [5]byte   // the stream's first bytes
+	hdrN     int
+}
+
+// Read reads at most the bytes left; past them it fails (and memberlist
+// drops the stream).
+func (c *boundedConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	left := c.left
+	c.mu.Unlock()
+	if left <= 0 {
+		c.t.tooLong.Add(1)
+		c.t.warn("refused a gossip stream: too long", "limit", "gossip_stream_max_bytes", "max", gossipStreamMaxBytes, "from", c.ip)
+		return 0, errGossipStreamTooLong
+	}
+	if int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.left -= int64(n)
+	var declared int64 = -1
+	if c.hdrN < len(c.hdr) {
+		c.hdrN += copy(c.hdr[c.hdrN:], p[:n])
+		if c.hdrN == len(c.hdr) && c.hdr[0] == gossipEncryptMsg {
+			declared = int64(binary.BigEndian.Uint32(c.hdr[1:]))
+		}
+	}
+	if n > 0 && !c.started {
+		// Past the first bytes: memberlist's own deadline from now on.
+		c.started = true
+		_ = c.Conn.SetReadDeadline(c.deadline)
+	}
+	started := c.started
+	c.mu.Unlock()
+	if declared > gossipStreamMaxBytes-int64(len(c.hdr)) {
+		c.t.tooLong.Add(1)
+		c.t.warn("refused a gossip stream: declares too long a message", "limit", "gossip_stream_max_bytes", "max", gossipStreamMaxBytes, "declared", declared, "from", c.ip)
+		return 0, fmt.Errorf("gossip stream declares an encrypted message of %d bytes, over leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", declared, gossipStreamMaxBytes)
+	}
+	var ne net.Error
+	if !started && errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("gossip stream sent nothing in leasenode's %v (limit gossip_first_bytes_timeout): %w", gossipFirstBytesTimeout, err)
+	}
+	return n, err
+}
+
+// SetDeadline implements net.Conn; before the first bytes the read
+// deadline stays no later than firstBy.
+func (c *boundedConn) SetDeadline(d time.Time) error {
+	if err := c.Conn.SetWriteDeadline(d); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(d)
+}
+
+// SetReadDeadline implements net.Conn, as SetDeadline.
+func (c *boundedConn) SetReadDeadline(d time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = d
+	if !c.started && (d.IsZero() || d.After(c.firstBy)) {
+		d = c.firstBy
+	}
+	return c.Conn.SetReadDeadline(d)
+}
+
+// Close implements net.Conn and frees the stream's slot.
+func (c *boundedConn) Close() error {
+	c.once.Do(func() { c.t.release(c.ip) })
+	return c.Conn.Close()
+}
