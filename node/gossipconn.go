@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/leasenode/leasenode/internal/loglimit"
 )
 
 // Bounds on the inbound TCP streams of the gossip port.
@@ -84,7 +86,7 @@ const gossipEncryptMsg = 10
 type gossipTransport struct {
 	*memberlist.NetTransport
 	log   *slog.Logger
-	limit *lineLimiter
+	limit *loglimit.Limiter
 
 	streams   chan net.Conn // what memberlist reads (StreamCh)
 	closing   chan struct{} // closed when Shutdown starts
@@ -123,7 +125,7 @@ func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logg
 	if *port == 0 {
 		*port = inner.GetAutoBindPort()
 	}
-	t := &gossipTransport{NetTransport: inner, log: l, limit: newLineLimiter(),
+	t := &gossipTransport{NetTransport: inner, log: l, limit: loglimit.New(),
 		streams: make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
 		perIP: map[string]int{}}
 	t.wg.Add(1)
@@ -216,15 +218,15 @@ func (t *gossipTransport) release(ip string) {
 	t.mu.Unlock()
 }
 
-// warn logs msg at most once per lineEvery, with the count of those not
-// logged.
+// warn logs msg at most once per loglimit.Every, with the count of those
+// not logged.
 func (t *gossipTransport) warn(msg string, args ...any) {
-	ok, skipped := t.limit.allow(msg)
+	ok, skipped := t.limit.Allow(msg)
 	if !ok {
 		return
 	}
 	if skipped > 0 {
-		args = append(args, "like_this_not_logged", skipped)
+		args = append(args, loglimit.Skipped, skipped)
 	}
 	t.log.Warn(msg, args...)
 }

@@ -15,11 +15,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/leasenode/leasenode/internal/loglimit"
 )
 
 // bareGossipTransport is a gossipTransport without listeners, for take.
 func bareGossipTransport() *gossipTransport {
-	return &gossipTransport{log: slog.New(slog.DiscardHandler), limit: newLineLimiter(),
+	return &gossipTransport{log: slog.New(slog.DiscardHandler), limit: loglimit.New(),
 		closing: make(chan struct{}), perIP: map[string]int{}}
 }
 
