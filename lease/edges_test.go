@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -691,32 +692,51 @@ func TestOtherRefusalsDoNotShrinkExtends(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 1})
 	_, l := c.Leader()
 	b := &refuseExtends{Backend: l}
-	b.n.Store(3)
 	cl, err := lease.New(b, lease.WithTTL(time.Minute), lease.WithExtendInterval(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close(context.Background())
+	// Kept referenced: a Lease dropped is released once collected, and
+	// the batches would shrink for that.
+	var held []*lease.Lease
+	defer func() { runtime.KeepAlive(held) }()
 	for i := range 16 {
-		if _, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprint("shrink/", i)); err != nil {
+		l, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprint("shrink/", i))
+		if err != nil {
 			t.Fatal(err)
 		}
+		held = append(held, l)
 	}
+	// Refuse the next 3 extends, each of all 16 leases once they are held
+	// (refused while fewer were, they would prove nothing), then look at
+	// the batches after them.
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if len(b.sizes) < 6 {
-			return fmt.Errorf("%d extends", len(b.sizes))
+		if n := len(b.sizes); n == 0 || b.sizes[n-1] != 16 {
+			return fmt.Errorf("no extend of the 16 leases yet: %v", b.sizes)
 		}
 		return nil
 	})
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	for i, n := range b.sizes[len(b.sizes)-3:] {
-		if n != 16 {
-			t.Fatalf("extend %d carried %d of 16 leases (all: %v)", len(b.sizes)-3+i, n, b.sizes)
+	from := len(b.sizes)
+	b.mu.Unlock()
+	b.n.Store(3)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		after := b.sizes[from:]
+		if len(after) < 6 {
+			return fmt.Errorf("%d extends since the refusals began", len(after))
 		}
-	}
+		for _, n := range after[len(after)-3:] {
+			if n != 16 {
+				return fmt.Errorf("the last extends carried %v of 16 leases (since the refusals began: %v)", after[len(after)-3:], after)
+			}
+		}
+		return nil
+	})
 }
 
 // With its quorum lost, the node left answers why there is no leader
