@@ -81,6 +81,22 @@ func (e *HeldError) Unwrap() []error {
 // declares them; lease must not import it).
 type reasoner interface{ Reason() pb.Reason }
 
+// explained reports whether err carries a node's own reason for failing
+// (an embedded node's error, or a remote node's error detail), as opposed
+// to this client's account of a node it could not reach, which
+// noLeaderError tags REASON_NO_LEADER too.
+func explained(err error) bool {
+	if detailOf(err) != nil {
+		return true
+	}
+	var ne *noLeaderError
+	if errors.As(err, &ne) {
+		return explained(ne.err)
+	}
+	var r reasoner
+	return errors.As(err, &r)
+}
+
 // reasonOf classifies a backend error: from an embedded node through its
 // Reason method, from a remote node through the connect error's detail.
 func reasonOf(err error) pb.Reason {

@@ -105,7 +105,7 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 		if err == nil {
 			return nil
 		}
-		if reasonOf(err) != pb.Reason_REASON_UNSPECIFIED {
+		if explained(err) {
 			answer = err
 		}
 		kind := classifyAttempt(err)

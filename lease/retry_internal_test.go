@@ -11,11 +11,11 @@ import (
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
-// explained is a failure a node gave a reason for.
-type explained struct{ msg string }
+// nodeAnswer is a failure a node gave a reason for.
+type nodeAnswer struct{ msg string }
 
-func (e explained) Error() string     { return e.msg }
-func (e explained) Reason() pb.Reason { return pb.Reason_REASON_NO_LEADER }
+func (e nodeAnswer) Error() string     { return e.msg }
+func (e nodeAnswer) Reason() pb.Reason { return pb.Reason_REASON_NO_LEADER }
 
 // With a quorum lost, the one node left answers "no leader" while the dead
 // ones refuse connections: giving up, the message leads with the answer,
@@ -26,8 +26,8 @@ func TestGiveUpLeadsWithANodesAnswer(t *testing.T) {
 	i := 0
 	err := p.Do(context.Background(), true, func(context.Context) error {
 		i++
-		if i%3 == 1 {
-			return explained{"no leader: election in progress (candidate, term 6)"}
+		if i == 1 {
+			return nodeAnswer{"no leader: election in progress (candidate, term 6)"}
 		}
 		return refused
 	})

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -211,5 +212,20 @@ insecure = false
 		if code != exitUsage || !strings.Contains(errOut, c.want) || !strings.Contains(errOut, file) || !strings.Contains(errOut, c.hint) {
 			t.Errorf("config %q: exit %d, %q; want %d naming the file, %q and %q", c.body, code, errOut, exitUsage, c.want, c.hint)
 		}
+	}
+}
+
+// Nothing listening at --addr gets the hint to check it; "knows no
+// leader" is only for a node that said so.
+func TestNobodyAtAddrHint(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	code, _, errOut := run1(t, nil, "get", "k", "--addr", addr, "--timeout", "1s")
+	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "knows no leader") {
+		t.Errorf("get with nothing at %s: %d %s", addr, code, errOut)
 	}
 }

@@ -41,7 +41,7 @@ func hintFor(err error) string {
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
-	case code == exitUnreachable && reasonOf(err) == pb.Reason_REASON_NO_LEADER:
+	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
 		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum; `leasenode status` shows every node"
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
@@ -51,14 +51,9 @@ func hintFor(err error) string {
 	return ""
 }
 
-// reasonOf classifies err by the wire reason it carries: from an error
-// with a Reason method (lease's and node's errors), or from the error
-// detail a node attached to a connect error.
-func reasonOf(err error) pb.Reason {
-	var r interface{ Reason() pb.Reason }
-	if errors.As(err, &r) {
-		return r.Reason()
-	}
+// detailReason is the reason a node put in err's error detail, if one did:
+// unlike reasonOf, not the client's own tag for a node it could not reach.
+func detailReason(err error) pb.Reason {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		for _, d := range ce.Details() {
@@ -70,4 +65,15 @@ func reasonOf(err error) pb.Reason {
 		}
 	}
 	return pb.Reason_REASON_UNSPECIFIED
+}
+
+// reasonOf classifies err by the wire reason it carries: from an error
+// with a Reason method (lease's and node's errors), or from the error
+// detail a node attached to a connect error.
+func reasonOf(err error) pb.Reason {
+	var r interface{ Reason() pb.Reason }
+	if errors.As(err, &r) {
+		return r.Reason()
+	}
+	return detailReason(err)
 }
