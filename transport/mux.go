@@ -80,8 +80,8 @@ type Mux struct {
 	mu      sync.Mutex
 	closed  bool
 	subs    map[byte]*muxListener
-	pending map[net.Conn]time.Time // raw conns accepted but not yet handed over, and when
-	wg      sync.WaitGroup         // per-connection handshake goroutines
+	pending map[net.Conn]pendingConn // raw conns accepted but not yet handed over
+	wg      sync.WaitGroup           // per-connection handshake goroutines
 
 	refused  int       // connections closed at MaxPending since the last warning
 	lastWarn time.Time // of the last such warning
@@ -119,7 +119,7 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 		done:             make(chan struct{}),
 		limit:            loglimit.New(),
 		subs:             make(map[byte]*muxListener),
-		pending:          make(map[net.Conn]time.Time),
+		pending:          make(map[net.Conn]pendingConn),
 	}
 }
 
@@ -183,14 +183,16 @@ func (m *Mux) Serve() error {
 			// longest: a node's handshake takes milliseconds, so only
 			// connections opened and left silent lose their slot, and
 			// an outsider holding every slot cannot keep nodes out.
-			var oldest net.Conn
-			for c, since := range m.pending {
-				if oldest == nil || since.Before(m.pending[oldest]) {
-					oldest = c
+			// If every one has authenticated already (they wait for
+			// Accept), the new connection is closed instead.
+			victim := conn
+			for c, p := range m.pending {
+				if !p.authed && (victim == conn || p.since.Before(m.pending[victim].since)) {
+					victim = c
 				}
 			}
-			delete(m.pending, oldest)
-			_ = oldest.Close()
+			delete(m.pending, victim)
+			_ = victim.Close()
 			m.refused++
 			if time.Since(m.lastWarn) >= time.Minute {
 				m.log.Warn("node port: too many connections waiting to authenticate; closing the longest waiting (nodes need a few each and authenticate at once: someone else is opening them)",
@@ -198,7 +200,11 @@ func (m *Mux) Serve() error {
 				m.lastWarn, m.refused = time.Now(), 0
 			}
 		}
-		m.pending[conn] = time.Now()
+		if len(m.pending) >= MaxPending { // the new one was the victim
+			m.mu.Unlock()
+			continue
+		}
+		m.pending[conn] = pendingConn{since: time.Now()}
 		m.wg.Add(1)
 		m.mu.Unlock()
 		go m.handle(conn)
@@ -326,6 +332,19 @@ func (m *Mux) handle(raw net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	m.mu.Lock()
+	p, ok := m.pending[raw]
+	if ok {
+		// Past MaxPending, only connections still authenticating make
+		// room: this one is a node's.
+		p.authed = true
+		m.pending[raw] = p
+	}
+	m.mu.Unlock()
+	if !ok {
+		_ = raw.Close() // made room for a newer connection meanwhile
+		return
+	}
 
 	select {
 	case l.ch <- handoff{conn: &peerConn{Conn: conn, peer: peer}, raw: raw}:
@@ -377,6 +396,12 @@ func (c *replayConn) Read(b []byte) (int, error) {
 type handoff struct {
 	conn net.Conn
 	raw  net.Conn
+}
+
+// pendingConn is what a Mux knows of a connection it has not handed over.
+type pendingConn struct {
+	since  time.Time // accepted
+	authed bool      // its hello passed: it waits for Accept only
 }
 
 // muxListener is the net.Listener that Mux.Listen returns.

@@ -465,3 +465,56 @@ func TestMuxRefusalFloodLogsBounded(t *testing.T) {
 		t.Errorf("%d refused connections logged %d lines:\n%.3000s", 4*n, lines, out)
 	}
 }
+
+// A node's connection that passed its hello and waits for Accept is not
+// the one closed to make room, however long it waits (found by a review).
+func TestMuxKeepsAuthenticatedConnections(t *testing.T) {
+	leakCheck(t)
+	m, lns := startMux(t, MuxConfig{HandshakeTimeout: time.Minute}, ProtoRaft)
+	addr := m.Addr().String()
+	good, err := (&Dialer{}).Dial(context.Background(), addr, ProtoRaft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	pending := func(authed bool) int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		n := 0
+		for _, p := range m.pending {
+			if p.authed == authed {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pending(true) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the node's connection never waited for Accept")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for range MaxPending + 1 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	for pending(false) != MaxPending-1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d silent connections pending, want %d", pending(false), MaxPending-1)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := acceptOne(t, lns[ProtoRaft])
+	defer s.Close()
+	exchange(t, good, s, "still here")
+}
