@@ -556,11 +556,14 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			break
 		}
 	}
-	// Some node that answered has Raft state (a term, a committed entry).
-	bootstrapped := false
+	// Not bootstrapped: some node answered, and none has Raft state (a
+	// term, a committed entry).
+	answered, bootstrapped := false, false
 	for _, r := range rows {
+		answered = answered || r.Error == ""
 		bootstrapped = bootstrapped || r.Error == "" && (r.Term > 0 || r.Commit > 0)
 	}
+	bootstrapped = bootstrapped || !answered
 	if cf.json() {
 		printJSON(rows)
 	} else {

@@ -172,7 +172,7 @@ def _tls_hint(e):
         return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return "the node serves plain HTTP: leave out ssl_context (or give the agents --tls-cert and --tls-key)"
-    if "CERTIFICATE_REQUIRED" in text or "alert" in text.lower():
+    if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
         return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (ssl_context.load_cert_chain, made by `leasenode tls cert create --client`)"
     return None
 
