@@ -29,21 +29,22 @@ var workloads = []string{"uncontended", "handoff", "keepalive", "idle", "failove
 
 // config of one run.
 type config struct {
-	system    string
-	sys       system
-	dir       string // the cluster's directory (cluster.sh's DIR)
-	script    string // cluster.sh, to restart a killed node
-	endpoints []string
-	duration  time.Duration
-	clients   int
-	fclients  int
-	locks     int
-	holders   int
-	hold      time.Duration
-	idle      time.Duration
-	kills     int
-	ttl       time.Duration
-	prefix    string
+	system     string
+	sys        system
+	dir        string // the cluster's directory (cluster.sh's DIR)
+	script     string // cluster.sh, to restart a killed node
+	endpoints  []string
+	duration   time.Duration
+	clients    int
+	fclients   int
+	locks      int
+	holders    int
+	hold       time.Duration
+	idle       time.Duration
+	idleSettle time.Duration
+	kills      int
+	ttl        time.Duration
+	prefix     string
 }
 
 // Result is one measured quantity: bench.Result's fields (the same
@@ -89,6 +90,7 @@ func main() {
 	flag.IntVar(&c.holders, "holders", 10, "keepalive: clients holding them")
 	flag.DurationVar(&c.hold, "hold", 30*time.Second, "keepalive: how long the locks are held (measured)")
 	flag.DurationVar(&c.idle, "idle", 30*time.Second, "idle: how long the servers are watched with no client")
+	flag.DurationVar(&c.idleSettle, "idle-settle", 0, "idle: how long to wait first, for what earlier workloads left to end (0: two TTLs)")
 	flag.IntVar(&c.kills, "kills", 3, "failover: leader SIGKILLs")
 	flag.DurationVar(&c.ttl, "ttl", 10*time.Second, "lock TTL: leasenode's lease TTL, etcd's session TTL, ZooKeeper's session timeout")
 	flag.StringVar(&jsonOut, "json", "", "write the report as JSON to this file")

@@ -262,8 +262,15 @@ func (c *config) keepalive(ctx context.Context) ([]Result, error) {
 	return []Result{r}, nil
 }
 
-// idleCPU: the servers' CPU with no client at all.
+// idleCPU: the servers' CPU with no client at all, after idleSettle (by
+// default two TTLs) for what earlier workloads left to end: the locks of
+// keepalive expire within their TTL, and their expiries are work.
 func (c *config) idleCPU(ctx context.Context) ([]Result, error) {
+	settle := c.idleSettle
+	if settle == 0 {
+		settle = 2 * c.ttl
+	}
+	sleep(ctx, settle)
 	cpu, err := c.cpuWindow(func() { sleep(ctx, c.idle) })
 	if err != nil {
 		return nil, err
