@@ -3,7 +3,6 @@ module github.com/leasenode/leasenode/bench/sidebyside
 go 1.26.0
 
 require (
-	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	github.com/go-zookeeper/zk v1.0.4
 	github.com/leasenode/leasenode v0.0.0
 	go.etcd.io/etcd/client/v3 v3.5.21
@@ -14,6 +13,7 @@ require (
 	connectrpc.com/connect v1.19.1 // indirect
 	connectrpc.com/grpchealth v1.5.0 // indirect
 	connectrpc.com/grpcreflect v1.3.1 // indirect
+	github.com/HdrHistogram/hdrhistogram-go v1.4.0 // indirect
 	github.com/armon/go-metrics v0.4.1 // indirect
 	github.com/benbjohnson/immutable v0.4.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -205,8 +205,10 @@ func (c *Config) dial(ctx context.Context, n int, opts ...lease.Option) ([]*leas
 	return out, closeAll, nil
 }
 
-// recorder collects latencies and failures from concurrent workers.
-type recorder struct {
+// Recorder collects latencies and failures from concurrent workers; its
+// zero value is ready. The side-by-side harness (bench/sidebyside) records
+// etcd's and ZooKeeper's workloads with it too.
+type Recorder struct {
 	mu    sync.Mutex
 	hist  *hdrhistogram.Histogram // microseconds
 	kinds map[string]int
@@ -221,7 +223,8 @@ const (
 	histDigits = 3
 )
 
-func (r *recorder) add(d time.Duration) {
+// Add records one operation that took d.
+func (r *Recorder) Add(d time.Duration) {
 	r.ops.Add(1)
 	us := min(max(d.Microseconds(), histMin), histMax)
 	r.mu.Lock()
@@ -232,18 +235,24 @@ func (r *recorder) add(d time.Duration) {
 	r.mu.Unlock()
 }
 
-// fail counts one failed operation, by the kind of err.
-func (r *recorder) fail(err error) {
+// Fail counts one failed operation, by the kind of err (ErrorKind).
+func (r *Recorder) Fail(err error) { r.FailKind(ErrorKind(err)) }
+
+// FailKind counts one failed operation of the kind named.
+func (r *Recorder) FailKind(kind string) {
 	r.errs.Add(1)
 	r.mu.Lock()
 	if r.kinds == nil {
 		r.kinds = map[string]int{}
 	}
-	r.kinds[ErrorKind(err)]++
+	r.kinds[kind]++
 	r.mu.Unlock()
 }
 
-func (r *recorder) result(workload, metric string, clients int, elapsed time.Duration) Result {
+// Result summarizes what was recorded as workload's metric, over elapsed:
+// the count, the rate, p50 and p99 (from MinSamplesP50 and MinSamplesP99
+// samples), the maximum and the failures by kind.
+func (r *Recorder) Result(workload, metric string, clients int, elapsed time.Duration) Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	res := Result{Workload: workload, Metric: metric, Clients: clients, Seconds: round(elapsed.Seconds(), 2),
@@ -318,7 +327,7 @@ func round(v float64, digits int) float64 {
 }
 
 // progress prints a live line until stop is called.
-func (c *Config) progress(name string, r *recorder) (stop func()) {
+func (c *Config) progress(name string, r *Recorder) (stop func()) {
 	if c.Progress == nil {
 		return func() {}
 	}
@@ -352,7 +361,7 @@ func uncontended(ctx context.Context, cfg *Config) ([]Result, error) {
 		return nil, err
 	}
 	defer closeAll()
-	var acq, rel, cycles recorder
+	var acq, rel, cycles Recorder
 	stop := cfg.progress("uncontended", &cycles)
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
@@ -371,21 +380,21 @@ func uncontended(ctx context.Context, cfg *Config) ([]Result, error) {
 						err = lease.ErrHeld // by someone else: a previous run's lease
 					}
 					if rctx.Err() == nil && !isCtxErr(err) {
-						acq.fail(err)
+						acq.Fail(err)
 					}
 					continue
 				}
 				t1 := time.Now()
-				acq.add(t1.Sub(t0))
+				acq.Add(t1.Sub(t0))
 				relCtx, rc := context.WithTimeout(context.Background(), 5*time.Second)
 				err = l.Release(relCtx)
 				rc()
 				if err != nil {
-					rel.fail(err)
+					rel.Fail(err)
 					continue
 				}
-				rel.add(time.Since(t1))
-				cycles.add(time.Since(t0))
+				rel.Add(time.Since(t1))
+				cycles.Add(time.Since(t0))
 			}
 		}()
 	}
@@ -393,9 +402,9 @@ func uncontended(ctx context.Context, cfg *Config) ([]Result, error) {
 	elapsed := time.Since(start)
 	stop()
 	return []Result{
-		acq.result("uncontended", "acquire", cfg.Clients, elapsed),
-		rel.result("uncontended", "release", cfg.Clients, elapsed),
-		cycles.result("uncontended", "acquire+release", cfg.Clients, elapsed),
+		acq.Result("uncontended", "acquire", cfg.Clients, elapsed),
+		rel.Result("uncontended", "release", cfg.Clients, elapsed),
+		cycles.Result("uncontended", "acquire+release", cfg.Clients, elapsed),
 	}, nil
 }
 
@@ -407,7 +416,7 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 	}
 	defer closeAll()
 	key := cfg.Prefix + "handoff"
-	var gaps, grants recorder
+	var gaps, grants Recorder
 	var mu sync.Mutex
 	var releasedAt time.Time // when the last holder started releasing
 	stop := cfg.progress("handoff", &grants)
@@ -424,21 +433,21 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 				l, err := cl.Acquire(rctx, key)
 				if err != nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						grants.fail(err)
+						grants.Fail(err)
 					}
 					continue
 				}
 				now := time.Now()
-				grants.add(now.Sub(t0))
+				grants.Add(now.Sub(t0))
 				mu.Lock()
 				if !releasedAt.IsZero() {
-					gaps.add(now.Sub(releasedAt))
+					gaps.Add(now.Sub(releasedAt))
 				}
 				releasedAt = time.Now()
 				mu.Unlock()
 				relCtx, rc := context.WithTimeout(context.Background(), 5*time.Second)
 				if err := l.Release(relCtx); err != nil {
-					gaps.fail(err)
+					gaps.Fail(err)
 				}
 				rc()
 			}
@@ -447,9 +456,9 @@ func handoff(ctx context.Context, cfg *Config) ([]Result, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	stop()
-	g := gaps.result("handoff", "release→next grant", n, elapsed)
+	g := gaps.Result("handoff", "release→next grant", n, elapsed)
 	g.Note = "4 clients queue for one key; gap from a release to the next holder's grant"
-	gr := grants.result("handoff", "acquire (queued)", n, elapsed)
+	gr := grants.Result("handoff", "acquire (queued)", n, elapsed)
 	return []Result{g, gr}, nil
 }
 
@@ -473,7 +482,7 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 	}
 	holders := make([]*holderState, cfg.Holders)
 	ttl := durationpb.New(30 * time.Second)
-	var setup recorder
+	var setup Recorder
 	stopSetup := cfg.progress("keepalive setup", &setup)
 	var g errGroup
 	for h := range holders {
@@ -492,7 +501,7 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 				if !resp.GetGranted() {
 					return fmt.Errorf("keepalive setup: %s held by %s", key, resp.GetHolder())
 				}
-				setup.add(time.Since(t0))
+				setup.Add(time.Since(t0))
 				hs.items = append(hs.items, &pb.ExtendItem{Key: key, Token: resp.GetToken()})
 			}
 			return nil
@@ -517,7 +526,7 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ext recorder
+	var ext Recorder
 	var extended, refused atomic.Int64
 	stop := cfg.progress("keepalive", &ext)
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
@@ -533,17 +542,17 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 				resp, err := api.Extend(rctx, &pb.ExtendRequest{Holder: hs.name, Items: hs.items})
 				if err != nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						ext.fail(err)
+						ext.Fail(err)
 					}
 					continue
 				}
-				ext.add(time.Since(t0))
+				ext.Add(time.Since(t0))
 				for _, r := range resp.GetResults() {
 					if r.GetOk() {
 						extended.Add(1)
 					} else {
 						refused.Add(1)
-						ext.fail(errRefused)
+						ext.Fail(errRefused)
 					}
 				}
 			}
@@ -552,10 +561,10 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	stop()
-	r := ext.result("keepalive", "extend request", cfg.Holders, elapsed)
+	r := ext.Result("keepalive", "extend request", cfg.Holders, elapsed)
 	r.Note = fmt.Sprintf("%d leases, %d per request; %.0f lease extensions/s; %d refused (lost)",
 		per*cfg.Holders, per, float64(extended.Load())/elapsed.Seconds(), refused.Load())
-	s := setup.result("keepalive", "acquire (setup, sequential per holder)", cfg.Holders, 0)
+	s := setup.Result("keepalive", "acquire (setup, sequential per holder)", cfg.Holders, 0)
 	return []Result{r, s}, nil
 }
 
@@ -567,7 +576,7 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 		return nil, err
 	}
 	defer closeAll()
-	var ops recorder
+	var ops Recorder
 	var mu sync.Mutex
 	var successes [][2]time.Time // start and end of each successful acquire
 	stop := cfg.progress("failover", &ops)
@@ -589,12 +598,12 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 						err = lease.ErrHeld
 					}
 					if rctx.Err() == nil && !isCtxErr(err) {
-						ops.fail(err)
+						ops.Fail(err)
 					}
 					continue
 				}
 				now := time.Now()
-				ops.add(now.Sub(t0))
+				ops.Add(now.Sub(t0))
 				mu.Lock()
 				successes = append(successes, [2]time.Time{t0, now})
 				mu.Unlock()
@@ -604,7 +613,7 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 			}
 		}()
 	}
-	var windows, elections recorder
+	var windows, elections Recorder
 	var kills []string
 	for k := 0; k < cfg.Kills && ctx.Err() == nil; k++ {
 		if !ctxtime.Sleep(ctx, cfg.Duration/2) {
@@ -619,7 +628,7 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 		if _, err := c.WaitLeader(ctx); err != nil {
 			break
 		}
-		elections.add(time.Since(crashAt))
+		elections.Add(time.Since(crashAt))
 		// The window: from the crash until the first acquire that started
 		// after it succeeded (requests in flight at the crash may still
 		// complete; they do not show the cluster available again).
@@ -635,7 +644,7 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 			ctxtime.Sleep(ctx, 10*time.Millisecond)
 		}
 		if !first.IsZero() {
-			windows.add(first.Sub(crashAt))
+			windows.Add(first.Sub(crashAt))
 			kills = append(kills, c.ID(leader))
 		}
 		if !ctxtime.Sleep(ctx, cfg.Duration/2) {
@@ -651,9 +660,9 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 	cancel()
 	wg.Wait()
 	stop()
-	w := windows.result("failover", "crash→first new success", n, 0)
+	w := windows.Result("failover", "crash→first new success", n, 0)
 	w.Note = fmt.Sprintf("leader crashed %d times (%v); %d clients in acquire/release loops", len(kills), kills, n)
-	e := elections.result("failover", "crash→new leader serving", n, 0)
+	e := elections.Result("failover", "crash→new leader serving", n, 0)
 	return []Result{w, e}, nil
 }
 

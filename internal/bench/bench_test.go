@@ -31,14 +31,14 @@ func TestErrorKind(t *testing.T) {
 // Percentiles appear only when the samples allow them; every failure is
 // counted by kind.
 func TestRecorderResult(t *testing.T) {
-	var r recorder
+	var r Recorder
 	for i := range 99 {
-		r.add(time.Duration(i+1) * time.Millisecond)
+		r.Add(time.Duration(i+1) * time.Millisecond)
 	}
-	r.fail(lease.ErrNoLeader)
-	r.fail(lease.ErrNoLeader)
-	r.fail(lease.ErrUnknownOutcome)
-	res := r.result("w", "m", 1, time.Second)
+	r.Fail(lease.ErrNoLeader)
+	r.Fail(lease.ErrNoLeader)
+	r.Fail(lease.ErrUnknownOutcome)
+	res := r.Result("w", "m", 1, time.Second)
 	if res.Count != 99 || res.P50ms == nil || res.P99ms != nil {
 		t.Fatalf("n=99: %+v", res)
 	}
@@ -48,14 +48,14 @@ func TestRecorderResult(t *testing.T) {
 	if res.Errors != 3 || res.ErrorKinds["no leader"] != 2 || res.ErrorKinds["unknown outcome"] != 1 {
 		t.Errorf("errors %d by kind %v", res.Errors, res.ErrorKinds)
 	}
-	r.add(500 * time.Millisecond)
-	res = r.result("w", "m", 1, time.Second)
+	r.Add(500 * time.Millisecond)
+	res = r.Result("w", "m", 1, time.Second)
 	if res.Count != 100 || res.P99ms == nil || *res.P99ms < 98.9 || *res.P99ms > 99.1 {
 		t.Errorf("n=100: p99 %v, want ~99", res.P99ms)
 	}
-	var one recorder
-	one.add(time.Millisecond)
-	if res := one.result("w", "m", 1, 0); res.P50ms != nil || res.P99ms != nil || res.MaxMs != 1 {
+	var one Recorder
+	one.Add(time.Millisecond)
+	if res := one.Result("w", "m", 1, 0); res.P50ms != nil || res.P99ms != nil || res.MaxMs != 1 {
 		t.Errorf("n=1: %+v", res)
 	}
 }

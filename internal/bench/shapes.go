@@ -18,7 +18,7 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 		return nil, err
 	}
 	defer closeAll()
-	var acq, rel, cycles recorder
+	var acq, rel, cycles Recorder
 	stop := cfg.progress(name, &cycles)
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
@@ -43,7 +43,7 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 					continue
 				}
 				t1 := time.Now()
-				acq.add(t1.Sub(t0))
+				acq.Add(t1.Sub(t0))
 				relCtx, rc := context.WithTimeout(context.Background(), 5*time.Second)
 				err = l.Release(relCtx)
 				rc()
@@ -51,8 +51,8 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 					rel.errs.Add(1)
 					continue
 				}
-				rel.add(time.Since(t1))
-				cycles.add(time.Since(t0))
+				rel.Add(time.Since(t1))
+				cycles.Add(time.Since(t0))
 			}
 		})
 	}
@@ -64,9 +64,9 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 		metric = "acquire set of 4"
 	}
 	return []Result{
-		acq.result(name, metric, cfg.Clients, elapsed),
-		rel.result(name, "release", cfg.Clients, elapsed),
-		cycles.result(name, metric+"+release", cfg.Clients, elapsed),
+		acq.Result(name, metric, cfg.Clients, elapsed),
+		rel.Result(name, "release", cfg.Clients, elapsed),
+		cycles.Result(name, metric+"+release", cfg.Clients, elapsed),
 	}, nil
 }
 
@@ -80,7 +80,7 @@ func semaphoreHandoff(ctx context.Context, cfg *Config) ([]Result, error) {
 	}
 	defer closeAll()
 	key := cfg.Prefix + "semaphore"
-	var gaps, grants recorder
+	var gaps, grants Recorder
 	var mu sync.Mutex
 	var releasedAt time.Time // when the last holder started releasing
 	stop := cfg.progress("semaphore", &grants)
@@ -100,10 +100,10 @@ func semaphoreHandoff(ctx context.Context, cfg *Config) ([]Result, error) {
 					continue
 				}
 				now := time.Now()
-				grants.add(now.Sub(t0))
+				grants.Add(now.Sub(t0))
 				mu.Lock()
 				if !releasedAt.IsZero() {
-					gaps.add(now.Sub(releasedAt))
+					gaps.Add(now.Sub(releasedAt))
 				}
 				releasedAt = time.Now()
 				mu.Unlock()
@@ -119,7 +119,7 @@ func semaphoreHandoff(ctx context.Context, cfg *Config) ([]Result, error) {
 	elapsed := time.Since(start)
 	stop()
 	return []Result{
-		grants.result("semaphore", "acquire (waiting, "+strconv.Itoa(slots)+" slots)", n, elapsed),
-		gaps.result("semaphore", "release→next grant", n, elapsed),
+		grants.Result("semaphore", "acquire (waiting, "+strconv.Itoa(slots)+" slots)", n, elapsed),
+		gaps.Result("semaphore", "release→next grant", n, elapsed),
 	}, nil
 }
