@@ -12,29 +12,26 @@ import (
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
-// A Release that fails opens the Client's guard while its record may
-// still be live: the same Client's next TryAcquire must not take the key
-// ahead of a client already queued for it (fifo-no-barging; found by a
-// review of 0a1ef23).
-func TestFailedReleaseDoesNotBargeAhead(t *testing.T) {
+// bargeSetup: client a (its backend cuttable) holds "k" with ttl, and
+// client b waits for it at the leader. bgot gets b's outcome.
+func bargeSetup(t *testing.T, ttl, retry time.Duration) (a *lease.Client, cb *cutExt, l *lease.Lease, bgot chan error) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, f := c.Follower()
-	cb := &cutExt{Backend: f}
-	a, err := lease.New(cb, lease.WithTTL(5*time.Second), lease.WithRetryTimeout(500*time.Millisecond))
+	cb = &cutExt{Backend: f}
+	a, err := lease.New(cb, lease.WithTTL(ttl), lease.WithRetryTimeout(retry))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close(context.Background())
-	b, err := lease.New(f, lease.WithTTL(5*time.Second))
+	t.Cleanup(func() { a.Close(context.Background()) })
+	b, err := lease.New(f, lease.WithTTL(ttl))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close(context.Background())
-	l, err := a.Acquire(ctxT(t, 10*time.Second), "k")
-	if err != nil {
+	t.Cleanup(func() { b.Close(context.Background()) })
+	if l, err = a.Acquire(ctxT(t, 10*time.Second), "k"); err != nil {
 		t.Fatal(err)
 	}
-	bgot := make(chan error, 1)
+	bgot = make(chan error, 1)
 	go func() {
 		lb, err := b.Acquire(ctxT(t, 30*time.Second), "k")
 		if lb != nil {
@@ -43,6 +40,15 @@ func TestFailedReleaseDoesNotBargeAhead(t *testing.T) {
 		bgot <- err
 	}()
 	waitWaiters(t, c, 1)
+	return a, cb, l, bgot
+}
+
+// A Release that fails opens the Client's guard while its record may
+// still be live: the same Client's next TryAcquire must not take the key
+// ahead of a client already queued for it (fifo-no-barging; found by a
+// review of 0a1ef23).
+func TestFailedReleaseDoesNotBargeAhead(t *testing.T) {
+	a, cb, l, bgot := bargeSetup(t, 5*time.Second, 500*time.Millisecond)
 	cb.releasesCut.Store(true) // the release fails (e.g. no leader for a moment)
 	if err := l.Release(ctxT(t, 5*time.Second)); err == nil {
 		t.Fatal("Release succeeded with releases cut")
@@ -65,32 +71,7 @@ func TestFailedReleaseDoesNotBargeAhead(t *testing.T) {
 // The same for a lease lost locally (its validity ran out, extends
 // failing) while its record lives on in the cluster.
 func TestLostLeaseDoesNotBargeAhead(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
-	_, f := c.Follower()
-	cb := &cutExt{Backend: f}
-	a, err := lease.New(cb, lease.WithTTL(3*time.Second), lease.WithRetryTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(context.Background())
-	b, err := lease.New(f, lease.WithTTL(3*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	l, err := a.Acquire(ctxT(t, 10*time.Second), "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bgot := make(chan error, 1)
-	go func() {
-		lb, err := b.Acquire(ctxT(t, 30*time.Second), "k")
-		if lb != nil {
-			lb.Release(ctxT(t, 5*time.Second))
-		}
-		bgot <- err
-	}()
-	waitWaiters(t, c, 1)
+	a, cb, l, bgot := bargeSetup(t, 3*time.Second, time.Second)
 	cb.extendsCut.Store(true)
 	select {
 	case <-l.Done():
