@@ -106,6 +106,13 @@ func TestAPIInputsAreBounded(t *testing.T) {
 	t.Run("100 MB body", func(t *testing.T) {
 		body := &endless{n: 100 << 20}
 		code, out := post(t, l.APIAddr(), "Acquire", body, nil)
+		if code == 0 && strings.Contains(out, "connection reset") && body.read.Load() <= 64<<20 {
+			// The node answered and closed with the rest unread; on a
+			// busy machine the client, still writing, can see the reset
+			// before it reads the answer. The bound held.
+			t.Logf("100 MB body: reset after %d MB sent, before the answer was read", body.read.Load()>>20)
+			return
+		}
 		if code == http.StatusOK || body.read.Load() > 64<<20 || !strings.Contains(out, "--max-request-bytes") {
 			t.Fatalf("a 100 MB body: status %d after the node read %d MB: %s", code, body.read.Load()>>20, out)
 		}
