@@ -225,7 +225,7 @@ func compat(ks *keyState, it Item, skip []*record, now time.Duration, cfg *Confi
 		blocks = func(r *record) bool { return r.Mode != ModeShared }
 	case ModeSemaphore:
 		if n[ModeSemaphore] > 0 && ks.limit != it.Limit {
-			return false, block{bad: fmt.Sprintf("key %q is a semaphore of %d, not %d", ks.key, ks.limit, it.Limit)}
+			return false, block{bad: fmt.Sprintf("key %q is a semaphore of %d, not %d: every holder of a semaphore gives the same number of slots", ks.key, ks.limit, it.Limit)}
 		}
 		limit := int32(it.Limit)
 		if cfg.UnsafeSemaphoreOvergrant {

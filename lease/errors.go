@@ -3,6 +3,7 @@ package lease
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -146,5 +147,24 @@ func classify(op, key string, err error) error {
 	if sentinel == nil {
 		return fmt.Errorf("%s %q: %w", op, key, err)
 	}
-	return fmt.Errorf("%s %q: %w: %v", op, key, sentinel, err)
+	return fmt.Errorf("%s %q: %w: %s", op, key, sentinel, why(op, key, err))
+}
+
+// why is a node's own words for a refusal that classify names by a
+// sentinel: what a connect error carries without its code ("invalid_argument:
+// "), and without a leading "node: <sentinel>: " and "op "key": ", which
+// only repeat what the caller's message says already.
+func why(op, key string, err error) string {
+	msg := err.Error()
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Message() != "" {
+		msg = ce.Message()
+	}
+	msg = strings.TrimPrefix(msg, fmt.Sprintf("%s %q: ", op, key))
+	if rest, ok := strings.CutPrefix(msg, "node: "); ok {
+		if _, after, ok := strings.Cut(rest, ": "); ok {
+			msg = after
+		}
+	}
+	return msg
 }

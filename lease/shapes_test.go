@@ -30,8 +30,15 @@ func TestSemaphore(t *testing.T) {
 		if l, err := cls[2].TryAcquire(ctxT(t, 10*time.Second), "sem", lease.Semaphore(2)); l != nil || err != nil {
 			t.Fatalf("a third holder of 2 slots: %v %v", l, err)
 		}
-		if _, err := cls[2].TryAcquire(ctxT(t, 10*time.Second), "sem", lease.Semaphore(3)); !errors.Is(err, lease.ErrInvalid) {
+		_, err = cls[2].TryAcquire(ctxT(t, 10*time.Second), "sem", lease.Semaphore(3))
+		if !errors.Is(err, lease.ErrInvalid) {
 			t.Fatalf("another n: %v, want ErrInvalid", err)
+		}
+		// The refusal says it once, in the node's words, embedded or
+		// remote alike: no wire code, no second "invalid request".
+		const want = `acquire "sem": lease: invalid request: key "sem" is a semaphore of 2, not 3: every holder of a semaphore gives the same number of slots`
+		if err.Error() != want {
+			t.Fatalf("another n:\n got %q\nwant %q", err, want)
 		}
 		hs, err := cls[3].Holdings(ctxT(t, 10*time.Second), "sem")
 		if err != nil || len(hs) != 2 || hs[0].Semaphore != 2 || hs[0].Holder != cls[0].Holder() || hs[1].Holder != cls[1].Holder() {

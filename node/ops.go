@@ -200,7 +200,7 @@ func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.Abando
 			out.Holder, out.Wait = res.Holder, durationpb.New(wait)
 		}
 	default:
-		return nil, fmt.Errorf("%w: abandon %q: %s %s", ErrInvalid, cmd.Key, res.Code, res.Reason)
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, res.Reason)
 	}
 	return out, nil
 }
@@ -804,9 +804,9 @@ func (n *Node) acquireReply(res fsm.Result, waited, ttl time.Duration) (*pb.Acqu
 		return &pb.AcquireResponse{Header: n.header(), Holder: res.Holder, Wait: durationpb.New(res.Wait),
 			Ttl: durationpb.New(ttl), HeldKey: res.Key}, nil
 	case fsm.Stale:
-		return nil, fmt.Errorf("acquire %q: %w: %s", res.Key, ErrStaleRequest, res.Reason)
+		return nil, fmt.Errorf("%w: %s", ErrStaleRequest, res.Reason)
 	default:
-		return nil, fmt.Errorf("acquire %q: %w: %s %s", res.Key, ErrInvalid, res.Code, res.Reason)
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, res.Reason)
 	}
 }
 

@@ -193,6 +193,12 @@ insecure = false
 	if _, _, errOut := run1(t, []string{"LEASENODE_DATADIR=/x"}, "version"); !strings.Contains(errOut, "LEASENODE_DATADIR sets nothing (did you mean LEASENODE_DATA_DIR?)") {
 		t.Errorf("a misspelt LEASENODE_ variable: %q", errOut)
 	}
+	// --help marks a flag the environment sets, without its value (it may
+	// be a secret): the default it shows is not what is in force.
+	if _, out, _ := run1(t, []string{"LEASENODE_ADDR=127.0.0.1:7412", "LEASENODE_AUTH_TOKEN=s3cret"}, "get", "--help"); !strings.Contains(out, "[set now by LEASENODE_ADDR]") ||
+		!strings.Contains(out, "[set now by LEASENODE_AUTH_TOKEN]") || strings.Contains(out, "s3cret") {
+		t.Errorf("get --help with LEASENODE_ADDR and LEASENODE_AUTH_TOKEN set:\n%s", out)
+	}
 	// A zero that means "derived" says what it is derived to.
 	if _, out, _ := run1(t, nil, "agent", "--id", "n", "--data-dir", t.TempDir(), "--print-config"); !strings.Contains(out, "leader lease timeout of this --timing, 500ms") {
 		t.Errorf("print-config without --min-ttl:\n%s", out)

@@ -94,6 +94,18 @@ func bindEnv(fs *pflag.FlagSet) error {
 	return nil
 }
 
+// noteEnv marks, in the help of fs, each flag its environment variable
+// sets now, so that a default shown is not taken for the value in force.
+// The value itself is not shown: it may be a secret.
+func noteEnv(fs *pflag.FlagSet) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		name := envName(f.Name)
+		if _, ok := os.LookupEnv(name); ok && !strings.Contains(f.Usage, name) {
+			f.Usage += " [set now by " + name + "]"
+		}
+	})
+}
+
 // warnUnknownEnv warns about each LEASENODE_ variable that sets nothing but
 // is a letter or two from one that would (LEASENODE_DATADIR for
 // LEASENODE_DATA_DIR, say): a typo, where a config file's unknown key is

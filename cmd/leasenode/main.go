@@ -122,6 +122,11 @@ func (a *app) newRoot() *cobra.Command {
 	root.SetVersionTemplate(buildinfo.Get().String() + "\n")
 	root.SetFlagErrorFunc(flagError)
 	root.SetUsageTemplate(root.UsageTemplate() + envNote)
+	help := root.HelpFunc()
+	root.SetHelpFunc(func(cmd *cobra.Command, args []string) {
+		noteEnv(cmd.Flags())
+		help(cmd, args)
+	})
 	root.SetOut(a.stdout)
 	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Run a cluster:"},
 		&cobra.Group{ID: "lease", Title: "Use leases:"},
