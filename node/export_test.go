@@ -1,6 +1,8 @@
 package node
 
 import (
+	"time"
+
 	"github.com/hashicorp/raft"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -15,6 +17,10 @@ var DecodeRPCError = decodeRPCError
 // EarlyCampaigns is how often this node shortened its heartbeat timeout
 // because the leader's process was gone (failover.go).
 func (n *Node) EarlyCampaigns() int64 { return n.earlyCampaigns.Load() }
+
+// CampaignRank is this follower's place in the campaign order after the
+// death of leader dead (failover.go).
+func (n *Node) CampaignRank(dead string) (int, bool) { return n.campaignRank(dead, time.Second) }
 
 // Transport is the node's Raft transport.
 func (n *Node) Transport() raft.Transport { return n.trans }

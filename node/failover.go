@@ -1,15 +1,20 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Fast failover on certain death (issue 12, lever 4).
@@ -135,8 +140,22 @@ func (n *Node) leaderGone(id, addr string) {
 	}
 	// Campaign when the leader has been silent for short: set the timeout
 	// then, so that raft's immediate re-check (it re-checks when the
-	// timeout shrinks) finds the leader silent long enough.
-	wait := time.Until(n.raft.LastContact().Add(short)) + rand.N(short/5+1)
+	// timeout shrinks) finds the leader silent long enough. The followers
+	// go one after another, the least up-to-date log first (campaignOrder).
+	// Their logs are compared halfway there: by then each follower has
+	// stored what the leader sent before it died (compared sooner, a
+	// follower still storing the last batch looked shorter to one peer
+	// and as long to the other, both ranked themselves second, and they
+	// split the vote).
+	if !ctxtime.Sleep(n.ctx, time.Until(n.raft.LastContact().Add(short/2))) {
+		return
+	}
+	gap := short / 10
+	stagger := rand.N(2 * gap)
+	if rank, ok := n.campaignRank(id, short/5); ok {
+		stagger = time.Duration(rank)*gap + rand.N(gap)
+	}
+	wait := time.Until(n.raft.LastContact().Add(short)) + stagger
 	select {
 	case <-time.After(max(wait, 0)):
 	case <-n.ctx.Done():
@@ -174,6 +193,83 @@ func (n *Node) leaderGone(id, addr string) {
 			return
 		}
 	}
+}
+
+// campaignOrder: the order in which the followers of a dead leader
+// campaign. It bears only on how soon one wins, never on safety (Raft's
+// vote rules decide who may win).
+//
+// A voter refuses to vote (and pre-vote) while it still knows a leader,
+// and a candidate whose log is behind a voter's is refused by that voter.
+// So when the follower with the longer log campaigns first, the other
+// refuses it (it still knows the dead leader), then campaigns itself and
+// is refused for its shorter log, and the election waits for a retry one
+// to two election timeouts later: 1.26 s from the kill instead of 0.7 s,
+// seen under load (a leader dies in the middle of replicating, so the
+// followers' logs often differ by its last batch). If the follower with
+// the shorter log goes first, its failed campaign clears its own leader,
+// and the longer log's campaign that follows wins at once. Followers with
+// equal logs win in either order, but not at the same instant (a split
+// vote); their node IDs order them.
+
+// campaignRank is this follower's place in campaignOrder among the voters
+// other than the dead leader that answer within timeout (false if none
+// does).
+func (n *Node) campaignRank(dead string, timeout time.Duration) (int, bool) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0, false
+	}
+	type peerLog struct {
+		id   string
+		last uint64
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
+	defer cancel()
+	var (
+		mu     sync.Mutex
+		others []peerLog
+		wg     sync.WaitGroup
+	)
+	for _, s := range f.Configuration().Servers {
+		id := string(s.ID)
+		if s.Suffrage != raft.Voter || id == dead || id == n.cfg.ID {
+			continue
+		}
+		wg.Go(func() {
+			out, err := n.rpc.CallNode(ctx, string(s.Address), id, methodStatus, nil)
+			st := &pb.StatusResponse{}
+			if err != nil || proto.Unmarshal(out, st) != nil {
+				return
+			}
+			mu.Lock()
+			others = append(others, peerLog{id, st.GetLastIndex()})
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(others) == 0 {
+		return 0, false
+	}
+	mine := n.raft.LastIndex()
+	rank := 0
+	for _, o := range others {
+		if campaignsBefore(o.id, o.last, n.cfg.ID, mine) {
+			rank++
+		}
+	}
+	return rank, true
+}
+
+// campaignsBefore reports whether a follower whose log ends at index a
+// campaigns before one whose log ends at b: the shorter log first, then
+// the lower node ID. (The last index stands for Raft's up-to-date order,
+// term first: the followers of one leader almost always end in its term.)
+func campaignsBefore(aID string, a uint64, bID string, b uint64) bool {
+	if a != b {
+		return a < b
+	}
+	return aID < bID
 }
 
 // isGone reports whether id is a leader whose process leaderGone found

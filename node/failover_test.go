@@ -41,6 +41,31 @@ func TestDeadLeaderCampaignEarly(t *testing.T) {
 	})
 }
 
+// The followers of a dead leader agree on the order in which they
+// campaign: each asks the other for its log, and exactly one of them goes
+// first (the shorter log, or on a tie the lower ID), so that neither the
+// longer log campaigns first (refused by a follower still knowing the
+// leader, then refusing the shorter log's campaign: an election timeout
+// lost) nor do both campaign at once (a split vote).
+func TestCampaignOrderAgreed(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, leader := c.Leader()
+	var ranks []int
+	for i := range 3 {
+		if i == li {
+			continue
+		}
+		r, ok := c.Node(i).CampaignRank(leader.ID())
+		if !ok {
+			t.Fatalf("n%d learned no other follower's log", i)
+		}
+		ranks = append(ranks, r)
+	}
+	if ranks[0]+ranks[1] != 1 {
+		t.Fatalf("campaign ranks of the two followers %v, want one 0 and one 1", ranks)
+	}
+}
+
 // A leader that is alive but cut off (a partition: its connections close,
 // its port still accepts) never makes anyone campaign early: only a
 // refused redial counts as death.
