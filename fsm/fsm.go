@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -105,8 +106,18 @@ type record struct {
 // FreeAt is Lease.FreeAt.
 func (r *record) FreeAt() time.Duration { return r.Expiry + r.LockDelay }
 
-// lease returns the read-only copy of r.
+// lease returns a copy of r that shares no memory with the state: an
+// embedded caller that writes into a Get's value must not change the
+// leader's replica alone.
 func (r *record) lease() Lease {
+	l := r.view()
+	l.Value, l.SetKeys = bytes.Clone(l.Value), slices.Clone(l.SetKeys)
+	return l
+}
+
+// view is r as a Lease that shares r's value and set keys: for readers
+// inside this package that copy them out themselves (a snapshot).
+func (r *record) view() Lease {
 	h := &r.holding
 	l := Lease{Key: h.Key, Holder: h.Holder, ReqID: h.ReqID, Token: h.Token, TTL: h.TTL, LockDelay: h.LockDelay,
 		Expiry: h.Expiry, Value: h.Value, State: h.State, Seen: h.Seen, GrantEpoch: h.GrantEpoch, Mode: h.Mode, Limit: h.Limit}
@@ -196,7 +207,7 @@ func event(t EventType, index uint64, r *record) Event {
 		e.Holder = ""
 	}
 	if t == EventGranted {
-		e.Value = r.Value
+		e.Value = bytes.Clone(r.Value) // the feed's readers own their events
 	}
 	return e
 }

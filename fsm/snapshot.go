@@ -145,7 +145,7 @@ func (f *FSM) encode() (*frameWriter, Stats) {
 	}
 	f.order.Ascend(func(ks *keyState) bool {
 		for _, r := range ks.recs {
-			l := r.lease()
+			l := r.view()
 			buf = appendRecord(buf, &l, version)
 			n++
 			if len(buf) >= frameTarget {

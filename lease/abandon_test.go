@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -159,7 +160,8 @@ func TestRefusedAcquireLateCopyNeverGranted(t *testing.T) {
 func TestAbandonOnAnOlderCluster(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, l := c.Leader()
-	holder, _ := holdKey(t, l, "older")
+	holder, first := holdKey(t, l, "older")
+	defer runtime.KeepAlive(first) // a dropped Lease is released at once
 	b := &heldUpCopy{Backend: l, stash: make(chan *pb.AcquireRequest, 1), old: true}
 	cl := heldUpClient(t, b)
 	got, err := cl.AcquireTimeout(ctxT(t, 10*time.Second), "older", 200*time.Millisecond, lease.TTL(time.Minute))

@@ -69,6 +69,7 @@ type Client struct {
 	bgDone     bool           // under mu: Close is waiting for bgWG; no more may start
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc // Close gives up on best-effort releases
+	drops      sync.WaitGroup     // releases of dropped Leases under way
 }
 
 // background runs f on a goroutine Close waits for, unless Close has
@@ -265,6 +266,11 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	c.acquires.Add(1)
 	c.mu.Unlock()
 	defer c.acquires.Done()
+	if ctx.Err() != nil {
+		// Nothing sent: a call already cancelled must not write to the
+		// cluster (a grant nobody sees, then its withdrawal).
+		return nil, fmt.Errorf("acquire %q: %w", keys[0], context.Cause(ctx))
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(c.closing, func() { cancel(ErrClosed) })
@@ -431,13 +437,16 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		if resp.GetGranted() {
 			return c.newLease(items, resp, sent, ao)
 		}
-		if spent > 0 {
-			return nil, spentError(key, heldError(key, resp))
-		}
+		var refusal error = heldError(key, resp)
 		if maybe {
-			return nil, c.settleRefusal(req, began, heldError(key, resp))
+			// An attempt with the last id may still be applied after
+			// this refusal: settle it, spent ids or not.
+			refusal = c.settleRefusal(req, began, heldError(key, resp))
 		}
-		return nil, heldError(key, resp)
+		if spent > 0 {
+			return nil, spentError(key, refusal)
+		}
+		return nil, refusal
 	}
 	if spent > 0 && (ctx.Err() == nil || !maybe) {
 		return nil, spentError(key, err)
@@ -645,9 +654,28 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 }
 
 // releaseDropped ends a lease whose Lease was dropped without Release and
-// releases its record in the background. A plain function, not a closure:
-// the cleanup keeps nothing alive but h.
-func releaseDropped(h *held) { h.c.end(h, ErrReleased, true) }
+// releases its record at once, in the background, as Release would (and
+// as dynamodb-lease does on drop): nobody can reach the Lease any more to
+// act on its validity. Close waits for these releases (within its
+// context). A plain function, not a closure: the cleanup keeps nothing
+// alive but h.
+func releaseDropped(h *held) {
+	c := h.c
+	if !c.end(h, ErrReleased, false) {
+		return
+	}
+	c.drops.Add(1)
+	if !c.background(func() {
+		defer c.drops.Done()
+		defer c.unguard(h)
+		ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
+		defer cancel()
+		c.releaseRecord(ctx, h)
+	}) {
+		c.drops.Done()
+		c.unguard(h)
+	}
+}
 
 func (c *Client) validity(sent time.Time, d time.Duration) time.Time {
 	return sent.Add(time.Duration(float64(d) * (1 - c.opts.drift)))
@@ -918,6 +946,14 @@ func (c *Client) Close(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	// Releases of Leases dropped just before Close are under way: let them
+	// finish, within ctx (the record expires by its TTL otherwise).
+	drops := make(chan struct{})
+	go func() { c.drops.Wait(); close(drops) }()
+	select {
+	case <-drops:
+	case <-ctx.Done():
+	}
 	c.acquires.Wait() // each ends promptly: its context ended with ErrClosed
 	close(c.stop)
 	c.loopWG.Wait()

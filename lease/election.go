@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -23,7 +24,9 @@ type Elector struct {
 // Elector returns an Elector that campaigns for key, publishing value
 // while it leads.
 func (c *Client) Elector(key string, value []byte, opts ...AcquireOption) *Elector {
-	return &Elector{c: c, key: key, value: value, opts: append(opts, Value(value))}
+	// Clipped: appending to the caller's slice could write into spare
+	// capacity that another Elector built from it shares.
+	return &Elector{c: c, key: key, value: value, opts: append(slices.Clip(opts), Value(value))}
 }
 
 // Campaign waits until this client is elected (queued FIFO with the other

@@ -15,6 +15,9 @@ import (
 // A Fence in one process protects only that process's view; a resource
 // served by several processes must keep the highest token in its own
 // shared storage, or ask the cluster with Client.CheckToken.
+//
+// The zero Fence is empty and ready to use (a struct field needs no
+// NewFence). A Fence must not be copied after first use.
 type Fence struct {
 	mu      sync.Mutex
 	highest map[string]uint64
@@ -36,6 +39,9 @@ func (f *Fence) Check(key string, token uint64) error {
 	}
 	if h := f.highest[key]; token < h {
 		return fmt.Errorf("%w: key %q token %d, already saw %d", ErrStaleToken, key, token, h)
+	}
+	if f.highest == nil {
+		f.highest = map[string]uint64{}
 	}
 	f.highest[key] = token
 	return nil

@@ -22,6 +22,14 @@ func (n *Node) EarlyCampaigns() int64 { return n.earlyCampaigns.Load() }
 // death of leader dead (failover.go).
 func (n *Node) CampaignRank(dead string) (int, bool) { return n.campaignRank(dead, time.Second) }
 
+// StopGossip stops this node's gossip only: to its peers it looks dead,
+// while its Raft and node RPC go on.
+func (n *Node) StopGossip() { n.ml.Shutdown() }
+
+// KeptAnswering counts the reconcile passes of this leader that kept a
+// server gossip called dead because it answered over node RPC.
+func (n *Node) KeptAnswering() int64 { return n.keptAnswering.Load() }
+
 // Transport is the node's Raft transport.
 func (n *Node) Transport() raft.Transport { return n.trans }
 

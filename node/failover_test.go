@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/node"
@@ -140,4 +141,34 @@ func TestForwardToStalledLeaderEnds(t *testing.T) {
 		}
 		t.Fatal("forward to a stalled leader still waiting 30 s after the stall")
 	}
+}
+
+// A voter that gossip calls dead but that answers over node RPC (an
+// outsider holding its gossip streams made it look dead) is neither
+// removed nor demoted: gossip is a failure detector, not proof of death.
+func TestGossipDeadVoterThatAnswersIsKept(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: 500 * time.Millisecond})
+	li, leader := c.Leader()
+	fi := (li + 1) % 3
+	victim := c.Node(fi)
+	victim.StopGossip()
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if k := leader.KeptAnswering(); k < 3 {
+			return fmt.Errorf("the leader kept n%d %d times so far", fi, k)
+		}
+		return nil
+	})
+	f := leader.Raft().GetConfiguration()
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == victim.ID() {
+			if s.Suffrage != raft.Voter {
+				t.Fatalf("n%d, alive but without gossip, was demoted to %v", fi, s.Suffrage)
+			}
+			return
+		}
+	}
+	t.Fatalf("n%d, alive but without gossip, was removed from the configuration", fi)
 }

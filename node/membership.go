@@ -776,6 +776,14 @@ func (n *Node) reconcile(ls *leaderState) {
 		gone := known && m.Status == statusLeft ||
 			known && m.Status == statusDead && time.Since(m.Since) > n.cfg.DeadServerGrace ||
 			!known && time.Since(ls.began) > n.cfg.DeadServerGrace
+		if gone && !(known && m.Status == statusLeft) && n.answers(id, string(s.Address)) {
+			log.Debug("keeping a server gossip calls dead: it answers over node RPC", "id", id, "status", m.Status)
+			n.keptAnswering.Add(1)
+			if s.Suffrage == raft.Voter {
+				voters = append(voters, id)
+			}
+			continue
+		}
 		if gone {
 			log.Info("removing server", "id", id, "status", m.Status)
 			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
@@ -786,6 +794,9 @@ func (n *Node) reconcile(ls *leaderState) {
 		switch {
 		case s.Suffrage == raft.Voter && healthy(id):
 			voters = append(voters, id)
+		case s.Suffrage == raft.Voter && n.answers(id, string(s.Address)):
+			voters = append(voters, id) // gossip's word alone demotes no voter
+			n.keptAnswering.Add(1)
 		case s.Suffrage == raft.Voter:
 			failedVoters = append(failedVoters, id)
 		case healthy(id):
@@ -829,6 +840,17 @@ func (n *Node) reconcile(ls *leaderState) {
 			}
 		}
 	}
+}
+
+// answers reports whether node id answers at addr over node RPC, which
+// is authenticated. Gossip's failure detector is not proof of death: an
+// outsider that holds a node's gossip streams (or drops its UDP) can make
+// a live node look dead to it, and a voter removed or demoted for that
+// weakens the quorum for nothing. So the leader asks the node itself
+// before it removes or demotes a voter gossip calls dead.
+func (n *Node) answers(id, addr string) bool {
+	_, err := n.peerStatus(id, addr)
+	return err == nil
 }
 
 // caughtUp asks node id at addr for its applied index; it is caught up

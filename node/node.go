@@ -56,6 +56,7 @@ type Node struct {
 	reloadMu       sync.Mutex                // serialises raft.ReloadConfig read-modify-writes (reloadRaft)
 	failover       atomic.Bool               // a leaderGone check is running (failover.go)
 	earlyCampaigns atomic.Int64              // times leaderGone shortened the heartbeat timeout
+	keptAnswering  atomic.Int64              // reconcile passes that kept a server gossip called dead (answers)
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 
 	ml        *memberlist.Memberlist

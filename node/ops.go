@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
@@ -55,8 +56,14 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if err := text("holder", req.GetHolder(), "key", req.GetKey()); err != nil {
 		return nil, err
 	}
+	if err := printable("holder", req.GetHolder(), "key", req.GetKey()); err != nil {
+		return nil, err
+	}
 	for _, it := range req.GetItems() {
 		if err := text("key", it.GetKey()); err != nil {
+			return nil, err
+		}
+		if err := printable("key", it.GetKey()); err != nil {
 			return nil, err
 		}
 	}
@@ -453,6 +460,29 @@ func text(fields ...string) error {
 	return nil
 }
 
+// printable refuses an acquire whose key or holder (name, value pairs)
+// holds a control character or a bidirectional override: they are shown
+// to operators (list, watch, logs), where a newline forges a row and an
+// override reverses what is read. Only new holdings are checked: keys
+// stored before this check stay reachable by Get, List and Release.
+func printable(fields ...string) error {
+	for i := 0; i+1 < len(fields); i += 2 {
+		for at, r := range fields[i+1] {
+			if unicode.IsControl(r) || bidiControl(r) {
+				return fmt.Errorf("%w: %s %q has %U at byte %d: keys and holders are printable text, without control characters or bidirectional overrides",
+					ErrInvalid, fields[i], fields[i+1], r, at)
+			}
+		}
+	}
+	return nil
+}
+
+// bidiControl reports whether r changes the direction of the text around
+// it (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069).
+func bidiControl(r rune) bool {
+	return r == 0x061C || r == 0x200E || r == 0x200F || r >= 0x202A && r <= 0x202E || r >= 0x2066 && r <= 0x2069
+}
+
 // leaderCall makes one attempt at a request: it runs local on this node
 // if it leads, or forwards req once to the leader. It waits (bounded, see
 // route) for a leader to be known, but never retries: a failure that
@@ -465,6 +495,9 @@ func leaderCall[Req, Resp proto.Message](ctx context.Context, n *Node, method ui
 	var zero Resp
 	if err := n.serviceErr(); err != nil {
 		return zero, err
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, err // a caller already gone: nothing is proposed or forwarded
 	}
 	ls, id, addr := n.route(ctx, true)
 	if ls != nil {

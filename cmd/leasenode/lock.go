@@ -345,6 +345,10 @@ func printHeldJSON(cf *clientFlags, err error) {
 	}
 }
 
+// leftHeld keeps the lease acquire leaves held when it exits (without
+// --hold) reachable until the process ends.
+var leftHeld *lease.Lease
+
 func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, hold waitFlag, pos []string) error {
 	key := pos[0]
 	if _, err := lf.shape.items(key); err != nil {
@@ -375,7 +379,10 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 	if hold.d == 0 {
 		fmt.Fprintf(os.Stderr, "lease held until it expires in %v (not extended); release it early with:\n  leasenode release %s --token %d --holder %s\n",
 			l.TTL(), strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
-		// Exit without Client.Close, which would release the lease.
+		// Exit without Client.Close, which would release the lease, and
+		// with l reachable: a Lease the collector finds dropped is
+		// released at once.
+		leftHeld = l
 		return nil
 	}
 	defer closeWithin(cl, time.Second)

@@ -1,0 +1,228 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// Tests that what a caller gets is its own, what it drops is released, and
+// what it cancelled never reached the cluster.
+
+// dropLease acquires key with ttl, drops the Lease and waits until its
+// cleanup ran (Done closed; the channel does not keep the Lease alive).
+func dropLease(t *testing.T, cl *lease.Client, key string, ttl time.Duration) {
+	t.Helper()
+	var done <-chan struct{}
+	func() {
+		l, err := cl.Acquire(ctxT(t, 5*time.Second), key, lease.TTL(ttl))
+		if err != nil || l == nil {
+			t.Fatal(l, err)
+		}
+		done = l.Done()
+	}()
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		runtime.GC()
+		select {
+		case <-done:
+			return nil
+		default:
+			return errors.New("the dropped Lease was not collected yet")
+		}
+	})
+}
+
+// A Lease dropped without Release is released as soon as its cleanup runs,
+// not about a TTL later (its background release used to wait for the
+// validity nobody could read any more: 24.97 s of a 30 s TTL left 5 s
+// after the cleanup).
+func TestDroppedLeaseReleasedAtOnce(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	dropLease(t, cl, "dropped/at-once", 30*time.Second)
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		info, err := cl.Get(context.Background(), "dropped/at-once")
+		if err != nil || info != nil {
+			return fmt.Errorf("the dropped lease (TTL 30s) is still held: %+v %v", info, err)
+		}
+		return nil
+	})
+}
+
+// Close releases a Lease dropped just before it: the release under way is
+// finished, not cancelled (the key stayed blocked for the TTL).
+func TestCloseFinishesDroppedRelease(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropLease(t, cl, "dropped/close", 30*time.Second)
+	if err := cl.Close(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	other, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	if l, err := other.TryAcquire(ctxT(t, 5*time.Second), "dropped/close"); err != nil || l == nil {
+		t.Fatalf("after Close, the key a dropped Lease held is still taken: %v %v", l, err)
+	}
+}
+
+// A caller that writes into a Get's value writes into its own copy: the
+// leader's replica (an embedded Client reads it without a wire between)
+// stays as every other replica.
+func TestGetValueIsTheCallersCopy(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, ln := c.Leader()
+	fi, fn := c.Follower()
+	cl, err := lease.New(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	const v = "10.0.0.1:80"
+	l, err := cl.Acquire(ctxT(t, 5*time.Second), "val", lease.Value([]byte(v)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	info, err := cl.Get(ctxT(t, 5*time.Second), "val")
+	if err != nil || info == nil {
+		t.Fatal(info, err)
+	}
+	copy(info.Value, "XXXX")
+	again, err := cl.Get(ctxT(t, 5*time.Second), "val")
+	if err != nil || string(again.Value) != v {
+		t.Fatalf("the leader's record after the caller wrote into its Get: %q %v, want %q", again.Value, err, v)
+	}
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		r, err := fn.Get(context.Background(), &pb.GetRequest{Key: "val", Stale: true})
+		if err != nil || string(r.GetLease().GetValue()) != v {
+			return fmt.Errorf("follower n%d: %q %v", fi, r.GetLease().GetValue(), err)
+		}
+		return nil
+	})
+}
+
+// Two Electors made from one options slice with spare capacity each
+// publish their own value.
+func TestElectorsShareNoOptions(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	base := make([]lease.AcquireOption, 0, 4)
+	base = append(base, lease.TTL(5*time.Second))
+	a := cl.Elector("svc/a", []byte("addr-a"), base...)
+	_ = cl.Elector("svc/b", []byte("addr-b"), base...)
+	l, err := a.Campaign(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	info, err := cl.Get(ctxT(t, 5*time.Second), "svc/a")
+	if err != nil || info == nil || string(info.Value) != "addr-a" {
+		t.Fatalf("the leader of svc/a publishes %+v (%v), want addr-a", info, err)
+	}
+}
+
+// A Fence's zero value works: a struct field needs no NewFence.
+func TestZeroFence(t *testing.T) {
+	var f lease.Fence
+	if err := f.CheckRead("k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Check("k", 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Check("k", 4); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("token 4 after 5: %v, want ErrStaleToken", err)
+	}
+}
+
+// An acquire whose context ended before the call returns the context's
+// error and writes nothing to the cluster (it proposed a grant nobody saw,
+// then its withdrawal and an abandon: 25 entries for 20 calls).
+func TestCancelledAcquireWritesNothing(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	applied := func() uint64 {
+		st, err := n.Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.GetHeader().GetAppliedIndex()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	before := applied()
+	for i := range 21 {
+		key := fmt.Sprintf("cancelled/%d", i)
+		var l *lease.Lease
+		var err error
+		switch i % 3 {
+		case 0:
+			l, err = cl.TryAcquire(ctx, key)
+		case 1:
+			l, err = cl.Acquire(ctx, key)
+		case 2:
+			l, err = cl.AcquireTimeout(ctx, key, time.Second)
+		}
+		if l != nil || !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s with a cancelled context: %v %v, want context.Canceled", key, l, err)
+		}
+	}
+	if after := applied(); after != before {
+		t.Fatalf("21 acquires with a cancelled context wrote %d Raft entries", after-before)
+	}
+}
+
+// Keys and holders of new holdings are printable: a newline would forge a
+// row of `leasenode list`, a bidirectional override reverse what an
+// operator reads. Embedded and remote alike, refused before anything is
+// written.
+func TestAcquireRefusesControlCharacters(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		cl, _ := e.newClient(t)
+		for _, key := range []string{"a\x00b", "a\nb", "a\u202eb", "tab\there", "del\x7f", "c1\u0085"} {
+			l, err := cl.TryAcquire(ctxT(t, 5*time.Second), key)
+			if l != nil || !errors.Is(err, lease.ErrInvalid) || !strings.Contains(err.Error(), "printable") {
+				t.Errorf("key %q: %v %v, want ErrInvalid naming printable text", key, l, err)
+			}
+		}
+		_, n := e.c.Leader()
+		_, err := n.Acquire(ctxT(t, 5*time.Second), &pb.AcquireRequest{Key: "ok", Holder: "job\nlevel=ERROR forged",
+			RequestId: 1, Ttl: durationpb.New(5 * time.Second)})
+		if !errors.Is(err, node.ErrInvalid) {
+			t.Errorf("holder with a newline: %v, want ErrInvalid", err)
+		}
+	})
+}
