@@ -69,5 +69,5 @@ const GossipStreamMaxBytes = gossipStreamMaxBytes
 func (n *Node) GossipStreamsOpen() int {
 	n.gossipNet.mu.Lock()
 	defer n.gossipNet.mu.Unlock()
-	return n.gossipNet.open
+	return len(n.gossipNet.open)
 }

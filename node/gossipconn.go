@@ -38,9 +38,19 @@ const (
 	// cost about 2.2 × gossipStreamMaxBytes of memory (memberlist's
 	// buffer, rounded up as it grows, then the output of the decryption
 	// that fails), so 16 of them bound this at about 36 MiB.
+	//
+	// At the bound a new stream is not refused: it takes the slot of the
+	// oldest stream still reading its first message, which is closed
+	// (gossipTransport.take). Legitimate streams are short, so the oldest
+	// is the one most likely held open on purpose; refusing newcomers
+	// instead let anyone who trickles bytes into 16 streams keep joins,
+	// push/pulls and TCP probes out for memberlist's TCPTimeout (10 s)
+	// at a time, again and again.
 	gossipMaxStreams = 16
 	// gossipMaxStreamsPerIP is how many of those may come from one source
-	// address, so that one sender cannot take them all. Loopback clusters
+	// address, so that one sender cannot take them all: at it, a new
+	// stream from that address takes the slot of that address's own
+	// oldest stream still reading its first message. Loopback clusters
 	// (tests, a laptop) share 127.0.0.1: a 5-node one needs at most the
 	// push/pulls and probes of 4 peers at the same instant, and a node
 	// joining adds one; 8 leaves room for that.
@@ -79,10 +89,44 @@ const gossipEncryptMsg = 10
 
 // gossipTransport is memberlist's NetTransport with bounded inbound
 // streams (see the constants above): at most gossipMaxStreams open at
-// once and gossipMaxStreamsPerIP from one address, more are closed at
-// once; each may stay silent gossipFirstBytesTimeout and read at most
-// gossipStreamMaxBytes. Packets (UDP) and outbound streams are
+// once and gossipMaxStreamsPerIP from one address; each may stay silent
+// gossipFirstBytesTimeout and read at most gossipStreamMaxBytes. Past a
+// bound a new stream takes the slot of the oldest one still reading its
+// first message, which is closed; only when every open stream (of the
+// address, at the per-address bound) has read its first message whole
+// is the new one closed instead. Packets (UDP) and outbound streams are
 // NetTransport's own.
+//
+// Invariant (gossip-slots): a stream that trickles or stalls cannot keep
+// a new one out; it keeps its slot only until gossipMaxStreams newer
+// streams arrive (fewer from its own address). Legitimate streams are
+// short (a push/pull or a fallback ping is done in milliseconds), so a
+// sender holding every slot loses its oldest to each join, push/pull or
+// probe, which then reads its message at once and is protected: in a
+// keyed cluster a stream's first message is one encrypted message of a
+// declared length, and the wrapper sees it read whole. It cannot see
+// memberlist decrypt it, but memberlist closes a stream whose message
+// does not decrypt as soon as it has read it, so a protected stream that
+// stays open is, in practice, authenticated by the keyring (or a replay
+// of a captured one; memberlist's deadline, TCPTimeout, still ends it).
+// Without a key nothing is authenticated and no stream is protected.
+// The oldest of all goes first, not the oldest of the address holding
+// the most: addresses are cheap (loopback, an IPv6 /64, many hosts), and
+// a sender with enough of them could make a busy member's address the
+// one holding the most and so close its millisecond-old stream at once;
+// oldest-first closes a stream only once gossipMaxStreams newer ones
+// came, whatever their addresses. gossipMaxStreamsPerIP still keeps one
+// address from holding them all.
+//
+// memberlist itself waits on nothing unbounded once it has a stream: its
+// handleConn sets one deadline, TCPTimeout, for the whole stream (reads
+// and writes; never extended), and our byte bound keeps a slow push/pull
+// state within 1 MiB. So a member's stream that has read its message and
+// then stalls writing the answer to a peer that does not read it holds
+// its slot until TCPTimeout at most; the delegates memberlist calls
+// (gossipDelegate) only copy what they are given and never block.
+// Guarded by TestGossipTricklersCannotHoldStreamSlots and
+// TestGossipStreamLimits.
 type gossipTransport struct {
 	*memberlist.NetTransport
 	log   *slog.Logger
@@ -95,10 +139,12 @@ type gossipTransport struct {
 	wg        sync.WaitGroup
 
 	mu    sync.Mutex
-	open  int            // streams admitted and not yet closed
-	perIP map[string]int // of open, by source address
+	open  map[*boundedConn]struct{} // streams admitted and not yet closed
+	perIP map[string]int            // of open, by source address
+	seq   uint64                    // of the last stream admitted
 
-	refused atomic.Int64 // streams closed at a limit on open streams
+	refused atomic.Int64 // streams closed at a limit on open streams: new ones, and older ones closed to make room
+	evicted atomic.Int64 // of refused, the older ones closed to make room for a new one
 	tooLong atomic.Int64 // streams that read, or declared, more than gossipStreamMaxBytes
 }
 
@@ -127,7 +173,7 @@ func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logg
 	}
 	t := &gossipTransport{NetTransport: inner, log: l, limit: loglimit.New(),
 		streams: make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
-		perIP: map[string]int{}}
+		open: map[*boundedConn]struct{}{}, perIP: map[string]int{}}
 	t.wg.Add(1)
 	go t.admit()
 	return t, nil
@@ -173,6 +219,9 @@ func (t *gossipTransport) admit() {
 }
 
 // take admits c and returns it bounded, or closes it and returns nil.
+// At a bound it closes the oldest stream still reading its first message
+// (of c's address, at the per-address bound) to make room for c; only if
+// there is none is c closed.
 func (t *gossipTransport) take(c net.Conn) *boundedConn {
 	ip := "?"
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -184,37 +233,76 @@ func (t *gossipTransport) take(c net.Conn) *boundedConn {
 		return nil
 	default:
 	}
+	now := time.Now()
 	t.mu.Lock()
 	var over string
 	var max int
+	var victim *boundedConn
 	switch {
-	case t.open >= gossipMaxStreams:
-		over, max = "gossip_max_streams", gossipMaxStreams
 	case t.perIP[ip] >= gossipMaxStreamsPerIP:
+		// Within the address's own streams: the total stays the same.
 		over, max = "gossip_max_streams_per_ip", gossipMaxStreamsPerIP
-	default:
-		t.open++
-		t.perIP[ip]++
+		victim = t.oldestLocked(ip)
+	case len(t.open) >= gossipMaxStreams:
+		over, max = "gossip_max_streams", gossipMaxStreams
+		victim = t.oldestLocked("")
 	}
-	t.mu.Unlock()
-	if over != "" {
+	if over != "" && victim == nil {
+		t.mu.Unlock()
 		c.Close()
 		t.refused.Add(1)
-		t.warn("refused a gossip stream: too many open at once", "limit", over, "max", max, "from", ip)
+		t.warn("refused a gossip stream: too many open at once, each past its first message", "limit", over, "max", max, "from", ip)
 		return nil
 	}
-	bc := &boundedConn{Conn: c, t: t, ip: ip, left: gossipStreamMaxBytes,
-		firstBy: time.Now().Add(gossipFirstBytesTimeout)}
+	if victim != nil {
+		t.dropLocked(victim)
+		victim.evicted.Store(true)
+	}
+	t.seq++
+	bc := &boundedConn{Conn: c, t: t, ip: ip, seq: t.seq, since: now, left: gossipStreamMaxBytes,
+		firstBy: now.Add(gossipFirstBytesTimeout)}
+	t.open[bc] = struct{}{}
+	t.perIP[ip]++
+	t.mu.Unlock()
 	_ = c.SetReadDeadline(bc.firstBy)
+	if victim != nil {
+		// memberlist's read of it fails now, and it closes it.
+		victim.Conn.Close()
+		t.refused.Add(1)
+		t.evicted.Add(1)
+		t.warn("closed the oldest gossip stream still reading its first message, to make room for a new one: too many open at once",
+			"limit", over, "max", max, "closed_from", victim.ip, "closed_after", now.Sub(victim.since).Round(time.Millisecond), "from", ip)
+	}
 	return bc
 }
 
-func (t *gossipTransport) release(ip string) {
-	t.mu.Lock()
-	t.open--
-	if t.perIP[ip]--; t.perIP[ip] <= 0 {
-		delete(t.perIP, ip)
+// oldestLocked returns the open stream from ip (any address if ip is "")
+// admitted first that has not read its first message whole, or nil.
+// Called with t.mu held.
+func (t *gossipTransport) oldestLocked(ip string) *boundedConn {
+	var v *boundedConn
+	for c := range t.open {
+		if (ip == "" || c.ip == ip) && !c.protected.Load() && (v == nil || c.seq < v.seq) {
+			v = c
+		}
 	}
+	return v
+}
+
+// dropLocked frees c's slot, once. Called with t.mu held.
+func (t *gossipTransport) dropLocked(c *boundedConn) {
+	if _, ok := t.open[c]; !ok {
+		return
+	}
+	delete(t.open, c)
+	if t.perIP[c.ip]--; t.perIP[c.ip] <= 0 {
+		delete(t.perIP, c.ip)
+	}
+}
+
+func (t *gossipTransport) release(c *boundedConn) {
+	t.mu.Lock()
+	t.dropLocked(c)
 	t.mu.Unlock()
 }
 
@@ -235,13 +323,19 @@ func (t *gossipTransport) warn(msg string, args ...any) {
 // gossipStreamMaxBytes, its first bytes by firstBy, and frees its slot
 // when closed. An encrypted stream that declares more than it may read
 // fails as soon as its length is read, rather than after memberlist has
-// buffered a megabyte of it.
+// buffered a megabyte of it; one that has been read to the end of the
+// encrypted message it declared is protected from being closed to make
+// room for a newer one (see gossipTransport).
 type boundedConn struct {
 	net.Conn
 	t       *gossipTransport
 	ip      string
+	seq     uint64    // admission order
+	since   time.Time // admitted
 	firstBy time.Time
-	once    sync.Once
+
+	protected atomic.Bool // its first message, encrypted, has been read whole
+	evicted   atomic.Bool // closed to make room for a newer stream
 
 	mu       sync.Mutex
 	left     int64     // bytes it may still read
@@ -249,6 +343,7 @@ type boundedConn struct {
 	deadline time.Time // the read deadline memberlist set
 	hdr      [5]byte   // the stream's first bytes
 	hdrN     int
+	msgEnd   int64 // bytes to the end of its encrypted first message; 0 if not known
 }
 
 // Read reads at most the bytes left; past them it fails (and memberlist
@@ -273,7 +368,11 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 		c.hdrN += copy(c.hdr[c.hdrN:], p[:n])
 		if c.hdrN == len(c.hdr) && c.hdr[0] == gossipEncryptMsg {
 			declared = int64(binary.BigEndian.Uint32(c.hdr[1:]))
+			c.msgEnd = int64(len(c.hdr)) + declared
 		}
+	}
+	if c.msgEnd > 0 && c.msgEnd <= gossipStreamMaxBytes && gossipStreamMaxBytes-c.left >= c.msgEnd {
+		c.protected.Store(true)
 	}
 	if n > 0 && !c.started {
 		// Past the first bytes: memberlist's own deadline from now on.
@@ -288,7 +387,11 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 		return 0, fmt.Errorf("gossip stream declares an encrypted message of %d bytes, over leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", declared, gossipStreamMaxBytes)
 	}
 	var ne net.Error
-	if !started && errors.As(err, &ne) && ne.Timeout() {
+	switch {
+	case err == nil:
+	case c.evicted.Load():
+		err = fmt.Errorf("gossip stream closed to make room for a newer one: too many open at once (limits gossip_max_streams %d, gossip_max_streams_per_ip %d): %w", gossipMaxStreams, gossipMaxStreamsPerIP, err)
+	case !started && errors.As(err, &ne) && ne.Timeout():
 		err = fmt.Errorf("gossip stream sent nothing in leasenode's %v (limit gossip_first_bytes_timeout): %w", gossipFirstBytesTimeout, err)
 	}
 	return n, err
@@ -314,8 +417,9 @@ func (c *boundedConn) SetReadDeadline(d time.Time) error {
 	return c.Conn.SetReadDeadline(d)
 }
 
-// Close implements net.Conn and frees the stream's slot.
+// Close implements net.Conn and frees the stream's slot (if it was not
+// freed already, to make room).
 func (c *boundedConn) Close() error {
-	c.once.Do(func() { c.t.release(c.ip) })
+	c.t.release(c)
 	return c.Conn.Close()
 }

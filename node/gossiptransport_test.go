@@ -2,8 +2,10 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +25,7 @@ import (
 // bareGossipTransport is a gossipTransport without listeners, for take.
 func bareGossipTransport() *gossipTransport {
 	return &gossipTransport{log: slog.New(slog.DiscardHandler), limit: loglimit.New(),
-		closing: make(chan struct{}), perIP: map[string]int{}}
+		closing: make(chan struct{}), open: map[*boundedConn]struct{}{}, perIP: map[string]int{}}
 }
 
 // addrConn is a net.Conn from a given address that does nothing.
@@ -41,46 +44,83 @@ func (c addrConn) SetWriteDeadline(t time.Time) error { return nil }
 func (c addrConn) Write(p []byte) (int, error)        { return len(p), nil }
 func (c addrConn) LocalAddr() net.Addr                { return c.from }
 
-// Open streams are limited per source address and in all; a closed one
-// frees its slot at once.
+// Open streams are limited per source address and in all. Past a limit
+// a new stream takes the slot of the oldest one still reading its first
+// message (of its own address, at the per-address limit), which is
+// closed; one that has read its encrypted first message whole keeps its
+// slot, and when every candidate has, the new stream is refused. A
+// closed stream frees its slot at once, and only once.
 func TestGossipStreamLimits(t *testing.T) {
 	gt := bareGossipTransport()
-	var held []*boundedConn
-	for i := range gossipMaxStreamsPerIP {
-		c := gt.take(fromIP("10.0.0.1"))
+	take := func(ip string) *boundedConn {
+		t.Helper()
+		c := gt.take(fromIP(ip))
 		if c == nil {
-			t.Fatalf("stream %d from 10.0.0.1 refused under the per-address limit", i)
+			t.Fatalf("stream %d (from %s) refused", len(gt.open)+1, ip)
 		}
-		held = append(held, c)
+		return c
 	}
-	if gt.take(fromIP("10.0.0.1")) != nil {
-		t.Fatalf("stream %d from one address admitted; the limit is %d", gossipMaxStreamsPerIP+1, gossipMaxStreamsPerIP)
+	var a []*boundedConn // from 10.0.0.1, oldest first
+	for range gossipMaxStreamsPerIP {
+		a = append(a, take("10.0.0.1"))
 	}
-	held[0].Close()
-	held[0].Close() // twice frees once
-	if held[0] = gt.take(fromIP("10.0.0.1")); held[0] == nil {
-		t.Fatal("a closed stream did not free its slot")
+	// At the per-address limit: the address's oldest makes room.
+	a = append(a, take("10.0.0.1"))
+	if !a[0].evicted.Load() || len(gt.open) != gossipMaxStreamsPerIP || gt.perIP["10.0.0.1"] != gossipMaxStreamsPerIP {
+		t.Fatalf("past the per-address limit: oldest evicted %v, open %d, from 10.0.0.1 %d; want true, %d, %d",
+			a[0].evicted.Load(), len(gt.open), gt.perIP["10.0.0.1"], gossipMaxStreamsPerIP, gossipMaxStreamsPerIP)
 	}
-	for ip := 2; len(held) < gossipMaxStreams; ip++ {
-		for range min(gossipMaxStreamsPerIP, gossipMaxStreams-len(held)) {
-			c := gt.take(fromIP("10.0.0." + strconv.Itoa(ip)))
-			if c == nil {
-				t.Fatalf("stream %d refused under the global limit", len(held)+1)
-			}
-			held = append(held, c)
+	a[0].Close() // memberlist closes it: no second release
+	if len(gt.open) != gossipMaxStreamsPerIP {
+		t.Fatalf("closing an evicted stream freed another slot: open %d", len(gt.open))
+	}
+	a = a[1:]
+	// One that has read its first message whole is passed over.
+	a[0].protected.Store(true)
+	a = append(a, take("10.0.0.1"))
+	if a[0].evicted.Load() || !a[1].evicted.Load() {
+		t.Fatalf("evicted: protected %v, next oldest %v; want false, true", a[0].evicted.Load(), a[1].evicted.Load())
+	}
+	a = append(a[:1], a[2:]...)
+
+	// Other addresses fill the global limit; past it the oldest of all
+	// that is not protected (a[1]) makes room, whatever its address.
+	var b []*boundedConn
+	for ip := 2; len(gt.open) < gossipMaxStreams; ip++ {
+		for range min(gossipMaxStreamsPerIP, gossipMaxStreams-len(gt.open)) {
+			b = append(b, take("10.0.0."+strconv.Itoa(ip)))
 		}
 	}
-	if gt.take(fromIP("10.0.1.1")) != nil {
-		t.Fatalf("stream %d admitted; the global limit is %d", gossipMaxStreams+1, gossipMaxStreams)
+	n := take("10.0.1.1")
+	if !a[1].evicted.Load() || len(gt.open) != gossipMaxStreams {
+		t.Fatalf("past the global limit: oldest unprotected evicted %v, open %d; want true, %d", a[1].evicted.Load(), len(gt.open), gossipMaxStreams)
 	}
-	if got := gt.refused.Load(); got != 2 {
-		t.Fatalf("refused = %d; want 2", got)
+	for _, c := range b {
+		if c.evicted.Load() {
+			t.Fatal("a newer stream was evicted before the oldest")
+		}
 	}
-	for _, c := range held {
+
+	// When every candidate is protected, the new stream is refused.
+	for c := range gt.open {
+		c.protected.Store(true)
+	}
+	refused := gt.refused.Load()
+	if gt.take(fromIP("10.0.0.1")) != nil || gt.take(fromIP("10.0.2.1")) != nil {
+		t.Fatal("a stream admitted with every open one protected")
+	}
+	if got := gt.refused.Load() - refused; got != 2 {
+		t.Fatalf("refused %d; want 2", got)
+	}
+	if got := gt.evicted.Load(); got != 3 {
+		t.Fatalf("evicted = %d; want 3", got)
+	}
+	for c := range gt.open {
 		c.Close()
 	}
-	if gt.open != 0 || len(gt.perIP) != 0 {
-		t.Fatalf("all closed, yet open = %d, per address %v", gt.open, gt.perIP)
+	n.Close()
+	if len(gt.open) != 0 || len(gt.perIP) != 0 {
+		t.Fatalf("all closed, yet open = %d, per address %v", len(gt.open), gt.perIP)
 	}
 }
 
@@ -108,7 +148,7 @@ func send(t *testing.T, w net.Conn, p []byte) {
 
 // A stream reads up to gossipStreamMaxBytes and no further; an encrypted
 // one that declares more fails as soon as its length has been read, one
-// within the limit reads on.
+// within the limit reads on, and is protected once read to its end.
 func TestGossipStreamByteLimit(t *testing.T) {
 	gt := bareGossipTransport()
 
@@ -139,9 +179,15 @@ func TestGossipStreamByteLimit(t *testing.T) {
 	binary.BigEndian.PutUint32(hdr[1:], gossipStreamMaxBytes-5)
 	body := append(hdr, bytes.Repeat([]byte{1}, gossipStreamMaxBytes-5)...)
 	send(t, peer, body)
-	got, err = io.ReadAll(io.LimitReader(bc, int64(len(body))))
-	if err != nil || len(got) != len(body) {
-		t.Fatalf("a stream at the limit: read %d of %d bytes, err %v", len(got), len(body), err)
+	got, err = io.ReadAll(io.LimitReader(bc, int64(len(body)-1)))
+	if err != nil || len(got) != len(body)-1 || bc.protected.Load() {
+		t.Fatalf("a stream at the limit: read %d of %d bytes, err %v, protected %v; want all but one, no error, not protected",
+			len(got), len(body), err, bc.protected.Load())
+	}
+	// Read to the end of its encrypted message, it is protected from
+	// being closed to make room (gossip-slots).
+	if _, err := io.ReadFull(bc, make([]byte, 1)); err != nil || !bc.protected.Load() {
+		t.Fatalf("the last byte of the message: err %v, protected %v; want nil, true", err, bc.protected.Load())
 	}
 	if got := gt.tooLong.Load(); got != 3 {
 		t.Fatalf("tooLong = %d; want 3", got)
@@ -201,11 +247,12 @@ func TestGossipStreamFirstBytes(t *testing.T) {
 // that probes of it fall back to TCP streams.
 type dropUDPTo struct {
 	*memberlist.NetTransport
-	to string
+	to     string
+	healed atomic.Bool // packets to the address go through again
 }
 
 func (d *dropUDPTo) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
-	if a.Addr == d.to {
+	if a.Addr == d.to && !d.healed.Load() {
 		return time.Now(), nil
 	}
 	return d.NetTransport.WriteToAddress(b, a)
@@ -286,4 +333,233 @@ func TestGossipTransportTCPFallbackProbe(t *testing.T) {
 	if gt.refused.Load()+gt.tooLong.Load() != 0 {
 		t.Fatalf("legitimate streams refused: %d at once, %d too long", gt.refused.Load(), gt.tooLong.Load())
 	}
+}
+
+// Scenario (an outsider holding the gossip port's stream slots): more
+// streams than the node's bound, from four loopback addresses, each
+// declaring an encrypted message of nearly gossipStreamMaxBytes and
+// trickling it a byte at a time, and each re-opened as soon as the node
+// closes it: within every limit memberlist has (TCPTimeout, 10 s on a
+// LAN) and the wrapper's. Meanwhile a new member joins a keyed cluster
+// (a push/pull) and, its UDP to the node lost, probes it over TCP, and a
+// second one joins: each gets through in a few seconds. When a
+// stream past the bound was refused, the tricklers kept all of them out
+// until their 10 s ran out, and then took the slots again.
+func TestGossipTricklersCannotHoldStreamSlots(t *testing.T) {
+	quiet := log.New(io.Discard, "", 0)
+	key := bytes.Repeat([]byte{7}, 32)
+	port := 0
+	gt, err := newGossipTransport("127.0.0.1", &port, quiet, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := memberlist.DefaultLocalConfig()
+	ca.Name, ca.BindAddr, ca.BindPort, ca.AdvertisePort = "a", "127.0.0.1", port, port
+	ca.TCPTimeout = memberlist.DefaultLANConfig().TCPTimeout // a trickler holds a stream this long
+	ca.SecretKey, ca.Transport, ca.Logger = key, gt, quiet
+	a, err := memberlist.Create(ca)
+	if err != nil {
+		gt.Shutdown()
+		t.Fatal(err)
+	}
+	defer a.Shutdown()
+	aAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+
+	// The attack: 24 streams from 127.0.0.2-5 (6 each), until stopped.
+	ctx, stop := context.WithCancel(context.Background())
+	var attackers sync.WaitGroup
+	var dialed atomic.Int64
+	defer func() {
+		stop()
+		waitGroupWithin(t, &attackers, 10*time.Second, "the attackers to stop")
+	}()
+	const streams = gossipMaxStreams + 8
+	for i := range streams {
+		attackers.Add(1)
+		go func() {
+			defer attackers.Done()
+			from := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%4))}
+			for ctx.Err() == nil {
+				trickle(ctx, from, aAddr, &dialed)
+				select { // re-open it, a moment later
+				case <-time.After(20 * time.Millisecond):
+				case <-ctx.Done():
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if n, open := dialed.Load(), gt.openStreams(); n < streams || open < gossipMaxStreams {
+			return fmt.Errorf("the attackers opened %d streams; the node holds %d of them, want %d", n, open, gossipMaxStreams)
+		}
+		return nil
+	})
+	attacked := time.Now()
+
+	// A member joins (a push/pull), whose UDP packets to a are lost.
+	var blog syncBuffer
+	b, bUDP := newKeyedMember(t, "b", key, log.New(&blog, "", 0), aAddr)
+	defer b.Shutdown()
+	joinWithin(t, b, aAddr, 5*time.Second)
+	t.Logf("b joined %v after the attackers held every slot", time.Since(attacked).Round(time.Millisecond))
+	// b probes a over TCP (a stream again) and finds it alive; before a
+	// third member could answer for a (an indirect probe), which would
+	// spare the TCP one.
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(blog.String(), "Was able to connect to a over TCP but UDP probes failed") {
+			return fmt.Errorf("b has not probed a over TCP; its log:\n%s", blog.String())
+		}
+		return nil
+	})
+	t.Logf("b probed a over TCP %v after the attackers held every slot", time.Since(attacked).Round(time.Millisecond))
+	bUDP.healed.Store(true) // so that b's liveness does not hang on c on a busy machine
+	// Another member joins (a push/pull).
+	c, _ := newKeyedMember(t, "c", key, quiet, "")
+	defer c.Shutdown()
+	joinWithin(t, c, aAddr, 5*time.Second)
+	waitFor(t, 10*time.Second, func() error {
+		for _, m := range [...]*memberlist.Memberlist{a, b, c} {
+			alive, states := 0, []string{}
+			for _, n := range m.Members() {
+				if n.State == memberlist.StateAlive {
+					alive++
+				}
+				states = append(states, fmt.Sprintf("%s %v", n.Name, n.State))
+			}
+			if alive != 3 {
+				return fmt.Errorf("%s sees %d of 3 members alive: %v", m.LocalNode().Name, alive, states)
+			}
+		}
+		return nil
+	})
+	// The attack went on all along.
+	if open := gt.openStreams(); gt.evicted.Load() == 0 || dialed.Load() <= streams {
+		t.Fatalf("the attack stopped: %d streams opened, %d closed to make room, %d open", dialed.Load(), gt.evicted.Load(), open)
+	}
+	t.Logf("attack: %d streams opened, %d closed to make room for newer ones, %d refused; %d open at the end",
+		dialed.Load(), gt.evicted.Load(), gt.refused.Load()-gt.evicted.Load(), gt.openStreams())
+}
+
+// trickle opens a stream to addr from from, sends the header of an
+// encrypted message of nearly gossipStreamMaxBytes and then one byte of it
+// every 50 ms, until the node closes it or ctx ends.
+func trickle(ctx context.Context, from *net.TCPAddr, addr string, dialed *atomic.Int64) {
+	d := net.Dialer{LocalAddr: from}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return // ctx ended, or the node's backlog was full: try again
+	}
+	dialed.Add(1)
+	closed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, conn); close(closed) }()
+	defer func() { conn.Close(); <-closed }()
+	hdr := []byte{gossipEncryptMsg, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[1:], uint32(gossipStreamMaxBytes-len(hdr)))
+	if _, err := conn.Write(hdr); err != nil {
+		return
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if _, err := conn.Write([]byte{1}); err != nil {
+				return
+			}
+		case <-closed:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// newKeyedMember starts a memberlist member on 127.0.0.1 with key. With
+// dropUDPToAddr set it loses every packet it sends there until the
+// returned dropUDPTo is healed.
+func newKeyedMember(t *testing.T, name string, key []byte, logger *log.Logger, dropUDPToAddr string) (*memberlist.Memberlist, *dropUDPTo) {
+	t.Helper()
+	quiet := log.New(io.Discard, "", 0)
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := memberlist.DefaultLocalConfig()
+	cfg.Name, cfg.BindAddr = name, "127.0.0.1"
+	cfg.BindPort, cfg.AdvertisePort = nt.GetAutoBindPort(), nt.GetAutoBindPort()
+	cfg.SecretKey, cfg.Logger, cfg.Transport = key, logger, nt
+	drop := &dropUDPTo{NetTransport: nt, to: dropUDPToAddr}
+	if dropUDPToAddr != "" {
+		cfg.Transport = drop
+	}
+	m, err := memberlist.Create(cfg)
+	if err != nil {
+		nt.Shutdown()
+		t.Fatal(err)
+	}
+	return m, drop
+}
+
+// joinWithin has m join addr (a push/pull stream), trying again until it
+// succeeds or within has passed.
+func joinWithin(t *testing.T, m *memberlist.Memberlist, addr string, within time.Duration) {
+	t.Helper()
+	start := time.Now()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	retry := time.NewTicker(50 * time.Millisecond)
+	defer retry.Stop()
+	for tries := 1; ; tries++ {
+		_, err := m.Join([]string{addr})
+		if err == nil {
+			t.Logf("%s joined %s in %v (%d tries)", m.LocalNode().Name, addr, time.Since(start).Round(time.Millisecond), tries)
+			return
+		}
+		select {
+		case <-retry.C:
+		case <-deadline.C:
+			t.Fatalf("%s could not join %s in %v (%d tries): %v", m.LocalNode().Name, addr, time.Since(start).Round(time.Millisecond), tries, err)
+		}
+	}
+}
+
+// waitFor calls f until it returns nil, and fails the test with its last
+// error if that takes longer than timeout.
+func waitFor(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+	}
+}
+
+// waitGroupWithin waits for wg, and fails the test if that takes longer
+// than timeout.
+func waitGroupWithin(t *testing.T, wg *sync.WaitGroup, timeout time.Duration, what string) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatalf("waiting for %s: still running after %v", what, timeout)
+	}
+}
+
+// openStreams is how many inbound streams t holds open.
+func (t *gossipTransport) openStreams() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.open)
 }
