@@ -123,6 +123,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger.With("node", cfg.ID)
 	if err := checkExposure(cfg, log); err != nil {
 		return nil, fmt.Errorf("node config: %w", err)

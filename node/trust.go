@@ -359,37 +359,45 @@ func readClusterID(dir string) (string, error) {
 	return id, nil
 }
 
-// writeClusterID replaces ClusterIDFile in dir atomically and durably:
-// write a temporary file, fsync it, rename it over the old one, fsync the
-// directory.
+// writeClusterID replaces ClusterIDFile in dir atomically and durably.
 func writeClusterID(dir, id string) error {
-	path := filepath.Join(dir, ClusterIDFile)
-	tmp, err := os.CreateTemp(dir, ClusterIDFile+".tmp*")
-	if err != nil {
+	if err := writeIDFile(dir, ClusterIDFile, id); err != nil {
 		return fmt.Errorf("write cluster id: %w", err)
+	}
+	return nil
+}
+
+// writeIDFile replaces the one-line file name in dir atomically and
+// durably: write a temporary file, fsync it, rename it over the old one,
+// fsync the directory.
+func writeIDFile(dir, name, id string) error {
+	path := filepath.Join(dir, name)
+	tmp, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename: nothing to remove
 	if _, err := tmp.WriteString(id + "\n"); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write cluster id: sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
