@@ -132,6 +132,17 @@ func TestOtherClusterRefused(t *testing.T) {
 	if !strings.Contains(line, "this cluster is "+aID[:12]) {
 		t.Fatalf("refusal does not name this cluster %s: %s", aID[:12], line)
 	}
+	// a's nodes log their refusal in their own words, naming b0 and what
+	// b0 must do; the words meant for b0 ("your data dir") go only to b0.
+	// (A refusal by b0, "REFUSED by b0", carries b0's words, which are
+	// meant for a's node.)
+	alogs.waitFor(t, 20*time.Second, "REFUSED node b0: its data dir belongs to cluster "+bID[:12]+"…, ours is "+aID[:12]+
+		"…; b0 must start with an empty --data-dir to join this cluster")
+	for _, line := range alogs.lines("your data dir") {
+		if !strings.Contains(strings.ToLower(line), "refused by b0") && !strings.Contains(line, "refused in hello") {
+			t.Fatalf("a's nodes log the words meant for b0: %s", line)
+		}
+	}
 	// a's leader sees b0 in gossip but does not add it (gossip says it is
 	// of another cluster, and the hello would refuse it anyway).
 	nodetest.Eventually(t, 10*time.Second, func() error {
