@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
 )
 
@@ -63,11 +64,16 @@ type Node struct {
 	gossipNet *gossipTransport // bounds inbound gossip streams (gossipconn.go)
 	members   *memberTable
 	rejoining atomic.Bool // a rejoin attempt is running
-	// bootstrapLogged is when tryBootstrap last said it waits (only
-	// runMembership touches it).
-	bootstrapLogged time.Time
-	run             string        // random ID of this start, published in gossip
-	raftDown        chan struct{} // closed once Raft has shut down; see wait
+	// gossipSelf is this node's gossip address, bound and advertised
+	// (ports resolved), which seeds leaves out of Join.
+	gossipSelf []string
+	joinLimit  *loglimit.Limiter // of joinSeeds' warnings
+	// bootstrapLogged is when tryBootstrap last said it waits, and
+	// bootstrapWaiting since when it waits (only runMembership touches
+	// them).
+	bootstrapLogged, bootstrapWaiting time.Time
+	run                               string        // random ID of this start, published in gossip
+	raftDown                          chan struct{} // closed once Raft has shut down; see wait
 
 	// fatal holds the error that made this node stop (an entry it cannot
 	// apply); fatalCh is closed when it is set.
@@ -154,6 +160,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		nodeClientTLS: nodeClient,
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
+		joinLimit:     loglimit.New(),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()

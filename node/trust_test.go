@@ -493,3 +493,43 @@ func startOnDeadNodesPort(t *testing.T, cfg node.Config) *node.Node {
 	t.Cleanup(func() { n.Close(context.Background()) })
 	return n
 }
+
+// Scenario: README's recipe with a wrong cluster key on one node: its
+// --join lists all three gossip addresses, its own included. It says at
+// once that the seeds use another key (its own address answering used to
+// hide that: it only logged "waiting to bootstrap seen=1"), and the
+// cluster's nodes, which cannot decrypt its streams, say what that means.
+func TestWrongClusterKeyIsNamed(t *testing.T) {
+	var alogs, blogs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Logger = alogs.logger().With("n", i)
+	}})
+	defer func() {
+		if t.Failed() {
+			t.Logf("a's logs:\n%s\nodd node's logs:\n%s", alogs.buf.String(), blogs.buf.String())
+		}
+	}()
+	cfg := a.Config(2)
+	cfg.ID = "odd"
+	cfg.DataDir = t.TempDir()
+	cfg.BindAddr = nodetest.FreeAddr(t, false)
+	cfg.AdvertiseAddr = cfg.BindAddr
+	cfg.GossipAddr = nodetest.FreeAddr(t, true)
+	cfg.ClusterKey = nodetest.NewClusterKey(t)
+	cfg.BootstrapExpect = 3
+	cfg.Join = []string{cfg.GossipAddr, a.Config(0).GossipAddr, a.Config(1).GossipAddr}
+	cfg.Logger = blogs.logger()
+	odd, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer odd.Close(context.Background())
+
+	for _, seed := range []string{a.Config(0).GossipAddr, a.Config(1).GossipAddr} {
+		blogs.waitFor(t, 10*time.Second, "level=WARN", "join failed", "seed="+seed, "the seeds use another gossip key")
+	}
+	if got := blogs.lines("join failed", "seed="+cfg.GossipAddr); len(got) > 0 {
+		t.Fatalf("the node joined itself: %s", got[0])
+	}
+	alogs.waitFor(t, 10*time.Second, "no installed keys could decrypt", "another cluster key")
+}
