@@ -86,6 +86,9 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return st, fmt.Errorf("data dir: %w", err)
 	}
+	if _, err := nodeIDOwner(cfg.DataDir, cfg.ID); err != nil {
+		return st, err
+	}
 	kind, err := storeKind(cfg.DataDir, cfg.LogStore)
 	if err != nil {
 		return st, err
@@ -130,6 +133,9 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	// A restore founds a new cluster: a new id, so that no node of the
 	// old cluster (or another restore of the same backup) joins it.
 	if err := writeClusterID(cfg.DataDir, newClusterID()); err != nil {
+		return st, err
+	}
+	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
 		return st, err
 	}
 	return st, nil

@@ -486,6 +486,9 @@ func (c Config) Validate() error {
 			bad("APIAddr %q: %v", c.APIAddr, err)
 		}
 	}
+	if x, y, ok := samePort(listenAddrs(c)); ok {
+		bad("%s %s and %s %s are one port: each needs its own", x.name, x.addr, y.name, y.addr)
+	}
 	if c.LogStore != "" && c.LogStore != LogStoreWAL && c.LogStore != LogStoreBolt {
 		bad("LogStore %q: want %q (raft-wal), %q (raft-boltdb) or empty (the data dir's own, else %q)", c.LogStore, LogStoreWAL, LogStoreBolt, LogStoreWAL)
 	}
@@ -580,6 +583,63 @@ func checkHostPort(addr string) error {
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("bad port %q", port)
+	}
+	return nil
+}
+
+// namedAddr is a listen address and the setting that gives it.
+type namedAddr struct{ name, addr string }
+
+// listenAddrs returns the addresses a node listens on (c with defaults).
+func listenAddrs(c Config) []namedAddr {
+	out := []namedAddr{{"BindAddr", c.BindAddr}, {"GossipAddr", c.GossipAddr}}
+	if c.APIAddr != "" {
+		out = append(out, namedAddr{"APIAddr", c.APIAddr})
+	}
+	return out
+}
+
+// samePort returns two of addrs that would listen on one port: the same
+// fixed port on the same host, or on any host when one of them binds all
+// (0.0.0.0, ::). Port 0 (any free port) never clashes.
+func samePort(addrs []namedAddr) (x, y namedAddr, ok bool) {
+	for i, a := range addrs {
+		ah, ap, err := net.SplitHostPort(a.addr)
+		if err != nil || ap == "0" {
+			continue
+		}
+		for _, b := range addrs[i+1:] {
+			bh, bp, err := net.SplitHostPort(b.addr)
+			if err != nil || bp != ap {
+				continue
+			}
+			aip, bip := net.ParseIP(ah), net.ParseIP(bh)
+			if ah == bh || ah == "" || bh == "" || aip != nil && bip != nil && (aip.Equal(bip) || aip.IsUnspecified() || bip.IsUnspecified()) {
+				return a, b, true
+			}
+		}
+	}
+	return x, y, false
+}
+
+// checkListen tries every address the node will listen on (TCP, and UDP
+// for gossip) and lets go at once, so that one in use is refused before
+// the data dir and its first WAL segment are made. The node binds them
+// for good moments later; one taken in between still fails then.
+func checkListen(c Config) error {
+	for _, a := range listenAddrs(c) {
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return &AddrError{Setting: a.name, Addr: a.addr, Err: err}
+		}
+		ln.Close()
+		if a.name == "GossipAddr" {
+			pc, err := net.ListenPacket("udp", a.addr)
+			if err != nil {
+				return &AddrError{Setting: a.name, Addr: a.addr + " (UDP)", Err: err}
+			}
+			pc.Close()
+		}
 	}
 	return nil
 }

@@ -25,6 +25,52 @@ const (
 	snapshotsDir = "snapshots"
 )
 
+// NodeIDFile is the file in the data directory that holds the ID of the
+// node the directory belongs to (one line). Start writes it on the first
+// start, and adopts the current ID for a data dir made by a version
+// without it.
+const NodeIDFile = "node-id"
+
+// checkNodeID refuses to start node id on a data dir that belongs to
+// another node, and records id in a data dir that names none yet.
+//
+// Invariant one-node-per-data-dir: a data dir serves under one node ID
+// for its whole life. Raft's state in it (its vote, its log, its place in
+// the configuration) is that node's; under another ID the leader would
+// take the old server for gone and remove it, while the new one carried
+// its vote and log, and status showed the removed ID answering as a
+// healthy follower. Guarded by TestDataDirKeepsItsNodeID.
+func checkNodeID(dir, id string) error {
+	owner, err := nodeIDOwner(dir, id)
+	if err != nil || owner != "" {
+		return err
+	}
+	if err := writeIDFile(dir, NodeIDFile, id); err != nil {
+		return fmt.Errorf("data dir %s: record node ID: %w", dir, err)
+	}
+	return nil
+}
+
+// nodeIDOwner returns the node ID that dir's NodeIDFile names ("" if it
+// names none), or an error if that is not id.
+func nodeIDOwner(dir, id string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, NodeIDFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	owner := strings.TrimSpace(string(b))
+	switch {
+	case len(owner) > 128:
+		return "", fmt.Errorf("data dir %s: %s is %d bytes long: damaged? It names the node the data dir belongs to", dir, NodeIDFile, len(owner))
+	case owner != id:
+		return "", fmt.Errorf("data dir %s belongs to node %s; start with --id %s, or with an empty --data-dir to join as a new node", dir, owner, owner)
+	}
+	return owner, nil
+}
+
 // checkDataDir refuses a data dir whose state cannot be trusted, before
 // anything opens it. Every refusal names the file and says what to do.
 // kind is the log store the dir uses (storeKind).

@@ -273,3 +273,42 @@ func TestWALLostCommittedEntriesRefused(t *testing.T) {
 		t.Fatalf("a WAL that lost committed entries: %v", err)
 	}
 }
+
+// Scenario (one-node-per-data-dir): a node is restarted under another ID
+// on its data dir and is refused, naming the ID the dir belongs to; a
+// data dir made by a version without NodeIDFile adopts the ID it starts
+// with.
+func TestDataDirKeepsItsNodeID(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	c.WaitForLeader()
+	cfg := c.Config(0)
+	c.Stop(0)
+	if b, err := os.ReadFile(filepath.Join(cfg.DataDir, node.NodeIDFile)); err != nil || string(b) != "n0\n" {
+		t.Fatalf("%s holds %q, %v: want the node's ID", node.NodeIDFile, b, err)
+	}
+	other := cfg
+	other.ID = "n5"
+	want := "data dir " + cfg.DataDir + " belongs to node n0; start with --id n0, or with an empty --data-dir to join as a new node"
+	if err := startFails(t, other); err.Error() != want {
+		t.Fatalf("started under another ID: %v\nwant: %s", err, want)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, node.NodeIDFile)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A data dir of an older version: no NodeIDFile. It takes the ID it
+	// is started with, and keeps it.
+	if err := os.Remove(filepath.Join(cfg.DataDir, node.NodeIDFile)); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart(0)
+	c.WaitForLeader()
+	c.Stop(0)
+	if b, err := os.ReadFile(filepath.Join(cfg.DataDir, node.NodeIDFile)); err != nil || string(b) != "n0\n" {
+		t.Fatalf("%s holds %q, %v after a start without it: want n0", node.NodeIDFile, b, err)
+	}
+	if err := startFails(t, other); !strings.Contains(err.Error(), "belongs to node n0") {
+		t.Fatalf("started under another ID: %v", err)
+	}
+	c.Restart(0)
+}

@@ -168,6 +168,10 @@
 // cluster. Guarded by TestOtherClusterRefused and
 // TestNewClusterOnDeadMembersAddress.
 //
+// one-node-per-data-dir: a data dir names its node in NodeIDFile (written
+// on the first start; an older data dir adopts the ID it starts with), and
+// Start refuses another ID on it. Guarded by TestDataDirKeepsItsNodeID.
+//
 // leave-only-self: the leave RPC removes only the node that asks, as named
 // by its connection, not by its request. Guarded by TestLeaveOnlySelf.
 //

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"google.golang.org/protobuf/proto"
 
@@ -42,6 +43,24 @@ var (
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
 )
+
+// AddrError is Start's refusal of an address it cannot listen on (in use,
+// not this host's), found before anything is written to the data dir.
+// Setting names the Config field (BindAddr, GossipAddr, APIAddr), so that
+// a program can name its own flag.
+type AddrError struct {
+	Setting, Addr string
+	Err           error
+}
+
+func (e *AddrError) Error() string {
+	if errors.Is(e.Err, syscall.EADDRINUSE) {
+		return fmt.Sprintf("%s %s is in use (another agent?)", e.Setting, e.Addr)
+	}
+	return fmt.Sprintf("%s %s: %v", e.Setting, e.Addr, e.Err)
+}
+
+func (e *AddrError) Unwrap() error { return e.Err }
 
 // reasonError is a sentinel that knows its wire reason. Its Reason method
 // lets packages that must not import node (lease) classify node errors

@@ -263,15 +263,15 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		msg = strings.TrimPrefix(msg, "memberlist: ")
 		var attrs []any
 		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll) {
-			ok, skipped := w.limit.Allow(loglimit.Kind(msg))
+			ok, skipped := w.limit.Allow(lineKind(msg))
 			if !ok {
 				continue
 			}
 			if skipped > 0 {
 				attrs = append(attrs, loglimit.Skipped, skipped)
 			}
-			if gossipForeign(msg) {
-				attrs = append(attrs, "hint", "packets not made with this cluster's gossip key (--cluster-key or --gossip-key): another cluster's, or not leasenode's")
+			if hint := gossipForeign(msg); hint != "" {
+				attrs = append(attrs, "hint", hint)
 			}
 		}
 		w.l.Log(context.Background(), level, msg, attrs...)
@@ -279,13 +279,32 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// gossipForeign reports whether a memberlist line is about a packet not
-// made with this cluster's gossip key.
-func gossipForeign(msg string) bool {
-	for _, s := range []string{"Decrypt packet failed", "unacceptable label", "not supported", "Failed to decrypt"} {
+// lineKind is loglimit.Kind, but for memberlist's "failed to receive: "
+// lines the kind is that of what follows: a stream from a node with
+// another key must not hide behind one that just hung up, nor the other
+// way round.
+func lineKind(msg string) string {
+	if rest, ok := strings.CutPrefix(msg, "failed to receive: "); ok {
+		return "failed to receive: " + loglimit.Kind(rest)
+	}
+	return loglimit.Kind(msg)
+}
+
+// gossipForeign says what a memberlist line about a packet or stream not
+// made with this cluster's gossip key means, or "" if it is about
+// something else.
+func gossipForeign(msg string) string {
+	for _, s := range []string{"no installed keys could decrypt", "remote state is encrypted and encryption is not configured",
+		"encryption is configured but remote state is not encrypted"} {
 		if strings.Contains(msg, s) {
-			return true
+			return "a node with another cluster key (--cluster-key or --gossip-key), or none, tried to gossip with this one (from=): " +
+				"give every agent the same key; or something not leasenode's writes to the gossip port"
 		}
 	}
-	return false
+	for _, s := range []string{"Decrypt packet failed", "unacceptable label", "not supported", "Failed to decrypt"} {
+		if strings.Contains(msg, s) {
+			return "packets not made with this cluster's gossip key (--cluster-key or --gossip-key): another cluster's, or not leasenode's"
+		}
+	}
+	return ""
 }

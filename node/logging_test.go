@@ -116,9 +116,64 @@ func TestJoinHint(t *testing.T) {
 		"1 error occurred:\n\t* Failed to join 127.0.0.1:7401: No installed keys could decrypt the message": "--cluster-key",
 		"Failed to join 127.0.0.1:7402: received invalid msgType (72), expected pushPullMsg (6)":            "not their --api",
 		"Failed to join 127.0.0.1:7401: dial tcp 127.0.0.1:7401: connect: connection refused":               "may not have started",
+		// A key holder joining an --api port: the HTTP answer is not
+		// encrypted. Both possible causes are named.
+		"Failed to join 127.0.0.1:7402: encryption is configured but remote state is not encrypted": "not their --api",
+		"Failed to join 127.0.0.1:7401: encryption is configured but remote state is not encrypted": "same --cluster-key",
 	} {
 		if got := joinHint(fmt.Errorf("%s", msg)); !strings.Contains(got, want) {
 			t.Errorf("hint for %q: %q, want %q in it", msg, got, want)
 		}
+	}
+}
+
+// A stream from a node with another key: memberlist's ERROR line gets the
+// hint, once per loglimit.Every, and another receive failure does not
+// hide it.
+func TestGossipKeyMismatchHinted(t *testing.T) {
+	var buf bytes.Buffer
+	l := stdlogFor(slog.New(slog.NewTextHandler(&buf, nil)), "memberlist")
+	l.Print("[ERR] memberlist: failed to receive: EOF from=127.0.0.1:40000")
+	for i := range 100 {
+		l.Printf("[ERR] memberlist: failed to receive: no installed keys could decrypt the message from=127.0.0.1:%d", 40000+i)
+	}
+	out := buf.String()
+	if n := strings.Count(out, "no installed keys could decrypt"); n != 1 {
+		t.Fatalf("%d key mismatches logged, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "another cluster key") {
+		t.Fatalf("no hint:\n%s", out)
+	}
+}
+
+// README's recipe lists every node's gossip address on every node: the
+// node's own is left out of the seeds (its answer hid the others'
+// failures), bound or advertised, or on any local address when bound to
+// all.
+func TestSeedsLeaveOutSelf(t *testing.T) {
+	n := &Node{cfg: Config{Join: []string{"127.0.0.1:7401", "127.0.0.1:7411", "10.1.2.3:7401", "10.9.9.9:7421"}},
+		gossipSelf: []string{"127.0.0.1:7401", "10.9.9.9:7421"}}
+	got := strings.Join(n.seeds(t.Context()), ",")
+	if want := "127.0.0.1:7411,10.1.2.3:7401"; got != want {
+		t.Fatalf("seeds %s, want %s", got, want)
+	}
+	n.gossipSelf = []string{"0.0.0.0:7401"}
+	got = strings.Join(n.seeds(t.Context()), ",")
+	if want := "127.0.0.1:7411,10.1.2.3:7401,10.9.9.9:7421"; got != want {
+		t.Fatalf("bound to 0.0.0.0: seeds %s, want %s", got, want)
+	}
+}
+
+// A node that waits long to bootstrap says so as a warning, with what to
+// check; at first it is news only.
+func TestBootstrapWaitWarns(t *testing.T) {
+	if level, _, _ := bootstrapWait(time.Second, 1, 3); level != slog.LevelInfo {
+		t.Fatalf("after 1s: level %v", level)
+	}
+	level, msg, args := bootstrapWait(bootstrapWarnAfter, 1, 3)
+	hint := fmt.Sprint(args...)
+	if level != slog.LevelWarn || !strings.Contains(msg, "still waiting") || !strings.Contains(hint, "sees 1 of the 3") ||
+		!strings.Contains(hint, "--cluster-key") || !strings.Contains(hint, "--gossip addresses") {
+		t.Fatalf("after %v: %v %q %v", bootstrapWarnAfter, level, msg, hint)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -363,11 +364,8 @@ func (n *Node) startGossip(ctx context.Context) error {
 		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
 	n.gossipNet = gt
-	if len(cfg.Join) > 0 {
-		if _, err := ml.Join(cfg.Join); err != nil {
-			n.log.Warn("join failed; will retry", "seeds", cfg.Join, "err", err, "hint", joinHint(err))
-		}
-	}
+	n.gossipSelf = []string{net.JoinHostPort(host, strconv.Itoa(mc.BindPort)), net.JoinHostPort(ahost, strconv.Itoa(mc.AdvertisePort))}
+	n.joinSeeds(ml, n.seeds(ctx))
 	if who := d.conflict.Load(); who != nil {
 		ml.Shutdown()
 		return fmt.Errorf("node ID %q is already used by a live node at %s: give this node another --id (IDs are unique and stable per node)", cfg.ID, *who)
@@ -376,13 +374,120 @@ func (n *Node) startGossip(ctx context.Context) error {
 	return nil
 }
 
+// seeds returns the Join addresses other than this node's own gossip
+// address (bound or advertised), names resolved: README's recipe lists
+// every node's address on every node, and memberlist's Join succeeds when
+// any seed answers, this node included, which hid every other seed's
+// failure (a node with another cluster key only said it waited to
+// bootstrap). A name that does not resolve is kept for memberlist to
+// report.
+func (n *Node) seeds(ctx context.Context) []string {
+	if len(n.cfg.Join) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var out []string
+	for _, seed := range n.cfg.Join {
+		host, port, err := net.SplitHostPort(seed)
+		if err != nil {
+			out = append(out, seed)
+			continue
+		}
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			if ips, err = net.DefaultResolver.LookupHost(ctx, host); err != nil {
+				out = append(out, seed)
+				continue
+			}
+		}
+		for _, ip := range ips {
+			if a := net.JoinHostPort(ip, port); !n.isOwnGossipAddr(a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// isOwnGossipAddr reports whether the gossip address addr (IP:port) is
+// this node's: its bound or advertised one, or, bound to an unspecified
+// address, the same port on a loopback or local address.
+func (n *Node) isOwnGossipAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	for _, own := range n.gossipSelf {
+		ohost, oport, err := net.SplitHostPort(own)
+		if err != nil || oport != port {
+			continue
+		}
+		oip := net.ParseIP(ohost)
+		switch {
+		case ip == nil || oip == nil:
+		case ip.Equal(oip):
+			return true
+		case oip.IsUnspecified() && (ip.IsLoopback() || isLocalIP(ip)):
+			return true
+		}
+	}
+	return false
+}
+
+// isLocalIP reports whether ip is an address of one of this host's
+// interfaces.
+func isLocalIP(ip net.IP) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if in, ok := a.(*net.IPNet); ok && in.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// joinSeeds joins each seed on its own, so that one seed's failure is
+// seen even when another answered, and logs each failure with what it
+// most likely means: at most once per loglimit.Every for a seed and kind
+// of failure (runMembership retries every second while alone). It
+// reports whether some seed answered.
+func (n *Node) joinSeeds(ml *memberlist.Memberlist, seeds []string) bool {
+	joined := false
+	for _, seed := range seeds {
+		if _, err := ml.Join([]string{seed}); err != nil {
+			hint := joinHint(err)
+			if ok, skipped := n.joinLimit.Allow(seed + "\x00" + hint); ok {
+				args := []any{"component", "node.membership", "seed", seed, "err", err, "hint", hint}
+				if skipped > 0 {
+					args = append(args, loglimit.Skipped, skipped)
+				}
+				n.log.Warn("join failed; will retry", args...)
+			}
+			continue
+		}
+		joined = true
+	}
+	return joined
+}
+
 // joinHint says what a failed join's error most likely means, in the
 // agent's terms rather than memberlist's.
 func joinHint(err error) string {
 	msg := strings.ToLower(err.Error())
 	switch {
+	case strings.Contains(msg, "remote state is not encrypted"):
+		// What a key holder reads from anything that does not encrypt:
+		// an agent without the key, or no gossip port at all (an HTTP
+		// answer from --api reads the same).
+		return "the seed answered without gossip encryption: either its agent runs without a cluster key (give every agent the same --cluster-key, or none on all), " +
+			"or it is not a gossip port: --join takes the agents' --gossip addresses (port 7401 by default), not their --api or --bind"
 	case strings.Contains(msg, "no installed keys could decrypt"), strings.Contains(msg, "encryption is not configured"),
-		strings.Contains(msg, "remote state is encrypted"), strings.Contains(msg, "remote state is not encrypted"):
+		strings.Contains(msg, "remote state is encrypted"):
 		return "the seeds use another gossip key: give every agent the same --cluster-key (or --gossip-key), or none on all"
 	case strings.Contains(msg, "invalid msgtype (72)"), strings.Contains(msg, "invalid msgtype (80)"):
 		return "a seed answered HTTP: --join takes the agents' gossip addresses (their --gossip, port 7401 by default), not their --api"
@@ -516,8 +621,26 @@ func (n *Node) runMembership() {
 	}
 }
 
-// bootstrapLogEvery is how often a node waiting to bootstrap says so.
-const bootstrapLogEvery = 5 * time.Second
+// bootstrapLogEvery is how often a node waiting to bootstrap says so;
+// past bootstrapWarnAfter of waiting it says so as a warning, with what
+// to check.
+const (
+	bootstrapLogEvery  = 5 * time.Second
+	bootstrapWarnAfter = 4 * bootstrapLogEvery
+)
+
+// bootstrapWait is how a node that has waited so long to bootstrap, seeing
+// seen of the expected nodes, says so: at Info at first (agents started one
+// by one wait for each other), then at Warn with what to check.
+func bootstrapWait(waited time.Duration, seen, expected int) (slog.Level, string, []any) {
+	if waited < bootstrapWarnAfter {
+		return slog.LevelInfo, "waiting to bootstrap", nil
+	}
+	return slog.LevelWarn, "still waiting to bootstrap", []any{"waited", waited.Round(time.Second),
+		"hint", fmt.Sprintf("this node sees %d of the %d nodes --bootstrap-expect asks for: check that every agent runs, that --join lists their --gossip addresses "+
+			"(not --api or --bind), and that every agent has the same --cluster-key (a node with another key logs \"join failed\"; the others log "+
+			"\"no installed keys could decrypt\")", seen, expected)}
+}
 
 // verifyRetry is how soon a member that failed verification is asked
 // again, doubling per consecutive failure up to maxVerifyRetry.
@@ -577,20 +700,24 @@ const rejoinFor = 24 * time.Hour
 // dead members again; Serf calls this reconnect) and, while this node is
 // alone, the configured seeds.
 func (n *Node) rejoin() {
+	alone := n.ml.NumMembers() < 2 && len(n.cfg.Join) > 0
 	var addrs []string
-	if n.ml.NumMembers() < 2 {
-		addrs = append(addrs, n.cfg.Join...)
-	}
 	for _, m := range n.members.list() {
 		if m.Status == statusDead && m.ID != n.cfg.ID && m.Gossip != "" && time.Since(m.Since) < rejoinFor {
 			addrs = append(addrs, m.Gossip)
 		}
 	}
-	if len(addrs) == 0 || !n.rejoining.CompareAndSwap(false, true) {
+	if !alone && len(addrs) == 0 || !n.rejoining.CompareAndSwap(false, true) {
 		return
 	}
 	n.goRun("node.rejoin", func() {
 		defer n.rejoining.Store(false)
+		if alone && n.joinSeeds(n.ml, n.seeds(n.ctx)) {
+			n.log.Debug("joined gossip through the seeds")
+		}
+		if len(addrs) == 0 {
+			return
+		}
 		if _, err := n.ml.Join(addrs); err == nil {
 			n.log.Debug("rejoined gossip", "addrs", addrs)
 		}
@@ -616,17 +743,22 @@ func (n *Node) tryBootstrap() bool {
 		}
 	}
 	if len(alive) < n.cfg.BootstrapExpect {
+		if n.bootstrapWaiting.IsZero() {
+			n.bootstrapWaiting = time.Now()
+		}
 		if time.Since(n.bootstrapLogged) >= bootstrapLogEvery {
 			n.bootstrapLogged = time.Now()
 			ids := make([]string, len(alive))
 			for i, m := range alive {
 				ids[i] = m.ID
 			}
-			n.log.Info("waiting to bootstrap", "component", "node.membership", "seen", len(alive),
-				"expected", n.cfg.BootstrapExpect, "members", strings.Join(ids, ","), "join", strings.Join(n.cfg.Join, ","))
+			level, msg, args := bootstrapWait(time.Since(n.bootstrapWaiting), len(alive), n.cfg.BootstrapExpect)
+			n.log.Log(n.ctx, level, msg, append(args, "component", "node.membership", "seen", len(alive),
+				"expected", n.cfg.BootstrapExpect, "members", strings.Join(ids, ","), "join", strings.Join(n.cfg.Join, ","))...)
 		}
 		return false
 	}
+	n.bootstrapWaiting = time.Time{}
 	alive = alive[:n.cfg.BootstrapExpect]
 	clusterID := bootstrapClusterID(alive)
 	var conf raft.Configuration

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
 )
 
@@ -64,11 +65,16 @@ type Node struct {
 	gossipNet *gossipTransport // bounds inbound gossip streams (gossipconn.go)
 	members   *memberTable
 	rejoining atomic.Bool // a rejoin attempt is running
-	// bootstrapLogged is when tryBootstrap last said it waits (only
-	// runMembership touches it).
-	bootstrapLogged time.Time
-	run             string        // random ID of this start, published in gossip
-	raftDown        chan struct{} // closed once Raft has shut down; see wait
+	// gossipSelf is this node's gossip address, bound and advertised
+	// (ports resolved), which seeds leaves out of Join.
+	gossipSelf []string
+	joinLimit  *loglimit.Limiter // of joinSeeds' warnings
+	// bootstrapLogged is when tryBootstrap last said it waits, and
+	// bootstrapWaiting since when it waits (only runMembership touches
+	// them).
+	bootstrapLogged, bootstrapWaiting time.Time
+	run                               string        // random ID of this start, published in gossip
+	raftDown                          chan struct{} // closed once Raft has shut down; see wait
 
 	// fatal holds the error that made this node stop (an entry it cannot
 	// apply); fatalCh is closed when it is set.
@@ -121,8 +127,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node config: %w", err)
 	}
 	cfg = cfg.withDefaults()
+	if err := checkListen(cfg); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
+		return nil, err
 	}
 	log := cfg.Logger.With("node", cfg.ID)
 	if err := checkExposure(cfg, log); err != nil {
@@ -152,6 +164,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		nodeClientTLS: nodeClient,
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
+		joinLimit:     loglimit.New(),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()

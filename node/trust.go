@@ -241,32 +241,34 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 		// refuses on its side).
 		return nil
 	case own != "":
-		var err error
 		if inbound {
-			err = fmt.Errorf("this cluster is %s, your data dir belongs to cluster %s; to join this cluster start with an empty --data-dir",
+			// The peer is told in its own terms; this node's log names
+			// the peer and leaves this node's data dir alone.
+			c.refusedLocked(p, fmt.Sprintf("refused node %s: its data dir belongs to cluster %s, ours is %s; %s must start with an empty --data-dir to join this cluster",
+				p.ID, short(p.ClusterID), short(own), p.ID), true)
+			return fmt.Errorf("this cluster is %s, your data dir belongs to cluster %s; to join this cluster start with an empty --data-dir",
 				short(own), short(p.ClusterID))
-		} else {
-			err = fmt.Errorf("node %s belongs to cluster %s, this node's data dir to cluster %s; to join that cluster start this node with an empty --data-dir",
-				p.ID, short(p.ClusterID), short(own))
 		}
-		c.refusedLocked(p, err, true)
+		err := fmt.Errorf("node %s belongs to cluster %s, this node's data dir to cluster %s; to join that cluster start this node with an empty --data-dir",
+			p.ID, short(p.ClusterID), short(own))
+		c.refusedLocked(p, err.Error(), true)
 		return err
 	case c.hasState():
 		err := fmt.Errorf("node %s has Raft state without a cluster id (made by an older leasenode, or copied), so it is not a member of cluster %s; to join that cluster start it with an empty --data-dir",
 			c.self, short(p.ClusterID))
-		c.refusedLocked(p, err, true)
+		c.refusedLocked(p, err.Error(), true)
 		return err
 	case c.waiting && inbound:
 		err := fmt.Errorf("node %s is waiting to bootstrap a new cluster (--bootstrap-expect) and takes no member of cluster %s yet",
 			c.self, short(p.ClusterID))
-		c.refusedLocked(p, err, false)
+		c.refusedLocked(p, err.Error(), false)
 		return err
 	case c.waiting:
 		return nil
 	case inbound && c.isMember != nil && !c.isMember(p.ID):
 		err := fmt.Errorf("node %s has no cluster id yet and takes one only from a member of its gossip pool; %s (cluster %s) is not one",
 			c.self, p.ID, short(p.ClusterID))
-		c.refusedLocked(p, err, false)
+		c.refusedLocked(p, err.Error(), false)
 		return err
 	}
 	if err := c.setLocked(p.ClusterID); err != nil {
@@ -285,14 +287,13 @@ func (c *clusterIdentity) refusedBy(e *transport.RefusedError) {
 func (c *clusterIdentity) refused(p transport.Peer, err error, loud bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.refusedLocked(p, err, loud)
+	c.refusedLocked(p, err.Error(), loud)
 }
 
-// refusedLocked logs a refusal: loudly the first time for a peer and
-// reason, at debug level after that (Raft redials every few hundred
-// milliseconds).
-func (c *clusterIdentity) refusedLocked(p transport.Peer, err error, loud bool) {
-	msg := err.Error()
+// refusedLocked logs a refusal, msg in this node's words: loudly the
+// first time for a peer and reason, at debug level after that (Raft
+// redials every few hundred milliseconds).
+func (c *clusterIdentity) refusedLocked(p transport.Peer, msg string, loud bool) {
 	log := c.log.With("component", "node.trust", "peer", p.ID, "peer_cluster", p.ClusterID, "cluster", c.id)
 	key := p.ID + "\x00" + msg
 	if _, seen := c.logged[key]; seen {
@@ -304,7 +305,11 @@ func (c *clusterIdentity) refusedLocked(p transport.Peer, err error, loud bool) 
 	}
 	c.logged[key] = struct{}{}
 	if loud {
-		log.Error("REFUSED node-port connection: "+msg, "authenticated", p.Authenticated)
+		line := "REFUSED node-port connection: " + msg
+		if rest, ok := strings.CutPrefix(msg, "refused "); ok { // it says what was refused
+			line = "REFUSED " + rest
+		}
+		log.Error(line, "authenticated", p.Authenticated)
 	} else {
 		log.Info("node-port connection refused", "reason", msg)
 	}
@@ -359,37 +364,45 @@ func readClusterID(dir string) (string, error) {
 	return id, nil
 }
 
-// writeClusterID replaces ClusterIDFile in dir atomically and durably:
-// write a temporary file, fsync it, rename it over the old one, fsync the
-// directory.
+// writeClusterID replaces ClusterIDFile in dir atomically and durably.
 func writeClusterID(dir, id string) error {
-	path := filepath.Join(dir, ClusterIDFile)
-	tmp, err := os.CreateTemp(dir, ClusterIDFile+".tmp*")
-	if err != nil {
+	if err := writeIDFile(dir, ClusterIDFile, id); err != nil {
 		return fmt.Errorf("write cluster id: %w", err)
+	}
+	return nil
+}
+
+// writeIDFile replaces the one-line file name in dir atomically and
+// durably: write a temporary file, fsync it, rename it over the old one,
+// fsync the directory.
+func writeIDFile(dir, name, id string) error {
+	path := filepath.Join(dir, name)
+	tmp, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename: nothing to remove
 	if _, err := tmp.WriteString(id + "\n"); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("write cluster id: %w", err)
+		return err
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write cluster id: sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

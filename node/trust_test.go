@@ -132,6 +132,17 @@ func TestOtherClusterRefused(t *testing.T) {
 	if !strings.Contains(line, "this cluster is "+aID[:12]) {
 		t.Fatalf("refusal does not name this cluster %s: %s", aID[:12], line)
 	}
+	// a's nodes log their refusal in their own words, naming b0 and what
+	// b0 must do; the words meant for b0 ("your data dir") go only to b0.
+	// (A refusal by b0, "REFUSED by b0", carries b0's words, which are
+	// meant for a's node.)
+	alogs.waitFor(t, 20*time.Second, "REFUSED node b0: its data dir belongs to cluster "+bID[:12]+"…, ours is "+aID[:12]+
+		"…; b0 must start with an empty --data-dir to join this cluster")
+	for _, line := range alogs.lines("your data dir") {
+		if !strings.Contains(strings.ToLower(line), "refused by b0") && !strings.Contains(line, "refused in hello") {
+			t.Fatalf("a's nodes log the words meant for b0: %s", line)
+		}
+	}
 	// a's leader sees b0 in gossip but does not add it (gossip says it is
 	// of another cluster, and the hello would refuse it anyway).
 	nodetest.Eventually(t, 10*time.Second, func() error {
@@ -481,4 +492,44 @@ func startOnDeadNodesPort(t *testing.T, cfg node.Config) *node.Node {
 	})
 	t.Cleanup(func() { n.Close(context.Background()) })
 	return n
+}
+
+// Scenario: README's recipe with a wrong cluster key on one node: its
+// --join lists all three gossip addresses, its own included. It says at
+// once that the seeds use another key (its own address answering used to
+// hide that: it only logged "waiting to bootstrap seen=1"), and the
+// cluster's nodes, which cannot decrypt its streams, say what that means.
+func TestWrongClusterKeyIsNamed(t *testing.T) {
+	var alogs, blogs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Logger = alogs.logger().With("n", i)
+	}})
+	defer func() {
+		if t.Failed() {
+			t.Logf("a's logs:\n%s\nodd node's logs:\n%s", alogs.buf.String(), blogs.buf.String())
+		}
+	}()
+	cfg := a.Config(2)
+	cfg.ID = "odd"
+	cfg.DataDir = t.TempDir()
+	cfg.BindAddr = nodetest.FreeAddr(t, false)
+	cfg.AdvertiseAddr = cfg.BindAddr
+	cfg.GossipAddr = nodetest.FreeAddr(t, true)
+	cfg.ClusterKey = nodetest.NewClusterKey(t)
+	cfg.BootstrapExpect = 3
+	cfg.Join = []string{cfg.GossipAddr, a.Config(0).GossipAddr, a.Config(1).GossipAddr}
+	cfg.Logger = blogs.logger()
+	odd, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer odd.Close(context.Background())
+
+	for _, seed := range []string{a.Config(0).GossipAddr, a.Config(1).GossipAddr} {
+		blogs.waitFor(t, 10*time.Second, "level=WARN", "join failed", "seed="+seed, "the seeds use another gossip key")
+	}
+	if got := blogs.lines("join failed", "seed="+cfg.GossipAddr); len(got) > 0 {
+		t.Fatalf("the node joined itself: %s", got[0])
+	}
+	alogs.waitFor(t, 10*time.Second, "no installed keys could decrypt", "another cluster key")
 }

@@ -403,6 +403,9 @@ func (ap *app) agentCmd() *cobra.Command {
 }
 
 func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config) error {
+	if err := checkHTTPAddr(a.http, cfg); err != nil {
+		return err
+	}
 	m := metrics.New(metrics.Options{ProcessMetrics: true})
 	cfg.HTTPHandlers = m.Handlers()
 	cfg.APIMiddleware = m.Middleware
@@ -415,6 +418,11 @@ func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config)
 	startCtx, cancelStart := sig.cancelOn(ctx)
 	n, err := node.Start(startCtx, cfg)
 	cancelStart()
+	var addrErr *node.AddrError
+	if errors.As(err, &addrErr) {
+		// Found before the data dir was touched: name the flag.
+		return fmt.Errorf("start: %s", configFlags.Replace(addrErr.Error()))
+	}
 	if err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
@@ -477,6 +485,29 @@ func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config)
 	}
 }
 
+// checkHTTPAddr refuses an --http address on the port of --bind, --gossip
+// or --api (node.Config.Validate checks those three against each other).
+func checkHTTPAddr(addr string, cfg node.Config) error {
+	if addr == "" {
+		return nil
+	}
+	hh, hp, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usagef("--http %q: %v", addr, err)
+	}
+	for _, o := range []struct{ flag, addr string }{{"--bind", cfg.BindAddr}, {"--gossip", cfg.GossipAddr}, {"--api", cfg.APIAddr}} {
+		oh, op, err := net.SplitHostPort(o.addr)
+		if err != nil || hp == "0" || op != hp {
+			continue
+		}
+		hip, oip := net.ParseIP(hh), net.ParseIP(oh)
+		if hh == oh || hh == "" || oh == "" || hip != nil && oip != nil && (hip.Equal(oip) || hip.IsUnspecified() || oip.IsUnspecified()) {
+			return usagef("--http %s and %s %s are one port: each needs its own", addr, o.flag, o.addr)
+		}
+	}
+	return nil
+}
+
 // probeServer serves /healthz, /readyz and /metrics on --http: plain HTTP,
 // no client certificate, no token, so that Kubernetes probes and Prometheus
 // reach them when the API port requires mutual TLS.
@@ -492,6 +523,9 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 		return p, nil
 	}
 	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("--http %s is in use (another agent?)", addr)
+	}
 	if err != nil {
 		return nil, usagef("--http %s: %v", addr, err)
 	}

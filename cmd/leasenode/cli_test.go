@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/leasenode/leasenode/node/nodetest"
 )
 
 // run1 runs the binary with args and env (and no LEASENODE_ variables of
@@ -233,5 +235,35 @@ func TestNobodyAtAddrHint(t *testing.T) {
 	code, _, errOut := run1(t, nil, "get", "k", "--addr", addr, "--timeout", "1s")
 	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "knows no leader") {
 		t.Errorf("get with nothing at %s: %d %s", addr, code, errOut)
+	}
+}
+
+// Ports that clash are refused before the data dir is made (it was made,
+// with a 64 MiB WAL segment, before the listener failed), naming the flag.
+func TestAgentPortClashBeforeDataDir(t *testing.T) {
+	t.Parallel()
+	p := nodetest.FreeAddr(t, true)
+	dir := filepath.Join(t.TempDir(), "data")
+	code, _, errOut := run1(t, nil, "agent", "--id", "n", "--data-dir", dir, "--bind", p, "--gossip", p, "--api", nodetest.FreeAddr(t, false))
+	if code != exitUsage || !strings.Contains(errOut, "--bind "+p+" and --gossip "+p+" are one port") {
+		t.Errorf("--bind and --gossip on one port: %d %s", code, errOut)
+	}
+	api := nodetest.FreeAddr(t, false)
+	code, _, errOut = run1(t, nil, "agent", "--id", "n", "--data-dir", dir, "--bind", nodetest.FreeAddr(t, false), "--gossip", nodetest.FreeAddr(t, true),
+		"--api", api, "--http", api)
+	if code != exitUsage || !strings.Contains(errOut, "--http "+api+" and --api "+api+" are one port") {
+		t.Errorf("--http and --api on one port: %d %s", code, errOut)
+	}
+	ln, err := net.Listen("tcp", api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	code, _, errOut = run1(t, nil, "agent", "--id", "n", "--data-dir", dir, "--bind", nodetest.FreeAddr(t, false), "--gossip", nodetest.FreeAddr(t, true), "--api", api)
+	if code != exitFailure || !strings.Contains(errOut, "--api "+api+" is in use (another agent?)") {
+		t.Errorf("--api in use: %d %s", code, errOut)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("the data dir was made for an agent that could not listen")
 	}
 }

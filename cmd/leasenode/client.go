@@ -452,7 +452,9 @@ func (s nodeStatus) version() string {
 }
 
 // statusOfAll asks every member with a confirmed API address for its
-// Status, all at once, each bounded by 2 s.
+// Status, all at once, each bounded by 2 s. A reply from another node
+// than the member (its address was taken over) is no status of the
+// member's: it says who answered instead.
 func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) []nodeStatus {
 	out := make([]nodeStatus, len(members))
 	var wg sync.WaitGroup
@@ -467,11 +469,16 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			s, err := api.StatusAt(sctx, m.GetApiAddr())
-			if err != nil {
+			switch {
+			case err != nil:
 				out[i].err = "unreachable"
-				return
+			case s.GetNodeId() != "" && s.GetNodeId() != m.GetId():
+				// Another node took the address (a restart under another
+				// --id): its data is not this member's.
+				out[i].err = "address now answered by " + s.GetNodeId()
+			default:
+				out[i].resp = s
 			}
-			out[i].resp = s
 		}()
 	}
 	wg.Wait()
