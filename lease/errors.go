@@ -47,6 +47,10 @@ var (
 	// requires and did not get. Retrying cannot help; the error says what
 	// to set.
 	ErrTLSSetup = errors.New("lease: TLS settings do not fit the node's")
+	// ErrWrongPort: every address given answered as a leasenode node port
+	// (Raft and node RPC), not as the client API: give the agents' --api
+	// addresses. Retrying cannot help.
+	ErrWrongPort = errors.New("lease: not a client API address")
 )
 
 // HeldError is ErrHeld with details.

@@ -226,3 +226,22 @@ func TestAcquireRefusesControlCharacters(t *testing.T) {
 		}
 	})
 }
+
+// A client given a node port instead of an API address is told so at once
+// (the node port answers HTTP with a 421 marked Leasenode-Port: node),
+// instead of retrying for the retry timeout and reporting no leader.
+func TestNodePortIsNotAnAPI(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, API: true})
+	c.WaitForLeader()
+	start := time.Now()
+	_, err := lease.Dial(ctxT(t, 30*time.Second), []string{c.Config(0).AdvertiseAddr})
+	if !errors.Is(err, lease.ErrWrongPort) || time.Since(start) > 5*time.Second {
+		t.Fatalf("Dial of a node port: %v after %v, want ErrWrongPort at once", err, time.Since(start))
+	}
+	// With the API address among them, the call goes on to it.
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{c.Config(0).AdvertiseAddr, c.Node(0).APIAddr()})
+	if err != nil {
+		t.Fatalf("Dial of a node port and an API address: %v", err)
+	}
+	cl.Close(context.Background())
+}

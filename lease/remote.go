@@ -214,9 +214,9 @@ func call[Req, Resp any, PResp interface {
 }](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var lastErr error
-	var answer error // the last refusal a node explained (no leader: why)
-	var tlsErr error // the last TLS mismatch
-	tlsOnly := true  // every address failed on one
+	var answer error   // the last refusal a node explained (no leader: why)
+	var setupErr error // the last TLS mismatch or wrong port
+	setupOnly := true  // every address failed on one
 	tried := map[string]bool{}
 	// Each address at most once, plus the leaders that refusals point to
 	// (bounded: two nodes that name each other must not loop).
@@ -242,19 +242,23 @@ func call[Req, Resp any, PResp interface {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
 		}
-		if hint := r.tlsMismatch(err); hint != "" {
+		if hint := r.tlsMismatch(err); hint != "" || nodePort(err) {
 			// Final only if every address says so: one node still on
 			// the old setup (a rolling switch to TLS) must not stop the
 			// call from reaching the others.
-			tlsErr = fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
-			lastErr = fmt.Errorf("%s: %s (%v)", addr, hint, err) // retryable while other addresses may answer
+			if hint != "" {
+				setupErr = fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
+			} else {
+				setupErr = fmt.Errorf("%w: %s is a node port (Raft and node RPC), not the client API: give the agents' --api addresses", ErrWrongPort, addr)
+			}
+			lastErr = setupErr // retryable while other addresses may answer
 			r.forget(addr)
 			if ctx.Err() != nil {
-				return nil, tlsErr
+				return nil, setupErr
 			}
 			continue
 		}
-		tlsOnly = false
+		setupOnly = false
 		if d := detailOf(err); d != nil {
 			switch d.GetReason() {
 			case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
@@ -285,8 +289,8 @@ func call[Req, Resp any, PResp interface {
 	if lastErr == nil {
 		lastErr = errors.New("no address to try")
 	}
-	if tlsOnly && tlsErr != nil {
-		return nil, tlsErr
+	if setupOnly && setupErr != nil {
+		return nil, setupErr
 	}
 	if answer != nil {
 		// A node that said why there is no leader (an election in
@@ -295,6 +299,13 @@ func call[Req, Resp any, PResp interface {
 		lastErr = answer
 	}
 	return nil, &noLeaderError{err: lastErr}
+}
+
+// nodePort reports whether err is a node port's answer to an HTTP request
+// (it marks it Leasenode-Port: node): the address is not a client API.
+func nodePort(err error) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && ce.Meta().Get("Leasenode-Port") == "node"
 }
 
 // tlsMismatch says what to set when err shows that this client's TLS

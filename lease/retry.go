@@ -64,7 +64,7 @@ const (
 // a *NotSentError. Anything else (a connection broken after the request
 // was written, a timeout) may have been applied.
 func classifyAttempt(err error) attemptKind {
-	if errors.Is(err, ErrTLSSetup) {
+	if errors.Is(err, ErrTLSSetup) || errors.Is(err, ErrWrongPort) {
 		return final
 	}
 	var ns *NotSentError
