@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,13 +309,17 @@ func TestWithdrawOnlyWhatTheLostEntryGranted(t *testing.T) {
 			return nil
 		})
 	}
-	left, cancel := context.WithCancel(context.Background())
-	cancel() // a copy whose caller is gone
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	// A copy whose caller left while it was in flight: a context already
+	// done is refused before anything is proposed, so this one says it
+	// is alive when the node first asks.
+	left := func() context.Context { return &leftInFlight{Context: done} }
 
 	t.Run("a late copy of an answered request", func(t *testing.T) {
 		held := mustGrant(t, l, acq("lost/answered", "h", 1, time.Minute))
 		before, _ := l.Withdrawals()
-		if _, err := l.Acquire(left, acq("lost/answered", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
+		if _, err := l.Acquire(left(), acq("lost/answered", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
 			t.Fatalf("copy with its caller gone: %v, want %v", err, node.ErrUnknownOutcome)
 		}
 		settled(t)
@@ -325,7 +330,7 @@ func TestWithdrawOnlyWhatTheLostEntryGranted(t *testing.T) {
 	})
 	t.Run("a fresh grant nobody heard of", func(t *testing.T) {
 		before, _ := l.Withdrawals()
-		if _, err := l.Acquire(left, acq("lost/fresh", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
+		if _, err := l.Acquire(left(), acq("lost/fresh", "h", 1, time.Minute)); !errors.Is(err, node.ErrUnknownOutcome) {
 			t.Fatalf("acquire with its caller gone: %v, want %v", err, node.ErrUnknownOutcome)
 		}
 		settled(t)
@@ -428,4 +433,18 @@ func raceQueuedAttempt(t *testing.T, l, via *node.Node, key string, settle func(
 			t.Fatalf("%s: no answer", key)
 		}
 	}
+}
+
+// leftInFlight is a done context whose first Err says it is not: a caller
+// that left after its request was admitted.
+type leftInFlight struct {
+	context.Context
+	asked atomic.Bool
+}
+
+func (c *leftInFlight) Err() error {
+	if !c.asked.Swap(true) {
+		return nil
+	}
+	return c.Context.Err()
 }
