@@ -515,8 +515,8 @@ const abandonWindow = 10 * time.Minute
 // of it still in flight can be granted afterwards, and releases its grant
 // if it stands. granted says an attempt was granted (and is released
 // now); held, if the request was never granted, who holds the key (no
-// one while it is in its lock-delay) and for how long at most, unless the
-// key is free. err says the outcome stays unknown: an attempt may
+// one while it is in its lock-delay) and when its current grant ends
+// unless extended, unless the key is free. err says the outcome stays unknown: an attempt may
 // have been granted and its grant has ended, or the settling failed. It
 // takes at most resolveTimeout.
 func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool, held *HeldError, err error) {

@@ -617,18 +617,83 @@ func TestDialTellsATLSMismatch(t *testing.T) {
 		addr string
 		tls  *tls.Config
 		want string
+		p    lease.TLSProblem
 	}{
-		{"plain to a TLS port", addr(tlsSrv), nil, "the node requires TLS"},
-		{"TLS to a plain port", addr(plain), skip, "the node serves plain HTTP"},
-		{"an unknown CA", addr(tlsSrv), &tls.Config{}, "certificate failed verification"},
-		{"no client certificate", addr(mtls), skip, "certificate of the cluster's CA"},
+		{"plain to a TLS port", addr(tlsSrv), nil, "the node requires TLS", lease.TLSNodeRequiresTLS},
+		{"TLS to a plain port", addr(plain), skip, "the node serves plain HTTP", lease.TLSNodeIsPlain},
+		{"an unknown CA", addr(tlsSrv), &tls.Config{}, "certificate failed verification", lease.TLSUnverified},
+		{"no client certificate", addr(mtls), skip, "certificate of the cluster's CA", lease.TLSClientCertRequired},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := lease.Dial(ctxT(t, 30*time.Second), []string{c.addr}, lease.WithTLS(c.tls), lease.WithRetryTimeout(20*time.Second))
 			if !errors.Is(err, lease.ErrTLSSetup) || errors.Is(err, lease.ErrNoLeader) || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("Dial: %v; want ErrTLSSetup saying %q", err, c.want)
 			}
+			// The library names its own options, not the CLI's flags.
+			if strings.Contains(err.Error(), "--") {
+				t.Errorf("Dial: %v: names a command-line flag", err)
+			}
+			if te := (*lease.TLSSetupError)(nil); !errors.As(err, &te) || te.Problem != c.p || te.Addr != c.addr {
+				t.Errorf("Dial: %#v; want a *TLSSetupError for %s with problem %v", err, c.addr, c.p)
+			}
 		})
+	}
+}
+
+// A refused acquire says who holds the key and when its current grant
+// ends unless extended: not "for at most", which a holder that keeps
+// extending makes false.
+func TestHeldErrorWords(t *testing.T) {
+	err := &lease.HeldError{Key: "k", Holder: "job#1", Wait: 8470 * time.Millisecond}
+	if msg := err.Error(); !strings.Contains(msg, "held by job#1: its current grant ends in 8.5s unless extended") || strings.Contains(msg, "at most") {
+		t.Errorf("HeldError: %q", msg)
+	}
+	err.Holder = ""
+	if msg := err.Error(); !strings.Contains(msg, "in its lock-delay for 8.5s more") {
+		t.Errorf("HeldError in a lock-delay: %q", msg)
+	}
+}
+
+// A token read from a file keeps its trailing newline: it is trimmed, as
+// the agent trims its --auth-token-file. One with a line break inside is
+// refused at once as ErrInvalid (it was retried for the retry timeout,
+// then reported as "no leader reachable ... invalid header field value"),
+// and the refusal does not show the secret.
+func TestAuthTokenFromAFile(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.Header.Get("Authorization"):
+		default:
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer srv.Close()
+	addr := []string{srv.Listener.Addr().String()}
+	r, err := lease.NewRemote(addr, lease.WithAuthToken(" s3cret\r\n"))
+	if err != nil {
+		t.Fatalf("NewRemote with a token ending in a newline: %v", err)
+	}
+	defer r.Close()
+	r.Status(ctxT(t, 5*time.Second)) // 404: only the header matters
+	select {
+	case h := <-got:
+		if h != "Bearer s3cret" {
+			t.Fatalf("Authorization sent: %q, want %q", h, "Bearer s3cret")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no request reached the node: the token was not trimmed (net/http refuses a header with a newline)")
+	}
+	for _, tok := range []string{"s3c\nret", "s3c\x00ret", "s3c\x7fret"} {
+		start := time.Now()
+		_, err := lease.Dial(ctxT(t, 30*time.Second), addr, lease.WithAuthToken(tok), lease.WithRetryTimeout(20*time.Second))
+		if !errors.Is(err, lease.ErrInvalid) || !strings.Contains(err.Error(), "auth token contains a control character") ||
+			strings.Contains(err.Error(), "s3c") || time.Since(start) > time.Second {
+			t.Errorf("Dial with token %q: %v after %v; want ErrInvalid at once, without the token", tok, err, time.Since(start))
+		}
+		if _, err := lease.NewRemote(addr, lease.WithAuthToken(tok)); !errors.Is(err, lease.ErrInvalid) {
+			t.Errorf("NewRemote with token %q: %v, want ErrInvalid", tok, err)
+		}
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 // Errors of the lease package; test them with errors.Is.
 var (
 	// ErrHeld: another holder has the key. Errors that wrap it are
-	// *HeldError and say who and for how long at most.
+	// *HeldError and say who, and when the holder's current grant ends
+	// unless it is extended.
 	ErrHeld = errors.New("lease: held by another holder")
 	// ErrNotHolder: the cluster says this client does not hold the lease
 	// (it expired, or was released).
@@ -53,21 +54,71 @@ var (
 	ErrWrongPort = errors.New("lease: not a client API address")
 )
 
+// TLSSetupError is ErrTLSSetup from one node: what did not fit, for a
+// tool to name its own setting (the CLI's --tls-ca, say).
+type TLSSetupError struct {
+	Addr    string
+	Problem TLSProblem
+	Err     error // the transport's error
+}
+
+func (e *TLSSetupError) Error() string {
+	return fmt.Sprintf("%v: %s: %s (%v)", ErrTLSSetup, e.Addr, e.Problem.hint(), e.Err)
+}
+
+// Unwrap makes errors.Is match ErrTLSSetup.
+func (e *TLSSetupError) Unwrap() error { return ErrTLSSetup }
+
+// TLSProblem is the way a client's TLS settings do not fit a node's.
+type TLSProblem int
+
+// The TLS problems (TLSProblemOf tells them).
+const (
+	// TLSUnverified: the node's certificate failed verification (an
+	// unknown CA, or it does not name the address dialed).
+	TLSUnverified TLSProblem = iota + 1
+	// TLSClientCertRequired: the node refused the handshake: it takes
+	// clients with a certificate of the cluster's CA.
+	TLSClientCertRequired
+	// TLSNodeIsPlain: TLS to a node that serves plain HTTP.
+	TLSNodeIsPlain
+	// TLSNodeRequiresTLS: plain HTTP to a node that requires TLS.
+	TLSNodeRequiresTLS
+)
+
+// hint says, in this package's terms, what to set.
+func (p TLSProblem) hint() string {
+	switch p {
+	case TLSUnverified:
+		return "the node's certificate failed verification: trust the CA that signed the cluster's certificates (WithTLS, RootCAs) and dial an address the certificate names (or set ServerName to a name it carries)"
+	case TLSClientCertRequired:
+		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (WithTLS, Certificates)"
+	case TLSNodeIsPlain:
+		return "the node serves plain HTTP: dial it without WithTLS"
+	case TLSNodeRequiresTLS:
+		return "the node requires TLS: give WithTLS the cluster's CA (RootCAs) and, if it asks for client certificates, one of them (Certificates)"
+	}
+	return "TLS settings do not fit"
+}
+
 // HeldError is ErrHeld with details.
 type HeldError struct {
 	Key    string
-	Holder string        // empty while the key is in lock-delay
-	Wait   time.Duration // longest it can stay unavailable unless released
+	Holder string // empty while the key is in lock-delay
+	// Wait is how long the holder's current grant had left when asked (by
+	// the leader's clock), or the lock-delay: the key is free no sooner
+	// unless it is released, and later if the holder extends, as a live
+	// holder does for as long as it runs. It is not a bound on the wait.
+	Wait time.Duration
 	// Err is what ended the attempt (ErrTimeout for AcquireTimeout).
 	Err error
 }
 
 func (e *HeldError) Error() string {
-	who := e.Holder
-	if who == "" {
-		who = "nobody (lock-delay)"
+	msg := fmt.Sprintf("lease %q held by %s: its current grant ends in %v unless extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
+	if e.Holder == "" {
+		msg = fmt.Sprintf("lease %q held by nobody: in its lock-delay for %v more", e.Key, e.Wait.Round(100*time.Millisecond))
 	}
-	msg := fmt.Sprintf("lease %q held by %s for at most %v", e.Key, who, e.Wait.Round(time.Millisecond))
 	if e.Err != nil {
 		msg = e.Err.Error() + ": " + msg
 	}

@@ -43,7 +43,9 @@ type Option func(*options)
 
 // WithTTL sets the default lease TTL (default 10 s). Longer TTLs survive
 // longer partitions of the client; shorter ones hand a crashed holder's
-// key on sooner.
+// key on sooner. The cluster takes TTLs (and lock-delays) of at most 24 h
+// and at least its minimum (the agent's --min-ttl, 500 ms by default);
+// an acquire outside them fails with ErrInvalid.
 func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // WithExtendInterval sets how often held leases are extended (default a
@@ -89,7 +91,14 @@ func WithHolder(name string) Option { return func(o *options) { o.name = name } 
 func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
 
 // WithAuthToken sets the bearer token for Dial (remote clients only).
-func WithAuthToken(token string) Option { return func(o *options) { o.token = token } }
+// Surrounding white space is trimmed, as the agent trims its
+// --auth-token-file, so a token read from a file with its trailing newline
+// works as it is. A token that still holds a control character (a line
+// break inside it) cannot go in an HTTP header: New, NewRemote and Dial
+// refuse it with ErrInvalid at once, without showing it.
+func WithAuthToken(token string) Option {
+	return func(o *options) { o.token = strings.TrimSpace(token) }
+}
 
 // WithPeerTimeout sets how long a node may leave a request unanswered
 // before the client checks that the node is alive, and how long the check
@@ -137,6 +146,9 @@ func buildOptions(opts []Option) (options, error) {
 	if o.retryTimeout <= 0 {
 		return o, fmt.Errorf("%w: retry timeout %v must be > 0", ErrInvalid, o.retryTimeout)
 	}
+	if err := headerSafe(o.token); err != nil {
+		return o, err
+	}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
@@ -180,6 +192,20 @@ func text(what, s string) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s %q is not valid UTF-8", ErrInvalid, what, s)
+}
+
+// headerSafe refuses an auth token that an HTTP header cannot carry: one
+// with a control character other than a tab (what net/http refuses in a
+// header value, on every request, as a failure to reach a node). The
+// message says where, never the token: it is a secret.
+func headerSafe(token string) error {
+	for i := 0; i < len(token); i++ {
+		if b := token[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return fmt.Errorf("%w: auth token contains a control character (byte 0x%02x at offset %d of %d), which an HTTP header cannot carry: give the token as one line of text (white space around it is trimmed)",
+				ErrInvalid, b, i, len(token))
+		}
+	}
+	return nil
 }
 
 // maxHolderLen is the cluster's limit on a holder (fsm.MaxHolderLen;

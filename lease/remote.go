@@ -242,16 +242,17 @@ func call[Req, Resp any, PResp interface {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
 		}
-		if hint := r.tlsMismatch(err); hint != "" || nodePort(err) {
+		if p := TLSProblemOf(err, r.scheme == "https://"); p != 0 || nodePort(err) {
 			// Final only if every address says so: one node still on
 			// the old setup (a rolling switch to TLS) must not stop the
 			// call from reaching the others.
-			if hint != "" {
-				setupErr = fmt.Errorf("%w: %s: %s (%v)", ErrTLSSetup, addr, hint, err)
+			if p != 0 {
+				setupErr = &TLSSetupError{Addr: addr, Problem: p, Err: err}
+				lastErr = fmt.Errorf("%s: %s (%v)", addr, p.hint(), err) // retryable while other addresses may answer
 			} else {
 				setupErr = fmt.Errorf("%w: %s is a node port (Raft and node RPC), not the client API: give the agents' --api addresses", ErrWrongPort, addr)
+				lastErr = setupErr
 			}
-			lastErr = setupErr // retryable while other addresses may answer
 			r.forget(addr)
 			if ctx.Err() != nil {
 				return nil, setupErr
@@ -308,23 +309,27 @@ func nodePort(err error) bool {
 	return errors.As(err, &ce) && ce.Meta().Get("Leasenode-Port") == "node"
 }
 
-// tlsMismatch says what to set when err shows that this client's TLS
-// settings do not fit the node's, else "".
-func (r *Remote) tlsMismatch(err error) string {
+// TLSProblemOf says how err, from a request to a node made with TLS
+// (usedTLS) or without, shows that the client's TLS settings do not fit
+// the node's; 0 if it does not. Tools that make their own HTTP requests to
+// a node (a health probe) classify their errors with it as Remote does.
+func TLSProblemOf(err error, usedTLS bool) TLSProblem {
 	var verr *tls.CertificateVerificationError
 	var ce *connect.Error
 	switch {
+	case err == nil:
+		return 0
 	case errors.As(err, &verr):
-		return "the node's certificate failed verification: give the CA that signed the cluster's certificates (--tls-ca), and the address or --tls-server-name it was made for"
+		return TLSUnverified
 	case strings.Contains(err.Error(), "remote error: tls: "): // an alert from the node
-		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (--tls-cert and --tls-key, made by `leasenode tls cert create --client`)"
+		return TLSClientCertRequired
 	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return "the node serves plain HTTP: leave out the TLS settings (--tls-ca, --tls-cert, --tls-key)"
-	case r.scheme == "http://" && errors.As(err, &ce) && strings.Contains(ce.Message(), "400 Bad Request"):
+		return TLSNodeIsPlain
+	case !usedTLS && errors.As(err, &ce) && strings.Contains(ce.Message(), "400 Bad Request"):
 		// What Go's server answers plain HTTP on a TLS port with.
-		return "the node requires TLS: give the cluster's CA (--tls-ca) and, if it asks for client certificates, --tls-cert and --tls-key"
+		return TLSNodeRequiresTLS
 	}
-	return ""
+	return 0
 }
 
 // next returns the first address not yet tried: the known leader, then

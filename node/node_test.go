@@ -520,6 +520,11 @@ func TestBadRequests(t *testing.T) {
 	if _, err := l.Acquire(ctxT(t, 5*time.Second), huge); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "ttl 315576000000s out of range") {
 		t.Fatalf("a TTL of 10,000 years: %v", err)
 	}
+	// One a Duration holds is shown as given (1000h0m0s, not 3600000s).
+	long := acq("k", "h", 1, 1000*time.Hour)
+	if _, err := l.Acquire(ctxT(t, 5*time.Second), long); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "ttl 1000h0m0s out of range: at most 24h0m0s") {
+		t.Fatalf("a TTL of 1000h: %v", err)
+	}
 	if _, err := l.Extend(ctxT(t, 5*time.Second), &pb.ExtendRequest{Holder: "h"}); !errors.Is(err, node.ErrInvalid) {
 		t.Fatalf("empty extend: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -1064,6 +1065,15 @@ func toPB(l *fsm.Lease, now time.Duration) *pb.Lease {
 	return out
 }
 
+// protoDuration shows d as the client gave it (1000h0m0s, not 3600000s),
+// in seconds only past what a time.Duration holds.
+func protoDuration(d *durationpb.Duration) string {
+	if s := d.GetSeconds(); s > math.MaxInt64/int64(time.Second) || s < math.MinInt64/int64(time.Second) {
+		return fmt.Sprintf("%ds", s)
+	}
+	return d.AsDuration().String()
+}
+
 func acquireCmd(req *pb.AcquireRequest) (*fsm.Acquire, error) {
 	if req.GetTtl() == nil {
 		return nil, fmt.Errorf("%w: ttl is required", ErrInvalid)
@@ -1073,7 +1083,7 @@ func acquireCmd(req *pb.AcquireRequest) (*fsm.Acquire, error) {
 		d    *durationpb.Duration
 	}{{"ttl", req.GetTtl()}, {"lock-delay", req.GetLockDelay()}} {
 		if d.d.GetSeconds() > int64(fsm.MaxTTL/time.Second) { // before AsDuration saturates it
-			return nil, fmt.Errorf("%w: %s %ds out of range: at most %v", ErrInvalid, d.name, d.d.GetSeconds(), fsm.MaxTTL)
+			return nil, fmt.Errorf("%w: %s %s out of range: at most %v", ErrInvalid, d.name, protoDuration(d.d), fsm.MaxTTL)
 		}
 	}
 	cmd := &fsm.Acquire{

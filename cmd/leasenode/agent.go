@@ -125,7 +125,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold, with the keys and holders of request ids kept 15 min after a lease ends; past it new acquires are refused")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
-	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for (default: the Raft leader lease timeout, 500ms; 250ms with --timing fast)")
+	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
 	durationVar(fs, &a.shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGINT/SIGTERM")

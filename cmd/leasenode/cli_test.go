@@ -46,6 +46,8 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"acquire", "k", "--addr", "127.0.0.1:1", "--timeout", "1s"}, exitUnreachable, []string{"lease: no leader"}},
 		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
 		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
+		{[]string{"lock", "--grace", "-1s", "k", "--", "true"}, exitUsage, []string{"--grace -1s: must not be negative"}},
+		{[]string{"health", "--addr", "127.0.0.1:1,127.0.0.1:2"}, exitUsage, []string{"health probes one agent; give one address"}},
 	}
 	for _, c := range cases {
 		code, out, errOut := run1(t, nil, c.args...)
@@ -63,6 +65,23 @@ func TestCLIHabits(t *testing.T) {
 		if strings.Contains(errOut, "get: get") || strings.Contains(errOut, "status: status") || out != "" && c.code == exitUsage {
 			t.Errorf("%v: doubled prefix or output on a usage error: %q %q", c.args, out, errOut)
 		}
+	}
+
+	// A command lock cannot run: named once, without "lock: lock:".
+	if code, _, errOut := run1(t, nil, "lock", "k", "--addr", "127.0.0.1:1", "--", "no-such-command-xyz"); code != 127 ||
+		strings.Contains(errOut, "lock: lock:") || !strings.Contains(errOut, "leasenode lock: exec: \"no-such-command-xyz\"") {
+		t.Errorf("lock of a missing command: exit %d, %q", code, errOut)
+	}
+
+	// restore's help shows what shapes a restore, not the agent's other
+	// flags or its --unsafe-* switches (it still takes them).
+	if _, out, _ := run1(t, nil, "snapshot", "restore", "--help"); strings.Contains(out, "--unsafe-") || strings.Contains(out, "--join string") ||
+		strings.Contains(out, "--max-conns int") || !strings.Contains(out, "--data-dir") || !strings.Contains(out, "--index-gap") {
+		t.Errorf("snapshot restore --help:\n%s", out)
+	}
+	// --min-ttl's help says what 0 means once, not two defaults.
+	if _, out, _ := run1(t, nil, "agent", "--help"); !strings.Contains(out, "0: the Raft leader lease timeout") || strings.Contains(out, "(default: the Raft") {
+		t.Errorf("agent --help on --min-ttl:\n%s", out)
 	}
 
 	// Help once, on stdout, exit 0; the agent's help lists --config.
@@ -214,6 +233,7 @@ insecure = false
 		{"id = \"n\"\ndata-dir = \"/x\"\nbootstrap-expect = \"3\"\n", `bootstrap-expect: want a number`, `not "3"`},
 		{"id = \"n\"\ndata-dir = \"/x\"\nleave-on-stop = \"true\"\n", `leave-on-stop: want true or false`, `not "true"`},
 		{"id = n\n", "line 1", ""},
+		{"id = \"n\"\ndata-dir = \"/x\"\nbind = 127.0.0.1:43170\n", "line 3", `quote string values: bind = "127.0.0.1:43170"`},
 	} {
 		write(c.body)
 		code, _, errOut := run1(t, nil, "agent", "--config", file)
@@ -265,5 +285,40 @@ func TestAgentPortClashBeforeDataDir(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("the data dir was made for an agent that could not listen")
+	}
+}
+
+// The flags that name what one command acts on (--key, --token, --holder,
+// --value) are not taken from the environment: an exported LEASENODE_KEY
+// added a key to every acquire. It is warned about, and --help says so.
+func TestPerInvocationFlagsIgnoreTheEnvironment(t *testing.T) {
+	t.Parallel()
+	env := []string{"LEASENODE_KEY=extra", "LEASENODE_TOKEN=7"}
+	_, _, errOut := run1(t, env, "acquire", "k", "--addr", "127.0.0.1:1", "--timeout", "1s")
+	for _, w := range []string{"LEASENODE_KEY sets nothing: --key", "LEASENODE_TOKEN sets nothing: --token"} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("acquire with LEASENODE_KEY and LEASENODE_TOKEN exported: %q lacks %q", errOut, w)
+		}
+	}
+	// release still wants its --token: the environment's does not count.
+	if code, _, errOut := run1(t, env, "release", "k", "--holder", "h#1", "--addr", "127.0.0.1:1"); code != exitUsage || !strings.Contains(errOut, "needs --token") {
+		t.Errorf("release with only LEASENODE_TOKEN: exit %d, %q", code, errOut)
+	}
+	_, out, _ := run1(t, env, "acquire", "--help")
+	if strings.Contains(out, "set now by LEASENODE_KEY") || !strings.Contains(out, "except those that name what one command") {
+		t.Errorf("acquire --help with LEASENODE_KEY set:\n%s", out)
+	}
+}
+
+// A file that holds a node's JSON error answer (curl without --fail) is
+// not a backup, and restore says so rather than "bad magic".
+func TestRestoreOfAnErrorBody(t *testing.T) {
+	t.Parallel()
+	f := filepath.Join(t.TempDir(), "backup.lns")
+	os.WriteFile(f, []byte(`{"code":"unauthenticated","message":"missing or wrong auth token"}`), 0o600)
+	code, _, errOut := run1(t, nil, "snapshot", "restore", f, "--id", "n1", "--data-dir", t.TempDir())
+	if code == 0 || !strings.Contains(errOut, "is not a backup: it holds a node's error response (unauthenticated: missing or wrong auth token)") ||
+		!strings.Contains(errOut, "curl") || strings.Contains(errOut, "bad magic") {
+		t.Errorf("restore of an error body: exit %d, %q", code, errOut)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -316,7 +317,10 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 }
 
 const releaseSynopsis = `Releases the lease on KEY if H holds it with fencing token T (as printed by
-acquire). Releasing a lease that expired or passed to someone else changes
+acquire). H is the full holder acquire printed, NAME#incarnation (lock
+passes it to its command as LEASE_HOLDER), not the --holder name alone. A
+lease that holds several keys (acquire --key) is released whole, by any of
+its keys. Releasing a lease that expired or passed to someone else changes
 nothing and exits 1.`
 
 func (ap *app) releaseCmd() *cobra.Command {
@@ -324,7 +328,8 @@ func (ap *app) releaseCmd() *cobra.Command {
 	cf := &clientFlags{}
 	cf.register(cmd)
 	token := cmd.Flags().Uint64("token", 0, "fencing token of the lease (required)")
-	holder := cmd.Flags().String("holder", "", "holder of the lease (required)")
+	holder := cmd.Flags().String("holder", "", "holder of the lease as acquire printed it, NAME#incarnation (required)")
+	perInvocation(cmd.Flags(), "token", "holder")
 	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
 		if err := cf.check(); err != nil {
 			return err
@@ -354,10 +359,14 @@ func runRelease(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 	}
 	if !resp.GetReleased() {
 		now := "it expired, was released, or another holder has it"
+		hint := ""
 		if g, err := api.Get(ctx, &pb.GetRequest{Key: pos[0]}); err == nil {
 			var hs []string
 			for _, l := range g.GetHoldings() {
 				hs = append(hs, fmt.Sprintf("%s with token %d", l.GetHolder(), l.GetToken()))
+				if !strings.Contains(*holder, "#") && strings.HasPrefix(l.GetHolder(), *holder+"#") {
+					hint = fmt.Sprintf("\n  hint: the holder is the full name acquire printed, with its #… incarnation: --holder %s", strconv.Quote(l.GetHolder()))
+				}
 			}
 			switch {
 			case len(hs) > 0:
@@ -366,7 +375,7 @@ func runRelease(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 				now = "nobody holds it now"
 			}
 		}
-		return &exitError{code: exitFailure, msg: fmt.Sprintf("%q was not released: %s does not hold it with token %d (%s)", pos[0], *holder, *token, now)}
+		return &exitError{code: exitFailure, msg: fmt.Sprintf("%q was not released: %s does not hold it with token %d (%s)%s", pos[0], *holder, *token, now, hint)}
 	}
 	if !cf.json() {
 		fmt.Printf("released %s (token %d)\n", pos[0], *token)

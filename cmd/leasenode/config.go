@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,29 @@ import (
 // flag is an error naming the key and the file (with the flag probably
 // meant), never silently ignored.
 
+// unquotedHint returns a hint when line n of the file at path sets a key
+// to a bare word that TOML cannot read (bind = 127.0.0.1:7400 reads as a
+// bad float): string values are quoted. "" for anything else.
+func unquotedHint(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(b), "\n")
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	key, v, ok := strings.Cut(lines[n-1], "=")
+	key, v = strings.TrimSpace(key), strings.TrimSpace(v)
+	if !ok || key == "" || v == "" || strings.ContainsAny(v[:1], "\"'[{") || v == "true" || v == "false" {
+		return ""
+	}
+	if _, err := strconv.ParseFloat(v, 64); err == nil {
+		return ""
+	}
+	return fmt.Sprintf("quote string values: %s = %q", key, v)
+}
+
 // secretFlags hold secrets: --print-config shows them redacted.
 var secretFlags = map[string]bool{"cluster-key": true, "gossip-key": true, "auth-token": true}
 
@@ -45,7 +69,7 @@ func loadConfigFile(fs *pflag.FlagSet, path string, skip ...string) error {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return usagef("--config %s: line %d: %s", path, pe.Position.Line, pe.Message)
+			return &usageError{msg: fmt.Sprintf("--config %s: line %d: %s", path, pe.Position.Line, pe.Message), hint: unquotedHint(path, pe.Position.Line)}
 		}
 		return usagef("--config: %v", err)
 	}

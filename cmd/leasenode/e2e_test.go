@@ -313,7 +313,7 @@ func TestAgentAndClientCommands(t *testing.T) {
 
 	// Held: exit 4, naming the holder and the time left.
 	code, _, errOut = cli(t, "acquire", "jobs/a", "--addr", addr, "--wait", "0")
-	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "for at most") {
+	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "unless extended") {
 		t.Errorf("acquire of a held key: exit %d, %q; want %d naming %s", code, errOut, exitHeld, got.Holder)
 	}
 	for _, cmd := range [][]string{{"acquire", "jobs/a"}, {"lock", "jobs/a"}} {
@@ -585,6 +585,43 @@ func TestLockShapes(t *testing.T) {
 	}
 	if code, out, _ := cli(t, "get", "acct/b", "--addr", addr, "-o", "json"); code != 0 || strings.Contains(out, "token") {
 		t.Errorf("acct/b after the set's release: %d %s", code, out)
+	}
+
+	// acquire of a set prints every key (JSON: "keys", "key" kept), with
+	// an exported LEASENODE_KEY adding none, and its release hint frees
+	// the whole set.
+	env := []string{"LEASENODE_KEY=acct/e"}
+	code, out, errOut := cliEnv(t, env, "acquire", "acct/c", "--key", "acct/d", "--ttl", "30s", "--addr", addr, "-o", "json")
+	var got struct {
+		Key    string   `json:"key"`
+		Keys   []string `json:"keys"`
+		Token  uint64   `json:"token"`
+		Holder string   `json:"holder"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.Key != "acct/c" || strings.Join(got.Keys, ",") != "acct/c,acct/d" {
+		t.Fatalf("acquire of a set -o json: %d %s %s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "lease on 2 keys (acct/c, acct/d)") || !strings.Contains(errOut, "all of it") {
+		t.Errorf("acquire of a set: release hint %q", errOut)
+	}
+	// A release by the --holder name alone says the holder is the full
+	// name acquire printed.
+	name, _, _ := strings.Cut(got.Holder, "#")
+	code, _, errOut = cli(t, "release", "acct/d", "--token", strconv.FormatUint(got.Token, 10), "--holder", name, "--addr", addr)
+	if code != exitFailure || !strings.Contains(errOut, "the holder is the full name acquire printed, with its #… incarnation") || !strings.Contains(errOut, got.Holder) {
+		t.Errorf("release by the holder's name alone: %d %q", code, errOut)
+	}
+	if code, _, errOut := cli(t, "release", "acct/d", "--token", strconv.FormatUint(got.Token, 10), "--holder", got.Holder, "--addr", addr); code != 0 {
+		t.Fatalf("release of the set by its second key: %d %s", code, errOut)
+	}
+	for _, k := range []string{"acct/c", "acct/d", "acct/e"} {
+		if code, out, _ := cli(t, "get", k, "--addr", addr); code != 0 || !strings.Contains(out, "is free") {
+			t.Errorf("%s after the set's release: %d %s", k, code, out)
+		}
+	}
+	code, out, _ = cli(t, "acquire", "acct/c", "--key", "acct/d", "--hold", "1ms", "--addr", addr)
+	if code != 0 || !strings.Contains(out, "acct/c") || !strings.Contains(out, "acct/d") {
+		t.Errorf("acquire of a set, table: %d %s", code, out)
 	}
 }
 
@@ -877,6 +914,33 @@ func TestTLSCluster(t *testing.T) {
 	out := run(0, append([]string{"acquire", "tls/key", "--ttl", "30s"}, client...)...)
 	if !strings.Contains(out, "tls/key") {
 		t.Fatalf("acquire over TLS: %s", out)
+	}
+
+	// TLS flags that do not fit: get and health say which to set (health
+	// exits 2, not 1 "not ready" or 3 "unreachable"); no hint names a
+	// flag the client commands lack.
+	api := agents[0].api
+	otherCA := t.TempDir()
+	run(0, "tls", "ca", "create", "--dir", otherCA)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--addr", api}, "the node requires TLS: give --tls-ca"},
+		{[]string{"--addr", api, "--tls-ca", s.ca}, "give --tls-cert and --tls-key"},
+		{[]string{"--addr", api, "--tls-ca", filepath.Join(otherCA, "leasenode-ca.pem")}, "--dns"},
+	} {
+		for _, cmd := range []string{"get", "health"} {
+			args := append([]string{cmd}, c.args...)
+			if cmd == "get" {
+				args = append(args, "k", "--timeout", "3s")
+			}
+			code, _, errOut := cli(t, args...)
+			if code == 0 || code == exitUnreachable || cmd == "health" && code != exitUsage ||
+				!strings.Contains(errOut, c.want) || strings.Contains(errOut, "tls-server-name") {
+				t.Errorf("%v: exit %d, %q; want a hint with %q", args, code, errOut, c.want)
+			}
+		}
 	}
 
 	// An agent whose certificate is an API client's: refused at start.

@@ -38,6 +38,9 @@ func exitCode(err error) int {
 
 // hintFor suggests what to do about err, or "".
 func hintFor(err error) string {
+	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
+		return tlsHint(te.Problem)
+	}
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
@@ -76,4 +79,21 @@ func reasonOf(err error) pb.Reason {
 		return r.Reason()
 	}
 	return detailReason(err)
+}
+
+// tlsHint says which flags to set for a TLS problem (lease's error names
+// the library's options, not these flags).
+func tlsHint(p lease.TLSProblem) string {
+	switch p {
+	case lease.TLSUnverified:
+		return "give --tls-ca the CA that signed the nodes' certificates, and dial (--addr) an address their certificates name; " +
+			"for another address, remake them with `leasenode tls cert create --node ID --ip IP --dns NAME`"
+	case lease.TLSClientCertRequired:
+		return "the cluster takes clients with a certificate of its CA: give --tls-cert and --tls-key (made by `leasenode tls cert create --client --name NAME`)"
+	case lease.TLSNodeIsPlain:
+		return "the node serves plain HTTP: leave out --tls-ca, --tls-cert and --tls-key"
+	case lease.TLSNodeRequiresTLS:
+		return "the node requires TLS: give --tls-ca (the cluster's CA) and, if it asks for client certificates, --tls-cert and --tls-key"
+	}
+	return ""
 }

@@ -62,14 +62,34 @@ func setSource(f *pflag.Flag, s string) {
 	f.Annotations[sourceKey] = []string{s}
 }
 
+// perInvocationKey is the flag annotation of a flag that names what one
+// command acts on (--key, --token, --holder, --value): the environment
+// does not set it, since an exported LEASENODE_KEY would silently add a
+// key to every later acquire, and LEASENODE_TOKEN release a lease nobody
+// named.
+const perInvocationKey = "leasenode-per-invocation"
+
+// perInvocation marks the flags names of fs as per invocation.
+func perInvocation(fs *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		f := fs.Lookup(n)
+		if f.Annotations == nil {
+			f.Annotations = map[string][]string{}
+		}
+		f.Annotations[perInvocationKey] = []string{"true"}
+	}
+}
+
+func isPerInvocation(f *pflag.Flag) bool { return len(f.Annotations[perInvocationKey]) > 0 }
+
 // bindEnv fills every flag of fs not given on the command line from its
-// environment variable (LEASENODE_<FLAG>). Flags given on the command line
-// win; a bad value in the environment is a usage error naming the
-// variable.
+// environment variable (LEASENODE_<FLAG>), except the per-invocation ones.
+// Flags given on the command line win; a bad value in the environment is
+// a usage error naming the variable.
 func bindEnv(fs *pflag.FlagSet) error {
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Name == "help" || f.Name == "version" {
+		if f.Name == "help" || f.Name == "version" || isPerInvocation(f) {
 			return
 		}
 		if f.Changed {
@@ -100,7 +120,7 @@ func bindEnv(fs *pflag.FlagSet) error {
 func noteEnv(fs *pflag.FlagSet) {
 	fs.VisitAll(func(f *pflag.Flag) {
 		name := envName(f.Name)
-		if _, ok := os.LookupEnv(name); ok && !strings.Contains(f.Usage, name) {
+		if _, ok := os.LookupEnv(name); ok && !isPerInvocation(f) && !strings.Contains(f.Usage, name) {
 			f.Usage += " [set now by " + name + "]"
 		}
 	})
@@ -110,14 +130,20 @@ func noteEnv(fs *pflag.FlagSet) {
 // is a letter or two from one that would (LEASENODE_DATADIR for
 // LEASENODE_DATA_DIR, say): a typo, where a config file's unknown key is
 // an error. Only near misses: other LEASENODE_ variables (a test
-// harness's) are none of its business.
+// harness's) are none of its business. The variable of a per-invocation
+// flag (LEASENODE_KEY) is warned about too: it sets nothing.
 func warnUnknownEnv(root *cobra.Command, w io.Writer) {
 	known := map[string]bool{"LEASENODE_UNSAFE": true, "LEASENODE_BIN": true} // the chaos switch; the harness's binary
+	perCall := map[string]string{}                                            // variable -> flag
 	var names []string
 	var walk func(*cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
 			fs.VisitAll(func(f *pflag.Flag) {
+				if isPerInvocation(f) {
+					perCall[envName(f.Name)] = f.Name
+					return
+				}
 				if n := envName(f.Name); !known[n] {
 					known[n] = true
 					names = append(names, n)
@@ -132,6 +158,10 @@ func warnUnknownEnv(root *cobra.Command, w io.Writer) {
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(name, envPrefix) || known[name] {
+			continue
+		}
+		if flag, ok := perCall[name]; ok {
+			fmt.Fprintf(w, "leasenode: warning: %s sets nothing: --%s names what one command acts on; give it on the command line\n", name, flag)
 			continue
 		}
 		if s := closest(name, names); s != "" {

@@ -11,12 +11,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/leasenode/leasenode/internal/buildinfo"
+	"github.com/leasenode/leasenode/lease"
 )
 
 const healthSynopsis = `Asks one agent whether it is ready (GET /readyz: it knows a leader and has
 applied what was committed), or with --live only whether it runs (GET
 /healthz), and exits 0 if so, 1 if not (printing the agent's reason), 3 if
-it cannot be reached. It is the probe for a container image without a
+it cannot be reached, 2 if the TLS flags do not fit it (plain HTTP to a TLS
+port or the reverse, a client certificate it requires: the message says
+what to set). It probes one agent: --addr takes one address. It is the probe for a container image without a
 shell: Docker's HEALTHCHECK runs "leasenode health". --addr takes the
 agent's --api address, or its --http one (plain HTTP, no client
 certificate or token: the probes are never behind the token).`
@@ -46,13 +49,19 @@ func runHealth(ctx context.Context, ap *app, cf *clientFlags, path string) error
 	if err != nil {
 		return err
 	}
+	addrs := cf.addrs()
+	if len(addrs) != 1 {
+		// A probe answers for one agent: "ready" for a list would hide
+		// which one is not.
+		return usagef("--addr %q: health probes one agent; give one address (run it once per agent)", cf.addr)
+	}
+	addr := addrs[0]
 	scheme := "http"
 	if t != nil {
 		scheme = "https"
 	}
 	hc := &http.Client{Timeout: cf.timeout, Transport: &http.Transport{TLSClientConfig: t}}
 	defer hc.CloseIdleConnections()
-	addr := cf.addrs()[0]
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+path, nil)
 	if err != nil {
 		return usagef("--addr %q: %v", addr, err)
@@ -60,11 +69,21 @@ func runHealth(ctx context.Context, ap *app, cf *clientFlags, path string) error
 	req.Header.Set("User-Agent", "leasenode-health/"+buildinfo.Get().Version)
 	resp, err := hc.Do(req)
 	if err != nil {
+		// A TLS mismatch is a setup to fix, not a node that is down or not
+		// ready: exit 2 with what to set (as get and status say it).
+		if p := lease.TLSProblemOf(err, t != nil); p != 0 {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("%s%s: %v\n  hint: %s", addr, path, err, tlsHint(p))}
+		}
 		return &exitError{code: exitUnreachable, msg: fmt.Sprintf("%s%s: %v", addr, path, err)}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	msg := strings.TrimSpace(string(body))
+	if resp.StatusCode == http.StatusBadRequest && t == nil {
+		// What Go's server answers plain HTTP on a TLS port with: not
+		// "not ready".
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("%s%s: %s: %s\n  hint: %s", addr, path, resp.Status, msg, tlsHint(lease.TLSNodeRequiresTLS))}
+	}
 	if resp.StatusCode != http.StatusOK {
 		return &exitError{code: exitFailure, msg: fmt.Sprintf("%s%s: %s: %s", addr, path, resp.Status, msg)}
 	}

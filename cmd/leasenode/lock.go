@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,12 +30,13 @@ type leaseFlags struct {
 
 func (l *leaseFlags) register(fs *pflag.FlagSet) {
 	l.wait.d = forever
-	durationVar(fs, &l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies")
+	durationVar(fs, &l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies (at most 24h)")
 	fs.Var(&l.wait, "wait", `how long to wait for a held key ("forever", or 0 to fail at once with exit 4)`)
 	fs.StringVar(&l.value, "value", "", "value to attach to the lease (shown by get, list and watch)")
-	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release")
-	fs.StringVar(&l.holder, "holder", "", "holder name recorded with the lease (default host/pid/random; never share one)")
+	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release (at most 24h)")
+	fs.StringVar(&l.holder, "holder", "", "name part of the holder (default host/pid): the cluster records NAME#incarnation,\nrandom per run, as acquire prints it and lock passes it in LEASE_HOLDER")
 	l.shape.register(fs)
+	perInvocation(fs, "value", "holder")
 }
 
 func (l *leaseFlags) options() []lease.Option {
@@ -80,16 +82,15 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	case l.wait.d == 0:
 		err = he
 	default:
-		who := he.Holder
-		if who == "" {
-			who = "nobody (lock-delay after an expiry)"
+		held := fmt.Sprintf("held by %s: its current grant ends in %v unless extended", he.Holder, he.Wait.Round(100*time.Millisecond))
+		if he.Holder == "" {
+			held = fmt.Sprintf("in its lock-delay after an expiry for %v more", he.Wait.Round(100*time.Millisecond))
 		}
 		bound := "until it is free"
 		if l.wait.d != forever {
 			bound = "at most " + l.wait.d.String()
 		}
-		fmt.Fprintf(os.Stderr, "waiting for %q, held by %s for up to %v more (waiting %s, first in line first served)\n",
-			key, who, he.Wait.Round(time.Millisecond), bound)
+		fmt.Fprintf(os.Stderr, "waiting for %q, %s (waiting %s, first in line first served)\n", key, held, bound)
 		if l.wait.d == forever {
 			ls, err = waitItems(ctx, c, items, opts...)
 		} else {
@@ -149,6 +150,9 @@ func (ap *app) lockCmd() *cobra.Command {
 		}
 		if len(pos) != 1 || len(argv) == 0 {
 			return &usageError{msg: "want a KEY and a command", hint: "usage: leasenode lock KEY [flags] -- CMD [ARGS...]"}
+		}
+		if *grace < 0 {
+			return usagef("--grace %v: must not be negative (0 sends SIGKILL right after SIGTERM)", *grace)
 		}
 		return runLock(ctx, ap.sig, cf, lf, *grace, pos, argv)
 	})
@@ -210,7 +214,7 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 		if errors.Is(err, fs.ErrPermission) {
 			code = 126
 		}
-		return &exitError{code: code, msg: fmt.Sprintf("lock: %v (nothing was acquired)", err)}
+		return &exitError{code: code, msg: fmt.Sprintf("%v (nothing was acquired)", err)}
 	}
 	if _, err := lf.shape.items(key); err != nil {
 		return err // a usage error, before any connection
@@ -337,7 +341,8 @@ func (ap *app) acquireCmd() *cobra.Command {
 // printHeldJSON prints, with -o json, who holds the key an acquire was
 // refused: scripts read it from stdout; the exit code (4) and stderr stay
 // as without -o json. holder_remaining_seconds is how long the holder's
-// lease may last yet (wait_seconds, the older name, says the same).
+// current grant had left (the holder extends it while it runs; wait_seconds,
+// the older name, says the same).
 func printHeldJSON(cf *clientFlags, err error) {
 	if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
 		printJSON(map[string]any{"key": he.Key, "acquired": false, "holder": he.Holder,
@@ -367,18 +372,27 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 		printHeldJSON(cf, err)
 		return err
 	}
+	// Every key of a set (acquire K --key K2), one row each: one lease,
+	// one token; "key" stays the first for scripts that read it.
+	keys := l.Keys()
 	if cf.json() {
-		printJSON(map[string]any{"key": key, "token": l.Token(), "holder": cl.Holder(), "ttl_seconds": l.TTL().Seconds(),
+		printJSON(map[string]any{"key": key, "keys": keys, "token": l.Token(), "holder": cl.Holder(), "ttl_seconds": l.TTL().Seconds(),
 			"valid_for_seconds": time.Until(l.ValidUntil()).Seconds(), "held_for_seconds": hold.d.Seconds()})
 	} else {
 		w := table(os.Stdout)
 		fmt.Fprintln(w, "KEY\tTOKEN\tHOLDER\tTTL")
-		fmt.Fprintf(w, "%s\t%d\t%s\t%v\n", key, l.Token(), cl.Holder(), l.TTL())
+		for _, k := range keys {
+			fmt.Fprintf(w, "%s\t%d\t%s\t%v\n", k, l.Token(), cl.Holder(), l.TTL())
+		}
 		w.Flush()
 	}
 	if hold.d == 0 {
-		fmt.Fprintf(os.Stderr, "lease held until it expires in %v (not extended); release it early with:\n  leasenode release %s --token %d --holder %s\n",
-			l.TTL(), strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
+		what := "lease"
+		if len(keys) > 1 {
+			what = fmt.Sprintf("lease on %d keys (%s)", len(keys), strings.Join(keys, ", "))
+		}
+		fmt.Fprintf(os.Stderr, "%s held until it expires in %v (not extended); release it early (all of it) with:\n  leasenode release %s --token %d --holder %s\n",
+			what, l.TTL(), strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
 		// Exit without Client.Close, which would release the lease, and
 		// with l reachable: a Lease the collector finds dropped is
 		// released at once.
@@ -404,7 +418,7 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 		return err
 	}
 	if !cf.json() {
-		fmt.Fprintf(os.Stderr, "released %s\n", key)
+		fmt.Fprintf(os.Stderr, "released %s\n", strings.Join(keys, ", "))
 	}
 	return nil
 }

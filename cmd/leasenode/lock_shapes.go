@@ -39,6 +39,7 @@ func (s *shapeFlags) register(fs *pflag.FlagSet) {
 	fs.IntVarP(&s.n, "slots", "n", 0, "take one of N slots of KEY, a semaphore of N (every holder must give the same N)")
 	fs.BoolVar(&s.shared, "shared", false, "take KEY shared: any number of shared holders, no exclusive one beside them (readers)")
 	fs.Var(&s.keys, "key", "a further key to take together with KEY, all or none (repeat it; -n and --shared apply to every key)")
+	perInvocation(fs, "key")
 }
 
 // items returns what to acquire: KEY and every --key, in the shape the

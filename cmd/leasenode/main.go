@@ -71,7 +71,8 @@ Shell completion: leasenode completion bash|zsh|fish --help.
 
 const envNote = `
 Every flag can also be set as LEASENODE_<FLAG>, in capitals with underscores
-(--some-flag as LEASENODE_SOME_FLAG).
+(--some-flag as LEASENODE_SOME_FLAG), except those that name what one command
+acts on: --key, --token, --holder and --value.
 `
 
 func main() {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
@@ -27,7 +30,8 @@ redirect to the leader).
 
 restore turns FILE into the data directory of the first node of a new
 cluster, offline, with a new cluster id. Give it the flags you will start
-that agent with; then start the agent, and the other nodes with --join,
+that agent with (its help lists those that shape the restore; it takes
+every agent flag); then start the agent, and the other nodes with --join,
 empty data directories and without --bootstrap-expect. Restored leases keep their holders and tokens and the
 time they had left when the backup was taken; new tokens start --index-gap above the backup's, so
 they stay above any token the old cluster granted after the backup. Leases
@@ -55,6 +59,15 @@ func (ap *app) snapshotCmd() *cobra.Command {
 		Long: snapshotSynopsis, Args: nargs(1, 1)}
 	a := newAgentFlags(restore.Flags())
 	a.completions(restore)
+	// It takes every agent flag (give it the agent's command line), but
+	// only these shape what it writes or are checked with them; the rest
+	// (and the --unsafe-* switches) stay out of its help, as agent --help
+	// leaves out the --unsafe-* ones.
+	restore.Flags().VisitAll(func(f *pflag.Flag) {
+		if !restoreFlags[f.Name] {
+			f.Hidden = true
+		}
+	})
 	gap := restore.Flags().Uint64("index-gap", node.DefaultRestoreIndexGap, "Raft entries skipped past the backup's index, so new fencing tokens stay above the old cluster's")
 	output := restore.Flags().StringP("output", "o", "table", "output format: table or json")
 	restore.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, pos []string) error {
@@ -62,6 +75,15 @@ func (ap *app) snapshotCmd() *cobra.Command {
 	})
 	cmd.AddCommand(save, restore)
 	return cmd
+}
+
+// restoreFlags are the agent flags snapshot restore's help shows: what it
+// writes into the data directory (the node's id and Raft address, the log
+// store) and what the agent's settings check beside them (a non-loopback
+// address needs the cluster key or TLS).
+var restoreFlags = map[string]bool{
+	"id": true, "data-dir": true, "bind": true, "advertise": true, "log-store": true, "config": true,
+	"cluster-key": true, "cluster-key-file": true, "insecure": true, "tls-ca": true, "tls-cert": true, "tls-key": true,
 }
 
 // subcommandNeeded is the action of a command that only groups others:
@@ -249,7 +271,11 @@ func snapshotRestore(a *agentFlags, gap uint64, output string, pos []string) err
 		return err
 	}
 	defer f.Close()
-	st, err := node.Restore(cfg, f, gap)
+	br := bufio.NewReader(f)
+	if err := notABackup(pos[0], br); err != nil {
+		return err
+	}
+	st, err := node.Restore(cfg, br, gap)
 	if err != nil {
 		return err
 	}
@@ -267,4 +293,24 @@ func snapshotRestore(a *agentFlags, gap uint64, output string, pos []string) err
 	fmt.Printf("It founds a new cluster, id %s.\n", clusterID)
 	fmt.Printf("Start this node with `leasenode agent` and the same flags, then the others with --join, empty data dirs and without --bootstrap-expect.\n")
 	return nil
+}
+
+// notABackup refuses a file that holds a node's JSON error answer instead
+// of a backup: what curl saves from /v1/backup without --fail (a wrong
+// token, a follower's redirect not followed). The backup format's own
+// check would only say "bad magic".
+func notABackup(name string, r *bufio.Reader) error {
+	head, _ := r.Peek(512)
+	if len(head) == 0 || head[0] != '{' {
+		return nil
+	}
+	var e struct{ Code, Message string }
+	if json.Unmarshal(head, &e) != nil && !bytes.Contains(head, []byte(`"code"`)) {
+		return nil
+	}
+	why := strings.TrimSpace(e.Code + ": " + e.Message)
+	if e.Code == "" {
+		why = strings.TrimSpace(string(head))
+	}
+	return fmt.Errorf("%s is not a backup: it holds a node's error response (%s), as curl saves one without --fail; take the backup again (leasenode snapshot save, or curl --fail)", name, why)
 }

@@ -661,7 +661,11 @@ func failover(ctx context.Context, cfg *Config) ([]Result, error) {
 	wg.Wait()
 	stop()
 	w := windows.Result("failover", "crash→first new success", n, 0)
-	w.Note = fmt.Sprintf("leader crashed %d times (%v); %d clients in acquire/release loops", len(kills), kills, n)
+	times := "times"
+	if len(kills) == 1 {
+		times = "time"
+	}
+	w.Note = fmt.Sprintf("leader crashed %d %s (%v); %d clients in acquire/release loops", len(kills), times, kills, n)
 	e := elections.Result("failover", "crash→new leader serving", n, 0)
 	return []Result{w, e}, nil
 }

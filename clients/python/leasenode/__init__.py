@@ -83,12 +83,18 @@ class LeaseError(Exception):
 
 
 class HeldError(LeaseError):
-    """Another holder has the key (holder is '' during a lock-delay)."""
+    """Another holder has the key (holder is '' during a lock-delay). wait
+    is how long the holder's current grant had left (or the lock-delay):
+    the key is free no sooner unless released, and later if the holder
+    extends, as a live holder does. It is not a bound on the wait."""
 
     def __init__(self, key, holder="", wait=0.0, msg=""):
         self.key, self.holder, self.wait = key, holder, wait
-        who = holder or "nobody (lock-delay)"
-        super().__init__(msg or "lease %r held by %s for at most %.3fs" % (key, who, wait))
+        if holder:
+            default = "lease %r held by %s: its current grant ends in %.1fs unless extended" % (key, holder, wait)
+        else:
+            default = "lease %r held by nobody: in its lock-delay for %.1fs more" % (key, wait)
+        super().__init__(msg or default)
 
 
 class AcquireTimeoutError(LeaseError):
@@ -130,8 +136,10 @@ class LeaseLostError(LeaseError):
     """The lease could not be extended in time, or the cluster ended it."""
 
 
-class InvalidError(LeaseError):
-    """The request breaks a rule or a limit (empty key, TTL out of range...)."""
+class InvalidError(LeaseError, ValueError):
+    """The request or an argument breaks a rule or a limit (empty key, TTL
+    out of range, an auth token with a line break inside...). It is a
+    ValueError too, as Python's bad arguments are."""
 
 
 class StaleRequestError(InvalidError):
@@ -169,7 +177,7 @@ def _tls_hint(e):
     """What to set when a TLS handshake failed with e, or None."""
     text = str(e)
     if isinstance(e, _ssl.SSLCertVerificationError):
-        return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context"
+        return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context, and dial an address the certificate names"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return "the node serves plain HTTP: leave out ssl_context (or give the agents --tls-cert and --tls-key)"
     if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
@@ -198,6 +206,37 @@ class _Unsupported(Exception):
 
 
 # --- wire helpers -----------------------------------------------------------
+
+# What Go's strings.TrimSpace trims (unicode.IsSpace): the agent trims its
+# --auth-token-file so, and the Go client its WithAuthToken. str.strip()
+# without arguments also trims \x1c-\x1f, which Go keeps.
+_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200b)) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+def _auth_token(token):
+    """token with surrounding white space trimmed (a token read from a file
+    keeps its newline), or InvalidError, without the secret in it, if an
+    HTTP header cannot carry what is left."""
+    if token is None:
+        return None
+    token = token.strip(_SPACE)
+    for i, ch in enumerate(token):
+        if (ch < " " and ch != "\t") or ch == "\x7f":
+            raise InvalidError("auth token contains a control character (%r at offset %d of %d), which an HTTP header "
+                               "cannot carry: give the token as one line of text (white space around it is trimmed)"
+                               % (ch, i, len(token)))
+        if ord(ch) > 0xff:
+            raise InvalidError("auth token contains a character an HTTP header cannot carry (U+%04X at offset %d of %d): "
+                               "use ASCII" % (ord(ch), i, len(token)))
+    return token
+
+
+def _seconds(what, v):
+    """v as seconds (a float), or InvalidError if it is not a number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidError("%s %r: want a number of seconds (10, 0.5), not %s" % (what, v, type(v).__name__))
+    return float(v)
+
 
 def _dur(seconds):
     """A proto3 JSON Duration: seconds with 9 fractional digits."""
@@ -258,7 +297,7 @@ class _Transport:
         if peer_timeout < 0:
             raise InvalidError("peer_timeout %r must be >= 0 (0 turns the liveness check off)" % peer_timeout)
         self.seeds = [a.strip() for a in addrs]
-        self.token, self.ssl, self.timeout = token, ssl_context, timeout
+        self.token, self.ssl, self.timeout = _auth_token(token), ssl_context, timeout
         self.peer_timeout = peer_timeout
         self.leader = None
         self._lock = threading.Lock()
@@ -647,6 +686,7 @@ class Client:
     def __init__(self, addrs=None, name=None, ttl=DEFAULT_TTL, drift=DEFAULT_DRIFT, token=None,
                  ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None,
                  peer_timeout=DEFAULT_PEER_TIMEOUT):
+        ttl = _seconds("ttl", ttl)
         if ttl <= 0:
             raise InvalidError("ttl %r must be > 0" % ttl)
         if not 0 <= drift < 0.5:
@@ -701,7 +741,7 @@ class Client:
         with self._lock:
             if key in self._held:
                 raise HeldError(key, self.holder, self._held[key].remaining(), "this client already holds %r" % key)
-        ttl = self.ttl if ttl is None else float(ttl)
+        ttl = self.ttl if ttl is None else _seconds("acquire %r: ttl" % key, ttl)
         if ttl <= 0:
             raise InvalidError("acquire %r: ttl %r must be > 0" % (key, ttl))
         if isinstance(value, str):

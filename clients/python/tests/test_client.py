@@ -47,6 +47,29 @@ class ClientTest(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 2)
         self.assertIn("plain HTTP", str(cm.exception))
 
+    def test_auth_token_from_a_file(self):
+        # A token read with open(f).read() keeps its newline: trimmed, as
+        # the agent trims its --auth-token-file.
+        token = os.environ.get("LEASENODE_AUTH_TOKEN", "")
+        c = self.new(token=token + "\n")
+        self.assertIsNone(c.get(PREFIX + "token-from-file"))
+        # A line break inside cannot go in a header: refused at once, as a
+        # bad argument, without the secret in the message.
+        for bad in ("s3c\nret", "s3c\x00ret"):
+            with self.assertRaises(leasenode.InvalidError) as cm:
+                leasenode.Client(ADDRS, token=bad)
+            self.assertIsInstance(cm.exception, ValueError)
+            self.assertIn("auth token contains a control character", str(cm.exception))
+            self.assertNotIn("s3c", str(cm.exception))
+
+    def test_ttl_is_a_number_of_seconds(self):
+        with self.assertRaises(leasenode.InvalidError) as cm:
+            leasenode.Client(ADDRS, ttl="10s")
+        self.assertIn("want a number of seconds", str(cm.exception))
+        c = self.new()
+        with self.assertRaises(leasenode.InvalidError):
+            c.try_acquire(PREFIX + "ttl-str", ttl="10s")
+
     def test_holder_is_name_and_incarnation(self):
         a, b = self.new(name="same"), self.new(name="same")
         self.assertTrue(a.holder.startswith("same#"))
