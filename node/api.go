@@ -343,6 +343,8 @@ func connectError(err error) error {
 		code = connect.CodeUnauthenticated
 	default:
 		switch {
+		case errors.Is(err, ErrTooManyWatches):
+			code = connect.CodeResourceExhausted
 		case errors.Is(err, context.DeadlineExceeded):
 			code = connect.CodeDeadlineExceeded
 		case errors.Is(err, context.Canceled):

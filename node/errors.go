@@ -41,6 +41,10 @@ var (
 	ErrFatal = errors.New("node: stopped: it cannot apply or store the Raft log")
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
+	// ErrTooManyWatches: the node has Limits.MaxWatches watches open. A
+	// Watch is served by the node asked, never forwarded, so it has no
+	// wire reason; the client API answers it resource_exhausted.
+	ErrTooManyWatches = errors.New("node: too many watches")
 )
 
 // reasonError is a sentinel that knows its wire reason. Its Reason method

@@ -820,3 +820,62 @@ func TestWatchListingOfASlowReader(t *testing.T) {
 		}
 	}
 }
+
+// Watches open on a node are bounded (an outsider with the token opened
+// 15,379 on a leader: 30 -> 529 MB, 27,000 goroutines, two lost
+// leaderships): past MaxWatches a Watch is refused resource_exhausted,
+// naming --max-watches, and a watch that ends makes room for another.
+func TestWatchesAreBounded(t *testing.T) {
+	const max = 4
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxWatches = max
+	}})
+	_, l := c.Leader()
+	cl := pbconnect.NewLeaseServiceClient(&http.Client{}, "http://"+l.APIAddr())
+	// watch opens a stream and waits for its first message: its headers
+	// (the node sends them once the watch is registered) or its refusal.
+	watch := func(ctx context.Context) error {
+		s, err := cl.Watch(ctx, connect.NewRequest(&pb.WatchRequest{Prefix: "w/"}))
+		if err != nil {
+			return err
+		}
+		got := make(chan error, 1)
+		go func() { s.Receive(); got <- s.Err() }()
+		mustGrant(t, l, acq(fmt.Sprint("w/", time.Now().UnixNano()), "h", 1, time.Minute))
+		select {
+		case err := <-got:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("no event or refusal within 10 s")
+		}
+	}
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}()
+	for i := range max {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels = append(cancels, cancel)
+		if err := watch(ctx); err != nil {
+			t.Fatalf("watch %d of %d: %v", i+1, max, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancels = append(cancels, cancel)
+	err := watch(ctx)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "--max-watches") {
+		t.Fatalf("watch %d with MaxWatches %d: %v; want resource_exhausted naming --max-watches", max+1, max, err)
+	}
+	if _, err := l.Watch(ctx, &pb.WatchRequest{}); !errors.Is(err, node.ErrTooManyWatches) {
+		t.Fatalf("in-process watch past the limit: %v, want ErrTooManyWatches", err)
+	}
+	t.Logf("refused: %v", err)
+	cancels[0]() // one ends: its place is free once the node sees it go
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels = append(cancels, cancel)
+		return watch(ctx)
+	})
+}
