@@ -879,3 +879,124 @@ func TestWatchesAreBounded(t *testing.T) {
 		return watch(ctx)
 	})
 }
+
+// A refused request's body is never read: the node answers and closes
+// the connection at once, whatever is left of the body. net/http read up
+// to 256 KiB of it under ReadTimeout, the connection busy meanwhile, so
+// an outsider without the token, trickling declared bodies over every
+// slot, kept clients out for seconds (1,100 connections: fresh clients
+// waited 2.8-7.9 s, 3 s leases were lost).
+func TestRefusedBodiesAreNotRead(t *testing.T) {
+	const maxConns = 8
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+		cfg.Limits.MaxConns = maxConns
+	}})
+	_, l := c.Leader()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	// trickle sends a request declaring 200,000 bytes of body and then a
+	// byte every 100 ms, and reports how long the node took to answer and
+	// close the connection.
+	trickle := func(path, header string) (time.Duration, int, error) {
+		conn, err := net.DialTimeout("tcp", l.APIAddr(), 10*time.Second)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer conn.Close()
+		start := time.Now()
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: 200000\r\n\r\n{", path, header)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, err := conn.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}()
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		r := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return time.Since(start), 0, fmt.Errorf("no answer: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if _, err := r.ReadByte(); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+			return time.Since(start), resp.StatusCode, fmt.Errorf("after answering %d the node kept the connection (read %v)", resp.StatusCode, err)
+		}
+		return time.Since(start), resp.StatusCode, nil
+	}
+	for _, tc := range []struct {
+		path, header string
+		code         int
+	}{
+		{"/leasenode.v1.LeaseService/Acquire", "Content-Type: application/json\r\n", http.StatusUnauthorized},
+		{"/leasenode.v1.LeaseService/Acquire", "Content-Type: text/plain\r\nAuthorization: Bearer s3cret\r\n", http.StatusUnsupportedMediaType},
+		{"/nowhere", "Content-Type: application/json\r\n", http.StatusNotFound},
+	} {
+		d, code, err := trickle(tc.path, tc.header)
+		if err != nil || code != tc.code {
+			t.Fatalf("POST %s, %q, trickling its body: %d after %v: %v; want %d", tc.path, tc.header, code, d, err, tc.code)
+		}
+		if d > 3*time.Second {
+			t.Fatalf("POST %s, %q, trickling its body: answered and closed after %v (ReadTimeout 10 s)", tc.path, tc.header, d)
+		}
+		t.Logf("POST %s: %d and closed after %v", tc.path, code, d.Round(time.Millisecond))
+	}
+
+	// Twice the slots of such connections, again and again: a client
+	// with the token is served at once.
+	for range 2 * maxConns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				trickle("/leasenode.v1.LeaseService/Acquire", "Content-Type: application/json\r\n")
+			}
+		}()
+	}
+	hc := &http.Client{Timeout: 20 * time.Second}
+	var worst time.Duration
+	for range 10 {
+		start := time.Now()
+		var resp *http.Response
+		for {
+			req, _ := http.NewRequest("POST", "http://"+l.APIAddr()+"/leasenode.v1.LeaseService/Status", strings.NewReader("{}"))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer s3cret")
+			var err error
+			if resp, err = hc.Do(req); err == nil {
+				break
+			}
+			// Closed to make room for one of the flood's new
+			// connections before its request was read: a client
+			// retries, as lease.Client does.
+			if time.Since(start) > 20*time.Second {
+				t.Fatal(err)
+			}
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status with the token: %d", resp.StatusCode)
+		}
+		worst = max(worst, time.Since(start))
+		hc.CloseIdleConnections() // a fresh connection each time, as a new client's
+	}
+	if worst > 2*time.Second {
+		t.Fatalf("with %d connections trickling refused bodies, a client with the token waited up to %v", 2*maxConns, worst)
+	}
+	t.Logf("with %d connections trickling refused bodies, a client with the token waited at most %v", 2*maxConns, worst.Round(time.Millisecond))
+}
