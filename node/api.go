@@ -53,6 +53,9 @@ func (n *Node) startAPI() error {
 	protocols.SetUnencryptedHTTP2(true)
 	lim := n.cfg.Limits
 	conns := newConnLimiter(ln, lim.MaxConns, min(lim.ReadTimeout, firstRequestTimeout), n.log.With("component", "node.api"))
+	if n.cfg.AuthToken != "" {
+		conns.authBy = conns.first // a client sends its first request at once
+	}
 	n.apiLn = conns
 	n.api = &http.Server{
 		Handler:           unreadBodies(mux),
@@ -65,6 +68,7 @@ func (n *Node) startAPI() error {
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
 		ErrorLog:          httpErrorLog(n.log, "node.api"),
 		ConnState:         conns.state,
+		ConnContext:       connContext,
 	}
 	ln = n.apiLn
 	n.goRun("node.api", func() {
@@ -182,7 +186,9 @@ func servePprofNamed(w http.ResponseWriter, r *http.Request) {
 // guard runs before the client protocol reads a byte of a request body:
 // it checks the auth token (a request without it is answered
 // unauthenticated, in the caller's own protocol, and its body is never
-// read), and caps the body as sent at Limits.MaxRequestBytes (plus room
+// read; on startAPI's server its connection counts the refusal and is
+// closed at the connLimiter's bound, and a request with it marks its
+// connection authenticated), and caps the body as sent at Limits.MaxRequestBytes (plus room
 // for framing where messages are enveloped), failing the read past it
 // with an error that names the limit.
 func (n *Node) guard(next http.Handler) http.Handler {
@@ -201,7 +207,14 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			} else {
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 			}
+			if lc := requestConn(r); lc != nil && lc.refusedAuth() {
+				_ = http.NewResponseController(w).Flush()
+				lc.Close() // HTTP/2: its other streams with it
+			}
 			return
+		}
+		if lc := requestConn(r); lc != nil && token != "" {
+			lc.authenticated()
 		}
 		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
 			refuseBody(w, r)
