@@ -53,9 +53,12 @@ func (n *Node) startAPI() error {
 	protocols.SetUnencryptedHTTP2(true)
 	lim := n.cfg.Limits
 	conns := newConnLimiter(ln, lim.MaxConns, min(lim.ReadTimeout, firstRequestTimeout), n.log.With("component", "node.api"))
+	if n.cfg.AuthToken != "" {
+		conns.authBy = conns.first // a client sends its first request at once
+	}
 	n.apiLn = conns
 	n.api = &http.Server{
-		Handler:           mux,
+		Handler:           unreadBodies(mux),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
@@ -65,6 +68,7 @@ func (n *Node) startAPI() error {
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
 		ErrorLog:          httpErrorLog(n.log, "node.api"),
 		ConnState:         conns.state,
+		ConnContext:       connContext,
 	}
 	ln = n.apiLn
 	n.goRun("node.api", func() {
@@ -182,7 +186,9 @@ func servePprofNamed(w http.ResponseWriter, r *http.Request) {
 // guard runs before the client protocol reads a byte of a request body:
 // it checks the auth token (a request without it is answered
 // unauthenticated, in the caller's own protocol, and its body is never
-// read), and caps the body as sent at Limits.MaxRequestBytes (plus room
+// read; on startAPI's server its connection counts the refusal and is
+// closed at the connLimiter's bound, and a request with it marks its
+// connection authenticated), and caps the body as sent at Limits.MaxRequestBytes (plus room
 // for framing where messages are enveloped), failing the read past it
 // with an error that names the limit.
 func (n *Node) guard(next http.Handler) http.Handler {
@@ -195,14 +201,23 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			if r.Header.Get("Authorization") != "" {
 				err = fmt.Errorf("%w: the token sent is not the cluster's (the agents' --auth-token); check the client's --auth-token or LEASENODE_AUTH_TOKEN", ErrUnauthenticated)
 			}
+			refuseBody(w, r)
 			if errw.IsSupported(r) {
 				_ = errw.Write(w, r, connectError(err))
 			} else {
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 			}
+			if lc := requestConn(r); lc != nil && lc.refusedAuth() {
+				_ = http.NewResponseController(w).Flush()
+				lc.Close() // HTTP/2: its other streams with it
+			}
 			return
 		}
+		if lc := requestConn(r); lc != nil && token != "" {
+			lc.authenticated()
+		}
 		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
+			refuseBody(w, r)
 			http.Error(w, fmt.Sprintf("Content-Type %q is not one this API takes: send application/json or application/proto (Connect; JSON in UTF-8), application/connect+json or +proto (streams), application/grpc or application/grpc-web",
 				r.Header.Get("Content-Type")), http.StatusUnsupportedMediaType)
 			return
@@ -214,7 +229,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		if r.ContentLength > limit {
 			// Declared too large: refused before a byte of it is read.
 			err := requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength))
-			w.Header().Set("Connection", "close")
+			refuseBody(w, r)
 			if errw.IsSupported(r) {
 				_ = errw.Write(w, r, err)
 			} else {
@@ -229,6 +244,57 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		r.Body = lb
 		next.ServeHTTP(w, r)
 	})
+}
+
+// refuseBody is called by a handler that answers a request without
+// reading its body (a refusal): on HTTP/1 the connection closes right
+// after the reply, and what is left of the body is never read. net/http
+// would otherwise read up to 256 KiB of it, to reuse the connection, under
+// ReadTimeout, with the connection busy and so never the one closed to
+// make room: an outsider's 1,100 connections, each a request without the
+// token trickling its declared 200,000 bytes at a byte a second, held
+// every slot, made fresh clients wait 2.8-7.9 s and lost 3 s leases.
+// On HTTP/2 the stream is reset when the handler returns.
+func refuseBody(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor != 1 {
+		return
+	}
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
+
+// unreadBodies is the API server's outermost handler: on HTTP/1, a
+// request whose handler returned without reading its body to the end
+// (the mux's 404 and 405, a probe given a body) has the rest refused as
+// refuseBody does: the reply's write fails to read more of it, and the
+// connection closes after the reply.
+func unreadBodies(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 1 || r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		b := &eofBody{ReadCloser: r.Body}
+		r.Body = b
+		next.ServeHTTP(w, r)
+		if !b.eof {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
+	})
+}
+
+// eofBody notes whether its body was read to the end.
+type eofBody struct {
+	io.ReadCloser
+	eof bool
+}
+
+func (b *eofBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
 }
 
 // rpcContentType reports whether ct is a Content-Type the client API's
@@ -343,6 +409,8 @@ func connectError(err error) error {
 		code = connect.CodeUnauthenticated
 	default:
 		switch {
+		case errors.Is(err, ErrTooManyWatches):
+			code = connect.CodeResourceExhausted
 		case errors.Is(err, context.DeadlineExceeded):
 			code = connect.CodeDeadlineExceeded
 		case errors.Is(err, context.Canceled):

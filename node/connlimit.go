@@ -1,7 +1,9 @@
 package node
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,11 +26,22 @@ import (
 // net/http asks, so a silent one gives its slot back in a second or two,
 // not the ten of ReadHeaderTimeout. The first refusal of each minute is
 // logged.
+//
+// With an auth token (authBy set), a connection must also make a request
+// with the token within authBy of its admission, and before it has made
+// maxRefused requests refused for the lack of it; otherwise it is closed.
+// HTTP/2 does work for a connection before any request reaches the token
+// check (PINGs, SETTINGS, streams opened and reset at once), so without
+// this anyone who could reach the port could flood the leader with it
+// (1.35 million HEADERS+RST_STREAM frames from 8 connections made a leader
+// step down; 2.65 million PINGs in 15 s were all answered). A connection
+// that has made one authenticated request is never closed for this.
 type connLimiter struct {
 	net.Listener
-	max   int
-	first time.Duration // to send the first request in
-	log   *slog.Logger
+	max    int
+	first  time.Duration // to send the first request in
+	authBy time.Duration // to make an authenticated request in; 0: no token
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	open     map[net.Conn]*limitedConn // by the conn net/http reports
@@ -38,7 +51,17 @@ type connLimiter struct {
 	lastWarn time.Time
 	shed     int // idle connections closed since the last warning
 	silent   int // connections without a request closed since then
+
+	lastAuthWarn time.Time
+	unauthSlow   int // closed for no authenticated request within authBy, since the last warning
+	unauthRefuse int // closed after maxRefused refusals, since then
 }
+
+// maxRefused is how many requests without the auth token a connection
+// may make before it is closed. A client that lacks the token learns it
+// from the first answer; a few more let a pool's requests in flight be
+// answered.
+const maxRefused = 16
 
 // firstRequestTimeout is the connLimiter's first with the default
 // ReadTimeout: a client sends its first request (on a TLS port after the
@@ -66,6 +89,9 @@ type limitedConn struct {
 	fresh     bool      // no request yet: the read deadline is at most firstBy
 	firstBy   time.Time
 	wantRead  time.Time // the read deadline last asked for
+	authed    bool      // made a request with the auth token
+	refused   int       // requests refused for the lack of it
+	authTimer *time.Timer
 	once      sync.Once
 }
 
@@ -100,6 +126,62 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// authenticated notes that c made a request with the auth token: it is
+// never closed for the lack of one.
+func (c *limitedConn) authenticated() {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	if !c.authed {
+		c.authed = true
+		if c.authTimer != nil {
+			c.authTimer.Stop()
+		}
+	}
+}
+
+// refusedAuth notes a request of c refused for the lack of the auth
+// token, and reports whether c has had maxRefused of them without one
+// authenticated: its caller closes it once the refusal is sent.
+func (c *limitedConn) refusedAuth() bool {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.authed {
+		return false
+	}
+	if c.refused++; c.refused < maxRefused {
+		return false
+	}
+	l.unauthRefuse++
+	l.warnAuthLocked()
+	return true
+}
+
+// authExpired closes c if it has made no authenticated request within
+// the budget.
+func (c *limitedConn) authExpired() {
+	l := c.l
+	l.mu.Lock()
+	if c.authed {
+		l.mu.Unlock()
+		return
+	}
+	l.unauthSlow++
+	l.warnAuthLocked()
+	l.mu.Unlock()
+	c.Close()
+}
+
+func (l *connLimiter) warnAuthLocked() {
+	if time.Since(l.lastAuthWarn) < time.Minute {
+		return
+	}
+	l.lastAuthWarn = time.Now()
+	l.log.Warn(fmt.Sprintf("closing client API connections without the auth token: none may go %v without a request with it, or make %d refused (clients need the agents' --auth-token)", l.authBy, maxRefused),
+		"closed_slow", l.unauthSlow, "closed_refused", l.unauthRefuse)
+	l.unauthSlow, l.unauthRefuse = 0, 0
+}
+
 // Accept waits for a connection and a slot for it.
 func (l *connLimiter) Accept() (net.Conn, error) {
 	raw, err := l.Listener.Accept()
@@ -117,6 +199,9 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		victim := l.idlest()
 		if victim != nil {
 			delete(l.open, victim.Conn)
+			if victim.authTimer != nil {
+				victim.authTimer.Stop()
+			}
 			l.admitLocked(c)
 			if victim.fresh {
 				l.silent++
@@ -148,6 +233,9 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 	c.idleSince = time.Now()
 	c.firstBy = c.idleSince.Add(l.first)
 	c.Conn.SetReadDeadline(c.readDeadlineLocked())
+	if l.authBy > 0 {
+		c.authTimer = time.AfterFunc(l.authBy, c.authExpired)
+	}
 }
 
 // idlest returns the admitted connection idle the longest, or nil.
@@ -177,11 +265,36 @@ func (l *connLimiter) release(c *limitedConn) {
 	if l.open[c.Conn] == c {
 		delete(l.open, c.Conn)
 	}
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+	}
 	l.mu.Unlock()
 	select {
 	case l.freed <- struct{}{}:
 	default:
 	}
+}
+
+// connKey is the context key of a request's *limitedConn.
+type connKey struct{}
+
+// connContext is the http.Server's ConnContext hook: it puts the
+// *limitedConn under a request's context, for the auth guard to mark.
+func connContext(ctx context.Context, nc net.Conn) context.Context {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if lc, ok := nc.(*limitedConn); ok {
+		return context.WithValue(ctx, connKey{}, lc)
+	}
+	return ctx
+}
+
+// requestConn returns the connection of a request served by startAPI's
+// server, or nil (a program serving MountAPI on its own server).
+func requestConn(r *http.Request) *limitedConn {
+	lc, _ := r.Context().Value(connKey{}).(*limitedConn)
+	return lc
 }
 
 // state is the http.Server's ConnState hook: it marks connections idle

@@ -42,6 +42,10 @@ var (
 	ErrFatal = errors.New("node: stopped: it cannot apply or store the Raft log")
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
+	// ErrTooManyWatches: the node has Limits.MaxWatches watches open. A
+	// Watch is served by the node asked, never forwarded, so it has no
+	// wire reason; the client API answers it resource_exhausted.
+	ErrTooManyWatches = errors.New("node: too many watches")
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,

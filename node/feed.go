@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,10 +13,10 @@ import (
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
-// runFeed drains the FSM's change feed: it publishes every event to
-// watchers and, on the leader, wakes the waiters of keys that were released
-// or expired and kicks the reaper when new expiries appear. It is the only
-// reader of the feed.
+// runFeed drains the FSM's change feed: on the leader it wakes the
+// waiters of keys that were released or expired and kicks the reaper when
+// new expiries appear; then it publishes every event to watchers. It is
+// the only reader of the feed.
 func (n *Node) runFeed() {
 	var events []fsm.Event
 	for {
@@ -26,24 +27,35 @@ func (n *Node) runFeed() {
 		}
 		events = n.fsm.Drain(events[:0])
 		n.clock.estimate(n.fsm.Clock()) // note when the clock moved (stale reads)
+		n.wake(events)
 		n.hub.publish(events)
-		ls := n.lead.Load()
-		if ls == nil {
-			continue
+	}
+}
+
+// wake runs the leader's duties for applied events: it pumps the waiters
+// of keys that were released or expired, and kicks the reaper when new
+// expiries appear. runFeed calls it before it publishes the events to
+// watchers: a lock's handoff never waits for the fan-out (an outsider's
+// 15,379 watches made it wait long enough for 3 s leases to be lost).
+// Watchers lose nothing by it: they get every event, in log order, from
+// the one goroutine that publishes them.
+func (n *Node) wake(events []fsm.Event) {
+	ls := n.lead.Load()
+	if ls == nil {
+		return
+	}
+	kick := false
+	for i := range events {
+		switch e := &events[i]; e.Type {
+		case fsm.EventReleased, fsm.EventExpired, fsm.EventFreed:
+			ls.queues.pump(e.Key)
+			kick = true // the holding's request-id mark must be reaped in time
+		case fsm.EventGranted, fsm.EventPromoted, fsm.EventRestored:
+			kick = true
 		}
-		kick := false
-		for i := range events {
-			switch e := &events[i]; e.Type {
-			case fsm.EventReleased, fsm.EventExpired, fsm.EventFreed:
-				ls.queues.pump(e.Key)
-				kick = true // the holding's request-id mark must be reaped in time
-			case fsm.EventGranted, fsm.EventPromoted, fsm.EventRestored:
-				kick = true
-			}
-		}
-		if kick {
-			ls.kickReaper()
-		}
+	}
+	if kick {
+		ls.kickReaper()
 	}
 }
 
@@ -97,7 +109,13 @@ const (
 
 func newWatchHub() *watchHub { return &watchHub{watchers: map[*watcher]struct{}{}} }
 
-func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-chan *pb.WatchEvent {
+// watch registers a watcher of req's prefix and starts its goroutine. It
+// refuses a watch past max open on this node (Limits.MaxWatches): each
+// costs its goroutines and buffers (about 33 KB seen from a client), and
+// publish visits every watcher for every batch of events, so an unbounded
+// number (an outsider opened 15,379 on one leader: 30 -> 529 MB, 27,000
+// goroutines, two lost leaderships) starves the node.
+func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max int) (<-chan *pb.WatchEvent, error) {
 	prefix, initial := req.GetPrefix(), req.GetInitial()
 	w := &watcher{prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
 	out := make(chan *pb.WatchEvent, 64)
@@ -105,7 +123,11 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 	if h.closed {
 		h.mu.Unlock()
 		close(out)
-		return out
+		return out, nil
+	}
+	if len(h.watchers) >= max {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 	}
 	h.watchers[w] = struct{}{}
 	since := h.last // events after it reach w's queue
@@ -190,7 +212,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest) <-c
 		h.remove(w)
 		close(out)
 	}
-	return out
+	return out, nil
 }
 
 // isReset reports whether w was reset.

@@ -368,6 +368,8 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 // events only if req.Extends. The channel is
 // closed when ctx ends or the node closes; a watcher that falls behind gets
 // a RESET event and then the channel closes (watch again and re-List).
+// Past Limits.MaxWatches open on this node, it fails with
+// ErrTooManyWatches.
 func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
 	if n.ctx.Err() != nil {
 		return nil, ErrClosed
@@ -375,7 +377,7 @@ func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Watc
 	if err := text("prefix", req.GetPrefix()); err != nil {
 		return nil, err
 	}
-	return n.hub.watch(ctx, n, req), nil
+	return n.hub.watch(ctx, n, req, n.cfg.Limits.MaxWatches)
 }
 
 // ownHolding returns holder's live holding of key, or nil: held, and not

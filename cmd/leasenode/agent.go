@@ -73,6 +73,7 @@ type agentFlags struct {
 	authTokenFile                string
 	maxRequestBytes, maxBytes    int64
 	maxExtendItems, maxConns     int
+	maxWatches                   int
 	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
@@ -125,6 +126,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold, with the keys and holders of request ids kept 15 min after a lease ends; past it new acquires are refused")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
+	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
@@ -278,7 +280,7 @@ func (a *agentFlags) config() (node.Config, error) {
 		}
 	}
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
-		MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
+		MaxWatches: a.maxWatches, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
@@ -326,6 +328,7 @@ var configFlags = strings.NewReplacer(
 	"Limits.MaxRequestBytes", "--max-request-bytes",
 	"Limits.MaxExtendItems", "--max-extend-items",
 	"Limits.MaxLeases", "--max-leases",
+	"Limits.MaxWatches", "--max-watches",
 	"MaxLeaseBytes", "--max-lease-bytes",
 	"Limits.MinTTL", "--min-ttl",
 	"BootstrapExpect", "--bootstrap-expect",
