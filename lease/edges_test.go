@@ -652,6 +652,12 @@ func TestHeldErrorWords(t *testing.T) {
 	if msg := err.Error(); !strings.Contains(msg, "in its lock-delay for 8.5s more") {
 		t.Errorf("HeldError in a lock-delay: %q", msg)
 	}
+	// Nobody holds it and no lock-delay runs: clients queued first come
+	// first (it said "held by nobody (lock-delay)").
+	err.Wait = 0
+	if msg := err.Error(); !strings.Contains(msg, "clients waiting for it since before this request come first") || strings.Contains(msg, "lock-delay") {
+		t.Errorf("HeldError behind waiters: %q", msg)
+	}
 }
 
 // A token read from a file keeps its trailing newline: it is trimmed, as

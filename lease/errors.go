@@ -104,7 +104,7 @@ func (p TLSProblem) hint() string {
 // HeldError is ErrHeld with details.
 type HeldError struct {
 	Key    string
-	Holder string // empty while the key is in lock-delay
+	Holder string // empty while the key is in lock-delay, or when only waiters come first (Wait 0)
 	// Wait is how long the holder's current grant had left when asked (by
 	// the leader's clock), or the lock-delay: the key is free no sooner
 	// unless it is released, and later if the holder extends, as a live
@@ -115,9 +115,16 @@ type HeldError struct {
 }
 
 func (e *HeldError) Error() string {
-	msg := fmt.Sprintf("lease %q held by %s: its current grant ends in %v unless extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
-	if e.Holder == "" {
+	var msg string
+	switch {
+	case e.Holder != "":
+		msg = fmt.Sprintf("lease %q held by %s: its current grant ends in %v unless extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
+	case e.Wait > 0:
 		msg = fmt.Sprintf("lease %q held by nobody: in its lock-delay for %v more", e.Key, e.Wait.Round(100*time.Millisecond))
+	default:
+		// The cluster would admit this holding, but clients queued for
+		// the key before it come first (fifo-no-barging).
+		msg = fmt.Sprintf("lease %q: clients waiting for it since before this request come first", e.Key)
 	}
 	if e.Err != nil {
 		msg = e.Err.Error() + ": " + msg

@@ -83,7 +83,8 @@ class LeaseError(Exception):
 
 
 class HeldError(LeaseError):
-    """Another holder has the key (holder is '' during a lock-delay). wait
+    """Another holder has the key (holder is '' during a lock-delay, or
+    when only clients queued first stand before this one, wait 0). wait
     is how long the holder's current grant had left (or the lock-delay):
     the key is free no sooner unless released, and later if the holder
     extends, as a live holder does. It is not a bound on the wait."""
@@ -92,8 +93,11 @@ class HeldError(LeaseError):
         self.key, self.holder, self.wait = key, holder, wait
         if holder:
             default = "lease %r held by %s: its current grant ends in %.1fs unless extended" % (key, holder, wait)
-        else:
+        elif wait > 0:
             default = "lease %r held by nobody: in its lock-delay for %.1fs more" % (key, wait)
+        else:
+            # Nobody holds it, but clients queued for it come first.
+            default = "lease %r: clients waiting for it since before this request come first" % (key,)
         super().__init__(msg or default)
 
 
