@@ -113,6 +113,13 @@ func TestAPIInputsAreBounded(t *testing.T) {
 			t.Logf("100 MB body: reset after %d MB sent, before the answer was read", body.read.Load()>>20)
 			return
 		}
+		if code == http.StatusGatewayTimeout && strings.Contains(out, "deadline_exceeded") && body.read.Load() <= 64<<20 {
+			// The test's 1 s ReadTimeout ran out before the client, on a
+			// busy machine (-race beside two busy loops), had sent the
+			// 4 MiB the limit needs: refused, with the bound held.
+			t.Logf("100 MB body: read timeout after %d MB sent, before the limit was reached", body.read.Load()>>20)
+			return
+		}
 		if code == http.StatusOK || body.read.Load() > 64<<20 || !strings.Contains(out, "--max-request-bytes") {
 			t.Fatalf("a 100 MB body: status %d after the node read %d MB: %s", code, body.read.Load()>>20, out)
 		}
