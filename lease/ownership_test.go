@@ -20,6 +20,20 @@ import (
 // Tests that what a caller gets is its own, what it drops is released, and
 // what it cancelled never reached the cluster.
 
+// soloClient is a Client over the one node of a new single-node cluster;
+// Close runs at the end of the test unless the test closed it first.
+func soloClient(t *testing.T) (*node.Node, *lease.Client) {
+	t.Helper()
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close(context.Background()) })
+	return n, cl
+}
+
 // dropLease acquires key with ttl, drops the Lease and waits until its
 // cleanup ran (Done closed; the channel does not keep the Lease alive).
 func dropLease(t *testing.T, cl *lease.Client, key string, ttl time.Duration) {
@@ -48,13 +62,7 @@ func dropLease(t *testing.T, cl *lease.Client, key string, ttl time.Duration) {
 // validity nobody could read any more: 24.97 s of a 30 s TTL left 5 s
 // after the cleanup).
 func TestDroppedLeaseReleasedAtOnce(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, n := c.Leader()
-	cl, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	_, cl := soloClient(t)
 	dropLease(t, cl, "dropped/at-once", 30*time.Second)
 	nodetest.Eventually(t, 5*time.Second, func() error {
 		info, err := cl.Get(context.Background(), "dropped/at-once")
@@ -68,12 +76,7 @@ func TestDroppedLeaseReleasedAtOnce(t *testing.T) {
 // Close releases a Lease dropped just before it: the release under way is
 // finished, not cancelled (the key stayed blocked for the TTL).
 func TestCloseFinishesDroppedRelease(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, n := c.Leader()
-	cl, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, cl := soloClient(t)
 	dropLease(t, cl, "dropped/close", 30*time.Second)
 	if err := cl.Close(ctxT(t, 5*time.Second)); err != nil {
 		t.Fatalf("close: %v", err)
@@ -127,13 +130,7 @@ func TestGetValueIsTheCallersCopy(t *testing.T) {
 // Two Electors made from one options slice with spare capacity each
 // publish their own value.
 func TestElectorsShareNoOptions(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, n := c.Leader()
-	cl, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	_, cl := soloClient(t)
 	base := make([]lease.AcquireOption, 0, 4)
 	base = append(base, lease.TTL(5*time.Second))
 	a := cl.Elector("svc/a", []byte("addr-a"), base...)
@@ -167,13 +164,7 @@ func TestZeroFence(t *testing.T) {
 // error and writes nothing to the cluster (it proposed a grant nobody saw,
 // then its withdrawal and an abandon: 25 entries for 20 calls).
 func TestCancelledAcquireWritesNothing(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, n := c.Leader()
-	cl, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	n, cl := soloClient(t)
 	applied := func() uint64 {
 		st, err := n.Status(context.Background(), &pb.StatusRequest{})
 		if err != nil {

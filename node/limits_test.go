@@ -187,18 +187,7 @@ func TestAPIInputsAreBounded(t *testing.T) {
 		start := time.Now()
 		stop := make(chan struct{})
 		defer close(stop)
-		go func() { // a byte every 200 ms, until the node hangs up
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(200 * time.Millisecond):
-				}
-				if _, err := conn.Write([]byte(" ")); err != nil {
-					return
-				}
-			}
-		}()
+		go trickle(conn, 200*time.Millisecond, stop) // until the node hangs up
 		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		// The node answers at its read timeout and closes the connection:
 		// what is left of the body must never be read as a next request
@@ -917,16 +906,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if _, err := conn.Write([]byte(" ")); err != nil {
-					return
-				}
-			}
+			trickle(conn, 100*time.Millisecond, stop)
 		}()
 		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		r := bufio.NewReader(conn)
@@ -1135,5 +1115,20 @@ func TestUnauthenticatedConnectionsAreClosed(t *testing.T) {
 	})
 	if got := lg.lines("without the auth token", "--auth-token"); len(got) != 1 {
 		t.Errorf("warnings of connections closed without the token: %q, want 1", got)
+	}
+}
+
+// trickle writes a byte to conn every interval until stop closes or a
+// write fails: a body sent slowly.
+func trickle(conn net.Conn, every time.Duration, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(every):
+		}
+		if _, err := conn.Write([]byte(" ")); err != nil {
+			return
+		}
 	}
 }
