@@ -69,7 +69,6 @@ type Client struct {
 	bgDone     bool           // under mu: Close is waiting for bgWG; no more may start
 	bgCtx      context.Context
 	bgCancel   context.CancelFunc // Close gives up on best-effort releases
-	drops      sync.WaitGroup     // releases of dropped Leases under way
 }
 
 // background runs f on a goroutine Close waits for, unless Close has
@@ -654,28 +653,11 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 }
 
 // releaseDropped ends a lease whose Lease was dropped without Release and
-// releases its record at once, in the background, as Release would (and
-// as dynamodb-lease does on drop): nobody can reach the Lease any more to
-// act on its validity. Close waits for these releases (within its
-// context). A plain function, not a closure: the cleanup keeps nothing
-// alive but h.
-func releaseDropped(h *held) {
-	c := h.c
-	if !c.end(h, ErrReleased, false) {
-		return
-	}
-	c.drops.Add(1)
-	if !c.background(func() {
-		defer c.drops.Done()
-		defer c.unguard(h)
-		ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
-		defer cancel()
-		c.releaseRecord(ctx, h)
-	}) {
-		c.drops.Done()
-		c.unguard(h)
-	}
-}
+// releases its record in the background once the validity in force before
+// ends (invariant client-validity: a ValidUntil, Context or Token taken
+// from the Lease before it was dropped may still be acted on). A plain
+// function, not a closure: the cleanup keeps nothing alive but h.
+func releaseDropped(h *held) { h.c.end(h, ErrReleased, true) }
 
 func (c *Client) validity(sent time.Time, d time.Duration) time.Time {
 	return sent.Add(time.Duration(float64(d) * (1 - c.opts.drift)))
@@ -946,14 +928,6 @@ func (c *Client) Close(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	// Releases of Leases dropped just before Close are under way: let them
-	// finish, within ctx (the record expires by its TTL otherwise).
-	drops := make(chan struct{})
-	go func() { c.drops.Wait(); close(drops) }()
-	select {
-	case <-drops:
-	case <-ctx.Done():
-	}
 	c.acquires.Wait() // each ends promptly: its context ended with ErrClosed
 	close(c.stop)
 	c.loopWG.Wait()

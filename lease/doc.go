@@ -127,11 +127,11 @@
 // TryAcquire of a key it holds returns nil, and Acquire waits for its own
 // lease's Release. All leases of a Client are extended by one background
 // loop, in batched requests (at most 4,096 leases each) per tick. A Lease
-// dropped without Release is released, at once and in the background,
-// when the garbage collector finds it unreachable (as dynamodb-lease
-// releases on drop): keep a reference to every Lease you mean to hold,
-// and a Lease you mean to leave held after the process exits reachable
-// until it does.
+// dropped without Release is released by a cleanup when it is garbage
+// collected, once the validity it had ends (a ValidUntil, Context or
+// Token taken from it before may still be acted on), and left to expire
+// by its TTL if the Client closes first: keep a reference to every Lease
+// you mean to hold, and Release what you are done with.
 //
 // # How long a call takes
 //

@@ -17,8 +17,8 @@ import (
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
-// Tests that what a caller gets is its own, what it drops is released, and
-// what it cancelled never reached the cluster.
+// Tests that what a caller gets is its own, what it drops keeps its
+// validity, and what it cancelled never reaches the cluster.
 
 // soloClient is a Client over the one node of a new single-node cluster;
 // Close runs at the end of the test unless the test closed it first.
@@ -34,61 +34,42 @@ func soloClient(t *testing.T) (*node.Node, *lease.Client) {
 	return n, cl
 }
 
-// dropLease acquires key with ttl, drops the Lease and waits until its
-// cleanup ran (Done closed; the channel does not keep the Lease alive).
-func dropLease(t *testing.T, cl *lease.Client, key string, ttl time.Duration) {
-	t.Helper()
-	var done <-chan struct{}
-	func() {
-		l, err := cl.Acquire(ctxT(t, 5*time.Second), key, lease.TTL(ttl))
-		if err != nil || l == nil {
-			t.Fatal(l, err)
-		}
-		done = l.Done()
-	}()
-	nodetest.Eventually(t, 5*time.Second, func() error {
-		runtime.GC()
-		select {
-		case <-done:
-			return nil
-		default:
-			return errors.New("the dropped Lease was not collected yet")
-		}
-	})
-}
-
-// A Lease dropped without Release is released as soon as its cleanup runs,
-// not about a TTL later (its background release used to wait for the
-// validity nobody could read any more: 24.97 s of a 30 s TTL left 5 s
-// after the cleanup).
-func TestDroppedLeaseReleasedAtOnce(t *testing.T) {
-	_, cl := soloClient(t)
-	dropLease(t, cl, "dropped/at-once", 30*time.Second)
-	nodetest.Eventually(t, 5*time.Second, func() error {
-		info, err := cl.Get(context.Background(), "dropped/at-once")
-		if err != nil || info != nil {
-			return fmt.Errorf("the dropped lease (TTL 30s) is still held: %+v %v", info, err)
-		}
-		return nil
-	})
-}
-
-// Close releases a Lease dropped just before it: the release under way is
-// finished, not cancelled (the key stayed blocked for the TTL).
-func TestCloseFinishesDroppedRelease(t *testing.T) {
+// A Lease dropped without Release keeps the key until the validity read
+// from it before ends (code may act on a ValidUntil, Context or Token it
+// took), and is released then, not left to expire by its TTL.
+func TestDroppedLeaseKeepsItsValidity(t *testing.T) {
 	n, cl := soloClient(t)
-	dropLease(t, cl, "dropped/close", 30*time.Second)
-	if err := cl.Close(ctxT(t, 5*time.Second)); err != nil {
-		t.Fatalf("close: %v", err)
-	}
 	other, err := lease.New(n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close(context.Background())
-	if l, err := other.TryAcquire(ctxT(t, 5*time.Second), "dropped/close"); err != nil || l == nil {
-		t.Fatalf("after Close, the key a dropped Lease held is still taken: %v %v", l, err)
+	var validUntil time.Time
+	func() {
+		l, err := cl.Acquire(ctxT(t, 5*time.Second), "dropped/valid", lease.TTL(3*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		validUntil = l.ValidUntil() // acted on after the Lease is dropped
+	}()
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		runtime.GC()
+		if time.Now().After(validUntil) {
+			return nil // collected or not, past the validity read
+		}
+		if l, err := other.TryAcquire(context.Background(), "dropped/valid"); l != nil || err != nil {
+			if l != nil {
+				t.Fatalf("another client was granted the key %v before the validity the first read ended", time.Until(validUntil))
+			}
+			return err
+		}
+		return errors.New("within the validity read")
+	})
+	l, err := other.AcquireTimeout(ctxT(t, 10*time.Second), "dropped/valid", 5*time.Second)
+	if err != nil || l == nil {
+		t.Fatalf("after the validity of a dropped Lease: %v %v", l, err)
 	}
+	l.Release(context.Background())
 }
 
 // A caller that writes into a Get's value writes into its own copy: the

@@ -58,7 +58,7 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLn = conns
 	n.api = &http.Server{
-		Handler:           unreadBodies(mux),
+		Handler:           n.noteToken(unreadBodies(mux)),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
@@ -213,9 +213,6 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			}
 			return
 		}
-		if lc := requestConn(r); lc != nil && token != "" {
-			lc.authenticated()
-		}
 		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
 			refuseBody(w, r)
 			http.Error(w, fmt.Sprintf("Content-Type %q is not one this API takes: send application/json or application/proto (Connect; JSON in UTF-8), application/connect+json or +proto (streams), application/grpc or application/grpc-web",
@@ -263,7 +260,27 @@ func refuseBody(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
-// unreadBodies is the API server's outermost handler: on HTTP/1, a
+// noteToken is the API server's outermost handler: a request that carries
+// the auth token, on any path (a /metrics scrape, a health check, gRPC
+// reflection, which guard does not see), marks its connection
+// authenticated, so that the connLimiter never closes it for the lack of
+// one.
+func (n *Node) noteToken(next http.Handler) http.Handler {
+	token := n.cfg.AuthToken
+	if token == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if bearerOK(r.Header.Get("Authorization"), token) {
+			if lc := requestConn(r); lc != nil {
+				lc.authenticated()
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// unreadBodies is, inside noteToken, the API server's handler: on HTTP/1, a
 // request whose handler returned without reading its body to the end
 // (the mux's 404 and 405, a probe given a body) has the rest refused as
 // refuseBody does: the reply's write fails to read more of it, and the

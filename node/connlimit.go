@@ -158,11 +158,18 @@ func (c *limitedConn) refusedAuth() bool {
 }
 
 // authExpired closes c if it has made no authenticated request within
-// the budget.
+// the budget, once it has no request in flight: a reply under way (a
+// /metrics scrape, a health check, any request the token is not asked
+// of) is never cut; the budget starts again instead.
 func (c *limitedConn) authExpired() {
 	l := c.l
 	l.mu.Lock()
 	if c.authed {
+		l.mu.Unlock()
+		return
+	}
+	if !c.fresh && c.idleSince.IsZero() {
+		c.authTimer.Reset(l.authBy)
 		l.mu.Unlock()
 		return
 	}

@@ -908,7 +908,7 @@ func (n *Node) reconcile(ls *leaderState) {
 		gone := known && m.Status == statusLeft ||
 			known && m.Status == statusDead && time.Since(m.Since) > n.cfg.DeadServerGrace ||
 			!known && time.Since(ls.began) > n.cfg.DeadServerGrace
-		if gone && !(known && m.Status == statusLeft) && n.answers(id, string(s.Address)) {
+		if gone && !(known && m.Status == statusLeft) && n.answers(ls.ctx, id, string(s.Address)) {
 			log.Debug("keeping a server gossip calls dead: it answers over node RPC", "id", id, "status", m.Status)
 			n.keptAnswering.Add(1)
 			if s.Suffrage == raft.Voter {
@@ -926,7 +926,7 @@ func (n *Node) reconcile(ls *leaderState) {
 		switch {
 		case s.Suffrage == raft.Voter && healthy(id):
 			voters = append(voters, id)
-		case s.Suffrage == raft.Voter && n.answers(id, string(s.Address)):
+		case s.Suffrage == raft.Voter && n.answers(ls.ctx, id, string(s.Address)):
 			voters = append(voters, id) // gossip's word alone demotes no voter
 			n.keptAnswering.Add(1)
 		case s.Suffrage == raft.Voter:
@@ -980,9 +980,13 @@ func (n *Node) reconcile(ls *leaderState) {
 // a live node look dead to it, and a voter removed or demoted for that
 // weakens the quorum for nothing. So the leader asks the node itself
 // before it removes or demotes a voter gossip calls dead.
-func (n *Node) answers(id, addr string) bool {
-	_, err := n.peerStatus(id, addr)
-	return err == nil
+func (n *Node) answers(ctx context.Context, id, addr string) bool {
+	// Bounded by the term and by half a second: a host that drops packets
+	// must not hold the reconcile pass (and a step-down) for long.
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	out, err := n.rpc.CallNode(ctx, addr, id, methodStatus, nil)
+	return err == nil && proto.Unmarshal(out, &pb.StatusResponse{}) == nil
 }
 
 // caughtUp asks node id at addr for its applied index; it is caught up

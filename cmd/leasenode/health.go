@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -19,7 +20,8 @@ applied what was committed), or with --live only whether it runs (GET
 /healthz), and exits 0 if so, 1 if not (printing the agent's reason), 3 if
 it cannot be reached, 2 if the TLS flags do not fit it (plain HTTP to a TLS
 port or the reverse, a client certificate it requires: the message says
-what to set). It probes one agent: --addr takes one address. It is the probe for a container image without a
+what to set). It probes one agent: given a list (LEASENODE_ADDR set for the other
+commands), the first address, and says so. It is the probe for a container image without a
 shell: Docker's HEALTHCHECK runs "leasenode health". --addr takes the
 agent's --api address, or its --http one (plain HTTP, no client
 certificate or token: the probes are never behind the token).`
@@ -50,10 +52,12 @@ func runHealth(ctx context.Context, ap *app, cf *clientFlags, path string) error
 		return err
 	}
 	addrs := cf.addrs()
-	if len(addrs) != 1 {
+	if len(addrs) > 1 {
 		// A probe answers for one agent: "ready" for a list would hide
-		// which one is not.
-		return usagef("--addr %q: health probes one agent; give one address (run it once per agent)", cf.addr)
+		// which one is not. A list (LEASENODE_ADDR set for the other
+		// commands, a container's HEALTHCHECK) probes its first agent,
+		// and says so.
+		fmt.Fprintf(os.Stderr, "leasenode health: probing %s, the first of %d addresses (health answers for one agent)\n", addrs[0], len(addrs))
 	}
 	addr := addrs[0]
 	scheme := "http"

@@ -83,8 +83,12 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 		err = he
 	default:
 		held := fmt.Sprintf("held by %s: its current grant ends in %v unless extended", he.Holder, he.Wait.Round(100*time.Millisecond))
-		if he.Holder == "" {
+		switch {
+		case he.Holder != "":
+		case he.Wait > 0:
 			held = fmt.Sprintf("in its lock-delay after an expiry for %v more", he.Wait.Round(100*time.Millisecond))
+		default:
+			held = "not held, but clients waiting for it since before come first"
 		}
 		bound := "until it is free"
 		if l.wait.d != forever {
