@@ -285,20 +285,8 @@ func (s *syncBuffer) String() string {
 // still finds it alive over TCP.
 func TestGossipTransportTCPFallbackProbe(t *testing.T) {
 	quiet := log.New(io.Discard, "", 0)
-	port := 0
-	gt, err := newGossipTransport("127.0.0.1", &port, quiet, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := memberlist.DefaultLocalConfig()
-	ca.Name, ca.BindAddr, ca.BindPort, ca.AdvertisePort = "a", "127.0.0.1", port, port
-	ca.Transport, ca.Logger = gt, quiet
-	a, err := memberlist.Create(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, gt, aAddr := wrappedMember(t, quiet, func(*memberlist.Config) {})
 	defer a.Shutdown()
-	aAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	var blog syncBuffer
 	cb := memberlist.DefaultLocalConfig()
@@ -348,22 +336,11 @@ func TestGossipTransportTCPFallbackProbe(t *testing.T) {
 func TestGossipTricklersCannotHoldStreamSlots(t *testing.T) {
 	quiet := log.New(io.Discard, "", 0)
 	key := bytes.Repeat([]byte{7}, 32)
-	port := 0
-	gt, err := newGossipTransport("127.0.0.1", &port, quiet, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := memberlist.DefaultLocalConfig()
-	ca.Name, ca.BindAddr, ca.BindPort, ca.AdvertisePort = "a", "127.0.0.1", port, port
-	ca.TCPTimeout = memberlist.DefaultLANConfig().TCPTimeout // a trickler holds a stream this long
-	ca.SecretKey, ca.Transport, ca.Logger = key, gt, quiet
-	a, err := memberlist.Create(ca)
-	if err != nil {
-		gt.Shutdown()
-		t.Fatal(err)
-	}
+	a, gt, aAddr := wrappedMember(t, quiet, func(c *memberlist.Config) {
+		c.TCPTimeout = memberlist.DefaultLANConfig().TCPTimeout // a trickler holds a stream this long
+		c.SecretKey = key
+	})
 	defer a.Shutdown()
-	aAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	// The attack: 24 streams from 127.0.0.2-5 (6 each), until stopped.
 	ctx, stop := context.WithCancel(context.Background())
@@ -472,6 +449,28 @@ func trickle(ctx context.Context, from *net.TCPAddr, addr string, dialed *atomic
 			return
 		}
 	}
+}
+
+// wrappedMember starts memberlist member "a" on 127.0.0.1 behind
+// gossipTransport (the bounds under test), with its config as tweak
+// leaves it, and returns it, its transport and its address.
+func wrappedMember(t *testing.T, logger *log.Logger, tweak func(*memberlist.Config)) (*memberlist.Memberlist, *gossipTransport, string) {
+	t.Helper()
+	port := 0
+	gt, err := newGossipTransport("127.0.0.1", &port, logger, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := memberlist.DefaultLocalConfig()
+	c.Name, c.BindAddr, c.BindPort, c.AdvertisePort = "a", "127.0.0.1", port, port
+	c.Transport, c.Logger = gt, logger
+	tweak(c)
+	m, err := memberlist.Create(c)
+	if err != nil {
+		gt.Shutdown()
+		t.Fatal(err)
+	}
+	return m, gt, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 // newKeyedMember starts a memberlist member on 127.0.0.1 with key. With
