@@ -15,7 +15,8 @@
 # Each node is its own process with default timing and fsync on (each
 # system's defaults). leasenode's binary is $LEASENODE_BIN (default
 # DIR/../leasenode, else `leasenode` on PATH); ZooKeeper runs Debian's jars
-# from /usr/share/java with $ZK_HEAP (default -Xmx256m).
+# from /usr/share/java with $ZK_HEAP (default -Xmx256m). $LEASENODE_FLAGS
+# adds flags to every leasenode agent (e.g. --enable-pprof, for profiles).
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh start|stop|restart|endpoints SYSTEM [DIR] [N]}
@@ -88,10 +89,11 @@ EOF
 		local bootstrap=(--bootstrap-expect 3)
 		# A restarted node finds its cluster in its data dir.
 		[ -n "$(ls -A "$d/data" 2>/dev/null)" ] && bootstrap=()
+		# shellcheck disable=SC2086 # LEASENODE_FLAGS is a list of flags
 		nohup "$bin" agent --id "n$i" --data-dir "$d/data" \
 			--bind "127.0.0.1:264${i}0" --gossip "127.0.0.1:264${i}1" --api "127.0.0.1:264${i}2" \
 			--join 127.0.0.1:26401,127.0.0.1:26411,127.0.0.1:26421 "${bootstrap[@]}" --log-level warn \
-			>>"$d/log" 2>&1 </dev/null &
+			${LEASENODE_FLAGS:-} >>"$d/log" 2>&1 </dev/null &
 		;;
 	*) echo "unknown system $sys" >&2; exit 2 ;;
 	esac
