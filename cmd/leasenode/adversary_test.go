@@ -158,6 +158,7 @@ func TestAdversary(t *testing.T) {
 		t.Run("bearer in lower case", c.lowerCaseBearer)
 		t.Run("the README's curl backup example through a follower", c.curlBackup)
 		t.Run("client request ids do not depend on the wall clock", c.requestIDs)
+		t.Run("client commands read --auth-token-file", c.clientTokenFile)
 	})
 	t.Run("files and membership", func(t *testing.T) {
 		t.Run("snapshot restore of a backup whose epoch is 2^64-1", c.absurdRestore)
@@ -1336,6 +1337,38 @@ func damageBoltPages(b []byte) []byte {
 		}
 	}
 	return b
+}
+
+// clientTokenFile: a client command takes the token from a file (one
+// line, its newline trimmed) as the agent does, so it need not show in ps;
+// a file that cannot be a token is refused before anything is sent,
+// naming the flag and the limit.
+func (c *adversary) clientTokenFile(t *testing.T) {
+	addr := "--addr=" + c.agents[1].api
+	if code, out, errOut := run1(t, nil, "status", addr, "--auth-token-file", c.tokenFile); code != 0 || !strings.Contains(out, "leader (serving)") {
+		t.Fatalf("status --auth-token-file: %d %q %q", code, out, errOut)
+	}
+	// A token exported in the shell gives way to the file on the command line.
+	if code, _, errOut := run1(t, []string{"LEASENODE_AUTH_TOKEN=wrong"}, "status", addr, "--auth-token-file", c.tokenFile); code != 0 {
+		t.Fatalf("--auth-token-file beside LEASENODE_AUTH_TOKEN: %d %q", code, errOut)
+	}
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 5000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--auth-token-file", big}, "longer than 4096 bytes"},
+		{[]string{"--auth-token-file", filepath.Join(t.TempDir(), "none")}, "--auth-token-file: open"},
+		{[]string{"--auth-token-file", c.tokenFile, "--auth-token", "x"}, "--auth-token and --auth-token-file: give one"},
+	} {
+		code, _, errOut := run1(t, nil, append([]string{"status", addr}, tc.args...)...)
+		if code != exitUsage || !strings.Contains(errOut, tc.want) {
+			t.Errorf("status %v: exit %d %q, want exit %d naming %q", tc.args, code, errOut, exitUsage, tc.want)
+		}
+	}
 }
 
 // tokenHygiene: --auth-token on the command line shows in ps, and agents

@@ -223,7 +223,7 @@ func (a *agentFlags) config() (node.Config, error) {
 		return cfg, usagef("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
 	if a.clusterKey != "" && a.clusterKeyFile != "" {
-		switch a.stronger("cluster-key", "cluster-key-file") {
+		switch stronger(a.fs, "cluster-key", "cluster-key-file") {
 		case "cluster-key":
 			a.clusterKeyFile = ""
 		case "cluster-key-file":
@@ -240,11 +240,11 @@ func (a *agentFlags) config() (node.Config, error) {
 		}
 		cfg.ClusterKey = key
 	case a.clusterKeyFile != "":
-		b, err := os.ReadFile(a.clusterKeyFile)
+		b, err := readSecretFile("cluster-key-file", a.clusterKeyFile)
 		if err != nil {
-			return cfg, usagef("--cluster-key-file: %v", err)
+			return cfg, err
 		}
-		key, err := transport.ParseClusterKey(string(b))
+		key, err := transport.ParseClusterKey(b)
 		if err != nil {
 			return cfg, usagef("--cluster-key-file %s: %v", a.clusterKeyFile, err)
 		}
@@ -258,27 +258,11 @@ func (a *agentFlags) config() (node.Config, error) {
 		}
 		cfg.GossipKey = key
 	}
-	cfg.AuthToken = a.authToken
-	if a.authTokenFile != "" && a.authToken != "" {
-		// One from a stronger source (flag > environment > file) wins:
-		// LEASENODE_AUTH_TOKEN exported for the CLI in the shell that
-		// starts an agent with --auth-token-file is no conflict.
-		switch a.stronger("auth-token-file", "auth-token") {
-		case "auth-token":
-			a.authTokenFile = ""
-		case "":
-			return cfg, usagef("--auth-token and --auth-token-file: give one")
-		}
+	tok, err := authToken(a.fs, a.authToken, a.authTokenFile)
+	if err != nil {
+		return cfg, err
 	}
-	if a.authTokenFile != "" {
-		b, err := os.ReadFile(a.authTokenFile)
-		if err != nil {
-			return cfg, usagef("--auth-token-file: %v", err)
-		}
-		if cfg.AuthToken = strings.TrimSpace(string(b)); cfg.AuthToken == "" {
-			return cfg, usagef("--auth-token-file %s is empty", a.authTokenFile)
-		}
-	}
+	cfg.AuthToken = tok
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
 		MaxWatches: a.maxWatches, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
 	cfg.NoSync = a.noSync
@@ -296,29 +280,6 @@ func (a *agentFlags) config() (node.Config, error) {
 		return cfg, usagef("%s", configFlags.Replace(err.Error()))
 	}
 	return cfg, nil
-}
-
-// stronger returns which of two flags was set from the stronger source
-// (flag > environment > config file), or "" if from the same.
-func (a *agentFlags) stronger(x, y string) string {
-	rank := func(name string) int {
-		switch source(a.fs.Lookup(name)) {
-		case "flag":
-			return 3
-		case "env":
-			return 2
-		case "file":
-			return 1
-		}
-		return 0
-	}
-	switch rx, ry := rank(x), rank(y); {
-	case rx > ry:
-		return x
-	case ry > rx:
-		return y
-	}
-	return ""
 }
 
 // configFlags names, in node.Config's errors, the agent flag for each

@@ -16,6 +16,7 @@ import (
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/leasenode/leasenode/internal/buildinfo"
 	"github.com/leasenode/leasenode/lease"
@@ -26,24 +27,28 @@ import (
 type clientFlags struct {
 	addr                   string
 	tlsCA, tlsCert, tlsKey string
-	token                  string
+	token, tokenFile       string
 	output                 string
 	timeout                time.Duration
+	fs                     *pflag.FlagSet
 }
 
 func (c *clientFlags) register(cmd *cobra.Command) {
 	fs := cmd.Flags()
+	c.fs = fs
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:7402", "client API addresses of cluster nodes, comma-separated")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify the nodes' certificates (enables TLS)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "client certificate (PEM), if the cluster requires mutual TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
-	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token)")
+	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token; visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)")
+	fs.StringVar(&c.tokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (a wait for a held key is --wait's, where there is one)")
 	completeWords(cmd, "output", "table", "json")
 	for _, f := range []string{"tls-cert", "tls-key", "tls-ca"} {
 		_ = cmd.MarkFlagFilename(f, "pem")
 	}
+	_ = cmd.MarkFlagFilename("auth-token-file")
 }
 
 func (c *clientFlags) check() error {
@@ -56,6 +61,11 @@ func (c *clientFlags) check() error {
 	if c.timeout <= 0 {
 		return usagef("--timeout must be positive")
 	}
+	tok, err := authToken(c.fs, c.token, c.tokenFile)
+	if err != nil {
+		return err
+	}
+	c.token, c.tokenFile = tok, ""
 	return nil
 }
 

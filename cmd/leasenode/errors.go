@@ -43,7 +43,7 @@ func hintFor(err error) string {
 	}
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
-		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
+		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
 	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
 		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum; `leasenode status` shows every node"
 	case code == exitUnreachable:

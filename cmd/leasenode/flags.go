@@ -55,6 +55,77 @@ func source(f *pflag.Flag) string {
 	return "default"
 }
 
+// stronger returns which of the flags x and y of fs was set from the
+// stronger source (flag > environment > config file), or "" if from the
+// same.
+func stronger(fs *pflag.FlagSet, x, y string) string {
+	rank := func(name string) int {
+		switch source(fs.Lookup(name)) {
+		case "flag":
+			return 3
+		case "env":
+			return 2
+		case "file":
+			return 1
+		}
+		return 0
+	}
+	switch rx, ry := rank(x), rank(y); {
+	case rx > ry:
+		return x
+	case ry > rx:
+		return y
+	}
+	return ""
+}
+
+// maxSecretFileBytes bounds what a secret file flag (--cluster-key-file,
+// --auth-token-file) reads: a key or a token is one short line.
+const maxSecretFileBytes = 4 << 10
+
+// readSecretFile reads the secret in the file of flag --name, at most
+// maxSecretFileBytes, without the surrounding white space (the newline
+// an editor or echo adds). An empty file is an error.
+func readSecretFile(name, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", usagef("--%s: %v", name, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
+	switch {
+	case err != nil:
+		return "", usagef("--%s: %v", name, err)
+	case len(b) > maxSecretFileBytes:
+		return "", usagef("--%s %s: longer than %d bytes; it should hold one line, the secret alone", name, path, maxSecretFileBytes)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", usagef("--%s %s is empty", name, path)
+	}
+	return s, nil
+}
+
+// authToken returns the auth token of --auth-token (token) or
+// --auth-token-file (file) of fs. Given both, the one from the stronger
+// source wins (LEASENODE_AUTH_TOKEN exported in a shell is no conflict
+// with a --auth-token-file on the command line); from the same source
+// they are an error.
+func authToken(fs *pflag.FlagSet, token, file string) (string, error) {
+	if token != "" && file != "" {
+		switch stronger(fs, "auth-token-file", "auth-token") {
+		case "auth-token":
+			file = ""
+		case "":
+			return "", usagef("--auth-token and --auth-token-file: give one")
+		}
+	}
+	if file == "" {
+		return token, nil
+	}
+	return readSecretFile("auth-token-file", file)
+}
+
 func setSource(f *pflag.Flag, s string) {
 	if f.Annotations == nil {
 		f.Annotations = map[string][]string{}

@@ -226,7 +226,7 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
 				if !strings.Contains(msg, "LEASENODE_AUTH_TOKEN") {
-					msg += "; pass --auth-token or set LEASENODE_AUTH_TOKEN"
+					msg += "; pass --auth-token-file or --auth-token, or set LEASENODE_AUTH_TOKEN"
 				}
 				return nil, fmt.Errorf("%s: %s", addr, msg)
 			}
