@@ -29,7 +29,8 @@ const benchSynopsis = `Loads a cluster with the standard workloads and prints a 
   semaphore    6 clients queue for a semaphore of 2; gap from a release to the next grant
   shared       --clients clients acquire and release one key shared, in a loop
   multi        --clients clients each acquire and release a set of 4 keys of their own
-"all" runs every workload but failover against --addr (all of them with --self). A live
+"all" runs every workload but failover against --addr (all of them with --self, which
+takes no --addr). A live
 progress line goes to stderr.`
 
 func (ap *app) benchCmd() *cobra.Command {
@@ -51,6 +52,15 @@ func (ap *app) benchCmd() *cobra.Command {
 	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 		if err := cf.check(); err != nil {
 			return err
+		}
+		if *o.self {
+			// --self benches a cluster of its own: a cluster named too
+			// would silently not be the one measured.
+			for _, f := range []string{"addr", "tls-ca", "tls-cert", "auth-token", "auth-token-file"} {
+				if cmd.Flags().Changed(f) {
+					return usagef("--self starts and benches a cluster of its own: drop --%s, or drop --self to bench the cluster at --addr", f)
+				}
+			}
 		}
 		return runBench(ctx, ap.sig, cf, o)
 	})

@@ -798,6 +798,10 @@ func TestBenchSelf(t *testing.T) {
 	if code, _, errOut := cli(t, "bench", "--workload", "failover"); code != exitUsage || !strings.Contains(errOut, "--self") {
 		t.Errorf("bench --workload failover without --self: %d %q", code, errOut)
 	}
+	// --self with a cluster named: it would not be the one measured.
+	if code, _, errOut := cli(t, "bench", "--self", "--addr", "10.9.9.9:7402"); code != exitUsage || !strings.Contains(errOut, "drop --addr") {
+		t.Errorf("bench --self --addr: %d %q", code, errOut)
+	}
 }
 
 // tlsSetup is the README's TLS cluster: a CA, three node certificates and
