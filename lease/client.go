@@ -412,7 +412,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		spent int  // request ids the cluster reported spent
 		began = time.Now()
 	)
-	err := c.retry.Do(ctx, true, func(ctx context.Context) error {
+	err := c.retry.do(ctx, true, wait, func(ctx context.Context) error {
 		sent = time.Now()
 		actx, cancel := c.attemptContext(ctx, wait)
 		r, err := c.b.Acquire(actx, req)
@@ -434,6 +434,9 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	})
 	if err == nil {
 		if resp.GetGranted() {
+			if wait {
+				resp, sent = c.refreshGrant(ctx, req, resp, sent, ao.ttl)
+			}
 			return c.newLease(items, resp, sent, ao)
 		}
 		var refusal error = heldError(key, resp)
@@ -572,6 +575,34 @@ func (c *Client) settleRefusal(req *pb.AcquireRequest, began time.Time, refused 
 	return fmt.Errorf("acquire %q: %w: refused (%v), but: %v", req.GetKey(), ErrUnknownOutcome, refused, err)
 }
 
+// refreshGrant restarts the TTL of a grant that waited so long in the
+// queue that little of its validity is left. The client counts the drift
+// over the wait too (invariant client-validity), so after a wait of about
+// TTL/drift (100 TTLs at the default 1%) a Lease would be lost on
+// arrival, and its key released behind the caller. The same request id,
+// sent again without waiting, is a retry of that grant to the cluster:
+// the same token, its TTL restarted at the leader's now, no time in the
+// queue. If that fails, the first grant stands as it is.
+func (c *Client) refreshGrant(ctx context.Context, req *pb.AcquireRequest, resp *pb.AcquireResponse, sent time.Time, ttl time.Duration) (*pb.AcquireResponse, time.Time) {
+	if t := resp.GetTtl(); t != nil {
+		ttl = t.AsDuration()
+	}
+	if time.Until(c.validity(sent, resp.GetWaited().AsDuration()+ttl)) >= ttl/2 {
+		return resp, sent
+	}
+	r := proto.CloneOf(req)
+	r.Wait = false
+	again := time.Now()
+	actx, cancel := c.attemptContext(ctx, false)
+	defer cancel()
+	fresh, err := c.b.Acquire(actx, r)
+	if err != nil || !fresh.GetGranted() || fresh.GetToken() != resp.GetToken() {
+		c.log.Debug("could not restart the TTL of a grant after a long wait; it keeps what is left", "key", req.GetKey(), "err", err)
+		return resp, sent
+	}
+	return fresh, again
+}
+
 // unsupported reports whether err says the cluster predates Abandon: the
 // node asked answers Unimplemented, or it forwarded to an older leader,
 // which refused the unknown node method as invalid.
@@ -619,15 +650,16 @@ func (c *Client) newLease(items []Item, resp *pb.AcquireResponse, sent time.Time
 		ttl = t.AsDuration()
 	}
 	h := &held{
-		c:        c,
-		key:      items[0].Key,
-		items:    items,
-		token:    resp.GetToken(),
-		ttl:      ttl,
-		value:    ao.value,
-		done:     make(chan struct{}),
-		expiring: make(chan struct{}, 1),
-		lastSent: sent,
+		c:         c,
+		key:       items[0].Key,
+		items:     items,
+		token:     resp.GetToken(),
+		ttl:       ttl,
+		value:     ao.value,
+		lockDelay: ao.lockDelay,
+		done:      make(chan struct{}),
+		expiring:  make(chan struct{}, 1),
+		lastSent:  sent,
 	}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
 	h.validUntil = c.validity(sent, resp.GetWaited().AsDuration()+ttl)
@@ -673,7 +705,10 @@ func (c *Client) wake() {
 // end stops keeping h: its validity ends now (ValidUntil never again
 // returns a later time), Done closes, the context is cancelled with err,
 // and (if release: the lease was lost or dropped) the local guards open
-// and the record is deleted in the background. Release keeps the guards
+// and the record is deleted in the background, both once the validity in
+// force before has passed (a lease the cluster said it no longer holds
+// is unguarded at once by its caller; one lost with a lock-delay is not
+// deleted but left to expire into it). Release keeps the guards
 // until its own delete was answered (unguard), so that a waiter of this
 // same Client acquires the key from the cluster after it was freed, not
 // over its live record. Either way the leader queues that acquire behind
@@ -707,22 +742,29 @@ func (c *Client) end(h *held, err error, release bool) bool {
 	delete(c.held, h)
 	c.mu.Unlock()
 	if release {
-		// A lease lost or dropped frees its guards now: a release in the
-		// background may take long (a paused leader), and meanwhile a
-		// TryAcquire of this Client would be refused "held" by its own
-		// guard with the key free (a CI campaign's linearizability check
-		// caught that).
-		c.unguard(h)
+		// A lease lost with a lock-delay is not released: the leader's
+		// expiry, a little after the validity this client counted, starts
+		// the delay that protects a write still in flight from a holder
+		// that lost the lease without noticing (paused past its validity,
+		// say). A release reaching the leader before that expiry would end
+		// the holding plainly, with no delay.
+		keepDelay := errors.Is(err, ErrLeaseLost) && h.lockDelay > 0
 		started := c.background(func() {
 			// Wait until nobody can still be acting on the old validity.
-			if !ctxtime.Sleep(c.bgCtx, time.Until(wasValid)) {
+			// The guards stay closed until then too: a new acquire of this
+			// Client would replace the holding on the server at once.
+			ok := ctxtime.Sleep(c.bgCtx, time.Until(wasValid))
+			c.unguard(h)
+			if !ok || keepDelay {
 				return
 			}
 			ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
 			defer cancel()
 			c.releaseRecord(ctx, h)
 		})
-		_ = started // Close releases nothing more; the record expires by its TTL
+		if !started {
+			c.unguard(h) // Close releases nothing more; the record expires by its TTL
+		}
 	}
 	return true
 }

@@ -62,6 +62,11 @@
 // the highest write admitted and records nothing. For a set,
 // Lease.TokenFor(key) is the token to send with writes to key, and
 // CheckToken(key, token) is true while any live holding of key has it.
+// The holders of a Semaphore are like readers here: up to n hold at once,
+// each with its own token, so a resource must not Fence.Check their
+// writes (a live holder with token 8 would be refused once one with
+// token 10 had written); check each write with Client.CheckToken, or
+// give each slot a resource of its own and fence that.
 //
 // # Safety
 //

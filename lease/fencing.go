@@ -30,7 +30,9 @@ func NewFence() *Fence { return &Fence{highest: map[string]uint64{}} }
 // highest seen for key, and records it; otherwise it returns an error
 // matching ErrStaleToken. Equal tokens pass: one holder writes many times.
 // Token 0 is no lease's (what TokenFor returns for a key not held) and is
-// always refused.
+// always refused. It is for one writer at a time: Shared readers use
+// CheckRead, and Semaphore holders, several at once, are not fenced by it
+// (see the package doc).
 func (f *Fence) Check(key string, token uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -32,6 +32,9 @@ type held struct {
 	token uint64
 	ttl   time.Duration
 	value []byte
+	// lockDelay is the acquire's LockDelay: a lease lost with one is left
+	// to expire into it, never released (see Client.end).
+	lockDelay time.Duration
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -139,8 +142,13 @@ func (l *Lease) IsHealthy() bool {
 func (l *Lease) Done() <-chan struct{} { return l.h.done }
 
 // Context returns a context cancelled when the lease ends; its cause is
-// Err. Run the work the lease protects under it.
-func (l *Lease) Context() context.Context { return l.h.ctx }
+// Err. Run the work the lease protects under it. The context keeps the
+// Lease reachable: work that holds only the context is not cut short by
+// the release of a dropped Lease.
+func (l *Lease) Context() context.Context { return context.WithValue(l.h.ctx, leaseKey{}, l) }
+
+// leaseKey is the context key under which Context keeps its Lease.
+type leaseKey struct{}
 
 // Expiring receives a value each time the remaining validity falls below
 // the client's expiring threshold (default TTL/3) without a successful
@@ -250,6 +258,7 @@ func (c *Client) run() {
 	results := make(chan extendOutcome, 1)
 	inFlight := false
 	var retryAt time.Time // after a failed extend: not before this
+	var lastErr error     // of the latest extend, if it failed
 	bo := c.backoff()
 	for {
 		now := time.Now()
@@ -269,7 +278,7 @@ func (c *Client) run() {
 			// closed by ValidUntil despite timer latency.
 			endAt := valid.Add(-lossGuard(h.ttl))
 			if !now.Before(endAt) {
-				c.end(h, ErrLeaseLost, true)
+				c.end(h, lostErr(lastErr), true)
 				continue
 			}
 			next = earlier(next, endAt)
@@ -328,6 +337,7 @@ func (c *Client) run() {
 		case <-timer.C:
 		case out := <-results:
 			inFlight = false
+			lastErr = out.err
 			if out.err != nil {
 				retryAt = time.Now().Add(bo.next())
 				c.log.Debug("extend failed; retrying", "leases", len(out.leases), "err", out.err)
@@ -343,6 +353,15 @@ func (c *Client) run() {
 			}
 		}
 	}
+}
+
+// lostErr is the error of a lease whose validity ran out: ErrLeaseLost,
+// with the last extend's failure if there was one.
+func lostErr(last error) error {
+	if last == nil {
+		return fmt.Errorf("%w: no extend succeeded before its validity ended", ErrLeaseLost)
+	}
+	return fmt.Errorf("%w: no extend succeeded before its validity ended (last: %v)", ErrLeaseLost, last)
 }
 
 // lossGuard is how long before ValidUntil a lease is declared lost, to
@@ -425,7 +444,8 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			}
 			h := chunk[i]
 			if !r.GetOk() {
-				c.end(h, ErrLeaseLost, true)
+				c.end(h, fmt.Errorf("%w: the cluster says %q is no longer held with token %d (it expired, or was released or taken over)", ErrLeaseLost, h.key, h.token), true)
+				c.unguard(h) // the cluster holds no record of it: nothing for a new acquire to replace
 				continue
 			}
 			valid := c.validity(sent, h.ttl)

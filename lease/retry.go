@@ -94,6 +94,17 @@ func classifyAttempt(err error) attemptKind {
 // an unknown outcome may be repeated; if not, Do returns at once with an
 // error matching ErrUnknownOutcome.
 func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Context) error) error {
+	return p.do(ctx, idempotent, false, f)
+}
+
+// do is Do; waits says that an attempt may wait at the leader (a waiting
+// acquire queued for a held key) for as long as its context allows. Such
+// an attempt that fails after it waited longer than the back-off (a leader
+// change cut the wait short) was not a run of failures: the streak that
+// the retry timeout bounds starts when it failed, not when it began.
+// Otherwise a wait longer than the retry timeout gave up at the first
+// leader change, whatever the caller's context allowed.
+func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(context.Context) error) error {
 	p = p.withDefaults()
 	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
 	var streak time.Time // start of the current run of failures
@@ -116,7 +127,12 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 			return unknownErr(err)
 		}
 		sawUnknown = sawUnknown || kind == unknown
-		if streak.IsZero() {
+		if waits && time.Since(began) >= bo.cur {
+			streak = time.Now()
+			if !explained(err) {
+				answer = nil
+			}
+		} else if streak.IsZero() {
 			streak = began
 		}
 		giveUp := func(cause error) error {

@@ -43,3 +43,30 @@ func TestGiveUpLeadsWithANodesAnswer(t *testing.T) {
 		t.Errorf("the last attempt's error is not kept: %v", err)
 	}
 }
+
+// A waiting acquire's attempt lasts as long as it waits at the leader: one
+// that waited longer than the retry timeout and was cut short by a leader
+// change is retried, not given up on as if it had been failing all along
+// (the streak the timeout bounds starts when it failed). An attempt that
+// does not wait keeps the old rule: its time counts.
+func TestLongWaitCutShortIsRetried(t *testing.T) {
+	p := RetryPolicy{Timeout: 100 * time.Millisecond, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	cut := nodeAnswer{"no leader: the leader changed while the request waited"}
+	for _, waits := range []bool{true, false} {
+		tries := 0
+		err := p.do(context.Background(), true, waits, func(ctx context.Context) error {
+			tries++
+			if tries == 1 {
+				<-time.After(3 * p.Timeout) // the attempt under test: a long wait, then a leader change
+				return cut
+			}
+			return nil
+		})
+		switch {
+		case waits && (err != nil || tries != 2):
+			t.Errorf("a wait of 3 retry timeouts cut short: %d tries, %v; want it retried", tries, err)
+		case !waits && (err == nil || tries != 1):
+			t.Errorf("an attempt that failed for 3 retry timeouts: %d tries, %v; want a give-up", tries, err)
+		}
+	}
+}

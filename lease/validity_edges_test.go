@@ -1,0 +1,208 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node/nodetest"
+)
+
+// Invariant client-validity, through the Client's own next acquire: a
+// Lease dropped without Release keeps its key for the validity read from
+// it, against other clients (TestDroppedLeaseKeepsItsValidity) and against
+// its own Client too. The same holder's new acquire would replace the live
+// holding on the server at once, and the release of that new Lease would
+// hand the key to another client while code that read the dropped Lease's
+// ValidUntil may still act on it.
+func TestDroppedLeaseGuardsItsValidity(t *testing.T) {
+	n, cl := soloClient(t)
+	other, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	validUntil := func() time.Time {
+		l, err := cl.Acquire(ctxT(t, 5*time.Second), "dropped/own", lease.TTL(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.ValidUntil()
+	}()
+	l2 := reacquire(t, cl, "dropped/own", validUntil)
+	if left := time.Until(validUntil); left > 0 {
+		t.Errorf("its own Client was granted the key again (token %d) with %v left of the validity read from the dropped Lease",
+			l2.Token(), left.Round(time.Millisecond))
+	}
+	if err := l2.Release(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	l3, err := other.TryAcquire(ctxT(t, 5*time.Second), "dropped/own")
+	if err != nil || l3 == nil {
+		t.Fatalf("another client after the release: %v %v", l3, err)
+	}
+	defer l3.Release(context.Background())
+	if left := time.Until(validUntil); left > 0 {
+		t.Errorf("another client was granted the key with %v left of the validity read from the dropped Lease", left.Round(time.Millisecond))
+	}
+}
+
+// The same for a lease declared lost (its extends failed): it is declared
+// lost a little before its ValidUntil (lossGuard), and a value read before
+// the loss stays true, for this Client's next acquire too.
+func TestLostLeaseGuardsItsValidity(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	cb := &cutExtends{Backend: n}
+	a, err := lease.New(cb, lease.WithTTL(time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/own")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb.cut.Store(true)
+	read := la.ValidUntil()
+	select {
+	case <-la.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease was never declared lost")
+	}
+	if !errors.Is(la.Err(), lease.ErrLeaseLost) || !strings.Contains(la.Err().Error(), "no extend succeeded") {
+		t.Errorf("Err %v: want ErrLeaseLost saying why", la.Err())
+	}
+	la2 := reacquire(t, a, "lost/own", read)
+	defer la2.Release(context.Background())
+	if left := time.Until(read); left > 0 {
+		t.Errorf("its own Client was granted the key again %v before the ValidUntil read before the loss", left.Round(time.Millisecond))
+	}
+}
+
+// reacquire tries key with cl until granted (collecting garbage between
+// tries, so that a dropped Lease's cleanup runs), giving up 5 s after
+// validUntil.
+func reacquire(t *testing.T, cl *lease.Client, key string, validUntil time.Time) *lease.Lease {
+	t.Helper()
+	for time.Now().Before(validUntil.Add(5 * time.Second)) {
+		runtime.GC()
+		l, err := cl.TryAcquire(ctxT(t, 5*time.Second), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l != nil {
+			return l
+		}
+		time.Sleep(10 * time.Millisecond) // poll
+	}
+	t.Fatalf("%s: never granted again", key)
+	return nil
+}
+
+// LockDelay protects the writes of a holder that lost its lease without
+// noticing. A client that declares its lease lost (its extends failed)
+// leaves it to expire at the leader into its lock-delay: a release, which
+// would reach the leader before that expiry, would end it plainly and
+// free the key at once.
+func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	cb := &cutExtends{Backend: n}
+	a, err := lease.New(cb, lease.WithTTL(time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	b, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	const delay = 2 * time.Second
+	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/delay", lease.LockDelay(delay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb.cut.Store(true)
+	lostAt := la.ValidUntil()
+	select {
+	case <-la.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease was never declared lost")
+	}
+	if !errors.Is(la.Err(), lease.ErrLeaseLost) { // (and la stays reachable: not a dropped Lease)
+		t.Fatalf("Err %v, want ErrLeaseLost", la.Err())
+	}
+	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), "lost/delay", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Release(context.Background())
+	// The leader's expiry is no earlier than A's validity; the delay follows.
+	if gap := time.Since(lostAt); gap < delay {
+		t.Errorf("B was granted %v after A's validity ended: the lock-delay of %v was skipped", gap.Round(time.Millisecond), delay)
+	}
+}
+
+// A grant that waited W in the leader's queue is valid for
+// sent + (W + TTL)(1 - drift): the drift is counted over the wait too, so
+// after a wait of about TTL/drift the grant would arrive with no validity
+// left (at the default 1%, 100 TTLs: 17 minutes for a 10 s TTL). Acquire
+// restarts such a grant's TTL (the same request id, sent again without
+// waiting) and returns a Lease with its full validity. Here a drift bound
+// of 40% makes a wait of 3 TTLs long enough.
+func TestLongWaitGrantArrivesHealthy(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	const ttl = 300 * time.Millisecond
+	a, err := lease.New(n, lease.WithTTL(ttl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	b, err := lease.New(n, lease.WithTTL(ttl), lease.WithDriftBound(0.4), lease.WithExpiringThreshold(ttl/10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	la, err := a.Acquire(ctxT(t, 5*time.Second), "long/wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := time.AfterFunc(3*ttl, func() { la.Release(context.Background()) }) // the wait under test
+	defer release.Stop()
+	lb, err := b.Acquire(ctxT(t, 30*time.Second), "long/wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Release(context.Background())
+	if left := time.Until(lb.ValidUntil()); !lb.IsHealthy() || left < ttl/4 {
+		t.Errorf("after a wait of 3 TTLs Acquire returned a lease with %v of validity left (healthy %v, err %v)",
+			left.Round(time.Millisecond), lb.IsHealthy(), lb.Err())
+	}
+}
+
+// Work run under a Lease's Context, with only the context kept, is not
+// cut short by the cleanup of the dropped Lease: the context keeps the
+// Lease reachable.
+func TestContextKeepsItsLease(t *testing.T) {
+	_, cl := soloClient(t)
+	ctx := func() context.Context {
+		l, err := cl.Acquire(ctxT(t, 5*time.Second), "ctx/only", lease.TTL(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Context()
+	}()
+	for range 5 {
+		runtime.GC()
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the work's context was cancelled (%v) by the cleanup of a Lease it came from", context.Cause(ctx))
+	}
+}
