@@ -14,7 +14,9 @@
 // at scrape time; counters of events (grants, releases, expiries, extends)
 // are counted by Run from the node's own change feed, so every node of a
 // cluster reports the same totals for the entries it applied since it
-// started. Leader changes are counted from Raft's observations. Client API
+// started. Leader changes are counted from Raft's observations, and
+// refusals at the trust boundary (leasenode_refusals_total, by port and
+// reason) by the node itself (node.Node.Refusals). Client API
 // latency (leasenode_api_request_duration_seconds, by method) is measured
 // by Middleware, which the node wraps around its API handlers.
 //
@@ -74,7 +76,7 @@ type Metrics struct {
 
 	descLeases, descDelayed, descWaiters, descState, descServing,
 	descTerm, descEpoch, descCommit, descApplied, descLast, descLag,
-	descLastContact, descMembers *prometheus.Desc
+	descLastContact, descMembers, descRefusals *prometheus.Desc
 
 	runOnce sync.Once
 }
@@ -122,6 +124,8 @@ func New(opts Options) *Metrics {
 		descLag:         desc("apply_lag_entries", "Committed entries not yet applied on this node (commit - applied)."),
 		descLastContact: desc("raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader)."),
 		descMembers:     desc("members", "Nodes known to gossip, by status and Raft role.", "status", "role"),
+		descRefusals: desc("refusals_total", "Connections, streams, packets and requests this node refused at its trust boundary since it started, by port (node, gossip, api) and reason (node.Node.Refusals).",
+			"port", "reason"),
 	}
 	m.reg = prometheus.NewRegistry()
 	m.reg.MustRegister(m, BuildInfoCollector())
@@ -157,7 +161,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.leaderChanges.Describe(ch)
 	m.requests.Describe(ch)
 	for _, d := range []*prometheus.Desc{m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
-		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers} {
+		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals} {
 		ch <- d
 	}
 }
@@ -183,6 +187,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.descLeases, float64(st.Held))
 	gauge(m.descDelayed, float64(st.Delayed))
 	gauge(m.descEpoch, float64(st.Epoch))
+	for _, r := range n.Refusals() {
+		ch <- prometheus.MustNewConstMetric(m.descRefusals, prometheus.CounterValue, float64(r.Count), r.Port, r.Reason)
+	}
 	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
 		gauge(m.descWaiters, float64(s.GetWaiters()))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -197,4 +198,42 @@ func TestRequestLabelsAreBounded(t *testing.T) {
 	if len(series) != 3 {
 		t.Errorf("%d series, want 3: %v", len(series), series)
 	}
+}
+
+// Refusals at the trust boundary are one counter family, by port and
+// reason: plain TCP on the node port (nodetest's nodes have a cluster
+// key) shows in a scrape, and every port's reasons are there from the
+// start, at zero.
+func TestRefusalsExported(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.HTTPHandlers = m.Handlers()
+	}})
+	m.Attach(c.Node(0))
+	conn, err := net.Dial("tcp", c.Config(0).BindAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte{0xff}); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		t.Fatalf("the node port did not close a plain TCP connection: %v", err)
+	}
+	addr := c.Config(0).APIAddr
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		code, body := get(t, addr, "/metrics")
+		for _, want := range []string{"# TYPE leasenode_refusals_total counter",
+			`leasenode_refusals_total{port="node",reason="plain_tcp"} 1`,
+			`leasenode_refusals_total{port="node",reason="tls_handshake"} 0`,
+			`leasenode_refusals_total{port="gossip",reason="undecodable"} 0`,
+			`leasenode_refusals_total{port="api",reason="auth_timeout"} 0`} {
+			if code != 200 || !strings.Contains(body, want) {
+				return fmt.Errorf("/metrics: %d, no %q in\n%s", code, want, body)
+			}
+		}
+		return nil
+	})
 }

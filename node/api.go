@@ -56,7 +56,7 @@ func (n *Node) startAPI() error {
 	if n.cfg.AuthToken != "" {
 		conns.authBy = conns.first // a client sends its first request at once
 	}
-	n.apiLn = conns
+	n.apiLn, n.apiConn = conns, conns
 	n.api = &http.Server{
 		Handler:           n.noteToken(unreadBodies(mux)),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),

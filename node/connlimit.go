@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,6 +56,11 @@ type connLimiter struct {
 	lastAuthWarn time.Time
 	unauthSlow   int // closed for no authenticated request within authBy, since the last warning
 	unauthRefuse int // closed after maxRefused refusals, since then
+
+	// Connections closed since the start (Node.Refusals): to admit a
+	// new one at max, for no authenticated request within authBy, and
+	// after maxRefused refusals.
+	closedMax, closedAuthSlow, closedAuthRefused atomic.Uint64
 }
 
 // maxRefused is how many requests without the auth token a connection
@@ -153,6 +159,7 @@ func (c *limitedConn) refusedAuth() bool {
 		return false
 	}
 	l.unauthRefuse++
+	l.closedAuthRefused.Add(1)
 	l.warnAuthLocked()
 	return true
 }
@@ -174,6 +181,7 @@ func (c *limitedConn) authExpired() {
 		return
 	}
 	l.unauthSlow++
+	l.closedAuthSlow.Add(1)
 	l.warnAuthLocked()
 	l.mu.Unlock()
 	c.Close()
@@ -210,6 +218,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 				victim.authTimer.Stop()
 			}
 			l.admitLocked(c)
+			l.closedMax.Add(1)
 			if victim.fresh {
 				l.silent++
 				l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")

@@ -64,8 +64,9 @@ type watchHub struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	closed   bool
-	last     uint64       // the highest index published
-	bytes    atomic.Int64 // the events some watcher still holds, each counted once
+	last     uint64        // the highest index published
+	bytes    atomic.Int64  // the events some watcher still holds, each counted once
+	refused  atomic.Uint64 // watches refused at their limit (Limits.MaxWatches)
 }
 
 // watcher buffers events for one Watch call; a goroutine moves them to the
@@ -127,6 +128,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 	}
 	if len(h.watchers) >= max {
 		h.mu.Unlock()
+		h.refused.Add(1)
 		return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 	}
 	h.watchers[w] = struct{}{}

@@ -867,6 +867,9 @@ func TestWatchesAreBounded(t *testing.T) {
 	if _, err := l.Watch(ctx, &pb.WatchRequest{}); !errors.Is(err, node.ErrTooManyWatches) {
 		t.Fatalf("in-process watch past the limit: %v, want ErrTooManyWatches", err)
 	}
+	if n := refusals(t, l, node.PortAPI, "max_watches"); n != 2 {
+		t.Fatalf("refusals for max_watches: %d, want 2", n)
+	}
 	t.Logf("refused: %v", err)
 	cancels[0]() // one ends: its place is free once the node sees it go
 	nodetest.Eventually(t, 10*time.Second, func() error {
@@ -1034,6 +1037,9 @@ func TestUnauthenticatedConnectionsAreClosed(t *testing.T) {
 		if err := closedByNode(conn); err != nil {
 			t.Fatal(err)
 		}
+		if n := refusals(t, l, node.PortAPI, "auth_timeout"); n != 1 {
+			t.Errorf("refusals for auth_timeout: %d, want 1", n)
+		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("a connection sending only PINGs was closed after %v, want about 2 s", d)
 		} else {
@@ -1095,6 +1101,9 @@ func TestUnauthenticatedConnectionsAreClosed(t *testing.T) {
 			t.Fatalf("20 requests with a wrong token (%d answered 401) went on %d connection(s), want it closed after 16", refused, n)
 		}
 		t.Logf("20 requests with a wrong token: %d answered 401, on %d connections", refused, cl.conns.Load())
+		if n := refusals(t, l, node.PortAPI, "auth_refused"); n != 1 {
+			t.Errorf("refusals for auth_refused: %d, want 1", n)
+		}
 	})
 
 	t.Run("token", func(t *testing.T) {

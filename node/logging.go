@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -219,6 +220,14 @@ func stdlogFor(l *slog.Logger, name string) *log.Logger {
 	return log.New(&levelWriter{l: l.With("component", name), limit: loglimit.New()}, "", 0)
 }
 
+// memberlistLog is stdlogFor(l, "memberlist") that also counts in
+// foreign every warning or error about a packet or stream not made with
+// this cluster's gossip key (gossipForeign), logged or not: memberlist
+// reports those nowhere else.
+func memberlistLog(l *slog.Logger, foreign *atomic.Uint64) *log.Logger {
+	return log.New(&levelWriter{l: l.With("component", "memberlist"), limit: loglimit.New(), foreign: foreign}, "", 0)
+}
+
 // httpErrorLog returns the *log.Logger for an http.Server's ErrorLog,
 // writing into l as component name. Its lines, which have no level and
 // are logged at Info, are limited like warnings: net/http logs one per
@@ -236,7 +245,8 @@ func httpErrorLog(l *slog.Logger, name string) *log.Logger {
 type levelWriter struct {
 	l        *slog.Logger
 	limit    *loglimit.Limiter
-	limitAll bool // limit lines of every level, not only warnings and errors
+	limitAll bool           // limit lines of every level, not only warnings and errors
+	foreign  *atomic.Uint64 // if set, counts the gossipForeign warnings and errors
 }
 
 var linePrefixes = []struct {
@@ -261,6 +271,9 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		}
 		// memberlist names the component itself: "memberlist: msg".
 		msg = strings.TrimPrefix(msg, "memberlist: ")
+		if w.foreign != nil && level >= slog.LevelWarn && gossipForeign(msg) != "" {
+			w.foreign.Add(1)
+		}
 		var attrs []any
 		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll) {
 			ok, skipped := w.limit.Allow(lineKind(msg))

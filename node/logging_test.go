@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -129,10 +130,11 @@ func TestJoinHint(t *testing.T) {
 
 // A stream from a node with another key: memberlist's ERROR line gets the
 // hint, once per loglimit.Every, and another receive failure does not
-// hide it.
+// hide it; every one is counted, logged or not.
 func TestGossipKeyMismatchHinted(t *testing.T) {
 	var buf bytes.Buffer
-	l := stdlogFor(slog.New(slog.NewTextHandler(&buf, nil)), "memberlist")
+	var foreign atomic.Uint64
+	l := memberlistLog(slog.New(slog.NewTextHandler(&buf, nil)), &foreign)
 	l.Print("[ERR] memberlist: failed to receive: EOF from=127.0.0.1:40000")
 	for i := range 100 {
 		l.Printf("[ERR] memberlist: failed to receive: no installed keys could decrypt the message from=127.0.0.1:%d", 40000+i)
@@ -143,6 +145,9 @@ func TestGossipKeyMismatchHinted(t *testing.T) {
 	}
 	if !strings.Contains(out, "another cluster key") {
 		t.Fatalf("no hint:\n%s", out)
+	}
+	if n := foreign.Load(); n != 100 {
+		t.Fatalf("%d undecodable streams counted, want 100", n)
 	}
 }
 

@@ -63,8 +63,11 @@ type Node struct {
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
 	gossipNet *gossipTransport // bounds inbound gossip streams (gossipconn.go)
-	members   *memberTable
-	rejoining atomic.Bool // a rejoin attempt is running
+	// gossipUndecodable counts the gossip packets and streams memberlist
+	// could not decrypt or decode (memberlistLog): another key, or none.
+	gossipUndecodable atomic.Uint64
+	members           *memberTable
+	rejoining         atomic.Bool // a rejoin attempt is running
 	// gossipSelf is this node's gossip address, bound and advertised
 	// (ports resolved), which seeds leaves out of Join.
 	gossipSelf []string
@@ -85,7 +88,8 @@ type Node struct {
 
 	api     *http.Server
 	apiLn   net.Listener
-	apiAddr string // advertised client API address ("" if none)
+	apiConn *connLimiter // under apiLn; nil without an API
+	apiAddr string       // advertised client API address ("" if none)
 
 	// lead is non-nil while this node is the leader and its Promote has
 	// applied; every leader-only operation reads it once and uses that

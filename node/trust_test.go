@@ -532,4 +532,7 @@ func TestWrongClusterKeyIsNamed(t *testing.T) {
 		t.Fatalf("the node joined itself: %s", got[0])
 	}
 	alogs.waitFor(t, 10*time.Second, "no installed keys could decrypt", "another cluster key")
+	if n := refusals(t, a.Node(0), node.PortGossip, "undecodable") + refusals(t, a.Node(1), node.PortGossip, "undecodable"); n == 0 {
+		t.Fatal("the cluster's nodes counted no undecodable gossip")
+	}
 }

@@ -64,8 +64,9 @@ type MuxConfig struct {
 // anyone who reaches the port can open connections by the thousand (plain
 // TCP garbage made 112,000 lines, 40 MB, in 20 s). One whose first byte
 // starts an HTTP method is a client at the wrong port: it is answered with
-// a short HTTP 421 saying so first (answerHTTP, bounded). Sub-listeners
-// hand out connections whose PeerOf is the dialer's node.
+// a short HTTP 421 saying so first (answerHTTP, bounded). Every refusal,
+// logged or not, is counted by reason (Refusals). Sub-listeners hand out
+// connections whose PeerOf is the dialer's node.
 //
 // Lifecycle: NewMux, Listen for each protocol, Serve (blocks), Close.
 // Goroutines: the caller's Serve loop, and one short-lived goroutine per
@@ -79,6 +80,7 @@ type Mux struct {
 	handshakeTimeout time.Duration
 	done             chan struct{}     // closed by Close
 	limit            *loglimit.Limiter // of the refusals' warnings
+	refusals         muxRefusals       // by reason, since NewMux (Refusals)
 
 	mu      sync.Mutex
 	closed  bool
@@ -198,6 +200,7 @@ func (m *Mux) Serve() error {
 				}
 			}
 			delete(m.pending, victim)
+			m.refusals[refusedMaxPending].Add(1)
 			_ = victim.Close()
 			m.refused++
 			if time.Since(m.lastWarn) >= time.Minute {
@@ -285,12 +288,14 @@ func (m *Mux) handle(raw net.Conn) {
 		var first [1]byte
 		if _, err := io.ReadFull(raw, first[:]); err != nil {
 			if !m.isClosed() {
+				m.timedOut(err)
 				log.Debug("no TLS handshake; closing connection", "error", err)
 			}
 			m.forget(raw)
 			return
 		}
 		if first[0] != tlsRecordHandshake {
+			m.refuse(refusedPlainTCP, first[0])
 			m.warn(log, "refused a node-port connection: plain TCP, but the node port is mutual TLS: a node needs the cluster key or a node certificate from the cluster's CA"+looksLike(first[0]), "first_byte", first[0])
 			m.answerHTTP(raw, first[0])
 			m.forget(raw)
@@ -299,6 +304,7 @@ func (m *Mux) handle(raw net.Conn) {
 		tc := tls.Server(&replayConn{Conn: raw, first: first[0], pending: true}, m.tls)
 		if err := tc.Handshake(); err != nil {
 			if !m.isClosed() {
+				m.refusals[refusedTLSHandshake].Add(1)
 				m.warn(log, "refused a node-port connection: TLS handshake failed: a node needs the cluster key or a node certificate (node role) from the cluster's CA", "error", err)
 			}
 			m.forget(raw)
@@ -309,6 +315,7 @@ func (m *Mux) handle(raw net.Conn) {
 	var b [1]byte
 	if _, err := io.ReadFull(conn, b[:]); err != nil {
 		if !m.isClosed() {
+			m.timedOut(err)
 			log.Debug("no protocol byte; closing connection", "error", err)
 		}
 		m.forget(raw)
@@ -318,6 +325,7 @@ func (m *Mux) handle(raw net.Conn) {
 	l := m.subs[b[0]]
 	m.mu.Unlock()
 	if l == nil {
+		m.refuse(refusedUnknownProtocol, b[0])
 		m.warn(log, "unknown protocol byte; closing connection"+looksLike(b[0]), "proto", b[0])
 		m.answerHTTP(raw, b[0])
 		m.forget(raw)
@@ -328,12 +336,15 @@ func (m *Mux) handle(raw net.Conn) {
 		switch {
 		case m.isClosed():
 		case refused:
+			m.refusals[refusedHello].Add(1)
 			// The judge (MuxConfig.Hello.Check) logs its refusals as
 			// loudly as they deserve, once per peer.
 			log.Debug("refused in hello; closing connection", "peer", peer.ID, "peer_cluster", peer.ClusterID, "reason", err)
 		case errors.Is(err, errProtocol):
+			m.refusals[refusedBadHello].Add(1)
 			m.warn(log, "bad hello; closing connection", "error", err)
 		default:
+			m.timedOut(err)
 			log.Debug("no hello; closing connection", "error", err)
 		}
 		m.forget(raw)
@@ -362,6 +373,24 @@ func (m *Mux) handle(raw net.Conn) {
 		m.forget(raw)
 	case <-m.done:
 		m.forget(raw)
+	}
+}
+
+// refuse counts a connection refused for reason, whose first byte was
+// first: as refusedHTTPClient instead if that byte starts an HTTP method.
+func (m *Mux) refuse(reason muxRefusal, first byte) {
+	if looksHTTP(first) {
+		reason = refusedHTTPClient
+	}
+	m.refusals[reason].Add(1)
+}
+
+// timedOut counts a connection closed because err, from reading its
+// handshake, is the handshake timeout's.
+func (m *Mux) timedOut(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		m.refusals[refusedHandshakeTimeout].Add(1)
 	}
 }
 

@@ -188,7 +188,8 @@ func TestMuxUnknownByteClosedOthersUnaffected(t *testing.T) {
 	exchange(t, good, s, "still works")
 }
 
-// A connection that sends nothing is closed after HandshakeTimeout.
+// A connection that sends nothing is closed after HandshakeTimeout, and
+// counted as refused for it.
 func TestMuxHandshakeTimeout(t *testing.T) {
 	leakCheck(t)
 	m, _ := startMux(t, MuxConfig{HandshakeTimeout: 50 * time.Millisecond}, ProtoRaft)
@@ -198,6 +199,9 @@ func TestMuxHandshakeTimeout(t *testing.T) {
 	}
 	defer silent.Close()
 	expectClosedByPeer(t, silent)
+	if n := m.refusals[refusedHandshakeTimeout].Load(); n != 1 {
+		t.Fatalf("refusals for handshake_timeout: %d, want 1", n)
+	}
 }
 
 // Close ends Serve with nil, makes Accept return net.ErrClosed, closes
@@ -382,6 +386,9 @@ func TestMuxBoundsPendingConnections(t *testing.T) {
 	m.mu.Unlock()
 	if n > MaxPending {
 		t.Fatalf("%d connections pending, bound %d", n, MaxPending)
+	}
+	if n := m.refusals[refusedMaxPending].Load(); n != 1 {
+		t.Fatalf("refusals for max_pending: %d, want 1 (the connection closed to make room)", n)
 	}
 }
 

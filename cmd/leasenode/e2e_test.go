@@ -371,7 +371,8 @@ func TestAgentAndClientCommands(t *testing.T) {
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		code, body := httpGet(agents[1].api, "/metrics")
 		for _, want := range []string{"leasenode_grants_total 2", "leasenode_releases_total 2", `leasenode_raft_state{state="Follower"}`,
-			"leasenode_raft_applied_index", "leasenode_apply_lag_entries", "leasenode_leader_changes_total", "leasenode_leases 0", "go_goroutines"} {
+			"leasenode_raft_applied_index", "leasenode_apply_lag_entries", "leasenode_leader_changes_total", "leasenode_leases 0", "go_goroutines",
+			`leasenode_refusals_total{port="node",reason="tls_handshake"}`} {
 			if code != 200 || !strings.Contains(body, want) {
 				return fmt.Errorf("/metrics: %d, no %q", code, want)
 			}

@@ -1,0 +1,59 @@
+package node
+
+import "github.com/leasenode/leasenode/transport"
+
+// Ports of Refusals besides the node port (transport.PortNode).
+const (
+	// PortGossip is the Port of gossip's refusals.
+	PortGossip = "gossip"
+	// PortAPI is the Port of the client API's refusals.
+	PortAPI = "api"
+)
+
+// Refusals returns how many connections, streams, packets and requests
+// this node has refused at its trust boundary since it started, by port
+// and reason: one transport.Refusal for every reason, zeros included, in
+// a fixed order (the metrics package exports them as
+// leasenode_refusals_total). Each kind is also logged, once per 10 s or
+// per minute; these count every one.
+//
+// The node port's are the Mux's (transport.Mux.Refusals). Gossip's:
+//
+//   - max_streams: inbound streams closed at gossip_max_streams or
+//     gossip_max_streams_per_ip, new ones and older ones closed to make
+//     room for them;
+//   - too_long: streams that read, or declared, more than
+//     gossip_stream_max_bytes;
+//   - undecodable: packets and streams memberlist could not decrypt or
+//     decode, as its log reports them: another cluster key, none where
+//     this cluster has one (or one where it has none), or not leasenode's.
+//
+// The client API's:
+//
+//   - auth_timeout: connections closed for making no request with the
+//     auth token within their first-request timeout (2 s by default);
+//   - auth_refused: connections closed after 16 requests refused for
+//     the lack of it;
+//   - max_conns: idle or silent connections closed to admit a new one at
+//     Limits.MaxConns;
+//   - max_watches: Watch calls refused at Limits.MaxWatches.
+//
+// Single requests refused for the auth token (401), size (413) or
+// Content-Type (415) are not here: the metrics package counts them by
+// status code.
+func (n *Node) Refusals() []transport.Refusal {
+	g := n.gossipNet
+	var authSlow, authRefused, maxConns uint64 // zeros without an API
+	if c := n.apiConn; c != nil {
+		authSlow, authRefused, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedMax.Load()
+	}
+	return append(n.mux.Refusals(),
+		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
+		transport.Refusal{Port: PortGossip, Reason: "too_long", Count: uint64(g.tooLong.Load())},
+		transport.Refusal{Port: PortGossip, Reason: "undecodable", Count: n.gossipUndecodable.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
+		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
+		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
+		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
+	)
+}
