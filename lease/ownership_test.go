@@ -210,6 +210,12 @@ func TestNodePortIsNotAnAPI(t *testing.T) {
 	if !errors.Is(err, lease.ErrWrongPort) || time.Since(start) > 5*time.Second {
 		t.Fatalf("Dial of a node port: %v after %v, want ErrWrongPort at once", err, time.Since(start))
 	}
+	// The gossip port says so too.
+	start = time.Now()
+	_, err = lease.Dial(ctxT(t, 30*time.Second), []string{c.Config(0).GossipAddr})
+	if !errors.Is(err, lease.ErrWrongPort) || !strings.Contains(err.Error(), "gossip port") || time.Since(start) > 5*time.Second {
+		t.Fatalf("Dial of a gossip port: %v after %v, want ErrWrongPort naming the gossip port at once", err, time.Since(start))
+	}
 	// With the API address among them, the call goes on to it.
 	cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{c.Config(0).AdvertiseAddr, c.Node(0).APIAddr()})
 	if err != nil {

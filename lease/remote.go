@@ -242,7 +242,7 @@ func call[Req, Resp any, PResp interface {
 			r.learn(PResp(resp.Msg).GetHeader())
 			return resp.Msg, nil
 		}
-		if p := TLSProblemOf(err, r.scheme == "https://"); p != 0 || nodePort(err) {
+		if p, port := TLSProblemOf(err, r.scheme == "https://"), wrongPort(err); p != 0 || port != "" {
 			// Final only if every address says so: one node still on
 			// the old setup (a rolling switch to TLS) must not stop the
 			// call from reaching the others.
@@ -250,7 +250,7 @@ func call[Req, Resp any, PResp interface {
 				setupErr = &TLSSetupError{Addr: addr, Problem: p, Err: err}
 				lastErr = fmt.Errorf("%s: %s (%v)", addr, p.hint(), err) // retryable while other addresses may answer
 			} else {
-				setupErr = fmt.Errorf("%w: %s is a node port (Raft and node RPC), not the client API: give the agents' --api addresses", ErrWrongPort, addr)
+				setupErr = fmt.Errorf("%w: %s is a %s, not the client API: give the agents' --api addresses", ErrWrongPort, addr, port)
 				lastErr = setupErr
 			}
 			r.forget(addr)
@@ -302,11 +302,21 @@ func call[Req, Resp any, PResp interface {
 	return nil, &noLeaderError{err: lastErr}
 }
 
-// nodePort reports whether err is a node port's answer to an HTTP request
-// (it marks it Leasenode-Port: node): the address is not a client API.
-func nodePort(err error) bool {
+// wrongPort says which port of an agent answered an HTTP request if err
+// is its wrong-port answer (marked Leasenode-Port: node or gossip), and
+// returns "" otherwise: the address is not a client API.
+func wrongPort(err error) string {
 	var ce *connect.Error
-	return errors.As(err, &ce) && ce.Meta().Get("Leasenode-Port") == "node"
+	if !errors.As(err, &ce) {
+		return ""
+	}
+	switch ce.Meta().Get("Leasenode-Port") {
+	case "node":
+		return "node port (Raft and node RPC)"
+	case "gossip":
+		return "gossip port"
+	}
+	return ""
 }
 
 // TLSProblemOf says how err, from a request to a node made with TLS

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // Bounds on the inbound TCP streams of the gossip port.
@@ -78,6 +79,10 @@ const (
 	gossipFirstBytesTimeout = 2 * time.Second
 )
 
+// errGossipHTTP is what the read of a stream that starts like an HTTP
+// request returns, after the client was answered.
+var errGossipHTTP = errors.New("an HTTP client on the gossip port (answered that this is not the client API)")
+
 // errGossipStreamTooLong is what a read past gossipStreamMaxBytes returns.
 var errGossipStreamTooLong = fmt.Errorf("gossip stream longer than leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", gossipStreamMaxBytes)
 
@@ -129,8 +134,9 @@ const gossipEncryptMsg = 10
 // TestGossipStreamLimits.
 type gossipTransport struct {
 	*memberlist.NetTransport
-	log   *slog.Logger
-	limit *loglimit.Limiter
+	log       *slog.Logger
+	limit     *loglimit.Limiter
+	wrongPort *transport.WrongPort // answers HTTP clients
 
 	streams   chan net.Conn // what memberlist reads (StreamCh)
 	closing   chan struct{} // closed when Shutdown starts
@@ -172,7 +178,8 @@ func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logg
 		*port = inner.GetAutoBindPort()
 	}
 	t := &gossipTransport{NetTransport: inner, log: l, limit: loglimit.New(),
-		streams: make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
+		wrongPort: transport.NewWrongPort(PortGossip, "a leasenode gossip port (memberlist)"),
+		streams:   make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
 		open: map[*boundedConn]struct{}{}, perIP: map[string]int{}}
 	t.wg.Add(1)
 	go t.admit()
@@ -364,6 +371,13 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	c.left -= int64(n)
 	var declared int64 = -1
+	if c.hdrN == 0 && n > 0 && transport.LooksHTTP(p[0]) {
+		// A client pointed at the gossip port instead of the API: tell
+		// it so (no memberlist message type is a letter).
+		c.mu.Unlock()
+		c.t.wrongPort.Answer(c.Conn, p[0], c.t.closing)
+		return 0, errGossipHTTP
+	}
 	if c.hdrN < len(c.hdr) {
 		c.hdrN += copy(c.hdr[c.hdrN:], p[:n])
 		if c.hdrN == len(c.hdr) && c.hdr[0] == gossipEncryptMsg {

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -91,8 +89,7 @@ type Mux struct {
 	refused  int       // connections closed at MaxPending since the last warning
 	lastWarn time.Time // of the last such warning
 
-	answers     int       // wrong-port answers since answerSince (allowAnswer)
-	answerSince time.Time // start of the current second of answers
+	wrongPort *WrongPort // answers HTTP clients, bounded
 }
 
 // MaxPending bounds the node-port connections a Mux holds before they
@@ -128,6 +125,7 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 		limit:            loglimit.New(),
 		subs:             make(map[byte]*muxListener),
 		pending:          make(map[net.Conn]pendingConn),
+		wrongPort:        NewWrongPort(PortNode, "a leasenode node port (Raft and node RPC)"),
 	}
 }
 
@@ -379,7 +377,7 @@ func (m *Mux) handle(raw net.Conn) {
 // refuse counts a connection refused for reason, whose first byte was
 // first: as refusedHTTPClient instead if that byte starts an HTTP method.
 func (m *Mux) refuse(reason muxRefusal, first byte) {
-	if looksHTTP(first) {
+	if LooksHTTP(first) {
 		reason = refusedHTTPClient
 	}
 	m.refusals[reason].Add(1)
@@ -408,65 +406,10 @@ func (m *Mux) warn(log *slog.Logger, msg string, args ...any) {
 	log.Warn(msg, args...)
 }
 
-// wrongPortAnswer is what the node port answers a connection that looks
-// like an HTTP client's (a client pointed at it instead of the API): a
-// plain HTTP response whose body is a Connect error, so that curl prints
-// it and a Connect client (the lease package's, the CLI's) reads it as
-// the error's message instead of a reset connection. Its header
-// Leasenode-Port: node lets a client tell it from any node's refusal
-// (connect.Error.Meta) without matching the text.
-var wrongPortAnswer = func() []byte {
-	body := `{"code":"failed_precondition","message":"this is a leasenode node port (Raft and node RPC), not the client API: ` +
-		`clients use the agent's --api address"}` + "\n"
-	return []byte("HTTP/1.1 421 Misdirected Request\r\nContent-Type: application/json\r\nContent-Length: " +
-		strconv.Itoa(len(body)) + "\r\nLeasenode-Port: node\r\nConnection: close\r\n\r\n" + body)
-}()
-
-// Bounds on wrong-port answers: at most wrongPortAnswers a second per Mux
-// (past it such connections are only closed), each written within
-// wrongPortWrite.
-const (
-	wrongPortAnswers = 8
-	wrongPortWrite   = time.Second
-	// wrongPortLinger is how long the write side stays half-closed before
-	// the connection closes: closing with the request unread sends a
-	// reset, which may make the client drop the answer unread.
-	wrongPortLinger = 100 * time.Millisecond
-)
-
 // answerHTTP answers conn, whose first byte (already read) was first,
-// with wrongPortAnswer if that byte starts an HTTP method, within the
-// bounds above. It reads nothing more from conn.
-func (m *Mux) answerHTTP(conn net.Conn, first byte) {
-	if !looksHTTP(first) || !m.allowAnswer() {
-		return
-	}
-	_ = conn.SetWriteDeadline(time.Now().Add(wrongPortWrite))
-	if _, err := conn.Write(wrongPortAnswer); err != nil {
-		return
-	}
-	if cw, ok := conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		select {
-		case <-time.After(wrongPortLinger):
-		case <-m.done:
-		}
-	}
-}
-
-// allowAnswer reports whether another wrong-port answer fits in this
-// second's budget.
-func (m *Mux) allowAnswer() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if now := time.Now(); now.Sub(m.answerSince) >= time.Second {
-		m.answerSince, m.answers = now, 0
-	}
-	if m.answers >= wrongPortAnswers {
-		return false
-	}
-	m.answers++
-	return true
-}
+// with the node port's wrong-port answer if that byte starts an HTTP
+// method (WrongPort.Answer). It reads nothing more from conn.
+func (m *Mux) answerHTTP(conn net.Conn, first byte) { m.wrongPort.Answer(conn, first, m.done) }
 
 // tlsRecordHandshake is the TLS record content type of a ClientHello.
 const tlsRecordHandshake = 22
@@ -571,12 +514,8 @@ func looksLike(b byte) string {
 	switch {
 	case b == tlsRecordHandshake:
 		return " (it speaks TLS: it has a cluster key or TLS and this node has neither; give every node the same --cluster-key-file)"
-	case looksHTTP(b):
+	case LooksHTTP(b):
 		return " (it looks like HTTP: this is the node port; clients use the client API port, agent --api)"
 	}
 	return ""
 }
-
-// looksHTTP reports whether b starts an HTTP/1 method (GET, POST, PUT,
-// HEAD, DELETE, OPTIONS, CONNECT, TRACE, PATCH) or HTTP/2's preface (PRI).
-func looksHTTP(b byte) bool { return strings.IndexByte("GPHDOCT", b) >= 0 }
