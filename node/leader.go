@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/loglimit"
 )
 
 // leaderState exists for one leadership term of this node, from the moment
@@ -310,13 +311,41 @@ func (n *Node) propose(s fsm.Stamp, cmd fsm.Command, timeout time.Duration) *pro
 	p := &proposal{done: make(chan struct{})}
 	go func() { // ends when the future resolves or Raft is down (see wait)
 		defer close(p.done)
+		start := time.Now()
 		f := n.raft.Apply(fsm.Encode(s, cmd), timeout)
 		p.resp, p.err = n.outcome(f)
+		if p.err == nil {
+			n.noteCommit(time.Since(start))
+		}
 		if !errors.Is(p.err, ErrClosed) { // else f may not have resolved
 			p.index = f.Index()
 		}
 	}()
 	return p
+}
+
+// slowCommit is how long a proposal may take from Apply to applied on the
+// leader before it is logged: on a healthy cluster a commit takes a round
+// trip and two fsyncs, milliseconds.
+const slowCommit = time.Second
+
+// noteCommit logs (at most once per loglimit.Every) a commit that took d
+// if d is slowCommit or more: the disk or CPU of a majority stalled, and a
+// client whose TTL is not well above such stalls loses its leases
+// (extends wait as long), with no election or other sign in the logs.
+func (n *Node) noteCommit(d time.Duration) {
+	if d < slowCommit {
+		return
+	}
+	ok, skipped := n.slowCommits.Allow("slow commit")
+	if !ok {
+		return
+	}
+	args := []any{"took", d.Round(time.Millisecond)}
+	if skipped > 0 {
+		args = append(args, loglimit.Skipped, skipped)
+	}
+	n.log.Warn("a Raft commit was slow: a majority's disk (fsync) or CPU stalled; leases whose TTL is not well above such stalls are lost by their holders (extends wait as long); check the hosts' I/O and CPU pressure", args...)
 }
 
 // wait returns the proposal's outcome, or ErrUnknownOutcome if ctx or the

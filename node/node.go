@@ -59,6 +59,7 @@ type Node struct {
 	earlyCampaigns atomic.Int64              // times leaderGone shortened the heartbeat timeout
 	keptAnswering  atomic.Int64              // reconcile passes that kept a server gossip called dead (answers)
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
+	slowCommits    *loglimit.Limiter         // of the slow-commit warnings (noteCommit)
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -166,6 +167,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,
+		slowCommits:   loglimit.New(),
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
 		joinLimit:     loglimit.New(),
