@@ -154,18 +154,18 @@ func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
 // after a wait of about TTL/drift the grant would arrive with no validity
 // left (at the default 1%, 100 TTLs: 17 minutes for a 10 s TTL). Acquire
 // restarts such a grant's TTL (the same request id, sent again without
-// waiting) and returns a Lease with its full validity. Here a drift bound
-// of 40% makes a wait of 3 TTLs long enough.
+// waiting), so its validity is measured from a send after the wait ended.
+// Here a drift bound of 45% makes a wait of 2.5 TTLs long enough.
 func TestLongWaitGrantArrivesHealthy(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, n := c.Follower()
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	a, err := lease.New(n, lease.WithTTL(ttl))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close(context.Background())
-	b, err := lease.New(n, lease.WithTTL(ttl), lease.WithDriftBound(0.4), lease.WithExpiringThreshold(ttl/10))
+	b, err := lease.New(n, lease.WithTTL(ttl), lease.WithDriftBound(0.45), lease.WithExpiringThreshold(ttl/10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,16 +174,26 @@ func TestLongWaitGrantArrivesHealthy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release := time.AfterFunc(3*ttl, func() { la.Release(context.Background()) }) // the wait under test
+	released := make(chan time.Time, 1)
+	release := time.AfterFunc(5*ttl/2, func() { // the wait under test
+		released <- time.Now()
+		la.Release(context.Background())
+	})
 	defer release.Stop()
 	lb, err := b.Acquire(ctxT(t, 30*time.Second), "long/wait")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lb.Release(context.Background())
-	if left := time.Until(lb.ValidUntil()); !lb.IsHealthy() || left < ttl/4 {
-		t.Errorf("after a wait of 3 TTLs Acquire returned a lease with %v of validity left (healthy %v, err %v)",
-			left.Round(time.Millisecond), lb.IsHealthy(), lb.Err())
+	var at time.Time
+	select {
+	case at = <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("granted before the holder released")
+	}
+	if !lb.ValidUntil().After(at) {
+		t.Errorf("after a wait of 2.5 TTLs Acquire returned a lease valid until %v before the wait ended (healthy %v, err %v)",
+			at.Sub(lb.ValidUntil()).Round(time.Millisecond), lb.IsHealthy(), lb.Err())
 	}
 }
 
