@@ -40,7 +40,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify the nodes' certificates (enables TLS)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "client certificate (PEM), if the cluster requires mutual TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
-	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token; visible in ps: prefer --auth-token-file or LEASENODE_AUTH_TOKEN)")
+	fs.StringVar(&c.token, "auth-token", "", "auth token of the cluster (the agents' --auth-token; shows in ps: prefer --auth-token-file or the environment)")
 	fs.StringVar(&c.tokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (a wait for a held key is --wait's, where there is one)")
