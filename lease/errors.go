@@ -52,6 +52,12 @@ var (
 	// (Raft and node RPC), not as the client API: give the agents' --api
 	// addresses. Retrying cannot help.
 	ErrWrongPort = errors.New("lease: not a client API address")
+	// ErrTooManyWaiters: a waiting acquire (Acquire, AcquireTimeout) found
+	// its key held while the node it went through, or the leader, served
+	// its limit of waiting acquires (the agent's --max-waiters). It is not
+	// retried (a waiter ends only when granted or given up): try again
+	// later, use TryAcquire, or raise the limit. The error says which.
+	ErrTooManyWaiters = errors.New("lease: too many waiting acquires")
 )
 
 // TLSSetupError is ErrTLSSetup from one node: what did not fit, for a
@@ -205,6 +211,8 @@ func classify(op, key string, err error) error {
 		sentinel = ErrUnknownOutcome
 	case pb.Reason_REASON_CLOSED:
 		sentinel = ErrNoLeader
+	case pb.Reason_REASON_RESOURCE_EXHAUSTED:
+		sentinel = ErrTooManyWaiters
 	}
 	if sentinel == nil {
 		return fmt.Errorf("%s %q: %w", op, key, err)

@@ -401,7 +401,7 @@ func firstChunk(leases []*held, maxItems int) []*held {
 // below what this client sends), and for nothing else: other refusals
 // must not shrink the batches.
 func tooLarge(err error) bool {
-	if connect.CodeOf(err) == connect.CodeResourceExhausted {
+	if connect.CodeOf(err) == connect.CodeResourceExhausted && reasonOf(err) != pb.Reason_REASON_RESOURCE_EXHAUSTED {
 		return true // over --max-request-bytes
 	}
 	return reasonOf(err) == pb.Reason_REASON_INVALID && strings.Contains(err.Error(), "--max-extend-items")

@@ -76,6 +76,10 @@ func classifyAttempt(err error) attemptKind {
 		return notApplied
 	case pb.Reason_REASON_UNKNOWN_OUTCOME:
 		return unknown
+	case pb.Reason_REASON_RESOURCE_EXHAUSTED:
+		// A per-node limit (--max-waiters): retrying at once would only
+		// add to the load it bounds.
+		return final
 	case pb.Reason_REASON_UNSPECIFIED:
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return unknown

@@ -70,3 +70,30 @@ func TestLongWaitCutShortIsRetried(t *testing.T) {
 		}
 	}
 }
+
+// exhausted is a node's refusal of a waiter past its --max-waiters.
+type exhausted struct{}
+
+func (exhausted) Error() string {
+	return "node: too many waiting acquires: ... (agent --max-waiters 4)"
+}
+func (exhausted) Reason() pb.Reason { return pb.Reason_REASON_RESOURCE_EXHAUSTED }
+
+// A waiter refused for a node's --max-waiters is final: retrying it would
+// only add to the load the limit bounds. It is answered after one attempt,
+// as ErrTooManyWaiters with the node's words.
+func TestTooManyWaitersIsFinal(t *testing.T) {
+	if k := classifyAttempt(exhausted{}); k != final {
+		t.Fatalf("classified %v, want final", k)
+	}
+	p := RetryPolicy{Timeout: time.Minute, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	attempts := 0
+	err := p.Do(context.Background(), true, func(context.Context) error { attempts++; return exhausted{} })
+	if attempts != 1 {
+		t.Fatalf("%d attempts, want 1", attempts)
+	}
+	err = classify("acquire", "k", err)
+	if !errors.Is(err, ErrTooManyWaiters) || !strings.Contains(err.Error(), "--max-waiters 4") {
+		t.Fatalf("classified as %v", err)
+	}
+}

@@ -424,6 +424,8 @@ func connectError(err error) error {
 		code = connect.CodeUnavailable
 	case pb.Reason_REASON_UNAUTHENTICATED:
 		code = connect.CodeUnauthenticated
+	case pb.Reason_REASON_RESOURCE_EXHAUSTED:
+		code = connect.CodeResourceExhausted
 	default:
 		switch {
 		case errors.Is(err, ErrTooManyWatches):

@@ -322,6 +322,21 @@ type Limits struct {
 	// leadership twice. Default 1024, as MaxConns: one watch per client
 	// connection, or a few per client process, tens of MB at worst.
 	MaxWatches int
+	// MaxWaiters bounds the waiting acquires (Wait set) this node serves
+	// at once (agent --max-waiters): those its API admitted, as leader or
+	// as a follower that forwards them (each holds a forwarded call open at
+	// the leader), and, on the leader, the ones queued for callers on
+	// other nodes. Past it a waiting acquire is tried once without
+	// waiting: granted if it may be at once, else refused
+	// (ErrTooManyWaiters, resource_exhausted on the API, naming the flag)
+	// instead of queued. A TryAcquire is never refused by it. A waiter
+	// costs about 11-18 KB on each node it passes (its goroutines, a
+	// forwarded call's buffers, the queue entry): 20,000 from one client
+	// took a follower up 350 MB and the leader 230 MB, and the leader lost
+	// its leadership twice. Default 8192: 90-150 MB at worst, 8 times
+	// MaxWatches, since a lock's waiters are many cheap clients where
+	// watchers are few.
+	MaxWaiters int
 	// ReadTimeout bounds reading one request, headers and body: a client
 	// that sends a byte now and then is cut off. Default 10 s.
 	ReadTimeout time.Duration
@@ -359,6 +374,7 @@ func DefaultLimits(t Timing) Limits {
 		MaxConns:        1024,
 		MaxStreams:      256,
 		MaxWatches:      1024,
+		MaxWaiters:      8192,
 		ReadTimeout:     10 * time.Second,
 		IdleTimeout:     2 * time.Minute,
 		MinTTL:          t.LeaderLeaseTimeout,
@@ -387,6 +403,9 @@ func (l Limits) withDefaults(t Timing) Limits {
 	}
 	if l.MaxWatches == 0 {
 		l.MaxWatches = d.MaxWatches
+	}
+	if l.MaxWaiters == 0 {
+		l.MaxWaiters = d.MaxWaiters
 	}
 	if l.ReadTimeout == 0 {
 		l.ReadTimeout = d.ReadTimeout
@@ -542,6 +561,9 @@ func (c Config) Validate() error {
 	}
 	if l := c.Limits; l.MaxWatches < 1 {
 		bad("Limits.MaxWatches %d must be positive", l.MaxWatches)
+	}
+	if l := c.Limits; l.MaxWaiters < 1 {
+		bad("Limits.MaxWaiters %d must be positive", l.MaxWaiters)
 	}
 	if l := c.Limits; l.MinTTL < time.Millisecond || l.MinTTL > fsm.MaxTTL {
 		bad("Limits.MinTTL %v out of range [1ms, %v]", l.MinTTL, fsm.MaxTTL)

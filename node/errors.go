@@ -46,6 +46,11 @@ var (
 	// Watch is served by the node asked, never forwarded, so it has no
 	// wire reason; the client API answers it resource_exhausted.
 	ErrTooManyWatches = errors.New("node: too many watches")
+	// ErrTooManyWaiters: a waiting acquire would pass Limits.MaxWaiters,
+	// the waiting acquires this node serves at once; the client API
+	// answers it resource_exhausted. Not retryable at once: a waiter
+	// ends only when it is granted or gives up.
+	ErrTooManyWaiters error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many waiting acquires"}
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,
@@ -117,6 +122,7 @@ var reasons = []struct {
 	{ErrStaleRequest, pb.Reason_REASON_STALE_REQUEST},
 	{ErrClosed, pb.Reason_REASON_CLOSED},
 	{ErrUnauthenticated, pb.Reason_REASON_UNAUTHENTICATED},
+	{ErrTooManyWaiters, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 }
 
 // ErrorDetail describes err for the wire.

@@ -571,8 +571,8 @@ func TestStateQuotaCountsMarks(t *testing.T) {
 }
 
 // The quota counts what the leader admitted and has not applied yet, so
-// concurrent acquires and queued waiters cannot overshoot it together; a
-// holder adding keys to its own, or a larger value, is counted too.
+// concurrent acquires and waiters proposed together cannot overshoot it;
+// a holder adding keys to its own, or a larger value, is counted too.
 func TestStateQuotaCountsWhatIsInFlight(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
 		cfg.Limits.MaxLeases = 3
@@ -606,34 +606,36 @@ func TestStateQuotaCountsWhatIsInFlight(t *testing.T) {
 		return nil
 	})
 
-	// Queued waiters hold their share: ten shared readers behind a writer,
-	// with room for two more leases, cannot all be granted.
+	// Waiters are counted when their turn comes: ten shared readers
+	// queue behind a writer; when it releases, the three the quota has
+	// room for (the writer's holding among them) are granted together and
+	// the other seven are refused then, naming the limit.
 	w := mustGrant(t, l, acq("rw", "writer", 1, time.Minute))
-	var granted atomic.Int64
+	var granted, refused atomic.Int64
 	for i := range 10 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			r := shapedAcq("rw", fmt.Sprint("reader", i), 1, shared, 0)
 			r.Wait = true
-			if resp, err := l.Acquire(ctxT(t, 5*time.Second), r); err == nil && resp.Granted {
+			resp, err := l.Acquire(ctxT(t, 5*time.Second), r)
+			switch {
+			case err == nil && resp.Granted:
 				granted.Add(1)
+			case errors.Is(err, node.ErrInvalid) && strings.Contains(err.Error(), "--max-leases 3"):
+				refused.Add(1)
+			default:
+				t.Errorf("reader %d: %v %v", i, resp, err)
 			}
 		}()
 	}
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		st, _ := l.Status(context.Background(), &pb.StatusRequest{})
-		if st.Waiters != 2 {
-			return fmt.Errorf("%d waiters, want the 2 the quota admits", st.Waiters)
-		}
-		return nil
-	})
+	waitWaiters(t, l, 10)
 	if _, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "rw", Holder: "writer", Token: w.Token}); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	if n := held(); n > 3 || granted.Load() != 2 {
-		t.Fatalf("readers granted %d, %d leases; want 2 and at most 3", granted.Load(), n)
+	if n := held(); n > 3 || granted.Load() != 3 || refused.Load() != 7 {
+		t.Fatalf("readers granted %d, refused %d, %d leases; want 3, 7 and at most 3", granted.Load(), refused.Load(), n)
 	}
 
 	// A holder's own key does not carry new ones past the quota.
@@ -1140,4 +1142,187 @@ func trickle(conn net.Conn, every time.Duration, stop <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// waitWaiters waits until n's Status reports want waiters queued.
+func waitWaiters(t *testing.T, n *node.Node, want uint64) {
+	t.Helper()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		st, err := n.Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			return err
+		}
+		if st.Waiters != want {
+			return fmt.Errorf("%d waiters, want %d", st.Waiters, want)
+		}
+		return nil
+	})
+}
+
+// Regression (review finding: waiters counted as leases): waiting
+// acquires reserve no quota while they wait. With MaxLeases 3, one lease
+// held and two clients waiting for it, a fresh key is still granted and a
+// third waiter queues; the waiters of the one exclusive key are granted
+// one after another by handoffs, which add no holding, though the cluster
+// is at its limit; and a refusal counts holdings apart from what is in
+// flight.
+func TestStateQuotaWaitersReserveNothing(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeases = 3
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	hot := mustGrant(t, l, acq("w/hot", "a", 1, time.Minute))
+	type answer struct {
+		holder string
+		resp   *pb.AcquireResponse
+		err    error
+	}
+	answers := make(chan answer, 3)
+	wait := func(n *node.Node, holder string) {
+		r := acq("w/hot", holder, 1, time.Minute)
+		r.Wait = true
+		resp, err := n.Acquire(ctxT(t, 20*time.Second), r)
+		answers <- answer{holder, resp, err}
+	}
+	go wait(l, "w1")
+	waitWaiters(t, l, 1)
+	go wait(f, "w2") // forwarded: queued at the leader all the same
+	waitWaiters(t, l, 2)
+
+	fresh := mustGrant(t, f, acq("w/fresh", "b", 1, time.Minute))
+	go wait(l, "w3")
+	waitWaiters(t, l, 3)
+	if st := l.FSM().Stats(); st.Held != 2 {
+		t.Fatalf("Stats %+v, want the 2 holdings", st)
+	}
+	// The cluster is at its limit now: a fourth fresh key is refused,
+	// and the refusal counts holdings, lock-delays and what is in flight
+	// apart.
+	mustGrant(t, l, acq("w/third", "b", 1, time.Minute))
+	_, err := l.Acquire(ctxT(t, 10*time.Second), acq("w/fourth", "b", 1, time.Minute))
+	if !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "holds 3 leases and 0 lock-delays, and this leader admitted 0 more") ||
+		!strings.Contains(err.Error(), "--max-leases 3") {
+		t.Fatalf("a fourth lease past MaxLeases 3: %v", err)
+	}
+
+	// Each release hands the key to the next waiter in one entry: at the
+	// limit, the handoff is granted, not refused.
+	token, holder := hot.Token, "a"
+	for i, want := range []string{"w1", "w2", "w3"} {
+		mustReleaseToken(t, l, "w/hot", holder, token)
+		select {
+		case a := <-answers:
+			if a.err != nil || !a.resp.Granted || a.holder != want {
+				t.Fatalf("handoff %d at the limit: %s got %v %v; want %s granted", i, a.holder, a.resp, a.err, want)
+			}
+			token, holder = a.resp.Token, a.holder
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handoff %d: no waiter answered", i)
+		}
+		if st := l.FSM().Stats(); st.Held+st.Delayed > 3 {
+			t.Fatalf("Stats %+v past MaxLeases 3", st)
+		}
+	}
+	mustReleaseToken(t, l, "w/hot", holder, token)
+	mustReleaseToken(t, l, "w/fresh", "b", fresh.Token)
+}
+
+// A node serves at most Limits.MaxWaiters waiting acquires
+// (bounded-waiters): those its API admitted, forwarded or not, and, on
+// the leader, those forwarded to it. Past it a waiting acquire of a held
+// key is refused resource_exhausted, naming the flag, and the Go client
+// does not retry it; a try without waiting, or a wait for a free key, is
+// served; once a waiter ends, a new one is admitted.
+func TestMaxWaiters(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxWaiters = 4
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	hot := mustGrant(t, l, acq("hot", "owner", 1, time.Minute))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var cancels []context.CancelFunc
+	ended := make(chan error, 8)
+	for i := range 4 {
+		wctx, wcancel := context.WithCancel(ctx)
+		cancels = append(cancels, wcancel)
+		r := acq("hot", fmt.Sprint("w", i), 1, time.Minute)
+		r.Wait = true
+		go func() {
+			_, err := f.Acquire(wctx, r)
+			ended <- err
+		}()
+	}
+	waitWaiters(t, l, 4)
+
+	fifth := acq("hot", "w4", 1, time.Minute)
+	fifth.Wait = true
+	refusal := func(n *node.Node, who string) {
+		t.Helper()
+		start := time.Now()
+		_, err := n.Acquire(ctxT(t, 10*time.Second), fifth)
+		if !errors.Is(err, node.ErrTooManyWaiters) || !strings.Contains(err.Error(), "--max-waiters 4") {
+			t.Fatalf("a fifth waiter at the %s: %v", who, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("the refusal at the %s took %v", who, d)
+		}
+	}
+	// The follower serves 4; the leader serves the same 4, forwarded.
+	refusal(f, "follower")
+	refusal(l, "leader")
+	if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 4 {
+		t.Fatalf("%d waiters queued, want 4", st.Waiters)
+	}
+
+	// Over the API: resource_exhausted, and lease's client gives up at
+	// once (not retried for its whole retry budget).
+	cl, err := lease.Dial(ctxT(t, 5*time.Second), []string{f.APIAddr()}, lease.WithRetryTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	start := time.Now()
+	_, err = cl.AcquireTimeout(ctxT(t, 30*time.Second), "hot", 20*time.Second)
+	if !errors.Is(err, lease.ErrTooManyWaiters) || !strings.Contains(err.Error(), "--max-waiters 4") {
+		t.Fatalf("lease client's waiting acquire past the limit: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("lease client took %v to report the refusal: retried it", d)
+	}
+	body := strings.NewReader(`{"key":"hot","holder":"w9","requestId":"1","ttl":"60s","wait":true}`)
+	if code, out := post(t, f.APIAddr(), "Acquire", body, nil); code != http.StatusTooManyRequests ||
+		!strings.Contains(out, "resource_exhausted") || !strings.Contains(out, "--max-waiters 4") {
+		t.Fatalf("a waiting acquire past the limit over HTTP: status %d %s", code, out)
+	}
+
+	// Tries are never refused: held answers held, free is granted; a
+	// wait for a free key is granted too.
+	if r, err := f.Acquire(ctxT(t, 10*time.Second), acq("hot", "w4", 2, time.Minute)); err != nil || r.Granted {
+		t.Fatalf("a try of the held key past the limit: %v %v", r, err)
+	}
+	free := acq("free", "w4", 3, time.Minute)
+	g := mustGrant(t, f, free)
+	mustReleaseToken(t, f, "free", "w4", g.Token)
+	free = acq("free", "w4", 4, time.Minute)
+	free.Wait = true
+	g = mustGrant(t, f, free)
+	mustReleaseToken(t, f, "free", "w4", g.Token)
+
+	// One waiter gives up: a new one is admitted and queued.
+	cancels[0]()
+	if err := <-ended; err == nil {
+		t.Fatal("the waiter that gave up was answered without an error")
+	}
+	waitWaiters(t, l, 3)
+	fifth.RequestId = 5
+	go func() {
+		_, err := f.Acquire(ctx, fifth)
+		ended <- err
+	}()
+	waitWaiters(t, l, 4)
+	mustReleaseToken(t, l, "hot", "owner", hot.Token)
 }

@@ -112,7 +112,10 @@ type Node struct {
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
 	lostPending, withdrawn atomic.Int64
-	clock                  clockSeen // when the FSM clock last moved, for stale reads
+	// waiting counts the waiting acquires this node serves (waiterSlot,
+	// Limits.MaxWaiters).
+	waiting atomic.Int64
+	clock   clockSeen // when the FSM clock last moved, for stale reads
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc

@@ -71,7 +71,46 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
 	}
-	return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
+	return n.waiterSlot(req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+		return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
+	})
+}
+
+// waiterSlot runs call for req, counting a waiting acquire (Wait set)
+// against Limits.MaxWaiters while it runs. Past the limit the acquire is
+// tried once without waiting: a grant is answered as such, and a refusal
+// as ErrTooManyWaiters, naming the flag. A TryAcquire is never counted
+// nor refused. Node.Acquire counts what this node's API admitted (before
+// forwarding it, if it does); the leader's handleRPC counts the waiters
+// forwarded to it, which hold their calls open there.
+//
+// Invariant bounded-waiters: a node serves at most MaxWaiters waiting
+// acquires at once, so a client that opens thousands of waits (20,000
+// took a follower up 350 MB and 20,000 goroutines, and the leader up
+// 230 MB until it lost its leadership) is refused instead of starving
+// the node. Guarded by TestMaxWaiters.
+func (n *Node) waiterSlot(req *pb.AcquireRequest, call func(*pb.AcquireRequest) (*pb.AcquireResponse, error)) (*pb.AcquireResponse, error) {
+	if !req.GetWait() {
+		return call(req)
+	}
+	limit := int64(n.cfg.Limits.MaxWaiters)
+	if n.waiting.Add(1) <= limit {
+		defer n.waiting.Add(-1)
+		return call(req)
+	}
+	n.waiting.Add(-1)
+	try := proto.CloneOf(req)
+	try.Wait = false
+	resp, err := call(try)
+	if err != nil || resp.GetGranted() {
+		return resp, err
+	}
+	key := resp.GetHeldKey()
+	if key == "" {
+		key = req.GetKey()
+	}
+	return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires, its limit (agent --max-waiters %d): retry later, use TryAcquire, or raise the limit on every agent",
+		ErrTooManyWaiters, key, n.cfg.ID, limit, limit)
 }
 
 // withdraw makes sure that an acquire this leader proposed in epoch, and
@@ -403,16 +442,26 @@ type quotaUse struct {
 // Limits.MaxLeases or MaxLeaseBytes (which counts the request-id marks too:
 // an acquire, granted or refused, leaves one for MarkRetention once it
 // ends, so a churn of long keys is bounded by it and not only by the FSM's
-// MaxMarks count), counting what this leader admitted
-// and has not applied yet (proposals in flight, queued waiters), so
-// concurrent acquires and waiters cannot overshoot together. It counts
-// only what the acquire adds: nothing for a holding the holder has
-// already, but a larger value. So a holder's retry or renewal goes on,
-// as do extends and releases, and a full cluster drains as its leases
-// end. On success it reserves the acquire's share; release returns it
-// once the acquire was applied or given up.
-func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (release func(), err error) {
-	var add quotaUse
+// MaxMarks count), counting what this leader admitted and has not applied
+// yet (proposals in flight), so concurrent acquires cannot overshoot
+// together. It counts only what the acquire adds: nothing for a holding
+// the holder has already, but a larger value; and, with release (a
+// holding released in the same entry, see waitQueues.claimHead), one
+// holding less. So a holder's retry or renewal goes on, as do extends,
+// releases and handoffs to a waiter, and a full cluster drains as its
+// leases end. On success it reserves the acquire's share; unreserve
+// returns it once the acquire was applied or given up.
+//
+// A queued waiter reserves nothing while it waits (it may wait long, and
+// the waiters of an exclusive key can add one holding at a time): the
+// queue asks quota when it proposes the waiter. pending reports a refusal
+// that the grant itself would undo: records of its keys that are due (an
+// expired holding, a lock-delay that ended) would be reaped by the grant,
+// and are counted until the reaper's Expire applies. The queue waits for
+// that instead of refusing (see waitQueues.proposable).
+func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item, release *fsm.Release) (unreserve func(), pending bool, err error) {
+	var add, due quotaUse
+	now := ls.now()
 	for _, it := range items {
 		if own := n.ownHolding(ls, it.Key, cmd.Holder); own != nil {
 			add.bytes += int64(len(cmd.Value) - len(own.Value))
@@ -420,6 +469,18 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (relea
 		}
 		add.leases++
 		add.bytes += int64(len(it.Key) + len(cmd.Holder) + len(cmd.Value))
+		for _, l := range n.fsm.Holdings(it.Key) {
+			switch {
+			case release != nil && l.State == fsm.StateHeld && l.Token == release.Token && l.Holder == release.Holder:
+				// Released in the same entry: the holding leaves a
+				// request-id mark of its key and holder.
+				add.leases--
+				add.bytes -= int64(len(l.Value))
+			case l.FreeAt() <= now:
+				due.leases++
+				due.bytes += int64(len(l.Value))
+			}
+		}
 	}
 	add.bytes = max(add.bytes, 0)
 	lim, r := n.cfg.Limits, &ls.reserved
@@ -434,11 +495,13 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (relea
 	leases, bytes := st.Held+st.Delayed+r.use.leases, st.Bytes+st.MarkBytes+r.use.bytes
 	switch {
 	case add.leases > 0 && leases+add.leases > lim.MaxLeases:
-		return nil, fmt.Errorf("%w: the cluster holds %d leases and lock-delays (%d of them admitted, not yet applied), its limit (agent --max-leases %d): release leases or raise the limit on every agent",
-			ErrInvalid, leases, r.use.leases, lim.MaxLeases)
+		pending = leases+add.leases-due.leases <= lim.MaxLeases
+		return nil, pending, fmt.Errorf("%w: the cluster holds %d leases and %d lock-delays, and this leader admitted %d more not yet applied: %d of its limit (agent --max-leases %d); release leases or raise the limit on every agent (waiting acquires are counted only once their turn comes)",
+			ErrInvalid, st.Held, st.Delayed, r.use.leases, leases, lim.MaxLeases)
 	case add.bytes > 0 && bytes+add.bytes > lim.MaxLeaseBytes:
-		return nil, fmt.Errorf("%w: the cluster's state holds %d bytes: keys, holders and values of leases (%d of them admitted, not yet applied) and %d of keys and holders of request ids, kept %v after a lease ends; %d more would pass its limit (agent --max-lease-bytes %d): release leases, wait, or raise the limit on every agent",
-			ErrInvalid, bytes, r.use.bytes, st.MarkBytes, fsm.MarkRetention, add.bytes, lim.MaxLeaseBytes)
+		pending = bytes+add.bytes-due.bytes <= lim.MaxLeaseBytes
+		return nil, pending, fmt.Errorf("%w: the cluster's state holds %d bytes of keys, holders and values of leases, and %d of keys and holders of request ids, kept %v after a lease ends; this leader admitted %d more not yet applied; %d more would pass its limit (agent --max-lease-bytes %d): release leases, wait, or raise the limit on every agent",
+			ErrInvalid, st.Bytes, st.MarkBytes, fsm.MarkRetention, r.use.bytes, add.bytes, lim.MaxLeaseBytes)
 	}
 	r.use.leases += add.leases
 	r.use.bytes += add.bytes
@@ -447,7 +510,7 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) (relea
 		r.use.leases -= add.leases
 		r.use.bytes -= add.bytes
 		r.mu.Unlock()
-	}, nil
+	}, false, nil
 }
 
 // text refuses a request whose strings (name, value pairs) are not valid
@@ -629,7 +692,13 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 	}
 	switch method {
 	case methodAcquire:
-		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, n.acquireLocal)
+		// A waiter forwarded here counts against this node's
+		// MaxWaiters too: its call stays open here while it waits.
+		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, func(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+			return n.waiterSlot(req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+				return n.acquireLocal(ctx, ls, req)
+			})
+		})
 	case methodExtend:
 		return serveRPC(ctx, n, data, &pb.ExtendRequest{}, n.extendLocal)
 	case methodRelease:
@@ -698,52 +767,77 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	if err := settleWaiting(ctx, ls, cmd); err != nil {
 		return nil, err
 	}
-	release, err := n.quota(ls, cmd, items)
-	if err != nil {
-		return nil, err
-	}
-	// Applied or given up, the state, not the reservation, counts it. A
-	// caller that leaves while its entry is in flight leaves the
-	// reservation to lostOutcome, until the entry resolves: else callers
-	// that give up at once could fill the state past the quota.
-	lost := false
-	defer func() {
-		if !lost {
-			release()
-		}
-	}()
 	if !ls.queues.busy(items) || ownAll() {
-		s := ls.stamp()
-		p := n.propose(s, cmd, applyTimeout(ctx))
-		resp, err := p.wait(ctx, n)
+		res, waited, queue, err := n.acquireNow(ctx, ls, req, cmd, items, arrival)
 		if err != nil {
-			lost = true
-			if ctx.Err() == nil {
-				// Leadership ended with the entry in flight, and the
-				// caller is here to be told: it settles the outcome
-				// (a retry with the same id takes the grant, an Abandon
-				// releases it). A withdrawal racing that retry released
-				// the grant into its lock-delay, which no answer
-				// explained (as for waiters; see failAll).
-				p = nil
-			}
-			return nil, n.lostOutcome(ls, req, p, err, release)
+			return nil, err
 		}
-		res := resp.Results[0]
-		if res.Code != fsm.Held || !req.GetWait() {
-			return n.acquireReply(res, s.Now-arrival, cmd.TTL)
+		if !queue && (res.Code != fsm.Held || !req.GetWait()) {
+			return n.acquireReply(res, waited, cmd.TTL)
 		}
 	} else if !req.GetWait() {
 		// Waiters come first: a newcomer never barges ahead of them.
 		return n.acquireReply(n.queuedHeld(ls, cmd, items), 0, cmd.TTL)
 	}
+	// Queued, the waiter reserves no quota: the queue asks for it when
+	// the waiter's turn comes (see Node.quota).
 	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
 	r := ls.queues.wait(ctx, w)
 	if r.err != nil {
-		lost = true
-		return nil, n.lostOutcome(ls, req, r.lost, r.err, release)
+		// The queue returns an in-flight grant's reservation itself, once
+		// its entry resolves.
+		return nil, n.lostOutcome(ls, req, r.lost, r.err, func() {})
 	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
+}
+
+// acquireNow proposes cmd at once, within the state quota, and returns
+// the FSM's result and how long it waited since arrival. queue is set,
+// with no result, when the quota refused a waiting acquire whose keys are
+// held anyway: it queues instead, as if refused Held, and the quota is
+// asked again when its turn comes (a handoff adds no holding).
+func (n *Node) acquireNow(ctx context.Context, ls *leaderState, req *pb.AcquireRequest, cmd *fsm.Acquire, items []fsm.Item, arrival time.Duration) (res fsm.Result, waited time.Duration, queue bool, err error) {
+	unreserve, _, err := n.quota(ls, cmd, items, nil)
+	if err != nil {
+		if req.GetWait() && n.heldNow(ls, cmd, items) {
+			return fsm.Result{}, 0, true, nil
+		}
+		return fsm.Result{}, 0, false, err
+	}
+	s := ls.stamp()
+	p := n.propose(s, cmd, applyTimeout(ctx))
+	resp, err := p.wait(ctx, n)
+	if err != nil {
+		if ctx.Err() == nil {
+			// Leadership ended with the entry in flight, and the
+			// caller is here to be told: it settles the outcome (a
+			// retry with the same id takes the grant, an Abandon
+			// releases it). A withdrawal racing that retry released
+			// the grant into its lock-delay, which no answer
+			// explained (as for waiters; see failAll).
+			p = nil
+		}
+		// Applied or given up, the state, not the reservation, counts
+		// it. A caller that leaves while its entry is in flight leaves
+		// the reservation to lostOutcome, until the entry resolves: else
+		// callers that give up at once could fill the state past the
+		// quota.
+		return fsm.Result{}, 0, false, n.lostOutcome(ls, req, p, err, unreserve)
+	}
+	unreserve()
+	return resp.Results[0], s.Now - arrival, false, nil
+}
+
+// heldNow reports whether the FSM would refuse cmd as held now, on any
+// of its keys.
+func (n *Node) heldNow(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) bool {
+	now := ls.now()
+	for _, it := range items {
+		if ok, _, bad := n.fsm.Admits(it, cmd.Holder, now, 0, 0); !ok && bad == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // settleWaiting makes way for a new attempt of cmd's request (a retry, or

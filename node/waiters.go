@@ -27,6 +27,10 @@ type waiter struct {
 	// is closed once that proposal is settled.
 	inflight *proposal
 	settled  chan struct{}
+	// unreserve returns the state quota reserved for the waiter's
+	// proposal (Node.quota), from the pass that chose to propose it until
+	// proposeLocked hands it to the proposal's settling.
+	unreserve func()
 }
 
 // errSuperseded answers an attempt of an acquire that a retry of the same
@@ -247,7 +251,8 @@ func (q *waitQueues) pumpLocked(key string) {
 	for len(todo) > 0 {
 		k := todo[0]
 		todo = todo[1:]
-		for _, w := range q.proposable(k) {
+		ws, refused := q.proposable(k)
+		for _, w := range ws {
 			q.proposeLocked(w, nil)
 			for _, it := range w.items {
 				if it.Key != k {
@@ -255,22 +260,42 @@ func (q *waitQueues) pumpLocked(key string) {
 				}
 			}
 		}
+		if refused != nil {
+			// Answered already; the waiters behind it may go.
+			q.removeLocked(refused)
+			for _, it := range refused.items {
+				todo = append(todo, it.Key)
+			}
+		}
 	}
 }
 
 // proposable returns the waiters of key that may be proposed now, in
-// order, arming key's timer (or the blocking key's) for the first one that
-// may not if records block it. q.mu is held.
-func (q *waitQueues) proposable(key string) []*waiter {
+// order, each with its state quota reserved, arming key's timer (or the
+// blocking key's) for the first one that may not if records block it.
+//
+// A waiter whose turn comes while the cluster is at its state quota
+// (Limits.MaxLeases, MaxLeaseBytes) is refused then, with the quota's
+// error, as a TryAcquire would be, and returned as refused for the caller
+// to take out of the queues; it does not wait for room. Room is not a
+// property of its key: it would wait on every release in the cluster,
+// while newcomers on other keys take each freed slot first, and hold up
+// its whole queue (FIFO) meanwhile. etcd and ZooKeeper refuse at their
+// quotas too (etcd's "database space exceeded", ZooKeeper's enforced
+// quota) rather than block. A handoff never meets the refusal: the
+// releaser's holding counts as gone (claimHead), and a record that the
+// grant would reap (an expired holding, an ended lock-delay) makes the
+// waiter wait for the reaper's Expire, whose event pumps the key again,
+// rather than be refused. q.mu is held.
+func (q *waitQueues) proposable(key string) (out []*waiter, refused *waiter) {
 	kq := q.keys[key]
 	if kq == nil || q.closed != nil {
-		return nil
+		return nil, nil
 	}
 	if len(kq.waiters) == 0 {
 		q.drop(key, kq)
-		return nil
+		return nil, nil
 	}
-	var out []*waiter
 	var ahead []fsm.Item // in flight, or proposed by this pass, on key
 	for _, w := range kq.waiters {
 		it := w.item(key)
@@ -288,12 +313,34 @@ func (q *waitQueues) proposable(key string) []*waiter {
 			}
 			break
 		}
+		unreserve, pending, err := q.ls.n.quota(q.ls, w.cmd, w.items, nil)
+		if pending {
+			// Due records count until reaped: look again after the
+			// reaper's Expire (its event pumps key; the timer is a
+			// fallback).
+			q.arm(key, quotaPendingRetry)
+			break
+		}
+		if err != nil {
+			w.gone = true
+			select {
+			case w.done <- waitResult{err: fmt.Errorf("acquire %q: its turn came: %w", w.cmd.Key, err)}:
+			default:
+			}
+			return out, w
+		}
 		out = append(out, w)
 		ahead = append(ahead, it)
 		w.inflight = &proposal{} // reserved: proposeLocked sets the real one
+		w.unreserve = unreserve
 	}
-	return out
+	return out, nil
 }
+
+// quotaPendingRetry is how soon (leader clock) a waiter that the quota
+// held back for records about to be reaped is looked at again, if no
+// event of its key comes first.
+const quotaPendingRetry = 50 * time.Millisecond
 
 // sharesAll reports whether it may hold its key beside every one of
 // ahead.
@@ -364,7 +411,13 @@ func (q *waitQueues) claimHead(key string, release *fsm.Release) *proposal {
 	if ok, _, _ := q.admits(w, release); !ok {
 		return nil
 	}
-	w.inflight = &proposal{}
+	unreserve, _, err := q.ls.n.quota(q.ls, w.cmd, w.items, release)
+	if err != nil {
+		// The release goes alone, and its event pumps the queue, which
+		// asks the quota again with the holding gone.
+		return nil
+	}
+	w.inflight, w.unreserve = &proposal{}, unreserve
 	p := q.proposeLocked(w, release)
 	// The waiters behind it may share with it.
 	q.pumpLocked(key)
@@ -381,8 +434,12 @@ func (q *waitQueues) proposeLocked(w *waiter, prefix fsm.Command) *proposal {
 	s := q.ls.stamp()
 	p := q.ls.n.propose(s, cmd, 5*time.Second)
 	w.inflight, w.settled = p, make(chan struct{})
+	unreserve := w.unreserve
+	w.unreserve = nil
 	go func() {
 		<-p.done // propose resolves every proposal (see Node.wait)
+		// Applied or not, the state now counts what it did.
+		unreserve()
 		var res fsm.Result
 		if p.err == nil {
 			res = p.resp.Results[len(p.resp.Results)-1]
@@ -427,6 +484,14 @@ func (q *waitQueues) settle(w *waiter, s fsm.Stamp, res fsm.Result, err error) {
 // leaveLocked takes w out of every queue it is in and pumps them. q.mu is
 // held.
 func (q *waitQueues) leaveLocked(w *waiter) {
+	q.removeLocked(w)
+	for _, it := range w.items {
+		q.pumpLocked(it.Key)
+	}
+}
+
+// removeLocked takes w out of every queue it is in. q.mu is held.
+func (q *waitQueues) removeLocked(w *waiter) {
 	for _, it := range w.items {
 		kq := q.keys[it.Key]
 		if kq == nil {
@@ -440,9 +505,6 @@ func (q *waitQueues) leaveLocked(w *waiter) {
 		}
 	}
 	q.n--
-	for _, it := range w.items {
-		q.pumpLocked(it.Key)
-	}
 }
 
 // resultErr turns a refusal other than Held into an error.

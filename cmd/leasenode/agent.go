@@ -74,6 +74,7 @@ type agentFlags struct {
 	maxRequestBytes, maxBytes    int64
 	maxExtendItems, maxConns     int
 	maxWatches                   int
+	maxWaiters                   int
 	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
@@ -127,6 +128,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
+	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; past it a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
@@ -264,7 +266,7 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.AuthToken = tok
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
-		MaxWatches: a.maxWatches, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
+		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
@@ -290,6 +292,7 @@ var configFlags = strings.NewReplacer(
 	"Limits.MaxExtendItems", "--max-extend-items",
 	"Limits.MaxLeases", "--max-leases",
 	"Limits.MaxWatches", "--max-watches",
+	"Limits.MaxWaiters", "--max-waiters",
 	"MaxLeaseBytes", "--max-lease-bytes",
 	"Limits.MinTTL", "--min-ttl",
 	"BootstrapExpect", "--bootstrap-expect",

@@ -270,6 +270,9 @@ const (
 	Reason_REASON_CLOSED          Reason = 5
 	Reason_REASON_STALE_REQUEST   Reason = 6
 	Reason_REASON_UNAUTHENTICATED Reason = 7
+	// Final: a per-node limit is reached (a waiting Acquire past the node's
+	// --max-waiters). The message names the limit; retry later, or raise it.
+	Reason_REASON_RESOURCE_EXHAUSTED Reason = 8
 )
 
 // Enum value maps for Reason.
@@ -283,16 +286,18 @@ var (
 		5: "REASON_CLOSED",
 		6: "REASON_STALE_REQUEST",
 		7: "REASON_UNAUTHENTICATED",
+		8: "REASON_RESOURCE_EXHAUSTED",
 	}
 	Reason_value = map[string]int32{
-		"REASON_UNSPECIFIED":     0,
-		"REASON_NOT_LEADER":      1,
-		"REASON_NO_LEADER":       2,
-		"REASON_INVALID":         3,
-		"REASON_UNKNOWN_OUTCOME": 4,
-		"REASON_CLOSED":          5,
-		"REASON_STALE_REQUEST":   6,
-		"REASON_UNAUTHENTICATED": 7,
+		"REASON_UNSPECIFIED":        0,
+		"REASON_NOT_LEADER":         1,
+		"REASON_NO_LEADER":          2,
+		"REASON_INVALID":            3,
+		"REASON_UNKNOWN_OUTCOME":    4,
+		"REASON_CLOSED":             5,
+		"REASON_STALE_REQUEST":      6,
+		"REASON_UNAUTHENTICATED":    7,
+		"REASON_RESOURCE_EXHAUSTED": 8,
 	}
 )
 
@@ -2619,7 +2624,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x13EVENT_TYPE_RELEASED\x10\x03\x12\x16\n" +
 	"\x12EVENT_TYPE_EXPIRED\x10\x04\x12\x14\n" +
 	"\x10EVENT_TYPE_FREED\x10\x05\x12\x14\n" +
-	"\x10EVENT_TYPE_RESET\x10\x06*\xc6\x01\n" +
+	"\x10EVENT_TYPE_RESET\x10\x06*\xe5\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11REASON_NOT_LEADER\x10\x01\x12\x14\n" +
@@ -2628,7 +2633,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x16REASON_UNKNOWN_OUTCOME\x10\x04\x12\x11\n" +
 	"\rREASON_CLOSED\x10\x05\x12\x18\n" +
 	"\x14REASON_STALE_REQUEST\x10\x06\x12\x1a\n" +
-	"\x16REASON_UNAUTHENTICATED\x10\a2\xc5\x05\n" +
+	"\x16REASON_UNAUTHENTICATED\x10\a\x12\x1d\n" +
+	"\x19REASON_RESOURCE_EXHAUSTED\x10\b2\xc5\x05\n" +
 	"\fLeaseService\x12F\n" +
 	"\aAcquire\x12\x1c.leasenode.v1.AcquireRequest\x1a\x1d.leasenode.v1.AcquireResponse\x12C\n" +
 	"\x06Extend\x12\x1b.leasenode.v1.ExtendRequest\x1a\x1c.leasenode.v1.ExtendResponse\x12F\n" +
