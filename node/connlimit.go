@@ -18,9 +18,12 @@ import (
 // it was admitted if it has not sent its first request yet. Connections
 // cheap for anyone to open and leave must not lock every other client out
 // (an outsider's 1,100 silent connections made a Get take 2.35 s on
-// average, 7.75 s at worst). If none is idle, the new connection waits
-// for a slot. Busy connections (a request in flight, a waiting acquire, a
-// watch) are never closed.
+// average, 7.75 s at worst). With an auth token, the oldest connection
+// that has made no request with it goes first, busy or not: a request
+// without the token is not worth a slot. If none is idle (and, with a
+// token, all are authenticated), the new connection waits for a slot.
+// Busy authenticated connections (a request in flight, a waiting acquire,
+// a watch), and without a token all busy ones, are never closed.
 //
 // A connection must also send its first request (TLS handshake included)
 // within first: until then its read deadline is at most that, whatever
@@ -36,7 +39,18 @@ import (
 // this anyone who could reach the port could flood the leader with it
 // (1.35 million HEADERS+RST_STREAM frames from 8 connections made a leader
 // step down; 2.65 million PINGs in 15 s were all answered). A connection
-// that has made one authenticated request is never closed for this.
+// that has made one authenticated request is never closed for this; one
+// that has not is closed at the end of its budget even with a request in
+// flight: requests without the token (/metrics, /healthz) would otherwise
+// keep it for ever (1,300 HTTP/2 connections each holding one GET
+// /healthz behind a zero flow-control window filled --max-conns, and
+// clients with the token could not connect, while PINGs on them were all
+// answered).
+//
+// Invariant (auth-budget): with a token, no connection outlives authBy
+// without having made a request with it, and at the limit Accept never
+// waits while such a connection holds a slot. Guarded by
+// TestUnauthenticatedRequestsDoNotHoldConnections.
 type connLimiter struct {
 	net.Listener
 	max    int
@@ -52,6 +66,9 @@ type connLimiter struct {
 	lastWarn time.Time
 	shed     int // idle connections closed since the last warning
 	silent   int // connections without a request closed since then
+	// unauthShed counts connections, with a request but none with the
+	// auth token, closed since then.
+	unauthShed int
 
 	lastAuthWarn time.Time
 	unauthSlow   int // closed for no authenticated request within authBy, since the last warning
@@ -91,6 +108,7 @@ func (l *connLimiter) Close() error {
 type limitedConn struct {
 	net.Conn
 	l         *connLimiter
+	admitted  time.Time
 	idleSince time.Time // since admitted or idle; zero while busy
 	fresh     bool      // no request yet: the read deadline is at most firstBy
 	firstBy   time.Time
@@ -165,18 +183,13 @@ func (c *limitedConn) refusedAuth() bool {
 }
 
 // authExpired closes c if it has made no authenticated request within
-// the budget, once it has no request in flight: a reply under way (a
-// /metrics scrape, a health check, any request the token is not asked
-// of) is never cut; the budget starts again instead.
+// the budget, with its requests in flight: only a request with the token
+// keeps a connection (a 3 s /metrics scrape carrying it is not cut; one
+// without it is).
 func (c *limitedConn) authExpired() {
 	l := c.l
 	l.mu.Lock()
 	if c.authed {
-		l.mu.Unlock()
-		return
-	}
-	if !c.fresh && c.idleSince.IsZero() {
-		c.authTimer.Reset(l.authBy)
 		l.mu.Unlock()
 		return
 	}
@@ -211,7 +224,10 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			l.mu.Unlock()
 			return c, nil
 		}
-		victim := l.idlest()
+		victim := l.oldestUnauthed()
+		if victim == nil {
+			victim = l.idlest()
+		}
 		if victim != nil {
 			delete(l.open, victim.Conn)
 			if victim.authTimer != nil {
@@ -222,6 +238,9 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			if victim.fresh {
 				l.silent++
 				l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")
+			} else if l.authBy > 0 && !victim.authed {
+				l.unauthShed++
+				l.warnLocked("closing the oldest connection without a request with the auth token to admit a new one")
 			} else {
 				l.shed++
 				l.warnLocked("closing the connection idle longest to admit a new one")
@@ -246,7 +265,8 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 // Called with l.mu held.
 func (l *connLimiter) admitLocked(c *limitedConn) {
 	l.open[c.Conn] = c
-	c.idleSince = time.Now()
+	c.admitted = time.Now()
+	c.idleSince = c.admitted
 	c.firstBy = c.idleSince.Add(l.first)
 	c.Conn.SetReadDeadline(c.readDeadlineLocked())
 	if l.authBy > 0 {
@@ -266,14 +286,33 @@ func (l *connLimiter) idlest() *limitedConn {
 	return v
 }
 
+// oldestUnauthed returns, with an auth token, the connection admitted
+// first of those that have made no request with it (busy or not), or nil.
+// Called with l.mu held.
+func (l *connLimiter) oldestUnauthed() *limitedConn {
+	if l.authBy <= 0 {
+		return nil
+	}
+	var v *limitedConn
+	for _, c := range l.open {
+		if !c.authed && (v == nil || c.admitted.Before(v.admitted)) {
+			v = c
+		}
+	}
+	return v
+}
+
 func (l *connLimiter) warnLocked(what string) {
 	if time.Since(l.lastWarn) < time.Minute {
 		return
 	}
 	l.lastWarn = time.Now()
-	l.log.Warn("client API at its connection limit: "+what+" (raise agent --max-conns if the clients are yours)",
-		"max_conns", l.max, "idle_closed", l.shed, "silent_closed", l.silent)
-	l.shed, l.silent = 0, 0
+	args := []any{"max_conns", l.max, "idle_closed", l.shed, "silent_closed", l.silent}
+	if l.authBy > 0 {
+		args = append(args, "unauthenticated_closed", l.unauthShed)
+	}
+	l.log.Warn("client API at its connection limit: "+what+" (raise agent --max-conns if the clients are yours)", args...)
+	l.shed, l.silent, l.unauthShed = 0, 0, 0
 }
 
 func (l *connLimiter) release(c *limitedConn) {

@@ -138,3 +138,59 @@ func TestConnLimiterEvictsIdlestFreshOrIdle(t *testing.T) {
 		t.Fatalf("%d idle connections counted for the next warning, want 1", l.shed)
 	}
 }
+
+// With an auth token, at the limit the oldest connection that has made no
+// request with the token makes room even while busy (its request without
+// the token, a /healthz held open behind a zero flow-control window, kept
+// it for ever, and Accept waited), before the one idle longest among the
+// authenticated. Without a token, busy connections stay.
+func TestConnLimiterEvictsUnauthenticatedFirst(t *testing.T) {
+	ch := make(chan net.Conn, 1)
+	l := newConnLimiter(connsListener{ch: ch}, 3, time.Minute, slog.New(slog.DiscardHandler))
+	l.authBy = time.Minute
+	t.Cleanup(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for _, c := range l.open {
+			c.authTimer.Stop()
+		}
+	})
+	authedIdle, busy1, busy2 := &deadlineConn{}, &deadlineConn{}, &deadlineConn{}
+	ca := admit(t, l, ch, authedIdle)
+	l.state(ca, http.StateActive)
+	ca.authenticated()
+	l.state(ca, http.StateIdle)
+	c1 := admit(t, l, ch, busy1)
+	l.state(c1, http.StateActive)
+	c2 := admit(t, l, ch, busy2)
+	l.state(c2, http.StateActive)
+	ca.idleSince = time.Now().Add(-time.Hour) // idle longest by far
+	c1.admitted, c2.admitted = time.Now().Add(-2*time.Second), time.Now().Add(-time.Second)
+
+	ch <- &deadlineConn{}
+	admitted := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		admitted <- err
+	}()
+	select {
+	case err := <-admitted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept waited for a slot held by busy connections without the auth token")
+	}
+	if _, closed := busy1.state(); !closed {
+		t.Fatal("the oldest busy connection without the auth token was not closed to make room")
+	}
+	if _, closed := busy2.state(); closed {
+		t.Fatal("a newer connection without the auth token was closed before the oldest")
+	}
+	if _, closed := authedIdle.state(); closed {
+		t.Fatal("an authenticated idle connection was closed while one without the token held a slot")
+	}
+	if l.lastWarn.IsZero() {
+		t.Fatal("no warning of the connection closed")
+	}
+}
