@@ -728,6 +728,11 @@ func TestLostLeaseFreesTheKeyForItsClient(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the lease did not end")
 	}
+	// Lost, not dropped: l stays reachable until here (a dropped Lease
+	// keeps its guards for the validity read from it).
+	if !errors.Is(l.Err(), lease.ErrLeaseLost) {
+		t.Fatalf("Err %v, want ErrLeaseLost", l.Err())
+	}
 	nodetest.Eventually(t, 5*time.Second, func() error {
 		l2, err := cl.TryAcquire(ctxT(t, 5*time.Second), "lost/k")
 		if err != nil || l2 == nil {
