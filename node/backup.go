@@ -86,12 +86,20 @@ func Restore(cfg Config, backup io.Reader, indexGap uint64) (fsm.Stats, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return st, fmt.Errorf("data dir: %w", err)
 	}
-	if _, err := nodeIDOwner(cfg.DataDir, cfg.ID); err != nil {
+	// A restore makes a new node's data dir. One that a node has used is
+	// refused at once, before a store is opened: a running agent holds
+	// its lock, and the store's open would wait for it for ever.
+	if owner, err := dataDirOwner(cfg.DataDir); err != nil {
 		return st, err
+	} else if owner != "" {
+		return st, fmt.Errorf("data dir %s already holds the state of node %s (stop that node if it runs); restore into an empty data dir", cfg.DataDir, owner)
 	}
 	kind, err := storeKind(cfg.DataDir, cfg.LogStore)
 	if err != nil {
 		return st, err
+	}
+	if err := checkDataDir(cfg.DataDir, kind); err != nil {
+		return st, fmt.Errorf("%w; restore into an empty data dir", err)
 	}
 	store, err := openStore(cfg.DataDir, kind, false, cfg.Logger)
 	if err != nil {

@@ -54,6 +54,16 @@ func checkNodeID(dir, id string) error {
 // nodeIDOwner returns the node ID that dir's NodeIDFile names ("" if it
 // names none), or an error if that is not id.
 func nodeIDOwner(dir, id string) (string, error) {
+	owner, err := dataDirOwner(dir)
+	if err == nil && owner != "" && owner != id {
+		return "", fmt.Errorf("data dir %s belongs to node %s; start with --id %s, or with an empty --data-dir to join as a new node", dir, owner, owner)
+	}
+	return owner, err
+}
+
+// dataDirOwner returns the node ID that dir's NodeIDFile names, "" if it
+// has none.
+func dataDirOwner(dir string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(dir, NodeIDFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -62,11 +72,8 @@ func nodeIDOwner(dir, id string) (string, error) {
 		return "", fmt.Errorf("data dir %s: %w", dir, err)
 	}
 	owner := strings.TrimSpace(string(b))
-	switch {
-	case len(owner) > 128:
+	if len(owner) > 128 {
 		return "", fmt.Errorf("data dir %s: %s is %d bytes long: damaged? It names the node the data dir belongs to", dir, NodeIDFile, len(owner))
-	case owner != id:
-		return "", fmt.Errorf("data dir %s belongs to node %s; start with --id %s, or with an empty --data-dir to join as a new node", dir, owner, owner)
 	}
 	return owner, nil
 }

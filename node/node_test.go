@@ -640,6 +640,18 @@ func TestBackupRestore(t *testing.T) {
 	if restored.Held != 2 || restored.Applied != b.Stats.Applied+node.DefaultRestoreIndexGap {
 		t.Fatalf("restored %+v from backup %+v", restored, b.Stats)
 	}
+	// Into a running node's data dir: refused at once (its store's lock
+	// made the restore wait for ever, silently).
+	refused := make(chan error, 1)
+	go func() { _, err := node.Restore(c.Config(1), bytes.NewReader(backup.Bytes()), 0); refused <- err }()
+	select {
+	case err := <-refused:
+		if err == nil || !strings.Contains(err.Error(), "already holds the state of node") {
+			t.Errorf("restore into a running node's data dir: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("restore into a running node's data dir still waits after 10 s")
+	}
 	nodetest.Eventually(t, 20*time.Second, func() error {
 		if s := suffrage(t, c.Node(0)); len(s) != 3 {
 			return fmt.Errorf("configuration %v", s)
