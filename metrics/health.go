@@ -42,8 +42,8 @@ var errStarting = errors.New("node is starting")
 
 // Ready reports why n is not ready to serve, or nil: it must know a
 // leader (and, if it is the leader, have established its epoch), and its
-// applied index must be within maxLag entries of the commit index it has
-// learned from the leader.
+// applied index must be within maxLag entries of the leader's commit
+// index (asked over node RPC, within a second).
 func Ready(n *node.Node, maxLag uint64) error {
 	r := n.Raft()
 	state := r.State()
@@ -60,9 +60,16 @@ func Ready(n *node.Node, maxLag uint64) error {
 	if _, id := r.LeaderWithID(); id == "" {
 		return fmt.Errorf("no leader known (%s, term %d)", state, r.CurrentTerm())
 	}
-	commit, applied := r.CommitIndex(), r.AppliedIndex()
+	// The leader's commit index, not this node's: a follower learns the
+	// leader's only as its own log catches up (a restarted node that was
+	// out of the configuration read commit 0, applied 0: "ready").
+	commit, err := n.LeaderCommitIndex()
+	if err != nil {
+		return fmt.Errorf("cannot learn the leader's commit index: %w", err)
+	}
+	applied := r.AppliedIndex()
 	if l := lag(commit, applied); l > maxLag {
-		return fmt.Errorf("catching up: applied index %d is %d entries behind commit index %d", applied, l, commit)
+		return fmt.Errorf("catching up: applied index %d is %d entries behind the leader's commit index %d", applied, l, commit)
 	}
 	return nil
 }

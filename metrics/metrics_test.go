@@ -326,3 +326,32 @@ func TestScrapesShareAGather(t *testing.T) {
 		return nil
 	})
 }
+
+// Ready compares a follower's applied index with the leader's commit
+// index, not its own: a follower learns the leader's only as its log
+// catches up. A node restarted after it was out of the configuration read
+// commit 0, applied 0 and answered "ready" while it had applied nothing
+// (the new-user review). Here a follower cut off from the leader, which
+// still knows it (its heartbeat timeout has not passed), cannot learn the
+// leader's commit index, and is not ready; its own said lag 0.
+func TestReadyAsksTheLeadersCommitIndex(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, _ := c.Leader()
+	fi, f := c.Follower()
+	nodetest.Eventually(t, 10*time.Second, func() error { return metrics.Ready(f, 256) })
+	commit, err := f.LeaderCommitIndex()
+	if err != nil || commit == 0 {
+		t.Fatalf("LeaderCommitIndex on a follower: %d %v", commit, err)
+	}
+	var others []int
+	for i := range c.Size() {
+		if i != fi {
+			others = append(others, i)
+		}
+	}
+	c.Partition([]int{fi}, others)
+	defer c.Heal()
+	if err := metrics.Ready(f, 256); err == nil {
+		t.Errorf("a follower cut off from leader %d is ready", li)
+	}
+}

@@ -996,6 +996,28 @@ func (n *Node) caughtUp(id, addr string) bool {
 	return err == nil && st.GetHeader().GetAppliedIndex()+256 >= n.raft.AppliedIndex()
 }
 
+// LeaderCommitIndex returns the commit index of the leader this node
+// knows: its own on the leader, else the leader's answer over node RPC
+// (bounded by a second). A follower's own commit index can lag far
+// behind it: one that was out of the configuration, or whose log is
+// behind, learns only min(the leader's, its own last index) until it has
+// caught up, so a readiness check that compared it with that would pass
+// at commit 0, applied 0.
+func (n *Node) LeaderCommitIndex() (uint64, error) {
+	if n.raft.State() == raft.Leader {
+		return n.raft.CommitIndex(), nil
+	}
+	addr, id := n.raft.LeaderWithID()
+	if id == "" {
+		return 0, ErrNoLeader
+	}
+	st, err := n.peerStatus(string(id), string(addr))
+	if err != nil {
+		return 0, fmt.Errorf("asking leader %s: %w", id, err)
+	}
+	return st.GetCommitIndex(), nil
+}
+
 // peerStatus asks node id, at addr, for its local status over node RPC;
 // it fails if the node at addr is not id.
 func (n *Node) peerStatus(id, addr string) (*pb.StatusResponse, error) {
