@@ -162,7 +162,9 @@ func retry[T any](ctx context.Context, cf *clientFlags, f func(context.Context) 
 	return v, err
 }
 
-// listAll reads every record under prefix, page by page.
+// listAll reads every holding under prefix, page by page: each holder of
+// a shared or semaphore key is one (a server without lock shapes sends
+// only one record per key).
 func listAll(ctx context.Context, cf *clientFlags, r *lease.Remote, prefix string, stale bool) ([]*pb.Lease, error) {
 	var out []*pb.Lease
 	after := ""
@@ -173,7 +175,11 @@ func listAll(ctx context.Context, cf *clientFlags, r *lease.Remote, prefix strin
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, resp.GetLeases()...)
+		page := resp.GetHoldings()
+		if len(page) == 0 {
+			page = resp.GetLeases()
+		}
+		out = append(out, page...)
 		if resp.GetNext() == "" {
 			return out, nil
 		}

@@ -560,6 +560,10 @@ func TestLockShapes(t *testing.T) {
 	if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", "0", "--addr", addr); code == 0 || !strings.Contains(errOut, "semaphore of 2") {
 		t.Errorf("another n: exit %d: %s", code, errOut)
 	}
+	// list shows both holders of the semaphore, with their tokens.
+	if code, out, errOut := cli(t, "list", "sem", "--addr", addr, "-o", "json"); code != 0 || strings.Count(out, `"token"`) != 2 {
+		t.Errorf("list of a semaphore with 2 holders: exit %d, %s %s", code, out, errOut)
+	}
 	r1, r2 := hold("doc", "--shared"), hold("doc", "--shared")
 	started(r1)
 	started(r2)
