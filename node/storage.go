@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,6 +23,18 @@ import (
 	"github.com/hashicorp/raft-wal/types"
 	"go.etcd.io/bbolt"
 )
+
+// raft-wal's file layer imports coreos/pkg/capnslog (through etcd's
+// fileutil), whose init rewires the standard library's log package (no
+// flags, output through capnslog: "2006-01-02 15:04:05.000000 I | msg"):
+// a program that embeds a node found its own log.Printf lines changed by
+// the import. This init runs after it (node imports raft-wal) and puts
+// back log's defaults; a program's main sets its own after both.
+func init() {
+	log.SetFlags(log.LstdFlags)
+	log.SetPrefix("")
+	log.SetOutput(os.Stderr)
+}
 
 // Log store kinds (Config.LogStore).
 const (
