@@ -214,6 +214,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.goRun("node.commitmark", func() { n.runCommitMark(n.walDir) })
 	}
 	n.log.Info("node started", "raft", cfg.AdvertiseAddr, "gossip", cfg.GossipAdvertiseAddr, "api", n.apiAddr)
+	if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 && !n.hasState() {
+		n.log.Warn("this node has no cluster to join: no Join seeds (agent --join), no BootstrapExpect (--bootstrap-expect) and no state in its data dir; "+
+			"it waits until a member of a cluster joins it by its gossip address. To start a new cluster give every first node --bootstrap-expect N and --join with the others' gossip addresses; to join one, --join a member's",
+			"gossip", cfg.GossipAdvertiseAddr)
+	}
 	return n, nil
 }
 

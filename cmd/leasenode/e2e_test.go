@@ -960,3 +960,18 @@ func TestTLSCluster(t *testing.T) {
 		t.Fatalf("agent with a client certificate: exit %d, stderr %s", code, bad.stderr)
 	}
 }
+
+// An agent with neither --join nor --bootstrap-expect, and no state, says
+// at start that nothing will happen until a cluster joins it (it printed
+// "ready" and waited for ever; new-user review).
+func TestAgentWithNoClusterSaysSo(t *testing.T) {
+	t.Parallel()
+	p := start(t, nil, "agent", "--id", "alone", "--data-dir", t.TempDir(), "--bind", nodetest.FreeAddr(t, false),
+		"--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false))
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(p.stderr.String(), "this node has no cluster to join") || !strings.Contains(p.stderr.String(), "--bootstrap-expect") {
+			return errors.New("no warning yet")
+		}
+		return nil
+	})
+}
