@@ -303,7 +303,7 @@ func (m *Mux) handle(raw net.Conn) {
 		if err := tc.Handshake(); err != nil {
 			if !m.isClosed() {
 				m.refusals[refusedTLSHandshake].Add(1)
-				m.warn(log, "refused a node-port connection: TLS handshake failed: a node needs the cluster key or a node certificate (node role) from the cluster's CA", "error", err)
+				m.warn(log, "refused a node-port connection: TLS handshake failed (the error says why): a node needs a certificate with the node role from this cluster's CA: the one --tls-ca names, or, with a cluster key and no TLS files, the one the key derives", "error", err)
 			}
 			m.forget(raw)
 			return

@@ -1352,6 +1352,18 @@ func (c *adversary) clientTokenFile(t *testing.T) {
 	if code, _, errOut := run1(t, []string{"LEASENODE_AUTH_TOKEN=wrong"}, "status", addr, "--auth-token-file", c.tokenFile); code != 0 {
 		t.Fatalf("--auth-token-file beside LEASENODE_AUTH_TOKEN: %d %q", code, errOut)
 	}
+	// One that others may read works, with a warning.
+	readable := filepath.Join(t.TempDir(), "token")
+	tok, _ := os.ReadFile(c.tokenFile)
+	if err := os.WriteFile(readable, tok, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(readable, 0o644); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	if code, _, errOut := run1(t, nil, "status", addr, "--auth-token-file", readable); code != 0 || !strings.Contains(errOut, "chmod 600 "+readable) {
+		t.Errorf("status --auth-token-file of mode 0644: %d %q, want it to work, with a warning", code, errOut)
+	}
 	big := filepath.Join(t.TempDir(), "big")
 	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 5000), 0o600); err != nil {
 		t.Fatal(err)

@@ -92,6 +92,9 @@ func readSecretFile(name, path string) (string, error) {
 		return "", usagef("--%s: %v", name, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(os.Stderr, "leasenode: warning: --%s %s can be read by other users (mode %#o): chmod 600 %s\n", name, path, fi.Mode().Perm(), path)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
 	switch {
 	case err != nil:
