@@ -434,22 +434,40 @@ func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config)
 		defer cancel()
 		closed <- n.Close(cctx)
 	}()
-	select {
-	case err := <-closed:
-		stopMetrics()
-		<-metricsDone
-		if err != nil {
-			return fmt.Errorf("close: %w", err)
+	firstAt := time.Now()
+	for {
+		select {
+		case err := <-closed:
+			stopMetrics()
+			<-metricsDone
+			if err != nil {
+				return fmt.Errorf("close: %w", err)
+			}
+			cfg.Logger.Info("stopped")
+			return nil
+		case second := <-sig.C:
+			if time.Since(firstAt) < sameSignal {
+				// One signal sent twice: to the process and to its
+				// group (GNU timeout, some supervisors), not an
+				// operator's second Ctrl-C.
+				continue
+			}
+			return exitAtOnce(second)
 		}
-		cfg.Logger.Info("stopped")
-		return nil
-	case second := <-sig.C:
-		code := exitFailure
-		if s, ok := second.(syscall.Signal); ok {
-			code = 128 + int(s)
-		}
-		return &exitError{code: code, msg: "second " + second.String() + ": exiting at once"}
 	}
+}
+
+// sameSignal: a signal that follows the first within this is taken for a
+// copy of it, not a request to exit at once.
+const sameSignal = 200 * time.Millisecond
+
+// exitAtOnce is the agent's answer to a second signal while it stops.
+func exitAtOnce(second os.Signal) error {
+	code := exitFailure
+	if s, ok := second.(syscall.Signal); ok {
+		code = 128 + int(s)
+	}
+	return &exitError{code: code, msg: "second " + second.String() + ": exiting at once"}
 }
 
 // checkHTTPAddr refuses an --http address on the port of --bind, --gossip

@@ -975,3 +975,23 @@ func TestAgentWithNoClusterSaysSo(t *testing.T) {
 		return nil
 	})
 }
+
+// A signal sent to the agent and to its process group at once (GNU
+// timeout does; so do some supervisors) is one request to stop gracefully,
+// not a second signal that exits at once and skips the handoff.
+func TestSignalToProcessAndGroupStopsGracefully(t *testing.T) {
+	t.Parallel()
+	p := start(t, nil, "agent", "--id", "solo", "--data-dir", t.TempDir(), "--bind", nodetest.FreeAddr(t, false),
+		"--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false), "--bootstrap-expect", "1")
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(p.stdout.String(), "agent ready") {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGINT)
+	p.kill(syscall.SIGINT) // its group
+	if code := p.wait(t, 20*time.Second); code != 0 || strings.Contains(p.stderr.String(), "exiting at once") {
+		t.Errorf("SIGINT to the agent and its group: exit %d, stderr %s", code, tail(p.stderr.String(), 1000))
+	}
+}
