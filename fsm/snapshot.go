@@ -281,10 +281,10 @@ func corrupt(format string, args ...any) error {
 func readSnapshot(r *bufio.Reader, lenient bool) (*snapState, error) {
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(r, magic); err != nil {
-		return nil, corrupt("reading magic: %v", err)
+		return nil, corrupt("not a leasenode snapshot or backup: too short to hold one (%v)", err)
 	}
 	if string(magic) != string(snapshotMagic) {
-		return nil, corrupt("bad magic %q", magic)
+		return nil, corrupt("not a leasenode snapshot or backup: it starts %q (bad magic)", magic)
 	}
 	var payload []byte
 	next := func() (*decoder, error) {

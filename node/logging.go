@@ -310,7 +310,7 @@ func gossipForeign(msg string) string {
 	for _, s := range []string{"no installed keys could decrypt", "remote state is encrypted and encryption is not configured",
 		"encryption is configured but remote state is not encrypted"} {
 		if strings.Contains(msg, s) {
-			return "a node with another cluster key (--cluster-key or --gossip-key), or none, tried to gossip with this one (from=): " +
+			return "a node with another cluster key (--cluster-key or --gossip-key), or none, tried to gossip with this one (the line's from names it): " +
 				"give every agent the same key; or something not leasenode's writes to the gossip port"
 		}
 	}
