@@ -197,11 +197,11 @@ func (c *adversary) outsiders(t *testing.T, id string) []*outsider {
 // the outsider, naming what the port needs.
 func (c *adversary) refusalLogged(t *testing.T, a *agent, o *outsider) {
 	t.Helper()
-	want := []string{"refused a node-port connection", "needs the cluster key or a node certificate"}
+	want := []string{"refused a node-port connection"}
 	if o.tls == nil {
-		want = append(want, "plain TCP")
+		want = append(want, "plain TCP", "needs the cluster key or a node certificate")
 	} else {
-		want = append(want, "unknown authority")
+		want = append(want, "unknown authority", "needs a certificate with the node role from this cluster's CA")
 	}
 	waitLog(t, a, want...)
 }
