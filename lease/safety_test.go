@@ -26,6 +26,26 @@ func (b *cutExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.Exten
 	return b.Backend.Extend(ctx, r)
 }
 
+// cutOff starts a 3-node cluster and two clients of one follower: a, with
+// TTL ttl and a quick back-off, whose extends stop reaching the cluster
+// once cb.cut is set (its other requests still do), and b.
+func cutOff(t *testing.T, ttl time.Duration) (a *lease.Client, cb *cutExtends, b *lease.Client) {
+	t.Helper()
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	cb = &cutExtends{Backend: n}
+	a, err := lease.New(cb, lease.WithTTL(ttl), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(context.Background()) })
+	if b, err = lease.New(n); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	return a, cb, b
+}
+
 // Invariant client-validity: every ValidUntil a client ever reports for a
 // lease is before the moment another client is granted the key. Scenario:
 // A's extends stop reaching the cluster (its releases still do); B waits
@@ -35,19 +55,7 @@ func (b *cutExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.Exten
 // released it at once, so B was granted while A's ValidUntil was still
 // ~90 ms in the future.)
 func TestValidUntilNeverPastTheNextGrant(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
-	_, n := c.Follower()
-	cb := &cutExtends{Backend: n}
-	a, err := lease.New(cb, lease.WithTTL(2*time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(context.Background())
-	b, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
+	a, cb, b := cutOff(t, 2*time.Second)
 	la, err := a.Acquire(ctxT(t, 10*time.Second), "vu")
 	if err != nil {
 		t.Fatal(err)

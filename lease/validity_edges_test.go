@@ -55,14 +55,7 @@ func TestDroppedLeaseGuardsItsValidity(t *testing.T) {
 // lost a little before its ValidUntil (lossGuard), and a value read before
 // the loss stays true, for this Client's next acquire too.
 func TestLostLeaseGuardsItsValidity(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
-	_, n := c.Follower()
-	cb := &cutExtends{Backend: n}
-	a, err := lease.New(cb, lease.WithTTL(time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(context.Background())
+	a, cb, _ := cutOff(t, time.Second)
 	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/own")
 	if err != nil {
 		t.Fatal(err)
@@ -110,19 +103,7 @@ func reacquire(t *testing.T, cl *lease.Client, key string, validUntil time.Time)
 // would reach the leader before that expiry, would end it plainly and
 // free the key at once.
 func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 3})
-	_, n := c.Follower()
-	cb := &cutExtends{Backend: n}
-	a, err := lease.New(cb, lease.WithTTL(time.Second), lease.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(context.Background())
-	b, err := lease.New(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
+	a, cb, b := cutOff(t, time.Second)
 	const delay = 2 * time.Second
 	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/delay", lease.LockDelay(delay))
 	if err != nil {
