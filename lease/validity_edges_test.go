@@ -56,25 +56,35 @@ func TestDroppedLeaseGuardsItsValidity(t *testing.T) {
 // the loss stays true, for this Client's next acquire too.
 func TestLostLeaseGuardsItsValidity(t *testing.T) {
 	a, cb, _ := cutOff(t, time.Second)
-	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/own")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb.cut.Store(true)
-	read := la.ValidUntil()
-	select {
-	case <-la.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the lease was never declared lost")
-	}
-	if !errors.Is(la.Err(), lease.ErrLeaseLost) || !strings.Contains(la.Err().Error(), "no extend succeeded") {
-		t.Errorf("Err %v: want ErrLeaseLost saying why", la.Err())
-	}
+	read := acquireAndLose(t, a, cb, "lost/own")
 	la2 := reacquire(t, a, "lost/own", read)
 	defer la2.Release(context.Background())
 	if left := time.Until(read); left > 0 {
 		t.Errorf("its own Client was granted the key again %v before the ValidUntil read before the loss", left.Round(time.Millisecond))
 	}
+}
+
+// acquireAndLose acquires key with a (of cutOff), cuts its extends and
+// waits until the lease is declared lost; it returns the ValidUntil read
+// before the cut. The Lease stays reachable until it is lost (a dropped
+// one would end otherwise), and its Err must say why it was lost.
+func acquireAndLose(t *testing.T, a *lease.Client, cb *cutExtends, key string, opts ...lease.AcquireOption) time.Time {
+	t.Helper()
+	l, err := a.Acquire(ctxT(t, 10*time.Second), key, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb.cut.Store(true)
+	read := l.ValidUntil()
+	select {
+	case <-l.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: the lease was never declared lost", key)
+	}
+	if err := l.Err(); !errors.Is(err, lease.ErrLeaseLost) || !strings.Contains(err.Error(), "no extend succeeded") {
+		t.Fatalf("%s: Err %v, want ErrLeaseLost saying why", key, err)
+	}
+	return read
 }
 
 // reacquire tries key with cl until granted (collecting garbage between
@@ -105,20 +115,7 @@ func reacquire(t *testing.T, cl *lease.Client, key string, validUntil time.Time)
 func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
 	a, cb, b := cutOff(t, time.Second)
 	const delay = 2 * time.Second
-	la, err := a.Acquire(ctxT(t, 10*time.Second), "lost/delay", lease.LockDelay(delay))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb.cut.Store(true)
-	lostAt := la.ValidUntil()
-	select {
-	case <-la.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the lease was never declared lost")
-	}
-	if !errors.Is(la.Err(), lease.ErrLeaseLost) { // (and la stays reachable: not a dropped Lease)
-		t.Fatalf("Err %v, want ErrLeaseLost", la.Err())
-	}
+	lostAt := acquireAndLose(t, a, cb, "lost/delay", lease.LockDelay(delay))
 	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), "lost/delay", 15*time.Second)
 	if err != nil {
 		t.Fatal(err)
