@@ -256,6 +256,14 @@ func TestNobodyAtAddrHint(t *testing.T) {
 	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "knows no leader") {
 		t.Errorf("get with nothing at %s: %d %s", addr, code, errOut)
 	}
+	// Nothing listens: the first contact gives up at --dial-timeout, not
+	// after --timeout, and says which flag to raise.
+	for _, cmd := range [][]string{{"get", "k"}, {"acquire", "k"}} {
+		code, _, errOut = run1(t, nil, append(cmd, "--addr", addr, "--timeout", "10m", "--dial-timeout", "300ms")...)
+		if code != exitUnreachable || !strings.Contains(errOut, "--dial-timeout") {
+			t.Errorf("%v with nothing at %s: %d %s", cmd, addr, code, errOut)
+		}
+	}
 }
 
 // Ports that clash are refused before the data dir is made (it was made,

@@ -29,7 +29,7 @@ type clientFlags struct {
 	tlsCA, tlsCert, tlsKey string
 	token, tokenFile       string
 	output                 string
-	timeout                time.Duration
+	timeout, dialTimeout   time.Duration
 	fs                     *pflag.FlagSet
 }
 
@@ -44,6 +44,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&c.tokenFile, "auth-token-file", "", "file holding the --auth-token (one line)")
 	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	durationVar(fs, &c.timeout, "timeout", 10*time.Second, "bound on each request, including waiting for a leader (a wait for a held key is --wait's, where there is one)")
+	durationVar(fs, &c.dialTimeout, "dial-timeout", 2*time.Second, "how long to keep trying to reach some node at --addr (agents starting, a node restarting) before giving up")
 	completeWords(cmd, "output", "table", "json")
 	for _, f := range []string{"tls-cert", "tls-key", "tls-ca"} {
 		_ = cmd.MarkFlagFilename(f, "pem")
@@ -60,6 +61,9 @@ func (c *clientFlags) check() error {
 	}
 	if c.timeout <= 0 {
 		return usagef("--timeout must be positive")
+	}
+	if c.dialTimeout <= 0 {
+		return usagef("--dial-timeout must be positive")
 	}
 	tok, err := authToken(c.fs, c.token, c.tokenFile)
 	if err != nil {
@@ -120,13 +124,32 @@ func (c *clientFlags) dial(ctx context.Context, opts ...lease.Option) (*lease.Cl
 	}
 	// A leaderless cluster fails a request after --timeout, not never.
 	opts = append(opts, lease.WithRetryTimeout(c.timeout))
-	dctx, cancel := context.WithTimeout(ctx, c.timeout)
+	dctx, cancel := c.dialContext(ctx)
 	defer cancel()
 	cl, err := lease.Dial(dctx, c.addrs(), opts...)
 	if err != nil {
 		return nil, err
 	}
 	return cl, nil
+}
+
+// dialContext bounds reaching a first node by --dial-timeout (and
+// --timeout): a mistyped --addr is refused at once, every time, and waiting
+// the whole --timeout for it to start listening only delays the answer.
+// Any node answers without a leader, so a cluster that lost its quorum is
+// still reached, and its requests wait --timeout as before.
+func (c *clientFlags) dialContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := min(c.timeout, c.dialTimeout)
+	return context.WithTimeoutCause(ctx, d,
+		fmt.Errorf("no node at --addr %s answered within %v (--dial-timeout; raise it if the agents are still starting)", c.addr, d))
+}
+
+// contact waits, up to --dial-timeout, until some node at --addr answers.
+func (c *clientFlags) contact(ctx context.Context, api *lease.Remote) error {
+	dctx, cancel := c.dialContext(ctx)
+	defer cancel()
+	_, err := retry(dctx, c, api.Status)
+	return err
 }
 
 // api returns a raw API client for the cluster.
@@ -188,15 +211,21 @@ func listAll(ctx context.Context, cf *clientFlags, r *lease.Remote, prefix strin
 }
 
 // request opens the client API and a context bounded by --timeout and
-// cancelled by a signal; call done when finished.
-func (c *clientFlags) request(ctx context.Context, sig *signals) (context.Context, *lease.Remote, func(), error) {
+// cancelled by a signal, once some node at --addr answers (what names
+// the request in the error if none does); call done when finished.
+func (c *clientFlags) request(ctx context.Context, sig *signals, what string) (context.Context, *lease.Remote, func(), error) {
 	api, err := c.api()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, cancel := sig.cancelOn(ctx)
 	ctx, cancelT := context.WithTimeout(ctx, c.timeout)
-	return ctx, api, func() { cancelT(); cancel(); api.Close() }, nil
+	done := func() { cancelT(); cancel(); api.Close() }
+	if err := c.contact(ctx, api); err != nil {
+		done()
+		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ctx, api, done, nil
 }
 
 func printJSON(v any) {
@@ -263,7 +292,7 @@ func (ap *app) getCmd() *cobra.Command {
 }
 
 func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, stale *bool) error {
-	ctx, api, done, err := cf.request(ctx, sig)
+	ctx, api, done, err := cf.request(ctx, sig, fmt.Sprintf("get %q", pos[0]))
 	if err != nil {
 		return err
 	}
@@ -311,7 +340,7 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 	if len(pos) == 1 {
 		prefix = pos[0]
 	}
-	ctx, api, done, err := cf.request(ctx, sig)
+	ctx, api, done, err := cf.request(ctx, sig, fmt.Sprintf("list %q", prefix))
 	if err != nil {
 		return err
 	}
@@ -359,7 +388,7 @@ func runRelease(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 	if *token == 0 || *holder == "" {
 		return usagef("release needs --token and --holder (acquire prints both)")
 	}
-	ctx, api, done, err := cf.request(ctx, sig)
+	ctx, api, done, err := cf.request(ctx, sig, fmt.Sprintf("release %q", pos[0]))
 	if err != nil {
 		return err
 	}
@@ -415,7 +444,7 @@ func (ap *app) membersCmd() *cobra.Command {
 }
 
 func runMembers(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
-	ctx, api, done, err := cf.request(ctx, sig)
+	ctx, api, done, err := cf.request(ctx, sig, "members")
 	if err != nil {
 		return err
 	}
@@ -510,11 +539,16 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 	return out
 }
 
+// statusElectionWait is how long status waits for a leader in a cluster
+// that had one: a few election timeouts at default timing.
+const statusElectionWait = 3 * time.Second
+
 const statusSynopsis = `Asks every member (found through the first reachable --addr) for its Raft
 state, indexes and lease counts, and prints the cluster id each node's data
 belongs to. A member whose API address no node has confirmed (over
-authenticated node RPC) is listed but not asked. Exits 3 if no node knows a
-leader.`
+authenticated node RPC) is listed but not asked. Waits for a leader (up to
+--timeout while the cluster has never elected one, 3 s once it has) and exits
+3 if no node knows one.`
 
 func (ap *app) statusCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "status [flags]", Short: "show every node's Raft state, lease counts and version", Long: statusSynopsis, Args: nargs(0, 0)}
@@ -530,7 +564,7 @@ func (ap *app) statusCmd() *cobra.Command {
 }
 
 func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
-	ctx, api, done, err := cf.request(ctx, sig)
+	ctx, api, done, err := cf.request(ctx, sig, "status")
 	if err != nil {
 		return err
 	}
@@ -554,12 +588,15 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		Version   string `json:"version,omitempty"`
 	}
 	var (
-		rows        []row
-		leaderKnown bool
+		rows                 []row
+		leaderKnown, hadTerm bool
 	)
 	// Until some node knows a leader, or --timeout: agents just started
 	// take an election to agree on one, and status is how scripts wait
-	// for a cluster.
+	// for a cluster. A cluster that had a leader (a term) and has none
+	// gets statusElectionWait: an election takes a second or two, a lost
+	// quorum waits for ever, and the table says which nodes answer.
+	start := time.Now()
 	for {
 		mem, err := retry(ctx, cf, api.Members)
 		if err != nil {
@@ -582,9 +619,10 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
 			r.ClusterID = s.GetClusterId()
 			leaderKnown = leaderKnown || r.Leader != ""
+			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
 		}
-		if leaderKnown || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+		if leaderKnown || hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
 			break
 		}
 	}
@@ -667,7 +705,13 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		if !bootstrapped {
 			return &exitError{code: exitUnreachable, msg: "no node knows a leader: the cluster has not bootstrapped yet (its agents wait for --bootstrap-expect nodes to see each other through --join; their logs say how many they see)"}
 		}
-		return &exitError{code: exitUnreachable, msg: "no node knows a leader (election in progress, or no quorum)"}
+		n := 0
+		for _, r := range rows {
+			if r.Error == "" {
+				n++
+			}
+		}
+		return &exitError{code: exitUnreachable, msg: fmt.Sprintf("no node knows a leader: %d of %d members answered (a quorum of voters must reach each other to elect one; an election in progress takes a second or two)", n, len(rows))}
 	}
 	return nil
 }

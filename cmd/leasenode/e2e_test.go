@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -525,6 +526,19 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 	if code := lock.wait(t, 10*time.Second); code != 3 {
 		t.Errorf("lock exit %d, want the child's 3; stderr %s", code, lock.stderr)
 	}
+
+	// A second kill loses the quorum: status says so (exit 3, how many
+	// answered) after an election's wait, not after --timeout.
+	live[0].p.kill(syscall.SIGKILL)
+	live[0].p.wait(t, 5*time.Second)
+	// (A leader left alone keeps its role for a leader lease timeout.)
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		code, out, errOut := cli(t, "status", "--addr", live[1].api, "--timeout", "60s")
+		if code != exitUnreachable || !strings.Contains(errOut, "1 of 3 members answered") || !strings.Contains(out, live[1].id) {
+			return fmt.Errorf("status after a quorum loss: exit %d, %s %s", code, out, errOut)
+		}
+		return nil
+	})
 }
 
 // Scenario: lock shapes from the shell. Two `lock -n 2` run side by side
@@ -690,6 +704,8 @@ func liveInGroup(pgid int) []int {
 func TestUsageAndUnreachable(t *testing.T) {
 	t.Parallel()
 	dead := nodetest.FreeAddr(t, false)
+	// Free ports, not the defaults: an agent of the user's may hold those.
+	_, offPort, _ := net.SplitHostPort(nodetest.FreeAddr(t, false))
 	cases := []struct {
 		args []string
 		env  []string
@@ -712,7 +728,8 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "/nonexistent/cmd"}, nil, 127, "nothing was acquired"},
 		{[]string{"lock", "k", "--addr", dead, "--timeout", "1s", "--", "no-such-command-anywhere"}, nil, 127, "not found"},
 		// Off loopback, an agent needs a cluster key or TLS, or --insecure.
-		{[]string{"agent", "--id", "x", "--data-dir", t.TempDir(), "--bind", "0.0.0.0:7999", "--advertise", "127.0.0.1:7999"}, nil, exitFailure, "--insecure"},
+		{[]string{"agent", "--id", "x", "--data-dir", t.TempDir(), "--bind", "0.0.0.0:" + offPort, "--advertise", "127.0.0.1:" + offPort,
+			"--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false)}, nil, exitFailure, "--insecure"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x", "--cluster-key", "c2hvcnQ="}, nil, exitUsage, "want 32"},
 		{[]string{"agent", "--id", "x", "--data-dir", "/tmp/x"}, []string{"LEASENODE_CLUSTER_KEY_FILE=/nonexistent"}, exitUsage, "--cluster-key-file"},
 		{[]string{"tls", "cert", "create", "--node", "n1", "--client"}, nil, exitUsage, "exactly one of"},
