@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -309,4 +310,56 @@ func (n *Node) reloadRaft(change func(*raft.ReloadableConfig)) bool {
 		return false
 	}
 	return true
+}
+
+// Fast catch-up of a restarted follower.
+//
+// hashicorp/raft backs off after every failed AppendEntries to a follower,
+// doubling from 10 ms up to 10.24 s, and only a successful one resets it;
+// so a follower that was down for ten seconds or more waits up to ten
+// more after it is back before the leader sends it anything. Under load
+// that is tens of thousands of entries it lacks, and if the leader dies
+// in that window the new leader must ship them all before its first
+// commit: kills right after a restart took 1.2 s instead of 0.6 (a
+// sitting's 8 clients, 27,000 entries behind 11 s after the restart).
+//
+// rejoinTransport keeps the backoff short where the cause is certain: an
+// AppendEntries whose dial is refused (no process listens at the peer's
+// address: it is down, or restarting) is not failed at once but redialed
+// every rejoinPoll, for up to rejoinWait, so failures count once per
+// rejoinWait instead of once per attempt, and the first redial that
+// connects after the peer is back carries the entries at once. A refused
+// dial sent nothing, so sending it again is what Raft's retry would do.
+// Other errors (a timeout, a broken connection, a wrong peer) return at
+// once, as before.
+type rejoinTransport struct {
+	*raft.NetworkTransport
+	stop     <-chan struct{} // the node closes it before raft.Shutdown
+	redialed atomic.Int64    // refused dials sent again (for tests)
+}
+
+const (
+	rejoinPoll = 50 * time.Millisecond
+	rejoinWait = 30 * time.Second
+)
+
+// AppendEntries is the NetworkTransport's, redialing a peer that refuses.
+func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	err := t.NetworkTransport.AppendEntries(id, target, args, resp)
+	if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		return err
+	}
+	tick := time.NewTicker(rejoinPoll)
+	defer tick.Stop()
+	deadline := time.Now().Add(rejoinWait)
+	for errors.Is(err, syscall.ECONNREFUSED) && time.Now().Before(deadline) && !t.IsShutdown() {
+		select {
+		case <-tick.C:
+		case <-t.stop:
+			return err
+		}
+		t.redialed.Add(1)
+		err = t.NetworkTransport.AppendEntries(id, target, args, resp)
+	}
+	return err
 }

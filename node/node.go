@@ -347,7 +347,7 @@ func (n *Node) startRaft() error {
 	rc.NotifyCh = n.leaderNotify
 	n.logs = newLogCache(n.store)
 	n.logs.failed = n.onStoreFailure
-	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.trans)
+	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done()})
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
