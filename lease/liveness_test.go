@@ -353,3 +353,53 @@ func TestStoppedNodeEndsWatch(t *testing.T) {
 		t.Fatal("watch of a stopped node still open 30 s later")
 	}
 }
+
+// Scenario: the leader's process is killed under a watch (the new-user
+// review: `leasenode watch` then printed "stream ended; reconnecting"
+// twice a second and no event, for good). Every watch after the kill was
+// opened to the dead leader, the first address tried, and ended before its
+// first event; the next watch must reach a live node and see the changes.
+func TestWatchAfterTheLeaderIsKilled(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true})
+	li := c.WaitForLeader()
+	addrs := []string{c.Config(li).APIAddr}
+	for i := range 3 {
+		if i != li {
+			addrs = append(addrs, c.Config(i).APIAddr)
+		}
+	}
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	other, err := lease.Dial(ctxT(t, 10*time.Second), addrs[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+
+	c.Kill(li)
+	l, err := other.Acquire(ctxT(t, 20*time.Second), "w/after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	ctx := ctxT(t, 30*time.Second)
+	for ctx.Err() == nil {
+		events, err := cl.Watch(ctx, "w/")
+		if err != nil {
+			select { // no node reachable yet: watch again
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		for e := range events {
+			if e.Type == lease.Granted && e.Key == "w/after" && e.Token == l.Token() {
+				return
+			}
+		}
+	}
+	t.Fatal("no watch after the leader's kill saw the grant made after it")
+}

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -436,38 +437,75 @@ func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb
 // Watch implements Backend. It streams from one node (any: every node
 // applies every change). The stream ends if that node stops answering
 // (see WithPeerTimeout).
+//
+// Opening a stream reports no error for a node that is gone: the refused
+// connection shows only when the stream ends, before its first event. Such
+// a stream is that node's failure, not the watch's: the next address is
+// tried on the same channel (the caller has seen nothing yet, and the next
+// node sends the current holdings again), and the node stops being the
+// leader this Remote sends to first. Otherwise every watch after a leader
+// died was opened to the dead leader and ended at once, for as long as no
+// other request taught this Remote the new one.
 func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
-	var lastErr error
-	for _, addr := range r.targets() {
-		// The stream is a request in flight for as long as it is open: a
-		// node that stops answering ends it (the caller watches again).
-		sctx, done := r.track(ctx, addr)
-		stream, err := r.client(addr).Watch(sctx, connect.NewRequest(req))
-		if err != nil {
-			done(false)
-			if ue := (*UnresponsiveError)(nil); errors.As(context.Cause(sctx), &ue) {
-				err = ue
+	tried := map[string]bool{}
+	open := func() (string, *connect.ServerStreamForClient[pb.WatchEvent], func(bool), error) {
+		var lastErr error
+		for _, addr := range r.targets() {
+			if tried[addr] {
+				continue
 			}
-			lastErr = err
-			continue
+			tried[addr] = true
+			// The stream is a request in flight for as long as it is open: a
+			// node that stops answering ends it (the caller watches again).
+			sctx, done := r.track(ctx, addr)
+			stream, err := r.client(addr).Watch(sctx, connect.NewRequest(req))
+			if err != nil {
+				done(false)
+				if ue := (*UnresponsiveError)(nil); errors.As(context.Cause(sctx), &ue) {
+					err = ue
+				}
+				lastErr = err
+				continue
+			}
+			return addr, stream, done, nil
 		}
-		out := make(chan *pb.WatchEvent, 64)
-		go func() {
-			defer close(out)
-			defer done(false)
-			defer stream.Close()
+		return "", nil, nil, &noLeaderError{err: cmp.Or(lastErr, errors.New("no address to try"))}
+	}
+	addr, stream, done, err := open()
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *pb.WatchEvent, 64)
+	go func() {
+		defer close(out)
+		for {
+			got := 0
 			for stream.Receive() {
+				got++
 				r.hear(addr)
 				select {
 				case out <- stream.Msg():
 				case <-ctx.Done():
+					stream.Close()
+					done(false)
 					return
 				}
 			}
-		}()
-		return out, nil
-	}
-	return nil, &noLeaderError{err: lastErr}
+			failed := stream.Err() != nil
+			stream.Close()
+			done(false)
+			if failed {
+				r.forget(addr)
+			}
+			if got > 0 || !failed || ctx.Err() != nil {
+				return
+			}
+			if addr, stream, done, err = open(); err != nil {
+				return
+			}
+		}
+	}()
+	return out, nil
 }
 
 // bearer adds "Authorization: Bearer <token>" to every request.
