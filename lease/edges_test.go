@@ -620,7 +620,7 @@ func TestDialTellsATLSMismatch(t *testing.T) {
 		p    lease.TLSProblem
 	}{
 		{"plain to a TLS port", addr(tlsSrv), nil, "the node requires TLS", lease.TLSNodeRequiresTLS},
-		{"TLS to a plain port", addr(plain), skip, "the node serves plain HTTP", lease.TLSNodeIsPlain},
+		{"TLS to a plain port", addr(plain), skip, "a node serving plain HTTP", lease.TLSNodeIsPlain},
 		{"an unknown CA", addr(tlsSrv), &tls.Config{}, "certificate failed verification", lease.TLSUnverified},
 		{"no client certificate", addr(mtls), skip, "certificate of the cluster's CA", lease.TLSClientCertRequired},
 	} {

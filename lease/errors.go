@@ -86,7 +86,8 @@ const (
 	// TLSClientCertRequired: the node refused the handshake: it takes
 	// clients with a certificate of the cluster's CA.
 	TLSClientCertRequired
-	// TLSNodeIsPlain: TLS to a node that serves plain HTTP.
+	// TLSNodeIsPlain: TLS to a node that serves plain HTTP (or to a port
+	// that does not speak TLS at all, as the gossip port).
 	TLSNodeIsPlain
 	// TLSNodeRequiresTLS: plain HTTP to a node that requires TLS.
 	TLSNodeRequiresTLS
@@ -98,9 +99,10 @@ func (p TLSProblem) hint() string {
 	case TLSUnverified:
 		return "the node's certificate failed verification: trust the CA that signed the cluster's certificates (WithTLS, RootCAs) and dial an address the certificate names (or set ServerName to a name it carries)"
 	case TLSClientCertRequired:
-		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (WithTLS, Certificates)"
+		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (WithTLS, Certificates); " +
+			"if one was given, the address may be a node port, which takes node certificates only: dial the agents' --api addresses"
 	case TLSNodeIsPlain:
-		return "the node serves plain HTTP: dial it without WithTLS"
+		return "the address answered without TLS: a node serving plain HTTP (dial it without WithTLS), or a port that is not the client API (dial the agents' --api addresses)"
 	case TLSNodeRequiresTLS:
 		return "the node requires TLS: give WithTLS the cluster's CA (RootCAs) and, if it asks for client certificates, one of them (Certificates)"
 	}

@@ -316,6 +316,8 @@ func wrongPort(err error) string {
 		return "node port (Raft and node RPC)"
 	case "gossip":
 		return "gossip port"
+	case "http":
+		return "probe and metrics port (--http)"
 	}
 	return ""
 }
@@ -334,7 +336,8 @@ func TLSProblemOf(err error, usedTLS bool) TLSProblem {
 		return TLSUnverified
 	case strings.Contains(err.Error(), "remote error: tls: "): // an alert from the node
 		return TLSClientCertRequired
-	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"),
+		strings.Contains(err.Error(), "first record does not look like a TLS handshake"): // a port that does not speak HTTP (gossip)
 		return TLSNodeIsPlain
 	case !usedTLS && errors.As(err, &ce) && strings.Contains(ce.Message(), "400 Bad Request"):
 		// What Go's server answers plain HTTP on a TLS port with.

@@ -226,6 +226,13 @@ func TestAuthBeforeBody(t *testing.T) {
 	_, l := c.Leader()
 	body := &endless{n: 100 << 20}
 	code, out := post(t, l.APIAddr(), "Acquire", body, nil)
+	if code == 0 && body.read.Load() <= 8<<20 && (strings.Contains(out, "connection reset") || strings.Contains(out, "broken pipe")) {
+		// The node answered 401 and closed while the client was still
+		// writing the body: on a busy machine the client may see the reset
+		// before it reads the answer. Nothing more was read: refused before
+		// the body. The answer itself, with a body that fits in a write:
+		code, out = post(t, l.APIAddr(), "Acquire", strings.NewReader("{}"), nil)
+	}
 	if code != http.StatusUnauthorized || body.read.Load() > 8<<20 || !strings.Contains(out, "--auth-token") {
 		t.Fatalf("no token: status %d after reading %d MB: %s", code, body.read.Load()>>20, out)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/leasenode/leasenode/metrics"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
 
 const agentSynopsis = `Runs one node of a cluster. Start three with --bootstrap-expect 3 and --join
@@ -518,6 +520,9 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 	for pattern, h := range handlers {
 		mux.Handle(pattern, h)
 	}
+	// A client pointed here is told at once which port it reached, as on
+	// the node and gossip ports (it retried a 404 for --timeout).
+	mux.Handle("/"+pbconnect.LeaseServiceName+"/", http.HandlerFunc(notTheAPI))
 	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	p.ln = ln
@@ -527,6 +532,16 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 		}
 	}()
 	return p, nil
+}
+
+// notTheAPI answers a client API request on the --http port: 421, with a
+// Connect error naming the port (header Leasenode-Port: http, which the
+// lease package reads as ErrWrongPort).
+func notTheAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Leasenode-Port", "http")
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	_, _ = io.WriteString(w, `{"code":"failed_precondition","message":"this is the agent's --http port (probes and metrics), not the client API: clients use the agent's --api address"}`+"\n")
 }
 
 // Addr returns the address served ("" if none).

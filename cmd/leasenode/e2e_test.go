@@ -969,6 +969,26 @@ func TestTLSCluster(t *testing.T) {
 		}
 	}
 
+	// A client pointed at a port that is not the API, with its TLS
+	// flags or without, is told which port it reached or that it may be
+	// one, before --dial-timeout (the gossip and --http ports cost it the
+	// whole --timeout).
+	tlsFlags := client[2:]
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{append([]string{"--addr", agents[0].raft}, tlsFlags...), "may be a node port"},
+		{append([]string{"--addr", agents[0].gossip}, tlsFlags...), "gossip or --http port"},
+		{append([]string{"--addr", agents[0].http}, tlsFlags...), "gossip or --http port"},
+		{[]string{"--addr", agents[0].http}, "probe and metrics port (--http)"},
+	} {
+		code, _, errOut := cli(t, append(append([]string{"get", "k"}, c.args...), "--timeout", "1m", "--dial-timeout", "30s")...)
+		if code == 0 || code == exitUnreachable || !strings.Contains(errOut, c.want) {
+			t.Errorf("get %v: exit %d, %q; want a hint with %q", c.args, code, errOut, c.want)
+		}
+	}
+
 	// An agent whose certificate is an API client's: refused at start.
 	bad := start(t, []string{"LEASENODE_CLUSTER_KEY_FILE=" + s.keyFile}, "agent", "--id", "t9", "--data-dir", t.TempDir(),
 		"--bind", nodetest.FreeAddr(t, false), "--gossip", nodetest.FreeAddr(t, true), "--api", nodetest.FreeAddr(t, false),

@@ -89,9 +89,10 @@ func tlsHint(p lease.TLSProblem) string {
 		return "give --tls-ca the CA that signed the nodes' certificates, and dial (--addr) an address their certificates name; " +
 			"for another address, remake them with `leasenode tls cert create --node ID --ip IP --dns NAME`"
 	case lease.TLSClientCertRequired:
-		return "the cluster takes clients with a certificate of its CA: give --tls-cert and --tls-key (made by `leasenode tls cert create --client --name NAME`)"
+		return "the cluster takes clients with a certificate of its CA: give --tls-cert and --tls-key (made by `leasenode tls cert create --client --name NAME`); " +
+			"if you gave them, --addr may be a node port (--bind), which takes node certificates only: give the agents' --api addresses"
 	case lease.TLSNodeIsPlain:
-		return "the node serves plain HTTP: leave out --tls-ca, --tls-cert and --tls-key"
+		return "the address answered without TLS: the agent serves plain HTTP (leave out --tls-ca, --tls-cert and --tls-key), or --addr is not an --api address (a gossip or --http port)"
 	case lease.TLSNodeRequiresTLS:
 		return "the node requires TLS: give --tls-ca (the cluster's CA) and, if it asks for client certificates, --tls-cert and --tls-key"
 	}

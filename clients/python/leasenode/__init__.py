@@ -185,7 +185,7 @@ def _tls_hint(e):
     if isinstance(e, _ssl.SSLCertVerificationError):
         return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context, and dial an address the certificate names"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
-        return "the node serves plain HTTP: leave out ssl_context (or give the agents --tls-cert and --tls-key)"
+        return "the address answered without TLS: the agent serves plain HTTP (leave out ssl_context, or give the agents --tls-cert and --tls-key), or it is not an --api address (a gossip or --http port)"
     if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
         return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (ssl_context.load_cert_chain, made by `leasenode tls cert create --client`)"
     return None
