@@ -100,9 +100,9 @@ func (p TLSProblem) hint() string {
 		return "the node's certificate failed verification: trust the CA that signed the cluster's certificates (WithTLS, RootCAs) and dial an address the certificate names (or set ServerName to a name it carries)"
 	case TLSClientCertRequired:
 		return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (WithTLS, Certificates); " +
-			"if one was given, the address may be a node port, which takes node certificates only: dial the agents' --api addresses"
+			"if one was given, the address may be a node port, which takes node certificates only: dial the agents' client API addresses"
 	case TLSNodeIsPlain:
-		return "the address answered without TLS: a node serving plain HTTP (dial it without WithTLS), or a port that is not the client API (dial the agents' --api addresses)"
+		return "the address answered without TLS: a node serving plain HTTP (dial it without WithTLS), or a port that is not the client API (dial the agents' client API addresses)"
 	case TLSNodeRequiresTLS:
 		return "the node requires TLS: give WithTLS the cluster's CA (RootCAs) and, if it asks for client certificates, one of them (Certificates)"
 	}
