@@ -53,7 +53,10 @@ type Client struct {
 	mu     sync.Mutex
 	held   map[*held]struct{} // leases being kept alive
 	guards map[string]*guard  // key → local guard, while anyone holds or waits for it
-	closed bool
+	// unreleased: leases whose Release failed; releaseLater retries them,
+	// and Close releases them under its ctx before it stops the retries.
+	unreleased map[*held]struct{}
+	closed     bool
 
 	kick   chan struct{} // wakes the loop when leases are added
 	stop   chan struct{}
@@ -98,14 +101,15 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		b:      b,
-		opts:   o,
-		retry:  RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax},
-		log:    o.logger.With("component", "lease.client", "holder", o.holder),
-		held:   map[*held]struct{}{},
-		guards: map[string]*guard{},
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
+		b:          b,
+		opts:       o,
+		retry:      RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax},
+		log:        o.logger.With("component", "lease.client", "holder", o.holder),
+		held:       map[*held]struct{}{},
+		guards:     map[string]*guard{},
+		unreleased: map[*held]struct{}{},
+		kick:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
 	}
 	c.extendItems.Store(extendChunkItems)
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
@@ -754,6 +758,14 @@ func (c *Client) end(h *held, err error, release bool) bool {
 			// The guards stay closed until then too: a new acquire of this
 			// Client would replace the holding on the server at once.
 			ok := ctxtime.Sleep(c.bgCtx, time.Until(wasValid))
+			if ok && keepDelay {
+				// The leader's record outlives the validity (by the
+				// drift, a trip, or a whole TTL if an extend's reply was
+				// lost). A new acquire of this Client would replace it
+				// at once, with no lock-delay: keep the guards closed
+				// until the cluster no longer holds it live.
+				c.awaitNotLive(h)
+			}
 			c.unguard(h)
 			if !ok || keepDelay {
 				return
@@ -767,6 +779,22 @@ func (c *Client) end(h *held, err error, release bool) bool {
 		}
 	}
 	return true
+}
+
+// awaitNotLive polls CheckToken until h's holding is no longer live in
+// the cluster (expired into its lock-delay, or ended), or Close begins.
+func (c *Client) awaitNotLive(h *held) {
+	for {
+		ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
+		resp, err := c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: h.key, Token: h.token})
+		cancel()
+		if err == nil && !resp.GetCurrent() {
+			return
+		}
+		if !ctxtime.Sleep(c.bgCtx, min(max(h.ttl/20, 5*time.Millisecond), 100*time.Millisecond)) {
+			return
+		}
+	}
 }
 
 // unguard unlocks h's local guards, once: after its record was released,
@@ -791,6 +819,9 @@ func (c *Client) unguard(h *held) {
 // failed to, retrying for up to one TTL (after that the record has
 // expired) or until Close.
 func (c *Client) releaseLater(h *held) {
+	c.mu.Lock()
+	c.unreleased[h] = struct{}{}
+	c.mu.Unlock()
 	c.background(func() {
 		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
 		defer cancel()
@@ -800,6 +831,13 @@ func (c *Client) releaseLater(h *held) {
 			h.unreleased = false
 		}
 		h.mu.Unlock()
+		if err == nil || c.bgCtx.Err() == nil {
+			// Released, or its TTL is over (the record expired): nothing
+			// left for Close to release. Close cancelled it otherwise.
+			c.mu.Lock()
+			delete(c.unreleased, h)
+			c.mu.Unlock()
+		}
 	})
 }
 
@@ -945,6 +983,10 @@ func (c *Client) Close(ctx context.Context) error {
 	for h := range c.held {
 		hs = append(hs, h)
 	}
+	var failed []*held // Release failed; releaseLater may still be at it
+	for h := range c.unreleased {
+		failed = append(failed, h)
+	}
 	c.mu.Unlock()
 	var (
 		mu   sync.Mutex
@@ -962,6 +1004,17 @@ func (c *Client) Close(ctx context.Context) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			defer c.unguard(h)
+			if err := c.releaseRecord(ctx, h); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, h := range failed {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			if err := c.releaseRecord(ctx, h); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
