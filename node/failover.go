@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -324,7 +325,7 @@ func (n *Node) reloadRaft(change func(*raft.ReloadableConfig)) bool {
 // sitting's 8 clients, 27,000 entries behind 11 s after the restart).
 //
 // rejoinTransport keeps the backoff short where the cause is certain: an
-// AppendEntries whose dial is refused (no process listens at the peer's
+// AppendEntries (or InstallSnapshot) whose dial is refused (no process listens at the peer's
 // address: it is down, or restarting) is not failed at once but redialed
 // every rejoinPoll, for up to rejoinWait, so failures count once per
 // rejoinWait instead of once per attempt, and the first redial that
@@ -345,7 +346,21 @@ const (
 
 // AppendEntries is the NetworkTransport's, redialing a peer that refuses.
 func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	err := t.NetworkTransport.AppendEntries(id, target, args, resp)
+	return t.redial(func() error { return t.NetworkTransport.AppendEntries(id, target, args, resp) })
+}
+
+// InstallSnapshot is the NetworkTransport's, redialing a peer that
+// refuses: a follower down long enough for the leader to compact past it
+// is sent a snapshot, and its failures feed the same backoff. A refused
+// dial read nothing of data.
+func (t *rejoinTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	return t.redial(func() error { return t.NetworkTransport.InstallSnapshot(id, target, args, resp, data) })
+}
+
+// redial runs send, and again every rejoinPoll while its dial is refused,
+// for up to rejoinWait or until the node stops.
+func (t *rejoinTransport) redial(send func() error) error {
+	err := send()
 	if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
 		return err
 	}
@@ -359,7 +374,7 @@ func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddr
 			return err
 		}
 		t.redialed.Add(1)
-		err = t.NetworkTransport.AppendEntries(id, target, args, resp)
+		err = send()
 	}
 	return err
 }
