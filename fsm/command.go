@@ -240,6 +240,15 @@ func Encode(s Stamp, cmd Command) []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
+// MinFormat is the lowest format version that can express cmd: a node
+// must read at least that version to apply it (see FormatVersion).
+func MinFormat(cmd Command) byte { return minVersion(cmd) }
+
+// OldestFormat is the lowest format version any node reads: a node that
+// does not say what it reads (every version before the gossip metadata
+// carried it) is taken to read only this.
+const OldestFormat = 2
+
 // minVersion is the lowest format version that can express cmd.
 func minVersion(cmd Command) byte {
 	switch c := cmd.(type) {

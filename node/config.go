@@ -263,6 +263,18 @@ type TestingKnobs struct {
 	// PartialSet: a multi-key acquire is granted on the keys that are
 	// free and answered Granted (fsm.Config.UnsafePartialSet). UNSAFE.
 	PartialSet bool
+	// ReadsFormat, if set, is the command format version this node says
+	// in gossip that it reads (default fsm.FormatVersion): a test's
+	// stand-in for a node of an older version.
+	ReadsFormat byte
+}
+
+// readsFormat is the format version a node with these knobs advertises.
+func (k *TestingKnobs) readsFormat() byte {
+	if k == nil || k.ReadsFormat == 0 {
+		return fsm.FormatVersion
+	}
+	return k.ReadsFormat
 }
 
 // Unsafe reports whether any knob breaks mutual exclusion.

@@ -148,6 +148,12 @@
 // above those the old cluster granted after the backup, and the first
 // leader's Promote is newer than the restored epoch.
 //
+// formats-readable: the leader proposes nothing in a command format newer
+// than a server of the Raft configuration says in gossip that it reads
+// (formatGate): an older node stops rather than apply such an
+// entry, and two of three would lose the quorum mid-upgrade.
+// TestShapesWaitForEveryNodeToReadThem.
+//
 // # Trust invariants (DESIGN.md, "Trust")
 //
 // node-port-is-nodes: every Raft and node-RPC byte a node accepts comes

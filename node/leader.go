@@ -304,6 +304,38 @@ type proposal struct {
 	index uint64
 }
 
+// formatGate refuses cmd (ErrInvalid) if a server of the Raft
+// configuration says in gossip that it reads only older command formats
+// than cmd needs: it would stop (fsm.ErrNewerVersion) rather than apply
+// it, and with two such nodes of three the cluster loses its quorum. That
+// happens mid-upgrade when leadership moves to an upgraded node before
+// the others are. A server gossip does not know (down since this node
+// started) is not waited for.
+func (n *Node) formatGate(cmd fsm.Command) error {
+	need := fsm.MinFormat(cmd)
+	if need <= fsm.OldestFormat {
+		return nil
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	what := "this request"
+	switch cmd.(type) {
+	case *fsm.Acquire:
+		what = "a lock shape (shared, semaphore or several keys)"
+	case *fsm.Cancel:
+		what = "a withdrawal of a lost grant"
+	}
+	for _, s := range f.Configuration().Servers {
+		if m, ok := n.members.get(string(s.ID)); ok && m.Reads < need && string(s.ID) != n.cfg.ID {
+			return fmt.Errorf("%w: node %s runs an older leasenode, which cannot apply %s (it reads command format %d; this needs %d): upgrade every node, then retry",
+				ErrInvalid, s.ID, what, m.Reads, need)
+		}
+	}
+	return nil
+}
+
 // propose hands cmd, stamped s, to Raft and returns at once; the proposal
 // resolves when Raft has applied it or given up, whoever is still waiting.
 // timeout bounds only the enqueueing.

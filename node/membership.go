@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
 	"github.com/hashicorp/raft"
+	"github.com/leasenode/leasenode/fsm"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/internal/ctxtime"
@@ -41,6 +43,7 @@ type member struct {
 	Gossip  string
 	Run     string // the process start that gossip speaks for
 	Cluster string // the cluster id gossip claims for it ("" none)
+	Reads   byte   // the newest command format it applies (meta.Reads)
 	Status  string
 	Since   time.Time // when Status last changed
 	// leavingRun is the Run of a process that announced a graceful
@@ -83,6 +86,11 @@ type meta struct {
 	// Cluster is the node's cluster id, so that the leader skips members
 	// of another cluster without dialing them.
 	Cluster string `json:"cluster,omitempty"`
+	// Reads is the newest command format version the node can apply
+	// (fsm.FormatVersion), so that a leader writes nothing newer while a
+	// node of an older version is in the cluster (0: a version before
+	// this field, taken as fsm.OldestFormat).
+	Reads byte `json:"reads,omitempty"`
 }
 
 // memberTable is this node's view of gossip membership. memberlist's
@@ -171,6 +179,7 @@ func (t *memberTable) update(n *memberlist.Node, gone bool) error {
 		m.verifyFails, m.verifyAt = 0, time.Time{} // new claims: verify them at once
 	}
 	m.Raft, m.Run, m.Cluster = md.Raft, md.Run, md.Cluster
+	m.Reads = max(md.Reads, fsm.OldestFormat)
 	m.Gossip = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	t.mu.Unlock()
 	t.signal()
@@ -499,7 +508,8 @@ func joinHint(err error) string {
 
 // meta is what this node publishes about itself in gossip.
 func (n *Node) meta(leaving bool) meta {
-	return meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Run: n.run, Leaving: leaving, Cluster: n.cluster.get()}
+	return meta{ID: n.cfg.ID, Raft: n.cfg.AdvertiseAddr, API: n.apiAddr, Run: n.run, Leaving: leaving, Cluster: n.cluster.get(),
+		Reads: n.cfg.Testing.readsFormat()}
 }
 
 // publishMeta gossips this node's metadata again (its cluster id changed).

@@ -172,6 +172,13 @@ func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.CancelR
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	// A node of an older version could not apply a withdrawal: the grant
+	// is left to its TTL, as a forwarding node leaves one (withdraw stops
+	// on ErrInvalid). An epoch-less Cancel would release a grant another
+	// epoch made and answered.
+	if err := n.formatGate(cmd); err != nil {
+		return nil, err
+	}
 	if idx := req.GetIndex(); idx != 0 {
 		for _, l := range n.fsm.Holdings(cmd.Key) {
 			if l.Holder == cmd.Holder && l.ReqID == cmd.ReqID && l.GrantEpoch == cmd.Epoch && l.Token != idx {
@@ -745,6 +752,9 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	arrival := ls.now()
 	cmd, err := acquireCmd(req)
 	if err != nil {
+		return nil, err
+	}
+	if err := n.formatGate(cmd); err != nil {
 		return nil, err
 	}
 	items := cmd.Items()
