@@ -207,11 +207,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			} else {
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 			}
-			if lc := requestConn(r); lc != nil && lc.refusedAuth() {
-				_ = http.NewResponseController(w).Flush()
-				lc.Close() // HTTP/2: its other streams with it
-			}
-			return
+			return // noteToken counts it against the connection
 		}
 		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
 			refuseBody(w, r)
@@ -264,19 +260,29 @@ func refuseBody(w http.ResponseWriter, r *http.Request) {
 // the auth token, on any path (a /metrics scrape, a health check, gRPC
 // reflection, which guard does not see), marks its connection
 // authenticated, so that the connLimiter never closes it for the lack of
-// one.
+// one; any other request, served or refused, counts toward the
+// connection's maxRefused, and the last one closes it after its answer.
 func (n *Node) noteToken(next http.Handler) http.Handler {
 	token := n.cfg.AuthToken
 	if token == "" {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lc := requestConn(r)
+		if lc == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
 		if bearerOK(r.Header.Get("Authorization"), token) {
-			if lc := requestConn(r); lc != nil {
-				lc.authenticated()
-			}
+			lc.authenticated()
+			next.ServeHTTP(w, r)
+			return
 		}
 		next.ServeHTTP(w, r)
+		if lc.unauthedRequest() {
+			_ = http.NewResponseController(w).Flush()
+			lc.Close() // HTTP/2: its other streams with it
+		}
 	})
 }
 

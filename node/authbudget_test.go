@@ -166,3 +166,68 @@ func TestUnauthenticatedRequestsDoNotHoldConnections(t *testing.T) {
 		t.Logf("the node closed the last of %d connections holding a request without the token after %v", maxConns, d.Round(time.Millisecond))
 	}
 }
+
+// Without the token, a connection's every request counts toward its
+// budget of 16, served or not, and at most 64 such connections are open:
+// an outsider's HTTP/2 rapid reset (HEADERS of GET /healthz then
+// RST_STREAM, in a loop, redialed when cut; /healthz is served without the
+// token) from 50 connections kept thousands of handler goroutines beside
+// Raft's and made the leader step down, 6 runs of 6. Now one connection's
+// flood is closed after 16 streams, and a 65th silent connection takes
+// the place of the oldest; a client with the token is served throughout.
+func TestUnauthenticatedRequestsAreBounded(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+		cfg.Limits.IdleTimeout = time.Hour
+		cfg.HTTPHandlers = map[string]http.Handler{"/healthz": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, "ok")
+		})}
+	}})
+	_, l := c.Leader()
+	addr := l.APIAddr()
+
+	// A rapid reset of /healthz streams on one h2c connection.
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	b := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	b = append(b, 0, 0, 0, 4, 0, 0, 0, 0, 0) // SETTINGS, empty
+	block := append([]byte{0x82, 0x86, 0x41, 1, 'x', 0x44, 8}, "/healthz"...)
+	for id := uint32(1); id < 2*200; id += 2 {
+		sid := []byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}
+		b = append(b, 0, 0, byte(len(block)), 1, 4) // HEADERS, END_HEADERS (no END_STREAM)
+		b = append(b, sid...)
+		b = append(b, block...)
+		b = append(b, 0, 0, 4, 3, 0) // RST_STREAM, CANCEL
+		b = append(b, sid...)
+		b = append(b, 0, 0, 0, 8)
+	}
+	go conn.Write(b) // the node may close it before reading all
+	if err := closedByNode(conn); err != nil {
+		t.Fatalf("a rapid reset of 200 /healthz streams without the token: %v", err)
+	}
+	if n := refusals(t, l, node.PortAPI, "auth_refused"); n != 1 {
+		t.Errorf("refusals for auth_refused: %d, want 1 (the rapid reset's connection)", n)
+	}
+
+	// 64 silent connections, then one more: the first is closed for it.
+	silent := make([]net.Conn, 65)
+	for i := range silent {
+		if silent[i], err = net.DialTimeout("tcp", addr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		defer silent[i].Close()
+	}
+	if err := closedByNode(silent[0]); err != nil {
+		t.Fatalf("the oldest of 65 connections without the token: %v", err)
+	}
+	if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 1 {
+		t.Errorf("refusals for max_unauthenticated: %d, want at least 1", n)
+	}
+	hdr := http.Header{"Authorization": {"Bearer s3cret"}}
+	if code, out := post(t, addr, "Status", strings.NewReader("{}"), hdr); code != http.StatusOK {
+		t.Fatalf("status with the token beside 64 connections without it: %d %s", code, out)
+	}
+}

@@ -47,10 +47,23 @@ import (
 // clients with the token could not connect, while PINGs on them were all
 // answered).
 //
+// Every request without the token counts toward maxRefused, served or
+// refused (/healthz, /metrics, a stream reset before its handler read
+// anything): counting only refusals let an HTTP/2 rapid-reset flood of
+// /healthz streams from 50 connections, redialed as they were cut, keep
+// thousands of handler goroutines beside Raft's and make the leader step
+// down (6 of 6 runs). And at most maxUnauthed connections without an
+// authenticated request are open at once: past it a new one takes the
+// place of the oldest that has made a request without the token, else of
+// the oldest, so a flood of fresh connections costs a bounded amount
+// however fast it redials.
+//
 // Invariant (auth-budget): with a token, no connection outlives authBy
-// without having made a request with it, and at the limit Accept never
+// or maxRefused requests without having made a request with it, at most
+// maxUnauthed such connections are open, and at the limit Accept never
 // waits while such a connection holds a slot. Guarded by
-// TestUnauthenticatedRequestsDoNotHoldConnections.
+// TestUnauthenticatedRequestsDoNotHoldConnections and
+// TestUnauthenticatedRequestsAreBounded.
 type connLimiter struct {
 	net.Listener
 	max    int
@@ -72,19 +85,27 @@ type connLimiter struct {
 
 	lastAuthWarn time.Time
 	unauthSlow   int // closed for no authenticated request within authBy, since the last warning
-	unauthRefuse int // closed after maxRefused refusals, since then
+	unauthRefuse int // closed after maxRefused requests without the token, since then
+	unauthCap    int // closed to admit a new one at maxUnauthed, since then
+	unauthed     int // open connections that have made no authenticated request
 
 	// Connections closed since the start (Node.Refusals): to admit a
-	// new one at max, for no authenticated request within authBy, and
-	// after maxRefused refusals.
-	closedMax, closedAuthSlow, closedAuthRefused atomic.Uint64
+	// new one at max, for no authenticated request within authBy, after
+	// maxRefused requests without the token, and to admit a new one at
+	// maxUnauthed.
+	closedMax, closedAuthSlow, closedAuthRefused, closedUnauthCap atomic.Uint64
 }
 
 // maxRefused is how many requests without the auth token a connection
 // may make before it is closed. A client that lacks the token learns it
 // from the first answer; a few more let a pool's requests in flight be
-// answered.
+// answered, and a probe that keeps its connection make a few checks.
 const maxRefused = 16
+
+// maxUnauthed bounds the open connections, with an auth token, that have
+// made no request with it: a client sends one within milliseconds of
+// connecting, so only a burst of that many new clients at once competes.
+const maxUnauthed = 64
 
 // firstRequestTimeout is the connLimiter's first with the default
 // ReadTimeout: a client sends its first request (on a TLS port after the
@@ -114,7 +135,7 @@ type limitedConn struct {
 	firstBy   time.Time
 	wantRead  time.Time // the read deadline last asked for
 	authed    bool      // made a request with the auth token
-	refused   int       // requests refused for the lack of it
+	refused   int       // requests made without it
 	authTimer *time.Timer
 	once      sync.Once
 }
@@ -160,13 +181,17 @@ func (c *limitedConn) authenticated() {
 		if c.authTimer != nil {
 			c.authTimer.Stop()
 		}
+		if c.l.open[c.Conn] == c {
+			c.l.unauthed--
+		}
 	}
 }
 
-// refusedAuth notes a request of c refused for the lack of the auth
-// token, and reports whether c has had maxRefused of them without one
-// authenticated: its caller closes it once the refusal is sent.
-func (c *limitedConn) refusedAuth() bool {
+// unauthedRequest notes a request of c without the auth token (refused,
+// or served without it), and reports whether c has made maxRefused of
+// them without one authenticated: its caller closes it once the answer
+// is sent.
+func (c *limitedConn) unauthedRequest() bool {
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -176,9 +201,11 @@ func (c *limitedConn) refusedAuth() bool {
 	if c.refused++; c.refused < maxRefused {
 		return false
 	}
-	l.unauthRefuse++
-	l.closedAuthRefused.Add(1)
-	l.warnAuthLocked()
+	if c.refused == maxRefused { // requests still in flight end after it
+		l.unauthRefuse++
+		l.closedAuthRefused.Add(1)
+		l.warnAuthLocked()
+	}
 	return true
 }
 
@@ -205,9 +232,9 @@ func (l *connLimiter) warnAuthLocked() {
 		return
 	}
 	l.lastAuthWarn = time.Now()
-	l.log.Warn(fmt.Sprintf("closing client API connections without the auth token: none may go %v without a request with it, or make %d refused (clients need the agents' --auth-token)", l.authBy, maxRefused),
-		"closed_slow", l.unauthSlow, "closed_refused", l.unauthRefuse)
-	l.unauthSlow, l.unauthRefuse = 0, 0
+	l.log.Warn(fmt.Sprintf("closing client API connections without the auth token: none may go %v or %d requests without a request with it, and at most %d may be open (clients need the agents' --auth-token)", l.authBy, maxRefused, maxUnauthed),
+		"closed_slow", l.unauthSlow, "closed_refused", l.unauthRefuse, "closed_over_cap", l.unauthCap)
+	l.unauthSlow, l.unauthRefuse, l.unauthCap = 0, 0, 0
 }
 
 // Accept waits for a connection and a slot for it.
@@ -219,6 +246,17 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	c := &limitedConn{Conn: raw, l: l, fresh: true}
 	for {
 		l.mu.Lock()
+		if victim := l.oldestUnauthed(); victim != nil && l.unauthed >= maxUnauthed {
+			l.dropLocked(victim)
+			l.admitLocked(c)
+			l.closedUnauthCap.Add(1)
+			l.unauthCap++
+			l.warnAuthLocked()
+			l.mu.Unlock()
+			victim.once.Do(func() {})
+			victim.Conn.Close()
+			return c, nil
+		}
 		if len(l.open) < l.max {
 			l.admitLocked(c)
 			l.mu.Unlock()
@@ -229,10 +267,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			victim = l.idlest()
 		}
 		if victim != nil {
-			delete(l.open, victim.Conn)
-			if victim.authTimer != nil {
-				victim.authTimer.Stop()
-			}
+			l.dropLocked(victim)
 			l.admitLocked(c)
 			l.closedMax.Add(1)
 			if victim.fresh {
@@ -261,10 +296,27 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	}
 }
 
+// dropLocked takes c's slot away, to close it. Called with l.mu held.
+func (l *connLimiter) dropLocked(c *limitedConn) {
+	if l.open[c.Conn] != c {
+		return
+	}
+	delete(l.open, c.Conn)
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+	}
+	if l.authBy > 0 && !c.authed {
+		l.unauthed--
+	}
+}
+
 // admitLocked gives c a slot, and its deadline for its first request.
 // Called with l.mu held.
 func (l *connLimiter) admitLocked(c *limitedConn) {
 	l.open[c.Conn] = c
+	if l.authBy > 0 {
+		l.unauthed++
+	}
 	c.admitted = time.Now()
 	c.idleSince = c.admitted
 	c.firstBy = c.idleSince.Add(l.first)
@@ -286,16 +338,22 @@ func (l *connLimiter) idlest() *limitedConn {
 	return v
 }
 
-// oldestUnauthed returns, with an auth token, the connection admitted
-// first of those that have made no request with it (busy or not), or nil.
-// Called with l.mu held.
+// oldestUnauthed returns, with an auth token, one of the connections that
+// have made no request with it (busy or not), or nil: the one admitted
+// first of those that made a request without it, else the one admitted
+// first (a client that has not sent its first request yet may still
+// have the token). Called with l.mu held.
 func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
 	}
 	var v *limitedConn
 	for _, c := range l.open {
-		if !c.authed && (v == nil || c.admitted.Before(v.admitted)) {
+		if c.authed {
+			continue
+		}
+		if v == nil || (c.refused > 0) != (v.refused > 0) && c.refused > 0 ||
+			(c.refused > 0) == (v.refused > 0) && c.admitted.Before(v.admitted) {
 			v = c
 		}
 	}
@@ -317,12 +375,7 @@ func (l *connLimiter) warnLocked(what string) {
 
 func (l *connLimiter) release(c *limitedConn) {
 	l.mu.Lock()
-	if l.open[c.Conn] == c {
-		delete(l.open, c.Conn)
-	}
-	if c.authTimer != nil {
-		c.authTimer.Stop()
-	}
+	l.dropLocked(c)
 	l.mu.Unlock()
 	select {
 	case l.freed <- struct{}{}:

@@ -238,7 +238,8 @@ func httpErrorLog(l *slog.Logger, name string) *log.Logger {
 }
 
 // levelWriter turns "[LEVEL] message" lines into slog records. With a
-// limit, warnings and errors of one kind are logged at most once per
+// limit, warnings, errors and lines without a level of one kind are
+// logged at most once per
 // loglimit.Every: memberlist logs an ERROR per packet it cannot decode,
 // and anyone who can send UDP to the gossip port could otherwise fill
 // the disk (2 MB/s seen in a probe).
@@ -262,10 +263,10 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		if len(line) == 0 {
 			continue
 		}
-		level, msg := slog.LevelInfo, string(line)
+		level, msg, leveled := slog.LevelInfo, string(line), false
 		for _, lp := range linePrefixes {
 			if rest, ok := strings.CutPrefix(msg, lp.prefix); ok {
-				level, msg = lp.level, rest
+				level, msg, leveled = lp.level, rest, true
 				break
 			}
 		}
@@ -275,7 +276,10 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 			w.foreign.Add(1)
 		}
 		var attrs []any
-		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll) {
+		// A line without a level is limited too: memberlist logs "Could
+		// not set the deadline" bare, once per stream a flood opens
+		// (43,148 lines, 7.3 MB, in 75 s).
+		if w.limit != nil && (level >= slog.LevelWarn || w.limitAll || !leveled) {
 			ok, skipped := w.limit.Allow(lineKind(msg))
 			if !ok {
 				continue

@@ -32,8 +32,10 @@ const (
 //
 //   - auth_timeout: connections closed for making no request with the
 //     auth token within their first-request timeout (2 s by default);
-//   - auth_refused: connections closed after 16 requests refused for
-//     the lack of it;
+//   - auth_refused: connections closed after 16 requests without it
+//     (refused, or served without it: /healthz, /metrics);
+//   - max_unauthenticated: connections without an authenticated request
+//     closed to admit a new one past 64 of them;
 //   - max_conns: idle or silent connections closed to admit a new one at
 //     Limits.MaxConns;
 //   - max_watches: Watch calls refused at Limits.MaxWatches.
@@ -43,9 +45,9 @@ const (
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, maxConns uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
-		authSlow, authRefused, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedMax.Load()
+		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
 	}
 	return append(n.mux.Refusals(),
 		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
@@ -53,6 +55,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortGossip, Reason: "undecodable", Count: n.gossipUndecodable.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
 		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
+		transport.Refusal{Port: PortAPI, Reason: "max_unauthenticated", Count: unauthCap},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 	)
