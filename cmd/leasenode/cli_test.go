@@ -330,3 +330,26 @@ func TestRestoreOfAnErrorBody(t *testing.T) {
 		t.Errorf("restore of an error body: exit %d, %q", code, errOut)
 	}
 }
+
+// Every README command that writes a key file (> cluster.key) makes it
+// mode 0600 with (umask 077; ...): a copied 0644 key makes every agent warn
+// that other users can read it.
+func TestREADMEKeyFilesArePrivate(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "> cluster.key") {
+			continue
+		}
+		n++
+		if !strings.Contains(line, "(umask 077;") {
+			t.Errorf("README.md:%d writes cluster.key without (umask 077; ...): %s", i+1, strings.TrimSpace(line))
+		}
+	}
+	if n == 0 {
+		t.Errorf("README.md has no command that writes cluster.key: does this test still check anything?")
+	}
+}
