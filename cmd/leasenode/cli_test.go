@@ -119,6 +119,16 @@ func TestCLIHabits(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Version == "" || !strings.HasPrefix(v.GoVersion, "go1.") {
 		t.Errorf("version -o json: %d %q", code, out)
 	}
+	// "modified" comes only with "revision" (the test binary is built
+	// without VCS information under GOFLAGS=-buildvcs=false).
+	var keys map[string]any
+	if json.Unmarshal([]byte(out), &keys) == nil {
+		if _, rev := keys["revision"]; !rev {
+			if _, mod := keys["modified"]; mod {
+				t.Errorf("version -o json without a revision says modified: %s", out)
+			}
+		}
+	}
 	for _, args := range [][]string{{"--version"}, {"-v"}, {"version"}} {
 		if code, out, _ := run1(t, nil, args...); code != 0 || !strings.Contains(out, "leasenode "+v.Version) || !strings.Contains(out, v.GoVersion) {
 			t.Errorf("%v: %d %q", args, code, out)
