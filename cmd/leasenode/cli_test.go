@@ -266,6 +266,12 @@ func TestNobodyAtAddrHint(t *testing.T) {
 	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "knows no leader") {
 		t.Errorf("get with nothing at %s: %d %s", addr, code, errOut)
 	}
+	// status is what the hint of the other commands points to: its own
+	// hint does not point to itself.
+	code, _, errOut = run1(t, nil, "status", "--addr", addr, "--timeout", "1s")
+	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "`leasenode status`") {
+		t.Errorf("status with nothing at %s: %d %s", addr, code, errOut)
+	}
 	// Nothing listens: the first contact gives up at --dial-timeout, not
 	// after --timeout, and says which flag to raise.
 	for _, cmd := range [][]string{{"get", "k"}, {"acquire", "k"}} {

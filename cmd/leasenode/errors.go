@@ -36,18 +36,25 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-// hintFor suggests what to do about err, or "".
-func hintFor(err error) string {
+// hintFor suggests what to do about err, or "", to a user of the command
+// named verb ("get", "status"): a hint never sends status's user to
+// `leasenode status`.
+func hintFor(err error, verb string) string {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		return tlsHint(te.Problem)
+	}
+	status := " and `leasenode status`"
+	showsAll := "; `leasenode status` shows every node"
+	if verb == "status" {
+		status, showsAll = "", ""
 	}
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
 	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
-		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum; `leasenode status` shows every node"
+		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 	case code == exitUnreachable:
-		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
+		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:
 		return "the request may or may not have taken effect; check with `leasenode get KEY`"
 	}
