@@ -393,6 +393,14 @@ func TestAgentAndClientCommands(t *testing.T) {
 	if code, body := httpGet(agents[0].api, "/healthz"); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
+	// health on a node or gossip port is a wrong --addr (exit 2, naming
+	// the port), not an agent that is not ready (exit 1).
+	for port, a := range map[string]string{"node": agents[0].raft, "gossip": agents[0].gossip} {
+		code, _, errOut := cli(t, "health", "--addr", a)
+		if code != exitUsage || !strings.Contains(errOut, a+" is a leasenode "+port+" port") || !strings.Contains(errOut, "--api or --http") {
+			t.Errorf("health on the %s port: exit %d %q; want %d naming the port", port, code, errOut, exitUsage)
+		}
+	}
 	// The leader shows as serving once the agent asked has confirmed its
 	// client API (gossip, then a check about every second).
 	nodetest.Eventually(t, 30*time.Second, func() error {
