@@ -369,3 +369,15 @@ func TestREADMEKeyFilesArePrivate(t *testing.T) {
 		t.Errorf("README.md has no command that writes cluster.key: does this test still check anything?")
 	}
 }
+
+// snapshot save into a directory that does not exist says so, naming the
+// file asked for, not the temporary file made beside it; and it says it
+// before asking any cluster (nothing listens at --addr here).
+func TestSnapshotSaveIntoMissingDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "missing", "b.lns")
+	code, _, errOut := run1(t, nil, "snapshot", "save", file, "--addr", "127.0.0.1:1")
+	want := "leasenode snapshot save: cannot write " + file + ": directory " + filepath.Dir(file) + " does not exist"
+	if code != exitFailure || !strings.HasPrefix(errOut, want) || strings.Contains(errOut, ".tmp") {
+		t.Errorf("snapshot save into a missing directory: exit %d %q; want %d and %q", code, errOut, exitFailure, want)
+	}
+}
