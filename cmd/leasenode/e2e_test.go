@@ -547,6 +547,14 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 		}
 		return nil
 	})
+	// Reads and writes alike: a node answered, but knows no leader; not
+	// "check --addr", which is for nothing answering.
+	for _, cmd := range [][]string{{"get", "jobs/survivor"}, {"list", "jobs/"}, {"acquire", "jobs/q", "--wait", "0"}} {
+		code, _, errOut := cli(t, append(cmd, "--addr", live[1].api, "--timeout", "2s")...)
+		if code != exitUnreachable || !strings.Contains(errOut, "a node answered but knows no leader") || strings.Contains(errOut, "check --addr") {
+			t.Errorf("%v after a quorum loss: exit %d %q; want %d and the knows-no-leader hint", cmd, code, errOut, exitUnreachable)
+		}
+	}
 }
 
 // Scenario: lock shapes from the shell. Two `lock -n 2` run side by side

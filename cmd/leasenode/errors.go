@@ -63,7 +63,16 @@ func hintFor(err error, verb string) string {
 
 // detailReason is the reason a node put in err's error detail, if one did:
 // unlike reasonOf, not the client's own tag for a node it could not reach.
+// For retries that gave up it is the reason of the last answer a node gave
+// (GiveUpError.Answer): the last attempt of a read in a leaderless
+// cluster usually ends with the deadline, after a node said "no leader".
 func detailReason(err error) pb.Reason {
+	var ge *lease.GiveUpError
+	if errors.As(err, &ge) && ge.Answer != nil {
+		if r := detailReason(ge.Answer); r != pb.Reason_REASON_UNSPECIFIED {
+			return r
+		}
+	}
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		for _, d := range ce.Details() {
