@@ -695,6 +695,71 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	})
 }
 
+// A command that ignores SIGINT: lock passes the first on and says it
+// waits for the command, counts one sent to it and its group at once as
+// one, and on a second kills the command's group, releases the key and
+// exits 130.
+func TestLockSecondSignalKillsCommand(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 1)
+	addr := addrs(agents)
+	lock := start(t, nil, "lock", "jobs/stubborn", "--addr", addr, "--",
+		"sh", "-c", `trap "" INT TERM; echo "pid=$$"; while :; do sleep 0.05; done`)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stdout.String(), "pid=") {
+			return errors.New("child not started")
+		}
+		return nil
+	})
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One SIGINT, to lock and to its group at once (as a supervisor may):
+	// passed on, ignored by the command, which runs on with the key held.
+	_ = syscall.Kill(lock.cmd.Process.Pid, syscall.SIGINT)
+	lock.kill(syscall.SIGINT)
+	want := fmt.Sprintf("waiting for sh (pid %d) to exit; interrupt again to kill it", pid)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stderr.String(), want) {
+			return fmt.Errorf("stderr %q, want %q", lock.stderr, want)
+		}
+		return nil
+	})
+	if code, out, _ := cli(t, "get", "jobs/stubborn", "--addr", addr); code != 0 || !strings.Contains(out, "held") {
+		t.Errorf("the key after one SIGINT: %d %q; want it held", code, out)
+	}
+	if lock.exited() || len(liveInGroup(pid)) == 0 {
+		t.Fatalf("one SIGINT (and its copy) ended lock or its command; stderr %s", lock.stderr)
+	}
+	if n := strings.Count(lock.stderr.String(), "interrupt again"); n != 1 {
+		t.Errorf("the waiting line %d times, want once: %s", n, lock.stderr)
+	}
+	// A second SIGINT: one within 200 ms of the first counts as its copy,
+	// so send again until lock exits.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		_ = syscall.Kill(lock.cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-lock.done:
+			return nil
+		case <-time.After(300 * time.Millisecond):
+			return errors.New("lock still runs after a second SIGINT")
+		}
+	})
+	if code := lock.wait(t, 5*time.Second); code != 130 || !strings.Contains(lock.stderr.String(), fmt.Sprintf("second SIGINT: killed sh (pid %d)", pid)) {
+		t.Errorf("lock after a second SIGINT: exit %d, stderr %s; want 130 and the kill named", code, lock.stderr)
+	}
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if live := liveInGroup(pid); len(live) > 0 {
+			return fmt.Errorf("processes %v of the command's group %d still run", live, pid)
+		}
+		return nil
+	})
+	if code, out, _ := cli(t, "get", "jobs/stubborn", "--addr", addr); code != 0 || !strings.Contains(out, "is free") {
+		t.Errorf("the key after lock killed its command: %d %q; want it released", code, out)
+	}
+}
+
 // liveInGroup lists the processes of group pgid that are not zombies.
 func liveInGroup(pgid int) []int {
 	entries, _ := os.ReadDir("/proc")
