@@ -594,11 +594,44 @@ func TestLockShapes(t *testing.T) {
 	if code, out, errOut := cli(t, "list", "sem", "--addr", addr, "-o", "json"); code != 0 || strings.Count(out, `"token"`) != 2 {
 		t.Errorf("list of a semaphore with 2 holders: exit %d, %s %s", code, out, errOut)
 	}
+	// ... and says they are the slots of a semaphore of 2, in the table
+	// (MODE) and in JSON (mode, limit), for list and get alike.
+	for _, cmd := range [][]string{{"list", "sem"}, {"get", "sem"}} {
+		code, out, errOut := cli(t, append(cmd, "--addr", addr)...)
+		if code != 0 || !strings.Contains(out, "MODE") || strings.Count(out, " sem/2 ") != 2 {
+			t.Errorf("%v of a semaphore with 2 holders: exit %d, %s %s; want 2 rows of MODE sem/2", cmd, code, out, errOut)
+		}
+	}
+	var rows []struct {
+		Mode  string `json:"mode"`
+		Limit int    `json:"limit"`
+	}
+	var got1 struct {
+		Mode     string `json:"mode"`
+		Limit    int    `json:"limit"`
+		Holdings []struct {
+			Mode  string `json:"mode"`
+			Limit int    `json:"limit"`
+			Token uint64 `json:"token"`
+		} `json:"holdings"`
+	}
+	_, out, _ := cli(t, "list", "sem", "--addr", addr, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 2 || rows[0].Mode != "semaphore" || rows[0].Limit != 2 || rows[1] != rows[0] {
+		t.Errorf("list -o json of a semaphore of 2: %s (%v); want 2 rows of mode semaphore, limit 2", out, err)
+	}
+	_, out, _ = cli(t, "get", "sem", "--addr", addr, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &got1); err != nil || got1.Mode != "semaphore" || got1.Limit != 2 || len(got1.Holdings) != 2 ||
+		got1.Holdings[1].Mode != "semaphore" || got1.Holdings[0].Token == got1.Holdings[1].Token {
+		t.Errorf("get -o json of a semaphore of 2: %s (%v); want mode semaphore, limit 2 and both holdings", out, err)
+	}
 	r1, r2 := hold("doc", "--shared"), hold("doc", "--shared")
 	started(r1)
 	started(r2)
 	if code, _, _ := cli(t, "acquire", "doc", "--wait", "0", "--addr", addr); code != exitHeld {
 		t.Errorf("a writer beside readers: exit %d, want %d", code, exitHeld)
+	}
+	if code, out, _ := cli(t, "list", "doc", "--addr", addr); code != 0 || strings.Count(out, " shared ") != 2 {
+		t.Errorf("list of a key with 2 readers: exit %d, %s; want 2 rows of MODE shared", code, out)
 	}
 	set := hold("acct/a", "--key", "acct/b")
 	started(set)
@@ -609,6 +642,9 @@ func TestLockShapes(t *testing.T) {
 		if code, _, _ := cli(t, "acquire", k, "--wait", "0", "--addr", addr); code != exitHeld {
 			t.Errorf("%s while the set holds it: exit %d", k, code)
 		}
+	}
+	if code, out, _ := cli(t, "get", "acct/a", "--addr", addr, "-o", "json"); code != 0 || !strings.Contains(out, `"mode": "exclusive"`) || strings.Contains(out, `"limit"`) {
+		t.Errorf("get -o json of an exclusive holding: exit %d, %s; want mode exclusive and no limit", code, out)
 	}
 	if err := os.WriteFile(stop, nil, 0o600); err != nil {
 		t.Fatal(err)
