@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 )
 
@@ -131,6 +133,37 @@ func TestJoinHint(t *testing.T) {
 		if got := joinHint(fmt.Errorf("%s", msg)); !strings.Contains(got, want) {
 			t.Errorf("hint for %q: %q, want %q in it", msg, got, want)
 		}
+	}
+}
+
+// The error of a failed join, a multierror from memberlist that spans
+// lines, is logged on one line, each of its errors kept.
+func TestJoinErrorOnOneLine(t *testing.T) {
+	cfg := memberlist.DefaultLocalConfig()
+	cfg.Name, cfg.BindAddr, cfg.BindPort, cfg.AdvertisePort = "joiner", "127.0.0.1", 0, 0
+	cfg.LogOutput = io.Discard
+	ml, err := memberlist.Create(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Shutdown()
+	var dead [2]string // nothing listens there
+	for i := range dead {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead[i] = ln.Addr().String()
+		ln.Close()
+	}
+	_, err = ml.Join(dead[:])
+	if err == nil || !strings.Contains(err.Error(), "\n") {
+		t.Fatalf("join of %v: %v; want memberlist's multi-line error (has it changed?)", dead, err)
+	}
+	got := oneLine(err)
+	if strings.ContainsAny(got, "\n\t") || strings.Count(got, "connection refused") != 2 ||
+		!strings.Contains(got, dead[0]) || !strings.Contains(got, dead[1]) || strings.Contains(got, "occurred") {
+		t.Errorf("oneLine(%q) = %q; want both failures on one line", err, got)
 	}
 }
 

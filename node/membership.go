@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -471,7 +472,7 @@ func (n *Node) joinSeeds(ml *memberlist.Memberlist, seeds []string) bool {
 		if _, err := ml.Join([]string{seed}); err != nil {
 			hint := joinHint(err)
 			if ok, skipped := n.joinLimit.Allow(seed + "\x00" + hint); ok {
-				args := []any{"component", "node.membership", "seed", seed, "err", err, "hint", hint}
+				args := []any{"component", "node.membership", "seed", seed, "err", oneLine(err), "hint", hint}
 				if skipped > 0 {
 					args = append(args, loglimit.Skipped, skipped)
 				}
@@ -482,6 +483,21 @@ func (n *Node) joinSeeds(ml *memberlist.Memberlist, seeds []string) bool {
 		joined = true
 	}
 	return joined
+}
+
+// oneLine is err's message on one line, for a log line: memberlist's Join
+// returns a multierror whose text spans lines ("1 error occurred:\n\t*
+// failed to join ...\n\n"); its errors are joined with "; ".
+func oneLine(err error) string {
+	var me interface{ WrappedErrors() []error }
+	if errors.As(err, &me) && len(me.WrappedErrors()) > 0 {
+		var parts []string
+		for _, e := range me.WrappedErrors() {
+			parts = append(parts, oneLine(e))
+		}
+		return strings.Join(parts, "; ")
+	}
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 // joinHint says what a failed join's error most likely means, in the

@@ -119,6 +119,16 @@ func TestCLIHabits(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Version == "" || !strings.HasPrefix(v.GoVersion, "go1.") {
 		t.Errorf("version -o json: %d %q", code, out)
 	}
+	// "modified" comes only with "revision" (the test binary is built
+	// without VCS information under GOFLAGS=-buildvcs=false).
+	var keys map[string]any
+	if json.Unmarshal([]byte(out), &keys) == nil {
+		if _, rev := keys["revision"]; !rev {
+			if _, mod := keys["modified"]; mod {
+				t.Errorf("version -o json without a revision says modified: %s", out)
+			}
+		}
+	}
 	for _, args := range [][]string{{"--version"}, {"-v"}, {"version"}} {
 		if code, out, _ := run1(t, nil, args...); code != 0 || !strings.Contains(out, "leasenode "+v.Version) || !strings.Contains(out, v.GoVersion) {
 			t.Errorf("%v: %d %q", args, code, out)
@@ -256,6 +266,12 @@ func TestNobodyAtAddrHint(t *testing.T) {
 	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "knows no leader") {
 		t.Errorf("get with nothing at %s: %d %s", addr, code, errOut)
 	}
+	// status is what the hint of the other commands points to: its own
+	// hint does not point to itself.
+	code, _, errOut = run1(t, nil, "status", "--addr", addr, "--timeout", "1s")
+	if code != exitUnreachable || !strings.Contains(errOut, "check --addr") || strings.Contains(errOut, "`leasenode status`") {
+		t.Errorf("status with nothing at %s: %d %s", addr, code, errOut)
+	}
 	// Nothing listens: the first contact gives up at --dial-timeout, not
 	// after --timeout, and says which flag to raise.
 	for _, cmd := range [][]string{{"get", "k"}, {"acquire", "k"}} {
@@ -328,5 +344,40 @@ func TestRestoreOfAnErrorBody(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "is not a backup: it holds a node's error response (unauthenticated: missing or wrong auth token)") ||
 		!strings.Contains(errOut, "curl") || strings.Contains(errOut, "bad magic") {
 		t.Errorf("restore of an error body: exit %d, %q", code, errOut)
+	}
+}
+
+// Every README command that writes a key file (> cluster.key) makes it
+// mode 0600 with (umask 077; ...): a copied 0644 key makes every agent warn
+// that other users can read it.
+func TestREADMEKeyFilesArePrivate(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "> cluster.key") {
+			continue
+		}
+		n++
+		if !strings.Contains(line, "(umask 077;") {
+			t.Errorf("README.md:%d writes cluster.key without (umask 077; ...): %s", i+1, strings.TrimSpace(line))
+		}
+	}
+	if n == 0 {
+		t.Errorf("README.md has no command that writes cluster.key: does this test still check anything?")
+	}
+}
+
+// snapshot save into a directory that does not exist says so, naming the
+// file asked for, not the temporary file made beside it; and it says it
+// before asking any cluster (nothing listens at --addr here).
+func TestSnapshotSaveIntoMissingDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "missing", "b.lns")
+	code, _, errOut := run1(t, nil, "snapshot", "save", file, "--addr", "127.0.0.1:1")
+	want := "leasenode snapshot save: cannot write " + file + ": directory " + filepath.Dir(file) + " does not exist"
+	if code != exitFailure || !strings.HasPrefix(errOut, want) || strings.Contains(errOut, ".tmp") {
+		t.Errorf("snapshot save into a missing directory: exit %d %q; want %d and %q", code, errOut, exitFailure, want)
 	}
 }

@@ -236,10 +236,14 @@ func printJSON(v any) {
 
 func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
-// leaseJSON is a lease record in -o json output.
+// leaseJSON is a lease record in -o json output. Mode is how the holding
+// shares its key: "exclusive", "shared" (a reader) or "semaphore" (one of
+// Limit slots).
 type leaseJSON struct {
 	Key       string  `json:"key"`
 	State     string  `json:"state"`
+	Mode      string  `json:"mode"`
+	Limit     uint32  `json:"limit,omitempty"`
 	Holder    string  `json:"holder,omitempty"`
 	Token     uint64  `json:"token"`
 	TTL       float64 `json:"ttl_seconds"`
@@ -252,16 +256,33 @@ func leaseOut(l *pb.Lease) leaseJSON {
 	if l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY {
 		state = "lock-delay"
 	}
-	return leaseJSON{Key: l.GetKey(), State: state, Holder: l.GetHolder(), Token: l.GetToken(),
+	o := leaseJSON{Key: l.GetKey(), State: state, Mode: "exclusive", Holder: l.GetHolder(), Token: l.GetToken(),
 		TTL: l.GetTtl().AsDuration().Seconds(), Remaining: l.GetRemaining().AsDuration().Seconds(), Value: string(l.GetValue())}
+	switch l.GetMode() {
+	case pb.LeaseMode_LEASE_MODE_SHARED:
+		o.Mode = "shared"
+	case pb.LeaseMode_LEASE_MODE_SEMAPHORE:
+		o.Mode, o.Limit = "semaphore", l.GetLimit()
+	}
+	return o
+}
+
+// modeColumn is a holding's MODE in a table: exclusive, shared, or sem/N
+// for one of N slots; it tells the rows of a key's several holders from a
+// double grant.
+func modeColumn(o leaseJSON) string {
+	if o.Mode == "semaphore" {
+		return fmt.Sprintf("sem/%d", o.Limit)
+	}
+	return o.Mode
 }
 
 func printLeases(ls []*pb.Lease) {
 	w := table(os.Stdout)
-	fmt.Fprintln(w, "KEY\tSTATE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
+	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
 	for _, l := range ls {
 		o := leaseOut(l)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\t%v\t%s\n", o.Key, o.State, dash(o.Holder), o.Token,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%v\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
 			l.GetTtl().AsDuration(), l.GetRemaining().AsDuration().Round(time.Millisecond), dash(o.Value))
 	}
 	w.Flush()
@@ -275,7 +296,9 @@ func dash(s string) string {
 }
 
 const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL and time left (by the
-leader's clock; advisory). A free key prints "KEY is free" (exit 0).`
+leader's clock; advisory), one row for each holder of a shared or
+semaphore key (MODE: exclusive, shared, or sem/N for one of N slots). A
+free key prints "KEY is free" (exit 0).`
 
 func (ap *app) getCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "get KEY [--stale] [flags]", Short: "show the lease on a key", Long: getSynopsis, Args: nargs(1, 1)}
@@ -303,23 +326,39 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 	if err != nil {
 		return fmt.Errorf("get %q: %w", pos[0], err)
 	}
+	// Every holding of the key (each holder of a shared or semaphore
+	// key); a server without lock shapes sends only the lease.
+	holdings := resp.GetHoldings()
+	if len(holdings) == 0 && resp.GetLease() != nil {
+		holdings = []*pb.Lease{resp.GetLease()}
+	}
 	if cf.json() {
 		if !resp.GetFound() {
 			printJSON(map[string]any{"key": pos[0], "state": "free"})
-		} else {
-			printJSON(leaseOut(resp.GetLease()))
+			return nil
 		}
+		// The first holding's fields, as before, and every holding.
+		out := struct {
+			leaseJSON
+			Holdings []leaseJSON `json:"holdings"`
+		}{leaseJSON: leaseOut(resp.GetLease())}
+		for _, l := range holdings {
+			out.Holdings = append(out.Holdings, leaseOut(l))
+		}
+		printJSON(out)
 		return nil
 	}
 	if !resp.GetFound() {
 		fmt.Printf("%s is free\n", pos[0])
 		return nil
 	}
-	printLeases([]*pb.Lease{resp.GetLease()})
+	printLeases(holdings)
 	return nil
 }
 
-const listSynopsis = `Lists the leases whose keys start with PREFIX (all without one), in key order.`
+const listSynopsis = `Lists the leases whose keys start with PREFIX (all without one), in key order:
+one row for each holder of a shared or semaphore key (MODE: exclusive,
+shared, or sem/N for one of N slots).`
 
 func (ap *app) listCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "list [PREFIX] [--stale] [flags]", Short: "list leases under a prefix", Long: listSynopsis, Args: nargs(0, 1)}

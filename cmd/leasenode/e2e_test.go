@@ -393,6 +393,14 @@ func TestAgentAndClientCommands(t *testing.T) {
 	if code, body := httpGet(agents[0].api, "/healthz"); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
+	// health on a node or gossip port is a wrong --addr (exit 2, naming
+	// the port), not an agent that is not ready (exit 1).
+	for port, a := range map[string]string{"node": agents[0].raft, "gossip": agents[0].gossip} {
+		code, _, errOut := cli(t, "health", "--addr", a)
+		if code != exitUsage || !strings.Contains(errOut, a+" is a leasenode "+port+" port") || !strings.Contains(errOut, "--api or --http") {
+			t.Errorf("health on the %s port: exit %d %q; want %d naming the port", port, code, errOut, exitUsage)
+		}
+	}
 	// The leader shows as serving once the agent asked has confirmed its
 	// client API (gossip, then a check about every second).
 	nodetest.Eventually(t, 30*time.Second, func() error {
@@ -539,6 +547,14 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 		}
 		return nil
 	})
+	// Reads and writes alike: a node answered, but knows no leader; not
+	// "check --addr", which is for nothing answering.
+	for _, cmd := range [][]string{{"get", "jobs/survivor"}, {"list", "jobs/"}, {"acquire", "jobs/q", "--wait", "0"}} {
+		code, _, errOut := cli(t, append(cmd, "--addr", live[1].api, "--timeout", "2s")...)
+		if code != exitUnreachable || !strings.Contains(errOut, "a node answered but knows no leader") || strings.Contains(errOut, "check --addr") {
+			t.Errorf("%v after a quorum loss: exit %d %q; want %d and the knows-no-leader hint", cmd, code, errOut, exitUnreachable)
+		}
+	}
 }
 
 // Scenario: lock shapes from the shell. Two `lock -n 2` run side by side
@@ -578,11 +594,44 @@ func TestLockShapes(t *testing.T) {
 	if code, out, errOut := cli(t, "list", "sem", "--addr", addr, "-o", "json"); code != 0 || strings.Count(out, `"token"`) != 2 {
 		t.Errorf("list of a semaphore with 2 holders: exit %d, %s %s", code, out, errOut)
 	}
+	// ... and says they are the slots of a semaphore of 2, in the table
+	// (MODE) and in JSON (mode, limit), for list and get alike.
+	for _, cmd := range [][]string{{"list", "sem"}, {"get", "sem"}} {
+		code, out, errOut := cli(t, append(cmd, "--addr", addr)...)
+		if code != 0 || !strings.Contains(out, "MODE") || strings.Count(out, " sem/2 ") != 2 {
+			t.Errorf("%v of a semaphore with 2 holders: exit %d, %s %s; want 2 rows of MODE sem/2", cmd, code, out, errOut)
+		}
+	}
+	var rows []struct {
+		Mode  string `json:"mode"`
+		Limit int    `json:"limit"`
+	}
+	var got1 struct {
+		Mode     string `json:"mode"`
+		Limit    int    `json:"limit"`
+		Holdings []struct {
+			Mode  string `json:"mode"`
+			Limit int    `json:"limit"`
+			Token uint64 `json:"token"`
+		} `json:"holdings"`
+	}
+	_, out, _ := cli(t, "list", "sem", "--addr", addr, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 2 || rows[0].Mode != "semaphore" || rows[0].Limit != 2 || rows[1] != rows[0] {
+		t.Errorf("list -o json of a semaphore of 2: %s (%v); want 2 rows of mode semaphore, limit 2", out, err)
+	}
+	_, out, _ = cli(t, "get", "sem", "--addr", addr, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &got1); err != nil || got1.Mode != "semaphore" || got1.Limit != 2 || len(got1.Holdings) != 2 ||
+		got1.Holdings[1].Mode != "semaphore" || got1.Holdings[0].Token == got1.Holdings[1].Token {
+		t.Errorf("get -o json of a semaphore of 2: %s (%v); want mode semaphore, limit 2 and both holdings", out, err)
+	}
 	r1, r2 := hold("doc", "--shared"), hold("doc", "--shared")
 	started(r1)
 	started(r2)
 	if code, _, _ := cli(t, "acquire", "doc", "--wait", "0", "--addr", addr); code != exitHeld {
 		t.Errorf("a writer beside readers: exit %d, want %d", code, exitHeld)
+	}
+	if code, out, _ := cli(t, "list", "doc", "--addr", addr); code != 0 || strings.Count(out, " shared ") != 2 {
+		t.Errorf("list of a key with 2 readers: exit %d, %s; want 2 rows of MODE shared", code, out)
 	}
 	set := hold("acct/a", "--key", "acct/b")
 	started(set)
@@ -593,6 +642,9 @@ func TestLockShapes(t *testing.T) {
 		if code, _, _ := cli(t, "acquire", k, "--wait", "0", "--addr", addr); code != exitHeld {
 			t.Errorf("%s while the set holds it: exit %d", k, code)
 		}
+	}
+	if code, out, _ := cli(t, "get", "acct/a", "--addr", addr, "-o", "json"); code != 0 || !strings.Contains(out, `"mode": "exclusive"`) || strings.Contains(out, `"limit"`) {
+		t.Errorf("get -o json of an exclusive holding: exit %d, %s; want mode exclusive and no limit", code, out)
 	}
 	if err := os.WriteFile(stop, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -677,6 +729,71 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A command that ignores SIGINT: lock passes the first on and says it
+// waits for the command, counts one sent to it and its group at once as
+// one, and on a second kills the command's group, releases the key and
+// exits 130.
+func TestLockSecondSignalKillsCommand(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 1)
+	addr := addrs(agents)
+	lock := start(t, nil, "lock", "jobs/stubborn", "--addr", addr, "--",
+		"sh", "-c", `trap "" INT TERM; echo "pid=$$"; while :; do sleep 0.05; done`)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stdout.String(), "pid=") {
+			return errors.New("child not started")
+		}
+		return nil
+	})
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One SIGINT, to lock and to its group at once (as a supervisor may):
+	// passed on, ignored by the command, which runs on with the key held.
+	_ = syscall.Kill(lock.cmd.Process.Pid, syscall.SIGINT)
+	lock.kill(syscall.SIGINT)
+	want := fmt.Sprintf("waiting for sh (pid %d) to exit; interrupt again to kill it", pid)
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stderr.String(), want) {
+			return fmt.Errorf("stderr %q, want %q", lock.stderr, want)
+		}
+		return nil
+	})
+	if code, out, _ := cli(t, "get", "jobs/stubborn", "--addr", addr); code != 0 || !strings.Contains(out, "held") {
+		t.Errorf("the key after one SIGINT: %d %q; want it held", code, out)
+	}
+	if lock.exited() || len(liveInGroup(pid)) == 0 {
+		t.Fatalf("one SIGINT (and its copy) ended lock or its command; stderr %s", lock.stderr)
+	}
+	if n := strings.Count(lock.stderr.String(), "interrupt again"); n != 1 {
+		t.Errorf("the waiting line %d times, want once: %s", n, lock.stderr)
+	}
+	// A second SIGINT: one within 200 ms of the first counts as its copy,
+	// so send again until lock exits.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		_ = syscall.Kill(lock.cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-lock.done:
+			return nil
+		case <-time.After(300 * time.Millisecond):
+			return errors.New("lock still runs after a second SIGINT")
+		}
+	})
+	if code := lock.wait(t, 5*time.Second); code != 130 || !strings.Contains(lock.stderr.String(), fmt.Sprintf("second SIGINT: killed sh (pid %d)", pid)) {
+		t.Errorf("lock after a second SIGINT: exit %d, stderr %s; want 130 and the kill named", code, lock.stderr)
+	}
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if live := liveInGroup(pid); len(live) > 0 {
+			return fmt.Errorf("processes %v of the command's group %d still run", live, pid)
+		}
+		return nil
+	})
+	if code, out, _ := cli(t, "get", "jobs/stubborn", "--addr", addr); code != 0 || !strings.Contains(out, "is free") {
+		t.Errorf("the key after lock killed its command: %d %q; want it released", code, out)
+	}
 }
 
 // liveInGroup lists the processes of group pgid that are not zombies.

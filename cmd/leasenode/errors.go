@@ -36,18 +36,25 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-// hintFor suggests what to do about err, or "".
-func hintFor(err error) string {
+// hintFor suggests what to do about err, or "", to a user of the command
+// named verb ("get", "status"): a hint never sends status's user to
+// `leasenode status`.
+func hintFor(err error, verb string) string {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		return tlsHint(te.Problem)
+	}
+	status := " and `leasenode status`"
+	showsAll := "; `leasenode status` shows every node"
+	if verb == "status" {
+		status, showsAll = "", ""
 	}
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
 	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
-		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum; `leasenode status` shows every node"
+		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 	case code == exitUnreachable:
-		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR) and `leasenode status`; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
+		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:
 		return "the request may or may not have taken effect; check with `leasenode get KEY`"
 	}
@@ -56,7 +63,16 @@ func hintFor(err error) string {
 
 // detailReason is the reason a node put in err's error detail, if one did:
 // unlike reasonOf, not the client's own tag for a node it could not reach.
+// For retries that gave up it is the reason of the last answer a node gave
+// (GiveUpError.Answer): the last attempt of a read in a leaderless
+// cluster usually ends with the deadline, after a node said "no leader".
 func detailReason(err error) pb.Reason {
+	var ge *lease.GiveUpError
+	if errors.As(err, &ge) && ge.Answer != nil {
+		if r := detailReason(ge.Answer); r != pb.Reason_REASON_UNSPECIFIED {
+			return r
+		}
+	}
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		for _, d := range ce.Details() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,7 +21,7 @@ applied what was committed), or with --live only whether it runs (GET
 /healthz), and exits 0 if so, 1 if not (printing the agent's reason), 3 if
 it cannot be reached, 2 if the TLS flags do not fit it (plain HTTP to a TLS
 port or the reverse, a client certificate it requires: the message says
-what to set). It probes one agent: given a list (LEASENODE_ADDR set for the other
+what to set) or --addr is an agent's node or gossip port. It probes one agent: given a list (LEASENODE_ADDR set for the other
 commands), the first address, and says so. It is the probe for a container image without a
 shell: Docker's HEALTHCHECK runs "leasenode health". --addr takes the
 agent's --api address, or its --http one (plain HTTP, no client
@@ -88,6 +89,12 @@ func runHealth(ctx context.Context, ap *app, cf *clientFlags, path string) error
 		// "not ready".
 		return &exitError{code: exitUsage, msg: fmt.Sprintf("%s%s: %s: %s\n  hint: %s", addr, path, resp.Status, msg, tlsHint(lease.TLSNodeRequiresTLS))}
 	}
+	if port := resp.Header.Get("Leasenode-Port"); resp.StatusCode == http.StatusMisdirectedRequest && port != "" {
+		// A node or gossip port's wrong-port answer: a wrong --addr, not
+		// an agent that is not ready.
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("%s is a leasenode %s port, not one health probes: %s\n  hint: give the agent's --api or --http address",
+			addr, port, wrongPortMessage(body))}
+	}
 	if resp.StatusCode != http.StatusOK {
 		return &exitError{code: exitFailure, msg: fmt.Sprintf("%s%s: %s: %s", addr, path, resp.Status, msg)}
 	}
@@ -120,4 +127,16 @@ version. "leasenode --version" prints the same. The agents report theirs in
 		return nil
 	})
 	return cmd
+}
+
+// wrongPortMessage is the message of a wrong-port answer's body (a Connect
+// error), or the body itself if it is not one.
+func wrongPortMessage(body []byte) string {
+	var ce struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(body, &ce) == nil && ce.Message != "" {
+		return ce.Message
+	}
+	return strings.TrimSpace(string(body))
 }

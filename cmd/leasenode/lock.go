@@ -128,7 +128,8 @@ or none, under one token (LEASE_KEYS lists them).
 If the lease is lost (the cluster could not be reached for a whole TTL, or
 the cluster says it is gone), lock sends SIGTERM to CMD's process group,
 SIGKILL after --grace, and exits 5. SIGINT and SIGTERM sent to lock are
-passed on to CMD.`
+passed on to CMD; a second one, more than 200 ms after the first, kills CMD's
+process group (SIGKILL), releases the lease and exits 130 (143 for SIGTERM).`
 
 func (ap *app) lockCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -253,10 +254,31 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
+	pid := cmd.Process.Pid
+	var firstSig time.Time // when the first SIGINT/SIGTERM came, if one did
 	for {
 		select {
 		case s := <-sig.C:
-			_ = syscall.Kill(-cmd.Process.Pid, s.(syscall.Signal))
+			switch {
+			case firstSig.IsZero():
+				// Passed on: CMD decides how to stop, and may take its
+				// time (or ignore it); say so, and how to stop waiting.
+				firstSig = time.Now()
+				_ = syscall.Kill(-pid, s.(syscall.Signal))
+				fmt.Fprintf(os.Stderr, "leasenode lock: %v passed to %s; waiting for %s (pid %d) to exit; interrupt again to kill it\n",
+					sigName(s), argv[0], argv[0], pid)
+			case time.Since(firstSig) < sameSignal:
+				// A copy of the first (sent to lock and its group at
+				// once), not an operator's second Ctrl-C.
+			default:
+				// The second: stop waiting for CMD. SIGKILL its group,
+				// release the lease, exit as interrupted by s.
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				<-exited
+				releaseQuietly(l)
+				in := &interrupted{s}
+				return &exitError{code: in.code(), msg: fmt.Sprintf("second %s: killed %s (pid %d) and released %q", sigName(s), argv[0], pid, key)}
+			}
 		case err := <-exited:
 			code := childCode(cmd, err)
 			releaseQuietly(l)
@@ -275,6 +297,17 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 			return &exitError{code: exitLost, msg: fmt.Sprintf("lease on %q lost while %s was running; it was stopped", key, argv[0])}
 		}
 	}
+}
+
+// sigName names a signal as users know it: SIGINT, SIGTERM.
+func sigName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return s.String()
 }
 
 // childCode is the exit code lock reports for a finished child: its own,

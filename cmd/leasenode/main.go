@@ -228,10 +228,18 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		if cmd != nil {
 			fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}
-	} else if hint := hintFor(err); hint != "" {
+	} else if hint := hintFor(err, verbOf(cmd)); hint != "" {
 		fmt.Fprintf(w, "  hint: %s\n", hint)
 	}
 	return code
+}
+
+// verbOf is cmd's name ("get"), or "" without one.
+func verbOf(cmd *cobra.Command) string {
+	if cmd == nil {
+		return ""
+	}
+	return cmd.Name()
 }
 
 // signals delivers SIGINT and SIGTERM to the running command instead of

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -118,6 +119,24 @@ type backupJSON struct {
 	ClusterID string `json:"cluster_id,omitempty"`
 }
 
+// saveFileError explains why the temporary file beside FILE could not be
+// made, in terms of FILE and its directory: the temporary name (FILE.N.tmp)
+// means nothing to the user.
+func saveFileError(file string, err error) error {
+	dir := filepath.Dir(file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("cannot write %s: directory %s does not exist (create it first)", file, dir)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("cannot write %s: no permission to create files in %s", file, dir)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("cannot write %s: %v", file, err)
+}
+
 func snapshotSave(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	tlsCfg, err := cf.tlsConfig()
 	if err != nil {
@@ -145,24 +164,26 @@ func snapshotSave(ctx context.Context, sig *signals, cf *clientFlags, pos []stri
 		},
 	}
 	defer hc.CloseIdleConnections()
-	resp, err := getBackup(ctx, hc, scheme, cf.addrs(), cf.token)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
 
+	// The file first: a path that cannot be written fails before the
+	// cluster is asked for a backup.
 	out := backupJSON{File: pos[0]}
 	var w io.Writer = os.Stdout
 	var tmp *os.File
 	if out.File != "-" {
 		// Write beside the target and rename, so FILE is whole or absent.
 		if tmp, err = os.CreateTemp(filepath.Dir(out.File), filepath.Base(out.File)+".*.tmp"); err != nil {
-			return err
+			return saveFileError(out.File, err)
 		}
 		defer os.Remove(tmp.Name())
 		defer tmp.Close()
 		w = tmp
 	}
+	resp, err := getBackup(ctx, hc, scheme, cf.addrs(), cf.token)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
 	pr, pw := io.Pipe()
 	checked := make(chan error, 1)
 	var stats fsm.Stats

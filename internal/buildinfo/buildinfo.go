@@ -15,6 +15,7 @@
 package buildinfo
 
 import (
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -41,6 +42,8 @@ type Info struct {
 	// Time is the commit time of Revision (RFC 3339), if known.
 	Time string `json:"time,omitempty"`
 	// Modified reports uncommitted changes in the work tree at build time.
+	// In JSON it appears only with Revision: without VCS information a
+	// false would claim a clean tree nobody checked.
 	Modified bool `json:"modified"`
 	// GoVersion is the Go toolchain that built the binary.
 	GoVersion string `json:"go_version"`
@@ -105,6 +108,20 @@ func read(readBuildInfo func() (*debug.BuildInfo, bool)) Info {
 		in.Modified = modified == "true"
 	}
 	return in
+}
+
+// MarshalJSON writes in's fields, with "modified" only when "revision" is
+// there too (see Modified).
+func (in Info) MarshalJSON() ([]byte, error) {
+	type plain Info // without this method
+	out := struct {
+		plain
+		Modified *bool `json:"modified,omitempty"`
+	}{plain: plain(in)}
+	if in.Revision != "" {
+		out.Modified = &in.Modified
+	}
+	return json.Marshal(out)
 }
 
 // Short returns the version with an abbreviated revision, for one column

@@ -1,6 +1,7 @@
 package buildinfo
 
 import (
+	"encoding/json"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -45,5 +46,30 @@ func TestRead(t *testing.T) {
 				t.Errorf("String() %q lacks version or Go version", in.String())
 			}
 		})
+	}
+}
+
+// JSON says "modified" only beside "revision": a build without VCS
+// information does not know whether its tree was clean.
+func TestJSONModifiedOnlyWithRevision(t *testing.T) {
+	for _, c := range []struct {
+		in   Info
+		want string // the "modified" value, "" for none
+	}{
+		{Info{Version: "(devel)"}, ""},
+		{Info{Version: "(devel)", Revision: "abc", Modified: false}, "false"},
+		{Info{Version: "(devel)", Revision: "abc", Modified: true}, "true"},
+	} {
+		b, err := json.Marshal(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(m["modified"]); got != c.want || string(m["version"]) != `"(devel)"` {
+			t.Errorf("%+v: %s; want modified %q and the version", c.in, b, c.want)
+		}
 	}
 }
