@@ -147,8 +147,11 @@ func (a *app) newRoot() *cobra.Command {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// The signals stay caught until the process exits: a copy of the
+	// first (sent to the process and to its group) that arrives after an
+	// agent stopped must not kill it by the default action (exit status
+	// "signal: interrupt" instead of 0).
 	a := &app{sig: newSignals(), stdout: stdout}
-	defer a.sig.stop()
 	root := a.newRoot()
 	root.SetArgs(args)
 	root.SetErr(stderr)
@@ -253,8 +256,6 @@ func newSignals() *signals {
 	signal.Notify(s.C, syscall.SIGINT, syscall.SIGTERM)
 	return s
 }
-
-func (s *signals) stop() { signal.Stop(s.C) }
 
 // cancelOn returns a context cancelled by the first signal.
 func (s *signals) cancelOn(ctx context.Context) (context.Context, func()) {
