@@ -246,16 +246,17 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	c := &limitedConn{Conn: raw, l: l, fresh: true}
 	for {
 		l.mu.Lock()
-		if victim := l.oldestUnauthed(); victim != nil && l.unauthed >= maxUnauthed {
-			l.dropLocked(victim)
-			l.admitLocked(c)
-			l.closedUnauthCap.Add(1)
-			l.unauthCap++
-			l.warnAuthLocked()
-			l.mu.Unlock()
-			victim.once.Do(func() {})
-			victim.Conn.Close()
-			return c, nil
+		if l.authBy > 0 && l.unauthed >= maxUnauthed {
+			if victim := l.oldestUnauthed(); victim != nil {
+				l.dropLocked(victim)
+				l.admitLocked(c)
+				l.closedUnauthCap.Add(1)
+				l.unauthCap++
+				l.warnAuthLocked()
+				l.mu.Unlock()
+				victim.evicted()
+				return c, nil
+			}
 		}
 		if len(l.open) < l.max {
 			l.admitLocked(c)
@@ -281,8 +282,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 				l.warnLocked("closing the connection idle longest to admit a new one")
 			}
 			l.mu.Unlock()
-			victim.once.Do(func() {})
-			victim.Conn.Close()
+			victim.evicted()
 			return c, nil
 		}
 		l.warnLocked("every connection is busy; new ones wait for a slot")
@@ -294,6 +294,12 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			return nil, net.ErrClosed
 		}
 	}
+}
+
+// evicted closes c, whose slot dropLocked already gave away.
+func (c *limitedConn) evicted() {
+	c.once.Do(func() {}) // its Close must not release a slot again
+	c.Conn.Close()
 }
 
 // dropLocked takes c's slot away, to close it. Called with l.mu held.
