@@ -701,16 +701,7 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	agents := cluster(t, 3)
 	lock := start(t, nil, "lock", "jobs/doomed", "--addr", addrs(agents), "--ttl", "2s", "--grace", "1s", "--",
 		"sh", "-c", `echo "pid=$$"; sleep 60`)
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(lock.stdout.String(), "pid=") {
-			return errors.New("child not started")
-		}
-		return nil
-	})
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid := childPID(t, lock)
 	// Stop the whole cluster under it.
 	for _, a := range agents {
 		a.p.kill(syscall.SIGKILL)
@@ -741,16 +732,7 @@ func TestLockSecondSignalKillsCommand(t *testing.T) {
 	addr := addrs(agents)
 	lock := start(t, nil, "lock", "jobs/stubborn", "--addr", addr, "--",
 		"sh", "-c", `trap "" INT TERM; echo "pid=$$"; while :; do sleep 0.05; done`)
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(lock.stdout.String(), "pid=") {
-			return errors.New("child not started")
-		}
-		return nil
-	})
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid := childPID(t, lock)
 	// One SIGINT, to lock and to its group at once (as a supervisor may):
 	// passed on, ignored by the command, which runs on with the key held.
 	_ = syscall.Kill(lock.cmd.Process.Pid, syscall.SIGINT)
@@ -1148,4 +1130,21 @@ func TestSignalToProcessAndGroupStopsGracefully(t *testing.T) {
 	if code := p.wait(t, 20*time.Second); code != 0 || strings.Contains(p.stderr.String(), "exiting at once") {
 		t.Errorf("SIGINT to the agent and its group: exit %d, stderr %s", code, tail(p.stderr.String(), 1000))
 	}
+}
+
+// childPID waits until lock's command printed "pid=N" (its first line)
+// and returns N.
+func childPID(t *testing.T, lock *proc) int {
+	t.Helper()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(lock.stdout.String(), "pid=") {
+			return errors.New("child not started")
+		}
+		return nil
+	})
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(lock.stdout.String(), "pid=")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
