@@ -832,8 +832,10 @@ func TestWatchListingOfASlowReader(t *testing.T) {
 // naming --max-watches, and a watch that ends makes room for another.
 func TestWatchesAreBounded(t *testing.T) {
 	const max = 4
+	var lg logs
 	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
 		cfg.Limits.MaxWatches = max
+		cfg.Logger = lg.logger()
 	}})
 	_, l := c.Leader()
 	cl := pbconnect.NewLeaseServiceClient(&http.Client{}, "http://"+l.APIAddr())
@@ -878,6 +880,11 @@ func TestWatchesAreBounded(t *testing.T) {
 	}
 	if n := refusals(t, l, node.PortAPI, "max_watches"); n != 2 {
 		t.Fatalf("refusals for max_watches: %d, want 2", n)
+	}
+	// Both refusals are counted; the log says so once per interval
+	// (outsider review #6: 177 refusals, no line).
+	if got := lg.lines("refused a Watch", "--max-watches", "max_watches=4"); len(got) != 1 {
+		t.Fatalf("log lines for %d refused watches: %q, want 1 naming --max-watches", 2, got)
 	}
 	t.Logf("refused: %v", err)
 	cancels[0]() // one ends: its place is free once the node sees it go
