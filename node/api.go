@@ -442,6 +442,9 @@ func connectError(err error) error {
 			code = connect.CodeCanceled
 		}
 	}
+	if d.GetSizeLimit() {
+		code = connect.CodeResourceExhausted // sizeLimitError
+	}
 	ce := connect.NewError(code, err)
 	if det, derr := connect.NewErrorDetail(d); derr == nil {
 		ce.AddDetail(det)

@@ -546,6 +546,54 @@ func TestStateQuota(t *testing.T) {
 	mustGrant(t, f, big)
 }
 
+// A refusal at --max-lease-bytes is a size limit: the client API answers
+// it resource_exhausted, as the README says of size limits (it answered
+// invalid_argument, found by an outsider's review), through the leader
+// and through a follower that forwarded it, naming the flag, while its
+// wire reason stays REASON_INVALID (clients take it as final). A refusal
+// at --max-leases, a count, stays invalid_argument.
+func TestStateQuotaCodesOnTheAPI(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeases = 1
+		cfg.Limits.MaxLeaseBytes = 100
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	refusal := func(n *node.Node, req *pb.AcquireRequest) (connect.Code, pb.Reason, string) {
+		t.Helper()
+		cl := pbconnect.NewLeaseServiceClient(&http.Client{Timeout: 10 * time.Second}, "http://"+n.APIAddr())
+		_, err := cl.Acquire(ctxT(t, 10*time.Second), connect.NewRequest(req))
+		var ce *connect.Error
+		if !errors.As(err, &ce) {
+			t.Fatalf("acquire %q: %v, want a refusal", req.Key, err)
+		}
+		reason := pb.Reason_REASON_UNSPECIFIED
+		for _, d := range ce.Details() {
+			if v, err := d.Value(); err == nil {
+				if ed, ok := v.(*pb.ErrorDetail); ok {
+					reason = ed.GetReason()
+				}
+			}
+		}
+		return ce.Code(), reason, ce.Message()
+	}
+	big := acq("b", "h", 1, time.Minute)
+	big.Value = make([]byte, 100)
+	for name, n := range map[string]*node.Node{"leader": l, "follower": f} {
+		code, reason, msg := refusal(n, big)
+		if code != connect.CodeResourceExhausted || reason != pb.Reason_REASON_INVALID || !strings.Contains(msg, "--max-lease-bytes 100") {
+			t.Errorf("past MaxLeaseBytes through the %s: %v, reason %v, %q; want resource_exhausted, REASON_INVALID, naming --max-lease-bytes", name, code, reason, msg)
+		}
+	}
+	mustGrant(t, l, acq("a", "h", 1, time.Minute))
+	for name, n := range map[string]*node.Node{"leader": l, "follower": f} {
+		code, reason, msg := refusal(n, acq("c", "h", 1, time.Minute))
+		if code != connect.CodeInvalidArgument || reason != pb.Reason_REASON_INVALID || !strings.Contains(msg, "--max-leases 1") {
+			t.Errorf("past MaxLeases through the %s: %v, reason %v, %q; want invalid_argument naming --max-leases", name, code, reason, msg)
+		}
+	}
+}
+
 // A churn of acquires and releases of new keys holds no lease for long,
 // but each leaves a request-id mark for MarkRetention: with long keys
 // they would pass any bound but the FSM's MaxMarks count (2^20 marks of
