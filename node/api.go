@@ -230,7 +230,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			}
 			return
 		}
-		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max}
+		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout}
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
 		}
@@ -351,10 +351,16 @@ func rpcContentType(ct string) bool {
 // what is left of the body as the next request, and a slow client would
 // keep its connection slot for another header timeout (found by the
 // adversary suite: cut after 26 s instead of the 10 s read timeout).
+//
+// A body not received within the read timeout fails with a
+// deadline_exceeded error that names that limit: the bare "read tcp
+// ...: i/o timeout" net/http gives did not say which limit, nor that the
+// client was too slow (found by an outsider's review).
 type limitedBody struct {
 	io.ReadCloser
-	max    int64
-	header http.Header // the response's, on HTTP/1; nil on HTTP/2
+	max     int64
+	timeout time.Duration // Limits.ReadTimeout
+	header  http.Header   // the response's, on HTTP/1; nil on HTTP/2
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -363,10 +369,23 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		b.header.Set("Connection", "close")
 	}
 	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &mbe):
 		err = requestTooLarge(b.max, "")
+	case errors.As(err, &ne) && ne.Timeout():
+		err = bodyTooSlow(b.timeout)
 	}
 	return n, err
+}
+
+// bodyTooSlow is the refusal of a request whose body did not arrive
+// within Limits.ReadTimeout. Connect answers deadline_exceeded with HTTP
+// 504 (it has no code for 408); the message says the limit is this
+// agent's, not a gateway's.
+func bodyTooSlow(timeout time.Duration) error {
+	return connect.NewError(connect.CodeDeadlineExceeded,
+		fmt.Errorf("request body not received within %v, the agent's limit for reading a request (fixed at 10 s for the agent; Limits.ReadTimeout in a Go program): the client, or a proxy in between, sent it too slowly; send the whole body at once", timeout))
 }
 
 // limitedGzip is the API's gzip decompressor: it inflates at most max

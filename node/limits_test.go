@@ -197,8 +197,13 @@ func TestAPIInputsAreBounded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no answer to a body sent a byte at a time: %v", err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		answered := time.Since(start)
+		// The answer names the read limit, not a bare "i/o timeout"
+		// (outsider review #7).
+		if !strings.Contains(string(answer), "request body not received within 1s") || strings.Contains(string(answer), "i/o timeout") {
+			t.Errorf("answer to a body sent a byte at a time: %d %s; want it to name the 1 s read limit", resp.StatusCode, answer)
+		}
 		// Hung up: an EOF, or a reset when the writer's next byte reached
 		// the closed socket before this read (the test's own doing).
 		if _, err := r.ReadByte(); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) || !resp.Close {
