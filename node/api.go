@@ -102,6 +102,9 @@ func (n *Node) MountAPI(mux *http.ServeMux) {
 		// connect's own gzip reader would go on inflating a bomb past the
 		// limit only to count its size; this one stops at the limit and
 		// names it.
+		// A duration JSON cannot hold is refused saying how to write one.
+		connect.WithCodec(jsonCodec{name: "json"}),
+		connect.WithCodec(jsonCodec{name: "json; charset=utf-8"}),
 		connect.WithCompression("gzip", nil, nil),
 		connect.WithCompression("gzip",
 			func() connect.Decompressor { return &limitedGzip{max: lim.MaxRequestBytes} },

@@ -154,6 +154,25 @@ func TestAPIInputsAreBounded(t *testing.T) {
 			t.Fatalf("a 1 ns TTL: %v", err)
 		}
 	})
+	t.Run("ttl in JSON", func(t *testing.T) {
+		// protojson refuses "100000h" before the API sees the TTL: the
+		// refusal says how JSON durations are written and their limit
+		// (outsider review #7: it said only "invalid
+		// google.protobuf.Duration value").
+		for _, ct := range []string{"application/json", "application/json; charset=utf-8"} {
+			code, out := post(t, l.APIAddr(), "Acquire", strings.NewReader(`{"key":"k","holder":"h","requestId":"1","ttl":"100000h"}`),
+				http.Header{"Content-Type": {ct}})
+			if code != http.StatusBadRequest || !strings.Contains(out, "invalid_argument") || !strings.Contains(out, `seconds with an \"s\" suffix`) ||
+				!strings.Contains(out, "at most 24h") {
+				t.Errorf("a TTL of \"100000h\" as %s: status %d: %s; want invalid_argument saying JSON durations are seconds and the 24 h limit", ct, code, out)
+			}
+		}
+		// A well-formed one still reaches the API's range check.
+		code, out := post(t, l.APIAddr(), "Acquire", strings.NewReader(`{"key":"k","holder":"h","requestId":"1","ttl":"360000000s"}`), nil)
+		if code != http.StatusBadRequest || !strings.Contains(out, "at most 24h0m0s") {
+			t.Errorf(`a TTL of "360000000s": status %d: %s; want the range check's refusal`, code, out)
+		}
+	})
 	t.Run("list limit", func(t *testing.T) {
 		value := bytes.Repeat([]byte("v"), 60<<10)
 		for i := range 40 {
