@@ -62,7 +62,7 @@ func (n *Node) startAPI() error {
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
 		TLSConfig:         n.apiTLS,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
