@@ -401,8 +401,12 @@ func firstChunk(leases []*held, maxItems int) []*held {
 // below what this client sends), and for nothing else: other refusals
 // must not shrink the batches.
 func tooLarge(err error) bool {
-	if connect.CodeOf(err) == connect.CodeResourceExhausted && reasonOf(err) != pb.Reason_REASON_RESOURCE_EXHAUSTED {
-		return true // over --max-request-bytes
+	if connect.CodeOf(err) == connect.CodeResourceExhausted && reasonOf(err) == pb.Reason_REASON_UNSPECIFIED {
+		// Over --max-request-bytes, refused before the request is read
+		// (so without a reason). Not --max-waiters (REASON_RESOURCE_EXHAUSTED)
+		// nor --max-lease-bytes (REASON_INVALID): a smaller batch would
+		// not help.
+		return true
 	}
 	return reasonOf(err) == pb.Reason_REASON_INVALID && strings.Contains(err.Error(), "--max-extend-items")
 }

@@ -138,8 +138,22 @@ func ErrorDetail(err error) *pb.ErrorDetail {
 	if errors.As(err, &le) {
 		d.LeaderId, d.LeaderAddr = le.LeaderID, le.LeaderAddr
 	}
+	var sl *sizeLimitError
+	d.SizeLimit = errors.As(err, &sl)
 	return d
 }
+
+// sizeLimitError is ErrInvalid for a size limit of the cluster's state
+// (Limits.MaxLeaseBytes). The client API answers it resource_exhausted, as
+// the README says of size limits (it answered invalid_argument, found by
+// an outsider's review), while its wire reason stays REASON_INVALID:
+// clients take it as final, as they always have. ErrorDetail's SizeLimit
+// carries it across the node RPC, so a follower that forwarded the request
+// answers the same code.
+type sizeLimitError struct{ err error }
+
+func (e *sizeLimitError) Error() string { return e.err.Error() }
+func (e *sizeLimitError) Unwrap() error { return e.err }
 
 // ErrorFromDetail rebuilds an error from its wire form, so that errors.Is
 // recognises the sentinel it started from.
@@ -153,10 +167,14 @@ func ErrorFromDetail(d *pb.ErrorDetail, msg string) error {
 				}
 				return le
 			}
+			var err error = &remoteError{err: r.err, msg: msg}
 			if msg == "" || msg == r.err.Error() {
-				return r.err
+				err = r.err
 			}
-			return &remoteError{err: r.err, msg: msg}
+			if d.GetSizeLimit() {
+				err = &sizeLimitError{err: err}
+			}
+			return err
 		}
 	}
 	return errors.New(msg)

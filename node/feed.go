@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -67,6 +68,10 @@ type watchHub struct {
 	last     uint64        // the highest index published
 	bytes    atomic.Int64  // the events some watcher still holds, each counted once
 	refused  atomic.Uint64 // watches refused at their limit (Limits.MaxWatches)
+	// refusedLog limits the warnings about those refusals to one per
+	// loglimit.Every: a client looping on Watch would otherwise write a
+	// line per call.
+	refusedLog *loglimit.Limiter
 }
 
 // watcher buffers events for one Watch call; a goroutine moves them to the
@@ -108,7 +113,9 @@ const (
 	watchInitialPage     = 64
 )
 
-func newWatchHub() *watchHub { return &watchHub{watchers: map[*watcher]struct{}{}} }
+func newWatchHub() *watchHub {
+	return &watchHub{watchers: map[*watcher]struct{}{}, refusedLog: loglimit.New()}
+}
 
 // watch registers a watcher of req's prefix and starts its goroutine. It
 // refuses a watch past max open on this node (Limits.MaxWatches): each
@@ -129,6 +136,16 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 	if len(h.watchers) >= max {
 		h.mu.Unlock()
 		h.refused.Add(1)
+		// Logged like the other refusals at the trust boundary (the
+		// README promises one line per kind per interval): counted but
+		// silent, an operator saw only the metric (outsider review #6).
+		if ok, skipped := h.refusedLog.Allow("max_watches"); ok {
+			args := []any{"max_watches", max}
+			if skipped > 0 {
+				args = append(args, loglimit.Skipped, skipped)
+			}
+			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches); clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
+		}
 		return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 	}
 	h.watchers[w] = struct{}{}

@@ -154,6 +154,25 @@ func TestAPIInputsAreBounded(t *testing.T) {
 			t.Fatalf("a 1 ns TTL: %v", err)
 		}
 	})
+	t.Run("ttl in JSON", func(t *testing.T) {
+		// protojson refuses "100000h" before the API sees the TTL: the
+		// refusal says how JSON durations are written and their limit
+		// (outsider review #7: it said only "invalid
+		// google.protobuf.Duration value").
+		for _, ct := range []string{"application/json", "application/json; charset=utf-8"} {
+			code, out := post(t, l.APIAddr(), "Acquire", strings.NewReader(`{"key":"k","holder":"h","requestId":"1","ttl":"100000h"}`),
+				http.Header{"Content-Type": {ct}})
+			if code != http.StatusBadRequest || !strings.Contains(out, "invalid_argument") || !strings.Contains(out, `seconds with an \"s\" suffix`) ||
+				!strings.Contains(out, "at most 24h") {
+				t.Errorf("a TTL of \"100000h\" as %s: status %d: %s; want invalid_argument saying JSON durations are seconds and the 24 h limit", ct, code, out)
+			}
+		}
+		// A well-formed one still reaches the API's range check.
+		code, out := post(t, l.APIAddr(), "Acquire", strings.NewReader(`{"key":"k","holder":"h","requestId":"1","ttl":"360000000s"}`), nil)
+		if code != http.StatusBadRequest || !strings.Contains(out, "at most 24h0m0s") {
+			t.Errorf(`a TTL of "360000000s": status %d: %s; want the range check's refusal`, code, out)
+		}
+	})
 	t.Run("list limit", func(t *testing.T) {
 		value := bytes.Repeat([]byte("v"), 60<<10)
 		for i := range 40 {
@@ -197,8 +216,13 @@ func TestAPIInputsAreBounded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no answer to a body sent a byte at a time: %v", err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		answered := time.Since(start)
+		// The answer names the read limit, not a bare "i/o timeout"
+		// (outsider review #7).
+		if !strings.Contains(string(answer), "request body not received within 1s") || strings.Contains(string(answer), "i/o timeout") {
+			t.Errorf("answer to a body sent a byte at a time: %d %s; want it to name the 1 s read limit", resp.StatusCode, answer)
+		}
 		// Hung up: an EOF, or a reset when the writer's next byte reached
 		// the closed socket before this read (the test's own doing).
 		if _, err := r.ReadByte(); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) || !resp.Close {
@@ -546,6 +570,54 @@ func TestStateQuota(t *testing.T) {
 	mustGrant(t, f, big)
 }
 
+// A refusal at --max-lease-bytes is a size limit: the client API answers
+// it resource_exhausted, as the README says of size limits (it answered
+// invalid_argument, found by an outsider's review), through the leader
+// and through a follower that forwarded it, naming the flag, while its
+// wire reason stays REASON_INVALID (clients take it as final). A refusal
+// at --max-leases, a count, stays invalid_argument.
+func TestStateQuotaCodesOnTheAPI(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxLeases = 1
+		cfg.Limits.MaxLeaseBytes = 100
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	refusal := func(n *node.Node, req *pb.AcquireRequest) (connect.Code, pb.Reason, string) {
+		t.Helper()
+		cl := pbconnect.NewLeaseServiceClient(&http.Client{Timeout: 10 * time.Second}, "http://"+n.APIAddr())
+		_, err := cl.Acquire(ctxT(t, 10*time.Second), connect.NewRequest(req))
+		var ce *connect.Error
+		if !errors.As(err, &ce) {
+			t.Fatalf("acquire %q: %v, want a refusal", req.Key, err)
+		}
+		reason := pb.Reason_REASON_UNSPECIFIED
+		for _, d := range ce.Details() {
+			if v, err := d.Value(); err == nil {
+				if ed, ok := v.(*pb.ErrorDetail); ok {
+					reason = ed.GetReason()
+				}
+			}
+		}
+		return ce.Code(), reason, ce.Message()
+	}
+	big := acq("b", "h", 1, time.Minute)
+	big.Value = make([]byte, 100)
+	for name, n := range map[string]*node.Node{"leader": l, "follower": f} {
+		code, reason, msg := refusal(n, big)
+		if code != connect.CodeResourceExhausted || reason != pb.Reason_REASON_INVALID || !strings.Contains(msg, "--max-lease-bytes 100") {
+			t.Errorf("past MaxLeaseBytes through the %s: %v, reason %v, %q; want resource_exhausted, REASON_INVALID, naming --max-lease-bytes", name, code, reason, msg)
+		}
+	}
+	mustGrant(t, l, acq("a", "h", 1, time.Minute))
+	for name, n := range map[string]*node.Node{"leader": l, "follower": f} {
+		code, reason, msg := refusal(n, acq("c", "h", 1, time.Minute))
+		if code != connect.CodeInvalidArgument || reason != pb.Reason_REASON_INVALID || !strings.Contains(msg, "--max-leases 1") {
+			t.Errorf("past MaxLeases through the %s: %v, reason %v, %q; want invalid_argument naming --max-leases", name, code, reason, msg)
+		}
+	}
+}
+
 // A churn of acquires and releases of new keys holds no lease for long,
 // but each leaves a request-id mark for MarkRetention: with long keys
 // they would pass any bound but the FSM's MaxMarks count (2^20 marks of
@@ -832,8 +904,10 @@ func TestWatchListingOfASlowReader(t *testing.T) {
 // naming --max-watches, and a watch that ends makes room for another.
 func TestWatchesAreBounded(t *testing.T) {
 	const max = 4
+	var lg logs
 	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
 		cfg.Limits.MaxWatches = max
+		cfg.Logger = lg.logger()
 	}})
 	_, l := c.Leader()
 	cl := pbconnect.NewLeaseServiceClient(&http.Client{}, "http://"+l.APIAddr())
@@ -878,6 +952,11 @@ func TestWatchesAreBounded(t *testing.T) {
 	}
 	if n := refusals(t, l, node.PortAPI, "max_watches"); n != 2 {
 		t.Fatalf("refusals for max_watches: %d, want 2", n)
+	}
+	// Both refusals are counted; the log says so once per interval
+	// (outsider review #6: 177 refusals, no line).
+	if got := lg.lines("refused a Watch", "--max-watches", "max_watches=4"); len(got) != 1 {
+		t.Fatalf("log lines for %d refused watches: %q, want 1 naming --max-watches", 2, got)
 	}
 	t.Logf("refused: %v", err)
 	cancels[0]() // one ends: its place is free once the node sees it go

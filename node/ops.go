@@ -507,8 +507,8 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item, releas
 			ErrInvalid, st.Held, st.Delayed, r.use.leases, leases, lim.MaxLeases)
 	case add.bytes > 0 && bytes+add.bytes > lim.MaxLeaseBytes:
 		pending = bytes+add.bytes-due.bytes <= lim.MaxLeaseBytes
-		return nil, pending, fmt.Errorf("%w: the cluster's state holds %d bytes of keys, holders and values of leases, and %d of keys and holders of request ids, kept %v after a lease ends; this leader admitted %d more not yet applied; %d more would pass its limit (agent --max-lease-bytes %d): release leases, wait, or raise the limit on every agent",
-			ErrInvalid, st.Bytes, st.MarkBytes, fsm.MarkRetention, r.use.bytes, add.bytes, lim.MaxLeaseBytes)
+		return nil, pending, &sizeLimitError{fmt.Errorf("%w: the cluster's state holds %d bytes of keys, holders and values of leases, and %d of keys and holders of request ids, kept %v after a lease ends; this leader admitted %d more not yet applied; %d more would pass its limit (agent --max-lease-bytes %d): release leases, wait, or raise the limit on every agent",
+			ErrInvalid, st.Bytes, st.MarkBytes, fsm.MarkRetention, r.use.bytes, add.bytes, lim.MaxLeaseBytes)}
 	}
 	r.use.leases += add.leases
 	r.use.bytes += add.bytes

@@ -261,6 +261,19 @@ func (m *Mux) isClosed() bool {
 	return m.closed
 }
 
+// gone reports whether raw's handshake was cut from outside: by Close, or
+// by Serve closing it to make room past MaxPending (which drops it from the
+// pending set first). A handshake that fails then is not the peer's fault:
+// it is counted once, as max_pending or not at all, and not logged as what
+// the failed read would otherwise suggest (a TLS handshake failure blamed
+// on the peer's certificate, found by an outsider's review).
+func (m *Mux) gone(raw net.Conn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, pending := m.pending[raw]
+	return m.closed || !pending
+}
+
 // forget drops raw from the pending set and closes it.
 func (m *Mux) forget(raw net.Conn) {
 	m.mu.Lock()
@@ -285,7 +298,7 @@ func (m *Mux) handle(raw net.Conn) {
 		// header until the deadline.
 		var first [1]byte
 		if _, err := io.ReadFull(raw, first[:]); err != nil {
-			if !m.isClosed() {
+			if !m.gone(raw) {
 				m.timedOut(err)
 				log.Debug("no TLS handshake; closing connection", "error", err)
 			}
@@ -301,7 +314,7 @@ func (m *Mux) handle(raw net.Conn) {
 		}
 		tc := tls.Server(&replayConn{Conn: raw, first: first[0], pending: true}, m.tls)
 		if err := tc.Handshake(); err != nil {
-			if !m.isClosed() {
+			if !m.gone(raw) {
 				m.refusals[refusedTLSHandshake].Add(1)
 				m.warn(log, "refused a node-port connection: TLS handshake failed (the error says why): a node needs a certificate with the node role from this cluster's CA: the one --tls-ca names, or, with a cluster key and no TLS files, the one the key derives", "error", err)
 			}
@@ -312,7 +325,7 @@ func (m *Mux) handle(raw net.Conn) {
 	}
 	var b [1]byte
 	if _, err := io.ReadFull(conn, b[:]); err != nil {
-		if !m.isClosed() {
+		if !m.gone(raw) {
 			m.timedOut(err)
 			log.Debug("no protocol byte; closing connection", "error", err)
 		}
@@ -332,7 +345,7 @@ func (m *Mux) handle(raw net.Conn) {
 	peer, refused, err := serverHello(conn, m.hello)
 	if err != nil {
 		switch {
-		case m.isClosed():
+		case m.gone(raw):
 		case refused:
 			m.refusals[refusedHello].Add(1)
 			// The judge (MuxConfig.Hello.Check) logs its refusals as

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -524,4 +525,89 @@ func TestMuxKeepsAuthenticatedConnections(t *testing.T) {
 	s := acceptOne(t, lns[ProtoRaft])
 	defer s.Close()
 	exchange(t, good, s, "still here")
+}
+
+// goroutinesIn counts the goroutines whose stack contains fn.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 16<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
+}
+
+// A connection closed to make room past MaxPending while in its TLS
+// handshake is counted and logged once, as max_pending: not also as a
+// failed TLS handshake that blames its certificate (an outsider's review
+// counted 54,424 max_pending and 54,695 tls_handshake for 54,704
+// connections that sent 3 bytes of a TLS record and went silent).
+func TestMuxMaxPendingDuringTLSHandshakeCountedOnce(t *testing.T) {
+	leakCheck(t)
+	key := make([]byte, ClusterKeySize)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	srv, _, err := ClusterKeyTLS(key, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf syncBuffer
+	logger := slog.New(slog.NewTextHandler(&buf, nil))
+	m, _ := startMux(t, MuxConfig{Logger: logger, TLS: srv, HandshakeTimeout: time.Minute}, ProtoRaft)
+	addr := m.Addr().String()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	open := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// The first 3 bytes of a TLS handshake record's header.
+		if _, err := c.Write([]byte{tlsRecordHandshake, 3, 1}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := open()
+	for range MaxPending - 1 {
+		open()
+	}
+	// Every handshake goroutine is inside the TLS handshake, waiting for
+	// the rest of the record.
+	const inHandshake = "crypto/tls.(*Conn).serverHandshake"
+	eventually(t, 10*time.Second, func() error {
+		if n := goroutinesIn(inHandshake); n != MaxPending {
+			return fmt.Errorf("%d of %d connections in their TLS handshake", n, MaxPending)
+		}
+		return nil
+	})
+	open() // makes room: the first is closed during its handshake
+	expectClosedByPeer(t, first)
+	// Its goroutine has returned once the new connection's handshake
+	// goroutine has taken its place.
+	eventually(t, 10*time.Second, func() error {
+		if n := goroutinesIn("transport.(*Mux).handle("); n != MaxPending {
+			return fmt.Errorf("%d handshake goroutines, want %d", n, MaxPending)
+		}
+		return nil
+	})
+	if n := m.refusals[refusedMaxPending].Load(); n != 1 {
+		t.Errorf("refusals for max_pending: %d, want 1", n)
+	}
+	if n := m.refusals[refusedTLSHandshake].Load(); n != 0 {
+		t.Errorf("refusals for tls_handshake: %d, want 0 (the handshake was cut at max_pending)", n)
+	}
+	if out := buf.String(); strings.Contains(out, "TLS handshake failed") || !strings.Contains(out, "max_pending") {
+		t.Errorf("log, want the max_pending warning and no TLS handshake failure:\n%s", out)
+	}
 }

@@ -71,7 +71,9 @@ type muxRefusals [numMuxRefusals]atomic.Uint64
 //     to bootstrap);
 //   - handshake_timeout: no TLS handshake, protocol byte or hello within
 //     the handshake timeout;
-//   - max_pending: closed to make room past MaxPending.
+//   - max_pending: closed to make room past MaxPending, whatever its
+//     handshake was doing then (counted as this only, never also as
+//     tls_handshake or another reason).
 //
 // Connections that hang up before saying anything, and those closed by
 // Close, are not refusals.

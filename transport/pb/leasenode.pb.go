@@ -2318,10 +2318,16 @@ func (x *StatusResponse) GetVersion() string {
 }
 
 type ErrorDetail struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        Reason                 `protobuf:"varint,1,opt,name=reason,proto3,enum=leasenode.v1.Reason" json:"reason,omitempty"`
-	LeaderId      string                 `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderAddr    string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Reason     Reason                 `protobuf:"varint,1,opt,name=reason,proto3,enum=leasenode.v1.Reason" json:"reason,omitempty"`
+	LeaderId   string                 `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderAddr string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	// A REASON_INVALID refusal for a size limit of the cluster's state (agent
+	// --max-lease-bytes): the client API answers it resource_exhausted, as it
+	// does every size limit, while the reason stays REASON_INVALID (final,
+	// as clients have always taken it). Carried so that a follower that
+	// forwarded the request answers the same code as the leader.
+	SizeLimit     bool `protobuf:"varint,4,opt,name=size_limit,json=sizeLimit,proto3" json:"size_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2375,6 +2381,13 @@ func (x *ErrorDetail) GetLeaderAddr() string {
 		return x.LeaderAddr
 	}
 	return ""
+}
+
+func (x *ErrorDetail) GetSizeLimit() bool {
+	if x != nil {
+		return x.SizeLimit
+	}
+	return false
 }
 
 // RPCError is how the node-to-node RPC carries an error.
@@ -2594,12 +2607,14 @@ const file_leasenode_proto_rawDesc = "" +
 	"\bapi_addr\x18\v \x01(\tR\aapiAddr\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\f \x01(\tR\tclusterId\x12\x18\n" +
-	"\aversion\x18\r \x01(\tR\aversion\"y\n" +
+	"\aversion\x18\r \x01(\tR\aversion\"\x98\x01\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
-	"leaderAddr\"W\n" +
+	"leaderAddr\x12\x1d\n" +
+	"\n" +
+	"size_limit\x18\x04 \x01(\bR\tsizeLimit\"W\n" +
 	"\bRPCError\x121\n" +
 	"\x06detail\x18\x01 \x01(\v2\x19.leasenode.v1.ErrorDetailR\x06detail\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*V\n" +
