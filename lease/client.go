@@ -758,14 +758,6 @@ func (c *Client) end(h *held, err error, release bool) bool {
 			// The guards stay closed until then too: a new acquire of this
 			// Client would replace the holding on the server at once.
 			ok := ctxtime.Sleep(c.bgCtx, time.Until(wasValid))
-			if ok && keepDelay {
-				// The leader's record outlives the validity (by the
-				// drift, a trip, or a whole TTL if an extend's reply was
-				// lost). A new acquire of this Client would replace it
-				// at once, with no lock-delay: keep the guards closed
-				// until the cluster no longer holds it live.
-				c.awaitNotLive(h)
-			}
 			c.unguard(h)
 			if !ok || keepDelay {
 				return
@@ -779,22 +771,6 @@ func (c *Client) end(h *held, err error, release bool) bool {
 		}
 	}
 	return true
-}
-
-// awaitNotLive polls CheckToken until h's holding is no longer live in
-// the cluster (expired into its lock-delay, or ended), or Close begins.
-func (c *Client) awaitNotLive(h *held) {
-	for {
-		ctx, cancel := context.WithTimeout(c.bgCtx, 5*time.Second)
-		resp, err := c.b.CheckToken(ctx, &pb.CheckTokenRequest{Key: h.key, Token: h.token})
-		cancel()
-		if err == nil && !resp.GetCurrent() {
-			return
-		}
-		if !ctxtime.Sleep(c.bgCtx, min(max(h.ttl/20, 5*time.Millisecond), 100*time.Millisecond)) {
-			return
-		}
-	}
 }
 
 // unguard unlocks h's local guards, once: after its record was released,
