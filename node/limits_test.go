@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -468,6 +469,32 @@ func closedByNode(conn net.Conn) error {
 		return errors.New("the node did not close the connection within 10 s")
 	}
 	return nil
+}
+
+// goAwayCode reads the HTTP/2 frames a server sends on conn until it
+// closes conn, and returns the error code of its last GOAWAY frame (-1 if
+// none came); an error if it was not closed within 10 s.
+func goAwayCode(conn net.Conn) (int64, error) {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	code := int64(-1)
+	var hdr [9]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return code, errors.New("the node did not close the connection within 10 s")
+			}
+			return code, nil
+		}
+		payload := make([]byte, int(hdr[0])<<16|int(hdr[1])<<8|int(hdr[2]))
+		if _, err := io.ReadFull(r, payload); err != nil {
+			return code, nil
+		}
+		if hdr[3] == 7 && len(payload) >= 8 { // GOAWAY: last stream id, error code
+			code = int64(binary.BigEndian.Uint32(payload[4:8]))
+		}
+	}
 }
 
 // net/http logs one line per connection that breaks HTTP/2 (the h2c
@@ -1122,11 +1149,17 @@ func TestUnauthenticatedConnectionsAreClosed(t *testing.T) {
 				}
 			}
 		}()
-		if err := closedByNode(conn); err != nil {
+		goaway, err := goAwayCode(conn)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if n := refusals(t, l, node.PortAPI, "auth_timeout"); n != 1 {
-			t.Errorf("refusals for auth_timeout: %d, want 1", n)
+		// Closed by the auth timeout, or earlier by net/http's own bound
+		// on the control frames it has queued (a peer that does not read
+		// its PING answers as fast as it sends PINGs: seen in CI on a
+		// busy machine), which sends GOAWAY ENHANCE_YOUR_CALM.
+		const enhanceYourCalm = 0xb
+		if n := refusals(t, l, node.PortAPI, "auth_timeout"); n != 1 && goaway != enhanceYourCalm {
+			t.Errorf("refusals for auth_timeout: %d, want 1 (GOAWAY code %#x)", n, goaway)
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("a connection sending only PINGs was closed after %v, want about 2 s", d)
