@@ -105,8 +105,8 @@ func TestEntryChecksumFatal(t *testing.T) {
 // is an unknown type (Invalid), as before.
 func TestDecodeVersion1(t *testing.T) {
 	for _, c := range seedCommands() {
-		if fsm.Encode(c.stamp, c.cmd)[0] == 3 {
-			continue // shapes: not expressible before version 3
+		if v := fsm.Encode(c.stamp, c.cmd)[0]; v == 3 || v == 5 {
+			continue // shapes, flags: not expressible in version 1
 		}
 		v1 := asVersion1(fsm.Encode(c.stamp, c.cmd))
 		if strings.Contains(c.name, "cancel") {

@@ -18,15 +18,16 @@ import (
 // Version 2 ends every entry with a CRC-32C (Castagnoli, big-endian) of all
 // its preceding bytes, and adds Cancel. Version 3 adds lock shapes to the
 // Acquire body (mode, limit, further keys). Version 4 adds to Cancel the
-// epoch of the proposal it withdraws. Decode still reads version 1 (no
-// checksum, no Cancel), 2 (every acquire exclusive, on one key) and 3.
+// epoch of the proposal it withdraws. Version 5 adds to the Acquire body a
+// byte of flags (Acquire.KeepLockDelay). Decode still reads version 1 (no
+// checksum, no Cancel), 2 (every acquire exclusive, on one key), 3 and 4.
 //
 // Encode writes the lowest version that can express the command: an
-// entry without shapes and without a withdrawal stays readable by a
+// entry without shapes, withdrawals or flags stays readable by a
 // version-2 replica, so a rolling upgrade keeps every replica applying
 // until one is used (then a replica of the older version stops at the
 // entry, loudly, as fatal-stop requires).
-const FormatVersion = 4
+const FormatVersion = 5
 
 // checksumLen is the size of the CRC-32C that ends a version-2 entry.
 const checksumLen = 4
@@ -137,7 +138,19 @@ type Acquire struct {
 	// More names the further keys of a multi-key acquire (since
 	// FormatVersion 3): at most MaxSetKeys keys in all, no key twice.
 	More []Item
+	// KeepLockDelay (since FormatVersion 5) keeps the holder's own live
+	// holdings that have a lock-delay: a new request of the holder does
+	// not replace them (and every member of their grants) but is Held
+	// until they end, as another holder's request would be. Without it a
+	// Client that lost or dropped such a holding could take the key again
+	// and release it, skipping the lock-delay that guards the old
+	// holding's user. The leader sets it once every server reads version
+	// 5; entries without it keep the older rule on every replica.
+	KeepLockDelay bool
 }
+
+// Flags of the version-5 Acquire body.
+const acquireKeepLockDelay = 1
 
 // Items returns every key of the acquire with its mode: Key first, then
 // More.
@@ -229,7 +242,8 @@ func (*Batch) Type() Type { return TypeBatch }
 // version, type, stamp, body, and the CRC-32C of all of them.
 //
 // The version is the lowest that can express cmd (see FormatVersion): 4 if
-// a Cancel in it names an epoch, 3 if an Acquire in it has a shape, else 2.
+// an Acquire in it has flags, 4 if a Cancel in it names an epoch, 3 if an
+// Acquire in it has a shape, else 2.
 func Encode(s Stamp, cmd Command) []byte {
 	ver := minVersion(cmd)
 	b := make([]byte, 0, 32)
@@ -253,7 +267,10 @@ const OldestFormat = 2
 func minVersion(cmd Command) byte {
 	switch c := cmd.(type) {
 	case *Acquire:
-		if c.shaped() {
+		switch {
+		case c.KeepLockDelay:
+			return 5
+		case c.shaped():
 			return 3
 		}
 	case *Cancel:
@@ -294,7 +311,7 @@ func (Expire) appendBody(b []byte) []byte  { return b }
 func (c *Acquire) appendBody(b []byte) []byte { return c.appendBodyVersion(b, FormatVersion) }
 
 // appendBodyVersion appends the body of version ver: version 3 adds mode,
-// limit and the further items after the value.
+// limit and the further items after the value, version 5 a byte of flags.
 func (c *Acquire) appendBodyVersion(b []byte, ver byte) []byte {
 	b = appendString(b, c.Key)
 	b = appendString(b, c.Holder)
@@ -313,7 +330,14 @@ func (c *Acquire) appendBodyVersion(b []byte, ver byte) []byte {
 		b = append(b, byte(it.Mode))
 		b = binary.AppendUvarint(b, uint64(it.Limit))
 	}
-	return b
+	if ver < 5 {
+		return b
+	}
+	var flags byte
+	if c.KeepLockDelay {
+		flags |= acquireKeepLockDelay
+	}
+	return append(b, flags)
 }
 
 func (c *Extend) appendBody(b []byte) []byte {
@@ -563,6 +587,13 @@ func (d *decoder) body(typ Type, top bool) Command {
 					c.More[i] = Item{Key: d.string(), Mode: Mode(d.byte()), Limit: d.limit()}
 				}
 			}
+		}
+		if d.version >= 5 {
+			flags := d.byte()
+			if flags&^acquireKeepLockDelay != 0 {
+				d.fail(fmt.Errorf("%w: acquire flags %#x", ErrMalformed, flags))
+			}
+			c.KeepLockDelay = flags&acquireKeepLockDelay != 0
 		}
 		return c
 	case TypeExtend:

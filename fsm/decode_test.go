@@ -52,6 +52,9 @@ func seedCommands() []seedCommand {
 		{"cancel-epoch", st(5, 4*s), &fsm.Cancel{Key: "a", Holder: "c1", ReqID: 1 << 40, Epoch: 4}},
 		{"batch-cancel-epoch-shaped", st(5, 2*s), &fsm.Batch{Cmds: []fsm.Command{&fsm.Cancel{Key: "a", Holder: "c1", ReqID: 3, Epoch: 5},
 			&fsm.Acquire{Key: "s", Holder: "c2", ReqID: 1, TTL: s, Mode: fsm.ModeShared}}}},
+		{"acquire-keep-lock-delay", st(1, s), &fsm.Acquire{Key: "a", Holder: "c1", ReqID: 2, TTL: 5 * s, LockDelay: s, KeepLockDelay: true}},
+		{"batch-handover-keep-shaped", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
+			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, Mode: fsm.ModeShared, KeepLockDelay: true}}}},
 		{"batch-handover-set", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
 			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, More: []fsm.Item{{Key: "b", Mode: fsm.ModeShared}}}}}},
 	}
@@ -63,7 +66,7 @@ func seedCommands() []seedCommand {
 var rawSeeds = map[string][]byte{
 	"empty":              {},
 	"version-0":          {0, 1, 0, 0},
-	"version-5":          {5},
+	"version-6":          {6},
 	"version-255":        {255, 1, 1, 0},
 	"unknown-type":       {1, 9, 0, 0},
 	"nested-batch":       {1, 6, 0, 0, 1, 6, 0},
@@ -84,6 +87,8 @@ var rawSeeds = map[string][]byte{
 	"v3-limit-overflow":  signed([]byte{3, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0x10, 0}),
 	"v3-forged-items":    signed([]byte{3, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0xe8, 0x07, 1, 'x'}),
 	"v3-acquire-as-v2":   signed([]byte{2, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 1, 0, 0}),
+	"v5-unknown-flags":   signed([]byte{5, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0, 0x02}),
+	"v5-missing-flags":   signed([]byte{5, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0}),
 }
 
 // FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
@@ -101,8 +106,10 @@ func FuzzDecode(f *testing.F) {
 		// The same bytes as the body of a version-2 entry with a valid
 		// checksum, so the fuzzer reaches the version-2 body decoder too.
 		checkDecodeApply(t, signed(append([]byte{2}, data...)))
-		// And of version 3, for the shapes' body decoder.
+		// And of versions 3 and 5, for the shapes' and flags' body
+		// decoders.
 		checkDecodeApply(t, signed(append([]byte{3}, data...)))
+		checkDecodeApply(t, signed(append([]byte{5}, data...)))
 	})
 }
 
@@ -236,8 +243,8 @@ func TestDecodeTruncated(t *testing.T) {
 		data := fsm.Encode(c.stamp, c.cmd)
 		body := data[:len(data)-4]
 		v1 := asVersion1(data)
-		if data[0] == 3 {
-			// Shapes have no version-1 form; their version-3 body read
+		if data[0] >= 3 {
+			// Shapes and flags have no version-1 form; their body read
 			// as version 2 has trailing bytes.
 			v2 := bytes.Clone(body)
 			v2[0] = 2
@@ -279,7 +286,7 @@ func TestDecodeTruncated(t *testing.T) {
 // TestDecodeErrors: each kind of damage gets its sentinel.
 func TestDecodeErrors(t *testing.T) {
 	cases := map[string]error{
-		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-5": fsm.ErrNewerVersion,
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-6": fsm.ErrNewerVersion,
 		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
 		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
 		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,
@@ -290,6 +297,7 @@ func TestDecodeErrors(t *testing.T) {
 		"v2-trailing": fsm.ErrMalformed, "v2-version-damaged": fsm.ErrChecksum,
 		"v3-version-damaged": fsm.ErrChecksum, "v3-limit-overflow": fsm.ErrMalformed,
 		"v3-forged-items": fsm.ErrTruncated, "v3-acquire-as-v2": fsm.ErrMalformed,
+		"v5-unknown-flags": fsm.ErrMalformed, "v5-missing-flags": fsm.ErrTruncated,
 	}
 	if len(cases) != len(rawSeeds) {
 		t.Fatalf("%d cases for %d raw seeds", len(cases), len(rawSeeds))

@@ -67,6 +67,17 @@
 // non-shared one, or more than N semaphore holdings; Restore refuses a
 // snapshot that would.
 //
+// lock-delay-kept: a holding with a lock-delay leaves its key unavailable
+// to everyone until its expiry plus lock-delay unless it is released by
+// token (Release, or Cancel of a grant nobody saw). An acquire with
+// KeepLockDelay (every acquire of a cluster whose servers all read format
+// 5) does not replace its holder's own live holding that has a lock-delay,
+// nor any member of its grant, with a new holding: it is Held until that
+// holding ended, so the holder's Client cannot end a lost or dropped
+// holding early by taking the key again and releasing that. Older entries
+// keep the older rule (the holder's new request replaced its holdings), so
+// every replica applies them alike.
+//
 // set-atomicity: no state ever holds part of a multi-key grant. It is
 // granted iff every item is grantable at once, in one entry; its holdings
 // share token (= Set = the entry's index), expiry, lock-delay, state and

@@ -571,6 +571,11 @@ func (f *FSM) promote(index uint64, s Stamp, _ Promote) *Response {
 // id. Guarded by TestRequestIDOrder, TestRequestIDOrderAfterHoldingEnds,
 // testdata/reqid.txt, testdata/marks.txt, testdata/shapes-set.txt and
 // TestModel.
+//
+// Invariant lock-delay-kept: with KeepLockDelay, a higher id does not
+// replace the holder's live holdings that have a lock-delay (nor their
+// grants' other members): it is Held, naming the holding, until it ends.
+// Guarded by testdata/lockdelay-own.txt and TestModel.
 func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	if err := c.Validate(); err != nil {
 		return invalid(c.Key, "%v", err)
@@ -615,6 +620,14 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 	}
 	if retry {
 		return f.retry(index, c, items, own, marks)
+	}
+	if c.KeepLockDelay {
+		if r := delaying(own); r != nil {
+			for i, it := range items {
+				f.noteRequest(marks[i], it.Key, c.Holder, c.ReqID)
+			}
+			return Result{Code: Held, Key: r.Key, Token: r.Token, Holder: r.Holder, Wait: r.FreeAt() - f.now}
+		}
 	}
 	// The holder's grants on the item keys end if this one is granted:
 	// they are left out of the compatibility checks, every member alike.
@@ -705,6 +718,23 @@ func (f *FSM) acquire(index uint64, c *Acquire) Result {
 		}
 	}
 	return Result{Code: Granted, Key: c.Key, Token: index, Expiry: first.Expiry}
+}
+
+// delaying returns the first of the holder's own live holdings (own, with
+// every member of their grants) that has a lock-delay, or nil: an acquire
+// with KeepLockDelay waits for it to end instead of replacing it.
+func delaying(own []*record) *record {
+	for _, r := range own {
+		if r == nil {
+			continue
+		}
+		for _, m := range r.members() {
+			if m.LockDelay > 0 {
+				return m
+			}
+		}
+	}
+	return nil
 }
 
 // names reports whether items name key.

@@ -453,6 +453,19 @@ func (m *model) acquire(index uint64, c *fsm.Acquire) fsm.Result {
 		}
 		return fsm.Result{Code: fsm.Granted, Key: c.Key, Token: g.token, Expiry: g.expiry, Retry: true}
 	}
+	// lock-delay-kept: the holder's own live holding with a lock-delay
+	// (every member of its grant) stays; the new request is Held.
+	for _, r := range own {
+		if r == nil || !c.KeepLockDelay {
+			continue
+		}
+		if g := m.grant(r)[0]; g.delay > 0 {
+			for _, it := range items {
+				m.noteRequest(mkey{it.Key, c.Holder}, c.ReqID)
+			}
+			return fsm.Result{Code: fsm.Held, Key: g.key, Token: g.token, Holder: g.holder, Wait: g.freeAt() - m.now}
+		}
+	}
 	replaced := map[*mrec]bool{}
 	for _, r := range own {
 		if r != nil {
@@ -904,6 +917,7 @@ func (r *modelRun) genAcquire(t *rapid.T) *fsm.Acquire {
 		}
 	}
 	c.LockDelay = time.Duration(rapid.SampledFrom([]int{0, 0, 1, 0, 2}).Draw(t, "delay-s")) * s
+	c.KeepLockDelay = rapid.IntRange(0, 3).Draw(t, "keep-lock-delay") > 0 // as a format-5 cluster sends, mostly
 	if rapid.Bool().Draw(t, "has-value") {
 		c.Value = []byte(fmt.Sprintf("v%d", r.index+1))
 	}
@@ -1054,7 +1068,7 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 		now := max(r.m.now, s.Now)
 		all := true
 		for _, it := range c.Items() {
-			ok, _, bad := r.f.Admits(it, c.Holder, now, 0, 0)
+			ok, _, bad := r.f.Admits(it, c.Holder, c.KeepLockDelay, now, 0, 0)
 			all = all && ok && bad == ""
 		}
 		admitted = &all
@@ -1092,7 +1106,7 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 			t.Fatalf("Admits predicted %v for entry %d %s, the FSM said %+v", *admitted, r.index, describe(cmd), results[0])
 		}
 	}
-	r.checkGrants(t, got, before)
+	r.checkGrants(t, got, before, keepsLockDelay(cmd))
 	r.checkState(t)
 }
 
@@ -1100,6 +1114,22 @@ func (r *modelRun) run(t *rapid.T, epoch uint64, cmd fsm.Command) {
 type recKey struct {
 	key   string
 	token uint64
+}
+
+// keepsLockDelay reports whether cmd, or an acquire in its batch, has
+// KeepLockDelay.
+func keepsLockDelay(cmd fsm.Command) bool {
+	switch c := cmd.(type) {
+	case *fsm.Acquire:
+		return c.KeepLockDelay
+	case *fsm.Batch:
+		for _, sub := range c.Cmds {
+			if keepsLockDelay(sub) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // mayShare reports whether the two holdings may hold one key together
@@ -1115,8 +1145,10 @@ func mayShare(a, b fsm.Lease) bool {
 // its token, above every earlier token of its key and of the cluster; and
 // each record it could not share the key with was released by the same
 // entry, was its own holder's holding that the grant replaced, or no
-// longer blocked the key (its expiry plus lock-delay passed).
-func (r *modelRun) checkGrants(t *rapid.T, resp *fsm.Response, before []fsm.Lease) {
+// longer blocked the key (its expiry plus lock-delay passed); with keep
+// (the entry's acquire has KeepLockDelay), a replaced holding of its own
+// holder had no lock-delay (lock-delay-kept).
+func (r *modelRun) checkGrants(t *rapid.T, resp *fsm.Response, before []fsm.Lease, keep bool) {
 	after := allLeases(r.f)
 	old := map[recKey]fsm.Lease{}
 	for _, l := range before {
@@ -1143,7 +1175,7 @@ func (r *modelRun) checkGrants(t *rapid.T, resp *fsm.Response, before []fsm.Leas
 			if p.Key != n.Key || mayShare(p, n) || released[p.Token] || p.FreeAt() <= resp.Now {
 				continue
 			}
-			if p.State == fsm.StateHeld && p.Holder == n.Holder && p.ReqID < n.ReqID {
+			if p.State == fsm.StateHeld && p.Holder == n.Holder && p.ReqID < n.ReqID && (!keep || p.LockDelay == 0) {
 				continue // its holder's own, replaced
 			}
 			t.Fatalf("single-holder: %s (%s) granted to %s at %v while %+v blocked it", n.Key, n.Mode, n.Holder, resp.Now, p)

@@ -22,7 +22,8 @@ package fsm_test
 //
 //	promote epoch=E at=D
 //	acquire key=K holder=H req=N ttl=D [delay=D] [value=V] [mode=M] [n=N]
-//	        [more=K2[:M2],...] [at=D] [epoch=E]
+//	        [more=K2[:M2],...] [keep=true] [at=D] [epoch=E]
+//	                            (keep: KeepLockDelay)
 //	                            (M: exclusive, shared, or semaphore with n=N;
 //	                            more: further keys, :shared or :semN)
 //	extend holder=H K:TOKEN... [at=D] [epoch=E]
@@ -328,6 +329,13 @@ func (h *harness) command(a args) (fsm.Command, error) {
 				return nil, fmt.Errorf("n=%s: %v", n, err)
 			}
 			c.Limit = uint32(v)
+		}
+		switch k := a.optStr("keep"); k {
+		case "true":
+			c.KeepLockDelay = true
+		case "":
+		default:
+			return nil, fmt.Errorf("keep=%s: want true or nothing", k)
 		}
 		if more := a.optStr("more"); more != "" {
 			for _, w := range strings.Split(more, ",") {

@@ -286,10 +286,11 @@ func (r *record) members() []*record {
 }
 
 // Admits predicts, without changing anything, whether an acquire of it by
-// holder would be granted on its key at logical time now, as Acquire
-// would judge it if applied then: records due by now count as reaped (a
-// lease with a lock-delay as its remnant), holder's own live holding
-// (which a grant replaces) and every record with token except (a grant
+// holder (with Acquire.KeepLockDelay keep) would be granted on its key at
+// logical time now, as Acquire would judge it if applied then: records
+// due by now count as reaped (a lease with a lock-delay as its remnant),
+// holder's own live holding (which a grant replaces; with keep, only one
+// without a lock-delay) and every record with token except (a grant
 // about to be released; 0 for none) are left out, and extra further
 // semaphore holdings of it.Limit count as granted (requests proposed
 // ahead of this one). If not, wait is how long the key's records may keep
@@ -298,7 +299,7 @@ func (r *record) members() []*record {
 //
 // Node's waiter queues use it to decide when to propose a waiter and
 // when to look again; the FSM decides when the entry applies.
-func (f *FSM) Admits(it Item, holder string, now time.Duration, extra int, except uint64) (ok bool, wait time.Duration, bad string) {
+func (f *FSM) Admits(it Item, holder string, keep bool, now time.Duration, extra int, except uint64) (ok bool, wait time.Duration, bad string) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	view := &keyState{key: it.Key}
@@ -308,6 +309,10 @@ func (f *FSM) Admits(it Item, holder string, now time.Duration, extra int, excep
 			case except != 0 && r.Token == except:
 				continue
 			case r.State == StateHeld && r.Holder == holder && r.Expiry > now:
+				if keep && r.LockDelay > 0 {
+					// Kept whatever the shape (see Acquire.KeepLockDelay).
+					return false, r.FreeAt() - now, ""
+				}
 				continue
 			case r.FreeAt() <= now:
 				continue

@@ -362,7 +362,7 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (*guard, 
 			return g, nil
 		default:
 			c.unref(g)
-			return nil, &HeldError{Key: key, Holder: c.opts.holder}
+			return nil, &HeldError{Key: key, Holder: c.opts.holder, Own: true}
 		}
 	}
 	select {
@@ -370,7 +370,7 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (*guard, 
 		return g, nil
 	case <-ctx.Done():
 		c.unref(g)
-		return nil, &HeldError{Key: key, Holder: c.opts.holder, Wait: c.remaining(key), Err: context.Cause(ctx)}
+		return nil, &HeldError{Key: key, Holder: c.opts.holder, Own: true, Wait: c.remaining(key), Err: context.Cause(ctx)}
 	}
 }
 
@@ -443,11 +443,11 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 			}
 			return c.newLease(items, resp, sent, ao)
 		}
-		var refusal error = heldError(key, resp)
+		var refusal error = c.heldError(key, resp)
 		if maybe {
 			// An attempt with the last id may still be applied after
 			// this refusal: settle it, spent ids or not.
-			refusal = c.settleRefusal(req, began, heldError(key, resp))
+			refusal = c.settleRefusal(req, began, c.heldError(key, resp))
 		}
 		if spent > 0 {
 			return nil, spentError(key, refusal)
@@ -487,11 +487,11 @@ func spentError(key string, err error) error {
 
 // heldError is the HeldError of a refused acquire of key: the key the
 // cluster names as held (one of a set's), its holder and wait.
-func heldError(key string, resp *pb.AcquireResponse) *HeldError {
+func (c *Client) heldError(key string, resp *pb.AcquireResponse) *HeldError {
 	if k := resp.GetHeldKey(); k != "" {
 		key = k
 	}
-	return &HeldError{Key: key, Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}
+	return &HeldError{Key: key, Holder: resp.GetHolder(), Own: resp.GetHolder() == c.opts.holder, Wait: resp.GetWait().AsDuration()}
 }
 
 // attemptContext bounds one attempt. A waiting acquire waits as long as
@@ -558,7 +558,7 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 		if resp.GetHolder() == "" && resp.GetWait() == nil {
 			return false, nil, nil // the key is free now
 		}
-		return false, &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Wait: resp.GetWait().AsDuration()}, nil
+		return false, &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Own: resp.GetHolder() == c.opts.holder, Wait: resp.GetWait().AsDuration()}, nil
 	}
 	return false, nil, errors.New("an attempt may have been granted; if so, its grant has ended")
 }
@@ -627,7 +627,7 @@ func (c *Client) retryAbandoned(ctx context.Context, req *pb.AcquireRequest) (gr
 			return err // a spent id is final: its grant, if any, has ended
 		}
 		if !resp.GetGranted() {
-			held = heldError(req.Key, resp)
+			held = c.heldError(req.Key, resp)
 			return nil
 		}
 		granted = true

@@ -17,9 +17,16 @@ import (
 type cutExtends struct {
 	lease.Backend
 	cut atomic.Bool
+	// lose applies extends but loses their replies: the leader's expiry
+	// runs up to a TTL past the validity the client knows.
+	lose atomic.Bool
 }
 
 func (b *cutExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if b.lose.Load() {
+		b.Backend.Extend(ctx, r)
+		return nil, errCut
+	}
 	if b.cut.Load() {
 		return nil, errCut
 	}

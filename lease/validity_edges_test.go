@@ -127,6 +127,40 @@ func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
 	}
 }
 
+// The lost lease's lock-delay holds against its own Client too: the
+// Client's guard opens at the validity it read, while the leader's record
+// still lives (by the drift bound and a trip, a whole TTL if an extend's
+// reply was lost). Its next acquire must not replace that holding (which
+// would end it with no lock-delay) and then free the key for another
+// client by releasing the new one (stop 28's adversarial review: B
+// granted 6-53 ms after A's validity instead of 3 s after). The cluster
+// answers it held, by its own holder, until the lock-delay ended. Here
+// A's extends are applied but their replies lost, so the leader's record
+// outlives A's validity by up to a TTL.
+func TestLostLeaseKeepsItsLockDelayFromItsOwnClient(t *testing.T) {
+	a, cb, b := cutOff(t, time.Second)
+	const delay = 2 * time.Second
+	cb.lose.Store(true)
+	lostAt := acquireAndLose(t, a, cb, "lost/own-delay", lease.LockDelay(delay))
+	cb.cut.Store(false)
+	cb.lose.Store(false)
+	la2 := reacquire(t, a, "lost/own-delay", lostAt.Add(delay))
+	if gap := time.Since(lostAt); gap < delay {
+		t.Errorf("its own Client was granted the key again %v after the lost lease's validity: the lock-delay of %v was skipped", gap.Round(time.Millisecond), delay)
+	}
+	if err := la2.Release(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), "lost/own-delay", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Release(context.Background())
+	if gap := time.Since(lostAt); gap < delay {
+		t.Errorf("B was granted %v after A's validity ended: the lock-delay of %v was skipped", gap.Round(time.Millisecond), delay)
+	}
+}
+
 // A grant that waited W in the leader's queue is valid for
 // sent + (W + TTL)(1 - drift): the drift is counted over the wait too, so
 // after a wait of about TTL/drift the grant would arrive with no validity

@@ -313,11 +313,8 @@ type proposal struct {
 // started) is not waited for.
 func (n *Node) formatGate(cmd fsm.Command) error {
 	need := fsm.MinFormat(cmd)
-	if need <= fsm.OldestFormat {
-		return nil
-	}
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
+	id, reads := n.olderReader(need)
+	if id == "" {
 		return nil
 	}
 	what := "this request"
@@ -327,13 +324,40 @@ func (n *Node) formatGate(cmd fsm.Command) error {
 	case *fsm.Cancel:
 		what = "a withdrawal of a lost grant"
 	}
+	return fmt.Errorf("%w: node %s runs an older leasenode, which cannot apply %s (it reads command format %d; this needs %d): upgrade every node, then retry",
+		ErrInvalid, id, what, reads, need)
+}
+
+// olderReader returns a server of the Raft configuration (other than this
+// node) that says in gossip it reads only command formats older than
+// need, and the newest it reads; "" if none does (see formatGate).
+func (n *Node) olderReader(need byte) (id string, reads byte) {
+	if need <= fsm.OldestFormat {
+		return "", 0
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return "", 0
+	}
 	for _, s := range f.Configuration().Servers {
 		if m, ok := n.members.get(string(s.ID)); ok && m.Reads < need && string(s.ID) != n.cfg.ID {
-			return fmt.Errorf("%w: node %s runs an older leasenode, which cannot apply %s (it reads command format %d; this needs %d): upgrade every node, then retry",
-				ErrInvalid, s.ID, what, m.Reads, need)
+			return string(s.ID), m.Reads
 		}
 	}
-	return nil
+	return "", 0
+}
+
+// keepLockDelayFormat is the command format of fsm.Acquire.KeepLockDelay.
+const keepLockDelayFormat = 5
+
+// keepLockDelay sets cmd.KeepLockDelay once every server reads the
+// format that carries it (invariant lock-delay-kept of package fsm):
+// until then the holder's new request replaces its own holdings as
+// before, on every replica alike, though the waiter queues already wait
+// for them (fsm.FSM.Admits).
+func (n *Node) keepLockDelay(cmd *fsm.Acquire) {
+	id, _ := n.olderReader(keepLockDelayFormat)
+	cmd.KeepLockDelay = id == ""
 }
 
 // propose hands cmd, stamped s, to Raft and returns at once; the proposal

@@ -250,7 +250,7 @@ func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.Abando
 		// Who holds the key, and how long it may stay unavailable: also
 		// when nobody holds it but its lock-delay runs, so that the
 		// client can report a refusal, as for a try-acquire then.
-		if free, wait, _ := n.fsm.Admits(fsm.Item{Key: cmd.Key}, cmd.Holder, ls.now(), 0, 0); !free || res.Holder != "" {
+		if free, wait, _ := n.fsm.Admits(fsm.Item{Key: cmd.Key}, cmd.Holder, true, ls.now(), 0, 0); !free || res.Holder != "" {
 			out.Holder, out.Wait = res.Holder, durationpb.New(wait)
 		}
 	default:
@@ -757,6 +757,7 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	if err := n.formatGate(cmd); err != nil {
 		return nil, err
 	}
+	n.keepLockDelay(cmd)
 	items := cmd.Items()
 	// A retry of the request that started the holder's holding of every
 	// key does not queue behind anyone: it is the same grant. A new request
@@ -843,7 +844,7 @@ func (n *Node) acquireNow(ctx context.Context, ls *leaderState, req *pb.AcquireR
 func (n *Node) heldNow(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) bool {
 	now := ls.now()
 	for _, it := range items {
-		if ok, _, bad := n.fsm.Admits(it, cmd.Holder, now, 0, 0); !ok && bad == "" {
+		if ok, _, bad := n.fsm.Admits(it, cmd.Holder, cmd.KeepLockDelay, now, 0, 0); !ok && bad == "" {
 			return true
 		}
 	}
@@ -922,7 +923,7 @@ func (n *Node) queuedHeld(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item) f
 	res := fsm.Result{Code: fsm.Held, Key: cmd.Key}
 	now := ls.now()
 	for _, it := range items {
-		ok, wait, _ := n.fsm.Admits(it, cmd.Holder, now, 0, 0)
+		ok, wait, _ := n.fsm.Admits(it, cmd.Holder, cmd.KeepLockDelay, now, 0, 0)
 		if ok {
 			continue
 		}

@@ -379,7 +379,7 @@ func (q *waitQueues) admits(w *waiter, release *fsm.Release) (ok bool, blockKey 
 		if it.Mode != fsm.ModeSemaphore {
 			extra = 0
 		}
-		okKey, wk, bad := q.ls.n.fsm.Admits(it, w.cmd.Holder, now, extra, except)
+		okKey, wk, bad := q.ls.n.fsm.Admits(it, w.cmd.Holder, w.cmd.KeepLockDelay, now, extra, except)
 		if bad != "" {
 			// Refused for good: propose it, and the FSM's Invalid
 			// answers it.

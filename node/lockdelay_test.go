@@ -1,0 +1,90 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// A holder's new request does not replace its own live holding that has a
+// lock-delay once every node reads command format 5 (fsm invariant
+// lock-delay-kept): not at once, not from the waiter queue; the holding's
+// release by token frees the key as ever. While a node reads only an
+// older format the leader writes the older rule (the new request replaces
+// the holding), which that node can apply.
+func TestLostLockDelayKeptFromItsOwnClient(t *testing.T) {
+	withDelay := func(req uint64) *pb.AcquireRequest {
+		r := acq("own/delay", "h1", req, 30*time.Second)
+		r.LockDelay = durationpb.New(5 * time.Second)
+		return r
+	}
+	t.Run("every node reads format 5", func(t *testing.T) {
+		c := nodetest.New(t, nodetest.Options{Size: 3})
+		_, l := c.Leader()
+		first := mustGrant(t, l, withDelay(1))
+		resp, err := l.Acquire(ctxT(t, 10*time.Second), acq("own/delay", "h1", 2, 30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Granted || resp.Holder != "h1" || resp.Wait.AsDuration() <= 30*time.Second {
+			t.Fatalf("a new request of the holder: granted %v, holder %q, wait %v; want held by h1 for its TTL and lock-delay",
+				resp.Granted, resp.Holder, resp.Wait.AsDuration())
+		}
+		// Queued, it is not granted either.
+		waiting := acq("own/delay", "h1", 3, 30*time.Second)
+		waiting.Wait = true
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		resp, err = l.Acquire(ctx, waiting)
+		cancel()
+		if err == nil && resp.Granted {
+			t.Fatalf("a waiting request of the holder was granted (token %d) beside its holding %d", resp.Token, first.Token)
+		}
+		got, err := l.Get(ctxT(t, 10*time.Second), &pb.GetRequest{Key: "own/delay"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetLease().GetToken() != first.Token {
+			t.Fatalf("the key's holding is %d, want %d kept", got.GetLease().GetToken(), first.Token)
+		}
+		rel, err := l.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "own/delay", Holder: "h1", Token: first.Token})
+		if err != nil || !rel.Released {
+			t.Fatalf("release: %v %v", rel, err)
+		}
+		mustGrant(t, l, acq("own/delay", "h1", 4, 30*time.Second))
+	})
+	t.Run("a node reads an older format", func(t *testing.T) {
+		c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+			if i == 2 {
+				cfg.Testing = &node.TestingKnobs{ReadsFormat: 2}
+			}
+		}})
+		li, l := c.Leader()
+		if li == 2 { // the old node must not lead: its own entries it does not check
+			c.Restart(2)
+			if li, l = c.Leader(); li == 2 {
+				t.Fatal("the old node leads again after its restart")
+			}
+		}
+		// Gossip must have told the leader what node 2 reads.
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			_, err := l.Acquire(ctxT(t, 10*time.Second), shapedAcq("gate/probe", "h9", 1, shared, 0))
+			if !errors.Is(err, node.ErrInvalid) {
+				return fmt.Errorf("a lock shape with a format-2 node: %v", err)
+			}
+			return nil
+		})
+		first := mustGrant(t, l, withDelay(1))
+		resp := mustGrant(t, l, acq("own/delay", "h1", 2, 30*time.Second))
+		if resp.Token == first.Token {
+			t.Fatalf("the new request was answered as a retry (token %d)", resp.Token)
+		}
+	})
+}
