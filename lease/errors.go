@@ -113,9 +113,10 @@ func (p TLSProblem) hint() string {
 type HeldError struct {
 	Key    string
 	Holder string // empty while the key is in lock-delay, or when only waiters come first (Wait 0)
-	// Own says the holder is this Client: a lease of it that is live, or
-	// that it lost or dropped and that keeps the key until its validity
-	// or (in the cluster) its lock-delay ends.
+	// Own says the holder is this Client: a lease of it that is live, an
+	// acquire of the key in progress in another goroutine, a dropped
+	// lease until its validity has passed, or, in the cluster, a lost
+	// lease until its expiry plus lock-delay.
 	Own bool
 	// Wait is how long the holder's current grant had left when asked (by
 	// the leader's clock), or the lock-delay: the key is free no sooner
@@ -130,7 +131,7 @@ func (e *HeldError) Error() string {
 	var msg string
 	switch {
 	case e.Own:
-		msg = fmt.Sprintf("lease %q held by this Client (%s): by a lease of it that is live, or that was lost or dropped and keeps the key through its validity and lock-delay; its current grant ends in %v",
+		msg = fmt.Sprintf("lease %q held by this Client (%s): by a lease of it that is live, an acquire of it in progress, a dropped lease until its validity passed, or a lost lease until its lock-delay ended; its current grant ends in %v",
 			e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
 	case e.Holder != "":
 		msg = fmt.Sprintf("lease %q held by %s: its current grant ends in %v unless extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))

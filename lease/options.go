@@ -242,9 +242,11 @@ func Value(v []byte) AcquireOption { return func(o *acquireOptions) { o.value = 
 // LockDelay keeps the key unavailable for d after this lease expires
 // without being released (Chubby's lock-delay): a holder that lost the
 // lease without noticing gets time to stop before the next one starts.
-// It holds against this Client too: once the lease is lost or dropped,
-// the Client's next acquire of the key waits for the old holding's
-// expiry plus d (HeldError.Own) instead of replacing it.
+// It holds against this Client too: once the lease is lost (its extends
+// failed), the Client's next acquire of the key waits for the old
+// holding's expiry plus d (HeldError.Own) instead of replacing it. A
+// dropped lease is released by token once its validity has passed (no
+// code can act on it), which frees the key at once.
 func LockDelay(d time.Duration) AcquireOption { return func(o *acquireOptions) { o.lockDelay = d } }
 
 // Shared asks for the key shared: any number of shared holders may hold it

@@ -353,8 +353,8 @@ const keepLockDelayFormat = 5
 // keepLockDelay sets cmd.KeepLockDelay once every server reads the
 // format that carries it (invariant lock-delay-kept of package fsm):
 // until then the holder's new request replaces its own holdings as
-// before, on every replica alike, though the waiter queues already wait
-// for them (fsm.FSM.Admits).
+// before, on every replica alike (and the waiter queues, which ask
+// fsm.FSM.Admits with the same flag, judge it so too).
 func (n *Node) keepLockDelay(cmd *fsm.Acquire) {
 	id, _ := n.olderReader(keepLockDelayFormat)
 	cmd.KeepLockDelay = id == ""
