@@ -151,10 +151,13 @@
 // formats-readable: the leader proposes nothing in a command format newer
 // than a server of the Raft configuration says in gossip that it reads
 // (formatGate): an older node stops rather than apply such an
-// entry, and two of three would lose the quorum mid-upgrade. A rule that
+// entry, and two of three would lose the quorum mid-upgrade. A server
+// gossip does not know (down since before this node started) counts with
+// the format it was last seen to read (PeerFormatsFile). A rule that
 // only newer replicas know (fsm's lock-delay-kept) is asked for in the
 // entry (fsm.Acquire.KeepLockDelay) once every server reads it.
-// TestShapesWaitForEveryNodeToReadThem, TestLostLockDelayKeptFromItsOwnClient.
+// TestShapesWaitForEveryNodeToReadThem, TestLostLockDelayKeptFromItsOwnClient,
+// TestFormatGateRemembersADownServer.
 //
 // # Trust invariants (DESIGN.md, "Trust")
 //

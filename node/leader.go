@@ -310,7 +310,8 @@ type proposal struct {
 // it, and with two such nodes of three the cluster loses its quorum. That
 // happens mid-upgrade when leadership moves to an upgraded node before
 // the others are. A server gossip does not know (down since this node
-// started) is not waited for.
+// started) counts with the format it was last seen to read
+// (PeerFormatsFile); one never seen is not waited for.
 func (n *Node) formatGate(cmd fsm.Command) error {
 	need := fsm.MinFormat(cmd)
 	id, reads := n.olderReader(need)
@@ -340,8 +341,18 @@ func (n *Node) olderReader(need byte) (id string, reads byte) {
 		return "", 0
 	}
 	for _, s := range f.Configuration().Servers {
-		if m, ok := n.members.get(string(s.ID)); ok && m.Reads < need && string(s.ID) != n.cfg.ID {
-			return string(s.ID), m.Reads
+		id := string(s.ID)
+		if id == n.cfg.ID {
+			continue
+		}
+		reads, ok := byte(0), false
+		if m, known := n.members.get(id); known {
+			reads, ok = m.Reads, true
+		} else {
+			reads, ok = n.formats.last(id)
+		}
+		if ok && reads < need {
+			return id, reads
 		}
 	}
 	return "", 0

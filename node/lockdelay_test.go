@@ -2,11 +2,15 @@ package node_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/node"
@@ -87,4 +91,75 @@ func TestLostLockDelayKeptFromItsOwnClient(t *testing.T) {
 			t.Fatalf("the new request was answered as a retry (token %d)", resp.Token)
 		}
 	})
+}
+
+// A leader that restarted while a server of an older format was down
+// never hears of it in gossip (a dead member is not passed on to a node
+// that never saw it alive). It must still write only what that server
+// reads: each node remembers in PeerFormatsFile what every node was last
+// seen to read. (Stop 29's adversarial review: the restarted leader wrote
+// format-5 entries with the format-4 server still a voter.)
+func TestFormatGateRemembersADownServer(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		if i == 2 {
+			cfg.Testing = &node.TestingKnobs{ReadsFormat: 4}
+		}
+	}})
+	li, l := c.Leader()
+	if li == 2 {
+		c.Restart(2)
+		if li, l = c.Leader(); li == 2 {
+			t.Fatal("the old node leads again after its restart")
+		}
+	}
+	other := 1 - li // neither the leader nor the old node
+	oldID := c.Config(2).ID
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		b, err := os.ReadFile(filepath.Join(c.Config(other).DataDir, node.PeerFormatsFile))
+		if err != nil {
+			return err
+		}
+		var m map[string]byte
+		if err := json.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		if m[oldID] != 4 {
+			return fmt.Errorf("%s remembers %v", node.PeerFormatsFile, m)
+		}
+		return nil
+	})
+	c.Kill(2)
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		resp, err := l.Members(ctxT(t, 5*time.Second), &pb.MembersRequest{})
+		if err != nil {
+			return err
+		}
+		for _, m := range resp.Members {
+			if m.Id == oldID && m.Status != "dead" {
+				return fmt.Errorf("gossip says %s is %s", oldID, m.Status)
+			}
+		}
+		return nil
+	})
+	c.Restart(other)
+	cfg := c.Config(other)
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if c.Node(other).Raft().State() == raft.Leader {
+			return nil
+		}
+		_, ln := c.Leader()
+		return ln.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error()
+	})
+	n := c.Node(other)
+	r := acq("gate/down", "h1", 1, 30*time.Second)
+	r.LockDelay = durationpb.New(5 * time.Second)
+	mustGrant(t, n, r)
+	resp, err := n.Acquire(ctxT(t, 10*time.Second), acq("gate/down", "h1", 2, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Granted {
+		t.Fatalf("the restarted leader wrote a format-5 acquire (held by %q for %v) while %s, a server of the configuration, reads only format 4",
+			resp.Holder, resp.Wait.AsDuration(), oldID)
+	}
 }

@@ -636,6 +636,11 @@ func (n *Node) runMembership() {
 		}
 		n.rejoin()
 		n.verifyMembers()
+		if err := n.formats.record(n.members.list()); err != nil {
+			if ok, _ := n.formatsFailed.Allow("peer formats"); ok {
+				n.log.Warn("could not remember which command format each node reads (a restarted leader asks gossip only)", "err", err)
+			}
+		}
 		select {
 		case <-n.ctx.Done():
 			return

@@ -60,6 +60,7 @@ type Node struct {
 	keptAnswering  atomic.Int64              // reconcile passes that kept a server gossip called dead (answers)
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 	slowCommits    *loglimit.Limiter         // of the slow-commit warnings (noteCommit)
+	formatsFailed  *loglimit.Limiter         // of failures to write PeerFormatsFile
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -68,7 +69,8 @@ type Node struct {
 	// could not decrypt or decode (memberlistLog): another key, or none.
 	gossipUndecodable atomic.Uint64
 	members           *memberTable
-	rejoining         atomic.Bool // a rejoin attempt is running
+	formats           *peerFormats // what each node was last seen to read (PeerFormatsFile)
+	rejoining         atomic.Bool  // a rejoin attempt is running
 	// gossipSelf is this node's gossip address, bound and advertised
 	// (ports resolved), which seeds leaves out of Join.
 	gossipSelf []string
@@ -171,6 +173,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,
 		slowCommits:   loglimit.New(),
+		formatsFailed: loglimit.New(),
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
 		joinLimit:     loglimit.New(),
@@ -279,6 +282,9 @@ func (n *Node) startRaft() error {
 		return ok
 	})
 	if err != nil {
+		return err
+	}
+	if n.formats, err = loadPeerFormats(cfg.DataDir); err != nil {
 		return err
 	}
 	hello := &transport.Hello{NodeID: cfg.ID, ClusterID: n.cluster.get, Check: n.cluster.check, Refused: n.cluster.refusedBy}
