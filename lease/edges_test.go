@@ -640,12 +640,12 @@ func TestDialTellsATLSMismatch(t *testing.T) {
 	}
 }
 
-// A refused acquire says who holds the key and when its current grant
-// ends unless extended: not "for at most", which a holder that keeps
-// extending makes false.
+// A refused acquire says who holds the key and how long it is not free
+// unless released (the rest of the grant and any lock-delay): not "for at
+// most", which a holder that keeps extending makes false.
 func TestHeldErrorWords(t *testing.T) {
 	err := &lease.HeldError{Key: "k", Holder: "job#1", Wait: 8470 * time.Millisecond}
-	if msg := err.Error(); !strings.Contains(msg, "held by job#1: its current grant ends in 8.5s unless extended") || strings.Contains(msg, "at most") {
+	if msg := err.Error(); !strings.Contains(msg, "held by job#1: not free for 8.5s (the rest of its grant, and its lock-delay if it has one), longer if extended") || strings.Contains(msg, "at most") {
 		t.Errorf("HeldError: %q", msg)
 	}
 	err.Holder = ""

@@ -14,8 +14,9 @@ import (
 // Errors of the lease package; test them with errors.Is.
 var (
 	// ErrHeld: another holder has the key. Errors that wrap it are
-	// *HeldError and say who, and when the holder's current grant ends
-	// unless it is extended.
+	// *HeldError and say who, and how long the key is not free unless
+	// released (the rest of the grant and any lock-delay; longer if the
+	// grant is extended).
 	ErrHeld = errors.New("lease: held by another holder")
 	// ErrNotHolder: the cluster says this client does not hold the lease
 	// (it expired, or was released).
@@ -116,7 +117,7 @@ type HeldError struct {
 	// Own says the holder is this Client: a lease of it that is live, an
 	// acquire of the key in progress in another goroutine, a dropped
 	// lease until its validity has passed, or, in the cluster, a lost
-	// lease until its expiry plus lock-delay.
+	// lease until its expiry (its lock-delay follows, held by nobody).
 	Own bool
 	// Wait is how long the holder's current grant had left when asked (by
 	// the leader's clock), or the lock-delay: the key is free no sooner
@@ -131,10 +132,10 @@ func (e *HeldError) Error() string {
 	var msg string
 	switch {
 	case e.Own:
-		msg = fmt.Sprintf("lease %q held by this Client (%s): by a lease of it that is live, an acquire of it in progress, a dropped lease until its validity passed, or a lost lease until its lock-delay ended; its current grant ends in %v",
+		msg = fmt.Sprintf("lease %q held by this Client (%s): by a lease of it that is live, an acquire of it in progress, a dropped lease until its validity passed, or a lost lease until its expiry (then it is in its lock-delay); not free for %v",
 			e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
 	case e.Holder != "":
-		msg = fmt.Sprintf("lease %q held by %s: its current grant ends in %v unless extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
+		msg = fmt.Sprintf("lease %q held by %s: not free for %v (the rest of its grant, and its lock-delay if it has one), longer if extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
 	case e.Wait > 0:
 		msg = fmt.Sprintf("lease %q held by nobody: in its lock-delay for %v more", e.Key, e.Wait.Round(100*time.Millisecond))
 	default:

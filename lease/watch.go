@@ -47,6 +47,12 @@ type Event struct {
 // lease one per key). Extends are not reported (a grant stays in force until a
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume. Close ends it.
+//
+// Within one stream, events after the current holdings have increasing
+// indexes above theirs. A watch started again may be served by a node that
+// has not applied everything the earlier one had (after a leader change):
+// skip its events whose Index is at or below the last one handled (as
+// `leasenode watch` does), unless the earlier stream ended with Reset.
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := c.readable("watch", "prefix", prefix); err != nil {
 		return nil, err

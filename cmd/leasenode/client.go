@@ -772,6 +772,34 @@ func (ap *app) watchCmd() *cobra.Command {
 	return cmd
 }
 
+// watchSeen skips what a watch started again repeats. A stream that broke
+// is watched again, perhaps through a node that has not applied as much
+// yet: its listing and first events may be older than what the streams
+// before showed (a key released, then "granted" again), so its events at
+// or below the highest index shown before it are skipped. (Within a
+// stream the listing comes in key order, not index order: nothing of the
+// stream itself is skipped.) After a reset the state is listed afresh.
+type watchSeen struct {
+	seen  uint64 // the highest index shown
+	floor uint64 // seen when the current stream started
+}
+
+// restart is called as a new stream starts.
+func (w *watchSeen) restart() { w.floor = w.seen }
+
+// show reports whether e is news, and notes it.
+func (w *watchSeen) show(e lease.Event) bool {
+	switch {
+	case e.Type == lease.Reset:
+		w.seen, w.floor = 0, 0
+		return true
+	case e.Index <= w.floor:
+		return false
+	}
+	w.seen = max(w.seen, e.Index)
+	return true
+}
+
 func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	prefix := ""
 	if len(pos) == 1 {
@@ -801,12 +829,17 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 	}
 	fmt.Fprintf(os.Stderr, "watching %q (current leases first, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
+	var seen watchSeen
 	for ctx.Err() == nil {
 		events, err := cl.Watch(ctx, prefix)
 		if err != nil {
 			return err
 		}
+		seen.restart()
 		for e := range events {
+			if !seen.show(e) {
+				continue
+			}
 			now := time.Now().Format("15:04:05.000")
 			if cf.json() {
 				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": e.Type, "index": e.Index,

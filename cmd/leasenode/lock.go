@@ -82,7 +82,7 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	case l.wait.d == 0:
 		err = he
 	default:
-		held := fmt.Sprintf("held by %s: its current grant ends in %v unless extended", he.Holder, he.Wait.Round(100*time.Millisecond))
+		held := fmt.Sprintf("held by %s: not free for %v (the rest of its grant, and its lock-delay if it has one), longer if extended", he.Holder, he.Wait.Round(100*time.Millisecond))
 		switch {
 		case he.Holder != "":
 		case he.Wait > 0:
@@ -377,8 +377,9 @@ func (ap *app) acquireCmd() *cobra.Command {
 
 // printHeldJSON prints, with -o json, who holds the key an acquire was
 // refused: scripts read it from stdout; the exit code (4) and stderr stay
-// as without -o json. holder_remaining_seconds is how long the holder's
-// current grant had left (the holder extends it while it runs; wait_seconds,
+// as without -o json. holder_remaining_seconds is how long the key is not
+// free unless released: the rest of the holder's grant and its lock-delay,
+// if it has one (the holder extends the grant while it runs; wait_seconds,
 // the older name, says the same).
 func printHeldJSON(cf *clientFlags, err error) {
 	if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
