@@ -328,8 +328,10 @@ type Limits struct {
 	// MaxFrameRate bounds the HTTP/2 frames one client API connection
 	// may send (agent --max-frame-rate): this many a second, and a tenth
 	// of it at once (at least 4 per stream of MaxStreams). Every frame
-	// counts: a request is 2 (HEADERS and DATA), plus a WINDOW_UPDATE per
-	// 4 KiB of replies read and a RST_STREAM if it is given up. A
+	// counts: a request is 2 (HEADERS and DATA), plus a RST_STREAM if it
+	// is given up; only the WINDOW_UPDATEs that hand back the window of
+	// replies read are free, 2 per 4 KiB of them (Go's client sends one
+	// for the stream, one for the connection). A
 	// connection past it, with the token or not, is sent GOAWAY
 	// ENHANCE_YOUR_CALM naming the limit and closed: an HTTP/2 rapid
 	// reset (streams opened and reset at once) or PING flood with the

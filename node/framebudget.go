@@ -23,7 +23,9 @@ import (
 // faster is sent GOAWAY ENHANCE_YOUR_CALM, whose debug data names the
 // limit, and closed. Every frame counts, whatever its type: HEADERS (a
 // new stream), RST_STREAM, PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
-// CONTINUATION, DATA, and types net/http ignores. The bucket is small
+// CONTINUATION, DATA, and types net/http ignores; but WINDOW_UPDATEs
+// that hand back the window of the server's replies are free, one per
+// windowCredit bytes of DATA it sent. The bucket is small
 // beside the rate so that a client cut for flooding gets little from a
 // new connection: a full bucket per connection it opens.
 //
@@ -203,6 +205,14 @@ const (
 var frameNames = [...]string{"data", "headers", "priority", "rst_stream", "settings", "push_promise",
 	"ping", "goaway", "window_update", "continuation", "other"}
 
+// windowCredit is how many bytes of DATA the server writes let one
+// WINDOW_UPDATE in without counting: a client hands back the window of
+// what it read, Go's one WINDOW_UPDATE for the stream and one for the
+// connection per 4 KiB read (others less often), so a fast download read
+// in small pieces sends tens of thousands a second (a 64 MiB reply read
+// in 32 KiB pieces was cut after 68 MB when they counted).
+const windowCredit = 2 << 10
+
 // errFrameRate fails the reads of a connection closed over the budget.
 var errFrameRate = errors.New("HTTP/2 connection closed: it sent frames faster than the client API's frame budget")
 
@@ -221,6 +231,11 @@ type frameConn struct {
 	stream uint32                 // the highest stream the client opened
 	count  [frameOther + 1]uint64 // frames read, by type
 	over   bool                   // the budget is spent: reads fail
+	acked  int64                  // dataOut handed back by free WINDOW_UPDATEs
+
+	// dataOut counts the DATA payload bytes the server wrote (its
+	// replies): each windowCredit of them lets one WINDOW_UPDATE in free.
+	dataOut atomic.Int64
 
 	wmu  sync.Mutex             // guards out and gone
 	out  frameCursor            // the server's frames written
@@ -243,6 +258,10 @@ func (c *frameConn) Read(p []byte) (int, error) {
 		}
 		typ := min(c.in.hdr[3], frameOther)
 		c.count[typ]++
+		if typ == frameWindowUpdate && c.dataOut.Load()-c.acked >= windowCredit {
+			c.acked += windowCredit
+			continue
+		}
 		if !c.take() {
 			c.refuse()
 			return 0, errFrameRate
@@ -366,7 +385,10 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Write(p)
 	for rest := p[:n]; len(rest) > 0; {
-		rest, _ = c.out.next(rest)
+		var ok bool
+		if rest, ok = c.out.next(rest); ok && c.out.hdr[3] == frameData {
+			c.dataOut.Add(int64(c.out.skip))
+		}
 	}
 	if c.calm.Load() != nil {
 		c.sendGoAwayLocked()

@@ -222,3 +222,29 @@ func BenchmarkFrameConnRead(b *testing.B) {
 		})
 	}
 }
+
+// WINDOW_UPDATEs are free while they hand back no more than the window
+// of the DATA the server wrote, one per windowCredit bytes of it; past
+// that they count as any frame.
+func TestFrameConnWindowCredit(t *testing.T) {
+	b := newFrameBudget(1000, 1, slog.New(slog.DiscardHandler)) // burst 100
+	b.now = func() time.Duration { return 0 }
+	var in []byte
+	for range 250 {
+		in = append(in, frame(frameWindowUpdate, 1, 4)...)
+	}
+	c := b.wrap(&memConn{in: bytes.NewReader(in)})
+	c.Write(frame(frameData, 1, 100*windowCredit))  // the server's reply
+	c.Write(frame(frameHeaders, 1, 3*windowCredit)) // no credit: not DATA
+	var hdr [13]byte
+	n := 0
+	var err error
+	for ; n < 250; n++ {
+		if _, err = io.ReadFull(c, hdr[:]); err != nil {
+			break
+		}
+	}
+	if want := 100 + int(b.burst); n != want || !errors.Is(err, errFrameRate) {
+		t.Fatalf("%d WINDOW_UPDATEs read, then %v; want %d (100 free for the DATA written, then the burst), then errFrameRate", n, err, want)
+	}
+}

@@ -396,7 +396,8 @@ func TestFrameBudgetClosesPingFlood(t *testing.T) {
 // for a held key and giving up (every give-up resets a stream), reading,
 // and watching the keys; and raw h2c requests at 5,000 a second on one
 // connection, about what one connection of a 2-core node serves at most
-// (2 frames each: HEADERS and DATA). Guards frame-budget's margin.
+// (2 frames each: HEADERS and DATA); and a large reply read in small
+// pieces. Guards frame-budget's margin.
 func TestFrameBudgetSparesHeavyClient(t *testing.T) {
 	t.Run("lease.Client over TLS", func(t *testing.T) {
 		var lg logs
@@ -488,6 +489,52 @@ func TestFrameBudgetSparesHeavyClient(t *testing.T) {
 		}
 		if !held.IsHealthy() {
 			t.Fatal("the lease held throughout was lost")
+		}
+	})
+
+	// Reading a large reply in small pieces sends two WINDOW_UPDATEs per
+	// 4 KiB read (Go's client): a 64 MiB reply read 4 KiB at a time was
+	// cut after 7 MB when they counted.
+	t.Run("a 64 MiB reply over TLS read 4 KiB at a time", func(t *testing.T) {
+		chunk := bytes.Repeat([]byte("x"), 1<<20)
+		c, tlsCfg := budgetSetups[1].start(t, 1, nil, func(cfg *node.Config) {
+			cfg.HTTPHandlers = map[string]http.Handler{"/big": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				for range 64 {
+					w.Write(chunk)
+				}
+			})}
+		})
+		_, l := c.Leader()
+		tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		start := time.Now()
+		resp, err := (&http.Client{Transport: tr, Timeout: time.Minute}).Get("https://" + l.APIAddr() + "/big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("answered in HTTP/%d, want HTTP/2", resp.ProtoMajor)
+		}
+		buf := make([]byte, 4<<10)
+		var got int64
+		for {
+			n, err := resp.Body.Read(buf)
+			got += int64(n)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", got, err)
+			}
+		}
+		el := time.Since(start)
+		t.Logf("%d MiB in %v (%.0f MB/s)", got>>20, el.Round(time.Millisecond), float64(got)/1e6/el.Seconds())
+		if got != 64<<20 {
+			t.Fatalf("read %d bytes, want 64 MiB", got)
+		}
+		if n := refusals(t, l, node.PortAPI, "frame_rate"); n != 0 {
+			t.Fatalf("cut %d times for its frame rate", n)
 		}
 	})
 
