@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/transporttest"
 )
 
 // Benchmarks run a 3-node cluster on loopback in this process (fsync on,
@@ -49,47 +51,82 @@ func benchClients(b *testing.B) (*nodetest.Cluster, map[string]func(b *testing.B
 }
 
 // BenchmarkTryAcquireRelease: round trips of TryAcquire+Release, with 1 and
-// 32 goroutines, through an embedded node (leader or follower) and remote.
+// 32 goroutines, through an embedded node (leader or follower) and remote
+// (plain HTTP/1.1; BenchmarkTryAcquireReleaseTLS: HTTP/2 over TLS).
 func BenchmarkTryAcquireRelease(b *testing.B) {
 	for _, via := range []string{"leader", "follower", "remote"} {
 		for _, workers := range []int{1, 32} {
 			b.Run(fmt.Sprintf("%s/%d", via, workers), func(b *testing.B) {
 				_, mk := benchClients(b)
-				cl := mk[via](b)
-				var next atomic.Int64
-				lat := make([][]time.Duration, workers)
-				b.ResetTimer()
-				start := time.Now()
-				var wg sync.WaitGroup
-				for w := range workers {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for i := 0; next.Add(1) <= int64(b.N); i++ {
-							t0 := time.Now()
-							l, err := cl.TryAcquire(context.Background(), fmt.Sprintf("b/%d/%d", w, i%16))
-							if err != nil || l == nil {
-								b.Errorf("TryAcquire: %v %v", l, err)
-								return
-							}
-							if err := l.Release(context.Background()); err != nil {
-								b.Errorf("Release: %v", err)
-								return
-							}
-							lat[w] = append(lat[w], time.Since(t0))
-						}
-					}()
-				}
-				wg.Wait()
-				el := time.Since(start)
-				b.StopTimer()
-				p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
-				b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
-				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
-				b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+				benchPairs(b, mk[via](b), workers)
 			})
 		}
 	}
+}
+
+// BenchmarkTryAcquireReleaseTLS: as BenchmarkTryAcquireRelease's remote,
+// on a cluster with mutual TLS: lease.Client speaks HTTP/2 (every request
+// a stream of one connection), where the node counts every frame against
+// its frame budget.
+func BenchmarkTryAcquireReleaseTLS(b *testing.B) {
+	for _, workers := range []int{1, 32} {
+		b.Run(fmt.Sprintf("remote/%d", workers), func(b *testing.B) {
+			ca := transporttest.NewCA(b)
+			c := nodetest.New(b, nodetest.Options{Size: 3, API: true, Timing: node.DefaultTiming(), Configure: func(i int, cfg *node.Config) {
+				cfg.TLSFiles = ca.Issue(b, cfg.ID, net.ParseIP("127.0.0.1"))
+			}})
+			var addrs []string
+			for i := range c.Size() {
+				addrs = append(addrs, c.Node(i).APIAddr())
+			}
+			tlsCfg, err := ca.IssueClient(b, "bench").ClientConfig()
+			if err != nil {
+				b.Fatal(err)
+			}
+			cl, err := lease.Dial(context.Background(), addrs, lease.WithTLS(tlsCfg))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { cl.Close(context.Background()) })
+			benchPairs(b, cl, workers)
+		})
+	}
+}
+
+// benchPairs runs b.N TryAcquire+Release pairs of cl from workers
+// goroutines and reports their rate and latency.
+func benchPairs(b *testing.B, cl *lease.Client, workers int) {
+	var next atomic.Int64
+	lat := make([][]time.Duration, workers)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; next.Add(1) <= int64(b.N); i++ {
+				t0 := time.Now()
+				l, err := cl.TryAcquire(context.Background(), fmt.Sprintf("b/%d/%d", w, i%16))
+				if err != nil || l == nil {
+					b.Errorf("TryAcquire: %v %v", l, err)
+					return
+				}
+				if err := l.Release(context.Background()); err != nil {
+					b.Errorf("Release: %v", err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	p50, p99 := nodetest.Quantiles(slices.Concat(lat...))
+	b.ReportMetric(float64(b.N)/el.Seconds(), "pairs/s")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
 }
 
 // BenchmarkHandoffGap: the time from one holder's Release call to the

@@ -70,6 +70,11 @@ func (n *Node) startAPI() error {
 		ConnState:         conns.state,
 		ConnContext:       connContext,
 	}
+	n.apiFrames = newFrameBudget(lim.MaxFrameRate, lim.MaxStreams, n.log.With("component", "node.api"))
+	if err := n.apiFrames.install(n.api); err != nil {
+		ln.Close()
+		return err
+	}
 	ln = n.apiLn
 	n.goRun("node.api", func() {
 		var err error

@@ -325,6 +325,23 @@ type Limits struct {
 	// MaxStreams bounds concurrent HTTP/2 streams per connection.
 	// Default 256.
 	MaxStreams uint32
+	// MaxFrameRate bounds the HTTP/2 frames one client API connection
+	// may send (agent --max-frame-rate): this many a second, and a tenth
+	// of it at once (at least 4 per stream of MaxStreams). Every frame
+	// counts: a request is 2 (HEADERS and DATA), plus a RST_STREAM if it
+	// is given up; only the WINDOW_UPDATEs that hand back the window of
+	// replies read are free, 2 per 4 KiB of them (Go's client sends one
+	// for the stream, one for the connection). A
+	// connection past it, with the token or not, is sent GOAWAY
+	// ENHANCE_YOUR_CALM naming the limit and closed: an HTTP/2 rapid
+	// reset (streams opened and reset at once) or PING flood with the
+	// token made a leader step down. Default 20,000: 10,000 requests a
+	// second on one connection, where one connection to a 2-core node
+	// carried at most 5,000 Gets (11,000 frames) or 1,200
+	// TryAcquire+Release pairs (6,000 frames) a second, and an
+	// unbounded flood 70,000 (rapid reset) to 170,000 (PING) frames.
+	// Raise it for a proxy that carries many clients on one connection.
+	MaxFrameRate int
 	// MaxWatches bounds the Watch streams open on this node at once
 	// (agent --max-watches); past it a Watch is refused
 	// (ErrTooManyWatches, resource_exhausted on the API) until one ends.
@@ -390,6 +407,7 @@ func DefaultLimits(t Timing) Limits {
 		MaxListBytes:    1 << 20,
 		MaxConns:        1024,
 		MaxStreams:      256,
+		MaxFrameRate:    20_000,
 		MaxWatches:      1024,
 		MaxWaiters:      8192,
 		ReadTimeout:     10 * time.Second,
@@ -417,6 +435,9 @@ func (l Limits) withDefaults(t Timing) Limits {
 	}
 	if l.MaxStreams == 0 {
 		l.MaxStreams = d.MaxStreams
+	}
+	if l.MaxFrameRate == 0 {
+		l.MaxFrameRate = d.MaxFrameRate
 	}
 	if l.MaxWatches == 0 {
 		l.MaxWatches = d.MaxWatches
@@ -575,6 +596,9 @@ func (c Config) Validate() error {
 	}
 	if l := c.Limits; l.MaxConns < 1 || l.MaxStreams < 1 || l.ReadTimeout < 0 || l.IdleTimeout < 0 {
 		bad("Limits: MaxConns, MaxStreams must be >= 1 and timeouts >= 0")
+	}
+	if l := c.Limits; l.MaxFrameRate < 1 {
+		bad("Limits.MaxFrameRate %d must be positive (HTTP/2 frames a second per client API connection)", l.MaxFrameRate)
 	}
 	if l := c.Limits; l.MaxWatches < 1 {
 		bad("Limits.MaxWatches %d must be positive", l.MaxWatches)

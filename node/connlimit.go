@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -395,10 +394,7 @@ type connKey struct{}
 // connContext is the http.Server's ConnContext hook: it puts the
 // *limitedConn under a request's context, for the auth guard to mark.
 func connContext(ctx context.Context, nc net.Conn) context.Context {
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	if lc, ok := nc.(*limitedConn); ok {
+	if lc, ok := apiNetConn(nc).(*limitedConn); ok {
 		return context.WithValue(ctx, connKey{}, lc)
 	}
 	return ctx
@@ -415,11 +411,9 @@ func requestConn(r *http.Request) *limitedConn {
 // and busy. A connection is fresh, idle since it was admitted, until it
 // leaves StateNew: its first request read (HTTP/1), or its HTTP/2
 // preface; then its read deadline is the one net/http last asked for.
+// HTTP/2 connections are reported as their frameConn.
 func (l *connLimiter) state(nc net.Conn, st http.ConnState) {
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	lc, ok := nc.(*limitedConn)
+	lc, ok := apiNetConn(nc).(*limitedConn)
 	if !ok {
 		return
 	}

@@ -71,3 +71,10 @@ func (n *Node) GossipStreamsOpen() int {
 	defer n.gossipNet.mu.Unlock()
 	return len(n.gossipNet.open)
 }
+
+// FrameBurst is the frames an API connection may send at once under l
+// (the frame budget's bucket).
+func FrameBurst(l Limits) int {
+	l = l.withDefaults(DefaultTiming())
+	return int(newFrameBudget(l.MaxFrameRate, l.MaxStreams, nil).burst)
+}

@@ -92,7 +92,10 @@ type Node struct {
 	api     *http.Server
 	apiLn   net.Listener
 	apiConn *connLimiter // under apiLn; nil without an API
-	apiAddr string       // advertised client API address ("" if none)
+	// apiFrames bounds the HTTP/2 frames of API connections; nil without
+	// an API.
+	apiFrames *frameBudget
+	apiAddr   string // advertised client API address ("" if none)
 
 	// lead is non-nil while this node is the leader and its Promote has
 	// applied; every leader-only operation reads it once and uses that

@@ -38,16 +38,21 @@ const (
 //     closed to admit a new one past 64 of them;
 //   - max_conns: idle or silent connections closed to admit a new one at
 //     Limits.MaxConns;
-//   - max_watches: Watch calls refused at Limits.MaxWatches.
+//   - max_watches: Watch calls refused at Limits.MaxWatches;
+//   - frame_rate: HTTP/2 connections, with the token or not, closed for
+//     sending frames faster than Limits.MaxFrameRate.
 //
 // Single requests refused for the auth token (401), size (413) or
 // Content-Type (415) are not here: the metrics package counts them by
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
+	}
+	if f := n.apiFrames; f != nil {
+		frameRate = f.closed.Load()
 	}
 	return append(n.mux.Refusals(),
 		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
@@ -58,5 +63,6 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_unauthenticated", Count: unauthCap},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
 	)
 }

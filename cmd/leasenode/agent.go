@@ -77,6 +77,7 @@ type agentFlags struct {
 	maxExtendItems, maxConns     int
 	maxWatches                   int
 	maxWaiters                   int
+	maxFrameRate                 int
 	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
@@ -129,6 +130,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold, with the keys and holders of request ids kept 15 min after a lease ends; past it new acquires are refused")
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
+	fs.IntVar(&a.maxFrameRate, "max-frame-rate", 20_000, "most HTTP/2 frames a second one client API connection may send (a tenth of it at once; a request\nis 2-3); past it, token or not, the connection is sent GOAWAY ENHANCE_YOUR_CALM and closed")
 	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
 	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; past it a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
@@ -268,7 +270,7 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.AuthToken = tok
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
-		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes}
+		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes, MaxFrameRate: a.maxFrameRate}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
@@ -295,6 +297,7 @@ var configFlags = strings.NewReplacer(
 	"Limits.MaxLeases", "--max-leases",
 	"Limits.MaxWatches", "--max-watches",
 	"Limits.MaxWaiters", "--max-waiters",
+	"Limits.MaxFrameRate", "--max-frame-rate",
 	"MaxLeaseBytes", "--max-lease-bytes",
 	"Limits.MinTTL", "--min-ttl",
 	"BootstrapExpect", "--bootstrap-expect",
