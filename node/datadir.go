@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,37 @@ func nodeIDOwner(dir, id string) (string, error) {
 		return "", fmt.Errorf("data dir %s belongs to node %s; start with --id %s, or with an empty --data-dir to join as a new node", dir, owner, owner)
 	}
 	return owner, err
+}
+
+// dataDirFresh reports whether dir exists, and whether it holds nothing
+// (or does not exist).
+func dataDirFresh(dir string) (existed, fresh bool) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, true
+	case err != nil:
+		return true, false
+	}
+	return true, len(entries) == 0
+}
+
+// discardDataDir empties dir, which a failed start found empty, and
+// removes it if it did not exist before.
+func discardDataDir(dir string, existed bool, log *slog.Logger) {
+	var err error
+	if existed {
+		var entries []os.DirEntry
+		entries, err = os.ReadDir(dir)
+		for _, e := range entries {
+			err = errors.Join(err, os.RemoveAll(filepath.Join(dir, e.Name())))
+		}
+	} else {
+		err = os.RemoveAll(dir)
+	}
+	if err != nil {
+		log.Warn("a failed start could not remove what it wrote to its data dir, which was empty before it: empty it before starting again", "dir", dir, "err", err)
+	}
 }
 
 // dataDirOwner returns the node ID that dir's NodeIDFile names, "" if it

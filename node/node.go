@@ -143,12 +143,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := checkListen(cfg); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
-		return nil, err
-	}
 	log := cfg.Logger.With("node", cfg.ID)
 	if err := checkExposure(cfg, log); err != nil {
 		return nil, fmt.Errorf("node config: %w", err)
@@ -161,6 +155,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	nodeServer, nodeClient, apiTLS, err := nodePortTLS(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
+	}
+	existed, fresh := dataDirFresh(cfg.DataDir)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := checkNodeID(cfg.DataDir, cfg.ID); err != nil {
+		return nil, err
 	}
 	n := &Node{
 		started:       time.Now(),
@@ -200,7 +201,16 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	defer func() {
 		if err != nil {
+			// A start that failed in a data dir it found empty takes
+			// back what it wrote there (the node ID, the Raft store), so
+			// that the operator can start again with other settings, a
+			// new --id say, without emptying the dir first. Only once it
+			// held the store's lock: else another process may use the dir.
+			held := n.store != nil
 			n.shutdown(context.Background(), stopCrash)
+			if held && fresh {
+				discardDataDir(cfg.DataDir, existed, n.log)
+			}
 		}
 	}()
 	if err := n.startRaft(); err != nil {

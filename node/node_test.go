@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -788,6 +789,19 @@ func TestDuplicateIDRefused(t *testing.T) {
 	if !strings.Contains(err.Error(), "already used by a live node") || !strings.Contains(err.Error(), c.Config(0).GossipAddr) {
 		t.Fatalf("duplicate ID: %v; want a refusal naming n0's address %s", err, c.Config(0).GossipAddr)
 	}
+	// The refused start took back what it wrote to the data dir it found
+	// empty (the new-user review: node-id and a 65 MB wal/ were left, so
+	// the start again with a new --id failed, "data dir belongs to node
+	// n0"), and a start with another ID works there.
+	if entries, err := os.ReadDir(cfg.DataDir); err != nil || len(entries) > 0 {
+		t.Fatalf("the refused start left %v in its data dir (%v)", entries, err)
+	}
+	cfg.ID = "n9"
+	n, err = node.Start(ctxT(t, 10*time.Second), cfg)
+	if err != nil {
+		t.Fatalf("a start with another ID in the same data dir: %v", err)
+	}
+	n.Close(context.Background())
 	// The original keeps serving.
 	_, l := c.Leader()
 	mustGrant(t, l, acq("dup", "h", 1, time.Minute))
