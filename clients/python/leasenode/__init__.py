@@ -55,6 +55,10 @@ DEFAULT_RETRY_TIMEOUT = 10.0
 # its connections open: without the check a request to it waits for its
 # whole timeout.
 DEFAULT_PEER_TIMEOUT = 1.0
+# How long a client keeps trying its addresses while none has ever
+# answered (as the CLI's --dial-timeout): a wrong address fails in 2 s,
+# not after the whole retry timeout.
+DEFAULT_DIAL_TIMEOUT = 2.0
 SUSPECT_FOR = 10.0  # a node that failed the check is tried last this long
 STOP_POLL = 0.25  # how soon a waiting acquire notices that its client closed
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
@@ -295,7 +299,7 @@ class _Transport:
     moving on only while the request certainly had no effect."""
 
     def __init__(self, addrs, token=None, ssl_context=None, timeout=DEFAULT_RETRY_TIMEOUT,
-                 peer_timeout=DEFAULT_PEER_TIMEOUT):
+                 peer_timeout=DEFAULT_PEER_TIMEOUT, dial_timeout=DEFAULT_DIAL_TIMEOUT):
         if isinstance(addrs, str):
             addrs = [a for a in addrs.split(",") if a.strip()]
         if not addrs:
@@ -305,6 +309,11 @@ class _Transport:
         self.seeds = [a.strip() for a in addrs]
         self.token, self.ssl, self.timeout = _auth_token(token), ssl_context, timeout
         self.peer_timeout = peer_timeout
+        if dial_timeout < 0:
+            raise InvalidError("dial_timeout %r must be >= 0 (0 tries for the whole retry timeout)" % dial_timeout)
+        self.dial_timeout = dial_timeout
+        self._answered = False  # some node answered once: a later silence is an outage, not a wrong address
+        self._silent_since = None
         self.leader = None
         self._lock = threading.Lock()
         self._idle = {}  # addr -> [HTTPConnection]
@@ -443,6 +452,7 @@ class _Transport:
                 raise
             with self._lock:
                 self._suspect.pop(addr, None)
+                self._answered = True
             if resp.will_close:
                 c.close()
             else:
@@ -510,6 +520,14 @@ class _Transport:
                 raise
         if tls_only and isinstance(last, _TLSMismatch):
             raise TLSSetupError(str(last))
+        with self._lock:
+            never = not self._answered and self.dial_timeout > 0
+            if never and self._silent_since is None:
+                self._silent_since = time.monotonic()
+            silent = never and time.monotonic() - self._silent_since
+        if silent and silent >= self.dial_timeout:
+            raise NoLeaderError("no node at %s answered within %gs (dial_timeout): %s; check that each address is a node's "
+                                "client API address (agent --api) and that the agents run" % (",".join(self.seeds), self.dial_timeout, last))
         raise _NotSent("no reachable leader: %s" % (last,))
 
     def _forget(self, addr):
@@ -686,12 +704,15 @@ class Client:
     to a node that fails the check ends as if its reply were lost (an
     acquire, extend or release is retried with the same request id,
     elsewhere first), where it would wait its whole timeout on a stopped
-    process.
+    process. dial_timeout: how long the client tries its addresses while no
+    node has ever answered (default 2 s, as the CLI's --dial-timeout; 0
+    tries for the whole retry_timeout): a wrong address fails with
+    NoLeaderError naming it.
     """
 
     def __init__(self, addrs=None, name=None, ttl=DEFAULT_TTL, drift=DEFAULT_DRIFT, token=None,
                  ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None,
-                 peer_timeout=DEFAULT_PEER_TIMEOUT):
+                 peer_timeout=DEFAULT_PEER_TIMEOUT, dial_timeout=DEFAULT_DIAL_TIMEOUT):
         ttl = _seconds("ttl", ttl)
         if ttl <= 0:
             raise InvalidError("ttl %r must be > 0" % ttl)
@@ -704,7 +725,7 @@ class Client:
         self.ttl, self.drift, self.extend_interval = float(ttl), drift, extend_interval
         self._t = _Transport(addrs or os.environ.get("LEASENODE_ADDR", "127.0.0.1:7402"),
                              token if token is not None else os.environ.get("LEASENODE_AUTH_TOKEN"),
-                             ssl_context, retry_timeout, peer_timeout)
+                             ssl_context, retry_timeout, peer_timeout, dial_timeout)
         self._retry = _Retry(retry_timeout)
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()

@@ -368,6 +368,22 @@ class ClientTest(unittest.TestCase):
             c.try_acquire(PREFIX + "nowhere")
         self.assertLess(time.monotonic() - t0, 3)
 
+    def test_wrong_address_fails_within_dial_timeout(self):
+        # Nothing listens there: the client says so after dial_timeout,
+        # not after its whole retry timeout (9.8 s before).
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        addr = "127.0.0.1:%d" % s.getsockname()[1]
+        s.close()
+        c = leasenode.Client([addr], retry_timeout=10, dial_timeout=0.5)
+        self.clients.append(c)
+        t0 = time.monotonic()
+        with self.assertRaises(leasenode.NoLeaderError) as cm:
+            c.try_acquire(PREFIX + "wrong-address")
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertIn("dial_timeout", str(cm.exception))
+        self.assertIn(addr, str(cm.exception))
+
     def test_list_and_invalid(self):
         c = self.new()
         ls = [c.try_acquire(PREFIX + "list/%d" % i) for i in range(3)]
