@@ -205,9 +205,9 @@ func (n *Node) guard(next http.Handler) http.Handler {
 	errw := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if token != "" && !bearerOK(r.Header.Get("Authorization"), token) {
-			err := fmt.Errorf("%w: send Authorization: Bearer TOKEN (the agents' --auth-token; clients pass --auth-token or LEASENODE_AUTH_TOKEN)", ErrUnauthenticated)
+			err := fmt.Errorf("%w: send Authorization: Bearer TOKEN (the agents' --auth-token or --auth-token-file; clients pass --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN)", ErrUnauthenticated)
 			if r.Header.Get("Authorization") != "" {
-				err = fmt.Errorf("%w: the token sent is not the cluster's (the agents' --auth-token); check the client's --auth-token or LEASENODE_AUTH_TOKEN", ErrUnauthenticated)
+				err = fmt.Errorf("%w: the token sent is not the cluster's (the agents' --auth-token or --auth-token-file); check the client's --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN", ErrUnauthenticated)
 			}
 			refuseBody(w, r)
 			if errw.IsSupported(r) {

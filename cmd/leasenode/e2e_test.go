@@ -314,7 +314,7 @@ func TestAgentAndClientCommands(t *testing.T) {
 
 	// Held: exit 4, naming the holder and the time left.
 	code, _, errOut = cli(t, "acquire", "jobs/a", "--addr", addr, "--wait", "0")
-	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "unless extended") {
+	if code != exitHeld || !strings.Contains(errOut, got.Holder) || !strings.Contains(errOut, "longer if extended") {
 		t.Errorf("acquire of a held key: exit %d, %q; want %d naming %s", code, errOut, exitHeld, got.Holder)
 	}
 	for _, cmd := range [][]string{{"acquire", "jobs/a"}, {"lock", "jobs/a"}} {
@@ -450,7 +450,7 @@ func TestSnapshotSaveRestore(t *testing.T) {
 		dir: filepath.Join(t.TempDir(), "data")}
 	flags := []string{"--id", r.id, "--data-dir", r.dir, "--bind", r.raft, "--gossip", r.gossip, "--api", r.api}
 	restore := append([]string{"snapshot", "restore", file}, flags...)
-	if code, out, errOut = cli(t, restore...); code != 0 || !strings.Contains(out, "restored 1 leases") {
+	if code, out, errOut = cli(t, restore...); code != 0 || !strings.Contains(out, "restored 1 lease (") {
 		t.Fatalf("snapshot restore: %d %q %s", code, out, errOut)
 	}
 	if code, _, errOut = cli(t, restore...); code != 1 || !strings.Contains(errOut, "already holds") {

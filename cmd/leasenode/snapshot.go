@@ -216,8 +216,8 @@ func snapshotSave(ctx context.Context, sig *signals, cf *clientFlags, pos []stri
 	if cf.json() {
 		printJSON(out)
 	} else if out.File != "-" {
-		fmt.Printf("saved %d leases (%d keys in lock-delay) at index %d, epoch %d: %d bytes to %s\n",
-			out.Leases, out.Delayed, out.Index, out.Epoch, out.Bytes, out.File)
+		fmt.Printf("saved %s (%s in lock-delay) at index %d, epoch %d: %d bytes to %s\n",
+			count(out.Leases, "lease"), count(out.Delayed, "key"), out.Index, out.Epoch, out.Bytes, out.File)
 	}
 	return nil
 }
@@ -309,8 +309,8 @@ func snapshotRestore(a *agentFlags, gap uint64, output string, pos []string) err
 		printJSON(out)
 		return nil
 	}
-	fmt.Printf("restored %d leases (%d keys in lock-delay) from %s into %s; Raft resumes after index %d.\n",
-		out.Leases, out.Delayed, out.File, out.DataDir, out.Index)
+	fmt.Printf("restored %s (%s in lock-delay) from %s into %s; Raft resumes after index %d.\n",
+		count(out.Leases, "lease"), count(out.Delayed, "key"), out.File, out.DataDir, out.Index)
 	fmt.Printf("It founds a new cluster, id %s.\n", clusterID)
 	fmt.Printf("Start this node with `leasenode agent` and the same flags, then the others with --join, empty data dirs and without --bootstrap-expect.\n")
 	return nil
@@ -334,4 +334,12 @@ func notABackup(name string, r *bufio.Reader) error {
 		why = strings.TrimSpace(string(head))
 	}
 	return fmt.Errorf("%s is not a backup: it holds a node's error response (%s), as curl saves one without --fail; take the backup again (leasenode snapshot save, or curl --fail)", name, why)
+}
+
+// count is n and noun, plural unless n is 1 ("1 lease", "3 leases").
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
