@@ -70,13 +70,7 @@ func TestLostLockDelayKeptFromItsOwnClient(t *testing.T) {
 				cfg.Testing = &node.TestingKnobs{ReadsFormat: 2}
 			}
 		}})
-		li, l := c.Leader()
-		if li == 2 { // the old node must not lead: its own entries it does not check
-			c.Restart(2)
-			if li, l = c.Leader(); li == 2 {
-				t.Fatal("the old node leads again after its restart")
-			}
-		}
+		_, l := leaderOtherThan(t, c, 2) // the old node must not lead: its own entries it does not check
 		// Gossip must have told the leader what node 2 reads.
 		nodetest.Eventually(t, 10*time.Second, func() error {
 			_, err := l.Acquire(ctxT(t, 10*time.Second), shapedAcq("gate/probe", "h9", 1, shared, 0))
@@ -105,13 +99,7 @@ func TestFormatGateRemembersADownServer(t *testing.T) {
 			cfg.Testing = &node.TestingKnobs{ReadsFormat: 4}
 		}
 	}})
-	li, l := c.Leader()
-	if li == 2 {
-		c.Restart(2)
-		if li, l = c.Leader(); li == 2 {
-			t.Fatal("the old node leads again after its restart")
-		}
-	}
+	li, l := leaderOtherThan(t, c, 2)
 	other := 1 - li // neither the leader nor the old node
 	oldID := c.Config(2).ID
 	nodetest.Eventually(t, 10*time.Second, func() error {
@@ -162,4 +150,22 @@ func TestFormatGateRemembersADownServer(t *testing.T) {
 		t.Fatalf("the restarted leader wrote a format-5 acquire (held by %q for %v) while %s, a server of the configuration, reads only format 4",
 			resp.Holder, resp.Wait.AsDuration(), oldID)
 	}
+}
+
+// leaderOtherThan returns the cluster's leader once it is not node i,
+// moving leadership away from i (a node with older knobs must not lead:
+// its own entries it does not check).
+func leaderOtherThan(t *testing.T, c *nodetest.Cluster, i int) (int, *node.Node) {
+	t.Helper()
+	var (
+		li int
+		l  *node.Node
+	)
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		if li, l = c.Leader(); li != i {
+			return nil
+		}
+		return fmt.Errorf("node %d leads: %v", i, l.Raft().LeadershipTransfer().Error())
+	})
+	return li, l
 }
