@@ -283,6 +283,9 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 		return nil, err
 	}
 	l, err := c.acquireLocked(ctx, items, wire, wait, ao)
+	for wait && errors.Is(err, errArrivedExpired) && ctx.Err() == nil {
+		l, err = c.acquireLocked(ctx, items, wire, wait, ao) // a new request id
+	}
 	if l == nil {
 		for _, g := range guards {
 			c.unlockGuard(g)
@@ -441,6 +444,9 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 			if wait {
 				resp, sent = c.refreshGrant(ctx, req, resp, sent, ao.ttl)
 			}
+			if err := c.expiredOnArrival(req, resp, sent, ao.ttl); err != nil {
+				return nil, err
+			}
 			return c.newLease(items, resp, sent, ao)
 		}
 		var refusal error = c.heldError(key, resp)
@@ -476,6 +482,37 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		return nil, held
 	}
 	return nil, fmt.Errorf("acquire %q: %w", key, cause)
+}
+
+// errArrivedExpired marks a grant whose answer came after the validity
+// it gives (expiredOnArrival): a waiting acquire asks again.
+var errArrivedExpired = errors.New("the grant's validity ended before its answer was used")
+
+// expiredOnArrival releases, and reports as an error wrapping ErrLeaseLost
+// and errArrivedExpired, a grant whose validity (invariant
+// client-validity) ended before its answer came: an overloaded cluster
+// answered after the TTL, or a long-waited grant whose TTL could not be
+// restarted (refreshGrant). Handed out, its Lease would be lost at once
+// while the caller, told err == nil, acts on a key that may already be
+// another's (the outsider review saw one returned 919 ms past its
+// validity, with a token older than the next holder's).
+func (c *Client) expiredOnArrival(req *pb.AcquireRequest, resp *pb.AcquireResponse, sent time.Time, ttl time.Duration) error {
+	if t := resp.GetTtl(); t != nil {
+		ttl = t.AsDuration()
+	}
+	valid := c.validity(sent, resp.GetWaited().AsDuration()+ttl)
+	if time.Now().Before(valid) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	rerr := c.releaseRecord(ctx, &held{key: req.GetKey(), token: resp.GetToken()})
+	msg := "it was released"
+	if rerr != nil {
+		msg = fmt.Sprintf("it could not be released (%v) and expires at the cluster", rerr)
+	}
+	return fmt.Errorf("acquire %q: %w: %w (sent %v ago, valid for %v): %s; nothing is held",
+		req.GetKey(), ErrLeaseLost, errArrivedExpired, time.Since(sent).Round(time.Millisecond), valid.Sub(sent).Round(time.Millisecond), msg)
 }
 
 // spentError is the error of an acquire that ends without a grant after

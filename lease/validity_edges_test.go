@@ -5,11 +5,13 @@ import (
 	"errors"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Invariant client-validity, through the Client's own next acquire: a
@@ -226,5 +228,64 @@ func TestContextKeepsItsLease(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("the work's context was cancelled (%v) by the cleanup of a Lease it came from", context.Cause(ctx))
+	}
+}
+
+// lateGrants answers the first late Acquire calls only after the TTL
+// has passed since they were sent: an overloaded cluster that granted
+// in time but answered late.
+type lateGrants struct {
+	lease.Backend
+	ttl  time.Duration
+	late atomic.Int32 // how many more answers come late
+}
+
+func (b *lateGrants) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	sent := time.Now()
+	resp, err := b.Backend.Acquire(ctx, r)
+	if err == nil && resp.GetGranted() && b.late.Add(-1) >= 0 {
+		// Fault injection: the answer is held up past the grant's TTL.
+		select {
+		case <-time.After(time.Until(sent.Add(b.ttl + 50*time.Millisecond))):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return resp, err
+}
+
+// A grant whose answer comes after the validity it gives is never handed
+// out with a nil error (the outsider review: Acquire returned a lease 919
+// ms past its validity, with a token older than the next holder's). A
+// TryAcquire fails with ErrLeaseLost and releases the grant; a waiting
+// Acquire asks again and returns a live lease.
+func TestGrantAnsweredAfterItsValidityIsNotHandedOut(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Leader()
+	const ttl = time.Second
+	b := &lateGrants{Backend: n, ttl: ttl}
+	cl, err := lease.New(b, lease.WithTTL(ttl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+
+	b.late.Store(1)
+	l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "late/try")
+	if !errors.Is(err, lease.ErrLeaseLost) || l != nil {
+		t.Fatalf("TryAcquire answered after the TTL: %v, %v; want ErrLeaseLost and no lease", l, err)
+	}
+	if info, err := cl.Get(ctxT(t, 10*time.Second), "late/try"); err != nil || info != nil {
+		t.Fatalf("the late grant was not released: %+v, %v", info, err)
+	}
+
+	b.late.Store(1)
+	l, err = cl.Acquire(ctxT(t, 10*time.Second), "late/wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	if !l.IsHealthy() || time.Until(l.ValidUntil()) <= 0 {
+		t.Fatalf("Acquire returned a lease valid until %v (%v from now), healthy %v", l.ValidUntil(), time.Until(l.ValidUntil()), l.IsHealthy())
 	}
 }
