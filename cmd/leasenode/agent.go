@@ -526,11 +526,13 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 	// A client pointed here is told at once which port it reached, as on
 	// the node and gossip ports (it retried a 404 for --timeout).
 	mux.Handle("/"+pbconnect.LeaseServiceName+"/", http.HandlerFunc(notTheAPI))
-	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
-	p.ln = ln
+	// Probes and scrapes send their request at once: 2 s for its headers,
+	// and at most maxProbeConns open.
+	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+	p.ln = &probeListener{Listener: ln, max: maxProbeConns}
 	go func() {
-		if err := p.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("--http server stopped", "err", err)
 		}
 	}()
