@@ -118,12 +118,20 @@ func TestLostLeaseKeepsItsLockDelay(t *testing.T) {
 	a, cb, b := cutOff(t, time.Second)
 	const delay = 2 * time.Second
 	lostAt := acquireAndLose(t, a, cb, "lost/delay", lease.LockDelay(delay))
-	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), "lost/delay", 15*time.Second)
+	grantedAfterLockDelay(t, b, "lost/delay", lostAt, delay)
+}
+
+// grantedAfterLockDelay has b wait for key, and checks that it was
+// granted no sooner than delay after lostAt, the validity of the lost
+// lease: the leader's expiry is no earlier than that validity, and the
+// lock-delay follows it.
+func grantedAfterLockDelay(t *testing.T, b *lease.Client, key string, lostAt time.Time, delay time.Duration) {
+	t.Helper()
+	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), key, 15*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lb.Release(context.Background())
-	// The leader's expiry is no earlier than A's validity; the delay follows.
 	if gap := time.Since(lostAt); gap < delay {
 		t.Errorf("B was granted %v after A's validity ended: the lock-delay of %v was skipped", gap.Round(time.Millisecond), delay)
 	}
@@ -153,14 +161,7 @@ func TestLostLeaseKeepsItsLockDelayFromItsOwnClient(t *testing.T) {
 	if err := la2.Release(ctxT(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	lb, err := b.AcquireTimeout(ctxT(t, 20*time.Second), "lost/own-delay", 15*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Release(context.Background())
-	if gap := time.Since(lostAt); gap < delay {
-		t.Errorf("B was granted %v after A's validity ended: the lock-delay of %v was skipped", gap.Round(time.Millisecond), delay)
-	}
+	grantedAfterLockDelay(t, b, "lost/own-delay", lostAt, delay)
 }
 
 // A grant that waited W in the leader's queue is valid for
