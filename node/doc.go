@@ -143,6 +143,15 @@
 // counterpart for data that already belongs to a cluster is
 // one-cluster-per-data-dir, below.)
 //
+// bootstrap-decides: a node waiting to bootstrap joins as soon as one
+// member it asks answers that it has Raft state, whichever others cannot
+// be asked; only bootstrapping needs every member's answer (peerWithState).
+// While waiting it refuses every peer with a cluster id, including the
+// nodes that bootstrapped with it as a voter; stopping at the first member
+// it could not ask kept it waiting while that member was down or cut off,
+// and the two live voters of three could elect nobody. Guarded by
+// TestBootstrapPastAnUnreachableMember.
+//
 // tokens-survive-restore: Restore starts the new Raft log an index gap past
 // the backup's and in a term above its epoch, so new grants carry tokens
 // above those the old cluster granted after the backup, and the first

@@ -86,7 +86,7 @@ func TestPartitionedLeaderNoEarlyCampaign(t *testing.T) {
 				return nil
 			}
 		}
-		return errors.New("no new leader on the majority side")
+		return fmt.Errorf("no new leader on the majority side: %s", c.Describe())
 	})
 	for _, i := range others {
 		if e := c.Node(i).EarlyCampaigns(); e != 0 {

@@ -833,21 +833,39 @@ func (n *Node) tryBootstrap() bool {
 }
 
 // peerWithState returns the ID of a member other than this node that has
-// Raft state, or "" if none has; an error if one could not be asked.
+// Raft state, or "" if none has; an error if none that answered has and
+// one could not be asked.
+//
+// Invariant bootstrap-decides: one member that answers with Raft state
+// settles the decision (join), whichever other members cannot be asked;
+// only a decision to bootstrap needs every member's answer. Until it has
+// decided, a node waiting to bootstrap refuses every peer with a cluster
+// id (clusterIdentity.check), including the nodes that bootstrapped with
+// it in their configuration as a voter. Giving up at the first member
+// that could not be asked (members are asked in ID order) left it
+// waiting for as long as that member stayed unreachable, or for ever once
+// gossip called it dead and fewer than BootstrapExpect were alive: a
+// cluster whose leader died or was cut off before its slowest node had
+// decided had two live voters of three and no leader, the undecided one
+// refusing the other's votes (TestLeaderKillKeepsLeases and
+// TestPartitionedMinorityCannotGrant failed so on busy machines). Guarded
+// by TestBootstrapPastAnUnreachableMember.
 func (n *Node) peerWithState(members []member) (string, error) {
+	var unasked []error
 	for _, m := range members {
 		if m.ID == n.cfg.ID {
 			continue
 		}
 		st, err := n.peerStatus(m.ID, m.Raft)
 		if err != nil {
-			return "", fmt.Errorf("status of %s: %w", m.ID, err)
+			unasked = append(unasked, fmt.Errorf("status of %s: %w", m.ID, err))
+			continue
 		}
 		if st.GetLastIndex() > 0 {
 			return m.ID, nil
 		}
 	}
-	return "", nil
+	return "", errors.Join(unasked...)
 }
 
 // serverAt returns the server at addr in servers, if any.

@@ -321,7 +321,7 @@ func TestPartitionedMinorityCannotGrant(t *testing.T) {
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		n := c.Node(others[0])
 		if !n.IsLeader() && !c.Node(others[1]).IsLeader() {
-			return errors.New("majority has no leader yet")
+			return fmt.Errorf("majority has no leader yet: %s", c.Describe())
 		}
 		return nil
 	})

@@ -67,6 +67,10 @@ type Options struct {
 	// Insecure runs the nodes without a cluster key: plain TCP on the node
 	// port and open gossip (allowed on loopback).
 	Insecure bool
+	// BeforeStart, if set, runs once every node's configuration is made
+	// and before any node starts: to start the cluster under faults
+	// (Cluster.Partition).
+	BeforeStart func(c *Cluster)
 }
 
 // Cluster is a running test cluster.
@@ -110,6 +114,9 @@ func New(t testing.TB, opts Options) *Cluster {
 	for i := 0; i < opts.Size; i++ {
 		c.cfgs = append(c.cfgs, c.config(i))
 		c.nodes = append(c.nodes, nil)
+	}
+	if opts.BeforeStart != nil {
+		opts.BeforeStart(c)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, opts.Size)
@@ -241,13 +248,13 @@ func (c *Cluster) WaitForLeader() int {
 		for i := range c.cfgs {
 			if n := c.Node(i); n != nil && n.IsLeader() {
 				if leader >= 0 {
-					return fmt.Errorf("two leaders: n%d and n%d", leader, i)
+					return fmt.Errorf("two leaders: n%d and n%d: %s", leader, i, c.Describe())
 				}
 				leader = i
 			}
 		}
 		if leader < 0 {
-			return errors.New("no serving leader")
+			return fmt.Errorf("no serving leader: %s", c.Describe())
 		}
 		return nil
 	})
@@ -363,7 +370,7 @@ func (c *Cluster) WaitConverged() {
 			if want == nil {
 				want, wantID = got, n.ID()
 			} else if !bytes.Equal(want, got) {
-				return fmt.Errorf("state of %s differs from %s: %s%s", n.ID(), wantID, c.describe(), c.diffStates(wantID, n, want, got))
+				return fmt.Errorf("state of %s differs from %s: %s%s", n.ID(), wantID, c.Describe(), c.diffStates(wantID, n, want, got))
 			}
 		}
 		return nil
@@ -405,8 +412,9 @@ func (c *Cluster) diffStates(wantID string, n *node.Node, want, got []byte) stri
 	return b.String()
 }
 
-// describe summarises every running node's state, for failure messages.
-func (c *Cluster) describe() string {
+// Describe summarises every running node's state (Raft state, term, log
+// and commit index, configuration, FSM counters), for failure messages.
+func (c *Cluster) Describe() string {
 	var b bytes.Buffer
 	for i := range c.cfgs {
 		if n := c.Node(i); n != nil {
