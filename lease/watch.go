@@ -39,14 +39,23 @@ type Event struct {
 	Shared    bool
 	Semaphore int
 	Set       uint64
+	// Current marks a Granted event of the listing a stream begins with: a
+	// holding current when the watch started, granted at Index, not a
+	// grant made since. (False from servers older than this field.)
+	Current bool
 }
 
 // Watch streams changes to keys starting with prefix, in the order the
 // cluster applied them, beginning with one Granted event per current
-// holding (a key held by several holders has one per holder; a multi-key
-// lease one per key). Extends are not reported (a grant stays in force until a
+// holding, marked Current (a key held by several holders has one per
+// holder; a multi-key lease one per key). Extends are not reported (a grant stays in force until a
 // Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
 // Reset event if it fell behind); watch again to resume. Close ends it.
+//
+// A stream served by a follower reports a change once the follower has
+// learnt that it committed: on an idle cluster up to the commit timeout
+// (node.Timing.CommitTimeout, 250-500 ms by default) after the grant or
+// release was answered; one served by the leader, at once.
 //
 // Within one stream, events after the current holdings have increasing
 // indexes above theirs. A watch started again may be served by a node that
@@ -75,7 +84,7 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 			l := e.GetLease()
 			ev := Event{Type: eventType(e.GetType()), Index: e.GetIndex(), Key: l.GetKey(),
 				Holder: l.GetHolder(), Token: l.GetToken(), Value: l.GetValue(), Set: l.GetSet(),
-				Shared: l.GetMode() == pb.LeaseMode_LEASE_MODE_SHARED}
+				Shared: l.GetMode() == pb.LeaseMode_LEASE_MODE_SHARED, Current: e.GetCurrent()}
 			if l.GetMode() == pb.LeaseMode_LEASE_MODE_SEMAPHORE {
 				ev.Semaphore = int(l.GetLimit())
 			}

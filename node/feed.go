@@ -182,7 +182,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 					if page[i].Token > since {
 						continue // granted since w was registered: its event is queued
 					}
-					if !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now)}) {
+					if !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now), Current: true}) {
 						if h.isReset(w) {
 							sendReset()
 						}

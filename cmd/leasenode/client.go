@@ -827,7 +827,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 	if err != nil {
 		return fmt.Errorf("watch %q: %w", prefix, err)
 	}
-	fmt.Fprintf(os.Stderr, "watching %q (current leases first, then every change; ctrl-c stops)\n", prefix)
+	fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
 	var seen watchSeen
 	for ctx.Err() == nil {
@@ -843,12 +843,14 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			now := time.Now().Format("15:04:05.000")
 			if cf.json() {
 				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": e.Type, "index": e.Index,
-					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value)})
+					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": e.Current})
 				continue
 			}
-			switch e.Type {
-			case lease.Reset:
+			switch {
+			case e.Type == lease.Reset:
 				fmt.Printf("%s  reset     (the watch fell behind or a snapshot was restored; re-reading)\n", now)
+			case e.Current: // the listing: held since before the watch began
+				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, "held", e.Key, dash(e.Holder), e.Token)
 			default:
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, e.Type, e.Key, dash(e.Holder), e.Token)
 			}

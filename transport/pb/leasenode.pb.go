@@ -1886,10 +1886,14 @@ func (x *WatchRequest) GetExtends() bool {
 }
 
 type WatchEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=leasenode.v1.EventType" json:"type,omitempty"`
-	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	Lease         *Lease                 `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=leasenode.v1.EventType" json:"type,omitempty"`
+	Index uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Lease *Lease                 `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	// current: a GRANTED event of the listing of holdings current when the
+	// stream began (WatchRequest.initial), not a grant that happened since;
+	// index is then the holding's grant. Servers before it leave it false.
+	Current       bool `protobuf:"varint,4,opt,name=current,proto3" json:"current,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1943,6 +1947,13 @@ func (x *WatchEvent) GetLease() *Lease {
 		return x.Lease
 	}
 	return nil
+}
+
+func (x *WatchEvent) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
 }
 
 type MembersRequest struct {
@@ -2570,12 +2581,13 @@ const file_leasenode_proto_rawDesc = "" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\ainitial\x18\x02 \x01(\bR\ainitial\x12\x18\n" +
-	"\aextends\x18\x03 \x01(\bR\aextends\"z\n" +
+	"\aextends\x18\x03 \x01(\bR\aextends\"\x94\x01\n" +
 	"\n" +
 	"WatchEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.leasenode.v1.EventTypeR\x04type\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12)\n" +
-	"\x05lease\x18\x03 \x01(\v2\x13.leasenode.v1.LeaseR\x05lease\"\x10\n" +
+	"\x05lease\x18\x03 \x01(\v2\x13.leasenode.v1.LeaseR\x05lease\x12\x18\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent\"\x10\n" +
 	"\x0eMembersRequest\"\xb5\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
