@@ -12,9 +12,9 @@
 //
 // Gauges (leases, waiters, Raft state and indexes) are read from the node
 // at scrape time; counters of events (grants, releases, expiries, extends)
-// are counted by Run from the node's own change feed, so every node of a
-// cluster reports the same totals for the entries it applied since it
-// started. Leader changes are counted from Raft's observations, and
+// are the node's own counts of what it applied (node.Node.Applied), so
+// every node of a cluster reports the same totals for the entries it
+// applied since it started. Leader changes are counted from Raft's observations, and
 // refusals at the trust boundary (leasenode_refusals_total, by port and
 // reason) by the node itself (node.Node.Refusals). Client API
 // latency (leasenode_api_request_duration_seconds, by method) is measured
@@ -28,7 +28,6 @@ package metrics
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -72,9 +71,10 @@ type Metrics struct {
 	reg  *prometheus.Registry
 	n    atomic.Pointer[node.Node] // set by Run
 
-	grants, releases, expiries, extends, freed *eventCounter
-	leaderChanges                              prometheus.Counter
-	requests                                   *prometheus.HistogramVec
+	leaderChanges prometheus.Counter
+	requests      *prometheus.HistogramVec
+
+	descGrants, descReleases, descExpiries, descExtends, descFreed,
 
 	descLeases, descDelayed, descWaiters, descState, descServing,
 	descTerm, descEpoch, descCommit, descApplied, descLast, descLag,
@@ -83,9 +83,6 @@ type Metrics struct {
 	runOnce sync.Once
 }
 
-// eventCounter counts one kind of applied event.
-type eventCounter struct{ c prometheus.Counter }
-
 // New returns an unattached Metrics: its handlers can be given to
 // node.Config.HTTPHandlers before the node starts. Run attaches the node.
 // Its own registry (served by Handler) holds the collector.
@@ -93,19 +90,16 @@ func New(opts Options) *Metrics {
 	if opts.MaxApplyLag == 0 {
 		opts.MaxApplyLag = DefaultMaxApplyLag
 	}
-	counter := func(name, help string) *eventCounter {
-		return &eventCounter{prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help})}
-	}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
 	}
 	m := &Metrics{
-		opts:     opts,
-		grants:   counter("grants_total", "Leases granted, counted from the entries this node applied since it started."),
-		releases: counter("releases_total", "Leases released by their holder, counted from applied entries."),
-		expiries: counter("expiries_total", "Leases that expired (reaped by the leader), counted from applied entries."),
-		extends:  counter("extends_total", "Lease extensions applied (one per lease per extend), counted from applied entries."),
-		freed:    counter("lock_delays_ended_total", "Keys freed at the end of a lock-delay, counted from applied entries."),
+		opts:         opts,
+		descGrants:   desc("grants_total", "Leases granted, counted from the entries this node applied since it started."),
+		descReleases: desc("releases_total", "Leases released by their holder, counted from applied entries."),
+		descExpiries: desc("expiries_total", "Leases that expired (reaped by the leader), counted from applied entries."),
+		descExtends:  desc("extends_total", "Lease extensions applied (one per lease per extend), counted from applied entries."),
+		descFreed:    desc("lock_delays_ended_total", "Keys freed at the end of a lock-delay, counted from applied entries."),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "leader_changes_total",
 			Help: "Times this node observed a new Raft leader."}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -157,12 +151,9 @@ func BuildInfoCollector() prometheus.Collector {
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range []*eventCounter{m.grants, m.releases, m.expiries, m.extends, m.freed} {
-		c.c.Describe(ch)
-	}
 	m.leaderChanges.Describe(ch)
 	m.requests.Describe(ch)
-	for _, d := range []*prometheus.Desc{m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
+	for _, d := range []*prometheus.Desc{m.descGrants, m.descReleases, m.descExpiries, m.descExtends, m.descFreed, m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
 		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals} {
 		ch <- d
 	}
@@ -170,9 +161,6 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector: it reads the node's state now.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range []*eventCounter{m.grants, m.releases, m.expiries, m.extends, m.freed} {
-		c.c.Collect(ch)
-	}
 	m.leaderChanges.Collect(ch)
 	m.requests.Collect(ch)
 
@@ -191,6 +179,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.descEpoch, float64(st.Epoch))
 	for _, r := range n.Refusals() {
 		ch <- prometheus.MustNewConstMetric(m.descRefusals, prometheus.CounterValue, float64(r.Count), r.Port, r.Reason)
+	}
+	a := n.Applied()
+	for d, v := range map[*prometheus.Desc]uint64{m.descGrants: a.Grants, m.descReleases: a.Releases,
+		m.descExpiries: a.Expiries, m.descExtends: a.Extends, m.descFreed: a.Freed} {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
 	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
 		gauge(m.descWaiters, float64(s.GetWaiters()))
@@ -243,8 +236,9 @@ func lag(commit, applied uint64) uint64 {
 	return 0
 }
 
-// Run attaches n (from now on the collector and /readyz use it) and keeps the event and leader-change counters until
-// ctx ends or the node closes. Call it once, in its own goroutine, right
+// Run attaches n (from now on the collector and /readyz use it) and
+// counts leader changes until ctx ends or the node closes (the event
+// counters are the node's own: node.Node.Applied). Call it once, in its own goroutine, right
 // after node.Start.
 func (m *Metrics) Run(ctx context.Context, n *node.Node) {
 	m.runOnce.Do(func() {
@@ -253,8 +247,8 @@ func (m *Metrics) Run(ctx context.Context, n *node.Node) {
 	})
 }
 
-// Attach makes the collector and /readyz use n,
-// without counting events (Run does both). Run calls it; call it directly
+// Attach makes the collector and /readyz use n, without counting leader
+// changes (Run does both). Run calls it; call it directly
 // only to serve before Run's goroutine is scheduled.
 func (m *Metrics) Attach(n *node.Node) {
 	m.n.Store(n)
@@ -269,60 +263,17 @@ func (m *Metrics) run(ctx context.Context, n *node.Node) {
 	r := n.Raft()
 	r.RegisterObserver(observer)
 	defer r.DeregisterObserver(observer)
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case o := <-obs:
-				if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID != "" {
-					m.leaderChanges.Inc()
-				}
-			}
-		}
-	}()
-
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		events, err := n.Watch(ctx, &pb.WatchRequest{Extends: true})
-		if errors.Is(err, node.ErrClosed) {
-			return
-		}
-		if err == nil {
-			for e := range events {
-				m.count(e)
-			}
-		}
-		// The watch ended: the node closed, the feed was reset (a snapshot
-		// was restored, or we fell behind), or ctx ended. Resume.
-		t := time.NewTimer(backoff)
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case <-n.Done():
+			return
+		case o := <-obs:
+			if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID != "" {
+				m.leaderChanges.Inc()
+			}
 		}
-		backoff = min(backoff*2, 2*time.Second)
-	}
-}
-
-func (m *Metrics) count(e *pb.WatchEvent) {
-	switch e.GetType() {
-	case pb.EventType_EVENT_TYPE_GRANTED:
-		m.grants.c.Inc()
-	case pb.EventType_EVENT_TYPE_RELEASED:
-		m.releases.c.Inc()
-	case pb.EventType_EVENT_TYPE_EXPIRED:
-		m.expiries.c.Inc()
-	case pb.EventType_EVENT_TYPE_EXTENDED:
-		m.extends.c.Inc()
-	case pb.EventType_EVENT_TYPE_FREED:
-		m.freed.c.Inc()
 	}
 }
 

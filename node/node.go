@@ -107,7 +107,8 @@ type Node struct {
 	changed  chan struct{} // closed and replaced when leadership or serving changes
 	forwards forwards      // requests in flight to the leader (forward)
 
-	hub *watchHub
+	hub     *watchHub
+	applied appliedCounter // the feed's changes by kind (Applied)
 	// withdrawals bounds withdraw goroutines in flight.
 	withdrawals chan struct{}
 	// backups bounds the backups being served (BackupPath): each holds an
