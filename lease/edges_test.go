@@ -834,3 +834,57 @@ func TestNoQuorumErrorSaysWhy(t *testing.T) {
 		t.Fatalf("TryAcquire with 1 of 3 nodes up: %v; want the live node's answer", err)
 	}
 }
+
+// A watch begins with the holdings current when it started, marked
+// Current, and then reports grants made since, not marked: a consumer (the
+// CLI prints the first as "held") can tell the two apart.
+func TestWatchMarksTheCurrentListing(t *testing.T) {
+	forBackends(t, func(t *testing.T, e *env) {
+		a, _ := e.newClient(t)
+		ctx := ctxT(t, 20*time.Second)
+		// A first watch sees the grant published, so the second's listing
+		// has it (one published after a watch starts comes as news).
+		before, err := a.Watch(ctx, "cur/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, err := a.TryAcquire(ctx, "cur/a")
+		if err != nil || old == nil {
+			t.Fatal(old, err)
+		}
+		select {
+		case ev := <-before:
+			if ev.Key != "cur/a" || ev.Current {
+				t.Fatalf("first watch: %+v, want the new grant of cur/a", ev)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the first watch saw no grant within 10 s")
+		}
+		events, err := a.Watch(ctx, "cur/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := func() lease.Event {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatal("the watch ended")
+				}
+				return ev
+			case <-time.After(10 * time.Second):
+				t.Fatal("no event within 10 s")
+			}
+			return lease.Event{}
+		}
+		if ev := next(); ev.Type != lease.Granted || ev.Key != "cur/a" || !ev.Current || ev.Token != old.Token() {
+			t.Fatalf("first event %+v, want the current holding of cur/a marked Current", ev)
+		}
+		l, err := a.TryAcquire(ctx, "cur/b")
+		if err != nil || l == nil {
+			t.Fatal(l, err)
+		}
+		if ev := next(); ev.Type != lease.Granted || ev.Key != "cur/b" || ev.Current {
+			t.Fatalf("event of a new grant %+v, want Granted cur/b not marked Current", ev)
+		}
+	})
+}
