@@ -111,6 +111,7 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(context.Context) error) error {
 	p = p.withDefaults()
 	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
+	start := time.Now()
 	var streak time.Time // start of the current run of failures
 	sawUnknown := false
 	var answer error // the last failure a node explained, in this streak
@@ -140,7 +141,7 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			streak = began
 		}
 		giveUp := func(cause error) error {
-			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Cause: cause, Last: err}
+			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Took: time.Since(start), Cause: cause, Last: err}
 			if answer != err {
 				ge.Answer = answer
 			}
@@ -161,11 +162,27 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 		if time.Since(streak)+wait > p.Timeout {
 			return giveUp(nil)
 		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-wait < minAttemptLeft {
+			// An attempt begun this close to the caller's deadline ends
+			// with it more often than with an answer (a node's "no
+			// leader" comes just before the deadline, and a busy host
+			// delays it past), and an attempt cut short by the deadline
+			// may have applied: the caller would get an unknown outcome
+			// where every answer was certain. Wait out the deadline
+			// instead, and end as a call whose deadline came between
+			// attempts.
+			<-ctx.Done()
+			return giveUp(context.Cause(ctx))
+		}
 		if !ctxtime.Sleep(ctx, wait) {
 			return giveUp(context.Cause(ctx))
 		}
 	}
 }
+
+// minAttemptLeft is the least of the caller's deadline a retry begins
+// with (see RetryPolicy.do).
+const minAttemptLeft = 100 * time.Millisecond
 
 // GiveUpError is what RetryPolicy.Do returns when it stops retrying: it
 // matches Sentinel (ErrNoLeader: nothing was applied; ErrUnknownOutcome:
@@ -174,6 +191,7 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 type GiveUpError struct {
 	Sentinel error
 	After    time.Duration // how long the failures lasted
+	Took     time.Duration // how long the call retried in all (from its first attempt)
 	Cause    error         // nil when the retry timeout ran out
 	Last     error
 	// Answer is the last failure a node explained (no leader: an election
@@ -192,7 +210,13 @@ func (e *GiveUpError) Error() string {
 	if e.Answer != nil {
 		last = describe(e.Answer) + " (last attempt: " + last + ")"
 	}
-	return fmt.Sprintf("%v (gave up after %v: %s): %s", e.Sentinel, e.After.Round(time.Millisecond), why, last)
+	after := e.After.Round(time.Millisecond).String()
+	if took, a := e.Took.Round(time.Millisecond), e.After.Round(time.Millisecond); a > 0 && took-a >= 10*time.Millisecond {
+		// A wait at the leader that a leader change cut short is not a
+		// failure: the streak began after it, but the caller waited all.
+		after = fmt.Sprintf("%v, the last %v failing", took, after)
+	}
+	return fmt.Sprintf("%v (gave up after %s: %s): %s", e.Sentinel, after, why, last)
 }
 
 // Unwrap lets errors.Is match the sentinel, the cause and the last error.

@@ -97,3 +97,36 @@ func TestTooManyWaitersIsFinal(t *testing.T) {
 		t.Fatalf("classified as %v", err)
 	}
 }
+
+// A retry is not begun with less than minAttemptLeft of the caller's
+// deadline left: such an attempt ends with the deadline more often than
+// with an answer, and an attempt cut short may have applied, so the
+// caller got "outcome unknown" where every answer had been "no leader"
+// (the CLI's acquire after a quorum loss, on a busy host). It waits out
+// the deadline instead and gives up with the last answer.
+func TestNoRetryBegunAtTheDeadline(t *testing.T) {
+	p := RetryPolicy{Timeout: time.Minute, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	dl, _ := ctx.Deadline()
+	var least time.Duration = time.Hour
+	attempts := 0
+	err := p.Do(ctx, true, func(context.Context) error {
+		if attempts++; attempts > 1 {
+			least = min(least, time.Until(dl))
+		}
+		return nodeAnswer{"no leader: election in progress (candidate, term 6)"}
+	})
+	// (The back-off's timer may fire a little late on a busy host; without
+	// the margin retries run until the deadline, within a millisecond.)
+	if least < minAttemptLeft/2 {
+		t.Errorf("a retry began with %v of the deadline left, want about %v", least, minAttemptLeft)
+	}
+	var ge *GiveUpError
+	if !errors.As(err, &ge) || !errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnknownOutcome) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("gave up with %v, want ErrNoLeader at the deadline", err)
+	}
+	if attempts < 2 {
+		t.Errorf("%d attempts: the retries before the deadline's margin did not run", attempts)
+	}
+}
