@@ -50,8 +50,9 @@ var (
 	// to set.
 	ErrTLSSetup = errors.New("lease: TLS settings do not fit the node's")
 	// ErrWrongPort: every address given answered as a leasenode node port
-	// (Raft and node RPC), not as the client API: give the agents' --api
-	// addresses. Retrying cannot help.
+	// (Raft and node RPC), gossip or probe port, or as an HTTP server
+	// without the call (404), not as the client API: give the agents'
+	// --api addresses. Retrying cannot help.
 	ErrWrongPort = errors.New("lease: not a client API address")
 	// ErrTooManyWaiters: a waiting acquire (Acquire, AcquireTimeout) found
 	// its key held while the node it went through, or the leader, served

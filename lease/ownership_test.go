@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -227,6 +229,15 @@ func TestNodePortIsNotAnAPI(t *testing.T) {
 	_, err = lease.Dial(ctxT(t, 30*time.Second), []string{c.Config(0).GossipAddr})
 	if !errors.Is(err, lease.ErrWrongPort) || !strings.Contains(err.Error(), "gossip port") || time.Since(start) > 5*time.Second {
 		t.Fatalf("Dial of a gossip port: %v after %v, want ErrWrongPort naming the gossip port at once", err, time.Since(start))
+	}
+	// Any other HTTP server (one that answers 404, as some networks do for
+	// every address) is not an API either: said at once, not retried.
+	other := httptest.NewServer(http.NotFoundHandler())
+	defer other.Close()
+	start = time.Now()
+	_, err = lease.Dial(ctxT(t, 30*time.Second), []string{other.Listener.Addr().String()})
+	if !errors.Is(err, lease.ErrWrongPort) || !strings.Contains(err.Error(), "HTTP 404") || time.Since(start) > 5*time.Second {
+		t.Fatalf("Dial of an HTTP server that answers 404: %v after %v, want ErrWrongPort naming the 404 at once", err, time.Since(start))
 	}
 	// With the API address among them, the call goes on to it.
 	cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{c.Config(0).AdvertiseAddr, c.Node(0).APIAddr()})

@@ -319,6 +319,12 @@ func wrongPort(err error) string {
 	case "http":
 		return "probe and metrics port (--http)"
 	}
+	if ce.Code() == connect.CodeUnimplemented && strings.Contains(ce.Message(), "404") {
+		// Connect's reading of a plain HTTP 404: no handler of the call's
+		// path, so no leasenode client API (or one too old for the call).
+		// Retrying cannot help either way.
+		return "server that answered HTTP 404 (no leasenode client API there, or an agent older than this call)"
+	}
 	return ""
 }
 

@@ -51,14 +51,14 @@ func Ready(n *node.Node, maxLag uint64) error {
 	case raft.Shutdown:
 		return fmt.Errorf("raft is shut down")
 	case raft.Candidate:
-		return fmt.Errorf("election in progress (candidate, term %d)", r.CurrentTerm())
+		return fmt.Errorf("election in progress: %s", n.NoLeaderReason())
 	case raft.Leader:
 		if !n.IsLeader() {
 			return fmt.Errorf("elected leader but not serving yet (establishing epoch %d)", r.CurrentTerm())
 		}
 	}
 	if _, id := r.LeaderWithID(); id == "" {
-		return fmt.Errorf("no leader known (%s, term %d)", state, r.CurrentTerm())
+		return fmt.Errorf("no leader known: %s", n.NoLeaderReason())
 	}
 	// The leader's commit index, not this node's: a follower learns the
 	// leader's only as its own log catches up (a restarted node that was

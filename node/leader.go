@@ -563,6 +563,15 @@ func (n *Node) notLeaderErr() error {
 // noLeaderErr is ErrNoLeader saying what this node sees, so that a user
 // can tell an election from a cluster that never formed.
 func (n *Node) noLeaderErr() error {
+	return &LeaderError{Err: ErrNoLeader, Detail: n.NoLeaderReason()}
+}
+
+// NoLeaderReason says what this node sees while it knows no leader: its
+// Raft state and term and how many voters gossip finds alive ("node n1 is
+// Candidate in term 7; 1 of 3 voters alive in gossip"), or that it waits
+// to bootstrap or to be added. Readiness probes and ErrNoLeader's detail
+// say it.
+func (n *Node) NoLeaderReason() string {
 	var alive []string
 	for _, m := range n.members.list() {
 		if m.Status == statusAlive {
@@ -592,7 +601,7 @@ func (n *Node) noLeaderErr() error {
 			detail = fmt.Sprintf("node %s is in no cluster yet (not bootstrapped; waiting to be added by a leader)", n.cfg.ID)
 		}
 	}
-	return &LeaderError{Err: ErrNoLeader, Detail: detail}
+	return detail
 }
 
 // leader returns the serving leader state, waiting (bounded by ctx and a

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
 )
@@ -105,10 +106,12 @@ func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
 }
 
 // closedByUs reports whether one of hclog's arguments is an error that
-// says the connection was closed on this side.
+// says the connection was closed on this side, or that this node's Raft
+// transport is shutting down ("failed to decode incoming command ...
+// transport shutdown", logged at Error by a clean stop).
 func closedByUs(args []any) bool {
 	for _, v := range args {
-		if err, ok := v.(error); ok && errors.Is(err, net.ErrClosed) {
+		if err, ok := v.(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown)) {
 			return true
 		}
 	}

@@ -102,7 +102,8 @@ func TestLogFloodIsLimited(t *testing.T) {
 }
 
 // A read on a connection this node closed (what Raft's transport logs for
-// every open connection at a graceful shutdown) is not an error; another
+// every open connection at a graceful shutdown), or its transport shutting
+// down, is not an error; another
 // connection error still is.
 func TestLogClosedByUsIsDebug(t *testing.T) {
 	var buf bytes.Buffer
@@ -110,6 +111,7 @@ func TestLogClosedByUsIsDebug(t *testing.T) {
 	closed := &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
 	h.Error("failed to decode incoming command", "error", closed)
 	h.Warn("failed to decode incoming command", "error", fmt.Errorf("conn: %w", closed))
+	h.Error("failed to decode incoming command", "error", raft.ErrTransportShutdown) // this node stopping
 	if buf.Len() != 0 {
 		t.Errorf("a connection closed by this node is logged above Debug:\n%s", buf.String())
 	}

@@ -185,8 +185,10 @@ func runBench(ctx context.Context, sig *signals, cf *clientFlags, o benchOptions
 		fmt.Printf("  %s %s: %d errors: %s\n", r.Workload, r.Metric, r.Errors, strings.Join(parts, ", "))
 	}
 	if hasErrors(results) {
-		fmt.Println("  (no leader: retried for --timeout without reaching one; unknown outcome: a reply was lost, the",
-			"\n   request may have applied; held: the key was taken by another holder; refused: the cluster ended the lease)")
+		fmt.Println("  (no leader: retried for --timeout without reaching one;\n" +
+			"   unknown outcome: a reply was lost (a leader change), the request may have applied;\n" +
+			"   held: the key was taken by another holder; refused: the cluster ended the lease;\n" +
+			"   rpc CODE: any other refusal of a raw API call, by its gRPC code)")
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return context.Cause(ctx)

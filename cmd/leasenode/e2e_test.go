@@ -672,7 +672,7 @@ func TestLockShapes(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.Key != "acct/c" || strings.Join(got.Keys, ",") != "acct/c,acct/d" {
 		t.Fatalf("acquire of a set -o json: %d %s %s", code, out, errOut)
 	}
-	if !strings.Contains(errOut, "lease on 2 keys (acct/c, acct/d)") || !strings.Contains(errOut, "all of it") {
+	if !strings.Contains(errOut, "lease on 2 keys (acct/c, acct/d)") || !strings.Contains(errOut, "all of its keys") {
 		t.Errorf("acquire of a set: release hint %q", errOut)
 	}
 	// A release by the --holder name alone says the holder is the full

@@ -425,12 +425,13 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 		w.Flush()
 	}
 	if hold.d == 0 {
-		what := "lease"
+		what, early := "lease", "release it early with"
 		if len(keys) > 1 {
 			what = fmt.Sprintf("lease on %d keys (%s)", len(keys), strings.Join(keys, ", "))
+			early = "release it early (all of its keys) with"
 		}
-		fmt.Fprintf(os.Stderr, "%s held until it expires in %v (not extended); release it early (all of it) with:\n  leasenode release %s --token %d --holder %s\n",
-			what, l.TTL(), strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
+		fmt.Fprintf(os.Stderr, "%s held until it expires in %v (not extended); %s:\n  leasenode release %s --token %d --holder %s\n",
+			what, l.TTL(), early, strconv.Quote(key), l.Token(), strconv.Quote(cl.Holder()))
 		// Exit without Client.Close, which would release the lease, and
 		// with l reachable: a Lease the collector finds dropped is
 		// released at once.

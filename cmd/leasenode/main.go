@@ -34,6 +34,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/leasenode/leasenode/internal/buildinfo"
+	"github.com/leasenode/leasenode/lease"
 )
 
 // Exit codes, documented in `leasenode help`.
@@ -214,6 +215,11 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	}
 	code := exitCode(err)
 	msg := strings.TrimRight(err.Error(), "\n")
+	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
+		// lease's text names the library's options (WithTLS, RootCAs);
+		// the hint below names the flags: keep only what failed where.
+		msg = strings.Replace(msg, te.Error(), fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err), 1)
+	}
 	line := name + ": " + msg
 	if cmd != nil && cmd.HasParent() {
 		// "get \"k\": ..." and "status: ..." already name the command:
@@ -225,10 +231,10 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	fmt.Fprintln(w, line)
 	var ue *usageError
 	if errors.As(err, &ue) {
+		// A hint says what to do; the pointer to --help is for the rest.
 		if ue.hint != "" {
 			fmt.Fprintf(w, "  hint: %s\n", ue.hint)
-		}
-		if cmd != nil {
+		} else if cmd != nil {
 			fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}
 	} else if hint := hintFor(err, verbOf(cmd)); hint != "" {

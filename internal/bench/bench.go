@@ -308,6 +308,16 @@ func ErrorKind(err error) string {
 	}
 	var ce *connect.Error
 	if errors.As(err, &ce) {
+		// The raw API calls (keepalive's extends) carry the node's codes
+		// (node.connectError): name them as the Client's errors are named.
+		switch ce.Code() {
+		case connect.CodeAborted:
+			return "unknown outcome"
+		case connect.CodeUnavailable:
+			return "no leader"
+		case connect.CodeDeadlineExceeded:
+			return "timeout"
+		}
 		return "rpc " + ce.Code().String()
 	}
 	return "other"

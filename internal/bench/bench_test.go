@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/lease"
 )
 
@@ -20,6 +22,9 @@ func TestErrorKind(t *testing.T) {
 		{&lease.HeldError{Key: "k"}, "held"},
 		{errRefused, "refused (lease lost)"},
 		{context.DeadlineExceeded, "timeout"},
+		{connect.NewError(connect.CodeAborted, errors.New("leadership lost while committing")), "unknown outcome"},
+		{connect.NewError(connect.CodeUnavailable, errors.New("no leader")), "no leader"},
+		{connect.NewError(connect.CodeResourceExhausted, errors.New("over")), "rpc resource_exhausted"},
 		{errors.New("boom"), "other"},
 	} {
 		if got := ErrorKind(c.err); got != c.want {

@@ -38,7 +38,7 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 				}
 				if err != nil || l == nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						acq.errs.Add(1)
+						acq.Fail(err)
 					}
 					continue
 				}
@@ -48,7 +48,7 @@ func loop(ctx context.Context, cfg *Config, name string, what func(cl *lease.Cli
 				err = l.Release(relCtx)
 				rc()
 				if err != nil {
-					rel.errs.Add(1)
+					rel.Fail(err)
 					continue
 				}
 				rel.Add(time.Since(t1))
@@ -95,7 +95,7 @@ func semaphoreHandoff(ctx context.Context, cfg *Config) ([]Result, error) {
 				l, err := cl.Acquire(rctx, key, lease.Semaphore(slots))
 				if err != nil {
 					if rctx.Err() == nil && !isCtxErr(err) {
-						grants.errs.Add(1)
+						grants.Fail(err)
 					}
 					continue
 				}
@@ -109,7 +109,7 @@ func semaphoreHandoff(ctx context.Context, cfg *Config) ([]Result, error) {
 				mu.Unlock()
 				relCtx, rc := context.WithTimeout(context.Background(), 5*time.Second)
 				if err := l.Release(relCtx); err != nil {
-					grants.errs.Add(1)
+					grants.Fail(err)
 				}
 				rc()
 			}
