@@ -1,11 +1,17 @@
 package node_test
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Scenario (bootstrap-decides): three nodes bootstrap together
@@ -42,4 +48,132 @@ func TestBootstrapPastAnUnreachableMember(t *testing.T) {
 	for i := range c.Size() {
 		mustGrant(t, c.Node(i), acq(fmt.Sprintf("b%d", i), "c1", 1, time.Minute))
 	}
+}
+
+// startFresh starts nodes with the given IDs and empty data dirs, each
+// with BootstrapExpect 3 and cluster c's key, joining gossip at join, all
+// at once (as a deployment starts them), and closes them at the end.
+func startFresh(t *testing.T, c *nodetest.Cluster, join string, ids ...string) []*node.Node {
+	t.Helper()
+	nodes := make([]*node.Node, len(ids))
+	errs := make(chan error, len(ids))
+	for i, id := range ids {
+		cfg := c.Config(0)
+		cfg.ID = id
+		cfg.DataDir = filepath.Join(t.TempDir(), id)
+		cfg.BindAddr = nodetest.FreeAddr(t, false)
+		cfg.AdvertiseAddr = cfg.BindAddr
+		cfg.GossipAddr = nodetest.FreeAddr(t, true)
+		cfg.GossipAdvertiseAddr = ""
+		cfg.APIAddr = ""
+		cfg.BootstrapExpect = 3
+		cfg.Join = []string{join}
+		go func() {
+			n, err := node.Start(context.Background(), cfg)
+			nodes[i] = n
+			errs <- err
+		}()
+	}
+	for range ids {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a node did not start within 30 s")
+		}
+	}
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			n.Close(context.Background())
+		}
+	})
+	return nodes
+}
+
+// oneCluster waits until every node has Raft state and names one cluster
+// id, and then checks that key is still held by holder (token): no second
+// cluster grants it to anyone else.
+func oneCluster(t *testing.T, nodes []*node.Node, key, holder string, token uint64) {
+	t.Helper()
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		ids := map[string][]string{}
+		for _, n := range nodes {
+			if n.Raft().LastIndex() == 0 {
+				return fmt.Errorf("%s has no Raft state yet", n.ID())
+			}
+			st, err := n.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{})
+			if err != nil {
+				return err
+			}
+			ids[st.GetClusterId()] = append(ids[st.GetClusterId()], n.ID())
+		}
+		if len(ids) != 1 {
+			return fmt.Errorf("nodes of %d clusters: %v", len(ids), ids)
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		if !n.IsLeader() {
+			continue
+		}
+		resp, err := n.Acquire(ctxT(t, 5*time.Second), acq(key, "someone-else", 1, time.Minute))
+		if err != nil || resp.Granted || resp.GetHolder() != holder {
+			t.Fatalf("leader %s answered an acquire of %s: %v %v; want held by %s (token %d)", n.ID(), key, resp, err, holder, token)
+		}
+	}
+}
+
+// Scenario (bootstrap-asks-everyone): three new nodes with BootstrapExpect
+// 3 start beside a running cluster, and their IDs sort before its nodes'.
+// The three lowest IDs (theirs) make the configuration they would
+// bootstrap, and they used to ask only each other whether anyone had Raft
+// state: one or all of them founded a second cluster in the same gossip
+// pool (stuck, or serving the same keys). Every member is asked now, so
+// they join the running cluster.
+func TestBootstrapBesideARunningCluster(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	held := mustGrant(t, l, acq("k", "old-holder", 1, time.Minute))
+	fresh := startFresh(t, c, c.Config(0).GossipAddr, "a0", "a1", "a2")
+	oneCluster(t, append([]*node.Node{c.Node(0), c.Node(1), c.Node(2)}, fresh...), "k", "old-holder", held.Token)
+}
+
+// Scenario: README's restore recipe, the other nodes started with
+// BootstrapExpect 3 as usual, and the restored node's ID ("z9") sorting
+// after theirs. They asked only each other, bootstrapped a cluster of
+// their own, and granted the restored key again with the same token as
+// the restored holding's: two holders a fence could not tell apart.
+func TestBootstrapBesideARestoredNode(t *testing.T) {
+	old := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, l := old.Leader()
+	held := mustGrant(t, l, acq("a", "h1", 1, time.Minute))
+	b, err := l.Backup(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := b.WriteTo(&backup); err != nil {
+		t.Fatal(err)
+	}
+	old.Kill(0)
+	cfg := old.Config(0)
+	cfg.ID, cfg.DataDir, cfg.Join = "z9", filepath.Join(t.TempDir(), "z9"), nil
+	if _, err := node.Restore(cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
+		t.Fatal(err)
+	}
+	z9, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z9.Close(context.Background()) })
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if !z9.IsLeader() {
+			return errors.New("the restored node does not lead yet")
+		}
+		return nil
+	})
+	fresh := startFresh(t, old, cfg.GossipAddr, "n1", "n2", "n3")
+	oneCluster(t, append([]*node.Node{z9}, fresh...), "a", "h1", held.Token)
 }

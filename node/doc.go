@@ -139,9 +139,15 @@
 //
 // one-cluster-per-state: a node bootstraps only if no member it sees has
 // Raft state, so a node started with BootstrapExpect beside a running or
-// restored cluster joins it instead of founding a second one. (Its
-// counterpart for data that already belongs to a cluster is
-// one-cluster-per-data-dir, below.)
+// restored cluster joins it instead of founding a second one. It asks
+// every member gossip does not call dead or left (bootstrap-asks-everyone),
+// not only the BootstrapExpect lowest IDs its configuration takes: fresh
+// nodes whose IDs sort before a restored node's (n1-n3 beside z9) asked
+// only each other, founded a second cluster in the same gossip pool, and
+// both granted the restored keys, with the same tokens (adversarial
+// review; TestBootstrapBesideARestoredNode,
+// TestBootstrapBesideARunningCluster). (Its counterpart for data that
+// already belongs to a cluster is one-cluster-per-data-dir, below.)
 //
 // bootstrap-decides: a node waiting to bootstrap joins as soon as one
 // member it asks answers that it has Raft state, whichever others cannot
@@ -162,11 +168,14 @@
 // (formatGate): an older node stops rather than apply such an
 // entry, and two of three would lose the quorum mid-upgrade. A server
 // gossip does not know (down since before this node started) counts with
-// the format it was last seen to read (PeerFormatsFile). A rule that
+// the format it was last seen to read (PeerFormatsFile), and one this
+// node has never seen (it joined while that server was down) with
+// fsm.OldestFormat: a replacement node that came to lead wrote format-5
+// entries beside a down server that read format 4. A rule that
 // only newer replicas know (fsm's lock-delay-kept) is asked for in the
 // entry (fsm.Acquire.KeepLockDelay) once every server reads it.
 // TestShapesWaitForEveryNodeToReadThem, TestLostLockDelayKeptFromItsOwnClient,
-// TestFormatGateRemembersADownServer.
+// TestFormatGateRemembersADownServer, TestFormatGateWaitsForAServerNeverSeen.
 //
 // # Trust invariants (DESIGN.md, "Trust")
 //

@@ -767,10 +767,14 @@ func (n *Node) tryBootstrap() bool {
 	if n.hasState() {
 		return true
 	}
-	var alive []member
+	var alive, asked []member
 	for _, m := range n.members.list() {
-		if m.Status == statusAlive {
+		switch m.Status {
+		case statusAlive:
 			alive = append(alive, m)
+			asked = append(asked, m)
+		case statusSuspect:
+			asked = append(asked, m)
 		}
 	}
 	if len(alive) < n.cfg.BootstrapExpect {
@@ -809,7 +813,9 @@ func (n *Node) tryBootstrap() bool {
 	// Like Consul: never bootstrap next to a node that has Raft state (an
 	// existing cluster, or the first node of one restored from a backup),
 	// or two clusters could serve the same keys. Its leader adds us.
-	switch id, err := n.peerWithState(alive); {
+	// Every member gossip does not call dead is asked, not only those
+	// the configuration takes (invariant bootstrap-asks-everyone).
+	switch id, err := n.peerWithState(asked); {
 	case err != nil:
 		n.log.Debug("bootstrap postponed", "err", err)
 		return false
