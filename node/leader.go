@@ -311,10 +311,12 @@ type proposal struct {
 // happens mid-upgrade when leadership moves to an upgraded node before
 // the others are. A server gossip does not know (down since this node
 // started) counts with the format it was last seen to read
-// (PeerFormatsFile); one never seen is not waited for.
+// (PeerFormatsFile), and one this node has never seen at all (it joined
+// while that server was down) with the oldest format: whatever it runs,
+// it must be able to apply what is written while it is a server.
 func (n *Node) formatGate(cmd fsm.Command) error {
 	need := fsm.MinFormat(cmd)
-	id, reads := n.olderReader(need)
+	id, reads, seen := n.olderReader(need)
 	if id == "" {
 		return nil
 	}
@@ -325,37 +327,45 @@ func (n *Node) formatGate(cmd fsm.Command) error {
 	case *fsm.Cancel:
 		what = "a withdrawal of a lost grant"
 	}
+	if !seen {
+		return fmt.Errorf("%w: node %s, a server of the cluster, has not been seen by this leader since it joined, so it may run an older leasenode, which cannot apply %s (this needs command format %d): start node %s again, or wait until the cluster removes it (dead servers go after the agent's dead-server grace, 30 s by default), then retry",
+			ErrInvalid, id, what, need, id)
+	}
 	return fmt.Errorf("%w: node %s runs an older leasenode, which cannot apply %s (it reads command format %d; this needs %d): upgrade every node, then retry",
 		ErrInvalid, id, what, reads, need)
 }
 
 // olderReader returns a server of the Raft configuration (other than this
-// node) that says in gossip it reads only command formats older than
-// need, and the newest it reads; "" if none does (see formatGate).
-func (n *Node) olderReader(need byte) (id string, reads byte) {
+// node) that reads only command formats older than need, the newest it
+// reads, and whether this node has seen it at all (see formatGate; one
+// never seen counts as reading fsm.OldestFormat); "" if none does.
+func (n *Node) olderReader(need byte) (id string, reads byte, seen bool) {
 	if need <= fsm.OldestFormat {
-		return "", 0
+		return "", 0, true
 	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return "", 0
+		return "", 0, true
 	}
 	for _, s := range f.Configuration().Servers {
 		id := string(s.ID)
 		if id == n.cfg.ID {
 			continue
 		}
-		reads, ok := byte(0), false
+		reads, seen := byte(0), false
 		if m, known := n.members.get(id); known {
-			reads, ok = m.Reads, true
+			reads, seen = m.Reads, true
 		} else {
-			reads, ok = n.formats.last(id)
+			reads, seen = n.formats.last(id)
 		}
-		if ok && reads < need {
-			return id, reads
+		if !seen {
+			reads = fsm.OldestFormat
+		}
+		if reads < need {
+			return id, reads, seen
 		}
 	}
-	return "", 0
+	return "", 0, true
 }
 
 // keepLockDelayFormat is the command format of fsm.Acquire.KeepLockDelay.
@@ -367,7 +377,7 @@ const keepLockDelayFormat = 5
 // before, on every replica alike (and the waiter queues, which ask
 // fsm.FSM.Admits with the same flag, judge it so too).
 func (n *Node) keepLockDelay(cmd *fsm.Acquire) {
-	id, _ := n.olderReader(keepLockDelayFormat)
+	id, _, _ := n.olderReader(keepLockDelayFormat)
 	cmd.KeepLockDelay = id == ""
 }
 

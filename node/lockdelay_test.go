@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,4 +169,64 @@ func leaderOtherThan(t *testing.T, c *nodetest.Cluster, i int) (int, *node.Node)
 		return fmt.Errorf("node %d leads: %v", i, l.Raft().LeadershipTransfer().Error())
 	})
 	return li, l
+}
+
+// Scenario (formats-readable): n2 reads format 4 and goes down; a
+// replacement node joins while it is down, so neither its gossip nor its
+// peer-formats file has ever seen n2 (memberlist passes on a dead member
+// only to nodes that saw it alive), and it comes to lead with n2 still a
+// server of the configuration. It wrote format-5 entries, which n2 would
+// stop at on its return (adversarial review). A server never seen counts
+// as reading the oldest format: the older lock-delay rule applies, and a
+// shaped acquire is refused naming the server and what to do.
+func TestFormatGateWaitsForAServerNeverSeen(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, DeadServerGrace: 5 * time.Minute, Configure: func(i int, cfg *node.Config) {
+		if i == 2 {
+			cfg.Testing = &node.TestingKnobs{ReadsFormat: 4}
+		}
+	}})
+	leaderOtherThan(t, c, 2)
+	oldID := c.Config(2).ID
+	c.Kill(2)
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		for _, i := range []int{0, 1} {
+			resp, err := c.Node(i).Members(ctxT(t, 5*time.Second), &pb.MembersRequest{})
+			if err != nil {
+				return err
+			}
+			for _, m := range resp.Members {
+				if m.Id == oldID && m.Status == "alive" {
+					return fmt.Errorf("n%d's gossip says %s is alive", i, oldID)
+				}
+			}
+		}
+		return nil
+	})
+	ni := c.Add() // the replacement, with an empty data dir
+	cfg := c.Config(ni)
+	nodetest.Eventually(t, 60*time.Second, func() error {
+		if n := c.Node(ni); n.Raft().State() == raft.Leader && n.IsLeader() {
+			return nil
+		}
+		_, l := c.Leader()
+		if s := suffrage(t, l); s[cfg.ID] != raft.Voter {
+			return fmt.Errorf("configuration %v: %s is not a voter yet", s, cfg.ID)
+		}
+		return l.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error()
+	})
+	n := c.Node(ni)
+	if _, in := suffrage(t, n)[oldID]; !in {
+		t.Fatalf("%s left the configuration: the scenario needs it in: %s", oldID, c.Describe())
+	}
+	r := acq("gate/never", "h1", 1, 30*time.Second)
+	r.LockDelay = durationpb.New(5 * time.Second)
+	mustGrant(t, n, r)
+	resp, err := n.Acquire(ctxT(t, 10*time.Second), acq("gate/never", "h1", 2, 30*time.Second))
+	if err != nil || !resp.Granted {
+		t.Fatalf("the new leader answered %v %v: it wrote format 5 (held by its own holding) while %s, never seen by it, is a server", resp, err, oldID)
+	}
+	_, err = n.Acquire(ctxT(t, 10*time.Second), shapedAcq("gate/shared", "h2", 1, shared, 0))
+	if !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), oldID) || !strings.Contains(err.Error(), "not been seen") {
+		t.Fatalf("a shared acquire with %s never seen: %v, want ErrInvalid naming it", oldID, err)
+	}
 }
