@@ -138,7 +138,9 @@ func (c *Client) HolderName() string { return c.opts.name }
 // holder has it, it returns nil, nil at once. If this Client already holds
 // key it also returns nil, nil: one Client never competes with itself.
 // With Shared or Semaphore the key is free while it can take one more
-// holder of that shape.
+// holder of that shape. A grant whose answer arrives after the validity
+// it gives (an overloaded cluster or network) is released and not handed
+// out: that is ErrLeaseLost, with nothing held; try again.
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lease, error) {
 	l, err := c.acquire(ctx, nil, key, false, opts)
 	if errors.Is(err, ErrHeld) {
@@ -168,7 +170,8 @@ func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Du
 // none of them. The cluster grants the set in one Raft entry, all or
 // none: one fencing token for every key, one expiry, one extend and one
 // release for all. TTL, Value and LockDelay apply to every key; Shared and
-// Semaphore are set per Item instead.
+// Semaphore are set per Item instead. A grant that arrives too late is
+// ErrLeaseLost, as with TryAcquire.
 func (c *Client) TryAcquireSet(ctx context.Context, items []Item, opts ...AcquireOption) (*Lease, error) {
 	l, err := c.acquire(ctx, asSet(items), "", false, opts)
 	if errors.Is(err, ErrHeld) {
@@ -285,6 +288,12 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	l, err := c.acquireLocked(ctx, items, wire, wait, ao)
 	for wait && errors.Is(err, errArrivedExpired) && ctx.Err() == nil {
 		l, err = c.acquireLocked(ctx, items, wire, wait, ao) // a new request id
+	}
+	if wait && errors.Is(err, errArrivedExpired) {
+		// The wait ended while a grant that came too late was released:
+		// the call ends as its wait did (ErrTimeout for AcquireTimeout),
+		// not as a lost lease, since none was handed out.
+		err = fmt.Errorf("acquire %q: %w (the last grant arrived after its validity and was released: %v)", keys[0], context.Cause(ctx), err)
 	}
 	if l == nil {
 		for _, g := range guards {

@@ -23,7 +23,9 @@ var (
 	ErrNotHolder = errors.New("lease: not the holder")
 	// ErrLeaseLost: the lease could not be extended before its validity
 	// ran out, or the cluster said it is no longer held. Do not touch the
-	// protected resource any more.
+	// protected resource any more. From TryAcquire and TryAcquireSet it
+	// means the grant's answer arrived after its validity: it was
+	// released, and nothing is held.
 	ErrLeaseLost = errors.New("lease: lost")
 	// ErrReleased: the lease was released by Release or Client.Close.
 	ErrReleased = errors.New("lease: released")
