@@ -58,14 +58,7 @@ func startFresh(t *testing.T, c *nodetest.Cluster, join string, ids ...string) [
 	nodes := make([]*node.Node, len(ids))
 	errs := make(chan error, len(ids))
 	for i, id := range ids {
-		cfg := c.Config(0)
-		cfg.ID = id
-		cfg.DataDir = filepath.Join(t.TempDir(), id)
-		cfg.BindAddr = nodetest.FreeAddr(t, false)
-		cfg.AdvertiseAddr = cfg.BindAddr
-		cfg.GossipAddr = nodetest.FreeAddr(t, true)
-		cfg.GossipAdvertiseAddr = ""
-		cfg.APIAddr = ""
+		cfg := c.Beside(id)
 		cfg.BootstrapExpect = 3
 		cfg.Join = []string{join}
 		go func() {

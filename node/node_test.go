@@ -780,14 +780,8 @@ func TestReplayBoundedByWork(t *testing.T) {
 // running on silently unready beside it.
 func TestDuplicateIDRefused(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
-	cfg := c.Config(0)
-	cfg.DataDir = t.TempDir()
-	cfg.BindAddr = nodetest.FreeAddr(t, false)
-	cfg.AdvertiseAddr = cfg.BindAddr
-	cfg.GossipAddr = nodetest.FreeAddr(t, true)
-	cfg.GossipAdvertiseAddr = ""
-	cfg.APIAddr = ""
-	cfg.BootstrapExpect = 0
+	cfg := c.Beside("n0")
+	cfg.DataDir = t.TempDir() // exists and is empty, as an operator's new dir
 	cfg.Join = []string{c.Config(1).GossipAddr}
 	n, err := node.Start(ctxT(t, 10*time.Second), cfg)
 	if err == nil {

@@ -209,6 +209,25 @@ func FreeAddr(t testing.TB, udp bool) string {
 	return addr
 }
 
+// Beside returns the configuration of a node that is not one of c's
+// slots: ID id, an empty data dir of its own, fresh addresses, no client
+// API, c's cluster key, timing and faults, joining c's gossip through
+// n0, BootstrapExpect 0. Start it with node.Start (and close it).
+func (c *Cluster) Beside(id string) node.Config {
+	c.t.Helper()
+	cfg := c.Config(0)
+	cfg.ID = id
+	cfg.DataDir = filepath.Join(c.t.TempDir(), id)
+	cfg.BindAddr = FreeAddr(c.t, false)
+	cfg.AdvertiseAddr = cfg.BindAddr
+	cfg.GossipAddr = FreeAddr(c.t, true)
+	cfg.GossipAdvertiseAddr = ""
+	cfg.APIAddr = ""
+	cfg.BootstrapExpect = 0
+	cfg.Join = []string{c.Config(0).GossipAddr}
+	return cfg
+}
+
 // Node returns node i, or nil while it is down.
 func (c *Cluster) Node(i int) *node.Node {
 	c.mu.Lock()
