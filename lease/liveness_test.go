@@ -403,3 +403,41 @@ func TestWatchAfterTheLeaderIsKilled(t *testing.T) {
 	}
 	t.Fatal("no watch after the leader's kill saw the grant made after it")
 }
+
+// Scenario (new-user review): every node of the cluster stops under a
+// program that watches again whenever its stream ends, as Watch's doc
+// says to. Each Watch returned no error and a channel that closed at once,
+// and the loop spun about 2,500 times a second for as long as the cluster
+// was down. Watch now fails as a read does: ErrNoLeader, after the retry
+// timeout.
+func TestWatchOfAStoppedClusterFails(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true})
+	c.WaitForLeader()
+	var addrs []string
+	for i := range c.Size() {
+		addrs = append(addrs, c.Node(i).APIAddr())
+	}
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithRetryTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	for i := range c.Size() {
+		c.Kill(i)
+	}
+	opened := 0
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		events, err := cl.Watch(ctxT(t, 10*time.Second), "w/")
+		if err != nil {
+			if !errors.Is(err, lease.ErrNoLeader) {
+				t.Fatalf("Watch of a stopped cluster: %v, want ErrNoLeader", err)
+			}
+			return
+		}
+		opened++
+		for range events {
+		}
+	}
+	t.Fatalf("Watch of a stopped cluster opened %d streams in 2 s without an error", opened)
+}

@@ -48,9 +48,12 @@ type Event struct {
 // Watch streams changes to keys starting with prefix, in the order the
 // cluster applied them, beginning with one Granted event per current
 // holding, marked Current (a key held by several holders has one per
-// holder; a multi-key lease one per key). Extends are not reported (a grant stays in force until a
-// Released or Expired event). The channel closes when ctx ends or the stream breaks (after a
-// Reset event if it fell behind); watch again to resume. Close ends it.
+// holder; a multi-key lease one per key). Extends are not reported (a
+// grant stays in force until a Released or Expired event). The channel
+// closes when ctx ends or the stream breaks (after a Reset event if it
+// fell behind); watch again to resume. Close ends it. Watch fails as a
+// read does (ErrNoLeader after the retry timeout) when no node answers,
+// so a loop that watches again does not spin while the cluster is down.
 //
 // A stream served by a follower reports a change once the follower has
 // learnt that it committed: on an idle cluster up to the commit timeout
@@ -65,6 +68,17 @@ type Event struct {
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := c.readable("watch", "prefix", prefix); err != nil {
 		return nil, err
+	}
+	// Opening a stream says nothing of a cluster that is down: the stream
+	// just ends, at once and without an event, and a caller watching
+	// again in a loop (as the doc above says to) spun thousands of times
+	// a second (new-user review). A read of one holding first, with the
+	// retries of any read, says whether a node answers: if none does,
+	// Watch returns that error (ErrNoLeader after the retry timeout).
+	if _, err := retryRead(ctx, c, func(ctx context.Context) (*pb.ListResponse, error) {
+		return c.b.List(ctx, &pb.ListRequest{Prefix: prefix, Limit: 1})
+	}); err != nil {
+		return nil, classify("watch", prefix, err)
 	}
 	// Close ends the stream, as it ends everything else of the Client.
 	ctx, cancel := context.WithCancel(ctx)
