@@ -223,6 +223,10 @@ type Info struct {
 	// Remaining is the time left by the leader's clock when read; advisory
 	// only, never a basis for safety.
 	Remaining time.Duration
+	// Delay is the holding's lock-delay: how long the key stays blocked
+	// after the holding expires (0: none). While LockDelay is set,
+	// Remaining already counts to its end.
+	Delay time.Duration
 	// Shared and Semaphore say how the holding shares the key (Semaphore
 	// is the n of a semaphore; neither: exclusive).
 	Shared    bool
@@ -236,7 +240,7 @@ func infoFromPB(l *pb.Lease) Info {
 	info := Info{
 		Key: l.GetKey(), Holder: l.GetHolder(), Token: l.GetToken(), TTL: l.GetTtl().AsDuration(),
 		Value: l.GetValue(), LockDelay: l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY,
-		Remaining: l.GetRemaining().AsDuration(), SetKeys: l.GetSetKeys(),
+		Remaining: l.GetRemaining().AsDuration(), Delay: l.GetLockDelay().AsDuration(), SetKeys: l.GetSetKeys(),
 	}
 	switch l.GetMode() {
 	case pb.LeaseMode_LEASE_MODE_SHARED:

@@ -334,6 +334,26 @@ func TestAgentAndClientCommands(t *testing.T) {
 		}
 	}
 
+	// With a lock-delay the key is not free until that too has passed:
+	// --wait 0 says so as the cluster's refusal after a wait does (it
+	// said the rest of the grant alone).
+	code, out, errOut = cli(t, "acquire", "jobs/d", "--addr", addr, "--ttl", "30s", "--lock-delay", "1m", "--wait", "0", "-o", "json")
+	var d struct {
+		Token  uint64  `json:"token"`
+		Holder string  `json:"holder"`
+		Left   float64 `json:"holder_remaining_seconds"`
+	}
+	if err := json.Unmarshal([]byte(out), &d); code != 0 || err != nil {
+		t.Fatalf("acquire with a lock-delay: %d %s %s", code, out, errOut)
+	}
+	code, out, _ = cli(t, "acquire", "jobs/d", "--addr", addr, "--wait", "0", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &d); code != exitHeld || err != nil || d.Left < 60 {
+		t.Errorf("acquire --wait 0 of a key held for 30 s with a 1m lock-delay: exit %d, %q (%v); want %d and more than 60 s left", code, out, err, exitHeld)
+	}
+	if code, _, errOut := cli(t, "release", "jobs/d", "--addr", addr, "--token", strconv.FormatUint(d.Token, 10), "--holder", d.Holder); code != 0 {
+		t.Errorf("release of jobs/d: %d %s", code, errOut)
+	}
+
 	code, out, _ = cli(t, "get", "jobs/a", "--addr", addr)
 	if code != 0 || !strings.Contains(out, got.Holder) || !strings.Contains(out, "worker-1") {
 		t.Errorf("get: %d %q", code, out)
@@ -371,7 +391,7 @@ func TestAgentAndClientCommands(t *testing.T) {
 	// Metrics and probes on the API port.
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		code, body := httpGet(agents[1].api, "/metrics")
-		for _, want := range []string{"leasenode_grants_total 2", "leasenode_releases_total 2", `leasenode_raft_state{state="Follower"}`,
+		for _, want := range []string{"leasenode_grants_total 3", "leasenode_releases_total 3", `leasenode_raft_state{state="Follower"}`,
 			"leasenode_raft_applied_index", "leasenode_apply_lag_entries", "leasenode_leader_changes_total", "leasenode_leases 0", "go_goroutines",
 			`leasenode_refusals_total{port="node",reason="tls_handshake"}`} {
 			if code != 200 || !strings.Contains(body, want) {

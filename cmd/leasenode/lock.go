@@ -73,7 +73,12 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	if err == nil && ls == nil {
 		he = &lease.HeldError{Key: key}
 		if info, gerr := c.Get(tctx, key); gerr == nil && info != nil {
+			// As the cluster's refusal counts it (what --wait 500ms
+			// says): the rest of the grant, then its lock-delay.
 			he.Holder, he.Wait = info.Holder, info.Remaining
+			if !info.LockDelay {
+				he.Wait += info.Delay
+			}
 		}
 	}
 	cancel()
