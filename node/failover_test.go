@@ -52,16 +52,23 @@ func TestCampaignOrderAgreed(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	li, leader := c.Leader()
 	var ranks []int
-	for i := range 3 {
-		if i == li {
-			continue
+	// Each asks the other over node RPC within a second: on a busy host
+	// one ask may not be answered in time (the rank is asked again at
+	// every campaign), so the test asks until both have an answer.
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		ranks = ranks[:0]
+		for i := range 3 {
+			if i == li {
+				continue
+			}
+			r, ok := c.Node(i).CampaignRank(leader.ID())
+			if !ok {
+				return fmt.Errorf("n%d learned no other follower's log", i)
+			}
+			ranks = append(ranks, r)
 		}
-		r, ok := c.Node(i).CampaignRank(leader.ID())
-		if !ok {
-			t.Fatalf("n%d learned no other follower's log", i)
-		}
-		ranks = append(ranks, r)
-	}
+		return nil
+	})
 	if ranks[0]+ranks[1] != 1 {
 		t.Fatalf("campaign ranks of the two followers %v, want one 0 and one 1", ranks)
 	}
