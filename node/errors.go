@@ -3,6 +3,9 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -64,9 +67,33 @@ type AddrError struct {
 
 func (e *AddrError) Error() string {
 	if errors.Is(e.Err, syscall.EADDRINUSE) {
+		if lo, hi, ok := ephemeralPorts(); ok {
+			if _, p, err := net.SplitHostPort(e.Addr); err == nil {
+				if port, err := strconv.Atoi(p); err == nil && lo <= port && port <= hi {
+					return fmt.Sprintf("%s %s is in use (another agent? The port is in this host's ephemeral range, %d-%d, where every outgoing connection takes its source port, and a closed one holds it for a minute: choose a port below %d)",
+						e.Setting, e.Addr, lo, hi, lo)
+				}
+			}
+		}
 		return fmt.Sprintf("%s %s is in use (another agent?)", e.Setting, e.Addr)
 	}
 	return fmt.Sprintf("%s %s: %v", e.Setting, e.Addr, e.Err)
+}
+
+// ephemeralPorts is the kernel's range of source ports for outgoing
+// connections (Linux; ok false elsewhere).
+func ephemeralPorts() (lo, hi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	return lo, hi, err1 == nil && err2 == nil
 }
 
 func (e *AddrError) Unwrap() error { return e.Err }
