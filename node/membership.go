@@ -461,6 +461,10 @@ func isLocalIP(ip net.IP) bool {
 	return false
 }
 
+// seedsStarting is how long after Start a seed that refuses connections
+// is taken for one starting alongside this node (logged at Info, not Warn).
+const seedsStarting = 10 * time.Second
+
 // joinSeeds joins each seed on its own, so that one seed's failure is
 // seen even when another answered, and logs each failure with what it
 // most likely means: at most once per loglimit.Every for a seed and kind
@@ -476,7 +480,13 @@ func (n *Node) joinSeeds(ml *memberlist.Memberlist, seeds []string) bool {
 				if skipped > 0 {
 					args = append(args, loglimit.Skipped, skipped)
 				}
-				n.log.Warn("join failed; will retry", args...)
+				level := slog.LevelWarn
+				if time.Since(n.started) < seedsStarting && strings.Contains(err.Error(), "connection refused") {
+					// Nodes started together: a seed not listening yet
+					// is what a simultaneous start looks like.
+					level = slog.LevelInfo
+				}
+				n.log.Log(n.ctx, level, "join failed; will retry", args...)
 			}
 			continue
 		}
