@@ -108,7 +108,7 @@ func tlsHint(p lease.TLSProblem) string {
 		return "the cluster takes clients with a certificate of its CA: give --tls-cert and --tls-key (made by `leasenode tls cert create --client --name NAME`); " +
 			"if you gave them, --addr may be a node port (--bind), which takes node certificates only: give the agents' --api addresses"
 	case lease.TLSNodeIsPlain:
-		return "the address answered without TLS: the agent serves plain HTTP (leave out --tls-ca, --tls-cert and --tls-key), or --addr is not an --api address (a gossip or --http port)"
+		return "the address answered without TLS: the agent serves plain HTTP (leave out --tls-ca, --tls-cert and --tls-key, and unset LEASENODE_TLS_CA, LEASENODE_TLS_CERT and LEASENODE_TLS_KEY if set), or --addr is not an --api address (a gossip or --http port)"
 	case lease.TLSNodeRequiresTLS:
 		return "the node requires TLS: give --tls-ca (the cluster's CA) and, if it asks for client certificates, --tls-cert and --tls-key"
 	}
