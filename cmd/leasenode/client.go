@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -812,28 +813,20 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		return err
 	}
 	defer cl.Close(context.Background())
-	// Changes only happen through a leader: say at once if there is none
-	// (exit 3) rather than watch a cluster that cannot change.
-	api, err := cf.api()
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	rctx, rcancel := context.WithTimeout(ctx, cf.timeout)
-	_, err = retry(rctx, cf, func(ctx context.Context) (*pb.ListResponse, error) {
-		return api.List(ctx, &pb.ListRequest{Prefix: prefix, Limit: 1})
-	})
-	rcancel()
-	if err != nil {
-		return fmt.Errorf("watch %q: %w", prefix, err)
-	}
 	fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
 	var seen watchSeen
-	for ctx.Err() == nil {
+	for first := true; ctx.Err() == nil; first = false {
+		// Watch reads one holding first: with no leader it fails after
+		// the retry timeout (exit 3 the first time; later, the stream is
+		// sought again until ctrl-c).
 		events, err := cl.Watch(ctx, prefix)
 		if err != nil {
-			return err
+			if first || !errors.Is(err, lease.ErrNoLeader) || ctx.Err() != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "leasenode watch: %v; trying again\n", err)
+			continue
 		}
 		seen.restart()
 		for e := range events {
