@@ -133,11 +133,14 @@ func TestFormatGateRemembersADownServer(t *testing.T) {
 	c.Restart(other)
 	cfg := c.Config(other)
 	nodetest.Eventually(t, 20*time.Second, func() error {
-		if c.Node(other).Raft().State() == raft.Leader {
+		if n := c.Node(other); n.Raft().State() == raft.Leader && n.IsLeader() {
 			return nil
 		}
 		_, ln := c.Leader()
-		return ln.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error()
+		if err := ln.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error(); err != nil {
+			return err
+		}
+		return fmt.Errorf("leadership transfer to %s asked", cfg.ID) // done when it serves
 	})
 	n := c.Node(other)
 	r := acq("gate/down", "h1", 1, 30*time.Second)
@@ -212,7 +215,10 @@ func TestFormatGateWaitsForAServerNeverSeen(t *testing.T) {
 		if s := suffrage(t, l); s[cfg.ID] != raft.Voter {
 			return fmt.Errorf("configuration %v: %s is not a voter yet", s, cfg.ID)
 		}
-		return l.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error()
+		if err := l.Raft().LeadershipTransferToServer(raft.ServerID(cfg.ID), raft.ServerAddress(cfg.AdvertiseAddr)).Error(); err != nil {
+			return err
+		}
+		return fmt.Errorf("leadership transfer to %s asked: %s", cfg.ID, c.Describe())
 	})
 	n := c.Node(ni)
 	if _, in := suffrage(t, n)[oldID]; !in {
