@@ -170,3 +170,68 @@ func TestBootstrapBesideARestoredNode(t *testing.T) {
 	fresh := startFresh(t, old, cfg.GossipAddr, "n1", "n2", "n3")
 	oneCluster(t, append([]*node.Node{z9}, fresh...), "a", "h1", held.Token)
 }
+
+// Scenario (bootstrap-asks-everyone, adversarial review): the restored
+// node z9 is seen by n1 and then goes down before n2 and n3 start; they
+// never see it (gossip passes on a dead member only to nodes that saw it
+// alive). n1 had no Raft state of its own to answer them with, so n2 and
+// n3 bootstrapped {n1, n2, n3}, and when z9 came back both clusters served
+// the restored key with the same token. A member seen with a cluster id
+// now counts while it is down: n1 does not bootstrap and says so when
+// asked (StatusResponse.seen_cluster), and all three wait for z9.
+func TestBootstrapBesideADownRestoredNode(t *testing.T) {
+	old := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, l := old.Leader()
+	held := mustGrant(t, l, acq("a", "h1", 1, 10*time.Minute))
+	b, err := l.Backup(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := b.WriteTo(&backup); err != nil {
+		t.Fatal(err)
+	}
+	old.Kill(0)
+	cfg := old.Config(0)
+	cfg.ID, cfg.DataDir, cfg.Join = "z9", filepath.Join(t.TempDir(), "z9"), nil
+	if _, err := node.Restore(cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
+		t.Fatal(err)
+	}
+	z9, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1 := old.Beside("n1")
+	c1.BootstrapExpect, c1.Join = 3, []string{cfg.GossipAddr}
+	n1, err := node.Start(context.Background(), c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n1.Close(context.Background()) })
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		st, err := n1.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{})
+		if err != nil || st.GetSeenCluster() == "" {
+			return fmt.Errorf("n1 has not seen z9's cluster yet: %v %v", st, err)
+		}
+		return nil
+	})
+	z9.Crash()
+	fresh := startFresh(t, old, c1.GossipAddr, "n2", "n3")
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		for _, n := range append([]*node.Node{n1}, fresh...) {
+			if n.Raft().LastIndex() > 0 {
+				t.Fatalf("%s bootstrapped a cluster while z9, seen by n1, was down", n.ID())
+			}
+			if n.WaitsToBootstrap() {
+				return fmt.Errorf("%s has not decided yet", n.ID())
+			}
+		}
+		return nil
+	})
+	z9, err = node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z9.Close(context.Background()) })
+	oneCluster(t, append([]*node.Node{z9, n1}, fresh...), "a", "h1", held.Token)
+}

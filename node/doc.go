@@ -145,8 +145,13 @@
 // nodes whose IDs sort before a restored node's (n1-n3 beside z9) asked
 // only each other, founded a second cluster in the same gossip pool, and
 // both granted the restored keys, with the same tokens (adversarial
-// review; TestBootstrapBesideARestoredNode,
-// TestBootstrapBesideARunningCluster). (Its counterpart for data that
+// review). A member gossip has shown with a cluster id counts even while
+// it is down, and a node that has seen one says so when asked
+// (StatusResponse.seen_cluster): gossip passes a dead member on only to
+// nodes that saw it alive, so nodes started after the restored node went
+// down asked only the one that had seen it, which had no state to answer
+// with. TestBootstrapBesideARestoredNode, TestBootstrapBesideARunningCluster,
+// TestBootstrapBesideADownRestoredNode. (Its counterpart for data that
 // already belongs to a cluster is one-cluster-per-data-dir, below.)
 //
 // bootstrap-decides: a node waiting to bootstrap joins as soon as one

@@ -78,3 +78,11 @@ func FrameBurst(l Limits) int {
 	l = l.withDefaults(DefaultTiming())
 	return int(newFrameBudget(l.MaxFrameRate, l.MaxStreams, nil).burst)
 }
+
+// WaitsToBootstrap reports whether this node still waits to decide
+// between bootstrapping a cluster and joining one (BootstrapExpect).
+func (n *Node) WaitsToBootstrap() bool {
+	n.cluster.mu.Lock()
+	defer n.cluster.mu.Unlock()
+	return n.cluster.waiting
+}

@@ -765,6 +765,19 @@ func (n *Node) rejoin() {
 	})
 }
 
+// seenCluster returns a member other than this node that gossip has shown
+// with a cluster id, and that id, unless the member left ("", "" if none):
+// while this node has no cluster of its own, it bootstraps beside no such
+// member, even one that is down (bootstrap-asks-everyone).
+func (n *Node) seenCluster() (id, cluster string) {
+	for _, m := range n.members.list() {
+		if m.ID != n.cfg.ID && m.Cluster != "" && m.Status != statusLeft {
+			return m.ID, m.Cluster
+		}
+	}
+	return "", ""
+}
+
 func (n *Node) hasState() bool {
 	return n.raft.LastIndex() > 0
 }
@@ -823,8 +836,15 @@ func (n *Node) tryBootstrap() bool {
 	// Like Consul: never bootstrap next to a node that has Raft state (an
 	// existing cluster, or the first node of one restored from a backup),
 	// or two clusters could serve the same keys. Its leader adds us.
-	// Every member gossip does not call dead is asked, not only those
-	// the configuration takes (invariant bootstrap-asks-everyone).
+	// A member gossip has shown with a cluster id counts even while it is
+	// down, and every member gossip does not call dead is asked, not only
+	// those the configuration takes (invariant bootstrap-asks-everyone).
+	if id, cluster := n.seenCluster(); cluster != "" {
+		n.log.Info("not bootstrapping: a member belongs to a cluster already; waiting for its leader to add this node",
+			"component", "node.membership", "member", id, "cluster", cluster)
+		n.cluster.joining()
+		return true
+	}
 	switch id, err := n.peerWithState(asked); {
 	case err != nil:
 		n.log.Debug("bootstrap postponed", "err", err)
@@ -877,8 +897,8 @@ func (n *Node) peerWithState(members []member) (string, error) {
 			unasked = append(unasked, fmt.Errorf("status of %s: %w", m.ID, err))
 			continue
 		}
-		if st.GetLastIndex() > 0 {
-			return m.ID, nil
+		if st.GetLastIndex() > 0 || st.GetSeenCluster() != "" {
+			return m.ID, nil // it has state, or has seen a member that has
 		}
 	}
 	return "", errors.Join(unasked...)

@@ -357,6 +357,9 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		ClusterId:   n.cluster.get(),
 		Version:     buildinfo.Get().Short(),
 	}
+	if resp.ClusterId == "" {
+		_, resp.SeenCluster = n.seenCluster()
+	}
 	if ls := n.lead.Load(); ls != nil {
 		resp.Serving = true
 		resp.Waiters = uint64(ls.queues.count())

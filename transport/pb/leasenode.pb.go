@@ -2202,7 +2202,13 @@ type StatusResponse struct {
 	// from a modified tree). `leasenode status` and `members` show it; a
 	// rolling upgrade is done when every node reports the new one. Empty
 	// from versions that predate the field.
-	Version       string `protobuf:"bytes,13,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,13,opt,name=version,proto3" json:"version,omitempty"`
+	// seen_cluster: a cluster id this node, which has none yet, saw in
+	// gossip on another member (alive or not, unless it left): a node
+	// waiting to bootstrap does not bootstrap beside such a member, and
+	// neither do the nodes that ask it (it may be a restored node that is
+	// down for a while, which the askers never saw).
+	SeenCluster   string `protobuf:"bytes,14,opt,name=seen_cluster,json=seenCluster,proto3" json:"seen_cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2324,6 +2330,13 @@ func (x *StatusResponse) GetClusterId() string {
 func (x *StatusResponse) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetSeenCluster() string {
+	if x != nil {
+		return x.SeenCluster
 	}
 	return ""
 }
@@ -2601,7 +2614,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x0fMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12.\n" +
 	"\amembers\x18\x02 \x03(\v2\x14.leasenode.v1.MemberR\amembers\"\x0f\n" +
-	"\rStatusRequest\"\x86\x03\n" +
+	"\rStatusRequest\"\xa9\x03\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -2619,7 +2632,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\bapi_addr\x18\v \x01(\tR\aapiAddr\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\f \x01(\tR\tclusterId\x12\x18\n" +
-	"\aversion\x18\r \x01(\tR\aversion\"\x98\x01\n" +
+	"\aversion\x18\r \x01(\tR\aversion\x12!\n" +
+	"\fseen_cluster\x18\x0e \x01(\tR\vseenCluster\"\x98\x01\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +
