@@ -469,17 +469,29 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		}
 		return nil, refusal
 	}
-	if spent > 0 && (ctx.Err() == nil || !maybe) {
+	// A refusal of the request itself (invalid: a leader that cannot write
+	// its shape while an older node is a server, say) after an attempt
+	// that may have been applied is no answer about that attempt: a grant
+	// of it would stand for its TTL while the caller heard "invalid".
+	refused := ctx.Err() == nil && maybe && reasonOf(err) == pb.Reason_REASON_INVALID
+	if spent > 0 && (ctx.Err() == nil && !refused || !maybe) {
 		return nil, spentError(key, err)
 	}
 	cause := context.Cause(ctx)
-	if ctx.Err() == nil || !maybe {
+	if !refused && (ctx.Err() == nil || !maybe) {
 		// Nothing was applied (no leader, or the wait ended), or a
 		// failure the caller must see as it is.
 		return nil, classify("acquire", key, err)
 	}
-	// An attempt may have been granted just as we gave up: settle it.
+	// An attempt may have been granted just as we gave up, or before the
+	// refusal: settle it.
 	_, held, rerr := c.abandon(req, began)
+	if refused {
+		if rerr != nil {
+			return nil, fmt.Errorf("acquire %q: %w: an earlier attempt may have been granted (%v), and then: %w", key, ErrUnknownOutcome, rerr, classify("acquire", key, err))
+		}
+		return nil, classify("acquire", key, err) // settled: nothing of it is held
+	}
 	if rerr != nil {
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
 	}

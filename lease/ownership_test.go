@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -245,4 +246,53 @@ func TestNodePortIsNotAnAPI(t *testing.T) {
 		t.Fatalf("Dial of a node port and an API address: %v", err)
 	}
 	cl.Close(context.Background())
+}
+
+// invalidAfterApplied applies the first Acquire and loses its reply (an
+// unknown outcome), then refuses the retry as invalid: what a replacement
+// leader's format gate did to the retry of a shaped grant whose reply was
+// lost (adversarial review).
+type invalidAfterApplied struct {
+	lease.Backend
+	calls atomic.Int32
+}
+
+func (b *invalidAfterApplied) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	switch b.calls.Add(1) {
+	case 1:
+		if _, err := b.Backend.Acquire(ctx, r); err != nil {
+			return nil, err
+		}
+		return nil, errors.New("test: the reply was lost")
+	case 2:
+		return nil, fmt.Errorf("%w: node n2 may run an older leasenode (test)", node.ErrInvalid)
+	}
+	return b.Backend.Acquire(ctx, r)
+}
+
+// An attempt that may have been granted, then a refusal of the retry: the
+// grant is settled (released) before the refusal reaches the caller. It
+// stood for its TTL while the caller heard "invalid".
+func TestRefusalAfterAnUnknownOutcomeSettlesIt(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	cl, err := lease.New(&invalidAfterApplied{Backend: n}, lease.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "settle/k")
+	if l != nil || !errors.Is(err, lease.ErrInvalid) {
+		t.Fatalf("TryAcquire: %v %v, want the refusal (ErrInvalid)", l, err)
+	}
+	other, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	l, err = other.TryAcquire(ctxT(t, 10*time.Second), "settle/k")
+	if err != nil || l == nil {
+		t.Fatalf("after the refusal another client's TryAcquire: %v %v; the first attempt's grant still holds the key", l, err)
+	}
+	l.Release(context.Background())
 }
