@@ -836,8 +836,9 @@ func TestNoQuorumErrorSaysWhy(t *testing.T) {
 }
 
 // A watch begins with the holdings current when it started, marked
-// Current, and then reports grants made since, not marked: a consumer (the
-// CLI prints the first as "held") can tell the two apart.
+// Current, then Listed, and then reports grants made since, not marked: a
+// consumer (the CLI prints the first as "held") can tell the two apart,
+// and knows where the listing ends.
 func TestWatchMarksTheCurrentListing(t *testing.T) {
 	forBackends(t, func(t *testing.T, e *env) {
 		a, _ := e.newClient(t)
@@ -852,13 +853,15 @@ func TestWatchMarksTheCurrentListing(t *testing.T) {
 		if err != nil || old == nil {
 			t.Fatal(old, err)
 		}
-		select {
-		case ev := <-before:
-			if ev.Key != "cur/a" || ev.Current {
-				t.Fatalf("first watch: %+v, want the new grant of cur/a", ev)
+		for _, want := range []lease.EventType{lease.Listed, lease.Granted} {
+			select {
+			case ev := <-before:
+				if ev.Type != want || want == lease.Granted && (ev.Key != "cur/a" || ev.Current) {
+					t.Fatalf("first watch: %+v, want %s (of cur/a, new)", ev, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the first watch sent no %s within 10 s", want)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the first watch saw no grant within 10 s")
 		}
 		events, err := a.Watch(ctx, "cur/")
 		if err != nil {
@@ -878,6 +881,9 @@ func TestWatchMarksTheCurrentListing(t *testing.T) {
 		}
 		if ev := next(); ev.Type != lease.Granted || ev.Key != "cur/a" || !ev.Current || ev.Token != old.Token() {
 			t.Fatalf("first event %+v, want the current holding of cur/a marked Current", ev)
+		}
+		if ev := next(); ev.Type != lease.Listed || ev.Index < old.Token() {
+			t.Fatalf("event after the listing %+v, want Listed at or after index %d", ev, old.Token())
 		}
 		l, err := a.TryAcquire(ctx, "cur/b")
 		if err != nil || l == nil {

@@ -19,6 +19,11 @@ const (
 	// Reset: the watch fell behind or the node restored a snapshot; re-read
 	// the state with List. The channel closes after it.
 	Reset EventType = "reset"
+	// Listed follows the Current events a stream begins with: they were
+	// every holding when it began, so one a consumer knew of from an
+	// earlier stream and that is not among them has ended meanwhile.
+	// (Servers older than this event send none.)
+	Listed EventType = "listed"
 )
 
 // Event is one change to a lease record.
@@ -65,6 +70,9 @@ type Event struct {
 // has not applied everything the earlier one had (after a leader change):
 // skip its events whose Index is at or below the last one handled (as
 // `leasenode watch` does), unless the earlier stream ended with Reset.
+// Its listing ends with a Listed event: a holding an earlier stream
+// reported and the listing does not name ended while no stream was open
+// (its Released or Expired event went to no stream).
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := c.readable("watch", "prefix", prefix); err != nil {
 		return nil, err
@@ -83,7 +91,7 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 	// Close ends the stream, as it ends everything else of the Client.
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(c.closing, cancel)
-	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true})
+	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true, Listed: true})
 	if err != nil {
 		stop()
 		cancel()
@@ -122,6 +130,8 @@ func eventType(t pb.EventType) EventType {
 		return Expired
 	case pb.EventType_EVENT_TYPE_FREED:
 		return Freed
+	case pb.EventType_EVENT_TYPE_LISTED:
+		return Listed
 	}
 	return Reset
 }

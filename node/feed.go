@@ -245,6 +245,12 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 				}
 				after = next
 			}
+			if req.GetListed() && !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_LISTED, Index: since}) {
+				if h.isReset(w) {
+					sendReset()
+				}
+				return
+			}
 		}
 		for {
 			w.mu.Lock()

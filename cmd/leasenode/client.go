@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -780,13 +781,62 @@ func (ap *app) watchCmd() *cobra.Command {
 // or below the highest index shown before it are skipped. (Within a
 // stream the listing comes in key order, not index order: nothing of the
 // stream itself is skipped.) After a reset the state is listed afresh.
+//
+// It also keeps the holdings shown as held, so that one that ended while
+// no stream was open (its release went to no stream) is shown as ended
+// when the next stream's listing, complete at its Listed event, lacks it.
 type watchSeen struct {
-	seen  uint64 // the highest index shown
-	floor uint64 // seen when the current stream started
+	seen    uint64 // the highest index shown
+	floor   uint64 // seen when the current stream started
+	streams int
+	held    map[string]lease.Event // shown as held, by key and token
+	listed  map[string]bool        // the current stream's listing so far
 }
 
 // restart is called as a new stream starts.
-func (w *watchSeen) restart() { w.floor = w.seen }
+func (w *watchSeen) restart() {
+	w.floor = w.seen
+	w.streams++
+	w.listed = map[string]bool{}
+	if w.held == nil {
+		w.held = map[string]lease.Event{}
+	}
+}
+
+func holdingID(e lease.Event) string { return e.Key + "\x00" + strconv.FormatUint(e.Token, 10) }
+
+// track notes e in the holdings shown and returns those that ended
+// between streams (at the Listed event of any stream but the first: shown
+// held, granted at or before the listing's index, and not listed), in key
+// order.
+func (w *watchSeen) track(e lease.Event) []lease.Event {
+	switch e.Type {
+	case lease.Granted:
+		if e.Current {
+			w.listed[holdingID(e)] = true
+		}
+		w.held[holdingID(e)] = e
+	case lease.Released, lease.Expired:
+		delete(w.held, holdingID(e))
+	case lease.Listed:
+		if w.streams == 1 {
+			return nil
+		}
+		var ended []lease.Event
+		for id, h := range w.held {
+			// A grant after the listing's index may just not have
+			// reached the node serving this stream yet (its event
+			// comes later): not ended.
+			if !w.listed[id] && h.Token <= e.Index {
+				ended = append(ended, h)
+				delete(w.held, id)
+			}
+		}
+		slices.SortFunc(ended, func(a, b lease.Event) int { return strings.Compare(a.Key, b.Key) })
+		return ended
+	}
+	return nil
+}
 
 // show reports whether e is news, and notes it.
 func (w *watchSeen) show(e lease.Event) bool {
@@ -830,7 +880,16 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		}
 		seen.restart()
 		for e := range events {
-			if !seen.show(e) {
+			for _, h := range seen.track(e) {
+				if cf.json() {
+					_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": "ended", "index": h.Index,
+						"key": h.Key, "holder": h.Holder, "token": h.Token, "value": string(h.Value)})
+					continue
+				}
+				fmt.Printf("%s  %-8s  %s  holder=%s token=%d (released or expired while the watch reconnected)\n",
+					time.Now().Format("15:04:05.000"), "ended", h.Key, dash(h.Holder), h.Token)
+			}
+			if e.Type == lease.Listed || !seen.show(e) {
 				continue
 			}
 			now := time.Now().Format("15:04:05.000")

@@ -42,3 +42,38 @@ func TestWatchAgainSkipsWhatWasShown(t *testing.T) {
 		}
 	}
 }
+
+// A holding that ended while no stream was open (its release went to no
+// stream) is shown as ended at the next stream's Listed event, when its
+// listing lacks it (adversarial review: a consumer kept a released key as
+// held). A holding granted after the listing's index is not: the node
+// serving the new stream may not have applied it yet.
+func TestWatchAgainShowsWhatEndedBetweenStreams(t *testing.T) {
+	var w watchSeen
+	var ended []string
+	stream := func(events ...lease.Event) {
+		w.restart()
+		for _, e := range events {
+			for _, h := range w.track(e) {
+				ended = append(ended, h.Key)
+			}
+		}
+	}
+	held := func(key string, token uint64, current bool) lease.Event {
+		return lease.Event{Type: lease.Granted, Key: key, Index: token, Token: token, Current: current}
+	}
+	listed := func(index uint64) lease.Event { return lease.Event{Type: lease.Listed, Index: index} }
+	stream(held("a", 5, true), held("b", 6, true), listed(6), held("c", 9, false))
+	if len(ended) != 0 {
+		t.Fatalf("the first stream ended %v", ended)
+	}
+	// a was released, c is granted at 9 but the new node has applied only 8.
+	stream(held("b", 6, true), listed(8))
+	if len(ended) != 1 || ended[0] != "a" {
+		t.Fatalf("ended %v, want [a]", ended)
+	}
+	stream(held("b", 6, true), held("c", 9, true), listed(9))
+	if len(ended) != 1 {
+		t.Fatalf("ended %v after a listing with b and c, want only [a]", ended)
+	}
+}

@@ -203,6 +203,11 @@ const (
 	// RESET: the node's state was replaced by a snapshot or the watcher fell
 	// behind; re-read with List.
 	EventType_EVENT_TYPE_RESET EventType = 6
+	// LISTED: the initial records are all sent (WatchRequest.listed): a
+	// record not among them was not held when the stream began, whatever a
+	// stream before this one said. index is the last change the listing
+	// includes; every later event has a higher one.
+	EventType_EVENT_TYPE_LISTED EventType = 7
 )
 
 // Enum value maps for EventType.
@@ -215,6 +220,7 @@ var (
 		4: "EVENT_TYPE_EXPIRED",
 		5: "EVENT_TYPE_FREED",
 		6: "EVENT_TYPE_RESET",
+		7: "EVENT_TYPE_LISTED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED": 0,
@@ -224,6 +230,7 @@ var (
 		"EVENT_TYPE_EXPIRED":     4,
 		"EVENT_TYPE_FREED":       5,
 		"EVENT_TYPE_RESET":       6,
+		"EVENT_TYPE_LISTED":      7,
 	}
 )
 
@@ -1829,7 +1836,10 @@ type WatchRequest struct {
 	Initial bool `protobuf:"varint,2,opt,name=initial,proto3" json:"initial,omitempty"`
 	// extends includes EXTENDED events. Off by default: a busy cluster
 	// extends thousands of leases per second.
-	Extends       bool `protobuf:"varint,3,opt,name=extends,proto3" json:"extends,omitempty"`
+	Extends bool `protobuf:"varint,3,opt,name=extends,proto3" json:"extends,omitempty"`
+	// listed asks for a LISTED event after the initial records (with
+	// initial): servers before it send none.
+	Listed        bool `protobuf:"varint,4,opt,name=listed,proto3" json:"listed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1881,6 +1891,13 @@ func (x *WatchRequest) GetInitial() bool {
 func (x *WatchRequest) GetExtends() bool {
 	if x != nil {
 		return x.Extends
+	}
+	return false
+}
+
+func (x *WatchRequest) GetListed() bool {
+	if x != nil {
+		return x.Listed
 	}
 	return false
 }
@@ -2590,11 +2607,12 @@ const file_leasenode_proto_rawDesc = "" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x12#\n" +
 	"\rcurrent_token\x18\x03 \x01(\x04R\fcurrentToken\x12\x16\n" +
 	"\x06holder\x18\x04 \x01(\tR\x06holder\x12/\n" +
-	"\bholdings\x18\x05 \x03(\v2\x13.leasenode.v1.LeaseR\bholdings\"Z\n" +
+	"\bholdings\x18\x05 \x03(\v2\x13.leasenode.v1.LeaseR\bholdings\"r\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\ainitial\x18\x02 \x01(\bR\ainitial\x12\x18\n" +
-	"\aextends\x18\x03 \x01(\bR\aextends\"\x94\x01\n" +
+	"\aextends\x18\x03 \x01(\bR\aextends\x12\x16\n" +
+	"\x06listed\x18\x04 \x01(\bR\x06listed\"\x94\x01\n" +
 	"\n" +
 	"WatchEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.leasenode.v1.EventTypeR\x04type\x12\x14\n" +
@@ -2657,7 +2675,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"LeaseState\x12\x1b\n" +
 	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_STATE_HELD\x10\x01\x12\x1a\n" +
-	"\x16LEASE_STATE_LOCK_DELAY\x10\x02*\xb5\x01\n" +
+	"\x16LEASE_STATE_LOCK_DELAY\x10\x02*\xcc\x01\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12EVENT_TYPE_GRANTED\x10\x01\x12\x17\n" +
@@ -2665,7 +2683,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x13EVENT_TYPE_RELEASED\x10\x03\x12\x16\n" +
 	"\x12EVENT_TYPE_EXPIRED\x10\x04\x12\x14\n" +
 	"\x10EVENT_TYPE_FREED\x10\x05\x12\x14\n" +
-	"\x10EVENT_TYPE_RESET\x10\x06*\xe5\x01\n" +
+	"\x10EVENT_TYPE_RESET\x10\x06\x12\x15\n" +
+	"\x11EVENT_TYPE_LISTED\x10\a*\xe5\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11REASON_NOT_LEADER\x10\x01\x12\x14\n" +
