@@ -355,3 +355,25 @@ func TestReadyAsksTheLeadersCommitIndex(t *testing.T) {
 		t.Errorf("a follower cut off from leader %d is ready", li)
 	}
 }
+
+// /readyz answers without credentials: its reason says what the node sees
+// in counts, and names no node (outsider review: it listed every member
+// gossip saw while waiting to bootstrap).
+func TestReadyzNamesNoNode(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	cfg := c.Beside("alone")
+	cfg.BootstrapExpect, cfg.Join = 3, nil
+	n, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close(context.Background())
+	m := metrics.New(metrics.Options{})
+	m.Attach(n)
+	srv := httptest.NewServer(m.Handlers()["/readyz"])
+	defer srv.Close()
+	code, body := get(t, strings.TrimPrefix(srv.URL, "http://"), "/readyz")
+	if code != 503 || !strings.Contains(body, "waiting to bootstrap: 1 of 3 expected nodes seen") || strings.Contains(body, n.ID()) {
+		t.Errorf("/readyz of a node waiting to bootstrap: %d %q; want 503, the counts, and no node ID", code, body)
+	}
+}

@@ -573,45 +573,49 @@ func (n *Node) notLeaderErr() error {
 // noLeaderErr is ErrNoLeader saying what this node sees, so that a user
 // can tell an election from a cluster that never formed.
 func (n *Node) noLeaderErr() error {
-	return &LeaderError{Err: ErrNoLeader, Detail: n.NoLeaderReason()}
+	return &LeaderError{Err: ErrNoLeader, Detail: n.noLeaderDetail(true)}
 }
 
 // NoLeaderReason says what this node sees while it knows no leader: its
-// Raft state and term and how many voters gossip finds alive ("node n1 is
-// Candidate in term 7; 1 of 3 voters alive in gossip"), or that it waits
-// to bootstrap or to be added. Readiness probes and ErrNoLeader's detail
-// say it.
-func (n *Node) NoLeaderReason() string {
+// Raft state and term and how many voters gossip finds alive ("Candidate
+// in term 7; 1 of 3 voters alive in gossip"), or that it waits to
+// bootstrap or to be added. It names no node: readiness probes, which
+// answer without credentials, say it (ErrNoLeader's detail, for clients
+// with the token, names them).
+func (n *Node) NoLeaderReason() string { return n.noLeaderDetail(false) }
+
+// noLeaderDetail is NoLeaderReason, naming this node and the members
+// gossip finds alive if names.
+func (n *Node) noLeaderDetail(names bool) string {
 	var alive []string
 	for _, m := range n.members.list() {
 		if m.Status == statusAlive {
 			alive = append(alive, m.ID)
 		}
 	}
-	var detail string
+	self, seen := "this node", ""
+	if names {
+		self, seen = "node "+n.cfg.ID, " ("+strings.Join(alive, ", ")+")"
+	}
 	if n.cfg.BootstrapExpect > 0 && !n.hasState() {
-		detail = fmt.Sprintf("waiting to bootstrap: %d of %d expected nodes seen (%s)",
-			len(alive), n.cfg.BootstrapExpect, strings.Join(alive, ", "))
-	} else {
-		voters, reachable := 0, 0
-		if f := n.raft.GetConfiguration(); f.Error() == nil {
-			for _, s := range f.Configuration().Servers {
-				if s.Suffrage != raft.Voter {
-					continue
-				}
-				voters++
-				if slices.Contains(alive, string(s.ID)) {
-					reachable++
-				}
+		return fmt.Sprintf("waiting to bootstrap: %d of %d expected nodes seen%s", len(alive), n.cfg.BootstrapExpect, seen)
+	}
+	voters, reachable := 0, 0
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage != raft.Voter {
+				continue
+			}
+			voters++
+			if slices.Contains(alive, string(s.ID)) {
+				reachable++
 			}
 		}
-		detail = fmt.Sprintf("node %s is %s in term %d; %d of %d voters alive in gossip",
-			n.cfg.ID, n.raft.State(), n.raft.CurrentTerm(), reachable, voters)
-		if voters == 0 {
-			detail = fmt.Sprintf("node %s is in no cluster yet (not bootstrapped; waiting to be added by a leader)", n.cfg.ID)
-		}
 	}
-	return detail
+	if voters == 0 {
+		return self + " is in no cluster yet (not bootstrapped; waiting to be added by a leader)"
+	}
+	return fmt.Sprintf("%s is %s in term %d; %d of %d voters alive in gossip", self, n.raft.State(), n.raft.CurrentTerm(), reachable, voters)
 }
 
 // leader returns the serving leader state, waiting (bounded by ctx and a
