@@ -1506,3 +1506,24 @@ func TestUnauthenticatedFloodClosesItsOwn(t *testing.T) {
 		t.Fatalf("the client's request beside the flood: %q, %v", status, err)
 	}
 }
+
+// Reads refuse a key or prefix longer than any key, as writes do: Get,
+// List and CheckToken answered a 1 MiB key (outsider review).
+func TestReadsRefuseKeysLongerThanAnyKey(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, n := c.Leader()
+	long := strings.Repeat("k", fsm.MaxKeyLen+1)
+	for name, call := range map[string]func() error{
+		"get":        func() error { _, err := n.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: long}); return err },
+		"list":       func() error { _, err := n.List(ctxT(t, 5*time.Second), &pb.ListRequest{Prefix: long}); return err },
+		"list after": func() error { _, err := n.List(ctxT(t, 5*time.Second), &pb.ListRequest{After: long}); return err },
+		"checktoken": func() error {
+			_, err := n.CheckToken(ctxT(t, 5*time.Second), &pb.CheckTokenRequest{Key: long, Token: 1})
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "exceeds") {
+			t.Errorf("%s of a %d-byte key: %v, want ErrInvalid naming the limit", name, len(long), err)
+		}
+	}
+}

@@ -529,6 +529,12 @@ func (n *Node) quota(ls *leaderState, cmd *fsm.Acquire, items []fsm.Item, releas
 // List and Watch that meets it fail to encode, for every client.
 func text(fields ...string) error {
 	for i := 0; i+1 < len(fields); i += 2 {
+		// No key is longer than fsm.MaxKeyLen, so no longer key, prefix
+		// or position names one: refused as a write's key is (reads
+		// took a 1 MiB key; outsider review).
+		if len(fields[i+1]) > fsm.MaxKeyLen {
+			return fmt.Errorf("%w: %s of %d bytes exceeds %d (the longest key)", ErrInvalid, fields[i], len(fields[i+1]), fsm.MaxKeyLen)
+		}
 		if !utf8.ValidString(fields[i+1]) {
 			return fmt.Errorf("%w: %s %q is not valid UTF-8 (keys, prefixes and holders are text)", ErrInvalid, fields[i], fields[i+1])
 		}
