@@ -138,6 +138,29 @@ type limitedConn struct {
 	source    string    // the remote IP
 	authTimer *time.Timer
 	once      sync.Once
+	// answered: 0, then 1 once this side wrote, then 2 once the peer
+	// sent something after that (a TLS client's second flight, a request
+	// after an answer): a peer that answers back is evicted after those
+	// that never did (atomic: Read and Write are the hot path).
+	answered atomic.Int32
+}
+
+// Read notes the peer's answer to what this side wrote (see answered).
+func (c *limitedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.answered.Load() == 1 {
+		c.answered.Store(2)
+	}
+	return n, err
+}
+
+// Write notes that this side wrote (see answered).
+func (c *limitedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 && c.answered.Load() == 0 {
+		c.answered.CompareAndSwap(0, 1)
+	}
+	return n, err
 }
 
 // SetReadDeadline sets the read deadline t, or firstBy if earlier while
@@ -378,11 +401,18 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 }
 
 // worse reports whether c is to be closed before v, both without the
-// token: one that made requests without it first, then one from the
-// source with more such connections, then the older.
+// token: one that made requests without it first, then one whose peer
+// never answered what this side sent (a silent connection, a replayed
+// TLS ClientHello that cannot finish its handshake: from many source
+// addresses the per-source count ties, and those evicted a real client
+// mid-handshake, 9 of 35 fresh clients with the token; outsider review),
+// then one from the source with more such connections, then the older.
 func worse(c, v *limitedConn, per map[string]int) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
+	}
+	if ca, va := c.answered.Load() == 2, v.answered.Load() == 2; ca != va {
+		return va
 	}
 	if cn, vn := per[c.source], per[v.source]; cn != vn {
 		return cn > vn

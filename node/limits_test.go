@@ -1527,3 +1527,69 @@ func TestReadsRefuseKeysLongerThanAnyKey(t *testing.T) {
 		}
 	}
 }
+
+// At the cap of connections without the token, from as many source
+// addresses as there are connections (the count per address ties), the
+// one closed is one whose peer never answered what the node sent, not a
+// client that did: an outsider's silent connections and replayed TLS
+// ClientHellos from 249 addresses failed 9 of 35 fresh clients with the
+// token, evicted mid-handshake as the oldest.
+func TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+	}})
+	_, l := c.Leader()
+	_, port, _ := net.SplitHostPort(l.APIAddr())
+	target := net.JoinHostPort("127.0.0.1", port)
+	// A client past its handshake, before its first request: it read the
+	// node's SETTINGS and answered them, and two PINGs, the second sent
+	// after the first's ack, so the node has read an answer to what it
+	// wrote.
+	client := dialH2(t, target, nil)
+	for want := int64(1); want <= 2; want++ {
+		if _, err := client.Write(h2Frame(nil, h2Ping, 0, 0, make([]byte, 8))); err != nil {
+			t.Fatal(err)
+		}
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if client.acks.Load() < want {
+				return errors.New("no PING ack yet")
+			}
+			return nil
+		})
+	}
+	var flood []net.Conn
+	defer func() {
+		for _, f := range flood {
+			f.Close()
+		}
+	}()
+	for i := range 3 * 64 {
+		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(2+i))}}
+		f, err := d.Dial("tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, f)
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 2*64 {
+			return fmt.Errorf("%d closed at the cap so far", n)
+		}
+		return nil
+	})
+	req := h2Frame(nil, h2Headers, h2EndHeaders, 1, h2Request("http", "Status", "s3cret"))
+	if _, err := client.Write(h2Frame(req, h2Data, h2EndStream, 1, []byte("{}"))); err != nil {
+		t.Fatalf("the client's connection was closed by the flood: %v", err)
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		select {
+		case <-client.closed:
+			t.Fatal("the node closed the client's connection for the flood's")
+		default:
+		}
+		if client.replies.Load() == 0 {
+			return errors.New("no reply to the client's request yet")
+		}
+		return nil
+	})
+}
