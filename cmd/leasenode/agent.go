@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/metrics"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport"
@@ -530,7 +531,9 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 	// and at most maxProbeConns open.
 	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
-	p.ln = &probeListener{Listener: ln, max: maxProbeConns}
+	pl := &probeListener{Listener: ln, max: maxProbeConns, log: log, evicted: loglimit.New()}
+	p.srv.ConnState = pl.connState
+	p.ln = pl
 	go func() {
 		if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("--http server stopped", "err", err)

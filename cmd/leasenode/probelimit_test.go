@@ -47,3 +47,61 @@ func TestProbePortBoundsConnections(t *testing.T) {
 		t.Fatalf("%d connections open, want at most %d", open, maxProbeConns)
 	}
 }
+
+// A probe being answered is not the connection closed for a new one: a
+// churn of silent connections took the place of the oldest whatever it
+// did, and cut 5 of 31 /readyz probes off mid-answer (outsider review).
+// Silent ones go first.
+func TestProbePortKeepsARequestInFlight(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	p, err := serveProbes("127.0.0.1:0", map[string]http.Handler{
+		"/slow": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			close(entered)
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
+			io.WriteString(w, "ok")
+		}),
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: 20 * time.Second}).Get("http://" + p.Addr() + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the probe's request did not arrive")
+	}
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for range 3 * maxProbeConns {
+		c, err := net.DialTimeout("tcp", p.Addr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	close(release)
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("a probe answered beside %d silent connections: %v", len(silent), err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the probe was not answered")
+	}
+}
