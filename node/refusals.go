@@ -1,6 +1,10 @@
 package node
 
-import "github.com/leasenode/leasenode/transport"
+import (
+	"time"
+
+	"github.com/leasenode/leasenode/transport"
+)
 
 // Ports of Refusals besides the node port (transport.PortNode).
 const (
@@ -42,6 +46,9 @@ const (
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
 //     sending frames faster than Limits.MaxFrameRate.
 //
+// Reads paced by Limits.MaxAPIRate are not refusals: APIPacing counts
+// them.
+//
 // Single requests refused for the auth token (401), size (413) or
 // Content-Type (415) are not here: the metrics package counts them by
 // status code.
@@ -65,4 +72,16 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
 	)
+}
+
+// APIPacing reports how many client API reads (HTTP/2) and requests
+// (HTTP/1) waited for their turn of Limits.MaxAPIRate since the node
+// started, and how long they waited in all (the metrics package exports
+// them as leasenode_api_paced_total and
+// leasenode_api_paced_seconds_total). Zeros without an API.
+func (n *Node) APIPacing() (paced uint64, waited time.Duration) {
+	if b := n.apiWork; b != nil {
+		return b.paced.Load(), time.Duration(b.waited.Load())
+	}
+	return 0, 0
 }
