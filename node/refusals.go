@@ -44,7 +44,11 @@ const (
 //     Limits.MaxConns;
 //   - max_watches: Watch calls refused at Limits.MaxWatches;
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
-//     sending frames faster than Limits.MaxFrameRate.
+//     sending frames faster than Limits.MaxFrameRate;
+//   - tls_handshake: connections to a TLS API whose handshake failed or
+//     never finished (another CA, no client certificate, plain HTTP, a
+//     port probe, silence past the first-request timeout); net/http logs
+//     them, once per 10 s.
 //
 // Reads paced by Limits.MaxAPIRate are not refusals: APIPacing counts
 // them.
@@ -54,9 +58,10 @@ const (
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate, failedTLS uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
+		failedTLS = c.failedTLS.Load()
 	}
 	if f := n.apiFrames; f != nil {
 		frameRate = f.closed.Load()
@@ -71,6 +76,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
+		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
 	)
 }
 
