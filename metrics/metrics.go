@@ -78,7 +78,7 @@ type Metrics struct {
 
 	descLeases, descDelayed, descWaiters, descState, descServing,
 	descTerm, descEpoch, descCommit, descApplied, descLast, descLag,
-	descLastContact, descMembers, descRefusals *prometheus.Desc
+	descLastContact, descMembers, descRefusals, descPaced, descPacedSeconds *prometheus.Desc
 
 	runOnce sync.Once
 }
@@ -122,6 +122,8 @@ func New(opts Options) *Metrics {
 		descMembers:     desc("members", "Nodes known to gossip, by status and Raft role.", "status", "role"),
 		descRefusals: desc("refusals_total", "Connections, streams, packets and requests this node refused at its trust boundary since it started, by port (node, gossip, api) and reason (node.Node.Refusals).",
 			"port", "reason"),
+		descPaced:        desc("api_paced_total", "Client API reads (HTTP/2) and requests (HTTP/1) that waited for their turn of the node's API budget (agent --max-api-rate; node.Node.APIPacing): paced, not refused."),
+		descPacedSeconds: desc("api_paced_seconds_total", "Time the paced client API reads and requests waited in all (node.Node.APIPacing)."),
 	}
 	m.reg = prometheus.NewRegistry()
 	m.reg.MustRegister(m, BuildInfoCollector())
@@ -153,8 +155,13 @@ func BuildInfoCollector() prometheus.Collector {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.leaderChanges.Describe(ch)
 	m.requests.Describe(ch)
+<<<<<<< HEAD
 	for _, d := range []*prometheus.Desc{m.descGrants, m.descReleases, m.descExpiries, m.descExtends, m.descFreed, m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
 		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals} {
+=======
+	for _, d := range []*prometheus.Desc{m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
+		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals, m.descPaced, m.descPacedSeconds} {
+>>>>>>> h2global
 		ch <- d
 	}
 }
@@ -180,11 +187,17 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range n.Refusals() {
 		ch <- prometheus.MustNewConstMetric(m.descRefusals, prometheus.CounterValue, float64(r.Count), r.Port, r.Reason)
 	}
+<<<<<<< HEAD
 	a := n.Applied()
 	for d, v := range map[*prometheus.Desc]uint64{m.descGrants: a.Grants, m.descReleases: a.Releases,
 		m.descExpiries: a.Expiries, m.descExtends: a.Extends, m.descFreed: a.Freed} {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
+=======
+	paced, waited := n.APIPacing()
+	ch <- prometheus.MustNewConstMetric(m.descPaced, prometheus.CounterValue, float64(paced))
+	ch <- prometheus.MustNewConstMetric(m.descPacedSeconds, prometheus.CounterValue, waited.Seconds())
+>>>>>>> h2global
 	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
 		gauge(m.descWaiters, float64(s.GetWaiters()))
 	}

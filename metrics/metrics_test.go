@@ -233,7 +233,9 @@ func TestRefusalsExported(t *testing.T) {
 			`leasenode_refusals_total{port="node",reason="plain_tcp"} 1`,
 			`leasenode_refusals_total{port="node",reason="tls_handshake"} 0`,
 			`leasenode_refusals_total{port="gossip",reason="undecodable"} 0`,
-			`leasenode_refusals_total{port="api",reason="auth_timeout"} 0`} {
+			`leasenode_refusals_total{port="api",reason="auth_timeout"} 0`,
+			`leasenode_refusals_total{port="api",reason="tls_handshake"} 0`,
+			"leasenode_api_paced_total 0", "leasenode_api_paced_seconds_total 0"} {
 			if code != 200 || !strings.Contains(body, want) {
 				return fmt.Errorf("/metrics: %d, no %q in\n%s", code, want, body)
 			}

@@ -57,8 +57,9 @@ func (n *Node) startAPI() error {
 		conns.authBy = conns.first // a client sends its first request at once
 	}
 	n.apiLn, n.apiConn = conns, conns
+	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
-		Handler:           n.noteToken(unreadBodies(mux)),
+		Handler:           n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux))),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
@@ -71,6 +72,7 @@ func (n *Node) startAPI() error {
 		ConnContext:       connContext,
 	}
 	n.apiFrames = newFrameBudget(lim.MaxFrameRate, lim.MaxStreams, n.log.With("component", "node.api"))
+	n.apiFrames.api = n.apiWork
 	if err := n.apiFrames.install(n.api); err != nil {
 		ln.Close()
 		return err

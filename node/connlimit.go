@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -93,6 +94,9 @@ type connLimiter struct {
 	// maxRefused requests without the token, and to admit a new one at
 	// maxUnauthed.
 	closedMax, closedAuthSlow, closedAuthRefused, closedUnauthCap atomic.Uint64
+	// failedTLS counts the connections whose TLS handshake failed (or
+	// never finished), those the limiter closed itself aside.
+	failedTLS atomic.Uint64
 }
 
 // maxRefused is how many requests without the auth token a connection
@@ -138,6 +142,7 @@ type limitedConn struct {
 	source    string    // the remote IP
 	authTimer *time.Timer
 	once      sync.Once
+	closedBy  bool // the limiter closed it (a refusal of its own)
 	// answered: 0, then 1 once this side wrote, then 2 once the peer
 	// sent something after that (a TLS client's second flight, a request
 	// after an answer): a peer that answers back is evicted after those
@@ -245,6 +250,7 @@ func (c *limitedConn) authExpired() {
 	}
 	l.unauthSlow++
 	l.closedAuthSlow.Add(1)
+	c.closedBy = true
 	l.warnAuthLocked()
 	l.mu.Unlock()
 	c.Close()
@@ -321,6 +327,9 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 
 // evicted closes c, whose slot dropLocked already gave away.
 func (c *limitedConn) evicted() {
+	c.l.mu.Lock()
+	c.closedBy = true
+	c.l.mu.Unlock()
 	c.once.Do(func() {}) // its Close must not release a slot again
 	c.Conn.Close()
 }
@@ -486,6 +495,14 @@ func (l *connLimiter) state(nc net.Conn, st http.ConnState) {
 	switch st {
 	case http.StateNew:
 		return // fresh since admitted
+	case http.StateClosed:
+		// A TLS connection that closes before its handshake finished
+		// failed it (net/http logs why, once per 10 s): another CA, no
+		// client certificate, plain HTTP, a port probe, a timeout.
+		if tc, ok := nc.(*tls.Conn); ok && !lc.closedBy && !tc.ConnectionState().HandshakeComplete {
+			l.failedTLS.Add(1)
+		}
+		return
 	case http.StateIdle:
 		lc.idleSince = time.Now()
 	default:

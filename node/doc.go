@@ -218,6 +218,13 @@
 // TestNewNodeOnMembersAddressReplacesIt and
 // TestStreamLayerRefusesAnotherNodeAtServersAddress.
 //
+// api-budget: the client API's connections together pass net/http's
+// server at most burst + Limits.MaxAPIRate work a second (HTTP/2 frames
+// weighted by cost as they are read, HTTP/1 requests at their handler);
+// past it reads wait their turn, fairly between client addresses, and no
+// connection is closed for it (apiBudget). Guarded by
+// TestAPIBudgetFairShares and TestAPIBudgetPacesFlooders.
+//
 // gossip-is-only-a-hint: no API address (leader hints, redirects,
 // Members) and no Raft membership comes from gossip alone: a member's API
 // address is what that node said in its own Status, over an authenticated

@@ -73,6 +73,10 @@ type frameBudget struct {
 	// closed counts the connections closed over the budget
 	// (Node.Refusals: frame_rate).
 	closed atomic.Uint64
+
+	// api is the node-wide budget every connection's frames also draw
+	// from, or nil.
+	api *apiBudget
 }
 
 func newFrameBudget(rate int, streams uint32, log *slog.Logger) *frameBudget {
@@ -149,7 +153,7 @@ func (noConns) Close() error              { return nil }
 func (noConns) Addr() net.Addr            { return &net.TCPAddr{} }
 
 func (b *frameBudget) wrap(c net.Conn) *frameConn {
-	return &frameConn{Conn: c, b: b, tokens: b.burst, filled: b.now()}
+	return &frameConn{Conn: c, b: b, tokens: b.burst, filled: b.now(), source: sourceKey(c.RemoteAddr()), closing: make(chan struct{})}
 }
 
 // frameCursor follows the frame boundaries of an HTTP/2 byte stream
@@ -232,6 +236,10 @@ type frameConn struct {
 	count  [frameOther + 1]uint64 // frames read, by type
 	over   bool                   // the budget is spent: reads fail
 	acked  int64                  // dataOut handed back by free WINDOW_UPDATEs
+	source string                 // its share of the API budget (sourceKey)
+
+	closeOnce sync.Once
+	closing   chan struct{} // closed by Close: a read waiting for the API budget ends
 
 	// dataOut counts the DATA payload bytes the server wrote (its
 	// replies): each windowCredit of them lets one WINDOW_UPDATE in free.
@@ -251,6 +259,7 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	rest := p[:n]
+	var units int64 // of the API budget
 	for {
 		var ok bool
 		if rest, ok = c.in.next(rest); !ok {
@@ -266,13 +275,28 @@ func (c *frameConn) Read(p []byte) (int, error) {
 			c.refuse()
 			return 0, errFrameRate
 		}
+		units++
 		if typ == frameHeaders {
+			units += apiHeadersUnits - 1
 			if id := uint32(c.in.hdr[5]&0x7f)<<24 | uint32(c.in.hdr[6])<<16 | uint32(c.in.hdr[7])<<8 | uint32(c.in.hdr[8]); id > c.stream {
 				c.stream = id
 			}
 		}
 	}
+	// What was read waits for its turn of the node's API budget before
+	// net/http's server sees it; meanwhile nothing more is read, and TCP
+	// flow control holds the sender back.
+	if units > 0 && c.b.api != nil && !c.b.api.wait(c.source, units, c.closing) {
+		return 0, net.ErrClosed
+	}
 	return n, err
+}
+
+// Close closes the connection, and ends a read waiting for the API
+// budget.
+func (c *frameConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closing) })
+	return c.Conn.Close()
 }
 
 // take spends a frame of the bucket, reporting false if it is empty. The

@@ -43,6 +43,7 @@ func (c *memConn) written() []byte {
 func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
 func (c *memConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *memConn) Close() error                     { return nil }
 
 // The cursor finds every frame header however the stream is cut: the
 // server reads 9-byte headers then payloads, TLS hands over records, a

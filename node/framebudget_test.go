@@ -58,7 +58,7 @@ const (
 
 // dialH2 opens an HTTP/2 connection to addr: h2c, or over TLS with ALPN
 // h2 if tlsCfg is set. It sends the preface and an empty SETTINGS frame.
-func dialH2(t *testing.T, addr string, tlsCfg *tls.Config) *h2Conn {
+func dialH2(t testing.TB, addr string, tlsCfg *tls.Config) *h2Conn {
 	t.Helper()
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	var conn net.Conn
@@ -210,7 +210,7 @@ var budgetSetups = []budgetSetup{
 
 // start starts a cluster of size nodes with their API as s needs, and
 // returns it with the client TLS configuration (nil for h2c).
-func (s budgetSetup) start(t *testing.T, size int, lg *logs, configure func(cfg *node.Config)) (*nodetest.Cluster, *tls.Config) {
+func (s budgetSetup) start(t testing.TB, size int, lg *logs, configure func(cfg *node.Config)) (*nodetest.Cluster, *tls.Config) {
 	t.Helper()
 	var ca *transporttest.CA
 	if s.tls {
@@ -240,7 +240,7 @@ func (s budgetSetup) start(t *testing.T, size int, lg *logs, configure func(cfg 
 
 // trusted opens a raw HTTP/2 connection to addr that has made a request
 // the node answered, with the token if s has one.
-func (s budgetSetup) trusted(t *testing.T, addr string, tlsCfg *tls.Config) *h2Conn {
+func (s budgetSetup) trusted(t testing.TB, addr string, tlsCfg *tls.Config) *h2Conn {
 	t.Helper()
 	h := dialH2(t, addr, tlsCfg)
 	req := h2Frame(nil, h2Headers, h2EndHeaders, 1, h2Request(s.scheme, "Status", s.token))

@@ -95,7 +95,10 @@ type Node struct {
 	// apiFrames bounds the HTTP/2 frames of API connections; nil without
 	// an API.
 	apiFrames *frameBudget
-	apiAddr   string // advertised client API address ("" if none)
+	// apiWork is the API budget all connections share; nil without an
+	// API.
+	apiWork *apiBudget
+	apiAddr string // advertised client API address ("" if none)
 
 	// lead is non-nil while this node is the leader and its Promote has
 	// applied; every leader-only operation reads it once and uses that

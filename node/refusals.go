@@ -1,6 +1,10 @@
 package node
 
-import "github.com/leasenode/leasenode/transport"
+import (
+	"time"
+
+	"github.com/leasenode/leasenode/transport"
+)
 
 // Ports of Refusals besides the node port (transport.PortNode).
 const (
@@ -40,16 +44,24 @@ const (
 //     Limits.MaxConns;
 //   - max_watches: Watch calls refused at Limits.MaxWatches;
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
-//     sending frames faster than Limits.MaxFrameRate.
+//     sending frames faster than Limits.MaxFrameRate;
+//   - tls_handshake: connections to a TLS API whose handshake failed or
+//     never finished (another CA, no client certificate, plain HTTP, a
+//     port probe, silence past the first-request timeout); net/http logs
+//     them, once per 10 s.
+//
+// Reads paced by Limits.MaxAPIRate are not refusals: APIPacing counts
+// them.
 //
 // Single requests refused for the auth token (401), size (413) or
 // Content-Type (415) are not here: the metrics package counts them by
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate, failedTLS uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
+		failedTLS = c.failedTLS.Load()
 	}
 	if f := n.apiFrames; f != nil {
 		frameRate = f.closed.Load()
@@ -64,5 +76,18 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
+		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
 	)
+}
+
+// APIPacing reports how many client API reads (HTTP/2) and requests
+// (HTTP/1) waited for their turn of Limits.MaxAPIRate since the node
+// started, and how long they waited in all (the metrics package exports
+// them as leasenode_api_paced_total and
+// leasenode_api_paced_seconds_total). Zeros without an API.
+func (n *Node) APIPacing() (paced uint64, waited time.Duration) {
+	if b := n.apiWork; b != nil {
+		return b.paced.Load(), time.Duration(b.waited.Load())
+	}
+	return 0, 0
 }

@@ -79,6 +79,7 @@ type agentFlags struct {
 	maxWatches                   int
 	maxWaiters                   int
 	maxFrameRate                 int
+	maxAPIRate                   int
 	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
@@ -132,6 +133,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	fs.IntVar(&a.maxFrameRate, "max-frame-rate", 20_000, "most HTTP/2 frames a second one client API connection may send (a tenth of it at once; a request\nis 2-3); past it, token or not, the connection is sent GOAWAY ENHANCE_YOUR_CALM and closed")
+	fs.IntVar(&a.maxAPIRate, "max-api-rate", 10_000, "most client API requests a second this agent serves, all connections together (a PING or other\ncontrol frame counts a tenth of one); past it reads are paced, fairly between client addresses,\nnot refused")
 	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
 	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; past it a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
@@ -271,7 +273,7 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.AuthToken = tok
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
-		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes, MaxFrameRate: a.maxFrameRate}
+		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes, MaxFrameRate: a.maxFrameRate, MaxAPIRate: a.maxAPIRate}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
@@ -299,6 +301,7 @@ var configFlags = strings.NewReplacer(
 	"Limits.MaxWatches", "--max-watches",
 	"Limits.MaxWaiters", "--max-waiters",
 	"Limits.MaxFrameRate", "--max-frame-rate",
+	"Limits.MaxAPIRate", "--max-api-rate",
 	"MaxLeaseBytes", "--max-lease-bytes",
 	"Limits.MinTTL", "--min-ttl",
 	"BootstrapExpect", "--bootstrap-expect",

@@ -1,0 +1,266 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is an apiClock that moves only when a test advances it.
+type fakeClock struct {
+	mu     sync.Mutex
+	t      time.Duration
+	timers []fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Duration
+	f  func()
+}
+
+func (c *fakeClock) now() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) afterFunc(d time.Duration, f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timers = append(c.timers, fakeTimer{c.t + d, f})
+}
+
+// advance moves the clock by d and runs the timers due.
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t += d
+	var due []func()
+	c.timers = slices.DeleteFunc(c.timers, func(t fakeTimer) bool {
+		if t.at <= c.t {
+			due = append(due, t.f)
+			return true
+		}
+		return false
+	})
+	c.mu.Unlock()
+	for _, f := range due {
+		f()
+	}
+}
+
+// testBudget is a budget of 100 requests a second (1,000 units, one a
+// millisecond) on a fake clock, with its burst spent.
+func testBudget(t *testing.T) (*apiBudget, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{}
+	b := newAPIBudget(100, clk, slog.New(slog.DiscardHandler))
+	if b.every != time.Millisecond {
+		t.Fatalf("every %v, want 1ms", b.every)
+	}
+	if w := b.ask("spend", b.burst); w != nil {
+		t.Fatal("the first ask of the burst waited")
+	}
+	return b, clk
+}
+
+// granted returns which of ws had their turn.
+func granted(ws []*apiWaiter) []bool {
+	out := make([]bool, len(ws))
+	for i, w := range ws {
+		select {
+		case <-w.granted:
+			out[i] = true
+		default:
+		}
+	}
+	return out
+}
+
+// Turns are fair between client addresses, whatever their connections:
+// an address with four connections waiting does not get four turns
+// before a second address's one, and a new address goes before the
+// backlog of a busy one. A waiter is granted once the budget has its
+// units, weighted by cost, and one that gives up leaves its place to
+// the next. Nothing is refused: every waiter gets its turn. Guards
+// api-budget (the scheduler).
+func TestAPIBudgetFairShares(t *testing.T) {
+	b, clk := testBudget(t)
+	var order []string
+	ask := func(key string, cost int64) *apiWaiter {
+		w := b.ask(key, cost)
+		if w == nil {
+			t.Fatalf("%s was granted without waiting, with the budget spent", key)
+		}
+		return w
+	}
+	// busy: 4 connections of one address, each asking for a request's
+	// units; quiet: 1 of another, after them.
+	names := []string{"busy1", "busy2", "busy3", "busy4", "quiet"}
+	ws := []*apiWaiter{ask("10.0.0.1", 10), ask("10.0.0.1", 10), ask("10.0.0.1", 10), ask("10.0.0.1", 10), ask("10.0.0.2", 10)}
+	for range 50 {
+		clk.advance(time.Millisecond)
+		for i, g := range granted(ws) {
+			if g && !slices.Contains(order, names[i]) {
+				order = append(order, names[i])
+			}
+		}
+	}
+	if want := []string{"busy1", "quiet", "busy2", "busy3", "busy4"}; !slices.Equal(order, want) {
+		t.Fatalf("turns in the order %v, want %v", order, want)
+	}
+
+	// Weights: a HEADERS' 9 units come after 9 ms, a PING's 1 after 1.
+	h := ask("10.0.0.3", apiHeadersUnits)
+	clk.advance(8 * time.Millisecond)
+	if granted([]*apiWaiter{h})[0] {
+		t.Fatal("a HEADERS frame's 9 units were granted after 8")
+	}
+	p := ask("10.0.0.4", 1) // queued behind it
+	clk.advance(time.Millisecond)
+	if g := granted([]*apiWaiter{h, p}); !g[0] || g[1] {
+		t.Fatalf("after 9 units: HEADERS, PING granted %v, want [true false]", g)
+	}
+	clk.advance(time.Millisecond)
+	if !granted([]*apiWaiter{p})[0] {
+		t.Fatal("the PING was not granted its unit")
+	}
+
+	// A new address goes before a busy one's backlog: busy has 20 turns
+	// queued, and takes one in 10 ms; quiet waits one turn.
+	var busy []*apiWaiter
+	for range 20 {
+		busy = append(busy, ask("10.0.0.1", 10))
+	}
+	clk.advance(5 * time.Millisecond)
+	q := ask("10.0.0.2", 10)
+	clk.advance(15 * time.Millisecond)
+	if g := granted(append([]*apiWaiter{q}, busy...)); !g[0] || !g[1] || g[2] || g[3] {
+		t.Fatalf("after 20 units: granted %v, want the busy address's first, then the quiet one's", g)
+	}
+
+	// Pacing, not refusing: a waiter that gives up leaves the queue, the
+	// next gets its turn, and every other waiter is served in the end.
+	if !b.cancel(busy[1]) {
+		t.Fatal("cancel of a waiter still queued reported its turn came")
+	}
+	for range 400 {
+		clk.advance(time.Millisecond)
+	}
+	for i, g := range granted(busy) {
+		if i != 1 && !g {
+			t.Fatalf("busy waiter %d never had its turn", i)
+		}
+	}
+	if b.cancel(busy[0]) {
+		t.Fatal("cancel of a waiter already granted reported it was queued")
+	}
+	if len(b.ready) != 0 {
+		t.Fatalf("%d sources still queued", len(b.ready))
+	}
+}
+
+// A frameConn charges the API budget by frame: HEADERS apiHeadersUnits,
+// any other frame one, a WINDOW_UPDATE that hands back the window of a
+// reply nothing, and it waits for its turn instead of failing when the
+// budget is spent.
+func TestFrameConnChargesAPIBudget(t *testing.T) {
+	b, clk := testBudget(t)
+	clk.advance(time.Second) // a full burst again
+	var in bytes.Buffer
+	in.Write(frame(frameHeaders, 1, 20))
+	in.Write(frame(framePing, 0, 8))
+	in.Write(frame(frameRSTStream, 1, 4))
+	fb := newFrameBudget(1<<20, 256, slog.New(slog.DiscardHandler))
+	fb.api = b
+	c := fb.wrap(&memConn{in: &in})
+	read := func(n int) {
+		t.Helper()
+		if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spent := func() int64 {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.burst - b.tokens
+	}
+	read(9 + 20)
+	if got := spent(); got != apiHeadersUnits {
+		t.Fatalf("a HEADERS frame took %d units, want %d", got, apiHeadersUnits)
+	}
+	read(9 + 8 + 9 + 4)
+	if got := spent(); got != apiHeadersUnits+2 {
+		t.Fatalf("HEADERS, PING, RST_STREAM took %d units, want %d", got, apiHeadersUnits+2)
+	}
+
+	// Spent: the next read waits for its turn, and ends when the
+	// connection closes rather than failing before.
+	b.mu.Lock()
+	b.tokens = 0
+	b.mu.Unlock()
+	queued := func() error {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if len(b.ready) != 1 {
+			return errors.New("the read is not queued for the budget")
+		}
+		return nil
+	}
+	in.Write(frame(framePing, 0, 8))
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(c, make([]byte, 17))
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, queued)
+	clk.advance(time.Millisecond)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a paced read failed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a paced read did not end once its unit came")
+	}
+	if n := b.paced.Load(); n != 1 {
+		t.Fatalf("paced %d reads, want 1", n)
+	}
+	in.Write(frame(framePing, 0, 8))
+	go func() {
+		_, err := io.ReadFull(c, make([]byte, 17))
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, queued)
+	c.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a read waiting for the budget of a closed connection succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the connection did not end its read waiting for the budget")
+	}
+}
+
+// Addresses share by IPv4 address and IPv6 /64.
+func TestSourceKey(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"10.1.2.3:4000", "10.1.2.3"},
+		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:ffff::1]:443", "2001:db8:1:2::/64"},
+	} {
+		a, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sourceKey(a); got != tc.want {
+			t.Errorf("sourceKey(%s) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
