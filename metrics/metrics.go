@@ -155,13 +155,8 @@ func BuildInfoCollector() prometheus.Collector {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.leaderChanges.Describe(ch)
 	m.requests.Describe(ch)
-<<<<<<< HEAD
 	for _, d := range []*prometheus.Desc{m.descGrants, m.descReleases, m.descExpiries, m.descExtends, m.descFreed, m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
-		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals} {
-=======
-	for _, d := range []*prometheus.Desc{m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
 		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals, m.descPaced, m.descPacedSeconds} {
->>>>>>> h2global
 		ch <- d
 	}
 }
@@ -187,17 +182,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range n.Refusals() {
 		ch <- prometheus.MustNewConstMetric(m.descRefusals, prometheus.CounterValue, float64(r.Count), r.Port, r.Reason)
 	}
-<<<<<<< HEAD
 	a := n.Applied()
 	for d, v := range map[*prometheus.Desc]uint64{m.descGrants: a.Grants, m.descReleases: a.Releases,
 		m.descExpiries: a.Expiries, m.descExtends: a.Extends, m.descFreed: a.Freed} {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-=======
 	paced, waited := n.APIPacing()
 	ch <- prometheus.MustNewConstMetric(m.descPaced, prometheus.CounterValue, float64(paced))
 	ch <- prometheus.MustNewConstMetric(m.descPacedSeconds, prometheus.CounterValue, waited.Seconds())
->>>>>>> h2global
 	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
 		gauge(m.descWaiters, float64(s.GetWaiters()))
 	}
