@@ -139,34 +139,8 @@ func TestBootstrapBesideARunningCluster(t *testing.T) {
 // their own, and granted the restored key again with the same token as
 // the restored holding's: two holders a fence could not tell apart.
 func TestBootstrapBesideARestoredNode(t *testing.T) {
-	old := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, l := old.Leader()
-	held := mustGrant(t, l, acq("a", "h1", 1, time.Minute))
-	b, err := l.Backup(ctxT(t, 5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var backup bytes.Buffer
-	if _, err := b.WriteTo(&backup); err != nil {
-		t.Fatal(err)
-	}
-	old.Kill(0)
-	cfg := old.Config(0)
-	cfg.ID, cfg.DataDir, cfg.Join = "z9", filepath.Join(t.TempDir(), "z9"), nil
-	if _, err := node.Restore(cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
-		t.Fatal(err)
-	}
-	z9, err := node.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old, cfg, z9, held := restoredZ9(t)
 	t.Cleanup(func() { z9.Close(context.Background()) })
-	nodetest.Eventually(t, 20*time.Second, func() error {
-		if !z9.IsLeader() {
-			return errors.New("the restored node does not lead yet")
-		}
-		return nil
-	})
 	fresh := startFresh(t, old, cfg.GossipAddr, "n1", "n2", "n3")
 	oneCluster(t, append([]*node.Node{z9}, fresh...), "a", "h1", held.Token)
 }
@@ -180,27 +154,7 @@ func TestBootstrapBesideARestoredNode(t *testing.T) {
 // now counts while it is down: n1 does not bootstrap and says so when
 // asked (StatusResponse.seen_cluster), and all three wait for z9.
 func TestBootstrapBesideADownRestoredNode(t *testing.T) {
-	old := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
-	_, l := old.Leader()
-	held := mustGrant(t, l, acq("a", "h1", 1, 10*time.Minute))
-	b, err := l.Backup(ctxT(t, 5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var backup bytes.Buffer
-	if _, err := b.WriteTo(&backup); err != nil {
-		t.Fatal(err)
-	}
-	old.Kill(0)
-	cfg := old.Config(0)
-	cfg.ID, cfg.DataDir, cfg.Join = "z9", filepath.Join(t.TempDir(), "z9"), nil
-	if _, err := node.Restore(cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
-		t.Fatal(err)
-	}
-	z9, err := node.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old, cfg, z9, held := restoredZ9(t)
 	c1 := old.Beside("n1")
 	c1.BootstrapExpect, c1.Join = 3, []string{cfg.GossipAddr}
 	n1, err := node.Start(context.Background(), c1)
@@ -234,4 +188,40 @@ func TestBootstrapBesideADownRestoredNode(t *testing.T) {
 	}
 	t.Cleanup(func() { z9.Close(context.Background()) })
 	oneCluster(t, append([]*node.Node{z9, n1}, fresh...), "a", "h1", held.Token)
+}
+
+// restoredZ9 backs up a one-node cluster holding key a (holder h1), and
+// starts node z9 restored from that backup, leading by itself; it returns
+// the old cluster (down; its key and faults serve nodes started beside
+// z9), z9's configuration, z9 (the caller closes it) and a's grant.
+func restoredZ9(t *testing.T) (*nodetest.Cluster, node.Config, *node.Node, *pb.AcquireResponse) {
+	t.Helper()
+	old := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
+	_, l := old.Leader()
+	held := mustGrant(t, l, acq("a", "h1", 1, 10*time.Minute))
+	b, err := l.Backup(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := b.WriteTo(&backup); err != nil {
+		t.Fatal(err)
+	}
+	old.Kill(0)
+	cfg := old.Config(0)
+	cfg.ID, cfg.DataDir, cfg.Join = "z9", filepath.Join(t.TempDir(), "z9"), nil
+	if _, err := node.Restore(cfg, bytes.NewReader(backup.Bytes()), 0); err != nil {
+		t.Fatal(err)
+	}
+	z9, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if !z9.IsLeader() {
+			return errors.New("the restored node does not lead yet")
+		}
+		return nil
+	})
+	return old, cfg, z9, held
 }
