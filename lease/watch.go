@@ -20,9 +20,10 @@ const (
 	// the state with List. The channel closes after it.
 	Reset EventType = "reset"
 	// Listed follows the Current events a stream begins with: they were
-	// every holding when it began, so one a consumer knew of from an
-	// earlier stream and that is not among them has ended meanwhile.
-	// (Servers older than this event send none.)
+	// every holding up to its Index, so one a consumer knew of from an
+	// earlier stream, granted at or below that Index and not among them,
+	// has ended meanwhile (see Client.Watch). (Servers older than this
+	// event send none.)
 	Listed EventType = "listed"
 )
 
@@ -70,9 +71,13 @@ type Event struct {
 // has not applied everything the earlier one had (after a leader change):
 // skip its events whose Index is at or below the last one handled (as
 // `leasenode watch` does), unless the earlier stream ended with Reset.
-// Its listing ends with a Listed event: a holding an earlier stream
-// reported and the listing does not name ended while no stream was open
-// (its Released or Expired event went to no stream).
+// Its listing ends with a Listed event, which is never to be skipped: a
+// holding an earlier stream reported, granted at or below the Listed
+// event's Index (its Token), and not named in the listing ended while no
+// stream was open (its Released or Expired event went to no stream). One
+// granted after that index may simply not have reached the node serving
+// this stream yet: keep it (its Granted event comes later, and may be
+// skipped by the rule above).
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := c.readable("watch", "prefix", prefix); err != nil {
 		return nil, err

@@ -92,15 +92,19 @@ func oneCluster(t *testing.T, nodes []*node.Node, key, holder string, token uint
 	t.Helper()
 	nodetest.Eventually(t, 30*time.Second, func() error {
 		ids := map[string][]string{}
+		var seen []string
 		for _, n := range nodes {
-			if n.Raft().LastIndex() == 0 {
-				return fmt.Errorf("%s has no Raft state yet", n.ID())
-			}
 			st, err := n.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{})
 			if err != nil {
 				return err
 			}
 			ids[st.GetClusterId()] = append(ids[st.GetClusterId()], n.ID())
+			seen = append(seen, fmt.Sprintf("%s: %s last=%d cluster=%.8s seen=%.8s", n.ID(), st.GetRaftState(), st.GetLastIndex(), st.GetClusterId(), st.GetSeenCluster()))
+		}
+		for _, n := range nodes {
+			if n.Raft().LastIndex() == 0 {
+				return fmt.Errorf("%s has no Raft state yet: %v", n.ID(), seen)
+			}
 		}
 		if len(ids) != 1 {
 			return fmt.Errorf("nodes of %d clusters: %v", len(ids), ids)
@@ -152,7 +156,8 @@ func TestBootstrapBesideARestoredNode(t *testing.T) {
 // n3 bootstrapped {n1, n2, n3}, and when z9 came back both clusters served
 // the restored key with the same token. A member seen with a cluster id
 // now counts while it is down: n1 does not bootstrap and says so when
-// asked (StatusResponse.seen_cluster), and all three wait for z9.
+// asked (StatusResponse.seen_cluster), and all three wait for z9, n1 across
+// a restart too (SeenClusterFile).
 func TestBootstrapBesideADownRestoredNode(t *testing.T) {
 	old, cfg, z9, held := restoredZ9(t)
 	c1 := old.Beside("n1")
@@ -170,18 +175,47 @@ func TestBootstrapBesideADownRestoredNode(t *testing.T) {
 		return nil
 	})
 	z9.Crash()
-	fresh := startFresh(t, old, c1.GossipAddr, "n2", "n3")
-	nodetest.Eventually(t, 20*time.Second, func() error {
-		for _, n := range append([]*node.Node{n1}, fresh...) {
-			if n.Raft().LastIndex() > 0 {
-				t.Fatalf("%s bootstrapped a cluster while z9, seen by n1, was down", n.ID())
-			}
-			if n.WaitsToBootstrap() {
-				return fmt.Errorf("%s has not decided yet", n.ID())
+	// n2 and n3 start once n1's gossip calls z9 dead: then gossip tells
+	// them nothing of z9, and n1 is their only witness.
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		resp, err := n1.Members(ctxT(t, 5*time.Second), &pb.MembersRequest{})
+		if err != nil {
+			return err
+		}
+		for _, m := range resp.Members {
+			if m.Id == "z9" && m.Status != "dead" {
+				return fmt.Errorf("n1's gossip says z9 is %s", m.Status)
 			}
 		}
 		return nil
 	})
+	fresh := startFresh(t, old, c1.GossipAddr, "n2", "n3")
+	decided := func(what string) {
+		nodetest.Eventually(t, 20*time.Second, func() error {
+			for _, n := range append([]*node.Node{n1}, fresh...) {
+				if n.Raft().LastIndex() > 0 {
+					t.Fatalf("%s bootstrapped a cluster while z9, seen by n1, was down (%s)", n.ID(), what)
+				}
+				if n.WaitsToBootstrap() {
+					return fmt.Errorf("%s has not decided yet", n.ID())
+				}
+			}
+			return nil
+		})
+	}
+	decided("all three started")
+	// n1, the one that saw z9, restarts while z9 is still down: its member
+	// table forgets z9, its data dir does not (SeenClusterFile; round 3
+	// of the review: it asked n2 and n3, which knew nothing, and
+	// bootstrapped).
+	if err := n1.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n1, err = node.Start(context.Background(), c1); err != nil {
+		t.Fatal(err)
+	}
+	decided("n1 restarted")
+	cfg.Join = []string{c1.GossipAddr} // its restart joins the others' gossip
 	z9, err = node.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

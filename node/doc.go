@@ -150,8 +150,12 @@
 // (StatusResponse.seen_cluster): gossip passes a dead member on only to
 // nodes that saw it alive, so nodes started after the restored node went
 // down asked only the one that had seen it, which had no state to answer
-// with. TestBootstrapBesideARestoredNode, TestBootstrapBesideARunningCluster,
-// TestBootstrapBesideADownRestoredNode. (Its counterpart for data that
+// with. The decision to join is written to the data dir first
+// (SeenClusterFile), so a restart, which empties the member table, keeps
+// it, and the nodes that were told answer with it too: the one witness of
+// a down restored node restarted, asked the others, heard nothing, and
+// bootstrapped. TestBootstrapBesideARestoredNode,
+// TestBootstrapBesideARunningCluster, TestBootstrapBesideADownRestoredNode. (Its counterpart for data that
 // already belongs to a cluster is one-cluster-per-data-dir, below.)
 //
 // bootstrap-decides: a node waiting to bootstrap joins as soon as one

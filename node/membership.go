@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -775,7 +776,10 @@ func (n *Node) seenCluster() (id, cluster string) {
 			return m.ID, m.Cluster
 		}
 	}
-	return "", ""
+	// What this node decided on before, perhaps before a restart that
+	// emptied its member table (SeenClusterFile): the restored node it
+	// saw may still be down, and the nodes it told may ask it again.
+	return "", n.cluster.seenID()
 }
 
 func (n *Node) hasState() bool {
@@ -839,18 +843,28 @@ func (n *Node) tryBootstrap() bool {
 	// A member gossip has shown with a cluster id counts even while it is
 	// down, and every member gossip does not call dead is asked, not only
 	// those the configuration takes (invariant bootstrap-asks-everyone).
+	// The decision to join is written down first (SeenClusterFile), so
+	// that a restart, which forgets the member table, keeps it.
 	if id, cluster := n.seenCluster(); cluster != "" {
-		n.log.Info("not bootstrapping: a member belongs to a cluster already; waiting for its leader to add this node",
+		if err := n.cluster.noteSeen(cluster); err != nil {
+			n.log.Warn("bootstrap postponed", "err", err)
+			return false
+		}
+		n.log.Info("not bootstrapping: a member belongs to a cluster already; waiting for its leader to add this node (to found a new cluster instead, start this node with an empty data dir)",
 			"component", "node.membership", "member", id, "cluster", cluster)
 		n.cluster.joining()
 		return true
 	}
-	switch id, err := n.peerWithState(asked); {
+	switch id, cluster, err := n.peerWithState(asked); {
 	case err != nil:
 		n.log.Debug("bootstrap postponed", "err", err)
 		return false
 	case id != "":
-		n.log.Info("not bootstrapping: a member already has Raft state", "member", id)
+		if err := n.cluster.noteSeen(cluster); err != nil {
+			n.log.Warn("bootstrap postponed", "err", err)
+			return false
+		}
+		n.log.Info("not bootstrapping: a member already has Raft state, or has seen a cluster", "member", id, "cluster", cluster)
 		n.cluster.joining()
 		return true
 	}
@@ -869,8 +883,9 @@ func (n *Node) tryBootstrap() bool {
 }
 
 // peerWithState returns the ID of a member other than this node that has
-// Raft state, or "" if none has; an error if none that answered has and
-// one could not be asked.
+// Raft state or has seen a cluster (StatusResponse.seen_cluster), and that
+// cluster's id if it knows it; "" if none has; an error if none that
+// answered has and one could not be asked.
 //
 // Invariant bootstrap-decides: one member that answers with Raft state
 // settles the decision (join), whichever other members cannot be asked;
@@ -886,7 +901,7 @@ func (n *Node) tryBootstrap() bool {
 // refusing the other's votes (TestLeaderKillKeepsLeases and
 // TestPartitionedMinorityCannotGrant failed so on busy machines). Guarded
 // by TestBootstrapPastAnUnreachableMember.
-func (n *Node) peerWithState(members []member) (string, error) {
+func (n *Node) peerWithState(members []member) (id, cluster string, err error) {
 	var unasked []error
 	for _, m := range members {
 		if m.ID == n.cfg.ID {
@@ -898,10 +913,12 @@ func (n *Node) peerWithState(members []member) (string, error) {
 			continue
 		}
 		if st.GetLastIndex() > 0 || st.GetSeenCluster() != "" {
-			return m.ID, nil // it has state, or has seen a member that has
+			// It has state, or has seen a member that has (its cluster
+			// id, if it has one yet, or the one it saw).
+			return m.ID, cmp.Or(st.GetClusterId(), st.GetSeenCluster()), nil
 		}
 	}
-	return "", errors.Join(unasked...)
+	return "", "", errors.Join(unasked...)
 }
 
 // serverAt returns the server at addr in servers, if any.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -24,6 +25,15 @@ import (
 // new node adopts the id of the cluster it joins, before any Raft byte
 // reaches it.
 const ClusterIDFile = "cluster-id"
+
+// SeenClusterFile is the file in the data directory of a node that has no
+// cluster id yet and decided not to bootstrap (BootstrapExpect) because a
+// member belongs to a cluster already, or said it had seen one: that
+// cluster's id (hex, one line). While it has no Raft state the node joins
+// that cluster rather than bootstrap, across restarts, and tells the nodes
+// that ask it (StatusResponse.seen_cluster). To found a new cluster in
+// its place, start the node with an empty data dir.
+const SeenClusterFile = "seen-cluster"
 
 // nodePortTLS builds the node port's TLS configurations and the API's:
 // from TLSFiles (node port and API), from ServerTLS/ClientTLS (likewise),
@@ -142,6 +152,7 @@ type clusterIdentity struct {
 
 	mu      sync.Mutex
 	id      string
+	seen    string              // SeenClusterFile's id, "" if none
 	waiting bool                // waiting to bootstrap: see check
 	logged  map[string]struct{} // peer and reason of refusals logged loudly
 	changed chan struct{}       // capacity 1: the id changed (gossip metadata)
@@ -156,8 +167,35 @@ func newClusterIdentity(dir, self string, log *slog.Logger, waiting bool, hasSta
 	if err != nil {
 		return nil, err
 	}
-	return &clusterIdentity{dir: dir, self: self, log: log, hasState: hasState, isMember: isMember, id: id, waiting: waiting,
+	seen, err := readIDFile(dir, SeenClusterFile)
+	if err != nil {
+		return nil, err
+	}
+	return &clusterIdentity{dir: dir, self: self, log: log, hasState: hasState, isMember: isMember, id: id, seen: seen, waiting: waiting,
 		logged: map[string]struct{}{}, changed: make(chan struct{}, 1)}, nil
+}
+
+// seenID returns the id of a cluster this node decided to join rather
+// than bootstrap beside ("" if none; see SeenClusterFile).
+func (c *clusterIdentity) seenID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen
+}
+
+// noteSeen records id as the cluster this node joins rather than
+// bootstrap beside (SeenClusterFile), durably, before the node acts on it.
+func (c *clusterIdentity) noteSeen(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id == "" || id == c.seen {
+		return nil
+	}
+	if err := writeIDFile(c.dir, SeenClusterFile, id); err != nil {
+		return fmt.Errorf("write %s: %w", SeenClusterFile, err)
+	}
+	c.seen = id
+	return nil
 }
 
 // get returns the cluster id ("" while none).
@@ -350,16 +388,28 @@ func newClusterID() string {
 
 // readClusterID reads ClusterIDFile from dir; "" if there is none.
 func readClusterID(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ClusterIDFile))
+	return readIDFile(dir, ClusterIDFile)
+}
+
+// readIDFile reads the one-line id file name from dir; "" if there is
+// none. An id is at most 128 bytes: a longer file is damaged.
+func readIDFile(dir, name string) (string, error) {
+	path := filepath.Join(dir, name)
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("read cluster id: %w", err)
+		return "", fmt.Errorf("read %s: %w", name, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", name, err)
 	}
 	id := strings.TrimSpace(string(b))
 	if len(id) > 128 {
-		return "", fmt.Errorf("cluster id in %s is %d bytes long: damaged?", filepath.Join(dir, ClusterIDFile), len(id))
+		return "", fmt.Errorf("the id in %s is %d bytes or longer: damaged? (delete it, or start with an empty data dir)", path, len(id))
 	}
 	return id, nil
 }
