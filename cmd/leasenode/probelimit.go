@@ -41,17 +41,19 @@ func (l *probeListener) Accept() (net.Conn, error) {
 	pc := &probeConn{Conn: c, l: l, state: http.StateNew}
 	l.mu.Lock()
 	var evict *probeConn
+	var evictState http.ConnState
 	if l.open.Len() >= l.max {
 		evict = l.victimLocked()
 		l.open.Remove(evict.elem)
 		evict.elem = nil
+		evictState = evict.state
 	}
 	pc.elem = l.open.PushBack(pc)
 	l.mu.Unlock()
 	if evict != nil {
 		evict.Conn.Close()
 		if ok, skipped := l.evicted.Allow("max_conns"); ok && l.log != nil {
-			args := []any{"max_conns", l.max, "closed", evict.RemoteAddr().String(), "state", evict.state.String()}
+			args := []any{"max_conns", l.max, "closed", evict.RemoteAddr().String(), "state", evictState.String()}
 			if skipped > 0 {
 				args = append(args, loglimit.Skipped, skipped)
 			}
