@@ -1473,28 +1473,9 @@ func TestUnauthenticatedFloodClosesItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	flooder := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	var flood []net.Conn
-	defer func() {
-		for _, f := range flood {
-			f.Close()
-		}
-	}()
-	for range 3 * 64 {
-		f, err := flooder.Dial("tcp", target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		flood = append(flood, f)
-	}
 	// Every flood connection was admitted (each took the place of an
 	// older one of its own) before the client's first request goes.
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 2*64 {
-			return fmt.Errorf("%d closed at the cap so far", n)
-		}
-		return nil
-	})
+	silentFlood(t, l, target, func(int) net.IP { return net.IPv4(127, 0, 0, 2) })
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" +
 		"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -1557,26 +1538,7 @@ func TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient(t *testing.T
 			return nil
 		})
 	}
-	var flood []net.Conn
-	defer func() {
-		for _, f := range flood {
-			f.Close()
-		}
-	}()
-	for i := range 3 * 64 {
-		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(2+i))}}
-		f, err := d.Dial("tcp", target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		flood = append(flood, f)
-	}
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 2*64 {
-			return fmt.Errorf("%d closed at the cap so far", n)
-		}
-		return nil
-	})
+	silentFlood(t, l, target, func(i int) net.IP { return net.IPv4(127, 0, 1, byte(2+i)) })
 	req := h2Frame(nil, h2Headers, h2EndHeaders, 1, h2Request("http", "Status", "s3cret"))
 	if _, err := client.Write(h2Frame(req, h2Data, h2EndStream, 1, []byte("{}"))); err != nil {
 		t.Fatalf("the client's connection was closed by the flood: %v", err)
@@ -1589,6 +1551,28 @@ func TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient(t *testing.T
 		}
 		if client.replies.Load() == 0 {
 			return errors.New("no reply to the client's request yet")
+		}
+		return nil
+	})
+}
+
+// silentFlood opens three times the cap of 64 connections without the
+// token to target, the i-th from address from(i), sending nothing (they
+// close at the end of the test), and waits until the node closed the two
+// cap's worth that took no slot.
+func silentFlood(t *testing.T, l *node.Node, target string, from func(i int) net.IP) {
+	t.Helper()
+	for i := range 3 * 64 {
+		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: from(i)}}
+		f, err := d.Dial("tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 2*64 {
+			return fmt.Errorf("%d closed at the cap so far", n)
 		}
 		return nil
 	})
