@@ -19,15 +19,16 @@ import (
 // its preceding bytes, and adds Cancel. Version 3 adds lock shapes to the
 // Acquire body (mode, limit, further keys). Version 4 adds to Cancel the
 // epoch of the proposal it withdraws. Version 5 adds to the Acquire body a
-// byte of flags (Acquire.KeepLockDelay). Decode still reads version 1 (no
-// checksum, no Cancel), 2 (every acquire exclusive, on one key), 3 and 4.
+// byte of flags (Acquire.KeepLockDelay). Version 6 adds ExtendAll. Decode
+// still reads version 1 (no checksum, no Cancel), 2 (every acquire
+// exclusive, on one key), 3, 4 and 5.
 //
 // Encode writes the lowest version that can express the command: an
 // entry without shapes, withdrawals or flags stays readable by a
 // version-2 replica, so a rolling upgrade keeps every replica applying
 // until one is used (then a replica of the older version stops at the
 // entry, loudly, as fatal-stop requires).
-const FormatVersion = 5
+const FormatVersion = 6
 
 // checksumLen is the size of the CRC-32C that ends a version-2 entry.
 const checksumLen = 4
@@ -73,6 +74,8 @@ const (
 	TypeExpire  Type = 5
 	TypeBatch   Type = 6
 	TypeCancel  Type = 7 // since FormatVersion 2
+	// TypeExtendAll is ExtendAll, since FormatVersion 6.
+	TypeExtendAll Type = 8
 )
 
 func (t Type) String() string {
@@ -91,6 +94,8 @@ func (t Type) String() string {
 		return "batch"
 	case TypeCancel:
 		return "cancel"
+	case TypeExtendAll:
+		return "extend-all"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -103,7 +108,7 @@ type Stamp struct {
 }
 
 // Command is one state-machine command. The concrete types are Promote,
-// Acquire, Extend, Release, Cancel, Expire and Batch.
+// Acquire, Extend, ExtendAll, Release, Cancel, Expire and Batch.
 type Command interface {
 	// Type reports the command's wire type.
 	Type() Type
@@ -169,6 +174,18 @@ type Extend struct {
 	Items  []ExtendItem
 }
 
+// ExtendAll renews every live holding of Holder, if they are exactly
+// the Count holdings whose units sum to Digest (holdset.Sum, one unit per
+// grant: its least key and its token); otherwise nothing changes and the
+// result is NotHeld. It lets a client keep thousands of leases alive with
+// one small entry (since FormatVersion 6; see FSM invariant
+// extend-all-exact).
+type ExtendAll struct {
+	Holder string
+	Count  uint32
+	Digest uint64
+}
+
 // ExtendItem names one lease to extend.
 type ExtendItem struct {
 	Key   string
@@ -227,6 +244,9 @@ func (*Acquire) Type() Type { return TypeAcquire }
 func (*Extend) Type() Type { return TypeExtend }
 
 // Type implements Command.
+func (*ExtendAll) Type() Type { return TypeExtendAll }
+
+// Type implements Command.
 func (*Release) Type() Type { return TypeRelease }
 
 // Type implements Command.
@@ -241,9 +261,9 @@ func (*Batch) Type() Type { return TypeBatch }
 // Encode returns the wire form of cmd with stamp s, in FormatVersion:
 // version, type, stamp, body, and the CRC-32C of all of them.
 //
-// The version is the lowest that can express cmd (see FormatVersion): 4 if
-// an Acquire in it has flags, 4 if a Cancel in it names an epoch, 3 if an
-// Acquire in it has a shape, else 2.
+// The version is the lowest that can express cmd (see FormatVersion): 6
+// for an ExtendAll, 5 if an Acquire in it has flags, 4 if a Cancel in it
+// names an epoch, 3 if an Acquire in it has a shape, else 2.
 func Encode(s Stamp, cmd Command) []byte {
 	ver := minVersion(cmd)
 	b := make([]byte, 0, 32)
@@ -277,6 +297,8 @@ func minVersion(cmd Command) byte {
 		if c.Epoch != 0 {
 			return 4
 		}
+	case *ExtendAll:
+		return 6
 	case *Batch:
 		ver := byte(2)
 		for _, sub := range c.Cmds {
@@ -348,6 +370,12 @@ func (c *Extend) appendBody(b []byte) []byte {
 		b = binary.AppendUvarint(b, it.Token)
 	}
 	return b
+}
+
+func (c *ExtendAll) appendBody(b []byte) []byte {
+	b = appendString(b, c.Holder)
+	b = binary.AppendUvarint(b, uint64(c.Count))
+	return binary.BigEndian.AppendUint64(b, c.Digest)
 }
 
 func (c *Release) appendBody(b []byte) []byte {
@@ -605,6 +633,24 @@ func (d *decoder) body(typ Type, top bool) Command {
 				c.Items[i] = ExtendItem{Key: d.string(), Token: d.uvarint()}
 			}
 		}
+		return c
+	case TypeExtendAll:
+		if d.version < 6 {
+			break // unknown before version 6
+		}
+		c := &ExtendAll{Holder: d.string()}
+		n := d.uvarint()
+		if n > 1<<32-1 {
+			d.fail(fmt.Errorf("%w: count %d overflows", ErrMalformed, n))
+			return nil
+		}
+		c.Count = uint32(n)
+		if len(d.b) < 8 {
+			d.fail(ErrTruncated)
+			return nil
+		}
+		c.Digest = binary.BigEndian.Uint64(d.b)
+		d.b = d.b[8:]
 		return c
 	case TypeRelease:
 		return &Release{Key: d.string(), Holder: d.string(), Token: d.uvarint()}

@@ -55,6 +55,9 @@ func seedCommands() []seedCommand {
 		{"acquire-keep-lock-delay", st(1, s), &fsm.Acquire{Key: "a", Holder: "c1", ReqID: 2, TTL: 5 * s, LockDelay: s, KeepLockDelay: true}},
 		{"batch-handover-keep-shaped", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
 			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, Mode: fsm.ModeShared, KeepLockDelay: true}}}},
+		{"extend-all", st(2, 3*s), &fsm.ExtendAll{Holder: "c1", Count: 3, Digest: 0x9e3779b97f4a7c15}},
+		{"extend-all-none", st(2, 3*s), &fsm.ExtendAll{Holder: "c1"}},
+		{"batch-extend-all", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{fsm.Expire{}, &fsm.ExtendAll{Holder: "c1", Count: 1, Digest: 1}}}},
 		{"batch-handover-set", st(3, 2*s), &fsm.Batch{Cmds: []fsm.Command{rel("a", "c1", 2),
 			&fsm.Acquire{Key: "a", Holder: "c2", ReqID: 3, TTL: s, More: []fsm.Item{{Key: "b", Mode: fsm.ModeShared}}}}}},
 	}
@@ -66,7 +69,7 @@ func seedCommands() []seedCommand {
 var rawSeeds = map[string][]byte{
 	"empty":              {},
 	"version-0":          {0, 1, 0, 0},
-	"version-6":          {6},
+	"version-7":          {7},
 	"version-255":        {255, 1, 1, 0},
 	"unknown-type":       {1, 9, 0, 0},
 	"nested-batch":       {1, 6, 0, 0, 1, 6, 0},
@@ -89,6 +92,9 @@ var rawSeeds = map[string][]byte{
 	"v3-acquire-as-v2":   signed([]byte{2, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 1, 0, 0}),
 	"v5-unknown-flags":   signed([]byte{5, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0, 0x02}),
 	"v5-missing-flags":   signed([]byte{5, 2, 0, 0, 1, 'k', 1, 'h', 1, 2, 0, 0, 0, 0, 0}),
+	"v5-extend-all":      signed([]byte{5, 8, 0, 0, 1, 'h', 1, 0, 0, 0, 0, 0, 0, 0, 0}),
+	"v6-count-overflow":  signed([]byte{6, 8, 0, 0, 1, 'h', 0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 0, 0, 0, 0, 0}),
+	"v6-short-digest":    signed([]byte{6, 8, 0, 0, 1, 'h', 1, 0, 0, 0, 0, 0, 0, 0}),
 }
 
 // FuzzDecode: Decode never panics; what it accepts re-encodes to an equal
@@ -106,10 +112,11 @@ func FuzzDecode(f *testing.F) {
 		// The same bytes as the body of a version-2 entry with a valid
 		// checksum, so the fuzzer reaches the version-2 body decoder too.
 		checkDecodeApply(t, signed(append([]byte{2}, data...)))
-		// And of versions 3 and 5, for the shapes' and flags' body
-		// decoders.
+		// And of versions 3, 5 and 6, for the shapes', flags' and
+		// extend-all body decoders.
 		checkDecodeApply(t, signed(append([]byte{3}, data...)))
 		checkDecodeApply(t, signed(append([]byte{5}, data...)))
+		checkDecodeApply(t, signed(append([]byte{6}, data...)))
 	})
 }
 
@@ -244,11 +251,12 @@ func TestDecodeTruncated(t *testing.T) {
 		body := data[:len(data)-4]
 		v1 := asVersion1(data)
 		if data[0] >= 3 {
-			// Shapes and flags have no version-1 form; their body read
-			// as version 2 has trailing bytes.
+			// Shapes, flags and ExtendAll have no version-1 form; their
+			// body read as version 2 has trailing bytes.
 			v2 := bytes.Clone(body)
 			v2[0] = 2
-			if _, _, err := fsm.Decode(signed(v2)); !errors.Is(err, fsm.ErrMalformed) {
+			// An ExtendAll (version 6) is an unknown type there.
+			if _, _, err := fsm.Decode(signed(v2)); !errors.Is(err, fsm.ErrMalformed) && !(data[0] == 6 && errors.Is(err, fsm.ErrUnknownType)) {
 				t.Fatalf("%s as version 2: %v", c.name, err)
 			}
 			v1 = nil
@@ -286,7 +294,7 @@ func TestDecodeTruncated(t *testing.T) {
 // TestDecodeErrors: each kind of damage gets its sentinel.
 func TestDecodeErrors(t *testing.T) {
 	cases := map[string]error{
-		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-6": fsm.ErrNewerVersion,
+		"empty": fsm.ErrTruncated, "version-0": fsm.ErrMalformed, "version-7": fsm.ErrNewerVersion,
 		"version-255": fsm.ErrNewerVersion, "unknown-type": fsm.ErrUnknownType,
 		"nested-batch": fsm.ErrMalformed, "promote-inbatch": fsm.ErrMalformed,
 		"forged-count": fsm.ErrTruncated, "over-maxbatch": fsm.ErrMalformed,
@@ -298,6 +306,8 @@ func TestDecodeErrors(t *testing.T) {
 		"v3-version-damaged": fsm.ErrChecksum, "v3-limit-overflow": fsm.ErrMalformed,
 		"v3-forged-items": fsm.ErrTruncated, "v3-acquire-as-v2": fsm.ErrMalformed,
 		"v5-unknown-flags": fsm.ErrMalformed, "v5-missing-flags": fsm.ErrTruncated,
+		"v5-extend-all": fsm.ErrUnknownType, "v6-count-overflow": fsm.ErrMalformed,
+		"v6-short-digest": fsm.ErrTruncated,
 	}
 	if len(cases) != len(rawSeeds) {
 		t.Fatalf("%d cases for %d raw seeds", len(cases), len(rawSeeds))

@@ -57,6 +57,14 @@
 // own clock: a leader's stale view can never delete a lease that was
 // extended meanwhile.
 //
+// extend-all-exact: an ExtendAll (format 6) extends its holder's live
+// holdings only if they are exactly the set its client summed (count and
+// an order-free digest of (least key, token) per grant, package
+// internal/holdset); otherwise nothing changes. It reaps the holder's due
+// holdings first, as an Extend would, so it extends nothing a per-lease
+// Extend from the same client would not, and a holding the client gave up
+// on makes the sums differ and is left to expire.
+//
 // shape-compatibility (single-holder for every shape): a holding is
 // granted only beside records it is compatible with, remnants included:
 // Exclusive on an empty key, Shared beside Shared only, Semaphore(N)

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/google/btree"
 	"github.com/hashicorp/raft"
+
+	"github.com/leasenode/leasenode/internal/holdset"
 )
 
 // State says whether a record holds a key or only blocks it.
@@ -101,6 +104,10 @@ type record struct {
 	lane       *lane
 	prev, next *record
 	set        *grantSet
+	// hprev and hnext link the holder's live holdings (FSM.holders);
+	// tracked says r is on that list.
+	hprev, hnext *record
+	tracked      bool
 }
 
 // FreeAt is Lease.FreeAt.
@@ -278,8 +285,12 @@ type FSM struct {
 	// node's quota (node.Limits.MaxLeaseBytes) bounds. Derived state,
 	// recomputed by a restore.
 	nBytes int64
-	marks  markSet
-	probe  mark // a lookup key for marks, used under mu (write)
+	// holders lists each holder's live holdings (StateHeld records), for
+	// ExtendAll: the head of a list linked through record.hnext. Derived
+	// state, rebuilt by a restore; its order is not (extendAll sorts).
+	holders map[string]*record
+	marks   markSet
+	probe   mark // a lookup key for marks, used under mu (write)
 
 	evMu    sync.Mutex
 	events  []Event
@@ -302,6 +313,7 @@ func New(cfg Config) *FSM {
 		keys:     make(map[string]*keyState),
 		order:    newOrder(),
 		due:      newDueQueue(),
+		holders:  make(map[string]*record),
 		changed:  make(chan struct{}, 1),
 	}
 }
@@ -406,6 +418,8 @@ func ops(cmd Command) uint64 {
 	switch c := cmd.(type) {
 	case *Extend:
 		return uint64(max(len(c.Items), 1))
+	case *ExtendAll:
+		return uint64(max(c.Count, 1))
 	case *Batch:
 		var n uint64
 		for _, sub := range c.Cmds {
@@ -448,6 +462,8 @@ func (f *FSM) applyLocked(index uint64, s Stamp, cmd Command) *Response {
 			out[i] = f.extend(index, c.Holder, it)
 		}
 		return &Response{Index: index, Epoch: f.epoch, Now: f.now, Results: out}
+	case *ExtendAll:
+		return f.resp(index, f.extendAll(index, c))
 	case *Release:
 		return f.resp(index, f.release(index, c))
 	case *Cancel:
@@ -788,6 +804,41 @@ func (f *FSM) setLease(r *record, c *Acquire) {
 	r.Value = c.Value
 	r.Expiry = f.now + c.TTL
 	f.due.update(r)
+	f.track(r)
+}
+
+// track puts r, held, on its holder's list (FSM.holders), once.
+func (f *FSM) track(r *record) {
+	if r.tracked {
+		return
+	}
+	r.tracked = true
+	r.hprev, r.hnext = nil, f.holders[r.Holder]
+	if r.hnext != nil {
+		r.hnext.hprev = r
+	}
+	f.holders[r.Holder] = r
+}
+
+// untrack takes r off its holder's list, if it is on it: it is no longer
+// held (expired into its lock-delay, or removed).
+func (f *FSM) untrack(r *record) {
+	if !r.tracked {
+		return
+	}
+	r.tracked = false
+	switch {
+	case r.hprev != nil:
+		r.hprev.hnext = r.hnext
+	case r.hnext != nil:
+		f.holders[r.Holder] = r.hnext
+	default:
+		delete(f.holders, r.Holder)
+	}
+	if r.hnext != nil {
+		r.hnext.hprev = r.hprev
+	}
+	r.hprev, r.hnext = nil, nil
 }
 
 // insert adds a new record (its place in the due queue is set by
@@ -855,6 +906,12 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 	if r == nil {
 		return f.notHeld(it.Key)
 	}
+	f.renew(index, r)
+	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+}
+
+// renew extends every member of r's grant by its TTL from now.
+func (f *FSM) renew(index uint64, r *record) {
 	for _, m := range r.members() {
 		m.Expiry = f.now + m.TTL
 		f.due.update(m)
@@ -862,7 +919,61 @@ func (f *FSM) extend(index uint64, holder string, it ExtendItem) Result {
 			f.emit(event(EventExtended, index, m))
 		}
 	}
-	return Result{Code: Extended, Key: r.Key, Token: r.Token, Expiry: r.Expiry}
+}
+
+// extendAll renews every live holding of c.Holder, with every member of
+// its grant, if they are exactly the holdings c summarises (holdset.Sum:
+// one unit per grant, named by its least key and its token); otherwise
+// it changes nothing and is NotHeld, and the holder names its leases one
+// by one (Extend).
+//
+// Invariant extend-all-exact: ExtendAll extends a holding only if the
+// holder's client counted it among those it holds (the sums match), so
+// it extends nothing that a per-lease Extend from the same client would
+// not have; a holding the client has given up on (lost, dropped, or
+// granted by a request whose answer it never read) makes the sums differ
+// and is left to expire. Holdings due at this entry's time are reaped
+// first, as Extend's no-extend-after-expiry requires, and then no longer
+// count. The holdings are extended in (key, token) order, so replicas
+// emit the same events whatever order their lists are in (a restore
+// rebuilds the lists in another order). Guarded by
+// testdata/extend-all.txt and TestModel (whose restored copy goes on
+// applying).
+func (f *FSM) extendAll(index uint64, c *ExtendAll) Result {
+	if err := c.Validate(); err != nil {
+		return invalid("", "%v", err)
+	}
+	var due []string
+	for r := f.holders[c.Holder]; r != nil; r = r.hnext {
+		if r.Expiry <= f.now {
+			due = append(due, r.Key)
+		}
+	}
+	slices.Sort(due) // reap in key order, so every replica emits the same events
+	for _, key := range due {
+		f.reapDue(index, key)
+	}
+	var heads []*record
+	var sum holdset.Sum
+	for r := f.holders[c.Holder]; r != nil; r = r.hnext {
+		if r.set == nil || r.set.members[0] == r {
+			heads = append(heads, r)
+			sum.Add(r.Key, r.Token)
+		}
+	}
+	if sum != (holdset.Sum{Count: c.Count, Digest: c.Digest}) {
+		return Result{Code: NotHeld}
+	}
+	slices.SortFunc(heads, func(a, b *record) int {
+		if c := strings.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Token, b.Token)
+	})
+	for _, r := range heads {
+		f.renew(index, r)
+	}
+	return Result{Code: Extended}
 }
 
 // release frees a holding its holder gives up, with every member of its
@@ -974,6 +1085,7 @@ func (f *FSM) reapStep(index uint64, r *record, out *[]Result) {
 			}
 			if m.LockDelay > 0 {
 				m.State = StateDelayed
+				f.untrack(m)
 				f.nHeld--
 				f.nDelayed++
 				f.due.update(m)
@@ -1038,8 +1150,10 @@ func (f *FSM) eachRecord(fn func(*record) bool) {
 	})
 }
 
-// remove deletes r from its key, the due queue and the counts.
+// remove deletes r from its key, the due queue, its holder's list and
+// the counts.
 func (f *FSM) remove(r *record) {
+	f.untrack(r)
 	if r.State == StateDelayed {
 		f.nDelayed--
 	} else {

@@ -12,6 +12,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/holdset"
 )
 
 // model is a small, obviously correct reference for the lease rules: a
@@ -253,6 +254,8 @@ func (m *model) applySub(index uint64, cmd fsm.Command) []fsm.Result {
 			out = append(out, m.extend(index, c.Holder, it))
 		}
 		return out
+	case *fsm.ExtendAll:
+		return []fsm.Result{m.extendAll(c)}
 	case *fsm.Release:
 		return []fsm.Result{m.release(c)}
 	case *fsm.Cancel:
@@ -553,6 +556,47 @@ func (m *model) extend(index uint64, holder string, it fsm.ExtendItem) fsm.Resul
 	return fsm.Result{Code: fsm.Extended, Key: it.Key, Token: r.token, Expiry: r.expiry}
 }
 
+// heads are holder's live holdings, one per grant (a set's member with
+// the least key), and their sum.
+func (m *model) heads(holder string) ([]*mrec, holdset.Sum) {
+	var out []*mrec
+	var sum holdset.Sum
+	for _, r := range m.recs {
+		if r.holder == holder && !r.delayed && m.grant(r)[0] == r {
+			out = append(out, r)
+			sum.Add(r.key, r.token)
+		}
+	}
+	return out, sum
+}
+
+// extendAll: the holder's due holdings are reaped, then every live one
+// is extended if the sum names exactly them.
+func (m *model) extendAll(c *fsm.ExtendAll) fsm.Result {
+	if c.Holder == "" || c.Count == 0 {
+		return fsm.Result{Code: fsm.Invalid}
+	}
+	var due []string
+	for _, r := range m.recs {
+		if r.holder == c.Holder && !r.delayed && r.expiry <= m.now {
+			due = append(due, r.key)
+		}
+	}
+	for _, k := range due {
+		m.reap(k)
+	}
+	heads, sum := m.heads(c.Holder)
+	if sum != (holdset.Sum{Count: c.Count, Digest: c.Digest}) {
+		return fsm.Result{Code: fsm.NotHeld}
+	}
+	for _, h := range heads {
+		for _, g := range m.grant(h) {
+			g.expiry = m.now + g.ttl
+		}
+	}
+	return fsm.Result{Code: fsm.Extended}
+}
+
 // end removes r's grant as released.
 func (m *model) end(r *mrec) {
 	for _, g := range m.grant(r) {
@@ -696,7 +740,7 @@ var (
 	stepKinds = []string{
 		"acquire", "extend", "acquire", "release", "expire", "acquire", "extend",
 		"batch", "acquire", "release", "expire", "extend", "acquire", "batch",
-		"expire", "acquire", "cancel", "promote", "cancel",
+		"expire", "acquire", "cancel", "promote", "cancel", "extend-all", "extend-all",
 	}
 	epochKinds = []string{
 		"current", "current", "current", "current", "current", "current",
@@ -826,6 +870,8 @@ func (r *modelRun) step(t *rapid.T) {
 		cmd = r.genAcquire(t)
 	case "extend":
 		cmd = r.genExtend(t)
+	case "extend-all":
+		cmd = r.genExtendAll(t)
 	case "release":
 		cmd = r.genRelease(t)
 	case "cancel":
@@ -1006,6 +1052,30 @@ func (r *modelRun) genExtend(t *rapid.T) *fsm.Extend {
 	return c
 }
 
+// genExtendAll sums a holder's live holdings as the model has them
+// (some may be due, and are then reaped first), or a near miss: one left
+// out, one too many, or a token changed.
+func (r *modelRun) genExtendAll(t *rapid.T) *fsm.ExtendAll {
+	holder := rapid.SampledFrom(modelHolders).Draw(t, "holder")
+	heads, sum := r.m.heads(holder)
+	switch rapid.IntRange(0, 5).Draw(t, "extend-all-miss") {
+	case 1:
+		if len(heads) > 0 {
+			h := heads[rapid.IntRange(0, len(heads)-1).Draw(t, "left-out")]
+			sum.Count--
+			sum.Digest -= holdset.Unit(h.key, h.token)
+		}
+	case 2:
+		sum.Add(rapid.SampledFrom(modelKeys).Draw(t, "key"), r.token(t, "x"))
+	case 3:
+		if len(heads) > 0 {
+			h := heads[0]
+			sum.Digest += holdset.Unit(h.key, h.token+1) - holdset.Unit(h.key, h.token)
+		}
+	}
+	return &fsm.ExtendAll{Holder: holder, Count: sum.Count, Digest: sum.Digest}
+}
+
 func (r *modelRun) genRelease(t *rapid.T) *fsm.Release {
 	k := rapid.SampledFrom(modelKeys).Draw(t, "key")
 	holder, token := r.holding(t, k)
@@ -1041,7 +1111,9 @@ func (r *modelRun) genCancel(t *rapid.T) *fsm.Cancel {
 func (r *modelRun) genBatch(t *rapid.T) *fsm.Batch {
 	b := &fsm.Batch{}
 	for range rapid.SampledFrom([]int{2, 1, 3, 2, 4, 0}).Draw(t, "batch-len") {
-		switch rapid.SampledFrom([]string{"release", "acquire", "expire", "extend", "cancel"}).Draw(t, "batch-kind") {
+		switch rapid.SampledFrom([]string{"release", "acquire", "expire", "extend", "cancel", "extend-all"}).Draw(t, "batch-kind") {
+		case "extend-all":
+			b.Cmds = append(b.Cmds, r.genExtendAll(t))
 		case "release":
 			b.Cmds = append(b.Cmds, r.genRelease(t))
 		case "cancel":

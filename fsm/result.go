@@ -159,6 +159,17 @@ func (c *Extend) Validate() error {
 	return nil
 }
 
+// Validate checks an extend-all against the limits.
+func (c *ExtendAll) Validate() error {
+	if err := checkHolder(c.Holder); err != nil {
+		return err
+	}
+	if c.Count == 0 || c.Count > MaxBatch {
+		return fmt.Errorf("extend of all %d leases, want 1 to %d", c.Count, MaxBatch)
+	}
+	return nil
+}
+
 // Validate checks a release against the limits.
 func (c *Release) Validate() error {
 	if err := checkKey(c.Key); err != nil {

@@ -56,6 +56,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/holdset"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata scripts and the fuzz seed corpus")
@@ -365,6 +366,23 @@ func (h *harness) command(a args) (fsm.Command, error) {
 			c.Items = append(c.Items, fsm.ExtendItem{Key: k, Token: n})
 		}
 		return c, nil
+	case "extend-all":
+		// The listed key:token units are the holdings the client believes
+		// it holds; the command carries only their sum.
+		holder, err := a.str("holder")
+		if err != nil {
+			return nil, err
+		}
+		var sum holdset.Sum
+		for _, w := range a.words {
+			k, tok, ok := strings.Cut(w, ":")
+			n, err := strconv.ParseUint(tok, 10, 64)
+			if !ok || err != nil {
+				return nil, fmt.Errorf("extend-all unit %q: want key:token", w)
+			}
+			sum.Add(k, n)
+		}
+		return &fsm.ExtendAll{Holder: holder, Count: sum.Count, Digest: sum.Digest}, nil
 	case "release":
 		c := &fsm.Release{}
 		var err error
@@ -532,7 +550,7 @@ func formatResult(r fsm.Result) string {
 	if r.Holder != "" {
 		parts = append(parts, "holder="+r.Holder)
 	}
-	if r.Code == fsm.Granted || r.Code == fsm.Extended {
+	if (r.Code == fsm.Granted || r.Code == fsm.Extended) && r.Key != "" { // an ExtendAll names no key
 		parts = append(parts, "expiry="+r.Expiry.String())
 	}
 	if r.Code == fsm.Held {

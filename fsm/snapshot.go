@@ -265,6 +265,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.epoch, f.now, f.applied = st.epoch, st.now, st.applied
 	f.keys, f.order, f.due, f.nHeld, f.nDelayed, f.nShaped, f.nBytes = st.keys, st.order, st.due, st.nHeld, st.nDelayed, st.nShaped, st.nBytes
 	f.marks = st.marks
+	f.holders = make(map[string]*record)
+	f.eachRecord(func(r *record) bool {
+		if r.State == StateHeld {
+			f.track(r)
+		}
+		return true
+	})
 	f.mu.Unlock()
 	f.emit(Event{Type: EventRestored, Index: st.applied})
 	f.notify()
