@@ -49,6 +49,11 @@ type Client struct {
 	// halved each time the cluster refuses a request as too large (its
 	// --max-extend-items or --max-request-bytes are set lower).
 	extendItems atomic.Int64
+	// allSkip and allMisses pace Extend by sum (see Client.extendAll):
+	// the number of keepalive rounds still to send lease by lease, and
+	// how many sums in a row were answered no. Used only by the one
+	// extend in flight at a time.
+	allSkip, allMisses int
 
 	mu     sync.Mutex
 	held   map[*held]struct{} // leases being kept alive

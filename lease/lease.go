@@ -11,6 +11,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/leasenode/leasenode/internal/holdset"
 	"github.com/leasenode/leasenode/transport/pb"
 )
 
@@ -423,6 +424,9 @@ func tooLarge(err error) bool {
 func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 	defer c.loopWG.Done()
 	var firstErr error
+	if done, err := c.extendAll(); done {
+		leases, firstErr = nil, err
+	}
 	for len(leases) > 0 {
 		chunk := firstChunk(leases, int(c.extendItems.Load()))
 		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
@@ -456,28 +460,107 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 				c.unguard(h) // the cluster holds no record of it: nothing for a new acquire to replace
 				continue
 			}
-			valid := c.validity(sent, h.ttl)
-			h.mu.Lock()
-			if h.err != nil {
-				// Ended (lost or released) while the reply was on its
-				// way: its validity stays where end left it.
-				h.mu.Unlock()
-				continue
-			}
-			if valid.After(h.validUntil) {
-				h.validUntil = valid
-			}
-			// Only a success moves the schedule: a lease whose extend
-			// failed stays due and is retried after the back-off.
-			h.lastSent = sent
-			h.warned = false
-			h.mu.Unlock()
+			c.extended(h, sent)
 		}
 	}
 	select {
 	case out <- extendOutcome{leases: leases, err: firstErr}:
 	case <-c.stop:
 	}
+}
+
+// maxAllSkip is the most keepalive rounds sent lease by lease after sums
+// were answered no: a cluster that predates Extend by sum is asked again
+// about once a minute with the default 15 s TTL, and so starts to save
+// the work soon after it is upgraded.
+const maxAllSkip = 16
+
+// extendAll extends every lease of the Client with one small request,
+// the sum of their (least key, token) units (pb.HoldingSum): the leader
+// extends them all if they are exactly the holder's live leases in the
+// cluster, in one Raft entry that names none of them (fsm.ExtendAll). A
+// keepalive round then costs the same for ten thousand leases as for
+// one. It reports whether the round is done: yes when every lease was
+// extended, or when the request failed (err: the round failed, and is
+// retried with back-off as a per-lease round would be); no when the
+// cluster answered no (it holds a lease the Client has given up on, or
+// has not learnt of yet, or has ended one the Client still counts; or it
+// predates Extend by sum), and then the round names the leases, which
+// says which ones ended. After a no, the next 1, 2, 4 … maxAllSkip
+// rounds name their leases without asking.
+func (c *Client) extendAll() (done bool, err error) {
+	if c.allSkip > 0 {
+		c.allSkip--
+		return false, nil
+	}
+	c.mu.Lock()
+	all := make([]*held, 0, len(c.held))
+	for h := range c.held {
+		all = append(all, h)
+	}
+	c.mu.Unlock()
+	var sum holdset.Sum
+	live := all[:0]
+	for _, h := range all {
+		h.mu.Lock()
+		ended := h.err != nil
+		h.mu.Unlock()
+		if !ended {
+			live = append(live, h)
+			sum.Add(h.unit(), h.token)
+		}
+	}
+	if sum.Count < 2 || int64(sum.Count) > c.extendItems.Load() {
+		return false, nil // one lease costs the same named; too many go in chunks
+	}
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(live))
+	resp, err := c.b.Extend(ctx, &pb.ExtendRequest{Holder: c.opts.holder,
+		All: &pb.HoldingSum{Count: sum.Count, Digest: sum.Digest}})
+	cancel()
+	switch {
+	case err == nil && resp.GetAllExtended():
+		c.allMisses = 0
+		for _, h := range live {
+			c.extended(h, sent)
+		}
+		return true, nil
+	case err != nil && reasonOf(err) != pb.Reason_REASON_INVALID && connect.CodeOf(err) != connect.CodeInvalidArgument:
+		return true, err // unanswered: the round failed, whatever it named
+	}
+	// No (or refused by a server that predates it): name them.
+	c.allSkip = min(1<<c.allMisses, maxAllSkip)
+	c.allMisses = min(c.allMisses+1, 8)
+	return false, nil
+}
+
+// unit is the key that names h's grant in a sum: its least key.
+func (h *held) unit() string {
+	k := h.key
+	for _, it := range h.items {
+		k = min(k, it.Key)
+	}
+	return k
+}
+
+// extended records a successful extend of h sent at sent: valid until
+// sent plus its TTL, shortened by drift; a lease that ended meanwhile
+// (lost or released while the reply was on its way) keeps the validity
+// end left it.
+func (c *Client) extended(h *held, sent time.Time) {
+	valid := c.validity(sent, h.ttl)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.err != nil {
+		return
+	}
+	if valid.After(h.validUntil) {
+		h.validUntil = valid
+	}
+	// Only a success moves the schedule: a lease whose extend failed
+	// stays due and is retried after the back-off.
+	h.lastSent = sent
+	h.warned = false
 }
 
 // requestTimeout bounds an extend attempt by the shortest remaining

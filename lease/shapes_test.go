@@ -2,11 +2,13 @@ package lease_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node/nodetest"
 )
 
 // Scenario: a semaphore of 2 takes two clients, refuses a third at once
@@ -123,7 +125,8 @@ func TestSharedReadersAndWriter(t *testing.T) {
 // nothing partially, and its release frees every key at once.
 func TestAcquireSet(t *testing.T) {
 	forBackends(t, func(t *testing.T, e *env) {
-		a, ab := e.newClient(t, lease.WithTTL(time.Second))
+		const ttl = 2 * time.Second
+		a, ab := e.newClient(t, lease.WithTTL(ttl))
 		b, _ := e.newClient(t)
 		other, err := b.Acquire(ctxT(t, 10*time.Second), "set/c")
 		if err != nil {
@@ -163,18 +166,24 @@ func TestAcquireSet(t *testing.T) {
 		if r, err := b.TryAcquire(ctxT(t, 10*time.Second), "set/b", lease.Shared()); err != nil || r == nil {
 			t.Fatalf("reader beside the set: %v %v", r, err)
 		}
-		// Several TTLs later it is still held: one extend item per tick.
-		before := int64(0)
+		// Two TTLs later it is still held: one extend item per tick.
+		before, extendsBefore := int64(0), int64(0)
 		if ab != nil {
-			before = ab.items.Load()
+			before, extendsBefore = ab.items.Load(), ab.extends.Load()
 		}
-		time.Sleep(2500 * time.Millisecond)
-		if !l.IsHealthy() {
-			t.Fatalf("set lease lost: %v", l.Err())
-		}
+		start := time.Now()
+		nodetest.Eventually(t, 20*time.Second, func() error {
+			if !l.IsHealthy() {
+				t.Fatalf("set lease lost: %v", l.Err())
+			}
+			if !l.ValidUntil().After(start.Add(2 * ttl)) {
+				return fmt.Errorf("valid until %v after the start, want past two TTLs", l.ValidUntil().Sub(start))
+			}
+			return nil
+		})
 		if ab != nil {
-			extends, items := ab.extends.Load(), ab.items.Load()-before
-			t.Logf("%d extends, %d items over 2.5 s", extends, items)
+			extends, items := ab.extends.Load()-extendsBefore, ab.items.Load()-before
+			t.Logf("%d extends, %d items over two TTLs", extends, items)
 			if items > extends {
 				t.Fatalf("%d extend items in %d extends: a set costs one item", items, extends)
 			}

@@ -260,8 +260,28 @@ func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.Abando
 }
 
 // Extend renews every listed lease of req.Holder by its full TTL, in one
-// Raft entry. Each item's result says whether it was extended.
+// Raft entry. Each item's result says whether it was extended. With
+// req.All instead of items, it renews every live lease of the holder if
+// they are exactly the leases req.All sums (fsm.ExtendAll), and says so
+// in AllExtended; a sum of more leases than --max-extend-items, or a
+// cluster with a server that reads an older command format, answers no
+// without proposing anything, and the client names its leases.
 func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if all := req.GetAll(); all != nil {
+		if len(req.GetItems()) > 0 {
+			return nil, fmt.Errorf("%w: an extend names either its leases (items) or a sum of all of them (all), not both", ErrInvalid)
+		}
+		if err := extendAllCmd(req).Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if err := text("holder", req.GetHolder()); err != nil {
+			return nil, err
+		}
+		if all.GetCount() > uint32(n.cfg.Limits.MaxExtendItems) {
+			return &pb.ExtendResponse{Header: n.header()}, nil
+		}
+		return leaderCall(ctx, n, methodExtend, req, &pb.ExtendResponse{}, n.extendLocal, true)
+	}
 	if got, max := len(req.GetItems()), n.cfg.Limits.MaxExtendItems; got > max {
 		return nil, fmt.Errorf("%w: extend of %d leases exceeds the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
 			ErrInvalid, got, max)
@@ -961,6 +981,9 @@ func (n *Node) acquireReply(res fsm.Result, waited, ttl time.Duration) (*pb.Acqu
 }
 
 func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if req.GetAll() != nil {
+		return n.extendAllLocal(ctx, ls, req)
+	}
 	cmd := extendCmd(req)
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -986,6 +1009,37 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 		out.Results[i] = er
 	}
 	return out, nil
+}
+
+// extendAllLocal proposes an fsm.ExtendAll, once every server of the
+// configuration reads the format that carries it (else it answers no
+// at once, and the client names its leases). UNSAFE ExtendNoCommit
+// answers no too, so that its clients send the per-lease extends it
+// answers from local state.
+func (n *Node) extendAllLocal(ctx context.Context, ls *leaderState, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	cmd := extendAllCmd(req)
+	if err := cmd.Validate(); err != nil || len(req.GetItems()) > 0 {
+		return nil, fmt.Errorf("%w: extend of all leases: %v (with %d items)", ErrInvalid, err, len(req.GetItems()))
+	}
+	no := &pb.ExtendResponse{Header: n.header()}
+	if k := n.cfg.Testing; k != nil && k.ExtendNoCommit {
+		return no, nil
+	}
+	if id, _, _ := n.olderReader(fsm.MinFormat(cmd)); id != "" {
+		return no, nil
+	}
+	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	if err != nil {
+		return nil, err
+	}
+	switch r := resp.Results[0]; r.Code {
+	case fsm.Extended:
+		return &pb.ExtendResponse{Header: n.header(), AllExtended: true}, nil
+	case fsm.NotHeld:
+		return no, nil
+	default:
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, r.Reason)
+	}
 }
 
 // unsafeExtend answers an extend from local state without committing it.
@@ -1225,6 +1279,11 @@ func extendCmd(req *pb.ExtendRequest) *fsm.Extend {
 		cmd.Items[i] = fsm.ExtendItem{Key: it.GetKey(), Token: it.GetToken()}
 	}
 	return cmd
+}
+
+func extendAllCmd(req *pb.ExtendRequest) *fsm.ExtendAll {
+	all := req.GetAll()
+	return &fsm.ExtendAll{Holder: req.GetHolder(), Count: all.GetCount(), Digest: all.GetDigest()}
 }
 
 func releaseCmd(req *pb.ReleaseRequest) *fsm.Release {

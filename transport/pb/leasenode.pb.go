@@ -770,9 +770,15 @@ func (x *ExtendItem) GetToken() uint64 {
 }
 
 type ExtendRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
-	Items         []*ExtendItem          `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Holder string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	Items  []*ExtendItem          `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	// all, instead of items, asks to extend every live lease of holder, if
+	// they are exactly the leases it sums; the answer is all_extended. A
+	// client sends the leases one by one when the answer is not yes
+	// (including from a server that predates it, which refuses the request
+	// for naming no items).
+	All           *HoldingSum `protobuf:"bytes,3,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -821,6 +827,68 @@ func (x *ExtendRequest) GetItems() []*ExtendItem {
 	return nil
 }
 
+func (x *ExtendRequest) GetAll() *HoldingSum {
+	if x != nil {
+		return x.All
+	}
+	return nil
+}
+
+// HoldingSum summarises a set of leases: how many grants, and the sum
+// (mod 2^64) of one 64-bit hash per grant, of its least key and its
+// token (package internal/holdset).
+type HoldingSum struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Digest        uint64                 `protobuf:"fixed64,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldingSum) Reset() {
+	*x = HoldingSum{}
+	mi := &file_leasenode_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldingSum) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldingSum) ProtoMessage() {}
+
+func (x *HoldingSum) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldingSum.ProtoReflect.Descriptor instead.
+func (*HoldingSum) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HoldingSum) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *HoldingSum) GetDigest() uint64 {
+	if x != nil {
+		return x.Digest
+	}
+	return 0
+}
+
 type ExtendResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -837,7 +905,7 @@ type ExtendResult struct {
 
 func (x *ExtendResult) Reset() {
 	*x = ExtendResult{}
-	mi := &file_leasenode_proto_msgTypes[6]
+	mi := &file_leasenode_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +917,7 @@ func (x *ExtendResult) String() string {
 func (*ExtendResult) ProtoMessage() {}
 
 func (x *ExtendResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[6]
+	mi := &file_leasenode_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +930,7 @@ func (x *ExtendResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResult.ProtoReflect.Descriptor instead.
 func (*ExtendResult) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{6}
+	return file_leasenode_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExtendResult) GetKey() string {
@@ -908,16 +976,21 @@ func (x *ExtendResult) GetCurrentToken() uint64 {
 }
 
 type ExtendResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Results       []*ExtendResult        `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Header  *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Results []*ExtendResult        `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// all_extended answers ExtendRequest.all: every lease it summed was
+	// extended by its full TTL from the leader's receipt of the request.
+	// False: nothing was extended (the leases differ from the sum, or the
+	// cluster cannot do it yet); send the leases one by one.
+	AllExtended   bool `protobuf:"varint,3,opt,name=all_extended,json=allExtended,proto3" json:"all_extended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_leasenode_proto_msgTypes[7]
+	mi := &file_leasenode_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1002,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[7]
+	mi := &file_leasenode_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1015,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{7}
+	return file_leasenode_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExtendResponse) GetHeader() *Header {
@@ -959,6 +1032,13 @@ func (x *ExtendResponse) GetResults() []*ExtendResult {
 	return nil
 }
 
+func (x *ExtendResponse) GetAllExtended() bool {
+	if x != nil {
+		return x.AllExtended
+	}
+	return false
+}
+
 type ReleaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -970,7 +1050,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_leasenode_proto_msgTypes[8]
+	mi := &file_leasenode_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1062,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[8]
+	mi := &file_leasenode_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1075,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{8}
+	return file_leasenode_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseRequest) GetKey() string {
@@ -1031,7 +1111,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_leasenode_proto_msgTypes[9]
+	mi := &file_leasenode_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1123,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[9]
+	mi := &file_leasenode_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1136,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{9}
+	return file_leasenode_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReleaseResponse) GetHeader() *Header {
@@ -1086,7 +1166,7 @@ type AbandonRequest struct {
 
 func (x *AbandonRequest) Reset() {
 	*x = AbandonRequest{}
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1178,7 @@ func (x *AbandonRequest) String() string {
 func (*AbandonRequest) ProtoMessage() {}
 
 func (x *AbandonRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[10]
+	mi := &file_leasenode_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1191,7 @@ func (x *AbandonRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbandonRequest.ProtoReflect.Descriptor instead.
 func (*AbandonRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{10}
+	return file_leasenode_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AbandonRequest) GetKey() string {
@@ -1149,7 +1229,7 @@ type AbandonResponse struct {
 
 func (x *AbandonResponse) Reset() {
 	*x = AbandonResponse{}
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1241,7 @@ func (x *AbandonResponse) String() string {
 func (*AbandonResponse) ProtoMessage() {}
 
 func (x *AbandonResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[11]
+	mi := &file_leasenode_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1254,7 @@ func (x *AbandonResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbandonResponse.ProtoReflect.Descriptor instead.
 func (*AbandonResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{11}
+	return file_leasenode_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AbandonResponse) GetHeader() *Header {
@@ -1229,7 +1309,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1321,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[12]
+	mi := &file_leasenode_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1334,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{12}
+	return file_leasenode_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelRequest) GetKey() string {
@@ -1317,7 +1397,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1409,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[13]
+	mi := &file_leasenode_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1422,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{13}
+	return file_leasenode_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Lease) GetKey() string {
@@ -1441,7 +1521,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1533,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[14]
+	mi := &file_leasenode_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1546,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{14}
+	return file_leasenode_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetRequest) GetKey() string {
@@ -1499,7 +1579,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1591,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[15]
+	mi := &file_leasenode_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1604,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{15}
+	return file_leasenode_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetResponse) GetHeader() *Header {
@@ -1568,7 +1648,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1660,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[16]
+	mi := &file_leasenode_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1673,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{16}
+	return file_leasenode_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -1641,7 +1721,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1733,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[17]
+	mi := &file_leasenode_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1746,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{17}
+	return file_leasenode_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListResponse) GetHeader() *Header {
@@ -1707,7 +1787,7 @@ type CheckTokenRequest struct {
 
 func (x *CheckTokenRequest) Reset() {
 	*x = CheckTokenRequest{}
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1799,7 @@ func (x *CheckTokenRequest) String() string {
 func (*CheckTokenRequest) ProtoMessage() {}
 
 func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[18]
+	mi := &file_leasenode_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1812,7 @@ func (x *CheckTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenRequest.ProtoReflect.Descriptor instead.
 func (*CheckTokenRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{18}
+	return file_leasenode_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckTokenRequest) GetKey() string {
@@ -1765,7 +1845,7 @@ type CheckTokenResponse struct {
 
 func (x *CheckTokenResponse) Reset() {
 	*x = CheckTokenResponse{}
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1857,7 @@ func (x *CheckTokenResponse) String() string {
 func (*CheckTokenResponse) ProtoMessage() {}
 
 func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[19]
+	mi := &file_leasenode_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1870,7 @@ func (x *CheckTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckTokenResponse.ProtoReflect.Descriptor instead.
 func (*CheckTokenResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{19}
+	return file_leasenode_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckTokenResponse) GetHeader() *Header {
@@ -1846,7 +1926,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1938,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[20]
+	mi := &file_leasenode_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1951,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{20}
+	return file_leasenode_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1917,7 +1997,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2009,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[21]
+	mi := &file_leasenode_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2022,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{21}
+	return file_leasenode_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -1981,7 +2061,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2073,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[22]
+	mi := &file_leasenode_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2086,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{22}
+	return file_leasenode_proto_rawDescGZIP(), []int{23}
 }
 
 type Member struct {
@@ -2026,7 +2106,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2038,7 +2118,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[23]
+	mi := &file_leasenode_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2051,7 +2131,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{23}
+	return file_leasenode_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Member) GetId() string {
@@ -2113,7 +2193,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2205,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[24]
+	mi := &file_leasenode_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2218,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{24}
+	return file_leasenode_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MembersResponse) GetHeader() *Header {
@@ -2163,7 +2243,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2255,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[25]
+	mi := &file_leasenode_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2268,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{25}
+	return file_leasenode_proto_rawDescGZIP(), []int{26}
 }
 
 type StatusResponse struct {
@@ -2232,7 +2312,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_leasenode_proto_msgTypes[26]
+	mi := &file_leasenode_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2324,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[26]
+	mi := &file_leasenode_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2337,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{26}
+	return file_leasenode_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatusResponse) GetHeader() *Header {
@@ -2375,7 +2455,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_leasenode_proto_msgTypes[27]
+	mi := &file_leasenode_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2467,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[27]
+	mi := &file_leasenode_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2480,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{27}
+	return file_leasenode_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -2442,7 +2522,7 @@ type RPCError struct {
 
 func (x *RPCError) Reset() {
 	*x = RPCError{}
-	mi := &file_leasenode_proto_msgTypes[28]
+	mi := &file_leasenode_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2534,7 @@ func (x *RPCError) String() string {
 func (*RPCError) ProtoMessage() {}
 
 func (x *RPCError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[28]
+	mi := &file_leasenode_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2547,7 @@ func (x *RPCError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RPCError.ProtoReflect.Descriptor instead.
 func (*RPCError) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{28}
+	return file_leasenode_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RPCError) GetDetail() *ErrorDetail {
@@ -2527,20 +2607,26 @@ const file_leasenode_proto_rawDesc = "" +
 	"\n" +
 	"ExtendItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\x04R\x05token\"W\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\"\x83\x01\n" +
 	"\rExtendRequest\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12.\n" +
-	"\x05items\x18\x02 \x03(\v2\x18.leasenode.v1.ExtendItemR\x05items\"\xb0\x01\n" +
+	"\x05items\x18\x02 \x03(\v2\x18.leasenode.v1.ExtendItemR\x05items\x12*\n" +
+	"\x03all\x18\x03 \x01(\v2\x18.leasenode.v1.HoldingSumR\x03all\":\n" +
+	"\n" +
+	"HoldingSum\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\x06R\x06digest\"\xb0\x01\n" +
 	"\fExtendResult\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12+\n" +
 	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x16\n" +
 	"\x06holder\x18\x05 \x01(\tR\x06holder\x12#\n" +
-	"\rcurrent_token\x18\x06 \x01(\x04R\fcurrentToken\"t\n" +
+	"\rcurrent_token\x18\x06 \x01(\x04R\fcurrentToken\"\x97\x01\n" +
 	"\x0eExtendResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x124\n" +
-	"\aresults\x18\x02 \x03(\v2\x1a.leasenode.v1.ExtendResultR\aresults\"P\n" +
+	"\aresults\x18\x02 \x03(\v2\x1a.leasenode.v1.ExtendResultR\aresults\x12!\n" +
+	"\fall_extended\x18\x03 \x01(\bR\vallExtended\"P\n" +
 	"\x0eReleaseRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
@@ -2721,7 +2807,7 @@ func file_leasenode_proto_rawDescGZIP() []byte {
 }
 
 var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_leasenode_proto_goTypes = []any{
 	(LeaseMode)(0),              // 0: leasenode.v1.LeaseMode
 	(AbandonOutcome)(0),         // 1: leasenode.v1.AbandonOutcome
@@ -2734,94 +2820,96 @@ var file_leasenode_proto_goTypes = []any{
 	(*AcquireResponse)(nil),     // 8: leasenode.v1.AcquireResponse
 	(*ExtendItem)(nil),          // 9: leasenode.v1.ExtendItem
 	(*ExtendRequest)(nil),       // 10: leasenode.v1.ExtendRequest
-	(*ExtendResult)(nil),        // 11: leasenode.v1.ExtendResult
-	(*ExtendResponse)(nil),      // 12: leasenode.v1.ExtendResponse
-	(*ReleaseRequest)(nil),      // 13: leasenode.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),     // 14: leasenode.v1.ReleaseResponse
-	(*AbandonRequest)(nil),      // 15: leasenode.v1.AbandonRequest
-	(*AbandonResponse)(nil),     // 16: leasenode.v1.AbandonResponse
-	(*CancelRequest)(nil),       // 17: leasenode.v1.CancelRequest
-	(*Lease)(nil),               // 18: leasenode.v1.Lease
-	(*GetRequest)(nil),          // 19: leasenode.v1.GetRequest
-	(*GetResponse)(nil),         // 20: leasenode.v1.GetResponse
-	(*ListRequest)(nil),         // 21: leasenode.v1.ListRequest
-	(*ListResponse)(nil),        // 22: leasenode.v1.ListResponse
-	(*CheckTokenRequest)(nil),   // 23: leasenode.v1.CheckTokenRequest
-	(*CheckTokenResponse)(nil),  // 24: leasenode.v1.CheckTokenResponse
-	(*WatchRequest)(nil),        // 25: leasenode.v1.WatchRequest
-	(*WatchEvent)(nil),          // 26: leasenode.v1.WatchEvent
-	(*MembersRequest)(nil),      // 27: leasenode.v1.MembersRequest
-	(*Member)(nil),              // 28: leasenode.v1.Member
-	(*MembersResponse)(nil),     // 29: leasenode.v1.MembersResponse
-	(*StatusRequest)(nil),       // 30: leasenode.v1.StatusRequest
-	(*StatusResponse)(nil),      // 31: leasenode.v1.StatusResponse
-	(*ErrorDetail)(nil),         // 32: leasenode.v1.ErrorDetail
-	(*RPCError)(nil),            // 33: leasenode.v1.RPCError
-	(*durationpb.Duration)(nil), // 34: google.protobuf.Duration
+	(*HoldingSum)(nil),          // 11: leasenode.v1.HoldingSum
+	(*ExtendResult)(nil),        // 12: leasenode.v1.ExtendResult
+	(*ExtendResponse)(nil),      // 13: leasenode.v1.ExtendResponse
+	(*ReleaseRequest)(nil),      // 14: leasenode.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),     // 15: leasenode.v1.ReleaseResponse
+	(*AbandonRequest)(nil),      // 16: leasenode.v1.AbandonRequest
+	(*AbandonResponse)(nil),     // 17: leasenode.v1.AbandonResponse
+	(*CancelRequest)(nil),       // 18: leasenode.v1.CancelRequest
+	(*Lease)(nil),               // 19: leasenode.v1.Lease
+	(*GetRequest)(nil),          // 20: leasenode.v1.GetRequest
+	(*GetResponse)(nil),         // 21: leasenode.v1.GetResponse
+	(*ListRequest)(nil),         // 22: leasenode.v1.ListRequest
+	(*ListResponse)(nil),        // 23: leasenode.v1.ListResponse
+	(*CheckTokenRequest)(nil),   // 24: leasenode.v1.CheckTokenRequest
+	(*CheckTokenResponse)(nil),  // 25: leasenode.v1.CheckTokenResponse
+	(*WatchRequest)(nil),        // 26: leasenode.v1.WatchRequest
+	(*WatchEvent)(nil),          // 27: leasenode.v1.WatchEvent
+	(*MembersRequest)(nil),      // 28: leasenode.v1.MembersRequest
+	(*Member)(nil),              // 29: leasenode.v1.Member
+	(*MembersResponse)(nil),     // 30: leasenode.v1.MembersResponse
+	(*StatusRequest)(nil),       // 31: leasenode.v1.StatusRequest
+	(*StatusResponse)(nil),      // 32: leasenode.v1.StatusResponse
+	(*ErrorDetail)(nil),         // 33: leasenode.v1.ErrorDetail
+	(*RPCError)(nil),            // 34: leasenode.v1.RPCError
+	(*durationpb.Duration)(nil), // 35: google.protobuf.Duration
 }
 var file_leasenode_proto_depIdxs = []int32{
-	34, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
-	34, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	35, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
+	35, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
 	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
 	7,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
 	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
 	5,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	34, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	34, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	34, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	35, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	35, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	35, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
 	9,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
-	34, // 10: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
-	5,  // 11: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
-	11, // 12: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
-	5,  // 13: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
-	5,  // 14: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
-	1,  // 15: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
-	34, // 16: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
-	34, // 17: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	34, // 18: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
-	2,  // 19: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	34, // 20: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
-	0,  // 21: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
-	5,  // 22: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
-	18, // 23: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
-	18, // 24: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
-	5,  // 25: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
-	18, // 26: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
-	18, // 27: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
-	5,  // 28: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
-	18, // 29: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
-	3,  // 30: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
-	18, // 31: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
-	5,  // 32: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
-	28, // 33: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
-	5,  // 34: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
-	4,  // 35: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	32, // 36: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
-	6,  // 37: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
-	10, // 38: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
-	13, // 39: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	15, // 40: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
-	19, // 41: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	21, // 42: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	23, // 43: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	25, // 44: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	27, // 45: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	30, // 46: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
-	8,  // 47: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
-	12, // 48: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
-	14, // 49: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	16, // 50: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
-	20, // 51: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	22, // 52: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	24, // 53: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	26, // 54: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	29, // 55: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	31, // 56: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
-	47, // [47:57] is the sub-list for method output_type
-	37, // [37:47] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	11, // 10: leasenode.v1.ExtendRequest.all:type_name -> leasenode.v1.HoldingSum
+	35, // 11: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	5,  // 12: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
+	12, // 13: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
+	5,  // 14: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
+	5,  // 15: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
+	1,  // 16: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
+	35, // 17: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
+	35, // 18: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	35, // 19: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	2,  // 20: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
+	35, // 21: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	0,  // 22: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
+	5,  // 23: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
+	19, // 24: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
+	19, // 25: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 26: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
+	19, // 27: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
+	19, // 28: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 29: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
+	19, // 30: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
+	3,  // 31: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
+	19, // 32: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
+	5,  // 33: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
+	29, // 34: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
+	5,  // 35: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
+	4,  // 36: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
+	33, // 37: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	6,  // 38: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
+	10, // 39: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
+	14, // 40: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
+	16, // 41: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
+	20, // 42: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	22, // 43: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	24, // 44: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	26, // 45: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	28, // 46: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	31, // 47: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	8,  // 48: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
+	13, // 49: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
+	15, // 50: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
+	17, // 51: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
+	21, // 52: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	23, // 53: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	25, // 54: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	27, // 55: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	30, // 56: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	32, // 57: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	48, // [48:58] is the sub-list for method output_type
+	38, // [38:48] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_leasenode_proto_init() }
@@ -2835,7 +2923,7 @@ func file_leasenode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasenode_proto_rawDesc), len(file_leasenode_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
