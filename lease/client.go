@@ -490,12 +490,19 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	}
 	// An attempt may have been granted just as we gave up, or before the
 	// refusal: settle it.
-	_, held, rerr := c.abandon(req, began)
+	granted, held, rerr := c.abandon(req, began)
 	if refused {
 		if rerr != nil {
 			return nil, fmt.Errorf("acquire %q: %w: an earlier attempt may have been granted (%v), and then: %w", key, ErrUnknownOutcome, rerr, classify("acquire", key, err))
 		}
-		return nil, classify("acquire", key, err) // settled: nothing of it is held
+		if granted || spent > 0 {
+			// An attempt of this call was granted (and has ended: released
+			// now, or its id reported spent): an effect the refusal alone
+			// would deny (lease/doc.go: after a spent id, ErrUnknownOutcome,
+			// never a refusal). Nothing of it is held.
+			return nil, fmt.Errorf("acquire %q: %w: an earlier attempt was granted and has ended (released or withdrawn); nothing is held; then: %w", key, ErrUnknownOutcome, classify("acquire", key, err))
+		}
+		return nil, classify("acquire", key, err) // settled: never granted
 	}
 	if rerr != nil {
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)

@@ -1,0 +1,91 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+type reasonErr struct {
+	r   pb.Reason
+	msg string
+}
+
+func (e *reasonErr) Error() string     { return e.msg }
+func (e *reasonErr) Reason() pb.Reason { return e.r }
+
+// scriptedAcquires answers Acquire from a script of errors and Abandon with a
+// fixed outcome.
+type scriptedAcquires struct {
+	lease.Backend
+	mu       sync.Mutex
+	acquires []error
+	ids      []uint64
+	abandon  pb.AbandonOutcome
+	abandons []uint64
+}
+
+func (s *scriptedAcquires) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ids = append(s.ids, r.GetRequestId())
+	if len(s.acquires) == 0 {
+		return &pb.AcquireResponse{Granted: false, Holder: "other"}, nil
+	}
+	err := s.acquires[0]
+	s.acquires = s.acquires[1:]
+	return nil, err
+}
+
+func (s *scriptedAcquires) Abandon(ctx context.Context, r *pb.AbandonRequest) (*pb.AbandonResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abandons = append(s.abandons, r.GetRequestId())
+	return &pb.AbandonResponse{Outcome: s.abandon}, nil
+}
+
+func (s *scriptedAcquires) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return nil, errors.New("no")
+}
+
+// A call one of whose attempts was granted and has ended (its id found
+// spent, or the grant released by the settling Abandon) and that is then
+// refused as invalid reports ErrUnknownOutcome, never a plain refusal: the
+// grant was applied and may have been seen (lease/doc.go). Adversarial
+// review s31, finding 3.
+func TestRefusalAfterAnEndedGrantIsUnknown(t *testing.T) {
+	unknown := func() error { return &reasonErr{pb.Reason_REASON_UNKNOWN_OUTCOME, "leader lost mid-apply"} }
+	for _, tc := range []struct {
+		name    string
+		script  []error
+		abandon pb.AbandonOutcome
+	}{
+		{"spent, then unknown, then invalid; abandon: never granted", []error{unknown(),
+			&reasonErr{pb.Reason_REASON_STALE_REQUEST, "request id spent"}, unknown(),
+			&reasonErr{pb.Reason_REASON_INVALID, "format gate: node n2 may read an older format"}}, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED},
+		{"unknown, then invalid; abandon: released (it was granted)", []error{unknown(),
+			&reasonErr{pb.Reason_REASON_INVALID, "format gate: node n2 may read an older format"}}, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &scriptedAcquires{acquires: tc.script, abandon: tc.abandon}
+			cl, err := lease.New(b, lease.WithBackoff(time.Millisecond, 5*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			l, err := cl.TryAcquire(ctx, "k", lease.Shared())
+			t.Logf("ids sent %v, abandoned %v: lease %v, err %v; ErrInvalid=%v ErrUnknownOutcome=%v",
+				b.ids, b.abandons, l, err, errors.Is(err, lease.ErrInvalid), errors.Is(err, lease.ErrUnknownOutcome))
+			if !errors.Is(err, lease.ErrUnknownOutcome) {
+				t.Errorf("an attempt of this call was applied (granted, then ended), but the call reports a plain refusal")
+			}
+		})
+	}
+}
