@@ -45,16 +45,21 @@ type Event struct {
 	Shared    bool
 	Semaphore int
 	Set       uint64
-	// Current marks a Granted event of the listing a stream begins with: a
-	// holding current when the watch started, granted at Index, not a
-	// grant made since. (False from servers older than this field.)
+	// Current marks an event of the listing a stream begins with: a
+	// Granted one is a holding current when the watch started, granted at
+	// Index, not a grant made since; an Expired one a key whose holding
+	// (granted at Index) expired and whose lock-delay still runs: nobody
+	// holds it, and a Freed event follows when the lock-delay ends. (False
+	// from servers older than this field; servers of before the Expired
+	// listing list such a key as a Granted event with no Holder.)
 	Current bool
 }
 
 // Watch streams changes to keys starting with prefix, in the order the
 // cluster applied them, beginning with one Granted event per current
 // holding, marked Current (a key held by several holders has one per
-// holder; a multi-key lease one per key). Extends are not reported (a
+// holder; a multi-key lease one per key), and one Expired event, marked
+// Current, per key in its lock-delay. Extends are not reported (a
 // grant stays in force until a Released or Expired event). The channel
 // closes when ctx ends or the stream breaks (after a Reset event if it
 // fell behind); watch again to resume. Close ends it. Watch fails as a

@@ -233,7 +233,14 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 					if page[i].Token > since {
 						continue // granted since w was registered: its event is queued
 					}
-					if !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: page[i].Token, Lease: toPB(&page[i], now), Current: true}) {
+					// A key in its lock-delay is listed as the expiry
+					// that began it (its Freed event follows), never as
+					// held: nobody holds it.
+					typ := pb.EventType_EVENT_TYPE_GRANTED
+					if page[i].State == fsm.StateDelayed {
+						typ = pb.EventType_EVENT_TYPE_EXPIRED
+					}
+					if !send(&pb.WatchEvent{Type: typ, Index: page[i].Token, Lease: toPB(&page[i], now), Current: true}) {
 						if h.isReset(w) {
 							sendReset()
 						}

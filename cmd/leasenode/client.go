@@ -901,6 +901,8 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			switch {
 			case e.Type == lease.Reset:
 				fmt.Printf("%s  reset     (the watch fell behind or a snapshot was restored; re-reading)\n", now)
+			case e.Current && e.Type == lease.Expired: // the listing: a key in its lock-delay
+				fmt.Printf("%s  %-8s  %s  token=%d (expired; its lock-delay runs)\n", now, "lockdelay", e.Key, e.Token)
 			case e.Current: // the listing: held since before the watch began
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, "held", e.Key, dash(e.Holder), e.Token)
 			default:
