@@ -598,6 +598,10 @@ func (n *Node) noLeaderDetail(names bool) string {
 		self, seen = "node "+n.cfg.ID, " ("+strings.Join(alive, ", ")+")"
 	}
 	if n.cfg.BootstrapExpect > 0 && !n.hasState() {
+		if id := n.cluster.seenID(); id != "" {
+			return fmt.Sprintf("waiting to be added to cluster %s, which a member belonged to (not bootstrapping: %s in the data dir; to found a new cluster instead, stop every node that says so and delete that file from each)",
+				short(id), SeenClusterFile)
+		}
 		return fmt.Sprintf("waiting to bootstrap: %d of %d expected nodes seen%s", len(alive), n.cfg.BootstrapExpect, seen)
 	}
 	voters, reachable := 0, 0

@@ -850,7 +850,7 @@ func (n *Node) tryBootstrap() bool {
 			n.log.Warn("bootstrap postponed", "err", err)
 			return false
 		}
-		n.log.Info("not bootstrapping: a member belongs to a cluster already; waiting for its leader to add this node (to found a new cluster instead, start this node with an empty data dir)",
+		n.log.Info("not bootstrapping: a member belongs to a cluster already; waiting for its leader to add this node (to found a new cluster instead, stop every node that logged this and delete "+SeenClusterFile+" from each data dir)",
 			"component", "node.membership", "member", id, "cluster", cluster)
 		n.cluster.joining()
 		return true
@@ -864,7 +864,8 @@ func (n *Node) tryBootstrap() bool {
 			n.log.Warn("bootstrap postponed", "err", err)
 			return false
 		}
-		n.log.Info("not bootstrapping: a member already has Raft state, or has seen a cluster", "member", id, "cluster", cluster)
+		n.log.Info("not bootstrapping: a member already has Raft state, or has seen a cluster; waiting for its leader to add this node (to found a new cluster instead, stop every node that logged this and delete "+SeenClusterFile+" from each data dir)",
+			"member", id, "cluster", cluster)
 		n.cluster.joining()
 		return true
 	}

@@ -31,8 +31,10 @@ const ClusterIDFile = "cluster-id"
 // member belongs to a cluster already, or said it had seen one: that
 // cluster's id (hex, one line). While it has no Raft state the node joins
 // that cluster rather than bootstrap, across restarts, and tells the nodes
-// that ask it (StatusResponse.seen_cluster). To found a new cluster in
-// its place, start the node with an empty data dir.
+// that ask it (StatusResponse.seen_cluster), which decide the same. To
+// found a new cluster instead, stop every node that decided so and delete
+// the file from each (one node alone with an empty data dir learns the
+// decision back from the others).
 const SeenClusterFile = "seen-cluster"
 
 // nodePortTLS builds the node port's TLS configurations and the API's:
@@ -294,6 +296,14 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 	case c.hasState():
 		err := fmt.Errorf("node %s has Raft state without a cluster id (made by an older leasenode, or copied), so it is not a member of cluster %s; to join that cluster start it with an empty --data-dir",
 			c.self, short(p.ClusterID))
+		c.refusedLocked(p, err.Error(), true)
+		return err
+	case c.seen != "" && p.ClusterID != c.seen:
+		// It decided to join the cluster a member showed it (and may
+		// have told others so): taking another one's id would make it
+		// a voter of a cluster that serves the same keys beside that.
+		err := fmt.Errorf("node %s decided to join cluster %s (a member of its gossip pool belonged to it; %s in its data dir), so it takes no member of cluster %s (node %s); to join %s instead, stop node %s and start it with an empty --data-dir",
+			c.self, short(c.seen), SeenClusterFile, short(p.ClusterID), p.ID, short(p.ClusterID), c.self)
 		c.refusedLocked(p, err.Error(), true)
 		return err
 	case c.waiting && inbound:

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,5 +536,49 @@ func TestWrongClusterKeyIsNamed(t *testing.T) {
 	alogs.waitFor(t, 10*time.Second, "no installed keys could decrypt", "another cluster key")
 	if n := refusals(t, a.Node(0), node.PortGossip, "undecodable") + refusals(t, a.Node(1), node.PortGossip, "undecodable"); n == 0 {
 		t.Fatal("the cluster's nodes counted no undecodable gossip")
+	}
+}
+
+// A node that decided to join the cluster a member showed it
+// (SeenClusterFile) takes no other cluster's id, whichever connects to it
+// first: it would be a voter of a second cluster serving the same keys
+// (stop 31's outsider review: a fresh node that had seen the main cluster
+// took the id of a stale one-node cluster 36 ms later and served beside
+// it).
+func TestSeenClusterRefusesAnother(t *testing.T) {
+	var logs logs
+	a := nodetest.New(t, nodetest.Options{Size: 1})
+	defer func() {
+		if t.Failed() {
+			t.Logf("s0's logs:\n%s", logs.buf.String())
+		}
+	}()
+	spare := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, ClusterKey: a.ClusterKey(),
+		Configure: func(i int, cfg *node.Config) { cfg.ID = "s" + strconv.Itoa(i) }})
+	cfg := spare.Config(0)
+	spare.Kill(0)
+	if err := os.RemoveAll(cfg.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	seen := strings.Repeat("5e", 32) // the cluster it decided to join, which is not a's
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, node.SeenClusterFile), []byte(seen+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.BootstrapExpect = 0
+	cfg.Join = []string{a.Config(0).GossipAddr}
+	cfg.Logger = logs.logger()
+	var n *node.Node
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		var err error
+		n, err = node.Start(context.Background(), cfg)
+		return err
+	})
+	defer n.Close(context.Background())
+	logs.waitFor(t, 20*time.Second, "decided to join cluster "+seen[:12], "takes no member of cluster")
+	if id, err := node.ClusterID(cfg.DataDir); err != nil || id != "" {
+		t.Fatalf("the node took cluster id %q (%v) after deciding to join %s", id, err, seen[:12])
 	}
 }
