@@ -32,11 +32,19 @@ import (
 // request), so HEADERS+DATA, HEADERS+RST_STREAM and ten PINGs each cost
 // a request.
 //
-// Past the budget nothing is closed: the reader of a connection waits
-// for its turn before it hands net/http's server what it read (HTTP/2),
-// or the handler waits before it serves the request (HTTP/1, whose
-// connection reads nothing more meanwhile), so TCP flow control pushes
-// back on the sender. Turns are fair between client addresses (IPv4
+// Past the budget the reader of a connection waits for its turn before
+// it hands net/http's server what it read (HTTP/2), or the handler waits
+// before it serves the request (HTTP/1, whose connection reads nothing
+// more meanwhile), so TCP flow control pushes back on the sender. An
+// HTTP/2 connection that still has unread bytes queued in its socket
+// after every paced read for maxBacklog (it sends faster than its turns
+// come, for seconds) is closed (frameConn.Read, refusal api_rate): its
+// backlog, up to megabytes in the kernel's buffers, was otherwise served
+// at the full budget for minutes after its client had gone (stop 31's
+// outsider review: 32 such connections served for 125 s after their
+// client exited, and the leader stepped down). A request-response client
+// sharing the address has nothing queued after its read is served, so
+// it is paced but never closed. Turns are fair between client addresses (IPv4
 // addresses, IPv6 /64 prefixes), not connections: start-time fair
 // queueing, where an address's waiting reads are tagged in virtual time
 // by the units its earlier ones took, and the one with the earliest tag
@@ -51,10 +59,11 @@ import (
 // Invariant (api-budget): the client API's connections together pass
 // net/http's server at most burst + rate*t units of work in any t seconds
 // (HTTP/2 frames as they are read, HTTP/1 requests at their handler); a
-// connection past it waits, and is never closed for it. Guarded by
+// connection past it waits, and is closed only once it has kept a
+// backlog through maxBacklog of paced reads. Guarded by
 // TestAPIBudgetFairShares (the scheduler, on a fake clock) and
-// TestAPIBudgetPacesFlooders (32 flooding connections and a lease.Client
-// on a real node).
+// TestAPIBudgetPacesFlooders (flooding connections and a lease.Client on
+// a real node: the client is paced, the flooders closed).
 type apiBudget struct {
 	rate  int64         // units a second
 	burst int64         // units at once
@@ -147,17 +156,17 @@ func sourceKey(addr net.Addr) string {
 // wait takes cost units for source key, waiting for its turn if others
 // wait or the budget is spent, until cancel is closed. It reports
 // whether the turn came (false: cancelled first).
-func (b *apiBudget) wait(key string, cost int64, cancel <-chan struct{}) bool {
+func (b *apiBudget) wait(key string, cost int64, cancel <-chan struct{}) (paced, ok bool) {
 	w := b.ask(key, cost)
 	if w == nil {
-		return true
+		return false, true
 	}
 	t0 := b.clock.now()
 	select {
 	case <-w.granted:
 	case <-cancel:
 		if b.cancel(w) {
-			return false
+			return true, false
 		}
 	}
 	b.paced.Add(1)
@@ -169,7 +178,7 @@ func (b *apiBudget) wait(key string, cost int64, cancel <-chan struct{}) bool {
 		}
 		b.log.Warn(fmt.Sprintf("client API connections together send more than the node's budget of %d requests a second (a PING or other control frame counts a tenth of one): their reads wait their turn, fairly between client addresses; raise the agent's --max-api-rate if the node has CPU to spare", b.perS), args...)
 	}
-	return true
+	return true, true
 }
 
 // ask takes cost units for source key at once if nobody waits and the
@@ -340,7 +349,7 @@ func (b *apiBudget) paceHTTP1(next http.Handler) http.Handler {
 			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 				key = sourceKey(&net.TCPAddr{IP: net.ParseIP(host)})
 			}
-			if !b.wait(key, apiUnitsPerRequest, r.Context().Done()) {
+			if _, ok := b.wait(key, apiUnitsPerRequest, r.Context().Done()); !ok {
 				return // the client went away
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
@@ -71,8 +72,11 @@ type frameBudget struct {
 	warn  *loglimit.Limiter
 
 	// closed counts the connections closed over the budget
-	// (Node.Refusals: frame_rate).
-	closed atomic.Uint64
+	// (Node.Refusals: frame_rate), backlogged those closed for keeping
+	// a backlog through maxBacklog of paced reads (api_rate).
+	closed, backlogged atomic.Uint64
+	// maxBacklog is maxAPIBacklog; lowered by tests.
+	maxBacklog time.Duration
 
 	// api is the node-wide budget every connection's frames also draw
 	// from, or nil.
@@ -83,8 +87,13 @@ func newFrameBudget(rate int, streams uint32, log *slog.Logger) *frameBudget {
 	epoch := time.Now()
 	return &frameBudget{rate: int64(rate), burst: max(int64(rate)/10, 4*int64(streams)),
 		every: max(time.Second/time.Duration(rate), 1), now: func() time.Duration { return time.Since(epoch) },
-		log: log, warn: loglimit.New()}
+		log: log, warn: loglimit.New(), maxBacklog: maxAPIBacklog}
 }
+
+// maxAPIBacklog is how long an HTTP/2 connection may keep unread bytes
+// in its socket through reads paced by the API budget before it is
+// closed (see apiBudget).
+const maxAPIBacklog = 2 * time.Second
 
 // nextProtoH2C is net/http's TLSNextProto key for an h2c connection (not
 // a TLS protocol): its server reads the connection's preface, then hands
@@ -218,7 +227,19 @@ var frameNames = [...]string{"data", "headers", "priority", "rst_stream", "setti
 const windowCredit = 2 << 10
 
 // errFrameRate fails the reads of a connection closed over the budget.
-var errFrameRate = errors.New("HTTP/2 connection closed: it sent frames faster than the client API's frame budget")
+var (
+	errFrameRate = errors.New("HTTP/2 connection closed: it sent frames faster than the client API's frame budget")
+	errAPIRate   = errors.New("HTTP/2 connection closed: it kept sending faster than its share of the node's API budget")
+)
+
+// refusedBy names why frameConn.refuse closes a connection: its refusal
+// reason (Node.Refusals).
+type refusedBy string
+
+const (
+	refusedFrameRate refusedBy = "frame_rate"
+	refusedAPIRate   refusedBy = "api_rate"
+)
 
 // frameConn is an HTTP/2 connection of the client API under a
 // frameBudget: it counts the frames read from it, and past the budget
@@ -235,8 +256,12 @@ type frameConn struct {
 	stream uint32                 // the highest stream the client opened
 	count  [frameOther + 1]uint64 // frames read, by type
 	over   bool                   // the budget is spent: reads fail
-	acked  int64                  // dataOut handed back by free WINDOW_UPDATEs
-	source string                 // its share of the API budget (sourceKey)
+	// backlogFrom is when the connection's reads began to be paced
+	// with bytes left queued after each (backlog: since then).
+	backlogFrom time.Duration
+	backlog     bool
+	acked       int64  // dataOut handed back by free WINDOW_UPDATEs
+	source      string // its share of the API budget (sourceKey)
 
 	closeOnce sync.Once
 	closing   chan struct{} // closed by Close: a read waiting for the API budget ends
@@ -272,7 +297,7 @@ func (c *frameConn) Read(p []byte) (int, error) {
 			continue
 		}
 		if !c.take() {
-			c.refuse()
+			c.refuse(refusedFrameRate)
 			return 0, errFrameRate
 		}
 		units++
@@ -286,10 +311,56 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	// What was read waits for its turn of the node's API budget before
 	// net/http's server sees it; meanwhile nothing more is read, and TCP
 	// flow control holds the sender back.
-	if units > 0 && c.b.api != nil && !c.b.api.wait(c.source, units, c.closing) {
-		return 0, net.ErrClosed
+	if units > 0 && c.b.api != nil {
+		paced, ok := c.b.api.wait(c.source, units, c.closing)
+		if !ok {
+			return 0, net.ErrClosed
+		}
+		if c.backlogged(paced) {
+			c.refuse(refusedAPIRate)
+			return 0, errAPIRate
+		}
 	}
 	return n, err
+}
+
+// backlogged notes whether the connection keeps a backlog: bytes queued
+// unread in its socket, from a read that was paced (the budget held it
+// back) until a read that leaves nothing queued (it caught up). It
+// reports whether one has lasted maxBacklog. The socket is looked at
+// only after a paced read, or during a backlog: never on an unloaded
+// node.
+func (c *frameConn) backlogged(paced bool) bool {
+	if !paced && !c.backlog {
+		return false
+	}
+	if !queued(c.Conn) {
+		c.backlog = false
+		return false
+	}
+	now := c.b.now()
+	if !c.backlog {
+		c.backlog, c.backlogFrom = true, now
+	}
+	return now-c.backlogFrom >= c.b.maxBacklog
+}
+
+// queued reports whether bytes the peer sent wait unread below c: in the
+// TLS layer's buffer or the socket's receive queue.
+func queued(c net.Conn) bool {
+	for {
+		switch x := c.(type) {
+		case *tls.Conn:
+			c = x.NetConn()
+		case *limitedConn:
+			c = x.Conn
+		case syscall.Conn:
+			n, ok := unread(x)
+			return ok && n > 0
+		default:
+			return false
+		}
+	}
 }
 
 // Close closes the connection, and ends a read waiting for the API
@@ -329,12 +400,26 @@ func (c *frameConn) take() bool {
 // would reset the connection, and the client might never read the
 // GOAWAY). If no GOAWAY could be sent (the server's writes stuck, a peer
 // that does not read), the connection just closes.
-func (c *frameConn) refuse() {
+func (c *frameConn) refuse(why refusedBy) {
 	c.over = true
 	b := c.b
-	b.closed.Add(1)
-	if ok, skipped := b.warn.Allow("frame_rate"); ok {
-		args := []any{"max_frame_rate", b.rate, "remote", c.RemoteAddr().String()}
+	var msg, debug string
+	args := []any{"remote", c.RemoteAddr().String()}
+	switch why {
+	case refusedFrameRate:
+		b.closed.Add(1)
+		msg = fmt.Sprintf("closing a client API HTTP/2 connection that sent more than %d frames a second, or %d at once (streams opened and reset, PINGs, SETTINGS, WINDOW_UPDATEs: every frame counts; GOAWAY ENHANCE_YOUR_CALM sent): fix the client, or raise the agent's --max-frame-rate if it is yours and well-behaved", b.rate, b.burst)
+		debug = fmt.Sprintf("more than %d HTTP/2 frames a second (or %d at once) on one connection: over the agent's --max-frame-rate", b.rate, b.burst)
+		args = append(args, "max_frame_rate", b.rate)
+	case refusedAPIRate:
+		b.backlogged.Add(1)
+		msg = fmt.Sprintf("closing a client API HTTP/2 connection that kept sending faster than its turns of the node's API budget for %v (bytes left unread after every paced read; GOAWAY ENHANCE_YOUR_CALM sent): fix the client, or raise the agent's --max-api-rate if the node has CPU to spare", b.maxBacklog)
+		debug = fmt.Sprintf("sent faster than its share of the node's API budget for %v: over the agent's --max-api-rate", b.maxBacklog)
+		if b.api != nil {
+			args = append(args, "max_api_rate", b.api.perS)
+		}
+	}
+	if ok, skipped := b.warn.Allow(string(why)); ok {
 		for typ, n := range c.count {
 			if n > 0 {
 				args = append(args, frameNames[typ], n)
@@ -343,9 +428,8 @@ func (c *frameConn) refuse() {
 		if skipped > 0 {
 			args = append(args, loglimit.Skipped, skipped)
 		}
-		b.log.Warn(fmt.Sprintf("closing a client API HTTP/2 connection that sent more than %d frames a second, or %d at once (streams opened and reset, PINGs, SETTINGS, WINDOW_UPDATEs: every frame counts; GOAWAY ENHANCE_YOUR_CALM sent): fix the client, or raise the agent's --max-frame-rate if it is yours and well-behaved", b.rate, b.burst), args...)
+		b.log.Warn(msg, args...)
 	}
-	debug := fmt.Sprintf("more than %d HTTP/2 frames a second (or %d at once) on one connection: over the agent's --max-frame-rate", b.rate, b.burst)
 	n := 8 + len(debug)
 	f := []byte{byte(n >> 16), byte(n >> 8), byte(n), frameGoAway, 0, 0, 0, 0, 0,
 		byte(c.stream >> 24), byte(c.stream >> 16), byte(c.stream >> 8), byte(c.stream),

@@ -45,26 +45,29 @@ const (
 //   - max_watches: Watch calls refused at Limits.MaxWatches;
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
 //     sending frames faster than Limits.MaxFrameRate;
+//   - api_rate: HTTP/2 connections closed for sending faster than their
+//     turns of Limits.MaxAPIRate for 2 s (bytes left unread in the
+//     socket after every paced read);
 //   - tls_handshake: connections to a TLS API whose handshake failed or
 //     never finished (another CA, no client certificate, plain HTTP, a
 //     port probe, silence past the first-request timeout); net/http logs
 //     them, once per 10 s.
 //
-// Reads paced by Limits.MaxAPIRate are not refusals: APIPacing counts
-// them.
+// Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
+// them); only the connections closed for a lasting backlog are.
 //
 // Single requests refused for the auth token (401), size (413) or
 // Content-Type (415) are not here: the metrics package counts them by
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate, failedTLS uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate, apiRate, failedTLS uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
 		failedTLS = c.failedTLS.Load()
 	}
 	if f := n.apiFrames; f != nil {
-		frameRate = f.closed.Load()
+		frameRate, apiRate = f.closed.Load(), f.backlogged.Load()
 	}
 	return append(n.mux.Refusals(),
 		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
@@ -76,6 +79,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
+		transport.Refusal{Port: PortAPI, Reason: "api_rate", Count: apiRate},
 		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
 	)
 }
