@@ -532,7 +532,7 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 	mux.Handle("/"+pbconnect.LeaseServiceName+"/", http.HandlerFunc(notTheAPI))
 	// Probes and scrapes send their request at once: 2 s for its headers,
 	// and at most maxProbeConns open.
-	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second,
+	p.srv = &http.Server{Handler: probesOnly(mux), ReadHeaderTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	pl := &probeListener{Listener: ln, max: maxProbeConns, log: log, evicted: loglimit.New()}
 	p.srv.ConnState = pl.connState
@@ -545,14 +545,43 @@ func serveProbes(addr string, handlers map[string]http.Handler, log *slog.Logger
 	return p, nil
 }
 
+// probesOnly answers at once, and closes the connection, a request on
+// the --http port that is not a GET or HEAD without a body: no probe
+// sends one, and a body trickled in would keep the connection busy, and
+// ranked last for eviction, for as long as ReadTimeout (stop 31's
+// outsider review: slow-body POSTs cut 5 of 39 /readyz probes). Client
+// API requests (POSTs) get notTheAPI's answer, which reads no body
+// either.
+func probesOnly(next http.Handler) http.Handler {
+	api := "/" + pbconnect.LeaseServiceName + "/"
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, api):
+		case r.Method != http.MethodGet && r.Method != http.MethodHead || r.ContentLength != 0:
+			w.Header().Set("Connection", "close")
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "the agent's --http port serves GET /healthz, /readyz and /metrics, without a request body", http.StatusMethodNotAllowed)
+			// net/http would read the rest of a small body before it
+			// closes: end the connection's reads now.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // notTheAPI answers a client API request on the --http port: 421, with a
 // Connect error naming the port (header Leasenode-Port: http, which the
 // lease package reads as ErrWrongPort).
 func notTheAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Leasenode-Port", "http")
 	w.WriteHeader(http.StatusMisdirectedRequest)
 	_, _ = io.WriteString(w, `{"code":"failed_precondition","message":"this is the agent's --http port (probes and metrics), not the client API: clients use the agent's --api address"}`+"\n")
+	// The rest of a body already sent is read (so that the client gets
+	// this answer, not a reset); one still trickling in is not waited for.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 }
 
 // Addr returns the address served ("" if none).
