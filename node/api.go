@@ -529,6 +529,9 @@ func (s *apiServer) Status(ctx context.Context, r *connect.Request[pb.StatusRequ
 }
 
 func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchEvent]) error {
+	if host, _, err := net.SplitHostPort(r.Peer().Addr); err == nil {
+		ctx = context.WithValue(ctx, watchSourceKey{}, sourceKey(&net.TCPAddr{IP: net.ParseIP(host)}))
+	}
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {
 		return connectError(err)

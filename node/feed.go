@@ -119,6 +119,9 @@ type watchHub struct {
 	last     uint64        // the highest index published
 	bytes    atomic.Int64  // the events some watcher still holds, each counted once
 	refused  atomic.Uint64 // watches refused at their limit (Limits.MaxWatches)
+	// bySource counts the open watches of each client address (API
+	// watches only: see watchSource).
+	bySource map[string]int
 	// refusedLog limits the warnings about those refusals to one per
 	// loglimit.Every: a client looping on Watch would otherwise write a
 	// line per call.
@@ -128,6 +131,7 @@ type watchHub struct {
 // watcher buffers events for one Watch call; a goroutine moves them to the
 // caller's channel so that publish never blocks the feed.
 type watcher struct {
+	source  string // the client address of an API watch, "" if embedded
 	prefix  string
 	extends bool // wants EXTENDED events
 	mu      sync.Mutex
@@ -164,8 +168,19 @@ const (
 	watchInitialPage     = 64
 )
 
+// watchSourceKey carries the client address of an API Watch (sourceKey:
+// an IPv4 address, or an IPv6 /64) in its context.
+type watchSourceKey struct{}
+
+// watchesPerSource is the most watches one client address may have
+// open on a node whose limit is limit: a quarter of it, and at least 64
+// (all of it, below 64), so that one token holder cannot take every
+// watch of a node (stop 31's outsider review: 1,024 streams from one
+// holder took the leader's whole --max-watches and a core).
+func watchesPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
+
 func newWatchHub() *watchHub {
-	return &watchHub{watchers: map[*watcher]struct{}{}, refusedLog: loglimit.New()}
+	return &watchHub{watchers: map[*watcher]struct{}{}, bySource: map[string]int{}, refusedLog: loglimit.New()}
 }
 
 // watch registers a watcher of req's prefix and starts its goroutine. It
@@ -176,7 +191,8 @@ func newWatchHub() *watchHub {
 // goroutines, two lost leaderships) starves the node.
 func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max int) (<-chan *pb.WatchEvent, error) {
 	prefix, initial := req.GetPrefix(), req.GetInitial()
-	w := &watcher{prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
+	source, _ := ctx.Value(watchSourceKey{}).(string)
+	w := &watcher{source: source, prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
 	out := make(chan *pb.WatchEvent, 64)
 	h.mu.Lock()
 	if h.closed {
@@ -184,22 +200,30 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 		close(out)
 		return out, nil
 	}
-	if len(h.watchers) >= max {
+	perSource := watchesPerSource(max)
+	if len(h.watchers) >= max || source != "" && h.bySource[source] >= perSource {
+		node := len(h.watchers) >= max
 		h.mu.Unlock()
 		h.refused.Add(1)
 		// Logged like the other refusals at the trust boundary (the
 		// README promises one line per kind per interval): counted but
 		// silent, an operator saw only the metric (outsider review #6).
 		if ok, skipped := h.refusedLog.Allow("max_watches"); ok {
-			args := []any{"max_watches", max}
+			args := []any{"max_watches", max, "per_client_address", perSource, "source", source}
 			if skipped > 0 {
 				args = append(args, loglimit.Skipped, skipped)
 			}
-			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches); clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
+			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches), or the client's address a quarter of them; clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
 		}
-		return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
+		if node {
+			return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
+		}
+		return nil, fmt.Errorf("%w: %d watches open on this node from your address, the most one address may have (a quarter of the agent's --max-watches %d): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
 	}
 	h.watchers[w] = struct{}{}
+	if source != "" {
+		h.bySource[source]++
+	}
 	since := h.last // events after it reach w's queue
 	h.mu.Unlock()
 
@@ -342,6 +366,11 @@ func (h *watchHub) resetLocked(w *watcher) {
 
 func (h *watchHub) remove(w *watcher) {
 	h.mu.Lock()
+	if _, ok := h.watchers[w]; ok && w.source != "" {
+		if h.bySource[w.source]--; h.bySource[w.source] <= 0 {
+			delete(h.bySource, w.source)
+		}
+	}
 	delete(h.watchers, w)
 	h.mu.Unlock()
 	w.mu.Lock()

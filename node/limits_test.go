@@ -1001,6 +1001,54 @@ func TestWatchesAreBounded(t *testing.T) {
 	})
 }
 
+// One client address may hold at most a quarter of a node's watches (at
+// least 64): past it its Watch is refused, naming the per-address limit,
+// while another address still gets one (stop 31's outsider review: one
+// token holder's 1,024 streams took every watch of the leader).
+func TestWatchesPerAddressAreBounded(t *testing.T) {
+	const max, perAddress = 256, 64
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxWatches = max
+	}})
+	_, l := c.Leader()
+	from := func(ip string) pbconnect.LeaseServiceClient {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return pbconnect.NewLeaseServiceClient(&http.Client{Transport: &http.Transport{DialContext: d.DialContext}}, "http://"+l.APIAddr())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// open opens a stream and waits for its first event (a grant made
+	// after it opened) or its refusal.
+	open := func(cl pbconnect.LeaseServiceClient) error {
+		s, err := cl.Watch(ctx, connect.NewRequest(&pb.WatchRequest{Prefix: "pw/"}))
+		if err != nil {
+			return err
+		}
+		got := make(chan error, 1)
+		go func() { s.Receive(); got <- s.Err() }()
+		mustGrant(t, l, acq(fmt.Sprint("pw/", time.Now().UnixNano()), "h", 1, time.Minute))
+		select {
+		case err := <-got:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("no event or refusal within 10 s")
+		}
+	}
+	one := from("127.0.0.1")
+	for i := range perAddress {
+		if err := open(one); err != nil {
+			t.Fatalf("watch %d of %d from one address: %v", i+1, perAddress, err)
+		}
+	}
+	err := open(one)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "from your address") {
+		t.Fatalf("watch %d from one address: %v; want resource_exhausted naming the per-address limit", perAddress+1, err)
+	}
+	if err := open(from("127.0.0.2")); err != nil {
+		t.Fatalf("a watch from another address: %v", err)
+	}
+}
+
 // A refused request's body is never read: the node answers and closes
 // the connection at once, whatever is left of the body. net/http read up
 // to 256 KiB of it under ReadTimeout, the connection busy meanwhile, so
