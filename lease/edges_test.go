@@ -645,7 +645,7 @@ func TestDialTellsATLSMismatch(t *testing.T) {
 // most", which a holder that keeps extending makes false.
 func TestHeldErrorWords(t *testing.T) {
 	err := &lease.HeldError{Key: "k", Holder: "job#1", Wait: 8470 * time.Millisecond}
-	if msg := err.Error(); !strings.Contains(msg, "held by job#1: not free for 8.5s (the rest of its grant, and its lock-delay if it has one), longer if extended") || strings.Contains(msg, "at most") {
+	if msg := err.Error(); !strings.Contains(msg, "held by job#1: not free for 8.5s unless released sooner (the rest of its grant, and its lock-delay if it has one), longer if extended") || strings.Contains(msg, "at most") {
 		t.Errorf("HeldError: %q", msg)
 	}
 	err.Holder = ""

@@ -138,7 +138,7 @@ func (e *HeldError) Error() string {
 		msg = fmt.Sprintf("lease %q held by this Client (%s): by a lease of it that is live, an acquire of it in progress, a dropped lease until its validity passed, or a lost lease until its expiry (then it is in its lock-delay); not free for %v",
 			e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
 	case e.Holder != "":
-		msg = fmt.Sprintf("lease %q held by %s: not free for %v (the rest of its grant, and its lock-delay if it has one), longer if extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
+		msg = fmt.Sprintf("lease %q held by %s: not free for %v unless released sooner (the rest of its grant, and its lock-delay if it has one), longer if extended", e.Key, e.Holder, e.Wait.Round(100*time.Millisecond))
 	case e.Wait > 0:
 		msg = fmt.Sprintf("lease %q held by nobody: in its lock-delay for %v more", e.Key, e.Wait.Round(100*time.Millisecond))
 	default:

@@ -87,7 +87,7 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 	case l.wait.d == 0:
 		err = he
 	default:
-		held := fmt.Sprintf("held by %s: not free for %v (the rest of its grant, and its lock-delay if it has one), longer if extended", he.Holder, he.Wait.Round(100*time.Millisecond))
+		held := fmt.Sprintf("held by %s: not free for %v unless released sooner (the rest of its grant, and its lock-delay if it has one), longer if extended", he.Holder, he.Wait.Round(100*time.Millisecond))
 		switch {
 		case he.Holder != "":
 		case he.Wait > 0:

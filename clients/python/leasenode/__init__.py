@@ -98,7 +98,7 @@ class HeldError(LeaseError):
     def __init__(self, key, holder="", wait=0.0, msg=""):
         self.key, self.holder, self.wait = key, holder, wait
         if holder:
-            default = "lease %r held by %s: not free for %.1fs (the rest of its grant, and its lock-delay if it has one), longer if extended" % (key, holder, wait)
+            default = "lease %r held by %s: not free for %.1fs unless released sooner (the rest of its grant, and its lock-delay if it has one), longer if extended" % (key, holder, wait)
         elif wait > 0:
             default = "lease %r held by nobody: in its lock-delay for %.1fs more" % (key, wait)
         else:
