@@ -872,11 +872,17 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		// sought again until ctrl-c).
 		events, err := cl.Watch(ctx, prefix)
 		if err != nil {
-			if first || !errors.Is(err, lease.ErrNoLeader) || ctx.Err() != nil {
+			if !first && ctx.Err() != nil {
+				return nil // ctrl-c while reconnecting ends it as while streaming
+			}
+			if first || !errors.Is(err, lease.ErrNoLeader) {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "leasenode watch: %v; trying again\n", err)
 			continue
+		}
+		if !first {
+			fmt.Fprintln(os.Stderr, "leasenode watch: watching again")
 		}
 		seen.restart()
 		for e := range events {
