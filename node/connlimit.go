@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leasenode/leasenode/internal/loglimit"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // connLimiter admits at most max client API connections. At the limit a
@@ -97,6 +101,13 @@ type connLimiter struct {
 	// failedTLS counts the connections whose TLS handshake failed (or
 	// never finished), those the limiter closed itself aside.
 	failedTLS atomic.Uint64
+
+	// handshakes, on a TLS API, bounds how fast connections start their
+	// TLS handshakes (nil: unbounded, or no TLS); closedHandshakeRate
+	// counts those closed past it, hsWarn limits their log lines.
+	handshakes          *transport.HandshakeLimit
+	closedHandshakeRate atomic.Uint64
+	hsWarn              *loglimit.Limiter
 }
 
 // maxRefused is how many requests without the auth token a connection
@@ -118,7 +129,7 @@ const firstRequestTimeout = 2 * time.Second
 
 func newConnLimiter(ln net.Listener, max int, first time.Duration, log *slog.Logger) *connLimiter {
 	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{},
-		freed: make(chan struct{}, 1), done: make(chan struct{})}
+		freed: make(chan struct{}, 1), done: make(chan struct{}), hsWarn: loglimit.New()}
 }
 
 // Close closes the listener and ends an Accept waiting for a slot.
@@ -148,11 +159,34 @@ type limitedConn struct {
 	// after an answer): a peer that answers back is evicted after those
 	// that never did (atomic: Read and Write are the hot path).
 	answered atomic.Int32
+	// hsPending: the limiter bounds TLS handshakes and this connection
+	// has sent no byte yet (see Read).
+	hsPending atomic.Bool
 }
 
+// errHandshakeRate is what Read returns to crypto/tls for a connection
+// closed before its handshake, past the limiter's handshakes.
+var errHandshakeRate = errors.New("closed before the TLS handshake: past the agent's --max-handshake-rate or --max-handshake-rate-per-source")
+
+// tlsRecordHandshake is the TLS record content type of a ClientHello.
+const tlsRecordHandshake = 22
+
 // Read notes the peer's answer to what this side wrote (see answered).
+// On a TLS API whose handshakes are bounded, the connection's first bytes,
+// if they start a TLS handshake record, must be allowed by the limiter's
+// HandshakeLimit; else it is closed before crypto/tls reads them, so a
+// replayed ClientHello costs the node no X25519 exchange and no
+// signature. Bytes that are not a handshake record fail crypto/tls's
+// first check at no cost, and are not counted.
 func (c *limitedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 && c.hsPending.Load() {
+		c.hsPending.Store(false)
+		if b[0] == tlsRecordHandshake && !c.l.handshakes.Allow(c.RemoteAddr()) {
+			c.l.refuseHandshake(c)
+			return 0, errHandshakeRate
+		}
+	}
 	if n > 0 && c.answered.Load() == 1 {
 		c.answered.Store(2)
 	}
@@ -325,6 +359,24 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	}
 }
 
+// refuseHandshake closes c, whose TLS handshake the limiter's
+// HandshakeLimit did not allow, counts it and logs it once per 10 s.
+func (l *connLimiter) refuseHandshake(c *limitedConn) {
+	l.mu.Lock()
+	c.closedBy = true // not a failed handshake of its own (failedTLS)
+	l.mu.Unlock()
+	l.closedHandshakeRate.Add(1)
+	c.Close()
+	if ok, skipped := l.hsWarn.Allow("handshake_rate"); ok {
+		args := []any{"remote", c.source, "closed", l.closedHandshakeRate.Load()}
+		if skipped > 0 {
+			args = append(args, loglimit.Skipped, skipped)
+		}
+		l.log.Warn(fmt.Sprintf("refused a client API connection before its TLS handshake: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise the agent's --max-handshake-rate-per-source or --max-handshake-rate if the clients are yours)",
+			l.handshakes.PerSource(), transport.HandshakeV4Bits, l.handshakes.Total()), args...)
+	}
+}
+
 // evicted closes c, whose slot dropLocked already gave away.
 func (c *limitedConn) evicted() {
 	c.l.mu.Lock()
@@ -356,6 +408,7 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 		l.unauthed++
 	}
 	c.admitted = time.Now()
+	c.hsPending.Store(l.handshakes != nil)
 	c.idleSince = c.admitted
 	c.firstBy = c.idleSince.Add(l.first)
 	c.Conn.SetReadDeadline(c.readDeadlineLocked())

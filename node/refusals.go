@@ -48,7 +48,10 @@ const (
 //   - tls_handshake: connections to a TLS API whose handshake failed or
 //     never finished (another CA, no client certificate, plain HTTP, a
 //     port probe, silence past the first-request timeout); net/http logs
-//     them, once per 10 s.
+//     them, once per 10 s;
+//   - handshake_rate: connections to a TLS API closed after their first
+//     bytes, before their TLS handshake, past Limits.MaxHandshakeRate or
+//     Limits.MaxHandshakeRatePerSource.
 //
 // Reads paced by Limits.MaxAPIRate are not refusals: APIPacing counts
 // them.
@@ -58,10 +61,10 @@ const (
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate, failedTLS uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate, failedTLS, hsRate uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
-		failedTLS = c.failedTLS.Load()
+		failedTLS, hsRate = c.failedTLS.Load(), c.closedHandshakeRate.Load()
 	}
 	if f := n.apiFrames; f != nil {
 		frameRate = f.closed.Load()
@@ -77,6 +80,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
 		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
+		transport.Refusal{Port: PortAPI, Reason: "handshake_rate", Count: hsRate},
 	)
 }
 
