@@ -58,9 +58,11 @@ import (
 // thousands of handler goroutines beside Raft's and make the leader step
 // down (6 of 6 runs). And at most maxUnauthed connections without an
 // authenticated request are open at once: past it a new one takes the
-// place of the oldest that has made a request without the token, else of
-// the oldest, so a flood of fresh connections costs a bounded amount
-// however fast it redials.
+// place of the first of them by worse (one that made a request without
+// the token, then one that has not answered, or answered more than
+// answeredGrace ago without the token, then by source and age), so a
+// flood of fresh connections costs a bounded amount however fast it
+// redials.
 //
 // Invariant (auth-budget): with a token, no connection outlives authBy
 // or maxRefused requests without having made a request with it, at most
@@ -429,11 +431,9 @@ func (l *connLimiter) idlest() *limitedConn {
 	return v
 }
 
-// oldestUnauthed returns, with an auth token, one of the connections that
-// have made no request with it (busy or not), or nil: the one admitted
-// first of those that made a request without it, else the one admitted
-// first (a client that has not sent its first request yet may still
-// have the token). Called with l.mu held.
+// oldestUnauthed returns, with an auth token, the connection to close
+// first (worse) of those that have made no request with it (busy or
+// not), or nil. Called with l.mu held.
 func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
@@ -451,11 +451,12 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 		}
 	}
 	var v *limitedConn
+	now := time.Now()
 	for _, c := range l.open {
 		if c.authed {
 			continue
 		}
-		if v == nil || worse(c, v, per) {
+		if v == nil || worse(c, v, per, now) {
 			v = c
 		}
 	}
@@ -463,23 +464,56 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 }
 
 // worse reports whether c is to be closed before v, both without the
-// token: one that made requests without it first, then one whose peer
-// never answered what this side sent (a silent connection, a replayed
-// TLS ClientHello that cannot finish its handshake: from many source
-// addresses the per-source count ties, and those evicted a real client
-// mid-handshake, 9 of 35 fresh clients with the token; outsider review),
-// then one from the source with more such connections, then the older.
-func worse(c, v *limitedConn, per map[string]int) bool {
+// token, at now:
+//
+//  1. one that made requests without it first;
+//  2. then one whose peer has not answered what this side sent (a silent
+//     connection, a replayed TLS ClientHello that cannot finish its
+//     handshake: from many source addresses the per-source count ties,
+//     and those evicted a real client mid-handshake, 9 of 35 fresh
+//     clients with the token; outsider review), or answered but made no
+//     request with the token within answeredGrace of its admission: an
+//     outsider that finishes its handshakes and stays silent would
+//     otherwise keep the answered rank until the auth timeout, and the
+//     real client still in its first round trip would be the one closed
+//     (outsider review, round 3);
+//  3. then one from the source with more such connections;
+//  4. then the older.
+//
+// There is no age floor ahead of 3 (never close a connection younger
+// than a floor while an older one exists, an outsider's suggestion): the
+// older already goes first within a rank, and a floor ahead of the rank
+// or the source count would close an older client that answered, or a
+// lone client beside one address's flood, for the flood's younger
+// connections (TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient,
+// TestUnauthenticatedFloodClosesItsOwn).
+func worse(c, v *limitedConn, per map[string]int, now time.Time) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
 	}
-	if ca, va := c.answered.Load() == 2, v.answered.Load() == 2; ca != va {
+	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
 	if cn, vn := per[c.source], per[v.source]; cn != vn {
 		return cn > vn
 	}
 	return c.admitted.Before(v.admitted)
+}
+
+// answeredGrace is how long after its admission a connection that
+// answered (see limitedConn.answered) but made no request with the token
+// keeps the answered rank in worse. A client sends its request in the
+// same flight as its last handshake message, so a TLS handshake and one
+// request take milliseconds, tens on a busy host; 1 s leaves a loaded
+// 2-core host running tests (or a client across a continent) ten times
+// that, and still ranks an outsider's silent handshakes with the
+// never-answered ones for the second half of the auth timeout (2 s).
+const answeredGrace = time.Second
+
+// answeredLately reports whether c answered (see answered) within
+// answeredGrace of its admission, as of now.
+func (c *limitedConn) answeredLately(now time.Time) bool {
+	return c.answered.Load() == 2 && now.Sub(c.admitted) < answeredGrace
 }
 
 // sourceIP is the IP of addr ("" if it has none).
