@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
@@ -55,6 +56,11 @@ func (n *Node) startAPI() error {
 	conns := newConnLimiter(ln, lim.MaxConns, min(lim.ReadTimeout, firstRequestTimeout), n.log.With("component", "node.api"))
 	if n.cfg.AuthToken != "" {
 		conns.authBy = conns.first // a client sends its first request at once
+	}
+	if n.apiTLS != nil {
+		// Only TLS handshakes are bounded: a plain connection costs no
+		// crypto, and the connection limits bound it.
+		conns.handshakes = transport.NewHandshakeLimit(lim.MaxHandshakeRatePerSource, lim.MaxHandshakeRate)
 	}
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))

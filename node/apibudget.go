@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // apiBudget is the node's budget of client API work a second, shared by
@@ -142,16 +143,7 @@ func newAPIBudget(perSecond int, clock apiClock, log *slog.Logger) *apiBudget {
 
 // sourceKey is the share a remote address draws from: its IP, or its
 // /64 prefix for IPv6 (one host is usually given a whole /64).
-func sourceKey(addr net.Addr) string {
-	ip := net.ParseIP(sourceIP(addr))
-	if ip == nil {
-		return addr.String()
-	}
-	if ip.To4() == nil {
-		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
-	}
-	return ip.String()
-}
+func sourceKey(addr net.Addr) string { return transport.SourcePrefix(addr, 32) }
 
 // wait takes cost units for source key, waiting for its turn if others
 // wait or the budget is spent, until cancel is closed. It reports

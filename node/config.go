@@ -361,6 +361,26 @@ type Limits struct {
 	// leader and a lock loop's p99 at 47 ms, where 20,000 let the flood
 	// take the CPU (p99 2.3 s). Raise it on a bigger machine.
 	MaxAPIRate int
+	// MaxHandshakeRate bounds the TLS handshakes a second each TLS port
+	// of this node (the client API's, the node port's) starts, from all
+	// sources together (agent --max-handshake-rate), with a burst of one
+	// second's worth; MaxHandshakeRatePerSource bounds those from one
+	// source prefix, an IPv4 /24 or an IPv6 /64
+	// (agent --max-handshake-rate-per-source), with a burst of two
+	// seconds' worth. A connection past either is closed after its first
+	// byte, before the node spends its handshake, counted as the
+	// refusal handshake_rate and logged once per 10 s; plain
+	// connections are not counted (they cost no crypto). A ClientHello
+	// costs the node an X25519 exchange and an ECDSA signature, about
+	// 0.4 ms of CPU on a 2-core host, and can be replayed at no cost: an
+	// outsider's replay from 249 addresses drove a leader to 1.3 cores
+	// and cut a client's throughput by 85-95%. Each port has its own
+	// buckets, so a flood of the client API cannot keep nodes from
+	// reconnecting Raft. Defaults 2,000 and 200 (bursts 2,000 and 400):
+	// a host's connection pools reconnecting after a partition, or
+	// leasenode bench's 32 connections, take a few tens at once.
+	MaxHandshakeRate          int
+	MaxHandshakeRatePerSource int
 	// MaxWatches bounds the Watch streams open on this node at once
 	// (agent --max-watches); past it a Watch is refused
 	// (ErrTooManyWatches, resource_exhausted on the API) until one ends.
@@ -428,13 +448,16 @@ func DefaultLimits(t Timing) Limits {
 		MaxStreams:      256,
 		MaxFrameRate:    20_000,
 		MaxAPIRate:      10_000,
-		MaxWatches:      1024,
-		MaxWaiters:      8192,
-		ReadTimeout:     10 * time.Second,
-		IdleTimeout:     30 * time.Second,
-		MinTTL:          t.LeaderLeaseTimeout,
-		MaxLeases:       2_000_000,
-		MaxLeaseBytes:   256 << 20,
+
+		MaxHandshakeRate:          2_000,
+		MaxHandshakeRatePerSource: 200,
+		MaxWatches:                1024,
+		MaxWaiters:                8192,
+		ReadTimeout:               10 * time.Second,
+		IdleTimeout:               30 * time.Second,
+		MinTTL:                    t.LeaderLeaseTimeout,
+		MaxLeases:                 2_000_000,
+		MaxLeaseBytes:             256 << 20,
 	}
 }
 
@@ -461,6 +484,12 @@ func (l Limits) withDefaults(t Timing) Limits {
 	}
 	if l.MaxAPIRate == 0 {
 		l.MaxAPIRate = d.MaxAPIRate
+	}
+	if l.MaxHandshakeRate == 0 {
+		l.MaxHandshakeRate = d.MaxHandshakeRate
+	}
+	if l.MaxHandshakeRatePerSource == 0 {
+		l.MaxHandshakeRatePerSource = d.MaxHandshakeRatePerSource
 	}
 	if l.MaxWatches == 0 {
 		l.MaxWatches = d.MaxWatches
@@ -625,6 +654,12 @@ func (c Config) Validate() error {
 	}
 	if l := c.Limits; l.MaxAPIRate < 100 || l.MaxAPIRate > 100_000_000 {
 		bad("Limits.MaxAPIRate %d out of range [100, 100000000] (client API requests a second, all connections of a node together)", l.MaxAPIRate)
+	}
+	if l := c.Limits; l.MaxHandshakeRatePerSource < 1 || l.MaxHandshakeRatePerSource > 100_000_000 {
+		bad("Limits.MaxHandshakeRatePerSource %d out of range [1, 100000000] (TLS handshakes a second from one IPv4 /24 or IPv6 /64, per port)", l.MaxHandshakeRatePerSource)
+	}
+	if l := c.Limits; l.MaxHandshakeRate < 1 || l.MaxHandshakeRate > 100_000_000 {
+		bad("Limits.MaxHandshakeRate %d out of range [1, 100000000] (TLS handshakes a second from all sources, per port)", l.MaxHandshakeRate)
 	}
 	if l := c.Limits; l.MaxWatches < 1 {
 		bad("Limits.MaxWatches %d must be positive", l.MaxWatches)

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leasenode/leasenode/internal/loglimit"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // connLimiter admits at most max client API connections. At the limit a
@@ -54,9 +58,11 @@ import (
 // thousands of handler goroutines beside Raft's and make the leader step
 // down (6 of 6 runs). And at most maxUnauthed connections without an
 // authenticated request are open at once: past it a new one takes the
-// place of the oldest that has made a request without the token, else of
-// the oldest, so a flood of fresh connections costs a bounded amount
-// however fast it redials.
+// place of the first of them by worse (one that made a request without
+// the token, then one that has not answered, or answered more than
+// answeredGrace ago without the token, then by source and age), so a
+// flood of fresh connections costs a bounded amount however fast it
+// redials.
 //
 // Invariant (auth-budget): with a token, no connection outlives authBy
 // or maxRefused requests without having made a request with it, at most
@@ -97,6 +103,13 @@ type connLimiter struct {
 	// failedTLS counts the connections whose TLS handshake failed (or
 	// never finished), those the limiter closed itself aside.
 	failedTLS atomic.Uint64
+
+	// handshakes, on a TLS API, bounds how fast connections start their
+	// TLS handshakes (nil: unbounded, or no TLS); closedHandshakeRate
+	// counts those closed past it, hsWarn limits their log lines.
+	handshakes          *transport.HandshakeLimit
+	closedHandshakeRate atomic.Uint64
+	hsWarn              *loglimit.Limiter
 }
 
 // maxRefused is how many requests without the auth token a connection
@@ -118,7 +131,7 @@ const firstRequestTimeout = 2 * time.Second
 
 func newConnLimiter(ln net.Listener, max int, first time.Duration, log *slog.Logger) *connLimiter {
 	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{},
-		freed: make(chan struct{}, 1), done: make(chan struct{})}
+		freed: make(chan struct{}, 1), done: make(chan struct{}), hsWarn: loglimit.New()}
 }
 
 // Close closes the listener and ends an Accept waiting for a slot.
@@ -148,11 +161,34 @@ type limitedConn struct {
 	// after an answer): a peer that answers back is evicted after those
 	// that never did (atomic: Read and Write are the hot path).
 	answered atomic.Int32
+	// hsPending: the limiter bounds TLS handshakes and this connection
+	// has sent no byte yet (see Read).
+	hsPending atomic.Bool
 }
 
+// errHandshakeRate is what Read returns to crypto/tls for a connection
+// closed before its handshake, past the limiter's handshakes.
+var errHandshakeRate = errors.New("closed before the TLS handshake: past the agent's --max-handshake-rate or --max-handshake-rate-per-source")
+
+// tlsRecordHandshake is the TLS record content type of a ClientHello.
+const tlsRecordHandshake = 22
+
 // Read notes the peer's answer to what this side wrote (see answered).
+// On a TLS API whose handshakes are bounded, the connection's first bytes,
+// if they start a TLS handshake record, must be allowed by the limiter's
+// HandshakeLimit; else it is closed before crypto/tls reads them, so a
+// replayed ClientHello costs the node no X25519 exchange and no
+// signature. Bytes that are not a handshake record fail crypto/tls's
+// first check at no cost, and are not counted.
 func (c *limitedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 && c.hsPending.Load() {
+		c.hsPending.Store(false)
+		if b[0] == tlsRecordHandshake && !c.l.handshakes.Allow(c.RemoteAddr()) {
+			c.l.refuseHandshake(c)
+			return 0, errHandshakeRate
+		}
+	}
 	if n > 0 && c.answered.Load() == 1 {
 		c.answered.Store(2)
 	}
@@ -325,6 +361,24 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	}
 }
 
+// refuseHandshake closes c, whose TLS handshake the limiter's
+// HandshakeLimit did not allow, counts it and logs it once per 10 s.
+func (l *connLimiter) refuseHandshake(c *limitedConn) {
+	l.mu.Lock()
+	c.closedBy = true // not a failed handshake of its own (failedTLS)
+	l.mu.Unlock()
+	l.closedHandshakeRate.Add(1)
+	c.Close()
+	if ok, skipped := l.hsWarn.Allow("handshake_rate"); ok {
+		args := []any{"remote", c.source, "closed", l.closedHandshakeRate.Load()}
+		if skipped > 0 {
+			args = append(args, loglimit.Skipped, skipped)
+		}
+		l.log.Warn(fmt.Sprintf("refused a client API connection before its TLS handshake: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise the agent's --max-handshake-rate-per-source or --max-handshake-rate if the clients are yours)",
+			l.handshakes.PerSource(), transport.HandshakeV4Bits, l.handshakes.Total()), args...)
+	}
+}
+
 // evicted closes c, whose slot dropLocked already gave away.
 func (c *limitedConn) evicted() {
 	c.l.mu.Lock()
@@ -356,6 +410,7 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 		l.unauthed++
 	}
 	c.admitted = time.Now()
+	c.hsPending.Store(l.handshakes != nil)
 	c.idleSince = c.admitted
 	c.firstBy = c.idleSince.Add(l.first)
 	c.Conn.SetReadDeadline(c.readDeadlineLocked())
@@ -376,11 +431,9 @@ func (l *connLimiter) idlest() *limitedConn {
 	return v
 }
 
-// oldestUnauthed returns, with an auth token, one of the connections that
-// have made no request with it (busy or not), or nil: the one admitted
-// first of those that made a request without it, else the one admitted
-// first (a client that has not sent its first request yet may still
-// have the token). Called with l.mu held.
+// oldestUnauthed returns, with an auth token, the connection to close
+// first (worse) of those that have made no request with it (busy or
+// not), or nil. Called with l.mu held.
 func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
@@ -398,11 +451,12 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 		}
 	}
 	var v *limitedConn
+	now := time.Now()
 	for _, c := range l.open {
 		if c.authed {
 			continue
 		}
-		if v == nil || worse(c, v, per) {
+		if v == nil || worse(c, v, per, now) {
 			v = c
 		}
 	}
@@ -410,23 +464,56 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 }
 
 // worse reports whether c is to be closed before v, both without the
-// token: one that made requests without it first, then one whose peer
-// never answered what this side sent (a silent connection, a replayed
-// TLS ClientHello that cannot finish its handshake: from many source
-// addresses the per-source count ties, and those evicted a real client
-// mid-handshake, 9 of 35 fresh clients with the token; outsider review),
-// then one from the source with more such connections, then the older.
-func worse(c, v *limitedConn, per map[string]int) bool {
+// token, at now:
+//
+//  1. one that made requests without it first;
+//  2. then one whose peer has not answered what this side sent (a silent
+//     connection, a replayed TLS ClientHello that cannot finish its
+//     handshake: from many source addresses the per-source count ties,
+//     and those evicted a real client mid-handshake, 9 of 35 fresh
+//     clients with the token; outsider review), or answered but made no
+//     request with the token within answeredGrace of its admission: an
+//     outsider that finishes its handshakes and stays silent would
+//     otherwise keep the answered rank until the auth timeout, and the
+//     real client still in its first round trip would be the one closed
+//     (outsider review, round 3);
+//  3. then one from the source with more such connections;
+//  4. then the older.
+//
+// There is no age floor ahead of 3 (never close a connection younger
+// than a floor while an older one exists, an outsider's suggestion): the
+// older already goes first within a rank, and a floor ahead of the rank
+// or the source count would close an older client that answered, or a
+// lone client beside one address's flood, for the flood's younger
+// connections (TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient,
+// TestUnauthenticatedFloodClosesItsOwn).
+func worse(c, v *limitedConn, per map[string]int, now time.Time) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
 	}
-	if ca, va := c.answered.Load() == 2, v.answered.Load() == 2; ca != va {
+	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
 	if cn, vn := per[c.source], per[v.source]; cn != vn {
 		return cn > vn
 	}
 	return c.admitted.Before(v.admitted)
+}
+
+// answeredGrace is how long after its admission a connection that
+// answered (see limitedConn.answered) but made no request with the token
+// keeps the answered rank in worse. A client sends its request in the
+// same flight as its last handshake message, so a TLS handshake and one
+// request take milliseconds, tens on a busy host; 1 s leaves a loaded
+// 2-core host running tests (or a client across a continent) ten times
+// that, and still ranks an outsider's silent handshakes with the
+// never-answered ones for the second half of the auth timeout (2 s).
+const answeredGrace = time.Second
+
+// answeredLately reports whether c answered (see answered) within
+// answeredGrace of its admission, as of now.
+func (c *limitedConn) answeredLately(now time.Time) bool {
+	return c.answered.Load() == 2 && now.Sub(c.admitted) < answeredGrace
 }
 
 // sourceIP is the IP of addr ("" if it has none).

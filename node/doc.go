@@ -229,6 +229,13 @@
 // connection is closed for it (apiBudget). Guarded by
 // TestAPIBudgetFairShares and TestAPIBudgetPacesFlooders.
 //
+// handshake-rate: each TLS port starts at most burst +
+// Limits.MaxHandshakeRate TLS handshakes a second from all sources, and
+// burst + Limits.MaxHandshakeRatePerSource from one IPv4 /24 or IPv6
+// /64; a connection past either is closed before the handshake is spent
+// (transport.HandshakeLimit). Guarded by TestAPIHandshakeRate and
+// transport's TestMuxHandshakeRate.
+//
 // gossip-is-only-a-hint: no API address (leader hints, redirects,
 // Members) and no Raft membership comes from gossip alone: a member's API
 // address is what that node said in its own Status, over an authenticated

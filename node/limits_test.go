@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -1602,6 +1603,119 @@ func TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient(t *testing.T
 		}
 		return nil
 	})
+}
+
+// At the cap of connections without the token, an outsider that
+// finishes its TLS handshakes and then stays silent (here from 240
+// addresses, 40 a second, each connection held until the node closes it)
+// does not keep the answered rank past answeredGrace: fresh clients with
+// the token, each a round trip of 150 ms from answering the node's first
+// flight (a distant or loaded client), are not the ones closed while the
+// flood's older silent connections wait. Without the grace the flood's
+// connections ranked as answered until the 2 s auth timeout, and each
+// client, not yet answered, was closed at the flood's next arrival.
+func TestSilentHandshakeFloodSparesFreshClients(t *testing.T) {
+	s := budgetSetup{name: "TLS with the token", tls: true, token: "s3cret", scheme: "https"}
+	c, tlsCfg := s.start(t, 1, nil, nil)
+	l := c.Node(0)
+	addr := l.APIAddr()
+	tlsCfg = tlsCfg.Clone()
+	tlsCfg.ServerName = "127.0.0.1"
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var held []net.Conn
+	t.Cleanup(func() {
+		close(stop)
+		mu.Lock()
+		for _, f := range held {
+			f.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 5, byte(2+i%240))}}
+			raw, err := d.Dial("tcp", addr)
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			held = append(held, raw)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { // handshake, then silence until the node closes it
+				defer wg.Done()
+				f := tls.Client(raw, tlsCfg)
+				f.SetDeadline(time.Now().Add(10 * time.Second))
+				if f.Handshake() == nil {
+					io.Copy(io.Discard, f)
+				}
+				raw.Close()
+			}()
+		}
+	}()
+	// The flood fills the cap and churns it.
+	nodetest.Eventually(t, 15*time.Second, func() error {
+		if n := refusals(t, l, node.PortAPI, "max_unauthenticated"); n < 10 {
+			return fmt.Errorf("%d closed at the cap so far", n)
+		}
+		return nil
+	})
+	const clients = 5
+	failed := 0
+	for range clients {
+		raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		cl := tls.Client(&slowAnswer{Conn: raw, delay: 150 * time.Millisecond}, tlsCfg)
+		req := "POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" +
+			"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+		var status string
+		if err = cl.Handshake(); err == nil {
+			if _, err = io.WriteString(cl, req); err == nil {
+				status, err = bufio.NewReader(cl).ReadString('\n')
+			}
+		}
+		if err != nil || !strings.HasPrefix(status, "HTTP/1.1 200") {
+			failed++
+			t.Logf("a fresh client beside the flood: %q, %v", status, err)
+		}
+		raw.Close()
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d fresh clients with the token failed beside the silent handshake flood (%d closed at the cap)",
+			failed, clients, refusals(t, l, node.PortAPI, "max_unauthenticated"))
+	}
+}
+
+// slowAnswer is a client's connection that sends its first write at once
+// and every later one after delay: a client a round trip away from its
+// answer to the node's first TLS flight.
+type slowAnswer struct {
+	net.Conn
+	delay  time.Duration
+	writes int
+}
+
+func (c *slowAnswer) Write(b []byte) (int, error) {
+	if c.writes++; c.writes > 1 {
+		time.Sleep(c.delay)
+	}
+	return c.Conn.Write(b)
 }
 
 // silentFlood opens three times the cap of 64 connections without the

@@ -310,7 +310,8 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
-	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log})
+	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log,
+		Handshakes: transport.NewHandshakeLimit(cfg.Limits.MaxHandshakeRatePerSource, cfg.Limits.MaxHandshakeRate)})
 	raftLn := raftConnListener{n.mux.Listen(transport.ProtoRaft), n.raftConnClosed}
 	rpcLn := n.mux.Listen(transport.ProtoRPC)
 

@@ -51,7 +51,10 @@ const (
 //   - tls_handshake: connections to a TLS API whose handshake failed or
 //     never finished (another CA, no client certificate, plain HTTP, a
 //     port probe, silence past the first-request timeout); net/http logs
-//     them, once per 10 s.
+//     them, once per 10 s;
+//   - handshake_rate: connections to a TLS API closed after their first
+//     bytes, before their TLS handshake, past Limits.MaxHandshakeRate or
+//     Limits.MaxHandshakeRatePerSource.
 //
 // Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
 // them); only the connections closed for a lasting backlog are.
@@ -61,10 +64,10 @@ const (
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate, apiRate, failedTLS uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, frameRate, apiRate, failedTLS, hsRate uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
-		failedTLS = c.failedTLS.Load()
+		failedTLS, hsRate = c.failedTLS.Load(), c.closedHandshakeRate.Load()
 	}
 	if f := n.apiFrames; f != nil {
 		frameRate, apiRate = f.closed.Load(), f.backlogged.Load()
@@ -81,6 +84,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
 		transport.Refusal{Port: PortAPI, Reason: "api_rate", Count: apiRate},
 		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
+		transport.Refusal{Port: PortAPI, Reason: "handshake_rate", Count: hsRate},
 	)
 }
 

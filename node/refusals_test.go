@@ -71,3 +71,81 @@ func TestAPITLSHandshakeRefusals(t *testing.T) {
 	})
 	lg.waitFor(t, 5*time.Second, "TLS handshake error")
 }
+
+// A TLS client API starts at most Limits.MaxHandshakeRatePerSource TLS
+// handshakes a second from one /24 (1 here, a burst of 2): of 20 clients
+// with a good certificate dialing from one /24, those past it are closed
+// after their first bytes, before the node spends a handshake, counted as
+// handshake_rate (never also tls_handshake) and logged naming the flags,
+// while a client from another /24 connects. Plain HTTP to the TLS port,
+// whose bytes are no handshake, is not counted; nor is anything on an
+// h2c API. Fails without the limit (all 20 connect).
+func TestAPIHandshakeRate(t *testing.T) {
+	for _, s := range budgetSetups {
+		t.Run(s.name, func(t *testing.T) {
+			var lg logs
+			c, tlsCfg := s.start(t, 1, &lg, func(cfg *node.Config) { cfg.Limits.MaxHandshakeRatePerSource = 1 })
+			l := c.Node(0)
+			addr := l.APIAddr()
+			const n = 20
+			connected := 0
+			start := time.Now()
+			for i := range n {
+				d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, byte(2+i))}}
+				if !s.tls {
+					conn, err := d.Dial("tcp", addr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					conn.Write([]byte{22, 3, 1, 0, 4, 1, 0, 0, 0}) // a handshake record: not TLS here
+					conn.Close()
+					continue
+				}
+				tc, err := tls.DialWithDialer(d, "tcp", addr, tlsCfg)
+				if err == nil {
+					connected++
+					tc.Close()
+				}
+			}
+			if !s.tls {
+				s.status(t, addr, tlsCfg)
+				if n := refusals(t, l, node.PortAPI, "handshake_rate"); n != 0 {
+					t.Fatalf("an h2c API counted %d handshake_rate refusals", n)
+				}
+				return
+			}
+			allowed := 2 + int(time.Since(start).Seconds()+1)
+			t.Logf("%d of %d clients from one /24 finished their handshake in %v", connected, n, time.Since(start).Round(time.Millisecond))
+			if connected > allowed {
+				t.Fatalf("%d of %d clients from one /24 finished their handshake, want at most %d", connected, n, allowed)
+			}
+			nodetest.Eventually(t, 10*time.Second, func() error {
+				if got := refusals(t, l, node.PortAPI, "handshake_rate"); got != uint64(n-connected) {
+					return fmt.Errorf("handshake_rate refusals: %d, want %d", got, n-connected)
+				}
+				return nil
+			})
+			lg.waitFor(t, 5*time.Second, "before its TLS handshake", "--max-handshake-rate-per-source", "--max-handshake-rate ")
+			s.status(t, addr, tlsCfg) // from 127.0.0.1, another /24
+			// Plain HTTP from the flooded /24: no handshake, not counted.
+			d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, 200)}}
+			conn, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, conn)
+			conn.Close()
+			nodetest.Eventually(t, 10*time.Second, func() error {
+				if got := refusals(t, l, node.PortAPI, "tls_handshake"); got != 1 {
+					return fmt.Errorf("tls_handshake refusals: %d, want 1 (the plain HTTP client's)", got)
+				}
+				return nil
+			})
+			if got := refusals(t, l, node.PortAPI, "handshake_rate"); got != uint64(n-connected) {
+				t.Fatalf("handshake_rate refusals: %d, want %d", got, n-connected)
+			}
+		})
+	}
+}

@@ -47,6 +47,12 @@ type MuxConfig struct {
 	// HandshakeTimeout bounds the TLS handshake, the protocol byte and
 	// the hello. Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Handshakes, with TLS, bounds how fast the Mux starts TLS
+	// handshakes: a connection whose handshake it does not allow is
+	// closed after its first byte, before crypto/tls reads its
+	// ClientHello, counted as handshake_rate and logged once per 10 s.
+	// Nil starts every one.
+	Handshakes *HandshakeLimit
 }
 
 // Mux accepts connections on one listener and hands each to the
@@ -79,6 +85,7 @@ type Mux struct {
 	done             chan struct{}     // closed by Close
 	limit            *loglimit.Limiter // of the refusals' warnings
 	refusals         muxRefusals       // by reason, since NewMux (Refusals)
+	handshakes       *HandshakeLimit   // nil: unbounded
 
 	mu      sync.Mutex
 	closed  bool
@@ -121,6 +128,7 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 		hello:            cfg.Hello,
 		log:              log.With("component", "transport.mux"),
 		handshakeTimeout: timeout,
+		handshakes:       cfg.Handshakes,
 		done:             make(chan struct{}),
 		limit:            loglimit.New(),
 		subs:             make(map[byte]*muxListener),
@@ -309,6 +317,16 @@ func (m *Mux) handle(raw net.Conn) {
 			m.refuse(refusedPlainTCP, first[0])
 			m.warn(log, "refused a node-port connection: plain TCP, but the node port is mutual TLS: a node needs the cluster key or a node certificate from the cluster's CA"+looksLike(first[0]), "first_byte", first[0])
 			m.answerHTTP(raw, first[0])
+			m.forget(raw)
+			return
+		}
+		if !m.handshakes.Allow(raw.RemoteAddr()) {
+			// Closed before the server spends its handshake (an X25519
+			// exchange and a signature): a replayed ClientHello costs the
+			// sender nothing.
+			m.refusals[refusedHandshakeRate].Add(1)
+			m.warn(log, fmt.Sprintf("refused a node-port connection before its TLS handshake: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise agent --max-handshake-rate-per-source or --max-handshake-rate if these are nodes)",
+				m.handshakes.PerSource(), HandshakeV4Bits, m.handshakes.Total()))
 			m.forget(raw)
 			return
 		}

@@ -34,6 +34,7 @@ const (
 	refusedHello
 	refusedHandshakeTimeout
 	refusedMaxPending
+	refusedHandshakeRate
 	numMuxRefusals
 )
 
@@ -47,6 +48,7 @@ var muxRefusalReasons = [numMuxRefusals]string{
 	refusedHello:            "hello_refused",
 	refusedHandshakeTimeout: "handshake_timeout",
 	refusedMaxPending:       "max_pending",
+	refusedHandshakeRate:    "handshake_rate",
 }
 
 // muxRefusals counts a Mux's refusals by reason.
@@ -73,7 +75,10 @@ type muxRefusals [numMuxRefusals]atomic.Uint64
 //     the handshake timeout;
 //   - max_pending: closed to make room past MaxPending, whatever its
 //     handshake was doing then (counted as this only, never also as
-//     tls_handshake or another reason).
+//     tls_handshake or another reason);
+//   - handshake_rate: closed after its first byte, before its TLS
+//     handshake, past MuxConfig.Handshakes (agent --max-handshake-rate
+//     and --max-handshake-rate-per-source).
 //
 // Connections that hang up before saying anything, and those closed by
 // Close, are not refusals.

@@ -103,3 +103,57 @@ func refusalCounts(t *testing.T, m *transport.Mux) map[string]uint64 {
 	}
 	return out
 }
+
+// A TLS node port starts at most MuxConfig.Handshakes' TLS handshakes: 20
+// connections from one /24 that start a handshake record, past a limit of
+// 1 a second from one source (a burst of 2), are closed after their first
+// byte, counted as handshake_rate; the few allowed fail their handshake
+// (tls_handshake). A node dialing from another /24 meanwhile connects.
+// Fails without the limit (no handshake_rate refusals: all 20 reach
+// crypto/tls).
+func TestMuxHandshakeRate(t *testing.T) {
+	noLeaks(t)
+	key := clusterKey(t)
+	srvTLS, cliTLS := keyTLS(t, key, "n1")
+	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"},
+		Handshakes: transport.NewHandshakeLimit(1, 1000)})
+	const n = 20
+	start := time.Now()
+	for i := range n {
+		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 3, byte(2+i))}}
+		c, err := d.Dial("tcp", m.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		// A handshake record header and a body that is no ClientHello.
+		if _, err := c.Write([]byte{22, 3, 1, 0, 4, 1, 0, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the node port did not close the connection")
+			}
+		}
+		c.Close()
+	}
+	allowed := 2 + int(time.Since(start).Seconds()+1)
+	var got map[string]uint64
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got = refusalCounts(t, m)
+		if got["handshake_rate"]+got["tls_handshake"] == n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got["handshake_rate"]+got["tls_handshake"] != n || got["handshake_rate"] < uint64(n-allowed) {
+		t.Fatalf("of %d connections: %d handshake_rate, %d tls_handshake refusals; want %d in all, at most %d handshakes",
+			n, got["handshake_rate"], got["tls_handshake"], n, allowed)
+	}
+	c, err := (&transport.Dialer{TLS: cliTLS}).Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
+	if err != nil {
+		t.Fatalf("a node from another /24 could not connect: %v", err)
+	}
+	c.Close()
+}

@@ -80,6 +80,8 @@ type agentFlags struct {
 	maxWaiters                   int
 	maxFrameRate                 int
 	maxAPIRate                   int
+	maxHandshakeRate             int
+	maxHandshakeRatePerSource    int
 	maxLeases                    int
 	minTTL                       time.Duration
 	clusterKey, clusterKeyFile   string
@@ -134,6 +136,8 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	fs.IntVar(&a.maxFrameRate, "max-frame-rate", 20_000, "most HTTP/2 frames a second one client API connection may send (a tenth of it at once; a request\nis 2-3); past it, token or not, the connection is sent GOAWAY ENHANCE_YOUR_CALM and closed")
 	fs.IntVar(&a.maxAPIRate, "max-api-rate", 10_000, "most client API requests a second this agent serves, all connections together (a PING or other\ncontrol frame counts a tenth of one); past it reads are paced, fairly between client addresses,\nnot refused")
+	fs.IntVar(&a.maxHandshakeRate, "max-handshake-rate", 2_000, "most TLS handshakes a second each TLS port (API, node) starts, from all sources together\n(burst: one second's worth); past it a connection is closed before its handshake")
+	fs.IntVar(&a.maxHandshakeRatePerSource, "max-handshake-rate-per-source", 200, "most TLS handshakes a second each TLS port starts from one IPv4 /24 or IPv6 /64\n(burst: two seconds' worth); past it a connection is closed before its handshake")
 	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
 	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; past it a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
@@ -273,7 +277,8 @@ func (a *agentFlags) config() (node.Config, error) {
 	}
 	cfg.AuthToken = tok
 	cfg.Limits = node.Limits{MaxRequestBytes: a.maxRequestBytes, MaxExtendItems: a.maxExtendItems, MaxConns: a.maxConns, MinTTL: a.minTTL,
-		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes, MaxFrameRate: a.maxFrameRate, MaxAPIRate: a.maxAPIRate}
+		MaxWatches: a.maxWatches, MaxWaiters: a.maxWaiters, MaxLeases: a.maxLeases, MaxLeaseBytes: a.maxBytes, MaxFrameRate: a.maxFrameRate, MaxAPIRate: a.maxAPIRate,
+		MaxHandshakeRate: a.maxHandshakeRate, MaxHandshakeRatePerSource: a.maxHandshakeRatePerSource}
 	cfg.NoSync = a.noSync
 	if a.unsafeClockRate != 0 || a.unsafeSkipRebase || a.unsafeWall || a.unsafeClockSkew != 0 || a.unsafeExtendNoCommit {
 		cfg.Testing = &node.TestingKnobs{ClockRate: a.unsafeClockRate, SkipRebase: a.unsafeSkipRebase,
@@ -302,6 +307,8 @@ var configFlags = strings.NewReplacer(
 	"Limits.MaxWaiters", "--max-waiters",
 	"Limits.MaxFrameRate", "--max-frame-rate",
 	"Limits.MaxAPIRate", "--max-api-rate",
+	"Limits.MaxHandshakeRatePerSource", "--max-handshake-rate-per-source",
+	"Limits.MaxHandshakeRate", "--max-handshake-rate",
 	"MaxLeaseBytes", "--max-lease-bytes",
 	"Limits.MinTTL", "--min-ttl",
 	"BootstrapExpect", "--bootstrap-expect",

@@ -1,0 +1,155 @@
+package transport
+
+import (
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// HandshakeLimit bounds how fast a port starts TLS handshakes: a token
+// bucket per source prefix (SourcePrefix with HandshakeV4Bits) and one for
+// all sources together. A TLS 1.3 ClientHello makes the server do an
+// X25519 exchange and an ECDSA signature before it learns anything about
+// the client, about 0.4 ms of CPU on a 2-core host, and a ClientHello can
+// be replayed without any crypto on the sender's side: an outsider's
+// replay from 249 addresses drove a leader to 1.3 cores and cut a client's
+// throughput by 85-95% (outsider review, session 30). Whoever holds the
+// limit asks Allow before it hands a connection's first bytes to
+// crypto/tls, and closes the connection if it may not: the handshake is
+// never spent. Only handshakes are counted, never plain connections,
+// which cost no crypto and are bounded by the ports' connection limits.
+//
+// Checking the whole port's bucket first, and taking from a source's
+// bucket only what passed it, keeps the sources remembered bounded by
+// what the port admitted in the last seconds, whatever the flood.
+//
+// Invariant (handshake-rate): a port with a HandshakeLimit starts at most
+// totalBurst + total*t TLS handshakes in any t seconds, and at most
+// sourceBurst + perSource*t from one prefix. Guarded by
+// TestHandshakeLimitBuckets and the ports' handshake_rate tests
+// (TestMuxHandshakeRate, TestAPIHandshakeRate).
+type HandshakeLimit struct {
+	perSource, total        float64 // handshakes a second
+	sourceBurst, totalBurst float64 // at once
+	now                     func() time.Time
+	mu                      sync.Mutex
+	all                     bucket
+	sources                 map[string]*bucket
+	pruneAt                 int
+}
+
+// bucket is a token bucket filled up to its burst at its rate.
+type bucket struct {
+	tokens float64
+	at     time.Time // when tokens was right
+}
+
+// HandshakeV4Bits is the IPv4 prefix a HandshakeLimit counts sources by:
+// a /24. A handshake costs the server crypto however the sender got its
+// address, and IPv4 addresses come to one party in blocks (a cloud host's
+// secondary addresses, a subnet behind one router, all of 127.0.0.0/8 on
+// loopback), so counting by address would let one host with 249
+// addresses (the outsider's flood) take 249 sources' share and the whole
+// port's budget; a /24 gives it one. Clients that share a /24 (one
+// Kubernetes node's pods, one office) share 200 a second and a burst of
+// 400 by default, far more than a pool of connections reconnecting needs.
+// IPv6 is counted by /64, one host's or site's usual prefix.
+const HandshakeV4Bits = 24
+
+// NewHandshakeLimit returns a limit of perSource handshakes a second from
+// one source prefix, with a burst of two seconds' worth (a host's
+// connection pools reconnecting at once after a restart or a partition),
+// and total a second from all sources together, with a burst of one
+// second's worth. Both must be positive.
+func NewHandshakeLimit(perSource, total int) *HandshakeLimit {
+	return newHandshakeLimit(perSource, total, time.Now)
+}
+
+func newHandshakeLimit(perSource, total int, now func() time.Time) *HandshakeLimit {
+	h := &HandshakeLimit{perSource: float64(perSource), total: float64(total),
+		sourceBurst: 2 * float64(perSource), totalBurst: float64(total), now: now,
+		sources: map[string]*bucket{}, pruneAt: 1024}
+	h.all = bucket{tokens: h.totalBurst, at: now()}
+	return h
+}
+
+// PerSource returns the handshakes a second one source prefix may start.
+func (h *HandshakeLimit) PerSource() int { return int(h.perSource) }
+
+// Total returns the handshakes a second all sources together may start.
+func (h *HandshakeLimit) Total() int { return int(h.total) }
+
+// Allow reports whether a TLS handshake from remote may start now, and
+// takes it from the buckets if so. A nil HandshakeLimit allows every one.
+func (h *HandshakeLimit) Allow(remote net.Addr) bool {
+	if h == nil {
+		return true
+	}
+	key := SourcePrefix(remote, HandshakeV4Bits)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	if h.all.fill(now, h.total, h.totalBurst) < 1 {
+		return false
+	}
+	b := h.sources[key]
+	if b == nil {
+		if len(h.sources) >= h.pruneAt {
+			h.pruneLocked(now)
+		}
+		b = &bucket{tokens: h.sourceBurst, at: now}
+		h.sources[key] = b
+	}
+	if b.fill(now, h.perSource, h.sourceBurst) < 1 {
+		return false
+	}
+	b.tokens--
+	h.all.tokens--
+	return true
+}
+
+// pruneLocked forgets the sources whose buckets are full again: a new
+// bucket for them would be the same.
+func (h *HandshakeLimit) pruneLocked(now time.Time) {
+	for k, b := range h.sources {
+		if b.fill(now, h.perSource, h.sourceBurst) >= h.sourceBurst {
+			delete(h.sources, k)
+		}
+	}
+	h.pruneAt = max(1024, 2*len(h.sources))
+}
+
+// fill adds what rate earned since b.at, up to burst, and returns the
+// tokens.
+func (b *bucket) fill(now time.Time, rate, burst float64) float64 {
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(burst, b.tokens+d.Seconds()*rate)
+		b.at = now
+	}
+	return b.tokens
+}
+
+// SourcePrefix returns the source a remote address is counted under: the
+// IPv4 address masked to v4Bits, the IPv6 address masked to /64 (one
+// host is usually given a whole /64), as "ip/bits"; or the address's
+// string if it holds no IP. The client API's budget (v4Bits 32) and
+// HandshakeLimit (HandshakeV4Bits) share it.
+func SourcePrefix(addr net.Addr, v4Bits int) string {
+	var ip net.IP
+	if a, ok := addr.(*net.TCPAddr); ok {
+		ip = a.IP
+	} else if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+		ip = net.ParseIP(host)
+	}
+	if ip == nil {
+		return addr.String()
+	}
+	if v4 := ip.To4(); v4 != nil {
+		if v4Bits >= 32 {
+			return v4.String()
+		}
+		return v4.Mask(net.CIDRMask(v4Bits, 32)).String() + "/" + strconv.Itoa(v4Bits)
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}

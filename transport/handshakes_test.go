@@ -1,0 +1,92 @@
+package transport
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// The buckets of a HandshakeLimit, on a fake clock: a source prefix gets
+// its burst (two seconds' worth) and then its rate; addresses of one
+// IPv4 /24 or IPv6 /64 share a bucket and those of others do not; the
+// whole port's bucket bounds all sources together, and a refusal by it
+// takes nothing from the source's.
+func TestHandshakeLimitBuckets(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := newHandshakeLimit(2, 6, func() time.Time { return now }) // bursts 4 and 6
+	addr := func(s string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(s), Port: 40000} }
+	allowed := func(n int, addrs ...string) int {
+		ok := 0
+		for i := range n {
+			if h.Allow(addr(addrs[i%len(addrs)])) {
+				ok++
+			}
+		}
+		return ok
+	}
+	for _, step := range []struct {
+		what  string
+		after time.Duration
+		n     int
+		addrs []string
+		want  int
+	}{
+		{"a fresh source: its burst", 0, 10, []string{"10.1.2.3"}, 4},
+		{"another address of its /24: one bucket", 0, 1, []string{"10.1.2.200"}, 0},
+		{"another /24: what is left of the port's burst of 6", 0, 10, []string{"10.1.3.3"}, 2},
+		{"a second later: the rate of 2", time.Second, 10, []string{"10.1.2.3"}, 2},
+		{"the /24 refused by the port's bucket kept its own tokens", 0, 10, []string{"10.1.3.3"}, 4},
+		{"past the port's bucket", 0, 1, []string{"2001:db8:0:1::5"}, 0},
+		{"two addresses of one IPv6 /64: one bucket", time.Second, 10, []string{"2001:db8:0:1::5", "2001:db8:0:1:ffff::9"}, 4},
+		{"another /64", 0, 10, []string{"2001:db8:0:2::1"}, 2},
+	} {
+		now = now.Add(step.after)
+		if got := allowed(step.n, step.addrs...); got != step.want {
+			t.Fatalf("%s: %d of %d allowed, want %d", step.what, got, step.n, step.want)
+		}
+	}
+	var nilLimit *HandshakeLimit
+	if !nilLimit.Allow(addr("10.1.2.3")) {
+		t.Fatal("a nil HandshakeLimit refused")
+	}
+}
+
+// Sources are forgotten once their buckets are full again, so a flood
+// from many prefixes leaves at most what the port admitted lately.
+func TestHandshakeLimitForgetsSources(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := newHandshakeLimit(1, 1_000_000, func() time.Time { return now })
+	flood := func(from int) {
+		for i := from; i < from+5000; i++ {
+			if !h.Allow(&net.TCPAddr{IP: net.IPv4(10, byte(i>>8), byte(i), 1)}) {
+				t.Fatal("refused a first handshake")
+			}
+		}
+	}
+	flood(0)
+	now = now.Add(3 * time.Second) // every bucket is full again
+	flood(5000)
+	if n := len(h.sources); n >= 10000 {
+		t.Fatalf("%d sources remembered, want those that refilled forgotten", n)
+	}
+}
+
+// SourcePrefix: IPv4 by address or by /24, IPv6 by /64, and a string
+// address as a TCPAddr.
+func TestSourcePrefix(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		bits int
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3")}, 32, "10.1.2.3"},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3")}, 24, "10.1.2.0/24"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:10.1.2.3")}, 24, "10.1.2.0/24"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6")}, 24, "2001:db8:1:2::/64"},
+		{&net.UnixAddr{Name: "/tmp/s", Net: "unix"}, 24, "/tmp/s"},
+	} {
+		if got := SourcePrefix(c.addr, c.bits); got != c.want {
+			t.Errorf("SourcePrefix(%v, %d) = %q, want %q", c.addr, c.bits, got, c.want)
+		}
+	}
+}
