@@ -182,9 +182,12 @@
 // fsm.OldestFormat: a replacement node that came to lead wrote format-5
 // entries beside a down server that read format 4. A rule that
 // only newer replicas know (fsm's lock-delay-kept) is asked for in the
-// entry (fsm.Acquire.KeepLockDelay) once every server reads it.
+// entry (fsm.Acquire.KeepLockDelay) once every server reads it. An
+// extend by sum (fsm.ExtendAll, format 6) is answered no without a
+// proposal until every server reads it: the client then names its leases.
 // TestShapesWaitForEveryNodeToReadThem, TestLostLockDelayKeptFromItsOwnClient,
-// TestFormatGateRemembersADownServer, TestFormatGateWaitsForAServerNeverSeen.
+// TestFormatGateRemembersADownServer, TestFormatGateWaitsForAServerNeverSeen,
+// lease's TestKeepaliveBySumWithAnOlderServer.
 //
 // # Trust invariants (DESIGN.md, "Trust")
 //
