@@ -131,7 +131,11 @@
 // per-key local guard keeps a Client from competing with itself:
 // TryAcquire of a key it holds returns nil, and Acquire waits for its own
 // lease's Release. All leases of a Client are extended by one background
-// loop, in batched requests (at most 4,096 leases each) per tick. A Lease
+// loop, in one request per tick: a sum of all of them (a count and a
+// digest of their keys and tokens) that the cluster extends in one small
+// entry if it holds exactly those leases for the Client, and otherwise,
+// or on a cluster that predates it, requests naming the leases (at most
+// 4,096 each), whose answers say which ended. A Lease
 // dropped without Release is released by a cleanup when it is garbage
 // collected, once the validity it had ends (a ValidUntil, Context or
 // Token taken from it before may still be acted on), and left to expire
