@@ -897,3 +897,27 @@ func TestWatchMarksTheCurrentListing(t *testing.T) {
 		}
 	})
 }
+
+// WithDialTimeout bounds how long Dial tries to reach a node where none
+// listens, apart from the calls' retry timeout (new-user review: Dial
+// took the 10 s retry timeout to say so).
+func TestDialTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	start := time.Now()
+	_, err = lease.Dial(ctxT(t, 30*time.Second), []string{addr}, lease.WithDialTimeout(300*time.Millisecond))
+	took := time.Since(start)
+	if err == nil || !errors.Is(err, lease.ErrNoLeader) {
+		t.Fatalf("Dial with nothing listening: %v, want ErrNoLeader", err)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("Dial gave up after %v with a 300 ms dial timeout (the retry timeout is %v)", took, lease.DefaultRetryTimeout)
+	}
+	if _, err := lease.Dial(ctxT(t, 5*time.Second), []string{addr}, lease.WithDialTimeout(-time.Second)); !errors.Is(err, lease.ErrInvalid) {
+		t.Fatalf("a negative dial timeout: %v, want ErrInvalid", err)
+	}
+}

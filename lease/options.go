@@ -30,6 +30,7 @@ type options struct {
 	backoffMin   time.Duration
 	backoffMax   time.Duration
 	retryTimeout time.Duration
+	dialTimeout  time.Duration // 0: retryTimeout
 	logger       *slog.Logger
 	name         string // WithHolder, or host/pid
 	holder       string // name#incarnation: what the cluster records
@@ -75,6 +76,12 @@ func WithBackoff(min, max time.Duration) Option {
 // can be reached, or while its attempts keep failing (default
 // DefaultRetryTimeout); see RetryPolicy.
 func WithRetryTimeout(d time.Duration) Option { return func(o *options) { o.retryTimeout = d } }
+
+// WithDialTimeout bounds how long Dial keeps trying to reach some node
+// (agents starting, a node restarting) before it gives up; by default the
+// retry timeout (WithRetryTimeout). Calls on the Client keep the retry
+// timeout.
+func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
 
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
@@ -142,6 +149,9 @@ func buildOptions(opts []Option) (options, error) {
 	}
 	if o.peerTimeout < 0 {
 		return o, fmt.Errorf("%w: peer timeout %v must be >= 0 (0 turns the liveness check off)", ErrInvalid, o.peerTimeout)
+	}
+	if o.dialTimeout < 0 {
+		return o, fmt.Errorf("%w: dial timeout %v must be > 0 (or 0: the retry timeout)", ErrInvalid, o.dialTimeout)
 	}
 	if o.retryTimeout <= 0 {
 		return o, fmt.Errorf("%w: retry timeout %v must be > 0", ErrInvalid, o.retryTimeout)

@@ -38,9 +38,10 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 	// Nodes starting alongside the caller (a service manager starting both)
 	// may not listen yet: try as any request would, for up to the retry
 	// timeout. A refusal (a wrong token, say) ends it at once.
-	retry := RetryPolicy{Timeout: o.retryTimeout, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax}
+	dial := cmp.Or(o.dialTimeout, o.retryTimeout)
+	retry := RetryPolicy{Timeout: dial, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax}
 	if err := retry.Do(ctx, true, func(ctx context.Context) error {
-		actx, cancel := context.WithTimeout(ctx, o.retryTimeout)
+		actx, cancel := context.WithTimeout(ctx, dial)
 		defer cancel()
 		_, err := r.Status(actx)
 		return err
