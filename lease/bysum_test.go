@@ -29,6 +29,22 @@ func (b *countExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.Ext
 	return b.Backend.Extend(ctx, r)
 }
 
+// sumTTL is the TTL of the by-sum tests' leases, extended every 100 ms.
+const sumTTL = 2 * time.Second
+
+// countingClient is a Client of n, with leases of sumTTL, whose extends
+// b counts.
+func countingClient(t *testing.T, n lease.Backend) (*lease.Client, *countExtends) {
+	t.Helper()
+	b := &countExtends{Backend: n}
+	cl, err := lease.New(b, lease.WithTTL(sumTTL), lease.WithExtendInterval(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close(context.Background()) })
+	return cl, b
+}
+
 // holdMany has cl hold n single keys, a set of two keys and a shared
 // holding, all under prefix.
 func holdMany(t *testing.T, cl *lease.Client, prefix string, n int) []*lease.Lease {
@@ -78,13 +94,7 @@ func waitSums(t *testing.T, b *countExtends, n int64, ls []*lease.Lease) {
 func TestKeepaliveBySum(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, n := c.Follower()
-	b := &countExtends{Backend: n}
-	const ttl = 2 * time.Second
-	cl, err := lease.New(b, lease.WithTTL(ttl), lease.WithExtendInterval(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	cl, b := countingClient(t, n)
 	ls := holdMany(t, cl, "sum", 20)
 	waitSums(t, b, 3, ls)
 	// Rounds by sum name no lease: a round that names them is one the
@@ -95,7 +105,7 @@ func TestKeepaliveBySum(t *testing.T) {
 		t.Fatalf("%d extends named leases while every sum should have been answered yes", got)
 	}
 	for _, l := range ls {
-		if !l.ValidUntil().After(start.Add(ttl / 2)) {
+		if !l.ValidUntil().After(start.Add(sumTTL / 2)) {
 			t.Fatalf("lease %s valid until %v after the rounds began: the sums did not extend it", l.Key(), l.ValidUntil().Sub(start))
 		}
 	}
@@ -131,13 +141,7 @@ func TestKeepaliveBySumWithAnOlderServer(t *testing.T) {
 		cfg.Testing = &node.TestingKnobs{ReadsFormat: 5} // each leader sees the others as older
 	}})
 	_, n := c.Leader()
-	b := &countExtends{Backend: n}
-	const ttl = 2 * time.Second
-	cl, err := lease.New(b, lease.WithTTL(ttl), lease.WithExtendInterval(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close(context.Background())
+	cl, b := countingClient(t, n)
 	ls := holdMany(t, cl, "old", 5)
 	start := time.Now()
 	nodetest.Eventually(t, 20*time.Second, func() error {
@@ -145,7 +149,7 @@ func TestKeepaliveBySumWithAnOlderServer(t *testing.T) {
 			if !l.IsHealthy() {
 				t.Fatalf("lease %s lost: %v", l.Key(), l.Err())
 			}
-			if !l.ValidUntil().After(start.Add(2 * ttl)) {
+			if !l.ValidUntil().After(start.Add(2 * sumTTL)) {
 				return fmt.Errorf("lease %s valid until %v after the start, want past two TTLs", l.Key(), l.ValidUntil().Sub(start))
 			}
 		}
