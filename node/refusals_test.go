@@ -39,15 +39,7 @@ func TestAPITLSHandshakeRefusals(t *testing.T) {
 	addr := l.APIAddr()
 	budgetSetups[1].status(t, addr, tlsCfg) // a good client: not counted
 
-	// Plain HTTP to the TLS port.
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	io.Copy(io.Discard, conn)
-	conn.Close()
+	plainGet(t, &net.Dialer{}, addr) // plain HTTP to the TLS port
 	// A client of another CA.
 	other, err := transporttest.NewCA(t).IssueClient(t, "stranger").ClientConfig()
 	if err != nil {
@@ -128,15 +120,7 @@ func TestAPIHandshakeRate(t *testing.T) {
 			lg.waitFor(t, 5*time.Second, "before its TLS handshake", "--max-handshake-rate-per-source", "--max-handshake-rate ")
 			s.status(t, addr, tlsCfg) // from 127.0.0.1, another /24
 			// Plain HTTP from the flooded /24: no handshake, not counted.
-			d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, 200)}}
-			conn, err := d.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-			io.Copy(io.Discard, conn)
-			conn.Close()
+			plainGet(t, &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, 200)}}, addr)
 			nodetest.Eventually(t, 10*time.Second, func() error {
 				if got := refusals(t, l, node.PortAPI, "tls_handshake"); got != 1 {
 					return fmt.Errorf("tls_handshake refusals: %d, want 1 (the plain HTTP client's)", got)
@@ -148,4 +132,18 @@ func TestAPIHandshakeRate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plainGet sends a plain HTTP request to addr through d and reads until
+// the server closes (at most 10 s).
+func plainGet(t *testing.T, d *net.Dialer, addr string) {
+	t.Helper()
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, conn)
 }
