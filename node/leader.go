@@ -597,6 +597,14 @@ func (n *Node) noLeaderDetail(names bool) string {
 	if names {
 		self, seen = "node "+n.cfg.ID, " ("+strings.Join(alive, ", ")+")"
 	}
+	if n.cluster.get() == "" && !n.hasState() {
+		if _, _, err := n.gossipCluster(); err != nil {
+			if names {
+				return "not joining any cluster: " + err.Error()
+			}
+			return "not joining any cluster: gossip shows members of two clusters (the node's log names them)"
+		}
+	}
 	if n.cfg.BootstrapExpect > 0 && !n.hasState() {
 		if id := n.cluster.seenID(); id != "" {
 			return fmt.Sprintf("waiting to be added to cluster %s, which a member belonged to (not bootstrapping: %s in the data dir; to found a new cluster instead, stop every node that says so and delete that file from each)",

@@ -377,6 +377,7 @@ func (n *Node) startGossip(ctx context.Context) error {
 	n.gossipNet = gt
 	n.gossipSelf = []string{net.JoinHostPort(host, strconv.Itoa(mc.BindPort)), net.JoinHostPort(ahost, strconv.Itoa(mc.AdvertisePort))}
 	n.joinSeeds(ml, n.seeds(ctx))
+	close(n.gossipJoined)
 	if who := d.conflict.Load(); who != nil {
 		ml.Shutdown()
 		return fmt.Errorf("node ID %q is already used by a live node at %s: give this node another --id (IDs are unique and stable per node)", cfg.ID, *who)
@@ -769,17 +770,74 @@ func (n *Node) rejoin() {
 // seenCluster returns a member other than this node that gossip has shown
 // with a cluster id, and that id, unless the member left ("", "" if none):
 // while this node has no cluster of its own, it bootstraps beside no such
-// member, even one that is down (bootstrap-asks-everyone).
-func (n *Node) seenCluster() (id, cluster string) {
-	for _, m := range n.members.list() {
-		if m.ID != n.cfg.ID && m.Cluster != "" && m.Status != statusLeft {
-			return m.ID, m.Cluster
-		}
+// member, even one that is down (bootstrap-asks-everyone). If gossip
+// shows members of two clusters (a stale node of another cluster with
+// the same key, say), it returns an error naming them and this node
+// decides nothing: which one it joined would depend on member IDs, and
+// as a voter of the wrong one it would serve the same keys beside the
+// other (stop 31's outsider review: two fresh nodes joined a stale
+// one-node cluster whose ID sorted first).
+func (n *Node) seenCluster() (id, cluster string, err error) {
+	if id, cluster, err = n.gossipCluster(); cluster != "" || err != nil {
+		return id, cluster, err
 	}
 	// What this node decided on before, perhaps before a restart that
 	// emptied its member table (SeenClusterFile): the restored node it
 	// saw may still be down, and the nodes it told may ask it again.
-	return "", n.cluster.seenID()
+	return "", n.cluster.seenID(), nil
+}
+
+// gossipCluster is seenCluster from gossip alone (it takes no lock of
+// the clusterIdentity's).
+func (n *Node) gossipCluster() (id, cluster string, err error) {
+	for _, m := range n.members.list() {
+		if m.ID == n.cfg.ID || m.Cluster == "" || m.Status == statusLeft {
+			continue
+		}
+		switch {
+		case cluster == "":
+			id, cluster = m.ID, m.Cluster
+		case m.Cluster != cluster:
+			return "", "", fmt.Errorf("gossip shows members of two clusters: %s (cluster %s) and %s (cluster %s); this node joins neither until the nodes of one are gone from its gossip pool (they hold the same cluster key: stop them, or give them another key)",
+				id, short(cluster), m.ID, short(m.Cluster))
+		}
+	}
+	return id, cluster, nil
+}
+
+// waitGossipJoined waits, at most joinWait, until this node's first join
+// of its seeds is done: the node port is up before gossip is, and a
+// leader that connects meanwhile must not be judged (mayTake) on a pool
+// gossip has shown only part of (the first seed's, a stale cluster's
+// perhaps, and not the next one's).
+func (n *Node) waitGossipJoined() {
+	t := time.NewTimer(joinWait)
+	defer t.Stop()
+	select {
+	case <-n.gossipJoined:
+	case <-n.ctx.Done():
+	case <-t.C:
+	}
+}
+
+// joinWait bounds waitGossipJoined: a seed that does not answer makes
+// the first join last up to memberlist's TCP timeout.
+const joinWait = 5 * time.Second
+
+// twoClustersErr is gossipCluster's error, if any, logged at most once
+// per loglimit interval.
+func (n *Node) twoClustersErr() error {
+	_, _, err := n.gossipCluster()
+	if err != nil {
+		if ok, skipped := n.twoClusters.Allow("two clusters"); ok {
+			args := []any{"component", "node.membership"}
+			if skipped > 0 {
+				args = append(args, loglimit.Skipped, skipped)
+			}
+			n.log.Error("not joining any cluster: "+err.Error(), args...)
+		}
+	}
+	return err
 }
 
 func (n *Node) hasState() bool {
@@ -845,7 +903,10 @@ func (n *Node) tryBootstrap() bool {
 	// those the configuration takes (invariant bootstrap-asks-everyone).
 	// The decision to join is written down first (SeenClusterFile), so
 	// that a restart, which forgets the member table, keeps it.
-	if id, cluster := n.seenCluster(); cluster != "" {
+	if err := n.twoClustersErr(); err != nil {
+		return false // decided nothing; said why
+	}
+	if id, cluster, _ := n.seenCluster(); cluster != "" {
 		if err := n.cluster.noteSeen(cluster); err != nil {
 			n.log.Warn("bootstrap postponed", "err", err)
 			return false

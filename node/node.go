@@ -61,6 +61,8 @@ type Node struct {
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 	slowCommits    *loglimit.Limiter         // of the slow-commit warnings (noteCommit)
 	formatsFailed  *loglimit.Limiter         // of failures to write PeerFormatsFile
+	twoClusters    *loglimit.Limiter         // of the warnings that gossip shows two clusters (seenCluster)
+	gossipJoined   chan struct{}             // closed once the first join of the seeds is done
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -182,6 +184,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		nodeClientTLS: nodeClient,
 		slowCommits:   loglimit.New(),
 		formatsFailed: loglimit.New(),
+		twoClusters:   loglimit.New(),
+		gossipJoined:  make(chan struct{}),
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
 		joinLimit:     loglimit.New(),
@@ -301,6 +305,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
+	n.cluster.mayTake, n.cluster.settle = n.twoClustersErr, n.waitGossipJoined
 	if n.formats, err = loadPeerFormats(cfg.DataDir); err != nil {
 		return err
 	}

@@ -378,7 +378,7 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		Version:     buildinfo.Get().Short(),
 	}
 	if resp.ClusterId == "" {
-		_, resp.SeenCluster = n.seenCluster()
+		_, resp.SeenCluster, _ = n.seenCluster() // none while gossip shows two
 	}
 	if ls := n.lead.Load(); ls != nil {
 		resp.Serving = true

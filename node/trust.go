@@ -151,6 +151,11 @@ type clusterIdentity struct {
 	log      *slog.Logger
 	hasState func() bool          // whether this node has Raft state now
 	isMember func(id string) bool // whether id is in this node's gossip pool
+	// mayTake, if set, says why this node must take no cluster id from
+	// a peer now (gossip shows members of two clusters), or nil; settle,
+	// if set, waits until gossip has shown this node its pool.
+	mayTake func() error
+	settle  func()
 
 	mu      sync.Mutex
 	id      string
@@ -272,6 +277,9 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 		c.refused(p, err, true)
 		return err
 	}
+	if c.settle != nil && c.get() == "" {
+		c.settle() // outside the lock: judge no peer on half a gossip pool
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	own := c.id
@@ -318,6 +326,13 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 			c.self, p.ID, short(p.ClusterID))
 		c.refusedLocked(p, err.Error(), false)
 		return err
+	}
+	if c.mayTake != nil {
+		if why := c.mayTake(); why != nil {
+			err := fmt.Errorf("node %s has no cluster id yet and takes none from %s now: %v", c.self, p.ID, why)
+			c.refusedLocked(p, err.Error(), false) // two clusters are logged loudly by mayTake
+			return err
+		}
 	}
 	if err := c.setLocked(p.ClusterID); err != nil {
 		return fmt.Errorf("node %s cannot record cluster id %s: %v", c.self, short(p.ClusterID), err)

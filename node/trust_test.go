@@ -553,7 +553,58 @@ func TestSeenClusterRefusesAnother(t *testing.T) {
 			t.Logf("s0's logs:\n%s", logs.buf.String())
 		}
 	}()
-	spare := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, ClusterKey: a.ClusterKey(),
+	seen := strings.Repeat("5e", 32) // the cluster it decided to join, which is not a's
+	cfg := freshNode(t, a.ClusterKey(), func(dir string) {
+		if err := os.WriteFile(filepath.Join(dir, node.SeenClusterFile), []byte(seen+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	cfg.Join = []string{a.Config(0).GossipAddr}
+	cfg.Logger = logs.logger()
+	startNode(t, cfg)
+	logs.waitFor(t, 20*time.Second, "decided to join cluster "+seen[:12], "takes no member of cluster")
+	if id, err := node.ClusterID(cfg.DataDir); err != nil || id != "" {
+		t.Fatalf("the node took cluster id %q (%v) after deciding to join %s", id, err, seen[:12])
+	}
+}
+
+// A fresh node whose gossip pool shows members of two clusters (a stale
+// node of another cluster holding the same key, whose ID sorts first)
+// joins neither, says why in its log and its no-leader reason, and takes
+// no cluster id: as a voter of the stale one it would serve the same keys
+// beside the other (stop 31's outsider re-probe: two fresh nodes joined a
+// stale one-node cluster and made it a quorate second cluster).
+func TestTwoClustersInGossipJoinNeither(t *testing.T) {
+	var logs logs
+	a := nodetest.New(t, nodetest.Options{Size: 3})
+	defer func() {
+		if t.Failed() {
+			t.Logf("fresh node's logs:\n%s", logs.buf.String())
+		}
+	}()
+	stale := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, ClusterKey: a.ClusterKey(),
+		Configure: func(i int, cfg *node.Config) { cfg.ID = "a" + strconv.Itoa(i) }}) // sorts before a's nodes
+	cfg := freshNode(t, a.ClusterKey(), nil)
+	cfg.Join = []string{stale.Config(0).GossipAddr, a.Config(0).GossipAddr}
+	cfg.Logger = logs.logger()
+	n := startNode(t, cfg)
+	logs.waitFor(t, 20*time.Second, "not joining any cluster", "gossip shows members of two clusters")
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if r := n.NoLeaderReason(); !strings.Contains(r, "two clusters") {
+			return fmt.Errorf("no-leader reason %q does not say why", r)
+		}
+		return nil
+	})
+	if id, err := node.ClusterID(cfg.DataDir); err != nil || id != "" {
+		t.Fatalf("the node took cluster id %q (%v) with two clusters in its gossip pool", id, err)
+	}
+}
+
+// freshNode is the config of a node with an empty data dir (prepare, if
+// set, may put files in it), the cluster key key, and no seeds yet.
+func freshNode(t *testing.T, key []byte, prepare func(dir string)) node.Config {
+	t.Helper()
+	spare := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1, ClusterKey: key,
 		Configure: func(i int, cfg *node.Config) { cfg.ID = "s" + strconv.Itoa(i) }})
 	cfg := spare.Config(0)
 	spare.Kill(0)
@@ -563,22 +614,23 @@ func TestSeenClusterRefusesAnother(t *testing.T) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	seen := strings.Repeat("5e", 32) // the cluster it decided to join, which is not a's
-	if err := os.WriteFile(filepath.Join(cfg.DataDir, node.SeenClusterFile), []byte(seen+"\n"), 0o600); err != nil {
-		t.Fatal(err)
+	if prepare != nil {
+		prepare(cfg.DataDir)
 	}
 	cfg.BootstrapExpect = 0
-	cfg.Join = []string{a.Config(0).GossipAddr}
-	cfg.Logger = logs.logger()
+	return cfg
+}
+
+// startNode starts cfg (its ports may take a moment to be free again) and
+// closes it when the test ends.
+func startNode(t *testing.T, cfg node.Config) *node.Node {
+	t.Helper()
 	var n *node.Node
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		var err error
 		n, err = node.Start(context.Background(), cfg)
 		return err
 	})
-	defer n.Close(context.Background())
-	logs.waitFor(t, 20*time.Second, "decided to join cluster "+seen[:12], "takes no member of cluster")
-	if id, err := node.ClusterID(cfg.DataDir); err != nil || id != "" {
-		t.Fatalf("the node took cluster id %q (%v) after deciding to join %s", id, err, seen[:12])
-	}
+	t.Cleanup(func() { n.Close(context.Background()) })
+	return n
 }
