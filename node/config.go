@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -376,9 +377,13 @@ type Limits struct {
 	// outsider's replay from 249 addresses drove a leader to 1.3 cores
 	// and cut a client's throughput by 85-95%. Each port has its own
 	// buckets, so a flood of the client API cannot keep nodes from
-	// reconnecting Raft. Defaults 2,000 and 200 (bursts 2,000 and 400):
-	// a host's connection pools reconnecting after a partition, or
-	// leasenode bench's 32 connections, take a few tens at once.
+	// reconnecting Raft. Defaults DefaultHandshakeRate (250 a CPU, at
+	// least 500: at 0.4 ms each, a quarter of the host's CPU at most;
+	// 2,000 on a 2-core host was never reached before the CPU ran out,
+	// so a flood spread over a few /24s was never refused) and 200
+	// (bursts of one and two seconds' worth): a host's connection pools
+	// reconnecting after a partition, or leasenode bench's 32
+	// connections, take a few tens at once.
 	MaxHandshakeRate          int
 	MaxHandshakeRatePerSource int
 	// MaxWatches bounds the Watch streams open on this node at once
@@ -438,6 +443,10 @@ type Limits struct {
 	MaxLeaseBytes int64
 }
 
+// DefaultHandshakeRate is Limits.MaxHandshakeRate's default: 250 TLS
+// handshakes a second per CPU of this host, at least 500.
+func DefaultHandshakeRate() int { return max(500, 250*runtime.NumCPU()) }
+
 // DefaultLimits returns the default Limits for timing t.
 func DefaultLimits(t Timing) Limits {
 	return Limits{
@@ -449,7 +458,7 @@ func DefaultLimits(t Timing) Limits {
 		MaxFrameRate:    20_000,
 		MaxAPIRate:      10_000,
 
-		MaxHandshakeRate:          2_000,
+		MaxHandshakeRate:          DefaultHandshakeRate(),
 		MaxHandshakeRatePerSource: 200,
 		MaxWatches:                1024,
 		MaxWaiters:                8192,

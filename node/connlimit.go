@@ -170,21 +170,26 @@ type limitedConn struct {
 // closed before its handshake, past the limiter's handshakes.
 var errHandshakeRate = errors.New("closed before the TLS handshake: past the agent's --max-handshake-rate or --max-handshake-rate-per-source")
 
-// tlsRecordHandshake is the TLS record content type of a ClientHello.
-const tlsRecordHandshake = 22
+// tlsRecord reports whether b, a connection's first byte, is a TLS
+// record's content type (change_cipher_spec 20, alert 21, handshake 22,
+// application_data 23, heartbeat 24).
+func tlsRecord(b byte) bool { return b >= 20 && b <= 24 }
 
 // Read notes the peer's answer to what this side wrote (see answered).
 // On a TLS API whose handshakes are bounded, the connection's first bytes,
-// if they start a TLS handshake record, must be allowed by the limiter's
+// if they start a TLS record, must be allowed by the limiter's
 // HandshakeLimit; else it is closed before crypto/tls reads them, so a
 // replayed ClientHello costs the node no X25519 exchange and no
-// signature. Bytes that are not a handshake record fail crypto/tls's
-// first check at no cost, and are not counted.
+// signature. Any record counts, not only a handshake one: crypto/tls
+// drops a warning alert sent first and reads the ClientHello after it
+// (stop 31's outsider re-probe passed the bound so, from one address).
+// Bytes that are not a TLS record fail crypto/tls's first check at no
+// cost, and are not counted.
 func (c *limitedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 && c.hsPending.Load() {
 		c.hsPending.Store(false)
-		if b[0] == tlsRecordHandshake && !c.l.handshakes.Allow(c.RemoteAddr()) {
+		if tlsRecord(b[0]) && !c.l.handshakes.Allow(c.RemoteAddr()) {
 			c.l.refuseHandshake(c)
 			return 0, errHandshakeRate
 		}

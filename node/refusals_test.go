@@ -130,6 +130,31 @@ func TestAPIHandshakeRate(t *testing.T) {
 			if got := refusals(t, l, node.PortAPI, "handshake_rate"); got != uint64(n-connected) {
 				t.Fatalf("handshake_rate refusals: %d, want %d", got, n-connected)
 			}
+			// A warning alert record first, which crypto/tls drops before
+			// it reads the ClientHello, draws from the same bucket
+			// (outsider re-probe: it passed the bound from one address).
+			before := refusals(t, l, node.PortAPI, "handshake_rate")
+			const m = 6
+			startPrefixed := time.Now()
+			for i := range m {
+				d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, byte(100+i))}}
+				conn, err := d.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn.Write([]byte{21, 3, 3, 0, 2, 1, 90}) // alert: warning, user_canceled
+				tc := tls.Client(conn, tlsCfg)
+				tc.SetDeadline(time.Now().Add(10 * time.Second))
+				tc.Handshake()
+				tc.Close()
+			}
+			passed := uint64(1 + time.Since(startPrefixed).Seconds() + 1) // the bucket's refill meanwhile
+			nodetest.Eventually(t, 10*time.Second, func() error {
+				if got := refusals(t, l, node.PortAPI, "handshake_rate") - before; got+passed < m {
+					return fmt.Errorf("%d of %d alert-prefixed connections from the flooded /24 refused handshake_rate, want at least %d", got, m, m-passed)
+				}
+				return nil
+			})
 		})
 	}
 }
