@@ -536,7 +536,7 @@ func (s *apiServer) Status(ctx context.Context, r *connect.Request[pb.StatusRequ
 
 func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchEvent]) error {
 	if host, _, err := net.SplitHostPort(r.Peer().Addr); err == nil {
-		ctx = context.WithValue(ctx, watchSourceKey{}, sourceKey(&net.TCPAddr{IP: net.ParseIP(host)}))
+		ctx = context.WithValue(ctx, watchSourceKey{}, transport.SourcePrefix(&net.TCPAddr{IP: net.ParseIP(host)}, transport.HandshakeV4Bits))
 	}
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {

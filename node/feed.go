@@ -119,8 +119,8 @@ type watchHub struct {
 	last     uint64        // the highest index published
 	bytes    atomic.Int64  // the events some watcher still holds, each counted once
 	refused  atomic.Uint64 // watches refused at their limit (Limits.MaxWatches)
-	// bySource counts the open watches of each client address (API
-	// watches only: see watchSource).
+	// bySource counts the open watches of each client source (API
+	// watches only: see watchSourceKey).
 	bySource map[string]int
 	// refusedLog limits the warnings about those refusals to one per
 	// loglimit.Every: a client looping on Watch would otherwise write a
@@ -131,7 +131,7 @@ type watchHub struct {
 // watcher buffers events for one Watch call; a goroutine moves them to the
 // caller's channel so that publish never blocks the feed.
 type watcher struct {
-	source  string // the client address of an API watch, "" if embedded
+	source  string // the client source of an API watch, "" if embedded
 	prefix  string
 	extends bool // wants EXTENDED events
 	mu      sync.Mutex
@@ -168,15 +168,17 @@ const (
 	watchInitialPage     = 64
 )
 
-// watchSourceKey carries the client address of an API Watch (sourceKey:
-// an IPv4 address, or an IPv6 /64) in its context.
+// watchSourceKey carries the client source of an API Watch (an IPv4 /24
+// or an IPv6 /64, as the handshake bound groups them: one party gets
+// IPv4 addresses in blocks) in its context.
 type watchSourceKey struct{}
 
-// watchesPerSource is the most watches one client address may have
-// open on a node whose limit is limit: a quarter of it, and at least 64
-// (all of it, below 64), so that one token holder cannot take every
-// watch of a node (stop 31's outsider review: 1,024 streams from one
-// holder took the leader's whole --max-watches and a core).
+// watchesPerSource is the most watches one client source may have open
+// on a node whose limit is limit: a quarter of it, and at least 64 (all
+// of it, below 64), so that one token holder cannot take every watch of
+// a node (stop 31's outsider review: 1,024 streams from one holder took
+// the leader's whole --max-watches and a core; then 4 addresses of one
+// /24 did, until sources were counted by /24).
 func watchesPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
 
 func newWatchHub() *watchHub {
@@ -213,12 +215,12 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			if skipped > 0 {
 				args = append(args, loglimit.Skipped, skipped)
 			}
-			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches), or the client's address a quarter of them; clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
+			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches), or the client's source (IPv4 /24, IPv6 /64) a quarter of them; clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
 		}
 		if node {
 			return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 		}
-		return nil, fmt.Errorf("%w: %d watches open on this node from your address, the most one address may have (a quarter of the agent's --max-watches %d): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
+		return nil, fmt.Errorf("%w: %d watches open on this node from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-watches %d): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
 	}
 	h.watchers[w] = struct{}{}
 	if source != "" {

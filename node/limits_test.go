@@ -1002,11 +1002,11 @@ func TestWatchesAreBounded(t *testing.T) {
 	})
 }
 
-// One client address may hold at most a quarter of a node's watches (at
-// least 64): past it its Watch is refused, naming the per-address limit,
-// while another address still gets one (stop 31's outsider review: one
+// One client source (IPv4 /24, IPv6 /64) may hold at most a quarter of a
+// node's watches (at least 64): past it its Watch is refused, naming the
+// per-source limit, while another /24 still gets one (stop 31's outsider review: one
 // token holder's 1,024 streams took every watch of the leader).
-func TestWatchesPerAddressAreBounded(t *testing.T) {
+func TestWatchesPerSourceAreBounded(t *testing.T) {
 	const max, perAddress = 256, 64
 	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
 		cfg.Limits.MaxWatches = max
@@ -1045,8 +1045,11 @@ func TestWatchesPerAddressAreBounded(t *testing.T) {
 	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "from your address") {
 		t.Fatalf("watch %d from one address: %v; want resource_exhausted naming the per-address limit", perAddress+1, err)
 	}
-	if err := open(from("127.0.0.2")); err != nil {
-		t.Fatalf("a watch from another address: %v", err)
+	if err := open(from("127.0.0.2")); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("a watch from another address of the same /24: %v; want refused as from the same source", err)
+	}
+	if err := open(from("127.0.5.2")); err != nil {
+		t.Fatalf("a watch from another /24: %v", err)
 	}
 }
 
