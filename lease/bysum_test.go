@@ -162,3 +162,61 @@ func TestKeepaliveBySumWithAnOlderServer(t *testing.T) {
 		t.Fatalf("%d sums for %d named extends: answered no, sums should back off", b.sums.Load(), b.named.Load())
 	}
 }
+
+// slowExtends delays every extend by a fixed latency and answers every
+// sum no, as a cluster that holds a lease the Client gave up on would.
+type slowExtends struct {
+	lease.Backend
+	latency time.Duration
+	sums    atomic.Int64
+}
+
+func (b *slowExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	select {
+	case <-time.After(b.latency):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if r.All != nil {
+		b.sums.Add(1)
+		return &pb.ExtendResponse{}, nil
+	}
+	return b.Backend.Extend(ctx, r)
+}
+
+// A sum is sent only when naming the leases after a no still fits in
+// their validity: on a link whose extends take a third of the TTL a named
+// round keeps the leases, and a sum then a named round (two round trips)
+// would lose them (stop 31's adversarial review: 20 leases lost in 12 s
+// at 400 ms with a 1 s TTL).
+func TestKeepaliveBySumLeavesTimeToName(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1})
+	_, n := c.Leader()
+	const ttl = time.Second
+	b := &slowExtends{Backend: n, latency: 350 * time.Millisecond}
+	cl, err := lease.New(b, lease.WithTTL(ttl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	var ls []*lease.Lease
+	for i := range 4 {
+		l, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprintf("slow/%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	start := time.Now()
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		for _, l := range ls {
+			if !l.IsHealthy() {
+				t.Fatalf("lease %s lost on a link whose extends take %v (TTL %v), with no fault: %v (%d sums sent)", l.Key(), b.latency, ttl, l.Err(), b.sums.Load())
+			}
+			if !l.ValidUntil().After(start.Add(5 * ttl)) {
+				return fmt.Errorf("lease %s valid until %v after the start, want past five TTLs", l.Key(), l.ValidUntil().Sub(start))
+			}
+		}
+		return nil
+	})
+}

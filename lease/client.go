@@ -54,6 +54,10 @@ type Client struct {
 	// how many sums in a row were answered no. Used only by the one
 	// extend in flight at a time.
 	allSkip, allMisses int
+	// lastRTT is how long the latest answered extend took: a sum is sent
+	// only when a second round trip, naming the leases after a no, still
+	// fits in the shortest validity (see Client.extendAll).
+	lastRTT time.Duration
 
 	mu     sync.Mutex
 	held   map[*held]struct{} // leases being kept alive

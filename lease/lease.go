@@ -437,6 +437,9 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 		ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(chunk)) // Close ends it: it releases the leases anyway
 		resp, err := c.b.Extend(ctx, req)
 		cancel()
+		if err == nil {
+			c.lastRTT = time.Since(sent)
+		}
 		if err != nil && len(chunk) > 1 && tooLarge(err) {
 			half := int64(len(chunk) / 2)
 			if c.extendItems.Load() > half {
@@ -480,8 +483,10 @@ const maxAllSkip = 16
 // extends them all if they are exactly the holder's live leases in the
 // cluster, in one Raft entry that names none of them (fsm.ExtendAll). A
 // keepalive round then costs the same for ten thousand leases as for
-// one. It reports whether the round is done: yes when every lease was
-// extended, or when the request failed (err: the round failed, and is
+// one. A sum is sent only when a second round trip (the latest measured)
+// still fits in the shortest validity, so that a no leaves time to name
+// the leases. It reports whether the round is done: yes when every lease
+// was extended, or when the request failed (err: the round failed, and is
 // retried with back-off as a per-lease round would be); no when the
 // cluster answered no (it holds a lease the Client has given up on, or
 // has not learnt of yet, or has ended one the Client still counts; or it
@@ -501,6 +506,7 @@ func (c *Client) extendAll() (done bool, err error) {
 	c.mu.Unlock()
 	var sum holdset.Sum
 	live := all[:0]
+	minTTL := time.Duration(1<<63 - 1)
 	for _, h := range all {
 		h.mu.Lock()
 		ended := h.err != nil
@@ -508,16 +514,28 @@ func (c *Client) extendAll() (done bool, err error) {
 		if !ended {
 			live = append(live, h)
 			sum.Add(h.unit(), h.token)
+			minTTL = min(minTTL, h.ttl)
 		}
 	}
 	if sum.Count < 2 || int64(sum.Count) > c.extendItems.Load() {
 		return false, nil // one lease costs the same named; too many go in chunks
 	}
+	left := c.requestTimeout(live)
+	if c.lastRTT == 0 || left < 2*c.lastRTT+lossGuard(minTTL) {
+		// A no would leave no time to name them after it (a slow link,
+		// or a round trip not measured yet): name them now. Stop 31's
+		// adversarial review lost leases so at a round trip of a
+		// quarter of their TTL, which named rounds kept.
+		return false, nil
+	}
 	sent := time.Now()
-	ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(live))
+	ctx, cancel := context.WithTimeout(c.closing, left)
 	resp, err := c.b.Extend(ctx, &pb.ExtendRequest{Holder: c.opts.holder,
 		All: &pb.HoldingSum{Count: sum.Count, Digest: sum.Digest}})
 	cancel()
+	if err == nil {
+		c.lastRTT = time.Since(sent)
+	}
 	switch {
 	case err == nil && resp.GetAllExtended():
 		c.allMisses = 0
