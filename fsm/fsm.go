@@ -943,10 +943,20 @@ func (f *FSM) extendAll(index uint64, c *ExtendAll) Result {
 	if err := c.Validate(); err != nil {
 		return invalid("", "%v", err)
 	}
+	// The work is bounded by Count (at most the node's
+	// --max-extend-items), not by the holder's holdings: past Count live
+	// grants the sums cannot match, whatever reaping would remove (only
+	// due ones), so the answer is NotHeld at once, reaper or not.
 	var due []string
+	live := uint32(0)
 	for r := f.holders[c.Holder]; r != nil; r = r.hnext {
-		if r.Expiry <= f.now {
+		switch {
+		case r.Expiry <= f.now:
 			due = append(due, r.Key)
+		case r.set == nil || r.set.members[0] == r:
+			if live++; live > c.Count {
+				return Result{Code: NotHeld}
+			}
 		}
 	}
 	slices.Sort(due) // reap in key order, so every replica emits the same events

@@ -577,10 +577,18 @@ func (m *model) extendAll(c *fsm.ExtendAll) fsm.Result {
 		return fsm.Result{Code: fsm.Invalid}
 	}
 	var due []string
+	live := uint32(0)
 	for _, r := range m.recs {
-		if r.holder == c.Holder && !r.delayed && r.expiry <= m.now {
+		switch {
+		case r.holder != c.Holder || r.delayed:
+		case r.expiry <= m.now:
 			due = append(due, r.key)
+		case m.grant(r)[0] == r:
+			live++
 		}
+	}
+	if live > c.Count {
+		return fsm.Result{Code: fsm.NotHeld} // more live grants than summed: nothing is reaped
 	}
 	for _, k := range due {
 		m.reap(k)
