@@ -78,11 +78,13 @@ type Event struct {
 // `leasenode watch` does), unless the earlier stream ended with Reset.
 // Its listing ends with a Listed event, which is never to be skipped: a
 // holding an earlier stream reported, granted at or below the Listed
-// event's Index (its Token), and not named in the listing ended while no
-// stream was open (its Released or Expired event went to no stream). One
-// granted after that index may simply not have reached the node serving
-// this stream yet: keep it (its Granted event comes later, and may be
-// skipped by the rule above).
+// event's Index (its Token), and not named in the listing as held ended
+// while no stream was open (its Released or Expired event went to no
+// stream); one the listing names as Expired (Current: a key in its
+// lock-delay) has ended too, and that event is not to be skipped either.
+// One granted after that index may simply not have reached the node
+// serving this stream yet: keep it (its Granted event comes later, and
+// may be skipped by the rule above).
 func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := c.readable("watch", "prefix", prefix); err != nil {
 		return nil, err

@@ -817,6 +817,12 @@ func (w *watchSeen) track(e lease.Event) []lease.Event {
 		}
 		w.held[holdingID(e)] = e
 	case lease.Released, lease.Expired:
+		if h, ok := w.held[holdingID(e)]; ok && e.Current {
+			// The listing names a holding shown as held as expired
+			// into its lock-delay: it ended while no stream was open.
+			delete(w.held, holdingID(e))
+			return []lease.Event{h}
+		}
 		delete(w.held, holdingID(e))
 	case lease.Listed:
 		if w.streams == 1 {

@@ -76,4 +76,11 @@ func TestWatchAgainShowsWhatEndedBetweenStreams(t *testing.T) {
 	if len(ended) != 1 {
 		t.Fatalf("ended %v after a listing with b and c, want only [a]", ended)
 	}
+	// b expired into its lock-delay while no stream was open: the next
+	// listing names it Expired (stop 31's adversarial review: it stayed
+	// held until its lock-delay ended).
+	stream(lease.Event{Type: lease.Expired, Key: "b", Index: 6, Token: 6, Current: true}, held("c", 9, true), listed(9))
+	if len(ended) != 2 || ended[1] != "b" {
+		t.Fatalf("ended %v, want [a b]", ended)
+	}
 }
