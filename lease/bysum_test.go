@@ -45,9 +45,8 @@ func countingClient(t *testing.T, n lease.Backend) (*lease.Client, *countExtends
 	return cl, b
 }
 
-// holdMany has cl hold n single keys, a set of two keys and a shared
-// holding, all under prefix.
-func holdMany(t *testing.T, cl *lease.Client, prefix string, n int) []*lease.Lease {
+// acquireN has cl acquire prefix/0 … prefix/n-1.
+func acquireN(t *testing.T, cl *lease.Client, prefix string, n int) []*lease.Lease {
 	t.Helper()
 	var ls []*lease.Lease
 	for i := range n {
@@ -57,6 +56,14 @@ func holdMany(t *testing.T, cl *lease.Client, prefix string, n int) []*lease.Lea
 		}
 		ls = append(ls, l)
 	}
+	return ls
+}
+
+// holdMany has cl hold n single keys, a set of two keys and a shared
+// holding, all under prefix.
+func holdMany(t *testing.T, cl *lease.Client, prefix string, n int) []*lease.Lease {
+	t.Helper()
+	ls := acquireN(t, cl, prefix, n)
 	set, err := cl.AcquireSet(ctxT(t, 10*time.Second), []lease.Item{{Key: prefix + "/set-z"}, {Key: prefix + "/set-a", Shared: true}})
 	if err != nil {
 		t.Fatal(err)
@@ -199,14 +206,7 @@ func TestKeepaliveBySumLeavesTimeToName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close(context.Background())
-	var ls []*lease.Lease
-	for i := range 4 {
-		l, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprintf("slow/%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-	}
+	ls := acquireN(t, cl, "slow", 4)
 	start := time.Now()
 	nodetest.Eventually(t, 30*time.Second, func() error {
 		for _, l := range ls {

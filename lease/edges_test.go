@@ -557,14 +557,7 @@ func TestExtendFitsTheNodesLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close(context.Background())
-	var ls []*lease.Lease
-	for i := range 25 {
-		l, err := cl.Acquire(ctxT(t, 10*time.Second), fmt.Sprint("many/", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-	}
+	ls := acquireN(t, cl, "many", 25)
 	// Every lease extended twice over: its validity reaches two TTLs past
 	// the last grant.
 	mark := time.Now().Add(2 * time.Second)

@@ -561,7 +561,7 @@ func TestSeenClusterRefusesAnother(t *testing.T) {
 	})
 	cfg.Join = []string{a.Config(0).GossipAddr}
 	cfg.Logger = logs.logger()
-	startNode(t, cfg)
+	startOnDeadNodesPort(t, cfg)
 	logs.waitFor(t, 20*time.Second, "decided to join cluster "+seen[:12], "takes no member of cluster")
 	if id, err := node.ClusterID(cfg.DataDir); err != nil || id != "" {
 		t.Fatalf("the node took cluster id %q (%v) after deciding to join %s", id, err, seen[:12])
@@ -587,7 +587,7 @@ func TestTwoClustersInGossipJoinNeither(t *testing.T) {
 	cfg := freshNode(t, a.ClusterKey(), nil)
 	cfg.Join = []string{stale.Config(0).GossipAddr, a.Config(0).GossipAddr}
 	cfg.Logger = logs.logger()
-	n := startNode(t, cfg)
+	n := startOnDeadNodesPort(t, cfg)
 	logs.waitFor(t, 20*time.Second, "not joining any cluster", "gossip shows members of two clusters")
 	nodetest.Eventually(t, 10*time.Second, func() error {
 		if r := n.NoLeaderReason(); !strings.Contains(r, "two clusters") {
@@ -619,18 +619,4 @@ func freshNode(t *testing.T, key []byte, prepare func(dir string)) node.Config {
 	}
 	cfg.BootstrapExpect = 0
 	return cfg
-}
-
-// startNode starts cfg (its ports may take a moment to be free again) and
-// closes it when the test ends.
-func startNode(t *testing.T, cfg node.Config) *node.Node {
-	t.Helper()
-	var n *node.Node
-	nodetest.Eventually(t, 10*time.Second, func() error {
-		var err error
-		n, err = node.Start(context.Background(), cfg)
-		return err
-	})
-	t.Cleanup(func() { n.Close(context.Background()) })
-	return n
 }
