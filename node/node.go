@@ -63,6 +63,7 @@ type Node struct {
 	formatsFailed  *loglimit.Limiter         // of failures to write PeerFormatsFile
 	twoClusters    *loglimit.Limiter         // of the warnings that gossip shows two clusters (seenCluster)
 	gossipJoined   chan struct{}             // closed once the first join of the seeds is done
+	startDone      chan struct{}             // closed once Start has returned
 
 	ml        *memberlist.Memberlist
 	gossip    *gossipDelegate
@@ -186,6 +187,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		formatsFailed: loglimit.New(),
 		twoClusters:   loglimit.New(),
 		gossipJoined:  make(chan struct{}),
+		startDone:     make(chan struct{}),
 		apiTLS:        apiTLS,
 		authPeers:     nodeServer != nil,
 		joinLimit:     loglimit.New(),
@@ -207,6 +209,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			"clock_rate", k.rate(), "skip_rebase", k.SkipRebase, "wall_clock", k.WallClock, "extend_no_commit", k.ExtendNoCommit,
 			"semaphore_overgrant", k.SemaphoreOvergrant, "shared_beside_exclusive", k.SharedBesideExclusive, "partial_set", k.PartialSet)
 	}
+	// Last of Start's defers: a fatal entry met while Start runs (Raft
+	// replays the log in startRaft) stops the node only once Start is
+	// done, not beside it (stopFatal): its shutdown read fields Start
+	// was still setting (a data race -race caught on a busy machine).
+	defer close(n.startDone)
 	defer func() {
 		if err != nil {
 			// A start that failed in a data dir it found empty takes
@@ -461,7 +468,10 @@ func (n *Node) stopFatal(err error, what string) {
 		n.fatal.Store(&err)
 		close(n.fatalCh)
 		n.log.Error("FATAL: "+what, "err", err)
-		go n.Crash()
+		go func() {
+			<-n.startDone
+			n.Crash()
+		}()
 	})
 }
 
