@@ -177,6 +177,12 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 		if !ctxtime.Sleep(ctx, wait) {
 			return giveUp(context.Cause(ctx))
 		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < minAttemptLeft {
+			// The back-off's timer fired late (a busy host): the rule
+			// above holds for the attempt as it begins, not as planned.
+			<-ctx.Done()
+			return giveUp(context.Cause(ctx))
+		}
 	}
 }
 
