@@ -3,21 +3,15 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport/pb"
 )
-
-type reasonErr struct {
-	r   pb.Reason
-	msg string
-}
-
-func (e *reasonErr) Error() string     { return e.msg }
-func (e *reasonErr) Reason() pb.Reason { return e.r }
 
 // scriptedAcquires answers Acquire from a script of errors and Abandon with a
 // fixed outcome.
@@ -59,17 +53,19 @@ func (s *scriptedAcquires) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb
 // grant was applied and may have been seen (lease/doc.go). Adversarial
 // review s31, finding 3.
 func TestRefusalAfterAnEndedGrantIsUnknown(t *testing.T) {
-	unknown := func() error { return &reasonErr{pb.Reason_REASON_UNKNOWN_OUTCOME, "leader lost mid-apply"} }
+	// The node's own errors, as an embedded backend returns them.
+	unknown := func() error { return fmt.Errorf("%w: leader lost mid-apply", node.ErrUnknownOutcome) }
+	invalid := fmt.Errorf("%w: format gate: node n2 may read an older format", node.ErrInvalid)
 	for _, tc := range []struct {
 		name    string
 		script  []error
 		abandon pb.AbandonOutcome
 	}{
 		{"spent, then unknown, then invalid; abandon: never granted", []error{unknown(),
-			&reasonErr{pb.Reason_REASON_STALE_REQUEST, "request id spent"}, unknown(),
-			&reasonErr{pb.Reason_REASON_INVALID, "format gate: node n2 may read an older format"}}, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED},
+			fmt.Errorf("%w: request id spent", node.ErrStaleRequest), unknown(),
+			invalid}, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED},
 		{"unknown, then invalid; abandon: released (it was granted)", []error{unknown(),
-			&reasonErr{pb.Reason_REASON_INVALID, "format gate: node n2 may read an older format"}}, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED},
+			invalid}, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &scriptedAcquires{acquires: tc.script, abandon: tc.abandon}
