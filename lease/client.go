@@ -508,13 +508,23 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		}
 		return nil, classify("acquire", key, err) // settled: never granted
 	}
+	if errors.Is(rerr, errAbandonEnded) {
+		// Settled as surely as a release: nothing of the call is held and
+		// no copy of it can be granted, whether the leader withdrew the
+		// grant first (its request id spent) or the Abandon released it.
+		rerr = nil
+	}
 	if rerr != nil {
 		return nil, fmt.Errorf("acquire %q: %w: %w (%v)", key, cause, ErrUnknownOutcome, rerr)
 	}
-	if held != nil {
-		if spent > 0 {
+	if spent > 0 {
+		// An earlier id's grant may have been seen (lease/doc.go).
+		if held != nil {
 			return nil, spentError(key, held)
 		}
+		return nil, fmt.Errorf("acquire %q: %w: %w: "+spentText, key, cause, ErrUnknownOutcome)
+	}
+	if held != nil {
 		held.Err = cause
 		return nil, held
 	}
@@ -555,9 +565,10 @@ func (c *Client) expiredOnArrival(req *pb.AcquireRequest, resp *pb.AcquireRespon
 // spentError is the error of an acquire that ends without a grant after
 // the cluster reported one of its request ids spent.
 func spentError(key string, err error) error {
-	return fmt.Errorf("acquire %q: %w: an earlier attempt of this call was applied before its reply reached this client and its grant, if any, has ended (expired or withdrawn); this client does not hold the key: %v",
-		key, ErrUnknownOutcome, err)
+	return fmt.Errorf("acquire %q: %w: "+spentText+": %v", key, ErrUnknownOutcome, err)
 }
+
+const spentText = "an earlier attempt of this call was applied before its reply reached this client and its grant, if any, has ended (expired or withdrawn); this client does not hold the key"
 
 // heldError is the HeldError of a refused acquire of key: the key the
 // cluster names as held (one of a set's), its holder and wait.
@@ -633,9 +644,16 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 			return false, nil, nil // the key is free now
 		}
 		return false, &HeldError{Key: req.GetKey(), Holder: resp.GetHolder(), Own: resp.GetHolder() == c.opts.holder, Wait: resp.GetWait().AsDuration()}, nil
+	case pb.AbandonOutcome_ABANDON_OUTCOME_ENDED:
+		return false, nil, errAbandonEnded
 	}
-	return false, nil, errors.New("an attempt may have been granted; if so, its grant has ended")
+	return false, nil, fmt.Errorf("the settling answered %v, which this client does not know", resp.GetOutcome())
 }
+
+// errAbandonEnded is abandon's answer ENDED: the request id was already
+// spent (a grant of it expired or was withdrawn, or an earlier Abandon of
+// it was applied), so nothing of it is held and none can be granted.
+var errAbandonEnded = errors.New("an attempt may have been granted; if so, its grant has ended")
 
 // settleRefusal makes refused, the answer to req, final when one of req's
 // attempts had an unknown outcome: a copy of it may still be on its way to

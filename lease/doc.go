@@ -115,7 +115,10 @@
 // request id in the log, so a copy of the attempt that reaches the leader
 // afterwards (held up in a paused node) is refused, never granted; it
 // releases the grant if there was one; and only an answer that the request
-// was never granted becomes a refusal (a *HeldError naming the holder). A
+// was never granted becomes a refusal (a *HeldError naming the holder).
+// Settled so, with nothing held (the grant released, or withdrawn by the
+// leader first), the call reports the context's error alone, unless an
+// earlier id of it was found spent (ErrUnknownOutcome, as above). A
 // refusal that follows an attempt whose reply was lost is settled the same
 // way before it is reported, since that attempt may still be on its way.
 // A write whose outcome cannot be settled is reported as

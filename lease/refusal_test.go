@@ -22,12 +22,18 @@ type scriptedAcquires struct {
 	ids      []uint64
 	abandon  pb.AbandonOutcome
 	abandons []uint64
+	// onAcquire, if set, runs after each Acquire is recorded (before
+	// its scripted answer): a test cancels the caller there.
+	onAcquire func()
 }
 
 func (s *scriptedAcquires) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ids = append(s.ids, r.GetRequestId())
+	if s.onAcquire != nil {
+		s.onAcquire()
+	}
 	if len(s.acquires) == 0 {
 		return &pb.AcquireResponse{Granted: false, Holder: "other"}, nil
 	}
@@ -81,6 +87,58 @@ func TestRefusalAfterAnEndedGrantIsUnknown(t *testing.T) {
 				b.ids, b.abandons, l, err, errors.Is(err, lease.ErrInvalid), errors.Is(err, lease.ErrUnknownOutcome))
 			if !errors.Is(err, lease.ErrUnknownOutcome) {
 				t.Errorf("an attempt of this call was applied (granted, then ended), but the call reports a plain refusal")
+			}
+		})
+	}
+}
+
+// A caller that gives up while an attempt's outcome is unknown gets its
+// context's error alone when the settling Abandon finds nothing held,
+// whether it released the grant (RELEASED) or the leader had withdrawn it
+// first (ENDED: the id spent), a race inside the cluster; and
+// ErrUnknownOutcome when an earlier id of the call was found spent, as
+// lease/doc.go says (its grant was applied and may have been seen).
+// Adversarial review s32, finding 1: ENDED reported ErrUnknownOutcome and
+// RELEASED a plain context error, for the same fact.
+func TestGivingUpSettlesTheSameWhoeverEndedTheGrant(t *testing.T) {
+	unknown := func() error { return fmt.Errorf("%w: leader lost mid-apply", node.ErrUnknownOutcome) }
+	spent := func() error { return fmt.Errorf("%w: request id spent", node.ErrStaleRequest) }
+	for _, tc := range []struct {
+		name        string
+		script      []error
+		abandon     pb.AbandonOutcome
+		wantUnknown bool
+	}{
+		{"released", []error{unknown()}, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, false},
+		{"withdrawn first", []error{unknown()}, pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, false},
+		{"never granted", []error{unknown()}, pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED, false},
+		{"an earlier id spent, then released", []error{spent(), unknown()}, pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED, true},
+		{"an earlier id spent, then withdrawn", []error{spent(), unknown()}, pb.AbandonOutcome_ABANDON_OUTCOME_ENDED, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			b := &scriptedAcquires{acquires: tc.script, abandon: tc.abandon}
+			b.onAcquire = func() {
+				if len(b.acquires) == 1 { // the last scripted attempt: unknown
+					cancel()
+				}
+			}
+			cl, err := lease.New(b, lease.WithBackoff(time.Millisecond, 5*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close(context.Background())
+			l, err := cl.Acquire(ctx, "k")
+			t.Logf("ids sent %v, abandoned %v: lease %v, err %v", b.ids, b.abandons, l, err)
+			if l != nil || !errors.Is(err, context.Canceled) {
+				t.Fatalf("want the context's error, got lease %v, err %v", l, err)
+			}
+			if len(b.abandons) == 0 {
+				t.Fatal("the unknown attempt was not settled")
+			}
+			if got := errors.Is(err, lease.ErrUnknownOutcome); got != tc.wantUnknown {
+				t.Errorf("ErrUnknownOutcome: got %v, want %v", got, tc.wantUnknown)
 			}
 		})
 	}
