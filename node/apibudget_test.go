@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,5 +144,57 @@ func TestAPIBudgetPacesFlooders(t *testing.T) {
 			lg.waitFor(t, 5*time.Second, "more than the node's budget of 500 requests a second", "--max-api-rate")
 			lg.waitFor(t, 5*time.Second, "kept sending faster than its turns of the node's API budget", "--max-api-rate")
 		})
+	}
+}
+
+// Requests a follower forwards draw on the leader's API budget, one share
+// per forwarding node: the leader serves no more than its --max-api-rate
+// however many nodes forward to it (outsider review s31: each agent paced
+// its own clients, so the leader could be sent agents times the rate).
+// The flood comes from a Client embedded in a follower, whose calls pass
+// no API of their own, so only the leader's budget can pace them.
+func TestForwardedRequestsDrawOnTheLeadersBudget(t *testing.T) {
+	const rate = 100
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxAPIRate = rate
+	}})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	cl, err := lease.New(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var served atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := cl.Get(ctx, "k"); err == nil {
+					served.Add(1)
+				}
+				if paced, _ := l.APIPacing(); paced >= 2*rate {
+					cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	paced, waited := l.APIPacing()
+	t.Logf("%d forwarded Gets in %v; the leader paced %d, waited %v", served.Load(), elapsed.Round(time.Millisecond), paced, waited.Round(time.Millisecond))
+	if paced < 2*rate {
+		t.Fatalf("the leader paced %d forwarded requests in %v, want %d: forwarded work is not on its budget", paced, elapsed.Round(time.Millisecond), 2*rate)
+	}
+	// The budget's burst is a tenth of a second's rate (at least 4
+	// requests); a Get cut by the deadline is not counted.
+	if limit := int64(rate*elapsed.Seconds()) + max(rate/10, 4) + 8; served.Load() > limit {
+		t.Errorf("%d forwarded Gets served in %v, more than the leader's budget allows (%d)", served.Load(), elapsed.Round(time.Millisecond), limit)
 	}
 }

@@ -353,7 +353,9 @@ type Limits struct {
 	// are paced, their reads waiting their turn, fairly between client
 	// addresses (one address's many connections share one turn), and
 	// TCP flow control holds the senders back; the node counts the
-	// waits (Node.APIPacing) and logs them once per 10 s. MaxFrameRate
+	// waits (Node.APIPacing) and logs them once per 10 s. Requests
+	// other nodes forward to this one draw on it too, a share for each
+	// forwarding node. MaxFrameRate
 	// bounds one connection; without this, 32 connections with the
 	// token each flooding just under it made a leader step down in 5 of
 	// 6 runs. Default 10,000 (100,000 PINGs): a 2-core node sustained

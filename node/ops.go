@@ -763,6 +763,17 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 
 func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte, req Req,
 	local func(context.Context, *leaderState, Req) (Resp, error)) ([]byte, error) {
+	if b := n.apiWork; b != nil {
+		// A forwarded request is the leader's work as much as one sent
+		// to it: it draws on this node's API budget, a share for each
+		// forwarding node (whose own clients it paced, fairly by
+		// address), so that the leader serves no more than its
+		// --max-api-rate however many nodes forward to it.
+		peer, _ := transport.PeerFrom(ctx)
+		if _, ok := b.wait("node "+peer.ID, apiUnitsPerRequest, ctx.Done()); !ok {
+			return nil, context.Cause(ctx)
+		}
+	}
 	if err := proto.Unmarshal(data, req); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
