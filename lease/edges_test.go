@@ -831,6 +831,37 @@ func TestNoQuorumErrorSaysWhy(t *testing.T) {
 	}
 }
 
+// A waiting Acquire gives up like any call once failures have lasted
+// the retry timeout without a quorum, although the node holds each
+// attempt about an election before it answers "no leader" (new-user
+// review s32, high: it waited 40 s and more on a free key, the streak of
+// failures restarted after every long attempt).
+func TestWaitingAcquireGivesUpWithoutAQuorum(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true})
+	addrs := []string{c.Config(0).APIAddr, c.Config(1).APIAddr, c.Config(2).APIAddr}
+	const retry = time.Second
+	a, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithRetryTimeout(retry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	c.Kill(1)
+	c.Kill(2)
+	start := time.Now()
+	_, err = a.Acquire(ctxT(t, 60*time.Second), "free")
+	took := time.Since(start)
+	t.Logf("after %v: %v", took.Round(time.Millisecond), err)
+	if !errors.Is(err, lease.ErrNoLeader) && !errors.Is(err, lease.ErrUnknownOutcome) {
+		t.Fatalf("Acquire with 1 of 3 nodes up: %v; want it to give up (ErrNoLeader)", err)
+	}
+	// The retry timeout plus the attempt under way when it ran out (the
+	// node's wait for a leader: a heartbeat and two election timeouts).
+	tm := nodetest.TestTiming
+	if bound := retry + 2*(tm.HeartbeatTimeout+2*tm.ElectionTimeout) + 5*time.Second; took > bound {
+		t.Errorf("gave up after %v, more than the retry timeout allows (%v)", took, bound)
+	}
+}
+
 // A watch begins with the holdings current when it started, marked
 // Current, then Listed, and then reports grants made since, not marked: a
 // consumer (the CLI prints the first as "held") can tell the two apart,

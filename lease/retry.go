@@ -107,7 +107,10 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 // change cut the wait short) was not a run of failures: the streak that
 // the retry timeout bounds starts when it failed, not when it began.
 // Otherwise a wait longer than the retry timeout gave up at the first
-// leader change, whatever the caller's context allowed.
+// leader change, whatever the caller's context allowed. An answer "no
+// leader" is no such wait, however long the node held it (it waits about
+// an election for a leader first): without a quorum every attempt took
+// that long, and a waiting acquire of a free key never gave up.
 func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(context.Context) error) error {
 	p = p.withDefaults()
 	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
@@ -132,7 +135,7 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			return unknownErr(err)
 		}
 		sawUnknown = sawUnknown || kind == unknown
-		if waits && time.Since(began) >= bo.cur {
+		if waits && time.Since(began) >= bo.cur && reasonOf(err) != pb.Reason_REASON_NO_LEADER {
 			streak = time.Now()
 			if !explained(err) {
 				answer = nil
