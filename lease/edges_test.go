@@ -945,3 +945,38 @@ func TestDialTimeout(t *testing.T) {
 		t.Fatalf("a negative dial timeout: %v, want ErrInvalid", err)
 	}
 }
+
+// A watch a node refuses (past its --max-watches) fails with the node's
+// reason, over the network as embedded: not a channel that closes at once,
+// which a "watch again" loop took for a broken stream and reopened a
+// thousand times a second (new-user and outsider reviews s32).
+func TestRefusedWatchSaysWhy(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxWatches = 2
+	}})
+	a, err := lease.Dial(ctxT(t, 10*time.Second), []string{c.Config(0).APIAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	ctx := ctxT(t, 20*time.Second)
+	for range 2 {
+		if _, err := a.Watch(ctx, "w/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	events, err := a.Watch(ctx, "w/")
+	t.Logf("third watch after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if err == nil {
+		select {
+		case ev, ok := <-events:
+			t.Fatalf("a third watch of a node that allows two began with no error (first event %+v, open %v)", ev, ok)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a third watch of a node that allows two began with no error")
+		}
+	}
+	if !errors.Is(err, lease.ErrTooManyWatches) || !strings.Contains(err.Error(), "--max-watches") {
+		t.Errorf("the refusal is not ErrTooManyWatches naming the limit: %v", err)
+	}
+}

@@ -62,6 +62,12 @@ var (
 	// retried (a waiter ends only when granted or given up): try again
 	// later, use TryAcquire, or raise the limit. The error says which.
 	ErrTooManyWaiters = errors.New("lease: too many waiting acquires")
+	// ErrTooManyWatches: Watch was refused by every node it tried, each
+	// serving its limit of watch streams (the agent's --max-watches) or
+	// its limit for the caller's address (a quarter of it). The error
+	// says which; end a watch, watch one shorter prefix instead of many,
+	// or raise the limit. Watching again at once cannot help.
+	ErrTooManyWatches = errors.New("lease: too many watches")
 )
 
 // TLSSetupError is ErrTLSSetup from one node: what did not fit, for a
@@ -227,6 +233,9 @@ func classify(op, key string, err error) error {
 		sentinel = ErrNoLeader
 	case pb.Reason_REASON_RESOURCE_EXHAUSTED:
 		sentinel = ErrTooManyWaiters
+		if op == "watch" {
+			sentinel = ErrTooManyWatches
+		}
 	}
 	if sentinel == nil {
 		return fmt.Errorf("%s %q: %w", op, key, err)

@@ -455,9 +455,13 @@ func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb
 // node sends the current holdings again), and the node stops being the
 // leader this Remote sends to first. Otherwise every watch after a leader
 // died was opened to the dead leader and ended at once, for as long as no
-// other request taught this Remote the new one.
+// other request taught this Remote the new one. A node's refusal (its
+// --max-watches) is tried elsewhere too; Watch waits for the first event
+// (up to firstEventWait) and returns the refusal if every node refused,
+// rather than a channel that closes at once.
 func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
 	tried := map[string]bool{}
+	var refusal error // the last node's refusal of the stream (final), if any
 	open := func() (string, *connect.ServerStreamForClient[pb.WatchEvent], func(bool), error) {
 		var lastErr error
 		for _, addr := range r.targets() {
@@ -479,6 +483,9 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 			}
 			return addr, stream, done, nil
 		}
+		if refusal != nil {
+			return "", nil, nil, refusal
+		}
 		return "", nil, nil, &noLeaderError{err: cmp.Or(lastErr, errors.New("no address to try"))}
 	}
 	addr, stream, done, err := open()
@@ -486,11 +493,21 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 		return nil, err
 	}
 	out := make(chan *pb.WatchEvent, 64)
+	// first carries the stream's fate until its first event: nil once one
+	// came, else why every node's stream ended before one (a refusal, such
+	// as a node's --max-watches, comes as the stream's error).
+	first := make(chan error, 1)
 	go func() {
 		defer close(out)
 		for {
 			got := 0
 			for stream.Receive() {
+				if got == 0 {
+					select {
+					case first <- nil:
+					default:
+					}
+				}
 				got++
 				r.hear(addr)
 				select {
@@ -501,22 +518,45 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 					return
 				}
 			}
-			failed := stream.Err() != nil
+			serr := stream.Err()
 			stream.Close()
 			done(false)
-			if failed {
+			if serr != nil && classifyAttempt(serr) == final {
+				refusal = serr // that node refused; another may not
+			} else if serr != nil {
 				r.forget(addr)
 			}
-			if got > 0 || !failed || ctx.Err() != nil {
+			if got > 0 || serr == nil || ctx.Err() != nil {
+				first <- cmp.Or(serr, ctx.Err(), errWatchEmpty) // dropped once an event came
 				return
 			}
 			if addr, stream, done, err = open(); err != nil {
+				first <- err
 				return
 			}
 		}
 	}()
+	t := time.NewTimer(firstEventWait)
+	defer t.Stop()
+	select {
+	case err := <-first:
+		if err != nil {
+			return nil, err
+		}
+	case <-t.C: // an older server sends no listing: the stream is open
+	case <-ctx.Done():
+	}
 	return out, nil
 }
+
+// firstEventWait bounds how long Watch waits for a stream's first event
+// (its listing) before it returns the channel: servers older than the
+// Listed event send nothing for a prefix with no holdings.
+const firstEventWait = 2 * time.Second
+
+// errWatchEmpty: every stream ended cleanly before its first event (a
+// node shutting down).
+var errWatchEmpty = errors.New("the watch stream ended before its first event")
 
 // bearer adds "Authorization: Bearer <token>" to every request.
 type bearer string

@@ -469,8 +469,6 @@ func connectError(err error) error {
 		code = connect.CodeResourceExhausted
 	default:
 		switch {
-		case errors.Is(err, ErrTooManyWatches):
-			code = connect.CodeResourceExhausted
 		case errors.Is(err, context.DeadlineExceeded):
 			code = connect.CodeDeadlineExceeded
 		case errors.Is(err, context.Canceled):

@@ -45,10 +45,11 @@ var (
 	ErrFatal = errors.New("node: stopped: it cannot apply or store the Raft log")
 	// ErrUnauthenticated: the API call lacked the configured auth token.
 	ErrUnauthenticated error = &reasonError{pb.Reason_REASON_UNAUTHENTICATED, "node: unauthenticated"}
-	// ErrTooManyWatches: the node has Limits.MaxWatches watches open. A
-	// Watch is served by the node asked, never forwarded, so it has no
-	// wire reason; the client API answers it resource_exhausted.
-	ErrTooManyWatches = errors.New("node: too many watches")
+	// ErrTooManyWatches: the node has Limits.MaxWatches watches open, or
+	// the caller's source its share of them; the client API answers it
+	// resource_exhausted, which a client takes as final, not as a
+	// stream to open again at once.
+	ErrTooManyWatches error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many watches"}
 	// ErrTooManyWaiters: a waiting acquire would pass Limits.MaxWaiters,
 	// the waiting acquires this node serves at once; the client API
 	// answers it resource_exhausted. Not retryable at once: a waiter
@@ -150,6 +151,7 @@ var reasons = []struct {
 	{ErrClosed, pb.Reason_REASON_CLOSED},
 	{ErrUnauthenticated, pb.Reason_REASON_UNAUTHENTICATED},
 	{ErrTooManyWaiters, pb.Reason_REASON_RESOURCE_EXHAUSTED},
+	{ErrTooManyWatches, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 }
 
 // ErrorDetail describes err for the wire.
