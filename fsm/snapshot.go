@@ -266,6 +266,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.keys, f.order, f.due, f.nHeld, f.nDelayed, f.nShaped, f.nBytes = st.keys, st.order, st.due, st.nHeld, st.nDelayed, st.nShaped, st.nBytes
 	f.marks = st.marks
 	f.holders = make(map[string]*record)
+	f.holderKeys = make(map[string]int)
 	f.eachRecord(func(r *record) bool {
 		if r.State == StateHeld {
 			f.track(r)

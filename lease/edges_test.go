@@ -980,3 +980,59 @@ func TestRefusedWatchSaysWhy(t *testing.T) {
 		t.Errorf("the refusal is not ErrTooManyWatches naming the limit: %v", err)
 	}
 }
+
+// Every key of a multi-key lease counts against the node's
+// --max-extend-items: a sum over more keys is answered no and a named
+// extend over more is refused, so the Client names its leases in chunks
+// of at most that many keys, and keeps every lease (outsider review s32,
+// high: 2,000 sets of 64 keys made one 24-byte extend renew 128,000
+// keys on every replica, and the leader stepped down).
+func TestExtendCountsTheKeysOfSets(t *testing.T) {
+	const max = 100
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxExtendItems = max
+	}})
+	_, f := c.Follower()
+	cl, b := countingClient(t, f)
+	var ls []*lease.Lease
+	for i := range 5 {
+		var items []lease.Item
+		for k := range 40 {
+			items = append(items, lease.Item{Key: fmt.Sprintf("set%d/%02d", i, k)})
+		}
+		l, err := cl.AcquireSet(ctxT(t, 10*time.Second), items)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	// A named extend of all five (200 keys) is refused, naming the limit.
+	raw := &pb.ExtendRequest{Holder: cl.Holder()}
+	for _, l := range ls {
+		raw.Items = append(raw.Items, &pb.ExtendItem{Key: l.Key(), Token: l.Token()})
+	}
+	_, err := f.Extend(ctxT(t, 10*time.Second), raw)
+	t.Logf("named extend of 200 keys: %v", err)
+	if !errors.Is(err, node.ErrInvalid) || !strings.Contains(err.Error(), "--max-extend-items") {
+		t.Fatalf("a named extend of 5 sets of 40 keys with a limit of %d: %v; want a refusal naming --max-extend-items", max, err)
+	}
+	// The Client keeps them all, naming them in chunks.
+	mark := time.Now().Add(2 * sumTTL)
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		for i, l := range ls {
+			if !l.IsHealthy() {
+				return fmt.Errorf("lease %d lost: %v", i, l.Err())
+			}
+			if l.ValidUntil().Before(mark) {
+				return fmt.Errorf("lease %d valid until %v, not yet past %v", i, l.ValidUntil(), mark)
+			}
+		}
+		return nil
+	})
+	t.Logf("extends by sum %d (answered no), named %d", b.sums.Load(), b.named.Load())
+	for _, l := range ls {
+		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

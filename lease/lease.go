@@ -380,7 +380,7 @@ type extendOutcome struct {
 }
 
 // One Extend request (and so one Raft entry) carries at most
-// extendChunkItems leases and about extendChunkBytes of keys: well inside
+// extendChunkItems keys and about extendChunkBytes of them: well inside
 // a node's default limits (node.Limits: 10,000 items, 4 MiB per request),
 // whatever the key sizes.
 const (
@@ -389,12 +389,14 @@ const (
 )
 
 // firstChunk is the longest prefix of leases (at least one) within
-// maxItems leases and extendChunkBytes of keys.
+// maxItems keys (every key of a multi-key lease counts: the node bounds
+// the keys an extend renews) and extendChunkBytes of keys.
 func firstChunk(leases []*held, maxItems int) []*held {
-	size := 0
+	size, keys := 0, 0
 	for i, h := range leases {
 		size += len(h.key) + 16
-		if i > 0 && (i >= maxItems || size > extendChunkBytes) {
+		keys += max(len(h.items), 1)
+		if i > 0 && (keys > maxItems || size > extendChunkBytes) {
 			return leases[:i]
 		}
 	}

@@ -501,6 +501,9 @@ func (s *apiServer) Acquire(ctx context.Context, r *connect.Request[pb.AcquireRe
 }
 
 func (s *apiServer) Extend(ctx context.Context, r *connect.Request[pb.ExtendRequest]) (*connect.Response[pb.ExtendResponse], error) {
+	if err := s.n.payExtend(ctx, addrSource(r.Peer().Addr), r.Msg); err != nil {
+		return nil, connectError(err)
+	}
 	return unary(ctx, r, s.n.Extend)
 }
 

@@ -2,6 +2,7 @@ package node
 
 import (
 	"container/heap"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,8 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // apiBudget is the node's budget of client API work a second, shared by
@@ -144,6 +147,43 @@ func newAPIBudget(perSecond int, clock apiClock, log *slog.Logger) *apiBudget {
 // sourceKey is the share a remote address draws from: its IP, or its
 // /64 prefix for IPv6 (one host is usually given a whole /64).
 func sourceKey(addr net.Addr) string { return transport.SourcePrefix(addr, 32) }
+
+// addrSource is sourceKey of a "host:port" address.
+func addrSource(hostport string) string {
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		return sourceKey(&net.TCPAddr{IP: net.ParseIP(host)})
+	}
+	return hostport
+}
+
+// apiUnitsPerKey is what an extend pays for each key it renews, beyond
+// the request itself: the FSM renews every member of a set on every
+// replica, so an extend's work grows with its keys, not its bytes (one
+// 24-byte extend by sum renewed 128,000 keys: outsider review s32).
+const apiUnitsPerKey = 1
+
+// payExtend waits for the turn of source (its share of the API budget)
+// for the keys req would renew (fsm.ExtendKeys, from this node's state)
+// beyond its first apiUnitsPerRequest, which the request paid as it was
+// read. Without an API budget it does nothing.
+func (n *Node) payExtend(ctx context.Context, source string, req *pb.ExtendRequest) error {
+	b := n.apiWork
+	if b == nil {
+		return nil
+	}
+	var items []fsm.ExtendItem
+	if req.GetAll() == nil {
+		items = extendCmd(req).Items
+	}
+	extra := int64(n.fsm.ExtendKeys(req.GetHolder(), items))*apiUnitsPerKey - apiUnitsPerRequest
+	if extra <= 0 {
+		return nil
+	}
+	if _, ok := b.wait(source, extra, ctx.Done()); !ok {
+		return context.Cause(ctx)
+	}
+	return nil
+}
 
 // wait takes cost units for source key, waiting for its turn if others
 // wait or the budget is spent, until cancel is closed. It reports
@@ -337,11 +377,7 @@ func (h *apiSources) Pop() any {
 func (b *apiBudget) paceHTTP1(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 1 {
-			key := r.RemoteAddr
-			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-				key = sourceKey(&net.TCPAddr{IP: net.ParseIP(host)})
-			}
-			if _, ok := b.wait(key, apiUnitsPerRequest, r.Context().Done()); !ok {
+			if _, ok := b.wait(addrSource(r.RemoteAddr), apiUnitsPerRequest, r.Context().Done()); !ok {
 				return // the client went away
 			}
 		}

@@ -309,8 +309,11 @@ type Limits struct {
 	// MaxRequestBytes bounds one request, as sent and once decompressed
 	// (agent --max-request-bytes). Default 4 MiB.
 	MaxRequestBytes int64
-	// MaxExtendItems bounds the leases of one Extend (and so one Raft
-	// entry); lease.Client sends fewer per request. Default 10,000.
+	// MaxExtendItems bounds the keys one Extend (and so one Raft entry)
+	// renews, every key of a multi-key lease counting one: a named
+	// extend over it is refused, one by sum answered no (the client
+	// names its leases in chunks); lease.Client sends fewer per request.
+	// Default 10,000.
 	MaxExtendItems int
 	// MaxListBytes bounds one page of List: it ends before its leases
 	// pass this size, whatever the limit asked (a page holds at least one

@@ -736,7 +736,12 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 			})
 		})
 	case methodExtend:
-		return serveRPC(ctx, n, data, &pb.ExtendRequest{}, n.extendLocal)
+		return serveRPC(ctx, n, data, &pb.ExtendRequest{}, func(ctx context.Context, ls *leaderState, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+			if err := n.payExtend(ctx, "node "+peer.ID, req); err != nil {
+				return nil, err
+			}
+			return n.extendLocal(ctx, ls, req)
+		})
 	case methodRelease:
 		return serveRPC(ctx, n, data, &pb.ReleaseRequest{}, n.releaseLocal)
 	case methodGet:
@@ -1002,6 +1007,10 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 	if k := n.cfg.Testing; k != nil && k.ExtendNoCommit {
 		return n.unsafeExtend(ls, cmd), nil
 	}
+	if keys, max := n.fsm.ExtendKeys(cmd.Holder, cmd.Items), n.cfg.Limits.MaxExtendItems; keys > max {
+		return nil, fmt.Errorf("%w: extend of %d leases renews %d keys (every key of a multi-key lease counts), more than the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
+			ErrInvalid, len(cmd.Items), keys, max)
+	}
 	resp, err := n.apply(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
@@ -1038,6 +1047,9 @@ func (n *Node) extendAllLocal(ctx context.Context, ls *leaderState, req *pb.Exte
 	}
 	if id, _, _ := n.olderReader(fsm.MinFormat(cmd)); id != "" {
 		return no, nil
+	}
+	if n.fsm.ExtendKeys(cmd.Holder, nil) > n.cfg.Limits.MaxExtendItems {
+		return no, nil // the members of its sets count: named, in chunks
 	}
 	resp, err := n.apply(ctx, ls.stamp(), cmd)
 	if err != nil {

@@ -132,7 +132,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Int64Var(&a.maxRequestBytes, "max-request-bytes", 4<<20, "largest client request, as sent and decompressed")
 	fs.IntVar(&a.maxLeases, "max-leases", 2_000_000, "most leases and lock-delays the cluster holds; past it new acquires are refused (extends and releases go on)")
 	fs.Int64Var(&a.maxBytes, "max-lease-bytes", 256<<20, "most bytes of keys, holders and values the cluster's leases hold, with the keys and holders of request ids kept 15 min after a lease ends; past it new acquires are refused")
-	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most leases one Extend request may carry")
+	fs.IntVar(&a.maxExtendItems, "max-extend-items", 10_000, "most keys one Extend request may renew (each key of a multi-key lease counts)")
 	fs.IntVar(&a.maxConns, "max-conns", 1024, "most concurrent client API connections (at the limit, the one idle longest is closed to admit a new one)")
 	fs.IntVar(&a.maxFrameRate, "max-frame-rate", 20_000, "most HTTP/2 frames a second one client API connection may send (a tenth of it at once; a request\nis 2-3); past it, token or not, the connection is sent GOAWAY ENHANCE_YOUR_CALM and closed")
 	fs.IntVar(&a.maxAPIRate, "max-api-rate", 10_000, "most client API requests a second this agent serves, all connections together (a PING or other\ncontrol frame counts a tenth of one); past it reads are paced, fairly between client addresses,\nnot refused")
