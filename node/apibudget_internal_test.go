@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -245,6 +246,47 @@ func TestFrameConnChargesAPIBudget(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("closing the connection did not end its read waiting for the budget")
+	}
+}
+
+// Until a connection has made a request with the auth token, its frames
+// draw on the one share of every such connection, whatever its address;
+// after, on its address's (outsider review s32: 64 addresses without the
+// token took 64 of 65 shares with PINGs).
+func TestFramesWithoutTheTokenShareOneSource(t *testing.T) {
+	b, clk := testBudget(t)
+	clk.advance(time.Second)
+	fb := newFrameBudget(1<<20, 256, slog.New(slog.DiscardHandler))
+	fb.api = b
+	l := &connLimiter{authBy: time.Second}
+	b.mu.Lock()
+	clear(b.sources) // what testBudget spent
+	b.mu.Unlock()
+	sources := func() []string {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return slices.Sorted(maps.Keys(b.sources))
+	}
+	var lcs []*limitedConn
+	for i := range 3 {
+		var in bytes.Buffer
+		in.Write(frame(framePing, 0, 8))
+		in.Write(frame(framePing, 0, 8))
+		lc := &limitedConn{Conn: &memConn{in: &in, remote: &net.TCPAddr{IP: net.IPv4(192, 0, 2, byte(10+i)), Port: 4000}}, l: l}
+		lcs = append(lcs, lc)
+		if _, err := io.ReadFull(fb.wrap(lc), make([]byte, 17)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := sources(); !slices.Equal(got, []string{unauthSource}) {
+		t.Fatalf("three connections without the token drew on %q, want the one share %q", got, unauthSource)
+	}
+	lcs[0].authenticated()
+	if _, err := io.ReadFull(fb.wrap(lcs[0]), make([]byte, 17)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sources(), []string{unauthSource, sourceKey(lcs[0].RemoteAddr())}; !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Fatalf("after a request with the token: %q, want %q", got, want)
 	}
 }
 

@@ -164,7 +164,13 @@ type limitedConn struct {
 	// hsPending: the limiter bounds TLS handshakes and this connection
 	// has sent no byte yet (see Read).
 	hsPending atomic.Bool
+	// tokenSeen mirrors authed for readers without the limiter's lock.
+	tokenSeen atomic.Bool
 }
+
+// awaitsToken reports whether the node requires an auth token and c has
+// not yet made a request with it.
+func (c *limitedConn) awaitsToken() bool { return c.l.authBy > 0 && !c.tokenSeen.Load() }
 
 // errHandshakeRate is what Read returns to crypto/tls for a connection
 // closed before its handshake, past the limiter's handshakes.
@@ -247,6 +253,7 @@ func (c *limitedConn) authenticated() {
 	defer c.l.mu.Unlock()
 	if !c.authed {
 		c.authed = true
+		c.tokenSeen.Store(true)
 		if c.authTimer != nil {
 			c.authTimer.Stop()
 		}

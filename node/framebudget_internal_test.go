@@ -27,6 +27,7 @@ type memConn struct {
 	in       io.Reader
 	mu       sync.Mutex
 	out      bytes.Buffer
+	remote   net.Addr // RemoteAddr; nil: the zero address
 }
 
 func (c *memConn) Read(p []byte) (int, error) { return c.in.Read(p) }
@@ -42,8 +43,13 @@ func (c *memConn) written() []byte {
 }
 func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *memConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *memConn) Close() error                     { return nil }
+func (c *memConn) RemoteAddr() net.Addr {
+	if c.remote != nil {
+		return c.remote
+	}
+	return &net.TCPAddr{}
+}
+func (c *memConn) Close() error { return nil }
 
 // The cursor finds every frame header however the stream is cut: the
 // server reads 9-byte headers then payloads, TLS hands over records, a
