@@ -854,6 +854,12 @@ func TestWaitingAcquireGivesUpWithoutAQuorum(t *testing.T) {
 	if !errors.Is(err, lease.ErrNoLeader) && !errors.Is(err, lease.ErrUnknownOutcome) {
 		t.Fatalf("Acquire with 1 of 3 nodes up: %v; want it to give up (ErrNoLeader)", err)
 	}
+	// The reason counts the killed voters out at once (their Raft ports
+	// refuse), not after gossip's suspicion: it said "3 of 3 voters alive"
+	// for seconds (new-user review s32).
+	if !strings.Contains(err.Error(), "1 of 3 voters") {
+		t.Errorf("the reason does not count the killed voters out: %v", err)
+	}
 	// The retry timeout plus the attempt under way when it ran out (the
 	// node's wait for a leader: a heartbeat and two election timeouts).
 	tm := nodetest.TestTiming

@@ -337,6 +337,54 @@ type rejoinTransport struct {
 	*raft.NetworkTransport
 	stop     <-chan struct{} // the node closes it before raft.Shutdown
 	redialed atomic.Int64    // refused dials sent again (for tests)
+
+	// refusedMu guards refused: when each peer address last refused a
+	// dial of Raft's (AppendEntries, a vote), deleted when one of them
+	// reaches it again. A refusal is certain where gossip is slow: the
+	// no-leader reason counted a killed voter "alive in gossip" for the
+	// seconds its suspicion took (new-user review s32).
+	refusedMu sync.Mutex
+	refused   map[raft.ServerAddress]time.Time
+}
+
+// note records how a dial of target went: refused, or reached.
+func (t *rejoinTransport) note(target raft.ServerAddress, err error) {
+	t.refusedMu.Lock()
+	defer t.refusedMu.Unlock()
+	switch {
+	case err == nil:
+		delete(t.refused, target)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		if t.refused == nil {
+			t.refused = map[raft.ServerAddress]time.Time{}
+		}
+		if _, ok := t.refused[target]; !ok {
+			t.refused[target] = time.Now()
+		}
+	}
+}
+
+// refusing reports whether target's last dial of Raft's was refused
+// (and none reached it since), within rejoinWait.
+func (t *rejoinTransport) refusing(target raft.ServerAddress) bool {
+	t.refusedMu.Lock()
+	defer t.refusedMu.Unlock()
+	at, ok := t.refused[target]
+	return ok && time.Since(at) < rejoinWait
+}
+
+// RequestVote is the NetworkTransport's, noting a refused dial.
+func (t *rejoinTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	err := t.NetworkTransport.RequestVote(id, target, args, resp)
+	t.note(target, err)
+	return err
+}
+
+// RequestPreVote is the NetworkTransport's, noting a refused dial.
+func (t *rejoinTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	err := t.NetworkTransport.RequestPreVote(id, target, args, resp)
+	t.note(target, err)
+	return err
 }
 
 const (
@@ -346,7 +394,9 @@ const (
 
 // AppendEntries is the NetworkTransport's, redialing a peer that refuses.
 func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return t.redial(func() error { return t.NetworkTransport.AppendEntries(id, target, args, resp) })
+	err := t.redial(func() error { return t.NetworkTransport.AppendEntries(id, target, args, resp) })
+	t.note(target, err)
+	return err
 }
 
 // InstallSnapshot is the NetworkTransport's, redialing a peer that

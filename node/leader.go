@@ -577,8 +577,11 @@ func (n *Node) noLeaderErr() error {
 }
 
 // NoLeaderReason says what this node sees while it knows no leader: its
-// Raft state and term and how many voters gossip finds alive ("Candidate
-// in term 7; 1 of 3 voters alive in gossip"), or that it waits to
+// Raft state and term and how many voters gossip finds alive, less those
+// whose Raft port refused this node's last dial, which are stopped
+// whatever gossip has yet to notice ("Candidate in term 7; 1 of 3 voters
+// alive in gossip and not refusing Raft connections (2 refusing:
+// stopped)"), or that it waits to
 // bootstrap or to be added. It names no node: readiness probes, which
 // answer without credentials, say it (ErrNoLeader's detail, for clients
 // with the token, names them).
@@ -612,14 +615,17 @@ func (n *Node) noLeaderDetail(names bool) string {
 		}
 		return fmt.Sprintf("waiting to bootstrap: %d of %d expected nodes seen%s", len(alive), n.cfg.BootstrapExpect, seen)
 	}
-	voters, reachable := 0, 0
+	voters, reachable, refusing := 0, 0, 0
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			if s.Suffrage != raft.Voter {
 				continue
 			}
 			voters++
-			if slices.Contains(alive, string(s.ID)) {
+			switch {
+			case string(s.ID) != n.cfg.ID && n.raftTrans != nil && n.raftTrans.refusing(s.Address):
+				refusing++ // certain, while gossip may take seconds to suspect it
+			case slices.Contains(alive, string(s.ID)):
 				reachable++
 			}
 		}
@@ -627,7 +633,11 @@ func (n *Node) noLeaderDetail(names bool) string {
 	if voters == 0 {
 		return self + " is in no cluster yet (not bootstrapped; waiting to be added by a leader)"
 	}
-	return fmt.Sprintf("%s is %s in term %d; %d of %d voters alive in gossip", self, n.raft.State(), n.raft.CurrentTerm(), reachable, voters)
+	why := fmt.Sprintf("%s is %s in term %d; %d of %d voters alive in gossip", self, n.raft.State(), n.raft.CurrentTerm(), reachable, voters)
+	if refusing > 0 {
+		why += fmt.Sprintf(" and not refusing Raft connections (%d refusing: stopped)", refusing)
+	}
+	return why
 }
 
 // leader returns the serving leader state, waiting (bounded by ctx and a

@@ -101,7 +101,10 @@ type Node struct {
 	// apiWork is the API budget all connections share; nil without an
 	// API.
 	apiWork *apiBudget
-	apiAddr string // advertised client API address ("" if none)
+	// raftTrans is Raft's transport, which knows the peers whose Raft
+	// port refused its last dial.
+	raftTrans *rejoinTransport
+	apiAddr   string // advertised client API address ("" if none)
 
 	// lead is non-nil while this node is the leader and its Promote has
 	// applied; every leader-only operation reads it once and uses that
@@ -383,7 +386,8 @@ func (n *Node) startRaft() error {
 	rc.NotifyCh = n.leaderNotify
 	n.logs = newLogCache(n.store)
 	n.logs.failed = n.onStoreFailure
-	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done()})
+	n.raftTrans = &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done()}
+	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.raftTrans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
