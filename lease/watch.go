@@ -67,9 +67,10 @@ type Event struct {
 // so a loop that watches again does not spin while the cluster is down.
 //
 // A stream served by a follower reports a change once the follower has
-// learnt that it committed: on an idle cluster up to the commit timeout
-// (node.Timing.CommitTimeout, 250-500 ms by default) after the grant or
-// release was answered; one served by the leader, at once.
+// learnt that it committed: on an idle cluster up to twice the commit
+// timeout (node.Timing.CommitTimeout, 1 s by default; 250 ms with fast
+// timing) after the grant or release was answered; one served by the
+// leader, at once. (A Client watches through the leader it knows.)
 //
 // Within one stream, events after the current holdings have increasing
 // indexes above theirs. A watch started again may be served by a node that
