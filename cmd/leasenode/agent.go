@@ -139,7 +139,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.IntVar(&a.maxHandshakeRate, "max-handshake-rate", node.DefaultHandshakeRate(), "most TLS handshakes a second each TLS port (API, node) starts, from all sources together\n(burst: one second's worth; default 250 per CPU, at least 500); past it a connection is closed before its handshake")
 	fs.IntVar(&a.maxHandshakeRatePerSource, "max-handshake-rate-per-source", 200, "most TLS handshakes a second each TLS port starts from one IPv4 /24 or IPv6 /64\n(burst: two seconds' worth); past it a connection is closed before its handshake")
 	fs.IntVar(&a.maxWatches, "max-watches", 1024, "most Watch streams open on this agent at once (past it a Watch is refused until one ends)")
-	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; past it a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
+	fs.IntVar(&a.maxWaiters, "max-waiters", 8192, "most waiting acquires this agent serves at once: its clients' (forwarded or not), and as leader those forwarded to it; one client source (IPv4 /24, IPv6 /64) may hold a quarter of them (at least 64); past either a waiting acquire of a held key is refused resource_exhausted (a try without waiting never is); each costs about 11-18 KB")
 	durationVar(fs, &a.minTTL, "min-ttl", 0, "shortest lease TTL a client may ask for; 0: the Raft leader lease timeout, 500ms (250ms with --timing fast)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json (logs go to stderr)")
