@@ -319,10 +319,19 @@ type Limits struct {
 	// pass this size, whatever the limit asked (a page holds at least one
 	// lease). Default 1 MiB, well inside the node RPC's message limit.
 	MaxListBytes int
-	// MaxConns bounds concurrent client API connections. At the limit a
-	// new connection replaces the one idle (kept alive between requests,
-	// or not yet past its first) the longest; if every connection is
-	// busy, new ones wait for a slot. A connection must send its first
+	// MaxConns bounds concurrent client API connections. One client
+	// source (an IPv4 /24, an IPv6 /64) may hold at most a quarter of
+	// them, at least 64 (all of them, below 64): past it a new connection
+	// of the source replaces the source's own idle longest, or is refused
+	// (closed at once, the refusal max_conns_per_source) if all of its
+	// are busy. At the limit a new connection replaces one of the source
+	// holding the most connections, busy or not, if it holds more than
+	// the new one's source would; else the one idle (kept alive between
+	// requests, or not yet past its first) the longest; if every
+	// connection is busy, new ones wait for a slot. One token holder's
+	// 1,006 busy connections from one address filled the limit, and the
+	// connections closed to admit new ones were other clients' idle ones
+	// (outsider review s32 #5). A connection must send its first
 	// request, TLS handshake included, within 2 s (or ReadTimeout if
 	// shorter). Default 1024.
 	MaxConns int
