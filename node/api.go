@@ -497,6 +497,9 @@ func unary[Req, Resp any](ctx context.Context, req *connect.Request[Req], f func
 }
 
 func (s *apiServer) Acquire(ctx context.Context, r *connect.Request[pb.AcquireRequest]) (*connect.Response[pb.AcquireResponse], error) {
+	if src := peerSource(r.Peer().Addr); src != "" {
+		ctx = context.WithValue(ctx, waiterSourceKey{}, src) // its waits count by source (waiterSlot)
+	}
 	return unary(ctx, r, s.n.Acquire)
 }
 
@@ -536,8 +539,8 @@ func (s *apiServer) Status(ctx context.Context, r *connect.Request[pb.StatusRequ
 }
 
 func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchEvent]) error {
-	if host, _, err := net.SplitHostPort(r.Peer().Addr); err == nil {
-		ctx = context.WithValue(ctx, watchSourceKey{}, transport.SourcePrefix(&net.TCPAddr{IP: net.ParseIP(host)}, transport.HandshakeV4Bits))
+	if src := peerSource(r.Peer().Addr); src != "" {
+		ctx = context.WithValue(ctx, watchSourceKey{}, src)
 	}
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {
@@ -558,4 +561,15 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 		return nil
 	}
 	return connectError(ErrClosed)
+}
+
+// peerSource is the client source of a request from addr, a connect
+// Peer's "host:port": its IPv4 /24 or IPv6 /64 (transport.SourcePrefix
+// with HandshakeV4Bits), or "" if addr names no host.
+func peerSource(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return transport.SourcePrefix(&net.TCPAddr{IP: net.ParseIP(host)}, transport.HandshakeV4Bits)
 }

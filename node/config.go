@@ -328,10 +328,19 @@ type Limits struct {
 	// pass this size, whatever the limit asked (a page holds at least one
 	// lease). Default 1 MiB, well inside the node RPC's message limit.
 	MaxListBytes int
-	// MaxConns bounds concurrent client API connections. At the limit a
-	// new connection replaces the one idle (kept alive between requests,
-	// or not yet past its first) the longest; if every connection is
-	// busy, new ones wait for a slot. A connection must send its first
+	// MaxConns bounds concurrent client API connections. One client
+	// source (an IPv4 /24, an IPv6 /64) may hold at most a quarter of
+	// them, at least 64 (all of them, below 64): past it a new connection
+	// of the source replaces the source's own idle longest, or is refused
+	// (closed at once, the refusal max_conns_per_source) if all of its
+	// are busy. At the limit a new connection replaces one of the source
+	// holding the most connections, busy or not, if it holds more than
+	// the new one's source would; else the one idle (kept alive between
+	// requests, or not yet past its first) the longest; if every
+	// connection is busy, new ones wait for a slot. One token holder's
+	// 1,006 busy connections from one address filled the limit, and the
+	// connections closed to admit new ones were other clients' idle ones
+	// (outsider review s32 #5). A connection must send its first
 	// request, TLS handshake included, within 2 s (or ReadTimeout if
 	// shorter). Default 1024.
 	MaxConns int
@@ -416,11 +425,20 @@ type Limits struct {
 	// other nodes. Past it a waiting acquire is tried once without
 	// waiting: granted if it may be at once, else refused
 	// (ErrTooManyWaiters, resource_exhausted on the API, naming the flag)
-	// instead of queued. A TryAcquire is never refused by it. A waiter
+	// instead of queued. One client source (an IPv4 /24 or IPv6 /64, as
+	// MaxWatches counts them) may hold at most a quarter of it, at least
+	// 64 (all of it below 64), refused past its share alike, naming the
+	// share; waits other nodes forward count as the forwarding node's,
+	// with the whole limit for a share (the forwarding node held each of
+	// its sources to its quarter), and an embedded caller's only against
+	// the limit. One key's queue at the leader holds at most 1,024
+	// waiters. A TryAcquire is never refused by it. A waiter
 	// costs about 11-18 KB on each node it passes (its goroutines, a
 	// forwarded call's buffers, the queue entry): 20,000 from one client
 	// took a follower up 350 MB and the leader 230 MB, and the leader lost
-	// its leadership twice. Default 8192: 90-150 MB at worst, 8 times
+	// its leadership twice; 8,186 from one token holder's address took a
+	// leader's whole limit, and a lock loop beside it was refused 595
+	// times in 30 s, until sources had their share. Default 8192: 90-150 MB at worst, 8 times
 	// MaxWatches, since a lock's waiters are many cheap clients where
 	// watchers are few.
 	MaxWaiters int

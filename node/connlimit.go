@@ -27,7 +27,24 @@ import (
 // without the token is not worth a slot. If none is idle (and, with a
 // token, all are authenticated), the new connection waits for a slot.
 // Busy authenticated connections (a request in flight, a waiting acquire,
-// a watch), and without a token all busy ones, are never closed.
+// a watch), and without a token all busy ones, are never closed, but for
+// the source rule below.
+//
+// Sources (an IPv4 /24, an IPv6 /64: transport.SourcePrefix with
+// HandshakeV4Bits) share the slots: one source may hold at most
+// perSource of them (a quarter of max, at least 64, all of it below 64).
+// A new connection of a source at its share takes the place of the
+// source's own worst (without the token) or idle longest connection; if
+// all of them are busy it is refused, closed at once, counted as
+// max_conns_per_source and logged once per loglimit.Every. And at max,
+// the victim comes first from the source holding the most connections,
+// if it holds more than the new connection's source would once admitted:
+// among its connections in the order above, then, if none of its is idle,
+// any connection without the token, then its oldest busy one. One token
+// holder's 1,006 busy connections from one address filled --max-conns,
+// and the idle connections closed to admit new ones were other clients':
+// 5 of 55 fresh curls failed and a lock loop stalled 2-4 s 18 times
+// (outsider review s32 #5). Guarded by TestConnsPerSourceAreBounded.
 //
 // A connection must also send its first request (TLS handshake included)
 // within first: until then its read deadline is at most that, whatever
@@ -77,14 +94,20 @@ type connLimiter struct {
 	authBy time.Duration // to make an authenticated request in; 0: no token
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	open     map[net.Conn]*limitedConn // by the conn net/http reports
-	freed    chan struct{}             // a slot was freed (capacity 1)
-	done     chan struct{}             // closed by Close
+	mu   sync.Mutex
+	open map[net.Conn]*limitedConn // by the conn net/http reports
+	// bySource counts the open connections of each source prefix
+	// (limitedConn.prefix).
+	bySource map[string]int
+	freed    chan struct{} // a slot was freed (capacity 1)
+	done     chan struct{} // closed by Close
 	closing  sync.Once
 	lastWarn time.Time
 	shed     int // idle connections closed since the last warning
-	silent   int // connections without a request closed since then
+	// crowdShed counts connections of the source holding the most
+	// closed since then (see victimLocked).
+	crowdShed int
+	silent    int // connections without a request closed since then
 	// unauthShed counts connections, with a request but none with the
 	// auth token, closed since then.
 	unauthShed int
@@ -103,6 +126,11 @@ type connLimiter struct {
 	// failedTLS counts the connections whose TLS handshake failed (or
 	// never finished), those the limiter closed itself aside.
 	failedTLS atomic.Uint64
+	// closedPerSource counts the connections refused, or of their own
+	// source closed to admit them, at a source's share (perSource);
+	// srcWarn limits their log lines.
+	closedPerSource atomic.Uint64
+	srcWarn         *loglimit.Limiter
 
 	// handshakes, on a TLS API, bounds how fast connections start their
 	// TLS handshakes (nil: unbounded, or no TLS); closedHandshakeRate
@@ -130,9 +158,14 @@ const maxUnauthed = 64
 const firstRequestTimeout = 2 * time.Second
 
 func newConnLimiter(ln net.Listener, max int, first time.Duration, log *slog.Logger) *connLimiter {
-	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{},
-		freed: make(chan struct{}, 1), done: make(chan struct{}), hsWarn: loglimit.New()}
+	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{}, bySource: map[string]int{},
+		freed: make(chan struct{}, 1), done: make(chan struct{}), hsWarn: loglimit.New(), srcWarn: loglimit.New()}
 }
+
+// connsPerSource is the most connections one source (an IPv4 /24, an
+// IPv6 /64) may hold of a limit of limit: a quarter, at least 64 (all of
+// it, below 64), as watchesPerSource.
+func connsPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
 
 // Close closes the listener and ends an Accept waiting for a slot.
 func (l *connLimiter) Close() error {
@@ -153,6 +186,7 @@ type limitedConn struct {
 	authed    bool      // made a request with the auth token
 	refused   int       // requests made without it
 	source    string    // the remote IP
+	prefix    string    // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
 	authTimer *time.Timer
 	once      sync.Once
 	closedBy  bool // the limiter closed it (a refusal of its own)
@@ -314,15 +348,48 @@ func (l *connLimiter) warnAuthLocked() {
 	l.unauthSlow, l.unauthRefuse, l.unauthCap = 0, 0, 0
 }
 
-// Accept waits for a connection and a slot for it.
+// Accept waits for a connection and a slot for it. A connection refused
+// at its source's share is closed, and Accept waits for the next.
 func (l *connLimiter) Accept() (net.Conn, error) {
-	raw, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		raw, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c := &limitedConn{Conn: raw, l: l, fresh: true, source: sourceIP(raw.RemoteAddr()),
+			prefix: transport.SourcePrefix(raw.RemoteAddr(), transport.HandshakeV4Bits)}
+		ok, err := l.slot(c)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return c, nil
+		}
 	}
-	c := &limitedConn{Conn: raw, l: l, fresh: true, source: sourceIP(raw.RemoteAddr())}
+}
+
+// slot gives c a slot, waiting for one if every connection is busy. It
+// reports false if c was refused (and closed) at its source's share.
+func (l *connLimiter) slot(c *limitedConn) (bool, error) {
 	for {
 		l.mu.Lock()
+		if share := connsPerSource(l.max); share < l.max && l.bySource[c.prefix] >= share {
+			// Its own source's connections make room for it, or none.
+			victim := l.pickLocked(func(o *limitedConn) bool { return o.prefix == c.prefix }, false)
+			if victim != nil {
+				l.dropLocked(victim)
+				l.admitLocked(c)
+			}
+			l.mu.Unlock()
+			l.closedPerSource.Add(1)
+			if victim != nil {
+				victim.evicted()
+			} else {
+				c.Conn.Close()
+			}
+			l.warnPerSource(c, share, victim != nil)
+			return victim != nil, nil
+		}
 		if l.authBy > 0 && l.unauthed >= maxUnauthed {
 			if victim := l.oldestUnauthed(); victim != nil {
 				l.dropLocked(victim)
@@ -332,45 +399,136 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 				l.warnAuthLocked()
 				l.mu.Unlock()
 				victim.evicted()
-				return c, nil
+				return true, nil
 			}
 		}
 		if len(l.open) < l.max {
 			l.admitLocked(c)
 			l.mu.Unlock()
-			return c, nil
+			return true, nil
 		}
-		victim := l.oldestUnauthed()
-		if victim == nil {
-			victim = l.idlest()
-		}
+		victim, crowded := l.victimLocked(c.prefix)
 		if victim != nil {
 			l.dropLocked(victim)
 			l.admitLocked(c)
 			l.closedMax.Add(1)
-			if victim.fresh {
+			switch {
+			case crowded:
+				l.crowdShed++
+				l.warnLocked("closing a connection of the client source (IPv4 /24, IPv6 /64) holding the most connections to admit one from another")
+			case victim.fresh:
 				l.silent++
 				l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")
-			} else if l.authBy > 0 && !victim.authed {
+			case l.authBy > 0 && !victim.authed:
 				l.unauthShed++
 				l.warnLocked("closing the oldest connection without a request with the auth token to admit a new one")
-			} else {
+			default:
 				l.shed++
 				l.warnLocked("closing the connection idle longest to admit a new one")
 			}
 			l.mu.Unlock()
 			victim.evicted()
-			return c, nil
+			return true, nil
 		}
 		l.warnLocked("every connection is busy; new ones wait for a slot")
 		l.mu.Unlock()
 		select {
 		case <-l.freed:
 		case <-l.done:
-			raw.Close()
-			return nil, net.ErrClosed
+			c.Conn.Close()
+			return false, net.ErrClosed
 		}
 	}
+}
+
+// victimLocked returns the connection to close, at max, to admit one from
+// source prefix, or nil if none may be (the new one waits for a slot).
+// crowded says that it is one of the source holding the most connections
+// (see connLimiter): when that source holds more than prefix would once
+// the new one is admitted, its worst connection without the token or
+// its idle longest; if none of its is idle, with a token any connection
+// without it (a request without the token is not worth a busy slot: an
+// outsider without it, dialing from fresh addresses, would otherwise
+// close busy connections of the clients that have it); then its oldest
+// busy one. Otherwise, the worst without the token, or the idle longest.
+// Called with l.mu held.
+func (l *connLimiter) victimLocked(prefix string) (victim *limitedConn, crowded bool) {
+	top := 0
+	for _, n := range l.bySource {
+		top = max(top, n)
+	}
+	if top > l.bySource[prefix]+1 {
+		inTop := func(o *limitedConn) bool { return l.bySource[o.prefix] == top }
+		if v := l.pickLocked(inTop, false); v != nil {
+			return v, true
+		}
+		if v := l.oldestUnauthed(); v != nil {
+			return v, false
+		}
+		return l.pickLocked(inTop, true), true
+	}
+	if v := l.oldestUnauthed(); v != nil {
+		return v, false
+	}
+	return l.idlest(), false
+}
+
+// pickLocked returns, of the connections for which in is true, the one to
+// close first: one without the auth token (by worse), then the idle
+// longest, then, if busy is set, the oldest busy one; or nil. Called with
+// l.mu held.
+func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limitedConn {
+	rank := func(c *limitedConn) int {
+		switch {
+		case l.authBy > 0 && !c.authed:
+			return 0
+		case !c.idleSince.IsZero():
+			return 1
+		}
+		return 2
+	}
+	var per map[string]int // worse's count of connections without the token by address
+	if l.authBy > 0 {
+		per = make(map[string]int)
+		for _, c := range l.open {
+			if !c.authed {
+				per[c.source]++
+			}
+		}
+	}
+	now := time.Now()
+	var v *limitedConn
+	vr := 0
+	for _, c := range l.open {
+		cr := rank(c)
+		if !in(c) || cr == 2 && !busy {
+			continue
+		}
+		if v == nil || cr < vr || cr == vr && (cr == 0 && worse(c, v, per, now) ||
+			cr == 1 && c.idleSince.Before(v.idleSince) || cr == 2 && c.admitted.Before(v.admitted)) {
+			v, vr = c, cr
+		}
+	}
+	return v
+}
+
+// warnPerSource logs, once per loglimit.Every, that c was refused at its
+// source's share of connections, or took the place of one of its own
+// (replaced).
+func (l *connLimiter) warnPerSource(c *limitedConn, share int, replaced bool) {
+	ok, skipped := l.srcWarn.Allow("max_conns_per_source")
+	if !ok {
+		return
+	}
+	args := []any{"source", c.prefix, "per_source", share, "max_conns", l.max, "closed", l.closedPerSource.Load()}
+	if skipped > 0 {
+		args = append(args, loglimit.Skipped, skipped)
+	}
+	what := "refused a client API connection: every connection of its source is busy"
+	if replaced {
+		what = "closed a client API connection of the source of a new one, to admit it"
+	}
+	l.log.Warn(what+fmt.Sprintf(": the source (IPv4 /24, IPv6 /64) holds %d connections, the most one may have (a quarter of the agent's --max-conns %d; raise --max-conns if the clients are yours)", share, l.max), args...)
 }
 
 // refuseHandshake closes c, whose TLS handshake the limiter's
@@ -406,6 +564,9 @@ func (l *connLimiter) dropLocked(c *limitedConn) {
 		return
 	}
 	delete(l.open, c.Conn)
+	if l.bySource[c.prefix]--; l.bySource[c.prefix] <= 0 {
+		delete(l.bySource, c.prefix)
+	}
 	if c.authTimer != nil {
 		c.authTimer.Stop()
 	}
@@ -418,6 +579,7 @@ func (l *connLimiter) dropLocked(c *limitedConn) {
 // Called with l.mu held.
 func (l *connLimiter) admitLocked(c *limitedConn) {
 	l.open[c.Conn] = c
+	l.bySource[c.prefix]++
 	if l.authBy > 0 {
 		l.unauthed++
 	}
@@ -542,12 +704,12 @@ func (l *connLimiter) warnLocked(what string) {
 		return
 	}
 	l.lastWarn = time.Now()
-	args := []any{"max_conns", l.max, "idle_closed", l.shed, "silent_closed", l.silent}
+	args := []any{"max_conns", l.max, "idle_closed", l.shed, "silent_closed", l.silent, "crowded_source_closed", l.crowdShed}
 	if l.authBy > 0 {
 		args = append(args, "unauthenticated_closed", l.unauthShed)
 	}
 	l.log.Warn("client API at its connection limit: "+what+" (raise agent --max-conns if the clients are yours)", args...)
-	l.shed, l.silent, l.unauthShed = 0, 0, 0
+	l.shed, l.silent, l.unauthShed, l.crowdShed = 0, 0, 0, 0
 }
 
 func (l *connLimiter) release(c *limitedConn) {

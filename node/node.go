@@ -127,9 +127,9 @@ type Node struct {
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
 	lostPending, withdrawn atomic.Int64
-	// waiting counts the waiting acquires this node serves (waiterSlot,
-	// Limits.MaxWaiters).
-	waiting atomic.Int64
+	// waiting counts the waiting acquires this node serves, in all and
+	// by source (waiterSlot, Limits.MaxWaiters).
+	waiting waiterCount
 	clock   clockSeen // when the FSM clock last moved, for stale reads
 
 	ctx       context.Context // cancelled by Close

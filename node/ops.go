@@ -71,34 +71,102 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if ttl, min := req.GetTtl().AsDuration(), n.cfg.Limits.MinTTL; ttl < min {
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
 	}
-	return n.waiterSlot(req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	// A client of the API waits within its source's share; an embedded
+	// caller (no source) only within the node's limit.
+	source, _ := ctx.Value(waiterSourceKey{}).(string)
+	share := n.cfg.Limits.MaxWaiters
+	if source != "" {
+		share = waitersPerSource(share)
+	}
+	return n.waiterSlot(source, share, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 		return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
 	})
 }
 
+// waiterSourceKey carries the client source of an API Acquire (an IPv4
+// /24 or an IPv6 /64, as watchSourceKey's) in its context, for
+// waiterSlot to count its waits by. Embedded callers set none.
+type waiterSourceKey struct{}
+
+// waitersPerSource is the most waiting acquires one client source may
+// have on a node whose limit (Limits.MaxWaiters) is limit: a quarter of
+// it, at least 64 (all of it, below 64), as watchesPerSource. One token
+// holder's 8,186 waits from one address took a leader's whole
+// --max-waiters, and a lock loop beside it was refused 595 times in 30 s
+// (outsider review s32 #4).
+func waitersPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
+
+// waiterCount counts the waiting acquires a node serves, in all and by
+// source (see waiterSlot).
+type waiterCount struct {
+	mu       sync.Mutex
+	total    int
+	bySource map[string]int
+}
+
+// take counts a waiter of source if the node serves fewer than limit
+// waiters and source fewer than share ("" counts only in the total). It
+// reports false, and whether source's share was what it met (perSource),
+// if not.
+func (w *waiterCount) take(source string, limit, share int) (ok, perSource bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.total >= limit {
+		return false, false
+	}
+	if source != "" && w.bySource[source] >= share {
+		return false, true
+	}
+	w.total++
+	if source != "" {
+		if w.bySource == nil {
+			w.bySource = map[string]int{}
+		}
+		w.bySource[source]++
+	}
+	return true, false
+}
+
+// put uncounts a waiter that take counted.
+func (w *waiterCount) put(source string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.total--
+	if source != "" {
+		if w.bySource[source]--; w.bySource[source] <= 0 {
+			delete(w.bySource, source)
+		}
+	}
+}
+
 // waiterSlot runs call for req, counting a waiting acquire (Wait set)
-// against Limits.MaxWaiters while it runs. Past the limit the acquire is
-// tried once without waiting: a grant is answered as such, and a refusal
-// as ErrTooManyWaiters, naming the flag. A TryAcquire is never counted
-// nor refused. Node.Acquire counts what this node's API admitted (before
-// forwarding it, if it does); the leader's handleRPC counts the waiters
-// forwarded to it, which hold their calls open there.
+// against Limits.MaxWaiters, and against share for source (a client
+// source, or a forwarding node: see Node.Acquire and handleRPC; ""
+// counts only against the limit), while it runs. Past either the acquire
+// is tried once without waiting: a grant is answered as such, and a
+// refusal as ErrTooManyWaiters, naming the limit it met and the flag. A
+// TryAcquire is never counted nor refused. Node.Acquire counts what this
+// node's API admitted (before forwarding it, if it does); the leader's
+// handleRPC counts the waiters forwarded to it, which hold their calls
+// open there.
 //
 // Invariant bounded-waiters: a node serves at most MaxWaiters waiting
 // acquires at once, so a client that opens thousands of waits (20,000
 // took a follower up 350 MB and 20,000 goroutines, and the leader up
 // 230 MB until it lost its leadership) is refused instead of starving
-// the node. Guarded by TestMaxWaiters.
-func (n *Node) waiterSlot(req *pb.AcquireRequest, call func(*pb.AcquireRequest) (*pb.AcquireResponse, error)) (*pb.AcquireResponse, error) {
+// the node; and one client source at most a quarter of them
+// (waitersPerSource), so that it cannot take them all from the others.
+// Guarded by TestMaxWaiters and TestWaitersPerSourceAreBounded.
+func (n *Node) waiterSlot(source string, share int, req *pb.AcquireRequest, call func(*pb.AcquireRequest) (*pb.AcquireResponse, error)) (*pb.AcquireResponse, error) {
 	if !req.GetWait() {
 		return call(req)
 	}
-	limit := int64(n.cfg.Limits.MaxWaiters)
-	if n.waiting.Add(1) <= limit {
-		defer n.waiting.Add(-1)
+	limit := n.cfg.Limits.MaxWaiters
+	ok, perSource := n.waiting.take(source, limit, share)
+	if ok {
+		defer n.waiting.put(source)
 		return call(req)
 	}
-	n.waiting.Add(-1)
 	try := proto.CloneOf(req)
 	try.Wait = false
 	resp, err := call(try)
@@ -108,6 +176,10 @@ func (n *Node) waiterSlot(req *pb.AcquireRequest, call func(*pb.AcquireRequest) 
 	key := resp.GetHeldKey()
 	if key == "" {
 		key = req.GetKey()
+	}
+	if perSource {
+		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-waiters %d): end one, retry later, use TryAcquire, or raise the limit on every agent",
+			ErrTooManyWaiters, key, n.cfg.ID, share, limit)
 	}
 	return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires, its limit (agent --max-waiters %d): retry later, use TryAcquire, or raise the limit on every agent",
 		ErrTooManyWaiters, key, n.cfg.ID, limit, limit)
@@ -729,9 +801,15 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 	switch method {
 	case methodAcquire:
 		// A waiter forwarded here counts against this node's
-		// MaxWaiters too: its call stays open here while it waits.
+		// MaxWaiters too: its call stays open here while it waits. It
+		// counts as the forwarding node's, with the whole limit for a
+		// share: a follower forwards the waits of all its clients, each
+		// source of which it held to its own quarter already, so a
+		// quarter here would refuse a follower's legitimate clients
+		// (one busy follower of a 3-node cluster serves up to its whole
+		// --max-waiters) where no source of them is past its share.
 		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, func(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
-			return n.waiterSlot(req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+			return n.waiterSlot("node "+peer.ID, n.cfg.Limits.MaxWaiters, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 				return n.acquireLocal(ctx, ls, req)
 			})
 		})

@@ -40,8 +40,12 @@ const (
 //     (refused, or served without it: /healthz, /metrics);
 //   - max_unauthenticated: connections without an authenticated request
 //     closed to admit a new one past 64 of them;
-//   - max_conns: idle or silent connections closed to admit a new one at
-//     Limits.MaxConns;
+//   - max_conns: connections closed to admit a new one at
+//     Limits.MaxConns: idle or silent ones, or those of the source
+//     holding the most (busy or not);
+//   - max_conns_per_source: connections refused, or of their own source
+//     closed to admit them, at a source's share of Limits.MaxConns (an
+//     IPv4 /24 or IPv6 /64 may hold a quarter of it, at least 64);
 //   - max_watches: Watch calls refused at Limits.MaxWatches;
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
 //     sending frames faster than Limits.MaxFrameRate;
@@ -64,9 +68,10 @@ const (
 // status code.
 func (n *Node) Refusals() []transport.Refusal {
 	g := n.gossipNet
-	var authSlow, authRefused, unauthCap, maxConns, frameRate, apiRate, failedTLS, hsRate uint64 // zeros without an API
+	var authSlow, authRefused, unauthCap, maxConns, perSource, frameRate, apiRate, failedTLS, hsRate uint64 // zeros without an API
 	if c := n.apiConn; c != nil {
 		authSlow, authRefused, unauthCap, maxConns = c.closedAuthSlow.Load(), c.closedAuthRefused.Load(), c.closedUnauthCap.Load(), c.closedMax.Load()
+		perSource = c.closedPerSource.Load()
 		failedTLS, hsRate = c.failedTLS.Load(), c.closedHandshakeRate.Load()
 	}
 	if f := n.apiFrames; f != nil {
@@ -80,6 +85,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
 		transport.Refusal{Port: PortAPI, Reason: "max_unauthenticated", Count: unauthCap},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
+		transport.Refusal{Port: PortAPI, Reason: "max_conns_per_source", Count: perSource},
 		transport.Refusal{Port: PortAPI, Reason: "max_watches", Count: n.hub.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "frame_rate", Count: frameRate},
 		transport.Refusal{Port: PortAPI, Reason: "api_rate", Count: apiRate},

@@ -149,8 +149,17 @@ func (q *waitQueues) count() int {
 	return q.n
 }
 
+// maxKeyWaiters bounds the waiters queued for one key at the leader: past
+// it a waiting acquire of the key is refused (ErrTooManyWaiters) rather
+// than queued. A queue that long drains one holder at a time, a handoff a
+// Raft round trip each, so a newcomer would wait seconds to minutes
+// anyway; the bound keeps one key's crowd from taking the node's whole
+// --max-waiters (outsider review s32 #4: 8,186 waits on 8 keys).
+const maxKeyWaiters = 1024
+
 // wait queues w on each of its keys and blocks until it is granted,
-// refused for good, or ctx ends. If ctx ends while w's grant is in flight,
+// refused for good, or ctx ends. A key with maxKeyWaiters queued already
+// refuses w at once. If ctx ends while w's grant is in flight,
 // the answer is ErrUnknownOutcome; before that, the caller certainly was
 // not granted.
 func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
@@ -158,6 +167,12 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	if q.closed != nil {
 		q.mu.Unlock()
 		return waitResult{err: q.closed}
+	}
+	for _, it := range w.items {
+		if kq := q.keys[it.Key]; kq != nil && len(kq.waiters) >= maxKeyWaiters {
+			q.mu.Unlock()
+			return waitResult{err: fmt.Errorf("%w: %d acquires wait for %q already, the most one key may have queued at the leader: retry later or use TryAcquire", ErrTooManyWaiters, len(kq.waiters), it.Key)}
+		}
 	}
 	q.seq++
 	w.seq = q.seq
