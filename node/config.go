@@ -373,10 +373,12 @@ type Limits struct {
 	// second's worth; MaxHandshakeRatePerSource bounds those from one
 	// source prefix, an IPv4 /24 or an IPv6 /64
 	// (agent --max-handshake-rate-per-source), with a burst of two
-	// seconds' worth. A connection past either is closed after its first
-	// byte, before the node spends its handshake, counted as the
-	// refusal handshake_rate and logged once per 10 s; plain
-	// connections are not counted (they cost no crypto). A ClientHello
+	// seconds' worth. A whole ClientHello draws, not a first byte
+	// (transport.HandshakeLimit.Guard): one past either limit fails its
+	// handshake there, before the node does any crypto for it, counted
+	// as the refusal handshake_rate and logged once per 10 s;
+	// connections that send no whole ClientHello, and plain ones, are not
+	// counted (they cost no crypto). A ClientHello
 	// costs the node an X25519 exchange and an ECDSA signature, about
 	// 0.4 ms of CPU on a 2-core host, and can be replayed at no cost: an
 	// outsider's replay from 249 addresses drove a leader to 1.3 cores

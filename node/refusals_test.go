@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,7 +119,7 @@ func TestAPIHandshakeRate(t *testing.T) {
 				}
 				return nil
 			})
-			lg.waitFor(t, 5*time.Second, "before its TLS handshake", "--max-handshake-rate-per-source", "--max-handshake-rate ")
+			lg.waitFor(t, 5*time.Second, "at its TLS ClientHello", "--max-handshake-rate-per-source", "--max-handshake-rate ")
 			s.status(t, addr, tlsCfg) // from 127.0.0.1, another /24
 			// Plain HTTP from the flooded /24: no handshake, not counted.
 			plainGet(t, &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 4, 200)}}, addr)
@@ -131,8 +133,13 @@ func TestAPIHandshakeRate(t *testing.T) {
 				t.Fatalf("handshake_rate refusals: %d, want %d", got, n-connected)
 			}
 			// A warning alert record first, which crypto/tls drops before
-			// it reads the ClientHello, draws from the same bucket
-			// (outsider re-probe: it passed the bound from one address).
+			// it reads the ClientHello, does not get the ClientHello after
+			// it past the bucket (outsider re-probe: it passed the bound
+			// from one address when only a handshake record first drew).
+			// The client needs a ServerName here: without one tls.Client
+			// sends no ClientHello at all.
+			alertCfg := tlsCfg.Clone()
+			alertCfg.ServerName = "127.0.0.1"
 			before := refusals(t, l, node.PortAPI, "handshake_rate")
 			const m = 6
 			startPrefixed := time.Now()
@@ -143,7 +150,7 @@ func TestAPIHandshakeRate(t *testing.T) {
 					t.Fatal(err)
 				}
 				conn.Write([]byte{21, 3, 3, 0, 2, 1, 90}) // alert: warning, user_canceled
-				tc := tls.Client(conn, tlsCfg)
+				tc := tls.Client(conn, alertCfg)
 				tc.SetDeadline(time.Now().Add(10 * time.Second))
 				tc.Handshake()
 				tc.Close()
@@ -157,6 +164,100 @@ func TestAPIHandshakeRate(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A TLS client API's handshake limit is drawn by ClientHellos, not by
+// first bytes: while connections from four /24s each send one
+// handshake-record byte and reset, as fast as they can, a client from
+// another /24 finishes every handshake. The limit (20 a second, a burst
+// of 20) is below what the flood sends, so drawing at the first byte would
+// give it the whole total (outsider review s32 #2: from 20 /24s, 34 of 44
+// fresh clients of another /24 failed). Fails without the fix (most
+// handshakes refused).
+func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
+	s := budgetSetups[1]
+	if !s.tls {
+		t.Fatal("budgetSetups[1] is not the TLS setup")
+	}
+	c, tlsCfg := s.start(t, 1, nil, func(cfg *node.Config) {
+		cfg.Limits.MaxHandshakeRate, cfg.Limits.MaxHandshakeRatePerSource = 20, 20
+	})
+	l := c.Node(0)
+	addr := l.APIAddr()
+	stop := oneByteFlood(t, addr, 4, func() uint64 {
+		return refusals(t, l, node.PortAPI, "tls_handshake") + refusals(t, l, node.PortAPI, "handshake_rate")
+	})
+	const dials = 10
+	failed := 0
+	var last error
+	for range dials {
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		tc, err := tls.DialWithDialer(d, "tcp", addr, tlsCfg)
+		if err != nil {
+			failed++
+			last = err
+			continue
+		}
+		tc.Close()
+	}
+	sent := stop()
+	if failed > 0 {
+		t.Fatalf("%d of %d TLS clients from another /24 failed during a flood of %d one-byte connections (last: %v)", failed, dials, sent, last)
+	}
+}
+
+// oneByteFlood opens connections to addr from 127.0.10+g.x for g below
+// prefixes, each sending one TLS handshake-record byte and resetting, in
+// a goroutine per prefix, until stop is called (or the test ends); stop
+// returns how many were sent. It first waits until seen (the server's
+// count of those connections closed) has reached 100, so the flood has
+// begun to tell.
+func oneByteFlood(t *testing.T, addr string, prefixes int, seen func() uint64) (stop func() uint64) {
+	t.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var sent atomic.Uint64
+	for g := range prefixes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				d := &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(10+g), byte(1+i%250))}}
+				c, err := d.Dial("tcp", addr)
+				if err != nil {
+					continue
+				}
+				if _, err := c.Write([]byte{22}); err == nil {
+					sent.Add(1)
+				}
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // a reset
+				}
+				c.Close()
+			}
+		}()
+	}
+	var once sync.Once
+	stop = func() uint64 {
+		once.Do(func() {
+			close(done)
+			wg.Wait()
+		})
+		return sent.Load()
+	}
+	t.Cleanup(func() { stop() })
+	for deadline := time.Now().Add(10 * time.Second); seen() < 100; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("the node saw %d of %d one-byte connections in 10 s", seen(), sent.Load())
+		}
+	}
+	return stop
 }
 
 // plainGet sends a plain HTTP request to addr through d and reads until
