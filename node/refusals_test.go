@@ -213,27 +213,42 @@ func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 // count of those connections closed) has reached 100, so the flood has
 // begun to tell.
 func oneByteFlood(t *testing.T, addr string, prefixes int, seen func() uint64) (stop func() uint64) {
+	return flood(t, addr, prefixes, []byte{22}, false, seen)
+}
+
+// flood opens connections to addr from 127.0.10+g.x for g below
+// prefixes, two goroutines a prefix, each writing payload, reading the
+// first byte of the answer if await, and resetting, until stop is called
+// (or the test ends); stop returns how many were sent. It first waits
+// until seen has reached 100.
+func flood(t *testing.T, addr string, prefixes int, payload []byte, await bool, seen func() uint64) (stop func() uint64) {
 	t.Helper()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var sent atomic.Uint64
-	for g := range prefixes {
+	for w := range 2 * prefixes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			g := w % prefixes
 			for i := 0; ; i++ {
 				select {
 				case <-done:
 					return
 				default:
 				}
-				d := &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(10+g), byte(1+i%250))}}
+				d := &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(10+g), byte(1+(w/prefixes)*125+i%125))}}
 				c, err := d.Dial("tcp", addr)
 				if err != nil {
 					continue
 				}
-				if _, err := c.Write([]byte{22}); err == nil {
+				if _, err := c.Write(payload); err == nil {
 					sent.Add(1)
+				}
+				if await {
+					_ = c.SetReadDeadline(time.Now().Add(time.Second))
+					var b [1]byte
+					_, _ = c.Read(b[:])
 				}
 				if tc, ok := c.(*net.TCPConn); ok {
 					_ = tc.SetLinger(0) // a reset
@@ -254,10 +269,63 @@ func oneByteFlood(t *testing.T, addr string, prefixes int, seen func() uint64) (
 	for deadline := time.Now().Add(10 * time.Second); seen() < 100; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			stop()
-			t.Fatalf("the node saw %d of %d one-byte connections in 10 s", seen(), sent.Load())
+			t.Fatalf("the node saw %d of %d flood connections in 10 s", seen(), sent.Load())
 		}
 	}
 	return stop
+}
+
+// clientHello returns the first flight, a ClientHello record, that a TLS
+// client with cfg sends: an outsider's replay needs no crypto.
+func clientHello(t *testing.T, cfg *tls.Config) []byte {
+	t.Helper()
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	go func() {
+		_ = tls.Client(cli, cfg).Handshake() // fails once srv closes
+		cli.Close()
+	}()
+	var hdr [5]byte
+	if _, err := io.ReadFull(srv, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(srv, body); err != nil {
+		t.Fatal(err)
+	}
+	return append(hdr[:], body...)
+}
+
+// While four /24s replay whole ClientHellos, far more than a TLS client
+// API's total (20 a second) and all of it, a client from another /24
+// that has started no handshake lately finishes its handshake, twice:
+// the reserve serves light prefixes when the total is spent (outsider
+// review s32 #2: past 2-3 /24s an outsider held the whole total and
+// every new client raced it for tokens). Fails without the reserve.
+func TestAPILightSourceConnectsDuringAFlood(t *testing.T) {
+	s := budgetSetups[1]
+	if !s.tls {
+		t.Fatal("budgetSetups[1] is not the TLS setup")
+	}
+	c, tlsCfg := s.start(t, 1, nil, func(cfg *node.Config) {
+		cfg.Limits.MaxHandshakeRate, cfg.Limits.MaxHandshakeRatePerSource = 20, 20
+	})
+	l := c.Node(0)
+	addr := l.APIAddr()
+	helloCfg := tlsCfg.Clone()
+	helloCfg.ServerName = "127.0.0.1"
+	stop := flood(t, addr, 4, clientHello(t, helloCfg), true, func() uint64 {
+		return refusals(t, l, node.PortAPI, "handshake_rate")
+	})
+	for i := range 2 {
+		tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, tlsCfg)
+		if err != nil {
+			sent := stop()
+			t.Fatalf("client %d of 2 from another /24 failed during a flood of %d ClientHellos: %v", i+1, sent, err)
+		}
+		tc.Close()
+	}
+	t.Logf("flood: %d ClientHellos, %d handshake_rate refusals", stop(), refusals(t, l, node.PortAPI, "handshake_rate"))
 }
 
 // plainGet sends a plain HTTP request to addr through d and reads until

@@ -29,26 +29,49 @@ import (
 // whole port's bucket, and 34 of 44 fresh TLS clients of another /24
 // failed (outsider review, session 32).
 //
-// Checking the whole port's bucket first, and taking from a source's
-// bucket only what passed it, keeps the sources remembered bounded by
-// what the port admitted in the last seconds, whatever the flood.
+// When the whole port's bucket is spent, a light prefix still gets a
+// handshake, from a reserve: a bucket of a tenth of the total (at least 1
+// a second), with a burst of one second's worth. A prefix is light while
+// its light bucket, filled at lightRate (1 a second) up to lightBurst (2)
+// and emptied by one for every handshake the prefix starts (down to 0,
+// never below), holds a token: a source that has started about one
+// handshake a second or fewer lately. Without it, whoever sent the most
+// ClientHellos took the total and every other source raced them for each
+// token refilled: from 3 /24s (200 a second each) an outsider held a
+// 500-a-second total. The prefixes holding the total start a handshake
+// each many times a second, so they never look light; an outsider who
+// wants the reserve too needs a further prefix for each handshake a
+// second of it (50 /24s for the 2-CPU default's 50), each kept to one a
+// second. No scheme that counts by prefix stops an outsider with
+// prefixes enough (IPv6 /64s are cheap), but this makes a lockout cost
+// tens of /24s more, not 3. A source that is not light (a pool of
+// connections reconnecting at once) competes for the total as before.
+//
+// Checking the whole port's bucket (or the reserve) first, and taking
+// from a source's bucket only what passed it, keeps the sources
+// remembered bounded by what the port admitted in the last seconds,
+// whatever the flood.
 //
 // Invariant (handshake-rate): a port with a HandshakeLimit starts at most
-// totalBurst + total*t TLS handshakes in any t seconds, and at most
-// sourceBurst + perSource*t from one prefix, and a connection that has not
-// sent a whole ClientHello takes none of them. Guarded by
-// TestHandshakeLimitBuckets and the ports' handshake_rate tests
+// totalBurst + reserveBurst + (total+reserve)*t TLS handshakes in any t
+// seconds, reserve = max(1, total/10) and reserveBurst = reserve; at most
+// sourceBurst + perSource*t from one prefix; at most lightBurst +
+// lightRate*t from the reserve for one prefix; and a connection that has
+// not sent a whole ClientHello takes none of them. Guarded by
+// TestHandshakeLimitBuckets, TestHandshakeLimitReserve and the ports'
+// handshake_rate tests
 // (TestMuxHandshakeRate, TestAPIHandshakeRate, and, for the last part,
 // TestMuxOneByteConnectionsDrawNoHandshakes and
 // TestAPIOneByteConnectionsDrawNoHandshakes).
 type HandshakeLimit struct {
-	perSource, total        float64 // handshakes a second
-	sourceBurst, totalBurst float64 // at once
-	now                     func() time.Time
-	mu                      sync.Mutex
-	all                     bucket
-	sources                 map[string]*bucket
-	pruneAt                 int
+	perSource, total, reserve             float64 // handshakes a second
+	sourceBurst, totalBurst, reserveBurst float64 // at once
+	now                                   func() time.Time
+	mu                                    sync.Mutex
+	all                                   bucket
+	spare                                 bucket // the reserve
+	sources                               map[string]*source
+	pruneAt                               int
 }
 
 // bucket is a token bucket filled up to its burst at its rate.
@@ -56,6 +79,21 @@ type bucket struct {
 	tokens float64
 	at     time.Time // when tokens was right
 }
+
+// source is a prefix's buckets: its own limit, and light, which tells
+// whether it may draw from the reserve.
+type source struct {
+	bucket
+	light bucket
+}
+
+// A prefix's light bucket: filled at lightRate a second up to lightBurst,
+// less one for each handshake the prefix starts (not below 0). While it
+// holds a token the prefix may take a handshake from the reserve.
+const (
+	lightRate  = 1
+	lightBurst = 2
+)
 
 // HandshakeV4Bits is the IPv4 prefix a HandshakeLimit counts sources by:
 // a /24. A handshake costs the server crypto however the sender got its
@@ -73,16 +111,19 @@ const HandshakeV4Bits = 24
 // one source prefix, with a burst of two seconds' worth (a host's
 // connection pools reconnecting at once after a restart or a partition),
 // and total a second from all sources together, with a burst of one
-// second's worth. Both must be positive.
+// second's worth, and a reserve of a tenth of total (at least 1) for
+// light prefixes when total is spent. Both must be positive.
 func NewHandshakeLimit(perSource, total int) *HandshakeLimit {
 	return newHandshakeLimit(perSource, total, time.Now)
 }
 
 func newHandshakeLimit(perSource, total int, now func() time.Time) *HandshakeLimit {
-	h := &HandshakeLimit{perSource: float64(perSource), total: float64(total),
-		sourceBurst: 2 * float64(perSource), totalBurst: float64(total), now: now,
-		sources: map[string]*bucket{}, pruneAt: 1024}
+	reserve := max(1, float64(total/10))
+	h := &HandshakeLimit{perSource: float64(perSource), total: float64(total), reserve: reserve,
+		sourceBurst: 2 * float64(perSource), totalBurst: float64(total), reserveBurst: reserve, now: now,
+		sources: map[string]*source{}, pruneAt: 1024}
 	h.all = bucket{tokens: h.totalBurst, at: now()}
+	h.spare = bucket{tokens: h.reserveBurst, at: now()}
 	return h
 }
 
@@ -93,7 +134,9 @@ func (h *HandshakeLimit) PerSource() int { return int(h.perSource) }
 func (h *HandshakeLimit) Total() int { return int(h.total) }
 
 // Allow reports whether a TLS handshake from remote may start now, and
-// takes it from the buckets if so. A nil HandshakeLimit allows every one.
+// takes it from the buckets if so: from its prefix's and the whole
+// port's, or, with the port's spent, the reserve's if the prefix is
+// light. A nil HandshakeLimit allows every one.
 func (h *HandshakeLimit) Allow(remote net.Addr) bool {
 	if h == nil {
 		return true
@@ -102,7 +145,8 @@ func (h *HandshakeLimit) Allow(remote net.Addr) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.now()
-	if h.all.fill(now, h.total, h.totalBurst) < 1 {
+	fromAll := h.all.fill(now, h.total, h.totalBurst) >= 1
+	if !fromAll && h.spare.fill(now, h.reserve, h.reserveBurst) < 1 {
 		return false
 	}
 	b := h.sources[key]
@@ -110,14 +154,23 @@ func (h *HandshakeLimit) Allow(remote net.Addr) bool {
 		if len(h.sources) >= h.pruneAt {
 			h.pruneLocked(now)
 		}
-		b = &bucket{tokens: h.sourceBurst, at: now}
+		b = &source{bucket: bucket{tokens: h.sourceBurst, at: now}, light: bucket{tokens: lightBurst, at: now}}
 		h.sources[key] = b
 	}
 	if b.fill(now, h.perSource, h.sourceBurst) < 1 {
 		return false
 	}
+	light := b.light.fill(now, lightRate, lightBurst) >= 1
+	switch {
+	case fromAll:
+		h.all.tokens--
+	case light:
+		h.spare.tokens--
+	default:
+		return false
+	}
 	b.tokens--
-	h.all.tokens--
+	b.light.tokens = max(0, b.light.tokens-1)
 	return true
 }
 
@@ -154,11 +207,11 @@ func (h *HandshakeLimit) Guard(cfg *tls.Config, refused func(net.Conn)) *tls.Con
 	return cfg
 }
 
-// pruneLocked forgets the sources whose buckets are full again: a new
-// bucket for them would be the same.
+// pruneLocked forgets the sources whose buckets are full again: new
+// buckets for them would be the same.
 func (h *HandshakeLimit) pruneLocked(now time.Time) {
 	for k, b := range h.sources {
-		if b.fill(now, h.perSource, h.sourceBurst) >= h.sourceBurst {
+		if b.fill(now, h.perSource, h.sourceBurst) >= h.sourceBurst && b.light.fill(now, lightRate, lightBurst) >= lightBurst {
 			delete(h.sources, k)
 		}
 	}
