@@ -382,7 +382,9 @@ type Limits struct {
 	// that has started about one a second or fewer lately still gets one
 	// from a reserve of a tenth of MaxHandshakeRate (at least 1), so a
 	// flood from a few /24s cannot lock out every other client (so a
-	// port starts at most 1.1 times MaxHandshakeRate a second). A
+	// port starts at most 1.1 times MaxHandshakeRate a second); on the
+	// node port the cluster's nodes' addresses draw only on a bucket of
+	// their own, MaxHandshakeRatePerSource each (knownSources). A
 	// ClientHello costs the node an X25519 exchange and an ECDSA signature, about
 	// 0.4 ms of CPU on a 2-core host, and can be replayed at no cost: an
 	// outsider's replay from 249 addresses drove a leader to 1.3 cores

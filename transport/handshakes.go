@@ -47,6 +47,14 @@ import (
 // tens of /24s more, not 3. A source that is not light (a pool of
 // connections reconnecting at once) competes for the total as before.
 //
+// On a node port, the addresses of the cluster's own nodes are known
+// (Known): a handshake from one is counted by that address alone and
+// never waits on its prefix, the total or the reserve, so no flood from
+// elsewhere, nor from the nodes' own /24, keeps a node from reaching
+// another (outsider review s32 #6: a candidate's vote requests were
+// refused during a flood). A TCP source address cannot be forged, so an
+// outsider gets this only from a node's own host.
+//
 // Checking the whole port's bucket (or the reserve) first, and taking
 // from a source's bucket only what passed it, keeps the sources
 // remembered bounded by what the port admitted in the last seconds,
@@ -56,14 +64,24 @@ import (
 // totalBurst + reserveBurst + (total+reserve)*t TLS handshakes in any t
 // seconds, reserve = max(1, total/10) and reserveBurst = reserve; at most
 // sourceBurst + perSource*t from one prefix; at most lightBurst +
-// lightRate*t from the reserve for one prefix; and a connection that has
-// not sent a whole ClientHello takes none of them. Guarded by
-// TestHandshakeLimitBuckets, TestHandshakeLimitReserve and the ports'
-// handshake_rate tests
-// (TestMuxHandshakeRate, TestAPIHandshakeRate, and, for the last part,
+// lightRate*t from the reserve for one prefix; besides these, at most
+// sourceBurst + perSource*t from each address Known reports; and a
+// connection that has not sent a whole ClientHello takes none of them.
+// Guarded by TestHandshakeLimitBuckets, TestHandshakeLimitReserve,
+// TestHandshakeLimitKnownSources and the ports' handshake_rate tests
+// (TestMuxHandshakeRate, TestAPIHandshakeRate, the *LightSource* and
+// *KnownSources* port tests, and, for the last part,
 // TestMuxOneByteConnectionsDrawNoHandshakes and
 // TestAPIOneByteConnectionsDrawNoHandshakes).
 type HandshakeLimit struct {
+	// Known, if set before the limit is first used, reports whether ip
+	// is a known peer's (a node port's cluster members): its handshakes
+	// are counted in a bucket of its own, perSource a second with a
+	// burst of two seconds' worth, and draw nothing from its prefix's,
+	// the total or the reserve. It is called for every ClientHello, so
+	// it must be cheap. Nil: none is known.
+	Known func(ip net.IP) bool
+
 	perSource, total, reserve             float64 // handshakes a second
 	sourceBurst, totalBurst, reserveBurst float64 // at once
 	now                                   func() time.Time
@@ -72,6 +90,7 @@ type HandshakeLimit struct {
 	spare                                 bucket // the reserve
 	sources                               map[string]*source
 	pruneAt                               int
+	known                                 map[string]*bucket // by address, for Known ones
 }
 
 // bucket is a token bucket filled up to its burst at its rate.
@@ -141,6 +160,11 @@ func (h *HandshakeLimit) Allow(remote net.Addr) bool {
 	if h == nil {
 		return true
 	}
+	if h.Known != nil {
+		if ip := remoteIP(remote); ip != nil && h.Known(ip) {
+			return h.allowKnown(ip.String())
+		}
+	}
 	key := SourcePrefix(remote, HandshakeV4Bits)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -171,6 +195,33 @@ func (h *HandshakeLimit) Allow(remote net.Addr) bool {
 	}
 	b.tokens--
 	b.light.tokens = max(0, b.light.tokens-1)
+	return true
+}
+
+// allowKnown is Allow for an address Known reports: its own bucket only.
+func (h *HandshakeLimit) allowKnown(key string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	b := h.known[key]
+	if b == nil {
+		if h.known == nil {
+			h.known = map[string]*bucket{}
+		}
+		if len(h.known) >= 64 { // members come and go: forget the full
+			for k, o := range h.known {
+				if o.fill(now, h.perSource, h.sourceBurst) >= h.sourceBurst {
+					delete(h.known, k)
+				}
+			}
+		}
+		b = &bucket{tokens: h.sourceBurst, at: now}
+		h.known[key] = b
+	}
+	if b.fill(now, h.perSource, h.sourceBurst) < 1 {
+		return false
+	}
+	b.tokens--
 	return true
 }
 
@@ -234,12 +285,7 @@ func (b *bucket) fill(now time.Time, rate, burst float64) float64 {
 // string if it holds no IP. The client API's budget (v4Bits 32) and
 // HandshakeLimit (HandshakeV4Bits) share it.
 func SourcePrefix(addr net.Addr, v4Bits int) string {
-	var ip net.IP
-	if a, ok := addr.(*net.TCPAddr); ok {
-		ip = a.IP
-	} else if host, _, err := net.SplitHostPort(addr.String()); err == nil {
-		ip = net.ParseIP(host)
-	}
+	ip := remoteIP(addr)
 	if ip == nil {
 		return addr.String()
 	}
@@ -250,4 +296,15 @@ func SourcePrefix(addr net.Addr, v4Bits int) string {
 		return v4.Mask(net.CIDRMask(v4Bits, 32)).String() + "/" + strconv.Itoa(v4Bits)
 	}
 	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// remoteIP returns addr's IP, or nil if it holds none.
+func remoteIP(addr net.Addr) net.IP {
+	if a, ok := addr.(*net.TCPAddr); ok {
+		return a.IP
+	}
+	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+		return net.ParseIP(host)
+	}
+	return nil
 }

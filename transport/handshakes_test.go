@@ -108,6 +108,41 @@ func TestHandshakeLimitReserve(t *testing.T) {
 	t.Logf("%d handshakes by the heavy prefixes, %d by light ones, in %d s", heavy, light, seconds)
 }
 
+// Known addresses, on a fake clock: with the total, the reserve and the
+// /24's bucket all spent by others of its /24, a known address still
+// starts its burst (two seconds' worth) and then its rate, counted by
+// itself; its neighbours gain nothing from it. Fails without Known (the
+// node's handshakes are refused with its /24's).
+func TestHandshakeLimitKnownSources(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := newHandshakeLimit(2, 6, func() time.Time { return now }) // bursts 4 and 6, reserve 1
+	node := net.ParseIP("10.1.2.7")
+	h.Known = func(ip net.IP) bool { return ip.Equal(node) }
+	addr := func(s string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(s), Port: 40000} }
+	allowed := func(n int, a string) int {
+		ok := 0
+		for range n {
+			if h.Allow(addr(a)) {
+				ok++
+			}
+		}
+		return ok
+	}
+	if got := allowed(10, "10.1.2.8") + allowed(10, "10.9.9.9") + allowed(10, "10.8.8.8"); got != 4+2+1 {
+		t.Fatalf("others started %d handshakes, want 7 (the total's 6 and the reserve's 1)", got)
+	}
+	if got := allowed(10, "10.1.2.7"); got != 4 {
+		t.Fatalf("a known address of the spent /24 started %d handshakes, want its burst of 4", got)
+	}
+	now = now.Add(time.Second)
+	if got := allowed(10, "10.1.2.7"); got != 2 {
+		t.Fatalf("a second later the known address started %d, want its rate of 2", got)
+	}
+	if got := allowed(10, "10.1.2.8"); got != 2 {
+		t.Fatalf("a second later its /24 started %d, want its own rate of 2", got)
+	}
+}
+
 // Sources are forgotten once their buckets are full again, so a flood
 // from many prefixes leaves at most what the port admitted lately.
 func TestHandshakeLimitForgetsSources(t *testing.T) {

@@ -310,3 +310,29 @@ func TestMuxLightSourceConnectsDuringAFlood(t *testing.T) {
 	}
 	t.Logf("flood: %d ClientHellos, %v", stop(), refusalCounts(t, m))
 }
+
+// A node port's known addresses (HandshakeLimit.Known: the cluster's
+// nodes) connect however often during a flood of replayed ClientHellos
+// that holds the total: ten dials in a row from 127.0.0.1, more than a
+// light prefix gets from the reserve, all connect. Fails without Known.
+func TestMuxKnownSourcesConnectDuringAFlood(t *testing.T) {
+	noLeaks(t)
+	key := clusterKey(t)
+	srvTLS, cliTLS := keyTLS(t, key, "n1")
+	limit := transport.NewHandshakeLimit(20, 20)
+	limit.Known = func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) }
+	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"}, Handshakes: limit})
+	stop := flood(t, m.Addr().String(), 4, clientHello(t, cliTLS), true, func() uint64 {
+		return refusalCounts(t, m)["handshake_rate"]
+	})
+	d := &transport.Dialer{TLS: cliTLS}
+	for i := range 10 {
+		c, err := d.Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
+		if err != nil {
+			sent := stop()
+			t.Fatalf("dial %d of 10 from a known address failed during a flood of %d ClientHellos: %v", i+1, sent, err)
+		}
+		c.Close()
+	}
+	t.Logf("flood: %d ClientHellos, %v", stop(), refusalCounts(t, m))
+}
