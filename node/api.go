@@ -62,6 +62,9 @@ func (n *Node) startAPI() error {
 		// crypto, and the connection limits bound it.
 		conns.handshakes = transport.NewHandshakeLimit(lim.MaxHandshakeRatePerSource, lim.MaxHandshakeRate)
 	}
+	// A ClientHello draws from the handshake limit, not a first byte
+	// (transport.HandshakeLimit.Guard).
+	apiTLS := conns.handshakes.Guard(n.apiTLS, conns.refusedHello)
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
@@ -70,7 +73,7 @@ func (n *Node) startAPI() error {
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
-		TLSConfig:         n.apiTLS,
+		TLSConfig:         apiTLS,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
 		ErrorLog:          httpErrorLog(n.log, "node.api"),

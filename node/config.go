@@ -391,11 +391,19 @@ type Limits struct {
 	// second's worth; MaxHandshakeRatePerSource bounds those from one
 	// source prefix, an IPv4 /24 or an IPv6 /64
 	// (agent --max-handshake-rate-per-source), with a burst of two
-	// seconds' worth. A connection past either is closed after its first
-	// byte, before the node spends its handshake, counted as the
-	// refusal handshake_rate and logged once per 10 s; plain
-	// connections are not counted (they cost no crypto). A ClientHello
-	// costs the node an X25519 exchange and an ECDSA signature, about
+	// seconds' worth. A whole ClientHello draws, not a first byte
+	// (transport.HandshakeLimit.Guard): one past either limit fails its
+	// handshake there, before the node does any crypto for it, counted
+	// as the refusal handshake_rate and logged once per 10 s;
+	// connections that send no whole ClientHello, and plain ones, are not
+	// counted (they cost no crypto). With the total spent, a source prefix
+	// that has started about one a second or fewer lately still gets one
+	// from a reserve of a tenth of MaxHandshakeRate (at least 1), so a
+	// flood from a few /24s cannot lock out every other client (so a
+	// port starts at most 1.1 times MaxHandshakeRate a second); on the
+	// node port the cluster's nodes' addresses draw only on a bucket of
+	// their own, MaxHandshakeRatePerSource each (knownSources). A
+	// ClientHello costs the node an X25519 exchange and an ECDSA signature, about
 	// 0.4 ms of CPU on a 2-core host, and can be replayed at no cost: an
 	// outsider's replay from 249 addresses drove a leader to 1.3 cores
 	// and cut a client's throughput by 85-95%. Each port has its own

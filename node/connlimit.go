@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -195,9 +194,6 @@ type limitedConn struct {
 	// after an answer): a peer that answers back is evicted after those
 	// that never did (atomic: Read and Write are the hot path).
 	answered atomic.Int32
-	// hsPending: the limiter bounds TLS handshakes and this connection
-	// has sent no byte yet (see Read).
-	hsPending atomic.Bool
 	// tokenSeen mirrors authed for readers without the limiter's lock.
 	tokenSeen atomic.Bool
 }
@@ -206,34 +202,12 @@ type limitedConn struct {
 // not yet made a request with it.
 func (c *limitedConn) awaitsToken() bool { return c.l.authBy > 0 && !c.tokenSeen.Load() }
 
-// errHandshakeRate is what Read returns to crypto/tls for a connection
-// closed before its handshake, past the limiter's handshakes.
-var errHandshakeRate = errors.New("closed before the TLS handshake: past the agent's --max-handshake-rate or --max-handshake-rate-per-source")
-
-// tlsRecord reports whether b, a connection's first byte, is a TLS
-// record's content type (change_cipher_spec 20, alert 21, handshake 22,
-// application_data 23, heartbeat 24).
-func tlsRecord(b byte) bool { return b >= 20 && b <= 24 }
-
 // Read notes the peer's answer to what this side wrote (see answered).
-// On a TLS API whose handshakes are bounded, the connection's first bytes,
-// if they start a TLS record, must be allowed by the limiter's
-// HandshakeLimit; else it is closed before crypto/tls reads them, so a
-// replayed ClientHello costs the node no X25519 exchange and no
-// signature. Any record counts, not only a handshake one: crypto/tls
-// drops a warning alert sent first and reads the ClientHello after it
-// (stop 31's outsider re-probe passed the bound so, from one address).
-// Bytes that are not a TLS record fail crypto/tls's first check at no
-// cost, and are not counted.
+// (A TLS API's handshakes are bounded at the ClientHello, by the
+// HandshakeLimit's Guard of the server's TLS configuration: see
+// refusedHello.)
 func (c *limitedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 && c.hsPending.Load() {
-		c.hsPending.Store(false)
-		if tlsRecord(b[0]) && !c.l.handshakes.Allow(c.RemoteAddr()) {
-			c.l.refuseHandshake(c)
-			return 0, errHandshakeRate
-		}
-	}
 	if n > 0 && c.answered.Load() == 1 {
 		c.answered.Store(2)
 	}
@@ -531,8 +505,18 @@ func (l *connLimiter) warnPerSource(c *limitedConn, share int, replaced bool) {
 	l.log.Warn(what+fmt.Sprintf(": the source (IPv4 /24, IPv6 /64) holds %d connections, the most one may have (a quarter of the agent's --max-conns %d; raise --max-conns if the clients are yours)", share, l.max), args...)
 }
 
+// refusedHello is the refused hook of the API's HandshakeLimit.Guard:
+// conn, whose ClientHello the limit did not allow, is the connection
+// crypto/tls was given, the limiter's own.
+func (l *connLimiter) refusedHello(conn net.Conn) {
+	if c, ok := conn.(*limitedConn); ok {
+		l.refuseHandshake(c)
+	}
+}
+
 // refuseHandshake closes c, whose TLS handshake the limiter's
-// HandshakeLimit did not allow, counts it and logs it once per 10 s.
+// HandshakeLimit did not allow at its ClientHello, before the node did any
+// crypto for it, counts it and logs it once per 10 s.
 func (l *connLimiter) refuseHandshake(c *limitedConn) {
 	l.mu.Lock()
 	c.closedBy = true // not a failed handshake of its own (failedTLS)
@@ -544,7 +528,7 @@ func (l *connLimiter) refuseHandshake(c *limitedConn) {
 		if skipped > 0 {
 			args = append(args, loglimit.Skipped, skipped)
 		}
-		l.log.Warn(fmt.Sprintf("refused a client API connection before its TLS handshake: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise the agent's --max-handshake-rate-per-source or --max-handshake-rate if the clients are yours)",
+		l.log.Warn(fmt.Sprintf("refused a client API connection at its TLS ClientHello: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise the agent's --max-handshake-rate-per-source or --max-handshake-rate if the clients are yours)",
 			l.handshakes.PerSource(), transport.HandshakeV4Bits, l.handshakes.Total()), args...)
 	}
 }
@@ -584,7 +568,6 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 		l.unauthed++
 	}
 	c.admitted = time.Now()
-	c.hsPending.Store(l.handshakes != nil)
 	c.idleSince = c.admitted
 	c.firstBy = c.idleSince.Add(l.first)
 	c.Conn.SetReadDeadline(c.readDeadlineLocked())

@@ -325,8 +325,10 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
+	handshakes := transport.NewHandshakeLimit(cfg.Limits.MaxHandshakeRatePerSource, cfg.Limits.MaxHandshakeRate)
+	handshakes.Known = (&knownSources{n: n}).has // the cluster's nodes: never starved by outsiders
 	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log,
-		Handshakes: transport.NewHandshakeLimit(cfg.Limits.MaxHandshakeRatePerSource, cfg.Limits.MaxHandshakeRate)})
+		Handshakes: handshakes})
 	raftLn := raftConnListener{n.mux.Listen(transport.ProtoRaft), n.raftConnClosed}
 	rpcLn := n.mux.Listen(transport.ProtoRPC)
 

@@ -48,10 +48,11 @@ type MuxConfig struct {
 	// the hello. Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// Handshakes, with TLS, bounds how fast the Mux starts TLS
-	// handshakes: a connection whose handshake it does not allow is
-	// closed after its first byte, before crypto/tls reads its
-	// ClientHello, counted as handshake_rate and logged once per 10 s.
-	// Nil starts every one.
+	// handshakes (HandshakeLimit.Guard): a connection whose ClientHello
+	// it does not allow fails its handshake there, before the node does
+	// any crypto for it, and is counted as handshake_rate and logged once
+	// per 10 s. A connection that never sends a whole ClientHello draws
+	// nothing. Nil starts every one.
 	Handshakes *HandshakeLimit
 }
 
@@ -120,7 +121,7 @@ func NewMux(ln net.Listener, cfg MuxConfig) *Mux {
 	}
 	tlsCfg := cfg.TLS
 	if tlsCfg != nil {
-		tlsCfg = withNodeRole(tlsCfg)
+		tlsCfg = cfg.Handshakes.Guard(withNodeRole(tlsCfg), nil)
 	}
 	return &Mux{
 		ln:               ln,
@@ -320,19 +321,16 @@ func (m *Mux) handle(raw net.Conn) {
 			m.forget(raw)
 			return
 		}
-		if !m.handshakes.Allow(raw.RemoteAddr()) {
-			// Closed before the server spends its handshake (an X25519
-			// exchange and a signature): a replayed ClientHello costs the
-			// sender nothing.
-			m.refusals[refusedHandshakeRate].Add(1)
-			m.warn(log, fmt.Sprintf("refused a node-port connection before its TLS handshake: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise agent --max-handshake-rate-per-source or --max-handshake-rate if these are nodes)",
-				m.handshakes.PerSource(), HandshakeV4Bits, m.handshakes.Total()))
-			m.forget(raw)
-			return
-		}
 		tc := tls.Server(&replayConn{Conn: raw, first: first[0], pending: true}, m.tls)
 		if err := tc.Handshake(); err != nil {
-			if !m.gone(raw) {
+			if errors.Is(err, ErrHandshakeRate) {
+				// Refused at its ClientHello (m.tls is Guarded), before
+				// the node spent an X25519 exchange and a signature: a
+				// replayed ClientHello costs the sender nothing.
+				m.refusals[refusedHandshakeRate].Add(1)
+				m.warn(log, fmt.Sprintf("refused a node-port connection at its TLS ClientHello: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise agent --max-handshake-rate-per-source or --max-handshake-rate if these are nodes)",
+					m.handshakes.PerSource(), HandshakeV4Bits, m.handshakes.Total()))
+			} else if !m.gone(raw) {
 				m.refusals[refusedTLSHandshake].Add(1)
 				m.warn(log, "refused a node-port connection: TLS handshake failed (the error says why): a node needs a certificate with the node role from this cluster's CA: the one --tls-ca names, or, with a cluster key and no TLS files, the one the key derives", "error", err)
 			}

@@ -76,9 +76,9 @@ type muxRefusals [numMuxRefusals]atomic.Uint64
 //   - max_pending: closed to make room past MaxPending, whatever its
 //     handshake was doing then (counted as this only, never also as
 //     tls_handshake or another reason);
-//   - handshake_rate: closed after its first byte, before its TLS
-//     handshake, past MuxConfig.Handshakes (agent --max-handshake-rate
-//     and --max-handshake-rate-per-source).
+//   - handshake_rate: refused at its TLS ClientHello, before the node
+//     does any crypto for it, past MuxConfig.Handshakes (agent
+//     --max-handshake-rate and --max-handshake-rate-per-source).
 //
 // Connections that hang up before saying anything, and those closed by
 // Close, are not refusals.
