@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,7 +183,7 @@ func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	})
 	l := c.Node(0)
 	addr := l.APIAddr()
-	stop := oneByteFlood(t, addr, 4, func() uint64 {
+	stop := transporttest.OneByteFlood(t, addr, 4, func() uint64 {
 		return refusals(t, l, node.PortAPI, "tls_handshake") + refusals(t, l, node.PortAPI, "handshake_rate")
 	})
 	const dials = 10
@@ -207,96 +205,6 @@ func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	}
 }
 
-// oneByteFlood opens connections to addr from 127.0.10+g.x for g below
-// prefixes, each sending one TLS handshake-record byte and resetting, in
-// a goroutine per prefix, until stop is called (or the test ends); stop
-// returns how many were sent. It first waits until seen (the server's
-// count of those connections closed) has reached 100, so the flood has
-// begun to tell.
-func oneByteFlood(t *testing.T, addr string, prefixes int, seen func() uint64) (stop func() uint64) {
-	return flood(t, addr, prefixes, []byte{22}, false, seen)
-}
-
-// flood opens connections to addr from 127.0.10+g.x for g below
-// prefixes, two goroutines a prefix, each writing payload, reading the
-// first byte of the answer if await, and resetting, until stop is called
-// (or the test ends); stop returns how many were sent. It first waits
-// until seen has reached 100.
-func flood(t *testing.T, addr string, prefixes int, payload []byte, await bool, seen func() uint64) (stop func() uint64) {
-	t.Helper()
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	var sent atomic.Uint64
-	for w := range 2 * prefixes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := w % prefixes
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				d := &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(10+g), byte(1+(w/prefixes)*125+i%125))}}
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					continue
-				}
-				if _, err := c.Write(payload); err == nil {
-					sent.Add(1)
-				}
-				if await {
-					_ = c.SetReadDeadline(time.Now().Add(time.Second))
-					var b [1]byte
-					_, _ = c.Read(b[:])
-				}
-				if tc, ok := c.(*net.TCPConn); ok {
-					_ = tc.SetLinger(0) // a reset
-				}
-				c.Close()
-			}
-		}()
-	}
-	var once sync.Once
-	stop = func() uint64 {
-		once.Do(func() {
-			close(done)
-			wg.Wait()
-		})
-		return sent.Load()
-	}
-	t.Cleanup(func() { stop() })
-	for deadline := time.Now().Add(10 * time.Second); seen() < 100; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("the node saw %d of %d flood connections in 10 s", seen(), sent.Load())
-		}
-	}
-	return stop
-}
-
-// clientHello returns the first flight, a ClientHello record, that a TLS
-// client with cfg sends: an outsider's replay needs no crypto.
-func clientHello(t *testing.T, cfg *tls.Config) []byte {
-	t.Helper()
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	go func() {
-		_ = tls.Client(cli, cfg).Handshake() // fails once srv closes
-		cli.Close()
-	}()
-	var hdr [5]byte
-	if _, err := io.ReadFull(srv, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	if _, err := io.ReadFull(srv, body); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr[:], body...)
-}
-
 // While four /24s replay whole ClientHellos, far more than a TLS client
 // API's total (20 a second) and all of it, a client from another /24
 // that has started no handshake lately finishes its handshake, twice:
@@ -315,7 +223,7 @@ func TestAPILightSourceConnectsDuringAFlood(t *testing.T) {
 	addr := l.APIAddr()
 	helloCfg := tlsCfg.Clone()
 	helloCfg.ServerName = "127.0.0.1"
-	stop := flood(t, addr, 4, clientHello(t, helloCfg), true, func() uint64 {
+	stop := transporttest.Flood(t, addr, 4, transporttest.ClientHello(t, helloCfg), true, func() uint64 {
 		return refusals(t, l, node.PortAPI, "handshake_rate")
 	})
 	for i := range 2 {
@@ -347,7 +255,7 @@ func TestNodePortKnownSourcesDuringAFlood(t *testing.T) {
 	addr := l.RaftAddr()
 	cliCfg := ca.ClientConfig(t, "n9")
 	cliCfg.ServerName = "127.0.0.1"
-	stop := flood(t, addr, 4, clientHello(t, cliCfg), true, func() uint64 {
+	stop := transporttest.Flood(t, addr, 4, transporttest.ClientHello(t, cliCfg), true, func() uint64 {
 		return refusals(t, l, transport.PortNode, "handshake_rate")
 	})
 	for i := range 10 {

@@ -8,12 +8,11 @@ import (
 	"io"
 	"maps"
 	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/transporttest"
 )
 
 // Every kind of node-port refusal moves its own counter, and only that
@@ -171,7 +170,7 @@ func TestMuxOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	srvTLS, cliTLS := keyTLS(t, key, "n1")
 	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"},
 		Handshakes: transport.NewHandshakeLimit(20, 20)})
-	stop := oneByteFlood(t, m.Addr().String(), 4, func() uint64 {
+	stop := transporttest.OneByteFlood(t, m.Addr().String(), 4, func() uint64 {
 		got := refusalCounts(t, m)
 		return got["handshake_rate"] + got["tls_handshake"]
 	})
@@ -194,96 +193,6 @@ func TestMuxOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	}
 }
 
-// oneByteFlood opens connections to addr from 127.0.10+g.x for g below
-// prefixes, each sending one TLS handshake-record byte and resetting, in
-// a goroutine per prefix, until stop is called (or the test ends); stop
-// returns how many were sent. It first waits until seen (the server's
-// count of those connections closed) has reached 100, so the flood has
-// begun to tell.
-func oneByteFlood(t *testing.T, addr string, prefixes int, seen func() uint64) (stop func() uint64) {
-	return flood(t, addr, prefixes, []byte{22}, false, seen)
-}
-
-// flood opens connections to addr from 127.0.10+g.x for g below
-// prefixes, two goroutines a prefix, each writing payload, reading the
-// first byte of the answer if await (or until the server closes), and
-// resetting, until stop is called (or the test ends); stop returns how
-// many were sent. It first waits until seen has reached 100.
-func flood(t *testing.T, addr string, prefixes int, payload []byte, await bool, seen func() uint64) (stop func() uint64) {
-	t.Helper()
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	var sent atomic.Uint64
-	for w := range 2 * prefixes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := w % prefixes
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				d := &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(10+g), byte(1+(w/prefixes)*125+i%125))}}
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					continue
-				}
-				if _, err := c.Write(payload); err == nil {
-					sent.Add(1)
-				}
-				if await {
-					_ = c.SetReadDeadline(time.Now().Add(time.Second))
-					var b [1]byte
-					_, _ = c.Read(b[:])
-				}
-				if tc, ok := c.(*net.TCPConn); ok {
-					_ = tc.SetLinger(0) // a reset
-				}
-				c.Close()
-			}
-		}()
-	}
-	var once sync.Once
-	stop = func() uint64 {
-		once.Do(func() {
-			close(done)
-			wg.Wait()
-		})
-		return sent.Load()
-	}
-	t.Cleanup(func() { stop() })
-	for deadline := time.Now().Add(10 * time.Second); seen() < 100; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("the server saw %d of %d flood connections in 10 s", seen(), sent.Load())
-		}
-	}
-	return stop
-}
-
-// clientHello returns the first flight, a ClientHello record, that a TLS
-// client with cfg sends: an outsider's replay needs no crypto.
-func clientHello(t *testing.T, cfg *tls.Config) []byte {
-	t.Helper()
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	go func() {
-		_ = tls.Client(cli, cfg).Handshake() // fails once srv closes
-		cli.Close()
-	}()
-	var hdr [5]byte
-	if _, err := io.ReadFull(srv, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	if _, err := io.ReadFull(srv, body); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr[:], body...)
-}
-
 // While four /24s replay whole ClientHellos, far more than a node port's
 // total (20 a second) and all of it, a node dialing from another /24 that
 // has started no handshake lately connects, twice: the reserve serves
@@ -296,7 +205,7 @@ func TestMuxLightSourceConnectsDuringAFlood(t *testing.T) {
 	srvTLS, cliTLS := keyTLS(t, key, "n1")
 	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"},
 		Handshakes: transport.NewHandshakeLimit(20, 20)})
-	stop := flood(t, m.Addr().String(), 4, clientHello(t, cliTLS), true, func() uint64 {
+	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
 	d := &transport.Dialer{TLS: cliTLS}
@@ -322,7 +231,7 @@ func TestMuxKnownSourcesConnectDuringAFlood(t *testing.T) {
 	limit := transport.NewHandshakeLimit(20, 20)
 	limit.Known = func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) }
 	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"}, Handshakes: limit})
-	stop := flood(t, m.Addr().String(), 4, clientHello(t, cliTLS), true, func() uint64 {
+	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
 	d := &transport.Dialer{TLS: cliTLS}
