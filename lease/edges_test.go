@@ -560,18 +560,7 @@ func TestExtendFitsTheNodesLimit(t *testing.T) {
 	ls := acquireN(t, cl, "many", 25)
 	// Every lease extended twice over: its validity reaches two TTLs past
 	// the last grant.
-	mark := time.Now().Add(2 * time.Second)
-	nodetest.Eventually(t, 15*time.Second, func() error {
-		for i, l := range ls {
-			if !l.IsHealthy() {
-				return fmt.Errorf("lease %d lost: %v", i, l.Err())
-			}
-			if l.ValidUntil().Before(mark) {
-				return fmt.Errorf("lease %d valid until %v, not yet past %v", i, l.ValidUntil(), mark)
-			}
-		}
-		return nil
-	})
+	extendedPast(t, ls, time.Now().Add(2*time.Second), 15*time.Second)
 	for _, l := range ls {
 		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
 			t.Fatal(err)
@@ -1023,8 +1012,20 @@ func TestExtendCountsTheKeysOfSets(t *testing.T) {
 		t.Fatalf("a named extend of 5 sets of 40 keys with a limit of %d: %v; want a refusal naming --max-extend-items", max, err)
 	}
 	// The Client keeps them all, naming them in chunks.
-	mark := time.Now().Add(2 * sumTTL)
-	nodetest.Eventually(t, 20*time.Second, func() error {
+	extendedPast(t, ls, time.Now().Add(2*sumTTL), 20*time.Second)
+	t.Logf("extends by sum %d (answered no), named %d", b.sums.Load(), b.named.Load())
+	for _, l := range ls {
+		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// extendedPast waits up to within for every lease of ls to be healthy and
+// valid past mark (extended since), and fails t if one is lost first.
+func extendedPast(t *testing.T, ls []*lease.Lease, mark time.Time, within time.Duration) {
+	t.Helper()
+	nodetest.Eventually(t, within, func() error {
 		for i, l := range ls {
 			if !l.IsHealthy() {
 				return fmt.Errorf("lease %d lost: %v", i, l.Err())
@@ -1035,10 +1036,4 @@ func TestExtendCountsTheKeysOfSets(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("extends by sum %d (answered no), named %d", b.sums.Load(), b.named.Load())
-	for _, l := range ls {
-		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
