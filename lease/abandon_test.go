@@ -181,7 +181,7 @@ func TestAcquireTimeoutInLockDelay(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	_, n := c.Follower()
 	vanishing := &cutBackend{Backend: n}
-	a, err := lease.New(vanishing, lease.WithTTL(500*time.Millisecond))
+	a, err := lease.New(vanishing, lease.WithTTL(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func TestGiveUpLeadsWithANodesAnswer(t *testing.T) {
 // does not wait keeps the old rule: its time counts.
 func TestLongWaitCutShortIsRetried(t *testing.T) {
 	p := RetryPolicy{Timeout: 100 * time.Millisecond, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
-	cut := nodeAnswer{"no leader: the leader changed while the request waited"}
+	cut := lostLead{}
 	for _, waits := range []bool{true, false} {
 		tries := 0
 		err := p.do(context.Background(), true, waits, func(ctx context.Context) error {
@@ -68,6 +68,32 @@ func TestLongWaitCutShortIsRetried(t *testing.T) {
 		case !waits && (err == nil || tries != 1):
 			t.Errorf("an attempt that failed for 3 retry timeouts: %d tries, %v; want a give-up", tries, err)
 		}
+	}
+}
+
+// lostLead is what a leader that stepped down answers the waits it held
+// (node's lostLeadErr).
+type lostLead struct{}
+
+func (lostLead) Error() string {
+	return "not the leader: this node stopped leading while it served the request"
+}
+func (lostLead) Reason() pb.Reason { return pb.Reason_REASON_NOT_LEADER }
+
+// A wait answered "no leader" after however long is no wait cut short:
+// the node held it while it waited for a leader (new-user review s32:
+// Acquire of a free key with no quorum never gave up, as every attempt
+// took the node's ~3 s wait for a leader).
+func TestNoLeaderAnswersAddUp(t *testing.T) {
+	p := RetryPolicy{Timeout: 100 * time.Millisecond, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	tries := 0
+	err := p.do(context.Background(), true, true, func(ctx context.Context) error {
+		tries++
+		<-time.After(p.Timeout / 2) // held by the node for a leader
+		return nodeAnswer{"no leader: node n0 is Candidate in term 3"}
+	})
+	if !errors.Is(err, ErrNoLeader) || tries > 4 {
+		t.Fatalf("%d tries of no-leader answers, %v; want a give-up after about the retry timeout", tries, err)
 	}
 }
 

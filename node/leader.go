@@ -265,7 +265,7 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 // leaderLoop calls it.
 func (n *Node) revoke(ls *leaderState) {
 	n.lead.CompareAndSwap(ls, nil)
-	err := n.notLeaderErr()
+	err := n.lostLeadErr()
 	if n.ctx.Err() != nil {
 		err = ErrClosed
 	}
@@ -460,7 +460,7 @@ func (n *Node) outcome(f raft.ApplyFuture) (*fsm.Response, error) {
 	switch {
 	case err == nil:
 	case neverAppended(err):
-		return nil, n.notLeaderErr()
+		return nil, n.lostLeadErr()
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, ErrClosed)
 	default: // ErrLeadershipLost and the like: it may still commit.
@@ -473,7 +473,7 @@ func (n *Node) outcome(f raft.ApplyFuture) (*fsm.Response, error) {
 	if len(resp.Results) == 1 && resp.Results[0].Code == fsm.WrongEpoch {
 		// Stamped by an epoch that a newer leader ended: certainly not
 		// applied, and we are not the leader any more.
-		return nil, n.notLeaderErr()
+		return nil, n.lostLeadErr()
 	}
 	if len(resp.Results) == 1 && resp.Results[0].Code == fsm.Fatal {
 		// This replica stopped applying at an entry it cannot read; newer
@@ -568,6 +568,21 @@ func (n *Node) notLeaderErr() error {
 		return n.noLeaderErr()
 	}
 	return &LeaderError{Err: ErrNotLeader, LeaderID: id, LeaderAddr: api}
+}
+
+// lostLeadErr is ErrNotLeader from a node that was the leader while it
+// served the request and is not now, naming the new leader if it knows
+// one. Never ErrNoLeader, even before a new leader is known: a client
+// tells "the leader changed while my wait was queued" (start the count
+// of failures afresh; lease.RetryPolicy) from "no leader for as long as a
+// node waits for one" (go on counting), or a waiting acquire gave up at
+// the first leader change after a long wait.
+func (n *Node) lostLeadErr() error {
+	id, api, _ := n.leaderHint()
+	if id == n.cfg.ID {
+		id, api = "", ""
+	}
+	return &LeaderError{Err: ErrNotLeader, LeaderID: id, LeaderAddr: api, Detail: "this node stopped leading while it served the request"}
 }
 
 // noLeaderErr is ErrNoLeader saying what this node sees, so that a user
