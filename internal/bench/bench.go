@@ -503,7 +503,15 @@ func keepalive(ctx context.Context, cfg *Config) ([]Result, error) {
 				key := fmt.Sprintf("%sk/%d/%d", cfg.Prefix, h, i)
 				actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				t0 := time.Now()
-				resp, err := api.Acquire(actx, &pb.AcquireRequest{Key: key, Holder: hs.name, RequestId: uint64(i + 1), Ttl: ttl})
+				req := &pb.AcquireRequest{Key: key, Holder: hs.name, RequestId: uint64(i + 1), Ttl: ttl}
+				var resp *pb.AcquireResponse
+				// Sent again with its id through a leader change (the
+				// same grant, or none): a busy host's election is no
+				// reason to fail the benchmark.
+				err := lease.DefaultRetryPolicy().Do(actx, true, func(ctx context.Context) (err error) {
+					resp, err = api.Acquire(ctx, req)
+					return err
+				})
 				cancel()
 				if err != nil {
 					return fmt.Errorf("keepalive setup: acquire %s: %w", key, err)
