@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/pb/pbconnect"
@@ -503,6 +504,11 @@ func (s *apiServer) Acquire(ctx context.Context, r *connect.Request[pb.AcquireRe
 	if src := peerSource(r.Peer().Addr); src != "" {
 		ctx = context.WithValue(ctx, waiterSourceKey{}, src) // its waits count by source (waiterSlot)
 	}
+	if n := len(r.Msg.GetItems()); n > 0 { // a set: its other keys too (one over fsm.MaxSetKeys is refused)
+		if err := s.n.payKeys(ctx, addrSource(r.Peer().Addr), min(1+n, fsm.MaxSetKeys)); err != nil {
+			return nil, connectError(err)
+		}
+	}
 	return unary(ctx, r, s.n.Acquire)
 }
 
@@ -514,6 +520,12 @@ func (s *apiServer) Extend(ctx context.Context, r *connect.Request[pb.ExtendRequ
 }
 
 func (s *apiServer) Release(ctx context.Context, r *connect.Request[pb.ReleaseRequest]) (*connect.Response[pb.ReleaseResponse], error) {
+	// A set's release frees every member: its other keys pay too.
+	if keys := s.n.fsm.ExtendKeys(r.Msg.GetHolder(), []fsm.ExtendItem{{Key: r.Msg.GetKey(), Token: r.Msg.GetToken()}}); keys > 1 {
+		if err := s.n.payKeys(ctx, addrSource(r.Peer().Addr), keys); err != nil {
+			return nil, connectError(err)
+		}
+	}
 	return unary(ctx, r, s.n.Release)
 }
 

@@ -156,31 +156,51 @@ func addrSource(hostport string) string {
 	return hostport
 }
 
-// apiUnitsPerKey is what an extend pays for each key it renews, beyond
-// the request itself: the FSM renews every member of a set on every
-// replica, so an extend's work grows with its keys, not its bytes (one
-// 24-byte extend by sum renewed 128,000 keys: outsider review s32).
+// apiUnitsPerKey is what a request pays for each key it changes beyond
+// its first ten, which the request paid as it was read: the FSM renews,
+// grants or frees every member of a set on every replica, so the work
+// grows with the keys, not the bytes (one 24-byte extend by sum renewed
+// 128,000 keys; a 64-key set's acquire and release were one request
+// each: outsider review s32).
 const apiUnitsPerKey = 1
 
-// payExtend waits for the turn of source (its share of the API budget)
-// for the keys req would renew (fsm.ExtendKeys, from this node's state)
-// beyond its first apiUnitsPerRequest, which the request paid as it was
-// read. Without an API budget it does nothing.
+// payExtend pays source's turns of the API budget for the keys req would
+// renew (fsm.ExtendKeys, from this node's state). An extend over
+// --max-extend-items pays nothing more: it is refused, or answered no,
+// before any work (a charge for all its keys put the whole budget in
+// debt, and stalled every client for seconds a request: outsider
+// re-probe s32).
 func (n *Node) payExtend(ctx context.Context, source string, req *pb.ExtendRequest) error {
-	b := n.apiWork
-	if b == nil {
+	if n.apiWork == nil || len(req.GetItems()) > n.cfg.Limits.MaxExtendItems {
 		return nil
 	}
 	var items []fsm.ExtendItem
 	if req.GetAll() == nil {
 		items = extendCmd(req).Items
 	}
-	extra := int64(n.fsm.ExtendKeys(req.GetHolder(), items))*apiUnitsPerKey - apiUnitsPerRequest
-	if extra <= 0 {
+	keys := n.fsm.ExtendKeys(req.GetHolder(), items)
+	if keys > n.cfg.Limits.MaxExtendItems {
 		return nil
 	}
-	if _, ok := b.wait(source, extra, ctx.Done()); !ok {
-		return context.Cause(ctx)
+	return n.payKeys(ctx, source, keys)
+}
+
+// payKeys waits for source's turns of the API budget for keys keys
+// (apiUnitsPerKey each beyond the request's own units), in pieces of at
+// most the budget's burst, each at source's own turn: a large charge is
+// that source's debt, never the other sources' wait. Without an API
+// budget it does nothing.
+func (n *Node) payKeys(ctx context.Context, source string, keys int) error {
+	b := n.apiWork
+	if b == nil {
+		return nil
+	}
+	for extra := int64(keys)*apiUnitsPerKey - apiUnitsPerRequest; extra > 0; {
+		piece := min(extra, b.burst)
+		if _, ok := b.wait(source, piece, ctx.Done()); !ok {
+			return context.Cause(ctx)
+		}
+		extra -= piece
 	}
 	return nil
 }

@@ -2,11 +2,13 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -281,6 +283,12 @@ func TestFramesWithoutTheTokenShareOneSource(t *testing.T) {
 	if got := sources(); !slices.Equal(got, []string{unauthSource}) {
 		t.Fatalf("three connections without the token drew on %q, want the one share %q", got, unauthSource)
 	}
+	b.mu.Lock()
+	spent := b.burst - b.tokens
+	b.mu.Unlock()
+	if want := int64(3 * unauthWeight); spent != want {
+		t.Fatalf("three PINGs without the token took %d units, want %d (weighted %d)", spent, want, unauthWeight)
+	}
 	lcs[0].authenticated()
 	if _, err := io.ReadFull(fb.wrap(lcs[0]), make([]byte, 17)); err != nil {
 		t.Fatal(err)
@@ -305,4 +313,39 @@ func TestSourceKey(t *testing.T) {
 			t.Errorf("sourceKey(%s) = %q, want %q", tc.addr, got, tc.want)
 		}
 	}
+}
+
+// A charge larger than the budget's burst (an extend of thousands of
+// keys) is paid in pieces at its source's own turns: another source's
+// request waits for a piece or two, not for the whole charge (outsider
+// re-probe s32, high: one 150,000-unit charge put the shared budget
+// 140,000 units in debt, and every client of the node waited 1.4 s).
+func TestLargeChargesAreTheirSourcesDebt(t *testing.T) {
+	b, clk := testBudget(t) // 1,000 units a second, a burst of 100, spent
+	n := &Node{apiWork: b}
+	done := make(chan error, 1)
+	go func() { done <- n.payKeys(context.Background(), "big", 10_000) }()
+	waitFor(t, 10*time.Second, func() error {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if len(b.ready) == 0 {
+			return errors.New("the large charge is not queued")
+		}
+		return nil
+	})
+	small := b.ask("small", apiUnitsPerRequest)
+	if small == nil {
+		t.Fatal("a spent budget granted at once")
+	}
+	for ms := 0; ms < 1000; ms++ {
+		select {
+		case <-small.granted:
+			t.Logf("the small request's turn came after %d ms of a 9,990-unit charge (%d ms at the rate)", ms, 9990)
+			return
+		default:
+		}
+		clk.advance(time.Millisecond)
+		runtime.Gosched() // let the payer ask for its next piece
+	}
+	t.Fatal("a request of another source waited more than a second behind a large charge")
 }

@@ -171,8 +171,16 @@ func (b *frameBudget) wrap(c net.Conn) *frameConn {
 // outsider's frames (PINGs, SETTINGS; they need no token) from 64
 // addresses took 64 of 65 shares and cut a client with the token from
 // ~600 to 33-49 operations a second (outsider review s32). No address
-// makes this key.
+// makes this key. Their frames also cost unauthWeight times as much:
+// with one share alone they still took half the budget beside one client
+// with the token, cutting it from ~1,000 to ~100 operations a second
+// (outsider re-probe s32).
 const unauthSource = "(connections without the auth token)"
+
+// unauthWeight multiplies the units of a frame read before its
+// connection made a request with the auth token (a client's first
+// request pays it once).
+const unauthWeight = 8
 
 // frameCursor follows the frame boundaries of an HTTP/2 byte stream
 // (after the preface) fed to it in pieces of any size.
@@ -328,7 +336,7 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	if units > 0 && c.b.api != nil {
 		source := c.source
 		if c.lc != nil && c.lc.awaitsToken() {
-			source = unauthSource
+			source, units = unauthSource, units*unauthWeight
 		}
 		paced, ok := c.b.api.wait(source, units, c.closing)
 		if !ok {
