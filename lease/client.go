@@ -482,7 +482,10 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	// its shape while an older node is a server, say) after an attempt
 	// that may have been applied is no answer about that attempt: a grant
 	// of it would stand for its TTL while the caller heard "invalid".
-	refused := ctx.Err() == nil && maybe && reasonOf(err) == pb.Reason_REASON_INVALID
+	// The same for a node's limit (--max-waiters, a source's share of
+	// them, a key's queue): final for the client, no answer about the
+	// attempt before it (review s32b).
+	refused := ctx.Err() == nil && maybe && (reasonOf(err) == pb.Reason_REASON_INVALID || reasonOf(err) == pb.Reason_REASON_RESOURCE_EXHAUSTED)
 	if spent > 0 && (ctx.Err() == nil && !refused || !maybe) {
 		return nil, spentError(key, err)
 	}

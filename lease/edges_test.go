@@ -1037,3 +1037,60 @@ func extendedPast(t *testing.T, ls []*lease.Lease, mark time.Time, within time.D
 		return nil
 	})
 }
+
+// A lease of more keys than --max-extend-items is refused at its acquire,
+// naming the flag: granted, no extend could renew it, and it was lost
+// after one TTL on a healthy cluster (adversarial review s32, round 2).
+func TestSetLargerThanTheExtendLimitIsRefused(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxExtendItems = 16
+	}})
+	_, f := c.Follower()
+	cl, _ := countingClient(t, f)
+	var items []lease.Item
+	for k := range 20 {
+		items = append(items, lease.Item{Key: fmt.Sprintf("big/%02d", k)})
+	}
+	l, err := cl.TryAcquireSet(ctxT(t, 10*time.Second), items)
+	if l != nil || !errors.Is(err, lease.ErrInvalid) || !strings.Contains(err.Error(), "--max-extend-items") {
+		t.Fatalf("a 20-key set with --max-extend-items 16: %v, %v; want a refusal naming the flag", l, err)
+	}
+}
+
+// After an extend refused as too large, a Client's chunk is half the
+// refused chunk's keys, not half its leases: two 64-key sets refused at a
+// limit of 100 keys made it one, and 953 of 1,500 single leases were lost
+// one request each (adversarial review s32, round 2).
+func TestExtendChunkShrinksByKeys(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, Configure: func(i int, cfg *node.Config) {
+		cfg.Limits.MaxExtendItems = 100
+	}})
+	_, f := c.Follower()
+	cl, b := countingClient(t, f)
+	var sets []*lease.Lease
+	for s := range 2 {
+		var items []lease.Item
+		for k := range 64 {
+			items = append(items, lease.Item{Key: fmt.Sprintf("sets/%d/%02d", s, k)})
+		}
+		l, err := cl.AcquireSet(ctxT(t, 10*time.Second), items)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sets = append(sets, l)
+	}
+	// Both sets named in one extend (128 keys) are refused once; each
+	// after alone (64) is not.
+	extendedPast(t, sets, time.Now().Add(2*sumTTL), 20*time.Second)
+	for _, l := range sets {
+		if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls := acquireN(t, cl, "singles", 300)
+	n0 := b.named.Load()
+	extendedPast(t, ls, time.Now().Add(2*sumTTL), 30*time.Second)
+	if named := b.named.Load() - n0; named > 1000 {
+		t.Errorf("%d named extends for 300 single leases over two TTLs: the chunk shrank to a few leases", named)
+	}
+}

@@ -403,6 +403,15 @@ func firstChunk(leases []*held, maxItems int) []*held {
 	return leases
 }
 
+// chunkKeys is the keys leases renew (every key of a multi-key lease).
+func chunkKeys(leases []*held) int {
+	n := 0
+	for _, h := range leases {
+		n += max(len(h.items), 1)
+	}
+	return n
+}
+
 // tooLarge reports whether the cluster refused a request for its size or
 // number of items (a node's --max-extend-items or --max-request-bytes set
 // below what this client sends), and for nothing else: other refusals
@@ -443,7 +452,10 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 			c.lastRTT = time.Since(sent)
 		}
 		if err != nil && len(chunk) > 1 && tooLarge(err) {
-			half := int64(len(chunk) / 2)
+			// extendItems counts keys (firstChunk): half the chunk's
+			// keys, not half its leases (review s32b: two 64-key sets
+			// refused made it 1, for good).
+			half := int64(chunkKeys(chunk) / 2)
 			if c.extendItems.Load() > half {
 				c.extendItems.Store(half)
 				c.log.Warn("the cluster refused an extend as too large; sending fewer leases per request", "leases", len(chunk), "now", half, "err", err)

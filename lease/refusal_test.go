@@ -143,3 +143,26 @@ func TestGivingUpSettlesTheSameWhoeverEndedTheGrant(t *testing.T) {
 		})
 	}
 }
+
+// A node's limit (--max-waiters, a source's share, a key's queue) that
+// refuses the retry of an attempt whose outcome was unknown is settled
+// before it is reported, as a refusal as invalid is: a copy of the
+// attempt may still be granted (adversarial review s32, round 2).
+func TestTooManyWaitersAfterUnknownIsSettled(t *testing.T) {
+	unknown := fmt.Errorf("%w: forwarded to n1: no reply", node.ErrUnknownOutcome)
+	full := fmt.Errorf("%w: node n1 serves 64 waiting acquires from your address's /24", node.ErrTooManyWaiters)
+	b := &scriptedAcquires{acquires: []error{unknown, full}, abandon: pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED}
+	cl, err := lease.New(b, lease.WithBackoff(time.Millisecond, 5*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.Acquire(ctxT(t, 5*time.Second), "k")
+	t.Logf("ids sent %v, abandoned %v: lease %v, err %v", b.ids, b.abandons, l, err)
+	if len(b.abandons) == 0 {
+		t.Fatal("the refusal after an attempt with an unknown outcome was reported without settling it (no Abandon)")
+	}
+	if !errors.Is(err, lease.ErrTooManyWaiters) {
+		t.Errorf("settled as never granted, the refusal is not reported as ErrTooManyWaiters: %v", err)
+	}
+}

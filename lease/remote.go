@@ -217,6 +217,7 @@ func call[Req, Resp any, PResp interface {
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var lastErr error
 	var answer error   // the last refusal a node explained (no leader: why)
+	led := false       // a node answered not leader
 	var setupErr error // the last TLS mismatch or wrong port
 	setupOnly := true  // every address failed on one
 	tried := map[string]bool{}
@@ -267,6 +268,7 @@ func call[Req, Resp any, PResp interface {
 			case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
 				// Refused before anything was applied.
 				lastErr, answer = err, err
+				led = led || d.GetReason() == pb.Reason_REASON_NOT_LEADER
 				r.redirect(addr, d.GetLeaderAddr(), tried)
 				if ctx.Err() != nil {
 					return nil, err
@@ -301,7 +303,7 @@ func call[Req, Resp any, PResp interface {
 		// connection after it.
 		lastErr = answer
 	}
-	return nil, &noLeaderError{err: lastErr}
+	return nil, &noLeaderError{err: lastErr, led: led}
 }
 
 // wrongPort says which port of an agent answered an HTTP request if err
@@ -384,11 +386,22 @@ func (r *Remote) redirect(addr, leader string, tried map[string]bool) {
 
 // noLeaderError reports that no node could serve the request; it carries
 // REASON_NO_LEADER so callers retry.
-type noLeaderError struct{ err error }
+// led says a node of the attempt answered "not leader" (a leader that
+// stepped down, its waiters cut): the reason is then NOT_LEADER, so a
+// waiting acquire does not count its wait there as a run of failures.
+type noLeaderError struct {
+	err error
+	led bool
+}
 
-func (e *noLeaderError) Error() string     { return "no reachable leader: " + e.err.Error() }
-func (e *noLeaderError) Unwrap() error     { return e.err }
-func (e *noLeaderError) Reason() pb.Reason { return pb.Reason_REASON_NO_LEADER }
+func (e *noLeaderError) Error() string { return "no reachable leader: " + e.err.Error() }
+func (e *noLeaderError) Unwrap() error { return e.err }
+func (e *noLeaderError) Reason() pb.Reason {
+	if e.led {
+		return pb.Reason_REASON_NOT_LEADER
+	}
+	return pb.Reason_REASON_NO_LEADER
+}
 
 // Status asks any node (the leader first, if known) to describe itself.
 func (r *Remote) Status(ctx context.Context) (*pb.StatusResponse, error) {
@@ -527,11 +540,20 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 				r.forget(addr)
 			}
 			if got > 0 || serr == nil || ctx.Err() != nil {
-				first <- cmp.Or(serr, ctx.Err(), errWatchEmpty) // dropped once an event came
+				// Never blocks: Watch may have returned at firstEventWait
+				// without reading first, and a first event since then
+				// filled it (review s32b: the channel then never closed).
+				select {
+				case first <- cmp.Or(serr, ctx.Err(), errWatchEmpty): // dropped once an event came
+				default:
+				}
 				return
 			}
 			if addr, stream, done, err = open(); err != nil {
-				first <- err
+				select {
+				case first <- err:
+				default:
+				}
 				return
 			}
 		}

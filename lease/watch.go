@@ -70,7 +70,8 @@ type Event struct {
 // learnt that it committed: on an idle cluster up to twice the commit
 // timeout (node.Timing.CommitTimeout, 1 s by default; 250 ms with fast
 // timing) after the grant or release was answered; one served by the
-// leader, at once. (A Client watches through the leader it knows.)
+// leader, at once. (A Client dialled over the network watches through
+// the leader it knows; one embedded in a follower, through that follower.)
 //
 // Within one stream, events after the current holdings have increasing
 // indexes above theirs. A watch started again may be served by a node that

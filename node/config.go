@@ -57,8 +57,9 @@ type Timing struct {
 // agents, 60 s idle: 0.51-0.63 -> 0.54 CPU-s a 30 s, with the gossip
 // rounds below 0.60, 0.72 -> 0.48, 0.60 and 639, 605 -> 449, 431 context
 // switches a second). It delays nothing but a follower's own view of the
-// last entry of a burst (a watch a follower serves; lease.Client sends
-// watches to the leader it knows). Gossip rounds (memberlist's 200 ms)
+// last entry of a burst (a watch a follower serves: an embedded
+// lease.Client's on a follower; a dialled one watches through the leader
+// it knows). Gossip rounds (memberlist's 200 ms)
 // were the other sixth; at 1 s, TestFailoverDoesNotAddTheElection failed
 // one run in six (the new leader counted 0.77 s less than had passed),
 // so they stay until that is understood.

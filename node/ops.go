@@ -882,6 +882,11 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	}
 	n.keepLockDelay(cmd)
 	items := cmd.Items()
+	if max := n.cfg.Limits.MaxExtendItems; len(items) > max {
+		// Granted, it could never be extended: one extend naming it
+		// renews all its keys, over the limit (review s32b).
+		return nil, fmt.Errorf("%w: acquire of %d keys: one lease of more keys than an extend may renew (agent --max-extend-items %d) could never be extended", ErrInvalid, len(items), max)
+	}
 	// A retry of the request that started the holder's holding of every
 	// key does not queue behind anyone: it is the same grant. A new request
 	// of the holder (a new id) queues like any newcomer, although the
