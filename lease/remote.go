@@ -510,16 +510,22 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 	// came, else why every node's stream ended before one (a refusal, such
 	// as a node's --max-watches, comes as the stream's error).
 	first := make(chan error, 1)
+	// report never blocks: Watch may have returned at firstEventWait
+	// without reading first, and a first event since then filled it
+	// (review s32b: the channel then never closed).
+	report := func(err error) {
+		select {
+		case first <- err:
+		default:
+		}
+	}
 	go func() {
 		defer close(out)
 		for {
 			got := 0
 			for stream.Receive() {
 				if got == 0 {
-					select {
-					case first <- nil:
-					default:
-					}
+					report(nil)
 				}
 				got++
 				r.hear(addr)
@@ -540,20 +546,11 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 				r.forget(addr)
 			}
 			if got > 0 || serr == nil || ctx.Err() != nil {
-				// Never blocks: Watch may have returned at firstEventWait
-				// without reading first, and a first event since then
-				// filled it (review s32b: the channel then never closed).
-				select {
-				case first <- cmp.Or(serr, ctx.Err(), errWatchEmpty): // dropped once an event came
-				default:
-				}
+				report(cmp.Or(serr, ctx.Err(), errWatchEmpty)) // dropped once an event came
 				return
 			}
 			if addr, stream, done, err = open(); err != nil {
-				select {
-				case first <- err:
-				default:
-				}
+				report(err)
 				return
 			}
 		}
