@@ -186,22 +186,14 @@ func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	stop := transporttest.OneByteFlood(t, addr, 4, func() uint64 {
 		return refusals(t, l, node.PortAPI, "tls_handshake") + refusals(t, l, node.PortAPI, "handshake_rate")
 	})
-	const dials = 10
-	failed := 0
-	var last error
-	for range dials {
-		d := &net.Dialer{Timeout: 10 * time.Second}
-		tc, err := tls.DialWithDialer(d, "tcp", addr, tlsCfg)
-		if err != nil {
-			failed++
-			last = err
-			continue
-		}
-		tc.Close()
-	}
-	sent := stop()
-	if failed > 0 {
-		t.Fatalf("%d of %d TLS clients from another /24 failed during a flood of %d one-byte connections (last: %v)", failed, dials, sent, last)
+	transporttest.DialsDuringFlood(t, 10, "TLS clients from another /24", "one-byte connections", stop, tlsDial(addr, tlsCfg))
+}
+
+// tlsDial returns a dial of a TLS connection to addr with cfg, for
+// transporttest.DialsDuringFlood.
+func tlsDial(addr string, cfg *tls.Config) func() (io.Closer, error) {
+	return func() (io.Closer, error) {
+		return tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cfg)
 	}
 }
 
@@ -226,15 +218,7 @@ func TestAPILightSourceConnectsDuringAFlood(t *testing.T) {
 	stop := transporttest.Flood(t, addr, 4, transporttest.ClientHello(t, helloCfg), true, func() uint64 {
 		return refusals(t, l, node.PortAPI, "handshake_rate")
 	})
-	for i := range 2 {
-		tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, tlsCfg)
-		if err != nil {
-			sent := stop()
-			t.Fatalf("client %d of 2 from another /24 failed during a flood of %d ClientHellos: %v", i+1, sent, err)
-		}
-		tc.Close()
-	}
-	t.Logf("flood: %d ClientHellos, %d handshake_rate refusals", stop(), refusals(t, l, node.PortAPI, "handshake_rate"))
+	transporttest.DialsDuringFlood(t, 2, "TLS clients from another /24", "ClientHellos", stop, tlsDial(addr, tlsCfg))
 }
 
 // A node's own address is known to its node port (the Raft
@@ -258,15 +242,7 @@ func TestNodePortKnownSourcesDuringAFlood(t *testing.T) {
 	stop := transporttest.Flood(t, addr, 4, transporttest.ClientHello(t, cliCfg), true, func() uint64 {
 		return refusals(t, l, transport.PortNode, "handshake_rate")
 	})
-	for i := range 10 {
-		tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cliCfg)
-		if err != nil {
-			sent := stop()
-			t.Fatalf("handshake %d of 10 from the node's own address failed during a flood of %d ClientHellos: %v", i+1, sent, err)
-		}
-		tc.Close()
-	}
-	t.Logf("flood: %d ClientHellos, %d handshake_rate refusals", stop(), refusals(t, l, transport.PortNode, "handshake_rate"))
+	transporttest.DialsDuringFlood(t, 10, "handshakes from the node's own address", "ClientHellos", stop, tlsDial(addr, cliCfg))
 }
 
 // plainGet sends a plain HTTP request to addr through d and reads until

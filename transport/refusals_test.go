@@ -174,22 +174,15 @@ func TestMuxOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 		got := refusalCounts(t, m)
 		return got["handshake_rate"] + got["tls_handshake"]
 	})
-	d := &transport.Dialer{TLS: cliTLS}
-	const dials = 10
-	failed := 0
-	var last error
-	for range dials {
-		c, err := d.Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
-		if err != nil {
-			failed++
-			last = err
-			continue
-		}
-		c.Close()
-	}
-	sent := stop()
-	if failed > 0 {
-		t.Fatalf("%d of %d dials from another /24 failed during a flood of %d one-byte connections (last: %v)", failed, dials, sent, last)
+	transporttest.DialsDuringFlood(t, 10, "dials from another /24", "one-byte connections", stop, rpcDial(m, cliTLS))
+}
+
+// rpcDial returns a dial of an RPC stream to m with cfg, for
+// transporttest.DialsDuringFlood.
+func rpcDial(m *transport.Mux, cfg *tls.Config) func() (io.Closer, error) {
+	d := &transport.Dialer{TLS: cfg}
+	return func() (io.Closer, error) {
+		return d.Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
 	}
 }
 
@@ -208,16 +201,7 @@ func TestMuxLightSourceConnectsDuringAFlood(t *testing.T) {
 	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
-	d := &transport.Dialer{TLS: cliTLS}
-	for i := range 2 {
-		c, err := d.Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
-		if err != nil {
-			sent := stop()
-			t.Fatalf("dial %d of 2 from another /24 failed during a flood of %d ClientHellos: %v", i+1, sent, err)
-		}
-		c.Close()
-	}
-	t.Logf("flood: %d ClientHellos, %v", stop(), refusalCounts(t, m))
+	transporttest.DialsDuringFlood(t, 2, "dials from another /24", "ClientHellos", stop, rpcDial(m, cliTLS))
 }
 
 // A node port's known addresses (HandshakeLimit.Known: the cluster's
@@ -234,14 +218,5 @@ func TestMuxKnownSourcesConnectDuringAFlood(t *testing.T) {
 	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
-	d := &transport.Dialer{TLS: cliTLS}
-	for i := range 10 {
-		c, err := d.Dial(context.Background(), m.Addr().String(), transport.ProtoRPC)
-		if err != nil {
-			sent := stop()
-			t.Fatalf("dial %d of 10 from a known address failed during a flood of %d ClientHellos: %v", i+1, sent, err)
-		}
-		c.Close()
-	}
-	t.Logf("flood: %d ClientHellos, %v", stop(), refusalCounts(t, m))
+	transporttest.DialsDuringFlood(t, 10, "dials from a known address", "ClientHellos", stop, rpcDial(m, cliTLS))
 }

@@ -99,3 +99,28 @@ func ClientHello(t testing.TB, cfg *tls.Config) []byte {
 	}
 	return append(hdr[:], body...)
 }
+
+// DialsDuringFlood calls dial n times in a row while a flood started by
+// Flood or OneByteFlood runs, closes what each returns, stops the flood,
+// and fails t if any dial failed, saying how many of n (who, e.g. "dials
+// from another /24") failed during a flood of how many (what, e.g.
+// "ClientHellos"), and the last error.
+func DialsDuringFlood(t testing.TB, n int, who, what string, stop func() uint64, dial func() (io.Closer, error)) {
+	t.Helper()
+	failed := 0
+	var last error
+	for range n {
+		c, err := dial()
+		if err != nil {
+			failed++
+			last = err
+			continue
+		}
+		c.Close()
+	}
+	sent := stop()
+	if failed > 0 {
+		t.Fatalf("%d of %d %s failed during a flood of %d %s (last: %v)", failed, n, who, sent, what, last)
+	}
+	t.Logf("%d %s during a flood of %d %s", n, who, sent, what)
+}
