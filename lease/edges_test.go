@@ -989,18 +989,7 @@ func TestExtendCountsTheKeysOfSets(t *testing.T) {
 	}})
 	_, f := c.Follower()
 	cl, b := countingClient(t, f)
-	var ls []*lease.Lease
-	for i := range 5 {
-		var items []lease.Item
-		for k := range 40 {
-			items = append(items, lease.Item{Key: fmt.Sprintf("set%d/%02d", i, k)})
-		}
-		l, err := cl.AcquireSet(ctxT(t, 10*time.Second), items)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-	}
+	ls := acquireSets(t, cl, "set", 5, 40)
 	// A named extend of all five (200 keys) is refused, naming the limit.
 	raw := &pb.ExtendRequest{Holder: cl.Holder()}
 	for _, l := range ls {
@@ -1047,11 +1036,7 @@ func TestSetLargerThanTheExtendLimitIsRefused(t *testing.T) {
 	}})
 	_, f := c.Follower()
 	cl, _ := countingClient(t, f)
-	var items []lease.Item
-	for k := range 20 {
-		items = append(items, lease.Item{Key: fmt.Sprintf("big/%02d", k)})
-	}
-	l, err := cl.TryAcquireSet(ctxT(t, 10*time.Second), items)
+	l, err := cl.TryAcquireSet(ctxT(t, 10*time.Second), setItems("big", 20))
 	if l != nil || !errors.Is(err, lease.ErrInvalid) || !strings.Contains(err.Error(), "--max-extend-items") {
 		t.Fatalf("a 20-key set with --max-extend-items 16: %v, %v; want a refusal naming the flag", l, err)
 	}
@@ -1067,18 +1052,7 @@ func TestExtendChunkShrinksByKeys(t *testing.T) {
 	}})
 	_, f := c.Follower()
 	cl, b := countingClient(t, f)
-	var sets []*lease.Lease
-	for s := range 2 {
-		var items []lease.Item
-		for k := range 64 {
-			items = append(items, lease.Item{Key: fmt.Sprintf("sets/%d/%02d", s, k)})
-		}
-		l, err := cl.AcquireSet(ctxT(t, 10*time.Second), items)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sets = append(sets, l)
-	}
+	sets := acquireSets(t, cl, "sets", 2, 64)
 	// Both sets named in one extend (128 keys) are refused once; each
 	// after alone (64) is not.
 	extendedPast(t, sets, time.Now().Add(2*sumTTL), 20*time.Second)
@@ -1093,4 +1067,27 @@ func TestExtendChunkShrinksByKeys(t *testing.T) {
 	if named := b.named.Load() - n0; named > 1000 {
 		t.Errorf("%d named extends for 300 single leases over two TTLs: the chunk shrank to a few leases", named)
 	}
+}
+
+// setItems is the keys prefix/00 … of a set of n.
+func setItems(prefix string, n int) []lease.Item {
+	var items []lease.Item
+	for k := range n {
+		items = append(items, lease.Item{Key: fmt.Sprintf("%s/%02d", prefix, k)})
+	}
+	return items
+}
+
+// acquireSets has cl acquire sets sets of keys keys each, prefix<i>/00 ….
+func acquireSets(t *testing.T, cl *lease.Client, prefix string, sets, keys int) []*lease.Lease {
+	t.Helper()
+	var ls []*lease.Lease
+	for i := range sets {
+		l, err := cl.AcquireSet(ctxT(t, 10*time.Second), setItems(fmt.Sprintf("%s%d", prefix, i), keys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	return ls
 }
