@@ -174,6 +174,19 @@ func TestAPIHandshakeRate(t *testing.T) {
 // fresh clients of another /24 failed). Fails without the fix (most
 // handshakes refused).
 func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
+	l, tlsCfg := limitedTLSAPI(t)
+	addr := l.APIAddr()
+	stop := transporttest.OneByteFlood(t, addr, 4, func() uint64 {
+		return refusals(t, l, node.PortAPI, "tls_handshake") + refusals(t, l, node.PortAPI, "handshake_rate")
+	})
+	transporttest.DialsDuringFlood(t, 10, "TLS clients from another /24", "one-byte connections", stop, tlsDial(addr, tlsCfg))
+}
+
+// limitedTLSAPI starts a node with a TLS client API whose handshake
+// limit is 20 a second in all and from one source, and returns it with a
+// client configuration.
+func limitedTLSAPI(t *testing.T) (*node.Node, *tls.Config) {
+	t.Helper()
 	s := budgetSetups[1]
 	if !s.tls {
 		t.Fatal("budgetSetups[1] is not the TLS setup")
@@ -181,12 +194,7 @@ func TestAPIOneByteConnectionsDrawNoHandshakes(t *testing.T) {
 	c, tlsCfg := s.start(t, 1, nil, func(cfg *node.Config) {
 		cfg.Limits.MaxHandshakeRate, cfg.Limits.MaxHandshakeRatePerSource = 20, 20
 	})
-	l := c.Node(0)
-	addr := l.APIAddr()
-	stop := transporttest.OneByteFlood(t, addr, 4, func() uint64 {
-		return refusals(t, l, node.PortAPI, "tls_handshake") + refusals(t, l, node.PortAPI, "handshake_rate")
-	})
-	transporttest.DialsDuringFlood(t, 10, "TLS clients from another /24", "one-byte connections", stop, tlsDial(addr, tlsCfg))
+	return c.Node(0), tlsCfg
 }
 
 // tlsDial returns a dial of a TLS connection to addr with cfg, for
@@ -204,14 +212,7 @@ func tlsDial(addr string, cfg *tls.Config) func() (io.Closer, error) {
 // review s32 #2: past 2-3 /24s an outsider held the whole total and
 // every new client raced it for tokens). Fails without the reserve.
 func TestAPILightSourceConnectsDuringAFlood(t *testing.T) {
-	s := budgetSetups[1]
-	if !s.tls {
-		t.Fatal("budgetSetups[1] is not the TLS setup")
-	}
-	c, tlsCfg := s.start(t, 1, nil, func(cfg *node.Config) {
-		cfg.Limits.MaxHandshakeRate, cfg.Limits.MaxHandshakeRatePerSource = 20, 20
-	})
-	l := c.Node(0)
+	l, tlsCfg := limitedTLSAPI(t)
 	addr := l.APIAddr()
 	helloCfg := tlsCfg.Clone()
 	helloCfg.ServerName = "127.0.0.1"

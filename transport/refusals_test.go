@@ -165,16 +165,23 @@ func TestMuxHandshakeRate(t *testing.T) {
 // whole total (outsider review s32 #6: nodes' vote requests refused
 // during such a flood). Fails without the fix (most dials refused).
 func TestMuxOneByteConnectionsDrawNoHandshakes(t *testing.T) {
-	noLeaks(t)
-	key := clusterKey(t)
-	srvTLS, cliTLS := keyTLS(t, key, "n1")
-	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"},
-		Handshakes: transport.NewHandshakeLimit(20, 20)})
+	m, cliTLS := limitedMux(t, transport.NewHandshakeLimit(20, 20))
 	stop := transporttest.OneByteFlood(t, m.Addr().String(), 4, func() uint64 {
 		got := refusalCounts(t, m)
 		return got["handshake_rate"] + got["tls_handshake"]
 	})
 	transporttest.DialsDuringFlood(t, 10, "dials from another /24", "one-byte connections", stop, rpcDial(m, cliTLS))
+}
+
+// limitedMux serves a node port with the cluster key and handshake
+// limit, and returns it with a node's client configuration (no goroutine
+// may outlive the test).
+func limitedMux(t *testing.T, limit *transport.HandshakeLimit) (*transport.Mux, *tls.Config) {
+	t.Helper()
+	noLeaks(t)
+	srvTLS, cliTLS := keyTLS(t, clusterKey(t), "n1")
+	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"}, Handshakes: limit})
+	return m, cliTLS
 }
 
 // rpcDial returns a dial of an RPC stream to m with cfg, for
@@ -193,11 +200,7 @@ func rpcDial(m *transport.Mux, cfg *tls.Config) func() (io.Closer, error) {
 // candidate's vote requests were refused during a flood). Fails without
 // the reserve (the node races the flood for each token and loses).
 func TestMuxLightSourceConnectsDuringAFlood(t *testing.T) {
-	noLeaks(t)
-	key := clusterKey(t)
-	srvTLS, cliTLS := keyTLS(t, key, "n1")
-	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"},
-		Handshakes: transport.NewHandshakeLimit(20, 20)})
+	m, cliTLS := limitedMux(t, transport.NewHandshakeLimit(20, 20))
 	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
@@ -209,12 +212,9 @@ func TestMuxLightSourceConnectsDuringAFlood(t *testing.T) {
 // that holds the total: ten dials in a row from 127.0.0.1, more than a
 // light prefix gets from the reserve, all connect. Fails without Known.
 func TestMuxKnownSourcesConnectDuringAFlood(t *testing.T) {
-	noLeaks(t)
-	key := clusterKey(t)
-	srvTLS, cliTLS := keyTLS(t, key, "n1")
 	limit := transport.NewHandshakeLimit(20, 20)
 	limit.Known = func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) }
-	m, _ := serveMux(t, transport.MuxConfig{TLS: srvTLS, Hello: &transport.Hello{NodeID: "n1"}, Handshakes: limit})
+	m, cliTLS := limitedMux(t, limit)
 	stop := transporttest.Flood(t, m.Addr().String(), 4, transporttest.ClientHello(t, cliTLS), true, func() uint64 {
 		return refusalCounts(t, m)["handshake_rate"]
 	})
