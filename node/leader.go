@@ -205,9 +205,9 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 		return nil
 	}
 	// The epoch's clock starts (reads 0) when this node stored the last
-	// entry of the earlier terms, if it remembers when (lastOfEarlierTerm),
-	// else when it saw the FSM clock reach the last stamp of the earlier
-	// epochs (the Barrier has applied every entry they committed), else
+	// command of the earlier terms, if it remembers when
+	// (lastStampOfEarlierTerm), else when it saw the FSM clock reach the
+	// last stamp of the earlier epochs (the Barrier has applied every entry they committed), else
 	// now; and Promote is stamped with that origin. So a lease keeps, from
 	// the origin on, the time it had left at the last stamp. Never early:
 	// every stamp was taken before its entry was sent, so before this node
@@ -224,7 +224,7 @@ func (n *Node) establish(ctx context.Context, start time.Time) *leaderState {
 	// change (a 5-node campaign with the leader moved every second: 5.33 s
 	// against the 5 s takeover bound).
 	origin, seen := n.clock.seen(n.fsm.Clock())
-	if at, ok := n.logs.lastOfEarlierTerm(n.raft.CurrentTerm(), n.raft.LastIndex()); ok && (!seen || at.Before(origin)) {
+	if at, ok := n.logs.lastStampOfEarlierTerm(n.raft.CurrentTerm(), n.raft.LastIndex()); ok && (!seen || at.Before(origin)) {
 		origin, seen = at, true
 	}
 	if !seen {

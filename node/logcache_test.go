@@ -46,15 +46,15 @@ func TestLogCache(t *testing.T) {
 	}
 }
 
-// lastOfEarlierTerm finds when the last entry of an earlier term was
-// stored, and says nobody knows when an entry on the way back is not
-// remembered.
-func TestLastOfEarlierTerm(t *testing.T) {
+// lastStampOfEarlierTerm finds when the last command of an earlier term
+// was stored, passing over Raft's own entries, and says nobody knows when
+// an entry on the way back is not remembered.
+func TestLastStampOfEarlierTerm(t *testing.T) {
 	c := newLogCache(raft.NewInmemStore())
 	store := func(term uint64, idx ...uint64) time.Time {
 		var logs []*raft.Log
 		for _, i := range idx {
-			logs = append(logs, &raft.Log{Index: i, Term: term})
+			logs = append(logs, &raft.Log{Index: i, Term: term, Type: raft.LogCommand})
 		}
 		before := time.Now()
 		if err := c.StoreLogs(logs); err != nil {
@@ -63,27 +63,37 @@ func TestLastOfEarlierTerm(t *testing.T) {
 		return before
 	}
 	store(3, 1, 2)
-	t4 := store(4, 3, 4) // the last entries of term 4
-	store(5, 5, 6)       // a new leader's noop and barrier
-	at, ok := c.lastOfEarlierTerm(5, 6)
+	t4 := store(4, 3, 4) // the last commands of term 4
+	// Raft's own entries after them carry no stamp: a configuration change
+	// of term 4, a new leader's noop and barrier in term 5.
+	later := time.Now()
+	for _, l := range []*raft.Log{{Index: 5, Term: 4, Type: raft.LogConfiguration}, {Index: 6, Term: 5, Type: raft.LogNoop}, {Index: 7, Term: 5, Type: raft.LogBarrier}} {
+		if err := c.StoreLogs([]*raft.Log{l}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at, ok := c.lastStampOfEarlierTerm(5, 7)
+	if ok && !at.Before(later) {
+		t.Fatalf("last command before term 5 stored at %v, but that is the configuration change's time", at)
+	}
 	if !ok || at.Before(t4) {
-		t.Fatalf("last entry before term 5 stored at %v (%v), want at or after %v", at, ok, t4)
+		t.Fatalf("last command before term 5 stored at %v (%v), want at or after %v", at, ok, t4)
 	}
-	if at, ok := c.lastOfEarlierTerm(4, 6); !ok || !at.Before(t4) {
-		t.Fatalf("last entry before term 4: %v %v, want the term-3 batch's time", at, ok)
+	if at, ok := c.lastStampOfEarlierTerm(4, 7); !ok || !at.Before(t4) {
+		t.Fatalf("last command before term 4: %v %v, want the term-3 batch's time", at, ok)
 	}
-	if _, ok := c.lastOfEarlierTerm(3, 6); ok {
+	if _, ok := c.lastStampOfEarlierTerm(3, 7); ok {
 		t.Fatal("a time for a term before the first stored one")
 	}
 	// An entry on the way back that is not remembered: nobody knows.
-	store(6, 7+logCacheEntries)
-	if _, ok := c.lastOfEarlierTerm(6, 7+logCacheEntries); ok {
+	store(6, 8+logCacheEntries)
+	if _, ok := c.lastStampOfEarlierTerm(6, 8+logCacheEntries); ok {
 		t.Fatal("a time although entries between were never stored here")
 	}
-	if err := c.DeleteRange(1, 6); err != nil {
+	if err := c.DeleteRange(1, 7); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.lastOfEarlierTerm(5, 6); ok {
+	if _, ok := c.lastStampOfEarlierTerm(5, 7); ok {
 		t.Fatal("a time remembered across DeleteRange")
 	}
 }

@@ -202,7 +202,7 @@ func walSegments(dir string) ([]string, error) {
 //
 // It also remembers when each of the most recent entries was stored here
 // (received from the leader, or appended as leader), for the clock origin
-// of this node's next epoch (see lastOfEarlierTerm).
+// of this node's next epoch (see lastStampOfEarlierTerm).
 type logCache struct {
 	raft.LogStore
 	mu    sync.RWMutex
@@ -215,10 +215,13 @@ type logCache struct {
 	fault atomic.Pointer[error]
 }
 
-// received is when this node stored the entry at index, of term.
+// received is when this node stored the entry at index, of term; stamped
+// if it is a command (every command carries its leader's Stamp; Raft's
+// own entries, its noops, barriers and configurations, carry none).
 type received struct {
 	index, term uint64
 	at          time.Time
+	stamped     bool
 }
 
 const (
@@ -263,7 +266,7 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	}
 	c.mu.Lock()
 	for _, l := range logs {
-		c.recv[l.Index%logCacheEntries] = received{index: l.Index, term: l.Term, at: at}
+		c.recv[l.Index%logCacheEntries] = received{index: l.Index, term: l.Term, at: at, stamped: l.Type == raft.LogCommand}
 		slot := &c.cache[l.Index%logCacheEntries]
 		if len(l.Data)+len(l.Extensions) <= logCacheMaxEntry {
 			*slot = l
@@ -283,17 +286,22 @@ func (c *logCache) DeleteRange(min, max uint64) error {
 	return c.LogStore.DeleteRange(min, max)
 }
 
-// lastOfEarlierTerm returns when this node stored the last entry of a term
-// before term, looking back from index last (the log's last index) over
-// the entries it remembers. ok is false if an entry on the way, or that
-// one, is not remembered (stored before the last logCacheEntries, or
-// before a DeleteRange): then nobody can say.
+// lastStampOfEarlierTerm returns when this node stored the last command
+// of a term before term, looking back from index last (the log's last
+// index) over the entries it remembers. ok is false if an entry on the
+// way, or that one, is not remembered (stored before the last
+// logCacheEntries, or before a DeleteRange): then nobody can say.
 //
 // Every stamp of an earlier epoch was taken by its leader before it sent
-// the entry carrying it, hence before this node stored the last entry of
-// the earlier terms: at that moment every earlier leader's clock had
-// passed every stamp applied so far.
-func (c *logCache) lastOfEarlierTerm(term, last uint64) (time.Time, bool) {
+// the entry carrying it, hence before this node stored it; the last
+// command carries the last stamp, so at that moment every earlier
+// leader's clock had passed every stamp applied so far. Raft's own
+// entries of the earlier terms (noops, barriers, configuration changes)
+// are passed over: they carry no stamp, and one stored after the last
+// stamp (a membership change, a leader elected that never promoted)
+// would start the epoch late, giving every lease the time between as
+// time left.
+func (c *logCache) lastStampOfEarlierTerm(term, last uint64) (time.Time, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for i := last; i > 0 && last-i < logCacheEntries; i-- {
@@ -301,7 +309,7 @@ func (c *logCache) lastOfEarlierTerm(term, last uint64) (time.Time, bool) {
 		if r.index != i || r.at.IsZero() {
 			return time.Time{}, false
 		}
-		if r.term < term {
+		if r.term < term && r.stamped {
 			return r.at, true
 		}
 	}
