@@ -919,7 +919,8 @@ func TestWatchMarksTheCurrentListing(t *testing.T) {
 
 // WithDialTimeout bounds how long Dial tries to reach a node where none
 // listens, apart from the calls' retry timeout (new-user review: Dial
-// took the 10 s retry timeout to say so).
+// took the 10 s retry timeout to say so), and the error names that timer
+// and what to check (it said "retry timeout", with no hint).
 func TestDialTimeout(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -935,6 +936,9 @@ func TestDialTimeout(t *testing.T) {
 	}
 	if took > 5*time.Second {
 		t.Fatalf("Dial gave up after %v with a 300 ms dial timeout (the retry timeout is %v)", took, lease.DefaultRetryTimeout)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "dial timeout") || !strings.Contains(msg, "agent --api") {
+		t.Errorf("Dial's error names neither the dial timeout nor what to check: %v", err)
 	}
 	if _, err := lease.Dial(ctxT(t, 5*time.Second), []string{addr}, lease.WithDialTimeout(-time.Second)); !errors.Is(err, lease.ErrInvalid) {
 		t.Fatalf("a negative dial timeout: %v, want ErrInvalid", err)

@@ -39,7 +39,10 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 	// may not listen yet: try as any request would, for up to the retry
 	// timeout. A refusal (a wrong token, say) ends it at once.
 	dial := cmp.Or(o.dialTimeout, o.retryTimeout)
-	retry := RetryPolicy{Timeout: dial, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax}
+	retry := RetryPolicy{Timeout: dial, BackoffMin: o.backoffMin, BackoffMax: o.backoffMax, Name: "retry timeout"}
+	if o.dialTimeout != 0 {
+		retry.Name = "dial timeout"
+	}
 	if err := retry.Do(ctx, true, func(ctx context.Context) error {
 		actx, cancel := context.WithTimeout(ctx, dial)
 		defer cancel()
@@ -47,6 +50,12 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 		return err
 	}); err != nil {
 		r.Close()
+		var ge *GiveUpError
+		var ns *NotSentError
+		if errors.As(err, &ge) && ge.Answer == nil && errors.As(ge.Last, &ns) {
+			// No node answered at all.
+			return nil, fmt.Errorf("dial %s: %w; check that each address is a node's client API address (agent --api) and that the agents run", strings.Join(addrs, ","), err)
+		}
 		return nil, fmt.Errorf("dial %s: %w", strings.Join(addrs, ","), err)
 	}
 	c, err := New(r, opts...)

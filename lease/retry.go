@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type RetryPolicy struct {
 	// BackoffMin and BackoffMax bound the pause between attempts (default
 	// DefaultBackoffMin, DefaultBackoffMax).
 	BackoffMin, BackoffMax time.Duration
+	// Name names Timeout in the error when it runs out (default "retry
+	// timeout"; Dial's is "dial timeout").
+	Name string
 }
 
 // DefaultRetryPolicy returns the policy a Client uses by default.
@@ -144,7 +148,7 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			streak = began
 		}
 		giveUp := func(cause error) error {
-			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Took: time.Since(start), Cause: cause, Last: err}
+			ge := &GiveUpError{Sentinel: ErrNoLeader, After: time.Since(streak), Took: time.Since(start), Cause: cause, Timer: p.Name, Last: err}
 			if answer != err {
 				ge.Answer = answer
 			}
@@ -202,6 +206,7 @@ type GiveUpError struct {
 	After    time.Duration // how long the failures lasted
 	Took     time.Duration // how long the call retried in all (from its first attempt)
 	Cause    error         // nil when the retry timeout ran out
+	Timer    string        // the timeout that ran out when Cause is nil (RetryPolicy.Name)
 	Last     error
 	// Answer is the last failure a node explained (no leader: an election
 	// in progress, say), if the last attempt's was not one: a node that
@@ -211,7 +216,7 @@ type GiveUpError struct {
 }
 
 func (e *GiveUpError) Error() string {
-	why := "retry timeout"
+	why := cmp.Or(e.Timer, "retry timeout")
 	if e.Cause != nil {
 		why = e.Cause.Error()
 	}
