@@ -1095,3 +1095,38 @@ func acquireSets(t *testing.T, cl *lease.Client, prefix string, sets, keys int) 
 	}
 	return ls
 }
+
+// A waiting Acquire of a free key whose only node is stopped (SIGSTOP: its
+// sockets accept, nothing answers) gives up after about the retry timeout,
+// as TryAcquire does (adversarial review s33: it waited for its whole
+// context, each attempt ended by the liveness check after more than the
+// back-off, and taken for a wait at a leader that a leader change cut
+// short, restarted the count of failures).
+func TestWaitingAcquireOfAStoppedAgentGivesUp(t *testing.T) {
+	var d *door
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		d = newDoor(t, cfg.APIAddr)
+		cfg.APIAdvertiseAddr = d.addr()
+	}})
+	c.WaitForLeader()
+	const retry = 2 * time.Second
+	a, err := lease.Dial(ctxT(t, 10*time.Second), []string{d.addr()}, lease.WithRetryTimeout(retry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctxT(t, 5*time.Second))
+	if _, err := a.Get(ctxT(t, 5*time.Second), "warm"); err != nil { // pool a connection
+		t.Fatal(err)
+	}
+	d.freeze()
+	defer d.thaw()
+	for _, acquire := range []func(context.Context, string, ...lease.AcquireOption) (*lease.Lease, error){a.TryAcquire, a.Acquire} {
+		start := time.Now()
+		_, err := acquire(ctxT(t, 40*time.Second), "free")
+		took := time.Since(start)
+		t.Logf("after %v: %v", took.Round(time.Millisecond), err)
+		if err == nil || took > retry+6*time.Second {
+			t.Errorf("an acquire of a stopped node's key took %v with a retry timeout of %v: %v", took.Round(time.Millisecond), retry, err)
+		}
+	}
+}

@@ -101,6 +101,22 @@ func (r *Remote) track(ctx context.Context, addr string) (context.Context, func(
 	}
 }
 
+// heardFor returns how long after since addr was last heard from (a reply
+// to anything, a liveness check included): how long a request sent then
+// was held by a live node. Without liveness checks (WithPeerTimeout(0))
+// nothing is heard during a request, so it is all the time since.
+func (r *Remote) heardFor(addr string, since time.Time) time.Duration {
+	if r.peerTimeout <= 0 {
+		return time.Since(since)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.peers[addr]; p != nil {
+		return max(p.heard.Sub(since), 0)
+	}
+	return 0
+}
+
 // hear records a reply of any kind from addr.
 func (r *Remote) hear(addr string) {
 	r.mu.Lock()

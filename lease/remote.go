@@ -244,6 +244,7 @@ func call[Req, Resp any, PResp interface {
 			GotFirstResponseByte: func() { replied.Store(true) },
 		})
 		tctx, done := r.track(tctx, addr)
+		sub := time.Now()
 		resp, err := f(r.client(addr), tctx, connect.NewRequest(req))
 		done(replied.Load())
 		var ue *UnresponsiveError
@@ -296,7 +297,12 @@ func call[Req, Resp any, PResp interface {
 		}
 		r.forget(addr)
 		if write {
-			return nil, fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, addr, err)
+			// How long this node held the request while it was heard
+			// from (a wait there), not the attempt's whole time: a
+			// stopped node, silent all along, held no wait, nor did the
+			// nodes that answered "no leader" before it.
+			waited := r.heardFor(addr, sub)
+			return nil, &heldFor{err: fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, addr, err), waited: waited}
 		}
 		return nil, &noLeaderError{err: err}
 	}
@@ -314,6 +320,17 @@ func call[Req, Resp any, PResp interface {
 	}
 	return nil, &noLeaderError{err: lastErr, led: led}
 }
+
+// heldFor is a failed attempt's error with how long the node that ended
+// it held the request while alive (RetryPolicy's "a wait cut short").
+type heldFor struct {
+	err    error
+	waited time.Duration
+}
+
+func (e *heldFor) Error() string                { return e.err.Error() }
+func (e *heldFor) Unwrap() error                { return e.err }
+func (e *heldFor) attemptWaited() time.Duration { return e.waited }
 
 // wrongPort says which port of an agent answered an HTTP request if err
 // is its wrong-port answer (marked Leasenode-Port: node or gossip), and

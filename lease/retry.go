@@ -114,7 +114,12 @@ func (p RetryPolicy) Do(ctx context.Context, idempotent bool, f func(context.Con
 // leader change, whatever the caller's context allowed. An answer "no
 // leader" is no such wait, however long the node held it (it waits about
 // an election for a leader first): without a quorum every attempt took
-// that long, and a waiting acquire of a free key never gave up.
+// that long, and a waiting acquire of a free key never gave up. Nor is
+// the time a stopped node (SIGSTOP: its connections open, nothing
+// answered) held the request until the liveness check ended it: a Remote
+// reports how long the node was heard from during the attempt
+// (attemptWaited), and without that every such attempt restarted the
+// count too.
 func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(context.Context) error) error {
 	p = p.withDefaults()
 	bo := backoff{cur: p.BackoffMin, max: p.BackoffMax}
@@ -139,7 +144,12 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			return unknownErr(err)
 		}
 		sawUnknown = sawUnknown || kind == unknown
-		if waits && time.Since(began) >= bo.cur && reasonOf(err) != pb.Reason_REASON_NO_LEADER {
+		held := time.Since(began)
+		var hf interface{ attemptWaited() time.Duration }
+		if errors.As(err, &hf) {
+			held = hf.attemptWaited() // the part a live node held it
+		}
+		if waits && held >= bo.cur && reasonOf(err) != pb.Reason_REASON_NO_LEADER {
 			streak = time.Now()
 			if !explained(err) {
 				answer = nil
