@@ -18,10 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
 
 // Close ends an Acquire that is waiting, with ErrClosed, and a closed
@@ -857,6 +860,75 @@ func TestWaitingAcquireGivesUpWithoutAQuorum(t *testing.T) {
 	}
 }
 
+// Scenario: a remote waiting Acquire has waited at the leader longer than
+// the retry timeout when the leader is partitioned from the other nodes.
+// The old leader answers the wait "not leader" and the Remote goes on to
+// the followers, which answer "no leader" until they elect one. That
+// attempt is a wait cut short by a leader change, not a run of failures:
+// the Acquire is retried and granted when the holder releases after the
+// election. (Adversarial review s32, round 2: the Remote reported the
+// followers' "no leader", the streak counted from the start of the wait,
+// and the Acquire gave up about 0.2 s after the partition.)
+func TestRemoteWaitCutByAPartitionIsRetried(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3, API: true})
+	li := c.WaitForLeader()
+	addrs := []string{c.Config(li).APIAddr} // the wait is served by the leader
+	var rest []int
+	for i := range c.Size() {
+		if i != li {
+			addrs = append(addrs, c.Config(i).APIAddr)
+			rest = append(rest, i)
+		}
+	}
+	const retry = 2 * time.Second
+	a, err := lease.Dial(ctxT(t, 10*time.Second), addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	b, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithRetryTimeout(retry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	l, err := a.Acquire(ctxT(t, 10*time.Second), "cut/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctxT(t, 30*time.Second), "cut/k")
+		got <- err
+	}()
+	waitWaiters(t, c, 1)
+	select { // the wait outlasts the retry timeout
+	case err := <-got:
+		t.Fatalf("the waiting Acquire ended before the partition: %v", err)
+	case <-time.After(time.Until(start.Add(retry + 500*time.Millisecond))):
+	}
+	c.Partition([]int{li}, rest)
+	defer c.Heal()
+	// The release comes after the election: one the old leader applied
+	// would hand the wait a grant it cannot commit (an unknown outcome),
+	// not the not-leader answer under test.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for _, i := range rest {
+			if c.Node(i).IsLeader() && !c.Node(li).IsLeader() {
+				return nil
+			}
+		}
+		return errors.New("no new leader yet")
+	})
+	if err := l.Release(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, got, 20*time.Second, "the waiting Acquire after the release"); err != nil {
+		t.Fatalf("the waiting Acquire, %v after it began and cut by the leader's partition: %v; want it retried and granted",
+			time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
 // A watch begins with the holdings current when it started, marked
 // Current, then Listed, and then reports grants made since, not marked: a
 // consumer (the CLI prints the first as "held") can tell the two apart,
@@ -977,6 +1049,75 @@ func TestRefusedWatchSaysWhy(t *testing.T) {
 	}
 	if !errors.Is(err, lease.ErrTooManyWatches) || !strings.Contains(err.Error(), "--max-watches") {
 		t.Errorf("the refusal is not ErrTooManyWatches naming the limit: %v", err)
+	}
+}
+
+// quietOldWatch is the client API of a node older than the watch's
+// listing (Listed): a watch of a prefix nobody holds gets its headers at
+// once and no event until a change, here once late is closed.
+type quietOldWatch struct {
+	pbconnect.UnimplementedLeaseServiceHandler
+	late chan struct{}
+}
+
+func (s quietOldWatch) Watch(ctx context.Context, req *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchEvent]) error {
+	if err := stream.Send(nil); err != nil { // the headers
+		return err
+	}
+	select {
+	case <-s.late:
+	case <-ctx.Done():
+		return nil
+	}
+	ev := &pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_GRANTED, Index: 7, Lease: &pb.Lease{Key: req.Msg.GetPrefix() + "k", Holder: "h", Token: 7}}
+	if err := stream.Send(ev); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// Scenario: a Remote watches a quiet prefix on a server older than the
+// listing. Watch returns the open stream after its wait for a first event
+// (2 s); the first event comes after that; then the caller cancels. The
+// channel closes, so a loop that watches again goes on. (Adversarial
+// review s32, round 2: the stream's goroutine blocked reporting its end
+// to the Watch that had returned long before, and the channel never
+// closed.)
+func TestWatchClosesAfterALateFirstEvent(t *testing.T) {
+	late := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.Handle(pbconnect.NewLeaseServiceHandler(quietOldWatch{late: late}))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	r, err := lease.NewRemote([]string{srv.Listener.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithCancel(ctxT(t, 20*time.Second))
+	defer cancel()
+	events, err := r.Watch(ctx, &pb.WatchRequest{Prefix: "old/", Initial: true, Listed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(late)
+	select {
+	case ev := <-events:
+		if ev.GetLease().GetKey() != "old/k" {
+			t.Fatalf("first event %v, want the grant of old/k", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event within 5 s of the server's first")
+	}
+	cancel()
+	select {
+	case ev, ok := <-events:
+		if ok {
+			t.Fatalf("event %v after the caller cancelled", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch channel is still open 5 s after its caller cancelled")
 	}
 }
 
