@@ -437,18 +437,25 @@ type Limits struct {
 	// (ErrTooManyWaiters, resource_exhausted on the API, naming the flag)
 	// instead of queued. One client source (an IPv4 /24 or IPv6 /64, as
 	// MaxWatches counts them) may hold at most a quarter of it, at least
-	// 64 (all of it below 64), refused past its share alike, naming the
-	// share; waits other nodes forward count as the forwarding node's,
-	// with the whole limit for a share (the forwarding node held each of
-	// its sources to its quarter), and an embedded caller's only against
-	// the limit. One key's queue at the leader holds at most 1,024
-	// waiters. A TryAcquire is never refused by it. A waiter
+	// 64 (all of it below 64), and past its first 64 only while more than
+	// a quarter of it is free, refused past either alike, naming the
+	// share; so a few sources that fill their shares leave a quarter to
+	// the sources that wait a little. Waits other nodes forward count
+	// against their client's source, which the forwarding node sends with
+	// them, so that a source has one share of the leader through any
+	// nodes, and against the forwarding node's share, half of the limit;
+	// an embedded caller's count only against the limit (and, forwarded,
+	// its node's share). One key's queue at the leader holds at most
+	// 1,024 waiters. A TryAcquire is never refused by it. A waiter
 	// costs about 11-18 KB on each node it passes (its goroutines, a
 	// forwarded call's buffers, the queue entry): 20,000 from one client
 	// took a follower up 350 MB and the leader 230 MB, and the leader lost
 	// its leadership twice; 8,186 from one token holder's address took a
 	// leader's whole limit, and a lock loop beside it was refused 595
-	// times in 30 s, until sources had their share. Default 8192: 90-150 MB at worst, 8 times
+	// times in 30 s, until sources had their share; then four /24s, or
+	// two through three nodes, filled it, and the lock loop was refused
+	// 340 and 1,203 times, until a quarter was kept back and forwarded
+	// waits counted by source. Default 8192: 90-150 MB at worst, 8 times
 	// MaxWatches, since a lock's waiters are many cheap clients where
 	// watchers are few.
 	MaxWaiters int

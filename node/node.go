@@ -128,7 +128,7 @@ type Node struct {
 	// withdrawn counts the withdrawals it started.
 	lostPending, withdrawn atomic.Int64
 	// waiting counts the waiting acquires this node serves, in all and
-	// by source (waiterSlot, Limits.MaxWaiters).
+	// by client source and forwarding node (waiterSlot, Limits.MaxWaiters).
 	waiting waiterCount
 	clock   clockSeen // when the FSM clock last moved, for stale reads
 

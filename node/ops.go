@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -72,13 +73,15 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 		return nil, fmt.Errorf("%w: ttl %v is below the minimum %v (agent --min-ttl)", ErrInvalid, ttl, min)
 	}
 	// A client of the API waits within its source's share; an embedded
-	// caller (no source) only within the node's limit.
+	// caller (no source) only within the node's limit. The source goes
+	// with the request if it is forwarded, for the leader to count it by
+	// (handleRPC); whatever the caller put there is replaced.
 	source, _ := ctx.Value(waiterSourceKey{}).(string)
-	share := n.cfg.Limits.MaxWaiters
-	if source != "" {
-		share = waitersPerSource(share)
+	if req.GetClientSource() != source {
+		req = proto.CloneOf(req)
+		req.ClientSource = source
 	}
-	return n.waiterSlot(source, share, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	return n.waiterSlot(waitClaim{source: source}, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 		return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
 	})
 }
@@ -94,77 +97,131 @@ type waiterSourceKey struct{}
 // holder's 8,186 waits from one address took a leader's whole
 // --max-waiters, and a lock loop beside it was refused 595 times in 30 s
 // (outsider review s32 #4).
-func waitersPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
+func waitersPerSource(limit int) int { return max(limit/4, waitersFloor(limit)) }
 
-// waiterCount counts the waiting acquires a node serves, in all and by
-// source (see waiterSlot).
-type waiterCount struct {
-	mu       sync.Mutex
-	total    int
-	bySource map[string]int
+// waitersFloor is how many waiting acquires every source may have while
+// the node serves fewer than limit (64, or all of them below 64): a
+// source's waits past it are admitted only while a quarter of the limit
+// is free (waitersReserve), so that the sources that fill their shares
+// (4 /24s, a quarter each) leave that quarter to the sources that wait a
+// little (a lock loop: one at a time).
+func waitersFloor(limit int) int { return min(limit, 64) }
+
+// waitersReserve is the part of limit that a source's waits past
+// waitersFloor may not take: a quarter. Four /24s of one token holder
+// filled a leader's --max-waiters with a quarter each, and a lock loop
+// beside them was refused 340 times in 30 s (outsider review s32 N4);
+// now the fourth gets its floor, and 31 more /24s would be needed to fill
+// the reserve.
+func waitersReserve(limit int) int { return limit / 4 }
+
+// waitersPerNode is the most waiting acquires one node may forward to a
+// leader whose limit is limit: half of it, at least 64 (all of it, below
+// 64), so that one follower's clients cannot take the leader's whole
+// --max-waiters.
+func waitersPerNode(limit int) int { return max(limit/2, waitersFloor(limit)) }
+
+// waitClaim is what one waiting acquire counts against besides the node's
+// limit: its client source (an IPv4 /24 or IPv6 /64; "" for an embedded
+// caller, or a wait forwarded without one), and, on the leader, the node
+// that forwarded it ("node <id>"; "" if none).
+type waitClaim struct {
+	source, via string
 }
 
-// take counts a waiter of source if the node serves fewer than limit
-// waiters and source fewer than share ("" counts only in the total). It
-// reports false, and whether source's share was what it met (perSource),
-// if not.
-func (w *waiterCount) take(source string, limit, share int) (ok, perSource bool) {
+// waitRefusal says which bound a waiting acquire met (waiterCount.take).
+type waitRefusal int
+
+const (
+	waitAdmitted  waitRefusal = iota
+	waitAtLimit               // the node serves Limits.MaxWaiters
+	waitAtShare               // its source has waitersPerSource
+	waitAtReserve             // its source has waitersFloor, and only waitersReserve is free
+	waitAtNode                // its forwarding node has waitersPerNode
+)
+
+// waiterCount counts the waiting acquires a node serves, in all, by
+// client source and by forwarding node (see waiterSlot).
+type waiterCount struct {
+	mu    sync.Mutex
+	total int
+	by    map[string]int // client sources and "node <id>"s
+}
+
+// take counts a waiter of c if the node serves fewer than limit waiters,
+// c.via has fewer than waitersPerNode, and c.source fewer than
+// waitersPerSource, and fewer than waitersFloor or more than
+// waitersReserve are free. It reports which bound it met if not.
+func (w *waiterCount) take(c waitClaim, limit int) waitRefusal {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.total >= limit {
-		return false, false
-	}
-	if source != "" && w.bySource[source] >= share {
-		return false, true
+	switch has := w.by[c.source]; {
+	case w.total >= limit:
+		return waitAtLimit
+	case c.via != "" && w.by[c.via] >= waitersPerNode(limit):
+		return waitAtNode
+	case c.source == "": // an embedded caller's, or forwarded without one: admitted
+	case has >= waitersPerSource(limit):
+		return waitAtShare
+	case has >= waitersFloor(limit) && w.total >= limit-waitersReserve(limit):
+		return waitAtReserve
 	}
 	w.total++
-	if source != "" {
-		if w.bySource == nil {
-			w.bySource = map[string]int{}
-		}
-		w.bySource[source]++
+	if w.by == nil {
+		w.by = map[string]int{}
 	}
-	return true, false
+	for _, k := range []string{c.source, c.via} {
+		if k != "" {
+			w.by[k]++
+		}
+	}
+	return waitAdmitted
 }
 
 // put uncounts a waiter that take counted.
-func (w *waiterCount) put(source string) {
+func (w *waiterCount) put(c waitClaim) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.total--
-	if source != "" {
-		if w.bySource[source]--; w.bySource[source] <= 0 {
-			delete(w.bySource, source)
+	for _, k := range []string{c.source, c.via} {
+		if k == "" {
+			continue
+		}
+		if w.by[k]--; w.by[k] <= 0 {
+			delete(w.by, k)
 		}
 	}
 }
 
 // waiterSlot runs call for req, counting a waiting acquire (Wait set)
-// against Limits.MaxWaiters, and against share for source (a client
-// source, or a forwarding node: see Node.Acquire and handleRPC; ""
-// counts only against the limit), while it runs. Past either the acquire
-// is tried once without waiting: a grant is answered as such, and a
-// refusal as ErrTooManyWaiters, naming the limit it met and the flag. A
+// against Limits.MaxWaiters and c's shares of it while it runs (see
+// waiterCount.take). Past any of them the acquire is tried once without
+// waiting: a grant is answered as such, and a refusal as
+// ErrTooManyWaiters, naming the bound it met, its size and the flag. A
 // TryAcquire is never counted nor refused. Node.Acquire counts what this
 // node's API admitted (before forwarding it, if it does); the leader's
 // handleRPC counts the waiters forwarded to it, which hold their calls
-// open there.
+// open there, by the client source the forwarding node sends with them
+// and by that node.
 //
 // Invariant bounded-waiters: a node serves at most MaxWaiters waiting
 // acquires at once, so a client that opens thousands of waits (20,000
 // took a follower up 350 MB and 20,000 goroutines, and the leader up
 // 230 MB until it lost its leadership) is refused instead of starving
-// the node; and one client source at most a quarter of them
-// (waitersPerSource), so that it cannot take them all from the others.
-// Guarded by TestMaxWaiters and TestWaitersPerSourceAreBounded.
-func (n *Node) waiterSlot(source string, share int, req *pb.AcquireRequest, call func(*pb.AcquireRequest) (*pb.AcquireResponse, error)) (*pb.AcquireResponse, error) {
+// the node; one client source at most a quarter of them
+// (waitersPerSource), however many nodes it sends them through, and past
+// its first 64 only while a quarter is free (waitersReserve), so that a
+// few sources cannot take them all from the others; and one forwarding
+// node at most half (waitersPerNode). Guarded by TestMaxWaiters,
+// TestWaitersPerSourceAreBounded and TestForwardedWaitsCountBySource.
+func (n *Node) waiterSlot(c waitClaim, req *pb.AcquireRequest, call func(*pb.AcquireRequest) (*pb.AcquireResponse, error)) (*pb.AcquireResponse, error) {
 	if !req.GetWait() {
 		return call(req)
 	}
 	limit := n.cfg.Limits.MaxWaiters
-	ok, perSource := n.waiting.take(source, limit, share)
-	if ok {
-		defer n.waiting.put(source)
+	refused := n.waiting.take(c, limit)
+	if refused == waitAdmitted {
+		defer n.waiting.put(c)
 		return call(req)
 	}
 	try := proto.CloneOf(req)
@@ -177,9 +234,16 @@ func (n *Node) waiterSlot(source string, share int, req *pb.AcquireRequest, call
 	if key == "" {
 		key = req.GetKey()
 	}
-	if perSource {
-		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-waiters %d): end one, retry later, use TryAcquire, or raise the limit on every agent",
-			ErrTooManyWaiters, key, n.cfg.ID, share, limit)
+	switch refused {
+	case waitAtShare:
+		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires from your address's /24 (IPv6 /64), through any node, the most one source may have (a quarter of the agent's --max-waiters %d): end one, retry later, use TryAcquire, or raise the limit on every agent",
+			ErrTooManyWaiters, key, n.cfg.ID, waitersPerSource(limit), limit)
+	case waitAtReserve:
+		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d or more waiting acquires from your address's /24 (IPv6 /64), through any node, and at most %d of the agent's --max-waiters %d are free, the quarter kept for sources with fewer than %d: end one, retry later, use TryAcquire, or raise the limit on every agent",
+			ErrTooManyWaiters, key, n.cfg.ID, waitersFloor(limit), waitersReserve(limit), limit, waitersFloor(limit))
+	case waitAtNode:
+		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires forwarded by %s, the most one node may forward (half of the leader's --max-waiters %d): retry later, use TryAcquire, or raise the limit on every agent",
+			ErrTooManyWaiters, key, n.cfg.ID, waitersPerNode(limit), c.via, limit)
 	}
 	return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires, its limit (agent --max-waiters %d): retry later, use TryAcquire, or raise the limit on every agent",
 		ErrTooManyWaiters, key, n.cfg.ID, limit, limit)
@@ -802,14 +866,20 @@ func (n *Node) handleRPC(ctx context.Context, method uint8, data []byte) ([]byte
 	case methodAcquire:
 		// A waiter forwarded here counts against this node's
 		// MaxWaiters too: its call stays open here while it waits. It
-		// counts as the forwarding node's, with the whole limit for a
-		// share: a follower forwards the waits of all its clients, each
-		// source of which it held to its own quarter already, so a
-		// quarter here would refuse a follower's legitimate clients
-		// (one busy follower of a 3-node cluster serves up to its whole
-		// --max-waiters) where no source of them is past its share.
+		// counts against its client's source, which the forwarding node
+		// sends (Node.Acquire), as one sent here directly does, so that
+		// a source gets one share of this node whichever nodes it sends
+		// its waits through (outsider review s32 N4: two /24s through
+		// three nodes filled the leader); and against the forwarding
+		// node's own share, so that one follower's clients cannot take
+		// it all. A source that is not a prefix (a node of an older
+		// version sends none) counts only against the node's share.
 		return serveRPC(ctx, n, data, &pb.AcquireRequest{}, func(ctx context.Context, ls *leaderState, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
-			return n.waiterSlot("node "+peer.ID, n.cfg.Limits.MaxWaiters, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+			c := waitClaim{via: "node " + peer.ID}
+			if _, err := netip.ParsePrefix(req.GetClientSource()); err == nil {
+				c.source = req.GetClientSource()
+			}
+			return n.waiterSlot(c, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 				return n.acquireLocal(ctx, ls, req)
 			})
 		})

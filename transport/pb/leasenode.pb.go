@@ -436,7 +436,14 @@ type AcquireRequest struct {
 	// items are further keys granted together with key, all or none, in one
 	// Raft entry (at most 64 keys in all): one token, one expiry, one
 	// holding released, extended and expired as a whole.
-	Items         []*AcquireItem `protobuf:"bytes,10,rep,name=items,proto3" json:"items,omitempty"`
+	Items []*AcquireItem `protobuf:"bytes,10,rep,name=items,proto3" json:"items,omitempty"`
+	// client_source is set by a node that forwards a waiting acquire to the
+	// leader: the source of the client that sent it to that node (its IPv4
+	// /24 or IPv6 /64, as "203.0.113.0/24"), so that the leader counts the
+	// wait against that source's share of --max-waiters as it counts the
+	// waits sent to it directly. Read only from the node port; a node
+	// replaces whatever a client puts here with the client's own source.
+	ClientSource  string `protobuf:"bytes,11,opt,name=client_source,json=clientSource,proto3" json:"client_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -539,6 +546,13 @@ func (x *AcquireRequest) GetItems() []*AcquireItem {
 		return x.Items
 	}
 	return nil
+}
+
+func (x *AcquireRequest) GetClientSource() string {
+	if x != nil {
+		return x.ClientSource
+	}
+	return ""
 }
 
 // AcquireItem is one further key of a multi-key acquire.
@@ -2575,7 +2589,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"leaderAddr\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12#\n" +
-	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\xde\x02\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\x83\x03\n" +
 	"\x0eAcquireRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
@@ -2589,7 +2603,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x04mode\x18\b \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
 	"\x05limit\x18\t \x01(\rR\x05limit\x12/\n" +
 	"\x05items\x18\n" +
-	" \x03(\v2\x19.leasenode.v1.AcquireItemR\x05items\"b\n" +
+	" \x03(\v2\x19.leasenode.v1.AcquireItemR\x05items\x12#\n" +
+	"\rclient_source\x18\v \x01(\tR\fclientSource\"b\n" +
 	"\vAcquireItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
