@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Many connections with the token, each flooding just under the frame
@@ -196,5 +200,74 @@ func TestForwardedRequestsDrawOnTheLeadersBudget(t *testing.T) {
 	// requests); a Get cut by the deadline is not counted.
 	if limit := int64(rate*elapsed.Seconds()) + max(rate/10, 4) + 8; served.Load() > limit {
 		t.Errorf("%d forwarded Gets served in %v, more than the leader's budget allows (%d)", served.Load(), elapsed.Round(time.Millisecond), limit)
+	}
+}
+
+// A request pays for its body's bytes as they are read, before they are
+// decoded, at its own source's turns; and a List page pays for the leases
+// it holds. A 10 KB gzip body decoded to 4 MiB, and a 331 KB page of
+// 1,000 leases, each paid as one request: 64 such Extends in flight from
+// one address made a leader step down (outsider review s33). Another
+// source's Gets meanwhile wait no more than their share.
+func TestRequestsPayForTheirBytes(t *testing.T) {
+	const rate = 400 // 4,000 units a second, half of them each source's
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxAPIRate = rate
+	}})
+	_, l := c.Leader()
+	big, small := apiFrom(t, "127.0.0.1", l), apiFrom(t, "127.0.2.1", l)
+	req := &pb.ExtendRequest{Holder: "h"}
+	for i := range 20_000 { // ~140 KB, past --max-extend-items: refused once decoded
+		req.Items = append(req.Items, &pb.ExtendItem{Key: fmt.Sprint(i), Token: 1})
+	}
+	ctx := ctxT(t, 60*time.Second)
+	gctx, stopGets := context.WithCancel(ctx)
+	defer stopGets()
+	var worst time.Duration
+	gets := make(chan struct{})
+	go func() {
+		defer close(gets)
+		for gctx.Err() == nil {
+			start := time.Now()
+			if _, err := small.Get(gctx, connect.NewRequest(&pb.GetRequest{Key: "k"})); err != nil {
+				return
+			}
+			worst = max(worst, time.Since(start))
+		}
+	}()
+	start := time.Now()
+	_, err := big.Extend(ctx, connect.NewRequest(req))
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "--max-extend-items") {
+		t.Fatalf("extend of 20,000 items: %v", err)
+	}
+	// Its bytes cost ~2,100 units, a second at its share (a debt past 2 s
+	// would close its connection as a flooder's).
+	if took < 400*time.Millisecond { // all of the rate: 0.5 s
+		t.Errorf("a %d KB request was answered after %v: its bytes were not paid for", proto.Size(req)>>10, took)
+	}
+	for i := range 500 {
+		mustGrant(t, l, acq(fmt.Sprint("l/", i), "h", uint64(i+1), time.Minute))
+	}
+	lister := apiFrom(t, "127.0.3.1", l) // a connection of its own: the extend's debt is paid
+	start = time.Now()
+	for range 2 {
+		if _, err := lister.List(ctx, connect.NewRequest(&pb.ListRequest{Prefix: "l/", Limit: 500})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := time.Since(start)
+	if listed < 400*time.Millisecond { // 2 × ~1,000 units: 0.5 s at all of the rate
+		t.Errorf("two pages of 500 leases were answered in %v: their leases were not paid for", listed)
+	}
+	stopGets()
+	select {
+	case <-gets:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Gets did not stop")
+	}
+	t.Logf("the large extend took %v, two pages %v; another source's slowest Get %v", took.Round(time.Millisecond), listed.Round(time.Millisecond), worst.Round(time.Millisecond))
+	if worst > time.Second {
+		t.Errorf("another source's Get waited %v behind the large requests", worst)
 	}
 }

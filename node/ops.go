@@ -926,6 +926,10 @@ func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte
 		if _, ok := b.wait("node "+peer.ID, apiUnitsPerRequest, ctx.Done()); !ok {
 			return nil, context.Cause(ctx)
 		}
+		// Its bytes too, before they are decoded (bodyUnits).
+		if err := n.payUnits(ctx, "node "+peer.ID, bodyUnits(int64(len(data)))); err != nil {
+			return nil, err
+		}
 	}
 	if err := proto.Unmarshal(data, req); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)

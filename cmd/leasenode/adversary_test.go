@@ -749,7 +749,7 @@ func (c *adversary) gzipBomb(t *testing.T) {
 		header map[string]string
 		want   []string
 	}{
-		{"with a token", c.bearer(), []string{"resource_exhausted", "--max-request-bytes"}},
+		{"with a token", c.bearer(), []string{"invalid_argument", "compressed request bodies"}},
 		{"without a token", nil, []string{"unauthenticated", "--auth-token"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
