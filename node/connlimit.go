@@ -75,10 +75,11 @@ import (
 // down (6 of 6 runs). And at most maxUnauthed connections without an
 // authenticated request are open at once: past it a new one takes the
 // place of the first of them by worse (one that made a request without
-// the token, then one that has not answered, or answered more than
-// answeredGrace ago without the token, then by source and age), so a
-// flood of fresh connections costs a bounded amount however fast it
-// redials.
+// the token, then one that has not sent a whole TLS ClientHello nor a
+// request, then one that has not answered, or answered more than
+// answeredGrace ago without the token, then by source prefix, address
+// and age), so a flood of fresh connections costs a bounded amount
+// however fast it redials, and closes its own first.
 //
 // Invariant (auth-budget): with a token, no connection outlives authBy
 // or maxRefused requests without having made a request with it, at most
@@ -183,9 +184,13 @@ type limitedConn struct {
 	firstBy   time.Time
 	wantRead  time.Time // the read deadline last asked for
 	authed    bool      // made a request with the auth token
-	refused   int       // requests made without it
-	source    string    // the remote IP
-	prefix    string    // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
+	// begun: it sent a whole TLS ClientHello (on a TLS API, see
+	// noteHellos) or its first request (HTTP/2: its preface), and so
+	// cost its sender more than a byte (see worse).
+	begun     bool
+	refused   int    // requests made without it
+	source    string // the remote IP
+	prefix    string // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
 	authTimer *time.Timer
 	once      sync.Once
 	closedBy  bool // the limiter closed it (a refusal of its own)
@@ -461,14 +466,9 @@ func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limited
 		}
 		return 2
 	}
-	var per map[string]int // worse's count of connections without the token by address
+	var per unauthCounts
 	if l.authBy > 0 {
-		per = make(map[string]int)
-		for _, c := range l.open {
-			if !c.authed {
-				per[c.source]++
-			}
-		}
+		per = l.unauthCountsLocked()
 	}
 	now := time.Now()
 	var v *limitedConn
@@ -512,6 +512,30 @@ func (l *connLimiter) refusedHello(conn net.Conn) {
 	if c, ok := conn.(*limitedConn); ok {
 		l.refuseHandshake(c)
 	}
+}
+
+// noteHellos returns a clone of cfg (nil if cfg is) whose
+// GetConfigForClient marks the connection begun once crypto/tls has read
+// its whole ClientHello, then calls cfg's own, if any. Wrapped by the
+// HandshakeLimit's Guard, it marks only the handshakes the limit allowed.
+func (l *connLimiter) noteHellos(cfg *tls.Config) *tls.Config {
+	if cfg == nil {
+		return nil
+	}
+	cfg = cfg.Clone()
+	prev := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if c, ok := hello.Conn.(*limitedConn); ok {
+			l.mu.Lock()
+			c.begun = true
+			l.mu.Unlock()
+		}
+		if prev != nil {
+			return prev(hello)
+		}
+		return nil, nil
+	}
+	return cfg
 }
 
 // refuseHandshake closes c, whose TLS handshake the limiter's
@@ -595,18 +619,13 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
 	}
-	// Fair between sources: the victim comes from the address that holds
-	// the most connections without the token, so that one address's
-	// flood of connections that never authenticate closes its own, not
-	// another client's still in its TLS handshake (an outsider's churn
-	// of 2,000 connections on the TLS port failed 71% of fresh clients
-	// with a certificate and the token).
-	per := make(map[string]int, len(l.open))
-	for _, c := range l.open {
-		if !c.authed {
-			per[c.source]++
-		}
-	}
+	// Fair between sources: the victim comes from the /24 (/64), then
+	// the address, that holds the most connections without the token,
+	// so that one source's flood of connections that never authenticate
+	// closes its own, not another client's still in its TLS handshake
+	// (an outsider's churn of 2,000 connections on the TLS port failed
+	// 71% of fresh clients with a certificate and the token).
+	per := l.unauthCountsLocked()
 	var v *limitedConn
 	now := time.Now()
 	for _, c := range l.open {
@@ -620,11 +639,36 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 	return v
 }
 
+// unauthCounts counts the open connections without the auth token by
+// source prefix (limitedConn.prefix) and by address (source), for worse.
+type unauthCounts struct{ byPrefix, byAddr map[string]int }
+
+// unauthCountsLocked counts the open connections without the auth token.
+// Called with l.mu held.
+func (l *connLimiter) unauthCountsLocked() unauthCounts {
+	per := unauthCounts{byPrefix: map[string]int{}, byAddr: map[string]int{}}
+	for _, c := range l.open {
+		if !c.authed {
+			per.byPrefix[c.prefix]++
+			per.byAddr[c.source]++
+		}
+	}
+	return per
+}
+
 // worse reports whether c is to be closed before v, both without the
 // token, at now:
 //
 //  1. one that made requests without it first;
-//  2. then one whose peer has not answered what this side sent (a silent
+//  2. then one that has not begun: it has not sent a whole TLS
+//     ClientHello, nor a request (see limitedConn.begun). A connection
+//     that sent one byte and hung up costs nothing to open, and ranked
+//     alike with a real client mid-handshake, the older of which was
+//     closed: one-byte connections from 20 /24s churned the cap every
+//     ~16 ms, less than a handshake with a client certificate takes on
+//     a loaded host, and 10-14 of 32-41 fresh TLS clients failed
+//     (outsider review s32 N2);
+//  3. then one whose peer has not answered what this side sent (a silent
 //     connection, a replayed TLS ClientHello that cannot finish its
 //     handshake: from many source addresses the per-source count ties,
 //     and those evicted a real client mid-handshake, 9 of 35 fresh
@@ -634,24 +678,33 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 //     otherwise keep the answered rank until the auth timeout, and the
 //     real client still in its first round trip would be the one closed
 //     (outsider review, round 3);
-//  3. then one from the source with more such connections;
-//  4. then the older.
+//  4. then one from the source (/24, /64) with more such connections,
+//     then from the address with more, so that one source's flood closes
+//     its own, not another source's fresh clients, however many
+//     addresses it spreads over;
+//  5. then the older.
 //
-// There is no age floor ahead of 3 (never close a connection younger
+// There is no age floor ahead of 4 (never close a connection younger
 // than a floor while an older one exists, an outsider's suggestion): the
 // older already goes first within a rank, and a floor ahead of the rank
 // or the source count would close an older client that answered, or a
 // lone client beside one address's flood, for the flood's younger
 // connections (TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient,
 // TestUnauthenticatedFloodClosesItsOwn).
-func worse(c, v *limitedConn, per map[string]int, now time.Time) bool {
+func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
+	}
+	if c.begun != v.begun {
+		return v.begun
 	}
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
-	if cn, vn := per[c.source], per[v.source]; cn != vn {
+	if cn, vn := per.byPrefix[c.prefix], per.byPrefix[v.prefix]; cn != vn {
+		return cn > vn
+	}
+	if cn, vn := per.byAddr[c.source], per.byAddr[v.source]; cn != vn {
 		return cn > vn
 	}
 	return c.admitted.Before(v.admitted)
@@ -754,6 +807,7 @@ func (l *connLimiter) state(nc net.Conn, st http.ConnState) {
 	}
 	if lc.fresh {
 		lc.fresh = false
+		lc.begun = true
 		lc.Conn.SetReadDeadline(lc.readDeadlineLocked())
 	}
 }
