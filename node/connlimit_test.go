@@ -63,7 +63,7 @@ func (l connsListener) Accept() (net.Conn, error) {
 	}
 }
 
-// admit runs one Accept of l for raw, which must not wait for a slot.
+// admit runs one Accept of l for raw, which must be admitted.
 func admit(t *testing.T, l *connLimiter, ch chan net.Conn, raw net.Conn) *limitedConn {
 	t.Helper()
 	ch <- raw
