@@ -65,8 +65,9 @@ func (n *Node) startAPI() error {
 		conns.handshakes = transport.NewHandshakeLimit(lim.MaxHandshakeRatePerSource, lim.MaxHandshakeRate)
 	}
 	// A ClientHello draws from the handshake limit, not a first byte
-	// (transport.HandshakeLimit.Guard).
-	apiTLS := conns.handshakes.Guard(n.apiTLS, conns.refusedHello)
+	// (transport.HandshakeLimit.Guard), and one it allowed marks its
+	// connection begun (connLimiter.noteHellos).
+	apiTLS := conns.handshakes.Guard(conns.noteHellos(n.apiTLS), conns.refusedHello)
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{

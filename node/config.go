@@ -337,12 +337,16 @@ type Limits struct {
 	// (closed at once, the refusal max_conns_per_source) if all of its
 	// are busy. At the limit a new connection replaces one of the source
 	// holding the most connections, busy or not, if it holds more than
-	// the new one's source would; else the one idle (kept alive between
-	// requests, or not yet past its first) the longest; if every
-	// connection is busy, new ones wait for a slot. One token holder's
+	// its fair share (MaxConns over the sources holding connections, at
+	// least a sixteenth of MaxConns) and more than the new one's source
+	// would; else, with a token, the oldest without a request with it, or
+	// the one silent longest (not yet past its first request), or its own
+	// source's idle longest (kept alive between requests); else it is
+	// refused (closed at once, the refusal max_conns). One token holder's
 	// 1,006 busy connections from one address filled the limit, and the
 	// connections closed to admit new ones were other clients' idle ones
-	// (outsider review s32 #5). A connection must send its first
+	// (outsider review s32 #5), as were they for 50 /24s holding fewer
+	// each than the clients' /24 (N5). A connection must send its first
 	// request, TLS handshake included, within 2 s (or ReadTimeout if
 	// shorter). Default 1024.
 	MaxConns int

@@ -16,18 +16,19 @@ import (
 )
 
 // connLimiter admits at most max client API connections. At the limit a
-// new connection takes the place of the one that has been idle the
-// longest, which is closed: idle between requests (kept alive), or since
-// it was admitted if it has not sent its first request yet. Connections
-// cheap for anyone to open and leave must not lock every other client out
-// (an outsider's 1,100 silent connections made a Get take 2.35 s on
-// average, 7.75 s at worst). With an auth token, the oldest connection
-// that has made no request with it goes first, busy or not: a request
-// without the token is not worth a slot. If none is idle (and, with a
-// token, all are authenticated), the new connection waits for a slot.
-// Busy authenticated connections (a request in flight, a waiting acquire,
-// a watch), and without a token all busy ones, are never closed, but for
-// the source rule below.
+// new connection takes the place of one that has sent no request yet,
+// silent the longest, or of one of its own source idle the longest (kept
+// alive between requests), which is closed. Connections cheap for anyone
+// to open and leave must not lock every other client out (an outsider's
+// 1,100 silent connections made a Get take 2.35 s on average, 7.75 s at
+// worst). With an auth token, the oldest connection that has made no
+// request with it goes first, busy or not: a request without the token
+// is not worth a slot. Other sources' connections that made a request
+// (with the token, if there is one) are closed only by the fair-share
+// rule below; if none may be closed, the new connection is refused:
+// closed at once, counted as max_conns and logged once per
+// loglimit.Every, naming --max-conns. (It waited for a slot before, and
+// every client that connected meanwhile waited behind it.)
 //
 // Sources (an IPv4 /24, an IPv6 /64: transport.SourcePrefix with
 // HandshakeV4Bits) share the slots: one source may hold at most
@@ -37,13 +38,19 @@ import (
 // all of them are busy it is refused, closed at once, counted as
 // max_conns_per_source and logged once per loglimit.Every. And at max,
 // the victim comes first from the source holding the most connections,
-// if it holds more than the new connection's source would once admitted:
-// among its connections in the order above, then, if none of its is idle,
-// any connection without the token, then its oldest busy one. One token
-// holder's 1,006 busy connections from one address filled --max-conns,
-// and the idle connections closed to admit new ones were other clients':
-// 5 of 55 fresh curls failed and a lock loop stalled 2-4 s 18 times
-// (outsider review s32 #5). Guarded by TestConnsPerSourceAreBounded.
+// if it holds more than its fair share (fairConns: max over the active
+// sources, at least a sixteenth of max) and more than the new
+// connection's source would once admitted: among its connections in the
+// order above, then, if none of its is idle, any connection without the
+// token, then its oldest busy one. A source holding at most its fair
+// share loses none of its connections that made a request to another
+// source's. One token holder's 1,006 busy connections from one address
+// filled --max-conns, and the idle connections closed to admit new ones
+// were other clients': 5 of 55 fresh curls failed and a lock loop
+// stalled 2-4 s 18 times (outsider review s32 #5); and 50 /24s holding
+// fewer each than the clients' /24 did the same (s32 N5). Guarded by
+// TestConnsPerSourceAreBounded, TestConnLimitClosesTheCrowdedSourceFirst
+// and TestConnLimitKeepsFairShares.
 //
 // A connection must also send its first request (TLS handshake included)
 // within first: until then its read deadline is at most that, whatever
@@ -75,15 +82,16 @@ import (
 // down (6 of 6 runs). And at most maxUnauthed connections without an
 // authenticated request are open at once: past it a new one takes the
 // place of the first of them by worse (one that made a request without
-// the token, then one that has not answered, or answered more than
-// answeredGrace ago without the token, then by source and age), so a
-// flood of fresh connections costs a bounded amount however fast it
-// redials.
+// the token, then one that has not sent a whole TLS ClientHello nor a
+// request, then one that has not answered, or answered more than
+// answeredGrace ago without the token, then by source prefix, address
+// and age), so a flood of fresh connections costs a bounded amount
+// however fast it redials, and closes its own first.
 //
 // Invariant (auth-budget): with a token, no connection outlives authBy
 // or maxRefused requests without having made a request with it, at most
-// maxUnauthed such connections are open, and at the limit Accept never
-// waits while such a connection holds a slot. Guarded by
+// maxUnauthed such connections are open, and at the limit no new
+// connection is refused while such a connection holds a slot. Guarded by
 // TestUnauthenticatedRequestsDoNotHoldConnections and
 // TestUnauthenticatedRequestsAreBounded.
 type connLimiter struct {
@@ -98,9 +106,6 @@ type connLimiter struct {
 	// bySource counts the open connections of each source prefix
 	// (limitedConn.prefix).
 	bySource map[string]int
-	freed    chan struct{} // a slot was freed (capacity 1)
-	done     chan struct{} // closed by Close
-	closing  sync.Once
 	lastWarn time.Time
 	shed     int // idle connections closed since the last warning
 	// crowdShed counts connections of the source holding the most
@@ -118,7 +123,7 @@ type connLimiter struct {
 	unauthed     int // open connections that have made no authenticated request
 
 	// Connections closed since the start (Node.Refusals): to admit a
-	// new one at max, for no authenticated request within authBy, after
+	// new one at max (or refused at it), for no authenticated request within authBy, after
 	// maxRefused requests without the token, and to admit a new one at
 	// maxUnauthed.
 	closedMax, closedAuthSlow, closedAuthRefused, closedUnauthCap atomic.Uint64
@@ -127,7 +132,8 @@ type connLimiter struct {
 	failedTLS atomic.Uint64
 	// closedPerSource counts the connections refused, or of their own
 	// source closed to admit them, at a source's share (perSource);
-	// srcWarn limits their log lines.
+	// srcWarn limits their log lines, and those of connections refused
+	// at max (closedMax).
 	closedPerSource atomic.Uint64
 	srcWarn         *loglimit.Limiter
 
@@ -158,19 +164,13 @@ const firstRequestTimeout = 2 * time.Second
 
 func newConnLimiter(ln net.Listener, max int, first time.Duration, log *slog.Logger) *connLimiter {
 	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{}, bySource: map[string]int{},
-		freed: make(chan struct{}, 1), done: make(chan struct{}), hsWarn: loglimit.New(), srcWarn: loglimit.New()}
+		hsWarn: loglimit.New(), srcWarn: loglimit.New()}
 }
 
 // connsPerSource is the most connections one source (an IPv4 /24, an
 // IPv6 /64) may hold of a limit of limit: a quarter, at least 64 (all of
 // it, below 64), as watchesPerSource.
 func connsPerSource(limit int) int { return max(limit/4, min(limit, 64)) }
-
-// Close closes the listener and ends an Accept waiting for a slot.
-func (l *connLimiter) Close() error {
-	l.closing.Do(func() { close(l.done) })
-	return l.Listener.Close()
-}
 
 // limitedConn is one admitted connection. Its fields but once are
 // guarded by l.mu.
@@ -183,9 +183,13 @@ type limitedConn struct {
 	firstBy   time.Time
 	wantRead  time.Time // the read deadline last asked for
 	authed    bool      // made a request with the auth token
-	refused   int       // requests made without it
-	source    string    // the remote IP
-	prefix    string    // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
+	// begun: it sent a whole TLS ClientHello (on a TLS API, see
+	// noteHellos) or its first request (HTTP/2: its preface), and so
+	// cost its sender more than a byte (see worse).
+	begun     bool
+	refused   int    // requests made without it
+	source    string // the remote IP
+	prefix    string // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
 	authTimer *time.Timer
 	once      sync.Once
 	closedBy  bool // the limiter closed it (a refusal of its own)
@@ -322,8 +326,8 @@ func (l *connLimiter) warnAuthLocked() {
 	l.unauthSlow, l.unauthRefuse, l.unauthCap = 0, 0, 0
 }
 
-// Accept waits for a connection and a slot for it. A connection refused
-// at its source's share is closed, and Accept waits for the next.
+// Accept waits for a connection it admits: one refused (at its source's
+// share, or at max: see slot) is closed, and Accept waits for the next.
 func (l *connLimiter) Accept() (net.Conn, error) {
 	for {
 		raw, err := l.Listener.Accept()
@@ -332,119 +336,143 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		}
 		c := &limitedConn{Conn: raw, l: l, fresh: true, source: sourceIP(raw.RemoteAddr()),
 			prefix: transport.SourcePrefix(raw.RemoteAddr(), transport.HandshakeV4Bits)}
-		ok, err := l.slot(c)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
+		if l.slot(c) {
 			return c, nil
 		}
 	}
 }
 
-// slot gives c a slot, waiting for one if every connection is busy. It
-// reports false if c was refused (and closed) at its source's share.
-func (l *connLimiter) slot(c *limitedConn) (bool, error) {
-	for {
-		l.mu.Lock()
-		if share := connsPerSource(l.max); share < l.max && l.bySource[c.prefix] >= share {
-			// Its own source's connections make room for it, or none.
-			victim := l.pickLocked(func(o *limitedConn) bool { return o.prefix == c.prefix }, false)
-			if victim != nil {
-				l.dropLocked(victim)
-				l.admitLocked(c)
-			}
-			l.mu.Unlock()
-			l.closedPerSource.Add(1)
-			if victim != nil {
-				victim.evicted()
-			} else {
-				c.Conn.Close()
-			}
-			l.warnPerSource(c, share, victim != nil)
-			return victim != nil, nil
-		}
-		if l.authBy > 0 && l.unauthed >= maxUnauthed {
-			if victim := l.oldestUnauthed(); victim != nil {
-				l.dropLocked(victim)
-				l.admitLocked(c)
-				l.closedUnauthCap.Add(1)
-				l.unauthCap++
-				l.warnAuthLocked()
-				l.mu.Unlock()
-				victim.evicted()
-				return true, nil
-			}
-		}
-		if len(l.open) < l.max {
-			l.admitLocked(c)
-			l.mu.Unlock()
-			return true, nil
-		}
-		victim, crowded := l.victimLocked(c.prefix)
+// slot gives c a slot. It reports false if c was refused (and closed):
+// at its source's share, or at max if no connection may make room for it
+// (see victimLocked).
+func (l *connLimiter) slot(c *limitedConn) bool {
+	l.mu.Lock()
+	if share := connsPerSource(l.max); share < l.max && l.bySource[c.prefix] >= share {
+		// Its own source's connections make room for it, or none.
+		victim := l.pickLocked(func(o *limitedConn) bool { return o.prefix == c.prefix }, false)
 		if victim != nil {
 			l.dropLocked(victim)
 			l.admitLocked(c)
-			l.closedMax.Add(1)
-			switch {
-			case crowded:
-				l.crowdShed++
-				l.warnLocked("closing a connection of the client source (IPv4 /24, IPv6 /64) holding the most connections to admit one from another")
-			case victim.fresh:
-				l.silent++
-				l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")
-			case l.authBy > 0 && !victim.authed:
-				l.unauthShed++
-				l.warnLocked("closing the oldest connection without a request with the auth token to admit a new one")
-			default:
-				l.shed++
-				l.warnLocked("closing the connection idle longest to admit a new one")
-			}
+		}
+		l.mu.Unlock()
+		l.closedPerSource.Add(1)
+		if victim != nil {
+			victim.evicted()
+		} else {
+			c.Conn.Close()
+		}
+		l.warnPerSource(c, share, victim != nil)
+		return victim != nil
+	}
+	if l.authBy > 0 && l.unauthed >= maxUnauthed {
+		if victim := l.oldestUnauthed(); victim != nil {
+			l.dropLocked(victim)
+			l.admitLocked(c)
+			l.closedUnauthCap.Add(1)
+			l.unauthCap++
+			l.warnAuthLocked()
 			l.mu.Unlock()
 			victim.evicted()
-			return true, nil
-		}
-		l.warnLocked("every connection is busy; new ones wait for a slot")
-		l.mu.Unlock()
-		select {
-		case <-l.freed:
-		case <-l.done:
-			c.Conn.Close()
-			return false, net.ErrClosed
+			return true
 		}
 	}
+	if len(l.open) < l.max {
+		l.admitLocked(c)
+		l.mu.Unlock()
+		return true
+	}
+	victim, crowded, fair := l.victimLocked(c.prefix)
+	if victim != nil {
+		l.dropLocked(victim)
+		l.admitLocked(c)
+		l.closedMax.Add(1)
+		switch {
+		case crowded:
+			l.crowdShed++
+			l.warnLocked("closing a connection of the client source (IPv4 /24, IPv6 /64) holding the most connections to admit one from another")
+		case victim.fresh:
+			l.silent++
+			l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")
+		case l.authBy > 0 && !victim.authed:
+			l.unauthShed++
+			l.warnLocked("closing the oldest connection without a request with the auth token to admit a new one")
+		default:
+			l.shed++
+			l.warnLocked("closing the connection idle longest to admit a new one")
+		}
+		l.mu.Unlock()
+		victim.evicted()
+		return true
+	}
+	l.closedMax.Add(1)
+	l.mu.Unlock()
+	c.Conn.Close()
+	l.warnRefusedMax(c, fair)
+	return false
 }
 
 // victimLocked returns the connection to close, at max, to admit one from
-// source prefix, or nil if none may be (the new one waits for a slot).
-// crowded says that it is one of the source holding the most connections
-// (see connLimiter): when that source holds more than prefix would once
-// the new one is admitted, its worst connection without the token or
-// its idle longest; if none of its is idle, with a token any connection
-// without it (a request without the token is not worth a busy slot: an
-// outsider without it, dialing from fresh addresses, would otherwise
-// close busy connections of the clients that have it); then its oldest
-// busy one. Otherwise, the worst without the token, or the idle longest.
-// Called with l.mu held.
-func (l *connLimiter) victimLocked(prefix string) (victim *limitedConn, crowded bool) {
-	top := 0
+// source prefix, or nil if none may be (the new one is refused), and a
+// source's fair share of the slots (fairConns). crowded says that it is
+// one of the source holding the most connections (see connLimiter): when
+// that source holds more than its fair share, and more than prefix would
+// once the new one is admitted, its worst connection without the token
+// or its idle longest; if none of its is idle, with a token any
+// connection without it (a request without the token is not worth a
+// busy slot: an outsider without it, dialing from fresh addresses, would
+// otherwise close busy connections of the clients that have it); then
+// its oldest busy one. Otherwise, the worst without the token, or, of
+// the connections that have sent no request yet and those of prefix
+// itself, the idle longest: a source within its fair share keeps its
+// connections, idle or busy. Called with l.mu held.
+func (l *connLimiter) victimLocked(prefix string) (victim *limitedConn, crowded bool, fair int) {
+	top, active := 0, len(l.bySource)
 	for _, n := range l.bySource {
 		top = max(top, n)
 	}
-	if top > l.bySource[prefix]+1 {
+	if l.bySource[prefix] == 0 {
+		active++
+	}
+	fair = fairConns(l.max, active)
+	if top > fair && top > l.bySource[prefix]+1 {
 		inTop := func(o *limitedConn) bool { return l.bySource[o.prefix] == top }
 		if v := l.pickLocked(inTop, false); v != nil {
-			return v, true
+			return v, true, fair
 		}
 		if v := l.oldestUnauthed(); v != nil {
-			return v, false
+			return v, false, fair
 		}
-		return l.pickLocked(inTop, true), true
+		return l.pickLocked(inTop, true), true, fair
 	}
 	if v := l.oldestUnauthed(); v != nil {
-		return v, false
+		return v, false, fair
 	}
-	return l.idlest(), false
+	return l.pickLocked(func(o *limitedConn) bool { return o.fresh || o.prefix == prefix }, false), false, fair
+}
+
+// fairConns is a source's fair share of limit connections among active
+// sources: limit / active, at least a sixteenth of limit (64 of the
+// default 1,024; below the per-source share, connsPerSource, so one
+// source at that share is still over it) and 1. A source holding at
+// most that many keeps its connections at the limit: 50 /24s holding
+// 22 busy connections each, fewer than a client /24's 25 but more than
+// 1,024 / 51, would otherwise take the client's place (outsider review
+// s32 N5).
+func fairConns(limit, active int) int { return max(limit/max(active, 1), limit/16, 1) }
+
+// warnRefusedMax logs, once per loglimit.Every, that c was refused at
+// max, every source holding at most its fair share fair, or its own
+// connections all busy.
+func (l *connLimiter) warnRefusedMax(c *limitedConn, fair int) {
+	ok, skipped := l.srcWarn.Allow("max_conns")
+	if !ok {
+		return
+	}
+	args := []any{"source", c.prefix, "max_conns", l.max, "fair_share", fair, "closed", l.closedMax.Load()}
+	if skipped > 0 {
+		args = append(args, loglimit.Skipped, skipped)
+	}
+	l.log.Warn(fmt.Sprintf("refused a client API connection at the agent's --max-conns %d: no client source (IPv4 /24, IPv6 /64) holds more than its fair share of %d connections (--max-conns over the active sources, at least a sixteenth), and the new connection's own source has none idle to replace (raise --max-conns if the clients are yours)", l.max, fair), args...)
 }
 
 // pickLocked returns, of the connections for which in is true, the one to
@@ -461,14 +489,9 @@ func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limited
 		}
 		return 2
 	}
-	var per map[string]int // worse's count of connections without the token by address
+	var per unauthCounts
 	if l.authBy > 0 {
-		per = make(map[string]int)
-		for _, c := range l.open {
-			if !c.authed {
-				per[c.source]++
-			}
-		}
+		per = l.unauthCountsLocked()
 	}
 	now := time.Now()
 	var v *limitedConn
@@ -512,6 +535,30 @@ func (l *connLimiter) refusedHello(conn net.Conn) {
 	if c, ok := conn.(*limitedConn); ok {
 		l.refuseHandshake(c)
 	}
+}
+
+// noteHellos returns a clone of cfg (nil if cfg is) whose
+// GetConfigForClient marks the connection begun once crypto/tls has read
+// its whole ClientHello, then calls cfg's own, if any. Wrapped by the
+// HandshakeLimit's Guard, it marks only the handshakes the limit allowed.
+func (l *connLimiter) noteHellos(cfg *tls.Config) *tls.Config {
+	if cfg == nil {
+		return nil
+	}
+	cfg = cfg.Clone()
+	prev := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if c, ok := hello.Conn.(*limitedConn); ok {
+			l.mu.Lock()
+			c.begun = true
+			l.mu.Unlock()
+		}
+		if prev != nil {
+			return prev(hello)
+		}
+		return nil, nil
+	}
+	return cfg
 }
 
 // refuseHandshake closes c, whose TLS handshake the limiter's
@@ -576,18 +623,6 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 	}
 }
 
-// idlest returns the admitted connection idle the longest, or nil.
-// Called with l.mu held.
-func (l *connLimiter) idlest() *limitedConn {
-	var v *limitedConn
-	for _, c := range l.open {
-		if !c.idleSince.IsZero() && (v == nil || c.idleSince.Before(v.idleSince)) {
-			v = c
-		}
-	}
-	return v
-}
-
 // oldestUnauthed returns, with an auth token, the connection to close
 // first (worse) of those that have made no request with it (busy or
 // not), or nil. Called with l.mu held.
@@ -595,18 +630,13 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
 	}
-	// Fair between sources: the victim comes from the address that holds
-	// the most connections without the token, so that one address's
-	// flood of connections that never authenticate closes its own, not
-	// another client's still in its TLS handshake (an outsider's churn
-	// of 2,000 connections on the TLS port failed 71% of fresh clients
-	// with a certificate and the token).
-	per := make(map[string]int, len(l.open))
-	for _, c := range l.open {
-		if !c.authed {
-			per[c.source]++
-		}
-	}
+	// Fair between sources: the victim comes from the /24 (/64), then
+	// the address, that holds the most connections without the token,
+	// so that one source's flood of connections that never authenticate
+	// closes its own, not another client's still in its TLS handshake
+	// (an outsider's churn of 2,000 connections on the TLS port failed
+	// 71% of fresh clients with a certificate and the token).
+	per := l.unauthCountsLocked()
 	var v *limitedConn
 	now := time.Now()
 	for _, c := range l.open {
@@ -620,11 +650,36 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 	return v
 }
 
+// unauthCounts counts the open connections without the auth token by
+// source prefix (limitedConn.prefix) and by address (source), for worse.
+type unauthCounts struct{ byPrefix, byAddr map[string]int }
+
+// unauthCountsLocked counts the open connections without the auth token.
+// Called with l.mu held.
+func (l *connLimiter) unauthCountsLocked() unauthCounts {
+	per := unauthCounts{byPrefix: map[string]int{}, byAddr: map[string]int{}}
+	for _, c := range l.open {
+		if !c.authed {
+			per.byPrefix[c.prefix]++
+			per.byAddr[c.source]++
+		}
+	}
+	return per
+}
+
 // worse reports whether c is to be closed before v, both without the
 // token, at now:
 //
 //  1. one that made requests without it first;
-//  2. then one whose peer has not answered what this side sent (a silent
+//  2. then one that has not begun: it has not sent a whole TLS
+//     ClientHello, nor a request (see limitedConn.begun). A connection
+//     that sent one byte and hung up costs nothing to open, and ranked
+//     alike with a real client mid-handshake, the older of which was
+//     closed: one-byte connections from 20 /24s churned the cap every
+//     ~16 ms, less than a handshake with a client certificate takes on
+//     a loaded host, and 10-14 of 32-41 fresh TLS clients failed
+//     (outsider review s32 N2);
+//  3. then one whose peer has not answered what this side sent (a silent
 //     connection, a replayed TLS ClientHello that cannot finish its
 //     handshake: from many source addresses the per-source count ties,
 //     and those evicted a real client mid-handshake, 9 of 35 fresh
@@ -634,24 +689,33 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 //     otherwise keep the answered rank until the auth timeout, and the
 //     real client still in its first round trip would be the one closed
 //     (outsider review, round 3);
-//  3. then one from the source with more such connections;
-//  4. then the older.
+//  4. then one from the source (/24, /64) with more such connections,
+//     then from the address with more, so that one source's flood closes
+//     its own, not another source's fresh clients, however many
+//     addresses it spreads over;
+//  5. then the older.
 //
-// There is no age floor ahead of 3 (never close a connection younger
+// There is no age floor ahead of 4 (never close a connection younger
 // than a floor while an older one exists, an outsider's suggestion): the
 // older already goes first within a rank, and a floor ahead of the rank
 // or the source count would close an older client that answered, or a
 // lone client beside one address's flood, for the flood's younger
 // connections (TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient,
 // TestUnauthenticatedFloodClosesItsOwn).
-func worse(c, v *limitedConn, per map[string]int, now time.Time) bool {
+func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
+	}
+	if c.begun != v.begun {
+		return v.begun
 	}
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
-	if cn, vn := per[c.source], per[v.source]; cn != vn {
+	if cn, vn := per.byPrefix[c.prefix], per.byPrefix[v.prefix]; cn != vn {
+		return cn > vn
+	}
+	if cn, vn := per.byAddr[c.source], per.byAddr[v.source]; cn != vn {
 		return cn > vn
 	}
 	return c.admitted.Before(v.admitted)
@@ -699,10 +763,6 @@ func (l *connLimiter) release(c *limitedConn) {
 	l.mu.Lock()
 	l.dropLocked(c)
 	l.mu.Unlock()
-	select {
-	case l.freed <- struct{}{}:
-	default:
-	}
 }
 
 // connKey is the context key of a request's *limitedConn.
@@ -754,6 +814,7 @@ func (l *connLimiter) state(nc net.Conn, st http.ConnState) {
 	}
 	if lc.fresh {
 		lc.fresh = false
+		lc.begun = true
 		lc.Conn.SetReadDeadline(lc.readDeadlineLocked())
 	}
 }

@@ -41,8 +41,10 @@ const (
 //   - max_unauthenticated: connections without an authenticated request
 //     closed to admit a new one past 64 of them;
 //   - max_conns: connections closed to admit a new one at
-//     Limits.MaxConns: idle or silent ones, or those of the source
-//     holding the most (busy or not);
+//     Limits.MaxConns: silent ones, idle ones of the new one's source, or
+//     those of a source holding the most and more than its fair share
+//     (busy or not); and new ones refused at it, every source holding at
+//     most its fair share;
 //   - max_conns_per_source: connections refused, or of their own source
 //     closed to admit them, at a source's share of Limits.MaxConns (an
 //     IPv4 /24 or IPv6 /64 may hold a quarter of it, at least 64);
