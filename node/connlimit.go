@@ -671,14 +671,19 @@ func (l *connLimiter) unauthCountsLocked() unauthCounts {
 // token, at now:
 //
 //  1. one that made requests without it first;
-//  2. then one that has not begun: it has not sent a whole TLS
-//     ClientHello, nor a request (see limitedConn.begun). A connection
-//     that sent one byte and hung up costs nothing to open, and ranked
-//     alike with a real client mid-handshake, the older of which was
-//     closed: one-byte connections from 20 /24s churned the cap every
-//     ~16 ms, less than a handshake with a client certificate takes on
-//     a loaded host, and 10-14 of 32-41 fresh TLS clients failed
-//     (outsider review s32 N2);
+//  2. then one that has not begun within beginGrace of its admission:
+//     it has not sent a whole TLS ClientHello, nor a request (see
+//     limitedConn.begun), which a client sends in its first flight. A
+//     connection that sent one byte and hung up costs nothing to open,
+//     and ranked alike with a real client mid-handshake, the older of
+//     which was closed: one-byte connections from 20 /24s churned the
+//     cap every ~16 ms, less than a handshake with a client certificate
+//     takes on a loaded host, and 10-14 of 32-41 fresh TLS clients
+//     failed (outsider review s32 N2). A younger one is not ranked by
+//     it: a client whose ClientHello the server has not read yet (its
+//     handshake goroutine not yet run on a loaded host) would otherwise
+//     be closed before every connection of a flood that finished its
+//     handshakes;
 //  3. then one whose peer has not answered what this side sent (a silent
 //     connection, a replayed TLS ClientHello that cannot finish its
 //     handshake: from many source addresses the per-source count ties,
@@ -706,8 +711,8 @@ func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	if cr, vr := c.refused > 0, v.refused > 0; cr != vr {
 		return cr
 	}
-	if c.begun != v.begun {
-		return v.begun
+	if cs, vs := c.stale(now), v.stale(now); cs != vs {
+		return cs
 	}
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
@@ -719,6 +724,18 @@ func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 		return cn > vn
 	}
 	return c.admitted.Before(v.admitted)
+}
+
+// beginGrace is how long after its admission a connection may go without
+// a whole ClientHello or request before it ranks as junk in worse: a
+// client sends either in its first flight, milliseconds after it
+// connects, tens on a loaded host.
+const beginGrace = 500 * time.Millisecond
+
+// stale reports whether c has not begun (see limitedConn.begun) within
+// beginGrace of its admission, as of now.
+func (c *limitedConn) stale(now time.Time) bool {
+	return !c.begun && now.Sub(c.admitted) >= beginGrace
 }
 
 // answeredGrace is how long after its admission a connection that

@@ -958,6 +958,16 @@ func testFailoverAddsNoElection(t *testing.T, applied bool) {
 	const ttl = 10 * time.Second
 	mustGrant(t, l, acq("e", "h", 1, ttl))
 	granted := time.Now() // after the grant's stamp
+	// The lease may keep the replication delay of the last entry the new
+	// leader stored (its clock starts when it stored it, after the old
+	// leader stamped it): tens of milliseconds on a loaded machine (29 ms
+	// over a 20 ms slack beside two busy loops, stop 22), more for a
+	// follower that was not of the grant's quorum and stored it late (0.42 s
+	// on a 2-core host running the suite beside reviews). An election adds
+	// at least the leader lease timeout (100 ms with test timing): the
+	// slack stays below it, plus the lag measured here when every node
+	// applied the grant (after it stored it).
+	slack := 60 * time.Millisecond
 	if applied {
 		nodetest.Eventually(t, 10*time.Second, func() error {
 			for i := range c.Size() {
@@ -967,6 +977,7 @@ func testFailoverAddsNoElection(t *testing.T, applied bool) {
 			}
 			return nil
 		})
+		slack += time.Since(granted)
 	}
 	c.Kill(li)
 	_, nl := c.Leader()
@@ -974,16 +985,9 @@ func testFailoverAddsNoElection(t *testing.T, applied bool) {
 	if err != nil || !resp.Found {
 		t.Fatalf("after the failover: %v %v", resp, err)
 	}
-	// The lease may keep the replication delay of the last entry the new
-	// leader stored (its clock starts when it stored it, after the old
-	// leader stamped it): tens of milliseconds on a loaded machine (29 ms
-	// over a 20 ms slack beside two busy loops, stop 22). An election adds
-	// at least the leader lease timeout (100 ms with test timing): the
-	// slack stays below it.
-	const slack = 60 * time.Millisecond
 	left, most := resp.Lease.Remaining.AsDuration(), ttl-time.Since(granted)
 	if left > most+slack {
-		t.Fatalf("no-early-expiry without extra: %v left after the failover, but at most %v was (the election counted as time left)", left, most)
+		t.Fatalf("no-early-expiry without extra: %v left after the failover, but at most %v was, give or take %v (the election counted as time left)", left, most, slack)
 	}
-	t.Logf("%v left after the failover (at most %v)", left, most)
+	t.Logf("%v left after the failover (at most %v, give or take %v)", left, most, slack)
 }
