@@ -640,7 +640,7 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 		return true, nil, nil
 	case pb.AbandonOutcome_ABANDON_OUTCOME_NOT_GRANTED:
 		if d := time.Since(began); d > abandonWindow {
-			return false, nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v)",
+			return false, nil, fmt.Errorf("the call ran %v, longer than the cluster is sure to remember a grant of it (%v): Get the key to see whether this client holds it (a grant it holds expires unless extended)",
 				d.Round(time.Second), abandonWindow)
 		}
 		if resp.GetHolder() == "" && resp.GetWait() == nil {
@@ -1035,8 +1035,11 @@ func retryRead[T any](ctx context.Context, c *Client, f func(context.Context) (T
 
 // Close releases every lease of this Client (as Release does), ends its
 // acquires and watches (ErrClosed) and stops its background loop. ctx
-// bounds the releases. A Close while another runs waits for it and
-// returns its result (or ctx's error).
+// bounds the releases, those Release left to retry in the background
+// included: without a quorum each takes up to the retry timeout, so a
+// program that must stop within a grace period (Kubernetes' 30 s) passes
+// a ctx with a deadline here and to Release. A Close while another runs
+// waits for it and returns its result (or ctx's error).
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {

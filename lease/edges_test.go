@@ -705,9 +705,15 @@ func TestLostLeaseFreesTheKeyForItsClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Released behind the client's back: its next extend is "not held".
-	if _, err := f.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "lost/k", Holder: cl.Holder(), Token: l.Token()}); err != nil {
-		t.Fatal(err)
-	}
+	// (Again after an unknown outcome: a leader stepping down on a busy
+	// host, new-user review s33; a second release of it is no error.)
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		_, err := f.Release(ctxT(t, 10*time.Second), &pb.ReleaseRequest{Key: "lost/k", Holder: cl.Holder(), Token: l.Token()})
+		if err != nil && !errors.Is(err, node.ErrUnknownOutcome) && !errors.Is(err, node.ErrNoLeader) && !errors.Is(err, node.ErrNotLeader) {
+			t.Fatal(err)
+		}
+		return err
+	})
 	select {
 	case <-l.Done():
 	case <-time.After(10 * time.Second):

@@ -385,9 +385,9 @@ func TestManyLeasesOneExtendPerTick(t *testing.T) {
 	// A TTL long enough that an extend of 10,000 leases (one Raft entry of
 	// ~300 KB) fits comfortably in a third of it under -race on two busy
 	// cores; the property is the batching, not the speed. (6 s lost a
-	// lease in the whole suite under -race on a busy host: new-user
-	// review s32.)
-	cl, err := lease.New(cb, lease.WithTTL(12*time.Second), lease.WithRetryTimeout(time.Minute))
+	// lease in the whole suite under -race on a busy host, and 12 s did
+	// at load 17: new-user reviews s32, s33.)
+	cl, err := lease.New(cb, lease.WithTTL(30*time.Second), lease.WithRetryTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -525,7 +525,7 @@ func (l *connLimiter) warnPerSource(c *limitedConn, share int, replaced bool) {
 	if replaced {
 		what = "closed a client API connection of the source of a new one, to admit it"
 	}
-	l.log.Warn(what+fmt.Sprintf(": the source (IPv4 /24, IPv6 /64) holds %d connections, the most one may have (a quarter of the agent's --max-conns %d; raise --max-conns if the clients are yours)", share, l.max), args...)
+	l.log.Warn(what+fmt.Sprintf(": the source (IPv4 /24, IPv6 /64) holds %d connections, the most one may have (a quarter of the agent's --max-conns %d, at least 64; raise --max-conns if the clients are yours)", share, l.max), args...)
 }
 
 // refusedHello is the refused hook of the API's HandshakeLimit.Guard:

@@ -220,7 +220,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 		if node {
 			return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 		}
-		return nil, fmt.Errorf("%w: %d watches open on this node from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-watches %d): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
+		return nil, fmt.Errorf("%w: %d watches open on this node from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-watches %d, at least 64): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
 	}
 	h.watchers[w] = struct{}{}
 	if source != "" {

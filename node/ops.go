@@ -236,7 +236,7 @@ func (n *Node) waiterSlot(c waitClaim, req *pb.AcquireRequest, call func(*pb.Acq
 	}
 	switch refused {
 	case waitAtShare:
-		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires from your address's /24 (IPv6 /64), through any node, the most one source may have (a quarter of the agent's --max-waiters %d): end one, retry later, use TryAcquire, or raise the limit on every agent",
+		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d waiting acquires from your address's /24 (IPv6 /64), through any node, the most one source may have (a quarter of the agent's --max-waiters %d, at least 64): end one, retry later, use TryAcquire, or raise the limit on every agent",
 			ErrTooManyWaiters, key, n.cfg.ID, waitersPerSource(limit), limit)
 	case waitAtReserve:
 		return nil, fmt.Errorf("%w: %q is held, and node %s serves %d or more waiting acquires from your address's /24 (IPv6 /64), through any node, and at most %d of the agent's --max-waiters %d are free, the quarter kept for sources with fewer than %d: end one, retry later, use TryAcquire, or raise the limit on every agent",
