@@ -60,9 +60,10 @@ type Timing struct {
 // last entry of a burst (a watch a follower serves: an embedded
 // lease.Client's on a follower; a dialled one watches through the leader
 // it knows). Gossip rounds (memberlist's 200 ms)
-// were the other sixth; at 1 s, TestFailoverDoesNotAddTheElection failed
-// one run in six (the new leader counted 0.77 s less than had passed),
-// so they stay until that is understood.
+// were the other sixth; at 1 s (fast timing 200 ms, from 50 ms), two
+// full test runs each had a node that joined at start and was sent no
+// Raft traffic for 20 s (term 0, while the leader's configuration held
+// it), so they stay until that is understood.
 func DefaultTiming() Timing {
 	return Timing{
 		HeartbeatTimeout:   time.Second,
