@@ -2,9 +2,12 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/http/httptrace"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -187,13 +190,20 @@ func (r *Remote) watch(addr string, p *peer) {
 func (r *Remote) probe(addr string) bool {
 	ctx, cancel := context.WithTimeout(r.stop, r.peerTimeout)
 	defer cancel()
-	var replied atomic.Bool
+	var replied, connected atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn:              func(httptrace.GotConnInfo) { connected.Store(true) },
 		GotFirstResponseByte: func() { replied.Store(true) },
 	})
 	resp, err := r.client(addr).Status(ctx, connect.NewRequest(&pb.StatusRequest{}))
 	if err == nil {
 		r.learn(resp.Msg.GetHeader())
 	}
-	return replied.Load()
+	// A connection the node accepted and closed at once (its
+	// --max-conns, or a source's share of it, all taken by this client's
+	// own waits) is an answer too: a stopped process's kernel accepts
+	// connections and then holds them, it never closes them.
+	closedByPeer := err != nil && ctx.Err() == nil && connected.Load() &&
+		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
+	return replied.Load() || closedByPeer
 }
