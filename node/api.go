@@ -227,18 +227,23 @@ func (n *Node) guard(next http.Handler) http.Handler {
 	token := n.cfg.AuthToken
 	max := n.cfg.Limits.MaxRequestBytes
 	errw := connect.NewErrorWriter()
+	// refuse answers r with err, unread: in the protocol's own error
+	// format if it is an RPC, else as plain HTTP with status.
+	refuse := func(w http.ResponseWriter, r *http.Request, err error, status int) {
+		refuseBody(w, r)
+		if errw.IsSupported(r) {
+			_ = errw.Write(w, r, err)
+		} else {
+			http.Error(w, err.Error(), status)
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if token != "" && !bearerOK(r.Header.Get("Authorization"), token) {
 			err := fmt.Errorf("%w: send Authorization: Bearer TOKEN (the agents' --auth-token or --auth-token-file; clients pass --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN)", ErrUnauthenticated)
 			if r.Header.Get("Authorization") != "" {
 				err = fmt.Errorf("%w: the token sent is not the cluster's (the agents' --auth-token or --auth-token-file); check the client's --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN", ErrUnauthenticated)
 			}
-			refuseBody(w, r)
-			if errw.IsSupported(r) {
-				_ = errw.Write(w, r, connectError(err))
-			} else {
-				http.Error(w, err.Error(), http.StatusUnauthorized)
-			}
+			refuse(w, r, connectError(err), http.StatusUnauthorized)
 			return // noteToken counts it against the connection
 		}
 		if r.Method == http.MethodPost && !rpcContentType(r.Header.Get("Content-Type")) {
@@ -251,13 +256,8 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			// Refused before a byte is read: a 10 KB gzip body inflated
 			// to 4 MiB cost the node 400 times what it paid (outsider
 			// review s33); the clients never compress.
-			err := connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("compressed request bodies (%s) are not accepted: send the body uncompressed (replies may still be compressed: Accept-Encoding)", enc))
-			refuseBody(w, r)
-			if errw.IsSupported(r) {
-				_ = errw.Write(w, r, err)
-			} else {
-				http.Error(w, err.Error(), http.StatusUnsupportedMediaType)
-			}
+			refuse(w, r, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("compressed request bodies (%s) are not accepted: send the body uncompressed (replies may still be compressed: Accept-Encoding)", enc)),
+				http.StatusUnsupportedMediaType)
 			return
 		}
 		limit := max // a Connect unary body is the message itself
@@ -266,13 +266,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		}
 		if r.ContentLength > limit {
 			// Declared too large: refused before a byte of it is read.
-			err := requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength))
-			refuseBody(w, r)
-			if errw.IsSupported(r) {
-				_ = errw.Write(w, r, err)
-			} else {
-				http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
-			}
+			refuse(w, r, requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength)), http.StatusRequestEntityTooLarge)
 			return
 		}
 		slot := &bodySlot{sem: n.bigBodies, ctx: r.Context()}
