@@ -942,6 +942,13 @@ func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte
 	if err != nil {
 		return nil, err
 	}
+	if n.apiWork != nil {
+		// A read's holdings, as at the API (payHoldings).
+		peer, _ := transport.PeerFrom(ctx)
+		if err := n.payHoldings(ctx, "node "+peer.ID, resp); err != nil {
+			return nil, err
+		}
+	}
 	return proto.Marshal(resp)
 }
 
