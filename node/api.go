@@ -269,11 +269,11 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			refuse(w, r, requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength)), http.StatusRequestEntityTooLarge)
 			return
 		}
-		slot := &bodySlot{sem: n.bigBodies, ctx: r.Context()}
+		slot := &bodySlot{g: n.bigBodies, src: peerSource(r.RemoteAddr), ctx: r.Context()}
 		defer slot.release()
 		r = r.WithContext(context.WithValue(r.Context(), bodySlotKey{}, slot))
 		source := addrSource(r.RemoteAddr)
-		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot,
+		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength,
 			pay: func(units int64) error { return n.payUnits(r.Context(), source, units) }}
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
@@ -410,6 +410,7 @@ type limitedBody struct {
 	// body is large.
 	pay        func(units int64) error
 	slot       *bodySlot
+	length     int64 // the declared Content-Length, -1 if unknown
 	read, paid int64 // bytes read, and paid for
 }
 
@@ -421,7 +422,10 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	if b.pay != nil && n > 0 {
 		b.read += int64(n)
 		if b.read > bigBodyBytes {
-			if serr := b.slot.take(); serr != nil {
+			// Its source's one large body at a time while it is read;
+			// one of the node's few decodes once it is all here.
+			complete := err == io.EOF || b.length > 0 && b.read >= b.length
+			if serr := b.slot.take(complete); serr != nil {
 				return n, serr
 			}
 		}
@@ -464,48 +468,107 @@ func requestEncoding(h http.Header) string {
 	return ""
 }
 
-// Large request bodies: past bigBodyBytes a request must hold one of
-// maxBigBodies slots (Node.bigBodies) until its message is decoded, so
-// that the memory and CPU of decoding large requests is bounded node-wide
-// (64 decodes of 4 MiB in flight took a leader to 1.9 GB: outsider
-// review s33). Requests of ordinary size never wait for one.
+// Large request bodies: past bigBodyBytes a request's body is read only
+// while no other large body of its source (IPv4 /24, IPv6 /64) is, and
+// once it is all read it is decoded only in one of maxBigBodies slots
+// node-wide, until its message is decoded: the memory and CPU of decoding
+// large requests is bounded node-wide (64 decodes of 4 MiB in flight took
+// a leader to 1.9 GB: outsider review s33), while a source that trickles
+// its bodies holds only its own turn (two global slots taken as bodies
+// began, by one source's slow ones, made another's 300 KB extends wait
+// for the read timeout, and a client of 9,000 leases lost all of them:
+// outsider re-probe s33). Requests of ordinary size never wait.
 const (
 	bigBodyBytes = 256 << 10
 	maxBigBodies = 2
 )
 
-// bodySlot is one request's claim on a large-body slot.
+// bodyGate is the node's large-body turns: one per source, and
+// maxBigBodies decoding.
+type bodyGate struct {
+	mu       sync.Mutex
+	srcs     map[string]*srcToken
+	decoding chan struct{}
+}
+
+// srcToken is a source's turn to read a large body, with the count of
+// its requests that hold or want it.
+type srcToken struct {
+	turn chan struct{} // capacity 1
+	refs int
+}
+
+func (g *bodyGate) token(src string) *srcToken {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t := g.srcs[src]
+	if t == nil {
+		t = &srcToken{turn: make(chan struct{}, 1)}
+		g.srcs[src] = t
+	}
+	t.refs++
+	return t
+}
+
+func (g *bodyGate) untoken(src string, t *srcToken) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t.refs--; t.refs == 0 {
+		delete(g.srcs, src)
+	}
+}
+
+// bodySlot is one request's claim on its source's turn and a decoding
+// slot.
 type bodySlot struct {
-	sem  chan struct{}
-	ctx  context.Context // the request's: a wait for a slot ends with it
-	mu   sync.Mutex
-	held bool
+	g   *bodyGate
+	src string
+	ctx context.Context // the request's: a wait ends with it
+	mu  sync.Mutex
+	tok *srcToken // held
+	dec bool      // a decoding slot held
 }
 
 // bodySlotKey carries a request's *bodySlot in its context.
 type bodySlotKey struct{}
 
-func (s *bodySlot) take() error {
+// take takes the source's turn, and a decoding slot too once the body is
+// complete.
+func (s *bodySlot) take(complete bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.held {
-		return nil
+	if s.tok == nil {
+		t := s.g.token(s.src)
+		select {
+		case t.turn <- struct{}{}:
+			s.tok = t
+		case <-s.ctx.Done():
+			s.g.untoken(s.src, t)
+			return context.Cause(s.ctx)
+		}
 	}
-	select {
-	case s.sem <- struct{}{}:
-		s.held = true
-		return nil
-	case <-s.ctx.Done():
-		return context.Cause(s.ctx)
+	if complete && !s.dec {
+		select {
+		case s.g.decoding <- struct{}{}:
+			s.dec = true
+		case <-s.ctx.Done():
+			return context.Cause(s.ctx)
+		}
 	}
+	return nil
 }
 
 func (s *bodySlot) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.held {
-		s.held = false
-		<-s.sem
+	if s.dec {
+		s.dec = false
+		<-s.g.decoding
+	}
+	if s.tok != nil {
+		<-s.tok.turn
+		s.g.untoken(s.src, s.tok)
+		s.tok = nil
 	}
 }
 

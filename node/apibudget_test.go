@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -269,5 +270,48 @@ func TestRequestsPayForTheirBytes(t *testing.T) {
 	t.Logf("the large extend took %v, two pages %v; another source's slowest Get %v", took.Round(time.Millisecond), listed.Round(time.Millisecond), worst.Round(time.Millisecond))
 	if worst > time.Second {
 		t.Errorf("another source's Get waited %v behind the large requests", worst)
+	}
+}
+
+// Sources that trickle large bodies hold only their own turn: another
+// source's large request is read and decoded meanwhile. Two node-wide
+// slots taken as bodies began, held by one source's slow bodies until the
+// read timeout, made another's 300 KB extends wait 10 s, and a client of
+// 9,000 leases lost them all (outsider re-probe s33).
+func TestSlowLargeBodiesHoldOnlyTheirSourcesTurn(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true})
+	_, l := c.Leader()
+	for _, ip := range []string{"127.0.3.1", "127.0.3.2", "127.0.4.1", "127.0.5.1"} {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		raw, err := d.Dial("tcp", l.APIAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		// 300 KB of a declared 400 KB, then nothing.
+		fmt.Fprintf(raw, "POST /leasenode.v1.LeaseService/Extend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 400<<10)
+		if _, err := raw.Write([]byte(`{"holder":"h","items":[` + strings.Repeat(" ", 300<<10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if n := l.LargeBodySources(); n < 3 {
+			return fmt.Errorf("%d sources' slow bodies read past the large-body size", n)
+		}
+		return nil
+	})
+	req := &pb.ExtendRequest{Holder: "h"}
+	for i := range 20_000 { // ~300 KB
+		req.Items = append(req.Items, &pb.ExtendItem{Key: fmt.Sprintf("key-%08d", i), Token: 1})
+	}
+	start := time.Now()
+	_, err := apiFrom(t, "127.0.6.1", l).Extend(ctxT(t, 30*time.Second), connect.NewRequest(req))
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "--max-extend-items") {
+		t.Fatalf("extend of 20,000 items: %v", err)
+	}
+	t.Logf("a %d KB extend beside slow large bodies from three /24s: answered in %v", proto.Size(req)>>10, took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("a large extend waited %v behind other sources' slow bodies", took)
 	}
 }

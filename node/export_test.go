@@ -86,3 +86,11 @@ func (n *Node) WaitsToBootstrap() bool {
 	defer n.cluster.mu.Unlock()
 	return n.cluster.waiting
 }
+
+// LargeBodySources counts the sources (/24, /64) whose large request
+// bodies hold or wait for their turn (bodyGate).
+func (n *Node) LargeBodySources() int {
+	n.bigBodies.mu.Lock()
+	defer n.bigBodies.mu.Unlock()
+	return len(n.bigBodies.srcs)
+}

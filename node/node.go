@@ -125,7 +125,7 @@ type Node struct {
 	backups chan struct{}
 	// bigBodies bounds the large request bodies being read and decoded
 	// (bodySlot).
-	bigBodies chan struct{}
+	bigBodies *bodyGate
 	// lostPending counts acquires whose outcome this leader is waiting
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
@@ -186,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		fatalCh:       make(chan struct{}),
 		withdrawals:   make(chan struct{}, 1024),
 		backups:       make(chan struct{}, maxBackups),
-		bigBodies:     make(chan struct{}, maxBigBodies),
+		bigBodies:     &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies)},
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,
