@@ -24,6 +24,18 @@ type rawClient struct {
 
 // dialRaw connects to addr from ip (a loopback address: Linux routes all
 // of 127.0.0.0/8 to lo); the connection closes at the end of the test.
+// closedOf returns, for each of cs that no longer answers a request,
+// its index and error.
+func closedOf(cs []*rawClient) []string {
+	var lost []string
+	for i, c := range cs {
+		if err := c.status(); err != nil {
+			lost = append(lost, fmt.Sprintf("%d: %v", i, err))
+		}
+	}
+	return lost
+}
+
 func dialRaw(t *testing.T, ip, addr string) *rawClient {
 	t.Helper()
 	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
@@ -161,12 +173,7 @@ func TestConnLimitClosesTheCrowdedSourceFirst(t *testing.T) {
 			t.Fatalf("new client %d of a third source at the limit: %v", i, err)
 		}
 	}
-	var lost []string
-	for i, c := range idle {
-		if err := c.status(); err != nil {
-			lost = append(lost, fmt.Sprintf("%d: %v", i, err))
-		}
-	}
+	lost := closedOf(idle)
 	if len(lost) > 0 {
 		t.Fatalf("%d of the %d idle connections were closed at the limit, while one source held %d busy: %s",
 			len(lost), len(idle), share, strings.Join(lost, "; "))
@@ -220,12 +227,7 @@ func TestConnLimitKeepsFairShares(t *testing.T) {
 			t.Fatalf("new connection %d of a /24 holding 7 busy ones was served at the limit; want it refused", i)
 		}
 	}
-	var lost []string
-	for i, c := range idle {
-		if err := c.status(); err != nil {
-			lost = append(lost, fmt.Sprintf("%d: %v", i, err))
-		}
-	}
+	lost := closedOf(idle)
 	if len(lost) > 0 {
 		t.Fatalf("%d of the client source's %d idle connections, its fair share, were closed at the limit for %d /24s' busy ones: %s",
 			len(lost), legit, sources, strings.Join(lost, "; "))
