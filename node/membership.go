@@ -344,13 +344,23 @@ func (n *Node) startGossip(ctx context.Context) error {
 	d.setMeta(n.meta(false))
 	n.gossip = d
 	mc := memberlist.DefaultLANConfig()
+	// Gossip rounds carry only news (membership changes, a node's new
+	// metadata), which also rides on every probe; memberlist wakes every
+	// node each round even when there is none, and at the LAN default of
+	// 200 ms those idle rounds were a sixth of an idle cluster's CPU and
+	// a fifth of its wake-ups (three agents, 40 s idle: 0.62 -> 0.47-0.57
+	// CPU-s a 30 s, 635 -> 505-536 context switches a second; with fast
+	// timing, 50 -> 200 ms: 2.03, 1.88 -> 1.77, 1.76 CPU-s). News still
+	// reaches a 3-5 node cluster within about a second; failure
+	// detection (the probes) is unchanged.
+	mc.GossipInterval = idleGossipInterval
 	if cfg.Timing.HeartbeatTimeout <= FastLANTiming().HeartbeatTimeout {
 		// Fast-LAN timing: detect failed nodes in a second or two, with
 		// enough slack that a busy host does not flap members.
 		mc = memberlist.DefaultLocalConfig()
 		mc.ProbeInterval = 300 * time.Millisecond
 		mc.ProbeTimeout = 200 * time.Millisecond
-		mc.GossipInterval = 50 * time.Millisecond
+		mc.GossipInterval = fastGossipInterval
 		mc.SuspicionMult = 3
 	}
 	mc.Name = cfg.ID
@@ -627,6 +637,13 @@ func (n *Node) removeServer(id string) error {
 	}
 	return nil
 }
+
+// Gossip intervals: how often memberlist sends pending news to a few
+// random members (see startGossip).
+const (
+	idleGossipInterval = time.Second
+	fastGossipInterval = 200 * time.Millisecond
+)
 
 // leaveGossip leaves gossip, waiting up to timeout for the news to go out.
 func (n *Node) leaveGossip(timeout time.Duration) {

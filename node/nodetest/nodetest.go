@@ -28,6 +28,7 @@ import (
 	"github.com/leasenode/leasenode/internal/freeport"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // TestTiming is fast like node.FastLANTiming but with more slack, so that
@@ -86,7 +87,13 @@ type Cluster struct {
 	cfgs  []node.Config
 }
 
-// New starts a cluster and waits until it has a serving leader.
+// New starts a cluster and waits until it has a serving leader and every
+// node has learnt the cluster's identity. (Waiting for the leader alone
+// returned while a slow node could still be waiting to bootstrap, refusing
+// the leader's dials; a test that then stopped its gossip, or put another
+// cluster's node into gossip, met a state no deployment meets at once.)
+// With Options.BeforeStart, New waits only for the leader: the test's
+// faults may keep a node apart.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.Size == 0 {
@@ -132,7 +139,31 @@ func New(t testing.TB, opts Options) *Cluster {
 		t.Fatalf("start cluster: %v", err)
 	}
 	c.WaitForLeader()
+	if opts.BeforeStart == nil {
+		c.waitJoined()
+	}
 	return c
+}
+
+// waitJoined waits until every running node knows the cluster's id.
+func (c *Cluster) waitJoined() {
+	c.t.Helper()
+	Eventually(c.t, 20*time.Second, func() error {
+		for i := range c.cfgs {
+			n := c.Node(i)
+			if n == nil {
+				continue
+			}
+			st, err := n.Status(context.Background(), &pb.StatusRequest{})
+			if err != nil {
+				return err
+			}
+			if st.ClusterId == "" {
+				return fmt.Errorf("n%d has not learnt the cluster id yet: %s", i, c.Describe())
+			}
+		}
+		return nil
+	})
 }
 
 // Logger returns a logger for node i.
