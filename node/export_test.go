@@ -1,6 +1,7 @@
 package node
 
 import (
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -53,6 +54,20 @@ const MinReplayOps = minReplayOps
 // FailLogWrites makes every write of n's Raft log store fail with err, as
 // a full disk does.
 func (n *Node) FailLogWrites(err error) { n.logs.fault.Store(&err) }
+
+// StallLogWrites makes every write of n's Raft log store block, as a hung
+// disk does, until release is called (idempotent).
+func (n *Node) StallLogWrites() (release func()) {
+	ch := make(chan struct{})
+	n.logs.stall.Store(&ch)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			n.logs.stall.Store(nil)
+			close(ch)
+		})
+	}
+}
 
 // GossipStreamsRefused is how many inbound gossip streams n closed at its
 // limits: at once for too many open (gossip_max_streams and _per_ip), and

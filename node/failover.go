@@ -345,6 +345,28 @@ type rejoinTransport struct {
 	// seconds its suspicion took (new-user review s32).
 	refusedMu sync.Mutex
 	refused   map[raft.ServerAddress]time.Time
+
+	// storedMu guards acks: each peer's last AppendEntries reply (a
+	// heartbeat's too), for a leader that cannot commit to say which
+	// voters store nothing (cannotCommitDetail).
+	storedMu sync.Mutex
+	acks     map[raft.ServerAddress]peerAck
+}
+
+// peerAck is a peer's last AppendEntries reply: the last index of its log
+// then, and when.
+type peerAck struct {
+	lastLog uint64
+	at      time.Time
+}
+
+// stored returns the last index of target's log as its last AppendEntries
+// reply said, and when that came; ok is false before any reply.
+func (t *rejoinTransport) stored(target raft.ServerAddress) (lastLog uint64, at time.Time, ok bool) {
+	t.storedMu.Lock()
+	defer t.storedMu.Unlock()
+	a, ok := t.acks[target]
+	return a.lastLog, a.at, ok
 }
 
 // note records how a dial of target went: refused, or reached.
@@ -396,6 +418,14 @@ const (
 func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	err := t.redial(func() error { return t.NetworkTransport.AppendEntries(id, target, args, resp) })
 	t.note(target, err)
+	if err == nil {
+		t.storedMu.Lock()
+		if t.acks == nil {
+			t.acks = map[raft.ServerAddress]peerAck{}
+		}
+		t.acks[target] = peerAck{lastLog: resp.LastLog, at: time.Now()}
+		t.storedMu.Unlock()
+	}
 	return err
 }
 

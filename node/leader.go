@@ -389,8 +389,10 @@ func (n *Node) propose(s fsm.Stamp, cmd fsm.Command, timeout time.Duration) *pro
 	go func() { // ends when the future resolves or Raft is down (see wait)
 		defer close(p.done)
 		start := time.Now()
+		end := n.commits.begin()
 		f := n.raft.Apply(fsm.Encode(s, cmd), timeout)
 		p.resp, p.err = n.outcome(f)
+		end(p.err == nil)
 		if p.err == nil {
 			n.noteCommit(time.Since(start))
 		}
@@ -436,6 +438,27 @@ func (p *proposal) wait(ctx context.Context, n *Node) (*fsm.Response, error) {
 	case <-n.ctx.Done():
 		return nil, fmt.Errorf("%w: node closing", ErrUnknownOutcome)
 	}
+}
+
+// waitCommit is wait, for a client's acquire: it also ends when this
+// leader is found unable to commit (invariant commit-or-say), with
+// ErrUnknownOutcome, as the entry may still commit once it can.
+func (p *proposal) waitCommit(ctx context.Context, n *Node) (*fsm.Response, error) {
+	select {
+	case <-p.done:
+		return p.resp, p.err
+	case <-n.commits.stalledChan():
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, ctx.Err())
+	case <-n.ctx.Done():
+		return nil, fmt.Errorf("%w: node closing", ErrUnknownOutcome)
+	}
+	select {
+	case <-p.done: // resolved meanwhile
+		return p.resp, p.err
+	default:
+	}
+	return nil, fmt.Errorf("%w: the entry was proposed and may still commit: %w", ErrUnknownOutcome, &LeaderError{Err: ErrNoLeader, Detail: n.cannotCommitDetail()})
 }
 
 // neverAppended reports whether Raft refused an Apply before appending

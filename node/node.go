@@ -60,6 +60,7 @@ type Node struct {
 	keptAnswering  atomic.Int64              // reconcile passes that kept a server gossip called dead (answers)
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 	slowCommits    *loglimit.Limiter         // of the slow-commit warnings (noteCommit)
+	commits        *commitWatch              // proposals in flight: can this leader commit? (commitwatch.go)
 	formatsFailed  *loglimit.Limiter         // of failures to write PeerFormatsFile
 	twoClusters    *loglimit.Limiter         // of the warnings that gossip shows two clusters (seenCluster)
 	gossipJoined   chan struct{}             // closed once the first join of the seeds is done
@@ -199,6 +200,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		authPeers:     nodeServer != nil,
 		joinLimit:     loglimit.New(),
 	}
+	n.commits = newCommitWatch(commitStallAfter(cfg.Timing), n.onCommitStall)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub = newWatchHub()
 	n.members = newMemberTable()

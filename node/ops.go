@@ -983,6 +983,12 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		}
 		return true
 	}
+	// A leader that cannot commit neither queues nor proposes (invariant
+	// commit-or-say): the grant could not commit, and the caller's retry
+	// policy counts the refusal as a failure.
+	if err := n.cannotCommitErr(); err != nil {
+		return nil, fmt.Errorf("acquire %q: %w", cmd.Key, err)
+	}
 	// A retry of an attempt still waiting here is judged alone.
 	if err := settleWaiting(ctx, ls, cmd); err != nil {
 		return nil, err
@@ -1026,7 +1032,7 @@ func (n *Node) acquireNow(ctx context.Context, ls *leaderState, req *pb.AcquireR
 	}
 	s := ls.stamp()
 	p := n.propose(s, cmd, applyTimeout(ctx))
-	resp, err := p.wait(ctx, n)
+	resp, err := p.waitCommit(ctx, n)
 	if err != nil {
 		if ctx.Err() == nil {
 			// Leadership ended with the entry in flight, and the
@@ -1073,6 +1079,10 @@ func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error
 		}
 		select {
 		case <-settled:
+		case <-ls.n.commits.stalledChan():
+			// Its proposal may not resolve for long (invariant
+			// commit-or-say); this attempt was not applied.
+			return fmt.Errorf("acquire %q: an earlier attempt of this request is being committed: %w", cmd.Key, &LeaderError{Err: ErrNoLeader, Detail: ls.n.cannotCommitDetail()})
 		case <-ctx.Done():
 			return fmt.Errorf("acquire %q: %w: an earlier attempt of this request was being committed (%v)", cmd.Key, ErrUnknownOutcome, ctx.Err())
 		}

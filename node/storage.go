@@ -213,6 +213,9 @@ type logCache struct {
 	// fault, if set, is returned by every write instead of storing (tests:
 	// a full disk).
 	fault atomic.Pointer[error]
+	// stall, if set, blocks every write until it is closed (tests: a hung
+	// disk, whose writes neither finish nor fail).
+	stall atomic.Pointer[chan struct{}]
 }
 
 // received is when this node stored the entry at index, of term; stamped
@@ -253,6 +256,9 @@ func (c *logCache) GetLog(index uint64, log *raft.Log) error {
 func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log{log}) }
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
+	if ch := c.stall.Load(); ch != nil {
+		<-*ch
+	}
 	at := time.Now()
 	store := c.LogStore.StoreLogs
 	if f := c.fault.Load(); f != nil {

@@ -168,6 +168,12 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 		q.mu.Unlock()
 		return waitResult{err: q.closed}
 	}
+	if _, _, stalled := q.ls.n.commits.stalled(); stalled {
+		// Found unable to commit since the caller asked (invariant
+		// commit-or-say).
+		q.mu.Unlock()
+		return waitResult{err: &LeaderError{Err: ErrNoLeader, Detail: q.ls.n.cannotCommitDetail()}}
+	}
 	for _, it := range w.items {
 		if kq := q.keys[it.Key]; kq != nil && len(kq.waiters) >= maxKeyWaiters {
 			q.mu.Unlock()
@@ -549,6 +555,46 @@ func (q *waitQueues) drop(key string, kq *keyQueue) {
 		kq.timer.Stop()
 	}
 	delete(q.keys, key)
+}
+
+// stall answers every waiter when this leader is found unable to commit
+// (invariant commit-or-say): queued with queued (its wait was cut short,
+// as by a leader change: retryable), in flight with inflight (its grant
+// may still commit: ErrUnknownOutcome, for its client to settle, as
+// failAll's). Every waiter answered is gone: none is proposed again, and
+// the queue answers none of them again. New waiters are refused while the
+// stall lasts (wait); the queues stay open for when it ends.
+func (q *waitQueues) stall(queued, inflight error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed != nil {
+		return
+	}
+	var ws []*waiter
+	seen := map[*waiter]bool{}
+	for _, kq := range q.keys {
+		for _, w := range kq.waiters {
+			if !w.gone && !seen[w] {
+				seen[w] = true
+				ws = append(ws, w)
+			}
+		}
+	}
+	for _, w := range ws {
+		w.gone = true
+		r := waitResult{err: queued}
+		if w.inflight != nil {
+			// Settled when Raft resolves it (settle takes it out of
+			// its queues then); not withdrawn, as in failAll.
+			r.err = inflight
+		} else {
+			q.removeLocked(w)
+		}
+		select {
+		case w.done <- r:
+		default:
+		}
+	}
 }
 
 // failAll answers every waiter with err and refuses new ones; called when

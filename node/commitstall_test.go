@@ -1,0 +1,138 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
+)
+
+// A leader that cannot commit (one voter of three stopped, the other's
+// disk hung: heartbeats go on, so it keeps leading and answers the
+// client's liveness checks) tells a waiting Acquire so, and the client
+// gives up after its retry timeout with an error that names the cause,
+// as it does without a quorum at all. Adversarial review: a waiting
+// Acquire with a 2 s retry timeout waited its whole context (21 s).
+// Both shapes of wait: a free key whose grant cannot commit, and a key
+// held by a live holder (its extends cannot commit either). Once the disk
+// is back, the key is granted as usual, to one holder.
+func TestWaitAtLeaderThatCannotCommitGivesUp(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{API: true})
+	li, l := c.Leader()
+	var followers []int
+	for i := 0; i < c.Size(); i++ {
+		if i != li {
+			followers = append(followers, i)
+		}
+	}
+	hung, stopped := followers[0], followers[1]
+	dial := func(holder string, opts ...lease.Option) *lease.Client {
+		t.Helper()
+		opts = append([]lease.Option{lease.WithHolder(holder)}, opts...)
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = cl.Close(ctx)
+		})
+		return cl
+	}
+	holder := dial("holder")
+	if _, err := holder.Acquire(ctxT(t, 10*time.Second), "held", lease.TTL(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+
+	term := l.Raft().CurrentTerm()
+	release := c.Node(hung).StallLogWrites()
+	t.Cleanup(release) // before the cluster closes (cleanups run last first)
+	c.Kill(stopped)
+	stoppedID := c.Config(stopped).ID
+
+	const retry = 2 * time.Second
+	const patience = 20 * time.Second // the callers' context: before the fix, the wait
+	type outcome struct {
+		key  string
+		err  error
+		took time.Duration
+	}
+	done := make(chan outcome, 2)
+	for _, key := range []string{"free", "held"} {
+		cl := dial("waiter-"+key, lease.WithRetryTimeout(retry))
+		go func() {
+			start := time.Now()
+			ls, err := cl.Acquire(ctxT(t, patience), key, lease.TTL(3*time.Second))
+			if err == nil {
+				err = fmt.Errorf("granted (token %d) by a leader that cannot commit", ls.Token())
+			}
+			done <- outcome{key, err, time.Since(start)}
+		}()
+	}
+	var ends []outcome
+	for range 2 {
+		var o outcome
+		select {
+		case o = <-done:
+		case <-time.After(patience + 10*time.Second):
+			t.Fatal("a waiting acquire did not return after its context ended")
+		}
+		t.Logf("wait for %q ended after %v: %v", o.key, o.took.Round(time.Millisecond), o.err)
+		if o.took >= patience-time.Second {
+			t.Errorf("wait for %q took its whole context (%v), not its retry timeout (%v): %v", o.key, o.took, retry, o.err)
+		}
+		if !errors.Is(o.err, lease.ErrNoLeader) && !errors.Is(o.err, lease.ErrUnknownOutcome) {
+			t.Errorf("wait for %q: %v, want ErrNoLeader or ErrUnknownOutcome", o.key, o.err)
+		}
+		ends = append(ends, o)
+	}
+	// hashicorp/raft may yet depose the leader (its replication to the
+	// hung follower times out after the transport's 10 s); then the waits
+	// ended as without a quorum, which says nothing of this case.
+	if !l.IsLeader() || l.Raft().CurrentTerm() != term {
+		t.Logf("the leader stepped down meanwhile: the waits ended as without a quorum")
+	} else {
+		for _, o := range ends {
+			if msg := o.err.Error(); !strings.Contains(msg, "cannot commit") || !strings.Contains(msg, stoppedID) {
+				t.Errorf("wait for %q: the error does not say the leader cannot commit, naming the stopped voter %s: %v", o.key, stoppedID, o.err)
+			}
+		}
+	}
+
+	// The disk is back: a quorum again (the leader and the follower). The
+	// free key's grant may have committed now, for its TTL; a new holder
+	// waits that out and is granted, alone.
+	release()
+	after := dial("after")
+	ls, err := after.AcquireTimeout(ctxT(t, 30*time.Second), "free", 20*time.Second, lease.TTL(10*time.Second))
+	if err != nil {
+		t.Fatalf("acquire once the disk is back: %v", err)
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		_, ln := c.Leader()
+		if ln == nil {
+			return errors.New("no leader")
+		}
+		r, err := ln.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "free"})
+		if err != nil {
+			return err
+		}
+		var live []*pb.Lease
+		for _, h := range r.GetHoldings() {
+			if h.GetState() == pb.LeaseState_LEASE_STATE_HELD {
+				live = append(live, h)
+			}
+		}
+		if len(live) != 1 || !strings.HasPrefix(live[0].GetHolder(), "after#") || live[0].GetToken() != ls.Token() {
+			return fmt.Errorf("holdings of \"free\": %v, want only after's (token %d)", r.GetHoldings(), ls.Token())
+		}
+		return nil
+	})
+}

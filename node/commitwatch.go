@@ -1,0 +1,224 @@
+package node
+
+import (
+	"container/list"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// commitStallAfter is how long a leader may go without committing any of
+// the proposals it has in flight before it says that it cannot commit:
+// five heartbeat timeouts (5 s with DefaultTiming), at least 3 s. A busy
+// host's slow commits (seconds: slowCommit warns from 1 s; two clusters
+// on one host once stalled 3.4 s) stay below it with default timing;
+// a commit that is late is still progress, and any commit resets the
+// count.
+func commitStallAfter(t Timing) time.Duration {
+	return max(5*t.HeartbeatTimeout, 3*time.Second)
+}
+
+// commitWatch follows this node's proposals from Apply until Raft resolves
+// them, to tell when it leads but cannot commit.
+//
+// hashicorp/raft keeps a leader while a quorum answers its heartbeats,
+// which touch no disk: with one voter of three stopped and the other's
+// disk hung (its log store's writes block), the leader keeps leading,
+// answers every liveness check, and commits nothing. Requests waiting for
+// a commit, and waiting acquires whose grant could not commit, then
+// waited for their callers' whole contexts (forever with
+// context.Background()), where a leader without a quorum steps down and
+// its callers give up after their retry timeout (adversarial review: a
+// waiting acquire with a 2 s retry timeout waited 21 s).
+//
+// Invariant commit-or-say: a leader that has had a proposal in flight for
+// commitStallAfter, with nothing committed meanwhile, is stalled: it
+// answers the waiting acquires it holds (an in-flight grant
+// ErrUnknownOutcome, a queued wait ErrNotLeader: its wait was cut short,
+// as by a leader change) and refuses new ones (ErrNoLeader), each naming
+// the voters that have not stored the newest entries, until a proposal
+// commits or none is left in flight. A client's retry policy counts those
+// refusals as failures, so it gives up after its retry timeout, as
+// without a quorum. A wait for a held key at a leader that commits
+// (however long the key is held) is not touched. Guarded by
+// TestWaitAtLeaderThatCannotCommitGivesUp.
+type commitWatch struct {
+	after   time.Duration
+	onStall func() // called, in a goroutine of its own, when a stall begins
+
+	mu        sync.Mutex
+	inflight  list.List // proposal start times, oldest first
+	committed time.Time // when a proposal last committed
+	declared  bool      // onStall ran for the current stall
+	stalledCh chan struct{}
+	timer     *time.Timer
+	armed     bool
+}
+
+func newCommitWatch(after time.Duration, onStall func()) *commitWatch {
+	return &commitWatch{after: after, onStall: onStall, stalledCh: make(chan struct{})}
+}
+
+// begin registers a proposal handed to Raft now. end must be called
+// once, when Raft resolved it, saying whether it committed.
+func (w *commitWatch) begin() (end func(committed bool)) {
+	if w == nil { // a Node made by a unit test
+		return func(bool) {}
+	}
+	w.mu.Lock()
+	e := w.inflight.PushBack(time.Now())
+	w.armLocked()
+	w.mu.Unlock()
+	return func(committed bool) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.inflight.Remove(e)
+		if committed {
+			w.committed = time.Now()
+		}
+		if w.declared && (committed || w.inflight.Len() == 0) {
+			w.declared = false
+			w.stalledCh = make(chan struct{})
+		}
+		w.armLocked()
+	}
+}
+
+// armLocked sets the timer for when the oldest proposal in flight would
+// make a stall, if it is not set and there is one. w.mu is held.
+func (w *commitWatch) armLocked() {
+	if w.armed || w.declared || w.inflight.Len() == 0 {
+		return
+	}
+	age, _ := w.ageLocked(time.Now())
+	d := max(w.after-age, time.Millisecond)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(d, w.check)
+	} else {
+		w.timer.Reset(d)
+	}
+	w.armed = true
+}
+
+// ageLocked is how long the node has gone without committing while a
+// proposal waited: since the oldest proposal in flight, or the last
+// commit if later. w.mu is held.
+func (w *commitWatch) ageLocked(now time.Time) (time.Duration, bool) {
+	front := w.inflight.Front()
+	if front == nil {
+		return 0, false
+	}
+	since := front.Value.(time.Time)
+	if w.committed.After(since) {
+		since = w.committed
+	}
+	return now.Sub(since), true
+}
+
+// check runs when the timer fires: it declares a stall, or sets the timer
+// again.
+func (w *commitWatch) check() {
+	w.mu.Lock()
+	w.armed = false
+	age, ok := w.ageLocked(time.Now())
+	if !ok || w.declared {
+		w.mu.Unlock()
+		return
+	}
+	if age < w.after {
+		w.armLocked()
+		w.mu.Unlock()
+		return
+	}
+	w.declared = true
+	close(w.stalledCh)
+	w.mu.Unlock()
+	if w.onStall != nil {
+		w.onStall()
+	}
+}
+
+// stalled reports whether the node cannot commit: for how long nothing
+// committed while proposals waited, and how many wait.
+func (w *commitWatch) stalled() (age time.Duration, waiting int, ok bool) {
+	if w == nil {
+		return 0, 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	age, some := w.ageLocked(time.Now())
+	return age, w.inflight.Len(), some && (w.declared || age >= w.after)
+}
+
+// stalledChan is closed when the next stall is declared (at once, if one
+// is declared now).
+func (w *commitWatch) stalledChan() <-chan struct{} {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stalledCh
+}
+
+// onCommitStall answers the waiting acquires of the serving leader state
+// when the node is found unable to commit (invariant commit-or-say).
+func (n *Node) onCommitStall() {
+	detail := n.cannotCommitDetail()
+	n.log.Warn("this leader cannot commit: waiting acquires are answered and new ones refused until it commits again", "component", "node.leader", "detail", detail)
+	if ls := n.lead.Load(); ls != nil {
+		ls.queues.stall(
+			&LeaderError{Err: ErrNotLeader, Detail: detail + "; this wait was cut short and may be sent again"},
+			fmt.Errorf("%w: its grant was proposed and may still commit: %w", ErrUnknownOutcome, &LeaderError{Err: ErrNoLeader, Detail: detail}))
+	}
+}
+
+// cannotCommitErr is ErrNoLeader saying why this leader cannot commit, if
+// it cannot (nil if it can).
+func (n *Node) cannotCommitErr() error {
+	if _, _, ok := n.commits.stalled(); !ok {
+		return nil
+	}
+	return &LeaderError{Err: ErrNoLeader, Detail: n.cannotCommitDetail()}
+}
+
+// cannotCommitDetail says for how long this leader has committed nothing
+// and which voters have not stored its newest entries, as their last
+// Raft replies said (a voter that answers heartbeats but stores nothing
+// has a hung disk; one that refuses connections is stopped).
+func (n *Node) cannotCommitDetail() string {
+	age, waiting, _ := n.commits.stalled()
+	var behind []string
+	if n.raft != nil && n.raftTrans != nil {
+		last := n.raft.LastIndex()
+		if f := n.raft.GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				if s.Suffrage != raft.Voter || string(s.ID) == n.cfg.ID {
+					continue
+				}
+				stored, heard, ok := n.raftTrans.stored(s.Address)
+				switch {
+				case n.raftTrans.refusing(s.Address):
+					behind = append(behind, fmt.Sprintf("%s (refusing Raft connections: stopped)", s.ID))
+				case !ok:
+					behind = append(behind, fmt.Sprintf("%s (no Raft reply yet)", s.ID))
+				case stored >= last:
+				case time.Since(heard) > time.Second:
+					behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d; no Raft reply for %v)", s.ID, stored, last, time.Since(heard).Round(time.Millisecond)))
+				default:
+					behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d, and answers heartbeats: its disk may be hung)", s.ID, stored, last))
+				}
+			}
+		}
+	}
+	msg := fmt.Sprintf("leader %s cannot commit: nothing it proposed has committed for %v (%d proposals waiting)", n.cfg.ID, age.Round(time.Millisecond), waiting)
+	if len(behind) > 0 {
+		msg += "; voters that have not stored its newest entries: " + strings.Join(behind, ", ")
+	} else {
+		msg += "; every other voter has stored them: this node's own disk may be hung"
+	}
+	return msg + "; it commits again once a quorum of voters stores the log"
+}
