@@ -186,7 +186,12 @@ func (r *Remote) watch(addr string, p *peer) {
 }
 
 // probe sends addr a Status request and says whether any reply came back
-// within peerTimeout: a response, or an error the node sent.
+// within peerTimeout: a response, or an error the node sent. It goes
+// over HTTP/1.1 (Remote.checks), where a node serves it ahead of the
+// queue of its API budget (up to a small allowance of its source's):
+// behind other clients of the same address keeping the node at its
+// --max-api-rate, it took longer than peerTimeout, and a waiting acquire
+// at a live leader gave up (adversarial review s34).
 func (r *Remote) probe(addr string) bool {
 	ctx, cancel := context.WithTimeout(r.stop, r.peerTimeout)
 	defer cancel()
@@ -195,7 +200,7 @@ func (r *Remote) probe(addr string) bool {
 		GotConn:              func(httptrace.GotConnInfo) { connected.Store(true) },
 		GotFirstResponseByte: func() { replied.Store(true) },
 	})
-	resp, err := r.client(addr).Status(ctx, connect.NewRequest(&pb.StatusRequest{}))
+	resp, err := r.probeClient(addr).Status(ctx, connect.NewRequest(&pb.StatusRequest{}))
 	if err == nil {
 		r.learn(resp.Msg.GetHeader())
 	}

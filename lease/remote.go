@@ -74,7 +74,12 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 // next address; a write whose reply was lost fails with an error matching
 // ErrUnknownOutcome and is never retried here.
 type Remote struct {
-	http        *http.Client
+	http *http.Client
+	// checks sends liveness checks (probe): over HTTP/1.1 always, which
+	// the node serves ahead of its API budget's queue; with TLS, http
+	// speaks HTTP/2, whose frames the node paces as it reads them,
+	// behind other clients of the address.
+	checks      *http.Client
 	scheme      string
 	token       string
 	seeds       []string
@@ -84,7 +89,8 @@ type Remote struct {
 
 	mu      sync.Mutex
 	clients map[string]pbconnect.LeaseServiceClient
-	leader  string // API address of the leader, from the last reply
+	probes  map[string]pbconnect.LeaseServiceClient // on checks
+	leader  string                                  // API address of the leader, from the last reply
 	peers   map[string]*peer
 }
 
@@ -114,8 +120,22 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 		TLSClientConfig:     o.tls,
 		ForceAttemptHTTP2:   o.tls != nil,
 	}
+	checks := tr
+	if o.tls != nil {
+		tls1 := o.tls.Clone()
+		tls1.NextProtos = []string{"http/1.1"}
+		checks = &http.Transport{
+			DialContext:         tr.DialContext,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     tr.IdleConnTimeout,
+			TLSClientConfig:     tls1,
+			TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // not nil: no HTTP/2
+		}
+	}
 	r := &Remote{
 		http:        &http.Client{Transport: tr},
+		checks:      &http.Client{Transport: checks},
+		probes:      map[string]pbconnect.LeaseServiceClient{},
 		scheme:      "http://",
 		token:       o.token,
 		seeds:       append([]string(nil), addrs...),
@@ -134,22 +154,32 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 func (r *Remote) Close() {
 	r.halt()
 	r.http.CloseIdleConnections()
+	r.checks.CloseIdleConnections()
 }
 
 // Addrs returns the configured node addresses.
 func (r *Remote) Addrs() []string { return append([]string(nil), r.seeds...) }
 
 func (r *Remote) client(addr string) pbconnect.LeaseServiceClient {
+	return r.clientOn(r.clients, r.http, addr)
+}
+
+// probeClient is client for liveness checks: over HTTP/1.1 (see checks).
+func (r *Remote) probeClient(addr string) pbconnect.LeaseServiceClient {
+	return r.clientOn(r.probes, r.checks, addr)
+}
+
+func (r *Remote) clientOn(clients map[string]pbconnect.LeaseServiceClient, hc *http.Client, addr string) pbconnect.LeaseServiceClient {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := r.clients[addr]
+	c := clients[addr]
 	if c == nil {
 		var opts []connect.ClientOption
 		if r.token != "" {
 			opts = append(opts, connect.WithInterceptors(bearer(r.token)))
 		}
-		c = pbconnect.NewLeaseServiceClient(r.http, r.scheme+addr, opts...)
-		r.clients[addr] = c
+		c = pbconnect.NewLeaseServiceClient(hc, r.scheme+addr, opts...)
+		clients[addr] = c
 	}
 	return c
 }

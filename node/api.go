@@ -71,7 +71,7 @@ func (n *Node) startAPI() error {
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
-		Handler:           n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux))),
+		Handler:           n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
@@ -214,6 +214,23 @@ func servePprofNamed(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = p.WriteTo(w, debug)
 }
+
+// livenessCheck reports whether r is a liveness check, which the API
+// budget may serve out of turn (apiBudget.askCheck): a Status request,
+// with a body of a few bytes at most (an empty message) and the auth
+// token if the node has one, as lease.Remote sends one to a node that
+// has left a request unanswered for its PeerTimeout. Status is answered
+// from the node's own state, in tens of microseconds.
+func (n *Node) livenessCheck(r *http.Request) bool {
+	if r.Method != http.MethodPost || r.URL.Path != pbconnect.LeaseServiceStatusProcedure || r.ContentLength < 0 || r.ContentLength > maxCheckBytes {
+		return false
+	}
+	return n.cfg.AuthToken == "" || bearerOK(r.Header.Get("Authorization"), n.cfg.AuthToken)
+}
+
+// maxCheckBytes is the largest body a liveness check may have: a
+// StatusRequest is empty ("{}" in JSON).
+const maxCheckBytes = 64
 
 // guard runs before the client protocol reads a byte of a request body:
 // it checks the auth token (a request without it is answered

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,26 +49,41 @@ import (
 // outsider review: 32 such connections served for 125 s after their
 // client exited, and the leader stepped down). A request-response client
 // sharing the address has nothing queued after its read is served, so
-// it is paced but never closed. Turns are fair between client addresses (IPv4
-// addresses, IPv6 /64 prefixes), not connections: start-time fair
-// queueing, where an address's waiting reads are tagged in virtual time
-// by the units its earlier ones took, and the one with the earliest tag
-// goes first; an address's own connections take turns in the order they
-// asked. So one address that opens many connections gets one share, and
-// a client whose address has not used its share goes next however many
-// connections flood: it waits for at most one turn of each address
-// ahead of it (a turn is one read, at most a few frames). Clients behind
-// one address (a proxy, loopback) share its turns, first come first
-// served.
+// it is paced but never closed. Turns are fair between client sources
+// as the connLimiter counts them (an IPv4 /24, an IPv6 /64: apiGroup),
+// then between the addresses of a source (apiSource), not connections:
+// start-time fair queueing at both levels, where a source's waiting
+// reads are tagged in virtual time by the units its earlier ones took,
+// and the one with the earliest tag goes first; in it, the address with
+// the earliest tag of its own; an address's own connections take turns
+// in the order they asked. So one address that opens many connections,
+// or one /24 that sends from many addresses, gets one share (keyed by
+// address, a /24's 32 addresses had 32 shares: outsider re-probe s34),
+// and a client whose source has not used its share goes next however
+// many connections flood: it waits for at most one turn of each source
+// ahead of it (a turn is one read, at most a few frames). Inside a
+// source an address with a backlog does not starve its neighbours.
+// Clients behind one address (a proxy, loopback) share its turns, first
+// come first served.
+//
+// A liveness check (a Status request over HTTP/1.1 with an empty body:
+// lease.Remote asks one of a node that has left a request unanswered for
+// its PeerTimeout) is served out of turn, up to apiChecksPerSecond of
+// each source (askCheck); past that it waits its turn.
 //
 // Invariant (api-budget): the client API's connections together pass
-// net/http's server at most burst + rate*t units of work in any t seconds
-// (HTTP/2 frames as they are read, HTTP/1 requests at their handler); a
+// net/http's server at most 2*burst + rate*t units of work in any t
+// seconds (HTTP/2 frames as they are read, HTTP/1 requests at their
+// handler; the second burst is the most liveness checks out of turn put
+// the budget in debt); a
 // connection past it waits, and is closed only once it has kept a
 // backlog through maxBacklog of paced reads. Guarded by
 // TestAPIBudgetFairShares (the scheduler, on a fake clock) and
 // TestAPIBudgetPacesFlooders (flooding connections and a lease.Client on
-// a real node: the client is paced, the flooders closed).
+// a real node: the client is paced, the flooders closed); by
+// TestAPIBudgetSharesBySource and TestAPIBudgetSharesBySlash24 (a /24's
+// many addresses share one turn); by TestLivenessChecksAreBounded and
+// TestLivenessChecksGoAheadOfTheBudget (checks out of turn, bounded).
 type apiBudget struct {
 	rate  int64         // units a second
 	burst int64         // units at once
@@ -78,19 +94,30 @@ type apiBudget struct {
 	perS  int // Limits.MaxAPIRate, for the log
 
 	mu      sync.Mutex
-	tokens  int64         // units that may pass now (below 0 after a read of more than burst)
-	filled  time.Duration // clock.now() to which tokens were added
-	sources map[string]*apiSource
-	pruneAt int        // prune sources once there are this many
-	ready   apiSources // sources with waiters, earliest start tag first
-	vtime   int64      // virtual time: the start tag of the last turn given
-	seq     uint64     // orders sources with equal tags by when they asked
-	armed   bool       // a timer will dispatch again
+	tokens  int64                 // units that may pass now (below 0 after a read of more than burst, or a check out of turn)
+	filled  time.Duration         // clock.now() to which tokens were added
+	sources map[string]*apiSource // by address (sourceKey), or a named share
+	groups  map[string]*apiGroup  // by /24 (IPv6 /64), or a named share
+	pruneAt int                   // prune sources once there are this many
+	ready   apiGroups             // groups with waiters, earliest start tag first
+	vtime   int64                 // virtual time: the start tag of the last turn given
+	seq     uint64                // orders groups with equal tags by when they asked
+
+	armed bool // a timer will dispatch again
+
+	// checks is the turns a group's liveness checks take out of turn
+	// (see askCheck): checkBurst at once, checkEvery apart.
+	checkBurst int
+	checkEvery time.Duration
 
 	// paced counts the reads and requests that waited for their turn,
-	// waited the time they waited (Node.APIPacing).
-	paced  atomic.Uint64
-	waited atomic.Int64
+	// waited the time they waited (Node.APIPacing); checked the
+	// liveness checks served out of turn, checkPaced those that waited
+	// their group's turn past its allowance (Node.APILivenessChecks).
+	paced      atomic.Uint64
+	waited     atomic.Int64
+	checked    atomic.Uint64
+	checkPaced atomic.Uint64
 }
 
 // Weights of the API budget (see apiBudget).
@@ -126,13 +153,34 @@ type realClock struct{ epoch time.Time }
 func (c realClock) now() time.Duration                  { return time.Since(c.epoch) }
 func (c realClock) afterFunc(d time.Duration, f func()) { time.AfterFunc(d, f) }
 
-// apiSource is one client address's share.
+// apiGroup is one client source's share (an IPv4 /24, an IPv6 /64, as
+// the connLimiter counts them, or a named share: a forwarding node, the
+// connections without the token): its turns are shared fairly by its
+// addresses (apiSource).
+type apiGroup struct {
+	key     string
+	finish  int64      // virtual time at which its last turn ended
+	start   int64      // the start tag of its next turn, while it waits
+	idx     int        // in apiBudget.ready, or -1
+	seq     uint64     // orders groups with equal tags by when they asked
+	members int        // its sources in apiBudget.sources
+	ready   apiSources // its sources with waiters, earliest start tag first
+	vtime   int64      // its virtual time: the start tag of the last turn one of its sources was given
+	mseq    uint64     // orders its sources with equal tags
+	// checks is the liveness checks it may have served out of turn now,
+	// checksAt the clock.now() to which they were added (askCheck).
+	checks   int
+	checksAt time.Duration
+}
+
+// apiSource is one client address's share of its group's turns.
 type apiSource struct {
 	key     string
-	finish  int64        // virtual time at which its last turn ended
+	group   *apiGroup
+	finish  int64        // its group's virtual time at which its last turn ended
 	start   int64        // the start tag of its next turn, while it waits
 	waiters []*apiWaiter // its reads waiting, in the order they asked
-	idx     int          // in ready, or -1
+	idx     int          // in group.ready, or -1
 	seq     uint64
 }
 
@@ -144,18 +192,40 @@ type apiWaiter struct {
 	done    bool          // its turn came (guarded by mu)
 }
 
+// apiChecksPerSecond is how many liveness checks (see askCheck) one
+// group may have served out of turn a second, at most as many at once:
+// a hundredth of the budget's requests, at least 10. A client checks a
+// node at most once a PeerTimeout (default 1 s) while a request to it
+// waits, so ten is ten clients of one /24 waiting at once; past it
+// their checks wait their group's turn, as before.
+func apiChecksPerSecond(perSecond int) int { return max(perSecond/100, 10) }
+
 func newAPIBudget(perSecond int, clock apiClock, log *slog.Logger) *apiBudget {
 	rate := int64(perSecond) * apiUnitsPerRequest
 	// A tenth of a second at once, and at least a full turn of every
 	// stream of a connection: the budget paces floods, not bursts.
 	burst := max(rate/10, 4*apiUnitsPerRequest)
+	checks := apiChecksPerSecond(perSecond)
 	return &apiBudget{rate: rate, burst: burst, every: max(time.Second/time.Duration(rate), 1), clock: clock,
 		log: log, warn: loglimit.New(), perS: perSecond, tokens: burst, filled: clock.now(),
-		sources: map[string]*apiSource{}, pruneAt: 64}
+		sources: map[string]*apiSource{}, groups: map[string]*apiGroup{}, pruneAt: 64,
+		checkBurst: checks, checkEvery: time.Second / time.Duration(checks)}
 }
 
-// sourceKey is the share a remote address draws from: its IP, or its
-// /64 prefix for IPv6 (one host is usually given a whole /64).
+// groupKey is the group of a source key: the /24 of an IPv4 address (as
+// transport.SourcePrefix with transport.HandshakeV4Bits, the
+// connLimiter's sources), else the key itself (an IPv6 /64, a named
+// share).
+func groupKey(key string) string {
+	if a, err := netip.ParseAddr(key); err == nil && a.Is4() {
+		return netip.PrefixFrom(a, transport.HandshakeV4Bits).Masked().String()
+	}
+	return key
+}
+
+// sourceKey is the share a remote address draws from inside its source
+// (groupKey): its IP, or its /64 prefix for IPv6 (one host is usually
+// given a whole /64).
 func sourceKey(addr net.Addr) string { return transport.SourcePrefix(addr, 32) }
 
 // addrSource is sourceKey of a "host:port" address.
@@ -234,7 +304,32 @@ func bodyUnits(size int64) int64 {
 // wait or the budget is spent, until cancel is closed. It reports
 // whether the turn came (false: cancelled first).
 func (b *apiBudget) wait(key string, cost int64, cancel <-chan struct{}) (paced, ok bool) {
-	w := b.ask(key, cost)
+	return b.await(b.ask(key, cost), cancel)
+}
+
+// waitCheck is wait for a liveness check (see askCheck).
+func (b *apiBudget) waitCheck(key string, cost int64, cancel <-chan struct{}) (ok bool) {
+	outOfTurn, w := b.askCheck(key, cost)
+	if outOfTurn {
+		b.checked.Add(1)
+		return true
+	}
+	if w != nil {
+		b.checkPaced.Add(1)
+		if ok, skipped := b.warn.Allow("api_checks"); ok {
+			args := []any{"source", w.src.group.key, "max_api_rate", b.perS, "checks_per_second", b.checkBurst, "checks_paced", b.checkPaced.Load()}
+			if skipped > 0 {
+				args = append(args, loglimit.Skipped, skipped)
+			}
+			b.log.Warn(fmt.Sprintf("liveness checks (Status requests over HTTP/1.1) from one client source (an IPv4 /24, an IPv6 /64) came faster than the %d a second it may have served out of turn (a hundredth of the agent's --max-api-rate %d, at least 10): the others wait their turn of the API budget, and a client whose check waits longer than its PeerTimeout takes the node for stopped; raise --max-api-rate if the node has CPU to spare", b.checkBurst, b.perS), args...)
+		}
+	}
+	_, ok = b.await(w, cancel)
+	return ok
+}
+
+// await waits for w's turn (none if nil) until cancel is closed.
+func (b *apiBudget) await(w *apiWaiter, cancel <-chan struct{}) (paced, ok bool) {
 	if w == nil {
 		return false, true
 	}
@@ -253,7 +348,7 @@ func (b *apiBudget) wait(key string, cost int64, cancel <-chan struct{}) (paced,
 		if skipped > 0 {
 			args = append(args, loglimit.Skipped, skipped)
 		}
-		b.log.Warn(fmt.Sprintf("client API connections together send more than the node's budget of %d requests a second (a PING or other control frame counts a tenth of one): their reads wait their turn, fairly between client addresses; raise the agent's --max-api-rate if the node has CPU to spare", b.perS), args...)
+		b.log.Warn(fmt.Sprintf("client API connections together send more than the node's budget of %d requests a second (a PING or other control frame counts a tenth of one): their reads wait their turn, fairly between client sources (an IPv4 /24, an IPv6 /64) and then their addresses; raise the agent's --max-api-rate if the node has CPU to spare", b.perS), args...)
 	}
 	return true, true
 }
@@ -266,17 +361,77 @@ func (b *apiBudget) ask(key string, cost int64) *apiWaiter {
 	b.refillLocked()
 	s := b.sourceLocked(key)
 	if len(b.ready) == 0 && b.tokens >= min(cost, b.burst) {
-		b.tokens -= cost
-		start := max(b.vtime, s.finish)
-		s.finish, b.vtime = start+cost, start
+		b.takeLocked(s, cost)
 		return nil
 	}
+	return b.queueLocked(s, cost)
+}
+
+// askCheck is ask for a liveness check (a client asking whether the node
+// is alive while a request of its waits: paceHTTP1's isCheck): one its
+// group has not used its allowance for (apiChecksPerSecond) is served
+// at once, out of turn, its units taken from the budget, which may go
+// into debt by at most a burst for it; past the allowance, or the debt,
+// it waits its turn as any request. It reports whether the check went
+// out of turn, and the waiter (nil: served at once).
+//
+// A liveness check that waited its turn behind other clients of its
+// address took longer than the client's PeerTimeout whenever they kept
+// the node at --max-api-rate: the client took a live leader for a
+// stopped one, and an Acquire waiting there gave up after its retry
+// timeout (adversarial review s34). A check is a Status request, a few
+// tens of microseconds with no body to speak of; the allowance bounds
+// what a flood of them gets past the queue, and the budget still pays
+// for every one.
+func (b *apiBudget) askCheck(key string, cost int64) (outOfTurn bool, w *apiWaiter) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refillLocked()
+	s := b.sourceLocked(key)
+	if len(b.ready) == 0 && b.tokens >= min(cost, b.burst) {
+		b.takeLocked(s, cost)
+		return false, nil
+	}
+	g := s.group
+	now := b.clock.now()
+	if add := int((now - g.checksAt) / b.checkEvery); g.checks+add >= b.checkBurst {
+		g.checks, g.checksAt = b.checkBurst, now
+	} else {
+		g.checks += add
+		g.checksAt += time.Duration(add) * b.checkEvery
+	}
+	if g.checks > 0 && b.tokens-cost >= -b.burst {
+		g.checks--
+		b.tokens -= cost
+		return true, nil
+	}
+	return false, b.queueLocked(s, cost)
+}
+
+// takeLocked gives s a turn of cost units at once (nobody waits).
+func (b *apiBudget) takeLocked(s *apiSource, cost int64) {
+	g := s.group
+	b.tokens -= cost
+	start := max(b.vtime, g.finish)
+	g.finish, b.vtime = start+cost, start
+	mstart := max(g.vtime, s.finish)
+	s.finish, g.vtime = mstart+cost, mstart
+}
+
+// queueLocked queues a waiter of s for its turn.
+func (b *apiBudget) queueLocked(s *apiSource, cost int64) *apiWaiter {
+	g := s.group
 	w := &apiWaiter{cost: cost, src: s, granted: make(chan struct{})}
 	s.waiters = append(s.waiters, w)
 	if s.idx < 0 {
-		s.start, s.seq = max(b.vtime, s.finish), b.seq
+		s.start, s.seq = max(g.vtime, s.finish), g.mseq
+		g.mseq++
+		heap.Push(&g.ready, s)
+	}
+	if g.idx < 0 {
+		g.start, g.seq = max(b.vtime, g.finish), b.seq
 		b.seq++
-		heap.Push(&b.ready, s)
+		heap.Push(&b.ready, g)
 	}
 	b.dispatchLocked()
 	return w
@@ -311,31 +466,51 @@ func (b *apiBudget) refillLocked() {
 	}
 }
 
-// sourceLocked returns key's source, made if new. Sources that wait for
-// nothing and are not ahead of virtual time are forgotten once there
-// are many: they would start their next turn at vtime anyway.
+// sourceLocked returns key's source, made (with its group) if new.
+// Sources that wait for nothing and are not ahead of their group's
+// virtual time are forgotten once there are many: they would start
+// their next turn at its vtime anyway; and so are groups left without
+// sources that are not ahead of virtual time and have their whole
+// allowance of checks.
 func (b *apiBudget) sourceLocked(key string) *apiSource {
 	if s := b.sources[key]; s != nil {
 		return s
 	}
 	if len(b.sources) >= b.pruneAt {
 		for k, s := range b.sources {
-			if s.idx < 0 && s.finish <= b.vtime {
+			if s.idx < 0 && s.finish <= s.group.vtime {
 				delete(b.sources, k)
+				s.group.members--
+			}
+		}
+		now := b.clock.now()
+		for k, g := range b.groups {
+			full := g.checks+int((now-g.checksAt)/b.checkEvery) >= b.checkBurst
+			if g.members == 0 && g.idx < 0 && g.finish <= b.vtime && full {
+				delete(b.groups, k)
 			}
 		}
 		b.pruneAt = max(64, 2*len(b.sources))
 	}
-	s := &apiSource{key: key, idx: -1}
+	gk := groupKey(key)
+	g := b.groups[gk]
+	if g == nil {
+		g = &apiGroup{key: gk, idx: -1, checks: b.checkBurst, checksAt: b.clock.now()}
+		b.groups[gk] = g
+	}
+	g.members++
+	s := &apiSource{key: key, group: g, idx: -1}
 	b.sources[key] = s
 	return s
 }
 
 // dispatchLocked gives turns while the budget has units for the next
-// waiter, and else arms a timer for when it will.
+// waiter, and else arms a timer for when it will: the group with the
+// earliest start tag goes next, and in it the source with the earliest.
 func (b *apiBudget) dispatchLocked() {
 	for len(b.ready) > 0 {
-		s := b.ready[0]
+		g := b.ready[0]
+		s := g.ready[0]
 		w := s.waiters[0]
 		need := min(w.cost, b.burst)
 		if b.tokens < need {
@@ -353,13 +528,21 @@ func (b *apiBudget) dispatchLocked() {
 		w.done = true
 		close(w.granted)
 		s.waiters = s.waiters[1:]
-		b.vtime = s.start
+		b.vtime = g.start
+		g.finish = g.start + w.cost
+		g.vtime = s.start
 		s.finish = s.start + w.cost
 		if len(s.waiters) > 0 {
 			s.start = s.finish
-			heap.Fix(&b.ready, 0)
+			heap.Fix(&g.ready, 0)
 		} else {
 			s.waiters = nil
+			heap.Pop(&g.ready)
+		}
+		if len(g.ready) > 0 {
+			g.start = g.finish
+			heap.Fix(&b.ready, 0)
+		} else {
 			heap.Pop(&b.ready)
 		}
 	}
@@ -383,46 +566,77 @@ func (b *apiBudget) removeLocked(w *apiWaiter) {
 		}
 	}
 	if len(s.waiters) == 0 && s.idx >= 0 {
-		heap.Remove(&b.ready, s.idx)
+		g := s.group
+		heap.Remove(&g.ready, s.idx)
+		if len(g.ready) == 0 && g.idx >= 0 {
+			heap.Remove(&b.ready, g.idx)
+		}
 	}
 }
 
-// apiSources is a heap of sources by start tag, then by when they asked.
-type apiSources []*apiSource
+// fairHeap is a heap of sources or groups by start tag, then by when
+// they asked.
+type fairHeap[T interface {
+	tags() (start int64, seq uint64, idx *int)
+}] []T
 
-func (h apiSources) Len() int { return len(h) }
-func (h apiSources) Less(i, j int) bool {
-	if h[i].start != h[j].start {
-		return h[i].start < h[j].start
+func (h fairHeap[T]) Len() int { return len(h) }
+func (h fairHeap[T]) Less(i, j int) bool {
+	si, qi, _ := h[i].tags()
+	sj, qj, _ := h[j].tags()
+	if si != sj {
+		return si < sj
 	}
-	return h[i].seq < h[j].seq
+	return qi < qj
 }
-func (h apiSources) Swap(i, j int) {
+func (h fairHeap[T]) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	_, _, ii := h[i].tags()
+	_, _, ij := h[j].tags()
+	*ii, *ij = i, j
 }
-func (h *apiSources) Push(x any) {
-	s := x.(*apiSource)
-	s.idx = len(*h)
-	*h = append(*h, s)
+func (h *fairHeap[T]) Push(x any) {
+	t := x.(T)
+	_, _, idx := t.tags()
+	*idx = len(*h)
+	*h = append(*h, t)
 }
-func (h *apiSources) Pop() any {
+func (h *fairHeap[T]) Pop() any {
 	old := *h
-	s := old[len(old)-1]
-	old[len(old)-1] = nil
-	s.idx = -1
+	t := old[len(old)-1]
+	var zero T
+	old[len(old)-1] = zero
+	_, _, idx := t.tags()
+	*idx = -1
 	*h = old[:len(old)-1]
-	return s
+	return t
 }
+
+// apiSources is a heap of a group's sources, apiGroups of the groups.
+type (
+	apiSources = fairHeap[*apiSource]
+	apiGroups  = fairHeap[*apiGroup]
+)
+
+func (s *apiSource) tags() (int64, uint64, *int) { return s.start, s.seq, &s.idx }
+func (g *apiGroup) tags() (int64, uint64, *int)  { return g.start, g.seq, &g.idx }
 
 // paceHTTP1 is the API server's outermost handler: an HTTP/1 request
 // waits for apiUnitsPerRequest of the API budget before it is served
 // (its connection reads nothing more meanwhile); HTTP/2 requests were
-// paced frame by frame as they were read.
-func (b *apiBudget) paceHTTP1(next http.Handler) http.Handler {
+// paced frame by frame as they were read. A liveness check (isCheck)
+// may go out of turn (askCheck).
+func (b *apiBudget) paceHTTP1(next http.Handler, isCheck func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 1 {
-			if _, ok := b.wait(addrSource(r.RemoteAddr), apiUnitsPerRequest, r.Context().Done()); !ok {
+			key, done := addrSource(r.RemoteAddr), r.Context().Done()
+			var ok bool
+			if isCheck != nil && isCheck(r) {
+				ok = b.waitCheck(key, apiUnitsPerRequest, done)
+			} else {
+				_, ok = b.wait(key, apiUnitsPerRequest, done)
+			}
+			if !ok {
 				return // the client went away
 			}
 		}

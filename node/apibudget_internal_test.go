@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/leasenode/leasenode/transport"
 )
 
 // fakeClock is an apiClock that moves only when a test advances it.
@@ -298,7 +302,8 @@ func TestFramesWithoutTheTokenShareOneSource(t *testing.T) {
 	}
 }
 
-// Addresses share by IPv4 address and IPv6 /64.
+// Addresses share by IPv4 address and IPv6 /64, inside the groups of
+// IPv4 /24 and IPv6 /64 that the connection limits count.
 func TestSourceKey(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
 		{"10.1.2.3:4000", "10.1.2.3"},
@@ -311,6 +316,10 @@ func TestSourceKey(t *testing.T) {
 		}
 		if got := sourceKey(a); got != tc.want {
 			t.Errorf("sourceKey(%s) = %q, want %q", tc.addr, got, tc.want)
+		}
+		// Their groups are the connLimiter's sources.
+		if got, want := groupKey(sourceKey(a)), transport.SourcePrefix(a, transport.HandshakeV4Bits); got != want {
+			t.Errorf("groupKey(%s) = %q, want %q", sourceKey(a), got, want)
 		}
 	}
 }
@@ -348,4 +357,139 @@ func TestLargeChargesAreTheirSourcesDebt(t *testing.T) {
 		runtime.Gosched() // let the payer ask for its next piece
 	}
 	t.Fatal("a request of another source waited more than a second behind a large charge")
+}
+
+// Turns are fair between client sources as the connLimiter counts them
+// (an IPv4 /24, an IPv6 /64), then between the addresses of one: eight
+// addresses of one /24 get the turns of one source, and another /24's
+// request goes second, not ninth; inside the /24, an address with a
+// backlog does not starve a neighbour that asks later (outsider
+// re-probe s34: keyed by address, one /24's many addresses each had a
+// share). Guards api-budget (the scheduler).
+func TestAPIBudgetSharesBySource(t *testing.T) {
+	b, clk := testBudget(t)
+	type named struct {
+		name string
+		w    *apiWaiter
+	}
+	var ws []named
+	ask := func(name, key string) {
+		w := b.ask(key, apiUnitsPerRequest)
+		if w == nil {
+			t.Fatalf("%s was granted without waiting, with the budget spent", name)
+		}
+		ws = append(ws, named{name, w})
+	}
+	for i := range 8 {
+		ask(fmt.Sprint("a", i+1), fmt.Sprintf("10.1.1.%d", i+1))
+	}
+	ask("other", "10.1.2.1") // another /24, after all of them
+	ask("a1-again", "10.1.1.1")
+	ask("a1-again2", "10.1.1.1")
+	ask("a9", "10.1.1.9") // a neighbour asking after a1's backlog
+	var order []string
+	for range 200 {
+		clk.advance(time.Millisecond)
+		for _, x := range ws {
+			if granted([]*apiWaiter{x.w})[0] && !slices.Contains(order, x.name) {
+				order = append(order, x.name)
+			}
+		}
+	}
+	if len(order) != len(ws) {
+		t.Fatalf("granted %v, want all %d", order, len(ws))
+	}
+	if order[0] != "a1" || order[1] != "other" {
+		t.Fatalf("turns in the order %v: another /24's request went after %d of one /24's, want second", order, slices.Index(order, "other"))
+	}
+	if i, j := slices.Index(order, "a9"), slices.Index(order, "a1-again2"); i > j {
+		t.Fatalf("turns in the order %v: a /24's address waited behind its neighbour's backlog", order)
+	}
+	t.Logf("turns: %v", order)
+}
+
+// A liveness check goes out of turn, ahead of the sources waiting, up to
+// its /24's allowance (apiChecksPerSecond, at once and a second); past
+// it, it waits its turn as any request, and the log names the limit and
+// --max-api-rate. Another /24 has its own allowance, and checks put the
+// budget at most a burst into debt. Guards api-budget (checks).
+func TestLivenessChecksAreBounded(t *testing.T) {
+	b, clk := testBudget(t)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	b.log = slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	for range 4 { // a backlog: checks would wait 40 ms in turn
+		if w := b.ask("10.3.3.3", apiUnitsPerRequest); w == nil {
+			t.Fatal("granted at once with the budget spent")
+		}
+	}
+	if b.checkBurst != 10 {
+		t.Fatalf("checkBurst %d, want 10 at 100 requests a second", b.checkBurst)
+	}
+	for i := range b.checkBurst {
+		if !b.waitCheck("10.4.4.1", apiUnitsPerRequest, nil) {
+			t.Fatal("a check failed")
+		}
+		if got := b.checked.Load(); got != uint64(i+1) {
+			t.Fatalf("check %d: %d served out of turn, want %d", i, got, i+1)
+		}
+	}
+	// The /24's allowance is spent (by any of its addresses): the next
+	// check waits.
+	done := make(chan bool, 1)
+	go func() { done <- b.waitCheck("10.4.4.2", apiUnitsPerRequest, nil) }()
+	waitFor(t, 10*time.Second, func() error {
+		if b.checkPaced.Load() != 1 {
+			return errors.New("the check past the allowance is not queued")
+		}
+		return nil
+	})
+	select {
+	case <-done:
+		t.Fatal("a check past its /24's allowance was served without waiting")
+	default:
+	}
+	// Another /24 has its own; but checks put the budget in debt by at
+	// most a burst: the debt of 10 checks (100 units) is a burst here.
+	if b.tokens < -b.burst {
+		t.Fatalf("tokens %d: more than a burst (%d) of debt", b.tokens, b.burst)
+	}
+	if out, w := b.askCheck("10.5.5.1", apiUnitsPerRequest); out || w == nil {
+		t.Fatalf("a check beyond a burst of debt went out of turn (%v)", out)
+	}
+	for range 1000 {
+		clk.advance(time.Millisecond)
+	}
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("the paced check failed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the check past the allowance never had its turn")
+	}
+	// A second later the allowance is back: with a backlog again, a
+	// check goes out of turn.
+	for b.ask("10.3.3.3", apiUnitsPerRequest) == nil {
+	}
+	if out, _ := b.askCheck("10.4.4.3", apiUnitsPerRequest); !out {
+		t.Fatal("a check a second later did not go out of turn")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if s := buf.String(); !strings.Contains(s, "faster than the 10 a second") || !strings.Contains(s, "--max-api-rate") {
+		t.Fatalf("log %q does not name the allowance and --max-api-rate", s)
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

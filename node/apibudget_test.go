@@ -2,8 +2,10 @@ package node_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
 
 // Many connections with the token, each flooding just under the frame
@@ -313,5 +316,195 @@ func TestSlowLargeBodiesHoldOnlyTheirSourcesTurn(t *testing.T) {
 	t.Logf("a %d KB extend beside slow large bodies from three /24s: answered in %v", proto.Size(req)>>10, took.Round(time.Millisecond))
 	if took > 5*time.Second {
 		t.Errorf("a large extend waited %v behind other sources' slow bodies", took)
+	}
+}
+
+// http1From returns a client of n's API over HTTP/1.1 from the local
+// address ip, with one connection (as many as calls in flight), over
+// TLS if tlsCfg is set, sending token if set.
+func http1From(t *testing.T, ip string, n *node.Node, tlsCfg *tls.Config, token string) pbconnect.LeaseServiceClient {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 64,
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}} // not nil: HTTP/1.1
+	scheme := "http://"
+	if tlsCfg != nil {
+		tr.TLSClientConfig = tlsCfg.Clone()
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+		scheme = "https://"
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	var opts []connect.ClientOption
+	if token != "" {
+		opts = append(opts, connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+				req.Header().Set("Authorization", "Bearer "+token)
+				return next(ctx, req)
+			}
+		})))
+	}
+	return pbconnect.NewLeaseServiceClient(&http.Client{Transport: tr}, scheme+n.APIAddr(), opts...)
+}
+
+// floodGets sends Gets through cl from workers goroutines, each waiting
+// for its reply before the next, until the test ends; served counts the
+// replies.
+func floodGets(t *testing.T, cl pbconnect.LeaseServiceClient, workers int, served *atomic.Int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := cl.Get(ctx, connect.NewRequest(&pb.GetRequest{Key: "flood"})); err == nil {
+					served.Add(1)
+				}
+			}
+		}()
+	}
+}
+
+// A waiting Acquire at a live leader keeps waiting while another client
+// of its address keeps the node at its --max-api-rate, and gets the key
+// when it is freed. Its client checks that the node is alive while the
+// acquire waits (a Status request after PeerTimeout of silence): that
+// check waited its turn of the API budget behind the other client's
+// requests, longer than PeerTimeout, so the client took the leader for
+// stopped, and the acquire gave up after its retry timeout (adversarial
+// review s34). Over HTTP/1.1 the node now serves the check out of turn,
+// within its source's allowance; over TLS the client's requests go by
+// HTTP/2 and its checks by HTTP/1.1. Guards api-budget (checks).
+func TestLivenessChecksGoAheadOfTheBudget(t *testing.T) {
+	const (
+		peerTimeout  = 200 * time.Millisecond
+		retryTimeout = 2 * time.Second
+		flooders     = 64 // at 100 requests a second, a turn of each is 0.64 s: over peerTimeout
+	)
+	for _, s := range budgetSetups {
+		t.Run(s.name, func(t *testing.T) {
+			c, tlsCfg := s.start(t, 1, nil, func(cfg *node.Config) { cfg.Limits.MaxAPIRate = 100 })
+			_, l := c.Leader()
+			dial := func(opts ...lease.Option) *lease.Client {
+				opts = append(opts, lease.WithTLS(tlsCfg))
+				if s.token != "" {
+					opts = append(opts, lease.WithAuthToken(s.token))
+				}
+				cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cl.Close(context.Background()) })
+				return cl
+			}
+			holder := dial()
+			held, err := holder.TryAcquire(ctxT(t, 10*time.Second), "k")
+			if err != nil || held == nil {
+				t.Fatalf("TryAcquire: %v %v", held, err)
+			}
+			waiter := dial(lease.WithPeerTimeout(peerTimeout), lease.WithRetryTimeout(retryTimeout))
+
+			// Another client of 127.0.0.1 keeps the node at its budget.
+			var served atomic.Int64
+			floodGets(t, http1From(t, "127.0.0.1", l, tlsCfg, s.token), flooders, &served)
+			nodetest.Eventually(t, 30*time.Second, func() error { // TLS handshakes take a while under -race
+				if paced, _ := l.APIPacing(); paced < 2*flooders {
+					return fmt.Errorf("%d requests paced", paced)
+				}
+				return nil
+			})
+
+			type result struct {
+				ls  *lease.Lease
+				err error
+			}
+			got := make(chan result, 1)
+			start := time.Now()
+			go func() {
+				ls, err := waiter.Acquire(ctxT(t, time.Minute), "k")
+				got <- result{ls, err}
+			}()
+			// It waits while the node answers its liveness checks: at
+			// least 15, and until twice the retry timeout, after which
+			// it gave up, has passed.
+			var checks uint64
+			deadline := time.Now().Add(30 * time.Second)
+			for checks < 15 || time.Since(start) < 2*retryTimeout {
+				select {
+				case r := <-got:
+					t.Fatalf("the waiting acquire ended after %v beside the flood (%d checks out of turn): %v %v",
+						time.Since(start).Round(time.Millisecond), checks, r.ls, r.err)
+				case <-time.After(50 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("only %d liveness checks served out of turn in 30 s", checks)
+				}
+				checks, _ = l.APILivenessChecks()
+			}
+			waited := time.Since(start)
+			if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case r := <-got:
+				if r.err != nil || r.ls == nil {
+					t.Fatalf("the waiting acquire after the key was freed: %v %v", r.ls, r.err)
+				}
+				if r.ls.Token() <= held.Token() {
+					t.Fatalf("token %d after %d", r.ls.Token(), held.Token())
+				}
+				_ = r.ls.Release(ctxT(t, 10*time.Second))
+			case <-time.After(30 * time.Second):
+				t.Fatal("the waiting acquire did not get the freed key within 30 s")
+			}
+			out, paced := l.APILivenessChecks()
+			t.Logf("waited %v beside %d flooders (%d of their requests served), %d checks out of turn, %d paced, then got the key",
+				waited.Round(time.Millisecond), flooders, served.Load(), out, paced)
+		})
+	}
+}
+
+// Requests from many addresses of one /24 share its one turn of the API
+// budget: another /24's client is served every other turn, not once for
+// each of their addresses (outsider re-probe s34: the budget was keyed
+// by address while the connection limits count /24s, so an outsider
+// with 32 addresses of a /24 had 32 shares). Counted, not timed: while
+// the lone client makes its requests one after another, the /24's
+// flood is served about as many, plus what was in flight. Guards
+// api-budget (sources).
+func TestAPIBudgetSharesBySlash24(t *testing.T) {
+	const (
+		addrs = 32
+		lone  = 30
+	)
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) { cfg.Limits.MaxAPIRate = 100 }})
+	_, l := c.Leader()
+	var served atomic.Int64
+	for i := range addrs {
+		floodGets(t, http1From(t, fmt.Sprintf("127.0.7.%d", i+1), l, nil, ""), 2, &served)
+	}
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if paced, _ := l.APIPacing(); paced < 2*addrs {
+			return fmt.Errorf("%d requests paced", paced)
+		}
+		return nil
+	})
+	other := http1From(t, "127.0.8.1", l, nil, "")
+	before := served.Load()
+	start := time.Now()
+	for range lone {
+		if _, err := other.Get(ctxT(t, 30*time.Second), connect.NewRequest(&pb.GetRequest{Key: "other"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	flood := served.Load() - before
+	t.Logf("%d requests of another /24 in %v, while %d addresses of one /24 were served %d", lone, took.Round(time.Millisecond), addrs, flood)
+	// In its turns the /24 is served one request each (lone), plus a
+	// burst (10 requests) and those in flight (2*addrs); keyed by
+	// address it was served addrs times lone.
+	if max := int64(3*lone + 10 + 2*addrs); flood > max {
+		t.Fatalf("one /24's %d addresses were served %d requests beside another /24's %d: more than %d, its one share", addrs, flood, lone, max)
 	}
 }

@@ -382,7 +382,9 @@ type Limits struct {
 	// CPU: 58-67 µs a request, 42 µs a reset stream, 4.8 µs a PING on a
 	// 2-core machine). Past it nothing is refused or closed: connections
 	// are paced, their reads waiting their turn, fairly between client
-	// addresses (one address's many connections share one turn), and
+	// sources (an IPv4 /24, an IPv6 /64: one source's many addresses and
+	// connections share one turn) and then between a source's
+	// addresses, and
 	// TCP flow control holds the senders back; the node counts the
 	// waits (Node.APIPacing) and logs them once per 10 s. Requests
 	// other nodes forward to this one draw on it too, a share for each

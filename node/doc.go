@@ -228,9 +228,12 @@
 // api-budget: the client API's connections together pass net/http's
 // server at most burst + Limits.MaxAPIRate work a second (HTTP/2 frames
 // weighted by cost as they are read, HTTP/1 requests at their handler);
-// past it reads wait their turn, fairly between client addresses, and no
-// connection is closed for it (apiBudget). Guarded by
-// TestAPIBudgetFairShares and TestAPIBudgetPacesFlooders.
+// past it reads wait their turn, fairly between client sources (an IPv4
+// /24, an IPv6 /64, as the connection limits count them) and then their
+// addresses, and no connection is closed for it (apiBudget); a liveness
+// check goes out of turn within its source's small allowance. Guarded
+// by TestAPIBudgetFairShares, TestAPIBudgetSharesBySource,
+// TestAPIBudgetPacesFlooders and TestLivenessChecksAreBounded.
 //
 // handshake-rate: each TLS port starts at most burst +
 // Limits.MaxHandshakeRate TLS handshakes a second from all sources, and

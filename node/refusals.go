@@ -107,3 +107,15 @@ func (n *Node) APIPacing() (paced uint64, waited time.Duration) {
 	}
 	return 0, 0
 }
+
+// APILivenessChecks reports how many liveness checks (Status requests
+// over HTTP/1.1, as lease.Remote sends them while a request of its
+// waits) the node served out of their turn of the API budget since it
+// started, and how many waited their turn, over their source's
+// allowance (a hundredth of Limits.MaxAPIRate a second, at least 10).
+func (n *Node) APILivenessChecks() (outOfTurn, paced uint64) {
+	if b := n.apiWork; b != nil {
+		return b.checked.Load(), b.checkPaced.Load()
+	}
+	return 0, 0
+}

@@ -282,7 +282,7 @@ func (b *bucket) fill(now time.Time, rate, burst float64) float64 {
 // SourcePrefix returns the source a remote address is counted under: the
 // IPv4 address masked to v4Bits, the IPv6 address masked to /64 (one
 // host is usually given a whole /64), as "ip/bits"; or the address's
-// string if it holds no IP. The client API's budget (v4Bits 32) and
+// string if it holds no IP. The client API's budget (v4Bits 32 inside HandshakeV4Bits) and
 // HandshakeLimit (HandshakeV4Bits) share it.
 func SourcePrefix(addr net.Addr, v4Bits int) string {
 	ip := remoteIP(addr)
