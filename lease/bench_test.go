@@ -52,7 +52,7 @@ func benchClients(b *testing.B) (*nodetest.Cluster, map[string]func(b *testing.B
 
 // BenchmarkTryAcquireRelease: round trips of TryAcquire+Release, with 1 and
 // 32 goroutines, through an embedded node (leader or follower) and remote
-// (plain HTTP/1.1; BenchmarkTryAcquireReleaseTLS: HTTP/2 over TLS).
+// (HTTP/2 in clear text, h2c; BenchmarkTryAcquireReleaseTLS: over TLS).
 func BenchmarkTryAcquireRelease(b *testing.B) {
 	for _, via := range []string{"leader", "follower", "remote"} {
 		for _, workers := range []int{1, 32} {

@@ -44,8 +44,10 @@ func (e *UnresponsiveError) Error() string {
 // answers something: a request can wait for long for good reasons (a
 // queued acquire, a slow disk), so its own silence proves nothing, but a
 // live node answers a Status request at once. This is what an HTTP/2 PING
-// does for gRPC's keepalive; Remote speaks HTTP/1.1 over plain TCP, where
-// there is none.
+// does for gRPC's keepalive. The check is a new stream on the connection
+// the requests share (HTTP/2, with TLS or without): a stopped process
+// answers it no more than them; one whose streams are all taken gets a
+// new connection, whose HTTP/2 greeting a stopped process never sends.
 type peer struct {
 	inflight map[*inflight]struct{}
 	watching bool

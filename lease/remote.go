@@ -107,12 +107,17 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 			return nil, fmt.Errorf("%w: address %q: %v (want host:port, as 127.0.0.1:7402)", ErrInvalid, a, err)
 		}
 	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-		TLSClientConfig:     o.tls,
-		ForceAttemptHTTP2:   o.tls != nil,
+	// HTTP/2 either way: over TLS, or in clear text (h2c.go), so that
+	// every request and watch to a node shares a connection or a few.
+	var tr http.RoundTripper = newPlainTransport()
+	if o.tls != nil {
+		tr = &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			TLSClientConfig:     o.tls,
+			ForceAttemptHTTP2:   true,
+		}
 	}
 	r := &Remote{
 		http:        &http.Client{Transport: tr},
@@ -499,8 +504,18 @@ func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb
 // (up to firstEventWait) and returns the refusal if every node refused,
 // rather than a channel that closes at once.
 func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
+	out, _, err := r.watchEnds(ctx, req)
+	return out, err
+}
+
+// watchEnds is Watch, and also returns why the channel closed once it has:
+// nil if ctx ended, or the stream ended after a Reset event; else the
+// stream's error (a node's limit, a broken connection), or errWatchEnded.
+// Client.Watch reports it (Event Broken) instead of closing in silence.
+func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, func() error, error) {
 	tried := map[string]bool{}
-	var refusal error // the last node's refusal of the stream (final), if any
+	var refusal error      // the last node's refusal of the stream (final), if any
+	var cause func() error // why the open stream's context ended (a liveness check's UnresponsiveError)
 	open := func() (string, *connect.ServerStreamForClient[pb.WatchEvent], func(bool), error) {
 		var lastErr error
 		for _, addr := range r.targets() {
@@ -520,6 +535,7 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 				lastErr = err
 				continue
 			}
+			cause = func() error { return context.Cause(sctx) }
 			return addr, stream, done, nil
 		}
 		if refusal != nil {
@@ -529,9 +545,10 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 	}
 	addr, stream, done, err := open()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make(chan *pb.WatchEvent, 64)
+	var ended error // why out closed (see watch); written before it closes
 	// first carries the stream's fate until its first event: nil once one
 	// came, else why every node's stream ended before one (a refusal, such
 	// as a node's --max-watches, comes as the stream's error).
@@ -549,12 +566,14 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 		defer close(out)
 		for {
 			got := 0
+			reset := false // the last event was Reset, after which a stream ends
 			for stream.Receive() {
 				if got == 0 {
 					report(nil)
 				}
 				got++
 				r.hear(addr)
+				reset = stream.Msg().GetType() == pb.EventType_EVENT_TYPE_RESET
 				select {
 				case out <- stream.Msg():
 				case <-ctx.Done():
@@ -573,6 +592,12 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 			}
 			if got > 0 || serr == nil || ctx.Err() != nil {
 				report(cmp.Or(serr, ctx.Err(), errWatchEmpty)) // dropped once an event came
+				if ue := (*UnresponsiveError)(nil); serr != nil && errors.As(cause(), &ue) {
+					serr = ue // the node stopped answering: say so, not "canceled"
+				}
+				if ctx.Err() == nil && !reset {
+					ended = watchBroke(addr, serr)
+				}
 				return
 			}
 			if addr, stream, done, err = open(); err != nil {
@@ -586,12 +611,28 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 	select {
 	case err := <-first:
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	case <-t.C: // an older server sends no listing: the stream is open
 	case <-ctx.Done():
 	}
-	return out, nil
+	return out, func() error { return ended }, nil
+}
+
+// watchBroke says why the stream from addr ended before its watch did:
+// err, the stream's error (nil: the node ended it, as one shutting down
+// does). A refusal the node explained (its --max-watches) names itself, as
+// does a GOAWAY naming the limit the connection passed (--max-frame-rate);
+// a connection that just closed does not, so the limits that close one
+// are named here.
+func watchBroke(addr string, err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s ended the watch stream (a node shutting down does): %w", addr, errWatchEnded)
+	case detailOf(err) != nil, errors.As(err, new(*UnresponsiveError)):
+		return err
+	}
+	return fmt.Errorf("the watch stream from %s broke: %w (a node closes a client's connection when it stops or restarts, and at its limits: the agent's --max-conns, or a client address's share of it, --max-frame-rate, --max-api-rate; its log names the one)", addr, err)
 }
 
 // firstEventWait bounds how long Watch waits for a stream's first event
@@ -602,6 +643,10 @@ const firstEventWait = 2 * time.Second
 // errWatchEmpty: every stream ended cleanly before its first event (a
 // node shutting down).
 var errWatchEmpty = errors.New("the watch stream ended before its first event")
+
+// errWatchEnded: a node ended a stream cleanly after its first event,
+// without a Reset.
+var errWatchEnded = errors.New("the watch stream ended")
 
 // bearer adds "Authorization: Bearer <token>" to every request.
 type bearer string
