@@ -653,6 +653,10 @@ func TestHeldErrorWords(t *testing.T) {
 func TestAuthTokenFromAFile(t *testing.T) {
 	got := make(chan string, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "PRI" { // the HTTP/2 preface, to a server of HTTP/1.1 only
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
 		select {
 		case got <- r.Header.Get("Authorization"):
 		default:

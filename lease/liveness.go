@@ -44,8 +44,9 @@ func (e *UnresponsiveError) Error() string {
 // answers something: a request can wait for long for good reasons (a
 // queued acquire, a slow disk), so its own silence proves nothing, but a
 // live node answers a Status request at once. This is what an HTTP/2 PING
-// does for gRPC's keepalive; Remote speaks HTTP/1.1 over plain TCP, where
-// there is none.
+// does for gRPC's keepalive. The check goes over HTTP/1.1 (probe), on a
+// connection of its own or an idle one: a stopped process answers it no
+// more than the requests.
 type peer struct {
 	inflight map[*inflight]struct{}
 	watching bool

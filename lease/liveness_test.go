@@ -182,9 +182,14 @@ func TestStoppedNodeIsLeftBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close(context.Background())
-	// The client now sends to the leader's door.
-	if l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "warm"); err != nil || l == nil {
-		t.Fatalf("warm-up acquire: %v %v", l, err)
+	// The client now sends to the leader's door, over a connection it
+	// holds open: the second acquire went there. (A connection made while
+	// the door is frozen gets no HTTP/2 greeting, and its request is not
+	// sent at all: there would be no held copy.)
+	for _, k := range []string{"warm", "warm/2"} {
+		if l, err := cl.TryAcquire(ctxT(t, 10*time.Second), k); err != nil || l == nil {
+			t.Fatalf("warm-up acquire: %v %v", l, err)
+		}
 	}
 
 	doors[li].freeze()
@@ -346,13 +351,22 @@ func TestStoppedNodeEndsWatch(t *testing.T) {
 			d.thaw()
 		}
 	}()
+	// The last event says why: the node stopped answering.
 	select {
 	case e, ok := <-events:
-		if ok {
-			t.Fatalf("event %+v from a stopped node", e)
+		if ue := (*lease.UnresponsiveError)(nil); !ok || e.Type != lease.Broken || !errors.As(e.Err, &ue) {
+			t.Fatalf("event %+v (open %v) from a stopped node, want Broken with an *UnresponsiveError", e, ok)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("watch of a stopped node still open 30 s later")
+	}
+	select {
+	case e, ok := <-events:
+		if ok {
+			t.Fatalf("event %+v after Broken", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the channel did not close after Broken")
 	}
 }
 

@@ -74,7 +74,10 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 // next address; a write whose reply was lost fails with an error matching
 // ErrUnknownOutcome and is never retried here.
 type Remote struct {
-	http *http.Client
+	http *http.Client // short requests (see NewRemote)
+	// streams sends watches and waiting acquires: HTTP/2, h2c without
+	// TLS, many streams on a connection.
+	streams *http.Client
 	// checks sends liveness checks (probe): over HTTP/1.1 always, which
 	// the node serves ahead of its API budget's queue; with TLS, http
 	// speaks HTTP/2, whose frames the node paces as it reads them,
@@ -89,6 +92,7 @@ type Remote struct {
 
 	mu      sync.Mutex
 	clients map[string]pbconnect.LeaseServiceClient
+	long    map[string]pbconnect.LeaseServiceClient // on streams
 	probes  map[string]pbconnect.LeaseServiceClient // on checks
 	leader  string                                  // API address of the leader, from the last reply
 	peers   map[string]*peer
@@ -113,28 +117,42 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 			return nil, fmt.Errorf("%w: address %q: %v (want host:port, as 127.0.0.1:7402)", ErrInvalid, a, err)
 		}
 	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	// Short requests go over a pool of connections (http): over TLS,
+	// HTTP/2; without, HTTP/1.1, which gave more pairs a second than one
+	// multiplexed h2c connection (node/DESIGN.md). Requests that may
+	// hold a stream for long, watches and waiting acquires, go over
+	// HTTP/2 either way (streams; in clear text h2c.go's transport), so
+	// that hundreds of them share a connection or a few instead of each
+	// holding one of the node's --max-conns. Liveness checks go over
+	// HTTP/1.1 always (checks), which a node serves ahead of its API
+	// budget's queue.
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	h1 := &http.Transport{
+		DialContext:         dialer.DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
-		TLSClientConfig:     o.tls,
-		ForceAttemptHTTP2:   o.tls != nil,
 	}
-	checks := tr
+	var tr, streams, checks http.RoundTripper = h1, newPlainTransport(), h1
 	if o.tls != nil {
+		h2 := &http.Transport{
+			DialContext:         dialer.DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			TLSClientConfig:     o.tls,
+			ForceAttemptHTTP2:   true,
+		}
 		tls1 := o.tls.Clone()
 		tls1.NextProtos = []string{"http/1.1"}
-		checks = &http.Transport{
-			DialContext:         tr.DialContext,
-			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     tr.IdleConnTimeout,
-			TLSClientConfig:     tls1,
-			TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // not nil: no HTTP/2
-		}
+		h1.MaxIdleConnsPerHost = 2
+		h1.TLSClientConfig = tls1
+		h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // not nil: no HTTP/2
+		tr, streams = h2, h2
 	}
 	r := &Remote{
 		http:        &http.Client{Transport: tr},
+		streams:     &http.Client{Transport: streams},
 		checks:      &http.Client{Transport: checks},
+		long:        map[string]pbconnect.LeaseServiceClient{},
 		probes:      map[string]pbconnect.LeaseServiceClient{},
 		scheme:      "http://",
 		token:       o.token,
@@ -154,6 +172,7 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 func (r *Remote) Close() {
 	r.halt()
 	r.http.CloseIdleConnections()
+	r.streams.CloseIdleConnections()
 	r.checks.CloseIdleConnections()
 }
 
@@ -162,6 +181,12 @@ func (r *Remote) Addrs() []string { return append([]string(nil), r.seeds...) }
 
 func (r *Remote) client(addr string) pbconnect.LeaseServiceClient {
 	return r.clientOn(r.clients, r.http, addr)
+}
+
+// streamClient is client for requests that may hold a stream for long:
+// over HTTP/2 (see streams).
+func (r *Remote) streamClient(addr string) pbconnect.LeaseServiceClient {
+	return r.clientOn(r.long, r.streams, addr)
 }
 
 // probeClient is client for liveness checks: over HTTP/1.1 (see checks).
@@ -254,6 +279,16 @@ func call[Req, Resp any, PResp interface {
 	headered
 }](ctx context.Context, r *Remote, write bool, req *Req,
 	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
+	return callOn[Req, Resp, PResp](ctx, r, r.client, write, req, f)
+}
+
+// callOn is call, over the clients that on returns (Remote.streamClient
+// for a request that may wait long).
+func callOn[Req, Resp any, PResp interface {
+	*Resp
+	headered
+}](ctx context.Context, r *Remote, on func(string) pbconnect.LeaseServiceClient, write bool, req *Req,
+	f func(pbconnect.LeaseServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	var lastErr error
 	var answer error   // the last refusal a node explained (no leader: why)
 	led := false       // a node answered not leader
@@ -275,7 +310,7 @@ func call[Req, Resp any, PResp interface {
 		})
 		tctx, done := r.track(tctx, addr)
 		sub := time.Now()
-		resp, err := f(r.client(addr), tctx, connect.NewRequest(req))
+		resp, err := f(on(addr), tctx, connect.NewRequest(req))
 		done(replied.Load())
 		var ue *UnresponsiveError
 		if err != nil && ctx.Err() == nil && errors.As(context.Cause(tctx), &ue) {
@@ -480,6 +515,11 @@ func (r *Remote) Members(ctx context.Context) (*pb.MembersResponse, error) {
 
 // Acquire implements Backend.
 func (r *Remote) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if req.GetWait() {
+		// It may wait for minutes: a stream of its own, not a
+		// connection (streams).
+		return callOn(ctx, r, r.streamClient, true, req, pbconnect.LeaseServiceClient.Acquire)
+	}
 	return call(ctx, r, true, req, pbconnect.LeaseServiceClient.Acquire)
 }
 
@@ -529,8 +569,18 @@ func (r *Remote) CheckToken(ctx context.Context, req *pb.CheckTokenRequest) (*pb
 // (up to firstEventWait) and returns the refusal if every node refused,
 // rather than a channel that closes at once.
 func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
+	out, _, err := r.watchEnds(ctx, req)
+	return out, err
+}
+
+// watchEnds is Watch, and also returns why the channel closed once it has:
+// nil if ctx ended, or the stream ended after a Reset event; else the
+// stream's error (a node's limit, a broken connection), or errWatchEnded.
+// Client.Watch reports it (Event Broken) instead of closing in silence.
+func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, func() error, error) {
 	tried := map[string]bool{}
-	var refusal error // the last node's refusal of the stream (final), if any
+	var refusal error      // the last node's refusal of the stream (final), if any
+	var cause func() error // why the open stream's context ended (a liveness check's UnresponsiveError)
 	open := func() (string, *connect.ServerStreamForClient[pb.WatchEvent], func(bool), error) {
 		var lastErr error
 		for _, addr := range r.targets() {
@@ -541,7 +591,7 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 			// The stream is a request in flight for as long as it is open: a
 			// node that stops answering ends it (the caller watches again).
 			sctx, done := r.track(ctx, addr)
-			stream, err := r.client(addr).Watch(sctx, connect.NewRequest(req))
+			stream, err := r.streamClient(addr).Watch(sctx, connect.NewRequest(req))
 			if err != nil {
 				done(false)
 				if ue := (*UnresponsiveError)(nil); errors.As(context.Cause(sctx), &ue) {
@@ -550,6 +600,7 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 				lastErr = err
 				continue
 			}
+			cause = func() error { return context.Cause(sctx) }
 			return addr, stream, done, nil
 		}
 		if refusal != nil {
@@ -559,9 +610,10 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 	}
 	addr, stream, done, err := open()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make(chan *pb.WatchEvent, 64)
+	var ended error // why out closed (see watch); written before it closes
 	// first carries the stream's fate until its first event: nil once one
 	// came, else why every node's stream ended before one (a refusal, such
 	// as a node's --max-watches, comes as the stream's error).
@@ -579,12 +631,14 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 		defer close(out)
 		for {
 			got := 0
+			reset := false // the last event was Reset, after which a stream ends
 			for stream.Receive() {
 				if got == 0 {
 					report(nil)
 				}
 				got++
 				r.hear(addr)
+				reset = stream.Msg().GetType() == pb.EventType_EVENT_TYPE_RESET
 				select {
 				case out <- stream.Msg():
 				case <-ctx.Done():
@@ -603,6 +657,12 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 			}
 			if got > 0 || serr == nil || ctx.Err() != nil {
 				report(cmp.Or(serr, ctx.Err(), errWatchEmpty)) // dropped once an event came
+				if ue := (*UnresponsiveError)(nil); serr != nil && errors.As(cause(), &ue) {
+					serr = ue // the node stopped answering: say so, not "canceled"
+				}
+				if ctx.Err() == nil && !reset {
+					ended = watchBroke(addr, serr)
+				}
 				return
 			}
 			if addr, stream, done, err = open(); err != nil {
@@ -616,12 +676,28 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 	select {
 	case err := <-first:
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	case <-t.C: // an older server sends no listing: the stream is open
 	case <-ctx.Done():
 	}
-	return out, nil
+	return out, func() error { return ended }, nil
+}
+
+// watchBroke says why the stream from addr ended before its watch did:
+// err, the stream's error (nil: the node ended it, as one shutting down
+// does). A refusal the node explained (its --max-watches) names itself, as
+// does a GOAWAY naming the limit the connection passed (--max-frame-rate);
+// a connection that just closed does not, so the limits that close one
+// are named here.
+func watchBroke(addr string, err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s ended the watch stream (a node shutting down does): %w", addr, errWatchEnded)
+	case detailOf(err) != nil, errors.As(err, new(*UnresponsiveError)):
+		return err
+	}
+	return fmt.Errorf("the watch stream from %s broke: %w (a node closes a client's connection when it stops or restarts, and at its limits: the agent's --max-conns, or a client address's share of it, --max-frame-rate, --max-api-rate; its log names the one)", addr, err)
 }
 
 // firstEventWait bounds how long Watch waits for a stream's first event
@@ -632,6 +708,10 @@ const firstEventWait = 2 * time.Second
 // errWatchEmpty: every stream ended cleanly before its first event (a
 // node shutting down).
 var errWatchEmpty = errors.New("the watch stream ended before its first event")
+
+// errWatchEnded: a node ended a stream cleanly after its first event,
+// without a Reset.
+var errWatchEnded = errors.New("the watch stream ended")
 
 // bearer adds "Authorization: Bearer <token>" to every request.
 type bearer string

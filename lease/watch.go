@@ -19,6 +19,13 @@ const (
 	// Reset: the watch fell behind or the node restored a snapshot; re-read
 	// the state with List. The channel closes after it.
 	Reset EventType = "reset"
+	// Broken: the stream ended before the watch did (not by its ctx nor
+	// Close): a node's limit cut it (the agent's --max-conns, or a client
+	// address's share of it, --max-frame-rate, --max-watches), or the node
+	// stopped, restarted or shut down. Err says why, naming the limit
+	// where it is known. The channel closes after it; watch again to
+	// resume (raise the limit if it is one).
+	Broken EventType = "broken"
 	// Listed follows the Current events a stream begins with: they were
 	// every holding up to its Index, so one a consumer knew of from an
 	// earlier stream, granted at or below that Index and not among them,
@@ -53,6 +60,8 @@ type Event struct {
 	// from servers older than this field; servers of before the Expired
 	// listing list such a key as a Granted event with no Holder.)
 	Current bool
+	// Err is why the stream broke (Broken events only).
+	Err error
 }
 
 // Watch streams changes to keys starting with prefix, in the order the
@@ -62,7 +71,8 @@ type Event struct {
 // Current, per key in its lock-delay. Extends are not reported (a
 // grant stays in force until a Released or Expired event). The channel
 // closes when ctx ends or the stream breaks (after a Reset event if it
-// fell behind); watch again to resume. Close ends it. Watch fails as a
+// fell behind, or after a Broken event saying why, over the network);
+// watch again to resume. Close ends it. Watch fails as a
 // read does (ErrNoLeader after the retry timeout) when no node answers,
 // so a loop that watches again does not spin while the cluster is down.
 //
@@ -105,7 +115,15 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 	// Close ends the stream, as it ends everything else of the Client.
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(c.closing, cancel)
-	in, err := c.b.Watch(ctx, &pb.WatchRequest{Prefix: prefix, Initial: true, Listed: true})
+	req := &pb.WatchRequest{Prefix: prefix, Initial: true, Listed: true}
+	var in <-chan *pb.WatchEvent
+	var ended func() error // why in closed, if the backend says
+	var err error
+	if r, ok := c.b.(*Remote); ok {
+		in, ended, err = r.watchEnds(ctx, req)
+	} else {
+		in, err = c.b.Watch(ctx, req)
+	}
 	if err != nil {
 		stop()
 		cancel()
@@ -128,6 +146,17 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 			case out <- ev:
 			case <-ctx.Done():
 				return
+			}
+		}
+		// A stream that broke says why, rather than closing as if the
+		// watch had ended: a program past a node's limit learns which.
+		if ended == nil || ctx.Err() != nil {
+			return
+		}
+		if err := ended(); err != nil {
+			select {
+			case out <- Event{Type: Broken, Err: classify("watch", prefix, err)}:
+			case <-ctx.Done():
 			}
 		}
 	}()

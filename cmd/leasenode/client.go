@@ -892,6 +892,10 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		}
 		seen.restart()
 		for e := range events {
+			if e.Type == lease.Broken { // the last event: why the stream ended
+				fmt.Fprintf(os.Stderr, "leasenode watch: %v\n", e.Err)
+				continue
+			}
 			for _, h := range seen.track(e) {
 				if cf.json() {
 					_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": "ended", "index": h.Index,
