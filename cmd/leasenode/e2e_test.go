@@ -742,6 +742,44 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	})
 }
 
+// lock gives CMD the lease's validity: LEASE_VALID_UNTIL as it started,
+// within one TTL from then, and LEASE_VALID_UNTIL_FILE, which lock
+// rewrites as extends move it (a paused lock stops rewriting it, so a
+// command that checks it stops on its own). The file's directory is
+// removed when lock exits.
+func TestLockValidUntil(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	const ttl = 2 * time.Second
+	before := time.Now().UnixMilli()
+	lock := start(t, nil, "lock", "jobs/fenced", "--addr", addrs(agents), "--ttl", ttl.String(), "--",
+		"sh", "-c", `echo "start=$LEASE_VALID_UNTIL file=$LEASE_VALID_UNTIL_FILE"
+f=$LEASE_VALID_UNTIL_FILE
+while [ "$(cat "$f")" -le "$LEASE_VALID_UNTIL" ]; do sleep 0.05; done
+echo "later=$(cat "$f")"`)
+	if code := lock.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("lock exit %d; stdout %q stderr %s", code, lock.stdout, lock.stderr)
+	}
+	after := time.Now().UnixMilli()
+	var start, later int64
+	var file string
+	out := lock.stdout.String()
+	if _, err := fmt.Sscanf(out, "start=%d file=%s\nlater=%d", &start, &file, &later); err != nil {
+		t.Fatalf("child's output %q: %v", out, err)
+	}
+	// Granted after before and before after: valid until no later than
+	// after+TTL, and later than before (CMD started with some TTL left).
+	if start <= before || start > after+ttl.Milliseconds() {
+		t.Errorf("LEASE_VALID_UNTIL %d: want after the start %d and within the TTL %v of it", start, before, ttl)
+	}
+	if later <= start || later > after+ttl.Milliseconds() {
+		t.Errorf("LEASE_VALID_UNTIL_FILE moved from %d to %d: want later, within the TTL of the end %d", start, later, after)
+	}
+	if _, err := os.Stat(filepath.Dir(file)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after lock exited: %v; want it removed", filepath.Dir(file), err)
+	}
+}
+
 // A command that ignores SIGINT: lock passes the first on and says it
 // waits for the command, counts one sent to it and its group at once as
 // one, and on a second kills the command's group, releases the key and
