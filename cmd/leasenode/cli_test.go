@@ -47,6 +47,7 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
 		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
 		{[]string{"lock", "--grace", "-1s", "k", "--", "true"}, exitUsage, []string{"--grace -1s: must not be negative"}},
+		{[]string{"agent", "--id", "n", "--data-dir", "/nonexistent/d", "--dead-server-grace", "0s"}, exitUsage, []string{"--dead-server-grace 0s: must be positive"}},
 		{[]string{"health", "--addr", "127.0.0.1:1,127.0.0.1:2"}, exitUnreachable, []string{"probing 127.0.0.1:1, the first of 2 addresses"}},
 	}
 	for _, c := range cases {

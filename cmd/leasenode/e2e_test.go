@@ -1188,6 +1188,10 @@ func TestSignalToProcessAndGroupStopsGracefully(t *testing.T) {
 	if code := p.wait(t, 20*time.Second); code != 0 || strings.Contains(p.stderr.String(), "exiting at once") {
 		t.Errorf("SIGINT to the agent and its group: exit %d, stderr %s", code, tail(p.stderr.String(), 1000))
 	}
+	// It stays a member only for the dead-server grace: the log says so.
+	if !strings.Contains(p.stderr.String(), "stays a member of the cluster if it is back within 30s, --dead-server-grace") {
+		t.Errorf("the stop's log line does not name the grace: %s", tail(p.stderr.String(), 1000))
+	}
 }
 
 // childPID waits until lock's command printed "pid=N" (its first line)
