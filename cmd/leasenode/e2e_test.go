@@ -574,6 +574,14 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 		if code != exitUnreachable || !strings.Contains(errOut, "a node answered but knows no leader") || strings.Contains(errOut, "check --addr") {
 			t.Errorf("%v after a quorum loss: exit %d %q; want %d and the knows-no-leader hint", cmd, code, errOut, exitUnreachable)
 		}
+		// How to give up sooner, and, for a read, how to read anyway.
+		if stale := strings.Contains(errOut, "--stale reads the local copy"); !strings.Contains(errOut, "shorten it with --timeout") || stale != (cmd[0] != "acquire") {
+			t.Errorf("%v after a quorum loss: hint %q; want --timeout named, and --stale for reads only", cmd, errOut)
+		}
+	}
+	// --stale does read the node's copy.
+	if code, out, errOut := cli(t, "get", "jobs/survivor", "--stale", "--addr", live[1].api, "--timeout", "2s"); code != 0 {
+		t.Errorf("get --stale after a quorum loss: exit %d %s %s", code, out, errOut)
 	}
 }
 
