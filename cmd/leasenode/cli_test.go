@@ -35,6 +35,8 @@ func TestCLIHabits(t *testing.T) {
 		want []string // all in stderr
 	}{
 		{[]string{"aquire", "k"}, exitUsage, []string{`unknown command "aquire"`, `did you mean "acquire"?`}},
+		{[]string{"extend", "k"}, exitUsage, []string{`unknown command "extend"`, "leasenode lock KEY -- CMD", "acquire KEY --hold"}},
+		{[]string{"renew", "k"}, exitUsage, []string{`unknown command "renew"`, "leasenode lock KEY -- CMD", "acquire KEY --hold"}},
 		{[]string{"acquire", "k", "--ttl", "5"}, exitUsage, []string{`--ttl "5": not a duration`, "durations need a unit: 5s"}},
 		{[]string{"acquire", "k", "--tll", "5s"}, exitUsage, []string{"unknown flag: --tll", "did you mean --ttl?"}},
 		{[]string{"acquire", "k", "--wait", "soon"}, exitUsage, []string{`--wait "soon"`, `"forever"`}},
