@@ -615,8 +615,12 @@ func TestLockShapes(t *testing.T) {
 	if code, _, errOut := cli(t, "acquire", "sem", "-n", "2", "--wait", "0", "--addr", addr); code != exitHeld {
 		t.Errorf("a third slot of 2: exit %d, want %d: %s", code, exitHeld, errOut)
 	}
-	if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", "0", "--addr", addr); code == 0 || !strings.Contains(errOut, "semaphore of 2") {
-		t.Errorf("another n: exit %d: %s", code, errOut)
+	// Another n conflicts with the key's state (exit 4, as held), it is
+	// not bad usage (2); waiting or not.
+	for _, wait := range []string{"0", "forever"} {
+		if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", wait, "--addr", addr); code != exitHeld || !strings.Contains(errOut, "semaphore of 2") || !strings.Contains(errOut, "use -n 2") {
+			t.Errorf("another n, --wait %s: exit %d, want %d: %s", wait, code, exitHeld, errOut)
+		}
 	}
 	// list shows both holders of the semaphore, with their tokens.
 	if code, out, errOut := cli(t, "list", "sem", "--addr", addr, "-o", "json"); code != 0 || strings.Count(out, `"token"`) != 2 {

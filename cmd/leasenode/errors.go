@@ -14,12 +14,13 @@ import (
 func exitCode(err error) int {
 	var ue *usageError
 	var in *interrupted
+	var sc *semaphoreConflictError
 	switch reason := reasonOf(err); {
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &in):
 		return in.code()
-	case errors.Is(err, lease.ErrHeld):
+	case errors.Is(err, lease.ErrHeld), errors.As(err, &sc):
 		return exitHeld
 	case errors.Is(err, lease.ErrLeaseLost):
 		return exitLost

@@ -114,9 +114,44 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 				return nil, cause
 			}
 		}
+		if l.shape.n > 0 && errors.Is(err, lease.ErrInvalid) {
+			if sc := semaphoreConflict(ctx, c, items, l.shape.n, timeout); sc != nil {
+				sc.err = err
+				return nil, sc
+			}
+		}
 		return nil, err
 	}
 	return ls, nil
+}
+
+// semaphoreConflictError is an acquire -n N refused because its holders
+// hold the key as a semaphore of another N: a conflict with the key's
+// state (exit 4, as for a held key), not bad usage: it is free for any N
+// once they are gone.
+type semaphoreConflictError struct {
+	key        string
+	have, want int
+	err        error // the cluster's refusal
+}
+
+func (e *semaphoreConflictError) Error() string {
+	return fmt.Sprintf("%v (held as a semaphore of %d: use -n %d, or wait until its holders release it or expire)", e.err, e.have, e.have)
+}
+
+func (e *semaphoreConflictError) Unwrap() error { return e.err }
+
+// semaphoreConflict asks whether a key of items is held as a semaphore
+// of another size than n, and returns the conflict if one is.
+func semaphoreConflict(ctx context.Context, c *lease.Client, items []lease.Item, n int, timeout time.Duration) *semaphoreConflictError {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, it := range items {
+		if info, err := c.Get(ctx, it.Key); err == nil && info != nil && info.Semaphore > 0 && info.Semaphore != n {
+			return &semaphoreConflictError{key: it.Key, have: info.Semaphore, want: n}
+		}
+	}
+	return nil
 }
 
 const lockSynopsis = `Acquires KEY (waiting for it, FIFO, unless --wait says otherwise), runs CMD

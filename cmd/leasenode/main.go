@@ -54,7 +54,8 @@ exit codes:
   1  error (see the message)
   2  bad usage: unknown command or flag, invalid value
   3  cluster unreachable, or no leader elected in time
-  4  key held by someone else (the message names the holder and the time left)
+  4  key held by someone else (the message names the holder and the time left),
+     or -n N on a key its holders hold as a semaphore of another N
   5  lease lost while running (lock: the command was stopped)
   6  outcome unknown: the request was sent but its reply was lost; check with get
   lock exits 127 if its command is not found, 126 if it cannot be run (nothing
