@@ -130,7 +130,9 @@ type Config struct {
 	// non-voters that replicate and can be promoted. Default 3.
 	Voters int
 	// DeadServerGrace is how long a failed node stays in the Raft
-	// configuration before the leader removes it. Default 30 s.
+	// configuration before the leader removes it. Default 30 s. A node
+	// stopped for a restart or upgrade (Close without LeaveOnClose) stays
+	// a member, a voter a voter, only if it is back within it.
 	DeadServerGrace time.Duration
 
 	// LeaveOnClose makes Close leave the cluster (as Leave does) instead
@@ -687,6 +689,9 @@ func (c Config) Validate() error {
 	}
 	if c.Voters < 1 {
 		bad("Voters %d must be >= 1", c.Voters)
+	}
+	if c.DeadServerGrace < 0 {
+		bad("DeadServerGrace %v must not be negative", c.DeadServerGrace)
 	}
 	if c.Voters%2 == 0 {
 		bad("Voters %d should be odd: an even count tolerates no more failures than one fewer", c.Voters)

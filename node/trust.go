@@ -290,12 +290,16 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 		return nil
 	case own != "":
 		if inbound {
-			// The peer is told in its own terms; this node's log names
-			// the peer and leaves this node's data dir alone.
+			// This node's log names the peer and leaves this node's data
+			// dir alone. The answer names both nodes, not "you": the
+			// dialer may be the misplaced node or a node of the healthy
+			// cluster that dialed it (a member of its gossip pool), and
+			// "your data dir …; start with an empty --data-dir" told the
+			// healthy one's operator to wipe it.
 			c.refusedLocked(p, fmt.Sprintf("refused node %s: its data dir belongs to cluster %s, ours is %s; %s must start with an empty --data-dir to join this cluster",
 				p.ID, short(p.ClusterID), short(own), p.ID), true)
-			return fmt.Errorf("this cluster is %s, your data dir belongs to cluster %s; to join this cluster start with an empty --data-dir",
-				short(own), short(p.ClusterID))
+			return fmt.Errorf("node %s's data dir belongs to cluster %s, node %s's to cluster %s; to join %s's cluster, %s must start with an empty --data-dir; to join %s's, %s must",
+				p.ID, short(p.ClusterID), c.self, short(own), c.self, p.ID, p.ID, c.self)
 		}
 		err := fmt.Errorf("node %s belongs to cluster %s, this node's data dir to cluster %s; to join that cluster start this node with an empty --data-dir",
 			p.ID, short(p.ClusterID), short(own))
@@ -342,9 +346,18 @@ func (c *clusterIdentity) check(p transport.Peer, inbound bool) error {
 }
 
 // refusedBy is the Dialer's transport.Hello.Refused: a peer refused us.
+//
+// A refusal for another cluster is logged in this node's words ("this
+// node"), naming each node's cluster and what each would do: which of
+// the two is misplaced only the operator knows (both dial each other).
 func (c *clusterIdentity) refusedBy(e *transport.RefusedError) {
 	loud := !strings.Contains(e.Message, "waiting to bootstrap")
-	c.refused(transport.Peer{ID: e.PeerID, ClusterID: e.PeerClusterID}, fmt.Errorf("refused by %s: %s", e.PeerID, e.Message), loud)
+	msg := fmt.Sprintf("refused by %s: %s", e.PeerID, e.Message)
+	if own := c.get(); own != "" && e.PeerClusterID != "" && e.PeerClusterID != own {
+		msg = fmt.Sprintf("refused by %s: node %s's data dir belongs to cluster %s, this node's to cluster %s; to join this cluster, %s must start with an empty --data-dir; to join %s's, this node must",
+			e.PeerID, e.PeerID, short(e.PeerClusterID), short(own), e.PeerID, e.PeerID)
+	}
+	c.refused(transport.Peer{ID: e.PeerID, ClusterID: e.PeerClusterID}, errors.New(msg), loud)
 }
 
 func (c *clusterIdentity) refused(p transport.Peer, err error, loud bool) {

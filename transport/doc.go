@@ -84,9 +84,10 @@
 // certificate (or empty); otherwise the node ID is only a claim. The
 // judge (Hello.Check) runs on both sides, so a refusal goes both ways: the
 // Mux sends its reason, which Dial returns as a *RefusedError (for
-// instance "refused by n2 (10.0.0.2:7400): this cluster is 7f3a…, your
-// data dir belongs to cluster 91bc…; to join this cluster start with an
-// empty --data-dir"). Package node decides what cluster ids match.
+// instance "refused by n2 (10.0.0.2:7400): node n4's data dir belongs to
+// cluster 91bc…, node n2's to cluster 7f3a…; to join n2's cluster, n4
+// must start with an empty --data-dir; to join n4's, n2 must"). Package
+// node decides what cluster ids match.
 //
 // Connections handed out by Mux sub-listeners and returned by Dial carry
 // the peer (PeerOf); RPCServer puts it in every handler's context

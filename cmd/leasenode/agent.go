@@ -45,7 +45,8 @@ naming the entry.
 
 SIGINT or SIGTERM stop the agent gracefully and exit 0: it hands leadership
 to another voter first and stays a member of the cluster (a voter stays a
-voter), as a restart or upgrade needs; with --leave-on-stop it also leaves
+voter), as a restart or upgrade needs, if it is back within
+--dead-server-grace (30s): a node down longer is removed by the leader; with --leave-on-stop it also leaves
 the cluster for good (for a node that is retired). A second signal exits at
 once with 130 (SIGINT) or 143 (SIGTERM).
 
@@ -84,6 +85,7 @@ type agentFlags struct {
 	maxHandshakeRatePerSource    int
 	maxLeases                    int
 	minTTL                       time.Duration
+	deadServerGrace              time.Duration
 	clusterKey, clusterKeyFile   string
 	insecure                     bool
 	logLevel, logFormat          string
@@ -118,6 +120,7 @@ func newAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&a.join, "join", "", "gossip addresses of other nodes, comma-separated (HOST:PORT[,HOST:PORT]); a DNS name\njoins every address it resolves to (a Kubernetes headless Service)")
 	fs.IntVar(&a.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many nodes see each other (0: join an existing one)")
 	fs.IntVar(&a.voters, "voters", 3, "Raft voters the leader keeps; other nodes are non-voting replicas (odd)")
+	durationVar(fs, &a.deadServerGrace, "dead-server-grace", 30*time.Second, "how long a node may stay down before the leader removes it from the cluster (a voter\nstopped for a restart or upgrade must be back within it to stay one)")
 	fs.StringVar(&a.timing, "timing", "default", "Raft timeouts: default (LAN: ~1 s to replace a dead leader, 1-3 s a hung one) or fast (one machine, ~0.5 s)")
 	fs.StringVar(&a.clusterKey, "cluster-key", "", "base64 of 32 random bytes, the same on every node: only holders of it reach --bind\n(mutual TLS derived from it) and gossip; prefer --cluster-key-file or the environment\n(a command line shows in ps)")
 	fs.StringVar(&a.clusterKeyFile, "cluster-key-file", "", "file holding the --cluster-key (make one: head -c 32 /dev/urandom | base64 > FILE)")
@@ -221,6 +224,10 @@ func (a *agentFlags) config() (node.Config, error) {
 		}
 	}
 	cfg.BootstrapExpect, cfg.Voters = a.bootstrapExpect, a.voters
+	if a.deadServerGrace <= 0 {
+		return cfg, usagef("--dead-server-grace %v: must be positive (30s by default)", a.deadServerGrace)
+	}
+	cfg.DeadServerGrace = a.deadServerGrace
 	cfg.LeaveOnClose = a.leaveOnStop
 	cfg.EnablePprof, cfg.LogStore = a.enablePprof, a.logStore
 	switch a.timing {
@@ -318,6 +325,7 @@ var configFlags = strings.NewReplacer(
 	"APIAddr", "--api",
 	"LogStore", "--log-store",
 	"Voters", "--voters",
+	"DeadServerGrace", "--dead-server-grace",
 	"ClusterKey", "--cluster-key",
 	"GossipKey", "--gossip-key",
 )
@@ -439,7 +447,7 @@ func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config)
 		<-metricsDone
 		return fmt.Errorf("node stopped: %w", n.Err())
 	}
-	what := "stopping (this node stays a member of the cluster)"
+	what := fmt.Sprintf("stopping (this node stays a member of the cluster if it is back within %v, --dead-server-grace; later the leader removes it)", cfg.DeadServerGrace)
 	if cfg.LeaveOnClose {
 		what = "leaving the cluster for good (--leave-on-stop)"
 	}

@@ -35,6 +35,8 @@ func TestCLIHabits(t *testing.T) {
 		want []string // all in stderr
 	}{
 		{[]string{"aquire", "k"}, exitUsage, []string{`unknown command "aquire"`, `did you mean "acquire"?`}},
+		{[]string{"extend", "k"}, exitUsage, []string{`unknown command "extend"`, "leasenode lock KEY -- CMD", "acquire KEY --hold"}},
+		{[]string{"renew", "k"}, exitUsage, []string{`unknown command "renew"`, "leasenode lock KEY -- CMD", "acquire KEY --hold"}},
 		{[]string{"acquire", "k", "--ttl", "5"}, exitUsage, []string{`--ttl "5": not a duration`, "durations need a unit: 5s"}},
 		{[]string{"acquire", "k", "--tll", "5s"}, exitUsage, []string{"unknown flag: --tll", "did you mean --ttl?"}},
 		{[]string{"acquire", "k", "--wait", "soon"}, exitUsage, []string{`--wait "soon"`, `"forever"`}},
@@ -47,6 +49,7 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"get", "k", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode get \"k\": lease: no leader"}},
 		{[]string{"status", "--timeout", "1s", "--addr", "127.0.0.1:1"}, exitUnreachable, []string{"leasenode status: lease: no leader"}},
 		{[]string{"lock", "--grace", "-1s", "k", "--", "true"}, exitUsage, []string{"--grace -1s: must not be negative"}},
+		{[]string{"agent", "--id", "n", "--data-dir", "/nonexistent/d", "--dead-server-grace", "0s"}, exitUsage, []string{"--dead-server-grace 0s: must be positive"}},
 		{[]string{"health", "--addr", "127.0.0.1:1,127.0.0.1:2"}, exitUnreachable, []string{"probing 127.0.0.1:1, the first of 2 addresses"}},
 	}
 	for _, c := range cases {

@@ -574,6 +574,14 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 		if code != exitUnreachable || !strings.Contains(errOut, "a node answered but knows no leader") || strings.Contains(errOut, "check --addr") {
 			t.Errorf("%v after a quorum loss: exit %d %q; want %d and the knows-no-leader hint", cmd, code, errOut, exitUnreachable)
 		}
+		// How to give up sooner, and, for a read, how to read anyway.
+		if stale := strings.Contains(errOut, "--stale reads the local copy"); !strings.Contains(errOut, "shorten it with --timeout") || stale != (cmd[0] != "acquire") {
+			t.Errorf("%v after a quorum loss: hint %q; want --timeout named, and --stale for reads only", cmd, errOut)
+		}
+	}
+	// --stale does read the node's copy.
+	if code, out, errOut := cli(t, "get", "jobs/survivor", "--stale", "--addr", live[1].api, "--timeout", "2s"); code != 0 {
+		t.Errorf("get --stale after a quorum loss: exit %d %s %s", code, out, errOut)
 	}
 }
 
@@ -607,8 +615,12 @@ func TestLockShapes(t *testing.T) {
 	if code, _, errOut := cli(t, "acquire", "sem", "-n", "2", "--wait", "0", "--addr", addr); code != exitHeld {
 		t.Errorf("a third slot of 2: exit %d, want %d: %s", code, exitHeld, errOut)
 	}
-	if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", "0", "--addr", addr); code == 0 || !strings.Contains(errOut, "semaphore of 2") {
-		t.Errorf("another n: exit %d: %s", code, errOut)
+	// Another n conflicts with the key's state (exit 4, as held), it is
+	// not bad usage (2); waiting or not.
+	for _, wait := range []string{"0", "forever"} {
+		if code, _, errOut := cli(t, "acquire", "sem", "-n", "3", "--wait", wait, "--addr", addr); code != exitHeld || !strings.Contains(errOut, "semaphore of 2") || !strings.Contains(errOut, "use -n 2") {
+			t.Errorf("another n, --wait %s: exit %d, want %d: %s", wait, code, exitHeld, errOut)
+		}
 	}
 	// list shows both holders of the semaphore, with their tokens.
 	if code, out, errOut := cli(t, "list", "sem", "--addr", addr, "-o", "json"); code != 0 || strings.Count(out, `"token"`) != 2 {
@@ -740,6 +752,44 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// lock gives CMD the lease's validity: LEASE_VALID_UNTIL as it started,
+// within one TTL from then, and LEASE_VALID_UNTIL_FILE, which lock
+// rewrites as extends move it (a paused lock stops rewriting it, so a
+// command that checks it stops on its own). The file's directory is
+// removed when lock exits.
+func TestLockValidUntil(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	const ttl = 2 * time.Second
+	before := time.Now().UnixMilli()
+	lock := start(t, nil, "lock", "jobs/fenced", "--addr", addrs(agents), "--ttl", ttl.String(), "--",
+		"sh", "-c", `echo "start=$LEASE_VALID_UNTIL file=$LEASE_VALID_UNTIL_FILE"
+f=$LEASE_VALID_UNTIL_FILE
+while [ "$(cat "$f")" -le "$LEASE_VALID_UNTIL" ]; do sleep 0.05; done
+echo "later=$(cat "$f")"`)
+	if code := lock.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("lock exit %d; stdout %q stderr %s", code, lock.stdout, lock.stderr)
+	}
+	after := time.Now().UnixMilli()
+	var start, later int64
+	var file string
+	out := lock.stdout.String()
+	if _, err := fmt.Sscanf(out, "start=%d file=%s\nlater=%d", &start, &file, &later); err != nil {
+		t.Fatalf("child's output %q: %v", out, err)
+	}
+	// Granted after before and before after: valid until no later than
+	// after+TTL, and later than before (CMD started with some TTL left).
+	if start <= before || start > after+ttl.Milliseconds() {
+		t.Errorf("LEASE_VALID_UNTIL %d: want after the start %d and within the TTL %v of it", start, before, ttl)
+	}
+	if later <= start || later > after+ttl.Milliseconds() {
+		t.Errorf("LEASE_VALID_UNTIL_FILE moved from %d to %d: want later, within the TTL of the end %d", start, later, after)
+	}
+	if _, err := os.Stat(filepath.Dir(file)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after lock exited: %v; want it removed", filepath.Dir(file), err)
+	}
 }
 
 // A command that ignores SIGINT: lock passes the first on and says it
@@ -1149,6 +1199,10 @@ func TestSignalToProcessAndGroupStopsGracefully(t *testing.T) {
 	p.kill(syscall.SIGINT) // its group
 	if code := p.wait(t, 20*time.Second); code != 0 || strings.Contains(p.stderr.String(), "exiting at once") {
 		t.Errorf("SIGINT to the agent and its group: exit %d, stderr %s", code, tail(p.stderr.String(), 1000))
+	}
+	// It stays a member only for the dead-server grace: the log says so.
+	if !strings.Contains(p.stderr.String(), "stays a member of the cluster if it is back within 30s, --dead-server-grace") {
+		t.Errorf("the stop's log line does not name the grace: %s", tail(p.stderr.String(), 1000))
 	}
 }
 

@@ -14,12 +14,13 @@ import (
 func exitCode(err error) int {
 	var ue *usageError
 	var in *interrupted
+	var sc *semaphoreConflictError
 	switch reason := reasonOf(err); {
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &in):
 		return in.code()
-	case errors.Is(err, lease.ErrHeld):
+	case errors.Is(err, lease.ErrHeld), errors.As(err, &sc):
 		return exitHeld
 	case errors.Is(err, lease.ErrLeaseLost):
 		return exitLost
@@ -52,7 +53,14 @@ func hintFor(err error, verb string) string {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
 	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
-		return "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
+		hint := "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
+		if verb != "status" { // status waits 3 s in a cluster that had a leader
+			hint += "; a request waits for a leader up to --timeout (10s by default; --wait bounds only a wait for a held key): shorten it with --timeout 2s"
+		}
+		if verb == "get" || verb == "list" {
+			hint += "; --stale reads the local copy of the node asked, without a leader (it may be behind)"
+		}
+		return hint
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -113,9 +114,44 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 				return nil, cause
 			}
 		}
+		if l.shape.n > 0 && errors.Is(err, lease.ErrInvalid) {
+			if sc := semaphoreConflict(ctx, c, items, l.shape.n, timeout); sc != nil {
+				sc.err = err
+				return nil, sc
+			}
+		}
 		return nil, err
 	}
 	return ls, nil
+}
+
+// semaphoreConflictError is an acquire -n N refused because its holders
+// hold the key as a semaphore of another N: a conflict with the key's
+// state (exit 4, as for a held key), not bad usage: it is free for any N
+// once they are gone.
+type semaphoreConflictError struct {
+	key        string
+	have, want int
+	err        error // the cluster's refusal
+}
+
+func (e *semaphoreConflictError) Error() string {
+	return fmt.Sprintf("%v (held as a semaphore of %d: use -n %d, or wait until its holders release it or expire)", e.err, e.have, e.have)
+}
+
+func (e *semaphoreConflictError) Unwrap() error { return e.err }
+
+// semaphoreConflict asks whether a key of items is held as a semaphore
+// of another size than n, and returns the conflict if one is.
+func semaphoreConflict(ctx context.Context, c *lease.Client, items []lease.Item, n int, timeout time.Duration) *semaphoreConflictError {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, it := range items {
+		if info, err := c.Get(ctx, it.Key); err == nil && info != nil && info.Semaphore > 0 && info.Semaphore != n {
+			return &semaphoreConflictError{key: it.Key, have: info.Semaphore, want: n}
+		}
+	}
+	return nil
 }
 
 const lockSynopsis = `Acquires KEY (waiting for it, FIFO, unless --wait says otherwise), runs CMD
@@ -134,7 +170,15 @@ If the lease is lost (the cluster could not be reached for a whole TTL, or
 the cluster says it is gone), lock sends SIGTERM to CMD's process group,
 SIGKILL after --grace, and exits 5. SIGINT and SIGTERM sent to lock are
 passed on to CMD; a second one, more than 200 ms after the first, kills CMD's
-process group (SIGKILL), releases the lease and exits 130 (143 for SIGTERM).`
+process group (SIGKILL), releases the lease and exits 130 (143 for SIGTERM).
+
+While lock itself is paused (SIGSTOP) or killed (SIGKILL) it cannot stop
+CMD, which runs on after the lease expired: CMD must fence its writes with
+LEASE_TOKEN. LEASE_VALID_UNTIL is the moment (unix milliseconds, this
+host's wall clock) until which the lease was certainly held as CMD started;
+the file named by LEASE_VALID_UNTIL_FILE holds the same figure, rewritten
+after each extend, and not while lock is paused: a CMD that checks it before
+each write stops on its own.`
 
 func (ap *app) lockCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -246,8 +290,15 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 		return err
 	}
 
+	vu, err := newValidUntilFile(l)
+	if err != nil {
+		releaseQuietly(l)
+		return err
+	}
+	defer vu.remove()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), "LEASE_KEY="+key, "LEASE_TOKEN="+strconv.FormatUint(l.Token(), 10), "LEASE_HOLDER="+cl.Holder())
+	cmd.Env = append(os.Environ(), "LEASE_KEY="+key, "LEASE_TOKEN="+strconv.FormatUint(l.Token(), 10), "LEASE_HOLDER="+cl.Holder(),
+		"LEASE_VALID_UNTIL="+strconv.FormatInt(vu.written, 10), "LEASE_VALID_UNTIL_FILE="+vu.path)
 	cmd.Env = append(cmd.Env, lf.shape.env(l)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Its own process group, so that stopping it reaches its children too.
@@ -261,8 +312,12 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 
 	pid := cmd.Process.Pid
 	var firstSig time.Time // when the first SIGINT/SIGTERM came, if one did
+	tick := time.NewTicker(validUntilPoll(l.TTL()))
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			vu.update(l)
 		case s := <-sig.C:
 			switch {
 			case firstSig.IsZero():
@@ -289,6 +344,7 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 			releaseQuietly(l)
 			return &exitError{code: code}
 		case <-l.Done():
+			vu.update(l) // the moment it ended: CMD must write no more
 			fmt.Fprintf(os.Stderr, "leasenode lock: lease on %q lost (%v); stopping %s (SIGTERM, SIGKILL after %v)\n", key, l.Err(), argv[0], grace)
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 			t := time.NewTimer(grace)
@@ -302,6 +358,78 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 			return &exitError{code: exitLost, msg: fmt.Sprintf("lease on %q lost while %s was running; it was stopped", key, argv[0])}
 		}
 	}
+}
+
+// validUntilFile is the file LEASE_VALID_UNTIL_FILE names: the lease's
+// validity, as unix milliseconds on this host's wall clock, rewritten
+// (atomically, by rename) as extends move it. It is conservative: the
+// client's ValidUntil counts from the send time of the extend request,
+// and the file lags it by up to one poll. While lock itself is paused
+// (SIGSTOP, a swapped-out host) the file is not rewritten, so the moment
+// it names passes: a command that checks it before each write stops
+// writing by itself, which lock cannot make it do while paused.
+type validUntilFile struct {
+	dir, path string
+	written   int64 // the value in the file
+}
+
+// newValidUntilFile writes l's validity to a new file in a private
+// temporary directory.
+func newValidUntilFile(l *lease.Lease) (*validUntilFile, error) {
+	dir, err := os.MkdirTemp("", "leasenode-lock-")
+	if err != nil {
+		return nil, fmt.Errorf("lock: a directory for LEASE_VALID_UNTIL_FILE: %w (set TMPDIR to a writable directory)", err)
+	}
+	v := &validUntilFile{dir: dir, path: filepath.Join(dir, "valid_until"), written: -1}
+	if err := v.write(validUntilMillis(l)); err != nil {
+		v.remove()
+		return nil, fmt.Errorf("lock: write LEASE_VALID_UNTIL_FILE: %w", err)
+	}
+	return v, nil
+}
+
+// validUntilMillis is l's ValidUntil (monotonic) as unix milliseconds on
+// the wall clock, rounded down.
+func validUntilMillis(l *lease.Lease) int64 {
+	return time.Now().Add(time.Until(l.ValidUntil())).UnixMilli()
+}
+
+// update rewrites the file if l's validity moved; a failed write is
+// reported once and leaves the older, earlier value (still safe).
+func (v *validUntilFile) update(l *lease.Lease) {
+	ms := validUntilMillis(l)
+	// Rewritten when an extend moved it, or when the lease ended (it
+	// moves back); not for the drift of the two clocks' difference.
+	if ms > v.written+validUntilSlack || ms < v.written {
+		if err := v.write(ms); err != nil {
+			fmt.Fprintf(os.Stderr, "leasenode lock: LEASE_VALID_UNTIL_FILE: %v (it keeps an earlier moment)\n", err)
+		}
+	}
+}
+
+// validUntilSlack: a later validity by less than this is not worth a
+// rewrite (the monotonic and wall clocks drift apart by a few ms).
+const validUntilSlack = 10
+
+func (v *validUntilFile) write(ms int64) error {
+	tmp := v.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(ms, 10)+"\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, v.path); err != nil {
+		return err
+	}
+	v.written = ms
+	return nil
+}
+
+func (v *validUntilFile) remove() { _ = os.RemoveAll(v.dir) }
+
+// validUntilPoll is how often lock looks for a moved validity: a
+// twentieth of the TTL, between 50 ms and 1 s (extends come every third
+// of it).
+func validUntilPoll(ttl time.Duration) time.Duration {
+	return min(max(ttl/20, 50*time.Millisecond), time.Second)
 }
 
 // sigName names a signal as users know it: SIGINT, SIGTERM.

@@ -54,7 +54,8 @@ exit codes:
   1  error (see the message)
   2  bad usage: unknown command or flag, invalid value
   3  cluster unreachable, or no leader elected in time
-  4  key held by someone else (the message names the holder and the time left)
+  4  key held by someone else (the message names the holder and the time left),
+     or -n N on a key its holders hold as a semaphore of another N
   5  lease lost while running (lock: the command was stopped)
   6  outcome unknown: the request was sent but its reply was lost; check with get
   lock exits 127 if its command is not found, 126 if it cannot be run (nothing
@@ -173,7 +174,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if strings.HasPrefix(ue.msg, "unknown command ") && !cmd.HasParent() {
 				// Cobra's own text spreads the suggestion over lines.
 				ue.msg = fmt.Sprintf("unknown command %q", firstWord(args))
-				if s := root.SuggestionsFor(firstWord(args)); len(s) > 0 {
+				if h, ok := keepAliveWords[firstWord(args)]; ok {
+					ue.hint = h
+				} else if s := root.SuggestionsFor(firstWord(args)); len(s) > 0 {
 					ue.hint = fmt.Sprintf("did you mean %q?", s[0])
 				}
 				cmd = root
@@ -183,6 +186,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	return report(stderr, cmd, err)
 }
+
+// keepAliveWords are commands users look for to extend a lease, with the
+// hint for each: a lease is extended by the process that holds it (lock,
+// acquire --hold), which counts its validity from each request's send
+// time; a shell loop of extends would not know when its lease ends.
+var keepAliveWords = func() map[string]string {
+	h := "a lease is kept alive by the process holding it: `leasenode lock KEY -- CMD` while CMD runs, " +
+		"or `leasenode acquire KEY --hold 5m` (--hold forever: until interrupted); a plain acquire's lease is not extended and expires after --ttl"
+	m := map[string]string{}
+	for _, w := range []string{"extend", "keepalive", "keep-alive", "renew", "refresh", "heartbeat"} {
+		m[w] = h
+	}
+	return m
+}()
 
 // firstWord returns the first argument that is not a flag.
 func firstWord(args []string) string {

@@ -385,7 +385,13 @@ func (v *view) digest(ctx context.Context, a *agent) (uint64, string, error) {
 func (v *view) intact(t *testing.T) {
 	t.Helper()
 	var digest string
-	nodetest.Eventually(t, 20*time.Second, func() error {
+	// One try lists every node's whole state, and passes only if nothing
+	// was written meanwhile: under -race on a busy host a try takes
+	// seconds, so the wait allows for several (a restarted node catching
+	// up, an expiry landing in a try).
+	began, tries := time.Now(), 0
+	nodetest.Eventually(t, 60*time.Second, func() error {
+		tries++
 		seen := map[string]string{}
 		for _, a := range v.live() {
 			applied, d, err := v.digest(ctxT(t, 5*time.Second), a)
@@ -417,7 +423,8 @@ func (v *view) intact(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("intact: %d sentinel leases held with their tokens on %d nodes; state digest %s on every node", len(v.sentinels), len(v.live()), digest)
+	t.Logf("intact: %d sentinel leases held with their tokens on %d nodes; state digest %s on every node (%d tries, %v)",
+		len(v.sentinels), len(v.live()), digest, tries, time.Since(began).Round(time.Millisecond))
 }
 
 // procMem is an agent's resident memory from /proc/PID/status, in bytes:
