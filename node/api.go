@@ -775,6 +775,9 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 	if src := peerSource(r.Peer().Addr); src != "" {
 		ctx = context.WithValue(ctx, watchSourceKey{}, src)
 	}
+	// Its initial listing pays for its leases at the turns a List of
+	// this request would (payHoldings).
+	ctx = context.WithValue(ctx, watchPayKey{}, addrSource(r.Peer().Addr))
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {
 		return connectError(err)

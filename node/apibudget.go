@@ -134,7 +134,8 @@ const (
 	apiUnitsPerKiB   = 16
 	apiFreeBodyBytes = 4 << 10
 	// apiUnitsPerListed is what each holding of a reply (a List page, a
-	// Get, a CheckToken) costs beyond the request's own units: a page of
+	// Get, a CheckToken) or of a Watch's initial listing costs beyond
+	// the request's own units: a page of
 	// 1,000 took ~10 ms to build and send, 150 requests' worth (outsider
 	// review s33).
 	apiUnitsPerListed = 2

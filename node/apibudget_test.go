@@ -276,6 +276,81 @@ func TestRequestsPayForTheirBytes(t *testing.T) {
 	}
 }
 
+// A Watch's initial listing pays for its leases as a List does (2 units
+// a lease), page by page before each is sent, at its client's turns: it
+// paid one request's worth however large, and 128 HTTP/1.1 watches from
+// 4 /24s, each re-reading an 18 MB listing, made a leader step down
+// within 2 s (outsider review s34). Another source's Gets meanwhile wait
+// no more than their share.
+func TestWatchListingPaysForItsLeases(t *testing.T) {
+	const rate, leases = 400, 2_000 // 4,000 units a second; the listing ~4,000
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxAPIRate = rate
+	}})
+	_, l := c.Leader()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < leases; i += 8 {
+				mustGrant(t, l, acq(fmt.Sprint("w/", i), "h", uint64(i+1), time.Minute))
+			}
+		}()
+	}
+	wg.Wait()
+	ctx := ctxT(t, 60*time.Second)
+	gctx, stopGets := context.WithCancel(ctx)
+	defer stopGets()
+	small := http1From(t, "127.0.2.1", l, nil, "")
+	var worst time.Duration
+	gets := make(chan struct{})
+	go func() {
+		defer close(gets)
+		for gctx.Err() == nil {
+			start := time.Now()
+			if _, err := small.Get(gctx, connect.NewRequest(&pb.GetRequest{Key: "w/1"})); err != nil {
+				return
+			}
+			worst = max(worst, time.Since(start))
+		}
+	}()
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	start := time.Now()
+	stream, err := http1From(t, "127.0.5.1", l, nil, "").Watch(wctx, connect.NewRequest(&pb.WatchRequest{Prefix: "w/", Initial: true, Listed: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for stream.Receive() && stream.Msg().GetType() != pb.EventType_EVENT_TYPE_LISTED {
+		if stream.Msg().GetLease() != nil {
+			got++
+		}
+	}
+	took := time.Since(start)
+	if err := stream.Err(); err != nil || got != leases {
+		t.Fatalf("the watch listed %d of %d leases: %v", got, leases, err)
+	}
+	stopWatch()
+	stream.Close()
+	stopGets()
+	select {
+	case <-gets:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Gets did not stop")
+	}
+	t.Logf("a watch's listing of %d leases took %v; another source's slowest Get %v", leases, took.Round(time.Millisecond), worst.Round(time.Millisecond))
+	// ~4,000 units: 1 s at all of the rate, less its burst (0.1 s); at
+	// half of it beside the Gets.
+	if took < 800*time.Millisecond {
+		t.Errorf("a watch listed %d leases in %v: its listing was not paid for", leases, took.Round(time.Millisecond))
+	}
+	if worst > time.Second {
+		t.Errorf("another source's Get waited %v behind the listing", worst)
+	}
+}
+
 // Sources that trickle large bodies hold only their own turn: another
 // source's large request is read and decoded meanwhile. Two node-wide
 // slots taken as bodies began, held by one source's slow bodies until the

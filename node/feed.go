@@ -173,6 +173,12 @@ const (
 // IPv4 addresses in blocks) in its context.
 type watchSourceKey struct{}
 
+// watchPayKey carries the API budget's source key of an API Watch (its
+// address: addrSource, as a List's payHoldings) in its context: its
+// initial listing pays apiUnitsPerListed a lease at that source's turns.
+// Embedded watches carry none and pay nothing.
+type watchPayKey struct{}
+
 // watchesPerSource is the most watches one client source may have open
 // on a node whose limit is limit: a quarter of it, and at least 64 (all
 // of it, below 64), so that one token holder cannot take every watch of
@@ -194,6 +200,7 @@ func newWatchHub() *watchHub {
 func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max int) (<-chan *pb.WatchEvent, error) {
 	prefix, initial := req.GetPrefix(), req.GetInitial()
 	source, _ := ctx.Value(watchSourceKey{}).(string)
+	paySource, _ := ctx.Value(watchPayKey{}).(string)
 	w := &watcher{source: source, prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
 	out := make(chan *pb.WatchEvent, 64)
 	h.mu.Lock()
@@ -252,9 +259,31 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			}
 		}
 		if initial {
+			// The listing pays for its leases as a List's reply does
+			// (payHoldings: apiUnitsPerListed each, beyond the
+			// request's own units), page by page before the page is
+			// sent, at its client's turns: it was one request's worth
+			// however large, and 128 watches re-reading an 18 MB
+			// listing made a leader step down (outsider review s34).
+			// Watches are served by the node the client chose, never
+			// forwarded: the node that lists is the one that is paid.
+			pctx, stop := context.WithCancel(ctx)
+			defer stop()
+			defer context.AfterFunc(n.ctx, stop)()
+			credit := int64(apiUnitsPerRequest) // the Watch's own, paid as it was read
 			for after := ""; ; {
 				page, next := n.fsm.List(prefix, after, watchInitialPage)
 				_, now := n.fsm.Clock() // after the read: time left is never overstated
+				if paySource != "" {
+					units := int64(len(page))*apiUnitsPerListed - credit
+					credit = 0
+					if units < 0 {
+						credit = -units
+					}
+					if n.payUnits(pctx, paySource, units) != nil {
+						return // the call ended, or the node
+					}
+				}
 				for i := range page {
 					if page[i].Token > since {
 						continue // granted since w was registered: its event is queued
