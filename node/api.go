@@ -290,7 +290,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		defer slot.release()
 		r = r.WithContext(context.WithValue(r.Context(), bodySlotKey{}, slot))
 		source := addrSource(r.RemoteAddr)
-		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength,
+		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength, limit: limit,
 			pay: func(units int64) error { return n.payUnits(r.Context(), source, units) }}
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
@@ -423,34 +423,36 @@ type limitedBody struct {
 	timeout time.Duration // Limits.ReadTimeout
 	header  http.Header   // the response's, on HTTP/1; nil on HTTP/2
 	// pay, if set, pays the API budget for the body's bytes (bodyUnits)
-	// as they are read, before they are decoded; slot is taken once the
-	// body is large.
+	// before they are read (allow); slot is taken once the body is large.
 	pay        func(units int64) error
 	slot       *bodySlot
 	length     int64 // the declared Content-Length, -1 if unknown
-	read, paid int64 // bytes read, and paid for
+	limit      int64 // the most bytes it may have (MaxBytesReader's cap)
+	read, paid int64 // bytes read, and paid for (paid >= read)
+	held       bool  // slot holds its source's turn and room for the body
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.pay != nil && len(p) > 0 {
+		var err error
+		if p, err = b.allow(p); err != nil {
+			if b.header != nil {
+				b.header.Set("Connection", "close")
+			}
+			return 0, err
+		}
+	}
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
 	}
 	if b.pay != nil && n > 0 {
 		b.read += int64(n)
-		if b.read > bigBodyBytes {
-			// Its source's one large body at a time while it is read;
-			// one of the node's few decodes once it is all here.
-			complete := err == io.EOF || b.length > 0 && b.read >= b.length
-			if serr := b.slot.take(complete); serr != nil {
+		if b.read > bigBodyBytes && (err == io.EOF || b.length > 0 && b.read >= b.length) {
+			// All here: one of the node's few decodes.
+			if serr := b.slot.take(true); serr != nil {
 				return n, serr
 			}
-		}
-		if due := bodyUnits(b.read) - bodyUnits(b.paid); due > 0 && (due >= 16*apiUnitsPerKiB || err != nil) {
-			if perr := b.pay(due); perr != nil {
-				return n, perr
-			}
-			b.paid = b.read
 		}
 	}
 	var mbe *http.MaxBytesError
@@ -462,6 +464,51 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		err = bodyTooSlow(b.timeout)
 	}
 	return n, err
+}
+
+// bodyChunk is how many bytes of a body limitedBody pays for at once,
+// before it reads them.
+const bodyChunk = 16 << 10
+
+// allow pays, before a byte of it is read, for the part of the body the
+// next read may take, and returns p cut to it: the bytes a request has
+// in memory are bytes it has paid for, and a sender past its turns
+// waits with its bytes in its socket. Read paid after reading, so
+// connect's growing buffer took all the socket held first, and 200 /24s
+// sending 4 MiB Extends took a leader from 121 to 789 MB (outsider
+// review s34). Past bigBodyBytes it first takes its source's large-body
+// turn and room for the whole body among the node's large bodies
+// (bodySlot.hold).
+func (b *limitedBody) allow(p []byte) ([]byte, error) {
+	if b.length >= 0 && b.read >= b.length {
+		return p, nil // all of it read: what is left is the EOF
+	}
+	if b.read >= bigBodyBytes && !b.held {
+		size := b.limit
+		if b.length >= 0 {
+			size = b.length
+		}
+		if err := b.slot.hold(size, b.timeout); err != nil {
+			return nil, err
+		}
+		b.held = true
+	}
+	if b.paid <= b.read {
+		c := int64(bodyChunk)
+		if b.length >= 0 {
+			c = min(c, b.length-b.read)
+		}
+		if b.read < bigBodyBytes {
+			c = min(c, bigBodyBytes-b.read) // the large-body turn comes first
+		}
+		if due := bodyUnits(b.read+c) - bodyUnits(b.read); due > 0 {
+			if err := b.pay(due); err != nil {
+				return nil, err
+			}
+		}
+		b.paid = b.read + c
+	}
+	return p[:min(int64(len(p)), b.paid-b.read)], nil
 }
 
 // bodyTooSlow is the refusal of a request whose body did not arrive
@@ -495,17 +542,103 @@ func requestEncoding(h http.Header) string {
 // began, by one source's slow ones, made another's 300 KB extends wait
 // for the read timeout, and a client of 9,000 leases lost all of them:
 // outsider re-probe s33). Requests of ordinary size never wait.
+//
+// A large body read past bigBodyBytes also takes room for all of it
+// (its Content-Length, else the cap) among maxLargeBodyBytes node-wide,
+// before a byte more of it is read, and holds it until its message is
+// decoded: with a turn each, 200 /24s sending 4 MiB Extends held 200
+// bodies at once, and took a leader from 121 to 507-789 MB; it stepped
+// down, and a holder lost its 3,000 leases (outsider review s34). The
+// room is given first come first served, and a source waits for it
+// with its one turn, so sources take it in turn. A body that waits for
+// it longer than the read timeout is refused, naming the limit.
 const (
-	bigBodyBytes = 256 << 10
-	maxBigBodies = 2
+	bigBodyBytes      = 256 << 10
+	maxBigBodies      = 2
+	maxLargeBodyBytes = 32 << 20
 )
 
-// bodyGate is the node's large-body turns: one per source, and
-// maxBigBodies decoding.
+// bodyGate is the node's large-body turns: one per source, room for
+// budget bytes of them at once, and maxBigBodies decoding.
 type bodyGate struct {
 	mu       sync.Mutex
 	srcs     map[string]*srcToken
 	decoding chan struct{}
+	budget   int64         // bytes of large bodies held at once (maxLargeBodyBytes)
+	held     int64         // bytes of large bodies held
+	queue    []*roomWaiter // waiting for room, first come first served
+}
+
+// roomWaiter is a large body waiting for room (bodyGate.room).
+type roomWaiter struct {
+	size  int64
+	ready chan struct{} // closed once the room is its
+	done  bool          // the room is its (guarded by bodyGate.mu)
+}
+
+// room takes size bytes of the gate's budget (at most all of it), once
+// those ahead have theirs, waiting until ctx ends or for timeout (if
+// positive).
+func (g *bodyGate) room(ctx context.Context, size int64, timeout time.Duration) (int64, error) {
+	size = min(size, g.budget)
+	g.mu.Lock()
+	if len(g.queue) == 0 && g.held+size <= g.budget {
+		g.held += size
+		g.mu.Unlock()
+		return size, nil
+	}
+	w := &roomWaiter{size: size, ready: make(chan struct{})}
+	g.queue = append(g.queue, w)
+	g.mu.Unlock()
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	var err error
+	select {
+	case <-w.ready:
+		return size, nil
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	case <-expired:
+		err = connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the large request bodies (over %d KiB) the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, bigBodyBytes>>10, g.budget>>20))
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if w.done {
+		g.held -= size // given as it gave up
+	} else {
+		for i, x := range g.queue {
+			if x == w {
+				g.queue = append(g.queue[:i], g.queue[i+1:]...)
+				break
+			}
+		}
+	}
+	g.grantLocked()
+	return 0, err
+}
+
+// unroom gives back size bytes of the budget.
+func (g *bodyGate) unroom(size int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held -= size
+	g.grantLocked()
+}
+
+// grantLocked gives room to the waiters first in line while it lasts.
+func (g *bodyGate) grantLocked() {
+	for len(g.queue) > 0 && g.held+g.queue[0].size <= g.budget {
+		w := g.queue[0]
+		g.queue = g.queue[1:]
+		g.held += w.size
+		w.done = true
+		close(w.ready)
+	}
 }
 
 // srcToken is a source's turn to read a large body, with the count of
@@ -538,12 +671,13 @@ func (g *bodyGate) untoken(src string, t *srcToken) {
 // bodySlot is one request's claim on its source's turn and a decoding
 // slot.
 type bodySlot struct {
-	g   *bodyGate
-	src string
-	ctx context.Context // the request's: a wait ends with it
-	mu  sync.Mutex
-	tok *srcToken // held
-	dec bool      // a decoding slot held
+	g     *bodyGate
+	src   string
+	ctx   context.Context // the request's: a wait ends with it
+	mu    sync.Mutex
+	tok   *srcToken // held
+	dec   bool      // a decoding slot held
+	bytes int64     // room held among the large bodies (bodyGate.room)
 }
 
 // bodySlotKey carries a request's *bodySlot in its context.
@@ -575,9 +709,29 @@ func (s *bodySlot) take(complete bool) error {
 	return nil
 }
 
+// hold takes the source's turn and room for a large body of size bytes,
+// waiting for the room at most timeout (if positive).
+func (s *bodySlot) hold(size int64, timeout time.Duration) error {
+	if err := s.take(false); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bytes > 0 {
+		return nil
+	}
+	got, err := s.g.room(s.ctx, size, timeout)
+	s.bytes = got
+	return err
+}
+
 func (s *bodySlot) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.bytes > 0 {
+		s.g.unroom(s.bytes)
+		s.bytes = 0
+	}
 	if s.dec {
 		s.dec = false
 		<-s.g.decoding

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -391,6 +393,131 @@ func TestSlowLargeBodiesHoldOnlyTheirSourcesTurn(t *testing.T) {
 	t.Logf("a %d KB extend beside slow large bodies from three /24s: answered in %v", proto.Size(req)>>10, took.Round(time.Millisecond))
 	if took > 5*time.Second {
 		t.Errorf("a large extend waited %v behind other sources' slow bodies", took)
+	}
+}
+
+// Many large bodies at once, from many /24s, hold at most the node's
+// room for large bodies (and each connection its first bigBodyBytes, paid
+// before it is read), and another /24's Extend is answered meanwhile.
+// 4 MiB Extends from 200 /24s, a connection each, took a leader from 121
+// to 507-789 MB: a body was read before it was paid for, and each /24
+// had a large body's turn of its own (outsider review s34).
+func TestManyLargeBodiesHoldBoundedMemory(t *testing.T) {
+	const (
+		room     = 8 << 20 // the node's room for large bodies, set small
+		sources  = 32      // /24s
+		perSrc   = 2       // connections (addresses) each
+		bodySize = 4 << 20
+	)
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.ReadTimeout = 4 * time.Second
+		cfg.Limits.MaxAPIRate = 100_000 // a fast node: the rate would pay for all of them within the read timeout
+	}})
+	_, l := c.Leader()
+	l.SetLargeBodyBytes(room)
+	token := mustGrant(t, l, acq("legit", "h", 1, time.Minute)).GetToken()
+	legit := apiFrom(t, "127.0.200.1", l)
+	if _, err := legit.Status(ctxT(t, 10*time.Second), connect.NewRequest(&pb.StatusRequest{})); err != nil {
+		t.Fatal(err)
+	}
+
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC() // what the first left allocated while it ran
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	base := heap()
+	var peak atomic.Uint64
+	stopSampling, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if h := heap(); h > base && h-base > peak.Load() {
+				peak.Store(h - base)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+
+	// Each sends all of a 4 MiB body but its last byte, then waits.
+	head := `{"holder":"h","items":[`
+	chunk := []byte(strings.Repeat(" ", 64<<10))
+	var wg sync.WaitGroup
+	var raws []net.Conn
+	for i := range sources {
+		for j := range perSrc {
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.%d.%d", 10+i, 1+j))}}
+			raw, err := d.Dial("tcp", l.APIAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, raw)
+			t.Cleanup(func() { raw.Close() })
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = raw.SetDeadline(time.Now().Add(60 * time.Second))
+				if _, err := fmt.Fprintf(raw, "POST /leasenode.v1.LeaseService/Extend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", bodySize, head); err != nil {
+					return
+				}
+				for left := bodySize - len(head) - 1; left > 0; left -= len(chunk) {
+					if _, err := raw.Write(chunk[:min(left, len(chunk))]); err != nil {
+						return
+					}
+				}
+				_, _ = io.Copy(io.Discard, raw) // until the node answers and closes
+			}()
+		}
+	}
+	attacked := make(chan struct{})
+	go func() { wg.Wait(); close(attacked) }()
+	stop := sync.OnceFunc(func() { close(stopSampling); <-sampled })
+	defer func() {
+		stop()
+		for _, r := range raws {
+			r.Close()
+		}
+		select {
+		case <-attacked:
+		case <-time.After(10 * time.Second):
+			t.Error("the large bodies' senders did not end")
+		}
+	}()
+
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if n := l.LargeBodySources(); n < sources/2 {
+			return fmt.Errorf("%d sources' bodies read past the large-body size", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	_, err := legit.Extend(ctxT(t, 20*time.Second), connect.NewRequest(&pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "legit", Token: token}}}))
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("another /24's Extend beside %d large bodies: %v", sources*perSrc, err)
+	}
+	select {
+	case <-attacked:
+	case <-time.After(70 * time.Second):
+		t.Fatal("the large bodies' connections did not end")
+	}
+	stop()
+
+	// Buffers grow by doubling: twice the room, and up to three times
+	// each connection's first bigBodyBytes, and some for the rest.
+	bound := uint64(2*room + 3*sources*perSrc*(256<<10) + 16<<20)
+	t.Logf("%d connections from %d /24s sending %d MiB bodies: heap grew by %d MiB at most (bound %d MiB); another /24's Extend answered in %v",
+		sources*perSrc, sources, bodySize>>20, peak.Load()>>20, bound>>20, took.Round(time.Millisecond))
+	if peak.Load() > bound {
+		t.Errorf("the node's heap grew by %d MiB, over %d MiB: large bodies are not bounded node-wide", peak.Load()>>20, bound>>20)
 	}
 }
 

@@ -109,3 +109,11 @@ func (n *Node) LargeBodySources() int {
 	defer n.bigBodies.mu.Unlock()
 	return len(n.bigBodies.srcs)
 }
+
+// SetLargeBodyBytes sets the bytes of large request bodies the node
+// holds at once (maxLargeBodyBytes), before any request is served.
+func (n *Node) SetLargeBodyBytes(b int64) {
+	n.bigBodies.mu.Lock()
+	defer n.bigBodies.mu.Unlock()
+	n.bigBodies.budget = b
+}

@@ -187,7 +187,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		fatalCh:       make(chan struct{}),
 		withdrawals:   make(chan struct{}, 1024),
 		backups:       make(chan struct{}, maxBackups),
-		bigBodies:     &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies)},
+		bigBodies:     &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies), budget: maxLargeBodyBytes},
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,
