@@ -136,3 +136,65 @@ func TestWaitAtLeaderThatCannotCommitGivesUp(t *testing.T) {
 		return nil
 	})
 }
+
+// The leader's own disk hangs, both followers healthy. hashicorp/raft
+// writes the leader's log inside its leader loop, which then neither
+// commits nor steps down, while its heartbeats (other goroutines) keep
+// the followers from an election: before, every acquire was refused for
+// as long as the disk hung (no grant in 25 s), and a holder lost its
+// lease with two healthy voters of three (adversarial review s34b). Now
+// the stalled leader goes silent on Raft, the followers elect another,
+// a new key is granted and a holder with a TTL longer than the
+// detection and the election keeps its lease.
+func TestLeaderOwnDiskHungFailsOver(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{API: true})
+	li, l := c.Leader()
+	var addrs []string
+	for i := range c.Size() {
+		addrs = append(addrs, c.Node(i).APIAddr())
+	}
+	dial := func(holder string, opts ...lease.Option) *lease.Client {
+		t.Helper()
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, append([]lease.Option{lease.WithHolder(holder)}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close(ctxT(t, 5*time.Second)) })
+		return cl
+	}
+	holder := dial("holder")
+	held, err := holder.Acquire(ctxT(t, 10*time.Second), "kept", lease.TTL(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := l.StallLogWrites()
+	t.Cleanup(release)
+	start := time.Now()
+	cl := dial("after", lease.WithRetryTimeout(30*time.Second))
+	ls, err := cl.AcquireTimeout(ctxT(t, 40*time.Second), "new", 30*time.Second, lease.TTL(5*time.Second))
+	if err != nil {
+		t.Fatalf("no grant with the leader's disk hung and two healthy voters: %v", err)
+	}
+	t.Logf("granted %v after the leader's disk hung (token %d)", time.Since(start).Round(time.Millisecond), ls.Token())
+	// Another node serves (the stalled one may still think it leads
+	// until its disk is back: its leader loop waits for its write).
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for i := range c.Size() {
+			if i != li && c.Node(i).IsLeader() {
+				return nil
+			}
+		}
+		return fmt.Errorf("no other node serves: %s", c.Describe())
+	})
+	if !held.IsHealthy() {
+		t.Fatalf("the holder lost its lease: %v", held.Err())
+	}
+	release()
+	// The old leader rejoins as a follower once its disk is back.
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if got, want := l.Raft().AppliedIndex(), c.Node(c.WaitForLeader()).Raft().CommitIndex(); got < want {
+			return fmt.Errorf("old leader applied %d of %d", got, want)
+		}
+		return nil
+	})
+}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"container/list"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -20,6 +21,10 @@ import (
 func commitStallAfter(t Timing) time.Duration {
 	return max(5*t.HeartbeatTimeout, 3*time.Second)
 }
+
+// errOwnDiskHung fails the Raft messages of a leader whose own disk hangs
+// (rejoinTransport.mute).
+var errOwnDiskHung = errors.New("not sent: this leader's own log write hangs, it lets its followers elect another")
 
 // commitWatch follows this node's proposals from Apply until Raft resolves
 // them, to tell when it leads but cannot commit.
@@ -42,7 +47,11 @@ func commitStallAfter(t Timing) time.Duration {
 // the voters that have not stored the newest entries, until a proposal
 // commits or none is left in flight. A client's retry policy counts those
 // refusals as failures, so it gives up after its retry timeout, as
-// without a quorum. A wait for a held key at a leader that commits
+// without a quorum. When every other voter has stored its entries (its
+// own log write hangs, inside Raft's leader loop, which then neither
+// commits nor steps down while its heartbeats go on), it also fails every
+// AppendEntries it sends until the stall ends, so that a healthy quorum
+// elects another leader (TestLeaderOwnDiskHungFailsOver). A wait for a held key at a leader that commits
 // (however long the key is held) is not touched. Guarded by
 // TestWaitAtLeaderThatCannotCommitGivesUp.
 type commitWatch struct {
@@ -53,6 +62,7 @@ type commitWatch struct {
 	inflight  list.List // proposal start times, oldest first
 	committed time.Time // when a proposal last committed
 	declared  bool      // onStall ran for the current stall
+	own       bool      // the stall is this node's own disk's (every other voter stored the entries)
 	stalledCh chan struct{}
 	timer     *time.Timer
 	armed     bool
@@ -80,7 +90,7 @@ func (w *commitWatch) begin() (end func(committed bool)) {
 			w.committed = time.Now()
 		}
 		if w.declared && (committed || w.inflight.Len() == 0) {
-			w.declared = false
+			w.declared, w.own = false, false
 			w.stalledCh = make(chan struct{})
 		}
 		w.armLocked()
@@ -153,6 +163,26 @@ func (w *commitWatch) stalled() (age time.Duration, waiting int, ok bool) {
 	return age, w.inflight.Len(), some && (w.declared || age >= w.after)
 }
 
+// ownDiskHung reports whether the current stall is this node's own
+// disk's: every other voter stored what it proposed, and its own log
+// write has not returned (onCommitStall).
+func (w *commitWatch) ownDiskHung() bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.declared && w.own
+}
+
+// setOwn marks the current stall as this node's own disk's, if one is
+// declared.
+func (w *commitWatch) setOwn() {
+	w.mu.Lock()
+	w.own = w.declared
+	w.mu.Unlock()
+}
+
 // stalledChan is closed when the next stall is declared (at once, if one
 // is declared now).
 func (w *commitWatch) stalledChan() <-chan struct{} {
@@ -169,6 +199,18 @@ func (w *commitWatch) stalledChan() <-chan struct{} {
 func (n *Node) onCommitStall() {
 	detail := n.cannotCommitDetail()
 	n.log.Warn("this leader cannot commit: waiting acquires are answered and new ones refused until it commits again", "component", "node.leader", "detail", detail)
+	if len(n.votersBehind()) == 0 {
+		// Every other voter stored the entries: this node's own log
+		// write hangs, inside Raft's leader loop, which then neither
+		// commits nor steps down, while its replication goroutines
+		// keep the followers from an election (their heartbeats touch
+		// no disk). It goes silent on Raft until the stall ends, so
+		// that a healthy quorum elects another leader (adversarial
+		// review s34b: no grant in 25 s, holders lost their leases,
+		// with two healthy voters of three).
+		n.commits.setOwn()
+		n.log.Error("this leader's own disk hangs: it stops sending to its followers so that they elect another leader", "component", "node.leader")
+	}
 	if ls := n.lead.Load(); ls != nil {
 		ls.queues.stall(
 			&LeaderError{Err: ErrNotLeader, Detail: detail + "; this wait was cut short and may be sent again"},
@@ -191,34 +233,43 @@ func (n *Node) cannotCommitErr() error {
 // has a hung disk; one that refuses connections is stopped).
 func (n *Node) cannotCommitDetail() string {
 	age, waiting, _ := n.commits.stalled()
-	var behind []string
-	if n.raft != nil && n.raftTrans != nil {
-		last := n.raft.LastIndex()
-		if f := n.raft.GetConfiguration(); f.Error() == nil {
-			for _, s := range f.Configuration().Servers {
-				if s.Suffrage != raft.Voter || string(s.ID) == n.cfg.ID {
-					continue
-				}
-				stored, heard, ok := n.raftTrans.stored(s.Address)
-				switch {
-				case n.raftTrans.refusing(s.Address):
-					behind = append(behind, fmt.Sprintf("%s (refusing Raft connections: stopped)", s.ID))
-				case !ok:
-					behind = append(behind, fmt.Sprintf("%s (no Raft reply yet)", s.ID))
-				case stored >= last:
-				case time.Since(heard) > time.Second:
-					behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d; no Raft reply for %v)", s.ID, stored, last, time.Since(heard).Round(time.Millisecond)))
-				default:
-					behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d, and answers heartbeats: its disk may be hung)", s.ID, stored, last))
-				}
-			}
-		}
-	}
 	msg := fmt.Sprintf("leader %s cannot commit: nothing it proposed has committed for %v (%d proposals waiting)", n.cfg.ID, age.Round(time.Millisecond), waiting)
-	if len(behind) > 0 {
+	if behind := n.votersBehind(); len(behind) > 0 {
 		msg += "; voters that have not stored its newest entries: " + strings.Join(behind, ", ")
 	} else {
 		msg += "; every other voter has stored them: this node's own disk may be hung"
 	}
 	return msg + "; it commits again once a quorum of voters stores the log"
+}
+
+// votersBehind names the other voters that have not stored this leader's
+// newest entries, with why as far as their last Raft replies tell.
+func (n *Node) votersBehind() []string {
+	var behind []string
+	if n.raft == nil || n.raftTrans == nil {
+		return nil
+	}
+	last := n.raft.LastIndex()
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter || string(s.ID) == n.cfg.ID {
+			continue
+		}
+		stored, heard, ok := n.raftTrans.stored(s.Address)
+		switch {
+		case n.raftTrans.refusing(s.Address):
+			behind = append(behind, fmt.Sprintf("%s (refusing Raft connections: stopped)", s.ID))
+		case !ok:
+			behind = append(behind, fmt.Sprintf("%s (no Raft reply yet)", s.ID))
+		case stored >= last:
+		case time.Since(heard) > time.Second:
+			behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d; no Raft reply for %v)", s.ID, stored, last, time.Since(heard).Round(time.Millisecond)))
+		default:
+			behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d, and answers heartbeats: its disk may be hung)", s.ID, stored, last))
+		}
+	}
+	return behind
 }

@@ -336,6 +336,10 @@ func (n *Node) reloadRaft(change func(*raft.ReloadableConfig)) bool {
 type rejoinTransport struct {
 	*raft.NetworkTransport
 	stop     <-chan struct{} // the node closes it before raft.Shutdown
+	// mute, if set and true, fails every AppendEntries this node sends,
+	// heartbeats included: a leader whose own disk hangs (commit-or-say)
+	// goes silent so that its followers elect another.
+	mute func() bool
 	redialed atomic.Int64    // refused dials sent again (for tests)
 
 	// refusedMu guards refused: when each peer address last refused a
@@ -416,6 +420,9 @@ const (
 
 // AppendEntries is the NetworkTransport's, redialing a peer that refuses.
 func (t *rejoinTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	if t.mute != nil && t.mute() {
+		return errOwnDiskHung
+	}
 	err := t.redial(func() error { return t.NetworkTransport.AppendEntries(id, target, args, resp) })
 	t.note(target, err)
 	if err == nil {

@@ -394,7 +394,7 @@ func (n *Node) startRaft() error {
 	rc.NotifyCh = n.leaderNotify
 	n.logs = newLogCache(n.store)
 	n.logs.failed = n.onStoreFailure
-	n.raftTrans = &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done()}
+	n.raftTrans = &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done(), mute: n.commits.ownDiskHung}
 	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.raftTrans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
