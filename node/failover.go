@@ -335,12 +335,12 @@ func (n *Node) reloadRaft(change func(*raft.ReloadableConfig)) bool {
 // once, as before.
 type rejoinTransport struct {
 	*raft.NetworkTransport
-	stop     <-chan struct{} // the node closes it before raft.Shutdown
+	stop <-chan struct{} // the node closes it before raft.Shutdown
 	// mute, if set and true, fails every AppendEntries this node sends,
 	// heartbeats included: a leader whose own disk hangs (commit-or-say)
 	// goes silent so that its followers elect another.
-	mute func() bool
-	redialed atomic.Int64    // refused dials sent again (for tests)
+	mute     func() bool
+	redialed atomic.Int64 // refused dials sent again (for tests)
 
 	// refusedMu guards refused: when each peer address last refused a
 	// dial of Raft's (AppendEntries, a vote), deleted when one of them
