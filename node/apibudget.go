@@ -359,13 +359,27 @@ func (b *apiBudget) await(w *apiWaiter, cancel <-chan struct{}) (paced, ok bool)
 func (b *apiBudget) ask(key string, cost int64) *apiWaiter {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refillLocked()
-	s := b.sourceLocked(key)
-	if len(b.ready) == 0 && b.tokens >= min(cost, b.burst) {
-		b.takeLocked(s, cost)
+	s := b.refilledSourceLocked(key)
+	if b.tryTakeLocked(s, cost) {
 		return nil
 	}
 	return b.queueLocked(s, cost)
+}
+
+// refilledSourceLocked refills the budget and returns key's source.
+func (b *apiBudget) refilledSourceLocked(key string) *apiSource {
+	b.refillLocked()
+	return b.sourceLocked(key)
+}
+
+// tryTakeLocked gives s a turn of cost units at once if nobody waits and
+// the budget has them.
+func (b *apiBudget) tryTakeLocked(s *apiSource, cost int64) bool {
+	if len(b.ready) == 0 && b.tokens >= min(cost, b.burst) {
+		b.takeLocked(s, cost)
+		return true
+	}
+	return false
 }
 
 // askCheck is ask for a liveness check (a client asking whether the node
@@ -387,10 +401,8 @@ func (b *apiBudget) ask(key string, cost int64) *apiWaiter {
 func (b *apiBudget) askCheck(key string, cost int64) (outOfTurn bool, w *apiWaiter) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refillLocked()
-	s := b.sourceLocked(key)
-	if len(b.ready) == 0 && b.tokens >= min(cost, b.burst) {
-		b.takeLocked(s, cost)
+	s := b.refilledSourceLocked(key)
+	if b.tryTakeLocked(s, cost) {
 		return false, nil
 	}
 	g := s.group
