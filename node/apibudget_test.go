@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"io"
 	"net"
 	"net/http"
@@ -711,4 +712,36 @@ func TestAPIBudgetSharesBySlash24(t *testing.T) {
 	if max := int64(3*lone + 10 + 2*addrs); flood > max {
 		t.Fatalf("one /24's %d addresses were served %d requests beside another /24's %d: more than %d, its one share", addrs, flood, lone, max)
 	}
+}
+
+// Scenario: a reply pays for its bytes, not only for its holdings: a Get
+// of a key whose value is 60 KB cost what one of an empty key did (2
+// units), and 128 loops of it sent 2.6 GB in 30 s; a watch's listing of
+// large leases the same (outsider re-probe s34: four leader changes).
+// At --max-api-rate 400 (4,000 units a second) ten Gets of it pay for
+// ~560 KB of replies (16 units a KiB past the first 4): more than 2 s.
+func TestRepliesPayForTheirBytes(t *testing.T) {
+	const rate = 400
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxAPIRate = rate
+	}})
+	_, l := c.Leader()
+	value := make([]byte, 60_000)
+	mustGrant(t, l, &pb.AcquireRequest{Key: "big", Holder: "h", RequestId: 1, Ttl: durationpb.New(time.Minute), Value: value})
+	cl := apiFrom(t, "127.0.3.1", l)
+	ctx := ctxT(t, 60*time.Second)
+	start := time.Now()
+	for range 10 {
+		resp, err := cl.Get(ctx, connect.NewRequest(&pb.GetRequest{Key: "big"}))
+		if err != nil || len(resp.Msg.GetLease().GetValue()) != len(value) {
+			t.Fatalf("Get: %v", err)
+		}
+	}
+	took := time.Since(start)
+	// Ten replies of ~60 KB: 10 × 880 units and more, against 4,000 a
+	// second and a burst of 400.
+	if min := 2 * time.Second; took < min {
+		t.Fatalf("ten Gets of a 60 KB value took %v: under the %v their bytes cost at --max-api-rate %d", took, min, rate)
+	}
+	t.Logf("ten Gets of a 60 KB value took %v at --max-api-rate %d", took, rate)
 }

@@ -275,7 +275,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 				page, next := n.fsm.List(prefix, after, watchInitialPage)
 				_, now := n.fsm.Clock() // after the read: time left is never overstated
 				if paySource != "" {
-					units := int64(len(page))*apiUnitsPerListed - credit
+					units := listingUnits(page) - credit
 					credit = 0
 					if units < 0 {
 						credit = -units
@@ -514,4 +514,16 @@ func watchEvent(e *fsm.Event) *pb.WatchEvent {
 		Key: e.Key, Holder: e.Holder, Token: e.Token, Value: e.Value,
 		Mode: pb.LeaseMode(e.Mode), Limit: e.Limit, Set: e.Set,
 	}}
+}
+
+// listingUnits is what a page of a watch's initial listing costs: as a
+// List page's reply (payHoldings), apiUnitsPerListed a lease and its
+// bytes (replyUnits), counted from the records (an event's fixed fields
+// take about 64 bytes).
+func listingUnits(page []fsm.Lease) int64 {
+	var size int64
+	for i := range page {
+		size += int64(len(page[i].Key)+len(page[i].Holder)+len(page[i].Value)) + 64
+	}
+	return int64(len(page))*apiUnitsPerListed + replyUnits(size)
 }
