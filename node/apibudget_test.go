@@ -228,20 +228,7 @@ func TestRequestsPayForTheirBytes(t *testing.T) {
 		req.Items = append(req.Items, &pb.ExtendItem{Key: fmt.Sprint(i), Token: 1})
 	}
 	ctx := ctxT(t, 60*time.Second)
-	gctx, stopGets := context.WithCancel(ctx)
-	defer stopGets()
-	var worst time.Duration
-	gets := make(chan struct{})
-	go func() {
-		defer close(gets)
-		for gctx.Err() == nil {
-			start := time.Now()
-			if _, err := small.Get(gctx, connect.NewRequest(&pb.GetRequest{Key: "k"})); err != nil {
-				return
-			}
-			worst = max(worst, time.Since(start))
-		}
-	}()
+	worstGet := getLoop(t, ctx, small, "k")
 	start := time.Now()
 	_, err := big.Extend(ctx, connect.NewRequest(req))
 	took := time.Since(start)
@@ -267,12 +254,7 @@ func TestRequestsPayForTheirBytes(t *testing.T) {
 	if listed < 400*time.Millisecond { // 2 × ~1,000 units: 0.5 s at all of the rate
 		t.Errorf("two pages of 500 leases were answered in %v: their leases were not paid for", listed)
 	}
-	stopGets()
-	select {
-	case <-gets:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the Gets did not stop")
-	}
+	worst := worstGet()
 	t.Logf("the large extend took %v, two pages %v; another source's slowest Get %v", took.Round(time.Millisecond), listed.Round(time.Millisecond), worst.Round(time.Millisecond))
 	if worst > time.Second {
 		t.Errorf("another source's Get waited %v behind the large requests", worst)
@@ -303,21 +285,7 @@ func TestWatchListingPaysForItsLeases(t *testing.T) {
 	}
 	wg.Wait()
 	ctx := ctxT(t, 60*time.Second)
-	gctx, stopGets := context.WithCancel(ctx)
-	defer stopGets()
-	small := http1From(t, "127.0.2.1", l, nil, "")
-	var worst time.Duration
-	gets := make(chan struct{})
-	go func() {
-		defer close(gets)
-		for gctx.Err() == nil {
-			start := time.Now()
-			if _, err := small.Get(gctx, connect.NewRequest(&pb.GetRequest{Key: "w/1"})); err != nil {
-				return
-			}
-			worst = max(worst, time.Since(start))
-		}
-	}()
+	worstGet := getLoop(t, ctx, http1From(t, "127.0.2.1", l, nil, ""), "w/1")
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	start := time.Now()
@@ -337,12 +305,7 @@ func TestWatchListingPaysForItsLeases(t *testing.T) {
 	}
 	stopWatch()
 	stream.Close()
-	stopGets()
-	select {
-	case <-gets:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the Gets did not stop")
-	}
+	worst := worstGet()
 	t.Logf("a watch's listing of %d leases took %v; another source's slowest Get %v", leases, took.Round(time.Millisecond), worst.Round(time.Millisecond))
 	// ~4,000 units: 1 s at all of the rate, less its burst (0.1 s); at
 	// half of it beside the Gets.
@@ -744,4 +707,34 @@ func TestRepliesPayForTheirBytes(t *testing.T) {
 		t.Fatalf("ten Gets of a 60 KB value took %v: under the %v their bytes cost at --max-api-rate %d", took, min, rate)
 	}
 	t.Logf("ten Gets of a 60 KB value took %v at --max-api-rate %d", took, rate)
+}
+
+// getLoop Gets key through cl until the returned func is called, which
+// stops it and returns the slowest Get's time: another source's view of
+// the node while a test loads it.
+func getLoop(t *testing.T, ctx context.Context, cl pbconnect.LeaseServiceClient, key string) (worst func() time.Duration) {
+	t.Helper()
+	gctx, stop := context.WithCancel(ctx)
+	t.Cleanup(stop)
+	var slowest time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for gctx.Err() == nil {
+			start := time.Now()
+			if _, err := cl.Get(gctx, connect.NewRequest(&pb.GetRequest{Key: key})); err != nil {
+				return
+			}
+			slowest = max(slowest, time.Since(start))
+		}
+	}()
+	return func() time.Duration {
+		stop()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the Gets did not stop")
+		}
+		return slowest
+	}
 }
