@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
 )
@@ -197,4 +198,77 @@ func TestLeaderOwnDiskHungFailsOver(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Every client request at a leader that cannot commit keeps invariant
+// commit-or-say, not only acquires: an extend and a release proposed
+// there end once the stall is found (ErrUnknownOutcome, naming the
+// voters behind), and one sent after it is refused before it is
+// proposed (ErrNoLeader). Before, both waited for their callers' whole
+// context and said nothing of why.
+func TestExtendAndReleaseAtLeaderThatCannotCommitSaySo(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{})
+	li, l := c.Leader()
+	var followers []int
+	for i := range c.Size() {
+		if i != li {
+			followers = append(followers, i)
+		}
+	}
+	hung, stopped := followers[0], followers[1]
+	tokens := map[string]uint64{}
+	for i, key := range []string{"extended", "released", "later"} {
+		tokens[key] = mustGrant(t, l, acq(key, "h", uint64(i+1), time.Minute)).GetToken()
+	}
+	term := l.Raft().CurrentTerm()
+	release := c.Node(hung).StallLogWrites()
+	t.Cleanup(release)
+	c.Kill(stopped)
+	stoppedID := c.Config(stopped).ID
+
+	const patience = 20 * time.Second // the callers' context: before the fix, the wait
+	type outcome struct {
+		op   string
+		err  error
+		took time.Duration
+	}
+	done := make(chan outcome, 2)
+	start := time.Now()
+	go func() {
+		_, err := l.Extend(ctxT(t, patience), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "extended", Token: tokens["extended"]}}})
+		done <- outcome{"extend", err, time.Since(start)}
+	}()
+	go func() {
+		_, err := l.Release(ctxT(t, patience), &pb.ReleaseRequest{Key: "released", Holder: "h", Token: tokens["released"]})
+		done <- outcome{"release", err, time.Since(start)}
+	}()
+	check := func(o outcome, want error) {
+		t.Helper()
+		t.Logf("%s at a leader that cannot commit ended after %v: %v", o.op, o.took.Round(time.Millisecond), o.err)
+		if o.took >= patience-time.Second {
+			t.Errorf("%s took its whole context (%v): %v", o.op, o.took, o.err)
+		}
+		if !l.IsLeader() || l.Raft().CurrentTerm() != term {
+			t.Logf("the leader stepped down meanwhile: %s ended as without a quorum", o.op)
+			return
+		}
+		if !errors.Is(o.err, want) {
+			t.Errorf("%s: %v, want %v", o.op, o.err, want)
+		}
+		if msg := fmt.Sprint(o.err); !strings.Contains(msg, "cannot commit") || !strings.Contains(msg, stoppedID) {
+			t.Errorf("%s: the error does not say the leader cannot commit, naming the stopped voter %s: %v", o.op, stoppedID, o.err)
+		}
+	}
+	for range 2 {
+		select {
+		case o := <-done:
+			check(o, node.ErrUnknownOutcome)
+		case <-time.After(patience + 10*time.Second):
+			t.Fatal("an extend or release did not return after its context ended")
+		}
+	}
+	// Found stalled: the next one is refused before it is proposed.
+	start = time.Now()
+	_, err := l.Extend(ctxT(t, patience), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "later", Token: tokens["later"]}}})
+	check(outcome{"a later extend", err, time.Since(start)}, node.ErrNoLeader)
 }

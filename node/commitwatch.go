@@ -41,11 +41,12 @@ var errOwnDiskHung = errors.New("not sent: this leader's own log write hangs, it
 //
 // Invariant commit-or-say: a leader that has had a proposal in flight for
 // commitStallAfter, with nothing committed meanwhile, is stalled: it
-// answers the waiting acquires it holds (an in-flight grant
-// ErrUnknownOutcome, a queued wait ErrNotLeader: its wait was cut short,
-// as by a leader change) and refuses new ones (ErrNoLeader), each naming
-// the voters that have not stored the newest entries, until a proposal
-// commits or none is left in flight. A client's retry policy counts those
+// answers the client requests it holds (an in-flight grant, extend,
+// release or withdrawal ErrUnknownOutcome, a queued wait ErrNotLeader:
+// its wait was cut short, as by a leader change) and refuses new ones
+// before proposing them (ErrNoLeader), each naming the voters that have
+// not stored the newest entries, until a proposal commits or none is
+// left in flight (its own expiry sweeps and promotion still propose). A client's retry policy counts those
 // refusals as failures, so it gives up after its retry timeout, as
 // without a quorum. When every other voter has stored its entries (its
 // own log write hangs, inside Raft's leader loop, which then neither
@@ -53,7 +54,8 @@ var errOwnDiskHung = errors.New("not sent: this leader's own log write hangs, it
 // AppendEntries it sends until the stall ends, so that a healthy quorum
 // elects another leader (TestLeaderOwnDiskHungFailsOver). A wait for a held key at a leader that commits
 // (however long the key is held) is not touched. Guarded by
-// TestWaitAtLeaderThatCannotCommitGivesUp.
+// TestWaitAtLeaderThatCannotCommitGivesUp and
+// TestExtendAndReleaseAtLeaderThatCannotCommitSaySo.
 type commitWatch struct {
 	after   time.Duration
 	onStall func() // called, in a goroutine of its own, when a stall begins

@@ -284,6 +284,20 @@ func (n *Node) apply(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Re
 	return n.propose(s, cmd, applyTimeout(ctx)).wait(ctx, n)
 }
 
+// applyClient is apply for a client's request (extend, release, cancel,
+// abandon), which keeps invariant commit-or-say as acquires do: a leader
+// found unable to commit refuses it before proposing (ErrNoLeader naming
+// the voters behind: certainly not applied), and answers one it proposed
+// ErrUnknownOutcome once it is found so. An extend or release at such a
+// leader waited for its caller's whole context before, and said nothing
+// of why.
+func (n *Node) applyClient(ctx context.Context, s fsm.Stamp, cmd fsm.Command) (*fsm.Response, error) {
+	if err := n.cannotCommitErr(); err != nil {
+		return nil, err
+	}
+	return n.propose(s, cmd, applyTimeout(ctx)).waitCommit(ctx, n)
+}
+
 // applyTimeout bounds the enqueueing of a proposal made for ctx.
 func applyTimeout(ctx context.Context) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
@@ -440,7 +454,7 @@ func (p *proposal) wait(ctx context.Context, n *Node) (*fsm.Response, error) {
 	}
 }
 
-// waitCommit is wait, for a client's acquire: it also ends when this
+// waitCommit is wait, for a client's request: it also ends when this
 // leader is found unable to commit (invariant commit-or-say), with
 // ErrUnknownOutcome, as the entry may still commit once it can.
 func (p *proposal) waitCommit(ctx context.Context, n *Node) (*fsm.Response, error) {

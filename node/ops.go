@@ -322,7 +322,7 @@ func (n *Node) cancelLocal(ctx context.Context, ls *leaderState, req *pb.CancelR
 			}
 		}
 	}
-	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -360,7 +360,7 @@ func (n *Node) abandonLocal(ctx context.Context, ls *leaderState, req *pb.Abando
 	if err := settleWaiting(ctx, ls, &fsm.Acquire{Key: cmd.Key, Holder: cmd.Holder, ReqID: cmd.ReqID}); err != nil {
 		return nil, err
 	}
-	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -1185,7 +1185,7 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 		return nil, fmt.Errorf("%w: extend of %d leases renews %d keys (every key of a multi-key lease counts), more than the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
 			ErrInvalid, len(cmd.Items), keys, max)
 	}
-	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -1225,7 +1225,7 @@ func (n *Node) extendAllLocal(ctx context.Context, ls *leaderState, req *pb.Exte
 	if n.fsm.ExtendKeys(cmd.Holder, nil) > n.cfg.Limits.MaxExtendItems {
 		return no, nil // the members of its sets count: named, in chunks
 	}
-	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -1261,16 +1261,19 @@ func (n *Node) releaseLocal(ctx context.Context, ls *leaderState, req *pb.Releas
 	if err := cmd.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if err := n.cannotCommitErr(); err != nil {
+		return nil, err // before a waiter's grant is proposed with it (commit-or-say)
+	}
 	if p := ls.queues.claimHead(cmd.Key, cmd); p != nil {
 		// Released and granted to the first waiter in one entry; the
 		// queue settles the grant whatever happens to this caller.
-		resp, err := p.wait(ctx, n)
+		resp, err := p.waitCommit(ctx, n)
 		if err != nil {
 			return nil, err
 		}
 		return &pb.ReleaseResponse{Header: n.header(), Released: resp.Results[0].Code == fsm.Released}, nil
 	}
-	resp, err := n.apply(ctx, ls.stamp(), cmd)
+	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
 	if err != nil {
 		return nil, err
 	}
