@@ -272,3 +272,66 @@ func TestExtendAndReleaseAtLeaderThatCannotCommitSaySo(t *testing.T) {
 	_, err := l.Extend(ctxT(t, patience), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "later", Token: tokens["later"]}}})
 	check(outcome{"a later extend", err, time.Since(start)}, node.ErrNoLeader)
 }
+
+// A leader whose own disk hangs goes silent on Raft and the followers
+// elect another (TestLeaderOwnDiskHungFailsOver); the old one stays
+// stuck in hashicorp/raft's leader loop. It must not go on serving:
+// before, it said it led (IsLeader, Status), and a consistent read there
+// waited for a VerifyLeader its stuck loop never handled, past its
+// caller's deadline, for as long as the disk hung (adversarial review
+// s35: a Get with a 4 s context had not returned after 8 s).
+func TestOldLeaderWithHungDiskStopsServing(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{})
+	li, l := c.Leader()
+	granted := mustGrant(t, l, acq("k", "h", 1, time.Minute))
+	release := l.StallLogWrites()
+	t.Cleanup(release)
+	go func() { // a proposal, to start the stall clock
+		_, _ = l.Acquire(ctxT(t, 20*time.Second), acq("x", "h", 2, 5*time.Second))
+	}()
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		for i := range c.Size() {
+			if i != li && c.Node(i).IsLeader() {
+				return nil
+			}
+		}
+		return fmt.Errorf("no new leader: %s", c.Describe())
+	})
+	if l.IsLeader() {
+		t.Errorf("the old leader, its disk hung and another elected, still says it leads: %s", c.Describe())
+	}
+	st, err := l.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetServing() {
+		t.Errorf("the old leader's status says it serves: %v", st)
+	}
+	const patience = 4 * time.Second
+	for _, op := range []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"get", func(ctx context.Context) error { _, err := l.Get(ctx, &pb.GetRequest{Key: "k"}); return err }},
+		{"list", func(ctx context.Context) error { _, err := l.List(ctx, &pb.ListRequest{}); return err }},
+		{"extend", func(ctx context.Context) error {
+			_, err := l.Extend(ctx, &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "k", Token: granted.GetToken()}}})
+			return err
+		}},
+	} {
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- op.call(ctxT(t, patience)) }()
+		select {
+		case err = <-done:
+		case <-time.After(2 * patience):
+			t.Fatalf("%s at the old leader had not returned %v after its context's deadline", op.name, patience)
+		}
+		took := time.Since(start)
+		t.Logf("%s at the old leader: %v after %v", op.name, err, took.Round(time.Millisecond))
+		if took >= patience {
+			t.Errorf("%s at the old leader (disk hung, another leader elected): %v after %v, want an answer (forwarded to the new leader, or a refusal) before the deadline", op.name, err, took.Round(time.Millisecond))
+		}
+	}
+	release()
+}

@@ -735,12 +735,12 @@ func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, add
 		if n.fatalErr() != nil || n.ctx.Err() != nil {
 			return nil, "", ""
 		}
-		if ls := n.lead.Load(); ls != nil && ls.ctx.Err() == nil {
+		if ls := n.serving(); ls != nil {
 			return ls, "", ""
 		}
 		limit := noLeader
 		switch id, _, addr := n.leaderHint(); {
-		case n.raft.State() == raft.Leader:
+		case n.raft.State() == raft.Leader && !n.commits.ownDiskHung():
 			limit = establishing // wait for Promote
 		case !remote:
 			return nil, "", ""

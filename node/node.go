@@ -526,7 +526,24 @@ func (n *Node) APIAddr() string { return n.apiAddr }
 func (n *Node) RaftAddr() string { return n.cfg.AdvertiseAddr }
 
 // IsLeader reports whether this node is the leader and serving.
-func (n *Node) IsLeader() bool { return n.lead.Load() != nil }
+func (n *Node) IsLeader() bool { return n.serving() != nil }
+
+// serving returns this term's leader state if this node serves as leader
+// now, else nil. The state is published for a whole term of Raft
+// leadership and withdrawn when hashicorp/raft's leader loop ends; a
+// leader whose own log write hangs is stuck in that loop, and kept it
+// while the followers it stopped replicating to elected another leader:
+// it went on answering (reads waited for a VerifyLeader its loop never
+// handled, past their callers' deadlines; status said it served). So it
+// also serves only while Raft says it leads and its own disk is not
+// found hung (invariant commit-or-say).
+func (n *Node) serving() *leaderState {
+	ls := n.lead.Load()
+	if ls == nil || ls.ctx.Err() != nil || n.raft != nil && n.raft.State() != raft.Leader || n.commits.ownDiskHung() {
+		return nil
+	}
+	return ls
+}
 
 // FSM returns the node's state machine, for read-only inspection (tests,
 // metrics). Never apply to it directly.

@@ -516,7 +516,7 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	if resp.ClusterId == "" {
 		_, resp.SeenCluster, _ = n.seenCluster() // none while gossip shows two
 	}
-	if ls := n.lead.Load(); ls != nil {
+	if ls := n.serving(); ls != nil {
 		resp.Serving = true
 		resp.Waiters = uint64(ls.queues.count())
 	}
@@ -1282,18 +1282,40 @@ func (n *Node) releaseLocal(ctx context.Context, ls *leaderState, req *pb.Releas
 
 // verify confirms, for a consistent read, that this node still leads: a
 // quorum answered after the read began. ls is nil for stale reads.
-func (n *Node) verify(ls *leaderState) error {
+//
+// It ends with ctx, and when this node is found unable to commit
+// (cannotCommitErr): hashicorp/raft answers VerifyLeader from its leader
+// loop, which a hung log write of the leader's own holds, and a read at
+// such a leader waited past its caller's deadline, for as long as the
+// disk hung (adversarial review s35).
+func (n *Node) verify(ctx context.Context, ls *leaderState) error {
 	if ls == nil {
 		return nil
 	}
-	if err := n.wait(n.raft.VerifyLeader()); err != nil {
-		return n.notLeaderErr()
+	stalled := n.commits.stalledChan()
+	if err := n.cannotCommitErr(); err != nil {
+		return err
 	}
-	return nil
+	f := n.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return n.notLeaderErr()
+		}
+		return nil
+	case <-stalled:
+		return n.cannotCommitErr()
+	case <-n.raftDown:
+		return n.notLeaderErr()
+	case <-ctx.Done():
+		return fmt.Errorf("%w: leadership not confirmed for a consistent read in time (%v): %w", ErrNoLeader, ctx.Err(), n.notLeaderErr())
+	}
 }
 
 func (n *Node) getLocal(ctx context.Context, ls *leaderState, req *pb.GetRequest) (*pb.GetResponse, error) {
-	if err := n.verify(ls); err != nil {
+	if err := n.verify(ctx, ls); err != nil {
 		return nil, err
 	}
 	hs := n.fsm.Holdings(req.GetKey())
@@ -1309,7 +1331,7 @@ func (n *Node) getLocal(ctx context.Context, ls *leaderState, req *pb.GetRequest
 }
 
 func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListRequest) (*pb.ListResponse, error) {
-	if err := n.verify(ls); err != nil {
+	if err := n.verify(ctx, ls); err != nil {
 		return nil, err
 	}
 	limit := int(req.GetLimit())
@@ -1349,7 +1371,7 @@ func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListReque
 }
 
 func (n *Node) checkTokenLocal(ctx context.Context, ls *leaderState, req *pb.CheckTokenRequest) (*pb.CheckTokenResponse, error) {
-	if err := n.verify(ls); err != nil {
+	if err := n.verify(ctx, ls); err != nil {
 		return nil, err
 	}
 	resp := &pb.CheckTokenResponse{Header: n.header()}
