@@ -165,8 +165,9 @@
 //   - Close: bounded by its ctx.
 //
 // A request to a node that stopped answering (its process stopped or cut
-// off, its connections open) ends after about twice the peer timeout
-// (WithPeerTimeout, default 1 s) and counts as a lost reply, retried on
+// off, its connections open) ends after about three times the peer
+// timeout (WithPeerTimeout, default 1 s: a second of silence, then a
+// liveness check unanswered for two) and counts as a lost reply, retried on
 // another node; a follower ends a request it forwarded as soon as Raft
 // names another leader.
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,9 +17,22 @@ import (
 )
 
 // DefaultPeerTimeout is how long a node may leave a request unanswered
-// before the client checks that it is alive, and how long that check may
-// take (see WithPeerTimeout).
+// before the client checks that it is alive; the check may take twice as
+// long (checkTimeouts; see WithPeerTimeout).
 const DefaultPeerTimeout = time.Second
+
+// checkTimeouts is how many peer timeouts a liveness check may take
+// before the node is counted silent. One was too few: on a host at load
+// 15 a live node's Status took over the default second, one late check
+// cut a wait at a live leader, and with a 1 s retry timeout 3 of 40
+// waiters gave up through leadership transfers (adversarial review
+// s35). The cost is detection time: a stopped node now ends a request
+// after its PeerTimeout of silence plus 2*PeerTimeout of an unanswered
+// check, 3 s by default instead of 2 s. A longer check rather than a
+// second one: a loaded node that answers in 1.5 s fails every check of
+// 1 s, and a second check would be sent on a new connection while the
+// first still waited.
+const checkTimeouts = 2
 
 // suspectFor is how long a node that failed a liveness check is tried
 // after every other address (unless it answers first).
@@ -36,7 +50,7 @@ type UnresponsiveError struct {
 }
 
 func (e *UnresponsiveError) Error() string {
-	return fmt.Sprintf("node %s stopped answering: a liveness check got no reply within %v (lease.WithPeerTimeout)", e.Addr, e.PeerTimeout)
+	return fmt.Sprintf("node %s stopped answering: a liveness check got no reply within %v (twice lease.WithPeerTimeout's %v)", e.Addr, checkTimeouts*e.PeerTimeout, e.PeerTimeout)
 }
 
 // peer is what a Remote knows of one node's liveness. While requests to
@@ -46,13 +60,85 @@ func (e *UnresponsiveError) Error() string {
 // live node answers a Status request at once. This is what an HTTP/2 PING
 // does for gRPC's keepalive. The check goes over HTTP/1.1 (probe), on a
 // connection of its own or an idle one: a stopped process answers it no
-// more than the requests.
+// more than the requests. What is heard from the node, and the check in
+// flight, are the process's (node, see nodeLiveness), not this Remote's.
 type peer struct {
 	inflight map[*inflight]struct{}
 	watching bool
 	idle     chan struct{} // poked when inflight empties, to end watch early
-	heard    time.Time     // last reply of any kind from the node
-	suspect  time.Time     // tried last until then
+	node     *nodeLiveness
+	suspect  time.Time // tried last until then
+}
+
+// nodeLiveness is what this process knows of one node's liveness,
+// shared by all its Remotes (by scheme and address): when the node was
+// last heard from, and the liveness check in flight to it. A program
+// with 40 Clients, each with an Acquire waiting at the same leader,
+// sent 40 checks a PeerTimeout from one address, four times its /24's
+// allowance of checks served out of turn (node/apibudget.go): the rest
+// waited their turn behind a neighbour flooding the node, past their
+// PeerTimeout, and waiters gave up at a live leader (adversarial review
+// s35). A reply heard by any of them now proves the node alive to all,
+// and a Remote whose check is due joins the one in flight: one check a
+// node a PeerTimeout, however many Clients wait.
+type nodeLiveness struct {
+	refs int // Remotes holding it; guarded by livenessMu
+
+	mu    sync.Mutex
+	heard time.Time  // last reply of any kind from the node
+	call  *checkCall // the liveness check in flight, or nil
+}
+
+// checkCall is one liveness check in flight, which other Remotes of the
+// process join (Remote.check).
+type checkCall struct {
+	done    chan struct{} // closed when it ended
+	timeout time.Duration // how long it may take
+	replied bool          // the node answered
+	void    bool          // it ended because its Remote closed: it says nothing of the node
+}
+
+var (
+	livenessMu sync.Mutex
+	livenessOf = map[string]*nodeLiveness{} // by scheme and address
+)
+
+// holdLiveness returns the process's record of the node at key, made if
+// new; releaseLiveness lets it go once no Remote holds it.
+func holdLiveness(key string) *nodeLiveness {
+	livenessMu.Lock()
+	defer livenessMu.Unlock()
+	nl := livenessOf[key]
+	if nl == nil {
+		nl = &nodeLiveness{}
+		livenessOf[key] = nl
+	}
+	nl.refs++
+	return nl
+}
+
+func releaseLiveness(key string, nl *nodeLiveness) {
+	livenessMu.Lock()
+	defer livenessMu.Unlock()
+	if nl.refs--; nl.refs == 0 && livenessOf[key] == nl {
+		delete(livenessOf, key)
+	}
+}
+
+// lastHeard is when the node was last heard from, by any Remote.
+func (nl *nodeLiveness) lastHeard() time.Time {
+	nl.mu.Lock()
+	defer nl.mu.Unlock()
+	return nl.heard
+}
+
+// hear records a reply of any kind from the node at t.
+func (nl *nodeLiveness) hear(t time.Time) {
+	nl.mu.Lock()
+	if t.After(nl.heard) {
+		nl.heard = t
+	}
+	nl.mu.Unlock()
 }
 
 type inflight struct {
@@ -80,6 +166,11 @@ func (r *Remote) track(ctx context.Context, addr string) (context.Context, func(
 	p := r.peers[addr]
 	if p == nil {
 		p = &peer{inflight: map[*inflight]struct{}{}, idle: make(chan struct{}, 1)}
+		if r.released {
+			p.node = &nodeLiveness{} // closed: none of the process's to hold
+		} else {
+			p.node = holdLiveness(r.scheme + addr)
+		}
 		r.peers[addr] = p
 	}
 	p.inflight[f] = struct{}{}
@@ -106,37 +197,45 @@ func (r *Remote) track(ctx context.Context, addr string) (context.Context, func(
 }
 
 // heardFor returns how long after since addr was last heard from (a reply
-// to anything, a liveness check included): how long a request sent then
-// was held by a live node. Without liveness checks (WithPeerTimeout(0))
-// nothing is heard during a request, so it is all the time since.
+// to anything, a liveness check included, by any Remote of the process):
+// how long a request sent then was held by a live node. Without
+// liveness checks (WithPeerTimeout(0)) nothing is heard during a
+// request, so it is all the time since.
 func (r *Remote) heardFor(addr string, since time.Time) time.Duration {
 	if r.peerTimeout <= 0 {
 		return time.Since(since)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if p := r.peers[addr]; p != nil {
-		return max(p.heard.Sub(since), 0)
+	p := r.peers[addr]
+	r.mu.Unlock()
+	if p != nil {
+		return max(p.node.lastHeard().Sub(since), 0)
 	}
 	return 0
 }
 
 // hear records a reply of any kind from addr.
 func (r *Remote) hear(addr string) {
+	now := time.Now()
 	r.mu.Lock()
-	if p := r.peers[addr]; p != nil {
-		p.heard, p.suspect = time.Now(), time.Time{}
+	p := r.peers[addr]
+	if p != nil {
+		p.suspect = time.Time{}
 	}
 	r.mu.Unlock()
+	if p != nil {
+		p.node.hear(now)
+	}
 }
 
 // watch runs while requests to addr are in flight. When the node has
 // been silent for peerTimeout (no reply since the oldest of them was
-// sent, nor since the last check) it sends a Status request; if that gets
-// no reply within peerTimeout either, it ends every request sent before
-// the check with an *UnresponsiveError and has addr tried last for a
-// while. A busy node is not silent: any reply to anything, even a
-// refusal, counts.
+// sent, nor since the last check, to this Remote or any other of the
+// process) it checks the node (check: a Status request, or the one
+// another Remote has in flight); if that gets no reply within
+// checkTimeouts*peerTimeout, it ends every request sent before the check
+// with an *UnresponsiveError and has addr tried last for a while. A busy
+// node is not silent: any reply to anything, even a refusal, counts.
 func (r *Remote) watch(addr string, p *peer) {
 	t := time.NewTimer(r.peerTimeout)
 	defer t.Stop()
@@ -158,16 +257,16 @@ func (r *Remote) watch(addr string, p *peer) {
 				quiet = f.since
 			}
 		}
-		if p.heard.After(quiet) {
-			quiet = p.heard
-		}
 		r.mu.Unlock()
+		if heard := p.node.lastHeard(); heard.After(quiet) {
+			quiet = heard
+		}
 		if wait := time.Until(quiet.Add(r.peerTimeout)); wait > 0 {
 			t.Reset(wait)
 			continue
 		}
 		checked := time.Now()
-		if r.probe(addr) {
+		if r.check(addr, p.node) {
 			r.hear(addr)
 		} else {
 			r.mu.Lock()
@@ -186,15 +285,57 @@ func (r *Remote) watch(addr string, p *peer) {
 	}
 }
 
+// check says whether the node at addr answers a liveness check within
+// checkTimeouts*peerTimeout. It joins the check another Remote of the
+// process has in flight to it, if any (nodeLiveness): for no longer than
+// its own timeout, and it sends its own if that one said nothing (its
+// Remote closed) or was given less time. Otherwise it sends one (probe).
+func (r *Remote) check(addr string, nl *nodeLiveness) bool {
+	timeout := checkTimeouts * r.peerTimeout
+	for {
+		nl.mu.Lock()
+		c := nl.call
+		if c == nil {
+			c = &checkCall{done: make(chan struct{}), timeout: timeout}
+			nl.call = c
+			nl.mu.Unlock()
+			c.replied = r.probe(addr, timeout)
+			c.void = !c.replied && r.stop.Err() != nil
+			if c.replied {
+				nl.hear(time.Now())
+			}
+			nl.mu.Lock()
+			nl.call = nil
+			nl.mu.Unlock()
+			close(c.done)
+			return c.replied
+		}
+		nl.mu.Unlock()
+		t := time.NewTimer(timeout)
+		select {
+		case <-c.done:
+			t.Stop()
+		case <-t.C:
+			return false // no reply within this Remote's timeout
+		case <-r.stop.Done():
+			t.Stop()
+			return false
+		}
+		if c.replied || !c.void && c.timeout >= timeout {
+			return c.replied
+		}
+	}
+}
+
 // probe sends addr a Status request and says whether any reply came back
-// within peerTimeout: a response, or an error the node sent. It goes
+// within timeout: a response, or an error the node sent. It goes
 // over HTTP/1.1 (Remote.checks), where a node serves it ahead of the
 // queue of its API budget (up to a small allowance of its source's):
 // behind other clients of the same address keeping the node at its
 // --max-api-rate, it took longer than peerTimeout, and a waiting acquire
 // at a live leader gave up (adversarial review s34).
-func (r *Remote) probe(addr string) bool {
-	ctx, cancel := context.WithTimeout(r.stop, r.peerTimeout)
+func (r *Remote) probe(addr string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(r.stop, timeout)
 	defer cancel()
 	var replied, connected atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{

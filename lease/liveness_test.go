@@ -297,6 +297,92 @@ func TestLivenessCheckLeavesWaitsAlone(t *testing.T) {
 	}
 }
 
+// Scenario (adversarial review s35): a live node on a loaded host
+// answers every liveness check, but later than the peer timeout (here
+// 1.2 times it: at load 15 a Status took over the default second). One
+// late check cut a wait at a live leader and, with a short retry
+// timeout, the waiter gave up. A check may take twice the peer timeout
+// (checkTimeouts): the wait is left alone, one Acquire request for the
+// whole wait, and it gets the key when it is freed.
+func TestSlowLivenessChecksLeaveWaitsAlone(t *testing.T) {
+	const (
+		peerTimeout = 500 * time.Millisecond
+		slowness    = peerTimeout * 6 / 5
+	)
+	var slow atomic.Bool
+	var acquires, slowChecks atomic.Int64
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.APIMiddleware = func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case strings.HasSuffix(r.URL.Path, "/Acquire"):
+					acquires.Add(1)
+				case strings.HasSuffix(r.URL.Path, "/Status") && r.ProtoMajor == 1 && slow.Load():
+					select { // a busy host: the answer comes late
+					case <-time.After(slowness):
+					case <-r.Context().Done():
+						return
+					}
+					slowChecks.Add(1)
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	}})
+	_, l := c.Leader()
+	dial := func(opts ...lease.Option) *lease.Client {
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close(context.Background()) })
+		return cl
+	}
+	holder := dial()
+	waiter := dial(lease.WithPeerTimeout(peerTimeout), lease.WithRetryTimeout(time.Second))
+	held, err := holder.TryAcquire(ctxT(t, 10*time.Second), "k")
+	if err != nil || held == nil {
+		t.Fatalf("holder: %v %v", held, err)
+	}
+	slow.Store(true)
+	acquires.Store(0)
+	type result struct {
+		l   *lease.Lease
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		l, err := waiter.Acquire(ctxT(t, 30*time.Second), "k")
+		got <- result{l, err}
+	}()
+	// Let the wait outlast three slow checks, each answered.
+	deadline := time.Now().Add(20 * time.Second)
+	for slowChecks.Load() < 3 {
+		select {
+		case r := <-got:
+			t.Fatalf("the waiting acquire ended with the key held, after %d slow checks: %v %v", slowChecks.Load(), r.l, r.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slow checks answered in 20 s, want 3", slowChecks.Load())
+		}
+	}
+	if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || r.l == nil {
+			t.Fatalf("waiting acquire: %v %v", r.l, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("waiting acquire not granted after the release")
+	}
+	if n := acquires.Load(); n != 1 {
+		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (a slow check cut the wait short)", n)
+	}
+}
+
 // The check is off with a zero timeout, and a negative one is refused, as
 // is an address that is not host:port (a scheme, say).
 func TestPeerTimeoutOption(t *testing.T) {

@@ -108,9 +108,12 @@ func WithAuthToken(token string) Option {
 }
 
 // WithPeerTimeout sets how long a node may leave a request unanswered
-// before the client checks that the node is alive, and how long the check
-// may take (default DefaultPeerTimeout; remote clients only). A request to
-// a node that fails the check ends at once, as a request whose reply was
+// before the client checks that the node is alive; the check may take
+// twice as long (default DefaultPeerTimeout; remote clients only). All
+// Clients of a process share what they hear of a node and the check in
+// flight to it: one check a node a peer timeout, however many requests
+// wait. A request to a node that fails the check ends at once, after
+// three peer timeouts in all, as a request whose reply was
 // lost (*UnresponsiveError; an acquire, extend or release is then retried
 // with the same request id on another node), and that node is tried last
 // for a while. Without the check, a request to a stopped process (SIGSTOP,

@@ -96,6 +96,9 @@ type Remote struct {
 	probes  map[string]pbconnect.LeaseServiceClient // on checks
 	leader  string                                  // API address of the leader, from the last reply
 	peers   map[string]*peer
+	// released: Close let go of the process's liveness records
+	// (nodeLiveness) its peers held; peers made later hold none.
+	released bool
 }
 
 // NewRemote returns a Remote for the nodes at addrs. Of the options only
@@ -171,6 +174,14 @@ func NewRemote(addrs []string, opts ...Option) (*Remote, error) {
 // Close releases idle connections and stops the liveness checks.
 func (r *Remote) Close() {
 	r.halt()
+	r.mu.Lock()
+	if !r.released {
+		r.released = true
+		for addr, p := range r.peers {
+			releaseLiveness(r.scheme+addr, p.node)
+		}
+	}
+	r.mu.Unlock()
 	r.http.CloseIdleConnections()
 	r.streams.CloseIdleConnections()
 	r.checks.CloseIdleConnections()

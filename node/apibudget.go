@@ -69,13 +69,20 @@ import (
 // A liveness check (a Status request over HTTP/1.1 with an empty body:
 // lease.Remote asks one of a node that has left a request unanswered for
 // its PeerTimeout) is served out of turn, up to apiChecksPerSecond of
-// each source (askCheck); past that it waits its turn.
+// each source and apiChecksNodePerSecond of all sources together
+// (askCheck); past that it waits its turn. One served out of turn
+// counts in its source's fair share as a turn would (chargeLocked): the
+// source's next turns come that much later.
 //
 // Invariant (api-budget): the client API's connections together pass
 // net/http's server at most 2*burst + rate*t units of work in any t
 // seconds (HTTP/2 frames as they are read, HTTP/1 requests at their
 // handler; the second burst is the most liveness checks out of turn put
-// the budget in debt); a
+// the budget in debt), and of that, liveness checks served out of turn
+// at most (1+t)*apiChecksNodePerSecond requests' units (a twentieth of
+// the budget a second, at least one source's allowance: 50 checks a
+// second at --max-api-rate 1000, 10 at 100), each also counted in its
+// source's fair share; a
 // connection past it waits, and is closed only once it has kept a
 // backlog through maxBacklog of paced reads. Guarded by
 // TestAPIBudgetFairShares (the scheduler, on a fake clock) and
@@ -83,7 +90,9 @@ import (
 // a real node: the client is paced, the flooders closed); by
 // TestAPIBudgetSharesBySource and TestAPIBudgetSharesBySlash24 (a /24's
 // many addresses share one turn); by TestLivenessChecksAreBounded and
-// TestLivenessChecksGoAheadOfTheBudget (checks out of turn, bounded).
+// TestLivenessChecksGoAheadOfTheBudget (checks out of turn, bounded),
+// TestLivenessChecksAreBoundedNodeWide (150 /24s' checks leave the
+// queue its turns).
 type apiBudget struct {
 	rate  int64         // units a second
 	burst int64         // units at once
@@ -106,9 +115,15 @@ type apiBudget struct {
 	armed bool // a timer will dispatch again
 
 	// checks is the turns a group's liveness checks take out of turn
-	// (see askCheck): checkBurst at once, checkEvery apart.
-	checkBurst int
-	checkEvery time.Duration
+	// (see askCheck): checkBurst at once, checkEvery apart; and all
+	// groups' together, allBurst at once, allEvery apart, allChecks of
+	// them left at allChecksAt.
+	checkBurst  int
+	checkEvery  time.Duration
+	allBurst    int
+	allEvery    time.Duration
+	allChecks   int
+	allChecksAt time.Duration
 
 	// paced counts the reads and requests that waited for their turn,
 	// waited the time they waited (Node.APIPacing); checked the
@@ -201,16 +216,28 @@ type apiWaiter struct {
 // their checks wait their group's turn, as before.
 func apiChecksPerSecond(perSecond int) int { return max(perSecond/100, 10) }
 
+// apiChecksNodePerSecond is how many liveness checks all groups together
+// may have served out of turn a second, at most as many at once: a
+// twentieth of the budget's requests, at least one group's allowance.
+// Without it 150 /24s, each within its own allowance, had 1,500 checks a
+// second served out of turn at --max-api-rate 1000, more than the whole
+// budget: the queue was never served, and a client of another /24 was
+// starved (outsider review s35).
+func apiChecksNodePerSecond(perSecond int) int {
+	return max(perSecond/20, apiChecksPerSecond(perSecond))
+}
+
 func newAPIBudget(perSecond int, clock apiClock, log *slog.Logger) *apiBudget {
 	rate := int64(perSecond) * apiUnitsPerRequest
 	// A tenth of a second at once, and at least a full turn of every
 	// stream of a connection: the budget paces floods, not bursts.
 	burst := max(rate/10, 4*apiUnitsPerRequest)
-	checks := apiChecksPerSecond(perSecond)
+	checks, all := apiChecksPerSecond(perSecond), apiChecksNodePerSecond(perSecond)
 	return &apiBudget{rate: rate, burst: burst, every: max(time.Second/time.Duration(rate), 1), clock: clock,
 		log: log, warn: loglimit.New(), perS: perSecond, tokens: burst, filled: clock.now(),
 		sources: map[string]*apiSource{}, groups: map[string]*apiGroup{}, pruneAt: 64,
-		checkBurst: checks, checkEvery: time.Second / time.Duration(checks)}
+		checkBurst: checks, checkEvery: time.Second / time.Duration(checks),
+		allBurst: all, allEvery: time.Second / time.Duration(all), allChecks: all, allChecksAt: clock.now()}
 }
 
 // groupKey is the group of a source key: the /24 of an IPv4 address (as
@@ -318,11 +345,11 @@ func (b *apiBudget) waitCheck(key string, cost int64, cancel <-chan struct{}) (o
 	if w != nil {
 		b.checkPaced.Add(1)
 		if ok, skipped := b.warn.Allow("api_checks"); ok {
-			args := []any{"source", w.src.group.key, "max_api_rate", b.perS, "checks_per_second", b.checkBurst, "checks_paced", b.checkPaced.Load()}
+			args := []any{"source", w.src.group.key, "max_api_rate", b.perS, "checks_per_second", b.checkBurst, "all_checks_per_second", b.allBurst, "checks_paced", b.checkPaced.Load()}
 			if skipped > 0 {
 				args = append(args, loglimit.Skipped, skipped)
 			}
-			b.log.Warn(fmt.Sprintf("liveness checks (Status requests over HTTP/1.1) from one client source (an IPv4 /24, an IPv6 /64) came faster than the %d a second it may have served out of turn (a hundredth of the agent's --max-api-rate %d, at least 10): the others wait their turn of the API budget, and a client whose check waits longer than its PeerTimeout takes the node for stopped; raise --max-api-rate if the node has CPU to spare", b.checkBurst, b.perS), args...)
+			b.log.Warn(fmt.Sprintf("liveness checks (Status requests over HTTP/1.1) from one client source (an IPv4 /24, an IPv6 /64) came faster than the %d a second it may have served out of turn (a hundredth of the agent's --max-api-rate %d, at least 10), or those of all sources faster than the %d a second they may together (a twentieth of it): the others wait their turn of the API budget, and a client whose check waits longer than twice its PeerTimeout takes the node for stopped; raise --max-api-rate if the node has CPU to spare", b.checkBurst, b.perS, b.allBurst), args...)
 		}
 	}
 	_, ok = b.await(w, cancel)
@@ -384,10 +411,12 @@ func (b *apiBudget) tryTakeLocked(s *apiSource, cost int64) bool {
 
 // askCheck is ask for a liveness check (a client asking whether the node
 // is alive while a request of its waits: paceHTTP1's isCheck): one its
-// group has not used its allowance for (apiChecksPerSecond) is served
-// at once, out of turn, its units taken from the budget, which may go
-// into debt by at most a burst for it; past the allowance, or the debt,
-// it waits its turn as any request. It reports whether the check went
+// group has not used its allowance for (apiChecksPerSecond), while all
+// groups together have not used theirs (apiChecksNodePerSecond), is
+// served at once, out of turn, its units taken from the budget, which
+// may go into debt by at most a burst for it, and counted in its
+// group's and address's fair shares (chargeLocked); past the
+// allowances, or the debt, it waits its turn as any request. It reports whether the check went
 // out of turn, and the waiter (nil: served at once).
 //
 // A liveness check that waited its turn behind other clients of its
@@ -395,9 +424,10 @@ func (b *apiBudget) tryTakeLocked(s *apiSource, cost int64) bool {
 // the node at --max-api-rate: the client took a live leader for a
 // stopped one, and an Acquire waiting there gave up after its retry
 // timeout (adversarial review s34). A check is a Status request, a few
-// tens of microseconds with no body to speak of; the allowance bounds
-// what a flood of them gets past the queue, and the budget still pays
-// for every one.
+// tens of microseconds with no body to speak of; the allowances bound
+// what a flood of them gets past the queue (150 /24s each within its
+// own starved the queue: outsider review s35), the budget still pays
+// for every one, and so does its group's fair share.
 func (b *apiBudget) askCheck(key string, cost int64) (outOfTurn bool, w *apiWaiter) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -407,18 +437,49 @@ func (b *apiBudget) askCheck(key string, cost int64) (outOfTurn bool, w *apiWait
 	}
 	g := s.group
 	now := b.clock.now()
-	if add := int((now - g.checksAt) / b.checkEvery); g.checks+add >= b.checkBurst {
-		g.checks, g.checksAt = b.checkBurst, now
-	} else {
-		g.checks += add
-		g.checksAt += time.Duration(add) * b.checkEvery
-	}
-	if g.checks > 0 && b.tokens-cost >= -b.burst {
+	refillChecks(&g.checks, &g.checksAt, b.checkBurst, b.checkEvery, now)
+	refillChecks(&b.allChecks, &b.allChecksAt, b.allBurst, b.allEvery, now)
+	if g.checks > 0 && b.allChecks > 0 && b.tokens-cost >= -b.burst {
 		g.checks--
+		b.allChecks--
 		b.tokens -= cost
+		b.chargeLocked(s, cost)
 		return true, nil
 	}
 	return false, b.queueLocked(s, cost)
+}
+
+// refillChecks adds to *checks the checks earned since *at, one every
+// every, up to burst.
+func refillChecks(checks *int, at *time.Duration, burst int, every, now time.Duration) {
+	if add := int((now - *at) / every); *checks+add >= burst {
+		*checks, *at = burst, now
+	} else {
+		*checks += add
+		*at += time.Duration(add) * every
+	}
+}
+
+// chargeLocked counts cost units that s was given out of turn (a
+// liveness check) in its and its group's fair shares, without giving a
+// turn: their next turns start that much later in virtual time, so a
+// source pays for its checks in its own turns, not the others'. A
+// source or group that waits has its waiting turn's start tag moved;
+// one that does not, its finish tag, from which its next turn starts.
+func (b *apiBudget) chargeLocked(s *apiSource, cost int64) {
+	g := s.group
+	if g.idx >= 0 {
+		g.start += cost
+		heap.Fix(&b.ready, g.idx)
+	} else {
+		g.finish = max(b.vtime, g.finish) + cost
+	}
+	if s.idx >= 0 {
+		s.start += cost
+		heap.Fix(&g.ready, s.idx)
+	} else {
+		s.finish = max(g.vtime, s.finish) + cost
+	}
 }
 
 // takeLocked gives s a turn of cost units at once (nobody waits).
@@ -481,8 +542,9 @@ func (b *apiBudget) refillLocked() {
 
 // sourceLocked returns key's source, made (with its group) if new.
 // Sources that wait for nothing and are not ahead of their group's
-// virtual time are forgotten once there are many: they would start
-// their next turn at its vtime anyway; and so are groups left without
+// virtual time (or whose group is behind the node's) are forgotten once
+// there are many: they would start their next turn at its vtime anyway;
+// and so are groups left without
 // sources that are not ahead of virtual time and have their whole
 // allowance of checks.
 func (b *apiBudget) sourceLocked(key string) *apiSource {
@@ -491,9 +553,14 @@ func (b *apiBudget) sourceLocked(key string) *apiSource {
 	}
 	if len(b.sources) >= b.pruneAt {
 		for k, s := range b.sources {
-			if s.idx < 0 && s.finish <= s.group.vtime {
+			// A source charged for checks out of turn (chargeLocked)
+			// is ahead of its group's virtual time until the group's
+			// next turns; once the group waits for nothing and is
+			// behind the node's, its debt is paid.
+			g := s.group
+			if s.idx < 0 && (s.finish <= g.vtime || g.idx < 0 && g.finish <= b.vtime) {
 				delete(b.sources, k)
-				s.group.members--
+				g.members--
 			}
 		}
 		now := b.clock.now()

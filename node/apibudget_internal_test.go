@@ -493,3 +493,92 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// Scenario (outsider review s35): 150 /24s each send liveness checks at
+// their own allowance (10 a second at --max-api-rate 1000), together
+// 1,500 a second, more than the whole budget, while a client of another
+// /24 asks for five requests a second, far below its fair share. The
+// checks out of turn are bounded node-wide (apiChecksNodePerSecond) and
+// paid for in their groups' fair shares, so the queue keeps its turns:
+// the client gets its requests served, and no more than the node-wide
+// allowance of checks went out of turn.
+func TestLivenessChecksAreBoundedNodeWide(t *testing.T) {
+	const (
+		perSecond = 1000
+		groups    = 150
+		seconds   = 10
+	)
+	clk := &fakeClock{}
+	b := newAPIBudget(perSecond, clk, slog.New(slog.DiscardHandler))
+	if b.checkBurst != 10 {
+		t.Fatalf("checkBurst %d, want 10 at %d requests a second", b.checkBurst, perSecond)
+	}
+	var asked, served, outOfTurn int
+	var pending []*apiWaiter
+	for ms := range seconds * 1000 {
+		// Group i checks at its allowance, one every 100 ms, the groups
+		// spread over the 100 ms.
+		for i := ms % 100; i < groups; i += 100 {
+			if out, _ := b.askCheck(fmt.Sprintf("10.%d.%d.1", i/100, i%100), apiUnitsPerRequest); out {
+				outOfTurn++
+			}
+		}
+		if ms%200 == 0 {
+			asked++
+			if w := b.ask("10.200.0.1", apiUnitsPerRequest); w == nil {
+				served++
+			} else {
+				pending = append(pending, w)
+			}
+		}
+		clk.advance(time.Millisecond)
+		pending = slices.DeleteFunc(pending, func(w *apiWaiter) bool {
+			select {
+			case <-w.granted:
+				served++
+				return true
+			default:
+				return false
+			}
+		})
+	}
+	t.Logf("the client of another /24: %d of %d requests served in %d s; %d checks out of turn", served, asked, seconds, outOfTurn)
+	// Its last request may still wait a turn of each group ahead.
+	if served < asked-2 {
+		t.Errorf("the client of another /24 had %d of its %d requests served in %d s beside %d /24s' liveness checks (%d out of turn)",
+			served, asked, seconds, groups, outOfTurn)
+	}
+	if most := (1 + seconds) * apiChecksNodePerSecond(perSecond); outOfTurn > most {
+		t.Errorf("%d checks out of turn in %d s, want at most %d (apiChecksNodePerSecond %d)",
+			outOfTurn, seconds, most, apiChecksNodePerSecond(perSecond))
+	}
+}
+
+// Scenario: a /24 whose liveness checks went out of turn pays for them
+// in its fair share: with the budget spent, its request asked before
+// another /24's goes after it (it would go first, the two being
+// otherwise even, if the checks were free).
+func TestLivenessChecksCountInTheFairShare(t *testing.T) {
+	b, clk := testBudget(t)
+	for i := range 3 {
+		if out, _ := b.askCheck("10.6.6.1", apiUnitsPerRequest); !out {
+			t.Fatalf("check %d did not go out of turn", i)
+		}
+	}
+	// Both /24s start even otherwise: neither has had a turn.
+	checker := b.ask("10.6.6.1", apiUnitsPerRequest)
+	other := b.ask("10.7.7.1", apiUnitsPerRequest)
+	if checker == nil || other == nil {
+		t.Fatal("granted at once with the budget spent")
+	}
+	for range 1000 {
+		clk.advance(time.Millisecond)
+		if g := granted([]*apiWaiter{checker, other}); g[0] || g[1] {
+			if g[0] && !g[1] {
+				t.Fatal("the /24 that had three checks out of turn went before the other's earlier request")
+			}
+			return
+		}
+	}
+	t.Fatal("neither request had its turn in a second")
+}

@@ -633,6 +633,92 @@ func TestLivenessChecksGoAheadOfTheBudget(t *testing.T) {
 	}
 }
 
+// Scenario (adversarial review s35): twelve Clients of one process,
+// each with an Acquire waiting at a live leader, beside another client
+// of their address that keeps the node at its --max-api-rate. Each
+// Client checked the node every PeerTimeout on its own, six times its
+// /24's allowance of checks out of turn: the rest waited their turn
+// behind the flood, past their timeout, and the waiters gave up. The
+// Clients of a process share one check a node a PeerTimeout, within the
+// allowance, and every wait lasts as long as it is let.
+func TestManyWaitersOfOneProcessShareTheirChecks(t *testing.T) {
+	const (
+		peerTimeout  = 200 * time.Millisecond
+		retryTimeout = 2 * time.Second
+		waiters      = 12 // checks every 200 ms each: 60 a second, the allowance is 10
+		flooders     = 64 // at 100 requests a second, a turn of each is 0.64 s: over 2*peerTimeout
+	)
+	s := budgetSetups[0]
+	c, _ := s.start(t, 1, nil, func(cfg *node.Config) { cfg.Limits.MaxAPIRate = 100 })
+	_, l := c.Leader()
+	dial := func(opts ...lease.Option) *lease.Client {
+		opts = append(opts, lease.WithAuthToken(s.token))
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close(context.Background()) })
+		return cl
+	}
+	holder := dial()
+	held, err := holder.TryAcquire(ctxT(t, 10*time.Second), "k")
+	if err != nil || held == nil {
+		t.Fatalf("TryAcquire: %v %v", held, err)
+	}
+	var clients []*lease.Client
+	for range waiters {
+		clients = append(clients, dial(lease.WithPeerTimeout(peerTimeout), lease.WithRetryTimeout(retryTimeout)))
+	}
+
+	var served atomic.Int64
+	floodGets(t, http1From(t, "127.0.0.1", l, nil, s.token), flooders, &served)
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		if paced, _ := l.APIPacing(); paced < 2*flooders {
+			return fmt.Errorf("%d requests paced", paced)
+		}
+		return nil
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ended := make(chan error, waiters)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	out0, _ := l.APILivenessChecks()
+	start := time.Now()
+	for _, cl := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ls, err := cl.Acquire(ctx, "k")
+			if ctx.Err() == nil {
+				ended <- fmt.Errorf("lease %v, error %v", ls, err)
+			}
+		}()
+	}
+	// They wait while the node answers their checks: until twice the
+	// retry timeout, after which a waiter whose checks failed had given
+	// up, has passed, and at least 10 checks were served.
+	var checks uint64
+	deadline := time.Now().Add(30 * time.Second)
+	for checks < 10 || time.Since(start) < 2*retryTimeout {
+		select {
+		case err := <-ended:
+			_, paced := l.APILivenessChecks()
+			t.Fatalf("a waiting acquire ended after %v beside the flood (%d checks out of turn, %d paced): %v",
+				time.Since(start).Round(time.Millisecond), checks, paced, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d liveness checks served out of turn in 30 s", checks)
+		}
+		out, _ := l.APILivenessChecks()
+		checks = out - out0
+	}
+	_, paced := l.APILivenessChecks()
+	t.Logf("%d waiters waited %v beside %d flooders (%d of their requests served): %d checks out of turn, %d paced",
+		waiters, time.Since(start).Round(time.Millisecond), flooders, served.Load(), checks, paced)
+}
+
 // Requests from many addresses of one /24 share its one turn of the API
 // budget: another /24's client is served every other turn, not once for
 // each of their addresses (outsider re-probe s34: the budget was keyed
