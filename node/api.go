@@ -72,7 +72,7 @@ func (n *Node) startAPI() error {
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
-		Handler:           n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck),
+		Handler:           countRequests(n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck)),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
@@ -296,6 +296,10 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
 		}
+		if lc := requestConn(r); lc != nil {
+			lb.conn, lb.watch = lc, lc.watchBody()
+			defer lc.unwatchBody(lb.watch)
+		}
 		r.Body = lb
 		next.ServeHTTP(w, r)
 	})
@@ -431,6 +435,10 @@ type limitedBody struct {
 	limit      int64 // the most bytes it may have (MaxBytesReader's cap)
 	read, paid int64 // bytes read, and paid for (paid >= read)
 	held       bool  // slot holds its source's turn and room for the body
+	// conn and watch, on startAPI's server, note the body's progress
+	// for the connLimiter (limitedConn.stalled).
+	conn  *limitedConn
+	watch *bodyWatch
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -443,7 +451,13 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if b.watch != nil {
+		b.conn.bodyRead(b.watch, true, 0)
+	}
 	n, err := b.ReadCloser.Read(p)
+	if b.watch != nil {
+		b.conn.bodyRead(b.watch, false, n)
+	}
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
 	}
