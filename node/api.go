@@ -79,10 +79,11 @@ func (n *Node) startAPI() error {
 		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
 		TLSConfig:         apiTLS,
 		Protocols:         &protocols,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
-		ErrorLog:          httpErrorLog(n.log, "node.api"),
-		ConnState:         conns.state,
-		ConnContext:       connContext,
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20,
+			MaxReceiveBufferPerConnection: h2ConnWindow, MaxReceiveBufferPerStream: h2StreamWindow},
+		ErrorLog:    httpErrorLog(n.log, "node.api"),
+		ConnState:   conns.state,
+		ConnContext: connContext,
 	}
 	n.apiFrames = newFrameBudget(lim.MaxFrameRate, lim.MaxStreams, n.log.With("component", "node.api"))
 	n.apiFrames.api = n.apiWork
@@ -104,6 +105,20 @@ func (n *Node) startAPI() error {
 	})
 	return nil
 }
+
+// h2StreamWindow and h2ConnWindow are the HTTP/2 flow-control windows
+// of the client API: the most of a request body, and of all a
+// connection's, its HTTP/2 server reads into memory before a handler
+// reads it. net/http's defaults, 1 MiB each, let 1,024 connections put
+// up to 1 GiB in the node's memory before the API budget saw a byte of
+// it (outsider review s35); now 128 MiB. A stream's window is HTTP/2's
+// initial 64 KiB: enough for a body across a datacenter (64 KiB a round
+// trip, 1 MiB in 16 round trips), and the handlers read a body as they
+// pay for it, 16 KiB at a time (bodyChunk).
+const (
+	h2StreamWindow = 64 << 10
+	h2ConnWindow   = 2 * h2StreamWindow
+)
 
 // MountAPI registers the client protocol handlers and BackupPath on mux,
 // for programs that serve them on their own HTTP server.

@@ -134,6 +134,11 @@ func (n *Node) APIConns() (open, idle, busy int) {
 	return len(l.open), idle, busy
 }
 
+// H2StreamWindow and H2ConnWindow are the client API's HTTP/2
+// flow-control windows: the most of a request body, and of a
+// connection's, read before a handler reads it.
+const H2StreamWindow, H2ConnWindow = h2StreamWindow, h2ConnWindow
+
 // APIConnsOf counts n's open client API connections of source prefix
 // (transport.SourcePrefix with HandshakeV4Bits).
 func (n *Node) APIConnsOf(prefix string) int {
