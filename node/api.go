@@ -72,17 +72,18 @@ func (n *Node) startAPI() error {
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
-		Handler:           n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck),
+		Handler:           countRequests(n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck)),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
 		TLSConfig:         apiTLS,
 		Protocols:         &protocols,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20},
-		ErrorLog:          httpErrorLog(n.log, "node.api"),
-		ConnState:         conns.state,
-		ConnContext:       connContext,
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20,
+			MaxReceiveBufferPerConnection: h2ConnWindow, MaxReceiveBufferPerStream: h2StreamWindow},
+		ErrorLog:    httpErrorLog(n.log, "node.api"),
+		ConnState:   conns.state,
+		ConnContext: connContext,
 	}
 	n.apiFrames = newFrameBudget(lim.MaxFrameRate, lim.MaxStreams, n.log.With("component", "node.api"))
 	n.apiFrames.api = n.apiWork
@@ -104,6 +105,20 @@ func (n *Node) startAPI() error {
 	})
 	return nil
 }
+
+// h2StreamWindow and h2ConnWindow are the HTTP/2 flow-control windows
+// of the client API: the most of a request body, and of all a
+// connection's, its HTTP/2 server reads into memory before a handler
+// reads it. net/http's defaults, 1 MiB each, let 1,024 connections put
+// up to 1 GiB in the node's memory before the API budget saw a byte of
+// it (outsider review s35); now 128 MiB. A stream's window is HTTP/2's
+// initial 64 KiB: enough for a body across a datacenter (64 KiB a round
+// trip, 1 MiB in 16 round trips), and the handlers read a body as they
+// pay for it, 16 KiB at a time (bodyChunk).
+const (
+	h2StreamWindow = 64 << 10
+	h2ConnWindow   = 2 * h2StreamWindow
+)
 
 // MountAPI registers the client protocol handlers and BackupPath on mux,
 // for programs that serve them on their own HTTP server.
@@ -296,6 +311,10 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
 		}
+		if lc := requestConn(r); lc != nil {
+			lb.conn, lb.watch = lc, lc.watchBody()
+			defer lc.unwatchBody(lb.watch)
+		}
 		r.Body = lb
 		next.ServeHTTP(w, r)
 	})
@@ -431,6 +450,10 @@ type limitedBody struct {
 	limit      int64 // the most bytes it may have (MaxBytesReader's cap)
 	read, paid int64 // bytes read, and paid for (paid >= read)
 	held       bool  // slot holds its source's turn and room for the body
+	// conn and watch, on startAPI's server, note the body's progress
+	// for the connLimiter (limitedConn.stalled).
+	conn  *limitedConn
+	watch *bodyWatch
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -443,7 +466,13 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if b.watch != nil {
+		b.conn.bodyRead(b.watch, true, 0)
+	}
 	n, err := b.ReadCloser.Read(p)
+	if b.watch != nil {
+		b.conn.bodyRead(b.watch, false, n)
+	}
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
 	}

@@ -347,12 +347,18 @@ type Limits struct {
 	// least a sixteenth of MaxConns) and more than the new one's source
 	// would; else, with a token, the oldest without a request with it, or
 	// the one silent longest (not yet past its first request), or its own
-	// source's idle longest (kept alive between requests); else it is
-	// refused (closed at once, the refusal max_conns). One token holder's
+	// source's idle longest (kept alive between requests); else, if its
+	// source would hold at most MaxConns over the active sources, the
+	// idle or stalled one (a request body trickling in: not done 2 s
+	// after its first read, at under 4 KiB/s) of the source holding the
+	// most past that; else it is refused (closed at once, the refusal
+	// max_conns). One token holder's
 	// 1,006 busy connections from one address filled the limit, and the
 	// connections closed to admit new ones were other clients' idle ones
 	// (outsider review s32 #5), as were they for 50 /24s holding fewer
-	// each than the clients' /24 (N5). A connection must send its first
+	// each than the clients' /24 (N5), and 16 /24s holding a sixteenth
+	// each with trickling bodies locked every other source out (s35). A
+	// connection must send its first
 	// request, TLS handshake included, within 2 s (or ReadTimeout if
 	// shorter). Default 1024.
 	MaxConns int

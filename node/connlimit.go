@@ -43,14 +43,22 @@ import (
 // connection's source would once admitted: among its connections in the
 // order above, then, if none of its is idle, any connection without the
 // token, then its oldest busy one. A source holding at most its fair
-// share loses none of its connections that made a request to another
-// source's. One token holder's 1,006 busy connections from one address
-// filled --max-conns, and the idle connections closed to admit new ones
-// were other clients': 5 of 55 fresh curls failed and a lock loop
-// stalled 2-4 s 18 times (outsider review s32 #5); and 50 /24s holding
-// fewer each than the clients' /24 did the same (s32 N5). Guarded by
-// TestConnsPerSourceAreBounded, TestConnLimitClosesTheCrowdedSourceFirst
-// and TestConnLimitKeepsFairShares.
+// share loses none of its working connections (busy, and not stalled on
+// a request body trickling in: limitedConn.stalled) that made a request
+// to another source's, and one holding at most max over the active
+// sources none at all; but past that, its idle and stalled connections
+// make room for a new one of a source that would hold at most that, the
+// most crowded source's first. Else 16 /24s holding a sixteenth each,
+// with connections idle or trickling request bodies, locked out every
+// other source (outsider review s35). One token holder's 1,006 busy
+// connections from one address filled --max-conns, and the idle
+// connections closed to admit new ones were other clients': 5 of 55
+// fresh curls failed and a lock loop stalled 2-4 s 18 times (outsider
+// review s32 #5); and 50 /24s holding fewer each than the clients' /24
+// did the same (s32 N5). Guarded by TestConnsPerSourceAreBounded,
+// TestConnLimitClosesTheCrowdedSourceFirst, TestConnLimitKeepsFairShares,
+// TestConnLimitAdmitsPastIdleAndStalledShares and
+// TestConnStalledOnlyOnTricklingBodies.
 //
 // A connection must also send its first request (TLS handshake included)
 // within first: until then its read deadline is at most that, whatever
@@ -200,6 +208,121 @@ type limitedConn struct {
 	answered atomic.Int32
 	// tokenSeen mirrors authed for readers without the limiter's lock.
 	tokenSeen atomic.Bool
+
+	// bodyMu guards reqs and bodies (taken after l.mu, if both are).
+	bodyMu sync.Mutex
+	reqs   int                     // requests in its handlers (countRequests)
+	bodies map[*bodyWatch]struct{} // their bodies the guard reads
+}
+
+// bodyWatch is the progress of one request body on a limitedConn (see
+// stalled). Guarded by the connection's bodyMu.
+type bodyWatch struct {
+	since   time.Time // its first read; zero before
+	got     int64     // bytes read
+	reading bool      // a read of it waits for the client
+}
+
+// Stalled bodies: a connection whose every request in flight has waited
+// on its body for at least stallGrace after the body's first read, having
+// received fewer than stallRate bytes a second of it, is stalled (see
+// limitedConn.stalled). A client sends a request body in one flight,
+// milliseconds; at stallRate a body still unfinished after stallGrace
+// has 8 KiB, past the 4 KiB a body has for free (bodyUnits), so a sender
+// fast enough not to stall pays the API budget for its bytes.
+const (
+	stallGrace = 2 * time.Second
+	stallRate  = 4 << 10
+)
+
+// requestStarted notes a request of c in a handler (countRequests).
+func (c *limitedConn) requestStarted() {
+	c.bodyMu.Lock()
+	c.reqs++
+	c.bodyMu.Unlock()
+}
+
+// requestDone notes the end of one.
+func (c *limitedConn) requestDone() {
+	c.bodyMu.Lock()
+	c.reqs--
+	c.bodyMu.Unlock()
+}
+
+// watchBody returns the watch of a request body of c, to be given back
+// by unwatchBody when the request ends.
+func (c *limitedConn) watchBody() *bodyWatch {
+	w := &bodyWatch{}
+	c.bodyMu.Lock()
+	if c.bodies == nil {
+		c.bodies = map[*bodyWatch]struct{}{}
+	}
+	c.bodies[w] = struct{}{}
+	c.bodyMu.Unlock()
+	return w
+}
+
+// unwatchBody forgets w.
+func (c *limitedConn) unwatchBody(w *bodyWatch) {
+	c.bodyMu.Lock()
+	delete(c.bodies, w)
+	c.bodyMu.Unlock()
+}
+
+// bodyRead notes that a read of w's body begins (start) or returned n
+// bytes.
+func (c *limitedConn) bodyRead(w *bodyWatch, start bool, n int) {
+	c.bodyMu.Lock()
+	if start && w.since.IsZero() {
+		w.since = time.Now()
+	}
+	w.reading = start
+	w.got += int64(n)
+	c.bodyMu.Unlock()
+}
+
+// stalled reports whether c is stalled at now (see stallGrace): it has
+// requests in flight, and each of them waits on a body it began to read
+// stallGrace ago or more and has received fewer than stallRate bytes a
+// second of; and since when (its newest such body's first read). A
+// stalled connection does no work: it is closed to make room as an idle
+// one is (slowly trickled bodies from 16 /24s, each at its fair share,
+// held every slot of --max-conns, and new clients were refused: outsider
+// review s35). A request waiting on the node (its turn of the API
+// budget, a waiting acquire, a watch) or on anything but its body keeps
+// it busy.
+func (c *limitedConn) stalled(now time.Time) (time.Time, bool) {
+	c.bodyMu.Lock()
+	defer c.bodyMu.Unlock()
+	if c.reqs == 0 || len(c.bodies) < c.reqs {
+		return time.Time{}, false
+	}
+	var since time.Time
+	for w := range c.bodies {
+		d := now.Sub(w.since)
+		if !w.reading || w.since.IsZero() || d < stallGrace || float64(w.got) >= stallRate*d.Seconds() {
+			return time.Time{}, false
+		}
+		if w.since.After(since) {
+			since = w.since
+		}
+	}
+	return since, true
+}
+
+// countRequests is the API server's outermost handler: it counts the
+// requests in flight on each connection, for stalled.
+func countRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lc := requestConn(r)
+		if lc == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		lc.requestStarted()
+		defer lc.requestDone()
+		next.ServeHTTP(w, r)
+	})
 }
 
 // awaitsToken reports whether the node requires an auth token and c has
@@ -389,7 +512,7 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 		switch {
 		case crowded:
 			l.crowdShed++
-			l.warnLocked("closing a connection of the client source (IPv4 /24, IPv6 /64) holding the most connections to admit one from another")
+			l.warnLocked("closing a connection of the client source (IPv4 /24, IPv6 /64) holding the most connections, or an idle or stalled one (a request body trickling) of a source holding more than --max-conns over the active sources, to admit one from another")
 		case victim.fresh:
 			l.silent++
 			l.warnLocked("closing the connection idle longest (one that has sent no request yet) to admit a new one")
@@ -414,7 +537,7 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 // victimLocked returns the connection to close, at max, to admit one from
 // source prefix, or nil if none may be (the new one is refused), and a
 // source's fair share of the slots (fairConns). crowded says that it is
-// one of the source holding the most connections (see connLimiter): when
+// one of a source holding more than its share (see connLimiter): when
 // that source holds more than its fair share, and more than prefix would
 // once the new one is admitted, its worst connection without the token
 // or its idle longest; if none of its is idle, with a token any
@@ -423,8 +546,13 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 // otherwise close busy connections of the clients that have it); then
 // its oldest busy one. Otherwise, the worst without the token, or, of
 // the connections that have sent no request yet and those of prefix
-// itself, the idle longest: a source within its fair share keeps its
-// connections, idle or busy. Called with l.mu held.
+// itself, the idle longest (or stalled: limitedConn.stalled); then, if
+// prefix would hold at most max over the active sources (the fair share
+// without its floor), an idle or stalled connection of a source holding
+// more than that and more than prefix would, of the source holding the
+// most first. A source within its fair share keeps its working (busy,
+// not stalled) connections, and within max over the active sources all
+// of them. Called with l.mu held.
 func (l *connLimiter) victimLocked(prefix string) (victim *limitedConn, crowded bool, fair int) {
 	top, active := 0, len(l.bySource)
 	for _, n := range l.bySource {
@@ -447,7 +575,34 @@ func (l *connLimiter) victimLocked(prefix string) (victim *limitedConn, crowded 
 	if v := l.oldestUnauthed(); v != nil {
 		return v, false, fair
 	}
-	return l.pickLocked(func(o *limitedConn) bool { return o.fresh || o.prefix == prefix }, false), false, fair
+	if v := l.pickLocked(func(o *limitedConn) bool { return o.fresh || o.prefix == prefix }, false); v != nil {
+		return v, false, fair
+	}
+	// The floor of fairConns protects working connections only: a
+	// source within limit / active once admitted takes an idle or
+	// stalled one of a source holding more than that (the most first),
+	// so that sources holding the floor each cannot lock every other
+	// out with connections that do nothing.
+	own := l.bySource[prefix] + 1
+	if strict := max(l.max/active, 1); own <= strict {
+		now := time.Now()
+		var v *limitedConn
+		var vIdle time.Time
+		for _, c := range l.open {
+			n := l.bySource[c.prefix]
+			if n <= strict || n <= own {
+				continue
+			}
+			if r, idle := l.rankLocked(c, now); r == 1 && (v == nil || n > l.bySource[v.prefix] ||
+				n == l.bySource[v.prefix] && idle.Before(vIdle)) {
+				v, vIdle = c, idle
+			}
+		}
+		if v != nil {
+			return v, true, fair
+		}
+	}
+	return nil, false, fair
 }
 
 // fairConns is a source's fair share of limit connections among active
@@ -472,7 +627,7 @@ func (l *connLimiter) warnRefusedMax(c *limitedConn, fair int) {
 	if skipped > 0 {
 		args = append(args, loglimit.Skipped, skipped)
 	}
-	l.log.Warn(fmt.Sprintf("refused a client API connection at the agent's --max-conns %d: no client source (IPv4 /24, IPv6 /64) holds more than its fair share of %d connections (--max-conns over the active sources, at least a sixteenth), and the new connection's own source has none idle to replace (raise --max-conns if the clients are yours)", l.max, fair), args...)
+	l.log.Warn(fmt.Sprintf("refused a client API connection at the agent's --max-conns %d: no client source (IPv4 /24, IPv6 /64) holds more than its fair share of %d connections (--max-conns over the active sources, at least a sixteenth), nor an idle or stalled one past --max-conns over the active sources, and the new connection's own source has none idle to replace (raise --max-conns if the clients are yours)", l.max, fair), args...)
 }
 
 // pickLocked returns, of the connections for which in is true, the one to
@@ -480,15 +635,6 @@ func (l *connLimiter) warnRefusedMax(c *limitedConn, fair int) {
 // longest, then, if busy is set, the oldest busy one; or nil. Called with
 // l.mu held.
 func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limitedConn {
-	rank := func(c *limitedConn) int {
-		switch {
-		case l.authBy > 0 && !c.authed:
-			return 0
-		case !c.idleSince.IsZero():
-			return 1
-		}
-		return 2
-	}
 	var per unauthCounts
 	if l.authBy > 0 {
 		per = l.unauthCountsLocked()
@@ -496,17 +642,37 @@ func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limited
 	now := time.Now()
 	var v *limitedConn
 	vr := 0
+	var vIdle time.Time
 	for _, c := range l.open {
-		cr := rank(c)
-		if !in(c) || cr == 2 && !busy {
+		if !in(c) {
+			continue
+		}
+		cr, idle := l.rankLocked(c, now)
+		if cr == 2 && !busy {
 			continue
 		}
 		if v == nil || cr < vr || cr == vr && (cr == 0 && worse(c, v, per, now) ||
-			cr == 1 && c.idleSince.Before(v.idleSince) || cr == 2 && c.admitted.Before(v.admitted)) {
-			v, vr = c, cr
+			cr == 1 && idle.Before(vIdle) || cr == 2 && c.admitted.Before(v.admitted)) {
+			v, vr, vIdle = c, cr, idle
 		}
 	}
 	return v
+}
+
+// rankLocked ranks c for pickLocked at now: 0 without the auth token, 1
+// idle or stalled (see limitedConn.stalled), since idle, 2 busy. Called
+// with l.mu held.
+func (l *connLimiter) rankLocked(c *limitedConn, now time.Time) (int, time.Time) {
+	switch {
+	case l.authBy > 0 && !c.authed:
+		return 0, time.Time{}
+	case !c.idleSince.IsZero():
+		return 1, c.idleSince
+	}
+	if since, ok := c.stalled(now); ok {
+		return 1, since
+	}
+	return 2, time.Time{}
 }
 
 // warnPerSource logs, once per loglimit.Every, that c was refused at its

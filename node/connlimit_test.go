@@ -243,3 +243,42 @@ func TestConnLimiterUnauthCapClosesUnbegunFirst(t *testing.T) {
 		t.Fatal("the oldest connection that sent nothing was not closed at the cap")
 	}
 }
+
+// A connection is stalled only while every request in flight on it waits
+// in a read of its body, begun stallGrace ago or more, having received
+// fewer than stallRate bytes a second of it: not a body arriving faster,
+// nor one younger, nor a request whose handler is not reading (a waiting
+// acquire, a watch, a turn of the API budget), nor one whose body it
+// does not watch beside a stalled one (HTTP/2).
+func TestConnStalledOnlyOnTricklingBodies(t *testing.T) {
+	l := newConnLimiter(nil, 4, time.Minute, slog.New(slog.DiscardHandler))
+	now := time.Now()
+	for _, tc := range []struct {
+		name    string
+		age     time.Duration // since the body's first read
+		got     int64
+		reading bool
+		reqs    int // requests in flight, the one body watched among them
+		want    bool
+	}{
+		{"trickling", 3 * time.Second, 10, true, 1, true},
+		{"arriving at stallRate", 3 * time.Second, 3 * stallRate, true, 1, false},
+		{"younger than stallGrace", stallGrace - time.Millisecond, 0, true, 1, false},
+		{"not in a read", 3 * time.Second, 10, false, 1, false},
+		{"beside an unwatched request", 3 * time.Second, 10, true, 2, false},
+		{"no request", 0, 0, false, 0, false},
+	} {
+		c := &limitedConn{l: l}
+		for range tc.reqs {
+			c.requestStarted()
+		}
+		if tc.reqs > 0 {
+			w := c.watchBody()
+			c.bodyRead(w, true, 0)
+			w.since, w.got, w.reading = now.Add(-tc.age), tc.got, tc.reading
+		}
+		if _, got := c.stalled(now); got != tc.want {
+			t.Errorf("%s: stalled %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport"
 )
 
 // rawClient is one HTTP/1.1 connection to a node's API, dialed from a
@@ -236,4 +237,66 @@ func TestConnLimitKeepsFairShares(t *testing.T) {
 		t.Fatalf("max_conns: %d, want %d", n, fresh)
 	}
 	lg.waitFor(t, 5*time.Second, "refused a client API connection", "fair share", "--max-conns")
+}
+
+// At --max-conns the fair share's floor (a sixteenth of it) protects a
+// source's working connections only: with MaxConns 128, 15 /24s holding
+// 8 connections each (the floor), every one of them idle, or stalled on
+// a request body of which one byte of 100 came (ReadTimeout a minute),
+// and one /24 holding 8 busy ones (waiting acquires) fill the limit, and
+// clients of 4 other /24s are each served, an idle or stalled connection
+// closed for each, while the busy /24 keeps all 8. 16 /24s each keeping
+// a sixteenth of --max-conns busy with bodies trickling in locked every
+// other source out (outsider review s35). Fails without (the clients are
+// refused until the deadline).
+func TestConnLimitAdmitsPastIdleAndStalledShares(t *testing.T) {
+	for _, mode := range []string{"stalled", "idle"} {
+		t.Run(mode, func(t *testing.T) {
+			var lg logs
+			const maxConns, sources, floor, clients = 128, 15, 8, 4
+			c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
+				cfg.Limits.MaxConns = maxConns
+				cfg.Limits.IdleTimeout = time.Hour
+				cfg.Limits.ReadTimeout = time.Minute
+				cfg.Logger = lg.logger()
+			}})
+			_, l := c.Leader()
+			for i := range sources * floor {
+				rc := dialRaw(t, fmt.Sprintf("127.0.%d.%d", 40+i%sources, 1+i/sources), l.APIAddr())
+				if mode == "idle" {
+					if err := rc.status(); err != nil {
+						t.Fatalf("connection %d: %v", i, err)
+					}
+					continue
+				}
+				if _, err := fmt.Fprintf(rc.conn, "POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: leasenode\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			working := transport.SourcePrefix(&net.TCPAddr{IP: net.IPv4(127, 0, 60, 1)}, transport.HandshakeV4Bits)
+			floodSource(t, l, floor, func(i int) string { return fmt.Sprintf("127.0.60.%d", 1+i) })
+			nodetest.Eventually(t, 10*time.Second, func() error {
+				open, idle, busy := l.APIConns()
+				want := map[string]int{"idle": idle, "stalled": busy - floor}[mode]
+				if open != maxConns || want != sources*floor {
+					return fmt.Errorf("%d connections open, %d idle, %d busy; want %d, %d of them %s", open, idle, busy, maxConns, sources*floor, mode)
+				}
+				return nil
+			})
+			start := time.Now()
+			for i := range clients {
+				nodetest.Eventually(t, 15*time.Second, func() error {
+					return dialRaw(t, fmt.Sprintf("127.0.%d.1", 100+i), l.APIAddr()).status()
+				})
+				t.Logf("client %d of a new /24 served %v after the limit was full", i, time.Since(start).Round(time.Millisecond))
+			}
+			if open, _, _ := l.APIConns(); open != maxConns {
+				t.Fatalf("%d connections open, want %d", open, maxConns)
+			}
+			if n := l.APIConnsOf(working); n != floor {
+				t.Fatalf("the /24 of %d busy connections, at the fair share's floor, holds %d", floor, n)
+			}
+			lg.waitFor(t, 5*time.Second, "idle or stalled one", "--max-conns")
+		})
+	}
 }

@@ -117,3 +117,33 @@ func (n *Node) SetLargeBodyBytes(b int64) {
 	defer n.bigBodies.mu.Unlock()
 	n.bigBodies.budget = b
 }
+
+// APIConns counts n's open client API connections, and of them those
+// idle (or not yet past their first request) and those busy.
+func (n *Node) APIConns() (open, idle, busy int) {
+	l := n.apiConn
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.open {
+		if c.idleSince.IsZero() {
+			busy++
+		} else {
+			idle++
+		}
+	}
+	return len(l.open), idle, busy
+}
+
+// H2StreamWindow and H2ConnWindow are the client API's HTTP/2
+// flow-control windows: the most of a request body, and of a
+// connection's, read before a handler reads it.
+const H2StreamWindow, H2ConnWindow = h2StreamWindow, h2ConnWindow
+
+// APIConnsOf counts n's open client API connections of source prefix
+// (transport.SourcePrefix with HandshakeV4Bits).
+func (n *Node) APIConnsOf(prefix string) int {
+	l := n.apiConn
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bySource[prefix]
+}

@@ -43,8 +43,9 @@ const (
 //   - max_conns: connections closed to admit a new one at
 //     Limits.MaxConns: silent ones, idle ones of the new one's source, or
 //     those of a source holding the most and more than its fair share
-//     (busy or not); and new ones refused at it, every source holding at
-//     most its fair share;
+//     (busy or not), idle or stalled ones of a source holding more than
+//     Limits.MaxConns over the active sources; and new ones refused at
+//     it, every source holding at most its fair share;
 //   - max_conns_per_source: connections refused, or of their own source
 //     closed to admit them, at a source's share of Limits.MaxConns (an
 //     IPv4 /24 or IPv6 /64 may hold a quarter of it, at least 64);
