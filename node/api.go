@@ -72,15 +72,28 @@ func (n *Node) startAPI() error {
 	n.apiLn, n.apiConn = conns, conns
 	n.apiWork = newAPIBudget(lim.MaxAPIRate, realClock{time.Now()}, n.log.With("component", "node.api"))
 	n.api = &http.Server{
-		Handler:           countRequests(n.apiWork.paceHTTP1(n.noteToken(unreadBodies(mux)), n.livenessCheck)),
+		Handler:           countRequests(n.noteToken(n.apiWork.paceHTTP1(unreadBodies(mux), n.livenessCheck))),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
 		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
 		TLSConfig:         apiTLS,
 		Protocols:         &protocols,
-		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams), MaxReadFrameSize: 1 << 20,
-			MaxReceiveBufferPerConnection: h2ConnWindow, MaxReceiveBufferPerStream: h2StreamWindow},
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams),
+			// HTTP/2's default and least: a connection keeps a buffer
+			// the size of the largest frame it has read, and at
+			// net/http's 1 MiB, 482 connections with one frame of 1 MiB
+			// each took a leader from 111 to 559 MB (review s35).
+			MaxReadFrameSize: 16 << 10,
+			// Flow control bounds the body bytes a stream, and a
+			// connection, may have sent that no handler has read: the
+			// HTTP/2 server takes them whatever the handler waits for
+			// (its turn of the API budget or of its source's bodies).
+			// At the default 1 MiB, 800 connections sending 261 KB
+			// Extends with a stream each held all of them while they
+			// waited, and took a leader to 600-790 MB (review s35).
+			MaxReceiveBufferPerStream:     h2StreamWindow,
+			MaxReceiveBufferPerConnection: h2ConnWindow},
 		ErrorLog:    httpErrorLog(n.log, "node.api"),
 		ConnState:   conns.state,
 		ConnContext: connContext,
@@ -109,15 +122,17 @@ func (n *Node) startAPI() error {
 // h2StreamWindow and h2ConnWindow are the HTTP/2 flow-control windows
 // of the client API: the most of a request body, and of all a
 // connection's, its HTTP/2 server reads into memory before a handler
-// reads it. net/http's defaults, 1 MiB each, let 1,024 connections put
-// up to 1 GiB in the node's memory before the API budget saw a byte of
-// it (outsider review s35); now 128 MiB. A stream's window is HTTP/2's
-// initial 64 KiB: enough for a body across a datacenter (64 KiB a round
-// trip, 1 MiB in 16 round trips), and the handlers read a body as they
-// pay for it, 16 KiB at a time (bodyChunk).
+// reads it; reading returns the credit. net/http's defaults, 1 MiB each,
+// let 1,024 connections put up to 1 GiB in the node's memory before the
+// API budget saw a byte of it (outsider review s35); now 256 MiB at
+// most. A stream's window is HTTP/2's initial 64 KiB: enough for a body
+// across a datacenter (64 KiB a round trip, 1 MiB in 16 round trips), and
+// the handlers read a body as they pay for it, 16 KiB at a time
+// (bodyChunk); a connection's is four streams' worth, so that streams
+// waiting for their turns leave room for the one that holds it.
 const (
 	h2StreamWindow = 64 << 10
-	h2ConnWindow   = 2 * h2StreamWindow
+	h2ConnWindow   = 256 << 10
 )
 
 // MountAPI registers the client protocol handlers and BackupPath on mux,
@@ -315,6 +330,19 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			lb.conn, lb.watch = lc, lc.watchBody()
 			defer lc.unwatchBody(lb.watch)
 		}
+		if room := lb.room(); room > 0 {
+			// A body of declared length that pays for its bytes waits
+			// for its source's turn and its room here, before connect
+			// takes a buffer for it: a buffer recycled from an earlier
+			// body keeps that body's size, and 785 Extends of 261 KB
+			// from 8 /24s waiting for their turns mid-read held 56 MB
+			// of them (review s35).
+			if err := slot.hold(room, lb.timeout); err != nil {
+				refuse(w, r, err, http.StatusTooManyRequests)
+				return
+			}
+			lb.held = room
+		}
 		r.Body = lb
 		next.ServeHTTP(w, r)
 	})
@@ -337,12 +365,18 @@ func refuseBody(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
-// noteToken is the API server's outermost handler: a request that carries
+// noteToken is the API server's outermost handler but countRequests: a request that carries
 // the auth token, on any path (a /metrics scrape, a health check, gRPC
 // reflection, which guard does not see), marks its connection
 // authenticated, so that the connLimiter never closes it for the lack of
 // one; any other request, served or refused, counts toward the
 // connection's maxRefused, and the last one closes it after its answer.
+// It runs before an HTTP/1 request waits for its turn of the API budget
+// (paceHTTP1): marked after it, a request with the token that waited
+// longer than the auth deadline (2 s) had its connection closed under
+// it, and its client redialed and queued another: 800 connections
+// sending 261 KB Extends so kept 3,300 handlers waiting on 220
+// connections (review s35).
 func (n *Node) noteToken(next http.Handler) http.Handler {
 	token := n.cfg.AuthToken
 	if token == "" {
@@ -367,7 +401,7 @@ func (n *Node) noteToken(next http.Handler) http.Handler {
 	})
 }
 
-// unreadBodies is, inside noteToken, the API server's handler: on HTTP/1, a
+// unreadBodies is, inside paceHTTP1, the API server's handler: on HTTP/1, a
 // request whose handler returned without reading its body to the end
 // (the mux's 404 and 405, a probe given a body) has the rest refused as
 // refuseBody does: the reply's write fails to read more of it, and the
@@ -449,7 +483,7 @@ type limitedBody struct {
 	length     int64 // the declared Content-Length, -1 if unknown
 	limit      int64 // the most bytes it may have (MaxBytesReader's cap)
 	read, paid int64 // bytes read, and paid for (paid >= read)
-	held       bool  // slot holds its source's turn and room for the body
+	held       int64 // room the slot holds for the body, with its source's turn (see room)
 	// conn and watch, on startAPI's server, note the body's progress
 	// for the connLimiter (limitedConn.stalled).
 	conn  *limitedConn
@@ -480,7 +514,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		b.read += int64(n)
 		if b.read > bigBodyBytes && (err == io.EOF || b.length > 0 && b.read >= b.length) {
 			// All here: one of the node's few decodes.
-			if serr := b.slot.take(true); serr != nil {
+			if serr := b.slot.take(true, 0); serr != nil {
 				return n, serr
 			}
 		}
@@ -513,23 +547,25 @@ func (b *limitedBody) allow(p []byte) ([]byte, error) {
 	if b.length >= 0 && b.read >= b.length {
 		return p, nil // all of it read: what is left is the EOF
 	}
-	if b.read >= bigBodyBytes && !b.held {
-		size := b.limit
-		if b.length >= 0 {
-			size = b.length
-		}
-		if err := b.slot.hold(size, b.timeout); err != nil {
+	if room := b.room(); room > b.held {
+		if err := b.slot.hold(room, b.timeout); err != nil {
 			return nil, err
 		}
-		b.held = true
+		b.held = room
 	}
 	if b.paid <= b.read {
 		c := int64(bodyChunk)
 		if b.length >= 0 {
 			c = min(c, b.length-b.read)
 		}
-		if b.read < bigBodyBytes {
-			c = min(c, bigBodyBytes-b.read) // the large-body turn comes first
+		if b.length < 0 {
+			// Room for a body of unknown length grows at these sizes.
+			for _, at := range []int64{apiFreeBodyBytes, bigBodyBytes} {
+				if b.read < at {
+					c = min(c, at-b.read)
+					break
+				}
+			}
 		}
 		if due := bodyUnits(b.read+c) - bodyUnits(b.read); due > 0 {
 			if err := b.pay(due); err != nil {
@@ -539,6 +575,25 @@ func (b *limitedBody) allow(p []byte) ([]byte, error) {
 		b.paid = b.read + c
 	}
 	return p[:min(int64(len(p)), b.paid-b.read)], nil
+}
+
+// room is the room among the node's request bodies (bodySlot.hold) b
+// must hold before it reads on: none for a body of at most
+// apiFreeBodyBytes, which never pays; all of a larger one's declared
+// length; for one of unknown length, bigBodyBytes once it is past
+// apiFreeBodyBytes, and its cap once it is past bigBodyBytes.
+func (b *limitedBody) room() int64 {
+	switch {
+	case b.length >= 0 && b.length <= apiFreeBodyBytes:
+		return 0
+	case b.length >= 0:
+		return b.length
+	case b.read >= bigBodyBytes:
+		return b.limit
+	case b.read >= apiFreeBodyBytes:
+		return bigBodyBytes
+	}
+	return 0
 }
 
 // bodyTooSlow is the refusal of a request whose body did not arrive
@@ -571,7 +626,17 @@ func requestEncoding(h http.Header) string {
 // its bodies holds only its own turn (two global slots taken as bodies
 // began, by one source's slow ones, made another's 300 KB extends wait
 // for the read timeout, and a client of 9,000 leases lost all of them:
-// outsider re-probe s33). Requests of ordinary size never wait.
+// outsider re-probe s33).
+//
+// Every body that pays for its bytes (past apiFreeBodyBytes) is read the
+// same way, one at a time per source, holding room for all of it (its
+// Content-Length; one of unknown length holds bigBodyBytes past
+// apiFreeBodyBytes, then its cap past bigBodyBytes): 800 connections of
+// 8 /24s sending 261 KB Extends had all their bodies partly read at
+// once, each paying its next turn, and took a leader from 30 to 240-300
+// MB (review s35, 580-770 MB on the reviewer's). A body of declared
+// length waits for both before connect takes a buffer for it (guard).
+// Requests of at most apiFreeBodyBytes never wait.
 //
 // A large body read past bigBodyBytes also takes room for all of it
 // (its Content-Length, else the cap) among maxLargeBodyBytes node-wide,
@@ -634,7 +699,7 @@ func (g *bodyGate) room(ctx context.Context, size int64, timeout time.Duration) 
 		err = context.Cause(ctx)
 	case <-expired:
 		err = connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the large request bodies (over %d KiB) the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, bigBodyBytes>>10, g.budget>>20))
+			fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the request bodies over %d KiB the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, apiFreeBodyBytes>>10, g.budget>>20))
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -713,19 +778,29 @@ type bodySlot struct {
 // bodySlotKey carries a request's *bodySlot in its context.
 type bodySlotKey struct{}
 
-// take takes the source's turn, and a decoding slot too once the body is
-// complete.
-func (s *bodySlot) take(complete bool) error {
+// take takes the source's turn, waiting for it at most timeout (if
+// positive), and a decoding slot too once the body is complete.
+func (s *bodySlot) take(complete bool, timeout time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tok == nil {
 		t := s.g.token(s.src)
+		var expired <-chan time.Time
+		if timeout > 0 {
+			tm := time.NewTimer(timeout)
+			defer tm.Stop()
+			expired = tm.C
+		}
 		select {
 		case t.turn <- struct{}{}:
 			s.tok = t
 		case <-s.ctx.Done():
 			s.g.untoken(s.src, t)
 			return context.Cause(s.ctx)
+		case <-expired:
+			s.g.untoken(s.src, t)
+			return connect.NewError(connect.CodeResourceExhausted,
+				fmt.Errorf("a request body over %d KiB waited %v (the read timeout) for its client source's turn (an IPv4 /24, an IPv6 /64 reads one such body at a time, paced by the agent's --max-api-rate): other clients of the source are sending many; retry later, send smaller requests, or raise --max-api-rate if the node has CPU to spare", apiFreeBodyBytes>>10, timeout))
 		}
 	}
 	if complete && !s.dec {
@@ -739,19 +814,21 @@ func (s *bodySlot) take(complete bool) error {
 	return nil
 }
 
-// hold takes the source's turn and room for a large body of size bytes,
-// waiting for the room at most timeout (if positive).
+// hold takes the source's turn and room for a body of size bytes (what
+// it holds already counted), waiting for each at most timeout (if
+// positive).
 func (s *bodySlot) hold(size int64, timeout time.Duration) error {
-	if err := s.take(false); err != nil {
+	if err := s.take(false, timeout); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.bytes > 0 {
+	more := min(size, s.g.budget) - s.bytes
+	if more <= 0 {
 		return nil
 	}
-	got, err := s.g.room(s.ctx, size, timeout)
-	s.bytes = got
+	got, err := s.g.room(s.ctx, more, timeout)
+	s.bytes += got
 	return err
 }
 

@@ -701,7 +701,7 @@ type (
 func (s *apiSource) tags() (int64, uint64, *int) { return s.start, s.seq, &s.idx }
 func (g *apiGroup) tags() (int64, uint64, *int)  { return g.start, g.seq, &g.idx }
 
-// paceHTTP1 is the API server's outermost handler: an HTTP/1 request
+// paceHTTP1 is, inside noteToken, the API server's handler: an HTTP/1 request
 // waits for apiUnitsPerRequest of the API budget before it is served
 // (its connection reads nothing more meanwhile); HTTP/2 requests were
 // paced frame by frame as they were read. A liveness check (isCheck)

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -213,6 +214,10 @@ type limitedConn struct {
 	bodyMu sync.Mutex
 	reqs   int                     // requests in its handlers (countRequests)
 	bodies map[*bodyWatch]struct{} // their bodies the guard reads
+	// cancel ends the context of its requests (connContext) once it is
+	// closed (shut); nil until net/http asked for that context.
+	cancel context.CancelCauseFunc
+	shut   bool // closed: by the limiter, net/http or a refusal
 }
 
 // bodyWatch is the progress of one request body on a limitedConn (see
@@ -378,7 +383,34 @@ func (c *limitedConn) readDeadlineLocked() time.Time {
 
 func (c *limitedConn) Close() error {
 	c.once.Do(func() { c.l.release(c) })
+	c.shutDown()
 	return c.Conn.Close()
+}
+
+// errConnClosed ends the requests of a client API connection closed
+// under them (limitedConn.shutDown).
+var errConnClosed = errors.New("the client API connection was closed (by its client, or by the agent: --max-conns, the auth token's deadline)")
+
+// shutDown ends the context of c's requests: c is closed. net/http's
+// HTTP/1 server cancels a request's context only from its background
+// read of the connection, which begins once the body has been read; a
+// handler waiting for its turn of the API budget (paceHTTP1, payUnits)
+// or for a large body's turn (bodySlot) before it reads the body would
+// never learn that its connection was closed, by its client or by the
+// limiter, and kept waiting, its buffers held: an outsider's 800
+// connections sending 261 KB Extends, cut by the auth deadline as they
+// waited and redialed, left 3,300 such handlers on 220 connections and
+// took a leader from 30 to 300 MB (review s35). Invariant
+// (closed-conn-ends-requests): no handler of a closed API connection
+// waits for a turn. Guarded by TestClosedConnectionsEndTheirWaits.
+func (c *limitedConn) shutDown() {
+	c.l.mu.Lock()
+	c.shut = true
+	cancel := c.cancel
+	c.l.mu.Unlock()
+	if cancel != nil {
+		cancel(errConnClosed)
+	}
 }
 
 // authenticated notes that c made a request with the auth token: it is
@@ -752,6 +784,7 @@ func (c *limitedConn) evicted() {
 	c.closedBy = true
 	c.l.mu.Unlock()
 	c.once.Do(func() {}) // its Close must not release a slot again
+	c.shutDown()
 	c.Conn.Close()
 }
 
@@ -955,6 +988,16 @@ type connKey struct{}
 // *limitedConn under a request's context, for the auth guard to mark.
 func connContext(ctx context.Context, nc net.Conn) context.Context {
 	if lc, ok := apiNetConn(nc).(*limitedConn); ok {
+		// Its requests end when it closes (shutDown): net/http's
+		// request contexts derive from this one.
+		ctx, cancel := context.WithCancelCause(ctx)
+		lc.l.mu.Lock()
+		lc.cancel = cancel
+		shut := lc.shut
+		lc.l.mu.Unlock()
+		if shut {
+			cancel(errConnClosed)
+		}
 		return context.WithValue(ctx, connKey{}, lc)
 	}
 	return ctx
