@@ -837,6 +837,31 @@ func (f *FSM) ExtendKeys(holder string, items []ExtendItem) int {
 	return n
 }
 
+// ExtendNoneHeld answers an Extend of items by holder from the state as
+// it is, if holder holds none of them under the tokens named: their
+// NotHeld results, as applying the Extend now would give, and true.
+// A leader answers such an Extend without proposing it: no later entry
+// can make a holding that is not the holder's now its holding under a
+// token the client names, since a grant takes the new token of its own
+// entry and a serving leader has applied every entry that was committed
+// before its term; proposed, the Extend changed nothing and cost a Raft
+// entry of its size on every replica (an outsider's 261 KB Extends of
+// keys nobody held went through the log at 6.5 MB/s: review s35).
+func (f *FSM) ExtendNoneHeld(holder string, items []ExtendItem) ([]Result, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, it := range items {
+		if ks := f.keys[it.Key]; ks != nil && held(ks, holder, it.Token) != nil {
+			return nil, false
+		}
+	}
+	out := make([]Result, len(items))
+	for i, it := range items {
+		out[i] = f.notHeld(it.Key)
+	}
+	return out, true
+}
+
 // track puts r, held, on its holder's list (FSM.holders), once.
 func (f *FSM) track(r *record) {
 	if r.tracked {

@@ -1185,8 +1185,11 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 		return nil, fmt.Errorf("%w: extend of %d leases renews %d keys (every key of a multi-key lease counts), more than the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
 			ErrInvalid, len(cmd.Items), keys, max)
 	}
-	resp, err := n.applyClient(ctx, ls.stamp(), cmd)
-	if err != nil {
+	var resp *fsm.Response
+	var err error
+	if results, ok := n.fsm.ExtendNoneHeld(cmd.Holder, cmd.Items); ok {
+		resp = &fsm.Response{Results: results, Now: ls.now()} // nothing to renew: no entry
+	} else if resp, err = n.applyClient(ctx, ls.stamp(), cmd); err != nil {
 		return nil, err
 	}
 	if len(resp.Results) != len(cmd.Items) {
