@@ -138,7 +138,8 @@
 // digest of their keys and tokens) that the cluster extends in one small
 // entry if it holds exactly those leases for the Client, and otherwise,
 // or on a cluster that predates it, requests naming the leases (at most
-// 4,096 each), whose answers say which ended. A Lease
+// 4,096 each, and 64 KiB: a node reads larger bodies only with room in a
+// pool that other clients may hold), whose answers say which ended. A Lease
 // dropped without Release is released by a cleanup when it is garbage
 // collected, once the validity it had ends (a ValidUntil, Context or
 // Token taken from it before may still be acted on), and left to expire

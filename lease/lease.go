@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/internal/holdset"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -380,21 +382,38 @@ type extendOutcome struct {
 }
 
 // One Extend request (and so one Raft entry) carries at most
-// extendChunkItems keys and about extendChunkBytes of them: well inside
+// extendChunkItems keys and extendChunkBytes of encoded body: well inside
 // a node's default limits (node.Limits: 10,000 items, 4 MiB per request),
-// whatever the key sizes.
+// whatever the key sizes, and below the size past which a node reads a
+// body only with room in its node-wide pool of large bodies (256 KiB,
+// node/api.go bigBodyBytes). A client holding 4,100 leases of 110-byte
+// keys sent chunks of about 490 KB, which waited for that room; attackers
+// trickling 4 MB bodies held it, and the client lost every lease
+// (outsider review s35). A chunk of at most 64 KiB is never one of them.
 const (
 	extendChunkItems = 4096
-	extendChunkBytes = 1 << 20
+	extendChunkBytes = 64 << 10
 )
+
+// extendItem is h's item in a named Extend.
+func extendItem(h *held) *pb.ExtendItem { return &pb.ExtendItem{Key: h.key, Token: h.token} }
+
+// extendItemBytes is the most an Extend item of h adds to the encoded
+// request: the item (its key and token) with its field tag (at most 2
+// bytes: field numbers below 2,048) and length prefix.
+func extendItemBytes(h *held) int {
+	n := proto.Size(extendItem(h))
+	return 2 + protowire.SizeVarint(uint64(n)) + n
+}
 
 // firstChunk is the longest prefix of leases (at least one) within
 // maxItems keys (every key of a multi-key lease counts: the node bounds
-// the keys an extend renews) and extendChunkBytes of keys.
-func firstChunk(leases []*held, maxItems int) []*held {
-	size, keys := 0, 0
+// the keys an extend renews) and whose request, base bytes of it without
+// items (the holder), encodes to at most extendChunkBytes.
+func firstChunk(leases []*held, maxItems, base int) []*held {
+	size, keys := base, 0
 	for i, h := range leases {
-		size += len(h.key) + 16
+		size += extendItemBytes(h)
 		keys += max(len(h.items), 1)
 		if i > 0 && (keys > maxItems || size > extendChunkBytes) {
 			return leases[:i]
@@ -439,10 +458,11 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 		leases, firstErr = nil, err
 	}
 	for len(leases) > 0 {
-		chunk := firstChunk(leases, int(c.extendItems.Load()))
-		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
+		req := &pb.ExtendRequest{Holder: c.opts.holder}
+		chunk := firstChunk(leases, int(c.extendItems.Load()), proto.Size(req))
+		req.Items = make([]*pb.ExtendItem, len(chunk))
 		for i, h := range chunk {
-			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
+			req.Items[i] = extendItem(h)
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(chunk)) // Close ends it: it releases the leases anyway
