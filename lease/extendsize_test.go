@@ -142,3 +142,97 @@ func TestExtendBodiesStaySmall(t *testing.T) {
 		t.Fatalf("an Extend body of %d bytes, over the client's bound of %d (a node reads one over %d only with room in its pool of large bodies)", largest, bound, bigBody)
 	}
 }
+
+// Scenario (adversarial review s35): the node the client sends its
+// extends to takes them and never answers (a leader whose disk hangs),
+// while it answers liveness checks, and the other nodes serve. One
+// extend attempt must not use up the lease's validity: it ends early
+// enough for more attempts, which go to the other nodes first, and the
+// lease stays held across many rounds, and when the node is tried first
+// again a while later.
+func TestExtendLeavesStalledNodeInTime(t *testing.T) {
+	const size = 3
+	var stalled [size]atomic.Bool
+	var swallowed, served atomic.Int64 // extends swallowed, and served while one node swallows
+	unstall := make(chan struct{})
+	c := nodetest.New(t, nodetest.Options{Size: size, API: true, Configure: func(i int, cfg *node.Config) {
+		cfg.APIMiddleware = func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !strings.HasSuffix(r.URL.Path, "/Extend") {
+					h.ServeHTTP(w, r)
+					return
+				}
+				if stalled[i].Load() {
+					swallowed.Add(1)
+					select {
+					case <-r.Context().Done():
+					case <-unstall:
+					}
+					return
+				}
+				h.ServeHTTP(w, r)
+				served.Add(1)
+			})
+		}
+	}})
+	// Closed before the cluster stops (cleanups run last first): the
+	// swallowed requests end.
+	t.Cleanup(func() { close(unstall) })
+	li, _ := c.Leader()
+	addrs := []string{c.Node(li).APIAddr()} // the leader first, as a client's first address
+	for i := range size {
+		if i != li {
+			addrs = append(addrs, c.Node(i).APIAddr())
+		}
+	}
+	const ttl = 3 * time.Second
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithTTL(ttl),
+		lease.WithBackoff(5*time.Millisecond, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "k")
+	if err != nil || l == nil {
+		t.Fatalf("acquire: %v %v", l, err)
+	}
+	// A client that has run a while: an extend answered (its round trip
+	// known) before the node starts to swallow them.
+	acquired := l.ValidUntil()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if !l.ValidUntil().After(acquired) {
+			return errors.New("no extend answered yet")
+		}
+		return nil
+	})
+
+	stalled[li].Store(true)
+	start := l.ValidUntil()
+	served.Store(0)
+	// Several TTLs of rounds: each must reach a node that serves before
+	// the validity runs out.
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		if err := l.Err(); err != nil {
+			return nil // reported below
+		}
+		switch {
+		case swallowed.Load() < 2:
+			// Twice: once it is tried first again (suspectFor later).
+			return fmt.Errorf("%d extends reached the stalled node so far, want 2", swallowed.Load())
+		case l.ValidUntil().Before(start.Add(3 * ttl)):
+			return fmt.Errorf("validity moved %v of %v so far", l.ValidUntil().Sub(start), 3*ttl)
+		}
+		return nil
+	})
+	if err := l.Err(); err != nil {
+		t.Fatalf("the lease ended while one node swallowed extends (%d swallowed, %d served elsewhere): %v", swallowed.Load(), served.Load(), err)
+	}
+	t.Logf("%d extends swallowed, %d served by the other nodes", swallowed.Load(), served.Load())
+	if !l.IsHealthy() {
+		t.Fatalf("lease not healthy: valid until %v from now", time.Until(l.ValidUntil()))
+	}
+	stalled[li].Store(false)
+	if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+}

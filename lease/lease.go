@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -554,6 +555,7 @@ func (c *Client) extendAll() (done bool, err error) {
 	if sum.Count < 2 || int64(sum.Count) > c.extendItems.Load() {
 		return false, nil // one lease costs the same named; too many go in chunks
 	}
+	// The attempt's bound (at most half the shortest validity left).
 	left := c.requestTimeout(live)
 	if c.lastRTT == 0 || left < 2*c.lastRTT+lossGuard(minTTL) {
 		// A no would leave no time to name them after it (a slow link,
@@ -615,17 +617,45 @@ func (c *Client) extended(h *held, sent time.Time) {
 	h.warned = false
 }
 
-// requestTimeout bounds an extend attempt by the shortest remaining
-// validity among its leases: waiting longer is pointless.
+// requestTimeout bounds one extend attempt of hs, so that a node that
+// takes the request and never answers it (a leader whose disk hangs,
+// still answering liveness checks) leaves time for at least two more
+// attempts, at other nodes, before the leases are lost: at most 10 s, a
+// third of the shortest TTL, and half the shortest validity left. One
+// attempt of min(10 s, validity left) used a 15 s lease's whole validity
+// at such a leader, and a healthy leader elected 6 s in was never asked
+// (adversarial review s35).
+//
+// A slow link still gets its answers: the bound is never below twice
+// the latest extend's round trip, nor minExtendAttempt, and before any
+// extend was answered (no round trip known) it is never below two
+// thirds of the validity left, which still leaves room for one more
+// attempt; extends that take a third of the TTL keep their leases (stop
+// 31's review: 400 ms at a 1 s TTL). It is never above the validity
+// left: waiting longer is pointless.
 func (c *Client) requestTimeout(hs []*held) time.Duration {
-	d := 10 * time.Second
+	d := maxExtendAttempt
+	left := time.Duration(math.MaxInt64)
 	for _, h := range hs {
 		h.mu.Lock()
-		d = min(d, time.Until(h.validUntil))
+		d = min(d, h.ttl/3)
+		left = min(left, time.Until(h.validUntil))
 		h.mu.Unlock()
 	}
-	return max(d, 50*time.Millisecond)
+	d = min(d, left/2)
+	floor := max(minExtendAttempt, 2*c.lastRTT)
+	if c.lastRTT == 0 {
+		floor = max(floor, left*2/3)
+	}
+	return max(d, min(floor, left), minExtendAttempt/2)
 }
+
+// An extend attempt waits at most maxExtendAttempt, and at least
+// minExtendAttempt while the validity lasts (see Client.requestTimeout).
+const (
+	maxExtendAttempt = 10 * time.Second
+	minExtendAttempt = 100 * time.Millisecond
+)
 
 func earlier(a, b time.Time) time.Time {
 	if b.Before(a) {
