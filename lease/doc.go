@@ -79,8 +79,12 @@
 // bound, two clients never both believe they hold a key. Wall-clock skew
 // between machines does not matter.
 //
-// If extends keep failing, Expiring fires when the remaining validity
-// falls below TTL/3, and the lease is declared lost shortly before
+// An extend attempt waits at most 10 s, TTL/3 and half the validity
+// left (never less than twice the latest round trip, or, before any
+// extend was answered, two thirds of the validity left), so that a node that takes extends and never answers leaves
+// time for at least two more attempts, which a remote client sends to
+// the other nodes first. If extends keep failing, Expiring fires when
+// the remaining validity falls below TTL/3, and the lease is declared lost shortly before
 // ValidUntil: Done closes, Context is cancelled, IsHealthy turns false.
 // Code that acts for the lease must watch one of them.
 //
@@ -138,7 +142,8 @@
 // digest of their keys and tokens) that the cluster extends in one small
 // entry if it holds exactly those leases for the Client, and otherwise,
 // or on a cluster that predates it, requests naming the leases (at most
-// 4,096 each), whose answers say which ended. A Lease
+// 4,096 each, and 64 KiB: a node reads larger bodies only with room in a
+// pool that other clients may hold), whose answers say which ended. A Lease
 // dropped without Release is released by a cleanup when it is garbage
 // collected, once the validity it had ends (a ValidUntil, Context or
 // Token taken from it before may still be acted on), and left to expire
@@ -168,7 +173,9 @@
 // off, its connections open) ends after about three times the peer
 // timeout (WithPeerTimeout, default 1 s: a second of silence, then a
 // liveness check unanswered for two) and counts as a lost reply, retried on
-// another node; a follower ends a request it forwarded as soon as Raft
+// another node; a node that answers the checks but held a request that
+// never waits (all but a waiting acquire) until its caller gave up is
+// tried after the other nodes for a while; a follower ends a request it forwarded as soon as Raft
 // names another leader.
 //
 // The cluster answers "no leader" before a caller's deadline, saying what

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasenode/leasenode/internal/holdset"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -380,21 +383,38 @@ type extendOutcome struct {
 }
 
 // One Extend request (and so one Raft entry) carries at most
-// extendChunkItems keys and about extendChunkBytes of them: well inside
+// extendChunkItems keys and extendChunkBytes of encoded body: well inside
 // a node's default limits (node.Limits: 10,000 items, 4 MiB per request),
-// whatever the key sizes.
+// whatever the key sizes, and below the size past which a node reads a
+// body only with room in its node-wide pool of large bodies (256 KiB,
+// node/api.go bigBodyBytes). A client holding 4,100 leases of 110-byte
+// keys sent chunks of about 490 KB, which waited for that room; attackers
+// trickling 4 MB bodies held it, and the client lost every lease
+// (outsider review s35). A chunk of at most 64 KiB is never one of them.
 const (
 	extendChunkItems = 4096
-	extendChunkBytes = 1 << 20
+	extendChunkBytes = 64 << 10
 )
+
+// extendItem is h's item in a named Extend.
+func extendItem(h *held) *pb.ExtendItem { return &pb.ExtendItem{Key: h.key, Token: h.token} }
+
+// extendItemBytes is the most an Extend item of h adds to the encoded
+// request: the item (its key and token) with its field tag (at most 2
+// bytes: field numbers below 2,048) and length prefix.
+func extendItemBytes(h *held) int {
+	n := proto.Size(extendItem(h))
+	return 2 + protowire.SizeVarint(uint64(n)) + n
+}
 
 // firstChunk is the longest prefix of leases (at least one) within
 // maxItems keys (every key of a multi-key lease counts: the node bounds
-// the keys an extend renews) and extendChunkBytes of keys.
-func firstChunk(leases []*held, maxItems int) []*held {
-	size, keys := 0, 0
+// the keys an extend renews) and whose request, base bytes of it without
+// items (the holder), encodes to at most extendChunkBytes.
+func firstChunk(leases []*held, maxItems, base int) []*held {
+	size, keys := base, 0
 	for i, h := range leases {
-		size += len(h.key) + 16
+		size += extendItemBytes(h)
 		keys += max(len(h.items), 1)
 		if i > 0 && (keys > maxItems || size > extendChunkBytes) {
 			return leases[:i]
@@ -439,10 +459,11 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 		leases, firstErr = nil, err
 	}
 	for len(leases) > 0 {
-		chunk := firstChunk(leases, int(c.extendItems.Load()))
-		req := &pb.ExtendRequest{Holder: c.opts.holder, Items: make([]*pb.ExtendItem, len(chunk))}
+		req := &pb.ExtendRequest{Holder: c.opts.holder}
+		chunk := firstChunk(leases, int(c.extendItems.Load()), proto.Size(req))
+		req.Items = make([]*pb.ExtendItem, len(chunk))
 		for i, h := range chunk {
-			req.Items[i] = &pb.ExtendItem{Key: h.key, Token: h.token}
+			req.Items[i] = extendItem(h)
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(c.closing, c.requestTimeout(chunk)) // Close ends it: it releases the leases anyway
@@ -534,6 +555,7 @@ func (c *Client) extendAll() (done bool, err error) {
 	if sum.Count < 2 || int64(sum.Count) > c.extendItems.Load() {
 		return false, nil // one lease costs the same named; too many go in chunks
 	}
+	// The attempt's bound (at most half the shortest validity left).
 	left := c.requestTimeout(live)
 	if c.lastRTT == 0 || left < 2*c.lastRTT+lossGuard(minTTL) {
 		// A no would leave no time to name them after it (a slow link,
@@ -595,17 +617,45 @@ func (c *Client) extended(h *held, sent time.Time) {
 	h.warned = false
 }
 
-// requestTimeout bounds an extend attempt by the shortest remaining
-// validity among its leases: waiting longer is pointless.
+// requestTimeout bounds one extend attempt of hs, so that a node that
+// takes the request and never answers it (a leader whose disk hangs,
+// still answering liveness checks) leaves time for at least two more
+// attempts, at other nodes, before the leases are lost: at most 10 s, a
+// third of the shortest TTL, and half the shortest validity left. One
+// attempt of min(10 s, validity left) used a 15 s lease's whole validity
+// at such a leader, and a healthy leader elected 6 s in was never asked
+// (adversarial review s35).
+//
+// A slow link still gets its answers: the bound is never below twice
+// the latest extend's round trip, nor minExtendAttempt, and before any
+// extend was answered (no round trip known) it is never below two
+// thirds of the validity left, which still leaves room for one more
+// attempt; extends that take a third of the TTL keep their leases (stop
+// 31's review: 400 ms at a 1 s TTL). It is never above the validity
+// left: waiting longer is pointless.
 func (c *Client) requestTimeout(hs []*held) time.Duration {
-	d := 10 * time.Second
+	d := maxExtendAttempt
+	left := time.Duration(math.MaxInt64)
 	for _, h := range hs {
 		h.mu.Lock()
-		d = min(d, time.Until(h.validUntil))
+		d = min(d, h.ttl/3)
+		left = min(left, time.Until(h.validUntil))
 		h.mu.Unlock()
 	}
-	return max(d, 50*time.Millisecond)
+	d = min(d, left/2)
+	floor := max(minExtendAttempt, 2*c.lastRTT)
+	if c.lastRTT == 0 {
+		floor = max(floor, left*2/3)
+	}
+	return max(d, min(floor, left), minExtendAttempt/2)
 }
+
+// An extend attempt waits at most maxExtendAttempt, and at least
+// minExtendAttempt while the validity lasts (see Client.requestTimeout).
+const (
+	maxExtendAttempt = 10 * time.Second
+	minExtendAttempt = 100 * time.Millisecond
+)
 
 func earlier(a, b time.Time) time.Time {
 	if b.Before(a) {

@@ -38,6 +38,36 @@ const checkTimeouts = 2
 // after every other address (unless it answers first).
 const suspectFor = 10 * time.Second
 
+// slowAfter is how long a request that never waits (all but a waiting
+// acquire) may sit unanswered at a node until its caller gives up before
+// that node is tried after every other address for suspectFor: a node
+// that answers liveness checks but not the request (a leader whose disk
+// hangs) was asked again at once, since it was the first address, and a
+// lease's last attempts never reached the healthy nodes (adversarial
+// review s35). A node tried last is still tried when the others fail,
+// and a reply to a request makes it first again.
+const slowAfter = 100 * time.Millisecond
+
+// isWait reports whether req may wait at the node for long by design (a
+// waiting acquire), so that its silence says nothing about the node.
+func isWait(req any) bool {
+	w, ok := req.(interface{ GetWait() bool })
+	return ok && w.GetWait()
+}
+
+// slowed has addr tried last for suspectFor: it sat on a request that
+// never waits until its caller gave up (see slowAfter).
+func (r *Remote) slowed(addr string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.peers[addr]
+	if p == nil {
+		p = &peer{inflight: map[*inflight]struct{}{}, idle: make(chan struct{}, 1)}
+		r.peers[addr] = p
+	}
+	p.slow = time.Now().Add(suspectFor)
+}
+
 // UnresponsiveError ends a request to a node that did not answer it, nor a
 // liveness check sent to it after the request had waited PeerTimeout: the
 // process is stopped (SIGSTOP, a VM paused) or cut off. Its kernel may
@@ -68,6 +98,10 @@ type peer struct {
 	idle     chan struct{} // poked when inflight empties, to end watch early
 	node     *nodeLiveness
 	suspect  time.Time // tried last until then
+	// slow: tried last until then, as it sat on a request that never
+	// waits (Remote.slowed); unlike suspect, a liveness check's reply
+	// does not clear it, only a reply to a request.
+	slow time.Time
 }
 
 // nodeLiveness is what this process knows of one node's liveness,
@@ -146,10 +180,11 @@ type inflight struct {
 	cancel context.CancelCauseFunc
 }
 
-// suspect says whether addr failed a liveness check lately. r.mu is held.
+// suspect says whether addr failed a liveness check lately, or sat on a
+// request (Remote.slowed). r.mu is held.
 func (r *Remote) suspect(addr string, now time.Time) bool {
 	p := r.peers[addr]
-	return p != nil && now.Before(p.suspect)
+	return p != nil && (now.Before(p.suspect) || now.Before(p.slow))
 }
 
 // track registers a request about to be sent to addr. The returned
@@ -184,6 +219,9 @@ func (r *Remote) track(ctx context.Context, addr string) (context.Context, func(
 			r.hear(addr)
 		}
 		r.mu.Lock()
+		if replied {
+			p.slow = time.Time{} // it answers requests again
+		}
 		delete(p.inflight, f)
 		if len(p.inflight) == 0 {
 			select {

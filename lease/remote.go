@@ -294,7 +294,7 @@ func call[Req, Resp any, PResp interface {
 }
 
 // callOn is call, over the clients that on returns (Remote.streamClient
-// for a request that may wait long).
+// for a request that may wait long: a waiting acquire, and only then).
 func callOn[Req, Resp any, PResp interface {
 	*Resp
 	headered
@@ -372,6 +372,11 @@ func callOn[Req, Resp any, PResp interface {
 			continue
 		}
 		r.forget(addr)
+		if ctx.Err() != nil && !replied.Load() && time.Since(sub) >= slowAfter && !isWait(req) {
+			// A request that never waits sat at a node until its caller
+			// gave up: try the others first for a while (see slowAfter).
+			r.slowed(addr)
+		}
 		if write {
 			// How long this node held the request while it was heard
 			// from (a wait there), not the attempt's whole time: a
