@@ -43,6 +43,21 @@ func parkedIn(fn string) int {
 	return bytes.Count(b.Bytes(), []byte(fn+"("))
 }
 
+// noneParked waits until no goroutine pays the API budget (payUnits),
+// those of an earlier test's closed node included (its handlers end as
+// its connections close), and returns how many do: 0.
+func noneParked(t *testing.T) int {
+	t.Helper()
+	n := 0
+	nodetest.Eventually(t, 30*time.Second, func() error {
+		if n = parkedIn("node.(*Node).payUnits"); n > 0 {
+			return fmt.Errorf("%d goroutines of an earlier test still pay the API budget", n)
+		}
+		return nil
+	})
+	return n
+}
+
 // heapInUse is the live heap after a collection.
 func heapInUse() int64 {
 	runtime.GC()
@@ -74,7 +89,7 @@ func TestListsWaitingForTurnsHoldNoReplies(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctxT(t, 60*time.Second))
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	parked0 := parkedIn("node.(*Node).payUnits")
+	parked0 := noneParked(t)
 	base := heapInUse()
 	for i := range lists {
 		// From addresses of one /24, as the review's: each address's
@@ -122,7 +137,7 @@ func TestLightSourceWaitsSmallPiecesOfLargeCharges(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctxT(t, 120*time.Second))
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	parked0 := parkedIn("node.(*Node).payUnits")
+	parked0 := noneParked(t)
 	for i := range heavy {
 		// Each from a /24 of its own, two Lists of ~1 MB pages in flight
 		// (~16,000 units each), again and again.
@@ -159,5 +174,49 @@ func TestLightSourceWaitsSmallPiecesOfLargeCharges(t *testing.T) {
 		heavy, (total / gets).Round(time.Millisecond), worst.Round(time.Millisecond), burstRound)
 	if worst > burstRound/2 {
 		t.Errorf("a light source's Get waited %v beside %d sources paying for large pages: over half of one burst-sized piece of each (%v)", worst.Round(time.Millisecond), heavy, burstRound/2)
+	}
+}
+
+// Watches whose initial listings wait for their turns of a low
+// --max-api-rate hold none of their pages meanwhile: each page is sized
+// from the FSM and paid before it is read (reply-paid-before-built), as
+// a List's. Read first, every listing waiting for its turn held a page
+// of 64 leases, values cloned (outsider review s35).
+func TestWatchListingsWaitingForTurnsHoldNoPages(t *testing.T) {
+	const watches, leases, size = 32, 64, 16 << 10
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxAPIRate = 100 // 1,000 units a second: a page's ~16,000 take 16 s
+	}})
+	_, l := c.Leader()
+	seedValues(t, l, "w", leases, size)
+	pageBytes := int64(leases * size)
+
+	ctx, cancel := context.WithCancel(ctxT(t, 60*time.Second))
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	parked0 := noneParked(t)
+	base := heapInUse()
+	for i := range watches {
+		cl := apiFrom(t, fmt.Sprintf("127.0.8.%d", i+1), l)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if stream, err := cl.Watch(ctx, connect.NewRequest(&pb.WatchRequest{Prefix: "w/", Initial: true})); err == nil {
+				<-ctx.Done()
+				stream.Close()
+			}
+		}()
+	}
+	waiting := 0
+	nodetest.Eventually(t, 60*time.Second, func() error {
+		if waiting = parkedIn("node.(*Node).payUnits") - parked0; waiting < watches/2 {
+			return fmt.Errorf("%d of %d listings wait for their turns", waiting, watches)
+		}
+		return nil
+	})
+	grew := heapInUse() - base
+	t.Logf("%d of %d watches' listings of %d-byte pages waiting for their turns: the heap grew %d KB", waiting, watches, pageBytes, grew>>10)
+	if bound := watches * pageBytes / 8; grew > bound {
+		t.Errorf("%d watches' listings waiting for their turns grew the heap by %d KB, over %d KB (an eighth of their %d KB pages): they hold their pages", watches, grew>>10, bound>>10, pageBytes>>10)
 	}
 }
