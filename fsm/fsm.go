@@ -1343,11 +1343,22 @@ func (f *FSM) List(prefix, after string, limit int) ([]Lease, string) {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	var out []Lease
+	next := f.walkListLocked(prefix, after, limit, func(ks *keyState) bool {
+		out = appendHoldings(out, ks)
+		return true
+	})
+	return out, next
+}
+
+// walkListLocked calls fn with each key List(prefix, after, limit) would
+// return, in key order, until fn returns false, and returns the key to
+// pass as after for the next page ("" when there is none). limit > 0.
+func (f *FSM) walkListLocked(prefix, after string, limit int, fn func(*keyState) bool) string {
 	start := prefix
 	if after > start {
 		start = after
 	}
-	var out []Lease
 	keys := 0
 	more := false
 	last := ""
@@ -1362,15 +1373,65 @@ func (f *FSM) List(prefix, after string, limit int) ([]Lease, string) {
 			more = true
 			return false
 		}
-		out = appendHoldings(out, ks)
+		if !fn(ks) {
+			more = true
+			return false
+		}
 		keys++
 		last = ks.key
 		return true
 	})
 	if !more || keys == 0 {
-		return out, ""
+		return ""
 	}
-	return out, last
+	return last
+}
+
+// ViewList calls fn with the records of each key List(prefix, after,
+// limit) would return, in the same order, until fn returns false: to
+// size a page before copying it (a reply pays for its bytes before it is
+// built). The records are views that share the state's memory (Value,
+// SetKeys) and the slice is reused: fn must neither keep nor change them.
+// fn runs under the FSM's read lock: it must be quick and must not call
+// the FSM.
+func (f *FSM) ViewList(prefix, after string, limit int, fn func(holdings []Lease) bool) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var scratch []Lease
+	f.walkListLocked(prefix, after, limit, func(ks *keyState) bool {
+		scratch = appendViews(scratch[:0], ks)
+		return fn(scratch)
+	})
+}
+
+// ViewHoldings calls fn with the records Holdings(key) would return, as
+// views (see ViewList: fn must neither keep nor change them, must be
+// quick and must not call the FSM); with none if the key is free.
+func (f *FSM) ViewHoldings(key string, fn func(holdings []Lease)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(appendViews(nil, f.keys[key]))
+}
+
+// appendViews is appendHoldings with views (record.view) for copies.
+func appendViews(dst []Lease, ks *keyState) []Lease {
+	if ks == nil {
+		return dst
+	}
+	for _, r := range ks.recs {
+		if r.State == StateHeld {
+			dst = append(dst, r.view())
+		}
+	}
+	for _, r := range ks.recs {
+		if r.State != StateHeld {
+			dst = append(dst, r.view())
+		}
+	}
+	return dst
 }
 
 // Stats is a summary of the state.

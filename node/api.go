@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"google.golang.org/protobuf/proto"
 	"io"
 	"mime"
 	"net"
@@ -950,46 +949,16 @@ func unary[Req, Resp any](ctx context.Context, req *connect.Request[Req], f func
 	return connect.NewResponse(resp), nil
 }
 
-// withHoldings is a reply that carries holdings: Get, List, CheckToken.
-type withHoldings interface{ GetHoldings() []*pb.Lease }
-
-// payHoldings pays source's turns of the API budget for the holdings
-// reply carries beyond its request's own units (apiUnitsPerListed each)
-// and for its bytes (replyUnits), before it is sent: a List page of 1,000
-// keys, or a Get of a key with 3,000 shared holders (506 KB), cost 150
-// requests' work and more, paid as one (outsider reviews s33: 32 Lists
-// in flight of keys with 1,000 holders each made two leaders step down in
-// a row), and a Get of a 64 KiB value paid as much as one of an empty
-// one (s34: 128 loops sent 2.6 GB in 30 s).
-func (n *Node) payHoldings(ctx context.Context, source string, reply any) error {
-	h, ok := reply.(withHoldings)
-	if !ok {
-		return nil
-	}
-	units := int64(len(h.GetHoldings())) * apiUnitsPerListed
-	if m, ok := reply.(proto.Message); ok {
-		units += replyUnits(int64(proto.Size(m)))
-	}
-	return n.payUnits(ctx, source, units-apiUnitsPerRequest)
-}
-
-// replyUnits is what a reply's bytes cost beyond its holdings' units: as
-// a request body's (bodyUnits), 16 units a KiB past the first 4 KiB.
-// Encoding a reply costs about what decoding a body does, and more in
-// JSON (values in base64): 128 watches re-reading a listing of 6,200
-// leases of 2.9 KB at 2 units a lease took 105 MB/s of JSON from a
-// leader, which stepped down four times (outsider re-probe s34).
-func replyUnits(size int64) int64 { return bodyUnits(size) }
-
-// read serves a read whose reply pays for its holdings (payHoldings).
+// read serves a read whose reply pays for its holdings and bytes at its
+// client address's turns before it is built (servePaidRead).
 func read[Req, Resp any](ctx context.Context, n *Node, req *connect.Request[Req], f func(context.Context, *Req) (*Resp, error)) (*connect.Response[Resp], error) {
-	resp, err := unary(ctx, req, f)
-	if err == nil {
-		if err := n.payHoldings(ctx, addrSource(req.Peer().Addr), resp.Msg); err != nil {
-			return nil, connectError(err)
-		}
+	source := addrSource(req.Peer().Addr)
+	pay := func(ctx context.Context, units int64) error { return n.payUnits(ctx, source, units) }
+	resp, err := servePaidRead(ctx, n, any(req.Msg), pay, func(ctx context.Context) (*Resp, error) { return f(ctx, req.Msg) })
+	if err != nil {
+		return nil, connectError(err)
 	}
-	return resp, err
+	return connect.NewResponse(resp), nil
 }
 
 func (s *apiServer) Acquire(ctx context.Context, r *connect.Request[pb.AcquireRequest]) (*connect.Response[pb.AcquireResponse], error) {
@@ -1051,7 +1020,7 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 		ctx = context.WithValue(ctx, watchSourceKey{}, src)
 	}
 	// Its initial listing pays for its leases at the turns a List of
-	// this request would (payHoldings).
+	// this request would (replyCost).
 	ctx = context.WithValue(ctx, watchPayKey{}, addrSource(r.Peer().Addr))
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {

@@ -233,7 +233,19 @@
 // addresses, and no connection is closed for it (apiBudget); a liveness
 // check goes out of turn within its source's small allowance. Guarded
 // by TestAPIBudgetFairShares, TestAPIBudgetSharesBySource,
-// TestAPIBudgetPacesFlooders and TestLivenessChecksAreBounded.
+// TestAPIBudgetPacesFlooders and TestLivenessChecksAreBounded. A large
+// charge (a reply's bytes, a body's, an extend's keys) is paid in pieces
+// of apiPayPiece units at its source's turns, so another source waits at
+// most one small piece of each (TestLightSourceWaitsSmallPiecesOfLargeCharges).
+//
+// reply-paid-before-built: a read's reply (Get, List, CheckToken, a
+// Watch's listing page) is sized from the FSM without copying it, paid
+// at its source's turns, and only then built, a List page of no more
+// keys than were paid for: nothing large is held while a read waits for
+// its turn (servePaidRead). Guarded by
+// TestListsWaitingForTurnsHoldNoReplies,
+// TestWatchListingsWaitingForTurnsHoldNoPages and
+// TestLeaseSizeBoundsTheEncodedLease.
 //
 // handshake-rate: each TLS port starts at most burst +
 // Limits.MaxHandshakeRate TLS handshakes a second from all sources, and

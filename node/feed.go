@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -174,7 +175,7 @@ const (
 type watchSourceKey struct{}
 
 // watchPayKey carries the API budget's source key of an API Watch (its
-// address: addrSource, as a List's payHoldings) in its context: its
+// address: addrSource, as a List's servePaidRead) in its context: its
 // initial listing pays apiUnitsPerListed a lease at that source's turns.
 // Embedded watches carry none and pay nothing.
 type watchPayKey struct{}
@@ -260,7 +261,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 		}
 		if initial {
 			// The listing pays for its leases as a List's reply does
-			// (payHoldings: apiUnitsPerListed each, beyond the
+			// (replyCost: apiUnitsPerListed each, beyond the
 			// request's own units), page by page before the page is
 			// sent, at its client's turns: it was one request's worth
 			// however large, and 128 watches re-reading an 18 MB
@@ -270,18 +271,39 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			pctx, stop := context.WithCancel(ctx)
 			defer stop()
 			defer context.AfterFunc(n.ctx, stop)()
+			//
+			// A page is sized from the FSM without copying it
+			// (listingSize), paid, and only then built, of no more keys
+			// than were paid for (reply-paid-before-built): built
+			// first, each watch waiting for its turn held its page.
 			credit := int64(apiUnitsPerRequest) // the Watch's own, paid as it was read
+			pay := func(units int64) bool {
+				units, credit = units-credit, 0
+				if units < 0 {
+					credit = -units
+				}
+				return n.payUnits(pctx, paySource, units) == nil
+			}
 			for after := ""; ; {
-				page, next := n.fsm.List(prefix, after, watchInitialPage)
+				limit, paid := watchInitialPage, int64(0)
+				if paySource != "" {
+					var keys int
+					keys, paid = n.listingSize(prefix, after)
+					if keys > 0 {
+						limit = keys
+					} else {
+						limit = 1
+					}
+					if !pay(paid) {
+						return // the call ended, or the node
+					}
+				}
+				page, next := n.fsm.List(prefix, after, limit)
 				_, now := n.fsm.Clock() // after the read: time left is never overstated
 				if paySource != "" {
-					units := listingUnits(page) - credit
-					credit = 0
-					if units < 0 {
-						credit = -units
-					}
-					if n.payUnits(pctx, paySource, units) != nil {
-						return // the call ended, or the node
+					// What it grew by since it was sized.
+					if extra := listingUnits(page, now) - paid; extra > 0 && !pay(extra) {
+						return
 					}
 				}
 				for i := range page {
@@ -517,13 +539,35 @@ func watchEvent(e *fsm.Event) *pb.WatchEvent {
 }
 
 // listingUnits is what a page of a watch's initial listing costs: as a
-// List page's reply (payHoldings), apiUnitsPerListed a lease and its
-// bytes (replyUnits), counted from the records (an event's fixed fields
-// take about 64 bytes).
-func listingUnits(page []fsm.Lease) int64 {
+// List page's reply (replyCost), apiUnitsPerListed a lease and its
+// bytes (replyUnits): each an event of the lease (leaseSize) and its
+// fixed fields.
+func listingUnits(page []fsm.Lease, now time.Duration) int64 {
 	var size int64
 	for i := range page {
-		size += int64(len(page[i].Key)+len(page[i].Holder)+len(page[i].Value)) + 64
+		size += listedSize(&page[i], now)
 	}
 	return int64(len(page))*apiUnitsPerListed + replyUnits(size)
+}
+
+// listedSize is an upper bound of the encoded size of the event that
+// lists l in a watch's initial listing (type, index, current, and l).
+func listedSize(l *fsm.Lease, now time.Duration) int64 { return int64(leaseSize(l, now)) + 24 }
+
+// listingSize is the keys of the next page of a watch's initial listing
+// of prefix after after (up to watchInitialPage) and what it costs
+// (listingUnits), read from the FSM without copying anything.
+func (n *Node) listingSize(prefix, after string) (keys int, units int64) {
+	_, now := n.fsm.Clock() // before the page's: time left is no shorter
+	var leases int
+	var size int64
+	n.fsm.ViewList(prefix, after, watchInitialPage, func(hs []fsm.Lease) bool {
+		for i := range hs {
+			size += listedSize(&hs[i], now)
+		}
+		keys++
+		leases += len(hs)
+		return true
+	})
+	return keys, int64(leases)*apiUnitsPerListed + replyUnits(size)
 }

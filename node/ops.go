@@ -938,16 +938,13 @@ func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte
 	if ls == nil {
 		return nil, n.notLeaderErr()
 	}
-	resp, err := local(ctx, ls, req)
+	// A read's reply pays before it is built, as at the API
+	// (servePaidRead), at the forwarding node's turns.
+	peer, _ := transport.PeerFrom(ctx)
+	pay := func(ctx context.Context, units int64) error { return n.payUnits(ctx, "node "+peer.ID, units) }
+	resp, err := servePaidRead(ctx, n, any(req), pay, func(ctx context.Context) (Resp, error) { return local(ctx, ls, req) })
 	if err != nil {
 		return nil, err
-	}
-	if n.apiWork != nil {
-		// A read's holdings, as at the API (payHoldings).
-		peer, _ := transport.PeerFrom(ctx)
-		if err := n.payHoldings(ctx, "node "+peer.ID, resp); err != nil {
-			return nil, err
-		}
 	}
 	return proto.Marshal(resp)
 }
@@ -1340,6 +1337,9 @@ func (n *Node) listLocal(ctx context.Context, ls *leaderState, req *pb.ListReque
 	limit := int(req.GetLimit())
 	if limit <= 0 || limit > maxListLimit {
 		limit = maxListLimit
+	}
+	if paid, ok := ctx.Value(listPaidKey{}).(int); ok && paid < limit {
+		limit = paid // no more keys than it paid for (servePaidRead)
 	}
 	leases, next := n.fsm.List(req.GetPrefix(), req.GetAfter(), limit)
 	now := n.readNow(ls)
