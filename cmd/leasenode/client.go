@@ -611,22 +611,25 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 	}
 	defer done()
 	type row struct {
-		ID        string `json:"id"`
-		API       string `json:"api"`
-		Error     string `json:"error,omitempty"`
-		State     string `json:"raft_state,omitempty"`
-		Serving   bool   `json:"serving"`
-		Leader    string `json:"leader,omitempty"`
-		Term      uint64 `json:"term"`
-		Epoch     uint64 `json:"epoch"`
-		Commit    uint64 `json:"commit_index"`
-		Applied   uint64 `json:"applied_index"`
-		LastIndex uint64 `json:"last_index"`
-		Leases    uint64 `json:"leases"`
-		Delayed   uint64 `json:"delayed"`
-		Waiters   uint64 `json:"waiters"`
-		ClusterID string `json:"cluster_id,omitempty"`
-		Version   string `json:"version,omitempty"`
+		ID      string `json:"id"`
+		API     string `json:"api"`
+		Error   string `json:"error,omitempty"`
+		State   string `json:"raft_state,omitempty"`
+		Serving bool   `json:"serving"`
+		// CannotCommit: a leader that has committed nothing for longer
+		// than its stall bound says why (acquires there fail).
+		CannotCommit string `json:"cannot_commit,omitempty"`
+		Leader       string `json:"leader,omitempty"`
+		Term         uint64 `json:"term"`
+		Epoch        uint64 `json:"epoch"`
+		Commit       uint64 `json:"commit_index"`
+		Applied      uint64 `json:"applied_index"`
+		LastIndex    uint64 `json:"last_index"`
+		Leases       uint64 `json:"leases"`
+		Delayed      uint64 `json:"delayed"`
+		Waiters      uint64 `json:"waiters"`
+		ClusterID    string `json:"cluster_id,omitempty"`
+		Version      string `json:"version,omitempty"`
 	}
 	var (
 		rows                 []row
@@ -659,6 +662,7 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
 			r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
 			r.ClusterID = s.GetClusterId()
+			r.CannotCommit = s.GetCannotCommit()
 			leaderKnown = leaderKnown || r.Leader != ""
 			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
@@ -686,7 +690,10 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 				continue
 			}
 			state := strings.ToLower(r.State)
-			if r.Serving {
+			switch {
+			case r.CannotCommit != "":
+				state += " (cannot commit)" // why: below the table
+			case r.Serving:
 				state += " (serving)"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.API, state, dash(r.Leader),
@@ -718,6 +725,13 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 					versions = append(versions, r.Version)
 				}
 				byVersion[r.Version] = append(byVersion[r.Version], r.ID)
+			}
+		}
+		// A leader that cannot commit refuses every write: say why
+		// (new-user review M4: status said "(serving)" meanwhile).
+		for _, r := range rows {
+			if r.CannotCommit != "" {
+				fmt.Printf("%s: %s\n", r.ID, r.CannotCommit)
 			}
 		}
 		if len(versions) > 1 {
