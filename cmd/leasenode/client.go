@@ -883,7 +883,6 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		return err
 	}
 	defer cl.Close(context.Background())
-	fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
 	var seen watchSeen
 	for first := true; ctx.Err() == nil; first = false {
@@ -901,7 +900,12 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			fmt.Fprintf(os.Stderr, "leasenode watch: %v; trying again\n", err)
 			continue
 		}
-		if !first {
+		if first {
+			// Once a node took the stream, not before: a refusal (its
+			// --max-watches) was printed after "watching" (new-user
+			// review L7).
+			fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
+		} else {
 			fmt.Fprintln(os.Stderr, "leasenode watch: watching again")
 		}
 		seen.restart()
