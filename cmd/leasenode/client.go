@@ -279,15 +279,29 @@ func modeColumn(o leaseJSON) string {
 	return o.Mode
 }
 
-func printLeases(ls []*pb.Lease) {
-	w := table(os.Stdout)
+// printLeases prints ls as a table on out. stale says they came from a
+// --stale read: a held lease with no time left there is one the node's
+// own estimate of the leader's clock has passed, which no leader has
+// reaped (or the node has not heard of its extends): its REMAINING is
+// unknown, not 0s, and a line below the table says why (new-user review
+// L7: a --stale read without a quorum showed "held ... 0s").
+func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
+	w := table(out)
 	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
+	unknown := false
 	for _, l := range ls {
 		o := leaseOut(l)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%v\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
-			l.GetTtl().AsDuration(), l.GetRemaining().AsDuration().Round(time.Millisecond), dash(o.Value))
+		remaining := l.GetRemaining().AsDuration().Round(time.Millisecond).String()
+		if stale && l.GetState() == pb.LeaseState_LEASE_STATE_HELD && l.GetRemaining().AsDuration() <= 0 {
+			remaining, unknown = "unknown", true
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
+			l.GetTtl().AsDuration(), remaining, dash(o.Value))
 	}
 	w.Flush()
+	if unknown {
+		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
+	}
 }
 
 func dash(s string) string {
@@ -354,7 +368,7 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 		fmt.Printf("%s is free\n", pos[0])
 		return nil
 	}
-	printLeases(holdings)
+	printLeases(os.Stdout, holdings, *stale)
 	return nil
 }
 
@@ -398,7 +412,7 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 		printJSON(out)
 		return nil
 	}
-	printLeases(ls)
+	printLeases(os.Stdout, ls, *stale)
 	return nil
 }
 

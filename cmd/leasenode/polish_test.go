@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/leasenode/leasenode/node/nodetest"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // Scenario: a watch the agent refuses at its --max-watches exits with the
@@ -28,5 +31,24 @@ func TestWatchRefusedDoesNotSayWatching(t *testing.T) {
 	}
 	if strings.Contains(errOut, "watching \"") {
 		t.Errorf("a refused watch said it was watching: %q", errOut)
+	}
+}
+
+// A --stale read of a held lease with no time left (a node without a
+// leader: by its own clock the lease has expired, but nobody reaped it)
+// shows REMAINING unknown and says why, not "0s" (new-user review L7); a
+// read through the leader shows the time it gives.
+func TestStaleReadOfAnExpiredLeaseSaysUnknown(t *testing.T) {
+	held := &pb.Lease{Key: "k", Holder: "h", Token: 7, State: pb.LeaseState_LEASE_STATE_HELD,
+		Ttl: durationpb.New(10 * time.Second), Remaining: durationpb.New(0)}
+	var b strings.Builder
+	printLeases(&b, []*pb.Lease{held}, true)
+	if out := b.String(); !strings.Contains(out, "unknown") || strings.Contains(out, " 0s ") {
+		t.Errorf("--stale read of a held lease past its expiry:\n%s\nwant REMAINING unknown and why", out)
+	}
+	b.Reset()
+	printLeases(&b, []*pb.Lease{held}, false)
+	if out := b.String(); strings.Contains(out, "unknown") || !strings.Contains(out, "0s") {
+		t.Errorf("read through the leader:\n%s\nwant REMAINING 0s", out)
 	}
 }
