@@ -706,15 +706,50 @@ func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *p
 // does a GOAWAY naming the limit the connection passed (--max-frame-rate);
 // a connection that just closed does not, so the limits that close one
 // are named here.
+//
+// The words are the client's, not the transport's: a node that shuts down
+// gracefully ends the stream with REASON_CLOSED ("node X is shutting down
+// (it closed the stream)"); a connection cut under the stream ("connection
+// to X lost") is no invalid_argument, which connect-go calls a stream that
+// ended mid-message ("protocol error: incomplete envelope"), nor is it
+// the node's word (new-user review: a SIGTERM read "invalid_argument:
+// protocol error: incomplete envelope: http2: server sent GOAWAY").
 func watchBroke(addr string, err error) error {
 	switch {
 	case err == nil:
-		return fmt.Errorf("%s ended the watch stream (a node shutting down does): %w", addr, errWatchEnded)
+		return fmt.Errorf("node %s ended the watch stream (a node shutting down does): %w", addr, errWatchEnded)
+	case reasonOf(err) == pb.Reason_REASON_CLOSED:
+		return fmt.Errorf("node %s is shutting down (it closed the stream): %w", addr, errWatchEnded)
 	case detailOf(err) != nil, errors.As(err, new(*UnresponsiveError)):
 		return err
 	}
-	return fmt.Errorf("the watch stream from %s broke: %w (a node closes a client's connection when it stops or restarts, and at its limits: the agent's --max-conns, or a client address's share of it, --max-frame-rate, --max-api-rate; its log names the one)", addr, err)
+	cause := err
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Unwrap() != nil {
+		cause = ce.Unwrap() // what the transport said, without connect's code
+		for {
+			inner := errors.Unwrap(cause)
+			if inner == nil {
+				break
+			}
+			cause = inner
+		}
+	}
+	return &brokenStreamError{addr: addr, cause: cause, err: err}
 }
+
+// brokenStreamError is a watch stream whose connection was cut under it.
+type brokenStreamError struct {
+	addr  string
+	cause error // the transport's innermost error (EOF, a reset, a GOAWAY)
+	err   error // the stream's error as the connect client gave it
+}
+
+func (e *brokenStreamError) Error() string {
+	return fmt.Sprintf("connection to %s lost: %v (a node closes a client's connection when it stops or restarts, and at its limits: the agent's --max-conns, or a client address's share of it, --max-frame-rate, --max-api-rate; its log names the one)", e.addr, e.cause)
+}
+
+func (e *brokenStreamError) Unwrap() error { return e.err }
 
 // firstEventWait bounds how long Watch waits for a stream's first event
 // (its listing) before it returns the channel: servers older than the

@@ -23,7 +23,10 @@ const (
 	// Close): a node's limit cut it (the agent's --max-conns, or a client
 	// address's share of it, --max-frame-rate, --max-watches), or the node
 	// stopped, restarted or shut down. Err says why, naming the limit
-	// where it is known. The channel closes after it; watch again to
+	// where it is known: "node ADDR is shutting down (it closed the
+	// stream)" for a graceful stop, "connection to ADDR lost" for a
+	// connection cut under the stream (a killed node, or a limit that
+	// closes connections). The channel closes after it; watch again to
 	// resume (raise the limit if it is one).
 	Broken EventType = "broken"
 	// Listed follows the Current events a stream begins with: they were

@@ -1022,6 +1022,12 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 	// Its initial listing pays for its leases at the turns a List of
 	// this request would (replyCost).
 	ctx = context.WithValue(ctx, watchPayKey{}, addrSource(r.Peer().Addr))
+	// A graceful stop ends the stream with ErrClosed at once (Node.stopping):
+	// the API's drain would otherwise wait its second for it and then cut
+	// the connection, which the client could only call broken.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.n.stopping, cancel)()
 	ch, err := s.n.Watch(ctx, r.Msg)
 	if err != nil {
 		return connectError(err)
@@ -1036,6 +1042,9 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 		if err := stream.Send(e); err != nil {
 			return err
 		}
+	}
+	if s.n.stopping.Err() != nil {
+		return connectError(fmt.Errorf("%w: node %s is shutting down (it closed the stream; watch another node)", ErrClosed, s.n.cfg.ID))
 	}
 	if ctx.Err() != nil {
 		return nil

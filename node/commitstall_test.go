@@ -335,3 +335,41 @@ func TestOldLeaderWithHungDiskStopsServing(t *testing.T) {
 	}
 	release()
 }
+
+// Status at a leader that cannot commit says so, in the words of its
+// refusals (new-user review M4: `leasenode status` showed "u1 leader
+// (serving)" while every acquire there failed with "leader u1 cannot
+// commit").
+func TestStatusOfLeaderThatCannotCommitSaysSo(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{})
+	li, l := c.Leader()
+	var followers []int
+	for i := range c.Size() {
+		if i != li {
+			followers = append(followers, i)
+		}
+	}
+	hung, stopped := followers[0], followers[1]
+	token := mustGrant(t, l, acq("k", "h", 1, time.Minute)).GetToken()
+	if st, err := l.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{}); err != nil || st.GetCannotCommit() != "" {
+		t.Fatalf("status of a healthy leader: %v, cannot_commit %q", err, st.GetCannotCommit())
+	}
+	release := c.Node(hung).StallLogWrites()
+	t.Cleanup(release)
+	c.Kill(stopped)
+	// A write waits at the leader: the stall is found while it does.
+	_, err := l.Extend(ctxT(t, 20*time.Second), &pb.ExtendRequest{Holder: "h", Items: []*pb.ExtendItem{{Key: "k", Token: token}}})
+	t.Logf("extend at a leader that cannot commit: %v", err)
+	st, err := l.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.GetServing() {
+		t.Logf("the leader stepped down meanwhile: nothing to show")
+		return
+	}
+	if msg := st.GetCannotCommit(); !strings.Contains(msg, "cannot commit") || !strings.Contains(msg, c.Config(stopped).ID) {
+		t.Errorf("status of a serving leader that cannot commit: cannot_commit %q, want it to say so naming the stopped voter %s", msg, c.Config(stopped).ID)
+	}
+	t.Logf("status: cannot_commit %q", st.GetCannotCommit())
+}

@@ -136,13 +136,19 @@ type Node struct {
 	waiting waiterCount
 	clock   clockSeen // when the FSM clock last moved, for stale reads
 
-	ctx       context.Context // cancelled by Close
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	goMu      sync.Mutex
-	goStopped bool // goRun starts nothing: shutdown waits for wg
-	closeOnce sync.Once
-	closeErr  error
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	// stopping is cancelled when a graceful stop begins, before the API
+	// drains: a watch stream ends then with ErrClosed, which its client
+	// reads as a node shutting down, instead of being cut when the drain's
+	// second ran out (a broken connection, "incomplete envelope").
+	stopping     context.Context
+	stopStopping context.CancelFunc
+	wg           sync.WaitGroup
+	goMu         sync.Mutex
+	goStopped    bool // goRun starts nothing: shutdown waits for wg
+	closeOnce    sync.Once
+	closeErr     error
 }
 
 // Start creates a node from cfg, opens its stores, starts Raft, gossip and
@@ -202,6 +208,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.commits = newCommitWatch(commitStallAfter(cfg.Timing), n.onCommitStall)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.stopping, n.stopStopping = context.WithCancel(n.ctx)
 	n.hub = newWatchHub()
 	n.members = newMemberTable()
 	k := cfg.Testing
@@ -624,6 +631,7 @@ func (n *Node) shutdown(ctx context.Context, mode stopMode) error {
 	// a serving leader, 12-35 ms before watches went over h2c).
 	apiDone := make(chan struct{})
 	if n.api != nil && mode != stopCrash {
+		n.stopStopping() // watch streams end, saying why
 		go func() {
 			defer close(apiDone)
 			sctx, cancel := context.WithTimeout(ctx, time.Second)

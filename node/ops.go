@@ -519,6 +519,12 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	if ls := n.serving(); ls != nil {
 		resp.Serving = true
 		resp.Waiters = uint64(ls.queues.count())
+		// A leader that cannot commit still serves reads and refuses
+		// every write: status says so (new-user review M4: it showed
+		// "(serving)" while every acquire there failed).
+		if _, _, ok := n.commits.stalled(); ok {
+			resp.CannotCommit = n.cannotCommitDetail()
+		}
 	}
 	return resp, nil
 }

@@ -279,15 +279,29 @@ func modeColumn(o leaseJSON) string {
 	return o.Mode
 }
 
-func printLeases(ls []*pb.Lease) {
-	w := table(os.Stdout)
+// printLeases prints ls as a table on out. stale says they came from a
+// --stale read: a held lease with no time left there is one the node's
+// own estimate of the leader's clock has passed, which no leader has
+// reaped (or the node has not heard of its extends): its REMAINING is
+// unknown, not 0s, and a line below the table says why (new-user review
+// L7: a --stale read without a quorum showed "held ... 0s").
+func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
+	w := table(out)
 	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
+	unknown := false
 	for _, l := range ls {
 		o := leaseOut(l)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%v\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
-			l.GetTtl().AsDuration(), l.GetRemaining().AsDuration().Round(time.Millisecond), dash(o.Value))
+		remaining := l.GetRemaining().AsDuration().Round(time.Millisecond).String()
+		if stale && l.GetState() == pb.LeaseState_LEASE_STATE_HELD && l.GetRemaining().AsDuration() <= 0 {
+			remaining, unknown = "unknown", true
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
+			l.GetTtl().AsDuration(), remaining, dash(o.Value))
 	}
 	w.Flush()
+	if unknown {
+		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
+	}
 }
 
 func dash(s string) string {
@@ -354,7 +368,7 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 		fmt.Printf("%s is free\n", pos[0])
 		return nil
 	}
-	printLeases(holdings)
+	printLeases(os.Stdout, holdings, *stale)
 	return nil
 }
 
@@ -398,7 +412,7 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 		printJSON(out)
 		return nil
 	}
-	printLeases(ls)
+	printLeases(os.Stdout, ls, *stale)
 	return nil
 }
 
@@ -611,22 +625,25 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 	}
 	defer done()
 	type row struct {
-		ID        string `json:"id"`
-		API       string `json:"api"`
-		Error     string `json:"error,omitempty"`
-		State     string `json:"raft_state,omitempty"`
-		Serving   bool   `json:"serving"`
-		Leader    string `json:"leader,omitempty"`
-		Term      uint64 `json:"term"`
-		Epoch     uint64 `json:"epoch"`
-		Commit    uint64 `json:"commit_index"`
-		Applied   uint64 `json:"applied_index"`
-		LastIndex uint64 `json:"last_index"`
-		Leases    uint64 `json:"leases"`
-		Delayed   uint64 `json:"delayed"`
-		Waiters   uint64 `json:"waiters"`
-		ClusterID string `json:"cluster_id,omitempty"`
-		Version   string `json:"version,omitempty"`
+		ID      string `json:"id"`
+		API     string `json:"api"`
+		Error   string `json:"error,omitempty"`
+		State   string `json:"raft_state,omitempty"`
+		Serving bool   `json:"serving"`
+		// CannotCommit: a leader that has committed nothing for longer
+		// than its stall bound says why (acquires there fail).
+		CannotCommit string `json:"cannot_commit,omitempty"`
+		Leader       string `json:"leader,omitempty"`
+		Term         uint64 `json:"term"`
+		Epoch        uint64 `json:"epoch"`
+		Commit       uint64 `json:"commit_index"`
+		Applied      uint64 `json:"applied_index"`
+		LastIndex    uint64 `json:"last_index"`
+		Leases       uint64 `json:"leases"`
+		Delayed      uint64 `json:"delayed"`
+		Waiters      uint64 `json:"waiters"`
+		ClusterID    string `json:"cluster_id,omitempty"`
+		Version      string `json:"version,omitempty"`
 	}
 	var (
 		rows                 []row
@@ -659,6 +676,7 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			r.Term, r.Epoch, r.Commit, r.Applied, r.LastIndex = s.GetTerm(), h.GetEpoch(), s.GetCommitIndex(), h.GetAppliedIndex(), s.GetLastIndex()
 			r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
 			r.ClusterID = s.GetClusterId()
+			r.CannotCommit = s.GetCannotCommit()
 			leaderKnown = leaderKnown || r.Leader != ""
 			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
@@ -686,7 +704,10 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 				continue
 			}
 			state := strings.ToLower(r.State)
-			if r.Serving {
+			switch {
+			case r.CannotCommit != "":
+				state += " (cannot commit)" // why: below the table
+			case r.Serving:
 				state += " (serving)"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.API, state, dash(r.Leader),
@@ -718,6 +739,13 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 					versions = append(versions, r.Version)
 				}
 				byVersion[r.Version] = append(byVersion[r.Version], r.ID)
+			}
+		}
+		// A leader that cannot commit refuses every write: say why
+		// (new-user review M4: status said "(serving)" meanwhile).
+		for _, r := range rows {
+			if r.CannotCommit != "" {
+				fmt.Printf("%s: %s\n", r.ID, r.CannotCommit)
 			}
 		}
 		if len(versions) > 1 {
@@ -869,7 +897,6 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		return err
 	}
 	defer cl.Close(context.Background())
-	fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
 	enc := json.NewEncoder(os.Stdout)
 	var seen watchSeen
 	for first := true; ctx.Err() == nil; first = false {
@@ -887,7 +914,12 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			fmt.Fprintf(os.Stderr, "leasenode watch: %v; trying again\n", err)
 			continue
 		}
-		if !first {
+		if first {
+			// Once a node took the stream, not before: a refusal (its
+			// --max-watches) was printed after "watching" (new-user
+			// review L7).
+			fmt.Fprintf(os.Stderr, "watching %q (current leases first, as held, then every change; ctrl-c stops)\n", prefix)
+		} else {
 			fmt.Fprintln(os.Stderr, "leasenode watch: watching again")
 		}
 		seen.restart()

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
+	"syscall"
 
 	"connectrpc.com/connect"
 
@@ -61,6 +63,8 @@ func hintFor(err error, verb string) string {
 			hint += "; --stale reads the local copy of the node asked, without a leader (it may be behind)"
 		}
 		return hint
+	case code == exitUnreachable && cutAtOnce(err):
+		return "a node accepted the connection and closed it before answering (above: the last error): an agent at its connection limit does that, its --max-conns or a client source's share of it (a quarter; its log says \"refused a client API connection\" and which), and so does one that is stopping; raise the agent's --max-conns, or close idle clients; check --addr (or LEASENODE_ADDR)" + status
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:
@@ -121,4 +125,12 @@ func tlsHint(p lease.TLSProblem) string {
 		return "the node requires TLS: give --tls-ca (the cluster's CA) and, if it asks for client certificates, --tls-cert and --tls-key"
 	}
 	return ""
+}
+
+// cutAtOnce reports whether err ends with a connection that a node
+// accepted and then closed (reset or EOF) before its reply: what an agent
+// at its --max-conns does to a connection it refuses (node/connlimit.go),
+// which read as an agent that is down (new-user review M3).
+func cutAtOnce(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }

@@ -255,8 +255,15 @@ func flagError(cmd *cobra.Command, err error) error {
 		ue.msg = fmt.Sprintf("--%s %q: %v", inv.GetFlag().Name, inv.GetValue(), errors.Unwrap(err))
 		ue.hint = hintForValue(inv.GetFlag())
 	case errors.As(err, &nx):
-		if s := closestFlag(cmd, strings.TrimLeft(nx.GetSpecifiedName(), "-")); s != "" {
+		name := strings.TrimLeft(nx.GetSpecifiedName(), "-")
+		if s := flagIntent(cmd, name); s != "" {
+			ue.hint = "did you mean " + s + "?"
+		} else if s := closestFlag(cmd, name); s != "" {
 			ue.hint = "did you mean --" + s + "?"
+		} else if len(name) == 1 {
+			ue.hint = "the one-letter flags of " + cmd.Name() + " are " + shorthands(cmd) + "; `leasenode " + cmd.Name() + " --help` lists all"
+		} else {
+			ue.hint = "`leasenode " + cmd.Name() + " --help` lists its flags"
 		}
 	}
 	return ue
@@ -275,6 +282,53 @@ func hintForValue(f *pflag.Flag) string {
 		return "want true or false (or just --" + f.Name + ")"
 	}
 	return ""
+}
+
+// flagIntents maps flags users of other tools type to what cmd calls
+// them (new-user review L7: --json, --count, --adress had no "did you
+// mean"). A suggestion is made only if cmd has the flag.
+var flagIntents = map[string]struct{ flag, say string }{
+	"json":      {"output", "-o json"},
+	"yaml":      {"output", "-o json"},
+	"format":    {"output", "-o json"},
+	"count":     {"n", "-n N (a semaphore of N slots)"},
+	"slots":     {"n", "-n N (a semaphore of N slots)"},
+	"limit":     {"n", "-n N (a semaphore of N slots)"},
+	"semaphore": {"n", "-n N (a semaphore of N slots)"},
+	"address":   {"addr", "--addr"},
+	"adress":    {"addr", "--addr"},
+	"endpoints": {"addr", "--addr"},
+	"endpoint":  {"addr", "--addr"},
+	"server":    {"addr", "--addr"},
+	"host":      {"addr", "--addr"},
+	"token":     {"auth-token", "--auth-token (or --auth-token-file)"},
+}
+
+// flagIntent returns what cmd calls the flag name means elsewhere, or "".
+func flagIntent(cmd *cobra.Command, name string) string {
+	in, ok := flagIntents[strings.ToLower(name)]
+	if !ok {
+		return ""
+	}
+	if cmd.Flags().Lookup(in.flag) != nil || len(in.flag) == 1 && cmd.Flags().ShorthandLookup(in.flag) != nil {
+		return in.say
+	}
+	return ""
+}
+
+// shorthands lists cmd's one-letter flags ("-n, -o").
+func shorthands(cmd *cobra.Command) string {
+	var out []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Shorthand != "" {
+			out = append(out, "-"+f.Shorthand)
+		}
+	})
+	if len(out) == 0 {
+		return "none"
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
 
 // closestFlag returns the flag of cmd closest to name (for "did you mean"),

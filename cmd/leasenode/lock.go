@@ -114,7 +114,8 @@ func (l *leaseFlags) acquire(ctx context.Context, c *lease.Client, key string, t
 				return nil, cause
 			}
 		}
-		if l.shape.n > 0 && errors.Is(err, lease.ErrInvalid) {
+		var held *lease.HeldError
+		if l.shape.n > 0 && (errors.Is(err, lease.ErrInvalid) || errors.As(err, &held)) {
 			if sc := semaphoreConflict(ctx, c, items, l.shape.n, timeout); sc != nil {
 				sc.err = err
 				return nil, sc
@@ -135,8 +136,11 @@ type semaphoreConflictError struct {
 	err        error // the cluster's refusal
 }
 
+// Error says it in the CLI's words: the cluster's refusal begins "lease:
+// invalid request:", which read as bad usage of a command that exits 4
+// (new-user review L5).
 func (e *semaphoreConflictError) Error() string {
-	return fmt.Sprintf("%v (held as a semaphore of %d: use -n %d, or wait until its holders release it or expire)", e.err, e.have, e.have)
+	return fmt.Sprintf("%q is held as a semaphore of %d, not %d: every holder of a semaphore gives the same number of slots (use -n %d, or wait until its holders release it or expire)", e.key, e.have, e.want, e.have)
 }
 
 func (e *semaphoreConflictError) Unwrap() error { return e.err }
@@ -509,12 +513,17 @@ func (ap *app) acquireCmd() *cobra.Command {
 }
 
 // printHeldJSON prints, with -o json, who holds the key an acquire was
-// refused: scripts read it from stdout; the exit code (4) and stderr stay
+// refused (or, refused for its -n, the key's semaphore size): scripts read it from stdout; the exit code (4) and stderr stay
 // as without -o json. holder_remaining_seconds is how long the key is not
 // free unless released: the rest of the holder's grant and its lock-delay,
 // if it has one (the holder extends the grant while it runs; wait_seconds,
 // the older name, says the same).
 func printHeldJSON(cf *clientFlags, err error) {
+	if sc := (*semaphoreConflictError)(nil); cf.json() && errors.As(err, &sc) {
+		// Refused for its -n: the key is a semaphore of another size.
+		printJSON(map[string]any{"key": sc.key, "acquired": false, "semaphore": sc.have, "requested": sc.want, "error": sc.Error()})
+		return
+	}
 	if he := (*lease.HeldError)(nil); cf.json() && errors.As(err, &he) {
 		printJSON(map[string]any{"key": he.Key, "acquired": false, "holder": he.Holder,
 			"holder_remaining_seconds": he.Wait.Seconds(), "wait_seconds": he.Wait.Seconds()})

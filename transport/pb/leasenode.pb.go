@@ -2319,7 +2319,14 @@ type StatusResponse struct {
 	// waiting to bootstrap does not bootstrap beside such a member, and
 	// neither do the nodes that ask it (it may be a restored node that is
 	// down for a while, which the askers never saw).
-	SeenCluster   string `protobuf:"bytes,14,opt,name=seen_cluster,json=seenCluster,proto3" json:"seen_cluster,omitempty"`
+	SeenCluster string `protobuf:"bytes,14,opt,name=seen_cluster,json=seenCluster,proto3" json:"seen_cluster,omitempty"`
+	// cannot_commit: set on a leader that has committed nothing for longer
+	// than its stall bound while requests waited (its disk, or a majority of
+	// its voters, is behind): why, in the words its refusals use. `leasenode
+	// status` shows it instead of "(serving)": acquires there fail until it
+	// commits again or steps down. Empty otherwise, and from versions that
+	// predate the field.
+	CannotCommit  string `protobuf:"bytes,15,opt,name=cannot_commit,json=cannotCommit,proto3" json:"cannot_commit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2448,6 +2455,13 @@ func (x *StatusResponse) GetVersion() string {
 func (x *StatusResponse) GetSeenCluster() string {
 	if x != nil {
 		return x.SeenCluster
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetCannotCommit() string {
+	if x != nil {
+		return x.CannotCommit
 	}
 	return ""
 }
@@ -2733,7 +2747,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x0fMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12.\n" +
 	"\amembers\x18\x02 \x03(\v2\x14.leasenode.v1.MemberR\amembers\"\x0f\n" +
-	"\rStatusRequest\"\xa9\x03\n" +
+	"\rStatusRequest\"\xce\x03\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -2752,7 +2766,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\f \x01(\tR\tclusterId\x12\x18\n" +
 	"\aversion\x18\r \x01(\tR\aversion\x12!\n" +
-	"\fseen_cluster\x18\x0e \x01(\tR\vseenCluster\"\x98\x01\n" +
+	"\fseen_cluster\x18\x0e \x01(\tR\vseenCluster\x12#\n" +
+	"\rcannot_commit\x18\x0f \x01(\tR\fcannotCommit\"\x98\x01\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +
