@@ -1317,17 +1317,22 @@ func (f *FSM) Holdings(key string) []Lease {
 // appendHoldings appends ks's records in read order: live holdings, then
 // remnants, each in token order.
 func appendHoldings(dst []Lease, ks *keyState) []Lease {
+	return appendRecords(dst, ks, (*record).lease)
+}
+
+// appendRecords appends ks's records in read order, each as as makes it.
+func appendRecords(dst []Lease, ks *keyState, as func(*record) Lease) []Lease {
 	if ks == nil {
 		return dst
 	}
 	for _, r := range ks.recs {
 		if r.State == StateHeld {
-			dst = append(dst, r.lease())
+			dst = append(dst, as(r))
 		}
 	}
 	for _, r := range ks.recs {
 		if r.State != StateHeld {
-			dst = append(dst, r.lease())
+			dst = append(dst, as(r))
 		}
 	}
 	return dst
@@ -1418,20 +1423,7 @@ func (f *FSM) ViewHoldings(key string, fn func(holdings []Lease)) {
 
 // appendViews is appendHoldings with views (record.view) for copies.
 func appendViews(dst []Lease, ks *keyState) []Lease {
-	if ks == nil {
-		return dst
-	}
-	for _, r := range ks.recs {
-		if r.State == StateHeld {
-			dst = append(dst, r.view())
-		}
-	}
-	for _, r := range ks.recs {
-		if r.State != StateHeld {
-			dst = append(dst, r.view())
-		}
-	}
-	return dst
+	return appendRecords(dst, ks, (*record).view)
 }
 
 // Stats is a summary of the state.

@@ -25,14 +25,7 @@ import (
 // is back, the key is granted as usual, to one holder.
 func TestWaitAtLeaderThatCannotCommitGivesUp(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{API: true})
-	li, l := c.Leader()
-	var followers []int
-	for i := 0; i < c.Size(); i++ {
-		if i != li {
-			followers = append(followers, i)
-		}
-	}
-	hung, stopped := followers[0], followers[1]
+	l, hung, stopped := leaderAndFollowers(c)
 	dial := func(holder string, opts ...lease.Option) *lease.Client {
 		t.Helper()
 		opts = append([]lease.Option{lease.WithHolder(holder)}, opts...)
@@ -208,14 +201,7 @@ func TestLeaderOwnDiskHungFailsOver(t *testing.T) {
 // context and said nothing of why.
 func TestExtendAndReleaseAtLeaderThatCannotCommitSaySo(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{})
-	li, l := c.Leader()
-	var followers []int
-	for i := range c.Size() {
-		if i != li {
-			followers = append(followers, i)
-		}
-	}
-	hung, stopped := followers[0], followers[1]
+	l, hung, stopped := leaderAndFollowers(c)
 	tokens := map[string]uint64{}
 	for i, key := range []string{"extended", "released", "later"} {
 		tokens[key] = mustGrant(t, l, acq(key, "h", uint64(i+1), time.Minute)).GetToken()
@@ -342,14 +328,7 @@ func TestOldLeaderWithHungDiskStopsServing(t *testing.T) {
 // commit").
 func TestStatusOfLeaderThatCannotCommitSaysSo(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{})
-	li, l := c.Leader()
-	var followers []int
-	for i := range c.Size() {
-		if i != li {
-			followers = append(followers, i)
-		}
-	}
-	hung, stopped := followers[0], followers[1]
+	l, hung, stopped := leaderAndFollowers(c)
 	token := mustGrant(t, l, acq("k", "h", 1, time.Minute)).GetToken()
 	if st, err := l.Status(ctxT(t, 5*time.Second), &pb.StatusRequest{}); err != nil || st.GetCannotCommit() != "" {
 		t.Fatalf("status of a healthy leader: %v, cannot_commit %q", err, st.GetCannotCommit())
@@ -372,4 +351,17 @@ func TestStatusOfLeaderThatCannotCommitSaysSo(t *testing.T) {
 		t.Errorf("status of a serving leader that cannot commit: cannot_commit %q, want it to say so naming the stopped voter %s", msg, c.Config(stopped).ID)
 	}
 	t.Logf("status: cannot_commit %q", st.GetCannotCommit())
+}
+
+// leaderAndFollowers returns c's leader and the indexes of its two
+// followers (the one whose disk the test hangs, the one it stops).
+func leaderAndFollowers(c *nodetest.Cluster) (l *node.Node, hung, stopped int) {
+	li, l := c.Leader()
+	var followers []int
+	for i := range c.Size() {
+		if i != li {
+			followers = append(followers, i)
+		}
+	}
+	return l, followers[0], followers[1]
 }
