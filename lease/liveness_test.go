@@ -263,16 +263,12 @@ func TestLivenessCheckLeavesWaitsAlone(t *testing.T) {
 	if err != nil || held == nil {
 		t.Fatalf("holder: %v %v", held, err)
 	}
-	type result struct {
-		l   *lease.Lease
-		err error
-	}
-	got := make(chan result, 1)
+	got := make(chan waitResult, 1)
 	acquires.Store(0)
 	statuses.Store(0)
 	go func() {
 		l, err := waiter.Acquire(ctxT(t, 30*time.Second), "k")
-		got <- result{l, err}
+		got <- waitResult{l, err}
 	}()
 	// Let the wait outlast several checks, each answered.
 	nodetest.Eventually(t, 20*time.Second, func() error {
@@ -281,20 +277,7 @@ func TestLivenessCheckLeavesWaitsAlone(t *testing.T) {
 		}
 		return nil
 	})
-	if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-got:
-		if r.err != nil || r.l == nil {
-			t.Fatalf("waiting acquire: %v %v", r.l, r.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("waiting acquire not granted after the release")
-	}
-	if n := acquires.Load(); n != 1 {
-		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (the wait was cut short)", n)
-	}
+	releaseAndGrantOnce(t, held, got, &acquires, "the wait was cut short")
 }
 
 // Scenario (adversarial review s35): a live node on a loaded host
@@ -346,14 +329,10 @@ func TestSlowLivenessChecksLeaveWaitsAlone(t *testing.T) {
 	}
 	slow.Store(true)
 	acquires.Store(0)
-	type result struct {
-		l   *lease.Lease
-		err error
-	}
-	got := make(chan result, 1)
+	got := make(chan waitResult, 1)
 	go func() {
 		l, err := waiter.Acquire(ctxT(t, 30*time.Second), "k")
-		got <- result{l, err}
+		got <- waitResult{l, err}
 	}()
 	// Let the wait outlast three slow checks, each answered.
 	deadline := time.Now().Add(20 * time.Second)
@@ -367,20 +346,7 @@ func TestSlowLivenessChecksLeaveWaitsAlone(t *testing.T) {
 			t.Fatalf("%d slow checks answered in 20 s, want 3", slowChecks.Load())
 		}
 	}
-	if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-got:
-		if r.err != nil || r.l == nil {
-			t.Fatalf("waiting acquire: %v %v", r.l, r.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("waiting acquire not granted after the release")
-	}
-	if n := acquires.Load(); n != 1 {
-		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (a slow check cut the wait short)", n)
-	}
+	releaseAndGrantOnce(t, held, got, &acquires, "a slow check cut the wait short")
 }
 
 // The check is off with a zero timeout, and a negative one is refused, as
@@ -542,4 +508,31 @@ func TestWatchOfAStoppedClusterFails(t *testing.T) {
 		}
 	}
 	t.Fatalf("Watch of a stopped cluster opened %d streams in 2 s without an error", opened)
+}
+
+// waitResult is how a waiting acquire ended.
+type waitResult struct {
+	l   *lease.Lease
+	err error
+}
+
+// releaseAndGrantOnce releases held and expects the acquire waiting for
+// it (reporting on got) granted, by one Acquire request (acquires); if
+// not, why the wait must have been cut short.
+func releaseAndGrantOnce(t *testing.T, held *lease.Lease, got <-chan waitResult, acquires *atomic.Int64, why string) {
+	t.Helper()
+	if err := held.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || r.l == nil {
+			t.Fatalf("waiting acquire: %v %v", r.l, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("waiting acquire not granted after the release")
+	}
+	if n := acquires.Load(); n != 1 {
+		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (%s)", n, why)
+	}
 }
