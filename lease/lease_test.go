@@ -348,7 +348,10 @@ func TestLeaseSurvivesFailover(t *testing.T) {
 	c.Restart(li)
 }
 
-// Scenario: a Lease dropped without Release is released by its cleanup.
+// Scenario: a Lease dropped without Release is released by its cleanup,
+// once the validity in force when it was dropped has ended (releaseDropped).
+// With the default TTL (10 s) that end fell on the wait's own 10 s
+// deadline, and a loaded host failed it.
 func TestDroppedLeaseReleased(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 1, BootstrapExpect: 1})
 	_, n := c.Leader()
@@ -358,12 +361,12 @@ func TestDroppedLeaseReleased(t *testing.T) {
 	}
 	defer cl.Close(context.Background())
 	func() {
-		l, err := cl.Acquire(ctxT(t, 5*time.Second), "dropped")
+		l, err := cl.Acquire(ctxT(t, 5*time.Second), "dropped", lease.TTL(2*time.Second))
 		if err != nil || l == nil {
 			t.Fatal(err)
 		}
 	}()
-	nodetest.Eventually(t, 10*time.Second, func() error {
+	nodetest.Eventually(t, 20*time.Second, func() error {
 		runtime.GC()
 		info, err := cl.Get(context.Background(), "dropped")
 		if err != nil {

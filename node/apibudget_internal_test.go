@@ -333,7 +333,16 @@ func TestLargeChargesAreTheirSourcesDebt(t *testing.T) {
 	b, clk := testBudget(t) // 1,000 units a second, a burst of 100, spent
 	n := &Node{apiWork: b}
 	done := make(chan error, 1)
-	go func() { done <- n.payKeys(context.Background(), "big", 10_000) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- n.payKeys(ctx, "big", 10_000) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("the large charge did not end with its context")
+		}
+	})
 	waitFor(t, 10*time.Second, func() error {
 		b.mu.Lock()
 		defer b.mu.Unlock()

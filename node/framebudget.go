@@ -350,6 +350,14 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// backlogBytes is how many unread bytes make a backlog. A client's
+// WINDOW_UPDATEs and next request, queued while its source's turns paid
+// for its large reply in small pieces, are a few hundred bytes, and at
+// any size they made a backlog: a sequential client reading 60 KB
+// replies had its connection closed as a flooder after 2 s. A flood
+// passes 4 KiB within its first second of paced reads.
+const backlogBytes = 4 << 10
+
 // backlogged notes whether the connection keeps a backlog: bytes queued
 // unread in its socket, from a read that was paced (the budget held it
 // back) until a read that leaves nothing queued (it caught up). It
@@ -371,8 +379,8 @@ func (c *frameConn) backlogged(paced bool) bool {
 	return now-c.backlogFrom >= c.b.maxBacklog
 }
 
-// queued reports whether bytes the peer sent wait unread below c: in the
-// TLS layer's buffer or the socket's receive queue.
+// queued reports whether more bytes than backlogBytes the peer sent wait
+// unread in the socket's receive queue below c.
 func queued(c net.Conn) bool {
 	for {
 		switch x := c.(type) {
@@ -382,7 +390,7 @@ func queued(c net.Conn) bool {
 			c = x.Conn
 		case syscall.Conn:
 			n, ok := unread(x)
-			return ok && n > 0
+			return ok && n > backlogBytes
 		default:
 			return false
 		}

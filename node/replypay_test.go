@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +44,19 @@ func parkedIn(fn string) int {
 	return bytes.Count(b.Bytes(), []byte(fn+"("))
 }
 
+// stacksIn is the stacks of the goroutines in fn.
+func stacksIn(fn string) string {
+	var b bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	var out []string
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, fn) {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
 // noneParked waits until no goroutine pays the API budget (payUnits),
 // those of an earlier test's closed node included (its handlers end as
 // its connections close), and returns how many do: 0.
@@ -51,7 +65,7 @@ func noneParked(t *testing.T) int {
 	n := 0
 	nodetest.Eventually(t, 30*time.Second, func() error {
 		if n = parkedIn("node.(*Node).payUnits"); n > 0 {
-			return fmt.Errorf("%d goroutines of an earlier test still pay the API budget", n)
+			return fmt.Errorf("%d goroutines of an earlier test still pay the API budget: %s", n, stacksIn("node.(*Node).payUnits("))
 		}
 		return nil
 	})
