@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -15,11 +16,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
 	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/pb/pbconnect"
@@ -328,6 +331,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		if lc := requestConn(r); lc != nil {
 			lb.conn, lb.watch = lc, lc.watchBody()
 			defer lc.unwatchBody(lb.watch)
+			slot.holder = newRoomHolder(lc, lb.watch, r.ProtoMajor == 1)
 		}
 		if room := lb.room(); room > 0 {
 			// A body of declared length that pays for its bytes waits
@@ -521,6 +525,8 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	var mbe *http.MaxBytesError
 	var ne net.Error
 	switch {
+	case err != nil && err != io.EOF && b.slot.reclaimed():
+		err = b.slot.g.reclaimedErr(b.timeout)
 	case errors.As(err, &mbe):
 		err = requestTooLarge(b.max, "")
 	case errors.As(err, &ne) && ne.Timeout():
@@ -646,6 +652,13 @@ func requestEncoding(h http.Header) string {
 // room is given first come first served, and a source waits for it
 // with its one turn, so sources take it in turn. A body that waits for
 // it longer than the read timeout is refused, naming the limit.
+//
+// While others wait for room, a body that holds room and cannot arrive
+// in time gives it up (bodyGate.reclaim): its read ends with an error
+// naming the limit, its connection is closed. 24 /24s trickling 4 MB
+// bodies held all of the room up to the read timeout, and redialed;
+// others' bodies waited behind them for theirs, and were refused
+// (outsider review s35).
 const (
 	bigBodyBytes      = 256 << 10
 	maxBigBodies      = 2
@@ -661,6 +674,114 @@ type bodyGate struct {
 	budget   int64         // bytes of large bodies held at once (maxLargeBodyBytes)
 	held     int64         // bytes of large bodies held
 	queue    []*roomWaiter // waiting for room, first come first served
+	// holders are the bodies holding room whose arrival can be watched
+	// (reclaim).
+	holders map[*roomHolder]struct{}
+	// reclaimedBodies counts the bodies whose room was reclaimed
+	// (Node.Refusals: body_room); warn limits their log lines.
+	reclaimedBodies atomic.Uint64
+	log             *slog.Logger
+	warn            *loglimit.Limiter
+}
+
+// Reclaiming room: while others wait for room, a body holding it whose
+// bytes arrived, over its last reclaimGrace of waiting for them (not for
+// its turns of the API budget), at less than half the rate that would
+// bring the rest of it before the read timeout, is reclaimed: it could
+// not arrive in time, or its client is not sending it (a sender that
+// sent most of a body at once, then trickles the rest, is caught as one
+// that trickles all of it). A client that sends its body at once, as
+// every client of the API does, is never reclaimed. The waiters look
+// every reclaimEvery.
+const (
+	reclaimGrace = time.Second
+	reclaimEvery = 250 * time.Millisecond
+)
+
+// roomHolder is a body that holds (or may hold) room, as the gate
+// watches it.
+type roomHolder struct {
+	// pace reports the body's bytes, the time its reads waited for
+	// them, and its age, at a time (limitedConn.bodyPace).
+	pace func(time.Time) (got int64, waited, age time.Duration)
+	// end ends the body's read in progress and its connection.
+	end  func()
+	done atomic.Bool // reclaimed
+
+	// Guarded by bodyGate.mu: the room it holds, and the start of the
+	// window its rate is measured over (bytes, time waited).
+	size      int64
+	markGot   int64
+	markWaits time.Duration
+}
+
+// newRoomHolder returns the holder of the body w watches on c: its read
+// in progress ends with a read deadline on HTTP/1 (the request is then
+// answered, naming the limit, and the connection closed after it),
+// with the connection on HTTP/2 (net/http gives no way to reset one
+// stream from outside).
+func newRoomHolder(c *limitedConn, w *bodyWatch, http1 bool) *roomHolder {
+	return &roomHolder{
+		pace: func(now time.Time) (int64, time.Duration, time.Duration) { return c.bodyPace(w, now) },
+		end: func() {
+			if http1 {
+				_ = c.Conn.SetReadDeadline(time.Now())
+				return
+			}
+			c.Close()
+		},
+	}
+}
+
+// hopeless reports whether h, at now, is too slow to arrive within
+// timeout of its first read (see reclaimGrace), and moves its window on
+// once it spans reclaimGrace. Called with bodyGate.mu held.
+func (h *roomHolder) hopeless(now time.Time, timeout time.Duration) bool {
+	got, waited, age := h.pace(now)
+	span := waited - h.markWaits
+	if span < reclaimGrace {
+		return false
+	}
+	rate := float64(got-h.markGot) / span.Seconds()
+	h.markGot, h.markWaits = got, waited
+	left := h.size - got
+	return left > 0 && 2*rate*max(timeout-age, 0).Seconds() < float64(left)
+}
+
+// reclaim takes back, at now, the room of the bodies that hold it and
+// cannot arrive within timeout (see reclaimGrace): a waiter for room
+// asks.
+func (g *bodyGate) reclaim(now time.Time, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	var ended []*roomHolder
+	g.mu.Lock()
+	for h := range g.holders {
+		if h.hopeless(now, timeout) {
+			h.done.Store(true)
+			delete(g.holders, h)
+			ended = append(ended, h)
+		}
+	}
+	g.mu.Unlock()
+	for _, h := range ended {
+		h.end()
+		g.reclaimedBodies.Add(1)
+		if ok, skipped := g.warn.Allow("body_room"); ok {
+			args := []any{"room_bytes", g.budget, "reclaimed", g.reclaimedBodies.Load()}
+			if skipped > 0 {
+				args = append(args, loglimit.Skipped, skipped)
+			}
+			g.log.Warn("ended a request body too slow to arrive within the read timeout, to give its room among the large bodies to others waiting for it (clients must send a body at once)", args...)
+		}
+	}
+}
+
+// reclaimedErr is the refusal of a body whose room was reclaimed.
+func (g *bodyGate) reclaimedErr(timeout time.Duration) error {
+	return connect.NewError(connect.CodeResourceExhausted,
+		fmt.Errorf("request body arriving too slowly to be read within %v (the agent's read timeout) while others waited for room among the request bodies over %d KiB the agent holds at once (%d MiB node-wide, fixed): its room was given to them; send the whole body at once", timeout, apiFreeBodyBytes>>10, g.budget>>20))
 }
 
 // roomWaiter is a large body waiting for room (bodyGate.room).
@@ -690,15 +811,24 @@ func (g *bodyGate) room(ctx context.Context, size int64, timeout time.Duration) 
 		defer t.Stop()
 		expired = t.C
 	}
+	look := time.NewTicker(reclaimEvery)
+	defer look.Stop()
 	var err error
-	select {
-	case <-w.ready:
-		return size, nil
-	case <-ctx.Done():
-		err = context.Cause(ctx)
-	case <-expired:
-		err = connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the request bodies over %d KiB the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, apiFreeBodyBytes>>10, g.budget>>20))
+wait:
+	for {
+		select {
+		case <-w.ready:
+			return size, nil
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+			break wait
+		case <-expired:
+			err = connect.NewError(connect.CodeResourceExhausted,
+				fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the request bodies over %d KiB the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, apiFreeBodyBytes>>10, g.budget>>20))
+			break wait
+		case now := <-look.C:
+			g.reclaim(now, timeout)
+		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -772,7 +902,13 @@ type bodySlot struct {
 	tok   *srcToken // held
 	dec   bool      // a decoding slot held
 	bytes int64     // room held among the large bodies (bodyGate.room)
+	// holder, if set, lets the gate watch the body while it holds room
+	// (bodyGate.reclaim).
+	holder *roomHolder
 }
+
+// reclaimed reports whether the gate took back the body's room.
+func (s *bodySlot) reclaimed() bool { return s.holder != nil && s.holder.done.Load() }
 
 // bodySlotKey carries a request's *bodySlot in its context.
 type bodySlotKey struct{}
@@ -828,6 +964,18 @@ func (s *bodySlot) hold(size int64, timeout time.Duration) error {
 	}
 	got, err := s.g.room(s.ctx, more, timeout)
 	s.bytes += got
+	if h := s.holder; h != nil && got > 0 {
+		s.g.mu.Lock()
+		if !h.done.Load() {
+			if _, ok := s.g.holders[h]; !ok {
+				// Its rate is measured from here: the wait for room is not its.
+				h.markGot, h.markWaits, _ = h.pace(time.Now())
+			}
+			h.size = s.bytes
+			s.g.holders[h] = struct{}{}
+		}
+		s.g.mu.Unlock()
+	}
 	return err
 }
 
@@ -835,6 +983,11 @@ func (s *bodySlot) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.bytes > 0 {
+		if s.holder != nil {
+			s.g.mu.Lock()
+			delete(s.g.holders, s.holder)
+			s.g.mu.Unlock()
+		}
 		s.g.unroom(s.bytes)
 		s.bytes = 0
 	}

@@ -487,6 +487,135 @@ func TestManyLargeBodiesHoldBoundedMemory(t *testing.T) {
 	}
 }
 
+// Bodies that hold the node's room for large bodies and cannot arrive
+// within the read timeout give it up to others waiting for it: 24 /24s
+// trickling 4 MB bodies held all of the 32 MiB until the read timeout,
+// and redialed; other clients' bodies waited for room behind them and
+// were refused (outsider review s35). Here two senders of 512 KiB bodies
+// fill a room of 1 MiB, each sending 200 KiB at once and then a few
+// bytes at a time, over HTTP/1.1 or h2c; another /24's 60 KB Extend must
+// be read meanwhile, and an HTTP/1.1 sender told why its request failed.
+func TestSlowBodiesGiveUpTheirRoom(t *testing.T) {
+	const (
+		room     = 1 << 20
+		bodySize = 512 << 10
+	)
+	head := `{"holder":"h","items":[` + strings.Repeat(" ", 200<<10)
+	// trickle sends 60 bytes a second through w until done is closed.
+	trickle := func(w io.Writer, done <-chan struct{}) {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if _, err := w.Write([]byte("      ")); err != nil {
+					return
+				}
+			}
+		}
+	}
+	// Each sender returns the answer to its slow body.
+	senders := map[string]func(t *testing.T, ip string, l *node.Node) <-chan string{
+		"HTTP/1.1": func(t *testing.T, ip string, l *node.Node) <-chan string {
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+			raw, err := d.Dial("tcp", l.APIAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { raw.Close() })
+			_ = raw.SetDeadline(time.Now().Add(60 * time.Second))
+			if _, err := fmt.Fprintf(raw, "POST /leasenode.v1.LeaseService/Extend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", bodySize, head); err != nil {
+				t.Fatal(err)
+			}
+			answer, done := make(chan string, 1), make(chan struct{})
+			go trickle(raw, done)
+			go func() {
+				b, _ := io.ReadAll(raw) // the answer, until the node closes
+				close(done)
+				answer <- string(b)
+			}()
+			return answer
+		},
+		"h2c": func(t *testing.T, ip string, l *node.Node) <-chan string {
+			tr := &http.Transport{Protocols: new(http.Protocols)}
+			tr.Protocols.SetUnencryptedHTTP2(true)
+			tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext
+			t.Cleanup(tr.CloseIdleConnections)
+			pr, pw := io.Pipe()
+			req, _ := http.NewRequest("POST", "http://"+l.APIAddr()+"/leasenode.v1.LeaseService/Extend", pr)
+			req.ContentLength = bodySize
+			req.Header.Set("Content-Type", "application/json")
+			answer, done := make(chan string, 1), make(chan struct{})
+			go func() {
+				if _, err := io.WriteString(pw, head); err == nil {
+					trickle(pw, done)
+				}
+			}()
+			go func() {
+				defer pw.Close()
+				resp, err := (&http.Client{Transport: tr, Timeout: 60 * time.Second}).Do(req)
+				close(done)
+				if err != nil {
+					answer <- err.Error()
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				answer <- fmt.Sprintf("HTTP/%d %d %s", resp.ProtoMajor, resp.StatusCode, b)
+			}()
+			return answer
+		},
+	}
+	for _, proto := range []string{"HTTP/1.1", "h2c"} {
+		t.Run(proto, func(t *testing.T) {
+			c := nodetest.New(t, nodetest.Options{Size: 1, API: true})
+			_, l := c.Leader()
+			l.SetLargeBodyBytes(room)
+			var answers []<-chan string
+			for _, ip := range []string{"127.0.31.1", "127.0.32.1"} {
+				answers = append(answers, senders[proto](t, ip, l))
+			}
+			nodetest.Eventually(t, 10*time.Second, func() error {
+				if held := l.LargeBodyRoomHeld(); held < room {
+					return fmt.Errorf("slow bodies hold %d of the %d bytes of room", held, room)
+				}
+				return nil
+			})
+
+			req := &pb.ExtendRequest{Holder: "h"}
+			for i := range 4000 { // ~70 KB
+				req.Items = append(req.Items, &pb.ExtendItem{Key: fmt.Sprintf("key-%08d", i), Token: 1})
+			}
+			start := time.Now()
+			_, err := http1From(t, "127.0.33.1", l, nil, "").Extend(ctxT(t, 30*time.Second), connect.NewRequest(req))
+			took := time.Since(start)
+			t.Logf("an Extend beside two slow bodies holding all the room: answered in %v (%v)", took.Round(time.Millisecond), err)
+			if err != nil {
+				t.Fatalf("another /24's Extend beside slow bodies holding the room: %v", err)
+			}
+			if took > 5*time.Second {
+				t.Errorf("another /24's Extend waited %v for room held by slow bodies", took)
+			}
+			for _, answer := range answers {
+				select {
+				case a := <-answer:
+					t.Logf("a slow sender's answer: %.300q", a)
+					if proto == "HTTP/1.1" && (!strings.Contains(a, "room among the request bodies") || !strings.Contains(a, "send the whole body at once")) {
+						t.Errorf("a slow sender was answered %q: it should say its room was given to others", a)
+					}
+				case <-time.After(20 * time.Second):
+					t.Fatal("a slow sender was not answered")
+				}
+			}
+			if n := refusals(t, l, node.PortAPI, "body_room"); n < 1 {
+				t.Errorf("refusals for body_room: %d, want at least 1", n)
+			}
+		})
+	}
+}
+
 // http1From returns a client of n's API over HTTP/1.1 from the local
 // address ip, with one connection (as many as calls in flight), over
 // TLS if tlsCfg is set, sending token if set.

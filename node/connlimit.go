@@ -226,6 +226,10 @@ type bodyWatch struct {
 	since   time.Time // its first read; zero before
 	got     int64     // bytes read
 	reading bool      // a read of it waits for the client
+	// readAt is when the read in progress began; waited sums the time
+	// its reads spent waiting for the client, that one aside.
+	readAt time.Time
+	waited time.Duration
 }
 
 // Stalled bodies: a connection whose every request in flight has waited
@@ -277,13 +281,36 @@ func (c *limitedConn) unwatchBody(w *bodyWatch) {
 // bodyRead notes that a read of w's body begins (start) or returned n
 // bytes.
 func (c *limitedConn) bodyRead(w *bodyWatch, start bool, n int) {
+	now := time.Now()
 	c.bodyMu.Lock()
 	if start && w.since.IsZero() {
-		w.since = time.Now()
+		w.since = now
+	}
+	switch {
+	case start:
+		w.readAt = now
+	case w.reading:
+		w.waited += now.Sub(w.readAt)
 	}
 	w.reading = start
 	w.got += int64(n)
 	c.bodyMu.Unlock()
+}
+
+// bodyPace reports, at now, how many bytes of the body w watches have
+// arrived, how long its reads have waited for them in all (not its waits
+// for turns of the API budget), and how long ago its first read began.
+func (c *limitedConn) bodyPace(w *bodyWatch, now time.Time) (got int64, waited, age time.Duration) {
+	c.bodyMu.Lock()
+	defer c.bodyMu.Unlock()
+	waited = w.waited
+	if w.reading {
+		waited += now.Sub(w.readAt)
+	}
+	if !w.since.IsZero() {
+		age = now.Sub(w.since)
+	}
+	return w.got, waited, age
 }
 
 // stalled reports whether c is stalled at now (see stallGrace): it has

@@ -110,6 +110,14 @@ func (n *Node) LargeBodySources() int {
 	return len(n.bigBodies.srcs)
 }
 
+// LargeBodyRoomHeld reports the bytes of room the node's large request
+// bodies hold (bodyGate).
+func (n *Node) LargeBodyRoomHeld() int64 {
+	n.bigBodies.mu.Lock()
+	defer n.bigBodies.mu.Unlock()
+	return n.bigBodies.held
+}
+
 // SetLargeBodyBytes sets the bytes of large request bodies the node
 // holds at once (maxLargeBodyBytes), before any request is served.
 func (n *Node) SetLargeBodyBytes(b int64) {

@@ -61,7 +61,10 @@ const (
 //     them, once per 10 s;
 //   - handshake_rate: connections to a TLS API closed after their first
 //     bytes, before their TLS handshake, past Limits.MaxHandshakeRate or
-//     Limits.MaxHandshakeRatePerSource.
+//     Limits.MaxHandshakeRatePerSource;
+//   - body_room: request bodies over 4 KiB ended, and their connections
+//     closed, for arriving too slowly to be read within Limits.ReadTimeout
+//     while others waited for room among the node's large bodies (32 MiB).
 //
 // Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
 // them); only the connections closed for a lasting backlog are.
@@ -94,6 +97,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "api_rate", Count: apiRate},
 		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
 		transport.Refusal{Port: PortAPI, Reason: "handshake_rate", Count: hsRate},
+		transport.Refusal{Port: PortAPI, Reason: "body_room", Count: n.bigBodies.reclaimedBodies.Load()},
 	)
 }
 
