@@ -328,6 +328,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
 		}
+		lb.h2 = r.ProtoMajor == 2
 		if lc := requestConn(r); lc != nil {
 			lb.conn, lb.watch = lc, lc.watchBody()
 			defer lc.unwatchBody(lb.watch)
@@ -340,7 +341,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			// body keeps that body's size, and 785 Extends of 261 KB
 			// from 8 /24s waiting for their turns mid-read held 56 MB
 			// of them (review s35).
-			if err := slot.hold(room, lb.timeout); err != nil {
+			if err := lb.hold(room); err != nil {
 				refuse(w, r, err, http.StatusTooManyRequests)
 				return
 			}
@@ -491,6 +492,34 @@ type limitedBody struct {
 	// for the connLimiter (limitedConn.stalled).
 	conn  *limitedConn
 	watch *bodyWatch
+	h2    bool // sent over HTTP/2
+}
+
+// Waiting bodies of an HTTP/2 connection: a body that waits for its
+// source's turn or for room (bodySlot.hold) is unread, and the stream
+// window of it its client sent holds as much of its connection's window;
+// past maxWaitingBodies of them the connection's window is full, and a
+// body of the connection that holds the turn can receive no more of its
+// bytes: eight Extends of 70 KB sent at once by one gRPC client on one
+// connection waited for each other until the read timeout (10 s), and
+// five failed saying their client sent them too slowly. A body past
+// maxWaitingBodies is refused at once (its stream reset gives back the
+// window its bytes held), naming the limit.
+const maxWaitingBodies = h2ConnWindow/h2StreamWindow - 1
+
+// hold takes b's slot's turn and room for size bytes (bodySlot.hold),
+// refused at once if it would be one more than maxWaitingBodies of its
+// HTTP/2 connection waiting.
+func (b *limitedBody) hold(size int64) error {
+	if b.h2 && b.conn != nil {
+		if !b.conn.waitBody() {
+			return connect.NewError(connect.CodeResourceExhausted,
+				fmt.Errorf("%d request bodies over %d KiB already wait to be read on this HTTP/2 connection: the agent reads one such body at a time from a client source (IPv4 /24, IPv6 /64), and a connection's flow-control window (%d KiB) holds the first %d KiB of at most %d waiting; send fewer large requests at once on one connection (use more connections, or wait for replies)",
+					maxWaitingBodies, apiFreeBodyBytes>>10, h2ConnWindow>>10, h2StreamWindow>>10, maxWaitingBodies))
+		}
+		defer b.conn.doneWaiting()
+	}
+	return b.slot.hold(size, b.timeout)
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -553,7 +582,7 @@ func (b *limitedBody) allow(p []byte) ([]byte, error) {
 		return p, nil // all of it read: what is left is the EOF
 	}
 	if room := b.room(); room > b.held {
-		if err := b.slot.hold(room, b.timeout); err != nil {
+		if err := b.hold(room); err != nil {
 			return nil, err
 		}
 		b.held = room

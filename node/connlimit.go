@@ -214,6 +214,9 @@ type limitedConn struct {
 	bodyMu sync.Mutex
 	reqs   int                     // requests in its handlers (countRequests)
 	bodies map[*bodyWatch]struct{} // their bodies the guard reads
+	// waiting counts its HTTP/2 request bodies waiting, unread, for
+	// their source's turn or room (limitedBody.hold).
+	waiting int
 	// cancel ends the context of its requests (connContext) once it is
 	// closed (shut); nil until net/http asked for that context.
 	cancel context.CancelCauseFunc
@@ -255,6 +258,25 @@ func (c *limitedConn) requestStarted() {
 func (c *limitedConn) requestDone() {
 	c.bodyMu.Lock()
 	c.reqs--
+	c.bodyMu.Unlock()
+}
+
+// waitBody notes that one more of c's HTTP/2 request bodies waits for
+// its turn or room, and reports false, noting nothing, if
+// maxWaitingBodies wait already; doneWaiting notes one less.
+func (c *limitedConn) waitBody() bool {
+	c.bodyMu.Lock()
+	defer c.bodyMu.Unlock()
+	if c.waiting >= maxWaitingBodies {
+		return false
+	}
+	c.waiting++
+	return true
+}
+
+func (c *limitedConn) doneWaiting() {
+	c.bodyMu.Lock()
+	c.waiting--
 	c.bodyMu.Unlock()
 }
 
