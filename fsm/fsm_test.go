@@ -354,7 +354,14 @@ func TestNoExtendAfterExpiry(t *testing.T) {
 				apply(t, f, idx, st(1, at), fsm.Expire{})
 				idx++
 			}
+			held, split := f.ExtendSplit("c1", []fsm.ExtendItem{{Key: "a", Token: 2}}, tc.at)
 			r := one(t, f, idx, st(1, tc.at), ext("c1", "a", 2))
+			// What a leader answers without proposing is what applying
+			// it gives (adversarial review s36: an expired holding's
+			// holder was named).
+			if len(held) == 1 && r.Code != fsm.Extended || len(held) == 0 && (split[0].Code != r.Code || split[0].Holder != r.Holder || split[0].Token != r.Token) {
+				t.Errorf("ExtendSplit: held %v, %+v; applied: %+v", held, split[0], r)
+			}
 			if r.Code != tc.want {
 				t.Fatalf("extend: %+v, want %v", r, tc.want)
 			}

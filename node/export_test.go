@@ -69,6 +69,18 @@ func (n *Node) StallLogWrites() (release func()) {
 	}
 }
 
+// LogWritesStalled counts n's Raft log writes blocked by StallLogWrites.
+func (n *Node) LogWritesStalled() int32 { return n.logs.stalled.Load() }
+
+// LogEntrySize is the size of the data of n's Raft log entry at index.
+func (n *Node) LogEntrySize(index uint64) (int, error) {
+	var l raft.Log
+	if err := n.logs.GetLog(index, &l); err != nil {
+		return 0, err
+	}
+	return len(l.Data), nil
+}
+
 // GossipStreamsRefused is how many inbound gossip streams n closed at its
 // limits: at once for too many open (gossip_max_streams and _per_ip), and
 // after reading too much of one (gossip_stream_max_bytes).

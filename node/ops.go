@@ -1188,21 +1188,45 @@ func (n *Node) extendLocal(ctx context.Context, ls *leaderState, req *pb.ExtendR
 		return nil, fmt.Errorf("%w: extend of %d leases renews %d keys (every key of a multi-key lease counts), more than the limit of %d per request (agent --max-extend-items); send them in several requests (lease.Client does)",
 			ErrInvalid, len(cmd.Items), keys, max)
 	}
-	var resp *fsm.Response
-	var err error
-	if results, ok := n.fsm.ExtendNoneHeld(cmd.Holder, cmd.Items); ok {
-		resp = &fsm.Response{Results: results, Now: ls.now()} // nothing to renew: no entry
-	} else if resp, err = n.applyClient(ctx, ls.stamp(), cmd); err != nil {
-		return nil, err
+	// Only the items the holder holds are proposed; the others are
+	// answered from the state (fsm.ExtendSplit), once this node has
+	// confirmed that it still leads: a deposed leader whose loop hangs in
+	// a log write still says it leads, and its state misses what the new
+	// leader granted; it answered a live lease "not held", and the client
+	// dropped it (adversarial review s36).
+	held, results := n.fsm.ExtendSplit(cmd.Holder, cmd.Items, ls.now())
+	if len(held) < len(cmd.Items) {
+		if err := n.verify(ctx, ls); err != nil {
+			return nil, err
+		}
+		held, results = n.fsm.ExtendSplit(cmd.Holder, cmd.Items, ls.now())
 	}
-	if len(resp.Results) != len(cmd.Items) {
-		return nil, fmt.Errorf("%w: %s", ErrInvalid, resp.Results[0].Reason)
+	now := ls.now()
+	if len(held) > 0 {
+		sub := cmd
+		if len(held) < len(cmd.Items) {
+			sub = &fsm.Extend{Holder: cmd.Holder, Items: make([]fsm.ExtendItem, len(held))}
+			for j, i := range held {
+				sub.Items[j] = cmd.Items[i]
+			}
+		}
+		resp, err := n.applyClient(ctx, ls.stamp(), sub)
+		if err != nil {
+			return nil, err
+		}
+		if len(resp.Results) != len(sub.Items) {
+			return nil, fmt.Errorf("%w: %s", ErrInvalid, resp.Results[0].Reason)
+		}
+		for j, i := range held {
+			results[i] = resp.Results[j]
+		}
+		now = resp.Now
 	}
-	out := &pb.ExtendResponse{Header: n.header(), Results: make([]*pb.ExtendResult, len(resp.Results))}
-	for i, r := range resp.Results {
+	out := &pb.ExtendResponse{Header: n.header(), Results: make([]*pb.ExtendResult, len(results))}
+	for i, r := range results {
 		er := &pb.ExtendResult{Key: cmd.Items[i].Key, Token: cmd.Items[i].Token, Ok: r.Code == fsm.Extended}
 		if er.Ok {
-			er.Ttl = durationpb.New(r.Expiry - resp.Now)
+			er.Ttl = durationpb.New(r.Expiry - now)
 		} else {
 			er.Holder, er.CurrentToken = r.Holder, r.Token
 		}
@@ -1316,7 +1340,7 @@ func (n *Node) verify(ctx context.Context, ls *leaderState) error {
 	case <-n.raftDown:
 		return n.notLeaderErr()
 	case <-ctx.Done():
-		return fmt.Errorf("%w: leadership not confirmed for a consistent read in time (%v): %w", ErrNoLeader, ctx.Err(), n.notLeaderErr())
+		return fmt.Errorf("%w: leadership not confirmed in time (%v): %w", ErrNoLeader, ctx.Err(), n.notLeaderErr())
 	}
 }
 

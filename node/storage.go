@@ -216,6 +216,8 @@ type logCache struct {
 	// stall, if set, blocks every write until it is closed (tests: a hung
 	// disk, whose writes neither finish nor fail).
 	stall atomic.Pointer[chan struct{}]
+	// stalled counts the writes blocked by stall.
+	stalled atomic.Int32
 }
 
 // received is when this node stored the entry at index, of term; stamped
@@ -257,7 +259,9 @@ func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Lo
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	if ch := c.stall.Load(); ch != nil {
+		c.stalled.Add(1)
 		<-*ch
+		c.stalled.Add(-1)
 	}
 	at := time.Now()
 	store := c.LogStore.StoreLogs
