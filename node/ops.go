@@ -1017,6 +1017,13 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 		// its entry resolves.
 		return nil, n.lostOutcome(ls, req, r.lost, r.err, func() {})
 	}
+	if ctx.Err() != nil && r.res.Code == fsm.Granted {
+		// Granted as its caller left: see unheard.
+		if !r.res.Retry {
+			n.withdraw(req, ls.epoch, r.res.Token) // a fresh grant's token is its entry's index
+		}
+		return nil, unheard(ctx)
+	}
 	return n.acquireReply(r.res, r.waited, cmd.TTL)
 }
 
@@ -1053,8 +1060,24 @@ func (n *Node) acquireNow(ctx context.Context, ls *leaderState, req *pb.AcquireR
 		// quota.
 		return fsm.Result{}, 0, false, n.lostOutcome(ls, req, p, err, unreserve)
 	}
+	if ctx.Err() != nil {
+		// Committed as its caller left: see unheard.
+		return fsm.Result{}, 0, false, n.lostOutcome(ls, req, p, unheard(ctx), unreserve)
+	}
 	unreserve()
 	return resp.Results[0], s.Now - arrival, false, nil
+}
+
+// unheard is the answer to an acquire whose caller left (ctx ended) as
+// its entry committed: over the API its answer is never written (the
+// connection or stream is gone, or the client's deadline passed), so a
+// grant is withdrawn as one whose caller left while it was in flight
+// (invariant waiter-outcome), and the caller, if it is still there (an
+// embedded one), is told ErrUnknownOutcome. Answered "granted", such a
+// grant held the key for its whole TTL, nobody knowing of it (outsider
+// review s36: waiting acquires whose clients gave up after 20-320 ms).
+func unheard(ctx context.Context) error {
+	return fmt.Errorf("%w: gave up waiting (%v) as the grant was committed; it is withdrawn", ErrUnknownOutcome, ctx.Err())
 }
 
 // heldNow reports whether the FSM would refuse cmd as held now, on any

@@ -448,3 +448,63 @@ func (c *leftInFlight) Err() error {
 	}
 	return c.Context.Err()
 }
+
+// endingCtx is a context whose Err reports it ended once end is set,
+// while its Done channel never closes: the instant an acquire's grant and
+// the end of its caller's context arrive together, held open.
+type endingCtx struct {
+	context.Context
+	end atomic.Bool
+}
+
+func (c *endingCtx) Err() error {
+	if c.end.Load() {
+		return context.Canceled
+	}
+	return c.Context.Err()
+}
+
+// A waiting acquire granted as its caller left is never answered
+// "granted": over the API that answer is never written (the connection
+// or stream is gone), and the grant held the key for its whole TTL,
+// nobody knowing of it (outsider review s36: waiting acquires whose
+// clients gave up after 20-320 ms left a key held for 30 s). It is told
+// ErrUnknownOutcome, and the grant is withdrawn.
+func TestGrantAsItsCallerLeavesIsWithdrawn(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	mustGrant(t, l, acq("ghost", "a", 1, time.Minute))
+	ctx := &endingCtx{Context: context.Background()}
+	done := make(chan error, 1)
+	go func() {
+		req := acq("ghost", "b", 1, time.Minute)
+		req.Wait = true
+		resp, err := l.Acquire(ctx, req)
+		if err == nil {
+			err = fmt.Errorf("answered %v", resp)
+		}
+		done <- err
+	}()
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
+			return fmt.Errorf("%d waiters", st.Waiters)
+		}
+		return nil
+	})
+	ctx.end.Store(true)
+	mustRelease(t, l, "ghost", "a")
+	select {
+	case err := <-done:
+		if !errors.Is(err, node.ErrUnknownOutcome) {
+			t.Fatalf("a waiter whose caller left as it was granted: %v, want ErrUnknownOutcome", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter was not answered")
+	}
+	nodetest.Eventually(t, 5*time.Second, func() error {
+		if h := holderOf(t, l, "ghost"); h != "" {
+			return fmt.Errorf("ghost still held by %s", h)
+		}
+		return nil
+	})
+}
