@@ -181,6 +181,43 @@ var synthetics = []synthetic{
 		b.ReleaseOK(40100, 40110, "c4", "k", 20)
 		b.AcquireHeld(45000, 45010, "c3", "k")
 	}},
+	{"grant-given-back-by-a-waiting-acquire", NameLinearizable, true, func(b *history.Builder) {
+		// The shape of a TestWorkloadAgainstCorrectServer failure: c2's
+		// waiting acquire was granted 13, whose answer came after its
+		// validity; the client released it and asked again with a new
+		// request id, granted 17. r read c2 holding 13 meanwhile, a grant
+		// c2's record does not show; the indeterminate acquires of c4
+		// and c5 cannot explain it.
+		b.AcquireOK(0, 5, "c1", "k", 10, 600)
+		b.ReleaseOK(20, 30, "c1", "k", 10)
+		b.AcquireInfo(40, 2310, "c5", "k")
+		b.AcquireInfo(50, 1315, "c4", "k")
+		b.Op(800, 2350, history.Record{Client: "c2", Op: history.Acquire, Key: "k", Mode: "wait"}, history.OK, func(r *history.Record) {
+			r.Token, r.ValidUntil = 17, 2950*1e6
+		})
+		b.GetOK(1315, 2240, "r", "k", "c2", 13)
+		b.GetOK(2400, 2410, "r", "k", "c2", 17)
+		b.ReleaseOK(2700, 2710, "c2", "k", 17)
+	}},
+	{"read-of-a-given-back-grant-after-a-later-grant", NameLinearizable, false, func(b *history.Builder) {
+		// A grant c2's waiting acquire gave back was made before its
+		// final grant (17): once a read saw 17, none can see 13.
+		b.Op(800, 2350, history.Record{Client: "c2", Op: history.Acquire, Key: "k", Mode: "wait"}, history.OK, func(r *history.Record) {
+			r.Token, r.ValidUntil = 17, 2950*1e6
+		})
+		b.GetOK(2400, 2410, "r", "k", "c2", 17)
+		b.GetOK(2500, 2510, "r", "k", "c2", 13)
+	}},
+	{"read-of-a-grant-before-the-wait", NameLinearizable, false, func(b *history.Builder) {
+		// c3's grant of 15 was answered before c2 began to wait: a grant
+		// c2's wait gave back has a larger token, never 13.
+		b.AcquireOK(0, 5, "c3", "k", 15, 600)
+		b.ReleaseOK(100, 110, "c3", "k", 15)
+		b.Op(200, 2000, history.Record{Client: "c2", Op: history.Acquire, Key: "k", Mode: "timeout"}, history.Fail, func(r *history.Record) {
+			r.Err = history.ErrHeld
+		})
+		b.GetOK(500, 510, "r", "k", "c2", 13)
+	}},
 	{"read-goes-back-in-time", NameLinearizable, false, func(b *history.Builder) {
 		b.AcquireOK(0, 5, "c1", "k", 10, 1000)
 		b.AcquireOK(1000, 1005, "c2", "k", 12, 2000)

@@ -107,6 +107,13 @@ type keyOp struct {
 	// horizon: the end came from the horizon (not a witness or a
 	// completion).
 	horizon bool
+	// waits: an acquire that waited (mode wait or timeout), which may
+	// have made grants that arrived too late and were given back before
+	// its outcome (see witness).
+	waits bool
+	// end is the operation's completion time (Infinity if it has none),
+	// before any horizon or witness bound.
+	end int64
 }
 
 // keyVerdict is the outcome of checking one key.
@@ -118,10 +125,12 @@ type keyVerdict struct {
 	undecided int
 	horizon   int // indeterminate ops bounded by the horizon
 	witnessed int // indeterminate grants proven by a later read
-	late      []string
-	checkNS   int64
-	violation *Violation
-	vis       string
+	// companions: grants a waiting acquire gave back, proven by a read
+	companions int
+	late       []string
+	checkNS    int64
+	violation  *Violation
+	vis        string
 }
 
 func linearizable(ops []history.Operation, opts Options) (Result, map[string]string) {
@@ -143,7 +152,7 @@ func linearizable(ops []history.Operation, opts Options) (Result, map[string]str
 
 	vis := map[string]string{}
 	var unknown []string
-	var total, segments, maxSeg, undecidedSegs, horizon, witnessed int
+	var total, segments, maxSeg, undecidedSegs, horizon, witnessed, companions int
 	for _, v := range verdicts {
 		total += v.ops
 		segments += v.segments
@@ -151,6 +160,7 @@ func linearizable(ops []history.Operation, opts Options) (Result, map[string]str
 		undecidedSegs += v.undecided
 		horizon += v.horizon
 		witnessed += v.witnessed
+		companions += v.companions
 		r.Stats["check_ns"] += v.checkNS
 		r.Notes = append(r.Notes, v.late...)
 		if v.undecided > 0 {
@@ -171,6 +181,7 @@ func linearizable(ops []history.Operation, opts Options) (Result, map[string]str
 	r.Stats["segment_max_ops"] = int64(maxSeg)
 	r.Stats["indeterminate_horizon_bounded"] = int64(horizon)
 	r.Stats["indeterminate_witnessed"] = int64(witnessed)
+	r.Stats["waiting_grants_witnessed"] = int64(companions)
 	if len(unknown) > 0 && r.Verdict == Valid {
 		r.Verdict = Unknown
 	}
@@ -193,9 +204,13 @@ func keyOperations(ops []history.Operation, horizon time.Duration) map[string][]
 	byKey := map[string][]keyOp{}
 	for _, op := range model.Operations(exclusiveOnly(ops)) {
 		k := op.Input.(model.Input).Key
-		ko := keyOp{op: op}
+		h := byID[op.Metadata.(int64)]
+		ko := keyOp{op: op, end: h.Complete.Time,
+			waits: h.Invoke.Op == history.Acquire && (h.Invoke.Mode == "wait" || h.Invoke.Mode == "timeout")}
+		if h.Open {
+			ko.end = history.Infinity
+		}
 		if op.Output.(model.Output).Unknown {
-			h := byID[op.Metadata.(int64)]
 			switch {
 			case h.Open || horizon < 0:
 				ko.op.Return = history.Infinity
@@ -236,16 +251,39 @@ func exclusiveOnly(ops []history.Operation) []history.Operation {
 	return out
 }
 
-// witness bounds indeterminate acquires by what later reads proved: a
-// get that saw client c hold the key with a token no granted acquire of c
-// carries can only be explained by one of c's indeterminate acquires
-// invoked before the get returned. If there is exactly one, it certainly
-// took effect before the get returned: that is its bound, even if later
-// than the horizon. If there are several, the latest is given at least
-// the get's return as its bound (an earlier one would explain the get no
-// better: the get proves c's grant is the last grant before it). It
-// returns how many bounds it set and notes for those past the horizon.
-func witness(kops []keyOp) (int, []string) {
+// witness explains, by what later reads proved, grants the history does
+// not show: a get that saw client c hold the key with a token no granted
+// acquire of c carries proves a grant of that token to c, made by one of
+// two kinds of operation of c invoked before the get returned.
+//
+//   - An indeterminate acquire (its own grant). If it is the only
+//     candidate, it certainly took effect before the get returned: that
+//     is its bound, even if later than the horizon. If there are several,
+//     the latest indeterminate one is given at least the get's return as
+//     its bound (an earlier one would explain the get no better: the get
+//     proves c's grant is the last grant before it).
+//   - A waiting acquire (mode wait or timeout), whatever its outcome: a
+//     grant whose answer came after its validity is given back by the
+//     lease client (released, or left to expire if the release fails),
+//     which then asks again with a new request id, so one call can make
+//     grants before its outcome that its record does not show (a get saw
+//     w2 holding token 103 while w2's waiting acquire, granted 107 in the
+//     end, was in progress). Such a grant is given a companion: an
+//     indeterminate acquire of c over the waiting acquire's own interval
+//     (invocation to completion), which the model may apply or not. Only
+//     waiting acquires that can have made the grant get one: those
+//     invoked before every operation that shows a larger token returned
+//     and completed after every operation that shows a smaller one was
+//     invoked (tokens grow in the order grants take effect), and granted
+//     in the end, if at all, a larger token than the one seen.
+//
+// A companion only adds an effect the lease client can cause (and the
+// model may leave it out), and only where a read proves a grant that
+// nothing else explains, so it accepts no history the protocol forbids. It
+// returns kops with the companions (sorted by invocation), how many
+// indeterminate acquires it bounded, how many companions it added, and
+// notes for the bounds past the horizon.
+func witness(kops []keyOp) ([]keyOp, int, int, []string) {
 	known := map[string]map[uint64]bool{}
 	for _, ko := range kops {
 		in, out := ko.op.Input.(model.Input), ko.op.Output.(model.Output)
@@ -258,17 +296,34 @@ func witness(kops []keyOp) (int, []string) {
 	}
 	n := 0
 	var notes []string
+	var companions []keyOp
+	added := map[companionKey]bool{}
 	for _, g := range kops {
 		in, out := g.op.Input.(model.Input), g.op.Output.(model.Output)
 		if in.Kind != model.KindGet || !out.Found || out.Holder == "" || out.Token == 0 || known[out.Holder][out.Token] {
 			continue
 		}
+		lo, hi := tokenWindow(kops, out.Token)
+		hi = min(hi, g.op.Return)
 		best, candidates := -1, 0
 		for i, a := range kops {
 			ain, aout := a.op.Input.(model.Input), a.op.Output.(model.Output)
-			if ain.Kind == model.KindAcquire && aout.Unknown && ain.Client == out.Holder && a.op.Call < g.op.Return {
+			if ain.Kind != model.KindAcquire || ain.Client != out.Holder || a.op.Call >= g.op.Return {
+				continue
+			}
+			if aout.Unknown {
 				best = i
 				candidates++
+			}
+			if a.waits && a.op.Call < hi && a.end > lo && (!aout.Granted || aout.Token > out.Token) {
+				candidates++
+				if ck := (companionKey{i, out.Token}); !added[ck] {
+					added[ck] = true
+					c := a
+					c.op.Output = model.Output{Unknown: true}
+					c.op.Return, c.horizon = a.end, false
+					companions = append(companions, c)
+				}
 			}
 		}
 		if best < 0 {
@@ -287,7 +342,46 @@ func witness(kops []keyOp) (int, []string) {
 		a.op.Return, a.horizon = g.op.Return, false
 		n++
 	}
-	return n, notes
+	if len(companions) == 0 {
+		return kops, n, 0, notes
+	}
+	all := append(append(make([]keyOp, 0, len(kops)+len(companions)), kops...), companions...)
+	sort.SliceStable(all, func(a, b int) bool { return all[a].op.Call < all[b].op.Call })
+	return all, n, len(companions), notes
+}
+
+// companionKey names one companion: the waiting acquire (its index in the
+// key's operations) and the token a read saw.
+type companionKey struct {
+	op    int
+	token uint64
+}
+
+// tokenWindow returns when a grant of token can have taken effect, by
+// the tokens the operations show (granted, or read as the key's current
+// one): after the invocation of every operation that shows a smaller
+// token (lo), before the return of every one that shows a larger token
+// (hi).
+func tokenWindow(kops []keyOp, token uint64) (lo, hi int64) {
+	hi = history.Infinity
+	for _, ko := range kops {
+		in, out := ko.op.Input.(model.Input), ko.op.Output.(model.Output)
+		shown := uint64(0)
+		switch {
+		case in.Kind == model.KindAcquire && out.Granted:
+			shown = out.Token
+		case in.Kind == model.KindGet && out.Found:
+			shown = out.Token
+		}
+		switch {
+		case shown == 0:
+		case shown < token:
+			lo = max(lo, ko.op.Call)
+		case shown > token:
+			hi = min(hi, ko.op.Return)
+		}
+	}
+	return lo, hi
 }
 
 // segments cuts a key's operations (sorted by call) where every earlier
@@ -333,7 +427,7 @@ func resyncs(seg []keyOp) bool {
 func checkKey(key string, kops []keyOp, opts Options) keyVerdict {
 	v := keyVerdict{key: key, ops: len(kops)}
 	var lateNotes []string
-	v.witnessed, lateNotes = witness(kops)
+	kops, v.witnessed, v.companions, lateNotes = witness(kops)
 	v.late = lateNotes
 	for _, ko := range kops {
 		if ko.horizon {

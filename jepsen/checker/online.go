@@ -117,8 +117,7 @@ func (o *Online) Advance(records []history.Record, now int64) ([]VerdictLine, er
 
 	byKey := keyOperations(ops, opts.IndeterminateHorizon)
 	for _, key := range sortedKeys(byKey) {
-		kops := byKey[key]
-		witness(kops)
+		kops, _, _, _ := witness(byKey[key])
 		st := o.keys[key]
 		if st == nil {
 			st = &onlineKey{reach: []model.State{{}}, after: -1, synced: true}

@@ -28,6 +28,12 @@
 //   - acquire indeterminate: either nothing happened, or the key became
 //     Held by the client with a token unknown to the history but larger
 //     than every earlier one (a "wild" token, fixed by a later read).
+//   - a waiting acquire (wait or timeout mode), whatever its outcome, may
+//     also have made grants its record does not show: the lease client
+//     gives back a grant whose answer came after its validity and asks
+//     again with a new request id. For each such grant a read proves,
+//     package checker adds an indeterminate acquire of the client over
+//     the waiting acquire's interval (see its witness).
 //   - release of T by its holder: a Held key with token T becomes Free (an
 //     Expired one becomes Free, or LockDelay if the grant asked for a
 //     lock-delay); otherwise nothing changes (releasing a lease one no
