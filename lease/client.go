@@ -56,8 +56,12 @@ type Client struct {
 	allSkip, allMisses int
 	// lastRTT is how long the latest answered extend took: a sum is sent
 	// only when a second round trip, naming the leases after a no, still
-	// fits in the shortest validity (see Client.extendAll).
+	// fits in the shortest validity (see Client.extendAll). rtts holds
+	// the latest answered extends' round trips, rttAt the next one's
+	// place (see Client.baseRTT).
 	lastRTT time.Duration
+	rtts    [8]time.Duration
+	rttAt   int
 
 	mu     sync.Mutex
 	held   map[*held]struct{} // leases being kept alive

@@ -470,7 +470,7 @@ func (c *Client) extend(leases []*held, out chan<- extendOutcome) {
 		resp, err := c.b.Extend(ctx, req)
 		cancel()
 		if err == nil {
-			c.lastRTT = time.Since(sent)
+			c.noteRTT(time.Since(sent))
 		}
 		if err != nil && len(chunk) > 1 && tooLarge(err) {
 			// extendItems counts keys (firstChunk): half the chunk's
@@ -570,7 +570,7 @@ func (c *Client) extendAll() (done bool, err error) {
 		All: &pb.HoldingSum{Count: sum.Count, Digest: sum.Digest}})
 	cancel()
 	if err == nil {
-		c.lastRTT = time.Since(sent)
+		c.noteRTT(time.Since(sent))
 	}
 	switch {
 	case err == nil && resp.GetAllExtended():
@@ -627,7 +627,7 @@ func (c *Client) extended(h *held, sent time.Time) {
 // (adversarial review s35).
 //
 // A slow link still gets its answers: the bound is never below twice
-// the latest extend's round trip, nor minExtendAttempt, and before any
+// the link's round trip (baseRTT), nor minExtendAttempt, and before any
 // extend was answered (no round trip known) it is never below two
 // thirds of the validity left, which still leaves room for one more
 // attempt; extends that take a third of the TTL keep their leases (stop
@@ -643,11 +643,35 @@ func (c *Client) requestTimeout(hs []*held) time.Duration {
 		h.mu.Unlock()
 	}
 	d = min(d, left/2)
-	floor := max(minExtendAttempt, 2*c.lastRTT)
-	if c.lastRTT == 0 {
+	base := c.baseRTT()
+	floor := max(minExtendAttempt, 2*base)
+	if base == 0 {
 		floor = max(floor, left*2/3)
 	}
 	return max(d, min(floor, left), minExtendAttempt/2)
+}
+
+// noteRTT records an answered extend's round trip.
+func (c *Client) noteRTT(d time.Duration) {
+	c.lastRTT = max(d, time.Nanosecond)
+	c.rtts[c.rttAt] = c.lastRTT
+	c.rttAt = (c.rttAt + 1) % len(c.rtts)
+}
+
+// baseRTT is the link's round trip as the latest answered extends tell
+// it: the least of them (0 before any). A slow link's are all slow; one
+// slow commit (a disk slowing before it hangs) is not the link, and, as
+// the floor of requestTimeout, let the next attempt of a 15 s lease with
+// 10 s left take 8 s, leaving room for one more attempt, not two
+// (adversarial review s36).
+func (c *Client) baseRTT() time.Duration {
+	var base time.Duration
+	for _, d := range c.rtts {
+		if d > 0 && (base == 0 || d < base) {
+			base = d
+		}
+	}
+	return base
 }
 
 // An extend attempt waits at most maxExtendAttempt, and at least
