@@ -63,6 +63,7 @@ func (n *Node) startAPI() error {
 		conns.authBy = conns.first // a client sends its first request at once
 	}
 	if n.apiTLS != nil {
+		conns.tlsAPI = true
 		// Only TLS handshakes are bounded: a plain connection costs no
 		// crypto, and the connection limits bound it.
 		conns.handshakes = transport.NewHandshakeLimit(lim.MaxHandshakeRatePerSource, lim.MaxHandshakeRate)

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,6 +154,14 @@ type connLimiter struct {
 	handshakes          *transport.HandshakeLimit
 	closedHandshakeRate atomic.Uint64
 	hsWarn              *loglimit.Limiter
+
+	// tlsAPI: the API is served with TLS (refuseSaying answers no
+	// connection before its handshake). answering holds a token per
+	// refusal answer being written (at most maxAnswers); unanswered
+	// counts the connections refused silently past that bound.
+	tlsAPI     bool
+	answering  chan struct{}
+	unanswered atomic.Uint64
 }
 
 // maxRefused is how many requests without the auth token a connection
@@ -173,7 +183,7 @@ const firstRequestTimeout = 2 * time.Second
 
 func newConnLimiter(ln net.Listener, max int, first time.Duration, log *slog.Logger) *connLimiter {
 	return &connLimiter{Listener: ln, max: max, first: first, log: log, open: map[net.Conn]*limitedConn{}, bySource: map[string]int{},
-		hsWarn: loglimit.New(), srcWarn: loglimit.New()}
+		hsWarn: loglimit.New(), srcWarn: loglimit.New(), answering: make(chan struct{}, maxAnswers)}
 }
 
 // connsPerSource is the most connections one source (an IPv4 /24, an
@@ -563,7 +573,8 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 		if victim != nil {
 			victim.evicted()
 		} else {
-			c.Conn.Close()
+			l.refuseSaying(c.Conn, http.StatusTooManyRequests, "max_conns_per_source",
+				fmt.Sprintf("this client source (IPv4 /24, IPv6 /64) holds %d connections, the most one may (a quarter of the agent's --max-conns %d, at least 64), all busy: raise --max-conns if the clients are yours", share, l.max))
 		}
 		l.warnPerSource(c, share, victim != nil)
 		return victim != nil
@@ -610,7 +621,8 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 	}
 	l.closedMax.Add(1)
 	l.mu.Unlock()
-	c.Conn.Close()
+	l.refuseSaying(c.Conn, http.StatusServiceUnavailable, "max_conns",
+		fmt.Sprintf("the agent holds its --max-conns %d client API connections, none of which may make room: raise --max-conns if the clients are yours", l.max))
 	l.warnRefusedMax(c, fair)
 	return false
 }
@@ -1092,4 +1104,100 @@ func (l *connLimiter) state(nc net.Conn, st http.ConnState) {
 		lc.begun = true
 		lc.Conn.SetReadDeadline(lc.readDeadlineLocked())
 	}
+}
+
+// Refusal answers. A connection refused at admission (at --max-conns, or
+// at its source's share of it) is one net/http never saw: nothing of it
+// was read, and no request on it was served. Closed bare, it reached
+// curl as "Empty reply from server", Go and Python clients as EOF or a
+// reset, and its users took the agent for down. refuseSaying tells it
+// why first, in its own protocol: an HTTP/1.1 503 Service Unavailable
+// (max_conns: the agent is full, as a server at capacity says) or 429
+// Too Many Requests (max_conns_per_source: this client's own share, as
+// Consul answers its http_max_conns_per_client) with Connection: close,
+// Retry-After and a body naming the refusal and the flag; to an h2c
+// client (its preface read) SETTINGS and a GOAWAY ENHANCE_YOUR_CALM whose
+// debug data says the same. On a TLS API it closes as before: there is no
+// handshake to speak through, and the node does no crypto for a refused
+// connection.
+//
+// It never holds the limiter: the answer is written by its own goroutine,
+// at most maxAnswers at once (past them the connection is closed
+// silently, counted in unanswered), each bounded by answerPeek (the
+// client's first bytes, to know its protocol), answerWrite and
+// answerLinger (what the client still sends is read and dropped, so that
+// the close does not reset the connection before the client reads the
+// answer).
+//
+// Connections closed after admission (evicted, past the auth deadline)
+// are closed bare still: net/http owns them, a request of theirs may be
+// half read by it (and then a 503 would answer a request the node may
+// serve), an HTTP/2 one's framer is the server's (frameConn can only
+// slip a GOAWAY in between its frames), and a TLS one may be mid-handshake.
+const (
+	maxAnswers   = 32
+	answerPeek   = 100 * time.Millisecond
+	answerWrite  = 50 * time.Millisecond
+	answerLinger = 250 * time.Millisecond
+)
+
+// refuseSaying closes raw, a connection refused at admission with the
+// refusal reason (Node.Refusals) and words (what the log says, and the
+// flag that raises the limit), after an answer saying so if it may (see
+// maxAnswers).
+func (l *connLimiter) refuseSaying(raw net.Conn, status int, reason, words string) {
+	if l.tlsAPI {
+		raw.Close()
+		return
+	}
+	select {
+	case l.answering <- struct{}{}:
+	default:
+		l.unanswered.Add(1)
+		raw.Close()
+		return
+	}
+	go func() {
+		defer func() { <-l.answering }()
+		defer raw.Close()
+		answerRefusal(raw, status, reason, words)
+	}()
+}
+
+// answerRefusal writes the refusal answer on raw, in the protocol of its
+// first bytes, and reads what follows for answerLinger.
+func answerRefusal(raw net.Conn, status int, reason, words string) {
+	raw.SetReadDeadline(time.Now().Add(answerPeek))
+	first := make([]byte, len(h2Preface))
+	n, _ := io.ReadFull(raw, first)
+	var out []byte
+	if n >= 3 && strings.HasPrefix(h2Preface, string(first[:n])) {
+		out = h2Refusal(reason + ": " + words)
+	} else {
+		body := fmt.Sprintf("leasenode: connection refused (%s): %s\n", reason, words)
+		out = fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nLeasenode-Refusal: %s\r\nContent-Length: %d\r\n\r\n%s",
+			status, http.StatusText(status), reason, len(body), body)
+	}
+	raw.SetWriteDeadline(time.Now().Add(answerWrite))
+	if _, err := raw.Write(out); err != nil {
+		return
+	}
+	if cw, ok := raw.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	raw.SetReadDeadline(time.Now().Add(answerLinger))
+	io.Copy(io.Discard, io.LimitReader(raw, 64<<10))
+}
+
+// h2Refusal is a server's HTTP/2 preface (SETTINGS, empty) and a GOAWAY
+// ENHANCE_YOUR_CALM with debug as its debug data. Its last stream is the
+// highest: Go's HTTP/2 client then fails the requests it sent with the
+// GOAWAY's words (GoAwayError), where a lower one has it retry them
+// silently, with backoff up to a minute, and say nothing of the limit.
+func h2Refusal(debug string) []byte {
+	f := []byte{0, 0, 0, 4, 0, 0, 0, 0, 0} // SETTINGS
+	n := 8 + len(debug)
+	f = append(f, byte(n>>16), byte(n>>8), byte(n), frameGoAway, 0, 0, 0, 0, 0,
+		0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0xb) // ENHANCE_YOUR_CALM
+	return append(f, debug...)
 }

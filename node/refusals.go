@@ -48,7 +48,10 @@ const (
 //     it, every source holding at most its fair share;
 //   - max_conns_per_source: connections refused, or of their own source
 //     closed to admit them, at a source's share of Limits.MaxConns (an
-//     IPv4 /24 or IPv6 /64 may hold a quarter of it, at least 64);
+//     IPv4 /24 or IPv6 /64 may hold a quarter of it, at least 64). The
+//     new connections refused at max_conns and max_conns_per_source are
+//     told why on a plain port (connLimiter.refuseSaying: HTTP/1.1 503 or
+//     429, or an HTTP/2 GOAWAY, naming the reason and the flag);
 //   - max_watches: Watch calls refused at Limits.MaxWatches;
 //   - frame_rate: HTTP/2 connections, with the token or not, closed for
 //     sending frames faster than Limits.MaxFrameRate;
