@@ -216,6 +216,11 @@ type logCache struct {
 	// stall, if set, blocks every write until it is closed (tests: a hung
 	// disk, whose writes neither finish nor fail).
 	stall atomic.Pointer[chan struct{}]
+	// writes, if set, times every StoreLogs (does this node's disk
+	// hang?): Raft's main goroutine makes them, and applies nothing
+	// while one waits. DeleteRange (compaction, in the snapshot
+	// goroutine) holds up nothing and is not timed.
+	writes *writeWatch
 }
 
 // received is when this node stored the entry at index, of term; stamped
@@ -256,6 +261,7 @@ func (c *logCache) GetLog(index uint64, log *raft.Log) error {
 func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log{log}) }
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
+	defer c.writes.begin()()
 	if ch := c.stall.Load(); ch != nil {
 		<-*ch
 	}
