@@ -47,6 +47,12 @@ var errStarting = errors.New("node is starting")
 func Ready(n *node.Node, maxLag uint64) error {
 	r := n.Raft()
 	state := r.State()
+	// First: a node whose own disk hangs applies nothing, whatever its
+	// Raft state says (a deposed leader stuck in its leader loop still
+	// says Leader, or a term the cluster left long ago).
+	if d := n.OwnDiskHung(); d != "" {
+		return errors.New(d)
+	}
 	switch state {
 	case raft.Shutdown:
 		return fmt.Errorf("raft is shut down")

@@ -1211,7 +1211,7 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.n.stopping, cancel)()
-	ch, err := s.n.Watch(ctx, r.Msg)
+	ch, ended, err := s.n.watch(ctx, r.Msg)
 	if err != nil {
 		return connectError(err)
 	}
@@ -1228,6 +1228,9 @@ func (s *apiServer) Watch(ctx context.Context, r *connect.Request[pb.WatchReques
 	}
 	if s.n.stopping.Err() != nil {
 		return connectError(fmt.Errorf("%w: node %s is shutting down (it closed the stream; watch another node)", ErrClosed, s.n.cfg.ID))
+	}
+	if err := ended(); err != nil {
+		return connectError(err) // its own disk hangs: it applies nothing
 	}
 	if ctx.Err() != nil {
 		return nil

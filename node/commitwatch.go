@@ -212,6 +212,8 @@ func (n *Node) onCommitStall() {
 		// with two healthy voters of three).
 		n.commits.setOwn()
 		n.log.Error("this leader's own disk hangs: it stops sending to its followers so that they elect another leader", "component", "node.leader")
+		n.notifyChange()
+		n.hub.endAll(&LeaderError{Err: ErrNoLeader, Detail: n.ownDiskHungDetail(true) + "; watch another node"})
 	}
 	if ls := n.lead.Load(); ls != nil {
 		ls.queues.stall(

@@ -141,6 +141,8 @@ type watcher struct {
 	wake    chan struct{}
 	reset   bool          // fell behind: its backlog is dropped, RESET goes next
 	resetCh chan struct{} // closed on reset: ends a send the reader leaves waiting
+	end     error         // why the node ended the stream (endAll), nil if it did not
+	endCh   chan struct{} // closed by endAll: the stream ends at once
 }
 
 // shared is one published event, held by the watchers that have not sent
@@ -198,17 +200,25 @@ func newWatchHub() *watchHub {
 // publish visits every watcher for every batch of events, so an unbounded
 // number (an outsider opened 15,379 on one leader: 30 -> 529 MB, 27,000
 // goroutines, two lost leaderships) starves the node.
-func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max int) (<-chan *pb.WatchEvent, error) {
+//
+// ended says, once the channel has closed, why the node ended the stream
+// (endAll), or nil.
+func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max int) (_ <-chan *pb.WatchEvent, ended func() error, _ error) {
 	prefix, initial := req.GetPrefix(), req.GetInitial()
 	source, _ := ctx.Value(watchSourceKey{}).(string)
 	paySource, _ := ctx.Value(watchPayKey{}).(string)
-	w := &watcher{source: source, prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{})}
+	w := &watcher{source: source, prefix: prefix, extends: req.GetExtends(), wake: make(chan struct{}, 1), resetCh: make(chan struct{}), endCh: make(chan struct{})}
+	ended = func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.end
+	}
 	out := make(chan *pb.WatchEvent, 64)
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
 		close(out)
-		return out, nil
+		return out, ended, nil
 	}
 	perSource := watchesPerSource(max)
 	if len(h.watchers) >= max || source != "" && h.bySource[source] >= perSource {
@@ -226,9 +236,9 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			n.log.Warn("refused a Watch: this node has as many watches open as its limit (agent --max-watches), or the client's source (IPv4 /24, IPv6 /64) a quarter of them; clients must end one, watch a shorter prefix once instead of many, or raise the limit on this agent", args...)
 		}
 		if node {
-			return nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
+			return nil, nil, fmt.Errorf("%w: %d watches open on this node, its limit (agent --max-watches): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, max)
 		}
-		return nil, fmt.Errorf("%w: %d watches open on this node from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-watches %d, at least 64): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
+		return nil, nil, fmt.Errorf("%w: %d watches open on this node from your address's /24 (IPv6 /64), the most one source may have (a quarter of the agent's --max-watches %d, at least 64): end one, watch a shorter prefix once instead of many, or raise the limit", ErrTooManyWatches, perSource, max)
 	}
 	h.watchers[w] = struct{}{}
 	if source != "" {
@@ -247,6 +257,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			case out <- e:
 				return true
 			case <-w.resetCh:
+			case <-w.endCh:
 			case <-ctx.Done():
 			case <-n.ctx.Done():
 			}
@@ -361,6 +372,8 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 			}
 			select {
 			case <-w.wake:
+			case <-w.endCh:
+				return
 			case <-ctx.Done():
 				return
 			case <-n.ctx.Done():
@@ -372,7 +385,22 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 		h.remove(w)
 		close(out)
 	}
-	return out, nil
+	return out, ended, nil
+}
+
+// endAll ends every watch stream open now, at once, saying why (err):
+// the node stopped applying (invariant own-disk-says).
+func (h *watchHub) endAll(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.watchers {
+		w.mu.Lock()
+		if w.end == nil {
+			w.end = err
+			close(w.endCh)
+		}
+		w.mu.Unlock()
+	}
 }
 
 // isReset reports whether w was reset.

@@ -604,7 +604,7 @@ func (n *Node) notLeaderErr() error {
 	if id == "" || id == n.cfg.ID {
 		return n.noLeaderErr()
 	}
-	return &LeaderError{Err: ErrNotLeader, LeaderID: id, LeaderAddr: api}
+	return &LeaderError{Err: ErrNotLeader, LeaderID: id, LeaderAddr: api, Detail: n.ownDiskHungDetail(true)}
 }
 
 // lostLeadErr is ErrNotLeader from a node that was the leader while it
@@ -642,6 +642,15 @@ func (n *Node) NoLeaderReason() string { return n.noLeaderDetail(false) }
 // noLeaderDetail is NoLeaderReason, naming this node and the members
 // gossip finds alive if names.
 func (n *Node) noLeaderDetail(names bool) string {
+	why := n.raftDetail(names)
+	if d := n.ownDiskHungDetail(names); d != "" {
+		return d + "; " + why // first: nothing else changes while it hangs
+	}
+	return why
+}
+
+// raftDetail is noLeaderDetail without this node's own hung disk.
+func (n *Node) raftDetail(names bool) string {
 	var alive []string
 	for _, m := range n.members.list() {
 		if m.Status == statusAlive {
@@ -739,13 +748,18 @@ func (n *Node) route(ctx context.Context, remote bool) (ls *leaderState, id, add
 			return ls, "", ""
 		}
 		limit := noLeader
+		hung := n.ownDiskHung()
 		switch id, _, addr := n.leaderHint(); {
-		case n.raft.State() == raft.Leader && !n.commits.ownDiskHung():
+		case n.raft.State() == raft.Leader && !hung:
 			limit = establishing // wait for Promote
 		case !remote:
 			return nil, "", ""
 		case addr != "" && addr != n.cfg.AdvertiseAddr && !n.isGone(id):
 			return nil, id, addr
+		case hung:
+			// Its own disk hangs: it will not learn of a leader by
+			// waiting (it applies nothing); its refusal says why.
+			return nil, "", ""
 		}
 		left := limit - time.Since(start)
 		if left <= 0 {

@@ -61,6 +61,7 @@ type Node struct {
 	goneLeader     atomic.Pointer[string]    // ID of a leader whose process leaderGone found gone
 	slowCommits    *loglimit.Limiter         // of the slow-commit warnings (noteCommit)
 	commits        *commitWatch              // proposals in flight: can this leader commit? (commitwatch.go)
+	disk           *writeWatch               // Raft log writes in flight: does this node's own disk hang? (diskhang.go)
 	formatsFailed  *loglimit.Limiter         // of failures to write PeerFormatsFile
 	twoClusters    *loglimit.Limiter         // of the warnings that gossip shows two clusters (seenCluster)
 	gossipJoined   chan struct{}             // closed once the first join of the seeds is done
@@ -208,6 +209,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		joinLimit:     loglimit.New(),
 	}
 	n.commits = newCommitWatch(commitStallAfter(cfg.Timing), n.onCommitStall)
+	n.disk = newWriteWatch(ownDiskHangAfter(cfg.Timing), n.onOwnDiskHang, n.onOwnDiskBack)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.stopping, n.stopStopping = context.WithCancel(n.ctx)
 	n.hub = newWatchHub()
@@ -402,7 +404,8 @@ func (n *Node) startRaft() error {
 	rc.NotifyCh = n.leaderNotify
 	n.logs = newLogCache(n.store)
 	n.logs.failed = n.onStoreFailure
-	n.raftTrans = &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done(), mute: n.commits.ownDiskHung}
+	n.logs.writes = n.disk
+	n.raftTrans = &rejoinTransport{NetworkTransport: n.trans, stop: n.ctx.Done(), mute: n.ownDiskHung}
 	n.raft, err = newRaft(rc, n.fsm, n.logs, n.store, snaps, n.raftTrans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -544,10 +547,10 @@ func (n *Node) IsLeader() bool { return n.serving() != nil }
 // it went on answering (reads waited for a VerifyLeader its loop never
 // handled, past their callers' deadlines; status said it served). So it
 // also serves only while Raft says it leads and its own disk is not
-// found hung (invariant commit-or-say).
+// found hung (invariants commit-or-say, own-disk-says).
 func (n *Node) serving() *leaderState {
 	ls := n.lead.Load()
-	if ls == nil || ls.ctx.Err() != nil || n.raft != nil && n.raft.State() != raft.Leader || n.commits.ownDiskHung() {
+	if ls == nil || ls.ctx.Err() != nil || n.raft != nil && n.raft.State() != raft.Leader || n.ownDiskHung() {
 		return nil
 	}
 	return ls

@@ -516,6 +516,7 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	if resp.ClusterId == "" {
 		_, resp.SeenCluster, _ = n.seenCluster() // none while gossip shows two
 	}
+	resp.OwnDiskHung = n.ownDiskHungDetail(true)
 	if ls := n.serving(); ls != nil {
 		resp.Serving = true
 		resp.Waiters = uint64(ls.queues.count())
@@ -580,15 +581,32 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 // closed when ctx ends or the node closes; a watcher that falls behind gets
 // a RESET event and then the channel closes (watch again and re-List).
 // Past Limits.MaxWatches open on this node, it fails with
-// ErrTooManyWatches.
+// ErrTooManyWatches. A node whose own disk hangs applies nothing: it
+// refuses a watch (ErrNoLeader, saying so), and ends those open when the
+// hang is found (invariant own-disk-says).
 func (n *Node) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, error) {
+	ch, _, err := n.watch(ctx, req)
+	return ch, err
+}
+
+// watch is Watch, and also returns why the node ended the stream once its
+// channel has closed (nil: its caller's ctx ended, it fell behind, or the
+// node closed).
+func (n *Node) watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, func() error, error) {
 	if n.ctx.Err() != nil {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	if err := text("prefix", req.GetPrefix()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return n.hub.watch(ctx, n, req, n.cfg.Limits.MaxWatches)
+	if d := n.ownDiskHungDetail(true); d != "" {
+		return nil, nil, &LeaderError{Err: ErrNoLeader, Detail: d + "; watch another node"}
+	}
+	ch, ended, err := n.hub.watch(ctx, n, req, n.cfg.Limits.MaxWatches)
+	if err == nil && n.ownDiskHung() {
+		n.hub.endAll(&LeaderError{Err: ErrNoLeader, Detail: n.ownDiskHungDetail(true) + "; watch another node"}) // found hung as it registered
+	}
+	return ch, ended, err
 }
 
 // ownHolding returns holder's live holding of key, or nil: held, and not

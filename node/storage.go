@@ -218,6 +218,11 @@ type logCache struct {
 	stall atomic.Pointer[chan struct{}]
 	// stalled counts the writes blocked by stall.
 	stalled atomic.Int32
+	// writes, if set, times every StoreLogs (does this node's disk
+	// hang?): Raft's main goroutine makes them, and applies nothing
+	// while one waits. DeleteRange (compaction, in the snapshot
+	// goroutine) holds up nothing and is not timed.
+	writes *writeWatch
 }
 
 // received is when this node stored the entry at index, of term; stamped
@@ -258,6 +263,7 @@ func (c *logCache) GetLog(index uint64, log *raft.Log) error {
 func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log{log}) }
 
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
+	defer c.writes.begin()()
 	if ch := c.stall.Load(); ch != nil {
 		c.stalled.Add(1)
 		<-*ch

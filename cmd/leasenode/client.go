@@ -633,17 +633,21 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		// CannotCommit: a leader that has committed nothing for longer
 		// than its stall bound says why (acquires there fail).
 		CannotCommit string `json:"cannot_commit,omitempty"`
-		Leader       string `json:"leader,omitempty"`
-		Term         uint64 `json:"term"`
-		Epoch        uint64 `json:"epoch"`
-		Commit       uint64 `json:"commit_index"`
-		Applied      uint64 `json:"applied_index"`
-		LastIndex    uint64 `json:"last_index"`
-		Leases       uint64 `json:"leases"`
-		Delayed      uint64 `json:"delayed"`
-		Waiters      uint64 `json:"waiters"`
-		ClusterID    string `json:"cluster_id,omitempty"`
-		Version      string `json:"version,omitempty"`
+		// OwnDiskHung: a node (leader or not) whose own Raft log
+		// write has not returned says how long it has waited, and
+		// where (it applies nothing, serves as leader no longer).
+		OwnDiskHung string `json:"own_disk_hung,omitempty"`
+		Leader      string `json:"leader,omitempty"`
+		Term        uint64 `json:"term"`
+		Epoch       uint64 `json:"epoch"`
+		Commit      uint64 `json:"commit_index"`
+		Applied     uint64 `json:"applied_index"`
+		LastIndex   uint64 `json:"last_index"`
+		Leases      uint64 `json:"leases"`
+		Delayed     uint64 `json:"delayed"`
+		Waiters     uint64 `json:"waiters"`
+		ClusterID   string `json:"cluster_id,omitempty"`
+		Version     string `json:"version,omitempty"`
 	}
 	var (
 		rows                 []row
@@ -677,6 +681,7 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			r.Leases, r.Delayed, r.Waiters = s.GetLeases(), s.GetDelayed(), s.GetWaiters()
 			r.ClusterID = s.GetClusterId()
 			r.CannotCommit = s.GetCannotCommit()
+			r.OwnDiskHung = s.GetOwnDiskHung()
 			leaderKnown = leaderKnown || r.Leader != ""
 			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
@@ -705,6 +710,8 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			}
 			state := strings.ToLower(r.State)
 			switch {
+			case r.OwnDiskHung != "":
+				state += " (own disk hangs)" // why: below the table
 			case r.CannotCommit != "":
 				state += " (cannot commit)" // why: below the table
 			case r.Serving:
@@ -744,7 +751,9 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		// A leader that cannot commit refuses every write: say why
 		// (new-user review M4: status said "(serving)" meanwhile).
 		for _, r := range rows {
-			if r.CannotCommit != "" {
+			if r.OwnDiskHung != "" {
+				fmt.Printf("%s: %s\n", r.ID, r.OwnDiskHung)
+			} else if r.CannotCommit != "" {
 				fmt.Printf("%s: %s\n", r.ID, r.CannotCommit)
 			}
 		}

@@ -2326,7 +2326,15 @@ type StatusResponse struct {
 	// status` shows it instead of "(serving)": acquires there fail until it
 	// commits again or steps down. Empty otherwise, and from versions that
 	// predate the field.
-	CannotCommit  string `protobuf:"bytes,15,opt,name=cannot_commit,json=cannotCommit,proto3" json:"cannot_commit,omitempty"`
+	CannotCommit string `protobuf:"bytes,15,opt,name=cannot_commit,json=cannotCommit,proto3" json:"cannot_commit,omitempty"`
+	// own_disk_hung: set on a node (leader or not) whose own Raft log write
+	// has not returned for longer than its hang bound (three heartbeat
+	// timeouts, at least 3 s): how long it has waited and in which data
+	// dir. Such a node applies nothing, serves as leader no longer, ends
+	// its watch streams and refuses new ones, until the write returns.
+	// `leasenode status` shows it. Empty otherwise, and from versions that
+	// predate the field.
+	OwnDiskHung   string `protobuf:"bytes,16,opt,name=own_disk_hung,json=ownDiskHung,proto3" json:"own_disk_hung,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2462,6 +2470,13 @@ func (x *StatusResponse) GetSeenCluster() string {
 func (x *StatusResponse) GetCannotCommit() string {
 	if x != nil {
 		return x.CannotCommit
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetOwnDiskHung() string {
+	if x != nil {
+		return x.OwnDiskHung
 	}
 	return ""
 }
@@ -2747,7 +2762,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x0fMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12.\n" +
 	"\amembers\x18\x02 \x03(\v2\x14.leasenode.v1.MemberR\amembers\"\x0f\n" +
-	"\rStatusRequest\"\xce\x03\n" +
+	"\rStatusRequest\"\xf2\x03\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.leasenode.v1.HeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -2767,7 +2782,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"cluster_id\x18\f \x01(\tR\tclusterId\x12\x18\n" +
 	"\aversion\x18\r \x01(\tR\aversion\x12!\n" +
 	"\fseen_cluster\x18\x0e \x01(\tR\vseenCluster\x12#\n" +
-	"\rcannot_commit\x18\x0f \x01(\tR\fcannotCommit\"\x98\x01\n" +
+	"\rcannot_commit\x18\x0f \x01(\tR\fcannotCommit\x12\"\n" +
+	"\rown_disk_hung\x18\x10 \x01(\tR\vownDiskHung\"\x98\x01\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +
