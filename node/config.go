@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/transport"
 )
@@ -285,6 +287,12 @@ type TestingKnobs struct {
 	// in gossip that it reads (default fsm.FormatVersion): a test's
 	// stand-in for a node of an older version.
 	ReadsFormat byte
+	// Gossip, if set, adjusts the node's memberlist configuration after
+	// the node's own timing and before its name, addresses, key and
+	// delegates are set: a test's means to slow or stop gossip's periodic
+	// work (probes, full syncs) that would otherwise, at random moments,
+	// do what the test waits for the node itself to do.
+	Gossip func(*memberlist.Config)
 }
 
 // readsFormat is the format version a node with these knobs advertises.

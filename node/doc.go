@@ -158,6 +158,16 @@
 // TestBootstrapBesideARunningCluster, TestBootstrapBesideADownRestoredNode. (Its counterpart for data that
 // already belongs to a cluster is one-cluster-per-data-dir, below.)
 //
+// gossip-remembers-peers: a node keeps the gossip addresses of the
+// members it has seen in its data dir (GossipPeersFile) and, while gossip
+// shows it no other member, joins them after its --join seeds. A restart
+// empties the member table; the others, whose probes the restarted node
+// answers at the same address under the same name, never call it failed
+// and so never rejoin it, and with its seeds down it learnt of them only
+// when one of their periodic full syncs (15-30 s, a random member each)
+// picked it: a node waiting to bootstrap waited 32-70 s so beside two
+// busy loops. TestRestartedNodeFindsPeersPastDownSeeds.
+//
 // bootstrap-decides: a node waiting to bootstrap joins as soon as one
 // member it asks answers that it has Raft state, whichever others cannot
 // be asked; only bootstrapping needs every member's answer (peerWithState).

@@ -2,13 +2,8 @@ package node
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"maps"
-	"os"
-	"path/filepath"
 	"sync"
 )
 
@@ -34,25 +29,9 @@ type peerFormats struct {
 // loadPeerFormats reads PeerFormatsFile of dir (none yet: empty).
 func loadPeerFormats(dir string) (*peerFormats, error) {
 	p := &peerFormats{dir: dir, m: map[string]byte{}}
-	f, err := os.Open(filepath.Join(dir, PeerFormatsFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return p, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", dir, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxPeerFormatsBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", dir, err)
-	}
-	if len(b) > maxPeerFormatsBytes {
-		return nil, fmt.Errorf("data dir %s: %s is over %d bytes: damaged? Delete it (it only remembers which command format each node reads; gossip tells again)",
-			dir, PeerFormatsFile, maxPeerFormatsBytes)
-	}
-	if err := json.Unmarshal(b, &p.m); err != nil {
-		return nil, fmt.Errorf("data dir %s: %s: %v: damaged? Delete it (it only remembers which command format each node reads; gossip tells again)",
-			dir, PeerFormatsFile, err)
+	if err := readJSONFile(dir, PeerFormatsFile, maxPeerFormatsBytes, &p.m,
+		"it only remembers which command format each node reads; gossip tells again"); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

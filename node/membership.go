@@ -363,6 +363,9 @@ func (n *Node) startGossip(ctx context.Context) error {
 		mc.GossipInterval = fastGossipInterval
 		mc.SuspicionMult = 3
 	}
+	if cfg.Testing != nil && cfg.Testing.Gossip != nil {
+		cfg.Testing.Gossip(mc)
+	}
 	mc.Name = cfg.ID
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
@@ -505,6 +508,30 @@ func (n *Node) joinSeeds(ml *memberlist.Memberlist, seeds []string) bool {
 		joined = true
 	}
 	return joined
+}
+
+// joinRemembered joins, while ml knows no other member (its seeds down,
+// or none given), the gossip addresses remembered from before this
+// node's restart (GossipPeersFile), one at a time, and reports whether
+// one answered. A failure is logged at Debug only: a remembered member
+// may be gone for good, and --join is the configuration to warn about.
+func (n *Node) joinRemembered(ml *memberlist.Memberlist) bool {
+	for _, addr := range n.peers.addrs() {
+		if ml.NumMembers() >= 2 {
+			return true
+		}
+		if n.isOwnGossipAddr(addr) {
+			continue
+		}
+		if _, err := ml.Join([]string{addr}); err != nil {
+			n.log.Debug("join of a remembered member failed", "component", "node.membership", "addr", addr, "err", oneLine(err))
+			continue
+		}
+		n.log.Info("joined gossip through a member remembered from before the restart ("+GossipPeersFile+")",
+			"component", "node.membership", "addr", addr)
+		return true
+	}
+	return ml.NumMembers() >= 2
 }
 
 // oneLine is err's message on one line, for a log line: memberlist's Join
@@ -670,6 +697,11 @@ func (n *Node) runMembership() {
 				n.log.Warn("could not remember which command format each node reads (a restarted leader asks gossip only)", "err", err)
 			}
 		}
+		if err := n.peers.record(n.cfg.ID, n.members.list()); err != nil {
+			if ok, _ := n.formatsFailed.Allow("gossip peers"); ok {
+				n.log.Warn("could not remember the other nodes' gossip addresses (a restart joins through --join only)", "err", err)
+			}
+		}
 		select {
 		case <-n.ctx.Done():
 			return
@@ -758,9 +790,10 @@ const rejoinFor = 24 * time.Hour
 // nodes that gossip gave up on: failed members (a restarted node that
 // knows no live seed would otherwise stay alone: memberlist never probes
 // dead members again; Serf calls this reconnect) and, while this node is
-// alone, the configured seeds.
+// alone, the configured seeds, then the members remembered from before a
+// restart (GossipPeersFile).
 func (n *Node) rejoin() {
-	alone := n.ml.NumMembers() < 2 && len(n.cfg.Join) > 0
+	alone := n.ml.NumMembers() < 2 && (len(n.cfg.Join) > 0 || len(n.peers.addrs()) > 0)
 	var addrs []string
 	for _, m := range n.members.list() {
 		if m.Status == statusDead && m.ID != n.cfg.ID && m.Gossip != "" && time.Since(m.Since) < rejoinFor {
@@ -774,6 +807,9 @@ func (n *Node) rejoin() {
 		defer n.rejoining.Store(false)
 		if alone && n.joinSeeds(n.ml, n.seeds(n.ctx)) {
 			n.log.Debug("joined gossip through the seeds")
+		}
+		if alone {
+			n.joinRemembered(n.ml)
 		}
 		if len(addrs) == 0 {
 			return

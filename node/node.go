@@ -75,6 +75,7 @@ type Node struct {
 	gossipUndecodable atomic.Uint64
 	members           *memberTable
 	formats           *peerFormats // what each node was last seen to read (PeerFormatsFile)
+	peers             *gossipPeers // the members' gossip addresses last seen (GossipPeersFile)
 	rejoining         atomic.Bool  // a rejoin attempt is running
 	// gossipSelf is this node's gossip address, bound and advertised
 	// (ports resolved), which seeds leaves out of Join.
@@ -333,6 +334,9 @@ func (n *Node) startRaft() error {
 	}
 	n.cluster.mayTake, n.cluster.settle = n.twoClustersErr, n.waitGossipJoined
 	if n.formats, err = loadPeerFormats(cfg.DataDir); err != nil {
+		return err
+	}
+	if n.peers, err = loadGossipPeers(cfg.DataDir); err != nil {
 		return err
 	}
 	hello := &transport.Hello{NodeID: cfg.ID, ClusterID: n.cluster.get, Check: n.cluster.check, Refused: n.cluster.refusedBy}
