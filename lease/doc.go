@@ -158,8 +158,14 @@
 // unknown, with back-off, until ctx ends or failures have lasted the retry
 // timeout (WithRetryTimeout, default 10 s), then fails with an error
 // matching ErrNoLeader (or ErrUnknownOutcome if an attempt may have been
-// applied). So, with d the time until ctx's deadline and r the retry
-// timeout:
+// applied). A leader that cannot commit (it leads, but too few voters
+// store its log: their disks hang, or the network drops what they are
+// sent) refuses requests before applying them; they are retried like "no
+// leader", since the stall may end (a disk thaws, a leader whose own disk
+// hangs gives way to another), and the error that ends them is then a
+// *CommitStallError naming the leader and the voters behind, which still
+// matches ErrNoLeader. So, with d the time until ctx's deadline and r the
+// retry timeout:
 //
 //   - TryAcquire, Release, Get, List, CheckToken: at most min(d, r plus
 //     one attempt, itself bounded by r);

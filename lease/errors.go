@@ -166,6 +166,67 @@ func (e *HeldError) Unwrap() []error {
 	return []error{ErrHeld, e.Err}
 }
 
+// CommitStallError is a leader's refusal while it cannot commit: it
+// leads (a quorum of voters answers its heartbeats, which touch no disk)
+// but nothing it proposed has committed for For, because the voters in
+// Behind have not stored its log (their disks hang, or the network drops
+// what they are sent), or, with OwnDisk, its own log write hangs. Nothing
+// was applied. It matches ErrNoLeader; retrying helps once the stall
+// ends (a disk thaws, or a leader whose own disk hangs gives way to
+// another), which is why the retry policy retries it until its timeout.
+// Err is the leader's refusal in its own words.
+type CommitStallError struct {
+	Leader  string
+	For     time.Duration
+	Behind  []string
+	OwnDisk bool
+	Err     error
+}
+
+func (e *CommitStallError) Error() string {
+	var msg string
+	switch {
+	case e.OwnDisk || len(e.Behind) == 0:
+		msg = fmt.Sprintf("leader %s cannot commit: every other voter stored its entries, but its own log write has not returned for %v (its disk may be hung)", e.Leader, e.For.Round(100*time.Millisecond))
+	case len(e.Behind) == 1:
+		msg = fmt.Sprintf("leader %s cannot commit: voter %s has not stored its entries for %v (its disk, or the network)", e.Leader, e.Behind[0], e.For.Round(100*time.Millisecond))
+	default:
+		msg = fmt.Sprintf("leader %s cannot commit: voters %s have not stored its entries for %v (their disks, or the network)", e.Leader, strings.Join(e.Behind, ", "), e.For.Round(100*time.Millisecond))
+	}
+	if e.Err != nil {
+		// The leader's own words carry each voter's Raft replies.
+		words := describe(e.Err)
+		if _, rest, ok := strings.Cut(words, " cannot commit: "); ok {
+			words = rest
+		}
+		msg += "; the leader says: " + words
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is match ErrNoLeader and the leader's refusal.
+func (e *CommitStallError) Unwrap() []error { return []error{ErrNoLeader, e.Err} }
+
+// stallOf is the commit stall a leader's refusal err describes (an
+// embedded node's error, or a remote node's error detail), or nil.
+func stallOf(err error) *CommitStallError {
+	if err == nil {
+		return nil
+	}
+	var cs *pb.CommitStall
+	var s interface{ CommitStall() *pb.CommitStall }
+	if errors.As(err, &s) {
+		cs = s.CommitStall()
+	} else if d := detailOf(err); d != nil {
+		cs = d.GetCommitStall()
+	}
+	if cs == nil {
+		return nil
+	}
+	return &CommitStallError{Leader: cs.GetLeaderId(), For: cs.GetStalledFor().AsDuration(),
+		Behind: cs.GetVotersBehind(), OwnDisk: cs.GetOwnDisk(), Err: err}
+}
+
 // reasoner is implemented by the errors of an embedded node (package node
 // declares them; lease must not import it).
 type reasoner interface{ Reason() pb.Reason }
@@ -220,6 +281,9 @@ func classify(op, key string, err error) error {
 	var ge *GiveUpError
 	if errors.As(err, &ge) {
 		return fmt.Errorf("%s %q: %w", op, key, err)
+	}
+	if st := stallOf(err); st != nil {
+		return fmt.Errorf("%s %q: %w", op, key, st)
 	}
 	var sentinel error
 	switch reasonOf(err) {

@@ -2,13 +2,10 @@ package lease
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -365,18 +362,36 @@ func (r *Remote) check(addr string, nl *nodeLiveness) bool {
 	}
 }
 
-// probe sends addr a Status request and says whether any reply came back
-// within timeout: a response, or an error the node sent. It goes
-// over HTTP/1.1 (Remote.checks), where a node serves it ahead of the
-// queue of its API budget (up to a small allowance of its source's):
-// behind other clients of the same address keeping the node at its
-// --max-api-rate, it took longer than peerTimeout, and a waiting acquire
-// at a live leader gave up (adversarial review s34).
+// probe sends addr a Status request and says whether the node answered
+// within timeout: a response of any status, an error the node sent, or
+// a connection it accepted and then closed. It goes over HTTP/1.1
+// (Remote.checks), where a node serves it ahead of the queue of its API
+// budget (up to a small allowance of its source's): behind other clients
+// of the same address keeping the node at its --max-api-rate, it took
+// longer than peerTimeout, and a waiting acquire at a live leader gave up
+// (adversarial review s34).
+//
+// A connection the node accepted and closed (its --max-conns, or a
+// source's share of it, all taken by this client's own waits) is an
+// answer too, however the close shows: a stopped process's kernel
+// accepts connections and then holds them without a byte, it never
+// closes them, and a dead process's refuses them. Only silence until the
+// timeout is silence. Counting only EOF and resets after GotConn took a
+// TLS handshake the node cut (GotConn comes after it), a write that met
+// the close (EPIPE) and a pooled connection closed as it was reused
+// ("server closed idle connection") for silence: at --max-conns a
+// healthy waiting acquire ended "stopped answering", an unknown outcome
+// (new-user review). Guarded by TestLivenessCheckRefusedAtMaxConnsIsAnAnswer.
 func (r *Remote) probe(addr string, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(r.stop, timeout)
 	defer cancel()
 	var replied, connected atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		ConnectDone: func(_, _ string, err error) {
+			if err == nil {
+				connected.Store(true)
+			}
+		},
 		GotConn:              func(httptrace.GotConnInfo) { connected.Store(true) },
 		GotFirstResponseByte: func() { replied.Store(true) },
 	})
@@ -384,11 +399,6 @@ func (r *Remote) probe(addr string, timeout time.Duration) bool {
 	if err == nil {
 		r.learn(resp.Msg.GetHeader())
 	}
-	// A connection the node accepted and closed at once (its
-	// --max-conns, or a source's share of it, all taken by this client's
-	// own waits) is an answer too: a stopped process's kernel accepts
-	// connections and then holds them, it never closes them.
-	closedByPeer := err != nil && ctx.Err() == nil && connected.Load() &&
-		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
+	closedByPeer := err != nil && ctx.Err() == nil && connected.Load()
 	return replied.Load() || closedByPeer
 }

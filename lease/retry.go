@@ -162,6 +162,9 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			if answer != err {
 				ge.Answer = answer
 			}
+			if ge.Stall = stallOf(err); ge.Stall == nil {
+				ge.Stall = stallOf(answer)
+			}
 			if sawUnknown {
 				ge.Sentinel = ErrUnknownOutcome
 			}
@@ -223,6 +226,10 @@ type GiveUpError struct {
 	// does not answer at all (connection refused) says less than one that
 	// does, so the message leads with the answer.
 	Answer error
+	// Stall is set when the last answer came from a leader that cannot
+	// commit: the message leads with it, not with "no leader", which
+	// sent users to look for an election while every voter was up.
+	Stall *CommitStallError
 }
 
 func (e *GiveUpError) Error() string {
@@ -240,12 +247,25 @@ func (e *GiveUpError) Error() string {
 		// failure: the streak began after it, but the caller waited all.
 		after = fmt.Sprintf("%v, the last %v failing", took, after)
 	}
-	return fmt.Sprintf("%v (gave up after %s: %s): %s", e.Sentinel, after, why, last)
+	sentinel := e.Sentinel.Error()
+	if e.Stall != nil {
+		if e.Sentinel == ErrNoLeader {
+			sentinel = "lease: the leader cannot commit"
+		}
+		last = e.Stall.Error()
+		if e.Stall.Err != e.Last && e.Answer != nil {
+			last += " (last attempt: " + describe(e.Last) + ")"
+		}
+	}
+	return fmt.Sprintf("%s (gave up after %s: %s): %s", sentinel, after, why, last)
 }
 
 // Unwrap lets errors.Is match the sentinel, the cause and the last error.
 func (e *GiveUpError) Unwrap() []error {
 	out := []error{e.Sentinel, e.Last}
+	if e.Stall != nil {
+		out = append(out, e.Stall)
+	}
 	if e.Cause != nil {
 		out = append(out, e.Cause)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -351,6 +352,92 @@ func TestStatusOfLeaderThatCannotCommitSaysSo(t *testing.T) {
 		t.Errorf("status of a serving leader that cannot commit: cannot_commit %q, want it to say so naming the stopped voter %s", msg, c.Config(stopped).ID)
 	}
 	t.Logf("status: cannot_commit %q", st.GetCannotCommit())
+}
+
+// Every voter up, both followers' disks hung: the leader keeps leading
+// (heartbeats touch no disk) and cannot commit. A client's acquire (wait
+// 0), release and read there are refused, and the client says so in its
+// own words, naming the leader and the voters behind: a
+// *lease.CommitStallError, still ErrNoLeader, not "no leader reachable"
+// (new-user review: all three voters were up, and the CLI's hint said
+// the cluster was electing a leader or lacked a quorum).
+func TestClientSaysTheLeaderCannotCommit(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{API: true})
+	li, l := c.Leader()
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, lease.WithRetryTimeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = cl.Close(ctx)
+	})
+	held, err := cl.TryAcquire(ctxT(t, 10*time.Second), "held", lease.TTL(time.Minute))
+	if err != nil || held == nil {
+		t.Fatalf("acquire before the stall: %v %v", held, err)
+	}
+	term := l.Raft().CurrentTerm()
+	var followers []string
+	for i := range c.Size() {
+		if i != li {
+			release := c.Node(i).StallLogWrites()
+			t.Cleanup(release)
+			followers = append(followers, c.Config(i).ID)
+		}
+	}
+	// A write waits at the leader: the stall is found while it does.
+	_, err = l.Acquire(ctxT(t, 20*time.Second), acq("trigger", "h", 1, time.Minute))
+	t.Logf("a write at the leader once its followers' disks hang: %v", err)
+	for _, op := range []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"acquire (wait 0)", func(ctx context.Context) error {
+			ls, err := cl.TryAcquire(ctx, "new", lease.TTL(time.Minute))
+			if err == nil {
+				err = fmt.Errorf("granted: %v", ls)
+			}
+			return err
+		}},
+		{"release", func(ctx context.Context) error { return held.Release(ctx) }},
+		{"get", func(ctx context.Context) error { _, err := cl.Get(ctx, "held"); return err }},
+		{"embedded acquire", func(ctx context.Context) error {
+			emb, err := lease.New(l, lease.WithRetryTimeout(2*time.Second))
+			if err != nil {
+				return err
+			}
+			defer func() { _ = emb.Close(ctxT(t, 5*time.Second)) }()
+			ls, err := emb.TryAcquire(ctx, "new", lease.TTL(time.Minute))
+			if err == nil {
+				err = fmt.Errorf("granted: %v", ls)
+			}
+			return err
+		}},
+	} {
+		start := time.Now()
+		err := op.call(ctxT(t, 20*time.Second))
+		t.Logf("%s at a leader that cannot commit, after %v: %v", op.name, time.Since(start).Round(time.Millisecond), err)
+		if !l.IsLeader() || l.Raft().CurrentTerm() != term {
+			t.Skipf("the leader stepped down meanwhile: nothing to show")
+		}
+		var st *lease.CommitStallError
+		if !errors.As(err, &st) {
+			t.Errorf("%s: %v; want a *lease.CommitStallError", op.name, err)
+			continue
+		}
+		if !errors.Is(err, lease.ErrNoLeader) && !errors.Is(err, lease.ErrUnknownOutcome) {
+			t.Errorf("%s: %v; want it to match ErrNoLeader", op.name, err)
+		}
+		slices.Sort(st.Behind)
+		if st.Leader != c.Config(li).ID || !slices.Equal(st.Behind, followers) || st.OwnDisk {
+			t.Errorf("%s: stall %+v; want leader %s, voters behind %v", op.name, st, c.Config(li).ID, followers)
+		}
+		want := fmt.Sprintf("leader %s cannot commit: voters %s have not stored its entries", c.Config(li).ID, strings.Join(followers, ", "))
+		if msg := err.Error(); !strings.Contains(msg, want) || strings.Contains(msg, "no leader reachable") {
+			t.Errorf("%s: %q; want it to say %q, and not \"no leader reachable\"", op.name, msg, want)
+		}
+	}
 }
 
 // leaderAndFollowers returns c's leader and the indexes of its two

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // commitStallAfter is how long a leader may go without committing any of
@@ -218,7 +221,7 @@ func (n *Node) onCommitStall() {
 	if ls := n.lead.Load(); ls != nil {
 		ls.queues.stall(
 			&LeaderError{Err: ErrNotLeader, Detail: detail + "; this wait was cut short and may be sent again"},
-			fmt.Errorf("%w: its grant was proposed and may still commit: %w", ErrUnknownOutcome, &LeaderError{Err: ErrNoLeader, Detail: detail}))
+			fmt.Errorf("%w: its grant was proposed and may still commit: %w", ErrUnknownOutcome, n.stallErr()))
 	}
 }
 
@@ -228,28 +231,57 @@ func (n *Node) cannotCommitErr() error {
 	if _, _, ok := n.commits.stalled(); !ok {
 		return nil
 	}
-	return &LeaderError{Err: ErrNoLeader, Detail: n.cannotCommitDetail()}
+	return n.stallErr()
+}
+
+// stallErr is ErrNoLeader saying why this leader cannot commit, in words
+// (Detail) and for clients to say in theirs (Stall, carried on the wire
+// as ErrorDetail.commit_stall): a client that read only "no leader" told
+// its user the cluster was electing one, or had too few voters up,
+// while all three were up with their disks hung (new-user review).
+func (n *Node) stallErr() *LeaderError {
+	detail, stall := n.cannotCommit()
+	return &LeaderError{Err: ErrNoLeader, Detail: detail, Stall: stall}
 }
 
 // cannotCommitDetail says for how long this leader has committed nothing
-// and which voters have not stored its newest entries, as their last
-// Raft replies said (a voter that answers heartbeats but stores nothing
-// has a hung disk; one that refuses connections is stopped).
+// and which voters have not stored its newest entries (cannotCommit).
 func (n *Node) cannotCommitDetail() string {
-	age, waiting, _ := n.commits.stalled()
-	msg := fmt.Sprintf("leader %s cannot commit: nothing it proposed has committed for %v (%d proposals waiting)", n.cfg.ID, age.Round(time.Millisecond), waiting)
-	if behind := n.votersBehind(); len(behind) > 0 {
-		msg += "; voters that have not stored its newest entries: " + strings.Join(behind, ", ")
-	} else {
-		msg += "; every other voter has stored them: this node's own disk may be hung"
-	}
-	return msg + "; it commits again once a quorum of voters stores the log"
+	detail, _ := n.cannotCommit()
+	return detail
 }
 
-// votersBehind names the other voters that have not stored this leader's
+// cannotCommit says for how long this leader has committed nothing and
+// which voters have not stored its newest entries, as their last Raft
+// replies said (a voter that answers heartbeats but stores nothing has a
+// hung disk; one that refuses connections is stopped): in words, and as
+// the wire's CommitStall.
+func (n *Node) cannotCommit() (string, *pb.CommitStall) {
+	age, waiting, _ := n.commits.stalled()
+	stall := &pb.CommitStall{LeaderId: n.cfg.ID, StalledFor: durationpb.New(age)}
+	msg := fmt.Sprintf("leader %s cannot commit: nothing it proposed has committed for %v (%d proposals waiting)", n.cfg.ID, age.Round(time.Millisecond), waiting)
+	if behind := n.votersBehind(); len(behind) > 0 {
+		var words []string
+		for _, b := range behind {
+			stall.VotersBehind = append(stall.VotersBehind, b.id)
+			words = append(words, b.id+" ("+b.why+")")
+		}
+		msg += "; voters that have not stored its newest entries: " + strings.Join(words, ", ")
+	} else {
+		stall.OwnDisk = true
+		msg += "; every other voter has stored them: this node's own disk may be hung"
+	}
+	return msg + "; it commits again once a quorum of voters stores the log", stall
+}
+
+// behindVoter is a voter that has not stored this leader's newest
+// entries, and why as far as its last Raft replies tell.
+type behindVoter struct{ id, why string }
+
+// votersBehind lists the other voters that have not stored this leader's
 // newest entries, with why as far as their last Raft replies tell.
-func (n *Node) votersBehind() []string {
-	var behind []string
+func (n *Node) votersBehind() []behindVoter {
+	var behind []behindVoter
 	if n.raft == nil || n.raftTrans == nil {
 		return nil
 	}
@@ -262,17 +294,18 @@ func (n *Node) votersBehind() []string {
 		if s.Suffrage != raft.Voter || string(s.ID) == n.cfg.ID {
 			continue
 		}
+		id := string(s.ID)
 		stored, heard, ok := n.raftTrans.stored(s.Address)
 		switch {
 		case n.raftTrans.refusing(s.Address):
-			behind = append(behind, fmt.Sprintf("%s (refusing Raft connections: stopped)", s.ID))
+			behind = append(behind, behindVoter{id, "refusing Raft connections: stopped"})
 		case !ok:
-			behind = append(behind, fmt.Sprintf("%s (no Raft reply yet)", s.ID))
+			behind = append(behind, behindVoter{id, "no Raft reply yet"})
 		case stored >= last:
 		case time.Since(heard) > time.Second:
-			behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d; no Raft reply for %v)", s.ID, stored, last, time.Since(heard).Round(time.Millisecond)))
+			behind = append(behind, behindVoter{id, fmt.Sprintf("stored the log to index %d of %d; no Raft reply for %v", stored, last, time.Since(heard).Round(time.Millisecond))})
 		default:
-			behind = append(behind, fmt.Sprintf("%s (stored the log to index %d of %d, and answers heartbeats: its disk may be hung)", s.ID, stored, last))
+			behind = append(behind, behindVoter{id, fmt.Sprintf("stored the log to index %d of %d, and answers heartbeats: its disk may be hung", stored, last)})
 		}
 	}
 	return behind

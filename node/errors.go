@@ -121,7 +121,16 @@ type LeaderError struct {
 	// Detail says why there is no leader, as the answering node sees it
 	// (e.g. "waiting to bootstrap: 1 of 3 expected nodes seen").
 	Detail string
+	// Stall is set on ErrNoLeader from a leader that cannot commit (it
+	// leads, but nothing it proposed has committed for a while): which
+	// voters are behind, for how long. It crosses the wire as
+	// ErrorDetail.commit_stall.
+	Stall *pb.CommitStall
 }
+
+// CommitStall is e.Stall: a package that must not import node (lease)
+// finds it with errors.As on an interface with this method.
+func (e *LeaderError) CommitStall() *pb.CommitStall { return e.Stall }
 
 func (e *LeaderError) Error() string {
 	msg := e.Err.Error()
@@ -165,7 +174,7 @@ func ErrorDetail(err error) *pb.ErrorDetail {
 	}
 	var le *LeaderError
 	if errors.As(err, &le) {
-		d.LeaderId, d.LeaderAddr = le.LeaderID, le.LeaderAddr
+		d.LeaderId, d.LeaderAddr, d.CommitStall = le.LeaderID, le.LeaderAddr, le.Stall
 	}
 	var sl *sizeLimitError
 	d.SizeLimit = errors.As(err, &sl)
@@ -190,7 +199,7 @@ func ErrorFromDetail(d *pb.ErrorDetail, msg string) error {
 	for _, r := range reasons {
 		if d.GetReason() == r.reason {
 			if r.err == ErrNotLeader || r.err == ErrNoLeader {
-				le := &LeaderError{Err: r.err, LeaderID: d.GetLeaderId(), LeaderAddr: d.GetLeaderAddr()}
+				le := &LeaderError{Err: r.err, LeaderID: d.GetLeaderId(), LeaderAddr: d.GetLeaderAddr(), Stall: d.GetCommitStall()}
 				if msg != "" && msg != le.Error() {
 					le.Detail = strings.TrimPrefix(strings.TrimPrefix(msg, r.err.Error()), ": ")
 				}

@@ -472,7 +472,7 @@ func (p *proposal) waitCommit(ctx context.Context, n *Node) (*fsm.Response, erro
 		return p.resp, p.err
 	default:
 	}
-	return nil, fmt.Errorf("%w: the entry was proposed and may still commit: %w", ErrUnknownOutcome, &LeaderError{Err: ErrNoLeader, Detail: n.cannotCommitDetail()})
+	return nil, fmt.Errorf("%w: the entry was proposed and may still commit: %w", ErrUnknownOutcome, n.stallErr())
 }
 
 // neverAppended reports whether Raft refused an Apply before appending

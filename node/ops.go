@@ -1126,7 +1126,7 @@ func settleWaiting(ctx context.Context, ls *leaderState, cmd *fsm.Acquire) error
 		case <-ls.n.commits.stalledChan():
 			// Its proposal may not resolve for long (invariant
 			// commit-or-say); this attempt was not applied.
-			return fmt.Errorf("acquire %q: an earlier attempt of this request is being committed: %w", cmd.Key, &LeaderError{Err: ErrNoLeader, Detail: ls.n.cannotCommitDetail()})
+			return fmt.Errorf("acquire %q: an earlier attempt of this request is being committed: %w", cmd.Key, ls.n.stallErr())
 		case <-ctx.Done():
 			return fmt.Errorf("acquire %q: %w: an earlier attempt of this request was being committed (%v)", cmd.Key, ErrUnknownOutcome, ctx.Err())
 		}

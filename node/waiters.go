@@ -172,7 +172,7 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 		// Found unable to commit since the caller asked (invariant
 		// commit-or-say).
 		q.mu.Unlock()
-		return waitResult{err: &LeaderError{Err: ErrNoLeader, Detail: q.ls.n.cannotCommitDetail()}}
+		return waitResult{err: q.ls.n.stallErr()}
 	}
 	for _, it := range w.items {
 		if kq := q.keys[it.Key]; kq != nil && len(kq.waiters) >= maxKeyWaiters {

@@ -59,7 +59,7 @@ func (c *clientFlags) check() error {
 		return usagef("-o %q: want table or json", c.output)
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
-		return usagef("--tls-cert and --tls-key go together")
+		return &usageError{msg: "--tls-cert and --tls-key go together", hint: "give both, a client certificate and its key (`leasenode tls cert create --client` makes them), or neither"}
 	}
 	if c.timeout <= 0 {
 		return usagef("--timeout must be positive")
@@ -314,7 +314,8 @@ func dash(s string) string {
 const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL and time left (by the
 leader's clock; advisory), one row for each holder of a shared or
 semaphore key (MODE: exclusive, shared, or sem/N for one of N slots). A
-free key prints "KEY is free" (exit 0).`
+free key prints "KEY is free" (exit 0); with --stale, "KEY is free as far as
+NODE knows": the node asked may be behind the leader.`
 
 func (ap *app) getCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "get KEY [--stale] [flags]", Short: "show the lease on a key", Long: getSynopsis, Args: nargs(1, 1)}
@@ -350,7 +351,11 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 	}
 	if cf.json() {
 		if !resp.GetFound() {
-			printJSON(map[string]any{"key": pos[0], "state": "free"})
+			free := map[string]any{"key": pos[0], "state": "free"}
+			if *stale {
+				free["stale"], free["node"] = true, resp.GetHeader().GetNodeId()
+			}
+			printJSON(free)
 			return nil
 		}
 		// The first holding's fields, as before, and every holding.
@@ -365,11 +370,26 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 		return nil
 	}
 	if !resp.GetFound() {
-		fmt.Printf("%s is free\n", pos[0])
+		printFree(os.Stdout, pos[0], *stale, resp.GetHeader().GetNodeId())
 		return nil
 	}
 	printLeases(os.Stdout, holdings, *stale)
 	return nil
+}
+
+// printFree says key is free: as the leader says, or, from a --stale
+// read, as far as the node asked (node, its ID) knows. A lagging follower
+// (the two others killed) said "q/long is free" of a key the two others
+// had committed a 60 s lease on (new-user review).
+func printFree(out io.Writer, key string, stale bool, node string) {
+	if !stale {
+		fmt.Fprintf(out, "%s is free\n", key)
+		return
+	}
+	if node == "" {
+		node = "the node asked"
+	}
+	fmt.Fprintf(out, "%s is free as far as %s knows (a stale read: %s may be behind the leader; without --stale a leader answers)\n", key, node, node)
 }
 
 const listSynopsis = `Lists the leases whose keys start with PREFIX (all without one), in key order:

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"syscall"
 
 	"connectrpc.com/connect"
@@ -51,6 +53,9 @@ func hintFor(err error, verb string) string {
 	if verb == "status" {
 		status, showsAll = "", ""
 	}
+	if st := (*lease.CommitStallError)(nil); errors.As(err, &st) {
+		return stallHint(st, verb)
+	}
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
@@ -71,6 +76,33 @@ func hintFor(err error, verb string) string {
 		return "the request may or may not have taken effect; check with `leasenode get KEY`"
 	}
 	return ""
+}
+
+// stallHint says what to do about a leader that cannot commit (above: which
+// voters are behind), to a user of verb: not "the cluster is electing a
+// leader", which sent a user whose three voters were all up (their disks
+// hung) looking for an election (new-user review).
+func stallHint(st *lease.CommitStallError, verb string) string {
+	var hint string
+	if st.OwnDisk || len(st.Behind) == 0 {
+		hint = fmt.Sprintf("leader %s's own disk seems hung (every other voter stored its log): check that disk; it stops sending to its followers so that they elect another leader, within seconds", st.Leader)
+	} else {
+		have, their := "have", "their"
+		if len(st.Behind) == 1 {
+			have, their = "has", "its"
+		}
+		behind := strings.Join(st.Behind, ", ")
+		hint = fmt.Sprintf("every voter may be up, but a quorum must store the leader's log and %s %s not: check %s disks (full, hung or frozen) and the network between %s and %s",
+			behind, have, their, behind, st.Leader)
+	}
+	if verb != "status" {
+		hint += "; `leasenode status` shows each node's log index"
+	}
+	hint += "; nothing was applied, and the request was retried for --timeout (10s by default) in case the stall ended"
+	if verb == "get" || verb == "list" {
+		hint += "; --stale reads the local copy of the node asked, without the leader (it may be behind)"
+	}
+	return hint
 }
 
 // detailReason is the reason a node put in err's error detail, if one did:

@@ -189,15 +189,30 @@ func bindEnv(fs *pflag.FlagSet) error {
 }
 
 // noteEnv marks, in the help of fs, each flag its environment variable
-// sets now, so that a default shown is not taken for the value in force.
-// The value itself is not shown: it may be a secret.
+// sets now, with the value in force, so that the default shown is not
+// taken for it (new-user review: `--addr ... (default
+// "127.0.0.1:7402")` with LEASENODE_ADDR set elsewhere). The value of a
+// secret (secretFlag) is not shown.
 func noteEnv(fs *pflag.FlagSet) {
 	fs.VisitAll(func(f *pflag.Flag) {
 		name := envName(f.Name)
-		if _, ok := os.LookupEnv(name); ok && !isPerInvocation(f) && !strings.Contains(f.Usage, name) {
+		v, ok := os.LookupEnv(name)
+		if !ok || isPerInvocation(f) || strings.Contains(f.Usage, name) {
+			return
+		}
+		if secretFlag(f.Name) {
 			f.Usage += " [set now by " + name + "]"
+		} else {
+			f.Usage += fmt.Sprintf(" [set now by %s to %q, in force over the default]", name, v)
 		}
 	})
+}
+
+// secretFlag says whether flag name holds a secret (a token, a key), whose
+// value help must not print.
+func secretFlag(name string) bool {
+	return !strings.HasSuffix(name, "-file") && name != "tls-key" &&
+		(strings.Contains(name, "token") || strings.Contains(name, "key") || strings.Contains(name, "secret"))
 }
 
 // warnUnknownEnv warns about each LEASENODE_ variable that sets nothing but
@@ -256,7 +271,9 @@ func flagError(cmd *cobra.Command, err error) error {
 		ue.hint = hintForValue(inv.GetFlag())
 	case errors.As(err, &nx):
 		name := strings.TrimLeft(nx.GetSpecifiedName(), "-")
-		if s := flagIntent(cmd, name); s != "" {
+		if s := flagIntent(cmd, name); strings.HasPrefix(s, "no ") {
+			ue.hint = s
+		} else if s != "" {
 			ue.hint = "did you mean " + s + "?"
 		} else if s := closestFlag(cmd, name); s != "" {
 			ue.hint = "did you mean --" + s + "?"
@@ -302,10 +319,39 @@ var flagIntents = map[string]struct{ flag, say string }{
 	"server":    {"addr", "--addr"},
 	"host":      {"addr", "--addr"},
 	"token":     {"auth-token", "--auth-token (or --auth-token-file)"},
+	// etcdctl's and curl's TLS flags.
+	"cacert":   {"tls-ca", "--tls-ca (the CA bundle that verifies the nodes)"},
+	"cafile":   {"tls-ca", "--tls-ca (the CA bundle that verifies the nodes)"},
+	"ca":       {"tls-ca", "--tls-ca (the CA bundle that verifies the nodes)"},
+	"cert":     {"tls-cert", "--tls-cert (a client certificate, with --tls-key)"},
+	"certfile": {"tls-cert", "--tls-cert (a client certificate, with --tls-key)"},
+	"key":      {"tls-key", "--tls-key (the key of --tls-cert; a lease's key is the KEY argument)"},
+	"keyfile":  {"tls-key", "--tls-key (the key of --tls-cert)"},
+	"insecure": {"tls-ca", "no such flag: the client uses TLS only with --tls-ca (or LEASENODE_TLS_CA): leave it out for agents serving plain HTTP, " +
+		"or give it the cluster's CA (made by `leasenode tls ca create`); node certificates are always verified"},
+	"insecure-skip-tls-verify": {"tls-ca", "no such flag: give --tls-ca the cluster's CA; certificates are always verified"},
+}
+
+// argIntents maps flags users of other tools type to a positional
+// argument of cmd (its Use line names it), or, without one, to what to do
+// instead.
+var argIntents = map[string]struct{ arg, say string }{
+	"prefix":   {"PREFIX", "no flag: the prefix is an argument, `leasenode %s PREFIX`"},
+	"rev":      {"", "no such flag: leasenode keeps no history of revisions: get and list show the current leases, and watch prints them, then every change"},
+	"revision": {"", "no such flag: leasenode keeps no history of revisions: get and list show the current leases, and watch prints them, then every change"},
 }
 
 // flagIntent returns what cmd calls the flag name means elsewhere, or "".
 func flagIntent(cmd *cobra.Command, name string) string {
+	if ai, ok := argIntents[strings.ToLower(name)]; ok {
+		switch {
+		case ai.arg == "":
+			return ai.say
+		case strings.Contains(cmd.Use, ai.arg):
+			return fmt.Sprintf(ai.say, cmd.Name())
+		}
+		return ""
+	}
 	in, ok := flagIntents[strings.ToLower(name)]
 	if !ok {
 		return ""

@@ -46,7 +46,8 @@ func (s *shapeFlags) register(fs *pflag.FlagSet) {
 // flags say.
 func (s *shapeFlags) items(key string) ([]lease.Item, error) {
 	if s.n != 0 && s.shared {
-		return nil, usagef("-n and --shared: a key is a semaphore or shared, not both")
+		return nil, &usageError{msg: "-n and --shared: a key is a semaphore or shared, not both",
+			hint: "give -n N for a semaphore of N slots (N holders at once), or --shared for a reader lock (any number of shared holders, no exclusive one)"}
 	}
 	if s.n < 0 || s.n == 0 && s.fs != nil && s.fs.Changed("slots") {
 		return nil, usagef("-n %d: want at least 1 (without -n the key is exclusive)", s.n)

@@ -249,10 +249,12 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
 		// A hint says what to do; the pointer to --help is for the rest.
+		// Every usage error ends with the CLI's hint line, never
+		// cobra's "Run '... --help' for usage." (new-user review).
 		if ue.hint != "" {
 			fmt.Fprintf(w, "  hint: %s\n", ue.hint)
 		} else if cmd != nil {
-			fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
+			fmt.Fprintf(w, "  hint: `%s --help` lists its flags and what each needs\n", cmd.CommandPath())
 		}
 	} else if hint := hintFor(err, verbOf(cmd)); hint != "" {
 		fmt.Fprintf(w, "  hint: %s\n", hint)

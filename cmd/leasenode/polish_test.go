@@ -1,15 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/pb/pbconnect"
 )
 
 // Scenario: a watch the agent refuses at its --max-watches exits with the
@@ -50,5 +54,43 @@ func TestStaleReadOfAnExpiredLeaseSaysUnknown(t *testing.T) {
 	printLeases(&b, []*pb.Lease{held}, false)
 	if out := b.String(); strings.Contains(out, "unknown") || !strings.Contains(out, "0s") {
 		t.Errorf("read through the leader:\n%s\nwant REMAINING 0s", out)
+	}
+}
+
+// laggingFollower is a node cut off from the leader: its own copy of the
+// state shows every key free.
+type laggingFollower struct {
+	pbconnect.UnimplementedLeaseServiceHandler
+}
+
+func (laggingFollower) Status(context.Context, *connect.Request[pb.StatusRequest]) (*connect.Response[pb.StatusResponse], error) {
+	return connect.NewResponse(&pb.StatusResponse{Header: &pb.Header{NodeId: "u3"}, NodeId: "u3", RaftState: "Candidate"}), nil
+}
+
+func (laggingFollower) Get(_ context.Context, req *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {
+	if !req.Msg.GetStale() {
+		return nil, errors.New("want a stale read")
+	}
+	return connect.NewResponse(&pb.GetResponse{Header: &pb.Header{NodeId: "u3"}}), nil
+}
+
+// Scenario (new-user review): `get --stale` at a lagging follower (the
+// two others killed after they committed a 60 s lease) finds the key
+// free. It says that is u3's possibly stale view, not a plain "q/long is
+// free", in the table and in JSON.
+func TestStaleReadOfAFreeKeySaysWhose(t *testing.T) {
+	t.Parallel()
+	_, h := pbconnect.NewLeaseServiceHandler(laggingFollower{})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	code, out, errOut := cli(t, "get", "q/long", "--stale", "--addr", addr, "--timeout", "2s")
+	t.Logf("get --stale: exit %d, stdout %q, stderr %q", code, out, errOut)
+	if want := "q/long is free as far as u3 knows (a stale read: u3 may be behind the leader"; code != 0 || !strings.Contains(out, want) {
+		t.Errorf("get --stale of a key free at a lagging node: exit %d, %q; want exit 0 and %q", code, out, want)
+	}
+	code, out, _ = cli(t, "get", "q/long", "--stale", "-o", "json", "--addr", addr, "--timeout", "2s")
+	if !strings.Contains(out, `"stale": true`) || !strings.Contains(out, `"node": "u3"`) {
+		t.Errorf("get --stale -o json: exit %d, %q; want \"stale\": true and \"node\": \"u3\"", code, out)
 	}
 }

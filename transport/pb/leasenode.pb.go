@@ -2491,7 +2491,12 @@ type ErrorDetail struct {
 	// does every size limit, while the reason stays REASON_INVALID (final,
 	// as clients have always taken it). Carried so that a follower that
 	// forwarded the request answers the same code as the leader.
-	SizeLimit     bool `protobuf:"varint,4,opt,name=size_limit,json=sizeLimit,proto3" json:"size_limit,omitempty"`
+	SizeLimit bool `protobuf:"varint,4,opt,name=size_limit,json=sizeLimit,proto3" json:"size_limit,omitempty"`
+	// A REASON_NO_LEADER refusal by a leader that cannot commit (it leads,
+	// a quorum answers its heartbeats, but nothing it proposed has
+	// committed for a while): why, for a client to say it in its own words
+	// rather than "no leader". Absent from other refusals.
+	CommitStall   *CommitStall `protobuf:"bytes,5,opt,name=commit_stall,json=commitStall,proto3" json:"commit_stall,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2554,6 +2559,87 @@ func (x *ErrorDetail) GetSizeLimit() bool {
 	return false
 }
 
+func (x *ErrorDetail) GetCommitStall() *CommitStall {
+	if x != nil {
+		return x.CommitStall
+	}
+	return nil
+}
+
+// CommitStall describes a leader that cannot commit.
+type CommitStall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader's node ID.
+	LeaderId string `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// How long nothing it proposed has committed, when it refused.
+	StalledFor *durationpb.Duration `protobuf:"bytes,2,opt,name=stalled_for,json=stalledFor,proto3" json:"stalled_for,omitempty"`
+	// The other voters that have not stored its newest entries (their
+	// disks hang, or the network drops what they are sent), by node ID.
+	VotersBehind []string `protobuf:"bytes,3,rep,name=voters_behind,json=votersBehind,proto3" json:"voters_behind,omitempty"`
+	// Every other voter stored them: the leader's own disk may be hung.
+	OwnDisk       bool `protobuf:"varint,4,opt,name=own_disk,json=ownDisk,proto3" json:"own_disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitStall) Reset() {
+	*x = CommitStall{}
+	mi := &file_leasenode_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitStall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitStall) ProtoMessage() {}
+
+func (x *CommitStall) ProtoReflect() protoreflect.Message {
+	mi := &file_leasenode_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitStall.ProtoReflect.Descriptor instead.
+func (*CommitStall) Descriptor() ([]byte, []int) {
+	return file_leasenode_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CommitStall) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *CommitStall) GetStalledFor() *durationpb.Duration {
+	if x != nil {
+		return x.StalledFor
+	}
+	return nil
+}
+
+func (x *CommitStall) GetVotersBehind() []string {
+	if x != nil {
+		return x.VotersBehind
+	}
+	return nil
+}
+
+func (x *CommitStall) GetOwnDisk() bool {
+	if x != nil {
+		return x.OwnDisk
+	}
+	return false
+}
+
 // RPCError is how the node-to-node RPC carries an error.
 type RPCError struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2565,7 +2651,7 @@ type RPCError struct {
 
 func (x *RPCError) Reset() {
 	*x = RPCError{}
-	mi := &file_leasenode_proto_msgTypes[29]
+	mi := &file_leasenode_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2663,7 @@ func (x *RPCError) String() string {
 func (*RPCError) ProtoMessage() {}
 
 func (x *RPCError) ProtoReflect() protoreflect.Message {
-	mi := &file_leasenode_proto_msgTypes[29]
+	mi := &file_leasenode_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2676,7 @@ func (x *RPCError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RPCError.ProtoReflect.Descriptor instead.
 func (*RPCError) Descriptor() ([]byte, []int) {
-	return file_leasenode_proto_rawDescGZIP(), []int{29}
+	return file_leasenode_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RPCError) GetDetail() *ErrorDetail {
@@ -2783,14 +2869,21 @@ const file_leasenode_proto_rawDesc = "" +
 	"\aversion\x18\r \x01(\tR\aversion\x12!\n" +
 	"\fseen_cluster\x18\x0e \x01(\tR\vseenCluster\x12#\n" +
 	"\rcannot_commit\x18\x0f \x01(\tR\fcannotCommit\x12\"\n" +
-	"\rown_disk_hung\x18\x10 \x01(\tR\vownDiskHung\"\x98\x01\n" +
+	"\rown_disk_hung\x18\x10 \x01(\tR\vownDiskHung\"\xd6\x01\n" +
 	"\vErrorDetail\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.leasenode.v1.ReasonR\x06reason\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12\x1d\n" +
 	"\n" +
-	"size_limit\x18\x04 \x01(\bR\tsizeLimit\"W\n" +
+	"size_limit\x18\x04 \x01(\bR\tsizeLimit\x12<\n" +
+	"\fcommit_stall\x18\x05 \x01(\v2\x19.leasenode.v1.CommitStallR\vcommitStall\"\xa6\x01\n" +
+	"\vCommitStall\x12\x1b\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12:\n" +
+	"\vstalled_for\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"stalledFor\x12#\n" +
+	"\rvoters_behind\x18\x03 \x03(\tR\fvotersBehind\x12\x19\n" +
+	"\bown_disk\x18\x04 \x01(\bR\aownDisk\"W\n" +
 	"\bRPCError\x121\n" +
 	"\x06detail\x18\x01 \x01(\v2\x19.leasenode.v1.ErrorDetailR\x06detail\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*V\n" +
@@ -2853,7 +2946,7 @@ func file_leasenode_proto_rawDescGZIP() []byte {
 }
 
 var file_leasenode_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_leasenode_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_leasenode_proto_goTypes = []any{
 	(LeaseMode)(0),              // 0: leasenode.v1.LeaseMode
 	(AbandonOutcome)(0),         // 1: leasenode.v1.AbandonOutcome
@@ -2889,32 +2982,33 @@ var file_leasenode_proto_goTypes = []any{
 	(*StatusRequest)(nil),       // 31: leasenode.v1.StatusRequest
 	(*StatusResponse)(nil),      // 32: leasenode.v1.StatusResponse
 	(*ErrorDetail)(nil),         // 33: leasenode.v1.ErrorDetail
-	(*RPCError)(nil),            // 34: leasenode.v1.RPCError
-	(*durationpb.Duration)(nil), // 35: google.protobuf.Duration
+	(*CommitStall)(nil),         // 34: leasenode.v1.CommitStall
+	(*RPCError)(nil),            // 35: leasenode.v1.RPCError
+	(*durationpb.Duration)(nil), // 36: google.protobuf.Duration
 }
 var file_leasenode_proto_depIdxs = []int32{
-	35, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
-	35, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	36, // 0: leasenode.v1.AcquireRequest.ttl:type_name -> google.protobuf.Duration
+	36, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
 	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
 	7,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
 	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
 	5,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	35, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	35, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	35, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	36, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	36, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	36, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
 	9,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
 	11, // 10: leasenode.v1.ExtendRequest.all:type_name -> leasenode.v1.HoldingSum
-	35, // 11: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	36, // 11: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
 	5,  // 12: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
 	12, // 13: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
 	5,  // 14: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
 	5,  // 15: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
 	1,  // 16: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
-	35, // 17: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
-	35, // 18: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	35, // 19: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	36, // 17: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
+	36, // 18: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	36, // 19: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
 	2,  // 20: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	35, // 21: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	36, // 21: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
 	0,  // 22: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
 	5,  // 23: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
 	19, // 24: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
@@ -2930,32 +3024,34 @@ var file_leasenode_proto_depIdxs = []int32{
 	29, // 34: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
 	5,  // 35: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
 	4,  // 36: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	33, // 37: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
-	6,  // 38: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
-	10, // 39: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
-	14, // 40: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	16, // 41: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
-	20, // 42: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	22, // 43: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	24, // 44: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	26, // 45: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	28, // 46: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	31, // 47: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
-	8,  // 48: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
-	13, // 49: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
-	15, // 50: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	17, // 51: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
-	21, // 52: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	23, // 53: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	25, // 54: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	27, // 55: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	30, // 56: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	32, // 57: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
-	48, // [48:58] is the sub-list for method output_type
-	38, // [38:48] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	34, // 37: leasenode.v1.ErrorDetail.commit_stall:type_name -> leasenode.v1.CommitStall
+	36, // 38: leasenode.v1.CommitStall.stalled_for:type_name -> google.protobuf.Duration
+	33, // 39: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	6,  // 40: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
+	10, // 41: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
+	14, // 42: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
+	16, // 43: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
+	20, // 44: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	22, // 45: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	24, // 46: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	26, // 47: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	28, // 48: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	31, // 49: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	8,  // 50: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
+	13, // 51: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
+	15, // 52: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
+	17, // 53: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
+	21, // 54: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	23, // 55: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	25, // 56: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	27, // 57: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	30, // 58: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	32, // 59: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	50, // [50:60] is the sub-list for method output_type
+	40, // [40:50] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_leasenode_proto_init() }
@@ -2969,7 +3065,7 @@ func file_leasenode_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasenode_proto_rawDesc), len(file_leasenode_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
