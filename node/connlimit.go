@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"connectrpc.com/connect"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
 	"github.com/leasenode/leasenode/transport"
@@ -1174,9 +1177,18 @@ func answerRefusal(raw net.Conn, status int, reason, words string) {
 	if n >= 3 && strings.HasPrefix(h2Preface, string(first[:n])) {
 		out = h2Refusal(reason + ": " + words)
 	} else {
-		body := fmt.Sprintf("leasenode: connection refused (%s): %s\n", reason, words)
-		out = fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nLeasenode-Refusal: %s\r\nContent-Length: %d\r\n\r\n%s",
-			status, http.StatusText(status), reason, len(body), body)
+		// A Connect error (the API's JSON clients read its message; curl
+		// shows it as it is).
+		code := connect.CodeUnavailable
+		if status == http.StatusTooManyRequests {
+			code = connect.CodeResourceExhausted
+		}
+		body, _ := json.Marshal(struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		}{code.String(), fmt.Sprintf("leasenode: connection refused (%s): %s", reason, words)})
+		out = fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: application/json\r\nLeasenode-Refusal: %s\r\nContent-Length: %d\r\n\r\n%s\n",
+			status, http.StatusText(status), reason, len(body)+1, body)
 	}
 	raw.SetWriteDeadline(time.Now().Add(answerWrite))
 	if _, err := raw.Write(out); err != nil {
