@@ -897,7 +897,10 @@ func (c *adversary) slowBodies(t *testing.T) {
 	}
 	c.acquire(t, fs[0], "slow/during", "h", time.Minute, nil)
 	maxFDs = max(maxFDs, fds(t, pid))
-	if maxFDs > fdBefore+advMaxConns+16 {
+	// Past --max-conns: 16 for the node's own descriptors, and at most
+	// 32 refused connections held for a moment while the node answers
+	// them why (node's maxAnswers).
+	if maxFDs > fdBefore+advMaxConns+16+32 {
 		t.Errorf("connection cap did not hold: the leader had %d descriptors, %d before, --max-conns %d", maxFDs, fdBefore, advMaxConns)
 	}
 	t.Logf("leader descriptors during the attack: at most %d (%d before, --max-conns %d)", maxFDs, fdBefore, advMaxConns)
