@@ -77,7 +77,7 @@ func (n *Node) startAPI() error {
 	n.api = &http.Server{
 		Handler:           countRequests(n.noteToken(n.apiWork.paceHTTP1(unreadBodies(mux), n.livenessCheck))),
 		ReadHeaderTimeout: min(lim.ReadTimeout, 10*time.Second),
-		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long
+		ReadTimeout:       lim.ReadTimeout, // headers and body; never WriteTimeout: waits and watches are long (a unary reply has ReadTimeout once it begins: replyWriter)
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10, // past it net/http answers a bare 431 itself (no hook to name the limit): the README names it
 		TLSConfig:         apiTLS,
@@ -349,7 +349,25 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			lb.held = room
 		}
 		r.Body = lb
-		next.ServeHTTP(w, r)
+		if !unaryCall(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// A unary call's reply holds room among the replies the node
+		// holds unsent from before it is built (servePaidRead) until it
+		// is written or has failed, and has the read timeout to be
+		// written once it begins (reply-room).
+		src := peerSource(r.RemoteAddr)
+		hold := &replyHold{room: n.replies, src: src, factor: replyFactor(r), wait: replyWaitFactor * n.cfg.Limits.ReadTimeout}
+		defer hold.release()
+		rw := &replyWriter{ResponseWriter: w, timeout: n.cfg.Limits.ReadTimeout}
+		if lb.conn != nil {
+			rw.begin = func() { lb.conn.replyWriting(lb.watch) }
+		}
+		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), replyHoldKey{}, hold)))
+		if rw.finish(r.ProtoMajor == 1) {
+			n.replies.unwrittenReply(src, rw.timeout)
+		}
 	})
 }
 

@@ -246,6 +246,9 @@ type bodyWatch struct {
 	// its reads spent waiting for the client, that one aside.
 	readAt time.Time
 	waited time.Duration
+	// writeAt is when its unary reply began to be written (zero before):
+	// a reply still being written stallGrace later waits on its client.
+	writeAt time.Time
 }
 
 // Stalled bodies: a connection whose every request in flight has waited
@@ -332,6 +335,15 @@ func (c *limitedConn) bodyRead(w *bodyWatch, start bool, n int) {
 	c.bodyMu.Unlock()
 }
 
+// replyWriting notes that the reply of the request whose body w watches
+// begins to be written (replyWriter).
+func (c *limitedConn) replyWriting(w *bodyWatch) {
+	now := time.Now()
+	c.bodyMu.Lock()
+	w.writeAt = now
+	c.bodyMu.Unlock()
+}
+
 // bodyPace reports, at now, how many bytes of the body w watches have
 // arrived, how long its reads have waited for them in all (not its waits
 // for turns of the API budget), and how long ago its first read began.
@@ -351,13 +363,15 @@ func (c *limitedConn) bodyPace(w *bodyWatch, now time.Time) (got int64, waited, 
 // stalled reports whether c is stalled at now (see stallGrace): it has
 // requests in flight, and each of them waits on a body it began to read
 // stallGrace ago or more and has received fewer than stallRate bytes a
-// second of; and since when (its newest such body's first read). A
-// stalled connection does no work: it is closed to make room as an idle
-// one is (slowly trickled bodies from 16 /24s, each at its fair share,
-// held every slot of --max-conns, and new clients were refused: outsider
-// review s35). A request waiting on the node (its turn of the API
-// budget, a waiting acquire, a watch) or on anything but its body keeps
-// it busy.
+// second of, or on its client to read a unary reply it began to write
+// stallGrace ago or more; and since when (its newest such body's first
+// read, or reply's first write). A stalled connection does no work: it
+// is closed to make room as an idle one is (slowly trickled bodies from
+// 16 /24s, each at its fair share, held every slot of --max-conns, and
+// new clients were refused: outsider review s35; so did connections
+// granting no HTTP/2 window to their replies, review of 91beb32). A
+// request waiting on the node (its turn of the API budget, a waiting
+// acquire, a watch) or on anything but its client keeps it busy.
 func (c *limitedConn) stalled(now time.Time) (time.Time, bool) {
 	c.bodyMu.Lock()
 	defer c.bodyMu.Unlock()
@@ -366,12 +380,17 @@ func (c *limitedConn) stalled(now time.Time) (time.Time, bool) {
 	}
 	var since time.Time
 	for w := range c.bodies {
-		d := now.Sub(w.since)
-		if !w.reading || w.since.IsZero() || d < stallGrace || float64(w.got) >= stallRate*d.Seconds() {
+		at := w.since
+		if !w.writeAt.IsZero() {
+			if now.Sub(w.writeAt) < stallGrace {
+				return time.Time{}, false
+			}
+			at = w.writeAt
+		} else if d := now.Sub(w.since); !w.reading || w.since.IsZero() || d < stallGrace || float64(w.got) >= stallRate*d.Seconds() {
 			return time.Time{}, false
 		}
-		if w.since.After(since) {
-			since = w.since
+		if at.After(since) {
+			since = at
 		}
 	}
 	return since, true

@@ -249,7 +249,9 @@ func TestConnLimiterUnauthCapClosesUnbegunFirst(t *testing.T) {
 // fewer than stallRate bytes a second of it: not a body arriving faster,
 // nor one younger, nor a request whose handler is not reading (a waiting
 // acquire, a watch, a turn of the API budget), nor one whose body it
-// does not watch beside a stalled one (HTTP/2).
+// does not watch beside a stalled one (HTTP/2); or while every one waits
+// on its client to read a unary reply it began to write stallGrace ago
+// or more (a client granting no HTTP/2 window), not one begun since.
 func TestConnStalledOnlyOnTricklingBodies(t *testing.T) {
 	l := newConnLimiter(nil, 4, time.Minute, slog.New(slog.DiscardHandler))
 	now := time.Now()
@@ -258,15 +260,19 @@ func TestConnStalledOnlyOnTricklingBodies(t *testing.T) {
 		age     time.Duration // since the body's first read
 		got     int64
 		reading bool
-		reqs    int // requests in flight, the one body watched among them
+		reqs    int           // requests in flight, the one body watched among them
+		wrote   time.Duration // since its reply began to be written (0: not yet)
 		want    bool
 	}{
-		{"trickling", 3 * time.Second, 10, true, 1, true},
-		{"arriving at stallRate", 3 * time.Second, 3 * stallRate, true, 1, false},
-		{"younger than stallGrace", stallGrace - time.Millisecond, 0, true, 1, false},
-		{"not in a read", 3 * time.Second, 10, false, 1, false},
-		{"beside an unwatched request", 3 * time.Second, 10, true, 2, false},
-		{"no request", 0, 0, false, 0, false},
+		{"trickling", 3 * time.Second, 10, true, 1, 0, true},
+		{"arriving at stallRate", 3 * time.Second, 3 * stallRate, true, 1, 0, false},
+		{"younger than stallGrace", stallGrace - time.Millisecond, 0, true, 1, 0, false},
+		{"not in a read", 3 * time.Second, 10, false, 1, 0, false},
+		{"beside an unwatched request", 3 * time.Second, 10, true, 2, 0, false},
+		{"no request", 0, 0, false, 0, 0, false},
+		{"reply unread", 3 * time.Second, 100, false, 1, stallGrace, true},
+		{"reply being written", 3 * time.Second, 100, false, 1, stallGrace - time.Millisecond, false},
+		{"reply unread beside an unwatched request", 3 * time.Second, 100, false, 2, 3 * time.Second, false},
 	} {
 		c := &limitedConn{l: l}
 		for range tc.reqs {
@@ -276,6 +282,9 @@ func TestConnStalledOnlyOnTricklingBodies(t *testing.T) {
 			w := c.watchBody()
 			c.bodyRead(w, true, 0)
 			w.since, w.got, w.reading = now.Add(-tc.age), tc.got, tc.reading
+			if tc.wrote > 0 {
+				w.writeAt = now.Add(-tc.wrote)
+			}
 		}
 		if _, got := c.stalled(now); got != tc.want {
 			t.Errorf("%s: stalled %v, want %v", tc.name, got, tc.want)

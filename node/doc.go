@@ -257,6 +257,16 @@
 // TestWatchListingsWaitingForTurnsHoldNoPages and
 // TestLeaseSizeBoundsTheEncodedLease.
 //
+// reply-room: a reply's bytes are counted from before it is built until
+// its handler has returned, in a room of 64 MiB node-wide, 16 MiB a
+// client source (a forwarding node, for reads forwarded to the leader);
+// a read past it waits for room, unbuilt, and is refused after twice the
+// read timeout naming the limit; a unary reply not written within
+// Limits.ReadTimeout of its beginning is ended (HTTP/2 stream reset), so
+// replies nobody reads (a client granting no HTTP/2 window) hold at most
+// their source's share (replyRoom). Guarded by
+// TestUnreadRepliesAreBounded and TestUnwrittenReplyIsReset.
+//
 // handshake-rate: each TLS port starts at most burst +
 // Limits.MaxHandshakeRate TLS handshakes a second from all sources, and
 // burst + Limits.MaxHandshakeRatePerSource from one IPv4 /24 or IPv6

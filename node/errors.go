@@ -55,6 +55,11 @@ var (
 	// answers it resource_exhausted. Not retryable at once: a waiter
 	// ends only when it is granted or gives up.
 	ErrTooManyWaiters error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many waiting acquires"}
+	// ErrTooManyReplies: a read's reply waited too long for room among
+	// the replies the node holds unsent (their clients had not read
+	// them), or its source held its share of that room; the client API
+	// answers it resource_exhausted.
+	ErrTooManyReplies error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many unread replies"}
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,
@@ -161,6 +166,7 @@ var reasons = []struct {
 	{ErrUnauthenticated, pb.Reason_REASON_UNAUTHENTICATED},
 	{ErrTooManyWaiters, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 	{ErrTooManyWatches, pb.Reason_REASON_RESOURCE_EXHAUSTED},
+	{ErrTooManyReplies, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 }
 
 // ErrorDetail describes err for the wire.

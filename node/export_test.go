@@ -167,3 +167,15 @@ func (n *Node) APIConnsOf(prefix string) int {
 	defer l.mu.Unlock()
 	return l.bySource[prefix]
 }
+
+// ReplyShareBytes is the most of the room for replies held unsent one
+// client source may hold (reply-room).
+const ReplyShareBytes = replyShareBytes
+
+// RepliesHeld is the bytes of replies this node holds unsent, as its
+// room counts them (reply-room).
+func (n *Node) RepliesHeld() int64 {
+	n.replies.mu.Lock()
+	defer n.replies.mu.Unlock()
+	return n.replies.held
+}

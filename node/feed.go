@@ -295,11 +295,21 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 				}
 				return n.payUnits(pctx, paySource, units) == nil
 			}
+			// A page holds room among the replies the node holds
+			// unsent (reply-room), in its source's share, from before
+			// it is built until its events are handed on; it waits for
+			// it until the call ends.
+			var hold *replyHold
+			if paySource != "" && source != "" {
+				hold = &replyHold{room: n.replies, src: source, factor: 2}
+				defer hold.release()
+			}
 			for after := ""; ; {
 				limit, paid := watchInitialPage, int64(0)
 				if paySource != "" {
 					var keys int
-					keys, paid = n.listingSize(prefix, after)
+					var size int64
+					keys, paid, size = n.listingSize(prefix, after)
 					if keys > 0 {
 						limit = keys
 					} else {
@@ -307,6 +317,10 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 					}
 					if !pay(paid) {
 						return // the call ended, or the node
+					}
+					hold.release() // the previous page's: its events are handed on
+					if hold.take(pctx, size) != nil {
+						return
 					}
 				}
 				page, next := n.fsm.List(prefix, after, limit)
@@ -316,6 +330,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 					if extra := listingUnits(page, now) - paid; extra > 0 && !pay(extra) {
 						return
 					}
+					hold.grow(listedBytes(page, now))
 				}
 				for i := range page {
 					if page[i].Token > since {
@@ -340,6 +355,7 @@ func (h *watchHub) watch(ctx context.Context, n *Node, req *pb.WatchRequest, max
 				}
 				after = next
 			}
+			hold.release() // the last page's: its events are handed on
 			if req.GetListed() && !send(&pb.WatchEvent{Type: pb.EventType_EVENT_TYPE_LISTED, Index: since}) {
 				if h.isReset(w) {
 					sendReset()
@@ -571,11 +587,17 @@ func watchEvent(e *fsm.Event) *pb.WatchEvent {
 // bytes (replyUnits): each an event of the lease (leaseSize) and its
 // fixed fields.
 func listingUnits(page []fsm.Lease, now time.Duration) int64 {
+	return int64(len(page))*apiUnitsPerListed + replyUnits(listedBytes(page, now))
+}
+
+// listedBytes is an upper bound of the encoded size of the events that
+// list page in a watch's initial listing (listedSize).
+func listedBytes(page []fsm.Lease, now time.Duration) int64 {
 	var size int64
 	for i := range page {
 		size += listedSize(&page[i], now)
 	}
-	return int64(len(page))*apiUnitsPerListed + replyUnits(size)
+	return size
 }
 
 // listedSize is an upper bound of the encoded size of the event that
@@ -583,12 +605,12 @@ func listingUnits(page []fsm.Lease, now time.Duration) int64 {
 func listedSize(l *fsm.Lease, now time.Duration) int64 { return int64(leaseSize(l, now)) + 24 }
 
 // listingSize is the keys of the next page of a watch's initial listing
-// of prefix after after (up to watchInitialPage) and what it costs
-// (listingUnits), read from the FSM without copying anything.
-func (n *Node) listingSize(prefix, after string) (keys int, units int64) {
+// of prefix after after (up to watchInitialPage), what it costs
+// (listingUnits) and its encoded size (listedBytes), read from the FSM
+// without copying anything.
+func (n *Node) listingSize(prefix, after string) (keys int, units, size int64) {
 	_, now := n.fsm.Clock() // before the page's: time left is no shorter
 	var leases int
-	var size int64
 	n.fsm.ViewList(prefix, after, watchInitialPage, func(hs []fsm.Lease) bool {
 		for i := range hs {
 			size += listedSize(&hs[i], now)
@@ -597,5 +619,5 @@ func (n *Node) listingSize(prefix, after string) (keys int, units int64) {
 		leases += len(hs)
 		return true
 	})
-	return keys, int64(leases)*apiUnitsPerListed + replyUnits(size)
+	return keys, int64(leases)*apiUnitsPerListed + replyUnits(size), size
 }

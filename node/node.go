@@ -129,6 +129,8 @@ type Node struct {
 	// bigBodies bounds the large request bodies being read and decoded
 	// (bodySlot).
 	bigBodies *bodyGate
+	// replies bounds the replies built and not yet written (reply-room).
+	replies *replyRoom
 	// lostPending counts acquires whose outcome this leader is waiting
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
@@ -197,6 +199,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		backups:     make(chan struct{}, maxBackups),
 		bigBodies: &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies), budget: maxLargeBodyBytes,
 			holders: map[*roomHolder]struct{}{}, log: log.With("component", "node.api"), warn: loglimit.New()},
+		replies:       newReplyRoom(log.With("component", "node.api")),
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,

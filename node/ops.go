@@ -963,9 +963,15 @@ func serveRPC[Req, Resp proto.Message](ctx context.Context, n *Node, data []byte
 		return nil, n.notLeaderErr()
 	}
 	// A read's reply pays before it is built, as at the API
-	// (servePaidRead), at the forwarding node's turns.
+	// (servePaidRead), at the forwarding node's turns, and holds room
+	// among the replies this node holds unsent, in the forwarding node's
+	// share, until it is encoded (reply-room: the forwarding node held
+	// room for it before it asked).
 	peer, _ := transport.PeerFrom(ctx)
 	pay := func(ctx context.Context, units int64) error { return n.payUnits(ctx, "node "+peer.ID, units) }
+	hold := &replyHold{room: n.replies, src: "node " + peer.ID, factor: 2, wait: replyWaitFactor * n.cfg.Limits.ReadTimeout}
+	defer hold.release()
+	ctx = context.WithValue(ctx, replyHoldKey{}, hold)
 	resp, err := servePaidRead(ctx, n, any(req), pay, func(ctx context.Context) (Resp, error) { return local(ctx, ls, req) })
 	if err != nil {
 		return nil, err

@@ -67,7 +67,14 @@ const (
 //     Limits.MaxHandshakeRatePerSource;
 //   - body_room: request bodies over 4 KiB ended, and their connections
 //     closed, for arriving too slowly to be read within Limits.ReadTimeout
-//     while others waited for room among the node's large bodies (32 MiB).
+//     while others waited for room among the node's large bodies (32 MiB);
+//   - reply_room: reads refused after waiting twice Limits.ReadTimeout
+//     for room among the replies the node holds unsent (64 MiB, 16 MiB a
+//     source; reply-room), those forwarded to this node as leader
+//     included;
+//   - reply_write: unary replies ended unwritten, their client not
+//     having read them within Limits.ReadTimeout of their writing (an
+//     HTTP/2 stream reset, an HTTP/1 connection closed).
 //
 // Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
 // them); only the connections closed for a lasting backlog are.
@@ -101,6 +108,8 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "tls_handshake", Count: failedTLS},
 		transport.Refusal{Port: PortAPI, Reason: "handshake_rate", Count: hsRate},
 		transport.Refusal{Port: PortAPI, Reason: "body_room", Count: n.bigBodies.reclaimedBodies.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "reply_room", Count: n.replies.refused.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "reply_write", Count: n.replies.unwritten.Load()},
 	)
 }
 

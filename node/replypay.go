@@ -69,16 +69,25 @@ type listPaidKey struct{}
 // than were paid for; what the reply costs beyond (see
 // reply-paid-before-built) is paid once it is built. A request that is
 // not such a read, or a node without an API budget, is served as it is.
+//
+// Once paid, it takes room for the reply among the replies the node
+// holds unsent (replyRoom) if ctx carries a hold for it (replyHold: the
+// client API's unary calls, and reads forwarded to this node as leader),
+// held until the reply is written or has failed (reply-room).
 func servePaidRead[Resp any](ctx context.Context, n *Node, req any, pay func(context.Context, int64) error, serve func(context.Context) (Resp, error)) (Resp, error) {
 	var zero Resp
-	if n.apiWork == nil {
+	hold, _ := ctx.Value(replyHoldKey{}).(*replyHold)
+	if n.apiWork == nil && hold == nil {
 		return serve(ctx)
 	}
-	units, keys, ok := n.sizeRead(req)
+	units, keys, size, ok := n.sizeRead(req)
 	if !ok {
 		return serve(ctx)
 	}
 	if err := pay(ctx, units); err != nil {
+		return zero, err
+	}
+	if err := hold.take(ctx, size); err != nil {
 		return zero, err
 	}
 	if _, list := req.(*pb.ListRequest); list {
@@ -87,6 +96,9 @@ func servePaidRead[Resp any](ctx context.Context, n *Node, req any, pay func(con
 	resp, err := serve(ctx)
 	if err != nil {
 		return zero, err
+	}
+	if m, ok := any(resp).(proto.Message); ok {
+		hold.grow(int64(proto.Size(m))) // what it grew by since it was sized
 	}
 	if extra := replyCost(resp) - units; extra > 0 {
 		if err := pay(ctx, extra); err != nil {
@@ -97,15 +109,14 @@ func servePaidRead[Resp any](ctx context.Context, n *Node, req any, pay func(con
 }
 
 // sizeRead is what req's reply would cost (replyCost), sized from this
-// node's state without copying it, and for a List the keys of its page;
-// ok is false if req is no read whose reply carries holdings. Sizes are
+// node's state without copying it, its encoded size, and for a List the
+// keys of its page; ok is false if req is no read whose reply carries holdings. Sizes are
 // upper bounds of the encoded reply's (leaseSize), so that a reply built
 // from the same state costs no more.
-func (n *Node) sizeRead(req any) (units int64, keys int, ok bool) {
+func (n *Node) sizeRead(req any) (units int64, keys int, size int64, ok bool) {
 	_, now := n.fsm.Clock() // no later than a reply's: its remaining times are no shorter
 	header := int64(proto.Size(n.header())) + 8
 	var holdings int
-	var size int64
 	switch r := req.(type) {
 	case *pb.GetRequest:
 		n.fsm.ViewHoldings(r.GetKey(), func(hs []fsm.Lease) {
@@ -135,9 +146,9 @@ func (n *Node) sizeRead(req any) (units int64, keys int, ok bool) {
 		keys, holdings, size = n.listSize(r, now)
 		size += header + 8
 	default:
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	return int64(holdings)*apiUnitsPerListed + replyUnits(size) - apiUnitsPerRequest, keys, true
+	return int64(holdings)*apiUnitsPerListed + replyUnits(size) - apiUnitsPerRequest, keys, size, true
 }
 
 // listSize is the keys, holdings and bytes of the page listLocal would
