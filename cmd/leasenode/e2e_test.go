@@ -402,14 +402,17 @@ func TestAgentAndClientCommands(t *testing.T) {
 	})
 	// The API latency of the acquires above, on whichever agent served
 	// them (the CLI may reach a follower, which forwards to the leader).
-	served := false
-	for _, a := range agents {
-		_, body := httpGet(a.api, "/metrics")
-		served = served || strings.Contains(body, `leasenode_api_request_duration_seconds_count{code="200",method="Acquire"}`)
-	}
-	if !served {
-		t.Errorf("no agent's /metrics has an Acquire latency")
-	}
+	// A request is counted when its handler returns, which may be after
+	// its client has the reply, and a scrape may be served from the last
+	// gather: wait for it.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for _, a := range agents {
+			if _, body := httpGet(a.api, "/metrics"); strings.Contains(body, `leasenode_api_request_duration_seconds_count{code="200",method="Acquire"}`) {
+				return nil
+			}
+		}
+		return errors.New("no agent's /metrics has an Acquire latency")
+	})
 	if code, body := httpGet(agents[0].api, "/healthz"); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
