@@ -1288,3 +1288,31 @@ func TestWaitingAcquireOfAStoppedAgentGivesUp(t *testing.T) {
 		}
 	}
 }
+
+// A watch whose every stream ends before its first event, not refused by
+// the node in words (its connection closed under it), says what ended it
+// and where: it said "no leader reachable: no reachable leader: no address
+// to try" (a CLI watch at an agent's --max-conns 1 under load, CI of
+// b9bf37f).
+func TestWatchSaysWhyItsStreamsEnded(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	r, err := lease.NewRemote([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, err = r.Watch(ctxT(t, 10*time.Second), &pb.WatchRequest{Prefix: "w/"})
+	if err == nil {
+		t.Fatal("Watch of a node that closes every stream: no error")
+	}
+	if msg := err.Error(); strings.Contains(msg, "no address to try") || !strings.Contains(msg, addr) {
+		t.Errorf("Watch: %q; want what ended the stream, at %s", msg, addr)
+	}
+}

@@ -612,6 +612,7 @@ func (r *Remote) Watch(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.Wa
 func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *pb.WatchEvent, func() error, error) {
 	tried := map[string]bool{}
 	var refusal error      // the last node's refusal of the stream (final), if any
+	var broke error        // why the last stream ended before its first event, if not a refusal
 	var cause func() error // why the open stream's context ended (a liveness check's UnresponsiveError)
 	open := func() (string, *connect.ServerStreamForClient[pb.WatchEvent], func(bool), error) {
 		var lastErr error
@@ -638,7 +639,7 @@ func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *p
 		if refusal != nil {
 			return "", nil, nil, refusal
 		}
-		return "", nil, nil, &noLeaderError{err: cmp.Or(lastErr, errors.New("no address to try"))}
+		return "", nil, nil, &noLeaderError{err: cmp.Or(lastErr, broke, errors.New("no address to try"))}
 	}
 	addr, stream, done, err := open()
 	if err != nil {
@@ -686,6 +687,7 @@ func (r *Remote) watchEnds(ctx context.Context, req *pb.WatchRequest) (<-chan *p
 				refusal = serr // that node refused; another may not
 			} else if serr != nil {
 				r.forget(addr)
+				broke = watchBroke(addr, serr) // said if no other node opens one
 			}
 			if got > 0 || serr == nil || ctx.Err() != nil {
 				report(cmp.Or(serr, ctx.Err(), errWatchEmpty)) // dropped once an event came

@@ -83,7 +83,12 @@ func TestAbandonedWaiterGrantIsWithdrawn(t *testing.T) {
 			resp, err := l.Acquire(ctx, req)
 			done <- result{resp, err}
 		}()
-		nodetest.Eventually(t, 5*time.Second, func() error {
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			select {
+			case r := <-done:
+				t.Fatalf("round %d: the waiting acquire returned before it waited: %+v, %v", round, r.resp, r.err)
+			default:
+			}
 			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.Waiters != 1 {
 				return fmt.Errorf("%d waiters", st.Waiters)
 			}
