@@ -69,7 +69,11 @@ type Client struct {
 	// unreleased: leases whose Release failed; releaseLater retries them,
 	// and Close releases them under its ctx before it stops the retries.
 	unreleased map[*held]struct{}
-	closed     bool
+	// unsettled: Abandons of acquires whose callers were told
+	// ErrUnknownOutcome because settling failed; abandonLater retries
+	// them, and Close tries them once more under its ctx.
+	unsettled map[*pb.AbandonRequest]struct{}
+	closed    bool
 
 	kick   chan struct{} // wakes the loop when leases are added
 	stop   chan struct{}
@@ -121,6 +125,7 @@ func New(b Backend, opts ...Option) (*Client, error) {
 		held:       map[*held]struct{}{},
 		guards:     map[string]*guard{},
 		unreleased: map[*held]struct{}{},
+		unsettled:  map[*pb.AbandonRequest]struct{}{},
 		kick:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
@@ -497,6 +502,16 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	if !refused && (ctx.Err() == nil || !maybe) {
 		// Nothing was applied (no leader, or the wait ended), or a
 		// failure the caller must see as it is.
+		if maybe {
+			// The retry timeout ended on an attempt that may still be
+			// applied (a leader that could not commit, a lost reply):
+			// the caller hears ErrUnknownOutcome now, and the call is
+			// settled when the cluster can commit, so that a grant of it
+			// nobody hears of does not block the key for its TTL
+			// (adversarial review rev-adv37).
+			c.abandonLater(&pb.AbandonRequest{Key: key, Holder: req.GetHolder(), RequestId: req.GetRequestId()}, began)
+			return nil, fmt.Errorf("%w (a grant of this call, if one is applied later, is released: the settling goes on in the background)", classify("acquire", key, err))
+		}
 		return nil, classify("acquire", key, err)
 	}
 	// An attempt may have been granted just as we gave up, or before the
@@ -637,7 +652,8 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 		return c.retryAbandoned(ctx, req)
 	}
 	if err != nil {
-		return false, nil, err
+		c.abandonLater(ab, began)
+		return false, nil, fmt.Errorf("%w (the settling goes on in the background: a grant of this call, if it is applied later, is released)", err)
 	}
 	switch resp.GetOutcome() {
 	case pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED:
@@ -655,6 +671,58 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 		return false, nil, errAbandonEnded
 	}
 	return false, nil, fmt.Errorf("the settling answered %v, which this client does not know", resp.GetOutcome())
+}
+
+// abandonLater retries ab in the background after abandon failed to
+// settle it (no leader, or one that could not commit, for its
+// resolveTimeout): an attempt of the call may still be applied once the
+// cluster commits again, and nobody would release its grant, which would
+// block the key for its TTL (adversarial review rev-adv37: a waiter that
+// gave up during a commit stall held its key 11 s after the disks came
+// back). An applied Abandon settles it whatever the order: a grant before
+// it is released, one after it is refused. It retries until the cluster
+// answers, while it may still remember the call (abandonWindow from
+// began), or until Close.
+func (c *Client) abandonLater(ab *pb.AbandonRequest, began time.Time) {
+	c.mu.Lock()
+	c.unsettled[ab] = struct{}{}
+	c.mu.Unlock()
+	c.background(func() {
+		ctx, cancel := context.WithDeadline(c.bgCtx, began.Add(abandonWindow))
+		defer cancel()
+		err := c.settleLater(ctx, ab)
+		if err != nil {
+			c.log.Warn("could not settle an acquire whose caller gave up; a grant of it, if applied, expires at the cluster unless extended",
+				"key", ab.GetKey(), "err", err)
+		}
+		if err == nil || c.bgCtx.Err() == nil {
+			c.mu.Lock()
+			delete(c.unsettled, ab)
+			c.mu.Unlock()
+		}
+	})
+}
+
+// settleLater sends ab until it is applied, a node refuses it for good,
+// or ctx ends.
+func (c *Client) settleLater(ctx context.Context, ab *pb.AbandonRequest) error {
+	for {
+		err := c.sendAbandon(ctx, ab)
+		if err == nil || ctx.Err() != nil || classifyAttempt(err) == final {
+			return err
+		}
+	}
+}
+
+// sendAbandon sends ab, retried by the retry policy (an Abandon is safe
+// to repeat).
+func (c *Client) sendAbandon(ctx context.Context, ab *pb.AbandonRequest) error {
+	return c.retry.Do(ctx, true, func(ctx context.Context) error {
+		actx, cancel := c.attemptContext(ctx, false)
+		defer cancel()
+		_, err := c.b.Abandon(actx, ab)
+		return err
+	})
 }
 
 // errAbandonEnded is abandon's answer ENDED: the request id was already
@@ -1102,6 +1170,23 @@ func (c *Client) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	c.acquires.Wait() // each ends promptly: its context ended with ErrClosed
+	// Acquires whose settling failed (abandonLater may still be at it).
+	c.mu.Lock()
+	unsettled := make([]*pb.AbandonRequest, 0, len(c.unsettled))
+	for ab := range c.unsettled {
+		unsettled = append(unsettled, ab)
+	}
+	c.mu.Unlock()
+	for _, ab := range unsettled {
+		wg.Go(func() {
+			if err := c.sendAbandon(ctx, ab); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("settle acquire %q whose caller gave up: %w", ab.GetKey(), classify("abandon", ab.GetKey(), err)))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
 	close(c.stop)
 	c.loopWG.Wait()
 	c.bgCancel()

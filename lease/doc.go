@@ -167,12 +167,18 @@
 // matches ErrNoLeader. So, with d the time until ctx's deadline and r the
 // retry timeout:
 //
-//   - TryAcquire, Release, Get, List, CheckToken: at most min(d, r plus
-//     one attempt, itself bounded by r);
-//   - Acquire and AcquireTimeout: as long as the wait (ctx, maxWait), but
-//     no more than r of continuous failures; an attempt whose outcome was
-//     unknown when the caller gave up adds one settling round trip of at
-//     most 1 s (the leader that proposed it also withdraws it);
+//   - Release, Get, List, CheckToken: at most min(d, r plus one attempt,
+//     itself bounded by r);
+//   - TryAcquire: the same, and Acquire and AcquireTimeout: as long as the
+//     wait (ctx, maxWait), but no more than r of continuous failures; for
+//     all three, an attempt whose outcome was unknown when ctx ended adds
+//     one settling round trip of at most 1 s (an Abandon: the leader that
+//     proposed the attempt also withdraws it). If that settling fails, or
+//     r ends on an attempt whose outcome is unknown, the call returns
+//     ErrUnknownOutcome and the Client goes on settling it in the
+//     background (and once more in Close), so that a grant nobody heard of
+//     is released once the cluster commits again instead of blocking the
+//     key for its TTL;
 //   - Close: bounded by its ctx.
 //
 // A request to a node that stopped answering (its process stopped or cut

@@ -452,3 +452,108 @@ func leaderAndFollowers(c *nodetest.Cluster) (l *node.Node, hung, stopped int) {
 	}
 	return l, followers[0], followers[1]
 }
+
+// An acquire whose caller gave up while the leader could not commit is
+// settled once it can: the client told its caller ErrUnknownOutcome (its
+// Abandon could not commit either), and when the cluster commits again
+// the grant, if its entry is applied, is released, not left to block the
+// key for its TTL. Adversarial review rev-adv37: a waiter that gave up
+// held its key 8 s after the disks came back with 2.9 s of 20 s left, and
+// a TryAcquire the same; nobody withdrew either. Both shapes, and both
+// ways to give up: a waiter granted by the holder's handoff entry, whose
+// retry timeout ends first (15 s after the disks came back it still held
+// the key, 8.6 s of 30 left), and a TryAcquire of a free key whose
+// caller's context ends first.
+func TestAcquireGivenUpDuringCommitStallIsSettled(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	const ttl = 30 * time.Second // longer than the wait below: only a release frees the keys
+	client := func(holder string, retry time.Duration) *lease.Client {
+		cl, err := lease.New(l, lease.WithHolder(holder), lease.WithTTL(ttl), lease.WithRetryTimeout(retry))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close(ctxT(t, 5*time.Second)) })
+		return cl
+	}
+	h, w, w2 := client("h", 2*time.Second), client("w", 2*time.Second), client("w2", time.Minute)
+	held, err := h.Acquire(ctxT(t, 10*time.Second), "ghost/wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		l   *lease.Lease
+		err error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		l, err := w.Acquire(ctxT(t, 8*time.Second), "ghost/wait")
+		waited <- result{l, err}
+	}()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); st.GetWaiters() != 1 {
+			return fmt.Errorf("%d waiters", st.GetWaiters())
+		}
+		return nil
+	})
+	var releases []func()
+	for i := range c.Size() {
+		if i != li {
+			releases = append(releases, c.Node(i).StallLogWrites())
+		}
+	}
+	unstall := func() {
+		for _, r := range releases {
+			r()
+		}
+		releases = nil
+	}
+	t.Cleanup(unstall)
+	// Proposed before the leader finds the stall, as the handoff below.
+	tried := make(chan result, 1)
+	go func() {
+		l, err := w2.TryAcquire(ctxT(t, 6*time.Second), "ghost/try")
+		tried <- result{l, err}
+	}()
+	// The holder's release makes the handoff entry (its release, w's
+	// grant), which cannot commit.
+	t.Logf("holder's release during the stall: %v", held.Release(ctxT(t, 2*time.Second)))
+	var r result
+	select {
+	case r = <-waited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting acquire never returned")
+	}
+	if r.l != nil {
+		t.Fatalf("the waiter was granted while the followers' disks hung: %v", r.l)
+	}
+	t.Logf("waiter: %v", r.err)
+	if !errors.Is(r.err, lease.ErrUnknownOutcome) {
+		t.Skipf("the waiter was told %v, not an unknown outcome: nothing to settle", r.err)
+	}
+	select {
+	case r = <-tried:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the TryAcquire never returned")
+	}
+	if r.l != nil {
+		t.Fatalf("a TryAcquire was granted while the followers' disks hung: %v", r.l)
+	}
+	t.Logf("TryAcquire: %v", r.err)
+	unstall()
+	back := time.Now()
+	other := client("other", 2*time.Second)
+	for _, key := range []string{"ghost/wait", "ghost/try"} {
+		nodetest.Eventually(t, 15*time.Second, func() error {
+			info, err := other.Get(ctxT(t, 5*time.Second), key)
+			if err != nil {
+				return err
+			}
+			if info != nil {
+				return fmt.Errorf("%s held by %s (token %d, %v left) %v after the disks came back", key, info.Holder, info.Token, info.Remaining.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
+			}
+			return nil
+		})
+	}
+	t.Logf("both keys free %v after the disks came back", time.Since(back).Round(time.Millisecond))
+}
