@@ -496,6 +496,12 @@ func (n *Node) outcome(f raft.ApplyFuture) (*fsm.Response, error) {
 	err := n.wait(f)
 	switch {
 	case err == nil:
+	case errors.Is(err, raft.ErrEnqueueTimeout) && n.raft.State() == raft.Leader:
+		// Still the leader, but its Raft loop did not take the entry (it
+		// waits on a log write): not a lost lead, and no reason to start
+		// the client's count of failures afresh (adversarial review
+		// rev-adv37: it said "this node stopped leading").
+		return nil, &LeaderError{Err: ErrNoLeader, Detail: fmt.Sprintf("leader %s (this node) did not take the request into its log in time: its log writes may be stalled (a stall is named once it lasts %v); nothing was applied", n.cfg.ID, ownDiskHangAfter(n.cfg.Timing))}
 	case neverAppended(err):
 		return nil, n.lostLeadErr()
 	case errors.Is(err, raft.ErrRaftShutdown):
