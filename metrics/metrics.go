@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"github.com/hashicorp/raft"
@@ -473,12 +474,23 @@ func (m *Metrics) Handlers() map[string]http.Handler {
 		"/healthz": http.HandlerFunc(Healthz),
 		"/readyz":  http.HandlerFunc(m.Readyz),
 	}
-	path, health := grpchealth.NewHandler(m)
+	// Served without the token, their messages are a few bytes: read at
+	// most openMessageBytes of one, and no compressed ones (a gzip body
+	// of 970 KB inflated to 1 GB; outsider review rev-out37). The node
+	// caps the bodies as sent too (node.boundOpen) for the same reason:
+	// connect reads past its own cap to the end of the body.
+	opts := []connect.HandlerOption{connect.WithReadMaxBytes(openMessageBytes), connect.WithCompression("gzip", nil, nil)}
+	path, health := grpchealth.NewHandler(m, opts...)
 	h[path] = health
 	reflector := grpcreflect.NewStaticReflector(LeaseServiceName, grpchealth.HealthV1ServiceName)
-	path, refl := grpcreflect.NewHandlerV1(reflector)
+	path, refl := grpcreflect.NewHandlerV1(reflector, opts...)
 	h[path] = refl
-	path, refl = grpcreflect.NewHandlerV1Alpha(reflector)
+	path, refl = grpcreflect.NewHandlerV1Alpha(reflector, opts...)
 	h[path] = refl
 	return h
 }
+
+// openMessageBytes is the largest message the health and reflection
+// services read: a health check names a service, a reflection request a
+// symbol or file.
+const openMessageBytes = 16 << 10

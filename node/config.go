@@ -229,7 +229,10 @@ type Config struct {
 
 	// HTTPHandlers are extra handlers served on the API address next to
 	// the client protocol, by path pattern (the agent mounts /metrics,
-	// /healthz and /readyz). Ignored without APIAddr.
+	// /healthz and /readyz). They are served without the auth token,
+	// with request bodies capped at 64 KiB as sent and never compressed
+	// (larger or compressed ones are refused unread). Ignored without
+	// APIAddr.
 	HTTPHandlers map[string]http.Handler
 	// EnablePprof serves Go's profiler (net/http/pprof) under
 	// /debug/pprof/ on the API address, behind AuthToken like the client

@@ -1287,6 +1287,12 @@ func TestUnauthenticatedConnectionsAreClosed(t *testing.T) {
 		if n := refusals(t, l, node.PortAPI, "auth_refused"); n != 1 {
 			t.Errorf("refusals for auth_refused: %d, want 1", n)
 		}
+		// Every request with a wrong token, not only the connections
+		// closed for them (outsider review rev-out37: 4,450 guesses a
+		// second went uncounted).
+		if n := refusals(t, l, node.PortAPI, "wrong_token"); n != uint64(refused) {
+			t.Errorf("refusals for wrong_token: %d, want %d", n, refused)
+		}
 	})
 
 	t.Run("token", func(t *testing.T) {

@@ -33,13 +33,16 @@ type Node struct {
 	started time.Time
 	log     *slog.Logger
 
-	fsm    *fsm.FSM
-	raft   *raft.Raft
-	trans  *raft.NetworkTransport
-	stream *transport.StreamLayer // under trans; drained before the store closes
-	walDir string                 // the raft-wal dir, if the store is raft-wal (see walguard.go)
-	logs   *logCache              // Raft's log store: n.store behind a cache
-	store  raftStore
+	fsm  *fsm.FSM
+	raft *raft.Raft
+	// leaderCommit: the leader's commit index as this follower last
+	// learnt it (LeaderCommitIndex).
+	leaderCommit leaderCommitCache
+	trans        *raft.NetworkTransport
+	stream       *transport.StreamLayer // under trans; drained before the store closes
+	walDir       string                 // the raft-wal dir, if the store is raft-wal (see walguard.go)
+	logs         *logCache              // Raft's log store: n.store behind a cache
+	store        raftStore
 
 	mux    *transport.Mux
 	rpcSrv *transport.RPCServer
@@ -131,6 +134,10 @@ type Node struct {
 	bigBodies *bodyGate
 	// replies bounds the replies built and not yet written (reply-room).
 	replies *replyRoom
+	// wrongTokens counts API requests whose bearer token is not the
+	// cluster's (Refusals: wrong_token); tokenWarn bounds their log.
+	wrongTokens atomic.Uint64
+	tokenWarn   *loglimit.Limiter
 	// lostPending counts acquires whose outcome this leader is waiting
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.
@@ -200,6 +207,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		bigBodies: &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies), budget: maxLargeBodyBytes,
 			holders: map[*roomHolder]struct{}{}, log: log.With("component", "node.api"), warn: loglimit.New()},
 		replies:       newReplyRoom(log.With("component", "node.api")),
+		tokenWarn:     loglimit.New(),
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,
 		nodeClientTLS: nodeClient,

@@ -38,6 +38,8 @@ const (
 //     auth token within their first-request timeout (2 s by default);
 //   - auth_refused: connections closed after 16 requests without it
 //     (refused, or served without it: /healthz, /metrics);
+//   - wrong_token: requests whose bearer token is not the cluster's
+//     (each is answered 401; logged once per 10 s with its source);
 //   - max_unauthenticated: connections without an authenticated request
 //     closed to admit a new one past 64 of them;
 //   - max_conns: connections closed to admit a new one at
@@ -99,6 +101,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortGossip, Reason: "undecodable", Count: n.gossipUndecodable.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
 		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
+		transport.Refusal{Port: PortAPI, Reason: "wrong_token", Count: n.wrongTokens.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "max_unauthenticated", Count: unauthCap},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns_per_source", Count: perSource},
