@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/leasenode/leasenode/internal/loglimit"
@@ -331,8 +332,22 @@ func (m *Mux) handle(raw net.Conn) {
 				m.warn(log, fmt.Sprintf("refused a node-port connection at its TLS ClientHello: past %d handshakes a second from its /%d (IPv6 /64) or %d from all sources (raise agent --max-handshake-rate-per-source or --max-handshake-rate if these are nodes)",
 					m.handshakes.PerSource(), HandshakeV4Bits, m.handshakes.Total()))
 			} else if !m.gone(raw) {
-				m.refusals[refusedTLSHandshake].Add(1)
-				m.warn(log, "refused a node-port connection: TLS handshake failed (the error says why): a node needs a certificate with the node role from this cluster's CA: the one --tls-ca names, or, with a cluster key and no TLS files, the one the key derives", "error", err)
+				// Told apart, so that an operator chases certificates only
+				// when they are the cause: under load, peers' dials that
+				// timed out or were reset were logged as a certificate
+				// problem (outsider review rev-out37).
+				var ne net.Error
+				switch {
+				case errors.As(err, &ne) && ne.Timeout():
+					m.timedOut(err)
+					m.warn(log, "a node-port connection did not finish its TLS handshake in time: a slow or overloaded peer, or a connection opened and left silent", "error", err)
+				case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+					m.refusals[refusedTLSHandshake].Add(1)
+					m.warn(log, "a node-port connection closed during its TLS handshake: its peer gave up or stopped (a certificate it refused shows as a TLS alert instead)", "error", err)
+				default:
+					m.refusals[refusedTLSHandshake].Add(1)
+					m.warn(log, "refused a node-port connection: TLS handshake failed (the error says why): a node needs a certificate with the node role from this cluster's CA: the one --tls-ca names, or, with a cluster key and no TLS files, the one the key derives", "error", err)
+				}
 			}
 			m.forget(raw)
 			return
