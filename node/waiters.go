@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 type waiter struct {
 	cmd     *fsm.Acquire
 	items   []fsm.Item      // cmd.Items(): the keys it waits for, with their modes
-	seq     uint64          // arrival order at this leader, the same in every queue
+	seq     uint64          // arrival order at this leader (its request's first attempt's), the same in every queue
 	arrival time.Duration   // leader clock at receipt of this request
 	done    chan waitResult // buffered 1; receives exactly one result
 
@@ -75,7 +76,9 @@ type keyQueue struct {
 //
 // Invariant fifo-no-barging: while a key has waiters, a newcomer without
 // wait is refused and a newcomer with wait joins the tail of the queue of
-// every key it names. A waiter is proposed only from the front of every
+// every key it names (a retry of a request whose attempt left the queues
+// unproposed within keepPlace takes that attempt's place back, behind the
+// waiters in flight: enqueueLocked). A waiter is proposed only from the front of every
 // one of its queues: every waiter ahead of it on each of its keys must be
 // in flight already and able to hold that key beside it (shared beside
 // shared, semaphore beside semaphore of the same limit), and fsm.Admits
@@ -123,10 +126,84 @@ type waitQueues struct {
 	closed error
 	n      int    // waiters queued
 	seq    uint64 // the last arrival's sequence number
+	// places: the arrival order of waiters that left the queues before
+	// they were proposed (their attempt's context ended: a connection
+	// cut, a follower that ended its forward), kept for keepPlace for a
+	// retry of the same request to take (see wait).
+	places map[placeKey]place
 }
 
+// placeKey names a request: its holder and request id.
+type placeKey struct {
+	holder string
+	reqID  uint64
+}
+
+// place is a left waiter's arrival order, kept until until.
+type place struct {
+	seq   uint64
+	until time.Time
+}
+
+// keepPlace is how long a waiter's place in the queues outlives its
+// attempt: a client retries an attempt cut short at once or after a
+// back-off well under it. Without it the retry queued at the back, and
+// every waiter that had come after it went first (adversarial review
+// rev-adv37: A waiting, then B; A's attempt cut and retried at once; B
+// granted first).
+const keepPlace = 2 * time.Second
+
+// maxPlaces bounds the places kept: past it the oldest are not kept.
+const maxPlaces = 4096
+
 func newWaitQueues(ls *leaderState) *waitQueues {
-	return &waitQueues{ls: ls, keys: make(map[string]*keyQueue)}
+	return &waitQueues{ls: ls, keys: make(map[string]*keyQueue), places: make(map[placeKey]place)}
+}
+
+// keepPlaceLocked keeps w's place for a retry of its request. q.mu is
+// held.
+func (q *waitQueues) keepPlaceLocked(w *waiter) {
+	now := time.Now()
+	if len(q.places) >= maxPlaces {
+		for k, p := range q.places {
+			if now.After(p.until) {
+				delete(q.places, k)
+			}
+		}
+		if len(q.places) >= maxPlaces {
+			return
+		}
+	}
+	q.places[placeKey{w.cmd.Holder, w.cmd.ReqID}] = place{seq: w.seq, until: now.Add(keepPlace)}
+}
+
+// enqueueLocked gives w its place in the queue of each of its keys: its
+// request's earlier place if an attempt of it left within keepPlace,
+// else the back. An earlier place is behind every waiter in flight (they
+// are at the front of their queues, and go on), and ahead of those that
+// arrived after it; every queue stays in the same order. q.mu is held.
+func (q *waitQueues) enqueueLocked(w *waiter) {
+	k := placeKey{w.cmd.Holder, w.cmd.ReqID}
+	p, ok := q.places[k]
+	delete(q.places, k)
+	if !ok || time.Now().After(p.until) {
+		q.seq++
+		w.seq = q.seq
+		p.seq = w.seq
+	}
+	w.seq = p.seq
+	for _, it := range w.items {
+		kq := q.keys[it.Key]
+		if kq == nil {
+			kq = &keyQueue{}
+			q.keys[it.Key] = kq
+		}
+		at := len(kq.waiters)
+		for at > 0 && kq.waiters[at-1].inflight == nil && kq.waiters[at-1].seq > w.seq {
+			at--
+		}
+		kq.waiters = slices.Insert(kq.waiters, at, w)
+	}
 }
 
 // busy reports whether any of keys has waiters, so that a non-waiting
@@ -180,16 +257,7 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 			return waitResult{err: fmt.Errorf("%w: %d acquires wait for %q already, the most one key may have queued at the leader: retry later or use TryAcquire", ErrTooManyWaiters, len(kq.waiters), it.Key)}
 		}
 	}
-	q.seq++
-	w.seq = q.seq
-	for _, it := range w.items {
-		kq := q.keys[it.Key]
-		if kq == nil {
-			kq = &keyQueue{}
-			q.keys[it.Key] = kq
-		}
-		kq.waiters = append(kq.waiters, w)
-	}
+	q.enqueueLocked(w)
 	q.n++
 	q.pumpLocked(w.items[0].Key)
 	q.mu.Unlock()
@@ -209,6 +277,7 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	w.gone = true
 	lost := w.inflight
 	if lost == nil {
+		q.keepPlaceLocked(w)
 		q.leaveLocked(w) // and let the ones behind it go
 	}
 	q.mu.Unlock()
@@ -248,6 +317,7 @@ func (q *waitQueues) supersede(cmd *fsm.Acquire) <-chan struct{} {
 		case w.done <- waitResult{err: errSuperseded}:
 		default:
 		}
+		q.keepPlaceLocked(w) // for the retry
 		q.leaveLocked(w)
 		return nil
 	}

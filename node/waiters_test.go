@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/leasenode/leasenode/fsm"
+	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
@@ -512,4 +513,105 @@ func TestGrantAsItsCallerLeavesIsWithdrawn(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// cutFirstWait cuts its first waiting Acquire attempt after cutAfter, as
+// a connection reset or a follower ending its forward does: the node sees
+// the attempt's caller leave, the client a lost reply, which it retries
+// with the same request id. cut is closed once the cut attempt returned.
+type cutFirstWait struct {
+	lease.Backend
+	cutAfter time.Duration
+	once     atomic.Bool
+	cut      chan struct{}
+}
+
+func (b *cutFirstWait) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if !r.GetWait() || b.once.Swap(true) {
+		return b.Backend.Acquire(ctx, r)
+	}
+	defer close(b.cut)
+	actx, cancel := context.WithTimeout(ctx, b.cutAfter)
+	defer cancel()
+	resp, err := b.Backend.Acquire(actx, r)
+	if err != nil && ctx.Err() == nil {
+		return nil, errors.New("connection reset by peer (test)")
+	}
+	return resp, err
+}
+
+// A waiter whose attempt is cut short and retried (same request id)
+// keeps its place in the queue: A waits first, B second, A's attempt is
+// cut and retried at once; when the holder releases, A is granted first.
+// (Adversarial review rev-adv37: the retry queued at the back, and B went
+// first.)
+func TestWaiterKeepsItsPlaceAcrossARetry(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	client := func(b lease.Backend, opts ...lease.Option) *lease.Client {
+		cl, err := lease.New(b, append([]lease.Option{lease.WithTTL(10 * time.Second)}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close(ctxT(t, 5*time.Second)) })
+		return cl
+	}
+	held, err := client(l).Acquire(ctxT(t, 5*time.Second), "fifo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutter := &cutFirstWait{Backend: l, cutAfter: 300 * time.Millisecond, cut: make(chan struct{})}
+	a := client(cutter, lease.WithBackoff(time.Millisecond, 10*time.Millisecond))
+	b := client(l)
+	type result struct {
+		who string
+		l   *lease.Lease
+		err error
+	}
+	out := make(chan result, 2)
+	waiters := func(n int) {
+		t.Helper()
+		nodetest.Eventually(t, 10*time.Second, func() error {
+			if st, _ := l.Status(context.Background(), &pb.StatusRequest{}); int(st.GetWaiters()) != n {
+				return fmt.Errorf("%d waiters, want %d", st.GetWaiters(), n)
+			}
+			return nil
+		})
+	}
+	go func() {
+		la, err := a.Acquire(ctxT(t, 30*time.Second), "fifo")
+		out <- result{"A", la, err}
+	}()
+	waiters(1)
+	go func() {
+		lb, err := b.Acquire(ctxT(t, 30*time.Second), "fifo")
+		out <- result{"B", lb, err}
+	}()
+	waiters(2)
+	select {
+	case <-cutter.cut:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A's first attempt was never cut")
+	}
+	waiters(2) // A's retry queued again
+	if err := held.Release(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var first, second result
+	for i, r := range []*result{&first, &second} {
+		select {
+		case *r = <-out:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("acquire %d of 2 never returned", i+1)
+		}
+		if r.err != nil {
+			t.Fatalf("%s: %v", r.who, r.err)
+		}
+		if err := r.l.Release(ctxT(t, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first.who != "A" {
+		t.Errorf("B, who began waiting after A, was granted first: A's retry went to the back of the queue")
+	}
 }
