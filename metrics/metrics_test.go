@@ -377,6 +377,14 @@ func TestReadyAsksTheLeadersCommitIndex(t *testing.T) {
 	}
 	c.Partition([]int{fi}, others)
 	defer c.Heal()
+	// The follower reuses the leader's answer for 100 ms (a /readyz flood
+	// is not one RPC to the leader a request): wait for it to ask again.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if commit, err := f.LeaderCommitIndex(); err == nil {
+			return fmt.Errorf("a follower cut off from the leader learnt its commit index %d", commit)
+		}
+		return nil
+	})
 	if err := metrics.Ready(f, 256); err == nil {
 		t.Errorf("a follower cut off from leader %d is ready", li)
 	}
