@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -100,14 +101,25 @@ import (
 // request, then one that has not answered, or answered more than
 // answeredGrace ago without the token, then by source prefix, address
 // and age), so a flood of fresh connections costs a bounded amount
-// however fast it redials, and closes its own first.
+// however fast it redials, and closes its own first. But not one the
+// node has not heard from yet (unheard: younger than beginGrace, and it
+// sent nothing or a whole first flight, read or not): then the new one is
+// admitted past the cap, up to maxUnheard, and the cap is restored
+// beginGrace after the last admitted past it (drainUnheard). A client
+// with the token that opened 250 connections at once had each new one
+// close an older one whose request, with the token, net/http had not read
+// yet, or that it had not written yet: 64 of 250 were answered (outsider
+// review; TestTokenBurstIsAnsweredAtTheUnauthenticatedCap).
 //
 // Invariant (auth-budget): with a token, no connection outlives authBy
 // or maxRefused requests without having made a request with it, at most
-// maxUnauthed such connections are open, and at the limit no new
-// connection is refused while such a connection holds a slot. Guarded by
-// TestUnauthenticatedRequestsDoNotHoldConnections and
-// TestUnauthenticatedRequestsAreBounded.
+// maxUnauthed such connections are open (maxUnheard while the worst of
+// them is unheard, for beginGrace), and at the limit no new connection is
+// refused while such a connection holds a slot. Guarded by
+// TestUnauthenticatedRequestsDoNotHoldConnections,
+// TestUnauthenticatedRequestsAreBounded,
+// TestTokenBurstIsAnsweredAtTheUnauthenticatedCap and
+// TestUnauthenticatedFloodClosesItsOwn.
 type connLimiter struct {
 	net.Listener
 	max    int
@@ -135,6 +147,9 @@ type connLimiter struct {
 	unauthRefuse int // closed after maxRefused requests without the token, since then
 	unauthCap    int // closed to admit a new one at maxUnauthed, since then
 	unauthed     int // open connections that have made no authenticated request
+	// drain, once connections were admitted past maxUnauthed, sheds
+	// those past it beginGrace after the last of them (drainUnheard).
+	drain *time.Timer
 
 	// Connections closed since the start (Node.Refusals): to admit a
 	// new one at max (or refused at it), for no authenticated request within authBy, after
@@ -175,7 +190,8 @@ const maxRefused = 16
 
 // maxUnauthed bounds the open connections, with an auth token, that have
 // made no request with it: a client sends one within milliseconds of
-// connecting, so only a burst of that many new clients at once competes.
+// connecting. A burst of more at once is admitted past it while the node
+// has not heard them yet (unheard, maxUnheard).
 const maxUnauthed = 64
 
 // firstRequestTimeout is the connLimiter's first with the default
@@ -222,6 +238,8 @@ type limitedConn struct {
 	answered atomic.Int32
 	// tokenSeen mirrors authed for readers without the limiter's lock.
 	tokenSeen atomic.Bool
+	// got counts the bytes read from it, up to firstFlight (unheard).
+	got atomic.Int64
 
 	// bodyMu guards reqs and bodies (taken after l.mu, if both are).
 	bodyMu sync.Mutex
@@ -424,6 +442,9 @@ func (c *limitedConn) Read(b []byte) (int, error) {
 	if n > 0 && c.answered.Load() == 1 {
 		c.answered.Store(2)
 	}
+	if n > 0 && c.got.Load() < firstFlight {
+		c.got.Add(int64(n))
+	}
 	return n, err
 }
 
@@ -602,16 +623,18 @@ func (l *connLimiter) slot(c *limitedConn) bool {
 		return victim != nil
 	}
 	if l.authBy > 0 && l.unauthed >= maxUnauthed {
-		if victim := l.oldestUnauthed(); victim != nil {
-			l.dropLocked(victim)
-			l.admitLocked(c)
-			l.closedUnauthCap.Add(1)
-			l.unauthCap++
-			l.warnAuthLocked()
-			l.mu.Unlock()
-			victim.evicted()
-			return true
+		// The worst without the token make room, unless unheard: then c
+		// is admitted past the cap (as any connection, below), and the
+		// cap is restored once their grace is over.
+		shed := l.shedUnauthedLocked(maxUnauthed - 1)
+		if l.unauthed >= maxUnauthed {
+			l.drainLaterLocked(beginGrace)
 		}
+		defer func() {
+			for _, v := range shed {
+				v.evicted()
+			}
+		}()
 	}
 	if len(l.open) < l.max {
 		l.admitLocked(c)
@@ -903,6 +926,106 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 	if l.authBy > 0 {
 		c.authTimer = time.AfterFunc(l.authBy, c.authExpired)
 	}
+}
+
+// shedUnauthedLocked takes the slots of connections without the auth
+// token, the worst first (oldestUnauthed), while more than keep are open,
+// and returns them for the caller to close (evicted) once it has let
+// l.mu go. It stops at one that is unheard while fewer than maxUnheard
+// are open: a client's connection whose first flight the node has not
+// read yet, or that its client has not written yet. Called with l.mu
+// held.
+func (l *connLimiter) shedUnauthedLocked(keep int) (shed []*limitedConn) {
+	now := time.Now()
+	for l.unauthed > keep {
+		v := l.oldestUnauthed()
+		if v == nil || l.unauthed < maxUnheard && v.unheard(now) {
+			break
+		}
+		l.dropLocked(v)
+		l.closedUnauthCap.Add(1)
+		l.unauthCap++
+		shed = append(shed, v)
+	}
+	if len(shed) > 0 {
+		l.warnAuthLocked()
+	}
+	return shed
+}
+
+// drainLaterLocked has drainUnheard run after d, and not before. Called
+// with l.mu held.
+func (l *connLimiter) drainLaterLocked(d time.Duration) {
+	if l.drain == nil {
+		l.drain = time.AfterFunc(d, l.drainUnheard)
+		return
+	}
+	l.drain.Reset(d)
+}
+
+// drainUnheard restores maxUnauthed after connections were admitted past
+// it: it closes those past it, worst first (shedUnauthedLocked), or, if
+// the worst is still unheard, runs again at the end of its grace. It runs
+// beginGrace after the last connection admitted past the cap, when every
+// connection admitted past it has had its grace: run at the end of the
+// first one's, the next to go would be a client that connected before a
+// flood and was waiting for its first request to go, now stale, and not
+// one of the flood's (TestUnauthenticatedFloodClosesItsOwn).
+func (l *connLimiter) drainUnheard() {
+	l.mu.Lock()
+	shed := l.shedUnauthedLocked(maxUnauthed)
+	if l.unauthed > maxUnauthed {
+		if v := l.oldestUnauthed(); v != nil {
+			l.drainLaterLocked(max(beginGrace-time.Since(v.admitted), time.Millisecond))
+		}
+	}
+	l.mu.Unlock()
+	for _, v := range shed {
+		v.evicted()
+	}
+}
+
+// maxUnheard bounds the connections without an authenticated request
+// while the worst of them is unheard: past maxUnauthed a new connection
+// is admitted without closing an unheard one, up to this many; at it the
+// worst goes, unheard or not. A quarter of the default --max-conns, the
+// most one source may hold: a client's burst of 250 connections at once
+// fits, and a flood of connections that stay silent costs at most four
+// times the cap, each for beginGrace.
+const maxUnheard = 4 * maxUnauthed
+
+// firstFlight is the fewest bytes a client's first flight has (a TLS
+// record header; a request line, the HTTP/2 preface are longer): a
+// connection that sent fewer, a byte and a hang-up, is not unheard.
+const firstFlight = 5
+
+// unheard reports whether c, without the auth token, is one the node has
+// not heard from yet, at now: younger than beginGrace, with no request
+// made without the token, and that has sent either nothing (a client that
+// dials its pool's connections before writing on any: the outsider's 250
+// connections, opened at once, each one Status request) or a first
+// flight, at least firstFlight bytes, read or waiting in its socket (a
+// burst's requests wait there until net/http reads them). Such a
+// connection is not closed for maxUnauthed, but only at maxUnheard: each
+// new connection of a burst of 250 had closed an older one whose request
+// with the token sat unread in its socket, and 64 of the 250 were
+// answered. Where the socket cannot tell what waits in it (not Linux),
+// one that has sent a byte the node has not read yet is unheard too.
+// Called with c.l.mu held.
+func (c *limitedConn) unheard(now time.Time) bool {
+	if c.refused > 0 || now.Sub(c.admitted) >= beginGrace {
+		return false
+	}
+	sent := c.got.Load()
+	if sent >= firstFlight {
+		return true
+	}
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if n, ok := unread(sc); ok {
+			sent += int64(n)
+		}
+	}
+	return sent == 0 || sent >= firstFlight
 }
 
 // oldestUnauthed returns, with an auth token, the connection to close

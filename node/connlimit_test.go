@@ -291,3 +291,70 @@ func TestConnStalledOnlyOnTricklingBodies(t *testing.T) {
 		}
 	}
 }
+
+// Past the cap of connections without the token, connections the node
+// has not heard from yet (unheard: young, and silent or a whole first
+// flight sent) are admitted without closing one another, up to
+// maxUnheard, where the worst goes; once their grace is over the cap is
+// restored (drainUnheard), the worst first. One that sent a byte and no
+// more is closed at the cap as before.
+func TestConnLimiterUnheardPastTheCap(t *testing.T) {
+	ch := make(chan net.Conn, 1)
+	l := authLimiter(t, ch, 1024)
+	t.Cleanup(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.drain != nil {
+			l.drain.Stop()
+		}
+	})
+	conns := make([]*deadlineConn, maxUnheard+1)
+	lcs := make([]*limitedConn, len(conns))
+	for i := range conns {
+		conns[i] = &deadlineConn{}
+		lcs[i] = admit(t, l, ch, conns[i])
+	}
+	for i, c := range conns[1:] {
+		if _, closed := c.state(); closed {
+			t.Fatalf("connection %d of %d, silent and young, closed at the cap", i+1, len(conns))
+		}
+	}
+	if _, closed := conns[0].state(); !closed {
+		t.Fatalf("the oldest was not closed at maxUnheard (%d)", maxUnheard)
+	}
+	l.mu.Lock()
+	if l.unauthed != maxUnheard {
+		t.Fatalf("%d open without the token, want maxUnheard %d", l.unauthed, maxUnheard)
+	}
+	for _, c := range lcs {
+		c.admitted = c.admitted.Add(-beginGrace) // their grace is over
+	}
+	l.mu.Unlock()
+	l.drainUnheard()
+	l.mu.Lock()
+	left := l.unauthed
+	l.mu.Unlock()
+	if left != maxUnauthed {
+		t.Fatalf("%d open without the token after the drain, want maxUnauthed %d", left, maxUnauthed)
+	}
+	for i, c := range conns {
+		if _, closed := c.state(); closed != (i <= maxUnheard-maxUnauthed) {
+			t.Fatalf("connection %d closed %v by the drain, want the oldest %d closed", i, closed, maxUnheard-maxUnauthed+1)
+		}
+	}
+
+	// Young again, the oldest having sent a byte and no more: not
+	// unheard, it is closed at the cap; the others are not.
+	l.mu.Lock()
+	for i, c := range lcs[len(lcs)-maxUnauthed:] {
+		c.admitted = time.Now().Add(time.Duration(i-maxUnauthed) * time.Millisecond)
+	}
+	l.mu.Unlock()
+	lcs[len(lcs)-maxUnauthed].got.Store(1)
+	admit(t, l, ch, &deadlineConn{})
+	for i, c := range conns[len(conns)-maxUnauthed:] {
+		if _, closed := c.state(); closed != (i == 0) {
+			t.Fatalf("young connection %d of the cap closed %v, want only the oldest, which sent a byte and no more", i, closed)
+		}
+	}
+}

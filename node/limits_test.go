@@ -1532,8 +1532,10 @@ func TestUnauthenticatedFloodClosesItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	// Every flood connection was admitted (each took the place of an
-	// older one of its own) before the client's first request goes.
+	// Every flood connection was admitted, and those past the cap
+	// closed (the flood's own: each of the flood's, unheard for its
+	// first beginGrace, was admitted past the cap, and the cap restored
+	// after them), before the client's first request goes.
 	silentFlood(t, l, target, func(int) net.IP { return net.IPv4(127, 0, 0, 2) })
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" +
