@@ -510,7 +510,7 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 			// nobody hears of does not block the key for its TTL
 			// (adversarial review rev-adv37).
 			c.abandonLater(&pb.AbandonRequest{Key: key, Holder: req.GetHolder(), RequestId: req.GetRequestId()}, began)
-			return nil, fmt.Errorf("%w (a grant of this call, if one is applied later, is released: the settling goes on in the background)", classify("acquire", key, err))
+			return nil, fmt.Errorf("%w (this Client goes on settling the call until it is closed: a grant of it applied meanwhile is released)", classify("acquire", key, err))
 		}
 		return nil, classify("acquire", key, err)
 	}
@@ -653,7 +653,7 @@ func (c *Client) abandon(req *pb.AcquireRequest, began time.Time) (granted bool,
 	}
 	if err != nil {
 		c.abandonLater(ab, began)
-		return false, nil, fmt.Errorf("%w (the settling goes on in the background: a grant of this call, if it is applied later, is released)", err)
+		return false, nil, fmt.Errorf("%w (this Client goes on settling the call until it is closed: a grant of it applied meanwhile is released)", err)
 	}
 	switch resp.GetOutcome() {
 	case pb.AbandonOutcome_ABANDON_OUTCOME_RELEASED:

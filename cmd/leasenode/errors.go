@@ -73,7 +73,7 @@ func hintFor(err error, verb string) string {
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
 	case code == exitUnknown:
-		return "the request may or may not have taken effect; check with `leasenode get KEY`"
+		return "the request may or may not have taken effect; check with `leasenode get KEY` once the cluster has a leader (a lease this command may have been granted and could not give back expires after its --ttl)"
 	}
 	return ""
 }

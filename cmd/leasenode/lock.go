@@ -548,7 +548,11 @@ func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFla
 	l, err := lf.acquire(actx, cl, key, cf.timeout)
 	cancelA()
 	if err != nil {
-		cl.Close(context.Background())
+		// Within a second, as lock: an acquire whose outcome is unknown
+		// leaves Close an Abandon to send, which against a cluster that
+		// lost its quorum took the retry timeout again (23 s for a
+		// --timeout of 10 s: new-user review nu37).
+		closeWithin(cl, time.Second)
 		printHeldJSON(cf, err)
 		return err
 	}

@@ -828,6 +828,14 @@ class Client:
                     if isinstance(e, NoLeaderError):
                         raise NoLeaderTimeoutError(key, "acquire %r: timed out, no leader reachable: %s" % (key, e)) from e
                     raise AcquireTimeoutError(key, "acquire %r: timed out waiting: %s" % (key, e)) from e
+                if state["maybe"]:
+                    # The retry timeout ended on an attempt that may still
+                    # be applied: settle it when the cluster can commit, so
+                    # that a grant nobody hears of does not block the key
+                    # for its TTL (as the Go client).
+                    self._abandon_later(req, state["began"])
+                    raise UnknownOutcomeError("%s (a grant of this call, if one is applied later, is released: "
+                                              "this client goes on settling the call until it is closed)" % e) from e
                 raise
             if not resp.get("granted"):
                 if wait is not None:  # the wait ended at its deadline
@@ -907,7 +915,9 @@ class Client:
         except _Unsupported:
             return self._retry_abandoned(req)
         except LeaseError as e:
-            raise UnknownOutcomeError("acquire %r: could not settle an attempt whose reply was lost: %s" % (key, e))
+            self._abandon_later(req, began)
+            raise UnknownOutcomeError("acquire %r: could not settle an attempt whose reply was lost: %s (this client "
+                                      "goes on settling the call until it is closed)" % (key, e))
         outcome = resp.get("outcome", "")
         if outcome == "ABANDON_OUTCOME_RELEASED":
             return True, "", 0.0
@@ -918,6 +928,26 @@ class Client:
             raise UnknownOutcomeError("acquire %r: the call ran %.0fs, longer than the cluster is sure to remember "
                                       "a grant of it (%.0fs)" % (key, time.monotonic() - began, ABANDON_WINDOW))
         return False, resp.get("holder", ""), _secs(resp.get("wait"))
+
+    def _abandon_later(self, req, began):
+        """Settles req in the background after _abandon could not: an
+        attempt of it may still be applied once the cluster commits again,
+        and nobody would release its grant. An applied Abandon releases a
+        grant before it and refuses one after it. Tries until the cluster
+        answers, while it may remember the call (ABANDON_WINDOW), or until
+        close()."""
+        ab = {"key": req["key"], "holder": req["holder"], "requestId": req["requestId"]}
+
+        def later():
+            while not self._closed and time.monotonic() - began < ABANDON_WINDOW:
+                try:
+                    self._retry.run("abandon", ab["key"], lambda: self._t.call("Abandon", ab, self._retry.timeout))
+                    return
+                except (NoLeaderError, UnknownOutcomeError):
+                    continue
+                except LeaseError:
+                    return  # refused for good (an older cluster, invalid)
+        threading.Thread(target=later, name="leasenode-settle", daemon=True).start()
 
     def _retry_abandoned(self, req):
         """Settles req as clusters older than Abandon allow: ask once more

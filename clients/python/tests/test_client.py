@@ -191,6 +191,37 @@ class ClientTest(unittest.TestCase):
         self.assertIsNotNone(l)
         l.release()
 
+    def test_unsettled_acquire_is_settled_in_the_background(self):
+        # The attempt is granted but its reply is lost, and the settling
+        # Abandon cannot get through either (a leader that cannot commit):
+        # the caller hears an unknown outcome, and once Abandons get through
+        # the client releases the grant nobody heard of, instead of leaving
+        # the key held for its TTL (adversarial review rev-adv37, Go's).
+        b = self.new()
+        key = PREFIX + "unsettled"
+        call, sent, cut = b._t.call, [], [True]
+
+        def stalled(method, body, timeout):
+            if method == "Acquire":
+                if not sent:
+                    sent.append(call(method, body, timeout))
+                raise leasenode._Unknown("test: reply lost")
+            if method == "Abandon" and cut[0]:
+                raise leasenode._NotSent("test: the leader cannot commit")
+            return call(method, body, timeout)
+
+        b._t.call = stalled
+        with self.assertRaises(leasenode.UnknownOutcomeError) as cm:
+            b.acquire(key, ttl=30, timeout=0.5)
+        self.assertTrue(sent and sent[0].get("granted"), sent)
+        self.assertIn("goes on settling", str(cm.exception))
+        self.assertEqual(getattr(b.get(key), "holder", ""), b.holder)  # the grant nobody heard of
+        cut[0] = False
+        deadline = time.monotonic() + 20
+        while b.get(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIsNone(b.get(key), "the grant of an unsettled acquire was never released")
+
     def test_timed_out_acquire_without_a_leader_is_not_a_refusal(self):
         b = self.new()
         call = b._t.call
