@@ -79,7 +79,7 @@ type Metrics struct {
 
 	descLeases, descDelayed, descWaiters, descState, descServing,
 	descTerm, descEpoch, descCommit, descApplied, descLast, descLag,
-	descLastContact, descMembers, descRefusals, descPaced, descPacedSeconds *prometheus.Desc
+	descLastContact, descMembers, descRefusals, descPaced, descPacedSeconds, descCertExpiry *prometheus.Desc
 
 	runOnce sync.Once
 }
@@ -125,6 +125,7 @@ func New(opts Options) *Metrics {
 			"port", "reason"),
 		descPaced:        desc("api_paced_total", "Client API reads (HTTP/2) and requests (HTTP/1) that waited for their turn of the node's API budget (agent --max-api-rate; node.Node.APIPacing): paced, not refused."),
 		descPacedSeconds: desc("api_paced_seconds_total", "Time the paced client API reads and requests waited in all (node.Node.APIPacing)."),
+		descCertExpiry:   desc("tls_cert_expiry_timestamp_seconds", "When the TLS certificate this node serves expires (Unix seconds; node.Node.CertExpiry): absent with a cluster key or no TLS. Alert well ahead: time() > leasenode_tls_cert_expiry_timestamp_seconds - 14*86400."),
 	}
 	m.reg = prometheus.NewRegistry()
 	m.reg.MustRegister(m, BuildInfoCollector())
@@ -157,7 +158,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.leaderChanges.Describe(ch)
 	m.requests.Describe(ch)
 	for _, d := range []*prometheus.Desc{m.descGrants, m.descReleases, m.descExpiries, m.descExtends, m.descFreed, m.descLeases, m.descDelayed, m.descWaiters, m.descState, m.descServing,
-		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals, m.descPaced, m.descPacedSeconds} {
+		m.descTerm, m.descEpoch, m.descCommit, m.descApplied, m.descLast, m.descLag, m.descLastContact, m.descMembers, m.descRefusals, m.descPaced, m.descPacedSeconds, m.descCertExpiry} {
 		ch <- d
 	}
 }
@@ -191,6 +192,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	paced, waited := n.APIPacing()
 	ch <- prometheus.MustNewConstMetric(m.descPaced, prometheus.CounterValue, float64(paced))
 	ch <- prometheus.MustNewConstMetric(m.descPacedSeconds, prometheus.CounterValue, waited.Seconds())
+	if end, ok := n.CertExpiry(); ok {
+		gauge(m.descCertExpiry, float64(end.Unix()))
+	}
 	if s, err := n.Status(ctx, &pb.StatusRequest{}); err == nil {
 		gauge(m.descWaiters, float64(s.GetWaiters()))
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"github.com/leasenode/leasenode/transport/transporttest"
 )
 
 func get(t *testing.T, addr, path string) (int, string) {
@@ -468,5 +469,43 @@ func TestOpenEndpointsReadLittle(t *testing.T) {
 	}
 	if code, took := post(strings.NewReader(`{}`), 2, nil); code != http.StatusOK {
 		t.Errorf("a health check: %d after %v", code, took)
+	}
+}
+
+// A node serving a certificate from TLSFiles exports when it expires (the
+// test CA's certificates last an hour); one with only a cluster key
+// exports none (its certificates are derived at every start).
+func TestCertExpiryExported(t *testing.T) {
+	ca := transporttest.NewCA(t)
+	m := metrics.New(metrics.Options{})
+	before := time.Now()
+	c := nodetest.New(t, nodetest.Options{Size: 1, Configure: func(i int, cfg *node.Config) {
+		cfg.ClusterKey = nil
+		cfg.TLSFiles = ca.Issue(t, cfg.ID, net.ParseIP("127.0.0.1"))
+	}})
+	n := c.Node(0)
+	m.Attach(n)
+	end, ok := n.CertExpiry()
+	if !ok || end.Before(before.Add(59*time.Minute)) || end.After(time.Now().Add(61*time.Minute)) {
+		t.Fatalf("CertExpiry: %v %v, want about an hour from now", end, ok)
+	}
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []float64
+	for _, f := range families {
+		if f.GetName() == "leasenode_tls_cert_expiry_timestamp_seconds" {
+			for _, s := range f.GetMetric() {
+				got = append(got, s.GetGauge().GetValue())
+			}
+		}
+	}
+	if len(got) != 1 || got[0] != float64(end.Unix()) {
+		t.Errorf("leasenode_tls_cert_expiry_timestamp_seconds: %v, want [%d]", got, end.Unix())
+	}
+	plain := nodetest.New(t, nodetest.Options{Size: 1})
+	if end, ok := plain.Node(0).CertExpiry(); ok {
+		t.Errorf("CertExpiry of a node with a cluster key: %v, want none", end)
 	}
 }

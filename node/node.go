@@ -272,6 +272,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.goRun("node.feed", n.runFeed)
 	n.goRun("node.membership", n.runMembership)
 	n.goRun("node.compaction", n.runCompaction)
+	n.goRun("node.certs", n.watchCertExpiry)
 	if n.walDir != "" {
 		n.goRun("node.commitmark", func() { n.runCommitMark(n.walDir) })
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/leasenode/leasenode/transport"
 )
@@ -493,4 +495,83 @@ func writeIDFile(dir, name, id string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// Certificate expiry. A node certificate made by `leasenode tls cert
+// create` is valid for a year (--days), and a node serves the one it
+// loaded at start until it restarts: the day it expires, every peer and
+// client refuses it, on every node made the same day at once (new-user
+// review nu37). The node says so a month ahead, daily, and
+// leasenode_tls_cert_expiry_timestamp_seconds shows it.
+
+// certWarnAhead is how long before its certificate expires a node starts
+// warning, and certWarnEvery how often it warns from then.
+const (
+	certWarnAhead = 30 * 24 * time.Hour
+	certWarnEvery = 24 * time.Hour
+)
+
+// CertExpiry reports when the TLS certificate this node serves on its
+// node port (and API) expires: the earliest NotAfter of the chain it
+// presents. false without one from TLSFiles or ServerTLS (a cluster key's
+// certificates are derived anew at every start).
+func (n *Node) CertExpiry() (time.Time, bool) {
+	if !n.cfg.TLSFiles.Enabled() && n.cfg.ServerTLS == nil {
+		return time.Time{}, false
+	}
+	return certExpiry(n.nodeServerTLS)
+}
+
+// certExpiry returns the earliest NotAfter of c's certificates' chains.
+func certExpiry(c *tls.Config) (time.Time, bool) {
+	var first time.Time
+	if c == nil {
+		return first, false
+	}
+	for _, cert := range c.Certificates {
+		for _, der := range cert.Certificate {
+			x, err := x509.ParseCertificate(der)
+			if err != nil {
+				continue
+			}
+			if first.IsZero() || x.NotAfter.Before(first) {
+				first = x.NotAfter
+			}
+		}
+	}
+	return first, !first.IsZero()
+}
+
+// watchCertExpiry warns, from certWarnAhead before the node's certificate
+// expires, once at start and then every certWarnEvery, until the node
+// stops.
+func (n *Node) watchCertExpiry() {
+	end, ok := n.CertExpiry()
+	if !ok {
+		return
+	}
+	what := "ServerTLS"
+	if n.cfg.TLSFiles.Enabled() {
+		what = n.cfg.TLSFiles.CertFile
+	}
+	for {
+		left := time.Until(end)
+		wait := left - certWarnAhead
+		if wait <= 0 {
+			msg := fmt.Sprintf("this node's TLS certificate expires in %v: peers and clients refuse it from then; make a new one (`leasenode tls cert create --node %s ...`, valid for --days) and restart this node with it before then", left.Round(time.Hour), n.cfg.ID)
+			if left <= 0 {
+				msg = fmt.Sprintf("this node's TLS certificate expired %v ago: peers and clients refuse it; make a new one (`leasenode tls cert create --node %s ...`) and restart this node with it", (-left).Round(time.Minute), n.cfg.ID)
+			}
+			n.log.Warn(msg, "cert", what, "not_after", end.UTC().Format(time.RFC3339))
+			if left <= 0 {
+				return
+			}
+			wait = min(certWarnEvery, left)
+		}
+		select {
+		case <-time.After(wait):
+		case <-n.ctx.Done():
+			return
+		}
+	}
 }
