@@ -562,10 +562,11 @@ func (n *Node) watchCertExpiry() {
 			if left <= 0 {
 				msg = fmt.Sprintf("this node's TLS certificate expired %v ago: peers and clients refuse it; make a new one (`leasenode tls cert create --node %s ...`) and restart this node with it", (-left).Round(time.Minute), n.cfg.ID)
 			}
-			n.log.Warn(msg, "cert", what, "not_after", end.UTC().Format(time.RFC3339))
 			if left <= 0 {
+				n.log.Error(msg, "cert", what, "not_after", end.UTC().Format(time.RFC3339))
 				return
 			}
+			n.log.Warn(msg, "cert", what, "not_after", end.UTC().Format(time.RFC3339))
 			wait = min(certWarnEvery, left)
 		}
 		select {
