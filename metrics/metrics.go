@@ -466,32 +466,47 @@ func (c *cachedGatherer) Gather() ([]*dto.MetricFamily, error) {
 }
 
 // Handlers returns the HTTP endpoints to serve next to the client API, by
-// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz, the
-// gRPC health service (grpc.health.v1.Health, see Check) and gRPC server
-// reflection (v1 and v1alpha, listing LeaseService and Health, so grpcurl
-// and Postman need no .proto). Like the HTTP probes they are not behind
-// the auth token: they reveal the schema and readiness, no lease. Set
-// node.Config.APIMiddleware to Middleware to time the API requests too.
+// pattern, for node.Config.HTTPHandlers: /metrics, /healthz, /readyz and
+// the gRPC health service (grpc.health.v1.Health, see Check). Like the
+// HTTP probes they are not behind the auth token (load balancers and
+// Kubernetes probes send none): they reveal readiness, no lease. Set
+// node.Config.APIMiddleware to Middleware to time the API requests too,
+// and serve ReflectionHandlers behind the token.
 func (m *Metrics) Handlers() map[string]http.Handler {
 	h := map[string]http.Handler{
 		"/metrics": m.Handler(),
 		"/healthz": http.HandlerFunc(Healthz),
 		"/readyz":  http.HandlerFunc(m.Readyz),
 	}
-	// Served without the token, their messages are a few bytes: read at
-	// most openMessageBytes of one, and no compressed ones (a gzip body
-	// of 970 KB inflated to 1 GB; outsider review rev-out37). The node
-	// caps the bodies as sent too (node.boundOpen) for the same reason:
-	// connect reads past its own cap to the end of the body.
-	opts := []connect.HandlerOption{connect.WithReadMaxBytes(openMessageBytes), connect.WithCompression("gzip", nil, nil)}
-	path, health := grpchealth.NewHandler(m, opts...)
+	path, health := grpchealth.NewHandler(m, openOptions()...)
 	h[path] = health
+	return h
+}
+
+// ReflectionHandlers returns gRPC server reflection (v1 and v1alpha,
+// listing LeaseService and Health, so grpcurl and Postman need no .proto),
+// by pattern, for node.Config.APIHandlers: behind the auth token, as the
+// client API. Served without it, one stranger's 4,000 reflection streams
+// held open (each reply a freshly marshalled descriptor, ~200 times its
+// request) made a leader step down (outsider review rev-out37b).
+func (m *Metrics) ReflectionHandlers() map[string]http.Handler {
+	h := map[string]http.Handler{}
 	reflector := grpcreflect.NewStaticReflector(LeaseServiceName, grpchealth.HealthV1ServiceName)
-	path, refl := grpcreflect.NewHandlerV1(reflector, opts...)
+	path, refl := grpcreflect.NewHandlerV1(reflector, openOptions()...)
 	h[path] = refl
-	path, refl = grpcreflect.NewHandlerV1Alpha(reflector, opts...)
+	path, refl = grpcreflect.NewHandlerV1Alpha(reflector, openOptions()...)
 	h[path] = refl
 	return h
+}
+
+// openOptions are the options of the gRPC services served beside the
+// client API: their messages are a few bytes, so they read at most
+// openMessageBytes of one and no compressed ones (a gzip body of 970 KB
+// inflated to 1 GB; outsider review rev-out37). The node caps the bodies
+// as sent too (node.boundOpen) for the same reason: connect reads past its
+// own cap to the end of the body.
+func openOptions() []connect.HandlerOption {
+	return []connect.HandlerOption{connect.WithReadMaxBytes(openMessageBytes), connect.WithCompression("gzip", nil, nil)}
 }
 
 // openMessageBytes is the largest message the health and reflection

@@ -48,7 +48,10 @@ func (n *Node) startAPI() error {
 	mux := http.NewServeMux()
 	n.MountAPI(mux)
 	for pattern, h := range n.cfg.HTTPHandlers {
-		mux.Handle(pattern, boundOpen(h))
+		mux.Handle(pattern, n.boundOpen(h))
+	}
+	for pattern, h := range n.cfg.APIHandlers {
+		mux.Handle(pattern, n.guard(h))
 	}
 	if n.cfg.EnablePprof {
 		n.mountPprof(mux)
@@ -399,32 +402,52 @@ const openBodyLimit = 64 << 10
 // declared length passes it, is refused before a byte is read, and the
 // read of one of unknown length fails past it (the handler ends, the rest
 // is never read or drained). Refusals are in the caller's protocol when
-// it is an RPC.
-func boundOpen(next http.Handler) http.Handler {
+// it is an RPC (as guard's: invalid_argument for a compressed body,
+// resource_exhausted for a large one), and counted (Refusals: open_body).
+func (n *Node) boundOpen(next http.Handler) http.Handler {
 	errw := connect.NewErrorWriter()
-	refuse := func(w http.ResponseWriter, r *http.Request, err error, status int) {
+	refuse := func(w http.ResponseWriter, r *http.Request, err *connect.Error, status int) {
+		n.openRefused.Add(1)
 		refuseBody(w, r)
 		if errw.IsSupported(r) {
-			_ = errw.Write(w, r, connect.NewError(connect.CodeResourceExhausted, err))
+			_ = errw.Write(w, r, err)
 		} else {
-			http.Error(w, err.Error(), status)
+			http.Error(w, err.Message(), status)
 		}
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if enc := requestEncoding(r.Header); enc != "" {
-			refuse(w, r, fmt.Errorf("compressed request bodies (%s) are not accepted by %s: send the body uncompressed", enc, r.URL.Path), http.StatusUnsupportedMediaType)
+			refuse(w, r, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("compressed request bodies (%s) are not accepted by %s: send the body uncompressed", enc, r.URL.Path)),
+				http.StatusUnsupportedMediaType)
 			return
 		}
 		if r.ContentLength > openBodyLimit {
-			refuse(w, r, fmt.Errorf("a request body of %d bytes to %s passes the %d KiB this endpoint reads (served without the auth token; fixed): its requests are a few bytes",
-				r.ContentLength, r.URL.Path, openBodyLimit>>10), http.StatusRequestEntityTooLarge)
+			refuse(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("a request body of %d bytes to %s passes the %d KiB the endpoints served without the auth token read (a fixed limit): their requests are a few bytes",
+				r.ContentLength, r.URL.Path, openBodyLimit>>10)), http.StatusRequestEntityTooLarge)
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, openBodyLimit)
+			r.Body = &openBody{ReadCloser: http.MaxBytesReader(w, r.Body, openBodyLimit), refused: &n.openRefused}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// openBody is a body of unknown length to a Config.HTTPHandlers handler:
+// its read fails past openBodyLimit, counted once as a refusal.
+type openBody struct {
+	io.ReadCloser
+	refused *atomic.Uint64
+	counted bool
+}
+
+func (b *openBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if _, over := errors.AsType[*http.MaxBytesError](err); over && !b.counted {
+		b.counted = true
+		b.refused.Add(1)
+	}
+	return n, err
 }
 
 // refuseBody is called by a handler that answers a request without

@@ -234,6 +234,11 @@ type Config struct {
 	// (larger or compressed ones are refused unread). Ignored without
 	// APIAddr.
 	HTTPHandlers map[string]http.Handler
+	// APIHandlers are extra handlers served on the API address behind
+	// AuthToken and the client protocol's request limits, by path
+	// pattern (the agent mounts gRPC server reflection here). Ignored
+	// without APIAddr.
+	APIHandlers map[string]http.Handler
 	// EnablePprof serves Go's profiler (net/http/pprof) under
 	// /debug/pprof/ on the API address, behind AuthToken like the client
 	// protocol (etcd's --enable-pprof): CPU, heap, goroutine and mutex

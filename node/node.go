@@ -138,6 +138,9 @@ type Node struct {
 	// cluster's (Refusals: wrong_token); tokenWarn bounds their log.
 	wrongTokens atomic.Uint64
 	tokenWarn   *loglimit.Limiter
+	// openRefused counts requests to Config.HTTPHandlers refused for
+	// their body (Refusals: open_body).
+	openRefused atomic.Uint64
 	// lostPending counts acquires whose outcome this leader is waiting
 	// to learn before it decides to withdraw them (lostOutcome);
 	// withdrawn counts the withdrawals it started.

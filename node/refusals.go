@@ -40,6 +40,9 @@ const (
 //     (refused, or served without it: /healthz, /metrics);
 //   - wrong_token: requests whose bearer token is not the cluster's
 //     (each is answered 401; logged once per 10 s with its source);
+//   - open_body: requests to the endpoints served without the token
+//     (health, probes, metrics) refused for a compressed body or one
+//     over 64 KiB;
 //   - max_unauthenticated: connections without an authenticated request
 //     closed to admit a new one past 64 of them;
 //   - max_conns: connections closed to admit a new one at
@@ -102,6 +105,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
 		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
 		transport.Refusal{Port: PortAPI, Reason: "wrong_token", Count: n.wrongTokens.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "open_body", Count: n.openRefused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "max_unauthenticated", Count: unauthCap},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns", Count: maxConns},
 		transport.Refusal{Port: PortAPI, Reason: "max_conns_per_source", Count: perSource},

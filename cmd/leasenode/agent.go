@@ -399,6 +399,7 @@ func runAgent(ctx context.Context, sig *signals, a *agentFlags, cfg node.Config)
 	}
 	m := metrics.New(metrics.Options{ProcessMetrics: true})
 	cfg.HTTPHandlers = m.Handlers()
+	cfg.APIHandlers = m.ReflectionHandlers()
 	cfg.APIMiddleware = m.Middleware
 	probes, err := serveProbes(a.http, m.Handlers(), cfg.Logger)
 	if err != nil {
