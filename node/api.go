@@ -390,8 +390,7 @@ func (n *Node) wrongToken(r *http.Request) {
 
 // openBodyLimit caps the request bodies of the handlers served beside
 // the API without the auth token (Config.HTTPHandlers: the gRPC health
-// service, reflection, the HTTP probes and metrics), whose requests are a
-// few bytes. Unbounded, they read any body to its end, inflating gzip:
+// service, the HTTP probes and metrics), whose requests are a few bytes. Unbounded, they read any body to its end, inflating gzip:
 // one 970 KB gzip request to the health service took a node to 1.77 GB,
 // one to each agent took the cluster to 2.09 GB apiece and lost every
 // lease (outsider review rev-out37).
