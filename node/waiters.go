@@ -153,7 +153,8 @@ type place struct {
 // granted first).
 const keepPlace = 2 * time.Second
 
-// maxPlaces bounds the places kept: past it the oldest are not kept.
+// maxPlaces bounds the places kept: at it, once the expired ones are
+// dropped, a new one is not kept (its retry queues at the back).
 const maxPlaces = 4096
 
 func newWaitQueues(ls *leaderState) *waitQueues {
@@ -188,8 +189,7 @@ func (q *waitQueues) enqueueLocked(w *waiter) {
 	delete(q.places, k)
 	if !ok || time.Now().After(p.until) {
 		q.seq++
-		w.seq = q.seq
-		p.seq = w.seq
+		p.seq = q.seq
 	}
 	w.seq = p.seq
 	for _, it := range w.items {
