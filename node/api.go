@@ -281,15 +281,8 @@ func (n *Node) guard(next http.Handler) http.Handler {
 	token := n.cfg.AuthToken
 	max := n.cfg.Limits.MaxRequestBytes
 	errw := connect.NewErrorWriter()
-	// refuse answers r with err, unread: in the protocol's own error
-	// format if it is an RPC, else as plain HTTP with status.
 	refuse := func(w http.ResponseWriter, r *http.Request, err error, status int) {
-		refuseBody(w, r)
-		if errw.IsSupported(r) {
-			_ = errw.Write(w, r, err)
-		} else {
-			http.Error(w, err.Error(), status)
-		}
+		refuseUnread(errw, w, r, err, status)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if token != "" && !bearerOK(r.Header.Get("Authorization"), token) {
@@ -405,14 +398,9 @@ const openBodyLimit = 64 << 10
 // resource_exhausted for a large one), and counted (Refusals: open_body).
 func (n *Node) boundOpen(next http.Handler) http.Handler {
 	errw := connect.NewErrorWriter()
-	refuse := func(w http.ResponseWriter, r *http.Request, err *connect.Error, status int) {
+	refuse := func(w http.ResponseWriter, r *http.Request, err error, status int) {
 		n.openRefused.Add(1)
-		refuseBody(w, r)
-		if errw.IsSupported(r) {
-			_ = errw.Write(w, r, err)
-		} else {
-			http.Error(w, err.Message(), status)
-		}
+		refuseUnread(errw, w, r, err, status)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if enc := requestEncoding(r.Header); enc != "" {
@@ -447,6 +435,18 @@ func (b *openBody) Read(p []byte) (int, error) {
 		b.refused.Add(1)
 	}
 	return n, err
+}
+
+// refuseUnread answers r with err, its body unread (refuseBody): in the
+// protocol's own error format if it is an RPC, else as plain HTTP with
+// status.
+func refuseUnread(errw *connect.ErrorWriter, w http.ResponseWriter, r *http.Request, err error, status int) {
+	refuseBody(w, r)
+	if errw.IsSupported(r) {
+		_ = errw.Write(w, r, err)
+	} else {
+		http.Error(w, err.Error(), status)
+	}
 }
 
 // refuseBody is called by a handler that answers a request without
