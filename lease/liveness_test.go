@@ -536,3 +536,34 @@ func releaseAndGrantOnce(t *testing.T, held *lease.Lease, got <-chan waitResult,
 		t.Errorf("the leader saw %d Acquire requests for one wait, want 1 (%s)", n, why)
 	}
 }
+
+// Scenario: the first address given is a node that is stopped (its
+// kernel still accepts connections) and the others are well. Dial finds
+// the cluster within a dial timeout shorter than the liveness check's
+// three peer timeouts: a Status that one node sits on is asked of the
+// next as well (new-user review s38: every CLI command failed after its
+// 2 s dial timeout with one paused node first in --addr).
+func TestDialPastAStoppedFirstNode(t *testing.T) {
+	c, doors := doorCluster(t, nil)
+	li, _ := c.Leader()
+	stopped := (li + 1) % 3
+	doors[stopped].freeze()
+	addrs := []string{doors[stopped].addr()}
+	for i, d := range doors {
+		if i != stopped {
+			addrs = append(addrs, d.addr())
+		}
+	}
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithDialTimeout(2*time.Second), lease.WithRetryTimeout(2*time.Second))
+	if err != nil {
+		t.Fatalf("Dial with %s stopped first of %v: %v", addrs[0], addrs, err)
+	}
+	defer cl.Close(context.Background())
+	l, err := cl.TryAcquire(ctxT(t, 10*time.Second), "k")
+	if err != nil || l == nil {
+		t.Fatalf("TryAcquire after Dial: %v %v", l, err)
+	}
+	if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+}

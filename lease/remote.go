@@ -527,9 +527,59 @@ func (e *noLeaderError) Reason() pb.Reason {
 }
 
 // Status asks any node (the leader first, if known) to describe itself.
+// A node that has not answered within statusHedge is not waited for
+// alone: the next address is asked too, and so on, and the first answer
+// is taken. Status is how Dial and the CLI find the cluster, and a stopped
+// node first in the list (SIGSTOP, a paused VM: its kernel still accepts
+// the connection) held them past their dial timeout before the liveness
+// check gave up on it (new-user review s38); a Status changes nothing, so
+// asking two nodes costs only the second answer.
 func (r *Remote) Status(ctx context.Context) (*pb.StatusResponse, error) {
-	return call(ctx, r, false, &pb.StatusRequest{}, pbconnect.LeaseServiceClient.Status)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		s   *pb.StatusResponse
+		err error
+	}
+	// The first try goes through call, which goes on to the other
+	// addresses when one certainly fails and whose error says best why
+	// none answered; the hedges each ask one node, and only their answers
+	// count.
+	first := make(chan answer, 1)
+	go func() {
+		s, err := call(ctx, r, false, &pb.StatusRequest{}, pbconnect.LeaseServiceClient.Status)
+		first <- answer{s, err}
+	}()
+	hedged := make(chan *pb.StatusResponse, len(r.seeds)+1)
+	order := r.targets()
+	hedge := time.NewTimer(statusHedge)
+	defer hedge.Stop()
+	for next := 1; ; {
+		select {
+		case a := <-first:
+			return a.s, a.err
+		case s := <-hedged:
+			r.learn(s.GetHeader())
+			return s, nil
+		case <-hedge.C:
+			if next < len(order) {
+				addr := order[next]
+				next++
+				go func() {
+					if s, err := r.StatusAt(ctx, addr); err == nil {
+						hedged <- s
+					}
+				}()
+				hedge.Reset(statusHedge)
+			}
+		}
+	}
 }
+
+// statusHedge is how long Status waits for one node before asking the
+// next as well: a Status is answered from the node's memory, in a
+// millisecond when it is well, and in tens on a loaded host.
+const statusHedge = 300 * time.Millisecond
 
 // StatusAt asks the node at addr to describe itself.
 func (r *Remote) StatusAt(ctx context.Context, addr string) (*pb.StatusResponse, error) {
