@@ -317,6 +317,7 @@ class _Transport:
         self.leader = None
         self._lock = threading.Lock()
         self._idle = {}  # addr -> [HTTPConnection]
+        self._closed = False  # close() ran: connections are closed after use, not kept
         self._suspect = {}  # addr -> monotonic time until which it is tried last
         self.stopping = threading.Event()  # set by Client.close: waiting acquires end
 
@@ -339,10 +340,17 @@ class _Transport:
 
     def _put(self, addr, c):
         with self._lock:
-            self._idle.setdefault(addr, []).append(c)
+            if not self._closed:
+                self._idle.setdefault(addr, []).append(c)
+                return
+        # Closed: a request that finished after close() (an acquire that was
+        # waiting settles with Abandon, a background release) would leave
+        # its connection in a pool nobody closes.
+        c.close()
 
     def close(self):
         with self._lock:
+            self._closed = True
             for pool in self._idle.values():
                 for c in pool:
                     c.close()
