@@ -15,6 +15,7 @@ transport/pb/leasenode.proto ("Rules for a client in any language"):
         write(data, fencing_token=lease.token)   # the resource refuses older tokens
         if not lease.is_healthy():               # stop when the lease is lost
             ...
+    # LeaseLostError here if the lease was lost during the block
     client.close()
 
 A Client is one holder (name#incarnation). It keeps its leases alive in a
@@ -23,7 +24,11 @@ lease whose extends keep failing is declared lost a little before its
 validity ends: lease.done is set, lease.is_healthy() is False, and code
 acting for the lease must stop. Validity is measured on this process's
 monotonic clock from the moment the granted request was sent, shortened by
-the drift bound; wall-clock time never matters.
+the drift bound; wall-clock time never matters. A `with` block over a lease
+that ends normally although the lease was lost during it raises
+LeaseLostError once the lease is released, so that code after it knows its
+critical section may have overlapped another holder's (as `leasenode lock`
+exits 5); an exception of the block is never replaced.
 """
 
 import base64
@@ -143,7 +148,16 @@ class UnknownOutcomeError(LeaseError):
 
 
 class LeaseLostError(LeaseError):
-    """The lease could not be extended in time, or the cluster ended it."""
+    """The lease could not be extended in time, or the cluster ended it.
+
+    Raised by a `with` block over a lease (client.lock(), or a Lease from
+    acquire()/try_acquire()) that ends normally although the lease was lost
+    during it: the block's work may have overlapped another holder's. key
+    and token name the lease; __cause__ is why it was lost."""
+
+    def __init__(self, msg, key=None, token=None):
+        super().__init__(msg)
+        self.key, self.token = key, token
 
 
 class InvalidError(LeaseError, ValueError):
@@ -317,6 +331,7 @@ class _Transport:
         self.leader = None
         self._lock = threading.Lock()
         self._idle = {}  # addr -> [HTTPConnection]
+        self._closed = False  # close() ran: connections are closed after use, not kept
         self._suspect = {}  # addr -> monotonic time until which it is tried last
         self.stopping = threading.Event()  # set by Client.close: waiting acquires end
 
@@ -339,10 +354,17 @@ class _Transport:
 
     def _put(self, addr, c):
         with self._lock:
-            self._idle.setdefault(addr, []).append(c)
+            if not self._closed:
+                self._idle.setdefault(addr, []).append(c)
+                return
+        # Closed: a request that finished after close() (an acquire that was
+        # waiting settles with Abandon, a background release) would leave
+        # its connection in a pool nobody closes.
+        c.close()
 
     def close(self):
         with self._lock:
+            self._closed = True
             for pool in self._idle.values():
                 for c in pool:
                     c.close()
@@ -679,12 +701,47 @@ class Lease:
         with self._lock:
             self._unreleased = False
 
+    def _lost(self):
+        """Why the lease was lost, or None while it is healthy or after it
+        was released: an error of the keepalive, or its validity having
+        passed unnoticed (the process was stopped, the keepalive starved)."""
+        with self._lock:
+            if self.error is ReleasedMarker:
+                return None
+            if self.error is not None:
+                return self.error
+            if time.monotonic() >= self._valid_until:
+                return LeaseLostError("lease %r lost: its validity passed before the keepalive extended it "
+                                      "(the process was stopped or starved)" % self.key, self.key, self.token)
+        return None
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.release()
-        return False
+    def __exit__(self, exc_type, exc, tb):
+        """Releases the lease. If the lease was lost during the block (the
+        keepalive declared it lost, or its validity passed), a block that
+        ended normally raises LeaseLostError after the release: the work it
+        did may have overlapped another holder's. A block that raised keeps
+        its exception; the loss is added to it as a note (Python 3.11+),
+        and so is a failed release, which is retried in the background."""
+        lost = self._lost()
+        try:
+            self.release()
+        except LeaseError as e:
+            if exc is None and lost is None:
+                raise
+            if exc is not None and hasattr(exc, "add_note"):
+                exc.add_note("leasenode: releasing lease %r (token %d) on the way out failed: %s" % (self.key, self.token, e))
+        if lost is None:
+            return False
+        msg = ("lease %r (token %d) was lost during the with block, which may have overlapped another holder: %s"
+               % (self.key, self.token, lost))
+        if exc is not None:
+            if hasattr(exc, "add_note"):
+                exc.add_note("leasenode: " + msg)
+            return False  # the block's own exception propagates
+        raise LeaseLostError(msg, self.key, self.token) from lost
 
     def __repr__(self):
         return "Lease(key=%r, token=%d, healthy=%s)" % (self.key, self.token, self.is_healthy())
@@ -757,7 +814,12 @@ class Client:
         return self._acquire(key, ttl, value, lock_delay, wait=timeout if timeout is not None else float("inf"))
 
     def lock(self, key, timeout=None, ttl=None, value=b"", lock_delay=0.0):
-        """acquire() as a context manager: the lease is released on exit."""
+        """acquire() as a context manager: the lease is released on exit.
+        If the lease was lost during the block (not extended within its
+        validity, or ended by the cluster), a block that ends normally
+        raises LeaseLostError after the release, since its work may have
+        overlapped another holder's; an exception of the block itself
+        propagates unchanged but for a note saying the lease was lost."""
         return self.acquire(key, timeout=timeout, ttl=ttl, value=value, lock_delay=lock_delay)
 
     def _acquire(self, key, ttl, value, lock_delay, wait):
@@ -1027,6 +1089,15 @@ class Client:
                 ok = False
                 continue
             for l, r in zip(chunk, resp.get("results") or []):
+                with l._lock:
+                    lapsed = sent >= l._valid_until
+                if lapsed:
+                    # Sent after the validity ended (the process was stopped
+                    # between the keepalive's check and the send): the lease
+                    # was not certainly held for a while, whatever the
+                    # cluster answers now.
+                    self._end(l, LeaseLostError("lease %r lost: not extended within its validity" % l.key), release=True)
+                    continue
                 if not r.get("ok"):
                     self._end(l, LeaseLostError("lease %r lost: the cluster says it is held by %r (token %s)" % (
                         l.key, r.get("holder", ""), r.get("currentToken", "0"))), release=True)

@@ -6,8 +6,11 @@ discover -s clients/python/tests (with `leasenode dev` running), or through
 """
 
 import os
+import queue
+import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -94,6 +97,124 @@ class ClientTest(unittest.TestCase):
         # A new holding gets a higher token.
         with c.lock(key) as l2:
             self.assertGreater(l2.token, first)
+
+    def test_lock_raises_when_the_lease_was_lost_in_the_block(self):
+        # The block runs on while the client is cut off: the lease is
+        # declared lost, and the block, ending normally, raises so that
+        # code after it knows its work may have overlapped another holder.
+        c = self.new(ttl=1.0, retry_timeout=0.5)
+        key = PREFIX + "lost-in-block"
+        seeds = c._t.seeds
+        with self.assertRaises(leasenode.LeaseLostError) as cm:
+            with c.lock(key) as l:
+                c._t.seeds, c._t.leader = ["127.0.0.1:1"], None
+                self.assertTrue(l.done.wait(5), "lease not declared lost")
+        c._t.seeds = seeds
+        self.assertEqual((cm.exception.key, cm.exception.token), (key, l.token))
+        self.assertIn("lost during the with block", str(cm.exception))
+        self.assertIsInstance(cm.exception.__cause__, leasenode.LeaseLostError)
+        self.assertFalse(l.is_healthy())
+
+    def test_lock_keeps_the_blocks_own_exception_when_lost(self):
+        # The block raised: its exception propagates, not LeaseLostError;
+        # the loss is added to it as a note.
+        c = self.new(ttl=1.0, retry_timeout=0.5)
+        seeds = c._t.seeds
+        with self.assertRaises(ZeroDivisionError) as cm:
+            with c.lock(PREFIX + "lost-and-raised") as l:
+                c._t.seeds, c._t.leader = ["127.0.0.1:1"], None
+                self.assertTrue(l.done.wait(5), "lease not declared lost")
+                1 / 0
+        c._t.seeds = seeds
+        if hasattr(cm.exception, "add_note"):
+            self.assertTrue(any("lost during the with block" in n for n in cm.exception.__notes__),
+                            getattr(cm.exception, "__notes__", None))
+
+    def test_lock_keeps_the_blocks_own_exception_when_release_fails(self):
+        # A release that fails on the way out of a block that raised does
+        # not replace the block's exception (it is retried in the
+        # background, and the failure is added as a note).
+        c = self.new()
+        key = PREFIX + "raised-release-failed"
+        call = c._t.call
+
+        def fail_release(method, body, timeout):
+            if method == "Release":
+                raise leasenode._NotSent("test: no node reachable")
+            return call(method, body, timeout)
+
+        with self.assertRaises(KeyError):
+            with c.lock(key):
+                c._t.call, c._retry.timeout = fail_release, 0.3
+                raise KeyError("the block's own")
+        c._t.call = call
+        deadline = time.monotonic() + 15
+        while c.get(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIsNone(c.get(key), "not released in the background")
+
+    def test_lock_released_in_the_block_is_not_lost(self):
+        c = self.new()
+        key = PREFIX + "released-in-block"
+        with c.lock(key) as l:
+            l.release()
+        self.assertIsNone(c.get(key))
+        with c.acquire(key) as l2:  # a Lease from acquire() is a context manager too
+            self.assertTrue(l2.is_healthy())
+        self.assertIsNone(c.get(key))
+
+    def test_lock_in_a_stopped_process_raises_when_it_resumes(self):
+        # A child process holds a lock and is stopped (SIGSTOP) past its
+        # TTL; another client takes the key over after the expiry. Resumed,
+        # the child's with-block ends normally and must raise
+        # LeaseLostError (as `leasenode lock` exits 5), not carry on.
+        key = PREFIX + "stopped-in-block"
+        child_code = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import leasenode
+c = leasenode.Client(name="pychild", ttl=2)
+try:
+    with c.lock(sys.argv[2]) as l:
+        print("held", l.token, flush=True)
+        sys.stdin.readline()
+    print("finished", flush=True)
+except leasenode.LeaseLostError as e:
+    print("lost", e, flush=True)
+    sys.exit(5)
+finally:
+    c.close()
+"""
+        env = dict(os.environ, LEASENODE_ADDR=ADDRS)
+        p = subprocess.Popen([sys.executable, "-c", child_code, os.path.join(os.path.dirname(__file__), ".."), key],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()
+        try:
+            first = lines.get(timeout=30)
+            self.assertTrue(first.startswith("held "), first)
+            child_token = int(first.split()[1])
+            os.kill(p.pid, signal.SIGSTOP)
+            b = self.new()
+            lb = b.acquire(key, timeout=30)  # granted once the child's lease expired
+            self.assertGreater(lb.token, child_token)
+            os.kill(p.pid, signal.SIGCONT)
+            p.stdin.write("\n")
+            p.stdin.flush()
+            self.assertEqual(p.wait(30), 5, "the child's with-block did not raise LeaseLostError")
+            last = lines.get(timeout=5)
+            self.assertTrue(last.startswith("lost ") and "lost during the with block" in last, last)
+            # The child's release on the way out did not touch b's holding.
+            self.assertTrue(lb.is_healthy())
+            self.assertEqual((b.get(key).holder, b.get(key).token), (b.holder, lb.token))
+            lb.release()
+        finally:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.wait(10)
+            p.stdin.close()
+            p.stdout.close()
 
     def test_validity_from_send_time_with_drift(self):
         c = self.new(ttl=5, drift=0.01)
