@@ -37,6 +37,14 @@ func exitCode(err error) int {
 		return exitUnreachable
 	case errors.Is(err, lease.ErrInvalid), reason == pb.Reason_REASON_INVALID:
 		return exitUsage
+	case errors.Is(err, lease.ErrTLSSetup), errors.Is(err, lease.ErrWrongPort):
+		// TLS flags that do not fit the nodes, or --addr at a port that
+		// is not the client API, are settings to fix, as health says
+		// with 2: every command exits alike (new-user review: status,
+		// get and acquire exited 1 where health exited 2). After the
+		// unreachable case: an address list of which only some are
+		// wrong ends as no leader reached.
+		return exitUsage
 	}
 	return exitFailure
 }

@@ -52,7 +52,8 @@ const exitCodesHelp = `
 exit codes:
   0  ok
   1  error (see the message)
-  2  bad usage: unknown command or flag, invalid value
+  2  bad usage: unknown command or flag, invalid value; TLS flags that do not
+     fit the nodes, or --addr at a port that is not a client API (--bind, gossip)
   3  cluster unreachable, or no leader elected in time
   4  key held by someone else (the message names the holder and the time left),
      or -n N on a key its holders hold as a semaphore of another N
