@@ -257,10 +257,21 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		} else if cmd != nil {
 			fmt.Fprintf(w, "  hint: `%s --help` lists its flags and what each needs\n", cmd.CommandPath())
 		}
-	} else if hint := hintFor(err, verbOf(cmd)); hint != "" {
+	} else if hint := hintFor(err, verbOf(cmd), tokenSent(cmd)); hint != "" {
 		fmt.Fprintf(w, "  hint: %s\n", hint)
 	}
 	return code
+}
+
+// tokenSent says whether cmd sent an auth token: its --auth-token holds
+// the token once the command checked its flags, from the flag, the file
+// of --auth-token-file or LEASENODE_AUTH_TOKEN (clientFlags.check).
+func tokenSent(cmd *cobra.Command) bool {
+	if cmd == nil {
+		return false
+	}
+	f := cmd.Flags().Lookup("auth-token")
+	return f != nil && f.Value.String() != ""
 }
 
 // verbOf is cmd's name ("get"), or "" without one.

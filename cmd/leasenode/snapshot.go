@@ -22,6 +22,7 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 const snapshotSynopsis = `save writes every lease of a running cluster to FILE (- for stdout): a
@@ -269,10 +270,9 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 			}
 			setupOnly = false
 			if resp.StatusCode == http.StatusUnauthorized {
-				if !strings.Contains(msg, "LEASENODE_AUTH_TOKEN") {
-					msg += "; pass --auth-token-file or --auth-token, or set LEASENODE_AUTH_TOKEN"
-				}
-				return nil, fmt.Errorf("%s: %s", addr, msg)
+				// Its hint, as the other commands', says whether the
+				// token sent is wrong or none was.
+				return nil, &unauthenticatedError{fmt.Errorf("%s: %s", addr, msg)}
 			}
 			last = fmt.Errorf("%s: %s: %s", addr, resp.Status, msg)
 		}
@@ -286,6 +286,14 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 		}
 	}
 }
+
+// unauthenticatedError is a node's 401 to a plain HTTP request (a
+// backup): it carries the reason the API's refusals do, for the hint.
+type unauthenticatedError struct{ err error }
+
+func (e *unauthenticatedError) Error() string     { return e.err.Error() }
+func (e *unauthenticatedError) Unwrap() error     { return e.err }
+func (e *unauthenticatedError) Reason() pb.Reason { return pb.Reason_REASON_UNAUTHENTICATED }
 
 // bodyText is an error reply's text: the message of a JSON error (the
 // API's 401 is Connect's {"code":…,"message":…}), else the body itself,
