@@ -414,3 +414,28 @@ func TestSnapshotSaveIntoMissingDir(t *testing.T) {
 		t.Errorf("snapshot save into a missing directory: exit %d %q; want %d and %q", code, errOut, exitFailure, want)
 	}
 }
+
+// Every README command put in the background (cmd &) sends its output to a
+// file: three agents started with & and no redirect wrote their logs over
+// the terminal the reader typed the next command in (new-user review).
+func TestREADMEBackgroundCommandsLogToFiles(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		cmd, _, _ := strings.Cut(line, " #")
+		cmd = strings.TrimSpace(cmd)
+		if !strings.HasSuffix(cmd, "&") || strings.HasSuffix(cmd, "&&") || strings.HasSuffix(cmd, "2>&1") {
+			continue
+		}
+		n++
+		if !strings.Contains(cmd, "> ") || !strings.Contains(cmd, "2>&1") {
+			t.Errorf("README.md:%d runs a command in the background without sending its output to a file (> F 2>&1): %s", i+1, strings.TrimSpace(line))
+		}
+	}
+	if n == 0 {
+		t.Errorf("README.md runs nothing in the background: does this test still check anything?")
+	}
+}
