@@ -1371,6 +1371,31 @@ func (c *adversary) clientTokenFile(t *testing.T) {
 	if code, _, errOut := run1(t, []string{"LEASENODE_AUTH_TOKEN=wrong"}, "status", addr, "--auth-token-file", c.tokenFile); code != 0 {
 		t.Fatalf("--auth-token-file beside LEASENODE_AUTH_TOKEN: %d %q", code, errOut)
 	}
+	// A refused token's hint says which it was: a wrong one sent (by
+	// the flag, the file or the environment), or none ("pass it with
+	// --auth-token-file" read as if none had been sent; new-user review).
+	wrongFile := filepath.Join(t.TempDir(), "wrong")
+	if err := os.WriteFile(wrongFile, []byte("wrong\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"acquire", "tok/k", "--auth-token", "wrong"}, "is wrong"},
+		{nil, []string{"get", "tok/k", "--auth-token-file", wrongFile}, "is wrong"},
+		{[]string{"LEASENODE_AUTH_TOKEN=wrong"}, []string{"status"}, "is wrong"},
+		{nil, []string{"snapshot", "save", filepath.Join(t.TempDir(), "b.lns"), "--auth-token", "wrong"}, "is wrong"},
+		{nil, []string{"acquire", "tok/k"}, "none was sent"},
+		{nil, []string{"snapshot", "save", filepath.Join(t.TempDir(), "b.lns")}, "none was sent"},
+	} {
+		code, _, errOut := run1(t, tc.env, append(tc.args, addr)...)
+		_, hint, _ := strings.Cut(errOut, "  hint: ")
+		if code == 0 || !strings.Contains(hint, tc.want) || strings.Contains(errOut, "is wrong") == strings.Contains(errOut, "none was sent") {
+			t.Errorf("%v %v: exit %d %q, want a hint saying %q", tc.env, tc.args, code, errOut, tc.want)
+		}
+	}
 	// One that others may read works, with a warning.
 	readable := filepath.Join(t.TempDir(), "token")
 	tok, _ := os.ReadFile(c.tokenFile)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/node/nodetest"
 )
 
@@ -47,6 +48,14 @@ func TestCLIHabits(t *testing.T) {
 		{[]string{"snapshot", "sve", "f"}, exitUsage, []string{`unknown subcommand "sve"`, `did you mean "save"?`}},
 		{[]string{"tls"}, exitUsage, []string{"want a subcommand"}},
 		{[]string{"acquire", "k", "-n", "0"}, exitUsage, []string{"-n 0: want at least 1"}},
+		// The lease state's limits, before any connection: exit 2 with
+		// nobody at --addr, not 3 (new-user review).
+		{[]string{"acquire", "k", "--ttl", "25h", "--addr", "127.0.0.1:1"}, exitUsage, []string{"--ttl 25h: at most 24h", "hint: give --ttl 24h or less"}},
+		{[]string{"lock", "k", "--ttl", "25h", "--addr", "127.0.0.1:1", "--", "true"}, exitUsage, []string{"--ttl 25h: at most 24h"}},
+		{[]string{"acquire", "k", "--lock-delay", "25h", "--addr", "127.0.0.1:1"}, exitUsage, []string{"--lock-delay 25h: at most 24h"}},
+		{[]string{"acquire", "k", "--ttl", "0s", "--addr", "127.0.0.1:1"}, exitUsage, []string{"--ttl 0s: must be positive"}},
+		{[]string{"acquire", "k", "--value", strings.Repeat("v", fsm.MaxValueLen+1), "--addr", "127.0.0.1:1"}, exitUsage, []string{"--value of 65537 bytes: at most 65536"}},
+		{[]string{"acquire", "k", "--key", strings.Repeat("k", fsm.MaxKeyLen+1), "--addr", "127.0.0.1:1"}, exitUsage, []string{"of 1025 bytes: at most 1024"}},
 		{[]string{"agent", "--id", "n", "--data-dir", "/nonexistent/d", "--advertise", "0.0.0.0:7400", "--voters", "2"}, exitUsage,
 			[]string{`--advertise "0.0.0.0:7400" is unspecified`, "--voters 2 should be odd"}},
 		{[]string{"acquire", "k", "--addr", "127.0.0.1:1", "--timeout", "1s"}, exitUnreachable, []string{"lease: no leader"}},
@@ -403,5 +412,30 @@ func TestSnapshotSaveIntoMissingDir(t *testing.T) {
 	want := "leasenode snapshot save: cannot write " + file + ": directory " + filepath.Dir(file) + " does not exist"
 	if code != exitFailure || !strings.HasPrefix(errOut, want) || strings.Contains(errOut, ".tmp") {
 		t.Errorf("snapshot save into a missing directory: exit %d %q; want %d and %q", code, errOut, exitFailure, want)
+	}
+}
+
+// Every README command put in the background (cmd &) sends its output to a
+// file: three agents started with & and no redirect wrote their logs over
+// the terminal the reader typed the next command in (new-user review).
+func TestREADMEBackgroundCommandsLogToFiles(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		cmd, _, _ := strings.Cut(line, " #")
+		cmd = strings.TrimSpace(cmd)
+		if !strings.HasSuffix(cmd, "&") || strings.HasSuffix(cmd, "&&") || strings.HasSuffix(cmd, "2>&1") {
+			continue
+		}
+		n++
+		if !strings.Contains(cmd, "> ") || !strings.Contains(cmd, "2>&1") {
+			t.Errorf("README.md:%d runs a command in the background without sending its output to a file (> F 2>&1): %s", i+1, strings.TrimSpace(line))
+		}
+	}
+	if n == 0 {
+		t.Errorf("README.md runs nothing in the background: does this test still check anything?")
 	}
 }

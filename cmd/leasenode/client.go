@@ -623,7 +623,13 @@ state, indexes and lease counts, and prints the cluster id each node's data
 belongs to. A member whose API address no node has confirmed (over
 authenticated node RPC) is listed but not asked. Waits for a leader (up to
 --timeout while the cluster has never elected one, 3 s once it has) and exits
-3 if no node knows one.`
+3 if no node knows one.
+
+status is informational: it exits 0 while some node knows a leader, even
+with other members shown unreachable (the cluster serves while a quorum
+does; stderr then says how many were not heard from). The check is "leasenode
+health --addr API" for each agent: it exits 0 only when that agent is
+ready, 1 when it is not, 3 when it cannot be reached.`
 
 func (ap *app) statusCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "status [flags]", Short: "show every node's Raft state, lease counts and version", Long: statusSynopsis, Args: nargs(0, 0)}
@@ -799,6 +805,18 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			}
 		}
 	}
+	silent := 0
+	for _, r := range rows {
+		if r.Error != "" {
+			silent++
+		}
+	}
+	if silent > 0 && leaderKnown {
+		// Exit 0 still: the cluster serves (new-user review: a node shown
+		// unreachable with exit 0 looked like a missed failure).
+		fmt.Fprintf(os.Stderr, "leasenode status: %d of %d members are shown without their state (above: why); status exits 0 while a node knows a leader: check each agent with `leasenode health --addr API`\n",
+			silent, len(rows))
+	}
 	if !leaderKnown {
 		if !bootstrapped {
 			return &exitError{code: exitUnreachable, msg: "no node knows a leader: the cluster has not bootstrapped yet (its agents wait for --bootstrap-expect nodes to see each other through --join; their logs say how many they see)"}
@@ -814,9 +832,11 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 	return nil
 }
 
-const watchSynopsis = `Prints the current leases under PREFIX, then every change (granted,
-released, expired, freed) as the cluster applies it, until interrupted.
-With -o json, one JSON object per line.`
+const watchSynopsis = `Prints the current leases under PREFIX (held, or lock-delay for a key in
+its lock-delay), then every change (granted, released, expired, freed) as
+the cluster applies it, until interrupted. With -o json, one JSON object
+per line: time, type (the same words), index, key, holder, token, value,
+and current (true for the leases listed at the start).`
 
 func (ap *app) watchCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "watch [PREFIX] [flags]", Short: "stream lease changes under a prefix", Long: watchSynopsis, Args: nargs(0, 1)}
@@ -914,6 +934,27 @@ func (w *watchSeen) show(e lease.Event) bool {
 	return true
 }
 
+// The names watch gives the listing's events, in text and JSON alike
+// (-o json said "granted" with "current":true where the text said "held";
+// new-user review): a holding from before the watch began, and a key in
+// its lock-delay, named as get and list name its state.
+const (
+	watchHeld      = "held"
+	watchLockDelay = "lock-delay"
+)
+
+// watchType is the name watch prints for e: held or lock-delay for the
+// listing's events (Current), the event's own type for a change.
+func watchType(e lease.Event) string {
+	switch {
+	case e.Current && e.Type == lease.Expired:
+		return watchLockDelay
+	case e.Current && e.Type == lease.Granted:
+		return watchHeld
+	}
+	return string(e.Type)
+}
+
 func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) error {
 	prefix := ""
 	if len(pos) == 1 {
@@ -970,20 +1011,19 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 				continue
 			}
 			now := time.Now().Format("15:04:05.000")
+			typ := watchType(e)
 			if cf.json() {
-				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": e.Type, "index": e.Index,
+				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": typ, "index": e.Index,
 					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": e.Current})
 				continue
 			}
-			switch {
-			case e.Type == lease.Reset:
+			switch typ {
+			case string(lease.Reset):
 				fmt.Printf("%s  reset     (the watch fell behind or a snapshot was restored; re-reading)\n", now)
-			case e.Current && e.Type == lease.Expired: // the listing: a key in its lock-delay
-				fmt.Printf("%s  %-8s  %s  token=%d (expired; its lock-delay runs)\n", now, "lockdelay", e.Key, e.Token)
-			case e.Current: // the listing: held since before the watch began
-				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, "held", e.Key, dash(e.Holder), e.Token)
+			case watchLockDelay:
+				fmt.Printf("%s  %-8s  %s  token=%d (expired; its lock-delay runs)\n", now, typ, e.Key, e.Token)
 			default:
-				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, e.Type, e.Key, dash(e.Holder), e.Token)
+				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, typ, e.Key, dash(e.Holder), e.Token)
 			}
 		}
 		if ctx.Err() == nil {

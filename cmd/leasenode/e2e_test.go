@@ -1114,9 +1114,10 @@ func TestTLSCluster(t *testing.T) {
 		t.Fatalf("acquire over TLS: %s", out)
 	}
 
-	// TLS flags that do not fit: get and health say which to set (health
-	// exits 2, not 1 "not ready" or 3 "unreachable"); no hint names a
-	// flag the client commands lack.
+	// TLS flags that do not fit: every command says which to set and
+	// exits 2 (bad usage), not 1 or 3 "unreachable" (status exited 1
+	// where health exited 2; new-user review); no hint names a flag the
+	// client commands lack.
 	api := agents[0].api
 	otherCA := t.TempDir()
 	run(0, "tls", "ca", "create", "--dir", otherCA)
@@ -1128,14 +1129,10 @@ func TestTLSCluster(t *testing.T) {
 		{[]string{"--addr", api, "--tls-ca", s.ca}, "give --tls-cert and --tls-key"},
 		{[]string{"--addr", api, "--tls-ca", filepath.Join(otherCA, "leasenode-ca.pem")}, "--dns"},
 	} {
-		for _, cmd := range []string{"get", "health"} {
-			args := append([]string{cmd}, c.args...)
-			if cmd == "get" {
-				args = append(args, "k", "--timeout", "3s")
-			}
+		for _, cmd := range [][]string{{"get", "k"}, {"health"}, {"status"}, {"acquire", "k"}, {"snapshot", "save", filepath.Join(t.TempDir(), "b.lns")}} {
+			args := append(append(append([]string{}, cmd...), c.args...), "--timeout", "3s")
 			code, _, errOut := cli(t, args...)
-			if code == 0 || code == exitUnreachable || cmd == "health" && code != exitUsage ||
-				!strings.Contains(errOut, c.want) || strings.Contains(errOut, "tls-server-name") {
+			if code != exitUsage || !strings.Contains(errOut, c.want) || strings.Contains(errOut, "tls-server-name") {
 				t.Errorf("%v: exit %d, %q; want a hint with %q", args, code, errOut, c.want)
 			}
 		}
@@ -1144,7 +1141,8 @@ func TestTLSCluster(t *testing.T) {
 	// A client pointed at a port that is not the API, with its TLS
 	// flags or without, is told which port it reached or that it may be
 	// one, before --dial-timeout (the gossip and --http ports cost it the
-	// whole --timeout).
+	// whole --timeout), and exits 2 as health does (a wrong --addr is
+	// bad usage).
 	tlsFlags := client[2:]
 	for _, c := range []struct {
 		args []string
@@ -1156,7 +1154,7 @@ func TestTLSCluster(t *testing.T) {
 		{[]string{"--addr", agents[0].http}, "probe and metrics port (--http)"},
 	} {
 		code, _, errOut := cli(t, append(append([]string{"get", "k"}, c.args...), "--timeout", "1m", "--dial-timeout", "30s")...)
-		if code == 0 || code == exitUnreachable || !strings.Contains(errOut, c.want) {
+		if code != exitUsage || !strings.Contains(errOut, c.want) {
 			t.Errorf("get %v: exit %d, %q; want a hint with %q", c.args, code, errOut, c.want)
 		}
 	}

@@ -37,14 +37,23 @@ func exitCode(err error) int {
 		return exitUnreachable
 	case errors.Is(err, lease.ErrInvalid), reason == pb.Reason_REASON_INVALID:
 		return exitUsage
+	case errors.Is(err, lease.ErrTLSSetup), errors.Is(err, lease.ErrWrongPort):
+		// TLS flags that do not fit the nodes, or --addr at a port that
+		// is not the client API, are settings to fix, as health says
+		// with 2: every command exits alike (new-user review: status,
+		// get and acquire exited 1 where health exited 2). After the
+		// unreachable case: an address list of which only some are
+		// wrong ends as no leader reached.
+		return exitUsage
 	}
 	return exitFailure
 }
 
 // hintFor suggests what to do about err, or "", to a user of the command
 // named verb ("get", "status"): a hint never sends status's user to
-// `leasenode status`.
-func hintFor(err error, verb string) string {
+// `leasenode status`. tokenSent says whether the command sent an auth
+// token: a refused one is the wrong token, not a missing one.
+func hintFor(err error, verb string, tokenSent bool) string {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		return tlsHint(te.Problem)
 	}
@@ -57,8 +66,12 @@ func hintFor(err error, verb string) string {
 		return stallHint(st, verb)
 	}
 	switch code := exitCode(err); {
+	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED && tokenSent:
+		// "pass it with --auth-token-file" read as if no token had been
+		// sent (new-user review).
+		return wrongTokenHint
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
-		return "the cluster requires its token (the agents' --auth-token): pass it with --auth-token-file, --auth-token or LEASENODE_AUTH_TOKEN (the error above says whether one was sent)"
+		return noTokenHint
 	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
 		hint := "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 		if verb != "status" { // status waits 3 s in a cluster that had a leader
@@ -77,6 +90,17 @@ func hintFor(err error, verb string) string {
 	}
 	return ""
 }
+
+// The hints for a request the cluster refused for its token: one sent
+// (by --auth-token, --auth-token-file or LEASENODE_AUTH_TOKEN) that is
+// not the cluster's, or none.
+const (
+	wrongTokenHint = "the token sent (--auth-token, --auth-token-file or LEASENODE_AUTH_TOKEN, whichever was set) is wrong: " +
+		"the right one is the agents' --auth-token, usually in the file their --auth-token-file (or config file) names; " +
+		"pass that file with --auth-token-file FILE, and check that LEASENODE_AUTH_TOKEN is not set to an old token"
+	noTokenHint = "the cluster requires a token and none was sent: pass the agents' token (the file their --auth-token-file names) " +
+		"with --auth-token-file FILE, or set LEASENODE_AUTH_TOKEN (--auth-token TOKEN works too, but shows in ps)"
+)
 
 // stallHint says what to do about a leader that cannot commit (above: which
 // voters are behind), to a user of verb: not "the cluster is electing a

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
 )
 
@@ -31,13 +32,60 @@ type leaseFlags struct {
 
 func (l *leaseFlags) register(fs *pflag.FlagSet) {
 	l.wait.d = forever
-	durationVar(fs, &l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies (at most 24h)")
+	durationVar(fs, &l.ttl, "ttl", 10*time.Second, "lease TTL: how long the key stays held if this process dies (at most "+shortDuration(fsm.MaxTTL)+")")
 	fs.Var(&l.wait, "wait", `how long to wait for a held key ("forever", or 0 to fail at once with exit 4)`)
 	fs.StringVar(&l.value, "value", "", "value to attach to the lease (shown by get, list and watch)")
-	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release (at most 24h)")
+	durationVar(fs, &l.lockDelay, "lock-delay", 0, "keep the key blocked this long after the lease expires without release (at most "+shortDuration(fsm.MaxTTL)+")")
 	fs.StringVar(&l.holder, "holder", "", "name part of the holder (default host/pid): the cluster records NAME#incarnation,\nrandom per run, as acquire prints it and lock passes it in LEASE_HOLDER")
 	l.shape.register(fs)
 	perInvocation(fs, "value", "holder")
+}
+
+// check refuses, before any connection, flags that break a limit of the
+// lease state (fsm's, which every node enforces): a --ttl of 25h exited 3
+// with no cluster reachable and 2 from the server with one (new-user
+// review). key is the command's KEY; --key adds more. The least TTL is
+// the agents' --min-ttl, which only they know.
+func (l *leaseFlags) check(key string) error {
+	items, err := l.shape.items(key)
+	if err != nil {
+		return err
+	}
+	switch {
+	case l.ttl <= 0:
+		return &usageError{msg: fmt.Sprintf("--ttl %v: must be positive", l.ttl), hint: "give how long the key stays held if this process dies: --ttl 30s"}
+	case l.ttl > fsm.MaxTTL:
+		return &usageError{msg: fmt.Sprintf("--ttl %v: at most %v", shortDuration(l.ttl), shortDuration(fsm.MaxTTL)),
+			hint: fmt.Sprintf("give --ttl %v or less; a longer hold is kept alive by its process: `leasenode lock KEY -- CMD`, or `acquire KEY --hold forever`", shortDuration(fsm.MaxTTL))}
+	case l.lockDelay < 0:
+		return usagef("--lock-delay %v: must not be negative (0: none)", l.lockDelay)
+	case l.lockDelay > fsm.MaxTTL:
+		return &usageError{msg: fmt.Sprintf("--lock-delay %v: at most %v", shortDuration(l.lockDelay), shortDuration(fsm.MaxTTL)), hint: fmt.Sprintf("give --lock-delay %v or less", shortDuration(fsm.MaxTTL))}
+	case len(l.value) > fsm.MaxValueLen:
+		return &usageError{msg: fmt.Sprintf("--value of %d bytes: at most %d", len(l.value), fsm.MaxValueLen),
+			hint: "keep large data elsewhere and put its address in --value"}
+	}
+	for _, it := range items {
+		if len(it.Key) == 0 {
+			return usagef("an empty key: name one")
+		}
+		if len(it.Key) > fsm.MaxKeyLen {
+			return &usageError{msg: fmt.Sprintf("key %.40q... of %d bytes: at most %d", it.Key, len(it.Key), fsm.MaxKeyLen), hint: "use a shorter key (a hash of a long name, say)"}
+		}
+	}
+	return nil
+}
+
+// shortDuration is d as a user would type it: 24h, not 24h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func (l *leaseFlags) options() []lease.Option {
@@ -274,7 +322,7 @@ func runLock(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags,
 		}
 		return &exitError{code: code, msg: fmt.Sprintf("%v (nothing was acquired)", err)}
 	}
-	if _, err := lf.shape.items(key); err != nil {
+	if err := lf.check(key); err != nil {
 		return err // a usage error, before any connection
 	}
 
@@ -536,7 +584,7 @@ var leftHeld *lease.Lease
 
 func runAcquire(ctx context.Context, sig *signals, cf *clientFlags, lf *leaseFlags, hold waitFlag, pos []string) error {
 	key := pos[0]
-	if _, err := lf.shape.items(key); err != nil {
+	if err := lf.check(key); err != nil {
 		return err // a usage error, before any connection
 	}
 	actx, cancelA := sig.cancelOn(ctx)

@@ -52,7 +52,8 @@ const exitCodesHelp = `
 exit codes:
   0  ok
   1  error (see the message)
-  2  bad usage: unknown command or flag, invalid value
+  2  bad usage: unknown command or flag, invalid value; TLS flags that do not
+     fit the nodes, or --addr at a port that is not a client API (--bind, gossip)
   3  cluster unreachable, or no leader elected in time
   4  key held by someone else (the message names the holder and the time left),
      or -n N on a key its holders hold as a semaphore of another N
@@ -256,10 +257,21 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		} else if cmd != nil {
 			fmt.Fprintf(w, "  hint: `%s --help` lists its flags and what each needs\n", cmd.CommandPath())
 		}
-	} else if hint := hintFor(err, verbOf(cmd)); hint != "" {
+	} else if hint := hintFor(err, verbOf(cmd), tokenSent(cmd)); hint != "" {
 		fmt.Fprintf(w, "  hint: %s\n", hint)
 	}
 	return code
+}
+
+// tokenSent says whether cmd sent an auth token: its --auth-token holds
+// the token once the command checked its flags, from the flag, the file
+// of --auth-token-file or LEASENODE_AUTH_TOKEN (clientFlags.check).
+func tokenSent(cmd *cobra.Command) bool {
+	if cmd == nil {
+		return false
+	}
+	f := cmd.Flags().Lookup("auth-token")
+	return f != nil && f.Value.String() != ""
 }
 
 // verbOf is cmd's name ("get"), or "" without one.

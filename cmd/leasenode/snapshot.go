@@ -22,6 +22,7 @@ import (
 	"github.com/leasenode/leasenode/fsm"
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 const snapshotSynopsis = `save writes every lease of a running cluster to FILE (- for stdout): a
@@ -227,6 +228,11 @@ func snapshotSave(ctx context.Context, sig *signals, cf *clientFlags, pos []stri
 func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []string, token string) (*http.Response, error) {
 	var last error
 	for {
+		// setup is the TLS mismatch or wrong port of every address
+		// this round, nil once one answered otherwise: final, as for
+		// the other commands (exit 2, not 3 after --timeout).
+		var setup error
+		setupOnly := true
 		for _, addr := range addrs {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+node.BackupPath, nil)
 			if err != nil {
@@ -238,20 +244,40 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 			resp, err := hc.Do(req)
 			if err != nil {
 				last = err
+				if p := lease.TLSProblemOf(err, scheme == "https"); p != 0 {
+					setup = &lease.TLSSetupError{Addr: addr, Problem: p, Err: err}
+				} else {
+					setupOnly = false
+				}
 				continue
 			}
 			if resp.StatusCode == http.StatusOK {
 				return resp, nil
 			}
+			port := resp.Header.Get("Leasenode-Port")
 			msg := bodyText(resp.Body)
 			resp.Body.Close()
+			switch {
+			case resp.StatusCode == http.StatusBadRequest && scheme == "http" && strings.Contains(msg, "HTTPS server"):
+				// What Go's server answers plain HTTP on a TLS port with.
+				setup = &lease.TLSSetupError{Addr: addr, Problem: lease.TLSNodeRequiresTLS, Err: fmt.Errorf("%s: %s", resp.Status, msg)}
+				last = setup
+				continue
+			case resp.StatusCode == http.StatusMisdirectedRequest && port != "":
+				setup = fmt.Errorf("%w: %s is a leasenode %s port, not the client API: give the agents' --api addresses", lease.ErrWrongPort, addr, port)
+				last = setup
+				continue
+			}
+			setupOnly = false
 			if resp.StatusCode == http.StatusUnauthorized {
-				if !strings.Contains(msg, "LEASENODE_AUTH_TOKEN") {
-					msg += "; pass --auth-token-file or --auth-token, or set LEASENODE_AUTH_TOKEN"
-				}
-				return nil, fmt.Errorf("%s: %s", addr, msg)
+				// Its hint, as the other commands', says whether the
+				// token sent is wrong or none was.
+				return nil, &unauthenticatedError{fmt.Errorf("%s: %s", addr, msg)}
 			}
 			last = fmt.Errorf("%s: %s: %s", addr, resp.Status, msg)
+		}
+		if setupOnly && setup != nil {
+			return nil, setup
 		}
 		select {
 		case <-ctx.Done():
@@ -260,6 +286,14 @@ func getBackup(ctx context.Context, hc *http.Client, scheme string, addrs []stri
 		}
 	}
 }
+
+// unauthenticatedError is a node's 401 to a plain HTTP request (a
+// backup): it carries the reason the API's refusals do, for the hint.
+type unauthenticatedError struct{ err error }
+
+func (e *unauthenticatedError) Error() string     { return e.err.Error() }
+func (e *unauthenticatedError) Unwrap() error     { return e.err }
+func (e *unauthenticatedError) Reason() pb.Reason { return pb.Reason_REASON_UNAUTHENTICATED }
 
 // bodyText is an error reply's text: the message of a JSON error (the
 // API's 401 is Connect's {"code":…,"message":…}), else the body itself,

@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node/nodetest"
@@ -26,5 +30,42 @@ func TestStatusNamesAnotherNodeAtAMembersAddress(t *testing.T) {
 	}
 	if got[1].resp != nil || got[1].err != "address now answered by n0" {
 		t.Fatalf("n2's address answered by n0: %+v, want the error %q", got[1], "address now answered by n0")
+	}
+}
+
+// Scenario: one of three agents is killed. status still exits 0 (it is
+// informational: the cluster serves while a quorum does), shows the node
+// unreachable and says on stderr that a member was not heard from and that
+// health is the check; health exits 3 for the killed agent and 0 for the
+// others (new-user review: status exited 0 with a node shown unreachable).
+func TestStatusIsInformationalHealthIsTheCheck(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 3)
+	leader := leaderOf(t, agents, func(*agent) bool { return true })
+	var down *agent
+	for _, a := range agents {
+		if a != leader {
+			down = a
+			break
+		}
+	}
+	down.p.kill(syscall.SIGKILL)
+	down.p.wait(t, 10*time.Second)
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		code, out, errOut := cli(t, "status", "--addr", addrs(agents))
+		if code != 0 || !strings.Contains(out, down.id) || !strings.Contains(out, "unreachable") ||
+			!strings.Contains(errOut, "1 of 3 members are shown without their state") || !strings.Contains(errOut, "leasenode health") {
+			return fmt.Errorf("status with %s killed: exit %d\n%s%s", down.id, code, out, errOut)
+		}
+		return nil
+	})
+	for _, a := range agents {
+		want := exitOK
+		if a == down {
+			want = exitUnreachable
+		}
+		if code, out, errOut := cli(t, "health", "--addr", a.api); code != want {
+			t.Errorf("health --addr %s (%s): exit %d, want %d\n%s%s", a.api, a.id, code, want, out, errOut)
+		}
 	}
 }

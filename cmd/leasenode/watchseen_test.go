@@ -84,3 +84,23 @@ func TestWatchAgainShowsWhatEndedBetweenStreams(t *testing.T) {
 		t.Fatalf("ended %v, want [a b]", ended)
 	}
 }
+
+// watchType names the listing's events as get names states, and changes
+// by their type, for text and JSON alike.
+func TestWatchType(t *testing.T) {
+	for _, c := range []struct {
+		e    lease.Event
+		want string
+	}{
+		{lease.Event{Type: lease.Granted, Current: true}, "held"},
+		{lease.Event{Type: lease.Expired, Current: true}, "lock-delay"},
+		{lease.Event{Type: lease.Granted}, "granted"},
+		{lease.Event{Type: lease.Expired}, "expired"},
+		{lease.Event{Type: lease.Freed}, "freed"},
+		{lease.Event{Type: lease.Reset}, "reset"},
+	} {
+		if got := watchType(c.e); got != c.want {
+			t.Errorf("watchType(%+v) = %q, want %q", c.e, got, c.want)
+		}
+	}
+}
