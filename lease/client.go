@@ -457,6 +457,10 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 		}
 		if reasonOf(err) == pb.Reason_REASON_STALE_REQUEST && spent < 8 {
 			spent++
+			// A new message for the new id: a backend may still read the
+			// one it was given (an embedded node withdrawing a lost
+			// outcome by its id).
+			req = proto.CloneOf(req)
 			req.RequestId = c.reqID.Add(1)
 			maybe = false // the spent id's copies are refused; the new one has none yet
 			return &NotSentError{Err: err}

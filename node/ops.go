@@ -76,11 +76,16 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	// caller (no source) only within the node's limit. The source goes
 	// with the request if it is forwarded, for the leader to count it by
 	// (handleRPC); whatever the caller put there is replaced.
+	//
+	// The node works on its own copy: an acquire whose outcome is lost
+	// withdraws its grant by the request's id after this call returns
+	// (lostOutcome), and an embedded caller's retry may have changed the
+	// id in its message by then (a spent id renewed): the withdrawal
+	// then spent the id the caller held its live grant by (adversarial
+	// review s38).
 	source, _ := ctx.Value(waiterSourceKey{}).(string)
-	if req.GetClientSource() != source {
-		req = proto.CloneOf(req)
-		req.ClientSource = source
-	}
+	req = proto.CloneOf(req)
+	req.ClientSource = source
 	return n.waiterSlot(waitClaim{source: source}, req, func(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 		return leaderCall(ctx, n, methodAcquire, req, &pb.AcquireResponse{}, n.acquireLocal, true)
 	})

@@ -515,6 +515,42 @@ func TestGrantAsItsCallerLeavesIsWithdrawn(t *testing.T) {
 	})
 }
 
+// The withdrawal of a grant whose caller left names the request as the
+// caller sent it, whatever the caller does with its message afterwards:
+// an embedded lease.Client renews a spent id in the message it sent, and
+// the withdrawal, which reads the request once the proposal resolves,
+// spent that new id instead, the one the client then held its live grant
+// by (adversarial review s38: the client lost the grant and its place in
+// the queue).
+func TestWithdrawalNamesTheRequestAsSent(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	release := l.StallLogWrites()
+	t.Cleanup(release)
+	req := acq("alias", "h", 1, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := l.Acquire(ctx, req)
+	cancel()
+	if !errors.Is(err, node.ErrUnknownOutcome) {
+		t.Fatalf("an acquire whose caller left while its entry was in flight: %v, want ErrUnknownOutcome", err)
+	}
+	req.RequestId = 2 // the caller's next id, in the message it sent
+	release()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if started, pending := l.Withdrawals(); started == 0 || pending > 0 {
+			return fmt.Errorf("withdrawals: %d started, %d pending", started, pending)
+		}
+		if h := holderOf(t, l, "alias"); h != "" {
+			return fmt.Errorf("alias still held by %s", h)
+		}
+		return nil
+	})
+	resp, err := l.Acquire(ctxT(t, 10*time.Second), acq("alias", "h", 2, time.Minute))
+	if err != nil || !resp.GetGranted() {
+		t.Fatalf("request id 2, never sent before: %v %v; want granted (the withdrawal of id 1 must not spend it)", resp, err)
+	}
+}
+
 // cutFirstWait cuts its first waiting Acquire attempt after cutAfter, as
 // a connection reset or a follower ending its forward does: the node sees
 // the attempt's caller leave, the client a lost reply, which it retries
