@@ -147,6 +147,12 @@ type connLimiter struct {
 	unauthRefuse int // closed after maxRefused requests without the token, since then
 	unauthCap    int // closed to admit a new one at maxUnauthed, since then
 	unauthed     int // open connections that have made no authenticated request
+	// unauthPer counts those by source prefix and by address (worse),
+	// kept as they come and go: rebuilt for every connection admitted at
+	// the cap, the counts were half a node's CPU under a flood of silent
+	// connections from many /24s, on the one goroutine that accepts
+	// (outsider review s38).
+	unauthPer unauthCounts
 	// drain, once connections were admitted past maxUnauthed, sheds
 	// those past it beginGrace after the last of them (drainUnheard).
 	drain *time.Timer
@@ -224,7 +230,10 @@ type limitedConn struct {
 	// begun: it sent a whole TLS ClientHello (on a TLS API, see
 	// noteHellos) or its first request (HTTP/2: its preface), and so
 	// cost its sender more than a byte (see worse).
-	begun     bool
+	begun bool
+	// flight: it has sent a first flight (firstFlight bytes, read or
+	// waiting in its socket), as oldestUnauthed found; kept once true.
+	flight    bool
 	refused   int    // requests made without it
 	source    string // the remote IP
 	prefix    string // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
@@ -528,6 +537,7 @@ func (c *limitedConn) authenticated() {
 		}
 		if c.l.open[c.Conn] == c {
 			c.l.unauthed--
+			c.l.unauthPer.add(c, -1)
 		}
 	}
 }
@@ -773,10 +783,7 @@ func (l *connLimiter) warnRefusedMax(c *limitedConn, fair int) {
 // longest, then, if busy is set, the oldest busy one; or nil. Called with
 // l.mu held.
 func (l *connLimiter) pickLocked(in func(*limitedConn) bool, busy bool) *limitedConn {
-	var per unauthCounts
-	if l.authBy > 0 {
-		per = l.unauthCountsLocked()
-	}
+	per := l.unauthPer
 	now := time.Now()
 	var v *limitedConn
 	vr := 0
@@ -908,6 +915,7 @@ func (l *connLimiter) dropLocked(c *limitedConn) {
 	}
 	if l.authBy > 0 && !c.authed {
 		l.unauthed--
+		l.unauthPer.add(c, -1)
 	}
 }
 
@@ -918,6 +926,7 @@ func (l *connLimiter) admitLocked(c *limitedConn) {
 	l.bySource[c.prefix]++
 	if l.authBy > 0 {
 		l.unauthed++
+		l.unauthPer.add(c, 1)
 	}
 	c.admitted = time.Now()
 	c.idleSince = c.admitted
@@ -1030,46 +1039,72 @@ func (c *limitedConn) unheard(now time.Time) bool {
 
 // oldestUnauthed returns, with an auth token, the connection to close
 // first (worse) of those that have made no request with it (busy or
-// not), or nil. Called with l.mu held.
+// not), or nil. Whether the worst has sent its first flight is looked up
+// in its socket (one system call) only when it comes to be the worst: if
+// it has, it ranks better, and the worst is looked for again. Called with
+// l.mu held.
 func (l *connLimiter) oldestUnauthed() *limitedConn {
 	if l.authBy <= 0 {
 		return nil
 	}
-	// Fair between sources: the victim comes from the /24 (/64), then
-	// the address, that holds the most connections without the token,
-	// so that one source's flood of connections that never authenticate
-	// closes its own, not another client's still in its TLS handshake
-	// (an outsider's churn of 2,000 connections on the TLS port failed
-	// 71% of fresh clients with a certificate and the token).
-	per := l.unauthCountsLocked()
-	var v *limitedConn
 	now := time.Now()
-	for _, c := range l.open {
-		if c.authed {
-			continue
+	for looked := 0; ; looked++ {
+		var v *limitedConn
+		for _, c := range l.open {
+			if c.authed {
+				continue
+			}
+			if v == nil || worse(c, v, l.unauthPer, now) {
+				v = c
+			}
 		}
-		if v == nil || worse(c, v, per, now) {
-			v = c
+		// Past a few lookups the worst are a flood's that sent a first
+		// flight: rank them as they are.
+		if v == nil || v.flight || looked == maxFlightLookups || !v.sentFlight() {
+			return v
 		}
 	}
-	return v
+}
+
+// maxFlightLookups bounds the sockets oldestUnauthed looks into at once.
+const maxFlightLookups = 8
+
+// sentFlight reports whether c has sent a first flight (firstFlight
+// bytes, read by the node or waiting in its socket), and keeps the answer
+// once it is yes (flight). Called with c.l.mu held.
+func (c *limitedConn) sentFlight() bool {
+	if !c.flight {
+		sent := c.got.Load()
+		if sent < firstFlight {
+			if sc, ok := c.Conn.(syscall.Conn); ok {
+				if n, ok := unread(sc); ok {
+					sent += int64(n)
+				}
+			}
+		}
+		c.flight = sent >= firstFlight
+	}
+	return c.flight
 }
 
 // unauthCounts counts the open connections without the auth token by
 // source prefix (limitedConn.prefix) and by address (source), for worse.
 type unauthCounts struct{ byPrefix, byAddr map[string]int }
 
-// unauthCountsLocked counts the open connections without the auth token.
-// Called with l.mu held.
-func (l *connLimiter) unauthCountsLocked() unauthCounts {
-	per := unauthCounts{byPrefix: map[string]int{}, byAddr: map[string]int{}}
-	for _, c := range l.open {
-		if !c.authed {
-			per.byPrefix[c.prefix]++
-			per.byAddr[c.source]++
-		}
+// add counts c in (d 1) or out (d -1).
+func (u *unauthCounts) add(c *limitedConn, d int) {
+	if u.byPrefix == nil {
+		u.byPrefix, u.byAddr = map[string]int{}, map[string]int{}
 	}
-	return per
+	count(u.byPrefix, c.prefix, d)
+	count(u.byAddr, c.source, d)
+}
+
+// count adds d to m[k], deleting it at zero.
+func count(m map[string]int, k string, d int) {
+	if m[k] += d; m[k] <= 0 {
+		delete(m, k)
+	}
 }
 
 // worse reports whether c is to be closed before v, both without the
@@ -1099,13 +1134,20 @@ func (l *connLimiter) unauthCountsLocked() unauthCounts {
 //     otherwise keep the answered rank until the auth timeout, and the
 //     real client still in its first round trip would be the one closed
 //     (outsider review, round 3);
-//  4. then one from the source (/24, /64) with more such connections,
+//  4. then one that has not sent a first flight (as far as
+//     oldestUnauthed has looked) before one that has: a client's
+//     request with the token waits in its socket for net/http to read
+//     it, and a flood of connections that send nothing, spread over many
+//     /24s (fewer each than the client's), closed the client's instead
+//     (outsider review s38: 8 connections at once, 0-9 of 150 answered
+//     in 2 s);
+//  5. then one from the source (/24, /64) with more such connections,
 //     then from the address with more, so that one source's flood closes
 //     its own, not another source's fresh clients, however many
 //     addresses it spreads over;
-//  5. then the older.
+//  6. then the older.
 //
-// There is no age floor ahead of 4 (never close a connection younger
+// There is no age floor ahead of 5 (never close a connection younger
 // than a floor while an older one exists, an outsider's suggestion): the
 // older already goes first within a rank, and a floor ahead of the rank
 // or the source count would close an older client that answered, or a
@@ -1121,6 +1163,9 @@ func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	}
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
+	}
+	if c.flight != v.flight {
+		return v.flight
 	}
 	if cn, vn := per.byPrefix[c.prefix], per.byPrefix[v.prefix]; cn != vn {
 		return cn > vn
