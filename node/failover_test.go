@@ -51,12 +51,17 @@ func TestDeadLeaderCampaignEarly(t *testing.T) {
 func TestCampaignOrderAgreed(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 3})
 	li, leader := c.Leader()
-	var ranks []int
 	// Each asks the other over node RPC within a second: on a busy host
 	// one ask may not be answered in time (the rank is asked again at
-	// every campaign), so the test asks until both have an answer.
+	// every campaign), so the test asks until both have an answer. The
+	// leader here is alive and its log may grow between the two asks
+	// (each follower then saw the other's log shorter than its own: ranks
+	// [1 1], once in a run beside two busy loops); a dead leader's
+	// followers' logs stand still. So the ranks are asked again until
+	// both were read of one log.
 	nodetest.Eventually(t, 20*time.Second, func() error {
-		ranks = ranks[:0]
+		var ranks []int
+		last := leader.Raft().LastIndex()
 		for i := range 3 {
 			if i == li {
 				continue
@@ -67,11 +72,14 @@ func TestCampaignOrderAgreed(t *testing.T) {
 			}
 			ranks = append(ranks, r)
 		}
+		if now := leader.Raft().LastIndex(); now != last {
+			return fmt.Errorf("the leader's log grew from %d to %d while the followers were asked", last, now)
+		}
+		if ranks[0]+ranks[1] != 1 {
+			return fmt.Errorf("campaign ranks of the two followers %v, want one 0 and one 1", ranks)
+		}
 		return nil
 	})
-	if ranks[0]+ranks[1] != 1 {
-		t.Fatalf("campaign ranks of the two followers %v, want one 0 and one 1", ranks)
-	}
 }
 
 // A leader that is alive but cut off (a partition: its connections close,
