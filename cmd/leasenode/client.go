@@ -250,6 +250,9 @@ type leaseJSON struct {
 	Token     uint64  `json:"token"`
 	TTL       float64 `json:"ttl_seconds"`
 	Remaining float64 `json:"remaining_seconds"`
+	// LockDelay is the holding's lock-delay: how long the key stays
+	// blocked after an expiry without release (absent when none).
+	LockDelay float64 `json:"lock_delay_seconds,omitempty"`
 	Value     string  `json:"value,omitempty"`
 }
 
@@ -259,7 +262,8 @@ func leaseOut(l *pb.Lease) leaseJSON {
 		state = "lock-delay"
 	}
 	o := leaseJSON{Key: l.GetKey(), State: state, Mode: "exclusive", Holder: l.GetHolder(), Token: l.GetToken(),
-		TTL: l.GetTtl().AsDuration().Seconds(), Remaining: l.GetRemaining().AsDuration().Seconds(), Value: string(l.GetValue())}
+		TTL: l.GetTtl().AsDuration().Seconds(), Remaining: l.GetRemaining().AsDuration().Seconds(),
+		LockDelay: l.GetLockDelay().AsDuration().Seconds(), Value: string(l.GetValue())}
 	switch l.GetMode() {
 	case pb.LeaseMode_LEASE_MODE_SHARED:
 		o.Mode = "shared"

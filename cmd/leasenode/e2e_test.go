@@ -757,6 +757,41 @@ func TestLockKillsChildWhenLeaseLost(t *testing.T) {
 	})
 }
 
+// After a loss CMD runs on for up to --grace, so lock takes its lease
+// with a lock-delay of --grace unless --lock-delay is given: the key is
+// not granted to anyone else while CMD may still run (adversarial review
+// s38: without lock-delay another holder could be granted the key at
+// once).
+func TestLockTakesItsGraceAsLockDelay(t *testing.T) {
+	t.Parallel()
+	agents := cluster(t, 1)
+	for _, c := range []struct {
+		args []string
+		want string // the lease's lock-delay in get -o json
+	}{
+		{[]string{"--grace", "3s"}, `"lock_delay_seconds":3,`},
+		{[]string{"--grace", "3s", "--lock-delay", "1s"}, `"lock_delay_seconds":1,`},
+		{[]string{"--grace", "3s", "--lock-delay", "0s"}, ""},
+	} {
+		key := "jobs/graced" + strconv.Itoa(len(c.args))
+		args := append([]string{"lock", key, "--addr", addrs(agents), "--ttl", "2s"}, c.args...)
+		lock := start(t, nil, append(args, "--", "sh", "-c", `echo "pid=$$"; sleep 60`)...)
+		childPID(t, lock)
+		code, out, errOut := cli(t, "get", key, "--addr", addrs(agents), "-o", "json")
+		compact := strings.Join(strings.Fields(out), "")
+		switch {
+		case code != 0:
+			t.Errorf("get %s: exit %d: %s", key, code, errOut)
+		case c.want != "" && !strings.Contains(compact, c.want):
+			t.Errorf("lock %v: get says %s; want %s", c.args, out, c.want)
+		case c.want == "" && strings.Contains(compact, `"lock_delay_seconds"`):
+			t.Errorf("lock %v: get says %s; want no lock-delay", c.args, out)
+		}
+		lock.kill(syscall.SIGINT)
+		lock.wait(t, 15*time.Second)
+	}
+}
+
 // lock gives CMD the lease's validity: LEASE_VALID_UNTIL as it started,
 // within one TTL from then, and LEASE_VALID_UNTIL_FILE, which lock
 // rewrites as extends move it (a paused lock stops rewriting it, so a

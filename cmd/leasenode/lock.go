@@ -224,6 +224,12 @@ SIGKILL after --grace, and exits 5. SIGINT and SIGTERM sent to lock are
 passed on to CMD; a second one, more than 200 ms after the first, kills CMD's
 process group (SIGKILL), releases the lease and exits 130 (143 for SIGTERM).
 
+So that no one else is granted KEY while CMD may still run, lock takes the
+lease with a lock-delay of --grace unless --lock-delay is given: after an
+expiry (not after a release) the key stays blocked that long (Consul's
+sessions keep a 15 s lock-delay for the same reason). --lock-delay 0 turns
+it off; CMD must then fence its writes.
+
 While lock itself is paused (SIGSTOP) or killed (SIGKILL) it cannot stop
 CMD, which runs on after the lease expired: CMD must fence its writes with
 LEASE_TOKEN. LEASE_VALID_UNTIL is the moment (unix milliseconds, this
@@ -245,7 +251,7 @@ func (ap *app) lockCmd() *cobra.Command {
 	cf.register(cmd)
 	lf := &leaseFlags{}
 	lf.register(cmd.Flags())
-	grace := duration(cmd.Flags(), "grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lease is lost")
+	grace := duration(cmd.Flags(), "grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lease is lost; also lock's --lock-delay unless given")
 	cmd.RunE = ap.action(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 		pos, argv, err := parseLockArgs(cmd, args)
 		if err != nil || pos == nil {
@@ -259,6 +265,14 @@ func (ap *app) lockCmd() *cobra.Command {
 		}
 		if *grace < 0 {
 			return usagef("--grace %v: must not be negative (0 sends SIGKILL right after SIGTERM)", *grace)
+		}
+		if !cmd.Flags().Changed("lock-delay") {
+			// After a loss CMD runs on for up to --grace: the key stays
+			// blocked that long after the expiry, so that no other holder
+			// overlaps it (adversarial review s38). The lease is declared
+			// lost by its client's validity, before the cluster's expiry,
+			// so CMD is killed before the key can be granted again.
+			lf.lockDelay = min(*grace, fsm.MaxTTL)
 		}
 		return runLock(ctx, ap.sig, cf, lf, *grace, pos, argv)
 	})
