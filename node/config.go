@@ -459,8 +459,14 @@ type Limits struct {
 	// Each costs two goroutines and its buffers (about 33 KB), and every
 	// batch of applied events visits every watcher: 15,379 watches took a
 	// leader from 30 to 529 MB and 27,000 goroutines, and it lost its
-	// leadership twice. Default 1024, as MaxConns: one watch per client
-	// connection, or a few per client process, tens of MB at worst.
+	// leadership twice. Default 256: each event is a message, and a
+	// write, to every watcher of its key, and on a 2-core leader 1,024
+	// watches of every key (one token holder, 8 /24s) cut a lock loop
+	// beside them from ~260 to 11-18 operations a second, at 200-375 ms
+	// each, and in an outsider's runs made the leader step down (20 of 20
+	// leases lost once); at 256, 55-77 a second, at most 116 ms, no step
+	// down (outsider review s38). Raise it for many watchers where the
+	// leader has the cores.
 	MaxWatches int
 	// MaxWaiters bounds the waiting acquires (Wait set) this node serves
 	// at once (agent --max-waiters): those its API admitted, as leader or
@@ -489,7 +495,7 @@ type Limits struct {
 	// times in 30 s, until sources had their share; then four /24s, or
 	// two through three nodes, filled it, and the lock loop was refused
 	// 340 and 1,203 times, until a quarter was kept back and forwarded
-	// waits counted by source. Default 8192: 90-150 MB at worst, 8 times
+	// waits counted by source. Default 8192: 90-150 MB at worst, 32 times
 	// MaxWatches, since a lock's waiters are many cheap clients where
 	// watchers are few.
 	MaxWaiters int
@@ -543,7 +549,7 @@ func DefaultLimits(t Timing) Limits {
 
 		MaxHandshakeRate:          DefaultHandshakeRate(),
 		MaxHandshakeRatePerSource: 200,
-		MaxWatches:                1024,
+		MaxWatches:                256,
 		MaxWaiters:                8192,
 		ReadTimeout:               10 * time.Second,
 		IdleTimeout:               30 * time.Second,
