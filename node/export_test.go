@@ -88,10 +88,6 @@ func (n *Node) GossipStreamsRefused() (atOnce, tooLong int64) {
 	return n.gossipNet.refused.Load(), n.gossipNet.tooLong.Load()
 }
 
-// GossipStreamsBadVersion counts encrypted gossip streams refused for an
-// encryption version memberlist does not know.
-func (n *Node) GossipStreamsBadVersion() int64 { return n.gossipNet.badVsn.Load() }
-
 // GossipStreamMaxBytes is the most a node reads of an inbound gossip
 // stream.
 const GossipStreamMaxBytes = gossipStreamMaxBytes

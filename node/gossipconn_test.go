@@ -232,7 +232,7 @@ func TestGossipStreamOfUnknownEncryptionVersionClosedAtOnce(t *testing.T) {
 		t.Fatalf("the stream's read after its version byte: %v; want it closed by the node", err)
 	}
 	nodetest.Eventually(t, 5*time.Second, func() error {
-		if n := l.GossipStreamsBadVersion(); n != 1 {
+		if n := refusals(t, l, node.PortGossip, "encrypt_version"); n != 1 {
 			return fmt.Errorf("%d streams refused for their encryption version", n)
 		}
 		return nil

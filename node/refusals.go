@@ -30,7 +30,10 @@ const (
 //     gossip_stream_max_bytes;
 //   - undecodable: packets and streams memberlist could not decrypt or
 //     decode, as its log reports them: another cluster key, none where
-//     this cluster has one (or one where it has none), or not leasenode's.
+//     this cluster has one (or one where it has none), or not leasenode's;
+//   - encrypt_version: encrypted streams closed at their first message's
+//     encryption version, one memberlist does not know (before the
+//     message is read: memberlist would read it whole first).
 //
 // The client API's:
 //
@@ -102,6 +105,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
 		transport.Refusal{Port: PortGossip, Reason: "too_long", Count: uint64(g.tooLong.Load())},
 		transport.Refusal{Port: PortGossip, Reason: "undecodable", Count: n.gossipUndecodable.Load()},
+		transport.Refusal{Port: PortGossip, Reason: "encrypt_version", Count: uint64(g.badVsn.Load())},
 		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
 		transport.Refusal{Port: PortAPI, Reason: "auth_refused", Count: authRefused},
 		transport.Refusal{Port: PortAPI, Reason: "wrong_token", Count: n.wrongTokens.Load()},
