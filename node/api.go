@@ -317,11 +317,17 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			refuse(w, r, requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength)), http.StatusRequestEntityTooLarge)
 			return
 		}
+		arrived, err := n.pending.take(peerSource(r.RemoteAddr))
+		if err != nil {
+			refuse(w, r, connectError(err), http.StatusTooManyRequests)
+			return
+		}
+		defer arrived()
 		slot := &bodySlot{g: n.bigBodies, src: peerSource(r.RemoteAddr), ctx: r.Context()}
 		defer slot.release()
 		r = r.WithContext(context.WithValue(r.Context(), bodySlotKey{}, slot))
 		source := addrSource(r.RemoteAddr)
-		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength, limit: limit,
+		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength, limit: limit, arrived: arrived,
 			pay: func(units int64) error { return n.payUnits(r.Context(), source, units) }}
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
@@ -590,6 +596,9 @@ type limitedBody struct {
 	conn  *limitedConn
 	watch *bodyWatch
 	h2    bool // sent over HTTP/2
+	// arrived gives back the request's count among those whose bodies
+	// have not arrived (pending-bodies), once the body is read to its end.
+	arrived func()
 }
 
 // Waiting bodies of an HTTP/2 connection: a body that waits for its
@@ -638,6 +647,9 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
+	}
+	if err == io.EOF && b.arrived != nil {
+		b.arrived()
 	}
 	if b.pay != nil && n > 0 {
 		b.read += int64(n)

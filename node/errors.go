@@ -60,6 +60,10 @@ var (
 	// them), or its source held its share of that room; the client API
 	// answers it resource_exhausted.
 	ErrTooManyReplies error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many unread replies"}
+	// ErrTooManyPending: too many requests of the caller's source, or of
+	// the node, wait for their bodies (see pending-bodies); the client
+	// API answers it resource_exhausted, before the body is read.
+	ErrTooManyPending error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many requests waiting for their bodies"}
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,
@@ -167,6 +171,7 @@ var reasons = []struct {
 	{ErrTooManyWaiters, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 	{ErrTooManyWatches, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 	{ErrTooManyReplies, pb.Reason_REASON_RESOURCE_EXHAUSTED},
+	{ErrTooManyPending, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 }
 
 // ErrorDetail describes err for the wire.

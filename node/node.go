@@ -134,6 +134,7 @@ type Node struct {
 	bigBodies *bodyGate
 	// replies bounds the replies built and not yet written (reply-room).
 	replies *replyRoom
+	pending *pendingBodies // requests whose bodies have not arrived (pending-bodies)
 	// wrongTokens counts API requests whose bearer token is not the
 	// cluster's (Refusals: wrong_token); tokenWarn bounds their log.
 	wrongTokens atomic.Uint64
@@ -210,6 +211,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		bigBodies: &bodyGate{srcs: map[string]*srcToken{}, decoding: make(chan struct{}, maxBigBodies), budget: maxLargeBodyBytes,
 			holders: map[*roomHolder]struct{}{}, log: log.With("component", "node.api"), warn: loglimit.New()},
 		replies:       newReplyRoom(log.With("component", "node.api")),
+		pending:       newPendingBodies(log.With("component", "node.api")),
 		tokenWarn:     loglimit.New(),
 		down:          make(chan struct{}),
 		nodeServerTLS: nodeServer,

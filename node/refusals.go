@@ -82,7 +82,10 @@ const (
 //     included;
 //   - reply_write: unary replies ended unwritten, their client not
 //     having read them within Limits.ReadTimeout of their writing (an
-//     HTTP/2 stream reset, an HTTP/1 connection closed).
+//     HTTP/2 stream reset, an HTTP/1 connection closed);
+//   - pending_bodies: requests refused at their headers, their source
+//     or the node holding as many requests whose bodies have not arrived
+//     as it may (pending-bodies: 4,096 node-wide, 1,024 a source).
 //
 // Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
 // them); only the connections closed for a lasting backlog are.
@@ -120,6 +123,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "handshake_rate", Count: hsRate},
 		transport.Refusal{Port: PortAPI, Reason: "body_room", Count: n.bigBodies.reclaimedBodies.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "reply_room", Count: n.replies.refused.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "pending_bodies", Count: n.pending.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "reply_write", Count: n.replies.unwritten.Load()},
 	)
 }
