@@ -199,8 +199,11 @@ func (b *slowExtends) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.Exte
 func TestKeepaliveBySumLeavesTimeToName(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 1})
 	_, n := c.Leader()
-	const ttl = time.Second
-	b := &slowExtends{Backend: n, latency: 350 * time.Millisecond}
+	// A third of the TTL, at a 2 s TTL: the same ratio as the review's
+	// 400 ms at 1 s, with room for a loaded host's scheduling (at 350 ms
+	// and 1 s, a run beside two busy loops lost a lease before any sum).
+	const ttl = 2 * time.Second
+	b := &slowExtends{Backend: n, latency: 700 * time.Millisecond}
 	cl, err := lease.New(b, lease.WithTTL(ttl))
 	if err != nil {
 		t.Fatal(err)

@@ -554,7 +554,7 @@ func TestDialPastAStoppedFirstNode(t *testing.T) {
 			addrs = append(addrs, d.addr())
 		}
 	}
-	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithDialTimeout(2*time.Second), lease.WithRetryTimeout(2*time.Second))
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), addrs, lease.WithDialTimeout(2*time.Second))
 	if err != nil {
 		t.Fatalf("Dial with %s stopped first of %v: %v", addrs[0], addrs, err)
 	}
