@@ -96,7 +96,11 @@
 // the cluster cannot grant the key to anyone else before it.
 //
 // Clocks cannot protect a resource against a holder that is paused after
-// it checked its lease. Use the fencing token: Lease.Token strictly
+// it checked its lease. Nor do they see a host's suspend (a laptop's
+// sleep, some VMs' suspend): validity is measured on Go's monotonic
+// clock, which on Linux stops while the host is suspended, so right
+// after a resume IsHealthy may say true of a lease that expired in the
+// cluster meanwhile, until the next extend fails. Use the fencing token: Lease.Token strictly
 // increases per key; send it with each write and let the resource refuse
 // lower tokens (Fence), or ask the cluster with CheckToken.
 //
