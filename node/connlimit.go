@@ -1025,16 +1025,22 @@ func (c *limitedConn) unheard(now time.Time) bool {
 	if c.refused > 0 || now.Sub(c.admitted) >= beginGrace {
 		return false
 	}
+	sent := c.sent()
+	return sent == 0 || sent >= firstFlight
+}
+
+// sent returns the bytes c has sent as far as firstFlight: read by the
+// node, or waiting in its socket (looked up only if fewer were read).
+func (c *limitedConn) sent() int64 {
 	sent := c.got.Load()
-	if sent >= firstFlight {
-		return true
-	}
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		if n, ok := unread(sc); ok {
-			sent += int64(n)
+	if sent < firstFlight {
+		if sc, ok := c.Conn.(syscall.Conn); ok {
+			if n, ok := unread(sc); ok {
+				sent += int64(n)
+			}
 		}
 	}
-	return sent == 0 || sent >= firstFlight
+	return sent
 }
 
 // oldestUnauthed returns, with an auth token, the connection to close
@@ -1074,15 +1080,7 @@ const maxFlightLookups = 8
 // once it is yes (flight). Called with c.l.mu held.
 func (c *limitedConn) sentFlight() bool {
 	if !c.flight {
-		sent := c.got.Load()
-		if sent < firstFlight {
-			if sc, ok := c.Conn.(syscall.Conn); ok {
-				if n, ok := unread(sc); ok {
-					sent += int64(n)
-				}
-			}
-		}
-		c.flight = sent >= firstFlight
+		c.flight = c.sent() >= firstFlight
 	}
 	return c.flight
 }
