@@ -320,6 +320,10 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		arrived, err := n.pending.take(peerSource(r.RemoteAddr))
 		if err != nil {
 			refuse(w, r, connectError(err), http.StatusTooManyRequests)
+			if lc := requestConn(r); lc != nil && lc.pendingRefused() {
+				_ = http.NewResponseController(w).Flush()
+				lc.Close() // HTTP/2: its other streams with it
+			}
 			return
 		}
 		defer arrived()

@@ -233,13 +233,15 @@ type limitedConn struct {
 	begun bool
 	// flight: it has sent a first flight (firstFlight bytes, read or
 	// waiting in its socket), as oldestUnauthed found; kept once true.
-	flight    bool
-	refused   int    // requests made without it
-	source    string // the remote IP
-	prefix    string // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
-	authTimer *time.Timer
-	once      sync.Once
-	closedBy  bool // the limiter closed it (a refusal of its own)
+	flight  bool
+	refused int // requests made without it
+	// overPending counts its requests refused for pending-bodies.
+	overPending int
+	source      string // the remote IP
+	prefix      string // its source prefix (IPv4 /24, IPv6 /64): connLimiter.bySource
+	authTimer   *time.Timer
+	once        sync.Once
+	closedBy    bool // the limiter closed it (a refusal of its own)
 	// answered: 0, then 1 once this side wrote, then 2 once the peer
 	// sent something after that (a TLS client's second flight, a request
 	// after an answer): a peer that answers back is evicted after those
@@ -562,6 +564,19 @@ func (c *limitedConn) unauthedRequest() bool {
 		l.warnAuthLocked()
 	}
 	return true
+}
+
+// pendingRefused notes a request of c refused for pending-bodies, and
+// reports whether c has had maxRefused of them: its caller closes it once
+// the answer is sent, with the requests it holds open. A client that
+// opens a new stream at each refusal otherwise had the node refuse 8,600
+// requests a second, and a lock loop beside it fell to a fifth of its
+// rate; closed, it must connect again, within its source's connections.
+func (c *limitedConn) pendingRefused() bool {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	c.overPending++
+	return c.overPending >= maxRefused
 }
 
 // authExpired closes c if it has made no authenticated request within

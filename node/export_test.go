@@ -179,3 +179,10 @@ func (n *Node) RepliesHeld() int64 {
 	defer n.replies.mu.Unlock()
 	return n.replies.held
 }
+
+// PendingBodies is how many requests wait for their bodies (pending-bodies).
+func (n *Node) PendingBodies() int {
+	n.pending.mu.Lock()
+	defer n.pending.mu.Unlock()
+	return n.pending.n
+}

@@ -16,11 +16,11 @@ import (
 
 // HTTP/2 streams whose headers carry the token and whose bodies never
 // come are bounded per source and node-wide (pending-bodies): one
-// source's 1,200 such streams over 6 connections hold 1,024 and are
-// refused the rest at their headers, naming the limit, while another
-// source is served; and once they end, the source is served again. One
-// token holder's 14,684 held streams took a leader from 42 to 633 MB and
-// made it step down (outsider review s38).
+// source's streams hold 1,024, and past them are refused at their
+// headers, naming the limit, while another source is served; a
+// connection refused 16 times is closed; and once the streams end, the
+// source is served again. One token holder's 14,684 held streams took a
+// leader from 42 to 633 MB and made it step down (outsider review s38).
 func TestPendingBodiesAreBounded(t *testing.T) {
 	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
 		cfg.AuthToken = "s3cret"
@@ -28,35 +28,48 @@ func TestPendingBodiesAreBounded(t *testing.T) {
 	_, l := c.Leader()
 	addr := l.APIAddr()
 
-	const conns, streams = 6, 200
-	held := make([]*h2Conn, conns)
-	for i := range held {
+	// open writes n bodiless streams on a new connection.
+	open := func(n int) *h2Conn {
 		h := dialH2(t, addr, nil)
-		held[i] = h
 		var b []byte
-		for s := range streams {
+		for s := range n {
 			b = h2Frame(b, h2Headers, h2EndHeaders, uint32(2*s+1), h2Request("http", "Get", "s3cret")) // no body
 		}
 		if _, err := h.Write(b); err != nil {
 			t.Fatal(err)
 		}
+		return h
 	}
-	want := conns*streams - 1024
+	var held []*h2Conn
+	for _, n := range []int{200, 200, 200, 200, 200, 24} { // 1,024: the source's share
+		held = append(held, open(n))
+	}
+	// Each answered stream is a refusal: wait until the node has taken
+	// them all, then 16 more, refused, and their connection closed.
 	nodetest.Eventually(t, 20*time.Second, func() error {
-		var replies int64
-		for _, h := range held {
-			replies += h.replies.Load()
-			if g := h.goAway.Load(); g != nil {
-				t.Fatalf("the node sent GOAWAY %d %q to a connection opening streams", g.code, g.debug)
-			}
-		}
-		if n := refusals(t, l, node.PortAPI, "pending_bodies"); n < uint64(want) || replies < int64(want) {
-			return fmt.Errorf("%d refused as pending_bodies, %d answered; want %d", n, replies, want)
+		if n := l.PendingBodies(); n != 1024 {
+			return fmt.Errorf("%d requests wait for their bodies, want the 1,024 sent", n)
 		}
 		return nil
 	})
-	if n := refusals(t, l, node.PortAPI, "pending_bodies"); n != uint64(want) {
-		t.Errorf("%d streams refused as pending_bodies, want %d (the source's 1,024 held)", n, want)
+	over := open(16)
+	select {
+	case <-over.closed:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a connection refused 16 times was not closed (%d answered)", over.replies.Load())
+	}
+	if n := refusals(t, l, node.PortAPI, "pending_bodies"); n != 16 {
+		t.Errorf("%d streams refused as pending_bodies, want 16 (the source's 1,024 held)", n)
+	}
+	for i, h := range held {
+		select {
+		case <-h.closed:
+			t.Fatalf("connection %d, holding the source's share, was closed", i)
+		default:
+		}
+		if r := h.replies.Load(); r != 0 {
+			t.Fatalf("connection %d, holding the source's share, had %d streams answered", i, r)
+		}
 	}
 
 	status := func(src net.IP) (string, error) {
