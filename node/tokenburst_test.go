@@ -73,8 +73,7 @@ func tokenBurst(t *testing.T, dialFirst bool) {
 	}
 	start := make(chan struct{})
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	answered, failures := 0, map[string]int{}
+	got := &tally{failures: map[string]int{}}
 	for i := range conns {
 		wg.Add(1)
 		go func() {
@@ -92,25 +91,15 @@ func tokenBurst(t *testing.T, dialFirst bool) {
 				}
 				return http.ReadResponse(bufio.NewReader(conn), nil)
 			}()
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				// Each its own address: one failure a kind.
-				failures[strings.TrimSpace(err.Error()[strings.LastIndex(err.Error(), ":")+1:])]++
-			case resp.StatusCode != http.StatusOK:
-				failures[resp.Status]++
-			default:
-				answered++
-			}
+			got.note(resp, err)
 		}()
 	}
 	close(start)
 	wg.Wait()
 	evicted := refusals(t, l, node.PortAPI, "max_unauthenticated")
-	t.Logf("%d of %d connections with the token answered 200; failures: %v; max_unauthenticated: %d", answered, conns, failures, evicted)
-	if answered != conns {
-		t.Fatalf("%d of %d connections with the auth token, opened at once, were answered (max_unauthenticated: %d): %v", answered, conns, evicted, failures)
+	t.Logf("%d of %d connections with the token answered 200; failures: %v; max_unauthenticated: %d", got.answered, conns, got.failures, evicted)
+	if got.answered != conns {
+		t.Fatalf("%d of %d connections with the auth token, opened at once, were answered (max_unauthenticated: %d): %v", got.answered, conns, evicted, got.failures)
 	}
 }
 
@@ -175,10 +164,9 @@ func TestSilentFloodFromManySourcesSparesAClientsRequests(t *testing.T) {
 	req := []byte("POST /leasenode.v1.LeaseService/Status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n" +
 		"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
 	const rounds, conns = 5, 8
-	answered, failures := 0, map[string]int{}
+	got := &tally{failures: map[string]int{}}
 	for range rounds {
 		var rwg sync.WaitGroup
-		var mu sync.Mutex
 		for range conns {
 			rwg.Add(1)
 			go func() {
@@ -195,23 +183,35 @@ func TestSilentFloodFromManySourcesSparesAClientsRequests(t *testing.T) {
 					}
 					return http.ReadResponse(bufio.NewReader(conn), nil)
 				}()
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err != nil:
-					failures[strings.TrimSpace(err.Error()[strings.LastIndex(err.Error(), ":")+1:])]++
-				case resp.StatusCode != http.StatusOK:
-					failures[resp.Status]++
-				default:
-					answered++
-				}
+				got.note(resp, err)
 			}()
 		}
 		rwg.Wait()
 	}
 	evicted := refusals(t, l, node.PortAPI, "max_unauthenticated")
-	t.Logf("%d of %d requests answered beside the flood; failures %v; closed at the cap: %d", answered, rounds*conns, failures, evicted)
-	if answered != rounds*conns {
-		t.Fatalf("%d of %d requests with the token, 8 connections at once, answered beside a silent flood from 64 /24s: %v", answered, rounds*conns, failures)
+	t.Logf("%d of %d requests answered beside the flood; failures %v; closed at the cap: %d", got.answered, rounds*conns, got.failures, evicted)
+	if got.answered != rounds*conns {
+		t.Fatalf("%d of %d requests with the token, 8 connections at once, answered beside a silent flood from 64 /24s: %v", got.answered, rounds*conns, got.failures)
+	}
+}
+
+// tally counts the answers to requests made at once: 200s, and failures
+// by kind (an error's last words, each connection its own address).
+type tally struct {
+	mu       sync.Mutex
+	answered int
+	failures map[string]int
+}
+
+func (t *tally) note(resp *http.Response, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case err != nil:
+		t.failures[strings.TrimSpace(err.Error()[strings.LastIndex(err.Error(), ":")+1:])]++
+	case resp.StatusCode != http.StatusOK:
+		t.failures[resp.Status]++
+	default:
+		t.answered++
 	}
 }
