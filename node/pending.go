@@ -60,19 +60,19 @@ func newPendingBodies(log *slog.Logger) *pendingBodies {
 // back (once, however often called), or the refusal.
 func (p *pendingBodies) take(src string) (func(), error) {
 	p.mu.Lock()
-	own := p.bySrc[src]
+	own, pending := p.bySrc[src], p.n
 	var err error
 	switch {
 	case own >= pendingPerSource:
 		err = fmt.Errorf("%w: %d requests from your address's /24 (IPv6 /64) wait for their bodies, the most one source may (a quarter of the %d the agent takes at once, fixed): send each request's body with it, end streams you do not use", ErrTooManyPending, own, maxPendingBodies)
-	case p.n >= maxPendingBodies || p.n >= maxPendingBodies-maxPendingBodies/4 && own >= pendingFloor:
-		err = fmt.Errorf("%w: %d requests wait for their bodies on this agent (at most %d, fixed; the last quarter kept for sources with fewer than %d, and yours has %d): other clients hold them open; retry later", ErrTooManyPending, p.n, maxPendingBodies, pendingFloor, own)
+	case pending >= maxPendingBodies || pending >= maxPendingBodies-maxPendingBodies/4 && own >= pendingFloor:
+		err = fmt.Errorf("%w: %d requests wait for their bodies on this agent (at most %d, fixed; the last quarter kept for sources with fewer than %d, and yours has %d): other clients hold them open; retry later", ErrTooManyPending, pending, maxPendingBodies, pendingFloor, own)
 	}
 	if err != nil {
 		p.mu.Unlock()
 		p.refused.Add(1)
 		if ok, skipped := p.warn.Allow("pending_bodies"); ok {
-			args := []any{"pending", p.n, "max", maxPendingBodies, "source", src, "source_pending", own, "refused", p.refused.Load()}
+			args := []any{"pending", pending, "max", maxPendingBodies, "source", src, "source_pending", own, "refused", p.refused.Load()}
 			if skipped > 0 {
 				args = append(args, loglimit.Skipped, skipped)
 			}
