@@ -254,10 +254,7 @@ func TestAPIInputsAreBounded(t *testing.T) {
 // The auth token is checked before a byte of the body is read, and the
 // scheme is case-insensitive.
 func TestAuthBeforeBody(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	body := &endless{n: 100 << 20}
 	code, out := post(t, l.APIAddr(), "Acquire", body, nil)
 	if code == 0 && body.read.Load() <= 8<<20 && (strings.Contains(out, "connection reset") || strings.Contains(out, "broken pipe")) {
@@ -1521,10 +1518,7 @@ func TestMaxWaiters(t *testing.T) {
 // handshake, say). An outsider's churn on the TLS API port failed 71% of
 // fresh clients that had a certificate and the token.
 func TestUnauthenticatedFloodClosesItsOwn(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	_, port, _ := net.SplitHostPort(l.APIAddr())
 	target := net.JoinHostPort("127.0.0.1", port)
 	client, err := net.DialTimeout("tcp", target, 10*time.Second)
@@ -1577,10 +1571,7 @@ func TestReadsRefuseKeysLongerThanAnyKey(t *testing.T) {
 // ClientHellos from 249 addresses failed 9 of 35 fresh clients with the
 // token, evicted mid-handshake as the oldest.
 func TestUnauthenticatedFloodFromManyAddressesSparesAnsweringClient(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	_, port, _ := net.SplitHostPort(l.APIAddr())
 	target := net.JoinHostPort("127.0.0.1", port)
 	// A client past its handshake, before its first request: it read the

@@ -30,6 +30,17 @@ func acq(key, holder string, req uint64, ttl time.Duration) *pb.AcquireRequest {
 	return &pb.AcquireRequest{Key: key, Holder: holder, RequestId: req, Ttl: durationpb.New(ttl)}
 }
 
+// tokenNode starts a one-node cluster whose client API wants the auth
+// token "s3cret", and returns its node (the leader).
+func tokenNode(t *testing.T) *node.Node {
+	t.Helper()
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.AuthToken = "s3cret"
+	}})
+	_, l := c.Leader()
+	return l
+}
+
 // mustGrant acquires through n as a client would: an attempt that failed
 // before it was applied, or whose outcome is unknown (an election on a
 // busy machine), is retried with the same request id; if the node withdrew

@@ -22,10 +22,7 @@ import (
 // source is served again. One token holder's 14,684 held streams took a
 // leader from 42 to 633 MB and made it step down (outsider review s38).
 func TestPendingBodiesAreBounded(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	addr := l.APIAddr()
 
 	// open writes n bodiless streams on a new connection.

@@ -34,10 +34,7 @@ func TestTokenBurstIsAnsweredAtTheUnauthenticatedCap(t *testing.T) {
 }
 
 func tokenBurst(t *testing.T, dialFirst bool) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	addr := l.APIAddr()
 
 	const conns = 250
@@ -112,10 +109,7 @@ func tokenBurst(t *testing.T, dialFirst bool) {
 // 4 a /24, and 0-9 of 150 requests in 2 s were answered (outsider review
 // s38).
 func TestSilentFloodFromManySourcesSparesAClientsRequests(t *testing.T) {
-	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(i int, cfg *node.Config) {
-		cfg.AuthToken = "s3cret"
-	}})
-	_, l := c.Leader()
+	l := tokenNode(t)
 	addr := l.APIAddr()
 
 	stop := make(chan struct{})
