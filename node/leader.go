@@ -166,15 +166,17 @@ func (n *Node) leaderLoop(ctx context.Context, start time.Time) {
 		defer reaper.Done()
 		n.runReaper(ls)
 	}()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	// Adopt gossip members right away, then on every change, and every
+	// second while something waits for time (a grace, a catch-up).
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		n.reconcile(ls) // adopt gossip members right away, then on every change
+		timer.Reset(pollEvery(!n.reconcile(ls)))
 		select {
 		case <-ls.ctx.Done():
 			return
 		case <-n.members.leaderChanged:
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
 }

@@ -208,6 +208,20 @@ func (t *memberTable) toVerify(self string, retry time.Duration) []member {
 	return out
 }
 
+// settled reports whether no member waits for a verification: each one
+// with a Raft address is confirmed, dead or gone. (A member being verified
+// is not settled: a failed verification is retried on a timer.)
+func (t *memberTable) settled(self string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, m := range t.m {
+		if m.ID != self && m.Raft != "" && !m.confirmed() && m.Status != statusDead && m.Status != statusLeft {
+			return false
+		}
+	}
+	return true
+}
+
 // setVerified records the outcome of verifying asked (a copy taken by
 // toVerify): ok and the API address it gave, or the failure. It is kept
 // only if gossip still claims the same address and run; otherwise the next
@@ -366,6 +380,12 @@ func (n *Node) startGossip(ctx context.Context) error {
 	if cfg.Testing != nil && cfg.Testing.Gossip != nil {
 		cfg.Testing.Gossip(mc)
 	}
+	// memberlist compresses every message with LZW by default: a writer
+	// whose table is 64 KiB allocated per message, over half of an idle
+	// follower's allocations (~320 KB/s) for messages of a few hundred
+	// bytes on a LAN. Receivers read compressed and plain messages alike,
+	// so nodes of either version talk.
+	mc.EnableCompression = false
 	mc.Name = cfg.ID
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
@@ -682,35 +702,60 @@ func (n *Node) leaveGossip(timeout time.Duration) {
 // runMembership bootstraps the cluster when BootstrapExpect nodes see each
 // other and keeps retrying the join seeds while alone. (Reconciling the
 // Raft configuration with gossip is the leader's, in leaderLoop.)
+//
+// It wakes on every gossip change, and every second while it has
+// something to retry (a bootstrap, a join, a rejoin of a failed member, a
+// verification, a file it could not write); once everything is settled it
+// wakes only for changes, and every settledPoll. An idle cluster's CPU is
+// its wakeups (issue 12).
 func (n *Node) runMembership() {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	bootstrapped := n.cfg.BootstrapExpect == 0 || n.hasState()
 	for {
 		if !bootstrapped {
 			bootstrapped = n.tryBootstrap()
 		}
-		n.rejoin()
+		retry := !bootstrapped
+		retry = n.rejoin() || retry
 		n.verifyMembers()
+		retry = !n.members.settled(n.cfg.ID) || retry
 		if err := n.formats.record(n.members.list()); err != nil {
+			retry = true
 			if ok, _ := n.formatsFailed.Allow("peer formats"); ok {
 				n.log.Warn("could not remember which command format each node reads (a restarted leader asks gossip only)", "err", err)
 			}
 		}
 		if err := n.peers.record(n.cfg.ID, n.members.list()); err != nil {
+			retry = true
 			if ok, _ := n.formatsFailed.Allow("gossip peers"); ok {
 				n.log.Warn("could not remember the other nodes' gossip addresses (a restart joins through --join only)", "err", err)
 			}
 		}
+		timer.Reset(pollEvery(retry))
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-n.members.changed:
 		case <-n.cluster.changed:
 			n.publishMeta()
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
+}
+
+// settledPoll is how often membership and the leader's reconcile look
+// again when nothing waits to be retried: gossip and Raft signal every
+// change, so this only bounds the cost of a signal missed.
+const settledPoll = 30 * time.Second
+
+// pollEvery is how long a loop that retries every second waits when
+// retry says something is left to retry, else settledPoll.
+func pollEvery(retry bool) time.Duration {
+	if retry {
+		return time.Second
+	}
+	return settledPoll
 }
 
 // bootstrapLogEvery is how often a node waiting to bootstrap says so;
@@ -791,8 +836,8 @@ const rejoinFor = 24 * time.Hour
 // knows no live seed would otherwise stay alone: memberlist never probes
 // dead members again; Serf calls this reconnect) and, while this node is
 // alone, the configured seeds, then the members remembered from before a
-// restart (GossipPeersFile).
-func (n *Node) rejoin() {
+// restart (GossipPeersFile). It reports whether it has anyone to reach.
+func (n *Node) rejoin() (retrying bool) {
 	alone := n.ml.NumMembers() < 2 && (len(n.cfg.Join) > 0 || len(n.peers.addrs()) > 0)
 	var addrs []string
 	for _, m := range n.members.list() {
@@ -800,8 +845,11 @@ func (n *Node) rejoin() {
 			addrs = append(addrs, m.Gossip)
 		}
 	}
-	if !alone && len(addrs) == 0 || !n.rejoining.CompareAndSwap(false, true) {
-		return
+	if !alone && len(addrs) == 0 {
+		return false
+	}
+	if !n.rejoining.CompareAndSwap(false, true) {
+		return true
 	}
 	n.goRun("node.rejoin", func() {
 		defer n.rejoining.Store(false)
@@ -818,6 +866,7 @@ func (n *Node) rejoin() {
 			n.log.Debug("rejoined gossip", "addrs", addrs)
 		}
 	})
+	return true
 }
 
 // seenCluster returns a member other than this node that gossip has shown
@@ -1051,14 +1100,17 @@ func serverAt(servers []raft.Server, addr raft.ServerAddress) (raft.Server, bool
 // non-voters; non-voters that caught up are promoted until Voters voters
 // are healthy; a voter that failed is demoted once a replacement is in;
 // members that left are removed at once and failed ones after
-// DeadServerGrace.
-func (n *Node) reconcile(ls *leaderState) {
+// DeadServerGrace. It makes at most one change a pass, and reports
+// whether the configuration is settled: nothing to change now or later
+// without a gossip change (no member awaits verification, no server is
+// within its grace, failed, or catching up).
+func (n *Node) reconcile(ls *leaderState) (settled bool) {
 	if ls.ctx.Err() != nil {
-		return
+		return true
 	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return
+		return false
 	}
 	servers := f.Configuration().Servers
 	members := map[string]member{}
@@ -1072,6 +1124,7 @@ func (n *Node) reconcile(ls *leaderState) {
 	log := n.log.With("component", "node.membership")
 	timeout := 5 * time.Second
 	own := n.cluster.get()
+	pending := false
 
 	for _, m := range members {
 		if _, ok := inConf[m.ID]; ok || m.Status != statusAlive {
@@ -1085,6 +1138,7 @@ func (n *Node) reconcile(ls *leaderState) {
 			}
 			continue
 		case !m.confirmed():
+			pending = true
 			continue // verifyMembers has not confirmed it (yet)
 		}
 		if s, ok := serverAt(servers, raft.ServerAddress(m.Raft)); ok && s.ID != raft.ServerID(n.cfg.ID) {
@@ -1096,13 +1150,13 @@ func (n *Node) reconcile(ls *leaderState) {
 			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
 				log.Warn("remove server failed", "id", s.ID, "err", err)
 			}
-			return
+			return false
 		}
 		log.Info("adding non-voter", "id", m.ID, "addr", m.Raft)
 		if err := n.wait(n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, timeout)); err != nil {
 			log.Warn("add non-voter failed", "id", m.ID, "err", err)
 		}
-		return // one change at a time; the next pass continues
+		return false // one change at a time; the next pass continues
 	}
 
 	healthy := func(id string) bool {
@@ -1125,9 +1179,13 @@ func (n *Node) reconcile(ls *leaderState) {
 		gone := known && m.Status == statusLeft ||
 			known && m.Status == statusDead && time.Since(m.Since) > n.cfg.DeadServerGrace ||
 			!known && time.Since(ls.began) > n.cfg.DeadServerGrace
+		if !gone && (!known || m.Status == statusDead) {
+			pending = true // gone once its grace ends
+		}
 		if gone && !(known && m.Status == statusLeft) && n.answers(ls.ctx, id, string(s.Address)) {
 			log.Debug("keeping a server gossip calls dead: it answers over node RPC", "id", id, "status", m.Status)
 			n.keptAnswering.Add(1)
+			pending = true
 			if s.Suffrage == raft.Voter {
 				voters = append(voters, id)
 			}
@@ -1138,7 +1196,7 @@ func (n *Node) reconcile(ls *leaderState) {
 			if err := n.wait(n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
 				log.Warn("remove server failed", "id", id, "err", err)
 			}
-			return
+			return false
 		}
 		switch {
 		case s.Suffrage == raft.Voter && healthy(id):
@@ -1146,6 +1204,7 @@ func (n *Node) reconcile(ls *leaderState) {
 		case s.Suffrage == raft.Voter && n.answers(ls.ctx, id, string(s.Address)):
 			voters = append(voters, id) // gossip's word alone demotes no voter
 			n.keptAnswering.Add(1)
+			pending = true
 		case s.Suffrage == raft.Voter:
 			failedVoters = append(failedVoters, id)
 		case healthy(id):
@@ -1160,13 +1219,14 @@ func (n *Node) reconcile(ls *leaderState) {
 			addr := inConf[id].Address
 			if !n.caughtUp(id, string(addr)) {
 				log.Debug("not caught up", "id", id)
+				pending = true
 				continue
 			}
 			log.Info("promoting to voter", "id", id)
 			if err := n.wait(n.raft.AddVoter(raft.ServerID(id), addr, 0, timeout)); err != nil {
 				log.Warn("promote failed", "id", id, "err", err)
 			}
-			return
+			return false
 		}
 	}
 	if len(failedVoters) > 0 && len(voters) >= n.cfg.Voters {
@@ -1175,7 +1235,7 @@ func (n *Node) reconcile(ls *leaderState) {
 		if err := n.wait(n.raft.DemoteVoter(raft.ServerID(id), 0, timeout)); err != nil {
 			log.Warn("demote failed", "id", id, "err", err)
 		}
-		return
+		return false
 	}
 	if len(voters) > n.cfg.Voters {
 		sort.Strings(voters)
@@ -1185,10 +1245,11 @@ func (n *Node) reconcile(ls *leaderState) {
 				if err := n.wait(n.raft.DemoteVoter(raft.ServerID(voters[i]), 0, timeout)); err != nil {
 					log.Warn("demote failed", "id", voters[i], "err", err)
 				}
-				return
+				return false
 			}
 		}
 	}
+	return !pending && len(failedVoters) == 0
 }
 
 // answers reports whether node id answers at addr over node RPC, which
