@@ -177,7 +177,9 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 
 // AcquireTimeout is Acquire bounded by maxWait. On timeout the error
 // matches ErrTimeout (and ErrHeld, as a *HeldError naming the holder, when
-// the key was seen held).
+// the key was seen held). A maxWait under 100 ms (minAttemptLeft) leaves
+// no time to wait at the leader: it makes one try, as TryAcquire, so a
+// free key is granted however short maxWait is.
 func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Duration, opts ...AcquireOption) (*Lease, error) {
 	return c.acquireTimeout(ctx, nil, key, maxWait, opts)
 }
@@ -222,9 +224,11 @@ func (c *Client) AcquireSetTimeout(ctx context.Context, items []Item, maxWait ti
 }
 
 func (c *Client) acquireTimeout(ctx context.Context, items []Item, key string, maxWait time.Duration, opts []AcquireOption) (*Lease, error) {
-	if maxWait <= 0 {
+	if maxWait < minAttemptLeft {
 		// No time to wait: one try, as TryAcquire, and a held key is the
-		// timeout it would have been.
+		// timeout it would have been. (A wait shorter than a round trip
+		// ended before its first attempt was sent: a free key timed out
+		// unasked, adversarial review s39.)
 		l, err := c.acquire(ctx, items, key, false, opts)
 		if he := (*HeldError)(nil); errors.As(err, &he) {
 			he.Err = ErrTimeout
@@ -964,7 +968,11 @@ func (c *Client) unguard(h *held) {
 
 // releaseLater releases h's record in the background after Release
 // failed to, retrying for up to one TTL (after that the record has
-// expired) or until Close.
+// expired) or until Close: each try retries by the retry policy, and a
+// try that gives up, or meets a refusal it takes as final, is tried
+// again after releaseRetry, until the record is released or the request
+// is invalid (a key left held for its TTL, up to 24 h, blocks every
+// other client of it: adversarial review s39).
 func (c *Client) releaseLater(h *held) {
 	c.mu.Lock()
 	c.unreleased[h] = struct{}{}
@@ -973,6 +981,9 @@ func (c *Client) releaseLater(h *held) {
 		ctx, cancel := context.WithTimeout(c.bgCtx, h.ttl)
 		defer cancel()
 		err := c.releaseRecord(ctx, h)
+		for err != nil && !errors.Is(err, ErrInvalid) && ctxtime.Sleep(ctx, releaseRetry) {
+			err = c.releaseRecord(ctx, h)
+		}
 		h.mu.Lock()
 		if err == nil {
 			h.unreleased = false
@@ -987,6 +998,9 @@ func (c *Client) releaseLater(h *held) {
 		}
 	})
 }
+
+// releaseRetry is how long releaseLater waits before it tries again.
+const releaseRetry = time.Second
 
 // releaseRecord deletes h's record in the cluster, retried by the retry
 // policy (a release is safe to repeat: releasing a key no longer held is a

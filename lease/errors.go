@@ -62,6 +62,14 @@ var (
 	// retried (a waiter ends only when granted or given up): try again
 	// later, use TryAcquire, or raise the limit. The error says which.
 	ErrTooManyWaiters = errors.New("lease: too many waiting acquires")
+	// ErrOverloaded: the nodes refused the call, before reading or
+	// applying any of it, for as long as it retried (the retry timeout,
+	// 10 s by default): too many requests wait for their bodies (on the
+	// node, or from the caller's address's /24), or too many replies
+	// wait to be read. Nothing was applied. Retryable: each refusal is
+	// retried with back-off until then. Another client of the same
+	// address or network holding requests open is the usual cause.
+	ErrOverloaded = errors.New("lease: nodes overloaded")
 	// ErrTooManyWatches: Watch was refused by every node it tried, each
 	// serving its limit of watch streams (the agent's --max-watches) or
 	// its limit for the caller's address (a quarter of it). The error
@@ -300,6 +308,8 @@ func classify(op, key string, err error) error {
 		if op == "watch" {
 			sentinel = ErrTooManyWatches
 		}
+	case pb.Reason_REASON_OVERLOADED:
+		sentinel = ErrOverloaded
 	}
 	if sentinel == nil {
 		return fmt.Errorf("%s %q: %w", op, key, err)

@@ -76,7 +76,7 @@ func classifyAttempt(err error) attemptKind {
 		return notApplied
 	}
 	switch reasonOf(err) {
-	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED:
+	case pb.Reason_REASON_NOT_LEADER, pb.Reason_REASON_NO_LEADER, pb.Reason_REASON_CLOSED, pb.Reason_REASON_OVERLOADED:
 		return notApplied
 	case pb.Reason_REASON_UNKNOWN_OUTCOME:
 		return unknown
@@ -165,8 +165,11 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 			if ge.Stall = stallOf(err); ge.Stall == nil {
 				ge.Stall = stallOf(answer)
 			}
-			if sawUnknown {
+			switch {
+			case sawUnknown:
 				ge.Sentinel = ErrUnknownOutcome
+			case reasonOf(err) == pb.Reason_REASON_OVERLOADED:
+				ge.Sentinel = ErrOverloaded
 			}
 			return ge
 		}
@@ -211,7 +214,8 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 const minAttemptLeft = 100 * time.Millisecond
 
 // GiveUpError is what RetryPolicy.Do returns when it stops retrying: it
-// matches Sentinel (ErrNoLeader: nothing was applied; ErrUnknownOutcome:
+// matches Sentinel (ErrNoLeader: nothing was applied; ErrOverloaded: nor
+// was it, the last attempt refused as overloaded; ErrUnknownOutcome:
 // an attempt may have been), Cause (the context's cause, if the context
 // ended) and the last attempt's error.
 type GiveUpError struct {

@@ -327,6 +327,9 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			return
 		}
 		defer arrived()
+		if lc := requestConn(r); lc != nil {
+			lc.pendingAdmitted()
+		}
 		slot := &bodySlot{g: n.bigBodies, src: peerSource(r.RemoteAddr), ctx: r.Context()}
 		defer slot.release()
 		r = r.WithContext(context.WithValue(r.Context(), bodySlotKey{}, slot))
@@ -1209,7 +1212,7 @@ func connectError(err error) error {
 		code = connect.CodeAborted
 	case pb.Reason_REASON_STALE_REQUEST:
 		code = connect.CodeFailedPrecondition
-	case pb.Reason_REASON_CLOSED:
+	case pb.Reason_REASON_CLOSED, pb.Reason_REASON_OVERLOADED:
 		code = connect.CodeUnavailable
 	case pb.Reason_REASON_UNAUTHENTICATED:
 		code = connect.CodeUnauthenticated

@@ -57,13 +57,17 @@ var (
 	ErrTooManyWaiters error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many waiting acquires"}
 	// ErrTooManyReplies: a read's reply waited too long for room among
 	// the replies the node holds unsent (their clients had not read
-	// them), or its source held its share of that room; the client API
-	// answers it resource_exhausted.
-	ErrTooManyReplies error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many unread replies"}
+	// them), or its source held its share of that room. Nothing was
+	// applied (it is a read): REASON_OVERLOADED, which clients retry with
+	// back-off, and the client API answers unavailable.
+	ErrTooManyReplies error = &reasonError{pb.Reason_REASON_OVERLOADED, "node: too many unread replies"}
 	// ErrTooManyPending: too many requests of the caller's source, or of
-	// the node, wait for their bodies (see pending-bodies); the client
-	// API answers it resource_exhausted, before the body is read.
-	ErrTooManyPending error = &reasonError{pb.Reason_REASON_RESOURCE_EXHAUSTED, "node: too many requests waiting for their bodies"}
+	// the node, wait for their bodies (see pending-bodies); refused at
+	// its headers, before its body is read, so nothing was applied:
+	// REASON_OVERLOADED, answered unavailable. (As resource_exhausted,
+	// final, it ended a waiting Acquire at once and left a refused
+	// Release's key held for its TTL: adversarial review s39.)
+	ErrTooManyPending error = &reasonError{pb.Reason_REASON_OVERLOADED, "node: too many requests waiting for their bodies"}
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,
@@ -170,8 +174,8 @@ var reasons = []struct {
 	{ErrUnauthenticated, pb.Reason_REASON_UNAUTHENTICATED},
 	{ErrTooManyWaiters, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 	{ErrTooManyWatches, pb.Reason_REASON_RESOURCE_EXHAUSTED},
-	{ErrTooManyReplies, pb.Reason_REASON_RESOURCE_EXHAUSTED},
-	{ErrTooManyPending, pb.Reason_REASON_RESOURCE_EXHAUSTED},
+	{ErrTooManyReplies, pb.Reason_REASON_OVERLOADED},
+	{ErrTooManyPending, pb.Reason_REASON_OVERLOADED},
 }
 
 // ErrorDetail describes err for the wire.

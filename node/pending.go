@@ -27,9 +27,9 @@ import (
 // /64) holds at most pendingPerSource; past the last quarter of the
 // node's count only sources holding fewer than pendingFloor may add to
 // it. Past either a request is refused at once, before a byte of its
-// body is read (ErrTooManyPending, resource_exhausted), and a connection
-// refused so maxRefused times is closed after the answer
-// (limitedConn.pendingRefused). A client's body
+// body is read (ErrTooManyPending, REASON_OVERLOADED: clients retry it
+// with back-off), and a connection refused so maxRefused times in a row
+// is closed after the answer (limitedConn.pendingRefused). A client's body
 // follows its headers at once: only a request waiting for its source's
 // turn of the API budget, or for room among large bodies, stays counted
 // for long, and those are bounded by their own waits. Watches and

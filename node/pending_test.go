@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasenode/leasenode/lease"
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 )
@@ -25,31 +27,8 @@ func TestPendingBodiesAreBounded(t *testing.T) {
 	l := tokenNode(t)
 	addr := l.APIAddr()
 
-	// open writes n bodiless streams on a new connection.
-	open := func(n int) *h2Conn {
-		h := dialH2(t, addr, nil)
-		var b []byte
-		for s := range n {
-			b = h2Frame(b, h2Headers, h2EndHeaders, uint32(2*s+1), h2Request("http", "Get", "s3cret")) // no body
-		}
-		if _, err := h.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
-	var held []*h2Conn
-	for _, n := range []int{200, 200, 200, 200, 200, 24} { // 1,024: the source's share
-		held = append(held, open(n))
-	}
-	// Each answered stream is a refusal: wait until the node has taken
-	// them all, then 16 more, refused, and their connection closed.
-	nodetest.Eventually(t, 20*time.Second, func() error {
-		if n := l.PendingBodies(); n != 1024 {
-			return fmt.Errorf("%d requests wait for their bodies, want the 1,024 sent", n)
-		}
-		return nil
-	})
-	over := open(16)
+	held := holdSourceShare(t, l)
+	over := bodiless(t, addr, 16)
 	select {
 	case <-over.closed:
 	case <-time.After(20 * time.Second):
@@ -104,4 +83,86 @@ func TestPendingBodiesAreBounded(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// bodiless opens a connection to addr and writes n streams on it whose
+// headers carry the token and whose bodies never come.
+func bodiless(t *testing.T, addr string, n int) *h2Conn {
+	h := dialH2(t, addr, nil)
+	var b []byte
+	for s := range n {
+		b = h2Frame(b, h2Headers, h2EndHeaders, uint32(2*s+1), h2Request("http", "Get", "s3cret")) // no body
+	}
+	if _, err := h.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// holdSourceShare holds 127.0.0.1's share of l's pending bodies (1,024
+// bodiless streams) and returns their connections once l counts them
+// all: each stream answered would be a refusal.
+func holdSourceShare(t *testing.T, l *node.Node) []*h2Conn {
+	var held []*h2Conn
+	for _, n := range []int{200, 200, 200, 200, 200, 24} {
+		held = append(held, bodiless(t, l.APIAddr(), n))
+	}
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if n := l.PendingBodies(); n != 1024 {
+			return fmt.Errorf("%d requests wait for their bodies, want the 1,024 sent", n)
+		}
+		return nil
+	})
+	return held
+}
+
+// A pending-bodies refusal comes before the request is read, so it is
+// retried (REASON_OVERLOADED, unavailable), not final: a waiting Acquire
+// of a free key and a Release, sent from a /24 whose share is held, are
+// refused and retried until the streams end, then served. As
+// resource_exhausted the Acquire gave up at once, named "too many
+// waiting acquires", and the Release left its key held for its TTL
+// (adversarial review s39).
+func TestOverloadRefusalsAreRetried(t *testing.T) {
+	l := tokenNode(t)
+	cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{l.APIAddr()}, lease.WithAuthToken("s3cret"), lease.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	ls, err := cl.Acquire(ctxT(t, 10*time.Second), "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := holdSourceShare(t, l)
+	base := refusals(t, l, node.PortAPI, "pending_bodies")
+	acquired, released := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := cl.Acquire(ctxT(t, 30*time.Second), "free")
+		acquired <- err
+	}()
+	go func() { released <- ls.Release(ctxT(t, 30*time.Second)) }()
+	// Both refused, and each retried, before the streams end.
+	nodetest.Eventually(t, 20*time.Second, func() error {
+		if n := refusals(t, l, node.PortAPI, "pending_bodies") - base; n < 4 {
+			return fmt.Errorf("%d refusals for pending bodies since the calls began, want 4", n)
+		}
+		return nil
+	})
+	for _, h := range held {
+		h.Close()
+	}
+	for name, ch := range map[string]chan error{"waiting Acquire of a free key": acquired, "Release": released} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Errorf("%s refused for pending bodies, then served: %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no answer 30 s after the streams ended", name)
+		}
+	}
+	if h := holderOf(t, l, "held"); h != "" {
+		t.Errorf("the released key is held by %s", h)
+	}
 }

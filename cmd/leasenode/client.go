@@ -982,7 +982,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			if !first && ctx.Err() != nil {
 				return nil // ctrl-c while reconnecting ends it as while streaming
 			}
-			if first || !errors.Is(err, lease.ErrNoLeader) {
+			if first || !errors.Is(err, lease.ErrNoLeader) && !errors.Is(err, lease.ErrOverloaded) {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "leasenode watch: %v; trying again\n", err)

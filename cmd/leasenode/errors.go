@@ -31,9 +31,10 @@ func exitCode(err error) int {
 	case errors.Is(err, lease.ErrUnknownOutcome),
 		reason == pb.Reason_REASON_UNKNOWN_OUTCOME:
 		return exitUnknown
-	case errors.Is(err, lease.ErrNoLeader),
+	case errors.Is(err, lease.ErrNoLeader), errors.Is(err, lease.ErrOverloaded),
 		reason == pb.Reason_REASON_NO_LEADER, reason == pb.Reason_REASON_NOT_LEADER,
-		reason == pb.Reason_REASON_CLOSED, errors.Is(err, context.DeadlineExceeded):
+		reason == pb.Reason_REASON_CLOSED, reason == pb.Reason_REASON_OVERLOADED,
+		errors.Is(err, context.DeadlineExceeded):
 		return exitUnreachable
 	case errors.Is(err, lease.ErrInvalid), reason == pb.Reason_REASON_INVALID:
 		return exitUsage

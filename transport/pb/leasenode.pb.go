@@ -280,6 +280,12 @@ const (
 	// Final: a per-node limit is reached (a waiting Acquire past the node's
 	// --max-waiters). The message names the limit; retry later, or raise it.
 	Reason_REASON_RESOURCE_EXHAUSTED Reason = 8
+	// Retryable, with back-off: the node refused the request before it read
+	// its body or applied anything, because too many requests (the node's,
+	// or the caller's source's) wait for their bodies, or too many replies
+	// wait to be read. The client API answers it unavailable; clients older
+	// than this reason take it as final.
+	Reason_REASON_OVERLOADED Reason = 9
 )
 
 // Enum value maps for Reason.
@@ -294,6 +300,7 @@ var (
 		6: "REASON_STALE_REQUEST",
 		7: "REASON_UNAUTHENTICATED",
 		8: "REASON_RESOURCE_EXHAUSTED",
+		9: "REASON_OVERLOADED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":        0,
@@ -305,6 +312,7 @@ var (
 		"REASON_STALE_REQUEST":      6,
 		"REASON_UNAUTHENTICATED":    7,
 		"REASON_RESOURCE_EXHAUSTED": 8,
+		"REASON_OVERLOADED":         9,
 	}
 )
 
@@ -2909,7 +2917,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x12EVENT_TYPE_EXPIRED\x10\x04\x12\x14\n" +
 	"\x10EVENT_TYPE_FREED\x10\x05\x12\x14\n" +
 	"\x10EVENT_TYPE_RESET\x10\x06\x12\x15\n" +
-	"\x11EVENT_TYPE_LISTED\x10\a*\xe5\x01\n" +
+	"\x11EVENT_TYPE_LISTED\x10\a*\xfc\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11REASON_NOT_LEADER\x10\x01\x12\x14\n" +
@@ -2919,7 +2927,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\rREASON_CLOSED\x10\x05\x12\x18\n" +
 	"\x14REASON_STALE_REQUEST\x10\x06\x12\x1a\n" +
 	"\x16REASON_UNAUTHENTICATED\x10\a\x12\x1d\n" +
-	"\x19REASON_RESOURCE_EXHAUSTED\x10\b2\xc5\x05\n" +
+	"\x19REASON_RESOURCE_EXHAUSTED\x10\b\x12\x15\n" +
+	"\x11REASON_OVERLOADED\x10\t2\xc5\x05\n" +
 	"\fLeaseService\x12F\n" +
 	"\aAcquire\x12\x1c.leasenode.v1.AcquireRequest\x1a\x1d.leasenode.v1.AcquireResponse\x12C\n" +
 	"\x06Extend\x12\x1b.leasenode.v1.ExtendRequest\x1a\x1c.leasenode.v1.ExtendResponse\x12F\n" +
