@@ -166,17 +166,28 @@ func TestClientRefusesBadInput(t *testing.T) {
 
 // AcquireTimeout with no time to wait is one try: a free key is granted,
 // a held one is ErrTimeout and ErrHeld naming the holder, whoever holds it.
+// So is a wait shorter than a round trip (1 ns timed out a free key
+// before sending anything: adversarial review s39).
 func TestAcquireTimeoutWithoutTime(t *testing.T) {
 	forBackends(t, func(t *testing.T, e *env) {
 		a, _ := e.newClient(t)
 		b, _ := e.newClient(t)
 		ctx := ctxT(t, 20*time.Second)
+		for _, d := range []time.Duration{time.Nanosecond, time.Microsecond, -time.Second} {
+			l, err := a.AcquireTimeout(ctx, "tiny", d)
+			if err != nil || l == nil {
+				t.Fatalf("AcquireTimeout(%v) of a free key: %v %v; want granted", d, l, err)
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
 		l, err := a.AcquireTimeout(ctx, "z", 0)
 		if err != nil || l == nil {
 			t.Fatalf("AcquireTimeout(0) of a free key: %v %v", l, err)
 		}
 		for _, c := range []*lease.Client{a, b} {
-			for _, d := range []time.Duration{0, -time.Second} {
+			for _, d := range []time.Duration{0, -time.Second, time.Nanosecond} {
 				_, err := c.AcquireTimeout(ctx, "z", d)
 				var he *lease.HeldError
 				if !errors.Is(err, lease.ErrTimeout) || !errors.As(err, &he) || he.Holder != a.Holder() {
@@ -1066,6 +1077,67 @@ func TestRefusedWatchSaysWhy(t *testing.T) {
 	}
 	if !errors.Is(err, lease.ErrTooManyWatches) || !strings.Contains(err.Error(), "--max-watches") {
 		t.Errorf("the refusal is not ErrTooManyWatches naming the limit: %v", err)
+	}
+}
+
+// Observe past a node's --max-watches still reports the current leader
+// first, and then its changes, by reading the key while no watch can be
+// had: 220 observers of one address behind a node that takes 64 watches
+// from it were left silent (adversarial review s39).
+func TestObservePastTheWatchLimit(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 1, API: true, Configure: func(_ int, cfg *node.Config) {
+		cfg.Limits.MaxWatches = 8
+	}})
+	addr := c.Config(0).APIAddr
+	dial := func(holder string) *lease.Client {
+		cl, err := lease.Dial(ctxT(t, 10*time.Second), []string{addr}, lease.WithHolder(holder))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close(context.Background()) })
+		return cl
+	}
+	first := dial("first")
+	l, err := first.Acquire(ctxT(t, 10*time.Second), "election")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	obs := dial("observer")
+	const n = 12 // past the node's 8
+	chans := make([]<-chan lease.Leader, n)
+	for i := range chans {
+		chans[i] = obs.Observe(ctx, "election")
+	}
+	next := func(i int, want string) {
+		t.Helper()
+		for {
+			select {
+			case got, ok := <-chans[i]:
+				if !ok {
+					t.Fatalf("observer %d: closed waiting for %q", i, want)
+				}
+				if got.Holder == want {
+					return
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("observer %d was not told of %q in 20 s", i, want)
+			}
+		}
+	}
+	for i := range chans {
+		next(i, first.Holder())
+	}
+	if err := l.Release(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	second := dial("second")
+	if _, err := second.Acquire(ctxT(t, 10*time.Second), "election"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range chans {
+		next(i, second.Holder())
 	}
 }
 
