@@ -48,7 +48,7 @@ __all__ = [
     "Client", "Lease", "Info", "LeaseError", "HeldError", "AcquireTimeoutError",
     "HeldTimeoutError", "NoLeaderError", "NoLeaderTimeoutError",
     "UnknownOutcomeError", "LeaseLostError", "InvalidError", "StaleRequestError",
-    "UnauthenticatedError", "ClosedError", "TLSSetupError",
+    "UnauthenticatedError", "ClosedError", "TLSSetupError", "OverloadedError",
 ]
 
 DEFAULT_TTL = 10.0
@@ -83,10 +83,11 @@ REASON_CLOSED = 5
 REASON_STALE_REQUEST = 6
 REASON_UNAUTHENTICATED = 7
 REASON_RESOURCE_EXHAUSTED = 8  # final: a node's --max-waiters
+REASON_OVERLOADED = 9  # retried: refused before anything was read or applied
 _REASON_NAMES = {"REASON_" + n: v for n, v in [
     ("UNSPECIFIED", 0), ("NOT_LEADER", 1), ("NO_LEADER", 2), ("INVALID", 3),
     ("UNKNOWN_OUTCOME", 4), ("CLOSED", 5), ("STALE_REQUEST", 6), ("UNAUTHENTICATED", 7),
-    ("RESOURCE_EXHAUSTED", 8)]}
+    ("RESOURCE_EXHAUSTED", 8), ("OVERLOADED", 9)]}
 
 
 class LeaseError(Exception):
@@ -135,6 +136,13 @@ class HeldTimeoutError(AcquireTimeoutError, HeldError):
 
 class NoLeaderError(LeaseError):
     """No leader could be reached in time; nothing was applied. Retryable."""
+
+
+class OverloadedError(NoLeaderError):
+    """The nodes refused the call as overloaded (too many requests waiting
+    for their bodies, or replies waiting to be read) for the whole retry
+    timeout; nothing was applied. Retryable: a NoLeaderError, so code that
+    retries those retries this too."""
 
 
 class NoLeaderTimeoutError(AcquireTimeoutError, NoLeaderError):
@@ -569,7 +577,7 @@ def _classify(e):
     if isinstance(e, _Unknown):
         return _UNKNOWN
     if isinstance(e, _RPCError):
-        if e.reason in (REASON_NOT_LEADER, REASON_NO_LEADER, REASON_CLOSED):
+        if e.reason in (REASON_NOT_LEADER, REASON_NO_LEADER, REASON_CLOSED, REASON_OVERLOADED):
             return _NOT_APPLIED
         if e.reason == REASON_UNKNOWN_OUTCOME:
             return _UNKNOWN
@@ -620,6 +628,8 @@ class _Retry:
                 now = time.monotonic()
                 if now - streak + wait > self.timeout or (deadline is not None and now >= deadline):
                     cls = UnknownOutcomeError if saw_unknown else NoLeaderError
+                    if not saw_unknown and isinstance(e, _RPCError) and e.reason == REASON_OVERLOADED:
+                        cls = OverloadedError
                     raise cls("%s %r: gave up after %.3fs: %s" % (op, key, now - streak, e)) from e
                 if deadline is not None:
                     wait = min(wait, deadline - now)  # the last attempt goes at the deadline

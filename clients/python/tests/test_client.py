@@ -29,6 +29,35 @@ def client(**kw):
     return leasenode.Client(ADDRS, **kw)
 
 
+class RetryPolicyTest(unittest.TestCase):
+    """The retry loop alone (no cluster)."""
+
+    @staticmethod
+    def overloaded():
+        return leasenode._RPCError("unavailable", "node: too many requests waiting for their bodies", leasenode.REASON_OVERLOADED, "")
+
+    def test_overloaded_is_retried(self):
+        # Refused at its headers, before anything was read: retried, not
+        # final (it ended a waiting acquire at once, and left a refused
+        # release's key held for its TTL).
+        calls = []
+
+        def f():
+            calls.append(1)
+            if len(calls) < 3:
+                raise self.overloaded()
+            return "served"
+        self.assertEqual(leasenode._Retry(timeout=5, bmin=0.001, bmax=0.002).run("release", "k", f, idempotent=False), "served")
+        self.assertEqual(len(calls), 3)
+
+    def test_overloaded_gives_up_as_overloaded(self):
+        def f():
+            raise self.overloaded()
+        with self.assertRaises(leasenode.OverloadedError) as cm:
+            leasenode._Retry(timeout=0.05, bmin=0.001, bmax=0.002).run("get", "k", f)
+        self.assertIsInstance(cm.exception, leasenode.NoLeaderError)
+
+
 class ClientTest(unittest.TestCase):
     def setUp(self):
         self.clients = []
