@@ -626,9 +626,8 @@ const maxWaitingBodies = h2ConnWindow/h2StreamWindow - 1
 func (b *limitedBody) hold(size int64) error {
 	if b.h2 && b.conn != nil {
 		if !b.conn.waitBody() {
-			return connect.NewError(connect.CodeResourceExhausted,
-				fmt.Errorf("%d request bodies over %d KiB already wait to be read on this HTTP/2 connection: the agent reads one such body at a time from a client source (IPv4 /24, IPv6 /64), and a connection's flow-control window (%d KiB) holds the first %d KiB of at most %d waiting; send fewer large requests at once on one connection (use more connections, or wait for replies)",
-					maxWaitingBodies, apiFreeBodyBytes>>10, h2ConnWindow>>10, h2StreamWindow>>10, maxWaitingBodies))
+			return bodyRefused("%d request bodies over %d KiB already wait to be read on this HTTP/2 connection: the agent reads one such body at a time from a client source (IPv4 /24, IPv6 /64), and a connection's flow-control window (%d KiB) holds the first %d KiB of at most %d waiting; send fewer large requests at once on one connection (use more connections, or wait for replies)",
+				maxWaitingBodies, apiFreeBodyBytes>>10, h2ConnWindow>>10, h2StreamWindow>>10, maxWaitingBodies)
 		}
 		defer b.conn.doneWaiting()
 	}
@@ -923,10 +922,15 @@ func (g *bodyGate) reclaim(now time.Time, timeout time.Duration) {
 	}
 }
 
+// bodyRefused is the refusal of a request whose body was not read
+// (ErrBodyRefused), in the client API's terms.
+func bodyRefused(format string, args ...any) error {
+	return connectError(fmt.Errorf("%w: "+format, append([]any{ErrBodyRefused}, args...)...))
+}
+
 // reclaimedErr is the refusal of a body whose room was reclaimed.
 func (g *bodyGate) reclaimedErr(timeout time.Duration) error {
-	return connect.NewError(connect.CodeResourceExhausted,
-		fmt.Errorf("request body arriving too slowly to be read within %v (the agent's read timeout) while others waited for room among the request bodies over %d KiB the agent holds at once (%d MiB node-wide, fixed): its room was given to them; send the whole body at once", timeout, apiFreeBodyBytes>>10, g.budget>>20))
+	return bodyRefused("request body arriving too slowly to be read within %v (the agent's read timeout) while others waited for room among the request bodies over %d KiB the agent holds at once (%d MiB node-wide, fixed): its room was given to them; send the whole body at once", timeout, apiFreeBodyBytes>>10, g.budget>>20)
 }
 
 // roomWaiter is a large body waiting for room (bodyGate.room).
@@ -968,8 +972,7 @@ wait:
 			err = context.Cause(ctx)
 			break wait
 		case <-expired:
-			err = connect.NewError(connect.CodeResourceExhausted,
-				fmt.Errorf("a request body of %d bytes waited %v (the read timeout) for room among the request bodies over %d KiB the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, apiFreeBodyBytes>>10, g.budget>>20))
+			err = bodyRefused("a request body of %d bytes waited %v (the read timeout) for room among the request bodies over %d KiB the agent holds at once, %d MiB node-wide (fixed): other clients are sending many; retry later, or send smaller requests", size, timeout, apiFreeBodyBytes>>10, g.budget>>20)
 			break wait
 		case now := <-look.C:
 			g.reclaim(now, timeout)
@@ -1079,8 +1082,7 @@ func (s *bodySlot) take(complete bool, timeout time.Duration) error {
 			return context.Cause(s.ctx)
 		case <-expired:
 			s.g.untoken(s.src, t)
-			return connect.NewError(connect.CodeResourceExhausted,
-				fmt.Errorf("a request body over %d KiB waited %v (the read timeout) for its client source's turn (an IPv4 /24, an IPv6 /64 reads one such body at a time, paced by the agent's --max-api-rate): other clients of the source are sending many; retry later, send smaller requests, or raise --max-api-rate if the node has CPU to spare", apiFreeBodyBytes>>10, timeout))
+			return bodyRefused("a request body over %d KiB waited %v (the read timeout) for its client source's turn (an IPv4 /24, an IPv6 /64 reads one such body at a time, paced by the agent's --max-api-rate): other clients of the source are sending many; retry later, send smaller requests, or raise --max-api-rate if the node has CPU to spare", apiFreeBodyBytes>>10, timeout)
 		}
 	}
 	if complete && !s.dec {

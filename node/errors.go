@@ -68,6 +68,14 @@ var (
 	// final, it ended a waiting Acquire at once and left a refused
 	// Release's key held for its TTL: adversarial review s39.)
 	ErrTooManyPending error = &reasonError{pb.Reason_REASON_OVERLOADED, "node: too many requests waiting for their bodies"}
+	// ErrBodyRefused: a request's body over 4 KiB was not read: it waited
+	// the read timeout for its source's turn or for room among the large
+	// bodies, arrived too slowly to keep its room, or was one too many
+	// waiting on its HTTP/2 connection. Nothing of it was applied:
+	// REASON_OVERLOADED, answered unavailable (as resource_exhausted
+	// without a reason the lease client took it as a maybe-applied
+	// failure, and an Extend's as a batch too large to send).
+	ErrBodyRefused error = &reasonError{pb.Reason_REASON_OVERLOADED, "node: request body not read"}
 )
 
 // AddrError is Start's refusal of an address it cannot listen on (in use,
@@ -176,6 +184,7 @@ var reasons = []struct {
 	{ErrTooManyWatches, pb.Reason_REASON_RESOURCE_EXHAUSTED},
 	{ErrTooManyReplies, pb.Reason_REASON_OVERLOADED},
 	{ErrTooManyPending, pb.Reason_REASON_OVERLOADED},
+	{ErrBodyRefused, pb.Reason_REASON_OVERLOADED},
 }
 
 // ErrorDetail describes err for the wire.

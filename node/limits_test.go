@@ -624,15 +624,7 @@ func TestStateQuotaCodesOnTheAPI(t *testing.T) {
 		if !errors.As(err, &ce) {
 			t.Fatalf("acquire %q: %v, want a refusal", req.Key, err)
 		}
-		reason := pb.Reason_REASON_UNSPECIFIED
-		for _, d := range ce.Details() {
-			if v, err := d.Value(); err == nil {
-				if ed, ok := v.(*pb.ErrorDetail); ok {
-					reason = ed.GetReason()
-				}
-			}
-		}
-		return ce.Code(), reason, ce.Message()
+		return ce.Code(), reasonOf(err), ce.Message()
 	}
 	big := acq("b", "h", 1, time.Minute)
 	big.Value = make([]byte, 100)

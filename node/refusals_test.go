@@ -3,6 +3,7 @@ package node_test
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport"
+	"github.com/leasenode/leasenode/transport/pb"
 	"github.com/leasenode/leasenode/transport/transporttest"
 )
 
@@ -27,6 +31,23 @@ func refusals(t *testing.T, n *node.Node, port, reason string) uint64 {
 	}
 	t.Fatalf("no refusals reported for port %q, reason %q", port, reason)
 	return 0
+}
+
+// reasonOf returns the reason of the ErrorDetail a client API error
+// carries (REASON_UNSPECIFIED if none).
+func reasonOf(err error) pb.Reason {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return pb.Reason_REASON_UNSPECIFIED
+	}
+	for _, d := range ce.Details() {
+		if v, err := d.Value(); err == nil {
+			if ed, ok := v.(*pb.ErrorDetail); ok {
+				return ed.GetReason()
+			}
+		}
+	}
+	return pb.Reason_REASON_UNSPECIFIED
 }
 
 // A TLS client API counts the connections whose handshake fails as
