@@ -572,6 +572,24 @@ type nodeStatus struct {
 	err  string
 }
 
+// apiNotConfirmed is the row of a live member whose API address the node
+// asked has not confirmed yet; statusNotConfirmedNote explains it.
+const apiNotConfirmed = "API address not confirmed yet"
+
+// statusNotConfirmedNote explains apiNotConfirmed rows on stderr.
+const statusNotConfirmedNote = "a member shown with \"" + apiNotConfirmed + "\" is one whose client API address the node that answered has not yet checked with the member itself (the nodes do within a second or two of a start or a join): run status again"
+
+// unconfirmedAPI says why member m, listed without an API address, is
+// not asked for its state.
+func unconfirmedAPI(m *pb.Member) string {
+	switch st := m.GetStatus(); st {
+	case "alive", "":
+		return apiNotConfirmed
+	default:
+		return "no API address: gossip has it " + st
+	}
+}
+
 // version is the member's build, "?" if it could not be asked, "" from a
 // version that predates the field.
 func (s nodeStatus) version() string {
@@ -593,7 +611,7 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 	var wg sync.WaitGroup
 	for i, m := range members {
 		if m.GetApiAddr() == "" {
-			out[i].err = "no confirmed client API"
+			out[i].err = unconfirmedAPI(m)
 			continue
 		}
 		wg.Add(1)
@@ -622,12 +640,18 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 // that had one: a few election timeouts at default timing.
 const statusElectionWait = 3 * time.Second
 
+// statusConfirmWait is how long status waits, once a leader is known, for
+// the API addresses of live members to be confirmed (a cluster just
+// started).
+const statusConfirmWait = 2 * time.Second
+
 const statusSynopsis = `Asks every member (found through the first reachable --addr) for its Raft
 state, indexes and lease counts, and prints the cluster id each node's data
 belongs to. A member whose API address no node has confirmed (over
-authenticated node RPC) is listed but not asked. Waits for a leader (up to
---timeout while the cluster has never elected one, 3 s once it has) and exits
-3 if no node knows one.
+authenticated node RPC) is listed but not asked: "API address not confirmed
+yet" just after a start, which status waits up to 2 s to clear. Waits for a
+leader (up to --timeout while the cluster has never elected one, 3 s once it
+has) and exits 3 if no node knows one.
 
 status is informational: it exits 0 while some node knows a leader, even
 with other members shown unreachable (the cluster serves while a quorum
@@ -716,7 +740,17 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
 		}
-		if leaderKnown || hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+		// A leader is known: still wait up to statusConfirmWait from the
+		// start for live members whose API address is not confirmed yet
+		// (just after a start the nodes confirm each other within a
+		// second or two, and the first status showed a row without its
+		// state; new-user review).
+		waitConfirm := false
+		for _, st := range statuses {
+			waitConfirm = waitConfirm || st.err == apiNotConfirmed
+		}
+		if leaderKnown && (!waitConfirm || time.Since(start) >= statusConfirmWait) ||
+			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
 			break
 		}
 	}
@@ -820,6 +854,12 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		// unreachable with exit 0 looked like a missed failure).
 		fmt.Fprintf(os.Stderr, "leasenode status: %d of %d members are shown without their state (above: why); status exits 0 while a node knows a leader: check each agent with `leasenode health --addr API`\n",
 			silent, len(rows))
+		for _, r := range rows {
+			if r.Error == apiNotConfirmed {
+				fmt.Fprintf(os.Stderr, "leasenode status: %s\n", statusNotConfirmedNote)
+				break
+			}
+		}
 	}
 	if !leaderKnown {
 		if !bootstrapped {

@@ -1139,7 +1139,7 @@ func TestTLSCluster(t *testing.T) {
 	}
 	nodetest.Eventually(t, 20*time.Second, func() error {
 		code, out, errOut := cli(t, append([]string{"status"}, client...)...)
-		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, "no confirmed client API") {
+		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, apiNotConfirmed) {
 			return fmt.Errorf("status: %d %s%s", code, out, errOut)
 		}
 		return nil
