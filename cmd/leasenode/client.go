@@ -989,6 +989,14 @@ const (
 
 // watchType is the name watch prints for e: held or lock-delay for the
 // listing's events (Current), the event's own type for a change.
+// watchJSON is one line of `watch -o json`: every line has the fields
+// the README lists, "ended" lines too (they had no "current"; new-user
+// review). current is true only for the leases listed at the start.
+func watchJSON(typ string, e lease.Event, current bool) map[string]any {
+	return map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": typ, "index": e.Index,
+		"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": current}
+}
+
 func watchType(e lease.Event) string {
 	switch {
 	case e.Current && e.Type == lease.Expired:
@@ -1044,8 +1052,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			}
 			for _, h := range seen.track(e) {
 				if cf.json() {
-					_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": "ended", "index": h.Index,
-						"key": h.Key, "holder": h.Holder, "token": h.Token, "value": string(h.Value)})
+					_ = enc.Encode(watchJSON("ended", h, false))
 					continue
 				}
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d (released or expired while the watch reconnected)\n",
@@ -1057,8 +1064,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			now := time.Now().Format("15:04:05.000")
 			typ := watchType(e)
 			if cf.json() {
-				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": typ, "index": e.Index,
-					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": e.Current})
+				_ = enc.Encode(watchJSON(typ, e, e.Current))
 				continue
 			}
 			switch typ {
