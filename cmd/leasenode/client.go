@@ -184,6 +184,9 @@ func retry[T any](ctx context.Context, cf *clientFlags, f func(context.Context) 
 		v, err = f(ctx)
 		return err
 	})
+	if err != nil {
+		err = cf.explain(err)
+	}
 	return v, err
 }
 
@@ -221,7 +224,7 @@ func (c *clientFlags) request(ctx context.Context, sig *signals, what string) (c
 		return nil, nil, nil, err
 	}
 	ctx, cancel := sig.cancelOn(ctx)
-	ctx, cancelT := context.WithTimeout(ctx, c.timeout)
+	ctx, cancelT := c.withTimeout(ctx)
 	done := func() { cancelT(); cancel(); api.Close() }
 	if err := c.contact(ctx, api); err != nil {
 		done()
@@ -533,6 +536,16 @@ func runMembers(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 		return fmt.Errorf("members: %w", err)
 	}
 	statuses := statusOfAll(ctx, api, resp.GetMembers())
+	// No leader: the table's LEADER column is empty, which read as
+	// nothing to worry about with exit 0 (new-user review). members
+	// still exits 0 (it lists what the node knows); stderr says so.
+	leader := slices.ContainsFunc(resp.GetMembers(), (*pb.Member).GetLeader)
+	defer func() {
+		if !leader {
+			fmt.Fprintf(os.Stderr, "leasenode members: warning: node %s knows no leader: the cluster cannot serve requests until a quorum of its voters reach each other and elect one (STATUS above shows which are down; `leasenode status` shows each node's Raft state)\n",
+				dash(resp.GetHeader().GetNodeId()))
+		}
+	}()
 	if cf.json() {
 		type member struct {
 			ID      string `json:"id"`
@@ -1025,8 +1038,16 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		// Watch reads one holding first: with no leader it fails after
 		// the retry timeout (exit 3 the first time; later, the stream is
 		// sought again until ctrl-c).
-		events, err := cl.Watch(ctx, prefix)
+		// Bounded by --timeout as every request is (it gave up after 18 s
+		// while the hint said --timeout, 10s; new-user review): the
+		// bound ends once the stream is open, not the stream.
+		wctx, cancelW := context.WithCancelCause(ctx)
+		bound := time.AfterFunc(cf.timeout, func() { cancelW(timeoutCause{cf.timeout}) })
+		events, err := cl.Watch(wctx, prefix)
+		bound.Stop()
 		if err != nil {
+			cancelW(nil)
+			err = cf.explain(err)
 			if !first && ctx.Err() != nil {
 				return nil // ctrl-c while reconnecting ends it as while streaming
 			}
@@ -1076,6 +1097,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, typ, e.Key, dash(e.Holder), e.Token)
 			}
 		}
+		cancelW(nil)
 		if ctx.Err() == nil {
 			fmt.Fprintln(os.Stderr, "leasenode watch: stream ended; reconnecting")
 			select {

@@ -65,6 +65,8 @@ func hintFor(err error, verb string, tokenSent bool) string {
 	if st := (*lease.CommitStallError)(nil); errors.As(err, &st) {
 		return stallHint(st, verb)
 	}
+	na := (*noAnswerError)(nil)
+	errors.As(err, &na)
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED && tokenSent:
 		// "pass it with --auth-token-file" read as if no token had been
@@ -72,7 +74,10 @@ func hintFor(err error, verb string, tokenSent bool) string {
 		return wrongTokenHint
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return noTokenHint
-	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
+	case code == exitUnreachable && na != nil && na.answered && !na.noLeader:
+		return "the nodes answer and one knows a leader, but the request was not answered within --timeout (above: what they say): the leader may be cut off from its followers or overloaded" + showsAll +
+			"; a longer --timeout lets a node say why"
+	case code == exitUnreachable && (detailReason(err) == pb.Reason_REASON_NO_LEADER || na != nil && na.noLeader):
 		hint := "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 		if verb != "status" { // status waits 3 s in a cluster that had a leader
 			hint += "; a request waits for a leader up to --timeout (10s by default; --wait bounds only a wait for a held key): shorten it with --timeout 2s"
