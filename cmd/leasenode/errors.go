@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -194,4 +195,29 @@ func tlsHint(p lease.TLSProblem) string {
 // which read as an agent that is down (new-user review M3).
 func cutAtOnce(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// goInternals are phrases of Go's and lease's error texts that name Go
+// functions or APIs, which a CLI user cannot act on (new-user review):
+// plainWords drops or rewords them.
+var goInternals = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	// net/http's name for the read that saw the node's TLS alert.
+	{regexp.MustCompile(`readLoopPeekFailLocked: `), ""},
+	// A TLS alert the node sent: what it refused, in words.
+	{regexp.MustCompile(`remote error: tls: ([a-z ]+)`), "the node refused the TLS handshake (TLS alert: $1)"},
+	// lease's liveness error names its Go option; the CLI has no flag for it.
+	{regexp.MustCompile(` \(twice lease\.WithPeerTimeout's ([^)]*)\)`), " (two checks of ${1} each)"},
+	// net/http's request prefix: Get "https://127.0.0.1:7402/readyz": ...
+	{regexp.MustCompile(`(Get|Post|Put) "https?://[^"]*": `), ""},
+}
+
+// plainWords is msg without the Go internals in goInternals.
+func plainWords(msg string) string {
+	for _, g := range goInternals {
+		msg = g.re.ReplaceAllString(msg, g.with)
+	}
+	return msg
 }
