@@ -294,18 +294,29 @@ func modeColumn(o leaseJSON) string {
 // L7: a --stale read without a quorum showed "held ... 0s").
 func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
 	w := table(out)
-	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
-	unknown := false
+	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tLOCK-DELAY\tREMAINING\tVALUE")
+	unknown, delayed := false, false
 	for _, l := range ls {
 		o := leaseOut(l)
 		remaining := l.GetRemaining().AsDuration().Round(time.Millisecond).String()
 		if stale && l.GetState() == pb.LeaseState_LEASE_STATE_HELD && l.GetRemaining().AsDuration() <= 0 {
 			remaining, unknown = "unknown", true
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
-			l.GetTtl().AsDuration(), remaining, dash(o.Value))
+		delayed = delayed || l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY
+		// LOCK-DELAY: text output hid it, and a key in its lock-delay
+		// showed TTL 2s beside REMAINING 2.446s, the delay's time left
+		// (new-user review).
+		lockDelay := "-"
+		if d := l.GetLockDelay().AsDuration(); d > 0 {
+			lockDelay = d.String()
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
+			l.GetTtl().AsDuration(), lockDelay, remaining, dash(o.Value))
 	}
 	w.Flush()
+	if delayed {
+		fmt.Fprintln(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
+	}
 	if unknown {
 		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
 	}
@@ -318,7 +329,7 @@ func dash(s string) string {
 	return s
 }
 
-const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL and time left (by the
+const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL, lock-delay and time left (by the
 leader's clock; advisory), one row for each holder of a shared or
 semaphore key (MODE: exclusive, shared, or sem/N for one of N slots). A
 free key prints "KEY is free" (exit 0); with --stale, "KEY is free as far as
