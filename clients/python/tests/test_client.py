@@ -64,6 +64,18 @@ class TLSClusterTest(unittest.TestCase):
             self.assertIn("load_cert_chain", str(cm.exception), name)
             self.assertNotIn("_ssl.c", str(cm.exception), name)
 
+    def test_a_bare_eof_is_checked_with_a_second_handshake(self):
+        # The refusal may show only as an EOF (the request crossed the
+        # node's alert): a second handshake that sends nothing hears the
+        # node's verdict. Accepted: the failure stays what it was.
+        addr = TLS_ADDRS.split(",")[0]
+        eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+        t = leasenode._Transport(TLS_ADDRS, ssl_context=self.context(cert=False))
+        with self.assertRaises(leasenode._TLSMismatch) as cm:
+            t._raise_if_refused(addr, eof)
+        self.assertIn("requires a client certificate", str(cm.exception))
+        self.assertIsNone(leasenode._Transport(TLS_ADDRS, ssl_context=self.context())._raise_if_refused(addr, eof))
+
     def test_client_certificate_works(self):
         c = leasenode.Client(TLS_ADDRS, name="cert", ssl_context=self.context())
         self.addCleanup(c.close)
