@@ -184,6 +184,9 @@ func retry[T any](ctx context.Context, cf *clientFlags, f func(context.Context) 
 		v, err = f(ctx)
 		return err
 	})
+	if err != nil {
+		err = cf.explain(err)
+	}
 	return v, err
 }
 
@@ -221,7 +224,7 @@ func (c *clientFlags) request(ctx context.Context, sig *signals, what string) (c
 		return nil, nil, nil, err
 	}
 	ctx, cancel := sig.cancelOn(ctx)
-	ctx, cancelT := context.WithTimeout(ctx, c.timeout)
+	ctx, cancelT := c.withTimeout(ctx)
 	done := func() { cancelT(); cancel(); api.Close() }
 	if err := c.contact(ctx, api); err != nil {
 		done()
@@ -291,18 +294,29 @@ func modeColumn(o leaseJSON) string {
 // L7: a --stale read without a quorum showed "held ... 0s").
 func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
 	w := table(out)
-	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tREMAINING\tVALUE")
-	unknown := false
+	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tLOCK-DELAY\tREMAINING\tVALUE")
+	unknown, delayed := false, false
 	for _, l := range ls {
 		o := leaseOut(l)
 		remaining := l.GetRemaining().AsDuration().Round(time.Millisecond).String()
 		if stale && l.GetState() == pb.LeaseState_LEASE_STATE_HELD && l.GetRemaining().AsDuration() <= 0 {
 			remaining, unknown = "unknown", true
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
-			l.GetTtl().AsDuration(), remaining, dash(o.Value))
+		delayed = delayed || l.GetState() == pb.LeaseState_LEASE_STATE_LOCK_DELAY
+		// LOCK-DELAY: text output hid it, and a key in its lock-delay
+		// showed TTL 2s beside REMAINING 2.446s, the delay's time left
+		// (new-user review).
+		lockDelay := "-"
+		if d := l.GetLockDelay().AsDuration(); d > 0 {
+			lockDelay = d.String()
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%v\t%s\t%s\t%s\n", o.Key, o.State, modeColumn(o), dash(o.Holder), o.Token,
+			l.GetTtl().AsDuration(), lockDelay, remaining, dash(o.Value))
 	}
 	w.Flush()
+	if delayed {
+		fmt.Fprintln(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
+	}
 	if unknown {
 		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
 	}
@@ -315,7 +329,7 @@ func dash(s string) string {
 	return s
 }
 
-const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL and time left (by the
+const getSynopsis = `Shows the lease on KEY: holder, fencing token, TTL, lock-delay and time left (by the
 leader's clock; advisory), one row for each holder of a shared or
 semaphore key (MODE: exclusive, shared, or sem/N for one of N slots). A
 free key prints "KEY is free" (exit 0); with --stale, "KEY is free as far as
@@ -533,6 +547,16 @@ func runMembers(ctx context.Context, sig *signals, cf *clientFlags, pos []string
 		return fmt.Errorf("members: %w", err)
 	}
 	statuses := statusOfAll(ctx, api, resp.GetMembers())
+	// No leader: the table's LEADER column is empty, which read as
+	// nothing to worry about with exit 0 (new-user review). members
+	// still exits 0 (it lists what the node knows); stderr says so.
+	leader := slices.ContainsFunc(resp.GetMembers(), (*pb.Member).GetLeader)
+	defer func() {
+		if !leader {
+			fmt.Fprintf(os.Stderr, "leasenode members: warning: node %s knows no leader: the cluster cannot serve requests until a quorum of its voters reach each other and elect one (STATUS above shows which are down; `leasenode status` shows each node's Raft state)\n",
+				dash(resp.GetHeader().GetNodeId()))
+		}
+	}()
 	if cf.json() {
 		type member struct {
 			ID      string `json:"id"`
@@ -572,6 +596,24 @@ type nodeStatus struct {
 	err  string
 }
 
+// apiNotConfirmed is the row of a live member whose API address the node
+// asked has not confirmed yet; statusNotConfirmedNote explains it.
+const apiNotConfirmed = "API address not confirmed yet"
+
+// statusNotConfirmedNote explains apiNotConfirmed rows on stderr.
+const statusNotConfirmedNote = "a member shown with \"" + apiNotConfirmed + "\" is one whose client API address the node that answered has not yet checked with the member itself (the nodes do within a second or two of a start or a join): run status again"
+
+// unconfirmedAPI says why member m, listed without an API address, is
+// not asked for its state.
+func unconfirmedAPI(m *pb.Member) string {
+	switch st := m.GetStatus(); st {
+	case "alive", "":
+		return apiNotConfirmed
+	default:
+		return "no API address: gossip has it " + st
+	}
+}
+
 // version is the member's build, "?" if it could not be asked, "" from a
 // version that predates the field.
 func (s nodeStatus) version() string {
@@ -593,7 +635,7 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 	var wg sync.WaitGroup
 	for i, m := range members {
 		if m.GetApiAddr() == "" {
-			out[i].err = "no confirmed client API"
+			out[i].err = unconfirmedAPI(m)
 			continue
 		}
 		wg.Add(1)
@@ -622,12 +664,18 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 // that had one: a few election timeouts at default timing.
 const statusElectionWait = 3 * time.Second
 
+// statusConfirmWait is how long status waits, once a leader is known, for
+// the API addresses of live members to be confirmed (a cluster just
+// started).
+const statusConfirmWait = 2 * time.Second
+
 const statusSynopsis = `Asks every member (found through the first reachable --addr) for its Raft
 state, indexes and lease counts, and prints the cluster id each node's data
 belongs to. A member whose API address no node has confirmed (over
-authenticated node RPC) is listed but not asked. Waits for a leader (up to
---timeout while the cluster has never elected one, 3 s once it has) and exits
-3 if no node knows one.
+authenticated node RPC) is listed but not asked: "API address not confirmed
+yet" just after a start, which status waits up to 2 s to clear. Waits for a
+leader (up to --timeout while the cluster has never elected one, 3 s once it
+has) and exits 3 if no node knows one.
 
 status is informational: it exits 0 while some node knows a leader, even
 with other members shown unreachable (the cluster serves while a quorum
@@ -716,7 +764,17 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			hadTerm = hadTerm || r.Term > 0
 			rows = append(rows, r)
 		}
-		if leaderKnown || hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+		// A leader is known: still wait up to statusConfirmWait from the
+		// start for live members whose API address is not confirmed yet
+		// (just after a start the nodes confirm each other within a
+		// second or two, and the first status showed a row without its
+		// state; new-user review).
+		waitConfirm := false
+		for _, st := range statuses {
+			waitConfirm = waitConfirm || st.err == apiNotConfirmed
+		}
+		if leaderKnown && (!waitConfirm || time.Since(start) >= statusConfirmWait) ||
+			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
 			break
 		}
 	}
@@ -820,6 +878,12 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 		// unreachable with exit 0 looked like a missed failure).
 		fmt.Fprintf(os.Stderr, "leasenode status: %d of %d members are shown without their state (above: why); status exits 0 while a node knows a leader: check each agent with `leasenode health --addr API`\n",
 			silent, len(rows))
+		for _, r := range rows {
+			if r.Error == apiNotConfirmed {
+				fmt.Fprintf(os.Stderr, "leasenode status: %s\n", statusNotConfirmedNote)
+				break
+			}
+		}
 	}
 	if !leaderKnown {
 		if !bootstrapped {
@@ -949,6 +1013,14 @@ const (
 
 // watchType is the name watch prints for e: held or lock-delay for the
 // listing's events (Current), the event's own type for a change.
+// watchJSON is one line of `watch -o json`: every line has the fields
+// the README lists, "ended" lines too (they had no "current"; new-user
+// review). current is true only for the leases listed at the start.
+func watchJSON(typ string, e lease.Event, current bool) map[string]any {
+	return map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": typ, "index": e.Index,
+		"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": current}
+}
+
 func watchType(e lease.Event) string {
 	switch {
 	case e.Current && e.Type == lease.Expired:
@@ -977,8 +1049,16 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 		// Watch reads one holding first: with no leader it fails after
 		// the retry timeout (exit 3 the first time; later, the stream is
 		// sought again until ctrl-c).
-		events, err := cl.Watch(ctx, prefix)
+		// Bounded by --timeout as every request is (it gave up after 18 s
+		// while the hint said --timeout, 10s; new-user review): the
+		// bound ends once the stream is open, not the stream.
+		wctx, cancelW := context.WithCancelCause(ctx)
+		bound := time.AfterFunc(cf.timeout, func() { cancelW(timeoutCause{cf.timeout}) })
+		events, err := cl.Watch(wctx, prefix)
+		bound.Stop()
 		if err != nil {
+			cancelW(nil)
+			err = cf.explain(err)
 			if !first && ctx.Err() != nil {
 				return nil // ctrl-c while reconnecting ends it as while streaming
 			}
@@ -1004,8 +1084,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			}
 			for _, h := range seen.track(e) {
 				if cf.json() {
-					_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": "ended", "index": h.Index,
-						"key": h.Key, "holder": h.Holder, "token": h.Token, "value": string(h.Value)})
+					_ = enc.Encode(watchJSON("ended", h, false))
 					continue
 				}
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d (released or expired while the watch reconnected)\n",
@@ -1017,8 +1096,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 			now := time.Now().Format("15:04:05.000")
 			typ := watchType(e)
 			if cf.json() {
-				_ = enc.Encode(map[string]any{"time": time.Now().Format(time.RFC3339Nano), "type": typ, "index": e.Index,
-					"key": e.Key, "holder": e.Holder, "token": e.Token, "value": string(e.Value), "current": e.Current})
+				_ = enc.Encode(watchJSON(typ, e, e.Current))
 				continue
 			}
 			switch typ {
@@ -1030,6 +1108,7 @@ func runWatch(ctx context.Context, sig *signals, cf *clientFlags, pos []string) 
 				fmt.Printf("%s  %-8s  %s  holder=%s token=%d\n", now, typ, e.Key, dash(e.Holder), e.Token)
 			}
 		}
+		cancelW(nil)
 		if ctx.Err() == nil {
 			fmt.Fprintln(os.Stderr, "leasenode watch: stream ended; reconnecting")
 			select {

@@ -420,7 +420,10 @@ func TestAgentAndClientCommands(t *testing.T) {
 	// the port), not an agent that is not ready (exit 1).
 	for port, a := range map[string]string{"node": agents[0].raft, "gossip": agents[0].gossip} {
 		code, _, errOut := cli(t, "health", "--addr", a)
-		if code != exitUsage || !strings.Contains(errOut, a+" is a leasenode "+port+" port") || !strings.Contains(errOut, "--api or --http") {
+		// Said once (it read "is a leasenode node port, not one health
+		// probes: this is a leasenode node port ..."; new-user review).
+		if code != exitUsage || !strings.Contains(errOut, a+": this is a leasenode "+port+" port") || strings.Count(errOut, "leasenode "+port+" port") != 1 ||
+			!strings.Contains(errOut, "--api or --http") {
 			t.Errorf("health on the %s port: exit %d %q; want %d naming the port", port, code, errOut, exitUsage)
 		}
 	}
@@ -1139,7 +1142,7 @@ func TestTLSCluster(t *testing.T) {
 	}
 	nodetest.Eventually(t, 20*time.Second, func() error {
 		code, out, errOut := cli(t, append([]string{"status"}, client...)...)
-		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, "no confirmed client API") {
+		if code != 0 || !strings.Contains(out, "\ncluster ") || strings.Contains(out, apiNotConfirmed) {
 			return fmt.Errorf("status: %d %s%s", code, out, errOut)
 		}
 		return nil

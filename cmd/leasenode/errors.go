@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -66,6 +67,8 @@ func hintFor(err error, verb string, tokenSent bool) string {
 	if st := (*lease.CommitStallError)(nil); errors.As(err, &st) {
 		return stallHint(st, verb)
 	}
+	na := (*noAnswerError)(nil)
+	errors.As(err, &na)
 	switch code := exitCode(err); {
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED && tokenSent:
 		// "pass it with --auth-token-file" read as if no token had been
@@ -73,7 +76,10 @@ func hintFor(err error, verb string, tokenSent bool) string {
 		return wrongTokenHint
 	case reasonOf(err) == pb.Reason_REASON_UNAUTHENTICATED:
 		return noTokenHint
-	case code == exitUnreachable && detailReason(err) == pb.Reason_REASON_NO_LEADER:
+	case code == exitUnreachable && na != nil && na.answered && !na.noLeader:
+		return "the nodes answer and one knows a leader, but the request was not answered within --timeout (above: what they say): the leader may be cut off from its followers or overloaded" + showsAll +
+			"; a longer --timeout lets a node say why"
+	case code == exitUnreachable && (detailReason(err) == pb.Reason_REASON_NO_LEADER || na != nil && na.noLeader):
 		hint := "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 		if verb != "status" { // status waits 3 s in a cluster that had a leader
 			hint += "; a request waits for a leader up to --timeout (10s by default; --wait bounds only a wait for a held key): shorten it with --timeout 2s"
@@ -190,4 +196,29 @@ func tlsHint(p lease.TLSProblem) string {
 // which read as an agent that is down (new-user review M3).
 func cutAtOnce(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// goInternals are phrases of Go's and lease's error texts that name Go
+// functions or APIs, which a CLI user cannot act on (new-user review):
+// plainWords drops or rewords them.
+var goInternals = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	// net/http's name for the read that saw the node's TLS alert.
+	{regexp.MustCompile(`readLoopPeekFailLocked: `), ""},
+	// A TLS alert the node sent: what it refused, in words.
+	{regexp.MustCompile(`remote error: tls: ([a-z ]+)`), "the node refused the TLS handshake (TLS alert: $1)"},
+	// lease's liveness error names its Go option; the CLI has no flag for it.
+	{regexp.MustCompile(` \(twice lease\.WithPeerTimeout's ([^)]*)\)`), " (two checks of ${1} each)"},
+	// net/http's request prefix: Get "https://127.0.0.1:7402/readyz": ...
+	{regexp.MustCompile(`(Get|Post|Put) "https?://[^"]*": `), ""},
+}
+
+// plainWords is msg without the Go internals in goInternals.
+func plainWords(msg string) string {
+	for _, g := range goInternals {
+		msg = g.re.ReplaceAllString(msg, g.with)
+	}
+	return msg
 }

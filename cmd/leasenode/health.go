@@ -92,8 +92,10 @@ func runHealth(ctx context.Context, ap *app, cf *clientFlags, path string) error
 	if port := resp.Header.Get("Leasenode-Port"); resp.StatusCode == http.StatusMisdirectedRequest && port != "" {
 		// A node or gossip port's wrong-port answer: a wrong --addr, not
 		// an agent that is not ready.
-		return &exitError{code: exitUsage, msg: fmt.Sprintf("%s is a leasenode %s port, not one health probes: %s\n  hint: give the agent's --api or --http address",
-			addr, port, wrongPortMessage(body))}
+		// The body says which port it is ("this is a leasenode node
+		// port ..."): it was said twice (new-user review).
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("%s: %s\n  hint: health probes an agent's --api or --http address: give one of those",
+			addr, wrongPortMessage(body))}
 	}
 	if resp.StatusCode != http.StatusOK {
 		return &exitError{code: exitFailure, msg: fmt.Sprintf("%s%s: %s: %s", addr, path, resp.Status, msg)}

@@ -227,7 +227,7 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintf(w, "%s: %s\n", name, ee.msg)
+			fmt.Fprintf(w, "%s: %s\n", name, plainWords(ee.msg))
 		}
 		return ee.code
 	}
@@ -238,6 +238,7 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		// the hint below names the flags: keep only what failed where.
 		msg = strings.Replace(msg, te.Error(), fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err), 1)
 	}
+	msg = plainWords(msg)
 	line := name + ": " + msg
 	if cmd != nil && cmd.HasParent() {
 		// "get \"k\": ..." and "status: ..." already name the command:

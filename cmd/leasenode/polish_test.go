@@ -94,3 +94,29 @@ func TestStaleReadOfAFreeKeySaysWhose(t *testing.T) {
 		t.Errorf("get --stale -o json: exit %d, %q; want \"stale\": true and \"node\": \"u3\"", code, out)
 	}
 }
+
+// Text get shows a holding's lock-delay, and a key in its lock-delay says
+// that REMAINING is the delay's time left (it showed TTL 2s beside
+// REMAINING 2.446s, with the lock-delay hidden; new-user review).
+func TestTextGetShowsLockDelay(t *testing.T) {
+	held := &pb.Lease{Key: "a", Holder: "h", Token: 7, State: pb.LeaseState_LEASE_STATE_HELD,
+		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(time.Second), LockDelay: durationpb.New(3 * time.Second)}
+	delayed := &pb.Lease{Key: "b", Token: 8, State: pb.LeaseState_LEASE_STATE_LOCK_DELAY,
+		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(2446 * time.Millisecond), LockDelay: durationpb.New(3 * time.Second)}
+	plain := &pb.Lease{Key: "c", Holder: "h", Token: 9, State: pb.LeaseState_LEASE_STATE_HELD,
+		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(time.Second)}
+	var b strings.Builder
+	printLeases(&b, []*pb.Lease{held, delayed, plain}, false)
+	out := b.String()
+	lines := strings.Split(out, "\n")
+	if !strings.Contains(lines[0], "TTL  LOCK-DELAY  REMAINING") || !strings.Contains(lines[1], "2s   3s          1s") ||
+		!strings.Contains(lines[2], "2s   3s          2.446s") || !strings.Contains(lines[3], "2s   -           1s") ||
+		!strings.Contains(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY") {
+		t.Errorf("get's table with lock-delays:\n%s", out)
+	}
+	b.Reset()
+	printLeases(&b, []*pb.Lease{plain}, false)
+	if strings.Contains(b.String(), "REMAINING of a key") {
+		t.Errorf("the lock-delay note without a key in lock-delay:\n%s", b.String())
+	}
+}

@@ -104,3 +104,26 @@ func TestWatchType(t *testing.T) {
 		}
 	}
 }
+
+// Every `watch -o json` line has the README's fields, an "ended" line
+// (current false) as the others (it lacked "current"; new-user review).
+func TestWatchJSONLinesHaveEveryField(t *testing.T) {
+	want := []string{"time", "type", "index", "key", "holder", "token", "value", "current"}
+	for _, c := range []struct {
+		typ     string
+		current bool
+	}{{"ended", false}, {"held", true}, {"granted", false}} {
+		line := watchJSON(c.typ, lease.Event{Key: "k", Token: 3}, c.current)
+		if len(line) != len(want) {
+			t.Errorf("%s line %v, want the fields %v", c.typ, line, want)
+		}
+		for _, f := range want {
+			if _, ok := line[f]; !ok {
+				t.Errorf("%s line %v lacks %q", c.typ, line, f)
+			}
+		}
+		if line["current"] != c.current || line["type"] != c.typ {
+			t.Errorf("%s line %v: want type %s, current %v", c.typ, line, c.typ, c.current)
+		}
+	}
+}

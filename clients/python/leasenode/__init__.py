@@ -66,6 +66,7 @@ DEFAULT_PEER_TIMEOUT = 1.0
 DEFAULT_DIAL_TIMEOUT = 2.0
 SUSPECT_FOR = 10.0  # a node that failed the check is tried last this long
 STOP_POLL = 0.25  # how soon a waiting acquire notices that its client closed
+HANDSHAKE_VERDICT = 1.0  # how long a check waits for a node to refuse this client's TLS handshake
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
 EXTEND_CHUNK = 4096
 # The longest acquire whose Abandon answer "never granted" is believed: the
@@ -212,9 +213,25 @@ def _tls_hint(e):
         return "the node's certificate failed verification: load the CA that signed the cluster's certificates into ssl_context, and dial an address the certificate names"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return "the address answered without TLS: the agent serves plain HTTP (leave out ssl_context, or give the agents --tls-cert and --tls-key), or it is not an --api address (a gossip or --http port)"
-    if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
-        return "the node refused this client's TLS handshake: it takes clients with a certificate of the cluster's CA (ssl_context.load_cert_chain, made by `leasenode tls cert create --client`)"
+    if "CERTIFICATE_REQUIRED" in text:
+        return "the node requires a client certificate: load one signed by the cluster's CA into ssl_context (ssl_context.load_cert_chain(cert, key); `leasenode tls cert create --client` makes one)"
+    if "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text or "CERTIFICATE_UNKNOWN" in text or "UNSUPPORTED_CERTIFICATE" in text:
+        return "the node refused this client's certificate: it takes client certificates signed by the cluster's CA (ssl_context.load_cert_chain(cert, key); `leasenode tls cert create --client` makes one)"
+    if "HANDSHAKE_FAILURE" in text or "PROTOCOL_VERSION" in text:
+        return "the node refused this client's TLS handshake: ssl_context must allow TLS 1.3 and hold the cluster's CA and a client certificate it signed"
     return None
+
+
+def _tls_reason(e):
+    """An SSLError in words ("alert certificate required"), without the
+    ssl module's source location."""
+    reason = getattr(e, "reason", None)
+    if not reason:
+        return str(e)
+    for prefix in ("TLSV13_", "TLSV1_", "SSLV3_"):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix):]
+    return "TLS " + reason.lower().replace("_", " ")
 
 
 class _Closing(Exception):
@@ -447,6 +464,35 @@ class _Transport:
                 self._suspect.pop(addr, None)
         return ok
 
+    def _raise_if_refused(self, addr, e):
+        """Raises _TLSMismatch if a request on a fresh TLS connection failed
+        with e because the node refused this client's TLS handshake. In TLS
+        1.3 the client's side of the handshake ends before the node has
+        checked the client's certificate, so the node's refusal (an alert,
+        or only a closed connection when the request crossed it) comes
+        where a reply was awaited: the node never read the request, so
+        nothing was applied and the outcome is not unknown. An alert says
+        so by itself; a bare EOF or reset is checked with a second
+        handshake that sends nothing and waits for the node's verdict."""
+        if self.ssl is None or isinstance(e, socket.timeout):
+            return  # a node that took too long did accept the handshake
+        hint = _tls_hint(e) if isinstance(e, _ssl.SSLError) else None
+        if hint:
+            raise _TLSMismatch("%s: %s (%s)" % (addr, hint, _tls_reason(e)))
+        host, port = addr.rsplit(":", 1)
+        c = http.client.HTTPSConnection(host.strip("[]"), int(port), timeout=HANDSHAKE_VERDICT, context=self.ssl)
+        try:
+            c.connect()
+            c.sock.recv(1)  # an accepted handshake sends nothing more: this times out
+        except _ssl.SSLError as probe:
+            hint = _tls_hint(probe)
+            if hint:
+                raise _TLSMismatch("%s: %s (%s)" % (addr, hint, _tls_reason(probe))) from None
+        except OSError:
+            pass
+        finally:
+            c.close()
+
     def post(self, addr, method, body, timeout):
         """One request to one node; returns the decoded reply or raises
         _NotSent, _Unknown or _RPCError."""
@@ -462,7 +508,7 @@ class _Transport:
                 c.close()
                 hint = _tls_hint(e) if isinstance(e, _ssl.SSLError) else None
                 if hint:
-                    raise _TLSMismatch("%s: %s (%s)" % (addr, hint, e))
+                    raise _TLSMismatch("%s: %s (%s)" % (addr, hint, _tls_reason(e)))
                 raise _NotSent("%s: %s" % (addr, e))
             try:
                 c.request("POST", SERVICE + method, body=data, headers=headers)
@@ -471,11 +517,15 @@ class _Transport:
                 payload = resp.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
                 c.close()
+                if not reused:
+                    self._raise_if_refused(addr, e)
                 if reused and fresh_try == 0 and method in ("Get", "List", "CheckToken", "Status", "Members"):
                     continue  # a read on a connection the server had closed: try a fresh one
                 raise _Unknown("%s: %s" % (addr, e))
             except (OSError, http.client.HTTPException) as e:
                 c.close()
+                if not reused:
+                    self._raise_if_refused(addr, e)
                 raise _Unknown("%s: %s" % (addr, e))
             except (_Unknown, _Closing):
                 c.close()

@@ -58,6 +58,62 @@ class RetryPolicyTest(unittest.TestCase):
         self.assertIsInstance(cm.exception, leasenode.NoLeaderError)
 
 
+TLS_ADDRS = os.environ.get("LEASENODE_TLS_ADDR", "")
+
+
+@unittest.skipUnless(TLS_ADDRS, "LEASENODE_TLS_ADDR is not set: no mutual-TLS cluster to test against "
+                     "(go test ./cmd/leasenode -run TestPythonClientTLS starts one)")
+class TLSClusterTest(unittest.TestCase):
+    """Against a cluster that requires client certificates:
+    LEASENODE_TLS_ADDR, LEASENODE_TLS_CA, LEASENODE_TLS_CERT and
+    LEASENODE_TLS_KEY (a client certificate of the cluster's CA)."""
+
+    def context(self, cert=True):
+        ctx = ssl.create_default_context(cafile=os.environ["LEASENODE_TLS_CA"])
+        if cert:
+            ctx.load_cert_chain(os.environ["LEASENODE_TLS_CERT"], os.environ["LEASENODE_TLS_KEY"])
+        return ctx
+
+    def test_no_client_certificate_fails_at_once(self):
+        # The node refuses the handshake after the client's side of it has
+        # ended (TLS 1.3): a read and a write both raise TLSSetupError at
+        # once, saying to load a client certificate, never
+        # UnknownOutcomeError (the request was never read).
+        c = leasenode.Client(TLS_ADDRS, name="nocert", ssl_context=self.context(cert=False), retry_timeout=10)
+        self.addCleanup(c.close)
+        for name, call in (("get", lambda: c.get(PREFIX + "tls-nocert")),
+                           ("try_acquire", lambda: c.try_acquire(PREFIX + "tls-nocert")),
+                           ("list", lambda: c.list(PREFIX))):
+            t0 = time.monotonic()
+            with self.assertRaises(leasenode.TLSSetupError, msg=name) as cm:
+                call()
+            self.assertLess(time.monotonic() - t0, 5, name)
+            self.assertNotIsInstance(cm.exception, leasenode.UnknownOutcomeError, name)
+            self.assertIn("requires a client certificate", str(cm.exception), name)
+            self.assertIn("load_cert_chain", str(cm.exception), name)
+            self.assertNotIn("_ssl.c", str(cm.exception), name)
+
+    def test_a_bare_eof_is_checked_with_a_second_handshake(self):
+        # The refusal may show only as an EOF (the request crossed the
+        # node's alert): a second handshake that sends nothing hears the
+        # node's verdict. Accepted: the failure stays what it was.
+        addr = TLS_ADDRS.split(",")[0]
+        eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+        t = leasenode._Transport(TLS_ADDRS, ssl_context=self.context(cert=False))
+        with self.assertRaises(leasenode._TLSMismatch) as cm:
+            t._raise_if_refused(addr, eof)
+        self.assertIn("requires a client certificate", str(cm.exception))
+        self.assertIsNone(leasenode._Transport(TLS_ADDRS, ssl_context=self.context())._raise_if_refused(addr, eof))
+
+    def test_client_certificate_works(self):
+        c = leasenode.Client(TLS_ADDRS, name="cert", ssl_context=self.context())
+        self.addCleanup(c.close)
+        self.assertIsNone(c.get(PREFIX + "tls-cert"))
+        lease = c.try_acquire(PREFIX + "tls-cert")
+        self.assertIsNotNone(lease)
+        lease.release()
+
+
 class ClientTest(unittest.TestCase):
     def setUp(self):
         self.clients = []
