@@ -317,7 +317,10 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			refuse(w, r, requestTooLarge(max, fmt.Sprintf(" (Content-Length %d)", r.ContentLength)), http.StatusRequestEntityTooLarge)
 			return
 		}
-		arrived, err := n.pending.take(peerSource(r.RemoteAddr))
+		// A request that gives its place ends its wait for its body
+		// (pending-bodies): under the count's lock, so while its handler
+		// runs.
+		pend, err := n.pending.take(peerSource(r.RemoteAddr), func() { _ = http.NewResponseController(w).SetReadDeadline(time.Now()) })
 		if err != nil {
 			refuse(w, r, connectError(err), http.StatusTooManyRequests)
 			if lc := requestConn(r); lc != nil && lc.pendingRefused() {
@@ -326,7 +329,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 			}
 			return
 		}
-		defer arrived()
+		defer pend.arrived()
 		if lc := requestConn(r); lc != nil {
 			lc.pendingAdmitted()
 		}
@@ -334,7 +337,7 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		defer slot.release()
 		r = r.WithContext(context.WithValue(r.Context(), bodySlotKey{}, slot))
 		source := addrSource(r.RemoteAddr)
-		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength, limit: limit, arrived: arrived,
+		lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), max: max, timeout: n.cfg.Limits.ReadTimeout, slot: slot, length: r.ContentLength, limit: limit, pend: pend,
 			pay: func(units int64) error { return n.payUnits(r.Context(), source, units) }}
 		if r.ProtoMajor == 1 {
 			lb.header = w.Header()
@@ -603,9 +606,10 @@ type limitedBody struct {
 	conn  *limitedConn
 	watch *bodyWatch
 	h2    bool // sent over HTTP/2
-	// arrived gives back the request's count among those whose bodies
-	// have not arrived (pending-bodies), once the body is read to its end.
-	arrived func()
+	// pend is the request's count among those whose bodies have not
+	// arrived (pending-bodies), given back once the body is read to its
+	// end.
+	pend *pendingReq
 }
 
 // Waiting bodies of an HTTP/2 connection: a body that waits for its
@@ -654,8 +658,8 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
 	}
-	if err == io.EOF && b.arrived != nil {
-		b.arrived()
+	if err == io.EOF && b.pend != nil {
+		b.pend.arrived()
 	}
 	if b.pay != nil && n > 0 {
 		b.read += int64(n)
@@ -669,6 +673,8 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	var mbe *http.MaxBytesError
 	var ne net.Error
 	switch {
+	case err != nil && err != io.EOF && b.pend.evictedErr() != nil:
+		err = connectError(b.pend.evictedErr())
 	case err != nil && err != io.EOF && b.slot.reclaimed():
 		err = b.slot.g.reclaimedErr(b.timeout)
 	case errors.As(err, &mbe):

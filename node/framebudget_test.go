@@ -60,7 +60,12 @@ const (
 // h2 if tlsCfg is set. It sends the preface and an empty SETTINGS frame.
 func dialH2(t testing.TB, addr string, tlsCfg *tls.Config) *h2Conn {
 	t.Helper()
-	d := &net.Dialer{Timeout: 5 * time.Second}
+	return dialH2With(t, &net.Dialer{Timeout: 5 * time.Second}, addr, tlsCfg)
+}
+
+// dialH2With is dialH2 through d (from its LocalAddr, say).
+func dialH2With(t testing.TB, d *net.Dialer, addr string, tlsCfg *tls.Config) *h2Conn {
+	t.Helper()
 	var conn net.Conn
 	var err error
 	if tlsCfg != nil {

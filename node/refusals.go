@@ -85,7 +85,10 @@ const (
 //     HTTP/2 stream reset, an HTTP/1 connection closed);
 //   - pending_bodies: requests refused at their headers, their source
 //     or the node holding as many requests whose bodies have not arrived
-//     as it may (pending-bodies: 4,096 node-wide, 1,024 a source).
+//     as it may (pending-bodies: 4,096 node-wide, 1,024 a source);
+//   - pending_evicted: requests whose body had not arrived 500 ms after
+//     their headers, ended to give their place to a request of a source
+//     holding fewer (pending-bodies).
 //
 // Reads paced by Limits.MaxAPIRate are not refusals (APIPacing counts
 // them); only the connections closed for a lasting backlog are.
@@ -124,6 +127,7 @@ func (n *Node) Refusals() []transport.Refusal {
 		transport.Refusal{Port: PortAPI, Reason: "body_room", Count: n.bigBodies.reclaimedBodies.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "reply_room", Count: n.replies.refused.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "pending_bodies", Count: n.pending.refused.Load()},
+		transport.Refusal{Port: PortAPI, Reason: "pending_evicted", Count: n.pending.evicted.Load()},
 		transport.Refusal{Port: PortAPI, Reason: "reply_write", Count: n.replies.unwritten.Load()},
 	)
 }
