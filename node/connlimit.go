@@ -231,10 +231,10 @@ type limitedConn struct {
 	// noteHellos) or its first request (HTTP/2: its preface), and so
 	// cost its sender more than a byte (see worse).
 	begun bool
-	// flight: it has sent a first flight (firstFlight bytes, read or
-	// waiting in its socket), as oldestUnauthed found; kept once true.
-	flight  bool
-	refused int // requests made without it
+	// flightUntil: until then it ranks as one whose request is on its
+	// way (see inFlight), as oldestUnauthed found.
+	flightUntil time.Time
+	refused     int // requests made without it
 	// overPending counts its requests refused for pending-bodies since
 	// one was admitted (pendingRefused, pendingAdmitted).
 	overPending atomic.Int32
@@ -252,6 +252,9 @@ type limitedConn struct {
 	tokenSeen atomic.Bool
 	// got counts the bytes read from it, up to firstFlight (unheard).
 	got atomic.Int64
+	// lastRead is when the node last read from it (UnixNano), until it
+	// made a request with the token (inFlight).
+	lastRead atomic.Int64
 
 	// bodyMu guards reqs and bodies (taken after l.mu, if both are).
 	bodyMu sync.Mutex
@@ -456,6 +459,9 @@ func (c *limitedConn) Read(b []byte) (int, error) {
 	}
 	if n > 0 && c.got.Load() < firstFlight {
 		c.got.Add(int64(n))
+	}
+	if n > 0 && !c.tokenSeen.Load() {
+		c.lastRead.Store(time.Now().UnixNano())
 	}
 	return n, err
 }
@@ -1087,26 +1093,40 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 				v = c
 			}
 		}
-		// Past a few lookups the worst are a flood's that sent a first
-		// flight: rank them as they are.
-		if v == nil || v.flight || looked == maxFlightLookups || !v.sentFlight() {
+		// Past a few lookups the worst are a flood's whose requests are
+		// on their way: rank them as they are.
+		if v == nil || now.Before(v.flightUntil) || looked == maxFlightLookups || !v.inFlight(now) {
 			return v
 		}
+		v.flightUntil = now.Add(flightGrace)
 	}
 }
 
 // maxFlightLookups bounds the sockets oldestUnauthed looks into at once.
 const maxFlightLookups = 8
 
-// sentFlight reports whether c has sent a first flight (firstFlight
-// bytes, read by the node or waiting in its socket), and keeps the answer
-// once it is yes (flight). Called with c.l.mu held.
-func (c *limitedConn) sentFlight() bool {
-	if !c.flight {
-		c.flight = c.sent() >= firstFlight
+// inFlight reports whether c's first request may be on its way: bytes
+// of it wait in its socket, unread (a burst's requests wait there until
+// net/http reads them), or it sent a first flight (firstFlight bytes)
+// that the node read within flightGrace, and may still be reading or
+// handling. A connection that sent its HTTP/2 preface and nothing more
+// ranked as one with its request on its way for as long as it was open,
+// and 64 /24s of them closed a client pool's 8 connections (its /24's
+// count the higher) before any of theirs (outsider review s39, C1).
+// Called with c.l.mu held.
+func (c *limitedConn) inFlight(now time.Time) bool {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if n, ok := unread(sc); ok && n > 0 {
+			return true
+		}
 	}
-	return c.flight
+	return c.got.Load() >= firstFlight && now.Sub(time.Unix(0, c.lastRead.Load())) < flightGrace
 }
+
+// flightGrace is how long after the node last read a connection's bytes
+// it may still be taking its request in (see inFlight); an answer is
+// kept as long.
+const flightGrace = 500 * time.Millisecond
 
 // unauthCounts counts the open connections without the auth token by
 // source prefix (limitedConn.prefix) and by address (source), for worse.
@@ -1155,13 +1175,14 @@ func count(m map[string]int, k string, d int) {
 //     otherwise keep the answered rank until the auth timeout, and the
 //     real client still in its first round trip would be the one closed
 //     (outsider review, round 3);
-//  4. then one that has not sent a first flight (as far as
-//     oldestUnauthed has looked) before one that has: a client's
-//     request with the token waits in its socket for net/http to read
-//     it, and a flood of connections that send nothing, spread over many
-//     /24s (fewer each than the client's), closed the client's instead
-//     (outsider review s38: 8 connections at once, 0-9 of 150 answered
-//     in 2 s);
+//  4. then one whose request is not on its way (see inFlight, as far as
+//     oldestUnauthed has looked, and for flightGrace after) before one
+//     whose is: a client's request with the token waits in its socket
+//     for net/http to read it, and a flood of connections that send
+//     nothing, spread over many /24s (fewer each than the client's),
+//     closed the client's instead (outsider review s38: 8 connections at
+//     once, 0-9 of 150 answered in 2 s), and one of connections that
+//     send an HTTP/2 preface and nothing more did too (s39);
 //  5. then one from the source (/24, /64) with more such connections,
 //     then from the address with more, so that one source's flood closes
 //     its own, not another source's fresh clients, however many
@@ -1185,8 +1206,8 @@ func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
-	if c.flight != v.flight {
-		return v.flight
+	if cf, vf := now.Before(c.flightUntil), now.Before(v.flightUntil); cf != vf {
+		return vf
 	}
 	if cn, vn := per.byPrefix[c.prefix], per.byPrefix[v.prefix]; cn != vn {
 		return cn > vn

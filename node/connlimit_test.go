@@ -244,6 +244,58 @@ func TestConnLimiterUnauthCapClosesUnbegunFirst(t *testing.T) {
 	}
 }
 
+// At the cap of connections without the token, one whose first flight the
+// node read long ago and that has sent nothing since (an HTTP/2 preface,
+// then nothing) goes before a client's whose request is on its way, read
+// a moment ago, though the client's /24 holds 8 and each of the others 1:
+// ranked as connections that sent a first flight, for as long as they
+// were open, the flood from 64 /24s closed the client's pool (outsider
+// review s39, C1).
+func TestConnLimiterCapClosesDrainedBeforeInFlight(t *testing.T) {
+	ch := make(chan net.Conn, 1)
+	l := authLimiter(t, ch, 1024)
+	now := time.Now()
+	var pool []*deadlineConn
+	for i := range 8 {
+		c := &deadlineConn{ip: net.IPv4(127, 0, 0, byte(10+i))}
+		lc := admit(t, l, ch, c)
+		l.mu.Lock()
+		lc.begun = true
+		lc.got.Store(firstFlight)
+		lc.lastRead.Store(now.UnixNano())
+		l.mu.Unlock()
+		pool = append(pool, c)
+	}
+	var flood []*deadlineConn
+	for i := range maxUnauthed - len(pool) {
+		c := &deadlineConn{ip: net.IPv4(127, 1, byte(i), 1)}
+		lc := admit(t, l, ch, c)
+		l.mu.Lock()
+		lc.begun = true
+		lc.admitted = lc.admitted.Add(-2 * beginGrace)
+		lc.got.Store(33) // a preface and an empty SETTINGS frame
+		lc.lastRead.Store(now.Add(-2 * flightGrace).UnixNano())
+		lc.flightUntil = now.Add(-flightGrace) // found in flight when it was read
+		l.mu.Unlock()
+		flood = append(flood, c)
+	}
+	admit(t, l, ch, &deadlineConn{ip: net.IPv4(127, 2, 0, 1)})
+	for i, c := range pool {
+		if _, closed := c.state(); closed {
+			t.Fatalf("the client's connection %d, its request read a moment ago, was closed at the cap before a drained one", i)
+		}
+	}
+	closed := 0
+	for _, c := range flood {
+		if _, ok := c.state(); ok {
+			closed++
+		}
+	}
+	if closed == 0 {
+		t.Fatal("no drained connection was closed at the cap")
+	}
+}
+
 // A connection is stalled only while every request in flight on it waits
 // in a read of its body, begun stallGrace ago or more, having received
 // fewer than stallRate bytes a second of it: not a body arriving faster,
