@@ -18,13 +18,7 @@ import (
 // LEASENODE_REQUIRE_PYTHON is unset; .ci/run installs python3 and sets it.
 func TestPythonClient(t *testing.T) {
 	t.Parallel()
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("LEASENODE_REQUIRE_PYTHON") != "" {
-			t.Fatalf("python3 not found and LEASENODE_REQUIRE_PYTHON is set: %v", err)
-		}
-		t.Skip("python3 not found: the Python client's tests did not run (apt-get install python3; .ci/run does)")
-	}
+	py := python3(t)
 	const token = "python-test-token"
 	agents := cluster(t, 3, "--auth-token", token)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -51,13 +45,7 @@ func TestPythonClient(t *testing.T) {
 // with the client certificate they work. Skipped as TestPythonClient is.
 func TestPythonClientTLS(t *testing.T) {
 	t.Parallel()
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("LEASENODE_REQUIRE_PYTHON") != "" {
-			t.Fatalf("python3 not found and LEASENODE_REQUIRE_PYTHON is set: %v", err)
-		}
-		t.Skip("python3 not found: the Python client's TLS tests did not run (apt-get install python3; .ci/run does)")
-	}
+	py := python3(t)
 	s := tlsCluster(t)
 	var apis []string
 	for _, a := range s.agents {
@@ -82,4 +70,19 @@ func TestPythonClientTLS(t *testing.T) {
 	if strings.Contains(string(out), "skipped") {
 		t.Fatalf("the Python client's TLS tests were skipped")
 	}
+}
+
+// python3 returns the path of python3, or skips t saying so when it is
+// not installed and LEASENODE_REQUIRE_PYTHON is unset (.ci/run installs
+// it and sets that).
+func python3(t *testing.T) string {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("LEASENODE_REQUIRE_PYTHON") != "" {
+			t.Fatalf("python3 not found and LEASENODE_REQUIRE_PYTHON is set: %v", err)
+		}
+		t.Skip("python3 not found: the Python client's tests did not run (apt-get install python3; .ci/run does)")
+	}
+	return py
 }
