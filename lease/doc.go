@@ -158,11 +158,12 @@
 //
 // A backend makes one attempt per request; RetryPolicy, the only retry
 // loop, repeats attempts that certainly had no effect (no leader, not the
-// leader, a request never written) and idempotent ones whose outcome is
-// unknown, with back-off, until ctx ends or failures have lasted the retry
-// timeout (WithRetryTimeout, default 10 s), then fails with an error
-// matching ErrNoLeader (or ErrUnknownOutcome if an attempt may have been
-// applied). A leader that cannot commit (it leads, but too few voters
+// leader, a request never written, a node refusing it as overloaded before
+// reading it) and idempotent ones whose outcome is unknown, with back-off,
+// until ctx ends or failures have lasted the retry timeout
+// (WithRetryTimeout, default 10 s), then fails with an error matching
+// ErrNoLeader (ErrOverloaded if the last refusal was the overload; or
+// ErrUnknownOutcome if an attempt may have been applied). A leader that cannot commit (it leads, but too few voters
 // store its log: their disks hang, or the network drops what they are
 // sent) refuses requests before applying them; they are retried like "no
 // leader", since the stall may end (a disk thaws, a leader whose own disk
