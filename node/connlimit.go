@@ -232,7 +232,7 @@ type limitedConn struct {
 	// cost its sender more than a byte (see worse).
 	begun bool
 	// flightUntil: until then it ranks as one whose request is on its
-	// way (see inFlight), as oldestUnauthed found.
+	// way (see inFlight): oldestUnauthed found bytes of it waiting.
 	flightUntil time.Time
 	refused     int // requests made without it
 	// overPending counts its requests refused for pending-bodies since
@@ -1095,7 +1095,7 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 		}
 		// Past a few lookups the worst are a flood's whose requests are
 		// on their way: rank them as they are.
-		if v == nil || now.Before(v.flightUntil) || looked == maxFlightLookups || !v.inFlight(now) {
+		if v == nil || v.inFlight(now) || looked == maxFlightLookups || !v.bytesWaiting() {
 			return v
 		}
 		v.flightUntil = now.Add(flightGrace)
@@ -1106,21 +1106,39 @@ func (l *connLimiter) oldestUnauthed() *limitedConn {
 const maxFlightLookups = 8
 
 // inFlight reports whether c's first request may be on its way: bytes
-// of it wait in its socket, unread (a burst's requests wait there until
-// net/http reads them), or it sent a first flight (firstFlight bytes)
-// that the node read within flightGrace, and may still be reading or
-// handling. A connection that sent its HTTP/2 preface and nothing more
-// ranked as one with its request on its way for as long as it was open,
-// and 64 /24s of them closed a client pool's 8 connections (its /24's
-// count the higher) before any of theirs (outsider review s39, C1).
+// of it were found waiting in its socket, unread, within flightGrace
+// (bytesWaiting; a burst's requests wait there until net/http reads them), or
+// it sent a first flight (firstFlight bytes) that the node read within
+// flightGrace and may still be reading or handling. A connection that
+// sent its HTTP/2 preface and nothing more ranked as one with its request
+// on its way for as long as it was open, and 64 /24s of them closed a
+// client pool's 8 connections (its /24's count the higher) before any of
+// theirs (outsider review s39, C1). On a TLS API a first flight (a whole
+// ClientHello, whose answer the client must read and answer before it
+// sends a request: a round trip and its crypto, over a second on a loaded
+// host) keeps it in flight: expiring it closed one of 20 TLS clients
+// beside a one-byte flood mid-handshake
+// (TestAPIOneByteConnectionsEvictNoTLSClients, beside two busy loops).
 // Called with c.l.mu held.
 func (c *limitedConn) inFlight(now time.Time) bool {
+	if now.Before(c.flightUntil) {
+		return true
+	}
+	if c.got.Load() < firstFlight {
+		return false
+	}
+	return c.l.tlsAPI || now.Sub(time.Unix(0, c.lastRead.Load())) < flightGrace
+}
+
+// bytesWaiting reports whether bytes c sent wait unread in its socket (one
+// system call; false where the socket cannot tell).
+func (c *limitedConn) bytesWaiting() bool {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		if n, ok := unread(sc); ok && n > 0 {
 			return true
 		}
 	}
-	return c.got.Load() >= firstFlight && now.Sub(time.Unix(0, c.lastRead.Load())) < flightGrace
+	return false
 }
 
 // flightGrace is how long after the node last read a connection's bytes
@@ -1206,7 +1224,7 @@ func worse(c, v *limitedConn, per unauthCounts, now time.Time) bool {
 	if ca, va := c.answeredLately(now), v.answeredLately(now); ca != va {
 		return va
 	}
-	if cf, vf := now.Before(c.flightUntil), now.Before(v.flightUntil); cf != vf {
+	if cf, vf := c.inFlight(now), v.inFlight(now); cf != vf {
 		return vf
 	}
 	if cn, vn := per.byPrefix[c.prefix], per.byPrefix[v.prefix]; cn != vn {
