@@ -185,7 +185,19 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 		if time.Since(streak)+wait > p.Timeout {
 			return giveUp(nil)
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-wait < minAttemptLeft {
+		// The least of the deadline an attempt begins with: a node that
+		// knows no leader holds a request about an election before it
+		// says so, and the next attempt is likely held as long, so it
+		// needs that much left (up to maxNoLeaderHold) to end with an
+		// answer rather than be cut, its outcome unknown: an acquire
+		// --wait 0 with --timeout 2s at a cluster without a quorum
+		// exited "outcome unknown" when an answer took over a second
+		// on a loaded host.
+		need := minAttemptLeft
+		if reasonOf(err) == pb.Reason_REASON_NO_LEADER {
+			need = max(need, min(held, maxNoLeaderHold))
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-wait < need {
 			// An attempt begun this close to the caller's deadline ends
 			// with it more often than with an answer (a node's "no
 			// leader" comes just before the deadline, and a busy host
@@ -200,7 +212,7 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 		if !ctxtime.Sleep(ctx, wait) {
 			return giveUp(context.Cause(ctx))
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < minAttemptLeft {
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < need {
 			// The back-off's timer fired late (a busy host): the rule
 			// above holds for the attempt as it begins, not as planned.
 			<-ctx.Done()
@@ -210,8 +222,12 @@ func (p RetryPolicy) do(ctx context.Context, idempotent, waits bool, f func(cont
 }
 
 // minAttemptLeft is the least of the caller's deadline a retry begins
-// with (see RetryPolicy.do).
-const minAttemptLeft = 100 * time.Millisecond
+// with (see RetryPolicy.do); after a "no leader" answer, as much as that
+// answer took, up to maxNoLeaderHold.
+const (
+	minAttemptLeft  = 100 * time.Millisecond
+	maxNoLeaderHold = 2 * time.Second
+)
 
 // GiveUpError is what RetryPolicy.Do returns when it stops retrying: it
 // matches Sentinel (ErrNoLeader: nothing was applied; ErrOverloaded: nor
