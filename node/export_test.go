@@ -92,6 +92,17 @@ func (n *Node) GossipStreamsRefused() (atOnce, tooLong int64) {
 // stream.
 const GossipStreamMaxBytes = gossipStreamMaxBytes
 
+// Bounds of the gossip streams from addresses that are no known node's.
+const (
+	GossipOutsiderStreamMaxBytes = gossipOutsiderStreamMaxBytes
+	GossipOutsiderBytesPerSecond = gossipOutsiderBytesPerSecond
+	GossipOutsiderBurst          = gossipOutsiderBurst
+)
+
+// GossipOutsiderBytesRead is how many bytes n read of inbound gossip
+// streams from addresses that are no known node's.
+func (n *Node) GossipOutsiderBytesRead() int64 { return n.gossipNet.outsiderRead.Load() }
+
 // GossipStreamsOpen is how many inbound gossip streams n holds open.
 func (n *Node) GossipStreamsOpen() int {
 	n.gossipNet.mu.Lock()

@@ -36,9 +36,11 @@ const (
 	// two. Even a 1,000-node cluster sends a node a few push/pulls a
 	// second (memberlist scales their interval up with the cluster's
 	// size) and TCP probes only when UDP fails. Each open stream may
-	// cost about 2.2 × gossipStreamMaxBytes of memory (memberlist's
-	// buffer, rounded up as it grows, then the output of the decryption
-	// that fails), so 16 of them bound this at about 36 MiB.
+	// cost up to 3 × its byte bound of memory (memberlist's buffer,
+	// which doubles as it grows, old and new held while it copies, then
+	// the output of the decryption that fails): 16 streams from known
+	// nodes' addresses bound this at about 48 MiB (24 MiB from one
+	// address), from others' at 3 MiB.
 	//
 	// At the bound a new stream is not refused: it takes the slot of the
 	// oldest stream still reading its first message, which is closed
@@ -68,9 +70,31 @@ const (
 	// members at the largest IDs and metadata and ~4,000 at typical
 	// ones, before memberlist's compression; leasenode's clusters are a
 	// handful of Raft voters. The bound on memory is then about
-	// gossipMaxStreams × 2.2 MiB instead of 20 MiB (twice that while it
-	// is decrypted) × any number of streams.
+	// gossipMaxStreams × 3 MiB instead of 20 MiB (three times that while
+	// it is read and decrypted) × any number of streams.
 	gossipStreamMaxBytes = 1 << 20
+	// gossipOutsiderStreamMaxBytes is the most a node reads of one inbound
+	// stream from an address that is no known node's (knownSources: the
+	// servers of the Raft configuration and the members gossip told of,
+	// by IP). Such a stream is a node joining for the first time, whose
+	// push/pull carries the members it knows (itself, ~300 bytes, unless
+	// it was a member before), or an outsider's. 64 KiB holds ~90
+	// members at the largest IDs and metadata and ~250 at typical ones.
+	gossipOutsiderStreamMaxBytes = 64 << 10
+	// gossipOutsiderBytesPerSecond is how much a node reads a second of
+	// all the inbound streams from addresses that are no known node's,
+	// together, with a burst of gossipOutsiderBurst. The stream caps bound
+	// memory; this bounds CPU: memberlist reads an encrypted message whole
+	// and only then fails to decrypt it, and streams of a valid encryption
+	// version declaring 1 MiB each cost a node 2.5 times its sender's CPU
+	// (a lock loop beside them went from 130-177 to 3-7 operations a
+	// second; outsider review s39, G1). A first join reads a few KB.
+	// While outsiders have spent the budget, a node joining from an
+	// address no member knows waits for the flood to end (its join is
+	// refused, and retried); members, and nodes of the configuration, are
+	// not affected.
+	gossipOutsiderBytesPerSecond = 256 << 10
+	gossipOutsiderBurst          = 512 << 10
 	// gossipFirstBytesTimeout is how long a stream may stay silent after it
 	// is accepted. A member writes at once after it dials, so a silent
 	// one holds a slot for nothing; memberlist's own deadline
@@ -83,8 +107,9 @@ const (
 // request returns, after the client was answered.
 var errGossipHTTP = errors.New("an HTTP client on the gossip port (answered that this is not the client API)")
 
-// errGossipStreamTooLong is what a read past gossipStreamMaxBytes returns.
-var errGossipStreamTooLong = fmt.Errorf("gossip stream longer than leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", gossipStreamMaxBytes)
+// errGossipOutsiderBudget is what a read of a stream from an address that
+// is no known node's returns while such streams have spent their budget.
+var errGossipOutsiderBudget = fmt.Errorf("gossip streams from addresses that are no known node's have used leasenode's budget of %d bytes a second (gossip_outsider_bytes_per_second): refused before authentication; a node joining from this address is let in once the flood ends (its join is retried), and a member whose connections come from another address than the one it advertises should advertise the one it dials from (--gossip-advertise)", gossipOutsiderBytesPerSecond)
 
 // gossipEncryptMsg is memberlist's encryptMsg: the type byte of an
 // encrypted stream, which a 4-byte big-endian length follows (net.go,
@@ -149,6 +174,14 @@ type gossipTransport struct {
 	log       *slog.Logger
 	limit     *loglimit.Limiter
 	wrongPort *transport.WrongPort // answers HTTP clients
+	// known reports whether an address is a known node's (knownSources);
+	// nil: none is.
+	known func(net.IP) bool
+
+	outsiderMu     sync.Mutex
+	outsiderTokens float64          // bytes outsiders' streams may still read
+	outsiderAt     time.Time        // when outsiderTokens was right
+	now            func() time.Time // of the outsiders' budget
 
 	streams   chan net.Conn // what memberlist reads (StreamCh)
 	closing   chan struct{} // closed when Shutdown starts
@@ -165,13 +198,18 @@ type gossipTransport struct {
 	evicted atomic.Int64 // of refused, the older ones closed to make room for a new one
 	tooLong atomic.Int64 // streams that read, or declared, more than gossipStreamMaxBytes
 	badVsn  atomic.Int64 // encrypted streams naming an encryption version memberlist has not
+	// of outsiders' streams: those closed for their spent budget, and the
+	// bytes read
+	overBudget   atomic.Int64
+	outsiderRead atomic.Int64
 }
 
 var _ memberlist.NodeAwareTransport = (*gossipTransport)(nil)
 
 // newGossipTransport listens on host:port (port 0: any free port, which
-// *port is set to) as memberlist's own transport would.
-func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logger) (*gossipTransport, error) {
+// *port is set to) as memberlist's own transport would. known tells the
+// addresses of known nodes (nil: none).
+func newGossipTransport(host string, port *int, known func(net.IP) bool, stdlog *log.Logger, l *slog.Logger) (*gossipTransport, error) {
 	nc := &memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: *port, Logger: stdlog}
 	tries := 1
 	if *port == 0 {
@@ -190,7 +228,8 @@ func newGossipTransport(host string, port *int, stdlog *log.Logger, l *slog.Logg
 	if *port == 0 {
 		*port = inner.GetAutoBindPort()
 	}
-	t := &gossipTransport{NetTransport: inner, log: l, limit: loglimit.New(),
+	t := &gossipTransport{NetTransport: inner, log: l, limit: loglimit.New(), known: known,
+		outsiderTokens: gossipOutsiderBurst, outsiderAt: time.Now(), now: time.Now,
 		wrongPort: transport.NewWrongPort(PortGossip, "a leasenode gossip port (memberlist)"),
 		streams:   make(chan net.Conn), closing: make(chan struct{}), innerDone: make(chan struct{}),
 		open: map[*boundedConn]struct{}{}, perIP: map[string]int{}}
@@ -243,15 +282,23 @@ func (t *gossipTransport) admit() {
 // (of c's address, at the per-address bound) to make room for c; only if
 // there is none is c closed.
 func (t *gossipTransport) take(c net.Conn) *boundedConn {
-	ip := "?"
+	ip, addr := "?", net.IP(nil)
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ip = a.IP.String()
+		ip, addr = a.IP.String(), a.IP
 	}
+	outsider := t.known == nil || !t.known(addr)
 	select {
 	case <-t.closing:
 		c.Close()
 		return nil
 	default:
+	}
+	if outsider && t.outsiderBudget() <= 0 {
+		c.Close()
+		t.overBudget.Add(1)
+		t.warn("refused a gossip stream from an address that is no known node's: such streams have used their budget",
+			"limit", "gossip_outsider_bytes_per_second", "max", gossipOutsiderBytesPerSecond, "from", ip)
+		return nil
 	}
 	now := time.Now()
 	t.mu.Lock()
@@ -279,8 +326,12 @@ func (t *gossipTransport) take(c net.Conn) *boundedConn {
 		victim.evicted.Store(true)
 	}
 	t.seq++
-	bc := &boundedConn{Conn: c, t: t, ip: ip, seq: t.seq, since: now, left: gossipStreamMaxBytes,
+	bc := &boundedConn{Conn: c, t: t, ip: ip, seq: t.seq, since: now, outsider: outsider, max: gossipStreamMaxBytes,
 		firstBy: now.Add(gossipFirstBytesTimeout)}
+	if outsider {
+		bc.max = gossipOutsiderStreamMaxBytes
+	}
+	bc.left = bc.max
 	t.open[bc] = struct{}{}
 	t.perIP[ip]++
 	t.mu.Unlock()
@@ -320,6 +371,27 @@ func (t *gossipTransport) dropLocked(c *boundedConn) {
 	}
 }
 
+// outsiderBudget returns the bytes outsiders' streams may read now.
+func (t *gossipTransport) outsiderBudget() int64 {
+	t.outsiderMu.Lock()
+	defer t.outsiderMu.Unlock()
+	if now := t.now(); now.After(t.outsiderAt) {
+		t.outsiderTokens = min(gossipOutsiderBurst, t.outsiderTokens+now.Sub(t.outsiderAt).Seconds()*gossipOutsiderBytesPerSecond)
+		t.outsiderAt = now
+	}
+	return int64(t.outsiderTokens)
+}
+
+// spendOutsider takes n bytes read from an outsider's stream from the
+// budget. Reads run at once, each sized to what the budget held when it
+// began, so it may go below zero, by at most a read of each open stream.
+func (t *gossipTransport) spendOutsider(n int) {
+	t.outsiderRead.Add(int64(n))
+	t.outsiderMu.Lock()
+	t.outsiderTokens -= float64(n)
+	t.outsiderMu.Unlock()
+}
+
 func (t *gossipTransport) release(c *boundedConn) {
 	t.mu.Lock()
 	t.dropLocked(c)
@@ -340,8 +412,9 @@ func (t *gossipTransport) warn(msg string, args ...any) {
 }
 
 // boundedConn is one admitted inbound stream: it reads at most
-// gossipStreamMaxBytes, its first bytes by firstBy, and frees its slot
-// when closed. An encrypted stream that declares more than it may read
+// gossipStreamMaxBytes (gossipOutsiderStreamMaxBytes from an address that
+// is no known node's, within the budget of all such streams), its first
+// bytes by firstBy, and frees its slot when closed. An encrypted stream that declares more than it may read
 // fails as soon as its length is read, rather than after memberlist has
 // buffered a megabyte of it; one that has been read to the end of the
 // encrypted message it declared is protected from being closed to make
@@ -353,6 +426,9 @@ type boundedConn struct {
 	seq     uint64    // admission order
 	since   time.Time // admitted
 	firstBy time.Time
+	// outsider: its address is no known node's; max is the most it reads
+	outsider bool
+	max      int64
 
 	protected atomic.Bool // its first message, encrypted, has been read whole
 	evicted   atomic.Bool // closed to make room for a newer stream
@@ -374,13 +450,26 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 	c.mu.Unlock()
 	if left <= 0 {
 		c.t.tooLong.Add(1)
-		c.t.warn("refused a gossip stream: too long", "limit", "gossip_stream_max_bytes", "max", gossipStreamMaxBytes, "from", c.ip)
-		return 0, errGossipStreamTooLong
+		c.t.warn("refused a gossip stream: too long", "limit", c.limitName(), "max", c.max, "from", c.ip)
+		return 0, fmt.Errorf("gossip stream longer than leasenode's limit of %d bytes a stream (%s): refused before authentication", c.max, c.limitName())
+	}
+	if c.outsider {
+		budget := c.t.outsiderBudget()
+		if budget <= 0 {
+			c.t.overBudget.Add(1)
+			c.t.warn("closed a gossip stream from an address that is no known node's: such streams have used their budget",
+				"limit", "gossip_outsider_bytes_per_second", "max", gossipOutsiderBytesPerSecond, "from", c.ip)
+			return 0, errGossipOutsiderBudget
+		}
+		left = min(left, budget)
 	}
 	if int64(len(p)) > left {
 		p = p[:left]
 	}
 	n, err := c.Conn.Read(p)
+	if c.outsider && n > 0 {
+		c.t.spendOutsider(n)
+	}
 	c.mu.Lock()
 	c.left -= int64(n)
 	var declared int64 = -1
@@ -402,7 +491,7 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 			vsn = int(c.hdr[gossipMsgHeader])
 		}
 	}
-	if c.msgEnd > 0 && c.msgEnd <= gossipStreamMaxBytes && gossipStreamMaxBytes-c.left >= c.msgEnd {
+	if c.msgEnd > 0 && c.msgEnd <= c.max && c.max-c.left >= c.msgEnd {
 		c.protected.Store(true)
 	}
 	if n > 0 && !c.started {
@@ -417,10 +506,10 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 		c.t.warn("refused a gossip stream: unknown encryption version", "version", vsn, "from", c.ip)
 		return 0, fmt.Errorf("gossip stream's encrypted message names encryption version %d, which memberlist does not know (at most %d): refused before reading it", vsn, gossipMaxEncryptVersion)
 	}
-	if declared > gossipStreamMaxBytes-gossipMsgHeader {
+	if declared > c.max-gossipMsgHeader {
 		c.t.tooLong.Add(1)
-		c.t.warn("refused a gossip stream: declares too long a message", "limit", "gossip_stream_max_bytes", "max", gossipStreamMaxBytes, "declared", declared, "from", c.ip)
-		return 0, fmt.Errorf("gossip stream declares an encrypted message of %d bytes, over leasenode's limit of %d bytes a stream (gossip_stream_max_bytes): refused before authentication", declared, gossipStreamMaxBytes)
+		c.t.warn("refused a gossip stream: declares too long a message", "limit", c.limitName(), "max", c.max, "declared", declared, "from", c.ip)
+		return 0, fmt.Errorf("gossip stream declares an encrypted message of %d bytes, over leasenode's limit of %d bytes a stream (%s): refused before authentication", declared, c.max, c.limitName())
 	}
 	var ne net.Error
 	switch {
@@ -431,6 +520,14 @@ func (c *boundedConn) Read(p []byte) (int, error) {
 		err = fmt.Errorf("gossip stream sent nothing in leasenode's %v (limit gossip_first_bytes_timeout): %w", gossipFirstBytesTimeout, err)
 	}
 	return n, err
+}
+
+// limitName names the limit of c's length.
+func (c *boundedConn) limitName() string {
+	if c.outsider {
+		return "gossip_outsider_stream_max_bytes"
+	}
+	return "gossip_stream_max_bytes"
 }
 
 // SetDeadline implements net.Conn; before the first bytes the read

@@ -22,9 +22,12 @@ import (
 	"github.com/leasenode/leasenode/internal/loglimit"
 )
 
-// bareGossipTransport is a gossipTransport without listeners, for take.
+// bareGossipTransport is a gossipTransport without listeners, for take,
+// to which every address is a known node's.
 func bareGossipTransport() *gossipTransport {
 	return &gossipTransport{log: slog.New(slog.DiscardHandler), limit: loglimit.New(),
+		known:          func(net.IP) bool { return true },
+		outsiderTokens: gossipOutsiderBurst, outsiderAt: time.Now(), now: time.Now,
 		closing: make(chan struct{}), open: map[*boundedConn]struct{}{}, perIP: map[string]int{}}
 }
 
@@ -124,18 +127,37 @@ func TestGossipStreamLimits(t *testing.T) {
 	}
 }
 
-// pipeStream returns an admitted stream and the other end of it.
+// pipeStream returns an admitted stream from 10.0.0.1 and the other end
+// of it.
 func pipeStream(t *testing.T, gt *gossipTransport) (*boundedConn, net.Conn) {
 	t.Helper()
-	a, b := net.Pipe()
-	t.Cleanup(func() { a.Close(); b.Close() })
-	bc := gt.take(a)
+	bc, b := pipeStreamFrom(gt, "10.0.0.1")
 	if bc == nil {
 		t.Fatal("stream refused")
 	}
+	t.Cleanup(func() { bc.Close(); b.Close() })
 	_ = bc.SetDeadline(time.Now().Add(10 * time.Second)) // as memberlist does
 	return bc, b
 }
+
+// pipeStreamFrom offers gt a stream from ip and returns it, nil if
+// refused, and the other end of it.
+func pipeStreamFrom(gt *gossipTransport, ip string) (*boundedConn, net.Conn) {
+	a, b := net.Pipe()
+	bc := gt.take(pipeFrom{a, &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}})
+	if bc == nil {
+		b.Close()
+	}
+	return bc, b
+}
+
+// pipeFrom is one end of a net.Pipe that says it comes from from.
+type pipeFrom struct {
+	net.Conn
+	from *net.TCPAddr
+}
+
+func (c pipeFrom) RemoteAddr() net.Addr { return c.from }
 
 // send writes p to w in the background; at the end of the test w is
 // closed, which ends the write.
@@ -156,7 +178,7 @@ func TestGossipStreamByteLimit(t *testing.T) {
 	long := append([]byte{byte(6)}, make([]byte, gossipStreamMaxBytes+100)...) // a plain push/pull
 	send(t, peer, long)
 	got, err := io.ReadAll(bc)
-	if !errors.Is(err, errGossipStreamTooLong) || len(got) != gossipStreamMaxBytes {
+	if err == nil || !strings.Contains(err.Error(), "gossip_stream_max_bytes") || len(got) != gossipStreamMaxBytes {
 		t.Fatalf("read %d bytes, err %v; want %d and the limit's error", len(got), err, gossipStreamMaxBytes)
 	}
 	bc.Close()
@@ -191,6 +213,87 @@ func TestGossipStreamByteLimit(t *testing.T) {
 	}
 	if got := gt.tooLong.Load(); got != 3 {
 		t.Fatalf("tooLong = %d; want 3", got)
+	}
+}
+
+// A stream from an address that is no known node's reads at most
+// gossipOutsiderStreamMaxBytes, and all such streams together at most
+// gossipOutsiderBurst plus gossipOutsiderBytesPerSecond a second: past
+// that, their reads fail and new ones are refused at once, naming the
+// limit, while a known node's streams read on. The budget refills with
+// time.
+func TestGossipOutsiderStreamBounds(t *testing.T) {
+	gt := bareGossipTransport()
+	gt.known = func(ip net.IP) bool { return ip.Equal(net.IPv4(10, 0, 0, 1)) }
+	var clock atomic.Int64 // seconds after start; the budget refills only when the test moves it
+	start := time.Now()
+	gt.outsiderAt = start
+	gt.now = func() time.Time { return start.Add(time.Duration(clock.Load()) * time.Second) }
+
+	// Declared over the outsiders' cap: refused at its length.
+	bc, peer := pipeStreamFrom(gt, "10.0.9.1")
+	hdr := []byte{gossipEncryptMsg, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[1:], gossipOutsiderStreamMaxBytes)
+	send(t, peer, append(hdr, 1))
+	if n, err := io.ReadAtLeast(bc, make([]byte, 64), 5); err == nil || !strings.Contains(err.Error(), "gossip_outsider_stream_max_bytes") || n != 0 {
+		t.Fatalf("an outsider's stream declaring %d: read %d bytes, err %v; want a refusal naming the limit", gossipOutsiderStreamMaxBytes, n, err)
+	}
+	bc.Close()
+	// A known node's declaring as much reads on.
+	bc, peer = pipeStream(t, gt)
+	send(t, peer, append(hdr, make([]byte, 100)...))
+	if _, err := io.ReadFull(bc, make([]byte, 105)); err != nil {
+		t.Fatalf("a known node's stream declaring %d: %v", gossipOutsiderStreamMaxBytes, err)
+	}
+
+	// Outsiders' plain streams of 60,000 bytes, read whole, until the
+	// budget is spent, in the middle of one.
+	const each = 60_000
+	before := gt.outsiderRead.Load() // the refused stream's first bytes
+	var read int64
+	var err error
+	for i := 0; err == nil; i++ {
+		if i > 2*gossipOutsiderBurst/each {
+			t.Fatalf("%d outsiders' streams read, %d bytes in all: no budget", i, read)
+		}
+		bc, peer = pipeStreamFrom(gt, fmt.Sprintf("10.0.%d.1", 10+i))
+		if bc == nil {
+			t.Fatalf("outsider's stream %d refused with %d bytes read", i, read)
+		}
+		send(t, peer, append([]byte{6}, make([]byte, each-1)...))
+		var n int
+		n, err = io.ReadFull(bc, make([]byte, each))
+		read += int64(n)
+		bc.Close()
+	}
+	if !errors.Is(err, errGossipOutsiderBudget) || before+read != gossipOutsiderBurst {
+		t.Fatalf("outsiders read %d+%d bytes, then %v; want %d in all, then the budget's error", before, read, err, gossipOutsiderBurst)
+	}
+	if got := gt.outsiderRead.Load(); got != gossipOutsiderBurst {
+		t.Fatalf("outsiderRead = %d; want %d", got, gossipOutsiderBurst)
+	}
+	// New outsiders are refused at once; a known node's stream is not.
+	if bc, _ := pipeStreamFrom(gt, "10.0.99.1"); bc != nil {
+		t.Fatal("an outsider's stream admitted with the budget spent")
+	}
+	if got := gt.overBudget.Load(); got != 2 {
+		t.Fatalf("overBudget = %d; want 2 (a read, a new stream)", got)
+	}
+	bc, peer = pipeStream(t, gt)
+	send(t, peer, append([]byte{6}, make([]byte, 100_000)...))
+	if got, err := io.ReadAll(io.LimitReader(bc, 100_001)); err != nil || len(got) != 100_001 {
+		t.Fatalf("a known node's stream with outsiders' budget spent: read %d, err %v", len(got), err)
+	}
+
+	// A second later, the rate's worth may be read again.
+	clock.Add(1)
+	if got := gt.outsiderBudget(); got != gossipOutsiderBytesPerSecond {
+		t.Fatalf("a second later the budget holds %d bytes; want %d", got, gossipOutsiderBytesPerSecond)
+	}
+	if bc, _ := pipeStreamFrom(gt, "10.0.99.1"); bc == nil {
+		t.Fatal("an outsider's stream refused with the budget refilled")
+	} else {
+		bc.Close()
 	}
 }
 
@@ -324,8 +427,9 @@ func TestGossipTransportTCPFallbackProbe(t *testing.T) {
 }
 
 // Scenario (an outsider holding the gossip port's stream slots): more
-// streams than the node's bound, from four loopback addresses, each
-// declaring an encrypted message of nearly gossipStreamMaxBytes and
+// streams than the node's bound, from four loopback addresses that are no
+// member's, each declaring an encrypted message of nearly the most an
+// outsider may send (gossipOutsiderStreamMaxBytes) and
 // trickling it a byte at a time, and each re-opened as soon as the node
 // closes it: within every limit memberlist has (TCPTimeout, 10 s on a
 // LAN) and the wrapper's. Meanwhile a new member joins a keyed cluster
@@ -418,7 +522,7 @@ func TestGossipTricklersCannotHoldStreamSlots(t *testing.T) {
 }
 
 // trickle opens a stream to addr from from, sends the header of an
-// encrypted message of nearly gossipStreamMaxBytes and then one byte of it
+// encrypted message of nearly gossipOutsiderStreamMaxBytes and then one byte of it
 // every 50 ms, until the node closes it or ctx ends.
 func trickle(ctx context.Context, from *net.TCPAddr, addr string, dialed *atomic.Int64) {
 	d := net.Dialer{LocalAddr: from}
@@ -431,7 +535,7 @@ func trickle(ctx context.Context, from *net.TCPAddr, addr string, dialed *atomic
 	go func() { _, _ = io.Copy(io.Discard, conn); close(closed) }()
 	defer func() { conn.Close(); <-closed }()
 	hdr := []byte{gossipEncryptMsg, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(hdr[1:], uint32(gossipStreamMaxBytes-len(hdr)))
+	binary.BigEndian.PutUint32(hdr[1:], uint32(gossipOutsiderStreamMaxBytes-len(hdr)))
 	if _, err := conn.Write(hdr); err != nil {
 		return
 	}
@@ -457,7 +561,7 @@ func trickle(ctx context.Context, from *net.TCPAddr, addr string, dialed *atomic
 func wrappedMember(t *testing.T, logger *log.Logger, tweak func(*memberlist.Config)) (*memberlist.Memberlist, *gossipTransport, string) {
 	t.Helper()
 	port := 0
-	gt, err := newGossipTransport("127.0.0.1", &port, logger, slog.New(slog.DiscardHandler))
+	gt, err := newGossipTransport("127.0.0.1", &port, isLoopback1, logger, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,6 +576,9 @@ func wrappedMember(t *testing.T, logger *log.Logger, tweak func(*memberlist.Conf
 	}
 	return m, gt, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
+
+// isLoopback1 knows 127.0.0.1, the members' address, and no other.
+func isLoopback1(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) }
 
 // newKeyedMember starts a memberlist member on 127.0.0.1 with key. With
 // dropUDPToAddr set it loses every packet it sends there until the

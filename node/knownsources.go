@@ -13,7 +13,9 @@ import (
 // elsewhere, or from the nodes' own /24, never refuses a node's dial to
 // another: a candidate's vote requests, a follower reconnecting (outsider
 // review s32 #6: requestVote dials refused at the handshake during a
-// flood, elections of ~2.5 s). Addresses given as names are not resolved
+// flood, elections of ~2.5 s). The gossip port reads streams from other
+// addresses within a smaller cap and a shared budget (gossipTransport:
+// gossipOutsiderStreamMaxBytes). Addresses given as names are not resolved
 // and so not known. The set is rebuilt at most once per knownRefresh,
 // as Known is asked for every ClientHello.
 type knownSources struct {

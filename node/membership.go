@@ -394,7 +394,7 @@ func (n *Node) startGossip(ctx context.Context) error {
 	mc.Events = d
 	mc.Conflict = d
 	mc.Logger = memberlistLog(n.log, &n.gossipUndecodable)
-	gt, err := newGossipTransport(host, &mc.BindPort, mc.Logger, n.log.With("component", "node.gossip"))
+	gt, err := newGossipTransport(host, &mc.BindPort, n.known.has, mc.Logger, n.log.With("component", "node.gossip"))
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}

@@ -77,9 +77,10 @@ type Node struct {
 	// could not decrypt or decode (memberlistLog): another key, or none.
 	gossipUndecodable atomic.Uint64
 	members           *memberTable
-	formats           *peerFormats // what each node was last seen to read (PeerFormatsFile)
-	peers             *gossipPeers // the members' gossip addresses last seen (GossipPeersFile)
-	rejoining         atomic.Bool  // a rejoin attempt is running
+	known             *knownSources // addresses of the cluster's nodes: the node port's handshakes, gossip streams
+	formats           *peerFormats  // what each node was last seen to read (PeerFormatsFile)
+	peers             *gossipPeers  // the members' gossip addresses last seen (GossipPeersFile)
+	rejoining         atomic.Bool   // a rejoin attempt is running
 	// gossipSelf is this node's gossip address, bound and advertised
 	// (ports resolved), which seeds leaves out of Join.
 	gossipSelf []string
@@ -231,6 +232,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.stopping, n.stopStopping = context.WithCancel(n.ctx)
 	n.hub = newWatchHub()
 	n.members = newMemberTable()
+	n.known = &knownSources{n: n}
 	k := cfg.Testing
 	fc := fsm.Config{Events: true, OnFatal: n.onFatal}
 	if k != nil {
@@ -363,7 +365,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("listen %s: %w", cfg.BindAddr, err)
 	}
 	handshakes := transport.NewHandshakeLimit(cfg.Limits.MaxHandshakeRatePerSource, cfg.Limits.MaxHandshakeRate)
-	handshakes.Known = (&knownSources{n: n}).has // the cluster's nodes: never starved by outsiders
+	handshakes.Known = n.known.has // the cluster's nodes: never starved by outsiders
 	n.mux = transport.NewMux(ln, transport.MuxConfig{TLS: n.nodeServerTLS, Hello: hello, Logger: n.log,
 		Handshakes: handshakes})
 	raftLn := raftConnListener{n.mux.Listen(transport.ProtoRaft), n.raftConnClosed}

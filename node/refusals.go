@@ -27,7 +27,11 @@ const (
 //     gossip_max_streams_per_ip, new ones and older ones closed to make
 //     room for them;
 //   - too_long: streams that read, or declared, more than
-//     gossip_stream_max_bytes;
+//     gossip_stream_max_bytes (gossip_outsider_stream_max_bytes from an
+//     address that is no known node's);
+//   - outsider_budget: streams from addresses that are no known node's
+//     refused or closed while such streams, together, have read their
+//     gossip_outsider_bytes_per_second;
 //   - undecodable: packets and streams memberlist could not decrypt or
 //     decode, as its log reports them: another cluster key, none where
 //     this cluster has one (or one where it has none), or not leasenode's;
@@ -110,6 +114,7 @@ func (n *Node) Refusals() []transport.Refusal {
 	return append(n.mux.Refusals(),
 		transport.Refusal{Port: PortGossip, Reason: "max_streams", Count: uint64(g.refused.Load())},
 		transport.Refusal{Port: PortGossip, Reason: "too_long", Count: uint64(g.tooLong.Load())},
+		transport.Refusal{Port: PortGossip, Reason: "outsider_budget", Count: uint64(g.overBudget.Load())},
 		transport.Refusal{Port: PortGossip, Reason: "undecodable", Count: n.gossipUndecodable.Load()},
 		transport.Refusal{Port: PortGossip, Reason: "encrypt_version", Count: uint64(g.badVsn.Load())},
 		transport.Refusal{Port: PortAPI, Reason: "auth_timeout", Count: authSlow},
