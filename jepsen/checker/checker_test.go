@@ -269,6 +269,45 @@ var synthetics = []synthetic{
 		b.ReleaseOK(15000, 15010, "t2", "k", 90)
 	}},
 
+	{"no-leader-after-expiry-excused", NameTakeover, true, func(b *history.Builder) {
+		// The E3 campaign's shape: t1's last extend at 520 ms (TTL 2 s,
+		// lock-delay 500 ms: free from 3.02 s). Just before then the
+		// leader is stopped and the election takes 1.4 s; the next leader
+		// is stopped 50 ms after it serves, and the one after serves at
+		// 5.6 s; t2 is granted at 5.65 s, past TTL + lock-delay + one
+		// election + slack (5.52 s) but within it counting the 2.5 s
+		// without a leader after 3.02 s.
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
+		b.Fault(800, 12000, "leader-churn", "leader every 1s")
+		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6, LockDelay: 500e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		b.Event(3000, history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n1"})
+		b.Event(4400, history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n1", Value: "n2"})
+		b.Event(4450, history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n2"})
+		b.Event(5600, history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n2", Value: "n3"})
+		b.Complete(5650, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 7600e6})
+		b.ReleaseOK(6000, 6010, "t2", "k", 90)
+	}},
+	{"no-leader-before-expiry-not-excused", NameTakeover, false, func(b *history.Builder) {
+		// As above, but the time without a leader comes before 3.02 s
+		// (two steps of 0.8 s) and a leader serves from 2.8 s to 3.5 s
+		// and from 3.9 s: a server that counts each election as time left
+		// grants at 5.9 s, past 5.52 s (0.8 s without a leader after
+		// 3.02 s is less than one election).
+		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
+		b.Fault(800, 12000, "leader-churn", "leader every 1s")
+		b.Event(900, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6, LockDelay: 500e6})
+		b.Lost(2450, "t1", "k", 10, 2500)
+		for _, step := range [][2]int64{{1000, 1800}, {2000, 2800}, {3500, 3900}, {4500, 4900}} {
+			b.Event(step[0], history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n1"})
+			b.Event(step[1], history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n1", Value: "n2"})
+		}
+		b.Complete(5900, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 7900e6})
+		b.ReleaseOK(6000, 6010, "t2", "k", 90)
+	}},
+
 	// node-port-auth
 	{"every-attempt-refused", NameNodePortAuth, true, func(b *history.Builder) {
 		for i, a := range []string{"rpc-status", "rpc-list", "raft-append-entries", "gossip-join"} {

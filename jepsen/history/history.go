@@ -116,6 +116,10 @@ const (
 	// LeaderMove (an Event) is one step of the leader-churn fault: Node
 	// was the leader and was stopped until Value took over.
 	LeaderMove Op = "leader-move"
+	// LeaderStop (an Event) is the start of a leader-churn step: Node, the
+	// leader, was stopped. Until the LeaderMove that follows (at most 5 s,
+	// the step's limit) no node serves as leader.
+	LeaderStop Op = "leader-stop"
 	// Rogue is one attempt of the rogue-peer fault (an outsider without
 	// the cluster's credentials): Value names the attempt, Node the
 	// target; OK means the node served it, Fail that it was refused (Err

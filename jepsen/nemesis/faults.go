@@ -349,8 +349,12 @@ func (leaderChurn) Inject(ctx context.Context, env *Env) (Active, error) {
 	return a, nil
 }
 
-// move stops the leader until another node serves as leader (at most a
-// few seconds), then resumes it.
+// churnStepLimit is how long a leader-churn step waits for another leader
+// to serve before it resumes the one it stopped (history.LeaderStop).
+const churnStepLimit = 5 * time.Second
+
+// move stops the leader until another node serves as leader (at most
+// churnStepLimit), then resumes it.
 func (a *churnActive) move(ctx context.Context) error {
 	c := a.env.Cluster
 	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -363,7 +367,10 @@ func (a *churnActive) move(ctx context.Context) error {
 		return err
 	}
 	defer c.Resume(old)
-	deadline := time.Now().Add(5 * time.Second)
+	if a.env.Rec != nil {
+		a.env.Rec.Event(history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: old.ID})
+	}
+	deadline := time.Now().Add(churnStepLimit)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		n, err := c.Leader(sctx)
@@ -380,5 +387,5 @@ func (a *churnActive) move(ctx context.Context) error {
 		cancel()
 		ctxtime.Sleep(ctx, 20*time.Millisecond)
 	}
-	return fmt.Errorf("no other leader within 5s of stopping %s", old.ID)
+	return fmt.Errorf("no other leader within %v of stopping %s", churnStepLimit, old.ID)
 }
