@@ -1020,3 +1020,57 @@ func testFailoverAddsNoElection(t *testing.T, applied bool) {
 	}
 	t.Logf("%v left after the failover (at most %v, give or take %v)", left, most, slack)
 }
+
+// Scenario (adversarial review rev-adv40): a lease is granted, the
+// cluster stays idle for 3 s, its leader crashes, and the next leader
+// hands leadership on (a transfer). The third leader reports no more time
+// left than the lease truly had. Promote's stamp stands for when its
+// leader stored the earlier terms' last stamp, before its election; were
+// Promote the last stamp a later leader stored, that leader would count
+// the idle time and the election again as time left (9.93 s of a 10 s TTL
+// left, at most 6.61 s truly; under idle churn the time left never went
+// down). Each leader stamps its clock's reading right after Promote.
+func TestSecondLeaderChangeAfterIdleAddsNothing(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, l := c.Leader()
+	const ttl, idle = 10 * time.Second, 3 * time.Second
+	mustGrant(t, l, acq("idle", "dead-holder", 1, ttl))
+	granted := time.Now() // after the grant's stamp
+	nodetest.Eventually(t, 2*idle, func() error {
+		resp, err := l.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "idle"})
+		if err != nil {
+			return err
+		}
+		if left := resp.Lease.GetRemaining().AsDuration(); left > ttl-idle {
+			return fmt.Errorf("%v left", left)
+		}
+		return nil
+	})
+	c.Kill(li)
+	l2i, l2 := c.Leader()
+	// Every node has applied a stamp of l2's epoch read after its origin,
+	// which lies before the idle spell: l2's own, proposed after Promote.
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		for i := range c.Size() {
+			if n := c.Node(i); n != nil {
+				if epoch, now := n.FSM().Clock(); epoch != l2.Raft().CurrentTerm() || now < idle {
+					return fmt.Errorf("n%d's clock: epoch %d, %v; want epoch %d past %v (a stamp read after Promote)", i, epoch, now, l2.Raft().CurrentTerm(), idle)
+				}
+			}
+		}
+		return nil
+	})
+	_, l3 := leaderOtherThan(t, c, l2i)
+	resp, err := l3.Get(ctxT(t, 5*time.Second), &pb.GetRequest{Key: "idle"})
+	if err != nil || !resp.Found {
+		t.Fatalf("after the crash and the transfer: %v %v", resp, err)
+	}
+	// As in testFailoverAddsNoElection, a replication delay may count
+	// as time left; an election, or the idle spell, is far more.
+	const slack = 500 * time.Millisecond
+	left, most := resp.Lease.Remaining.AsDuration(), ttl-time.Since(granted)
+	t.Logf("after a crash and a transfer: %v left, at most %v truly", left, most)
+	if left > most+slack {
+		t.Fatalf("no-early-expiry without extra: %v left after two leader changes, but at most %v was, give or take %v (the idle spell and an election counted again)", left, most, slack)
+	}
+}
