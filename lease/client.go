@@ -175,11 +175,16 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 	return c.acquire(ctx, nil, key, true, opts)
 }
 
-// AcquireTimeout is Acquire bounded by maxWait. On timeout the error
-// matches ErrTimeout (and ErrHeld, as a *HeldError naming the holder, when
-// the key was seen held). A maxWait under 100 ms (minAttemptLeft) leaves
-// no time to wait at the leader: it makes one try, as TryAcquire, so a
-// free key is granted however short maxWait is.
+// AcquireTimeout is Acquire bounded by maxWait: it waits for the key at
+// the leader at most maxWait, and the leader then answers who holds it;
+// a grant already being committed then is still answered. The call
+// returns within maxWait and answerAllowance (1 s): a free key is granted
+// however short maxWait is and however slow the commit (within that), and
+// a cluster without a quorum ends it then. On timeout the error matches
+// ErrTimeout (and ErrHeld, as a *HeldError naming the holder, when the
+// key was seen held). A maxWait of 0 or less makes one try, as
+// TryAcquire. (A node older than the request's max_wait queues it until
+// maxWait and answerAllowance have passed.)
 func (c *Client) AcquireTimeout(ctx context.Context, key string, maxWait time.Duration, opts ...AcquireOption) (*Lease, error) {
 	return c.acquireTimeout(ctx, nil, key, maxWait, opts)
 }
@@ -224,33 +229,40 @@ func (c *Client) AcquireSetTimeout(ctx context.Context, items []Item, maxWait ti
 }
 
 func (c *Client) acquireTimeout(ctx context.Context, items []Item, key string, maxWait time.Duration, opts []AcquireOption) (*Lease, error) {
-	if maxWait < minAttemptLeft {
-		// No time to wait: one try, as TryAcquire, and a held key is the
-		// timeout it would have been. (A wait shorter than a round trip
-		// ended before its first attempt was sent: a free key timed out
-		// unasked, adversarial review s39.)
-		l, err := c.acquire(ctx, items, key, false, opts)
-		if he := (*HeldError)(nil); errors.As(err, &he) {
-			he.Err = ErrTimeout
-			return nil, he
-		}
-		return l, err
+	// The leader stops queueing the request at maxWait and answers (the
+	// request's max_wait); the call's own deadline comes answerAllowance
+	// later, so that the answer, or a grant committed at the edge of the
+	// wait, reaches it. When the deadline cut the wait itself, a grant
+	// that took a loaded host more than maxWait to commit was lost: 6 of
+	// 120 AcquireTimeout(100 ms) of free keys failed beside two busy loops,
+	// while a shorter maxWait (a plain try) never did, and a cluster
+	// without a quorum held a try for the whole retry timeout
+	// (adversarial review rev-adv40).
+	wait := maxWait > 0
+	if wait {
+		until := time.Now().Add(maxWait)
+		opts = append(opts[:len(opts):len(opts)], func(o *acquireOptions) { o.waitUntil = until })
 	}
-	wctx, cancel := context.WithTimeoutCause(ctx, maxWait, ErrTimeout)
+	wctx, cancel := context.WithTimeoutCause(ctx, max(maxWait, 0)+answerAllowance, ErrTimeout)
 	defer cancel()
-	l, err := c.acquire(wctx, items, key, true, opts)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(wctx), ErrTimeout) {
-		var he *HeldError
-		if errors.As(err, &he) {
-			he.Err = ErrTimeout
-			return nil, he
-		}
-		if !errors.Is(err, ErrTimeout) {
-			err = fmt.Errorf("%w: %w", ErrTimeout, err)
-		}
+	l, err := c.acquire(wctx, items, key, wait, opts)
+	var he *HeldError
+	switch {
+	case err == nil:
+	case errors.As(err, &he) && ctx.Err() == nil:
+		// Held when the wait (or the try) ended: the timeout.
+		he.Err = ErrTimeout
+		return nil, he
+	case ctx.Err() == nil && errors.Is(context.Cause(wctx), ErrTimeout) && !errors.Is(err, ErrTimeout):
+		err = fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
 	return l, err
 }
+
+// answerAllowance is how long past maxWait an AcquireTimeout waits for
+// its answer: the leader's refusal once the wait ran out, or a grant's
+// commit on a loaded host.
+const answerAllowance = time.Second
 
 // acquire acquires items (or, if items is nil, key in the shape opts
 // give) under this Client's local guards of every key.
@@ -303,7 +315,15 @@ func (c *Client) acquire(ctx context.Context, items []Item, key string, wait boo
 	defer cancel(nil)
 	stop := context.AfterFunc(c.closing, func() { cancel(ErrClosed) })
 	defer stop()
-	guards, err := c.lockGuards(ctx, keys, wait)
+	gctx := ctx
+	if !ao.waitUntil.IsZero() {
+		// Waiting for this Client's own holding is waiting too: at most
+		// until the wait ends (AcquireTimeout's maxWait).
+		var cancel context.CancelFunc
+		gctx, cancel = context.WithDeadlineCause(ctx, ao.waitUntil, ErrTimeout)
+		defer cancel()
+	}
+	guards, err := c.lockGuards(gctx, keys, wait)
 	if err != nil {
 		return nil, err
 	}
@@ -390,14 +410,14 @@ func (c *Client) lockGuard(ctx context.Context, key string, wait bool) (*guard, 
 	}
 	g.refs++
 	c.mu.Unlock()
+	select {
+	case g.ch <- struct{}{}: // free: taken, whatever the context says
+		return g, nil
+	default:
+	}
 	if !wait {
-		select {
-		case g.ch <- struct{}{}:
-			return g, nil
-		default:
-			c.unref(g)
-			return nil, &HeldError{Key: key, Holder: c.opts.holder, Own: true}
-		}
+		c.unref(g)
+		return nil, &HeldError{Key: key, Holder: c.opts.holder, Own: true}
 	}
 	select {
 	case g.ch <- struct{}{}:
@@ -452,8 +472,15 @@ func (c *Client) acquireLocked(ctx context.Context, items []Item, wire []*pb.Acq
 	)
 	err := c.retry.do(ctx, true, wait, func(ctx context.Context) error {
 		sent = time.Now()
+		areq := req
+		if wait && !ao.waitUntil.IsZero() {
+			// The wait left, from this attempt on (at least 1 ns: 0
+			// would mean the call's whole deadline).
+			areq = proto.CloneOf(req)
+			areq.MaxWait = durationpb.New(max(time.Until(ao.waitUntil), time.Nanosecond))
+		}
 		actx, cancel := c.attemptContext(ctx, wait)
-		r, err := c.b.Acquire(actx, req)
+		r, err := c.b.Acquire(actx, areq)
 		cancel()
 		if err == nil {
 			resp = r

@@ -1388,3 +1388,105 @@ func TestWatchSaysWhyItsStreamsEnded(t *testing.T) {
 		t.Errorf("Watch: %q; want what ended the stream, at %s", msg, addr)
 	}
 }
+
+// slowAcquires delays every Acquire by d before passing it on: a commit
+// that takes a loaded host that long.
+type slowAcquires struct {
+	lease.Backend
+	d time.Duration
+}
+
+func (b slowAcquires) Acquire(ctx context.Context, r *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return b.Backend.Acquire(ctx, r)
+}
+
+// AcquireTimeout bounds the wait at the leader, not the answer: a free key
+// is granted when its grant takes longer than maxWait to come (6 of 120
+// AcquireTimeout(100 ms) of free keys failed beside two busy loops, while
+// a shorter maxWait, a plain try, never did: adversarial review
+// rev-adv40), and a held key is answered held once maxWait has passed at
+// the leader, well before the call's deadline.
+func TestAcquireTimeoutBoundsTheWaitNotTheAnswer(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, n := c.Follower()
+	slow, err := lease.New(slowAcquires{Backend: n, d: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close(context.Background())
+	ctx := ctxT(t, 20*time.Second)
+	for _, d := range []time.Duration{time.Millisecond, 99 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond} {
+		l, err := slow.AcquireTimeout(ctx, "free", d)
+		if err != nil || l == nil {
+			t.Fatalf("AcquireTimeout(%v) of a free key whose grant takes 300 ms: %v %v; want granted", d, l, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holder, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background())
+	held, err := holder.TryAcquire(ctx, "held")
+	if err != nil || held == nil {
+		t.Fatalf("TryAcquire: %v %v", held, err)
+	}
+	waiter, err := lease.New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiter.Close(context.Background())
+	const maxWait = 300 * time.Millisecond
+	start := time.Now()
+	_, err = waiter.AcquireTimeout(ctx, "held", maxWait)
+	took := time.Since(start)
+	var he *lease.HeldError
+	if !errors.Is(err, lease.ErrTimeout) || !errors.As(err, &he) || he.Holder != holder.Holder() || took < maxWait {
+		t.Fatalf("AcquireTimeout(%v) of a held key: %v after %v; want ErrTimeout and a HeldError naming %s, after %v or more",
+			maxWait, err, took, holder.Holder(), maxWait)
+	}
+	t.Logf("a held key's AcquireTimeout(%v) answered after %v", maxWait, took)
+}
+
+// Without a quorum AcquireTimeout ends with ErrTimeout once maxWait and
+// the answer's allowance have passed, however short maxWait: a maxWait
+// under 100 ms was a plain try, held for the client's whole retry timeout
+// (10 s; adversarial review rev-adv40).
+func TestAcquireTimeoutWithoutAQuorumEndsSoon(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	li, _ := c.Leader()
+	var keep int
+	for i := range c.Size() {
+		if i != li {
+			keep = i
+		}
+	}
+	for i := range c.Size() {
+		if i != keep {
+			c.Kill(i)
+		}
+	}
+	cl, err := lease.New(c.Node(keep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	for _, d := range []time.Duration{50 * time.Millisecond, 500 * time.Millisecond} {
+		start := time.Now()
+		l, err := cl.AcquireTimeout(ctxT(t, 30*time.Second), "nobody", d)
+		took := time.Since(start)
+		if l != nil || !errors.Is(err, lease.ErrTimeout) || took > 5*time.Second {
+			t.Fatalf("AcquireTimeout(%v) without a quorum: %v %v after %v; want ErrTimeout within seconds", d, l, err, took)
+		}
+		t.Logf("AcquireTimeout(%v) without a quorum: %v after %v", d, err, took.Round(time.Millisecond))
+	}
+}

@@ -240,6 +240,10 @@ type acquireOptions struct {
 	shared    bool
 	semaphore int
 	slotsSet  bool // Semaphore was given (its n may be out of range)
+	// waitUntil, set by AcquireTimeout, is when a waiting attempt stops
+	// queueing at the leader (each attempt sends the time left as its
+	// max_wait); zero: until the call's context ends.
+	waitUntil time.Time
 }
 
 // AcquireOption configures one acquire.

@@ -48,8 +48,11 @@ const (
 // Acquire asks for req.Key on behalf of req.Holder. Without req.Wait a key
 // held by another holder is refused at once (Granted false, with the
 // holder and how long it may stay unavailable). With req.Wait the request
-// queues FIFO at the leader until granted or ctx ends; the reply's Waited
-// is the time it spent queued on the leader's clock (DESIGN.md rule 6).
+// queues FIFO at the leader until granted or ctx ends, or, with
+// req.MaxWait, until that much has passed since it queued there: then it
+// is answered as a refused try (a grant already in flight is answered as
+// such). The reply's Waited is the time it spent queued on the leader's
+// clock (DESIGN.md rule 6).
 // Callable on any node: followers forward to the leader.
 func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	if _, err := acquireCmd(req); err != nil {
@@ -1040,7 +1043,17 @@ func (n *Node) acquireLocal(ctx context.Context, ls *leaderState, req *pb.Acquir
 	// Queued, the waiter reserves no quota: the queue asks for it when
 	// the waiter's turn comes (see Node.quota).
 	w := &waiter{cmd: cmd, items: items, arrival: arrival, done: make(chan waitResult, 1)}
-	r := ls.queues.wait(ctx, w)
+	var patience <-chan time.Time
+	if d := req.GetMaxWait().AsDuration(); req.GetMaxWait() != nil && d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		patience = t.C
+	}
+	r := ls.queues.wait(ctx, w, patience)
+	if r.outwaited {
+		// Answered as a try refused now: who holds the key, for how long.
+		return n.acquireReply(n.queuedHeld(ls, cmd, items), 0, cmd.TTL)
+	}
 	if r.err != nil {
 		// The queue returns an in-flight grant's reservation itself, once
 		// its entry resolves.

@@ -46,6 +46,9 @@ type waitResult struct {
 	// lost is the waiter's proposal when its caller left while it was in
 	// flight (err is then ErrUnknownOutcome): see Node.lostOutcome.
 	lost *proposal
+	// outwaited: the waiter's patience (the request's max_wait) ran out
+	// before its turn; it left the queue, certainly not granted.
+	outwaited bool
 }
 
 // item returns w's item on key.
@@ -235,11 +238,13 @@ func (q *waitQueues) count() int {
 const maxKeyWaiters = 1024
 
 // wait queues w on each of its keys and blocks until it is granted,
-// refused for good, or ctx ends. A key with maxKeyWaiters queued already
-// refuses w at once. If ctx ends while w's grant is in flight,
-// the answer is ErrUnknownOutcome; before that, the caller certainly was
-// not granted.
-func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
+// refused for good, ctx ends, or patience fires (nil: never). A key with
+// maxKeyWaiters queued already refuses w at once. If ctx ends while w's
+// grant is in flight, the answer is ErrUnknownOutcome; before that, the
+// caller certainly was not granted. If patience fires first, w leaves
+// the queue (outwaited) unless its grant is in flight, which is then
+// awaited: its caller is still there to hear it.
+func (q *waitQueues) wait(ctx context.Context, w *waiter, patience <-chan time.Time) waitResult {
 	q.mu.Lock()
 	if q.closed != nil {
 		q.mu.Unlock()
@@ -262,10 +267,13 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 	q.pumpLocked(w.items[0].Key)
 	q.mu.Unlock()
 
+	outwaited := false
 	select {
 	case r := <-w.done:
 		return r
 	case <-ctx.Done():
+	case <-patience:
+		outwaited = true
 	}
 	q.mu.Lock()
 	select {
@@ -274,15 +282,36 @@ func (q *waitQueues) wait(ctx context.Context, w *waiter) waitResult {
 		return r
 	default:
 	}
+	if outwaited && w.inflight != nil {
+		q.mu.Unlock()
+		select {
+		case r := <-w.done:
+			return r
+		case <-ctx.Done():
+		}
+		q.mu.Lock()
+		select {
+		case r := <-w.done:
+			q.mu.Unlock()
+			return r
+		default:
+		}
+		outwaited = false // its caller left after all
+	}
 	w.gone = true
 	lost := w.inflight
 	if lost == nil {
-		q.keepPlaceLocked(w)
+		if !outwaited {
+			q.keepPlaceLocked(w) // for its retry
+		}
 		q.leaveLocked(w) // and let the ones behind it go
 	}
 	q.mu.Unlock()
-	if lost != nil {
+	switch {
+	case lost != nil:
 		return waitResult{lost: lost, err: fmt.Errorf("%w: gave up waiting (%v) while the grant was being committed", ErrUnknownOutcome, ctx.Err())}
+	case outwaited:
+		return waitResult{outwaited: true}
 	}
 	return waitResult{err: fmt.Errorf("acquire %q: gave up waiting, not granted: %w", w.cmd.Key, ctx.Err())}
 }

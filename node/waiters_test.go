@@ -14,6 +14,7 @@ import (
 	"github.com/leasenode/leasenode/node"
 	"github.com/leasenode/leasenode/node/nodetest"
 	"github.com/leasenode/leasenode/transport/pb"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // holderOf returns who holds key by the leader's consistent read.
@@ -649,5 +650,62 @@ func TestWaiterKeepsItsPlaceAcrossARetry(t *testing.T) {
 	}
 	if first.who != "A" {
 		t.Errorf("B, who began waiting after A, was granted first: A's retry went to the back of the queue")
+	}
+}
+
+// A waiting acquire with max_wait leaves the leader's queue when that much
+// has passed there, and is answered as a refused try (who holds the key),
+// well before its call's deadline; the waiters behind it move up, and
+// one granted within its max_wait is granted as any waiter.
+func TestWaitingAcquireMaxWait(t *testing.T) {
+	c := nodetest.New(t, nodetest.Options{Size: 3})
+	_, l := c.Leader()
+	_, f := c.Follower()
+	mustGrant(t, l, acq("k", "a", 1, time.Minute))
+	impatient := acq("k", "b", 1, time.Minute)
+	impatient.Wait, impatient.MaxWait = true, durationpb.New(200*time.Millisecond)
+	start := time.Now()
+	resp, err := f.Acquire(ctxT(t, 30*time.Second), impatient) // through a follower
+	if err != nil || resp.Granted || resp.Holder != "a" {
+		t.Fatalf("a waiter with max_wait 200ms, the key held: %v %v; want refused, naming a", resp, err)
+	}
+	t.Logf("answered after %v", time.Since(start).Round(time.Millisecond))
+
+	// One that waits behind a patient waiter and outlasts its max_wait
+	// leaves without taking the patient one's turn.
+	patient := acq("k", "c", 1, time.Minute)
+	patient.Wait = true
+	got := make(chan *pb.AcquireResponse, 1)
+	go func() {
+		r, err := l.Acquire(ctxT(t, 30*time.Second), patient)
+		if err != nil {
+			t.Errorf("patient waiter: %v", err)
+		}
+		got <- r
+	}()
+	nodetest.Eventually(t, 10*time.Second, func() error {
+		if st, _ := l.Status(ctxT(t, time.Second), &pb.StatusRequest{}); st.GetWaiters() != 1 {
+			return fmt.Errorf("%d waiters", st.GetWaiters())
+		}
+		return nil
+	})
+	impatient.RequestId++
+	if resp, err := l.Acquire(ctxT(t, 30*time.Second), impatient); err != nil || resp.Granted {
+		t.Fatalf("second impatient waiter: %v %v; want refused", resp, err)
+	}
+	mustRelease(t, l, "k", "a")
+	select {
+	case r := <-got:
+		if !r.GetGranted() {
+			t.Fatalf("patient waiter: %v; want granted", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the patient waiter was not granted within 10s of the release")
+	}
+	// Free, the key is granted to a waiter with max_wait at once.
+	mustRelease(t, l, "k", "c")
+	impatient.RequestId++
+	if resp, err := l.Acquire(ctxT(t, 30*time.Second), impatient); err != nil || !resp.Granted {
+		t.Fatalf("a waiter with max_wait, the key free: %v %v; want granted", resp, err)
 	}
 }

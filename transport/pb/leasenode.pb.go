@@ -451,7 +451,15 @@ type AcquireRequest struct {
 	// wait against that source's share of --max-waiters as it counts the
 	// waits sent to it directly. Read only from the node port; a node
 	// replaces whatever a client puts here with the client's own source.
-	ClientSource  string `protobuf:"bytes,11,opt,name=client_source,json=clientSource,proto3" json:"client_source,omitempty"`
+	ClientSource string `protobuf:"bytes,11,opt,name=client_source,json=clientSource,proto3" json:"client_source,omitempty"`
+	// max_wait bounds, with wait, how long the request stays queued at the
+	// leader (from its arrival there): past it, it is answered as a
+	// refused try (granted false, the holder), while a grant already being
+	// committed is still answered as such. Unset or 0: until the call's
+	// deadline. A client that sets it keeps its call's deadline a little
+	// longer, so that this answer reaches it (lease.AcquireTimeout); a node
+	// older than the field waits until that deadline.
+	MaxWait       *durationpb.Duration `protobuf:"bytes,12,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -561,6 +569,13 @@ func (x *AcquireRequest) GetClientSource() string {
 		return x.ClientSource
 	}
 	return ""
+}
+
+func (x *AcquireRequest) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
+	}
+	return nil
 }
 
 // AcquireItem is one further key of a multi-key acquire.
@@ -2712,7 +2727,7 @@ const file_leasenode_proto_rawDesc = "" +
 	"leaderAddr\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12#\n" +
-	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\x83\x03\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\xb9\x03\n" +
 	"\x0eAcquireRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x1d\n" +
@@ -2727,7 +2742,8 @@ const file_leasenode_proto_rawDesc = "" +
 	"\x05limit\x18\t \x01(\rR\x05limit\x12/\n" +
 	"\x05items\x18\n" +
 	" \x03(\v2\x19.leasenode.v1.AcquireItemR\x05items\x12#\n" +
-	"\rclient_source\x18\v \x01(\tR\fclientSource\"b\n" +
+	"\rclient_source\x18\v \x01(\tR\fclientSource\x124\n" +
+	"\bmax_wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"b\n" +
 	"\vAcquireItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x17.leasenode.v1.LeaseModeR\x04mode\x12\x14\n" +
@@ -3000,67 +3016,68 @@ var file_leasenode_proto_depIdxs = []int32{
 	36, // 1: leasenode.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
 	0,  // 2: leasenode.v1.AcquireRequest.mode:type_name -> leasenode.v1.LeaseMode
 	7,  // 3: leasenode.v1.AcquireRequest.items:type_name -> leasenode.v1.AcquireItem
-	0,  // 4: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
-	5,  // 5: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
-	36, // 6: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	36, // 7: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
-	36, // 8: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
-	9,  // 9: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
-	11, // 10: leasenode.v1.ExtendRequest.all:type_name -> leasenode.v1.HoldingSum
-	36, // 11: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
-	5,  // 12: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
-	12, // 13: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
-	5,  // 14: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
-	5,  // 15: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
-	1,  // 16: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
-	36, // 17: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
-	36, // 18: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	36, // 19: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
-	2,  // 20: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
-	36, // 21: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
-	0,  // 22: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
-	5,  // 23: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
-	19, // 24: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
-	19, // 25: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
-	5,  // 26: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
-	19, // 27: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
-	19, // 28: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
-	5,  // 29: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
-	19, // 30: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
-	3,  // 31: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
-	19, // 32: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
-	5,  // 33: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
-	29, // 34: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
-	5,  // 35: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
-	4,  // 36: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
-	34, // 37: leasenode.v1.ErrorDetail.commit_stall:type_name -> leasenode.v1.CommitStall
-	36, // 38: leasenode.v1.CommitStall.stalled_for:type_name -> google.protobuf.Duration
-	33, // 39: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
-	6,  // 40: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
-	10, // 41: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
-	14, // 42: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
-	16, // 43: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
-	20, // 44: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
-	22, // 45: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
-	24, // 46: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
-	26, // 47: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
-	28, // 48: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
-	31, // 49: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
-	8,  // 50: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
-	13, // 51: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
-	15, // 52: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
-	17, // 53: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
-	21, // 54: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
-	23, // 55: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
-	25, // 56: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
-	27, // 57: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
-	30, // 58: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
-	32, // 59: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
-	50, // [50:60] is the sub-list for method output_type
-	40, // [40:50] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	36, // 4: leasenode.v1.AcquireRequest.max_wait:type_name -> google.protobuf.Duration
+	0,  // 5: leasenode.v1.AcquireItem.mode:type_name -> leasenode.v1.LeaseMode
+	5,  // 6: leasenode.v1.AcquireResponse.header:type_name -> leasenode.v1.Header
+	36, // 7: leasenode.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	36, // 8: leasenode.v1.AcquireResponse.wait:type_name -> google.protobuf.Duration
+	36, // 9: leasenode.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	9,  // 10: leasenode.v1.ExtendRequest.items:type_name -> leasenode.v1.ExtendItem
+	11, // 11: leasenode.v1.ExtendRequest.all:type_name -> leasenode.v1.HoldingSum
+	36, // 12: leasenode.v1.ExtendResult.ttl:type_name -> google.protobuf.Duration
+	5,  // 13: leasenode.v1.ExtendResponse.header:type_name -> leasenode.v1.Header
+	12, // 14: leasenode.v1.ExtendResponse.results:type_name -> leasenode.v1.ExtendResult
+	5,  // 15: leasenode.v1.ReleaseResponse.header:type_name -> leasenode.v1.Header
+	5,  // 16: leasenode.v1.AbandonResponse.header:type_name -> leasenode.v1.Header
+	1,  // 17: leasenode.v1.AbandonResponse.outcome:type_name -> leasenode.v1.AbandonOutcome
+	36, // 18: leasenode.v1.AbandonResponse.wait:type_name -> google.protobuf.Duration
+	36, // 19: leasenode.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	36, // 20: leasenode.v1.Lease.lock_delay:type_name -> google.protobuf.Duration
+	2,  // 21: leasenode.v1.Lease.state:type_name -> leasenode.v1.LeaseState
+	36, // 22: leasenode.v1.Lease.remaining:type_name -> google.protobuf.Duration
+	0,  // 23: leasenode.v1.Lease.mode:type_name -> leasenode.v1.LeaseMode
+	5,  // 24: leasenode.v1.GetResponse.header:type_name -> leasenode.v1.Header
+	19, // 25: leasenode.v1.GetResponse.lease:type_name -> leasenode.v1.Lease
+	19, // 26: leasenode.v1.GetResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 27: leasenode.v1.ListResponse.header:type_name -> leasenode.v1.Header
+	19, // 28: leasenode.v1.ListResponse.leases:type_name -> leasenode.v1.Lease
+	19, // 29: leasenode.v1.ListResponse.holdings:type_name -> leasenode.v1.Lease
+	5,  // 30: leasenode.v1.CheckTokenResponse.header:type_name -> leasenode.v1.Header
+	19, // 31: leasenode.v1.CheckTokenResponse.holdings:type_name -> leasenode.v1.Lease
+	3,  // 32: leasenode.v1.WatchEvent.type:type_name -> leasenode.v1.EventType
+	19, // 33: leasenode.v1.WatchEvent.lease:type_name -> leasenode.v1.Lease
+	5,  // 34: leasenode.v1.MembersResponse.header:type_name -> leasenode.v1.Header
+	29, // 35: leasenode.v1.MembersResponse.members:type_name -> leasenode.v1.Member
+	5,  // 36: leasenode.v1.StatusResponse.header:type_name -> leasenode.v1.Header
+	4,  // 37: leasenode.v1.ErrorDetail.reason:type_name -> leasenode.v1.Reason
+	34, // 38: leasenode.v1.ErrorDetail.commit_stall:type_name -> leasenode.v1.CommitStall
+	36, // 39: leasenode.v1.CommitStall.stalled_for:type_name -> google.protobuf.Duration
+	33, // 40: leasenode.v1.RPCError.detail:type_name -> leasenode.v1.ErrorDetail
+	6,  // 41: leasenode.v1.LeaseService.Acquire:input_type -> leasenode.v1.AcquireRequest
+	10, // 42: leasenode.v1.LeaseService.Extend:input_type -> leasenode.v1.ExtendRequest
+	14, // 43: leasenode.v1.LeaseService.Release:input_type -> leasenode.v1.ReleaseRequest
+	16, // 44: leasenode.v1.LeaseService.Abandon:input_type -> leasenode.v1.AbandonRequest
+	20, // 45: leasenode.v1.LeaseService.Get:input_type -> leasenode.v1.GetRequest
+	22, // 46: leasenode.v1.LeaseService.List:input_type -> leasenode.v1.ListRequest
+	24, // 47: leasenode.v1.LeaseService.CheckToken:input_type -> leasenode.v1.CheckTokenRequest
+	26, // 48: leasenode.v1.LeaseService.Watch:input_type -> leasenode.v1.WatchRequest
+	28, // 49: leasenode.v1.LeaseService.Members:input_type -> leasenode.v1.MembersRequest
+	31, // 50: leasenode.v1.LeaseService.Status:input_type -> leasenode.v1.StatusRequest
+	8,  // 51: leasenode.v1.LeaseService.Acquire:output_type -> leasenode.v1.AcquireResponse
+	13, // 52: leasenode.v1.LeaseService.Extend:output_type -> leasenode.v1.ExtendResponse
+	15, // 53: leasenode.v1.LeaseService.Release:output_type -> leasenode.v1.ReleaseResponse
+	17, // 54: leasenode.v1.LeaseService.Abandon:output_type -> leasenode.v1.AbandonResponse
+	21, // 55: leasenode.v1.LeaseService.Get:output_type -> leasenode.v1.GetResponse
+	23, // 56: leasenode.v1.LeaseService.List:output_type -> leasenode.v1.ListResponse
+	25, // 57: leasenode.v1.LeaseService.CheckToken:output_type -> leasenode.v1.CheckTokenResponse
+	27, // 58: leasenode.v1.LeaseService.Watch:output_type -> leasenode.v1.WatchEvent
+	30, // 59: leasenode.v1.LeaseService.Members:output_type -> leasenode.v1.MembersResponse
+	32, // 60: leasenode.v1.LeaseService.Status:output_type -> leasenode.v1.StatusResponse
+	51, // [51:61] is the sub-list for method output_type
+	41, // [41:51] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_leasenode_proto_init() }
