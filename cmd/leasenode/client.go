@@ -286,13 +286,15 @@ func modeColumn(o leaseJSON) string {
 	return o.Mode
 }
 
-// printLeases prints ls as a table on out. stale says they came from a
+// printLeases prints ls as a table on out, and the notes that explain
+// some of its cells on notes (stderr: scripts that parse the table got an
+// extra line after it; new-user review). stale says they came from a
 // --stale read: a held lease with no time left there is one the node's
 // own estimate of the leader's clock has passed, which no leader has
 // reaped (or the node has not heard of its extends): its REMAINING is
-// unknown, not 0s, and a line below the table says why (new-user review
-// L7: a --stale read without a quorum showed "held ... 0s").
-func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
+// unknown, not 0s, and a note says why (new-user review L7: a --stale
+// read without a quorum showed "held ... 0s").
+func printLeases(out, notes io.Writer, ls []*pb.Lease, stale bool) {
 	w := table(out)
 	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tLOCK-DELAY\tREMAINING\tVALUE")
 	unknown, delayed := false, false
@@ -315,10 +317,10 @@ func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
 	}
 	w.Flush()
 	if delayed {
-		fmt.Fprintln(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
+		fmt.Fprintln(notes, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
 	}
 	if unknown {
-		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
+		fmt.Fprintln(notes, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
 	}
 }
 
@@ -391,7 +393,7 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 		printFree(os.Stdout, pos[0], *stale, resp.GetHeader().GetNodeId())
 		return nil
 	}
-	printLeases(os.Stdout, holdings, *stale)
+	printLeases(os.Stdout, os.Stderr, holdings, *stale)
 	return nil
 }
 
@@ -450,7 +452,7 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 		printJSON(out)
 		return nil
 	}
-	printLeases(os.Stdout, ls, *stale)
+	printLeases(os.Stdout, os.Stderr, ls, *stale)
 	return nil
 }
 
