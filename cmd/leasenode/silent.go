@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // timeoutCause is the cause of a request context that --timeout ended:
@@ -76,6 +77,11 @@ func (c *clientFlags) explain(err error) error {
 		return err
 	}
 	switch {
+	case explainedByNode(ge.Last):
+		// The last attempt's answer says why (an overload refusal,
+		// say): not "no node answered", even if --timeout ended the
+		// back-off after it.
+		return err
 	case ge.Cause == nil && errors.Is(ge.Last, context.DeadlineExceeded): // the retry timeout ran out
 	case ge.Cause != nil && errors.As(ge.Cause, &tc): // --timeout ran out (watch cancels with it)
 	default:
@@ -129,6 +135,13 @@ func (c *clientFlags) explain(err error) error {
 		parts = append(parts, fmt.Sprintf("%s did not answer", strings.Join(silent, ", ")))
 	}
 	return &noAnswerError{err: err, ge: ge, nodes: strings.Join(parts, "; "), answered: answered, noLeader: answered && !anyLeads}
+}
+
+// explainedByNode reports whether err is a node's answer with a reason in
+// its error detail (an overload refusal, no leader), as opposed to an
+// attempt that ended without one (a deadline, a refused connection).
+func explainedByNode(err error) bool {
+	return err != nil && detailReason(err) != pb.Reason_REASON_UNSPECIFIED
 }
 
 // rewordedError is err with one phrase of its message replaced.
