@@ -679,6 +679,13 @@ yet" just after a start, which status waits up to 2 s to clear. Waits for a
 leader (up to --timeout while the cluster has never elected one, 3 s once it
 has) and exits 3 if no node knows one.
 
+STATE is the node's Raft role. "leader (serving)" is a leader that has
+established its term (its first entries of the term applied) and answers
+requests; a leader shown without "(serving)" was just elected and is still
+establishing it (requests wait for it, briefly). "(cannot commit)" and
+"(own disk hangs)" replace "(serving)" for a leader that cannot serve, with
+why below the table.
+
 status is informational: it exits 0 while some node knows a leader, even
 with other members shown unreachable (the cluster serves while a quorum
 does; stderr then says how many were not heard from). The check is "leasenode
