@@ -666,6 +666,24 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 // that had one: a few election timeouts at default timing.
 const statusElectionWait = 3 * time.Second
 
+// statusRoundLeft is the least of --timeout a round of status's polling
+// begins with: a round begun with a few milliseconds left ended with its
+// Members call cut by the deadline, and status reported that ("no leader
+// reachable (gave up after 3ms: --timeout 4s ran out)") instead of what
+// the rounds before had seen (not bootstrapped, no leader; new-user
+// review).
+const statusRoundLeft = 500 * time.Millisecond
+
+// pollAgain sleeps d and reports whether status should poll again: false
+// if ctx ends first, or would leave less than statusRoundLeft for the
+// next round.
+func pollAgain(ctx context.Context, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d+statusRoundLeft {
+		return false
+	}
+	return ctxtime.Sleep(ctx, d)
+}
+
 // statusConfirmWait is how long status waits, once a leader is known, for
 // the API addresses of live members to be confirmed (a cluster just
 // started).
@@ -783,7 +801,7 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			waitConfirm = waitConfirm || st.err == apiNotConfirmed
 		}
 		if leaderKnown && (!waitConfirm || time.Since(start) >= statusConfirmWait) ||
-			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !pollAgain(ctx, 200*time.Millisecond) {
 			break
 		}
 	}

@@ -71,3 +71,32 @@ func TestMaxWaitersRefusalHint(t *testing.T) {
 		t.Errorf("--max-watches hint: %q", hint)
 	}
 }
+
+// A request that began with little of --timeout left (status's last round
+// of polling, begun 3 ms before the deadline) says that --timeout bounds
+// the whole command, not "gave up after 3ms: --timeout 4s ran out" alone
+// (new-user review); status does not begin a round that late.
+func TestLateRequestSaysTimeoutBoundsTheCommand(t *testing.T) {
+	cf := &clientFlags{timeout: 4 * time.Second}
+	ge := &lease.GiveUpError{Sentinel: lease.ErrNoLeader, After: 3 * time.Millisecond, Took: 3 * time.Millisecond, Cause: timeoutCause{cf.timeout},
+		Answer: errors.New("no leader: node u1 is Candidate in term 3"), Last: errors.New("connection refused")}
+	msg := cf.explain(fmt.Errorf("status: %w", ge)).Error()
+	if want := "--timeout 4s ran out, which bounds the whole command: this request began with 3ms of it left)"; !strings.Contains(msg, want) {
+		t.Errorf("a request begun 3ms before --timeout 4s ran out: %q; want %q", msg, want)
+	}
+	ge.After, ge.Took = 4*time.Second, 4*time.Second
+	if msg := cf.explain(fmt.Errorf("status: %w", ge)).Error(); strings.Contains(msg, "bounds the whole command") {
+		t.Errorf("a request that had all of --timeout: %q", msg)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	if began := time.Now(); pollAgain(ctx, 200*time.Millisecond) || time.Since(began) > 100*time.Millisecond {
+		t.Errorf("pollAgain with 600ms left: another round, or slept; want neither")
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !pollAgain(ctx, 10*time.Millisecond) {
+		t.Errorf("pollAgain with 5s left: no other round")
+	}
+}

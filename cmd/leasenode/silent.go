@@ -57,8 +57,22 @@ func (e *noAnswerError) Unwrap() error { return e.err }
 
 // explain returns err, or, for a request that gave up on time without any
 // node's answer, a noAnswerError saying what the nodes at --addr say now
-// (each asked for its Status, within a second).
+// (each asked for its Status, within a second). A request that began
+// with little of --timeout left (the command's earlier requests or waits
+// used the rest) says so: "gave up after 3ms: --timeout 4s ran out" read
+// as a timeout that had not run its course (new-user review).
 func (c *clientFlags) explain(err error) error {
+	err = c.explainSilence(err)
+	var ge *lease.GiveUpError
+	var tc timeoutCause
+	if !errors.As(err, &ge) || ge.Cause == nil || !errors.As(ge.Cause, &tc) || ge.Took >= tc.d*9/10 {
+		return err
+	}
+	return &rewordedError{err: err, old: tc.Error() + ")", new: fmt.Sprintf("%v, which bounds the whole command: this request began with %v of it left)", tc, ge.Took.Round(time.Millisecond))}
+}
+
+// explainSilence is explain without the note on a late start.
+func (c *clientFlags) explainSilence(err error) error {
 	var ge *lease.GiveUpError
 	if !errors.As(err, &ge) || ge.Stall != nil {
 		return err
