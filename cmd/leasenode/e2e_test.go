@@ -1173,6 +1173,11 @@ func TestTLSCluster(t *testing.T) {
 			if code != exitUsage || !strings.Contains(errOut, c.want) || strings.Contains(errOut, "tls-server-name") {
 				t.Errorf("%v: exit %d, %q; want a hint with %q", args, code, errOut, c.want)
 			}
+			// Plain HTTP to the TLS API says so, not "(internal: 400
+			// Bad Request)" (new-user review).
+			if len(c.args) == 2 && (strings.Contains(errOut, "internal: 400") || cmd[0] != "health" && !strings.Contains(errOut, "serves its API over TLS, and this command spoke plain HTTP")) {
+				t.Errorf("%v: %q; want it to say the API expects TLS", args, errOut)
+			}
 		}
 	}
 

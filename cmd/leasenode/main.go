@@ -238,7 +238,13 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		// lease's text names the library's options (WithTLS, RootCAs);
 		// the hint below names the flags: keep only what failed where.
-		msg = strings.Replace(msg, te.Error(), fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err), 1)
+		what := fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err)
+		if te.Problem == lease.TLSNodeRequiresTLS && te.Err != nil {
+			// Not "(internal: 400 Bad Request)": what the node's answer
+			// means (new-user review); the hint names the flags.
+			what = fmt.Sprintf("%v: %s serves its API over TLS, and this command spoke plain HTTP to it (it answered %v)", lease.ErrTLSSetup, te.Addr, strings.TrimPrefix(te.Err.Error(), "internal: "))
+		}
+		msg = strings.Replace(msg, te.Error(), what, 1)
 	}
 	msg = plainWords(msg)
 	line := name + ": " + msg
