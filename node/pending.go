@@ -97,7 +97,10 @@ func (p *pendingBodies) take(src string, end func()) (*pendingReq, error) {
 	var err error
 	switch {
 	case own >= pendingPerSource:
-		err = fmt.Errorf("%w: %d requests from your address's /24 (IPv6 /64) wait for their bodies, the most one source may (a quarter of the %d the agent takes at once, fixed): send each request's body with it, end streams you do not use", ErrTooManyPending, own, maxPendingBodies)
+		// What the node saw, not advice to the caller: every client of
+		// the /24 (loopback, a NAT) is refused, and most of them are
+		// not the one holding the streams (new-user review).
+		err = fmt.Errorf("%w: %d requests from the caller's /24 (IPv6 /64) wait for their bodies, the most one source may (a quarter of the %d the agent takes at once, fixed): some client there sends request headers without their bodies or leaves streams open; a client that sends each body with its request is not the cause, and may retry later", ErrTooManyPending, own, maxPendingBodies)
 	case pending >= maxPendingBodies-maxPendingBodies/4 && own >= pendingFloor:
 		err = fmt.Errorf("%w: %d requests wait for their bodies on this agent (at most %d, fixed; the last quarter kept for sources with fewer than %d, and yours has %d): other clients hold them open; retry later", ErrTooManyPending, pending, maxPendingBodies, pendingFloor, own)
 	case pending >= maxPendingBodies:

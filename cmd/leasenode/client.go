@@ -286,13 +286,15 @@ func modeColumn(o leaseJSON) string {
 	return o.Mode
 }
 
-// printLeases prints ls as a table on out. stale says they came from a
+// printLeases prints ls as a table on out, and the notes that explain
+// some of its cells on notes (stderr: scripts that parse the table got an
+// extra line after it; new-user review). stale says they came from a
 // --stale read: a held lease with no time left there is one the node's
 // own estimate of the leader's clock has passed, which no leader has
 // reaped (or the node has not heard of its extends): its REMAINING is
-// unknown, not 0s, and a line below the table says why (new-user review
-// L7: a --stale read without a quorum showed "held ... 0s").
-func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
+// unknown, not 0s, and a note says why (new-user review L7: a --stale
+// read without a quorum showed "held ... 0s").
+func printLeases(out, notes io.Writer, ls []*pb.Lease, stale bool) {
 	w := table(out)
 	fmt.Fprintln(w, "KEY\tSTATE\tMODE\tHOLDER\tTOKEN\tTTL\tLOCK-DELAY\tREMAINING\tVALUE")
 	unknown, delayed := false, false
@@ -315,10 +317,10 @@ func printLeases(out io.Writer, ls []*pb.Lease, stale bool) {
 	}
 	w.Flush()
 	if delayed {
-		fmt.Fprintln(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
+		fmt.Fprintln(notes, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY: the key can be acquired after it (the lease expired without a release)")
 	}
 	if unknown {
-		fmt.Fprintln(out, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
+		fmt.Fprintln(notes, "REMAINING unknown: by this node's clock the lease has expired, but no leader has reaped it and it may have been extended since (--stale reads the node's own copy; without --stale a leader answers)")
 	}
 }
 
@@ -391,7 +393,7 @@ func runGet(ctx context.Context, sig *signals, cf *clientFlags, pos []string, st
 		printFree(os.Stdout, pos[0], *stale, resp.GetHeader().GetNodeId())
 		return nil
 	}
-	printLeases(os.Stdout, holdings, *stale)
+	printLeases(os.Stdout, os.Stderr, holdings, *stale)
 	return nil
 }
 
@@ -450,7 +452,7 @@ func runList(ctx context.Context, sig *signals, cf *clientFlags, pos []string, s
 		printJSON(out)
 		return nil
 	}
-	printLeases(os.Stdout, ls, *stale)
+	printLeases(os.Stdout, os.Stderr, ls, *stale)
 	return nil
 }
 
@@ -664,6 +666,24 @@ func statusOfAll(ctx context.Context, api *lease.Remote, members []*pb.Member) [
 // that had one: a few election timeouts at default timing.
 const statusElectionWait = 3 * time.Second
 
+// statusRoundLeft is the least of --timeout a round of status's polling
+// begins with: a round begun with a few milliseconds left ended with its
+// Members call cut by the deadline, and status reported that ("no leader
+// reachable (gave up after 3ms: --timeout 4s ran out)") instead of what
+// the rounds before had seen (not bootstrapped, no leader; new-user
+// review).
+const statusRoundLeft = 500 * time.Millisecond
+
+// pollAgain sleeps d and reports whether status should poll again: false
+// if ctx ends first, or would leave less than statusRoundLeft for the
+// next round.
+func pollAgain(ctx context.Context, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d+statusRoundLeft {
+		return false
+	}
+	return ctxtime.Sleep(ctx, d)
+}
+
 // statusConfirmWait is how long status waits, once a leader is known, for
 // the API addresses of live members to be confirmed (a cluster just
 // started).
@@ -676,6 +696,13 @@ authenticated node RPC) is listed but not asked: "API address not confirmed
 yet" just after a start, which status waits up to 2 s to clear. Waits for a
 leader (up to --timeout while the cluster has never elected one, 3 s once it
 has) and exits 3 if no node knows one.
+
+STATE is the node's Raft role. "leader (serving)" is a leader that has
+established its term (its first entries of the term applied) and answers
+requests; a leader shown without "(serving)" was just elected and is still
+establishing it (requests wait for it, briefly). "(cannot commit)" and
+"(own disk hangs)" replace "(serving)" for a leader that cannot serve, with
+why below the table.
 
 status is informational: it exits 0 while some node knows a leader, even
 with other members shown unreachable (the cluster serves while a quorum
@@ -774,7 +801,7 @@ func runStatus(ctx context.Context, sig *signals, cf *clientFlags, pos []string)
 			waitConfirm = waitConfirm || st.err == apiNotConfirmed
 		}
 		if leaderKnown && (!waitConfirm || time.Since(start) >= statusConfirmWait) ||
-			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !ctxtime.Sleep(ctx, 200*time.Millisecond) {
+			!leaderKnown && hadTerm && time.Since(start) >= statusElectionWait || !pollAgain(ctx, 200*time.Millisecond) {
 			break
 		}
 	}

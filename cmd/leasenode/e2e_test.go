@@ -580,9 +580,12 @@ func TestLockSurvivesLeaderKill(t *testing.T) {
 		if code != exitUnreachable || !strings.Contains(errOut, "a node answered but knows no leader") || strings.Contains(errOut, "check --addr") {
 			t.Errorf("%v after a quorum loss: exit %d %q; want %d and the knows-no-leader hint", cmd, code, errOut, exitUnreachable)
 		}
-		// How to give up sooner, and, for a read, how to read anyway.
-		if stale := strings.Contains(errOut, "--stale reads the local copy"); !strings.Contains(errOut, "shorten it with --timeout") || stale != (cmd[0] != "acquire") {
-			t.Errorf("%v after a quorum loss: hint %q; want --timeout named, and --stale for reads only", cmd, errOut)
+		// What bounds the wait (the --timeout given, with no other value
+		// suggested: it said "shorten it with --timeout 2s" after
+		// --timeout 2s), and, for a read, how to read anyway.
+		if stale := strings.Contains(errOut, "--stale reads the local copy"); !strings.Contains(errOut, "up to --timeout (2s here;") ||
+			strings.Contains(errOut, "shorten it") || stale != (cmd[0] != "acquire") {
+			t.Errorf("%v after a quorum loss: hint %q; want the --timeout given named, and --stale for reads only", cmd, errOut)
 		}
 	}
 	// --stale does read the node's copy.
@@ -1172,6 +1175,11 @@ func TestTLSCluster(t *testing.T) {
 			code, _, errOut := cli(t, args...)
 			if code != exitUsage || !strings.Contains(errOut, c.want) || strings.Contains(errOut, "tls-server-name") {
 				t.Errorf("%v: exit %d, %q; want a hint with %q", args, code, errOut, c.want)
+			}
+			// Plain HTTP to the TLS API says so, not "(internal: 400
+			// Bad Request)" (new-user review).
+			if len(c.args) == 2 && (strings.Contains(errOut, "internal: 400") || cmd[0] != "health" && !strings.Contains(errOut, "serves its API over TLS, and this command spoke plain HTTP")) {
+				t.Errorf("%v: %q; want it to say the API expects TLS", args, errOut)
 			}
 		}
 	}

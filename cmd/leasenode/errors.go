@@ -54,8 +54,11 @@ func exitCode(err error) int {
 // hintFor suggests what to do about err, or "", to a user of the command
 // named verb ("get", "status"): a hint never sends status's user to
 // `leasenode status`. tokenSent says whether the command sent an auth
-// token: a refused one is the wrong token, not a missing one.
-func hintFor(err error, verb string, tokenSent bool) string {
+// token: a refused one is the wrong token, not a missing one. timeout is
+// the --timeout the user set (by flag or environment), or "" for the
+// default: a hint does not suggest the value the user already gave
+// (new-user review: "shorten it with --timeout 2s" after --timeout 3s).
+func hintFor(err error, verb string, tokenSent bool, timeout string) string {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		return tlsHint(te.Problem)
 	}
@@ -65,7 +68,11 @@ func hintFor(err error, verb string, tokenSent bool) string {
 		status, showsAll = "", ""
 	}
 	if st := (*lease.CommitStallError)(nil); errors.As(err, &st) {
-		return stallHint(st, verb)
+		return stallHint(st, verb, timeout)
+	}
+	timeoutIs := "10s by default"
+	if timeout != "" {
+		timeoutIs = timeout + " here"
 	}
 	na := (*noAnswerError)(nil)
 	errors.As(err, &na)
@@ -82,16 +89,32 @@ func hintFor(err error, verb string, tokenSent bool) string {
 	case code == exitUnreachable && (detailReason(err) == pb.Reason_REASON_NO_LEADER || na != nil && na.noLeader):
 		hint := "a node answered but knows no leader (above: why): the cluster is electing one, or too few of its voters are up for a quorum" + showsAll
 		if verb != "status" { // status waits 3 s in a cluster that had a leader
-			hint += "; a request waits for a leader up to --timeout (10s by default; --wait bounds only a wait for a held key): shorten it with --timeout 2s"
+			hint += "; a request waits for a leader up to --timeout (" + timeoutIs + "; --wait bounds only a wait for a held key)"
+			if timeout == "" {
+				hint += ": shorten it with --timeout 2s"
+			}
 		}
 		if verb == "get" || verb == "list" {
 			hint += "; --stale reads the local copy of the node asked, without a leader (it may be behind)"
 		}
 		return hint
+	case code == exitUnreachable && (errors.Is(err, lease.ErrOverloaded) || reasonOf(err) == pb.Reason_REASON_OVERLOADED):
+		// A node was reached and refused for its load: not "no leader
+		// could be reached ... check --addr", which sent a user whose
+		// leader was flooded by another client to look for a down
+		// cluster (new-user review).
+		return "the nodes were reached and refused the request for their load (above: what the node saw); nothing was applied, and it was retried until --timeout (" + timeoutIs + "). " +
+			"This CLI sends each request's body with it, so what fills the limit is other clients' requests or streams, possibly from the same address range (a limit per /24 counts every client there, loopback included): " +
+			"retry later; the agents' logs (\"refused a request\") and leasenode_refusals_total by reason on their --http /metrics say which limit, and the limits that are flags (--max-conns, --max-waiters, ...) can be raised"
 	case code == exitUnreachable && cutAtOnce(err):
 		return "a node accepted the connection and closed it before answering (above: the last error): an agent at its connection limit does that, its --max-conns or a client source's share of it (a quarter; its log says \"refused a client API connection\" and which), and so does one that is stopping; raise the agent's --max-conns, or close idle clients; check --addr (or LEASENODE_ADDR)" + status
 	case code == exitUnreachable:
 		return "no leader could be reached (the reason, if a node gave one, is above): check --addr (or LEASENODE_ADDR)" + status + "; `leasenode dev` starts a local cluster on 127.0.0.1:7402"
+	case errors.Is(err, lease.ErrTooManyWaiters):
+		return "the agent refused a waiting acquire at its --max-waiters (exit 1: waiting again at once would add to the load the limit bounds): " +
+			"--wait 0 takes the key only if it is free, without waiting in the leader's queue (exit 4 while it is held); `leasenode status` shows each node's WAITERS"
+	case errors.Is(err, lease.ErrTooManyWatches):
+		return "the agent refused the watch at its --max-watches (exit 1): end a watch, watch one shorter prefix instead of several, or raise --max-watches on the agents"
 	case code == exitUnknown:
 		return "the request may or may not have taken effect; check with `leasenode get KEY` once the cluster has a leader (a lease this command may have been granted and could not give back expires after its --ttl)"
 	}
@@ -113,7 +136,7 @@ const (
 // voters are behind), to a user of verb: not "the cluster is electing a
 // leader", which sent a user whose three voters were all up (their disks
 // hung) looking for an election (new-user review).
-func stallHint(st *lease.CommitStallError, verb string) string {
+func stallHint(st *lease.CommitStallError, verb, timeout string) string {
 	var hint string
 	if st.OwnDisk || len(st.Behind) == 0 {
 		hint = fmt.Sprintf("leader %s's own disk seems hung (every other voter stored its log): check that disk; it stops sending to its followers so that they elect another leader, within seconds", st.Leader)
@@ -129,7 +152,11 @@ func stallHint(st *lease.CommitStallError, verb string) string {
 	if verb != "status" {
 		hint += "; `leasenode status` shows each node's log index"
 	}
-	hint += "; nothing was applied, and the request was retried for --timeout (10s by default) in case the stall ended"
+	timeoutIs := "10s by default"
+	if timeout != "" {
+		timeoutIs = timeout + " here"
+	}
+	hint += "; nothing was applied, and the request was retried for --timeout (" + timeoutIs + ") in case the stall ended"
 	if verb == "get" || verb == "list" {
 		hint += "; --stale reads the local copy of the node asked, without the leader (it may be behind)"
 	}
@@ -213,6 +240,9 @@ var goInternals = []struct {
 	{regexp.MustCompile(` \(twice lease\.WithPeerTimeout's ([^)]*)\)`), " (two checks of ${1} each)"},
 	// net/http's request prefix: Get "https://127.0.0.1:7402/readyz": ...
 	{regexp.MustCompile(`(Get|Post|Put) "https?://[^"]*": `), ""},
+	// A node's --max-waiters refusal names the Go client's call that does
+	// not wait; the CLI's is --wait 0 (new-user review).
+	{regexp.MustCompile(`\buse TryAcquire\b`), "use --wait 0 (no wait in the queue: exit 4 at once while the key is held)"},
 }
 
 // plainWords is msg without the Go internals in goInternals.

@@ -51,10 +51,12 @@ const (
 const exitCodesHelp = `
 exit codes:
   0  ok
-  1  error (see the message)
+  1  error (see the message); also a refusal at an agent's --max-waiters or
+     --max-watches (retrying at once would add to the load they bound)
   2  bad usage: unknown command or flag, invalid value; TLS flags that do not
      fit the nodes, or --addr at a port that is not a client API (--bind, gossip)
-  3  cluster unreachable, or no leader elected in time
+  3  cluster unreachable, or no leader elected in time, or the nodes refused
+     the request for their load (overloaded) until --timeout
   4  key held by someone else (the message names the holder and the time left),
      or -n N on a key its holders hold as a semaphore of another N
   5  lease lost while running (lock: the command was stopped)
@@ -236,7 +238,13 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	if te := (*lease.TLSSetupError)(nil); errors.As(err, &te) {
 		// lease's text names the library's options (WithTLS, RootCAs);
 		// the hint below names the flags: keep only what failed where.
-		msg = strings.Replace(msg, te.Error(), fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err), 1)
+		what := fmt.Sprintf("%v: %s (%v)", lease.ErrTLSSetup, te.Addr, te.Err)
+		if te.Problem == lease.TLSNodeRequiresTLS && te.Err != nil {
+			// Not "(internal: 400 Bad Request)": what the node's answer
+			// means (new-user review); the hint names the flags.
+			what = fmt.Sprintf("%v: %s serves its API over TLS, and this command spoke plain HTTP to it (it answered %v)", lease.ErrTLSSetup, te.Addr, strings.TrimPrefix(te.Err.Error(), "internal: "))
+		}
+		msg = strings.Replace(msg, te.Error(), what, 1)
 	}
 	msg = plainWords(msg)
 	line := name + ": " + msg
@@ -258,7 +266,7 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		} else if cmd != nil {
 			fmt.Fprintf(w, "  hint: `%s --help` lists its flags and what each needs\n", cmd.CommandPath())
 		}
-	} else if hint := hintFor(err, verbOf(cmd), tokenSent(cmd)); hint != "" {
+	} else if hint := hintFor(err, verbOf(cmd), tokenSent(cmd), timeoutSet(cmd)); hint != "" {
 		fmt.Fprintf(w, "  hint: %s\n", hint)
 	}
 	return code
@@ -273,6 +281,20 @@ func tokenSent(cmd *cobra.Command) bool {
 	}
 	f := cmd.Flags().Lookup("auth-token")
 	return f != nil && f.Value.String() != ""
+}
+
+// timeoutSet is the --timeout cmd's user set, by flag or environment
+// (bindEnv sets a flag from its variable), or "" if it is the default or
+// cmd has none.
+func timeoutSet(cmd *cobra.Command) string {
+	if cmd == nil {
+		return ""
+	}
+	f := cmd.Flags().Lookup("timeout")
+	if f == nil || !f.Changed {
+		return ""
+	}
+	return f.Value.String()
 }
 
 // verbOf is cmd's name ("get"), or "" without one.

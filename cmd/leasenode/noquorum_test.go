@@ -43,7 +43,7 @@ func TestNoQuorumSaysWhyWithinTimeout(t *testing.T) {
 	cf := &clientFlags{addr: addr, timeout: 2 * time.Second}
 	ge := &lease.GiveUpError{Sentinel: lease.ErrNoLeader, After: 2 * time.Second, Cause: timeoutCause{cf.timeout}, Last: context.DeadlineExceeded}
 	err := cf.explain(fmt.Errorf("get %q: %w", "k", ge))
-	msg, hint := err.Error(), hintFor(err, "get", false)
+	msg, hint := err.Error(), hintFor(err, "get", false, "")
 	if exitCode(err) != exitUnreachable || strings.Count(msg, "deadline exceeded") > 0 || !strings.Contains(msg, agents[0].id+" knows no leader") ||
 		!strings.Contains(msg, "did not answer") || !strings.Contains(hint, "knows no leader") || strings.Contains(hint, "--addr") {
 		t.Errorf("a request unanswered within --timeout: exit %d, %q, hint %q", exitCode(err), msg, hint)

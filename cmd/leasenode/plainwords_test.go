@@ -16,12 +16,15 @@ func TestPlainWords(t *testing.T) {
 			`lease: the outcome is unknown: node 127.0.0.1:7402 stopped answering: a liveness check got no reply within 2s (two checks of 1s each)`},
 		{`remote error: tls: certificate required`, `the node refused the TLS handshake (TLS alert: certificate required)`},
 		{`no leader: node u0 is Candidate in term 3`, `no leader: node u0 is Candidate in term 3`},
+		// A --max-waiters refusal names the Go call; the CLI's is --wait 0.
+		{`"k" is held, and node v1 serves 1 waiting acquires, its limit (agent --max-waiters 1): retry later, use TryAcquire, or raise the limit on every agent`,
+			`"k" is held, and node v1 serves 1 waiting acquires, its limit (agent --max-waiters 1): retry later, use --wait 0 (no wait in the queue: exit 4 at once while the key is held), or raise the limit on every agent`},
 	} {
 		got := plainWords(c.in)
 		if got != c.want {
 			t.Errorf("plainWords(%q)\n = %q\nwant %q", c.in, got, c.want)
 		}
-		for _, bad := range []string{"readLoopPeekFailLocked", "lease.With", "remote error"} {
+		for _, bad := range []string{"readLoopPeekFailLocked", "lease.With", "remote error", "TryAcquire"} {
 			if strings.Contains(got, bad) {
 				t.Errorf("plainWords(%q) = %q keeps %q", c.in, got, bad)
 			}

@@ -45,15 +45,17 @@ func TestWatchRefusedDoesNotSayWatching(t *testing.T) {
 func TestStaleReadOfAnExpiredLeaseSaysUnknown(t *testing.T) {
 	held := &pb.Lease{Key: "k", Holder: "h", Token: 7, State: pb.LeaseState_LEASE_STATE_HELD,
 		Ttl: durationpb.New(10 * time.Second), Remaining: durationpb.New(0)}
-	var b strings.Builder
-	printLeases(&b, []*pb.Lease{held}, true)
-	if out := b.String(); !strings.Contains(out, "unknown") || strings.Contains(out, " 0s ") {
-		t.Errorf("--stale read of a held lease past its expiry:\n%s\nwant REMAINING unknown and why", out)
+	var b, notes strings.Builder
+	printLeases(&b, &notes, []*pb.Lease{held}, true)
+	if out := b.String(); !strings.Contains(out, "unknown") || strings.Contains(out, " 0s ") ||
+		strings.Contains(out, "REMAINING unknown:") || !strings.Contains(notes.String(), "REMAINING unknown:") {
+		t.Errorf("--stale read of a held lease past its expiry:\n%s\nnotes: %s\nwant REMAINING unknown, and why among the notes (stderr)", out, notes.String())
 	}
 	b.Reset()
-	printLeases(&b, []*pb.Lease{held}, false)
-	if out := b.String(); strings.Contains(out, "unknown") || !strings.Contains(out, "0s") {
-		t.Errorf("read through the leader:\n%s\nwant REMAINING 0s", out)
+	notes.Reset()
+	printLeases(&b, &notes, []*pb.Lease{held}, false)
+	if out := b.String(); strings.Contains(out, "unknown") || !strings.Contains(out, "0s") || notes.Len() != 0 {
+		t.Errorf("read through the leader:\n%s\nnotes: %s\nwant REMAINING 0s, no note", out, notes.String())
 	}
 }
 
@@ -97,7 +99,8 @@ func TestStaleReadOfAFreeKeySaysWhose(t *testing.T) {
 
 // Text get shows a holding's lock-delay, and a key in its lock-delay says
 // that REMAINING is the delay's time left (it showed TTL 2s beside
-// REMAINING 2.446s, with the lock-delay hidden; new-user review).
+// REMAINING 2.446s, with the lock-delay hidden; new-user review), in a
+// note on stderr: stdout is the table alone, for scripts that parse it.
 func TestTextGetShowsLockDelay(t *testing.T) {
 	held := &pb.Lease{Key: "a", Holder: "h", Token: 7, State: pb.LeaseState_LEASE_STATE_HELD,
 		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(time.Second), LockDelay: durationpb.New(3 * time.Second)}
@@ -105,18 +108,19 @@ func TestTextGetShowsLockDelay(t *testing.T) {
 		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(2446 * time.Millisecond), LockDelay: durationpb.New(3 * time.Second)}
 	plain := &pb.Lease{Key: "c", Holder: "h", Token: 9, State: pb.LeaseState_LEASE_STATE_HELD,
 		Ttl: durationpb.New(2 * time.Second), Remaining: durationpb.New(time.Second)}
-	var b strings.Builder
-	printLeases(&b, []*pb.Lease{held, delayed, plain}, false)
+	var b, notes strings.Builder
+	printLeases(&b, &notes, []*pb.Lease{held, delayed, plain}, false)
 	out := b.String()
 	lines := strings.Split(out, "\n")
-	if !strings.Contains(lines[0], "TTL  LOCK-DELAY  REMAINING") || !strings.Contains(lines[1], "2s   3s          1s") ||
+	if len(lines) != 5 || lines[4] != "" || !strings.Contains(lines[0], "TTL  LOCK-DELAY  REMAINING") || !strings.Contains(lines[1], "2s   3s          1s") ||
 		!strings.Contains(lines[2], "2s   3s          2.446s") || !strings.Contains(lines[3], "2s   -           1s") ||
-		!strings.Contains(out, "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY") {
-		t.Errorf("get's table with lock-delays:\n%s", out)
+		!strings.Contains(notes.String(), "REMAINING of a key in lock-delay is what is left of its LOCK-DELAY") {
+		t.Errorf("get's table with lock-delays:\n%s\nnotes (stderr):\n%s\nwant the header and three rows only, the note on stderr", out, notes.String())
 	}
 	b.Reset()
-	printLeases(&b, []*pb.Lease{plain}, false)
-	if strings.Contains(b.String(), "REMAINING of a key") {
-		t.Errorf("the lock-delay note without a key in lock-delay:\n%s", b.String())
+	notes.Reset()
+	printLeases(&b, &notes, []*pb.Lease{plain}, false)
+	if strings.Contains(b.String()+notes.String(), "REMAINING of a key") {
+		t.Errorf("the lock-delay note without a key in lock-delay:\n%s%s", b.String(), notes.String())
 	}
 }

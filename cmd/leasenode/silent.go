@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/leasenode/leasenode/lease"
+	"github.com/leasenode/leasenode/transport/pb"
 )
 
 // timeoutCause is the cause of a request context that --timeout ended:
@@ -56,8 +57,22 @@ func (e *noAnswerError) Unwrap() error { return e.err }
 
 // explain returns err, or, for a request that gave up on time without any
 // node's answer, a noAnswerError saying what the nodes at --addr say now
-// (each asked for its Status, within a second).
+// (each asked for its Status, within a second). A request that began
+// with little of --timeout left (the command's earlier requests or waits
+// used the rest) says so: "gave up after 3ms: --timeout 4s ran out" read
+// as a timeout that had not run its course (new-user review).
 func (c *clientFlags) explain(err error) error {
+	err = c.explainSilence(err)
+	var ge *lease.GiveUpError
+	var tc timeoutCause
+	if !errors.As(err, &ge) || ge.Cause == nil || !errors.As(ge.Cause, &tc) || ge.Took >= tc.d*9/10 {
+		return err
+	}
+	return &rewordedError{err: err, old: tc.Error() + ")", new: fmt.Sprintf("%v, which bounds the whole command: this request began with %v of it left)", tc, ge.Took.Round(time.Millisecond))}
+}
+
+// explainSilence is explain without the note on a late start.
+func (c *clientFlags) explainSilence(err error) error {
 	var ge *lease.GiveUpError
 	if !errors.As(err, &ge) || ge.Stall != nil {
 		return err
@@ -76,6 +91,11 @@ func (c *clientFlags) explain(err error) error {
 		return err
 	}
 	switch {
+	case explainedByNode(ge.Last):
+		// The last attempt's answer says why (an overload refusal,
+		// say): not "no node answered", even if --timeout ended the
+		// back-off after it.
+		return err
 	case ge.Cause == nil && errors.Is(ge.Last, context.DeadlineExceeded): // the retry timeout ran out
 	case ge.Cause != nil && errors.As(ge.Cause, &tc): // --timeout ran out (watch cancels with it)
 	default:
@@ -129,6 +149,13 @@ func (c *clientFlags) explain(err error) error {
 		parts = append(parts, fmt.Sprintf("%s did not answer", strings.Join(silent, ", ")))
 	}
 	return &noAnswerError{err: err, ge: ge, nodes: strings.Join(parts, "; "), answered: answered, noLeader: answered && !anyLeads}
+}
+
+// explainedByNode reports whether err is a node's answer with a reason in
+// its error detail (an overload refusal, no leader), as opposed to an
+// attempt that ended without one (a deadline, a refused connection).
+func explainedByNode(err error) bool {
+	return err != nil && detailReason(err) != pb.Reason_REASON_UNSPECIFIED
 }
 
 // rewordedError is err with one phrase of its message replaced.

@@ -333,6 +333,29 @@ def _error_detail(value_b64):
     return reason, leader_addr
 
 
+def _unauthenticated(addr, sent):
+    """The message for a request node addr refused for its token: sent
+    says whether this client sent one (a wrong token, not a missing one)."""
+    if sent:
+        return ("node %s refused the token sent (Client's token=, or LEASENODE_AUTH_TOKEN if token= was not given): "
+                "it is not the cluster's, the agents' --auth-token (usually in the file their --auth-token-file names); "
+                "pass that, e.g. token=open(path).read()" % addr)
+    return ("node %s requires an auth token and none was sent: pass the cluster's token as Client(..., token=...) "
+            "(e.g. token=open(path).read() of the file the agents' --auth-token-file names), or set LEASENODE_AUTH_TOKEN" % addr)
+
+
+def _tls_mismatches(mismatched):
+    """One message for the addresses whose TLS settings did not fit, each
+    named: "a: why" for one, "a, b: why" when they said the same, else
+    each in turn (it named only the last address tried; new-user review)."""
+    whys = {}
+    for addr, e in mismatched:
+        text = str(e)
+        why = text[len(addr) + 2:] if text.startswith(addr + ": ") else text
+        whys.setdefault(why, []).append(addr)
+    return "; ".join("%s: %s" % (", ".join(addrs), why) for why, addrs in whys.items())
+
+
 class _Transport:
     """One attempt per call: to the leader if known, else to each address,
     moving on only while the request certainly had no effect."""
@@ -560,12 +583,18 @@ class _Transport:
                     reason = _REASON_NAMES.get((d.get("debug") or {}).get("reason"), REASON_UNSPECIFIED)
         if reason == REASON_UNSPECIFIED and err.get("code") == "unauthenticated":
             reason = REASON_UNAUTHENTICATED
-        raise _RPCError(err.get("code", ""), err.get("message", ""), reason, leader_addr)
+        message = err.get("message", "")
+        if reason == REASON_UNAUTHENTICATED:
+            # The node's words name the CLI's flags (--auth-token-file):
+            # say it in this client's terms, and which node refused.
+            message = _unauthenticated(addr, bool(self.token))
+        raise _RPCError(err.get("code", ""), message, reason, leader_addr)
 
     def call(self, method, body, timeout):
         """One attempt: leader first, then the other addresses while the
         request certainly had no effect (not sent, not the leader)."""
         tried, last, tls_only = set(), None, True
+        mismatched = []  # (addr, _TLSMismatch), in the order tried
         for _ in range(2 * len(self.seeds) + 2):
             addr = next((a for a in self._targets() if a not in tried), None)
             if addr is None:
@@ -577,6 +606,7 @@ class _Transport:
                 # Final only if every address says so: one node still on
                 # the old setup must not stop a rolling switch to TLS.
                 last = e
+                mismatched.append((addr, e))
                 self._forget(addr)
                 continue
             except _NotSent as e:
@@ -599,7 +629,7 @@ class _Transport:
                 self._forget(addr)
                 raise
         if tls_only and isinstance(last, _TLSMismatch):
-            raise TLSSetupError(str(last))
+            raise TLSSetupError(_tls_mismatches(mismatched))
         with self._lock:
             never = not self._answered and self.dial_timeout > 0
             if never and self._silent_since is None:
@@ -645,7 +675,7 @@ def _final_error(op, key, e):
         if e.reason == REASON_INVALID:
             return InvalidError(msg)
         if e.reason == REASON_UNAUTHENTICATED:
-            return UnauthenticatedError(msg + " (pass token=, or set LEASENODE_AUTH_TOKEN)")
+            return UnauthenticatedError(msg)
         return LeaseError("%s (%s)" % (msg, e.code))
     return LeaseError("%s %r: %s" % (op, key, e))
 
@@ -824,12 +854,28 @@ class Client:
     process. dial_timeout: how long the client tries its addresses while no
     node has ever answered (default 2 s, as the CLI's --dial-timeout; 0
     tries for the whole retry_timeout): a wrong address fails with
-    NoLeaderError naming it.
+    NoLeaderError naming it. retry_timeout: how long a call retries while
+    no leader answers (an election, a lost quorum, overload refusals)
+    before it raises NoLeaderError or OverloadedError (default 10 s, as
+    the CLI's --timeout; a call with no leader returns after about that
+    plus its last attempt). ttl: the default lease TTL (seconds, 10).
+    drift: the clock-rate error a lease's validity allows for (0.01).
+    extend_interval: how often the keepalive extends each lease (seconds;
+    default a third of its TTL).
     """
 
     def __init__(self, addrs=None, name=None, ttl=DEFAULT_TTL, drift=DEFAULT_DRIFT, token=None,
                  ssl_context=None, retry_timeout=DEFAULT_RETRY_TIMEOUT, extend_interval=None,
-                 peer_timeout=DEFAULT_PEER_TIMEOUT, dial_timeout=DEFAULT_DIAL_TIMEOUT):
+                 peer_timeout=DEFAULT_PEER_TIMEOUT, dial_timeout=DEFAULT_DIAL_TIMEOUT, **unknown):
+        if unknown:
+            # timeout= is the CLI's --timeout and acquire()'s argument:
+            # name the option that bounds a call (new-user review).
+            name = sorted(unknown)[0]
+            hint = ""
+            if name == "timeout":
+                hint = (": retry_timeout= (seconds, default %g) bounds how long each call retries without a leader, "
+                        "and acquire(key, timeout=...) how long it waits for a held key" % DEFAULT_RETRY_TIMEOUT)
+            raise TypeError("Client() got an unexpected keyword argument %r%s" % (name, hint))
         ttl = _seconds("ttl", ttl)
         if ttl <= 0:
             raise InvalidError("ttl %r must be > 0" % ttl)

@@ -50,6 +50,33 @@ class RetryPolicyTest(unittest.TestCase):
         self.assertEqual(leasenode._Retry(timeout=5, bmin=0.001, bmax=0.002).run("release", "k", f, idempotent=False), "served")
         self.assertEqual(len(calls), 3)
 
+    def test_client_timeout_names_retry_timeout(self):
+        # timeout= is the CLI's --timeout and acquire()'s argument: the
+        # constructor's TypeError names the option that bounds a call.
+        with self.assertRaises(TypeError) as cm:
+            leasenode.Client("127.0.0.1:1", timeout=3)
+        self.assertIn("retry_timeout=", str(cm.exception))
+        with self.assertRaises(TypeError) as cm:
+            leasenode.Client("127.0.0.1:1", bogus=1)
+        self.assertIn("'bogus'", str(cm.exception))
+
+    def test_tls_mismatch_names_each_address(self):
+        # It named only the last address tried.
+        e = lambda addr, why: leasenode._TLSMismatch("%s: %s" % (addr, why))
+        msg = leasenode._tls_mismatches([("a:1", e("a:1", "plain HTTP (x)")), ("b:2", e("b:2", "plain HTTP (x)")),
+                                         ("c:3", e("c:3", "requires a client certificate"))])
+        self.assertEqual(msg, "a:1, b:2: plain HTTP (x); c:3: requires a client certificate")
+
+    def test_unauthenticated_says_the_python_option(self):
+        # The node's words name the CLI's --auth-token-file: the client
+        # names the node and its own option instead.
+        for sent in (True, False):
+            msg = leasenode._unauthenticated("10.0.0.1:7402", sent)
+            self.assertIn("10.0.0.1:7402", msg)
+            self.assertIn("token=", msg)
+            self.assertNotIn("client's --auth-token-file", msg)
+            self.assertIn("refused the token sent" if sent else "none was sent", msg)
+
     def test_overloaded_gives_up_as_overloaded(self):
         def f():
             raise self.overloaded()
@@ -149,6 +176,17 @@ class ClientTest(unittest.TestCase):
             self.assertIsInstance(cm.exception, ValueError)
             self.assertIn("auth token contains a control character", str(cm.exception))
             self.assertNotIn("s3c", str(cm.exception))
+
+    def test_wrong_token_names_the_node_and_token_option(self):
+        if not os.environ.get("LEASENODE_AUTH_TOKEN"):
+            self.skipTest("the cluster has no auth token (LEASENODE_AUTH_TOKEN is unset)")
+        c = self.new(token="not-the-cluster-token", retry_timeout=2)
+        with self.assertRaises(leasenode.UnauthenticatedError) as cm:
+            c.get(PREFIX + "wrong-token")
+        msg = str(cm.exception)
+        self.assertIn("token=", msg)
+        self.assertNotIn("client's --auth-token-file", msg)
+        self.assertTrue(any(a.strip() in msg for a in ADDRS.split(",")), msg)
 
     def test_ttl_is_a_number_of_seconds(self):
         with self.assertRaises(leasenode.InvalidError) as cm:
