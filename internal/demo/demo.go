@@ -179,7 +179,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	var crashAt time.Time
 	var elected time.Duration
 	if ctxtime.Sleep(runCtx, p.crash-time.Since(t0)) {
-		crashed = c.Leader()
+		// The leader of the moment: on a loaded host an election may be
+		// on just then (the crash was skipped when none served).
+		crashed, _ = c.WaitLeader(runCtx)
 		if crashed >= 0 {
 			crashAt = time.Now()
 			d.say("chaos", "CRASH leader %s (no leadership transfer, no goodbye)", c.ID(crashed))
