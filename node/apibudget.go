@@ -521,6 +521,21 @@ func (b *apiBudget) queueLocked(s *apiSource, cost int64) *apiWaiter {
 	return w
 }
 
+// refund gives back units paid for and not used (a body paid for before
+// it was read that ended sooner), up to the burst, and lets the waiters
+// they now cover have their turns. The payer's fair share keeps the
+// charge: its next turns come no sooner.
+func (b *apiBudget) refund(units int64) {
+	if units <= 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refillLocked()
+	b.tokens = min(b.tokens+units, b.burst)
+	b.dispatchLocked()
+}
+
 // cancel takes w out of its queue, and reports whether it was still
 // there (false: its turn came first).
 func (b *apiBudget) cancel(w *apiWaiter) bool {

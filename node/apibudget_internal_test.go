@@ -591,3 +591,31 @@ func TestLivenessChecksCountInTheFairShare(t *testing.T) {
 	}
 	t.Fatal("neither request had its turn in a second")
 }
+
+// Units refunded go back to the budget, up to its burst, and the waiters
+// they cover have their turns at once; the payer's fair share keeps the
+// charge.
+func TestAPIBudgetRefund(t *testing.T) {
+	b, _ := testBudget(t) // burst spent
+	w := b.ask("a", 50)
+	if w == nil {
+		t.Fatal("an ask with the burst spent was served at once")
+	}
+	b.refund(30)
+	if granted([]*apiWaiter{w})[0] {
+		t.Fatal("a waiter of 50 units granted with 30 refunded")
+	}
+	b.refund(30)
+	if !granted([]*apiWaiter{w})[0] {
+		t.Fatal("a waiter of 50 units not granted with 60 refunded")
+	}
+	b.refund(10 * b.burst)
+	b.mu.Lock()
+	tokens := b.tokens
+	b.mu.Unlock()
+	if tokens != b.burst {
+		t.Fatalf("tokens %d after a large refund; want the burst, %d", tokens, b.burst)
+	}
+	b.refund(0)
+	b.refund(-5)
+}
