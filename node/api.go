@@ -346,8 +346,13 @@ func (n *Node) guard(next http.Handler) http.Handler {
 		// lock loop beside 200 /24s of them went from 145-264 to 6-18
 		// operations a second (outsider review s40, N2).
 		defer func() {
-			if b := n.apiWork; b != nil {
-				b.refund(bodyUnits(lb.paid) - bodyUnits(lb.read))
+			b := n.apiWork
+			if b == nil {
+				return
+			}
+			b.refund(bodyUnits(lb.paid) - bodyUnits(lb.read))
+			if !lb.whole() && r.Context().Err() != nil {
+				b.penalize(source, apiAbandonedUnits)
 			}
 		}()
 		if r.ProtoMajor == 1 {
@@ -611,6 +616,7 @@ type limitedBody struct {
 	length     int64 // the declared Content-Length, -1 if unknown
 	limit      int64 // the most bytes it may have (MaxBytesReader's cap)
 	read, paid int64 // bytes read, and paid for (paid >= read)
+	eof        bool  // the body was read to its end
 	held       int64 // room the slot holds for the body, with its source's turn (see room)
 	// conn and watch, on startAPI's server, note the body's progress
 	// for the connLimiter (limitedConn.stalled).
@@ -669,8 +675,11 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && b.header != nil {
 		b.header.Set("Connection", "close")
 	}
-	if err == io.EOF && b.pend != nil {
-		b.pend.arrived()
+	if err == io.EOF {
+		b.eof = true
+		if b.pend != nil {
+			b.pend.arrived()
+		}
 	}
 	if b.pay != nil && n > 0 {
 		b.read += int64(n)
@@ -741,6 +750,11 @@ func (b *limitedBody) allow(p []byte) ([]byte, error) {
 		b.paid = b.read + c
 	}
 	return p[:min(int64(len(p)), b.paid-b.read)], nil
+}
+
+// whole reports whether b's body was read to its end (or had none).
+func (b *limitedBody) whole() bool {
+	return b.eof || b.length == 0 || b.length > 0 && b.read >= b.length
 }
 
 // room is the room among the node's request bodies (bodySlot.hold) b

@@ -143,6 +143,15 @@ const (
 	// apiHeadersUnits is the units of an HTTP/2 HEADERS frame; every
 	// other frame costs 1.
 	apiHeadersUnits = apiUnitsPerRequest - 1
+	// apiAbandonedUnits is charged, on top, to a request whose client
+	// went away before it had sent its body (an HTTP/2 stream reset, a
+	// connection closed): its handler ran, waited and unwound for
+	// nothing, about ten requests' worth of a node's CPU. 66 /24s holding
+	// 63 bodiless streams each and resetting every one after 400 ms
+	// (3,300 a second, within every other limit at 1 request each) took a
+	// leader's two cores, and it stepped down in 6 of 6 runs, 20 of 20
+	// held leases lost twice (outsider review s40, N1).
+	apiAbandonedUnits = 9 * apiUnitsPerRequest
 	// apiUnitsPerKiB is what a KiB of request body costs past the first
 	// apiFreeBodyBytes (bodyUnits): parsing a KiB took 40-75 µs, a
 	// request's units about 60 µs.
@@ -519,6 +528,20 @@ func (b *apiBudget) queueLocked(s *apiSource, cost int64) *apiWaiter {
 	}
 	b.dispatchLocked()
 	return w
+}
+
+// penalize charges source cost units after the fact, as its debt: the
+// budget's (at most a burst into debt) and its fair share's, so that its
+// next turns come that much later (chargeLocked).
+func (b *apiBudget) penalize(source string, cost int64) {
+	if cost <= 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.refilledSourceLocked(source)
+	b.tokens = max(b.tokens-cost, -b.burst)
+	b.chargeLocked(s, cost)
 }
 
 // refund gives back units paid for and not used (a body paid for before

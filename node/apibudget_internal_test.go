@@ -619,3 +619,33 @@ func TestAPIBudgetRefund(t *testing.T) {
 	b.refund(0)
 	b.refund(-5)
 }
+
+// A penalty is its source's debt: the budget goes into debt by at most a
+// burst, and the penalized source's next turn comes after another
+// source's that asked later.
+func TestAPIBudgetPenalty(t *testing.T) {
+	b, clk := testBudget(t) // burst spent
+	clk.advance(time.Duration(b.burst) * time.Millisecond)
+	b.penalize("bad", 10*b.burst)
+	b.mu.Lock()
+	tokens := b.tokens
+	b.mu.Unlock()
+	if tokens < -b.burst || tokens > 0 {
+		t.Fatalf("tokens %d after a penalty of ten bursts; want in [-%d, 0]", tokens, b.burst)
+	}
+	bad := b.ask("bad", apiUnitsPerRequest)
+	good := b.ask("good", apiUnitsPerRequest)
+	if bad == nil || good == nil {
+		t.Fatal("served at once in debt")
+	}
+	for ms := 0; ms < 10_000; ms++ {
+		if g := granted([]*apiWaiter{bad, good}); g[0] || g[1] {
+			if g[0] {
+				t.Fatalf("the penalized source was served first (after %d ms)", ms)
+			}
+			return
+		}
+		clk.advance(time.Millisecond)
+	}
+	t.Fatal("neither was served in 10 s")
+}
