@@ -277,17 +277,7 @@ var synthetics = []synthetic{
 		// 5.6 s; t2 is granted at 5.65 s, past TTL + lock-delay + one
 		// election + slack (5.52 s) but within it counting the 2.5 s
 		// without a leader after 3.02 s.
-		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
-		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
-		b.Fault(800, 12000, "leader-churn", "leader every 1s")
-		b.Event(1000, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6, LockDelay: 500e6})
-		b.Lost(2450, "t1", "k", 10, 2500)
-		b.Event(3000, history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n1"})
-		b.Event(4400, history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n1", Value: "n2"})
-		b.Event(4450, history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n2"})
-		b.Event(5600, history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n2", Value: "n3"})
-		b.Complete(5650, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 7600e6})
-		b.ReleaseOK(6000, 6010, "t2", "k", 90)
+		takeoverUnderChurn(b, 1000, [][2]int64{{3000, 4400}, {4450, 5600}}, 5650)
 	}},
 	{"no-leader-before-expiry-not-excused", NameTakeover, false, func(b *history.Builder) {
 		// As above, but the time without a leader comes before 3.02 s
@@ -295,17 +285,7 @@ var synthetics = []synthetic{
 		// and from 3.9 s: a server that counts each election as time left
 		// grants at 5.9 s, past 5.52 s (0.8 s without a leader after
 		// 3.02 s is less than one election).
-		b.AcquireOK(0, 5, "t1", "k", 10, 1980)
-		t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
-		b.Fault(800, 12000, "leader-churn", "leader every 1s")
-		b.Event(900, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6, LockDelay: 500e6})
-		b.Lost(2450, "t1", "k", 10, 2500)
-		for _, step := range [][2]int64{{1000, 1800}, {2000, 2800}, {3500, 3900}, {4500, 4900}} {
-			b.Event(step[0], history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n1"})
-			b.Event(step[1], history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n1", Value: "n2"})
-		}
-		b.Complete(5900, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: 7900e6})
-		b.ReleaseOK(6000, 6010, "t2", "k", 90)
+		takeoverUnderChurn(b, 900, [][2]int64{{1000, 1800}, {2000, 2800}, {3500, 3900}, {4500, 4900}}, 5900)
 	}},
 
 	// node-port-auth
@@ -628,4 +608,22 @@ func TestRogueReleaseIsTwoViolations(t *testing.T) {
 			t.Errorf("%s: %s (%s)", name, r.Verdict, r.Summary)
 		}
 	}
+}
+
+// takeoverUnderChurn builds a takeover under leader-churn: t1 holds k
+// (TTL 2 s, lock-delay 500 ms, last extend at 520 ms) and dies at
+// crashAt ms while t2 waits for it; the churn's steps stop the leader at
+// step[0] and another serves at step[1]; t2 is granted k at grantAt.
+func takeoverUnderChurn(b *history.Builder, crashAt int64, steps [][2]int64, grantAt int64) {
+	b.AcquireOK(0, 5, "t1", "k", 10, 1980)
+	t2 := b.Invoke(600, history.Record{Client: "t2", Op: history.Acquire, Key: "k", Mode: "wait", LockDelay: 500e6})
+	b.Fault(800, 12000, "leader-churn", "leader every 1s")
+	b.Event(crashAt, history.Record{Client: "t1", Op: history.Crash, Key: "k", Token: 10, ValidUntil: 2500e6, TTL: 2000e6, LockDelay: 500e6})
+	b.Lost(2450, "t1", "k", 10, 2500)
+	for _, step := range steps {
+		b.Event(step[0], history.Record{Client: history.NemesisClient, Op: history.LeaderStop, Node: "n1"})
+		b.Event(step[1], history.Record{Client: history.NemesisClient, Op: history.LeaderMove, Node: "n1", Value: "n2"})
+	}
+	b.Complete(grantAt, t2, history.Record{Type: history.OK, Client: "t2", Op: history.Acquire, Key: "k", Token: 90, ValidUntil: (grantAt + 2000) * 1e6})
+	b.ReleaseOK(6000, 6010, "t2", "k", 90)
 }
