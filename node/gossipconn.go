@@ -414,11 +414,12 @@ func (t *gossipTransport) warn(msg string, args ...any) {
 // boundedConn is one admitted inbound stream: it reads at most
 // gossipStreamMaxBytes (gossipOutsiderStreamMaxBytes from an address that
 // is no known node's, within the budget of all such streams), its first
-// bytes by firstBy, and frees its slot when closed. An encrypted stream that declares more than it may read
-// fails as soon as its length is read, rather than after memberlist has
-// buffered a megabyte of it; one that has been read to the end of the
-// encrypted message it declared is protected from being closed to make
-// room for a newer one (see gossipTransport).
+// bytes by firstBy, and frees its slot when closed. An encrypted stream
+// that declares more than it may read fails as soon as its length is
+// read, rather than after memberlist has buffered a megabyte of it; one
+// that has been read to the end of the encrypted message it declared is
+// protected from being closed to make room for a newer one (see
+// gossipTransport).
 type boundedConn struct {
 	net.Conn
 	t       *gossipTransport
